@@ -1,0 +1,35 @@
+"""Errors raised by heterogui.
+
+Every message names the offending value and says what to do about it; the CLI prints it and
+the UI shows it in the page, so it must make sense to a user who has not read the code.
+"""
+
+from __future__ import annotations
+
+
+class HeteroguiError(Exception):
+    """Base class of every error heterogui raises on purpose."""
+
+
+class ConfigError(HeteroguiError, ValueError):
+    """A recipe or config field is unknown, missing or out of range."""
+
+
+class IncompatibleModelsError(HeteroguiError):
+    """Two models cannot be merged (different families, stages, inputs ...)."""
+
+
+class AlignmentError(HeteroguiError, ValueError):
+    """A layer mapping is invalid (not monotone, out of range, wrong length)."""
+
+
+class MatcherError(HeteroguiError, ValueError):
+    """A matcher cannot handle the widths or knobs it was given."""
+
+
+class ModelLoadError(HeteroguiError):
+    """A model file or folder is missing, corrupt or of an unknown format."""
+
+
+class ExportError(HeteroguiError):
+    """Writing results failed or would overwrite something."""
