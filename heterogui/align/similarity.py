@@ -1,0 +1,53 @@
+"""The similarity pass: CKA between every block output of A and of B (method.md A)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+
+from heterogui.align.cka import CKAAccumulator, gram
+from heterogui.models.capture import (
+    Batch,
+    capture_outputs,
+    per_input,
+    run_model,
+    to_device,
+    token_mask,
+)
+from heterogui.models.family import Network
+
+
+def layer_modules(net: Network) -> list[str]:
+    """Return the module name of every block except the head: the layers CKA compares."""
+    return [f"blocks.{i}" for i in range(net.graph().num_blocks - 1)]
+
+
+@torch.no_grad()
+def layer_similarity(
+    net_a: Network,
+    net_b: Network,
+    batches: Iterable[Batch],
+    device: torch.device | str = "cpu",
+    progress: Callable[[float], None] | None = None,
+) -> torch.Tensor:
+    """Return linear CKA between all non-head blocks: (L_A, L_B), float64.
+
+    One Gram matrix per layer per batch; all pairs filled by batched products.
+    """
+    acc = CKAAccumulator()
+    batches = list(batches)
+    for step, batch in enumerate(batches):
+        batch = to_device(batch, device)
+        mask = token_mask(batch)
+        grams = []
+        for net in (net_a, net_b):
+            names = layer_modules(net)
+            with capture_outputs(net.module, names) as found:
+                run_model(net.module, batch)
+            layout = "tokens" if mask is not None else "flat"
+            grams.append(torch.stack([gram(per_input(found[n], layout, mask)) for n in names]))
+        acc.update(grams[0], grams[1])
+        if progress is not None:
+            progress((step + 1) / len(batches))
+    return acc.matrix()

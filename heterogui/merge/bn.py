@@ -1,0 +1,83 @@
+"""Re-estimate BatchNorm statistics on calibration data (method.md B.3, pipeline steps 1 and 6).
+
+Some channels may be pinned: their statistics and their output are kept as they are during
+the pass. The merged model pins channels that are unmerged copies of a padded identity layer,
+whose BatchNorm was built to be the identity and must stay so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from heterogui.models.capture import Batch, run_model, to_device
+
+BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    """Return whether the model has any BatchNorm layer."""
+    return any(isinstance(m, BN_TYPES) for m in model.modules())
+
+
+@torch.no_grad()
+def reestimate_batch_norm(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    device: torch.device | str = "cpu",
+    pinned: Mapping[str, torch.Tensor] | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> None:
+    """Reset and re-estimate every BatchNorm's running statistics of ``model`` in place.
+
+    Runs the batches in train mode without gradients, with a cumulative average (momentum
+    None). pinned: BN module name -> channel indices (int64) whose statistics are kept and
+    whose output is computed from the kept statistics during the pass.
+    """
+    bns = {n: m for n, m in model.named_modules() if isinstance(m, BN_TYPES)}
+    if not bns:
+        return
+    pinned = {n: idx for n, idx in (pinned or {}).items() if idx.numel()}
+    kept = {
+        n: (bns[n].running_mean[idx].clone(), bns[n].running_var[idx].clone())
+        for n, idx in pinned.items()
+    }
+    saved = {n: (m.momentum, m.training) for n, m in bns.items()}
+    was_training = model.training
+    handles = [bns[n].register_forward_hook(_pin_hook(idx, *kept[n])) for n, idx in pinned.items()]
+    try:
+        model.eval()
+        for bn in bns.values():
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+        batches = list(batches)
+        for step, batch in enumerate(batches):
+            run_model(model, to_device(batch, device))
+            if progress is not None:
+                progress((step + 1) / len(batches))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, (momentum, training) in saved.items():
+            bns[name].momentum = momentum
+            bns[name].train(training)
+        model.train(was_training)
+    for name, idx in pinned.items():
+        bns[name].running_mean[idx] = kept[name][0]
+        bns[name].running_var[idx] = kept[name][1]
+
+
+def _pin_hook(idx: torch.Tensor, mean: torch.Tensor, var: torch.Tensor):
+    def hook(bn: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        x = inputs[0].index_select(1, idx)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        scale = (bn.weight[idx] / torch.sqrt(var + bn.eps)).view(shape)
+        fixed = (x - mean.view(shape)) * scale + bn.bias[idx].view(shape)
+        output = output.clone()
+        output.index_copy_(1, idx, fixed)
+        return output
+
+    return hook

@@ -1,0 +1,79 @@
+"""Capture module outputs with forward hooks that are always removed (method.md B.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+Batch = torch.Tensor | Mapping[str, torch.Tensor]
+
+
+@contextmanager
+def capture_outputs(module: nn.Module, names: Iterable[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield a dict that receives the output of each named submodule on every forward.
+
+    The hooks are removed on exit, also when the forward raises.
+    """
+    modules = dict(module.named_modules())
+    found: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for name in names:
+            if name not in modules:
+                raise KeyError(f"no submodule named {name!r}")
+            handles.append(modules[name].register_forward_hook(_store(found, name)))
+        yield found
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _store(found: dict[str, torch.Tensor], name: str):
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        found[name] = output[0] if isinstance(output, tuple) else output
+
+    return hook
+
+
+def to_device(batch: Batch, device: torch.device | str) -> Batch:
+    """Return the batch (a tensor or a dict of tensors) on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def run_model(model: nn.Module, batch: Batch) -> Any:
+    """Call ``model`` on a tensor batch, or with keyword arguments for a dict batch."""
+    return model(batch) if isinstance(batch, torch.Tensor) else model(**batch)
+
+
+def token_mask(batch: Batch) -> torch.Tensor | None:
+    """Return the attention mask (B, T) of a dict batch, else None."""
+    return None if isinstance(batch, torch.Tensor) else batch.get("attention_mask")
+
+
+def to_rows(feats: torch.Tensor, layout: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Return features as samples x channels.
+
+    feats: (B, C) for "flat"; (B, C, *spatial) for "channels" (every position a sample);
+    (B, T, C) for "tokens" (every token with mask 1 a sample, mask: (B, T)).
+    """
+    if layout == "flat":
+        return feats.flatten(1)
+    if layout == "channels":
+        return feats.flatten(2).transpose(1, 2).reshape(-1, feats.shape[1])
+    if layout == "tokens":
+        rows = feats.reshape(-1, feats.shape[-1])
+        return rows if mask is None else rows[mask.reshape(-1).bool()]
+    raise ValueError(f"unknown feature layout {layout!r}")
+
+
+def per_input(feats: torch.Tensor, layout: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Return one flattened representation per input: (B, -1); padded tokens zeroed."""
+    if layout == "tokens" and mask is not None:
+        feats = feats * mask[..., None].to(feats.dtype)
+    return feats.flatten(1)

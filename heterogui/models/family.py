@@ -1,0 +1,142 @@
+"""The registry of model families and ``Network``: a family module with its config and labels."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from heterogui.errors import ConfigError
+from heterogui.models import mlp, resnet, vgg
+from heterogui.models.graph import BlockNet, ModelGraph
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to build, describe, pad and resize the models of one family."""
+
+    name: str
+    config_cls: type
+    build: Callable[[Any], BlockNet]
+    graph: Callable[..., ModelGraph]
+    insert_identity: Callable[[Any, int, int], Any]
+    init_identity: Callable[[nn.Module], None]
+    resize: Callable[[Any, dict[str, int]], Any]
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> None:
+    """Add a family to the registry."""
+    FAMILIES[family.name] = family
+
+
+for _mod, _cls, _name in (
+    (mlp, mlp.MLPConfig, "mlp"),
+    (vgg, vgg.VGGConfig, "vgg"),
+    (resnet, resnet.ResNetConfig, "resnet"),
+):
+    register(
+        Family(
+            _name,
+            _cls,
+            _mod.build,
+            _mod.graph,
+            _mod.insert_identity,
+            _mod.init_identity,
+            _mod.resize,
+        )
+    )
+
+
+def family_of(config: Any) -> Family:
+    """Return the family whose config class ``config`` is.
+
+    Raises:
+        ConfigError: if no registered family uses this config class.
+    """
+    for fam in FAMILIES.values():
+        if isinstance(config, fam.config_cls):
+            return fam
+    raise ConfigError(
+        f"no model family for config {type(config).__name__}; known: {list(FAMILIES)}"
+    )
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Return a JSON-ready dict of a family config, with its family name."""
+    body = {k: _listify(v) for k, v in dataclasses.asdict(config).items()}
+    return {"family": family_of(config).name, **body}
+
+
+def config_from_dict(data: dict[str, Any]) -> Any:
+    """Rebuild a family config from ``config_to_dict`` output.
+
+    Raises:
+        ConfigError: for an unknown family or unknown/missing fields.
+    """
+    data = dict(data)
+    name = data.pop("family", None)
+    if name not in FAMILIES:
+        raise ConfigError(f"unknown model family {name!r}; expected one of {sorted(FAMILIES)}")
+    cls = FAMILIES[name].config_cls
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown {name} config fields {sorted(unknown)}; known: {sorted(known)}")
+    try:
+        return cls(**{k: _tuplify(v) for k, v in data.items()})
+    except TypeError as exc:
+        raise ConfigError(f"bad {name} config {data}: {exc}") from exc
+
+
+def _listify(value: Any) -> Any:
+    return [_listify(v) for v in value] if isinstance(value, tuple | list) else value
+
+
+def _tuplify(value: Any) -> Any:
+    return tuple(_tuplify(v) for v in value) if isinstance(value, list) else value
+
+
+@dataclass
+class Network:
+    """A model of a registered family, ready to merge.
+
+    classes: the global class ids of the head's outputs (None: 0..num_classes-1).
+    identity_blocks: blocks inserted by padding (they compute the identity).
+    """
+
+    config: Any
+    module: BlockNet
+    classes: tuple[int, ...] | None = None
+    identity_blocks: frozenset[int] = field(default_factory=frozenset)
+    label: str = "model"
+
+    @property
+    def family(self) -> Family:
+        """Return this network's family."""
+        return family_of(self.config)
+
+    def graph(self) -> ModelGraph:
+        """Return the space graph of this network (identity blocks marked)."""
+        return self.family.graph(self.config, self.identity_blocks)
+
+    def head_classes(self) -> tuple[int, ...]:
+        """Return the global class id of every head output."""
+        n = self.config.num_classes
+        return tuple(self.classes) if self.classes is not None else tuple(range(n))
+
+    def parameter_count(self) -> int:
+        """Return the number of parameters."""
+        return sum(p.numel() for p in self.module.parameters())
+
+
+def build_network(
+    config: Any, classes: tuple[int, ...] | None = None, label: str = "model"
+) -> Network:
+    """Return a freshly initialised Network for ``config`` (uses the global torch RNG)."""
+    return Network(config, family_of(config).build(config), classes, frozenset(), label)

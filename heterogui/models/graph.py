@@ -1,0 +1,137 @@
+"""Describe a model as data: feature spaces and the weights that read and write them.
+
+Every family (MLP, VGG, ResNet, BERT ...) exposes its parameters as ``TensorTag`` records that
+say, per tensor axis, which feature space it writes ("out": merged with M) or reads ("in":
+merged with U). Merging is then one generic path (method.md B.3): for a merged tensor,
+``W* = sum_m  M_m  W_m  U_m`` applied axis by axis.
+
+A model is a sequence of blocks (``BlockNet``); the last block is the task head. Spaces are
+observed at module outputs (``Capture``); a space may be observed at several places (a residual
+stream is seen after the stem and after every block of its stage) and its statistics are
+pooled over all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+Layout = Literal["flat", "channels", "tokens"]
+Role = Literal["out", "in"]
+
+INPUT = "input"
+LOGITS = "logits"
+
+
+@dataclass(frozen=True)
+class Capture:
+    """Where a feature space is observed: the output of module ``module``.
+
+    layout: "flat" for (B, C), "channels" for conv maps (B, C, *spatial) with every position a
+    sample, "tokens" for (B, T, C) with every (unpadded) token a sample.
+    block: index of the block that owns the module (for partial zip and alignment).
+    """
+
+    module: str
+    layout: Layout
+    block: int
+
+
+@dataclass(frozen=True)
+class Space:
+    """A feature space with its width in one model.
+
+    head_dim: for attention spaces, the size of one head (features are matched within heads).
+    """
+
+    name: str
+    width: int
+    captures: tuple[Capture, ...] = ()
+    head_dim: int | None = None
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of a tensor that lives in a feature space."""
+
+    dim: int
+    space: str
+    role: Role
+
+
+@dataclass(frozen=True)
+class TensorTag:
+    """A parameter (state-dict key) with the feature spaces of its axes."""
+
+    name: str
+    axes: tuple[Axis, ...]
+    block: int
+
+
+@dataclass(frozen=True)
+class ModelGraph:
+    """The spaces and tagged tensors of one model, plus its block structure.
+
+    stages: block indices per stage (the unit of layer alignment; the stem and the head are not
+    in any stage). block_out: the space each block's output lives in (None for the head).
+    """
+
+    spaces: dict[str, Space]
+    tensors: tuple[TensorTag, ...]
+    stages: tuple[tuple[int, ...], ...]
+    block_out: tuple[str | None, ...]
+    dead: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def num_blocks(self) -> int:
+        """Return the number of blocks, head included."""
+        return len(self.block_out)
+
+    def widths(self) -> dict[str, int]:
+        """Return the width of every space."""
+        return {name: s.width for name, s in self.spaces.items()}
+
+
+def out_axis(space: str, dim: int = 0) -> Axis:
+    """Return an axis written by this tensor (merged with M)."""
+    return Axis(dim, space, "out")
+
+
+def in_axis(space: str, dim: int = 1) -> Axis:
+    """Return an axis read by this tensor (merged with U)."""
+    return Axis(dim, space, "in")
+
+
+def tag(name: str, block: int, *axes: Axis) -> TensorTag:
+    """Return a TensorTag for state-dict key ``name`` owned by ``block``."""
+    return TensorTag(name, tuple(axes), block)
+
+
+def norm_tags(prefix: str, block: int, space: str, batch_norm: bool = True) -> list[TensorTag]:
+    """Return the tags of a norm layer's vectors (BatchNorm running statistics included)."""
+    names = ("weight", "bias", "running_mean", "running_var") if batch_norm else ("weight", "bias")
+    return [tag(f"{prefix}.{n}", block, out_axis(space)) for n in names]
+
+
+class BlockNet(nn.Module):
+    """A network run as a plain sequence of blocks; the last block is the task head.
+
+    Families build their modules as BlockNets so that a merged model can run a merged trunk
+    (blocks ``[0, s)``) followed by one tail per model (blocks ``[s, end)``).
+    """
+
+    def __init__(self, blocks: list[nn.Module]):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def run(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Run blocks ``[start, stop)`` on ``x``."""
+        for block in list(self.blocks)[start:stop]:
+            x = block(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)

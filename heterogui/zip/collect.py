@@ -1,0 +1,81 @@
+"""The feature pass: streaming statistics of [f_A ; f_B] at every merge point (method.md B.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+
+from heterogui.models.capture import (
+    Batch,
+    capture_outputs,
+    run_model,
+    to_device,
+    to_rows,
+    token_mask,
+)
+from heterogui.models.family import Network
+from heterogui.models.graph import INPUT, LOGITS, ModelGraph
+from heterogui.zip.stats import Moments
+
+StatKey = tuple[str, str]  # (space, module where it was captured)
+
+
+def capture_points(graph: ModelGraph) -> list[tuple[str, str, str]]:
+    """Return (space, module, layout) for every capture of every mergeable space."""
+    return [
+        (name, cap.module, cap.layout)
+        for name, space in graph.spaces.items()
+        if name not in (INPUT, LOGITS)
+        for cap in space.captures
+    ]
+
+
+@torch.no_grad()
+def collect_moments(
+    net_a: Network,
+    net_b: Network,
+    batches: Iterable[Batch],
+    device: torch.device | str = "cpu",
+    progress: Callable[[float], None] | None = None,
+) -> dict[StatKey, Moments]:
+    """Run A and B (same topology) on the batches and accumulate moments at every capture.
+
+    Returns moments of the concatenated features (O = n_A + n_B) per (space, module).
+    """
+    points = capture_points(net_a.graph())
+    modules = sorted({module for _, module, _ in points})
+    stats: dict[StatKey, Moments] = {}
+    batches = list(batches)
+    for step, batch in enumerate(batches):
+        batch = to_device(batch, device)
+        mask = token_mask(batch)
+        outs = []
+        for net in (net_a, net_b):
+            with capture_outputs(net.module, modules) as found:
+                run_model(net.module, batch)
+            outs.append(found)
+        for space, module, layout in points:
+            rows = torch.cat(
+                [to_rows(out[module], layout, mask).to(torch.float64) for out in outs], dim=1
+            )
+            key = (space, module)
+            if key not in stats:
+                stats[key] = Moments.empty(rows.shape[1], rows.device)
+            stats[key].update(rows)
+        if progress is not None:
+            progress((step + 1) / len(batches))
+    return stats
+
+
+def pooled_moments(
+    stats: dict[StatKey, Moments], graph: ModelGraph, space: str, stop: int | None = None
+) -> Moments:
+    """Return the moments of ``space`` summed over its captures in blocks before ``stop``."""
+    caps = [c for c in graph.spaces[space].captures if stop is None or c.block < stop]
+    if not caps:
+        raise KeyError(f"space {space!r} has no capture before block {stop}")
+    total = stats[(space, caps[0].module)]
+    for cap in caps[1:]:
+        total = total + stats[(space, cap.module)]
+    return total

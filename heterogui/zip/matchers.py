@@ -1,0 +1,501 @@
+"""Matchers: turn the correlation of [f_A ; f_B] into a partition of features (method.md B.1/B.2).
+
+A matcher takes the (O, O) correlation matrix of O = n_A + n_B features (A's first, as
+accumulated by heterogui.zip.stats.Moments) and returns a Match: every feature is assigned to one
+of r groups (or dropped). The merged model has one feature per group; the merge matrix M averages a
+group, the unmerge matrix U copies a group back to its members (method.md B.2).
+
+- zip: the greedy elastic zip of B.2 with damping alpha and within-model budget beta, in a fast
+  form that returns exactly the matching of the naive loop (zip_naive), ties included.
+- permute: Hungarian matching of A's features to B's (equal widths).
+- average: feature k of A with feature k of B (equal widths; plain weight averaging).
+- keep_one_match: one model's features kept alone, the other's dropped (identity-padded layers).
+
+MATCHERS maps a name to a function with the uniform signature
+fn(corr, n_a, n_b, *, width, alpha, beta) -> Match.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from heterogui.errors import MatcherError
+
+__all__ = [
+    "MATCHERS",
+    "Match",
+    "MatchCounts",
+    "average_match",
+    "keep_one_match",
+    "permute_match",
+    "target_width",
+    "zip_match",
+    "zip_match_naive",
+]
+
+_NEG_INF = -np.inf
+Device = torch.device | str | None
+
+
+@dataclass(frozen=True)
+class MatchCounts:
+    """How a Match combined features: per-group tallies for display.
+
+    Attributes:
+        groups: number of groups r.
+        cross: groups holding features of both models.
+        within_a: A features folded into a group that already has an A feature (Σ max(a-1, 0)).
+        within_b: the same for B.
+        dropped: features assigned to no group.
+    """
+
+    groups: int
+    cross: int
+    within_a: int
+    within_b: int
+    dropped: int
+
+
+@dataclass(frozen=True, eq=False)
+class Match:
+    """A partition of the O = n_a + n_b features of one merge point into `width` groups.
+
+    Attributes:
+        groups: (O,) int64, the group of each feature (A's first) in [0, width), or -1 for a
+            dropped feature (contributes nothing, reconstructed as 0). Groups are numbered in
+            order of their smallest member index.
+        n_a: number of features of model A.
+        n_b: number of features of model B.
+        width: number of groups r (the merged width).
+    """
+
+    groups: Tensor
+    n_a: int
+    n_b: int
+    width: int
+
+    def __post_init__(self) -> None:
+        g = torch.as_tensor(self.groups).detach().to("cpu", torch.int64).reshape(-1)
+        object.__setattr__(self, "groups", g)
+        o = self.n_a + self.n_b
+        if g.numel() != o:
+            raise MatcherError(f"groups has {g.numel()} entries, expected n_a + n_b = {o}")
+        if self.width < 1 or (o and (int(g.min()) < -1 or int(g.max()) >= self.width)):
+            raise MatcherError(f"group ids must lie in [-1, {self.width}), width must be >= 1")
+        kept = g[g >= 0].numpy()
+        _, first = np.unique(kept, return_index=True)
+        if first.size != self.width or not np.all(kept[np.sort(first)] == np.arange(self.width)):
+            raise MatcherError(
+                "groups must use every id in [0, width) and number groups in order of their "
+                "smallest member"
+            )
+
+    @property
+    def n_features(self) -> int:
+        """Return O = n_a + n_b."""
+        return self.n_a + self.n_b
+
+    def unmerge(self, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
+        """Return U, (O, r) 0/1 membership; the row of a dropped feature is all zero."""
+        u = torch.zeros(self.n_features, self.width, dtype=dtype, device=device)
+        rows = torch.nonzero(self.groups >= 0).reshape(-1)
+        u[rows.to(u.device), self.groups[rows].to(u.device)] = 1
+        return u
+
+    def merge(self, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
+        """Return M = (U / column sums)ᵀ, (r, O): each row averages its group."""
+        u = self.unmerge(torch.float64, device)
+        return (u / u.sum(dim=0, keepdim=True)).T.contiguous().to(dtype)
+
+    def m_a(self, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
+        """Return M_A = M[:, :n_a], (r, n_a)."""
+        return self.merge(dtype, device)[:, : self.n_a].contiguous()
+
+    def m_b(self, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
+        """Return M_B = M[:, n_a:], (r, n_b)."""
+        return self.merge(dtype, device)[:, self.n_a :].contiguous()
+
+    def u_a(self, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
+        """Return U_A = U[:n_a], (n_a, r)."""
+        return self.unmerge(dtype, device)[: self.n_a].contiguous()
+
+    def u_b(self, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
+        """Return U_B = U[n_a:], (n_b, r)."""
+        return self.unmerge(dtype, device)[self.n_a :].contiguous()
+
+    def cross_pairs(self) -> Tensor:
+        """Return the (a, b) index pairs sharing a group, (k, 2) int64, b counted within B."""
+        ga, gb = self.groups[: self.n_a], self.groups[self.n_a :]
+        same = (ga[:, None] == gb[None, :]) & (ga[:, None] >= 0)
+        return torch.nonzero(same)
+
+    def counts(self) -> MatchCounts:
+        """Return how many groups are cross-model and how many within-model merges happened."""
+        ga, gb = self.groups[: self.n_a], self.groups[self.n_a :]
+        ca = torch.bincount(ga[ga >= 0], minlength=self.width)
+        cb = torch.bincount(gb[gb >= 0], minlength=self.width)
+        return MatchCounts(
+            groups=self.width,
+            cross=int(((ca > 0) & (cb > 0)).sum()),
+            within_a=int((ca - 1).clamp(min=0).sum()),
+            within_b=int((cb - 1).clamp(min=0).sum()),
+            dropped=int((self.groups < 0).sum()),
+        )
+
+
+def _canonical(labels: np.ndarray) -> Tensor:
+    """Renumber group labels (any ints, -1 = dropped) by order of smallest member."""
+    out = np.full(labels.shape, -1, dtype=np.int64)
+    kept = labels >= 0
+    uniq, first, inverse = np.unique(labels[kept], return_index=True, return_inverse=True)
+    rank = np.empty(uniq.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(uniq.size)
+    out[kept] = rank[inverse]
+    return torch.from_numpy(out)
+
+
+def _check_sizes(n_a: int, n_b: int) -> None:
+    for name, n in (("n_a", n_a), ("n_b", n_b)):
+        if isinstance(n, bool) or int(n) != n or n < 1:
+            raise MatcherError(f"{name} must be a positive integer, got {n!r}")
+
+
+def target_width(n_a: int, n_b: int, rho: float) -> int:
+    """Return the merged width r = n_a + n_b - round(rho * min(n_a, n_b)) (method.md B.2).
+
+    rho = 1 gives max(n_a, n_b) (the paper), rho = 0 keeps every feature (the ensemble). The
+    rounding is half-up (rho * min = 2.5 -> 3 merges), not Python's round-half-even.
+
+    Raises:
+        MatcherError: rho is outside [0, 1] or a width is not a positive integer.
+    """
+    _check_sizes(n_a, n_b)
+    if not 0.0 <= rho <= 1.0:
+        raise MatcherError(f"zip ratio rho must be in [0, 1], got {rho!r}")
+    return n_a + n_b - int(math.floor(rho * min(n_a, n_b) + 0.5))
+
+
+def _as_matrix(corr: Tensor | np.ndarray, n_a: int, n_b: int) -> np.ndarray:
+    """Return a float64 CPU copy of corr, (O, O), checked for shape and finiteness."""
+    _check_sizes(n_a, n_b)
+    if isinstance(corr, Tensor):
+        c = corr.detach().to("cpu", torch.float64).numpy().copy()
+    else:
+        c = np.array(corr, dtype=np.float64, copy=True)
+    o = n_a + n_b
+    if c.shape != (o, o):
+        raise MatcherError(
+            f"corr must have shape ({o}, {o}) for n_a={n_a}, n_b={n_b}, got {c.shape}"
+        )
+    if not np.all(np.isfinite(c)):
+        raise MatcherError("corr contains NaN or inf; compute it with Moments.corr (floored σ)")
+    return c
+
+
+def _check_knobs(o: int, width: int, alpha: float, beta: float) -> None:
+    if isinstance(width, bool) or int(width) != width or not 1 <= width <= o:
+        raise MatcherError(
+            f"zip width must be an integer between 1 and n_a + n_b = {o}, got {width!r}; "
+            "use target_width(n_a, n_b, rho) to derive it from a zip ratio"
+        )
+    if not 0.0 < alpha <= 1.0:
+        raise MatcherError(f"alpha must be in (0, 1], got {alpha!r}; the paper uses 0.5")
+    if not 0.0 <= beta <= 1.0:
+        raise MatcherError(f"beta must be in [0, 1], got {beta!r}; the paper uses 1.0")
+
+
+def _model(k: int, n_a: int) -> int:
+    return 0 if k < n_a else 1
+
+
+def _mask_model(sim: np.ndarray, alive: np.ndarray, n_a: int, model: int) -> np.ndarray:
+    """Forbid every pair of live representatives of one model; return those representatives."""
+    idx = np.flatnonzero(alive)
+    reps = idx[idx < n_a] if model == 0 else idx[idx >= n_a]
+    sim[np.ix_(reps, reps)] = _NEG_INF
+    return reps
+
+
+def _prepare(corr, n_a, n_b, width, alpha, beta) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """Validate, build sim (-inf diagonal, exhausted budgets masked) and the budgets."""
+    sim = _as_matrix(corr, n_a, n_b)
+    o = n_a + n_b
+    _check_knobs(o, width, alpha, beta)
+    sim = 0.5 * (sim + sim.T)  # exact no-op for a symmetric corr; makes argmax give i < j
+    np.fill_diagonal(sim, _NEG_INF)
+    budget = [math.floor((o - width) * n / o * beta) for n in (n_a, n_b)]
+    alive = np.ones(o, dtype=bool)
+    for m in (0, 1):
+        if budget[m] == 0:
+            _mask_model(sim, alive, n_a, m)
+    return sim, budget, alive
+
+
+def _stuck(n_a: int, n_b: int, width: int, beta: float, reached: int) -> MatcherError:
+    return MatcherError(
+        f"cannot zip n_a={n_a} + n_b={n_b} features down to width {width}: with beta={beta} "
+        f"the smallest reachable width is {reached} (no allowed pair is left); raise beta to "
+        f"allow more within-model merges, or raise the target width to >= {reached} (lower rho)"
+    )
+
+
+def _spend_budget(sim, alive, budget, n_a, i, j) -> np.ndarray | None:
+    """Charge a within-model merge of i and j; return the reps masked when a budget runs out."""
+    m = _model(i, n_a)
+    if m != _model(j, n_a):
+        return None
+    budget[m] -= 1
+    return _mask_model(sim, alive, n_a, m) if budget[m] == 0 else None
+
+
+def zip_match_naive(
+    corr: Tensor, n_a: int, n_b: int, width: int, alpha: float = 0.5, beta: float = 1.0
+) -> Match:
+    """Zip features greedily with the plain O(n·O²) loop of method.md B.2 (reference version).
+
+    Each step merges the pair of groups at the first maximum of the full (O, O) similarity in
+    row-major order (i < j by symmetry), sets row and column i to alpha * min of rows i and j,
+    removes j, and charges merges within one model m to a budget floor((O - r) n_m / O beta);
+    once a budget is spent, all pairs of that model's groups are forbidden.
+
+    Args:
+        corr: (O, O) correlation of [f_A ; f_B], O = n_a + n_b.
+        n_a: number of A features (the first n_a).
+        n_b: number of B features.
+        width: number of groups r to reach, 1 <= r <= O (r = O merges nothing).
+        alpha: damping of re-merging, in (0, 1].
+        beta: fraction of merges that may be within one model, in [0, 1].
+
+    Raises:
+        MatcherError: bad shapes or knobs, non-finite corr, or width unreachable under beta.
+    """
+    sim, budget, alive = _prepare(corr, n_a, n_b, width, alpha, beta)
+    o = n_a + n_b
+    labels = np.arange(o)
+    for n_groups in range(o, width, -1):
+        i, j = divmod(int(np.argmax(sim)), o)
+        if sim[i, j] == _NEG_INF:
+            raise _stuck(n_a, n_b, width, beta, n_groups)
+        labels[labels == j] = i
+        alive[j] = False
+        new = alpha * np.minimum(sim[i], sim[j])
+        sim[i, :] = new
+        sim[:, i] = new
+        sim[i, i] = _NEG_INF
+        sim[j, :] = _NEG_INF
+        sim[:, j] = _NEG_INF
+        _spend_budget(sim, alive, budget, n_a, i, j)
+    return Match(groups=_canonical(labels), n_a=n_a, n_b=n_b, width=width)
+
+
+def _fast_loop(sim, alive, budget, n_a, width, alpha) -> tuple[np.ndarray, int]:
+    """Run the greedy zip on cached row maxima; return parent pointers and the groups left.
+
+    row_max[k] / row_arg[k] hold the max and first argmax column of row k over live columns
+    (dead rows: -inf, -1). Dead rows and columns are never rewritten (a strided column write is
+    the dearest operation here): reads add `dead`, 0 for a live column and -inf for a dead one,
+    which gives exactly the naive loop's -inf. After merging j into i only column i changes in
+    other rows (column j dies), plus the block of a model whose budget ran out. A row keeps its
+    cached argmax unless the new value at column i beats it or ties it at a smaller column; rows
+    whose argmax was i or j, row i itself and masked rows are recomputed. Rows whose max is -inf
+    may cache any column: they stay all -inf and are never picked (a -inf pick stops the loop).
+    """
+    o = sim.shape[0]
+    parent = np.arange(o)
+    dead = np.zeros(o)
+    row_max = sim.max(axis=1)
+    row_arg = sim.argmax(axis=1)
+    new = np.empty(o)
+    n_groups = o
+    while n_groups > width:
+        i = int(row_max.argmax())  # first row holding the max = row-major first maximum
+        if row_max[i] == _NEG_INF:
+            break
+        j = int(row_arg[i])
+        parent[j] = i
+        alive[j] = False
+        dead[j] = _NEG_INF
+        n_groups -= 1
+        np.minimum(sim[i], sim[j], out=new)
+        new *= alpha  # new[i] = -inf already: sim[i, i] = -inf
+        new += dead
+        sim[i] = new
+        sim[:, i] = new
+        row_max[j] = _NEG_INF
+        row_arg[j] = -1
+        stale = row_arg == i
+        stale |= row_arg == j
+        stale[i] = True
+        masked = _spend_budget(sim, alive, budget, n_a, i, j)
+        if masked is not None:
+            stale[masked] = True
+        take = new > row_max
+        take |= (new == row_max) & (row_arg > i)
+        take[stale] = False
+        np.copyto(row_max, new, where=take)
+        np.copyto(row_arg, i, where=take)
+        rows = stale.nonzero()[0]
+        sub = sim[rows]
+        sub += dead
+        row_max[rows] = sub.max(axis=1)
+        row_arg[rows] = sub.argmax(axis=1)
+    return parent, n_groups
+
+
+def zip_match(
+    corr: Tensor, n_a: int, n_b: int, width: int, alpha: float = 0.5, beta: float = 1.0
+) -> Match:
+    """Zip features greedily (method.md B.2), fast; same groups as zip_match_naive, ties included.
+
+    Keeps each row's max and first argmax column; the global pick is the first row holding the
+    largest row max, then its first argmax, which is the row-major first maximum of the matrix.
+    A step costs O(O) plus a recompute of the few rows whose cached argmax was touched.
+
+    Args:
+        corr: (O, O) correlation of [f_A ; f_B], O = n_a + n_b.
+        n_a: number of A features (the first n_a).
+        n_b: number of B features.
+        width: number of groups r to reach, 1 <= r <= O (r = O merges nothing).
+        alpha: damping of re-merging, in (0, 1].
+        beta: fraction of merges that may be within one model, in [0, 1].
+
+    Raises:
+        MatcherError: bad shapes or knobs, non-finite corr, or width unreachable under beta.
+    """
+    sim, budget, alive = _prepare(corr, n_a, n_b, width, alpha, beta)
+    parent, n_groups = _fast_loop(sim, alive, budget, n_a, width, alpha)
+    if n_groups > width:
+        raise _stuck(n_a, n_b, width, beta, n_groups)
+    labels = parent
+    while True:  # pointer jumping: every feature ends at the root of its group
+        up = labels[labels]
+        if np.array_equal(up, labels):
+            break
+        labels = up
+    return Match(groups=_canonical(labels), n_a=n_a, n_b=n_b, width=width)
+
+
+def _check_equal(name: str, n_a: int, n_b: int) -> None:
+    _check_sizes(n_a, n_b)
+    if n_a != n_b:
+        raise MatcherError(
+            f"{name} needs equal widths, got n_a={n_a} and n_b={n_b}; "
+            "use the zip matcher for different widths"
+        )
+
+
+def permute_match(corr: Tensor, n_a: int, n_b: int) -> Match:
+    """Pair each A feature with one B feature, maximising the summed correlation (Hungarian).
+
+    Args:
+        corr: (O, O) correlation of [f_A ; f_B], O = n_a + n_b; only corr[:n_a, n_a:] is used.
+        n_a: number of A features.
+        n_b: number of B features (must equal n_a).
+
+    Raises:
+        MatcherError: widths differ, or corr has the wrong shape or non-finite values.
+    """
+    _check_equal("permute", n_a, n_b)
+    c = _as_matrix(corr, n_a, n_b)
+    rows, cols = linear_sum_assignment(c[:n_a, n_a:], maximize=True)
+    groups = np.empty(n_a + n_b, dtype=np.int64)
+    groups[rows] = rows
+    groups[n_a + cols] = rows
+    return Match(groups=_canonical(groups), n_a=n_a, n_b=n_b, width=n_a)
+
+
+def average_match(corr: Tensor, n_a: int, n_b: int) -> Match:
+    """Pair A feature k with B feature k (plain weight averaging).
+
+    Args:
+        corr: (O, O) correlation of [f_A ; f_B]; only its shape is checked.
+        n_a: number of A features.
+        n_b: number of B features (must equal n_a).
+
+    Raises:
+        MatcherError: widths differ or corr has the wrong shape.
+    """
+    _check_equal("average", n_a, n_b)
+    if tuple(corr.shape) != (n_a + n_b, n_a + n_b):
+        raise MatcherError(f"corr must have shape ({n_a + n_b}, {n_a + n_b}), got {corr.shape}")
+    groups = torch.arange(n_a, dtype=torch.int64).repeat(2)
+    return Match(groups=groups, n_a=n_a, n_b=n_b, width=n_a)
+
+
+def keep_one_match(n_a: int, n_b: int, keep: str) -> Match:
+    """Keep one model's features, each alone and in order; drop the other model's features.
+
+    Used where one model's features are unused, e.g. the inner layer of an identity-padded block.
+
+    Args:
+        n_a: number of A features.
+        n_b: number of B features.
+        keep: "a" or "b", the model whose features are kept.
+
+    Raises:
+        MatcherError: keep is not "a" or "b", or a width is not a positive integer.
+    """
+    _check_sizes(n_a, n_b)
+    if keep not in ("a", "b"):
+        raise MatcherError(f'keep must be "a" or "b", got {keep!r}')
+    kept = torch.arange(n_a if keep == "a" else n_b, dtype=torch.int64)
+    drop = torch.full((n_b if keep == "a" else n_a,), -1, dtype=torch.int64)
+    groups = torch.cat([kept, drop] if keep == "a" else [drop, kept])
+    return Match(groups=groups, n_a=n_a, n_b=n_b, width=int(kept.numel()))
+
+
+def _zip_entry(
+    corr: Tensor,
+    n_a: int,
+    n_b: int,
+    *,
+    width: int | None = None,
+    alpha: float = 0.5,
+    beta: float = 1.0,
+    naive: bool = False,
+) -> Match:
+    r = max(n_a, n_b) if width is None else width
+    fn = zip_match_naive if naive else zip_match
+    return fn(corr, n_a, n_b, r, alpha=alpha, beta=beta)
+
+
+def _zip_naive_entry(corr: Tensor, n_a: int, n_b: int, **knobs) -> Match:
+    return _zip_entry(corr, n_a, n_b, naive=True, **knobs)
+
+
+def _fixed_width(name: str, fn: Callable[[Tensor, int, int], Match]) -> Callable[..., Match]:
+    def entry(
+        corr: Tensor,
+        n_a: int,
+        n_b: int,
+        *,
+        width: int | None = None,
+        alpha: float = 0.5,
+        beta: float = 1.0,
+    ) -> Match:
+        _check_equal(name, n_a, n_b)
+        if width is not None and width != n_a:
+            raise MatcherError(
+                f"{name} always gives width n_a={n_a}, got width={width}; "
+                "use the zip matcher for another width"
+            )
+        return fn(corr, n_a, n_b)
+
+    entry.__name__ = f"{name}_entry"
+    entry.__doc__ = f"Run {fn.__name__}; width must be None or n_a, alpha and beta are ignored."
+    return entry
+
+
+MATCHERS: dict[str, Callable[..., Match]] = {
+    "zip": _zip_entry,
+    "zip_naive": _zip_naive_entry,
+    "permute": _fixed_width("permute", permute_match),
+    "average": _fixed_width("average", average_match),
+}
