@@ -1,0 +1,68 @@
+"""Start the heterogui workbench (Gradio app) on 127.0.0.1.
+
+The app lives in `heterogui.ui.app`; this script only parses the command line and hands over.
+Contract for the app module: `main(host: str = "127.0.0.1", port: int | None = None) -> None`
+starts the server (never with share=True) and blocks until it stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the launcher's command line."""
+    parser = argparse.ArgumentParser(description="Start the heterogui workbench (Gradio app).")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind (default 127.0.0.1: only this machine can connect)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port to listen on (default: Gradio's choice, 7860 or the next free one)",
+    )
+    return parser.parse_args(argv)
+
+
+def _find_app_main():
+    """Return heterogui.ui.app.main, or None while the app module does not exist yet.
+
+    An ImportError raised *inside* the app (a missing dependency, a bug) propagates, so a broken
+    app is never mistaken for an absent one.
+    """
+    try:
+        module = importlib.import_module("heterogui.ui.app")
+    except ModuleNotFoundError as exc:
+        if exc.name in {"heterogui.ui", "heterogui.ui.app"}:
+            return None
+        raise
+    return getattr(module, "main", None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the app if it is available, else say so; return the exit status."""
+    args = parse_args(argv)
+    # Before gradio is imported: no usage analytics, no model-hub calls unless a user asks.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+    app_main = _find_app_main()
+    if app_main is None:
+        where = f"{args.host}:{args.port}" if args.port else args.host
+        print(
+            f"heterogui: the workbench app (heterogui.ui.app) arrives with a later change; "
+            f"nothing to serve on {where} yet."
+        )
+        return 0
+    app_main(host=args.host, port=args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

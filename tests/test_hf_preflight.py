@@ -1,0 +1,165 @@
+"""Header-only pre-flight: model cards from config + safetensors headers, and pair verdicts."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from heterogui.errors import ModelLoadError  # noqa: E402
+from heterogui.models.hf import minilm  # noqa: E402
+from heterogui.models.hf.preflight import (  # noqa: E402
+    check_pair,
+    inspect_model,
+    read_safetensors_header,
+)
+
+
+@pytest.fixture(scope="session")
+def l3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Same folder as test_hf_minilm's fixture: the ONNX model is converted once per session.
+    return minilm.minilm_l3_path(tmp_path_factory.getbasetemp() / "hf" / minilm.L3_NAME)
+
+
+def tiny(folder: Path, kind: str = "bert", **overrides: object) -> Path:
+    """Save a tiny random BERT (or ViT) with safetensors into `folder` and return it."""
+    from transformers import BertConfig, BertModel, ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    if kind == "vit":
+        model = ViTModel(ViTConfig(**shape, image_size=16, patch_size=4, **overrides))
+    else:
+        model = BertModel(BertConfig(**{**shape, "vocab_size": 100, **overrides}))
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.mark.slow
+def test_minilm_pair_is_mergeable_with_a_depth_note(l3_dir: Path) -> None:
+    a, b = inspect_model(minilm.minilm_l6_path()), inspect_model(l3_dir)
+    assert (a.family, a.depth, a.hidden, a.heads, a.head_dim) == ("bert", 6, 384, 12, 32)
+    assert (b.depth, b.intermediate, b.norm, b.dtypes) == (3, 1536, "post", ("F32",))
+    assert a.vocab_hash == b.vocab_hash is not None
+    verdict = check_pair(a, b)
+    assert verdict.ok and verdict.reasons == ()
+    assert any("depths differ (6 vs 3)" in n for n in verdict.notes)
+    assert any("estimate" in n for n in verdict.notes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", minilm.NAMES)
+def test_parameter_count_matches_loaded_model(name: str, l3_dir: Path) -> None:
+    model, _ = minilm.load_minilm(name, cache=l3_dir)
+    path = minilm.minilm_l6_path() if name == minilm.L6_NAME else l3_dir
+    card = inspect_model(path)
+    assert card.num_params == sum(p.numel() for p in model.parameters())
+    assert card.file_bytes == (path / "model.safetensors").stat().st_size
+    assert card.est_merge_bytes > 3 * 4 * card.num_params and card.est_merge_seconds > 0
+
+
+def test_tiny_bert_card_counts_parameters(tmp_path: Path) -> None:
+    from transformers import AutoModel
+
+    card = inspect_model(tiny(tmp_path / "a"))
+    model = AutoModel.from_pretrained(tmp_path / "a", local_files_only=True)
+    assert card.num_params == sum(p.numel() for p in model.parameters())
+    assert (card.vocab_size, card.head_dim, card.max_positions) == (100, 8, 512)
+
+
+@pytest.mark.parametrize(
+    ("kind", "overrides", "words"),
+    [
+        ("bert", {"vocab_size": 120}, "vocabularies differ (100 vs 120"),
+        ("bert", {"num_attention_heads": 2}, "head dimensions differ (8 vs 16)"),
+        ("bert", {"hidden_act": "relu"}, "activation functions differ"),
+        ("bert", {"max_position_embeddings": 128}, "position embedding sizes differ"),
+        ("vit", {}, "model families differ (bert vs vit)"),
+    ],
+)
+def test_incompatible_pairs_are_refused(
+    tmp_path: Path, kind: str, overrides: dict, words: str
+) -> None:
+    verdict = check_pair(
+        inspect_model(tiny(tmp_path / "a")), inspect_model(tiny(tmp_path / "b", kind, **overrides))
+    )
+    assert not verdict.ok
+    assert any(words in r for r in verdict.reasons), verdict.reasons
+
+
+def test_vit_card_is_pre_norm_with_patch_positions(tmp_path: Path) -> None:
+    card = inspect_model(tiny(tmp_path / "v", "vit"))
+    assert (card.family, card.norm, card.vocab_size, card.max_positions) == ("vit", "pre", None, 17)
+
+
+def test_same_size_different_vocabulary_is_refused(tmp_path: Path) -> None:
+    a, b = tiny(tmp_path / "a"), tiny(tmp_path / "b")
+    (a / "vocab.txt").write_text("\n".join(f"tok{i}" for i in range(100)))
+    (b / "vocab.txt").write_text("\n".join(f"other{i}" for i in range(100)))
+    verdict = check_pair(inspect_model(a), inspect_model(b))
+    assert not verdict.ok and "vocabularies differ" in verdict.reasons[0]
+
+
+def test_width_and_depth_differences_are_notes(tmp_path: Path) -> None:
+    a = inspect_model(tiny(tmp_path / "a"))
+    wide = dict(hidden_size=64, num_attention_heads=8, intermediate_size=128, num_hidden_layers=3)
+    b = inspect_model(tiny(tmp_path / "b", **wide))
+    verdict = check_pair(a, b)
+    assert verdict.ok, verdict.reasons
+    text = " ".join(verdict.notes)
+    for words in ("depths differ (2 vs 3)", "hidden widths differ (32 vs 64)", "head counts"):
+        assert words in text
+
+
+def test_missing_folder_names_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist; pass a folder that contains"):
+        inspect_model(tmp_path / "nope")
+
+
+def test_folder_without_config_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        inspect_model(tmp_path)
+
+
+def test_pickle_only_weights_point_to_conversion(tmp_path: Path) -> None:
+    folder = tiny(tmp_path / "a")
+    (folder / "model.safetensors").unlink()
+    torch.save({"w": torch.zeros(2)}, folder / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="weights_only=True"):
+        inspect_model(folder)
+
+
+def test_torch_save_file_named_safetensors_is_refused(tmp_path: Path) -> None:
+    folder = tiny(tmp_path / "a")
+    torch.save({"w": torch.zeros(2)}, folder / "model.safetensors")
+    with pytest.raises(ModelLoadError, match=r"torch\.save\), not safetensors"):
+        inspect_model(folder)
+
+
+def test_header_longer_than_file_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(struct.pack("<Q", 10_000) + b"{}")
+    with pytest.raises(ModelLoadError, match="not a valid safetensors file: header length 10000"):
+        read_safetensors_header(bad)
+
+
+def test_corrupt_header_json_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(struct.pack("<Q", 6) + b"{nope!" + b"\0" * 16)
+    with pytest.raises(ModelLoadError, match="corrupt safetensors header"):
+        read_safetensors_header(bad)
+
+
+def test_entry_pointing_past_the_data_is_refused(tmp_path: Path) -> None:
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)  # 8 of 16 bytes
+    with pytest.raises(ModelLoadError, match="corrupt safetensors entry for 'w'"):
+        read_safetensors_header(bad)
