@@ -17,6 +17,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import torch  # noqa: E402
+
+# The test models are tiny: one thread is faster than two, and with two the OpenMP pool
+# collapses (100x slower) whenever anything else runs on the machine.
+torch.set_num_threads(1)
+
 CHROMIUM_PATH = Path("/usr/bin/chromium")
 # Flags for Debian's chromium in containers and CI (design.md); never `playwright install`.
 CHROMIUM_ARGS = [

@@ -1,0 +1,129 @@
+"""Merge from a recipe: the one path the CLI, the workbench and notebooks share."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import heterogui
+from heterogui.config import ModelRef, Recipe, load_recipe
+from heterogui.data import load_inputs, make_batches
+from heterogui.errors import ConfigError
+from heterogui.models.family import Network
+from heterogui.models.io import WEIGHTS_FILE, file_sha256, load_network
+from heterogui.pipeline import MergeResult, Progress, ZipSettings, prepare, zip_prepared
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class RecipeMerge:
+    """A merge run from a recipe: the result, the completed recipe and the report."""
+
+    result: MergeResult
+    recipe: Recipe
+    report: dict[str, Any]
+
+
+def model_folder(ref: ModelRef) -> Path:
+    """Return the folder a ModelRef points to (building a zoo pair first if needed).
+
+    Raises:
+        ConfigError: a malformed zoo reference.
+    """
+    if ref.path.startswith("zoo:"):
+        from heterogui.zoo.pairs import pair_folder
+
+        name, _, which = ref.path[4:].partition("/")
+        if which not in ("a", "b"):
+            raise ConfigError(f"zoo reference {ref.path!r} must look like zoo:PAIR/a or zoo:PAIR/b")
+        return pair_folder(name, which)
+    return Path(ref.path).expanduser()
+
+
+def load_model(ref: ModelRef, device: str | torch.device = "cpu") -> tuple[Network, str]:
+    """Load the model a ModelRef names and return it with its weights' sha256.
+
+    Raises:
+        ConfigError: the weights' hash differs from the one the recipe records.
+        ModelLoadError: missing or corrupt files.
+    """
+    folder = model_folder(ref)
+    net = load_network(folder, device)
+    digest = file_sha256(folder / WEIGHTS_FILE)
+    if ref.sha256 and ref.sha256 != digest:
+        raise ConfigError(
+            f"the weights of {ref.path} changed: sha256 {digest[:12]}... but the recipe records "
+            f"{ref.sha256[:12]}...; restore the original model or remove sha256 from the recipe"
+        )
+    return net, digest
+
+
+def versions() -> dict[str, str]:
+    """Return the versions that can change a merge's numbers."""
+    return {
+        "heterogui": heterogui.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def settings_of(recipe: Recipe) -> ZipSettings:
+    """Return the ZipSettings a recipe asks for."""
+    z = recipe.zip
+    return ZipSettings(z.matcher, z.alpha, z.beta, z.rho, z.overrides, recipe.stop)
+
+
+def merge_recipe(recipe: Recipe | str | Path, progress: Progress | None = None) -> RecipeMerge:
+    """Run the merge a recipe describes and return the result, completed recipe and report.
+
+    Raises:
+        HeteroguiError: any invalid recipe field, model or data (see the subclasses).
+    """
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    start = time.perf_counter()
+    torch.manual_seed(recipe.seed)
+    net_a, sha_a = load_model(recipe.model_a)
+    net_b, sha_b = load_model(recipe.model_b)
+    inputs, _ = load_inputs(recipe.calibration)
+    batches = make_batches(inputs, recipe.calibration.batch_size)
+    manual = recipe.alignment.mapping if recipe.alignment.mode == "manual" else None
+    prepared = prepare(
+        net_a,
+        net_b,
+        batches,
+        mode=recipe.alignment.mode,
+        manual=manual,
+        device=recipe.device,
+        reset_input_bn=recipe.reset_input_bn,
+        progress=progress,
+    )
+    result = zip_prepared(prepared, settings_of(recipe), DTYPES[recipe.dtype], progress)
+    mapping = result.alignment.mapping()
+    if recipe.alignment.mapping and recipe.alignment.mapping != mapping:
+        log.warning(
+            "alignment %s gave %s, not the recorded %s",
+            recipe.alignment.mode,
+            mapping,
+            recipe.alignment.mapping,
+        )
+    done = dataclasses.replace(
+        recipe,
+        model_a=dataclasses.replace(recipe.model_a, sha256=sha_a),
+        model_b=dataclasses.replace(recipe.model_b, sha256=sha_b),
+        alignment=dataclasses.replace(recipe.alignment, mapping=mapping),
+        versions=versions(),
+    )
+    from heterogui.report import merge_report
+
+    report = merge_report(result, done, time.perf_counter() - start)
+    return RecipeMerge(result, done, report)

@@ -1,0 +1,94 @@
+"""The command line: ``heterogui merge|zoo|bench|app`` (also ``python -m heterogui``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from heterogui.errors import HeteroguiError
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Merge as a recipe says and write the result folder."""
+    from pathlib import Path
+
+    from heterogui.api import merge_recipe
+    from heterogui.errors import ExportError
+    from heterogui.export.merged_io import save_merged
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:  # fail before the expensive part
+        raise ExportError(
+            f"output folder {str(out)!r} already exists; choose another --out or pass --overwrite"
+        )
+    done = merge_recipe(args.recipe, progress=_progress if args.verbose else None)
+    save_merged(done.result.model, out, done.recipe, done.report, overwrite=args.overwrite)
+    summary = {k: done.report[k] for k in ("parameters", "widths")}
+    summary["seconds"] = round(done.report["timings_seconds"]["total"], 3)
+    if "metrics" in done.report:
+        summary["metrics"] = done.report["metrics"]
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def _progress(stage: str, fraction: float) -> None:
+    print(f"\r{stage:<12} {fraction:6.1%}", end="\n" if fraction >= 1 else "", file=sys.stderr)
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    """Start the workbench."""
+    from heterogui.ui.app import main as app_main
+
+    app_main(host=args.host, port=args.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``heterogui`` command."""
+    parser = argparse.ArgumentParser(prog="heterogui", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    merge = sub.add_parser("merge", help="merge two models as a recipe says")
+    merge.add_argument("recipe", help="recipe file (.yaml or .json)")
+    merge.add_argument("--out", required=True, help="output folder (must not exist)")
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    merge.set_defaults(func=cmd_merge)
+
+    from heterogui.zoo.commands import add_zoo_arguments
+
+    zoo = sub.add_parser("zoo", help="build or list the built-in demo models")
+    add_zoo_arguments(zoo.add_subparsers(dest="zoo_command", required=True))
+
+    from heterogui.bench.commands import add_bench_arguments
+
+    bench = sub.add_parser("bench", help="benchmarks (speed, quality)")
+    add_bench_arguments(bench.add_subparsers(dest="bench_command", required=True))
+
+    app = sub.add_parser("app", help="start the workbench (127.0.0.1)")
+    app.add_argument("--host", default="127.0.0.1")
+    app.add_argument("--port", type=int, default=None)
+    app.set_defaults(func=cmd_app)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; errors print as one message and exit with code 2."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except HeteroguiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

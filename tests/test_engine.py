@@ -1,0 +1,223 @@
+"""The merge engine on MLP, VGG and ResNet: padding, permutation invariance, widths, ensemble."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from heterogui.align.pad import pad_network
+from heterogui.errors import AlignmentError, ConfigError, IncompatibleModelsError, MatcherError
+from heterogui.merge.bn import BN_TYPES
+from heterogui.models.family import build_network
+from heterogui.models.mlp import MLPConfig
+from heterogui.models.permute import permute_network, random_permutations
+from heterogui.models.resnet import cifar_resnet
+from heterogui.models.vgg import VGGConfig
+from heterogui.pipeline import ZipSettings, prepare, zip_prepared
+from heterogui.zip.collect import pooled_moments
+
+IMAGE = (1, 8, 8)
+SAME_ARCH = {
+    "mlp": (MLPConfig(64, (24, 32, 16), 5), (64,)),
+    "vgg": (VGGConfig(1, ((8, 8), (16, 16)), 5), IMAGE),
+    "resnet": (cifar_resnet((2, 2), 1, 5, 1, base=8), IMAGE),
+    "vgg1d": (VGGConfig(1, ((6, 6), (12,)), 5, spatial_dims=1), (1, 16)),
+}
+DEPTH_PAIRS = {
+    "mlp": (MLPConfig(64, (24, 32, 16, 20), 5), MLPConfig(64, (16, 28), 5), (64,)),
+    "vgg": (VGGConfig(1, ((8, 8, 8), (16, 16)), 5), VGGConfig(1, ((12,), (16, 24, 16)), 5), IMAGE),
+    "resnet": (cifar_resnet((3, 3), 1, 5, 1, base=8), cifar_resnet((2, 1), 2, 5, 1, base=8), IMAGE),
+}
+
+
+def realistic(net, seed: int):
+    """Give BatchNorm layers non-trivial parameters and statistics (as a trained model has)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.module.modules():
+            if isinstance(m, BN_TYPES):
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.2)
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    return net.module.eval() and net
+
+
+def make(config, seed: int, label: str = "model"):
+    torch.manual_seed(seed)
+    return realistic(build_network(config, label=label), seed)
+
+
+def calibration(shape, n_batches=6, size=64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(size, *shape, generator=gen) for _ in range(n_batches)]
+
+
+def max_diff(xs, ys) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(xs, ys, strict=True))
+
+
+@pytest.mark.parametrize("name", list(DEPTH_PAIRS))
+@pytest.mark.parametrize("mode", ["sma", "lma", "uniform", "head", "head_tail"])
+def test_padded_shallow_model_computes_its_own_function(name, mode):
+    config_a, config_b, shape = DEPTH_PAIRS[name]
+    a, b = make(config_a, 0), make(config_b, 1)
+    prep = prepare(a, b, calibration(shape, 2), mode=mode, device="cpu", reset_input_bn=False)
+    assert prep.padded_b.identity_blocks, "the shallower model must have been padded"
+    x = torch.randn(32, *shape)
+    with torch.no_grad():
+        assert (prep.padded_b.module(x) - b.module(x)).abs().max().item() < 1e-6
+        assert (prep.padded_a.module(x) - a.module(x)).abs().max().item() == 0.0
+    depths = [len(s) for s in prep.padded_a.graph().stages]
+    assert depths == [len(s) for s in prep.padded_b.graph().stages] == list(prep.alignment.depths)
+
+
+@pytest.mark.parametrize("name", list(SAME_ARCH))
+@pytest.mark.parametrize("matcher", ["zip", "permute"])
+def test_zipping_a_permuted_copy_gives_the_model_back(name, matcher):
+    config, shape = SAME_ARCH[name]
+    a = make(config, 0)
+    b = permute_network(a, random_permutations(a.graph(), torch.Generator().manual_seed(5)))
+    x = torch.randn(32, *shape)
+    with torch.no_grad():
+        assert (a.module(x) - b.module(x)).abs().max().item() < 1e-5  # same function
+    prep = prepare(a, b, calibration(shape), device="cpu")
+    for space in prep.padded_a.graph().spaces:  # precondition: no feature is constant
+        if space not in ("input", "logits"):
+            var = pooled_moments(prep.stats, prep.padded_a.graph(), space).cov().diagonal()
+            assert var.min().item() > 0, f"dead feature in {space}: choose another seed"
+    result = zip_prepared(prep, ZipSettings(matcher=matcher, rho=1.0))
+    ref = prep.net_a.module.eval()
+    with torch.no_grad():
+        out_a, out_b = result.model(x)
+        assert max_diff((out_a, out_b), (ref(x), ref(x))) < 1e-4
+    for space, (n_a, n_b, r) in result.widths().items():
+        assert n_a == n_b == r, space
+        assert result.matches[space].counts().cross == r
+
+
+@pytest.mark.parametrize("name", list(DEPTH_PAIRS))
+def test_rho_zero_is_exactly_the_ensemble(name):
+    config_a, config_b, shape = DEPTH_PAIRS[name]
+    prep = prepare(make(config_a, 0), make(config_b, 1), calibration(shape), device="cpu")
+    for stop in (None, 2, 0):
+        result = zip_prepared(prep, ZipSettings(rho=0.0, stop=stop))
+        x = torch.randn(32, *shape)
+        with torch.no_grad():
+            outs = result.model(x)
+            refs = (prep.net_a.module.eval()(x), prep.net_b.module.eval()(x))
+        assert max_diff(outs, refs) < 1e-5, f"stop={stop}"
+        for space, (n_a, n_b, r) in result.widths().items():
+            if space in prep.padded_b.graph().dead:  # B's identity block: only A's features
+                assert r == n_a, space
+            elif space in prep.padded_a.graph().dead:
+                assert r == n_b, space
+            else:
+                assert r == n_a + n_b, space
+
+
+@pytest.mark.parametrize("name", list(DEPTH_PAIRS))
+@pytest.mark.parametrize("rho", [0.25, 0.5, 1.0])
+def test_merged_widths_match_targets_and_m_u_is_identity(name, rho):
+    config_a, config_b, shape = DEPTH_PAIRS[name]
+    prep = prepare(make(config_a, 0), make(config_b, 1), calibration(shape), device="cpu")
+    result = zip_prepared(prep, ZipSettings(rho=rho, alpha=0.5, beta=0.5))
+    ga, gb = prep.padded_a.graph(), prep.padded_b.graph()
+    for space, match in result.matches.items():
+        n_a, n_b = ga.spaces[space].width, gb.spaces[space].width
+        if space in ga.dead or space in gb.dead:
+            assert match.width == (n_b if space in ga.dead else n_a)
+        else:
+            assert match.width == n_a + n_b - round(rho * min(n_a, n_b))
+        tr = result.transforms[space]
+        m_u = tr.merge[0] @ tr.unmerge[0] + tr.merge[1] @ tr.unmerge[1]
+        assert torch.allclose(m_u, torch.eye(match.width), atol=1e-6)
+    # the built model has exactly these widths
+    trunk = result.spec.trunk_config
+    graph = prep.padded_a.family.graph(trunk)
+    for space, match in result.matches.items():
+        assert graph.spaces[space].width == match.width
+
+
+def test_width_override_per_merge_point():
+    config_a, config_b, shape = DEPTH_PAIRS["vgg"]
+    prep = prepare(make(config_a, 0), make(config_b, 1), calibration(shape), device="cpu")
+    result = zip_prepared(prep, ZipSettings(rho=1.0, overrides={"block4": {"width": 30}}))
+    assert result.widths()["block4"] == (16, 24, 30)
+    with torch.no_grad():
+        out_a, out_b = result.model(torch.randn(4, *shape))
+    assert out_a.shape == (4, 5) and out_b.shape == (4, 5)
+
+
+def test_partial_zip_keeps_one_tail_per_model():
+    config_a, config_b, shape = DEPTH_PAIRS["resnet"]
+    prep = prepare(make(config_a, 0), make(config_b, 1), calibration(shape), device="cpu")
+    full = zip_prepared(prep, ZipSettings())
+    part = zip_prepared(prep, ZipSettings(stop=3))
+    assert len(part.model.trunk) == 3 and len(part.model.tails[0]) == len(full.model.trunk) - 2
+    assert set(part.matches) < set(full.matches)
+    params = [sum(p.numel() for p in r.model.parameters()) for r in (full, part)]
+    assert params[1] > params[0]  # separate tails cost parameters
+    with pytest.raises(ConfigError, match="stop point 99 is out of range"):
+        zip_prepared(prep, ZipSettings(stop=99))
+
+
+def test_merge_changes_nothing_in_the_callers_models():
+    config_a, config_b, shape = DEPTH_PAIRS["vgg"]
+    a, b = make(config_a, 0), make(config_b, 1)
+    before = {k: v.clone() for k, v in a.module.state_dict().items()}
+    zip_prepared(prepare(a, b, calibration(shape), device="cpu"), ZipSettings())
+    after = a.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(not m._forward_hooks for m in a.module.modules())
+
+
+def test_errors_name_the_problem_and_the_fix():
+    mlp, vgg = make(MLPConfig(64, (8, 8), 5), 0), make(VGGConfig(1, ((8,), (8,)), 5), 0)
+    with pytest.raises(IncompatibleModelsError, match="same family"):
+        prepare(mlp, vgg, calibration((64,)), device="cpu")
+    one_stage = make(VGGConfig(1, ((8, 8),), 5), 0)
+    with pytest.raises(IncompatibleModelsError, match="same number of"):
+        prepare(vgg, one_stage, calibration(IMAGE), device="cpu")
+    config_a, config_b, shape = DEPTH_PAIRS["vgg"]
+    a, b = make(config_a, 0), make(config_b, 1)
+    bad = {"a": [[0, 1, 2], [0, 0]], "b": [[0], [0, 1, 2]]}
+    with pytest.raises(AlignmentError, match="not monotone"):
+        prepare(a, b, calibration(shape), mode="manual", manual=bad, device="cpu")
+    prep = prepare(a, b, calibration(shape), device="cpu")
+    with pytest.raises(MatcherError, match="equal widths"):
+        zip_prepared(prep, ZipSettings(matcher="permute"))
+    with pytest.raises(ConfigError, match="unknown merge points"):
+        zip_prepared(prep, ZipSettings(overrides={"nope": {"width": 3}}))
+    with pytest.raises(AlignmentError, match="unknown alignment mode"):
+        prepare(a, b, calibration(shape), mode="diagonal", device="cpu")
+
+
+def test_manual_alignment_is_used_and_scored():
+    config_a, config_b, shape = DEPTH_PAIRS["vgg"]
+    a, b = make(config_a, 0), make(config_b, 1)
+    manual = {"a": [[0, 1, 2], [0, 2]], "b": [[0], [0, 1, 2]]}
+    prep = prepare(a, b, calibration(shape), mode="manual", manual=manual, device="cpu")
+    assert prep.alignment.mapping() == manual
+    assert prep.alignment.score is not None
+    sma = prepare(a, b, calibration(shape), mode="sma", device="cpu")
+    assert sma.alignment.score >= prep.alignment.score - 1e-12
+
+
+def test_pad_rejects_positions_that_do_not_fit():
+    net = make(MLPConfig(64, (8, 8), 5), 0)
+    with pytest.raises(AlignmentError, match="beyond the depth"):
+        pad_network(net, ((0, 5),), (3,))
+
+
+@pytest.mark.gpu
+def test_merge_runs_on_cuda():
+    config_a, config_b, shape = DEPTH_PAIRS["resnet"]
+    a, b = make(config_a, 0), make(config_b, 1)
+    cpu = zip_prepared(prepare(a, b, calibration(shape), device="cpu"), ZipSettings())
+    gpu = zip_prepared(prepare(a, b, calibration(shape), device="cuda"), ZipSettings())
+    x = torch.randn(16, *shape)
+    with torch.no_grad():
+        ref = cpu.model(x)
+        out = gpu.model(x.cuda())
+    assert max_diff([o.cpu() for o in out], ref) < 1e-3
