@@ -7,6 +7,7 @@ import logging
 import platform
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def versions() -> dict[str, str]:
     """Return the versions that can change a merge's numbers."""
     return {
         "heterogui": heterogui.__version__,
-        "torch": torch.__version__,
+        "torch": metadata.version("torch"),
         "python": platform.python_version(),
     }
 

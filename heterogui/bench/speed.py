@@ -1,0 +1,195 @@
+"""Speed benchmark: what a merge costs next to the forward passes it needs (method.md D).
+
+Prints, for two ResNets of different depth, the time of the forward passes alone, the time of
+every merge stage, the total, their ratio and peak memory; and the greedy zip matcher against
+the straightforward loop at O = 2x256, 2x512, 2x1024 features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from heterogui.models.family import Network, build_network
+from heterogui.models.resnet import cifar_resnet
+from heterogui.pipeline import ZipSettings, prepare, resolve_device, zip_prepared
+from heterogui.zip.matchers import zip_match, zip_match_naive
+
+# A merge runs each of A and B three times over the calibration data (BN re-estimation, CKA,
+# feature statistics) and the merged model once (BN re-estimation).
+PASSES_PER_INPUT_MODEL = 3
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _clock(fn: Callable[[], Any], device: torch.device, repeats: int = 1) -> float:
+    """Return the best wall time of ``repeats`` calls (seconds)."""
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@torch.no_grad()
+def forward_seconds(model: torch.nn.Module, batches: list[torch.Tensor], device) -> float:
+    """Return the time of one eval-mode pass of ``model`` over the batches."""
+    model.eval()
+    model(batches[0].to(device))  # warm-up
+    return _clock(lambda: [model(b.to(device)) for b in batches], device, repeats=3)
+
+
+def resnet_pair(width: int, depths_a, depths_b, seed: int = 0) -> tuple[Network, Network]:
+    """Return two randomly initialised CIFAR ResNets (speed does not depend on training)."""
+    torch.manual_seed(seed)
+    a = build_network(cifar_resnet(depths_a, width, 5, 3), label="A")
+    b = build_network(cifar_resnet(depths_b, width, 5, 3), label="B")
+    return a, b
+
+
+def bench_merge(
+    width: int = 2,
+    depths_a=(3, 3, 3),
+    depths_b=(2, 2, 2),
+    n_inputs: int = 256,
+    batch_size: int = 64,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Merge two ResNets of different depth on random 32x32 images and time every stage."""
+    dev = resolve_device(device)
+    a, b = resnet_pair(width, depths_a, depths_b)
+    gen = torch.Generator().manual_seed(0)
+    batches = list(torch.randn(n_inputs, 3, 32, 32, generator=gen).split(batch_size))
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    start = time.perf_counter()
+    prep = prepare(a, b, batches, device=dev)
+    result = zip_prepared(prep, ZipSettings())
+    _sync(dev)
+    total = time.perf_counter() - start
+    t_a = forward_seconds(prep.net_a.module, batches, dev)
+    t_b = forward_seconds(prep.net_b.module, batches, dev)
+    t_m = forward_seconds(result.model, batches, dev)
+    forwards = PASSES_PER_INPUT_MODEL * (t_a + t_b) + t_m
+    remerge = _clock(lambda: zip_prepared(prep, ZipSettings(rho=0.5)), dev, repeats=3)
+    stats_bytes = sum(m.outer.numel() * 8 for m in prep.stats.values())
+    return {
+        "pair": f"ResNet{_depth(depths_a)}x{width} vs ResNet{_depth(depths_b)}x{width}",
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "inputs": n_inputs,
+        "forward_a": t_a,
+        "forward_b": t_b,
+        "forward_merged": t_m,
+        "forward_needed": forwards,
+        "stages": {
+            **{f"prepare.{k}": v for k, v in prep.timings.items()},
+            **{f"zip.{k}": v for k, v in result.timings.items()},
+        },
+        "total": total,
+        "ratio": total / forwards,
+        "remerge_from_cache": remerge,
+        "statistics_mib": stats_bytes / 2**20,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_cuda_mib": torch.cuda.max_memory_allocated(dev) / 2**20
+        if dev.type == "cuda"
+        else None,
+    }
+
+
+def _depth(depths) -> int:
+    return 2 + 2 * sum(depths)
+
+
+def random_correlation(n_a: int, n_b: int, seed: int = 0) -> torch.Tensor:
+    """Return the correlation of n_a + n_b features that share a low-rank signal."""
+    gen = torch.Generator().manual_seed(seed)
+    o = n_a + n_b
+    latent = torch.randn(2048, o // 4, generator=gen, dtype=torch.float64)
+    mix = torch.randn(o // 4, o, generator=gen, dtype=torch.float64)
+    feats = latent @ mix + 0.5 * torch.randn(2048, o, generator=gen, dtype=torch.float64)
+    return torch.corrcoef(feats.T)
+
+
+def bench_matcher(sizes=(256, 512, 1024)) -> list[dict[str, Any]]:
+    """Time the fast zip matcher against the straightforward loop; check they agree."""
+    rows = []
+    for n in sizes:
+        corr = random_correlation(n, n)
+        fast_t = _clock(lambda c=corr, k=n: zip_match(c, k, k, k), torch.device("cpu"))
+        start = time.perf_counter()
+        naive = zip_match_naive(corr, n, n, n)
+        naive_t = time.perf_counter() - start
+        same = bool(torch.equal(naive.groups, zip_match(corr, n, n, n).groups))
+        rows.append(
+            {
+                "features": f"2x{n}",
+                "naive": naive_t,
+                "fast": fast_t,
+                "speedup": naive_t / fast_t,
+                "same_matching": same,
+            }
+        )
+    return rows
+
+
+def format_report(merge: dict[str, Any], matcher: list[dict[str, Any]]) -> str:
+    """Return the benchmark figures as readable text."""
+    lines = [
+        f"merge of {merge['pair']} on {merge['inputs']} inputs, device {merge['device']}, "
+        f"{merge['threads']} threads",
+        f"  forward passes alone: A {merge['forward_a']:.3f}s, B {merge['forward_b']:.3f}s, "
+        f"merged {merge['forward_merged']:.3f}s; needed by a merge "
+        f"(3xA + 3xB + merged): {merge['forward_needed']:.3f}s",
+    ]
+    lines += [f"  {name:<22} {sec:8.3f}s" for name, sec in merge["stages"].items()]
+    lines += [
+        f"  total merge time       {merge['total']:8.3f}s",
+        f"  ratio total / forward passes needed: {merge['ratio']:.2f}",
+        f"  re-merge from cached statistics: {merge['remerge_from_cache']:.3f}s",
+        f"  statistics kept: {merge['statistics_mib']:.1f} MiB; peak RSS "
+        f"{merge['peak_rss_mib']:.0f} MiB",
+    ]
+    if merge["peak_cuda_mib"] is not None:
+        lines.append(f"  peak CUDA memory: {merge['peak_cuda_mib']:.0f} MiB")
+    lines.append("zip matcher, fast vs straightforward loop (same matching required):")
+    lines += [
+        f"  O = {r['features']:<7} naive {r['naive']:8.3f}s  fast {r['fast']:8.3f}s  "
+        f"speed-up {r['speedup']:6.1f}x  same matching: {r['same_matching']}"
+        for r in matcher
+    ]
+    return "\n".join(lines)
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options of ``heterogui bench speed``."""
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--width", type=int, default=2, help="ResNet width multiplier")
+    parser.add_argument("--inputs", type=int, default=256, help="calibration inputs")
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def run_speed_cli(args: argparse.Namespace) -> int:
+    """Run the speed benchmark and print its figures."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        merge = bench_merge(1, (2, 2, 2), (1, 1, 1), 64, 32, args.device)
+        matcher = bench_matcher((64, 128))
+    else:
+        merge = bench_merge(args.width, n_inputs=args.inputs, device=args.device)
+        matcher = bench_matcher()
+    print(format_report(merge, matcher))
+    return 0

@@ -1,0 +1,174 @@
+"""End to end through the CLI: recipes, result folders, reloading, errors that lose nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import save_file
+from test_engine import make
+
+from heterogui.api import merge_recipe
+from heterogui.cli import main
+from heterogui.config import Recipe, load_recipe, recipe_from_dict
+from heterogui.errors import ConfigError
+from heterogui.export.merged_io import load_merged
+from heterogui.models.io import save_network, state_sha256
+from heterogui.models.resnet import cifar_resnet
+from heterogui.models.vgg import VGGConfig
+
+PAIRS = {
+    "depth": (VGGConfig(1, ((8, 8, 8), (16, 16)), 5), VGGConfig(1, ((8,), (16, 16, 16)), 5)),
+    "width": (cifar_resnet((2, 2), 1, 5, 1, base=8), cifar_resnet((2, 2), 2, 5, 1, base=8)),
+}
+
+
+def write_case(tmp_path: Path, pair: str, **recipe_fields) -> Path:
+    """Write two model folders, a calibration file and a recipe; return the recipe path."""
+    config_a, config_b = PAIRS[pair]
+    a, b = make(config_a, 0), make(config_b, 1)
+    b.classes = (5, 6, 7, 8, 9)
+    save_network(a, tmp_path / "a")
+    save_network(b, tmp_path / "b")
+    gen = torch.Generator().manual_seed(0)
+    save_file(
+        {"inputs": torch.randn(96, 1, 8, 8, generator=gen)}, str(tmp_path / "calib.safetensors")
+    )
+    recipe = {
+        "model_a": {"path": str(tmp_path / "a")},
+        "model_b": {"path": str(tmp_path / "b")},
+        "calibration": {
+            "source": str(tmp_path / "calib.safetensors"),
+            "size": 64,
+            "batch_size": 32,
+        },
+        "device": "cpu",
+        **recipe_fields,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def outputs(model, seed: int = 1):
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model(x)
+
+
+@pytest.mark.parametrize("pair", list(PAIRS))
+def test_merge_through_the_cli_writes_a_folder_that_reloads(tmp_path, pair, capsys):
+    recipe = write_case(tmp_path, pair, zip={"rho": 0.75})
+    out = tmp_path / "merged"
+    assert main(["merge", str(recipe), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "recipe.yaml",
+        "report.json",
+    ]
+    report = json.loads((out / "report.json").read_text())
+    assert report["timings_seconds"]["total"] > 0
+    assert "wrote" in capsys.readouterr().out
+
+    done = load_recipe(out / "recipe.yaml")
+    assert done.model_a.sha256 and done.model_b.sha256 and done.versions["torch"]
+    assert done.alignment.mapping == report["alignment"]["mapping"]
+    with safe_open(str(out / "model.safetensors"), "pt") as handle:
+        assert Recipe and json.loads(handle.metadata()["recipe"]) == done.to_dict()
+
+    reloaded = load_merged(out)
+    assert report["parameters"]["merged"] == sum(p.numel() for p in reloaded.parameters())
+    again = merge_recipe(out / "recipe.yaml")  # the recorded recipe repeats the merge
+    for x, y in zip(outputs(reloaded), outputs(again.result.model), strict=True):
+        assert torch.equal(x, y)
+    assert state_sha256(reloaded.state_dict()) == state_sha256(again.result.model.state_dict())
+    assert reloaded.spec.classes == ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
+
+
+def test_recipe_round_trips_and_rejects_unknown_keys(tmp_path):
+    recipe = load_recipe(write_case(tmp_path, "depth", zip={"alpha": 0.25, "beta": 0.5}))
+    assert recipe_from_dict(yaml.safe_load(recipe.to_yaml())) == recipe
+    assert recipe_from_dict(json.loads(recipe.to_json())) == recipe
+    bad = recipe.to_dict()
+    bad["zip"]["alpah"] = 0.1
+    with pytest.raises(ConfigError, match=r"recipe.zip: unknown keys \['alpah'\]"):
+        recipe_from_dict(bad)
+    for field, value, message in [
+        ("alpha", 0.0, "alpha = 0.0 is out of range"),
+        ("rho", 1.5, "rho = 1.5 is out of range"),
+        ("matcher", "magic", "matcher 'magic' is unknown"),
+    ]:
+        data = recipe.to_dict()
+        data["zip"][field] = value
+        with pytest.raises(ConfigError, match=message):
+            recipe_from_dict(data)
+
+
+def run_error(args, capsys) -> str:
+    assert main(args) == 2
+    return capsys.readouterr().err
+
+
+def test_errors_leave_no_partial_folder(tmp_path, capsys):
+    recipe = write_case(tmp_path, "width", zip={"matcher": "permute"})  # widths differ
+    out = tmp_path / "merged"
+    err = run_error(["merge", str(recipe), "--out", str(out)], capsys)
+    assert "permute needs equal widths" in err
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a",
+        "b",
+        "calib.safetensors",
+        "recipe.yaml",
+    ]
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    err = run_error(["merge", str(recipe), "--out", str(out)], capsys)
+    assert "already exists" in err and (out / "keep.txt").read_text() == "precious"
+
+
+def test_bad_inputs_get_clear_messages(tmp_path, capsys):
+    recipe = write_case(tmp_path, "depth")
+    data = yaml.safe_load(recipe.read_text())
+    cases = [
+        ({"model_b": {"path": str(tmp_path / "nowhere")}}, "does not exist"),
+        ({"model_a": {"path": str(tmp_path / "a"), "sha256": "0" * 64}}, "changed"),
+        ({"calibration": {"source": "no-such-dataset"}}, "unknown dataset"),
+        (
+            {
+                "alignment": {
+                    "mode": "manual",
+                    "mapping": {"a": [[0, 1, 2], [0, 1]], "b": [[0], [0, 2, 1]]},
+                }
+            },
+            "must keep every slot",
+        ),
+        ({"stop": 42}, "out of range"),
+        ({"colour": "blue"}, "unknown keys ['colour']"),
+    ]
+    for change, message in cases:
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump({**data, **change}))
+        err = run_error(["merge", str(path), "--out", str(tmp_path / "o")], capsys)
+        assert message in err, (change, err)
+        assert not (tmp_path / "o").exists()
+    (tmp_path / "b" / "model.safetensors").write_bytes(b"not a safetensors file")
+    err = run_error(["merge", str(recipe), "--out", str(tmp_path / "o")], capsys)
+    assert "not a valid safetensors file" in err
+    assert "does not exist" in run_error(["merge", str(tmp_path / "x.yaml"), "--out", "o"], capsys)
+
+
+def test_python_dash_m_runs_the_cli():
+    done = subprocess.run(
+        [sys.executable, "-m", "heterogui", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0
+    for command in ("merge", "zoo", "bench", "app"):
+        assert command in done.stdout
