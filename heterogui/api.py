@@ -128,3 +128,43 @@ def merge_recipe(recipe: Recipe | str | Path, progress: Progress | None = None) 
 
     report = merge_report(result, done, time.perf_counter() - start)
     return RecipeMerge(result, done, report)
+
+
+def merge(
+    model_a: Network | Recipe | str | Path,
+    model_b: Network | None = None,
+    batches: list[torch.Tensor] | None = None,
+    *,
+    mode: str = "sma",
+    manual: dict[str, list[list[int]]] | None = None,
+    settings: ZipSettings | None = None,
+    device: str | torch.device = "auto",
+    reset_input_bn: bool = True,
+    dtype: torch.dtype = torch.float32,
+    progress: Progress | None = None,
+) -> MergeResult:
+    """Merge two networks on calibration batches, or run a recipe (a Recipe or its file).
+
+    batches: list of input tensors (B, ...) drawn from both tasks.
+
+    Raises:
+        ConfigError: networks given without batches, or invalid settings.
+        HeteroguiError: any other invalid input (see the subclasses).
+    """
+    if isinstance(model_a, Recipe | str | Path):
+        return merge_recipe(model_a, progress).result
+    if model_b is None or not batches:
+        raise ConfigError(
+            "merge(net_a, net_b, batches): give both networks and calibration batches"
+        )
+    prepared = prepare(
+        model_a,
+        model_b,
+        batches,
+        mode=mode,
+        manual=manual,
+        device=device,
+        reset_input_bn=reset_input_bn,
+        progress=progress,
+    )
+    return zip_prepared(prepared, settings or ZipSettings(), dtype, progress)

@@ -221,3 +221,28 @@ def test_merge_runs_on_cuda():
         ref = cpu.model(x)
         out = gpu.model(x.cuda())
     assert max_diff([o.cpu() for o in out], ref) < 1e-3
+
+
+def test_capture_hooks_are_removed_even_when_the_forward_fails():
+    from heterogui.models.capture import capture_outputs
+
+    net = make(MLPConfig(64, (8, 8), 5), 0)
+    with pytest.raises(RuntimeError), capture_outputs(net.module, ["blocks.0", "blocks.1"]):
+        net.module(torch.randn(2, 63))  # wrong input width
+    assert all(not m._forward_hooks for m in net.module.modules())
+    with capture_outputs(net.module, ["blocks.1"]) as found:
+        net.module(torch.randn(2, 64))
+    assert found["blocks.1"].shape == (2, 8)
+    assert all(not m._forward_hooks for m in net.module.modules())
+
+
+def test_python_api_merges_networks_and_recipes():
+    import heterogui
+
+    config_a, config_b, shape = DEPTH_PAIRS["mlp"]
+    result = heterogui.merge(make(config_a, 0), make(config_b, 1), calibration(shape))
+    assert result.alignment.depths == (4,) and set(result.widths()) == {
+        f"block{i}" for i in range(4)
+    }
+    with pytest.raises(ConfigError, match="give both networks"):
+        heterogui.merge(make(config_a, 0))
