@@ -19,10 +19,10 @@ from heterogui.align.alignment import Alignment, align, check_stages
 from heterogui.align.pad import copy_network, pad_network
 from heterogui.align.similarity import layer_similarity
 from heterogui.errors import ConfigError, IncompatibleModelsError
-from heterogui.merge.bn import has_batch_norm, reestimate_batch_norm
-from heterogui.merge.fuse import SpaceTransform, fuse_state
-from heterogui.merge.merged import MergedModel, MergedSpec, build_merged
-from heterogui.merge.pinning import pinned_channels
+from heterogui.fusion.bn import has_batch_norm, reestimate_batch_norm
+from heterogui.fusion.fuse import SpaceTransform, fuse_state
+from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged
+from heterogui.fusion.pinning import pinned_channels
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network
 from heterogui.models.graph import INPUT

@@ -7,7 +7,7 @@ import torch
 
 from heterogui.align.pad import pad_network
 from heterogui.errors import AlignmentError, ConfigError, IncompatibleModelsError, MatcherError
-from heterogui.merge.bn import BN_TYPES
+from heterogui.fusion.bn import BN_TYPES
 from heterogui.models.family import build_network
 from heterogui.models.mlp import MLPConfig
 from heterogui.models.permute import permute_network, random_permutations

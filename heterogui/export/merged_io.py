@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from heterogui.config import Recipe
 from heterogui.errors import ExportError, ModelLoadError
-from heterogui.merge.merged import MergedModel, MergedSpec, build_merged
+from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged
 from heterogui.models.io import CONFIG_FILE, WEIGHTS_FILE, atomic_folder, load_state, read_config
 
 RECIPE_FILE = "recipe.yaml"

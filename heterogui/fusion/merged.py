@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from heterogui.merge.fuse import apply_along
+from heterogui.fusion.fuse import apply_along
 from heterogui.models.family import config_from_dict, config_to_dict, family_of
 
 CHANNEL_DIM = {"flat": 1, "channels": 1, "tokens": -1}

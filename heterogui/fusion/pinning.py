@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from heterogui.merge.bn import BN_TYPES
+from heterogui.fusion.bn import BN_TYPES
 from heterogui.models.family import Network
 from heterogui.zip.matchers import Match
 
