@@ -1,0 +1,125 @@
+"""Tests of the streaming feature moments (heterogui.zip.stats, method.md B.1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from heterogui.errors import ConfigError
+from heterogui.zip.stats import Moments
+
+
+def _data(seed: int, n: int = 300, d: int = 12) -> np.ndarray:
+    """Build correlated features with non-zero means and mixed scales, (n, d) float64."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 4)) @ rng.standard_normal((4, d)) + rng.standard_normal((n, d))
+    return x * rng.uniform(0.1, 10.0, size=d) + rng.uniform(-5.0, 5.0, size=d)
+
+
+def _stream(x: np.ndarray, chunks: int, dtype: torch.dtype = torch.float64) -> Moments:
+    m = Moments.empty(x.shape[1])
+    for part in np.array_split(x, chunks):
+        m.update(torch.from_numpy(part).to(dtype))
+    return m
+
+
+def test_streaming_matches_numpy_cov_and_corrcoef() -> None:
+    x = _data(0)
+    m = _stream(x, chunks=7)
+    assert m.count == x.shape[0]
+    np.testing.assert_allclose(m.mean().numpy(), x.mean(axis=0), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(m.cov().numpy(), np.cov(x, rowvar=False, bias=True), atol=1e-10)
+    np.testing.assert_allclose(m.corr().numpy(), np.corrcoef(x, rowvar=False), atol=1e-10)
+    assert m.cov().dtype == torch.float64
+    assert torch.equal(m.corr(), m.corr().T)
+    assert torch.equal(torch.diagonal(m.corr()), torch.ones(x.shape[1], dtype=torch.float64))
+
+
+def test_float32_rows_are_accumulated_in_float64() -> None:
+    x = _data(1).astype(np.float32)
+    m = _stream(x, chunks=3, dtype=torch.float32)
+    assert m.total.dtype == torch.float64 and m.outer.dtype == torch.float64
+    ref = np.cov(x.astype(np.float64), rowvar=False, bias=True)
+    np.testing.assert_allclose(m.cov().numpy(), ref, atol=1e-9)
+
+
+def test_adding_accumulations_equals_the_union() -> None:
+    x = _data(2)
+    left, right = _stream(x[:110], chunks=2), _stream(x[110:], chunks=3)
+    whole = _stream(x, chunks=1)
+    for both in (left + right, left.merged_with(right)):
+        assert both.count == whole.count
+        torch.testing.assert_close(both.total, whole.total, rtol=0, atol=1e-9)
+        torch.testing.assert_close(both.outer, whole.outer, rtol=0, atol=1e-8)
+        torch.testing.assert_close(both.corr(), whole.corr(), rtol=0, atol=1e-12)
+    assert left.count == 110  # adding returns a new accumulation, the operands are unchanged
+
+
+def test_adding_different_widths_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="widths 3 and 4"):
+        Moments.empty(3) + Moments.empty(4)
+
+
+def test_constant_and_dead_features_get_finite_zero_correlation() -> None:
+    x = _data(3, d=8)
+    x[:, 2] = 0.3  # constant, not exactly representable: sums carry rounding error
+    x[:, 5] = 0.0  # dead unit
+    corr = _stream(x, chunks=4).corr()
+    assert torch.isfinite(corr).all()
+    for k in (2, 5):
+        others = torch.cat([corr[k, :k], corr[k, k + 1 :]])
+        assert others.abs().max() < 1e-6
+        assert corr[k, k].abs() < 1e-6
+    live = [0, 1, 3, 4, 6, 7]
+    np.testing.assert_allclose(
+        corr[live][:, live].numpy(), np.corrcoef(x[:, live], rowvar=False), atol=1e-10
+    )
+
+
+def test_floor_is_relative_to_the_feature_scale() -> None:
+    x = _data(4, d=6)
+    small, big = _stream(x * 1e-8, chunks=2).corr(), _stream(x * 1e8, chunks=2).corr()
+    torch.testing.assert_close(small, big, rtol=0, atol=1e-9)
+    with pytest.raises(ConfigError, match="floor"):
+        _stream(x, chunks=1).corr(floor=0.0)
+
+
+def test_all_zero_features_give_a_zero_matrix() -> None:
+    m = Moments.empty(3)
+    m.update(torch.zeros(5, 3))
+    assert torch.equal(m.corr(), torch.zeros(3, 3, dtype=torch.float64))
+
+
+def test_state_round_trip_is_exact(tmp_path) -> None:
+    m = _stream(_data(5), chunks=5)
+    path = tmp_path / "moments.safetensors"
+    save_file(m.to_state(), str(path))
+    back = Moments.from_state(load_file(str(path)))
+    assert back.count == m.count
+    assert torch.equal(back.total, m.total) and torch.equal(back.outer, m.outer)
+    assert torch.equal(back.corr(), m.corr())
+    back.update(torch.zeros(1, m.width))  # the restored sums are its own, not the source's
+    assert m.count == back.count - 1
+
+
+def test_state_with_missing_keys_is_an_error() -> None:
+    state = Moments.empty(2).to_state()
+    del state["outer"]
+    with pytest.raises(ConfigError, match="outer"):
+        Moments.from_state(state)
+
+
+def test_empty_accumulation_is_an_error() -> None:
+    m = Moments.empty(4)
+    for fn in (m.mean, m.cov, m.corr):
+        with pytest.raises(ConfigError, match="no calibration samples reached this merge point"):
+            fn()
+
+
+def test_bad_shapes_are_errors() -> None:
+    with pytest.raises(ConfigError, match="positive integer"):
+        Moments.empty(0)
+    with pytest.raises(ConfigError, match=r"\(n, 4\)"):
+        Moments.empty(4).update(torch.zeros(3, 5))
