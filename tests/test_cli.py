@@ -172,3 +172,27 @@ def test_python_dash_m_runs_the_cli():
     assert done.returncode == 0
     for command in ("merge", "zoo", "bench", "app"):
         assert command in done.stdout
+
+
+def test_report_has_metrics_when_the_recipe_names_labelled_data(tmp_path):
+    recipe = write_case(tmp_path, "width")
+    gen = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 10, (40,), generator=gen)
+    save_file(
+        {"inputs": torch.randn(40, 1, 8, 8, generator=gen), "labels": labels},
+        str(tmp_path / "test.safetensors"),
+    )
+    data = yaml.safe_load(recipe.read_text())
+    data["evaluation"] = {
+        "source": str(tmp_path / "test.safetensors"),
+        "size": None,
+        "batch_size": 16,
+    }
+    data["zip"] = {"rho": 0.0}  # the ensemble, exactly
+    recipe.write_text(yaml.safe_dump(data))
+    metrics = merge_recipe(recipe).report["metrics"]
+    assert set(metrics) == {"a", "b", "ensemble", "merged"}
+    assert metrics["a"]["task_b"] is None and metrics["b"]["task_a"] is None
+    assert metrics["merged"]["count_a"] + metrics["merged"]["count_b"] == 40
+    for key in ("joint", "task_a", "task_b", "avg"):
+        assert metrics["merged"][key] == pytest.approx(metrics["ensemble"][key])
