@@ -1,8 +1,9 @@
 """Start the heterogui workbench (Gradio app) on 127.0.0.1.
 
 The app lives in `heterogui.ui.app`; this script only parses the command line and hands over.
-Contract for the app module: `main(host: str = "127.0.0.1", port: int | None = None) -> None`
-starts the server (never with share=True) and blocks until it stops.
+Contract for the app module: `main(host: str = "127.0.0.1", port: int | None = None, auth=None,
+threads=None, pair=None) -> None` starts the server (never with share=True) and blocks until it
+stops.
 """
 
 from __future__ import annotations
@@ -26,6 +27,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="port to listen on (default: Gradio's choice, 7860 or the next free one)",
+    )
+    parser.add_argument(
+        "--auth",
+        default=None,
+        metavar="USER:PASSWORD",
+        help="require this login (recommended with --host 0.0.0.0)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1 on machines with 2 cores or fewer)",
+    )
+    parser.add_argument(
+        "--pair", default=None, help="demo pair a new session opens (default: the first one)"
     )
     return parser.parse_args(argv)
 
@@ -60,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             f"nothing to serve on {where} yet."
         )
         return 0
-    app_main(host=args.host, port=args.port)
+    app_main(host=args.host, port=args.port, auth=args.auth, threads=args.threads, pair=args.pair)
     return 0
 
 

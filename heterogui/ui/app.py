@@ -1,0 +1,306 @@
+"""The workbench app: assemble the tabs, wire events to handlers, and serve on 127.0.0.1.
+
+Every event runs a plain handler ``handler(session, resources, *inputs, progress=...)`` that
+changes the session and returns a status message; this module turns handler errors into
+messages in the page (the session is kept), re-renders the tabs the event touches, and gives
+every main event an ``api_name`` so that gradio_client can drive the whole flow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+
+from heterogui.errors import HeteroguiError  # noqa: E402
+from heterogui.ui import (  # noqa: E402
+    tab_align,
+    tab_evaluate,
+    tab_export,
+    tab_models,
+    tab_neurons,
+    tab_zip,
+)
+from heterogui.ui.resources import Resources  # noqa: E402
+from heterogui.ui.session import Cancelled, Session  # noqa: E402
+from heterogui.ui.summary import session_summary  # noqa: E402
+
+log = logging.getLogger(__name__)
+TABS = {
+    "models": tab_models,
+    "align": tab_align,
+    "neurons": tab_neurons,
+    "zip": tab_zip,
+    "evaluate": tab_evaluate,
+    "export": tab_export,
+}
+SCOPES = (*TABS, "knobs")
+STAGES = {
+    "bn_inputs": "re-estimating BatchNorm of A and B",
+    "similarity": "layer similarity (CKA)",
+    "features": "feature statistics",
+    "match": "matching neurons",
+    "bn_merged": "BatchNorm of the merged model",
+    "evaluate": "evaluating",
+    "sweep": "sweeping rho",
+    "done": "done",
+}
+INTRO = (
+    "# heterogui workbench\n"
+    "Merge two models of different depth and width without training: **1 Models** (pick A "
+    "and B) → **2 Alignment** (which layers pair up) → **3 Neurons** (which neurons merge) → "
+    "**4 Zip** (tune and merge) → **5 Evaluate** (A, B, merged side by side) → **6 Export**."
+)
+
+
+def views_of(scope: str) -> tuple[str, ...]:
+    """Return the names of the components a scope renders."""
+    return tuple(tab_zip.KNOBS) if scope == "knobs" else TABS[scope].VIEWS
+
+
+def render(session: Session, res: Resources, scopes: Sequence[str]) -> dict[str, Any]:
+    """Return the view values of the given scopes for ``session``."""
+    values: dict[str, Any] = {}
+    for scope in scopes:
+        if scope == "knobs":
+            if session.prepared is not None:
+                values.update(tab_zip.knob_values(session))
+        else:
+            values.update(TABS[scope].render(session, res))
+    return values
+
+
+def progress_adapter(progress: Any) -> Callable[[str, float], None]:
+    """Return a core progress callback (stage, fraction) that drives a gr.Progress bar."""
+
+    def report(stage: str, frac: float) -> None:
+        label = STAGES.get(stage.split(" ")[-1], stage)
+        if stage.startswith("build"):
+            label = f"building the demo pair ({stage[6:]})"
+        if progress is not None:
+            progress(min(max(float(frac), 0.0), 1.0), desc=label)
+
+    return report
+
+
+def event_function(
+    handler: Callable[..., Any],
+    res: Resources,
+    scopes: Sequence[str],
+    names: Sequence[str],
+    n_inputs: int,
+    lock_for: Callable[[Session], Any] | None = None,
+) -> Callable[..., list[Any]]:
+    """Wrap a handler as a gradio function: errors become messages, views are re-rendered.
+
+    lock_for: returns the lock that serialises this session's heavy steps (None: no lock).
+    """
+
+    def fn(*args: Any) -> list[Any]:
+        session = args[0] if isinstance(args[0], Session) else Session()
+        values, progress = args[1 : 1 + n_inputs], args[1 + n_inputs]
+        skip = [gr.skip() for _ in names]
+        try:
+            with lock_for(session) if lock_for else contextlib.nullcontext():
+                out = handler(session, res, *values, progress=progress_adapter(progress))
+                message, extra = out if isinstance(out, tuple) else (out, {})
+                views = {**render(session, res, scopes), **extra}
+        except Cancelled as exc:
+            gr.Info(str(exc))
+            return [session, f"**Cancelled.** {exc}", session_summary(session), *skip]
+        except HeteroguiError as exc:
+            gr.Warning(str(exc))
+            return [session, f"**Error:** {exc}", session_summary(session), *skip]
+        except Exception as exc:  # a bug must not take the page down: report and keep going
+            log.exception("handler %s failed", getattr(handler, "__name__", handler))
+            gr.Warning(f"unexpected error ({type(exc).__name__}): {exc}")
+            return [
+                session,
+                f"**Unexpected error** ({type(exc).__name__}): {exc}",
+                session_summary(session),
+                *skip,
+            ]
+        return [
+            session,
+            gr.skip() if message is None else message,  # None: nothing to say, keep the line
+            session_summary(session),
+            *[views.get(n, gr.skip()) for n in names],
+        ]
+
+    params = [inspect.Parameter("session", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [
+        inspect.Parameter(f"input_{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        for i in range(n_inputs)
+    ]
+    params.append(
+        inspect.Parameter(
+            "progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()
+        )
+    )
+    fn.__signature__ = inspect.Signature(params)  # gradio finds gr.Progress by its default
+    fn.__name__ = getattr(handler, "__name__", "handler")
+    return fn
+
+
+class SessionLocks:
+    """One lock per session, so that one user's heavy steps run one after the other.
+
+    Two users' steps still run side by side (up to the heavy concurrency limit); light steps
+    (the size estimate, Cancel) never wait. Owned by one app, never module-level.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def get(self, sid: str) -> threading.Lock:
+        """Return the lock of session ``sid``."""
+        with self._guard:
+            return self._locks.setdefault(sid, threading.Lock())
+
+
+def new_session() -> Session:
+    """Return a fresh session (gr.State calls this once per browser session)."""
+    return Session()
+
+
+def build_app(res: Resources, heavy_limit: int = 2) -> gr.Blocks:
+    """Return the workbench Blocks (not launched). ``heavy_limit``: concurrent heavy events."""
+    ui: dict[str, Any] = {}
+    with gr.Blocks(title="heterogui workbench", analytics_enabled=False) as demo:
+        gr.Markdown(INTRO)
+        state = gr.State(new_session)  # called per browser session: never shared
+        ui["status"] = gr.Markdown(
+            "Opening the demo pair (the very first start trains it: about 20 s on a laptop)…",
+            elem_id="status",
+            min_height=48,
+        )
+        with gr.Accordion("Session summary (JSON)", open=False):
+            ui["summary"] = gr.JSON(label="summary")
+        with gr.Tabs() as ui["tabs"]:
+            for key, title in (
+                ("models", "1 Models"),
+                ("align", "2 Alignment"),
+                ("neurons", "3 Neurons"),
+                ("zip", "4 Zip"),
+                ("evaluate", "5 Evaluate"),
+                ("export", "6 Export"),
+            ):
+                with gr.Tab(title, id=key):
+                    TABS[key].build(ui, res)
+
+        locks = SessionLocks()
+
+        def lock_for(session: Session) -> threading.Lock:
+            return locks.get(session.sid)
+
+        def on(trigger, handler, inputs, scopes, api_name, heavy=False, light=False, extra=()):
+            scope_list = SCOPES if scopes == "all" else tuple(scopes)
+            names = [n for s in scope_list for n in views_of(s)] + list(extra)
+            kwargs: dict[str, Any] = {"show_progress": "full" if heavy else "hidden"}
+            if heavy:  # one progress bar, under the title, instead of an overlay on every view
+                kwargs["show_progress_on"] = [ui["status"]]
+            if api_name:
+                kwargs["api_name"] = api_name
+            else:
+                kwargs["api_visibility"] = "undocumented"
+            if heavy:
+                kwargs.update(concurrency_id="heavy", concurrency_limit=heavy_limit)
+            elif light:
+                kwargs.update(concurrency_limit=None, trigger_mode="always_last")
+            return trigger(
+                event_function(
+                    handler, res, scope_list, names, len(inputs), lock_for if heavy else None
+                ),
+                inputs=[state, *[ui[i] for i in inputs]],
+                outputs=[state, ui["status"], ui["summary"], *[ui[n] for n in names]],
+                **kwargs,
+            )
+
+        for tab in TABS.values():
+            tab.wire(ui, on)
+        on(demo.load, tab_models.on_start, [], "all", "start", heavy=True, extra=["tabs"])
+    demo.ui = ui  # the components by name, for tests and screenshots
+    return demo
+
+
+def default_threads() -> int:
+    """Return torch's thread count for the app: 1 on small machines (see tests/conftest.py)."""
+    cores = os.cpu_count() or 1
+    return 1 if cores <= 2 else min(4, cores // 2)
+
+
+def parse_auth(auth: str | None) -> tuple[str, str] | None:
+    """Return (user, password) from "user:password" (None when not given).
+
+    Raises:
+        ValueError: a value without a colon.
+    """
+    if not auth:
+        return None
+    user, sep, password = auth.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("--auth takes USER:PASSWORD")
+    return user, password
+
+
+def launch(
+    demo: gr.Blocks,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    auth: tuple[str, str] | None = None,
+    block: bool = True,
+    concurrency: int = 4,
+) -> str:
+    """Queue and launch ``demo``; return its URL. Never a share link, analytics or run history.
+
+    block: wait until the server stops (Ctrl+C); else return at once (tests).
+    """
+    demo.queue(default_concurrency_limit=concurrency)
+    _, url, _ = demo.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        auth=auth,
+        prevent_thread_lock=True,
+        show_error=True,
+        quiet=True,
+        ssr_mode=False,
+        footer_links=["api", "settings"],
+        run_history=False,
+        enable_monitoring=False,
+        mcp_server=False,
+        pwa=False,
+    )
+    log.info("heterogui workbench running on %s%s", url, " (login required)" if auth else "")
+    if block:
+        demo.block_thread()
+    return url
+
+
+def main(
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    auth: str | None = None,
+    threads: int | None = None,
+    pair: str | None = None,
+    device: str = "auto",
+) -> None:
+    """Start the workbench and block until it stops (the contract launch.py relies on).
+
+    auth: "user:password" to require a login; threads: torch CPU threads (default: 1 on
+    machines with 2 cores or fewer); pair: the demo pair a new session opens.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(threads or default_threads())
+    log.info("torch CPU threads: %d", torch.get_num_threads())
+    launch(build_app(Resources(device=device, default_pair=pair)), host, port, parse_auth(auth))

@@ -1,0 +1,135 @@
+"""The model card written next to an exported merge: Markdown with small SVG figures.
+
+The SVGs are drawn here as plain text (no plotting library, no browser), so an export needs
+nothing beyond the core and opens anywhere a README renders.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+SIZE = 28  # pixels per heatmap cell
+
+
+def _viridis(v: float) -> str:
+    """Return a colour from dark blue (0) through teal to yellow (1)."""
+    stops = [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)]
+    v = min(max(v, 0.0), 1.0) * (len(stops) - 1)
+    i = min(int(v), len(stops) - 2)
+    t = v - i
+    rgb = [round(a + (b - a) * t) for a, b in zip(stops[i], stops[i + 1], strict=True)]
+    return "#" + "".join(f"{c:02x}" for c in rgb)
+
+
+def heatmap_svg(z: list[list[float]], path: list[tuple[int, int]], title: str) -> str:
+    """Return an SVG heatmap (rows: layers of A, columns: layers of B) with the path drawn.
+
+    path: (row, column) cells joined by a red line.
+    """
+    rows, cols = len(z), len(z[0]) if z else 0
+    left, top = 40, 40
+    width, height = left + cols * SIZE + 10, top + rows * SIZE + 30
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="11">',
+        f'<text x="{left}" y="16">{escape(title)}</text>',
+    ]
+    for i, row in enumerate(z):
+        parts.append(f'<text x="4" y="{top + i * SIZE + SIZE * 0.65:.0f}">A{i}</text>')
+        for j, v in enumerate(row):
+            parts.append(
+                f'<rect x="{left + j * SIZE}" y="{top + i * SIZE}" width="{SIZE}" '
+                f'height="{SIZE}" fill="{_viridis(v)}"><title>A{i} B{j}: {v:.3f}</title></rect>'
+            )
+    for j in range(cols):
+        parts.append(f'<text x="{left + j * SIZE + 4}" y="{top + rows * SIZE + 16}">B{j}</text>')
+    points = " ".join(
+        f"{left + (j + 0.5) * SIZE:.0f},{top + (i + 0.5) * SIZE:.0f}" for i, j in path
+    )
+    parts.append(f'<polyline points="{points}" fill="none" stroke="#ff4b4b" stroke-width="3"/>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def bars_svg(labels: list[str], series: dict[str, list[float]], title: str) -> str:
+    """Return an SVG grouped bar chart: one group per label, one bar per series."""
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"]
+    n = max(len(series), 1)
+    group_w, bar_w, plot_h, left, top = 24 * n + 16, 24, 160, 10, 40
+    top_value = max([v for vals in series.values() for v in vals] + [1])
+    width = left + group_w * max(len(labels), 1) + 10
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{max(width, 260)}" '
+        f'height="{top + plot_h + 60}" font-family="sans-serif" font-size="10">',
+        f'<text x="{left}" y="14">{escape(title)}</text>',
+    ]
+    for k, name in enumerate(series):
+        parts.append(
+            f'<rect x="{left + 90 * k}" y="20" width="10" height="10" '
+            f'fill="{colours[k % 4]}"/><text x="{left + 90 * k + 14}" y="29">'
+            f"{escape(name)}</text>"
+        )
+    for g, label in enumerate(labels):
+        for k, values in enumerate(series.values()):
+            h = plot_h * values[g] / top_value
+            x = left + g * group_w + k * bar_w
+            parts.append(
+                f'<rect x="{x}" y="{top + plot_h - h:.1f}" width="{bar_w - 2}" height="{h:.1f}" '
+                f'fill="{colours[k % 4]}"><title>{escape(label)}: {values[g]:g}</title></rect>'
+            )
+        parts.append(
+            f'<text x="{left + g * group_w}" y="{top + plot_h + 14}" '
+            f'transform="rotate(30 {left + g * group_w} {top + plot_h + 14})">'
+            f"{escape(label)}</text>"
+        )
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if v is None:
+            return "—"
+        return f"{v:,}" if isinstance(v, int) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def model_card(facts: dict[str, Any]) -> str:
+    """Return the README.md of an exported merge.
+
+    facts: "title", "models" (rows: name, ref, family, depths, parameters), "alignment" (mode,
+    mapping, score), "settings" (dict), "sizes" (rows), "metrics" (rows or []), "widths"
+    (rows: merge point, A, B, merged).
+    """
+    al = facts["alignment"]
+    parts = [
+        f"# {facts['title']}",
+        "A training-free heterogeneous merge made with the heterogui workbench. The merged model "
+        "returns one output per original model (A's classes, B's classes).",
+        "## Source models",
+        _table(["model", "reference", "family", "layers per stage", "parameters"], facts["models"]),
+        "## Layer alignment",
+        f"Mode **{al['mode']}**, score {al['score']}, mapping `{al['mapping']}`.",
+        "![layer CKA and alignment path](alignment.svg)",
+        "## Neuron zip",
+        _table(["setting", "value"], [[k, v] for k, v in facts["settings"].items()]),
+        _table(["merge point", "width A", "width B", "merged width"], facts["widths"]),
+        "![widths per merge point](widths.svg)",
+        "## Size",
+        _table(["model", "parameters", "FLOPs per input"], facts["sizes"]),
+    ]
+    if facts["metrics"]:
+        parts += [
+            "## Accuracy (test split, %)",
+            _table(["model", "Joint", "Task A", "Task B", "Avg"], facts["metrics"]),
+        ]
+    parts += [
+        "## Reproduce",
+        "`heterogui merge recipe.yaml --out OUT` repeats this merge bit for bit; "
+        "`recipe.yaml`, `report.json` and `config.json` sit beside this card.",
+    ]
+    return "\n\n".join(parts) + "\n"

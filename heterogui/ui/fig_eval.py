@@ -1,0 +1,203 @@
+"""Figures of the Zip and Evaluate tabs: sizes, widths, samples, the rho sweep, the history.
+
+Pure functions: plain numbers and tensors in, plotly figures out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+MODEL_COLOURS = {"A": "#1f77b4", "B": "#ff7f0e", "ensemble": "#9467bd", "merged": "#2ca02c"}
+
+
+def sizes_figure(sizes: dict[str, dict[str, Any]]) -> go.Figure:
+    """Return bars of parameters and FLOPs for A, B, ensemble and merged.
+
+    sizes: model name -> {"parameters": int, "flops": int | None}.
+    """
+    names = list(sizes)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("parameters", "FLOPs per input"))
+    for col, key in ((1, "parameters"), (2, "flops")):
+        values = [sizes[n].get(key) or 0 for n in names]
+        fig.add_trace(
+            go.Bar(
+                x=names,
+                y=values,
+                marker_color=[MODEL_COLOURS.get(n, "#888") for n in names],
+                text=[f"{v:,}" for v in values],
+                textposition="auto",
+                showlegend=False,
+            ),
+            row=1,
+            col=col,
+        )
+    fig.update_layout(height=300, margin={"l": 50, "r": 20, "t": 40, "b": 40})
+    return fig
+
+
+def widths_figure(widths: dict[str, tuple[int, int, int]]) -> go.Figure:
+    """Return grouped bars of A's, B's and the merged width at every merge point."""
+    spaces = list(widths)
+    fig = go.Figure()
+    for k, (name, colour) in enumerate(
+        (("A", MODEL_COLOURS["A"]), ("B", MODEL_COLOURS["B"]), ("merged", MODEL_COLOURS["merged"]))
+    ):
+        fig.add_trace(
+            go.Bar(x=spaces, y=[widths[s][k] for s in spaces], name=name, marker_color=colour)
+        )
+    fig.update_layout(
+        barmode="group",
+        title="width per merge point",
+        height=300,
+        margin={"l": 50, "r": 20, "t": 40, "b": 60},
+        legend={"orientation": "h", "y": 1.15},
+    )
+    return fig
+
+
+def _sample_trace(x: torch.Tensor, axis: int) -> dict:
+    """Return a trace drawing one input: an image (C, H, W) or a 1-D signal (C, L)."""
+    where = {"xaxis": f"x{axis}", "yaxis": f"y{axis}", "hoverinfo": "skip", "showlegend": False}
+    if x.dim() == 3:
+        return {
+            "type": "heatmap",
+            "z": x[0].tolist(),
+            "colorscale": "Greys",
+            "showscale": False,
+            **where,
+        }
+    return {
+        "type": "scatter",
+        "y": x.reshape(-1).tolist(),
+        "mode": "lines",
+        "line": {"color": "#333"},
+        **where,
+    }
+
+
+def samples_figure(
+    inputs: torch.Tensor,
+    labels: list[int],
+    preds: dict[str, list[tuple[int, float]]],
+    indices: list[int],
+) -> go.Figure:
+    """Return one panel per sample (image or signal) titled with every model's prediction.
+
+    inputs: (k, C, H, W) images or (k, C, L) signals; preds: model -> (class, confidence) per
+    sample; a prediction is marked ✓ when right. Built from plain dicts (redrawn per merge).
+    """
+    k = max(len(indices), 1)
+    layout: dict = {
+        "height": 340,
+        "margin": {"l": 10, "r": 10, "t": 120, "b": 10},
+        "annotations": [],
+        "plot_bgcolor": "white",
+    }
+    bare = {"showticklabels": False, "showgrid": False, "zeroline": False}
+    traces = []
+    for s, index in enumerate(indices):
+        lines = [f"<b>#{index}</b> true {labels[s]}"]
+        for name, rows in preds.items():
+            cls, conf = rows[s]
+            lines.append(f"{name}: {cls} {'✓' if cls == labels[s] else '✗'} ({conf:.0%})")
+        lo, hi = s / k + 0.01, (s + 1) / k - 0.01
+        image = inputs[s].dim() == 3
+        layout[f"xaxis{s + 1}"] = {
+            "domain": [lo, hi],
+            "anchor": f"y{s + 1}",
+            **bare,
+        }
+        layout[f"yaxis{s + 1}"] = {
+            "domain": [0, 1],
+            "anchor": f"x{s + 1}",
+            **bare,
+            **({"autorange": "reversed", "scaleanchor": f"x{s + 1}"} if image else {}),
+        }
+        layout["annotations"].append(
+            {
+                "text": "<br>".join(lines),
+                "x": (lo + hi) / 2,
+                "y": 1.0,
+                "xref": "paper",
+                "yref": "paper",
+                "yanchor": "bottom",
+                "showarrow": False,
+                "font": {"size": 11},
+            }
+        )
+        traces.append(_sample_trace(inputs[s].float().cpu(), s + 1))
+    return go.Figure({"data": traces, "layout": layout}, _validate=False)
+
+
+def sweep_figure(points: list[dict[str, Any]], current_rho: float) -> go.Figure:
+    """Return accuracy (left axis) and parameters (right axis) against the zip ratio rho."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    rhos = [p["rho"] for p in points]
+    for key, dash in (("Joint", "solid"), ("Avg", "dash")):
+        if any(p.get(key) is not None for p in points):
+            fig.add_trace(
+                go.Scatter(
+                    x=rhos,
+                    y=[p.get(key) for p in points],
+                    name=f"{key} %",
+                    mode="lines+markers",
+                    line={"dash": dash},
+                ),
+                secondary_y=False,
+            )
+    fig.add_trace(
+        go.Scatter(
+            x=rhos,
+            y=[p["parameters"] for p in points],
+            name="parameters",
+            mode="lines+markers",
+            line={"color": "#7f7f7f"},
+        ),
+        secondary_y=True,
+    )
+    fig.add_vline(
+        x=current_rho,
+        line={"color": "#d62728", "dash": "dot"},
+        annotation_text=f"current rho {current_rho:.2f}",
+    )
+    fig.update_layout(
+        title="accuracy and size against the zip ratio rho",
+        height=360,
+        margin={"l": 50, "r": 50, "t": 50, "b": 40},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    fig.update_xaxes(title="rho (0 = ensemble, 1 = full zip)", range=[-0.05, 1.05])
+    fig.update_yaxes(title="accuracy %", secondary_y=False)
+    fig.update_yaxes(title="parameters", secondary_y=True)
+    return fig
+
+
+def history_figure(history: list[dict[str, Any]]) -> go.Figure:
+    """Return this session's merges as points: parameters against Joint accuracy."""
+    fig = go.Figure()
+    if history:
+        fig.add_trace(
+            go.Scatter(
+                x=[h["parameters"] for h in history],
+                y=[h.get("Joint") for h in history],
+                mode="markers+text",
+                text=[f"#{h['merge']}" for h in history],
+                textposition="top center",
+                marker={"size": 10, "color": MODEL_COLOURS["merged"]},
+                customdata=[[h["rho"], h["alpha"], h["beta"], h["stop"]] for h in history],
+                hovertemplate="params %{x:,}<br>Joint %{y}%<br>rho %{customdata[0]} alpha "
+                "%{customdata[1]} beta %{customdata[2]} stop %{customdata[3]}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title="this session's merges",
+        xaxis={"title": "parameters"},
+        yaxis={"title": "Joint accuracy %"},
+        height=300,
+        margin={"l": 50, "r": 20, "t": 40, "b": 40},
+    )
+    return fig

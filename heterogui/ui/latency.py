@@ -1,0 +1,169 @@
+"""Slider latency: how long the workbench takes from a slider release to updated results.
+
+A release (``tab_zip.on_release`` with auto re-merge on) runs two steps, timed here without a
+server and without gradio, down to the figures' JSON:
+
+1. the merge: re-merge from the cached statistics (``zip_prepared``: match, fuse, BatchNorm),
+   sizes, and the figures of the Zip and Neurons tabs (readout, widths, neuron map, histogram);
+2. its metrics: evaluation on the test split and the Evaluate tab's figures (samples, history).
+
+The statistics are prepared once before timing, as the app does when a pair is loaded.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from heterogui.ui import evaluation, work
+from heterogui.ui.resources import Resources, ZooSource
+from heterogui.ui.session import Session
+
+# A user dragging rho, then alpha, beta and the stop point: each entry is one release.
+DEFAULT_MOVES: tuple[dict[str, Any], ...] = (
+    {"rho": 0.9},
+    {"rho": 0.75},
+    {"rho": 0.5},
+    {"rho": 0.25},
+    {"rho": 1.0},
+    {"alpha": 0.3},
+    {"beta": 0.5},
+    {"stop": -1},
+    {"stop": None},
+)
+
+
+def merge_figures(session: Session) -> int:
+    """Build the figures step 1 re-renders; return their JSON size in bytes."""
+    from heterogui.ui.fig_eval import sizes_figure, widths_figure
+    from heterogui.ui.fig_neurons import correlation_histogram, neuron_figure
+    from heterogui.ui.sizes import reference_sizes
+    from heterogui.ui.tab_neurons import merge_points, space_match
+
+    prep, result = session.prepared, session.result
+    sizes = {**(session.reference_sizes or reference_sizes(prep)), "merged": session.merged_size}
+    space = session.neuron_space or merge_points(prep)[0][1]
+    corr, match = space_match(prep, result.settings, space, result.spec.stop, result)
+    n_a = prep.padded_a.graph().spaces[space].width
+    figs = [
+        sizes_figure(sizes),
+        widths_figure(result.widths()),
+        neuron_figure(corr, n_a, corr.shape[0] - n_a, match, space),
+        correlation_histogram(corr, match, n_a, space),
+    ]
+    return sum(len(f.to_json()) for f in figs)
+
+
+def evaluation_figures(session: Session, res: Resources) -> int:
+    """Build the figures step 2 re-renders; return their JSON size in bytes."""
+    from heterogui.ui.fig_eval import history_figure, samples_figure
+
+    prep, result = session.prepared, session.result
+    figs = [history_figure(session.history)]
+    split = evaluation.test_split(res, session.dataset, prep)
+    if split is not None:
+        ids = session.samples
+        inputs = split.inputs[torch.tensor(ids)]
+        preds = evaluation.predictions(prep, result, inputs)
+        figs.append(samples_figure(inputs, [int(split.labels[i]) for i in ids], preds, ids))
+    return sum(len(f.to_json()) for f in figs)
+
+
+def _settings(session: Session, move: dict[str, Any]) -> Any:
+    s = session.settings
+    knobs = {"matcher": s.matcher, "alpha": s.alpha, "beta": s.beta, "rho": s.rho, "stop": s.stop}
+    knobs.update(move)
+    n_blocks = session.prepared.padded_a.graph().num_blocks - 1
+    if knobs["stop"] == -1:  # "one block before the head": a partial zip
+        knobs["stop"] = max(n_blocks - 1, 0)
+    return work.make_settings(
+        knobs["matcher"],
+        knobs["alpha"],
+        knobs["beta"],
+        knobs["rho"],
+        knobs["stop"],
+        s.overrides,
+        n_blocks,
+    )
+
+
+def slider_latency(
+    pair_name: str,
+    moves: tuple[dict[str, Any], ...] = DEFAULT_MOVES,
+    res: Resources | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Return the slider-to-updated-result latency of the workbench for zoo pair ``pair_name``.
+
+    Keys: pair, device, threads, prepare_s (load + statistics, once), moves, figure_bytes (JSON
+    per release), and {"median", "max"} over the moves of: zip_s (``zip_prepared`` alone),
+    merge_s (step 1: re-merge, sizes and its figures: the merged model on screen), metrics_s
+    (step 2: test-split evaluation and its figures), total_s (both); under_1s: step 1 always
+    under a second.
+
+    Raises:
+        HeteroguiError: unknown pair (or a failing merge).
+    """
+    if res is None:
+        from heterogui.zoo.registry import TINY_PAIRS
+
+        res = Resources(ZooSource(tiny=pair_name in TINY_PAIRS), device=device)
+    session = Session(device=device)
+    res.pair(pair_name)  # build (if needed) outside the timed part
+    start = time.perf_counter()
+    work.open_pair(session, res, pair_name)
+    prepare_s = time.perf_counter() - start
+    _release(session, res, session.settings)  # warm-up: first-call costs are not a slider's
+    times: dict[str, list[float]] = {"zip_s": [], "merge_s": [], "metrics_s": [], "total_s": []}
+    sizes = []
+    for move in moves:
+        step = _release(session, res, _settings(session, move))
+        sizes.append(step.pop("bytes"))
+        for key, value in step.items():
+            times[key].append(value)
+    return {
+        "pair": pair_name,
+        "device": str(session.prepared.device),
+        "threads": torch.get_num_threads(),
+        "prepare_s": prepare_s,
+        "moves": len(moves),
+        **{key: _stats(values) for key, values in times.items()},
+        "figure_bytes": max(sizes),
+        "under_1s": max(times["merge_s"]) < 1.0,
+    }
+
+
+def _release(session: Session, res: Resources, settings: Any) -> dict[str, float]:
+    """Do what one slider release does; return the time of each step (and the JSON bytes)."""
+    t0 = time.perf_counter()
+    result = work.merge(session, res, settings, evaluate=False)
+    size = merge_figures(session)
+    t1 = time.perf_counter()
+    work.evaluate_pending(session, res)
+    size += evaluation_figures(session, res)
+    t2 = time.perf_counter()
+    return {
+        "zip_s": sum(result.timings.values()),
+        "merge_s": t1 - t0,
+        "metrics_s": t2 - t1,
+        "total_s": t2 - t0,
+        "bytes": size,
+    }
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "max": max(values)}
+
+
+def format_latency(rows: list[dict[str, Any]]) -> str:
+    """Return slider latencies as readable lines (one per pair; medians, max of the total)."""
+    return "\n".join(
+        f"{r['pair']:<28} zip {r['zip_s']['median']:.3f}s; merge on screen "
+        f"{r['merge_s']['median']:.3f}s; + metrics {r['metrics_s']['median']:.3f}s = "
+        f"{r['total_s']['median']:.3f}s (max {r['total_s']['max']:.3f}s) on {r['device']}, "
+        f"{r['threads']} thread(s)"
+        for r in rows
+    )

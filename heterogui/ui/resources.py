@@ -1,0 +1,155 @@
+"""Read-only things that every session of one app may share, built once and cached.
+
+``Resources`` is created by ``app.main`` (never at import) and passed to the handlers. It holds
+the demo pairs of the zoo, calibration inputs and test splits, and the prepared statistics of
+each demo pair, so that a new browser session shows the demo pair at once. Sessions only read
+these objects: a session that realigns or re-merges makes new objects from them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from heterogui.config import DataRef
+from heterogui.errors import ConfigError
+from heterogui.models.family import Network
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class DemoPair:
+    """Two trained models of one family on disjoint classes of one dataset."""
+
+    name: str
+    description: str
+    net_a: Network
+    net_b: Network
+    dataset: str
+
+
+class PairSource(Protocol):
+    """Where demo pairs come from (the zoo, or a stand-in in tests)."""
+
+    def names(self) -> list[tuple[str, str]]:
+        """Return (name, one-line description) of every pair."""
+
+    def load(self, name: str, progress: Progress | None = None) -> DemoPair:
+        """Return the pair, building it first if needed."""
+
+
+class ZooSource:
+    """Demo pairs from ``heterogui.zoo.pairs`` (built offline on first use, then cached).
+
+    tiny: offer the zoo's tiny pairs (seconds to build; for tests) instead of the demo pairs.
+    """
+
+    def __init__(self, tiny: bool = False):
+        self.tiny = tiny
+
+    def names(self) -> list[tuple[str, str]]:
+        """Return (name, description) of every zoo pair; empty while the zoo is unavailable."""
+        try:
+            from heterogui.zoo.pairs import PAIRS, TINY_PAIRS
+        except ImportError:
+            return []
+        registry = TINY_PAIRS if self.tiny else PAIRS
+        return [(name, spec.description) for name, spec in registry.items()]
+
+    def load(self, name: str, progress: Progress | None = None) -> DemoPair:
+        """Return zoo pair ``name``, trained first (with progress) when not built yet.
+
+        Raises:
+            ConfigError: unknown pair, or the zoo is not installed.
+        """
+        try:
+            from heterogui.zoo.pairs import build_zoo, load_pair
+        except ImportError as exc:
+            raise ConfigError(
+                "the built-in zoo (heterogui.zoo.pairs) is not available in this install; "
+                "load models from folders instead"
+            ) from exc
+        build_zoo([name], progress=progress)
+        pair = load_pair(name, device="cpu")
+        return DemoPair(name, pair.description, pair.net_a, pair.net_b, pair.dataset)
+
+
+class Resources:
+    """Shared, read-only caches of one app: demo pairs, inputs, prepared demo pairs.
+
+    Thread-safe: a value is built once even when several sessions ask for it together.
+    """
+
+    def __init__(
+        self,
+        source: PairSource | None = None,
+        device: str = "auto",
+        default_pair: str | None = None,
+    ):
+        self.source: PairSource = source or ZooSource()
+        self.device = device
+        self._default_pair = default_pair
+        self._lock = threading.Lock()
+        self._key_locks: dict[Any, threading.Lock] = {}
+        self._values: dict[Any, Any] = {}
+
+    def _cached(self, key: Any, build: Callable[[], Any]) -> Any:
+        """Return the value for ``key``, building it once (other callers wait for it)."""
+        with self._lock:
+            if key in self._values:
+                return self._values[key]
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._values:
+                    return self._values[key]
+            value = build()
+            with self._lock:
+                self._values[key] = value
+            return value
+
+    def pair_names(self) -> list[tuple[str, str]]:
+        """Return (name, description) of the demo pairs."""
+        return self._cached(("names",), self.source.names)
+
+    def default_pair(self) -> str | None:
+        """Return the pair a new session starts with (None when there is none)."""
+        names = [n for n, _ in self.pair_names()]
+        if self._default_pair in names:
+            return self._default_pair
+        return names[0] if names else None
+
+    def pair(self, name: str, progress: Progress | None = None) -> DemoPair:
+        """Return demo pair ``name`` (built on first use)."""
+        return self._cached(("pair", name), lambda: self.source.load(name, progress))
+
+    def inputs(self, ref: DataRef) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return (inputs, labels) for a DataRef, exactly as ``heterogui.data`` draws them."""
+        from heterogui.data import load_inputs
+
+        return self._cached(("inputs", ref), lambda: load_inputs(ref))
+
+    def batches(self, ref: DataRef) -> list[torch.Tensor]:
+        """Return the calibration batches a recipe with this DataRef uses."""
+        from heterogui.data import make_batches
+
+        return self._cached(
+            ("batches", ref), lambda: make_batches(self.inputs(ref)[0], ref.batch_size)
+        )
+
+    def split(self, dataset: str, split: str = "test") -> Any:
+        """Return a split of a zoo dataset (a ``heterogui.zoo.datasets.Split``)."""
+        from heterogui.zoo.datasets import load_split
+
+        return self._cached(("split", dataset, split), lambda: load_split(dataset, split, seed=0))
+
+    def prepared(self, key: Any, build: Callable[[], Any]) -> Any:
+        """Return the prepared statistics cached under ``key`` (built once by ``build``)."""
+        return self._cached(("prepared", key), build)

@@ -1,0 +1,64 @@
+"""A JSON summary of a session: what is loaded, aligned, merged and exported.
+
+Shown in the page (Session summary) and returned by every API event, so that a gradio_client
+script can follow the flow without parsing figures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from heterogui.ui import evaluation
+from heterogui.ui.session import Session
+
+
+def session_summary(session: Session) -> dict[str, Any]:
+    """Return the session's state as plain JSON-ready values."""
+    out: dict[str, Any] = {
+        "session": session.sid,
+        "pair": session.pair,
+        "model_a": session.a.ref if session.a else None,
+        "model_b": session.b.ref if session.b else None,
+        "dataset": session.dataset,
+        "analysed": session.prepared is not None,
+        "merges": session.merge_count,
+        "last_export": session.last_export,
+    }
+    prep = session.prepared
+    if prep is not None:
+        al = prep.alignment
+        out["alignment"] = {
+            "mode": al.mode,
+            "mapping": al.mapping(),
+            "score": al.score,
+            "depths": list(al.depths),
+        }
+        out["device"] = str(prep.device)
+        out["blocks"] = prep.padded_a.graph().num_blocks - 1  # stop = blocks: a full zip
+    s = session.settings
+    out["settings"] = {
+        "matcher": s.matcher,
+        "alpha": s.alpha,
+        "beta": s.beta,
+        "rho": s.rho,
+        "stop": s.stop,
+        "overrides": {k: dict(v) for k, v in s.overrides.items()},
+    }
+    out["baseline"] = {k: evaluation.metric_columns(m) for k, m in session.baseline.items()}
+    result = session.result
+    if result is not None:
+        out["merged"] = {
+            "widths": {k: list(v) for k, v in result.widths().items()},
+            "parameters": sum(p.numel() for p in result.model.parameters()),
+            "stop": result.spec.stop,
+            "metrics": evaluation.metric_columns(session.merged_metrics),
+            "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        }
+    out["history"] = [
+        {
+            k: h.get(k)
+            for k in ("merge", "rho", "alpha", "beta", "stop", "parameters", "Joint", "Avg")
+        }
+        for h in session.history
+    ]
+    return out

@@ -1,0 +1,138 @@
+"""Tab 6, Export: write the merge (safetensors, config, recipe, report, model card) and import
+a recipe to repeat a merge exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import yaml
+
+from heterogui.cache import cache_dir
+from heterogui.errors import ConfigError
+from heterogui.ui import exporting
+from heterogui.ui.resources import Resources
+from heterogui.ui.session import Session
+from heterogui.ui.sources import hf_available
+
+VIEWS = ("recipe_view", "export_dir", "card_preview")
+
+
+def build(ui: dict[str, Any], res: Resources) -> None:
+    """Create the tab's components and register them in ``ui``."""
+    with gr.Row():
+        with gr.Column():
+            ui["export_dir"] = gr.Textbox(
+                elem_id="export-dir",
+                label="Output folder",
+                info="Created by the export (an existing folder is "
+                "refused unless you tick overwrite); holds model.safetensors, config.json, "
+                "recipe.yaml, report.json and README.md (the model card)",
+            )
+            ui["overwrite"] = gr.Checkbox(value=False, label="Overwrite an existing folder")
+            ui["export"] = gr.Button("Export merge", variant="primary", elem_id="export")
+            ui["export_file"] = gr.File(
+                label="Download the export (.zip)", interactive=False, height=80
+            )
+            if not hf_available():
+                gr.Markdown(
+                    "*Hugging Face folders for transformer merges arrive with the "
+                    "transformer adapter change.*"
+                )
+        with gr.Column():
+            ui["recipe_upload"] = gr.File(
+                label="Import a recipe (.yaml / .json)",
+                file_types=[".yaml", ".yml", ".json"],
+                height=110,
+            )
+            ui["recipe_text"] = gr.Textbox(
+                label="…or paste a recipe",
+                lines=4,
+                info="A recipe records models, data, alignment and "
+                "knobs; importing repeats the merge exactly",
+            )
+            ui["import_recipe"] = gr.Button("Reproduce merge from recipe")
+    ui["recipe_view"] = gr.Code(
+        label="Recipe of the current merge (what recipe.yaml holds)",
+        language="yaml",
+        interactive=False,
+        max_lines=40,
+    )
+    with gr.Accordion("Model card preview", open=False):
+        ui["card_preview"] = gr.Markdown()
+
+
+def default_folder(session: Session) -> str:
+    """Return a fresh output folder name under the heterogui cache."""
+    result = session.result
+    name = session.pair or "custom"
+    tag = f"{name}-rho{result.settings.rho:.2f}-m{session.merge_count}" if result else name
+    return str(cache_dir("exports") / re.sub(r"[^A-Za-z0-9._-]", "_", tag))
+
+
+def render(session: Session, res: Resources) -> dict[str, Any]:
+    """Return the tab's view values for ``session``."""
+    if session.result is None:
+        return {
+            "recipe_view": "# merge first: the recipe of the current merge shows here",
+            "export_dir": gr.skip(),
+            "card_preview": "Merge first.",
+        }
+    recipe = exporting.session_recipe(session)
+    card = exporting.card_files(session)["README.md"]
+    return {
+        "recipe_view": yaml.safe_dump(
+            recipe.to_dict(), sort_keys=True, default_flow_style=None, width=90
+        ),
+        "export_dir": default_folder(session),
+        "card_preview": card,
+    }
+
+
+def on_export(
+    session: Session, res: Resources, out: str | None, overwrite: bool, progress=None
+) -> tuple[str, dict[str, Any]]:
+    """Export the current merge (api: /export)."""
+    path = exporting.export(session, out or "", bool(overwrite))
+    files = sorted(p.name for p in Path(path).iterdir())
+    message = f"Exported to `{path}`: {', '.join(files)}."
+    return message, {"export_file": exporting.archive(path)}
+
+
+def on_import(
+    session: Session, res: Resources, upload: str | None, text: str | None, progress=None
+) -> str:
+    """Reproduce a merge from a recipe file or text (api: /import_recipe)."""
+    session.cancel_requested = False
+    recipe = exporting.read_recipe(upload, text)
+    report = exporting.reproduce(session, res, recipe, progress)
+    if report is None:
+        raise ConfigError("the recipe produced no report")
+    return (
+        f"Reproduced the merge of `{recipe.model_a.path}` and `{recipe.model_b.path}` "
+        f"({report['alignment']['mode']}, mapping {report['alignment']['mapping']})."
+    )
+
+
+def wire(ui: dict[str, Any], on) -> None:
+    """Register the tab's events."""
+    on(
+        ui["export"].click,
+        on_export,
+        ["export_dir", "overwrite"],
+        ("export",),
+        "export",
+        extra=["export_file"],
+        heavy=True,
+    )
+    on(
+        ui["import_recipe"].click,
+        on_import,
+        ["recipe_upload", "recipe_text"],
+        "all",
+        "import_recipe",
+        heavy=True,
+    )

@@ -1,0 +1,357 @@
+"""Tab 4, Zip: the elastic zip's knobs (alpha, beta, zip ratio rho with per-merge-point
+overrides, partial-zip stop point, device), a live readout of widths, parameters and FLOPs, and
+the merge itself (staged progress, cancellable, re-merged from cached statistics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import gradio as gr
+
+from heterogui.errors import ConfigError
+from heterogui.pipeline import resolve_device
+from heterogui.ui import work
+from heterogui.ui.fig_eval import sizes_figure, widths_figure
+from heterogui.ui.resources import Resources
+from heterogui.ui.session import Session
+from heterogui.ui.sizes import estimate, parameters_and_flops, reference_sizes
+from heterogui.ui.tab_evaluate import on_evaluate_pending
+
+VIEWS = ("readout", "sizes_plot", "widths_plot", "widths_table", "stop", "override_space")
+KNOBS = ("matcher", "alpha", "beta", "rho", "stop")
+WIDTH_HEADERS = ["merge point", "width A", "width B", "merged width", "override"]
+
+
+def build(ui: dict[str, Any], res: Resources) -> None:
+    """Create the tab's components and register them in ``ui``."""
+    with gr.Row():
+        with gr.Column(scale=2):
+            _knobs(ui)
+            with gr.Row():
+                ui["merge"] = gr.Button("Merge", variant="primary", elem_id="merge")
+                ui["cancel"] = gr.Button("Cancel", variant="stop")
+        with gr.Column(scale=3):
+            ui["readout"] = gr.Markdown()
+            ui["sizes_plot"] = gr.Plot(label="Size of A, B, their ensemble and the merge")
+    with gr.Accordion("Widths per merge point and overrides", open=False):
+        _overrides(ui)
+
+
+def _knobs(ui: dict[str, Any]) -> None:
+    """Create the matcher, the sliders, the device and the auto re-merge switch."""
+    ui["matcher"] = gr.Dropdown(
+        ["zip", "permute", "average"],
+        value="zip",
+        label="Matcher",
+        info="zip: greedy elastic zip (any widths); permute / average: equal widths only",
+    )
+    ui["alpha"] = gr.Slider(
+        0.01,
+        1.0,
+        value=0.5,
+        step=0.01,
+        label="alpha",
+        info="Damping after a merge: low values stop a group from absorbing more neurons",
+    )
+    ui["beta"] = gr.Slider(
+        0.0,
+        1.0,
+        value=1.0,
+        step=0.05,
+        label="beta",
+        info="Share of merges allowed within one model (0: only A-B)",
+    )
+    ui["rho"] = gr.Slider(
+        0.0,
+        1.0,
+        elem_id="rho",
+        value=1.0,
+        step=0.05,
+        label="zip ratio rho",
+        info="0 keeps every neuron (the ensemble), 1 merges down to the wider model's width",
+    )
+    ui["stop"] = gr.Slider(
+        0,
+        10,
+        value=10,
+        step=1,
+        label="partial zip: stop point",
+        info="Merge the layers before this block; later blocks stay "
+        "separate per model (max = full zip)",
+    )
+    ui["device"] = gr.Dropdown(
+        work.device_choices(),
+        value=work.device_choices()[0],
+        label="Device",
+        info="Where statistics and the merge run (changing it recomputes the statistics)",
+    )
+    ui["auto_merge"] = gr.Checkbox(
+        value=True,
+        label="Re-merge when a slider is released (from the cached statistics: the "
+        "models are not run again)",
+    )
+
+
+def _overrides(ui: dict[str, Any]) -> None:
+    """Create the per-merge-point override controls and the widths table and plot."""
+    with gr.Row():
+        ui["override_space"] = gr.Dropdown(
+            [], label="Merge point", info="Override the global rho at this point"
+        )
+        ui["override_rho"] = gr.Number(
+            label="rho here", info="Blank: use the global rho", minimum=0, maximum=1
+        )
+        ui["override_width"] = gr.Number(
+            label="width here", precision=0, info="Blank: from rho; a number sets the width"
+        )
+    with gr.Row():
+        ui["set_override"] = gr.Button("Set override")
+        ui["clear_overrides"] = gr.Button("Clear overrides")
+    with gr.Row():
+        ui["widths_table"] = gr.Dataframe(headers=WIDTH_HEADERS, interactive=False)
+        ui["widths_plot"] = gr.Plot(label="Widths")
+
+
+def knob_values(session: Session) -> dict[str, Any]:
+    """Return the knob components' values from the session's settings (after load/import)."""
+    s = session.settings
+    n = _n_blocks(session)
+    return {
+        "matcher": s.matcher,
+        "alpha": s.alpha,
+        "beta": s.beta,
+        "rho": s.rho,
+        "stop": gr.update(maximum=n, value=n if s.stop is None else s.stop),
+    }
+
+
+def _n_blocks(session: Session) -> int:
+    prep = session.prepared
+    return prep.padded_a.graph().num_blocks - 1 if prep is not None else 10
+
+
+def readout(session: Session) -> dict[str, Any]:
+    """Return sizes and widths of the current settings: exact after a merge, else estimated."""
+    prep = session.prepared
+    result = session.result
+    sizes = dict(session.reference_sizes or reference_sizes(prep))
+    if result is not None and result.settings == session.settings:
+        sizes["merged"] = session.merged_size or parameters_and_flops(result.model, prep)
+        widths, exact = result.widths(), True
+    else:
+        est = estimate(prep, session.settings)
+        sizes["merged"] = {"parameters": est["parameters"], "flops": est["flops"]}
+        widths, exact = est["widths"], False
+    return {"sizes": sizes, "widths": widths, "exact": exact}
+
+
+def _readout_text(info: dict[str, Any]) -> str:
+    sizes = info["sizes"]
+    ens = sizes["ensemble"]
+    rows = ["| model | parameters | FLOPs per input | vs ensemble |", "|---|---|---|---|"]
+    for name, v in sizes.items():
+        share = v["parameters"] / ens["parameters"] if ens["parameters"] else 0
+        flops = "—" if v["flops"] is None else f"{v['flops']:,}"
+        rows.append(f"| {name} | {v['parameters']:,} | {flops} | {share:.0%} |")
+    head = (
+        "**Merged model (last merge)**"
+        if info["exact"]
+        else "**Merged model if you merge now** (estimate; press Merge)"
+    )
+    return head + "\n\n" + "\n".join(rows)
+
+
+def render(session: Session, res: Resources) -> dict[str, Any]:
+    """Return the tab's view values for ``session``."""
+    prep = session.prepared
+    if prep is None:
+        return {
+            "readout": "Load and analyse a pair first.",
+            "sizes_plot": None,
+            "widths_plot": None,
+            "widths_table": None,
+            "stop": gr.skip(),
+            "override_space": gr.update(choices=[]),
+        }
+    try:
+        info = readout(session)
+    except ConfigError as exc:
+        return {"readout": f"**Error:** {exc}"}
+    overrides = session.settings.overrides
+    table = [[s, *w, _override_text(overrides.get(s))] for s, w in info["widths"].items()]
+    spaces = list(prep.padded_a.graph().spaces)
+    return {
+        "readout": _readout_text(info),
+        "sizes_plot": sizes_figure(info["sizes"]),
+        "widths_plot": widths_figure(info["widths"]),
+        "widths_table": table,
+        "stop": gr.update(maximum=_n_blocks(session)),
+        "override_space": gr.update(choices=[s for s in spaces if s not in ("input", "logits")]),
+    }
+
+
+def _override_text(knobs: dict[str, Any] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (knobs or {}).items())
+
+
+def settings_from(
+    session: Session, matcher: str, alpha: float, beta: float, rho: float, stop: float | None
+) -> Any:
+    """Return ZipSettings from the knob values (keeping the session's overrides)."""
+    n = _n_blocks(session)
+    return work.make_settings(
+        matcher,
+        alpha,
+        beta,
+        rho,
+        None if stop is None else int(stop),
+        session.settings.overrides,
+        n,
+    )
+
+
+def on_knobs(
+    session: Session,
+    res: Resources,
+    matcher: str,
+    alpha: float,
+    beta: float,
+    rho: float,
+    stop: float | None,
+    progress=None,
+) -> str:
+    """Take new knob values and update the readout (api: /zip)."""
+    work.require_prepared(session)
+    session.settings = settings_from(session, matcher, alpha, beta, rho, stop)
+    return "Settings changed: the readout shows what a merge would give."
+
+
+def on_merge(
+    session: Session,
+    res: Resources,
+    matcher: str,
+    alpha: float,
+    beta: float,
+    rho: float,
+    stop: float | None,
+    device: str | None,
+    progress=None,
+    evaluate: bool = True,
+) -> str:
+    """Merge from cached statistics with these knobs (api: /merge).
+
+    evaluate: False leaves the test metrics to the Evaluate step that follows a slider release.
+    """
+    session.cancel_requested = False
+    work.require_prepared(session)
+    note = ""
+    if device and resolve_device(device) != session.prepared.device:
+        mode, mapping = session.prepared.alignment.mode, session.prepared.alignment.mapping()
+        session.device = device
+        work.analyse(session, res, progress)
+        if mode != "sma":
+            work.set_alignment(session, "manual", json.dumps(mapping), progress)
+        note = f" Statistics recomputed on {device}."
+    settings = settings_from(session, matcher, alpha, beta, rho, stop)
+    result = work.merge(session, res, settings, progress, evaluate=evaluate)
+    row = session.history[-1]
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+    joint = "evaluating on the test split…" if not evaluate else f"Joint {row.get('Joint')}%."
+    return (
+        f"Merge #{row['merge']} done in {row['seconds']:.2f}s ({stages}); {joint}{note} "
+        "See the Evaluate tab."
+    )
+
+
+def on_release(
+    session: Session,
+    res: Resources,
+    auto: bool,
+    matcher: str,
+    alpha: float,
+    beta: float,
+    rho: float,
+    stop: float | None,
+    device: str | None,
+    progress=None,
+) -> str:
+    """Re-merge on slider release when auto re-merge is on (api: /remerge)."""
+    if not auto or session.prepared is None:
+        return on_knobs(session, res, matcher, alpha, beta, rho, stop)
+    return on_merge(session, res, matcher, alpha, beta, rho, stop, device, progress, False)
+
+
+def on_cancel(session: Session, res: Resources, progress=None) -> str:
+    """Ask the running step of this session to stop (api: /cancel)."""
+    session.cancel_requested = True
+    return "Cancelling: the running step stops at its next stage; earlier results are kept."
+
+
+def on_set_override(
+    session: Session,
+    res: Resources,
+    space: str | None,
+    rho: float | None,
+    width: float | None,
+    progress=None,
+) -> str:
+    """Set a per-merge-point override of rho or width (api: /set_override)."""
+    prep = work.require_prepared(session)
+    if not space or space not in prep.padded_a.graph().spaces:
+        raise ConfigError("choose a merge point for the override")
+    knobs: dict[str, Any] = {}
+    if width is not None:
+        if width < 1:
+            raise ConfigError(f"width {width} must be a positive integer")
+        knobs["width"] = int(width)
+    elif rho is not None:
+        if not 0 <= rho <= 1:
+            raise ConfigError(f"rho {rho} must lie in [0, 1]")
+        knobs["rho"] = float(rho)
+    overrides = {k: dict(v) for k, v in session.settings.overrides.items()}
+    if knobs:
+        overrides[space] = knobs
+    else:
+        overrides.pop(space, None)
+    trial = dataclasses.replace(session.settings, overrides=overrides)
+    estimate(prep, trial)  # raises a clear message before the settings change
+    session.settings = trial
+    return f"Override at {space}: {_override_text(knobs) or 'removed'}."
+
+
+def on_clear_overrides(session: Session, res: Resources, progress=None) -> str:
+    """Remove every per-merge-point override (api: /clear_overrides)."""
+    session.settings = dataclasses.replace(session.settings, overrides={})
+    return "Overrides cleared: every merge point uses the global rho."
+
+
+def wire(ui: dict[str, Any], on) -> None:
+    """Register the tab's events."""
+    knobs = list(KNOBS)
+    merged_scopes = ("zip", "neurons", "evaluate", "export")
+    for name in ("alpha", "beta", "rho", "stop"):
+        on(ui[name].input, on_knobs, knobs, ("zip",), "zip" if name == "rho" else None, light=True)
+        released = on(
+            ui[name].release,
+            on_release,
+            ["auto_merge", *knobs, "device"],
+            merged_scopes,
+            "remerge" if name == "rho" else None,
+            heavy=True,
+        )
+        # The merge shows first; its test metrics follow in a second step.
+        on(released.success, on_evaluate_pending, [], ("evaluate", "export"), None, heavy=True)
+    on(ui["matcher"].input, on_knobs, knobs, ("zip",), None, light=True)
+    on(ui["merge"].click, on_merge, [*knobs, "device"], merged_scopes, "merge", heavy=True)
+    on(ui["cancel"].click, on_cancel, [], (), "cancel", light=True)
+    on(
+        ui["set_override"].click,
+        on_set_override,
+        ["override_space", "override_rho", "override_width"],
+        ("zip",),
+        "set_override",
+    )
+    on(ui["clear_overrides"].click, on_clear_overrides, [], ("zip",), "clear_overrides")

@@ -1,0 +1,106 @@
+"""Drive the workbench over its API with gradio_client, against the app launched in-process.
+
+load -> align -> zip -> merge -> evaluate -> export -> import; bad input gives a message and
+keeps the session; two clients (two sessions) never see each other's state; a login is enforced
+when asked for.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from gradio_client import Client, handle_file
+
+from heterogui.ui.app import build_app, launch
+from heterogui.ui.resources import Resources, ZooSource
+
+pytestmark = pytest.mark.ui
+PAIR = "tiny-digits-vgg-depth"
+
+
+@pytest.fixture(scope="module")
+def url():
+    demo = build_app(Resources(ZooSource(tiny=True), device="cpu", default_pair=PAIR))
+    address = launch(demo, "127.0.0.1", None, block=False)
+    assert address.startswith("http://127.0.0.1:")
+    yield address
+    demo.close()
+
+
+def call(client: Client, api: str, *args):
+    """Return (status message, session summary, other outputs) of one API event."""
+    out = client.predict(*args, api_name=api)
+    return out[0], out[1], out[2:]
+
+
+def test_the_whole_flow_over_the_api(url, tmp_path):
+    client = Client(url, verbose=False)
+    status, summary, _ = call(client, "/start")
+    assert "Loaded demo pair" in status and summary["pair"] == PAIR and summary["analysed"]
+    status, summary, _ = call(client, "/align", "lma", "")
+    assert summary["alignment"]["mode"] == "lma"
+    mapping = summary["alignment"]["mapping"]
+    mapping["a"][0] = [0, 1] if mapping["a"][0] != [0, 1] else [0, 2]
+    status, summary, _ = call(client, "/set_mapping", json.dumps(mapping))
+    assert summary["alignment"] == {**summary["alignment"], "mode": "manual", "mapping": mapping}
+    status, summary, _ = call(
+        client, "/set_mapping", '{"a": [[0, 0], [0, 1]], "b": [[0, 1, 2], [0, 1, 2]]}'
+    )
+    assert status.startswith("**Error:**") and "monotone" in status
+    assert summary["alignment"]["mapping"] == mapping  # nothing lost
+    stop = summary["blocks"]
+    status, summary, _ = call(client, "/zip", "zip", 0.5, 1.0, 0.5, stop)
+    assert summary["settings"]["rho"] == 0.5 and "merged" not in summary
+    status, summary, _ = call(client, "/merge", "zip", 0.5, 1.0, 0.5, stop, "cpu")
+    assert "Merge #1 done" in status
+    merged = summary["merged"]
+    assert merged["metrics"]["Joint"] is not None and merged["stop"] == stop
+    status, summary, _ = call(client, "/remerge", True, "zip", 0.5, 1.0, 0.7, stop, "cpu")
+    assert "evaluating" in status and summary["merged"]["metrics"]["Joint"] is None
+    status, summary, views = call(client, "/evaluate")
+    assert "Merge #2 evaluated" in status and summary["merged"]["metrics"]["Joint"] is not None
+    merged = summary["merged"]
+    status, summary, _ = call(client, "/samples", "2, 7")
+    assert status == "Showing samples [2, 7]."
+    out = tmp_path / "export"
+    status, summary, views = call(client, "/export", str(out), False)
+    assert "Exported to" in status and summary["last_export"] == str(out)
+    assert views[-1].endswith(".zip")
+    status, _, _ = call(client, "/export", str(out), False)
+    assert "already exists" in status
+
+    other = Client(url, verbose=False)
+    recipe = handle_file(str(out / "recipe.yaml"))
+    status, again, _ = call(other, "/import_recipe", recipe, "")
+    assert "Reproduced" in status
+    assert again["merged"]["widths"] == merged["widths"]
+    assert again["merged"]["metrics"] == merged["metrics"]
+
+
+def test_two_clients_do_not_see_each_other(url):
+    one, two = Client(url, verbose=False), Client(url, verbose=False)
+    _, first, _ = call(one, "/start")
+    stop = first["blocks"]
+    _, first, _ = call(one, "/merge", "zip", 0.5, 1.0, 0.3, stop, "cpu")
+    _, second, _ = call(two, "/load_pair", "tiny-digits-vgg-width")
+    job = one.submit(api_name="/sweep")
+    _, second, _ = call(two, "/zip", "zip", 0.9, 0.5, 0.8, second["blocks"])
+    assert second["pair"] == "tiny-digits-vgg-width" and second["merges"] == 0
+    assert second["settings"]["rho"] == 0.8 and second["session"] != first["session"]
+    after = job.result()[1]
+    assert after["pair"] == PAIR and after["merges"] == 1 and after["settings"]["rho"] == 0.3
+
+
+def test_a_login_is_required_when_asked_for():
+    demo = build_app(Resources(ZooSource(tiny=True), device="cpu", default_pair=PAIR))
+    address = launch(demo, "127.0.0.1", None, auth=("ann", "s3cret"), block=False)
+    try:
+        assert httpx.get(f"{address}config").status_code in (401, 403)
+        client = Client(address, auth=("ann", "s3cret"), verbose=False)
+        assert (
+            "/start" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+        )
+    finally:
+        demo.close()

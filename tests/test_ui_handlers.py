@@ -1,0 +1,329 @@
+"""Workbench handlers as plain functions (no server): load, align, zip, merge, evaluate, export.
+
+Runs on the zoo's tiny pairs (built in seconds, then cached). The handlers take a Session and the
+shared Resources, change the session and return a status message, or raise a HeteroguiError and
+leave the session as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from heterogui.errors import AlignmentError, ConfigError, ExportError, HeteroguiError
+from heterogui.export.merged_io import load_merged
+from heterogui.models.family import build_network
+from heterogui.models.io import save_network
+from heterogui.models.resnet import cifar_resnet
+from heterogui.ui import (
+    app,
+    fig_neurons,
+    sizes,
+    tab_align,
+    tab_evaluate,
+    tab_export,
+    tab_models,
+    tab_neurons,
+    tab_zip,
+    work,
+)
+from heterogui.ui.resources import Resources, ZooSource
+from heterogui.ui.session import Cancelled, Session
+from heterogui.zip.matchers import zip_match
+
+pytestmark = pytest.mark.ui
+PAIR = "tiny-digits-vgg-depth"
+
+
+@pytest.fixture(scope="module")
+def res() -> Resources:
+    return Resources(ZooSource(tiny=True), device="cpu", default_pair=PAIR)
+
+
+@pytest.fixture()
+def session(res: Resources) -> Session:
+    s = Session(device="cpu")
+    message, extra = tab_models.on_start(s, res)
+    assert "Loaded demo pair" in message and extra["tabs"] is not None
+    return s
+
+
+def merge(session: Session, res: Resources, rho=1.0, alpha=0.5, beta=1.0, stop=None) -> str:
+    stop = work_blocks(session) if stop is None else stop
+    return tab_zip.on_merge(session, res, "zip", alpha, beta, rho, stop, "cpu")
+
+
+def work_blocks(session: Session) -> int:
+    return session.prepared.padded_a.graph().num_blocks - 1
+
+
+def test_start_opens_the_demo_pair_and_every_tab_renders(session, res):
+    assert session.pair == PAIR and session.prepared is not None
+    views = app.render(session, res, app.SCOPES)
+    assert set(views) >= {n for s in app.SCOPES for n in app.views_of(s)} - {"export_dir"}
+    heatmap = views["heatmap"]
+    assert [t.type for t in heatmap.data] == ["heatmap", "scatter"]
+    assert "alignment path" in heatmap.data[1].name
+    assert "Compatible" in views["verdict"]
+    assert views["segments"] and all(len(row) == 4 for row in views["segments"])
+    assert "estimate" in views["readout"]
+    assert [r[0] for r in views["metrics"]] == ["A", "B", "ensemble"]
+
+
+def test_alignment_modes_and_a_hand_edited_mapping(session, res):
+    for mode in ("lma", "uniform", "head", "head_tail", "sma"):
+        assert mode in tab_align.on_mode(session, res, mode, None)
+        assert session.prepared.alignment.mode == mode
+    mapping = session.prepared.alignment.mapping()
+    shallow = "a" if len(mapping["a"][0]) < len(mapping["b"][0]) else "b"
+    edited = json.loads(json.dumps(mapping))
+    edited[shallow][0] = [0, 1] if edited[shallow][0] != [0, 1] else [0, 2]
+    tab_align.on_mapping(session, res, json.dumps(edited))
+    assert session.prepared.alignment.mapping() == edited
+    assert session.prepared.alignment.mode == "manual"
+    view = tab_align.render(session, res)
+    assert json.loads(view["mapping"]) == edited
+    assert f"{session.prepared.alignment.score:.3f}" in view["align_score"]
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ('{"a": [[0, 0], [0, 1]], "b": [[0, 1, 2], [0, 1, 2]]}', "not monotone"),
+        ('{"a": [[0, 1], [0, 1]], "b": [[0, 2, 1], [0, 1, 2]]}', "must keep every slot"),
+        ("not a mapping at all: [", "mapping"),
+        ('{"a": [[0]], "b": [[0]]}', "stage"),
+    ],
+)
+def test_a_bad_mapping_is_refused_and_the_old_one_kept(session, res, text, words):
+    before = session.prepared
+    with pytest.raises(AlignmentError, match=words):
+        tab_align.on_mapping(session, res, text)
+    assert session.prepared is before
+
+
+def test_estimate_predicts_the_merge(session, res):
+    n = work_blocks(session)
+    for rho, stop in ((1.0, n), (0.5, n), (0.0, n), (0.7, n - 1), (1.0, 1)):
+        tab_zip.on_knobs(session, res, "zip", 0.5, 1.0, rho, stop)
+        est = sizes.estimate(session.prepared, session.settings)
+        merge(session, res, rho=rho, stop=stop)
+        assert est["widths"] == session.result.widths()
+        assert est["parameters"] == sum(p.numel() for p in session.result.model.parameters())
+        assert est["flops"] == session.merged_size["flops"]
+    tab_zip.on_set_override(session, res, "block0", None, 5)
+    est = sizes.estimate(session.prepared, session.settings)
+    tab_zip.on_merge(session, res, "zip", 0.5, 1.0, 1.0, n, "cpu")
+    assert est["widths"]["block0"][2] == session.result.widths()["block0"][2] == 5
+    assert "width=5" in str(tab_zip.render(session, res)["widths_table"])
+    tab_zip.on_clear_overrides(session, res)
+    assert session.settings.overrides == {}
+
+
+def test_remerge_reuses_cached_statistics_and_is_fast(session, res, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a slider move must not re-run the models")
+
+    for name in ("prepare", "realign"):
+        monkeypatch.setattr(work, name, forbidden)
+    monkeypatch.setattr("heterogui.pipeline.collect_moments", forbidden)
+    monkeypatch.setattr("heterogui.pipeline.layer_similarity", forbidden)
+    prepared = session.prepared
+    merge(session, res)  # first call pays one-off costs
+    n = work_blocks(session)
+    for rho, alpha, beta, stop in ((0.8, 0.5, 1.0, n), (0.5, 0.3, 0.5, n), (0.5, 0.3, 0.5, n - 1)):
+        start = time.perf_counter()
+        tab_zip.on_release(session, res, True, "zip", alpha, beta, rho, stop, "cpu")
+        app.render(session, res, ("zip", "neurons", "evaluate", "export"))
+        assert time.perf_counter() - start < 1.0
+        assert session.prepared is prepared
+        assert session.result.settings.rho == rho
+    assert [h["merge"] for h in session.history] == [1, 2, 3, 4]
+    # A release shows the merge first; its test metrics follow in a second step.
+    assert session.merged_metrics is None and session.history[-1]["Joint"] is None
+    assert "evaluated: Joint" in tab_evaluate.on_evaluate_pending(session, res)
+    assert session.history[-1]["Joint"] == round(100 * session.merged_metrics.joint, 2)
+    assert tab_evaluate.on_evaluate_pending(session, res) is None  # nothing left to do
+
+
+def test_slider_without_auto_merge_only_updates_the_estimate(session, res):
+    tab_zip.on_release(session, res, False, "zip", 0.5, 1.0, 0.4, work_blocks(session), "cpu")
+    assert session.result is None and session.settings.rho == 0.4
+    assert "estimate" in tab_zip.render(session, res)["readout"]
+
+
+def test_cancel_stops_a_merge_and_keeps_the_previous_result(session, res):
+    merge(session, res)
+    kept = session.result
+    tab_zip.on_cancel(session, res)
+    with pytest.raises(Cancelled):
+        session.check_cancel()
+    tab_zip.on_cancel(session, res)
+    with pytest.raises(Cancelled):
+        work.merge(session, res, session.settings, progress=lambda stage, frac: None)
+    assert session.result is kept and len(session.history) == 1
+    merge(session, res, rho=0.5)  # usable again
+    assert session.result is not kept
+
+
+def test_neuron_view_follows_the_matching(session, res):
+    merge(session, res, rho=0.5)
+    points = tab_neurons.merge_points(session.prepared)
+    for _, space in points:
+        tab_neurons.on_space(session, res, space)
+        view = tab_neurons.render(session, res)
+        assert view["neuron_map"] is not None and view["neuron_hist"] is not None
+    with pytest.raises(ConfigError, match="unknown merge point"):
+        tab_neurons.on_space(session, res, "nowhere")
+
+
+def test_large_layers_are_averaged_and_say_so():
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(2000, 600, generator=gen, dtype=torch.float64)
+    corr = torch.corrcoef(feats.T)
+    match = zip_match(corr, 300, 300, width=400)
+    fig = fig_neurons.neuron_figure(corr.numpy(), 300, 300, match, "wide")
+    heat = next(t for t in fig.data if t.type == "heatmap")
+    assert np.asarray(heat.z).shape == (200, 200)
+    assert "averaged over 3x3 blocks (600 > 256 features)" in fig.layout.title.text
+    hist = fig_neurons.correlation_histogram(corr.numpy(), match, 300, "wide")
+    assert all(len(t.y) == 40 for t in hist.data)
+
+
+def test_evaluate_samples_sweep_and_history(session, res):
+    merge(session, res, rho=0.5)
+    rows = tab_evaluate.metric_rows(session)
+    assert [r[0] for r in rows] == ["A", "B", "ensemble", "merged"]
+    assert all(v is not None for v in rows[3][1:])
+    tab_evaluate.on_samples(session, res, "3, 1, 4")
+    view = tab_evaluate.render(session, res)
+    assert len(view["samples_plot"].data) == 3
+    assert [r[0] for r in view["predictions"]["value"]] == [3, 1, 4]
+    with pytest.raises(ConfigError, match="do not exist"):
+        tab_evaluate.on_samples(session, res, "0, 99999")
+    assert session.samples == [3, 1, 4]
+    tab_evaluate.on_random(session, res)
+    assert len(session.samples) == 6
+    tab_evaluate.on_sweep(session, res)
+    assert [p["rho"] for p in session.sweep] == list(tab_evaluate.SWEEP_RHOS)
+    params = [p["parameters"] for p in session.sweep]
+    assert params == sorted(params, reverse=True)
+    merge(session, res, rho=0.8)  # a rho move keeps the sweep and marks the new rho
+    view = tab_evaluate.render(session, res)
+    assert view["sweep_plot"] is not None and len(view["history"]) == 2
+
+
+def test_export_then_import_repeats_the_merge_bit_for_bit(session, res, tmp_path):
+    tab_align.on_mode(session, res, "lma", None)
+    merge(session, res, rho=0.6, alpha=0.4, stop=work_blocks(session) - 1)
+    out = tmp_path / "merged"
+    message, extra = tab_export.on_export(session, res, str(out), False)
+    assert str(out) in message and extra["export_file"].endswith(".zip")
+    names = {p.name for p in out.iterdir()}
+    assert names >= {"model.safetensors", "config.json", "recipe.yaml", "report.json"}
+    card = (out / "README.md").read_text()
+    assert (
+        "alignment.svg" in card and "Joint" in card and "<svg" in (out / "widths.svg").read_text()
+    )
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(ExportError, match="already exists"):
+        tab_export.on_export(session, res, str(out), False)
+    assert (out / "model.safetensors").read_bytes() == before
+    other = Session(device="cpu")
+    tab_export.on_import(other, res, str(out / "recipe.yaml"), None)
+    exported = load_merged(out).state_dict()
+    again = other.result.model.state_dict()
+    assert exported.keys() == again.keys()
+    assert all(torch.equal(exported[k], again[k].cpu()) for k in exported)
+    assert other.prepared.alignment.mapping() == session.prepared.alignment.mapping()
+    assert other.merged_metrics == session.merged_metrics
+
+
+def test_importing_a_bad_recipe_says_why(session, res):
+    before = session.result
+    with pytest.raises(ConfigError, match="unknown keys"):
+        tab_export.on_import(session, res, None, "model_a: {path: x}\nmodel_b: {path: y}\nfoo: 1")
+    with pytest.raises(ConfigError, match="upload a recipe"):
+        tab_export.on_import(session, res, None, "  ")
+    assert session.result is before
+
+
+def test_bad_model_inputs_show_a_message_and_keep_the_session(session, res, tmp_path):
+    with pytest.raises(HeteroguiError, match="does not exist"):
+        tab_models.on_load_model(
+            session, res, "a", "folder", None, str(tmp_path / "no"), None, None
+        )
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(HeteroguiError, match="not model files"):
+        tab_models.on_load_model(session, res, "a", "upload", None, None, [str(text)], None)
+    fake = tmp_path / "model.safetensors"
+    fake.write_bytes(b"definitely not safetensors")
+    config = tmp_path / "config.json"
+    torch.manual_seed(0)
+    save_network(build_network(cifar_resnet((1,), 1, 5, 1)), tmp_path / "resnet")
+    config.write_text((tmp_path / "resnet" / "config.json").read_text())
+    with pytest.raises(HeteroguiError, match="not a valid safetensors"):
+        tab_models.on_load_model(
+            session, res, "b", "upload", None, None, [str(fake), str(config)], None
+        )
+    assert session.pair == PAIR and session.prepared is not None
+    tab_models.on_load_model(
+        session, res, "b", "folder", None, str(tmp_path / "resnet"), None, None
+    )
+    assert "Cannot merge" in tab_models.render(session, res)["verdict"]
+    with pytest.raises(HeteroguiError, match="vgg"):
+        tab_models.on_analyse(session, res, "digits", 64)
+    tab_models.on_load_model(session, res, "b", "zoo", f"{PAIR}/b", None, None, None)
+    tab_models.on_analyse(session, res, "digits", 64)
+    assert session.prepared is not None and session.calibration.size == 64
+
+
+def test_two_sessions_share_nothing(res):
+    one, two = Session(device="cpu"), Session(device="cpu")
+    tab_models.on_load_pair(one, res, PAIR)
+    tab_models.on_load_pair(two, res, "tiny-digits-vgg-width")
+    tab_align.on_mode(one, res, "uniform", None)
+    merge(one, res, rho=0.5)
+    assert two.result is None and two.history == [] and two.pair == "tiny-digits-vgg-width"
+    assert two.prepared.alignment.mode == "sma" and one.sid != two.sid
+
+
+def test_handler_errors_become_messages_in_the_page(session, res):
+    def broken(session, res, value, progress=None):
+        raise AlignmentError(f"bad value {value}")
+
+    fn = app.event_function(broken, res, ("align",), ["heatmap"], 1)
+    with pytest.warns(UserWarning, match="bad value 7"):  # gr.Warning outside a server
+        out = fn(session, 7, None)
+    assert out[0] is session and out[1] == "**Error:** bad value 7"
+    assert out[2]["pair"] == PAIR
+
+    def crash(session, res, progress=None):
+        raise RuntimeError("boom")
+
+    with pytest.warns(UserWarning, match="boom"):
+        out = app.event_function(crash, res, (), [], 0)(session, None)
+    assert "Unexpected error" in out[1] and "boom" in out[1]
+
+
+def test_parse_auth():
+    assert app.parse_auth("ann:secret") == ("ann", "secret")
+    assert app.parse_auth(None) is None
+    with pytest.raises(ValueError):
+        app.parse_auth("no-colon")
+
+
+def test_slider_latency_of_a_tiny_pair(res):
+    from heterogui.ui.latency import format_latency, slider_latency
+
+    report = slider_latency(PAIR, moves=({"rho": 0.5}, {"alpha": 0.3}, {"stop": -1}), res=res)
+    assert report["pair"] == PAIR and report["moves"] == 3 and report["device"] == "cpu"
+    for key in ("zip_s", "merge_s", "metrics_s", "total_s"):
+        assert 0 < report[key]["median"] <= report[key]["max"]
+    assert report["under_1s"] and report["figure_bytes"] > 0
+    assert PAIR in format_latency([report])
