@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from heterogui.models.capture import Batch
 from heterogui.models.family import Network
 from heterogui.models.graph import INPUT
 from heterogui.zip.collect import StatKey, collect_moments, pooled_moments
+from heterogui.zip.heads import match_head_group
 from heterogui.zip.matchers import MATCHERS, Match, keep_one_match, target_width
 from heterogui.zip.stats import Moments
 
@@ -123,6 +125,10 @@ def check_pair(net_a: Network, net_b: Network) -> None:
         )
     ga, gb = net_a.graph(), net_b.graph()
     check_stages(ga, gb)
+    family_check = net_a.family.check_pair
+    reasons = family_check(net_a.config, net_b.config) if family_check else []
+    if reasons:
+        raise IncompatibleModelsError("; ".join(reasons))
     if ga.spaces[INPUT].width != gb.spaces[INPUT].width:
         raise IncompatibleModelsError(
             f"model A reads inputs of width {ga.spaces[INPUT].width} and model B of width "
@@ -199,8 +205,18 @@ def realign(
             prepared.net_a.graph(), prepared.net_b.graph(), prepared.similarity, mode, manual
         ),
     )
-    padded_a = pad_network(prepared.net_a, alignment.positions_a, alignment.depths)
-    padded_b = pad_network(prepared.net_b, alignment.positions_b, alignment.depths)
+    padded_a, padded_b = (
+        _timed(
+            timings,
+            "padding",
+            partial(_pad, net, pos, alignment.depths, prepared.batches, prepared.device),
+        )
+        for net, pos in zip(
+            (prepared.net_a, prepared.net_b),
+            (alignment.positions_a, alignment.positions_b),
+            strict=True,
+        )
+    )
     stats = _timed(
         timings,
         "features",
@@ -222,6 +238,43 @@ def realign(
     )
 
 
+def _pad(
+    net: Network,
+    positions: tuple[tuple[int, ...], ...],
+    depths: tuple[int, ...],
+    batches: list[Batch],
+    device: torch.device,
+) -> Network:
+    """Pad ``net`` to ``depths``; let the family finish its new identity blocks if it needs to."""
+    padded = pad_network(net, positions, depths)
+    new_blocks = sorted(padded.identity_blocks - net.identity_blocks)
+    if padded is not net and new_blocks and padded.family.fit_identity is not None:
+        padded.family.fit_identity(padded, new_blocks, batches, device)
+    return padded
+
+
+def _match_head_groups(
+    prepared: Prepared, settings: ZipSettings, stop: int, names: list[str]
+) -> dict[str, Match]:
+    """Match the attention spaces ``names`` of one head group with a shared head pairing.
+
+    The knobs are those of the group's first space (sorted by name).
+    """
+    ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
+    first = ga.spaces[names[0]]
+    knobs = settings.for_space(names[0])
+    corrs = {n: pooled_moments(prepared.stats, ga, n, stop).corr() for n in names}
+    return match_head_group(
+        corrs,
+        first.width,
+        gb.spaces[names[0]].width,
+        first.head_dim,
+        matcher=knobs["matcher"],
+        rho=knobs["rho"],
+        width=knobs["width"],
+    )
+
+
 def match_spaces(prepared: Prepared, settings: ZipSettings, stop: int) -> dict[str, Match]:
     """Return the matching of every merge point that a trunk of ``stop`` blocks uses."""
     ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
@@ -233,10 +286,14 @@ def match_spaces(prepared: Prepared, settings: ZipSettings, stop: int) -> dict[s
             f"known: {sorted(set(ga.spaces) - {INPUT})}"
         )
     matches = {}
+    head_groups: dict[str, list[str]] = {}
     for space in spaces:
         n_a, n_b = ga.spaces[space].width, gb.spaces[space].width
         if space in ga.dead or space in gb.dead:
             matches[space] = keep_one_match(n_a, n_b, "b" if space in ga.dead else "a")
+            continue
+        if ga.spaces[space].head_dim:
+            head_groups.setdefault(ga.spaces[space].group or space, []).append(space)
             continue
         knobs = settings.for_space(space)
         if knobs["matcher"] not in MATCHERS:
@@ -250,6 +307,8 @@ def match_spaces(prepared: Prepared, settings: ZipSettings, stop: int) -> dict[s
         matches[space] = MATCHERS[knobs["matcher"]](
             corr, n_a, n_b, width=width, alpha=knobs["alpha"], beta=knobs["beta"]
         )
+    for names in head_groups.values():
+        matches.update(_match_head_groups(prepared, settings, stop, names))
     return matches
 
 

@@ -19,9 +19,8 @@ def _speed(args: argparse.Namespace) -> int:
 
 def add_bench_arguments(subparsers: argparse._SubParsersAction) -> None:
     """Register ``speed`` and ``quality`` on the ``bench`` subparsers."""
-    from heterogui.zoo.commands import add_bench_quality_arguments
-
     from heterogui.bench.speed import add_speed_arguments
+    from heterogui.zoo.commands import add_bench_quality_arguments
 
     speed = subparsers.add_parser("speed", help="merge time vs forward passes; matcher speed")
     add_speed_arguments(speed)

@@ -179,6 +179,9 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inputs", type=int, default=256, help="calibration inputs")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--minilm", action="store_true", help="also merge the MiniLM pair (L6 + L3) on sentences"
+    )
 
 
 def run_speed_cli(args: argparse.Namespace) -> int:
@@ -192,4 +195,9 @@ def run_speed_cli(args: argparse.Namespace) -> int:
         merge = bench_merge(args.width, n_inputs=args.inputs, device=args.device)
         matcher = bench_matcher()
     print(format_report(merge, matcher))
+    if args.minilm:
+        from heterogui.bench.bert_speed import bench_minilm, format_minilm
+
+        sentences = 64 if args.quick else args.inputs
+        print(format_minilm(bench_minilm(sentences, device=args.device)))
     return 0

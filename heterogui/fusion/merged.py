@@ -79,25 +79,38 @@ class MergedModel(nn.Module):
             self.register_buffer("unmerge_a", unmerge[0].clone())
             self.register_buffer("unmerge_b", unmerge[1].clone())
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the merged features at the stop point."""
+    def features(self, x: Any = None, **inputs: torch.Tensor) -> Any:
+        """Return the merged state at the stop point.
+
+        x: an input tensor; or keyword inputs (a tokenizer's dict), passed to the first block
+        as one dict. The state is a tensor, or a tuple whose first item holds the features
+        (transformers: (hidden (B, T, r), attention_mask (B, T))).
+        """
+        x = inputs if x is None else x
         for block in self.trunk:
             x = block(x)
         return x
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.features(x)
+    def forward(self, x: Any = None, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(x, **inputs)
         outs = []
         for m, tail in enumerate(self.tails):
-            if self.spec.layout is None:
-                y = h
-            else:
-                u = self.unmerge_a if m == 0 else self.unmerge_b
-                y = apply_along(u.to(h.dtype), h, CHANNEL_DIM[self.spec.layout])
+            y = h if self.spec.layout is None else self.unmerge(h, m)
             for block in tail:
                 y = block(y)
             outs.append(y)
         return outs[0], outs[1]
+
+    def unmerge(self, state: Any, model: int) -> Any:
+        """Map a merged state into model ``model``'s own space (x_m = U_m x*).
+
+        Only the features are mapped: the first item of a tuple state.
+        """
+        u = self.unmerge_a if model == 0 else self.unmerge_b
+        dim = CHANNEL_DIM[self.spec.layout]
+        if isinstance(state, tuple):
+            return (apply_along(u.to(state[0].dtype), state[0], dim), *state[1:])
+        return apply_along(u.to(state.dtype), state, dim)
 
 
 def build_merged(spec: MergedSpec) -> MergedModel:

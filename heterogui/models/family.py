@@ -10,13 +10,19 @@ from typing import Any
 from torch import nn
 
 from heterogui.errors import ConfigError
-from heterogui.models import mlp, resnet, vgg
+from heterogui.models import bert, bert_identity, mlp, resnet, vgg
 from heterogui.models.graph import BlockNet, ModelGraph
 
 
 @dataclass(frozen=True)
 class Family:
-    """How to build, describe, pad and resize the models of one family."""
+    """How to build, describe, pad and resize the models of one family.
+
+    fit_identity: optional ``fn(net, blocks, batches, device)`` run after padding, for families
+    whose identity blocks need more than ``init_identity`` (post-LN transformers: their
+    neighbours' norms or calibration data). check_pair: optional ``fn(config_a, config_b)``
+    returning one reason per property two models must share and do not.
+    """
 
     name: str
     config_cls: type
@@ -25,6 +31,8 @@ class Family:
     insert_identity: Callable[[Any, int, int], Any]
     init_identity: Callable[[nn.Module], None]
     resize: Callable[[Any, dict[str, int]], Any]
+    fit_identity: Callable[..., None] | None = None
+    check_pair: Callable[[Any, Any], list[str]] | None = None
 
 
 FAMILIES: dict[str, Family] = {}
@@ -51,6 +59,21 @@ for _mod, _cls, _name in (
             _mod.resize,
         )
     )
+
+
+register(
+    Family(
+        "bert",
+        bert.BertNetConfig,
+        bert.build,
+        bert.graph,
+        bert.insert_identity,
+        bert.init_identity,
+        bert.resize,
+        bert_identity.fit_identity,
+        bert.check_pair,
+    )
+)
 
 
 def family_of(config: Any) -> Family:

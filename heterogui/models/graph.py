@@ -45,12 +45,15 @@ class Space:
     """A feature space with its width in one model.
 
     head_dim: for attention spaces, the size of one head (features are matched within heads).
+    group: spaces whose heads must be paired together (the Q/K and V/O spaces of one attention
+        layer: head h's attention pattern weighs head h's values), None for a group of one.
     """
 
     name: str
     width: int
     captures: tuple[Capture, ...] = ()
     head_dim: int | None = None
+    group: str | None = None
 
 
 @dataclass(frozen=True)

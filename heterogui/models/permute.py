@@ -18,15 +18,20 @@ def random_permutations(graph: ModelGraph, generator: torch.Generator) -> dict[s
     """Return a random permutation (int64) for every permutable space of the graph.
 
     Spaces with a head_dim keep heads intact: whole heads are shuffled and the features
-    inside every head are shuffled with one shared order.
+    inside every head are shuffled with one shared order. Spaces of one head group (Q/K and
+    V/O of an attention layer) share their head order, so every head keeps its own values.
     """
     perms = {}
+    head_orders: dict[str, torch.Tensor] = {}
     for name, space in graph.spaces.items():
         if name in (INPUT, LOGITS):
             continue
         if space.head_dim:
             heads = space.width // space.head_dim
-            head_order = torch.randperm(heads, generator=generator)
+            group = space.group or name
+            if group not in head_orders:
+                head_orders[group] = torch.randperm(heads, generator=generator)
+            head_order = head_orders[group]
             inner = torch.randperm(space.head_dim, generator=generator)
             perms[name] = (head_order[:, None] * space.head_dim + inner[None, :]).flatten()
         else:

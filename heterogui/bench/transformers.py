@@ -1,0 +1,274 @@
+"""Quality of BERT merges on real models: the tables of docs/transformers.md.
+
+    python -m heterogui.bench.transformers [--calibration 256] [--skip-classification]
+
+1. Sentence similarity (MiniLM-L6 + MiniLM-L3, 168 built-in pairs, Spearman of cosines): A, B,
+   the ensemble, the naive baselines (A with layers dropped to B's depth; weight average of A and
+   the padded B) and merges under several alignments and zip ratios.
+2. Identity layers: how well the padded L3 reproduces L3 under each construction, and what it
+   does to the merge.
+3. Classification: the fine-tuned pair of ``heterogui.zoo.text_pair`` (L6 on topics, L3 on
+   sentiment), per task and jointly (method.md C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from heterogui.align.pad import pad_network
+from heterogui.evaluate import sentences as sts
+from heterogui.evaluate import text_classification as tc
+from heterogui.models.bert import BertNetConfig
+from heterogui.models.capture import to_device
+from heterogui.models.family import Network
+from heterogui.models.hf import minilm
+from heterogui.models.hf.bert_io import load_bert
+from heterogui.pipeline import (
+    Prepared,
+    ZipSettings,
+    prepare,
+    realign,
+    resolve_device,
+    zip_prepared,
+)
+from heterogui.zoo.text_tasks import calibration_sentences
+
+log = logging.getLogger(__name__)
+Row = dict[str, Any]
+
+
+def drop_layers(net: Network, keep: tuple[int, ...]) -> Network:
+    """Return a copy of a bert-family net that keeps only the encoder layers ``keep`` (0-based)."""
+    c: BertNetConfig = net.config
+    config = dataclasses.replace(
+        c,
+        heads=tuple(c.heads[i] for i in keep),
+        intermediate=tuple(c.intermediate[i] for i in keep),
+    )
+    blocks = [0, *(i + 1 for i in keep), c.num_layers + 1]
+    mapping = {old: new for new, old in enumerate(blocks)}
+    state = {}
+    for key, value in net.module.state_dict().items():
+        _, block, rest = key.split(".", 2)
+        if int(block) in mapping:
+            state[f"blocks.{mapping[int(block)]}.{rest}"] = value
+    module = net.family.build(config)
+    module.load_state_dict(state)
+    module.to(next(net.module.parameters()).device)
+    return Network(config, module.eval(), net.classes, frozenset(), f"{net.label}-dropped")
+
+
+def params(module: torch.nn.Module) -> float:
+    """Return the parameter count in millions."""
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+def _with_identity(net: Network, mode: str) -> Network:
+    return dataclasses.replace(net, config=dataclasses.replace(net.config, identity=mode))
+
+
+def _merged_rows(prep: Prepared, label: str, settings: ZipSettings, tok: Any, pairs) -> list[Row]:
+    result = zip_prepared(prep, settings)
+    row = {
+        "model": label,
+        "B slots": list(result.alignment.positions_b[0]),
+        "params_M": params(result.model),
+    }
+    for name, fn in sts.merged_embedders(result.model).items():
+        row["spearman" if name == "merged" else f"spearman {name}"] = sts.sts_spearman(
+            fn, tok, pairs, prep.device
+        )
+    return [row]
+
+
+def sts_rows(n_calibration: int = 256, device: str = "cpu") -> list[Row]:
+    """Return the sentence-similarity table rows (module docstring, item 1)."""
+    pairs = sts.load_pairs()
+    a, tok = load_bert(minilm.minilm_l6_path(), label="A", device=device)
+    b, _ = load_bert(minilm.minilm_l3_path(), label="B", device=device)
+    batches = sts.tokenize(tok, calibration_sentences(n_calibration), 32)
+    score = lambda fn: sts.sts_spearman(fn, tok, pairs, device)  # noqa: E731
+    rows = [
+        {
+            "model": "A: all-MiniLM-L6-v2",
+            "params_M": params(a.module),
+            "spearman": score(sts.network_embedder(a.module)),
+        },
+        {
+            "model": "B: paraphrase-MiniLM-L3-v2",
+            "params_M": params(b.module),
+            "spearman": score(sts.network_embedder(b.module)),
+        },
+        {
+            "model": "ensemble (A and B embeddings concatenated)",
+            "params_M": params(a.module) + params(b.module),
+            "spearman": score(sts.ensemble_embedder(a.module, b.module)),
+        },
+    ]
+    prep = prepare(a, b, batches, device=device)
+    keep = prep.alignment.positions_b[0]
+    dropped = drop_layers(prep.net_a, keep)
+    rows.append(
+        {
+            "model": f"baseline: A with layers {list(keep)} only",
+            "B slots": list(keep),
+            "params_M": params(dropped.module),
+            "spearman": score(sts.network_embedder(dropped.module)),
+        }
+    )
+    rows += _merged_rows(
+        prep,
+        "baseline: weight average of A and padded B",
+        ZipSettings(matcher="average"),
+        tok,
+        pairs,
+    )
+    for rho in (1.0, 0.5):
+        rows += _merged_rows(prep, f"merge SMA rho={rho}", ZipSettings(rho=rho), tok, pairs)
+    for mode in ("lma", "uniform", "head_tail"):
+        rows += _merged_rows(realign(prep, mode), f"merge {mode} rho=1", ZipSettings(), tok, pairs)
+    return rows
+
+
+@torch.no_grad()
+def identity_rows(n_calibration: int = 256, device: str = "cpu") -> list[Row]:
+    """Return the identity-construction rows (module docstring, item 2)."""
+    pairs = sts.load_pairs()
+    a, tok = load_bert(minilm.minilm_l6_path(), label="A", device=device)
+    b, _ = load_bert(minilm.minilm_l3_path(), label="B", device=device)
+    batches = sts.tokenize(tok, calibration_sentences(n_calibration), 32)
+    probe = sts.tokenize(tok, sorted({s for p in pairs for s in (p.first, p.second)}), 64)
+    rows = []
+    for mode in ("plain", "ls", "exact"):
+        bm = _with_identity(b, mode)
+        prep = prepare(a, bm, batches, device=device)
+        interleaved = pad_network(bm, ((0, 2, 4),), (6,))
+        bm.family.fit_identity(interleaved, sorted(interleaved.identity_blocks), batches, device)
+        row: Row = {"identity": mode}
+        sma = f"SMA slots {list(prep.alignment.positions_b[0])}"
+        for name, padded in ((sma, prep.padded_b), ("slots [0, 2, 4]", interleaved)):
+            hid, emb = _deviation(b, padded, probe)
+            row[f"{name}: hidden rel. error"] = hid
+            row[f"{name}: min cosine"] = emb
+            row[f"{name}: padded B spearman"] = sts.sts_spearman(
+                sts.network_embedder(padded.module), tok, pairs, device
+            )
+        merged = zip_prepared(prep, ZipSettings())
+        embed = sts.merged_embedders(merged.model)["merged"]
+        row["merge SMA rho=1 spearman"] = sts.sts_spearman(embed, tok, pairs, device)
+        rows.append(row)
+    return rows
+
+
+def _deviation(ref: Network, padded: Network, probe: list[dict]) -> tuple[float, float]:
+    """Return (relative L2 error of last token states, min cosine of embeddings) on ``probe``."""
+    num = den = 0.0
+    cos = 1.0
+    dev = next(ref.module.parameters()).device
+    for batch in probe:
+        batch = to_device(batch, dev)
+        mask = batch["attention_mask"].bool()
+        want = ref.module.hidden_states(**batch)[mask]
+        got = padded.module.hidden_states(**batch)[mask]
+        num += float((got - want).pow(2).sum())
+        den += float(want.pow(2).sum())
+        sim = torch.nn.functional.cosine_similarity(ref.module(**batch), padded.module(**batch))
+        cos = min(cos, float(sim.min()))
+    return (num / den) ** 0.5, cos
+
+
+def classification_rows(n_calibration: int = 256, device: str = "cpu") -> list[Row]:
+    """Return the classification table rows (module docstring, item 3)."""
+    from heterogui.zoo.text_pair import text_pair_folders
+
+    folder_a, folder_b = text_pair_folders()
+    a, tok = load_bert(folder_a, label="A", device=device)
+    b, _ = load_bert(folder_b, label="B", device=device)
+    batches = sts.tokenize(tok, calibration_sentences(n_calibration), 32)
+
+    def row(name: str, heads: tc.Heads, module: torch.nn.Module | None, slots=None) -> Row:
+        m = tc.evaluate_heads(heads, tok, device=device)
+        return {
+            "model": name,
+            "B slots": slots,
+            "params_M": params(module) if module else None,
+            "joint": m.joint,
+            "task A (topics)": m.task_a,
+            "task B (sentiment)": m.task_b,
+            "avg": m.avg,
+        }
+
+    rows = [
+        row("A: L6 fine-tuned on topics", tc.single(a.module, 0), a.module),
+        row("B: L3 fine-tuned on sentiment", tc.single(b.module, 1), b.module),
+        {
+            **row("ensemble (both models)", tc.ensemble(a.module, b.module), None),
+            "params_M": params(a.module) + params(b.module),
+        },
+    ]
+    prep = prepare(a, b, batches, device=device)
+    for mode in ("sma", "lma", "uniform", "head_tail"):
+        p = prep if mode == "sma" else realign(prep, mode)
+        slots = list(p.alignment.positions_b[0])
+        if mode == "sma":
+            avg = zip_prepared(p, ZipSettings(matcher="average")).model
+            rows.append(row("baseline: weight average (SMA padding)", tc.merged(avg), avg, slots))
+        for rho in (1.0, 0.5):
+            model = zip_prepared(p, ZipSettings(rho=rho)).model
+            rows.append(row(f"merge {mode} rho={rho}", tc.merged(model), model, slots))
+    return rows
+
+
+def markdown(rows: list[Row]) -> str:
+    """Return rows as a markdown table (floats with 3 decimals, None as an em dash)."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "—"
+        if isinstance(value, float):
+            return f"{value:.1e}" if 0 < abs(value) < 1e-3 else f"{value:.3f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _timed(name: str, fn: Callable[[], list[Row]]) -> str:
+    start = time.perf_counter()
+    rows = fn()
+    log.info("%s took %.1f s", name, time.perf_counter() - start)
+    return f"## {name}\n\n{markdown(rows)}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the tables of docs/transformers.md."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calibration", type=int, default=256, help="calibration sentences")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--skip-classification", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    dev = str(resolve_device(args.device))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parts = [
+        _timed("Sentence similarity", lambda: sts_rows(args.calibration, dev)),
+        _timed("Identity layers", lambda: identity_rows(args.calibration, dev)),
+    ]
+    if not args.skip_classification:
+        parts.append(_timed("Classification", lambda: classification_rows(args.calibration, dev)))
+    print("\n".join(parts))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,181 @@
+"""Hugging Face BERT encoders <-> the heterogui ``bert`` family (weights copied by name).
+
+``load_bert`` opens a local ``save_pretrained`` folder (or, when the hub is reachable and
+allowed, a hub id) through ``AutoModel`` / ``AutoModelForSequenceClassification``, never with
+remote code, and converts it into a ``Network`` of the bert family. Parameter names match:
+
+    embeddings.*           <-> blocks.0.*
+    encoder.layer.{i}.*    <-> blocks.{i+1}.*
+    pooler.dense.*         <-> blocks.{L+1}.pooler.dense.*   (classifiers only)
+    classifier.*           <-> blocks.{L+1}.classifier.*     (classifiers only)
+
+Only absolute-position, encoder-only BERT (model_type "bert") is supported; RoBERTa-style
+position offsets would need their own embedding block.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from heterogui.errors import ModelLoadError
+from heterogui.models.bert import BertNetConfig, build
+from heterogui.models.family import Network
+
+_LAYER = re.compile(r"encoder\.layer\.(\d+)\.(.*)")
+_BLOCK = re.compile(r"blocks\.(\d+)\.(.*)")
+
+
+def config_from_hf(hf_config: Any, num_labels: int | None, pooling: str = "mean") -> BertNetConfig:
+    """Return the bert-family config of a transformers ``BertConfig``.
+
+    num_labels: None for an embedding model, else the classifier's output count.
+
+    Raises:
+        ModelLoadError: a model type or option this adapter does not support.
+    """
+    kind = getattr(hf_config, "model_type", None)
+    if kind != "bert":
+        raise ModelLoadError(
+            f"model_type {kind!r} is not supported by the BERT adapter; use a model_type 'bert' "
+            "checkpoint (BertModel / BertForSequenceClassification)"
+        )
+    if getattr(hf_config, "position_embedding_type", "absolute") != "absolute":
+        raise ModelLoadError(
+            f"position_embedding_type {hf_config.position_embedding_type!r} is not supported; "
+            "only absolute position embeddings are"
+        )
+    if getattr(hf_config, "is_decoder", False) or getattr(hf_config, "add_cross_attention", False):
+        raise ModelLoadError("decoder BERT models are not supported; use an encoder checkpoint")
+    hidden, heads = int(hf_config.hidden_size), int(hf_config.num_attention_heads)
+    if hidden % heads:
+        raise ModelLoadError(f"hidden_size {hidden} is not a multiple of {heads} heads")
+    layers = int(hf_config.num_hidden_layers)
+    return BertNetConfig(
+        vocab_size=int(hf_config.vocab_size),
+        max_positions=int(hf_config.max_position_embeddings),
+        type_vocab_size=int(hf_config.type_vocab_size),
+        hidden=hidden,
+        head_dim=hidden // heads,
+        heads=(heads,) * layers,
+        intermediate=(int(hf_config.intermediate_size),) * layers,
+        num_labels=num_labels,
+        pooling=pooling,
+        layer_norm_eps=float(hf_config.layer_norm_eps),
+        hidden_act=str(hf_config.hidden_act),
+        pad_token_id=int(hf_config.pad_token_id or 0),
+    )
+
+
+def state_from_hf(state: dict[str, torch.Tensor], config: BertNetConfig) -> dict[str, torch.Tensor]:
+    """Rename a BertModel / BertForSequenceClassification state dict into block names.
+
+    Unused entries (a pooler of an embedding model, buffers) are dropped.
+    """
+    head = config.num_layers + 1
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("bert.")
+        match = _LAYER.fullmatch(key)
+        if match:
+            out[f"blocks.{int(match.group(1)) + 1}.{match.group(2)}"] = value
+        elif key.startswith("embeddings.") and not key.endswith(("position_ids", "token_type_ids")):
+            out[f"blocks.0.{key.removeprefix('embeddings.')}"] = value
+        elif config.num_labels is not None and key.startswith(("pooler.dense.", "classifier.")):
+            out[f"blocks.{head}.{key}"] = value
+    return out
+
+
+def state_to_hf(state: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+    """Rename block names (``blocks.k.*``, embeddings and layers only) into BertModel names."""
+    out = {}
+    for key, value in state.items():
+        match = _BLOCK.fullmatch(key)
+        if not match or int(match.group(1)) > num_layers:
+            continue
+        k, rest = int(match.group(1)), match.group(2)
+        out[f"embeddings.{rest}" if k == 0 else f"encoder.layer.{k - 1}.{rest}"] = value
+    return out
+
+
+def network_from_hf(model: Any, label: str = "model", pooling: str = "mean") -> Network:
+    """Convert a loaded transformers BERT (eval copy; the caller's model is untouched).
+
+    A model with a ``classifier`` (BertForSequenceClassification) keeps pooler and classifier
+    as its head; any other becomes an embedding model with ``pooling``.
+
+    Raises:
+        ModelLoadError: unsupported config, or weights that do not fill the network.
+    """
+    classifier = getattr(model, "classifier", None)
+    num_labels = int(classifier.out_features) if classifier is not None else None
+    config = config_from_hf(model.config, num_labels, pooling)
+    with torch.random.fork_rng(devices=[]):
+        module = build(config)
+    state = state_from_hf(model.state_dict(), config)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{label}: weights do not fit the BERT adapter (missing {missing[:4]}, unexpected "
+            f"{unexpected[:4]}); pass a complete BertModel or BertForSequenceClassification"
+        )
+    module.to(next(model.parameters()).device).eval()
+    return Network(config, module, None, frozenset(), label)
+
+
+def _local_only(path: str) -> bool:
+    return Path(path).expanduser().is_dir() or os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def is_classifier_folder(path: str | Path) -> bool:
+    """Return whether a folder's config.json names a sequence-classification architecture."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
+    archs = json.loads(config.read_text()).get("architectures") or []
+    return any(a.endswith("ForSequenceClassification") for a in archs)
+
+
+def load_bert(
+    path: str | Path,
+    *,
+    pooling: str = "mean",
+    device: str | torch.device = "cpu",
+    label: str | None = None,
+) -> tuple[Network, Any]:
+    """Load a BERT folder or hub id as a bert-family Network, with its tokenizer.
+
+    Hub ids are only fetched when HF_HUB_OFFLINE is not "1" (local folders never are).
+
+    Raises:
+        ModelLoadError: a missing folder, missing weights, or an unsupported model.
+    """
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    name = str(Path(path).expanduser()) if Path(path).expanduser().exists() else str(path)
+    local = _local_only(name)
+    auto = AutoModelForSequenceClassification if is_classifier_folder(name) else AutoModel
+    try:
+        model, info = auto.from_pretrained(
+            name, local_files_only=local, output_loading_info=True, use_safetensors=True
+        )
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot load {name!r} as a Hugging Face BERT ({exc}); pass a save_pretrained folder "
+            "with config.json, model.safetensors and tokenizer files"
+        ) from exc
+    # An embedding model never uses BERT's pooler (the head pools token states).
+    missing = [
+        k for k in info.get("missing_keys") or [] if auto is not AutoModel or "pooler" not in k
+    ]
+    if missing:
+        raise ModelLoadError(f"{name} lacks weights {missing[:5]}: they would be random")
+    net = network_from_hf(model.eval(), label or Path(name).name, pooling)
+    net.module.to(device)
+    return net, tokenizer

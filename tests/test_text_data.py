@@ -1,0 +1,75 @@
+"""The built-in text data: graded sentence pairs and the two template classification tasks."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from heterogui.errors import ConfigError
+from heterogui.evaluate.sentences import load_pairs, spearman
+from heterogui.zoo.text_tasks import TASK_CLASSES, calibration_sentences, make_task
+
+
+def test_sentence_pairs_are_many_graded_and_distinct():
+    pairs = load_pairs()
+    assert len(pairs) >= 150
+    counts = Counter(p.score for p in pairs)
+    assert sorted(counts) == [0, 1, 2, 3, 4, 5] and min(counts.values()) >= 20
+    assert len({(p.first, p.second) for p in pairs}) == len(pairs)
+    assert all(p.first != p.second and p.first.strip() and p.second.strip() for p in pairs)
+
+
+def test_bad_pair_files_are_refused(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("7\tone\ttwo\n")
+    with pytest.raises(ConfigError, match="outside"):
+        load_pairs(path)
+    path.write_text("3\tonly one sentence\n")
+    with pytest.raises(ConfigError, match="expected score"):
+        load_pairs(path)
+
+
+def test_spearman_of_a_monotone_map_is_one():
+    assert spearman([0.1, 0.5, 0.2, 0.9], [1, 3, 2, 5]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("task", list(TASK_CLASSES))
+def test_text_tasks_are_seeded_balanced_and_disjoint(task):
+    first, again, other = make_task(task, seed=0), make_task(task, seed=0), make_task(task, seed=1)
+    assert first == again and first != other
+    seen: set[str] = set()
+    for split in first.values():
+        assert not seen & set(split.sentences)  # no sentence in two splits
+        seen |= set(split.sentences)
+        counts = Counter(split.labels)
+        assert sorted(counts) == list(TASK_CLASSES[task]) and len(set(counts.values())) == 1
+
+
+def test_calibration_sentences_come_from_both_tasks_and_never_from_test():
+    sentences = calibration_sentences(256)
+    assert len(sentences) == len(set(sentences)) == 256
+    test = {s for t in TASK_CLASSES for s in make_task(t)["test"].sentences}
+    assert not test & set(sentences)
+
+
+@pytest.fixture(scope="session")
+def l3_dir(tmp_path_factory: pytest.TempPathFactory):
+    from heterogui.models.hf import minilm
+
+    return minilm.minilm_l3_path(tmp_path_factory.getbasetemp() / "hf" / minilm.L3_NAME)
+
+
+@pytest.mark.slow
+def test_fine_tuned_classifier_loads_as_a_bert_classifier(tmp_path, l3_dir):
+    from heterogui.evaluate.text_classification import evaluate_heads, single
+    from heterogui.models.hf.bert_io import load_bert
+    from heterogui.zoo.text_pair import FinetuneSettings, finetune
+
+    record = finetune(l3_dir, "sentiment", tmp_path / "b", FinetuneSettings(epochs=1))
+    assert record["test_accuracy"] > 0.9
+    net, tokenizer = load_bert(tmp_path / "b")
+    assert net.config.num_labels == 2 and net.graph().spaces["logits"].width == 2
+    metrics = evaluate_heads(single(net.module, 1), tokenizer)
+    assert metrics.task_b == pytest.approx(record["test_accuracy"])
+    assert metrics.task_a is None
