@@ -182,6 +182,12 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--minilm", action="store_true", help="also merge the MiniLM pair (L6 + L3) on sentences"
     )
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="also time the workbench's slider re-merge for every zoo pair (about 1 minute; "
+        "builds missing zoo pairs first)",
+    )
 
 
 def run_speed_cli(args: argparse.Namespace) -> int:
@@ -200,4 +206,10 @@ def run_speed_cli(args: argparse.Namespace) -> int:
 
         sentences = 64 if args.quick else args.inputs
         print(format_minilm(bench_minilm(sentences, device=args.device)))
+    if args.latency:
+        from heterogui.ui.latency import format_latency, slider_latency
+        from heterogui.zoo.registry import PAIRS
+
+        print("workbench slider latency (re-merge after a release, then its metrics):")
+        print(format_latency([slider_latency(name, device=args.device) for name in PAIRS]))
     return 0

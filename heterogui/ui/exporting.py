@@ -150,6 +150,10 @@ def export(session: Session, out: str, overwrite: bool = False) -> Path:
         ExportError: ``out`` exists and overwrite is off, or writing failed.
         ConfigError: nothing merged yet.
     """
+    if session.dataset == "sentences" and session.result is not None:
+        from heterogui.ui import text as text_pair
+
+        return text_pair.export(session, out, overwrite)  # a Hugging Face folder
     text = (out or "").strip()
     if not text:
         raise ExportError("type an output folder for the export")

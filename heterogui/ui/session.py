@@ -34,6 +34,7 @@ class ModelSlot:
     ref: str
     source: str
     sha256: str | None = None
+    tokenizer: Any = None  # a transformer model's tokenizer (None for the other families)
 
 
 @dataclass
@@ -70,6 +71,8 @@ class Session:
     last_export: str | None = None
     cancel_requested: bool = False
     notes: list[str] = field(default_factory=list)
+    sentences: list[str] = field(default_factory=list)  # pasted calibration sentences (text)
+    compare: list[str] = field(default_factory=list)  # sentences of the similarity matrices
 
     def both_loaded(self) -> bool:
         """Return True when models A and B are loaded."""

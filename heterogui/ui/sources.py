@@ -19,6 +19,7 @@ from heterogui.models.graph import INPUT, LOGITS
 from heterogui.models.io import CONFIG_FILE, WEIGHTS_FILE, file_sha256, load_network
 from heterogui.pipeline import check_pair
 from heterogui.ui.session import ModelSlot
+from heterogui.ui.text import preflight_text
 
 log = logging.getLogger(__name__)
 SOURCES = ("zoo", "folder", "upload", "hf")
@@ -81,7 +82,8 @@ def load_upload(files: list[str] | None, workdir: str | None = None) -> ModelSlo
 
 
 def load_hf(model_id: str) -> ModelSlot:
-    """Load a Hugging Face BERT (a save_pretrained folder, or a hub id when the hub is allowed).
+    """Load a Hugging Face BERT: a save_pretrained folder, a hub id (when the hub is allowed),
+    or "minilm:all-MiniLM-L6-v2" / "minilm:paraphrase-MiniLM-L3-v2" (the offline MiniLM pair).
 
     Raises:
         ConfigError: the transformer adapter is not installed.
@@ -95,10 +97,9 @@ def load_hf(model_id: str) -> ModelSlot:
     name = (model_id or "").strip()
     if not name:
         raise ModelLoadError("type a Hugging Face model id or a save_pretrained folder")
-    from heterogui.models.hf.bert_io import load_bert
+    from heterogui.ui.text import load_slot
 
-    net, _tokenizer = load_bert(name)
-    return ModelSlot(net, name, "hf", None)
+    return load_slot(name)
 
 
 def zoo_slot(net: Network, pair: str, which: str) -> ModelSlot:
@@ -155,7 +156,11 @@ def model_card(slot: ModelSlot | None, which: str) -> str:
         f"- family **{facts['family']}**, input width {facts['input_width']}\n"
         f"- depth per stage {facts['depths']} ({stages})\n"
         f"- parameters **{facts['parameters']:,}**\n"
-        f"- task classes {facts['classes']}"
+        + (
+            f"- task classes {facts['classes']}"
+            if facts["family"] != "bert"
+            else f"- head: {len(facts['classes'])} outputs (sentence embedding or classifier)"
+        )
     )
 
 
@@ -167,6 +172,9 @@ def verdict(a: ModelSlot | None, b: ModelSlot | None) -> tuple[bool, str]:
     if a is None or b is None:
         missing = " and ".join(w for w, s in (("A", a), ("B", b)) if s is None)
         return False, f"Load model {missing} to check the pair."
+    pre = preflight_text(a, b) if "bert" in (a.net.family.name, b.net.family.name) else None
+    if pre is not None and pre.startswith("**✗"):
+        return False, pre
     try:
         check_pair(a.net, b.net)
     except HeteroguiError as exc:
@@ -185,11 +193,13 @@ def verdict(a: ModelSlot | None, b: ModelSlot | None) -> tuple[bool, str]:
     if fa["widths"] != fb["widths"]:
         lines.append("- widths differ: the elastic zip merges neurons into a chosen width")
     overlap = sorted(set(fa["classes"]) & set(fb["classes"]))
-    if overlap:
+    if overlap and pre is None:  # transformer heads are per model (embeddings or classifiers)
         lines.append(
             f"- note: the task classes overlap ({overlap}): the merge works, but the Joint/Task "
             "metrics need disjoint tasks and are not shown"
         )
+    if pre is not None:
+        lines.append(pre)
     return True, "\n".join(lines)
 
 

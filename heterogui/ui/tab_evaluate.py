@@ -11,7 +11,7 @@ import gradio as gr
 import torch
 
 from heterogui.errors import ConfigError
-from heterogui.ui import evaluation, work
+from heterogui.ui import evaluation, text, work
 from heterogui.ui.fig_eval import history_figure, samples_figure, sweep_figure
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
@@ -25,6 +25,8 @@ VIEWS = (
     "sweep_plot",
     "history",
     "history_plot",
+    "text_scores",
+    "sim_plot",
 )
 METRIC_HEADERS = ["model", "Joint %", "Task A %", "Task B %", "Avg %", "parameters", "FLOPs"]
 HISTORY_COLUMNS = [
@@ -42,6 +44,7 @@ HISTORY_COLUMNS = [
     "Task A",
     "Task B",
     "Avg",
+    "Spearman",
     "seconds",
 ]
 SWEEP_RHOS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -50,6 +53,23 @@ MAX_SAMPLES = 8
 
 def build(ui: dict[str, Any], res: Resources) -> None:
     """Create the tab's components and register them in ``ui``."""
+    with gr.Accordion("Sentence similarity (transformer pairs)", open=True):
+        ui["text_scores"] = gr.Dataframe(
+            headers=["model", "Spearman", "parameters"],
+            interactive=False,
+            label="Spearman of embedding cosines with the graded built-in sentence pairs "
+            "(168 pairs); the merged model gives one embedding per head, and the exported "
+            "folder gives the mean-pooled trunk",
+        )
+        with gr.Row():
+            ui["compare_text"] = gr.Textbox(
+                lines=3,
+                scale=4,
+                label="Sentences to compare, one per line (2 to 16)",
+                value="A man is playing a guitar.\nSomeone plays music.\nIt is raining today.",
+            )
+            ui["compare"] = gr.Button("Compare sentences", scale=1)
+        ui["sim_plot"] = gr.Plot(label="Cosine similarity per model")
     with gr.Row():
         ui["metrics"] = gr.Dataframe(
             elem_id="metrics",
@@ -147,6 +167,8 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
     """Return the tab's view values for ``session``."""
     if session.prepared is None:
         return {name: None for name in VIEWS if name != "sample_ids"}
+    if text.is_text(session):
+        return text_views(session)
     rho = session.result.settings.rho if session.result is not None else session.settings.rho
     history = [[h.get(c) for c in HISTORY_COLUMNS] for h in session.history]
     return {
@@ -156,7 +178,43 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
         "sweep_plot": sweep_figure(session.sweep, rho) if session.sweep else None,
         "history": history or None,
         "history_plot": history_figure(session.history),
+        "text_scores": None,
+        "sim_plot": None,
     }
+
+
+def text_views(session: Session) -> dict[str, Any]:
+    """Return the tab's views for a transformer pair: Spearman table, similarity matrices."""
+    history = [[h.get(c) for c in HISTORY_COLUMNS] for h in session.history]
+    figure = None
+    if session.compare:
+        figure = text.similarity_figure(text.similarity(session, session.compare), session.compare)
+    return {
+        "metrics": metric_rows(session),
+        "samples_plot": None,
+        "predictions": None,
+        "sweep_plot": None,
+        "history": history or None,
+        "history_plot": history_figure(session.history),
+        "text_scores": text.score_rows(session),
+        "sim_plot": figure,
+    }
+
+
+def on_similarity(session: Session, res: Resources, typed: str | None, progress=None) -> str:
+    """Show the cosine similarity of typed sentences per model (api: /similarity)."""
+    work.require_prepared(session)
+    if not text.is_text(session):
+        raise ConfigError("sentence similarity needs a transformer pair (Hugging Face BERTs)")
+    sentences = text.parse_sentences(typed)
+    text.similarity(session, sentences)  # validates before the session changes
+    session.compare = sentences
+    merged = (
+        " The merged model gives two embeddings: head A (in A's space) and head B (in B's)."
+        if session.result is not None
+        else " Merge to add the merged model (head A and head B)."
+    )
+    return f"Similarity of {len(sentences)} sentences per model.{merged}"
 
 
 def on_samples(session: Session, res: Resources, text: str | None, progress=None) -> str:
@@ -187,6 +245,11 @@ def on_sweep(session: Session, res: Resources, progress=None) -> str:
     """Re-merge at several zip ratios and plot accuracy and size (api: /sweep)."""
     session.cancel_requested = False
     prep = work.require_prepared(session)
+    if text.is_text(session):
+        raise ConfigError(
+            "the rho sweep plots test accuracy; for a transformer pair move rho on the Zip tab "
+            "and read the Spearman table (a MiniLM re-merge takes about 5 s)"
+        )
     settings = session.result.settings if session.result is not None else session.settings
     session.sweep = evaluation.sweep(
         prep, settings, res, session.dataset, list(SWEEP_RHOS), work.guarded(session, progress)
@@ -204,6 +267,10 @@ def on_evaluate(session: Session, res: Resources, progress=None) -> str:
     if session.result is None:
         return "Nothing merged yet: the table shows A, B and their ensemble. Press Merge."
     computed = work.evaluate_pending(session, res)
+    scores = text.scores_of(session)
+    if scores is not None:
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+        return f"Merge #{session.merge_count}: Spearman {shown} (built-in sentence pairs)."
     cols = evaluation.metric_columns(session.merged_metrics)
     scores = ", ".join(f"{k} {v}%" for k, v in cols.items() if v is not None) or "no metrics"
     verb = "evaluated" if computed else "evaluation"
@@ -223,3 +290,4 @@ def wire(ui: dict[str, Any], on) -> None:
     on(ui["random_samples"].click, on_random, [], ("evaluate",), "random_samples")
     on(ui["run_sweep"].click, on_sweep, [], ("evaluate",), "sweep", heavy=True)
     on(ui["evaluate"].click, on_evaluate, [], ("evaluate",), "evaluate", light=True)
+    on(ui["compare"].click, on_similarity, ["compare_text"], ("evaluate",), "similarity")

@@ -13,7 +13,7 @@ import yaml
 
 from heterogui.cache import cache_dir
 from heterogui.errors import ConfigError
-from heterogui.ui import exporting
+from heterogui.ui import exporting, text
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 from heterogui.ui.sources import hf_available
@@ -80,6 +80,15 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
             "recipe_view": "# merge first: the recipe of the current merge shows here",
             "export_dir": gr.skip(),
             "card_preview": "Merge first.",
+        }
+    if session.dataset == text.TEXT:
+        from heterogui.models.hf.pair import model_card
+
+        merge = text.bert_merge(session)
+        return {
+            "recipe_view": yaml.safe_dump(merge.recipe, sort_keys=True, width=90),
+            "export_dir": default_folder(session),
+            "card_preview": model_card(merge, text.scores_of(session)),
         }
     recipe = exporting.session_recipe(session)
     card = exporting.card_files(session)["README.md"]

@@ -260,6 +260,8 @@ def on_merge(
     row = session.history[-1]
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
     joint = "evaluating on the test split…" if not evaluate else f"Joint {row.get('Joint')}%."
+    if "Spearman" in row:
+        joint = f"Spearman {row['Spearman']} (built-in sentence pairs)."
     return (
         f"Merge #{row['merge']} done in {row['seconds']:.2f}s ({stages}); {joint}{note} "
         "See the Evaluate tab."

@@ -29,7 +29,7 @@ from heterogui.pipeline import (
     resolve_device,
     zip_prepared,
 )
-from heterogui.ui import evaluation
+from heterogui.ui import evaluation, text
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import ModelSlot, Session
 from heterogui.ui.sizes import parameters_and_flops, reference_sizes
@@ -89,6 +89,14 @@ def set_model(session: Session, which: str, slot: ModelSlot) -> Session:
     """Put ``slot`` in place of model A or B; results of the old pair are dropped."""
     setattr(session, which, slot)
     session.pair = None
+    if slot.net.family.name == "bert":
+        if session.dataset != text.TEXT:
+            session.dataset = text.TEXT
+            session.calibration = calibration_ref(text.TEXT, text.DEFAULT_SENTENCES)
+        session.clear_results()
+        return session
+    if session.dataset == text.TEXT:
+        session.dataset = None
     guess = guess_dataset(slot.net)
     if guess is not None and session.dataset is None:
         session.dataset = guess
@@ -106,6 +114,11 @@ def set_data(session: Session, dataset: str, size: int) -> Session:
     """
     if size < 16:
         raise ConfigError(f"calibration size {size} is too small: use at least 16 inputs")
+    if (dataset == text.TEXT) != text.is_text(session) and session.both_loaded():
+        raise ConfigError(
+            f"calibration data {dataset!r} does not fit these models: transformer pairs "
+            f"calibrate on {text.TEXT!r}, the other families on their image or signal data"
+        )
     session.dataset = dataset
     session.calibration = calibration_ref(dataset, int(size))
     session.clear_results()
@@ -130,12 +143,6 @@ def analysed(
         HeteroguiError: incompatible models, bad data, or Cancelled.
     """
     check_pair(a.net, b.net)
-    if a.net.family.name == "bert":
-        raise ConfigError(
-            "transformer pairs load and check here, but their analysis needs tokenised text "
-            "calibration data, which the workbench does not offer yet: merge them with "
-            "`heterogui merge RECIPE.yaml` (see the README)"
-        )
     batches = res.batches(ref)
 
     def build() -> Prepared:
@@ -156,6 +163,8 @@ def analyse(session: Session, res: Resources, progress: Progress | None = None) 
     if not session.dataset:
         raise ConfigError("choose the calibration data set (the models' inputs)")
     device = str(resolve_device(session.device))
+    if text.is_text(session):
+        return analyse_text(session, device, guarded(session, progress))
     key = session.pair if session.pair and session.a.source == "zoo" else None
     prepared, baseline = analysed(
         session.a,
@@ -169,6 +178,29 @@ def analyse(session: Session, res: Resources, progress: Progress | None = None) 
     )
     _commit_analysis(session, prepared, baseline)
     return session
+
+
+def analyse_text(session: Session, device: str, report: Progress) -> Session:
+    """Analyse a transformer pair on tokenised calibration sentences; score A, B, ensemble.
+
+    Raises:
+        HeteroguiError: incompatible models, too few sentences, or Cancelled.
+    """
+    check_pair(session.a.net, session.b.net)
+    batches = text.batches(session)
+    prepared = prepare(
+        session.a.net, session.b.net, batches, mode="sma", device=device, progress=report
+    )
+    report("evaluate", 0.0)
+    _commit_analysis(session, prepared, text.baseline(prepared, session.a.tokenizer))
+    return session
+
+
+def metrics_of(session: Session, res: Resources, result: MergeResult) -> Any:
+    """Return the merged model's metrics: Spearman scores (text) or test-split Metrics."""
+    if session.dataset == text.TEXT and session.a is not None and session.a.tokenizer:
+        return text.merged_scores(result, session.a.tokenizer)
+    return evaluation.merged_metrics(result, res, session.dataset)
 
 
 def parse_mapping(text: str) -> dict[str, list[list[int]]]:
@@ -282,7 +314,7 @@ def merge(
     metrics = None
     if evaluate:
         report("evaluate", 0.0)
-        metrics = evaluation.merged_metrics(result, res, session.dataset)
+        metrics = metrics_of(session, res, result)
     size = parameters_and_flops(result.model, prepared)
     seconds = time.perf_counter() - start
     session.check_cancel()
@@ -311,14 +343,22 @@ def evaluate_pending(session: Session, res: Resources) -> bool:
     result = session.result
     if result is None or session.merged_metrics is not None:
         return False
-    metrics = evaluation.merged_metrics(result, res, session.dataset)
+    metrics = metrics_of(session, res, result)
     if session.result is not result or metrics is None:  # a newer merge came in meanwhile
         return False
     session.merged_metrics = metrics
     for row in session.history:
         if row["merge"] == session.merge_count:
-            row.update(evaluation.metric_columns(metrics))
+            row.update(metric_cols(metrics))
     return True
+
+
+def metric_cols(metrics: Any) -> dict[str, Any]:
+    """Return a history row's metric columns (text pairs add "Spearman": the merged trunk's)."""
+    cols: dict[str, Any] = evaluation.metric_columns(metrics)
+    if isinstance(metrics, dict):
+        cols["Spearman"] = metrics.get("merged")
+    return cols
 
 
 def sweep_key(settings: ZipSettings, alignment: Any) -> tuple:
@@ -345,7 +385,7 @@ def history_row(
         "flops": size["flops"],
         "seconds": round(seconds, 3),
     }
-    row.update(evaluation.metric_columns(metrics))
+    row.update(metric_cols(metrics))
     return row
 
 

@@ -1,0 +1,159 @@
+"""Transformer (BERT) pairs in the workbench: handlers on tiny random BERT folders (fast)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from heterogui.errors import ConfigError, ExportError
+from heterogui.ui import tab_evaluate, tab_export, tab_models, tab_neurons, tab_zip, text, work
+from heterogui.ui.resources import Resources, ZooSource
+from heterogui.ui.session import Session
+
+pytestmark = pytest.mark.ui
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "man",
+    "plays",
+    "guitar",
+    "music",
+    "food",
+    "sun",
+    "rain",
+    "team",
+    "game",
+    "is",
+    "on",
+    "in",
+    "and",
+]
+
+
+def tiny_bert_folder(path: Path, hidden=32, heads=4, inter=64, layers=3, seed=0) -> Path:
+    """Write a random BERT with a small word-piece tokenizer as a save_pretrained folder."""
+    from transformers import BertTokenizer
+
+    from tests.bert_helpers import VOCAB, tiny_hf
+
+    path.mkdir(parents=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = specials + WORDS + [f"w{i}" for i in range(VOCAB - len(specials) - len(WORDS))]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
+    tiny_hf(hidden=hidden, heads=heads, inter=inter, layers=layers, seed=seed).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("bert")
+    a = tiny_bert_folder(root / "a", layers=3, seed=0)
+    b = tiny_bert_folder(root / "b", hidden=48, heads=6, inter=96, layers=2, seed=1)
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def res() -> Resources:
+    return Resources(ZooSource(tiny=True), device="cpu")
+
+
+def load(session: Session, res: Resources, which: str, folder: Path) -> str:
+    return tab_models.on_load_model(session, res, which, "hf", None, None, None, str(folder))
+
+
+@pytest.fixture()
+def analysed(folders, res) -> Session:
+    session = Session(device="cpu")
+    load(session, res, "a", folders[0])
+    load(session, res, "b", folders[1])
+    assert session.dataset == text.TEXT and session.calibration.size == text.DEFAULT_SENTENCES
+    tab_models.on_analyse(session, res, text.TEXT, 32)
+    return session
+
+
+def test_bert_pair_shows_the_preflight_verdict(folders, res):
+    session = Session(device="cpu")
+    load(session, res, "a", folders[0])
+    load(session, res, "b", folders[1])
+    verdict = tab_models.render(session, res)["verdict"]
+    assert "Pre-flight: compatible" in verdict and "depths differ (3 vs 2)" in verdict
+    assert session.a.tokenizer is not None
+
+
+def test_bert_flow_analyse_align_neurons_zip_evaluate_export(analysed, res, tmp_path):
+    session = analysed
+    prep = session.prepared
+    assert prep.padded_b.identity_blocks and set(session.baseline) == {"a", "b", "ensemble"}
+    assert tab_evaluate.render(session, res)["text_scores"]
+    spaces = [n for _, n in tab_neurons.merge_points(prep)]
+    assert "layer0.qk" in spaces and "stream" in spaces
+    tab_neurons.on_space(session, res, "layer0.vo")
+    views = tab_neurons.render(session, res)
+    assert views["neuron_map"] is not None
+    n_blocks = prep.padded_a.graph().num_blocks - 1
+    tab_zip.on_merge(session, res, "zip", 0.5, 1.0, 0.5, n_blocks, "cpu")
+    match = session.result.matches["layer0.qk"]
+    assert match.width % 8 == 0  # whole heads of size 8
+    assert session.result.matches["layer0.vo"].width == match.width  # Q/K and V/O paired
+    work.evaluate_pending(session, res)
+    assert set(session.merged_metrics) == {"merged", "head A", "head B"}
+    rows = text.score_rows(session)
+    assert rows[-1][0].startswith("merged, head B") and rows[-1][1] is not None
+    message = tab_evaluate.on_similarity(session, res, "the cat\nthe dog\nrain and sun")
+    assert "head A" in message
+    sims = text.similarity(session, ["the cat", "the dog", "rain"])
+    assert set(sims) >= {"A", "B", "merged (head A: A's space)"}
+    assert sims["A"].shape == (3, 3)
+    out = tmp_path / "merged"
+    tab_export.on_export(session, res, str(out), False)
+    assert (out / "config.json").is_file() and (out / "recipe.yaml").is_file()
+    with pytest.raises(ConfigError, match="Spearman table"):
+        tab_evaluate.on_sweep(session, res)
+    with pytest.raises(ExportError, match="already exists"):
+        tab_export.on_export(session, res, str(out), False)
+
+
+def test_pasted_sentences_calibrate_and_bad_data_is_refused(folders, res):
+    session = Session(device="cpu")
+    load(session, res, "a", folders[0])
+    load(session, res, "b", folders[1])
+    with pytest.raises(ConfigError, match="does not fit"):
+        work.set_data(session, "digits", 64)
+    tab_models.on_sentences(session, res, "\n".join(f"the cat {w}" for w in WORDS))
+    assert len(session.sentences) == len(WORDS)
+    assert len(text.batches(session)) == 1
+    with pytest.raises(ConfigError, match="at least 16"):
+        tab_models.on_sentences(session, res, "one\ntwo")
+
+
+def test_bert_flow_over_the_api(folders, tmp_path):
+    from gradio_client import Client
+
+    from heterogui.ui.app import build_app, launch
+
+    demo = build_app(Resources(ZooSource(tiny=True), device="cpu", default_pair=None))
+    url = launch(demo, "127.0.0.1", None, block=False)
+    try:
+        client = Client(url, verbose=False)
+
+        def call(api: str, *args):
+            out = client.predict(*args, api_name=api)
+            return out[0], out[1]
+
+        for which, folder in zip("ab", folders, strict=True):
+            status, _ = call(f"/load_model_{which}", "hf", None, None, None, str(folder))
+            assert "Loaded model" in status
+        status, summary = call("/analyse", text.TEXT, 32)
+        assert "32 calibration sentences" in status and summary["analysed"]
+        status, summary = call("/merge", "zip", 0.5, 1.0, 0.5, summary["blocks"], "cpu")
+        assert "Merge #1" in status
+        status, _ = call("/similarity", "the cat\nthe dog")
+        assert "head A (in A's space)" in status
+        status, _ = call("/export", str(tmp_path / "hf"), False)
+        assert "Exported to" in status and (tmp_path / "hf" / "config.json").is_file()
+    finally:
+        demo.close()
