@@ -27,11 +27,16 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 @dataclass
 class RecipeMerge:
-    """A merge run from a recipe: the result, the completed recipe and the report."""
+    """A merge run from a recipe: the result, the completed recipe and the report.
+
+    bert: for Hugging Face models, the ``heterogui.models.hf.pair.BertMerge`` (tokenizer and
+    folders, what ``export_merge`` needs); None otherwise.
+    """
 
     result: MergeResult
     recipe: Recipe
     report: dict[str, Any]
+    bert: Any = None
 
 
 def model_folder(ref: ModelRef) -> Path:
@@ -86,11 +91,18 @@ def settings_of(recipe: Recipe) -> ZipSettings:
 def merge_recipe(recipe: Recipe | str | Path, progress: Progress | None = None) -> RecipeMerge:
     """Run the merge a recipe describes and return the result, completed recipe and report.
 
+    Recipes naming Hugging Face models (folders with a ``model_type`` config, ``minilm:NAME``)
+    run through ``heterogui.models.hf.recipe_merge`` on text calibration data.
+
     Raises:
         HeteroguiError: any invalid recipe field, model or data (see the subclasses).
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
+    from heterogui.models.hf.recipe_merge import is_hf_ref, merge_hf_recipe
+
+    if is_hf_ref(recipe.model_a) or is_hf_ref(recipe.model_b):
+        return merge_hf_recipe(recipe, progress)
     start = time.perf_counter()
     torch.manual_seed(recipe.seed)
     net_a, sha_a = load_model(recipe.model_a)

@@ -12,7 +12,7 @@ from heterogui.errors import HeteroguiError
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    """Merge as a recipe says and write the result folder."""
+    """Merge as a recipe says and write the result folder (save_pretrained for HF models)."""
     from pathlib import Path
 
     from heterogui.api import merge_recipe
@@ -25,7 +25,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
             f"output folder {str(out)!r} already exists; choose another --out or pass --overwrite"
         )
     done = merge_recipe(args.recipe, progress=_progress if args.verbose else None)
-    save_merged(done.result.model, out, done.recipe, done.report, overwrite=args.overwrite)
+    if done.bert is not None:  # Hugging Face models: a save_pretrained folder
+        from heterogui.models.hf.recipe_merge import export_recipe_merge
+
+        export_recipe_merge(done, out, overwrite=args.overwrite)
+    else:
+        save_merged(done.result.model, out, done.recipe, done.report, overwrite=args.overwrite)
     summary = {k: done.report[k] for k in ("parameters", "widths")}
     summary["seconds"] = round(done.report["timings_seconds"]["total"], 3)
     if "metrics" in done.report:

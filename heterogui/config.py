@@ -21,11 +21,17 @@ ALIGN_MODES = ("sma", "lma", "uniform", "head", "head_tail", "manual")
 MATCHER_NAMES = ("zip", "zip_naive", "permute", "average")
 DTYPES = ("float32", "float64")
 OVERRIDE_KEYS = {"width", "rho", "alpha", "beta", "matcher"}
+IDENTITIES = ("exact", "ls", "plain")
+POOLINGS = ("mean", "cls")
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A model: a folder (config.json + model.safetensors) or ``zoo:PAIR/a`` / ``zoo:PAIR/b``.
+    """A model: a folder, ``zoo:PAIR/a`` / ``zoo:PAIR/b``, or ``minilm:NAME``.
+
+    A folder is a heterogui network (config.json + model.safetensors) or a Hugging Face
+    save_pretrained folder (its config.json has a ``model_type``); ``minilm:all-MiniLM-L6-v2`` and
+    ``minilm:paraphrase-MiniLM-L3-v2`` name the offline MiniLM models.
 
     sha256: the weights file's hash; when set, loading checks it.
     """
@@ -38,7 +44,11 @@ class ModelRef:
 class DataRef:
     """Inputs: a zoo dataset name (with split) or a .safetensors file with an "inputs" tensor.
 
+    Text (for Hugging Face models): "sentences" (the built-in calibration sentences, drawn with
+    ``seed``), a .txt file (one sentence per line), and for evaluation "sts" (the built-in scored
+    sentence pairs) or a .tsv file of pairs (score, sentence1, sentence2).
     size: how many inputs to draw (seeded, without replacement); None: all of them.
+    sha256: for text, the hash of the sentences used; when set, loading checks it.
     """
 
     source: str = "digits"
@@ -46,6 +56,7 @@ class DataRef:
     size: int | None = 256
     batch_size: int = 64
     seed: int = 0
+    sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.size is not None and self.size < 4:
@@ -113,6 +124,28 @@ def _check_knobs(where: str, matcher: str, alpha: float, beta: float, rho: float
 
 
 @dataclass(frozen=True)
+class TransformerSpec:
+    """Options of Hugging Face (BERT-family) merges.
+
+    identity: how the shallower model's padded layers are built ("exact", "ls", "plain").
+    pooling: how an embedding model pools token states ("mean" or "cls").
+    """
+
+    identity: str = "exact"
+    pooling: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.identity not in IDENTITIES:
+            raise ConfigError(
+                f"transformer.identity {self.identity!r} is unknown; use one of {IDENTITIES}"
+            )
+        if self.pooling not in POOLINGS:
+            raise ConfigError(
+                f"transformer.pooling {self.pooling!r} is unknown; use one of {POOLINGS}"
+            )
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A merge, completely specified."""
 
@@ -124,6 +157,7 @@ class Recipe:
     stop: int | None = None
     evaluation: DataRef | None = None
     reset_input_bn: bool = True
+    transformer: TransformerSpec | None = None
     seed: int = 0
     dtype: str = "float32"
     device: str = "auto"
@@ -161,7 +195,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         nested = _NESTED.get((cls, name))
-        kwargs[name] = _build(nested, value, f"{where}.{name}") if nested and value else value
+        built = nested and value is not None
+        kwargs[name] = _build(nested, value, f"{where}.{name}") if built else value
     try:
         return cls(**kwargs)
     except TypeError as exc:
@@ -175,6 +210,7 @@ _NESTED = {
     (Recipe, "evaluation"): DataRef,
     (Recipe, "alignment"): AlignmentSpec,
     (Recipe, "zip"): ZipSpec,
+    (Recipe, "transformer"): TransformerSpec,
 }
 
 

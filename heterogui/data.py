@@ -1,14 +1,20 @@
-"""Inputs for calibration and evaluation, as a recipe's DataRef names them."""
+"""Inputs for calibration and evaluation, as a recipe's DataRef names them (tensors or text)."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from heterogui.config import DataRef
 from heterogui.errors import ConfigError, ModelLoadError
 from heterogui.models.io import load_state
+
+if TYPE_CHECKING:
+    from heterogui.evaluate.sentences import Pair
 
 
 def load_inputs(ref: DataRef) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -56,3 +62,94 @@ def make_batches(inputs: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     if len(batches) > 1 and batches[-1].shape[0] < 4:
         batches[-2] = torch.cat([batches[-2], batches.pop()])
     return batches
+
+
+TEXT_SOURCES = ("sentences", "sts")
+
+
+def is_text(ref: DataRef) -> bool:
+    """Return whether a DataRef names text (sentences or scored sentence pairs)."""
+    return ref.source in TEXT_SOURCES or ref.source.endswith((".txt", ".tsv"))
+
+
+def text_sha256(lines: Sequence[str]) -> str:
+    """Return the hex sha256 of sentences joined by newlines (the recipe's text hash)."""
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def _subsample(items: list, ref: DataRef) -> list:
+    """Return ``ref.size`` items drawn with ``ref.seed`` (in their original order), or all."""
+    if ref.size is None or ref.size >= len(items):
+        return items
+    gen = torch.Generator().manual_seed(ref.seed)
+    pick = torch.randperm(len(items), generator=gen)[: ref.size].sort().values
+    return [items[i] for i in pick.tolist()]
+
+
+def _check_hash(ref: DataRef, lines: Sequence[str]) -> None:
+    digest = text_sha256(lines)
+    if ref.sha256 and ref.sha256 != digest:
+        raise ConfigError(
+            f"the sentences of {ref.source} changed: sha256 {digest[:12]}... but the recipe "
+            f"records {ref.sha256[:12]}...; restore them or remove sha256 from the recipe"
+        )
+
+
+def load_sentences(ref: DataRef) -> list[str]:
+    """Return calibration sentences: built-in ("sentences") or a .txt file, one per line.
+
+    Raises:
+        ConfigError: not a sentence source, an empty file, or sentences that differ from the
+            recorded sha256.
+        ModelLoadError: a missing file.
+    """
+    if ref.source == "sentences":
+        from heterogui.zoo.text_tasks import calibration_sentences
+
+        lines = calibration_sentences(ref.size or 256, ref.seed)
+    elif ref.source.endswith(".txt"):
+        path = Path(ref.source).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"sentence file {str(path)!r} does not exist")
+        lines = [s.strip() for s in path.read_text("utf-8").splitlines() if s.strip()]
+        lines = _subsample(lines, ref)
+        if len(lines) < 4:
+            raise ConfigError(f"{path} holds {len(lines)} sentences; give at least 4, one a line")
+    else:
+        raise ConfigError(
+            f'calibration source {ref.source!r} is not sentences: use "sentences" (built-in) or '
+            'a .txt file with one sentence per line ("sts" pairs are for evaluation only)'
+        )
+    _check_hash(ref, lines)
+    return lines
+
+
+def load_sentence_pairs(ref: DataRef) -> list[Pair]:
+    """Return scored sentence pairs: built-in ("sts") or a .tsv file (score, s1, s2).
+
+    Raises:
+        ConfigError: not a pair source, a malformed file, or pairs that differ from the hash.
+        ModelLoadError: a missing file.
+    """
+    from heterogui.evaluate.sentences import load_pairs
+
+    if ref.source == "sts":
+        pairs = load_pairs()
+    elif ref.source.endswith(".tsv"):
+        path = Path(ref.source).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"sentence-pair file {str(path)!r} does not exist")
+        pairs = load_pairs(path)
+    else:
+        raise ConfigError(
+            f'evaluation source {ref.source!r} is not scored sentence pairs: use "sts" '
+            "(built-in) or a .tsv file with score<TAB>sentence1<TAB>sentence2 lines"
+        )
+    pairs = _subsample(pairs, ref)
+    _check_hash(ref, pair_lines(pairs))
+    return pairs
+
+
+def pair_lines(pairs: Sequence[Pair]) -> list[str]:
+    """Return one "score<TAB>sentence1<TAB>sentence2" line per pair (what the hash covers)."""
+    return [f"{p.score}\t{p.first}\t{p.second}" for p in pairs]

@@ -16,8 +16,17 @@ def parameter_counts(result: MergeResult) -> dict[str, int]:
     return {"a": a, "b": b, "ensemble": a + b, "merged": merged}
 
 
-def merge_report(result: MergeResult, recipe: Recipe, total_seconds: float) -> dict[str, Any]:
-    """Return the JSON-ready report of a merge run from ``recipe``."""
+def merge_report(
+    result: MergeResult,
+    recipe: Recipe,
+    total_seconds: float,
+    metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Return the JSON-ready report of a merge run from ``recipe``.
+
+    metrics: figures computed by the caller (e.g. sentence similarity); None: classification
+    rows on ``recipe.evaluation`` when it is set.
+    """
     prep = result.prepared
     timings = {f"prepare.{k}": v for k, v in prep.timings.items()}
     timings.update({f"zip.{k}": v for k, v in result.timings.items()})
@@ -35,7 +44,9 @@ def merge_report(result: MergeResult, recipe: Recipe, total_seconds: float) -> d
         "timings_seconds": timings,
         "device": str(prep.device),
     }
-    if recipe.evaluation is not None:
+    if metrics is not None:
+        report["metrics"] = metrics
+    elif recipe.evaluation is not None:
         from heterogui.evaluate.report import evaluation_rows
 
         report["metrics"] = evaluation_rows(result, recipe.evaluation)

@@ -22,7 +22,7 @@ def block_index_map(
     old_num_blocks: int,
     new_num_blocks: int,
 ) -> dict[int, int]:
-    """Return old block index -> new block index (stem and head included)."""
+    """Return old block index -> new block index (stem, closing blocks and head included)."""
     mapping = {}
     first = old_stages[0][0] if old_stages and old_stages[0] else 0
     for i in range(first):  # blocks before the first stage (a stem) keep their index
@@ -30,7 +30,9 @@ def block_index_map(
     for old, new, pos in zip(old_stages, new_stages, positions, strict=True):
         for k, block in enumerate(old):
             mapping[block] = new[pos[k]]
-    mapping[old_num_blocks - 1] = new_num_blocks - 1  # the head
+    last = max((b for stage in old_stages for b in stage), default=first - 1)
+    for i in range(last + 1, old_num_blocks):  # blocks after the stages (the head) keep their
+        mapping[i] = new_num_blocks - (old_num_blocks - i)  # offset from the end
     return mapping
 
 

@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 
 from heterogui.errors import ExportError
 from heterogui.fusion.merged import MergedModel
-from heterogui.models.bert import BertNetConfig
+from heterogui.models.bert import BERT_NAMES, BertNetConfig, LayerNames
 from heterogui.models.hf.bert_io import state_to_hf
 from heterogui.models.io import atomic_folder
 
@@ -43,28 +43,33 @@ TOKENIZER_FILES = (
 UNMERGE_FILE = "unmerge.safetensors"
 
 
-def _check_exportable(model: MergedModel) -> BertNetConfig:
-    """Return the trunk config of a fully merged BERT, or raise.
+def check_exportable(
+    model: MergedModel, cls: type = BertNetConfig, closing: int = 1, kind: str = "BertModel"
+) -> Any:
+    """Return the trunk config of a fully merged transformer of config class ``cls``, or raise.
+
+    closing: trunk blocks after the last layer (ViT's final LayerNorm: 1 more than BERT).
 
     Raises:
-        ExportError: not a bert-family merge, a partial zip, or head counts HF cannot express.
+        ExportError: another family, a partial zip, or head counts HF cannot express.
     """
     config = model.spec.trunk_config
-    if not isinstance(config, BertNetConfig):
+    if not isinstance(config, cls):
         raise ExportError(
-            f"save_pretrained export is for merged BERT models, not {type(config).__name__}; "
-            "use save_merged for other families"
+            f"save_pretrained export as {kind} is for {cls.__name__} merges, not "
+            f"{type(config).__name__}; use save_merged for other families"
         )
-    if model.spec.stop != config.num_layers + 1:
+    full = config.num_layers + closing
+    if model.spec.stop != full:
         raise ExportError(
-            f"the merge stops at block {model.spec.stop}, but a single BertModel needs every "
-            f"layer merged: merge with stop={config.num_layers + 1} (full zip) or use save_merged"
+            f"the merge stops at block {model.spec.stop}, but a single {kind} needs every "
+            f"layer merged: merge with stop={full} (full zip) or use save_merged"
         )
     slots = config.hidden // config.head_dim
     if config.hidden % config.head_dim or max(config.heads) > slots:
         raise ExportError(
             f"merged width {config.hidden} holds {slots} heads of {config.head_dim} but a layer "
-            f"has {max(config.heads)}; a BertModel ties heads to hidden_size / heads: merge with "
+            f"has {max(config.heads)}; a {kind} ties heads to hidden_size / heads: merge with "
             "a smaller rho on the attention spaces or a larger stream width"
         )
     return config
@@ -78,30 +83,48 @@ def _pad_cols(t: torch.Tensor, cols: int) -> torch.Tensor:
     return torch.cat([t, t.new_zeros(t.shape[0], cols - t.shape[1])], 1) if cols > t.shape[1] else t
 
 
+def pad_layers(
+    state: dict[str, torch.Tensor], names: LayerNames, attn: int, width: int
+) -> dict[str, torch.Tensor]:
+    """Return a block-named trunk state with every layer padded to ``attn`` / ``width`` features.
+
+    attn: heads x head size of the widest layer; width: the largest intermediate size. Padding is
+    zero rows of Q/K/V and FFN input, zero columns of the attention and FFN output projections.
+    """
+    out = {}
+    for name, value in state.items():
+        value = value.detach().cpu().float()
+        if any(f".{proj}." in name for proj in (names.query, names.key, names.value)):
+            value = _pad_rows(value, attn)
+        elif name.endswith(f".{names.attn_out}.weight"):
+            value = _pad_cols(value, attn)
+        elif f".{names.ffn_in}." in name:
+            value = _pad_rows(value, width)
+        elif name.endswith(f".{names.ffn_out}.weight"):
+            value = _pad_cols(value, width)
+        out[name] = value.contiguous()
+    return out
+
+
+def trunk_state(model: MergedModel) -> dict[str, torch.Tensor]:
+    """Return the merged trunk's state with block names (``blocks.k.*``)."""
+    return {
+        "blocks." + key[len("trunk.") :]: value
+        for key, value in model.state_dict().items()
+        if key.startswith("trunk.")
+    }
+
+
 def padded_trunk_state(model: MergedModel) -> tuple[dict[str, torch.Tensor], int, int]:
     """Return (BertModel state dict, heads, intermediate size), widths padded to uniform.
 
     Raises:
-        ExportError: see ``_check_exportable``.
+        ExportError: see ``check_exportable``.
     """
-    config = _check_exportable(model)
+    config = check_exportable(model)
     heads = config.hidden // config.head_dim
     width = max(config.intermediate)
-    attn, state = heads * config.head_dim, {}
-    for key, value in model.state_dict().items():
-        if not key.startswith("trunk."):
-            continue
-        name = "blocks." + key[len("trunk.") :]
-        value = value.detach().cpu().float()
-        if ".attention.self." in name:
-            value = _pad_rows(value, attn)
-        elif ".attention.output.dense.weight" in name:
-            value = _pad_cols(value, attn)
-        elif ".intermediate.dense." in name:
-            value = _pad_rows(value, width)
-        elif name.endswith(".output.dense.weight") and ".attention." not in name:
-            value = _pad_cols(value, width)
-        state[name] = value.contiguous()
+    state = pad_layers(trunk_state(model), BERT_NAMES, heads * config.head_dim, width)
     hf_state = state_to_hf(state, config.num_layers)
     hf_state["pooler.dense.weight"] = torch.zeros(config.hidden, config.hidden)
     hf_state["pooler.dense.bias"] = torch.zeros(config.hidden)
@@ -129,7 +152,7 @@ def bert_config(config: BertNetConfig, heads: int, intermediate: int) -> dict[st
     }
 
 
-def _extras(model: MergedModel) -> dict[str, torch.Tensor]:
+def unmerge_tensors(model: MergedModel) -> dict[str, torch.Tensor]:
     """Return the unmerge matrices and, for classifiers, both heads."""
     out = {
         "unmerge_a": model.unmerge_a.detach().cpu().float().contiguous(),
@@ -167,10 +190,32 @@ def export_bert(
     with torch.random.fork_rng(devices=[]):
         hf = BertModel(BertConfig(**fields))
     hf.load_state_dict(state, strict=True)
+    extras = {UNMERGE_FILE: unmerge_tensors(model)}
+    return write_folder(hf, out, extras, tokenizer_dir, recipe, report, card, overwrite)
+
+
+def write_folder(
+    hf: Any,
+    out: Path,
+    extras: dict[str, dict[str, torch.Tensor]],
+    tokenizer_dir: str | Path | None = None,
+    recipe: dict[str, Any] | None = None,
+    report: dict[str, Any] | None = None,
+    card: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a transformers model and its side files to ``out`` atomically.
+
+    extras: file name -> tensors saved as safetensors next to the model.
+
+    Raises:
+        ExportError: ``out`` appeared meanwhile, or writing failed (nothing is left behind).
+    """
     tmp, commit = atomic_folder(out, overwrite)
     try:
         hf.save_pretrained(tmp, safe_serialization=True)
-        save_file(_extras(model), str(tmp / UNMERGE_FILE), metadata={"format": "heterogui-unmerge"})
+        for file, tensors in extras.items():
+            save_file(tensors, str(tmp / file), metadata={"format": "heterogui-unmerge"})
         for name in TOKENIZER_FILES if tokenizer_dir else ():
             if (Path(tokenizer_dir) / name).is_file():
                 shutil.copyfile(Path(tokenizer_dir) / name, tmp / name)

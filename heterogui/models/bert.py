@@ -27,6 +27,7 @@ Identity layers (depth padding): post-LN blocks have no exact zero-branch identi
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -119,21 +120,74 @@ def space_names(layer: int) -> tuple[str, str, str]:
     return f"layer{layer}.qk", f"layer{layer}.vo", f"layer{layer}.ffn"
 
 
-def _layer_tensors(k: int, qk: str, vo: str, ffn: str) -> list:
+@dataclass(frozen=True)
+class LayerNames:
+    """Submodule names (inside a layer block) that describe a transformer layer's spaces.
+
+    Shared by the BERT (post-LN) and ViT (pre-LN) families: the spaces and tags of a layer are
+    the same, only the names differ. norms: the layer's two LayerNorms (on the stream);
+    stream_mid: the module whose output is the stream after the attention sub-layer.
+    """
+
+    query: str
+    key: str
+    value: str
+    attn_out: str
+    ffn_in: str
+    ffn_act: str
+    ffn_out: str
+    norms: tuple[str, str]
+    stream_mid: str
+
+
+BERT_NAMES = LayerNames(
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "intermediate.act",
+    "output.dense",
+    ("attention.output.LayerNorm", "output.LayerNorm"),
+    "attention.output.LayerNorm",
+)
+
+
+def layer_tensors(k: int, names: LayerNames, qk: str, vo: str, ffn: str) -> list:
+    """Return the tensor tags of the transformer layer in block ``k``."""
     p = f"blocks.{k}"
     tensors = []
-    for proj, space in (("query", qk), ("key", qk), ("value", vo)):
-        tensors.append(
-            tag(f"{p}.attention.self.{proj}.weight", k, out_axis(space), in_axis(STREAM))
-        )
-        tensors.append(tag(f"{p}.attention.self.{proj}.bias", k, out_axis(space)))
-    for name, inner in (("attention.output", vo), ("output", ffn)):
-        tensors.append(tag(f"{p}.{name}.dense.weight", k, out_axis(STREAM), in_axis(inner)))
-        tensors.append(tag(f"{p}.{name}.dense.bias", k, out_axis(STREAM)))
-        tensors += norm_tags(f"{p}.{name}.LayerNorm", k, STREAM, batch_norm=False)
-    tensors.append(tag(f"{p}.intermediate.dense.weight", k, out_axis(ffn), in_axis(STREAM)))
-    tensors.append(tag(f"{p}.intermediate.dense.bias", k, out_axis(ffn)))
+    for proj, space in ((names.query, qk), (names.key, qk), (names.value, vo)):
+        tensors.append(tag(f"{p}.{proj}.weight", k, out_axis(space), in_axis(STREAM)))
+        tensors.append(tag(f"{p}.{proj}.bias", k, out_axis(space)))
+    for dense, inner in ((names.attn_out, vo), (names.ffn_out, ffn)):
+        tensors.append(tag(f"{p}.{dense}.weight", k, out_axis(STREAM), in_axis(inner)))
+        tensors.append(tag(f"{p}.{dense}.bias", k, out_axis(STREAM)))
+    for norm in names.norms:
+        tensors += norm_tags(f"{p}.{norm}", k, STREAM, batch_norm=False)
+    tensors.append(tag(f"{p}.{names.ffn_in}.weight", k, out_axis(ffn), in_axis(STREAM)))
+    tensors.append(tag(f"{p}.{names.ffn_in}.bias", k, out_axis(ffn)))
     return tensors
+
+
+def layer_spaces(
+    config: Any, i: int, names: LayerNames, layout: str = "tokens"
+) -> tuple[dict[str, Space], list[Capture], list]:
+    """Return (inner spaces, stream captures, tensor tags) of encoder layer i (block i + 1).
+
+    config: any config with ``head_dim``, ``heads`` and ``intermediate`` per layer.
+    """
+    k, (qk, vo, ffn) = i + 1, space_names(i)
+    p, width = f"blocks.{k}", config.heads[i] * config.head_dim
+    attn = dict(head_dim=config.head_dim, group=f"layer{i}.attn")
+    caps_qk = (Capture(f"{p}.{names.query}", layout, k), Capture(f"{p}.{names.key}", layout, k))
+    spaces = {
+        qk: Space(qk, width, caps_qk, **attn),
+        vo: Space(vo, width, (Capture(f"{p}.{names.value}", layout, k),), **attn),
+        ffn: Space(ffn, config.intermediate[i], (Capture(f"{p}.{names.ffn_act}", layout, k),)),
+    }
+    stream = [Capture(f"{p}.{names.stream_mid}", layout, k), Capture(p, layout, k)]
+    return spaces, stream, layer_tensors(k, names, qk, vo, ffn)
 
 
 def graph(config: BertNetConfig, identity_blocks: frozenset[int] = frozenset()) -> ModelGraph:
@@ -148,29 +202,12 @@ def graph(config: BertNetConfig, identity_blocks: frozenset[int] = frozenset()) 
     tensors += norm_tags("blocks.0.LayerNorm", 0, STREAM, batch_norm=False)
     dead = set()
     for i in range(n):
-        k, (qk, vo, ffn) = i + 1, space_names(i)
-        p, width = f"blocks.{k}", config.heads[i] * config.head_dim
-        attn = dict(head_dim=config.head_dim, group=f"layer{i}.attn")
-        spaces[qk] = Space(
-            qk,
-            width,
-            (
-                Capture(f"{p}.attention.self.query", layout, k),
-                Capture(f"{p}.attention.self.key", layout, k),
-            ),
-            **attn,
-        )
-        spaces[vo] = Space(vo, width, (Capture(f"{p}.attention.self.value", layout, k),), **attn)
-        spaces[ffn] = Space(
-            ffn, config.intermediate[i], (Capture(f"{p}.intermediate.act", layout, k),)
-        )
-        stream_caps += [
-            Capture(f"{p}.attention.output.LayerNorm", layout, k),
-            Capture(p, layout, k),
-        ]
-        tensors += _layer_tensors(k, qk, vo, ffn)
-        if k in identity_blocks:
-            dead |= {qk, vo, ffn}
+        inner, stream, layer = layer_spaces(config, i, BERT_NAMES, layout)
+        spaces.update(inner)
+        stream_caps += stream
+        tensors += layer
+        if i + 1 in identity_blocks:
+            dead |= set(inner)
     spaces[STREAM] = Space(STREAM, config.hidden, tuple(stream_caps))
     head = n + 1
     if config.num_labels is not None:

@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from heterogui.errors import ConfigError
-from heterogui.models import bert, bert_identity, mlp, resnet, vgg
+from heterogui.models import bert, bert_identity, mlp, resnet, vgg, vit
 from heterogui.models.graph import BlockNet, ModelGraph
 
 
@@ -72,6 +72,19 @@ register(
         bert.resize,
         bert_identity.fit_identity,
         bert.check_pair,
+    )
+)
+register(
+    Family(
+        "vit",
+        vit.ViTNetConfig,
+        vit.build,
+        vit.graph,
+        vit.insert_identity,
+        vit.init_identity,
+        vit.resize,
+        None,
+        vit.check_pair,
     )
 )
 

@@ -9,7 +9,6 @@ a save_pretrained folder with a recipe and a model card (``heterogui.export.hf``
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,9 @@ from typing import Any
 
 import torch
 
+import heterogui
+from heterogui.config import AlignmentSpec, DataRef, ModelRef, Recipe, TransformerSpec, ZipSpec
+from heterogui.data import text_sha256
 from heterogui.errors import IncompatibleModelsError
 from heterogui.evaluate.sentences import tokenize
 from heterogui.export.hf import export_bert
@@ -51,9 +53,14 @@ def preflight(path_a: str | Path, path_b: str | Path) -> None:
         raise IncompatibleModelsError("; ".join(verdict.reasons))
 
 
-def _weights_sha(path: Path) -> str | None:
+def weights_sha256(path: Path) -> str | None:
+    """Return the sha256 of a folder's model.safetensors, or None when it has none."""
     weights = path / "model.safetensors"
     return file_sha256(weights) if weights.is_file() else None
+
+
+IN_MEMORY = "(sentences passed to merge_bert)"
+_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
 
 
 def bert_recipe(
@@ -64,31 +71,43 @@ def bert_recipe(
     identity: str,
     batch_size: int,
     pooling: str,
+    dtype: torch.dtype = torch.float32,
+    base: Recipe | None = None,
 ) -> dict[str, Any]:
-    """Return the JSON/YAML-ready record of a BERT merge (enough to repeat it)."""
+    """Return the completed recipe of a BERT merge as a dict (``heterogui.config.Recipe`` form).
+
+    base: the recipe the merge ran from (its model references, calibration source, evaluation,
+    seed and device are kept); None for a merge called from Python, whose calibration source is
+    recorded as in-memory sentences (their sha256 and count still identify them).
+    """
     s = result.settings
-    digest = hashlib.sha256("\n".join(sentences).encode("utf-8")).hexdigest()
-    return {
-        "model_a": {"path": str(paths[0]), "sha256": _weights_sha(paths[0])},
-        "model_b": {"path": str(paths[1]), "sha256": _weights_sha(paths[1])},
-        "calibration": {"sentences": len(sentences), "sha256": digest, "batch_size": batch_size},
-        "alignment": {"mode": result.alignment.mode, "mapping": result.alignment.mapping()},
-        "zip": {
-            "matcher": s.matcher,
-            "alpha": s.alpha,
-            "beta": s.beta,
-            "rho": s.rho,
-            "overrides": {k: dict(v) for k, v in s.overrides.items()},
-        },
-        "stop": result.spec.stop,
-        "identity": identity,
-        "pooling": pooling,
-        "versions": {
+    base = base or Recipe(
+        ModelRef(str(paths[0])),
+        ModelRef(str(paths[1])),
+        DataRef(IN_MEMORY, size=len(sentences) if len(sentences) >= 4 else None),
+    )
+    done = dataclasses.replace(
+        base,
+        model_a=dataclasses.replace(base.model_a, sha256=weights_sha256(paths[0])),
+        model_b=dataclasses.replace(base.model_b, sha256=weights_sha256(paths[1])),
+        calibration=dataclasses.replace(
+            base.calibration, batch_size=batch_size, sha256=text_sha256(sentences)
+        ),
+        alignment=AlignmentSpec(result.alignment.mode, result.alignment.mapping()),
+        zip=ZipSpec(
+            s.matcher, s.alpha, s.beta, s.rho, {k: dict(v) for k, v in s.overrides.items()}
+        ),
+        stop=s.stop,
+        transformer=TransformerSpec(identity, pooling),
+        dtype=_DTYPE_NAMES[dtype],
+        versions={
+            "heterogui": heterogui.__version__,
             "torch": metadata.version("torch"),
             "transformers": metadata.version("transformers"),
             "python": platform.python_version(),
         },
-    }
+    )
+    return done.to_dict()
 
 
 def _with_identity(net: Network, identity: str) -> Network:
@@ -108,11 +127,15 @@ def merge_bert(
     pooling: str = "mean",
     batch_size: int = 32,
     device: str | torch.device = "auto",
+    dtype: torch.dtype = torch.float32,
     progress: Progress | None = None,
+    base: Recipe | None = None,
 ) -> BertMerge:
     """Merge two BERT folders on calibration sentences (method.md section 0).
 
-    identity: how the shallower model's padded layers are built ("exact", "ls", "plain").
+    The one BERT path: ``heterogui.api.merge_recipe`` (and so ``heterogui merge``) calls it for
+    Hugging Face recipes. identity: how the shallower model's padded layers are built ("exact",
+    "ls", "plain"). base: the recipe being run, recorded completed in ``BertMerge.recipe``.
 
     Raises:
         IncompatibleModelsError: the pre-flight or the pipeline finds the pair unmergeable.
@@ -130,9 +153,16 @@ def merge_bert(
     prepared = prepare(
         net_a, net_b, batches, mode=mode, manual=manual, device=device, progress=progress
     )
-    result = zip_prepared(prepared, settings or ZipSettings(), progress=progress)
+    result = zip_prepared(prepared, settings or ZipSettings(), dtype, progress)
     recipe = bert_recipe(
-        paths, sentences, result, identity=identity, batch_size=batch_size, pooling=pooling
+        paths,
+        sentences,
+        result,
+        identity=identity,
+        batch_size=batch_size,
+        pooling=pooling,
+        dtype=dtype,
+        base=base,
     )
     return BertMerge(result, tokenizer, recipe, paths)
 
@@ -159,7 +189,8 @@ Training-free heterogeneous merge of two BERT encoders (layer alignment + elasti
   {list(config.heads)}, intermediate per layer {list(config.intermediate)} (padded to one size
   with zero neurons/heads in config.json, which changes nothing)
 - Alignment: {result.alignment.mode}, mapping {result.alignment.mapping()}
-- Identity layers of the shallower model: `{merge.recipe["identity"]}` construction
+- Identity layers of the shallower model: `{merge.recipe["transformer"]["identity"]}`
+  construction
 
 ## Figures
 

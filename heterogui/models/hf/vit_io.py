@@ -1,0 +1,192 @@
+"""Convert transformers ViTModel / ViTForImageClassification to and from the ViT family.
+
+Block names (``heterogui.models.vit``) <-> Hugging Face names (transformers 5):
+
+- ``blocks.0.{cls_token, position_embeddings, projection.*}`` <-> ``embeddings.cls_token``,
+  ``embeddings.position_embeddings``, ``embeddings.patch_embeddings.projection.*``;
+- ``blocks.{i+1}.attention.{query,key,value}``, ``attention_output``, ``intermediate.dense``,
+  ``output``, ``layernorm_before/after`` <-> ``layers.{i}.attention.{q,k,v,o}_proj``,
+  ``mlp.fc1``, ``mlp.fc2``, ``layernorm_before/after``;
+- ``blocks.{L+1}.layernorm`` <-> ``layernorm``; ``blocks.{L+2}.classifier`` <-> ``classifier``.
+
+The pooler of a ViTModel is not used (the head pools token states) and exported as zeros.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from heterogui.errors import ModelLoadError
+from heterogui.export.hf import (
+    UNMERGE_FILE,
+    check_exportable,
+    pad_layers,
+    trunk_state,
+    unmerge_tensors,
+    write_folder,
+)
+from heterogui.fusion.merged import MergedModel
+from heterogui.models.family import Network
+from heterogui.models.vit import VIT_NAMES, ViTNetConfig, build
+
+_EMBED = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.position_embeddings": "position_embeddings",
+    "embeddings.patch_embeddings.projection.weight": "projection.weight",
+    "embeddings.patch_embeddings.projection.bias": "projection.bias",
+}
+_LAYER_NAMES = {
+    "attention.q_proj": "attention.query",
+    "attention.k_proj": "attention.key",
+    "attention.v_proj": "attention.value",
+    "attention.o_proj": "attention_output",
+    "mlp.fc1": "intermediate.dense",
+    "mlp.fc2": "output",
+    "layernorm_before": "layernorm_before",
+    "layernorm_after": "layernorm_after",
+}
+_HF_LAYER = re.compile(r"layers\.(\d+)\.(.+)\.(weight|bias)")
+
+
+def config_from_hf(hf_config: Any, num_labels: int | None, pooling: str = "cls") -> ViTNetConfig:
+    """Return the vit-family config of a transformers ``ViTConfig``.
+
+    Raises:
+        ModelLoadError: another model type, no Q/K/V biases, or heads that do not divide hidden.
+    """
+    if getattr(hf_config, "model_type", None) != "vit":
+        raise ModelLoadError(f"model_type {hf_config.model_type!r} is not 'vit'; use a ViT model")
+    if not getattr(hf_config, "qkv_bias", True):
+        raise ModelLoadError("ViT models without Q/K/V biases (qkv_bias=False) are not supported")
+    hidden, heads = int(hf_config.hidden_size), int(hf_config.num_attention_heads)
+    if hidden % heads:
+        raise ModelLoadError(f"hidden_size {hidden} is not a multiple of {heads} heads")
+    layers = int(hf_config.num_hidden_layers)
+    return ViTNetConfig(
+        image_size=int(hf_config.image_size),
+        patch_size=int(hf_config.patch_size),
+        num_channels=int(hf_config.num_channels),
+        hidden=hidden,
+        head_dim=hidden // heads,
+        heads=(heads,) * layers,
+        intermediate=(int(hf_config.intermediate_size),) * layers,
+        num_labels=num_labels,
+        pooling=pooling,
+        layer_norm_eps=float(hf_config.layer_norm_eps),
+        hidden_act=str(hf_config.hidden_act),
+    )
+
+
+def state_from_hf(state: dict[str, torch.Tensor], config: ViTNetConfig) -> dict[str, torch.Tensor]:
+    """Rename a ViTModel / ViTForImageClassification state dict into block names."""
+    n, out = config.num_layers, {}
+    for key, value in state.items():
+        key = key.removeprefix("vit.")
+        match = _HF_LAYER.fullmatch(key)
+        if key in _EMBED:
+            out[f"blocks.0.{_EMBED[key]}"] = value
+        elif match and match.group(2) in _LAYER_NAMES:
+            name = _LAYER_NAMES[match.group(2)]
+            out[f"blocks.{int(match.group(1)) + 1}.{name}.{match.group(3)}"] = value
+        elif key.startswith("layernorm."):
+            out[f"blocks.{n + 1}.{key}"] = value
+        elif key.startswith("classifier.") and config.num_labels is not None:
+            out[f"blocks.{n + 2}.{key}"] = value
+    return out
+
+
+def state_to_hf(state: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+    """Rename trunk block names into ViTModel names (inverse of ``state_from_hf``)."""
+    embed = {v: k for k, v in _EMBED.items()}
+    layer = {v: k for k, v in _LAYER_NAMES.items()}
+    out = {}
+    for key, value in state.items():
+        k, rest = key.removeprefix("blocks.").split(".", 1)
+        if int(k) == 0:
+            out[embed[rest]] = value
+        elif int(k) <= num_layers:
+            name, leaf = rest.rsplit(".", 1)
+            out[f"layers.{int(k) - 1}.{layer[name]}.{leaf}"] = value
+        elif int(k) == num_layers + 1:
+            out[rest] = value
+    return out
+
+
+def network_from_hf(model: Any, label: str = "model", pooling: str = "cls") -> Network:
+    """Convert a loaded transformers ViT (the caller's model is untouched).
+
+    Raises:
+        ModelLoadError: unsupported config, or weights that do not fill the network.
+    """
+    classifier = getattr(model, "classifier", None)
+    num_labels = int(classifier.out_features) if isinstance(classifier, torch.nn.Linear) else None
+    config = config_from_hf(model.config, num_labels, pooling)
+    with torch.random.fork_rng(devices=[]):
+        module = build(config)
+    missing, unexpected = module.load_state_dict(state_from_hf(model.state_dict(), config), False)
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{label}: weights do not fit the ViT adapter (missing {missing[:4]}, unexpected "
+            f"{unexpected[:4]}); pass a complete ViTModel or ViTForImageClassification"
+        )
+    module.to(next(model.parameters()).device).eval()
+    return Network(config, module, None, frozenset(), label)
+
+
+def vit_config(config: ViTNetConfig, heads: int, intermediate: int) -> dict[str, Any]:
+    """Return the transformers ViTConfig fields of the merged shape."""
+    return {
+        "architectures": ["ViTModel"],
+        "hidden_size": config.hidden,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": heads,
+        "intermediate_size": intermediate,
+        "hidden_act": config.hidden_act,
+        "layer_norm_eps": config.layer_norm_eps,
+        "image_size": config.image_size,
+        "patch_size": config.patch_size,
+        "num_channels": config.num_channels,
+        "qkv_bias": True,
+    }
+
+
+def export_vit(
+    model: MergedModel,
+    out: str | Path,
+    *,
+    recipe: dict[str, Any] | None = None,
+    report: dict[str, Any] | None = None,
+    card: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a merged ViT as a ViTModel save_pretrained folder, atomically.
+
+    Narrow layers are padded with zero heads and zero FFN neurons (exact), like BERT; the
+    pooler is zeros; ``unmerge.safetensors`` holds ``unmerge_a`` / ``unmerge_b`` and the heads.
+
+    Raises:
+        ExportError: not a full ViT merge, head counts a ViTModel cannot express, ``out``
+            exists without ``overwrite``, or writing failed.
+    """
+    from transformers import ViTConfig, ViTModel
+
+    from heterogui.errors import ExportError
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ExportError(f"output folder {str(out)!r} already exists; choose another or overwrite")
+    config = check_exportable(model, ViTNetConfig, closing=1 + 1, kind="ViTModel")
+    heads, width = config.hidden // config.head_dim, max(config.intermediate)
+    state = pad_layers(trunk_state(model), VIT_NAMES, heads * config.head_dim, width)
+    hf_state = state_to_hf(state, config.num_layers)
+    hf_state["pooler.dense.weight"] = torch.zeros(config.hidden, config.hidden)
+    hf_state["pooler.dense.bias"] = torch.zeros(config.hidden)
+    with torch.random.fork_rng(devices=[]):
+        hf = ViTModel(ViTConfig(**vit_config(config, heads, width)))
+    hf.load_state_dict(hf_state, strict=True)
+    extras = {UNMERGE_FILE: unmerge_tensors(model)}
+    return write_folder(hf, out, extras, None, recipe, report, card, overwrite)

