@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 import heterogui
-from heterogui.config import ModelRef, Recipe, load_recipe
-from heterogui.data import load_inputs, make_batches
+from heterogui.config import DataRef, ModelRef, Recipe, load_recipe
+from heterogui.data import load_inputs, make_batches, tensor_data_sha256
 from heterogui.errors import ConfigError
 from heterogui.models.family import Network
 from heterogui.models.io import WEIGHTS_FILE, file_sha256, load_network
@@ -107,7 +107,8 @@ def merge_recipe(recipe: Recipe | str | Path, progress: Progress | None = None) 
     torch.manual_seed(recipe.seed)
     net_a, sha_a = load_model(recipe.model_a)
     net_b, sha_b = load_model(recipe.model_b)
-    inputs, _ = load_inputs(recipe.calibration)
+    inputs, labels = load_inputs(recipe.calibration)
+    calibration = dataclasses.replace(recipe.calibration, sha256=tensor_data_sha256(inputs, labels))
     batches = make_batches(inputs, recipe.calibration.batch_size)
     manual = recipe.alignment.mapping if recipe.alignment.mode == "manual" else None
     prepared = prepare(
@@ -134,12 +135,22 @@ def merge_recipe(recipe: Recipe | str | Path, progress: Progress | None = None) 
         model_a=dataclasses.replace(recipe.model_a, sha256=sha_a),
         model_b=dataclasses.replace(recipe.model_b, sha256=sha_b),
         alignment=dataclasses.replace(recipe.alignment, mapping=mapping),
+        calibration=calibration,
+        evaluation=_hashed(recipe.evaluation),
         versions=versions(),
     )
     from heterogui.report import merge_report
 
     report = merge_report(result, done, time.perf_counter() - start)
     return RecipeMerge(result, done, report)
+
+
+def _hashed(ref: DataRef | None) -> DataRef | None:
+    """Return the DataRef with the sha256 of the data it draws (None stays None)."""
+    if ref is None:
+        return None
+    inputs, labels = load_inputs(ref)
+    return dataclasses.replace(ref, sha256=tensor_data_sha256(inputs, labels))
 
 
 def merge(

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``heterogui`` command."""
     parser = argparse.ArgumentParser(prog="heterogui", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     merge = sub.add_parser("merge", help="merge two models as a recipe says")
@@ -88,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except HeteroguiError as exc:

@@ -11,7 +11,7 @@ import torch
 
 from heterogui.config import DataRef
 from heterogui.errors import ConfigError, ModelLoadError
-from heterogui.models.io import load_state
+from heterogui.models.io import load_state, state_sha256
 
 if TYPE_CHECKING:
     from heterogui.evaluate.sentences import Pair
@@ -41,7 +41,19 @@ def load_inputs(ref: DataRef) -> tuple[torch.Tensor, torch.Tensor | None]:
         pick = torch.randperm(inputs.shape[0], generator=gen)[: ref.size].sort().values
         inputs = inputs[pick]
         labels = labels[pick] if labels is not None else None
+    digest = tensor_data_sha256(inputs, labels)
+    if ref.sha256 and ref.sha256 != digest:
+        raise ConfigError(
+            f"the inputs drawn from {ref.source} changed: sha256 {digest[:12]}... but the recipe "
+            f"records {ref.sha256[:12]}...; restore the data or remove sha256 from the recipe"
+        )
     return inputs, labels
+
+
+def tensor_data_sha256(inputs: torch.Tensor, labels: torch.Tensor | None = None) -> str:
+    """Return the sha256 of drawn inputs (N, ...) and labels (N,) (the recipe's data hash)."""
+    state = {"inputs": inputs} if labels is None else {"inputs": inputs, "labels": labels}
+    return state_sha256(state)
 
 
 def _from_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:

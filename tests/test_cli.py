@@ -151,6 +151,7 @@ def test_bad_inputs_get_clear_messages(tmp_path, capsys):
             "must keep every slot",
         ),
         ({"stop": 42}, "out of range"),
+        ({"calibration": {**data["calibration"], "sha256": "0" * 64}}, "inputs drawn from"),
         ({"colour": "blue"}, "unknown keys ['colour']"),
     ]
     for change, message in cases:
