@@ -1,0 +1,1 @@
+"""Benchmarks: merge quality on the built-in zoo (``quality``) and merge speed (``speed``)."""

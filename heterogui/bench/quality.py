@@ -1,0 +1,399 @@
+"""Merge-quality benchmark on the built-in zoo (method.md C), written to docs/quality.{md,json}.
+
+For every zoo pair and every seed, it evaluates A alone, B alone, their ensemble, weight average
+and permute (where the widths allow, on the SMA-padded topology), the zip with every alignment
+(SMA, LMA, uniform, head; one alignment when the depths are equal), the homogeneous zip of the
+pair's reference pair, and sweeps of the zip ratio rho, of alpha/beta and of the number of
+calibration inputs; and it compares re-estimating A's and B's BatchNorm on the calibration data
+first (``reset_input_bn=True``, the default) with keeping their training statistics.
+
+Seeds: seed s uses training variant s of every pair (A trained with seed 2s, B with 2s + 1;
+variant 0 is the demo zoo, the others are built into the zoo cache on first use) and draws the
+calibration inputs with seed s (which samples of the calibration split, and their order). Both
+sources of variance are in the spread: with one fixed pair of models, the calibration seeds alone
+gave stds of a few tenths of a point, while two trainings that differed only in the last bits of
+their arithmetic moved a depth merge by 7 points. Every number in the written files comes from
+this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from heterogui.align.pad import pad_network
+from heterogui.bench.quality_report import (
+    METRICS,
+    aggregate,
+    checks,
+    command_line,
+    environment,
+    python_command,
+    render_markdown,
+    stats,
+    write_outputs,
+)
+from heterogui.data import make_batches
+from heterogui.errors import ConfigError, MatcherError
+from heterogui.evaluate.classification import Metrics, evaluate_merged, evaluate_models
+from heterogui.models.family import Network
+from heterogui.pipeline import Prepared, ZipSettings, prepare, realign, zip_prepared
+from heterogui.zoo.datasets import Split, load_split, sample, task_subset
+from heterogui.zoo.pairs import (
+    PAIRS,
+    TINY_PAIRS,
+    ZooPair,
+    build_zoo,
+    load_pair,
+    pair_spec,
+    variant_name,
+)
+
+log = logging.getLogger(__name__)
+
+MODES = ("sma", "lma", "uniform", "head")
+MODE_LABEL = {"sma": "SMA", "lma": "LMA", "uniform": "uniform", "head": "head"}
+# (alpha, beta): the paper's code (0.5, 1), ZipIt's CIFAR ResNet setting (1e-4, 0.075), beta = 0
+# (cross-model merges only), and a few alphas around the default.
+KNOBS = ((0.5, 1.0), (0.1, 1.0), (0.9, 1.0), (1.0, 1.0), (1e-4, 0.075), (0.5, 0.0))
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """What the benchmark runs.
+
+    calib_size: calibration inputs of the main table; calib_sizes: the sweep (None: the whole
+    calibration split).
+    """
+
+    pairs: tuple[str, ...]
+    seeds: tuple[int, ...] = (0, 1, 2)
+    calib_size: int = 200
+    calib_sizes: tuple[int | None, ...] = (10, 25, 50, 100, 200, None)
+    rhos: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    knobs: tuple[tuple[float, float], ...] = KNOBS
+    batch_size: int = 50
+    eval_batch_size: int = 500
+    device: str = "cpu"
+    tiny: bool = False
+    command: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    """Return the number of parameters of a module."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _row(metrics: Metrics, params: int, seconds: float | None = None) -> dict[str, Any]:
+    return {**metrics.as_dict(), "params": params, "seconds": seconds}
+
+
+def depths_differ(net_a: Network, net_b: Network) -> bool:
+    """Return whether some stage has a different number of blocks in A and in B."""
+    sa, sb = net_a.graph().stages, net_b.graph().stages
+    return [len(s) for s in sa] != [len(s) for s in sb]
+
+
+def calibration_batches(dataset: str, size: int | None, seed: int, batch_size: int) -> list:
+    """Return the calibration batches of a seed: ``size`` inputs of the calibration split.
+
+    Returns a list of (b, ...) tensors drawn in a seeded order (both tasks' classes).
+    """
+    split = sample(load_split(dataset, "calibration", 0), size, seed)
+    return make_batches(split.inputs, batch_size)
+
+
+def _zip(prep: Prepared, settings: ZipSettings, test: Split, zoo: ZooPair, cfg: QualityConfig):
+    """Return (merge result, metrics, zip seconds)."""
+    start = time.perf_counter()
+    result = zip_prepared(prep, settings)
+    seconds = time.perf_counter() - start
+    metrics = evaluate_merged(
+        result.model, test, zoo.classes_a, zoo.classes_b, cfg.eval_batch_size, prep.device
+    )
+    return result, metrics, seconds
+
+
+def _prepare(zoo: ZooPair, batches: list, cfg: QualityConfig, **kw: Any) -> tuple[Prepared, float]:
+    start = time.perf_counter()
+    prep = prepare(zoo.net_a, zoo.net_b, batches, device=cfg.device, **kw)
+    return prep, time.perf_counter() - start
+
+
+def sweep_mode(zoo: ZooPair) -> str:
+    """Return the alignment the sweeps use: LMA when the depths differ (see the docs), else SMA.
+
+    Across the depth-different zoo pairs LMA is the best or tied-best alignment, and SMA picks
+    the "head" mapping there (CKA falls with depth, so the earliest deep blocks win).
+    """
+    return "lma" if depths_differ(zoo.net_a, zoo.net_b) else "sma"
+
+
+def _alignment_rows(zoo: ZooPair, prep: Prepared, t_prep: float, test: Split, cfg) -> tuple:
+    """Return the zip rows of every alignment mode (SMA only when the depths are equal).
+
+    Returns (rows, {mode: (prepared, prepare seconds)}).
+    """
+    rows, preps = {}, {}
+    modes = MODES if depths_differ(zoo.net_a, zoo.net_b) else ("sma",)
+    shared = prep.timings.get("bn_inputs", 0.0) + prep.timings.get("similarity", 0.0)
+    for mode in modes:
+        if mode == "sma":
+            p, t = prep, t_prep
+        else:
+            start = time.perf_counter()
+            p = realign(prep, mode)
+            t = shared + time.perf_counter() - start
+        preps[mode] = (p, t)
+        result, metrics, t_zip = _zip(p, ZipSettings(), test, zoo, cfg)
+        row = _row(metrics, parameter_count(result.model), t + t_zip)
+        row["mapping"] = result.alignment.mapping()
+        rows[f"zip ({MODE_LABEL[mode]})"] = row
+    return rows, preps
+
+
+def _baseline_rows(zoo: ZooPair, prep: Prepared, t_prep: float, test: Split, cfg) -> dict:
+    """Return A alone, B alone, both ensembles, weight average and permute (where possible)."""
+    a, b = zoo.net_a.parameter_count(), zoo.net_b.parameter_count()
+    dev, bs = cfg.device, cfg.eval_batch_size
+    rows = {
+        "A alone": _row(evaluate_models(zoo.net_a, zoo.net_b, "a", test, bs, dev), a),
+        "B alone": _row(evaluate_models(zoo.net_a, zoo.net_b, "b", test, bs, dev), b),
+        "ensemble": _row(evaluate_models(zoo.net_a, zoo.net_b, "ensemble", test, bs, dev), a + b),
+        "ensemble (BN re-estimated)": _row(
+            evaluate_models(prep.net_a, prep.net_b, "ensemble", test, bs, dev),
+            a + b,
+            prep.timings.get("bn_inputs", 0.0),
+        ),
+    }
+    for matcher, label in (("average", "weight average"), ("permute", "permute")):
+        try:
+            result, metrics, t_zip = _zip(prep, ZipSettings(matcher=matcher), test, zoo, cfg)
+        except MatcherError as exc:
+            log.info("%s: no %s row (%s)", zoo.name, label, exc)
+            continue
+        rows[label] = _row(metrics, parameter_count(result.model), t_prep + t_zip)
+    return rows
+
+
+def _padding_control(zoo: ZooPair, prep: Prepared, batches: list, test: Split, cfg) -> dict:
+    """Return the zip of A with the homogeneous B identity-padded to this pair's depth.
+
+    The padded B computes exactly the homogeneous B's function; A keeps the slots ``prep``
+    gave it and B's real blocks take the first slots of each stage, so identity blocks meet
+    real ones as in a depth-heterogeneous merge. Its gap to the homogeneous zip is the cost of
+    padding alone; the rest of a depth pair's gap comes from B's own deeper representations.
+    """
+    ref = load_pair(zoo.spec.reference, cfg.device)
+    alignment = prep.alignment
+    head = tuple(tuple(range(len(p))) for p in ref.net_b.graph().stages)
+    padded = pad_network(ref.net_b, head, alignment.depths)
+    manual = {
+        "a": [list(p) for p in alignment.positions_a],
+        "b": [list(range(d)) for d in alignment.depths],
+    }
+    start = time.perf_counter()
+    p = prepare(zoo.net_a, padded, batches, mode="manual", manual=manual, device=cfg.device)
+    t_prep = time.perf_counter() - start
+    result, metrics, t_zip = _zip(p, ZipSettings(), test, zoo, cfg)
+    return _row(metrics, parameter_count(result.model), t_prep + t_zip)
+
+
+@torch.no_grad()
+def _max_logit_gap(model: torch.nn.Module, prep: Prepared, test: Split) -> float:
+    """Return max |merged logits - ensemble logits| over both heads on the test inputs."""
+    x = test.inputs.to(prep.device)
+    merged = model(x)
+    gaps = [
+        (merged[m] - net.module(x)).abs().max().item()
+        for m, net in enumerate((prep.net_a, prep.net_b))
+    ]
+    return max(gaps)
+
+
+def _sweeps(zoo: ZooPair, prep: Prepared, main: dict, test: Split, cfg) -> dict[str, Any]:
+    """Return the rho and alpha/beta sweeps of the zip on ``prep`` (statistics reused).
+
+    main: the row of the default zip on ``prep`` (rho 1, alpha 0.5, beta 1), reused.
+    """
+    rho, knobs = {}, {}
+    for r in cfg.rhos:
+        if r == 1.0:
+            rho[str(r)] = {k: v for k, v in main.items() if k != "mapping"}
+            continue
+        result, metrics, _ = _zip(prep, ZipSettings(rho=r), test, zoo, cfg)
+        rho[str(r)] = _row(metrics, parameter_count(result.model))
+        if r == 0.0:
+            rho[str(r)]["max_logit_gap"] = _max_logit_gap(result.model, prep, test)
+    for alpha, beta in cfg.knobs:
+        if (alpha, beta) == (0.5, 1.0):
+            metrics_row = main
+        else:
+            result, metrics, _ = _zip(prep, ZipSettings(alpha=alpha, beta=beta), test, zoo, cfg)
+            metrics_row = _row(metrics, parameter_count(result.model))
+        knobs[f"alpha={alpha:g}, beta={beta:g}"] = {k: metrics_row[k] for k in (*METRICS, "params")}
+    return {"rho": rho, "knobs": knobs}
+
+
+def _bn_kept(zoo: ZooPair, batches: list, test: Split, cfg: QualityConfig) -> dict[str, Any]:
+    """Return the zip and its rho = 0 when A's and B's BatchNorm statistics are kept."""
+    prep, t_prep = _prepare(zoo, batches, cfg, mode=sweep_mode(zoo), reset_input_bn=False)
+    out = {}
+    for r, label in ((1.0, "zip"), (0.0, "rho=0")):
+        result, metrics, t_zip = _zip(prep, ZipSettings(rho=r), test, zoo, cfg)
+        out[label] = _row(metrics, parameter_count(result.model), t_prep + t_zip)
+    return out
+
+
+def _calib_sweep(zoo: ZooPair, seed: int, main: dict, test: Split, cfg) -> dict[str, Any]:
+    """Return the zip for every calibration size of the sweep (``main`` at cfg.calib_size)."""
+    out = {}
+    for size in cfg.calib_sizes:
+        batches = calibration_batches(zoo.dataset, size, seed, cfg.batch_size)
+        n = sum(len(b) for b in batches)
+        label = str(n) if size is not None else f"all ({n})"
+        if n == cfg.calib_size:
+            out[label] = {k: v for k, v in main.items() if k != "mapping"}
+            continue
+        prep, t_prep = _prepare(zoo, batches, cfg, mode=sweep_mode(zoo))
+        result, metrics, t_zip = _zip(prep, ZipSettings(), test, zoo, cfg)
+        out[label] = _row(metrics, parameter_count(result.model), t_prep + t_zip)
+    return out
+
+
+def run_seed(zoo: ZooPair, seed: int, cfg: QualityConfig) -> dict[str, Any]:
+    """Return every measurement of one pair for one calibration seed."""
+    test = task_subset(load_split(zoo.dataset, "test", 0), (*zoo.classes_a, *zoo.classes_b))
+    batches = calibration_batches(zoo.dataset, cfg.calib_size, seed, cfg.batch_size)
+    prep, t_prep = _prepare(zoo, batches, cfg, mode="sma")
+    rows = _baseline_rows(zoo, prep, t_prep, test, cfg)
+    zips, preps = _alignment_rows(zoo, prep, t_prep, test, cfg)
+    rows.update(zips)
+    mode = sweep_mode(zoo)
+    main = rows[f"zip ({MODE_LABEL[mode]})"]
+    if zoo.spec.reference is not None and depths_differ(zoo.net_a, zoo.net_b):
+        rows["padding control"] = _padding_control(zoo, preps[mode][0], batches, test, cfg)
+    return {
+        "rows": rows,
+        **_sweeps(zoo, preps[mode][0], main, test, cfg),
+        "bn_kept": _bn_kept(zoo, batches, test, cfg),
+        "calibration": _calib_sweep(zoo, seed, main, test, cfg),
+    }
+
+
+def _with_references(names: Sequence[str]) -> list[str]:
+    """Return the pairs to run: ``names`` plus the homogeneous pairs they refer to."""
+    out = list(names)
+    for name in names:
+        ref = pair_spec(name).reference
+        if ref is not None and ref not in out:
+            out.append(ref)
+    return out
+
+
+def run_pair(name: str, cfg: QualityConfig) -> dict[str, Any]:
+    """Return the per-seed runs (seed s: training variant s) and their aggregates of one pair."""
+    start = time.perf_counter()
+    runs, accuracy = [], []
+    for seed in cfg.seeds:
+        log.info("quality: %s seed %d", name, seed)
+        zoo = load_pair(variant_name(name, seed), cfg.device)
+        accuracy.append(zoo.task_accuracy)
+        runs.append(run_seed(zoo, seed, cfg))
+    spec = pair_spec(name)
+    return {
+        "description": spec.description,
+        "kind": spec.kind,
+        "dataset": spec.dataset,
+        "reference": spec.reference,
+        "classes_a": list(zoo.classes_a),
+        "classes_b": list(zoo.classes_b),
+        "task_accuracy": {w: stats([a[w] for a in accuracy]) for w in ("a", "b")},
+        "params": {"a": zoo.net_a.parameter_count(), "b": zoo.net_b.parameter_count()},
+        "depths_differ": depths_differ(zoo.net_a, zoo.net_b),
+        "sweep_mode": MODE_LABEL[sweep_mode(zoo)],
+        "seconds": time.perf_counter() - start,
+        **aggregate(runs),
+    }
+
+
+def run_quality(
+    pairs: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    calib_sizes: Sequence[int | None] | None = None,
+    rhos: Sequence[float] | None = None,
+    out_dir: str | None = "docs",
+    tiny: bool = False,
+    calib_size: int | None = None,
+    device: str = "cpu",
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark; write ``out_dir``/quality.md and quality.json (unless None).
+
+    tiny: use the tiny zoo (TINY_PAIRS) and small sweeps: a smoke run for tests.
+
+    Raises:
+        ConfigError: unknown pairs.
+    """
+    registry = TINY_PAIRS if tiny else PAIRS
+    names = _with_references(list(pairs) if pairs else list(registry))
+    cfg = QualityConfig(
+        pairs=tuple(names),
+        seeds=tuple(seeds),
+        calib_size=calib_size or (50 if tiny else 200),
+        calib_sizes=tuple(calib_sizes or ((20, 50) if tiny else (10, 25, 50, 100, 200, None))),
+        rhos=tuple(rhos or ((0.0, 0.5, 1.0) if tiny else (0.0, 0.25, 0.5, 0.75, 1.0))),
+        knobs=KNOBS[:2] if tiny else KNOBS,
+        device=device,
+        tiny=tiny,
+        command=command or python_command(pairs, seeds, out_dir, tiny),
+    )
+    start = time.perf_counter()
+    build_zoo([variant_name(n, seed) for seed in cfg.seeds for n in names], tiny=tiny)
+    results = {name: run_pair(name, cfg) for name in names}
+    report = {
+        "command": cfg.command,
+        "config": {k: v for k, v in cfg.__dict__.items() if k != "extra"},
+        "environment": environment(cfg.device),
+        "pairs": results,
+        "seconds": time.perf_counter() - start,
+    }
+    report["checks"] = checks(results)
+    if out_dir is not None:
+        write_outputs(report, render_markdown(report), out_dir)
+    return report
+
+
+def run_quality_cli(args: argparse.Namespace) -> int:
+    """Run ``heterogui bench quality`` from parsed arguments; return the exit code.
+
+    Raises:
+        ConfigError: unknown pairs or a seed count below 1.
+    """
+    from heterogui.zoo.commands import print_quality_summary
+
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        report = run_quality(
+            pairs=args.pairs,
+            seeds=tuple(range(args.seeds)),
+            out_dir=args.out,
+            tiny=args.tiny,
+            device=args.device,
+            command=command_line(args),
+        )
+    finally:
+        torch.set_num_threads(threads)
+    print_quality_summary(report, args.out)
+    return 0

@@ -1,0 +1,367 @@
+"""Aggregates, checks and the markdown of the quality benchmark (``bench.quality``).
+
+Pure functions over the JSON-ready dicts that ``bench.quality`` measures: nothing here runs a
+model, and every number written comes from those dicts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+METRICS = ("joint", "task_a", "task_b", "avg")
+SECTIONS = ("rows", "rho", "knobs", "bn_kept", "calibration")
+MERGE_PREFIXES = ("zip", "weight average", "permute")
+TOLERANCE = 0.03  # the heterogeneous zip should be within 3 points of the homogeneous zip
+
+
+def stats(values: list[Any]) -> dict[str, Any]:
+    """Return mean, sample std (0 for one value) and the values; None when any is None."""
+    if any(v is None for v in values) or not values:
+        return {"mean": None, "std": None, "values": values}
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "values": values}
+
+
+def _aggregate_entries(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Aggregate one row over seeds: numbers become stats, other fields keep one per seed."""
+    out: dict[str, Any] = {}
+    for key in entries[0]:
+        values = [e.get(key) for e in entries]
+        numeric = all(v is None or isinstance(v, int | float) for v in values)
+        out[key] = stats(values) if numeric else {"values": values}
+    return out
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return every section of the per-seed runs aggregated label by label."""
+    out: dict[str, Any] = {}
+    for section in SECTIONS:
+        labels = list(runs[0][section])
+        out[section] = {
+            label: _aggregate_entries([run[section][label] for run in runs]) for label in labels
+        }
+    return out
+
+
+def attach_references(results: dict[str, Any]) -> None:
+    """Add each heterogeneous pair's "homogeneous zip" row: its reference pair's SMA zip."""
+    for result in results.values():
+        ref = result.get("reference")
+        if ref in results:
+            row = dict(results[ref]["rows"]["zip (SMA)"])
+            row["source"] = {"values": [ref]}
+            result["rows"][f"homogeneous zip ({ref})"] = row
+
+
+def mean(row: dict[str, Any] | None, key: str = "joint") -> float | None:
+    """Return the mean of ``key`` in an aggregated row (None when absent)."""
+    return None if row is None else row.get(key, {}).get("mean")
+
+
+def _zip_rows(rows: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in rows.items() if k.startswith("zip (")}
+
+
+def _best_zip(rows: dict[str, Any]) -> tuple[str, float]:
+    label = max(_zip_rows(rows), key=lambda k: mean(rows[k]))
+    return label, mean(rows[label])
+
+
+def _check(name: str, pair: str, passed: bool, detail: str) -> dict[str, Any]:
+    return {"check": name, "pair": pair, "passed": bool(passed), "detail": detail}
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def _pair_checks(pair: str, result: dict[str, Any], results: dict[str, Any]) -> list[dict]:
+    """Return the checks of one pair (see ``checks``)."""
+    rows, out = result["rows"], []
+    best_label, best = _best_zip(rows)
+    ref = result.get("reference")
+    if ref in results:
+        homo = mean(results[ref]["rows"]["zip (SMA)"])
+        out.append(
+            _check(
+                "heterogeneous zip within 3 points of homogeneous zip (Joint)",
+                pair,
+                best >= homo - TOLERANCE,
+                f"{best_label} {_pct(best)} vs homogeneous zip ({ref}) {_pct(homo)}: "
+                f"{100 * (best - homo):+.1f} points",
+            )
+        )
+    for label in ("permute", "weight average"):
+        if label in rows:
+            other = mean(rows[label])
+            out.append(
+                _check(
+                    f"zip above {label} (Joint)",
+                    pair,
+                    best > other,
+                    f"{best_label} {_pct(best)} vs {label} {_pct(other)}",
+                )
+            )
+    ensemble = max(mean(rows["ensemble"]), mean(rows["ensemble (BN re-estimated)"]))
+    merges = {k: mean(v) for k, v in rows.items() if k.startswith(MERGE_PREFIXES)}
+    top = max(merges, key=merges.get)
+    out.append(
+        _check(
+            "ensemble at or above every merge (Joint)",
+            pair,
+            ensemble >= merges[top],
+            f"ensemble {_pct(ensemble)} vs best merge {top} {_pct(merges[top])}",
+        )
+    )
+    out.append(_rho0_check(pair, result))
+    if result.get("depths_differ"):
+        learned = max(mean(rows.get(f"zip ({m})")) or 0.0 for m in ("SMA", "LMA"))
+        fixed = max(mean(rows.get(f"zip ({m})")) or 0.0 for m in ("uniform", "head"))
+        out.append(
+            _check(
+                "SMA or LMA at least as good as uniform/head (Joint)",
+                pair,
+                learned >= fixed,
+                f"best of SMA/LMA {_pct(learned)} vs best of uniform/head {_pct(fixed)}",
+            )
+        )
+    return out
+
+
+def _rho0_check(pair: str, result: dict[str, Any]) -> dict[str, Any]:
+    """rho = 0 must equal the ensemble of the BN-re-estimated A and B, seed by seed."""
+    rho0, ens = result["rho"]["0.0"], result["rows"]["ensemble (BN re-estimated)"]
+    same = all(rho0[k]["values"] == ens[k]["values"] for k in METRICS)
+    gap = max(rho0["max_logit_gap"]["values"])
+    return _check(
+        "rho = 0 equals the ensemble (BN re-estimated)",
+        pair,
+        same and gap < 1e-3,
+        f"Joint {_pct(mean(rho0))} vs {_pct(mean(ens))}; max |logit gap| {gap:.2e}",
+    )
+
+
+def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the protocol's expectations, checked on the aggregated results of every pair.
+
+    Heterogeneous zip (best alignment) within 3 points of the homogeneous zip; zip above permute
+    and weight average; the ensemble at or above every merge; rho = 0 equal to the ensemble of
+    the BN-re-estimated models; SMA or LMA at least as good as uniform/head.
+    """
+    attach_references(results)
+    return [c for pair, r in results.items() for c in _pair_checks(pair, r, results)]
+
+
+def fmt(row: dict[str, Any] | None, key: str = "joint") -> str:
+    """Return "mean ± std" in percent of an aggregated metric, or "—"."""
+    if row is None or row.get(key, {}).get("mean") is None:
+        return "—"
+    s = row[key]
+    return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"
+
+
+def _count(row: dict[str, Any], key: str) -> str:
+    value = row.get(key, {}).get("mean")
+    if value is None:
+        return "—"
+    return f"{value:.2f}" if key == "seconds" else f"{int(round(value)):,}"
+
+
+def _table(header: list[str], lines: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return out + ["| " + " | ".join(line) + " |" for line in lines]
+
+
+def _summary(report: dict[str, Any]) -> list[str]:
+    cols = ["ensemble", "ensemble (BN re-estimated)", "weight average", "permute"]
+    zips = ["zip (SMA)", "zip (LMA)", "zip (uniform)", "zip (head)", "padding control"]
+    lines = []
+    for pair, r in report["pairs"].items():
+        rows = r["rows"]
+        homo = next((v for k, v in rows.items() if k.startswith("homogeneous zip")), None)
+        cells = [fmt(rows.get(c)) for c in cols] + [fmt(homo)] + [fmt(rows.get(z)) for z in zips]
+        lines.append([pair, r["kind"], *cells])
+    header = [
+        "pair",
+        "kind",
+        "ensemble",
+        "ensemble (BN re-est.)",
+        "weight avg",
+        "permute",
+        "homogeneous zip",
+        "zip SMA",
+        "zip LMA",
+        "zip uniform",
+        "zip head",
+        "padding control",
+    ]
+    return _table(header, lines)
+
+
+def _pair_section(pair: str, r: dict[str, Any]) -> list[str]:
+    acc = r["task_accuracy"]
+    out = [
+        f"### {pair}",
+        "",
+        f"{r['description']}. Task A classes {r['classes_a']}, task B "
+        f"classes {r['classes_b']}; own-task test accuracy A {fmt(acc, 'a')}, "
+        f"B {fmt(acc, 'b')}; parameters A {r['params']['a']:,}, B {r['params']['b']:,}.",
+        "",
+    ]
+    lines = [
+        [label, *(fmt(row, k) for k in METRICS), _count(row, "params"), _count(row, "seconds")]
+        for label, row in r["rows"].items()
+    ]
+    out += _table(["row", "Joint", "Task A", "Task B", "Avg", "params", "merge s"], lines)
+    mode = r["sweep_mode"]
+    out += [
+        "",
+        f"Zip ratio rho ({mode} zip; rho = 1 is the paper's width, rho = 0 the ensemble):",
+        "",
+    ]
+    lines = [[k, fmt(v), fmt(v, "avg"), _count(v, "params")] for k, v in r["rho"].items()]
+    out += _table(["rho", "Joint", "Avg", "params"], lines)
+    out += ["", f"Calibration inputs ({mode} zip):", ""]
+    lines = [[k, fmt(v), fmt(v, "avg"), _count(v, "seconds")] for k, v in r["calibration"].items()]
+    out += _table(["inputs", "Joint", "Avg", "merge s"], lines)
+    out += ["", f"Matcher knobs ({mode} zip):", ""]
+    lines = [[k, fmt(v), fmt(v, "avg")] for k, v in r["knobs"].items()]
+    out += _table(["knobs", "Joint", "Avg"], lines)
+    return [*out, ""]
+
+
+def _bn_section(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for pair, r in report["pairs"].items():
+        rows, kept, mode = r["rows"], r["bn_kept"], r["sweep_mode"]
+        cells = [rows[f"zip ({mode})"], kept["zip"], r["rho"]["0.0"], kept["rho=0"]]
+        cells += [rows["ensemble (BN re-estimated)"], rows["ensemble"]]
+        lines.append([pair, mode, *(fmt(c) for c in cells)])
+    header = ["pair", "alignment", "zip, BN re-estimated (default)", "zip, BN kept"]
+    header += ["rho=0, re-estimated", "rho=0, kept", "ensemble, re-estimated"]
+    return _table([*header, "ensemble, as trained"], lines)
+
+
+PROTOCOL = """Protocol (method.md C): A is trained on task A (half of the classes), B on task B (the
+other half). Joint: softmax per head, argmax over the union of both tasks' classes, on the test
+inputs of both tasks. Task A / Task B: that task's test inputs, argmax of its own head. Avg: the
+mean of Task A and Task B. A alone / B alone have no head for the other task: their Joint can
+only be right on their own task's inputs, and the other task's accuracy is undefined (—).
+Values are percent, mean ± sample std over the seeds; seed s trains A and B with seeds 2s and
+2s + 1 (seed 0: the demo zoo) and draws the calibration inputs with seed s. Weight average and
+permute need equal widths; on depth-different pairs they run on the SMA-padded topology.
+"homogeneous zip" is the zip of the pair's homogeneous reference (the same A with a B of A's
+architecture). "padding control" (depth pairs) zips A with that homogeneous B padded with
+identity blocks to this pair's depth (it computes exactly the homogeneous B's function), A at
+its LMA slots and B's real blocks first, so identity blocks meet real ones as in a depth merge:
+its gap to the homogeneous zip is the cost of padding alone. The sweeps use LMA on depth pairs
+(SMA elsewhere; with equal depths all alignments coincide). "merge s" is the wall time of the
+merge (BN re-estimation of A and B, CKA, alignment, feature pass, matching, fusion, BN
+re-estimation of the merged model), not counting evaluation."""
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """Return docs/quality.md: command, protocol, summary, checks and one section per pair."""
+    cfg, env = report["config"], report["environment"]
+    out = [
+        "# Merge quality on the built-in zoo",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Run: {report['seconds']:.0f} s on {env['device']} ({env['threads']} torch threads), "
+        f"torch {env['torch']}, Python {env['python']}; seeds {list(cfg['seeds'])}, "
+        f"{cfg['calib_size']} calibration inputs in batches of {cfg['batch_size']}, zip "
+        "defaults alpha 0.5, beta 1, rho 1.",
+        "",
+        PROTOCOL,
+        "",
+        "## Summary (Joint, %)",
+        "",
+    ]
+    out += _summary(report)
+    out += ["", "## Checks", ""]
+    out += [
+        f"- [{'x' if c['passed'] else ' '}] {c['pair']}: {c['check']}: {c['detail']}"
+        for c in report["checks"]
+    ]
+    out += [
+        "",
+        "## BatchNorm of A and B: re-estimated on the calibration data or kept (Joint, %)",
+        "",
+        "`prepare(reset_input_bn=True)` (the default) re-estimates A's and B's BatchNorm "
+        "on the mixed calibration data before merging; `False` keeps their training "
+        "statistics (the merged model's BatchNorm is re-estimated in both cases).",
+        "",
+    ]
+    out += _bn_section(report)
+    out += ["", "## Per pair", ""]
+    for pair, r in report["pairs"].items():
+        out += _pair_section(pair, r)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _finite(value: Any) -> Any:
+    """Return ``value`` with non-finite floats replaced by None (strict JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_outputs(report: dict[str, Any], markdown: str, out_dir: str | Path) -> None:
+    """Write quality.json and quality.md into ``out_dir`` (each atomically)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_finite(report), indent=1, allow_nan=False) + "\n"
+    for name, body in (("quality.json", text), ("quality.md", markdown)):
+        handle, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
+        with os.fdopen(handle, "w") as f:
+            f.write(body)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; these are documents
+        os.replace(tmp, out / name)
+
+
+def python_command(pairs: Any, seeds: Any, out_dir: Any, tiny: bool) -> str:
+    """Return the Python call that ``run_quality`` stands for (for the report's header)."""
+    args = f"pairs={list(pairs) if pairs else None}, seeds={tuple(seeds)}, out_dir={out_dir!r}"
+    return f"python -c 'from heterogui.bench.quality import run_quality; run_quality({args}" + (
+        ", tiny=True)'" if tiny else ")'"
+    )
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Return the versions, threads and device a run used."""
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "device": device,
+    }
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """Return the ``heterogui bench quality`` command line that ``args`` stand for."""
+    parts = ["heterogui bench quality"]
+    if args.tiny:
+        parts.append("--tiny")
+    if args.pairs:
+        parts.append("--pairs " + " ".join(args.pairs))
+    parts += [f"--seeds {args.seeds}", f"--out {args.out}"]
+    if args.threads:
+        parts.append(f"--threads {args.threads}")
+    return " ".join(parts)

@@ -1,0 +1,93 @@
+"""``heterogui zoo build|list`` and the arguments of ``heterogui bench quality`` (printing here).
+
+The CLI module dispatches to these functions; everything else in the zoo logs instead of
+printing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+
+def _progress(stage: str, fraction: float) -> None:
+    print(f"\r{stage:<40} {fraction:6.1%}", end="", file=sys.stderr, flush=True)
+
+
+def zoo_build_cli(args: argparse.Namespace) -> int:
+    """Build the zoo pairs that are missing (all with --force); print what was done."""
+    from heterogui.zoo.pairs import build_zoo
+
+    start = time.perf_counter()
+    entries = build_zoo(args.pairs or None, progress=_progress, force=args.force, tiny=args.tiny)
+    print(file=sys.stderr)
+    for e in entries:
+        state = "cached" if e.was_built else f"trained {', '.join(e.trained) or 'nothing'}"
+        acc = ", ".join(f"{w.upper()} {100 * a:.1f}%" for w, a in e.task_accuracy.items())
+        print(f"{e.name:<30} {state:<18} task accuracy {acc}  ({e.folder})")
+    print(f"zoo ready in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def _shape(shape: dict[str, Any]) -> str:
+    depths = "+".join(str(d) for d in shape["depths"])
+    widths = "/".join(str(w) for w in shape["widths"])
+    return f"{shape['family']} {depths} @ {widths}"
+
+
+def _acc(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def zoo_list_cli(args: argparse.Namespace) -> int:
+    """Print every zoo pair: built or not, architectures, sizes, task accuracies."""
+    from heterogui.zoo.pairs import list_zoo
+
+    rows = list_zoo(tiny=args.tiny)
+    header = (
+        f"{'pair':<30} {'kind':<12} {'built':<6} {'A':<28} {'B':<28} {'params A/B':<20} acc A/B"
+    )
+    print(header)
+    for r in rows:
+        params = f"{r['params_a']:,}/{r['params_b']:,}"
+        print(
+            f"{r['name']:<30} {r['kind']:<12} {'yes' if r['built'] else 'no':<6} "
+            f"{_shape(r['shape_a']):<28} {_shape(r['shape_b']):<28} {params:<20} "
+            f"{_acc(r['task_accuracy_a'])}/{_acc(r['task_accuracy_b'])}"
+        )
+        print(f"  {r['description']}")
+    return 0
+
+
+def add_zoo_arguments(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``build`` and ``list`` on the ``zoo`` subparsers."""
+    build = subparsers.add_parser("build", help="train and cache the demo pairs that are missing")
+    build.add_argument("--force", action="store_true", help="retrain even cached pairs")
+    build.add_argument("--pairs", nargs="+", default=None, help="pair names (default: all)")
+    build.add_argument("--tiny", action="store_true", help="the tiny test zoo")
+    build.set_defaults(func=zoo_build_cli)
+    listing = subparsers.add_parser("list", help="list the demo pairs")
+    listing.add_argument("--tiny", action="store_true", help="the tiny test zoo")
+    listing.set_defaults(func=zoo_list_cli)
+
+
+def add_bench_quality_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``heterogui bench quality`` to ``parser``."""
+    parser.add_argument("--tiny", action="store_true", help="tiny zoo, small sweeps (smoke run)")
+    parser.add_argument("--pairs", nargs="+", default=None, help="pair names (default: all)")
+    parser.add_argument("--seeds", type=int, default=3, help="calibration seeds 0..N-1")
+    parser.add_argument("--out", default="docs", help="folder for quality.md and quality.json")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads while benchmarking"
+    )
+
+
+def print_quality_summary(report: dict[str, Any], out_dir: str) -> None:
+    """Print the checks of a quality run and where its files are."""
+    for c in report["checks"]:
+        mark = "ok  " if c["passed"] else "FAIL"
+        print(f"{mark} {c['pair']}: {c['check']}: {c['detail']}")
+    print(f"wrote {out_dir}/quality.md and {out_dir}/quality.json in {report['seconds']:.0f}s")

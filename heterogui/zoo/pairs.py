@@ -1,0 +1,311 @@
+"""The built-in zoo: named demo pairs (A on task A, B on task B), built offline and cached.
+
+The pairs are specified in ``zoo.registry`` (method.md C: A and B trained on disjoint halves of a
+dataset's classes; homogeneous, or different in depth, width or both). Each model is a folder
+``cache_dir("zoo", <pair>)/a`` and ``/b`` written by ``save_network``; ``pair.json`` is written
+last and records a fingerprint of the pair's spec, so that a folder that is missing, incomplete,
+corrupt or built from another spec is rebuilt. A model shared by several pairs (the same spec)
+is trained once per build and copied.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from heterogui.cache import cache_dir
+from heterogui.errors import ConfigError, ModelLoadError
+from heterogui.models.family import Network
+from heterogui.models.io import file_sha256, load_network, read_config, save_network
+from heterogui.models.resnet import ResNetConfig
+from heterogui.models.vgg import VGGConfig
+from heterogui.zoo.registry import (
+    PAIRS,
+    TINY_PAIRS,
+    ModelSpec,
+    PairSpec,
+    model_fingerprint,
+    pair_fingerprint,
+    pair_spec,
+    variant_name,
+)
+from heterogui.zoo.train import seeded_network, train_network
+
+__all__ = [
+    "PAIRS",
+    "TINY_PAIRS",
+    "ModelSpec",
+    "PairSpec",
+    "ZooEntry",
+    "ZooPair",
+    "build_zoo",
+    "is_built",
+    "list_zoo",
+    "load_pair",
+    "pair_folder",
+    "pair_spec",
+    "variant_name",
+]
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, float], None]
+
+
+@dataclass
+class ZooEntry:
+    """What ``build_zoo`` did for one pair."""
+
+    name: str
+    folder: Path
+    was_built: bool
+    trained: list[str] = field(default_factory=list)
+    task_accuracy: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ZooPair:
+    """A loaded pair: the two networks and what they were trained on."""
+
+    name: str
+    net_a: Network
+    net_b: Network
+    dataset: str
+    classes_a: tuple[int, ...]
+    classes_b: tuple[int, ...]
+    description: str
+    spec: PairSpec
+    task_accuracy: dict[str, float]
+
+
+def zoo_folder(name: str) -> Path:
+    """Return the cache folder of pair ``name`` (it may be empty)."""
+    return cache_dir("zoo", name)
+
+
+def _model_ok(folder: Path, fingerprint: str) -> bool:
+    """Return whether ``folder`` holds an intact model with this fingerprint."""
+    try:
+        data = read_config(folder)
+        weights = folder / "model.safetensors"
+        return (
+            data.get("fingerprint") == fingerprint
+            and weights.is_file()
+            and file_sha256(weights) == data.get("weights_sha256")
+        )
+    except ModelLoadError:
+        return False
+
+
+def is_built(name: str) -> bool:
+    """Return whether pair ``name`` is built, complete and up to date."""
+    spec = pair_spec(name)
+    folder = zoo_folder(name)
+    try:
+        meta = json.loads((folder / "pair.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return meta.get("fingerprint") == pair_fingerprint(spec) and all(
+        _model_ok(folder / w, model_fingerprint(spec, w)) for w in ("a", "b")
+    )
+
+
+def _find_built_model(fingerprint: str) -> Path | None:
+    """Return a model folder anywhere in the zoo cache with this fingerprint, if any."""
+    for config in sorted(cache_dir("zoo").glob("*/[ab]/config.json")):
+        if _model_ok(config.parent, fingerprint):
+            return config.parent
+    return None
+
+
+def _train_model(spec: PairSpec, which: str, report: Callable[[float], None]) -> tuple:
+    """Train model ``which`` of ``spec``; return (network, extra fields for config.json)."""
+    model = spec.model(which)
+    classes = spec.classes()[0 if model.task == "a" else 1]
+    result = train_network(
+        model.config,
+        spec.dataset,
+        classes,
+        model.train,
+        spec.split_seed,
+        label=f"{spec.name}/{which}",
+        progress=report,
+    )
+    extra = {
+        "task_accuracy": result.task_accuracy,
+        "train_accuracy": result.train_accuracy,
+        "train_seconds": result.seconds,
+        "dataset": spec.dataset,
+        "seed": model.train.seed,
+        "task": model.task,
+        "train_settings": asdict(model.train),
+        "fingerprint": model_fingerprint(spec, which),
+    }
+    return result.net, extra
+
+
+def _build_pair(spec: PairSpec, force: bool, done: dict[str, Path], report: Progress) -> list[str]:
+    """Write the models of one pair; return the ones trained.
+
+    Intact copies are reused unless ``force``; ``done`` maps the fingerprints of the models
+    trained in this build to their folders (copied, never retrained, even with ``force``).
+    """
+    folder = zoo_folder(spec.name)
+    (folder / "pair.json").unlink(missing_ok=True)
+    trained = []
+    for which in ("a", "b"):
+        fingerprint = model_fingerprint(spec, which)
+        target = folder / which
+        if fingerprint not in done and not force and _model_ok(target, fingerprint):
+            continue
+        source = done.get(fingerprint) or (None if force else _find_built_model(fingerprint))
+        if source == target:
+            continue
+        if source is not None:
+            _copy_model(source, target)
+            continue
+        half = 0.0 if which == "a" else 0.5
+        net, extra = _train_model(
+            spec, which, lambda f, w=which, h=half: report(f"{spec.name}/{w}", h + f / 2)
+        )
+        save_network(net, target, extra=extra, overwrite=True)
+        done[fingerprint] = target
+        trained.append(which)
+    meta = {"name": spec.name, "fingerprint": pair_fingerprint(spec), "dataset": spec.dataset}
+    tmp = Path(tempfile.mkdtemp(prefix=".pair.", dir=folder)) / "pair.json"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    os.replace(tmp, folder / "pair.json")
+    shutil.rmtree(tmp.parent, ignore_errors=True)
+    return trained
+
+
+def _copy_model(source: Path, target: Path) -> None:
+    """Copy a model folder into place through a private temp folder (safe if run twice)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.copy.", dir=target.parent))
+    try:
+        shutil.copytree(source, tmp / "model")
+        old = tmp / "old"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp / "model", target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_zoo(
+    names: list[str] | None = None,
+    progress: Progress | None = None,
+    force: bool = False,
+    tiny: bool = False,
+) -> list[ZooEntry]:
+    """Train and cache the pairs that are missing, incomplete or out of date.
+
+    names: pairs to build (None: all of PAIRS, or TINY_PAIRS when ``tiny``).
+    progress: called with (stage, fraction in [0, 1]) while training.
+    force: retrain even when an intact copy exists.
+
+    Raises:
+        ConfigError: for an unknown pair name.
+    """
+    registry = TINY_PAIRS if tiny else PAIRS
+    specs = [pair_spec(n) for n in names] if names is not None else list(registry.values())
+    report = progress or (lambda _stage, _frac: None)
+    entries: list[ZooEntry] = []
+    done: dict[str, Path] = {}
+    for k, spec in enumerate(specs):
+        was_built = not force and is_built(spec.name)
+        trained: list[str] = []
+        if not was_built:
+            trained = _build_pair(
+                spec, force, done, lambda stage, f, k=k: report(stage, (k + f) / len(specs))
+            )
+        accuracy = {w: read_config(zoo_folder(spec.name) / w)["task_accuracy"] for w in "ab"}
+        entries.append(ZooEntry(spec.name, zoo_folder(spec.name), was_built, trained, accuracy))
+        report(spec.name, (k + 1) / len(specs))
+    return entries
+
+
+def pair_folder(name: str, which: str) -> Path:
+    """Return the folder of model ``which`` ("a"/"b") of pair ``name``, building it if needed.
+
+    Raises:
+        ConfigError: for an unknown pair or a ``which`` other than "a"/"b".
+    """
+    if which not in ("a", "b"):
+        raise ConfigError(f"zoo model {which!r} does not exist: use 'a' or 'b'")
+    spec = pair_spec(name)
+    if not is_built(name):
+        build_zoo([name])
+    return zoo_folder(spec.name) / which
+
+
+def load_pair(name: str, device: str | torch.device = "cpu") -> ZooPair:
+    """Return pair ``name`` loaded on ``device`` (built first when missing).
+
+    Raises:
+        ConfigError: for an unknown pair name.
+        ModelLoadError: if the cached files cannot be read.
+    """
+    spec = pair_spec(name)
+    nets = [load_network(pair_folder(name, w), device) for w in ("a", "b")]
+    accuracy = {w: read_config(zoo_folder(name) / w)["task_accuracy"] for w in "ab"}
+    classes_a, classes_b = spec.classes()
+    return ZooPair(
+        name,
+        nets[0],
+        nets[1],
+        spec.dataset,
+        classes_a,
+        classes_b,
+        spec.description,
+        spec,
+        accuracy,
+    )
+
+
+def describe_config(config: Any) -> dict[str, Any]:
+    """Return the family, blocks per stage and widths per stage of a config."""
+    if isinstance(config, ResNetConfig):
+        depths = [len(s) for s in config.inner_widths]
+        widths = list(config.stream_widths)
+        family = "resnet"
+    elif isinstance(config, VGGConfig):
+        depths, widths, family = (
+            [len(s) for s in config.stages],
+            [s[0] for s in config.stages],
+            "vgg",
+        )
+    else:
+        depths, widths, family = [len(config.widths)], list(config.widths), "mlp"
+    return {"family": family, "depths": depths, "widths": widths}
+
+
+def list_zoo(tiny: bool = False) -> list[dict[str, Any]]:
+    """Return one row per pair: name, description, kind, built, accuracies, sizes, shapes."""
+    rows = []
+    for name, spec in (TINY_PAIRS if tiny else PAIRS).items():
+        built = is_built(name)
+        row: dict[str, Any] = {
+            "name": name,
+            "description": spec.description,
+            "kind": spec.kind,
+            "dataset": spec.dataset,
+            "built": built,
+        }
+        for w in ("a", "b"):
+            config = spec.model(w).config
+            net = seeded_network(config, spec.classes()[0 if w == "a" else 1], 0, w)
+            row[f"params_{w}"] = net.parameter_count()
+            row[f"shape_{w}"] = describe_config(config)
+            cfg = read_config(zoo_folder(name) / w) if built else {}
+            row[f"task_accuracy_{w}"] = cfg.get("task_accuracy")
+        rows.append(row)
+    return rows

@@ -1,0 +1,261 @@
+"""The registry of demo pairs of the built-in zoo (specs only; ``zoo.pairs`` builds them).
+
+Every pair follows method.md C: model A is trained on one half of a dataset's classes and model B
+on the other half (disjoint tasks, ``task_classes``). A pair is homogeneous (same architecture,
+different seeds) or differs in depth, in width, or in both. Widths are x2 (32/64 channels) or
+more: much narrower models merge badly, and these still train in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from heterogui.errors import ConfigError
+from heterogui.models.family import config_to_dict
+from heterogui.models.resnet import ResNetConfig, cifar_resnet
+from heterogui.models.vgg import VGGConfig
+from heterogui.zoo.datasets import task_classes
+from heterogui.zoo.train import TrainSettings
+
+ZOO_VERSION = 3  # bump to rebuild every cached pair after a change in training or data
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One zoo model: its architecture, its task ("a" or "b") and how it is trained."""
+
+    config: Any
+    task: str
+    train: TrainSettings
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """A demo pair. kind: "homogeneous", "depth", "width" or "depth+width".
+
+    reference: the homogeneous pair (same A, B of A's architecture) whose zip is this pair's
+    "homogeneous zip" row in the benchmark (None for a homogeneous pair).
+    split_seed: seeds the train/calibration/test split and the class halves.
+    """
+
+    name: str
+    description: str
+    dataset: str
+    kind: str
+    model_a: ModelSpec
+    model_b: ModelSpec
+    reference: str | None = None
+    split_seed: int = 0
+
+    def classes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Return (task A classes, task B classes)."""
+        return task_classes(self.dataset, self.split_seed)
+
+    def model(self, which: str) -> ModelSpec:
+        """Return the spec of model "a" or "b"."""
+        return self.model_a if which == "a" else self.model_b
+
+
+DIGITS_TRAIN = TrainSettings(epochs=6, batch_size=64, lr=3e-3)
+MNIST1D_TRAIN = TrainSettings(epochs=5, batch_size=64, lr=3e-3)
+
+
+def _resnet(depths: tuple[int, ...], width: int, dims: int) -> ResNetConfig:
+    return cifar_resnet(depths, width, num_classes=5, in_channels=1, spatial_dims=dims)
+
+
+def _pair(name, description, dataset, kind, config_a, config_b, train, reference=None):
+    """Return a PairSpec whose A has seed 0 and B seed 1 (a different init and data order)."""
+    return PairSpec(
+        name,
+        description,
+        dataset,
+        kind,
+        ModelSpec(config_a, "a", replace(train, seed=0)),
+        ModelSpec(config_b, "b", replace(train, seed=1)),
+        reference,
+    )
+
+
+_TINY_TRAIN = TrainSettings(epochs=3, batch_size=32, lr=3e-3, max_train=400)
+_TINY_A = VGGConfig(1, ((8, 8), (16, 16)), 5)
+_TINY_REF = "tiny-digits-vgg-homogeneous"
+# Small, quickly trained versions for tests (seconds to build).
+_TINY = (
+    _pair(
+        _TINY_REF,
+        "tiny VGG x1, two seeds (tests)",
+        "digits",
+        "homogeneous",
+        _TINY_A,
+        _TINY_A,
+        _TINY_TRAIN,
+    ),
+    _pair(
+        "tiny-digits-vgg-depth",
+        "tiny VGG 2+2 vs 3+3 blocks (tests)",
+        "digits",
+        "depth",
+        _TINY_A,
+        VGGConfig(1, ((8, 8, 8), (16, 16, 16)), 5),
+        _TINY_TRAIN,
+        _TINY_REF,
+    ),
+    _pair(
+        "tiny-digits-vgg-width",
+        "tiny VGG x1 vs x2 (tests)",
+        "digits",
+        "width",
+        _TINY_A,
+        VGGConfig(1, ((16, 16), (32, 32)), 5),
+        _TINY_TRAIN,
+        _TINY_REF,
+    ),
+)
+
+_R33 = _resnet((3, 3), 2, 2)
+_VGG = VGGConfig(1, ((32, 32), (64, 64)), 5)
+_M1D = _resnet((2, 2, 2), 2, 1)
+_DIG_REF = "digits-resnet-homogeneous"
+_VGG_REF = "digits-vgg-homogeneous"
+_M1D_REF = "mnist1d-resnet-homogeneous"
+# The first pair is the workbench's default demo: heterogeneous and quick to build.
+_FULL = (
+    _pair(
+        "digits-resnet-depth",
+        "digits ResNet 3+3 blocks (A) vs 5+5 blocks (B), width x2",
+        "digits",
+        "depth",
+        _R33,
+        _resnet((5, 5), 2, 2),
+        DIGITS_TRAIN,
+        _DIG_REF,
+    ),
+    _pair(
+        _DIG_REF,
+        "digits ResNet 3+3 x2, two seeds (the homogeneous reference)",
+        "digits",
+        "homogeneous",
+        _R33,
+        _R33,
+        DIGITS_TRAIN,
+    ),
+    _pair(
+        "digits-resnet-width",
+        "digits ResNet 3+3 x2 (A) vs 3+3 x4 (B, 64/128 channels)",
+        "digits",
+        "width",
+        _R33,
+        _resnet((3, 3), 4, 2),
+        DIGITS_TRAIN,
+        _DIG_REF,
+    ),
+    _pair(
+        "digits-resnet-depth-width",
+        "digits ResNet 3+3 x2 (A) vs 5+5 x4 (B)",
+        "digits",
+        "depth+width",
+        _R33,
+        _resnet((5, 5), 4, 2),
+        DIGITS_TRAIN,
+        _DIG_REF,
+    ),
+    _pair(
+        _VGG_REF,
+        "digits VGG 2+2 convs, 32/64 channels, two seeds (homogeneous)",
+        "digits",
+        "homogeneous",
+        _VGG,
+        _VGG,
+        DIGITS_TRAIN,
+    ),
+    _pair(
+        "digits-vgg-depth",
+        "digits VGG 2+2 convs (A) vs 3+3 convs (B): plain chains, identity convs as padding",
+        "digits",
+        "depth",
+        _VGG,
+        VGGConfig(1, ((32, 32, 32), (64, 64, 64)), 5),
+        DIGITS_TRAIN,
+        _VGG_REF,
+    ),
+    _pair(
+        _M1D_REF,
+        "MNIST-1D 1-D ResNet 2+2+2 x2, two seeds (homogeneous)",
+        "mnist1d",
+        "homogeneous",
+        _M1D,
+        _M1D,
+        MNIST1D_TRAIN,
+    ),
+    _pair(
+        "mnist1d-resnet-depth",
+        "MNIST-1D 1-D ResNet 2+2+2 (A) vs 3+3+3 (B), width x2",
+        "mnist1d",
+        "depth",
+        _M1D,
+        _resnet((3, 3, 3), 2, 1),
+        MNIST1D_TRAIN,
+        _M1D_REF,
+    ),
+)
+
+PAIRS: dict[str, PairSpec] = {p.name: p for p in _FULL}
+TINY_PAIRS: dict[str, PairSpec] = {p.name: p for p in _TINY}
+
+
+def variant_name(name: str, variant: int) -> str:
+    """Return the name of training variant ``variant`` of pair ``name`` (0: the pair itself).
+
+    Variant v trains A with seed 2v and B with seed 2v + 1 (the benchmark's training seeds).
+    """
+    return name if variant == 0 else f"{name}@{variant}"
+
+
+def pair_spec(name: str) -> PairSpec:
+    """Return the spec of a pair of PAIRS or TINY_PAIRS, or of a variant "NAME@v".
+
+    Raises:
+        ConfigError: for an unknown pair name or a malformed variant.
+    """
+    base, _, variant = name.partition("@")
+    spec = PAIRS.get(base) or TINY_PAIRS.get(base)
+    if spec is None or (variant and not variant.isdigit()):
+        raise ConfigError(
+            f"unknown zoo pair {name!r}; known: {sorted(PAIRS)} (a training variant is "
+            "NAME@1, NAME@2, ...)"
+        )
+    v = int(variant or 0)
+    if v == 0:
+        return spec
+    return replace(
+        spec,
+        name=name,
+        model_a=replace(spec.model_a, train=replace(spec.model_a.train, seed=2 * v)),
+        model_b=replace(spec.model_b, train=replace(spec.model_b.train, seed=2 * v + 1)),
+        reference=None if spec.reference is None else variant_name(spec.reference, v),
+    )
+
+
+def model_fingerprint(spec: PairSpec, which: str) -> str:
+    """Return a sha256 of everything that determines the weights of model ``which``."""
+    model = spec.model(which)
+    classes = spec.classes()[0 if model.task == "a" else 1]
+    body = {
+        "zoo_version": ZOO_VERSION,
+        "dataset": spec.dataset,
+        "split_seed": spec.split_seed,
+        "classes": list(classes),
+        "config": config_to_dict(model.config),
+        "train": asdict(model.train),
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def pair_fingerprint(spec: PairSpec) -> str:
+    """Return a sha256 of both models' fingerprints."""
+    both = model_fingerprint(spec, "a") + model_fingerprint(spec, "b")
+    return hashlib.sha256(both.encode()).hexdigest()

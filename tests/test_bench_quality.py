@@ -1,0 +1,121 @@
+"""The quality benchmark end to end on the tiny zoo: every number comes from the run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from heterogui.bench.quality_report import METRICS, fmt, stats
+from heterogui.cli import main
+
+DEPTH = "tiny-digits-vgg-depth"
+REFERENCE = "tiny-digits-vgg-homogeneous"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """Run ``heterogui bench quality --tiny`` once for the module (a few seconds)."""
+    root = tmp_path_factory.mktemp("quality")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HETEROGUI_CACHE", str(root / "cache"))
+    try:
+        code = main(
+            [
+                "bench",
+                "quality",
+                "--tiny",
+                "--pairs",
+                DEPTH,
+                "--seeds",
+                "2",
+                "--out",
+                str(root / "docs"),
+                "--threads",
+                "1",
+            ]
+        )
+    finally:
+        mp.undo()
+    assert code == 0
+    data = json.loads((root / "docs" / "quality.json").read_text())
+    return data, (root / "docs" / "quality.md").read_text()
+
+
+def _numbers(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _numbers(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _numbers(v)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        yield value
+
+
+def test_json_has_every_row_with_valid_values(report) -> None:
+    data, _ = report
+    assert set(data["pairs"]) == {DEPTH, REFERENCE}  # the reference pair is added
+    rows = data["pairs"][DEPTH]["rows"]
+    expected = {
+        "A alone",
+        "B alone",
+        "ensemble",
+        "ensemble (BN re-estimated)",
+        "weight average",
+        "permute",
+        "zip (SMA)",
+        "zip (LMA)",
+        "zip (uniform)",
+        "zip (head)",
+        f"homogeneous zip ({REFERENCE})",
+        "padding control",
+    }
+    assert expected == set(rows)
+    for label, row in rows.items():
+        assert len(row["joint"]["values"]) == 2, label
+        for key in METRICS:
+            for v in row[key]["values"]:
+                assert v is None or 0.0 <= v <= 1.0, (label, key)
+    assert rows["A alone"]["task_b"]["mean"] is None
+    assert rows["zip (SMA)"]["params"]["mean"] < rows["ensemble"]["params"]["mean"]
+    assert all(math.isfinite(x) for x in _numbers(data))
+    for section in ("rho", "knobs", "bn_kept", "calibration"):
+        assert data["pairs"][DEPTH][section], section
+
+
+def test_rho_zero_is_the_ensemble(report) -> None:
+    data, _ = report
+    for result in data["pairs"].values():
+        rho0 = result["rho"]["0.0"]
+        ensemble = result["rows"]["ensemble (BN re-estimated)"]
+        for key in METRICS:
+            assert rho0[key]["values"] == ensemble[key]["values"]
+        assert max(rho0["max_logit_gap"]["values"]) < 1e-4
+        full = result["rho"]["1.0"]["params"]["mean"]
+        assert rho0["params"]["mean"] > full
+    rho_checks = [c for c in data["checks"] if c["check"].startswith("rho = 0")]
+    assert len(rho_checks) == 2 and all(c["passed"] for c in rho_checks)
+
+
+def test_markdown_numbers_come_from_the_json(report) -> None:
+    data, md = report
+    assert md.splitlines()[2].startswith("Command: `heterogui bench quality --tiny")
+    section = md.split(f"### {DEPTH}")[1].split("###")[0]
+    for label, row in data["pairs"][DEPTH]["rows"].items():
+        cells = [fmt(row, k) for k in METRICS]
+        line = next(x for x in section.splitlines() if x.startswith(f"| {label} |"))
+        assert line.split(" | ")[1:5] == cells
+    for check in data["checks"]:
+        assert check["detail"] in md
+
+
+def test_stats() -> None:
+    assert stats([0.5, 0.7]) == {
+        "mean": pytest.approx(0.6),
+        "std": pytest.approx(0.1414213),
+        "values": [0.5, 0.7],
+    }
+    assert stats([0.5, None])["mean"] is None
+    assert stats([0.25])["std"] == 0.0
