@@ -34,6 +34,7 @@ from heterogui.zip.stats import Moments
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
+PREPARE_ONLY_STAGES = ("bn_inputs", "similarity")
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,8 @@ def realign(
 ) -> Prepared:
     """Return ``prepared`` with a new alignment: re-pad and re-run the feature pass."""
     report = progress or (lambda _stage, _frac: None)
-    timings = dict(prepared.timings)
+    # keep the timings of the passes realign does not repeat; its own stages start afresh
+    timings = {k: v for k, v in prepared.timings.items() if k in PREPARE_ONLY_STAGES}
     alignment = _timed(
         timings,
         "alignment",

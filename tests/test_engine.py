@@ -246,3 +246,17 @@ def test_python_api_merges_networks_and_recipes():
     }
     with pytest.raises(ConfigError, match="give both networks"):
         heterogui.merge(make(config_a, 0))
+
+
+def test_realign_times_its_own_stages_once():
+    from dataclasses import replace
+
+    from heterogui.pipeline import realign
+
+    config_a, config_b, shape = DEPTH_PAIRS["vgg"]
+    prep = prepare(make(config_a, 0), make(config_b, 1), calibration(shape), device="cpu")
+    stale = replace(prep, timings={**prep.timings, "features": 1000.0, "alignment": 1000.0})
+    again = realign(stale, "uniform")
+    assert again.timings["similarity"] == prep.timings["similarity"]  # not re-run, kept
+    assert again.timings["features"] < 1000.0 and again.timings["alignment"] < 1000.0
+    assert set(again.timings) == set(prep.timings)
