@@ -32,7 +32,7 @@ from heterogui.errors import ExportError
 from heterogui.fusion.merged import MergedModel
 from heterogui.models.bert import BERT_NAMES, BertNetConfig, LayerNames
 from heterogui.models.hf.bert_io import state_to_hf
-from heterogui.models.io import atomic_folder
+from heterogui.models.io import atomic_output
 
 TOKENIZER_FILES = (
     "vocab.txt",
@@ -183,7 +183,7 @@ def export_bert(
     from transformers import BertConfig, BertModel
 
     out = Path(out)
-    if out.exists() and not overwrite:
+    if out.exists() and not overwrite:  # fail before building the model
         raise ExportError(f"output folder {str(out)!r} already exists; choose another or overwrite")
     state, heads, width = padded_trunk_state(model)
     fields = bert_config(model.spec.trunk_config, heads, width)
@@ -211,8 +211,7 @@ def write_folder(
     Raises:
         ExportError: ``out`` appeared meanwhile, or writing failed (nothing is left behind).
     """
-    tmp, commit = atomic_folder(out, overwrite)
-    try:
+    with atomic_output(out, overwrite) as tmp:
         hf.save_pretrained(tmp, safe_serialization=True)
         for file, tensors in extras.items():
             save_file(tensors, str(tmp / file), metadata={"format": "heterogui-unmerge"})
@@ -225,13 +224,4 @@ def write_folder(
             (tmp / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
         if card is not None:
             (tmp / "README.md").write_text(card)
-        commit()
-    except FileExistsError as exc:
-        raise ExportError(f"output folder {str(out)!r} appeared while writing; retry") from exc
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ExportError(f"could not write {out}: {exc}") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

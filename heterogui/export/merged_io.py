@@ -5,7 +5,6 @@ recipe.yaml and report.json, all in one folder written atomically (design.md, CL
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,9 @@ import torch
 from safetensors.torch import save_file
 
 from heterogui.config import Recipe
-from heterogui.errors import ExportError, ModelLoadError
+from heterogui.errors import ModelLoadError
 from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged
-from heterogui.models.io import CONFIG_FILE, WEIGHTS_FILE, atomic_folder, load_state, read_config
+from heterogui.models.io import CONFIG_FILE, WEIGHTS_FILE, atomic_output, load_state, read_config
 
 RECIPE_FILE = "recipe.yaml"
 REPORT_FILE = "report.json"
@@ -37,13 +36,7 @@ def save_merged(
         ExportError: ``out`` exists and ``overwrite`` is False, or writing failed.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ExportError(
-            f"output folder {str(out)!r} already exists; choose another --out or allow "
-            "overwriting it (--overwrite)"
-        )
-    tmp, commit = atomic_folder(out, overwrite)
-    try:
+    with atomic_output(out, overwrite) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         metadata = {"format": "heterogui-merged"}
         if recipe is not None:
@@ -57,15 +50,6 @@ def save_merged(
             (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        commit()
-    except FileExistsError as exc:
-        raise ExportError(f"output folder {str(out)!r} appeared while writing; retry") from exc
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ExportError(f"could not write {out}: {exc}") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

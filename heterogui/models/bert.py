@@ -275,17 +275,29 @@ def resize(config: BertNetConfig, widths: dict[str, int]) -> BertNetConfig:
     )
 
 
-def check_pair(config_a: BertNetConfig, config_b: BertNetConfig) -> list[str]:
-    """Return one sentence per property two BERT configs must share and do not."""
+SHARED_FIELDS = (
+    ("vocab_size", "vocabulary sizes"),
+    ("max_positions", "position table sizes"),
+    ("type_vocab_size", "token-type vocabularies"),
+    ("head_dim", "head dimensions"),
+    ("hidden_act", "activations"),
+)
+
+
+def differing_fields(
+    config_a: Any, config_b: Any, fields: tuple[tuple[str, str], ...], family: str
+) -> list[str]:
+    """Return one sentence per (field, description) whose values differ between the configs."""
     reasons = []
-    for field, what in (
-        ("vocab_size", "vocabulary sizes"),
-        ("max_positions", "position table sizes"),
-        ("type_vocab_size", "token-type vocabularies"),
-        ("head_dim", "head dimensions"),
-        ("hidden_act", "activations"),
-    ):
+    for field, what in fields:
         va, vb = getattr(config_a, field), getattr(config_b, field)
         if va != vb:
-            reasons.append(f"{what} differ ({va} vs {vb}): both BERT models need the same {field}")
+            reasons.append(
+                f"{what} differ ({va} vs {vb}): both {family} models need the same {field}"
+            )
     return reasons
+
+
+def check_pair(config_a: BertNetConfig, config_b: BertNetConfig) -> list[str]:
+    """Return one sentence per property two BERT configs must share and do not."""
+    return differing_fields(config_a, config_b, SHARED_FIELDS, "BERT")

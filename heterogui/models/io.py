@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from heterogui.errors import ModelLoadError
+from heterogui.errors import ExportError, ModelLoadError
 from heterogui.models.family import Network, config_from_dict, config_to_dict, family_of
 
 CONFIG_FILE = "config.json"
@@ -46,8 +48,8 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
 def atomic_folder(target: Path, overwrite: bool = False):
     """Return a temp folder beside ``target`` and a commit function that moves it into place.
 
-    Raises:
-        ModelLoadError: never; see ``commit``'s FileExistsError handling by callers.
+    ``commit`` raises FileExistsError (and removes the temp folder) if ``target`` exists and
+    ``overwrite`` is off. Prefer ``atomic_output``, which also cleans up on failure.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -68,16 +70,46 @@ def atomic_folder(target: Path, overwrite: bool = False):
     return tmp, commit
 
 
+@contextmanager
+def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temp folder that becomes ``target`` if the block succeeds; else nothing is left.
+
+    Raises:
+        ExportError: ``target`` exists (and ``overwrite`` is off), appeared while writing, or
+            writing failed.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise ExportError(
+            f"output folder {str(target)!r} already exists; choose another folder or allow "
+            "overwriting it (--overwrite)"
+        )
+    tmp, commit = atomic_folder(target, overwrite)
+    try:
+        yield tmp
+        commit()
+    except FileExistsError as exc:
+        raise ExportError(f"output folder {str(target)!r} appeared while writing; retry") from exc
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportError(f"could not write {target}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def save_network(
     net: Network, folder: str | Path, extra: dict[str, Any] | None = None, overwrite: bool = False
 ) -> Path:
     """Write ``net`` to ``folder`` atomically (config.json + model.safetensors).
 
     extra: more JSON-ready fields for config.json (e.g. training metrics).
+
+    Raises:
+        ExportError: ``folder`` exists (and ``overwrite`` is off) or writing failed.
     """
     folder = Path(folder)
-    tmp, commit = atomic_folder(folder, overwrite)
-    try:
+    with atomic_output(folder, overwrite) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in net.module.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "heterogui-network"})
         config = {
@@ -90,10 +122,6 @@ def save_network(
             **(extra or {}),
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
-        commit()
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

@@ -220,17 +220,15 @@ def init_identity(block: nn.Module) -> None:
             dense.bias.zero_()
 
 
+SHARED_FIELDS = (
+    ("image_size", "image sizes"),
+    ("patch_size", "patch sizes"),
+    ("num_channels", "input channels"),
+    ("head_dim", "head dimensions"),
+    ("hidden_act", "activations"),
+)
+
+
 def check_pair(config_a: ViTNetConfig, config_b: ViTNetConfig) -> list[str]:
     """Return one sentence per property two ViT configs must share and do not."""
-    reasons = []
-    for field, what in (
-        ("image_size", "image sizes"),
-        ("patch_size", "patch sizes"),
-        ("num_channels", "input channels"),
-        ("head_dim", "head dimensions"),
-        ("hidden_act", "activations"),
-    ):
-        va, vb = getattr(config_a, field), getattr(config_b, field)
-        if va != vb:
-            reasons.append(f"{what} differ ({va} vs {vb}): both ViT models need the same {field}")
-    return reasons
+    return bert.differing_fields(config_a, config_b, SHARED_FIELDS, "ViT")
