@@ -1,0 +1,134 @@
+"""The result of a matcher: a partition of a merge point's features into groups (method.md B.2).
+
+The merged model has one feature per group; the merge matrix M averages a group, the unmerge
+matrix U copies a group back to its members.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from heterogui.errors import MatcherError
+
+Device = torch.device | str | None
+
+
+@dataclass(frozen=True)
+class MatchCounts:
+    """How a Match combined features: per-group tallies for display.
+
+    Attributes:
+        groups: number of groups r.
+        cross: groups holding features of both models.
+        within_a: A features folded into a group that already has an A feature (Σ max(a-1, 0)).
+        within_b: the same for B.
+        dropped: features assigned to no group.
+    """
+
+    groups: int
+    cross: int
+    within_a: int
+    within_b: int
+    dropped: int
+
+
+@dataclass(frozen=True, eq=False)
+class Match:
+    """A partition of the O = n_a + n_b features of one merge point into `width` groups.
+
+    Attributes:
+        groups: (O,) int64, the group of each feature (A's first) in [0, width), or -1 for a
+            dropped feature (contributes nothing, reconstructed as 0). Groups are numbered in
+            order of their smallest member index.
+        n_a: number of features of model A.
+        n_b: number of features of model B.
+        width: number of groups r (the merged width).
+    """
+
+    groups: Tensor
+    n_a: int
+    n_b: int
+    width: int
+
+    def __post_init__(self) -> None:
+        g = torch.as_tensor(self.groups).detach().to("cpu", torch.int64).reshape(-1)
+        object.__setattr__(self, "groups", g)
+        o = self.n_a + self.n_b
+        if g.numel() != o:
+            raise MatcherError(f"groups has {g.numel()} entries, expected n_a + n_b = {o}")
+        if self.width < 1 or (o and (int(g.min()) < -1 or int(g.max()) >= self.width)):
+            raise MatcherError(f"group ids must lie in [-1, {self.width}), width must be >= 1")
+        kept = g[g >= 0].numpy()
+        _, first = np.unique(kept, return_index=True)
+        if first.size != self.width or not np.all(kept[np.sort(first)] == np.arange(self.width)):
+            raise MatcherError(
+                "groups must use every id in [0, width) and number groups in order of their "
+                "smallest member"
+            )
+
+    @property
+    def n_features(self) -> int:
+        """Return O = n_a + n_b."""
+        return self.n_a + self.n_b
+
+    def unmerge(self, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
+        """Return U, (O, r) 0/1 membership; the row of a dropped feature is all zero."""
+        u = torch.zeros(self.n_features, self.width, dtype=dtype, device=device)
+        rows = torch.nonzero(self.groups >= 0).reshape(-1)
+        u[rows.to(u.device), self.groups[rows].to(u.device)] = 1
+        return u
+
+    def merge(self, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
+        """Return M = (U / column sums)ᵀ, (r, O): each row averages its group."""
+        u = self.unmerge(torch.float64, device)
+        return (u / u.sum(dim=0, keepdim=True)).T.contiguous().to(dtype)
+
+    def m_a(self, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
+        """Return M_A = M[:, :n_a], (r, n_a)."""
+        return self.merge(dtype, device)[:, : self.n_a].contiguous()
+
+    def m_b(self, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
+        """Return M_B = M[:, n_a:], (r, n_b)."""
+        return self.merge(dtype, device)[:, self.n_a :].contiguous()
+
+    def u_a(self, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
+        """Return U_A = U[:n_a], (n_a, r)."""
+        return self.unmerge(dtype, device)[: self.n_a].contiguous()
+
+    def u_b(self, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
+        """Return U_B = U[n_a:], (n_b, r)."""
+        return self.unmerge(dtype, device)[self.n_a :].contiguous()
+
+    def cross_pairs(self) -> Tensor:
+        """Return the (a, b) index pairs sharing a group, (k, 2) int64, b counted within B."""
+        ga, gb = self.groups[: self.n_a], self.groups[self.n_a :]
+        same = (ga[:, None] == gb[None, :]) & (ga[:, None] >= 0)
+        return torch.nonzero(same)
+
+    def counts(self) -> MatchCounts:
+        """Return how many groups are cross-model and how many within-model merges happened."""
+        ga, gb = self.groups[: self.n_a], self.groups[self.n_a :]
+        ca = torch.bincount(ga[ga >= 0], minlength=self.width)
+        cb = torch.bincount(gb[gb >= 0], minlength=self.width)
+        return MatchCounts(
+            groups=self.width,
+            cross=int(((ca > 0) & (cb > 0)).sum()),
+            within_a=int((ca - 1).clamp(min=0).sum()),
+            within_b=int((cb - 1).clamp(min=0).sum()),
+            dropped=int((self.groups < 0).sum()),
+        )
+
+
+def canonical_groups(labels: np.ndarray) -> Tensor:
+    """Renumber group labels (any ints, -1 = dropped) by order of smallest member."""
+    out = np.full(labels.shape, -1, dtype=np.int64)
+    kept = labels >= 0
+    uniq, first, inverse = np.unique(labels[kept], return_index=True, return_inverse=True)
+    rank = np.empty(uniq.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(uniq.size)
+    out[kept] = rank[inverse]
+    return torch.from_numpy(out)
