@@ -38,14 +38,19 @@ def build(ui: dict[str, Any], res: Resources) -> None:
 
 
 def merge_points(prepared: Prepared) -> list[tuple[str, str]]:
-    """Return (label, space) of every merge point of the padded pair, with both widths."""
+    """Return (label, space) of every merge point of the padded pair, with both widths.
+
+    Inner layers of identity blocks are left out: they keep the other model's neurons as they
+    are, and their statistics are not collected.
+    """
     ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
     out = []
     for name, space in ga.spaces.items():
         if name in (INPUT, LOGITS):
             continue
-        dead = " (identity layer)" if name in ga.dead or name in gb.dead else ""
-        out.append((f"{name}: A {space.width} + B {gb.spaces[name].width}{dead}", name))
+        if name in ga.dead or name in gb.dead:  # an identity layer's unused inside: no matching
+            continue
+        out.append((f"{name}: A {space.width} + B {gb.spaces[name].width}", name))
     return out
 
 

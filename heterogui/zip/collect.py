@@ -41,9 +41,12 @@ def collect_moments(
 ) -> dict[StatKey, Moments]:
     """Run A and B (same topology) on the batches and accumulate moments at every capture.
 
-    Returns moments of the concatenated features (O = n_A + n_B) per (space, module).
+    Returns moments of the concatenated features (O = n_A + n_B) per (space, module), for every
+    space that is not dead in either model.
     """
-    points = capture_points(net_a.graph())
+    # a dead space (an identity block's unused inner layer) is never matched: skip its statistics
+    dead = net_a.graph().dead | net_b.graph().dead
+    points = [p for p in capture_points(net_a.graph()) if p[0] not in dead]
     modules = sorted({module for _, module, _ in points})
     stats: dict[StatKey, Moments] = {}
     batches = list(batches)
