@@ -1,9 +1,8 @@
 """Start the heterogui workbench (Gradio app) on 127.0.0.1.
 
 The app lives in `heterogui.ui.app`; this script only parses the command line and hands over.
-Contract for the app module: `main(host: str = "127.0.0.1", port: int | None = None, auth=None,
-threads=None, pair=None) -> None` starts the server (never with share=True) and blocks until it
-stops.
+Contract for the app module: `main(host="127.0.0.1", port=None, auth=None, threads=None,
+pair=None)` starts the server (never with a public share link) and blocks until it stops.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--auth",
         default=None,
         metavar="USER:PASSWORD",
-        help="require this login (recommended with --host 0.0.0.0)",
+        help="require this login (recommended whenever --host is not 127.0.0.1)",
     )
     parser.add_argument(
         "--threads",

@@ -56,23 +56,24 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``heterogui`` command."""
     parser = argparse.ArgumentParser(prog="heterogui", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
-    )
+
     sub = parser.add_subparsers(dest="command", required=True)
 
     merge = sub.add_parser("merge", help="merge two models as a recipe says")
     merge.add_argument("recipe", help="recipe file (.yaml or .json)")
     merge.add_argument("--out", required=True, help="output folder (must not exist)")
     merge.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    merge.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     merge.set_defaults(func=cmd_merge)
 
-    from heterogui.zoo.commands import add_zoo_arguments
+    from heterogui.cli_zoo import add_zoo_arguments
 
     zoo = sub.add_parser("zoo", help="build or list the built-in demo models")
     add_zoo_arguments(zoo.add_subparsers(dest="zoo_command", required=True))
 
-    from heterogui.bench.commands import add_bench_arguments
+    from heterogui.cli_bench import add_bench_arguments
 
     bench = sub.add_parser("bench", help="benchmarks (speed, quality)")
     add_bench_arguments(bench.add_subparsers(dest="bench_command", required=True))
@@ -91,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if args.threads:
+    if getattr(args, "threads", None):  # merge, bench and app take --threads
         import torch
 
         torch.set_num_threads(args.threads)

@@ -377,7 +377,7 @@ def run_quality_cli(args: argparse.Namespace) -> int:
     Raises:
         ConfigError: unknown pairs or a seed count below 1.
     """
-    from heterogui.zoo.commands import print_quality_summary
+    from heterogui.cli_zoo import print_quality_summary
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")

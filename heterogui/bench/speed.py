@@ -190,8 +190,8 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_speed_cli(args: argparse.Namespace) -> int:
-    """Run the speed benchmark and print its figures."""
+def speed_report(args: argparse.Namespace) -> str:
+    """Run the speed benchmark as ``heterogui bench speed`` asks and return its figures."""
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
@@ -200,16 +200,16 @@ def run_speed_cli(args: argparse.Namespace) -> int:
     else:
         merge = bench_merge(args.width, n_inputs=args.inputs, device=args.device)
         matcher = bench_matcher()
-    print(format_report(merge, matcher))
+    parts = [format_report(merge, matcher)]
     if args.minilm:
         from heterogui.bench.bert_speed import bench_minilm, format_minilm
 
         sentences = 64 if args.quick else args.inputs
-        print(format_minilm(bench_minilm(sentences, device=args.device)))
+        parts.append(format_minilm(bench_minilm(sentences, device=args.device)))
     if args.latency:
         from heterogui.ui.latency import format_latency, slider_latency
         from heterogui.zoo.registry import PAIRS
 
-        print("workbench slider latency (re-merge after a release, then its metrics):")
-        print(format_latency([slider_latency(name, device=args.device) for name in PAIRS]))
-    return 0
+        parts.append("workbench slider latency (re-merge after a release, then its metrics):")
+        parts.append(format_latency([slider_latency(name, device=args.device) for name in PAIRS]))
+    return "\n".join(parts)

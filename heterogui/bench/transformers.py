@@ -1,6 +1,6 @@
 """Quality of BERT merges on real models: the tables of docs/transformers.md.
 
-    python -m heterogui.bench.transformers [--calibration 256] [--skip-classification]
+    heterogui bench transformers --threads 1 [--calibration 256] [--skip-classification]
 
 1. Sentence similarity (MiniLM-L6 + MiniLM-L3, 168 built-in pairs, Spearman of cosines): A, B,
    the ensemble, the naive baselines (A with layers dropped to B's depth; weight average of A and
@@ -249,26 +249,21 @@ def _timed(name: str, fn: Callable[[], list[Row]]) -> str:
     return f"## {name}\n\n{markdown(rows)}\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print the tables of docs/transformers.md."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_transformer_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options of ``heterogui bench transformers``."""
     parser.add_argument("--calibration", type=int, default=256, help="calibration sentences")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--skip-classification", action="store_true")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def transformer_tables(args: argparse.Namespace) -> str:
+    """Return the tables of docs/transformers.md as markdown (runs the MiniLM merges)."""
     dev = str(resolve_device(args.device))
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     parts = [
         _timed("Sentence similarity", lambda: sts_rows(args.calibration, dev)),
         _timed("Identity layers", lambda: identity_rows(args.calibration, dev)),
     ]
     if not args.skip_classification:
         parts.append(_timed("Classification", lambda: classification_rows(args.calibration, dev)))
-    print("\n".join(parts))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return "\n".join(parts)
