@@ -29,14 +29,14 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 class RecipeMerge:
     """A merge run from a recipe: the result, the completed recipe and the report.
 
-    bert: for Hugging Face models, the ``heterogui.models.hf.pair.BertMerge`` (tokenizer and
-    folders, what ``export_merge`` needs); None otherwise.
+    hf: for Hugging Face models (BERT or ViT folders), the ``heterogui.models.hf.pair.HFMerge``
+    (family, tokenizer and folders: what ``export_merge`` needs); None otherwise.
     """
 
     result: MergeResult
     recipe: Recipe
     report: dict[str, Any]
-    bert: Any = None
+    hf: Any = None
 
 
 def model_folder(ref: ModelRef) -> Path:
@@ -92,7 +92,7 @@ def merge_recipe(recipe: Recipe | str | Path, progress: Progress | None = None) 
     """Run the merge a recipe describes and return the result, completed recipe and report.
 
     Recipes naming Hugging Face models (folders with a ``model_type`` config, ``minilm:NAME``)
-    run through ``heterogui.models.hf.recipe_merge`` on text calibration data.
+    run through ``heterogui.models.hf.recipe_merge``: BERT on text, ViT on image tensors.
 
     Raises:
         HeteroguiError: any invalid recipe field, model or data (see the subclasses).

@@ -25,7 +25,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
             f"output folder {str(out)!r} already exists; choose another --out or pass --overwrite"
         )
     done = merge_recipe(args.recipe, progress=_progress if args.verbose else None)
-    if done.bert is not None:  # Hugging Face models: a save_pretrained folder
+    if done.hf is not None:  # Hugging Face models: a save_pretrained folder
         from heterogui.models.hf.recipe_merge import export_recipe_merge
 
         export_recipe_merge(done, out, overwrite=args.overwrite)

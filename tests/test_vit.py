@@ -14,31 +14,7 @@ from heterogui.errors import ExportError  # noqa: E402
 from heterogui.models.hf.vit_io import export_vit, network_from_hf  # noqa: E402
 from heterogui.models.permute import permute_network, random_permutations  # noqa: E402
 from heterogui.pipeline import ZipSettings, prepare, zip_prepared  # noqa: E402
-
-
-def tiny_vit(hidden=32, heads=4, inter=64, layers=3, seed=0, labels=None):
-    """Return a random transformers ViT (a classifier when ``labels`` is given), eval mode."""
-    from transformers import ViTConfig, ViTForImageClassification, ViTModel
-
-    torch.manual_seed(seed)
-    config = ViTConfig(
-        image_size=8,
-        patch_size=4,
-        num_channels=1,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=inter,
-        **({"num_labels": labels} if labels else {}),
-    )
-    model = ViTForImageClassification(config) if labels else ViTModel(config)
-    with torch.no_grad():  # non-trivial LayerNorms and embeddings, like trained models
-        for name, p in model.named_parameters():
-            if "layernorm" in name and name.endswith("weight"):
-                p.copy_(torch.rand_like(p) + 0.5)
-            elif "layernorm" in name or "cls_token" in name or "position" in name:
-                p.copy_(torch.randn_like(p) * 0.1)
-    return model.eval()
+from tests.vit_helpers import tiny_vit  # noqa: E402
 
 
 def images(seed: int, n: int = 16) -> torch.Tensor:

@@ -82,7 +82,7 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
             "card_preview": "Merge first.",
         }
     if session.dataset == text.TEXT:
-        from heterogui.models.hf.pair import model_card
+        from heterogui.models.hf.card import model_card
 
         merge = text.bert_merge(session)
         return {

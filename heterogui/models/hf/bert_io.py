@@ -15,8 +15,6 @@ position offsets would need their own embedding block.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import torch
 from heterogui.errors import ModelLoadError
 from heterogui.models.bert import BertNetConfig, build
 from heterogui.models.family import Network
+from heterogui.models.hf.common import encoder_shape, load_pretrained
 
 _LAYER = re.compile(r"encoder\.layer\.(\d+)\.(.*)")
 _BLOCK = re.compile(r"blocks\.(\d+)\.(.*)")
@@ -52,23 +51,14 @@ def config_from_hf(hf_config: Any, num_labels: int | None, pooling: str = "mean"
         )
     if getattr(hf_config, "is_decoder", False) or getattr(hf_config, "add_cross_attention", False):
         raise ModelLoadError("decoder BERT models are not supported; use an encoder checkpoint")
-    hidden, heads = int(hf_config.hidden_size), int(hf_config.num_attention_heads)
-    if hidden % heads:
-        raise ModelLoadError(f"hidden_size {hidden} is not a multiple of {heads} heads")
-    layers = int(hf_config.num_hidden_layers)
     return BertNetConfig(
         vocab_size=int(hf_config.vocab_size),
         max_positions=int(hf_config.max_position_embeddings),
         type_vocab_size=int(hf_config.type_vocab_size),
-        hidden=hidden,
-        head_dim=hidden // heads,
-        heads=(heads,) * layers,
-        intermediate=(int(hf_config.intermediate_size),) * layers,
         num_labels=num_labels,
         pooling=pooling,
-        layer_norm_eps=float(hf_config.layer_norm_eps),
-        hidden_act=str(hf_config.hidden_act),
         pad_token_id=int(hf_config.pad_token_id or 0),
+        **encoder_shape(hf_config),
     )
 
 
@@ -128,19 +118,6 @@ def network_from_hf(model: Any, label: str = "model", pooling: str = "mean") -> 
     return Network(config, module, None, frozenset(), label)
 
 
-def _local_only(path: str) -> bool:
-    return Path(path).expanduser().is_dir() or os.environ.get("HF_HUB_OFFLINE") == "1"
-
-
-def is_classifier_folder(path: str | Path) -> bool:
-    """Return whether a folder's config.json names a sequence-classification architecture."""
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return False
-    archs = json.loads(config.read_text()).get("architectures") or []
-    return any(a.endswith("ForSequenceClassification") for a in archs)
-
-
 def load_bert(
     path: str | Path,
     *,
@@ -155,27 +132,9 @@ def load_bert(
     Raises:
         ModelLoadError: a missing folder, missing weights, or an unsupported model.
     """
-    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
-
-    name = str(Path(path).expanduser()) if Path(path).expanduser().exists() else str(path)
-    local = _local_only(name)
-    auto = AutoModelForSequenceClassification if is_classifier_folder(name) else AutoModel
-    try:
-        model, info = auto.from_pretrained(
-            name, local_files_only=local, output_loading_info=True, use_safetensors=True
-        )
-        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"cannot load {name!r} as a Hugging Face BERT ({exc}); pass a save_pretrained folder "
-            "with config.json, model.safetensors and tokenizer files"
-        ) from exc
-    # An embedding model never uses BERT's pooler (the head pools token states).
-    missing = [
-        k for k in info.get("missing_keys") or [] if auto is not AutoModel or "pooler" not in k
-    ]
-    if missing:
-        raise ModelLoadError(f"{name} lacks weights {missing[:5]}: they would be random")
-    net = network_from_hf(model.eval(), label or Path(name).name, pooling)
+    model, tokenizer, name = load_pretrained(
+        path, "AutoModelForSequenceClassification", "BERT", tokenizer=True
+    )
+    net = network_from_hf(model, label or Path(name).name, pooling)
     net.module.to(device)
     return net, tokenizer

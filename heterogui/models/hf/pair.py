@@ -1,9 +1,10 @@
-"""Merge two Hugging Face BERT folders end to end through the generic pipeline.
+"""Merge two Hugging Face folders (BERT or ViT) end to end through the generic pipeline.
 
-``merge_bert`` runs the pre-flight (config and safetensors headers only), loads both models as
-bert-family Networks, tokenises the calibration sentences with A's tokenizer, and calls the
-same ``prepare`` / ``zip_prepared`` as every other family. ``export_merge`` writes the result as
-a save_pretrained folder with a recipe and a model card (``heterogui.export.hf``).
+``merge_hf`` runs the pre-flight (config and safetensors headers only), loads both models with
+their family's loader (``FAMILIES``, by config.json ``model_type``) and calls the same
+``prepare`` / ``zip_prepared`` as every other family. ``merge_bert`` tokenises calibration
+sentences with A's tokenizer first; ``merge_vit`` batches calibration images. ``export_merge``
+writes the result as a save_pretrained folder with a recipe and a model card (method.md sec. 0).
 """
 
 from __future__ import annotations
@@ -20,25 +21,33 @@ import torch
 
 import heterogui
 from heterogui.config import AlignmentSpec, DataRef, ModelRef, Recipe, TransformerSpec, ZipSpec
-from heterogui.data import text_sha256
-from heterogui.errors import IncompatibleModelsError
+from heterogui.data import make_batches, tensor_data_sha256, text_sha256
+from heterogui.errors import ConfigError, IncompatibleModelsError
 from heterogui.evaluate.sentences import tokenize
-from heterogui.export.hf import export_bert
 from heterogui.models.family import Network
 from heterogui.models.hf.bert_io import load_bert
+from heterogui.models.hf.common import folder_config
 from heterogui.models.hf.preflight import check_pair, inspect_model
+from heterogui.models.hf.vit_io import load_vit
 from heterogui.models.io import file_sha256
 from heterogui.pipeline import MergeResult, Progress, ZipSettings, prepare, zip_prepared
 
 
 @dataclass
-class BertMerge:
-    """A merged BERT pair with what is needed to evaluate, export and repeat it."""
+class HFMerge:
+    """A merged Hugging Face pair with what is needed to evaluate, export and repeat it.
+
+    tokenizer: model A's tokenizer (BERT), None for ViT; family: "bert" or "vit".
+    """
 
     result: MergeResult
     tokenizer: Any
     recipe: dict[str, Any]
     paths: tuple[Path, Path]
+    family: str = "bert"
+
+
+BertMerge = HFMerge  # the name the workbench and older notebooks use
 
 
 def preflight(path_a: str | Path, path_b: str | Path) -> None:
@@ -59,13 +68,31 @@ def weights_sha256(path: Path) -> str | None:
     return file_sha256(weights) if weights.is_file() else None
 
 
-IN_MEMORY = "(sentences passed to merge_bert)"
+IN_MEMORY = "(data passed to merge_bert / merge_vit)"
 _DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
+# model_type -> loader(path, pooling=, label=) -> (Network, tokenizer or None)
+FAMILIES = {"bert": load_bert, "vit": load_vit}
+DEFAULT_POOLING = {"bert": "mean", "vit": "cls"}
 
 
-def bert_recipe(
+def family_of(path: str | Path) -> str:
+    """Return the heterogui family ("bert", "vit") of a folder from its config.json model_type.
+
+    Raises:
+        ConfigError: a model type no Hugging Face adapter supports.
+    """
+    kind = folder_config(Path(path).expanduser()).get("model_type")
+    if kind not in FAMILIES:
+        raise ConfigError(
+            f"model_type {kind!r} of {path} is not supported by the command line; use "
+            f"Hugging Face folders of model_type {' or '.join(sorted(FAMILIES))}"
+        )
+    return str(kind)
+
+
+def hf_recipe(
     paths: tuple[Path, Path],
-    sentences: Sequence[str],
+    data: tuple[str, int],
     result: MergeResult,
     *,
     identity: str,
@@ -74,25 +101,25 @@ def bert_recipe(
     dtype: torch.dtype = torch.float32,
     base: Recipe | None = None,
 ) -> dict[str, Any]:
-    """Return the completed recipe of a BERT merge as a dict (``heterogui.config.Recipe`` form).
+    """Return the completed recipe of a Hugging Face merge as a dict (``Recipe`` form).
 
-    base: the recipe the merge ran from (its model references, calibration source, evaluation,
-    seed and device are kept); None for a merge called from Python, whose calibration source is
-    recorded as in-memory sentences (their sha256 and count still identify them).
+    data: (sha256, count) of the calibration data (sentences or images). base: the recipe the
+    merge ran from (its model references, calibration source, evaluation, seed and device are
+    kept); None for a merge called from Python, whose calibration source is recorded as
+    in-memory data (its sha256 and count still identify it).
     """
     s = result.settings
+    digest, count = data
     base = base or Recipe(
         ModelRef(str(paths[0])),
         ModelRef(str(paths[1])),
-        DataRef(IN_MEMORY, size=len(sentences) if len(sentences) >= 4 else None),
+        DataRef(IN_MEMORY, size=count if count >= 4 else None),
     )
     done = dataclasses.replace(
         base,
         model_a=dataclasses.replace(base.model_a, sha256=weights_sha256(paths[0])),
         model_b=dataclasses.replace(base.model_b, sha256=weights_sha256(paths[1])),
-        calibration=dataclasses.replace(
-            base.calibration, batch_size=batch_size, sha256=text_sha256(sentences)
-        ),
+        calibration=dataclasses.replace(base.calibration, batch_size=batch_size, sha256=digest),
         alignment=AlignmentSpec(result.alignment.mode, result.alignment.mapping()),
         zip=ZipSpec(
             s.matcher, s.alpha, s.beta, s.rho, {k: dict(v) for k, v in s.overrides.items()}
@@ -110,129 +137,144 @@ def bert_recipe(
     return done.to_dict()
 
 
+def bert_recipe(
+    paths: tuple[Path, Path], sentences: Sequence[str], result: MergeResult, **fields: Any
+) -> dict[str, Any]:
+    """Return the completed recipe of a BERT merge on ``sentences`` (see ``hf_recipe``)."""
+    return hf_recipe(paths, (text_sha256(sentences), len(sentences)), result, **fields)
+
+
 def _with_identity(net: Network, identity: str) -> Network:
     config = dataclasses.replace(net.config, identity=identity)
     return dataclasses.replace(net, config=config)
 
 
-def merge_bert(
+def load_pair(
+    paths: tuple[Path, Path], family: str, pooling: str, identity: str
+) -> tuple[Network, Network, Any]:
+    """Run the pre-flight, then load both folders with the family's loader.
+
+    Raises:
+        IncompatibleModelsError: the pre-flight refuses the pair.
+        ConfigError: an identity construction the family does not have.
+        ModelLoadError: a folder the loader cannot read.
+    """
+    if all(p.is_dir() for p in paths):
+        preflight(*paths)
+    if family == "vit" and identity != "exact":
+        raise ConfigError(
+            f"transformer.identity {identity!r} is for BERT; a pre-LN ViT pads with exact "
+            'identity layers: use "exact" or leave transformer.identity out'
+        )
+    net_a, tokenizer = FAMILIES[family](paths[0], pooling=pooling, label="A")
+    net_b, _ = FAMILIES[family](paths[1], pooling=pooling, label="B")
+    if family == "bert":
+        net_a, net_b = _with_identity(net_a, identity), _with_identity(net_b, identity)
+    return net_a, net_b, tokenizer
+
+
+def merge_hf(
     path_a: str | Path,
     path_b: str | Path,
-    sentences: Sequence[str],
+    calibration: Sequence[str] | torch.Tensor,
     *,
     settings: ZipSettings | None = None,
     mode: str = "sma",
     manual: dict[str, list[list[int]]] | None = None,
     identity: str = "exact",
-    pooling: str = "mean",
+    pooling: str | None = None,
     batch_size: int = 32,
     device: str | torch.device = "auto",
     dtype: torch.dtype = torch.float32,
     progress: Progress | None = None,
     base: Recipe | None = None,
-) -> BertMerge:
-    """Merge two BERT folders on calibration sentences (method.md section 0).
+    data_sha256: str | None = None,
+    family: str | None = None,
+) -> HFMerge:
+    """Merge two Hugging Face folders of one family on calibration data (method.md sec. 0).
 
-    The one BERT path: ``heterogui.api.merge_recipe`` (and so ``heterogui merge``) calls it for
-    Hugging Face recipes. identity: how the shallower model's padded layers are built ("exact",
-    "ls", "plain"). base: the recipe being run, recorded completed in ``BertMerge.recipe``.
+    The one Hugging Face path (``heterogui merge`` runs it). calibration: sentences (BERT,
+    tokenised with A's tokenizer) or images (N, C, H, W) (ViT). identity: how the shallower
+    BERT's padded layers are built ("exact", "ls", "plain"; ViT padding is always exact).
+    pooling: None for the family's default. base: the recipe being run, recorded completed in
+    ``HFMerge.recipe``; data_sha256: the calibration hash to record (default: of the data);
+    family: "bert" or "vit" (default: from A's config.json model_type).
 
     Raises:
         IncompatibleModelsError: the pre-flight or the pipeline finds the pair unmergeable.
-        ModelLoadError: a folder cannot be loaded as a BERT.
-        HeteroguiError: invalid alignment or zip settings.
+        ModelLoadError: a folder cannot be loaded by its family's adapter.
+        HeteroguiError: invalid alignment or zip settings, or an unsupported model type.
     """
     paths = (Path(path_a).expanduser(), Path(path_b).expanduser())
-    if all(p.is_dir() for p in paths):
-        preflight(*paths)
-    net_a, tokenizer = load_bert(paths[0], pooling=pooling, label="A")
-    net_b, _ = load_bert(paths[1], pooling=pooling, label="B")
-    net_b = _with_identity(net_b, identity)
-    net_a = _with_identity(net_a, identity)
-    batches = tokenize(tokenizer, sentences, batch_size)
+    family = family or family_of(paths[0])
+    pooling = pooling or DEFAULT_POOLING[family]
+    net_a, net_b, tokenizer = load_pair(paths, family, pooling, identity)
+    if isinstance(calibration, torch.Tensor):
+        batches = make_batches(calibration, batch_size)
+        digest = data_sha256 or tensor_data_sha256(calibration)
+    else:
+        batches = tokenize(tokenizer, calibration, batch_size)
+        digest = data_sha256 or text_sha256(calibration)
     prepared = prepare(
         net_a, net_b, batches, mode=mode, manual=manual, device=device, progress=progress
     )
     result = zip_prepared(prepared, settings or ZipSettings(), dtype, progress)
-    recipe = bert_recipe(
-        paths,
-        sentences,
-        result,
-        identity=identity,
-        batch_size=batch_size,
-        pooling=pooling,
-        dtype=dtype,
-        base=base,
-    )
-    return BertMerge(result, tokenizer, recipe, paths)
+    fields = {"identity": identity, "batch_size": batch_size, "pooling": pooling, "dtype": dtype}
+    recipe = hf_recipe(paths, (digest, len(calibration)), result, base=base, **fields)
+    return HFMerge(result, tokenizer, recipe, paths, family)
 
 
-def model_card(merge: BertMerge, metrics: dict[str, float] | None = None) -> str:
-    """Return a README.md model card: sources, merged shape, alignment, figures, usage."""
-    result = merge.result
-    config = result.spec.trunk_config
-    rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in (metrics or {}).items())
-    widths = "\n".join(
-        f"| {space} | {a} | {b} | {r} |" for space, (a, b, r) in sorted(result.widths().items())
-    )
-    return f"""---
-library_name: transformers
-tags: [heterogui, model-merging, bert]
----
-# Merged BERT (heterogui)
+def merge_bert(
+    path_a: str | Path, path_b: str | Path, sentences: Sequence[str], **options: Any
+) -> HFMerge:
+    """Merge two BERT folders on calibration sentences (keywords as ``merge_hf``).
 
-Training-free heterogeneous merge of two BERT encoders (layer alignment + elastic neuron zip).
+    Raises:
+        IncompatibleModelsError, ModelLoadError, HeteroguiError: see ``merge_hf``.
+    """
+    options.setdefault("pooling", "mean")
+    return merge_hf(path_a, path_b, list(sentences), family="bert", **options)
 
-- Model A: `{merge.paths[0]}`
-- Model B: `{merge.paths[1]}`
-- Merged shape: {config.num_layers} layers, hidden {config.hidden}, heads per layer
-  {list(config.heads)}, intermediate per layer {list(config.intermediate)} (padded to one size
-  with zero neurons/heads in config.json, which changes nothing)
-- Alignment: {result.alignment.mode}, mapping {result.alignment.mapping()}
-- Identity layers of the shallower model: `{merge.recipe["transformer"]["identity"]}`
-  construction
 
-## Figures
+def merge_vit(
+    path_a: str | Path, path_b: str | Path, images: torch.Tensor, **options: Any
+) -> HFMerge:
+    """Merge two ViT folders on calibration images (N, C, H, W) (keywords as ``merge_hf``).
 
-| metric | value |
-|---|---|
-{rows or "| (not evaluated) | |"}
-
-## Widths per merge point
-
-| space | A | B | merged |
-|---|---|---|---|
-{widths}
-
-## Use
-
-```python
-from transformers import AutoModel, AutoTokenizer
-model = AutoModel.from_pretrained(DIR)
-tokenizer = AutoTokenizer.from_pretrained(DIR)
-batch = tokenizer(["a sentence"], return_tensors="pt")
-states = model(**batch).last_hidden_state  # merged token states; mean-pool for embeddings
-```
-
-The states live in the merged feature space. `unmerge.safetensors` holds `unmerge_a` and
-`unmerge_b`: `states @ unmerge_a.T` maps them into model A's own space (and B's likewise), and
-for classifiers each model's head (`head_a.*`, `head_b.*`). Post-LayerNorm blocks normalise over
-merged features, so the merge is an approximation of both models; `recipe.yaml` repeats it.
-"""
+    Raises:
+        IncompatibleModelsError, ModelLoadError, HeteroguiError: see ``merge_hf``.
+    """
+    return merge_hf(path_a, path_b, images, family="vit", **options)
 
 
 def export_merge(
-    merge: BertMerge,
+    merge: HFMerge,
     out: str | Path,
-    metrics: dict[str, float] | None = None,
+    metrics: dict[str, Any] | None = None,
     report: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write the merge as a save_pretrained folder (tokenizer from model A's folder).
+    """Write the merge as a save_pretrained folder (BERT: with model A's tokenizer files).
 
     Raises:
-        ExportError: see ``heterogui.export.hf.export_bert``.
+        ExportError: see ``heterogui.export.hf.export_bert`` / ``vit_io.export_vit``.
     """
+    from heterogui.models.hf.card import model_card
+
+    card = model_card(merge, metrics)
+    if merge.family == "vit":
+        from heterogui.models.hf.vit_io import export_vit
+
+        return export_vit(
+            merge.result.model,
+            out,
+            recipe=merge.recipe,
+            report=report,
+            card=card,
+            overwrite=overwrite,
+        )
+    from heterogui.export.hf import export_bert
+
     tokenizer_dir = merge.paths[0] if merge.paths[0].is_dir() else None
     return export_bert(
         merge.result.model,
@@ -240,6 +282,6 @@ def export_merge(
         tokenizer_dir=tokenizer_dir,
         recipe=merge.recipe,
         report=report,
-        card=model_card(merge, metrics),
+        card=card,
         overwrite=overwrite,
     )

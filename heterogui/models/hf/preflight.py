@@ -56,6 +56,9 @@ _CALIB_TOKENS = 256 * 128
 # MiniLM-L6 forward passes ran at ~9e10 FLOP/s on 2 CPU cores; halved for hooks and statistics.
 _FLOPS_PER_SECOND = 5e10
 
+# Vision fields (ViT config.json) that two models must share; None for text models.
+_VISION = {"image_size": "image sizes", "patch_size": "patch sizes", "num_channels": "channels"}
+
 
 @dataclass(frozen=True)
 class ModelCard:
@@ -89,6 +92,9 @@ class ModelCard:
     est_merge_bytes: int
     est_merge_seconds: float
     vocab_hash: str | None = None
+    image_size: int | None = None
+    patch_size: int | None = None
+    num_channels: int | None = None
 
 
 @dataclass(frozen=True)
@@ -265,6 +271,7 @@ def inspect_model(path: str | Path) -> ModelCard:
         est_merge_bytes=mem,
         est_merge_seconds=secs,
         vocab_hash=_vocab_hash(folder),
+        **{field: config.get(field) for field in _VISION},
     )
 
 
@@ -323,6 +330,12 @@ def _blocking(a: ModelCard, b: ModelCard) -> list[str]:
             "positions): positional rows are merged position by position; use models with the "
             "same max_position_embeddings (image_size / patch_size for ViT)"
         )
+    for field, what in _VISION.items():
+        if getattr(a, field) != getattr(b, field):
+            reasons.append(
+                f"{what} differ ({getattr(a, field)} vs {getattr(b, field)}): patches and "
+                f"channels are merged one to one; use two ViTs with the same {field}"
+            )
     if a.type_vocab_size != b.type_vocab_size:
         reasons.append(
             f"token-type vocabularies differ ({a.type_vocab_size} vs {b.type_vocab_size}): use "

@@ -1,10 +1,12 @@
-"""Recipes whose models are Hugging Face BERT folders (or ``minilm:NAME``): the CLI's HF path.
+"""Recipes whose models are Hugging Face folders (BERT, ViT, ``minilm:NAME``): the CLI's HF path.
 
-``heterogui.api.merge_recipe`` hands such recipes here; the merge itself is ``merge_bert`` (the
-one BERT path), run on the recipe's text calibration data (``heterogui.data.load_sentences``,
-tokenised with model A's tokenizer after the pre-flight checked both share one vocabulary). The
-report adds the sentence-similarity Spearman of A, B and the merged model when the recipe names
-evaluation pairs.
+``heterogui.api.merge_recipe`` hands such recipes here; the merge itself is ``pair.merge_hf``
+(the one Hugging Face path), picked by model A's config.json ``model_type``. BERT runs on the
+recipe's text calibration data (``heterogui.data.load_sentences``, tokenised with model A's
+tokenizer after the pre-flight checked both share one vocabulary), and its report adds the
+sentence-similarity Spearman of A, B and the merged model when the recipe names evaluation
+pairs. ViT runs on image tensors (``heterogui.data.load_inputs``: a zoo dataset or a
+.safetensors file); ViT recipes take no evaluation yet.
 """
 
 from __future__ import annotations
@@ -19,9 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 from heterogui.api import DTYPES, RecipeMerge, settings_of
 from heterogui.config import ModelRef, Recipe, TransformerSpec, recipe_from_dict
-from heterogui.data import is_text, load_sentence_pairs, load_sentences, pair_lines, text_sha256
+from heterogui.data import (
+    is_text,
+    load_inputs,
+    load_sentence_pairs,
+    load_sentences,
+    pair_lines,
+    tensor_data_sha256,
+    text_sha256,
+)
 from heterogui.errors import ConfigError
-from heterogui.models.hf.pair import BertMerge, merge_bert, weights_sha256
+from heterogui.models.hf.pair import HFMerge, family_of, merge_hf, weights_sha256
 from heterogui.pipeline import Progress
 from heterogui.report import merge_report
 
@@ -80,11 +90,11 @@ def _check_sha(ref: ModelRef, folder: Path) -> None:
         )
 
 
-def _check_recipe(recipe: Recipe) -> None:
-    """Raise if a Hugging Face recipe mixes model kinds or names non-text data.
+def _check_kinds(recipe: Recipe) -> None:
+    """Raise if a Hugging Face recipe mixes model kinds.
 
     Raises:
-        ConfigError: one model is not a Hugging Face model, or calibration/evaluation is not text.
+        ConfigError: one model is not a Hugging Face model.
     """
     kinds = [is_hf_ref(r) for r in (recipe.model_a, recipe.model_b)]
     if not all(kinds):
@@ -93,16 +103,38 @@ def _check_recipe(recipe: Recipe) -> None:
             f"{other.path!r} is not a Hugging Face model but the other one is; merge two "
             "Hugging Face folders (config.json with model_type) or two heterogui networks"
         )
+
+
+def _check_data(recipe: Recipe, family: str) -> None:
+    """Raise if calibration/evaluation data are of the wrong kind for the family.
+
+    Raises:
+        ConfigError: data that are not text (BERT) or not image tensors (ViT).
+    """
+    if family == "vit" and recipe.evaluation is not None:
+        # Both heads of Hugging Face classifiers number their classes from 0: task rows would
+        # mix them up, and feature models have no classes at all.
+        raise ConfigError(
+            "evaluation of ViT folders from a recipe is not supported yet; remove evaluation "
+            "(report.json still has widths, parameters and timings) and evaluate the exported "
+            "folder yourself"
+        )
     for name in ("calibration", "evaluation"):
         ref = getattr(recipe, name)
-        if ref is not None and not is_text(ref):
+        if ref is None or is_text(ref) == (family == "bert"):
+            continue
+        if family == "bert":
             raise ConfigError(
-                f"{name}.source {ref.source!r} is not text; Hugging Face models need "
+                f"{name}.source {ref.source!r} is not text; BERT models need "
                 '"sentences" or a .txt file to calibrate, "sts" or a .tsv file to evaluate'
             )
+        raise ConfigError(
+            f"{name}.source {ref.source!r} is text; ViT models need images: a dataset name "
+            '(such as "digits") or a .safetensors file with an "inputs" tensor (N, C, H, W)'
+        )
 
 
-def sts_metrics(merge: BertMerge, pairs: Sequence[Pair]) -> dict[str, float]:
+def sts_metrics(merge: HFMerge, pairs: Sequence[Pair]) -> dict[str, float]:
     """Return the Spearman of A, B and the merged model on scored sentence pairs.
 
     "merged" scores the mean-pooled merged token states (what the exported folder gives).
@@ -120,35 +152,51 @@ def sts_metrics(merge: BertMerge, pairs: Sequence[Pair]) -> dict[str, float]:
     }
 
 
-def merge_hf_recipe(recipe: Recipe, progress: Progress | None = None) -> RecipeMerge:
-    """Run a recipe whose models are Hugging Face BERT models through ``merge_bert``.
+def _data(recipe: Recipe, family: str) -> tuple[Any, str, Recipe, list[Pair] | None]:
+    """Return (calibration data, its sha256, recipe with hashed evaluation, sentence pairs).
 
-    Returns a RecipeMerge whose ``bert`` holds the BertMerge (for ``export_merge``).
+    Read (and hashed) before the expensive part. Calibration data: sentences (BERT) or images
+    (N, C, H, W) (ViT, drawn as ``load_inputs`` draws them); sentence pairs: BERT's evaluation,
+    None otherwise.
+    """
+    pairs = None
+    if family == "vit":
+        inputs, labels = load_inputs(recipe.calibration)
+        return inputs, tensor_data_sha256(inputs, labels), recipe, pairs
+    sentences = load_sentences(recipe.calibration)
+    if recipe.evaluation is not None:
+        pairs = load_sentence_pairs(recipe.evaluation)
+        evaluation = dataclasses.replace(recipe.evaluation, sha256=text_sha256(pair_lines(pairs)))
+        recipe = dataclasses.replace(recipe, evaluation=evaluation)
+    return sentences, text_sha256(sentences), recipe, pairs
+
+
+def merge_hf_recipe(recipe: Recipe, progress: Progress | None = None) -> RecipeMerge:
+    """Run a recipe whose models are Hugging Face BERT or ViT models through ``merge_hf``.
+
+    Returns a RecipeMerge whose ``hf`` holds the HFMerge (for ``export_merge``).
 
     Raises:
-        ConfigError: mixed model kinds, non-text data, changed weights or sentences.
-        IncompatibleModelsError: the pre-flight refuses the pair (vocabulary, head size ...).
+        ConfigError: mixed model kinds, data of the wrong kind, changed weights or data.
+        IncompatibleModelsError: the pre-flight refuses the pair (vocabulary, patch size ...).
         HeteroguiError: any other invalid model or setting.
     """
     import torch
 
-    _check_recipe(recipe)
+    _check_kinds(recipe)
     start = time.perf_counter()
     folders = (hf_folder(recipe.model_a), hf_folder(recipe.model_b))
+    family = family_of(folders[0])
+    _check_data(recipe, family)
     _check_sha(recipe.model_a, folders[0])
     _check_sha(recipe.model_b, folders[1])
-    sentences = load_sentences(recipe.calibration)
-    pairs = None
-    if recipe.evaluation is not None:  # read (and hashed) before the expensive part
-        pairs = load_sentence_pairs(recipe.evaluation)
-        evaluation = dataclasses.replace(recipe.evaluation, sha256=text_sha256(pair_lines(pairs)))
-        recipe = dataclasses.replace(recipe, evaluation=evaluation)
-    spec = recipe.transformer or TransformerSpec()
+    data, digest, recipe, pairs = _data(recipe, family)
+    spec = recipe.transformer or TransformerSpec(pooling="cls" if family == "vit" else "mean")
     manual = recipe.alignment.mapping if recipe.alignment.mode == "manual" else None
     torch.manual_seed(recipe.seed)
-    merge = merge_bert(
+    merge = merge_hf(
         *folders,
-        sentences,
+        data,
         settings=settings_of(recipe),
         mode=recipe.alignment.mode,
         manual=manual,
@@ -159,6 +207,8 @@ def merge_hf_recipe(recipe: Recipe, progress: Progress | None = None) -> RecipeM
         dtype=DTYPES[recipe.dtype],
         progress=progress,
         base=recipe,
+        data_sha256=digest,
+        family=family,
     )
     done = recipe_from_dict(merge.recipe)
     if recipe.alignment.mapping and recipe.alignment.mapping != done.alignment.mapping:
@@ -171,17 +221,17 @@ def merge_hf_recipe(recipe: Recipe, progress: Progress | None = None) -> RecipeM
     metrics = sts_metrics(merge, pairs) if pairs is not None else None
     report = merge_report(merge.result, done, merged_at, metrics=metrics)
     report["timings_seconds"]["evaluation"] = time.perf_counter() - start - merged_at
-    report["calibration_sentences"] = len(sentences)
-    return RecipeMerge(merge.result, done, report, bert=merge)
+    report["calibration_sentences" if family == "bert" else "calibration_images"] = len(data)
+    return RecipeMerge(merge.result, done, report, hf=merge)
 
 
 def export_recipe_merge(done: RecipeMerge, out: str | Path, overwrite: bool = False) -> Path:
     """Write a Hugging Face recipe merge as a save_pretrained folder (atomically).
 
     Raises:
-        ExportError: see ``heterogui.export.hf.export_bert``.
+        ExportError: see ``heterogui.models.hf.pair.export_merge``.
     """
     from heterogui.models.hf.pair import export_merge
 
     metrics: dict[str, Any] | None = done.report.get("metrics")
-    return export_merge(done.bert, out, metrics=metrics, report=done.report, overwrite=overwrite)
+    return export_merge(done.hf, out, metrics=metrics, report=done.report, overwrite=overwrite)

@@ -31,6 +31,7 @@ from heterogui.export.hf import (
 )
 from heterogui.fusion.merged import MergedModel
 from heterogui.models.family import Network
+from heterogui.models.hf.common import encoder_shape, load_pretrained
 from heterogui.models.vit import VIT_NAMES, ViTNetConfig, build
 
 _EMBED = {
@@ -62,22 +63,13 @@ def config_from_hf(hf_config: Any, num_labels: int | None, pooling: str = "cls")
         raise ModelLoadError(f"model_type {hf_config.model_type!r} is not 'vit'; use a ViT model")
     if not getattr(hf_config, "qkv_bias", True):
         raise ModelLoadError("ViT models without Q/K/V biases (qkv_bias=False) are not supported")
-    hidden, heads = int(hf_config.hidden_size), int(hf_config.num_attention_heads)
-    if hidden % heads:
-        raise ModelLoadError(f"hidden_size {hidden} is not a multiple of {heads} heads")
-    layers = int(hf_config.num_hidden_layers)
     return ViTNetConfig(
         image_size=int(hf_config.image_size),
         patch_size=int(hf_config.patch_size),
         num_channels=int(hf_config.num_channels),
-        hidden=hidden,
-        head_dim=hidden // heads,
-        heads=(heads,) * layers,
-        intermediate=(int(hf_config.intermediate_size),) * layers,
         num_labels=num_labels,
         pooling=pooling,
-        layer_norm_eps=float(hf_config.layer_norm_eps),
-        hidden_act=str(hf_config.hidden_act),
+        **encoder_shape(hf_config),
     )
 
 
@@ -190,3 +182,23 @@ def export_vit(
     hf.load_state_dict(hf_state, strict=True)
     extras = {UNMERGE_FILE: unmerge_tensors(model)}
     return write_folder(hf, out, extras, None, recipe, report, card, overwrite)
+
+
+def load_vit(
+    path: str | Path,
+    *,
+    pooling: str = "cls",
+    device: str | torch.device = "cpu",
+    label: str | None = None,
+) -> tuple[Network, None]:
+    """Load a ViT folder or hub id as a vit-family Network (no tokenizer: None).
+
+    A folder whose config names ``ViTForImageClassification`` keeps its classifier.
+
+    Raises:
+        ModelLoadError: a missing folder, missing weights, or an unsupported model.
+    """
+    model, _, name = load_pretrained(path, "AutoModelForImageClassification", "ViT")
+    net = network_from_hf(model, label or Path(name).name, pooling)
+    net.module.to(device)
+    return net, None

@@ -1,0 +1,103 @@
+"""What the Hugging Face adapters share: encoder shapes and loading a folder (or hub id).
+
+BERT (``bert_io``) and ViT (``vit_io``) configs describe their encoder layers with the same
+transformers fields; ``encoder_shape`` turns them into the per-layer fields of the family configs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from heterogui.errors import ModelLoadError
+
+
+def encoder_shape(hf_config: Any) -> dict[str, Any]:
+    """Return the encoder fields every family config takes (hidden, heads per layer ...).
+
+    Raises:
+        ModelLoadError: heads that do not divide hidden_size.
+    """
+    hidden, heads = int(hf_config.hidden_size), int(hf_config.num_attention_heads)
+    if hidden % heads:
+        raise ModelLoadError(f"hidden_size {hidden} is not a multiple of {heads} heads")
+    layers = int(hf_config.num_hidden_layers)
+    return {
+        "hidden": hidden,
+        "head_dim": hidden // heads,
+        "heads": (heads,) * layers,
+        "intermediate": (int(hf_config.intermediate_size),) * layers,
+        "layer_norm_eps": float(hf_config.layer_norm_eps),
+        "hidden_act": str(hf_config.hidden_act),
+    }
+
+
+def model_name(path: str | Path) -> tuple[str, bool]:
+    """Return (name to load, local files only) of a folder or hub id.
+
+    Hub ids are only fetched when HF_HUB_OFFLINE is not "1" (local folders never are).
+    """
+    expanded = Path(path).expanduser()
+    name = str(expanded) if expanded.exists() else str(path)
+    local = Path(name).is_dir() or os.environ.get("HF_HUB_OFFLINE") == "1"
+    return name, local
+
+
+def folder_config(path: str | Path) -> dict[str, Any]:
+    """Return a folder's config.json as a dict ({} when it has none or it is not JSON)."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return {}
+    try:
+        data = json.loads(config.read_text("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def has_architecture(path: str | Path, suffix: str) -> bool:
+    """Return whether a folder's config.json names an architecture ending in ``suffix``."""
+    archs = folder_config(path).get("architectures") or []
+    return any(str(a).endswith(suffix) for a in archs)
+
+
+def load_pretrained(
+    path: str | Path, classifier: str, kind: str, tokenizer: bool = False
+) -> tuple[Any, Any, str]:
+    """Load a folder or hub id with ``AutoModel`` (or ``classifier`` when its config names one).
+
+    classifier: the transformers auto class of the family's classifiers
+    ("AutoModelForSequenceClassification"); kind: the family's name in messages ("BERT").
+    Returns (model in eval mode, its tokenizer or None, the name it was loaded from); never
+    with remote code, safetensors only.
+
+    Raises:
+        ModelLoadError: a missing folder or files, or weights the checkpoint lacks.
+    """
+    import transformers
+
+    name, local = model_name(path)
+    task = classifier.removeprefix("AutoModel")
+    auto = getattr(transformers, classifier) if has_architecture(name, task) else None
+    files = "config.json, model.safetensors" + (" and tokenizer files" if tokenizer else "")
+    try:
+        model, info = (auto or transformers.AutoModel).from_pretrained(
+            name, local_files_only=local, output_loading_info=True, use_safetensors=True
+        )
+        tok = (
+            transformers.AutoTokenizer.from_pretrained(name, local_files_only=local)
+            if tokenizer
+            else None
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot load {name!r} as a Hugging Face {kind} ({exc}); pass a save_pretrained "
+            f"folder with {files}"
+        ) from exc
+    # A feature model never uses its pooler (the family's head pools token states).
+    missing = [k for k in info.get("missing_keys") or [] if auto or "pooler" not in k]
+    if missing:
+        raise ModelLoadError(f"{name} lacks weights {missing[:5]}: they would be random")
+    return model.eval(), tok, name

@@ -1,0 +1,131 @@
+"""``heterogui merge RECIPE.yaml --out DIR`` with Hugging Face ViT folders (design.md, CLI)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from heterogui.api import merge_recipe  # noqa: E402
+from heterogui.cli import main  # noqa: E402
+from heterogui.config import load_recipe  # noqa: E402
+from heterogui.errors import ConfigError  # noqa: E402
+from tests.vit_helpers import tiny_vit  # noqa: E402
+
+# (layers, hidden, heads, intermediate) of A and B; head size 8 throughout.
+PAIRS = {"depth": ((3, 32, 4, 64), (1, 32, 4, 64)), "width": ((2, 32, 4, 64), (2, 48, 6, 96))}
+
+
+def write_vit(folder: Path, shape: tuple[int, int, int, int], seed: int, patch: int = 2) -> None:
+    """Write a tiny random ViTModel (8 x 8 grey images) as a save_pretrained folder."""
+    layers, hidden, heads, inter = shape
+    model = tiny_vit(hidden, heads, inter, layers, seed, patch=patch)
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def images(seed: int, n: int) -> torch.Tensor:
+    return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def write_case(tmp_path: Path, pair: str, patch_b: int = 2, **fields) -> Path:
+    """Write two ViT folders, an image file and a recipe; return the recipe path."""
+    shape_a, shape_b = PAIRS[pair]
+    write_vit(tmp_path / "a", shape_a, 0)
+    write_vit(tmp_path / "b", shape_b, 1, patch=patch_b)
+    save_file({"inputs": images(0, 48)}, str(tmp_path / "calib.safetensors"))
+    recipe = {
+        "model_a": {"path": str(tmp_path / "a")},
+        "model_b": {"path": str(tmp_path / "b")},
+        "calibration": {"source": str(tmp_path / "calib.safetensors"), "batch_size": 16},
+        "device": "cpu",
+        **fields,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.mark.parametrize("pair", list(PAIRS))
+def test_cli_writes_a_vit_folder_that_automodel_loads(tmp_path, pair, capsys):
+    from transformers import AutoModel
+
+    recipe = write_case(tmp_path, pair, zip={"rho": 0.5})
+    out = tmp_path / "merged"
+    assert main(["merge", str(recipe), "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "recipe.yaml", "report.json", "README.md"} <= names
+    assert "unmerge.safetensors" in names
+    assert "Merged ViT" in (out / "README.md").read_text()
+    report = json.loads((out / "report.json").read_text())
+    assert report["calibration_images"] == 48 and report["parameters"]["merged"] > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "vit" and config["hidden_size"] == report["widths"]["stream"][2]
+    assert config["num_hidden_layers"] == max(PAIRS[pair][0][0], PAIRS[pair][1][0])
+    done = merge_recipe(recipe)  # the same recipe in Python: the same merge
+    model = AutoModel.from_pretrained(out).eval()
+    x = images(7, 8)
+    with torch.no_grad():
+        diff = (model(pixel_values=x).last_hidden_state - done.result.model.features(x)).abs()
+    assert diff.max() < 1e-5
+
+
+def test_recorded_vit_recipe_repeats_the_merge_bit_for_bit(tmp_path):
+    recipe = write_case(tmp_path, "depth", alignment={"mode": "lma"})
+    assert main(["merge", str(recipe), "--out", str(tmp_path / "one")]) == 0
+    recorded = load_recipe(tmp_path / "one" / "recipe.yaml")
+    assert recorded.model_a.sha256 and recorded.model_b.sha256 and recorded.calibration.sha256
+    assert recorded.alignment.mapping and recorded.transformer.pooling == "cls"
+    assert recorded.versions["transformers"]
+    again = ["merge", str(tmp_path / "one" / "recipe.yaml"), "--out", str(tmp_path / "two")]
+    assert main(again) == 0
+    one = load_file(str(tmp_path / "one" / "model.safetensors"))
+    two = load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert one.keys() == two.keys()
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    assert load_recipe(tmp_path / "two" / "recipe.yaml") == recorded
+
+
+def test_different_patch_sizes_are_refused_and_leave_no_folder(tmp_path, capsys):
+    recipe = write_case(tmp_path, "depth", patch_b=4)
+    out = tmp_path / "merged"
+    assert main(["merge", str(recipe), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "patch sizes differ (2 vs 4)" in err and "patch_size" in err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".merged")]
+
+
+def test_text_data_and_bert_identities_are_refused_for_vits(tmp_path):
+    recipe = write_case(tmp_path, "depth")
+    data = yaml.safe_load(recipe.read_text())
+    (tmp_path / "text.yaml").write_text(
+        yaml.safe_dump({**data, "calibration": {"source": "sentences"}})
+    )
+    with pytest.raises(ConfigError, match="ViT models need images"):
+        merge_recipe(tmp_path / "text.yaml")
+    ls = {**data, "transformer": {"identity": "ls"}}
+    (tmp_path / "ls.yaml").write_text(yaml.safe_dump(ls))
+    with pytest.raises(ConfigError, match="exact"):
+        merge_recipe(tmp_path / "ls.yaml")
+    evaluation = {**data, "evaluation": {"source": "digits", "size": 16}}
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(evaluation))
+    with pytest.raises(ConfigError, match="remove evaluation"):
+        merge_recipe(tmp_path / "eval.yaml")
+
+
+def test_digits_calibrate_a_vit_pair(tmp_path):
+    recipe = write_case(tmp_path, "width")
+    data = yaml.safe_load(recipe.read_text())
+    data["calibration"] = {"source": "digits", "size": 32, "batch_size": 16}
+    (tmp_path / "digits.yaml").write_text(yaml.safe_dump(data))
+    done = merge_recipe(tmp_path / "digits.yaml")
+    assert done.report["calibration_images"] == 32 and done.recipe.calibration.sha256
