@@ -122,6 +122,7 @@ def merge_recipe(recipe: Recipe | str | Path, progress: Progress | None = None) 
         progress=progress,
     )
     result = zip_prepared(prepared, settings_of(recipe), DTYPES[recipe.dtype], progress)
+    merge_seconds = time.perf_counter() - start  # the report's total leaves evaluation out
     mapping = result.alignment.mapping()
     if recipe.alignment.mapping and recipe.alignment.mapping != mapping:
         log.warning(
@@ -130,27 +131,35 @@ def merge_recipe(recipe: Recipe | str | Path, progress: Progress | None = None) 
             mapping,
             recipe.alignment.mapping,
         )
+    evaluation, metrics = _evaluate(result, recipe.evaluation)
     done = dataclasses.replace(
         recipe,
         model_a=dataclasses.replace(recipe.model_a, sha256=sha_a),
         model_b=dataclasses.replace(recipe.model_b, sha256=sha_b),
         alignment=dataclasses.replace(recipe.alignment, mapping=mapping),
         calibration=calibration,
-        evaluation=_hashed(recipe.evaluation),
+        evaluation=evaluation,
         versions=versions(),
     )
     from heterogui.report import merge_report
 
-    report = merge_report(result, done, time.perf_counter() - start)
+    report = merge_report(result, done, merge_seconds, metrics)
     return RecipeMerge(result, done, report)
 
 
-def _hashed(ref: DataRef | None) -> DataRef | None:
-    """Return the DataRef with the sha256 of the data it draws (None stays None)."""
+def _evaluate(result: MergeResult, ref: DataRef | None) -> tuple[DataRef | None, Any]:
+    """Return the evaluation DataRef with its data's sha256, and the metrics on that data.
+
+    The data is drawn once: the hash and the metrics come from the same tensors.
+    """
     if ref is None:
-        return None
+        return None, None
+    from heterogui.evaluate.report import evaluation_rows, labelled_split
+
     inputs, labels = load_inputs(ref)
-    return dataclasses.replace(ref, sha256=tensor_data_sha256(inputs, labels))
+    split = labelled_split(inputs, labels, ref.source)
+    rows = evaluation_rows(result, split, ref.batch_size)
+    return dataclasses.replace(ref, sha256=tensor_data_sha256(inputs, labels)), rows
 
 
 def merge(

@@ -24,8 +24,8 @@ def merge_report(
 ) -> dict[str, Any]:
     """Return the JSON-ready report of a merge run from ``recipe``.
 
-    metrics: figures computed by the caller (e.g. sentence similarity); None: classification
-    rows on ``recipe.evaluation`` when it is set.
+    metrics: figures computed by the caller on ``recipe.evaluation`` (classification rows or
+    sentence similarity); None: no metrics.
     """
     prep = result.prepared
     timings = {f"prepare.{k}": v for k, v in prep.timings.items()}
@@ -46,8 +46,4 @@ def merge_report(
     }
     if metrics is not None:
         report["metrics"] = metrics
-    elif recipe.evaluation is not None:
-        from heterogui.evaluate.report import evaluation_rows
-
-        report["metrics"] = evaluation_rows(result, recipe.evaluation)
     return report
