@@ -57,6 +57,22 @@ POOLER = "pooler"
 IDENTITY_MODES = ("exact", "ls", "plain")
 
 
+def check_layer_fields(config: Any) -> None:
+    """Normalise and check the per-layer fields shared by the BERT and ViT configs (in place).
+
+    Raises:
+        ValueError: per-layer lists of different lengths, an unknown activation or pooling.
+    """
+    object.__setattr__(config, "heads", tuple(int(h) for h in config.heads))
+    object.__setattr__(config, "intermediate", tuple(int(w) for w in config.intermediate))
+    if len(config.heads) != len(config.intermediate):
+        raise ValueError("heads and intermediate need one entry per layer")
+    if config.hidden_act not in ACTIVATIONS:
+        raise ValueError(f"hidden_act {config.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
+    if config.pooling not in ("mean", "cls"):
+        raise ValueError(f'pooling must be "mean" or "cls", got {config.pooling!r}')
+
+
 @dataclass(frozen=True)
 class BertNetConfig:
     """A BERT encoder with per-layer head counts and intermediate sizes.
@@ -82,14 +98,7 @@ class BertNetConfig:
     identity: str = "exact"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "heads", tuple(int(h) for h in self.heads))
-        object.__setattr__(self, "intermediate", tuple(int(w) for w in self.intermediate))
-        if len(self.heads) != len(self.intermediate):
-            raise ValueError("heads and intermediate need one entry per layer")
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
-        if self.pooling not in ("mean", "cls"):
-            raise ValueError(f'pooling must be "mean" or "cls", got {self.pooling!r}')
+        check_layer_fields(self)
         if self.identity not in IDENTITY_MODES:
             raise ValueError(f"identity must be one of {IDENTITY_MODES}, got {self.identity!r}")
 

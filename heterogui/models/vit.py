@@ -25,7 +25,7 @@ from torch import nn
 
 from heterogui.models import bert
 from heterogui.models.bert import STREAM, LayerNames, layer_spaces
-from heterogui.models.bert_modules import ACTIVATIONS, Intermediate, SelfAttention
+from heterogui.models.bert_modules import Intermediate, SelfAttention
 from heterogui.models.graph import (
     INPUT,
     LOGITS,
@@ -75,14 +75,7 @@ class ViTNetConfig:
     hidden_act: str = "gelu"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "heads", tuple(int(h) for h in self.heads))
-        object.__setattr__(self, "intermediate", tuple(int(w) for w in self.intermediate))
-        if len(self.heads) != len(self.intermediate):
-            raise ValueError("heads and intermediate need one entry per layer")
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
-        if self.pooling not in ("mean", "cls"):
-            raise ValueError(f'pooling must be "mean" or "cls", got {self.pooling!r}')
+        bert.check_layer_fields(self)
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of the patch size")
 
