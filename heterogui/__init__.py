@@ -6,14 +6,32 @@ MergeResult with the merged model, the alignment, the per-merge-point matches an
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 __version__ = "0.1.0"
 __all__ = ["merge", "__version__"]
 
 
-def merge(*args: Any, **kwargs: Any) -> Any:
-    """Merge two networks or run a recipe; see ``heterogui.api.merge``."""
-    from heterogui.api import merge as _merge
+def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any) -> Any:
+    """Merge two networks on calibration batches, or run a recipe (a Recipe or its file).
 
-    return _merge(*args, **kwargs)
+    ``merge(net_a, net_b, batches, mode=..., settings=..., device=...)`` runs the engine on
+    in-memory networks (``heterogui.run.merge_networks``); ``merge(recipe)`` runs a recipe
+    through the one merge path (``heterogui.run.merge``) and returns its engine result.
+
+    Raises:
+        ConfigError: networks given without batches.
+        HeteroguiError: any other invalid input (see the subclasses).
+    """
+    from heterogui import run  # the package root stays import-light: torch loads on first use
+    from heterogui.config import Recipe
+    from heterogui.errors import ConfigError
+
+    if model_b is None and isinstance(model_a, Recipe | str | os.PathLike):
+        return run.merge(model_a, options.get("progress")).result
+    if model_b is None or not batches:
+        raise ConfigError(
+            "merge(net_a, net_b, batches): give both networks and calibration batches"
+        )
+    return run.merge_networks(model_a, model_b, batches, **options)

@@ -15,23 +15,17 @@ def cmd_merge(args: argparse.Namespace) -> int:
     """Merge as a recipe says and write the result folder (save_pretrained for HF models)."""
     from pathlib import Path
 
-    from heterogui.api import merge_recipe
+    from heterogui import run
     from heterogui.errors import ExportError
-    from heterogui.export.merged_io import save_merged
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:  # fail before the expensive part
         raise ExportError(
             f"output folder {str(out)!r} already exists; choose another --out or pass --overwrite"
         )
-    done = merge_recipe(args.recipe, progress=_progress if args.verbose else None)
-    if done.hf is not None:  # Hugging Face models: a save_pretrained folder
-        from heterogui.models.hf.recipe_merge import export_recipe_merge
-
-        export_recipe_merge(done, out, overwrite=args.overwrite)
-    else:
-        save_merged(done.result.model, out, done.recipe, done.report, overwrite=args.overwrite)
-    summary = {k: done.report[k] for k in ("parameters", "widths")}
+    done = run.merge(args.recipe, progress=_progress if args.verbose else None)
+    run.export(done, out, overwrite=args.overwrite, fmt=args.format)
+    summary = {k: done.report[k] for k in ("parameters", "widths", "heads")}
     summary["seconds"] = round(done.report["timings_seconds"]["total"], 3)
     if "metrics" in done.report:
         summary["metrics"] = done.report["metrics"]
@@ -63,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("recipe", help="recipe file (.yaml or .json)")
     merge.add_argument("--out", required=True, help="output folder (must not exist)")
     merge.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    merge.add_argument(
+        "--format",
+        choices=("heterogui", "hf-bert", "hf-vit"),
+        default=None,
+        help="output format (default: the models' own: Hugging Face folders for Hugging Face "
+        "models, else a heterogui folder)",
+    )
     merge.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )

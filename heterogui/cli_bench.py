@@ -15,6 +15,12 @@ def _speed(args: argparse.Namespace) -> int:
     from heterogui.bench.speed import speed_report
 
     print(speed_report(args))
+    if args.latency:  # the workbench's own handlers: measured by the ui package
+        from heterogui.ui.latency import format_latency, slider_latency
+        from heterogui.zoo.registry import PAIRS
+
+        print("workbench slider latency (re-merge after a release, then its metrics):")
+        print(format_latency([slider_latency(name, device=args.device) for name in PAIRS]))
     return 0
 
 

@@ -33,3 +33,7 @@ class ModelLoadError(HeteroguiError):
 
 class ExportError(HeteroguiError):
     """Writing results failed or would overwrite something."""
+
+
+class Cancelled(HeteroguiError):
+    """The user asked a running merge to stop; it stopped at a stage boundary."""

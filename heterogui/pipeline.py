@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -25,44 +25,17 @@ from heterogui.fusion.fuse import SpaceTransform, fuse_state
 from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged
 from heterogui.fusion.pinning import pinned_channels
 from heterogui.models.capture import Batch
-from heterogui.models.family import Network
+from heterogui.models.family import Network, family_of
 from heterogui.models.graph import INPUT
 from heterogui.zip.collect import StatKey, collect_moments, pooled_moments
 from heterogui.zip.heads import match_head_group
-from heterogui.zip.matchers import MATCHERS, Match, keep_one_match, target_width
+from heterogui.zip.matchers import MATCHERS, Match, keep_one_match
+from heterogui.zip.plan import ZipSettings, head_group_first, plan_widths, stop_point
 from heterogui.zip.stats import Moments
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
 PREPARE_ONLY_STAGES = ("bn_inputs", "similarity")
-
-
-@dataclass(frozen=True)
-class ZipSettings:
-    """Matcher and knobs, global and per merge point.
-
-    overrides: space name -> {"width": int} or any of {"rho", "alpha", "beta", "matcher"}.
-    stop: merge blocks before this index (None: every block but the heads).
-    """
-
-    matcher: str = "zip"
-    alpha: float = 0.5
-    beta: float = 1.0
-    rho: float = 1.0
-    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    stop: int | None = None
-
-    def for_space(self, space: str) -> dict[str, Any]:
-        """Return the knobs that apply to ``space``."""
-        knobs = {
-            "matcher": self.matcher,
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "rho": self.rho,
-            "width": None,
-        }
-        knobs.update(self.overrides.get(space, {}))
-        return knobs
 
 
 @dataclass
@@ -113,28 +86,41 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def pair_reasons(config_a: Any, config_b: Any) -> list[str]:
+    """Return one reason per property that keeps two family configs from merging (none: ok).
+
+    Reads the configs only (no weights): the pre-flight and ``check_pair`` share it.
+    """
+    fam_a, fam_b = family_of(config_a), family_of(config_b)
+    if fam_a.name != fam_b.name:
+        return [
+            f"model A is a {fam_a.name} and model B a {fam_b.name}; heterogui merges models of "
+            "one family: pick two models of the same family"
+        ]
+    ga, gb = fam_a.graph(config_a), fam_b.graph(config_b)
+    reasons = []
+    try:
+        check_stages(ga, gb)
+    except IncompatibleModelsError as exc:
+        reasons.append(str(exc))
+    reasons += fam_a.check_pair(config_a, config_b) if fam_a.check_pair else []
+    if ga.spaces[INPUT].width != gb.spaces[INPUT].width:
+        reasons.append(
+            f"model A reads inputs of width {ga.spaces[INPUT].width} and model B of width "
+            f"{gb.spaces[INPUT].width}; both models must take the same inputs"
+        )
+    return reasons
+
+
 def check_pair(net_a: Network, net_b: Network) -> None:
     """Raise if the two networks cannot be merged.
 
     Raises:
         IncompatibleModelsError: different families, stages, or input widths.
     """
-    if net_a.family.name != net_b.family.name:
-        raise IncompatibleModelsError(
-            f"model A is a {net_a.family.name} and model B a {net_b.family.name}; heterogui "
-            "merges models of one family: pick two models of the same family"
-        )
-    ga, gb = net_a.graph(), net_b.graph()
-    check_stages(ga, gb)
-    family_check = net_a.family.check_pair
-    reasons = family_check(net_a.config, net_b.config) if family_check else []
+    reasons = pair_reasons(net_a.config, net_b.config)
     if reasons:
         raise IncompatibleModelsError("; ".join(reasons))
-    if ga.spaces[INPUT].width != gb.spaces[INPUT].width:
-        raise IncompatibleModelsError(
-            f"model A reads inputs of width {ga.spaces[INPUT].width} and model B of width "
-            f"{gb.spaces[INPUT].width}; both models must take the same inputs"
-        )
 
 
 def _timed(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
@@ -255,68 +241,50 @@ def _pad(
     return padded
 
 
-def _match_head_groups(
-    prepared: Prepared, settings: ZipSettings, stop: int, names: list[str]
-) -> dict[str, Match]:
-    """Match the attention spaces ``names`` of one head group with a shared head pairing.
+def match_spaces(prepared: Prepared, settings: ZipSettings, stop: int) -> dict[str, Match]:
+    """Return the matching of every merge point that a trunk of ``stop`` blocks uses.
 
-    The knobs are those of the group's first space (sorted by name).
+    Every merge point is matched to the width ``plan_widths`` gives; the attention spaces of
+    one head group share one head pairing.
+
+    Raises:
+        ConfigError, MatcherError: see ``plan_widths`` and the matchers.
     """
     ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
-    first = ga.spaces[names[0]]
-    knobs = settings.for_space(names[0])
-    corrs = {n: pooled_moments(prepared.stats, ga, n, stop).corr() for n in names}
-    return match_head_group(
-        corrs,
-        first.width,
-        gb.spaces[names[0]].width,
-        first.head_dim,
-        matcher=knobs["matcher"],
-        rho=knobs["rho"],
-        width=knobs["width"],
-    )
-
-
-def match_spaces(prepared: Prepared, settings: ZipSettings, stop: int) -> dict[str, Match]:
-    """Return the matching of every merge point that a trunk of ``stop`` blocks uses."""
-    ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
-    spaces = sorted({a.space for t in ga.tensors if t.block < stop for a in t.axes} - {INPUT})
-    unknown = set(settings.overrides) - set(ga.spaces)
-    if unknown:
-        raise ConfigError(
-            f"overrides name unknown merge points {sorted(unknown)}; "
-            f"known: {sorted(set(ga.spaces) - {INPUT})}"
-        )
+    plan = plan_widths(ga, gb, settings, stop)
     matches = {}
     head_groups: dict[str, list[str]] = {}
-    for space in spaces:
-        n_a, n_b = ga.spaces[space].width, gb.spaces[space].width
+    for space, (n_a, n_b, width) in plan.items():
         if space in ga.dead or space in gb.dead:
             matches[space] = keep_one_match(n_a, n_b, "b" if space in ga.dead else "a")
-            continue
-        if ga.spaces[space].head_dim:
-            head_groups.setdefault(ga.spaces[space].group or space, []).append(space)
-            continue
-        knobs = settings.for_space(space)
-        if knobs["matcher"] not in MATCHERS:
-            raise ConfigError(f"unknown matcher {knobs['matcher']!r}; known: {sorted(MATCHERS)}")
-        width = (
-            knobs["width"] if knobs["width"] is not None else target_width(n_a, n_b, knobs["rho"])
+        elif ga.spaces[space].head_dim:
+            head_groups.setdefault(head_group_first(ga, space), []).append(space)
+        else:
+            knobs = settings.for_space(space)
+            corr = pooled_moments(prepared.stats, ga, space, stop).corr()
+            matches[space] = MATCHERS[knobs["matcher"]](
+                corr, n_a, n_b, width=width, alpha=knobs["alpha"], beta=knobs["beta"]
+            )
+    for first, names in head_groups.items():
+        knobs = settings.for_space(first)
+        corrs = {n: pooled_moments(prepared.stats, ga, n, stop).corr() for n in names}
+        n_a, n_b, width = plan[first]
+        matches.update(
+            match_head_group(
+                corrs,
+                n_a,
+                n_b,
+                ga.spaces[first].head_dim,
+                matcher=knobs["matcher"],
+                width=width,
+            )
         )
-        if knobs["matcher"] in ("permute", "average"):
-            width = knobs["width"]
-        corr = pooled_moments(prepared.stats, ga, space, stop).corr()
-        matches[space] = MATCHERS[knobs["matcher"]](
-            corr, n_a, n_b, width=width, alpha=knobs["alpha"], beta=knobs["beta"]
-        )
-    for names in head_groups.values():
-        matches.update(_match_head_groups(prepared, settings, stop, names))
     return matches
 
 
 def zip_prepared(
     prepared: Prepared,
-    settings: ZipSettings = ZipSettings(),
+    settings: ZipSettings | None = None,
     dtype: torch.dtype = torch.float32,
     progress: Progress | None = None,
 ) -> MergeResult:
@@ -326,17 +294,11 @@ def zip_prepared(
         ConfigError: stop point out of range, unknown matcher or override.
         MatcherError: widths or knobs a matcher cannot handle.
     """
+    settings = settings or ZipSettings()
     report = progress or (lambda _stage, _frac: None)
     timings: dict[str, float] = {}
     pa, pb = prepared.padded_a, prepared.padded_b
-    ga = pa.graph()
-    n_blocks = ga.num_blocks - 1
-    stop = n_blocks if settings.stop is None else settings.stop
-    if not 0 <= stop <= n_blocks:
-        raise ConfigError(
-            f"stop point {stop} is out of range: use 0..{n_blocks} "
-            f"({n_blocks} = merge every block but the heads)"
-        )
+    stop = stop_point(pa.graph(), settings)
     matches = _timed(timings, "match", lambda: match_spaces(prepared, settings, stop))
     report("match", 1.0)
     dev = prepared.device
@@ -373,7 +335,7 @@ def assemble(
     boundary = ga.block_out[stop - 1] if stop > 0 else None
     layout = ga.spaces[boundary].captures[0].layout if boundary else None
     spec = MergedSpec(
-        trunk_config, (pa.config, pb.config), stop, layout, (pa.head_classes(), pb.head_classes())
+        trunk_config, (pa.config, pb.config), stop, layout, (pa.task_heads(), pb.task_heads())
     )
     model = build_merged(spec).to(device=transforms_device(transforms, pa), dtype=dtype)
     state_a, state_b = pa.module.state_dict(), pb.module.state_dict()

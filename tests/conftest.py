@@ -1,4 +1,5 @@
-"""Shared test setup: offline, analytics-free environment; skips for missing GPU or browser.
+"""Shared test setup: offline, analytics-free environment; skips for missing GPU or browser;
+tiny models of every family and the ``check_merge`` helper every family's tests use.
 
 The cache ($HETEROGUI_CACHE, else ~/.cache/heterogui) is deliberately left alone so that zoo models
 built by one run are reused by the next.
@@ -9,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -18,6 +21,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch  # noqa: E402
+
+from heterogui.fusion.bn import BN_TYPES  # noqa: E402
+from heterogui.models.family import Network, build_network  # noqa: E402
+from heterogui.models.mlp import MLPConfig  # noqa: E402
+from heterogui.models.permute import permute_network, random_permutations  # noqa: E402
+from heterogui.models.resnet import cifar_resnet  # noqa: E402
+from heterogui.models.vgg import VGGConfig  # noqa: E402
+from heterogui.pipeline import ZipSettings, prepare, zip_prepared  # noqa: E402
+from heterogui.zip.plan import plan_widths, stop_point  # noqa: E402
 
 # The test models are tiny: one thread is faster than two, and with two the OpenMP pool
 # collapses (100x slower) whenever anything else runs on the machine.
@@ -35,6 +47,209 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+IMAGE = (1, 8, 8)
+VOCAB = 100
+# Tiny configs per family: (config, input shape of one sample).
+SAME_ARCH = {
+    "mlp": (MLPConfig(64, (24, 32, 16), 5), (64,)),
+    "vgg": (VGGConfig(1, ((8, 8), (16, 16)), 5), IMAGE),
+    "resnet": (cifar_resnet((2, 2), 1, 5, 1, base=8), IMAGE),
+    "vgg1d": (VGGConfig(1, ((6, 6), (12,)), 5, spatial_dims=1), (1, 16)),
+}
+DEPTH_PAIRS = {
+    "mlp": (MLPConfig(64, (24, 32, 16, 20), 5), MLPConfig(64, (16, 28), 5), (64,)),
+    "vgg": (VGGConfig(1, ((8, 8, 8), (16, 16)), 5), VGGConfig(1, ((12,), (16, 24, 16)), 5), IMAGE),
+    "resnet": (cifar_resnet((3, 3), 1, 5, 1, base=8), cifar_resnet((2, 1), 2, 5, 1, base=8), IMAGE),
+}
+
+
+def realistic(net: Network, seed: int) -> Network:
+    """Give BatchNorm layers non-trivial parameters and statistics (as a trained model has).
+
+    MLP hidden layers get small positive biases: a random deep ReLU MLP has many units that
+    never fire on random inputs (a trained one has few), and a unit that is constant on the
+    calibration data cannot be matched by correlation.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in list(net.module.blocks)[:-1] if net.family.name == "mlp" else ():
+            block.linear.bias.copy_(
+                torch.rand(block.linear.out_features, generator=gen) * 0.2 + 0.1
+            )
+        for m in net.module.modules():
+            if isinstance(m, BN_TYPES):
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.2)
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    net.module.eval()
+    return net
+
+
+def make(config: Any, seed: int, label: str = "model", classes=None) -> Network:
+    """Return a seeded network of a heterogui family (MLP, VGG, ResNet) with realistic BN."""
+    torch.manual_seed(seed)
+    return realistic(build_network(config, classes, label=label), seed)
+
+
+def calibration(shape, n_batches=6, size=64, seed=0) -> list[torch.Tensor]:
+    """Return random input batches (size, *shape)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(size, *shape, generator=gen) for _ in range(n_batches)]
+
+
+def tiny_hf(hidden=32, heads=4, inter=64, layers=3, seed=0, labels=None):
+    """Return a random transformers BERT (a classifier when ``labels`` is given), eval mode."""
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=inter,
+        **({"num_labels": labels} if labels else {}),
+    )
+    model = BertForSequenceClassification(config) if labels else BertModel(config)
+    with torch.no_grad():  # trained models have non-trivial LayerNorms; so should the tests
+        for name, p in model.named_parameters():
+            if "LayerNorm.weight" in name:
+                p.copy_(torch.rand_like(p) + 0.5)
+            elif "LayerNorm.bias" in name:
+                p.copy_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def tiny_vit(hidden=32, heads=4, inter=64, layers=3, seed=0, labels=None, patch=4):
+    """Return a random transformers ViT of 8 x 8 grey images (a classifier with ``labels``)."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTModel
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=8,
+        patch_size=patch,
+        num_channels=1,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=inter,
+        **({"num_labels": labels} if labels else {}),
+    )
+    model = ViTForImageClassification(config) if labels else ViTModel(config)
+    with torch.no_grad():  # non-trivial LayerNorms and embeddings, like trained models
+        for name, p in model.named_parameters():
+            if "layernorm" in name and name.endswith("weight"):
+                p.copy_(torch.rand_like(p) + 0.5)
+            elif "layernorm" in name or "cls_token" in name or "position" in name:
+                p.copy_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def token_batch(seed: int, n: int = 16, length: int = 12) -> dict[str, torch.Tensor]:
+    """Return random token ids with padded rows of different lengths."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (n, length), generator=gen)
+    lens = torch.randint(3, length + 1, (n,), generator=gen)
+    mask = (torch.arange(length)[None] < lens[:, None]).long()
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+def token_batches(count: int = 6) -> list[dict[str, torch.Tensor]]:
+    """Return ``count`` random token batches."""
+    return [token_batch(s) for s in range(count)]
+
+
+def real(x: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Return the rows of token states (B, T, H) at real tokens."""
+    return x[batch["attention_mask"].bool()]
+
+
+def run_model(module: torch.nn.Module, inputs: Any) -> Any:
+    """Run a module on a tensor or on a tokenizer dict, without gradients."""
+    with torch.no_grad():
+        return module(**inputs) if isinstance(inputs, dict) else module(inputs)
+
+
+def max_diff(xs, ys) -> float:
+    """Return the largest absolute difference of paired tensors."""
+    return max((x - y).abs().max().item() for x, y in zip(xs, ys, strict=True))
+
+
+def check_merge(
+    net_a: Network,
+    net_b: Network,
+    batches: list[Any],
+    inputs: Any,
+    tmp_path: Path,
+    settings: ZipSettings | None = None,
+    permuted_copy: bool = True,
+    tol: float = 1e-4,
+) -> Any:
+    """Merge A and B and check what every merge must satisfy; return the result.
+
+    - every tensor of the merged model is finite;
+    - every merge point has the width the width planner gives;
+    - written in the heterogui format and read back through the sources (a full zip of
+      classifiers: as one network with every head), it computes the same function;
+    - a permuted copy of A, merged with A by the zip at rho = 1, gives A's function back
+      (checked on a calibration batch: a feature that is constant on every calibration input,
+      a dead ReLU of a random model, may be paired with any other such feature).
+    """
+    from heterogui.export.network import save_merged
+    from heterogui.sources.folder import load_merged
+    from heterogui.sources.registry import load
+
+    settings = settings or ZipSettings()
+    prepared = prepare(net_a, net_b, batches, device="cpu")
+    result = zip_prepared(prepared, settings)
+    state = result.model.state_dict()
+    assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+    ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
+    assert result.widths() == plan_widths(ga, gb, settings, stop_point(ga, settings))
+    folder = save_merged(result.model, tmp_path / f"check-{len(list(tmp_path.iterdir()))}")
+    outputs = run_model(result.model, inputs)
+    assert max_diff(run_model(load_merged(folder), inputs), outputs) == 0.0
+    if _foldable(result.model.spec):  # a full zip of classifiers: one network, every head
+        loaded = load(str(folder)).net
+        assert max_diff([run_model(loaded.module, inputs)], [torch.cat(outputs, 1)]) < tol
+    if permuted_copy:
+        perm = random_permutations(net_a.graph(), torch.Generator().manual_seed(5))
+        copy = permute_network(net_a, perm)
+        again = prepare(net_a, copy, batches, device="cpu")
+        back = zip_prepared(again, ZipSettings())
+        seen = batches[0]
+        # Each head answers in its own model's space (an embedding head of the copy gives
+        # permuted features); BatchNorm of both was re-estimated by the preparation.
+        refs = [run_model(n.module.eval(), seen) for n in (again.net_a, again.net_b)]
+        assert max_diff(run_model(back.model, seen), refs) < tol
+    return result
+
+
+def _foldable(spec: Any) -> bool:
+    from heterogui.errors import ModelLoadError
+    from heterogui.fusion.merged import network_config
+
+    try:
+        network_config(spec)
+    except ModelLoadError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def tiny() -> SimpleNamespace:
+    """Builders of tiny models and inputs, one per family (heterogui families, HF BERT, ViT)."""
+    return SimpleNamespace(
+        make=make,
+        calibration=calibration,
+        same_arch=SAME_ARCH,
+        depth_pairs=DEPTH_PAIRS,
+        bert=tiny_hf,
+        vit=tiny_vit,
+        tokens=token_batches,
+        token_batch=token_batch,
+    )
 
 
 def _browser_skip_reason() -> str | None:
@@ -48,8 +263,6 @@ def _browser_skip_reason() -> str | None:
 
 def _gpu_skip_reason() -> str | None:
     """Say why GPU tests cannot run here, or return None when they can."""
-    import torch  # imported only when a gpu test was collected: it takes a second or two
-
     if not torch.cuda.is_available():
         return "CUDA is not available (torch.cuda.is_available() is False)"
     return None

@@ -12,12 +12,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from heterogui.errors import ExportError, IncompatibleModelsError, MatcherError  # noqa: E402
-from heterogui.export.hf import export_bert  # noqa: E402
+from heterogui.export.job import HF_BERT_FORMAT, ExportJob  # noqa: E402
+from heterogui.export.registry import write_export  # noqa: E402
 from heterogui.models.hf.bert_io import network_from_hf  # noqa: E402
 from heterogui.models.permute import permute_network, random_permutations  # noqa: E402
 from heterogui.pipeline import ZipSettings, prepare, zip_prepared  # noqa: E402
 from heterogui.zip.heads import match_head_group  # noqa: E402
-from tests.bert_helpers import batches, real, tiny_hf, token_batch  # noqa: E402
+from tests.conftest import check_merge, real, tiny_hf, token_batch  # noqa: E402
+from tests.conftest import token_batches as batches  # noqa: E402
+
+
+def export_bert(model, out):
+    """Write a merged BERT as a Hugging Face BertModel folder (the hf-bert output format)."""
+    return write_export(ExportJob(model), out, HF_BERT_FORMAT)
 
 
 @pytest.mark.parametrize("labels", [None, 3])
@@ -168,3 +175,10 @@ def test_bert_merge_runs_on_cuda():
         ref = cpu.model(**x)
         out = gpu.model(**{k: v.cuda() for k, v in x.items()})
     assert max((o.cpu() - r).abs().max().item() for o, r in zip(out, ref, strict=True)) < 1e-3
+
+
+@pytest.mark.parametrize("labels", [None, 3])
+def test_bert_pairs_pass_check_merge(labels, tmp_path: Path):
+    a = network_from_hf(tiny_hf(layers=3, seed=0, labels=labels), "A")
+    b = network_from_hf(tiny_hf(hidden=48, heads=6, layers=2, seed=1, labels=labels), "B")
+    check_merge(a, b, batches(), token_batch(9), tmp_path, ZipSettings(rho=0.5))

@@ -13,10 +13,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from heterogui.align.pad import pad_network  # noqa: E402
-from heterogui.models.hf import minilm  # noqa: E402
 from heterogui.models.hf.bert_io import load_bert, network_from_hf  # noqa: E402
 from heterogui.pipeline import prepare  # noqa: E402
-from tests.bert_helpers import batches, real, tiny_hf, token_batch  # noqa: E402
+from heterogui.sources import minilm  # noqa: E402
+from tests.conftest import real, tiny_hf, token_batch
+from tests.conftest import token_batches as batches  # noqa: E402
 
 # Measured: 2e-7 (tiny, float32) and 4e-7 (MiniLM-L3 padded to 6 layers); bound with margin.
 EXACT_BOUND = 1e-5
@@ -69,7 +70,8 @@ def l3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_minilm_l3_padded_to_six_layers_is_within_the_bound(l3_dir: Path):
-    from heterogui.evaluate.sentences import load_pairs, tokenize
+    from heterogui.datasets.refs import tokenize
+    from heterogui.datasets.sentence_pairs import load_pairs
 
     net, tokenizer = load_bert(l3_dir, label="L3")
     sentences = sorted({p.first for p in load_pairs()})[:24]

@@ -11,12 +11,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+from heterogui import run  # noqa: E402
+from heterogui.config import recipe_from_dict  # noqa: E402
+from heterogui.datasets.refs import tokenize  # noqa: E402
 from heterogui.errors import IncompatibleModelsError  # noqa: E402
-from heterogui.evaluate.sentences import merged_embedders, sts_spearman, tokenize  # noqa: E402
-from heterogui.models.hf import minilm  # noqa: E402
-from heterogui.models.hf.pair import export_merge, merge_bert  # noqa: E402
-from heterogui.zoo.text_tasks import calibration_sentences  # noqa: E402
-from tests.bert_helpers import tiny_hf, token_batch  # noqa: E402
+from heterogui.sources import minilm  # noqa: E402
+from tests.conftest import tiny_hf, token_batch  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -26,29 +26,47 @@ def l3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_minilm_pair_merges_end_to_end_and_exports(l3_dir: Path, tmp_path: Path):
+    from sentence_transformers import SentenceTransformer
     from transformers import AutoModel, AutoTokenizer
 
-    merge = merge_bert(minilm.minilm_l6_path(), l3_dir, calibration_sentences(64), device="cpu")
-    result = merge.result
+    recipe = recipe_from_dict(
+        {
+            "model_a": {"path": str(minilm.minilm_l6_path())},
+            "model_b": {"path": str(l3_dir)},
+            "calibration": {"source": "sentences", "size": 64, "batch_size": 32},
+            "evaluation": {"source": "sts"},
+            "device": "cpu",
+        }
+    )
+    done = run.merge(recipe)
+    result = done.result
     assert result.alignment.depths == (6,) and len(result.prepared.padded_b.identity_blocks) == 3
     config = result.spec.trunk_config
     assert (config.hidden, config.heads, config.intermediate) == (384, (12,) * 6, (1536,) * 6)
-    embed = merged_embedders(result.model)["merged"]
-    spearman = sts_spearman(embed, merge.tokenizer)
+    spearman = done.scores["merged"]["merged"]
     assert spearman > 0.8  # measured 0.85 (A 0.90, B 0.87, weight average 0.81)
 
-    out = export_merge(merge, tmp_path / "merged", metrics={"spearman": spearman})
+    out = run.export(done, tmp_path / "merged")
     for name in ("config.json", "model.safetensors", "vocab.txt", "recipe.yaml", "README.md"):
         assert (out / name).is_file(), name
-    assert merge.recipe["model_a"]["sha256"] and merge.recipe["alignment"]["mapping"]
+    assert done.recipe.model_a.sha256 and done.recipe.alignment.mapping
     model = AutoModel.from_pretrained(out, local_files_only=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
-    (batch,) = tokenize(tokenizer, ["A man is playing a guitar.", "Rain is expected."], 8)
+    sentences = ["A man is playing a guitar.", "Rain is expected.", "Someone plays music."]
+    (batch,) = tokenize(tokenizer, sentences, 8)
     with torch.no_grad():
         ours = result.model.features(**batch)[0]
         theirs = model(**batch).last_hidden_state
     mask = batch["attention_mask"].bool()
     assert (ours[mask] - theirs[mask]).abs().max() < 1e-5
+    # A's sentence-transformers modules came along: pooling of the merged width, normalisation.
+    st = SentenceTransformer(str(out), device="cpu")
+    assert [type(m).__name__ for m in st] == ["Transformer", "Pooling", "Normalize"]
+    emb = torch.as_tensor(st.encode(sentences))
+    weights = mask.unsqueeze(-1).float()
+    pooled = (ours * weights).sum(1) / weights.sum(1)
+    want = torch.nn.functional.normalize(pooled, dim=-1)
+    assert (emb - want).abs().max() < 1e-5
 
 
 def test_preflight_refuses_an_incompatible_pair_before_loading(tmp_path: Path):
@@ -56,7 +74,7 @@ def test_preflight_refuses_an_incompatible_pair_before_loading(tmp_path: Path):
     other = tiny_hf(hidden=48, heads=4, seed=1)  # head size 12 instead of 8
     other.save_pretrained(tmp_path / "b")
     with pytest.raises(IncompatibleModelsError, match=r"head dimensions differ \(8 vs 12\)"):
-        merge_bert(tmp_path / "a", tmp_path / "b", ["a sentence"], device="cpu")
+        run.load_pair(str(tmp_path / "a"), str(tmp_path / "b"))
 
 
 @pytest.mark.slow

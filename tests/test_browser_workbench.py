@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 import pytest
 
 from heterogui.ui.app import build_app, launch
-from heterogui.ui.resources import Resources, ZooSource
+from heterogui.ui.resources import Resources, ZooPairs
 
 pytestmark = [pytest.mark.browser, pytest.mark.ui]
 README_DIR = os.environ.get("HETEROGUI_SCREENSHOTS")
@@ -31,9 +31,9 @@ TIMEOUT_MS = 120_000
 @pytest.fixture(scope="module")
 def url():
     if README_DIR:  # the real demo pair, as a newcomer gets it
-        res = Resources(ZooSource(), device="cpu")
+        res = Resources(ZooPairs(), device="cpu")
     else:
-        res = Resources(ZooSource(tiny=True), device="cpu", default_pair="tiny-digits-vgg-depth")
+        res = Resources(ZooPairs(tiny=True), device="cpu", default_pair="tiny-digits-vgg-depth")
     demo = build_app(res)
     address = launch(demo, "127.0.0.1", None, block=False)
     yield address

@@ -12,16 +12,16 @@ import torch
 import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
-from test_engine import make
 
-from heterogui.api import merge_recipe
 from heterogui.cli import main
 from heterogui.config import Recipe, load_recipe, recipe_from_dict
 from heterogui.errors import ConfigError
-from heterogui.export.merged_io import load_merged
 from heterogui.models.io import save_network, state_sha256
 from heterogui.models.resnet import cifar_resnet
 from heterogui.models.vgg import VGGConfig
+from heterogui.run import merge as merge_recipe
+from heterogui.sources.folder import load_merged
+from tests.conftest import make
 
 PAIRS = {
     "depth": (VGGConfig(1, ((8, 8, 8), (16, 16)), 5), VGGConfig(1, ((8,), (16, 16, 16)), 5)),
@@ -67,12 +67,15 @@ def test_merge_through_the_cli_writes_a_folder_that_reloads(tmp_path, pair, caps
     recipe = write_case(tmp_path, pair, zip={"rho": 0.75})
     out = tmp_path / "merged"
     assert main(["merge", str(recipe), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert {p.name for p in out.iterdir()} == {
         "config.json",
         "model.safetensors",
         "recipe.yaml",
         "report.json",
-    ]
+        "README.md",  # the model card and its figures
+        "alignment.svg",
+        "widths.svg",
+    }
     report = json.loads((out / "report.json").read_text())
     assert report["timings_seconds"]["total"] > 0
     assert "wrote" in capsys.readouterr().out
@@ -197,3 +200,37 @@ def test_report_has_metrics_when_the_recipe_names_labelled_data(tmp_path):
     assert metrics["merged"]["count_a"] + metrics["merged"]["count_b"] == 40
     for key in ("joint", "task_a", "task_b", "avg"):
         assert metrics["merged"][key] == pytest.approx(metrics["ensemble"][key])
+
+
+def test_a_zoo_merge_merges_again_with_a_third_model(tmp_path, capsys):
+    from heterogui.sources.registry import load
+
+    first = {
+        "model_a": {"path": "zoo:tiny-digits-vgg-depth/a"},
+        "model_b": {"path": "zoo:tiny-digits-vgg-depth/b"},
+        "calibration": {"source": "digits", "size": 64, "batch_size": 32},
+        "evaluation": {"source": "digits", "split": "test"},
+        "device": "cpu",
+    }
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(first))
+    assert main(["merge", str(tmp_path / "one.yaml"), "--out", str(tmp_path / "one")]) == 0
+    second = {**first, "model_a": {"path": str(tmp_path / "one")}}
+    second["model_b"] = {"path": "zoo:tiny-digits-vgg-width/b"}  # a third model
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(second))
+    err = run_error(["merge", str(tmp_path / "two.yaml"), "--out", str(tmp_path / "x")], capsys)
+    assert "share classes" in err and "leave out evaluation" in err  # B's task is there twice
+    second["evaluation"] = None
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(second))
+    assert main(["merge", str(tmp_path / "two.yaml"), "--out", str(tmp_path / "two")]) == 0
+    report = json.loads((tmp_path / "two" / "report.json").read_text())
+    names = [h["name"] for h in report["heads"]]
+    assert names == [
+        "tiny-digits-vgg-depth/a",
+        "tiny-digits-vgg-depth/b",
+        "tiny-digits-vgg-width/b",
+    ]
+    assert [h["model"] for h in report["heads"]] == ["A", "A", "B"]
+    three = load(str(tmp_path / "two"))  # and the second merge is a model again
+    assert [h.name for h in three.net.task_heads()] == names
+    with torch.no_grad():
+        assert three.net.module(torch.randn(4, 1, 8, 8)).shape == (4, 15)

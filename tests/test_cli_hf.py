@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from heterogui.api import merge_recipe  # noqa: E402
 from heterogui.cli import main  # noqa: E402
 from heterogui.config import load_recipe, recipe_from_dict  # noqa: E402
 from heterogui.errors import ConfigError  # noqa: E402
+from heterogui.run import merge as merge_recipe  # noqa: E402
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _WORD_TEXT = (
@@ -105,7 +105,8 @@ def test_cli_writes_a_save_pretrained_folder_that_automodel_loads(tmp_path, pair
     assert {"vocab.txt", "unmerge.safetensors"} <= names
     report = json.loads((out / "report.json").read_text())
     assert report["timings_seconds"]["total"] > 0 and report["parameters"]["merged"] > 0
-    assert set(report["metrics"]) == {"spearman A", "spearman B", "spearman merged"}
+    assert set(report["metrics"]) == {"a", "b", "ensemble", "merged"}
+    assert set(report["metrics"]["merged"]) == {"merged", "head A", "head B"}
     assert report["widths"]["stream"][2] >= 32
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "bert" and config["hidden_size"] == report["widths"]["stream"][2]
@@ -183,7 +184,23 @@ def test_minilm_pair_through_the_cli(tmp_path):
     out = tmp_path / "merged"
     assert main(["merge", str(path), "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["metrics"]["spearman merged"] > 0.5
+    assert report["metrics"]["merged"]["merged"] > 0.5
     model = AutoModel.from_pretrained(out)
     assert model.config.num_hidden_layers == 6 and model.config.hidden_size == 384
     assert load_recipe(out / "recipe.yaml").model_b.path == "minilm:paraphrase-MiniLM-L3-v2"
+
+
+def test_a_merged_bert_folder_merges_again(tmp_path, capsys):
+    recipe = write_case(tmp_path, "depth", zip={"rho": 0.5})
+    first = tmp_path / "first"
+    assert main(["merge", str(recipe), "--out", str(first)]) == 0
+    data = yaml.safe_load(recipe.read_text())
+    data["model_a"] = {"path": str(first)}  # the merge is model A of the next merge
+    again = tmp_path / "again.yaml"
+    again.write_text(yaml.safe_dump(data))
+    second = tmp_path / "second"
+    assert main(["merge", str(again), "--out", str(second)]) == 0
+    done = merge_recipe(again)
+    assert done.pair.a.source == "hf" and done.pair.a.name == "first"
+    exported, merged = token_states(second, done)
+    assert (exported - merged).abs().max() < 1e-5

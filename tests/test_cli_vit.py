@@ -14,11 +14,11 @@ from safetensors.torch import load_file, save_file
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from heterogui.api import merge_recipe  # noqa: E402
 from heterogui.cli import main  # noqa: E402
 from heterogui.config import load_recipe  # noqa: E402
 from heterogui.errors import ConfigError  # noqa: E402
-from tests.vit_helpers import tiny_vit  # noqa: E402
+from heterogui.run import merge as merge_recipe  # noqa: E402
+from tests.conftest import tiny_vit  # noqa: E402
 
 # (layers, hidden, heads, intermediate) of A and B; head size 8 throughout.
 PAIRS = {"depth": ((3, 32, 4, 64), (1, 32, 4, 64)), "width": ((2, 32, 4, 64), (2, 48, 6, 96))}
@@ -64,9 +64,10 @@ def test_cli_writes_a_vit_folder_that_automodel_loads(tmp_path, pair, capsys):
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "recipe.yaml", "report.json", "README.md"} <= names
     assert "unmerge.safetensors" in names
-    assert "Merged ViT" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "tags: [heterogui, model-merging, vit]" in card and "# Merge of a and b" in card
     report = json.loads((out / "report.json").read_text())
-    assert report["calibration_images"] == 48 and report["parameters"]["merged"] > 0
+    assert report["calibration_count"] == 48 and report["parameters"]["merged"] > 0
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "vit" and config["hidden_size"] == report["widths"]["stream"][2]
     assert config["num_hidden_layers"] == max(PAIRS[pair][0][0], PAIRS[pair][1][0])
@@ -110,7 +111,7 @@ def test_text_data_and_bert_identities_are_refused_for_vits(tmp_path):
     (tmp_path / "text.yaml").write_text(
         yaml.safe_dump({**data, "calibration": {"source": "sentences"}})
     )
-    with pytest.raises(ConfigError, match="ViT models need images"):
+    with pytest.raises(ConfigError, match="is not image data"):
         merge_recipe(tmp_path / "text.yaml")
     ls = {**data, "transformer": {"identity": "ls"}}
     (tmp_path / "ls.yaml").write_text(yaml.safe_dump(ls))
@@ -118,7 +119,7 @@ def test_text_data_and_bert_identities_are_refused_for_vits(tmp_path):
         merge_recipe(tmp_path / "ls.yaml")
     evaluation = {**data, "evaluation": {"source": "digits", "size": 16}}
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump(evaluation))
-    with pytest.raises(ConfigError, match="remove evaluation"):
+    with pytest.raises(ConfigError, match="no classifier head"):
         merge_recipe(tmp_path / "eval.yaml")
 
 
@@ -128,4 +129,40 @@ def test_digits_calibrate_a_vit_pair(tmp_path):
     data["calibration"] = {"source": "digits", "size": 32, "batch_size": 16}
     (tmp_path / "digits.yaml").write_text(yaml.safe_dump(data))
     done = merge_recipe(tmp_path / "digits.yaml")
-    assert done.report["calibration_images"] == 32 and done.recipe.calibration.sha256
+    assert done.report["calibration_count"] == 32 and done.recipe.calibration.sha256
+
+
+def write_classifier(folder: Path, labels: tuple[int, ...], seed: int) -> None:
+    """Write a tiny ViT classifier whose id2label names its digit classes."""
+    model = tiny_vit(layers=2 + seed, seed=seed, labels=len(labels), patch=2)
+    model.config.id2label = {k: str(c) for k, c in enumerate(labels)}
+    model.config.label2id = {str(c): k for k, c in enumerate(labels)}
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def test_vit_classifiers_on_digits_are_scored_and_their_merge_merges_again(tmp_path):
+    write_classifier(tmp_path / "a", (0, 1, 2, 3, 4), 0)
+    write_classifier(tmp_path / "b", (5, 6, 7, 8, 9), 1)
+    recipe = {
+        "model_a": {"path": str(tmp_path / "a")},
+        "model_b": {"path": str(tmp_path / "b")},
+        "calibration": {"source": "digits", "size": 32, "batch_size": 16},
+        "evaluation": {"source": "digits", "split": "test", "size": 64},
+        "device": "cpu",
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    done = merge_recipe(tmp_path / "r.yaml")
+    heads = [h["classes"] for h in done.report["heads"]]
+    assert heads == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]  # from id2label: disjoint tasks
+    merged = done.report["metrics"]["merged"]
+    assert merged["count_a"] + merged["count_b"] == 64 and 0 <= merged["joint"] <= 1
+    assert done.report["metrics"]["a"]["task_b"] is None
+    first = tmp_path / "first"
+    assert (
+        main(["merge", str(tmp_path / "r.yaml"), "--out", str(first), "--format", "heterogui"]) == 0
+    )
+    again = {**recipe, "model_a": {"path": str(first)}, "evaluation": None}
+    (tmp_path / "again.yaml").write_text(yaml.safe_dump(again))
+    second = merge_recipe(tmp_path / "again.yaml")  # a merge is model A of the next merge
+    assert second.pair.a.source == "merged"
+    assert [h["name"] for h in second.report["heads"]] == ["a", "b", "b"]

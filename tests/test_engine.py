@@ -7,54 +7,12 @@ import torch
 
 from heterogui.align.pad import pad_network
 from heterogui.errors import AlignmentError, ConfigError, IncompatibleModelsError, MatcherError
-from heterogui.fusion.bn import BN_TYPES
-from heterogui.models.family import build_network
 from heterogui.models.mlp import MLPConfig
 from heterogui.models.permute import permute_network, random_permutations
-from heterogui.models.resnet import cifar_resnet
 from heterogui.models.vgg import VGGConfig
 from heterogui.pipeline import ZipSettings, prepare, zip_prepared
 from heterogui.zip.collect import pooled_moments
-
-IMAGE = (1, 8, 8)
-SAME_ARCH = {
-    "mlp": (MLPConfig(64, (24, 32, 16), 5), (64,)),
-    "vgg": (VGGConfig(1, ((8, 8), (16, 16)), 5), IMAGE),
-    "resnet": (cifar_resnet((2, 2), 1, 5, 1, base=8), IMAGE),
-    "vgg1d": (VGGConfig(1, ((6, 6), (12,)), 5, spatial_dims=1), (1, 16)),
-}
-DEPTH_PAIRS = {
-    "mlp": (MLPConfig(64, (24, 32, 16, 20), 5), MLPConfig(64, (16, 28), 5), (64,)),
-    "vgg": (VGGConfig(1, ((8, 8, 8), (16, 16)), 5), VGGConfig(1, ((12,), (16, 24, 16)), 5), IMAGE),
-    "resnet": (cifar_resnet((3, 3), 1, 5, 1, base=8), cifar_resnet((2, 1), 2, 5, 1, base=8), IMAGE),
-}
-
-
-def realistic(net, seed: int):
-    """Give BatchNorm layers non-trivial parameters and statistics (as a trained model has)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.module.modules():
-            if isinstance(m, BN_TYPES):
-                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.2)
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-    return net.module.eval() and net
-
-
-def make(config, seed: int, label: str = "model"):
-    torch.manual_seed(seed)
-    return realistic(build_network(config, label=label), seed)
-
-
-def calibration(shape, n_batches=6, size=64, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(size, *shape, generator=gen) for _ in range(n_batches)]
-
-
-def max_diff(xs, ys) -> float:
-    return max((x - y).abs().max().item() for x, y in zip(xs, ys, strict=True))
+from tests.conftest import DEPTH_PAIRS, IMAGE, SAME_ARCH, calibration, make, max_diff
 
 
 @pytest.mark.parametrize("name", list(DEPTH_PAIRS))

@@ -1,19 +1,20 @@
-"""Classification metrics of method.md C on hand-made logits (exact expected values)."""
+"""Classification metrics (docs/method.md sec. 11) on hand-made logits (exact expected values)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from heterogui.datasets.images import Split
 from heterogui.errors import ConfigError
-from heterogui.evaluate.classification import (
+from heterogui.models.family import Head, Network
+from heterogui.models.mlp import MLPConfig
+from heterogui.tasks.classification import (
     classification_metrics,
     evaluate_merged,
     evaluate_models,
+    head_metrics,
 )
-from heterogui.models.family import Network
-from heterogui.models.mlp import MLPConfig
-from heterogui.zoo.datasets import Split
 
 CLASSES_A = (0, 2)
 CLASSES_B = (1, 3)
@@ -90,13 +91,34 @@ def _split() -> Split:
 
 def test_evaluate_merged_and_models_run_in_batches() -> None:
     split = _split()
-    merged = evaluate_merged(_Both(), split, CLASSES_A, CLASSES_B, batch_size=4)
+    heads_a, heads_b = (Head("A", CLASSES_A),), (Head("B", CLASSES_B),)
+    merged = evaluate_merged(_Both(), split, heads_a, heads_b, batch_size=4)
     assert merged == classification_metrics(LOGITS_A, LOGITS_B, LABELS, CLASSES_A, CLASSES_B)
     config = MLPConfig(1, (2,), 2)
-    net_a = Network(config, _Fixed(LOGITS_A), CLASSES_A)
-    net_b = Network(config, _Fixed(LOGITS_B), CLASSES_B)
+    net_a = Network(config, _Fixed(LOGITS_A), CLASSES_A, label="A")
+    net_b = Network(config, _Fixed(LOGITS_B), CLASSES_B, label="B")
     assert evaluate_models(net_a, net_b, "ensemble", split, batch_size=4) == merged
     alone = evaluate_models(net_a, net_b, "a", split, batch_size=5)
     assert alone.task_b is None and alone.joint == pytest.approx(2 / 6)
     with pytest.raises(ConfigError):
         evaluate_models(net_a, net_b, "c", split)
+
+
+def test_three_heads_are_three_tasks() -> None:
+    # A merged model of two models, A of which was itself a merge: three task heads.
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    heads = ((0, 1), (2, 3), (4, 5))
+    right = [torch.tensor([[3.0, 0], [0, 3.0], [0, 0], [0, 0], [0, 0], [0, 0]])]
+    right += [torch.tensor([[0.0, 0], [0, 0], [3.0, 0], [0, 0.5], [0, 0], [0, 0]])]
+    right += [torch.tensor([[0.0, 0], [0, 0], [0, 0], [0, 0], [0, 3.0], [0, 3.0]])]
+    m = head_metrics(right, labels, heads, ("h0", "h1", "h2"))
+    assert m.tasks == (1.0, 1.0, 0.5) and m.counts == (2, 2, 2)
+    assert m.avg == pytest.approx(2.5 / 3)
+    # Joint: inputs 0-2 right; input 3: h1's class 3 has 0.62, more than any 0.5 -> right;
+    # input 4: h2 says 5 with 0.95 -> wrong; input 5 -> 5, right.
+    assert m.joint == pytest.approx(5 / 6)
+    data = m.as_dict()
+    assert [t["name"] for t in data["tasks"]] == ["h0", "h1", "h2"]
+    assert "task_a" not in data  # per-model keys only for the two-task protocol
+    alone = head_metrics([right[0], None, None], labels, heads, ("h0", "h1", "h2"))
+    assert alone.tasks == (1.0, None, None) and alone.avg is None

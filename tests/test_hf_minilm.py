@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from heterogui.errors import ModelLoadError  # noqa: E402
-from heterogui.models.hf import minilm  # noqa: E402
+from heterogui.sources import minilm  # noqa: E402
 
 PARAPHRASE = ("A man is eating food.", "A man is eating a piece of bread.")
 UNRELATED = ("A man is eating food.", "The stock market fell sharply on Monday.")

@@ -14,8 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from heterogui.errors import ModelLoadError  # noqa: E402
-from heterogui.models.hf import minilm  # noqa: E402
-from heterogui.models.hf.preflight import (  # noqa: E402
+from heterogui.sources import minilm  # noqa: E402
+from heterogui.sources.preflight import (  # noqa: E402
     check_pair,
     inspect_model,
     read_safetensors_header,

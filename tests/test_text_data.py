@@ -6,9 +6,10 @@ from collections import Counter
 
 import pytest
 
+from heterogui.datasets.sentence_pairs import load_pairs
+from heterogui.datasets.text_tasks import TASK_CLASSES, calibration_sentences, make_task
 from heterogui.errors import ConfigError
-from heterogui.evaluate.sentences import load_pairs, spearman
-from heterogui.zoo.text_tasks import TASK_CLASSES, calibration_sentences, make_task
+from heterogui.tasks.sentences import spearman
 
 
 def test_sentence_pairs_are_many_graded_and_distinct():
@@ -55,21 +56,29 @@ def test_calibration_sentences_come_from_both_tasks_and_never_from_test():
 
 @pytest.fixture(scope="session")
 def l3_dir(tmp_path_factory: pytest.TempPathFactory):
-    from heterogui.models.hf import minilm
+    from heterogui.sources import minilm
 
     return minilm.minilm_l3_path(tmp_path_factory.getbasetemp() / "hf" / minilm.L3_NAME)
 
 
 @pytest.mark.slow
 def test_fine_tuned_classifier_loads_as_a_bert_classifier(tmp_path, l3_dir):
-    from heterogui.evaluate.text_classification import evaluate_heads, single
-    from heterogui.models.hf.bert_io import load_bert
+    import torch
+
+    from heterogui.sources.registry import load
+    from heterogui.tasks.classification import head_metrics
+    from heterogui.tasks.text_classes import built_in_test_set, run_outputs
     from heterogui.zoo.text_pair import FinetuneSettings, finetune
 
     record = finetune(l3_dir, "sentiment", tmp_path / "b", FinetuneSettings(epochs=1))
     assert record["test_accuracy"] > 0.9
-    net, tokenizer = load_bert(tmp_path / "b")
+    loaded = load(str(tmp_path / "b"))  # its id2label names the sentiment classes
+    net = loaded.net
+    assert loaded.task == "text_classification" and net.head_classes() == TASK_CLASSES["sentiment"]
     assert net.config.num_labels == 2 and net.graph().spaces["logits"].width == 2
-    metrics = evaluate_heads(single(net.module, 1), tokenizer)
-    assert metrics.task_b == pytest.approx(record["test_accuracy"])
-    assert metrics.task_a is None
+    test = built_in_test_set()
+    keep = torch.isin(test.labels, torch.tensor(TASK_CLASSES["sentiment"]))
+    sentences = [s for s, k in zip(test.sentences, keep.tolist(), strict=True) if k]
+    (logits,) = run_outputs(lambda b: net.module(**b), loaded.tokenizer, sentences, "cpu")
+    metrics = head_metrics([logits], test.labels[keep], [net.head_classes()])
+    assert metrics.tasks[0] == pytest.approx(record["test_accuracy"])

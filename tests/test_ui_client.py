@@ -14,7 +14,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 from heterogui.ui.app import build_app, launch
-from heterogui.ui.resources import Resources, ZooSource
+from heterogui.ui.resources import Resources, ZooPairs
 
 pytestmark = pytest.mark.ui
 PAIR = "tiny-digits-vgg-depth"
@@ -22,7 +22,7 @@ PAIR = "tiny-digits-vgg-depth"
 
 @pytest.fixture(scope="module")
 def url():
-    demo = build_app(Resources(ZooSource(tiny=True), device="cpu", default_pair=PAIR))
+    demo = build_app(Resources(ZooPairs(tiny=True), device="cpu", default_pair=PAIR))
     address = launch(demo, "127.0.0.1", None, block=False)
     assert address.startswith("http://127.0.0.1:")
     yield address
@@ -94,7 +94,7 @@ def test_two_clients_do_not_see_each_other(url):
 
 
 def test_a_login_is_required_when_asked_for():
-    demo = build_app(Resources(ZooSource(tiny=True), device="cpu", default_pair=PAIR))
+    demo = build_app(Resources(ZooPairs(tiny=True), device="cpu", default_pair=PAIR))
     address = launch(demo, "127.0.0.1", None, auth=("ann", "s3cret"), block=False)
     try:
         assert httpx.get(f"{address}config").status_code in (401, 403)

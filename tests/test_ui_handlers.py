@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from heterogui.errors import AlignmentError, ConfigError, ExportError, HeteroguiError
-from heterogui.export.merged_io import load_merged
 from heterogui.models.family import build_network
 from heterogui.models.io import save_network
 from heterogui.models.resnet import cifar_resnet
+from heterogui.sources.folder import load_merged
 from heterogui.ui import (
     app,
     fig_neurons,
@@ -31,7 +31,7 @@ from heterogui.ui import (
     tab_zip,
     work,
 )
-from heterogui.ui.resources import Resources, ZooSource
+from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Cancelled, Session
 from heterogui.zip.matchers import zip_match
 
@@ -41,7 +41,7 @@ PAIR = "tiny-digits-vgg-depth"
 
 @pytest.fixture(scope="module")
 def res() -> Resources:
-    return Resources(ZooSource(tiny=True), device="cpu", default_pair=PAIR)
+    return Resources(ZooPairs(tiny=True), device="cpu", default_pair=PAIR)
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ import pytest
 
 from heterogui.errors import ConfigError, ExportError
 from heterogui.ui import tab_evaluate, tab_export, tab_models, tab_neurons, tab_zip, text, work
-from heterogui.ui.resources import Resources, ZooSource
+from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
 
 pytestmark = pytest.mark.ui
@@ -37,7 +37,7 @@ def tiny_bert_folder(path: Path, hidden=32, heads=4, inter=64, layers=3, seed=0)
     """Write a random BERT with a small word-piece tokenizer as a save_pretrained folder."""
     from transformers import BertTokenizer
 
-    from tests.bert_helpers import VOCAB, tiny_hf
+    from tests.conftest import VOCAB, tiny_hf
 
     path.mkdir(parents=True)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -58,7 +58,7 @@ def folders(tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def res() -> Resources:
-    return Resources(ZooSource(tiny=True), device="cpu")
+    return Resources(ZooPairs(tiny=True), device="cpu")
 
 
 def load(session: Session, res: Resources, which: str, folder: Path) -> str:
@@ -135,7 +135,7 @@ def test_bert_flow_over_the_api(folders, tmp_path):
 
     from heterogui.ui.app import build_app, launch
 
-    demo = build_app(Resources(ZooSource(tiny=True), device="cpu", default_pair=None))
+    demo = build_app(Resources(ZooPairs(tiny=True), device="cpu", default_pair=None))
     url = launch(demo, "127.0.0.1", None, block=False)
     try:
         client = Client(url, verbose=False)

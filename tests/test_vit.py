@@ -11,10 +11,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from heterogui.errors import ExportError  # noqa: E402
-from heterogui.models.hf.vit_io import export_vit, network_from_hf  # noqa: E402
+from heterogui.export.job import HF_VIT_FORMAT, ExportJob  # noqa: E402
+from heterogui.export.registry import write_export  # noqa: E402
+from heterogui.models.hf.vit_io import network_from_hf  # noqa: E402
 from heterogui.models.permute import permute_network, random_permutations  # noqa: E402
 from heterogui.pipeline import ZipSettings, prepare, zip_prepared  # noqa: E402
-from tests.vit_helpers import tiny_vit  # noqa: E402
+from tests.conftest import check_merge, tiny_vit  # noqa: E402
+
+
+def export_vit(model, out):
+    """Write a merged ViT as a Hugging Face ViTModel folder (the hf-vit output format)."""
+    return write_export(ExportJob(model), out, HF_VIT_FORMAT)
 
 
 def images(seed: int, n: int = 16) -> torch.Tensor:
@@ -108,3 +115,10 @@ def test_export_pads_narrow_layers_and_refuses_a_partial_zip(tmp_path):
     with pytest.raises(ExportError, match="every layer merged"):
         export_vit(zip_prepared(prep, ZipSettings(stop=2)).model, tmp_path / "partial")
     assert not (tmp_path / "partial").exists()
+
+
+@pytest.mark.parametrize("labels", [None, 3])
+def test_vit_pairs_pass_check_merge(labels, tmp_path):
+    a = network_from_hf(tiny_vit(layers=3, seed=0, labels=labels), "A")
+    b = network_from_hf(tiny_vit(hidden=48, heads=6, layers=2, seed=1, labels=labels), "B")
+    check_merge(a, b, batches(), images(9), tmp_path, ZipSettings(rho=0.5))

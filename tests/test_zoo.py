@@ -8,11 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from heterogui.errors import ConfigError
-from heterogui.models.io import state_sha256
-from heterogui.models.mlp import MLPConfig
-from heterogui.zoo import datasets
-from heterogui.zoo.datasets import (
+from heterogui.datasets import images as datasets
+from heterogui.datasets.images import (
     SPLITS,
     batches,
     head_targets,
@@ -21,6 +18,9 @@ from heterogui.zoo.datasets import (
     task_classes,
     task_subset,
 )
+from heterogui.errors import ConfigError
+from heterogui.models.io import state_sha256
+from heterogui.models.mlp import MLPConfig
 from heterogui.zoo.pairs import (
     PAIRS,
     TINY_PAIRS,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from heterogui.align.segment import SEGMENTERS, score, validate_positions
+from heterogui.align.segment import NEEDS_SIMILARITY, SEGMENTERS, score, validate_positions
 from heterogui.errors import AlignmentError, IncompatibleModelsError
 from heterogui.models.graph import ModelGraph
 
@@ -85,7 +85,7 @@ def align(
     check_stages(graph_a, graph_b)
     if mode not in MODES:
         raise AlignmentError(f"unknown alignment mode {mode!r}; choose one of {list(MODES)}")
-    if mode in ("sma", "lma") and similarity is None:
+    if mode in NEEDS_SIMILARITY and similarity is None:
         raise AlignmentError(f"alignment mode {mode!r} needs the CKA similarity matrix")
     pos_a, pos_b, depths, total = [], [], [], 0.0
     for s, (blocks_a, blocks_b) in enumerate(zip(graph_a.stages, graph_b.stages, strict=True)):
@@ -127,3 +127,18 @@ def _manual_stage(
             f"{list(range(deep))}, got {list(manual[key_deep][stage])}"
         )
     return validate_positions(manual[key_shallow][stage], deep, shallow)
+
+
+def layer_pairs(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> list[tuple[int, int]]:
+    """Return (layer of A, layer of B) for every slot where both models have a real layer.
+
+    Layers before the first stage (a stem) pair with each other.
+    """
+    first_a = ga.stages[0][0] if ga.stages and ga.stages[0] else 0
+    first_b = gb.stages[0][0] if gb.stages and gb.stages[0] else 0
+    pairs = list(zip(range(first_a), range(first_b), strict=False))
+    for s, depth in enumerate(alignment.depths):
+        slot_a = {p: ga.stages[s][k] for k, p in enumerate(alignment.positions_a[s])}
+        slot_b = {p: gb.stages[s][k] for k, p in enumerate(alignment.positions_b[s])}
+        pairs += [(slot_a[t], slot_b[t]) for t in range(depth) if t in slot_a and t in slot_b]
+    return pairs

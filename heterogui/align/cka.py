@@ -185,7 +185,7 @@ class CKAAccumulator:
         """Return the CKA matrix of the batches seen so far.
 
         A layer whose averaged self-HSIC is not positive (beyond round-off) is constant over the
-        inputs; its row or column is 0. Values outside [-1, 1] by at most 1e-10 are round-off and
+        inputs; its row or column is 0. Values outside [-1, 1] by at most 1e-8 are round-off and
         are clipped; nothing else is clipped, in particular the small negative values that the
         unbiased estimator gives for unrelated layers are kept.
 

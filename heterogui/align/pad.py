@@ -7,6 +7,7 @@ slots with no block get an identity block, so the padded model computes the same
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 
 import torch
@@ -84,7 +85,9 @@ def pad_network(
     old_identity = {mapping[b] for b in net.identity_blocks}
     module.to(next(net.module.parameters()).device)
     module.train(net.module.training)
-    return Network(config, module, net.classes, identity | old_identity, net.label)
+    return dataclasses.replace(
+        net, config=config, module=module, identity_blocks=identity | old_identity
+    )
 
 
 def _rename(key: str, mapping: dict[int, int]) -> str:
@@ -96,6 +99,4 @@ def _rename(key: str, mapping: dict[int, int]) -> str:
 
 def copy_network(net: Network) -> Network:
     """Return a deep copy of ``net`` (the caller's model is never edited)."""
-    return Network(
-        net.config, copy.deepcopy(net.module), net.classes, net.identity_blocks, net.label
-    )
+    return dataclasses.replace(net, module=copy.deepcopy(net.module))

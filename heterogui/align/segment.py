@@ -238,6 +238,8 @@ SEGMENTERS: dict[str, Callable[[Any], Positions]] = {
     "head": _shape_only(head),
     "head_tail": _shape_only(head_tail),
 }
+# Segmenters that read the layer similarity (the others depend on the depths only).
+NEEDS_SIMILARITY = frozenset({"sma", "lma"})
 
 
 def _as_int(value: Any, k: int, shown: list[Any]) -> int:

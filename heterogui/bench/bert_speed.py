@@ -13,13 +13,12 @@ from typing import Any
 
 import torch
 
-from heterogui.bench.speed import _clock, _sync
-from heterogui.evaluate.sentences import tokenize
+from heterogui import run
+from heterogui.bench.timing import clock, sync
+from heterogui.config import DataRef
 from heterogui.models.capture import to_device
-from heterogui.models.hf import minilm
-from heterogui.models.hf.bert_io import load_bert
 from heterogui.pipeline import ZipSettings, prepare, resolve_device, zip_prepared
-from heterogui.zoo.text_tasks import calibration_sentences
+from heterogui.sources import minilm
 
 PASSES_PER_INPUT_MODEL = 2
 
@@ -30,15 +29,16 @@ def forward_seconds(module: torch.nn.Module, batches: list[dict], device: torch.
     module.eval()
     moved = [to_device(b, device) for b in batches]
     module(**moved[0])  # warm-up
-    return _clock(lambda: [module(**b) for b in moved], device, repeats=3)
+    return clock(lambda: [module(**b) for b in moved], device, repeats=3)
 
 
 def bench_minilm(n_sentences: int = 256, batch_size: int = 32, device: str = "auto") -> dict:
     """Merge the MiniLM pair on ``n_sentences`` calibration sentences and time every stage."""
     dev = resolve_device(device)
-    a, tok = load_bert(minilm.minilm_l6_path(), label="A")
-    b, _ = load_bert(minilm.minilm_l3_path(), label="B")
-    batches = tokenize(tok, calibration_sentences(n_sentences), batch_size)
+    pair = run.load_pair(f"minilm:{minilm.L6_NAME}", f"minilm:{minilm.L3_NAME}")
+    a, b = pair.a.net, pair.b.net
+    ref = DataRef("sentences", size=n_sentences, batch_size=batch_size)
+    batches = run.calibrate(pair, ref).batches
     tokens = sum(int(x["attention_mask"].sum()) for x in batches)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -46,13 +46,13 @@ def bench_minilm(n_sentences: int = 256, batch_size: int = 32, device: str = "au
     start = time.perf_counter()
     prep = prepare(a, b, batches, device=dev)
     result = zip_prepared(prep, ZipSettings())
-    _sync(dev)
+    sync(dev)
     total = time.perf_counter() - start
     t_a = forward_seconds(prep.padded_a.module, batches, dev)
     t_b = forward_seconds(prep.padded_b.module, batches, dev)
     t_m = forward_seconds(result.model, batches, dev)
     needed = PASSES_PER_INPUT_MODEL * (t_a + t_b)
-    remerge = _clock(lambda: zip_prepared(prep, ZipSettings(rho=0.5)), dev, repeats=2)
+    remerge = clock(lambda: zip_prepared(prep, ZipSettings(rho=0.5)), dev, repeats=2)
     return {
         "pair": "all-MiniLM-L6-v2 + paraphrase-MiniLM-L3-v2",
         "device": str(dev),

@@ -39,12 +39,12 @@ from heterogui.bench.quality_report import (
     stats,
     write_outputs,
 )
-from heterogui.data import make_batches
+from heterogui.datasets.images import Split, load_split, sample, task_subset
+from heterogui.datasets.refs import make_batches
 from heterogui.errors import ConfigError, MatcherError
-from heterogui.evaluate.classification import Metrics, evaluate_merged, evaluate_models
 from heterogui.models.family import Network
 from heterogui.pipeline import Prepared, ZipSettings, prepare, realign, zip_prepared
-from heterogui.zoo.datasets import Split, load_split, sample, task_subset
+from heterogui.tasks.classification import Metrics, evaluate_merged, evaluate_models
 from heterogui.zoo.pairs import (
     PAIRS,
     TINY_PAIRS,
@@ -92,7 +92,9 @@ def parameter_count(model: torch.nn.Module) -> int:
 
 
 def _row(metrics: Metrics, params: int, seconds: float | None = None) -> dict[str, Any]:
-    return {**metrics.as_dict(), "params": params, "seconds": seconds}
+    two_tasks = {k: getattr(metrics, k) for k in ("joint", "task_a", "task_b", "avg")}
+    counts = {"count_a": metrics.count_a, "count_b": metrics.count_b}
+    return {**two_tasks, **counts, "params": params, "seconds": seconds}
 
 
 def depths_differ(net_a: Network, net_b: Network) -> bool:
@@ -116,7 +118,7 @@ def _zip(prep: Prepared, settings: ZipSettings, test: Split, zoo: ZooPair, cfg: 
     result = zip_prepared(prep, settings)
     seconds = time.perf_counter() - start
     metrics = evaluate_merged(
-        result.model, test, zoo.classes_a, zoo.classes_b, cfg.eval_batch_size, prep.device
+        result.model, test, *result.spec.heads, cfg.eval_batch_size, prep.device
     )
     return result, metrics, seconds
 

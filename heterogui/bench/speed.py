@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import resource
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from heterogui.bench.bert_speed import bench_minilm, format_minilm
+from heterogui.bench.timing import clock, sync
 from heterogui.models.family import Network, build_network
 from heterogui.models.resnet import cifar_resnet
 from heterogui.pipeline import ZipSettings, prepare, resolve_device, zip_prepared
@@ -25,29 +26,12 @@ from heterogui.zip.matchers import zip_match, zip_match_naive
 PASSES_PER_INPUT_MODEL = 3
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _clock(fn: Callable[[], Any], device: torch.device, repeats: int = 1) -> float:
-    """Return the best wall time of ``repeats`` calls (seconds)."""
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 @torch.no_grad()
 def forward_seconds(model: torch.nn.Module, batches: list[torch.Tensor], device) -> float:
     """Return the time of one eval-mode pass of ``model`` over the batches."""
     model.eval()
     model(batches[0].to(device))  # warm-up
-    return _clock(lambda: [model(b.to(device)) for b in batches], device, repeats=3)
+    return clock(lambda: [model(b.to(device)) for b in batches], device, repeats=3)
 
 
 def resnet_pair(width: int, depths_a, depths_b, seed: int = 0) -> tuple[Network, Network]:
@@ -76,13 +60,13 @@ def bench_merge(
     start = time.perf_counter()
     prep = prepare(a, b, batches, device=dev)
     result = zip_prepared(prep, ZipSettings())
-    _sync(dev)
+    sync(dev)
     total = time.perf_counter() - start
     t_a = forward_seconds(prep.net_a.module, batches, dev)
     t_b = forward_seconds(prep.net_b.module, batches, dev)
     t_m = forward_seconds(result.model, batches, dev)
     forwards = PASSES_PER_INPUT_MODEL * (t_a + t_b) + t_m
-    remerge = _clock(lambda: zip_prepared(prep, ZipSettings(rho=0.5)), dev, repeats=3)
+    remerge = clock(lambda: zip_prepared(prep, ZipSettings(rho=0.5)), dev, repeats=3)
     stats_bytes = sum(m.outer.numel() * 8 for m in prep.stats.values())
     return {
         "pair": f"ResNet{_depth(depths_a)}x{width} vs ResNet{_depth(depths_b)}x{width}",
@@ -127,7 +111,7 @@ def bench_matcher(sizes=(256, 512, 1024)) -> list[dict[str, Any]]:
     rows = []
     for n in sizes:
         corr = random_correlation(n, n)
-        fast_t = _clock(lambda c=corr, k=n: zip_match(c, k, k, k), torch.device("cpu"))
+        fast_t = clock(lambda c=corr, k=n: zip_match(c, k, k, k), torch.device("cpu"))
         start = time.perf_counter()
         naive = zip_match_naive(corr, n, n, n)
         naive_t = time.perf_counter() - start
@@ -202,14 +186,6 @@ def speed_report(args: argparse.Namespace) -> str:
         matcher = bench_matcher()
     parts = [format_report(merge, matcher)]
     if args.minilm:
-        from heterogui.bench.bert_speed import bench_minilm, format_minilm
-
         sentences = 64 if args.quick else args.inputs
         parts.append(format_minilm(bench_minilm(sentences, device=args.device)))
-    if args.latency:
-        from heterogui.ui.latency import format_latency, slider_latency
-        from heterogui.zoo.registry import PAIRS
-
-        parts.append("workbench slider latency (re-merge after a release, then its metrics):")
-        parts.append(format_latency([slider_latency(name, device=args.device) for name in PAIRS]))
     return "\n".join(parts)

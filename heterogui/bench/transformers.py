@@ -22,14 +22,15 @@ from typing import Any
 
 import torch
 
+from heterogui import run
 from heterogui.align.pad import pad_network
-from heterogui.evaluate import sentences as sts
-from heterogui.evaluate import text_classification as tc
+from heterogui.config import DataRef
+from heterogui.datasets.refs import tokenize
+from heterogui.datasets.sentence_pairs import load_pairs
+from heterogui.datasets.text_tasks import calibration_sentences
 from heterogui.models.bert import BertNetConfig
 from heterogui.models.capture import to_device
 from heterogui.models.family import Network
-from heterogui.models.hf import minilm
-from heterogui.models.hf.bert_io import load_bert
 from heterogui.pipeline import (
     Prepared,
     ZipSettings,
@@ -38,7 +39,9 @@ from heterogui.pipeline import (
     resolve_device,
     zip_prepared,
 )
-from heterogui.zoo.text_tasks import calibration_sentences
+from heterogui.sources import minilm
+from heterogui.tasks import sentences as sts
+from heterogui.tasks.text_classes import BUILT_IN, TEXT_CLASSES
 
 log = logging.getLogger(__name__)
 Row = dict[str, Any]
@@ -90,10 +93,9 @@ def _merged_rows(prep: Prepared, label: str, settings: ZipSettings, tok: Any, pa
 
 def sts_rows(n_calibration: int = 256, device: str = "cpu") -> list[Row]:
     """Return the sentence-similarity table rows (module docstring, item 1)."""
-    pairs = sts.load_pairs()
-    a, tok = load_bert(minilm.minilm_l6_path(), label="A", device=device)
-    b, _ = load_bert(minilm.minilm_l3_path(), label="B", device=device)
-    batches = sts.tokenize(tok, calibration_sentences(n_calibration), 32)
+    pairs = load_pairs()
+    a, b, tok = _minilm_pair(device)
+    batches = tokenize(tok, calibration_sentences(n_calibration), 32)
     score = lambda fn: sts.sts_spearman(fn, tok, pairs, device)  # noqa: E731
     rows = [
         {
@@ -140,11 +142,10 @@ def sts_rows(n_calibration: int = 256, device: str = "cpu") -> list[Row]:
 @torch.no_grad()
 def identity_rows(n_calibration: int = 256, device: str = "cpu") -> list[Row]:
     """Return the identity-construction rows (module docstring, item 2)."""
-    pairs = sts.load_pairs()
-    a, tok = load_bert(minilm.minilm_l6_path(), label="A", device=device)
-    b, _ = load_bert(minilm.minilm_l3_path(), label="B", device=device)
-    batches = sts.tokenize(tok, calibration_sentences(n_calibration), 32)
-    probe = sts.tokenize(tok, sorted({s for p in pairs for s in (p.first, p.second)}), 64)
+    pairs = load_pairs()
+    a, b, tok = _minilm_pair(device)
+    batches = tokenize(tok, calibration_sentences(n_calibration), 32)
+    probe = tokenize(tok, sorted({s for p in pairs for s in (p.first, p.second)}), 64)
     rows = []
     for mode in ("plain", "ls", "exact"):
         bm = _with_identity(b, mode)
@@ -184,45 +185,50 @@ def _deviation(ref: Network, padded: Network, probe: list[dict]) -> tuple[float,
     return (num / den) ** 0.5, cos
 
 
+def _minilm_pair(device: str) -> tuple[Network, Network, Any]:
+    """Return MiniLM-L6 (A), MiniLM-L3 (B) and their shared tokenizer, through the sources."""
+    pair = run.load_pair(f"minilm:{minilm.L6_NAME}", f"minilm:{minilm.L3_NAME}", device=device)
+    return pair.a.net, pair.b.net, pair.a.tokenizer
+
+
 def classification_rows(n_calibration: int = 256, device: str = "cpu") -> list[Row]:
     """Return the classification table rows (module docstring, item 3)."""
     from heterogui.zoo.text_pair import text_pair_folders
 
     folder_a, folder_b = text_pair_folders()
-    a, tok = load_bert(folder_a, label="A", device=device)
-    b, _ = load_bert(folder_b, label="B", device=device)
-    batches = sts.tokenize(tok, calibration_sentences(n_calibration), 32)
+    pair = run.load_pair(str(folder_a), str(folder_b), device=device)
+    calibration = run.calibrate(pair, DataRef("sentences", size=n_calibration, batch_size=32))
+    test = TEXT_CLASSES.evaluation(DataRef(BUILT_IN, "test", None, 64), pair)
+    a, b = pair.a.net.module, pair.b.net.module
 
-    def row(name: str, heads: tc.Heads, module: torch.nn.Module | None, slots=None) -> Row:
-        m = tc.evaluate_heads(heads, tok, device=device)
+    def row(name: str, m: Any, params_m: float | None, slots=None) -> Row:
         return {
             "model": name,
             "B slots": slots,
-            "params_M": params(module) if module else None,
+            "params_M": params_m,
             "joint": m.joint,
             "task A (topics)": m.task_a,
             "task B (sentiment)": m.task_b,
             "avg": m.avg,
         }
 
+    prep = run.analyse(pair, calibration, device=device)
+    scores = TEXT_CLASSES.score_models(prep, test, pair)
     rows = [
-        row("A: L6 fine-tuned on topics", tc.single(a.module, 0), a.module),
-        row("B: L3 fine-tuned on sentiment", tc.single(b.module, 1), b.module),
-        {
-            **row("ensemble (both models)", tc.ensemble(a.module, b.module), None),
-            "params_M": params(a.module) + params(b.module),
-        },
+        row("A: L6 fine-tuned on topics", scores["a"], params(a)),
+        row("B: L3 fine-tuned on sentiment", scores["b"], params(b)),
+        row("ensemble (both models)", scores["ensemble"], params(a) + params(b)),
     ]
-    prep = prepare(a, b, batches, device=device)
     for mode in ("sma", "lma", "uniform", "head_tail"):
         p = prep if mode == "sma" else realign(prep, mode)
         slots = list(p.alignment.positions_b[0])
+        variants = [(f"merge {mode} rho={rho}", ZipSettings(rho=rho)) for rho in (1.0, 0.5)]
         if mode == "sma":
-            avg = zip_prepared(p, ZipSettings(matcher="average")).model
-            rows.append(row("baseline: weight average (SMA padding)", tc.merged(avg), avg, slots))
-        for rho in (1.0, 0.5):
-            model = zip_prepared(p, ZipSettings(rho=rho)).model
-            rows.append(row(f"merge {mode} rho={rho}", tc.merged(model), model, slots))
+            variants.insert(0, ("baseline: weight average (SMA padding)", ZipSettings("average")))
+        for name, settings in variants:
+            result = zip_prepared(p, settings)
+            merged = TEXT_CLASSES.score_merged(result, test, pair)
+            rows.append(row(name, merged, params(result.model), slots))
     return rows
 
 

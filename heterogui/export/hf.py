@@ -1,4 +1,4 @@
-"""Export a merged BERT as a Hugging Face ``save_pretrained`` folder (design.md, CLI contract).
+"""Hugging Face formats: a merged BERT or ViT as a ``save_pretrained`` folder.
 
 The folder loads with ``AutoModel.from_pretrained(DIR)`` and its ``last_hidden_state`` equals
 the merged trunk's token states (``MergedModel.features``), which live in the *merged* feature
@@ -7,7 +7,10 @@ space. Next to the standard files:
 - ``unmerge.safetensors``: ``unmerge_a`` (n_A, r) and ``unmerge_b`` (n_B, r), which map a merged
   state back into each source model's space (x_m = U_m x*), and, for classifiers, each model's
   head (``head_a.*`` / ``head_b.*``: pooler and classifier reading the unmerged state);
-- tokenizer files copied from model A's folder; ``recipe.yaml``; ``report.json``; ``README.md``.
+- tokenizer files copied from model A's folder; ``recipe.yaml``; ``report.json``; ``README.md``;
+- when model A is a sentence-transformers model (the MiniLM models are), its modules
+  (``modules.json``, pooling with the merged width, normalisation), so that
+  ``SentenceTransformer(DIR)`` loads the merge as it loads its parents.
 
 A Hugging Face BertModel has one head count and one intermediate size for all layers. Merged
 layers may be narrower (a layer kept from one model where the other had an identity layer, or
@@ -25,14 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from safetensors.torch import save_file
 
 from heterogui.errors import ExportError
+from heterogui.export.job import HF_BERT_FORMAT, HF_VIT_FORMAT, Exporter, ExportJob
 from heterogui.fusion.merged import MergedModel
 from heterogui.models.bert import BERT_NAMES, BertNetConfig, LayerNames
 from heterogui.models.hf.bert_io import state_to_hf
-from heterogui.models.io import atomic_output
+from heterogui.models.hf.vit_io import state_to_hf as vit_state_to_hf
+from heterogui.models.vit import VIT_NAMES, ViTNetConfig
 
 TOKENIZER_FILES = (
     "vocab.txt",
@@ -41,6 +45,8 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
 )
 UNMERGE_FILE = "unmerge.safetensors"
+# sentence-transformers files copied from model A when it is a sentence-transformers model.
+ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
 
 def check_exportable(
@@ -164,64 +170,125 @@ def unmerge_tensors(model: MergedModel) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_bert(
-    model: MergedModel,
-    out: str | Path,
-    *,
-    tokenizer_dir: str | Path | None = None,
-    recipe: dict[str, Any] | None = None,
-    report: dict[str, Any] | None = None,
-    card: str | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write a merged BERT as a save_pretrained folder, atomically (module docstring).
+def vit_config(config: ViTNetConfig, heads: int, intermediate: int) -> dict[str, Any]:
+    """Return the transformers ViTConfig fields of the merged shape."""
+    return {
+        "architectures": ["ViTModel"],
+        "hidden_size": config.hidden,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": heads,
+        "intermediate_size": intermediate,
+        "hidden_act": config.hidden_act,
+        "layer_norm_eps": config.layer_norm_eps,
+        "image_size": config.image_size,
+        "patch_size": config.patch_size,
+        "num_channels": config.num_channels,
+        "qkv_bias": True,
+    }
 
-    Raises:
-        ExportError: the model cannot be expressed as a BertModel, ``out`` exists and
-            ``overwrite`` is False, or writing failed.
-    """
+
+def _bert_model(model: MergedModel) -> Any:
+    """Return the transformers BertModel of a merged BERT trunk (widths padded to uniform)."""
     from transformers import BertConfig, BertModel
 
-    out = Path(out)
-    if out.exists() and not overwrite:  # fail before building the model
-        raise ExportError(f"output folder {str(out)!r} already exists; choose another or overwrite")
     state, heads, width = padded_trunk_state(model)
     fields = bert_config(model.spec.trunk_config, heads, width)
     with torch.random.fork_rng(devices=[]):
         hf = BertModel(BertConfig(**fields))
     hf.load_state_dict(state, strict=True)
-    extras = {UNMERGE_FILE: unmerge_tensors(model)}
-    return write_folder(hf, out, extras, tokenizer_dir, recipe, report, card, overwrite)
+    return hf
 
 
-def write_folder(
-    hf: Any,
-    out: Path,
-    extras: dict[str, dict[str, torch.Tensor]],
-    tokenizer_dir: str | Path | None = None,
-    recipe: dict[str, Any] | None = None,
-    report: dict[str, Any] | None = None,
-    card: str | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write a transformers model and its side files to ``out`` atomically.
+def _vit_model(model: MergedModel) -> Any:
+    """Return the transformers ViTModel of a merged ViT trunk (widths padded to uniform)."""
+    from transformers import ViTConfig, ViTModel
 
-    extras: file name -> tensors saved as safetensors next to the model.
+    config = check_exportable(model, ViTNetConfig, closing=1 + 1, kind="ViTModel")
+    heads, width = config.hidden // config.head_dim, max(config.intermediate)
+    state = pad_layers(trunk_state(model), VIT_NAMES, heads * config.head_dim, width)
+    hf_state = vit_state_to_hf(state, config.num_layers)
+    hf_state["pooler.dense.weight"] = torch.zeros(config.hidden, config.hidden)
+    hf_state["pooler.dense.bias"] = torch.zeros(config.hidden)
+    with torch.random.fork_rng(devices=[]):
+        hf = ViTModel(ViTConfig(**vit_config(config, heads, width)))
+    hf.load_state_dict(hf_state, strict=True)
+    return hf
 
-    Raises:
-        ExportError: ``out`` appeared meanwhile, or writing failed (nothing is left behind).
+
+def write_transformer(hf: Any, job: ExportJob, folder: Path) -> None:
+    """Write a transformers model, the unmerge file, the tokenizer and the side files."""
+    hf.save_pretrained(folder, safe_serialization=True)
+    save_file(
+        unmerge_tensors(job.model),
+        str(folder / UNMERGE_FILE),
+        metadata={"format": "heterogui-unmerge"},
+    )
+    source = job.source_folder
+    for name in TOKENIZER_FILES if source is not None else ():
+        if (source / name).is_file():
+            shutil.copyfile(source / name, folder / name)
+    job.write_side_files(folder)
+
+
+def write_sentence_transformer(job: ExportJob, folder: Path, hidden: int) -> None:
+    """Copy model A's sentence-transformers modules, with the merged width and pooling.
+
+    Only when A is a sentence-transformers model (its folder has modules.json); the Pooling
+    module's config gets the merged hidden size and the recipe's pooling, so that
+    ``SentenceTransformer(folder)`` embeds with the merged trunk as heterogui scores it.
     """
-    with atomic_output(out, overwrite) as tmp:
-        hf.save_pretrained(tmp, safe_serialization=True)
-        for file, tensors in extras.items():
-            save_file(tensors, str(tmp / file), metadata={"format": "heterogui-unmerge"})
-        for name in TOKENIZER_FILES if tokenizer_dir else ():
-            if (Path(tokenizer_dir) / name).is_file():
-                shutil.copyfile(Path(tokenizer_dir) / name, tmp / name)
-        if recipe is not None:
-            (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=True))
-        if report is not None:
-            (tmp / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
-        if card is not None:
-            (tmp / "README.md").write_text(card)
-    return out
+    source = job.source_folder
+    if source is None or not (source / "modules.json").is_file():
+        return
+    modules = json.loads((source / "modules.json").read_text("utf-8"))
+    for name in ST_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, folder / name)
+    for module in modules:
+        if not module.get("type", "").endswith("Pooling"):
+            continue
+        sub = folder / module["path"]
+        sub.mkdir(parents=True, exist_ok=True)
+        old = source / module["path"] / "config.json"
+        pooling = json.loads(old.read_text("utf-8")) if old.is_file() else {}
+        pooling |= {k: False for k in pooling if k.startswith("pooling_mode_")}
+        pooling["word_embedding_dimension"] = hidden
+        pooling[f"pooling_mode_{'cls_token' if job.pooling == 'cls' else 'mean_tokens'}"] = True
+        (sub / "config.json").write_text(json.dumps(pooling, indent=2) + "\n")
+
+
+class BertExporter(Exporter):
+    """A Hugging Face BertModel folder (``AutoModel.from_pretrained`` loads it)."""
+
+    name = HF_BERT_FORMAT
+    description = "Hugging Face BertModel folder (save_pretrained)"
+    reader = "hf"
+
+    def check(self, model: MergedModel) -> None:
+        """Refuse merges a BertModel cannot hold (another family, partial zips ...)."""
+        check_exportable(model)
+
+    def write(self, job: ExportJob, folder: Path) -> None:
+        """Write the merged trunk as a BertModel with the tokenizer and the side files."""
+        write_transformer(_bert_model(job.model), job, folder)
+        write_sentence_transformer(job, folder, job.model.spec.trunk_config.hidden)
+
+
+class ViTExporter(Exporter):
+    """A Hugging Face ViTModel folder (``AutoModel.from_pretrained`` loads it)."""
+
+    name = HF_VIT_FORMAT
+    description = "Hugging Face ViTModel folder (save_pretrained)"
+    reader = "hf"
+
+    def check(self, model: MergedModel) -> None:
+        """Refuse merges a ViTModel cannot hold (another family, partial zips ...)."""
+        check_exportable(model, ViTNetConfig, closing=1 + 1, kind="ViTModel")
+
+    def write(self, job: ExportJob, folder: Path) -> None:
+        """Write the merged trunk as a ViTModel with the side files."""
+        write_transformer(_vit_model(job.model), job, folder)
+
+
+BERT = BertExporter()
+VIT = ViTExporter()

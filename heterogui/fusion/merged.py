@@ -14,8 +14,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from heterogui.fusion.fuse import apply_along
-from heterogui.models.family import config_from_dict, config_to_dict, family_of
+from heterogui.errors import ModelLoadError
+from heterogui.fusion.fuse import SpaceTransform, apply_along, fuse_tensor
+from heterogui.models.family import (
+    Head,
+    Network,
+    config_from_dict,
+    config_to_dict,
+    family_of,
+)
+from heterogui.models.graph import LOGITS
 
 CHANNEL_DIM = {"flat": 1, "channels": 1, "tokens": -1}
 
@@ -27,14 +35,19 @@ class MergedSpec:
     trunk_config: the family config with merged widths (only blocks before ``stop`` are used).
     tail_configs: the (padded) configs of A and B, whose blocks from ``stop`` on are the tails.
     layout: the feature layout at the stop point (None when stop is 0).
-    classes: the global class ids of each head's outputs.
+    heads: the task heads of A's tail and of B's tail (each tail's outputs, cut into tasks).
     """
 
     trunk_config: Any
     tail_configs: tuple[Any, Any]
     stop: int
     layout: str | None
-    classes: tuple[tuple[int, ...], tuple[int, ...]]
+    heads: tuple[tuple[Head, ...], tuple[Head, ...]]
+
+    @property
+    def classes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Return the global class ids of each tail's outputs (all its heads, in order)."""
+        return tuple(tuple(c for h in heads for c in h.classes) for heads in self.heads)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -44,17 +57,25 @@ class MergedSpec:
             "stop": self.stop,
             "layout": self.layout,
             "classes": [list(c) for c in self.classes],
+            "heads": [[h.to_dict() for h in heads] for heads in self.heads],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MergedSpec:
-        """Rebuild from ``to_dict`` output."""
+        """Rebuild from ``to_dict`` output (folders without ``heads``: one head per model)."""
+        if data.get("heads"):
+            heads = tuple(tuple(Head.from_dict(h) for h in hs) for hs in data["heads"])
+        else:
+            heads = tuple(
+                (Head(name, tuple(int(i) for i in c)),)
+                for name, c in zip("AB", data["classes"], strict=True)
+            )
         return cls(
             config_from_dict(data["trunk_config"]),
             tuple(config_from_dict(c) for c in data["tail_configs"]),
             int(data["stop"]),
             data["layout"],
-            tuple(tuple(int(i) for i in c) for c in data["classes"]),
+            heads,
         )
 
 
@@ -126,3 +147,78 @@ def build_merged(spec: MergedSpec) -> MergedModel:
         widths = [family_of(c).graph(c).spaces[space].width for c in spec.tail_configs]
         unmerge = (torch.zeros(widths[0], r), torch.zeros(widths[1], r))
     return MergedModel(spec, trunk, tails, unmerge)
+
+
+def full_stop(spec: MergedSpec) -> int:
+    """Return the stop point of a full zip for this spec (every block but the heads merged)."""
+    return family_of(spec.trunk_config).graph(spec.trunk_config).num_blocks - 1
+
+
+def network_config(spec: MergedSpec) -> Any:
+    """Return the family config of a full zip held as one network (all task heads side by side).
+
+    Raises:
+        ModelLoadError: a partial zip (separate tails per model) or heads without a classifier
+            layer (embedding models), which one network of the family cannot express.
+    """
+    full = full_stop(spec)
+    if spec.stop != full:
+        raise ModelLoadError(
+            f"this merge stops at block {spec.stop} of {full}: its models keep separate tails, "
+            "which one network cannot hold; merge with a full zip (stop: null) to merge again"
+        )
+    family = family_of(spec.trunk_config)
+    tails = [family.graph(c) for c in spec.tail_configs]
+    head = [t for t in tails[0].tensors if t.block == full]
+    written = {a.space for t in head for a in t.axes if a.role == "out"}
+    if written != {LOGITS}:
+        raise ModelLoadError(
+            "the merged heads are not classifier layers (embedding models pool features): one "
+            "network cannot hold both heads; merge the exported Hugging Face folder instead"
+        )
+    n_logits = sum(g.spaces[LOGITS].width for g in tails)
+    return family.resize(spec.trunk_config, {LOGITS: n_logits})
+
+
+def as_network(model: MergedModel, label: str = "merged") -> Network:
+    """Return a fully zipped merged model as one network of its family with every task head.
+
+    The heads of A and B read the merged features through their unmerge matrices; folding
+    those into the heads' weights (W_m U_m) and placing their outputs side by side gives one
+    head layer whose outputs are A's logits then B's, exactly what the merged model computes.
+    So a merge can be model A or B of the next merge (docs/method.md sec. 10).
+
+    Raises:
+        ModelLoadError: see ``network_config``.
+    """
+    spec = model.spec
+    config = network_config(spec)
+    full = spec.stop
+    family = family_of(spec.trunk_config)
+    tails = [family.graph(c) for c in spec.tail_configs]
+    boundary = tails[0].block_out[full - 1]
+    head_tags = [t for t in tails[0].tensors if t.block == full]
+    n_a, n_b = (g.spaces[LOGITS].width for g in tails)
+    with torch.random.fork_rng(devices=[]):
+        module = family.build(config)
+    state = {
+        f"blocks.{k[len('trunk.') :]}": v
+        for k, v in model.state_dict().items()
+        if k.startswith("trunk.")
+    }
+    unmerge = (model.unmerge_a, model.unmerge_b)
+    eye = torch.eye(n_a + n_b, dtype=unmerge[0].dtype, device=unmerge[0].device)
+    place = (eye[:, :n_a], eye[:, n_a:])
+    transforms = {
+        boundary: SpaceTransform((unmerge[0].T, unmerge[1].T), unmerge),
+        LOGITS: SpaceTransform(place, (place[0].T, place[1].T)),
+    }
+    tail_states = [tail[0].state_dict() for tail in model.tails]
+    for t in head_tags:
+        leaf = t.name.split(".", 2)[2]
+        state[t.name] = fuse_tensor(t, (tail_states[0][leaf], tail_states[1][leaf]), transforms)
+    module.load_state_dict(state)
+    module.to(unmerge[0].device).eval()
+    heads = spec.heads[0] + spec.heads[1]
+    classes = tuple(c for h in heads for c in h.classes)
+    return Network(config, module, classes, frozenset(), label, heads)

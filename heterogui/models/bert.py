@@ -276,11 +276,13 @@ def resize(config: BertNetConfig, widths: dict[str, int]) -> BertNetConfig:
             )
         heads[i] = w_qk // config.head_dim
         inter[i] = widths.get(ffn, inter[i])
+    labels = config.num_labels
     return replace(
         config,
         hidden=widths.get(STREAM, config.hidden),
         heads=tuple(heads),
         intermediate=tuple(inter),
+        num_labels=labels if labels is None else widths.get(LOGITS, labels),
     )
 
 

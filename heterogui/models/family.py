@@ -138,12 +138,34 @@ def _tuplify(value: Any) -> Any:
     return tuple(_tuplify(v) for v in value) if isinstance(value, list) else value
 
 
+@dataclass(frozen=True)
+class Head:
+    """One task head of a network: a name and the global class ids of its outputs, in order.
+
+    A network trained on one task has one head; a merged network has one head per task of the
+    models it was merged from (their outputs side by side, in the order of ``heads``).
+    """
+
+    name: str
+    classes: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {"name": self.name, "classes": list(self.classes)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Head:
+        """Rebuild from ``to_dict`` output."""
+        return cls(str(data["name"]), tuple(int(c) for c in data["classes"]))
+
+
 @dataclass
 class Network:
     """A model of a registered family, ready to merge.
 
     classes: the global class ids of the head's outputs (None: 0..num_classes-1).
     identity_blocks: blocks inserted by padding (they compute the identity).
+    heads: the task heads the outputs are cut into (None: one head named ``label``).
     """
 
     config: Any
@@ -151,6 +173,7 @@ class Network:
     classes: tuple[int, ...] | None = None
     identity_blocks: frozenset[int] = field(default_factory=frozenset)
     label: str = "model"
+    heads: tuple[Head, ...] | None = None
 
     @property
     def family(self) -> Family:
@@ -165,6 +188,10 @@ class Network:
         """Return the global class id of every head output."""
         n = self.config.num_classes
         return tuple(self.classes) if self.classes is not None else tuple(range(n))
+
+    def task_heads(self) -> tuple[Head, ...]:
+        """Return the task heads: ``heads``, or one head with every output."""
+        return self.heads if self.heads else (Head(self.label, self.head_classes()),)
 
     def parameter_count(self) -> int:
         """Return the number of parameters."""

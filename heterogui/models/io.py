@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from heterogui.errors import ExportError, ModelLoadError
-from heterogui.models.family import Network, config_from_dict, config_to_dict, family_of
+from heterogui.models.family import Head, Network, config_from_dict, config_to_dict, family_of
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -119,6 +119,7 @@ def save_network(
             "label": net.label,
             "identity_blocks": sorted(net.identity_blocks),
             "weights_sha256": file_sha256(tmp / WEIGHTS_FILE),
+            **({"heads": [h.to_dict() for h in net.heads]} if net.heads else {}),
             **(extra or {}),
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
@@ -185,4 +186,5 @@ def load_network(folder: str | Path, device: str | torch.device = "cpu") -> Netw
     module.to(device).eval()
     classes = tuple(data.get("classes") or range(config.num_classes))
     identity = frozenset(data.get("identity_blocks", ()))
-    return Network(config, module, classes, identity, data.get("label", folder.name))
+    heads = tuple(Head.from_dict(h) for h in data["heads"]) if data.get("heads") else None
+    return Network(config, module, classes, identity, data.get("label", folder.name), heads)

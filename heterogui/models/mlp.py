@@ -103,4 +103,4 @@ def init_identity(block: nn.Module) -> None:
 def resize(config: MLPConfig, widths: dict[str, int]) -> MLPConfig:
     """Return the config with the widths of the given spaces replaced."""
     new = tuple(widths.get(space_name(i), w) for i, w in enumerate(config.widths))
-    return replace(config, widths=new)
+    return replace(config, widths=new, num_classes=widths.get(LOGITS, config.num_classes))

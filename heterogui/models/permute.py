@@ -7,6 +7,7 @@ Standards): zipping a model with its permuted copy must give the model back.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 
@@ -50,4 +51,4 @@ def permute_network(net: Network, perms: dict[str, torch.Tensor]) -> Network:
                 tensor = tensor.index_select(axis.dim, perms[axis.space].to(tensor.device))
         state[t.name] = tensor
     module.load_state_dict(state)
-    return Network(net.config, module, net.classes, net.identity_blocks, f"{net.label}-permuted")
+    return dataclasses.replace(net, module=module, label=f"{net.label}-permuted")

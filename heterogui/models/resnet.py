@@ -184,4 +184,9 @@ def resize(config: ResNetConfig, widths: dict[str, int]) -> ResNetConfig:
     for ws in config.inner_widths:
         inner.append(tuple(widths.get(inner_name(i + j), w) for j, w in enumerate(ws)))
         i += len(ws)
-    return replace(config, stream_widths=streams, inner_widths=tuple(inner))
+    return replace(
+        config,
+        stream_widths=streams,
+        inner_widths=tuple(inner),
+        num_classes=widths.get(LOGITS, config.num_classes),
+    )

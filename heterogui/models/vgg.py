@@ -125,4 +125,4 @@ def resize(config: VGGConfig, widths: dict[str, int]) -> VGGConfig:
     for ws in config.stages:
         stages.append(tuple(widths.get(space_name(i + j), w) for j, w in enumerate(ws)))
         i += len(ws)
-    return replace(config, stages=tuple(stages))
+    return replace(config, stages=tuple(stages), num_classes=widths.get(LOGITS, config.num_classes))

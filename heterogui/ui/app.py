@@ -21,7 +21,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
-from heterogui.errors import HeteroguiError  # noqa: E402
+from heterogui.errors import Cancelled, HeteroguiError  # noqa: E402
 from heterogui.ui import (  # noqa: E402
     tab_align,
     tab_evaluate,
@@ -31,7 +31,7 @@ from heterogui.ui import (  # noqa: E402
     tab_zip,
 )
 from heterogui.ui.resources import Resources  # noqa: E402
-from heterogui.ui.session import Cancelled, Session  # noqa: E402
+from heterogui.ui.session import Session  # noqa: E402
 from heterogui.ui.summary import session_summary  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,13 @@ def event_function(
         skip = [gr.skip() for _ in names]
         try:
             with lock_for(session) if lock_for else contextlib.nullcontext():
-                out = handler(session, res, *values, progress=progress_adapter(progress))
+                out = run_step(
+                    session,
+                    heavy=lock_for is not None,
+                    step=lambda: handler(
+                        session, res, *values, progress=progress_adapter(progress)
+                    ),
+                )
                 message, extra = out if isinstance(out, tuple) else (out, {})
                 views = {**render(session, res, scopes), **extra}
         except Cancelled as exc:
@@ -149,6 +155,17 @@ def event_function(
     fn.__signature__ = inspect.Signature(params)  # gradio finds gr.Progress by its default
     fn.__name__ = getattr(handler, "__name__", "handler")
     return fn
+
+
+def run_step(session: Session, heavy: bool, step: Callable[[], Any]) -> Any:
+    """Run one handler; a heavy step is what Cancel stops (a Cancel pressed before it is void)."""
+    if not heavy:
+        return step()
+    session.cancel_requested, session.running = False, True
+    try:
+        return step()
+    finally:
+        session.running = False
 
 
 class SessionLocks:

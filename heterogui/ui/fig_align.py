@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from heterogui.align.alignment import Alignment
+from heterogui.align.alignment import Alignment, layer_pairs
 from heterogui.align.segment import segments
 from heterogui.models.graph import ModelGraph
 
@@ -25,21 +25,6 @@ class Segment:
     shallow_layer: int
     deep_model: str
     deep_layers: tuple[int, ...]
-
-
-def layer_pairs(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> list[tuple[int, int]]:
-    """Return (layer of A, layer of B) for every slot where both models have a real layer.
-
-    Layers before the first stage (a stem) pair with each other.
-    """
-    first_a = ga.stages[0][0] if ga.stages and ga.stages[0] else 0
-    first_b = gb.stages[0][0] if gb.stages and gb.stages[0] else 0
-    pairs = list(zip(range(first_a), range(first_b), strict=False))
-    for s, depth in enumerate(alignment.depths):
-        slot_a = {p: ga.stages[s][k] for k, p in enumerate(alignment.positions_a[s])}
-        slot_b = {p: gb.stages[s][k] for k, p in enumerate(alignment.positions_b[s])}
-        pairs += [(slot_a[t], slot_b[t]) for t in range(depth) if t in slot_a and t in slot_b]
-    return pairs
 
 
 def alignment_segments(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> list[Segment]:

@@ -133,17 +133,21 @@ def samples_figure(
     return go.Figure({"data": traces, "layout": layout}, _validate=False)
 
 
-def sweep_figure(points: list[dict[str, Any]], current_rho: float) -> go.Figure:
-    """Return accuracy (left axis) and parameters (right axis) against the zip ratio rho."""
+def sweep_figure(points: list[dict[str, Any]], current_rho: float, metric: str) -> go.Figure:
+    """Return the task's score (left axis) and parameters (right axis) against rho.
+
+    points: the sweep's points ("rho", "parameters", "score" and, for classifiers, "Avg").
+    metric: the score's name ("Joint %", "Spearman").
+    """
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     rhos = [p["rho"] for p in points]
-    for key, dash in (("Joint", "solid"), ("Avg", "dash")):
+    for key, name, dash in (("score", metric, "solid"), ("Avg", "Avg %", "dash")):
         if any(p.get(key) is not None for p in points):
             fig.add_trace(
                 go.Scatter(
                     x=rhos,
                     y=[p.get(key) for p in points],
-                    name=f"{key} %",
+                    name=name,
                     mode="lines+markers",
                     line={"dash": dash},
                 ),
@@ -165,39 +169,64 @@ def sweep_figure(points: list[dict[str, Any]], current_rho: float) -> go.Figure:
         annotation_text=f"current rho {current_rho:.2f}",
     )
     fig.update_layout(
-        title="accuracy and size against the zip ratio rho",
+        title=f"{metric} and size against the zip ratio rho",
         height=360,
         margin={"l": 50, "r": 50, "t": 50, "b": 40},
         legend={"orientation": "h", "y": -0.2},
     )
     fig.update_xaxes(title="rho (0 = ensemble, 1 = full zip)", range=[-0.05, 1.05])
-    fig.update_yaxes(title="accuracy %", secondary_y=False)
+    fig.update_yaxes(title=metric, secondary_y=False)
     fig.update_yaxes(title="parameters", secondary_y=True)
     return fig
 
 
-def history_figure(history: list[dict[str, Any]]) -> go.Figure:
-    """Return this session's merges as points: parameters against Joint accuracy."""
+def history_figure(history: list[dict[str, Any]], metric: str) -> go.Figure:
+    """Return this session's merges as points: parameters against the task's score."""
     fig = go.Figure()
     if history:
         fig.add_trace(
             go.Scatter(
                 x=[h["parameters"] for h in history],
-                y=[h.get("Joint") for h in history],
+                y=[h.get("score") for h in history],
                 mode="markers+text",
                 text=[f"#{h['merge']}" for h in history],
                 textposition="top center",
                 marker={"size": 10, "color": MODEL_COLOURS["merged"]},
                 customdata=[[h["rho"], h["alpha"], h["beta"], h["stop"]] for h in history],
-                hovertemplate="params %{x:,}<br>Joint %{y}%<br>rho %{customdata[0]} alpha "
-                "%{customdata[1]} beta %{customdata[2]} stop %{customdata[3]}<extra></extra>",
+                hovertemplate=f"params %{{x:,}}<br>{metric} %{{y}}<br>rho %{{customdata[0]}} "
+                "alpha %{customdata[1]} beta %{customdata[2]} stop %{customdata[3]}<extra></extra>",
             )
         )
     fig.update_layout(
         title="this session's merges",
         xaxis={"title": "parameters"},
-        yaxis={"title": "Joint accuracy %"},
+        yaxis={"title": metric},
         height=300,
         margin={"l": 50, "r": 20, "t": 40, "b": 40},
     )
+    return fig
+
+
+def similarity_figure(matrices: dict[str, torch.Tensor], sentences: list[str]) -> go.Figure:
+    """Return one cosine-similarity heatmap per model, side by side."""
+    names = list(matrices)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.03)
+    labels = [f"{i}: {s[:24]}" for i, s in enumerate(sentences)]
+    for k, name in enumerate(names):
+        fig.add_trace(
+            go.Heatmap(
+                z=matrices[name].numpy().round(3),
+                x=list(range(len(sentences))),
+                y=labels,
+                zmin=-1,
+                zmax=1,
+                colorscale="RdBu",
+                reversescale=True,
+                showscale=k == 0,
+            ),
+            row=1,
+            col=k + 1,
+        )
+        fig.update_yaxes(autorange="reversed", showticklabels=k == 0, row=1, col=k + 1)
+    fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return fig

@@ -18,9 +18,14 @@ from typing import Any
 
 import torch
 
-from heterogui.ui import evaluation, work
-from heterogui.ui.resources import Resources, ZooSource
+from heterogui.sizes import reference_sizes
+from heterogui.ui import work
+from heterogui.ui.fig_eval import history_figure, samples_figure, sizes_figure, widths_figure
+from heterogui.ui.fig_neurons import correlation_histogram, neuron_figure
+from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
+from heterogui.ui.tab_neurons import merge_points, space_match
+from heterogui.zoo.registry import TINY_PAIRS
 
 # A user dragging rho, then alpha, beta and the stop point: each entry is one release.
 DEFAULT_MOVES: tuple[dict[str, Any], ...] = (
@@ -38,11 +43,6 @@ DEFAULT_MOVES: tuple[dict[str, Any], ...] = (
 
 def merge_figures(session: Session) -> int:
     """Build the figures step 1 re-renders; return their JSON size in bytes."""
-    from heterogui.ui.fig_eval import sizes_figure, widths_figure
-    from heterogui.ui.fig_neurons import correlation_histogram, neuron_figure
-    from heterogui.ui.sizes import reference_sizes
-    from heterogui.ui.tab_neurons import merge_points, space_match
-
     prep, result = session.prepared, session.result
     sizes = {**(session.reference_sizes or reference_sizes(prep)), "merged": session.merged_size}
     space = session.neuron_space or merge_points(prep)[0][1]
@@ -59,15 +59,13 @@ def merge_figures(session: Session) -> int:
 
 def evaluation_figures(session: Session, res: Resources) -> int:
     """Build the figures step 2 re-renders; return their JSON size in bytes."""
-    from heterogui.ui.fig_eval import history_figure, samples_figure
-
-    prep, result = session.prepared, session.result
-    figs = [history_figure(session.history)]
-    split = evaluation.test_split(res, session.dataset, prep)
-    if split is not None:
+    prep, result, task = session.prepared, session.result, session.task
+    figs = [history_figure(session.history, task.metric)]
+    if session.evaluation is not None:
+        split = session.evaluation.data
         ids = session.samples
         inputs = split.inputs[torch.tensor(ids)]
-        preds = evaluation.predictions(prep, result, inputs)
+        preds = task.predictions(prep, result, inputs)
         figs.append(samples_figure(inputs, [int(split.labels[i]) for i in ids], preds, ids))
     return sum(len(f.to_json()) for f in figs)
 
@@ -108,9 +106,7 @@ def slider_latency(
         HeteroguiError: unknown pair (or a failing merge).
     """
     if res is None:
-        from heterogui.zoo.registry import TINY_PAIRS
-
-        res = Resources(ZooSource(tiny=pair_name in TINY_PAIRS), device=device)
+        res = Resources(ZooPairs(tiny=pair_name in TINY_PAIRS), device=device)
     session = Session(device=device)
     res.pair(pair_name)  # build (if needed) outside the timed part
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 """Read-only things that every session of one app may share, built once and cached.
 
 ``Resources`` is created by ``app.main`` (never at import) and passed to the handlers. It holds
-the demo pairs of the zoo, calibration inputs and test splits, and the prepared statistics of
+the demo pairs of the zoo, their calibration and evaluation data, and the prepared statistics of
 each demo pair, so that a new browser session shows the demo pair at once. Sessions only read
 these objects: a session that realigns or re-merges makes new objects from them.
 """
@@ -14,11 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import torch
-
-from heterogui.config import DataRef
-from heterogui.errors import ConfigError
-from heterogui.models.family import Network
+from heterogui.sources import registry as sources
+from heterogui.sources.base import Loaded
+from heterogui.sources.zoo import zoo_ref
+from heterogui.tasks import Calibration, Evaluation
+from heterogui.zoo.pairs import build_zoo
+from heterogui.zoo.registry import PAIRS, TINY_PAIRS, pair_spec
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
@@ -30,9 +31,8 @@ class DemoPair:
 
     name: str
     description: str
-    net_a: Network
-    net_b: Network
-    dataset: str
+    a: Loaded
+    b: Loaded
 
 
 class PairSource(Protocol):
@@ -45,8 +45,8 @@ class PairSource(Protocol):
         """Return the pair, building it first if needed."""
 
 
-class ZooSource:
-    """Demo pairs from ``heterogui.zoo.pairs`` (built offline on first use, then cached).
+class ZooPairs:
+    """Demo pairs from the built-in zoo (built offline on first use, then cached).
 
     tiny: offer the zoo's tiny pairs (seconds to build; for tests) instead of the demo pairs.
     """
@@ -55,11 +55,7 @@ class ZooSource:
         self.tiny = tiny
 
     def names(self) -> list[tuple[str, str]]:
-        """Return (name, description) of every zoo pair; empty while the zoo is unavailable."""
-        try:
-            from heterogui.zoo.pairs import PAIRS, TINY_PAIRS
-        except ImportError:
-            return []
+        """Return (name, description) of every zoo pair."""
         registry = TINY_PAIRS if self.tiny else PAIRS
         return [(name, spec.description) for name, spec in registry.items()]
 
@@ -67,18 +63,11 @@ class ZooSource:
         """Return zoo pair ``name``, trained first (with progress) when not built yet.
 
         Raises:
-            ConfigError: unknown pair, or the zoo is not installed.
+            ConfigError: unknown pair.
         """
-        try:
-            from heterogui.zoo.pairs import build_zoo, load_pair
-        except ImportError as exc:
-            raise ConfigError(
-                "the built-in zoo (heterogui.zoo.pairs) is not available in this install; "
-                "load models from folders instead"
-            ) from exc
         build_zoo([name], progress=progress)
-        pair = load_pair(name, device="cpu")
-        return DemoPair(name, pair.description, pair.net_a, pair.net_b, pair.dataset)
+        a, b = (sources.load(zoo_ref(name, w)) for w in ("a", "b"))
+        return DemoPair(name, pair_spec(name).description, a, b)
 
 
 class Resources:
@@ -93,7 +82,7 @@ class Resources:
         device: str = "auto",
         default_pair: str | None = None,
     ):
-        self.source: PairSource = source or ZooSource()
+        self.source: PairSource = source or ZooPairs()
         self.device = device
         self._default_pair = default_pair
         self._lock = threading.Lock()
@@ -130,25 +119,13 @@ class Resources:
         """Return demo pair ``name`` (built on first use)."""
         return self._cached(("pair", name), lambda: self.source.load(name, progress))
 
-    def inputs(self, ref: DataRef) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return (inputs, labels) for a DataRef, exactly as ``heterogui.data`` draws them."""
-        from heterogui.data import load_inputs
+    def calibration(self, key: Any, build: Callable[[], Calibration]) -> Calibration:
+        """Return the calibration data of a demo pair cached under ``key`` (built once)."""
+        return self._cached(("calibration", key), build)
 
-        return self._cached(("inputs", ref), lambda: load_inputs(ref))
-
-    def batches(self, ref: DataRef) -> list[torch.Tensor]:
-        """Return the calibration batches a recipe with this DataRef uses."""
-        from heterogui.data import make_batches
-
-        return self._cached(
-            ("batches", ref), lambda: make_batches(self.inputs(ref)[0], ref.batch_size)
-        )
-
-    def split(self, dataset: str, split: str = "test") -> Any:
-        """Return a split of a zoo dataset (a ``heterogui.zoo.datasets.Split``)."""
-        from heterogui.zoo.datasets import load_split
-
-        return self._cached(("split", dataset, split), lambda: load_split(dataset, split, seed=0))
+    def evaluation(self, key: Any, build: Callable[[], Evaluation]) -> Evaluation:
+        """Return the evaluation data cached under ``key`` (built once)."""
+        return self._cached(("evaluation", key), build)
 
     def prepared(self, key: Any, build: Callable[[], Any]) -> Any:
         """Return the prepared statistics cached under ``key`` (built once by ``build``)."""

@@ -1,9 +1,9 @@
 """The per-browser-session state of the workbench, held in a ``gr.State``.
 
 One ``Session`` per browser tab: two users never share one. A fresh session holds only plain
-values (gradio deep-copies the initial value of a State); heavy objects (networks, cached
+values (gradio deep-copies the initial value of a State); heavy objects (models, cached
 statistics) are attached by the handlers. Objects reached through a session that came from the
-shared ``Resources`` (zoo networks, prepared demo pairs) are never modified in place.
+shared ``Resources`` (zoo models, prepared demo pairs) are never modified in place.
 """
 
 from __future__ import annotations
@@ -13,46 +13,33 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from heterogui.config import DataRef
-from heterogui.errors import HeteroguiError
-from heterogui.models.family import Network
+from heterogui.errors import Cancelled
 from heterogui.pipeline import MergeResult, Prepared, ZipSettings
-
-
-class Cancelled(HeteroguiError):
-    """The user pressed Cancel while a long step ran."""
-
-
-@dataclass
-class ModelSlot:
-    """A loaded model A or B.
-
-    ref: what a recipe records to load it again ("zoo:PAIR/a" or a folder path).
-    source: "zoo", "folder", "upload" or "hf".
-    """
-
-    net: Network
-    ref: str
-    source: str
-    sha256: str | None = None
-    tokenizer: Any = None  # a transformer model's tokenizer (None for the other families)
+from heterogui.sources.base import Loaded, Pair
+from heterogui.tasks import Calibration, Evaluation, Task, task_of
 
 
 @dataclass
 class Session:
     """Everything one browser session has loaded, computed and merged.
 
+    demo: the demo pair loaded as A and B (None: models chosen one by one).
+    data: the calibration data the user chose (None: the task's default).
+    calibration / evaluation: the data drawn for the current analysis.
     prepared: cached statistics of the pair (steps 1-3); re-merges start from it.
-    baseline: metrics of "a", "b" and "ensemble" on the test split (computed once per pair).
-    history: one row per merge of this session (settings, sizes, metrics).
+    baseline: scores of "a", "b" and "ensemble" (computed once per analysis).
+    history: one row per merge of this session (settings, sizes, scores).
     cancel_requested: set by the Cancel button; long steps check it between stages.
+    running: a heavy step of this session is running (what Cancel can stop).
     """
 
     sid: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    a: ModelSlot | None = None
-    b: ModelSlot | None = None
-    pair: str | None = None
-    dataset: str | None = None
-    calibration: DataRef = field(default_factory=DataRef)
+    a: Loaded | None = None
+    b: Loaded | None = None
+    demo: str | None = None
+    data: DataRef | None = None
+    calibration: Calibration | None = None
+    evaluation: Evaluation | None = None
     device: str = "auto"
     prepared: Prepared | None = None
     settings: ZipSettings = field(default_factory=ZipSettings)
@@ -70,18 +57,30 @@ class Session:
     sweep_key: Any = None
     last_export: str | None = None
     cancel_requested: bool = False
-    notes: list[str] = field(default_factory=list)
-    sentences: list[str] = field(default_factory=list)  # pasted calibration sentences (text)
+    running: bool = False
     compare: list[str] = field(default_factory=list)  # sentences of the similarity matrices
+
+    @property
+    def pair(self) -> Pair | None:
+        """Return models A and B as a pair (None until both are loaded)."""
+        return Pair(self.a, self.b) if self.a is not None and self.b is not None else None
+
+    @property
+    def task(self) -> Task | None:
+        """Return the task the loaded models are scored on (model A's)."""
+        slot = self.a or self.b
+        return task_of(slot.task) if slot is not None else None
 
     def both_loaded(self) -> bool:
         """Return True when models A and B are loaded."""
-        return self.a is not None and self.b is not None
+        return self.pair is not None
 
     def clear_results(self) -> None:
         """Forget everything derived from the current pair (after loading a model)."""
         self.prepared = None
         self.result = None
+        self.calibration = None
+        self.evaluation = None
         self.merged_metrics = None
         self.merged_size = None
         self.reference_sizes = None
@@ -97,3 +96,6 @@ class Session:
         if self.cancel_requested:
             self.cancel_requested = False
             raise Cancelled("cancelled: the previous result is kept")
+
+
+__all__ = ["Cancelled", "Session"]

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from heterogui.ui import evaluation
 from heterogui.ui.session import Session
+
+SCORE_KEYS = ("Joint", "Avg", "Spearman")
 
 
 def session_summary(session: Session) -> dict[str, Any]:
     """Return the session's state as plain JSON-ready values."""
     out: dict[str, Any] = {
         "session": session.sid,
-        "pair": session.pair,
+        "pair": session.demo,
         "model_a": session.a.ref if session.a else None,
         "model_b": session.b.ref if session.b else None,
-        "dataset": session.dataset,
+        "task": session.task.kind if session.task else None,
+        "calibration": session.calibration.ref.source if session.calibration else None,
         "analysed": session.prepared is not None,
         "merges": session.merge_count,
         "last_export": session.last_export,
@@ -44,20 +46,33 @@ def session_summary(session: Session) -> dict[str, Any]:
         "stop": s.stop,
         "overrides": {k: dict(v) for k, v in s.overrides.items()},
     }
-    out["baseline"] = {k: evaluation.metric_columns(m) for k, m in session.baseline.items()}
+    task = session.task
+    columns = task.columns if task is not None else (lambda _m: {})
+    out["baseline"] = {k: columns(m) for k, m in session.baseline.items()}
     result = session.result
     if result is not None:
         out["merged"] = {
             "widths": {k: list(v) for k, v in result.widths().items()},
             "parameters": sum(p.numel() for p in result.model.parameters()),
             "stop": result.spec.stop,
-            "metrics": evaluation.metric_columns(session.merged_metrics),
+            "metrics": columns(session.merged_metrics),
+            "heads": [h.name for heads in result.spec.heads for h in heads],
             "timings": {k: round(v, 4) for k, v in result.timings.items()},
         }
     out["history"] = [
         {
             k: h.get(k)
-            for k in ("merge", "rho", "alpha", "beta", "stop", "parameters", "Joint", "Avg")
+            for k in (
+                "merge",
+                "rho",
+                "alpha",
+                "beta",
+                "stop",
+                "parameters",
+                "Joint",
+                "Avg",
+                "Spearman",
+            )
         }
         for h in session.history
     ]

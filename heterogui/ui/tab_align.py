@@ -103,7 +103,8 @@ def on_mode(session: Session, res: Resources, mode: str, mapping: str | None, pr
     recomputed = work.set_alignment(session, mode, mapping, progress)
     al = session.prepared.alignment
     how = "statistics recomputed" if recomputed else "same placement: statistics kept"
-    return f"Alignment {al.mode}: mapping {al.mapping()} ({how}). Merge again to use it."
+    again = "again " if session.merge_count else ""
+    return f"Alignment {al.mode}: mapping {al.mapping()} ({how}). Merge {again}to use it."
 
 
 def on_mapping(session: Session, res: Resources, mapping: str | None, progress=None) -> str:

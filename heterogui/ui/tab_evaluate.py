@@ -1,5 +1,7 @@
-"""Tab 5, Evaluate: A, B, the merge and the ensemble side by side: metrics, predictions on
-samples the user picks, accuracy and size against rho, and this session's merge history.
+"""Tab 5, Evaluate: A, B, the merge and the ensemble side by side, with the panels of the pair's
+task (``Task.panels``): classifiers get the metrics table, samples and the rho sweep; sentence
+embedding models the Spearman table and similarity matrices. This session's merges are always
+shown.
 """
 
 from __future__ import annotations
@@ -10,14 +12,18 @@ from typing import Any
 import gradio as gr
 import torch
 
+from heterogui import run
+from heterogui.datasets.refs import parse_lines
 from heterogui.errors import ConfigError
-from heterogui.ui import evaluation, text, work
-from heterogui.ui.fig_eval import history_figure, samples_figure, sweep_figure
+from heterogui.tasks.base import METRICS, SAMPLES, SIMILARITY, SPEARMAN, SWEEP
+from heterogui.ui import work
+from heterogui.ui.fig_eval import history_figure, samples_figure, similarity_figure, sweep_figure
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
-from heterogui.ui.sizes import parameters_and_flops, reference_sizes
 
+PANELS = (METRICS, SAMPLES, SWEEP, SPEARMAN, SIMILARITY)
 VIEWS = (
+    *(f"panel_{p}" for p in PANELS),
     "metrics",
     "sample_ids",
     "samples_plot",
@@ -28,7 +34,6 @@ VIEWS = (
     "text_scores",
     "sim_plot",
 )
-METRIC_HEADERS = ["model", "Joint %", "Task A %", "Task B %", "Avg %", "parameters", "FLOPs"]
 HISTORY_COLUMNS = [
     "merge",
     "pair",
@@ -40,11 +45,6 @@ HISTORY_COLUMNS = [
     "stop",
     "overrides",
     "parameters",
-    "Joint",
-    "Task A",
-    "Task B",
-    "Avg",
-    "Spearman",
     "seconds",
 ]
 SWEEP_RHOS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -52,15 +52,41 @@ MAX_SAMPLES = 8
 
 
 def build(ui: dict[str, Any], res: Resources) -> None:
-    """Create the tab's components and register them in ``ui``."""
-    with gr.Accordion("Sentence similarity (transformer pairs)", open=True):
+    """Create the tab's panels (each shown only for the tasks that have it) and the history."""
+    ui["panel_metrics"] = gr.Group(visible=True)
+    with ui["panel_metrics"], gr.Row():
+        ui["metrics"] = gr.Dataframe(
+            elem_id="metrics",
+            interactive=False,
+            scale=5,
+            label="Test accuracy: Joint (all classes), per task, Avg; size",
+        )
+        ui["evaluate"] = gr.Button("Refresh evaluation", scale=1)
+    ui["panel_samples"] = gr.Group(visible=True)
+    with ui["panel_samples"]:
+        with gr.Row():
+            ui["sample_ids"] = gr.Textbox(
+                label="Samples",
+                scale=3,
+                info=f"Test sample numbers, comma separated (up to {MAX_SAMPLES}); or draw "
+                "random ones",
+            )
+            ui["show_samples"] = gr.Button("Show samples", scale=1)
+            ui["random_samples"] = gr.Button("Random samples", scale=1)
+        ui["samples_plot"] = gr.Plot(
+            elem_id="samples", label="Samples with each model's prediction (confidence)"
+        )
+        ui["predictions"] = gr.Dataframe(interactive=False, label="Predictions per sample")
+    ui["panel_spearman"] = gr.Group(visible=False)
+    with ui["panel_spearman"]:
         ui["text_scores"] = gr.Dataframe(
             headers=["model", "Spearman", "parameters"],
             interactive=False,
-            label="Spearman of embedding cosines with the graded built-in sentence pairs "
-            "(168 pairs); the merged model gives one embedding per head, and the exported "
-            "folder gives the mean-pooled trunk",
+            label="Spearman of embedding cosines with the graded sentence pairs; the merged "
+            "model gives one embedding per head, and the exported folder the mean-pooled trunk",
         )
+    ui["panel_similarity"] = gr.Group(visible=False)
+    with ui["panel_similarity"]:
         with gr.Row():
             ui["compare_text"] = gr.Textbox(
                 lines=3,
@@ -71,55 +97,49 @@ def build(ui: dict[str, Any], res: Resources) -> None:
             ui["compare"] = gr.Button("Compare sentences", scale=1)
         ui["sim_plot"] = gr.Plot(label="Cosine similarity per model")
     with gr.Row():
-        ui["metrics"] = gr.Dataframe(
-            elem_id="metrics",
-            headers=METRIC_HEADERS,
-            interactive=False,
-            scale=5,
-            label="Test accuracy: Joint (all classes), Task A, Task B, Avg; size",
-        )
-        ui["evaluate"] = gr.Button("Refresh evaluation", scale=1)
-    with gr.Row():
-        ui["sample_ids"] = gr.Textbox(
-            label="Samples",
-            scale=3,
-            info=f"Test sample numbers, comma separated (up to {MAX_SAMPLES}); or draw random ones",
-        )
-        ui["show_samples"] = gr.Button("Show samples", scale=1)
-        ui["random_samples"] = gr.Button("Random samples", scale=1)
-    ui["samples_plot"] = gr.Plot(
-        elem_id="samples", label="Samples with each model's prediction (confidence)"
-    )
-    ui["predictions"] = gr.Dataframe(interactive=False, label="Predictions per sample")
-    with gr.Row():
-        with gr.Column():
+        ui["panel_sweep"] = gr.Column(visible=True)
+        with ui["panel_sweep"]:
             ui["run_sweep"] = gr.Button("Sweep rho (re-merges at 6 zip ratios)")
-            ui["sweep_plot"] = gr.Plot(label="Accuracy and size against rho")
+            ui["sweep_plot"] = gr.Plot(label="Score and size against rho")
         with gr.Column():
             ui["history_plot"] = gr.Plot(label="This session's merges")
-    ui["history"] = gr.Dataframe(
-        headers=HISTORY_COLUMNS, interactive=False, label="History of this session's merges"
-    )
+    ui["history"] = gr.Dataframe(interactive=False, label="History of this session's merges")
 
 
-def metric_rows(session: Session) -> list[list[Any]]:
-    """Return the metrics table: A, B, ensemble, merged with accuracy and size."""
-    prep = session.prepared
-    sizes = session.reference_sizes or reference_sizes(prep)
-    named = [
-        ("A", "a", sizes["A"]),
-        ("B", "b", sizes["B"]),
-        ("ensemble", "ensemble", sizes["ensemble"]),
-    ]
+def metric_rows(session: Session) -> tuple[list[str], list[list[Any]]]:
+    """Return the metrics table's header and rows: A, B, ensemble (and merged), with sizes."""
+    task, sizes = session.task, session.reference_sizes or {}
+    names = [("A", "a"), ("B", "b"), ("ensemble", "ensemble")]
     rows = []
-    for label, key, size in named:
-        cols = evaluation.metric_columns(session.baseline.get(key))
-        rows.append([label, *cols.values(), size["parameters"], size["flops"]])
+    for label, key in names:
+        size = sizes.get(label, {})
+        cols = task.columns(session.baseline.get(key))
+        rows.append([label, *cols.values(), size.get("parameters"), size.get("flops")])
     if session.result is not None:
-        size = session.merged_size or parameters_and_flops(session.result.model, prep)
-        cols = evaluation.metric_columns(session.merged_metrics)
-        rows.append(["merged", *cols.values(), size["parameters"], size["flops"]])
-    return rows
+        size = session.merged_size or {}
+        cols = task.columns(session.merged_metrics)
+        rows.append(["merged", *cols.values(), size.get("parameters"), size.get("flops")])
+    names = task.columns(session.baseline.get("ensemble"))  # every task's column
+    return ["model", *(f"{c} %" for c in names), "parameters", "FLOPs"], rows
+
+
+def spearman_rows(session: Session) -> list[list[Any]]:
+    """Return the Spearman table: A, B, ensemble and the merge's three embeddings, with sizes."""
+    sizes = session.reference_sizes or {}
+    rows = [
+        [label, session.baseline.get(key), sizes.get(label.split(" ")[0], {}).get("parameters")]
+        for label, key in (("A", "a"), ("B", "b"), ("ensemble (A and B concatenated)", "ensemble"))
+    ]
+    if session.result is not None:
+        scores = session.merged_metrics or {}
+        size = (session.merged_size or {}).get("parameters")
+        for key, label in (
+            ("merged", "merged (exported trunk, mean-pooled)"),
+            ("head A", "merged, head A (A's space)"),
+            ("head B", "merged, head B (B's space)"),
+        ):
+            rows.append([label, scores.get(key), size])
+    return [[r[0], None if r[1] is None else round(r[1], 4), r[2]] for r in rows]
 
 
 def parse_samples(text: str | None, count: int) -> list[int]:
@@ -139,16 +159,31 @@ def parse_samples(text: str | None, count: int) -> list[int]:
     return ids
 
 
-def sample_views(session: Session, res: Resources) -> dict[str, Any]:
+def test_split(session: Session) -> Any:
+    """Return the labelled test images of the pair (the evaluation data), or raise.
+
+    Raises:
+        ConfigError: the pair's task has no samples, or no evaluation data.
+    """
+    work.require_prepared(session)
+    if SAMPLES not in session.task.panels:
+        raise ConfigError(f"{session.task.title} has no image samples to show")
+    if session.evaluation is None:
+        raise ConfigError(
+            "no labelled test data for this pair (its classes overlap, or no dataset fits it)"
+        )
+    return session.evaluation.data
+
+
+def sample_views(session: Session) -> dict[str, Any]:
     """Return the samples figure and predictions table for the session's chosen samples."""
-    prep = session.prepared
-    split = evaluation.test_split(res, session.dataset, prep)
+    split = session.evaluation.data if session.evaluation is not None else None
     if split is None:
         return {"samples_plot": None, "predictions": None}
     ids = [i for i in session.samples if 0 <= i < len(split)][:MAX_SAMPLES]
     inputs = split.inputs[torch.tensor(ids, dtype=torch.long)]
     labels = [int(split.labels[i]) for i in ids]
-    preds = evaluation.predictions(prep, session.result, inputs)
+    preds = session.task.predictions(session.prepared, session.result, inputs)
     table = []
     for k, i in enumerate(ids):
         row = {"sample": i, "true": labels[k]}
@@ -164,50 +199,51 @@ def sample_views(session: Session, res: Resources) -> dict[str, Any]:
 
 
 def render(session: Session, res: Resources) -> dict[str, Any]:
-    """Return the tab's view values for ``session``."""
-    if session.prepared is None:
-        return {name: None for name in VIEWS if name != "sample_ids"}
-    if text.is_text(session):
-        return text_views(session)
-    rho = session.result.settings.rho if session.result is not None else session.settings.rho
-    history = [[h.get(c) for c in HISTORY_COLUMNS] for h in session.history]
-    return {
-        "metrics": metric_rows(session),
-        "sample_ids": ", ".join(str(i) for i in session.samples),
-        **sample_views(session, res),
-        "sweep_plot": sweep_figure(session.sweep, rho) if session.sweep else None,
-        "history": history or None,
-        "history_plot": history_figure(session.history),
-        "text_scores": None,
-        "sim_plot": None,
-    }
-
-
-def text_views(session: Session) -> dict[str, Any]:
-    """Return the tab's views for a transformer pair: Spearman table, similarity matrices."""
-    history = [[h.get(c) for c in HISTORY_COLUMNS] for h in session.history]
-    figure = None
-    if session.compare:
-        figure = text.similarity_figure(text.similarity(session, session.compare), session.compare)
-    return {
-        "metrics": metric_rows(session),
+    """Return the tab's view values for ``session``: its task's panels, filled."""
+    task = session.task
+    if session.prepared is None or task is None:
+        empty = {name: None for name in VIEWS if name != "sample_ids"}
+        return {**empty, **{f"panel_{p}": gr.update(visible=p == METRICS) for p in PANELS}}
+    panels = {f"panel_{p}": gr.update(visible=p in task.panels) for p in PANELS}
+    views: dict[str, Any] = {
+        "metrics": None,
         "samples_plot": None,
         "predictions": None,
         "sweep_plot": None,
-        "history": history or None,
-        "history_plot": history_figure(session.history),
-        "text_scores": text.score_rows(session),
-        "sim_plot": figure,
+        "text_scores": None,
+        "sim_plot": None,
     }
+    if METRICS in task.panels:
+        header, rows = metric_rows(session)
+        views["metrics"] = gr.update(value=rows, headers=header)
+    if SAMPLES in task.panels:
+        views["sample_ids"] = ", ".join(str(i) for i in session.samples)
+        views.update(sample_views(session))
+    if SWEEP in task.panels and session.sweep:
+        rho = session.result.settings.rho if session.result is not None else session.settings.rho
+        views["sweep_plot"] = sweep_figure(session.sweep, rho, task.metric)
+    if SPEARMAN in task.panels:
+        views["text_scores"] = spearman_rows(session)
+    if SIMILARITY in task.panels and session.compare:
+        matrices = task.similarity(session.prepared, session.result, session.pair, session.compare)
+        views["sim_plot"] = similarity_figure(matrices, session.compare)
+    columns = HISTORY_COLUMNS + sorted(
+        {k for h in session.history for k in h} - set(HISTORY_COLUMNS) - {"flops", "score"}
+    )
+    history = [[h.get(c) for c in columns] for h in session.history]
+    views["history"] = gr.update(value=history or None, headers=columns)
+    views["history_plot"] = history_figure(session.history, task.metric)
+    return {**panels, **views}
 
 
 def on_similarity(session: Session, res: Resources, typed: str | None, progress=None) -> str:
     """Show the cosine similarity of typed sentences per model (api: /similarity)."""
     work.require_prepared(session)
-    if not text.is_text(session):
-        raise ConfigError("sentence similarity needs a transformer pair (Hugging Face BERTs)")
-    sentences = text.parse_sentences(typed)
-    text.similarity(session, sentences)  # validates before the session changes
+    task = session.task
+    if SIMILARITY not in task.panels:
+        raise ConfigError(f"sentence similarity needs sentence embedding models, not {task.title}")
+    sentences = parse_lines(typed)
+    task.similarity(session.prepared, session.result, session.pair, sentences)  # validates
     session.compare = sentences
     merged = (
         " The merged model gives two embeddings: head A (in A's space) and head B (in B's)."
@@ -219,22 +255,13 @@ def on_similarity(session: Session, res: Resources, typed: str | None, progress=
 
 def on_samples(session: Session, res: Resources, text: str | None, progress=None) -> str:
     """Show the typed samples (api: /samples)."""
-    prep = work.require_prepared(session)
-    split = evaluation.test_split(res, session.dataset, prep)
-    if split is None:
-        raise ConfigError(
-            "no labelled test data for this pair (its classes overlap or no dataset is chosen)"
-        )
-    session.samples = parse_samples(text, len(split))
+    session.samples = parse_samples(text, len(test_split(session)))
     return f"Showing samples {session.samples}."
 
 
 def on_random(session: Session, res: Resources, progress=None) -> str:
     """Draw six random test samples (api: /random_samples)."""
-    prep = work.require_prepared(session)
-    split = evaluation.test_split(res, session.dataset, prep)
-    if split is None:
-        raise ConfigError("no labelled test data for this pair")
+    split = test_split(session)
     session.sample_seed += 1
     gen = torch.Generator().manual_seed(session.sample_seed)
     session.samples = sorted(torch.randperm(len(split), generator=gen)[:6].tolist())
@@ -242,44 +269,41 @@ def on_random(session: Session, res: Resources, progress=None) -> str:
 
 
 def on_sweep(session: Session, res: Resources, progress=None) -> str:
-    """Re-merge at several zip ratios and plot accuracy and size (api: /sweep)."""
-    session.cancel_requested = False
+    """Re-merge at several zip ratios and plot the task's score and size (api: /sweep)."""
     prep = work.require_prepared(session)
-    if text.is_text(session):
+    if SWEEP not in session.task.panels:
         raise ConfigError(
-            "the rho sweep plots test accuracy; for a transformer pair move rho on the Zip tab "
-            "and read the Spearman table (a MiniLM re-merge takes about 5 s)"
+            f"the rho sweep re-scores every merge; for {session.task.title} move rho on the Zip "
+            "tab and read the scores (a MiniLM re-merge takes about 5 s)"
         )
     settings = session.result.settings if session.result is not None else session.settings
-    session.sweep = evaluation.sweep(
-        prep, settings, res, session.dataset, list(SWEEP_RHOS), work.guarded(session, progress)
-    )
-    session.sweep_key = work.sweep_key(settings, prep.alignment)
+    report = work.guarded(session, progress)
+    points = run.sweep(session.pair, prep, settings, session.evaluation, list(SWEEP_RHOS), report)
+    session.sweep, session.sweep_key = points, work.sweep_key(settings, prep.alignment)
     return f"Swept rho over {list(SWEEP_RHOS)}."
 
 
 def on_evaluate(session: Session, res: Resources, progress=None) -> str:
-    """Evaluate the last merge if it is not yet, and refresh the tab (api: /evaluate).
+    """Score the last merge if it is not yet, and refresh the tab (api: /evaluate).
 
-    Runs after every slider release, so the merge shows first and its metrics right after.
+    Runs after every slider release, so the merge shows first and its scores right after.
     """
     work.require_prepared(session)
     if session.result is None:
         return "Nothing merged yet: the table shows A, B and their ensemble. Press Merge."
+    if session.evaluation is None:
+        return f"Merge #{session.merge_count}: no evaluation data for these models."
     computed = work.evaluate_pending(session, res)
-    scores = text.scores_of(session)
-    if scores is not None:
-        shown = ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
-        return f"Merge #{session.merge_count}: Spearman {shown} (built-in sentence pairs)."
-    cols = evaluation.metric_columns(session.merged_metrics)
-    scores = ", ".join(f"{k} {v}%" for k, v in cols.items() if v is not None) or "no metrics"
+    task = session.task
+    cols = task.columns(session.merged_metrics)
+    shown = ", ".join(f"{k} {v}" for k, v in cols.items() if v is not None) or "no scores"
     verb = "evaluated" if computed else "evaluation"
-    return f"Merge #{session.merge_count} {verb}: {scores} (test split)."
+    return f"Merge #{session.merge_count} {verb}: {shown} ({task.title})."
 
 
 def on_evaluate_pending(session: Session, res: Resources, progress=None) -> str | None:
-    """Evaluate a merge made by a slider release (a follow-up step; None: nothing to do)."""
-    if session.result is None or session.merged_metrics is not None:
+    """Score a merge made by a slider release (a follow-up step; None: nothing to do)."""
+    if session.result is None or session.merged_metrics is not None or not session.evaluation:
         return None
     return on_evaluate(session, res, progress)
 

@@ -11,12 +11,13 @@ from typing import Any
 import gradio as gr
 import yaml
 
+from heterogui import run
 from heterogui.cache import cache_dir
 from heterogui.errors import ConfigError
-from heterogui.ui import exporting, text
+from heterogui.report import card_files
+from heterogui.ui import exporting
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
-from heterogui.ui.sources import hf_available
 
 VIEWS = ("recipe_view", "export_dir", "card_preview")
 
@@ -28,20 +29,16 @@ def build(ui: dict[str, Any], res: Resources) -> None:
             ui["export_dir"] = gr.Textbox(
                 elem_id="export-dir",
                 label="Output folder",
-                info="Created by the export (an existing folder is "
-                "refused unless you tick overwrite); holds model.safetensors, config.json, "
-                "recipe.yaml, report.json and README.md (the model card)",
+                info="Created by the export (an existing folder is refused unless you tick "
+                "overwrite): the model in the format that fits it (a heterogui folder, or a "
+                "Hugging Face folder for Hugging Face models), recipe.yaml, report.json and "
+                "README.md (the model card). The .zip below uploads as a model again",
             )
             ui["overwrite"] = gr.Checkbox(value=False, label="Overwrite an existing folder")
             ui["export"] = gr.Button("Export merge", variant="primary", elem_id="export")
             ui["export_file"] = gr.File(
                 label="Download the export (.zip)", interactive=False, height=80
             )
-            if not hf_available():
-                gr.Markdown(
-                    "*Hugging Face folders for transformer merges arrive with the "
-                    "transformer adapter change.*"
-                )
         with gr.Column():
             ui["recipe_upload"] = gr.File(
                 label="Import a recipe (.yaml / .json)",
@@ -68,7 +65,7 @@ def build(ui: dict[str, Any], res: Resources) -> None:
 def default_folder(session: Session) -> str:
     """Return a fresh output folder name under the heterogui cache."""
     result = session.result
-    name = session.pair or "custom"
+    name = session.demo or "custom"
     tag = f"{name}-rho{result.settings.rho:.2f}-m{session.merge_count}" if result else name
     return str(cache_dir("exports") / re.sub(r"[^A-Za-z0-9._-]", "_", tag))
 
@@ -81,24 +78,23 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
             "export_dir": gr.skip(),
             "card_preview": "Merge first.",
         }
-    if session.dataset == text.TEXT:
-        from heterogui.models.hf.card import model_card
-
-        merge = text.bert_merge(session)
-        return {
-            "recipe_view": yaml.safe_dump(merge.recipe, sort_keys=True, width=90),
-            "export_dir": default_folder(session),
-            "card_preview": model_card(merge, text.scores_of(session)),
-        }
-    recipe = exporting.session_recipe(session)
-    card = exporting.card_files(session)["README.md"]
+    done = exporting.session_run(session)
+    fmt = run.export_format(done.pair)
+    card = card_files(done.result, done.pair, done.task, done.scores, fmt)["README.md"]
     return {
         "recipe_view": yaml.safe_dump(
-            recipe.to_dict(), sort_keys=True, default_flow_style=None, width=90
+            done.recipe.to_dict(), sort_keys=True, default_flow_style=None, width=90
         ),
         "export_dir": default_folder(session),
-        "card_preview": card,
+        "card_preview": without_front_matter(card),
     }
+
+
+def without_front_matter(card: str) -> str:
+    """Return a model card without its YAML front matter (which Markdown shows as text)."""
+    if card.startswith("---\n"):
+        return card.split("---\n", 2)[-1].lstrip()
+    return card
 
 
 def on_export(

@@ -1,41 +1,41 @@
 """Tab 1, Models: choose A and B (zoo, folder, upload, Hugging Face), see their cards and
-whether the pair can be merged, then analyse it (CKA, alignment, statistics).
+whether the pair can be merged, choose the calibration data, then analyse the pair.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from heterogui.config import DataRef
+from heterogui.datasets.images import DATASETS
+from heterogui.datasets.refs import parse_lines
 from heterogui.errors import ConfigError
-from heterogui.ui import text, work
+from heterogui.tasks.sentences import MIN_SENTENCES
+from heterogui.ui import work
+from heterogui.ui.loading import SOURCES, load_choice, model_card, verdict, zoo_choice
 from heterogui.ui.resources import Resources
-from heterogui.ui.session import ModelSlot, Session
-from heterogui.ui.sources import (
-    SOURCES,
-    hf_available,
-    load_folder,
-    load_hf,
-    load_upload,
-    model_card,
-    verdict,
-    zoo_slot,
-)
+from heterogui.ui.session import Session
 
 VIEWS = ("pair_choice", "card_a", "card_b", "verdict", "dataset", "cal_size")
+FILE = "file"  # the data choice that reads the "Calibration file" box
 SOURCE_HELP = {
     "zoo": "a model of a built-in demo pair",
-    "folder": "a heterogui network folder on this machine (config.json + model.safetensors)",
-    "upload": "upload model.safetensors and its config.json",
-    "hf": "a Hugging Face BERT folder or id (minilm:all-MiniLM-L6-v2 and "
+    "folder": "a folder on this machine: a heterogui model or merge, or a Hugging Face folder",
+    "upload": "upload config.json + model.safetensors (and tokenizer files), or an export's .zip",
+    "hf": "a Hugging Face folder or hub id (minilm:all-MiniLM-L6-v2 and "
     "minilm:paraphrase-MiniLM-L3-v2 name the offline MiniLM pair)",
 }
+DATA_CHOICES = {"images": (*sorted(DATASETS), FILE), "text": ("sentences", FILE)}
 
 
 def zoo_models(res: Resources) -> list[str]:
     """Return the choosable zoo models: "PAIR/a" and "PAIR/b" of every demo pair."""
-    return [f"{name}/{w}" for name, _ in res.pair_names() for w in ("a", "b")]
+    return [zoo_choice(name, w) for name, _ in res.pair_names() for w in ("a", "b")]
 
 
 def build(ui: dict[str, Any], res: Resources) -> None:
@@ -57,30 +57,33 @@ def build(ui: dict[str, Any], res: Resources) -> None:
                 _model_picker(ui, res, which)
     ui["verdict"] = gr.Markdown("Load model A and model B to check the pair.")
     with gr.Row():
-        from heterogui.zoo.datasets import DATASETS
-
         ui["dataset"] = gr.Dropdown(
-            [*sorted(DATASETS), text.TEXT],
-            label="Calibration and test data",
-            info="Inputs both models read: calibration statistics and the Evaluate tab use it "
-            f"({text.TEXT!r}: text, for transformer pairs)",
+            [*DATA_CHOICES["images"], "sentences"],
+            label="Calibration data",
+            info="What the feature statistics are computed on: a built-in dataset, the built-in "
+            f"sentences (text models), or {FILE!r}: the file below",
+        )
+        ui["cal_file"] = gr.Textbox(
+            label="Calibration file",
+            placeholder="/path/to/images.safetensors or sentences.txt",
+            info="With data 'file': a .safetensors file with an 'inputs' tensor (N, C, H, W), "
+            "or a .txt file with one sentence per line",
         )
         ui["cal_size"] = gr.Slider(
-            32,
+            16,
             1024,
             value=256,
-            step=32,
+            step=16,
             label="Calibration inputs",
-            info="How many inputs the feature statistics are computed on (more: slower, "
-            f"steadier). Text pairs default to {text.DEFAULT_SENTENCES} built-in sentences: "
-            "MiniLM's feature pass takes ~20 s for 256 on 2 CPU cores",
+            info="How many inputs the statistics use (more: slower, steadier). Text pairs "
+            "start at 64 sentences: MiniLM's feature pass takes ~20 s for 256 on 2 CPU cores",
         )
         ui["analyse"] = gr.Button("Analyse pair", variant="primary")
-    with gr.Accordion("Calibration sentences (transformer pairs)", open=False):
+    with gr.Accordion("Calibration sentences (text models)", open=False):
         ui["sentences"] = gr.Textbox(
             lines=4,
-            label="Your calibration sentences, one per line (at least 16)",
-            info="Empty: the built-in template sentences (as many as 'Calibration inputs')",
+            label=f"Your calibration sentences, one per line (at least {MIN_SENTENCES})",
+            info="Saved as a .txt file of this session and used as the calibration data",
         )
         ui["use_sentences"] = gr.Button("Use these sentences")
 
@@ -88,12 +91,11 @@ def build(ui: dict[str, Any], res: Resources) -> None:
 def _model_picker(ui: dict[str, Any], res: Resources, which: str) -> None:
     """Create the source choice, inputs, load button and card of model A or B."""
     name = which.upper()
-    sources = ["zoo", "folder", "upload"] + (["hf"] if hf_available() else [])
     ui[f"source_{which}"] = gr.Radio(
-        sources,
+        list(SOURCES),
         value="zoo",
         label=f"Model {name} comes from",
-        info="; ".join(f"{s}: {SOURCE_HELP[s]}" for s in sources),
+        info="; ".join(f"{s}: {SOURCE_HELP[s]}" for s in SOURCES),
     )
     choices = zoo_models(res)
     ui[f"zoo_{which}"] = gr.Dropdown(
@@ -105,37 +107,48 @@ def _model_picker(ui: dict[str, Any], res: Resources, which: str) -> None:
     ui[f"folder_{which}"] = gr.Textbox(
         label=f"Folder of model {name}",
         placeholder="/path/to/model_folder",
-        info="A folder on the machine running the app, with config.json and model.safetensors",
+        info="A folder on the machine running the app: a heterogui model or merge "
+        "(config.json + model.safetensors) or a Hugging Face save_pretrained folder",
         visible=False,
     )
     ui[f"upload_{which}"] = gr.File(
-        label=f"Upload model {name} (model.safetensors + config.json)",
+        label=f"Upload model {name} (config.json + model.safetensors, or an export's .zip)",
         file_count="multiple",
-        file_types=[".safetensors", ".json"],
+        file_types=[".safetensors", ".json", ".zip", ".txt"],
         height=110,
         visible=False,
     )
     ui[f"hf_{which}"] = gr.Textbox(
         label=f"Hugging Face model {name}",
-        info="A save_pretrained folder (or a hub id when the hub is allowed); BERT encoders",
+        info="A save_pretrained folder, a hub id (when the hub is allowed) or minilm:NAME; "
+        "BERT and ViT models",
         visible=False,
     )
-    if not hf_available():
-        gr.Markdown("*Hugging Face transformers arrive with the transformer adapter change.*")
     ui[f"load_{which}"] = gr.Button(f"Load model {name}")
     ui[f"card_{which}"] = gr.Markdown(f"**Model {name}**: not loaded yet.")
+
+
+def data_choice(session: Session) -> str | None:
+    """Return the Calibration data dropdown's value for the session."""
+    ref = session.calibration.ref if session.calibration else session.data
+    if ref is None:
+        return None
+    return ref.source if ref.source in DATASETS or ref.source == "sentences" else FILE
 
 
 def render(session: Session, res: Resources) -> dict[str, Any]:
     """Return the tab's view values for ``session``."""
     _, text = verdict(session.a, session.b)
+    task = session.task
+    choices = list(DATA_CHOICES[task.inputs if task.inputs == "text" else "images"]) if task else []
+    size = session.calibration.count if session.calibration else (session.data or DataRef()).size
     return {
-        "pair_choice": session.pair or gr.skip(),
+        "pair_choice": gr.update(value=session.demo),
         "card_a": model_card(session.a, "A"),
         "card_b": model_card(session.b, "B"),
         "verdict": text,
-        "dataset": session.dataset,
-        "cal_size": session.calibration.size or 256,
+        "dataset": gr.update(choices=choices or None, value=data_choice(session)),
+        "cal_size": size or 256,
     }
 
 
@@ -145,7 +158,6 @@ def on_load_pair(
     """Load and analyse a demo pair, then show its alignment (api: /load_pair)."""
     if not name:
         raise ConfigError("choose a demo pair first")
-    session.cancel_requested = False
     work.open_pair(session, res, name, progress)
     message = (
         f"Loaded demo pair **{name}** and analysed it: here is its layer alignment. "
@@ -164,34 +176,9 @@ def on_start(session: Session, res: Resources, progress=None) -> str | tuple[str
     return on_load_pair(session, res, name, progress)
 
 
-def load_slot(
-    which: str,
-    source: str,
-    zoo: str | None,
-    folder: str | None,
-    files: list[str] | None,
-    hf_id: str | None,
-    res: Resources,
-    progress=None,
-) -> tuple[ModelSlot, str | None]:
-    """Return the chosen source's ModelSlot and, for zoo models, their dataset.
-
-    Raises:
-        HeteroguiError: a missing choice or a model that does not load (with the reason).
-    """
-    if source == "zoo":
-        if not zoo or "/" not in zoo:
-            raise ConfigError(f"choose a zoo model (PAIR/a or PAIR/b) for model {which.upper()}")
-        pair_name, part = zoo.rsplit("/", 1)
-        pair = res.pair(pair_name, progress)
-        return zoo_slot(pair.net_a if part == "a" else pair.net_b, pair_name, part), pair.dataset
-    if source == "folder":
-        return load_folder(folder or ""), None
-    if source == "upload":
-        return load_upload(files), None
-    if source == "hf":
-        return load_hf(hf_id or ""), None
-    raise ConfigError(f"unknown model source {source!r}; use one of zoo, folder, upload, hf")
+def session_folder(session: Session) -> Path:
+    """Return (and make) this session's folder for uploads and pasted sentences."""
+    return Path(tempfile.mkdtemp(prefix=f"heterogui-{session.sid}-"))
 
 
 def on_load_model(
@@ -206,42 +193,66 @@ def on_load_model(
     progress=None,
 ) -> str:
     """Load model A or B from the chosen source (api: /load_model_a, /load_model_b)."""
-    slot, dataset = load_slot(which, source, zoo, folder, files, hf_id, res, progress)
-    work.set_model(session, which, slot)
-    if dataset:
-        work.set_data(session, dataset, session.calibration.size or work.CALIBRATION_SIZE)
+    workdir = session_folder(session) if source == "upload" else None
+    loaded = load_choice(res, source, zoo, folder, files, hf_id, workdir, progress)
+    work.set_model(session, which, loaded)
     ok, _ = verdict(session.a, session.b)
     tail = " Press **Analyse pair** to align the layers." if ok else ""
-    return f"Loaded model {which.upper()} ({slot.source}: `{slot.ref}`).{tail}"
+    return f"Loaded model {which.upper()}: **{loaded.name}** ({loaded.source}).{tail}"
+
+
+def chosen_data(session: Session, choice: str | None, file: str | None, size: int) -> DataRef:
+    """Return the DataRef the data controls name (the task's default kind, size and batch).
+
+    Raises:
+        ConfigError: no models yet, or 'file' without a file.
+    """
+    if not session.both_loaded():
+        raise ConfigError("load model A and model B first")
+    default = session.task.default_calibration(session.pair, size) if choice != FILE else None
+    if choice == FILE or default is None:
+        path = (file or "").strip()
+        if not path:
+            raise ConfigError("type the path of a calibration file (.safetensors or .txt)")
+        base = session.task.default_calibration(session.pair, size)
+        return dataclasses.replace(base, source=str(Path(path).expanduser()), split="calibration")
+    return dataclasses.replace(default, source=choice or default.source)
 
 
 def on_analyse(
-    session: Session, res: Resources, dataset: str | None, size: float | None, progress=None
+    session: Session,
+    res: Resources,
+    choice: str | None,
+    file: str | None,
+    size: float | None,
+    progress=None,
 ) -> str:
     """Analyse the loaded pair on the chosen data (api: /analyse)."""
-    if not dataset:
-        raise ConfigError("choose the calibration data set first")
-    session.cancel_requested = False
-    work.set_data(session, dataset, int(size or work.CALIBRATION_SIZE))
+    data = chosen_data(session, choice, file, int(size or 256))
+    default = session.task.default_calibration(session.pair, int(size or 256))
+    work.set_data(session, None if data == default and session.demo else data)
     work.analyse(session, res, progress)
-    if text.is_text(session):
-        count = len(text.calibration(session))
-        return (
-            f"Analysed the pair on {count} calibration sentences (more: slower, steadier): "
-            "see the Alignment tab."
-        )
-    return "Analysed the pair: see the Alignment tab."
+    cal = session.calibration
+    return (
+        f"Analysed the pair on {cal.count} calibration inputs from {Path(cal.ref.source).name} "
+        "(more: slower, steadier): see the Alignment tab."
+    )
 
 
 def on_sentences(session: Session, res: Resources, pasted: str | None, progress=None) -> str:
-    """Calibrate a transformer pair on pasted sentences (empty: built-in; api: /sentences)."""
-    sentences = text.parse_sentences(pasted)
-    if sentences and len(sentences) < 16:
-        raise ConfigError(f"{len(sentences)} sentences: paste at least 16, one per line")
-    session.sentences = sentences
-    session.clear_results()
-    which = f"{len(sentences)} pasted sentences" if sentences else "the built-in sentences"
-    return f"Calibration: {which}. Press **Analyse pair**."
+    """Calibrate a text pair on pasted sentences, saved as a .txt file (api: /sentences)."""
+    if not session.both_loaded() or session.task.inputs != "text":
+        raise ConfigError("load two text models (Hugging Face BERT) first")
+    sentences = parse_lines(pasted)
+    if len(sentences) < MIN_SENTENCES:
+        raise ConfigError(
+            f"{len(sentences)} sentences: paste at least {MIN_SENTENCES}, one per line"
+        )
+    path = session_folder(session) / "calibration-sentences.txt"
+    path.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    default = session.task.default_calibration(session.pair)
+    work.set_data(session, dataclasses.replace(default, source=str(path), size=None))
+    return f"Calibration: {len(sentences)} pasted sentences. Press **Analyse pair**."
 
 
 def source_visibility(source: str) -> list[Any]:
@@ -268,13 +279,7 @@ def wire(ui: dict[str, Any], on) -> None:
             queue=False,
             api_visibility="undocumented",
         )
-        inputs = [
-            f"source_{which}",
-            f"zoo_{which}",
-            f"folder_{which}",
-            f"upload_{which}",
-            f"hf_{which}",
-        ]
+        inputs = [f"{key}_{which}" for key in ("source", "zoo", "folder", "upload", "hf")]
         on(
             ui[f"load_{which}"].click,
             _bound(which),
@@ -283,8 +288,15 @@ def wire(ui: dict[str, Any], on) -> None:
             f"load_model_{which}",
             heavy=True,
         )
-    on(ui["analyse"].click, on_analyse, ["dataset", "cal_size"], "all", "analyse", heavy=True)
-    on(ui["use_sentences"].click, on_sentences, ["sentences"], "all", "sentences")
+    on(
+        ui["analyse"].click,
+        on_analyse,
+        ["dataset", "cal_file", "cal_size"],
+        "all",
+        "analyse",
+        heavy=True,
+    )
+    on(ui["use_sentences"].click, on_sentences, ["sentences"], ("models",), "sentences")
 
 
 def _bound(which: str):

@@ -13,11 +13,11 @@ import gradio as gr
 
 from heterogui.errors import ConfigError
 from heterogui.pipeline import resolve_device
+from heterogui.sizes import estimate, merged_size, reference_sizes
 from heterogui.ui import work
 from heterogui.ui.fig_eval import sizes_figure, widths_figure
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
-from heterogui.ui.sizes import estimate, parameters_and_flops, reference_sizes
 from heterogui.ui.tab_evaluate import on_evaluate_pending
 
 VIEWS = ("readout", "sizes_plot", "widths_plot", "widths_table", "stop", "override_space")
@@ -139,7 +139,7 @@ def readout(session: Session) -> dict[str, Any]:
     result = session.result
     sizes = dict(session.reference_sizes or reference_sizes(prep))
     if result is not None and result.settings == session.settings:
-        sizes["merged"] = session.merged_size or parameters_and_flops(result.model, prep)
+        sizes["merged"] = session.merged_size or merged_size(result.model, prep)
         widths, exact = result.widths(), True
     else:
         est = estimate(prep, session.settings)
@@ -259,9 +259,14 @@ def on_merge(
     result = work.merge(session, res, settings, progress, evaluate=evaluate)
     row = session.history[-1]
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
-    joint = "evaluating on the test split…" if not evaluate else f"Joint {row.get('Joint')}%."
-    if "Spearman" in row:
-        joint = f"Spearman {row['Spearman']} (built-in sentence pairs)."
+    task = session.task
+    score = task.headline(session.merged_metrics)
+    if session.evaluation is None:
+        joint = "no evaluation data for these models."
+    elif not evaluate:
+        joint = "scoring it…"
+    else:
+        joint = f"{task.metric} {score if score is not None else '—'}."
     return (
         f"Merge #{row['merge']} done in {row['seconds']:.2f}s ({stages}); {joint}{note} "
         "See the Evaluate tab."
@@ -288,6 +293,8 @@ def on_release(
 
 def on_cancel(session: Session, res: Resources, progress=None) -> str:
     """Ask the running step of this session to stop (api: /cancel)."""
+    if not session.running:
+        return "Nothing is running: there is nothing to cancel."
     session.cancel_requested = True
     return "Cancelling: the running step stops at its next stage; earlier results are kept."
 

@@ -1,8 +1,8 @@
 """What the workbench's buttons do, without gradio: load, analyse, align, zip, merge.
 
-Every function takes the session (and the shared ``Resources``), does one step through the core
-pipeline and stores the outcome in the session. A step that fails raises a HeteroguiError before
-it changes the session, so the previous state survives a bad input.
+Every function takes the session (and the shared ``Resources``) and does one step through the
+one merge path (``heterogui.run``: sources, tasks, engine); a step that fails raises a
+HeteroguiError before it changes the session, so the previous state survives a bad input.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import yaml
 
+from heterogui import run
 from heterogui.align.alignment import align
 from heterogui.config import DataRef
 from heterogui.errors import AlignmentError, ConfigError
@@ -24,37 +25,30 @@ from heterogui.pipeline import (
     Prepared,
     ZipSettings,
     check_pair,
-    prepare,
     realign,
     resolve_device,
     zip_prepared,
 )
-from heterogui.ui import evaluation, text
+from heterogui.sizes import merged_size, reference_sizes
+from heterogui.sources.base import Loaded, Pair
+from heterogui.tasks import Calibration, Evaluation, task_of
 from heterogui.ui.resources import Resources
-from heterogui.ui.session import ModelSlot, Session
-from heterogui.ui.sizes import parameters_and_flops, reference_sizes
-from heterogui.ui.sources import guess_dataset, zoo_slot
+from heterogui.ui.session import Session
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
-CALIBRATION_SIZE = 256
-CALIBRATION_BATCH = 64
 
 
 def guarded(session: Session, progress: Progress | None) -> Progress:
     """Return a progress callback that stops the step when the user pressed Cancel."""
-
-    def report(stage: str, frac: float) -> None:
-        session.check_cancel()
-        if progress is not None:
-            progress(stage, frac)
-
-    return report
+    return run.guarded(progress, lambda: _cancelled(session))
 
 
-def calibration_ref(dataset: str, size: int = CALIBRATION_SIZE) -> DataRef:
-    """Return the calibration data a pair on ``dataset`` uses (what the recipe records)."""
-    return DataRef(source=dataset, split="calibration", size=size, batch_size=CALIBRATION_BATCH)
+def _cancelled(session: Session) -> bool:
+    if session.cancel_requested:
+        session.cancel_requested = False
+        return True
+    return False
 
 
 def open_pair(
@@ -66,90 +60,93 @@ def open_pair(
         ConfigError: unknown pair; HeteroguiError from the analysis (the session is unchanged).
     """
     report = guarded(session, progress)
-    pair = res.pair(name, lambda stage, frac: report(f"build {stage}", frac))
-    a, b = zoo_slot(pair.net_a, name, "a"), zoo_slot(pair.net_b, name, "b")
-    ref = calibration_ref(pair.dataset, session.calibration.size or CALIBRATION_SIZE)
-    device = str(resolve_device(session.device))
-    prepared, baseline = analysed(a, b, pair.dataset, ref, device, res, report, cache_key=name)
-    session.a, session.b, session.pair, session.dataset = a, b, name, pair.dataset
-    session.calibration = ref
-    _commit_analysis(session, prepared, baseline)
+    demo = res.pair(name, lambda stage, frac: report(f"build {stage}", frac))
+    analysed = analysis(demo.a, demo.b, None, session.device, res, report, cache_key=name)
+    session.a, session.b, session.demo, session.data = demo.a, demo.b, name, None
+    _commit_analysis(session, *analysed)
     return session
 
 
-def _commit_analysis(session: Session, prepared: Prepared, baseline: dict[str, Any]) -> None:
+def _commit_analysis(
+    session: Session,
+    calibration: Calibration,
+    evaluation: Evaluation | None,
+    prepared: Prepared,
+    baseline: dict[str, Any],
+) -> None:
     """Adopt a new analysis; the stop point and overrides (they name blocks) start afresh."""
     session.clear_results()
     session.settings = dataclasses.replace(session.settings, stop=None, overrides={})
+    session.calibration, session.evaluation = calibration, evaluation
     session.prepared, session.baseline = prepared, baseline
     session.reference_sizes = reference_sizes(prepared)
 
 
-def set_model(session: Session, which: str, slot: ModelSlot) -> Session:
-    """Put ``slot`` in place of model A or B; results of the old pair are dropped."""
-    setattr(session, which, slot)
-    session.pair = None
-    if slot.net.family.name == "bert":
-        if session.dataset != text.TEXT:
-            session.dataset = text.TEXT
-            session.calibration = calibration_ref(text.TEXT, text.DEFAULT_SENTENCES)
-        session.clear_results()
-        return session
-    if session.dataset == text.TEXT:
-        session.dataset = None
-    guess = guess_dataset(slot.net)
-    if guess is not None and session.dataset is None:
-        session.dataset = guess
-    if session.dataset:
-        session.calibration = calibration_ref(session.dataset, session.calibration.size or 256)
+def set_model(session: Session, which: str, loaded: Loaded) -> Session:
+    """Put ``loaded`` in place of model A or B; results of the old pair are dropped.
+
+    The chosen calibration data is kept only while the task stays the same.
+    """
+    old_task = session.task
+    setattr(session, which, loaded)
+    session.demo = None
+    if session.task is not old_task:
+        session.data = None
     session.clear_results()
     return session
 
 
-def set_data(session: Session, dataset: str, size: int) -> Session:
-    """Choose the calibration/test dataset and the number of calibration inputs.
+def set_data(session: Session, data: DataRef | None) -> Session:
+    """Choose the calibration data (None: the task's default); results are dropped.
 
     Raises:
-        ConfigError: a size under 16.
+        ConfigError: data of another kind than the loaded models' task takes.
     """
-    if size < 16:
-        raise ConfigError(f"calibration size {size} is too small: use at least 16 inputs")
-    if (dataset == text.TEXT) != text.is_text(session) and session.both_loaded():
-        raise ConfigError(
-            f"calibration data {dataset!r} does not fit these models: transformer pairs "
-            f"calibrate on {text.TEXT!r}, the other families on their image or signal data"
-        )
-    session.dataset = dataset
-    session.calibration = calibration_ref(dataset, int(size))
+    task = session.task
+    if data is not None and task is not None:
+        task.check(data, "calibration")
+    session.data = data
     session.clear_results()
     return session
 
 
-def analysed(
-    a: ModelSlot,
-    b: ModelSlot,
-    dataset: str,
-    ref: DataRef,
+def analysis(
+    a: Loaded,
+    b: Loaded,
+    data: DataRef | None,
     device: str,
     res: Resources,
     report: Progress,
     cache_key: str | None = None,
-) -> tuple[Prepared, dict[str, Any]]:
-    """Return the prepared statistics (CKA, SMA alignment, moments) and the baseline metrics.
+) -> tuple[Calibration, Evaluation | None, Prepared, dict[str, Any]]:
+    """Return the calibration, evaluation, prepared statistics (SMA) and baseline scores.
 
-    cache_key: a demo pair's name; its statistics are then shared between sessions.
+    cache_key: a demo pair's name; its data and statistics are then shared between sessions.
 
     Raises:
         HeteroguiError: incompatible models, bad data, or Cancelled.
     """
+    pair = Pair(a, b)
     check_pair(a.net, b.net)
-    batches = res.batches(ref)
+    device = str(resolve_device(device))
+
+    def calibrate() -> Calibration:
+        return run.calibrate(pair, data)
+
+    calibration = res.calibration((cache_key, data), calibrate) if cache_key else calibrate()
 
     def build() -> Prepared:
-        return prepare(a.net, b.net, batches, mode="sma", device=device, progress=report)
+        return run.analyse(pair, calibration, device=device, progress=report)
 
-    prepared = res.prepared((cache_key, ref, device), build) if cache_key else build()
-    return prepared, evaluation.baseline_metrics(prepared, res, dataset)
+    prepared = res.prepared((cache_key, data, device), build) if cache_key else build()
+    evaluation, baseline = None, {}
+    task = task_of(pair.task)
+    ref = task.default_evaluation(pair)
+    if ref is not None:
+        report("evaluate", 0.0)
+        evaluation = res.evaluation((cache_key, ref), lambda: task.evaluation(ref, pair))
+        baseline = run.evaluate_models(pair, prepared, evaluation)
+    return calibration, evaluation, prepared, baseline
 
 
 def analyse(session: Session, res: Resources, progress: Progress | None = None) -> Session:
@@ -160,47 +157,20 @@ def analyse(session: Session, res: Resources, progress: Progress | None = None) 
     """
     if not session.both_loaded():
         raise ConfigError("load model A and model B first")
-    if not session.dataset:
-        raise ConfigError("choose the calibration data set (the models' inputs)")
-    device = str(resolve_device(session.device))
-    if text.is_text(session):
-        return analyse_text(session, device, guarded(session, progress))
-    key = session.pair if session.pair and session.a.source == "zoo" else None
-    prepared, baseline = analysed(
-        session.a,
-        session.b,
-        session.dataset,
-        session.calibration,
-        device,
-        res,
-        guarded(session, progress),
-        cache_key=key,
+    key = session.demo if session.demo and session.data is None else None
+    report = guarded(session, progress)
+    analysed = analysis(
+        session.a, session.b, session.data, session.device, res, report, cache_key=key
     )
-    _commit_analysis(session, prepared, baseline)
+    _commit_analysis(session, *analysed)
     return session
 
 
-def analyse_text(session: Session, device: str, report: Progress) -> Session:
-    """Analyse a transformer pair on tokenised calibration sentences; score A, B, ensemble.
-
-    Raises:
-        HeteroguiError: incompatible models, too few sentences, or Cancelled.
-    """
-    check_pair(session.a.net, session.b.net)
-    batches = text.batches(session)
-    prepared = prepare(
-        session.a.net, session.b.net, batches, mode="sma", device=device, progress=report
-    )
-    report("evaluate", 0.0)
-    _commit_analysis(session, prepared, text.baseline(prepared, session.a.tokenizer))
-    return session
-
-
-def metrics_of(session: Session, res: Resources, result: MergeResult) -> Any:
-    """Return the merged model's metrics: Spearman scores (text) or test-split Metrics."""
-    if session.dataset == text.TEXT and session.a is not None and session.a.tokenizer:
-        return text.merged_scores(result, session.a.tokenizer)
-    return evaluation.merged_metrics(result, res, session.dataset)
+def metrics_of(session: Session, result: MergeResult) -> Any:
+    """Return the merged model's scores on the pair's evaluation data (None: no such data)."""
+    if session.evaluation is None:
+        return None
+    return run.evaluate_merge(session.pair, result, session.evaluation)
 
 
 def parse_mapping(text: str) -> dict[str, list[list[int]]]:
@@ -230,10 +200,8 @@ def set_alignment(
 ) -> bool:
     """Realign the pair with ``mode`` (or a manual mapping); redo the feature pass if needed.
 
-    Returns whether the statistics were recomputed.
-
-    When the new alignment places every layer where it already is, only its mode and score
-    change and the cached statistics are kept (they depend on the placement only).
+    Returns whether the statistics were recomputed. When the new alignment places every layer
+    where it already is, only its mode and score change and the cached statistics are kept.
 
     Raises:
         AlignmentError: unknown mode or an invalid manual mapping (the old one is kept).
@@ -301,8 +269,8 @@ def merge(
     """Re-merge from the cached statistics with ``settings``; evaluate; record in the history.
 
     Never re-runs the feature pass. The result is kept only if the user did not cancel.
-    evaluate: False leaves the test metrics to ``evaluate_pending`` (a slider release shows
-    the merge first and the metrics right after).
+    evaluate: False leaves the scores to ``evaluate_pending`` (a slider release shows the merge
+    first and its scores right after).
 
     Raises:
         HeteroguiError: settings a matcher cannot use, or Cancelled.
@@ -314,12 +282,11 @@ def merge(
     metrics = None
     if evaluate:
         report("evaluate", 0.0)
-        metrics = metrics_of(session, res, result)
-    size = parameters_and_flops(result.model, prepared)
+        metrics = metrics_of(session, result)
+    size = merged_size(result.model, prepared)
     seconds = time.perf_counter() - start
     session.check_cancel()
     commit_merge(session, result, metrics, size, seconds)
-    report("done", 1.0)
     return result
 
 
@@ -336,29 +303,21 @@ def commit_merge(
 
 
 def evaluate_pending(session: Session, res: Resources) -> bool:
-    """Compute the test metrics of the current merge if they are missing; return if it did.
+    """Score the current merge if its scores are missing; return whether it did.
 
-    The history row of that merge gets the metrics too.
+    The history row of that merge gets the scores too.
     """
     result = session.result
-    if result is None or session.merged_metrics is not None:
+    if result is None or session.merged_metrics is not None or session.evaluation is None:
         return False
-    metrics = metrics_of(session, res, result)
+    metrics = metrics_of(session, result)
     if session.result is not result or metrics is None:  # a newer merge came in meanwhile
         return False
     session.merged_metrics = metrics
     for row in session.history:
         if row["merge"] == session.merge_count:
-            row.update(metric_cols(metrics))
+            row.update(session.task.columns(metrics), score=session.task.headline(metrics))
     return True
-
-
-def metric_cols(metrics: Any) -> dict[str, Any]:
-    """Return a history row's metric columns (text pairs add "Spearman": the merged trunk's)."""
-    cols: dict[str, Any] = evaluation.metric_columns(metrics)
-    if isinstance(metrics, dict):
-        cols["Spearman"] = metrics.get("merged")
-    return cols
 
 
 def sweep_key(settings: ZipSettings, alignment: Any) -> tuple:
@@ -369,11 +328,11 @@ def sweep_key(settings: ZipSettings, alignment: Any) -> tuple:
 def history_row(
     session: Session, result: MergeResult, metrics: Any, size: dict[str, Any], seconds: float
 ) -> dict[str, Any]:
-    """Return the history entry of a merge: settings, size and metrics."""
+    """Return the history entry of a merge: settings, size and scores."""
     s = result.settings
     row = {
         "merge": session.merge_count,
-        "pair": session.pair or "custom",
+        "pair": session.demo or f"{session.a.name} + {session.b.name}",
         "alignment": result.alignment.mode,
         "matcher": s.matcher,
         "alpha": s.alpha,
@@ -385,7 +344,7 @@ def history_row(
         "flops": size["flops"],
         "seconds": round(seconds, 3),
     }
-    row.update(metric_cols(metrics))
+    row.update(session.task.columns(metrics), score=session.task.headline(metrics))
     return row
 
 

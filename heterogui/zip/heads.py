@@ -18,7 +18,6 @@ once:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -26,9 +25,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from heterogui.errors import MatcherError
-from heterogui.zip.matchers import Match
+from heterogui.zip.matchers import EQUAL_WIDTHS, MATCHERS, Match, merges_for
 
-HEAD_MATCHERS = ("zip", "zip_naive", "permute", "average")
+HEAD_MATCHERS = tuple(MATCHERS)
 
 
 def _cross_blocks(corr: torch.Tensor, n_a: int, head_dim: int) -> np.ndarray:
@@ -94,7 +93,7 @@ def head_match(
 
 
 def _n_pairs(h_a: int, h_b: int, head_dim: int, matcher: str, rho: float, width: int | None):
-    if matcher in ("permute", "average"):
+    if matcher in EQUAL_WIDTHS:
         if h_a != h_b:
             raise MatcherError(
                 f"{matcher} needs equal head counts, got {h_a} and {h_b}; use the zip matcher"
@@ -109,7 +108,21 @@ def _n_pairs(h_a: int, h_b: int, head_dim: int, matcher: str, rho: float, width:
         return h_a + h_b - width // head_dim
     if not 0.0 <= rho <= 1.0:
         raise MatcherError(f"zip ratio rho must be in [0, 1], got {rho!r}")
-    return int(math.floor(rho * min(h_a, h_b) + 0.5))
+    return merges_for(rho, min(h_a, h_b))
+
+
+def head_group_width(
+    n_a: int, n_b: int, head_dim: int, matcher: str, rho: float, width: int | None
+) -> int:
+    """Return the merged width of a head group's spaces (whole heads) for these knobs.
+
+    Raises:
+        MatcherError: widths that are not whole heads, or a width/rho out of range.
+    """
+    if n_a % head_dim or n_b % head_dim:
+        raise MatcherError(f"widths {n_a} and {n_b} are not whole heads of {head_dim}")
+    h_a, h_b = n_a // head_dim, n_b // head_dim
+    return (h_a + h_b - _n_pairs(h_a, h_b, head_dim, matcher, rho, width)) * head_dim
 
 
 def match_head_group(

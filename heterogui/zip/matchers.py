@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -61,7 +62,16 @@ def target_width(n_a: int, n_b: int, rho: float) -> int:
     _check_sizes(n_a, n_b)
     if not 0.0 <= rho <= 1.0:
         raise MatcherError(f"zip ratio rho must be in [0, 1], got {rho!r}")
-    return n_a + n_b - int(math.floor(rho * min(n_a, n_b) + 0.5))
+    return n_a + n_b - merges_for(rho, min(n_a, n_b))
+
+
+def merges_for(rho: float, count: int) -> int:
+    """Return round(rho * count), half-up, computed exactly (0.29 * 50 = 14.5 -> 15).
+
+    rho is taken as the exact decimal the user typed, so a float product such as
+    14.4999... never rounds the other way.
+    """
+    return math.floor(Fraction(str(rho)) * count + Fraction(1, 2))
 
 
 def _as_matrix(corr: Tensor | np.ndarray, n_a: int, n_b: int) -> np.ndarray:
@@ -105,6 +115,15 @@ def _mask_model(sim: np.ndarray, alive: np.ndarray, n_a: int, model: int) -> np.
     return reps
 
 
+def within_model_budget(o: int, width: int, n: int, beta: float) -> int:
+    """Return floor((O - r) * n_m / O * beta) computed exactly (rational arithmetic).
+
+    A float product can land just under an integer (50 * 0.58 = 28.999...) and floor one too
+    low; beta is taken as the exact decimal the user typed (``Fraction(str(beta))``).
+    """
+    return math.floor(Fraction(o - width) * n / o * Fraction(str(beta)))
+
+
 def _prepare(corr, n_a, n_b, width, alpha, beta) -> tuple[np.ndarray, list[int], np.ndarray]:
     """Validate, build sim (-inf diagonal, exhausted budgets masked) and the budgets."""
     sim = _as_matrix(corr, n_a, n_b)
@@ -114,7 +133,7 @@ def _prepare(corr, n_a, n_b, width, alpha, beta) -> tuple[np.ndarray, list[int],
     if not torch.equal(t, t.T):  # torch compares a transpose ~3x faster than numpy
         sim = 0.5 * (sim + sim.T)  # symmetric sim: the row-major first argmax has i < j
     np.fill_diagonal(sim, _NEG_INF)
-    budget = [math.floor((o - width) * n / o * beta) for n in (n_a, n_b)]
+    budget = [within_model_budget(o, width, n, beta) for n in (n_a, n_b)]
     alive = np.ones(o, dtype=bool)
     for m in (0, 1):
         if budget[m] == 0:
@@ -369,3 +388,21 @@ MATCHERS: dict[str, Callable[..., Match]] = {
     "permute": _registered("permute", permute_match, zipper=False),
     "average": _registered("average", average_match, zipper=False),
 }
+# Matchers that pair features one to one: equal widths only, the merged width is n_A (no rho,
+# alpha or beta). The others zip to any width between max(n_A, n_B) and n_A + n_B.
+EQUAL_WIDTHS = frozenset({"permute", "average"})
+
+
+def planned_width(matcher: str, n_a: int, n_b: int, rho: float, width: int | None) -> int:
+    """Return the merged width a matcher gives: ``width`` when set, else from rho.
+
+    One-to-one matchers (EQUAL_WIDTHS) always give n_A.
+
+    Raises:
+        MatcherError: an unknown matcher.
+    """
+    if matcher not in MATCHERS:
+        raise MatcherError(f"unknown matcher {matcher!r}; use one of {sorted(MATCHERS)}")
+    if width is not None:
+        return int(width)
+    return n_a if matcher in EQUAL_WIDTHS else target_width(n_a, n_b, rho)

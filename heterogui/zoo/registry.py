@@ -13,11 +13,11 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from heterogui.datasets.images import task_classes
 from heterogui.errors import ConfigError
 from heterogui.models.family import config_to_dict
 from heterogui.models.resnet import ResNetConfig, cifar_resnet
 from heterogui.models.vgg import VGGConfig
-from heterogui.zoo.datasets import task_classes
 from heterogui.zoo.train import TrainSettings
 
 ZOO_VERSION = 3  # bump to rebuild every cached pair after a change in training or data

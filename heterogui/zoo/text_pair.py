@@ -1,11 +1,11 @@
 """The text classifier pair: MiniLM-L6 fine-tuned on "topics", MiniLM-L3 on "sentiment".
 
-Both start from the offline MiniLM checkpoints (``heterogui.models.hf.minilm``) with a fresh
+Both start from the offline MiniLM checkpoints (``heterogui.sources.minilm``) with a fresh
 classification head (BertForSequenceClassification) and are fine-tuned here on the template
-tasks of ``heterogui.zoo.text_tasks`` for a few hundred steps on the CPU. The results are
+tasks of ``heterogui.datasets.text_tasks`` for a few hundred steps on the CPU. The results are
 ``save_pretrained`` folders in the heterogui cache (never in the repository), rebuilt when the
 build settings change. Together they are a depth-heterogeneous pair (6 vs 3 layers) trained on
-disjoint label sets, for the classification protocol of method.md C.
+disjoint label sets, for the classification protocol of docs/method.md sec. 11.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from heterogui.cache import cache_dir
-from heterogui.models.hf import minilm
+from heterogui.datasets.text_tasks import LABELS, TASK_CLASSES, make_task
 from heterogui.models.io import atomic_folder
-from heterogui.zoo.text_tasks import TASK_CLASSES, make_task
+from heterogui.sources import minilm
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class FinetuneSettings:
     lr: float = 1e-4
     batch_size: int = 16
     seed: int = 0
-    version: int = 1
+    version: int = 2  # 2: id2label names the classes ("sports" ...), so heads keep their tasks
 
 
 def _base_folder(name: str, l3_cache: Path | None) -> Path:
@@ -76,8 +76,14 @@ def finetune(
     classes = TASK_CLASSES[task]
     splits = make_task(task, seed=settings.seed)
     torch.manual_seed(settings.seed)
+    names = {i: name for name, i in LABELS.items()}
     model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=len(classes), local_files_only=True, use_safetensors=True
+        base,
+        num_labels=len(classes),
+        id2label={k: names[c] for k, c in enumerate(classes)},
+        label2id={names[c]: k for k, c in enumerate(classes)},
+        local_files_only=True,
+        use_safetensors=True,
     )
     tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr)

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from heterogui.datasets.images import Split, batches, head_targets, load_split, sample, task_subset
 from heterogui.fusion.bn import reestimate_batch_norm
 from heterogui.models.family import Network, build_network
-from heterogui.zoo.datasets import Split, batches, head_targets, load_split, sample, task_subset
 
 log = logging.getLogger(__name__)
 

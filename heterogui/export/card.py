@@ -1,4 +1,4 @@
-"""The model card written next to an exported merge: Markdown with small SVG figures.
+"""The model card written next to every exported merge: Markdown with small SVG figures.
 
 The SVGs are drawn here as plain text (no plotting library, no browser), so an export needs
 nothing beyond the core and opens anywhere a README renders.
@@ -91,6 +91,8 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     def cell(v: Any) -> str:
         if v is None:
             return "—"
+        if isinstance(v, float):
+            return f"{v:.4g}"
         return f"{v:,}" if isinstance(v, int) else str(v)
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -98,20 +100,55 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def model_card(facts: dict[str, Any]) -> str:
+_USE = {
+    "heterogui": """```python
+from heterogui.sources.registry import load
+merged = load("DIR").net.module      # one network; its outputs are every task head side by side
+```
+or `heterogui merge` with this folder as model A or B of a next merge.""",
+    "hf-bert": """```python
+from transformers import AutoModel, AutoTokenizer
+model = AutoModel.from_pretrained(DIR)
+tokenizer = AutoTokenizer.from_pretrained(DIR)
+batch = tokenizer(["a sentence"], return_tensors="pt")
+states = model(**batch).last_hidden_state  # merged token states; mean-pool for embeddings
+```""",
+    "hf-vit": """```python
+from transformers import AutoModel
+model = AutoModel.from_pretrained(DIR)
+states = model(pixel_values=images).last_hidden_state  # images: (N, C, H, W); [CLS] is row 0
+```""",
+}
+_FRONT = {
+    "heterogui": "---\nlibrary_name: heterogui\ntags: [heterogui, model-merging]\n---\n",
+    "hf-bert": "---\nlibrary_name: transformers\ntags: [heterogui, model-merging, bert]\n---\n",
+    "hf-vit": "---\nlibrary_name: transformers\ntags: [heterogui, model-merging, vit]\n---\n",
+}
+
+
+def model_card(facts: dict[str, Any], fmt: str = "heterogui") -> str:
     """Return the README.md of an exported merge.
 
-    facts: "title", "models" (rows: name, ref, family, depths, parameters), "alignment" (mode,
-    mapping, score), "settings" (dict), "sizes" (rows), "metrics" (rows or []), "widths"
-    (rows: merge point, A, B, merged).
+    facts: "title", "models" (rows: name, reference, family, layers per stage, parameters),
+    "heads" (rows: head, task classes, from model), "alignment" (mode, mapping, score),
+    "settings" (dict), "widths" (rows: merge point, A, B, merged), "sizes" (rows: model,
+    parameters, FLOPs), "metric_header" and "metrics" (rows, or []), "notes" (sentences).
+    fmt: the output format (its front matter and usage snippet).
     """
     al = facts["alignment"]
     parts = [
         f"# {facts['title']}",
-        "A training-free heterogeneous merge made with the heterogui workbench. The merged model "
-        "returns one output per original model (A's classes, B's classes).",
+        "A training-free heterogeneous merge made with heterogui (layer alignment by CKA, "
+        "elastic neuron zip).",
         "## Source models",
-        _table(["model", "reference", "family", "layers per stage", "parameters"], facts["models"]),
+        _table(["model", "name", "family", "layers per stage", "parameters"], facts["models"]),
+    ]
+    if facts.get("heads"):
+        parts += [
+            "## Task heads",
+            _table(["head", "classes", "from"], facts["heads"]),
+        ]
+    parts += [
         "## Layer alignment",
         f"Mode **{al['mode']}**, score {al['score']}, mapping `{al['mapping']}`.",
         "![layer CKA and alignment path](alignment.svg)",
@@ -122,14 +159,13 @@ def model_card(facts: dict[str, Any]) -> str:
         "## Size",
         _table(["model", "parameters", "FLOPs per input"], facts["sizes"]),
     ]
-    if facts["metrics"]:
-        parts += [
-            "## Accuracy (test split, %)",
-            _table(["model", "Joint", "Task A", "Task B", "Avg"], facts["metrics"]),
-        ]
+    if facts.get("metrics"):
+        parts += ["## Scores", _table(facts["metric_header"], facts["metrics"])]
+    parts += ["## Use", _USE[fmt].replace("DIR", '"DIR"' if fmt == "heterogui" else "DIR")]
+    parts += [f"- {n}" for n in facts.get("notes", ())]
     parts += [
         "## Reproduce",
         "`heterogui merge recipe.yaml --out OUT` repeats this merge bit for bit; "
         "`recipe.yaml`, `report.json` and `config.json` sit beside this card.",
     ]
-    return "\n\n".join(parts) + "\n"
+    return _FRONT[fmt] + "\n\n".join(parts) + "\n"

@@ -12,11 +12,33 @@ test and calibration parts; the same seed always gives the same sentences.
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import dataclass
 
 TOPICS = ("sports", "food", "technology", "weather")
 SENTIMENTS = ("negative", "positive")
 TASK_CLASSES = {"topics": (0, 1, 2, 3), "sentiment": (4, 5)}
+# Global class id of every label name (a classifier's id2label names its outputs with them).
+LABELS = {name: i for i, name in enumerate((*TOPICS, *SENTIMENTS))}
+# Labels that are none of the above get ids from this offset up (see ``label_id``).
+OTHER_LABELS = 1_000_000
+
+
+def label_id(name: str) -> int:
+    """Return the global class id of a label name.
+
+    Built-in labels ("sports" ... "positive") have their task ids, integer labels ("7") are
+    their value, and any other name a fixed id derived from its text (crc32), so that two
+    classifiers whose labels differ get disjoint classes and an evaluation file that names the
+    labels maps to the same ids.
+    """
+    if name in LABELS:
+        return LABELS[name]
+    if name.isdigit():
+        return int(name)
+    return OTHER_LABELS + zlib.crc32(name.encode("utf-8"))
+
+
 SPLITS = {"train": 0.5, "test": 0.25, "calibration": 0.25}
 PER_CLASS = {"topics": 200, "sentiment": 300}
 

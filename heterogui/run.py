@@ -1,0 +1,414 @@
+"""The one path from a recipe to a merged model and its files (docs/architecture.md).
+
+``merge(recipe)`` loads models A and B through their sources, draws the task's calibration
+(and evaluation) data, runs the engine (``pipeline.prepare`` / ``zip_prepared``), completes the
+recipe and writes the report; ``export`` writes the result in an output format. The CLI, the
+Python API (``heterogui.merge``), the workbench and the benchmarks all go through the steps
+defined here: ``load_pair``, ``calibrate``, ``analyse``, ``evaluate_models`` / ``evaluate_merge``,
+``complete_recipe``, ``export``. No other module builds recipes or checks model hashes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import heterogui
+from heterogui.config import (
+    AlignmentSpec,
+    DataRef,
+    ModelRef,
+    Recipe,
+    TransformerSpec,
+    ZipSpec,
+    load_recipe,
+)
+from heterogui.errors import Cancelled, ConfigError, IncompatibleModelsError, MatcherError
+from heterogui.export.job import HETEROGUI_FORMAT, ExportJob
+from heterogui.export.registry import write_export
+from heterogui.models.family import Network
+from heterogui.pipeline import (
+    MergeResult,
+    Prepared,
+    Progress,
+    ZipSettings,
+    check_pair,
+    prepare,
+    zip_prepared,
+)
+from heterogui.report import card_files, merge_report
+from heterogui.sizes import merged_size
+from heterogui.sources import registry as sources
+from heterogui.sources.base import Loaded, Pair
+from heterogui.tasks import Calibration, Evaluation, Task, task_of
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+TRANSFORMER_FAMILIES = ("bert", "vit")
+
+
+@dataclass
+class RunResult:
+    """A finished merge: the engine's result, the completed recipe, the report, the inputs.
+
+    scores: the task's scores of "a", "b", "ensemble" and "merged" (None: not evaluated).
+    """
+
+    result: MergeResult
+    recipe: Recipe
+    report: dict[str, Any]
+    pair: Pair
+    calibration: Calibration
+    evaluation: Evaluation | None = None
+    scores: dict[str, Any] | None = None
+
+    @property
+    def task(self) -> Task:
+        """Return the pair's task."""
+        return task_of(self.pair.task)
+
+
+def guarded(progress: Progress | None, cancel: Callable[[], bool] | None) -> Progress:
+    """Return a progress callback that stops the run (Cancelled) once ``cancel()`` is true.
+
+    The engine reports progress at every stage and batch, so a cancel takes effect at the
+    next report.
+    """
+
+    def report(stage: str, fraction: float) -> None:
+        if cancel is not None and cancel():
+            raise Cancelled("cancelled: the merge stopped; the previous result is kept")
+        if progress is not None:
+            progress(stage, fraction)
+
+    return report
+
+
+def versions(families: tuple[str, ...] = ()) -> dict[str, str]:
+    """Return the versions that can change a merge's numbers (transformers for its models)."""
+    out = {
+        "heterogui": heterogui.__version__,
+        "torch": metadata.version("torch"),
+        "python": platform.python_version(),
+    }
+    if any(f in TRANSFORMER_FAMILIES for f in families):
+        out["transformers"] = metadata.version("transformers")
+    return out
+
+
+def settings_of(recipe: Recipe) -> ZipSettings:
+    """Return the ZipSettings a recipe asks for."""
+    z = recipe.zip
+    return ZipSettings(z.matcher, z.alpha, z.beta, z.rho, z.overrides, recipe.stop)
+
+
+def check_hash(ref: ModelRef, loaded: Loaded) -> None:
+    """Raise if a recorded weights hash differs from the loaded model's.
+
+    Raises:
+        ConfigError: the weights changed since the recipe was written.
+    """
+    if ref.sha256 and ref.sha256 != loaded.sha256:
+        raise ConfigError(
+            f"the weights of {ref.path} changed: sha256 {(loaded.sha256 or 'none')[:12]}... but "
+            f"the recipe records {ref.sha256[:12]}...; restore the model or remove its sha256"
+        )
+
+
+def load_pair(
+    ref_a: ModelRef | str,
+    ref_b: ModelRef | str,
+    transformer: TransformerSpec | None = None,
+    device: str = "cpu",
+) -> Pair:
+    """Run the header-only pre-flight, then load A and B through their sources.
+
+    transformer: pooling of text embedding models and the identity construction of BERT's
+    padded layers (None: the families' defaults). Recorded hashes are checked.
+
+    Raises:
+        IncompatibleModelsError: the pre-flight (or the loaded models) cannot be merged.
+        ConfigError: changed weights, or an identity construction the family does not have.
+        ModelLoadError: a model that cannot be read.
+    """
+    refs = [r if isinstance(r, ModelRef) else ModelRef(r) for r in (ref_a, ref_b)]
+    verdict = sources.preflight(refs[0].path, refs[1].path)
+    if not verdict.ok:
+        raise IncompatibleModelsError("; ".join(verdict.reasons))
+    pooling = transformer.pooling if transformer is not None else None
+    loaded = [sources.load(r.path, pooling=pooling, device=device) for r in refs]
+    for ref, item in zip(refs, loaded, strict=True):
+        check_hash(ref, item)
+    pair = Pair(*loaded)
+    if transformer is not None and transformer.identity != "exact":
+        if pair.a.net.family.name != "bert":
+            raise ConfigError(
+                f"transformer.identity {transformer.identity!r} is for BERT; a pre-LN "
+                f'{pair.a.net.family.name} pads with exact identity layers: use "exact"'
+            )
+        for item in (pair.a, pair.b):
+            config = dataclasses.replace(item.net.config, identity=transformer.identity)
+            item.net = dataclasses.replace(item.net, config=config)
+    check_pair(pair.a.net, pair.b.net)
+    return pair
+
+
+def calibrate(pair: Pair, ref: DataRef | None = None, size: int | None = None) -> Calibration:
+    """Return the pair's calibration data (``ref``, or its task's default of ``size`` inputs).
+
+    Raises:
+        ConfigError: data of the wrong kind or shape, or changed data.
+        ModelLoadError: a missing or corrupt data file.
+    """
+    task = task_of(pair.task)
+    return task.calibration(ref or task.default_calibration(pair, size), pair)
+
+
+def analyse(
+    pair: Pair,
+    calibration: Calibration,
+    *,
+    mode: str = "sma",
+    manual: dict[str, list[list[int]]] | None = None,
+    device: str | torch.device = "auto",
+    reset_input_bn: bool = True,
+    progress: Progress | None = None,
+) -> Prepared:
+    """Run the engine's analysis (BN, CKA, alignment, padding, statistics) on a pair."""
+    return prepare(
+        pair.a.net,
+        pair.b.net,
+        calibration.batches,
+        mode=mode,
+        manual=manual,
+        device=device,
+        reset_input_bn=reset_input_bn,
+        progress=progress,
+    )
+
+
+def evaluate_models(pair: Pair, prepared: Prepared, evaluation: Evaluation) -> dict[str, Any]:
+    """Return the task's scores of "a", "b" and "ensemble"."""
+    return task_of(pair.task).score_models(prepared, evaluation, pair)
+
+
+def evaluate_merge(pair: Pair, result: MergeResult, evaluation: Evaluation) -> Any:
+    """Return the task's scores of the merged model."""
+    return task_of(pair.task).score_merged(result, evaluation, pair)
+
+
+def transformer_spec(pair: Pair) -> TransformerSpec | None:
+    """Return the transformer options a pair was loaded with (None: not a transformer)."""
+    config = pair.a.net.config
+    if pair.a.net.family.name not in TRANSFORMER_FAMILIES:
+        return None
+    return TransformerSpec(getattr(config, "identity", "exact"), config.pooling)
+
+
+def complete_recipe(
+    pair: Pair,
+    calibration: Calibration,
+    result: MergeResult,
+    *,
+    evaluation: Evaluation | None = None,
+    base: Recipe | None = None,
+    dtype: torch.dtype = torch.float32,
+    reset_input_bn: bool = True,
+) -> Recipe:
+    """Return the recipe that repeats this merge bit for bit.
+
+    It records the models with their hashes, the calibration (and evaluation) data with
+    theirs, the alignment it produced, every knob, and the library versions. base: the recipe
+    the merge ran from (its seed and device are kept).
+    """
+    s = result.settings
+    device = base.device if base is not None else str(result.prepared.device)
+    base = base or Recipe(ModelRef(pair.a.ref), ModelRef(pair.b.ref))
+    families = (pair.a.net.family.name, pair.b.net.family.name)
+    return dataclasses.replace(
+        base,
+        model_a=ModelRef(pair.a.ref, pair.a.sha256),
+        model_b=ModelRef(pair.b.ref, pair.b.sha256),
+        calibration=calibration.ref,
+        evaluation=evaluation.ref if evaluation is not None else None,
+        alignment=AlignmentSpec(result.alignment.mode, result.alignment.mapping()),
+        zip=ZipSpec(
+            s.matcher, s.alpha, s.beta, s.rho, {k: dict(v) for k, v in s.overrides.items()}
+        ),
+        stop=s.stop,
+        reset_input_bn=reset_input_bn,
+        transformer=transformer_spec(pair),
+        dtype=DTYPE_NAMES[dtype],
+        device=device,
+        versions=versions(families),
+    )
+
+
+def merge(
+    recipe: Recipe | str | Path,
+    progress: Progress | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> RunResult:
+    """Run the merge a recipe describes: result, completed recipe, report and scores.
+
+    The evaluation data (when the recipe names some) is drawn before the expensive part, so a
+    bad file fails fast; the report's total time leaves evaluation out.
+
+    Raises:
+        Cancelled: ``cancel()`` became true.
+        HeteroguiError: any invalid recipe field, model or data (see the subclasses).
+    """
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    report = guarded(progress, cancel)
+    start = time.perf_counter()
+    pair = load_pair(recipe.model_a, recipe.model_b, recipe.transformer)
+    task = task_of(pair.task)
+    task.check(recipe.calibration, "calibration")
+    if recipe.evaluation is not None:
+        task.check(recipe.evaluation, "evaluation")
+    calibration = task.calibration(recipe.calibration, pair)
+    evaluation = task.evaluation(recipe.evaluation, pair) if recipe.evaluation else None
+    torch.manual_seed(recipe.seed)
+    manual = recipe.alignment.mapping if recipe.alignment.mode == "manual" else None
+    prepared = analyse(
+        pair,
+        calibration,
+        mode=recipe.alignment.mode,
+        manual=manual,
+        device=recipe.device,
+        reset_input_bn=recipe.reset_input_bn,
+        progress=report,
+    )
+    dtype = DTYPES[recipe.dtype]
+    result = zip_prepared(prepared, settings_of(recipe), dtype, report)
+    seconds = time.perf_counter() - start
+    done = complete_recipe(
+        pair,
+        calibration,
+        result,
+        evaluation=evaluation,
+        base=recipe,
+        dtype=dtype,
+        reset_input_bn=recipe.reset_input_bn,
+    )
+    if recipe.alignment.mapping and recipe.alignment.mapping != done.alignment.mapping:
+        log.warning(
+            "alignment %s gave %s, not the recorded %s",
+            recipe.alignment.mode,
+            done.alignment.mapping,
+            recipe.alignment.mapping,
+        )
+    scores = None
+    if evaluation is not None:
+        report("evaluate", 0.0)
+        scores = {**evaluate_models(pair, prepared, evaluation)}
+        scores["merged"] = evaluate_merge(pair, result, evaluation)
+    facts = merge_report(result, done, seconds, task, scores, calibration.count)
+    facts["timings_seconds"]["evaluation"] = time.perf_counter() - start - seconds
+    return RunResult(result, done, facts, pair, calibration, evaluation, scores)
+
+
+def export_format(pair: Pair) -> str:
+    """Return the output format that fits a pair: its sources' format when they share one."""
+    fmt = pair.a.export_format
+    return fmt if fmt == pair.b.export_format else HETEROGUI_FORMAT
+
+
+def export(
+    run: RunResult, out: str | Path, overwrite: bool = False, fmt: str | None = None
+) -> Path:
+    """Write a merge to the new folder ``out`` (atomically) in ``fmt`` (None: the pair's).
+
+    Raises:
+        ConfigError: an unknown format.
+        ExportError: the format cannot hold this merge, ``out`` exists, or writing failed.
+    """
+    fmt = fmt or export_format(run.pair)
+    job = ExportJob(
+        run.result.model,
+        run.recipe,
+        run.report,
+        card_files(run.result, run.pair, run.task, run.scores, fmt),
+        run.pair.a.folder,
+        getattr(run.pair.a.net.config, "pooling", None),
+    )
+    return write_export(job, out, fmt, overwrite)
+
+
+def merge_networks(
+    net_a: Network,
+    net_b: Network,
+    batches: list[Any],
+    *,
+    mode: str = "sma",
+    manual: dict[str, list[list[int]]] | None = None,
+    settings: ZipSettings | None = None,
+    device: str | torch.device = "auto",
+    reset_input_bn: bool = True,
+    dtype: torch.dtype = torch.float32,
+    progress: Progress | None = None,
+) -> MergeResult:
+    """Merge two in-memory networks on calibration batches (the engine, without sources).
+
+    batches: list of input tensors (B, ...) (or tokenizer dicts) drawn from both tasks.
+
+    Raises:
+        HeteroguiError: incompatible networks or invalid settings.
+    """
+    prepared = prepare(
+        net_a,
+        net_b,
+        batches,
+        mode=mode,
+        manual=manual,
+        device=device,
+        reset_input_bn=reset_input_bn,
+        progress=progress,
+    )
+    return zip_prepared(prepared, settings, dtype, progress)
+
+
+def sweep(
+    pair: Pair,
+    prepared: Prepared,
+    settings: ZipSettings,
+    evaluation: Evaluation | None,
+    rhos: list[float],
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Re-merge at every zip ratio in ``rhos`` (other settings kept); return sizes and scores.
+
+    A rho the settings cannot reach (a matcher error) is skipped.
+
+    Raises:
+        Cancelled: through ``progress``.
+    """
+    task = task_of(pair.task)
+    points = []
+    for k, rho in enumerate(rhos):
+        if progress is not None:
+            progress("sweep", k / len(rhos))
+        try:
+            result = zip_prepared(prepared, dataclasses.replace(settings, rho=float(rho)))
+        except (ConfigError, MatcherError) as exc:
+            log.info("sweep point rho=%s skipped: %s", rho, exc)
+            continue
+        scores = evaluate_merge(pair, result, evaluation) if evaluation is not None else None
+        point = {"rho": float(rho), **merged_size(result.model, prepared)}
+        point.update(task.columns(scores))
+        point["score"] = task.headline(scores)
+        points.append(point)
+    if progress is not None:
+        progress("sweep", 1.0)
+    return points

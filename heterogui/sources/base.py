@@ -1,0 +1,101 @@
+"""What every model source gives: a loaded model, the header-only facts, and the Source role.
+
+A model reference is the string a recipe records for a model (``zoo:PAIR/a``, ``minilm:NAME``,
+a folder, a Hugging Face hub id). One ``Source`` per kind of reference resolves it, describes it
+from its headers (config.json, safetensors headers) and loads it; ``heterogui.sources.registry``
+picks the Source, so nothing else parses references (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from heterogui.export.job import HETEROGUI_FORMAT
+from heterogui.models.family import Network
+
+# Task kinds (heterogui.tasks keys its registry by them).
+IMAGE_CLASSIFICATION = "image_classification"
+SENTENCE_SIMILARITY = "sentence_similarity"
+TEXT_CLASSIFICATION = "text_classification"
+
+
+@dataclass
+class Loaded:
+    """A model ready to merge, with what the rest of a merge needs to know about it.
+
+    ref: the reference a recipe records to load it again; source: the kind of source.
+    name: a display name (never a long local path); sha256: its weights file's hash.
+    task: the task kind it is scored on; tokenizer: a text model's tokenizer (else None).
+    folder: the local folder its files are in (None for in-memory models).
+    dataset: the built-in dataset it was trained on, when known (zoo models).
+    export_format: the output format that fits it (a merge of two such models is written so).
+    """
+
+    net: Network
+    ref: str
+    source: str
+    name: str
+    sha256: str | None
+    task: str
+    tokenizer: Any = None
+    folder: Path | None = None
+    dataset: str | None = None
+    export_format: str = HETEROGUI_FORMAT
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a model's headers say, read without loading weights (the pre-flight's input).
+
+    family: the heterogui family ("resnet", "bert" ...); config: the family config when the
+    headers give one (heterogui folders, zoo models); card: the Hugging Face header card
+    (``heterogui.sources.preflight.ModelCard``) of Hugging Face folders.
+    """
+
+    ref: str
+    name: str
+    source: str
+    family: str
+    task: str
+    config: Any = None
+    card: Any = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Source(ABC):
+    """One kind of model reference: claim, describe (headers only) and load."""
+
+    kind: str = ""
+
+    @abstractmethod
+    def claims(self, ref: str) -> bool:
+        """Return whether this source reads ``ref`` (cheap: no weights are read)."""
+
+    @abstractmethod
+    def describe(self, ref: str) -> Header:
+        """Return the header-only facts of ``ref``."""
+
+    @abstractmethod
+    def load(self, ref: str, *, pooling: str | None = None, device: str = "cpu") -> Loaded:
+        """Load ``ref``; pooling: how a text embedding model pools (None: its default)."""
+
+
+@dataclass
+class Pair:
+    """Models A and B of a merge, as loaded (the task kind is theirs: they share one)."""
+
+    a: Loaded
+    b: Loaded
+
+    @property
+    def task(self) -> str:
+        """Return the task kind both models are scored on."""
+        return self.a.task
+
+    @property
+    def dataset(self) -> str | None:
+        """Return the built-in dataset the models were trained on, if the sources know it."""
+        return self.a.dataset or self.b.dataset

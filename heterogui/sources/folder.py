@@ -1,0 +1,97 @@
+"""heterogui folders: a network (``save_network``) or a merge (``heterogui merge`` output).
+
+A merged folder is a model too: a full zip is loaded as one network of its family whose head
+holds every task head of the models it was merged from (``fusion.merged.as_network``), so
+merges can be merged again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from heterogui.errors import ModelLoadError
+from heterogui.fusion.merged import (
+    MergedModel,
+    MergedSpec,
+    as_network,
+    build_merged,
+    network_config,
+)
+from heterogui.models.family import config_from_dict, family_of
+from heterogui.models.io import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    file_sha256,
+    load_network,
+    load_state,
+    read_config,
+)
+from heterogui.sources.base import IMAGE_CLASSIFICATION, Header, Loaded, Source
+
+KINDS = {"network": "folder", "merged": "merged"}
+
+
+def heterogui_kind(folder: Path) -> str | None:
+    """Return "network" or "merged" for a heterogui folder, else None (cheap: config.json only)."""
+    try:
+        data = read_config(folder)
+    except ModelLoadError:
+        return None
+    kind = data.get("heterogui") if isinstance(data, dict) else None
+    return kind if kind in KINDS else None
+
+
+def load_merged(folder: str | Path, device: str | torch.device = "cpu") -> MergedModel:
+    """Load a merged model folder written by ``save_merged`` (eval mode).
+
+    Raises:
+        ModelLoadError: missing/corrupt files, or weights that do not fit the config.
+    """
+    folder = Path(folder)
+    data = read_config(folder)
+    if data.get("heterogui") != "merged":
+        raise ModelLoadError(f"{folder}/{CONFIG_FILE} does not describe a heterogui merged model")
+    spec = MergedSpec.from_dict({k: v for k, v in data.items() if k != "heterogui"})
+    model = build_merged(spec)
+    state = load_state(folder / WEIGHTS_FILE)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"weights in {folder} do not fit its config: {exc}") from exc
+    return model.to(device).eval()
+
+
+class HeteroguiFolderSource(Source):
+    """A folder written by heterogui: config.json ("heterogui": "network" or "merged")."""
+
+    kind = "folder"
+
+    def claims(self, ref: str) -> bool:
+        """Return whether ``ref`` is a folder whose config.json is a heterogui config."""
+        folder = Path(ref).expanduser()
+        return folder.is_dir() and heterogui_kind(folder) is not None
+
+    def describe(self, ref: str) -> Header:
+        """Return the family and config from config.json (no weights are read)."""
+        folder = Path(ref).expanduser()
+        data = read_config(folder)
+        if data["heterogui"] == "merged":
+            config = network_config(MergedSpec.from_dict(data))
+        else:
+            config = config_from_dict(data["config"])
+        family = family_of(config).name
+        kind = KINDS[data["heterogui"]]
+        return Header(ref, folder.name, kind, family, IMAGE_CLASSIFICATION, config)
+
+    def load(self, ref: str, *, pooling: str | None = None, device: str = "cpu") -> Loaded:
+        """Load the network (a merge: as one network with all its task heads)."""
+        folder = Path(ref).expanduser()
+        kind = heterogui_kind(folder)
+        if kind == "merged":
+            net = as_network(load_merged(folder, device), label=folder.name)
+        else:
+            net = load_network(folder, device)
+        sha = file_sha256(folder / WEIGHTS_FILE)
+        return Loaded(net, ref, KINDS[kind], folder.name, sha, IMAGE_CLASSIFICATION, folder=folder)

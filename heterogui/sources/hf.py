@@ -1,0 +1,193 @@
+"""Hugging Face models: save_pretrained folders, hub ids, and the offline MiniLM models.
+
+The family comes from config.json's ``model_type`` (``bert``, ``vit``); the adapters in
+``heterogui.models.hf`` convert the loaded transformers model into a heterogui network. A BERT
+classifier is scored on text classification, a BERT embedding model on sentence similarity, a
+ViT on image classification. Classifiers whose ``id2label`` names are class ids ("3") or the
+built-in text tasks' labels ("sports") get those global classes, so two classifiers of disjoint
+tasks keep disjoint heads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from heterogui.datasets.text_tasks import label_id
+from heterogui.errors import ConfigError, ModelLoadError
+from heterogui.export.job import HF_BERT_FORMAT, HF_VIT_FORMAT
+from heterogui.models.hf.bert_io import load_bert
+from heterogui.models.hf.common import folder_config
+from heterogui.models.hf.vit_io import load_vit
+from heterogui.models.io import file_sha256
+from heterogui.sources import minilm
+from heterogui.sources.base import (
+    IMAGE_CLASSIFICATION,
+    SENTENCE_SIMILARITY,
+    TEXT_CLASSIFICATION,
+    Header,
+    Loaded,
+    Source,
+)
+from heterogui.sources.preflight import inspect_model
+
+MINILM_PREFIX = "minilm:"
+# model_type -> (loader, default pooling, export format)
+FAMILIES = {
+    "bert": (load_bert, "mean", HF_BERT_FORMAT),
+    "vit": (load_vit, "cls", HF_VIT_FORMAT),
+}
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def classes_from_labels(id2label: dict[str, Any] | None) -> tuple[int, ...] | None:
+    """Return the global class ids of a classifier's labels (``label_id``), None without labels.
+
+    Integer labels ("0".."9", a dataset's class ids) are used as they are; the built-in text
+    tasks' labels ("sports", "positive" ...) map to their ids; other names to fixed ids.
+    """
+    if not id2label:
+        return None
+    return tuple(label_id(str(id2label[k])) for k in sorted(id2label, key=int))
+
+
+def model_type(folder: Path) -> str:
+    """Return a folder's model_type, refusing those no adapter supports.
+
+    Raises:
+        ConfigError: a model type without a heterogui adapter.
+    """
+    kind = folder_config(folder).get("model_type")
+    if kind not in FAMILIES:
+        raise ConfigError(
+            f"{folder} holds a {kind!r} model; heterogui merges Hugging Face models of "
+            f"model_type {' or '.join(sorted(FAMILIES))}"
+        )
+    return str(kind)
+
+
+class HFSource(Source):
+    """A Hugging Face save_pretrained folder (or a hub id, when the hub may be used)."""
+
+    kind = "hf"
+
+    def folder(self, ref: str) -> Path:
+        """Return the local folder of ``ref``."""
+        return Path(ref).expanduser()
+
+    def claims(self, ref: str) -> bool:
+        """Return whether ``ref`` is a folder with a Hugging Face config.json, or a hub id."""
+        folder = Path(ref).expanduser()
+        if folder.is_dir():
+            data = folder_config(folder)
+            return "model_type" in data and "heterogui" not in data
+        return not folder.exists() and bool(_HUB_ID.fullmatch(ref))
+
+    def name(self, ref: str) -> str:
+        """Return a display name: the folder's name, or the hub id."""
+        return self.folder(ref).name if self.folder(ref).is_dir() else ref
+
+    def describe(self, ref: str) -> Header:
+        """Return the header card (config.json and safetensors headers only).
+
+        A hub id has no local headers: its header says so, and it is checked when it loads.
+        """
+        folder = self.folder(ref)
+        if not folder.is_dir():
+            _check_hub(ref)
+            notes = ("a hub model: header checks run when it loads",)
+            return Header(ref, ref, self.kind, "bert", SENTENCE_SIMILARITY, notes=notes)
+        card = inspect_model(folder)
+        task = _task(card.family, folder_config(folder))
+        return Header(ref, self.name(ref), self.kind, card.family, task, card=card)
+
+    def load(self, ref: str, *, pooling: str | None = None, device: str = "cpu") -> Loaded:
+        """Load the model with its family's adapter, and its tokenizer (text models).
+
+        Raises:
+            ConfigError: an unsupported model type.
+            ModelLoadError: missing files or weights, or no tokenizer for a text model.
+        """
+        folder = self.folder(ref)
+        if not folder.is_dir():
+            _check_hub(ref)
+        kind = model_type(folder) if folder.is_dir() else "bert"
+        loader, default_pooling, export_format = FAMILIES[kind]
+        net, tokenizer = loader(
+            str(folder) if folder.is_dir() else ref, pooling=pooling or default_pooling
+        )
+        net = dataclasses.replace(net, label=self.name(ref))
+        data = folder_config(folder)
+        classes = classes_from_labels(data.get("id2label")) if net.config.num_labels else None
+        if classes is not None and len(classes) == net.config.num_labels:
+            net = dataclasses.replace(net, classes=classes)
+        weights = folder / "model.safetensors"
+        sha = file_sha256(weights) if weights.is_file() else None
+        return Loaded(
+            net,
+            ref,
+            self.kind,
+            self.name(ref),
+            sha,
+            _task(kind, data),
+            tokenizer=tokenizer,
+            folder=folder if folder.is_dir() else None,
+            export_format=export_format,
+        )
+
+
+def _check_hub(ref: str) -> None:
+    """Raise when a hub id cannot be fetched (hub downloads off).
+
+    Raises:
+        ModelLoadError: HF_HUB_OFFLINE is "1".
+    """
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ModelLoadError(
+            f"{ref!r} is not a local folder, and Hugging Face hub downloads are off "
+            "(HF_HUB_OFFLINE=1); pass the path of a save_pretrained folder"
+        )
+
+
+def _task(family: str, config: dict[str, Any]) -> str:
+    """Return the task kind of a Hugging Face model from its family and architectures."""
+    if family == "vit":
+        return IMAGE_CLASSIFICATION
+    classifier = any(
+        str(a).endswith("ForSequenceClassification") for a in config.get("architectures") or []
+    )
+    return TEXT_CLASSIFICATION if classifier else SENTENCE_SIMILARITY
+
+
+class MiniLMSource(HFSource):
+    """The offline MiniLM models: ``minilm:`` + all-MiniLM-L6-v2 or paraphrase-MiniLM-L3-v2."""
+
+    kind = "minilm"
+
+    def claims(self, ref: str) -> bool:
+        """Return whether ``ref`` starts with ``minilm:``."""
+        return ref.startswith(MINILM_PREFIX)
+
+    def folder(self, ref: str) -> Path:
+        """Return the model's folder (converting L3 from its ONNX file on first use).
+
+        Raises:
+            ConfigError: an unknown MiniLM name.
+            ModelLoadError: the package that ships the model is missing.
+        """
+        name = ref[len(MINILM_PREFIX) :]
+        if name == minilm.L6_NAME:
+            return minilm.minilm_l6_path()
+        if name == minilm.L3_NAME:
+            return minilm.minilm_l3_path()
+        raise ConfigError(
+            f"unknown MiniLM model {ref!r}; use one of "
+            + ", ".join(f"{MINILM_PREFIX}{n}" for n in minilm.NAMES)
+        )
+
+    def name(self, ref: str) -> str:
+        """Return the model's name (not its folder in site-packages or the cache)."""
+        return ref[len(MINILM_PREFIX) :]

@@ -1,0 +1,107 @@
+"""Pick the source of a model reference; load and describe models; the pair pre-flight.
+
+``SOURCES`` is tried in order and the first source that claims a reference reads it. The
+pre-flight (``preflight``) says from headers alone whether two references can be merged, so a
+merge that cannot work is refused before any weights are read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from heterogui.errors import ConfigError, ModelLoadError
+from heterogui.pipeline import pair_reasons
+from heterogui.sources.base import Header, Loaded, Source
+from heterogui.sources.folder import HeteroguiFolderSource
+from heterogui.sources.hf import HFSource, MiniLMSource
+from heterogui.sources.preflight import Verdict
+from heterogui.sources.preflight import check_pair as check_hf_pair
+from heterogui.sources.zoo import ZooSource
+
+SOURCES: tuple[Source, ...] = (ZooSource(), MiniLMSource(), HeteroguiFolderSource(), HFSource())
+FORMS = (
+    "zoo:PAIR/a or zoo:PAIR/b, minilm:NAME, a heterogui folder (config.json + model.safetensors), "
+    "a Hugging Face save_pretrained folder, or a Hugging Face hub id"
+)
+
+
+def find_source(ref: str) -> Source:
+    """Return the source that reads ``ref``.
+
+    Raises:
+        ModelLoadError: a path that is missing, a file, or a folder that holds no model.
+        ConfigError: an empty reference, or one no source reads.
+    """
+    text = (ref or "").strip()
+    if not text:
+        raise ConfigError(f"give a model: {FORMS}")
+    for source in SOURCES:
+        if source.claims(text):
+            return source
+    path = Path(text).expanduser()
+    if path.is_file():
+        raise ModelLoadError(
+            f"{text!r} is a file; a model is a folder with config.json and model.safetensors "
+            "(pass the folder that holds it)"
+        )
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"folder {text!r} has no config.json: it is not a model folder; pass a folder "
+                "with config.json and model.safetensors"
+            )
+        raise ModelLoadError(
+            f"config.json in {text!r} is neither a heterogui config nor a Hugging Face config "
+            "(it has no model_type); pass a folder written by heterogui or save_pretrained"
+        )
+    raise ModelLoadError(f"model folder {text!r} does not exist; give {FORMS}")
+
+
+def load(ref: str, *, pooling: str | None = None, device: str = "cpu") -> Loaded:
+    """Load the model ``ref`` names through its source.
+
+    Raises:
+        HeteroguiError: see ``find_source`` and the source's ``load``.
+    """
+    return find_source(ref).load(ref.strip(), pooling=pooling, device=device)
+
+
+def describe(ref: str) -> Header:
+    """Return the header-only facts of ``ref`` (no weights are read).
+
+    Raises:
+        HeteroguiError: see ``find_source`` and the source's ``describe``.
+    """
+    return find_source(ref).describe(ref.strip())
+
+
+def pair_verdict(header_a: Header, header_b: Header) -> Verdict:
+    """Return whether two described models can be merged, with the reasons or notes."""
+    if header_a.family != header_b.family:
+        reason = (
+            f"model A ({header_a.name}) is a {header_a.family} and model B ({header_b.name}) a "
+            f"{header_b.family}; heterogui merges models of one family"
+        )
+        return Verdict(False, (reason,))
+    if header_a.task != header_b.task:
+        reason = (
+            f"model A ({header_a.name}) is scored on {header_a.task.replace('_', ' ')} and model "
+            f"B ({header_b.name}) on {header_b.task.replace('_', ' ')}; merge two models of one "
+            "kind (two classifiers, or two embedding models)"
+        )
+        return Verdict(False, (reason,))
+    if header_a.card is not None and header_b.card is not None:
+        return check_hf_pair(header_a.card, header_b.card)
+    if header_a.config is not None and header_b.config is not None:
+        reasons = pair_reasons(header_a.config, header_b.config)
+        return Verdict(not reasons, tuple(reasons))
+    return Verdict(True, notes=("header-only checks skipped: one model is not a local folder",))
+
+
+def preflight(ref_a: str, ref_b: str) -> Verdict:
+    """Return the pre-flight verdict of two references (headers only).
+
+    Raises:
+        HeteroguiError: a reference no source reads, or unreadable headers.
+    """
+    return pair_verdict(describe(ref_a), describe(ref_b))

@@ -1,0 +1,109 @@
+"""Workbench uploads: files (or a .zip of an export) copied into a fresh folder, then loaded.
+
+An upload becomes a folder of its own under the session's upload folder; the folder is then
+read by whichever source claims it (a heterogui network, a heterogui merge, a Hugging Face
+folder). A .zip is extracted member by member: only plain files, no absolute paths or "..",
+and a size limit, so an upload never writes outside its folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from heterogui.errors import ModelLoadError
+
+MAX_UNPACKED_BYTES = 4 << 30  # 4 GiB: far above any model the workbench can merge on a laptop
+MODEL_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".yaml", ".md", ".svg")
+
+
+def receive(files: list[str] | None, workdir: str | Path | None = None) -> Path:
+    """Return a new folder holding the uploaded model files.
+
+    files: paths of the uploaded files: config.json and model.safetensors (plus tokenizer or
+    side files), or one .zip of an exported folder. workdir: where the folder is made (a new
+    temporary folder when None).
+
+    Raises:
+        ModelLoadError: nothing uploaded, files that are not model files, or a bad archive.
+    """
+    paths = [Path(f) for f in files or []]
+    if not paths:
+        raise ModelLoadError(
+            "upload a model: its config.json and model.safetensors, or the .zip of an export"
+        )
+    folder = Path(tempfile.mkdtemp(prefix="upload-", dir=workdir))
+    try:
+        if len(paths) == 1 and paths[0].suffix == ".zip":
+            _extract(paths[0], folder)
+        else:
+            _copy(paths, folder)
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(
+                f"the upload has no config.json (got {sorted(p.name for p in folder.iterdir())}); "
+                "upload config.json and model.safetensors, or the .zip of an export"
+            )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
+
+
+def _copy(paths: list[Path], folder: Path) -> None:
+    others = [p.name for p in paths if p.suffix not in MODEL_SUFFIXES]
+    if others:
+        raise ModelLoadError(
+            f"{others} are not model files: upload config.json, model.safetensors (and "
+            "tokenizer files), or the .zip of an export"
+        )
+    weights = [p for p in paths if p.suffix == ".safetensors"]
+    configs = [p for p in paths if p.suffix == ".json"]
+    if not weights or not configs:
+        raise ModelLoadError(
+            f"got {len(weights)} .safetensors and {len(configs)} .json files: upload the "
+            "weights (model.safetensors) and config.json together"
+        )
+    for p in paths:
+        # A lone weights/config file keeps the folder's standard name whatever it was called.
+        name = p.name
+        if len(weights) == 1 and p in weights:
+            name = "model.safetensors"
+        elif len(configs) == 1 and p in configs:
+            name = "config.json"
+        shutil.copyfile(p, folder / name)
+
+
+def _extract(archive: Path, folder: Path) -> None:
+    """Extract a .zip into ``folder``: plain files only, each inside the folder."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = [m for m in zf.infolist() if not m.is_dir()]
+            total = sum(m.file_size for m in members)
+            if total > MAX_UNPACKED_BYTES:
+                raise ModelLoadError(
+                    f"{archive.name} unpacks to {total / 2**30:.1f} GiB, over the "
+                    f"{MAX_UNPACKED_BYTES / 2**30:.0f} GiB limit; upload the folder's files"
+                )
+            root = _common_root(members)
+            for member in members:
+                rel = PurePosixPath(member.filename)
+                if rel.is_absolute() or ".." in rel.parts:
+                    raise ModelLoadError(
+                        f"{archive.name} holds {member.filename!r}, a path outside the archive; "
+                        "upload an archive made by the workbench's export"
+                    )
+                target = folder.joinpath(*rel.parts[len(root) :])
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(member) as src, target.open("wb") as dst:
+                    shutil.copyfileobj(src, dst)
+    except zipfile.BadZipFile as exc:
+        raise ModelLoadError(f"{archive.name} is not a valid .zip archive ({exc})") from exc
+
+
+def _common_root(members: list[zipfile.ZipInfo]) -> tuple[str, ...]:
+    """Return the one top folder every member sits in (stripped on extraction), or ()."""
+    tops = {PurePosixPath(m.filename).parts[0] for m in members}
+    nested = all(len(PurePosixPath(m.filename).parts) > 1 for m in members)
+    return (tops.pop(),) if len(tops) == 1 and nested else ()

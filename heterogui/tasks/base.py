@@ -1,0 +1,136 @@
+"""Tasks: what a pair of models is scored on, with its data, metrics and workbench panels.
+
+One ``Task`` per task kind (``heterogui.sources.base``: image classification, sentence
+similarity, text classification). A task owns its calibration and evaluation data (what a
+recipe's DataRefs may name, how they are drawn and hashed), its metrics for A, B, their
+ensemble and the merge, and the panels the workbench's Evaluate tab shows for it. ``TASKS``
+maps a kind to its task; the CLI, the workbench and the benchmarks all ask it, so no code
+branches on dataset names (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from heterogui.config import DataRef
+from heterogui.errors import ConfigError
+from heterogui.pipeline import MergeResult, Prepared
+from heterogui.sources.base import Pair
+
+# Panels of the workbench's Evaluate tab (heterogui.ui.tab_evaluate draws them).
+METRICS, SAMPLES, SWEEP, SPEARMAN, SIMILARITY = (
+    "metrics",
+    "samples",
+    "sweep",
+    "spearman",
+    "similarity",
+)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Calibration data ready to run: the batches and the DataRef with their sha256."""
+
+    ref: DataRef
+    batches: list[Any]
+    count: int
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Evaluation data drawn once: the task's data and the DataRef with their sha256."""
+
+    ref: DataRef
+    data: Any
+
+
+class Task(ABC):
+    """A task kind: its data, its metrics and its panels.
+
+    inputs: "images" or "text" (what its DataRefs name); panels: the Evaluate panels;
+    metric: the name of its headline number (the sweep's y axis, the Zip tab's readout).
+    """
+
+    kind: str = ""
+    title: str = ""
+    inputs: str = ""
+    panels: tuple[str, ...] = ()
+    metric: str = ""
+
+    @abstractmethod
+    def default_calibration(self, pair: Pair, size: int | None = None) -> DataRef:
+        """Return the calibration data a pair uses when the user names none."""
+
+    @abstractmethod
+    def default_evaluation(self, pair: Pair) -> DataRef | None:
+        """Return the evaluation data of a pair (None: the task has none for this pair)."""
+
+    @abstractmethod
+    def accepts(self, ref: DataRef) -> bool:
+        """Return whether ``ref`` names data of this task's kind."""
+
+    @abstractmethod
+    def calibration(self, ref: DataRef, pair: Pair) -> Calibration:
+        """Draw the calibration data (checking a recorded sha256) and batch it for the models."""
+
+    @abstractmethod
+    def evaluation(self, ref: DataRef, pair: Pair) -> Evaluation:
+        """Draw the evaluation data (checking a recorded sha256)."""
+
+    @abstractmethod
+    def score_models(self, prepared: Prepared, ev: Evaluation, pair: Pair) -> dict[str, Any]:
+        """Return the scores of "a", "b" and "ensemble"."""
+
+    @abstractmethod
+    def score_merged(self, result: MergeResult, ev: Evaluation, pair: Pair) -> Any:
+        """Return the scores of the merged model."""
+
+    @abstractmethod
+    def columns(self, scores: Any) -> dict[str, float | None]:
+        """Return the table columns of one model's scores (percent or a correlation)."""
+
+    @abstractmethod
+    def headline(self, scores: Any) -> float | None:
+        """Return the one number that sums up a model's scores (None: not scored)."""
+
+    @abstractmethod
+    def to_json(self, scores: Any) -> Any:
+        """Return the JSON-ready form of a model's scores (report.json)."""
+
+    def check(self, ref: DataRef, role: str) -> None:
+        """Raise if ``ref`` is not data of this task's kind.
+
+        Raises:
+            ConfigError: naming the data, the task and what to give instead.
+        """
+        if not self.accepts(ref):
+            raise ConfigError(
+                f"{role}.source {ref.source!r} is not {self.inputs} data, but these models are "
+                f"scored on {self.title}; {self.data_help(role)}"
+            )
+
+    def data_help(self, role: str) -> str:
+        """Return what data this task takes for ``role`` ("calibration" or "evaluation")."""
+        return f"give {self.inputs} data"
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    """Add a task to the registry (keyed by its kind)."""
+    TASKS[task.kind] = task
+    return task
+
+
+def task_of(kind: str) -> Task:
+    """Return the task of ``kind``.
+
+    Raises:
+        ConfigError: an unknown task kind.
+    """
+    if kind not in TASKS:
+        raise ConfigError(f"no task {kind!r}; known: {sorted(TASKS)}")
+    return TASKS[kind]

@@ -1,0 +1,277 @@
+"""Image classification: digits and MNIST-1D (built in) or a .safetensors file of images.
+
+Models on disjoint class sets are scored with the Joint / per-task / Avg protocol
+(``heterogui.tasks.classification``) on the test split restricted to their heads' classes. The
+calibration inputs come from a dataset's calibration split (never its test split) or from a
+file; their shape is checked against what the models read before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from heterogui.config import DataRef
+from heterogui.datasets.images import DATASETS, Split, task_subset
+from heterogui.datasets.refs import is_text, load_inputs, make_batches, tensor_data_sha256
+from heterogui.errors import ConfigError
+from heterogui.models.family import Head, Network
+from heterogui.pipeline import MergeResult, Prepared
+from heterogui.sources.base import IMAGE_CLASSIFICATION, Pair
+from heterogui.tasks.base import (
+    METRICS,
+    SAMPLES,
+    SWEEP,
+    Calibration,
+    Evaluation,
+    Task,
+    register,
+)
+from heterogui.tasks.classification import Metrics, evaluate_merged, evaluate_models, split_heads
+
+CALIBRATION_SIZE = 256
+CALIBRATION_BATCH = 64
+EVAL_BATCH = 512
+
+
+def input_shape(net: Network) -> tuple[int, ...] | None:
+    """Return the shape of one input ``net`` reads, where its config fixes it (else None)."""
+    c = net.config
+    if hasattr(c, "image_size"):  # ViT
+        return (c.num_channels, c.image_size, c.image_size)
+    if hasattr(c, "in_features"):  # MLP: any shape of that many values (flattened)
+        return (c.in_features,)
+    return None
+
+
+def guess_dataset(net: Network) -> str | None:
+    """Return the built-in dataset whose inputs fit ``net`` (digits 1x8x8, MNIST-1D 1x40)."""
+    for name, info in DATASETS.items():
+        shape = input_shape(net)
+        if shape is not None:
+            fits = shape == info.input_shape or (
+                len(shape) == 1 and shape[0] == int(torch.tensor(info.input_shape).prod())
+            )
+        else:
+            c = net.config
+            fits = (getattr(c, "in_channels", None), getattr(c, "spatial_dims", None)) == (
+                info.input_shape[0],
+                len(info.input_shape) - 1,
+            )
+        if fits:
+            return name
+    return None
+
+
+def check_inputs(net: Network, inputs: torch.Tensor, where: str) -> None:
+    """Raise if ``inputs`` (N, ...) are not of the shape ``net`` reads.
+
+    Raises:
+        ConfigError: saying the shape found and the shape expected.
+    """
+    shape = tuple(inputs.shape[1:])
+    want = input_shape(net)
+    c = net.config
+    if want is not None and len(want) == 1:
+        ok = int(torch.tensor(shape).prod()) == want[0]
+        expect = f"{want[0]} values per input"
+    elif want is not None:
+        ok, expect = shape == want, f"(N, {', '.join(map(str, want))})"
+    else:
+        dims = getattr(c, "spatial_dims", len(shape) - 1)
+        ok = len(shape) == dims + 1 and shape[0] == getattr(c, "in_channels", shape[0])
+        expect = f"(N, {getattr(c, 'in_channels', 'C')}, {', '.join(['size'] * dims)})"
+    if not ok:
+        raise ConfigError(
+            f"{where} inputs have shape {tuple(inputs.shape)} but model {net.label} reads "
+            f"{expect}; give images of that shape"
+        )
+
+
+def is_classifier(net: Network) -> bool:
+    """Return whether ``net`` ends in a classifier (a ViT feature model does not)."""
+    return getattr(net.config, "num_labels", 0) is not None
+
+
+def heads_disjoint(pair: Pair) -> bool:
+    """Return whether the tasks of A's and B's heads have disjoint classes (the protocol's case)."""
+    classes = [c for loaded in (pair.a, pair.b) for c in loaded.net.head_classes()]
+    return len(set(classes)) == len(classes)
+
+
+class ImageClassification(Task):
+    """Classifiers of images (MLP, VGG, ResNet, ViT) on disjoint class sets."""
+
+    kind = IMAGE_CLASSIFICATION
+    title = "image classification"
+    inputs = "image"
+    panels = (METRICS, SAMPLES, SWEEP)
+    metric = "Joint %"
+
+    def data_help(self, role: str) -> str:
+        """Return what image data to give."""
+        return (
+            f"give a dataset ({', '.join(sorted(DATASETS))}) or a .safetensors file with an "
+            "'inputs' tensor (N, C, H, W)" + (" and 'labels'" if role == "evaluation" else "")
+        )
+
+    def default_calibration(self, pair: Pair, size: int | None = None) -> DataRef:
+        """Return the calibration split of the pair's dataset.
+
+        Raises:
+            ConfigError: no built-in dataset fits the models (name a file instead).
+        """
+        dataset = pair.dataset or guess_dataset(pair.a.net) or guess_dataset(pair.b.net)
+        if dataset is None:
+            raise ConfigError(
+                f"no built-in dataset fits {pair.a.name}; name calibration images: "
+                f"{self.data_help('calibration')}"
+            )
+        return DataRef(dataset, "calibration", size or CALIBRATION_SIZE, CALIBRATION_BATCH)
+
+    def default_evaluation(self, pair: Pair) -> DataRef | None:
+        """Return the test split of the pair's dataset (None: no dataset or overlapping tasks)."""
+        dataset = pair.dataset or guess_dataset(pair.a.net)
+        classifiers = all(is_classifier(m.net) for m in (pair.a, pair.b))
+        if dataset is None or not classifiers or not heads_disjoint(pair):
+            return None
+        return DataRef(dataset, "test", None, EVAL_BATCH)
+
+    def accepts(self, ref: DataRef) -> bool:
+        """Return whether ``ref`` names images (a dataset or a .safetensors file)."""
+        return not is_text(ref)
+
+    def calibration(self, ref: DataRef, pair: Pair) -> Calibration:
+        """Draw the calibration images and batch them.
+
+        Raises:
+            ConfigError: text data, images of the wrong shape, or changed data.
+            ModelLoadError: a missing or corrupt file.
+        """
+        self.check(ref, "calibration")
+        inputs, labels = load_inputs(ref)
+        for loaded in (pair.a, pair.b):
+            check_inputs(loaded.net, inputs, "calibration")
+        done = dataclasses.replace(ref, sha256=tensor_data_sha256(inputs, labels))
+        return Calibration(done, make_batches(inputs, ref.batch_size), int(inputs.shape[0]))
+
+    def evaluation(self, ref: DataRef, pair: Pair) -> Evaluation:
+        """Draw the labelled test images of the heads' classes.
+
+        Raises:
+            ConfigError: no labels, overlapping tasks, images of the wrong shape, changed data.
+        """
+        self.check(ref, "evaluation")
+        features = [m.name for m in (pair.a, pair.b) if not is_classifier(m.net)]
+        if features:
+            raise ConfigError(
+                f"{' and '.join(features)} has no classifier head (a feature model): image "
+                "classification scores classifiers; leave out evaluation"
+            )
+        if not heads_disjoint(pair):
+            raise ConfigError(
+                "the tasks of A's and B's heads share classes, so Joint and per-task accuracy "
+                "are undefined; merge models trained on disjoint classes, or leave out evaluation"
+            )
+        inputs, labels = load_inputs(ref)
+        if labels is None:
+            raise ConfigError(f"evaluation data {ref.source} has no 'labels' tensor; add one")
+        check_inputs(pair.a.net, inputs, "evaluation")
+        num = max(int(labels.max()) + 1, *(c + 1 for c in _classes(pair)))
+        names = tuple(str(i) for i in range(num))
+        if ref.source in DATASETS:
+            names = DATASETS[ref.source].class_names
+        split = Split(inputs, labels.long(), num, names, ref.source)
+        done = dataclasses.replace(ref, sha256=tensor_data_sha256(inputs, labels))
+        return Evaluation(done, task_subset(split, _classes(pair)))
+
+    def score_models(self, prepared: Prepared, ev: Evaluation, pair: Pair) -> dict[str, Metrics]:
+        """Return the metrics of A alone, B alone and their ensemble."""
+        dev = prepared.device
+        return {
+            which: evaluate_models(prepared.net_a, prepared.net_b, which, ev.data, EVAL_BATCH, dev)
+            for which in ("a", "b", "ensemble")
+        }
+
+    def score_merged(self, result: MergeResult, ev: Evaluation, pair: Pair) -> Metrics:
+        """Return the metrics of the merged model (one head per task)."""
+        heads_a, heads_b = result.spec.heads
+        with torch.no_grad():
+            return evaluate_merged(
+                result.model, ev.data, heads_a, heads_b, EVAL_BATCH, result.prepared.device
+            )
+
+    def columns(self, scores: Metrics | None) -> dict[str, float | None]:
+        """Return Joint, per-task and Avg in percent (two tasks: "Task A", "Task B")."""
+        names = _column_names(scores)
+        if scores is None:
+            return {n: None for n in ("Joint", *names, "Avg")}
+        tasks = dict(zip(names, scores.tasks, strict=True))
+        return {k: _pct(v) for k, v in {"Joint": scores.joint, **tasks, "Avg": scores.avg}.items()}
+
+    def headline(self, scores: Metrics | None) -> float | None:
+        """Return Joint accuracy in percent."""
+        return None if scores is None else _pct(scores.joint)
+
+    def to_json(self, scores: Metrics | None) -> Any:
+        """Return the metrics as a dict (None when not scored)."""
+        return None if scores is None else scores.as_dict()
+
+    def predictions(
+        self, prepared: Prepared, result: MergeResult | None, inputs: torch.Tensor
+    ) -> dict[str, list[tuple[int, float]]]:
+        """Return each model's (class, confidence) on ``inputs`` (k, ...).
+
+        Keys: "A", "B", "ensemble" and, with a result, "merged" (argmax over the softmax of
+        every head it has, as in the Joint protocol).
+        """
+        heads = (prepared.net_a.task_heads(), prepared.net_b.task_heads())
+        x = inputs.to(prepared.device)
+        with torch.no_grad():
+            la = prepared.net_a.module(x).float().cpu()
+            lb = prepared.net_b.module(x).float().cpu()
+            out = {
+                "A": joint_predictions([la], [heads[0]]),
+                "B": joint_predictions([lb], [heads[1]]),
+                "ensemble": joint_predictions([la, lb], heads),
+            }
+            if result is not None:
+                ma, mb = result.model(x)
+                out["merged"] = joint_predictions([ma.float().cpu(), mb.float().cpu()], heads)
+        return out
+
+
+def joint_predictions(
+    outputs: Sequence[torch.Tensor], heads: Sequence[Sequence[Head]]
+) -> list[tuple[int, float]]:
+    """Return (class, confidence) per input: argmax over the softmax of every head.
+
+    outputs: per model, (k, sum of its head sizes) logits; heads: per model, its heads.
+    """
+    probs, classes = [], []
+    for out, model_heads in zip(outputs, heads, strict=True):
+        for logits, head in zip(split_heads(out, model_heads), model_heads, strict=True):
+            probs.append(torch.softmax(logits.double(), 1))
+            classes.extend(head.classes)
+    conf, idx = torch.cat(probs, 1).max(dim=1)
+    return [(classes[int(i)], float(c)) for i, c in zip(idx, conf, strict=True)]
+
+
+def _classes(pair: Pair) -> tuple[int, ...]:
+    return (*pair.a.net.head_classes(), *pair.b.net.head_classes())
+
+
+def _column_names(scores: Metrics | None) -> tuple[str, ...]:
+    if scores is None or len(scores.tasks) == 2:
+        return ("Task A", "Task B")
+    return tuple(scores.names)
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else round(100 * value, 2)
+
+
+IMAGES = register(ImageClassification())

@@ -1,0 +1,203 @@
+"""Text classification: classifiers of sentences, scored on Joint / per-task / Avg accuracy.
+
+Calibration uses sentences (built-in or a .txt file), like sentence similarity. Evaluation uses
+the built-in template tasks' test splits ("text-tasks": topics and sentiment, with global class
+ids; ``heterogui.datasets.text_tasks``) or a .tsv file of ``label<TAB>sentence`` lines whose
+labels are the classifiers' id2label names. Heads are scored as in image classification
+(``heterogui.tasks.classification``): softmax per head, argmax over the union for Joint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from heterogui.config import DataRef
+from heterogui.datasets.refs import text_sha256, tokenize
+from heterogui.datasets.text_tasks import TASK_CLASSES, label_id, make_task
+from heterogui.errors import ConfigError, ModelLoadError
+from heterogui.models.capture import to_device
+from heterogui.models.family import Head
+from heterogui.pipeline import MergeResult, Prepared
+from heterogui.sources.base import TEXT_CLASSIFICATION, Pair
+from heterogui.tasks.base import METRICS, SWEEP, Calibration, Evaluation, Task, register
+from heterogui.tasks.classification import Metrics, score_outputs
+from heterogui.tasks.images import IMAGES, heads_disjoint
+from heterogui.tasks.sentences import SENTENCES, is_sentences, text_calibration, tokenizer_of
+
+BUILT_IN = "text-tasks"
+EVAL_BATCH = 64
+Outputs = Callable[[dict[str, torch.Tensor]], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledText:
+    """Sentences with global class ids (N,) int64."""
+
+    sentences: tuple[str, ...]
+    labels: torch.Tensor
+
+
+def built_in_test_set(seed: int = 0) -> LabelledText:
+    """Return the test sentences of both template tasks and their global labels."""
+    sentences: list[str] = []
+    labels: list[int] = []
+    for task in TASK_CLASSES:
+        split = make_task(task, seed=seed)["test"]
+        sentences += split.sentences
+        labels += split.labels
+    return LabelledText(tuple(sentences), torch.tensor(labels, dtype=torch.int64))
+
+
+def read_labelled(path: Path) -> LabelledText:
+    """Read ``label<TAB>sentence`` lines ('#' comments) into labelled sentences.
+
+    Raises:
+        ModelLoadError: a missing file; ConfigError: a malformed line.
+    """
+    if not path.is_file():
+        raise ModelLoadError(f"labelled sentence file {str(path)!r} does not exist")
+    sentences, labels = [], []
+    for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        label, sep, sentence = line.partition("\t")
+        if not sep or not sentence.strip():
+            raise ConfigError(f"{path.name} line {number}: expected label<TAB>sentence")
+        sentences.append(sentence.strip())
+        labels.append(label_id(label.strip()))
+    return LabelledText(tuple(sentences), torch.tensor(labels, dtype=torch.int64))
+
+
+@torch.no_grad()
+def run_outputs(
+    fn: Outputs, tokenizer: Any, sentences: Sequence[str], device: torch.device | str
+) -> list[torch.Tensor]:
+    """Run ``fn`` on tokenised sentences; return its outputs (one per head group) on CPU."""
+    parts: list[list[torch.Tensor]] = []
+    for batch in tokenize(tokenizer, sentences, EVAL_BATCH):
+        out = fn(to_device(batch, device))
+        outs = out if isinstance(out, tuple | list) else (out,)
+        parts = parts or [[] for _ in outs]
+        for store, o in zip(parts, outs, strict=True):
+            store.append(o.float().cpu())
+    return [torch.cat(p) for p in parts]
+
+
+class TextClassification(Task):
+    """Sentence classifiers (BERT with a classifier head) on disjoint label sets."""
+
+    kind = TEXT_CLASSIFICATION
+    title = "text classification"
+    inputs = "text"
+    panels = (METRICS, SWEEP)
+    metric = "Joint %"
+
+    def data_help(self, role: str) -> str:
+        """Return what text data to give."""
+        if role == "evaluation":
+            return f'give "{BUILT_IN}" (built-in) or a .tsv file of label<TAB>sentence lines'
+        return SENTENCES.data_help(role)
+
+    def default_calibration(self, pair: Pair, size: int | None = None) -> DataRef:
+        """Return the built-in calibration sentences."""
+        return SENTENCES.default_calibration(pair, size)
+
+    def default_evaluation(self, pair: Pair) -> DataRef | None:
+        """Return the built-in text tasks when the heads are theirs (else None)."""
+        known = {c for classes in TASK_CLASSES.values() for c in classes}
+        classes = [c for loaded in (pair.a, pair.b) for c in loaded.net.head_classes()]
+        if not heads_disjoint(pair) or not set(classes) <= known:
+            return None
+        return DataRef(BUILT_IN, "test", None, EVAL_BATCH)
+
+    def accepts(self, ref: DataRef) -> bool:
+        """Return whether ``ref`` names sentences, the built-in tasks or a labelled .tsv."""
+        return is_sentences(ref) or ref.source == BUILT_IN or ref.source.endswith(".tsv")
+
+    def calibration(self, ref: DataRef, pair: Pair) -> Calibration:
+        """Draw and tokenise the calibration sentences."""
+        self.check(ref, "calibration")
+        if not is_sentences(ref):
+            raise ConfigError(f"calibration.source {ref.source!r}: {self.data_help('calibration')}")
+        return text_calibration(ref, pair)
+
+    def evaluation(self, ref: DataRef, pair: Pair) -> Evaluation:
+        """Draw the labelled test sentences of the heads' classes.
+
+        Raises:
+            ConfigError: overlapping tasks, labels in no head, or changed sentences.
+        """
+        self.check(ref, "evaluation")
+        if not heads_disjoint(pair):
+            raise ConfigError(
+                "the classifiers' labels overlap (or are unnamed: LABEL_0 ...), so Joint and "
+                "per-task accuracy are undefined; give them id2label names, or leave out evaluation"
+            )
+        if ref.source == BUILT_IN:
+            data = built_in_test_set(ref.seed)
+        elif ref.source.endswith(".tsv"):
+            data = read_labelled(Path(ref.source).expanduser())
+        else:
+            raise ConfigError(f"evaluation.source {ref.source!r}: {self.data_help('evaluation')}")
+        classes = [c for loaded in (pair.a, pair.b) for c in loaded.net.head_classes()]
+        keep = torch.isin(data.labels, torch.tensor(classes, dtype=torch.int64))
+        if not bool(keep.any()):
+            raise ConfigError(
+                f"no sentence of {ref.source} has a label of the models' heads; label the "
+                "sentences with the classifiers' id2label names"
+            )
+        kept = LabelledText(
+            tuple(s for s, k in zip(data.sentences, keep.tolist(), strict=True) if k),
+            data.labels[keep],
+        )
+        lines = [f"{int(y)}\t{s}" for s, y in zip(kept.sentences, kept.labels, strict=True)]
+        digest = text_sha256(lines)
+        if ref.sha256 and ref.sha256 != digest:
+            raise ConfigError(
+                f"the sentences of {ref.source} changed: sha256 {digest[:12]}... but the recipe "
+                f"records {ref.sha256[:12]}...; restore them or remove sha256 from the recipe"
+            )
+        return Evaluation(dataclasses.replace(ref, sha256=digest), kept)
+
+    def score_models(self, prepared: Prepared, ev: Evaluation, pair: Pair) -> dict[str, Metrics]:
+        """Return the metrics of A alone, B alone and their ensemble (each model runs once)."""
+        a, b, dev = prepared.net_a, prepared.net_b, prepared.device
+        tok, sentences, labels = tokenizer_of(pair), ev.data.sentences, ev.data.labels
+        heads = (a.task_heads(), b.task_heads())
+        (out_a,) = run_outputs(lambda batch: a.module(**batch), tok, sentences, dev)
+        (out_b,) = run_outputs(lambda batch: b.module(**batch), tok, sentences, dev)
+        return {
+            "a": score_outputs([out_a, None], heads, labels),
+            "b": score_outputs([None, out_b], heads, labels),
+            "ensemble": score_outputs([out_a, out_b], heads, labels),
+        }
+
+    def score_merged(self, result: MergeResult, ev: Evaluation, pair: Pair) -> Metrics:
+        """Return the metrics of the merged model (one head per task)."""
+        model, dev = result.model, result.prepared.device
+        outputs = run_outputs(
+            lambda batch: model(**batch), tokenizer_of(pair), ev.data.sentences, dev
+        )
+        return score_outputs(outputs, result.spec.heads, ev.data.labels)
+
+    def columns(self, scores: Metrics | None) -> dict[str, float | None]:
+        """Return Joint, per-task and Avg in percent."""
+        return IMAGES.columns(scores)
+
+    def headline(self, scores: Metrics | None) -> float | None:
+        """Return Joint accuracy in percent."""
+        return IMAGES.headline(scores)
+
+    def to_json(self, scores: Metrics | None) -> Any:
+        """Return the metrics as a dict."""
+        return IMAGES.to_json(scores)
+
+
+TEXT_CLASSES = register(TextClassification())
+
+__all__ = ["Head", "TEXT_CLASSES", "TextClassification"]

@@ -1,0 +1,122 @@
+"""Zip settings and the width planner: what width every merge point gets (docs/method.md sec. 7).
+
+``plan_widths`` is the one place that turns settings (rho, per-point overrides, matcher) into
+merged widths; the pipeline matches to exactly these widths, and the workbench's size readout
+uses them without matching a single neuron.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from heterogui.errors import ConfigError, MatcherError
+from heterogui.models.graph import INPUT, ModelGraph
+from heterogui.zip.heads import head_group_width
+from heterogui.zip.matchers import planned_width
+
+
+@dataclass(frozen=True)
+class ZipSettings:
+    """Matcher and knobs, global and per merge point.
+
+    overrides: space name -> {"width": int} or any of {"rho", "alpha", "beta", "matcher"}.
+    stop: merge blocks before this index (None: every block but the heads).
+    """
+
+    matcher: str = "zip"
+    alpha: float = 0.5
+    beta: float = 1.0
+    rho: float = 1.0
+    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    stop: int | None = None
+
+    def for_space(self, space: str) -> dict[str, Any]:
+        """Return the knobs that apply to ``space``."""
+        knobs = {
+            "matcher": self.matcher,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "rho": self.rho,
+            "width": None,
+        }
+        knobs.update(self.overrides.get(space, {}))
+        return knobs
+
+
+def stop_point(graph: ModelGraph, settings: ZipSettings) -> int:
+    """Return the block index the trunk merges up to (the settings' stop, or the full zip).
+
+    Raises:
+        ConfigError: a stop point out of range.
+    """
+    n_blocks = graph.num_blocks - 1
+    stop = n_blocks if settings.stop is None else settings.stop
+    if not 0 <= stop <= n_blocks:
+        raise ConfigError(
+            f"stop point {stop} is out of range: use 0..{n_blocks} "
+            f"({n_blocks} = merge every block but the heads)"
+        )
+    return stop
+
+
+def trunk_spaces(graph: ModelGraph, stop: int) -> list[str]:
+    """Return the merge points a trunk of ``stop`` blocks uses (sorted; the input excluded)."""
+    return sorted({a.space for t in graph.tensors if t.block < stop for a in t.axes} - {INPUT})
+
+
+def head_group_first(graph: ModelGraph, space: str) -> str:
+    """Return the space whose knobs a head group uses: its first member by name."""
+    group = graph.spaces[space].group or space
+    return min(n for n, s in graph.spaces.items() if (s.group or n) == group)
+
+
+def plan_widths(
+    graph_a: ModelGraph, graph_b: ModelGraph, settings: ZipSettings, stop: int
+) -> dict[str, tuple[int, int, int]]:
+    """Return (n_A, n_B, merged width) of every merge point of a trunk of ``stop`` blocks.
+
+    Dead spaces (unused inner layers of identity blocks) keep the other model's width; attention
+    spaces merge whole heads with the knobs of their head group's first space.
+
+    Raises:
+        ConfigError: overrides of unknown merge points, or a width outside 1..n_A + n_B.
+        MatcherError: an unknown matcher, or an attention width that is not whole heads.
+    """
+    unknown = set(settings.overrides) - set(graph_a.spaces)
+    if unknown:
+        raise ConfigError(
+            f"overrides name unknown merge points {sorted(unknown)}; "
+            f"known: {sorted(set(graph_a.spaces) - {INPUT})}"
+        )
+    for space in settings.overrides:
+        first = head_group_first(graph_a, space) if graph_a.spaces[space].head_dim else space
+        if first != space:
+            raise ConfigError(
+                f"{space} shares its head pairing with {first}: set the override on {first} "
+                "(it applies to the whole attention layer)"
+            )
+    plan = {}
+    for space in trunk_spaces(graph_a, stop):
+        n_a, n_b = graph_a.spaces[space].width, graph_b.spaces[space].width
+        if space in graph_a.dead or space in graph_b.dead:
+            plan[space] = (n_a, n_b, n_b if space in graph_a.dead else n_a)
+            continue
+        head_dim = graph_a.spaces[space].head_dim
+        knobs = settings.for_space(head_group_first(graph_a, space) if head_dim else space)
+        width = knobs["width"]
+        if width is not None and not (isinstance(width, int) and 1 <= width <= n_a + n_b):
+            raise ConfigError(
+                f"width {width} at {space} is out of range: use an integer from 1 to "
+                f"{n_a + n_b} (n_A + n_B), or leave it blank to follow rho"
+            )
+        if head_dim:
+            r = head_group_width(n_a, n_b, head_dim, knobs["matcher"], knobs["rho"], width)
+        else:
+            r = planned_width(knobs["matcher"], n_a, n_b, knobs["rho"], width)
+        plan[space] = (n_a, n_b, r)
+    return plan
+
+
+__all__ = ["MatcherError", "ZipSettings", "plan_widths", "stop_point", "trunk_spaces"]
