@@ -58,7 +58,7 @@ def test_the_whole_flow_over_the_api(url, tmp_path):
     merged = summary["merged"]
     assert merged["metrics"]["Joint"] is not None and merged["stop"] == stop
     status, summary, _ = call(client, "/remerge", True, "zip", 0.5, 1.0, 0.7, stop, "cpu")
-    assert "evaluating" in status and summary["merged"]["metrics"]["Joint"] is None
+    assert "scoring it" in status and summary["merged"]["metrics"]["Joint"] is None
     status, summary, views = call(client, "/evaluate")
     assert "Merge #2 evaluated" in status and summary["merged"]["metrics"]["Joint"] is not None
     merged = summary["merged"]

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from heterogui.errors import ConfigError, ExportError
-from heterogui.ui import tab_evaluate, tab_export, tab_models, tab_neurons, tab_zip, text, work
+from heterogui.config import DataRef
+from heterogui.ui import tab_evaluate, tab_export, tab_models, tab_neurons, tab_zip, work
 from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
 
@@ -70,8 +71,9 @@ def analysed(folders, res) -> Session:
     session = Session(device="cpu")
     load(session, res, "a", folders[0])
     load(session, res, "b", folders[1])
-    assert session.dataset == text.TEXT and session.calibration.size == text.DEFAULT_SENTENCES
-    tab_models.on_analyse(session, res, text.TEXT, 32)
+    assert session.task.kind == "sentence_similarity" and session.data is None
+    tab_models.on_analyse(session, res, "sentences", None, 32)
+    assert session.calibration.count == 32 and session.calibration.ref.source == "sentences"
     return session
 
 
@@ -80,7 +82,7 @@ def test_bert_pair_shows_the_preflight_verdict(folders, res):
     load(session, res, "a", folders[0])
     load(session, res, "b", folders[1])
     verdict = tab_models.render(session, res)["verdict"]
-    assert "Pre-flight: compatible" in verdict and "depths differ (3 vs 2)" in verdict
+    assert "✓ Compatible" in verdict and "depths differ (3 vs 2)" in verdict
     assert session.a.tokenizer is not None
 
 
@@ -88,7 +90,16 @@ def test_bert_flow_analyse_align_neurons_zip_evaluate_export(analysed, res, tmp_
     session = analysed
     prep = session.prepared
     assert prep.padded_b.identity_blocks and set(session.baseline) == {"a", "b", "ensemble"}
-    assert tab_evaluate.render(session, res)["text_scores"]
+    view = tab_evaluate.render(session, res)
+    assert view["text_scores"]
+    shown = {k: v["visible"] for k, v in view.items() if k.startswith("panel_")}
+    assert shown == {
+        "panel_metrics": False,  # a sentence pair: Spearman and similarity, no accuracy panels
+        "panel_samples": False,
+        "panel_sweep": False,
+        "panel_spearman": True,
+        "panel_similarity": True,
+    }
     spaces = [n for _, n in tab_neurons.merge_points(prep)]
     assert "layer0.qk" in spaces and "stream" in spaces
     tab_neurons.on_space(session, res, "layer0.vo")
@@ -101,17 +112,19 @@ def test_bert_flow_analyse_align_neurons_zip_evaluate_export(analysed, res, tmp_
     assert session.result.matches["layer0.vo"].width == match.width  # Q/K and V/O paired
     work.evaluate_pending(session, res)
     assert set(session.merged_metrics) == {"merged", "head A", "head B"}
-    rows = text.score_rows(session)
+    rows = tab_evaluate.spearman_rows(session)
     assert rows[-1][0].startswith("merged, head B") and rows[-1][1] is not None
     message = tab_evaluate.on_similarity(session, res, "the cat\nthe dog\nrain and sun")
     assert "head A" in message
-    sims = text.similarity(session, ["the cat", "the dog", "rain"])
+    sims = session.task.similarity(
+        session.prepared, session.result, session.pair, ["the cat", "the dog", "rain"]
+    )
     assert set(sims) >= {"A", "B", "merged (head A: A's space)"}
     assert sims["A"].shape == (3, 3)
     out = tmp_path / "merged"
     tab_export.on_export(session, res, str(out), False)
     assert (out / "config.json").is_file() and (out / "recipe.yaml").is_file()
-    with pytest.raises(ConfigError, match="Spearman table"):
+    with pytest.raises(ConfigError, match="read the scores"):
         tab_evaluate.on_sweep(session, res)
     with pytest.raises(ExportError, match="already exists"):
         tab_export.on_export(session, res, str(out), False)
@@ -121,11 +134,12 @@ def test_pasted_sentences_calibrate_and_bad_data_is_refused(folders, res):
     session = Session(device="cpu")
     load(session, res, "a", folders[0])
     load(session, res, "b", folders[1])
-    with pytest.raises(ConfigError, match="does not fit"):
-        work.set_data(session, "digits", 64)
+    with pytest.raises(ConfigError, match="is not text data"):
+        work.set_data(session, DataRef("digits"))
     tab_models.on_sentences(session, res, "\n".join(f"the cat {w}" for w in WORDS))
-    assert len(session.sentences) == len(WORDS)
-    assert len(text.batches(session)) == 1
+    assert session.data.source.endswith(".txt")
+    tab_models.on_analyse(session, res, "file", session.data.source, 64)
+    assert session.calibration.count == len(WORDS) and len(session.calibration.batches) == 1
     with pytest.raises(ConfigError, match="at least 16"):
         tab_models.on_sentences(session, res, "one\ntwo")
 
@@ -147,8 +161,8 @@ def test_bert_flow_over_the_api(folders, tmp_path):
         for which, folder in zip("ab", folders, strict=True):
             status, _ = call(f"/load_model_{which}", "hf", None, None, None, str(folder))
             assert "Loaded model" in status
-        status, summary = call("/analyse", text.TEXT, 32)
-        assert "32 calibration sentences" in status and summary["analysed"]
+        status, summary = call("/analyse", "sentences", None, 32)
+        assert "32 calibration inputs" in status and summary["analysed"]
         status, summary = call("/merge", "zip", 0.5, 1.0, 0.5, summary["blocks"], "cpu")
         assert "Merge #1" in status
         status, _ = call("/similarity", "the cat\nthe dog")

@@ -351,7 +351,7 @@ def check_pair(card_a: ModelCard, card_b: ModelCard) -> Verdict:
     if card_a.depth != card_b.depth:
         notes.append(
             f"depths differ ({card_a.depth} vs {card_b.depth}): layer alignment will pad the "
-            "shallower model with identity layers (approximate for post-norm blocks)"
+            "shallower model with identity layers (exact: they compute its own function)"
         )
     for label, x, y in (
         ("hidden widths", card_a.hidden, card_b.hidden),
