@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from heterogui.errors import ConfigError, ExportError
 from heterogui.config import DataRef
+from heterogui.errors import ConfigError, ExportError
 from heterogui.ui import tab_evaluate, tab_export, tab_models, tab_neurons, tab_zip, work
 from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
