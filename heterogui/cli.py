@@ -7,16 +7,16 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from heterogui.errors import HeteroguiError
+from heterogui.cli_bench import add_bench_arguments
+from heterogui.cli_zoo import add_zoo_arguments
+from heterogui.errors import ExportError, HeteroguiError
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
     """Merge as a recipe says and write the result folder (save_pretrained for HF models)."""
-    from pathlib import Path
-
-    from heterogui import run
-    from heterogui.errors import ExportError
+    from heterogui import run  # torch: only when a merge runs
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:  # fail before the expensive part
@@ -40,7 +40,7 @@ def _progress(stage: str, fraction: float) -> None:
 
 def cmd_app(args: argparse.Namespace) -> int:
     """Start the workbench."""
-    from heterogui.ui.app import main as app_main
+    from heterogui.ui.app import main as app_main  # gradio: only when the app starts
 
     app_main(host=args.host, port=args.port)
     return 0
@@ -69,12 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     merge.set_defaults(func=cmd_merge)
 
-    from heterogui.cli_zoo import add_zoo_arguments
-
     zoo = sub.add_parser("zoo", help="build or list the built-in demo models")
     add_zoo_arguments(zoo.add_subparsers(dest="zoo_command", required=True))
-
-    from heterogui.cli_bench import add_bench_arguments
 
     bench = sub.add_parser("bench", help="benchmarks (speed, quality)")
     add_bench_arguments(bench.add_subparsers(dest="bench_command", required=True))

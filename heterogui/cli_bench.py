@@ -1,14 +1,41 @@
-"""``heterogui bench speed|quality|transformers``: arguments, dispatch and printing."""
+"""``heterogui bench speed|quality|transformers``: arguments, dispatch and printing.
+
+The benchmark modules (torch, transformers) are imported when a benchmark runs, so that
+``heterogui --help`` answers at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from heterogui.cli_zoo import add_bench_quality_arguments, print_quality_summary
+from heterogui.errors import ConfigError
+
 
 def _quality(args: argparse.Namespace) -> int:
-    from heterogui.bench.quality import run_quality_cli
+    import torch
 
-    return run_quality_cli(args)
+    from heterogui.bench.quality import run_quality
+    from heterogui.bench.quality_report import command_line
+
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        report = run_quality(
+            pairs=args.pairs,
+            seeds=tuple(range(args.seeds)),
+            out_dir=args.out,
+            tiny=args.tiny,
+            device=args.device,
+            command=command_line(args),
+        )
+    finally:
+        torch.set_num_threads(threads)
+    print_quality_summary(report, args.out)
+    return 0
 
 
 def _speed(args: argparse.Namespace) -> int:
@@ -16,11 +43,10 @@ def _speed(args: argparse.Namespace) -> int:
 
     print(speed_report(args))
     if args.latency:  # the workbench's own handlers: measured by the ui package
-        from heterogui.ui.latency import format_latency, slider_latency
-        from heterogui.zoo.registry import PAIRS
+        from heterogui.ui.latency import format_latency, latency_of_every_pair
 
         print("workbench slider latency (re-merge after a release, then its metrics):")
-        print(format_latency([slider_latency(name, device=args.device) for name in PAIRS]))
+        print(format_latency(latency_of_every_pair(args.device)))
     return 0
 
 
@@ -31,12 +57,34 @@ def _transformers(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options of ``heterogui bench speed``."""
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--width", type=int, default=2, help="ResNet width multiplier")
+    parser.add_argument("--inputs", type=int, default=256, help="calibration inputs")
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--minilm", action="store_true", help="also merge the MiniLM pair (L6 + L3) on sentences"
+    )
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="also time the workbench's slider re-merge for every zoo pair (about 1 minute; "
+        "builds missing zoo pairs first)",
+    )
+
+
+def add_transformer_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options of ``heterogui bench transformers``."""
+    parser.add_argument("--calibration", type=int, default=256, help="calibration sentences")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--skip-classification", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
 def add_bench_arguments(subparsers: argparse._SubParsersAction) -> None:
     """Register ``speed``, ``quality`` and ``transformers`` on the ``bench`` subparsers."""
-    from heterogui.bench.speed import add_speed_arguments
-    from heterogui.bench.transformers import add_transformer_arguments
-    from heterogui.cli_zoo import add_bench_quality_arguments
-
     speed = subparsers.add_parser("speed", help="merge time vs forward passes; matcher speed")
     add_speed_arguments(speed)
     speed.set_defaults(func=_speed)

@@ -1,4 +1,4 @@
-"""The recipe: everything needed to repeat a merge bit for bit (design.md, Contracts).
+"""The recipe: everything needed to repeat a merge bit for bit (docs/architecture.md).
 
 Frozen dataclasses that round-trip through YAML and JSON. Unknown keys and out-of-range values
 are rejected with a message that names the field and the fix.

@@ -1,4 +1,4 @@
-"""The merge pipeline, stage by stage (method.md section 0).
+"""The merge pipeline, stage by stage (docs/method.md sec. 1).
 
 ``prepare`` runs the models (BN re-estimation, CKA pass, alignment, padding, feature pass) and
 keeps everything a re-merge needs; ``zip_prepared`` re-merges from those statistics without

@@ -36,7 +36,7 @@ from heterogui.zip.plan import plan_widths, stop_point  # noqa: E402
 torch.set_num_threads(1)
 
 CHROMIUM_PATH = Path("/usr/bin/chromium")
-# Flags for Debian's chromium in containers and CI (design.md); never `playwright install`.
+# Flags for Debian's chromium in containers and CI; never `playwright install`.
 CHROMIUM_ARGS = [
     "--headless=new",
     "--no-sandbox",

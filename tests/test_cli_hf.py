@@ -1,4 +1,4 @@
-"""``heterogui merge RECIPE.yaml --out DIR`` with Hugging Face BERT folders (design.md, CLI)."""
+"""``heterogui merge RECIPE.yaml --out DIR`` with Hugging Face BERT folders (the CLI contract)."""
 
 from __future__ import annotations
 

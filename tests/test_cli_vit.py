@@ -1,4 +1,4 @@
-"""``heterogui merge RECIPE.yaml --out DIR`` with Hugging Face ViT folders (design.md, CLI)."""
+"""``heterogui merge RECIPE.yaml --out DIR`` with Hugging Face ViT folders (the CLI contract)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of the matchers (heterogui.zip.matchers, method.md B.2)."""
+"""Tests of the matchers (heterogui.zip.matchers, docs/method.md sec. 7)."""
 
 from __future__ import annotations
 

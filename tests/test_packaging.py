@@ -91,3 +91,24 @@ def test_python_m_heterogui_help() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "usage" in result.stdout.lower()
+
+
+def test_every_document_the_code_cites_is_in_the_repository():
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    texts = {p: p.read_text("utf-8") for p in (root / "heterogui").rglob("*.py")}
+    texts[root / "README.md"] = (root / "README.md").read_text("utf-8")
+    cited = {m for text in texts.values() for m in re.findall(r"docs/[\w.-]+\.md", text)}
+    assert {"docs/method.md", "docs/architecture.md"} <= cited
+    assert all((root / doc).is_file() for doc in cited), sorted(cited)
+    sections = {
+        int(n) for text in texts.values() for n in re.findall(r"docs/method.md secs?\. (\d+)", text)
+    }
+    headings = set(
+        map(int, re.findall(r"^## (\d+)\.", (root / "docs/method.md").read_text(), re.M))
+    )
+    assert sections <= headings
+    for path, text in texts.items():  # documents outside the repository are never cited
+        bare = re.findall(r"(?<!docs/)\b(?:method|design)\.md", text)
+        assert not bare, (path, bare)

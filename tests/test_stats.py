@@ -1,4 +1,4 @@
-"""Tests of the streaming feature moments (heterogui.zip.stats, method.md B.1)."""
+"""Tests of the streaming feature moments (heterogui.zip.stats, docs/method.md sec. 6)."""
 
 from __future__ import annotations
 

@@ -331,3 +331,56 @@ def test_slider_latency_of_a_tiny_pair(res):
         assert 0 < report[key]["median"] <= report[key]["max"]
     assert report["under_1s"] and report["figure_bytes"] > 0
     assert PAIR in format_latency([report])
+
+
+def test_an_export_uploads_as_a_model_and_merges_again(session, res, tmp_path):
+    merge(session, res, rho=0.5)
+    message, extra = tab_export.on_export(session, res, str(tmp_path / "first"), False)
+    other = Session(device="cpu")
+    loaded = tab_models.on_load_model(
+        other, res, "a", "upload", None, None, [extra["export_file"]], None
+    )
+    assert "**first** (upload)" in loaded
+    assert [h.name for h in other.a.net.task_heads()] == [f"{PAIR}/a", f"{PAIR}/b"]
+    with torch.no_grad():  # the upload computes what the merge computed
+        x = torch.randn(4, 1, 8, 8)
+        want = torch.cat(session.result.model(x), 1)
+        assert (other.a.net.module(x) - want).abs().max() < 1e-5
+    tab_models.on_load_model(other, res, "b", "zoo", "tiny-digits-vgg-width/b", None, None, None)
+    tab_models.on_analyse(other, res, "digits", None, 64)
+    merge(other, res, rho=1.0)
+    heads = [h.name for model_heads in other.result.spec.heads for h in model_heads]
+    assert heads == [f"{PAIR}/a", f"{PAIR}/b", "tiny-digits-vgg-width/b"]
+    assert other.evaluation is None  # B's task is there twice: no Joint, and the page says so
+    assert "no evaluation data" in tab_evaluate.on_evaluate(other, res)
+    files = [str(tmp_path / "first" / n) for n in ("config.json", "model.safetensors")]
+    tab_models.on_load_model(other, res, "b", "upload", None, None, files, None)
+    assert other.b.source == "upload" and len(other.b.net.task_heads()) == 2
+
+
+def test_a_vit_pair_runs_end_to_end_with_image_panels(res, tmp_path):
+    vit = Session(device="cpu")
+    tab_models.on_load_pair(vit, res, "tiny-digits-vit-depth")
+    assert vit.task.kind == "image_classification" and vit.a.net.family.name == "vit"
+    assert vit.prepared.padded_a.identity_blocks  # A (1 layer) padded to B's 2 layers
+    merge(vit, res, rho=0.5)
+    views = app.render(vit, res, app.SCOPES)
+    shown = {k: v["visible"] for k, v in views.items() if k.startswith("panel_")}
+    assert shown == {
+        "panel_metrics": True,
+        "panel_samples": True,
+        "panel_sweep": True,
+        "panel_spearman": False,
+        "panel_similarity": False,
+    }
+    assert [r[0] for r in views["metrics"]["value"]] == ["A", "B", "ensemble", "merged"]
+    assert views["heatmap"] is not None and views["neuron_map"] is not None
+    tab_evaluate.on_samples(vit, res, "0, 2, 5")
+    assert len(tab_evaluate.render(vit, res)["samples_plot"].data) == 3
+    tab_evaluate.on_sweep(vit, res)
+    assert [p["rho"] for p in vit.sweep] == list(tab_evaluate.SWEEP_RHOS)
+    tab_neurons.on_space(vit, res, "layer0.qk")  # layer 1 of A is an identity layer
+    assert tab_neurons.render(vit, res)["neuron_map"] is not None
+    out = tmp_path / "vit"
+    tab_export.on_export(vit, res, str(out), False)
+    assert json.loads((out / "config.json").read_text())["heterogui"] == "merged"

@@ -171,3 +171,46 @@ def test_bert_flow_over_the_api(folders, tmp_path):
         assert "Exported to" in status and (tmp_path / "hf" / "config.json").is_file()
     finally:
         demo.close()
+
+
+def classifier_folder(path: Path, labels: tuple[str, ...], layers: int, seed: int) -> Path:
+    """Write a tiny BERT classifier whose id2label names the built-in text tasks' labels."""
+    from transformers import BertTokenizer
+
+    from tests.conftest import VOCAB, tiny_hf
+
+    path.mkdir(parents=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = specials + WORDS + [f"w{i}" for i in range(VOCAB - len(specials) - len(WORDS))]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
+    model = tiny_hf(layers=layers, seed=seed, labels=len(labels))
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {name: k for k, name in enumerate(labels)}
+    model.save_pretrained(path)
+    return path
+
+
+def test_text_classifiers_get_the_accuracy_panels(res, tmp_path):
+    topics = classifier_folder(tmp_path / "a", ("sports", "food", "technology", "weather"), 3, 0)
+    moods = classifier_folder(tmp_path / "b", ("negative", "positive"), 2, 1)
+    session = Session(device="cpu")
+    load(session, res, "a", topics)
+    load(session, res, "b", moods)
+    assert session.task.kind == "text_classification"
+    assert session.a.net.head_classes() == (0, 1, 2, 3) and session.b.net.head_classes() == (4, 5)
+    tab_models.on_analyse(session, res, "sentences", None, 32)
+    assert session.evaluation.ref.source == "text-tasks"  # the built-in topics and sentiment
+    n_blocks = session.prepared.padded_a.graph().num_blocks - 1
+    tab_zip.on_merge(session, res, "zip", 0.5, 1.0, 0.5, n_blocks, "cpu")
+    views = tab_evaluate.render(session, res)
+    shown = {k: v["visible"] for k, v in views.items() if k.startswith("panel_")}
+    assert shown["panel_metrics"] and shown["panel_sweep"] and not shown["panel_samples"]
+    assert not shown["panel_spearman"] and not shown["panel_similarity"]
+    header, rows = tab_evaluate.metric_rows(session)
+    assert header[1] == "Joint %" and [r[0] for r in rows] == ["A", "B", "ensemble", "merged"]
+    assert all(0 <= v <= 100 for v in rows[3][1:5])
+    with pytest.raises(ConfigError, match="no image samples"):
+        tab_evaluate.on_samples(session, res, "0")
+    tab_evaluate.on_sweep(session, res)
+    assert len(session.sweep) == len(tab_evaluate.SWEEP_RHOS)

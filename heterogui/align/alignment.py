@@ -1,4 +1,4 @@
-"""Layer alignment of two models, stage by stage (method.md A).
+"""Layer alignment of two models, stage by stage (docs/method.md sec. 4).
 
 In every stage the shallower model's blocks are placed at slots of the deeper one by a
 segmenter (SMA, LMA, uniform, head, head_tail) or by a user's manual mapping; both models are

@@ -1,4 +1,4 @@
-"""Minibatch linear CKA with the unbiased HSIC estimator (method.md, section A).
+"""Minibatch linear CKA with the unbiased HSIC estimator (docs/method.md sec. 3).
 
 Per batch of n inputs, every layer gets one Gram matrix K = X Xᵀ (float64). The unbiased
 estimator of Nguyen et al. (2021) is applied to the zero-diagonal Grams,

@@ -1,4 +1,4 @@
-"""Pad a shallower model with identity blocks into the deep topology (method.md A, Padding).
+"""Pad a shallower model with identity blocks into the deep topology (docs/method.md sec. 5).
 
 A stage's ``positions`` give, for every block of the model, its slot in the padded stage;
 slots with no block get an identity block, so the padded model computes the same function.

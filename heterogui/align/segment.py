@@ -1,4 +1,4 @@
-"""Per-stage layer alignment: SMA, LMA, baselines and manual mappings (method.md, section A).
+"""Per-stage layer alignment: SMA, LMA, baselines and manual mappings (docs/method.md sec. 4).
 
 Conventions inside one stage: the deep model has D blocks, the shallow one S <= D. ``sim`` is a
 (D, S) matrix (torch tensor or numpy array) of similarities between deep block l and shallow

@@ -1,4 +1,4 @@
-"""The similarity pass: CKA between every block output of A and of B (method.md A)."""
+"""The similarity pass: CKA between every block output of A and of B (docs/method.md sec. 3)."""
 
 from __future__ import annotations
 

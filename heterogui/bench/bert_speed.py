@@ -1,8 +1,8 @@
 """Speed of a real transformer merge: MiniLM-L6 + MiniLM-L3 on calibration sentences.
 
-Part of ``heterogui bench speed --minilm`` (method.md D). A BERT merge runs A and B twice over
-the calibration data (CKA pass, feature pass); BERT has no BatchNorm, so the merged model is not
-run. The ratio is the merge time over the time of those forward passes alone.
+Part of ``heterogui bench speed --minilm`` (docs/method.md sec. 1). A BERT merge runs A and B twice
+over the calibration data (CKA pass, feature pass); BERT has no BatchNorm, so the merged model is
+not run. The ratio is the merge time over the time of those forward passes alone.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Merge-quality benchmark on the built-in zoo (method.md C), written to docs/quality.{md,json}.
+"""Merge-quality benchmark on the built-in zoo, written to docs/quality.{md,json}.
+
+The protocol is that of docs/method.md sec. 11.
 
 For every zoo pair and every seed, it evaluates A alone, B alone, their ensemble, weight average
 and permute (where the widths allow, on the SMA-padded topology), the zip with every alignment
@@ -18,7 +20,6 @@ this run.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections.abc import Sequence
@@ -32,7 +33,6 @@ from heterogui.bench.quality_report import (
     METRICS,
     aggregate,
     checks,
-    command_line,
     environment,
     python_command,
     render_markdown,
@@ -41,7 +41,7 @@ from heterogui.bench.quality_report import (
 )
 from heterogui.datasets.images import Split, load_split, sample, task_subset
 from heterogui.datasets.refs import make_batches
-from heterogui.errors import ConfigError, MatcherError
+from heterogui.errors import MatcherError
 from heterogui.models.family import Network
 from heterogui.pipeline import Prepared, ZipSettings, prepare, realign, zip_prepared
 from heterogui.tasks.classification import Metrics, evaluate_merged, evaluate_models
@@ -371,31 +371,3 @@ def run_quality(
     if out_dir is not None:
         write_outputs(report, render_markdown(report), out_dir)
     return report
-
-
-def run_quality_cli(args: argparse.Namespace) -> int:
-    """Run ``heterogui bench quality`` from parsed arguments; return the exit code.
-
-    Raises:
-        ConfigError: unknown pairs or a seed count below 1.
-    """
-    from heterogui.cli_zoo import print_quality_summary
-
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        report = run_quality(
-            pairs=args.pairs,
-            seeds=tuple(range(args.seeds)),
-            out_dir=args.out,
-            tiny=args.tiny,
-            device=args.device,
-            command=command_line(args),
-        )
-    finally:
-        torch.set_num_threads(threads)
-    print_quality_summary(report, args.out)
-    return 0

@@ -253,22 +253,21 @@ def _bn_section(report: dict[str, Any]) -> list[str]:
     return _table([*header, "ensemble, as trained"], lines)
 
 
-PROTOCOL = """Protocol (method.md C): A is trained on task A (half of the classes), B on task B (the
-other half). Joint: softmax per head, argmax over the union of both tasks' classes, on the test
-inputs of both tasks. Task A / Task B: that task's test inputs, argmax of its own head. Avg: the
-mean of Task A and Task B. A alone / B alone have no head for the other task: their Joint can
-only be right on their own task's inputs, and the other task's accuracy is undefined (—).
-Values are percent, mean ± sample std over the seeds; seed s trains A and B with seeds 2s and
-2s + 1 (seed 0: the demo zoo) and draws the calibration inputs with seed s. Weight average and
-permute need equal widths; on depth-different pairs they run on the SMA-padded topology.
-"homogeneous zip" is the zip of the pair's homogeneous reference (the same A with a B of A's
-architecture). "padding control" (depth pairs) zips A with that homogeneous B padded with
-identity blocks to this pair's depth (it computes exactly the homogeneous B's function), A at
-its LMA slots and B's real blocks first, so identity blocks meet real ones as in a depth merge:
-its gap to the homogeneous zip is the cost of padding alone. The sweeps use LMA on depth pairs
-(SMA elsewhere; with equal depths all alignments coincide). "merge s" is the wall time of the
-merge (BN re-estimation of A and B, CKA, alignment, feature pass, matching, fusion, BN
-re-estimation of the merged model), not counting evaluation."""
+PROTOCOL = """Protocol (docs/method.md sec. 11): A is trained on task A (half of the classes), B on
+task B (the other half). Joint: softmax per head, argmax over the union of both tasks' classes, on
+the test inputs of both tasks. Task A / Task B: that task's test inputs, argmax of its own head.
+Avg: the mean of Task A and Task B. A alone / B alone have no head for the other task: their Joint
+can only be right on their own task's inputs, and the other task's accuracy is undefined (—). Values
+are percent, mean ± sample std over the seeds; seed s trains A and B with seeds 2s and 2s + 1 (seed
+0: the demo zoo) and draws the calibration inputs with seed s. Weight average and permute need equal
+widths; on depth-different pairs they run on the SMA-padded topology. "homogeneous zip" is the zip
+of the pair's homogeneous reference (the same A with a B of A's architecture). "padding control"
+(depth pairs) zips A with that homogeneous B padded with identity blocks to this pair's depth (it
+computes exactly the homogeneous B's function), A at its LMA slots and B's real blocks first, so
+identity blocks meet real ones as in a depth merge: its gap to the homogeneous zip is the cost of
+padding alone. The sweeps use LMA on depth pairs (SMA elsewhere; with equal depths all alignments
+coincide). "merge s" is the wall time of the merge (BN re-estimation of A and B, CKA, alignment,
+feature pass, matching, fusion, BN re-estimation of the merged model), not counting evaluation."""
 
 
 def render_markdown(report: dict[str, Any]) -> str:

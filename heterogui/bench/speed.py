@@ -1,4 +1,4 @@
-"""Speed benchmark: what a merge costs next to the forward passes it needs (method.md D).
+"""Speed benchmark: what a merge costs next to the forward passes it needs (docs/method.md sec. 1).
 
 Prints, for two ResNets of different depth, the time of the forward passes alone, the time of
 every merge stage, the total, their ratio and peak memory; and the greedy zip matcher against
@@ -154,24 +154,6 @@ def format_report(merge: dict[str, Any], matcher: list[dict[str, Any]]) -> str:
         for r in matcher
     ]
     return "\n".join(lines)
-
-
-def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the options of ``heterogui bench speed``."""
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--width", type=int, default=2, help="ResNet width multiplier")
-    parser.add_argument("--inputs", type=int, default=256, help="calibration inputs")
-    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument(
-        "--minilm", action="store_true", help="also merge the MiniLM pair (L6 + L3) on sentences"
-    )
-    parser.add_argument(
-        "--latency",
-        action="store_true",
-        help="also time the workbench's slider re-merge for every zoo pair (about 1 minute; "
-        "builds missing zoo pairs first)",
-    )
 
 
 def speed_report(args: argparse.Namespace) -> str:

@@ -8,7 +8,7 @@
 2. Identity layers: how well the padded L3 reproduces L3 under each construction, and what it
    does to the merge.
 3. Classification: the fine-tuned pair of ``heterogui.zoo.text_pair`` (L6 on topics, L3 on
-   sentiment), per task and jointly (method.md C).
+   sentiment), per task and jointly (docs/method.md sec. 11).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from heterogui.pipeline import (
 from heterogui.sources import minilm
 from heterogui.tasks import sentences as sts
 from heterogui.tasks.text_classes import BUILT_IN, TEXT_CLASSES
+from heterogui.zoo.text_pair import text_pair_folders
 
 log = logging.getLogger(__name__)
 Row = dict[str, Any]
@@ -193,8 +194,6 @@ def _minilm_pair(device: str) -> tuple[Network, Network, Any]:
 
 def classification_rows(n_calibration: int = 256, device: str = "cpu") -> list[Row]:
     """Return the classification table rows (module docstring, item 3)."""
-    from heterogui.zoo.text_pair import text_pair_folders
-
     folder_a, folder_b = text_pair_folders()
     pair = run.load_pair(str(folder_a), str(folder_b), device=device)
     calibration = run.calibrate(pair, DataRef("sentences", size=n_calibration, batch_size=32))
@@ -253,14 +252,6 @@ def _timed(name: str, fn: Callable[[], list[Row]]) -> str:
     rows = fn()
     log.info("%s took %.1f s", name, time.perf_counter() - start)
     return f"## {name}\n\n{markdown(rows)}\n"
-
-
-def add_transformer_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the options of ``heterogui bench transformers``."""
-    parser.add_argument("--calibration", type=int, default=256, help="calibration sentences")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--skip-classification", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
 def transformer_tables(args: argparse.Namespace) -> str:

@@ -1,4 +1,4 @@
-"""Offline datasets of the built-in zoo, with seeded disjoint splits (method.md C).
+"""Offline datasets of the built-in zoo, with seeded disjoint splits (docs/method.md sec. 11).
 
 Nothing is downloaded: scikit-learn's bundled 8x8 digits, and MNIST-1D generated locally by the
 ``mnist1d`` package's ``make_dataset`` (never its ``get_dataset``, which downloads). Every split

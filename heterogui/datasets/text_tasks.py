@@ -3,8 +3,8 @@
 - "topics": which of sports, food, technology, weather a sentence is about (4 classes).
 - "sentiment": whether a short review is positive or negative (2 classes).
 
-The two tasks have disjoint label sets, so a merged model keeps one head per task (method.md
-B.4, C): global class ids 0-3 are the topics, 4-5 the sentiments. Sentences are drawn without
+The two tasks have disjoint label sets, so a merged model keeps one head per task (docs/method.md
+secs. 10, 11): global class ids 0-3 are the topics, 4-5 the sentiments. Sentences are drawn without
 replacement from the template combinations with a seeded generator, then split into train,
 test and calibration parts; the same seed always gives the same sentences.
 """

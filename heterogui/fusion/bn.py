@@ -1,4 +1,4 @@
-"""Re-estimate BatchNorm statistics on calibration data (method.md B.3, pipeline steps 1 and 6).
+"""Re-estimate BatchNorm statistics on calibration data (docs/method.md secs. 1, 9).
 
 Some channels may be pinned: their statistics and their output are kept as they are during
 the pass. The merged model pins channels that are unmerged copies of a padded identity layer,

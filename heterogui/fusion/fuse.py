@@ -1,4 +1,4 @@
-"""Fuse weights with the per-space transforms: W* = sum_m M_m W_m U_m (method.md B.3)."""
+"""Fuse weights with the per-space transforms: W* = sum_m M_m W_m U_m (docs/method.md sec. 9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The merged model: a merged trunk, then one tail and head per model (method.md B.4).
+"""The merged model: a merged trunk, then one tail and head per model (docs/method.md sec. 10).
 
 Blocks ``[0, stop)`` are merged. At the stop point the merged features are unmerged into each
 model's own space (x_m = U_m x*) and each model runs its own remaining blocks and head, so the

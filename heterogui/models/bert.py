@@ -1,4 +1,6 @@
-"""BERT family: post-LayerNorm transformer encoders of any depth and width (method.md A, B.3).
+"""BERT family: post-LayerNorm transformer encoders of any depth and width.
+
+Padding and attention heads: docs/method.md secs. 5 and 8.
 
 Blocks: the embeddings (word + position + token type, LayerNorm), one block per encoder layer,
 and the head (mean or [CLS] pooling for an embedding model; pooler + classifier for a sequence

@@ -1,4 +1,4 @@
-"""Identity layers for post-LayerNorm BERT encoders (method.md A, Padding).
+"""Identity layers for post-LayerNorm BERT encoders (docs/method.md sec. 5).
 
 A post-LN layer computes y = LN2(h + FFN(h)) with h = LN1(x + Attn(x)). Zeroing both branches
 leaves LN2(LN1(x)) = g2 * normalise(x) + b2, which is not x: x is itself the output of the

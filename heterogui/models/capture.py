@@ -1,4 +1,4 @@
-"""Capture module outputs with forward hooks that are always removed (method.md B.1)."""
+"""Capture module outputs with forward hooks that are always removed (docs/method.md sec. 6)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Every family (MLP, VGG, ResNet, BERT ...) exposes its parameters as ``TensorTag`` records that
 say, per tensor axis, which feature space it writes ("out": merged with M) or reads ("in":
-merged with U). Merging is then one generic path (method.md B.3): for a merged tensor,
+merged with U). Merging is then one generic path (docs/method.md sec. 9): for a merged tensor,
 ``W* = sum_m  M_m  W_m  U_m`` applied axis by axis.
 
 A model is a sequence of blocks (``BlockNet``); the last block is the task head. Spaces are

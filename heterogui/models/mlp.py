@@ -1,4 +1,4 @@
-"""MLP family: any number of hidden Linear+ReLU layers of any widths, one stage (method.md A)."""
+"""MLP family: hidden Linear+ReLU layers of any widths, one stage (docs/method.md sec. 2)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Permute the neurons of a model without changing its function.
 
-A neuron-permuted copy of a model is the reference sanity check of merging (method.md,
-Standards): zipping a model with its permuted copy must give the model back.
+A neuron-permuted copy of a model is the reference sanity check of merging
+(docs/method.md sec. 7): zipping a model with its permuted copy must give the model back.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CIFAR-style ResNet of BasicBlocks, in 1-D or 2-D (method.md A and B.1).
+"""CIFAR-style ResNet of BasicBlocks, in 1-D or 2-D (docs/method.md secs. 4, 6).
 
 Blocks: the stem (conv-BN-ReLU), the BasicBlocks of every stage, the pooled linear head. Every
 stage has one residual stream: the stem (stage 0) or the first block's projection shortcut

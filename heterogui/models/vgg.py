@@ -1,7 +1,7 @@
 """VGG-style plain CNN: stages of conv-BN-ReLU blocks, 2x max pool before each later stage.
 
-Every block output is a merge point (method.md B.1); identity padding uses a centre-tap identity
-kernel with an identity BatchNorm (method.md A, Padding).
+Every block output is a merge point (docs/method.md sec. 6); identity padding uses a centre-tap
+identity kernel with an identity BatchNorm (docs/method.md sec. 5).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ViT family: pre-LayerNorm vision transformers of any depth and width (method.md A, B.3).
+"""ViT family: pre-LayerNorm vision transformers of any depth and width (docs/method.md secs. 5, 8).
 
 Blocks: the patch embeddings (a conv of stride = kernel = patch size, the [CLS] token and the
 position table, all writing the stream), one block per encoder layer, the final LayerNorm

@@ -4,7 +4,7 @@ Reads config.json, the safetensors headers (8-byte little-endian length, then a 
 for the vocabulary check only, vocab.txt or tokenizer.json. Never reads tensor data, never
 imports torch, so it answers in milliseconds even for large checkpoints.
 
-The rules follow the method (method.md sec. A, B.3): depth and width may differ (layer alignment
+The rules follow the method (docs/method.md secs. 4, 8): depth and width may differ (layer alignment
 pads the shallower model; elastic zip handles widths), but everything that fixes what a feature
 or a token *means* must agree: family and model type, vocabulary, head dimension (heads are
 merged whole), norm placement, activation, and the position / token-type embedding tables.
@@ -66,11 +66,11 @@ class ModelCard:
 
     `est_merge_bytes` estimates peak memory to merge this model with one of its own size: the
     weights of A, B and the merged model in float32 (3 x 4 bytes per parameter) plus one float64
-    covariance matrix O x O (O = 2 x width) per merge point, kept for re-merging (method.md
-    sec. 0): per layer the Q/K and V/O spaces (width) and the MLP (intermediate width), plus the
+    covariance matrix O x O (O = 2 x width) per merge point, kept for re-merging (docs/method.md
+    sec. 1): per layer the Q/K and V/O spaces (width) and the MLP (intermediate width), plus the
     residual stream once. `est_merge_seconds` is a rough CPU estimate, not a measurement: the
-    forward FLOPs of both models on 256 x 128 calibration tokens (2 x non-embedding parameters
-    per token) plus a naive zip (min(n_A, n_B) x O^2 per merge point), at 5e10 FLOP/s.
+    forward FLOPs of both models on 256 x 128 calibration tokens (2 x non-embedding parameters per
+    token) plus a naive zip (min(n_A, n_B) x O^2 per merge point), at 5e10 FLOP/s.
     """
 
     path: Path

@@ -8,6 +8,7 @@ and a size limit, so an upload never writes outside its folder.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import zipfile
@@ -34,9 +35,13 @@ def receive(files: list[str] | None, workdir: str | Path | None = None) -> Path:
         raise ModelLoadError(
             "upload a model: its config.json and model.safetensors, or the .zip of an export"
         )
-    folder = Path(tempfile.mkdtemp(prefix="upload-", dir=workdir))
+    archive = len(paths) == 1 and paths[0].suffix == ".zip"
+    root = Path(tempfile.mkdtemp(prefix="upload-", dir=workdir))
+    # The model folder is named after the archive (an export's name), so the model is too.
+    folder = root / (_safe_name(paths[0].stem) if archive else "uploaded-model")
     try:
-        if len(paths) == 1 and paths[0].suffix == ".zip":
+        folder.mkdir()
+        if archive:
             _extract(paths[0], folder)
         else:
             _copy(paths, folder)
@@ -46,9 +51,15 @@ def receive(files: list[str] | None, workdir: str | Path | None = None) -> Path:
                 "upload config.json and model.safetensors, or the .zip of an export"
             )
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
         raise
     return folder
+
+
+def _safe_name(stem: str) -> str:
+    """Return a folder name made of the archive name's letters, digits, '.', '-' and '_'."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", stem).strip("._") or "uploaded-model"
+    return name[:80]
 
 
 def _copy(paths: list[Path], folder: Path) -> None:

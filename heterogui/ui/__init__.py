@@ -1,4 +1,4 @@
-"""The workbench: a Gradio app over the heterogui pipeline (design.md, "ui/").
+"""The workbench: a Gradio app over the heterogui pipeline (docs/architecture.md).
 
 Only this package imports gradio and plotly. Modules split by role: ``session`` (the per-browser
 state), ``resources`` (read-only things sessions share), ``sources`` (loading models), ``work``

@@ -1,4 +1,4 @@
-"""Figures and tables of the layer alignment (method.md A): pure functions of core results.
+"""Figures and tables of the layer alignment (docs/method.md sec. 4), from core results.
 
 The CKA heatmap has A's layers on the y axis and B's on the x axis; the alignment path joins the
 pairs of layers that share a slot of the merged depth, and a box marks each segment: the deeper

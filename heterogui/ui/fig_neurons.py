@@ -1,4 +1,4 @@
-"""Figures of one merge point's neurons (method.md B): correlation heatmap and matched pairs.
+"""Figures of one merge point's neurons (docs/method.md sec. 7): correlations, merged pairs.
 
 The heatmap shows the correlation of all O = n_A + n_B features, reordered so that the members
 of each merged group sit next to each other (A's member first); a strip above it marks every

@@ -25,7 +25,7 @@ from heterogui.ui.fig_neurons import correlation_histogram, neuron_figure
 from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
 from heterogui.ui.tab_neurons import merge_points, space_match
-from heterogui.zoo.registry import TINY_PAIRS
+from heterogui.zoo.registry import PAIRS, TINY_PAIRS
 
 # A user dragging rho, then alpha, beta and the stop point: each entry is one release.
 DEFAULT_MOVES: tuple[dict[str, Any], ...] = (
@@ -152,6 +152,11 @@ def _release(session: Session, res: Resources, settings: Any) -> dict[str, float
 
 def _stats(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "max": max(values)}
+
+
+def latency_of_every_pair(device: str = "auto") -> list[dict[str, Any]]:
+    """Return the slider latency of every demo pair of the zoo."""
+    return [slider_latency(name, device=device) for name in PAIRS]
 
 
 def format_latency(rows: list[dict[str, Any]]) -> str:

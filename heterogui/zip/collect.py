@@ -1,4 +1,4 @@
-"""The feature pass: streaming statistics of [f_A ; f_B] at every merge point (method.md B.1)."""
+"""The feature pass: statistics of [f_A ; f_B] at every merge point (docs/method.md sec. 6)."""
 
 from __future__ import annotations
 

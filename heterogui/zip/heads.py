@@ -1,4 +1,4 @@
-"""Attention heads: pair heads, then match features within each head pair (method.md B.3).
+"""Attention heads: pair heads, then match features within each head pair (docs/method.md sec. 8).
 
 Heads must stay intact: a merged head holds at most one head of A and one head of B, feature
 for feature. For one attention layer the Q/K space and the V/O space share the head pairing

@@ -1,4 +1,4 @@
-"""The result of a matcher: a partition of a merge point's features into groups (method.md B.2).
+"""A matcher's result: a partition of a merge point's features into groups (docs/method.md sec. 7).
 
 The merged model has one feature per group; the merge matrix M averages a group, the unmerge
 matrix U copies a group back to its members.

@@ -1,9 +1,11 @@
-"""Matchers: turn the correlation of [f_A ; f_B] into a partition of features (method.md B.1/B.2).
+"""Matchers: turn the correlation of [f_A ; f_B] into a partition of features.
+
+docs/method.md secs. 6 and 7.
 
 A matcher takes the (O, O) correlation matrix of O = n_A + n_B features (A's first, as
 accumulated by heterogui.zip.stats.Moments) and returns a Match: every feature is assigned to one
 of r groups (or dropped). The merged model has one feature per group; the merge matrix M averages a
-group, the unmerge matrix U copies a group back to its members (method.md B.2).
+group, the unmerge matrix U copies a group back to its members (docs/method.md sec. 7).
 
 - zip: the greedy elastic zip of B.2 with damping alpha and within-model budget beta, in a fast
   form that returns exactly the matching of the naive loop (zip_naive), ties included.
@@ -51,7 +53,7 @@ def _check_sizes(n_a: int, n_b: int) -> None:
 
 
 def target_width(n_a: int, n_b: int, rho: float) -> int:
-    """Return the merged width r = n_a + n_b - round(rho * min(n_a, n_b)) (method.md B.2).
+    """Return the merged width r = n_a + n_b - round(rho * min(n_a, n_b)) (docs/method.md sec. 7).
 
     rho = 1 gives max(n_a, n_b) (the paper), rho = 0 keeps every feature (the ensemble). The
     rounding is half-up (rho * min = 2.5 -> 3 merges), not Python's round-half-even.
@@ -162,7 +164,7 @@ def _spend_budget(sim, alive, budget, n_a, i, j) -> np.ndarray | None:
 def zip_match_naive(
     corr: Tensor, n_a: int, n_b: int, width: int, alpha: float = 0.5, beta: float = 1.0
 ) -> Match:
-    """Zip features greedily with the plain O(n·O²) loop of method.md B.2 (reference version).
+    """Zip features greedily with the plain O(n·O²) loop of docs/method.md sec. 7 (reference).
 
     Each step merges the pair of groups at the first maximum of the full (O, O) similarity in
     row-major order (i < j by symmetry), sets row and column i to alpha * min of rows i and j,
@@ -256,7 +258,7 @@ def _fast_loop(sim, alive, budget, n_a, width, alpha) -> tuple[np.ndarray, int]:
 def zip_match(
     corr: Tensor, n_a: int, n_b: int, width: int, alpha: float = 0.5, beta: float = 1.0
 ) -> Match:
-    """Zip features greedily (method.md B.2), fast; same groups as zip_match_naive, ties included.
+    """Zip features greedily (docs/method.md sec. 7), fast: zip_match_naive's groups, ties included.
 
     Keeps each row's max and first argmax column; the global pick is the first row holding the
     largest row max, then its first argmax, which is the row-major first maximum of the matrix.

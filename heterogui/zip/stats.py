@@ -1,4 +1,4 @@
-"""Streaming float64 moments of concatenated features [f_A ; f_B] (method.md B.1).
+"""Streaming float64 moments of concatenated features [f_A ; f_B] (docs/method.md sec. 6).
 
 At every merge point the features of both models are concatenated (A's first, O = n_A + n_B
 columns) and streamed over calibration batches. Only raw sums are kept (sum of x, sum of x xᵀ,

@@ -1,11 +1,11 @@
 """The built-in zoo: named demo pairs (A on task A, B on task B), built offline and cached.
 
-The pairs are specified in ``zoo.registry`` (method.md C: A and B trained on disjoint halves of a
-dataset's classes; homogeneous, or different in depth, width or both). Each model is a folder
-``cache_dir("zoo", <pair>)/a`` and ``/b`` written by ``save_network``; ``pair.json`` is written
-last and records a fingerprint of the pair's spec, so that a folder that is missing, incomplete,
-corrupt or built from another spec is rebuilt. A model shared by several pairs (the same spec)
-is trained once per build and copied.
+The pairs are specified in ``zoo.registry`` (docs/method.md sec. 11: A and B trained on disjoint
+halves of a dataset's classes; homogeneous, or different in depth, width or both). Each model is a
+folder ``cache_dir("zoo", <pair>)/a`` and ``/b`` written by ``save_network``; ``pair.json`` is
+written last and records a fingerprint of the pair's spec, so that a folder that is missing,
+incomplete, corrupt or built from another spec is rebuilt. A model shared by several pairs (the same
+spec) is trained once per build and copied.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from heterogui.models.family import Network
 from heterogui.models.io import file_sha256, load_network, read_config, save_network
 from heterogui.models.resnet import ResNetConfig
 from heterogui.models.vgg import VGGConfig
+from heterogui.models.vit import ViTNetConfig
 from heterogui.zoo.registry import (
     PAIRS,
     TINY_PAIRS,
@@ -283,6 +284,8 @@ def describe_config(config: Any) -> dict[str, Any]:
             [s[0] for s in config.stages],
             "vgg",
         )
+    elif isinstance(config, ViTNetConfig):
+        depths, widths, family = [config.num_layers], [config.hidden], "vit"
     else:
         depths, widths, family = [len(config.widths)], list(config.widths), "mlp"
     return {"family": family, "depths": depths, "widths": widths}

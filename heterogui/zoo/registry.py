@@ -1,9 +1,10 @@
 """The registry of demo pairs of the built-in zoo (specs only; ``zoo.pairs`` builds them).
 
-Every pair follows method.md C: model A is trained on one half of a dataset's classes and model B
-on the other half (disjoint tasks, ``task_classes``). A pair is homogeneous (same architecture,
-different seeds) or differs in depth, in width, or in both. Widths are x2 (32/64 channels) or
-more: much narrower models merge badly, and these still train in seconds on a CPU.
+Every pair follows the evaluation protocol (docs/method.md sec. 11): model A is trained on one half
+of a dataset's classes and model B on the other half (disjoint tasks, ``task_classes``). A pair is
+homogeneous (same architecture, different seeds) or differs in depth, in width, or in both. Widths
+are x2 (32/64 channels) or more: much narrower models merge badly, and these still train in seconds
+on a CPU.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from heterogui.errors import ConfigError
 from heterogui.models.family import config_to_dict
 from heterogui.models.resnet import ResNetConfig, cifar_resnet
 from heterogui.models.vgg import VGGConfig
+from heterogui.models.vit import ViTNetConfig
 from heterogui.zoo.train import TrainSettings
 
 ZOO_VERSION = 3  # bump to rebuild every cached pair after a change in training or data
@@ -203,8 +205,37 @@ _FULL = (
     ),
 )
 
-PAIRS: dict[str, PairSpec] = {p.name: p for p in _FULL}
-TINY_PAIRS: dict[str, PairSpec] = {p.name: p for p in _TINY}
+
+def _vit(layers: int, hidden: int) -> ViTNetConfig:
+    """Return a ViT of 8x8 grey digits: 2x2 patches, heads of 8 features, MLP ratio 2."""
+    heads = (hidden // 8,) * layers
+    return ViTNetConfig(8, 2, 1, hidden, 8, heads, (2 * hidden,) * layers, 5, layer_norm_eps=1e-6)
+
+
+# A transformer pair of the zoo (pre-LN ViTs: exact identity layers); 20 epochs reach ~95 %.
+_VIT_PAIRS = (
+    _pair(
+        "digits-vit-depth-width",
+        "digits ViT 2 layers, width 32 (A) vs 4 layers, width 48 (B): attention heads merge whole",
+        "digits",
+        "depth+width",
+        _vit(2, 32),
+        _vit(4, 48),
+        replace(DIGITS_TRAIN, epochs=20),
+    ),
+)
+_TINY_VIT = _pair(
+    "tiny-digits-vit-depth",
+    "tiny ViT 1 vs 2 layers, width 16 (tests)",
+    "digits",
+    "depth",
+    _vit(1, 16),
+    _vit(2, 16),
+    replace(_TINY_TRAIN, epochs=15),
+)
+
+PAIRS: dict[str, PairSpec] = {p.name: p for p in (*_FULL, *_VIT_PAIRS)}
+TINY_PAIRS: dict[str, PairSpec] = {p.name: p for p in (*_TINY, _TINY_VIT)}
 
 
 def variant_name(name: str, variant: int) -> str:

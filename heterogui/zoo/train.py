@@ -1,6 +1,6 @@
 """Deterministic training of zoo models on one task (a subset of a dataset's classes).
 
-The zoo is the material the merge is demonstrated on (method.md C: A and B are trained on
+The zoo is the material the merge is demonstrated on (docs/method.md sec. 11: A and B are trained on
 disjoint class splits). Training is a pure function of (config, dataset, classes, settings):
 the initialisation and the shuffling use their own seeded generators, deterministic algorithms
 are switched on, and the thread count is fixed while training, so the same call gives the same
