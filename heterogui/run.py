@@ -174,27 +174,12 @@ def calibrate(pair: Pair, ref: DataRef | None = None, size: int | None = None) -
     return task.calibration(ref or task.default_calibration(pair, size), pair)
 
 
-def analyse(
-    pair: Pair,
-    calibration: Calibration,
-    *,
-    mode: str = "sma",
-    manual: dict[str, list[list[int]]] | None = None,
-    device: str | torch.device = "auto",
-    reset_input_bn: bool = True,
-    progress: Progress | None = None,
-) -> Prepared:
-    """Run the engine's analysis (BN, CKA, alignment, padding, statistics) on a pair."""
-    return prepare(
-        pair.a.net,
-        pair.b.net,
-        calibration.batches,
-        mode=mode,
-        manual=manual,
-        device=device,
-        reset_input_bn=reset_input_bn,
-        progress=progress,
-    )
+def analyse(pair: Pair, calibration: Calibration, **options: Any) -> Prepared:
+    """Run the engine's analysis (BN, CKA, alignment, padding, statistics) on a pair.
+
+    options: ``pipeline.prepare``'s keywords (mode, manual, device, reset_input_bn, progress).
+    """
+    return prepare(pair.a.net, pair.b.net, calibration.batches, **options)
 
 
 def evaluate_models(pair: Pair, prepared: Prepared, evaluation: Evaluation) -> dict[str, Any]:
@@ -350,32 +335,20 @@ def merge_networks(
     net_a: Network,
     net_b: Network,
     batches: list[Any],
-    *,
-    mode: str = "sma",
-    manual: dict[str, list[list[int]]] | None = None,
     settings: ZipSettings | None = None,
-    device: str | torch.device = "auto",
-    reset_input_bn: bool = True,
     dtype: torch.dtype = torch.float32,
     progress: Progress | None = None,
+    **options: Any,
 ) -> MergeResult:
     """Merge two in-memory networks on calibration batches (the engine, without sources).
 
     batches: list of input tensors (B, ...) (or tokenizer dicts) drawn from both tasks.
+    options: ``pipeline.prepare``'s keywords (mode, manual, device, reset_input_bn).
 
     Raises:
         HeteroguiError: incompatible networks or invalid settings.
     """
-    prepared = prepare(
-        net_a,
-        net_b,
-        batches,
-        mode=mode,
-        manual=manual,
-        device=device,
-        reset_input_bn=reset_input_bn,
-        progress=progress,
-    )
+    prepared = prepare(net_a, net_b, batches, progress=progress, **options)
     return zip_prepared(prepared, settings, dtype, progress)
 
 

@@ -124,16 +124,25 @@ def test_unknown_name_is_refused() -> None:
 
 
 def test_mean_pool_ignores_padding() -> None:
+    from heterogui.models.bert_modules import mean_pool
+
     states = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])  # (1, 3, 2)
     mask = torch.tensor([[1, 1, 0]])
-    assert torch.allclose(minilm.mean_pool(states, mask), torch.tensor([[2.0, 3.0]]))
+    assert torch.allclose(mean_pool(states, mask), torch.tensor([[2.0, 3.0]]))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", minilm.NAMES)
 def test_paraphrase_pair_scores_higher_than_unrelated(name: str, l3_dir: Path) -> None:
+    from heterogui.models.bert_modules import mean_pool
+    from heterogui.tasks.sentences import embed
+
     model, tokenizer = minilm.load_minilm(name, cache=l3_dir)
-    emb = minilm.embed(model, tokenizer, [*PARAPHRASE, *UNRELATED], batch_size=3)
+
+    def pooled(batch):  # sentence-transformers' embedding: mean-pooled token states
+        return mean_pool(model(**batch).last_hidden_state, batch["attention_mask"])
+
+    emb = embed(pooled, tokenizer, [*PARAPHRASE, *UNRELATED], batch_size=3)
     assert emb.shape == (4, 384)
     assert torch.allclose(emb.norm(dim=1), torch.ones(4), atol=1e-5)
     paraphrase, unrelated = float(emb[0] @ emb[1]), float(emb[2] @ emb[3])

@@ -261,3 +261,15 @@ def test_unreachable_width_without_within_model_merges(fn) -> None:
         fn(corr, 6, 9, 8, beta=0.0)
     for part in ("width 8", "smallest reachable width is 9", "raise beta", "lower rho"):
         assert part in str(err.value)
+
+
+def test_within_model_budget_and_zip_ratio_are_exact():
+    from heterogui.zip.matchers import merges_for, target_width, within_model_budget
+
+    # 100 + 100 features zipped to 100 with beta 0.58: 50 * 0.58 is 29, not 28.999...
+    assert within_model_budget(200, 100, 100, 0.58) == 29
+    assert within_model_budget(200, 100, 100, 0.0) == 0
+    assert within_model_budget(200, 100, 100, 1.0) == 50
+    # rho * min = 0.29 * 50 = 14.5 exactly: half up gives 15 merges (a float gives 14.4999...)
+    assert merges_for(0.29, 50) == 15 and target_width(50, 50, 0.29) == 85
+    assert merges_for(0.5, 5) == 3 and merges_for(1.0, 7) == 7 and merges_for(0.0, 7) == 0

@@ -28,7 +28,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -385,45 +384,3 @@ def load_minilm(
     else:
         raise ModelLoadError(f"unknown MiniLM name {name!r}; use one of {', '.join(NAMES)}")
     return _load_folder(path, device)
-
-
-def mean_pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Average token states over the real (non-padding) tokens.
-
-    Args:
-        last_hidden: (B, T, H) token states.
-        attention_mask: (B, T), 1 for real tokens and 0 for padding.
-
-    Returns:
-        (B, H) mean of the states of real tokens (0 for a row without any).
-    """
-    weights = attention_mask.to(last_hidden.dtype).unsqueeze(-1)
-    counts = weights.sum(dim=1).clamp_min(1e-9)
-    return (last_hidden * weights).sum(dim=1) / counts
-
-
-def embed(
-    model: Any,
-    tokenizer: Any,
-    sentences: Sequence[str],
-    batch_size: int = 32,
-    device: str | torch.device = "cpu",
-    max_length: int = 256,
-) -> torch.Tensor:
-    """Embed sentences as L2-normalised mean-pooled token states, without gradients.
-
-    Returns:
-        (N, H) float tensor on the CPU, one unit-norm row per sentence.
-    """
-    rows: list[torch.Tensor] = []
-    with torch.no_grad():
-        for start in range(0, len(sentences), batch_size):
-            chunk = list(sentences[start : start + batch_size])
-            batch = tokenizer(
-                chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-            )
-            mask = batch["attention_mask"].to(device)
-            out = model(input_ids=batch["input_ids"].to(device), attention_mask=mask)
-            pooled = mean_pool(out.last_hidden_state, mask)
-            rows.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu())
-    return torch.cat(rows) if rows else torch.empty(0, int(model.config.hidden_size))

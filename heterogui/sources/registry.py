@@ -80,7 +80,8 @@ def pair_verdict(header_a: Header, header_b: Header) -> Verdict:
     if header_a.family != header_b.family:
         reason = (
             f"model A ({header_a.name}) is a {header_a.family} and model B ({header_b.name}) a "
-            f"{header_b.family}; heterogui merges models of one family"
+            f"{header_b.family}; heterogui merges models of the same family: pick two models of "
+            "one family"
         )
         return Verdict(False, (reason,))
     if header_a.task != header_b.task:

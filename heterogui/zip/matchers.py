@@ -393,18 +393,3 @@ MATCHERS: dict[str, Callable[..., Match]] = {
 # Matchers that pair features one to one: equal widths only, the merged width is n_A (no rho,
 # alpha or beta). The others zip to any width between max(n_A, n_B) and n_A + n_B.
 EQUAL_WIDTHS = frozenset({"permute", "average"})
-
-
-def planned_width(matcher: str, n_a: int, n_b: int, rho: float, width: int | None) -> int:
-    """Return the merged width a matcher gives: ``width`` when set, else from rho.
-
-    One-to-one matchers (EQUAL_WIDTHS) always give n_A.
-
-    Raises:
-        MatcherError: an unknown matcher.
-    """
-    if matcher not in MATCHERS:
-        raise MatcherError(f"unknown matcher {matcher!r}; use one of {sorted(MATCHERS)}")
-    if width is not None:
-        return int(width)
-    return n_a if matcher in EQUAL_WIDTHS else target_width(n_a, n_b, rho)

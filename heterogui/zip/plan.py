@@ -14,7 +14,7 @@ from typing import Any
 from heterogui.errors import ConfigError, MatcherError
 from heterogui.models.graph import INPUT, ModelGraph
 from heterogui.zip.heads import head_group_width
-from heterogui.zip.matchers import planned_width
+from heterogui.zip.matchers import EQUAL_WIDTHS, MATCHERS, target_width
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,21 @@ class ZipSettings:
         }
         knobs.update(self.overrides.get(space, {}))
         return knobs
+
+
+def planned_width(matcher: str, n_a: int, n_b: int, rho: float, width: int | None) -> int:
+    """Return the merged width a matcher gives: ``width`` when set, else from rho.
+
+    One-to-one matchers (EQUAL_WIDTHS) always give n_A.
+
+    Raises:
+        MatcherError: an unknown matcher.
+    """
+    if matcher not in MATCHERS:
+        raise MatcherError(f"unknown matcher {matcher!r}; use one of {sorted(MATCHERS)}")
+    if width is not None:
+        return int(width)
+    return n_a if matcher in EQUAL_WIDTHS else target_width(n_a, n_b, rho)
 
 
 def stop_point(graph: ModelGraph, settings: ZipSettings) -> int:
