@@ -236,9 +236,17 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"recipe file {str(path)!r} does not exist")
-    text = path.read_text()
+    return parse_recipe(path.read_text(), str(path))
+
+
+def parse_recipe(text: str, name: str = "the recipe") -> Recipe:
+    """Return the recipe written as YAML (or JSON, a subset of YAML) in ``text``.
+
+    Raises:
+        ConfigError: the text does not parse or the recipe is invalid.
+    """
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"recipe {path} does not parse: {exc}") from exc
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{name} does not parse: {exc}") from exc
     return recipe_from_dict(data)

@@ -126,10 +126,9 @@ def estimate(prepared: pipeline.Prepared, settings: pipeline.ZipSettings) -> dic
     return {"widths": widths, "stop": stop, **parameters_and_flops(model, input_shape(prepared))}
 
 
-def merged_size(model: nn.Module, prepared: pipeline.Prepared) -> dict[str, int | None]:
-    """Return the parameters and FLOPs of a merged model on the pair's inputs."""
-    return parameters_and_flops(shape_only(lambda: _clone_shape(model)), input_shape(prepared))
+def merged_size(model: Any, prepared: pipeline.Prepared) -> dict[str, int | None]:
+    """Return the parameters and FLOPs of a merged model on the pair's inputs.
 
-
-def _clone_shape(model: Any) -> nn.Module:
-    return build_merged(model.spec)
+    Counted on a shape-only copy: the model itself (shared with a session) runs nothing.
+    """
+    return parameters_and_flops(shape_only(lambda: build_merged(model.spec)), input_shape(prepared))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -235,21 +234,6 @@ def _foldable(spec: Any) -> bool:
     except ModelLoadError:
         return False
     return True
-
-
-@pytest.fixture(scope="session")
-def tiny() -> SimpleNamespace:
-    """Builders of tiny models and inputs, one per family (heterogui families, HF BERT, ViT)."""
-    return SimpleNamespace(
-        make=make,
-        calibration=calibration,
-        same_arch=SAME_ARCH,
-        depth_pairs=DEPTH_PAIRS,
-        bert=tiny_hf,
-        vit=tiny_vit,
-        tokens=token_batches,
-        token_batch=token_batch,
-    )
 
 
 def _browser_skip_reason() -> str | None:

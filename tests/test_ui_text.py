@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from heterogui.config import DataRef
 from heterogui.errors import ConfigError, ExportError
@@ -128,6 +129,12 @@ def test_bert_flow_analyse_align_neurons_zip_evaluate_export(analysed, res, tmp_
         tab_evaluate.on_sweep(session, res)
     with pytest.raises(ExportError, match="already exists"):
         tab_export.on_export(session, res, str(out), False)
+    other = Session(device="cpu")  # the exported recipe repeats the Hugging Face merge
+    tab_export.on_import(other, res, str(out / "recipe.yaml"), None)
+    assert other.task.kind == "sentence_similarity" and other.pair.a.source == "hf"
+    mine, again = session.result.model.state_dict(), other.result.model.state_dict()
+    assert mine.keys() == again.keys() and all(torch.equal(mine[k], again[k]) for k in mine)
+    assert other.merged_metrics == session.merged_metrics
 
 
 def test_pasted_sentences_calibrate_and_bad_data_is_refused(folders, res):

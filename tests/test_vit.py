@@ -91,6 +91,13 @@ def test_width_heterogeneous_vits_merge_into_a_valid_vit_model(tmp_path):
     assert diff < 1e-5
     with pytest.raises(ExportError, match="already exists"):
         export_vit(result.model, out)
+    from heterogui.sources.registry import load
+
+    again = load(str(out))  # the export is a model: the Hugging Face source reads it back
+    assert again.source == "hf" and again.export_format == "hf-vit"
+    with torch.no_grad():
+        states = again.net.module.hidden_states(x)
+    assert (states - result.model.features(x)).abs().max() < 1e-5
 
 
 def test_export_pads_narrow_layers_and_refuses_a_partial_zip(tmp_path):

@@ -107,7 +107,12 @@ def _subsample(items: list, ref: DataRef) -> list:
     return [items[i] for i in pick.tolist()]
 
 
-def _check_hash(ref: DataRef, lines: Sequence[str]) -> None:
+def check_text_hash(ref: DataRef, lines: Sequence[str]) -> None:
+    """Raise if text drawn for ``ref`` differs from the sha256 the recipe records.
+
+    Raises:
+        ConfigError: naming the source and both hashes.
+    """
     digest = text_sha256(lines)
     if ref.sha256 and ref.sha256 != digest:
         raise ConfigError(
@@ -139,7 +144,7 @@ def load_sentences(ref: DataRef) -> list[str]:
             f'calibration source {ref.source!r} is not sentences: use "sentences" (built-in) or '
             'a .txt file with one sentence per line ("sts" pairs are for evaluation only)'
         )
-    _check_hash(ref, lines)
+    check_text_hash(ref, lines)
     return lines
 
 
@@ -163,7 +168,7 @@ def load_sentence_pairs(ref: DataRef) -> list[Pair]:
             "(built-in) or a .tsv file with score<TAB>sentence1<TAB>sentence2 lines"
         )
     pairs = _subsample(pairs, ref)
-    _check_hash(ref, pair_lines(pairs))
+    check_text_hash(ref, pair_lines(pairs))
     return pairs
 
 

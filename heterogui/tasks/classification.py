@@ -91,6 +91,25 @@ def _head_accuracy(logits: Tensor, labels: Tensor, classes: tuple[int, ...]) -> 
     return float((pred == labels).double().mean())
 
 
+def joint_argmax(
+    logits: Sequence[Tensor | None], heads: Sequence[tuple[int, ...]]
+) -> tuple[Tensor, Tensor]:
+    """Return the Joint protocol's prediction and confidence per input.
+
+    logits: per head, (N, len(heads[k])) or None (a head the model lacks). Each head's logits
+    go through their own softmax; the prediction is the class of the largest probability over
+    all heads (ties: the first), the confidence that probability.
+    Returns: (classes (N,) int64, confidences (N,) float64).
+    """
+    probs, classes = [], []
+    for x, cls in zip(logits, heads, strict=True):
+        if x is not None:
+            probs.append(torch.softmax(x.detach().cpu().double(), dim=1))
+            classes.extend(cls)
+    conf, idx = torch.cat(probs, 1).max(dim=1)
+    return torch.tensor(classes, dtype=torch.int64)[idx], conf
+
+
 def head_metrics(
     logits: Sequence[Tensor | None],
     labels: Tensor,
@@ -118,15 +137,10 @@ def head_metrics(
     members = [torch.isin(labels, torch.tensor(h, dtype=torch.int64)) for h in heads]
     if not bool(torch.stack(members).any(0).all()):
         raise ConfigError("some labels belong to no task: restrict the split to the tasks' classes")
-    probs, classes = [], []
     for x, cls in zip(logits, heads, strict=True):
-        if x is None:
-            continue
-        if x.shape != (labels.shape[0], len(cls)):
+        if x is not None and x.shape != (labels.shape[0], len(cls)):
             raise ConfigError(f"logits of shape {tuple(x.shape)} for {len(cls)} classes")
-        probs.append(torch.softmax(x.detach().cpu().double(), dim=1))
-        classes.extend(cls)
-    joint_pred = torch.tensor(classes, dtype=torch.int64)[torch.cat(probs, 1).argmax(1)]
+    joint_pred, _ = joint_argmax(logits, heads)
     joint = float((joint_pred == labels).double().mean()) if labels.numel() else float("nan")
     tasks = tuple(
         None if x is None else _head_accuracy(x[m], labels[m], cls)

@@ -30,7 +30,13 @@ from heterogui.tasks.base import (
     Task,
     register,
 )
-from heterogui.tasks.classification import Metrics, evaluate_merged, evaluate_models, split_heads
+from heterogui.tasks.classification import (
+    Metrics,
+    evaluate_merged,
+    evaluate_models,
+    joint_argmax,
+    split_heads,
+)
 
 CALIBRATION_SIZE = 256
 CALIBRATION_BATCH = 64
@@ -247,17 +253,14 @@ class ImageClassification(Task):
 def joint_predictions(
     outputs: Sequence[torch.Tensor], heads: Sequence[Sequence[Head]]
 ) -> list[tuple[int, float]]:
-    """Return (class, confidence) per input: argmax over the softmax of every head.
+    """Return (class, confidence) per input: the Joint protocol over every head.
 
     outputs: per model, (k, sum of its head sizes) logits; heads: per model, its heads.
     """
-    probs, classes = [], []
-    for out, model_heads in zip(outputs, heads, strict=True):
-        for logits, head in zip(split_heads(out, model_heads), model_heads, strict=True):
-            probs.append(torch.softmax(logits.double(), 1))
-            classes.extend(head.classes)
-    conf, idx = torch.cat(probs, 1).max(dim=1)
-    return [(classes[int(i)], float(c)) for i, c in zip(idx, conf, strict=True)]
+    logits = [x for out, hs in zip(outputs, heads, strict=True) for x in split_heads(out, hs)]
+    flat = [h.classes for hs in heads for h in hs]
+    classes, conf = joint_argmax(logits, flat)
+    return [(int(c), float(p)) for c, p in zip(classes, conf, strict=True)]
 
 
 def _classes(pair: Pair) -> tuple[int, ...]:

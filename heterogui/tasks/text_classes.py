@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from heterogui.config import DataRef
-from heterogui.datasets.refs import text_sha256, tokenize
+from heterogui.datasets.refs import check_text_hash, text_sha256, tokenize
 from heterogui.datasets.text_tasks import TASK_CLASSES, label_id, make_task
 from heterogui.errors import ConfigError, ModelLoadError
 from heterogui.models.capture import to_device
@@ -156,13 +156,8 @@ class TextClassification(Task):
             data.labels[keep],
         )
         lines = [f"{int(y)}\t{s}" for s, y in zip(kept.sentences, kept.labels, strict=True)]
-        digest = text_sha256(lines)
-        if ref.sha256 and ref.sha256 != digest:
-            raise ConfigError(
-                f"the sentences of {ref.source} changed: sha256 {digest[:12]}... but the recipe "
-                f"records {ref.sha256[:12]}...; restore them or remove sha256 from the recipe"
-            )
-        return Evaluation(dataclasses.replace(ref, sha256=digest), kept)
+        check_text_hash(ref, lines)
+        return Evaluation(dataclasses.replace(ref, sha256=text_sha256(lines)), kept)
 
     def score_models(self, prepared: Prepared, ev: Evaluation, pair: Pair) -> dict[str, Metrics]:
         """Return the metrics of A alone, B alone and their ensemble (each model runs once)."""

@@ -14,10 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from heterogui import run
-from heterogui.config import Recipe, load_recipe, recipe_from_dict
+from heterogui.config import Recipe, load_recipe, parse_recipe
 from heterogui.errors import ConfigError, ExportError
 from heterogui.report import merge_report
 from heterogui.sizes import merged_size, reference_sizes
@@ -85,11 +83,7 @@ def read_recipe(path: str | None, text: str | None) -> Recipe:
         return load_recipe(path)
     if not (text or "").strip():
         raise ConfigError("upload a recipe file (.yaml/.json) or paste one")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"the recipe does not parse: {exc}") from exc
-    return recipe_from_dict(data)
+    return parse_recipe(text, "the pasted recipe")
 
 
 def reproduce(

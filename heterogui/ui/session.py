@@ -59,6 +59,7 @@ class Session:
     cancel_requested: bool = False
     running: bool = False
     compare: list[str] = field(default_factory=list)  # sentences of the similarity matrices
+    workdir: str | None = None  # this session's folder for uploads and pasted sentences
 
     @property
     def pair(self) -> Pair | None:

@@ -13,7 +13,7 @@ import gradio as gr
 
 from heterogui.config import DataRef
 from heterogui.datasets.images import DATASETS
-from heterogui.datasets.refs import parse_lines
+from heterogui.datasets.refs import parse_lines, text_sha256
 from heterogui.errors import ConfigError
 from heterogui.tasks.sentences import MIN_SENTENCES
 from heterogui.ui import work
@@ -177,8 +177,10 @@ def on_start(session: Session, res: Resources, progress=None) -> str | tuple[str
 
 
 def session_folder(session: Session) -> Path:
-    """Return (and make) this session's folder for uploads and pasted sentences."""
-    return Path(tempfile.mkdtemp(prefix=f"heterogui-{session.sid}-"))
+    """Return (and make, once) this session's folder for uploads and pasted sentences."""
+    if session.workdir is None or not Path(session.workdir).is_dir():
+        session.workdir = tempfile.mkdtemp(prefix=f"heterogui-{session.sid}-")
+    return Path(session.workdir)
 
 
 def on_load_model(
@@ -248,7 +250,8 @@ def on_sentences(session: Session, res: Resources, pasted: str | None, progress=
         raise ConfigError(
             f"{len(sentences)} sentences: paste at least {MIN_SENTENCES}, one per line"
         )
-    path = session_folder(session) / "calibration-sentences.txt"
+    # One file per text (named by its hash): a recipe exported earlier keeps its own file.
+    path = session_folder(session) / f"sentences-{text_sha256(sentences)[:12]}.txt"
     path.write_text("\n".join(sentences) + "\n", encoding="utf-8")
     default = session.task.default_calibration(session.pair)
     work.set_data(session, dataclasses.replace(default, source=str(path), size=None))
