@@ -212,7 +212,9 @@ def _vit(layers: int, hidden: int) -> ViTNetConfig:
     return ViTNetConfig(8, 2, 1, hidden, 8, heads, (2 * hidden,) * layers, 5, layer_norm_eps=1e-6)
 
 
-# A transformer pair of the zoo (pre-LN ViTs: exact identity layers); 20 epochs reach ~95 %.
+# Transformer pairs of the zoo (pre-LN ViTs: exact identity layers); 20 epochs reach ~95 %.
+_VIT_REF = "digits-vit-homogeneous"
+_VIT_TRAIN = replace(DIGITS_TRAIN, epochs=20)
 _VIT_PAIRS = (
     _pair(
         "digits-vit-depth-width",
@@ -221,7 +223,17 @@ _VIT_PAIRS = (
         "depth+width",
         _vit(2, 32),
         _vit(4, 48),
-        replace(DIGITS_TRAIN, epochs=20),
+        _VIT_TRAIN,
+        _VIT_REF,
+    ),
+    _pair(
+        _VIT_REF,
+        "digits ViT 2 layers, width 32, two seeds (homogeneous)",
+        "digits",
+        "homogeneous",
+        _vit(2, 32),
+        _vit(2, 32),
+        _VIT_TRAIN,
     ),
 )
 _TINY_VIT = _pair(
