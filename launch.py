@@ -2,7 +2,8 @@
 
 The app lives in `heterogui.ui.app`; this script only parses the command line and hands over.
 Contract for the app module: `main(host="127.0.0.1", port=None, auth=None, threads=None,
-pair=None)` starts the server (never with a public share link) and blocks until it stops.
+pair=None, export_root=None)` starts the server (never with a public share link) and blocks
+until it stops.
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--pair", default=None, help="demo pair a new session opens (default: the first one)"
     )
+    parser.add_argument(
+        "--export-root",
+        default=None,
+        metavar="FOLDER",
+        help="the folder exports are written below (default: the heterogui cache's exports/); "
+        "the page refuses paths outside it",
+    )
     return parser.parse_args(argv)
 
 
@@ -75,7 +83,14 @@ def main(argv: list[str] | None = None) -> int:
             f"nothing to serve on {where} yet."
         )
         return 0
-    app_main(host=args.host, port=args.port, auth=args.auth, threads=args.threads, pair=args.pair)
+    app_main(
+        host=args.host,
+        port=args.port,
+        auth=args.auth,
+        threads=args.threads,
+        pair=args.pair,
+        export_root=args.export_root,
+    )
     return 0
 
 

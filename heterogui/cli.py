@@ -11,19 +11,19 @@ from pathlib import Path
 
 from heterogui.cli_bench import add_bench_arguments
 from heterogui.cli_zoo import add_zoo_arguments
-from heterogui.errors import ExportError, HeteroguiError
+from heterogui.config import load_recipe
+from heterogui.errors import HeteroguiError, excerpt
+from heterogui.folders import check_output
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
     """Merge as a recipe says and write the result folder (save_pretrained for HF models)."""
     from heterogui import run  # torch: only when a merge runs
 
+    recipe = load_recipe(args.recipe)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:  # fail before the expensive part
-        raise ExportError(
-            f"output folder {str(out)!r} already exists; choose another --out or pass --overwrite"
-        )
-    done = run.merge(args.recipe, progress=_progress if args.verbose else None)
+    check_output(out, args.overwrite, run.data_files(recipe))  # before the expensive part
+    done = run.merge(recipe, progress=_progress if args.verbose else None)
     run.export(done, out, overwrite=args.overwrite, fmt=args.format)
     summary = {k: done.report[k] for k in ("parameters", "widths", "heads")}
     summary["seconds"] = round(done.report["timings_seconds"]["total"], 3)
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except HeteroguiError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {excerpt(exc, 600)}", file=sys.stderr)  # one line, never a traceback
         return 2
 
 

@@ -9,18 +9,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import UnionType
 from typing import Any
 
 import yaml
 
-from heterogui.errors import ConfigError, ModelLoadError
+from heterogui.errors import ConfigError, ModelLoadError, excerpt
 
+# The names of the engine's registries (align.alignment.MODES, zip.matchers.MATCHERS), listed
+# here so that reading a recipe needs no torch; tests/test_engine.py checks they agree.
 ALIGN_MODES = ("sma", "lma", "uniform", "head", "head_tail", "manual")
 MATCHER_NAMES = ("zip", "zip_naive", "permute", "average")
 DTYPES = ("float32", "float64")
-OVERRIDE_KEYS = {"width", "rho", "alpha", "beta", "matcher"}
+OVERRIDE_TYPES = {"width": int, "rho": float, "alpha": float, "beta": float, "matcher": str}
+OVERRIDE_KEYS = set(OVERRIDE_TYPES)
 IDENTITIES = ("exact", "ls", "plain")
 POOLINGS = ("mean", "cls")
 
@@ -94,6 +99,14 @@ class ZipSpec:
     def __post_init__(self) -> None:
         _check_knobs("zip", self.matcher, self.alpha, self.beta, self.rho)
         for space, knobs in self.overrides.items():
+            if not isinstance(knobs, dict):
+                raise ConfigError(
+                    f"zip.overrides.{excerpt(space, 60)} must be a mapping such as "
+                    f"{{rho: 0.5}} or {{width: 64}}, got {excerpt(repr(knobs), 60)}"
+                )
+            for key, hint in OVERRIDE_TYPES.items():
+                if key in knobs:
+                    _checked(knobs[key], hint, f"zip.overrides.{excerpt(space, 60)}.{key}")
             unknown = set(knobs) - OVERRIDE_KEYS
             if unknown:
                 raise ConfigError(
@@ -191,16 +204,55 @@ def _build(cls: type, data: Any, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown keys {unknown}; known keys: {sorted(fields)}")
+        raise ConfigError(
+            excerpt(f"{where}: unknown keys {unknown}; known keys: {sorted(fields)}", 400)
+        )
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
         nested = _NESTED.get((cls, name))
-        built = nested and value is not None
-        kwargs[name] = _build(nested, value, f"{where}.{name}") if built else value
+        if nested and value is not None:
+            kwargs[name] = _build(nested, value, f"{where}.{name}")
+        else:
+            kwargs[name] = _checked(value, hints[name], f"{where}.{name}")
     try:
         return cls(**kwargs)
     except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
+        raise ConfigError(f"{where}: {excerpt(exc)}") from exc
+
+
+_KINDS = {
+    str: "text",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    dict: "a mapping",
+}
+
+
+def _checked(value: Any, hint: Any, where: str) -> Any:
+    """Return ``value`` if it has the field's type (None where the field allows it).
+
+    Raises:
+        ConfigError: naming the field, the value (an excerpt) and the type it needs.
+    """
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, UnionType) else ()
+    types = [typing.get_origin(t) or t for t in (options or (hint,))]
+    if value is None and type(None) in types:
+        return value
+    for kind in types:
+        plain = typing.get_origin(kind) or kind
+        if plain is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if plain is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if plain in (str, bool, dict) and isinstance(value, plain):
+            return value
+    wanted = " or ".join(_KINDS.get(t, getattr(t, "__name__", str(t))) for t in types)
+    raise ConfigError(
+        f"{where} must be {wanted.replace('NoneType', 'null')}, got {excerpt(repr(value), 80)} "
+        f"({type(value).__name__}); fix the value in the recipe"
+    )
 
 
 _NESTED = {
@@ -226,27 +278,89 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     return _build(Recipe, data, "recipe")
 
 
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of text; anything bigger is not one
+
+
+def read_text(path: Path, what: str, limit: int | None = None) -> str:
+    """Return a text file's content (UTF-8), refusing binary files and files over ``limit``.
+
+    Raises:
+        ConfigError: the file is over the limit, or not UTF-8 text.
+    """
+    size = path.stat().st_size
+    if limit is not None and size > limit:
+        raise ConfigError(
+            f"{what} {str(path)!r} is {size:,} bytes, over the {limit:,} a {what} may have; "
+            "pass the right file"
+        )
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} {str(path)!r} is not text: byte {exc.start} is not UTF-8 (a binary file?); "
+            "pass a UTF-8 text file"
+        ) from exc
+
+
+class _NoAliases(yaml.SafeLoader):
+    """A safe YAML loader that refuses aliases: "*name" can expand without bound."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.MarkedYAMLError(
+                problem=f"alias *{excerpt(event.anchor, 40)} (aliases are refused)",
+                problem_mark=event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, what: str) -> Any:
+    """Return the value of YAML (or JSON) ``text`` written by a user, without aliases.
+
+    Raises:
+        ConfigError: the text does not parse, or uses an alias; the message quotes at most a
+            short excerpt of the parser's words.
+    """
+    try:
+        return yaml.load(text, Loader=_NoAliases)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigError(
+            f"{what} does not parse{where}: {excerpt(problem, 120)}; write plain YAML or JSON "
+            "(aliases such as *name are refused)"
+        ) from exc
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Read a recipe from a .yaml/.yml/.json file.
 
     Raises:
         ModelLoadError: the file does not exist.
-        ConfigError: the file does not parse or the recipe is invalid.
+        ConfigError: the file is not text, does not parse, or the recipe is invalid.
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelLoadError(f"recipe file {str(path)!r} does not exist")
-    return parse_recipe(path.read_text(), str(path))
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ModelLoadError(f"recipe file {str(path)!r} {what}; pass a .yaml or .json file")
+    return parse_recipe(read_text(path, "recipe", MAX_RECIPE_BYTES), f"recipe {path}")
 
 
 def parse_recipe(text: str, name: str = "the recipe") -> Recipe:
     """Return the recipe written as YAML (or JSON, a subset of YAML) in ``text``.
 
     Raises:
-        ConfigError: the text does not parse or the recipe is invalid.
+        ConfigError: the text does not parse, uses an alias, or the recipe is invalid.
     """
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{name} does not parse: {exc}") from exc
+    if len(text) > MAX_RECIPE_BYTES:
+        raise ConfigError(f"{name} is {len(text):,} characters long: not a recipe")
+    data = load_yaml(text, name)
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{name} is a {type(data).__name__}, not a mapping: a recipe has keys such as "
+            "model_a: {path: ...} and model_b: {path: ...}"
+        )
     return recipe_from_dict(data)

@@ -37,3 +37,16 @@ class ExportError(HeteroguiError):
 
 class Cancelled(HeteroguiError):
     """The user asked a running merge to stop; it stopped at a stage boundary."""
+
+
+EXCERPT = 200  # characters of a user's or a library's text that a message quotes at most
+
+
+def excerpt(text: object, limit: int = EXCERPT) -> str:
+    """Return ``text`` as one line of at most ``limit`` characters (for quoting in a message).
+
+    Library messages span lines (state-dict mismatch lists, parser output) and user input can be
+    huge; a message quotes only the start of either, with "…" where it was cut.
+    """
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

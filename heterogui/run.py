@@ -320,6 +320,7 @@ def export(
         ExportError: the format cannot hold this merge, ``out`` exists, or writing failed.
     """
     fmt = fmt or export_format(run.pair)
+    inputs = [*model_folders(run.pair), *data_files(run.recipe)]
     job = ExportJob(
         run.result.model,
         run.recipe,
@@ -328,7 +329,20 @@ def export(
         run.pair.a.folder,
         getattr(run.pair.a.net.config, "pooling", None),
     )
-    return write_export(job, out, fmt, overwrite)
+    return write_export(job, out, fmt, overwrite, inputs)
+
+
+def model_folders(pair: Pair) -> list[Path]:
+    """Return the local folders models A and B were read from."""
+    return [m.folder for m in (pair.a, pair.b) if m.folder is not None]
+
+
+def data_files(recipe: Recipe) -> list[Path]:
+    """Return the local files and folders a recipe names (models and data), where they exist."""
+    named = [recipe.model_a.path, recipe.model_b.path, recipe.calibration.source]
+    if recipe.evaluation is not None:
+        named.append(recipe.evaluation.source)
+    return [Path(p).expanduser() for p in named if Path(p).expanduser().exists()]
 
 
 def merge_networks(

@@ -29,11 +29,13 @@ TIMEOUT_MS = 120_000
 
 
 @pytest.fixture(scope="module")
-def url():
+def url(tmp_path_factory):
+    exports = tmp_path_factory.getbasetemp()  # every test's tmp_path lies below it
     if README_DIR:  # the real demo pair, as a newcomer gets it
-        res = Resources(ZooPairs(), device="cpu")
+        res = Resources(ZooPairs(), device="cpu", export_root=exports)
     else:
-        res = Resources(ZooPairs(tiny=True), device="cpu", default_pair="tiny-digits-vgg-depth")
+        pair = "tiny-digits-vgg-depth"
+        res = Resources(ZooPairs(tiny=True), device="cpu", default_pair=pair, export_root=exports)
     demo = build_app(res)
     address = launch(demo, "127.0.0.1", None, block=False)
     yield address

@@ -75,6 +75,7 @@ def test_merge_through_the_cli_writes_a_folder_that_reloads(tmp_path, pair, caps
         "README.md",  # the model card and its figures
         "alignment.svg",
         "widths.svg",
+        ".heterogui-output",  # the marker: what a later --overwrite may replace
     }
     report = json.loads((out / "report.json").read_text())
     assert report["timings_seconds"]["total"] > 0

@@ -218,3 +218,12 @@ def test_realign_times_its_own_stages_once():
     assert again.timings["similarity"] == prep.timings["similarity"]  # not re-run, kept
     assert again.timings["features"] < 1000.0 and again.timings["alignment"] < 1000.0
     assert set(again.timings) == set(prep.timings)
+
+
+def test_the_recipe_knows_every_registered_mode_and_matcher():
+    # config.py stays free of torch, so it lists the names; the engine's registries decide.
+    from heterogui import config
+    from heterogui.align.alignment import MODES
+    from heterogui.zip.matchers import MATCHERS
+
+    assert config.ALIGN_MODES == MODES and tuple(MATCHERS) == config.MATCHER_NAMES

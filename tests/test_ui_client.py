@@ -21,8 +21,11 @@ PAIR = "tiny-digits-vgg-depth"
 
 
 @pytest.fixture(scope="module")
-def url():
-    demo = build_app(Resources(ZooPairs(tiny=True), device="cpu", default_pair=PAIR))
+def url(tmp_path_factory):
+    exports = tmp_path_factory.getbasetemp()  # every test's tmp_path lies below it
+    demo = build_app(
+        Resources(ZooPairs(tiny=True), device="cpu", default_pair=PAIR, export_root=exports)
+    )
     address = launch(demo, "127.0.0.1", None, block=False)
     assert address.startswith("http://127.0.0.1:")
     yield address

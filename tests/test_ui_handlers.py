@@ -40,8 +40,9 @@ PAIR = "tiny-digits-vgg-depth"
 
 
 @pytest.fixture(scope="module")
-def res() -> Resources:
-    return Resources(ZooPairs(tiny=True), device="cpu", default_pair=PAIR)
+def res(tmp_path_factory) -> Resources:
+    exports = tmp_path_factory.getbasetemp()  # every test's tmp_path lies below it
+    return Resources(ZooPairs(tiny=True), device="cpu", default_pair=PAIR, export_root=exports)
 
 
 @pytest.fixture()

@@ -59,8 +59,9 @@ def folders(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def res() -> Resources:
-    return Resources(ZooPairs(tiny=True), device="cpu")
+def res(tmp_path_factory) -> Resources:
+    exports = tmp_path_factory.getbasetemp()  # every test's tmp_path lies below it
+    return Resources(ZooPairs(tiny=True), device="cpu", export_root=exports)
 
 
 def load(session: Session, res: Resources, which: str, folder: Path) -> str:
@@ -156,7 +157,9 @@ def test_bert_flow_over_the_api(folders, tmp_path):
 
     from heterogui.ui.app import build_app, launch
 
-    demo = build_app(Resources(ZooPairs(tiny=True), device="cpu", default_pair=None))
+    demo = build_app(
+        Resources(ZooPairs(tiny=True), device="cpu", default_pair=None, export_root=tmp_path)
+    )
     url = launch(demo, "127.0.0.1", None, block=False)
     try:
         client = Client(url, verbose=False)

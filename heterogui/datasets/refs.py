@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from heterogui.config import DataRef
+from heterogui.config import DataRef, read_text
 from heterogui.datasets.images import DATASETS, load_split
 from heterogui.datasets.sentence_pairs import Pair, load_pairs, pair_lines
 from heterogui.datasets.text_tasks import calibration_sentences
-from heterogui.errors import ConfigError, ModelLoadError
+from heterogui.errors import ConfigError, ModelLoadError, excerpt
 from heterogui.models.io import load_state, state_sha256
 
 
@@ -61,12 +61,43 @@ def tensor_data_sha256(inputs: torch.Tensor, labels: torch.Tensor | None = None)
 
 
 def _from_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Return the "inputs" (and "labels") tensors of a .safetensors data file, checked.
+
+    Raises:
+        ModelLoadError: a missing file (or a folder), or not a safetensors file.
+        ConfigError: no "inputs", inputs that are not numbers of at least 2 dimensions or hold
+            NaN / inf, labels that are not one integer per input.
+    """
     if not path.is_file():
-        raise ModelLoadError(f"data file {str(path)!r} does not exist")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ModelLoadError(f"data file {str(path)!r} {what}; pass a .safetensors file")
     state = load_state(path)
     if "inputs" not in state:
-        raise ConfigError(f"{path} has no 'inputs' tensor (found {sorted(state)}); save one")
-    return state["inputs"].float(), state.get("labels")
+        found = excerpt(sorted(state), 80)
+        raise ConfigError(f"{path} has no 'inputs' tensor (found {found}); save one")
+    inputs, labels = state["inputs"], state.get("labels")
+    if inputs.dim() < 2 or inputs.dtype == torch.bool or inputs.is_complex():
+        raise ConfigError(
+            f"'inputs' in {path} has shape {tuple(inputs.shape)} and dtype {inputs.dtype}: "
+            "save real numbers with one row per input, (N, C, H, W) or (N, C, L)"
+        )
+    inputs = inputs.float()
+    bad = (~torch.isfinite(inputs)).flatten(1).any(1).nonzero().flatten()
+    if len(bad):
+        raise ConfigError(
+            f"'inputs' in {path} hold NaN or inf in {len(bad)} input(s), the first at row "
+            f"{int(bad[0])}; remove or repair those inputs"
+        )
+    if labels is not None:
+        integer = not labels.is_floating_point() and labels.dtype != torch.bool
+        if labels.shape != (inputs.shape[0],) or not integer:
+            raise ConfigError(
+                f"'labels' in {path} has shape {tuple(labels.shape)} and dtype {labels.dtype}: "
+                f"save one integer class id per input ({inputs.shape[0]},)"
+            )
+        if int(labels.min()) < 0:
+            raise ConfigError(f"'labels' in {path} hold negative class ids; use ids from 0")
+    return inputs, labels
 
 
 def make_batches(inputs: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
@@ -134,8 +165,9 @@ def load_sentences(ref: DataRef) -> list[str]:
     elif ref.source.endswith(".txt"):
         path = Path(ref.source).expanduser()
         if not path.is_file():
-            raise ModelLoadError(f"sentence file {str(path)!r} does not exist")
-        lines = parse_lines(path.read_text("utf-8"))
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
+            raise ModelLoadError(f"sentence file {str(path)!r} {what}; pass a .txt file")
+        lines = parse_lines(read_text(path, "sentence file"))
         lines = _subsample(lines, ref)
         if len(lines) < 4:
             raise ConfigError(f"{path} holds {len(lines)} sentences; give at least 4, one a line")

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from heterogui.errors import ConfigError
+from heterogui.config import read_text
+from heterogui.errors import ConfigError, excerpt
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ def load_pairs(path: str | Path | None = None) -> list[Pair]:
     if path is None:
         text = resources.files("heterogui").joinpath("data/sts_pairs.tsv").read_text("utf-8")
     else:
-        text = Path(path).read_text("utf-8")
+        text = read_text(Path(path), "sentence-pair file")
     pairs = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#") or line.startswith("score\t"):
@@ -42,7 +43,13 @@ def load_pairs(path: str | Path | None = None) -> list[Pair]:
         fields = line.split("\t")
         if len(fields) != 3:
             raise ConfigError(f"line {number}: expected score<TAB>sentence1<TAB>sentence2")
-        score = float(fields[0])
+        try:
+            score = float(fields[0])
+        except ValueError:
+            raise ConfigError(
+                f"line {number}: the score {excerpt(repr(fields[0]), 40)} is not a number; "
+                "write score<TAB>sentence1<TAB>sentence2 with a score from 0 to 5"
+            ) from None
         if not 0 <= score <= 5:
             raise ConfigError(f"line {number}: score {score} is outside [0, 5]")
         pairs.append(Pair(fields[1], fields[2], score))

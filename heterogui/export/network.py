@@ -15,8 +15,9 @@ from safetensors.torch import save_file
 
 from heterogui.config import Recipe
 from heterogui.export.job import HETEROGUI_FORMAT, Exporter, ExportJob
+from heterogui.folders import atomic_output
 from heterogui.fusion.merged import MergedModel
-from heterogui.models.io import CONFIG_FILE, WEIGHTS_FILE, atomic_output
+from heterogui.models.io import CONFIG_FILE, WEIGHTS_FILE
 
 
 def write_merged(model: MergedModel, folder: Path, recipe: Recipe | None = None) -> None:

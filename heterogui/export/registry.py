@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from heterogui.errors import ConfigError
 from heterogui.export.hf import BERT, VIT
 from heterogui.export.job import Exporter, ExportJob
 from heterogui.export.network import NETWORK
-from heterogui.models.io import atomic_output
+from heterogui.folders import MARKER, atomic_output, check_output
 
 EXPORTERS: dict[str, Exporter] = {e.name: e for e in (NETWORK, BERT, VIT)}
 
@@ -24,18 +25,28 @@ def exporter(name: str) -> Exporter:
     return EXPORTERS[name]
 
 
-def write_export(job: ExportJob, out: str | Path, fmt: str, overwrite: bool = False) -> Path:
+def write_export(
+    job: ExportJob,
+    out: str | Path,
+    fmt: str,
+    overwrite: bool = False,
+    inputs: Iterable[Path] = (),
+) -> Path:
     """Write ``job`` in format ``fmt`` to the new folder ``out`` (atomically).
 
-    The format is checked before anything is written; a failure leaves no folder behind.
+    The folder and the format are checked before anything is written (``folders.check_output``:
+    never over an input, the current folder, or a folder heterogui did not write); a failure
+    leaves no folder behind. The folder gets a marker file: what a later overwrite may replace.
 
     Raises:
         ConfigError: an unknown format.
-        ExportError: the format cannot hold this merge, ``out`` exists (without overwrite), or
-            writing failed.
+        ExportError: the format cannot hold this merge, or the folder is refused, or writing
+            failed.
     """
     chosen = exporter(fmt)
+    target = check_output(out, overwrite, inputs)
     chosen.check(job.model)
-    with atomic_output(Path(out), overwrite) as tmp:
+    with atomic_output(target, overwrite) as tmp:
         chosen.write(job, tmp)
+        (tmp / MARKER).write_text(f"written by heterogui ({chosen.name} format)\n")
     return Path(out)

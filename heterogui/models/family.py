@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import UnionType
 from typing import Any
 
 from torch import nn
 
-from heterogui.errors import ConfigError
+from heterogui.errors import ConfigError, excerpt
 from heterogui.models import bert, bert_identity, mlp, resnet, vgg, vit
 from heterogui.models.graph import BlockNet, ModelGraph
 
@@ -110,24 +112,68 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def config_from_dict(data: dict[str, Any]) -> Any:
-    """Rebuild a family config from ``config_to_dict`` output.
+    """Rebuild a family config from ``config_to_dict`` output, checking every field.
 
     Raises:
-        ConfigError: for an unknown family or unknown/missing fields.
+        ConfigError: an unknown family, unknown or missing fields, or a field of the wrong type
+            or out of range (sizes are positive integers).
     """
+    if not isinstance(data, dict):
+        raise ConfigError(f"a model config must be a mapping, got {type(data).__name__}")
     data = dict(data)
     name = data.pop("family", None)
     if name not in FAMILIES:
-        raise ConfigError(f"unknown model family {name!r}; expected one of {sorted(FAMILIES)}")
+        raise ConfigError(
+            f"unknown model family {excerpt(repr(name), 60)}; expected one of {sorted(FAMILIES)}"
+        )
     cls = FAMILIES[name].config_cls
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - known
     if unknown:
-        raise ConfigError(f"unknown {name} config fields {sorted(unknown)}; known: {sorted(known)}")
+        raise ConfigError(
+            excerpt(f"unknown {name} config fields {sorted(unknown)}; known: {sorted(known)}", 300)
+        )
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        _check_field(f"{name} config field {key}", hints[key], value, key in _MAY_BE_ZERO)
     try:
         return cls(**{k: _tuplify(v) for k, v in data.items()})
-    except TypeError as exc:
-        raise ConfigError(f"bad {name} config {data}: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad {name} config: {excerpt(exc)}") from exc
+
+
+_MAY_BE_ZERO = {"pad_token_id"}  # an index; every other integer of a config is a size
+
+
+def _check_field(where: str, hint: Any, value: Any, may_be_zero: bool = False) -> None:
+    """Raise unless ``value`` fits ``hint`` (ints, floats, strings, None, tuples of them).
+
+    Raises:
+        ConfigError: naming the field, the value and what it must be.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, UnionType):
+        if value is None and type(None) in args:
+            return
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or not value:
+            raise ConfigError(f"{where} must be a non-empty list, got {excerpt(repr(value), 60)}")
+        for item in value:
+            _check_field(where, args[0], item, may_be_zero)
+        return
+    if hint is int:
+        lowest = 0 if may_be_zero else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            raise ConfigError(
+                f"{where} must be an integer of at least {lowest}, got {excerpt(repr(value), 60)}"
+            )
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigError(f"{where} must be a positive number, got {excerpt(repr(value), 60)}")
+    elif hint is str and not isinstance(value, str):
+        raise ConfigError(f"{where} must be text, got {excerpt(repr(value), 60)}")
 
 
 def _listify(value: Any) -> Any:

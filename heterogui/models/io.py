@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +16,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from heterogui.errors import ExportError, ModelLoadError
+from heterogui.errors import ModelLoadError, excerpt
+from heterogui.folders import atomic_output
 from heterogui.models.family import Head, Network, config_from_dict, config_to_dict, family_of
+from heterogui.models.headers import read_safetensors_header
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -43,59 +42,6 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def atomic_folder(target: Path, overwrite: bool = False):
-    """Return a temp folder beside ``target`` and a commit function that moves it into place.
-
-    ``commit`` raises FileExistsError (and removes the temp folder) if ``target`` exists and
-    ``overwrite`` is off. Prefer ``atomic_output``, which also cleans up on failure.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-
-    def commit() -> None:
-        if target.exists():
-            if not overwrite:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise FileExistsError(target)
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-
-    return tmp, commit
-
-
-@contextmanager
-def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temp folder that becomes ``target`` if the block succeeds; else nothing is left.
-
-    Raises:
-        ExportError: ``target`` exists (and ``overwrite`` is off), appeared while writing, or
-            writing failed.
-    """
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise ExportError(
-            f"output folder {str(target)!r} already exists; choose another folder or allow "
-            "overwriting it (--overwrite)"
-        )
-    tmp, commit = atomic_folder(target, overwrite)
-    try:
-        yield tmp
-        commit()
-    except FileExistsError as exc:
-        raise ExportError(f"output folder {str(target)!r} appeared while writing; retry") from exc
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ExportError(f"could not write {target}: {exc}") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def save_network(
@@ -142,9 +88,60 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelLoadError(f"{str(folder)!r} has no {CONFIG_FILE}; it is not a model folder")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{path} is not valid JSON ({exc}); re-export the model") from exc
+        raise ModelLoadError(
+            f"{path} is not valid JSON ({excerpt(exc, 80)}); re-export the model"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(
+            f"{path} holds a JSON {type(data).__name__}, not an object: it is not a model "
+            "config; re-export the model"
+        )
+    return data
+
+
+def check_weights_fit(build: Callable[[], torch.nn.Module], weights: Path, where: str) -> None:
+    """Raise unless the weights file has exactly the tensors ``build`` makes (headers only).
+
+    The module is built on the meta device (shapes, no memory) and compared with the
+    safetensors header, so a config.json that describes a model other than its weights (a
+    width of 15000, say) is refused before anything is allocated.
+
+    Raises:
+        ModelLoadError: naming the first tensors that are missing, extra or of another shape.
+    """
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    have = {k: tuple(info["shape"]) for k, info in read_safetensors_header(weights).items()}
+    problems = [f"{k} missing" for k in sorted(set(want) - set(have))]
+    problems += [f"{k} not in the model" for k in sorted(set(have) - set(want))]
+    problems += [
+        f"{k} is {have[k]} in the file but {want[k]} by config.json"
+        for k in sorted(set(want) & set(have))
+        if want[k] != have[k]
+    ]
+    if problems:
+        raise ModelLoadError(
+            f"the weights in {where} do not fit its config.json ({len(problems)} tensors: "
+            f"{excerpt('; '.join(problems), 160)}); re-export the model or fix config.json"
+        )
+
+
+def check_finite(state: dict[str, torch.Tensor], name: str) -> None:
+    """Raise if a floating-point tensor of ``state`` holds NaN or inf.
+
+    Raises:
+        ModelLoadError: naming the model, the tensor and how many values are not finite.
+    """
+    for key, value in state.items():
+        if value.is_floating_point():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise ModelLoadError(
+                    f"model {name}: tensor {key} holds {bad} NaN or inf value(s); the model is "
+                    "broken: re-train or re-export it"
+                )
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -176,13 +173,24 @@ def load_network(folder: str | Path, device: str | torch.device = "cpu") -> Netw
     data = read_config(folder)
     if data.get("heterogui") != "network":
         raise ModelLoadError(f"{folder}/{CONFIG_FILE} does not describe a heterogui network")
+    if not isinstance(data.get("config"), dict):
+        raise ModelLoadError(
+            f"{folder}/{CONFIG_FILE} has no 'config' section (the family and its widths); "
+            "re-export the model"
+        )
     config = config_from_dict(data["config"])
-    module = family_of(config).build(config)
-    state = load_state(folder / WEIGHTS_FILE)
+    build = partial(family_of(config).build, config)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelLoadError(f"{str(folder)!r} has no {WEIGHTS_FILE}; re-export the model")
+    check_weights_fit(build, weights, str(folder))
+    module = build()
+    state = load_state(weights)
+    check_finite(state, data.get("label", folder.name))
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
-        raise ModelLoadError(f"weights in {folder} do not fit its config: {exc}") from exc
+        raise ModelLoadError(f"weights in {folder} do not fit its config: {excerpt(exc)}") from exc
     module.to(device).eval()
     classes = tuple(data.get("classes") or range(config.num_classes))
     identity = frozenset(data.get("identity_blocks", ()))

@@ -7,11 +7,12 @@ merges can be merged again.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from heterogui.errors import ModelLoadError
+from heterogui.errors import ModelLoadError, excerpt
 from heterogui.fusion.merged import (
     MergedModel,
     MergedSpec,
@@ -23,6 +24,8 @@ from heterogui.models.family import config_from_dict, family_of
 from heterogui.models.io import (
     CONFIG_FILE,
     WEIGHTS_FILE,
+    check_finite,
+    check_weights_fit,
     file_sha256,
     load_network,
     load_state,
@@ -53,14 +56,34 @@ def load_merged(folder: str | Path, device: str | torch.device = "cpu") -> Merge
     data = read_config(folder)
     if data.get("heterogui") != "merged":
         raise ModelLoadError(f"{folder}/{CONFIG_FILE} does not describe a heterogui merged model")
-    spec = MergedSpec.from_dict({k: v for k, v in data.items() if k != "heterogui"})
+    spec = merged_spec(data, folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelLoadError(f"{str(folder)!r} has no {WEIGHTS_FILE}; re-export the merge")
+    check_weights_fit(partial(build_merged, spec), weights, str(folder))
     model = build_merged(spec)
-    state = load_state(folder / WEIGHTS_FILE)
+    state = load_state(weights)
+    check_finite(state, folder.name)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ModelLoadError(f"weights in {folder} do not fit its config: {exc}") from exc
+        raise ModelLoadError(f"weights in {folder} do not fit its config: {excerpt(exc)}") from exc
     return model.to(device).eval()
+
+
+def merged_spec(data: dict, folder: Path) -> MergedSpec:
+    """Return the MergedSpec a merged folder's config.json describes.
+
+    Raises:
+        ModelLoadError: sections missing or malformed (the config errors name the field).
+    """
+    try:
+        return MergedSpec.from_dict({k: v for k, v in data.items() if k != "heterogui"})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{folder}/{CONFIG_FILE} is not a complete merge config ({excerpt(exc, 80)}); "
+            "re-export the merge"
+        ) from exc
 
 
 class HeteroguiFolderSource(Source):
@@ -78,7 +101,7 @@ class HeteroguiFolderSource(Source):
         folder = Path(ref).expanduser()
         data = read_config(folder)
         if data["heterogui"] == "merged":
-            config = network_config(MergedSpec.from_dict(data))
+            config = network_config(merged_spec(data, folder))
         else:
             config = config_from_dict(data["config"])
         family = family_of(config).name

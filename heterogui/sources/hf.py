@@ -22,7 +22,7 @@ from heterogui.export.job import HF_BERT_FORMAT, HF_VIT_FORMAT
 from heterogui.models.hf.bert_io import load_bert
 from heterogui.models.hf.common import folder_config
 from heterogui.models.hf.vit_io import load_vit
-from heterogui.models.io import file_sha256
+from heterogui.models.io import check_finite, file_sha256
 from heterogui.sources import minilm
 from heterogui.sources.base import (
     IMAGE_CLASSIFICATION,
@@ -40,6 +40,7 @@ FAMILIES = {
     "bert": (load_bert, "mean", HF_BERT_FORMAT),
     "vit": (load_vit, "cls", HF_VIT_FORMAT),
 }
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json")  # what a text model's folder must hold
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -115,11 +116,18 @@ class HFSource(Source):
         if not folder.is_dir():
             _check_hub(ref)
         kind = model_type(folder) if folder.is_dir() else "bert"
+        tokenizer = any((folder / name).is_file() for name in TOKENIZER_FILES)
+        if kind == "bert" and folder.is_dir() and not tokenizer:
+            raise ModelLoadError(
+                f"{folder} has no tokenizer (vocab.txt or tokenizer.json): a text model needs "
+                "its own; save it beside the model (tokenizer.save_pretrained(folder))"
+            )
         loader, default_pooling, export_format = FAMILIES[kind]
         net, tokenizer = loader(
             str(folder) if folder.is_dir() else ref, pooling=pooling or default_pooling
         )
         net = dataclasses.replace(net, label=self.name(ref))
+        check_finite(net.module.state_dict(), self.name(ref))
         data = folder_config(folder)
         classes = classes_from_labels(data.get("id2label")) if net.config.num_labels else None
         if classes is not None and len(classes) == net.config.num_labels:

@@ -18,12 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from heterogui.errors import ModelLoadError
+from heterogui.models.headers import read_safetensors_header
 
 # Families whose blocks apply LayerNorm after the residual add (post-norm) or before (pre-norm).
 _FAMILY = {
@@ -50,7 +50,6 @@ _KEYS = {
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 # Buffers saved beside parameters that `sum(p.numel() for p in model.parameters())` omits.
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
-_MAX_HEADER = 100_000_000  # the safetensors format's own limit on the JSON header
 # Merge-time estimate (rough): calibration tokens per model, and sustained CPU throughput.
 _CALIB_TOKENS = 256 * 128
 # MiniLM-L6 forward passes ran at ~9e10 FLOP/s on 2 CPU cores; halved for hooks and statistics.
@@ -104,52 +103,6 @@ class Verdict:
     ok: bool
     reasons: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
-
-
-def read_safetensors_header(path: str | Path) -> dict[str, Any]:
-    """Return the JSON header of a safetensors file (name -> dtype, shape, data_offsets).
-
-    Reads 8 + header-length bytes; tensor data is never touched. `__metadata__` is dropped.
-
-    Raises:
-        ModelLoadError: the file is missing, too short, not safetensors, or its header is corrupt.
-    """
-    path = Path(path)
-    fix = "re-save it with safetensors (save_pretrained(..., safe_serialization=True))"
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise ModelLoadError(f"{path} is not a safetensors file ({size} bytes); {fix}")
-            (length,) = struct.unpack("<Q", head)
-            if length > min(size - 8, _MAX_HEADER):
-                # Only now look at magic bytes: a valid header length can start with them too.
-                if head[:2] == b"PK" or head[:1] == b"\x80":
-                    raise ModelLoadError(
-                        f"{path} is a PyTorch zip/pickle checkpoint (torch.save), not safetensors; "
-                        f"{fix}"
-                    )
-                raise ModelLoadError(
-                    f"{path} is not a valid safetensors file: header length {length} exceeds the "
-                    f"file size {size}; {fix}"
-                )
-            raw = fh.read(length)
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc}; check the path and permissions") from exc
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ModelLoadError(f"{path} has a corrupt safetensors header ({exc}); {fix}") from exc
-    if not isinstance(header, dict):
-        raise ModelLoadError(f"{path} has a corrupt safetensors header (not a JSON object); {fix}")
-    header.pop("__metadata__", None)
-    data_bytes = size - 8 - length
-    for name, info in header.items():
-        ok = isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= info.keys()
-        if not ok or info["data_offsets"][1] > data_bytes:
-            raise ModelLoadError(f"{path} has a corrupt safetensors entry for {name!r}; {fix}")
-    return header
 
 
 def _weight_files(folder: Path) -> list[Path]:

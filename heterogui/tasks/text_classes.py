@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from heterogui.config import DataRef
+from heterogui.config import DataRef, read_text
 from heterogui.datasets.refs import check_text_hash, text_sha256, tokenize
 from heterogui.datasets.text_tasks import TASK_CLASSES, label_id, make_task
 from heterogui.errors import ConfigError, ModelLoadError
@@ -62,7 +62,7 @@ def read_labelled(path: Path) -> LabelledText:
     if not path.is_file():
         raise ModelLoadError(f"labelled sentence file {str(path)!r} does not exist")
     sentences, labels = [], []
-    for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text(path, "labelled sentence file").splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
         label, sep, sentence = line.partition("\t")

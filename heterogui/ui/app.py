@@ -311,13 +311,17 @@ def main(
     threads: int | None = None,
     pair: str | None = None,
     device: str = "auto",
+    export_root: str | None = None,
 ) -> None:
     """Start the workbench and block until it stops (the contract launch.py relies on).
 
     auth: "user:password" to require a login; threads: torch CPU threads (default: 1 on
-    machines with 2 cores or fewer); pair: the demo pair a new session opens.
+    machines with 2 cores or fewer); pair: the demo pair a new session opens; export_root:
+    the folder exports go below (default: the cache's exports/).
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(threads or default_threads())
     log.info("torch CPU threads: %d", torch.get_num_threads())
-    launch(build_app(Resources(device=device, default_pair=pair)), host, port, parse_auth(auth))
+    res = Resources(device=device, default_pair=pair, export_root=export_root)
+    log.info("exports are written below %s", res.export_root)
+    launch(build_app(res), host, port, parse_auth(auth))

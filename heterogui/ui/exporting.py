@@ -16,7 +16,8 @@ from typing import Any
 
 from heterogui import run
 from heterogui.config import Recipe, load_recipe, parse_recipe
-from heterogui.errors import ConfigError, ExportError
+from heterogui.errors import ConfigError, ExportError, excerpt
+from heterogui.folders import check_output
 from heterogui.report import merge_report
 from heterogui.sizes import merged_size, reference_sizes
 from heterogui.ui import work
@@ -47,22 +48,42 @@ def session_run(session: Session) -> run.RunResult:
     )
 
 
-def export(session: Session, out: str, overwrite: bool = False) -> Path:
-    """Write the merge to folder ``out`` (atomically) in the format that fits the models.
+def export_path(out: str, root: Path) -> Path:
+    """Return the folder a typed name or path means, which must lie below the export root.
+
+    Relative names are taken below the root, never below the app's working folder.
 
     Raises:
-        ExportError: no folder given, ``out`` exists and overwrite is off, or writing failed.
-        ConfigError: nothing merged yet.
+        ExportError: nothing typed, or a path outside the root (or the root itself).
     """
     text = (out or "").strip()
     if not text:
         raise ExportError("type an output folder for the export")
     path = Path(text).expanduser()
-    if path.exists() and not overwrite:
+    resolved = (path if path.is_absolute() else root / path).resolve()
+    if root not in resolved.parents:
         raise ExportError(
-            f"output folder {str(path)!r} already exists; choose another folder or tick 'overwrite'"
+            f"{excerpt(text, 120)!r} is not a folder below the export folder {root}; name a "
+            "folder inside it (the app's --export-root option chooses another export folder)"
         )
-    run.export(session_run(session), path, overwrite=overwrite)
+    return resolved
+
+
+def export(session: Session, out: str, root: Path, overwrite: bool = False) -> Path:
+    """Write the merge to a new folder below ``root`` (atomically) in the models' format.
+
+    overwrite: replace an earlier export of heterogui (never another folder).
+
+    Raises:
+        ExportError: a folder outside the root, an existing folder (without overwrite) or one
+            heterogui did not write, an input folder, or a failed write.
+        ConfigError: nothing merged yet.
+    """
+    path = export_path(out, root)
+    done = session_run(session)
+    inputs = [*run.model_folders(done.pair), *run.data_files(done.recipe)]
+    check_output(path, overwrite, inputs)  # before the card and figures are made
+    run.export(done, path, overwrite=overwrite)
     session.last_export = str(path)
     return path
 

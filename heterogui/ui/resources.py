@@ -12,8 +12,10 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
+from heterogui.cache import cache_dir
 from heterogui.sources import registry as sources
 from heterogui.sources.base import Loaded
 from heterogui.sources.zoo import zoo_ref
@@ -81,9 +83,12 @@ class Resources:
         source: PairSource | None = None,
         device: str = "auto",
         default_pair: str | None = None,
+        export_root: str | Path | None = None,
     ):
         self.source: PairSource = source or ZooPairs()
         self.device = device
+        # Exports are written below this folder only (the page refuses paths outside it).
+        self.export_root = Path(export_root or cache_dir("exports")).expanduser().resolve()
         self._default_pair = default_pair
         self._lock = threading.Lock()
         self._key_locks: dict[Any, threading.Lock] = {}

@@ -12,7 +12,6 @@ import gradio as gr
 import yaml
 
 from heterogui import run
-from heterogui.cache import cache_dir
 from heterogui.errors import ConfigError
 from heterogui.report import card_files
 from heterogui.ui import exporting
@@ -29,12 +28,13 @@ def build(ui: dict[str, Any], res: Resources) -> None:
             ui["export_dir"] = gr.Textbox(
                 elem_id="export-dir",
                 label="Output folder",
-                info="Created by the export (an existing folder is refused unless you tick "
-                "overwrite): the model in the format that fits it (a heterogui folder, or a "
-                "Hugging Face folder for Hugging Face models), recipe.yaml, report.json and "
+                info=f"A new folder below {res.export_root} (a name, or a path inside it; an "
+                "existing folder is refused unless you tick overwrite, which replaces only an "
+                "earlier export): the model in the format that fits it (a heterogui folder, or "
+                "a Hugging Face folder for Hugging Face models), recipe.yaml, report.json and "
                 "README.md (the model card). The .zip below uploads as a model again",
             )
-            ui["overwrite"] = gr.Checkbox(value=False, label="Overwrite an existing folder")
+            ui["overwrite"] = gr.Checkbox(value=False, label="Overwrite an earlier export")
             ui["export"] = gr.Button("Export merge", variant="primary", elem_id="export")
             ui["export_file"] = gr.File(
                 label="Download the export (.zip)", interactive=False, height=80
@@ -63,11 +63,11 @@ def build(ui: dict[str, Any], res: Resources) -> None:
 
 
 def default_folder(session: Session) -> str:
-    """Return a fresh output folder name under the heterogui cache."""
+    """Return a fresh output folder name (below the export folder) for the current merge."""
     result = session.result
     name = session.demo or "custom"
     tag = f"{name}-rho{result.settings.rho:.2f}-m{session.merge_count}" if result else name
-    return str(cache_dir("exports") / re.sub(r"[^A-Za-z0-9._-]", "_", tag))
+    return re.sub(r"[^A-Za-z0-9._-]", "_", tag)
 
 
 def render(session: Session, res: Resources) -> dict[str, Any]:
@@ -101,7 +101,7 @@ def on_export(
     session: Session, res: Resources, out: str | None, overwrite: bool, progress=None
 ) -> tuple[str, dict[str, Any]]:
     """Export the current merge (api: /export)."""
-    path = exporting.export(session, out or "", bool(overwrite))
+    path = exporting.export(session, out or "", res.export_root, bool(overwrite))
     files = sorted(p.name for p in Path(path).iterdir())
     message = f"Exported to `{path}`: {', '.join(files)}."
     return message, {"export_file": exporting.archive(path)}

@@ -14,11 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import yaml
 
 from heterogui import run
 from heterogui.align.alignment import align
-from heterogui.config import DataRef
+from heterogui.config import DataRef, load_yaml
 from heterogui.errors import AlignmentError, ConfigError
 from heterogui.pipeline import (
     MergeResult,
@@ -37,6 +36,7 @@ from heterogui.ui.session import Session
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
+MAX_MAPPING_CHARS = 20_000  # thousands of layers' slots; a longer text is not a mapping
 
 
 def guarded(session: Session, progress: Progress | None) -> Progress:
@@ -179,10 +179,14 @@ def parse_mapping(text: str) -> dict[str, list[list[int]]]:
     Raises:
         AlignmentError: the text does not parse or is not of that shape.
     """
+    if len(text or "") > MAX_MAPPING_CHARS:
+        raise AlignmentError(
+            f"the mapping is {len(text):,} characters long; a mapping lists one slot per layer"
+        )
     try:
-        data = yaml.safe_load(text or "")
-    except yaml.YAMLError as exc:
-        raise AlignmentError(f"the mapping does not parse ({exc}); use the shown format") from exc
+        data = load_yaml(text or "", "the mapping")
+    except ConfigError as exc:
+        raise AlignmentError(f"{exc}; use the shown format") from exc
     ok = isinstance(data, dict) and set(data) == {"a", "b"}
     ok = ok and all(
         isinstance(v, list) and all(isinstance(s, list) for s in v) for v in data.values()

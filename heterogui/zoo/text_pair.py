@@ -22,7 +22,7 @@ import torch
 
 from heterogui.cache import cache_dir
 from heterogui.datasets.text_tasks import LABELS, TASK_CLASSES, make_task
-from heterogui.models.io import atomic_folder
+from heterogui.folders import atomic_folder
 from heterogui.sources import minilm
 
 log = logging.getLogger(__name__)

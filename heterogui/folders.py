@@ -1,0 +1,154 @@
+"""Write output folders safely: atomically, never over an input, never outside where asked.
+
+``atomic_output`` writes into a hidden temporary sibling and renames it into place only when
+everything was written, so a failed or killed write leaves no visible folder; leftovers of
+writes whose process has died are removed by the next write to the same place.
+``check_output`` refuses, before any work, an output folder that is an input, contains one or
+lies inside one, the current folder, a file, a place that cannot be written, or an existing
+folder that heterogui did not write.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from heterogui.errors import ExportError, excerpt
+
+MARKER = ".heterogui-output"  # written into every export: what --overwrite may replace
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale(target: Path) -> None:
+    """Remove temporary siblings of ``target`` left by writes whose process has died."""
+    if not target.parent.is_dir():
+        return
+    for item in target.parent.glob(f".{target.name}.*-*-*"):
+        kind, _, rest = item.name[len(target.name) + 2 :].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
+            _remove(item)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def atomic_folder(target: Path, overwrite: bool = False):
+    """Return a temp folder beside ``target`` and a commit function that moves it into place.
+
+    ``commit`` raises FileExistsError (and removes the temp folder) if ``target`` exists and
+    ``overwrite`` is off. Prefer ``atomic_output``, which also cleans up on failure.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(target)
+    prefix = f".{target.name}.tmp-{os.getpid()}-"
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+
+    def commit() -> None:
+        if target.exists() or target.is_symlink():
+            if not overwrite:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise FileExistsError(target)
+            old = target.with_name(f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            _remove(old)
+        else:
+            os.replace(tmp, target)
+
+    return tmp, commit
+
+
+@contextmanager
+def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temp folder that becomes ``target`` if the block succeeds; else nothing is left.
+
+    Raises:
+        ExportError: ``target`` exists (and ``overwrite`` is off), appeared while writing, or
+            writing failed.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise ExportError(
+            f"output folder {str(target)!r} already exists; choose another folder or allow "
+            "overwriting it (--overwrite)"
+        )
+    tmp, commit = atomic_folder(target, overwrite)
+    try:
+        yield tmp
+        commit()
+    except FileExistsError as exc:
+        raise ExportError(f"output folder {str(target)!r} appeared while writing; retry") from exc
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportError(f"could not write {target}: {excerpt(exc)}") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_output(out: str | Path, overwrite: bool = False, inputs: Iterable[Path] = ()) -> Path:
+    """Return the resolved output folder, or raise before anything runs.
+
+    inputs: the files and folders a merge reads (models, data); the output may not be one of
+    them, contain one or lie inside one, whatever ``overwrite`` says.
+
+    Raises:
+        ExportError: naming the folder, what is wrong and what to do.
+    """
+    text = str(out).strip()
+    if not text:
+        raise ExportError("give an output folder")
+    target = Path(text).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise ExportError(
+            f"output folder {text!r} is the current folder or holds it; name a new folder"
+        )
+    for item in inputs:
+        source = Path(item).expanduser().resolve()
+        if target == source or target in source.parents or source in target.parents:
+            raise ExportError(
+                f"output folder {text!r} would replace or mix with an input ({source}); "
+                "write the merge to a folder of its own"
+            )
+    if target.exists() and not target.is_dir():
+        raise ExportError(f"output folder {text!r} is a file; name a folder")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ExportError(f"output folder {text!r} lies under the file {parent}; name a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write in {parent} (no permission); choose another folder")
+    if target.is_dir():
+        if not overwrite:
+            raise ExportError(
+                f"output folder {text!r} already exists; choose another folder or allow "
+                "overwriting it (--overwrite)"
+            )
+        if any(target.iterdir()) and not (target / MARKER).is_file():
+            raise ExportError(
+                f"output folder {text!r} holds files heterogui did not write; overwriting "
+                "replaces only folders of earlier exports: choose another folder"
+            )
+    return target

@@ -1,0 +1,62 @@
+"""Read a safetensors file's header (names, dtypes, shapes) without its tensors, or torch.
+
+The header is 8 bytes of little-endian length, then a JSON object; the tensor data follows and is
+never read, so checking a checkpoint's shapes costs milliseconds whatever its size.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from heterogui.errors import ModelLoadError
+
+_MAX_HEADER = 100_000_000  # the safetensors format's own limit on the JSON header
+
+
+def read_safetensors_header(path: str | Path) -> dict[str, Any]:
+    """Return the JSON header of a safetensors file (name -> dtype, shape, data_offsets).
+
+    Reads 8 + header-length bytes; tensor data is never touched. `__metadata__` is dropped.
+
+    Raises:
+        ModelLoadError: the file is missing, too short, not safetensors, or its header is corrupt.
+    """
+    path = Path(path)
+    fix = "re-save it with safetensors (save_pretrained(..., safe_serialization=True))"
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ModelLoadError(f"{path} is not a safetensors file ({size} bytes); {fix}")
+            (length,) = struct.unpack("<Q", head)
+            if length > min(size - 8, _MAX_HEADER):
+                # Only now look at magic bytes: a valid header length can start with them too.
+                if head[:2] == b"PK" or head[:1] == b"\x80":
+                    raise ModelLoadError(
+                        f"{path} is a PyTorch zip/pickle checkpoint (torch.save), not safetensors; "
+                        f"{fix}"
+                    )
+                raise ModelLoadError(
+                    f"{path} is not a valid safetensors file: header length {length} exceeds the "
+                    f"file size {size}; {fix}"
+                )
+            raw = fh.read(length)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}; check the path and permissions") from exc
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ModelLoadError(f"{path} has a corrupt safetensors header ({exc}); {fix}") from exc
+    if not isinstance(header, dict):
+        raise ModelLoadError(f"{path} has a corrupt safetensors header (not a JSON object); {fix}")
+    header.pop("__metadata__", None)
+    data_bytes = size - 8 - length
+    for name, info in header.items():
+        ok = isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= info.keys()
+        if not ok or info["data_offsets"][1] > data_bytes:
+            raise ModelLoadError(f"{path} has a corrupt safetensors entry for {name!r}; {fix}")
+    return header
