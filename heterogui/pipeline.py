@@ -19,7 +19,7 @@ import torch
 from heterogui.align.alignment import Alignment, align, check_stages
 from heterogui.align.pad import copy_network, pad_network
 from heterogui.align.similarity import layer_similarity
-from heterogui.errors import ConfigError, IncompatibleModelsError
+from heterogui.errors import ConfigError, IncompatibleModelsError, MatcherError
 from heterogui.fusion.bn import has_batch_norm, reestimate_batch_norm
 from heterogui.fusion.fuse import SpaceTransform, fuse_state
 from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged
@@ -241,6 +241,21 @@ def _pad(
     return padded
 
 
+def finite_corr(prepared: Prepared, graph: Any, space: str, stop: int) -> torch.Tensor:
+    """Return the correlation of ``space``, refusing non-finite statistics with the reason.
+
+    Raises:
+        MatcherError: A's or B's features at ``space`` overflowed (inf or NaN) on the data.
+    """
+    corr = pooled_moments(prepared.stats, graph, space, stop).corr()
+    if not bool(torch.isfinite(corr).all()):
+        raise MatcherError(
+            f"the features of A or B at merge point {space} are not finite (NaN or inf) on the "
+            "calibration data: the models overflow on these inputs; check the data's scale"
+        )
+    return corr
+
+
 def match_spaces(prepared: Prepared, settings: ZipSettings, stop: int) -> dict[str, Match]:
     """Return the matching of every merge point that a trunk of ``stop`` blocks uses.
 
@@ -261,13 +276,13 @@ def match_spaces(prepared: Prepared, settings: ZipSettings, stop: int) -> dict[s
             head_groups.setdefault(head_group_first(ga, space), []).append(space)
         else:
             knobs = settings.for_space(space)
-            corr = pooled_moments(prepared.stats, ga, space, stop).corr()
+            corr = finite_corr(prepared, ga, space, stop)
             matches[space] = MATCHERS[knobs["matcher"]](
                 corr, n_a, n_b, width=width, alpha=knobs["alpha"], beta=knobs["beta"]
             )
     for first, names in head_groups.items():
         knobs = settings.for_space(first)
-        corrs = {n: pooled_moments(prepared.stats, ga, n, stop).corr() for n in names}
+        corrs = {n: finite_corr(prepared, ga, n, stop) for n in names}
         n_a, n_b, width = plan[first]
         matches.update(
             match_head_group(

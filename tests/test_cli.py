@@ -235,3 +235,13 @@ def test_a_zoo_merge_merges_again_with_a_third_model(tmp_path, capsys):
     assert [h.name for h in three.net.task_heads()] == names
     with torch.no_grad():
         assert three.net.module(torch.randn(4, 1, 8, 8)).shape == (4, 15)
+
+
+def test_the_weights_file_is_byte_identical_whatever_the_run(tmp_path):
+    # safetensors writes metadata keys in a random order: one key keeps the file reproducible.
+    recipe = write_case(tmp_path, "depth")
+    files = []
+    for k in range(4):
+        assert main(["merge", str(recipe), "--out", str(tmp_path / f"m{k}")]) == 0
+        files.append((tmp_path / f"m{k}" / "model.safetensors").read_bytes())
+    assert all(f == files[0] for f in files)

@@ -23,9 +23,9 @@ from heterogui.models.io import CONFIG_FILE, WEIGHTS_FILE
 def write_merged(model: MergedModel, folder: Path, recipe: Recipe | None = None) -> None:
     """Write the weights (with the recipe in their metadata) and config.json into ``folder``."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata = {"format": "heterogui-merged"}
-    if recipe is not None:
-        metadata["recipe"] = recipe.to_json()
+    # One metadata key: safetensors writes several in a random order, and a recorded recipe
+    # must give a byte-identical file (config.json already says the folder is a merge).
+    metadata = {"recipe": recipe.to_json()} if recipe is not None else {"format": "heterogui"}
     save_file(state, str(folder / WEIGHTS_FILE), metadata=metadata)
     config = {"heterogui": "merged", **model.spec.to_dict()}
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))

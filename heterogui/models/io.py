@@ -162,6 +162,21 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
         ) from exc
 
 
+def saved_config(data: dict[str, Any], folder: Path) -> Any:
+    """Return the family config of a network folder's config.json, checked field by field.
+
+    Raises:
+        ModelLoadError: the 'config' section is missing.
+        ConfigError: an unknown family, or a field of the wrong type or out of range.
+    """
+    if not isinstance(data.get("config"), dict):
+        raise ModelLoadError(
+            f"{folder}/{CONFIG_FILE} has no 'config' section (the family and its widths); "
+            "re-export the model"
+        )
+    return config_from_dict(data["config"])
+
+
 def load_network(folder: str | Path, device: str | torch.device = "cpu") -> Network:
     """Load a network folder written by ``save_network``.
 
@@ -173,12 +188,7 @@ def load_network(folder: str | Path, device: str | torch.device = "cpu") -> Netw
     data = read_config(folder)
     if data.get("heterogui") != "network":
         raise ModelLoadError(f"{folder}/{CONFIG_FILE} does not describe a heterogui network")
-    if not isinstance(data.get("config"), dict):
-        raise ModelLoadError(
-            f"{folder}/{CONFIG_FILE} has no 'config' section (the family and its widths); "
-            "re-export the model"
-        )
-    config = config_from_dict(data["config"])
+    config = saved_config(data, folder)
     build = partial(family_of(config).build, config)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():

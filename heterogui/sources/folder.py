@@ -20,7 +20,7 @@ from heterogui.fusion.merged import (
     build_merged,
     network_config,
 )
-from heterogui.models.family import config_from_dict, family_of
+from heterogui.models.family import family_of
 from heterogui.models.io import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -30,6 +30,7 @@ from heterogui.models.io import (
     load_network,
     load_state,
     read_config,
+    saved_config,
 )
 from heterogui.sources.base import IMAGE_CLASSIFICATION, Header, Loaded, Source
 
@@ -103,7 +104,7 @@ class HeteroguiFolderSource(Source):
         if data["heterogui"] == "merged":
             config = network_config(merged_spec(data, folder))
         else:
-            config = config_from_dict(data["config"])
+            config = saved_config(data, folder)
         family = family_of(config).name
         kind = KINDS[data["heterogui"]]
         return Header(ref, folder.name, kind, family, IMAGE_CLASSIFICATION, config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from heterogui.errors import ConfigError, ModelLoadError
+from heterogui.models.io import read_config
 from heterogui.pipeline import pair_reasons
 from heterogui.sources.base import Header, Loaded, Source
 from heterogui.sources.folder import HeteroguiFolderSource
@@ -50,6 +51,7 @@ def find_source(ref: str) -> Source:
                 f"folder {text!r} has no config.json: it is not a model folder; pass a folder "
                 "with config.json and model.safetensors"
             )
+        read_config(path)  # says what is wrong with a config.json that is no JSON object
         raise ModelLoadError(
             f"config.json in {text!r} is neither a heterogui config nor a Hugging Face config "
             "(it has no model_type); pass a folder written by heterogui or save_pretrained"

@@ -21,7 +21,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
-from heterogui.errors import Cancelled, HeteroguiError  # noqa: E402
+from heterogui.errors import Cancelled, HeteroguiError, excerpt  # noqa: E402
 from heterogui.ui import (  # noqa: E402
     tab_align,
     tab_evaluate,
@@ -124,14 +124,15 @@ def event_function(
             gr.Info(str(exc))
             return [session, f"**Cancelled.** {exc}", session_summary(session), *skip]
         except HeteroguiError as exc:
-            gr.Warning(str(exc))
-            return [session, f"**Error:** {exc}", session_summary(session), *skip]
+            message = excerpt(exc, 600)  # one line, whatever a library put in it
+            gr.Warning(message)
+            return [session, f"**Error:** {message}", session_summary(session), *skip]
         except Exception as exc:  # a bug must not take the page down: report and keep going
             log.exception("handler %s failed", getattr(handler, "__name__", handler))
-            gr.Warning(f"unexpected error ({type(exc).__name__}): {exc}")
+            gr.Warning(f"unexpected error ({type(exc).__name__}): {excerpt(exc)}")
             return [
                 session,
-                f"**Unexpected error** ({type(exc).__name__}): {exc}",
+                f"**Unexpected error** ({type(exc).__name__}): {excerpt(exc)}",
                 session_summary(session),
                 *skip,
             ]

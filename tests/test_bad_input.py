@@ -1,0 +1,471 @@
+"""Bad input over the CLI, the Python API and the workbench: every refusal is clean.
+
+Each case checks the message (one line: the problem with the offending value, and the fix),
+that no input changed, and that nothing was left behind; the CLI exits with 2 and prints no
+traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from heterogui.cli import main
+from heterogui.errors import AlignmentError, ConfigError, HeteroguiError, ModelLoadError
+from heterogui.models.io import save_network
+from heterogui.models.vgg import VGGConfig
+from tests.conftest import make
+
+CONFIGS = (VGGConfig(1, ((8, 8, 8), (16, 16)), 5), VGGConfig(1, ((8,), (16, 16, 16)), 5))
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Return every file below ``root`` with the sha256 of its bytes (links by their target)."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = f"-> {os.readlink(path)}"
+        elif path.is_file():
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            out[rel] = "dir"
+    return out
+
+
+@pytest.fixture()
+def ws(tmp_path: Path) -> Path:
+    """Two model folders, calibration and evaluation data, and a recipe that merges them."""
+    a, b = make(CONFIGS[0], 0, "a", (0, 1, 2, 3, 4)), make(CONFIGS[1], 1, "b", (5, 6, 7, 8, 9))
+    save_network(a, tmp_path / "a")
+    save_network(b, tmp_path / "b")
+    gen = torch.Generator().manual_seed(0)
+    save_file({"inputs": torch.randn(64, 1, 8, 8, generator=gen)}, str(tmp_path / "calib.st"))
+    (tmp_path / "calib.st").rename(tmp_path / "calib.safetensors")
+    recipe = {
+        "model_a": {"path": str(tmp_path / "a")},
+        "model_b": {"path": str(tmp_path / "b")},
+        "calibration": {"source": str(tmp_path / "calib.safetensors"), "batch_size": 32},
+        "device": "cpu",
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return tmp_path
+
+
+def recipe(ws: Path) -> dict:
+    return yaml.safe_load((ws / "recipe.yaml").read_text())
+
+
+def write_recipe(ws: Path, data: dict, name: str = "bad.yaml") -> Path:
+    (ws / name).write_text(yaml.safe_dump(data))
+    return ws / name
+
+
+def cli_refuses(ws: Path, args: list[str], words: str, capsys) -> str:
+    """Run the CLI; assert exit 2, one clean line naming ``words``, nothing changed or left."""
+    before = snapshot(ws)
+    capsys.readouterr()
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert words in err, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert snapshot(ws) == before  # no input changed, nothing left behind
+    return err
+
+
+# --- The CLI: unsafe output folders ----------------------------------------------------------
+
+
+def test_an_input_folder_is_never_the_output_even_with_overwrite(ws, capsys):
+    rec = str(ws / "recipe.yaml")
+    cli_refuses(ws, ["merge", rec, "--out", str(ws / "a"), "--overwrite"], "an input", capsys)
+    inside = str(ws / "a" / "merged")
+    cli_refuses(ws, ["merge", rec, "--out", inside, "--overwrite"], "an input", capsys)
+
+
+def test_a_folder_holding_an_input_is_never_the_output(ws, capsys):
+    (ws / "x" / "y").mkdir(parents=True)
+    shutil.copytree(ws / "a", ws / "x" / "y" / "a")
+    data = recipe(ws)
+    data["model_a"] = {"path": str(ws / "x" / "y" / "a")}
+    path = write_recipe(ws, data)
+    cli_refuses(ws, ["merge", str(path), "--out", str(ws / "x"), "--overwrite"], "an input", capsys)
+
+
+def test_the_current_folder_is_never_the_output(ws, capsys, monkeypatch):
+    monkeypatch.chdir(ws)
+    rec = str(ws / "recipe.yaml")
+    cli_refuses(ws, ["merge", rec, "--out", ".", "--overwrite"], "current folder", capsys)
+
+
+def test_an_output_under_a_file_or_that_is_a_file_is_refused(ws, capsys):
+    rec = str(ws / "recipe.yaml")
+    (ws / "notes.txt").write_text("mine")
+    cli_refuses(ws, ["merge", rec, "--out", str(ws / "notes.txt" / "m")], "under the file", capsys)
+    cli_refuses(
+        ws, ["merge", rec, "--out", str(ws / "notes.txt"), "--overwrite"], "is a file", capsys
+    )
+
+
+def test_overwrite_replaces_only_what_heterogui_wrote(ws, capsys):
+    rec = str(ws / "recipe.yaml")
+    (ws / "mine").mkdir()
+    (ws / "mine" / "thesis.tex").write_text("years of work")
+    cli_refuses(
+        ws, ["merge", rec, "--out", str(ws / "mine"), "--overwrite"], "did not write", capsys
+    )
+    assert main(["merge", rec, "--out", str(ws / "m")]) == 0
+    first = (ws / "m" / "model.safetensors").read_bytes()
+    assert main(["merge", rec, "--out", str(ws / "m"), "--overwrite"]) == 0  # an earlier export
+    assert (ws / "m" / "model.safetensors").read_bytes() == first
+    assert [p.name for p in ws.iterdir() if p.name.startswith(".m.")] == []
+
+
+def test_a_read_only_place_is_refused_before_the_merge(ws, capsys, monkeypatch):
+    # Tests may run as root, who can write anywhere: the permission answer is what is faked.
+    real = os.access
+    monkeypatch.setattr(
+        "heterogui.folders.os.access",
+        lambda p, mode: False if Path(p) == ws / "ro" else real(p, mode),
+    )
+    (ws / "ro").mkdir()
+    args = ["merge", str(ws / "recipe.yaml"), "--out", str(ws / "ro" / "m")]
+    cli_refuses(ws, args, "cannot write in", capsys)
+
+
+def test_leftovers_of_killed_writes_are_cleaned(ws):
+    dead = 2**22 + 12345  # above the usual pid_max: no such process
+    (ws / f".m.tmp-{dead}-abc").mkdir()
+    (ws / f".m.tmp-{dead}-abc" / "model.safetensors").write_bytes(b"half")
+    (ws / f".m.old-{dead}-def").symlink_to(ws / "a")
+    (ws / f".m.tmp-{os.getpid()}-live").mkdir()  # a live process's write is left alone
+    assert main(["merge", str(ws / "recipe.yaml"), "--out", str(ws / "m")]) == 0
+    left = sorted(p.name for p in ws.iterdir() if p.name.startswith(".m."))
+    assert left == [f".m.tmp-{os.getpid()}-live"]
+    assert (ws / "a" / "config.json").is_file()  # a stale link is removed, not its target
+
+
+def test_replacing_a_linked_output_leaves_no_old_link(ws):
+    assert main(["merge", str(ws / "recipe.yaml"), "--out", str(ws / "real")]) == 0
+    (ws / "link").symlink_to(ws / "real")
+    assert main(["merge", str(ws / "recipe.yaml"), "--out", str(ws / "link"), "--overwrite"]) == 0
+    # The link is followed: the earlier export it points to is replaced, the link kept.
+    assert (ws / "link").is_symlink() and (ws / "real" / "model.safetensors").is_file()
+    assert [p.name for p in ws.iterdir() if p.name.startswith((".link.", ".real."))] == []
+
+
+# --- The CLI: recipes ---------------------------------------------------------------------------
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        (BOMB, "alias *a (aliases are refused)"),
+        ("- just\n- a list\n", "is a list, not a mapping"),
+        ("model_a: {path: x\n", "does not parse at line"),
+        ("model_a: {path: x}\nmodel_b: {path: y}\nzip: {rho: high}\n", "recipe.zip.rho must be"),
+        (
+            "model_a: {path: x}\nmodel_b: {path: y}\ncalibration: {size: '10'}\n",
+            "recipe.calibration.size must be an integer",
+        ),
+        ("model_a: {path: 3}\nmodel_b: {path: y}\n", "recipe.model_a.path must be text"),
+        (
+            "model_a: {path: x}\nmodel_b: {path: y}\nzip: {overrides: {block0: 5}}\n",
+            "zip.overrides.block0 must be a mapping",
+        ),
+        (
+            "model_a: {path: x}\nmodel_b: {path: y}\nzip: {overrides: {block0: {width: wide}}}\n",
+            "zip.overrides.block0.width must be an integer",
+        ),
+        ("model_a: {path: x}\nmodel_b: {path: y}\nzip: {matcher: magic}\n", "unknown"),
+        ("model_a: {path: x}\nmodel_b: {path: y}\nstop: -1\n", "must be >= 0"),
+        ("model_a: {path: x}\n", "model_b is missing"),
+    ],
+)
+def test_a_bad_recipe_says_which_field(ws, capsys, text, words):
+    (ws / "bad.yaml").write_text(text)
+    err = cli_refuses(ws, ["merge", str(ws / "bad.yaml"), "--out", str(ws / "o")], words, capsys)
+    assert len(err) < 700  # never the expanded alias or a whole parser dump
+
+
+def test_a_binary_or_huge_recipe_is_refused(ws, capsys):
+    (ws / "bin.yaml").write_bytes(b"model_a: \xff\xfe\x00\x01")
+    cli_refuses(ws, ["merge", str(ws / "bin.yaml"), "--out", str(ws / "o")], "is not text", capsys)
+    (ws / "big.yaml").write_text("# " + "x" * (2 << 20))
+    cli_refuses(ws, ["merge", str(ws / "big.yaml"), "--out", str(ws / "o")], "bytes, over", capsys)
+    cli_refuses(ws, ["merge", str(ws / "a"), "--out", str(ws / "o")], "is a folder", capsys)
+
+
+# --- The CLI: models ----------------------------------------------------------------------------
+
+
+def edit_config(folder: Path, change: Callable[[dict], object]) -> None:
+    data = json.loads((folder / "config.json").read_text())
+    out = change(data)
+    (folder / "config.json").write_text(json.dumps(data if out is None else out))
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda d: [1, 2], "holds a JSON list, not an object"),
+        (lambda d: d.pop("config") and None, "has no 'config' section"),
+        (lambda d: d["config"].update(stages=[[8, -8, 8], [16, 16]]), "at least 1, got -8"),
+        (lambda d: d["config"].update(stages=[[8, "abc", 8], [16, 16]]), "at least 1, got 'abc'"),
+        (lambda d: d["config"].update(stages=[[8, 0, 8], [16, 16]]), "at least 1, got 0"),
+        (lambda d: d["config"].update(in_channels=True), "in_channels must be an integer"),
+        (lambda d: d["config"].update(stages=[[15000, 8, 8], [16, 16]]), "do not fit its config"),
+        (lambda d: d["config"].update(family="transformer-xl"), "unknown model family"),
+        (lambda d: d["config"].update(colour="red"), "unknown vgg config fields ['colour']"),
+    ],
+)
+def test_a_broken_config_json_is_refused_before_anything_is_built(ws, capsys, change, words):
+    edit_config(ws / "a", change)
+    cli_refuses(ws, ["merge", str(ws / "recipe.yaml"), "--out", str(ws / "o")], words, capsys)
+
+
+def test_nan_weights_name_the_model_and_the_tensor(ws, capsys):
+    from safetensors.torch import load_file
+
+    state = load_file(str(ws / "b" / "model.safetensors"))
+    state["blocks.2.conv.weight"][0, 0, 0, 0] = float("nan")
+    save_file(state, str(ws / "b" / "model.safetensors"))
+    err = cli_refuses(
+        ws, ["merge", str(ws / "recipe.yaml"), "--out", str(ws / "o")], "NaN or inf", capsys
+    )
+    assert "model b: tensor blocks.2.conv.weight" in err
+
+
+@pytest.mark.parametrize(
+    "setup, words",
+    [
+        (lambda ws: shutil.rmtree(ws / "a"), "does not exist"),
+        (lambda ws: (shutil.rmtree(ws / "a"), (ws / "a").write_text("x")), "is a file"),
+        (lambda ws: (ws / "a" / "config.json").unlink(), "has no config.json"),
+        (lambda ws: (ws / "a" / "model.safetensors").unlink(), "has no model.safetensors"),
+        (lambda ws: (ws / "a" / "model.safetensors").write_bytes(b"\x00" * 3), "not a safetensors"),
+    ],
+)
+def test_a_missing_or_wrong_model_path_says_what_is_wrong(ws, capsys, setup, words):
+    setup(ws)
+    cli_refuses(ws, ["merge", str(ws / "recipe.yaml"), "--out", str(ws / "o")], words, capsys)
+
+
+def test_a_partial_merge_is_refused_as_a_model(ws, capsys):
+    data = {**recipe(ws), "stop": 2}
+    assert main(["merge", str(write_recipe(ws, data, "p.yaml")), "--out", str(ws / "p")]) == 0
+    again = {**recipe(ws), "model_a": {"path": str(ws / "p")}}
+    path = write_recipe(ws, again)
+    cli_refuses(ws, ["merge", str(path), "--out", str(ws / "o")], "full zip", capsys)
+
+
+# --- The CLI: data --------------------------------------------------------------------------
+
+
+def data_case(ws: Path, tensors: dict) -> Path:
+    save_file(tensors, str(ws / "d.safetensors"))
+    data = recipe(ws)
+    data["calibration"]["source"] = str(ws / "d.safetensors")
+    return write_recipe(ws, data)
+
+
+@pytest.mark.parametrize(
+    "tensors, words",
+    [
+        ({"inputs": torch.randn(32, 3, 8, 8)}, "have shape (32, 3, 8, 8) but model a reads (N, 1,"),
+        ({"inputs": torch.randn(32)}, "one row per input"),
+        ({"pixels": torch.randn(32, 1, 8, 8)}, "has no 'inputs' tensor"),
+        (
+            {"inputs": torch.randn(32, 1, 8, 8).index_fill_(0, torch.tensor([5]), float("nan"))},
+            "NaN or inf in 1 input(s), the first at row 5",
+        ),
+        (
+            {"inputs": torch.randn(32, 1, 8, 8), "labels": torch.zeros(31, dtype=torch.int64)},
+            "one integer class id per input",
+        ),
+    ],
+)
+def test_bad_calibration_tensors_say_the_expected_shape(ws, capsys, tensors, words):
+    path = data_case(ws, tensors)
+    cli_refuses(ws, ["merge", str(path), "--out", str(ws / "o")], words, capsys)
+
+
+def test_a_data_path_that_is_a_folder_says_so(ws, capsys):
+    data = recipe(ws)
+    data["calibration"]["source"] = str(ws / "a.safetensors")
+    (ws / "a.safetensors").mkdir()
+    path = write_recipe(ws, data)
+    cli_refuses(ws, ["merge", str(path), "--out", str(ws / "o")], "is a folder, not a file", capsys)
+
+
+def test_text_data_that_is_not_text_is_refused(ws):
+    from heterogui.config import DataRef
+    from heterogui.datasets.refs import load_sentence_pairs, load_sentences
+
+    (ws / "s.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(ConfigError, match="is not text: byte"):
+        load_sentences(DataRef(str(ws / "s.txt")))
+    (ws / "p.tsv").write_text("4.5\tA dog runs.\tA dog is running.\nhigh\tone\ttwo\n")
+    with pytest.raises(ConfigError, match=r"line 2: the score 'high' is not a number"):
+        load_sentence_pairs(DataRef(str(ws / "p.tsv"), size=None))
+
+
+def test_evaluation_of_overlapping_tasks_is_refused_with_the_reason(ws, capsys):
+    save_network(make(CONFIGS[1], 2, "c", (0, 1, 2, 3, 4)), ws / "c")
+    data = {**recipe(ws), "model_b": {"path": str(ws / "c")}}
+    data["evaluation"] = {"source": "digits", "split": "test"}
+    path = write_recipe(ws, data)
+    cli_refuses(ws, ["merge", str(path), "--out", str(ws / "o")], "share classes", capsys)
+
+
+# --- Hugging Face folders ---------------------------------------------------------------------
+
+
+def test_a_text_model_without_its_tokenizer_is_refused(tmp_path):
+    from heterogui.sources.registry import load
+    from tests.conftest import tiny_hf
+
+    tiny_hf(seed=0).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ModelLoadError, match="has no tokenizer"):
+        load(str(tmp_path / "bert"))
+
+
+def test_a_hub_id_when_the_hub_is_off_says_so():
+    from heterogui.run import load_pair
+
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE=1"):
+        load_pair("someone/a-model", "someone/b-model")
+
+
+# --- The workbench ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def res(tmp_path_factory):
+    from heterogui.ui.resources import Resources, ZooPairs
+
+    root = tmp_path_factory.mktemp("exports")
+    return Resources(ZooPairs(tiny=True), device="cpu", export_root=root)
+
+
+@pytest.fixture()
+def session(res):
+    from heterogui.ui import tab_models, tab_zip
+    from heterogui.ui.session import Session
+
+    s = Session(device="cpu")
+    tab_models.on_load_pair(s, res, "tiny-digits-vgg-depth")
+    n = s.prepared.padded_a.graph().num_blocks - 1
+    tab_zip.on_merge(s, res, "zip", 0.5, 1.0, 1.0, n, "cpu")
+    return s
+
+
+@pytest.mark.parametrize(
+    "out, words",
+    [
+        ("../../somewhere", "is not a folder below the export folder"),
+        ("/tmp/elsewhere", "is not a folder below the export folder"),
+        ("", "type an output folder"),
+        (".", "is not a folder below"),
+    ],
+)
+def test_workbench_exports_stay_below_the_export_root(session, res, out, words):
+    from heterogui.errors import ExportError
+    from heterogui.ui import tab_export
+
+    before = snapshot(res.export_root.parent)
+    with pytest.raises(ExportError, match=re.escape(words)):
+        tab_export.on_export(session, res, out, True)
+    assert snapshot(res.export_root.parent) == before
+
+
+def test_workbench_overwrite_replaces_only_an_earlier_export(session, res):
+    from heterogui.errors import ExportError
+    from heterogui.ui import tab_export
+
+    theirs = res.export_root / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.md").write_text("keep me")
+    with pytest.raises(ExportError, match="did not write"):
+        tab_export.on_export(session, res, "theirs", True)
+    assert (theirs / "notes.md").read_text() == "keep me"
+    tab_export.on_export(session, res, "mine", False)
+    with pytest.raises(ExportError, match="already exists"):
+        tab_export.on_export(session, res, "mine", False)
+    tab_export.on_export(session, res, "mine", True)  # an earlier export: replaced
+    assert (res.export_root / "mine" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        (BOMB, "alias *a"),
+        ('{"a": [[0, 1, 2], [0, 1]]}', "a mapping looks like"),
+        ("[" * 30_000, "characters long"),
+    ],
+)
+def test_a_bad_mapping_is_refused_and_the_alignment_kept(session, res, text, words):
+    from heterogui.ui import tab_align
+
+    kept = session.prepared
+    with pytest.raises(AlignmentError, match=re.escape(words)) as info:
+        tab_align.on_mapping(session, res, text)
+    assert session.prepared is kept and "\n" not in str(info.value) and len(str(info.value)) < 400
+
+
+@pytest.mark.parametrize(
+    "space, rho, width, words",
+    [
+        ("block0", None, 200_000_000, "out of range: use an integer from 1 to"),
+        ("block0", None, -3, "must be a positive integer"),
+        ("block0", 1.5, None, "must lie in [0, 1]"),
+        ("nowhere", 0.5, None, "choose a merge point"),
+    ],
+)
+def test_a_bad_override_is_refused_without_building_anything(
+    session, res, space, rho, width, words
+):
+    from heterogui.ui import tab_zip
+
+    settings = session.settings
+    with pytest.raises(HeteroguiError, match=re.escape(words)):
+        tab_zip.on_set_override(session, res, space, rho, width)
+    assert session.settings is settings
+
+
+def test_cancel_with_nothing_running_says_so(session, res):
+    from heterogui.ui import tab_zip
+
+    assert "Nothing is running" in tab_zip.on_cancel(session, res)
+    assert not session.cancel_requested
+
+
+def test_a_bad_upload_is_refused_and_leaves_nothing(session, res, tmp_path):
+    from heterogui.ui import tab_models
+
+    kept = session.a
+    fake = tmp_path / "model.zip"
+    fake.write_text("not a zip")
+    with pytest.raises(ModelLoadError, match="not a valid .zip"):
+        tab_models.on_load_model(session, res, "a", "upload", None, None, [str(fake)], None)
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("/etc/evil", "x")
+    with pytest.raises(ModelLoadError, match="outside the archive"):
+        tab_models.on_load_model(session, res, "a", "upload", None, None, [str(evil)], None)
+    assert session.a is kept
+    assert list(Path(session.workdir).iterdir()) == []
