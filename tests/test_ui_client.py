@@ -107,3 +107,34 @@ def test_a_login_is_required_when_asked_for():
         )
     finally:
         demo.close()
+
+
+def test_cancel_over_the_api_stops_a_running_merge(url, monkeypatch):
+    import time
+
+    from heterogui.ui import work
+
+    real = work.zip_prepared
+
+    def slow(prepared, settings, progress=None, **kw):  # a long merge that reports progress
+        for k in range(200):
+            progress("match", k / 200)
+            time.sleep(0.02)
+        return real(prepared, settings, progress=progress, **kw)
+
+    monkeypatch.setattr(work, "zip_prepared", slow)
+    client = Client(url, verbose=False)
+    status, summary, _ = call(client, "/start")
+    status, _, _ = call(client, "/cancel")
+    assert "Nothing is running" in status
+    stop = summary["blocks"]
+    job = client.submit("zip", 0.5, 1.0, 0.5, stop, "cpu", api_name="/merge")
+    for _ in range(100):  # press Cancel once the merge has started (it runs 4 s)
+        status, _, _ = call(client, "/cancel")
+        if "Cancelling" in status:
+            break
+        time.sleep(0.05)
+    assert "Cancelling" in status
+    status, summary = job.result()[:2]
+    assert status.startswith("**Cancelled.**") and summary["merges"] == 0  # nothing added
+    assert summary["history"] == []
