@@ -469,3 +469,44 @@ def test_a_bad_upload_is_refused_and_leaves_nothing(session, res, tmp_path):
         tab_models.on_load_model(session, res, "a", "upload", None, None, [str(evil)], None)
     assert session.a is kept
     assert list(Path(session.workdir).iterdir()) == []
+
+
+# --- The Python API ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, error, words",
+    [
+        (BOMB, ConfigError, "aliases are refused"),
+        (
+            "model_a: {path: x}\nmodel_b: {path: y}\nalignment: {mode: diagonal}\n",
+            ConfigError,
+            "unknown",
+        ),
+        (
+            "model_a: {path: /no/such/folder}\nmodel_b: {path: y}\n",
+            ModelLoadError,
+            "does not exist",
+        ),
+    ],
+)
+def test_the_python_api_refuses_as_the_cli_does(ws, text, error, words):
+    import heterogui
+
+    (ws / "bad.yaml").write_text(text)
+    before = snapshot(ws)
+    with pytest.raises(error, match=re.escape(words)) as info:
+        heterogui.merge(ws / "bad.yaml")
+    assert "\n" not in str(info.value) and snapshot(ws) == before
+
+
+def test_the_python_api_refuses_an_output_that_is_an_input(ws):
+    from heterogui import run
+    from heterogui.errors import ExportError
+
+    done = run.merge(ws / "recipe.yaml")
+    before = snapshot(ws)
+    for out in (ws / "a", ws / "b" / "inside", ws / "calib.safetensors"):
+        with pytest.raises(ExportError, match="an input"):
+            run.export(done, out, overwrite=True)
+    assert snapshot(ws) == before
