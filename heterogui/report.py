@@ -14,7 +14,7 @@ from heterogui.export.card import bars_svg, heatmap_svg, model_card
 from heterogui.models.family import Network
 from heterogui.models.graph import INPUT, LOGITS
 from heterogui.pipeline import MergeResult
-from heterogui.sizes import merged_size, reference_sizes
+from heterogui.sizes import STORED_REASON, merge_size, reference_sizes
 from heterogui.sources.base import Pair
 from heterogui.tasks.base import Task
 
@@ -24,7 +24,8 @@ def parameter_counts(result: MergeResult) -> dict[str, int]:
     prep = result.prepared
     a, b = prep.net_a.parameter_count(), prep.net_b.parameter_count()
     merged = sum(p.numel() for p in result.model.parameters())
-    return {"a": a, "b": b, "ensemble": a + b, "merged": merged}
+    effective = merge_size(result)["parameters"]
+    return {"a": a, "b": b, "ensemble": a + b, "merged": merged, "merged_effective": effective}
 
 
 def head_rows(result: MergeResult) -> list[dict[str, Any]]:
@@ -124,7 +125,12 @@ def card_facts(
         f = model_facts(loaded.net)
         models.append([name, loaded.name, f["family"], f["depths"], f["parameters"]])
     sizes = dict(reference_sizes(prep))
-    sizes["merged"] = merged_size(result.model, prep)
+    size = merge_size(result)
+    sizes["merged (effective)"] = size
+    sizes["merged (stored)"] = {
+        "parameters": size["stored_parameters"],
+        "flops": size["stored_flops"],
+    }
     metrics, header = [], ["model", *task.columns(None)]
     if scores is not None:
         named = {k: scores.get(k) for k in ("a", "b", "ensemble", "merged")}
@@ -152,7 +158,7 @@ def card_facts(
         "sizes": [[n, v["parameters"], v["flops"]] for n, v in sizes.items()],
         "metric_header": header,
         "metrics": metrics,
-        "notes": [],
+        "notes": [f"Sizes: effective sizes count what a model computes with; {STORED_REASON}."],
     }
 
 

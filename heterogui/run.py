@@ -46,7 +46,7 @@ from heterogui.pipeline import (
     zip_prepared,
 )
 from heterogui.report import card_files, merge_report
-from heterogui.sizes import merged_size
+from heterogui.sizes import merge_size
 from heterogui.sources import registry as sources
 from heterogui.sources.base import Loaded, Pair
 from heterogui.tasks import Calibration, Evaluation, Task, task_of
@@ -392,7 +392,7 @@ def sweep(
             log.info("sweep point rho=%s skipped: %s", rho, exc)
             continue
         scores = evaluate_merge(pair, result, evaluation) if evaluation is not None else None
-        point = {"rho": float(rho), **merged_size(result.model, prepared)}
+        point = {"rho": float(rho), **merge_size(result)}
         point.update(task.columns(scores))
         point["score"] = task.headline(scores)
         points.append(point)

@@ -9,6 +9,7 @@ layers (x2) for one input, from a forward pass on the meta device.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -36,11 +37,16 @@ def count_flops(module: nn.Module, input_shape: tuple[int, ...]) -> int:
 
     The forward runs on the module's device; a meta-device module counts without computing.
     """
-    total = 0
+    return sum(layer_flops(module, input_shape).values())
+
+
+def layer_flops(module: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Return the forward FLOPs of every linear and convolution layer of ``module``, by name."""
+    flops: dict[str, int] = {}
+    names = {m: n for n, m in module.named_modules()}
 
     def hook(mod: nn.Module, _inp: Any, out: Any) -> None:
-        nonlocal total
-        total += _layer_flops(mod, out)
+        flops[names[mod]] = flops.get(names[mod], 0) + _layer_flops(mod, out)
 
     was_training = module.training
     handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, _COUNTED)]
@@ -52,7 +58,7 @@ def count_flops(module: nn.Module, input_shape: tuple[int, ...]) -> int:
         module.train(was_training)
         for h in handles:
             h.remove()
-    return total
+    return flops
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -123,12 +129,126 @@ def estimate(prepared: pipeline.Prepared, settings: pipeline.ZipSettings) -> dic
         trunk, (pa.config, pb.config), stop, layout, (pa.task_heads(), pb.task_heads())
     )
     model = shape_only(lambda: build_merged(spec))
-    return {"widths": widths, "stop": stop, **parameters_and_flops(model, input_shape(prepared))}
+    effective = effective_size(model, prepared, planned_counts(prepared, widths))
+    stored = parameters_and_flops(model, input_shape(prepared))
+    return {"widths": widths, "stop": stop, **stored, "effective": effective}
 
 
-def merged_size(model: Any, prepared: pipeline.Prepared) -> dict[str, int | None]:
-    """Return the parameters and FLOPs of a merged model on the pair's inputs.
+def stored_size(model: Any, prepared: pipeline.Prepared) -> dict[str, int | None]:
+    """Return the parameters and FLOPs a merged model stores (structural zeros included).
 
     Counted on a shape-only copy: the model itself (shared with a session) runs nothing.
     """
     return parameters_and_flops(shape_only(lambda: build_merged(model.spec)), input_shape(prepared))
+
+
+def merge_size(result: pipeline.MergeResult) -> dict[str, int | None]:
+    """Return a merge's effective parameters and FLOPs, and what it stores beside them.
+
+    Keys: "parameters" and "flops" (not structurally zero: what the merge computes with),
+    "stored_parameters" and "stored_flops" (dense block-diagonal weights included).
+    """
+    stored = stored_size(result.model, result.prepared)
+    return {
+        **merged_effective_size(result),
+        "stored_parameters": stored["parameters"],
+        "stored_flops": stored["flops"],
+    }
+
+
+STORED_REASON = (
+    "the stored model keeps unmerged neurons as dense block-diagonal weights: the zeros off "
+    "the blocks are stored but never change an output"
+)
+
+
+def _shared_counts(match: Any) -> tuple[int, int, int]:
+    """Return (groups with A's features, groups with B's, groups with both) of a matching."""
+    groups = match.groups
+    a = set(groups[: match.n_a].tolist()) - {-1}
+    b = set(groups[match.n_a :].tolist()) - {-1}
+    return len(a), len(b), len(a & b)
+
+
+def planned_counts(
+    prepared: pipeline.Prepared, widths: dict[str, tuple[int, int, int]]
+) -> dict[str, tuple[int, int, int]]:
+    """Return the counts of ``_shared_counts`` that planned widths imply (before matching).
+
+    Merges are taken as A-B pairs first (exact for beta = 0, close otherwise); merges beyond
+    min(n_A, n_B) fold features of the wider model together.
+    """
+    ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
+    out = {}
+    for space, (n_a, n_b, r) in widths.items():
+        if space in ga.dead or space in gb.dead:
+            out[space] = (0, n_b, 0) if space in ga.dead else (n_a, 0, 0)
+            continue
+        merges = n_a + n_b - r
+        shared = min(merges, n_a, n_b)
+        extra = merges - shared  # within-model merges: the wider model loses groups
+        a, b = (n_a - extra, n_b) if n_a >= n_b else (n_a, n_b - extra)
+        out[space] = (a, b, shared)
+    return out
+
+
+def effective_entries(
+    model: Any, prepared: pipeline.Prepared, counts: dict[str, tuple[int, int, int]]
+) -> dict[str, int]:
+    """Return, per parameter of a merged model, how many entries are not structurally zero.
+
+    counts: per merge point, (groups holding A's features, B's, both). A fused entry (output
+    group g, input group h) is zero by construction unless one model has features in both g
+    and h (W* = sum_m M_m W_m U_m); layers of a padded identity block contribute nothing (they
+    compute the identity). So at rho = 0 (no group shared) the count is exactly the
+    ensemble's, and it falls as groups are shared. Tails count whole (minus identity blocks).
+    """
+    ga = prepared.padded_a.graph()
+    identity = (prepared.padded_a.identity_blocks, prepared.padded_b.identity_blocks)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    out: dict[str, int] = {}
+    for tag in ga.tensors:
+        name = f"trunk.{tag.name.split('.', 1)[1]}"
+        if tag.block >= model.spec.stop or name not in shapes:
+            continue
+        shape = shapes[name]
+        axes = [a for a in tag.axes if a.space in counts]
+        rest = math.prod(d for k, d in enumerate(shape) if k not in {a.dim for a in axes})
+        real = [tag.block not in identity[m] for m in (0, 1)]
+        terms = [math.prod(counts[a.space][m] for a in axes) for m in (0, 1)]
+        both = math.prod(counts[a.space][2] for a in axes)
+        count = real[0] * terms[0] + real[1] * terms[1] - (real[0] and real[1]) * both
+        out[name] = count * rest if axes else math.prod(shape) * any(real)
+    for m, tail in enumerate(model.tails):
+        for name, p in tail.named_parameters():
+            block = model.spec.stop + int(name.split(".", 1)[0])
+            out[f"tails.{m}.{name}"] = 0 if block in identity[m] else p.numel()
+    return out
+
+
+def effective_size(
+    model: Any, prepared: pipeline.Prepared, counts: dict[str, tuple[int, int, int]]
+) -> dict[str, int | None]:
+    """Return the parameters and FLOPs of a merge that are not structurally zero.
+
+    The stored model keeps unmerged features as dense block-diagonal weights (exact zeros off
+    the blocks); what it computes with is this effective size: exactly the ensemble's at
+    rho = 0, falling as rho rises (``effective_entries``).
+    """
+    entries = effective_entries(model, prepared, counts)
+    shape = input_shape(prepared)
+    flops = None
+    if shape is not None:
+        copy = shape_only(lambda: build_merged(model.spec))
+        weights = dict(copy.named_parameters())
+        flops = 0
+        for layer, count in layer_flops(copy, shape).items():
+            total = weights[f"{layer}.weight"].numel()
+            flops += count * entries.get(f"{layer}.weight", total) // total
+    return {"parameters": sum(entries.values()), "flops": flops}
+
+
+def merged_effective_size(result: pipeline.MergeResult) -> dict[str, int | None]:
+    """Return the effective size of a merge from its matchings."""
+    counts = {s: _shared_counts(m) for s, m in result.matches.items()}
+    return effective_size(result.model, result.prepared, counts)

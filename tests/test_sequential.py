@@ -76,3 +76,27 @@ def test_merging_a_merge_with_a_third_model_gives_three_heads(tmp_path):
     merged = zip_prepared(prep, ZipSettings(rho=1.0))
     three = as_network(merged.model, "ABC")
     assert three.head_classes() == CLASSES[0] + CLASSES[1] + CLASSES[2]
+
+
+@pytest.mark.parametrize("name", list(DEPTH_PAIRS))
+def test_effective_size_is_the_ensemble_at_rho_zero_and_falls_with_rho(name):
+    from heterogui.sizes import count_flops, estimate, merge_size
+
+    a, b, shape = pair(name)
+    prep = prepare(a, b, calibration(shape), device="cpu")
+    ensemble = a.parameter_count() + b.parameter_count()
+    ensemble_flops = count_flops(a.module, shape) + count_flops(b.module, shape)
+    sizes = []
+    for rho in (0.0, 0.25, 0.5, 0.75, 1.0):
+        settings = ZipSettings(rho=rho, beta=0.0)  # cross-model merges only: the estimate is exact
+        result = zip_prepared(prep, settings)
+        size = merge_size(result)
+        assert estimate(prep, settings)["effective"] == {
+            "parameters": size["parameters"],
+            "flops": size["flops"],
+        }
+        nonzero = sum(int(torch.count_nonzero(p)) for p in result.model.parameters())
+        assert size["parameters"] <= nonzero <= size["stored_parameters"]  # zeros are structural
+        sizes.append((size["parameters"], size["flops"]))
+    assert sizes[0] == (ensemble, ensemble_flops)  # rho = 0: exactly the ensemble
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1][0] < sizes[0][0]

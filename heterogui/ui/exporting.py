@@ -19,7 +19,7 @@ from heterogui.config import Recipe, load_recipe, parse_recipe
 from heterogui.errors import ConfigError, ExportError, excerpt
 from heterogui.folders import check_output
 from heterogui.report import merge_report
-from heterogui.sizes import merged_size, reference_sizes
+from heterogui.sizes import merge_size, reference_sizes
 from heterogui.ui import work
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
@@ -84,7 +84,7 @@ def export(session: Session, out: str, root: Path, overwrite: bool = False) -> P
     inputs = [*run.model_folders(done.pair), *run.data_files(done.recipe)]
     check_output(path, overwrite, inputs)  # before the card and figures are made
     run.export(done, path, overwrite=overwrite)
-    session.last_export = str(path)
+    session.last_export, session.exported_merge = str(path), session.merge_count
     return path
 
 
@@ -131,6 +131,6 @@ def reproduce(
     merged = (done.scores or {}).get("merged")
     if merged is None and evaluation is not None:
         merged = run.evaluate_merge(pair, result, evaluation)
-    size = merged_size(result.model, result.prepared)
+    size = merge_size(result)
     work.commit_merge(session, result, merged, size, done.report["timings_seconds"]["total"])
     return done.report

@@ -56,6 +56,7 @@ class Session:
     sweep: list[dict[str, Any]] = field(default_factory=list)
     sweep_key: Any = None
     last_export: str | None = None
+    exported_merge: int | None = None  # the merge (its number) the last export wrote
     cancel_requested: bool = False
     running: bool = False
     compare: list[str] = field(default_factory=list)  # sentences of the similarity matrices

@@ -104,7 +104,8 @@ def on_mode(session: Session, res: Resources, mode: str, mapping: str | None, pr
     al = session.prepared.alignment
     how = "statistics recomputed" if recomputed else "same placement: statistics kept"
     again = "again " if session.merge_count else ""
-    return f"Alignment {al.mode}: mapping {al.mapping()} ({how}). Merge {again}to use it."
+    mapping = mapping_text(al.mapping())
+    return f"Alignment {al.mode}: mapping `{mapping}` ({how}). Merge {again}to use it."
 
 
 def on_mapping(session: Session, res: Resources, mapping: str | None, progress=None) -> str:

@@ -4,6 +4,7 @@ a recipe to repeat a merge exactly.
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 from typing import Any
@@ -80,14 +81,27 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
         }
     done = exporting.session_run(session)
     fmt = run.export_format(done.pair)
-    card = card_files(done.result, done.pair, done.task, done.scores, fmt)["README.md"]
+    files = card_files(done.result, done.pair, done.task, done.scores, fmt)
+    card = with_inline_figures(files.pop("README.md"), files)
     return {
         "recipe_view": yaml.safe_dump(
             done.recipe.to_dict(), sort_keys=True, default_flow_style=None, width=90
         ),
-        "export_dir": default_folder(session),
+        # A fresh name for a new merge; after an export the box keeps what was typed, so a
+        # second Export says "already exists" instead of writing a second copy.
+        "export_dir": gr.skip()
+        if session.exported_merge == session.merge_count
+        else default_folder(session),
         "card_preview": without_front_matter(card),
     }
+
+
+def with_inline_figures(card: str, figures: dict[str, str]) -> str:
+    """Return a card whose figure links point at data URIs (the page has no folder to read)."""
+    for name, svg in figures.items():
+        data = base64.b64encode(svg.encode("utf-8")).decode("ascii")
+        card = card.replace(f"]({name})", f"](data:image/svg+xml;base64,{data})")
+    return card
 
 
 def without_front_matter(card: str) -> str:

@@ -13,7 +13,7 @@ import gradio as gr
 
 from heterogui.errors import ConfigError
 from heterogui.pipeline import resolve_device
-from heterogui.sizes import estimate, merged_size, reference_sizes
+from heterogui.sizes import STORED_REASON, estimate, merge_size, reference_sizes
 from heterogui.ui import work
 from heterogui.ui.fig_eval import sizes_figure, widths_figure
 from heterogui.ui.resources import Resources
@@ -102,10 +102,13 @@ def _overrides(ui: dict[str, Any]) -> None:
             [], label="Merge point", info="Override the global rho at this point"
         )
         ui["override_rho"] = gr.Number(
-            label="rho here", info="Blank: use the global rho", minimum=0, maximum=1
+            value=None, label="rho here", info="Blank: use the global rho", minimum=0, maximum=1
         )
         ui["override_width"] = gr.Number(
-            label="width here", precision=0, info="Blank: from rho; a number sets the width"
+            value=None,
+            label="width here",
+            precision=0,
+            info="Blank: from rho; a number sets the width",
         )
     with gr.Row():
         ui["set_override"] = gr.Button("Set override")
@@ -139,11 +142,15 @@ def readout(session: Session) -> dict[str, Any]:
     result = session.result
     sizes = dict(session.reference_sizes or reference_sizes(prep))
     if result is not None and result.settings == session.settings:
-        sizes["merged"] = session.merged_size or merged_size(result.model, prep)
+        sizes["merged"] = session.merged_size or merge_size(result)
         widths, exact = result.widths(), True
     else:
         est = estimate(prep, session.settings)
-        sizes["merged"] = {"parameters": est["parameters"], "flops": est["flops"]}
+        sizes["merged"] = {
+            **est["effective"],
+            "stored_parameters": est["parameters"],
+            "stored_flops": est["flops"],
+        }
         widths, exact = est["widths"], False
     return {"sizes": sizes, "widths": widths, "exact": exact}
 
@@ -161,7 +168,12 @@ def _readout_text(info: dict[str, Any]) -> str:
         if info["exact"]
         else "**Merged model if you merge now** (estimate; press Merge)"
     )
-    return head + "\n\n" + "\n".join(rows)
+    merged = sizes["merged"]
+    stored = (
+        f"Sizes are effective: the parameters and FLOPs a model computes with. The merge stores "
+        f"{merged['stored_parameters']:,} parameters: {STORED_REASON}."
+    )
+    return head + "\n\n" + "\n".join(rows) + "\n\n" + stored
 
 
 def render(session: Session, res: Resources) -> dict[str, Any]:

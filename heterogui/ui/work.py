@@ -28,7 +28,7 @@ from heterogui.pipeline import (
     resolve_device,
     zip_prepared,
 )
-from heterogui.sizes import merged_size, reference_sizes
+from heterogui.sizes import merge_size, reference_sizes
 from heterogui.sources.base import Loaded, Pair
 from heterogui.tasks import Calibration, Evaluation, task_of
 from heterogui.ui.resources import Resources
@@ -287,7 +287,7 @@ def merge(
     if evaluate:
         report("evaluate", 0.0)
         metrics = metrics_of(session, result)
-    size = merged_size(result.model, prepared)
+    size = merge_size(result)
     seconds = time.perf_counter() - start
     session.check_cancel()
     commit_merge(session, result, metrics, size, seconds)
@@ -345,6 +345,7 @@ def history_row(
         "stop": result.spec.stop,
         "overrides": len(s.overrides),
         "parameters": size["parameters"],
+        "stored parameters": size["stored_parameters"],
         "flops": size["flops"],
         "seconds": round(seconds, 3),
     }
