@@ -144,9 +144,26 @@ def test_remerge_reuses_cached_statistics_and_is_fast(session, res, monkeypatch)
     assert [h["merge"] for h in session.history] == [1, 2, 3, 4]
     # A release shows the merge first; its test metrics follow in a second step.
     assert session.merged_metrics is None and session.history[-1]["Joint"] is None
+    rows = _readout_rows(tab_zip.render(session, res)["readout"])
+    assert rows["merged"][-1] == "—" and "after the merge is evaluated" in rows["head"]
     assert "evaluated: Joint" in tab_evaluate.on_evaluate_pending(session, res)
     assert session.history[-1]["Joint"] == round(100 * session.merged_metrics.joint, 2)
+    # The readout beside the sliders shows every model's headline score once it is known.
+    rows = _readout_rows(tab_zip.render(session, res)["readout"])
+    assert rows["model"][-1] == "Joint %"
+    assert float(rows["merged"][-1]) == session.history[-1]["Joint"]
+    for name in ("A", "B", "ensemble"):
+        assert float(rows[name][-1]) == round(100 * session.baseline[name.lower()].joint, 2)
     assert tab_evaluate.on_evaluate_pending(session, res) is None  # nothing left to do
+
+
+def _readout_rows(text: str) -> dict[str, list[str]]:
+    rows = {"head": text.split("\n")[0]}
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells
+    return rows
 
 
 def test_slider_without_auto_merge_only_updates_the_estimate(session, res):

@@ -152,22 +152,44 @@ def readout(session: Session) -> dict[str, Any]:
             "stored_flops": est["flops"],
         }
         widths, exact = est["widths"], False
-    return {"sizes": sizes, "widths": widths, "exact": exact}
+    return {"sizes": sizes, "widths": widths, "exact": exact, "scores": _scores(session, exact)}
+
+
+def _scores(session: Session, exact: bool) -> dict[str, Any]:
+    """Return the metric name and each model's headline score (the merge's only when current)."""
+    task = session.task
+    if task is None or not session.baseline:
+        return {}
+    models = dict(session.baseline)
+    models["merged"] = session.merged_metrics if exact else None
+    return {"metric": task.metric, "values": {k: task.headline(v) for k, v in models.items()}}
 
 
 def _readout_text(info: dict[str, Any]) -> str:
     sizes = info["sizes"]
     ens = sizes["ensemble"]
-    rows = ["| model | parameters | FLOPs per input | vs ensemble |", "|---|---|---|---|"]
+    scores = info.get("scores") or {}
+    values = scores.get("values", {})
+    metric = f" | {scores['metric']}" if scores else ""
+    rows = [
+        f"| model | parameters | FLOPs per input | vs ensemble{metric} |",
+        "|---|---|---|---|" + ("---|" if scores else ""),
+    ]
     for name, v in sizes.items():
         share = v["parameters"] / ens["parameters"] if ens["parameters"] else 0
         flops = "—" if v["flops"] is None else f"{v['flops']:,}"
-        rows.append(f"| {name} | {v['parameters']:,} | {flops} | {share:.0%} |")
+        score = ""
+        if scores:
+            value = values.get(name.lower())
+            score = " | " + ("—" if value is None else f"{value:g}")
+        rows.append(f"| {name} | {v['parameters']:,} | {flops} | {share:.0%}{score} |")
     head = (
         "**Merged model (last merge)**"
         if info["exact"]
         else "**Merged model if you merge now** (estimate; press Merge)"
     )
+    if scores and values.get("merged") is None:
+        head += " · its score shows after the merge is evaluated"
     merged = sizes["merged"]
     stored = (
         f"Sizes are effective: the parameters and FLOPs a model computes with. The merge stores "
@@ -364,7 +386,14 @@ def wire(ui: dict[str, Any], on) -> None:
             heavy=True,
         )
         # The merge shows first; its test metrics follow in a second step.
-        on(released.success, on_evaluate_pending, [], ("evaluate", "export"), None, heavy=True)
+        on(
+            released.success,
+            on_evaluate_pending,
+            [],
+            ("zip", "evaluate", "export"),
+            None,
+            heavy=True,
+        )
     on(ui["matcher"].input, on_knobs, knobs, ("zip",), None, light=True)
     on(ui["merge"].click, on_merge, [*knobs, "device"], merged_scopes, "merge", heavy=True)
     on(ui["cancel"].click, on_cancel, [], (), "cancel", light=True)
