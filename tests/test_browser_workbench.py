@@ -101,6 +101,12 @@ def slide_and_merge(page) -> None:
     rho.fill("0.5")
     rho.press("Tab")  # leaving the box releases the slider
     wait_status(page, "Merge #1 evaluated")  # the merge shows first, then its metrics
+    # The merge's score shows beside the sliders, no tab switch needed.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#readout tr')].some(r => "
+        "r.cells[0].innerText.trim() === 'merged' && /\\d/.test(r.cells[4].innerText))",
+        timeout=TIMEOUT_MS,
+    )
     page.locator("#merge").click()
     wait_status(page, "Merge #2 done")
 
@@ -149,3 +155,21 @@ def test_a_newcomer_merges_and_exports(url, chromium_browser, tmp_path):
     page.close()
     assert errors == []
     assert foreign == []
+
+
+def test_figures_follow_the_dark_theme(url, chromium_browser, tmp_path):
+    page = chromium_browser.new_page(viewport={"width": 1360, "height": 900})
+    errors, _ = watch(page)
+    page.goto(url + "?__theme=dark")
+    wait_status(page, "Loaded demo pair")
+    tick = page.locator("#cka-heatmap .xtick text").first
+    tick.wait_for(timeout=TIMEOUT_MS)
+    fill = tick.evaluate("e => getComputedStyle(e).fill")
+    background = page.locator("#cka-heatmap .main-svg").first.evaluate(
+        "e => getComputedStyle(e).backgroundColor"
+    )
+    Shots(page, tmp_path)("dark", full_page=False)
+    page.close()
+    assert fill == "rgb(229, 231, 235)"  # light text on the dark page
+    assert background in ("rgba(0, 0, 0, 0)", "transparent")
+    assert errors == []

@@ -53,6 +53,10 @@ def session(res: Resources) -> Session:
     return s
 
 
+def is_fig(value) -> bool:
+    return type(value).__name__ == "Figure"
+
+
 def merge(session: Session, res: Resources, rho=1.0, alpha=0.5, beta=1.0, stop=None) -> str:
     stop = work_blocks(session) if stop is None else stop
     return tab_zip.on_merge(session, res, "zip", alpha, beta, rho, stop, "cpu")
@@ -69,6 +73,9 @@ def test_start_opens_the_demo_pair_and_every_tab_renders(session, res):
     heatmap = views["heatmap"]
     assert [t.type for t in heatmap.data] == ["heatmap", "scatter"]
     assert "alignment path" in heatmap.data[1].name
+    cka = [v for row in heatmap.data[0].z for v in row]  # colours span the pair's own range
+    assert (heatmap.data[0].zmin, heatmap.data[0].zmax) == (min(cka), max(cka))
+    assert all(v.layout.paper_bgcolor == "rgba(0,0,0,0)" for v in views.values() if is_fig(v))
     assert "Compatible" in views["verdict"]
     assert views["segments"] and all(len(row) == 4 for row in views["segments"])
     assert "estimate" in views["readout"]

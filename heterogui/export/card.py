@@ -22,14 +22,27 @@ def _viridis(v: float) -> str:
     return "#" + "".join(f"{c:02x}" for c in rgb)
 
 
+def _number(v: float) -> str:
+    """Return a short axis label: 1.2M, 45k, 0.87."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g}{suffix}"
+    return f"{v:.3g}"
+
+
 def heatmap_svg(z: list[list[float]], path: list[tuple[int, int]], title: str) -> str:
     """Return an SVG heatmap (rows: layers of A, columns: layers of B) with the path drawn.
 
+    The colours span the values' own range, shown on a colour bar beside the map.
     path: (row, column) cells joined by a red line.
     """
     rows, cols = len(z), len(z[0]) if z else 0
+    values = [v for row in z for v in row] or [0.0]
+    lo, hi = min(values), max(values)
+    span = hi - lo or 1.0
     left, top = 40, 40
-    width, height = left + cols * SIZE + 10, top + rows * SIZE + 30
+    bar_x = left + cols * SIZE + 16
+    width, height = bar_x + 60, top + max(rows * SIZE, 100) + 30
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         'font-family="sans-serif" font-size="11">',
@@ -40,7 +53,8 @@ def heatmap_svg(z: list[list[float]], path: list[tuple[int, int]], title: str) -
         for j, v in enumerate(row):
             parts.append(
                 f'<rect x="{left + j * SIZE}" y="{top + i * SIZE}" width="{SIZE}" '
-                f'height="{SIZE}" fill="{_viridis(v)}"><title>A{i} B{j}: {v:.3f}</title></rect>'
+                f'height="{SIZE}" fill="{_viridis((v - lo) / span)}">'
+                f"<title>A{i} B{j}: {v:.3f}</title></rect>"
             )
     for j in range(cols):
         parts.append(f'<text x="{left + j * SIZE + 4}" y="{top + rows * SIZE + 16}">B{j}</text>')
@@ -48,15 +62,24 @@ def heatmap_svg(z: list[list[float]], path: list[tuple[int, int]], title: str) -
         f"{left + (j + 0.5) * SIZE:.0f},{top + (i + 0.5) * SIZE:.0f}" for i, j in path
     )
     parts.append(f'<polyline points="{points}" fill="none" stroke="#ff4b4b" stroke-width="3"/>')
+    steps, bar_h = 20, max(rows * SIZE, 100)
+    for k in range(steps):  # the colour bar: the highest value on top
+        parts.append(
+            f'<rect x="{bar_x}" y="{top + k * bar_h / steps:.1f}" width="12" '
+            f'height="{bar_h / steps + 0.5:.1f}" fill="{_viridis(1 - k / (steps - 1))}"/>'
+        )
+    parts.append(f'<text x="{bar_x + 16}" y="{top + 8}">{hi:.3f}</text>')
+    parts.append(f'<text x="{bar_x + 16}" y="{top + bar_h}">{lo:.3f}</text>')
+    parts.append(f'<text x="{bar_x}" y="{top - 6}">CKA</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
 
 def bars_svg(labels: list[str], series: dict[str, list[float]], title: str) -> str:
-    """Return an SVG grouped bar chart: one group per label, one bar per series."""
+    """Return an SVG grouped bar chart: one group per label, one bar per series, a value axis."""
     colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"]
     n = max(len(series), 1)
-    group_w, bar_w, plot_h, left, top = 24 * n + 16, 24, 160, 10, 40
+    group_w, bar_w, plot_h, left, top = 24 * n + 16, 24, 160, 50, 40
     top_value = max([v for vals in series.values() for v in vals] + [1])
     width = left + group_w * max(len(labels), 1) + 10
     parts = [
@@ -69,6 +92,13 @@ def bars_svg(labels: list[str], series: dict[str, list[float]], title: str) -> s
             f'<rect x="{left + 90 * k}" y="20" width="10" height="10" '
             f'fill="{colours[k % 4]}"/><text x="{left + 90 * k + 14}" y="29">'
             f"{escape(name)}</text>"
+        )
+    for tick in (0.0, 0.5, 1.0):  # the value axis, with grid lines
+        y = top + plot_h * (1 - tick)
+        parts.append(
+            f'<line x1="{left - 4}" y1="{y:.1f}" x2="{width}" y2="{y:.1f}" stroke="#ccc"/>'
+            f'<text x="{left - 6}" y="{y + 3:.1f}" text-anchor="end">'
+            f"{_number(tick * top_value)}</text>"
         )
     for g, label in enumerate(labels):
         for k, values in enumerate(series.values()):

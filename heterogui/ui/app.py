@@ -19,6 +19,7 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
 
 import gradio as gr  # noqa: E402
+import plotly.graph_objects as go  # noqa: E402
 import torch  # noqa: E402
 
 from heterogui.errors import Cancelled, HeteroguiError, excerpt  # noqa: E402
@@ -30,6 +31,7 @@ from heterogui.ui import (  # noqa: E402
     tab_neurons,
     tab_zip,
 )
+from heterogui.ui.figstyle import DARK_CSS, style  # noqa: E402
 from heterogui.ui.resources import Resources  # noqa: E402
 from heterogui.ui.session import Session  # noqa: E402
 from heterogui.ui.summary import session_summary  # noqa: E402
@@ -76,7 +78,7 @@ def render(session: Session, res: Resources, scopes: Sequence[str]) -> dict[str,
                 values.update(tab_zip.knob_values(session))
         else:
             values.update(TABS[scope].render(session, res))
-    return values
+    return {k: style(v) if isinstance(v, go.Figure) else v for k, v in values.items()}
 
 
 def progress_adapter(progress: Any) -> Callable[[str, float], None]:
@@ -295,6 +297,7 @@ def launch(
         ssr_mode=False,
         footer_links=["api", "settings"],
         run_history=False,
+        css=DARK_CSS,
         enable_monitoring=False,
         mcp_server=False,
         pwa=False,

@@ -94,6 +94,7 @@ def alignment_figure(
     similarity: (L_A, L_B) CKA over non-head layers (a tensor or array).
     """
     z = [[round(float(v), 4) for v in row] for row in similarity.tolist()]
+    values = [v for row in z for v in row] or [0.0]
     la, lb = len(z), len(z[0]) if z else 0
     stages_a, stages_b = _stage_of(ga, la), _stage_of(gb, lb)
     hover = [
@@ -105,8 +106,8 @@ def alignment_figure(
             x=list(range(lb)),
             y=list(range(la)),
             colorscale="Viridis",
-            zmin=0,
-            zmax=1,
+            zmin=min(values),  # the data's own range: a pair of similar models is not one colour
+            zmax=max(values),
             colorbar={"title": "CKA"},
             text=hover,
             hovertemplate="%{text}<br>CKA %{z:.3f}<extra></extra>",

@@ -20,8 +20,14 @@ def sizes_figure(sizes: dict[str, dict[str, Any]]) -> go.Figure:
     sizes: model name -> {"parameters": int, "flops": int | None}.
     """
     names = list(sizes)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("parameters", "FLOPs per input"))
+    counted = any(sizes[n].get("flops") is not None for n in names)
+    flops_title = "FLOPs per input" if counted else "FLOPs per input: not counted for these models"
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("parameters", flops_title))
     for col, key in ((1, "parameters"), (2, "flops")):
+        if key == "flops" and not counted:
+            fig.update_xaxes(visible=False, row=1, col=col)
+            fig.update_yaxes(visible=False, row=1, col=col)
+            continue
         values = [sizes[n].get(key) or 0 for n in names]
         fig.add_trace(
             go.Bar(
@@ -35,7 +41,8 @@ def sizes_figure(sizes: dict[str, dict[str, Any]]) -> go.Figure:
             row=1,
             col=col,
         )
-    fig.update_layout(height=300, margin={"l": 50, "r": 20, "t": 40, "b": 40})
+    fig.update_layout(height=320, margin={"l": 50, "r": 20, "t": 64, "b": 40})
+    fig.update_yaxes(tickformat="~s")
     return fig
 
 
@@ -180,29 +187,40 @@ def sweep_figure(points: list[dict[str, Any]], current_rho: float, metric: str) 
     return fig
 
 
-def history_figure(history: list[dict[str, Any]], metric: str) -> go.Figure:
-    """Return this session's merges as points: parameters against the task's score."""
+def history_figure(history: list[dict[str, Any]], metric: str, pair: str | None) -> go.Figure:
+    """Return the merges of ``pair`` in this session as points: parameters against the score.
+
+    Merges of other pairs stay in the history table; one axis would mix their scales.
+    Points are labelled with their merge number while there are few enough to read.
+    """
+    rows = [h for h in history if pair is None or h.get("pair") == pair]
     fig = go.Figure()
-    if history:
+    if rows:
         fig.add_trace(
             go.Scatter(
-                x=[h["parameters"] for h in history],
-                y=[h.get("score") for h in history],
-                mode="markers+text",
-                text=[f"#{h['merge']}" for h in history],
+                x=[h["parameters"] for h in rows],
+                y=[h.get("score") for h in rows],
+                mode="markers+text" if len(rows) <= 12 else "markers",
+                text=[f"#{h['merge']}" for h in rows],
                 textposition="top center",
+                cliponaxis=False,
                 marker={"size": 10, "color": MODEL_COLOURS["merged"]},
-                customdata=[[h["rho"], h["alpha"], h["beta"], h["stop"]] for h in history],
-                hovertemplate=f"params %{{x:,}}<br>{metric} %{{y}}<br>rho %{{customdata[0]}} "
-                "alpha %{customdata[1]} beta %{customdata[2]} stop %{customdata[3]}<extra></extra>",
+                customdata=[[h["merge"], h["rho"], h["alpha"], h["beta"], h["stop"]] for h in rows],
+                hovertemplate=f"merge #%{{customdata[0]}}<br>params %{{x:,}}<br>{metric} %{{y}}"
+                "<br>rho %{customdata[1]} alpha %{customdata[2]} beta %{customdata[3]} "
+                "stop %{customdata[4]}<extra></extra>",
             )
         )
+    others = len(history) - len(rows)
+    title = f"merges of {pair}" if pair else "this session's merges"
+    if others:
+        title += f" ({others} of other pairs: in the table)"
     fig.update_layout(
-        title="this session's merges",
-        xaxis={"title": "parameters"},
+        title=title,
+        xaxis={"title": "parameters (effective)", "tickformat": "~s", "nticks": 6},
         yaxis={"title": metric},
-        height=300,
-        margin={"l": 50, "r": 20, "t": 40, "b": 40},
+        height=320,
+        margin={"l": 60, "r": 30, "t": 50, "b": 50},
     )
     return fig
 

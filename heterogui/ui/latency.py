@@ -60,7 +60,7 @@ def merge_figures(session: Session) -> int:
 def evaluation_figures(session: Session, res: Resources) -> int:
     """Build the figures step 2 re-renders; return their JSON size in bytes."""
     prep, result, task = session.prepared, session.result, session.task
-    figs = [history_figure(session.history, task.metric)]
+    figs = [history_figure(session.history, task.metric, session.pair_name)]
     if session.evaluation is not None:
         split = session.evaluation.data
         ids = session.samples

@@ -68,6 +68,13 @@ class Session:
         return Pair(self.a, self.b) if self.a is not None and self.b is not None else None
 
     @property
+    def pair_name(self) -> str | None:
+        """Return the name the history gives the current pair (None until both are loaded)."""
+        if self.demo:
+            return self.demo
+        return f"{self.a.name} + {self.b.name}" if self.both_loaded() else None
+
+    @property
     def task(self) -> Task | None:
         """Return the task the loaded models are scored on (model A's)."""
         slot = self.a or self.b

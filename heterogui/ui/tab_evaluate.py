@@ -232,7 +232,7 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
     )
     history = [[h.get(c) for c in columns] for h in session.history]
     views["history"] = gr.update(value=history or None, headers=columns)
-    views["history_plot"] = history_figure(session.history, task.metric)
+    views["history_plot"] = history_figure(session.history, task.metric, session.pair_name)
     return {**panels, **views}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any
 
 import gradio as gr
@@ -34,7 +35,7 @@ def build(ui: dict[str, Any], res: Resources) -> None:
                 ui["merge"] = gr.Button("Merge", variant="primary", elem_id="merge")
                 ui["cancel"] = gr.Button("Cancel", variant="stop")
         with gr.Column(scale=3):
-            ui["readout"] = gr.Markdown()
+            ui["readout"] = gr.Markdown(elem_id="readout")
             ui["sizes_plot"] = gr.Plot(label="Size of A, B, their ensemble and the merge")
     with gr.Accordion("Widths per merge point and overrides", open=False):
         _overrides(ui)
@@ -152,7 +153,13 @@ def readout(session: Session) -> dict[str, Any]:
             "stored_flops": est["flops"],
         }
         widths, exact = est["widths"], False
+    widths = {k: widths[k] for k in sorted(widths, key=natural_key)}
     return {"sizes": sizes, "widths": widths, "exact": exact, "scores": _scores(session, exact)}
+
+
+def natural_key(name: str) -> tuple:
+    """Return a sort key that puts block2 before block10."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
 
 def _scores(session: Session, exact: bool) -> dict[str, Any]:

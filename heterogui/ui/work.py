@@ -336,7 +336,7 @@ def history_row(
     s = result.settings
     row = {
         "merge": session.merge_count,
-        "pair": session.demo or f"{session.a.name} + {session.b.name}",
+        "pair": session.pair_name,
         "alignment": result.alignment.mode,
         "matcher": s.matcher,
         "alpha": s.alpha,

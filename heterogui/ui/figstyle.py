@@ -1,0 +1,27 @@
+"""The look every workbench figure shares, light or dark.
+
+Figures get transparent backgrounds and translucent grid lines, so they sit on the page's own
+background; in dark mode ``DARK_CSS`` turns their text and axis lines light (CSS outranks the
+colours plotly writes inline). Hover labels keep plotly's own contrast.
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+GRID = "rgba(128, 128, 128, 0.25)"
+
+DARK_CSS = """
+.dark .js-plotly-plot :is(.infolayer, .xaxislayer-above, .yaxislayer-above,
+  .xaxislayer-below, .yaxislayer-below, .annotation, .legend) text { fill: #e5e7eb !important; }
+.dark .js-plotly-plot .main-svg { background: transparent !important; }
+.dark .js-plotly-plot .zerolinelayer path { stroke: rgba(229, 231, 235, 0.4) !important; }
+"""
+
+
+def style(fig: go.Figure) -> go.Figure:
+    """Return ``fig`` with the shared look (changed in place)."""
+    fig.update_layout(paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)")
+    fig.update_xaxes(gridcolor=GRID, zerolinecolor=GRID, linecolor=GRID)
+    fig.update_yaxes(gridcolor=GRID, zerolinecolor=GRID, linecolor=GRID)
+    return fig

@@ -1,0 +1,29 @@
+"""The model card's SVG figures: valid SVG, a colour bar over the data's range, a value axis."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from heterogui.export.card import bars_svg, heatmap_svg
+
+NS = "{http://www.w3.org/2000/svg}"
+
+
+def _texts(svg: str) -> list[str]:
+    return [t.text for t in ET.fromstring(svg).iter(f"{NS}text")]
+
+
+def test_heatmap_colours_span_the_data_and_the_colour_bar_names_the_range():
+    z = [[0.91, 0.95], [0.93, 0.99], [0.92, 0.97]]
+    svg = heatmap_svg(z, [(0, 0), (1, 1), (2, 1)], "CKA")
+    texts = _texts(svg)
+    assert "0.990" in texts and "0.910" in texts and "CKA" in texts
+    cells = [r for r in ET.fromstring(svg).iter(f"{NS}rect") if r.find(f"{NS}title") is not None]
+    fills = {r.find(f"{NS}title").text.split(": ")[1]: r.get("fill") for r in cells}
+    assert fills["0.910"] == "#440154" and fills["0.990"] == "#fde725"  # the scale's two ends
+    assert len(set(fills.values())) == 6  # a narrow range still gives six distinct colours
+
+
+def test_bars_have_a_value_axis_in_readable_units():
+    svg = bars_svg(["block1", "block2"], {"A": [64, 128], "merged": [96, 2_500_000]}, "w")
+    assert {"0", "1.25M", "2.5M"} <= set(_texts(svg))

@@ -1,0 +1,52 @@
+"""The workbench figures: what they show on the numbers given (no browser)."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from heterogui.ui.fig_eval import history_figure, sizes_figure
+from heterogui.ui.figstyle import style
+
+
+def _row(merge: int, pair: str, params: int, score: float) -> dict:
+    return {
+        "merge": merge,
+        "pair": pair,
+        "parameters": params,
+        "score": score,
+        "rho": 1.0,
+        "alpha": 0.5,
+        "beta": 1.0,
+        "stop": None,
+    }
+
+
+def test_history_plots_only_the_current_pair_and_names_the_rest():
+    history = [
+        _row(1, "digits", 447_465, 91.2),
+        _row(2, "minilm", 22_000_000, 0.81),
+        _row(3, "digits", 447_466, 93.0),
+    ]
+    fig = history_figure(history, "Joint %", "digits")
+    (trace,) = fig.data
+    assert list(trace.x) == [447_465, 447_466] and list(trace.y) == [91.2, 93.0]
+    assert list(trace.text) == ["#1", "#3"]
+    assert "1 of other pairs" in fig.layout.title.text
+    assert fig.layout.xaxis.tickformat == "~s"  # 447k, not 447.4655k
+    many = [_row(k, "digits", 1000 + k, 50.0) for k in range(20)]
+    assert history_figure(many, "Joint %", "digits").data[0].mode == "markers"  # no label pile-up
+
+
+def test_sizes_without_flops_say_so_instead_of_an_empty_axis():
+    sizes = {n: {"parameters": p, "flops": None} for n, p in (("A", 10), ("B", 20), ("merged", 25))}
+    fig = sizes_figure(sizes)
+    assert len(fig.data) == 1 and list(fig.data[0].y) == [10, 20, 25]
+    assert "not counted" in fig.layout.annotations[1].text
+    assert fig.layout.xaxis2.visible is False and fig.layout.yaxis2.visible is False
+    sizes["A"]["flops"] = 5
+    assert len(sizes_figure(sizes).data) == 2
+
+
+def test_style_makes_backgrounds_transparent():
+    fig = style(go.Figure(go.Scatter(x=[0, 1], y=[1, 2])))
+    assert fig.layout.paper_bgcolor == fig.layout.plot_bgcolor == "rgba(0,0,0,0)"
