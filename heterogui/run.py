@@ -78,6 +78,11 @@ class RunResult:
         return task_of(self.pair.task)
 
 
+def within(progress: Progress, lo: float, hi: float) -> Progress:
+    """Return a progress callback that maps a step's 0..1 onto ``lo..hi`` of ``progress``."""
+    return lambda stage, frac: progress(stage, lo + (hi - lo) * frac)
+
+
 def guarded(progress: Progress | None, cancel: Callable[[], bool] | None) -> Progress:
     """Return a progress callback that stops the run (Cancelled) once ``cancel()`` is true.
 
@@ -182,14 +187,18 @@ def analyse(pair: Pair, calibration: Calibration, **options: Any) -> Prepared:
     return prepare(pair.a.net, pair.b.net, calibration.batches, **options)
 
 
-def evaluate_models(pair: Pair, prepared: Prepared, evaluation: Evaluation) -> dict[str, Any]:
-    """Return the task's scores of "a", "b" and "ensemble"."""
-    return task_of(pair.task).score_models(prepared, evaluation, pair)
+def evaluate_models(
+    pair: Pair, prepared: Prepared, evaluation: Evaluation, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Return the task's scores of "a", "b" and "ensemble" (progress: "evaluate", share)."""
+    return task_of(pair.task).score_models(prepared, evaluation, pair, progress)
 
 
-def evaluate_merge(pair: Pair, result: MergeResult, evaluation: Evaluation) -> Any:
-    """Return the task's scores of the merged model."""
-    return task_of(pair.task).score_merged(result, evaluation, pair)
+def evaluate_merge(
+    pair: Pair, result: MergeResult, evaluation: Evaluation, progress: Progress | None = None
+) -> Any:
+    """Return the task's scores of the merged model (progress: "evaluate", share done)."""
+    return task_of(pair.task).score_merged(result, evaluation, pair, progress)
 
 
 def transformer_spec(pair: Pair) -> TransformerSpec | None:
@@ -296,9 +305,8 @@ def merge(
         )
     scores = None
     if evaluation is not None:
-        report("evaluate", 0.0)
-        scores = {**evaluate_models(pair, prepared, evaluation)}
-        scores["merged"] = evaluate_merge(pair, result, evaluation)
+        scores = {**evaluate_models(pair, prepared, evaluation, within(report, 0.0, 0.75))}
+        scores["merged"] = evaluate_merge(pair, result, evaluation, within(report, 0.75, 1.0))
     facts = merge_report(result, done, seconds, task, scores, calibration.count)
     facts["timings_seconds"]["evaluation"] = time.perf_counter() - start - seconds
     return RunResult(result, done, facts, pair, calibration, evaluation, scores)

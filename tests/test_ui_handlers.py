@@ -409,3 +409,19 @@ def test_a_vit_pair_runs_end_to_end_with_image_panels(res, tmp_path):
     out = tmp_path / "vit"
     tab_export.on_export(vit, res, str(out), False)
     assert json.loads((out / "config.json").read_text())["heterogui"] == "merged"
+
+
+def test_evaluation_progress_reports_true_shares_of_the_work(session, res):
+    calls = []
+    task, prep = session.task, session.prepared
+    task.score_models(prep, session.evaluation, session.pair, lambda *c: calls.append(c))
+    n_a = sum(p.numel() for p in prep.net_a.module.parameters())
+    n_b = sum(p.numel() for p in prep.net_b.module.parameters())
+    total = 2 * (n_a + n_b)  # A, B, then both again for the ensemble
+    assert [s for s, _ in calls] == ["evaluate"] * 4
+    assert [f for _, f in calls] == pytest.approx([0, n_a / total, (n_a + n_b) / total, 1])
+    merge(session, res)
+    calls.clear()
+    session.merged_metrics = None
+    assert work.evaluate_pending(session, res, lambda *c: calls.append(c))
+    assert calls == [("evaluate", 0.0), ("evaluate", 1.0)]

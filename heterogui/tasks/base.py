@@ -11,12 +11,15 @@ branches on dataset names (docs/architecture.md).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from heterogui.config import DataRef
 from heterogui.errors import ConfigError
-from heterogui.pipeline import MergeResult, Prepared
+from heterogui.pipeline import MergeResult, Prepared, Progress
 from heterogui.sources.base import Pair
 
 # Panels of the workbench's Evaluate tab (heterogui.ui.tab_evaluate draws them).
@@ -80,12 +83,16 @@ class Task(ABC):
         """Draw the evaluation data (checking a recorded sha256)."""
 
     @abstractmethod
-    def score_models(self, prepared: Prepared, ev: Evaluation, pair: Pair) -> dict[str, Any]:
-        """Return the scores of "a", "b" and "ensemble"."""
+    def score_models(
+        self, prepared: Prepared, ev: Evaluation, pair: Pair, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Return the scores of "a", "b" and "ensemble" (progress: "evaluate", share done)."""
 
     @abstractmethod
-    def score_merged(self, result: MergeResult, ev: Evaluation, pair: Pair) -> Any:
-        """Return the scores of the merged model."""
+    def score_merged(
+        self, result: MergeResult, ev: Evaluation, pair: Pair, progress: Progress | None = None
+    ) -> Any:
+        """Return the scores of the merged model (progress: "evaluate", share done)."""
 
     @abstractmethod
     def columns(self, scores: Any) -> dict[str, float | None]:
@@ -134,3 +141,26 @@ def task_of(kind: str) -> Task:
     if kind not in TASKS:
         raise ConfigError(f"no task {kind!r}; known: {sorted(TASKS)}")
     return TASKS[kind]
+
+
+def size_of(module: torch.nn.Module) -> int:
+    """Return a module's parameter count (the weight of its share of an evaluation)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def progress_steps(
+    progress: Progress | None, weights: dict[str, float]
+) -> Callable[[str | None], None]:
+    """Return ``mark(step)``: report the share of the work done before ``step`` (None: all).
+
+    weights: each step's cost in order (e.g. the parameters a model runs); the fractions
+    reported are true shares of the work, so a slow model does not sit at 0 %.
+    """
+    order, total = list(weights), sum(weights.values()) or 1.0
+
+    def mark(step: str | None) -> None:
+        if progress is not None:
+            done = total if step is None else sum(weights[k] for k in order[: order.index(step)])
+            progress("evaluate", done / total)
+
+    return mark

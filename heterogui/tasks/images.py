@@ -19,7 +19,7 @@ from heterogui.datasets.images import DATASETS, Split, task_subset
 from heterogui.datasets.refs import is_text, load_inputs, make_batches, tensor_data_sha256
 from heterogui.errors import ConfigError
 from heterogui.models.family import Head, Network
-from heterogui.pipeline import MergeResult, Prepared
+from heterogui.pipeline import MergeResult, Prepared, Progress
 from heterogui.sources.base import IMAGE_CLASSIFICATION, Pair
 from heterogui.tasks.base import (
     METRICS,
@@ -28,7 +28,9 @@ from heterogui.tasks.base import (
     Calibration,
     Evaluation,
     Task,
+    progress_steps,
     register,
+    size_of,
 )
 from heterogui.tasks.classification import (
     Metrics,
@@ -194,21 +196,33 @@ class ImageClassification(Task):
         done = dataclasses.replace(ref, sha256=tensor_data_sha256(inputs, labels))
         return Evaluation(done, task_subset(split, _classes(pair)))
 
-    def score_models(self, prepared: Prepared, ev: Evaluation, pair: Pair) -> dict[str, Metrics]:
+    def score_models(
+        self, prepared: Prepared, ev: Evaluation, pair: Pair, progress: Progress | None = None
+    ) -> dict[str, Metrics]:
         """Return the metrics of A alone, B alone and their ensemble."""
-        dev = prepared.device
-        return {
-            which: evaluate_models(prepared.net_a, prepared.net_b, which, ev.data, EVAL_BATCH, dev)
-            for which in ("a", "b", "ensemble")
-        }
+        net_a, net_b, dev = prepared.net_a, prepared.net_b, prepared.device
+        n_a, n_b = size_of(net_a.module), size_of(net_b.module)
+        mark = progress_steps(progress, {"a": n_a, "b": n_b, "ensemble": n_a + n_b})
+        scores = {}
+        for which in ("a", "b", "ensemble"):
+            mark(which)
+            scores[which] = evaluate_models(net_a, net_b, which, ev.data, EVAL_BATCH, dev)
+        mark(None)
+        return scores
 
-    def score_merged(self, result: MergeResult, ev: Evaluation, pair: Pair) -> Metrics:
+    def score_merged(
+        self, result: MergeResult, ev: Evaluation, pair: Pair, progress: Progress | None = None
+    ) -> Metrics:
         """Return the metrics of the merged model (one head per task)."""
         heads_a, heads_b = result.spec.heads
+        mark = progress_steps(progress, {"merged": 1.0})
+        mark("merged")
         with torch.no_grad():
-            return evaluate_merged(
+            scores = evaluate_merged(
                 result.model, ev.data, heads_a, heads_b, EVAL_BATCH, result.prepared.device
             )
+        mark(None)
+        return scores
 
     def columns(self, scores: Metrics | None) -> dict[str, float | None]:
         """Return Joint, per-task and Avg in percent (two tasks: "Task A", "Task B")."""

@@ -28,10 +28,19 @@ from heterogui.datasets.sentence_pairs import Pair
 from heterogui.errors import ConfigError
 from heterogui.models.bert_modules import mean_pool
 from heterogui.models.capture import to_device
-from heterogui.pipeline import MergeResult, Prepared
+from heterogui.pipeline import MergeResult, Prepared, Progress
 from heterogui.sources.base import SENTENCE_SIMILARITY
 from heterogui.sources.base import Pair as ModelPair
-from heterogui.tasks.base import SIMILARITY, SPEARMAN, Calibration, Evaluation, Task, register
+from heterogui.tasks.base import (
+    SIMILARITY,
+    SPEARMAN,
+    Calibration,
+    Evaluation,
+    Task,
+    progress_steps,
+    register,
+    size_of,
+)
 
 Embedder = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 CALIBRATION_SIZE = 64  # MiniLM's feature pass takes ~20 s for 256 sentences on 2 CPU cores
@@ -193,7 +202,9 @@ class SentenceSimilarity(Task):
         done = dataclasses.replace(ref, sha256=text_sha256(pair_lines(pairs)))
         return Evaluation(done, pairs)
 
-    def score_models(self, prepared: Prepared, ev: Evaluation, pair: ModelPair) -> dict[str, float]:
+    def score_models(
+        self, prepared: Prepared, ev: Evaluation, pair: ModelPair, progress: Progress | None = None
+    ) -> dict[str, float]:
         """Return the Spearman of A, B and their ensemble (concatenated embeddings)."""
         a, b, dev = prepared.net_a.module, prepared.net_b.module, prepared.device
         tok = tokenizer_of(pair)
@@ -202,17 +213,28 @@ class SentenceSimilarity(Task):
             "b": network_embedder(b),
             "ensemble": ensemble_embedder(a, b),
         }
-        return {k: sts_spearman(e, tok, ev.data, dev) for k, e in embedders.items()}
+        n_a, n_b = size_of(a), size_of(b)
+        mark = progress_steps(progress, {"a": n_a, "b": n_b, "ensemble": n_a + n_b})
+        scores = {}
+        for k, e in embedders.items():
+            mark(k)
+            scores[k] = sts_spearman(e, tok, ev.data, dev)
+        mark(None)
+        return scores
 
     def score_merged(
-        self, result: MergeResult, ev: Evaluation, pair: ModelPair
+        self, result: MergeResult, ev: Evaluation, pair: ModelPair, progress: Progress | None = None
     ) -> dict[str, float]:
         """Return the merged model's Spearman: exported trunk ("merged"), "head A", "head B"."""
         tok, dev = tokenizer_of(pair), result.prepared.device
-        return {
-            k: round(sts_spearman(e, tok, ev.data, dev), 4)
-            for k, e in merged_embedders(result.model).items()
-        }
+        embedders = merged_embedders(result.model)
+        mark = progress_steps(progress, dict.fromkeys(embedders, 1.0))
+        scores = {}
+        for k, e in embedders.items():
+            mark(k)
+            scores[k] = round(sts_spearman(e, tok, ev.data, dev), 4)
+        mark(None)
+        return scores
 
     def columns(self, scores: Any) -> dict[str, float | None]:
         """Return the Spearman column (merged models: the exported trunk's)."""

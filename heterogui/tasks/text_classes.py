@@ -22,9 +22,18 @@ from heterogui.datasets.text_tasks import TASK_CLASSES, label_id, make_task
 from heterogui.errors import ConfigError, ModelLoadError
 from heterogui.models.capture import to_device
 from heterogui.models.family import Head
-from heterogui.pipeline import MergeResult, Prepared
+from heterogui.pipeline import MergeResult, Prepared, Progress
 from heterogui.sources.base import TEXT_CLASSIFICATION, Pair
-from heterogui.tasks.base import METRICS, SWEEP, Calibration, Evaluation, Task, register
+from heterogui.tasks.base import (
+    METRICS,
+    SWEEP,
+    Calibration,
+    Evaluation,
+    Task,
+    progress_steps,
+    register,
+    size_of,
+)
 from heterogui.tasks.classification import Metrics, score_outputs
 from heterogui.tasks.images import IMAGES, heads_disjoint
 from heterogui.tasks.sentences import SENTENCES, is_sentences, text_calibration, tokenizer_of
@@ -159,25 +168,36 @@ class TextClassification(Task):
         check_text_hash(ref, lines)
         return Evaluation(dataclasses.replace(ref, sha256=text_sha256(lines)), kept)
 
-    def score_models(self, prepared: Prepared, ev: Evaluation, pair: Pair) -> dict[str, Metrics]:
+    def score_models(
+        self, prepared: Prepared, ev: Evaluation, pair: Pair, progress: Progress | None = None
+    ) -> dict[str, Metrics]:
         """Return the metrics of A alone, B alone and their ensemble (each model runs once)."""
         a, b, dev = prepared.net_a, prepared.net_b, prepared.device
         tok, sentences, labels = tokenizer_of(pair), ev.data.sentences, ev.data.labels
         heads = (a.task_heads(), b.task_heads())
+        mark = progress_steps(progress, {"a": size_of(a.module), "b": size_of(b.module)})
+        mark("a")
         (out_a,) = run_outputs(lambda batch: a.module(**batch), tok, sentences, dev)
+        mark("b")
         (out_b,) = run_outputs(lambda batch: b.module(**batch), tok, sentences, dev)
+        mark(None)
         return {
             "a": score_outputs([out_a, None], heads, labels),
             "b": score_outputs([None, out_b], heads, labels),
             "ensemble": score_outputs([out_a, out_b], heads, labels),
         }
 
-    def score_merged(self, result: MergeResult, ev: Evaluation, pair: Pair) -> Metrics:
+    def score_merged(
+        self, result: MergeResult, ev: Evaluation, pair: Pair, progress: Progress | None = None
+    ) -> Metrics:
         """Return the metrics of the merged model (one head per task)."""
         model, dev = result.model, result.prepared.device
+        mark = progress_steps(progress, {"merged": 1.0})
+        mark("merged")
         outputs = run_outputs(
             lambda batch: model(**batch), tokenizer_of(pair), ev.data.sentences, dev
         )
+        mark(None)
         return score_outputs(outputs, result.spec.heads, ev.data.labels)
 
     def columns(self, scores: Metrics | None) -> dict[str, float | None]:

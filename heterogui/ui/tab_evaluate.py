@@ -293,7 +293,7 @@ def on_evaluate(session: Session, res: Resources, progress=None) -> str:
         return "Nothing merged yet: the table shows A, B and their ensemble. Press Merge."
     if session.evaluation is None:
         return f"Merge #{session.merge_count}: no evaluation data for these models."
-    computed = work.evaluate_pending(session, res)
+    computed = work.evaluate_pending(session, res, progress)
     task = session.task
     cols = task.columns(session.merged_metrics)
     shown = ", ".join(f"{k} {v}" for k, v in cols.items() if v is not None) or "no scores"

@@ -145,7 +145,7 @@ def analysis(
     if ref is not None:
         report("evaluate", 0.0)
         evaluation = res.evaluation((cache_key, ref), lambda: task.evaluation(ref, pair))
-        baseline = run.evaluate_models(pair, prepared, evaluation)
+        baseline = run.evaluate_models(pair, prepared, evaluation, report)
     return calibration, evaluation, prepared, baseline
 
 
@@ -166,11 +166,11 @@ def analyse(session: Session, res: Resources, progress: Progress | None = None) 
     return session
 
 
-def metrics_of(session: Session, result: MergeResult) -> Any:
+def metrics_of(session: Session, result: MergeResult, progress: Progress | None = None) -> Any:
     """Return the merged model's scores on the pair's evaluation data (None: no such data)."""
     if session.evaluation is None:
         return None
-    return run.evaluate_merge(session.pair, result, session.evaluation)
+    return run.evaluate_merge(session.pair, result, session.evaluation, progress)
 
 
 def parse_mapping(text: str) -> dict[str, list[list[int]]]:
@@ -285,8 +285,7 @@ def merge(
     result = zip_prepared(prepared, settings, progress=report)
     metrics = None
     if evaluate:
-        report("evaluate", 0.0)
-        metrics = metrics_of(session, result)
+        metrics = metrics_of(session, result, report)
     size = merge_size(result)
     seconds = time.perf_counter() - start
     session.check_cancel()
@@ -306,7 +305,7 @@ def commit_merge(
     session.history.append(history_row(session, result, metrics, size, seconds))
 
 
-def evaluate_pending(session: Session, res: Resources) -> bool:
+def evaluate_pending(session: Session, res: Resources, progress: Progress | None = None) -> bool:
     """Score the current merge if its scores are missing; return whether it did.
 
     The history row of that merge gets the scores too.
@@ -314,7 +313,7 @@ def evaluate_pending(session: Session, res: Resources) -> bool:
     result = session.result
     if result is None or session.merged_metrics is not None or session.evaluation is None:
         return False
-    metrics = metrics_of(session, result)
+    metrics = metrics_of(session, result, guarded(session, progress))
     if session.result is not result or metrics is None:  # a newer merge came in meanwhile
         return False
     session.merged_metrics = metrics
