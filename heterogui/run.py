@@ -11,10 +11,11 @@ defined here: ``load_pair``, ``calibrate``, ``analyse``, ``evaluate_models`` / `
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -374,6 +375,9 @@ def merge_networks(
     return zip_prepared(prepared, settings, dtype, progress)
 
 
+SWEEP_KNOBS = ("rho", "alpha", "beta", "stop")
+
+
 def sweep(
     pair: Pair,
     prepared: Prepared,
@@ -382,25 +386,50 @@ def sweep(
     rhos: list[float],
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
-    """Re-merge at every zip ratio in ``rhos`` (other settings kept); return sizes and scores.
+    """Re-merge at every zip ratio in ``rhos`` (other settings kept); see ``sweep_grid``."""
+    return sweep_grid(pair, prepared, settings, evaluation, {"rho": rhos}, progress)
 
-    A rho the settings cannot reach (a matcher error) is skipped.
+
+def sweep_grid(
+    pair: Pair,
+    prepared: Prepared,
+    settings: ZipSettings,
+    evaluation: Evaluation | None,
+    axes: dict[str, Sequence[float]],
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Re-merge at every combination of the knob values in ``axes``; return sizes and scores.
+
+    axes: knob ("rho", "alpha", "beta", "stop") -> its values; the other settings are kept.
+    Every point holds its knob values, the merge's sizes (``merge_size``), the task's columns
+    and "score" (its headline). A point the settings cannot reach (a matcher error) is skipped.
 
     Raises:
+        ConfigError: an unknown knob or no values.
         Cancelled: through ``progress``.
     """
+    unknown = sorted(set(axes) - set(SWEEP_KNOBS))
+    if unknown or not axes or not all(axes.values()):
+        raise ConfigError(
+            f"a sweep takes values for one or two of {list(SWEEP_KNOBS)}, got {unknown or axes}"
+        )
     task = task_of(pair.task)
+    combos = list(itertools.product(*axes.values()))
     points = []
-    for k, rho in enumerate(rhos):
+    for k, values in enumerate(combos):
         if progress is not None:
-            progress("sweep", k / len(rhos))
+            progress("sweep", k / len(combos))
+        knobs = {
+            name: int(v) if name == "stop" else float(v)
+            for name, v in zip(axes, values, strict=True)
+        }
         try:
-            result = zip_prepared(prepared, dataclasses.replace(settings, rho=float(rho)))
+            result = zip_prepared(prepared, dataclasses.replace(settings, **knobs))
         except (ConfigError, MatcherError) as exc:
-            log.info("sweep point rho=%s skipped: %s", rho, exc)
+            log.info("sweep point %s skipped: %s", knobs, exc)
             continue
         scores = evaluate_merge(pair, result, evaluation) if evaluation is not None else None
-        point = {"rho": float(rho), **merge_size(result)}
+        point = {**knobs, **merge_size(result)}
         point.update(task.columns(scores))
         point["score"] = task.headline(scores)
         points.append(point)

@@ -123,9 +123,35 @@ def read_results(page) -> None:
     assert page.locator("#samples").get_by_text("merged:").count() > 0
 
 
+def pick(page, elem_id: str, text: str) -> None:
+    """Choose the option containing ``text`` in the dropdown ``#elem_id``."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option").filter(has_text=text).first.click()
+    page.wait_for_timeout(200)
+
+
+def compare_and_sweep(page) -> None:
+    """Compare merges #1 and #2, run the 2-D sweep, load its best cell."""
+    open_tab(page, "6 Compare")
+    pick(page, "compare-left", "#1 ")
+    pick(page, "compare-right", "#2 ")
+    page.locator("#compare-merges").click()
+    wait_status(page, "Comparing merge #1 with #2")
+    table = page.locator("#compare-table")
+    table.get_by_text("#2 − #1").wait_for(timeout=TIMEOUT_MS)
+    assert table.get_by_text("parameters (effective)").count() == 1
+    page.locator("#run-grid").click()
+    wait_status(page, "2-D sweep: 25 merges")
+    page.locator("#grid-plot .js-plotly-plot").wait_for(timeout=TIMEOUT_MS)
+    page.locator("#grid-cell input").click()
+    page.get_by_role("option").first.click()
+    page.locator("#grid-load").click()
+    wait_status(page, "loaded and merged")
+
+
 def export(page, out: Path) -> None:
     """Export the merge to ``out`` from the Export tab."""
-    open_tab(page, "6 Export")
+    open_tab(page, "7 Export")
     page.locator("#export-dir textarea, #export-dir input").first.fill(str(out))
     page.locator("#export").click()
     wait_status(page, "Exported to")
@@ -150,6 +176,8 @@ def test_a_newcomer_merges_and_exports(url, chromium_browser, tmp_path):
     shot("neurons", full_page=False)
     read_results(page)
     shot("evaluate")
+    compare_and_sweep(page)
+    shot("compare")
     export(page, tmp_path / "export")
     shot("export")
     page.close()

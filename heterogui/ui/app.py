@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from heterogui.errors import Cancelled, HeteroguiError, excerpt  # noqa: E402
 from heterogui.ui import (  # noqa: E402
     tab_align,
+    tab_compare,
     tab_evaluate,
     tab_export,
     tab_models,
@@ -43,6 +44,7 @@ TABS = {
     "neurons": tab_neurons,
     "zip": tab_zip,
     "evaluate": tab_evaluate,
+    "compare": tab_compare,
     "export": tab_export,
 }
 SCOPES = (*TABS, "knobs")
@@ -60,7 +62,8 @@ INTRO = (
     "# heterogui workbench\n"
     "Merge two models of different depth and width without training: **1 Models** (pick A "
     "and B) → **2 Alignment** (which layers pair up) → **3 Neurons** (which neurons merge) → "
-    "**4 Zip** (tune and merge) → **5 Evaluate** (A, B, merged side by side) → **6 Export**."
+    "**4 Zip** (tune and merge) → **5 Evaluate** (A, B, merged side by side) → **6 Compare** "
+    "(two merges, a 2-D sweep) → **7 Export**."
 )
 
 
@@ -193,9 +196,18 @@ def new_session() -> Session:
     return Session()
 
 
+class ComponentNames(dict):
+    """The components by name; a name given twice (two tabs, one key) is a bug caught at build."""
+
+    def __setitem__(self, name: str, component: Any) -> None:
+        if name in self:
+            raise KeyError(f"two components are named {name!r}: rename one")
+        super().__setitem__(name, component)
+
+
 def build_app(res: Resources, heavy_limit: int = 2) -> gr.Blocks:
     """Return the workbench Blocks (not launched). ``heavy_limit``: concurrent heavy events."""
-    ui: dict[str, Any] = {}
+    ui: dict[str, Any] = ComponentNames()
     with gr.Blocks(title="heterogui workbench", analytics_enabled=False) as demo:
         gr.Markdown(INTRO)
         state = gr.State(new_session)  # called per browser session: never shared
@@ -213,7 +225,8 @@ def build_app(res: Resources, heavy_limit: int = 2) -> gr.Blocks:
                 ("neurons", "3 Neurons"),
                 ("zip", "4 Zip"),
                 ("evaluate", "5 Evaluate"),
-                ("export", "6 Export"),
+                ("compare", "6 Compare"),
+                ("export", "7 Export"),
             ):
                 with gr.Tab(title, id=key):
                     TABS[key].build(ui, res)

@@ -60,6 +60,11 @@ class Session:
     cancel_requested: bool = False
     running: bool = False
     compare: list[str] = field(default_factory=list)  # sentences of the similarity matrices
+    details: dict[int, dict[str, Any]] = field(default_factory=dict)  # per merge: widths, pairs
+    kept: dict[int, MergeResult] = field(default_factory=dict)  # merges still in memory
+    pinned: list[int] = field(default_factory=list)  # the two merges the Compare tab shows
+    grid: list[dict[str, Any]] = field(default_factory=list)  # the 2-D sweep's points
+    grid_knob: str = "beta"  # the 2-D sweep's second knob
     workdir: str | None = None  # this session's folder for uploads and pasted sentences
 
     @property
@@ -95,6 +100,8 @@ class Session:
         self.reference_sizes = None
         self.baseline = {}
         self.sweep = []
+        self.grid = []
+        self.kept = {}
 
     def check_cancel(self) -> None:
         """Raise Cancelled if the user asked to stop (and reset the request).

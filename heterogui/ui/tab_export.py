@@ -1,4 +1,4 @@
-"""Tab 6, Export: write the merge (safetensors, config, recipe, report, model card) and import
+"""Tab 7, Export: write the merge (safetensors, config, recipe, report, model card) and import
 a recipe to repeat a merge exactly.
 """
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from typing import Any
 
 import gradio as gr
@@ -16,7 +15,7 @@ from heterogui.errors import ConfigError
 from heterogui.pipeline import resolve_device
 from heterogui.sizes import STORED_REASON, estimate, merge_size, reference_sizes
 from heterogui.ui import work
-from heterogui.ui.fig_eval import sizes_figure, widths_figure
+from heterogui.ui.fig_eval import natural_key, sizes_figure, widths_figure
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 from heterogui.ui.tab_evaluate import on_evaluate_pending
@@ -155,11 +154,6 @@ def readout(session: Session) -> dict[str, Any]:
         widths, exact = est["widths"], False
     widths = {k: widths[k] for k in sorted(widths, key=natural_key)}
     return {"sizes": sizes, "widths": widths, "exact": exact, "scores": _scores(session, exact)}
-
-
-def natural_key(name: str) -> tuple:
-    """Return a sort key that puts block2 before block10."""
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
 
 def _scores(session: Session, exact: bool) -> dict[str, Any]:
@@ -381,7 +375,7 @@ def on_clear_overrides(session: Session, res: Resources, progress=None) -> str:
 def wire(ui: dict[str, Any], on) -> None:
     """Register the tab's events."""
     knobs = list(KNOBS)
-    merged_scopes = ("zip", "neurons", "evaluate", "export")
+    merged_scopes = ("zip", "neurons", "evaluate", "compare", "export")
     for name in ("alpha", "beta", "rho", "stop"):
         on(ui[name].input, on_knobs, knobs, ("zip",), "zip" if name == "rho" else None, light=True)
         released = on(
@@ -397,7 +391,7 @@ def wire(ui: dict[str, Any], on) -> None:
             released.success,
             on_evaluate_pending,
             [],
-            ("zip", "evaluate", "export"),
+            ("zip", "evaluate", "compare", "export"),
             None,
             heavy=True,
         )

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from heterogui import run
-from heterogui.align.alignment import align
+from heterogui.align.alignment import align, layer_pairs
 from heterogui.config import DataRef, load_yaml
 from heterogui.errors import AlignmentError, ConfigError
 from heterogui.pipeline import (
@@ -36,6 +36,7 @@ from heterogui.ui.session import Session
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
+KEEP_RESULTS = 4  # recent merges kept in memory (besides the two the Compare tab shows)
 MAX_MAPPING_CHARS = 20_000  # thousands of layers' slots; a longer text is not a mapping
 
 
@@ -303,6 +304,23 @@ def commit_merge(
     if session.sweep_key != sweep_key(result.settings, result.alignment):
         session.sweep = []
     session.history.append(history_row(session, result, metrics, size, seconds))
+    keep_result(session, result)
+
+
+def keep_result(session: Session, result: MergeResult) -> None:
+    """Record the merge's widths and layer pairs; keep it (and the pinned ones) in memory.
+
+    Only the ``KEEP_RESULTS`` newest merges and the two the Compare tab shows stay in memory.
+    """
+    n, prep = session.merge_count, result.prepared
+    session.details[n] = {
+        "widths": result.widths(),
+        "pairs": layer_pairs(result.alignment, prep.net_a.graph(), prep.net_b.graph()),
+    }
+    session.kept[n] = result
+    recent = sorted(session.kept)[-KEEP_RESULTS:]
+    for old in [m for m in session.kept if m not in recent and m not in session.pinned]:
+        del session.kept[old]
 
 
 def evaluate_pending(session: Session, res: Resources, progress: Progress | None = None) -> bool:

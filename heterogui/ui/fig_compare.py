@@ -1,0 +1,120 @@
+"""Figures of the Compare tab: two merges' widths, and the 2-D sweep's score map.
+
+Pure functions: plain numbers in, plotly figures out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+
+from heterogui.ui.fig_eval import MODEL_COLOURS, natural_key
+
+MERGE_COLOURS = ("#2ca02c", "#17becf")
+
+
+def compare_widths_figure(widths: dict[str, dict[str, tuple[int, int, int]]]) -> go.Figure:
+    """Return A's and B's widths (lines) and each merge's width (bars) at every merge point.
+
+    widths: merge label -> merge point -> (n_A, n_B, merged width).
+    """
+    first = next(iter(widths.values()))
+    spaces = sorted({s for w in widths.values() for s in w}, key=natural_key)
+    fig = go.Figure()
+    for k, (label, per_space) in enumerate(widths.items()):
+        fig.add_trace(
+            go.Bar(
+                x=spaces,
+                y=[per_space[s][2] if s in per_space else None for s in spaces],
+                name=f"merge {label}",
+                marker_color=MERGE_COLOURS[k % len(MERGE_COLOURS)],
+            )
+        )
+    for idx, name in ((0, "A"), (1, "B")):
+        fig.add_trace(
+            go.Scatter(
+                x=spaces,
+                y=[first[s][idx] if s in first else None for s in spaces],
+                name=name,
+                mode="markers",
+                marker={
+                    "symbol": "line-ew-open",
+                    "size": 34,
+                    "color": MODEL_COLOURS[name],
+                    "line": {"width": 3, "color": MODEL_COLOURS[name]},
+                },
+            )
+        )
+    fig.update_layout(
+        barmode="group",
+        height=320,
+        margin={"l": 50, "r": 20, "t": 40, "b": 60},
+        legend={"orientation": "h", "y": -0.25},
+        yaxis={"title": "width"},
+    )
+    return fig
+
+
+def grid_figure(
+    points: list[dict[str, Any]], knob: str, metric: str, current: tuple[float, float] | None
+) -> go.Figure:
+    """Return the score over rho (x) and ``knob`` (y) as a heat map, with size contours.
+
+    points: the sweep's points ("rho", ``knob``, "score", "parameters"); missing cells (settings
+    that could not be merged) stay empty. current: the (rho, knob) of the last merge, marked.
+    """
+    xs = sorted({p["rho"] for p in points})
+    ys = sorted({p[knob] for p in points})
+    at = {(p["rho"], p[knob]): p for p in points}
+
+    def grid(key: str) -> list[list[Any]]:
+        return [[at[(x, y)].get(key) if (x, y) in at else None for x in xs] for y in ys]
+
+    fig = go.Figure(
+        go.Heatmap(
+            x=xs,
+            y=ys,
+            z=grid("score"),
+            colorscale="Viridis",
+            colorbar={"title": {"text": metric}},
+            customdata=grid("parameters"),
+            hovertemplate=f"rho %{{x}}<br>{knob} %{{y}}<br>{metric} %{{z}}<br>"
+            "parameters %{customdata:,}<extra></extra>",
+            name=metric,
+        )
+    )
+    if len(xs) > 1 and len(ys) > 1:
+        fig.add_trace(
+            go.Contour(
+                x=xs,
+                y=ys,
+                z=grid("parameters"),
+                contours={"coloring": "none", "showlabels": True, "labelfont": {"color": "white"}},
+                line={"color": "white", "width": 1.5, "dash": "dot"},
+                showscale=False,
+                hoverinfo="skip",
+                name="parameters (effective)",
+                showlegend=True,
+            )
+        )
+    if current is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[current[0]],
+                y=[current[1]],
+                mode="markers",
+                marker={"symbol": "x", "size": 14, "color": "#ff4b4b"},
+                name="last merge",
+                hoverinfo="skip",
+            )
+        )
+    fig.update_layout(
+        title={"text": f"{metric} over rho × {knob} (contours: effective parameters)"},
+        xaxis={"title": "rho (0 = ensemble, 1 = full zip)"},
+        yaxis={"title": knob},
+        height=420,
+        margin={"l": 60, "r": 20, "t": 60, "b": 50},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return fig

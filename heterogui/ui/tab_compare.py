@@ -1,0 +1,329 @@
+"""Tab 6, Compare: two merges of this session side by side, and a 2-D sweep over two knobs.
+
+Compare: pick any two merges of the current pair; the tab shows their settings, sizes and
+scores, the merged width at every merge point, where their alignments differ and, for image
+classifiers, both merges' predictions on the same samples. The two picked merges stay in
+memory (``work.KEEP_RESULTS`` more recent ones too), so their samples can be redrawn.
+
+2-D sweep: re-merge over a grid of rho and a second knob (alpha, beta or the stop point) from
+the cached statistics, draw the task's score as a heat map with size contours, and load any
+cell's setting into the Zip tab (docs/method.md sec. 7 for the knobs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import gradio as gr
+import torch
+
+from heterogui import run
+from heterogui.errors import ConfigError
+from heterogui.tasks.base import SAMPLES, SWEEP
+from heterogui.ui import work
+from heterogui.ui.fig_compare import compare_widths_figure, grid_figure
+from heterogui.ui.fig_eval import samples_figure
+from heterogui.ui.resources import Resources
+from heterogui.ui.session import Session
+
+VIEWS = (
+    "compare_left",
+    "compare_right",
+    "compare_table",
+    "compare_widths",
+    "compare_alignment",
+    "compare_samples",
+    "grid_plot",
+    "grid_cell",
+    "grid_info",
+)
+GRID_RHOS = (0.0, 0.25, 0.5, 0.75, 1.0)
+GRID_VALUES = {"alpha": (0.1, 0.3, 0.5, 0.7, 0.9), "beta": (0.0, 0.25, 0.5, 0.75, 1.0)}
+GRID_KNOBS = ("alpha", "beta", "stop")
+SETTING_ROWS = ("alignment", "matcher", "alpha", "beta", "rho", "stop", "overrides")
+SIZE_ROWS = ("parameters", "stored parameters", "flops")
+
+
+def build(ui: dict[str, Any], res: Resources) -> None:
+    """Create the tab's components and register them in ``ui``."""
+    gr.Markdown(
+        "Pick two merges of this pair to see them side by side. Every merge is listed; the "
+        "two you compare stay in memory so their samples can be redrawn."
+    )
+    with gr.Row():
+        ui["compare_left"] = gr.Dropdown([], label="First merge", elem_id="compare-left")
+        ui["compare_right"] = gr.Dropdown([], label="Second merge", elem_id="compare-right")
+        ui["compare_merges"] = gr.Button("Compare", elem_id="compare-merges")
+    ui["compare_table"] = gr.Markdown(elem_id="compare-table")
+    with gr.Row():
+        ui["compare_widths"] = gr.Plot(label="Merged width per merge point")
+        ui["compare_alignment"] = gr.Markdown()
+    ui["compare_samples"] = gr.Plot(label="Both merges on the same samples")
+    gr.Markdown(
+        "### 2-D sweep\nRe-merges over a grid of rho and a second knob from the cached "
+        "statistics, and scores every merge: the colour is the task's score, the contours the "
+        "effective size. Pick a cell to load its setting and merge."
+    )
+    with gr.Row():
+        ui["grid_knob"] = gr.Dropdown(
+            list(GRID_KNOBS), value="beta", label="Second knob", elem_id="grid-knob"
+        )
+        ui["run_grid"] = gr.Button("Run 2-D sweep", elem_id="run-grid")
+    ui["grid_info"] = gr.Markdown()
+    ui["grid_plot"] = gr.Plot(label="Score over rho and the second knob", elem_id="grid-plot")
+    with gr.Row():
+        ui["grid_cell"] = gr.Dropdown([], label="Cell (best first)", elem_id="grid-cell")
+        ui["grid_load"] = gr.Button("Load this setting and merge", elem_id="grid-load")
+
+
+def _label(row: dict[str, Any], metric: str) -> str:
+    score = "not scored yet" if row.get("score") is None else f"{metric} {row['score']}"
+    return (
+        f"#{row['merge']} · rho {row['rho']} alpha {row['alpha']} beta {row['beta']} "
+        f"stop {row['stop']} · {score}"
+    )
+
+
+def merge_choices(session: Session) -> list[tuple[str, int]]:
+    """Return (label, merge number) of every merge of the current pair, newest first."""
+    metric = session.task.metric if session.task else ""
+    rows = [h for h in session.history if h.get("pair") == session.pair_name]
+    return [(_label(h, metric), h["merge"]) for h in reversed(rows)]
+
+
+def _row(session: Session, merge: int) -> dict[str, Any]:
+    return next(h for h in session.history if h["merge"] == merge)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def _difference(a: Any, b: Any) -> str:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return ""
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        d = b - a
+        return "" if d == 0 else (f"{d:+,}" if isinstance(d, int) else f"{d:+.4g}")
+    return "" if a == b else "differs"
+
+
+def compare_table(session: Session, left: int, right: int) -> str:
+    """Return a Markdown table of both merges' settings, sizes and scores, with differences."""
+    a, b = _row(session, left), _row(session, right)
+    task_rows = list(session.task.columns(None))
+    lines = [f"| | #{left} | #{right} | #{right} − #{left} |", "|---|---|---|---|"]
+    unit = " %" if session.task.metric.endswith("%") else ""
+    names = {"flops": "FLOPs (effective)", "parameters": "parameters (effective)"}
+    names.update({k: k + unit for k in task_rows})
+    for key in (*SETTING_ROWS, *SIZE_ROWS, *task_rows):
+        name = names.get(key, key)
+        va, vb = a.get(key), b.get(key)
+        lines.append(f"| {name} | {_cell(va)} | {_cell(vb)} | {_difference(va, vb)} |")
+    return "\n".join(lines)
+
+
+def alignment_text(session: Session, left: int, right: int) -> str:
+    """Return where the two merges' alignments differ (layer pairs only one of them has)."""
+    pa, pb = session.details[left]["pairs"], session.details[right]["pairs"]
+    only_a = [p for p in pa if p not in pb]
+    only_b = [p for p in pb if p not in pa]
+    if not only_a and not only_b:
+        return f"**Alignment**: the same layer pairs in both ({len(pa)} pairs)."
+
+    def names(pairs: list[tuple[int, int]]) -> str:
+        return ", ".join(f"A{i}–B{j}" for i, j in pairs) or "none"
+
+    return (
+        f"**Alignment differs.** Only in #{left}: {names(only_a)}. "
+        f"Only in #{right}: {names(only_b)}."
+    )
+
+
+def compare_samples(session: Session, left: int, right: int) -> Any:
+    """Return both merges' predictions on the chosen samples (None: not an image task)."""
+    if SAMPLES not in session.task.panels or session.evaluation is None:
+        return None
+    kept = [session.kept.get(left), session.kept.get(right)]
+    if any(r is None for r in kept):
+        return None
+    split = session.evaluation.data
+    ids = [i for i in session.samples if 0 <= i < len(split)][:6]
+    inputs = split.inputs[torch.tensor(ids, dtype=torch.long)]
+    labels = [int(split.labels[i]) for i in ids]
+    preds = session.task.predictions(kept[0].prepared, None, inputs)
+    for merge, result in zip((left, right), kept, strict=True):
+        preds[f"#{merge}"] = session.task.predictions(result.prepared, result, inputs)["merged"]
+    return samples_figure(inputs, labels, {k: preds[k] for k in preds if k != "ensemble"}, ids)
+
+
+def grid_cells(session: Session) -> list[tuple[str, int]]:
+    """Return (label, index) of every grid point, best score first."""
+    knob, metric = session.grid_knob, session.task.metric
+    order = sorted(
+        range(len(session.grid)),
+        key=lambda k: -(session.grid[k].get("score") or float("-inf")),
+    )
+    out = []
+    for k in order:
+        p = session.grid[k]
+        score = "—" if p.get("score") is None else p["score"]
+        label = f"rho {p['rho']:g} · {knob} {p[knob]:g}: {metric} {score}, "
+        out.append((label + f"{p['parameters']:,} parameters", k))
+    return out
+
+
+def render(session: Session, res: Resources) -> dict[str, Any]:
+    """Return the tab's view values for ``session``."""
+    empty = {name: None for name in VIEWS}
+    if session.prepared is None or session.task is None:
+        return {
+            **empty,
+            "compare_left": gr.update(choices=[], value=None),
+            "compare_right": gr.update(choices=[], value=None),
+            "grid_cell": gr.update(choices=[], value=None),
+            "compare_table": "Load and analyse a pair, then merge.",
+        }
+    choices = merge_choices(session)
+    numbers = [n for _, n in choices]
+    pinned = [m for m in session.pinned if m in numbers]
+    views = dict(empty)
+    views["compare_left"] = gr.update(choices=choices, value=pinned[0] if pinned else None)
+    views["compare_right"] = gr.update(
+        choices=choices, value=pinned[1] if len(pinned) > 1 else None
+    )
+    if len(pinned) == 2:
+        left, right = pinned
+        views["compare_table"] = compare_table(session, left, right)
+        widths = {f"#{m}": session.details[m]["widths"] for m in pinned}
+        views["compare_widths"] = compare_widths_figure(widths)
+        views["compare_alignment"] = alignment_text(session, left, right)
+        views["compare_samples"] = compare_samples(session, left, right)
+    elif len(numbers) < 2:
+        views["compare_table"] = "Merge at least twice to compare two merges."
+    else:
+        views["compare_table"] = "Pick two merges and press Compare."
+    views.update(_grid_views(session))
+    return views
+
+
+def _grid_views(session: Session) -> dict[str, Any]:
+    if SWEEP not in session.task.panels:
+        return {
+            "grid_info": f"The 2-D sweep scores 25 merges; for {session.task.title} it is not "
+            "offered (move the knobs on the Zip tab instead).",
+            "grid_cell": gr.update(choices=[], value=None),
+        }
+    if not session.grid:
+        return {"grid_info": "No 2-D sweep yet.", "grid_cell": gr.update(choices=[], value=None)}
+    settings = session.result.settings if session.result is not None else session.settings
+    current = (settings.rho, getattr(settings, session.grid_knob))
+    return {
+        "grid_plot": grid_figure(session.grid, session.grid_knob, session.task.metric, current),
+        "grid_cell": gr.update(choices=grid_cells(session), value=None),
+        "grid_info": f"{len(session.grid)} merges over rho × {session.grid_knob}; the other "
+        "settings as in the sweep's merge. Scores are on the pair's test data.",
+    }
+
+
+def on_compare(
+    session: Session, res: Resources, left: int | None, right: int | None, progress=None
+) -> str:
+    """Compare two merges of this pair (api: /compare)."""
+    work.require_prepared(session)
+    numbers = [n for _, n in merge_choices(session)]
+    for which, merge in (("first", left), ("second", right)):
+        if merge is None:
+            raise ConfigError(f"pick the {which} merge to compare (merges: {numbers or 'none'})")
+        if int(merge) not in numbers:
+            raise ConfigError(f"merge #{merge} is not a merge of this pair; pick one of {numbers}")
+    if int(left) == int(right):
+        raise ConfigError(f"pick two different merges (both are #{left})")
+    session.pinned = [int(left), int(right)]
+    missing = [m for m in session.pinned if m not in session.kept]
+    note = (
+        f" Merges {missing} are no longer in memory: their samples are not drawn."
+        if missing and SAMPLES in session.task.panels
+        else ""
+    )
+    return f"Comparing merge #{left} with #{right}.{note}"
+
+
+def grid_axes(session: Session, knob: str) -> dict[str, tuple]:
+    """Return the grid of a 2-D sweep: rho and ``knob`` (stop: up to 5 spread block indices).
+
+    Raises:
+        ConfigError: an unknown knob.
+    """
+    if knob not in GRID_KNOBS:
+        raise ConfigError(f"the second knob must be one of {list(GRID_KNOBS)}, not {knob!r}")
+    if knob == "stop":
+        n = session.prepared.padded_a.graph().num_blocks - 1
+        values = sorted({round(1 + k * (n - 1) / 4) for k in range(5)})
+        return {"rho": GRID_RHOS, "stop": tuple(values)}
+    return {"rho": GRID_RHOS, knob: GRID_VALUES[knob]}
+
+
+def on_grid(session: Session, res: Resources, knob: str, progress=None) -> str:
+    """Re-merge over rho × a second knob and score every merge (api: /grid)."""
+    prep = work.require_prepared(session)
+    if SWEEP not in session.task.panels:
+        raise ConfigError(
+            f"the 2-D sweep scores 25 merges; for {session.task.title} move the knobs on the "
+            "Zip tab instead"
+        )
+    axes = grid_axes(session, knob)
+    settings = session.result.settings if session.result is not None else session.settings
+    report = work.guarded(session, progress)
+    points = run.sweep_grid(session.pair, prep, settings, session.evaluation, axes, report)
+    session.grid, session.grid_knob = points, knob
+    skipped = len(axes["rho"]) * len(axes[knob]) - len(points)
+    more = f" ({skipped} settings could not be merged and are left out)" if skipped else ""
+    return f"2-D sweep: {len(points)} merges over rho × {knob}{more}. Pick a cell to load it."
+
+
+def on_grid_load(
+    session: Session, res: Resources, cell: int | None, device: str | None, progress=None
+) -> str:
+    """Load a grid cell's setting and merge with it (api: /grid_load)."""
+    work.require_prepared(session)
+    if not session.grid:
+        raise ConfigError("run the 2-D sweep first")
+    if cell is None or not 0 <= int(cell) < len(session.grid):
+        raise ConfigError(f"pick a cell of the sweep (0..{len(session.grid) - 1})")
+    point = session.grid[int(cell)]
+    base = session.result.settings if session.result is not None else session.settings
+    settings = dataclasses.replace(
+        base, rho=point["rho"], **{session.grid_knob: point[session.grid_knob]}
+    )
+    work.merge(session, res, settings, progress)
+    row = session.history[-1]
+    return (
+        f"Merge #{row['merge']}: rho {point['rho']:g}, {session.grid_knob} "
+        f"{point[session.grid_knob]:g} loaded and merged; {session.task.metric} {row['score']}."
+    )
+
+
+def wire(ui: dict[str, Any], on) -> None:
+    """Register the tab's events."""
+    on(
+        ui["compare_merges"].click,
+        on_compare,
+        ["compare_left", "compare_right"],
+        ("compare",),
+        "compare",
+    )
+    on(ui["run_grid"].click, on_grid, ["grid_knob"], ("compare",), "grid", heavy=True)
+    on(
+        ui["grid_load"].click,
+        on_grid_load,
+        ["grid_cell", "device"],
+        ("knobs", "zip", "neurons", "evaluate", "compare", "export"),
+        "grid_load",
+        heavy=True,
+    )

@@ -1,0 +1,134 @@
+"""The Compare tab: two merges side by side, and the 2-D sweep (handlers, no browser)."""
+
+from __future__ import annotations
+
+import pytest
+
+from heterogui import run
+from heterogui.errors import ConfigError
+from heterogui.ui import app, tab_align, tab_compare, tab_models, tab_zip, work
+from heterogui.ui.resources import Resources, ZooPairs
+from heterogui.ui.session import Session
+
+PAIR = "tiny-digits-vgg-depth"
+
+
+@pytest.fixture(scope="module")
+def res(tmp_path_factory) -> Resources:
+    exports = tmp_path_factory.getbasetemp()
+    return Resources(ZooPairs(tiny=True), device="cpu", default_pair=PAIR, export_root=exports)
+
+
+@pytest.fixture()
+def session(res) -> Session:
+    s = Session(device="cpu")
+    tab_models.on_start(s, res)
+    return s
+
+
+def _blocks(session: Session) -> int:
+    return session.prepared.padded_a.graph().num_blocks - 1
+
+
+def _merge(session, res, rho, beta=1.0) -> int:
+    tab_zip.on_merge(session, res, "zip", 0.5, beta, rho, _blocks(session), "cpu")
+    return session.merge_count
+
+
+def test_two_merges_side_by_side_with_their_differences(session, res):
+    first = _merge(session, res, 1.0)
+    tab_align.on_mode(session, res, "lma", None)  # the second merge aligns differently
+    second = _merge(session, res, 0.5, beta=0.5)
+    assert "Comparing merge" in tab_compare.on_compare(session, res, first, second)
+    views = tab_compare.render(session, res)
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]]
+        for line in views["compare_table"].splitlines()[2:]
+    }
+    h1, h2 = session.history[first - 1], session.history[second - 1]
+    assert rows["rho"] == ["1", "0.5", "-0.5"] and rows["beta"] == ["1", "0.5", "-0.5"]
+    assert rows["alignment"] == [h1["alignment"], h2["alignment"], "differs"]
+    p1, p2 = h1["parameters"], h2["parameters"]
+    assert rows["parameters (effective)"] == [f"{p1:,}", f"{p2:,}", f"{p2 - p1:+,}"]
+    assert float(rows["Joint %"][0]) == h1["Joint"] and float(rows["Joint %"][1]) == h2["Joint"]
+    # Widths: one bar series per merge, equal to each merge's own widths.
+    bars = {t.name: list(t.y) for t in views["compare_widths"].data if t.type == "bar"}
+    spaces = list(views["compare_widths"].data[0].x)
+    for merge in (first, second):
+        widths = session.details[merge]["widths"]
+        assert bars[f"merge #{merge}"] == [widths[s][2] for s in spaces]
+    # Alignment: the pairs only one merge has are named in the common numbering.
+    pairs1, pairs2 = (set(session.details[m]["pairs"]) for m in (first, second))
+    text = views["compare_alignment"]
+    if pairs1 == pairs2:
+        assert "the same layer pairs" in text
+    else:
+        assert all(f"A{i}–B{j}" in text for i, j in pairs1 ^ pairs2)
+    # Samples: both merges' predictions on the same samples.
+    titles = " ".join(a.text for a in views["compare_samples"].layout.annotations)
+    assert f"#{first}:" in titles and f"#{second}:" in titles
+
+
+def test_compare_refuses_what_it_cannot_show(session, res):
+    first = _merge(session, res, 1.0)
+    with pytest.raises(ConfigError, match="two different merges"):
+        tab_compare.on_compare(session, res, first, first)
+    with pytest.raises(ConfigError, match="not a merge of this pair"):
+        tab_compare.on_compare(session, res, first, 99)
+    with pytest.raises(ConfigError, match="pick the second merge"):
+        tab_compare.on_compare(session, res, first, None)
+    assert session.pinned == []
+
+
+def test_pinned_merges_stay_in_memory_while_old_ones_go(session, res):
+    first = _merge(session, res, 1.0)
+    second = _merge(session, res, 0.8)
+    tab_compare.on_compare(session, res, first, second)
+    for rho in (0.7, 0.6, 0.5, 0.4, 0.3):
+        _merge(session, res, rho)
+    newest = sorted(session.kept)[-work.KEEP_RESULTS :]
+    assert set(session.kept) == {first, second, *newest}
+    assert tab_compare.render(session, res)["compare_samples"] is not None
+
+
+def test_grid_scores_every_cell_and_a_cell_loads_its_setting(session, res):
+    message = tab_compare.on_grid(session, res, "beta")
+    assert "25 merges" in message
+    grid = session.grid
+    assert {(p["rho"], p["beta"]) for p in grid} == {
+        (r, b) for r in tab_compare.GRID_RHOS for b in tab_compare.GRID_VALUES["beta"]
+    }
+    # Each cell is the merge those settings give (checked on one cell against a direct merge).
+    point = next(p for p in grid if p["rho"] == 0.5 and p["beta"] == 0.25)
+    direct = run.sweep_grid(
+        session.pair,
+        session.prepared,
+        session.settings,
+        session.evaluation,
+        {"rho": [0.5], "beta": [0.25]},
+    )
+    assert direct == [point]
+    # At rho = 0 every beta gives the ensemble's effective size.
+    ensemble = session.reference_sizes["ensemble"]["parameters"]
+    assert {p["parameters"] for p in grid if p["rho"] == 0.0} == {ensemble}
+    views = tab_compare.render(session, res)
+    heat = views["grid_plot"].data[0]
+    assert heat.z[list(heat.y).index(0.25)][list(heat.x).index(0.5)] == point["score"]
+    cells = views["grid_cell"]["choices"]
+    scores = [grid[k]["score"] for _, k in cells]
+    assert scores == sorted(scores, reverse=True)  # best first
+    best = cells[0][1]
+    assert "loaded and merged" in tab_compare.on_grid_load(session, res, best, "cpu")
+    settings = session.result.settings
+    assert (settings.rho, settings.beta) == (grid[best]["rho"], grid[best]["beta"])
+    assert session.history[-1]["score"] == grid[best]["score"]
+    knobs = app.render(session, res, ("knobs",))
+    assert knobs["rho"] == grid[best]["rho"] and knobs["beta"] == grid[best]["beta"]
+
+
+def test_grid_over_the_stop_point_uses_real_blocks(session, res):
+    tab_compare.on_grid(session, res, "stop")
+    stops = sorted({p["stop"] for p in session.grid})
+    assert stops[0] >= 1 and stops[-1] == _blocks(session) and len(stops) >= 2
+    with pytest.raises(ConfigError, match="second knob"):
+        tab_compare.on_grid(session, res, "temperature")
