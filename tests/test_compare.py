@@ -132,3 +132,17 @@ def test_grid_over_the_stop_point_uses_real_blocks(session, res):
     assert stops[0] >= 1 and stops[-1] == _blocks(session) and len(stops) >= 2
     with pytest.raises(ConfigError, match="second knob"):
         tab_compare.on_grid(session, res, "temperature")
+
+
+def test_the_last_merge_is_measured_against_both_parents(session, res):
+    with pytest.raises(ConfigError, match="merge first"):
+        tab_compare.on_resemblance(session, res)
+    merge = _merge(session, res, 0.5)
+    assert f"merge #{merge}" in tab_compare.on_resemblance(session, res)
+    found = session.resemblance[1]
+    views = tab_compare.render(session, res)
+    lines = {t.name: t for t in views["resemblance_plot"].data}
+    assert list(lines["CKA with A"].y) == found.to_a and list(lines["CKA with B"].y) == found.to_b
+    closer_a = sum(a > b for a, b in zip(found.to_a, found.to_b, strict=True))
+    assert f"{closer_a} layers are closer to A" in views["resemblance_info"]
+    assert len(found.to_a) == _blocks(session)

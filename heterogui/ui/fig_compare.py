@@ -118,3 +118,45 @@ def grid_figure(
         legend={"orientation": "h", "y": -0.2},
     )
     return fig
+
+
+def resemblance_figure(found: Any, merge: int) -> go.Figure:
+    """Return the CKA of every merged layer with A's and B's layer at its slot, over depth.
+
+    found: a ``heterogui.resemblance.Resemblance``. Identity-padded slots get hollow markers.
+    """
+    slots = list(range(len(found.to_a)))
+    fig = go.Figure()
+    for name, values, layers in (
+        ("A", found.to_a, found.layers_a),
+        ("B", found.to_b, found.layers_b),
+    ):
+        hollow = [n.startswith("identity") for n in layers]
+        fig.add_trace(
+            go.Scatter(
+                x=slots,
+                y=values,
+                name=f"CKA with {name}",
+                mode="lines+markers",
+                line={"color": MODEL_COLOURS[name], "width": 2},
+                marker={
+                    "size": 10,
+                    "color": ["rgba(0,0,0,0)" if h else MODEL_COLOURS[name] for h in hollow],
+                    "line": {"width": 2, "color": MODEL_COLOURS[name]},
+                },
+                customdata=layers,
+                hovertemplate="merged layer %{x}: CKA %{y:.3f} with %{customdata}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title={
+            "text": f"Which parent merge #{merge} resembles, layer by layer"
+            "<br><sup>hollow: the parent has an identity layer there</sup>"
+        },
+        xaxis={"title": "merged layer (slot of the merged depth)", "dtick": 1},
+        yaxis={"title": "CKA", "range": [min(0.0, *found.to_a, *found.to_b) - 0.02, 1.02]},
+        height=340,
+        margin={"l": 60, "r": 20, "t": 70, "b": 50},
+        legend={"orientation": "h", "y": -0.25},
+    )
+    return fig

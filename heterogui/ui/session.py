@@ -65,6 +65,7 @@ class Session:
     pinned: list[int] = field(default_factory=list)  # the two merges the Compare tab shows
     grid: list[dict[str, Any]] = field(default_factory=list)  # the 2-D sweep's points
     grid_knob: str = "beta"  # the 2-D sweep's second knob
+    resemblance: tuple[int, Any] | None = None  # (merge, Resemblance) of a measured merge
     workdir: str | None = None  # this session's folder for uploads and pasted sentences
 
     @property

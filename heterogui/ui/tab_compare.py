@@ -20,9 +20,10 @@ import torch
 
 from heterogui import run
 from heterogui.errors import ConfigError
+from heterogui.resemblance import parent_resemblance
 from heterogui.tasks.base import SAMPLES, SWEEP
 from heterogui.ui import work
-from heterogui.ui.fig_compare import compare_widths_figure, grid_figure
+from heterogui.ui.fig_compare import compare_widths_figure, grid_figure, resemblance_figure
 from heterogui.ui.fig_eval import samples_figure
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
@@ -37,6 +38,8 @@ VIEWS = (
     "grid_plot",
     "grid_cell",
     "grid_info",
+    "resemblance_plot",
+    "resemblance_info",
 )
 GRID_RHOS = (0.0, 0.25, 0.5, 0.75, 1.0)
 GRID_VALUES = {"alpha": (0.1, 0.3, 0.5, 0.7, 0.9), "beta": (0.0, 0.25, 0.5, 0.75, 1.0)}
@@ -60,6 +63,14 @@ def build(ui: dict[str, Any], res: Resources) -> None:
         ui["compare_widths"] = gr.Plot(label="Merged width per merge point")
         ui["compare_alignment"] = gr.Markdown()
     ui["compare_samples"] = gr.Plot(label="Both merges on the same samples")
+    gr.Markdown(
+        "### Which parent each merged layer resembles\nCKA of every layer of the last merge "
+        "with A's and B's layer at the same depth, on the calibration data: where the merge "
+        "follows one parent and where it blends."
+    )
+    ui["measure_resemblance"] = gr.Button("Measure the last merge", elem_id="measure-resemblance")
+    ui["resemblance_info"] = gr.Markdown()
+    ui["resemblance_plot"] = gr.Plot(label="CKA with each parent", elem_id="resemblance-plot")
     gr.Markdown(
         "### 2-D sweep\nRe-merges over a grid of rho and a second knob from the cached "
         "statistics, and scores every merge: the colour is the task's score, the contours the "
@@ -209,7 +220,37 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
     else:
         views["compare_table"] = "Pick two merges and press Compare."
     views.update(_grid_views(session))
+    views.update(_resemblance_views(session))
     return views
+
+
+def _resemblance_views(session: Session) -> dict[str, Any]:
+    measured = session.resemblance
+    if measured is None or measured[0] not in session.kept:
+        return {"resemblance_info": "Merge, then press Measure (three forward passes)."}
+    merge, found = measured
+    closer = [
+        "A" if a > b else "B" if b > a else "both"
+        for a, b in zip(found.to_a, found.to_b, strict=True)
+    ]
+    text = (
+        f"Merge #{merge}: {closer.count('A')} layers are closer to A, {closer.count('B')} "
+        f"to B. Mean CKA with A {sum(found.to_a) / len(found.to_a):.3f}, "
+        f"with B {sum(found.to_b) / len(found.to_b):.3f}."
+        if found.to_a
+        else f"Merge #{merge} merges no layer (stop point 0)."
+    )
+    return {"resemblance_plot": resemblance_figure(found, merge), "resemblance_info": text}
+
+
+def on_resemblance(session: Session, res: Resources, progress=None) -> str:
+    """Measure which parent each layer of the last merge resembles (api: /resemblance)."""
+    work.require_prepared(session)
+    if session.result is None:
+        raise ConfigError("merge first (Zip tab): there is no merged model to measure")
+    found = parent_resemblance(session.result)
+    session.resemblance = (session.merge_count, found)
+    return f"Measured merge #{session.merge_count} against both parents."
 
 
 def _grid_views(session: Session) -> dict[str, Any]:
@@ -317,6 +358,14 @@ def wire(ui: dict[str, Any], on) -> None:
         ["compare_left", "compare_right"],
         ("compare",),
         "compare",
+    )
+    on(
+        ui["measure_resemblance"].click,
+        on_resemblance,
+        [],
+        ("compare",),
+        "resemblance",
+        heavy=True,
     )
     on(ui["run_grid"].click, on_grid, ["grid_knob"], ("compare",), "grid", heavy=True)
     on(

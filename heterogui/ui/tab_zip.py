@@ -14,13 +14,23 @@ import gradio as gr
 from heterogui.errors import ConfigError
 from heterogui.pipeline import resolve_device
 from heterogui.sizes import STORED_REASON, estimate, merge_size, reference_sizes
+from heterogui.zip.plan import stop_point
 from heterogui.ui import work
+from heterogui.ui.fig_arch import architecture_figure
 from heterogui.ui.fig_eval import natural_key, sizes_figure, widths_figure
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 from heterogui.ui.tab_evaluate import on_evaluate_pending
 
-VIEWS = ("readout", "sizes_plot", "widths_plot", "widths_table", "stop", "override_space")
+VIEWS = (
+    "readout",
+    "sizes_plot",
+    "arch_plot",
+    "widths_plot",
+    "widths_table",
+    "stop",
+    "override_space",
+)
 KNOBS = ("matcher", "alpha", "beta", "rho", "stop")
 WIDTH_HEADERS = ["merge point", "width A", "width B", "merged width", "override"]
 
@@ -36,6 +46,7 @@ def build(ui: dict[str, Any], res: Resources) -> None:
         with gr.Column(scale=3):
             ui["readout"] = gr.Markdown(elem_id="readout")
             ui["sizes_plot"] = gr.Plot(label="Size of A, B, their ensemble and the merge")
+    ui["arch_plot"] = gr.Plot(label="Architecture of the merge", elem_id="arch-plot")
     with gr.Accordion("Widths per merge point and overrides", open=False):
         _overrides(ui)
 
@@ -153,7 +164,14 @@ def readout(session: Session) -> dict[str, Any]:
         }
         widths, exact = est["widths"], False
     widths = {k: widths[k] for k in sorted(widths, key=natural_key)}
-    return {"sizes": sizes, "widths": widths, "exact": exact, "scores": _scores(session, exact)}
+    stop = result.spec.stop if exact else stop_point(prep.padded_a.graph(), session.settings)
+    return {
+        "sizes": sizes,
+        "widths": widths,
+        "exact": exact,
+        "scores": _scores(session, exact),
+        "stop": stop,
+    }
 
 
 def _scores(session: Session, exact: bool) -> dict[str, Any]:
@@ -206,6 +224,7 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
         return {
             "readout": "Load and analyse a pair first.",
             "sizes_plot": None,
+            "arch_plot": None,
             "widths_plot": None,
             "widths_table": None,
             "stop": gr.skip(),
@@ -221,6 +240,7 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
     return {
         "readout": _readout_text(info),
         "sizes_plot": sizes_figure(info["sizes"]),
+        "arch_plot": architecture_figure(prep, info["widths"], info["stop"]),
         "widths_plot": widths_figure(info["widths"]),
         "widths_table": table,
         "stop": gr.update(maximum=_n_blocks(session)),
