@@ -146,3 +146,30 @@ def test_the_last_merge_is_measured_against_both_parents(session, res):
     closer_a = sum(a > b for a, b in zip(found.to_a, found.to_b, strict=True))
     assert f"{closer_a} layers are closer to A" in views["resemblance_info"]
     assert len(found.to_a) == _blocks(session)
+
+
+def test_figures_for_slides_hold_every_figure_and_the_tables(session, res):
+    import csv
+    import io
+    import json
+
+    from heterogui.ui import tab_export
+
+    with pytest.raises(ConfigError, match="load and analyse"):
+        tab_export.on_figures(Session(), res)
+    merge = _merge(session, res, 0.5)
+    message, extra = tab_export.on_figures(session, res)
+    payload = json.loads(extra["figures_payload"])
+    assert payload["name"] == f"{PAIR}-merge{merge}-figures"
+    names = set(payload["figures"])
+    assert {"alignment-heatmap", "zip-sizes", "zip-arch", "neurons-neuron_map"} <= names
+    assert f"Saving {len(names)} figures" in message
+    # The figures are the tabs' own, as plotly JSON.
+    heat = payload["figures"]["alignment-heatmap"]["data"][0]
+    assert heat["type"] == "heatmap"
+    assert len(heat["z"]) == session.prepared.similarity.shape[0]
+    rows = list(csv.reader(io.StringIO(payload["tables"]["metrics.csv"])))
+    assert [r[0] for r in rows[1:]] == ["A", "B", "ensemble", "merged"]
+    assert float(rows[-1][1]) == session.history[-1]["Joint"]
+    history = list(csv.reader(io.StringIO(payload["tables"]["history.csv"])))
+    assert len(history) == 1 + len(session.history) and "rho" in history[0]

@@ -5,6 +5,7 @@ a recipe to repeat a merge exactly.
 from __future__ import annotations
 
 import base64
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import yaml
 from heterogui import run
 from heterogui.errors import ConfigError
 from heterogui.report import card_files
-from heterogui.ui import exporting
+from heterogui.ui import exporting, slides
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 
@@ -61,6 +62,12 @@ def build(ui: dict[str, Any], res: Resources) -> None:
     )
     with gr.Accordion("Model card preview", open=False):
         ui["card_preview"] = gr.Markdown()
+    with gr.Row():
+        ui["download_figures"] = gr.Button(
+            "Download every figure (PNG and SVG) and the tables (.zip) for slides",
+            elem_id="download-figures",
+        )
+        ui["figures_payload"] = gr.Textbox(visible=False)
 
 
 def default_folder(session: Session) -> str:
@@ -136,8 +143,38 @@ def on_import(
     )
 
 
+def on_figures(session: Session, res: Resources, progress=None) -> tuple[str, dict[str, Any]]:
+    """Collect every current figure and table for the page to save as one .zip (api: /figures).
+
+    The API returns the JSON (plotly figures and CSV tables); the page adds PNG and SVG.
+    """
+    if session.prepared is None:
+        raise ConfigError("load and analyse a pair first: there are no figures yet")
+    payload = slides.figures_payload(session, res)
+    count = len(json.loads(payload)["figures"])
+    return (
+        f"Saving {count} figures (PNG and SVG) and the tables as one .zip.",
+        {"figures_payload": payload},
+    )
+
+
 def wire(ui: dict[str, Any], on) -> None:
     """Register the tab's events."""
+    collected = on(
+        ui["download_figures"].click,
+        on_figures,
+        [],
+        (),
+        "figures",
+        extra=["figures_payload"],
+    )
+    collected.success(
+        None,
+        [ui["figures_payload"]],
+        [ui["figures_payload"]],
+        js=slides.DOWNLOAD_JS,
+        api_visibility="undocumented",
+    )
     on(
         ui["export"].click,
         on_export,
