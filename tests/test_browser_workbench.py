@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -147,6 +148,9 @@ def compare_and_sweep(page) -> None:
     page.get_by_role("option").first.click()
     page.locator("#grid-load").click()
     wait_status(page, "loaded and merged")
+    page.locator("#measure-resemblance").click()
+    wait_status(page, "against both parents")
+    page.locator("#resemblance-plot .js-plotly-plot").wait_for(timeout=TIMEOUT_MS)
 
 
 def export(page, out: Path) -> None:
@@ -156,6 +160,23 @@ def export(page, out: Path) -> None:
     page.locator("#export").click()
     wait_status(page, "Exported to")
     assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+
+
+def download_figures(page, folder: Path) -> None:
+    """Save every figure and table in one click; check the .zip holds real PNG and SVG files."""
+    with page.expect_download(timeout=TIMEOUT_MS) as caught:
+        page.locator("#download-figures").click()
+    path = folder / caught.value.suggested_filename
+    caught.value.save_as(path)
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None  # every CRC matches
+        names = archive.namelist()
+        pngs = [n for n in names if n.endswith(".png")]
+        svgs = [n for n in names if n.endswith(".svg")]
+        assert "alignment-heatmap.png" in pngs and len(pngs) == len(svgs) >= 6
+        assert all(archive.read(n)[:8] == b"\x89PNG\r\n\x1a\n" for n in pngs)
+        assert all(b"<svg" in archive.read(n)[:400] for n in svgs)
+        assert archive.read("metrics.csv").decode().splitlines()[0].startswith("model,")
 
 
 def test_a_newcomer_merges_and_exports(url, chromium_browser, tmp_path):
@@ -180,6 +201,7 @@ def test_a_newcomer_merges_and_exports(url, chromium_browser, tmp_path):
     shot("compare")
     export(page, tmp_path / "export")
     shot("export")
+    download_figures(page, tmp_path)
     page.close()
     assert errors == []
     assert foreign == []
@@ -200,4 +222,102 @@ def test_figures_follow_the_dark_theme(url, chromium_browser, tmp_path):
     page.close()
     assert fill == "rgb(229, 231, 235)"  # light text on the dark page
     assert background in ("rgba(0, 0, 0, 0)", "transparent")
+    assert errors == []
+
+
+def cell_point(page, row: int, column: int) -> tuple[float, float]:
+    """Return the page coordinates of heatmap cell (layer ``row`` of A, ``column`` of B)."""
+    return page.evaluate(
+        """([i, j]) => {
+          const gd = document.querySelector('#cka-heatmap .js-plotly-plot');
+          const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+          const box = gd.getBoundingClientRect();
+          return [box.left + xa._offset + xa.l2p(j), box.top + ya._offset + ya.l2p(i)];
+        }""",
+        [row, column],
+    )
+
+
+def movable_layer(page) -> dict:
+    """Return a layer of the shallower model that a click can move, read from the page.
+
+    From the pairs beside the mapping ("stage 0: A0↔B0, B1 + identity in A, ..."): the first
+    stage of unequal depths, its shallow and deep layers in order, a shallow layer k (not the
+    first) and a free deep slot t between its neighbours' slots.
+    """
+    text = page.locator("#mapping-pairs").inner_text()
+    mapping = json.loads(page.locator("#mapping textarea").input_value())
+    for s, part in enumerate(text.split("stage ")[1:]):
+        items = part.split(": ", 1)[1].split(" · ")[0].split(", ")
+        shallow = next((i[-1] for i in items if "identity in" in i), None)
+        if shallow is None:
+            continue
+        deep, mine = [], []
+        for item in items:
+            names = item.split(" + ")[0].split("↔")
+            deep += [n for n in names if not n.startswith(shallow)]
+            mine += [n for n in names if n.startswith(shallow)]
+        slots = mapping[shallow.lower()][s]
+        for k in range(1, len(mine)):
+            end = slots[k + 1] if k + 1 < len(slots) else len(deep)
+            free = [t for t in range(slots[k - 1] + 1, end) if t != slots[k]]
+            if free:
+                key = shallow.lower()
+                return {
+                    "stage": s,
+                    "key": key,
+                    "shallow": shallow,
+                    "mine": mine,
+                    "deep": deep,
+                    "k": k,
+                    "t": free[-1],
+                    "slots": slots,
+                    "mapping": mapping,
+                }
+    raise AssertionError(f"no layer can move in {text}")
+
+
+def test_a_click_on_the_map_pairs_layers(url, chromium_browser, tmp_path):
+    page = chromium_browser.new_page(viewport={"width": 1360, "height": 900})
+    errors, _ = watch(page)
+    page.goto(url)
+    wait_status(page, "Loaded demo pair")
+    page.locator("#cka-heatmap .js-plotly-plot").wait_for(timeout=TIMEOUT_MS)
+    move = movable_layer(page)
+    shallow, layer, deep = move["shallow"], move["mine"][move["k"]], move["deep"]
+    before, s, slot = move["mapping"], move["stage"], move["slots"][move["k"]]
+
+    def click(target: str) -> None:
+        a, b = (layer, target) if shallow == "A" else (target, layer)
+        page.mouse.click(*cell_point(page, int(a[1:]), int(b[1:])))
+
+    def wait_mapping(want: dict) -> None:
+        page.wait_for_function(
+            "want => document.querySelector('#mapping textarea').value === want",
+            arg=json.dumps(want),
+            timeout=TIMEOUT_MS,
+        )
+
+    # Move a layer of the shallower model onto a free deep layer: the status line, the mapping
+    # box and the pairs beside it follow.
+    click(deep[move["t"]])
+    wait_status(page, f"Paired {layer} with {deep[move['t']]} (stage {s}")
+    wait_status(page, "Alignment manual")
+    expected = json.loads(json.dumps(before))
+    expected[move["key"]][s][move["k"]] = move["t"]
+    wait_mapping(expected)
+    pair = (layer, deep[move["t"]]) if shallow == "A" else (deep[move["t"]], layer)
+    page.locator("#mapping-pairs").get_by_text("↔".join(pair)).wait_for(timeout=TIMEOUT_MS)
+    Shots(page, tmp_path)("align-click", full_page=False)
+    # The map was drawn again; a click still works: the stage's first deep layer is refused ...
+    click(deep[0])
+    wait_status(page, f"{layer} cannot pair with {deep[0]}")
+    assert json.loads(page.locator("#mapping textarea").input_value()) == expected
+    # ... and, after a visit to another tab, moving the layer back restores the first mapping.
+    open_tab(page, "3 Neurons")
+    open_tab(page, "2 Alignment")
+    click(deep[slot])
+    wait_status(page, f"Paired {layer} with {deep[slot]}")
+    wait_mapping(before)
+    page.close()
     assert errors == []

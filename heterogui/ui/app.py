@@ -261,7 +261,15 @@ def build_app(res: Resources, heavy_limit: int = 2) -> gr.Blocks:
 
         for tab in TABS.values():
             tab.wire(ui, on)
-        on(demo.load, tab_models.on_start, [], "all", "start", heavy=True, extra=["tabs"])
+        on(
+            demo.load,
+            tab_models.on_start,
+            [],
+            "all",
+            "start",
+            heavy=True,
+            extra=["tabs", *tab_models.PICKERS],
+        )
     demo.ui = ui  # the components by name, for tests and screenshots
     return demo
 

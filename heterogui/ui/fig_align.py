@@ -3,6 +3,10 @@
 The CKA heatmap has A's layers on the y axis and B's on the x axis; the alignment path joins the
 pairs of layers that share a slot of the merged depth, and a box marks each segment: the deeper
 model's layers that the shallower model's layer is merged with (the identity-padded slots).
+
+One numbering everywhere: a layer is named by its model and its index among the model's
+non-head layers, all stages together (``A0``, ``A1``, ... ``B0``, ...), as the heatmap's rows
+and columns count them; its stage is shown beside the name.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 
 from heterogui.align.alignment import Alignment, layer_pairs
+from heterogui.align.editing import place_of, stage_of
 from heterogui.align.segment import segments
 from heterogui.models.graph import ModelGraph
 
@@ -25,6 +30,17 @@ class Segment:
     shallow_layer: int
     deep_model: str
     deep_layers: tuple[int, ...]
+    slot: int = 0  # the shallow layer's slot in its stage (the number the mapping gives it)
+
+
+def stage_name(stage: int | None) -> str:
+    """Return "stage 2", or "stem" for the layers before the first stage."""
+    return "stem" if stage is None else f"stage {stage}"
+
+
+def layer_label(model: str, graph: ModelGraph, layer: int) -> str:
+    """Return a layer's name with its stage, e.g. "A3 (stage 1)", "B0 (stem)", "A7 (end)"."""
+    return f"{model}{layer} ({place_of(graph, layer)})"
 
 
 def alignment_segments(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> list[Segment]:
@@ -44,20 +60,24 @@ def alignment_segments(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> 
                     shallow_blocks[k],
                     "A" if a_deep else "B",
                     tuple(deep_blocks[t] for t in slots),
+                    shallow_pos[k],
                 )
             )
     return out
 
 
 def segment_rows(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> list[list[str]]:
-    """Return table rows: stage, shallow layer, the deep layers of its segment, padding."""
+    """Return table rows: stage, shallow layer (and its slot), its segment's deep layers, padding.
+
+    The layers are named as the heatmap numbers them (A0, B3, ...).
+    """
     rows = []
     for seg in alignment_segments(alignment, ga, gb):
         pad = len(seg.deep_layers) - 1
         rows.append(
             [
                 str(seg.stage),
-                f"{seg.shallow_model}{seg.shallow_layer}",
+                f"{seg.shallow_model}{seg.shallow_layer} (slot {seg.slot})",
                 ", ".join(f"{seg.deep_model}{i}" for i in seg.deep_layers),
                 f"{pad} identity layer(s) in {seg.shallow_model}" if pad else "one to one",
             ]
@@ -65,12 +85,30 @@ def segment_rows(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> list[l
     return rows
 
 
-def _stage_of(graph: ModelGraph, layers: int) -> list[str]:
-    names = []
-    for i in range(layers):
-        stage = next((s for s, blocks in enumerate(graph.stages) if i in blocks), None)
-        names.append("stem" if stage is None else f"stage {stage}")
-    return names
+def stage_pairs(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> list[tuple[str, str]]:
+    """Return (stage name, its slots in layer names) for the stem and every stage.
+
+    A slot is "A1↔B2" where both models have a layer, "B2 + identity in A" where only one has.
+    """
+    out = []
+    first_a = ga.stages[0][0] if ga.stages and ga.stages[0] else 0
+    first_b = gb.stages[0][0] if gb.stages and gb.stages[0] else 0
+    stem = [f"A{i}↔B{i}" for i in range(min(first_a, first_b))]
+    if stem:
+        out.append(("stem", ", ".join(stem)))
+    for s, depth in enumerate(alignment.depths):
+        slot_a = {p: ga.stages[s][k] for k, p in enumerate(alignment.positions_a[s])}
+        slot_b = {p: gb.stages[s][k] for k, p in enumerate(alignment.positions_b[s])}
+        items = []
+        for t in range(depth):
+            if t in slot_a and t in slot_b:
+                items.append(f"A{slot_a[t]}↔B{slot_b[t]}")
+            elif t in slot_a:
+                items.append(f"A{slot_a[t]} + identity in B")
+            else:
+                items.append(f"B{slot_b[t]} + identity in A")
+        out.append((stage_name(s), ", ".join(items)))
+    return out
 
 
 def segment_boxes(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> list[dict]:
@@ -86,19 +124,51 @@ def segment_boxes(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> list[
     return boxes
 
 
+def _tick(model: str, graph: ModelGraph, layer: int, sep: str) -> str:
+    place = place_of(graph, layer).replace("stage ", "s")
+    return f"{model}{layer}{sep}{place}"
+
+
+def _stage_starts(graph: ModelGraph, layers: int) -> list[float]:
+    """Return the boundaries between consecutive stages (and the stem), as axis positions."""
+    bounds = [blocks[0] for blocks in graph.stages if blocks]
+    bounds += [graph.stages[-1][-1] + 1] if graph.stages and graph.stages[-1] else []
+    return [f - 0.5 for f in bounds if 0 < f < layers]
+
+
+def _hint(ga: ModelGraph, gb: ModelGraph, i: int, j: int) -> str:
+    """Return what a click on cell (A i, B j) would do, for the hover text."""
+    s = stage_of(ga, i)
+    if s is None or s != stage_of(gb, j) or len(ga.stages[s]) == len(gb.stages[s]):
+        return ""
+    shallow, deep = (
+        (f"B{j}", f"A{i}")
+        if len(ga.stages[s]) > len(gb.stages[s])
+        else (
+            f"A{i}",
+            f"B{j}",
+        )
+    )
+    return f"<br>click: pair {shallow} with {deep}"
+
+
 def alignment_figure(
     similarity, alignment: Alignment, ga: ModelGraph, gb: ModelGraph, title: str = ""
 ) -> go.Figure:
     """Return the CKA heatmap (layers of A x layers of B) with the alignment path and segments.
 
-    similarity: (L_A, L_B) CKA over non-head layers (a tensor or array).
+    similarity: (L_A, L_B) CKA over non-head layers (a tensor or array). The axes name the
+    layers A0.., B0.. with their stage (s0, s1, ...); dotted lines part the stages.
     """
     z = [[round(float(v), 4) for v in row] for row in similarity.tolist()]
     values = [v for row in z for v in row] or [0.0]
     la, lb = len(z), len(z[0]) if z else 0
-    stages_a, stages_b = _stage_of(ga, la), _stage_of(gb, lb)
     hover = [
-        [f"A{i} ({stages_a[i]}) vs B{j} ({stages_b[j]})" for j in range(lb)] for i in range(la)
+        [
+            f"{layer_label('A', ga, i)} vs {layer_label('B', gb, j)}{_hint(ga, gb, i, j)}"
+            for j in range(lb)
+        ]
+        for i in range(la)
     ]
     fig = go.Figure(
         go.Heatmap(
@@ -113,6 +183,11 @@ def alignment_figure(
             hovertemplate="%{text}<br>CKA %{z:.3f}<extra></extra>",
         )
     )
+    line = {"color": "rgba(255, 255, 255, 0.45)", "width": 1, "dash": "dash"}
+    for x in _stage_starts(gb, lb):
+        fig.add_shape(type="line", x0=x, x1=x, y0=-0.5, y1=la - 0.5, line=line)
+    for y in _stage_starts(ga, la):
+        fig.add_shape(type="line", x0=-0.5, x1=lb - 0.5, y0=y, y1=y, line=line)
     for box in segment_boxes(alignment, ga, gb):
         fig.add_shape(type="rect", **box, line={"color": "white", "width": 2, "dash": "dot"})
     pairs = layer_pairs(alignment, ga, gb)
@@ -124,16 +199,29 @@ def alignment_figure(
             name="alignment path",
             line={"color": "#ff4b4b", "width": 3},
             marker={"size": 10, "symbol": "x", "color": "#ff4b4b"},
-            hovertemplate="A%{y} ↔ B%{x}<extra>paired</extra>",
+            text=[place_of(ga, a) for a, _ in pairs],
+            hovertemplate="A%{y} ↔ B%{x} (%{text})<extra>paired</extra>",
         )
     )
     score = "n/a" if alignment.score is None else f"{alignment.score:.3f}"
     fig.update_layout(
         title=title or f"Layer CKA with the {alignment.mode.upper()} path (score {score})",
-        xaxis={"title": "layers of B", "dtick": 1, "constrain": "domain"},
-        yaxis={"title": "layers of A", "dtick": 1, "scaleanchor": "x", "autorange": True},
-        legend={"orientation": "h", "y": -0.18},
-        margin={"l": 60, "r": 20, "t": 60, "b": 60},
-        height=460,
+        xaxis={
+            "title": "layers of B (stage)",
+            "tickvals": list(range(lb)),
+            "ticktext": [_tick("B", gb, j, "<br>") for j in range(lb)],
+            "constrain": "domain",
+        },
+        yaxis={
+            "title": "layers of A (stage)",
+            "tickvals": list(range(la)),
+            "ticktext": [_tick("A", ga, i, " ") for i in range(la)],
+            "scaleanchor": "x",
+            "autorange": True,
+        },
+        legend={"orientation": "h", "y": -0.22},
+        margin={"l": 60, "r": 20, "t": 60, "b": 70},
+        height=480,
+        clickmode="event",
     )
     return fig

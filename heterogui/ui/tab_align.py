@@ -1,27 +1,100 @@
 """Tab 2, Alignment: the CKA heatmap of A's and B's layers with the alignment path, the mode
 (SMA, LMA, baselines or a hand-edited mapping) and which deep layers form each segment.
+
+Layers have one name everywhere (heatmap, table, hover, messages): ``A3`` is A's layer 3 among
+its non-head layers, all stages together, as the heatmap numbers its rows. The alignment can be
+edited two ways: click a heatmap cell (api: /align_click with A's and B's layer numbers) to
+move the shallower model's layer onto that deep layer, or edit the exact mapping (per-stage
+slots, the form recipes store) and apply it.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import gradio as gr
 
-from heterogui.align.alignment import MODES, align
+from heterogui.align.alignment import MODES, Alignment, align
+from heterogui.align.editing import clicked_mapping, mapping_text
+from heterogui.models.graph import ModelGraph
 from heterogui.ui import work
-from heterogui.ui.fig_align import alignment_figure, segment_rows
+from heterogui.ui.fig_align import alignment_figure, segment_rows, stage_pairs
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 
-VIEWS = ("align_mode", "mapping", "heatmap", "align_score", "segments")
+VIEWS = ("align_mode", "mapping", "heatmap", "align_score", "segments", "mapping_pairs")
 MODE_HELP = (
     "sma: best single layer per segment (segment-wise, the paper's default); lma: best "
     "contiguous segments (layer-wise); uniform / head / head_tail: fixed placements; manual: "
-    "your mapping below"
+    "your mapping below or your clicks on the map"
 )
-SEGMENT_HEADERS = ["stage", "shallow layer", "deep layers of its segment", "padding"]
+MAPPING_HELP = (
+    "Exact form (as recipes store it): per model, one list per stage giving each of its layers' "
+    "slot in that stage, counted from 0; slot t is the deeper model's t-th layer of the stage. "
+    "The same mapping in layer names is shown below."
+)
+CLICK_HELP = (
+    "**Click a cell** of the map to pair the shallower model's layer with that deep layer "
+    "(within its stage); the others stay where they are."
+)
+SEGMENT_HEADERS = ["stage", "shallow layer (slot)", "deep layers of its segment", "padding"]
+
+# The page side of a heatmap click: Gradio's Plot has no click event, so this script listens to
+# plotly_click on #cka-heatmap, writes A's and B's layer numbers into two hidden Number boxes
+# and presses a hidden button, whose click event is /align_click. Plotly.react keeps listeners
+# but a re-created plot div (or a newPlot after a config change) loses them: a MutationObserver
+# re-attaches the listener to every plot div that lacks it. Installed once per page.
+CLICK_JS = """
+() => {
+  const w = window;
+  if (!w.heteroguiAlignHook) {
+    let last = '';
+    let lastAt = 0;
+    const setNumber = (id, value) => {
+      const el = document.querySelector('#' + id + ' input');
+      if (!el) return false;
+      el.value = String(value);
+      el.dispatchEvent(new Event('input', { bubbles: true }));
+      return true;
+    };
+    const send = (data) => {
+      const pt = data && data.points && data.points[0];
+      if (!pt || typeof pt.x !== 'number' || typeof pt.y !== 'number') return;
+      const key = pt.y + ',' + pt.x;
+      if (key === last && Date.now() - lastAt < 400) return;  // one click, one event
+      last = key;
+      lastAt = Date.now();
+      if (!setNumber('align-click-a', pt.y) || !setNumber('align-click-b', pt.x)) return;
+      setTimeout(() => {
+        const button = document.querySelector('#align-click');
+        if (button) button.click();
+      }, 60);
+    };
+    const hook = () => {
+      document.querySelectorAll('#cka-heatmap .js-plotly-plot').forEach((gd) => {
+        const ev = gd._ev;
+        if (!gd.on || !ev) return;
+        const has = ev.listeners
+          ? ev.listeners('plotly_click').includes(send)
+          : gd.heteroguiEv === ev;
+        if (has) return;
+        gd.on('plotly_click', send);
+        gd.heteroguiEv = ev;
+      });
+    };
+    let queued = false;
+    new MutationObserver(() => {
+      if (queued) return;
+      queued = true;
+      requestAnimationFrame(() => { queued = false; hook(); });
+    }).observe(document.body, { childList: true, subtree: true });
+    w.heteroguiAlignHook = hook;
+  }
+  w.heteroguiAlignHook();
+  setTimeout(w.heteroguiAlignHook, 300);
+  return [];
+}
+"""
 
 
 def build(ui: dict[str, Any], res: Resources) -> None:
@@ -31,6 +104,7 @@ def build(ui: dict[str, Any], res: Resources) -> None:
             ui["heatmap"] = gr.Plot(
                 label="Layer similarity (CKA) and alignment path", elem_id="cka-heatmap"
             )
+            gr.Markdown(CLICK_HELP, elem_id="align-click-help")
         with gr.Column(scale=2):
             ui["align_mode"] = gr.Radio(
                 list(MODES), value="sma", label="Alignment mode", info=MODE_HELP
@@ -40,10 +114,9 @@ def build(ui: dict[str, Any], res: Resources) -> None:
                 elem_id="mapping",
                 label="Mapping (edit, then Apply)",
                 lines=3,
-                info="Per model, one list per stage: the slot of each of its layers in the merged "
-                "depth. The deeper model keeps every slot; the shallower one's slots must start "
-                "at 0 and increase.",
+                info=MAPPING_HELP,
             )
+            ui["mapping_pairs"] = gr.Markdown(elem_id="mapping-pairs")
             ui["apply_mapping"] = gr.Button("Apply mapping", elem_id="apply-mapping")
     ui["segments"] = gr.Dataframe(
         headers=SEGMENT_HEADERS,
@@ -52,11 +125,20 @@ def build(ui: dict[str, Any], res: Resources) -> None:
         interactive=False,
         wrap=True,
     )
+    # The heatmap click's bridge (see CLICK_JS): in the page, not shown.
+    ui["click_a"] = gr.Number(
+        label="layer of A (heatmap row)", visible="hidden", elem_id="align-click-a", precision=0
+    )
+    ui["click_b"] = gr.Number(
+        label="layer of B (heatmap column)", visible="hidden", elem_id="align-click-b", precision=0
+    )
+    ui["align_click"] = gr.Button("pair", visible="hidden", elem_id="align-click")
 
 
-def mapping_text(mapping: dict[str, list[list[int]]]) -> str:
-    """Return a mapping as compact JSON text (what the Mapping box shows)."""
-    return json.dumps({"a": mapping["a"], "b": mapping["b"]})
+def pairs_text(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> str:
+    """Return the mapping in layer names, one stage after another (Markdown)."""
+    stages = " · ".join(f"{name}: {items}" for name, items in stage_pairs(alignment, ga, gb))
+    return f"**In layer names** (as on the map): {stages}"
 
 
 def optimum(session: Session) -> float | None:
@@ -74,6 +156,7 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
         return {
             "align_mode": "sma",
             "mapping": "",
+            "mapping_pairs": "",
             "heatmap": None,
             "segments": None,
             "align_score": "Load and analyse a pair to see its alignment.",
@@ -91,10 +174,14 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
     return {
         "align_mode": al.mode,
         "mapping": mapping_text(al.mapping()),
+        "mapping_pairs": pairs_text(al, ga, gb),
         "heatmap": fig,
         "align_score": score,
         "segments": segment_rows(al, ga, gb),
     }
+
+
+# ---- handlers ----
 
 
 def on_mode(session: Session, res: Resources, mode: str, mapping: str | None, progress=None) -> str:
@@ -113,8 +200,22 @@ def on_mapping(session: Session, res: Resources, mapping: str | None, progress=N
     return on_mode(session, res, "manual", mapping, progress)
 
 
+def on_click(session: Session, res: Resources, a: Any, b: Any, progress=None) -> str:
+    """Pair the cell (A layer a, B layer b) of the map: move the shallower model's layer there.
+
+    api: /align_click with A's and B's layer numbers (the heatmap's row and column). The
+    alignment becomes "manual"; a click that cannot apply changes nothing and says why.
+    """
+    prep = work.require_prepared(session)
+    mapping, what = clicked_mapping(prep.alignment, prep.net_a.graph(), prep.net_b.graph(), a, b)
+    return f"{what}. " + on_mode(session, res, "manual", mapping_text(mapping), progress)
+
+
 def wire(ui: dict[str, Any], on) -> None:
     """Register the tab's events."""
-    scopes = ("align", "neurons", "zip", "evaluate", "export")
+    scopes = ("align", "neurons", "zip", "evaluate", "compare", "export")
     on(ui["align_mode"].input, on_mode, ["align_mode", "mapping"], scopes, "align", heavy=True)
     on(ui["apply_mapping"].click, on_mapping, ["mapping"], scopes, "set_mapping", heavy=True)
+    on(ui["align_click"].click, on_click, ["click_a", "click_b"], scopes, "align_click", heavy=True)
+    # Every render of the map (re)installs the page-side click listener (no server call).
+    ui["heatmap"].change(None, js=CLICK_JS, api_visibility="private", queue=False)

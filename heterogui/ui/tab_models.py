@@ -15,6 +15,7 @@ from heterogui.config import DataRef
 from heterogui.datasets.images import DATASETS
 from heterogui.datasets.refs import parse_lines, text_sha256
 from heterogui.errors import ConfigError
+from heterogui.pipeline import ZipSettings
 from heterogui.tasks.sentences import MIN_SENTENCES
 from heterogui.ui import work
 from heterogui.ui.loading import SOURCES, load_choice, model_card, verdict, zoo_choice
@@ -128,6 +129,47 @@ def _model_picker(ui: dict[str, Any], res: Resources, which: str) -> None:
     ui[f"card_{which}"] = gr.Markdown(f"**Model {name}**: not loaded yet.")
 
 
+PICKERS = tuple(f"{key}_{w}" for w in ("a", "b") for key in ("source", "zoo", "folder", "hf"))
+
+
+def picker_kind(loaded: Any) -> str:
+    """Return the picker ("zoo", "folder", "upload", "hf") a loaded model came through."""
+    if loaded.ref.startswith("zoo:"):
+        return "zoo"
+    if loaded.source in ("hf", "minilm"):
+        return "hf"
+    return "upload" if loaded.source == "upload" else "folder"
+
+
+def picker_values(session: Session, which: str) -> dict[str, Any]:
+    """Return the picker of model ``which`` set to the model loaded there (none: unchanged).
+
+    After a demo pair or a model loads, the source and its box show what is loaded, not what
+    was picked before.
+    """
+    loaded = getattr(session, which)
+    if loaded is None:
+        return {}
+    kind = picker_kind(loaded)
+    out: dict[str, Any] = {f"source_{which}": gr.update(value=kind)}
+    if kind == "zoo":
+        out[f"zoo_{which}"] = gr.update(value=loaded.ref.removeprefix("zoo:"))
+    elif kind in ("folder", "hf"):
+        out[f"{kind}_{which}"] = gr.update(value=loaded.ref)
+    return out
+
+
+def carried_knobs(session: Session) -> str:
+    """Return a note on zip knobs that differ from the defaults (they carry over to a pair)."""
+    default = ZipSettings()
+    kept = [
+        f"{k} {getattr(session.settings, k)}"
+        for k in ("matcher", "alpha", "beta", "rho")
+        if getattr(session.settings, k) != getattr(default, k)
+    ]
+    return f" Zip knobs kept from before: {', '.join(kept)}." if kept else ""
+
+
 def data_choice(session: Session) -> str | None:
     """Return the Calibration data dropdown's value for the session."""
     ref = session.calibration.ref if session.calibration else session.data
@@ -161,9 +203,10 @@ def on_load_pair(
     work.open_pair(session, res, name, progress)
     message = (
         f"Loaded demo pair **{name}** and analysed it: here is its layer alignment. "
-        "Next: **4 Zip** → Merge."
+        f"Next: **4 Zip** → Merge.{carried_knobs(session)}"
     )
-    return message, {"tabs": gr.Tabs(selected="align")}
+    pickers = {**picker_values(session, "a"), **picker_values(session, "b")}
+    return message, {"tabs": gr.Tabs(selected="align"), **pickers}
 
 
 def on_start(session: Session, res: Resources, progress=None) -> str | tuple[str, dict]:
@@ -193,14 +236,17 @@ def on_load_model(
     files: list[str] | None,
     hf_id: str | None,
     progress=None,
-) -> str:
+) -> tuple[str, dict[str, Any]]:
     """Load model A or B from the chosen source (api: /load_model_a, /load_model_b)."""
     workdir = session_folder(session) if source == "upload" else None
     loaded = load_choice(res, source, zoo, folder, files, hf_id, workdir, progress)
     work.set_model(session, which, loaded)
     ok, _ = verdict(session.a, session.b)
     tail = " Press **Analyse pair** to align the layers." if ok else ""
-    return f"Loaded model {which.upper()}: **{loaded.name}** ({loaded.source}).{tail}"
+    message = f"Loaded model {which.upper()}: **{loaded.name}** ({loaded.source}).{tail}"
+    # The other model's picker shows what is loaded there (a demo pair's model, say).
+    other = "b" if which == "a" else "a"
+    return message, picker_values(session, other)
 
 
 def chosen_data(session: Session, choice: str | None, file: str | None, size: int) -> DataRef:
@@ -272,7 +318,7 @@ def wire(ui: dict[str, Any], on) -> None:
         "all",
         "load_pair",
         heavy=True,
-        extra=["tabs"],
+        extra=["tabs", *PICKERS],
     )
     for which in ("a", "b"):
         ui[f"source_{which}"].change(
@@ -290,6 +336,7 @@ def wire(ui: dict[str, Any], on) -> None:
             "all",
             f"load_model_{which}",
             heavy=True,
+            extra=list(PICKERS),
         )
     on(
         ui["analyse"].click,
@@ -305,7 +352,7 @@ def wire(ui: dict[str, Any], on) -> None:
 def _bound(which: str):
     def handler(
         session: Session, res: Resources, source, zoo, folder, files, hf_id, progress=None
-    ) -> str:
+    ) -> tuple[str, dict[str, Any]]:
         return on_load_model(session, res, which, source, zoo, folder, files, hf_id, progress)
 
     handler.__name__ = f"on_load_model_{which}"

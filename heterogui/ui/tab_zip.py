@@ -14,13 +14,13 @@ import gradio as gr
 from heterogui.errors import ConfigError
 from heterogui.pipeline import resolve_device
 from heterogui.sizes import STORED_REASON, estimate, merge_size, reference_sizes
-from heterogui.zip.plan import stop_point
 from heterogui.ui import work
 from heterogui.ui.fig_arch import architecture_figure
 from heterogui.ui.fig_eval import natural_key, sizes_figure, widths_figure
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 from heterogui.ui.tab_evaluate import on_evaluate_pending
+from heterogui.zip.plan import stop_point
 
 VIEWS = (
     "readout",

@@ -17,8 +17,9 @@ import torch
 
 from heterogui import run
 from heterogui.align.alignment import align, layer_pairs
-from heterogui.config import DataRef, load_yaml
-from heterogui.errors import AlignmentError, ConfigError
+from heterogui.align.editing import read_mapping
+from heterogui.config import DataRef
+from heterogui.errors import ConfigError
 from heterogui.pipeline import (
     MergeResult,
     Prepared,
@@ -37,7 +38,6 @@ from heterogui.ui.session import Session
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
 KEEP_RESULTS = 4  # recent merges kept in memory (besides the two the Compare tab shows)
-MAX_MAPPING_CHARS = 20_000  # thousands of layers' slots; a longer text is not a mapping
 
 
 def guarded(session: Session, progress: Progress | None) -> Progress:
@@ -174,32 +174,6 @@ def metrics_of(session: Session, result: MergeResult, progress: Progress | None 
     return run.evaluate_merge(session.pair, result, session.evaluation, progress)
 
 
-def parse_mapping(text: str) -> dict[str, list[list[int]]]:
-    """Parse a mapping typed by the user: ``{"a": [[0, 1, 2]], "b": [[0, 2]]}`` (JSON or YAML).
-
-    Raises:
-        AlignmentError: the text does not parse or is not of that shape.
-    """
-    if len(text or "") > MAX_MAPPING_CHARS:
-        raise AlignmentError(
-            f"the mapping is {len(text):,} characters long; a mapping lists one slot per layer"
-        )
-    try:
-        data = load_yaml(text or "", "the mapping")
-    except ConfigError as exc:
-        raise AlignmentError(f"{exc}; use the shown format") from exc
-    ok = isinstance(data, dict) and set(data) == {"a", "b"}
-    ok = ok and all(
-        isinstance(v, list) and all(isinstance(s, list) for s in v) for v in data.values()
-    )
-    if not ok:
-        raise AlignmentError(
-            'a mapping looks like {"a": [[0, 1, 2]], "b": [[0, 2]]}: per model, one list per '
-            "stage with the slot of each of its layers"
-        )
-    return data
-
-
 def set_alignment(
     session: Session, mode: str, mapping_text: str | None = None, progress: Progress | None = None
 ) -> bool:
@@ -212,8 +186,8 @@ def set_alignment(
         AlignmentError: unknown mode or an invalid manual mapping (the old one is kept).
     """
     prepared = require_prepared(session)
-    manual = parse_mapping(mapping_text or "") if mode == "manual" else None
     ga, gb = prepared.net_a.graph(), prepared.net_b.graph()
+    manual = read_mapping(mapping_text, prepared.alignment, ga, gb) if mode == "manual" else None
     new_alignment = align(ga, gb, prepared.similarity, mode, manual)
     old = prepared.alignment
     recomputed = (new_alignment.positions_a, new_alignment.positions_b) != (
