@@ -321,3 +321,79 @@ def test_a_click_on_the_map_pairs_layers(url, chromium_browser, tmp_path):
     wait_mapping(before)
     page.close()
     assert errors == []
+
+
+def choose_source(page, which: str, source: str) -> None:
+    """Pick where model ``which`` comes from (the radio shows that source's input)."""
+    page.locator(f"#source-{which}").get_by_text(source, exact=True).click()
+    page.wait_for_timeout(300)
+
+
+def test_an_export_uploads_again_as_a_model(url, chromium_browser, tmp_path):
+    page = chromium_browser.new_page(viewport={"width": 1360, "height": 900})
+    errors, foreign = watch(page)
+    page.goto(url)
+    wait_status(page, "Loaded demo pair")
+    open_tab(page, "4 Zip")
+    page.locator("#merge").click()
+    wait_status(page, "Merge #1 done")
+    export(page, tmp_path / "round-trip")
+    with page.expect_download(timeout=TIMEOUT_MS) as caught:
+        page.locator("#export-file a").first.click()
+    archive = tmp_path / caught.value.suggested_filename
+    caught.value.save_as(archive)
+    # The .zip goes back in as model A: a merge is a model again, with both task heads.
+    open_tab(page, "1 Models")
+    choose_source(page, "a", "upload")
+    page.locator("#upload-a input[type=file]").set_input_files(str(archive))
+    page.wait_for_timeout(500)
+    page.locator("#load-a").click()
+    wait_status(page, "(upload)")
+    card = page.locator("#component-0").page.get_by_text("task heads:").first
+    assert card.inner_text().count("classes") == 2
+    page.locator("#analyse").click()
+    wait_status(page, "Analysed the pair")
+    open_tab(page, "4 Zip")
+    page.locator("#merge").click()
+    wait_status(page, "Merge #2 done")
+    page.close()
+    assert errors == [] and foreign == []
+
+
+@pytest.mark.slow
+def test_the_minilm_pair_merges_in_the_page(url, chromium_browser, tmp_path):
+    page = chromium_browser.new_page(viewport={"width": 1360, "height": 900})
+    errors, foreign = watch(page)
+    shot = Shots(page, tmp_path)
+    page.goto(url)
+    wait_status(page, "Loaded demo pair")
+    open_tab(page, "1 Models")
+    for which, name in (("a", "all-MiniLM-L6-v2"), ("b", "paraphrase-MiniLM-L3-v2")):
+        choose_source(page, which, "hf")
+        page.locator(f"#hf-{which} textarea, #hf-{which} input").first.fill(f"minilm:{name}")
+        page.locator(f"#load-{which}").click()
+        wait_status(page, f"Loaded model {which.upper()}")
+    page.locator("#analyse").click()
+    wait_status(page, "Analysed the pair")
+    open_tab(page, "2 Alignment")
+    page.locator("#cka-heatmap .js-plotly-plot").wait_for(timeout=TIMEOUT_MS)
+    shot("minilm-alignment", full_page=False)
+    open_tab(page, "4 Zip")
+    page.locator("#merge").click()
+    wait_status(page, "Merge #1 done")
+    page.wait_for_function(  # the Spearman of the merge beside the sliders
+        "() => [...document.querySelectorAll('#readout tr')].some(r => "
+        "r.cells[0].innerText.trim() === 'merged' && /\\d/.test(r.cells[4].innerText))",
+        timeout=TIMEOUT_MS,
+    )
+    assert page.locator("#readout").get_by_text("Spearman").count() == 1
+    shot("minilm-zip")
+    open_tab(page, "3 Neurons")
+    page.locator("#neuron-map .js-plotly-plot").wait_for(timeout=TIMEOUT_MS)
+    shot("minilm-neurons", full_page=False)
+    open_tab(page, "5 Evaluate")
+    merged_row = page.get_by_text("merged (exported trunk, mean-pooled)")
+    merged_row.filter(visible=True).first.wait_for(timeout=TIMEOUT_MS)
+    shot("minilm-evaluate")
+    page.close()
+    assert errors == [] and foreign == []

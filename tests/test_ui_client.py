@@ -138,3 +138,17 @@ def test_cancel_over_the_api_stops_a_running_merge(url, monkeypatch):
     status, summary = job.result()[:2]
     assert status.startswith("**Cancelled.**") and summary["merges"] == 0  # nothing added
     assert summary["history"] == []
+
+
+def test_the_readme_client_snippet_runs_as_written(url, capsys):
+    """The gradio_client flow in the README is run as it is printed there (URL aside)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("```python\nfrom gradio_client import Client")
+    code = readme[start + len("```python\n") : readme.index("```", start + 10)]
+    code = code.replace("http://127.0.0.1:7860/", url)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the project's own README
+    assert "Comparing merge #1 with #2" in scope["status"]
+    assert "Joint" in capsys.readouterr().out

@@ -209,15 +209,20 @@ def test_neuron_view_follows_the_matching(session, res):
         tab_neurons.on_space(session, res, "nowhere")
 
 
-def test_large_layers_are_averaged_and_say_so():
+def test_large_layers_get_a_detail_and_an_overview():
     gen = torch.Generator().manual_seed(0)
     feats = torch.randn(2000, 600, generator=gen, dtype=torch.float64)
     corr = torch.corrcoef(feats.T)
     match = zip_match(corr, 300, 300, width=400)
-    fig = fig_neurons.neuron_figure(corr.numpy(), 300, 300, match, "wide")
+    view = fig_neurons.neuron_view(corr.numpy(), 300, 300, match)
+    fig = fig_neurons.detail_figure(view, "wide")  # the strongest groups at full resolution
     heat = next(t for t in fig.data if t.type == "heatmap")
-    assert np.asarray(heat.z).shape == (200, 200)
-    assert "averaged over 3x3 blocks (600 > 256 features)" in fig.layout.title.text
+    assert np.asarray(heat.z).shape == (view.detail.size,) * 2 and view.detail.size <= 256
+    assert "48 of" in fig.layout.title.text and "of 600 features" in fig.layout.title.text
+    overview = fig_neurons.overview_figure(view, "wide")  # everything, averaged
+    heat = next(t for t in overview.data if t.type == "heatmap")
+    assert np.asarray(heat.z).shape == (120, 120)
+    assert "5×5 blocks" in overview.layout.title.text
     hist = fig_neurons.correlation_histogram(corr.numpy(), match, 300, "wide")
     assert all(len(t.y) == 40 for t in hist.data)
 
@@ -312,6 +317,18 @@ def test_bad_model_inputs_show_a_message_and_keep_the_session(session, res, tmp_
     assert session.prepared is not None and session.calibration.count == 64
 
 
+def test_a_new_pair_shows_its_models_and_the_knobs_it_keeps(session, res):
+    merge(session, res, rho=0.5)
+    message, extra = tab_models.on_load_pair(session, res, "tiny-digits-vgg-width")
+    assert "Zip knobs kept from before: rho 0.5" in message
+    for which in ("a", "b"):
+        assert extra[f"source_{which}"]["value"] == "zoo"
+        assert extra[f"zoo_{which}"]["value"] == f"tiny-digits-vgg-width/{which}"
+    assert tab_models.render(session, res)["pair_choice"]["value"] == "tiny-digits-vgg-width"
+    tab_zip.on_knobs(session, res, "zip", 0.5, 1.0, 1.0, None)
+    assert "kept from before" not in tab_models.on_load_pair(session, res, PAIR)[0]
+
+
 def test_two_sessions_share_nothing(res):
     one, two = Session(device="cpu"), Session(device="cpu")
     tab_models.on_load_pair(one, res, PAIR)
@@ -362,10 +379,10 @@ def test_an_export_uploads_as_a_model_and_merges_again(session, res, tmp_path):
     merge(session, res, rho=0.5)
     message, extra = tab_export.on_export(session, res, str(tmp_path / "first"), False)
     other = Session(device="cpu")
-    loaded = tab_models.on_load_model(
+    loaded, pickers = tab_models.on_load_model(
         other, res, "a", "upload", None, None, [extra["export_file"]], None
     )
-    assert "**first** (upload)" in loaded
+    assert "**first** (upload)" in loaded and pickers == {}  # B is not loaded yet
     assert [h.name for h in other.a.net.task_heads()] == [f"{PAIR}/a", f"{PAIR}/b"]
     with torch.no_grad():  # the upload computes what the merge computed
         x = torch.randn(4, 1, 8, 8)
@@ -379,8 +396,9 @@ def test_an_export_uploads_as_a_model_and_merges_again(session, res, tmp_path):
     assert other.evaluation is None  # B's task is there twice: no Joint, and the page says so
     assert "no evaluation data" in tab_evaluate.on_evaluate(other, res)
     files = [str(tmp_path / "first" / n) for n in ("config.json", "model.safetensors")]
-    tab_models.on_load_model(other, res, "b", "upload", None, None, files, None)
+    _, pickers = tab_models.on_load_model(other, res, "b", "upload", None, None, files, None)
     assert other.b.source == "upload" and len(other.b.net.task_heads()) == 2
+    assert pickers == {"source_a": {"__type__": "update", "value": "upload"}}
 
 
 def test_a_vit_pair_runs_end_to_end_with_image_panels(res, tmp_path):
@@ -425,3 +443,25 @@ def test_evaluation_progress_reports_true_shares_of_the_work(session, res):
     session.merged_metrics = None
     assert work.evaluate_pending(session, res, lambda *c: calls.append(c))
     assert calls == [("evaluate", 0.0), ("evaluate", 1.0)]
+
+
+def test_architecture_picture_marks_identity_layers_the_stop_point_and_heads(session, res):
+    n = work_blocks(session)
+    merge(session, res, rho=0.5, stop=n - 1)
+    fig = tab_zip.render(session, res)["arch_plot"]
+    texts = list(fig.data[0].customdata)
+    merged = [t for t in texts if "merged layer" in t]
+    assert len(merged) == n - 1  # one merged layer per slot before the stop point
+    widths = session.result.widths()
+    space = session.prepared.padded_a.graph().block_out[0]
+    assert merged[0].startswith(f"slot 0: merged layer, width {widths[space][2]}")
+    # Identity layers: every slot of a stage that a model has no layer of (hollow boxes).
+    al = session.prepared.alignment
+    identity = [t for t in texts if t.split(": ", 1)[1].startswith("identity")]
+    real = sum(len(p) for p in al.positions_a) + sum(len(p) for p in al.positions_b)
+    assert len(identity) == 2 * sum(al.depths) - real > 0
+    hollow = [s for s in fig.layout.shapes if s.line.dash == "dot" and s.type == "rect"]
+    assert len(hollow) == len(identity)
+    heads = [t for t in texts if "head" in t]
+    assert len(heads) == 2 and all("classes" in h for h in heads)
+    assert any("stop point" in a.text for a in fig.layout.annotations)

@@ -13,7 +13,9 @@ GRID = "rgba(128, 128, 128, 0.25)"
 
 DARK_CSS = """
 .dark .js-plotly-plot :is(.infolayer, .xaxislayer-above, .yaxislayer-above,
-  .xaxislayer-below, .yaxislayer-below, .annotation, .legend) text { fill: #e5e7eb !important; }
+  .xaxislayer-below, .yaxislayer-below, .overaxes-above, .annotation, .legend) text {
+  fill: #e5e7eb !important;
+}
 .dark .js-plotly-plot .main-svg { background: transparent !important; }
 .dark .js-plotly-plot .zerolinelayer path { stroke: rgba(229, 231, 235, 0.4) !important; }
 """

@@ -3,9 +3,10 @@
 A release (``tab_zip.on_release`` with auto re-merge on) runs two steps, timed here without a
 server and without gradio, down to the figures' JSON:
 
-1. the merge: re-merge from the cached statistics (``zip_prepared``: match, fuse, BatchNorm),
-   sizes, and the figures of the Zip and Neurons tabs (readout, widths, neuron map, histogram);
-2. its metrics: evaluation on the test split and the Evaluate tab's figures (samples, history).
+1. the merge: re-merge from the cached statistics (``zip_prepared``: match, fuse, BatchNorm)
+   and every view the page redraws with it (``app.render`` of the Zip, Neurons, Evaluate,
+   Compare and Export tabs: readout, sizes, architecture, widths, neuron maps, ...);
+2. its metrics: evaluation on the test split and the views redrawn with them.
 
 The statistics are prepared once before timing, as the app does when a pair is loaded.
 """
@@ -16,15 +17,12 @@ import statistics
 import time
 from typing import Any
 
+import plotly.graph_objects as go
 import torch
 
-from heterogui.sizes import reference_sizes
-from heterogui.ui import work
-from heterogui.ui.fig_eval import history_figure, samples_figure, sizes_figure, widths_figure
-from heterogui.ui.fig_neurons import correlation_histogram, neuron_figure
+from heterogui.ui import app, work
 from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
-from heterogui.ui.tab_neurons import merge_points, space_match
 from heterogui.zoo.registry import PAIRS, TINY_PAIRS
 
 # A user dragging rho, then alpha, beta and the stop point: each entry is one release.
@@ -41,33 +39,15 @@ DEFAULT_MOVES: tuple[dict[str, Any], ...] = (
 )
 
 
-def merge_figures(session: Session) -> int:
-    """Build the figures step 1 re-renders; return their JSON size in bytes."""
-    prep, result = session.prepared, session.result
-    sizes = {**(session.reference_sizes or reference_sizes(prep)), "merged": session.merged_size}
-    space = session.neuron_space or merge_points(prep)[0][1]
-    corr, match = space_match(prep, result.settings, space, result.spec.stop, result)
-    n_a = prep.padded_a.graph().spaces[space].width
-    figs = [
-        sizes_figure(sizes),
-        widths_figure(result.widths()),
-        neuron_figure(corr, n_a, corr.shape[0] - n_a, match, space),
-        correlation_histogram(corr, match, n_a, space),
-    ]
-    return sum(len(f.to_json()) for f in figs)
+# What the page redraws after each step of a release (tab_zip.wire): the merge, then its scores.
+MERGE_SCOPES = ("zip", "neurons", "evaluate", "compare", "export")
+METRICS_SCOPES = ("zip", "evaluate", "compare", "export")
 
 
-def evaluation_figures(session: Session, res: Resources) -> int:
-    """Build the figures step 2 re-renders; return their JSON size in bytes."""
-    prep, result, task = session.prepared, session.result, session.task
-    figs = [history_figure(session.history, task.metric, session.pair_name)]
-    if session.evaluation is not None:
-        split = session.evaluation.data
-        ids = session.samples
-        inputs = split.inputs[torch.tensor(ids)]
-        preds = task.predictions(prep, result, inputs)
-        figs.append(samples_figure(inputs, [int(split.labels[i]) for i in ids], preds, ids))
-    return sum(len(f.to_json()) for f in figs)
+def render_step(session: Session, res: Resources, scopes: tuple[str, ...]) -> int:
+    """Render the views a step updates, as the app does; return the figures' JSON bytes."""
+    views = app.render(session, res, scopes)
+    return sum(len(v.to_json()) for v in views.values() if isinstance(v, go.Figure))
 
 
 def _settings(session: Session, move: dict[str, Any]) -> Any:
@@ -136,10 +116,10 @@ def _release(session: Session, res: Resources, settings: Any) -> dict[str, float
     """Do what one slider release does; return the time of each step (and the JSON bytes)."""
     t0 = time.perf_counter()
     result = work.merge(session, res, settings, evaluate=False)
-    size = merge_figures(session)
+    size = render_step(session, res, MERGE_SCOPES)
     t1 = time.perf_counter()
     work.evaluate_pending(session, res)
-    size += evaluation_figures(session, res)
+    size += render_step(session, res, METRICS_SCOPES)
     t2 = time.perf_counter()
     return {
         "zip_s": sum(result.timings.values()),

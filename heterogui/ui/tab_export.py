@@ -39,7 +39,10 @@ def build(ui: dict[str, Any], res: Resources) -> None:
             ui["overwrite"] = gr.Checkbox(value=False, label="Overwrite an earlier export")
             ui["export"] = gr.Button("Export merge", variant="primary", elem_id="export")
             ui["export_file"] = gr.File(
-                label="Download the export (.zip)", interactive=False, height=80
+                label="Download the export (.zip)",
+                interactive=False,
+                height=80,
+                elem_id="export-file",
             )
         with gr.Column():
             ui["recipe_upload"] = gr.File(

@@ -79,7 +79,7 @@ def build(ui: dict[str, Any], res: Resources) -> None:
             info="How many inputs the statistics use (more: slower, steadier). Text pairs "
             "start at 64 sentences: MiniLM's feature pass takes ~20 s for 256 on 2 CPU cores",
         )
-        ui["analyse"] = gr.Button("Analyse pair", variant="primary")
+        ui["analyse"] = gr.Button("Analyse pair", variant="primary", elem_id="analyse")
     with gr.Accordion("Calibration sentences (text models)", open=False):
         ui["sentences"] = gr.Textbox(
             lines=4,
@@ -97,6 +97,7 @@ def _model_picker(ui: dict[str, Any], res: Resources, which: str) -> None:
         value="zoo",
         label=f"Model {name} comes from",
         info="; ".join(f"{s}: {SOURCE_HELP[s]}" for s in SOURCES),
+        elem_id=f"source-{which}",
     )
     choices = zoo_models(res)
     ui[f"zoo_{which}"] = gr.Dropdown(
@@ -118,14 +119,16 @@ def _model_picker(ui: dict[str, Any], res: Resources, which: str) -> None:
         file_types=[".safetensors", ".json", ".zip", ".txt"],
         height=110,
         visible=False,
+        elem_id=f"upload-{which}",
     )
     ui[f"hf_{which}"] = gr.Textbox(
         label=f"Hugging Face model {name}",
         info="A save_pretrained folder, a hub id (when the hub is allowed) or minilm:NAME; "
         "BERT and ViT models",
         visible=False,
+        elem_id=f"hf-{which}",
     )
-    ui[f"load_{which}"] = gr.Button(f"Load model {name}")
+    ui[f"load_{which}"] = gr.Button(f"Load model {name}", elem_id=f"load-{which}")
     ui[f"card_{which}"] = gr.Markdown(f"**Model {name}**: not loaded yet.")
 
 

@@ -1,5 +1,10 @@
 """Tab 3, Neurons: at one merge point, the correlation of A's and B's neurons reordered by the
-matching (cross-model and within-model merges marked) and the correlations of merged pairs.
+matching (cross-model and within-model merges marked) and the correlations of merged pairs
+(docs/method.md sec. 7).
+
+A small layer is shown whole at full resolution. A larger one (a transformer's FFN: 1,536 + 1,536
+features) gets a detail, its strongest merged groups at full resolution, and beside it an
+overview of all features averaged over blocks (``heterogui.ui.fig_neurons``).
 """
 
 from __future__ import annotations
@@ -12,13 +17,21 @@ import numpy as np
 from heterogui.errors import ConfigError, HeteroguiError
 from heterogui.models.graph import INPUT, LOGITS
 from heterogui.pipeline import Prepared, ZipSettings, match_spaces
-from heterogui.ui.fig_neurons import MAX_FEATURES, correlation_histogram, neuron_figure
+from heterogui.ui.fig_neurons import (
+    CROSS,
+    WITHIN,
+    NeuronView,
+    correlation_histogram,
+    detail_figure,
+    neuron_view,
+    overview_figure,
+)
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 from heterogui.zip.collect import pooled_moments
 from heterogui.zip.matchers import Match
 
-VIEWS = ("space", "neuron_map", "neuron_hist", "neuron_info")
+VIEWS = ("space", "neuron_map", "overview_box", "neuron_overview", "neuron_hist", "neuron_info")
 
 
 def build(ui: dict[str, Any], res: Resources) -> None:
@@ -31,10 +44,23 @@ def build(ui: dict[str, Any], res: Resources) -> None:
     )
     ui["neuron_info"] = gr.Markdown()
     with gr.Row():
-        ui["neuron_map"] = gr.Plot(
-            elem_id="neuron-map", label="Neuron correlation, reordered by the matching"
-        )
-        ui["neuron_hist"] = gr.Plot(label="Correlation of merged pairs")
+        with gr.Column(scale=3):
+            ui["neuron_map"] = gr.Plot(  # the figures carry their own titles: no label badge
+                elem_id="neuron-map",
+                label="Neuron correlation, reordered by the matching",
+                show_label=False,
+            )
+        with gr.Column(scale=2):
+            ui["overview_box"] = gr.Column(visible=False)  # shown for large layers only
+            with ui["overview_box"]:
+                ui["neuron_overview"] = gr.Plot(
+                    elem_id="neuron-overview",
+                    label="All features, averaged over blocks",
+                    show_label=False,
+                )
+            ui["neuron_hist"] = gr.Plot(
+                elem_id="neuron-hist", label="Correlation of merged pairs", show_label=False
+            )
 
 
 def merge_points(prepared: Prepared) -> list[tuple[str, str]]:
@@ -85,6 +111,8 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
         return {
             "space": gr.update(choices=[], value=None),
             "neuron_map": None,
+            "overview_box": gr.update(visible=False),
+            "neuron_overview": None,
             "neuron_hist": None,
             "neuron_info": "Load and analyse a pair first.",
         }
@@ -104,18 +132,60 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
     else:
         source = "the last merge" if result is not None else "the current Zip settings"
     n_a = prep.padded_a.graph().spaces[space].width
-    o = corr.shape[0]
     if match is None:
         source += "; this merge point lies after the stop point and is not merged"
-    info = f"Matching from **{source}**. {o} features ({n_a} of A, {o - n_a} of B)" + (
-        f"; shown averaged over blocks (more than {MAX_FEATURES})." if o > MAX_FEATURES else "."
+    return {"space": gr.update(choices=points, value=space)} | space_views(
+        corr, n_a, match, space, source
     )
+
+
+def space_views(
+    corr: np.ndarray, n_a: int, match: Match | None, space: str, source: str
+) -> dict[str, Any]:
+    """Return the figures and the text of one merge point (the views but the dropdown).
+
+    A small layer is one full-resolution map (the overview panel hidden); a large one a map of
+    its strongest merged groups and an overview of all its features (docs/method.md sec. 7).
+    """
+    view = neuron_view(corr, n_a, corr.shape[0] - n_a, match)
     return {
-        "space": gr.update(choices=points, value=space),
-        "neuron_map": neuron_figure(corr, n_a, o - n_a, match, space),
+        "neuron_map": detail_figure(view, space),
+        "overview_box": gr.update(visible=not view.full),
+        "neuron_overview": None if view.full else overview_figure(view, space),
         "neuron_hist": correlation_histogram(corr, match, n_a, space),
-        "neuron_info": info,
+        "neuron_info": f"Matching from **{source}**. {shown_text(view)}",
     }
+
+
+def shown_text(view: NeuronView) -> str:
+    """Return what the neuron map shows, in words (the tab's Markdown under the dropdown)."""
+    o, n_a = view.n_features, view.n_a
+    sizes = f"{o:,} features ({n_a:,} of A, {o - n_a:,} of B)"
+    hover = "Hover a cell for its two features (A12: feature 12 of A)."
+    if view.full:
+        return (
+            f"{sizes}, all shown at full resolution. The strip above the map marks each "
+            f"feature's kind; a box outlines each merged group. {hover}"
+        )
+    if not len(view.detail_spans):
+        return (
+            f"{sizes}; nothing is merged here. **Map:** the first {view.detail.size:,} "
+            "features of A and of B at full resolution. **Overview:** all features, "
+            f"averaged over blocks. {hover}"
+        )
+    kinds = ", ".join(
+        f"{view.shown_count(k)} {name}"
+        for k, name in ((CROSS, "cross-model"), (WITHIN, "within-model"))
+        if view.shown_count(k)
+    )
+    return (
+        f"{sizes}: too many to show one by one. **Map:** the {len(view.detail_spans)} "
+        f"strongest merged groups ({kinds}; ranked by the mean correlation of their "
+        f"members) at full resolution: {view.detail.size:,} features, each group boxed. "
+        "**Overview:** all features in the same order (cross-model groups, within-model "
+        "groups, features kept alone, dropped ones), averaged over blocks; its boxes mark "
+        f"the map's features. {hover}"
+    )
 
 
 def on_space(session: Session, res: Resources, space: str | None, progress=None) -> str:
