@@ -390,6 +390,10 @@ def test_the_minilm_pair_merges_in_the_page(url, chromium_browser, tmp_path):
     shot("minilm-zip")
     open_tab(page, "3 Neurons")
     page.locator("#neuron-map .js-plotly-plot").wait_for(timeout=TIMEOUT_MS)
+    pick(page, "neuron-space", "layer0.ffn")  # 1,536 + 1,536 features: the detail view
+    wait_status(page, "Showing merge point layer0.ffn")
+    page.locator("#neuron-overview .js-plotly-plot").wait_for(timeout=TIMEOUT_MS)
+    assert page.locator("#neuron-map").get_by_text("strongest").count() >= 1
     shot("minilm-neurons", full_page=False)
     open_tab(page, "5 Evaluate")
     merged_row = page.get_by_text("merged (exported trunk, mean-pooled)")

@@ -41,6 +41,7 @@ def build(ui: dict[str, Any], res: Resources) -> None:
         label="Merge point",
         info="A feature space both models write (a layer's output, or a residual stream): "
         "its neurons are matched and merged",
+        elem_id="neuron-space",
     )
     ui["neuron_info"] = gr.Markdown()
     with gr.Row():
