@@ -10,6 +10,7 @@ layers (x2) for one input, from a forward pass on the meta device.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import torch
@@ -142,18 +143,30 @@ def stored_size(model: Any, prepared: pipeline.Prepared) -> dict[str, int | None
     return parameters_and_flops(shape_only(lambda: build_merged(model.spec)), input_shape(prepared))
 
 
+# merge_size per live MergeResult (by id, checked against a weak reference): the workbench
+# shows one merge's size in several places (readout, report, card) and FLOPs need a forward.
+_MERGE_SIZES: dict[int, tuple[weakref.ref, dict[str, int | None]]] = {}
+
+
 def merge_size(result: pipeline.MergeResult) -> dict[str, int | None]:
     """Return a merge's effective parameters and FLOPs, and what it stores beside them.
 
     Keys: "parameters" and "flops" (not structurally zero: what the merge computes with),
-    "stored_parameters" and "stored_flops" (dense block-diagonal weights included).
+    "stored_parameters" and "stored_flops" (dense block-diagonal weights included). A merge
+    result is not changed after it is made, so its size is computed once.
     """
+    key = id(result)
+    hit = _MERGE_SIZES.get(key)
+    if hit is not None and hit[0]() is result:
+        return dict(hit[1])
     stored = stored_size(result.model, result.prepared)
-    return {
+    size = {
         **merged_effective_size(result),
         "stored_parameters": stored["parameters"],
         "stored_flops": stored["flops"],
     }
+    _MERGE_SIZES[key] = (weakref.ref(result, lambda _ref: _MERGE_SIZES.pop(key, None)), size)
+    return dict(size)
 
 
 STORED_REASON = (
