@@ -33,6 +33,8 @@ def test_history_plots_only_the_current_pair_and_names_the_rest():
     assert list(trace.text) == ["#1", "#3"]
     assert "1 of other pairs" in fig.layout.title.text
     assert fig.layout.xaxis.tickformat == "~s"  # 447k, not 447.4655k
+    lo, hi = fig.layout.xaxis.range  # a narrow spread gets room: the ticks are round numbers
+    assert lo < 447_465 - 20_000 and hi > 447_466 + 20_000
     many = [_row(k, "digits", 1000 + k, 50.0) for k in range(20)]
     assert history_figure(many, "Joint %", "digits").data[0].mode == "markers"  # no label pile-up
 

@@ -162,6 +162,9 @@ def test_remerge_reuses_cached_statistics_and_is_fast(session, res, monkeypatch)
     for name in ("A", "B", "ensemble"):
         assert float(rows[name][-1]) == round(100 * session.baseline[name.lower()].joint, 2)
     assert tab_evaluate.on_evaluate_pending(session, res) is None  # nothing left to do
+    headers = tab_evaluate.render(session, res)["history"]["headers"]
+    assert headers[:4] == ["merge", "pair", "Joint", "Task A"]  # scores before settings
+    assert headers[-1] == "seconds" and "score" not in headers
 
 
 def _readout_rows(text: str) -> dict[str, list[str]]:

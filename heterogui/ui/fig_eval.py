@@ -217,13 +217,18 @@ def history_figure(history: list[dict[str, Any]], metric: str, pair: str | None)
                 "stop %{customdata[4]}<extra></extra>",
             )
         )
+    xaxis: dict[str, Any] = {"title": "parameters (effective)", "tickformat": "~s", "nticks": 6}
+    if rows:  # a narrow spread gets room around it, so the ticks are round numbers
+        lo, hi = min(h["parameters"] for h in rows), max(h["parameters"] for h in rows)
+        if hi - lo < 0.02 * hi:
+            xaxis["range"] = [lo - 0.05 * hi, hi + 0.05 * hi]
     others = len(history) - len(rows)
     title = f"merges of {pair}" if pair else "this session's merges"
     if others:
         title += f" ({others} of other pairs: in the table)"
     fig.update_layout(
         title=title,
-        xaxis={"title": "parameters (effective)", "tickformat": "~s", "nticks": 6},
+        xaxis=xaxis,
         yaxis={"title": metric},
         height=320,
         margin={"l": 60, "r": 30, "t": 50, "b": 50},

@@ -34,17 +34,19 @@ VIEWS = (
     "text_scores",
     "sim_plot",
 )
-HISTORY_COLUMNS = [
-    "merge",
-    "pair",
-    "alignment",
-    "matcher",
+# The history table: who and what first (scores, sizes), then the settings; scores of every
+# task the session met go between (Joint, Task A, ..., Spearman).
+HISTORY_FIRST = ["merge", "pair"]
+HISTORY_LAST = [
+    "parameters",
+    "stored parameters",
+    "rho",
     "alpha",
     "beta",
-    "rho",
     "stop",
+    "matcher",
+    "alignment",
     "overrides",
-    "parameters",
     "seconds",
 ]
 SWEEP_RHOS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -103,7 +105,9 @@ def build(ui: dict[str, Any], res: Resources) -> None:
             ui["sweep_plot"] = gr.Plot(label="Score and size against rho")
         with gr.Column():
             ui["history_plot"] = gr.Plot(label="This session's merges")
-    ui["history"] = gr.Dataframe(interactive=False, label="History of this session's merges")
+    ui["history"] = gr.Dataframe(
+        interactive=False, wrap=True, label="History of this session's merges (scroll sideways)"
+    )
 
 
 def metric_rows(session: Session) -> tuple[list[str], list[list[Any]]]:
@@ -227,9 +231,9 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
     if SIMILARITY in task.panels and session.compare:
         matrices = task.similarity(session.prepared, session.result, session.pair, session.compare)
         views["sim_plot"] = similarity_figure(matrices, session.compare)
-    columns = HISTORY_COLUMNS + sorted(
-        {k for h in session.history for k in h} - set(HISTORY_COLUMNS) - {"flops", "score"}
-    )
+    known = {*HISTORY_FIRST, *HISTORY_LAST, "flops", "score"}
+    scores = [k for k in dict.fromkeys(k for h in session.history for k in h) if k not in known]
+    columns = [*HISTORY_FIRST, *scores, *HISTORY_LAST]
     history = [[h.get(c) for c in columns] for h in session.history]
     views["history"] = gr.update(value=history or None, headers=columns)
     views["history_plot"] = history_figure(session.history, task.metric, session.pair_name)
