@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -374,6 +375,14 @@ def test_the_minilm_pair_merges_in_the_page(url, chromium_browser, tmp_path):
         page.locator(f"#load-{which}").click()
         wait_status(page, f"Loaded model {which.upper()}")
     page.locator("#analyse").click()
+    # While it runs (about 15 s): the step's stage and share of work, and no time estimate
+    # (Gradio's would be the average of earlier runs, of the digits pair's analysis).
+    level = page.locator("#status .progress-level")
+    level.wait_for(timeout=TIMEOUT_MS)
+    assert re.search(r"(CKA|statistics|BatchNorm|evaluating).* - \d+\.\d%", level.inner_text())
+    estimate = page.locator("#status .progress-text")
+    shown = [e.evaluate("e => getComputedStyle(e).display") for e in estimate.all()]
+    assert shown and set(shown) == {"none"}
     wait_status(page, "Analysed the pair")
     open_tab(page, "2 Alignment")
     page.locator("#cka-heatmap .js-plotly-plot").wait_for(timeout=TIMEOUT_MS)

@@ -32,7 +32,7 @@ from heterogui.ui import (  # noqa: E402
     tab_neurons,
     tab_zip,
 )
-from heterogui.ui.figstyle import DARK_CSS, style  # noqa: E402
+from heterogui.ui.figstyle import DARK_CSS, STATUS_CSS, style  # noqa: E402
 from heterogui.ui.resources import Resources  # noqa: E402
 from heterogui.ui.session import Session  # noqa: E402
 from heterogui.ui.summary import session_summary  # noqa: E402
@@ -318,7 +318,7 @@ def launch(
         ssr_mode=False,
         footer_links=["api", "settings"],
         run_history=False,
-        css=DARK_CSS,
+        css=DARK_CSS + STATUS_CSS,
         enable_monitoring=False,
         mcp_server=False,
         pwa=False,

@@ -2,7 +2,8 @@
 
 Figures get transparent backgrounds and translucent grid lines, so they sit on the page's own
 background; in dark mode ``DARK_CSS`` turns their text and axis lines light (CSS outranks the
-colours plotly writes inline). Hover labels keep plotly's own contrast.
+colours plotly writes inline). Hover labels keep plotly's own contrast. ``STATUS_CSS`` keeps
+Gradio's time estimates out of the status line.
 """
 
 from __future__ import annotations
@@ -10,6 +11,13 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 GRID = "rgba(128, 128, 128, 0.25)"
+
+# Gradio's time estimate for a step is its average over every earlier run of that event, by
+# any user and for any pair (a MiniLM merge would be promised the digits pair's time): the status
+# line shows the step's own stage and true share of work instead, and no estimate.
+STATUS_CSS = """
+#status .eta-bar, #status .progress-text { display: none !important; }
+"""
 
 DARK_CSS = """
 .dark .js-plotly-plot :is(.infolayer, .xaxislayer-above, .yaxislayer-above,
