@@ -149,6 +149,8 @@ def compare_and_sweep(page) -> None:
     page.get_by_role("option").first.click()
     page.locator("#grid-load").click()
     wait_status(page, "loaded and merged")
+    page.mouse.click(*cell_point(page, 0.5, 0.25, "grid-plot"))  # a click on the map loads too
+    wait_status(page, "rho 0.25, beta 0.5 loaded and merged")
     page.locator("#measure-resemblance").click()
     wait_status(page, "against both parents")
     page.locator("#resemblance-plot .js-plotly-plot").wait_for(timeout=TIMEOUT_MS)
@@ -226,16 +228,20 @@ def test_figures_follow_the_dark_theme(url, chromium_browser, tmp_path):
     assert errors == []
 
 
-def cell_point(page, row: int, column: int) -> tuple[float, float]:
-    """Return the page coordinates of heatmap cell (layer ``row`` of A, ``column`` of B)."""
+def cell_point(page, row: float, column: float, plot: str = "cka-heatmap") -> tuple[float, float]:
+    """Return the page coordinates of the point (x = ``column``, y = ``row``) of a plot.
+
+    On the CKA map: layer ``row`` of A, ``column`` of B.
+    """
     return page.evaluate(
-        """([i, j]) => {
-          const gd = document.querySelector('#cka-heatmap .js-plotly-plot');
+        """([i, j, plot]) => {
+          const gd = document.querySelector('#' + plot + ' .js-plotly-plot');
+          gd.scrollIntoView({block: 'center'});
           const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
           const box = gd.getBoundingClientRect();
           return [box.left + xa._offset + xa.l2p(j), box.top + ya._offset + ya.l2p(i)];
         }""",
-        [row, column],
+        [row, column, plot],
     )
 
 

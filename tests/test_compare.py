@@ -173,3 +173,14 @@ def test_figures_for_slides_hold_every_figure_and_the_tables(session, res):
     assert float(rows[-1][1]) == session.history[-1]["Joint"]
     history = list(csv.reader(io.StringIO(payload["tables"]["history.csv"])))
     assert len(history) == 1 + len(session.history) and "rho" in history[0]
+
+
+def test_a_click_on_the_grid_loads_that_cell(session, res):
+    tab_compare.on_grid(session, res, "alpha")
+    point = next(p for p in session.grid if p["rho"] == 0.75 and p["alpha"] == 0.3)
+    assert "loaded and merged" in tab_compare.on_grid_click(session, res, 0.75, 0.3)
+    settings = session.result.settings
+    assert (settings.rho, settings.alpha) == (0.75, 0.3)
+    assert session.history[-1]["score"] == point["score"]
+    with pytest.raises(ConfigError, match="no merge of the sweep at rho 0.6"):
+        tab_compare.on_grid_click(session, res, 0.6, 0.3)

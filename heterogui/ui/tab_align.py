@@ -19,6 +19,7 @@ from heterogui.align.editing import clicked_mapping, mapping_text
 from heterogui.models.graph import ModelGraph
 from heterogui.ui import work
 from heterogui.ui.fig_align import alignment_figure, segment_rows, stage_pairs
+from heterogui.ui.plot_click import click_bridge, wire_click
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 
@@ -38,63 +39,6 @@ CLICK_HELP = (
     "(within its stage); the others stay where they are."
 )
 SEGMENT_HEADERS = ["stage", "shallow layer (slot)", "deep layers of its segment", "padding"]
-
-# The page side of a heatmap click: Gradio's Plot has no click event, so this script listens to
-# plotly_click on #cka-heatmap, writes A's and B's layer numbers into two hidden Number boxes
-# and presses a hidden button, whose click event is /align_click. Plotly.react keeps listeners
-# but a re-created plot div (or a newPlot after a config change) loses them: a MutationObserver
-# re-attaches the listener to every plot div that lacks it. Installed once per page.
-CLICK_JS = """
-() => {
-  const w = window;
-  if (!w.heteroguiAlignHook) {
-    let last = '';
-    let lastAt = 0;
-    const setNumber = (id, value) => {
-      const el = document.querySelector('#' + id + ' input');
-      if (!el) return false;
-      el.value = String(value);
-      el.dispatchEvent(new Event('input', { bubbles: true }));
-      return true;
-    };
-    const send = (data) => {
-      const pt = data && data.points && data.points[0];
-      if (!pt || typeof pt.x !== 'number' || typeof pt.y !== 'number') return;
-      const key = pt.y + ',' + pt.x;
-      if (key === last && Date.now() - lastAt < 400) return;  // one click, one event
-      last = key;
-      lastAt = Date.now();
-      if (!setNumber('align-click-a', pt.y) || !setNumber('align-click-b', pt.x)) return;
-      setTimeout(() => {
-        const button = document.querySelector('#align-click');
-        if (button) button.click();
-      }, 60);
-    };
-    const hook = () => {
-      document.querySelectorAll('#cka-heatmap .js-plotly-plot').forEach((gd) => {
-        const ev = gd._ev;
-        if (!gd.on || !ev) return;
-        const has = ev.listeners
-          ? ev.listeners('plotly_click').includes(send)
-          : gd.heteroguiEv === ev;
-        if (has) return;
-        gd.on('plotly_click', send);
-        gd.heteroguiEv = ev;
-      });
-    };
-    let queued = false;
-    new MutationObserver(() => {
-      if (queued) return;
-      queued = true;
-      requestAnimationFrame(() => { queued = false; hook(); });
-    }).observe(document.body, { childList: true, subtree: true });
-    w.heteroguiAlignHook = hook;
-  }
-  w.heteroguiAlignHook();
-  setTimeout(w.heteroguiAlignHook, 300);
-  return [];
-}
-"""
 
 
 def build(ui: dict[str, Any], res: Resources) -> None:
@@ -125,14 +69,8 @@ def build(ui: dict[str, Any], res: Resources) -> None:
         interactive=False,
         wrap=True,
     )
-    # The heatmap click's bridge (see CLICK_JS): in the page, not shown.
-    ui["click_a"] = gr.Number(
-        label="layer of A (heatmap row)", visible="hidden", elem_id="align-click-a", precision=0
-    )
-    ui["click_b"] = gr.Number(
-        label="layer of B (heatmap column)", visible="hidden", elem_id="align-click-b", precision=0
-    )
-    ui["align_click"] = gr.Button("pair", visible="hidden", elem_id="align-click")
+    # A click on the map: B's layer (column, x) and A's layer (row, y) into hidden boxes.
+    click_bridge(ui, "heatmap", "align_click", "layer of B (column)", "layer of A (row)", 0)
 
 
 def pairs_text(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> str:
@@ -216,6 +154,12 @@ def wire(ui: dict[str, Any], on) -> None:
     scopes = ("align", "neurons", "zip", "evaluate", "compare", "export")
     on(ui["align_mode"].input, on_mode, ["align_mode", "mapping"], scopes, "align", heavy=True)
     on(ui["apply_mapping"].click, on_mapping, ["mapping"], scopes, "set_mapping", heavy=True)
-    on(ui["align_click"].click, on_click, ["click_a", "click_b"], scopes, "align_click", heavy=True)
-    # Every render of the map (re)installs the page-side click listener (no server call).
-    ui["heatmap"].change(None, js=CLICK_JS, api_visibility="private", queue=False)
+    on(
+        ui["align_click"].click,
+        on_click,
+        ["align_click_y", "align_click_x"],
+        scopes,
+        "align_click",
+        heavy=True,
+    )
+    wire_click(ui, "heatmap", "align_click")

@@ -25,6 +25,7 @@ from heterogui.tasks.base import SAMPLES, SWEEP
 from heterogui.ui import work
 from heterogui.ui.fig_compare import compare_widths_figure, grid_figure, resemblance_figure
 from heterogui.ui.fig_eval import samples_figure
+from heterogui.ui.plot_click import click_bridge, wire_click
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 
@@ -74,7 +75,7 @@ def build(ui: dict[str, Any], res: Resources) -> None:
     gr.Markdown(
         "### 2-D sweep\nRe-merges over a grid of rho and a second knob from the cached "
         "statistics, and scores every merge: the colour is the task's score, the contours the "
-        "effective size. Pick a cell to load its setting and merge."
+        "effective size. Click a cell (or pick it below) to load its setting and merge."
     )
     with gr.Row():
         ui["grid_knob"] = gr.Dropdown(
@@ -84,8 +85,10 @@ def build(ui: dict[str, Any], res: Resources) -> None:
     ui["grid_info"] = gr.Markdown()
     ui["grid_plot"] = gr.Plot(label="Score over rho and the second knob", elem_id="grid-plot")
     with gr.Row():
-        ui["grid_cell"] = gr.Dropdown([], label="Cell (best first)", elem_id="grid-cell")
+        ui["grid_cell"] = gr.Dropdown([], label="…or pick a cell (best first)", elem_id="grid-cell")
         ui["grid_load"] = gr.Button("Load this setting and merge", elem_id="grid-load")
+    # A click on the map: rho (x) and the second knob's value (y) into hidden boxes.
+    click_bridge(ui, "grid_plot", "grid_click", "rho", "second knob", None)
 
 
 def _label(row: dict[str, Any], metric: str) -> str:
@@ -328,6 +331,25 @@ def on_grid(session: Session, res: Resources, knob: str, progress=None) -> str:
     return f"2-D sweep: {len(points)} merges over rho × {knob}{more}. Pick a cell to load it."
 
 
+def on_grid_click(
+    session: Session, res: Resources, rho: float | None, value: float | None, progress=None
+) -> str:
+    """Load the setting of the clicked cell of the 2-D sweep and merge (api: /grid_click).
+
+    rho, value: the cell's rho and second-knob value (the map's x and y).
+    """
+    work.require_prepared(session)
+    if not session.grid:
+        raise ConfigError("run the 2-D sweep first")
+    knob = session.grid_knob
+    if rho is None or value is None:
+        raise ConfigError(f"click a cell of the map: it gives rho and {knob}")
+    for k, p in enumerate(session.grid):
+        if abs(p["rho"] - rho) < 1e-9 and abs(p[knob] - value) < 1e-9:
+            return on_grid_load(session, res, k, None, progress)
+    raise ConfigError(f"no merge of the sweep at rho {rho}, {knob} {value}: click a filled cell")
+
+
 def on_grid_load(
     session: Session, res: Resources, cell: int | None, device: str | None, progress=None
 ) -> str:
@@ -368,11 +390,21 @@ def wire(ui: dict[str, Any], on) -> None:
         heavy=True,
     )
     on(ui["run_grid"].click, on_grid, ["grid_knob"], ("compare",), "grid", heavy=True)
+    merged = ("knobs", "zip", "neurons", "evaluate", "compare", "export")
     on(
         ui["grid_load"].click,
         on_grid_load,
         ["grid_cell", "device"],
-        ("knobs", "zip", "neurons", "evaluate", "compare", "export"),
+        merged,
         "grid_load",
         heavy=True,
     )
+    on(
+        ui["grid_click"].click,
+        on_grid_click,
+        ["grid_click_x", "grid_click_y"],
+        merged,
+        "grid_click",
+        heavy=True,
+    )
+    wire_click(ui, "grid_plot", "grid_click")
