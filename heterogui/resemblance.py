@@ -13,15 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from heterogui.align.cka import CKAAccumulator, gram
-from heterogui.models.capture import (
-    Batch,
-    capture_outputs,
-    per_input,
-    run_model,
-    to_device,
-    token_mask,
-)
+from heterogui.align.cka import CKAAccumulator
+from heterogui.align.similarity import layer_grams
+from heterogui.models.capture import to_device
 from heterogui.models.graph import ModelGraph
 from heterogui.pipeline import MergeResult
 
@@ -64,15 +58,6 @@ def slot_layers(
     return out
 
 
-def _grams(module: torch.nn.Module, names: list[str], batch: Batch) -> torch.Tensor:
-    """Return the Gram matrix of every named layer's output on ``batch``: (L, n, n)."""
-    mask = token_mask(batch)
-    layout = "tokens" if mask is not None else "flat"
-    with capture_outputs(module, names) as found:
-        run_model(module, batch)
-    return torch.stack([gram(per_input(found[n], layout, mask)) for n in names])
-
-
 @torch.no_grad()
 def parent_resemblance(result: MergeResult, max_batches: int = MAX_BATCHES) -> Resemblance:
     """Return the CKA of every merged trunk layer with A's and B's layer at the same slot."""
@@ -83,9 +68,9 @@ def parent_resemblance(result: MergeResult, max_batches: int = MAX_BATCHES) -> R
     acc_a, acc_b = CKAAccumulator(), CKAAccumulator()
     for batch in prep.batches[:max_batches]:
         batch = to_device(batch, prep.device)
-        merged = _grams(result.model, merged_names, batch)
-        acc_a.update(merged, _grams(prep.padded_a.module, parent_names, batch))
-        acc_b.update(merged, _grams(prep.padded_b.module, parent_names, batch))
+        merged = layer_grams(result.model, merged_names, batch)
+        acc_a.update(merged, layer_grams(prep.padded_a.module, parent_names, batch))
+        acc_b.update(merged, layer_grams(prep.padded_b.module, parent_names, batch))
     al, ga, gb = result.alignment, prep.net_a.graph(), prep.net_b.graph()
     layers_a = slot_layers(ga, al.positions_a, al.depths, "A")
     layers_b = slot_layers(gb, al.positions_b, al.depths, "B")

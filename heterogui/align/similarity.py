@@ -23,6 +23,18 @@ def layer_modules(net: Network) -> list[str]:
     return [f"blocks.{i}" for i in range(net.graph().num_blocks - 1)]
 
 
+def layer_grams(module: torch.nn.Module, names: list[str], batch: Batch) -> torch.Tensor:
+    """Return the Gram matrix of every named layer's output on one batch: (L, n, n), float64.
+
+    batch: on the module's device. Token outputs have their padded tokens zeroed first.
+    """
+    mask = token_mask(batch)
+    layout = "tokens" if mask is not None else "flat"
+    with capture_outputs(module, names) as found:
+        run_model(module, batch)
+    return torch.stack([gram(per_input(found[n], layout, mask)) for n in names])
+
+
 @torch.no_grad()
 def layer_similarity(
     net_a: Network,
@@ -39,14 +51,7 @@ def layer_similarity(
     batches = list(batches)
     for step, batch in enumerate(batches):
         batch = to_device(batch, device)
-        mask = token_mask(batch)
-        grams = []
-        for net in (net_a, net_b):
-            names = layer_modules(net)
-            with capture_outputs(net.module, names) as found:
-                run_model(net.module, batch)
-            layout = "tokens" if mask is not None else "flat"
-            grams.append(torch.stack([gram(per_input(found[n], layout, mask)) for n in names]))
+        grams = [layer_grams(net.module, layer_modules(net), batch) for net in (net_a, net_b)]
         acc.update(grams[0], grams[1])
         if progress is not None:
             progress((step + 1) / len(batches))

@@ -199,19 +199,25 @@ def _box(lo: float, hi: float) -> dict:
     }
 
 
-def _strip_traces(kinds: np.ndarray, labels: list[str], size: float) -> list[dict]:
-    """Return one marker trace per kind of feature (the strip above the heatmap, with legend)."""
+def _strip_traces(
+    kinds: np.ndarray, xs: list, size: float, where: str = "%{x}", legend: bool = True
+) -> list[dict]:
+    """Return one marker trace per kind of feature: the strip above a heatmap (with legend).
+
+    xs: the x of every feature (or block) in ``kinds``; where: how a hover names its place.
+    """
     traces = []
     for k, (_, label, colour) in enumerate(KINDS):
         sel = np.flatnonzero(kinds == k)
         traces.append(
             {
                 "type": "scatter",
-                "x": [labels[i] for i in sel.tolist()],
+                "x": [xs[i] for i in sel.tolist()],
                 "y": [0] * sel.size,
                 "mode": "markers",
                 "name": label,
-                "hovertemplate": f"%{{x}}: {label}<extra></extra>",
+                "showlegend": legend,
+                "hovertemplate": f"{where}: {label}<extra></extra>",
                 "xaxis": "x",
                 "yaxis": "y",
                 "marker": {"symbol": "square", "size": size, "color": colour},
@@ -247,23 +253,7 @@ def overview_figure(view: NeuronView, space: str, bins: int = OVERVIEW_BINS) -> 
     top = float(np.nanmax(np.abs(means))) if np.isfinite(means).any() else 1.0
     top = max(math.ceil(top * 100) / 100, 0.01)  # the colour range covers every block
     centres = (np.arange(means.shape[0]) * factor + (factor - 1) / 2).tolist()
-    traces = []
-    for k, (_, label, colour) in enumerate(KINDS):
-        sel = np.flatnonzero(kinds == k)
-        traces.append(
-            {
-                "type": "scatter",
-                "x": [centres[i] for i in sel.tolist()],
-                "y": [0] * sel.size,
-                "mode": "markers",
-                "name": label,
-                "showlegend": False,
-                "hovertemplate": f"features ≈%{{x:.0f}}: {label}<extra></extra>",
-                "xaxis": "x",
-                "yaxis": "y",
-                "marker": {"symbol": "square", "size": 4, "color": colour},
-            }
-        )
+    traces = _strip_traces(kinds, centres, 4, "features ≈%{x:.0f}", legend=False)
     traces.append(
         {
             "type": "heatmap",
