@@ -468,3 +468,19 @@ def test_architecture_picture_marks_identity_layers_the_stop_point_and_heads(ses
     heads = [t for t in texts if "head" in t]
     assert len(heads) == 2 and all("classes" in h for h in heads)
     assert any("stop point" in a.text for a in fig.layout.annotations)
+
+
+def test_the_neurons_tab_reuses_the_correlation_it_just_drew(session, res):
+    import dataclasses
+
+    from heterogui.zip.collect import pooled_moments
+
+    prep = session.prepared
+    space = tab_neurons.merge_points(prep)[0][1]
+    first = tab_neurons.correlation(prep, space, None)
+    assert tab_neurons.correlation(prep, space, None) is first and not first.flags.writeable
+    want = pooled_moments(prep.stats, prep.padded_a.graph(), space).corr().numpy()
+    assert np.array_equal(first, want)
+    other = dataclasses.replace(prep)  # another statistics object: computed afresh
+    again = tab_neurons.correlation(other, space, None)
+    assert again is not first and np.array_equal(again, want)

@@ -9,6 +9,9 @@ overview of all features averaged over blocks (``heterogui.ui.fig_neurons``).
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
 from typing import Any
 
 import gradio as gr
@@ -93,10 +96,34 @@ def space_match(
     Raises:
         HeteroguiError: settings the matcher cannot use (without a result).
     """
-    ga = prepared.padded_a.graph()
-    corr = pooled_moments(prepared.stats, ga, space, _capture_stop(prepared, space, stop))
+    corr = correlation(prepared, space, _capture_stop(prepared, space, stop))
     matches = result.matches if result is not None else match_spaces(prepared, settings, stop)
-    return corr.corr().cpu().numpy(), matches.get(space)
+    return corr, matches.get(space)
+
+
+# The last few correlations shown, per statistics object (checked by a weak reference): each
+# merge redraws the tab, and a 3,072-feature correlation takes a quarter of a second to form.
+_RECENT: OrderedDict[tuple, tuple[weakref.ref, np.ndarray]] = OrderedDict()
+RECENT_CORRELATIONS = 4
+_RECENT_LOCK = threading.Lock()  # renders of several sessions run in parallel
+
+
+def correlation(prepared: Prepared, space: str, capture_stop: int | None) -> np.ndarray:
+    """Return the (O, O) correlation of ``space`` (read-only; kept for the next render)."""
+    key = (id(prepared), space, capture_stop)
+    with _RECENT_LOCK:
+        hit = _RECENT.get(key)
+        if hit is not None and hit[0]() is prepared:
+            _RECENT.move_to_end(key)
+            return hit[1]
+    ga = prepared.padded_a.graph()
+    corr = pooled_moments(prepared.stats, ga, space, capture_stop).corr().cpu().numpy()
+    corr.setflags(write=False)  # shared between renders (and sessions of a demo pair)
+    with _RECENT_LOCK:
+        _RECENT[key] = (weakref.ref(prepared), corr)
+        while len(_RECENT) > RECENT_CORRELATIONS:
+            _RECENT.popitem(last=False)
+    return corr
 
 
 def _capture_stop(prepared: Prepared, space: str, stop: int) -> int | None:

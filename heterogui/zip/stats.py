@@ -125,9 +125,10 @@ class Moments:
             ConfigError: nothing was accumulated.
         """
         mu = self.mean()
-        cov = self.outer / self.count - torch.outer(mu, mu)
+        cov = torch.div(self.outer, self.count)
+        cov.sub_(torch.outer(mu, mu))  # in place: the same values, one (O, O) buffer less
         # x.T @ x need not be bitwise symmetric; the matchers rely on symmetry.
-        return 0.5 * (cov + cov.T)
+        return torch.add(cov, cov.T).mul_(0.5)
 
     def corr(self, floor: float = 1e-6) -> Tensor:
         """Return the correlation matrix Cov / (σ σᵀ), (O, O) float64, clipped to [-1, 1].
@@ -153,7 +154,7 @@ class Moments:
         sigma_min = floor * max(float(scale), 1e-30)
         raw_sigma = torch.sqrt(torch.clamp(torch.diagonal(cov), min=0.0))
         sigma = raw_sigma.clamp(min=sigma_min)
-        corr = (cov / torch.outer(sigma, sigma)).clamp(-1.0, 1.0)
+        corr = cov.div_(torch.outer(sigma, sigma)).clamp_(-1.0, 1.0)  # cov is ours: in place
         # var / sqrt(var)**2 can miss 1 by an ulp; make the unit diagonal exact.
         diag = torch.diagonal(corr)
         diag.copy_(torch.where(raw_sigma >= sigma_min, torch.ones_like(diag), diag))
