@@ -41,12 +41,12 @@ def _quality(args: argparse.Namespace) -> int:
 def _speed(args: argparse.Namespace) -> int:
     from heterogui.bench.speed import speed_report
 
-    print(speed_report(args))
     if args.latency:  # the workbench's own handlers: measured by the ui package
         from heterogui.ui.latency import format_latency, latency_of_every_pair
 
         print("workbench slider latency (re-merge after a release, then its metrics):")
         print(format_latency(latency_of_every_pair(args.device)))
+    print(speed_report(args))  # last: with --json its last line is the JSON object
     return 0
 
 
@@ -66,6 +66,12 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
         "--minilm", action="store_true", help="also merge the MiniLM pair (L6 + L3) on sentences"
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='print, as the last line, one JSON object {"pairs": {...}} with merge_s, floor_s, '
+        "remerge_s, peak_rss_mib, weights_mib, stats_mib and stages per pair",
     )
     parser.add_argument(
         "--latency",

@@ -245,3 +245,19 @@ def test_the_weights_file_is_byte_identical_whatever_the_run(tmp_path):
         assert main(["merge", str(recipe), "--out", str(tmp_path / f"m{k}")]) == 0
         files.append((tmp_path / f"m{k}" / "model.safetensors").read_bytes())
     assert all(f == files[0] for f in files)
+
+
+@pytest.mark.slow
+def test_bench_speed_json_line_holds_every_pair_figure(capsys):
+    """``heterogui bench speed --json``: its last line is the contract's JSON object."""
+    assert main(["bench", "speed", "--quick", "--threads", "1", "--device", "cpu", "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "merge / floor" in "\n".join(out[:-1])  # the readable table comes first
+    pairs = json.loads(out[-1])["pairs"]
+    assert set(pairs) == {"resnet"}
+    resnet = pairs["resnet"]
+    keys = {"merge_s", "floor_s", "remerge_s", "peak_rss_mib", "weights_mib", "stats_mib"}
+    assert keys <= set(resnet) and all(resnet[k] > 0 for k in keys)
+    assert resnet["ratio_to_floor"] == pytest.approx(resnet["merge_s"] / resnet["floor_s"])
+    assert {"prepare.similarity", "prepare.features", "zip.match"} <= set(resnet["stages"])
+    assert resnet["threads"] == 1 and resnet["device"] == "cpu"

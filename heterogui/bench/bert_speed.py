@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from heterogui import run
+from heterogui.bench.floor import floor_seconds, weights_mib
 from heterogui.bench.timing import clock, sync
 from heterogui.config import DataRef
 from heterogui.models.capture import to_device
@@ -63,6 +64,8 @@ def bench_minilm(n_sentences: int = 256, batch_size: int = 32, device: str = "au
         "forward_b_padded": t_b,
         "forward_merged": t_m,
         "forward_needed": needed,
+        "floor": floor_seconds(t_a, t_b, t_m, batch_norm=False),
+        "weights_mib": weights_mib([a.module, b.module, result.model]),
         "stages": {
             **{f"prepare.{k}": v for k, v in prep.timings.items()},
             **{f"zip.{k}": v for k, v in result.timings.items()},
@@ -92,8 +95,11 @@ def format_minilm(m: dict[str, Any]) -> str:
     lines += [
         f"  total merge time       {m['total']:8.3f}s",
         f"  ratio total / forward passes needed: {m['ratio']:.1f}",
+        f"  floor (one statistics pass of A and of padded B): {m['floor']:.3f}s; "
+        f"merge / floor: {m['total'] / m['floor']:.1f}",
         f"  re-merge from cached statistics (rho 0.5): {m['remerge_from_cache']:.3f}s",
-        f"  statistics kept: {m['statistics_mib']:.0f} MiB; peak RSS {m['peak_rss_mib']:.0f} MiB "
+        f"  statistics kept: {m['statistics_mib']:.0f} MiB; weights of A, B and the merge "
+        f"{m['weights_mib']:.0f} MiB; peak RSS {m['peak_rss_mib']:.0f} MiB "
         f"(after loading, before the merge: {m['rss_before_merge_mib']:.0f} MiB)",
     ]
     if m["peak_cuda_mib"] is not None:

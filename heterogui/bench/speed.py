@@ -8,13 +8,17 @@ the straightforward loop at O = 2x256, 2x512, 2x1024 features.
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import subprocess
+import sys
 import time
 from typing import Any
 
 import torch
 
-from heterogui.bench.bert_speed import bench_minilm, format_minilm
+from heterogui.bench.bert_speed import format_minilm
+from heterogui.bench.floor import contract, floor_seconds, weights_mib
 from heterogui.bench.timing import clock, sync
 from heterogui.models.family import Network, build_network
 from heterogui.models.resnet import cifar_resnet
@@ -68,6 +72,7 @@ def bench_merge(
     forwards = PASSES_PER_INPUT_MODEL * (t_a + t_b) + t_m
     remerge = clock(lambda: zip_prepared(prep, ZipSettings(rho=0.5)), dev, repeats=3)
     stats_bytes = sum(m.outer.numel() * 8 for m in prep.stats.values())
+    weights = [prep.net_a.module, prep.net_b.module, result.model]
     return {
         "pair": f"ResNet{_depth(depths_a)}x{width} vs ResNet{_depth(depths_b)}x{width}",
         "device": str(dev),
@@ -77,6 +82,8 @@ def bench_merge(
         "forward_b": t_b,
         "forward_merged": t_m,
         "forward_needed": forwards,
+        "floor": floor_seconds(t_a, t_b, t_m, batch_norm=True),
+        "weights_mib": weights_mib(weights),
         "stages": {
             **{f"prepare.{k}": v for k, v in prep.timings.items()},
             **{f"zip.{k}": v for k, v in result.timings.items()},
@@ -141,9 +148,11 @@ def format_report(merge: dict[str, Any], matcher: list[dict[str, Any]]) -> str:
     lines += [
         f"  total merge time       {merge['total']:8.3f}s",
         f"  ratio total / forward passes needed: {merge['ratio']:.2f}",
+        f"  floor (one statistics pass of A and B, one BN pass of each, one of the merge): "
+        f"{merge['floor']:.3f}s; merge / floor: {merge['total'] / merge['floor']:.2f}",
         f"  re-merge from cached statistics: {merge['remerge_from_cache']:.3f}s",
-        f"  statistics kept: {merge['statistics_mib']:.1f} MiB; peak RSS "
-        f"{merge['peak_rss_mib']:.0f} MiB",
+        f"  statistics kept: {merge['statistics_mib']:.1f} MiB; weights of A, B and the merge "
+        f"{merge['weights_mib']:.1f} MiB; peak RSS {merge['peak_rss_mib']:.0f} MiB",
     ]
     if merge["peak_cuda_mib"] is not None:
         lines.append(f"  peak CUDA memory: {merge['peak_cuda_mib']:.0f} MiB")
@@ -156,18 +165,47 @@ def format_report(merge: dict[str, Any], matcher: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def measure(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Return the figures of pair ``name``, measured in a fresh Python process.
+
+    Raises:
+        RuntimeError: the measuring process failed (its last lines of error output).
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "heterogui.bench.speed_pair", json.dumps({**options, "pair": name})],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise RuntimeError(f"measuring the {name} pair failed:\n{tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def speed_report(args: argparse.Namespace) -> str:
-    """Run the speed benchmark as ``heterogui bench speed`` asks and return its figures."""
+    """Run the speed benchmark as ``heterogui bench speed`` asks and return its figures.
+
+    Each pair runs in a process of its own (``speed_pair``), so peak memory is per pair. With
+    ``--json`` the last line is one JSON object: {"pairs": {"resnet": {...}, "minilm": {...}}}
+    with merge_s, floor_s, ratio_to_floor, remerge_s, peak_rss_mib, weights_mib, stats_mib and
+    stages per pair (``floor.contract``).
+    """
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.quick:
-        merge = bench_merge(1, (2, 2, 2), (1, 1, 1), 64, 32, args.device)
-        matcher = bench_matcher((64, 128))
-    else:
-        merge = bench_merge(args.width, n_inputs=args.inputs, device=args.device)
-        matcher = bench_matcher()
-    parts = [format_report(merge, matcher)]
+    options = {
+        "quick": args.quick,
+        "device": args.device,
+        "width": args.width,
+        "inputs": args.inputs,
+        "threads": args.threads or torch.get_num_threads(),
+    }
+    pairs = {"resnet": measure("resnet", options)}
+    matcher = bench_matcher((64, 128) if args.quick else (256, 512, 1024))
+    parts = [format_report(pairs["resnet"], matcher)]
     if args.minilm:
-        sentences = 64 if args.quick else args.inputs
-        parts.append(format_minilm(bench_minilm(sentences, device=args.device)))
+        pairs["minilm"] = measure("minilm", options)
+        parts.append(format_minilm(pairs["minilm"]))
+    if getattr(args, "json", False):
+        parts.append(json.dumps({"pairs": {k: contract(v) for k, v in pairs.items()}}))
     return "\n".join(parts)
