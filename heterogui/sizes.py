@@ -9,6 +9,7 @@ layers (x2) for one input, from a forward pass on the meta device.
 
 from __future__ import annotations
 
+import copy
 import math
 import weakref
 from typing import Any
@@ -87,8 +88,29 @@ def shape_only(build: Any) -> nn.Module:
         return build()
 
 
+# Sizes per live object (by id, checked against a weak reference): a merge result or prepared
+# pair is not changed after it is made, and the workbench shows its sizes in several places
+# (readout, report, card) while FLOPs need a forward pass (on the meta device).
+_SIZES: dict[tuple[str, int], tuple[weakref.ref, Any]] = {}
+
+
+def _once(kind: str, obj: Any, compute: Any) -> Any:
+    """Return ``compute(obj)``, computed once per live ``obj`` (a copy of the cached dict)."""
+    key = (kind, id(obj))
+    hit = _SIZES.get(key)
+    if hit is not None and hit[0]() is obj:
+        return copy.deepcopy(hit[1])
+    value = compute(obj)
+    _SIZES[key] = (weakref.ref(obj, lambda _ref: _SIZES.pop(key, None)), value)
+    return copy.deepcopy(value)
+
+
 def reference_sizes(prepared: pipeline.Prepared) -> dict[str, dict[str, int | None]]:
-    """Return parameters and FLOPs of A, B and their ensemble (A + B)."""
+    """Return parameters and FLOPs of A, B and their ensemble (A + B); computed once per pair."""
+    return _once("reference", prepared, _reference_sizes)
+
+
+def _reference_sizes(prepared: pipeline.Prepared) -> dict[str, dict[str, int | None]]:
     shape = input_shape(prepared)
     out = {}
     for key, net in (("A", prepared.net_a), ("B", prepared.net_b)):
@@ -143,30 +165,23 @@ def stored_size(model: Any, prepared: pipeline.Prepared) -> dict[str, int | None
     return parameters_and_flops(shape_only(lambda: build_merged(model.spec)), input_shape(prepared))
 
 
-# merge_size per live MergeResult (by id, checked against a weak reference): the workbench
-# shows one merge's size in several places (readout, report, card) and FLOPs need a forward.
-_MERGE_SIZES: dict[int, tuple[weakref.ref, dict[str, int | None]]] = {}
-
-
 def merge_size(result: pipeline.MergeResult) -> dict[str, int | None]:
     """Return a merge's effective parameters and FLOPs, and what it stores beside them.
 
     Keys: "parameters" and "flops" (not structurally zero: what the merge computes with),
-    "stored_parameters" and "stored_flops" (dense block-diagonal weights included). A merge
-    result is not changed after it is made, so its size is computed once.
+    "stored_parameters" and "stored_flops" (dense block-diagonal weights included). Computed
+    once per merge result.
     """
-    key = id(result)
-    hit = _MERGE_SIZES.get(key)
-    if hit is not None and hit[0]() is result:
-        return dict(hit[1])
+    return _once("merge", result, _merge_size)
+
+
+def _merge_size(result: pipeline.MergeResult) -> dict[str, int | None]:
     stored = stored_size(result.model, result.prepared)
-    size = {
+    return {
         **merged_effective_size(result),
         "stored_parameters": stored["parameters"],
         "stored_flops": stored["flops"],
     }
-    _MERGE_SIZES[key] = (weakref.ref(result, lambda _ref: _MERGE_SIZES.pop(key, None)), size)
-    return dict(size)
 
 
 STORED_REASON = (
