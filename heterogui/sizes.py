@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-import weakref
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 
 from heterogui import pipeline
 from heterogui.fusion.merged import MergedSpec, build_merged
+from heterogui.memo import ObjectMemo
 from heterogui.zip.plan import plan_widths, stop_point
 
 _COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -88,26 +88,14 @@ def shape_only(build: Any) -> nn.Module:
         return build()
 
 
-# Sizes per live object (by id, checked against a weak reference): a merge result or prepared
-# pair is not changed after it is made, and the workbench shows its sizes in several places
-# (readout, report, card) while FLOPs need a forward pass (on the meta device).
-_SIZES: dict[tuple[str, int], tuple[weakref.ref, Any]] = {}
-
-
-def _once(kind: str, obj: Any, compute: Any) -> Any:
-    """Return ``compute(obj)``, computed once per live ``obj`` (a copy of the cached dict)."""
-    key = (kind, id(obj))
-    hit = _SIZES.get(key)
-    if hit is not None and hit[0]() is obj:
-        return copy.deepcopy(hit[1])
-    value = compute(obj)
-    _SIZES[key] = (weakref.ref(obj, lambda _ref: _SIZES.pop(key, None)), value)
-    return copy.deepcopy(value)
+# A merge result or prepared pair does not change once made; the workbench shows its sizes in
+# several places (readout, report, card) while FLOPs need a forward pass (on the meta device).
+_SIZES = ObjectMemo()
 
 
 def reference_sizes(prepared: pipeline.Prepared) -> dict[str, dict[str, int | None]]:
     """Return parameters and FLOPs of A, B and their ensemble (A + B); computed once per pair."""
-    return _once("reference", prepared, _reference_sizes)
+    return copy.deepcopy(_SIZES.get(prepared, "reference", lambda: _reference_sizes(prepared)))
 
 
 def _reference_sizes(prepared: pipeline.Prepared) -> dict[str, dict[str, int | None]]:
@@ -172,7 +160,7 @@ def merge_size(result: pipeline.MergeResult) -> dict[str, int | None]:
     "stored_parameters" and "stored_flops" (dense block-diagonal weights included). Computed
     once per merge result.
     """
-    return _once("merge", result, _merge_size)
+    return copy.deepcopy(_SIZES.get(result, "merge", lambda: _merge_size(result)))
 
 
 def _merge_size(result: pipeline.MergeResult) -> dict[str, int | None]:

@@ -9,15 +9,13 @@ overview of all features averaged over blocks (``heterogui.ui.fig_neurons``).
 
 from __future__ import annotations
 
-import threading
-import weakref
-from collections import OrderedDict
 from typing import Any
 
 import gradio as gr
 import numpy as np
 
 from heterogui.errors import ConfigError, HeteroguiError
+from heterogui.memo import ObjectMemo
 from heterogui.models.graph import INPUT, LOGITS
 from heterogui.pipeline import Prepared, ZipSettings, match_spaces
 from heterogui.ui.fig_neurons import (
@@ -101,29 +99,22 @@ def space_match(
     return corr, matches.get(space)
 
 
-# The last few correlations shown, per statistics object (checked by a weak reference): each
-# merge redraws the tab, and a 3,072-feature correlation takes a quarter of a second to form.
-_RECENT: OrderedDict[tuple, tuple[weakref.ref, np.ndarray]] = OrderedDict()
+# The last few correlations shown, per statistics object: each merge redraws the tab, and a
+# 3,072-feature correlation takes a quarter of a second to form.
 RECENT_CORRELATIONS = 4
-_RECENT_LOCK = threading.Lock()  # renders of several sessions run in parallel
+_RECENT = ObjectMemo(limit=RECENT_CORRELATIONS)
 
 
 def correlation(prepared: Prepared, space: str, capture_stop: int | None) -> np.ndarray:
     """Return the (O, O) correlation of ``space`` (read-only; kept for the next render)."""
-    key = (id(prepared), space, capture_stop)
-    with _RECENT_LOCK:
-        hit = _RECENT.get(key)
-        if hit is not None and hit[0]() is prepared:
-            _RECENT.move_to_end(key)
-            return hit[1]
-    ga = prepared.padded_a.graph()
-    corr = pooled_moments(prepared.stats, ga, space, capture_stop).corr().cpu().numpy()
-    corr.setflags(write=False)  # shared between renders (and sessions of a demo pair)
-    with _RECENT_LOCK:
-        _RECENT[key] = (weakref.ref(prepared), corr)
-        while len(_RECENT) > RECENT_CORRELATIONS:
-            _RECENT.popitem(last=False)
-    return corr
+
+    def compute() -> np.ndarray:
+        ga = prepared.padded_a.graph()
+        corr = pooled_moments(prepared.stats, ga, space, capture_stop).corr().cpu().numpy()
+        corr.setflags(write=False)  # shared between renders (and sessions of a demo pair)
+        return corr
+
+    return _RECENT.get(prepared, (space, capture_stop), compute)
 
 
 def _capture_stop(prepared: Prepared, space: str, stop: int) -> int | None:
