@@ -118,7 +118,7 @@ def test_grid_scores_every_cell_and_a_cell_loads_its_setting(session, res):
     scores = [grid[k]["score"] for _, k in cells]
     assert scores == sorted(scores, reverse=True)  # best first
     best = cells[0][1]
-    assert "loaded and merged" in tab_compare.on_grid_load(session, res, best, "cpu")
+    assert "loaded and merged" in tab_compare.on_grid_load(session, res, best)
     settings = session.result.settings
     assert (settings.rho, settings.beta) == (grid[best]["rho"], grid[best]["beta"])
     assert session.history[-1]["score"] == grid[best]["score"]

@@ -117,16 +117,18 @@ def bars_svg(labels: list[str], series: dict[str, list[float]], title: str) -> s
     return "\n".join(parts)
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    def cell(v: Any) -> str:
-        if v is None:
-            return "—"
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return f"{v:,}" if isinstance(v, int) else str(v)
+def cell_text(v: Any) -> str:
+    """Return a table cell: "—" for None, 4 significant digits, thousands separators."""
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
 
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell_text(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from typing import Any
 
@@ -62,20 +61,16 @@ def session_tables(session: Session) -> dict[str, str]:
             ["model", "Spearman", "parameters"], tab_evaluate.spearman_rows(session)
         )
     if session.history:
-        columns = list(dict.fromkeys(k for row in session.history for k in row))
-        rows = [[row.get(c) for c in columns] for row in session.history]
-        tables["history.csv"] = _csv(columns, rows)
+        tables["history.csv"] = _csv(*tab_evaluate.history_table(session.history, flops=True))
     return tables
 
 
-def figures_payload(session: Session, res: Resources) -> str:
-    """Return the JSON the page turns into the .zip: name, figures (plotly JSON) and tables."""
+def figures_payload(session: Session, res: Resources) -> dict[str, Any]:
+    """Return what the page turns into the .zip: name, figures (plotly JSON) and tables."""
     name = re.sub(r"[^A-Za-z0-9._-]", "_", session.pair_name or "heterogui")
     tag = f"-merge{session.merge_count}" if session.result is not None else ""
-    figures = {k: json.loads(f.to_json()) for k, f in session_figures(session, res).items()}
-    return json.dumps(
-        {"name": f"{name}{tag}-figures", "figures": figures, "tables": session_tables(session)}
-    )
+    figures = {k: f.to_plotly_json() for k, f in session_figures(session, res).items()}
+    return {"name": f"{name}{tag}-figures", "figures": figures, "tables": session_tables(session)}
 
 
 # Runs in the page after /figures: PNG and SVG of every figure, the CSV tables, one stored

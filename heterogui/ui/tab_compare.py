@@ -20,6 +20,7 @@ import torch
 
 from heterogui import run
 from heterogui.errors import ConfigError
+from heterogui.export.card import cell_text
 from heterogui.resemblance import parent_resemblance
 from heterogui.tasks.base import SAMPLES, SWEEP
 from heterogui.ui import work
@@ -110,14 +111,6 @@ def _row(session: Session, merge: int) -> dict[str, Any]:
     return next(h for h in session.history if h["merge"] == merge)
 
 
-def _cell(v: Any) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return f"{v:g}"
-    return f"{v:,}" if isinstance(v, int) else str(v)
-
-
 def _difference(a: Any, b: Any) -> str:
     if isinstance(a, bool) or isinstance(b, bool):
         return ""
@@ -138,7 +131,7 @@ def compare_table(session: Session, left: int, right: int) -> str:
     for key in (*SETTING_ROWS, *SIZE_ROWS, *task_rows):
         name = names.get(key, key)
         va, vb = a.get(key), b.get(key)
-        lines.append(f"| {name} | {_cell(va)} | {_cell(vb)} | {_difference(va, vb)} |")
+        lines.append(f"| {name} | {cell_text(va)} | {cell_text(vb)} | {_difference(va, vb)} |")
     return "\n".join(lines)
 
 
@@ -170,10 +163,10 @@ def compare_samples(session: Session, left: int, right: int) -> Any:
     ids = [i for i in session.samples if 0 <= i < len(split)][:6]
     inputs = split.inputs[torch.tensor(ids, dtype=torch.long)]
     labels = [int(split.labels[i]) for i in ids]
-    preds = session.task.predictions(kept[0].prepared, None, inputs)
-    for merge, result in zip((left, right), kept, strict=True):
-        preds[f"#{merge}"] = session.task.predictions(result.prepared, result, inputs)["merged"]
-    return samples_figure(inputs, labels, {k: preds[k] for k in preds if k != "ensemble"}, ids)
+    first = session.task.predictions(kept[0].prepared, kept[0], inputs)  # A, B and the first
+    second = session.task.predictions(kept[1].prepared, kept[1], inputs)["merged"]
+    preds = {"A": first["A"], "B": first["B"], f"#{left}": first["merged"], f"#{right}": second}
+    return samples_figure(inputs, labels, preds, ids)
 
 
 def grid_cells(session: Session) -> list[tuple[str, int]]:
@@ -346,14 +339,15 @@ def on_grid_click(
         raise ConfigError(f"click a cell of the map: it gives rho and {knob}")
     for k, p in enumerate(session.grid):
         if abs(p["rho"] - rho) < 1e-9 and abs(p[knob] - value) < 1e-9:
-            return on_grid_load(session, res, k, None, progress)
+            return on_grid_load(session, res, k, progress)
     raise ConfigError(f"no merge of the sweep at rho {rho}, {knob} {value}: click a filled cell")
 
 
-def on_grid_load(
-    session: Session, res: Resources, cell: int | None, device: str | None, progress=None
-) -> str:
-    """Load a grid cell's setting and merge with it (api: /grid_load)."""
+def on_grid_load(session: Session, res: Resources, cell: int | None, progress=None) -> str:
+    """Load a grid cell's setting and merge with it (api: /grid_load).
+
+    The merge runs from the session's cached statistics, on their device, as the sweep did.
+    """
     work.require_prepared(session)
     if not session.grid:
         raise ConfigError("run the 2-D sweep first")

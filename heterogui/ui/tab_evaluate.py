@@ -110,6 +110,22 @@ def build(ui: dict[str, Any], res: Resources) -> None:
     )
 
 
+def history_table(
+    history: list[dict[str, Any]], flops: bool = False
+) -> tuple[list[str], list[list[Any]]]:
+    """Return the history's columns (who, scores, sizes, settings) and one row per merge.
+
+    flops: also the effective FLOPs column (the page leaves it out for width; files keep it).
+    """
+    known = {*HISTORY_FIRST, *HISTORY_LAST, "flops", "score"}
+    scores = [k for k in dict.fromkeys(k for h in history for k in h) if k not in known]
+    last = list(HISTORY_LAST)
+    if flops:
+        last.insert(last.index("stored parameters") + 1, "flops")
+    columns = [*HISTORY_FIRST, *scores, *last]
+    return columns, [[h.get(c) for c in columns] for h in history]
+
+
 def metric_rows(session: Session) -> tuple[list[str], list[list[Any]]]:
     """Return the metrics table's header and rows: A, B, ensemble (and merged), with sizes."""
     task, sizes = session.task, session.reference_sizes or {}
@@ -231,10 +247,7 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
     if SIMILARITY in task.panels and session.compare:
         matrices = task.similarity(session.prepared, session.result, session.pair, session.compare)
         views["sim_plot"] = similarity_figure(matrices, session.compare)
-    known = {*HISTORY_FIRST, *HISTORY_LAST, "flops", "score"}
-    scores = [k for k in dict.fromkeys(k for h in session.history for k in h) if k not in known]
-    columns = [*HISTORY_FIRST, *scores, *HISTORY_LAST]
-    history = [[h.get(c) for c in columns] for h in session.history]
+    columns, history = history_table(session.history)
     views["history"] = gr.update(value=history or None, headers=columns)
     views["history_plot"] = history_figure(session.history, task.metric, session.pair_name)
     return {**panels, **views}

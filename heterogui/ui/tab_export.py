@@ -5,12 +5,12 @@ a recipe to repeat a merge exactly.
 from __future__ import annotations
 
 import base64
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import plotly.io
 import yaml
 
 from heterogui import run
@@ -154,10 +154,9 @@ def on_figures(session: Session, res: Resources, progress=None) -> tuple[str, di
     if session.prepared is None:
         raise ConfigError("load and analyse a pair first: there are no figures yet")
     payload = slides.figures_payload(session, res)
-    count = len(json.loads(payload)["figures"])
     return (
-        f"Saving {count} figures (PNG and SVG) and the tables as one .zip.",
-        {"figures_payload": payload},
+        f"Saving {len(payload['figures'])} figures (PNG and SVG) and the tables as one .zip.",
+        {"figures_payload": plotly.io.json.to_json_plotly(payload)},
     )
 
 
