@@ -484,3 +484,12 @@ def test_the_neurons_tab_reuses_the_correlation_it_just_drew(session, res):
     other = dataclasses.replace(prep)  # another statistics object: computed afresh
     again = tab_neurons.correlation(other, space, None)
     assert again is not first and np.array_equal(again, want)
+
+
+def test_a_mis_wired_event_fails_when_the_app_is_built(res):
+    def takes_one(session, res, cell, progress=None):
+        return "ok"
+
+    app.event_function(takes_one, res, (), [], 1)  # as wired: fine
+    with pytest.raises(TypeError, match="takes_one does not take 2 input"):
+        app.event_function(takes_one, res, (), [], 2)

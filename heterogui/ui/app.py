@@ -108,7 +108,15 @@ def event_function(
     """Wrap a handler as a gradio function: errors become messages, views are re-rendered.
 
     lock_for: returns the lock that serialises this session's heavy steps (None: no lock).
+
+    Raises:
+        TypeError: at build time, when the handler does not take the event's inputs.
     """
+    try:  # a mis-wired event fails when the app is built, not when a user clicks
+        inspect.signature(handler).bind(None, None, *[None] * n_inputs, progress=None)
+    except TypeError as exc:
+        name = getattr(handler, "__name__", handler)
+        raise TypeError(f"{name} does not take {n_inputs} input(s) and progress: {exc}") from exc
 
     def fn(*args: Any) -> list[Any]:
         session = args[0] if isinstance(args[0], Session) else Session()

@@ -388,7 +388,7 @@ def wire(ui: dict[str, Any], on) -> None:
     on(
         ui["grid_load"].click,
         on_grid_load,
-        ["grid_cell", "device"],
+        ["grid_cell"],
         merged,
         "grid_load",
         heavy=True,
