@@ -50,6 +50,20 @@ def _speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _speed_pair(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from heterogui.bench.speed_pair import run_pair
+
+    options = json.loads(args.options)
+    if options.get("threads"):
+        torch.set_num_threads(int(options["threads"]))
+    print(json.dumps(run_pair(options["pair"], options)))
+    return 0
+
+
 def _transformers(args: argparse.Namespace) -> int:
     from heterogui.bench.transformers import transformer_tables
 
@@ -94,6 +108,11 @@ def add_bench_arguments(subparsers: argparse._SubParsersAction) -> None:
     speed = subparsers.add_parser("speed", help="merge time vs forward passes; matcher speed")
     add_speed_arguments(speed)
     speed.set_defaults(func=_speed)
+    pair = subparsers.add_parser(
+        "speed-pair", help="one pair of bench speed in this process (bench speed runs it)"
+    )
+    pair.add_argument("options", help='JSON: {"pair": "resnet" | "minilm", "inputs": N, ...}')
+    pair.set_defaults(func=_speed_pair)
     quality = subparsers.add_parser("quality", help="accuracy table of merges of the zoo pairs")
     add_bench_quality_arguments(quality)
     quality.set_defaults(func=_quality)

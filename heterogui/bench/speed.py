@@ -172,7 +172,14 @@ def measure(name: str, options: dict[str, Any]) -> dict[str, Any]:
         RuntimeError: the measuring process failed (its last lines of error output).
     """
     done = subprocess.run(
-        [sys.executable, "-m", "heterogui.bench.speed_pair", json.dumps({**options, "pair": name})],
+        [
+            sys.executable,
+            "-m",
+            "heterogui",
+            "bench",
+            "speed-pair",
+            json.dumps({**options, "pair": name}),
+        ],
         capture_output=True,
         text=True,
         check=False,

@@ -1,17 +1,13 @@
 """One pair of ``heterogui bench speed``, measured in a process of its own.
 
-``heterogui bench speed`` starts ``python -m heterogui.bench.speed_pair OPTIONS`` once per pair
-(OPTIONS: a JSON object), so that each pair's peak memory is its own and not the largest of the
-run. The last line printed is the pair's figures as JSON.
+``heterogui bench speed`` starts ``heterogui bench speed-pair OPTIONS`` once per pair (OPTIONS:
+a JSON object), so that each pair's peak memory is its own and not the largest of the run. That
+command prints the pair's figures as one JSON line.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import Any
-
-import torch
 
 from heterogui.bench.bert_speed import bench_minilm
 from heterogui.bench.speed import bench_merge
@@ -27,15 +23,3 @@ def run_pair(name: str, options: dict[str, Any]) -> dict[str, Any]:
     if name == "minilm":
         return bench_minilm(64 if quick else options["inputs"], device=device)
     raise ValueError(f"unknown speed pair {name!r}; known: ['resnet', 'minilm']")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Measure the pair the JSON options name and print its figures as one JSON line."""
-    options = json.loads((argv if argv is not None else sys.argv[1:])[0])
-    if options.get("threads"):
-        torch.set_num_threads(int(options["threads"]))
-    print(json.dumps(run_pair(options["pair"], options)))
-
-
-if __name__ == "__main__":
-    main()
