@@ -20,7 +20,7 @@ from typing import Any
 import plotly.graph_objects as go
 import torch
 
-from heterogui.ui import app, work
+from heterogui.ui import app, tab_zip, work
 from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
 from heterogui.zoo.registry import PAIRS, TINY_PAIRS
@@ -37,11 +37,6 @@ DEFAULT_MOVES: tuple[dict[str, Any], ...] = (
     {"stop": -1},
     {"stop": None},
 )
-
-
-# What the page redraws after each step of a release (tab_zip.wire): the merge, then its scores.
-MERGE_SCOPES = ("zip", "neurons", "evaluate", "compare", "export")
-METRICS_SCOPES = ("zip", "evaluate", "compare", "export")
 
 
 def render_step(session: Session, res: Resources, scopes: tuple[str, ...]) -> int:
@@ -116,10 +111,10 @@ def _release(session: Session, res: Resources, settings: Any) -> dict[str, float
     """Do what one slider release does; return the time of each step (and the JSON bytes)."""
     t0 = time.perf_counter()
     result = work.merge(session, res, settings, evaluate=False)
-    size = render_step(session, res, MERGE_SCOPES)
+    size = render_step(session, res, tab_zip.MERGED_SCOPES)
     t1 = time.perf_counter()
     work.evaluate_pending(session, res)
-    size += render_step(session, res, METRICS_SCOPES)
+    size += render_step(session, res, tab_zip.SCORED_SCOPES)
     t2 = time.perf_counter()
     return {
         "zip_s": sum(result.timings.values()),

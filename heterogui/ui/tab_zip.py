@@ -32,6 +32,9 @@ VIEWS = (
     "override_space",
 )
 KNOBS = ("matcher", "alpha", "beta", "rho", "stop")
+# What a merge redraws, then what its scores redraw (a slider release: the merge shows first).
+MERGED_SCOPES = ("zip", "neurons", "evaluate", "compare", "export")
+SCORED_SCOPES = ("zip", "evaluate", "compare", "export")
 WIDTH_HEADERS = ["merge point", "width A", "width B", "merged width", "override"]
 
 
@@ -395,14 +398,13 @@ def on_clear_overrides(session: Session, res: Resources, progress=None) -> str:
 def wire(ui: dict[str, Any], on) -> None:
     """Register the tab's events."""
     knobs = list(KNOBS)
-    merged_scopes = ("zip", "neurons", "evaluate", "compare", "export")
     for name in ("alpha", "beta", "rho", "stop"):
         on(ui[name].input, on_knobs, knobs, ("zip",), "zip" if name == "rho" else None, light=True)
         released = on(
             ui[name].release,
             on_release,
             ["auto_merge", *knobs, "device"],
-            merged_scopes,
+            MERGED_SCOPES,
             "remerge" if name == "rho" else None,
             heavy=True,
         )
@@ -411,12 +413,12 @@ def wire(ui: dict[str, Any], on) -> None:
             released.success,
             on_evaluate_pending,
             [],
-            ("zip", "evaluate", "compare", "export"),
+            SCORED_SCOPES,
             None,
             heavy=True,
         )
     on(ui["matcher"].input, on_knobs, knobs, ("zip",), None, light=True)
-    on(ui["merge"].click, on_merge, [*knobs, "device"], merged_scopes, "merge", heavy=True)
+    on(ui["merge"].click, on_merge, [*knobs, "device"], MERGED_SCOPES, "merge", heavy=True)
     on(ui["cancel"].click, on_cancel, [], (), "cancel", light=True)
     on(
         ui["set_override"].click,
