@@ -28,9 +28,10 @@ from heterogui.models.capture import Batch
 from heterogui.models.family import Network, family_of
 from heterogui.models.graph import INPUT
 from heterogui.zip.collect import StatKey, collect_moments, pooled_moments
-from heterogui.zip.heads import match_head_group
+from heterogui.zip.heads import head_group_pairs, match_head_group
 from heterogui.zip.matchers import MATCHERS, Match, keep_one_match
 from heterogui.zip.plan import ZipSettings, head_group_first, plan_widths, stop_point
+from heterogui.zip.rotary import match_rotary_group
 from heterogui.zip.stats import Moments
 
 log = logging.getLogger(__name__)
@@ -282,8 +283,25 @@ def match_spaces(prepared: Prepared, settings: ZipSettings, stop: int) -> dict[s
             )
     for first, names in head_groups.items():
         knobs = settings.for_space(first)
-        corrs = {n: finite_corr(prepared, ga, n, stop) for n in names}
         n_a, n_b, width = plan[first]
+        spaces = [ga.spaces[n] for n in names]
+        if any(s.role for s in spaces):
+            unit = ga.spaces[first].unit
+            pairs = head_group_pairs(n_a, n_b, unit, knobs["matcher"], 1.0, width)
+            corrs = {s.name: finite_corr(prepared, ga, s.name, stop) for s in spaces if s.captures}
+            matches.update(
+                match_rotary_group(
+                    corrs,
+                    {s.name: s.role for s in spaces},
+                    {n: plan[n][:2] for n in names},
+                    spaces[0].head_dim,
+                    max(s.unit_heads for s in spaces),
+                    pairs,
+                    knobs["matcher"],
+                )
+            )
+            continue
+        corrs = {n: finite_corr(prepared, ga, n, stop) for n in names}
         matches.update(
             match_head_group(
                 corrs,

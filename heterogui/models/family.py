@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from heterogui.errors import ConfigError, excerpt
-from heterogui.models import bert, bert_identity, mlp, resnet, vgg, vit
+from heterogui.models import bert, bert_identity, decoder, mlp, resnet, vgg, vit
 from heterogui.models.graph import BlockNet, ModelGraph
 
 
@@ -23,7 +23,9 @@ class Family:
     fit_identity: optional ``fn(net, blocks, batches, device)`` run after padding, for families
     whose identity blocks need more than ``init_identity`` (post-LN transformers: their
     neighbours' norms or calibration data). check_pair: optional ``fn(config_a, config_b)``
-    returning one reason per property two models must share and do not.
+    returning one reason per property two models must share and do not. shared_outputs: the
+    heads of A and B predict the same outputs (a language model's vocabulary), so one network
+    holding a merge averages the heads instead of placing them side by side.
     """
 
     name: str
@@ -35,6 +37,7 @@ class Family:
     resize: Callable[[Any, dict[str, int]], Any]
     fit_identity: Callable[..., None] | None = None
     check_pair: Callable[[Any, Any], list[str]] | None = None
+    shared_outputs: bool = False
 
 
 FAMILIES: dict[str, Family] = {}
@@ -87,6 +90,20 @@ register(
         vit.resize,
         None,
         vit.check_pair,
+    )
+)
+register(
+    Family(
+        "decoder",
+        decoder.DecoderNetConfig,
+        decoder.build,
+        decoder.graph,
+        decoder.insert_identity,
+        decoder.init_identity,
+        decoder.resize,
+        None,
+        decoder.check_pair,
+        shared_outputs=True,
     )
 )
 

@@ -47,6 +47,13 @@ class Space:
     head_dim: for attention spaces, the size of one head (features are matched within heads).
     group: spaces whose heads must be paired together (the Q/K and V/O spaces of one attention
         layer: head h's attention pattern weighs head h's values), None for a group of one.
+    role: the space's part in a rotary, grouped-query attention layer ("q", "k", "v", "o"; None
+        elsewhere). Rotary positions tie q/k feature j of a head to a frequency, so q and k
+        features never move inside a head; "o" (the attention output, read by o_proj) has no
+        statistics of its own: its matching follows the query heads' pairing and v's features
+        (docs/method.md sec. 8).
+    unit_heads: heads per pairing unit (q and o of grouped-query attention: the query heads of
+        one key/value head move together with it; 1 elsewhere).
     """
 
     name: str
@@ -54,6 +61,13 @@ class Space:
     captures: tuple[Capture, ...] = ()
     head_dim: int | None = None
     group: str | None = None
+    role: str | None = None
+    unit_heads: int = 1
+
+    @property
+    def unit(self) -> int | None:
+        """Return the features of one pairing unit (a head, or a query group), None if free."""
+        return self.head_dim * self.unit_heads if self.head_dim else None
 
 
 @dataclass(frozen=True)

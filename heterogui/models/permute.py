@@ -21,22 +21,35 @@ def random_permutations(graph: ModelGraph, generator: torch.Generator) -> dict[s
     Spaces with a head_dim keep heads intact: whole heads are shuffled and the features
     inside every head are shuffled with one shared order. Spaces of one head group (Q/K and
     V/O of an attention layer) share their head order, so every head keeps its own values.
+    Rotary attention (``Space.role``): key/value groups move with their query heads, the query
+    heads of a group are shuffled together in q and o, q/k features stay in place inside a
+    head, and o's features follow v's.
     """
     perms = {}
-    head_orders: dict[str, torch.Tensor] = {}
+    shared: dict[tuple[str, str], torch.Tensor] = {}
+
+    def draw(key: tuple[str, str], n: int) -> torch.Tensor:
+        if key not in shared:
+            shared[key] = torch.randperm(n, generator=generator)
+        return shared[key]
+
     for name, space in graph.spaces.items():
         if name in (INPUT, LOGITS):
             continue
-        if space.head_dim:
-            heads = space.width // space.head_dim
-            group = space.group or name
-            if group not in head_orders:
-                head_orders[group] = torch.randperm(heads, generator=generator)
-            head_order = head_orders[group]
-            inner = torch.randperm(space.head_dim, generator=generator)
-            perms[name] = (head_order[:, None] * space.head_dim + inner[None, :]).flatten()
-        else:
+        if not space.head_dim:
             perms[name] = torch.randperm(space.width, generator=generator)
+            continue
+        group, d = space.group or name, space.head_dim
+        units = draw((group, "units"), space.width // space.unit)
+        if space.role is None:
+            inner = torch.randperm(d, generator=generator)
+            perms[name] = (units[:, None] * d + inner[None, :]).flatten()
+            continue
+        r = space.unit_heads
+        heads = draw((group, "heads"), r) if r > 1 else torch.zeros(1, dtype=torch.long)
+        inner = draw((group, "v"), d) if space.role in ("v", "o") else torch.arange(d)
+        perm = units[:, None, None] * r * d + heads[None, :, None] * d + inner[None, None, :]
+        perms[name] = perm.flatten()
     return perms
 
 

@@ -30,7 +30,7 @@ from heterogui.zip.matchers import EQUAL_WIDTHS, MATCHERS, Match, merges_for
 HEAD_MATCHERS = tuple(MATCHERS)
 
 
-def _cross_blocks(corr: torch.Tensor, n_a: int, head_dim: int) -> np.ndarray:
+def cross_blocks(corr: torch.Tensor, n_a: int, head_dim: int) -> np.ndarray:
     """Return Corr[A, B] as (h_a, head_dim, h_b, head_dim) float64 blocks."""
     cross = corr[:n_a, n_a:].detach().to("cpu", torch.float64).numpy()
     h_a, h_b = n_a // head_dim, cross.shape[1] // head_dim
@@ -111,6 +111,21 @@ def _n_pairs(h_a: int, h_b: int, head_dim: int, matcher: str, rho: float, width:
     return merges_for(rho, min(h_a, h_b))
 
 
+def head_group_pairs(
+    n_a: int, n_b: int, unit: int, matcher: str, rho: float, width: int | None
+) -> int:
+    """Return how many units (heads, or query groups) of a head group merge for these knobs.
+
+    n_a, n_b, width: widths of the group's first space; unit: its features per unit.
+
+    Raises:
+        MatcherError: widths that are not whole units, or a width/rho out of range.
+    """
+    if n_a % unit or n_b % unit:
+        raise MatcherError(f"widths {n_a} and {n_b} are not whole heads of {unit}")
+    return _n_pairs(n_a // unit, n_b // unit, unit, matcher, rho, width)
+
+
 def head_group_width(
     n_a: int, n_b: int, head_dim: int, matcher: str, rho: float, width: int | None
 ) -> int:
@@ -119,10 +134,8 @@ def head_group_width(
     Raises:
         MatcherError: widths that are not whole heads, or a width/rho out of range.
     """
-    if n_a % head_dim or n_b % head_dim:
-        raise MatcherError(f"widths {n_a} and {n_b} are not whole heads of {head_dim}")
-    h_a, h_b = n_a // head_dim, n_b // head_dim
-    return (h_a + h_b - _n_pairs(h_a, h_b, head_dim, matcher, rho, width)) * head_dim
+    pairs = head_group_pairs(n_a, n_b, head_dim, matcher, rho, width)
+    return (n_a + n_b) - pairs * head_dim
 
 
 def match_head_group(
@@ -160,7 +173,7 @@ def match_head_group(
         if matcher == "average":
             perms[name] = np.broadcast_to(np.arange(head_dim), (h_a, h_b, head_dim))
             continue
-        perms[name], score = feature_assignments(_cross_blocks(corr, n_a, head_dim))
+        perms[name], score = feature_assignments(cross_blocks(corr, n_a, head_dim))
         total += score
     pairs = pair_heads(total, n_pairs, by_index=matcher == "average")
     return {name: head_match(pairs, perms[name], h_a, h_b, head_dim) for name in corrs}

@@ -13,7 +13,7 @@ from typing import Any
 
 from heterogui.errors import ConfigError, MatcherError
 from heterogui.models.graph import INPUT, ModelGraph
-from heterogui.zip.heads import head_group_width
+from heterogui.zip.heads import head_group_pairs
 from heterogui.zip.matchers import EQUAL_WIDTHS, MATCHERS, target_width
 
 
@@ -118,16 +118,20 @@ def plan_widths(
         if space in graph_a.dead or space in graph_b.dead:
             plan[space] = (n_a, n_b, n_b if space in graph_a.dead else n_a)
             continue
-        head_dim = graph_a.spaces[space].head_dim
-        knobs = settings.for_space(head_group_first(graph_a, space) if head_dim else space)
+        unit = graph_a.spaces[space].unit
+        first = head_group_first(graph_a, space) if unit else space
+        knobs = settings.for_space(first)
         width = knobs["width"]
-        if width is not None and not (isinstance(width, int) and 1 <= width <= n_a + n_b):
+        f_a, f_b = graph_a.spaces[first].width, graph_b.spaces[first].width
+        if width is not None and not (isinstance(width, int) and 1 <= width <= f_a + f_b):
             raise ConfigError(
-                f"width {width} at {space} is out of range: use an integer from 1 to "
-                f"{n_a + n_b} (n_A + n_B), or leave it blank to follow rho"
+                f"width {width} at {first} is out of range: use an integer from 1 to "
+                f"{f_a + f_b} (n_A + n_B), or leave it blank to follow rho"
             )
-        if head_dim:
-            r = head_group_width(n_a, n_b, head_dim, knobs["matcher"], knobs["rho"], width)
+        if unit:
+            first_unit = graph_a.spaces[first].unit
+            pairs = head_group_pairs(f_a, f_b, first_unit, knobs["matcher"], knobs["rho"], width)
+            r = n_a + n_b - pairs * unit
         else:
             r = planned_width(knobs["matcher"], n_a, n_b, knobs["rho"], width)
         plan[space] = (n_a, n_b, r)

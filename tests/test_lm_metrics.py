@@ -1,0 +1,169 @@
+"""Language model scores on a tiny random Llama with a character tokenizer (no download)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, processors
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from heterogui.errors import ConfigError
+from heterogui.tasks.lm_metrics import (
+    LMScore,
+    bits_per_byte,
+    collapse_alarm,
+    ensemble_logits,
+    generate,
+    nll_sums,
+    perplexity,
+    repeated_ngram_rate,
+    score_texts,
+    token_batches,
+)
+
+CHARS = "abcdefghijklmnopqrstuvwxyz0123456789 .,:;'!?()=+-*_\n"
+TEXTS = ["the cat sat on the mat.", "a dog ran in the park!", "one two three, four five six"]
+
+
+@pytest.fixture
+def tokenizer():
+    """A character tokenizer: <unk>, <s> (added in front of every text), </s>, then CHARS."""
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(CHARS)}}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def tiny_llama(seed: int) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        initializer_range=0.2,  # peaked next-token distributions: no near-ties in argmax
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama(0)
+
+
+def logits_of(model):
+    return lambda batch: model(**batch).logits
+
+
+def test_nll_sums_equal_the_models_own_loss(model, tokenizer):
+    texts = ["the cat sat on the mat.", "a dog ran in the park!!"]  # same length: no padding
+    assert tokenizer.pad_token is None
+    (batch,) = token_batches(tokenizer, texts, batch_size=2)
+    assert tokenizer.pad_token == "</s>" and set(batch) == {"input_ids", "attention_mask"}
+    assert bool(batch["attention_mask"].all()) and batch["input_ids"].shape == (2, 24)
+    nll, tokens = nll_sums(logits_of(model), [batch])
+    assert tokens == 2 * 23
+    with torch.no_grad():
+        loss = model(**batch, labels=batch["input_ids"]).loss
+    assert nll == pytest.approx(float(loss) * tokens, rel=1e-5)
+    assert nll / tokens > 1.0  # a random model is far from certain
+
+
+def test_padding_does_not_change_the_sums(model, tokenizer):
+    short, long = "hi there.", "a much longer text that pads the short one."
+    batch = token_batches(tokenizer, [short, long], batch_size=2)
+    mask = batch[0]["attention_mask"]
+    assert mask[0, -1] == 0 and mask[0, 0] == 1 and bool(mask[1].all())  # right padding
+    together = nll_sums(logits_of(model), batch)
+    alone = [nll_sums(logits_of(model), token_batches(tokenizer, [t], 1)) for t in (short, long)]
+    assert together[1] == alone[0][1] + alone[1][1] == len(short) + len(long)
+    assert together[0] == pytest.approx(alone[0][0] + alone[1][0], rel=1e-5)
+
+
+def test_scores_per_token_and_per_byte_agree_for_characters(model, tokenizer):
+    score = score_texts(logits_of(model), tokenizer, TEXTS, batch_size=2)
+    # One character = one token = one byte, and <s> makes every character a target.
+    assert score.tokens == score.bytes == sum(len(t) for t in TEXTS)
+    assert score.bits_per_byte == pytest.approx(math.log2(score.perplexity))
+    assert score.perplexity == pytest.approx(math.exp(score.nll / score.tokens))
+    assert set(score.to_dict()) == {"nll", "tokens", "bytes", "perplexity", "bits_per_byte"}
+    cut = score_texts(logits_of(model), tokenizer, [TEXTS[2]], max_tokens=16)
+    assert cut.tokens == cut.bytes == 15  # <s> and 15 characters; the rest is not scored
+    assert bits_per_byte(math.log(2) * 10, 5) == pytest.approx(2.0)
+    assert LMScore(0.0, 4, 4).perplexity == 1.0
+    with pytest.raises(ConfigError, match="no tokens"):
+        perplexity(0.0, 0)
+
+
+def test_ensemble_is_the_mean_of_the_probabilities(model, tokenizer):
+    other = tiny_llama(1)
+    (batch,) = token_batches(tokenizer, TEXTS, batch_size=3)
+    with torch.no_grad():
+        first, second = model(**batch).logits, other(**batch).logits
+    same = ensemble_logits(first, first)
+    assert torch.allclose(same, torch.log_softmax(first, -1), atol=1e-5)
+    both = ensemble_logits(first, second)
+    mean = (torch.softmax(first, -1) + torch.softmax(second, -1)) / 2
+    assert torch.allclose(both.exp(), mean, atol=1e-6)
+    # Jensen: the ensemble's NLL is at most the mean of the two models' NLLs.
+    scores = [nll_sums(lambda b, x=x: x, [batch])[0] for x in (first, second, both)]
+    assert scores[2] <= (scores[0] + scores[1]) / 2
+    with pytest.raises(ConfigError, match="share a"):
+        ensemble_logits(first, first[..., :10])
+
+
+def test_greedy_generation_matches_hugging_face(model, tokenizer):
+    prompt = "the cat"
+    ours = generate(logits_of(model), tokenizer, prompt, max_new_tokens=12)
+    ids = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, do_sample=False, max_new_tokens=12, pad_token_id=2)
+    theirs = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert ours == theirs and len(ours) > 0
+
+
+def test_sampled_generation_repeats_with_its_seed(model, tokenizer):
+    def draw(seed: int) -> str:
+        return generate(
+            logits_of(model), tokenizer, "the cat", 16, sample=True, seed=seed, stop_at_eos=False
+        )
+
+    assert draw(0) == draw(0)
+    assert draw(0) != draw(1)
+    assert len(draw(3)) == 16  # no eos stop: one character per new token (no special tokens)
+    with pytest.raises(ConfigError, match="temperature"):
+        generate(logits_of(model), tokenizer, "x", sample=True, temperature=0.0)
+
+
+def test_repeated_ngram_rate():
+    assert repeated_ngram_rate([1, 2, 3] * 3, n=3) == pytest.approx(4 / 7)
+    assert repeated_ngram_rate([1, 2, 3] * 3, n=4) == pytest.approx(3 / 6)
+    assert repeated_ngram_rate([7] * 10, n=4) == pytest.approx(6 / 7)
+    assert repeated_ngram_rate(list(range(20))) == 0.0
+    assert repeated_ngram_rate([1, 1, 1], n=4) == 0.0
+
+
+def test_collapse_alarm_fires_only_on_collapse():
+    parents = [{"python-docs": 80.0, "python-source": 20.0}, {"python-docs": 86.1}]
+    healthy = {"python-docs": 120.0, "python-source": 30.0}
+    assert collapse_alarm(healthy, parents, repetition=0.2) == []
+    reasons = collapse_alarm({"python-docs": 812.3, "python-source": 30.0}, parents)
+    assert reasons == ["python-docs: perplexity 812.3 is 9.4x the worse parent's 86.1"]
+    assert len(collapse_alarm({"python-docs": float("nan")}, parents)) == 1
+    assert collapse_alarm({"other": 1e9}, parents) == []  # no parent to compare with
+    (looping,) = collapse_alarm(healthy, parents, repetition=0.9)
+    assert "repeat" in looping and "90%" in looping
+    assert collapse_alarm(healthy, parents, factor=1.2) == [
+        "python-docs: perplexity 120.0 is 1.4x the worse parent's 86.1",
+        "python-source: perplexity 30.0 is 1.5x the worse parent's 20.0",
+    ]
