@@ -234,7 +234,7 @@ def graph(config: DecoderNetConfig, identity_blocks: frozenset[int] = frozenset(
 
 
 def insert_identity(config: DecoderNetConfig, stage: int, position: int) -> DecoderNetConfig:
-    """Return the config with an identity layer at ``position`` (>= 1), widths of its predecessor."""
+    """Return the config with an identity layer at ``position`` (>= 1), its predecessor's widths."""
     lists = [list(config.heads), list(config.kv_heads), list(config.intermediate)]
     for values in lists:
         values.insert(position, values[position - 1])

@@ -168,7 +168,7 @@ class LMHead(nn.Module):
 
 
 class DecoderNet(BlockNet):
-    """A BlockNet called like a transformers causal LM: ``net(input_ids=..., attention_mask=...)``."""
+    """A BlockNet called like a causal LM: ``net(input_ids=..., attention_mask=...)``."""
 
     def forward(
         self,
