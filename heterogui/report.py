@@ -75,6 +75,7 @@ def merge_report(
         report["calibration_count"] = calibration_count
     if scores is not None and task is not None:
         report["metrics"] = {k: task.to_json(v) for k, v in scores.items()}
+        report["alarms"] = task.alarms(scores)
     return report
 
 
@@ -158,7 +159,15 @@ def card_facts(
         "sizes": [[n, v["parameters"], v["flops"]] for n, v in sizes.items()],
         "metric_header": header,
         "metrics": metrics,
-        "notes": [f"Sizes: effective sizes count what a model computes with; {STORED_REASON}."],
+        "notes": [
+            f"Sizes: effective sizes count what a model computes with; {STORED_REASON}.",
+            *(
+                f"Model {n} ({m.name}): {m.note}."
+                for n, m in (("A", pair.a), ("B", pair.b))
+                if m.note
+            ),
+            *(f"Collapse alarm: {a}." for a in (task.alarms(scores) if scores else [])),
+        ],
     }
 
 

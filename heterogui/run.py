@@ -107,7 +107,7 @@ def versions(families: tuple[str, ...] = ()) -> dict[str, str]:
         "torch": metadata.version("torch"),
         "python": platform.python_version(),
     }
-    if any(f in TRANSFORMER_FAMILIES for f in families):
+    if any(f in (*TRANSFORMER_FAMILIES, "decoder") for f in families):
         out["transformers"] = metadata.version("transformers")
     return out
 

@@ -150,11 +150,23 @@ from transformers import AutoModel
 model = AutoModel.from_pretrained(DIR)
 states = model(pixel_values=images).last_hidden_state  # images: (N, C, H, W); [CLS] is row 0
 ```""",
+    "hf-causal-lm": """```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained(DIR)
+tokenizer = AutoTokenizer.from_pretrained(DIR)
+ids = tokenizer("def read_config(path):", return_tensors="pt")
+print(tokenizer.decode(model.generate(**ids, max_new_tokens=32)[0]))
+```
+Its logits are the mean of the merge's two language-model heads' logits.""",
 }
 _FRONT = {
     "heterogui": "---\nlibrary_name: heterogui\ntags: [heterogui, model-merging]\n---\n",
     "hf-bert": "---\nlibrary_name: transformers\ntags: [heterogui, model-merging, bert]\n---\n",
     "hf-vit": "---\nlibrary_name: transformers\ntags: [heterogui, model-merging, vit]\n---\n",
+    "hf-causal-lm": (
+        "---\nlibrary_name: transformers\npipeline_tag: text-generation\n"
+        "tags: [heterogui, model-merging, causal-lm]\n---\n"
+    ),
 }
 
 

@@ -21,6 +21,7 @@ from heterogui.fusion.merged import MergedModel
 HETEROGUI_FORMAT = "heterogui"
 HF_BERT_FORMAT = "hf-bert"
 HF_VIT_FORMAT = "hf-vit"
+HF_CAUSAL_LM_FORMAT = "hf-causal-lm"
 RECIPE_FILE = "recipe.yaml"
 REPORT_FILE = "report.json"
 CARD_FILE = "README.md"

@@ -6,12 +6,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from heterogui.errors import ConfigError
+from heterogui.export.causal_lm import CAUSAL_LM
 from heterogui.export.hf import BERT, VIT
 from heterogui.export.job import Exporter, ExportJob
 from heterogui.export.network import NETWORK
 from heterogui.folders import MARKER, atomic_output, check_output
 
-EXPORTERS: dict[str, Exporter] = {e.name: e for e in (NETWORK, BERT, VIT)}
+EXPORTERS: dict[str, Exporter] = {e.name: e for e in (NETWORK, BERT, VIT, CAUSAL_LM)}
 
 
 def exporter(name: str) -> Exporter:

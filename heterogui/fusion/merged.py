@@ -8,6 +8,7 @@ zip (only the heads are separate); ``stop`` = 0 runs the two models side by side
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,6 +177,8 @@ def network_config(spec: MergedSpec) -> Any:
             "the merged heads are not classifier layers (embedding models pool features): one "
             "network cannot hold both heads; merge the exported Hugging Face folder instead"
         )
+    if family.shared_outputs:
+        return spec.trunk_config
     n_logits = sum(g.spaces[LOGITS].width for g in tails)
     return family.resize(spec.trunk_config, {LOGITS: n_logits})
 
@@ -186,7 +189,9 @@ def as_network(model: MergedModel, label: str = "merged") -> Network:
     The heads of A and B read the merged features through their unmerge matrices; folding
     those into the heads' weights (W_m U_m) and placing their outputs side by side gives one
     head layer whose outputs are A's logits then B's, exactly what the merged model computes.
-    So a merge can be model A or B of the next merge (docs/method.md sec. 10).
+    So a merge can be model A or B of the next merge (docs/method.md sec. 10). Heads that
+    predict the same outputs (``Family.shared_outputs``: a language model's vocabulary) are
+    averaged instead: (W_A U_A + W_B U_B) / 2 gives the mean of the two heads' logits.
 
     Raises:
         ModelLoadError: see ``network_config``.
@@ -207,18 +212,24 @@ def as_network(model: MergedModel, label: str = "merged") -> Network:
         if k.startswith("trunk.")
     }
     unmerge = (model.unmerge_a, model.unmerge_b)
-    eye = torch.eye(n_a + n_b, dtype=unmerge[0].dtype, device=unmerge[0].device)
-    place = (eye[:, :n_a], eye[:, n_a:])
-    transforms = {
-        boundary: SpaceTransform((unmerge[0].T, unmerge[1].T), unmerge),
-        LOGITS: SpaceTransform(place, (place[0].T, place[1].T)),
-    }
+    transforms = {boundary: SpaceTransform((unmerge[0].T, unmerge[1].T), unmerge)}
+    if not family.shared_outputs:
+        eye = torch.eye(n_a + n_b, dtype=unmerge[0].dtype, device=unmerge[0].device)
+        place = (eye[:, :n_a], eye[:, n_a:])
+        transforms[LOGITS] = SpaceTransform(place, (place[0].T, place[1].T))
     tail_states = [tail[0].state_dict() for tail in model.tails]
     for t in head_tags:
         leaf = t.name.split(".", 2)[2]
-        state[t.name] = fuse_tensor(t, (tail_states[0][leaf], tail_states[1][leaf]), transforms)
+        pair = (tail_states[0][leaf], tail_states[1][leaf])
+        if family.shared_outputs:  # the outputs stay in place: sum of W_m U_m, halved
+            kept = dataclasses.replace(t, axes=tuple(a for a in t.axes if a.space != LOGITS))
+            state[t.name] = fuse_tensor(kept, pair, transforms) / 2
+        else:
+            state[t.name] = fuse_tensor(t, pair, transforms)
     module.load_state_dict(state)
     module.to(unmerge[0].device).eval()
+    if family.shared_outputs:
+        return Network(config, module, None, frozenset(), label)
     heads = spec.heads[0] + spec.heads[1]
     classes = tuple(c for h in heads for c in h.classes)
     return Network(config, module, classes, frozenset(), label, heads)

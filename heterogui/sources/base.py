@@ -20,6 +20,7 @@ from heterogui.models.family import Network
 IMAGE_CLASSIFICATION = "image_classification"
 SENTENCE_SIMILARITY = "sentence_similarity"
 TEXT_CLASSIFICATION = "text_classification"
+LANGUAGE_MODELING = "language_modeling"
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Loaded:
     folder: the local folder its files are in (None for in-memory models).
     dataset: the built-in dataset it was trained on, when known (zoo models).
     export_format: the output format that fits it (a merge of two such models is written so).
+    note: what anyone shown this model must know about its weights (a GGUF file's are
+    dequantized), else None.
     """
 
     net: Network
@@ -44,6 +47,7 @@ class Loaded:
     folder: Path | None = None
     dataset: str | None = None
     export_format: str = HETEROGUI_FORMAT
+    note: str | None = None
 
 
 @dataclass(frozen=True)

@@ -548,7 +548,7 @@ def _convert(path: Path, folder: Path) -> float:
         tokenizer = _guarded(
             "tokenizer",
             path,
-            lambda: AutoTokenizer.from_pretrained(src, gguf_file=name, local_files_only=True),
+            lambda: AutoTokenizer.from_pretrained(src, gguf_file=name),
         )
         gguf_model.eval()
         batches = [tokenizer(p, return_tensors="pt")["input_ids"] for p in _CHECK_PROMPTS]
@@ -568,6 +568,10 @@ def _convert(path: Path, folder: Path) -> float:
         setattr(generation, key, getattr(config, key, None))
     model.generation_config = generation
     model.save_pretrained(str(folder))
+    # The GGUF tokenizer comes without a length limit; the model's context length is the limit.
+    context = getattr(config, "max_position_embeddings", None)
+    if isinstance(context, int) and context > 0:
+        tokenizer.model_max_length = context
     tokenizer.save_pretrained(str(folder))
     generation.save_pretrained(str(folder))
     del model

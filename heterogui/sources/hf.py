@@ -1,9 +1,10 @@
 """Hugging Face models: save_pretrained folders, hub ids, and the offline MiniLM models.
 
-The family comes from config.json's ``model_type`` (``bert``, ``vit``); the adapters in
-``heterogui.models.hf`` convert the loaded transformers model into a heterogui network. A BERT
-classifier is scored on text classification, a BERT embedding model on sentence similarity, a
-ViT on image classification. Classifiers whose ``id2label`` names are class ids ("3") or the
+The family comes from config.json's ``model_type`` (``bert``, ``vit``, and the decoders
+``llama``, ``qwen2``, ``mistral``); the adapters in ``heterogui.models.hf`` convert the loaded
+transformers model into a heterogui network. A BERT classifier is scored on text classification,
+a BERT embedding model on sentence similarity, a ViT on image classification, a decoder on
+language modelling. Classifiers whose ``id2label`` names are class ids ("3") or the
 built-in text tasks' labels ("sports") get those global classes, so two classifiers of disjoint
 tasks keep disjoint heads.
 """
@@ -18,14 +19,16 @@ from typing import Any
 
 from heterogui.datasets.text_tasks import label_id
 from heterogui.errors import ConfigError, ModelLoadError
-from heterogui.export.job import HF_BERT_FORMAT, HF_VIT_FORMAT
+from heterogui.export.job import HF_BERT_FORMAT, HF_CAUSAL_LM_FORMAT, HF_VIT_FORMAT
 from heterogui.models.hf.bert_io import load_bert
 from heterogui.models.hf.common import folder_config
+from heterogui.models.hf.decoder_io import load_decoder
 from heterogui.models.hf.vit_io import load_vit
 from heterogui.models.io import check_finite, file_sha256
 from heterogui.sources import minilm
 from heterogui.sources.base import (
     IMAGE_CLASSIFICATION,
+    LANGUAGE_MODELING,
     SENTENCE_SIMILARITY,
     TEXT_CLASSIFICATION,
     Header,
@@ -35,11 +38,19 @@ from heterogui.sources.base import (
 from heterogui.sources.preflight import inspect_model
 
 MINILM_PREFIX = "minilm:"
+
+
 # model_type -> (loader, default pooling, export format)
+def _load_decoder(path: str, pooling: str | None = None) -> Any:
+    return load_decoder(path)  # a language model pools nothing
+
+
 FAMILIES = {
     "bert": (load_bert, "mean", HF_BERT_FORMAT),
     "vit": (load_vit, "cls", HF_VIT_FORMAT),
+    **dict.fromkeys(("llama", "qwen2", "mistral"), (_load_decoder, None, HF_CAUSAL_LM_FORMAT)),
 }
+DECODER_TYPES = ("llama", "qwen2", "mistral")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json")  # what a text model's folder must hold
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -117,7 +128,7 @@ class HFSource(Source):
             _check_hub(ref)
         kind = model_type(folder) if folder.is_dir() else "bert"
         tokenizer = any((folder / name).is_file() for name in TOKENIZER_FILES)
-        if kind == "bert" and folder.is_dir() and not tokenizer:
+        if kind != "vit" and folder.is_dir() and not tokenizer:
             raise ModelLoadError(
                 f"{folder} has no tokenizer (vocab.txt or tokenizer.json): a text model needs "
                 "its own; save it beside the model (tokenizer.save_pretrained(folder))"
@@ -129,11 +140,11 @@ class HFSource(Source):
         net = dataclasses.replace(net, label=self.name(ref))
         check_finite(net.module.state_dict(), self.name(ref))
         data = folder_config(folder)
-        classes = classes_from_labels(data.get("id2label")) if net.config.num_labels else None
+        labels = getattr(net.config, "num_labels", None)
+        classes = classes_from_labels(data.get("id2label")) if labels else None
         if classes is not None and len(classes) == net.config.num_labels:
             net = dataclasses.replace(net, classes=classes)
-        weights = folder / "model.safetensors"
-        sha = file_sha256(weights) if weights.is_file() else None
+        sha = weights_sha256(folder)
         return Loaded(
             net,
             ref,
@@ -145,6 +156,12 @@ class HFSource(Source):
             folder=folder if folder.is_dir() else None,
             export_format=export_format,
         )
+
+
+def weights_sha256(folder: Path) -> str | None:
+    """Return the sha256 of a folder's model.safetensors (None when it has none)."""
+    weights = folder / "model.safetensors"
+    return file_sha256(weights) if weights.is_file() else None
 
 
 def _check_hub(ref: str) -> None:
@@ -164,6 +181,8 @@ def _task(family: str, config: dict[str, Any]) -> str:
     """Return the task kind of a Hugging Face model from its family and architectures."""
     if family == "vit":
         return IMAGE_CLASSIFICATION
+    if family in ("decoder", *DECODER_TYPES):
+        return LANGUAGE_MODELING
     classifier = any(
         str(a).endswith("ForSequenceClassification") for a in config.get("architectures") or []
     )

@@ -38,8 +38,13 @@ _FAMILY = {
     "vit": "vit",
     "deit": "vit",
     "dinov2": "vit",
+    "llama": "decoder",
+    "qwen2": "decoder",
+    "mistral": "decoder",
 }
-_NORM = {"bert": "post", "vit": "pre", "gpt2": "pre", "llama": "pre", "mistral": "pre"}
+_NORM = {"bert": "post", "vit": "pre", "gpt2": "pre", "decoder": "pre"}
+# Families whose positions are rotary (computed, not a table): their table sizes may differ.
+_ROTARY = {"decoder"}
 _KEYS = {
     "depth": ("num_hidden_layers", "n_layers", "n_layer", "num_layers"),
     "hidden": ("hidden_size", "dim", "d_model", "n_embd"),
@@ -91,6 +96,8 @@ class ModelCard:
     est_merge_bytes: int
     est_merge_seconds: float
     vocab_hash: str | None = None
+    kv_heads: int | None = None
+    rope: str | None = None
     image_size: int | None = None
     patch_size: int | None = None
     num_channels: int | None = None
@@ -140,24 +147,61 @@ def _pick(config: dict[str, Any], field: str, folder: Path) -> Any:
     )
 
 
-def _vocab_hash(folder: Path) -> str | None:
-    """Hash the tokens in id order (from vocab.txt, else tokenizer.json), or None if neither."""
-    tokens: list[str] | None = None
-    if (folder / "vocab.txt").is_file():
-        tokens = (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
-    elif (folder / "tokenizer.json").is_file():
-        try:
-            vocab = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
-            vocab = vocab["vocab"]
-        except (ValueError, KeyError, TypeError):
-            return None
-        if isinstance(vocab, dict):
-            tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-        else:  # Unigram: a list of [token, score]
-            tokens = [item[0] for item in vocab]
+def vocab_tokens(path: Path) -> list[str] | None:
+    """Return a tokenizer's tokens in id order, added (special) tokens included, or None.
+
+    Reads vocab.txt, else tokenizer.json (its model vocabulary and its added tokens), of a
+    folder; a GGUF file's own token list.
+    """
+    if path.suffix == ".gguf":
+        from heterogui.sources.gguf_files import gguf_header
+
+        return list(gguf_header(path).tokens)
+    if (path / "vocab.txt").is_file():
+        return (path / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    if not (path / "tokenizer.json").is_file():
+        return None
+    try:
+        data = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
+        vocab = data["model"]["vocab"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if isinstance(vocab, dict):
+        by_id = {int(i): t for t, i in vocab.items()}
+    else:  # Unigram: a list of [token, score]
+        by_id = {i: item[0] for i, item in enumerate(vocab)}
+    for added in data.get("added_tokens") or []:
+        if isinstance(added, dict) and "id" in added and "content" in added:
+            by_id[int(added["id"])] = str(added["content"])
+    return [by_id.get(i, "") for i in range(max(by_id) + 1)] if by_id else []
+
+
+def tokens_hash(tokens: list[str] | None) -> str | None:
+    """Return a short hash of a token list (None stays None)."""
     if tokens is None:
         return None
     return hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()[:16]
+
+
+def _vocab_hash(folder: Path) -> str | None:
+    """Hash the tokens in id order (from vocab.txt, else tokenizer.json), or None if neither."""
+    return tokens_hash(vocab_tokens(folder))
+
+
+def token_difference(a: list[str], b: list[str]) -> str:
+    """Return how two token lists differ: their sizes and the first differing ids."""
+    diffs = [i for i in range(min(len(a), len(b))) if a[i] != b[i]][:3]
+    parts = [f"{len(a)} vs {len(b)} tokens"]
+    if diffs:
+        shown = ", ".join(f"id {i}: {a[i]!r} vs {b[i]!r}" for i in diffs)
+        parts.append(f"first differing tokens {shown}")
+    else:
+        longer = a if len(a) > len(b) else b
+        parts.append(
+            f"one has extra tokens from id {min(len(a), len(b))}: "
+            f"{longer[min(len(a), len(b))]!r} ..."
+        )
+    return "; ".join(parts)
 
 
 def _positions(config: dict[str, Any]) -> int | None:
@@ -203,7 +247,7 @@ def inspect_model(path: str | Path) -> ModelCard:
     hidden, heads = int(_pick(config, "hidden", folder)), int(_pick(config, "heads", folder))
     depth, inter = int(_pick(config, "depth", folder)), int(_pick(config, "intermediate", folder))
     shape = {"depth": depth, "hidden": hidden, "intermediate": inter, "num_params": num_params}
-    mem, secs = _estimate(shape, shape, config.get("vocab_size"), config.get("vocab_size"))
+    mem, secs = estimate_merge(shape, shape, config.get("vocab_size"), config.get("vocab_size"))
     return ModelCard(
         path=folder,
         family=family,
@@ -224,11 +268,22 @@ def inspect_model(path: str | Path) -> ModelCard:
         est_merge_bytes=mem,
         est_merge_seconds=secs,
         vocab_hash=_vocab_hash(folder),
+        kv_heads=int(config.get("num_key_value_heads") or heads) if family == "decoder" else None,
+        rope=_rope(config) if family in _ROTARY else None,
         **{field: config.get(field) for field in _VISION},
     )
 
 
-def _estimate(
+def _rope(config: dict[str, Any]) -> str:
+    """Return a decoder's rotary settings as sorted JSON (rope_parameters, or rope_theta)."""
+    rope = config.get("rope_parameters") or {
+        "rope_theta": config.get("rope_theta", 10000.0),
+        "rope_scaling": config.get("rope_scaling"),
+    }
+    return json.dumps(rope, sort_keys=True)
+
+
+def estimate_merge(
     a: dict[str, int], b: dict[str, int], vocab_a: int | None, vocab_b: int | None
 ) -> tuple[int, float]:
     """Return (bytes, seconds) estimates of merging models of shapes a and b (see ModelCard)."""
@@ -253,14 +308,29 @@ def _blocking(a: ModelCard, b: ModelCard) -> list[str]:
             "models of the same family and type; pick two models of one architecture"
         )
     if a.vocab_size != b.vocab_size:
+        tokens = vocab_tokens(a.path), vocab_tokens(b.path)
+        how = token_difference(*tokens) if all(t is not None for t in tokens) else None
         reasons.append(
-            f"vocabularies differ ({a.vocab_size} vs {b.vocab_size} tokens): token ids would mean "
-            "different things; use two models that share one tokenizer"
+            f"vocabularies differ ({a.vocab_size} vs {b.vocab_size} tokens"
+            f"{'; tokenizers: ' + how if how else ''}): token ids would mean different things; "
+            "use two models that share one tokenizer"
         )
     elif a.vocab_hash and b.vocab_hash and a.vocab_hash != b.vocab_hash:
+        how = token_difference(vocab_tokens(a.path) or [], vocab_tokens(b.path) or [])
         reasons.append(
-            "vocabularies differ (same size, different tokens in vocab.txt / tokenizer.json): "
-            "use two models that share one tokenizer"
+            f"vocabularies differ (tokenizers: {how}): token ids would mean different things; use "
+            "two models that share one tokenizer"
+        )
+    if a.kv_heads and b.kv_heads and a.heads // a.kv_heads != b.heads // b.kv_heads:
+        reasons.append(
+            f"query heads per key/value head differ ({a.heads // a.kv_heads} vs "
+            f"{b.heads // b.kv_heads}): a key/value head merges with its query heads, so both "
+            "models need the same grouping"
+        )
+    if a.rope != b.rope:
+        reasons.append(
+            f"rotary position settings differ ({a.rope} vs {b.rope}): q/k features rotate by "
+            "these frequencies; use models with the same rope settings"
         )
     if a.head_dim != b.head_dim:
         reasons.append(
@@ -277,7 +347,7 @@ def _blocking(a: ModelCard, b: ModelCard) -> list[str]:
             f"activation functions differ ({a.activation} vs {b.activation}): merged neurons "
             "need one activation; pick models with the same hidden_act"
         )
-    if a.max_positions != b.max_positions:
+    if a.max_positions != b.max_positions and a.family not in _ROTARY:
         reasons.append(
             f"position embedding sizes differ ({a.max_positions} vs {b.max_positions} "
             "positions): positional rows are merged position by position; use models with the "
@@ -332,7 +402,7 @@ def check_pair(card_a: ModelCard, card_b: ModelCard) -> Verdict:
             }
             for c in (card_a, card_b)
         ]
-        mem, secs = _estimate(shape[0], shape[1], card_a.vocab_size, card_b.vocab_size)
+        mem, secs = estimate_merge(shape[0], shape[1], card_a.vocab_size, card_b.vocab_size)
         notes.append(
             f"estimate (rough, not measured): about {mem / 2**30:.2f} GiB of memory and "
             f"{secs:.0f} s on a CPU for the merge"

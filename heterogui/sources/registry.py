@@ -14,15 +14,23 @@ from heterogui.models.io import read_config
 from heterogui.pipeline import pair_reasons
 from heterogui.sources.base import Header, Loaded, Source
 from heterogui.sources.folder import HeteroguiFolderSource
+from heterogui.sources.gguf import GGUFSource
 from heterogui.sources.hf import HFSource, MiniLMSource
 from heterogui.sources.preflight import Verdict
 from heterogui.sources.preflight import check_pair as check_hf_pair
 from heterogui.sources.zoo import ZooSource
 
-SOURCES: tuple[Source, ...] = (ZooSource(), MiniLMSource(), HeteroguiFolderSource(), HFSource())
+SOURCES: tuple[Source, ...] = (
+    ZooSource(),
+    MiniLMSource(),
+    GGUFSource(),
+    HeteroguiFolderSource(),
+    HFSource(),
+)
 FORMS = (
-    "zoo:PAIR/a or zoo:PAIR/b, minilm:NAME, a heterogui folder (config.json + model.safetensors), "
-    "a Hugging Face save_pretrained folder, or a Hugging Face hub id"
+    "zoo:PAIR/a or zoo:PAIR/b, minilm:NAME, smollm2:135m-instruct, a .gguf file, a heterogui "
+    "folder (config.json + model.safetensors), a Hugging Face save_pretrained folder, or a "
+    "Hugging Face hub id"
 )
 
 

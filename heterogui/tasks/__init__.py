@@ -1,10 +1,10 @@
 """Tasks a pair of models is scored on; ``TASKS`` maps a task kind to its task.
 
 Importing the package registers every task (image classification, sentence similarity, text
-classification).
+classification, language modelling).
 """
 
-from heterogui.tasks import images, sentences, text_classes
+from heterogui.tasks import images, language, sentences, text_classes
 from heterogui.tasks.base import TASKS, Calibration, Evaluation, Task, task_of
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "Evaluation",
     "Task",
     "images",
+    "language",
     "sentences",
     "task_of",
     "text_classes",

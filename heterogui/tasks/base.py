@@ -1,7 +1,7 @@
 """Tasks: what a pair of models is scored on, with its data, metrics and workbench panels.
 
 One ``Task`` per task kind (``heterogui.sources.base``: image classification, sentence
-similarity, text classification). A task owns its calibration and evaluation data (what a
+similarity, text classification, language modelling). A task owns its calibration and evaluation data (what a
 recipe's DataRefs may name, how they are drawn and hashed), its metrics for A, B, their
 ensemble and the merge, and the panels the workbench's Evaluate tab shows for it. ``TASKS``
 maps a kind to its task; the CLI, the workbench and the benchmarks all ask it, so no code
@@ -23,12 +23,14 @@ from heterogui.pipeline import MergeResult, Prepared, Progress
 from heterogui.sources.base import Pair
 
 # Panels of the workbench's Evaluate tab (heterogui.ui.tab_evaluate draws them).
-METRICS, SAMPLES, SWEEP, SPEARMAN, SIMILARITY = (
+METRICS, SAMPLES, SWEEP, SPEARMAN, SIMILARITY, PERPLEXITY, GENERATIONS = (
     "metrics",
     "samples",
     "sweep",
     "spearman",
     "similarity",
+    "perplexity",
+    "generations",
 )
 
 
@@ -105,6 +107,10 @@ class Task(ABC):
     @abstractmethod
     def to_json(self, scores: Any) -> Any:
         """Return the JSON-ready form of a model's scores (report.json)."""
+
+    def alarms(self, scores: dict[str, Any]) -> list[str]:
+        """Return why a merge's scores look broken (scores of "a", "b", "merged"; none: [])."""
+        return []
 
     def check(self, ref: DataRef, role: str) -> None:
         """Raise if ``ref`` is not data of this task's kind.

@@ -49,7 +49,8 @@ def token_batches(
     Texts are cut at ``max_tokens`` tokens. A tokenizer without a pad token gets its eos token.
 
     Raises:
-        ConfigError: batch_size or max_tokens under 1, or a tokenizer with no pad or eos token.
+        ConfigError: batch_size under 1, max_tokens under 2, or a tokenizer with no pad or eos
+            token.
     """
     if batch_size < 1 or max_tokens < 2:
         raise ConfigError(
@@ -240,7 +241,8 @@ def generate(
     (and is not part of it).
 
     Raises:
-        ConfigError: max_new_tokens under 0, temperature not above 0, or top_k under 1.
+        ConfigError: max_new_tokens under 0, temperature not above 0, top_k under 1, or a
+            prompt of no tokens.
     """
     if max_new_tokens < 0 or temperature <= 0 or top_k < 1:
         raise ConfigError(
@@ -248,6 +250,8 @@ def generate(
             "max_new_tokens >= 0, temperature > 0 and top_k >= 1"
         )
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    if ids.shape[1] == 0:
+        raise ConfigError("the prompt gives no tokens (empty, and no BOS token); give a prompt")
     generator = torch.Generator().manual_seed(seed)
     eos = tokenizer.eos_token_id if stop_at_eos else None
     new: list[int] = []

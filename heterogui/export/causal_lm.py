@@ -1,0 +1,91 @@
+"""A merged decoder as a Hugging Face causal-LM folder (``AutoModelForCausalLM`` loads it).
+
+The merge is first held as one decoder network (``fusion.merged.as_network``: the two
+language-model heads, each reading the merged stream through its unmerge matrix, are averaged
+into one head, so the folder's logits are the mean of the merge's two heads' logits), then
+written as a transformers model of the parents' architecture with per-layer widths padded to
+uniform (``heterogui.models.hf.decoder_io``: exact zero groups and neurons). Embeddings are
+untied (``tie_word_embeddings: false``): the merged embedding writes the stream and the merged
+head reads it through different transforms. Next to the model: model A's tokenizer files, a
+generation config (model A's, else one from the config's token ids), recipe.yaml, report.json
+and the model card.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from heterogui.errors import ExportError, ModelLoadError
+from heterogui.export.job import HF_CAUSAL_LM_FORMAT, Exporter, ExportJob
+from heterogui.fusion.merged import MergedModel, as_network
+from heterogui.models.decoder import DecoderNetConfig
+from heterogui.models.hf.decoder_io import causal_lm, uniform_heads
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
+GENERATION_FILE = "generation_config.json"
+
+
+def check_causal_lm(model: MergedModel) -> DecoderNetConfig:
+    """Return the trunk config of a fully merged decoder, or raise.
+
+    Raises:
+        ExportError: another family, a partial zip, or head counts transformers cannot hold.
+    """
+    config = model.spec.trunk_config
+    if not isinstance(config, DecoderNetConfig):
+        raise ExportError(
+            f"the {HF_CAUSAL_LM_FORMAT} format is for decoder merges, not "
+            f"{type(config).__name__}; use the heterogui format"
+        )
+    full = config.num_layers + 2
+    if model.spec.stop != full:
+        raise ExportError(
+            f"the merge stops at block {model.spec.stop}, but one causal LM needs every layer "
+            f"merged: merge with a full zip (stop: null) or use the heterogui format"
+        )
+    uniform_heads(config)
+    return config
+
+
+class CausalLMExporter(Exporter):
+    """A Hugging Face causal-LM folder (``AutoModelForCausalLM.from_pretrained`` loads it)."""
+
+    name = HF_CAUSAL_LM_FORMAT
+    description = "Hugging Face causal language model folder (save_pretrained)"
+    reader = "hf"
+
+    def check(self, model: MergedModel) -> None:
+        """Refuse merges one causal LM cannot hold (another family, partial zips ...)."""
+        check_causal_lm(model)
+
+    def write(self, job: ExportJob, folder: Path) -> None:
+        """Write the merged decoder, its tokenizer, generation config and side files."""
+        try:
+            network = as_network(job.model)
+        except ModelLoadError as exc:
+            raise ExportError(str(exc)) from exc
+        model = causal_lm(network)
+        model.save_pretrained(folder, safe_serialization=True)
+        source = job.source_folder
+        for name in TOKENIZER_FILES if source is not None else ():
+            if (source / name).is_file():
+                shutil.copyfile(source / name, folder / name)
+        if source is not None and (source / GENERATION_FILE).is_file():
+            shutil.copyfile(source / GENERATION_FILE, folder / GENERATION_FILE)
+        else:
+            from transformers import GenerationConfig
+
+            GenerationConfig.from_model_config(model.config).save_pretrained(folder)
+        job.write_side_files(folder)
+
+
+CAUSAL_LM = CausalLMExporter()

