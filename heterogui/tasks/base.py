@@ -1,11 +1,11 @@
 """Tasks: what a pair of models is scored on, with its data, metrics and workbench panels.
 
 One ``Task`` per task kind (``heterogui.sources.base``: image classification, sentence
-similarity, text classification, language modelling). A task owns its calibration and evaluation data (what a
-recipe's DataRefs may name, how they are drawn and hashed), its metrics for A, B, their
-ensemble and the merge, and the panels the workbench's Evaluate tab shows for it. ``TASKS``
-maps a kind to its task; the CLI, the workbench and the benchmarks all ask it, so no code
-branches on dataset names (docs/architecture.md).
+similarity, text classification, language modelling). A task owns its calibration and
+evaluation data (what a recipe's DataRefs may name, how they are drawn and hashed), its metrics
+for A, B, their ensemble and the merge, and the panels the workbench's Evaluate tab shows for
+it. ``TASKS`` maps a kind to its task; the CLI, the workbench and the benchmarks all ask it, so
+no code branches on dataset names (docs/architecture.md).
 """
 
 from __future__ import annotations
