@@ -81,9 +81,14 @@ class Embed(nn.Module):
     def __init__(self, c: DecoderNetConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden)
+        self.reset_rotary(c)
         config = hf_config(c)
-        self.rotary_emb = hf_class(c.model_type, "RotaryEmbedding")(config)
         self.window = getattr(config, "sliding_window", None) if c.model_type == "mistral" else None
+
+    def reset_rotary(self, c: DecoderNetConfig) -> None:
+        """(Re)build the rotary embedding on the CPU (its frequencies are computed, not stored)."""
+        with torch.device("cpu"):
+            self.rotary_emb = hf_class(c.model_type, "RotaryEmbedding")(hf_config(c))
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[Any, ...]:
         """Map a tokenizer dict (input_ids (B, T), attention_mask) to the first state."""

