@@ -198,3 +198,68 @@ def test_cli_merges_causal_lm_folders_into_one_automodelforcausallm_folder(tmp_p
     config = json.loads((out / "config.json").read_text())
     assert config["hidden_size"] == report["widths"]["stream"][2]
     assert config["num_hidden_layers"] == 4 and config["architectures"] == ["LlamaForCausalLM"]
+
+
+def tiny_gpt2(hidden=32, layers=3, heads=4, seed=0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    vocab = char_tokenizer().vocab_size
+    config = GPT2Config(
+        vocab_size=vocab,
+        n_positions=64,
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=heads,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".ln_" in name and name.endswith("weight"):
+                p.copy_(torch.rand_like(p) + 0.5)
+    return model
+
+
+def test_gpt2_is_its_transformers_model_merges_back_and_exports(tmp_path):
+    from heterogui.errors import ExportError
+    from heterogui.models.hf.gpt2_io import network_from_hf as gpt2_network
+
+    hf = tiny_gpt2()
+    net = gpt2_network(hf)
+    batch = batches()[0]
+    with torch.no_grad():
+        want = hf(**batch).logits
+    assert real_rows((logits(net.module, batch) - want).abs(), batch).max() < 1e-5
+    check_merge(
+        net,
+        permute_network(net, random_permutations(net.graph(), torch.Generator().manual_seed(2))),
+        batches(),
+        batch,
+        tmp_path,
+    )
+    other = gpt2_network(tiny_gpt2(hidden=48, layers=2, heads=6, seed=1))
+    prepared = prepare(net, other, batches(), device="cpu")
+    result = zip_prepared(prepared, ZipSettings(rho=0.5))
+    out = write_export(ExportJob(result.model), tmp_path / "gpt2", "hf-causal-lm")
+    with torch.no_grad():
+        exported = AutoModelForCausalLM.from_pretrained(out)(**batch).logits
+    mean = merged_logits(result.model)(batch)
+    assert real_rows((exported - mean).abs(), batch).max() < 1e-4
+    # more heads than n_embd / head size: a GPT-2 cannot hold them, and nothing is written
+    wide_heads = ZipSettings(rho=1.0, overrides={"layer0.qk": {"rho": 0.0}})
+    crowded = zip_prepared(prepare(net, net, batches(), device="cpu"), wide_heads)
+    with pytest.raises(ExportError, match="ties heads to n_embd"):
+        write_export(ExportJob(crowded.model), tmp_path / "refused", "hf-causal-lm")
+    assert not (tmp_path / "refused").exists()
+
+
+def test_a_gpt2_folder_loads_through_the_sources_and_refuses_a_llama_partner(tmp_path):
+    g = save_decoder(tiny_gpt2(), tmp_path / "g")
+    loaded = registry.load(str(g))
+    assert loaded.net.family.name == "gpt2" and loaded.task == "language_modeling"
+    assert loaded.export_format == "hf-causal-lm"
+    llama = save_decoder(tiny_decoder(), tmp_path / "l")
+    verdict = registry.preflight(str(g), str(llama))
+    assert not verdict.ok and "is a gpt2 and model B (l) a decoder" in verdict.reasons[0]

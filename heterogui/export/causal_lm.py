@@ -1,4 +1,4 @@
-"""A merged decoder as a Hugging Face causal-LM folder (``AutoModelForCausalLM`` loads it).
+"""A merged decoder or GPT-2 as a Hugging Face causal-LM folder (``AutoModelForCausalLM``).
 
 The merge is first held as one decoder network (``fusion.merged.as_network``: the two
 language-model heads, each reading the merged stream through its unmerge matrix, are averaged
@@ -20,7 +20,9 @@ from heterogui.errors import ExportError, ModelLoadError
 from heterogui.export.job import HF_CAUSAL_LM_FORMAT, Exporter, ExportJob
 from heterogui.fusion.merged import MergedModel, as_network
 from heterogui.models.decoder import DecoderNetConfig
+from heterogui.models.gpt2 import GPT2NetConfig
 from heterogui.models.hf.decoder_io import causal_lm, uniform_heads
+from heterogui.models.hf.gpt2_io import check_heads, gpt2_lm
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -34,14 +36,14 @@ TOKENIZER_FILES = (
 GENERATION_FILE = "generation_config.json"
 
 
-def check_causal_lm(model: MergedModel) -> DecoderNetConfig:
-    """Return the trunk config of a fully merged decoder, or raise.
+def check_causal_lm(model: MergedModel) -> DecoderNetConfig | GPT2NetConfig:
+    """Return the trunk config of a fully merged decoder or GPT-2, or raise.
 
     Raises:
         ExportError: another family, a partial zip, or head counts transformers cannot hold.
     """
     config = model.spec.trunk_config
-    if not isinstance(config, DecoderNetConfig):
+    if not isinstance(config, DecoderNetConfig | GPT2NetConfig):
         raise ExportError(
             f"the {HF_CAUSAL_LM_FORMAT} format is for decoder merges, not "
             f"{type(config).__name__}; use the heterogui format"
@@ -52,7 +54,10 @@ def check_causal_lm(model: MergedModel) -> DecoderNetConfig:
             f"the merge stops at block {model.spec.stop}, but one causal LM needs every layer "
             f"merged: merge with a full zip (stop: null) or use the heterogui format"
         )
-    uniform_heads(config)
+    if isinstance(config, GPT2NetConfig):
+        check_heads(config)
+    else:
+        uniform_heads(config)
     return config
 
 
@@ -73,7 +78,9 @@ class CausalLMExporter(Exporter):
             network = as_network(job.model)
         except ModelLoadError as exc:
             raise ExportError(str(exc)) from exc
-        model = causal_lm(network)
+        model = (
+            gpt2_lm(network) if isinstance(network.config, GPT2NetConfig) else causal_lm(network)
+        )
         model.save_pretrained(folder, safe_serialization=True)
         source = job.source_folder
         for name in TOKENIZER_FILES if source is not None else ():

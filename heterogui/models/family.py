@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from heterogui.errors import ConfigError, excerpt
-from heterogui.models import bert, bert_identity, decoder, mlp, resnet, vgg, vit
+from heterogui.models import bert, bert_identity, decoder, gpt2, mlp, resnet, vgg, vit
 from heterogui.models.graph import BlockNet, ModelGraph
 
 
@@ -103,6 +103,20 @@ register(
         decoder.resize,
         None,
         decoder.check_pair,
+        shared_outputs=True,
+    )
+)
+register(
+    Family(
+        "gpt2",
+        gpt2.GPT2NetConfig,
+        gpt2.build,
+        gpt2.graph,
+        gpt2.insert_identity,
+        gpt2.init_identity,
+        gpt2.resize,
+        None,
+        gpt2.check_pair,
         shared_outputs=True,
     )
 )

@@ -1,10 +1,10 @@
 """Hugging Face models: save_pretrained folders, hub ids, and the offline MiniLM models.
 
 The family comes from config.json's ``model_type`` (``bert``, ``vit``, and the decoders
-``llama``, ``qwen2``, ``mistral``); the adapters in ``heterogui.models.hf`` convert the loaded
-transformers model into a heterogui network. A BERT classifier is scored on text classification,
-a BERT embedding model on sentence similarity, a ViT on image classification, a decoder on
-language modelling. Classifiers whose ``id2label`` names are class ids ("3") or the
+``llama``, ``qwen2``, ``mistral``, ``gpt2``); the adapters in ``heterogui.models.hf`` convert the
+loaded transformers model into a heterogui network. A BERT classifier is scored on text
+classification, a BERT embedding model on sentence similarity, a ViT on image classification, a
+decoder on language modelling. Classifiers whose ``id2label`` names are class ids ("3") or the
 built-in text tasks' labels ("sports") get those global classes, so two classifiers of disjoint
 tasks keep disjoint heads.
 """
@@ -48,9 +48,11 @@ def _load_decoder(path: str, pooling: str | None = None) -> Any:
 FAMILIES = {
     "bert": (load_bert, "mean", HF_BERT_FORMAT),
     "vit": (load_vit, "cls", HF_VIT_FORMAT),
-    **dict.fromkeys(("llama", "qwen2", "mistral"), (_load_decoder, None, HF_CAUSAL_LM_FORMAT)),
+    **dict.fromkeys(
+        ("llama", "qwen2", "mistral", "gpt2"), (_load_decoder, None, HF_CAUSAL_LM_FORMAT)
+    ),
 }
-DECODER_TYPES = ("llama", "qwen2", "mistral")
+DECODER_TYPES = ("llama", "qwen2", "mistral", "gpt2")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json")  # what a text model's folder must hold
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 

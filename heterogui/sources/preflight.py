@@ -41,6 +41,7 @@ _FAMILY = {
     "llama": "decoder",
     "qwen2": "decoder",
     "mistral": "decoder",
+    "gpt2": "gpt2",
 }
 _NORM = {"bert": "post", "vit": "pre", "gpt2": "pre", "decoder": "pre"}
 # Families whose positions are rotary (computed, not a table): their table sizes may differ.
@@ -245,7 +246,11 @@ def inspect_model(path: str | Path) -> ModelCard:
     model_type = str(config.get("model_type", "unknown"))
     family = _FAMILY.get(model_type, model_type)
     hidden, heads = int(_pick(config, "hidden", folder)), int(_pick(config, "heads", folder))
-    depth, inter = int(_pick(config, "depth", folder)), int(_pick(config, "intermediate", folder))
+    depth = int(_pick(config, "depth", folder))
+    if family == "gpt2" and config.get("n_inner") is None:
+        inter = 4 * hidden  # GPT-2's default MLP width
+    else:
+        inter = int(_pick(config, "intermediate", folder))
     shape = {"depth": depth, "hidden": hidden, "intermediate": inter, "num_params": num_params}
     mem, secs = estimate_merge(shape, shape, config.get("vocab_size"), config.get("vocab_size"))
     return ModelCard(

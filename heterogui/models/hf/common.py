@@ -80,7 +80,10 @@ def load_pretrained(
 
     name, local = model_name(path)
     task = classifier.removeprefix("AutoModel")
-    auto = getattr(transformers, classifier) if has_architecture(name, task) else None
+    # GPT-2's causal LM is named GPT2LMHeadModel, not ...ForCausalLM
+    suffixes = (task, "LMHeadModel") if task == "ForCausalLM" else (task,)
+    named = any(has_architecture(name, suffix) for suffix in suffixes)
+    auto = getattr(transformers, classifier) if named else None
     files = "config.json, model.safetensors" + (" and tokenizer files" if tokenizer else "")
     try:
         model, info = (auto or transformers.AutoModel).from_pretrained(

@@ -95,7 +95,7 @@ def network_from_hf(model: Any, label: str = "model") -> Network:
 def load_decoder(
     path: str | Path, *, device: str | torch.device = "cpu", label: str | None = None
 ) -> tuple[Network, Any]:
-    """Load a causal-LM folder as a decoder Network, with its tokenizer.
+    """Load a causal-LM folder as a decoder (or GPT-2) Network, with its tokenizer.
 
     Raises:
         ModelLoadError: a missing folder, missing weights, no causal-LM head, or an
@@ -109,7 +109,13 @@ def load_decoder(
             f"{name} has no language-model head (config.json names no …ForCausalLM "
             "architecture); save the model with AutoModelForCausalLM"
         )
-    net = network_from_hf(model, label or Path(name).name)
+    label = label or Path(name).name
+    if getattr(model.config, "model_type", None) == "gpt2":
+        from heterogui.models.hf.gpt2_io import network_from_hf as gpt2_network
+
+        net = gpt2_network(model, label)
+    else:
+        net = network_from_hf(model, label)
     net.module.to(device)
     return net, tokenizer
 
