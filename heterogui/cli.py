@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     merge.add_argument(
         "--format",
-        choices=("heterogui", "hf-bert", "hf-vit"),
+        choices=("heterogui", "hf-bert", "hf-vit", "hf-causal-lm"),
         default=None,
         help="output format (default: the models' own: Hugging Face folders for Hugging Face "
         "models, else a heterogui folder)",
