@@ -418,6 +418,8 @@ def test_a_vit_pair_runs_end_to_end_with_image_panels(res, tmp_path):
         "panel_sweep": True,
         "panel_spearman": False,
         "panel_similarity": False,
+        "panel_perplexity": False,
+        "panel_generations": False,
     }
     assert [r[0] for r in views["metrics"]["value"]] == ["A", "B", "ensemble", "merged"]
     assert views["heatmap"] is not None and views["neuron_map"] is not None

@@ -101,6 +101,8 @@ def test_bert_flow_analyse_align_neurons_zip_evaluate_export(analysed, res, tmp_
         "panel_sweep": False,
         "panel_spearman": True,
         "panel_similarity": True,
+        "panel_perplexity": False,
+        "panel_generations": False,
     }
     spaces = [n for _, n in tab_neurons.merge_points(prep)]
     assert "layer0.qk" in spaces and "stream" in spaces

@@ -29,6 +29,7 @@ from heterogui.sources.gguf_files import (
 from heterogui.sources.preflight import ModelCard, estimate_merge, tokens_hash
 
 BUILT_IN = {"smollm2:135m-instruct": smollm2_gguf}
+BUILT_IN_NAMES = {"smollm2:135m-instruct": "SmolLM2-135M-Instruct"}
 _FAMILY = {"llama": "decoder", "qwen2": "decoder", "mistral": "decoder"}
 
 
@@ -106,7 +107,7 @@ class GGUFSource(Source):
 
     def name(self, ref: str, header: GGUFHeader) -> str:
         """Return a display name that says the weights are dequantized."""
-        base = ref.split(":", 1)[1] if ref in BUILT_IN else Path(ref).stem
+        base = BUILT_IN_NAMES[ref] if ref in BUILT_IN else Path(ref).stem
         return f"{base} ({header.quantization} GGUF, dequantized)"
 
     def describe(self, ref: str) -> Header:

@@ -55,7 +55,8 @@ class Task(ABC):
     """A task kind: its data, its metrics and its panels.
 
     inputs: "images" or "text" (what its DataRefs name); panels: the Evaluate panels;
-    metric: the name of its headline number (the sweep's y axis, the Zip tab's readout).
+    metric: the name of its headline number (the sweep's y axis, the Zip tab's readout);
+    lower_is_better: whether a smaller headline is better (perplexity), not a larger one.
     """
 
     kind: str = ""
@@ -63,6 +64,7 @@ class Task(ABC):
     inputs: str = ""
     panels: tuple[str, ...] = ()
     metric: str = ""
+    lower_is_better: bool = False
 
     @abstractmethod
     def default_calibration(self, pair: Pair, size: int | None = None) -> DataRef:

@@ -155,6 +155,7 @@ class LanguageModeling(Task):
     inputs = "text"
     panels = (PERPLEXITY, GENERATIONS, SWEEP)
     metric = "perplexity"
+    lower_is_better = True
 
     def data_help(self, role: str) -> str:
         """Return what text data to give."""

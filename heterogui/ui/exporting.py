@@ -17,6 +17,13 @@ from typing import Any
 from heterogui import run
 from heterogui.config import Recipe, load_recipe, parse_recipe
 from heterogui.errors import ConfigError, ExportError, excerpt
+from heterogui.export.job import (
+    HETEROGUI_FORMAT,
+    HF_BERT_FORMAT,
+    HF_CAUSAL_LM_FORMAT,
+    HF_VIT_FORMAT,
+)
+from heterogui.export.registry import exporter
 from heterogui.folders import check_output
 from heterogui.report import merge_report
 from heterogui.sizes import merge_size, reference_sizes
@@ -25,6 +32,16 @@ from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 
 Progress = Callable[[str, float], None]
+AUTO = "auto"  # the format choice that means: the one that fits this merge (``fitting_format``)
+FORMAT_HELP = {
+    HETEROGUI_FORMAT: "a heterogui folder (config.json + model.safetensors): holds every merge, "
+    "partial zips too, and loads again as a model here",
+    HF_BERT_FORMAT: "a Hugging Face BERT folder (AutoModel.from_pretrained), with the tokenizer",
+    HF_VIT_FORMAT: "a Hugging Face ViT folder (AutoModel.from_pretrained)",
+    HF_CAUSAL_LM_FORMAT: "a Hugging Face causal-LM folder (config.json, model.safetensors, "
+    "generation_config.json, the tokenizer) that loads with "
+    "AutoModelForCausalLM.from_pretrained",
+}
 
 
 def session_run(session: Session) -> run.RunResult:
@@ -48,6 +65,52 @@ def session_run(session: Session) -> run.RunResult:
     )
 
 
+def formats(session: Session) -> list[str]:
+    """Return the output formats of the session's pair: its own first, then heterogui's."""
+    if session.pair is None:
+        return []
+    return list(dict.fromkeys((run.export_format(session.pair), HETEROGUI_FORMAT)))
+
+
+def fitting_format(session: Session) -> tuple[str | None, str]:
+    """Return the format the current merge is best written in, and why (Markdown).
+
+    The pair's own format, unless it cannot hold this merge (a partial zip of a Hugging Face
+    model): then the heterogui format, with the reason.
+    """
+    choices = formats(session)
+    if not choices or session.result is None:
+        return None, "Merge first: the output format follows the models."
+    own = choices[0]
+    try:
+        exporter(own).check(session.result.model)
+    except ExportError as exc:
+        return HETEROGUI_FORMAT, (
+            f"**{HETEROGUI_FORMAT}**: {FORMAT_HELP[HETEROGUI_FORMAT]}. Not {own}: "
+            f"{excerpt(exc, 300)}"
+        )
+    return own, f"**{own}**: {FORMAT_HELP.get(own, 'the models’ own format')}."
+
+
+def chosen_format(session: Session, fmt: str | None) -> str:
+    """Return the format a choice names: "auto" (or none) is the one that fits the merge.
+
+    Raises:
+        ConfigError: nothing merged yet, or a format that does not fit these models.
+    """
+    if not fmt or fmt == AUTO:
+        fitting, _ = fitting_format(session)
+        if fitting is None:
+            raise ConfigError("merge first (Zip tab): there is nothing to export yet")
+        return fitting
+    if fmt not in formats(session):
+        raise ConfigError(
+            f"format {fmt!r} does not fit these models: choose {AUTO} or "
+            f"{' or '.join(formats(session))}"
+        )
+    return fmt
+
+
 def export_path(out: str, root: Path) -> Path:
     """Return the folder a typed name or path means, which must lie below the export root.
 
@@ -69,21 +132,25 @@ def export_path(out: str, root: Path) -> Path:
     return resolved
 
 
-def export(session: Session, out: str, root: Path, overwrite: bool = False) -> Path:
-    """Write the merge to a new folder below ``root`` (atomically) in the models' format.
+def export(
+    session: Session, out: str, root: Path, overwrite: bool = False, fmt: str | None = None
+) -> Path:
+    """Write the merge to a new folder below ``root`` (atomically) in ``fmt``.
 
-    overwrite: replace an earlier export of heterogui (never another folder).
+    overwrite: replace an earlier export of heterogui (never another folder). fmt: one of
+    ``formats(session)``, or None / "auto": the format that fits the merge (``fitting_format``).
 
     Raises:
         ExportError: a folder outside the root, an existing folder (without overwrite) or one
             heterogui did not write, an input folder, or a failed write.
-        ConfigError: nothing merged yet.
+        ConfigError: nothing merged yet, or a format that does not fit these models.
     """
     path = export_path(out, root)
     done = session_run(session)
+    fmt = chosen_format(session, fmt)
     inputs = [*run.model_folders(done.pair), *run.data_files(done.recipe)]
     check_output(path, overwrite, inputs)  # before the card and figures are made
-    run.export(done, path, overwrite=overwrite)
+    run.export(done, path, overwrite=overwrite, fmt=fmt)
     session.last_export, session.exported_merge = str(path), session.merge_count
     return path
 

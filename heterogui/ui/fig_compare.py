@@ -57,12 +57,18 @@ def compare_widths_figure(widths: dict[str, dict[str, tuple[int, int, int]]]) ->
 
 
 def grid_figure(
-    points: list[dict[str, Any]], knob: str, metric: str, current: tuple[float, float] | None
+    points: list[dict[str, Any]],
+    knob: str,
+    metric: str,
+    current: tuple[float, float] | None,
+    lower_better: bool = False,
 ) -> go.Figure:
     """Return the score over rho (x) and ``knob`` (y) as a heat map, with size contours.
 
     points: the sweep's points ("rho", ``knob``, "score", "parameters"); missing cells (settings
     that could not be merged) stay empty. current: the (rho, knob) of the last merge, marked.
+    lower_better: the score is better when smaller (perplexity): the colours run the other way,
+    so the best cells are bright either way.
     """
     xs = sorted({p["rho"] for p in points})
     ys = sorted({p[knob] for p in points})
@@ -77,6 +83,7 @@ def grid_figure(
             y=ys,
             z=grid("score"),
             colorscale="Viridis",
+            reversescale=lower_better,
             colorbar={"title": {"text": metric}},
             customdata=grid("parameters"),
             hovertemplate=f"rho %{{x}}<br>{knob} %{{y}}<br>{metric} %{{z}}<br>"

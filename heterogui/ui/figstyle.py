@@ -3,7 +3,7 @@
 Figures get transparent backgrounds and translucent grid lines, so they sit on the page's own
 background; in dark mode ``DARK_CSS`` turns their text and axis lines light (CSS outranks the
 colours plotly writes inline). Hover labels keep plotly's own contrast. ``STATUS_CSS`` keeps
-Gradio's time estimates out of the status line.
+Gradio's time estimates out of the status line and draws a language merge's collapse alarm red.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ GRID = "rgba(128, 128, 128, 0.25)"
 # line shows the step's own stage and true share of work instead, and no estimate.
 STATUS_CSS = """
 #status .eta-bar, #status .progress-text { display: none !important; }
+#lm-alarm { border-left: 6px solid #d62728; padding: 4px 10px; }
+#lm-alarm, #lm-alarm * { color: #d62728 !important; }
 """
 
 DARK_CSS = """

@@ -15,7 +15,7 @@ from heterogui.errors import ConfigError, HeteroguiError, ModelLoadError
 from heterogui.pipeline import check_pair
 from heterogui.report import model_facts
 from heterogui.sources import registry
-from heterogui.sources.base import Loaded
+from heterogui.sources.base import LANGUAGE_MODELING, SENTENCE_SIMILARITY, Loaded
 from heterogui.sources.upload import receive
 from heterogui.sources.zoo import zoo_ref
 from heterogui.ui.resources import Resources
@@ -36,7 +36,8 @@ def load_choice(
     """Return the model the Models tab's inputs name, loaded through its source.
 
     zoo: "PAIR/a" or "PAIR/b"; folder: a folder on this machine; files: uploaded files (or a
-    .zip of an export); hf_id: a Hugging Face folder, hub id or "minilm:NAME".
+    .zip of an export); hf_id: a Hugging Face folder, hub id, "minilm:NAME", a built-in GGUF
+    model ("smollm2:135m-instruct") or a .gguf file (folder also takes a .gguf file).
 
     Raises:
         HeteroguiError: a missing choice or a model that does not load (with the reason).
@@ -60,7 +61,10 @@ def load_choice(
     if source == "hf":
         text = (hf_id or "").strip()
         if not text:
-            raise ModelLoadError("type a Hugging Face folder, hub id or minilm:NAME")
+            raise ModelLoadError(
+                "type a Hugging Face folder, hub id, minilm:NAME, smollm2:135m-instruct or the "
+                "path of a .gguf file"
+            )
         return registry.load(text)
     raise ConfigError(f"unknown model source {source!r}; use one of {', '.join(SOURCES)}")
 
@@ -71,10 +75,23 @@ def zoo_choice(pair: str, which: str) -> str:
 
 
 def model_card(loaded: Loaded | None, which: str) -> str:
-    """Return a Markdown card for model ``which`` ("A"/"B")."""
+    """Return a Markdown card for model ``which`` ("A"/"B"), with its note (GGUF) if any."""
     if loaded is None:
         return f"**Model {which}**: not loaded yet."
     facts = model_facts(loaded.net)
+    title = (
+        f"**Model {which}: {loaded.name}** ({loaded.source}; scored on "
+        f"{loaded.task.replace('_', ' ')})\n\n"
+    )
+    if loaded.task == LANGUAGE_MODELING:
+        body = _decoder_lines(loaded, facts)
+    else:
+        body = _network_lines(loaded, facts)
+    return title + "\n".join(body) + note_line(loaded)
+
+
+def _network_lines(loaded: Loaded, facts: dict) -> list[str]:
+    """Return the card lines of a classifier or an embedding model: stages, widths, heads."""
     stages = "; ".join(
         f"stage {s}: {d} layers, widths {w}"
         for s, (d, w) in enumerate(zip(facts["depths"], facts["widths"], strict=True))
@@ -84,13 +101,47 @@ def model_card(loaded: Loaded | None, which: str) -> str:
         head = f"- head: sentence embedding of width {len(facts['classes'])}"
     else:
         head = "- task heads: " + "; ".join(f"{h.name} (classes {list(h.classes)})" for h in heads)
-    return (
-        f"**Model {which}: {loaded.name}** ({loaded.source}; scored on "
-        f"{loaded.task.replace('_', ' ')})\n\n"
-        f"- family **{facts['family']}**, input width {facts['input_width']}\n"
-        f"- depth per stage {facts['depths']} ({stages})\n"
-        f"- parameters **{facts['parameters']:,}**\n" + head
-    )
+    return [
+        f"- family **{facts['family']}**, input width {facts['input_width']}",
+        f"- depth per stage {facts['depths']} ({stages})",
+        f"- parameters **{facts['parameters']:,}**",
+        head,
+    ]
+
+
+def _decoder_lines(loaded: Loaded, facts: dict) -> list[str]:
+    """Return the card lines of a causal language model: layers, stream, heads, MLP, vocabulary."""
+    config = loaded.net.config
+    kind = getattr(config, "model_type", facts["family"])
+    lines = [f"- family **{facts['family']}** ({kind}), **{sum(facts['depths'])} layers**"]
+    if hasattr(config, "hidden") and hasattr(config, "heads"):
+        lines += [
+            f"- residual stream width {config.hidden}; head size {config.head_dim}",
+            f"- query heads {per_layer(config.heads)}, key/value heads "
+            f"{per_layer(config.kv_heads)}",
+            f"- MLP width {per_layer(config.intermediate)}",
+        ]
+    lines += [
+        f"- parameters **{facts['parameters']:,}**",
+        f"- head: next-token logits over a vocabulary of {len(facts['classes']):,} tokens",
+    ]
+    return lines
+
+
+def per_layer(values: tuple[int, ...] | list[int]) -> str:
+    """Return per-layer numbers compactly: "9 in every layer", else the list."""
+    values = list(values)
+    if values and len(set(values)) == 1:
+        return f"{values[0]} in every layer"
+    return str(values)
+
+
+def note_line(loaded: Loaded | None, label: str | None = None) -> str:
+    """Return the model's note (a GGUF file's "dequantized" sentence) as a card line, or ""."""
+    if loaded is None or not loaded.note:
+        return ""
+    who = f"{label} ({loaded.name})" if label else loaded.name
+    return f"\n- ⚠ **{who}**: {loaded.note}"
 
 
 def verdict(a: Loaded | None, b: Loaded | None) -> tuple[bool, str]:
@@ -106,13 +157,14 @@ def verdict(a: Loaded | None, b: Loaded | None) -> tuple[bool, str]:
         pre = registry.pair_verdict(registry.describe(a.ref), registry.describe(b.ref))
     except HeteroguiError as exc:
         return False, f"**✗ Pre-flight failed**: {exc}"
+    notes = note_line(a, "model A") + note_line(b, "model B")
     if not pre.ok:
         lines = ["**✗ Cannot merge this pair**", "", *(f"- {r}" for r in pre.reasons)]
-        return False, "\n".join(lines)
+        return False, "\n".join(lines) + notes
     try:
         check_pair(a.net, b.net)
     except HeteroguiError as exc:
-        return False, f"**✗ Cannot merge this pair**: {exc}"
+        return False, f"**✗ Cannot merge this pair**: {exc}" + notes
     fa, fb = model_facts(a.net), model_facts(b.net)
     lines = [
         f"**✓ Compatible**: both are {fa['family']} models with {len(fa['depths'])} stage(s).",
@@ -130,10 +182,11 @@ def verdict(a: Loaded | None, b: Loaded | None) -> tuple[bool, str]:
     if any(set(wa) != set(wb) for wa, wb in zip(fa["widths"], fb["widths"], strict=True)):
         lines.append("- widths differ: the elastic zip merges neurons into a chosen width")
     overlap = sorted(set(fa["classes"]) & set(fb["classes"]))
-    if overlap and a.net.config.num_classes and a.task != "sentence_similarity":
+    scored_on_classes = a.task not in (SENTENCE_SIMILARITY, LANGUAGE_MODELING)
+    if overlap and scored_on_classes and a.net.config.num_classes:
         lines.append(
             f"- note: the task classes overlap ({overlap[:10]}): the merge works, but the "
             "Joint and per-task scores need disjoint tasks and are not shown"
         )
     lines += [f"- {n}" for n in pre.notes]
-    return True, "\n".join(lines)
+    return True, "\n".join(lines) + notes

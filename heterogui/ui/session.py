@@ -67,6 +67,9 @@ class Session:
     grid_knob: str = "beta"  # the 2-D sweep's second knob
     resemblance: tuple[int, Any] | None = None  # (merge, Resemblance) of a measured merge
     workdir: str | None = None  # this session's folder for uploads and pasted sentences
+    # A language pair's last generations: prompts, settings, the merge they ran on and the
+    # texts by model ("A", "B", "merged"); None until the Generate button is pressed.
+    generations: dict[str, Any] | None = None
 
     @property
     def pair(self) -> Pair | None:
@@ -103,6 +106,7 @@ class Session:
         self.sweep = []
         self.grid = []
         self.kept = {}
+        self.generations = None
 
     def check_cancel(self) -> None:
         """Raise Cancelled if the user asked to stop (and reset the request).

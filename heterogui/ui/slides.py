@@ -15,7 +15,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from heterogui.tasks.base import METRICS, SPEARMAN
+from heterogui.tasks.base import METRICS, PERPLEXITY, SPEARMAN
 from heterogui.ui import tab_align, tab_compare, tab_evaluate, tab_neurons, tab_zip
 from heterogui.ui.figstyle import style
 from heterogui.ui.resources import Resources
@@ -50,7 +50,7 @@ def _csv(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def session_tables(session: Session) -> dict[str, str]:
-    """Return the metrics table (A, B, ensemble, merged) and the history as CSV texts."""
+    """Return the scores table (A, B, ensemble, merged) and the history as CSV texts."""
     tables = {}
     task = session.task
     if task is not None and METRICS in task.panels:
@@ -60,6 +60,8 @@ def session_tables(session: Session) -> dict[str, str]:
         tables["metrics.csv"] = _csv(
             ["model", "Spearman", "parameters"], tab_evaluate.spearman_rows(session)
         )
+    elif task is not None and PERPLEXITY in task.panels:
+        tables["metrics.csv"] = _csv(*tab_evaluate.perplexity_rows(session))
     if session.history:
         tables["history.csv"] = _csv(*tab_evaluate.history_table(session.history, flops=True))
     return tables

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from heterogui.ui.session import Session
+from heterogui.ui.work import merge_alarms
 
 SCORE_KEYS = ("Joint", "Avg", "Spearman")
 
@@ -20,6 +21,8 @@ def session_summary(session: Session) -> dict[str, Any]:
         "pair": session.demo,
         "model_a": session.a.ref if session.a else None,
         "model_b": session.b.ref if session.b else None,
+        # what must be shown with a model (a GGUF file's weights are dequantized)
+        "notes": {w: m.note for w, m in (("a", session.a), ("b", session.b)) if m and m.note},
         "task": session.task.kind if session.task else None,
         "calibration": session.calibration.ref.source if session.calibration else None,
         "analysed": session.prepared is not None,
@@ -58,6 +61,7 @@ def session_summary(session: Session) -> dict[str, Any]:
             "metrics": columns(session.merged_metrics),
             "heads": [h.name for heads in result.spec.heads for h in heads],
             "timings": {k: round(v, 4) for k, v in result.timings.items()},
+            "alarms": merge_alarms(session),
         }
     out["history"] = [
         {
@@ -72,6 +76,7 @@ def session_summary(session: Session) -> dict[str, Any]:
                 "Joint",
                 "Avg",
                 "Spearman",
+                "score",
             )
         }
         for h in session.history

@@ -123,7 +123,8 @@ def _difference(a: Any, b: Any) -> str:
 def compare_table(session: Session, left: int, right: int) -> str:
     """Return a Markdown table of both merges' settings, sizes and scores, with differences."""
     a, b = _row(session, left), _row(session, right)
-    task_rows = list(session.task.columns(None))
+    # every score column (a language pair's per-domain perplexities are named by its scores)
+    task_rows = list(session.task.columns(session.baseline.get("ensemble")))
     lines = [f"| | #{left} | #{right} | #{right} − #{left} |", "|---|---|---|---|"]
     unit = " %" if session.task.metric.endswith("%") else ""
     names = {"flops": "FLOPs (effective)", "parameters": "parameters (effective)"}
@@ -172,10 +173,13 @@ def compare_samples(session: Session, left: int, right: int) -> Any:
 def grid_cells(session: Session) -> list[tuple[str, int]]:
     """Return (label, index) of every grid point, best score first."""
     knob, metric = session.grid_knob, session.task.metric
-    order = sorted(
-        range(len(session.grid)),
-        key=lambda k: -(session.grid[k].get("score") or float("-inf")),
-    )
+    sign = 1.0 if work.lower_is_better(session.task) else -1.0
+
+    def rank(k: int) -> float:
+        score = session.grid[k].get("score")
+        return float("inf") if score is None or score != score else sign * score
+
+    order = sorted(range(len(session.grid)), key=rank)
     out = []
     for k in order:
         p = session.grid[k]
@@ -261,7 +265,13 @@ def _grid_views(session: Session) -> dict[str, Any]:
     settings = session.result.settings if session.result is not None else session.settings
     current = (settings.rho, getattr(settings, session.grid_knob))
     return {
-        "grid_plot": grid_figure(session.grid, session.grid_knob, session.task.metric, current),
+        "grid_plot": grid_figure(
+            session.grid,
+            session.grid_knob,
+            work.metric_label(session.task),
+            current,
+            work.lower_is_better(session.task),
+        ),
         "grid_cell": gr.update(choices=grid_cells(session), value=None),
         "grid_info": f"{len(session.grid)} merges over rho × {session.grid_knob}; the other "
         "settings as in the sweep's merge. Scores are on the pair's test data.",

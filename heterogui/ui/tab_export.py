@@ -20,7 +20,7 @@ from heterogui.ui import exporting, slides
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 
-VIEWS = ("recipe_view", "export_dir", "card_preview")
+VIEWS = ("recipe_view", "export_dir", "card_preview", "export_format", "export_info")
 
 
 def build(ui: dict[str, Any], res: Resources) -> None:
@@ -36,7 +36,17 @@ def build(ui: dict[str, Any], res: Resources) -> None:
                 "a Hugging Face folder for Hugging Face models), recipe.yaml, report.json and "
                 "README.md (the model card). The .zip below uploads as a model again",
             )
-            ui["overwrite"] = gr.Checkbox(value=False, label="Overwrite an earlier export")
+            with gr.Row():
+                ui["export_format"] = gr.Dropdown(
+                    [exporting.AUTO],
+                    value=exporting.AUTO,
+                    label="Format",
+                    info="auto: the models' own format (a Hugging Face folder for Hugging Face "
+                    "models) when it can hold the merge, else heterogui's",
+                    elem_id="export-format",
+                )
+                ui["overwrite"] = gr.Checkbox(value=False, label="Overwrite an earlier export")
+            ui["export_info"] = gr.Markdown()
             ui["export"] = gr.Button("Export merge", variant="primary", elem_id="export")
             ui["export_file"] = gr.File(
                 label="Download the export (.zip)",
@@ -88,9 +98,12 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
             "recipe_view": "# merge first: the recipe of the current merge shows here",
             "export_dir": gr.skip(),
             "card_preview": "Merge first.",
+            "export_format": gr.update(choices=format_choices(session), value=exporting.AUTO),
+            "export_info": "Merge first: the output format follows the models.",
         }
     done = exporting.session_run(session)
-    fmt = run.export_format(done.pair)
+    fmt, why = exporting.fitting_format(session)
+    fmt = fmt or run.export_format(done.pair)
     files = card_files(done.result, done.pair, done.task, done.scores, fmt)
     card = with_inline_figures(files.pop("README.md"), files)
     return {
@@ -103,7 +116,15 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
         if session.exported_merge == session.merge_count
         else default_folder(session),
         "card_preview": without_front_matter(card),
+        "export_format": gr.update(choices=format_choices(session, fmt), value=exporting.AUTO),
+        "export_info": why,
     }
+
+
+def format_choices(session: Session, fitting: str | None = None) -> list[tuple[str, str]]:
+    """Return the Format dropdown's (label, value) pairs: auto (naming what it picks), then all."""
+    auto = f"{exporting.AUTO} ({fitting})" if fitting else exporting.AUTO
+    return [(auto, exporting.AUTO), *((f, f) for f in exporting.formats(session))]
 
 
 def with_inline_figures(card: str, figures: dict[str, str]) -> str:
@@ -122,12 +143,18 @@ def without_front_matter(card: str) -> str:
 
 
 def on_export(
-    session: Session, res: Resources, out: str | None, overwrite: bool, progress=None
+    session: Session,
+    res: Resources,
+    out: str | None,
+    overwrite: bool,
+    fmt: str | None = None,
+    progress=None,
 ) -> tuple[str, dict[str, Any]]:
-    """Export the current merge (api: /export)."""
-    path = exporting.export(session, out or "", res.export_root, bool(overwrite))
+    """Export the current merge (api: /export); fmt: the output format (None, "auto": fitting)."""
+    path = exporting.export(session, out or "", res.export_root, bool(overwrite), fmt)
+    written = exporting.chosen_format(session, fmt)
     files = sorted(p.name for p in Path(path).iterdir())
-    message = f"Exported to `{path}`: {', '.join(files)}."
+    message = f"Exported to `{path}` ({written} format): {', '.join(files)}."
     return message, {"export_file": exporting.archive(path)}
 
 
@@ -180,7 +207,7 @@ def wire(ui: dict[str, Any], on) -> None:
     on(
         ui["export"].click,
         on_export,
-        ["export_dir", "overwrite"],
+        ["export_dir", "overwrite", "export_format"],
         ("export",),
         "export",
         extra=["export_file"],

@@ -4,6 +4,7 @@ whether the pair can be merged, choose the calibration data, then analyse the pa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
 from pathlib import Path
@@ -14,8 +15,12 @@ import gradio as gr
 from heterogui.config import DataRef
 from heterogui.datasets.images import DATASETS
 from heterogui.datasets.refs import parse_lines, text_sha256
-from heterogui.errors import ConfigError
+from heterogui.datasets.text_domains import DOMAINS
+from heterogui.errors import ConfigError, HeteroguiError
 from heterogui.pipeline import ZipSettings
+from heterogui.sources.base import LANGUAGE_MODELING
+from heterogui.sources.gguf import BUILT_IN as GGUF_BUILT_IN
+from heterogui.tasks.language import ALL_DOMAINS
 from heterogui.tasks.sentences import MIN_SENTENCES
 from heterogui.ui import work
 from heterogui.ui.loading import SOURCES, load_choice, model_card, verdict, zoo_choice
@@ -24,14 +29,26 @@ from heterogui.ui.session import Session
 
 VIEWS = ("pair_choice", "card_a", "card_b", "verdict", "dataset", "cal_size")
 FILE = "file"  # the data choice that reads the "Calibration file" box
+# References the hf box reads offline, with what they are.
+BUILT_IN_REFS = {
+    "minilm:all-MiniLM-L6-v2": "MiniLM sentence embedder",
+    "minilm:paraphrase-MiniLM-L3-v2": "MiniLM sentence embedder",
+    "smollm2:135m-instruct": "SmolLM2-135M-Instruct language model, dequantized from 4-bit GGUF",
+}
 SOURCE_HELP = {
     "zoo": "a model of a built-in demo pair",
-    "folder": "a folder on this machine: a heterogui model or merge, or a Hugging Face folder",
+    "folder": "a folder on this machine: a heterogui model or merge, or a Hugging Face folder "
+    "(causal language models too); or a .gguf file",
     "upload": "upload config.json + model.safetensors (and tokenizer files), or an export's .zip",
-    "hf": "a Hugging Face folder or hub id (minilm:all-MiniLM-L6-v2 and "
-    "minilm:paraphrase-MiniLM-L3-v2 name the offline MiniLM pair)",
+    "hf": "a Hugging Face folder or hub id, or a built-in reference: "
+    + ", ".join(f"{ref} ({what})" for ref, what in BUILT_IN_REFS.items()),
 }
-DATA_CHOICES = {"images": (*sorted(DATASETS), FILE), "text": ("sentences", FILE)}
+# Calibration choices per task kind, else per input kind.
+DATA_CHOICES = {
+    "images": (*sorted(DATASETS), FILE),
+    "text": ("sentences", FILE),
+    LANGUAGE_MODELING: (ALL_DOMAINS, *DOMAINS, FILE),
+}
 
 
 def zoo_models(res: Resources) -> list[str]:
@@ -59,16 +76,17 @@ def build(ui: dict[str, Any], res: Resources) -> None:
     ui["verdict"] = gr.Markdown("Load model A and model B to check the pair.")
     with gr.Row():
         ui["dataset"] = gr.Dropdown(
-            [*DATA_CHOICES["images"], "sentences"],
+            [*DATA_CHOICES["images"], "sentences", ALL_DOMAINS, *DOMAINS],
             label="Calibration data",
             info="What the feature statistics are computed on: a built-in dataset, the built-in "
-            f"sentences (text models), or {FILE!r}: the file below",
+            f"sentences (embedding models), {ALL_DOMAINS!r} or one of them (language models: "
+            f"Python docs prose and Python source), or {FILE!r}: the file below",
         )
         ui["cal_file"] = gr.Textbox(
             label="Calibration file",
             placeholder="/path/to/images.safetensors or sentences.txt",
             info="With data 'file': a .safetensors file with an 'inputs' tensor (N, C, H, W), "
-            "or a .txt file with one sentence per line",
+            "or a .txt file with one sentence (or, for language models, one text) per line",
         )
         ui["cal_size"] = gr.Slider(
             16,
@@ -77,7 +95,8 @@ def build(ui: dict[str, Any], res: Resources) -> None:
             step=16,
             label="Calibration inputs",
             info="How many inputs the statistics use (more: slower, steadier). Text pairs "
-            "start at 64 sentences: MiniLM's feature pass takes ~20 s for 256 on 2 CPU cores",
+            "start at 64 sentences: MiniLM's feature pass takes ~20 s for 256 on 2 CPU cores; "
+            "language pairs at 32 texts",
         )
         ui["analyse"] = gr.Button("Analyse pair", variant="primary", elem_id="analyse")
     with gr.Accordion("Calibration sentences (text models)", open=False):
@@ -110,7 +129,8 @@ def _model_picker(ui: dict[str, Any], res: Resources, which: str) -> None:
         label=f"Folder of model {name}",
         placeholder="/path/to/model_folder",
         info="A folder on the machine running the app: a heterogui model or merge "
-        "(config.json + model.safetensors) or a Hugging Face save_pretrained folder",
+        "(config.json + model.safetensors) or a Hugging Face save_pretrained folder (BERT, "
+        "ViT, or a Llama / Qwen2 / Mistral causal LM); or the path of a .gguf file",
         visible=False,
     )
     ui[f"upload_{which}"] = gr.File(
@@ -123,8 +143,10 @@ def _model_picker(ui: dict[str, Any], res: Resources, which: str) -> None:
     )
     ui[f"hf_{which}"] = gr.Textbox(
         label=f"Hugging Face model {name}",
-        info="A save_pretrained folder, a hub id (when the hub is allowed) or minilm:NAME; "
-        "BERT and ViT models",
+        info="A save_pretrained folder, a hub id (when the hub is allowed), a .gguf file, or a "
+        f"built-in reference: {', '.join(BUILT_IN_REFS)}; BERT, ViT and decoder language "
+        "models (Llama, Qwen2, Mistral)",
+        placeholder="smollm2:135m-instruct",
         visible=False,
         elem_id=f"hf-{which}",
     )
@@ -139,7 +161,7 @@ def picker_kind(loaded: Any) -> str:
     """Return the picker ("zoo", "folder", "upload", "hf") a loaded model came through."""
     if loaded.ref.startswith("zoo:"):
         return "zoo"
-    if loaded.source in ("hf", "minilm"):
+    if loaded.source in ("hf", "minilm") or loaded.ref in GGUF_BUILT_IN:
         return "hf"
     return "upload" if loaded.source == "upload" else "folder"
 
@@ -178,15 +200,27 @@ def data_choice(session: Session) -> str | None:
     ref = session.calibration.ref if session.calibration else session.data
     if ref is None:
         return None
-    return ref.source if ref.source in DATASETS or ref.source == "sentences" else FILE
+    return ref.source if ref.source in data_choices(session) else FILE
+
+
+def data_choices(session: Session) -> list[str]:
+    """Return the Calibration data choices of the loaded models' task (none loaded: [])."""
+    task = session.task
+    if task is None:
+        return []
+    inputs = "text" if task.inputs == "text" else "images"
+    return [c for c in DATA_CHOICES.get(task.kind, DATA_CHOICES[inputs]) if c != FILE] + [FILE]
 
 
 def render(session: Session, res: Resources) -> dict[str, Any]:
     """Return the tab's view values for ``session``."""
     _, text = verdict(session.a, session.b)
-    task = session.task
-    choices = list(DATA_CHOICES[task.inputs if task.inputs == "text" else "images"]) if task else []
+    choices = data_choices(session)
     size = session.calibration.count if session.calibration else (session.data or DataRef()).size
+    if session.calibration is None and session.data is None and session.both_loaded():
+        # the task's own start (images without a built-in dataset have none)
+        with contextlib.suppress(HeteroguiError):
+            size = session.task.default_calibration(session.pair).size
     return {
         "pair_choice": gr.update(value=session.demo),
         "card_a": model_card(session.a, "A"),
@@ -246,7 +280,10 @@ def on_load_model(
     work.set_model(session, which, loaded)
     ok, _ = verdict(session.a, session.b)
     tail = " Press **Analyse pair** to align the layers." if ok else ""
-    message = f"Loaded model {which.upper()}: **{loaded.name}** ({loaded.source}).{tail}"
+    if not ok and session.both_loaded():
+        tail = " This pair cannot be merged: the verdict below says why."
+    note = f" ⚠ {loaded.note}." if loaded.note else ""
+    message = f"Loaded model {which.upper()}: **{loaded.name}** ({loaded.source}).{note}{tail}"
     # The other model's picker shows what is loaded there (a demo pair's model, say).
     other = "b" if which == "a" else "a"
     return message, picker_values(session, other)
@@ -293,7 +330,7 @@ def on_analyse(
 def on_sentences(session: Session, res: Resources, pasted: str | None, progress=None) -> str:
     """Calibrate a text pair on pasted sentences, saved as a .txt file (api: /sentences)."""
     if not session.both_loaded() or session.task.inputs != "text":
-        raise ConfigError("load two text models (Hugging Face BERT) first")
+        raise ConfigError("load two text models (Hugging Face BERT or language models) first")
     sentences = parse_lines(pasted)
     if len(sentences) < MIN_SENTENCES:
         raise ConfigError(

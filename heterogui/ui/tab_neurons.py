@@ -69,17 +69,46 @@ def merge_points(prepared: Prepared) -> list[tuple[str, str]]:
     """Return (label, space) of every merge point of the padded pair, with both widths.
 
     Inner layers of identity blocks are left out: they keep the other model's neurons as they
-    are, and their statistics are not collected.
+    are, and their statistics are not collected. So are spaces with no statistics of their own
+    (a decoder's attention output ``layer{i}.o``: its matching is derived, see ``derived``).
     """
     ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
     out = []
     for name, space in ga.spaces.items():
-        if name in (INPUT, LOGITS):
+        if name in (INPUT, LOGITS) or not space.captures:
             continue
         if name in ga.dead or name in gb.dead:  # an identity layer's unused inside: no matching
             continue
         out.append((f"{name}: A {space.width} + B {gb.spaces[name].width}", name))
     return out
+
+
+def derived(prepared: Prepared) -> list[str]:
+    """Return the merge points with no statistics of their own (their matching follows others).
+
+    A decoder's attention output ``layer{i}.o`` (what o_proj reads) is one: its heads pair as
+    the layer's query heads do and its features follow the value features.
+    """
+    ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
+    return [
+        name
+        for name, space in ga.spaces.items()
+        if name not in (INPUT, LOGITS)
+        and not space.captures
+        and name not in ga.dead
+        and name not in gb.dead
+    ]
+
+
+def derived_text(names: list[str]) -> str:
+    """Return why the derived merge points are not offered ("" when there are none)."""
+    if not names:
+        return ""
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (
+        f" Not listed: {shown}: attention outputs have no statistics of their own; their heads "
+        "pair as the layer's query heads (.q) do and their features follow the values (.v)."
+    )
 
 
 def space_match(
@@ -153,9 +182,9 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
     n_a = prep.padded_a.graph().spaces[space].width
     if match is None:
         source += "; this merge point lies after the stop point and is not merged"
-    return {"space": gr.update(choices=points, value=space)} | space_views(
-        corr, n_a, match, space, source
-    )
+    views = space_views(corr, n_a, match, space, source)
+    views["neuron_info"] += derived_text(derived(prep))
+    return {"space": gr.update(choices=points, value=space)} | views
 
 
 def space_views(
@@ -213,6 +242,11 @@ def on_space(session: Session, res: Resources, space: str | None, progress=None)
     if prep is None:
         raise ConfigError("load and analyse a pair first (Models tab)")
     names = [n for _, n in merge_points(prep)]
+    if space in derived(prep):
+        raise ConfigError(
+            f"{space} has no statistics of its own (its matching follows the query heads and "
+            f"the values): choose {space.rsplit('.', 1)[0]}.q or .v instead"
+        )
     if space not in names:
         raise ConfigError(f"unknown merge point {space!r}; choose one of {names}")
     session.neuron_space = space

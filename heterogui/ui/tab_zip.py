@@ -20,7 +20,7 @@ from heterogui.ui.fig_eval import natural_key, sizes_figure, widths_figure
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 from heterogui.ui.tab_evaluate import on_evaluate_pending
-from heterogui.zip.plan import stop_point
+from heterogui.zip.plan import head_group_first, stop_point
 
 VIEWS = (
     "readout",
@@ -184,7 +184,8 @@ def _scores(session: Session, exact: bool) -> dict[str, Any]:
         return {}
     models = dict(session.baseline)
     models["merged"] = session.merged_metrics if exact else None
-    return {"metric": task.metric, "values": {k: task.headline(v) for k, v in models.items()}}
+    values = {k: task.headline(v) for k, v in models.items()}
+    return {"metric": work.metric_label(task), "values": values}
 
 
 def _readout_text(info: dict[str, Any]) -> str:
@@ -239,7 +240,6 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
         return {"readout": f"**Error:** {exc}"}
     overrides = session.settings.overrides
     table = [[s, *w, _override_text(overrides.get(s))] for s, w in info["widths"].items()]
-    spaces = list(prep.padded_a.graph().spaces)
     return {
         "readout": _readout_text(info),
         "sizes_plot": sizes_figure(info["sizes"]),
@@ -247,8 +247,27 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
         "widths_plot": widths_figure(info["widths"]),
         "widths_table": table,
         "stop": gr.update(maximum=_n_blocks(session)),
-        "override_space": gr.update(choices=[s for s in spaces if s not in ("input", "logits")]),
+        "override_space": gr.update(choices=override_choices(prep)),
     }
+
+
+def override_choices(prep: Any) -> list[tuple[str, str]]:
+    """Return (label, space) of the merge points that take an override.
+
+    The spaces of one attention layer share one head pairing: only the group's first space
+    takes the override, and it applies to the whole layer.
+    """
+    graph = prep.padded_a.graph()
+    out = []
+    for name, space in graph.spaces.items():
+        if name in ("input", "logits"):
+            continue
+        if space.head_dim is None:
+            out.append((name, name))
+        elif head_group_first(graph, name) == name:
+            members = sorted(n for n, s in graph.spaces.items() if s.group == space.group)
+            out.append((f"{name} (attention layer: {', '.join(members)})", name))
+    return out
 
 
 def _override_text(knobs: dict[str, Any] | None) -> str:
@@ -324,10 +343,11 @@ def on_merge(
     elif not evaluate:
         joint = "scoring it…"
     else:
-        joint = f"{task.metric} {score if score is not None else '—'}."
+        joint = f"{work.metric_label(task)} {score if score is not None else '—'}."
+    alarm = work.alarm_line(work.merge_alarms(session))
     return (
         f"Merge #{row['merge']} done in {row['seconds']:.2f}s ({stages}); {joint}{note} "
-        "See the Evaluate tab."
+        "See the Evaluate tab." + (f" {alarm}" if alarm else "")
     )
 
 

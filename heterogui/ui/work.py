@@ -19,7 +19,7 @@ from heterogui import run
 from heterogui.align.alignment import align, layer_pairs
 from heterogui.align.editing import read_mapping
 from heterogui.config import DataRef
-from heterogui.errors import ConfigError
+from heterogui.errors import ConfigError, IncompatibleModelsError
 from heterogui.pipeline import (
     MergeResult,
     Prepared,
@@ -30,8 +30,9 @@ from heterogui.pipeline import (
     zip_prepared,
 )
 from heterogui.sizes import merge_size, reference_sizes
+from heterogui.sources import registry as sources
 from heterogui.sources.base import Loaded, Pair
-from heterogui.tasks import Calibration, Evaluation, task_of
+from heterogui.tasks import Calibration, Evaluation, Task, task_of
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 
@@ -150,14 +151,29 @@ def analysis(
     return calibration, evaluation, prepared, baseline
 
 
+def preflight(a: Loaded, b: Loaded) -> None:
+    """Refuse a pair the header pre-flight refuses (as ``run.load_pair`` does for a recipe).
+
+    Raises:
+        IncompatibleModelsError: the pre-flight's reasons (other tokenizers, head groupings ...).
+    """
+    verdict = sources.preflight(a.ref, b.ref)
+    if not verdict.ok:
+        raise IncompatibleModelsError("cannot merge this pair: " + "; ".join(verdict.reasons))
+
+
 def analyse(session: Session, res: Resources, progress: Progress | None = None) -> Session:
     """Run steps 1-3 for the loaded pair (CKA, SMA alignment, statistics) and the baselines.
+
+    Models chosen one by one pass the header pre-flight first (a demo pair always does).
 
     Raises:
         HeteroguiError: models missing or incompatible, bad data, or Cancelled.
     """
     if not session.both_loaded():
         raise ConfigError("load model A and model B first")
+    if not session.demo:
+        preflight(session.a, session.b)
     key = session.demo if session.demo and session.data is None else None
     report = guarded(session, progress)
     analysed = analysis(
@@ -347,3 +363,71 @@ def history_row(
 def device_choices() -> list[str]:
     """Return the devices a merge may run on here (GPU first when present)."""
     return ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
+
+
+def lower_is_better(task: Task | None) -> bool:
+    """Return whether a smaller headline score is better for ``task`` (perplexity)."""
+    if task is None:
+        return False
+    return task.lower_is_better
+
+
+def metric_label(task: Task | None) -> str:
+    """Return the headline metric's name for axes and tables ("perplexity (lower is better)")."""
+    if task is None:
+        return "score"
+    return f"{task.metric} (lower is better)" if lower_is_better(task) else task.metric
+
+
+def merge_alarms(session: Session) -> list[str]:
+    """Return why the current merge's scores look broken (the task's alarms; none: [])."""
+    task = session.task
+    if task is None or session.result is None or session.merged_metrics is None:
+        return []
+    return task.alarms({**session.baseline, "merged": session.merged_metrics})
+
+
+def alarm_line(reasons: list[str]) -> str:
+    """Return the one-line collapse alarm of a merge ("" when there is no reason)."""
+    if not reasons:
+        return ""
+    return (
+        "⚠ **Collapse alarm**: the merge completed but looks broken: "
+        + "; ".join(reasons)
+        + ". Try a lower rho, a later stop point or more calibration texts."
+    )
+
+
+def generate(
+    session: Session,
+    prompts: list[str],
+    sample: bool,
+    seed: int,
+    max_new_tokens: int,
+) -> dict[str, Any]:
+    """Continue ``prompts`` with A, B and the current merge; keep the texts in the session.
+
+    Raises:
+        ConfigError: no pair analysed, a task without generations, or bad prompts.
+    """
+    prepared = require_prepared(session)
+    task = session.task
+    if not hasattr(task, "generations"):
+        raise ConfigError(f"{task.title} models do not generate text; load two language models")
+    texts = task.generations(
+        prepared,
+        session.result,
+        session.pair,
+        prompts,
+        sample=sample,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+    )
+    session.generations = {
+        "prompts": [p for p in prompts if p.strip()],
+        "sample": sample,
+        "seed": seed,
+        "merge": session.merge_count if session.result is not None else None,
+        "texts": texts,
+    }
+    return session.generations

@@ -18,13 +18,15 @@ from heterogui.models.family import Network
 from heterogui.models.graph import INPUT, LOGITS, ModelGraph
 from heterogui.zip.stats import Moments
 
-StatKey = tuple[str, str]  # (space, module where it was captured)
+# (space, block): the captures of a space inside one block share one accumulator (a residual
+# stream is seen twice per transformer layer; pooling per block keeps what a stop point needs)
+StatKey = tuple[str, int]
 
 
-def capture_points(graph: ModelGraph) -> list[tuple[str, str, str]]:
-    """Return (space, module, layout) for every capture of every mergeable space."""
+def capture_points(graph: ModelGraph) -> list[tuple[str, str, str, int]]:
+    """Return (space, module, layout, block) for every capture of every mergeable space."""
     return [
-        (name, cap.module, cap.layout)
+        (name, cap.module, cap.layout, cap.block)
         for name, space in graph.spaces.items()
         if name not in (INPUT, LOGITS)
         for cap in space.captures
@@ -41,13 +43,13 @@ def collect_moments(
 ) -> dict[StatKey, Moments]:
     """Run A and B (same topology) on the batches and accumulate moments at every capture.
 
-    Returns moments of the concatenated features (O = n_A + n_B) per (space, module), for every
-    space that is not dead in either model.
+    Returns moments of the concatenated features (O = n_A + n_B) per (space, block), pooled over
+    the space's captures in that block, for every space that is not dead in either model.
     """
     # a dead space (an identity block's unused inner layer) is never matched: skip its statistics
     dead = net_a.graph().dead | net_b.graph().dead
     points = [p for p in capture_points(net_a.graph()) if p[0] not in dead]
-    modules = sorted({module for _, module, _ in points})
+    modules = sorted({module for _, module, _, _ in points})
     stats: dict[StatKey, Moments] = {}
     batches = list(batches)
     for step, batch in enumerate(batches):
@@ -58,11 +60,11 @@ def collect_moments(
             with capture_outputs(net.module, modules) as found:
                 run_model(net.module, batch)
             outs.append(found)
-        for space, module, layout in points:
+        for space, module, layout, block in points:
             rows = torch.cat(
                 [to_rows(out[module], layout, mask).to(torch.float64) for out in outs], dim=1
             )
-            key = (space, module)
+            key = (space, block)
             if key not in stats:
                 stats[key] = Moments.empty(rows.shape[1], rows.device)
             stats[key].update(rows)
@@ -75,10 +77,12 @@ def pooled_moments(
     stats: dict[StatKey, Moments], graph: ModelGraph, space: str, stop: int | None = None
 ) -> Moments:
     """Return the moments of ``space`` summed over its captures in blocks before ``stop``."""
-    caps = [c for c in graph.spaces[space].captures if stop is None or c.block < stop]
-    if not caps:
+    blocks = sorted(
+        {c.block for c in graph.spaces[space].captures if stop is None or c.block < stop}
+    )
+    if not blocks:
         raise KeyError(f"space {space!r} has no capture before block {stop}")
-    total = stats[(space, caps[0].module)]
-    for cap in caps[1:]:
-        total = total + stats[(space, cap.module)]
+    total = stats[(space, blocks[0])]
+    for block in blocks[1:]:
+        total = total + stats[(space, block)]
     return total

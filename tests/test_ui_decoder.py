@@ -1,0 +1,308 @@
+"""Decoder language-model pairs in the workbench: handlers on two tiny causal-LM folders (fast).
+
+Load and verdict, analyse, the neuron views, merge, the perplexity table (with the collapse
+alarm), generations, the rho sweep's axes, and the hf-causal-lm export; a pair with another
+tokenizer is refused with the pre-flight's reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import char_tokenizer, save_decoder, tiny_decoder
+
+from heterogui.errors import ConfigError, ExportError
+from heterogui.tasks.language import LanguageModeling, merged_logits
+from heterogui.tasks.lm_metrics import token_batches
+from heterogui.ui import (
+    app,
+    tab_compare,
+    tab_evaluate,
+    tab_export,
+    tab_models,
+    tab_neurons,
+    tab_zip,
+    work,
+)
+from heterogui.ui.resources import Resources, ZooPairs
+from heterogui.ui.session import Session
+from heterogui.ui.summary import session_summary
+
+pytestmark = pytest.mark.ui
+TEXTS = ["def add(a, b):\n    return a + b", "The tutorial explains how to read files."]
+ALARM = "python-docs: perplexity 999.0 is 4.0x the worse parent's 250.0"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("decoders")
+    a = save_decoder(tiny_decoder(hidden=32, layers=3, heads=4, kv=2, seed=1), root / "a")
+    b = save_decoder(tiny_decoder(hidden=48, layers=2, heads=6, kv=3, seed=2), root / "b")
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def res(tmp_path_factory) -> Resources:
+    exports = tmp_path_factory.getbasetemp()  # every test's tmp_path lies below it
+    return Resources(ZooPairs(tiny=True), device="cpu", export_root=exports)
+
+
+def load(session: Session, res: Resources, which: str, folder: Path, source="hf") -> str:
+    path = str(folder)
+    if source == "folder":
+        return tab_models.on_load_model(session, res, which, "folder", None, path, None, None)
+    return tab_models.on_load_model(session, res, which, "hf", None, None, None, path)
+
+
+@pytest.fixture()
+def analysed(folders, res) -> Session:
+    session = Session(device="cpu")
+    load(session, res, "a", folders[0], "folder")
+    load(session, res, "b", folders[1])
+    tab_models.on_analyse(session, res, "domains", None, 16)
+    return session
+
+
+def merge(session: Session, res: Resources, rho=0.5, stop=None) -> str:
+    n = session.prepared.padded_a.graph().num_blocks - 1
+    return tab_zip.on_merge(session, res, "zip", 0.5, 1.0, rho, n if stop is None else stop, "cpu")
+
+
+def test_two_causal_lm_folders_load_with_cards_and_a_verdict(folders, res):
+    session = Session(device="cpu")
+    message, _ = load(session, res, "a", folders[0], "folder")
+    assert "Loaded model A" in message and session.task.kind == "language_modeling"
+    message, pickers = load(session, res, "b", folders[1])
+    assert "Press **Analyse pair**" in message and pickers["source_a"]["value"] == "hf"
+    views = tab_models.render(session, res)
+    assert "family **decoder** (llama), **3 layers**" in views["card_a"]
+    assert "vocabulary of 100 tokens" in views["card_b"] and "classes [" not in views["card_b"]
+    assert "✓ Compatible" in views["verdict"] and "classes overlap" not in views["verdict"]
+    assert views["dataset"]["choices"] == ["domains", "python-docs", "python-source", "file"]
+    tab_models.on_analyse(session, res, "python-docs", None, 16)
+    assert session.calibration.ref.source == "python-docs" and session.calibration.count == 16
+    assert tab_models.render(session, res)["dataset"]["value"] == "python-docs"
+
+
+def test_a_dequantized_model_shows_its_note_in_the_card_verdict_and_summary(folders, res):
+    session = Session(device="cpu")
+    load(session, res, "a", folders[0])
+    load(session, res, "b", folders[1])
+    note = "dequantized from a Q4_1 GGUF file: these weights are a dequantized 4-bit model"
+    session.a.note = note  # what a GGUF source sets (heterogui.sources.gguf)
+    views = tab_models.render(session, res)
+    assert note in views["card_a"] and note not in views["card_b"]
+    assert f"model A ({session.a.name})**: {note}" in views["verdict"]
+    assert session_summary(session)["notes"] == {"a": note}
+
+
+def test_neuron_views_skip_the_derived_attention_outputs(analysed, res):
+    prep = analysed.prepared
+    points = [n for _, n in tab_neurons.merge_points(prep)]
+    assert {"stream", "layer0.q", "layer0.v", "layer0.mlp"} <= set(points)
+    assert not any(p.endswith(".o") for p in points)
+    assert tab_neurons.derived(prep) == ["layer0.o", "layer1.o"]  # layer 2 of B: identity
+    for space in ("stream", "layer1.q", "layer0.mlp"):
+        tab_neurons.on_space(analysed, res, space)
+        views = tab_neurons.render(analysed, res)
+        assert views["neuron_map"] is not None and views["neuron_hist"] is not None
+        assert "layer0.o" in views["neuron_info"] and "no statistics" in views["neuron_info"]
+    with pytest.raises(ConfigError, match="no statistics of its own"):
+        tab_neurons.on_space(analysed, res, "layer0.o")
+    choices = [v for _, v in tab_zip.render(analysed, res)["override_space"]["choices"]]
+    assert "layer0.k" in choices and "layer0.q" not in choices and "layer0.o" not in choices
+
+
+def test_merge_shows_perplexity_tables_equal_to_the_task_scores(analysed, res):
+    session, task = analysed, analysed.task
+    views = app.render(session, res, app.SCOPES)
+    shown = {k: v["visible"] for k, v in views.items() if k.startswith("panel_")}
+    assert shown == {
+        "panel_metrics": False,
+        "panel_samples": False,
+        "panel_sweep": True,
+        "panel_spearman": False,
+        "panel_similarity": False,
+        "panel_perplexity": True,
+        "panel_generations": True,
+    }
+    assert "| perplexity (lower is better) |" in views["readout"]
+    assert "estimate" in views["readout"]
+    message = merge(session, res)
+    assert "Merge #1" in message and "perplexity (lower is better)" in message
+    views = app.render(session, res, app.SCOPES)
+    table = views["lm_scores"]
+    assert table["headers"] == [
+        "model",
+        "python-docs perplexity",
+        "python-docs bits/byte",
+        "python-source perplexity",
+        "python-source bits/byte",
+        "parameters",
+    ]
+    assert not any("%" in h for h in table["headers"])
+    rows = {r[0]: r[1:] for r in table["value"]}
+    assert list(rows) == ["A", "B", "ensemble", "merged"]
+    scores = task.score_models(session.prepared, session.evaluation, session.pair)
+    scores["merged"] = task.score_merged(session.result, session.evaluation, session.pair)
+    for label, key in (("A", "a"), ("B", "b"), ("ensemble", "ensemble"), ("merged", "merged")):
+        want = []
+        for domain in ("python-docs", "python-source"):
+            one = scores[key][domain]
+            want += [round(one["perplexity"], 3), round(one["bits_per_byte"], 4)]
+        assert rows[label][:-1] == want
+    assert rows["merged"][-1] == session.merged_size["parameters"]
+    assert rows["A"][-1] == sum(p.numel() for p in session.prepared.net_a.module.parameters())
+    assert views["lm_alarm"]["visible"] is False  # a healthy merge raises no alarm
+    assert "merged" in views["lm_info"] and "Repetition" in views["lm_info"]
+    assert views["history_plot"].layout.yaxis.title.text == "perplexity (lower is better)"
+    summary = session_summary(session)
+    assert summary["merged"]["alarms"] == [] and summary["history"][0]["score"] is not None
+
+
+def test_the_collapse_alarm_shows_in_red_and_in_the_status(analysed, res, monkeypatch):
+    monkeypatch.setattr(LanguageModeling, "alarms", lambda self, scores: [ALARM])
+    session = analysed
+    assert tab_evaluate.render(session, res)["lm_alarm"]["visible"] is False  # no merge yet
+    message = merge(session, res)
+    assert "Collapse alarm" in message and ALARM in message
+    alarm = tab_evaluate.render(session, res)["lm_alarm"]
+    assert alarm["visible"] is True and "⚠ **Collapse alarm**" in alarm["value"]
+    assert ALARM in alarm["value"]
+    assert "Collapse alarm" in tab_evaluate.on_evaluate(session, res)
+    assert session_summary(session)["merged"]["alarms"] == [ALARM]
+
+
+def test_generations_side_by_side_greedy_and_sampled(analysed, res):
+    session = analysed
+    message = tab_evaluate.on_generate(session, res, "def f(x):\n\nThe tutorial", "greedy", 0)
+    assert "2 prompt(s)" in message and "Merge to add" in message
+    view = tab_evaluate.render(session, res)["gen_view"]
+    assert view["headers"] == ["prompt", "A", "B", "merged"]
+    assert [r[0] for r in view["value"]] == ["def f(x):", "The tutorial"]
+    assert all(r[3] == "—" for r in view["value"])  # nothing merged yet
+    merge(session, res)
+    assert "merge #1" not in tab_evaluate.render(session, res)["gen_info"]
+    tab_evaluate.on_generate(session, res, "def f(x):\nThe tutorial", "greedy", 0)
+    views = tab_evaluate.render(session, res)
+    rows = views["gen_view"]["value"]
+    want = session.task.generations(
+        session.prepared,
+        session.result,
+        session.pair,
+        ["def f(x):", "The tutorial"],
+        max_new_tokens=tab_evaluate.GEN_TOKENS,
+    )
+    assert [r[1:] for r in rows] == [
+        [want["A"][k], want["B"][k], want["merged"][k]] for k in range(2)
+    ]
+    assert all(isinstance(t, str) for r in rows for t in r)
+    assert "greedy" in views["gen_info"] and "merge #1" in views["gen_info"]
+    tab_evaluate.on_generate(session, res, "def f(x):", "sampled", 7)
+    first = session.generations["texts"]
+    tab_evaluate.on_generate(session, res, "def f(x):", "sampled", 7)
+    assert session.generations["texts"] == first  # a seed repeats its samples
+    assert "sampled with seed 7" in tab_evaluate.render(session, res)["gen_info"]
+    merge(session, res, rho=1.0)  # a newer merge: the shown texts are marked as older
+    assert "press Generate again" in tab_evaluate.render(session, res)["gen_info"]
+    for typed, mode, seed, words in (
+        ("a\nb\nc\nd\ne", "greedy", 0, "1 to 4 prompts"),
+        ("", "greedy", 0, "1 to 4 prompts"),
+        ("x", "beam", 0, "decoding 'beam' is unknown"),
+        ("x", "sampled", -1, "whole number"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            tab_evaluate.on_generate(session, res, typed, mode, seed)
+
+
+def test_generate_errors_become_one_line_messages_in_the_page(analysed, res):
+    fn = app.event_function(tab_evaluate.on_generate, res, ("evaluate",), ["gen_view"], 3)
+    session = analysed
+    with pytest.warns(UserWarning, match="1 to 4 prompts"):
+        out = fn(session, "1\n2\n3\n4\n5", "greedy", 0, None)
+    assert out[0] is session and out[1].startswith("**Error:**") and "\n" not in out[1]
+
+
+def test_sweep_and_grid_treat_lower_perplexity_as_better(analysed, res):
+    session = analysed
+    merge(session, res)
+    tab_evaluate.on_sweep(session, res)
+    assert [p["rho"] for p in session.sweep] == list(tab_evaluate.SWEEP_RHOS)
+    fig = tab_evaluate.render(session, res)["sweep_plot"]
+    assert fig.layout.yaxis.title.text == "perplexity (lower is better)"
+    assert not any("%" in (t.name or "") for t in fig.data)
+    merge(session, res, rho=1.0)
+    tab_compare.on_compare(session, res, 1, 2)
+    table = tab_compare.render(session, res)["compare_table"]
+    assert "| python-docs perplexity |" in table and "| perplexity |" in table and "%" not in table
+    session.grid = [
+        {"rho": 0.0, "beta": 1.0, "score": 50.0, "parameters": 10},
+        {"rho": 0.5, "beta": 1.0, "score": 20.0, "parameters": 8},
+        {"rho": 1.0, "beta": 1.0, "score": None, "parameters": 6},
+    ]
+    session.grid_knob = "beta"
+    assert [k for _, k in tab_compare.grid_cells(session)] == [1, 0, 2]  # lowest first
+    grid = tab_compare.render(session, res)["grid_plot"]
+    assert grid.data[0].reversescale is True
+    assert grid.data[0].colorbar.title.text == "perplexity (lower is better)"
+
+
+def test_export_writes_a_folder_automodelforcausallm_loads(analysed, res, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    session = analysed
+    merge(session, res)
+    views = tab_export.render(session, res)
+    assert views["export_format"]["value"] == "auto"
+    assert [v for _, v in views["export_format"]["choices"]] == [
+        "auto",
+        "hf-causal-lm",
+        "heterogui",
+    ]
+    assert "AutoModelForCausalLM" in views["export_info"]
+    out = tmp_path / "lm"
+    message, extra = tab_export.on_export(session, res, str(out), False, "auto")
+    assert "(hf-causal-lm format)" in message and extra["export_file"].endswith(".zip")
+    model = AutoModelForCausalLM.from_pretrained(out)
+    batch = token_batches(AutoTokenizer.from_pretrained(out), TEXTS, 2, 48)[0]
+    with torch.no_grad():
+        exported = model(**batch).logits
+        want = merged_logits(session.result.model)(batch)
+    real = batch["attention_mask"].bool()
+    assert (exported - want)[real].abs().max() < 1e-4
+    with pytest.raises(ConfigError, match="does not fit these models"):
+        tab_export.on_export(session, res, str(tmp_path / "bert"), False, "hf-bert")
+
+
+def test_a_partial_zip_exports_in_the_heterogui_format(analysed, res, tmp_path):
+    session = analysed
+    merge(session, res, stop=2)
+    views = tab_export.render(session, res)
+    assert views["export_format"]["choices"][0] == ("auto (heterogui)", "auto")
+    assert "Not hf-causal-lm" in views["export_info"] and "stops at block 2" in views["export_info"]
+    with pytest.raises(ExportError, match="stops at block 2"):
+        tab_export.on_export(session, res, str(tmp_path / "lm"), False, "hf-causal-lm")
+    message, _ = tab_export.on_export(session, res, str(tmp_path / "partial"), False, None)
+    assert "(heterogui format)" in message and (tmp_path / "partial" / "config.json").is_file()
+
+
+def test_a_pair_with_another_tokenizer_is_refused_with_the_reason(folders, res, tmp_path):
+    other = "".join(reversed([chr(c) for c in range(32, 127)])) + "\n\t"
+    b = save_decoder(tiny_decoder(seed=2), tmp_path / "other", char_tokenizer(other))
+    session = Session(device="cpu")
+    load(session, res, "a", folders[0])
+    message, _ = load(session, res, "b", b)
+    assert "cannot be merged" in message
+    verdict = tab_models.render(session, res)["verdict"]
+    assert "✗ Cannot merge this pair" in verdict
+    assert "first differing tokens id 3: ' ' vs '~'" in verdict
+    fn = app.event_function(tab_models.on_analyse, res, app.SCOPES, ["verdict"], 3)
+    with pytest.warns(UserWarning, match="vocabularies differ"):
+        out = fn(session, "domains", None, 16, None)
+    assert out[1].startswith("**Error:** cannot merge this pair: vocabularies differ")
+    assert session.prepared is None  # nothing was analysed
+    views = app.render(session, res, app.SCOPES)  # every tab still renders
+    assert "Load and analyse" in views["readout"]
+    assert work.merge_alarms(session) == []
