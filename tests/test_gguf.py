@@ -124,3 +124,18 @@ def test_second_call_reuses_folder(smol_dir: Path, monkeypatch: pytest.MonkeyPat
     assert gguf_folder(smollm2_gguf(), cache=smol_dir) == smol_dir
     assert marker.stat().st_mtime_ns == before
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_an_uploaded_gguf_file_keeps_its_form_and_a_bad_one_is_refused(tmp_path):
+    from heterogui.sources.registry import describe
+    from heterogui.sources.upload import receive
+
+    path = receive([str(smollm2_gguf())], tmp_path)
+    assert path.suffix == ".gguf" and path.parent.parent == tmp_path
+    header = describe(str(path))
+    assert header.family == "decoder" and header.task == "language_modeling"
+    assert "dequantized" in header.name
+    fake = tmp_path / "notes.gguf"
+    fake.write_text("not a model")
+    with pytest.raises(ModelLoadError, match="notes.gguf"):
+        describe(str(receive([str(fake)], tmp_path)))

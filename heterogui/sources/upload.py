@@ -1,4 +1,4 @@
-"""Workbench uploads: files (or a .zip of an export) copied into a fresh folder, then loaded.
+"""Workbench uploads: files (a .zip of an export, a .gguf file) copied into a fresh folder.
 
 An upload becomes a folder of its own under the session's upload folder; the folder is then
 read by whichever source claims it (a heterogui network, a heterogui merge, a Hugging Face
@@ -21,10 +21,11 @@ MODEL_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".yaml", ".md", ".s
 
 
 def receive(files: list[str] | None, workdir: str | Path | None = None) -> Path:
-    """Return a new folder holding the uploaded model files.
+    """Return a new folder holding the uploaded model files (or the uploaded .gguf file).
 
     files: paths of the uploaded files: config.json and model.safetensors (plus tokenizer or
-    side files), or one .zip of an exported folder. workdir: where the folder is made (a new
+    side files), one .zip of an exported folder, or one .gguf file (a GGUF model keeps its
+    single-file form: the GGUF source reads it). workdir: where the folder is made (a new
     temporary folder when None).
 
     Raises:
@@ -37,6 +38,10 @@ def receive(files: list[str] | None, workdir: str | Path | None = None) -> Path:
         )
     archive = len(paths) == 1 and paths[0].suffix == ".zip"
     root = Path(tempfile.mkdtemp(prefix="upload-", dir=workdir))
+    if len(paths) == 1 and paths[0].suffix.lower() == ".gguf":
+        target = root / f"{_safe_name(paths[0].stem)}.gguf"
+        shutil.copyfile(paths[0], target)
+        return target
     # The model folder is named after the archive (an export's name), so the model is too.
     folder = root / (_safe_name(paths[0].stem) if archive else "uploaded-model")
     try:

@@ -134,9 +134,12 @@ def _model_picker(ui: dict[str, Any], res: Resources, which: str) -> None:
         visible=False,
     )
     ui[f"upload_{which}"] = gr.File(
-        label=f"Upload model {name} (config.json + model.safetensors, or an export's .zip)",
+        label=(
+            f"Upload model {name} (config.json + model.safetensors, an export's .zip, "
+            "or a .gguf file)"
+        ),
         file_count="multiple",
-        file_types=[".safetensors", ".json", ".zip", ".txt"],
+        file_types=[".safetensors", ".json", ".zip", ".txt", ".gguf"],
         height=110,
         visible=False,
         elem_id=f"upload-{which}",
