@@ -260,8 +260,11 @@ def init_identity(block: nn.Module) -> None:
             norm.bias.zero_()
 
 
-def resize(config: BertNetConfig, widths: dict[str, int]) -> BertNetConfig:
-    """Return the config with the widths of the given spaces replaced.
+def layer_widths(config: Any, widths: dict[str, int]) -> dict[str, Any]:
+    """Return the resized per-layer fields (hidden, heads, intermediate) of a transformer config.
+
+    config: any config with ``hidden``, ``head_dim`` and per-layer ``heads`` / ``intermediate``
+    (BERT, ViT, GPT-2).
 
     Raises:
         ValueError: a layer's qk and vo widths differ or are not whole heads.
@@ -278,12 +281,20 @@ def resize(config: BertNetConfig, widths: dict[str, int]) -> BertNetConfig:
             )
         heads[i] = w_qk // config.head_dim
         inter[i] = widths.get(ffn, inter[i])
+    hidden = widths.get(STREAM, config.hidden)
+    return {"hidden": hidden, "heads": tuple(heads), "intermediate": tuple(inter)}
+
+
+def resize(config: BertNetConfig, widths: dict[str, int]) -> BertNetConfig:
+    """Return the config with the widths of the given spaces replaced.
+
+    Raises:
+        ValueError: a layer's qk and vo widths differ or are not whole heads.
+    """
     labels = config.num_labels
     return replace(
         config,
-        hidden=widths.get(STREAM, config.hidden),
-        heads=tuple(heads),
-        intermediate=tuple(inter),
+        **layer_widths(config, widths),
         num_labels=labels if labels is None else widths.get(LOGITS, labels),
     )
 

@@ -211,20 +211,7 @@ def resize(config: GPT2NetConfig, widths: dict[str, int]) -> GPT2NetConfig:
     Raises:
         ValueError: a layer's qk and vo widths differ or are not whole heads.
     """
-    heads, inter = list(config.heads), list(config.intermediate)
-    for i in range(config.num_layers):
-        qk, vo, ffn = bert.space_names(i)
-        w_qk = widths.get(qk, heads[i] * config.head_dim)
-        w_vo = widths.get(vo, heads[i] * config.head_dim)
-        if w_qk != w_vo or w_qk % config.head_dim:
-            raise ValueError(
-                f"layer {i}: q/k width {w_qk} and v/o width {w_vo} must be equal whole heads of "
-                f"{config.head_dim}"
-            )
-        heads[i] = w_qk // config.head_dim
-        inter[i] = widths.get(ffn, inter[i])
-    hidden = widths.get(STREAM, config.hidden)
-    return replace(config, hidden=hidden, heads=tuple(heads), intermediate=tuple(inter))
+    return replace(config, **bert.layer_widths(config, widths))
 
 
 def check_pair(config_a: GPT2NetConfig, config_b: GPT2NetConfig) -> list[str]:

@@ -48,6 +48,7 @@ from heterogui.tasks.lm_metrics import (
     scored_bytes,
     token_batches,
 )
+from heterogui.tasks.sentences import tokenizer_of
 
 ALL_DOMAINS = "domains"  # both built-in domains, scored one by one
 CALIBRATION_SIZE = 32
@@ -84,20 +85,6 @@ def domain_texts(ref: DataRef) -> dict[str, list[str]]:
 def text_hash(texts: dict[str, list[str]]) -> str:
     """Return the sha256 a recipe records for texts by domain."""
     return text_sha256([t for group in texts.values() for t in group])
-
-
-def tokenizer_of(pair: Pair) -> Any:
-    """Return model A's tokenizer (the pre-flight checked that B shares it).
-
-    Raises:
-        ConfigError: model A came without a tokenizer.
-    """
-    if pair.a.tokenizer is None:
-        raise ConfigError(
-            f"model A ({pair.a.name}) has no tokenizer: put the tokenizer files of the model "
-            "in its folder (tokenizer.save_pretrained(folder))"
-        )
-    return pair.a.tokenizer
 
 
 def network_logits(module: torch.nn.Module) -> LogitsFn:
