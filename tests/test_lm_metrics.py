@@ -167,3 +167,15 @@ def test_collapse_alarm_fires_only_on_collapse():
         "python-docs: perplexity 120.0 is 1.4x the worse parent's 86.1",
         "python-source: perplexity 30.0 is 1.5x the worse parent's 20.0",
     ]
+
+
+def test_the_repetition_alarm_is_relative_to_the_parents():
+    ppl = {"python-docs": 50.0}
+    # small parents that repeat themselves make merges that do too: no collapse
+    assert collapse_alarm(ppl, [ppl, ppl], 0.8, parent_repetition=[0.75, 0.6]) == []
+    [reason] = collapse_alarm(ppl, [ppl, ppl], 0.99, parent_repetition=[0.75, 0.1])
+    assert reason == (
+        "generations repeat themselves: 99% of their n-grams occurred before "
+        "(limit 50%; the parents' 75%, 10%)"
+    )
+    assert collapse_alarm(ppl, [ppl], 0.4, parent_repetition=[0.0]) == []

@@ -188,7 +188,7 @@ class LanguageModeling(Task):
     def score_models(
         self, prepared: Prepared, ev: Evaluation, pair: Pair, progress: Progress | None = None
     ) -> dict[str, Any]:
-        """Return the per-domain scores of A, B and their ensemble."""
+        """Return the per-domain scores of A, B and their ensemble (and A's and B's repetition)."""
         a, b, dev = prepared.net_a.module, prepared.net_b.module, prepared.device
         tok = tokenizer_of(pair)
         models = {"a": network_logits(a), "b": network_logits(b), "ensemble": ensemble(a, b)}
@@ -198,6 +198,8 @@ class LanguageModeling(Task):
         for key, fn in models.items():
             mark(key)
             scores[key] = {d: s.to_dict() for d, s in score_domains(fn, tok, ev.data, dev).items()}
+            if key != "ensemble":  # what the alarm compares the merge's repetition with
+                scores[key]["repetition"] = round(repetition(fn, tok, dev), 4)
         mark(None)
         return scores
 
@@ -244,7 +246,17 @@ class LanguageModeling(Task):
         if not isinstance(merged, dict):
             return []
         parents = [self.perplexities(scores.get(k)) for k in ("a", "b")]
-        return collapse_alarm(self.perplexities(merged), parents, merged.get("repetition"))
+        repeats = [
+            scores[k]["repetition"]
+            for k in ("a", "b")
+            if isinstance(scores.get(k), dict) and "repetition" in scores[k]
+        ]
+        return collapse_alarm(
+            self.perplexities(merged),
+            parents,
+            merged.get("repetition"),
+            parent_repetition=repeats,
+        )
 
     @torch.no_grad()
     def generations(

@@ -295,13 +295,18 @@ def collapse_alarm(
     *,
     factor: float = 2.0,
     repetition_limit: float = 0.5,
+    parent_repetition: Sequence[float] = (),
+    repetition_margin: float = 0.2,
 ) -> list[str]:
     """Return one reason per sign that a merged language model collapsed (empty: none).
 
     merged / parents: perplexity per domain of the merge and of each parent model. A domain
     alarms when the merge's perplexity is not finite or more than ``factor`` times the worse
     parent's; ``repetition`` (the repeated n-gram rate of its generations) alarms above
-    ``repetition_limit``. Domains no parent was scored on are skipped.
+    ``repetition_limit`` and, when the parents' rates are known (``parent_repetition``), above
+    the most repetitive parent's by more than ``repetition_margin`` (small models that repeat
+    themselves make merges that do too; that is not a collapse). Domains no parent was scored
+    on are skipped.
     """
     reasons = []
     for domain, value in merged.items():
@@ -319,9 +324,17 @@ def collapse_alarm(
                 f"{domain}: perplexity {value:.1f} is {value / worse:.1f}x the worse parent's "
                 f"{worse:.1f}"
             )
-    if repetition is not None and repetition > repetition_limit:
+    worst_parent = max(parent_repetition, default=None)
+    above_parents = worst_parent is None or repetition is None
+    above_parents = above_parents or repetition > worst_parent + repetition_margin
+    if repetition is not None and repetition > repetition_limit and above_parents:
+        parents_said = (
+            f"; the parents' {', '.join(f'{r:.0%}' for r in parent_repetition)}"
+            if parent_repetition
+            else ""
+        )
         reasons.append(
             f"generations repeat themselves: {repetition:.0%} of their n-grams occurred before "
-            f"(limit {repetition_limit:.0%})"
+            f"(limit {repetition_limit:.0%}{parents_said})"
         )
     return reasons
