@@ -1,4 +1,4 @@
-"""``heterogui bench speed|quality|transformers``: arguments, dispatch and printing.
+"""``heterogui bench speed|quality|transformers|decoders``: arguments, dispatch and printing.
 
 The benchmark modules (torch, transformers) are imported when a benchmark runs, so that
 ``heterogui --help`` answers at once.
@@ -71,6 +71,28 @@ def _transformers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decoders(args: argparse.Namespace) -> int:
+    import torch
+
+    from heterogui.bench.decoders import run_decoders
+
+    for name in ("calibration", "evaluation", "smollm2_evaluation"):
+        if getattr(args, name) < 4:
+            option = "--" + name.replace("_", "-")
+            raise ConfigError(f"{option} {getattr(args, name)} is too small: use at least 4 texts")
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        print(run_decoders(args))
+    finally:
+        torch.set_num_threads(threads)
+    for path in (args.out_md, args.out_json):
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
 def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``heterogui bench speed``."""
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -103,8 +125,25 @@ def add_transformer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
+def add_decoder_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options of ``heterogui bench decoders``."""
+    parser.add_argument(
+        "--calibration", type=int, default=32, help="calibration texts (both domains)"
+    )
+    parser.add_argument(
+        "--evaluation", type=int, default=48, help="held-out texts per domain (trained pair)"
+    )
+    parser.add_argument(
+        "--smollm2-evaluation", type=int, default=8, help="held-out texts per domain (SmolLM2)"
+    )
+    parser.add_argument("--skip-smollm2", action="store_true", help="only the trained pair's table")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out-md", default=None, help="write the markdown here (docs/decoders.md)")
+    parser.add_argument("--out-json", default=None, help="write the JSON here (docs/decoders.json)")
+
+
 def add_bench_arguments(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``speed``, ``quality`` and ``transformers`` on the ``bench`` subparsers."""
+    """Register ``speed``, ``quality``, ``transformers`` and ``decoders`` on ``bench``."""
     speed = subparsers.add_parser("speed", help="merge time vs forward passes; matcher speed")
     add_speed_arguments(speed)
     speed.set_defaults(func=_speed)
@@ -119,3 +158,8 @@ def add_bench_arguments(subparsers: argparse._SubParsersAction) -> None:
     tables = subparsers.add_parser("transformers", help="the MiniLM tables of docs/transformers.md")
     add_transformer_arguments(tables)
     tables.set_defaults(func=_transformers)
+    decoders = subparsers.add_parser(
+        "decoders", help="the decoder LM tables of docs/decoders.md (trained pair, SmolLM2)"
+    )
+    add_decoder_arguments(decoders)
+    decoders.set_defaults(func=_decoders)

