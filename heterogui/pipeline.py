@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -26,8 +26,14 @@ from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged
 from heterogui.fusion.pinning import pinned_channels
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network, family_of
-from heterogui.models.graph import INPUT
-from heterogui.zip.collect import StatKey, collect_moments, pooled_moments
+from heterogui.models.graph import INPUT, ModelGraph
+from heterogui.zip.collect import (
+    StatKey,
+    capture_points,
+    collect_moments,
+    pooled_moments,
+    statistics_bytes,
+)
 from heterogui.zip.heads import head_group_pairs, match_head_group
 from heterogui.zip.matchers import MATCHERS, Match, keep_one_match
 from heterogui.zip.plan import ZipSettings, head_group_first, plan_widths, stop_point
@@ -41,7 +47,13 @@ PREPARE_ONLY_STAGES = ("bn_inputs", "similarity")
 
 @dataclass
 class Prepared:
-    """What steps 1-3 produce; everything a re-merge needs."""
+    """What steps 1-3 produce; everything a re-merge needs.
+
+    stats_budget: the most bytes of feature statistics held at once (None: no limit). When all
+    merge points' statistics need more, ``stats`` stays empty and every zip collects them part
+    by part (``chunked_matches``): a pass over the calibration data per part, each part matched
+    and dropped before the next, with the same matches as one pass.
+    """
 
     net_a: Network
     net_b: Network
@@ -53,6 +65,7 @@ class Prepared:
     batches: list[Batch]
     device: torch.device
     timings: dict[str, float] = field(default_factory=dict)
+    stats_budget: int | None = None
 
 
 @dataclass
@@ -141,8 +154,11 @@ def prepare(
     device: str | torch.device = "auto",
     reset_input_bn: bool = True,
     progress: Progress | None = None,
+    stats_budget: int | None = None,
 ) -> Prepared:
     """Run steps 1-3: BN re-estimation of A and B, CKA, alignment, padding, feature pass.
+
+    stats_budget: see ``Prepared.stats_budget``.
 
     The caller's models are not modified (copies are moved to ``device``).
 
@@ -173,7 +189,9 @@ def prepare(
             nets[0], nets[1], batches, dev, progress=lambda f: report("similarity", f)
         ),
     )
-    prepared = Prepared(nets[0], nets[1], similarity, None, None, None, {}, batches, dev, timings)
+    prepared = Prepared(
+        nets[0], nets[1], similarity, None, None, None, {}, batches, dev, timings, stats_budget
+    )
     return realign(prepared, mode, manual, progress)
 
 
@@ -206,17 +224,22 @@ def realign(
             strict=True,
         )
     )
-    stats = _timed(
-        timings,
-        "features",
-        lambda: collect_moments(
-            padded_a,
-            padded_b,
-            prepared.batches,
-            prepared.device,
-            progress=lambda f: report("features", f),
-        ),
-    )
+    ga, gb = padded_a.graph(), padded_b.graph()
+    needed = sum(statistics_bytes(ga, gb, s) for s in live_spaces(ga, gb))
+    budget = prepared.stats_budget
+    stats = {}
+    if budget is None or needed <= budget:  # else each zip collects them part by part
+        stats = _timed(
+            timings,
+            "features",
+            lambda: collect_moments(
+                padded_a,
+                padded_b,
+                prepared.batches,
+                prepared.device,
+                progress=lambda f: report("features", f),
+            ),
+        )
     return replace(
         prepared,
         alignment=alignment,
@@ -257,11 +280,20 @@ def finite_corr(prepared: Prepared, graph: Any, space: str, stop: int) -> torch.
     return corr
 
 
-def match_spaces(prepared: Prepared, settings: ZipSettings, stop: int) -> dict[str, Match]:
+def live_spaces(graph_a: ModelGraph, graph_b: ModelGraph) -> list[str]:
+    """Return the merge points whose statistics the feature pass collects."""
+    dead = graph_a.dead | graph_b.dead
+    return list(dict.fromkeys(n for n, _, _, _ in capture_points(graph_a) if n not in dead))
+
+
+def match_spaces(
+    prepared: Prepared, settings: ZipSettings, stop: int, only: Collection[str] | None = None
+) -> dict[str, Match]:
     """Return the matching of every merge point that a trunk of ``stop`` blocks uses.
 
     Every merge point is matched to the width ``plan_widths`` gives; the attention spaces of
-    one head group share one head pairing.
+    one head group share one head pairing. only: match just these merge points (whole head
+    groups), for a part of the statistics.
 
     Raises:
         ConfigError, MatcherError: see ``plan_widths`` and the matchers.
@@ -271,6 +303,8 @@ def match_spaces(prepared: Prepared, settings: ZipSettings, stop: int) -> dict[s
     matches = {}
     head_groups: dict[str, list[str]] = {}
     for space, (n_a, n_b, width) in plan.items():
+        if only is not None and space not in only:
+            continue
         if space in ga.dead or space in gb.dead:
             matches[space] = keep_one_match(n_a, n_b, "b" if space in ga.dead else "a")
         elif ga.spaces[space].head_dim:
@@ -332,7 +366,10 @@ def zip_prepared(
     timings: dict[str, float] = {}
     pa, pb = prepared.padded_a, prepared.padded_b
     stop = stop_point(pa.graph(), settings)
-    matches = _timed(timings, "match", lambda: match_spaces(prepared, settings, stop))
+    if prepared.stats or prepared.stats_budget is None:
+        matches = _timed(timings, "match", lambda: match_spaces(prepared, settings, stop))
+    else:
+        matches = chunked_matches(prepared, settings, stop, timings, report)
     report("match", 1.0)
     dev = prepared.device
     transforms = {s: SpaceTransform.from_match(m, dtype, dev) for s, m in matches.items()}
@@ -351,6 +388,69 @@ def zip_prepared(
     return MergeResult(
         model, spec, prepared.alignment, matches, transforms, prepared, settings, timings
     )
+
+
+def chunked_matches(
+    prepared: Prepared,
+    settings: ZipSettings,
+    stop: int,
+    timings: dict[str, float],
+    progress: Progress,
+) -> dict[str, Match]:
+    """Return ``match_spaces``'s matches, collecting statistics part by part within the budget.
+
+    The merge points are cut into parts (a head group stays whole) whose statistics fit
+    ``prepared.stats_budget``; each part gets its own pass over the calibration data, is
+    matched, and its statistics are dropped before the next part's pass. Statistics of a merge
+    point do not depend on which others are collected with it, so the matches equal one pass's.
+    """
+    ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
+    trunk = list(plan_widths(ga, gb, settings, stop))
+    dead = ga.dead | gb.dead
+    units: dict[str, list[str]] = {}
+    for space in trunk:
+        if space not in dead:
+            first = head_group_first(ga, space) if ga.spaces[space].unit else space
+            units.setdefault(first, []).append(space)
+    parts: list[list[str]] = [[]]
+    size = 0
+    for names in units.values():
+        need = sum(statistics_bytes(ga, gb, n) for n in names)
+        if parts[-1] and size + need > prepared.stats_budget:
+            parts.append([])
+            size = 0
+        parts[-1] += names
+        size += need
+    matches = match_spaces(prepared, settings, stop, only=dead & set(trunk))  # no statistics
+    for k, part in enumerate(parts):
+        report = within(progress, "features", k / len(parts), (k + 1) / len(parts))
+        stats = _timed(
+            timings,
+            "features",
+            lambda part=part, report=report: collect_moments(
+                prepared.padded_a,
+                prepared.padded_b,
+                prepared.batches,
+                prepared.device,
+                progress=report,
+                spaces=set(part),
+            ),
+        )
+        view = replace(prepared, stats=stats)
+        matches.update(
+            _timed(
+                timings,
+                "match",
+                lambda view=view, part=part: match_spaces(view, settings, stop, only=set(part)),
+            )
+        )
+        del stats, view
+    return matches
+
+
+def within(progress: Progress, stage: str, lo: float, hi: float) -> Callable[[float], None]:
+    """Return a fraction callback that reports ``stage`` from ``lo`` to ``hi``."""
+    return lambda frac: progress(stage, lo + (hi - lo) * frac)
 
 
 def assemble(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -180,6 +181,25 @@ def calibrate(pair: Pair, ref: DataRef | None = None, size: int | None = None) -
     return task.calibration(ref or task.default_calibration(pair, size), pair)
 
 
+def stats_budget() -> int:
+    """Return the bytes of feature statistics a one-shot merge holds at once.
+
+    A quarter of the machine's memory, or $HETEROGUI_STATS_BUDGET_MB. Statistics that need
+    more are collected part by part, one pass over the calibration data each
+    (``pipeline.chunked_matches``); the merge is the same.
+    """
+    override = os.environ.get("HETEROGUI_STATS_BUDGET_MB")
+    if override:
+        try:
+            return max(int(float(override) * 2**20), 1)
+        except ValueError as exc:
+            raise ConfigError(
+                f"HETEROGUI_STATS_BUDGET_MB={override!r} is not a number of MiB; unset it or "
+                "give one such as 2048"
+            ) from exc
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
 def analyse(pair: Pair, calibration: Calibration, **options: Any) -> Prepared:
     """Run the engine's analysis (BN, CKA, alignment, padding, statistics) on a pair.
 
@@ -284,6 +304,7 @@ def merge(
         device=recipe.device,
         reset_input_bn=recipe.reset_input_bn,
         progress=report,
+        stats_budget=stats_budget(),
     )
     dtype = DTYPES[recipe.dtype]
     result = zip_prepared(prepared, settings_of(recipe), dtype, report)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 import torch
 
@@ -40,15 +40,21 @@ def collect_moments(
     batches: Iterable[Batch],
     device: torch.device | str = "cpu",
     progress: Callable[[float], None] | None = None,
+    spaces: Collection[str] | None = None,
 ) -> dict[StatKey, Moments]:
     """Run A and B (same topology) on the batches and accumulate moments at every capture.
 
     Returns moments of the concatenated features (O = n_A + n_B) per (space, block), pooled over
-    the space's captures in that block, for every space that is not dead in either model.
+    the space's captures in that block, for every space that is not dead in either model
+    (only those in ``spaces`` when given: a pass over part of the merge points).
     """
     # a dead space (an identity block's unused inner layer) is never matched: skip its statistics
     dead = net_a.graph().dead | net_b.graph().dead
-    points = [p for p in capture_points(net_a.graph()) if p[0] not in dead]
+    points = [
+        p
+        for p in capture_points(net_a.graph())
+        if p[0] not in dead and (spaces is None or p[0] in spaces)
+    ]
     modules = sorted({module for _, module, _, _ in points})
     stats: dict[StatKey, Moments] = {}
     batches = list(batches)
@@ -71,6 +77,13 @@ def collect_moments(
         if progress is not None:
             progress((step + 1) / len(batches))
     return stats
+
+
+def statistics_bytes(graph_a: ModelGraph, graph_b: ModelGraph, space: str) -> int:
+    """Return the bytes the statistics of ``space`` take (one (O, O) float64 sum per block)."""
+    o = graph_a.spaces[space].width + graph_b.spaces[space].width
+    blocks = {c.block for c in graph_a.spaces[space].captures}
+    return len(blocks) * (o * o + o) * 8
 
 
 def pooled_moments(
