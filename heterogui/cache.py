@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -15,3 +18,18 @@ def cache_dir(*parts: str) -> Path:
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def install_build(tmp: Path, folder: Path, complete: Callable[[Path], bool]) -> None:
+    """Rename a finished build ``tmp`` into place as ``folder``, atomically.
+
+    A ``folder`` that is already ``complete`` (a concurrent build finished first) is kept and
+    ``tmp`` left to the caller to remove; a stale or incomplete one is set aside first.
+    """
+    if folder.exists():
+        if complete(folder):
+            return
+        stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+        os.replace(folder, stale / "old")
+        shutil.rmtree(stale, ignore_errors=True)
+    os.replace(tmp, folder)

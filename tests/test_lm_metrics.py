@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, processors
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from conftest import char_tokenizer
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from heterogui.errors import ConfigError
 from heterogui.tasks.lm_metrics import (
@@ -30,13 +30,7 @@ TEXTS = ["the cat sat on the mat.", "a dog ran in the park!", "one two three, fo
 @pytest.fixture
 def tokenizer():
     """A character tokenizer: <unk>, <s> (added in front of every text), </s>, then CHARS."""
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(CHARS)}}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.decoder = decoders.Fuse()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+    return char_tokenizer(CHARS)
 
 
 def tiny_llama(seed: int) -> LlamaForCausalLM:

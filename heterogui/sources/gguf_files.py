@@ -22,7 +22,6 @@ import importlib.util
 import json
 import logging
 import mmap
-import os
 import re
 import shutil
 import struct
@@ -36,7 +35,7 @@ from typing import Any
 
 import torch
 
-from heterogui.cache import cache_dir
+from heterogui.cache import cache_dir, install_build
 from heterogui.errors import ModelLoadError, excerpt
 from heterogui.sources.minilm import _make_readable, _sha256
 
@@ -440,14 +439,8 @@ def _marker_ok(folder: Path, gguf_hash: str) -> bool:
 
 
 def _install(tmp: Path, folder: Path, gguf_hash: str) -> None:
-    """Rename a finished build into place, setting aside a stale or incomplete folder first."""
-    if folder.exists():
-        if _marker_ok(folder, gguf_hash):  # a concurrent build finished first
-            return
-        stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-        os.replace(folder, stale / "old")
-        shutil.rmtree(stale, ignore_errors=True)
-    os.replace(tmp, folder)
+    """Rename a finished build into place (``cache.install_build``)."""
+    install_build(tmp, folder, lambda f: _marker_ok(f, gguf_hash))
 
 
 def gguf_folder(path: Path, cache: Path | None = None) -> Path:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from heterogui.cache import cache_dir
+from heterogui.cache import cache_dir, install_build
 from heterogui.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -298,14 +298,8 @@ def _make_readable(folder: Path) -> None:
 
 
 def _install(tmp: Path, folder: Path, onnx_hash: str) -> None:
-    """Rename a finished build into place, setting aside a stale or incomplete folder first."""
-    if folder.exists():
-        if _marker_ok(folder, onnx_hash):  # a concurrent build finished first
-            return
-        stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-        os.replace(folder, stale / "old")
-        shutil.rmtree(stale, ignore_errors=True)
-    os.replace(tmp, folder)
+    """Rename a finished build into place (``cache.install_build``)."""
+    install_build(tmp, folder, lambda f: _marker_ok(f, onnx_hash))
 
 
 def check_conversion(path: str | Path, onnx_path: Path | None = None) -> float:
