@@ -39,6 +39,13 @@ from typing import Any
 import torch
 
 from heterogui import run
+from heterogui.bench.decoders_report import (
+    NEW_TOKENS,
+    SMOLLM2_NOTE,
+    Row,
+    layer_list,
+    render_markdown,
+)
 from heterogui.config import DataRef
 from heterogui.datasets.text_domains import DOMAINS
 from heterogui.errors import MatcherError, excerpt
@@ -62,18 +69,12 @@ from heterogui.tasks.lm_metrics import generate, token_batches
 from heterogui.zoo.decoder_pair import decoder_pair_folders, marker
 
 log = logging.getLogger(__name__)
-Row = dict[str, Any]
 SMOLLM2 = "smollm2:135m-instruct"
-SMOLLM2_NOTE = (
-    "SmolLM2 here is SmolLM2-135M-Instruct as shipped in a 4-bit (Q4_1) GGUF file, dequantized "
-    "to float32: a dequantized 4-bit model, not the original full-precision weights."
-)
 PROMPTS = (
     "The Python tutorial explains",
     "def read_config(path):",
     "A list comprehension is",
 )
-NEW_TOKENS = 16
 SHALLOW_DROP = 6  # middle layers SmolLM2's shallower copy drops (every other layer breaks it)
 _RESULT = "DECODERS-BENCH-RESULT "
 
@@ -384,24 +385,6 @@ def middle_block(depth: int, drop: int) -> tuple[int, ...]:
     return tuple(i for i in range(depth) if not lo <= i < lo + drop)
 
 
-def _runs(values: list[int] | tuple[int, ...]) -> str:
-    """Return increasing integers with runs shortened: "0-11, 18-29"; "0, 2, ..., 28"."""
-    runs: list[list[int]] = []
-    for i in values:
-        if runs and i == runs[-1][-1] + 1:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    if all(len(r) == 1 for r in runs) and len(values) > 4:
-        return f"{values[0]}, {values[1]}, ..., {values[-1]}"
-    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
-
-
-def _layers(keep: tuple[int, ...], depth: int) -> str:
-    """Return kept layers as ranges ("0-11, 18-29 (24 of 30)")."""
-    return f"{_runs(keep)} ({len(keep)} of {depth})"
-
-
 def smollm2_shallow_table(sizes: Sizes, device: str = "cpu") -> dict[str, Any]:
     """Return SmolLM2 + a shallower copy of itself (module docstring, item 3).
 
@@ -419,7 +402,7 @@ def smollm2_shallow_table(sizes: Sizes, device: str = "cpu") -> dict[str, Any]:
         network_logits(broken.module.to(device)), loaded.tokenizer, evaluation.data, device
     )
     info = _score_row(
-        f"not merged: SmolLM2 layers {_layers(every_other, depth)}",
+        f"not merged: SmolLM2 layers {layer_list(every_other, depth)}",
         {d: s.to_dict() for d, s in broken_scores.items()},
         **_net_facts(broken),
     )
@@ -427,7 +410,7 @@ def smollm2_shallow_table(sizes: Sizes, device: str = "cpu") -> dict[str, Any]:
     keep = middle_block(depth, SHALLOW_DROP)
     shallow = dropped_network(loaded.folder, keep, "SmolLM2 shallower")
     shallow.module.to(device)
-    name_b = f"SmolLM2 layers {_layers(keep, depth)}"
+    name_b = f"SmolLM2 layers {layer_list(keep, depth)}"
     pair = _smollm2_pair(loaded, shallow, name_b)
     calibration = run.calibrate(pair, DataRef(ALL_DOMAINS, "calibration", sizes.calibration, BATCH))
     prep = run.analyse(pair, calibration, device=device)
@@ -449,215 +432,6 @@ def smollm2_shallow_table(sizes: Sizes, device: str = "cpu") -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- report
-
-
-def _cell(value: Any, column: str) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, list):
-        if column == "slots_b":
-            return _runs(value)
-        if column == "alarms":
-            return "none" if not value else "<br>".join(str(v) for v in value)
-        return "[" + ", ".join(str(v) for v in value) + "]"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        if column.endswith("ppl"):
-            return f"{value:.1f}" if value < 1e4 else f"{value:.3g}"
-        if column.endswith("bpb") or column == "repetition":
-            return f"{value:.3f}"
-        return f"{value:.2f}"
-    return str(value)
-
-
-_ORDER = (
-    "model",
-    "layers",
-    "width",
-    "params_M",
-    "slots_b",
-    *(f"{d} {m}" for d in DOMAINS for m in ("ppl", "bpb")),
-    "repetition",
-    "alarms",
-    "note",
-)
-
-
-def table(rows: list[Row]) -> str:
-    """Return rows as a markdown table (columns in first-seen order)."""
-    seen = list(dict.fromkeys(k for r in rows for k in r))
-    columns = [c for c in _ORDER if c in seen] + [c for c in seen if c not in _ORDER]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r.get(c), c) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    """Return docs/decoders.md from a report."""
-    env, sizes = report["environment"], report["sizes"]
-    lines = [
-        "# Decoder language models: merges of different depth and width",
-        "",
-        f"Command: `{report['command']}`",
-        "",
-        f"Run: {report['seconds']:.0f} s on the CPU ({env['threads']} torch threads), Python "
-        f"{env['python']}, torch {env['torch']}, transformers {env['transformers']}. "
-        f"Calibration: {sizes['calibration']} texts of both domains (half each) of at most "
-        f"{MAX_TOKENS} tokens; evaluation: held-out texts per domain, {sizes['evaluation']} for "
-        f"the trained pair and {sizes['smollm2_evaluation']} for SmolLM2. {SMOLLM2_NOTE}",
-        "",
-        "Scores: perplexity (ppl, lower is better; the models share SmolLM2's tokenizer, so "
-        "perplexities compare) and bits per byte (bpb) of the held-out texts of the two built-in "
-        "domains, `python-docs` (English prose of the Python documentation) and `python-source` "
-        "(Python standard-library code). The ensemble is the mean of A's and B's next-token "
-        "probabilities; a merge's logits are the mean of its two heads' logits, exactly what its "
-        "exported causal-LM folder computes. `slots_b`: the layer slots of A that B's layers are "
-        "aligned to. `repetition`: the worst repeated-4-gram rate of a model's greedy "
-        "continuations of two fixed prompts. `alarms`: the collapse alarm (a domain whose "
-        "perplexity is over twice the worse parent's, or a repetition over 50% and over the "
-        "most repetitive parent's by more than 20 points).",
-        "",
-    ]
-    pair = report.get("pair")
-    if pair:
-        a, b = pair["build"]["a"], pair["build"]["b"]
-        lines += [
-            "## The trained pair",
-            "",
-            "`heterogui.zoo.decoder_pair` trains two Llama causal LMs from scratch here "
-            "(built once into the heterogui cache; references `decoder-pair:a` and "
-            "`decoder-pair:b`): A on the training split of `python-docs`, B on that of "
-            "`python-source`, with SmolLM2's tokenizer and attention layout (head_dim 64, 3 query "
-            "heads per key/value head, rope_theta 100000), so they also merge with SmolLM2. "
-            f"A: {_shape(a)}; B: {_shape(b)}. Build: {a.get('build_seconds')} s and "
-            f"{b.get('build_seconds')} s.",
-            "",
-            "Baselines: *dropped layers* is the deeper model (A) cut to B's depth by keeping "
-            "evenly spaced layers (what a merge of that depth could be without B at all). A "
-            "*weight average* needs equal shapes: A and B differ in width "
-            f"({a['shape']['hidden']} vs {b['shape']['hidden']}), so it does not apply here (see "
-            "the SmolLM2 tables for pairs where it does). "
-            f"Calibration: {pair['calibration_texts']} texts; "
-            f"{pair['evaluation_texts_per_domain']} held-out texts per domain; "
-            f"{pair['seconds']:.0f} s.",
-            "",
-            table(pair["rows"]),
-            "",
-            _reading(pair["rows"]),
-            "",
-        ]
-    selfm = report.get("smollm2_self")
-    if selfm:
-        t = selfm["timing"]
-        same = sum(g["identical"] for g in selfm["greedy"])
-        lines += [
-            "## SmolLM2 merged with a permuted copy of itself",
-            "",
-            "B is SmolLM2 with every permutable space shuffled (`heterogui.models.permute`: whole "
-            "key/value groups with their query heads, MLP neurons, the residual stream): the "
-            "same function in another neuron order. The merge (SMA, rho 1) should find the "
-            "permutation and give SmolLM2 back; a weight average without alignment shows what "
-            f"happens without. Max |logit difference| of the merge vs SmolLM2 over the held-out "
-            f"texts: **{selfm['max_abs_logit_diff']:.2e}**. Greedy continuations "
-            f"({NEW_TOKENS} tokens) identical for {same} of {len(selfm['greedy'])} prompts.",
-            "",
-            table(selfm["rows"]),
-            "",
-            "| prompt | SmolLM2 | merge | identical |",
-            "|---|---|---|---|",
-            *[
-                f"| {g['prompt']!r} | {g['smollm2']!r} | {g['merged']!r} | {g['identical']} |"
-                for g in selfm["greedy"]
-            ],
-            "",
-            "### Time and memory of a SmolLM2 merge",
-            "",
-            f"Measured in a fresh process with {t['threads']} torch thread(s): SmolLM2 and its "
-            f"permuted copy (two 30-layer models, {t['merged_params_M']:.1f} M parameters "
-            f"merged), {t['calibration_texts']} calibration texts of at most {t['max_tokens']} "
-            "tokens. Peak RSS is the process's maximum resident set size "
-            "(`resource.getrusage`), read after loading and again after the merge.",
-            "",
-            "| step | value |",
-            "|---|---|",
-            f"| load SmolLM2 and make the permuted copy | {t['load_s']:.1f} s |",
-            "| calibrate and analyse (statistics, alignment) | "
-            f"{t['calibrate_and_analyse_s']:.1f} s |",
-            f"| zip at rho 1 (matching, fusion, build) | {t['zip_s']:.1f} s |",
-            f"| merge total (analyse + zip) | {t['merge_s']:.1f} s |",
-            f"| peak RSS after loading | {t['peak_rss_after_loading_mib']} MiB |",
-            f"| peak RSS after the merge | {t['peak_rss_after_merge_mib']} MiB |",
-            "",
-        ]
-    shallow = report.get("smollm2_shallow")
-    if shallow:
-        kept = tuple(shallow["kept_layers"])
-        lines += [
-            "## SmolLM2 merged with a shallower copy of itself",
-            "",
-            f"B is SmolLM2 without its {shallow['depth'] - len(kept)} middle layers (layers "
-            f"{_layers(kept, shallow['depth'])}, built by removing layers from the "
-            "transformers model's `model.layers` and its config), so B is also the *dropped "
-            "layers* baseline. The row *not merged* is SmolLM2 with every other layer removed: "
-            "that copy is no language model any more, so it is not merged. A and B have the "
-            "same width (576), so the weight average applies: B padded to 30 layers by SMA "
-            "(identity layers), then averaged weight by weight without alignment. The *manual* "
-            "merges align B's layers with the layers of A they were copied from (the true "
-            "alignment), so A's middle layers meet B's identity (padding) layers. "
-            f"Calibration: {shallow['calibration_texts']} texts; "
-            f"{shallow['evaluation_texts_per_domain']} held-out texts per domain; "
-            f"{shallow['seconds']:.0f} s.",
-            "",
-            table(shallow["rows"]),
-            "",
-            _reading(shallow["rows"]),
-            "",
-        ]
-    lines += ["## Collapse alarms", "", *_alarm_lines(report), ""]
-    return "\n".join(lines)
-
-
-def _reading(rows: list[Row]) -> str:
-    """Return one generated sentence per domain: the best merge against A, B and the ensemble."""
-    by_name = {r["model"].split(":")[0]: r for r in rows}
-    merges = [r for r in rows if r["model"].startswith("merge")]
-    if not merges or "A" not in by_name or "B" not in by_name:
-        return ""
-    parts = []
-    for domain in DOMAINS:
-        key = f"{domain} ppl"
-        best = min(merges, key=lambda r: r[key] if r[key] is not None else math.inf)
-        ensemble = next((r[key] for r in rows if r["model"].startswith("ensemble")), None)
-        parts.append(
-            f"on {domain} the best merge ({best['model']}) has perplexity "
-            f"{_cell(best[key], key)}, against A {_cell(by_name['A'][key], key)}, "
-            f"B {_cell(by_name['B'][key], key)} and the ensemble {_cell(ensemble, key)}"
-        )
-    return "Reading: " + "; ".join(parts) + "."
-
-
-def _shape(build: dict[str, Any]) -> str:
-    s = build.get("shape") or {}
-    n = build.get("num_params") or 0
-    return (
-        f"{s.get('layers')} layers, width {s.get('hidden')}, {s.get('heads')} heads / "
-        f"{s.get('kv_heads')} key/value heads, MLP {s.get('intermediate')}, {n / 1e6:.1f} M "
-        "parameters"
-    )
-
-
-def _alarm_lines(report: dict[str, Any]) -> list[str]:
-    out = ["| table | merge | alarms |", "|---|---|---|"]
-    for key, title in (
-        ("pair", "trained pair"),
-        ("smollm2_self", "SmolLM2 + permuted copy"),
-        ("smollm2_shallow", "SmolLM2 + shallower copy"),
-    ):
-        for row in (report.get(key) or {}).get("rows", []):
-            if "alarms" in row and not row["model"].endswith("not applicable"):
-                out.append(f"| {title} | {row['model']} | {_cell(row['alarms'], 'alarms')} |")
-    return out
 
 
 def command_line(args: argparse.Namespace) -> str:

@@ -32,6 +32,7 @@ class SpaceTransform:
         if match is None and (merge is None or unmerge is None):
             raise ValueError("a SpaceTransform needs its matrices or a Match")
         self._merge, self._unmerge, self.match = merge, unmerge, match
+        self._weights: torch.Tensor | None = None
         self.dtype, self.device = dtype, torch.device(device)
 
     @classmethod
@@ -62,6 +63,14 @@ class SpaceTransform:
         """Return the merged width r."""
         return self.match.width if self.match is not None else self.merge[0].shape[0]
 
+    def _group_weights(self) -> torch.Tensor:
+        """Return 1 / group size, float64 (once per transform: every tensor of a space uses it)."""
+        if self._weights is None:
+            groups = self.match.groups
+            sizes = torch.bincount(groups[groups >= 0], minlength=self.match.width)
+            self._weights = 1.0 / sizes.to(torch.float64)
+        return self._weights
+
     def along(self, model: int, role: str, tensor: torch.Tensor, dim: int) -> torch.Tensor:
         """Return M_model (role "out") or U_modelᵀ (role "in") applied to axis ``dim``."""
         if self.match is None:
@@ -74,8 +83,7 @@ class SpaceTransform:
         moved = tensor.movedim(dim, 0)
         rows = moved.index_select(0, keep.to(tensor.device))
         if role == "out":  # M averages a group over all its members, of both models
-            sizes = torch.bincount(m.groups[m.groups >= 0], minlength=m.width)
-            weight = (1.0 / sizes.to(torch.float64)).to(tensor.dtype).to(tensor.device)
+            weight = self._group_weights().to(tensor.dtype).to(tensor.device)
             rows = rows * weight[index].reshape(-1, *([1] * (rows.dim() - 1)))
         out = moved.new_zeros((m.width, *moved.shape[1:]))
         out.index_add_(0, index, rows)
