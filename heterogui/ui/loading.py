@@ -12,10 +12,12 @@ import dataclasses
 from pathlib import Path
 
 from heterogui.errors import ConfigError, HeteroguiError, ModelLoadError
+from heterogui.memo import ObjectMemo
 from heterogui.pipeline import check_pair
 from heterogui.report import model_facts
 from heterogui.sources import registry
 from heterogui.sources.base import LANGUAGE_MODELING, SENTENCE_SIMILARITY, Loaded
+from heterogui.sources.preflight import Verdict
 from heterogui.sources.upload import receive
 from heterogui.sources.zoo import zoo_ref
 from heterogui.ui.resources import Resources
@@ -144,6 +146,24 @@ def note_line(loaded: Loaded | None, label: str | None = None) -> str:
     return f"\n- ⚠ **{who}**: {loaded.note}"
 
 
+# The header pre-flight of a loaded pair, once per pair of loads: the Models tab's verdict is
+# drawn on every render and Analyse refuses what it refuses (a GGUF header read takes seconds).
+_PREFLIGHT = ObjectMemo()
+
+
+def pair_preflight(a: Loaded, b: Loaded) -> Verdict:
+    """Return the header pre-flight of two loaded models (kept while model A is loaded).
+
+    Raises:
+        HeteroguiError: unreadable headers.
+    """
+    return _PREFLIGHT.get(
+        a,
+        (id(b), b.ref, b.sha256),
+        lambda: registry.pair_verdict(registry.describe(a.ref), registry.describe(b.ref)),
+    )
+
+
 def verdict(a: Loaded | None, b: Loaded | None) -> tuple[bool, str]:
     """Say whether A and B can be merged, and what the merge will do (no heavy work).
 
@@ -154,7 +174,7 @@ def verdict(a: Loaded | None, b: Loaded | None) -> tuple[bool, str]:
         missing = " and ".join(w for w, s in (("A", a), ("B", b)) if s is None)
         return False, f"Load model {missing} to check the pair."
     try:
-        pre = registry.pair_verdict(registry.describe(a.ref), registry.describe(b.ref))
+        pre = pair_preflight(a, b)
     except HeteroguiError as exc:
         return False, f"**✗ Pre-flight failed**: {exc}"
     notes = note_line(a, "model A") + note_line(b, "model B")

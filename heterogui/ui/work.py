@@ -30,9 +30,9 @@ from heterogui.pipeline import (
     zip_prepared,
 )
 from heterogui.sizes import merge_size, reference_sizes
-from heterogui.sources import registry as sources
 from heterogui.sources.base import Loaded, Pair
 from heterogui.tasks import Calibration, Evaluation, Task, task_of
+from heterogui.ui.loading import pair_preflight
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 
@@ -157,7 +157,7 @@ def preflight(a: Loaded, b: Loaded) -> None:
     Raises:
         IncompatibleModelsError: the pre-flight's reasons (other tokenizers, head groupings ...).
     """
-    verdict = sources.preflight(a.ref, b.ref)
+    verdict = pair_preflight(a, b)
     if not verdict.ok:
         raise IncompatibleModelsError("cannot merge this pair: " + "; ".join(verdict.reasons))
 
