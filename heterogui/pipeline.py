@@ -24,6 +24,7 @@ from heterogui.fusion.bn import has_batch_norm, reestimate_batch_norm
 from heterogui.fusion.fuse import SpaceTransform, fuse_state
 from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged
 from heterogui.fusion.pinning import pinned_channels
+from heterogui.memo import ObjectMemo
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network, family_of
 from heterogui.models.graph import INPUT, ModelGraph
@@ -53,6 +54,8 @@ class Prepared:
     merge points' statistics need more, ``stats`` stays empty and every zip collects them part
     by part (``chunked_matches``): a pass over the calibration data per part, each part matched
     and dropped before the next, with the same matches as one pass.
+    keep_correlations: keep the correlations formed from ``stats`` while this object lives
+    (``correlation``); off for the short-lived parts of ``chunked_matches``.
     """
 
     net_a: Network
@@ -66,6 +69,7 @@ class Prepared:
     device: torch.device
     timings: dict[str, float] = field(default_factory=dict)
     stats_budget: int | None = None
+    keep_correlations: bool = True
 
 
 @dataclass
@@ -265,19 +269,35 @@ def _pad(
     return padded
 
 
-def finite_corr(prepared: Prepared, graph: Any, space: str, stop: int) -> torch.Tensor:
-    """Return the correlation of ``space``, refusing non-finite statistics with the reason.
+# Correlations formed from a prepared pair's statistics, kept while the pair lives: every
+# re-merge (a slider move) and the Neurons tab read them again, and forming a 3,072-feature one
+# from the sums takes a tenth of a second.
+_CORRELATIONS = ObjectMemo()
+
+
+def correlation(prepared: Prepared, space: str, stop: int | None) -> torch.Tensor:
+    """Return the correlation of ``space`` over its captures before ``stop``: (O, O) float32.
+
+    Kept in float32 (half the memory; rounding 6e-8, below the 1e-6 of the statistics'
+    float32 products) and shared: do not modify it. stop None: all of the space's captures.
 
     Raises:
         MatcherError: A's or B's features at ``space`` overflowed (inf or NaN) on the data.
     """
-    corr = pooled_moments(prepared.stats, graph, space, stop).corr()
-    if not bool(torch.isfinite(corr).all()):
-        raise MatcherError(
-            f"the features of A or B at merge point {space} are not finite (NaN or inf) on the "
-            "calibration data: the models overflow on these inputs; check the data's scale"
-        )
-    return corr
+
+    def compute() -> torch.Tensor:
+        graph = prepared.padded_a.graph()
+        corr = pooled_moments(prepared.stats, graph, space, stop).corr().float()
+        if not bool(torch.isfinite(corr).all()):
+            raise MatcherError(
+                f"the features of A or B at merge point {space} are not finite (NaN or inf) on "
+                "the calibration data: the models overflow on these inputs; check the data's scale"
+            )
+        return corr
+
+    if not prepared.keep_correlations:
+        return compute()
+    return _CORRELATIONS.get(prepared, (space, stop), compute)
 
 
 def live_spaces(graph_a: ModelGraph, graph_b: ModelGraph) -> list[str]:
@@ -311,7 +331,7 @@ def match_spaces(
             head_groups.setdefault(head_group_first(ga, space), []).append(space)
         else:
             knobs = settings.for_space(space)
-            corr = finite_corr(prepared, ga, space, stop)
+            corr = correlation(prepared, space, stop)
             matches[space] = MATCHERS[knobs["matcher"]](
                 corr, n_a, n_b, width=width, alpha=knobs["alpha"], beta=knobs["beta"]
             )
@@ -322,7 +342,7 @@ def match_spaces(
         if any(s.role for s in spaces):
             unit = ga.spaces[first].unit
             pairs = head_group_pairs(n_a, n_b, unit, knobs["matcher"], 1.0, width)
-            corrs = {s.name: finite_corr(prepared, ga, s.name, stop) for s in spaces if s.captures}
+            corrs = {s.name: correlation(prepared, s.name, stop) for s in spaces if s.captures}
             matches.update(
                 match_rotary_group(
                     corrs,
@@ -335,7 +355,7 @@ def match_spaces(
                 )
             )
             continue
-        corrs = {n: finite_corr(prepared, ga, n, stop) for n in names}
+        corrs = {n: correlation(prepared, n, stop) for n in names}
         matches.update(
             match_head_group(
                 corrs,
@@ -436,7 +456,7 @@ def chunked_matches(
                 spaces=set(part),
             ),
         )
-        view = replace(prepared, stats=stats)
+        view = replace(prepared, stats=stats, keep_correlations=False)
         matches.update(
             _timed(
                 timings,
@@ -470,7 +490,7 @@ def assemble(
     spec = MergedSpec(
         trunk_config, (pa.config, pb.config), stop, layout, (pa.task_heads(), pb.task_heads())
     )
-    model = build_merged(spec).to(device=transforms_device(transforms, pa), dtype=dtype)
+    model = build_merged(spec, transforms_device(transforms, pa)).to(dtype=dtype)
     state_a, state_b = pa.module.state_dict(), pb.module.state_dict()
     fused = fuse_state(ga.tensors, state_a, state_b, transforms, stop)
     state = {f"trunk.{k[len('blocks.') :]}": v for k, v in fused.items()}

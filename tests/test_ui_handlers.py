@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from heterogui import sizes
+from heterogui import pipeline, sizes
 from heterogui.errors import AlignmentError, Cancelled, ConfigError, ExportError, HeteroguiError
 from heterogui.models.family import build_network
 from heterogui.models.io import save_network
@@ -473,19 +473,21 @@ def test_architecture_picture_marks_identity_layers_the_stop_point_and_heads(ses
 
 
 def test_the_neurons_tab_reuses_the_correlation_it_just_drew(session, res):
-    import dataclasses
+    """The tab reads the core's kept correlation (the one re-merges match on), read-only."""
 
     from heterogui.zip.collect import pooled_moments
 
     prep = session.prepared
     space = tab_neurons.merge_points(prep)[0][1]
     first = tab_neurons.correlation(prep, space, None)
-    assert tab_neurons.correlation(prep, space, None) is first and not first.flags.writeable
-    want = pooled_moments(prep.stats, prep.padded_a.graph(), space).corr().numpy()
+    again = tab_neurons.correlation(prep, space, None)
+    assert np.shares_memory(again, first) and not first.flags.writeable
+    assert np.shares_memory(first, pipeline.correlation(prep, space, None).numpy())
+    want = pooled_moments(prep.stats, prep.padded_a.graph(), space).corr().float().numpy()
     assert np.array_equal(first, want)
     other = dataclasses.replace(prep)  # another statistics object: computed afresh
-    again = tab_neurons.correlation(other, space, None)
-    assert again is not first and np.array_equal(again, want)
+    fresh = tab_neurons.correlation(other, space, None)
+    assert not np.shares_memory(fresh, first) and np.array_equal(fresh, want)
 
 
 def test_a_mis_wired_event_fails_when_the_app_is_built(res):

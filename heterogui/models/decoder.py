@@ -143,6 +143,8 @@ def build(config: DecoderNetConfig) -> DecoderNet:
         blocks += [DecoderLayer(config, i) for i in range(config.num_layers)]
         blocks += [FinalNorm(config), LMHead(config)]
         net = DecoderNet(blocks)
+    if torch.get_default_device().type == "meta":
+        return net  # built for its shapes, or for weights loaded right after
     net.to_empty(device="cpu")
     blocks[0].reset_rotary(config)
     std = float(config.fields.get("initializer_range", 0.02))

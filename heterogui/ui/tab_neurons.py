@@ -15,9 +15,9 @@ import gradio as gr
 import numpy as np
 
 from heterogui.errors import ConfigError, HeteroguiError
-from heterogui.memo import ObjectMemo
 from heterogui.models.graph import INPUT, LOGITS
 from heterogui.pipeline import Prepared, ZipSettings, match_spaces
+from heterogui.pipeline import correlation as pipeline_correlation
 from heterogui.ui.fig_neurons import (
     CROSS,
     WITHIN,
@@ -29,7 +29,6 @@ from heterogui.ui.fig_neurons import (
 )
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
-from heterogui.zip.collect import pooled_moments
 from heterogui.zip.matchers import Match
 
 VIEWS = ("space", "neuron_map", "overview_box", "neuron_overview", "neuron_hist", "neuron_info")
@@ -128,22 +127,11 @@ def space_match(
     return corr, matches.get(space)
 
 
-# The last few correlations shown, per statistics object: each merge redraws the tab, and a
-# 3,072-feature correlation takes a quarter of a second to form.
-RECENT_CORRELATIONS = 4
-_RECENT = ObjectMemo(limit=RECENT_CORRELATIONS)
-
-
 def correlation(prepared: Prepared, space: str, capture_stop: int | None) -> np.ndarray:
-    """Return the (O, O) correlation of ``space`` (read-only; kept for the next render)."""
-
-    def compute() -> np.ndarray:
-        ga = prepared.padded_a.graph()
-        corr = pooled_moments(prepared.stats, ga, space, capture_stop).corr().cpu().numpy()
-        corr.setflags(write=False)  # shared between renders (and sessions of a demo pair)
-        return corr
-
-    return _RECENT.get(prepared, (space, capture_stop), compute)
+    """Return the (O, O) correlation of ``space`` (read-only: the core keeps it for re-merges)."""
+    corr = pipeline_correlation(prepared, space, capture_stop).cpu().numpy()
+    corr.setflags(write=False)
+    return corr
 
 
 def _capture_stop(prepared: Prepared, space: str, stop: int) -> int | None:

@@ -1,50 +1,79 @@
-"""Streaming float64 moments of concatenated features [f_A ; f_B] (docs/method.md sec. 6).
+"""Streaming moments of concatenated features [f_A ; f_B] (docs/method.md sec. 6).
 
 At every merge point the features of both models are concatenated (A's first, O = n_A + n_B
-columns) and streamed over calibration batches. Only raw sums are kept (sum of x, sum of x xᵀ,
-count), so two accumulations over disjoint data add up exactly, and the state can be cached with
-safetensors and reused for every interactive re-merge. Covariance and correlation are derived on
-demand, in float64.
+columns) and streamed over calibration batches. The state is raw float64 sums (sum of x, sum of
+x xᵀ, count), so two accumulations over disjoint data add up exactly, processes can all-reduce
+them, and the state can be cached with safetensors and reused for every interactive re-merge.
+Covariance and correlation are derived on demand, in float64.
+
+Each batch's product is computed in the rows' precision (float32 for float32 features: about
+twice the speed of float64 products) around the batch's own mean, so no large mean is squared
+in float32; the centred products are summed in float32 for up to ``FOLD_EVERY`` batches and then
+folded into the float64 sums together with the exact mean terms. Against all-float64 sums the
+correlations differ by about 1e-6 (docs/method.md sec. 6 gives the measured figures). Float64
+rows are accumulated in float64 throughout.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from heterogui.errors import ConfigError
 
-__all__ = ["Moments"]
+__all__ = ["FOLD_EVERY", "Moments"]
+
+# centred float32 products summed before folding into float64 (bounds float32 rounding growth)
+FOLD_EVERY = 32
 
 
-@dataclass
 class Moments:
     """Running sums of the features at one merge point.
 
     Attributes:
         total: (O,) float64 sum of the feature rows.
-        outer: (O, O) float64 sum of x xᵀ over the feature rows.
+        outer: (O, O) float64 sum of x xᵀ over the feature rows (pending batches folded in
+            when read).
         count: number of rows (samples) accumulated.
+        split: number of A's features when the rows come as A's and B's parts
+            (``update_parts``): the B-A block of a batch's product is the transpose of the
+            A-B block, so it is not computed.
     """
 
-    total: Tensor
-    outer: Tensor
-    count: int = 0
+    def __init__(self, total: Tensor, outer: Tensor, count: int = 0, split: int | None = None):
+        self.total = total
+        self._outer = outer
+        self.count = count
+        self.split = split
+        self._pending: Tensor | None = None  # summed centred products of unfolded batches
+        self._shifts: list[Tensor] = []  # per unfolded batch: its centre (O,), float64
+        self._sums: list[Tensor] = []  # per unfolded batch: sum of the centred rows, float64
+        self._rows: list[int] = []  # per unfolded batch: its number of rows
 
     @classmethod
-    def empty(cls, width: int, device: torch.device | str = "cpu") -> Moments:
+    def empty(
+        cls, width: int, device: torch.device | str = "cpu", split: int | None = None
+    ) -> Moments:
         """Create an accumulator of O = width features with nothing accumulated.
 
+        split: the number of A's features when rows will come in parts (``update_parts``).
+
         Raises:
-            ConfigError: width is not a positive integer.
+            ConfigError: width is not a positive integer, or split is not inside it.
         """
         if int(width) != width or width < 1:
             raise ConfigError(f"feature width must be a positive integer, got {width!r}")
+        if split is not None and not 0 < split < width:
+            raise ConfigError(f"split must be between 1 and {width - 1}, got {split!r}")
         total = torch.zeros(int(width), dtype=torch.float64, device=device)
         outer = torch.zeros(int(width), int(width), dtype=torch.float64, device=device)
-        return cls(total=total, outer=outer, count=0)
+        return cls(total=total, outer=outer, count=0, split=split)
+
+    @property
+    def outer(self) -> Tensor:
+        """Return the (O, O) float64 sum of x xᵀ (folding in the batches not folded yet)."""
+        self.settle()
+        return self._outer
 
     @property
     def width(self) -> int:
@@ -57,7 +86,7 @@ class Moments:
         return self.total.device
 
     def update(self, rows: Tensor) -> None:
-        """Accumulate a batch of feature rows in place (cast to float64 on this device).
+        """Accumulate a batch of feature rows in place.
 
         Args:
             rows: (n, O) features, one sample per row, any float dtype and device.
@@ -70,12 +99,73 @@ class Moments:
                 f"feature rows must have shape (n, {self.width}), got {tuple(rows.shape)}; "
                 "reshape conv features [B, C, H, W] to [B*H*W, C] first"
             )
-        x = rows.detach().to(device=self.device, dtype=torch.float64)
-        self.total += x.sum(dim=0)
-        # into the sums directly: no (O, O) temporary, 1.3x faster than adding x.T @ x (3,072
-        # features, 400 rows, 1 thread), equal to float64 rounding
-        self.outer.addmm_(x.T, x)
-        self.count += int(x.shape[0])
+        if self.split is None:
+            self._accumulate([rows])
+        else:
+            self._accumulate([rows[:, : self.split], rows[:, self.split :]])
+
+    def update_parts(self, rows_a: Tensor, rows_b: Tensor) -> None:
+        """Accumulate a batch given as A's rows (n, split) and B's rows (n, O - split).
+
+        Raises:
+            ConfigError: no split was set, or the parts' shapes do not fit it.
+        """
+        if (
+            self.split is None
+            or rows_a.dim() != 2
+            or rows_b.dim() != 2
+            or rows_a.shape != (rows_b.shape[0], self.split)
+            or rows_b.shape[1] != self.width - self.split
+        ):
+            raise ConfigError(
+                f"parts of shapes {tuple(rows_a.shape)} and {tuple(rows_b.shape)} do not fit "
+                f"{self.split} + {self.width - (self.split or 0)} features; create the "
+                "accumulator with Moments.empty(width, split=n_a)"
+            )
+        self._accumulate([rows_a, rows_b])
+
+    def _accumulate(self, parts: list[Tensor]) -> None:
+        """Add the centred product of one batch to the pending float32 (or float64) sum."""
+        dtype = torch.float64 if any(p.dtype == torch.float64 for p in parts) else torch.float32
+        xs = [p.detach().to(device=self.device, dtype=dtype) for p in parts]
+        # centre on the batch mean rounded to the compute dtype: the shift is exact in float64,
+        # so the mean terms folded in later are exact too
+        shift = torch.cat([x.mean(dim=0) for x in xs])
+        self.total += torch.cat([x.sum(dim=0, dtype=torch.float64) for x in xs])
+        xs = [x - s for x, s in zip(xs, shift.split([x.shape[1] for x in xs]), strict=True)]
+        if self._pending is None or self._pending.dtype != dtype:
+            self.settle()
+            self._pending = torch.zeros(self.width, self.width, dtype=dtype, device=self.device)
+        edges = [0]
+        for x in xs:
+            edges.append(edges[-1] + x.shape[1])
+        for i, xi in enumerate(xs):  # upper blocks only; settle mirrors the A-B block
+            for j in range(i, len(xs)):
+                block = self._pending[edges[i] : edges[i + 1], edges[j] : edges[j + 1]]
+                block.addmm_(xi.T, xs[j])
+        n = int(xs[0].shape[0])
+        self.count += n
+        self._shifts.append(shift.to(torch.float64))
+        self._sums.append(torch.cat([x.sum(dim=0, dtype=torch.float64) for x in xs]))
+        self._rows.append(n)
+        if len(self._rows) >= FOLD_EVERY:
+            self.settle()
+
+    def settle(self) -> None:
+        """Fold the pending batches into the float64 sums (reading ``outer`` does it too)."""
+        if not self._rows:
+            return
+        outer, pending = self._outer, self._pending
+        outer.add_(pending)  # in place, float32 into float64: no (O, O) temporaries
+        if self.split is not None:
+            n_a = self.split
+            outer[n_a:, :n_a].add_(pending[:n_a, n_a:].T)
+        shifts, sums = torch.stack(self._shifts), torch.stack(self._sums)
+        rows = torch.tensor(self._rows, dtype=torch.float64, device=self.device)
+        # sum over batches of (c + s)(c + s)ᵀ = C + s dᵀ + d sᵀ + n s sᵀ, d = sum of c
+        outer.addmm_(shifts.T, sums).addmm_(sums.T, shifts)
+        outer.addmm_((shifts * rows[:, None]).T, shifts)
+        self._pending, self._shifts, self._sums, self._rows = None, [], [], []
 
     def merged_with(self, other: Moments) -> Moments:
         """Return the accumulation over the union of both data streams (on this device).
@@ -94,6 +184,7 @@ class Moments:
             total=self.total + other.total.to(self.device),
             outer=self.outer + other.outer.to(self.device),
             count=self.count + other.count,
+            split=self.split,
         )
 
     def __add__(self, other: Moments) -> Moments:
