@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,14 +19,28 @@ from heterogui.folders import check_output
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    """Merge as a recipe says and write the result folder (save_pretrained for HF models)."""
-    from heterogui import run  # torch: only when a merge runs
+    """Merge as a recipe says and write the result folder (save_pretrained for HF models).
+
+    Under torchrun every rank merges (the calibration data split between them, the statistics
+    all-reduced: ``heterogui.distributed``); only rank 0 writes the folder and prints.
+    """
+    from heterogui import distributed, run  # torch: only when a merge runs
 
     recipe = load_recipe(args.recipe)
     out = Path(args.out)
     check_output(out, args.overwrite, run.data_files(recipe))  # before the expensive part
-    done = run.merge(recipe, progress=_progress if args.verbose else None)
-    run.export(done, out, overwrite=args.overwrite, fmt=args.format)
+    distributed.init_from_env(recipe.device)
+    try:
+        writer = distributed.is_main()
+        if not writer:  # rank 0 reports for all: the same warnings would repeat on every rank
+            logging.getLogger().setLevel(logging.ERROR)
+            warnings.simplefilter("ignore")
+        done = run.merge(recipe, progress=_progress if args.verbose and writer else None)
+        if not writer:
+            return 0
+        run.export(done, out, overwrite=args.overwrite, fmt=args.format)
+    finally:
+        distributed.shutdown()
     summary = {k: done.report[k] for k in ("parameters", "widths", "heads")}
     summary["seconds"] = round(done.report["timings_seconds"]["total"], 3)
     if "metrics" in done.report:
@@ -55,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     merge = sub.add_parser("merge", help="merge two models as a recipe says")
     merge.add_argument("recipe", help="recipe file (.yaml or .json)")
-    merge.add_argument("--out", required=True, help="output folder (must not exist)")
+    merge.add_argument("-o", "--out", required=True, help="output folder (must not exist)")
     merge.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     merge.add_argument(
         "--format",
@@ -96,8 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except HeteroguiError as exc:
-        print(f"error: {excerpt(exc, 600)}", file=sys.stderr)  # one line, never a traceback
+        print(f"{_error_prefix()}{excerpt(exc, 600)}", file=sys.stderr)  # one line, no traceback
         return 2
+
+
+def _error_prefix() -> str:
+    """Return "error: ", or "error (rank R): " on torchrun's other ranks (their own failures)."""
+    rank = os.environ.get("RANK", "0")
+    return "error: " if rank == "0" else f"error (rank {rank}): "
 
 
 if __name__ == "__main__":

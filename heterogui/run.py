@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 import heterogui
+from heterogui import distributed
 from heterogui.config import (
     AlignmentSpec,
     DataRef,
@@ -184,9 +185,10 @@ def calibrate(pair: Pair, ref: DataRef | None = None, size: int | None = None) -
 def stats_budget() -> int:
     """Return the bytes of feature statistics a one-shot merge holds at once.
 
-    A quarter of the machine's memory, or $HETEROGUI_STATS_BUDGET_MB. Statistics that need
-    more are collected part by part, one pass over the calibration data each
-    (``pipeline.chunked_matches``); the merge is the same.
+    A quarter of the machine's memory shared by the processes torchrun starts on it, or
+    $HETEROGUI_STATS_BUDGET_MB (per process). Statistics that need more are collected part by
+    part, one pass over the calibration data each (``pipeline.chunked_matches``); the merge is
+    the same.
     """
     override = os.environ.get("HETEROGUI_STATS_BUDGET_MB")
     if override:
@@ -197,7 +199,9 @@ def stats_budget() -> int:
                 f"HETEROGUI_STATS_BUDGET_MB={override!r} is not a number of MiB; unset it or "
                 "give one such as 2048"
             ) from exc
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    processes = int(local) if local.isdigit() and int(local) > 0 else 1
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4 // processes
 
 
 def analyse(pair: Pair, calibration: Calibration, **options: Any) -> Prepared:
@@ -279,6 +283,12 @@ def merge(
     The evaluation data (when the recipe names some) is drawn before the expensive part, so a
     bad file fails fast; the report's total time leaves evaluation out.
 
+    Under torchrun (a process group, ``heterogui.distributed``) every rank loads the pair
+    (rank 0 first, so that a cache it builds is read by the others), runs the data passes on
+    its shard of the calibration batches (their sums are all-reduced: every rank ends with the
+    whole data's statistics and the same merge), and only rank 0 evaluates: the other ranks'
+    results have no scores. The completed recipe and the report count the whole data.
+
     Raises:
         Cancelled: ``cancel()`` became true.
         HeteroguiError: any invalid recipe field, model or data (see the subclasses).
@@ -287,21 +297,24 @@ def merge(
         recipe = load_recipe(recipe)
     report = guarded(progress, cancel)
     start = time.perf_counter()
-    pair = load_pair(recipe.model_a, recipe.model_b, recipe.transformer)
-    task = task_of(pair.task)
-    task.check(recipe.calibration, "calibration")
-    if recipe.evaluation is not None:
-        task.check(recipe.evaluation, "evaluation")
-    calibration = task.calibration(recipe.calibration, pair)
-    evaluation = task.evaluation(recipe.evaluation, pair) if recipe.evaluation else None
+    with distributed.main_first():
+        pair = load_pair(recipe.model_a, recipe.model_b, recipe.transformer)
+        task = task_of(pair.task)
+        task.check(recipe.calibration, "calibration")
+        if recipe.evaluation is not None:
+            task.check(recipe.evaluation, "evaluation")
+        calibration = task.calibration(recipe.calibration, pair)
+        evaluation = task.evaluation(recipe.evaluation, pair) if recipe.evaluation else None
+    # this rank's batches: all of them in one process, every N-th under torchrun
+    shard = dataclasses.replace(calibration, batches=distributed.shard(calibration.batches))
     torch.manual_seed(recipe.seed)
     manual = recipe.alignment.mapping if recipe.alignment.mode == "manual" else None
     prepared = analyse(
         pair,
-        calibration,
+        shard,
         mode=recipe.alignment.mode,
         manual=manual,
-        device=recipe.device,
+        device=distributed.rank_device(recipe.device),
         reset_input_bn=recipe.reset_input_bn,
         progress=report,
         stats_budget=stats_budget(),
@@ -326,7 +339,7 @@ def merge(
             recipe.alignment.mapping,
         )
     scores = None
-    if evaluation is not None:
+    if evaluation is not None and distributed.is_main():
         scores = {**evaluate_models(pair, prepared, evaluation, within(report, 0.0, 0.75))}
         scores["merged"] = evaluate_merge(pair, result, evaluation, within(report, 0.75, 1.0))
     facts = merge_report(result, done, seconds, task, scores, calibration.count)

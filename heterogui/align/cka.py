@@ -22,6 +22,7 @@ import math
 import torch
 from torch import Tensor
 
+from heterogui.distributed import all_reduce_sum_, world_size
 from heterogui.errors import ConfigError
 
 __all__ = ["CKAAccumulator", "cka_matrix", "gram", "hsic_matrix", "linear_cka"]
@@ -180,6 +181,24 @@ class CKAAccumulator:
             self._scale_aa = self._scale_aa + scale_aa
             self._scale_bb = self._scale_bb + scale_bb
         self.batches += 1
+
+    def all_reduce(self) -> None:
+        """Sum the HSIC terms and the batch count over all ranks (``heterogui.distributed``).
+
+        ``matrix`` averages the sums over the batches, so after this every rank's matrix is
+        that of all ranks' batches: what one process gets on the whole data. A no-op without a
+        process group; every rank must have added at least one batch.
+        """
+        if world_size() <= 1:
+            return
+        if self._sum_ab is None:
+            raise ConfigError(
+                "a process has no CKA batches to share; give every process calibration data"
+            )
+        for name in ("_sum_ab", "_sum_aa", "_sum_bb", "_scale_aa", "_scale_bb"):
+            all_reduce_sum_(getattr(self, name))
+        count = torch.tensor([self.batches], dtype=torch.int64)
+        self.batches = int(all_reduce_sum_(count).item())
 
     def matrix(self) -> Tensor:
         """Return the CKA matrix of the batches seen so far.

@@ -55,4 +55,5 @@ def layer_similarity(
         acc.update(grams[0], grams[1])
         if progress is not None:
             progress((step + 1) / len(batches))
+    acc.all_reduce()  # the whole data's sums under torchrun (heterogui.distributed)
     return acc.matrix()

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from heterogui.distributed import all_reduce_batch_norm
 from heterogui.models.capture import Batch, run_model, to_device
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -65,6 +66,7 @@ def reestimate_batch_norm(
             bns[name].momentum = momentum
             bns[name].train(training)
         model.train(was_training)
+    all_reduce_batch_norm(bns)  # the whole data's averages under torchrun; pinned kept below
     for name, idx in pinned.items():
         bns[name].running_mean[idx] = kept[name][0]
         bns[name].running_var[idx] = kept[name][1]

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from heterogui.distributed import all_reduce_sum_
 from heterogui.models.capture import Batch, to_device
 
 if TYPE_CHECKING:
@@ -102,6 +103,8 @@ def set_least_squares_identity(layer: nn.Module, states: Sequence[tuple]) -> Non
         batch = torch.stack([xs.sum(0), zs.sum(0), (xs * zs).sum(0), (zs * zs).sum(0)])
         sums = batch if sums is None else sums + batch
         n += float(keep.sum())
+    all_reduce_sum_(sums)  # under torchrun: every rank's tokens (heterogui.distributed)
+    n = float(all_reduce_sum_(torch.tensor([n], dtype=torch.float64)).item())
     mx, mz, mxz, mzz = sums / n
     gain = (mxz - mx * mz) / (mzz - mz * mz).clamp_min(1e-12)
     norm.weight.copy_(gain)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Collection, Iterable
 
 import torch
 
+from heterogui.distributed import all_reduce_moments
 from heterogui.models.capture import (
     Batch,
     capture_outputs,
@@ -67,23 +68,28 @@ def collect_moments(
                 run_model(net.module, batch)
             outs.append(found)
         for space, module, layout, block in points:
-            rows = torch.cat(
-                [to_rows(out[module], layout, mask).to(torch.float64) for out in outs], dim=1
-            )
+            rows_a, rows_b = (to_rows(out[module], layout, mask) for out in outs)
             key = (space, block)
             if key not in stats:
-                stats[key] = Moments.empty(rows.shape[1], rows.device)
-            stats[key].update(rows)
+                n_a = rows_a.shape[1]
+                stats[key] = Moments.empty(n_a + rows_b.shape[1], rows_a.device, split=n_a)
+            stats[key].update_parts(rows_a, rows_b)
         if progress is not None:
             progress((step + 1) / len(batches))
+    for moments in stats.values():
+        moments.settle()  # fold the float32 products in and free their buffers
+    all_reduce_moments(stats)  # the whole data's sums under torchrun (heterogui.distributed)
     return stats
 
 
 def statistics_bytes(graph_a: ModelGraph, graph_b: ModelGraph, space: str) -> int:
-    """Return the bytes the statistics of ``space`` take (one (O, O) float64 sum per block)."""
+    """Return the bytes the statistics of ``space`` take while they are collected.
+
+    Per block: the (O, O) float64 sums and the float32 products not yet folded into them.
+    """
     o = graph_a.spaces[space].width + graph_b.spaces[space].width
     blocks = {c.block for c in graph_a.spaces[space].captures}
-    return len(blocks) * (o * o + o) * 8
+    return len(blocks) * (o * o * 12 + o * 8)
 
 
 def pooled_moments(

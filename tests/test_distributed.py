@@ -1,0 +1,230 @@
+"""Data-parallel statistics under torchrun (heterogui.distributed, docs/architecture.md).
+
+Two processes on gloo (127.0.0.1 only) must end with the statistics one process computes on the
+whole data: the feature moments, the layer CKA and the BatchNorm re-estimate (pinned channels
+kept); and ``torchrun -m heterogui merge`` must write the merge one process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+from safetensors.torch import load_file
+
+from heterogui import distributed
+from heterogui.align.cka import CKAAccumulator
+from heterogui.align.similarity import layer_similarity
+from heterogui.cli import main
+from heterogui.errors import ConfigError
+from heterogui.fusion.bn import BN_TYPES, reestimate_batch_norm
+from heterogui.zip.collect import collect_moments
+from tests.conftest import SAME_ARCH, make
+
+PAIR = "tiny-digits-vgg-depth"  # VGGs with BatchNorm; B is deeper: A gets identity layers
+ENV = {
+    "OMP_NUM_THREADS": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+# merged weights and BatchNorm statistics: |two processes - one| <= TOL * max|one| per tensor
+# (measured: 0 for the weights, under 2e-7 for BN statistics, float32 averages in another order)
+TOL = 1e-5
+
+
+def _batches() -> list[torch.Tensor]:
+    """Five batches (two for rank 1, three for rank 0), the last one smaller."""
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(n, 1, 8, 8, generator=gen) for n in (16, 16, 16, 16, 8)]
+
+
+def _nets():
+    config, _ = SAME_ARCH["resnet"]
+    return make(config, 0), make(config, 1)
+
+
+def _pinned(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    name = next(n for n, m in module.named_modules() if isinstance(m, BN_TYPES))
+    return {name: torch.tensor([0, 2], dtype=torch.int64)}
+
+
+def _statistics(batches) -> dict[str, torch.Tensor]:
+    """Run the three data passes on ``batches``; return their results as flat tensors."""
+    net_a, net_b = _nets()
+    out: dict[str, torch.Tensor] = {}
+    for (space, block), m in collect_moments(net_a, net_b, batches).items():
+        out[f"moments/{space}/{block}/total"] = m.total
+        out[f"moments/{space}/{block}/outer"] = m.outer
+        out[f"moments/{space}/{block}/count"] = torch.tensor(m.count)
+        out[f"moments/{space}/{block}/corr"] = m.corr()
+    out["cka"] = layer_similarity(net_a, net_b, batches)
+    module = net_a.module
+    reestimate_batch_norm(module, batches, pinned=_pinned(module))
+    for key, value in module.state_dict().items():
+        if "running_" in key or "num_batches" in key:
+            out[f"bn/{key}"] = value.clone()
+    return out
+
+
+def _worker(rank: int, world: int, store: str, folder: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=world
+    )
+    try:
+        assert distributed.world_size() == world and distributed.rank() == rank
+        out = _statistics(distributed.shard(_batches()))
+        torch.save(out, Path(folder) / f"rank{rank}.pt")
+    finally:
+        distributed.shutdown()
+
+
+def test_shard_takes_every_nth_batch_and_refuses_too_few():
+    batches = list(range(7))
+    assert distributed.shard(batches) == batches  # one process: all of them
+    assert distributed.shard(batches, 0, 3) == [0, 3, 6]
+    assert distributed.shard(batches, 2, 3) == [2, 5]
+    with pytest.raises(ConfigError) as err:
+        distributed.shard([0, 1], 0, 3)
+    message = str(err.value)
+    assert "\n" not in message and "2 calibration batches" in message and "3 processes" in message
+    assert "more calibration data" in message and "fewer processes" in message
+
+
+def test_without_a_process_group_nothing_is_reduced(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not distributed.init_from_env("cpu")
+    assert distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main()
+    x = torch.arange(3.0)
+    assert distributed.all_reduce_sum_(x) is x and torch.equal(x, torch.arange(3.0))
+    acc = CKAAccumulator()
+    acc.all_reduce()  # no batches, no group: nothing to do
+    assert acc.batches == 0
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not distributed.init_from_env("cpu")
+    assert not torch.distributed.is_initialized()
+
+
+def test_two_processes_end_with_the_whole_data_statistics(tmp_path):
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    whole = _statistics(_batches())
+    # each rank's own sums, without a process group: the reduction must add exactly these
+    alone = [_statistics(distributed.shard(_batches(), r, 2)) for r in range(2)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert set(ranks[0]) == set(ranks[1]) == set(whole)
+    for key, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][key]), key  # every rank holds the same numbers
+    for key, expected in whole.items():
+        got = ranks[0][key]
+        if key.endswith(("count", "num_batches_tracked")):
+            assert torch.equal(got, expected), key
+        elif key.endswith(("total", "outer")):  # the sums: exactly the two ranks' sums
+            assert torch.equal(got, alone[0][key] + alone[1][key]), key
+        elif key.endswith("corr"):  # float32 batch products (zip.stats) summed in another order
+            assert torch.allclose(got, expected, rtol=0, atol=1e-4), key
+        elif key == "cka":  # float64 sums throughout
+            assert torch.allclose(got, expected, rtol=0, atol=1e-12), key
+        else:  # BN: float32 cumulative averages, weighted by batch counts
+            assert torch.allclose(got, expected, rtol=0, atol=TOL * expected.abs().max()), key
+    name, idx = next(iter(_pinned(_nets()[0].module).items()))
+    kept = _nets()[0].module.get_submodule(name)
+    for stat in ("running_mean", "running_var"):  # pinned channels keep their statistics
+        assert torch.equal(ranks[0][f"bn/{name}.{stat}"][idx], getattr(kept, stat)[idx])
+    assert int(ranks[0]["bn/" + name + ".num_batches_tracked"]) == 5
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _torchrun(recipe: Path, out: Path, procs: int = 2) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(procs),
+        "--nnodes",
+        "1",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "heterogui",
+        "merge",
+        str(recipe),
+        "-o",
+        str(out),
+        "--threads",
+        "1",
+    ]
+    env = {**os.environ, **ENV}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+def _recipe(tmp_path: Path, name: str, size: int, batch_size: int) -> Path:
+    recipe = {
+        "model_a": {"path": f"zoo:{PAIR}/a"},
+        "model_b": {"path": f"zoo:{PAIR}/b"},
+        "calibration": {"source": "digits", "size": size, "batch_size": batch_size},
+        "zip": {"rho": 0.5},
+        "device": "cpu",
+    }
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_torchrun_merge_writes_the_single_process_merge_once(tmp_path, capsys):
+    recipe = _recipe(tmp_path, "recipe.yaml", 96, 16)  # six batches, three per process
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["merge", str(recipe), "-o", str(one)]) == 0  # also builds the pair if needed
+    capsys.readouterr()
+    start = time.perf_counter()
+    done = _torchrun(recipe, two)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert seconds < 120
+    assert done.stdout.count("wrote ") == 1 and done.stdout.count('"parameters"') == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "recipe.yaml", "two"]
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    w1, w2 = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert w1.keys() == w2.keys()
+    for key, value in w1.items():
+        if not value.is_floating_point():
+            assert torch.equal(value, w2[key]), key
+            continue
+        diff = (w2[key].double() - value.double()).abs().max()
+        assert diff <= TOL * max(value.abs().max().item(), 1.0), (key, float(diff))
+    r1, r2 = (json.loads((d / "report.json").read_text()) for d in (one, two))
+    assert r1["widths"] == r2["widths"] and r1["parameters"] == r2["parameters"]
+    assert r1["alignment"]["mapping"] == r2["alignment"]["mapping"]
+    assert r2["alignment"]["score"] == pytest.approx(r1["alignment"]["score"], rel=1e-6)
+    y1, y2 = (yaml.safe_load((d / "recipe.yaml").read_text()) for d in (one, two))
+    assert y1 == y2  # the whole data's hash and count, the same alignment and knobs
+
+
+def test_torchrun_refuses_fewer_batches_than_processes(tmp_path):
+    recipe = _recipe(tmp_path, "small.yaml", 16, 16)  # one batch
+    done = _torchrun(recipe, tmp_path / "out")
+    assert done.returncode != 0
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
+    assert lines == [
+        "error: 1 calibration batch cannot be shared by 2 processes: give more calibration "
+        "data (calibration.size, or a smaller calibration.batch_size) or start fewer "
+        "processes (torchrun --nproc_per_node)"
+    ]
+    assert not (tmp_path / "out").exists() and done.stdout == ""
