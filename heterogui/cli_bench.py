@@ -1,4 +1,4 @@
-"""``heterogui bench speed|quality|transformers|decoders``: arguments, dispatch and printing.
+"""``heterogui bench speed|quality|transformers|decoders|scale``: arguments, dispatch, printing.
 
 The benchmark modules (torch, transformers) are imported when a benchmark runs, so that
 ``heterogui --help`` answers at once.
@@ -93,6 +93,55 @@ def _decoders(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scale(args: argparse.Namespace) -> int:
+    from heterogui.bench.scale import ScaleOptions, scale_report
+
+    options = ScaleOptions(
+        layers_a=args.layers_a,
+        layers_b=args.layers_b,
+        hidden=args.hidden,
+        intermediate=args.intermediate,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+        vocab=args.vocab,
+        texts=args.texts,
+        tokens=args.tokens,
+        batch=args.batch,
+        budget_mb=args.budget_mb,
+        threads=args.threads,
+        device=args.device,
+        seed=args.seed,
+    )
+    print(scale_report(options, args.json))  # with --json its last line is the JSON object
+    return 0
+
+
+def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options of ``heterogui bench scale`` (defaults: TinyLlama-1.1B's shape)."""
+    parser.add_argument("--layers-a", type=int, default=22, help="layers of Llama A")
+    parser.add_argument("--layers-b", type=int, default=16, help="layers of Llama B")
+    parser.add_argument("--hidden", type=int, default=2048, help="hidden width of A and B")
+    parser.add_argument("--intermediate", type=int, default=5632, help="MLP width of A and B")
+    parser.add_argument("--heads", type=int, default=32, help="query heads per layer")
+    parser.add_argument("--kv-heads", type=int, default=4, help="key/value heads per layer")
+    parser.add_argument("--vocab", type=int, default=32000, help="vocabulary size")
+    parser.add_argument("--texts", type=int, default=8, help="calibration texts (random ids)")
+    parser.add_argument("--tokens", type=int, default=128, help="tokens per calibration text")
+    parser.add_argument("--batch", type=int, default=4, help="calibration texts per batch")
+    parser.add_argument(
+        "--budget-mb",
+        type=float,
+        default=None,
+        help="statistics budget in MiB (default: a quarter of this machine's memory)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data")
+    parser.add_argument(
+        "--json", action="store_true", help="print, as the last line, one JSON object of figures"
+    )
+
+
 def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``heterogui bench speed``."""
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -102,6 +151,11 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
         "--minilm", action="store_true", help="also merge the MiniLM pair (L6 + L3) on sentences"
+    )
+    parser.add_argument(
+        "--smollm",
+        action="store_true",
+        help="also merge SmolLM2-135M with a shallower copy of itself on Python texts",
     )
     parser.add_argument(
         "--json",
@@ -143,14 +197,16 @@ def add_decoder_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_bench_arguments(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``speed``, ``quality``, ``transformers`` and ``decoders`` on ``bench``."""
+    """Register the ``bench`` subcommands (speed, quality, transformers, decoders, scale)."""
     speed = subparsers.add_parser("speed", help="merge time vs forward passes; matcher speed")
     add_speed_arguments(speed)
     speed.set_defaults(func=_speed)
     pair = subparsers.add_parser(
         "speed-pair", help="one pair of bench speed in this process (bench speed runs it)"
     )
-    pair.add_argument("options", help='JSON: {"pair": "resnet" | "minilm", "inputs": N, ...}')
+    pair.add_argument(
+        "options", help='JSON: {"pair": "resnet" | "minilm" | "smollm", "inputs": N, ...}'
+    )
     pair.set_defaults(func=_speed_pair)
     quality = subparsers.add_parser("quality", help="accuracy table of merges of the zoo pairs")
     add_bench_quality_arguments(quality)
@@ -163,3 +219,8 @@ def add_bench_arguments(subparsers: argparse._SubParsersAction) -> None:
     )
     add_decoder_arguments(decoders)
     decoders.set_defaults(func=_decoders)
+    scale = subparsers.add_parser(
+        "scale", help="merge a ~1B-parameter Llama pair built from config: time and peak memory"
+    )
+    add_scale_arguments(scale)
+    scale.set_defaults(func=_scale)

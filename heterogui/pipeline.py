@@ -286,14 +286,16 @@ def correlation(prepared: Prepared, space: str, stop: int | None) -> torch.Tenso
     """
 
     def compute() -> torch.Tensor:
-        graph = prepared.padded_a.graph()
-        corr = pooled_moments(prepared.stats, graph, space, stop).corr().float()
-        if not bool(torch.isfinite(corr).all()):
+        moments = pooled_moments(prepared.stats, prepared.padded_a.graph(), space, stop)
+        # a NaN or inf feature reaches the sums and its own square; an overflowing product
+        # x_i x_j means x_i² or x_j² overflows too (Cauchy-Schwarz): the diagonal tells
+        diagonal = torch.diagonal(moments.outer)
+        if not bool(torch.isfinite(moments.total).all() and torch.isfinite(diagonal).all()):
             raise MatcherError(
                 f"the features of A or B at merge point {space} are not finite (NaN or inf) on "
                 "the calibration data: the models overflow on these inputs; check the data's scale"
             )
-        return corr
+        return moments.corr().float()
 
     if not prepared.keep_correlations:
         return compute()

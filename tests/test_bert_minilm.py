@@ -79,13 +79,18 @@ def test_preflight_refuses_an_incompatible_pair_before_loading(tmp_path: Path):
 
 @pytest.mark.slow
 def test_minilm_speed_benchmark_reports_every_stage():
-    from heterogui.bench.bert_speed import bench_minilm, format_minilm
+    from heterogui.bench.speed import format_pair
+    from heterogui.bench.speed_pair import run_pair
 
-    figures = bench_minilm(16, batch_size=8, device="cpu")
-    assert figures["total"] > 0 and figures["forward_needed"] > 0 and figures["ratio"] > 0
+    figures = run_pair("minilm", {"quick": True, "device": "cpu"})
+    assert figures["total"] > 0 and figures["floor"] > 0 and not figures["batch_norm"]
     assert {"prepare.features", "zip.match", "zip.fuse"} <= set(figures["stages"])
-    text = format_minilm(figures)
-    assert "ratio total / forward passes needed" in text and "peak RSS" in text
+    assert figures["remerge_from_cache"] > 0 and figures["realign_mode"] == "lma"
+    precision = figures["precision"]
+    assert precision["max_corr_diff"] < 1e-4
+    assert precision["same_matching"] + len(precision["differing"]) == precision["merge_points"]
+    text = format_pair(figures)
+    assert "merge / floor" in text and "peak RSS" in text and "Neurons tab" in text
 
 
 def test_dropping_layers_keeps_the_chosen_layers():

@@ -9,9 +9,8 @@ import torch
 from heterogui.align.cka import CKAAccumulator, gram
 from heterogui.models.capture import (
     Batch,
-    capture_outputs,
+    CapturePass,
     per_input,
-    run_model,
     to_device,
     token_mask,
 )
@@ -23,15 +22,18 @@ def layer_modules(net: Network) -> list[str]:
     return [f"blocks.{i}" for i in range(net.graph().num_blocks - 1)]
 
 
-def layer_grams(module: torch.nn.Module, names: list[str], batch: Batch) -> torch.Tensor:
+def layer_grams(
+    module: torch.nn.Module, names: list[str], batch: Batch, capture: CapturePass | None = None
+) -> torch.Tensor:
     """Return the Gram matrix of every named layer's output on one batch: (L, n, n), float64.
 
     batch: on the module's device. Token outputs have their padded tokens zeroed first.
+    capture: the pass that runs ``module`` batch after batch (it stops after the last layer
+    once it knows the order); default: a whole forward.
     """
     mask = token_mask(batch)
     layout = "tokens" if mask is not None else "flat"
-    with capture_outputs(module, names) as found:
-        run_model(module, batch)
+    found = (capture or CapturePass(module, names))(batch)
     return torch.stack([gram(per_input(found[n], layout, mask)) for n in names])
 
 
@@ -48,10 +50,15 @@ def layer_similarity(
     One Gram matrix per layer per batch; all pairs filled by batched products.
     """
     acc = CKAAccumulator()
+    layers = [layer_modules(net) for net in (net_a, net_b)]
+    passes = [CapturePass(n.module, names) for n, names in zip((net_a, net_b), layers, strict=True)]
     batches = list(batches)
     for step, batch in enumerate(batches):
         batch = to_device(batch, device)
-        grams = [layer_grams(net.module, layer_modules(net), batch) for net in (net_a, net_b)]
+        grams = [
+            layer_grams(net.module, names, batch, capture)
+            for net, names, capture in zip((net_a, net_b), layers, passes, strict=True)
+        ]
         acc.update(grams[0], grams[1])
         if progress is not None:
             progress((step + 1) / len(batches))

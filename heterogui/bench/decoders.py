@@ -385,6 +385,16 @@ def middle_block(depth: int, drop: int) -> tuple[int, ...]:
     return tuple(i for i in range(depth) if not lo <= i < lo + drop)
 
 
+def smollm2_shallow_pair(device: Any = "cpu", loaded: Loaded | None = None) -> Pair:
+    """Return SmolLM2 (A) and its copy without the SHALLOW_DROP middle layers (B)."""
+    loaded = loaded or registry.load(SMOLLM2, device=device)
+    depth = loaded.net.config.num_layers
+    keep = middle_block(depth, SHALLOW_DROP)
+    shallow = dropped_network(loaded.folder, keep, "SmolLM2 shallower")
+    shallow.module.to(device)
+    return _smollm2_pair(loaded, shallow, f"SmolLM2 layers {layer_list(keep, depth)}")
+
+
 def smollm2_shallow_table(sizes: Sizes, device: str = "cpu") -> dict[str, Any]:
     """Return SmolLM2 + a shallower copy of itself (module docstring, item 3).
 
@@ -407,14 +417,11 @@ def smollm2_shallow_table(sizes: Sizes, device: str = "cpu") -> dict[str, Any]:
         **_net_facts(broken),
     )
     del broken
+    pair = smollm2_shallow_pair(device, loaded)
     keep = middle_block(depth, SHALLOW_DROP)
-    shallow = dropped_network(loaded.folder, keep, "SmolLM2 shallower")
-    shallow.module.to(device)
-    name_b = f"SmolLM2 layers {layer_list(keep, depth)}"
-    pair = _smollm2_pair(loaded, shallow, name_b)
     calibration = run.calibrate(pair, DataRef(ALL_DOMAINS, "calibration", sizes.calibration, BATCH))
     prep = run.analyse(pair, calibration, device=device)
-    rows, parents = _model_rows(pair, prep, evaluation, ("A: SmolLM2", f"B: {name_b}"))
+    rows, parents = _model_rows(pair, prep, evaluation, ("A: SmolLM2", f"B: {pair.b.name}"))
     rows.append(info)
     rows.append(_average_row(pair, prep, evaluation, parents))
     rows += _merges(pair, prep, evaluation, parents, "SMA")

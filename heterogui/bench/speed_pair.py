@@ -2,24 +2,79 @@
 
 ``heterogui bench speed`` starts ``heterogui bench speed-pair OPTIONS`` once per pair (OPTIONS:
 a JSON object), so that each pair's peak memory is its own and not the largest of the run. That
-command prints the pair's figures as one JSON line.
+command prints the pair's figures as one JSON line. The pairs:
+
+- resnet: two randomly initialised CIFAR ResNets of different depth (speed does not depend on
+  training) on random 32x32 images;
+- minilm: all-MiniLM-L6-v2 + paraphrase-MiniLM-L3-v2 on calibration sentences;
+- smollm: SmolLM2-135M-Instruct (dequantized from its 4-bit GGUF) + a shallower copy of itself
+  (its middle layers removed) on Python documentation and source texts.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from heterogui.bench.bert_speed import bench_minilm
-from heterogui.bench.speed import bench_merge
+import torch
+
+from heterogui import run
+from heterogui.bench.merge_speed import measure_pair
+from heterogui.config import DataRef
+from heterogui.models.family import Network, build_network
+from heterogui.models.resnet import cifar_resnet
+from heterogui.pipeline import resolve_device
+from heterogui.sources import minilm
+
+PAIRS = ("resnet", "minilm", "smollm")
+
+
+def resnet_pair(width: int, depths_a, depths_b, seed: int = 0) -> tuple[Network, Network]:
+    """Return two randomly initialised CIFAR ResNets."""
+    torch.manual_seed(seed)
+    a = build_network(cifar_resnet(depths_a, width, 5, 3), label="A")
+    b = build_network(cifar_resnet(depths_b, width, 5, 3), label="B")
+    return a, b
+
+
+def _depth(depths) -> int:
+    return 2 + 2 * sum(depths)
 
 
 def run_pair(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Measure pair ``name`` ("resnet" or "minilm") in this process."""
-    quick, device = options.get("quick", False), options.get("device", "auto")
+    """Measure pair ``name`` (one of PAIRS) in this process.
+
+    Raises:
+        ValueError: an unknown pair name.
+    """
+    quick, dev = options.get("quick", False), resolve_device(options.get("device", "auto"))
+    inputs = options.get("inputs", 256)
     if name == "resnet":
-        if quick:
-            return bench_merge(1, (2, 2, 2), (1, 1, 1), 64, 32, device)
-        return bench_merge(options.get("width", 2), n_inputs=options["inputs"], device=device)
+        width = 1 if quick else options.get("width", 2)
+        depths_a, depths_b = ((2, 2, 2), (1, 1, 1)) if quick else ((3, 3, 3), (2, 2, 2))
+        a, b = resnet_pair(width, depths_a, depths_b)
+        n = 64 if quick else inputs
+        gen = torch.Generator().manual_seed(0)
+        batches = list(torch.randn(n, 3, 32, 32, generator=gen).split(32 if quick else 64))
+        label = f"ResNet{_depth(depths_a)}x{width} + ResNet{_depth(depths_b)}x{width}"
+        figures = measure_pair(label, a, b, batches, dev)
+        return figures | {"inputs": f"{n} images"}
     if name == "minilm":
-        return bench_minilm(64 if quick else options["inputs"], device=device)
-    raise ValueError(f"unknown speed pair {name!r}; known: ['resnet', 'minilm']")
+        pair = run.load_pair(f"minilm:{minilm.L6_NAME}", f"minilm:{minilm.L3_NAME}")
+        ref = DataRef("sentences", size=64 if quick else inputs, batch_size=32)
+        return _measure_loaded("all-MiniLM-L6-v2 + paraphrase-MiniLM-L3-v2", pair, ref, dev)
+    if name == "smollm":
+        from heterogui.bench.decoders import ALL_DOMAINS, BATCH, smollm2_shallow_pair
+
+        pair = smollm2_shallow_pair(dev)
+        ref = DataRef(ALL_DOMAINS, "calibration", 8 if quick else options.get("texts", 32), BATCH)
+        return _measure_loaded(f"SmolLM2-135M + {pair.b.name}", pair, ref, dev)
+    raise ValueError(f"unknown speed pair {name!r}; known: {list(PAIRS)}")
+
+
+def _measure_loaded(label: str, pair: Any, ref: DataRef, dev: torch.device) -> dict[str, Any]:
+    """Measure a loaded pair on the calibration data ``ref`` draws."""
+    calibration = run.calibrate(pair, ref)
+    batches = calibration.batches
+    figures = measure_pair(label, pair.a.net, pair.b.net, batches, dev)
+    tokens = sum(int(x["attention_mask"].sum()) for x in batches)
+    return figures | {"inputs": f"{calibration.count} texts ({tokens} tokens)"}

@@ -39,6 +39,58 @@ def _store(found: dict[str, torch.Tensor], name: str):
     return hook
 
 
+class _Captured(Exception):
+    """Ends a forward pass at its last needed output (raised by a hook, caught by the pass)."""
+
+
+class CapturePass:
+    """Runs a module on batch after batch and returns the named submodules' outputs.
+
+    The first batch runs the whole forward and records the order in which the outputs come;
+    later batches stop right after the last of them (an exception from its hook, caught
+    here), so what follows is not computed: a language model's 49,152-token head, the layers
+    after the last merge point. If a named module runs more than once in a forward (its last
+    output would count), every batch runs whole.
+    """
+
+    def __init__(self, module: nn.Module, names: Iterable[str]) -> None:
+        self.module = module
+        self.names = list(dict.fromkeys(names))
+        self._last: str | None = None
+        self._first = True
+
+    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Return {name: output} of one forward on ``batch`` (on the module's device)."""
+        order: list[str] = []
+        with capture_outputs(self.module, self.names) as found:
+            handles = [
+                dict(self.module.named_modules())[name].register_forward_hook(
+                    self._watch(order, name)
+                )
+                for name in self.names
+            ]
+            try:
+                run_model(self.module, batch)
+            except _Captured:
+                pass
+            finally:
+                for handle in handles:
+                    handle.remove()
+        if self._first:
+            self._first = False
+            once = len(order) == len(set(order)) == len(self.names)
+            self._last = order[-1] if once else None
+        return found
+
+    def _watch(self, order: list[str], name: str):
+        def hook(_module: nn.Module, _inputs: Any, _output: Any) -> None:
+            order.append(name)
+            if name == self._last:
+                raise _Captured
+
+        return hook
+
+
 def to_device(batch: Batch, device: torch.device | str) -> Batch:
     """Return the batch (a tensor or a dict of tensors) on ``device``."""
     if isinstance(batch, torch.Tensor):

@@ -9,8 +9,7 @@ import torch
 from heterogui.distributed import all_reduce_moments
 from heterogui.models.capture import (
     Batch,
-    capture_outputs,
-    run_model,
+    CapturePass,
     to_device,
     to_rows,
     token_mask,
@@ -42,12 +41,14 @@ def collect_moments(
     device: torch.device | str = "cpu",
     progress: Callable[[float], None] | None = None,
     spaces: Collection[str] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> dict[StatKey, Moments]:
     """Run A and B (same topology) on the batches and accumulate moments at every capture.
 
     Returns moments of the concatenated features (O = n_A + n_B) per (space, block), pooled over
     the space's captures in that block, for every space that is not dead in either model
-    (only those in ``spaces`` when given: a pass over part of the merge points).
+    (only those in ``spaces`` when given: a pass over part of the merge points). dtype: cast
+    the features to it first (float64: float64 products, to measure the float32 ones).
     """
     # a dead space (an identity block's unused inner layer) is never matched: skip its statistics
     dead = net_a.graph().dead | net_b.graph().dead
@@ -58,17 +59,14 @@ def collect_moments(
     ]
     modules = sorted({module for _, module, _, _ in points})
     stats: dict[StatKey, Moments] = {}
+    passes = [CapturePass(net.module, modules) for net in (net_a, net_b)]
     batches = list(batches)
     for step, batch in enumerate(batches):
         batch = to_device(batch, device)
         mask = token_mask(batch)
-        outs = []
-        for net in (net_a, net_b):
-            with capture_outputs(net.module, modules) as found:
-                run_model(net.module, batch)
-            outs.append(found)
+        outs = [capture(batch) for capture in passes]
         for space, module, layout, block in points:
-            rows_a, rows_b = (to_rows(out[module], layout, mask) for out in outs)
+            rows_a, rows_b = (to_rows(out[module], layout, mask).to(dtype) for out in outs)
             key = (space, block)
             if key not in stats:
                 n_a = rows_a.shape[1]

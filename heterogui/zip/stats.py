@@ -27,6 +27,11 @@ __all__ = ["FOLD_EVERY", "Moments"]
 FOLD_EVERY = 32
 
 
+def _upper_pairs(xs: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """Return the pairs of parts whose products fill the upper blocks: (A, A), (A, B), (B, B)."""
+    return [(xs[i], xs[j]) for i in range(len(xs)) for j in range(i, len(xs))]
+
+
 class Moments:
     """Running sums of the features at one merge point.
 
@@ -133,16 +138,13 @@ class Moments:
         shift = torch.cat([x.mean(dim=0) for x in xs])
         self.total += torch.cat([x.sum(dim=0, dtype=torch.float64) for x in xs])
         xs = [x - s for x, s in zip(xs, shift.split([x.shape[1] for x in xs]), strict=True)]
-        if self._pending is None or self._pending.dtype != dtype:
+        fresh = self._pending is None or self._pending.dtype != dtype
+        if fresh:
             self.settle()
-            self._pending = torch.zeros(self.width, self.width, dtype=dtype, device=self.device)
-        edges = [0]
-        for x in xs:
-            edges.append(edges[-1] + x.shape[1])
-        for i, xi in enumerate(xs):  # upper blocks only; settle mirrors the A-B block
-            for j in range(i, len(xs)):
-                block = self._pending[edges[i] : edges[i + 1], edges[j] : edges[j + 1]]
-                block.addmm_(xi.T, xs[j])
+            # not zeroed: the first products overwrite it (beta 0); the B-A block stays unused
+            self._pending = torch.empty(self.width, self.width, dtype=dtype, device=self.device)
+        for (rows, cols), (xi, xj) in zip(self._blocks(), _upper_pairs(xs), strict=True):
+            self._pending[rows, cols].addmm_(xi.T, xj, beta=0.0 if fresh else 1.0)
         n = int(xs[0].shape[0])
         self.count += n
         self._shifts.append(shift.to(torch.float64))
@@ -156,16 +158,24 @@ class Moments:
         if not self._rows:
             return
         outer, pending = self._outer, self._pending
-        outer.add_(pending)  # in place, float32 into float64: no (O, O) temporaries
-        if self.split is not None:
-            n_a = self.split
-            outer[n_a:, :n_a].add_(pending[:n_a, n_a:].T)
+        for rows, cols in self._blocks():  # in place, float32 into float64: no temporaries
+            outer[rows, cols].add_(pending[rows, cols])
+            if rows != cols:
+                outer[cols, rows].add_(pending[rows, cols].T)
         shifts, sums = torch.stack(self._shifts), torch.stack(self._sums)
-        rows = torch.tensor(self._rows, dtype=torch.float64, device=self.device)
+        weights = torch.tensor(self._rows, dtype=torch.float64, device=self.device)
         # sum over batches of (c + s)(c + s)ᵀ = C + s dᵀ + d sᵀ + n s sᵀ, d = sum of c
         outer.addmm_(shifts.T, sums).addmm_(sums.T, shifts)
-        outer.addmm_((shifts * rows[:, None]).T, shifts)
+        outer.addmm_((shifts * weights[:, None]).T, shifts)
+        outer.copy_(torch.add(outer, outer.T).mul_(0.5))  # exactly symmetric (see ``cov``)
         self._pending, self._shifts, self._sums, self._rows = None, [], [], []
+
+    def _blocks(self) -> list[tuple[slice, slice]]:
+        """Return the (rows, columns) of the product blocks a batch computes (upper ones)."""
+        if self.split is None:
+            return [(slice(None), slice(None))]
+        a, b = slice(0, self.split), slice(self.split, None)
+        return [(a, a), (a, b), (b, b)]
 
     def merged_with(self, other: Moments) -> Moments:
         """Return the accumulation over the union of both data streams (on this device).
@@ -219,9 +229,9 @@ class Moments:
         """
         mu = self.mean()
         cov = torch.div(self.outer, self.count)
-        cov.sub_(torch.outer(mu, mu))  # in place: the same values, one (O, O) buffer less
-        # x.T @ x need not be bitwise symmetric; the matchers rely on symmetry.
-        return torch.add(cov, cov.T).mul_(0.5)
+        # outer is exactly symmetric and mu_i mu_j = mu_j mu_i, so the covariance is too (the
+        # matchers rely on it); not addr_, whose fused rounding differs between (i, j) and (j, i)
+        return cov.sub_(torch.outer(mu, mu))
 
     def corr(self, floor: float = 1e-6) -> Tensor:
         """Return the correlation matrix Cov / (σ σᵀ), (O, O) float64, clipped to [-1, 1].
@@ -285,4 +295,5 @@ class Moments:
                 f"moments state has inconsistent shapes: total {tuple(total.shape)}, "
                 f"outer {tuple(outer.shape)}, count {tuple(state['count'].shape)}"
             )
-        return cls(total=total.clone(), outer=outer.clone(), count=int(state["count"].item()))
+        outer = torch.add(outer, outer.T).mul_(0.5)  # the invariant ``cov`` relies on
+        return cls(total=total.clone(), outer=outer, count=int(state["count"].item()))

@@ -1,0 +1,177 @@
+"""One pair's merge, timed stage by stage next to its floor (``heterogui bench speed``).
+
+``measure_pair`` runs the engine's own path (``pipeline.prepare`` then ``zip_prepared``) on a
+pair and calibration batches, then times, on the same prepared statistics:
+
+- the forward passes alone (the floor: docs/method.md sec. 1, ``floor.floor_seconds``);
+- a re-merge from the cached statistics at another zip ratio (a slider move);
+- an alignment switch (``realign`` to the other automatic mode: re-pad, new statistics);
+- showing another merge point on the Neurons tab (the tab's own render, figures to JSON);
+- the statistics' precision: the correlations and matchings of float32 batch products against
+  float64 products of the same features (``zip.stats``).
+
+Peak memory is this process's ru_maxrss; ``bench speed`` runs each pair in a process of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import time
+from typing import Any
+
+import plotly.graph_objects as go
+import torch
+
+from heterogui.bench.floor import floor_seconds, weights_mib
+from heterogui.bench.timing import clock, sync
+from heterogui.models.capture import Batch, run_model, to_device
+from heterogui.models.family import Network
+from heterogui.pipeline import (
+    Prepared,
+    ZipSettings,
+    correlation,
+    live_spaces,
+    match_spaces,
+    prepare,
+    realign,
+    zip_prepared,
+)
+from heterogui.zip.collect import collect_moments
+from heterogui.zip.plan import stop_point
+
+
+@torch.no_grad()
+def forward_seconds(module: torch.nn.Module, batches: list[Batch], device: torch.device) -> float:
+    """Return the best time of one eval-mode pass of ``module`` over the batches."""
+    module.eval()
+    moved = [to_device(b, device) for b in batches]
+    run_model(module, moved[0])  # warm-up
+    return clock(lambda: [run_model(module, b) for b in moved], device, repeats=3)
+
+
+def rss_mib() -> float:
+    """Return this process's peak resident set size so far, in MiB (Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_pair(
+    label: str,
+    net_a: Network,
+    net_b: Network,
+    batches: list[Batch],
+    device: torch.device,
+    *,
+    remerge_rho: float = 0.5,
+) -> dict[str, Any]:
+    """Merge ``net_a`` and ``net_b`` at the default settings and return the figures.
+
+    Keys: pair, device, threads, total (s), stages (s per stage), forward_a / forward_b
+    (padded models) / forward_merged (s), floor (s), weights_mib (A, B, merge),
+    statistics_mib, peak_rss_mib, rss_before_merge_mib, peak_cuda_mib, remerge_from_cache,
+    realign (s, and the mode switched to), neurons_point_s, precision.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = rss_mib()
+    start = time.perf_counter()
+    prep = prepare(net_a, net_b, batches, device=device)
+    result = zip_prepared(prep, ZipSettings())
+    sync(device)
+    total = time.perf_counter() - start
+    peak = rss_mib()
+    t_a = forward_seconds(prep.padded_a.module, batches, device)
+    t_b = forward_seconds(prep.padded_b.module, batches, device)
+    t_m = forward_seconds(result.model, batches, device)
+    batch_norm = "bn_inputs" in prep.timings
+    if batch_norm:  # BN passes run the models as they are, not padded
+        t_a0 = forward_seconds(prep.net_a.module, batches, device)
+        t_b0 = forward_seconds(prep.net_b.module, batches, device)
+        floor = floor_seconds(t_a, t_b, t_m, batch_norm=True) - (t_a + t_b) + (t_a0 + t_b0)
+    else:
+        floor = floor_seconds(t_a, t_b, t_m, batch_norm=False)
+    remerge = clock(lambda: zip_prepared(prep, ZipSettings(rho=remerge_rho)), device, repeats=2)
+    other = "lma" if prep.alignment.mode != "lma" else "sma"
+    realign_s = clock(lambda: realign(prep, other), device)
+    return {
+        "pair": label,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "total": total,
+        "stages": {
+            **{f"prepare.{k}": v for k, v in prep.timings.items()},
+            **{f"zip.{k}": v for k, v in result.timings.items()},
+        },
+        "forward_a": t_a,
+        "forward_b": t_b,
+        "forward_merged": t_m,
+        "floor": floor,
+        "batch_norm": batch_norm,
+        "weights_mib": weights_mib([net_a.module, net_b.module, result.model]),
+        "statistics_mib": sum(m.outer.numel() * 8 for m in prep.stats.values()) / 2**20,
+        "peak_rss_mib": peak,
+        "rss_before_merge_mib": rss_before,
+        "peak_cuda_mib": torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else None,
+        "remerge_from_cache": remerge,
+        "remerge_rho": remerge_rho,
+        "realign": realign_s,
+        "realign_mode": other,
+        "neurons_point_s": neurons_point_seconds(prep, result),
+        "precision": statistics_precision(prep),
+    }
+
+
+def neurons_point_seconds(prep: Prepared, result: Any) -> float:
+    """Return the longest time the Neurons tab takes to show another merge point.
+
+    Each point the tab offers is shown once after a merge (``on_space`` then the tab's
+    ``render``, figures serialised to JSON as the page receives them); the first is shown
+    before timing, as the tab shows it on opening.
+    """
+    from heterogui.ui import tab_neurons
+    from heterogui.ui.session import Session
+
+    session = Session(device=str(prep.device), prepared=prep, result=result)
+    session.settings = result.settings
+    points = [name for _, name in tab_neurons.merge_points(prep)]
+
+    def show(space: str) -> None:
+        tab_neurons.on_space(session, None, space)
+        views = tab_neurons.render(session, None)
+        for view in views.values():
+            if isinstance(view, go.Figure):
+                view.to_json()
+
+    show(points[0])
+    return max(clock(lambda s=space: show(s), prep.device) for space in points[1:] or points)
+
+
+def statistics_precision(prep: Prepared) -> dict[str, Any]:
+    """Return how far float32 batch products move the correlations and matchings.
+
+    The feature pass is run again with the features cast to float64 (float64 products); for
+    every merge point of the default merge: the largest absolute correlation difference, and
+    whether the matching (the groups) is the same.
+    """
+    ga, gb = prep.padded_a.graph(), prep.padded_b.graph()
+    settings = ZipSettings()
+    stop = stop_point(ga, settings)
+    exact_stats = collect_moments(
+        prep.padded_a, prep.padded_b, prep.batches, prep.device, dtype=torch.float64
+    )
+    exact = dataclasses.replace(prep, stats=exact_stats, keep_correlations=False)
+    worst, spaces = 0.0, live_spaces(ga, gb)
+    for space in spaces:
+        if any(c.block < stop for c in ga.spaces[space].captures):
+            diff = correlation(exact, space, stop) - correlation(prep, space, stop)
+            worst = max(worst, float(diff.abs().max()))
+    ours, theirs = match_spaces(prep, settings, stop), match_spaces(exact, settings, stop)
+    same = [s for s in ours if torch.equal(ours[s].groups, theirs[s].groups)]
+    return {
+        "max_corr_diff": worst,
+        "same_matching": len(same),
+        "merge_points": len(ours),
+        "differing": sorted(set(ours) - set(same)),
+    }
