@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from heterogui.align.alignment import Alignment, align, check_stages
-from heterogui.align.pad import copy_network, pad_network
+from heterogui.align.pad import pad_network, ready_network
 from heterogui.align.similarity import layer_similarity
 from heterogui.errors import ConfigError, IncompatibleModelsError, MatcherError
 from heterogui.fusion.bn import has_batch_norm, reestimate_batch_norm
@@ -164,7 +164,9 @@ def prepare(
 
     stats_budget: see ``Prepared.stats_budget``.
 
-    The caller's models are not modified (copies are moved to ``device``).
+    The caller's models are not modified: a model that BatchNorm re-estimation, a move to
+    ``device`` or ``.eval()`` would change is copied; any other is shared (``ready_network``),
+    so do not modify it while the result is in use.
 
     Raises:
         IncompatibleModelsError, AlignmentError, ConfigError: see ``check_pair`` and ``align``.
@@ -175,9 +177,11 @@ def prepare(
     timings: dict[str, float] = {}
     nets = []
     for net in (net_a, net_b):
-        net = copy_network(net)
-        net.module.to(dev).eval()
-        if reset_input_bn and has_batch_norm(net.module):
+        # a copy only when something would modify the caller's module (BatchNorm
+        # re-estimation, a move to ``dev``, .eval()); else its module is shared, read only
+        reset_bn = reset_input_bn and has_batch_norm(net.module)
+        net = ready_network(net, dev, modifies=reset_bn)
+        if reset_bn:
             _timed(
                 timings,
                 "bn_inputs",
