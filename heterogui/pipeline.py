@@ -22,7 +22,7 @@ from heterogui.align.similarity import layer_similarity
 from heterogui.errors import ConfigError, IncompatibleModelsError, MatcherError
 from heterogui.fusion.bn import has_batch_norm, reestimate_batch_norm
 from heterogui.fusion.fuse import SpaceTransform, fuse_state
-from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged
+from heterogui.fusion.merged import MergedModel, MergedSpec, allocate, build_merged
 from heterogui.fusion.pinning import pinned_channels
 from heterogui.memo import ObjectMemo
 from heterogui.models.capture import Batch
@@ -299,7 +299,7 @@ def correlation(prepared: Prepared, space: str, stop: int | None) -> torch.Tenso
                 f"the features of A or B at merge point {space} are not finite (NaN or inf) on "
                 "the calibration data: the models overflow on these inputs; check the data's scale"
             )
-        return moments.corr().float()
+        return moments.corr(dtype=torch.float32)
 
     if not prepared.keep_correlations:
         return compute()
@@ -496,22 +496,34 @@ def assemble(
     spec = MergedSpec(
         trunk_config, (pa.config, pb.config), stop, layout, (pa.task_heads(), pb.task_heads())
     )
-    model = build_merged(spec, transforms_device(transforms, pa)).to(dtype=dtype)
+    # built on the meta device and handed the fused tensors themselves (assign): the fused
+    # weights are held once, not once more as the model's own copy
+    model = build_merged(spec, "meta")
     state_a, state_b = pa.module.state_dict(), pb.module.state_dict()
     fused = fuse_state(ga.tensors, state_a, state_b, transforms, stop)
-    state = {f"trunk.{k[len('blocks.') :]}": v for k, v in fused.items()}
+    state = {f"trunk.{k[len('blocks.') :]}": _as(v, dtype) for k, v in fused.items()}
+    del fused
     for m, st in enumerate((state_a, state_b)):
         for key, value in st.items():
             block, rest = key.split(".", 2)[1:]
-            if int(block) >= stop:
-                state[f"tails.{m}.{int(block) - stop}.{rest}"] = value
+            if int(block) >= stop:  # A's and B's own tensors: copied, never shared
+                state[f"tails.{m}.{int(block) - stop}.{rest}"] = _as(value, dtype, copy=True)
     if boundary:
-        state["unmerge_a"], state["unmerge_b"] = transforms[boundary].unmerge
-    missing, unexpected = model.load_state_dict(state, strict=False)
+        unmerge = transforms[boundary].unmerge
+        state["unmerge_a"], state["unmerge_b"] = (_as(u, dtype, copy=True) for u in unmerge)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     stray = [k for k in missing if not k.endswith("num_batches_tracked")]
     if stray or unexpected:
         raise AssertionError(f"merged state mismatch: missing {stray}, unexpected {unexpected}")
-    return model, spec
+    allocate(model, transforms_device(transforms, pa))  # the batch counters; rotary tables
+    return model.to(dtype=dtype), spec
+
+
+def _as(tensor: torch.Tensor, dtype: torch.dtype, copy: bool = False) -> torch.Tensor:
+    """Return a floating tensor in ``dtype`` (others as they are); a new tensor with copy."""
+    if tensor.is_floating_point():
+        return tensor.to(dtype=dtype, copy=copy)
+    return tensor.clone() if copy else tensor
 
 
 def transforms_device(transforms: dict[str, SpaceTransform], net: Network) -> torch.device:

@@ -174,3 +174,11 @@ def test_bad_shapes_are_errors() -> None:
         Moments.empty(0)
     with pytest.raises(ConfigError, match=r"\(n, 4\)"):
         Moments.empty(4).update(torch.zeros(3, 5))
+
+
+def test_a_float32_correlation_is_the_rounded_float64_one() -> None:
+    """corr(dtype=float32) rounds the float64 correlation (computed row block by row block)."""
+    m = _stream(_data(9, n=300, d=2100), chunks=3)  # 2,100 features: two row blocks
+    full = m.corr()
+    assert torch.equal(m.corr(dtype=torch.float32), full.float())
+    assert torch.equal(full, full.T)

@@ -27,6 +27,22 @@ __all__ = ["FOLD_EVERY", "Moments"]
 FOLD_EVERY = 32
 
 
+def _row_blocks(width: int) -> list[slice]:
+    """Return slices of rows of a (width, width) matrix, each about 32 MiB of float64."""
+    step = max(1, 2**22 // width)
+    return [slice(r, min(r + step, width)) for r in range(0, width, step)]
+
+
+def _symmetrise_(matrix: Tensor) -> None:
+    """Replace ``matrix`` by (M + Mᵀ) / 2 in place, block by block (no (O, O) temporary)."""
+    blocks = _row_blocks(matrix.shape[0])
+    for i, rows in enumerate(blocks):
+        for cols in blocks[i:]:
+            mean = torch.add(matrix[rows, cols], matrix[cols, rows].T).mul_(0.5)
+            matrix[rows, cols] = mean
+            matrix[cols, rows] = mean.T
+
+
 def _upper_pairs(xs: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
     """Return the pairs of parts whose products fill the upper blocks: (A, A), (A, B), (B, B)."""
     return [(xs[i], xs[j]) for i in range(len(xs)) for j in range(i, len(xs))]
@@ -167,7 +183,7 @@ class Moments:
         # sum over batches of (c + s)(c + s)ᵀ = C + s dᵀ + d sᵀ + n s sᵀ, d = sum of c
         outer.addmm_(shifts.T, sums).addmm_(sums.T, shifts)
         outer.addmm_((shifts * weights[:, None]).T, shifts)
-        outer.copy_(torch.add(outer, outer.T).mul_(0.5))  # exactly symmetric (see ``cov``)
+        _symmetrise_(outer)  # exactly symmetric (see ``cov``)
         self._pending, self._shifts, self._sums, self._rows = None, [], [], []
 
     def _blocks(self) -> list[tuple[slice, slice]]:
@@ -233,8 +249,10 @@ class Moments:
         # matchers rely on it); not addr_, whose fused rounding differs between (i, j) and (j, i)
         return cov.sub_(torch.outer(mu, mu))
 
-    def corr(self, floor: float = 1e-6) -> Tensor:
-        """Return the correlation matrix Cov / (σ σᵀ), (O, O) float64, clipped to [-1, 1].
+    def corr(self, floor: float = 1e-6, dtype: torch.dtype = torch.float64) -> Tensor:
+        """Return the correlation matrix Cov / (σ σᵀ), (O, O), clipped to [-1, 1].
+
+        Computed in float64 and returned in ``dtype``.
 
         The standard deviations are floored *relative to the feature scale*:
         σ_k = max(sqrt(var_k), floor * s), where s = sqrt(mean_k E[x_k²]) is the RMS magnitude
@@ -246,18 +264,25 @@ class Moments:
 
         Args:
             floor: relative floor on σ, > 0.
+            dtype: the result's dtype (float32: half the memory of the float64 result).
 
         Raises:
             ConfigError: nothing was accumulated, or floor is not positive.
         """
         if not floor > 0:
             raise ConfigError(f"corr floor must be positive, got {floor!r}")
-        cov = self.cov()
-        scale = torch.sqrt(torch.diagonal(self.outer).mean() / self.count)
+        outer, count, mu = self.outer, self.count, self.mean()
+        scale = torch.sqrt(torch.diagonal(outer).mean() / count)
         sigma_min = floor * max(float(scale), 1e-30)
-        raw_sigma = torch.sqrt(torch.clamp(torch.diagonal(cov), min=0.0))
+        variance = torch.diagonal(outer) / count - mu * mu  # the covariance's diagonal
+        raw_sigma = torch.sqrt(torch.clamp(variance, min=0.0))
         sigma = raw_sigma.clamp(min=sigma_min)
-        corr = cov.div_(torch.outer(sigma, sigma)).clamp_(-1.0, 1.0)  # cov is ours: in place
+        corr = torch.empty_like(outer, dtype=dtype)
+        # row block by row block, as ``cov`` and then Cov / (σσᵀ) element by element: the same
+        # numbers without three (O, O) float64 temporaries (3 GiB at 2 x 5,632 features)
+        for rows in _row_blocks(self.width):
+            block = torch.div(outer[rows], count).sub_(torch.outer(mu[rows], mu))
+            corr[rows] = block.div_(torch.outer(sigma[rows], sigma)).clamp_(-1.0, 1.0)
         # var / sqrt(var)**2 can miss 1 by an ulp; make the unit diagonal exact.
         diag = torch.diagonal(corr)
         diag.copy_(torch.where(raw_sigma >= sigma_min, torch.ones_like(diag), diag))
