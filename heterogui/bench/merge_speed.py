@@ -10,7 +10,8 @@ pair and calibration batches, then times, on the same prepared statistics:
 - the statistics' precision: the correlations and matchings of float32 batch products against
   float64 products of the same features (``zip.stats``).
 
-Peak memory is this process's ru_maxrss; ``bench speed`` runs each pair in a process of its own.
+Peak memory is this process's peak RSS (``rss_mib``); ``bench speed`` runs each pair in a process of
+its own.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import resource
 import time
+from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
@@ -51,7 +53,17 @@ def forward_seconds(module: torch.nn.Module, batches: list[Batch], device: torch
 
 
 def rss_mib() -> float:
-    """Return this process's peak resident set size so far, in MiB (Linux)."""
+    """Return this process's peak resident set size so far, in MiB.
+
+    Linux's VmHWM, which starts afresh in a new program; ru_maxrss (the fallback) carries
+    over the peak of the process that started this one (``bench speed --latency`` grows first).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
