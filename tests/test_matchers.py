@@ -273,3 +273,18 @@ def test_within_model_budget_and_zip_ratio_are_exact():
     # rho * min = 0.29 * 50 = 14.5 exactly: half up gives 15 merges (a float gives 14.4999...)
     assert merges_for(0.29, 50) == 15 and target_width(50, 50, 0.29) == 85
     assert merges_for(0.5, 5) == 3 and merges_for(1.0, 7) == 7 and merges_for(0.0, 7) == 0
+
+
+def test_a_nearly_symmetric_correlation_is_matched_as_its_symmetric_part():
+    """One entry off far from the diagonal (another tile): zip matches (C + Cᵀ) / 2."""
+    from heterogui.zip.matchers import zip_match
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(400, 600, generator=gen, dtype=torch.float64)
+    x[:, 300:] += x[:, :300]  # B's feature k echoes A's feature k (correlation ~0.7)
+    skewed = torch.corrcoef(x.T)
+    skewed[5, 590] = 1.0  # rows 0-255 x columns 512-599: a tile away from its mirror
+    got = zip_match(skewed, 300, 300, 300)
+    assert torch.equal(got.groups, zip_match((skewed + skewed.T) / 2, 300, 300, 300).groups)
+    # taken as it is, 1.0 would be the best pair; symmetrised it is ~0.5, below A5-B5's ~0.7
+    assert got.groups[5] == got.groups[305] != got.groups[590]
