@@ -22,12 +22,13 @@ from heterogui.align.similarity import layer_similarity
 from heterogui.errors import ConfigError, IncompatibleModelsError, MatcherError
 from heterogui.fusion.bn import has_batch_norm, reestimate_batch_norm
 from heterogui.fusion.fuse import SpaceTransform, fuse_state
-from heterogui.fusion.merged import MergedModel, MergedSpec, allocate, build_merged
+from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged
 from heterogui.fusion.pinning import pinned_channels
 from heterogui.memo import ObjectMemo
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network, family_of
 from heterogui.models.graph import INPUT, ModelGraph
+from heterogui.models.storage import allocate
 from heterogui.zip.collect import (
     StatKey,
     capture_points,

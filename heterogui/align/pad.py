@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from heterogui.errors import AlignmentError
-from heterogui.fusion.merged import allocate
 from heterogui.models.family import Family, Network
+from heterogui.models.storage import allocate
 
 
 def block_index_map(

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import plotly.graph_objects as go
 import torch
 
 from heterogui.bench.floor import floor_seconds, weights_mib
@@ -130,34 +129,9 @@ def measure_pair(
         "remerge_rho": remerge_rho,
         "realign": realign_s,
         "realign_mode": other,
-        "neurons_point_s": neurons_point_seconds(prep, result),
+        "neurons_point_s": _neurons_point_seconds(prep, result),
         "precision": statistics_precision(prep),
     }
-
-
-def neurons_point_seconds(prep: Prepared, result: Any) -> float:
-    """Return the longest time the Neurons tab takes to show another merge point.
-
-    Each point the tab offers is shown once after a merge (``on_space`` then the tab's
-    ``render``, figures serialised to JSON as the page receives them); the first is shown
-    before timing, as the tab shows it on opening.
-    """
-    from heterogui.ui import tab_neurons
-    from heterogui.ui.session import Session
-
-    session = Session(device=str(prep.device), prepared=prep, result=result)
-    session.settings = result.settings
-    points = [name for _, name in tab_neurons.merge_points(prep)]
-
-    def show(space: str) -> None:
-        tab_neurons.on_space(session, None, space)
-        views = tab_neurons.render(session, None)
-        for view in views.values():
-            if isinstance(view, go.Figure):
-                view.to_json()
-
-    show(points[0])
-    return max(clock(lambda s=space: show(s), prep.device) for space in points[1:] or points)
 
 
 def statistics_precision(prep: Prepared) -> dict[str, Any]:
@@ -187,3 +161,10 @@ def statistics_precision(prep: Prepared) -> dict[str, Any]:
         "merge_points": len(ours),
         "differing": sorted(set(ours) - set(same)),
     }
+
+
+def _neurons_point_seconds(prep: Prepared, result: Any) -> float:
+    """Return the Neurons tab's slowest merge point (``ui.latency``; gradio and plotly there)."""
+    from heterogui.ui.latency import neurons_point_seconds
+
+    return neurons_point_seconds(prep, result)

@@ -25,6 +25,7 @@ from heterogui.models.family import (
     family_of,
 )
 from heterogui.models.graph import LOGITS
+from heterogui.models.storage import allocate
 
 CHANNEL_DIM = {"flat": 1, "channels": 1, "tokens": -1}
 
@@ -157,41 +158,6 @@ def build_merged(spec: MergedSpec, device: torch.device | str | None = None) -> 
         unmerge = (torch.zeros(widths[0], r), torch.zeros(widths[1], r))
     model = MergedModel(spec, trunk, tails, unmerge)
     return model if target.type == "meta" else allocate(model, target)
-
-
-def allocate(module: nn.Module, device: torch.device) -> nn.Module:
-    """Give every meta tensor of ``module`` uninitialised storage on ``device``, in place.
-
-    Integer buffers (BatchNorm's batch counters) start at zero; tensors made on a real device
-    (the unmerge maps, rotary frequencies) are moved there with their values; tied parameters
-    stay tied.
-
-    Raises:
-        AssertionError: a buffer that is not saved (so never loaded) is on the meta device.
-    """
-    made: dict[int, torch.Tensor] = {}
-
-    def real(t: torch.Tensor) -> torch.Tensor:
-        if id(t) not in made:
-            if not t.is_meta:
-                new = t.to(device)
-            elif t.is_floating_point() or t.is_complex():
-                new = torch.empty_like(t, device=device)
-            else:
-                new = torch.zeros_like(t, device=device)
-            made[id(t)] = nn.Parameter(new, t.requires_grad) if isinstance(t, nn.Parameter) else new
-        return made[id(t)]
-
-    for name, sub in module.named_modules():
-        for key, param in list(sub._parameters.items()):
-            if param is not None:
-                sub._parameters[key] = real(param)
-        for key, buf in list(sub._buffers.items()):
-            if buf is not None and buf.is_meta and key in sub._non_persistent_buffers_set:
-                raise AssertionError(f"buffer {name}.{key} is not saved and cannot be loaded")
-            if buf is not None:
-                sub._buffers[key] = real(buf)
-    return module
 
 
 def full_stop(spec: MergedSpec) -> int:

@@ -55,6 +55,7 @@ from heterogui.models.graph import (
     out_axis,
     tag,
 )
+from heterogui.models.storage import allocate
 
 STREAM = "stream"
 ROLES = ("q", "k", "v", "o")
@@ -145,7 +146,7 @@ def build(config: DecoderNetConfig) -> DecoderNet:
         net = DecoderNet(blocks)
     if torch.get_default_device().type == "meta":
         return net  # built for its shapes, or for weights loaded right after
-    net.to_empty(device="cpu")
+    allocate(net, torch.device("cpu"))  # not to_empty: its empty_like imports sympy
     blocks[0].reset_rotary(config)
     std = float(config.fields.get("initializer_range", 0.02))
     with torch.no_grad():

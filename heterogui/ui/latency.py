@@ -20,7 +20,9 @@ from typing import Any
 import plotly.graph_objects as go
 import torch
 
-from heterogui.ui import app, tab_zip, work
+from heterogui.bench.timing import clock
+from heterogui.pipeline import MergeResult, Prepared
+from heterogui.ui import app, tab_neurons, tab_zip, work
 from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
 from heterogui.zoo.registry import PAIRS, TINY_PAIRS
@@ -143,3 +145,25 @@ def format_latency(rows: list[dict[str, Any]]) -> str:
         f"{r['threads']} thread(s)"
         for r in rows
     )
+
+
+def neurons_point_seconds(prep: Prepared, result: MergeResult) -> float:
+    """Return the longest time the Neurons tab takes to show another merge point.
+
+    Each point the tab offers is shown once after a merge (``on_space`` then the tab's
+    ``render``, figures serialised to JSON as the page receives them); the first is shown
+    before timing, as the tab shows it on opening.
+    """
+    session = Session(device=str(prep.device), prepared=prep, result=result)
+    session.settings = result.settings
+    points = [name for _, name in tab_neurons.merge_points(prep)]
+
+    def show(space: str) -> None:
+        tab_neurons.on_space(session, None, space)
+        views = tab_neurons.render(session, None)
+        for view in views.values():
+            if isinstance(view, go.Figure):
+                view.to_json()
+
+    show(points[0])
+    return max(clock(lambda s=space: show(s), prep.device) for space in points[1:] or points)

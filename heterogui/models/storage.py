@@ -1,0 +1,43 @@
+"""Storage for modules built on the meta device (their weights are loaded right after)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def allocate(module: nn.Module, device: torch.device) -> nn.Module:
+    """Give every meta tensor of ``module`` uninitialised storage on ``device``, in place.
+
+    Integer buffers (BatchNorm's batch counters) start at zero; tensors made on a real device
+    (the unmerge maps, rotary frequencies) are moved there with their values; tied parameters
+    stay tied.
+
+    Raises:
+        AssertionError: a buffer that is not saved (so never loaded) is on the meta device.
+    """
+    made: dict[int, torch.Tensor] = {}
+
+    def real(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in made:
+            if not t.is_meta:
+                new = t.to(device)
+            elif t.is_floating_point() or t.is_complex():
+                # not empty_like: on a meta tensor it runs torch's Python reference, whose first
+                # call imports sympy (half a second)
+                new = torch.empty(t.shape, dtype=t.dtype, device=device)
+            else:
+                new = torch.zeros(t.shape, dtype=t.dtype, device=device)
+            made[id(t)] = nn.Parameter(new, t.requires_grad) if isinstance(t, nn.Parameter) else new
+        return made[id(t)]
+
+    for name, sub in module.named_modules():
+        for key, param in list(sub._parameters.items()):
+            if param is not None:
+                sub._parameters[key] = real(param)
+        for key, buf in list(sub._buffers.items()):
+            if buf is not None and buf.is_meta and key in sub._non_persistent_buffers_set:
+                raise AssertionError(f"buffer {name}.{key} is not saved and cannot be loaded")
+            if buf is not None:
+                sub._buffers[key] = real(buf)
+    return module
