@@ -23,13 +23,10 @@ import copy
 import dataclasses
 import json
 import logging
-import math
 import os
 import platform
-import resource
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -46,6 +43,8 @@ from heterogui.bench.decoders_report import (
     layer_list,
     render_markdown,
 )
+from heterogui.bench.documents import finite, write_document
+from heterogui.bench.memory import peak_rss_mib
 from heterogui.config import DataRef
 from heterogui.datasets.text_domains import DOMAINS
 from heterogui.errors import MatcherError, excerpt
@@ -262,12 +261,6 @@ def _smollm2_pair(loaded: Loaded, net_b: Network, name_b: str) -> Pair:
     return Pair(loaded, b)
 
 
-def _rss_mib() -> float:
-    """Return this process's peak resident set size so far, in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
 @torch.no_grad()
 def smollm2_self_merge(n_calibration: int, n_evaluation: int) -> dict[str, Any]:
     """Merge SmolLM2 with a neuron-permuted copy of itself in this process; return the figures.
@@ -284,7 +277,7 @@ def smollm2_self_merge(n_calibration: int, n_evaluation: int) -> dict[str, Any]:
     )
     pair = _smollm2_pair(loaded, permuted, "SmolLM2 permuted")
     load_s = time.perf_counter() - start
-    rss_loaded = _rss_mib()
+    rss_loaded = peak_rss_mib()
     t0 = time.perf_counter()
     calibration = run.calibrate(pair, DataRef(ALL_DOMAINS, "calibration", n_calibration, BATCH))
     prep = run.analyse(pair, calibration)
@@ -292,7 +285,7 @@ def smollm2_self_merge(n_calibration: int, n_evaluation: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     result = zip_prepared(prep, ZipSettings(rho=1.0))
     zip_s = time.perf_counter() - t0
-    rss_merged = _rss_mib()
+    rss_merged = peak_rss_mib()
     evaluation = LANGUAGE.evaluation(DataRef(ALL_DOMAINS, "test", n_evaluation, BATCH), pair)
     tok = loaded.tokenizer
     merged_fn = merged_logits(result.model)
@@ -460,27 +453,6 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _write(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a document: mode 644)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    with os.fdopen(handle, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
-
-
 def _timed(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     start = time.perf_counter()
     out = fn()
@@ -523,7 +495,7 @@ def run_decoders(args: argparse.Namespace) -> str:
     report = decoder_report(args)
     markdown = render_markdown(report)
     if args.out_json:
-        _write(args.out_json, json.dumps(_finite(report), indent=1, allow_nan=False) + "\n")
+        write_document(args.out_json, json.dumps(finite(report), indent=1, allow_nan=False) + "\n")
     if args.out_md:
-        _write(args.out_md, markdown)
+        write_document(args.out_md, markdown)
     return markdown

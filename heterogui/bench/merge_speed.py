@@ -10,21 +10,20 @@ pair and calibration batches, then times, on the same prepared statistics:
 - the statistics' precision: the correlations and matchings of float32 batch products against
   float64 products of the same features (``zip.stats``).
 
-Peak memory is this process's peak RSS (``rss_mib``); ``bench speed`` runs each pair in a process of
-its own.
+Peak memory is this process's peak RSS (``memory.peak_rss_mib``); ``bench speed`` runs each pair
+in a process of its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import resource
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from heterogui.bench.floor import floor_seconds, weights_mib
+from heterogui.bench.memory import peak_rss_mib
 from heterogui.bench.timing import clock, sync
 from heterogui.models.capture import Batch, run_model, to_device
 from heterogui.models.family import Network
@@ -51,21 +50,6 @@ def forward_seconds(module: torch.nn.Module, batches: list[Batch], device: torch
     return clock(lambda: [run_model(module, b) for b in moved], device, repeats=3)
 
 
-def rss_mib() -> float:
-    """Return this process's peak resident set size so far, in MiB.
-
-    Linux's VmHWM, which starts afresh in a new program; ru_maxrss (the fallback) carries
-    over the peak of the process that started this one (``bench speed --latency`` grows first).
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def measure_pair(
     label: str,
     net_a: Network,
@@ -84,13 +68,13 @@ def measure_pair(
     """
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    rss_before = rss_mib()
+    rss_before = peak_rss_mib()
     start = time.perf_counter()
     prep = prepare(net_a, net_b, batches, device=device)
     result = zip_prepared(prep, ZipSettings())
     sync(device)
     total = time.perf_counter() - start
-    peak = rss_mib()
+    peak = peak_rss_mib()
     t_a = forward_seconds(prep.padded_a.module, batches, device)
     t_b = forward_seconds(prep.padded_b.module, batches, device)
     t_m = forward_seconds(result.model, batches, device)

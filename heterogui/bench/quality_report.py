@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import platform
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from heterogui.bench.documents import finite, write_document
 
 METRICS = ("joint", "task_a", "task_b", "avg")
 SECTIONS = ("rows", "rho", "knobs", "bn_kept", "calibration")
@@ -310,28 +309,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def _finite(value: Any) -> Any:
-    """Return ``value`` with non-finite floats replaced by None (strict JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
 def write_outputs(report: dict[str, Any], markdown: str, out_dir: str | Path) -> None:
     """Write quality.json and quality.md into ``out_dir`` (each atomically)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_finite(report), indent=1, allow_nan=False) + "\n"
-    for name, body in (("quality.json", text), ("quality.md", markdown)):
-        handle, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
-        with os.fdopen(handle, "w") as f:
-            f.write(body)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; these are documents
-        os.replace(tmp, out / name)
+    write_document(
+        out / "quality.json", json.dumps(finite(report), indent=1, allow_nan=False) + "\n"
+    )
+    write_document(out / "quality.md", markdown)
 
 
 def python_command(pairs: Any, seeds: Any, out_dir: Any, tiny: bool) -> str:

@@ -17,9 +17,6 @@ one JSON object of these figures.
 from __future__ import annotations
 
 import json
-import os
-import resource
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -27,14 +24,13 @@ from typing import Any
 import torch
 
 from heterogui import run
+from heterogui.bench.memory import MIB, max_rss_mib, rss_mib
 from heterogui.errors import ConfigError
 from heterogui.models.decoder import DecoderNetConfig, make_config
 from heterogui.models.family import Network, build_network
 from heterogui.pipeline import live_spaces, prepare, zip_prepared
 from heterogui.tasks.language import merged_logits
 from heterogui.zip.collect import statistics_bytes
-
-MIB = 2**20
 
 
 @dataclass(frozen=True)
@@ -112,21 +108,6 @@ def token_batches(options: ScaleOptions) -> list[dict[str, torch.Tensor]]:
         }
         for i in range(0, options.texts, options.batch)
     ]
-
-
-def rss_mib() -> float:
-    """Return the resident memory of this process now (MiB; the peak so far off Linux)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
-    except OSError:
-        return peak_rss_mib()
-
-
-def peak_rss_mib() -> float:
-    """Return the peak resident memory of this process (ru_maxrss, MiB)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / MIB if sys.platform == "darwin" else peak / 1024  # bytes on macOS, else KiB
 
 
 def tensor_mib(tensors: Any) -> float:
@@ -239,7 +220,7 @@ def _measure(options: ScaleOptions, budget: int) -> dict[str, Any]:
         "total_s": prepare_s + zip_s,
         "rss_after_build_mib": rss_models,
         "rss_after_prepare_mib": rss_prepared,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": max_rss_mib(),  # run from a shell: its own peak
         "merged_logits_finite": finite,
     }
     if prepared.device.type == "cuda":
