@@ -53,14 +53,9 @@ def _speed(args: argparse.Namespace) -> int:
 def _speed_pair(args: argparse.Namespace) -> int:
     import json
 
-    import torch
+    from heterogui.bench.speed_pair import measured
 
-    from heterogui.bench.speed_pair import run_pair
-
-    options = json.loads(args.options)
-    if options.get("threads"):
-        torch.set_num_threads(int(options["threads"]))
-    print(json.dumps(run_pair(options["pair"], options)))
+    print(json.dumps(measured(json.loads(args.options))))
     return 0
 
 
@@ -202,7 +197,7 @@ def add_bench_arguments(subparsers: argparse._SubParsersAction) -> None:
     add_speed_arguments(speed)
     speed.set_defaults(func=_speed)
     pair = subparsers.add_parser(
-        "speed-pair", help="one pair of bench speed in this process (bench speed runs it)"
+        "speed-pair", help="one pair of bench speed, measured in this process"
     )
     pair.add_argument(
         "options", help='JSON: {"pair": "resnet" | "minilm" | "smollm", "inputs": N, ...}'

@@ -25,8 +25,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -44,6 +42,7 @@ from heterogui.bench.decoders_report import (
     render_markdown,
 )
 from heterogui.bench.documents import finite, write_document
+from heterogui.bench.isolated import in_fresh_process
 from heterogui.bench.memory import peak_rss_mib
 from heterogui.config import DataRef
 from heterogui.datasets.text_domains import DOMAINS
@@ -75,7 +74,6 @@ PROMPTS = (
     "A list comprehension is",
 )
 SHALLOW_DROP = 6  # middle layers SmolLM2's shallower copy drops (every other layer breaks it)
-_RESULT = "DECODERS-BENCH-RESULT "
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,13 +336,11 @@ def smollm2_self_merge(n_calibration: int, n_evaluation: int) -> dict[str, Any]:
     }
 
 
-def _child() -> None:
-    """Entry of the measuring process: options (JSON) in argv[1], one result line out."""
-    options = json.loads(sys.argv[1])
+def self_merge_measurement(options: dict[str, Any]) -> dict[str, Any]:
+    """Entry of the measuring process (``isolated.in_fresh_process``)."""
     if options.get("threads"):
         torch.set_num_threads(int(options["threads"]))
-    figures = smollm2_self_merge(options["calibration"], options["evaluation"])
-    print(_RESULT + json.dumps(figures), flush=True)
+    return smollm2_self_merge(options["calibration"], options["evaluation"])
 
 
 def smollm2_self_merge_measured(sizes: Sizes) -> dict[str, Any]:
@@ -358,18 +354,8 @@ def smollm2_self_merge_measured(sizes: Sizes) -> dict[str, Any]:
         "evaluation": sizes.smollm2_evaluation,
         "threads": sizes.threads or torch.get_num_threads(),
     }
-    code = "from heterogui.bench.decoders import _child; _child()"
-    done = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(options)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith(_RESULT)]
-    if done.returncode != 0 or not lines:
-        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-        raise RuntimeError(f"the SmolLM2 self-merge process failed:\n{tail}")
-    return json.loads(lines[-1][len(_RESULT) :])
+    target = "heterogui.bench.decoders:self_merge_measurement"
+    return in_fresh_process(target, options, "the SmolLM2 self-merge")
 
 
 def middle_block(depth: int, drop: int) -> tuple[int, ...]:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from typing import Any
 
 import torch
 
 from heterogui.bench.floor import contract
+from heterogui.bench.isolated import in_fresh_process
 from heterogui.bench.timing import clock
 from heterogui.zip.matchers import zip_match, zip_match_naive
 
@@ -101,23 +100,8 @@ def measure(name: str, options: dict[str, Any]) -> dict[str, Any]:
     Raises:
         RuntimeError: the measuring process failed (its last lines of error output).
     """
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "heterogui",
-            "bench",
-            "speed-pair",
-            json.dumps({**options, "pair": name}),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-        raise RuntimeError(f"measuring the {name} pair failed:\n{tail}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    options = {**options, "pair": name}
+    return in_fresh_process("heterogui.bench.speed_pair:measured", options, f"the {name} pair")
 
 
 def speed_report(args: argparse.Namespace) -> str:

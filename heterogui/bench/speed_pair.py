@@ -1,8 +1,9 @@
 """One pair of ``heterogui bench speed``, measured in a process of its own.
 
-``heterogui bench speed`` starts ``heterogui bench speed-pair OPTIONS`` once per pair (OPTIONS:
-a JSON object), so that each pair's peak memory is its own and not the largest of the run. That
-command prints the pair's figures as one JSON line. The pairs:
+``heterogui bench speed`` measures each pair in a fresh process (``isolated``: ``measured``),
+so that each pair's peak memory is its own and not the largest of the run;
+``heterogui bench speed-pair OPTIONS`` (OPTIONS: a JSON object) measures one in this process
+and prints its figures as one JSON line. The pairs:
 
 - resnet: two randomly initialised CIFAR ResNets of different depth (speed does not depend on
   training) on random 32x32 images;
@@ -69,6 +70,13 @@ def run_pair(name: str, options: dict[str, Any]) -> dict[str, Any]:
         ref = DataRef(ALL_DOMAINS, "calibration", 8 if quick else options.get("texts", 32), BATCH)
         return _measure_loaded(f"SmolLM2-135M + {pair.b.name}", pair, ref, dev)
     raise ValueError(f"unknown speed pair {name!r}; known: {list(PAIRS)}")
+
+
+def measured(options: dict[str, Any]) -> dict[str, Any]:
+    """Measure ``options["pair"]`` with the options' threads (``isolated.in_fresh_process``)."""
+    if options.get("threads"):
+        torch.set_num_threads(int(options["threads"]))
+    return run_pair(options["pair"], options)
 
 
 def _measure_loaded(label: str, pair: Any, ref: DataRef, dev: torch.device) -> dict[str, Any]:
