@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
@@ -13,9 +13,12 @@ Batch = torch.Tensor | Mapping[str, torch.Tensor]
 
 
 @contextmanager
-def capture_outputs(module: nn.Module, names: Iterable[str]) -> Iterator[dict[str, torch.Tensor]]:
+def capture_outputs(
+    module: nn.Module, names: Iterable[str], then: Callable[[str], None] | None = None
+) -> Iterator[dict[str, torch.Tensor]]:
     """Yield a dict that receives the output of each named submodule on every forward.
 
+    then: called with the name after each output is stored (it may raise to end the forward).
     The hooks are removed on exit, also when the forward raises.
     """
     modules = dict(module.named_modules())
@@ -25,16 +28,18 @@ def capture_outputs(module: nn.Module, names: Iterable[str]) -> Iterator[dict[st
         for name in names:
             if name not in modules:
                 raise KeyError(f"no submodule named {name!r}")
-            handles.append(modules[name].register_forward_hook(_store(found, name)))
+            handles.append(modules[name].register_forward_hook(_store(found, name, then)))
         yield found
     finally:
         for handle in handles:
             handle.remove()
 
 
-def _store(found: dict[str, torch.Tensor], name: str):
+def _store(found: dict[str, torch.Tensor], name: str, then: Callable[[str], None] | None):
     def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
         found[name] = output[0] if isinstance(output, tuple) else output
+        if then is not None:
+            then(name)
 
     return hook
 
@@ -62,33 +67,19 @@ class CapturePass:
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Return {name: output} of one forward on ``batch`` (on the module's device)."""
         order: list[str] = []
-        with capture_outputs(self.module, self.names) as found:
-            handles = [
-                dict(self.module.named_modules())[name].register_forward_hook(
-                    self._watch(order, name)
-                )
-                for name in self.names
-            ]
-            try:
-                run_model(self.module, batch)
-            except _Captured:
-                pass
-            finally:
-                for handle in handles:
-                    handle.remove()
+
+        def seen(name: str) -> None:
+            order.append(name)
+            if name == self._last:
+                raise _Captured
+
+        with capture_outputs(self.module, self.names, seen) as found, suppress(_Captured):
+            run_model(self.module, batch)
         if self._first:
             self._first = False
             once = len(order) == len(set(order)) == len(self.names)
             self._last = order[-1] if once else None
         return found
-
-    def _watch(self, order: list[str], name: str):
-        def hook(_module: nn.Module, _inputs: Any, _output: Any) -> None:
-            order.append(name)
-            if name == self._last:
-                raise _Captured
-
-        return hook
 
 
 def to_device(batch: Batch, device: torch.device | str) -> Batch:
