@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ DTYPES = ("float32", "float64")
 OVERRIDE_TYPES = {"width": int, "rho": float, "alpha": float, "beta": float, "matcher": str}
 OVERRIDE_KEYS = set(OVERRIDE_TYPES)
 IDENTITIES = ("exact", "ls", "plain")
+# how matched weights are combined (fusion.fuse; "least_squares": fusion.regression) and the
+# least-squares ridge, relative to the merged features' mean variance
+FUSIONS = ("average", "least_squares")
+DEFAULT_RIDGE = 1e-2
 POOLINGS = ("mean", "cls")
 
 
@@ -88,16 +93,22 @@ class AlignmentSpec:
 
 @dataclass(frozen=True)
 class ZipSpec:
-    """Matcher and knobs; overrides: merge point -> {width | rho | alpha | beta | matcher}."""
+    """Matcher and knobs; overrides: merge point -> {width | rho | alpha | beta | matcher}.
+
+    fusion: "average" (the paper's) or "least_squares"; ridge: the least-squares ridge.
+    """
 
     matcher: str = "zip"
     alpha: float = 0.5
     beta: float = 1.0
     rho: float = 1.0
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fusion: str = "average"
+    ridge: float = DEFAULT_RIDGE
 
     def __post_init__(self) -> None:
         _check_knobs("zip", self.matcher, self.alpha, self.beta, self.rho)
+        check_fusion(self.fusion, self.ridge)
         for space, knobs in self.overrides.items():
             if not isinstance(knobs, dict):
                 raise ConfigError(
@@ -123,6 +134,17 @@ class ZipSpec:
             width = knobs.get("width")
             if width is not None and (not isinstance(width, int) or width < 1):
                 raise ConfigError(f"zip.overrides.{space}.width must be a positive integer")
+
+
+def check_fusion(fusion: str, ridge: float) -> None:
+    """Raise ConfigError for an unknown fusion or a ridge that is not a positive number."""
+    if fusion not in FUSIONS:
+        raise ConfigError(f"zip.fusion {fusion!r} is unknown; use one of {FUSIONS}")
+    if isinstance(ridge, bool) or not (isinstance(ridge, int | float) and 0 < ridge < math.inf):
+        raise ConfigError(
+            f"zip.ridge = {ridge!r} is out of range: use a positive number such as "
+            f"{DEFAULT_RIDGE} (relative to the merged features' mean variance)"
+        )
 
 
 def _check_knobs(where: str, matcher: str, alpha: float, beta: float, rho: float) -> None:

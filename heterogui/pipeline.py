@@ -19,11 +19,13 @@ import torch
 from heterogui.align.alignment import Alignment, align, check_stages
 from heterogui.align.pad import pad_network, ready_network
 from heterogui.align.similarity import layer_similarity
+from heterogui.config import check_fusion
 from heterogui.errors import ConfigError, IncompatibleModelsError, MatcherError
 from heterogui.fusion.bn import has_batch_norm, reestimate_batch_norm
 from heterogui.fusion.fuse import SpaceTransform, fuse_state
 from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged
 from heterogui.fusion.pinning import pinned_channels
+from heterogui.fusion.regression import Regression, regression_unmerge
 from heterogui.memo import ObjectMemo
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network, family_of
@@ -393,13 +395,20 @@ def zip_prepared(
     timings: dict[str, float] = {}
     pa, pb = prepared.padded_a, prepared.padded_b
     stop = stop_point(pa.graph(), settings)
+    check_fusion(settings.fusion, settings.ridge)
+    regressions: dict[str, Regression] = {}
     if prepared.stats or prepared.stats_budget is None:
         matches = _timed(timings, "match", lambda: match_spaces(prepared, settings, stop))
+        regressions = _timed(
+            timings, "regression", lambda: fit_regressions(prepared, settings, stop, matches)
+        )
     else:
-        matches = chunked_matches(prepared, settings, stop, timings, report)
+        matches = chunked_matches(prepared, settings, stop, timings, report, regressions)
     report("match", 1.0)
     dev = prepared.device
-    transforms = {s: SpaceTransform.from_match(m, dtype, dev) for s, m in matches.items()}
+    transforms = {
+        s: SpaceTransform.from_match(m, dtype, dev, regressions.get(s)) for s, m in matches.items()
+    }
     model, spec = _timed(
         timings, "fuse", lambda: assemble(pa, pb, matches, transforms, stop, dtype)
     )
@@ -417,12 +426,48 @@ def zip_prepared(
     )
 
 
+def fit_regressions(
+    prepared: Prepared,
+    settings: ZipSettings,
+    stop: int,
+    matches: dict[str, Match],
+    only: Collection[str] | None = None,
+) -> dict[str, Regression]:
+    """Return the least-squares unmerge of every read merge point (none for "average").
+
+    Read: some trunk weight reads the space (an "in" axis), or it is the stop point. These
+    keep the 0/1 unmerge: spaces without statistics (dead ones, a rotary attention output) and
+    attention spaces, whose reader (the output projection) reads the attention-weighted values,
+    not the values the statistics saw (with them the MiniLM pair's merge lost 5 points of STS
+    Spearman; without, it gains: docs/quality.md). only: just these merge points.
+    """
+    if settings.fusion != "least_squares":
+        return {}
+    ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
+    read = {a.space for t in ga.tensors if t.block < stop for a in t.axes if a.role == "in"}
+    if stop > 0:  # the tails (the heads of a full zip) read the stop point through its unmerge
+        read.add(ga.block_out[stop - 1])
+    dead = ga.dead | gb.dead
+    return {
+        space: regression_unmerge(
+            pooled_moments(prepared.stats, ga, space, stop), match, settings.ridge
+        )
+        for space, match in matches.items()
+        if space in read
+        and space not in dead
+        and ga.spaces[space].captures
+        and not ga.spaces[space].head_dim
+        and (only is None or space in only)
+    }
+
+
 def chunked_matches(
     prepared: Prepared,
     settings: ZipSettings,
     stop: int,
     timings: dict[str, float],
     progress: Progress,
+    regressions: dict[str, Regression] | None = None,
 ) -> dict[str, Match]:
     """Return ``match_spaces``'s matches, collecting statistics part by part within the budget.
 
@@ -430,6 +475,7 @@ def chunked_matches(
     ``prepared.stats_budget``; each part gets its own pass over the calibration data, is
     matched, and its statistics are dropped before the next part's pass. Statistics of a merge
     point do not depend on which others are collected with it, so the matches equal one pass's.
+    regressions: filled with each part's least-squares unmerges (``fit_regressions``).
     """
     ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
     trunk = list(plan_widths(ga, gb, settings, stop))
@@ -464,13 +510,20 @@ def chunked_matches(
             ),
         )
         view = replace(prepared, stats=stats, keep_correlations=False)
-        matches.update(
-            _timed(
-                timings,
-                "match",
-                lambda view=view, part=part: match_spaces(view, settings, stop, only=set(part)),
-            )
+        found = _timed(
+            timings,
+            "match",
+            lambda view=view, part=part: match_spaces(view, settings, stop, only=set(part)),
         )
+        matches.update(found)
+        if regressions is not None:
+            regressions.update(
+                _timed(
+                    timings,
+                    "regression",
+                    lambda view=view, found=found: fit_regressions(view, settings, stop, found),
+                )
+            )
         del stats, view
     return matches
 

@@ -117,7 +117,9 @@ def versions(families: tuple[str, ...] = ()) -> dict[str, str]:
 def settings_of(recipe: Recipe) -> ZipSettings:
     """Return the ZipSettings a recipe asks for."""
     z = recipe.zip
-    return ZipSettings(z.matcher, z.alpha, z.beta, z.rho, z.overrides, recipe.stop)
+    return ZipSettings(
+        z.matcher, z.alpha, z.beta, z.rho, z.overrides, recipe.stop, z.fusion, z.ridge
+    )
 
 
 def check_hash(ref: ModelRef, loaded: Loaded) -> None:
@@ -262,7 +264,13 @@ def complete_recipe(
         evaluation=evaluation.ref if evaluation is not None else None,
         alignment=AlignmentSpec(result.alignment.mode, result.alignment.mapping()),
         zip=ZipSpec(
-            s.matcher, s.alpha, s.beta, s.rho, {k: dict(v) for k, v in s.overrides.items()}
+            s.matcher,
+            s.alpha,
+            s.beta,
+            s.rho,
+            {k: dict(v) for k, v in s.overrides.items()},
+            s.fusion,
+            s.ridge,
         ),
         stop=s.stop,
         reset_input_bn=reset_input_bn,

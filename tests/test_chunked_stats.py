@@ -12,7 +12,14 @@ from heterogui.models.hf.decoder_io import network_from_hf
 from heterogui.pipeline import ZipSettings, prepare, zip_prepared
 
 
-@pytest.mark.parametrize("settings", [ZipSettings(rho=0.5), ZipSettings(rho=1.0, stop=3)])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ZipSettings(rho=0.5),
+        ZipSettings(rho=1.0, stop=3),
+        ZipSettings(rho=0.5, fusion="least_squares"),
+    ],
+)
 def test_a_merge_within_a_statistics_budget_equals_the_one_pass_merge(settings, monkeypatch):
     deep = network_from_hf(tiny_decoder(hidden=48, layers=4, heads=6, kv=2, inter=80, seed=1))
     wide = network_from_hf(tiny_decoder(hidden=72, layers=2, heads=9, kv=3, inter=96, seed=2))

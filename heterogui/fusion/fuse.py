@@ -1,11 +1,16 @@
-"""Fuse weights with the per-space transforms: W* = sum_m M_m W_m U_m (docs/method.md sec. 9)."""
+"""Fuse weights with the per-space transforms: W* = sum_m M_m W_m U_m (docs/method.md sec. 9).
+
+With least-squares fusion (``fusion.regression``) a space's readers take its regression
+unmerge instead of the 0/1 U, and a reader with a bias takes the regression's intercept into it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 
+from heterogui.fusion.regression import Regression
 from heterogui.models.graph import INPUT, TensorTag
 from heterogui.zip.matchers import Match
 
@@ -19,6 +24,10 @@ class SpaceTransform:
     1,536-neuron MLP of a 135M decoder) are only formed when someone reads ``merge`` or
     ``unmerge``. Both paths give the same numbers (to float rounding of groups of three or
     more members).
+
+    regression: the least-squares unmerge of the space (``fusion.regression``), or None for the
+    paper's 0/1 U. When set, readers take it (``along`` role "in") and ``unmerge`` is its
+    through-origin form.
     """
 
     def __init__(
@@ -28,19 +37,27 @@ class SpaceTransform:
         match: Match | None = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        regression: Regression | None = None,
     ):
         if match is None and (merge is None or unmerge is None):
             raise ValueError("a SpaceTransform needs its matrices or a Match")
         self._merge, self._unmerge, self.match = merge, unmerge, match
         self._weights: torch.Tensor | None = None
         self.dtype, self.device = dtype, torch.device(device)
+        self.regression = None if regression is None else regression.to(dtype, device)
+        if self.regression is not None:
+            self._unmerge = self.regression.origin
 
     @classmethod
     def from_match(
-        cls, match: Match, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+        cls,
+        match: Match,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        regression: Regression | None = None,
     ) -> SpaceTransform:
         """Return the transform of a Match, in ``dtype`` on ``device``."""
-        return cls(None, None, match, dtype, device)
+        return cls(None, None, match, dtype, device, regression)
 
     @property
     def merge(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,8 +88,17 @@ class SpaceTransform:
             self._weights = 1.0 / sizes.to(torch.float64)
         return self._weights
 
-    def along(self, model: int, role: str, tensor: torch.Tensor, dim: int) -> torch.Tensor:
-        """Return M_model (role "out") or U_modelᵀ (role "in") applied to axis ``dim``."""
+    def along(
+        self, model: int, role: str, tensor: torch.Tensor, dim: int, centred: bool = False
+    ) -> torch.Tensor:
+        """Return M_model (role "out") or U_modelᵀ (role "in") applied to axis ``dim``.
+
+        centred: with a regression, read with its centred form (the caller adds the intercept
+        to the reader's bias: ``intercept``); else with the through-origin form.
+        """
+        if role == "in" and self.regression is not None:
+            matrix = (self.regression.centred if centred else self.regression.origin)[model]
+            return apply_along(matrix.T.to(tensor.dtype), tensor, dim)
         if self.match is None:
             matrix = self.merge[model] if role == "out" else self.unmerge[model].T
             return apply_along(matrix.to(tensor.dtype), tensor, dim)
@@ -106,10 +132,12 @@ def fuse_tensor(
     tensor_tag: TensorTag,
     tensors: tuple[torch.Tensor, torch.Tensor],
     transforms: Mapping[str, SpaceTransform],
+    centred: bool = False,
 ) -> torch.Tensor:
     """Return the merged tensor: the sum over models of M (written axes) and U (read axes).
 
     A tensor that lives in no merged space (only the raw input) is averaged instead.
+    centred: read axes with a regression use its centred form (see ``SpaceTransform.along``).
     """
     merged_axes = [a for a in tensor_tag.axes if a.space != INPUT]
     if not merged_axes:
@@ -118,8 +146,47 @@ def fuse_tensor(
     for m, tensor in enumerate(tensors):
         out = tensor
         for axis in merged_axes:
-            out = transforms[axis.space].along(m, axis.role, out, axis.dim)
+            out = transforms[axis.space].along(m, axis.role, out, axis.dim, centred)
         total = out if total is None else total + out
+    return total
+
+
+def intercept_reader(
+    tag: TensorTag, names: Collection[str], transforms: Mapping[str, SpaceTransform]
+) -> str | None:
+    """Return the bias that takes the intercept of the regression ``tag`` reads, or None.
+
+    A weight (out at dim 0, in at dim 1: a linear layer or a convolution) whose input space has
+    a regression and whose layer has a bias next to it ("X.weight" and "X.bias").
+    """
+    if not tag.name.endswith(".weight") or len(tag.axes) != 2:
+        return None
+    out, read = sorted(tag.axes, key=lambda a: a.dim)
+    if (out.dim, out.role, read.dim, read.role) != (0, "out", 1, "in"):
+        return None
+    transform = transforms.get(read.space)
+    bias = tag.name[: -len("weight")] + "bias"
+    has_regression = transform is not None and transform.regression is not None
+    return bias if has_regression and bias in names else None
+
+
+def intercept(
+    tag: TensorTag,
+    tensors: tuple[torch.Tensor, torch.Tensor],
+    transforms: Mapping[str, SpaceTransform],
+) -> torch.Tensor:
+    """Return M_out Σ_m W_m c_m: what the intercept of the read space adds to the merged bias.
+
+    A convolution adds its kernel's sum (exact away from the zero-padded border).
+    """
+    out, read = sorted(tag.axes, key=lambda a: a.dim)
+    offsets = transforms[read.space].regression.offset
+    total = None
+    for m, weight in enumerate(tensors):
+        c = offsets[m].to(weight.dtype).reshape(1, -1, *([1] * (weight.dim() - 2)))
+        response = (weight * c).sum(dim=tuple(range(1, weight.dim())))
+        moved = transforms[out.space].along(m, "out", response, 0)
+        total = moved if total is None else total + moved
     return total
 
 
@@ -130,9 +197,19 @@ def fuse_state(
     transforms: Mapping[str, SpaceTransform],
     stop: int,
 ) -> dict[str, torch.Tensor]:
-    """Return the merged tensors of every tagged tensor in blocks ``[0, stop)``."""
-    return {
-        t.name: fuse_tensor(t, (state_a[t.name], state_b[t.name]), transforms)
-        for t in tags
-        if t.block < stop
-    }
+    """Return the merged tensors of every tagged tensor in blocks ``[0, stop)``.
+
+    A reader of a space with a regression: its bias (if it has one) takes the intercept.
+    """
+    trunk = [t for t in tags if t.block < stop]
+    names = {t.name for t in trunk}
+    fused, corrections = {}, {}
+    for t in trunk:
+        pair = (state_a[t.name], state_b[t.name])
+        bias = intercept_reader(t, names, transforms)
+        fused[t.name] = fuse_tensor(t, pair, transforms, centred=bias is not None)
+        if bias is not None:
+            corrections[bias] = intercept(t, pair, transforms)
+    for bias, correction in corrections.items():
+        fused[bias] = fused[bias] + correction
+    return fused

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from heterogui.config import DEFAULT_RIDGE
 from heterogui.errors import ConfigError, MatcherError
 from heterogui.models.graph import INPUT, ModelGraph
 from heterogui.zip.heads import head_group_pairs
@@ -23,6 +24,9 @@ class ZipSettings:
 
     overrides: space name -> {"width": int} or any of {"rho", "alpha", "beta", "matcher"}.
     stop: merge blocks before this index (None: every block but the heads).
+    fusion: "average" (the paper's W* = M W U) or "least_squares" (U replaced by the
+        regression of the parents' features on the merged ones: ``fusion.regression``).
+    ridge: the least-squares ridge, relative to the merged features' mean variance.
     """
 
     matcher: str = "zip"
@@ -31,6 +35,8 @@ class ZipSettings:
     rho: float = 1.0
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     stop: int | None = None
+    fusion: str = "average"
+    ridge: float = DEFAULT_RIDGE
 
     def for_space(self, space: str) -> dict[str, Any]:
         """Return the knobs that apply to ``space``."""

@@ -1,0 +1,102 @@
+"""Least-squares fusion: the unmerge that best predicts the parents' features (method.md sec. 9).
+
+The paper fuses a weight that reads a merge point with the 0/1 unmerge U: W* = M_out W U, that
+is W applied to the copy U z of the merged features z = M x. Least-squares fusion replaces U
+with the linear regression of the parents' features x = [x_A ; x_B] on z over the calibration
+data,
+
+    Ũ = Σ_xz (Σ_zz + λ I)⁻¹,   Σ_xz = Σ Mᵀ,   Σ_zz = M Σ Mᵀ,
+
+from the moments the feature pass already collected (Σ: the covariance of x). The best linear
+prediction of any linear function L x from z is L Ũ z, so W* = M_out W Ũ is the merged weight
+that best reproduces the averaged outputs M_out W x from the merged inputs (in the mean-squared
+sense, with a ridge λ). Two forms:
+
+- centred, with an intercept: x ≈ Ũ z + c, c = μ_x − Ũ μ_z. A reader with a bias takes the
+  intercept into its bias (b* = M_out (b + W c)), which is the regression on the augmented
+  input [z ; 1];
+- through the origin (raw second moments instead of covariances): for readers without a bias
+  and for the unmerge at a partial zip's stop point, which have nowhere to put an intercept.
+
+The ridge is relative: λ = ridge · trace(Σ_zz) / r, so it does not depend on the features' scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from heterogui.config import DEFAULT_RIDGE
+from heterogui.zip.match import Match
+from heterogui.zip.stats import Moments
+
+
+@dataclass(frozen=True)
+class Regression:
+    """The least-squares unmerge of one merge point, split per model (A's rows first).
+
+    Attributes:
+        centred: (U_A, U_B), (n_m, r): the regression on the centred merged features.
+        offset: (c_A, c_B), (n_m,): its intercept, x_m ≈ U_m z + c_m.
+        origin: (U_A, U_B), (n_m, r): the regression through the origin, x_m ≈ U_m z.
+    """
+
+    centred: tuple[Tensor, Tensor]
+    offset: tuple[Tensor, Tensor]
+    origin: tuple[Tensor, Tensor]
+
+    def to(self, dtype: torch.dtype, device: torch.device | str) -> Regression:
+        """Return the regression in ``dtype`` on ``device``."""
+
+        def move(pair: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+            return tuple(t.to(device=device, dtype=dtype) for t in pair)
+
+        return Regression(move(self.centred), move(self.offset), move(self.origin))
+
+
+def _average_columns(matrix: Tensor, match: Match) -> Tensor:
+    """Return ``matrix`` Mᵀ: (rows, r), column g the mean of the columns in group g."""
+    groups = match.groups.to(matrix.device)
+    kept = torch.nonzero(groups >= 0).reshape(-1)
+    index = groups[kept]
+    weights = 1.0 / torch.bincount(index, minlength=match.width).to(matrix.dtype)
+    out = matrix.new_zeros(matrix.shape[0], match.width)
+    return out.index_add_(1, index, matrix[:, kept] * weights[index])
+
+
+def _solve(sigma: Tensor, match: Match, ridge: float) -> Tensor:
+    """Return Ũ = Σ Mᵀ (M Σ Mᵀ + λ I)⁻¹, (O, r), for a symmetric second-moment matrix Σ."""
+    sxz = _average_columns(sigma, match)  # (O, r)
+    szz = _average_columns(sxz.T.contiguous(), match)  # M Σ Mᵀ: (r, r)
+    szz = (szz + szz.T) / 2
+    r = match.width
+    scale = float(torch.diagonal(szz).sum()) / r
+    lam = ridge * scale if scale > 0 else ridge
+    szz.diagonal().add_(lam)
+    factor, info = torch.linalg.cholesky_ex(szz)
+    if int(info) != 0:  # not positive definite in floating point: a larger ridge would be
+        return torch.linalg.lstsq(szz, sxz.T).solution.T
+    return torch.cholesky_solve(sxz.T.contiguous(), factor).T
+
+
+def regression_unmerge(moments: Moments, match: Match, ridge: float = DEFAULT_RIDGE) -> Regression:
+    """Return the least-squares unmerge of a merge point from its moments and matching.
+
+    Computed in float64 on the moments' device.
+
+    Raises:
+        ConfigError: no samples were accumulated.
+    """
+    mean = moments.mean()
+    centred = _solve(moments.cov(), match, ridge)
+    origin = _solve(moments.outer / moments.count, match, ridge)
+    merged_mean = _average_columns(mean[None, :], match)[0]
+    offset = mean - centred @ merged_mean
+    n_a = match.n_a
+
+    def split(t: Tensor) -> tuple[Tensor, Tensor]:
+        return t[:n_a].contiguous(), t[n_a:].contiguous()
+
+    return Regression(split(centred), split(offset), split(origin))
