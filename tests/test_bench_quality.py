@@ -69,7 +69,12 @@ def test_json_has_every_row_with_valid_values(report) -> None:
         "zip (LMA)",
         "zip (uniform)",
         "zip (head)",
+        "zip (SMA, least squares)",
+        "zip (LMA, least squares)",
+        "zip (uniform, least squares)",
+        "zip (head, least squares)",
         f"homogeneous zip ({REFERENCE})",
+        f"homogeneous zip ({REFERENCE}, least squares)",
         "padding control",
     }
     assert expected == set(rows)
@@ -109,6 +114,26 @@ def test_markdown_numbers_come_from_the_json(report) -> None:
         assert line.split(" | ")[1:5] == cells
     for check in data["checks"]:
         assert check["detail"] in md
+
+
+def test_fusion_table_shares_come_from_the_rows(report) -> None:
+    data, md = report
+    table = md.split("## Fusion")[1].split("## Checks")[0]
+    for pair, result in data["pairs"].items():
+        rows = result["rows"]
+        ensemble = max(
+            rows["ensemble"]["joint"]["mean"], rows["ensemble (BN re-estimated)"]["joint"]["mean"]
+        )
+        line = next(x for x in table.splitlines() if x.startswith(f"| {pair} |"))
+        for least_squares in (False, True):
+            best = max(
+                v["joint"]["mean"]
+                for k, v in rows.items()
+                if k.startswith("zip (") and k.endswith(", least squares)") == least_squares
+            )
+            assert f"| {best / ensemble:.3f} |" in line + " |", (pair, least_squares)
+    checks = [c for c in data["checks"] if c["check"].startswith("best zip at least 95%")]
+    assert len(checks) == 2
 
 
 def test_stats() -> None:

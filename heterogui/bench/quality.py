@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 MODES = ("sma", "lma", "uniform", "head")
 MODE_LABEL = {"sma": "SMA", "lma": "LMA", "uniform": "uniform", "head": "head"}
+# (fusion, row label suffix): the paper's average and least-squares fusion (fusion.regression)
+FUSION_ROWS = (("average", ""), ("least_squares", ", least squares"))
 # (alpha, beta): the paper's code (0.5, 1), ZipIt's CIFAR ResNet setting (1e-4, 0.075), beta = 0
 # (cross-model merges only), and a few alphas around the default.
 KNOBS = ((0.5, 1.0), (0.1, 1.0), (0.9, 1.0), (1.0, 1.0), (1e-4, 0.075), (0.5, 0.0))
@@ -154,10 +156,11 @@ def _alignment_rows(zoo: ZooPair, prep: Prepared, t_prep: float, test: Split, cf
             p = realign(prep, mode)
             t = shared + time.perf_counter() - start
         preps[mode] = (p, t)
-        result, metrics, t_zip = _zip(p, ZipSettings(), test, zoo, cfg)
-        row = _row(metrics, parameter_count(result.model), t + t_zip)
-        row["mapping"] = result.alignment.mapping()
-        rows[f"zip ({MODE_LABEL[mode]})"] = row
+        for fusion, suffix in FUSION_ROWS:
+            result, metrics, t_zip = _zip(p, ZipSettings(fusion=fusion), test, zoo, cfg)
+            row = _row(metrics, parameter_count(result.model), t + t_zip)
+            row["mapping"] = result.alignment.mapping()
+            rows[f"zip ({MODE_LABEL[mode]}{suffix})"] = row
     return rows, preps
 
 
