@@ -22,7 +22,7 @@ from heterogui.errors import ConfigError, ModelLoadError, excerpt
 
 # The names of the engine's registries (align.alignment.MODES, zip.matchers.MATCHERS), listed
 # here so that reading a recipe needs no torch; tests/test_engine.py checks they agree.
-ALIGN_MODES = ("sma", "lma", "uniform", "head", "head_tail", "manual")
+ALIGN_MODES = ("sma", "lma", "lma_first", "lma_similar", "uniform", "head", "head_tail", "manual")
 MATCHER_NAMES = ("zip", "zip_naive", "permute", "average")
 DTYPES = ("float32", "float64")
 OVERRIDE_TYPES = {"width": int, "rho": float, "alpha": float, "beta": float, "matcher": str}

@@ -65,14 +65,11 @@ def test_json_has_every_row_with_valid_values(report) -> None:
         "ensemble (BN re-estimated)",
         "weight average",
         "permute",
-        "zip (SMA)",
-        "zip (LMA)",
-        "zip (uniform)",
-        "zip (head)",
-        "zip (SMA, least squares)",
-        "zip (LMA, least squares)",
-        "zip (uniform, least squares)",
-        "zip (head, least squares)",
+        *(
+            f"zip ({mode}{suffix})"
+            for mode in ("SMA", "LMA", "LMA first", "LMA similar", "uniform", "head")
+            for suffix in ("", ", least squares")
+        ),
         f"homogeneous zip ({REFERENCE})",
         f"homogeneous zip ({REFERENCE}, least squares)",
         "padding control",
@@ -134,6 +131,11 @@ def test_fusion_table_shares_come_from_the_rows(report) -> None:
             assert f"| {best / ensemble:.3f} |" in line + " |", (pair, least_squares)
     checks = [c for c in data["checks"] if c["check"].startswith("best zip at least 95%")]
     assert len(checks) == 2
+    placements = md.split("## Where LMA places")[1].split("## Checks")[0]
+    line = next(x for x in placements.splitlines() if x.startswith(f"| {DEPTH} |"))
+    rows = data["pairs"][DEPTH]["rows"]
+    cells = [fmt(rows[f"zip (LMA{p})"]) for p in ("", " first", " similar")]
+    assert line.split(" | ")[1:4] == cells
 
 
 def test_stats() -> None:

@@ -13,6 +13,8 @@ from heterogui.align.segment import (
     head,
     head_tail,
     lma,
+    lma_first,
+    lma_similar,
     score,
     segments,
     sma,
@@ -91,6 +93,49 @@ def test_lma_matches_brute_force() -> None:
         assert score(sim, positions, mode="lma") == pytest.approx(_brute_lma(sim), abs=1e-12)
 
 
+def _brute_lma_segments(sim: np.ndarray) -> list[range]:
+    """The segments of a best LMA split (brute force; the DP breaks ties the same way here)."""
+    d, s = sim.shape
+    return max(
+        _lma_partitions(d, s),
+        key=lambda part: sum(sim[l, k + 1] for k, seg in enumerate(part) for l in seg),
+    )
+
+
+def test_lma_placements_put_each_block_in_its_lma_segment() -> None:
+    rng = np.random.default_rng(7)
+    for d, s in SHAPES:
+        sim = rng.random((d, s))  # continuous values: one best split
+        segs = _brute_lma_segments(sim)
+        first, similar = lma_first(sim), lma_similar(sim)
+        _assert_valid(first, d, s)
+        _assert_valid(similar, d, s)
+        assert first == (0, *(seg.start for seg in segs))
+        assert similar == (
+            0,
+            *(max(seg, key=lambda l, k=k: sim[l, k + 1]) for k, seg in enumerate(segs)),
+        )
+        assert lma(sim) == (0, *(seg.stop - 1 for seg in segs))
+
+
+def test_lma_placement_hand_case() -> None:
+    # deep blocks 1..5, two shallow blocks after block 0: LMA splits {1, 2} | {3, 4, 5}
+    sim = np.array(
+        [
+            [1.0, 0.0, 0.0],
+            [0.9, 0.8, 0.1],
+            [0.5, 0.9, 0.2],
+            [0.2, 0.1, 0.7],
+            [0.1, 0.2, 0.9],
+            [0.0, 0.1, 0.8],
+        ]
+    )
+    assert lma(sim) == (0, 2, 5)
+    assert lma_first(sim) == (0, 1, 3)
+    assert lma_similar(sim) == (0, 2, 4)
+    assert {"lma_first", "lma_similar"} <= set(SEGMENTERS)
+
+
 def test_lma_brute_force_enumerates_all_partitions() -> None:
     # C(d-2, s-2) splits of d-1 blocks into s-1 non-empty runs; guards the reference itself.
     assert len(_lma_partitions(6, 3)) == 4
@@ -113,7 +158,15 @@ def test_segmenters_accept_torch_and_numpy() -> None:
     gen = torch.Generator().manual_seed(2)
     sim_t = torch.rand(7, 4, generator=gen)
     sim_n = sim_t.numpy().astype(np.float64)
-    assert set(SEGMENTERS) == {"sma", "lma", "uniform", "head", "head_tail"}
+    assert set(SEGMENTERS) == {
+        "sma",
+        "lma",
+        "lma_first",
+        "lma_similar",
+        "uniform",
+        "head",
+        "head_tail",
+    }
     for name, fn in SEGMENTERS.items():
         assert fn(sim_t) == fn(sim_n), name
         _assert_valid(fn(sim_t), 7, 4)

@@ -28,6 +28,8 @@ __all__ = [
     "head",
     "head_tail",
     "lma",
+    "lma_first",
+    "lma_similar",
     "score",
     "segments",
     "sma",
@@ -154,6 +156,37 @@ def lma(sim: Any) -> Positions:
     return (0, *reversed(ends))
 
 
+def lma_first(sim: Any) -> Positions:
+    """Align with LMA's segments, each shallow block at its segment's first deep slot.
+
+    The placement of the published code (``lma`` places it at the segment's last slot); deep
+    slots after the last segment's first are padding.
+
+    Raises:
+        AlignmentError: see ``lma``.
+    """
+    ends = lma(sim)
+    return (0, *(end + 1 for end in ends[:-1]))
+
+
+def lma_similar(sim: Any) -> Positions:
+    """Align with LMA's segments, each shallow block at its segment's most similar deep slot.
+
+    Ties go to the earliest slot.
+
+    Raises:
+        AlignmentError: see ``lma``.
+    """
+    arr = _as_sim(sim)
+    ends = lma(arr)
+    starts = [end + 1 for end in ends[:-1]]
+    picks = [
+        start + int(np.argmax(arr[start : end + 1, k]))
+        for k, (start, end) in enumerate(zip(starts, ends[1:], strict=True), start=1)
+    ]
+    return (0, *picks)
+
+
 def _round_half_up(num: int, den: int) -> int:
     """Return num / den rounded half up, in exact integer arithmetic."""
     return (2 * num + den) // (2 * den)
@@ -234,12 +267,14 @@ def _shape_only(fn: Callable[[int, int], Positions]) -> Callable[[Any], Position
 SEGMENTERS: dict[str, Callable[[Any], Positions]] = {
     "sma": sma,
     "lma": lma,
+    "lma_first": lma_first,
+    "lma_similar": lma_similar,
     "uniform": _shape_only(uniform),
     "head": _shape_only(head),
     "head_tail": _shape_only(head_tail),
 }
 # Segmenters that read the layer similarity (the others depend on the depths only).
-NEEDS_SIMILARITY = frozenset({"sma", "lma"})
+NEEDS_SIMILARITY = frozenset({"sma", "lma", "lma_first", "lma_similar"})
 
 
 def _as_int(value: Any, k: int, shown: list[Any]) -> int:

@@ -57,8 +57,15 @@ from heterogui.zoo.pairs import (
 
 log = logging.getLogger(__name__)
 
-MODES = ("sma", "lma", "uniform", "head")
-MODE_LABEL = {"sma": "SMA", "lma": "LMA", "uniform": "uniform", "head": "head"}
+MODES = ("sma", "lma", "lma_first", "lma_similar", "uniform", "head")
+MODE_LABEL = {
+    "sma": "SMA",
+    "lma": "LMA",
+    "lma_first": "LMA first",
+    "lma_similar": "LMA similar",
+    "uniform": "uniform",
+    "head": "head",
+}
 # (fusion, row label suffix): the paper's average and least-squares fusion (fusion.regression)
 FUSION_ROWS = (("average", ""), ("least_squares", ", least squares"))
 # (alpha, beta): the paper's code (0.5, 1), ZipIt's CIFAR ResNet setting (1e-4, 0.075), beta = 0
