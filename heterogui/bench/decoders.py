@@ -44,6 +44,7 @@ from heterogui.bench.decoders_report import (
 from heterogui.bench.documents import finite, write_document
 from heterogui.bench.isolated import in_fresh_process
 from heterogui.bench.memory import peak_rss_mib
+from heterogui.bench.quality_report import FUSION_ROWS
 from heterogui.config import DataRef
 from heterogui.datasets.text_domains import DOMAINS
 from heterogui.errors import MatcherError, excerpt
@@ -193,12 +194,14 @@ def _model_rows(
 def _merges(
     pair: Pair, prep: Prepared, evaluation: Any, parents: dict[str, Any], label: str
 ) -> list[Row]:
-    """Return the rows of merges at rho 1 and 0.5 under ``prep``'s alignment."""
+    """Return the rows of merges at rho 1 and 0.5 under ``prep``'s alignment, both fusions."""
     rows = []
     for rho in (1.0, 0.5):
-        result = zip_prepared(prep, ZipSettings(rho=rho))
-        rows.append(_merge_row(f"merge {label} rho={rho:g}", pair, result, evaluation, parents))
-        log.info("%s", rows[-1])
+        for fusion, suffix in FUSION_ROWS:
+            result = zip_prepared(prep, ZipSettings(rho=rho, fusion=fusion))
+            name = f"merge {label} rho={rho:g}{suffix}"
+            rows.append(_merge_row(name, pair, result, evaluation, parents))
+            log.info("%s", rows[-1])
     return rows
 
 
@@ -241,7 +244,8 @@ def pair_table(sizes: Sizes, device: str = "cpu") -> dict[str, Any]:
     )
     rows.append(_average_row(pair, prep, evaluation, parents))
     rows += _merges(pair, prep, evaluation, parents, "SMA")
-    rows += _merges(pair, realign(prep, "lma"), evaluation, parents, "LMA")
+    for mode, label in (("lma", "LMA"), ("lma_first", "LMA first"), ("lma_similar", "LMA similar")):
+        rows += _merges(pair, realign(prep, mode), evaluation, parents, label)
     return {
         "rows": rows,
         "build": {

@@ -30,6 +30,7 @@ import torch
 
 from heterogui.align.pad import pad_network
 from heterogui.bench.quality_report import (
+    FUSION_ROWS,
     METRICS,
     aggregate,
     checks,
@@ -66,8 +67,6 @@ MODE_LABEL = {
     "uniform": "uniform",
     "head": "head",
 }
-# (fusion, row label suffix): the paper's average and least-squares fusion (fusion.regression)
-FUSION_ROWS = (("average", ""), ("least_squares", ", least squares"))
 # (alpha, beta): the paper's code (0.5, 1), ZipIt's CIFAR ResNet setting (1e-4, 0.075), beta = 0
 # (cross-model merges only), and a few alphas around the default.
 KNOBS = ((0.5, 1.0), (0.1, 1.0), (0.9, 1.0), (1.0, 1.0), (1e-4, 0.075), (0.5, 0.0))

@@ -23,6 +23,8 @@ MERGE_PREFIXES = ("zip", "weight average", "permute")
 TOLERANCE = 0.01  # the heterogeneous zip should be within 1 point of the homogeneous zip
 ENSEMBLE_SHARE = 0.95  # the best merge should keep 95% of the ensemble's Joint accuracy
 LEAST_SQUARES = ", least squares"  # the label suffix of least-squares fusion rows
+# (fusion, row label suffix): the paper's average and least-squares fusion (fusion.regression)
+FUSION_ROWS = (("average", ""), ("least_squares", LEAST_SQUARES))
 LEARNED = ("SMA", "LMA", "LMA first", "LMA similar")  # the alignments that read the CKA
 PLACEMENTS = ("LMA", "LMA first", "LMA similar")  # where LMA puts a block in its segment
 PLACE_WORDS = ("last", "first", "most similar")

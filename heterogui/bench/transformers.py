@@ -24,6 +24,7 @@ import torch
 
 from heterogui import run
 from heterogui.align.pad import pad_network
+from heterogui.bench.quality_report import FUSION_ROWS
 from heterogui.config import DataRef
 from heterogui.datasets.refs import tokenize
 from heterogui.datasets.sentence_pairs import load_pairs
@@ -133,10 +134,12 @@ def sts_rows(n_calibration: int = 256, device: str = "cpu") -> list[Row]:
         tok,
         pairs,
     )
-    for rho in (1.0, 0.5):
-        rows += _merged_rows(prep, f"merge SMA rho={rho}", ZipSettings(rho=rho), tok, pairs)
-    for mode in ("lma", "uniform", "head_tail"):
-        rows += _merged_rows(realign(prep, mode), f"merge {mode} rho=1", ZipSettings(), tok, pairs)
+    for mode in ("sma", "lma", "lma_first", "lma_similar", "uniform", "head_tail"):
+        p = prep if mode == "sma" else realign(prep, mode)
+        for rho in (1.0, 0.5) if mode == "sma" else (1.0,):
+            for fusion, suffix in FUSION_ROWS:
+                label = f"merge {mode} rho={rho}{suffix}"
+                rows += _merged_rows(p, label, ZipSettings(rho=rho, fusion=fusion), tok, pairs)
     return rows
 
 
@@ -218,10 +221,14 @@ def classification_rows(n_calibration: int = 256, device: str = "cpu") -> list[R
         row("B: L3 fine-tuned on sentiment", scores["b"], params(b)),
         row("ensemble (both models)", scores["ensemble"], params(a) + params(b)),
     ]
-    for mode in ("sma", "lma", "uniform", "head_tail"):
+    for mode in ("sma", "lma", "lma_first", "lma_similar", "uniform", "head_tail"):
         p = prep if mode == "sma" else realign(prep, mode)
         slots = list(p.alignment.positions_b[0])
-        variants = [(f"merge {mode} rho={rho}", ZipSettings(rho=rho)) for rho in (1.0, 0.5)]
+        variants = [
+            (f"merge {mode} rho={rho}{suffix}", ZipSettings(rho=rho, fusion=fusion))
+            for rho in (1.0, 0.5)
+            for fusion, suffix in FUSION_ROWS
+        ]
         if mode == "sma":
             variants.insert(0, ("baseline: weight average (SMA padding)", ZipSettings("average")))
         for name, settings in variants:
