@@ -12,6 +12,7 @@ import json
 import httpx
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 
 from heterogui.ui.app import build_app, launch
 from heterogui.ui.resources import Resources, ZooPairs
@@ -80,6 +81,26 @@ def test_the_whole_flow_over_the_api(url, tmp_path):
     assert "Reproduced" in status
     assert again["merged"]["widths"] == merged["widths"]
     assert again["merged"]["metrics"] == merged["metrics"]
+
+
+def test_the_fusion_over_the_api(url):
+    """The fusion is the last input of /zip, /merge and /remerge: older calls still work."""
+    client = Client(url, verbose=False)
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name in ("/zip", "/merge", "/remerge"):
+        last = api[name]["parameters"][-1]
+        assert last["label"] == "Fusion" and last["parameter_default"] == "average"
+    _, summary, _ = call(client, "/start")
+    stop = summary["blocks"]
+    _, summary, _ = call(client, "/zip", "zip", 0.5, 1.0, 0.5, stop, "least_squares")
+    assert summary["settings"]["fusion"] == "least_squares" and "merged" not in summary
+    status, summary, _ = call(client, "/merge", "zip", 0.5, 1.0, 0.5, stop, "cpu", "least_squares")
+    assert "Merge #1 done" in status and "fusion: least squares" in status
+    status, summary, _ = call(client, "/merge", "zip", 0.5, 1.0, 0.5, stop, "cpu")
+    assert "fusion" not in status
+    assert [h["fusion"] for h in summary["history"]] == ["least_squares", "average"]
+    with pytest.raises(AppError, match="magic is not in the list of choices"):
+        call(client, "/zip", "zip", 0.5, 1.0, 0.5, stop, "magic")  # refused by the dropdown
 
 
 def test_two_clients_do_not_see_each_other(url):

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from heterogui import pipeline, sizes
+from heterogui.config import DEFAULT_RIDGE
 from heterogui.errors import AlignmentError, Cancelled, ConfigError, ExportError, HeteroguiError
 from heterogui.models.family import build_network
 from heterogui.models.io import save_network
@@ -24,6 +25,7 @@ from heterogui.ui import (
     app,
     fig_neurons,
     tab_align,
+    tab_compare,
     tab_evaluate,
     tab_export,
     tab_models,
@@ -33,6 +35,7 @@ from heterogui.ui import (
 )
 from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
+from heterogui.ui.summary import session_summary
 from heterogui.zip.matchers import zip_match
 
 pytestmark = pytest.mark.ui
@@ -130,6 +133,82 @@ def test_estimate_predicts_the_merge(session, res):
     assert "width=5" in str(tab_zip.render(session, res)["widths_table"])
     tab_zip.on_clear_overrides(session, res)
     assert session.settings.overrides == {}
+
+
+def test_make_settings_takes_the_fusion_and_refuses_an_unknown_one():
+    plain = work.make_settings("zip", 0.5, 1.0, 0.5, 3, None, 4)
+    assert (plain.fusion, plain.ridge, plain.stop) == ("average", DEFAULT_RIDGE, 3)
+    fitted = work.make_settings("zip", 0.5, 1.0, 0.5, 4, None, 4, fusion="least_squares")
+    assert (fitted.fusion, fitted.ridge, fitted.stop) == ("least_squares", DEFAULT_RIDGE, None)
+    assert fitted == dataclasses.replace(plain, fusion="least_squares", stop=None)
+    ridged = work.make_settings("zip", 0.5, 1.0, 0.5, 3, None, 4, "least_squares", 0.1)
+    assert ridged.ridge == 0.1
+    with pytest.raises(ConfigError, match="fusion 'magic' is unknown"):
+        work.make_settings("zip", 0.5, 1.0, 0.5, 3, None, 4, fusion="magic")
+    for ridge in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="ridge"):
+            work.make_settings("zip", 0.5, 1.0, 0.5, 3, None, 4, "least_squares", ridge)
+
+
+def test_least_squares_fusion_from_the_zip_tab_to_compare_and_a_recipe(session, res, tmp_path):
+    n = work_blocks(session)
+    merge(session, res, rho=0.5)
+    average = {k: v.clone() for k, v in session.result.model.state_dict().items()}
+    # The dropdown changes the settings only (as the matcher does); Merge then uses them.
+    tab_zip.on_knobs(session, res, "zip", 0.5, 1.0, 0.5, n, "least_squares")
+    assert session.settings.fusion == "least_squares"
+    assert session.result.settings.fusion == "average"
+    assert "estimate" in tab_zip.render(session, res)["readout"]  # a merge is due
+    with pytest.raises(ConfigError, match="fusion 'magic' is unknown"):
+        tab_zip.on_knobs(session, res, "zip", 0.5, 1.0, 0.5, n, "magic")
+    assert session.settings.fusion == "least_squares"  # a refused value changes nothing
+    message = tab_zip.on_merge(session, res, "zip", 0.5, 1.0, 0.5, n, "cpu", "least_squares")
+    assert "Merge #2 done" in message and "fusion: least squares (ridge 0.01)" in message
+    assert session.result.settings.fusion == "least_squares"
+    # Same pair, statistics and matching: the same shapes, other weights (the trunk's too).
+    fitted = session.result.model.state_dict()
+    assert session.result.widths() == session.details[1]["widths"]
+    assert fitted.keys() == average.keys()
+    assert all(fitted[k].shape == average[k].shape for k in fitted)
+    changed = [k for k in fitted if not torch.equal(fitted[k], average[k])]
+    assert any(k.startswith("trunk.") and k.endswith("weight") for k in changed)
+    assert session.merged_metrics is not None
+    # What each merge used shows wherever settings do.
+    summary = session_summary(session)
+    assert summary["settings"]["fusion"] == "least_squares"
+    assert summary["settings"]["ridge"] == DEFAULT_RIDGE
+    assert [h["fusion"] for h in summary["history"]] == ["average", "least_squares"]
+    assert [h["ridge"] for h in session.history] == [None, DEFAULT_RIDGE]
+    labels = {number: label for label, number in tab_compare.merge_choices(session)}
+    assert "least squares" in labels[2] and "least squares" not in labels[1]
+    assert "Comparing merge #1 with #2" in tab_compare.on_compare(session, res, 1, 2)
+    table = tab_compare.render(session, res)["compare_table"].splitlines()
+    assert "| fusion | average | least_squares | differs |" in table
+    assert "| ridge | — | 0.01 | differs |" in table
+    history = tab_evaluate.render(session, res)["history"]
+    column = history["headers"].index("fusion")
+    assert [row[column] for row in history["value"]] == ["average", "least_squares"]
+    assert tab_zip.knob_values(session)["fusion"] == "least_squares"
+    # An exported recipe carries the fusion; importing it sets the dropdown again.
+    tab_export.on_export(session, res, str(tmp_path / "fitted"), False)
+    assert "fusion: least_squares" in (tmp_path / "fitted" / "recipe.yaml").read_text()
+    other = Session(device="cpu")
+    tab_export.on_import(other, res, str(tmp_path / "fitted" / "recipe.yaml"), None)
+    assert other.settings.fusion == "least_squares" and other.settings.ridge == DEFAULT_RIDGE
+    assert app.render(other, res, ("knobs",))["fusion"] == "least_squares"
+    again = other.result.model.state_dict()
+    assert all(torch.equal(fitted[k].cpu(), again[k].cpu()) for k in fitted)
+    # A knob moved afterwards keeps the recipe's ridge (the tab has no ridge control).
+    other.settings = dataclasses.replace(other.settings, ridge=0.5)
+    tab_zip.on_knobs(other, res, "zip", 0.5, 1.0, 0.4, None, "least_squares")
+    assert other.settings.ridge == 0.5 and other.settings.rho == 0.4
+    # A slider release re-merges with the fusion the dropdown shows.
+    tab_zip.on_release(session, res, True, "zip", 0.5, 1.0, 0.6, n, "cpu", "least_squares")
+    assert session.result.settings.fusion == "least_squares" and session.history[-1]["rho"] == 0.6
+    # Calls without the fusion (scripts written before it) merge with the paper's average.
+    merge(session, res, rho=0.5)
+    assert session.result.settings.fusion == "average"
+    assert all(torch.equal(session.result.model.state_dict()[k], average[k]) for k in average)
 
 
 def test_remerge_reuses_cached_statistics_and_is_fast(session, res, monkeypatch):

@@ -27,7 +27,8 @@ from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
 from heterogui.zoo.registry import PAIRS, TINY_PAIRS
 
-# A user dragging rho, then alpha, beta and the stop point: each entry is one release.
+# A user dragging rho, then alpha, beta and the stop point: each entry is one release (a move
+# may also set "matcher" or "fusion", as the Zip tab's dropdowns do).
 DEFAULT_MOVES: tuple[dict[str, Any], ...] = (
     {"rho": 0.9},
     {"rho": 0.75},
@@ -49,7 +50,14 @@ def render_step(session: Session, res: Resources, scopes: tuple[str, ...]) -> in
 
 def _settings(session: Session, move: dict[str, Any]) -> Any:
     s = session.settings
-    knobs = {"matcher": s.matcher, "alpha": s.alpha, "beta": s.beta, "rho": s.rho, "stop": s.stop}
+    knobs = {
+        "matcher": s.matcher,
+        "alpha": s.alpha,
+        "beta": s.beta,
+        "rho": s.rho,
+        "stop": s.stop,
+        "fusion": s.fusion,
+    }
     knobs.update(move)
     n_blocks = session.prepared.padded_a.graph().num_blocks - 1
     if knobs["stop"] == -1:  # "one block before the head": a partial zip
@@ -62,6 +70,8 @@ def _settings(session: Session, move: dict[str, Any]) -> Any:
         knobs["stop"],
         s.overrides,
         n_blocks,
+        fusion=knobs["fusion"],
+        ridge=s.ridge,
     )
 
 

@@ -43,6 +43,8 @@ def session_summary(session: Session) -> dict[str, Any]:
     s = session.settings
     out["settings"] = {
         "matcher": s.matcher,
+        "fusion": s.fusion,
+        "ridge": s.ridge,
         "alpha": s.alpha,
         "beta": s.beta,
         "rho": s.rho,
@@ -72,6 +74,7 @@ def session_summary(session: Session) -> dict[str, Any]:
                 "alpha",
                 "beta",
                 "stop",
+                "fusion",
                 "parameters",
                 "Joint",
                 "Avg",

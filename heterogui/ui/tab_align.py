@@ -26,8 +26,9 @@ from heterogui.ui.session import Session
 VIEWS = ("align_mode", "mapping", "heatmap", "align_score", "segments", "mapping_pairs")
 MODE_HELP = (
     "sma: best single layer per segment (segment-wise, the paper's default); lma: best "
-    "contiguous segments (layer-wise); uniform / head / head_tail: fixed placements; manual: "
-    "your mapping below or your clicks on the map"
+    "contiguous segments (layer-wise), each layer at its segment's last slot (lma_first: the "
+    "first; lma_similar: the most similar by CKA); uniform / head / head_tail: fixed "
+    "placements; manual: your mapping below or your clicks on the map"
 )
 MAPPING_HELP = (
     "Exact form (as recipes store it): per model, one list per stage giving each of its layers' "

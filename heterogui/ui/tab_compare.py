@@ -46,7 +46,17 @@ VIEWS = (
 GRID_RHOS = (0.0, 0.25, 0.5, 0.75, 1.0)
 GRID_VALUES = {"alpha": (0.1, 0.3, 0.5, 0.7, 0.9), "beta": (0.0, 0.25, 0.5, 0.75, 1.0)}
 GRID_KNOBS = ("alpha", "beta", "stop")
-SETTING_ROWS = ("alignment", "matcher", "alpha", "beta", "rho", "stop", "overrides")
+SETTING_ROWS = (
+    "alignment",
+    "matcher",
+    "fusion",
+    "ridge",
+    "alpha",
+    "beta",
+    "rho",
+    "stop",
+    "overrides",
+)
 SIZE_ROWS = ("parameters", "stored parameters", "flops")
 
 
@@ -94,9 +104,10 @@ def build(ui: dict[str, Any], res: Resources) -> None:
 
 def _label(row: dict[str, Any], metric: str) -> str:
     score = "not scored yet" if row.get("score") is None else f"{metric} {row['score']}"
+    fusion = " · least squares" if row.get("fusion") == "least_squares" else ""
     return (
         f"#{row['merge']} · rho {row['rho']} alpha {row['alpha']} beta {row['beta']} "
-        f"stop {row['stop']} · {score}"
+        f"stop {row['stop']}{fusion} · {score}"
     )
 
 

@@ -64,6 +64,8 @@ HISTORY_LAST = [
     "beta",
     "stop",
     "matcher",
+    "fusion",
+    "ridge",
     "alignment",
     "overrides",
     "seconds",

@@ -1,6 +1,7 @@
-"""Tab 4, Zip: the elastic zip's knobs (alpha, beta, zip ratio rho with per-merge-point
-overrides, partial-zip stop point, device), a live readout of widths, parameters and FLOPs, and
-the merge itself (staged progress, cancellable, re-merged from cached statistics).
+"""Tab 4, Zip: the elastic zip's knobs (matcher, fusion, alpha, beta, zip ratio rho with
+per-merge-point overrides, partial-zip stop point, device), a live readout of widths,
+parameters and FLOPs, and the merge itself (staged progress, cancellable, re-merged from cached
+statistics).
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ VIEWS = (
     "stop",
     "override_space",
 )
-KNOBS = ("matcher", "alpha", "beta", "rho", "stop")
+# The knob components (set from the session after a load, an import or a sweep cell). The
+# fusion comes last in every event's inputs, after the device, so that API calls written
+# before it existed still work: a missing last input takes the dropdown's default.
+KNOBS = ("matcher", "alpha", "beta", "rho", "stop", "fusion")
+MERGE_INPUTS = ("matcher", "alpha", "beta", "rho", "stop", "device", "fusion")
+FUSION_CHOICES = [("average (paper)", "average"), ("least squares", "least_squares")]
 # What a merge redraws, then what its scores redraw (a slider release: the merge shows first).
 MERGED_SCOPES = ("zip", "neurons", "evaluate", "compare", "export")
 SCORED_SCOPES = ("zip", "evaluate", "compare", "export")
@@ -55,13 +61,23 @@ def build(ui: dict[str, Any], res: Resources) -> None:
 
 
 def _knobs(ui: dict[str, Any]) -> None:
-    """Create the matcher, the sliders, the device and the auto re-merge switch."""
-    ui["matcher"] = gr.Dropdown(
-        ["zip", "permute", "average"],
-        value="zip",
-        label="Matcher",
-        info="zip: greedy elastic zip (any widths); permute / average: equal widths only",
-    )
+    """Create the matcher, the fusion, the sliders, the device and the auto re-merge switch."""
+    with gr.Row():
+        ui["matcher"] = gr.Dropdown(
+            ["zip", "permute", "average"],
+            value="zip",
+            label="Matcher",
+            info="zip: greedy elastic zip (any widths); permute / average: equal widths only",
+        )
+        ui["fusion"] = gr.Dropdown(
+            FUSION_CHOICES,
+            value="average",
+            label="Fusion",
+            elem_id="fusion",
+            info="How matched weights combine. average: the paper's W* = M W U; least "
+            "squares: the merged weights that best reproduce the parents' averaged outputs, "
+            "fitted on the calibration statistics (may help or hurt by model: docs/quality.md)",
+        )
     ui["alpha"] = gr.Slider(
         0.01,
         1.0,
@@ -138,6 +154,7 @@ def knob_values(session: Session) -> dict[str, Any]:
     n = _n_blocks(session)
     return {
         "matcher": s.matcher,
+        "fusion": s.fusion,
         "alpha": s.alpha,
         "beta": s.beta,
         "rho": s.rho,
@@ -275,9 +292,15 @@ def _override_text(knobs: dict[str, Any] | None) -> str:
 
 
 def settings_from(
-    session: Session, matcher: str, alpha: float, beta: float, rho: float, stop: float | None
+    session: Session,
+    matcher: str,
+    alpha: float,
+    beta: float,
+    rho: float,
+    stop: float | None,
+    fusion: str = "average",
 ) -> Any:
-    """Return ZipSettings from the knob values (keeping the session's overrides)."""
+    """Return ZipSettings from the knob values (keeping the session's overrides and ridge)."""
     n = _n_blocks(session)
     return work.make_settings(
         matcher,
@@ -287,6 +310,8 @@ def settings_from(
         None if stop is None else int(stop),
         session.settings.overrides,
         n,
+        fusion=fusion,
+        ridge=session.settings.ridge,
     )
 
 
@@ -298,11 +323,12 @@ def on_knobs(
     beta: float,
     rho: float,
     stop: float | None,
+    fusion: str = "average",
     progress=None,
 ) -> str:
     """Take new knob values and update the readout (api: /zip)."""
     work.require_prepared(session)
-    session.settings = settings_from(session, matcher, alpha, beta, rho, stop)
+    session.settings = settings_from(session, matcher, alpha, beta, rho, stop, fusion)
     return "Settings changed: the readout shows what a merge would give."
 
 
@@ -315,6 +341,7 @@ def on_merge(
     rho: float,
     stop: float | None,
     device: str | None,
+    fusion: str = "average",
     progress=None,
     evaluate: bool = True,
 ) -> str:
@@ -332,7 +359,7 @@ def on_merge(
         if mode != "sma":
             work.set_alignment(session, "manual", json.dumps(mapping), progress)
         note = f" Statistics recomputed on {device}."
-    settings = settings_from(session, matcher, alpha, beta, rho, stop)
+    settings = settings_from(session, matcher, alpha, beta, rho, stop, fusion)
     result = work.merge(session, res, settings, progress, evaluate=evaluate)
     row = session.history[-1]
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
@@ -345,8 +372,9 @@ def on_merge(
     else:
         joint = f"{work.metric_label(task)} {score if score is not None else '—'}."
     alarm = work.alarm_line(work.merge_alarms(session))
+    fused = f"fusion: {work.fusion_text(result.settings)}; " if row["fusion"] != "average" else ""
     return (
-        f"Merge #{row['merge']} done in {row['seconds']:.2f}s ({stages}); {joint}{note} "
+        f"Merge #{row['merge']} done in {row['seconds']:.2f}s ({stages}); {fused}{joint}{note} "
         "See the Evaluate tab." + (f" {alarm}" if alarm else "")
     )
 
@@ -361,12 +389,15 @@ def on_release(
     rho: float,
     stop: float | None,
     device: str | None,
+    fusion: str = "average",
     progress=None,
 ) -> str:
     """Re-merge on slider release when auto re-merge is on (api: /remerge)."""
     if not auto or session.prepared is None:
-        return on_knobs(session, res, matcher, alpha, beta, rho, stop)
-    return on_merge(session, res, matcher, alpha, beta, rho, stop, device, progress, False)
+        return on_knobs(session, res, matcher, alpha, beta, rho, stop, fusion)
+    return on_merge(
+        session, res, matcher, alpha, beta, rho, stop, device, fusion, progress, evaluate=False
+    )
 
 
 def on_cancel(session: Session, res: Resources, progress=None) -> str:
@@ -423,7 +454,7 @@ def wire(ui: dict[str, Any], on) -> None:
         released = on(
             ui[name].release,
             on_release,
-            ["auto_merge", *knobs, "device"],
+            ["auto_merge", *MERGE_INPUTS],
             MERGED_SCOPES,
             "remerge" if name == "rho" else None,
             heavy=True,
@@ -437,8 +468,9 @@ def wire(ui: dict[str, Any], on) -> None:
             None,
             heavy=True,
         )
-    on(ui["matcher"].input, on_knobs, knobs, ("zip",), None, light=True)
-    on(ui["merge"].click, on_merge, [*knobs, "device"], MERGED_SCOPES, "merge", heavy=True)
+    for name in ("matcher", "fusion"):  # a dropdown: the readout says a merge is due
+        on(ui[name].input, on_knobs, knobs, ("zip",), None, light=True)
+    on(ui["merge"].click, on_merge, list(MERGE_INPUTS), MERGED_SCOPES, "merge", heavy=True)
     on(ui["cancel"].click, on_cancel, [], (), "cancel", light=True)
     on(
         ui["set_override"].click,

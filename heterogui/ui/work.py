@@ -18,7 +18,7 @@ import torch
 from heterogui import run
 from heterogui.align.alignment import align, layer_pairs
 from heterogui.align.editing import read_mapping
-from heterogui.config import DataRef
+from heterogui.config import DEFAULT_RIDGE, DataRef, check_fusion
 from heterogui.errors import ConfigError, IncompatibleModelsError
 from heterogui.pipeline import (
     MergeResult,
@@ -238,19 +238,31 @@ def make_settings(
     stop: int | None,
     overrides: dict[str, dict[str, Any]] | None = None,
     n_blocks: int | None = None,
+    fusion: str = "average",
+    ridge: float = DEFAULT_RIDGE,
 ) -> ZipSettings:
     """Return ZipSettings from the Zip tab's controls (stop = n_blocks means a full zip).
 
+    fusion: "average" (the paper's) or "least_squares"; ridge: the least-squares ridge.
+
     Raises:
-        ConfigError: a knob out of range.
+        ConfigError: a knob out of range, an unknown fusion or a bad ridge.
     """
     if not 0 < alpha <= 1:
         raise ConfigError(f"alpha = {alpha} is out of range: use 0 < alpha <= 1")
     if not 0 <= beta <= 1 or not 0 <= rho <= 1:
         raise ConfigError("beta and rho must lie in [0, 1]")
+    check_fusion(fusion, ridge)
     stop_value = None if stop is None or (n_blocks is not None and stop >= n_blocks) else int(stop)
     return ZipSettings(
-        matcher, float(alpha), float(beta), float(rho), dict(overrides or {}), stop_value
+        matcher,
+        float(alpha),
+        float(beta),
+        float(rho),
+        dict(overrides or {}),
+        stop_value,
+        fusion=fusion,
+        ridge=float(ridge),
     )
 
 
@@ -346,6 +358,8 @@ def history_row(
         "pair": session.pair_name,
         "alignment": result.alignment.mode,
         "matcher": s.matcher,
+        "fusion": s.fusion,
+        "ridge": fusion_ridge(s),
         "alpha": s.alpha,
         "beta": s.beta,
         "rho": s.rho,
@@ -358,6 +372,18 @@ def history_row(
     }
     row.update(session.task.columns(metrics), score=session.task.headline(metrics))
     return row
+
+
+def fusion_ridge(settings: ZipSettings) -> float | None:
+    """Return the ridge a merge used (None with average fusion, which has none)."""
+    return settings.ridge if settings.fusion == "least_squares" else None
+
+
+def fusion_text(settings: ZipSettings) -> str:
+    """Return the fusion of ``settings`` for messages ("least squares (ridge 0.01)")."""
+    if settings.fusion == "least_squares":
+        return f"least squares (ridge {settings.ridge:g})"
+    return "average"
 
 
 def device_choices() -> list[str]:
