@@ -96,6 +96,7 @@ class ZipSpec:
     """Matcher and knobs; overrides: merge point -> {width | rho | alpha | beta | matcher}.
 
     fusion: "average" (the paper's) or "least_squares"; ridge: the least-squares ridge.
+    renormalize: rescale the merged features to their groups' average statistics after fusion.
     """
 
     matcher: str = "zip"
@@ -105,6 +106,7 @@ class ZipSpec:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     fusion: str = "average"
     ridge: float = DEFAULT_RIDGE
+    renormalize: bool = False
 
     def __post_init__(self) -> None:
         _check_knobs("zip", self.matcher, self.alpha, self.beta, self.rho)

@@ -26,6 +26,7 @@ from heterogui.fusion.fuse import SpaceTransform, fuse_state
 from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged
 from heterogui.fusion.pinning import pinned_channels
 from heterogui.fusion.regression import Regression, regression_unmerge
+from heterogui.fusion.renormalize import renormalize
 from heterogui.memo import ObjectMemo
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network, family_of
@@ -412,6 +413,12 @@ def zip_prepared(
     model, spec = _timed(
         timings, "fuse", lambda: assemble(pa, pb, matches, transforms, stop, dtype)
     )
+    if settings.renormalize:
+        _timed(
+            timings,
+            "renormalize",
+            lambda: renormalize(model, pa, pb, matches, prepared.batches, dev, stop),
+        )
     pinned = pinned_channels(model, pa, pb, matches, stop)
     _timed(
         timings,

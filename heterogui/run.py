@@ -118,7 +118,15 @@ def settings_of(recipe: Recipe) -> ZipSettings:
     """Return the ZipSettings a recipe asks for."""
     z = recipe.zip
     return ZipSettings(
-        z.matcher, z.alpha, z.beta, z.rho, z.overrides, recipe.stop, z.fusion, z.ridge
+        z.matcher,
+        z.alpha,
+        z.beta,
+        z.rho,
+        z.overrides,
+        recipe.stop,
+        z.fusion,
+        z.ridge,
+        z.renormalize,
     )
 
 
@@ -271,6 +279,7 @@ def complete_recipe(
             {k: dict(v) for k, v in s.overrides.items()},
             s.fusion,
             s.ridge,
+            s.renormalize,
         ),
         stop=s.stop,
         reset_input_bn=reset_input_bn,

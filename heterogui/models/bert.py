@@ -194,10 +194,16 @@ def layer_spaces(
     caps_qk = (Capture(f"{p}.{names.query}", layout, k), Capture(f"{p}.{names.key}", layout, k))
     spaces = {
         qk: Space(qk, width, caps_qk, **attn),
-        vo: Space(vo, width, (Capture(f"{p}.{names.value}", layout, k),), **attn),
+        vo: Space(
+            vo, width, (Capture(f"{p}.{names.value}", layout, k, f"{p}.{names.value}"),), **attn
+        ),
         ffn: Space(ffn, config.intermediate[i], (Capture(f"{p}.{names.ffn_act}", layout, k),)),
     }
-    stream = [Capture(f"{p}.{names.stream_mid}", layout, k), Capture(p, layout, k)]
+    # post-LN (the stream after the attention sub-layer is a norm's output): both stream
+    # outputs of the layer come out of its norms; pre-LN: they are residual sums
+    post_norm = names.stream_mid == names.norms[0]
+    mid, out = (f"{p}.{n}" for n in names.norms) if post_norm else (None, None)
+    stream = [Capture(f"{p}.{names.stream_mid}", layout, k, mid), Capture(p, layout, k, out)]
     return spaces, stream, layer_tensors(k, names, qk, vo, ffn)
 
 
@@ -205,7 +211,7 @@ def graph(config: BertNetConfig, identity_blocks: frozenset[int] = frozenset()) 
     """Describe the spaces and tensors; identity layers' qk, vo and ffn spaces are dead."""
     layout, n = "tokens", config.num_layers
     spaces = {INPUT: Space(INPUT, config.vocab_size), LOGITS: Space(LOGITS, config.num_classes)}
-    stream_caps = [Capture("blocks.0", layout, 0)]
+    stream_caps = [Capture("blocks.0", layout, 0, "blocks.0.LayerNorm")]
     tensors = [
         tag(f"blocks.0.{name}.weight", 0, out_axis(STREAM, 1))
         for name in ("word_embeddings", "position_embeddings", "token_type_embeddings")

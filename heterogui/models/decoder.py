@@ -186,7 +186,9 @@ def layer_spaces(config: DecoderNetConfig, i: int) -> tuple[dict[str, Space], li
     widths |= {"v": widths["k"], "o": widths["q"]}
     spaces = {}
     for role in ROLES:
-        caps = () if role == "o" else (Capture(f"{p}.self_attn.{role}_proj", "tokens", k),)
+        proj = f"{p}.self_attn.{role}_proj"
+        # v's projection writes it last; q and k are rotated after their projections
+        caps = () if role == "o" else (Capture(proj, "tokens", k, proj if role == "v" else None),)
         spaces[names[role]] = Space(
             names[role],
             widths[role],
@@ -197,7 +199,8 @@ def layer_spaces(config: DecoderNetConfig, i: int) -> tuple[dict[str, Space], li
             unit_heads=r if role in ("q", "o") else 1,
         )
     mlp = names["mlp"]
-    spaces[mlp] = Space(mlp, config.intermediate[i], (Capture(f"{p}.mlp.product", "tokens", k),))
+    product = Capture(f"{p}.mlp.product", "tokens", k, f"{p}.mlp.up_proj", shift=False)
+    spaces[mlp] = Space(mlp, config.intermediate[i], (product,))
     bias = biased(config)
     tensors = []
     for proj, space, reads in (
@@ -238,7 +241,7 @@ def graph(config: DecoderNetConfig, identity_blocks: frozenset[int] = frozenset(
         if i + 1 in identity_blocks:
             dead |= set(inner)
     norm, head = n + 1, n + 2
-    stream_caps.append(Capture(f"blocks.{norm}", "tokens", norm))
+    stream_caps.append(Capture(f"blocks.{norm}", "tokens", norm, f"blocks.{norm}.norm"))
     tensors.append(tag(f"blocks.{norm}.norm.weight", norm, out_axis(STREAM)))
     tensors.append(tag(f"blocks.{head}.lm_head.weight", head, out_axis(LOGITS), in_axis(STREAM)))
     spaces[STREAM] = Space(STREAM, config.hidden, tuple(stream_caps))

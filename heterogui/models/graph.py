@@ -33,11 +33,19 @@ class Capture:
     layout: "flat" for (B, C), "channels" for conv maps (B, C, *spatial) with every position a
     sample, "tokens" for (B, T, C) with every (unpadded) token a sample.
     block: index of the block that owns the module (for partial zip and alignment).
+    affine: the module whose per-feature scale (weight) and shift (bias) act last on this
+        output: a norm, or the linear layer itself; None where the output is a sum (a residual
+        stream) or comes out of a nonlinearity. Renormalization (``fusion.renormalize``)
+        corrects the merged features there.
+    shift: whether the affine module's bias shifts this output (False: a scale only, as the
+        up projection of a gated MLP scales the product it feeds).
     """
 
     module: str
     layout: Layout
     block: int
+    affine: str | None = None
+    shift: bool = True
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,7 @@ def graph(config: ViTNetConfig, identity_blocks: frozenset[int] = frozenset()) -
         tensors += layer
         if i + 1 in identity_blocks:
             dead |= set(inner)
-    stream_caps.append(Capture(f"blocks.{n + 1}", layout, n + 1))
+    stream_caps.append(Capture(f"blocks.{n + 1}", layout, n + 1, f"blocks.{n + 1}.layernorm"))
     tensors += norm_tags(f"blocks.{n + 1}.layernorm", n + 1, STREAM, batch_norm=False)
     spaces[STREAM] = Space(STREAM, config.hidden, tuple(stream_caps))
     head = n + 2

@@ -27,6 +27,9 @@ class ZipSettings:
     fusion: "average" (the paper's W* = M W U) or "least_squares" (U replaced by the
         regression of the parents' features on the merged ones: ``fusion.regression``).
     ridge: the least-squares ridge, relative to the merged features' mean variance.
+    renormalize: after fusion, rescale the merged features that a per-feature affine module
+        writes (norms, value projections) to their groups' average mean and spread
+        (``fusion.renormalize``; for models without BatchNorm).
     """
 
     matcher: str = "zip"
@@ -37,6 +40,7 @@ class ZipSettings:
     stop: int | None = None
     fusion: str = "average"
     ridge: float = DEFAULT_RIDGE
+    renormalize: bool = False
 
     def for_space(self, space: str) -> dict[str, Any]:
         """Return the knobs that apply to ``space``."""

@@ -1,0 +1,177 @@
+"""Renormalization: move the merged features' mean and scale to the parents' (method.md sec. 9).
+
+Averaging matched weights shrinks the merged features: a group's members are not perfectly
+correlated, so their average varies less than each of them (REPAIR's observation). BatchNorm
+models get their statistics back from BatchNorm re-estimation; transformers (LayerNorm,
+RMSNorm) do not. Renormalization runs A, B and the merged model over the calibration data once,
+reads every merge point where a per-feature affine module writes the output last
+(``Capture.affine``: the post-LN norms of BERT, value projections, a gated MLP's up projection,
+the final norm), and rescales that module so each merged feature gets its group's average
+statistics:
+
+- with a shift (a bias): mean μ_t = mean of the members' means, spread σ_t = mean of their
+  standard deviations; w ← w σ_t/σ, b ← (b − μ) σ_t/σ + μ_t;
+- without one: the root mean square, w ← w rms_t/rms.
+
+Residual streams of pre-norm models are sums and have no such module; they are left as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from heterogui.distributed import all_reduce_sum_
+from heterogui.models.capture import Batch, CapturePass, to_device, to_rows, token_mask
+from heterogui.models.family import Network
+from heterogui.models.graph import Capture
+from heterogui.zip.match import Match
+
+# features whose spread in the merged model is below this fraction of the point's RMS keep
+# their scale (a dead or constant feature has nothing to rescale)
+FLOOR = 1e-6
+
+
+class _Sums:
+    """Per-feature sum, sum of squares and count of one capture in one model, float64."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, rows: torch.Tensor) -> None:
+        rows = rows.to(torch.float64)
+        total, squares = rows.sum(0), (rows * rows).sum(0)
+        self.total = total if self.total is None else self.total + total
+        self.squares = squares if self.squares is None else self.squares + squares
+        self.count += rows.shape[0]
+
+    def all_reduce(self) -> None:
+        """Sum over the ranks under torchrun (``heterogui.distributed``; a no-op otherwise)."""
+        count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.total.device)
+        all_reduce_sum_(self.total)
+        all_reduce_sum_(self.squares)
+        self.count = int(all_reduce_sum_(count).item())
+
+    def mean(self) -> torch.Tensor:
+        return self.total / self.count
+
+    def rms(self) -> torch.Tensor:
+        return (self.squares / self.count).sqrt()
+
+    def std(self) -> torch.Tensor:
+        return (self.squares / self.count - self.mean() ** 2).clamp(min=0).sqrt()
+
+
+def merged_name(module: str) -> str:
+    """Return the merged model's name of a trunk module ("blocks.3.x" -> "trunk.3.x")."""
+    return "trunk." + module[len("blocks.") :]
+
+
+def _group_mean(values: torch.Tensor, match: Match) -> torch.Tensor:
+    """Return each group's mean of ``values`` (A's features, then B's): (r,)."""
+    groups = match.groups.to(values.device)
+    kept = torch.nonzero(groups >= 0).reshape(-1)
+    index = groups[kept]
+    sums = values.new_zeros(match.width).index_add_(0, index, values[kept])
+    return sums / torch.bincount(index, minlength=match.width).to(values.dtype)
+
+
+def renormalized_points(
+    net_a: Network, net_b: Network, matches: Mapping[str, Match], stop: int
+) -> list[tuple[str, Capture]]:
+    """Return (space, capture) of every merged output with an affine module, before ``stop``."""
+    ga, gb = net_a.graph(), net_b.graph()
+    dead = ga.dead | gb.dead
+    return [
+        (name, cap)
+        for name, space in ga.spaces.items()
+        if name in matches and name not in dead
+        for cap in space.captures
+        if cap.affine is not None and cap.block < stop
+    ]
+
+
+@torch.no_grad()
+def renormalize(
+    model: nn.Module,
+    net_a: Network,
+    net_b: Network,
+    matches: Mapping[str, Match],
+    batches: Iterable[Batch],
+    device: torch.device | str,
+    stop: int,
+) -> int:
+    """Rescale the merged model's affine modules in place; return the outputs corrected.
+
+    model: the merged model (``fusion.merged.MergedModel``) of the padded ``net_a`` and
+    ``net_b`` with ``matches``, before any re-estimation. A and B run once; the merged model
+    runs once per block, up to that block, after the blocks before it were corrected (each
+    block sees the corrected features it will read: correcting every block from one pass
+    compounds the shifts, and on the MiniLM pair cost 17 points of STS Spearman).
+    """
+    points = renormalized_points(net_a, net_b, matches, stop)
+    if not points:
+        return 0
+    batches = list(batches)
+    modules = sorted({cap.module for _, cap in points})
+    parents = [_sums(net.module, modules, points, batches, device) for net in (net_a, net_b)]
+    was_training = model.training
+    model.eval()
+    for block in sorted({cap.block for _, cap in points}):
+        here = [(space, cap) for space, cap in points if cap.block == block]
+        names = [merged_name(cap.module) for _, cap in here]
+        merged = _sums(model, names, [(s, _renamed(c)) for s, c in here], batches, device)
+        for space, cap in here:
+            sums = [parents[0][cap.module], parents[1][cap.module], merged[merged_name(cap.module)]]
+            _rescale(model, cap, sums, matches[space])
+    model.train(was_training)
+    return len(points)
+
+
+def _renamed(cap: Capture) -> Capture:
+    return dataclasses.replace(cap, module=merged_name(cap.module))
+
+
+def _sums(
+    module: nn.Module,
+    names: list[str],
+    points: list[tuple[str, Capture]],
+    batches: list[Batch],
+    device: torch.device | str,
+) -> dict[str, _Sums]:
+    """Run ``module`` over the batches; return per-feature sums of each captured output."""
+    capture = CapturePass(module, names)
+    sums = {cap.module: _Sums() for _, cap in points}
+    for batch in batches:
+        batch = to_device(batch, device)
+        mask = token_mask(batch)
+        found = capture(batch)
+        for _, cap in points:
+            sums[cap.module].add(to_rows(found[cap.module], cap.layout, mask))
+    for s in sums.values():
+        s.all_reduce()  # the whole data's sums under torchrun
+    return sums
+
+
+def _rescale(model: nn.Module, cap: Capture, sums: list[_Sums], match: Match) -> None:
+    """Rescale the merged affine module of ``cap`` towards its groups' average statistics."""
+    parents, merged = sums[:2], sums[2]
+    writer = model.get_submodule(merged_name(cap.affine))
+    bias = getattr(writer, "bias", None)
+    shift = cap.shift and bias is not None
+    measure = (lambda s: s.std()) if shift else (lambda s: s.rms())
+    target = _group_mean(torch.cat([measure(s) for s in parents]), match)
+    now = measure(merged)
+    floor = FLOOR * float(merged.rms().pow(2).mean().sqrt())
+    scale = torch.where(now > floor, target / now.clamp(min=floor), torch.ones_like(now))
+    weight = writer.weight
+    weight.mul_(scale.to(weight.dtype).reshape(-1, *([1] * (weight.dim() - 1))))
+    if shift:
+        mean = _group_mean(torch.cat([s.mean() for s in parents]), match)
+        new = (bias.to(torch.float64) - merged.mean()) * scale + mean
+        bias.copy_(new.to(bias.dtype))
