@@ -98,7 +98,17 @@ def test_a_decoder_renormalizes_values_mlp_products_and_the_final_norm():
     matches = zip_prepared(prep, settings).matches
     points = renormalized_points(prep.padded_a, prep.padded_b, matches, 99)
     kinds = {cap.affine.rsplit(".", 1)[-1]: cap.shift for _, cap in points}
-    assert kinds == {"v_proj": True, "up_proj": False, "norm": True}
+    assert kinds == {
+        "v_proj": True,
+        "up_proj": False,
+        "norm": True,
+        "input_layernorm": True,
+        "post_attention_layernorm": True,
+    }
+    identity = prep.padded_b.identity_blocks
+    assert identity  # B is padded: its identity block's norms are no target
+    norms = {cap.block for _, cap in points if "layernorm" in cap.module}
+    assert norms == set(range(1, 4)) - identity
     plain = zip_prepared(prep, ZipSettings(rho=0.5)).model.state_dict()
     fixed = zip_prepared(prep, settings)
     state = fixed.model.state_dict()
@@ -109,3 +119,16 @@ def test_a_decoder_renormalizes_values_mlp_products_and_the_final_norm():
     batch = text_batches()[0]
     with torch.no_grad():
         assert all(bool(torch.isfinite(o).all()) for o in fixed.model(**batch))
+
+
+def test_batch_norm_models_have_nothing_to_renormalize(bert_pair):
+    from heterogui.fusion.renormalize import renormalizes
+    from tests.conftest import DEPTH_PAIRS, calibration, make
+
+    config_a, config_b, shape = DEPTH_PAIRS["resnet"]
+    prep = prepare(make(config_a, 0), make(config_b, 1), calibration(shape), device="cpu")
+    assert not renormalizes(prep.padded_a, prep.padded_b)
+    plain = zip_prepared(prep, ZipSettings(rho=0.5)).model.state_dict()
+    same = zip_prepared(prep, ZipSettings(rho=0.5, renormalize=True)).model.state_dict()
+    assert all(torch.equal(plain[k], same[k]) for k in plain)
+    assert renormalizes(bert_pair.padded_a, bert_pair.padded_b)

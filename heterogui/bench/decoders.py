@@ -44,7 +44,7 @@ from heterogui.bench.decoders_report import (
 from heterogui.bench.documents import finite, write_document
 from heterogui.bench.isolated import in_fresh_process
 from heterogui.bench.memory import peak_rss_mib
-from heterogui.bench.quality_report import FUSION_ROWS
+from heterogui.bench.quality_report import VARIANTS
 from heterogui.config import DataRef
 from heterogui.datasets.text_domains import DOMAINS
 from heterogui.errors import MatcherError, excerpt
@@ -194,11 +194,11 @@ def _model_rows(
 def _merges(
     pair: Pair, prep: Prepared, evaluation: Any, parents: dict[str, Any], label: str
 ) -> list[Row]:
-    """Return the rows of merges at rho 1 and 0.5 under ``prep``'s alignment, both fusions."""
+    """Return the rows of merges at rho 1 and 0.5 under ``prep``'s alignment, every variant."""
     rows = []
     for rho in (1.0, 0.5):
-        for fusion, suffix in FUSION_ROWS:
-            result = zip_prepared(prep, ZipSettings(rho=rho, fusion=fusion))
+        for knobs, suffix in VARIANTS:
+            result = zip_prepared(prep, ZipSettings(rho=rho, **knobs))
             name = f"merge {label} rho={rho:g}{suffix}"
             rows.append(_merge_row(name, pair, result, evaluation, parents))
             log.info("%s", rows[-1])

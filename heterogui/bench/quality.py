@@ -30,8 +30,8 @@ import torch
 
 from heterogui.align.pad import pad_network
 from heterogui.bench.quality_report import (
-    FUSION_ROWS,
     METRICS,
+    VARIANTS,
     aggregate,
     checks,
     environment,
@@ -43,6 +43,7 @@ from heterogui.bench.quality_report import (
 from heterogui.datasets.images import Split, load_split, sample, task_subset
 from heterogui.datasets.refs import make_batches
 from heterogui.errors import MatcherError
+from heterogui.fusion.renormalize import renormalizes
 from heterogui.models.family import Network
 from heterogui.pipeline import Prepared, ZipSettings, prepare, realign, zip_prepared
 from heterogui.tasks.classification import Metrics, evaluate_merged, evaluate_models
@@ -162,8 +163,10 @@ def _alignment_rows(zoo: ZooPair, prep: Prepared, t_prep: float, test: Split, cf
             p = realign(prep, mode)
             t = shared + time.perf_counter() - start
         preps[mode] = (p, t)
-        for fusion, suffix in FUSION_ROWS:
-            result, metrics, t_zip = _zip(p, ZipSettings(fusion=fusion), test, zoo, cfg)
+        for knobs, suffix in VARIANTS:
+            if knobs.get("renormalize") and not renormalizes(p.padded_a, p.padded_b):
+                continue  # nothing to renormalize: the row would repeat the plain zip
+            result, metrics, t_zip = _zip(p, ZipSettings(**knobs), test, zoo, cfg)
             row = _row(metrics, parameter_count(result.model), t + t_zip)
             row["mapping"] = result.alignment.mapping()
             rows[f"zip ({MODE_LABEL[mode]}{suffix})"] = row
@@ -329,6 +332,7 @@ def run_pair(name: str, cfg: QualityConfig) -> dict[str, Any]:
         "task_accuracy": {w: stats([a[w] for a in accuracy]) for w in ("a", "b")},
         "params": {"a": zoo.net_a.parameter_count(), "b": zoo.net_b.parameter_count()},
         "depths_differ": depths_differ(zoo.net_a, zoo.net_b),
+        "layer_norm": any(isinstance(m, torch.nn.LayerNorm) for m in zoo.net_a.module.modules()),
         "sweep_mode": MODE_LABEL[sweep_mode(zoo)],
         "seconds": time.perf_counter() - start,
         **aggregate(runs),

@@ -23,8 +23,15 @@ MERGE_PREFIXES = ("zip", "weight average", "permute")
 TOLERANCE = 0.01  # the heterogeneous zip should be within 1 point of the homogeneous zip
 ENSEMBLE_SHARE = 0.95  # the best merge should keep 95% of the ensemble's Joint accuracy
 LEAST_SQUARES = ", least squares"  # the label suffix of least-squares fusion rows
-# (fusion, row label suffix): the paper's average and least-squares fusion (fusion.regression)
-FUSION_ROWS = (("average", ""), ("least_squares", LEAST_SQUARES))
+RENORMALIZED = ", renormalized"  # the label suffix of renormalized rows
+# (ZipSettings keywords, row label suffix): the paper's fusion, least-squares fusion
+# (fusion.regression) and renormalization after the paper's fusion (fusion.renormalize)
+VARIANTS = (
+    ({}, ""),
+    ({"fusion": "least_squares"}, LEAST_SQUARES),
+    ({"renormalize": True}, RENORMALIZED),
+)
+VARIANT_NAMES = {"": "average", LEAST_SQUARES: "least squares", RENORMALIZED: "renormalized"}
 LEARNED = ("SMA", "LMA", "LMA first", "LMA similar")  # the alignments that read the CKA
 PLACEMENTS = ("LMA", "LMA first", "LMA similar")  # where LMA puts a block in its segment
 PLACE_WORDS = ("last", "first", "most similar")
@@ -65,7 +72,9 @@ def attach_references(results: dict[str, Any]) -> None:
     for result in results.values():
         ref = result.get("reference")
         if ref in results:
-            for suffix in ("", LEAST_SQUARES):
+            for suffix in VARIANT_NAMES:
+                if f"zip (SMA{suffix})" not in results[ref]["rows"]:
+                    continue
                 row = dict(results[ref]["rows"][f"zip (SMA{suffix})"])
                 row["source"] = {"values": [ref]}
                 label = f"homogeneous zip ({ref}{suffix})"
@@ -77,15 +86,27 @@ def mean(row: dict[str, Any] | None, key: str = "joint") -> float | None:
     return None if row is None else row.get(key, {}).get("mean")
 
 
-def _zip_rows(rows: dict[str, Any], fusion: str | None = None) -> dict[str, Any]:
-    """Return the zip rows (of one fusion: "average" or "least_squares", when given)."""
-    keep = {None: lambda k: True, "least_squares": lambda k: k.endswith(LEAST_SQUARES + ")")}
-    keep["average"] = lambda k: not keep["least_squares"](k)
-    return {k: v for k, v in rows.items() if k.startswith("zip (") and keep[fusion](k)}
+def variant_of(label: str) -> str:
+    """Return the variant suffix of a zip row label ("zip (LMA first, least squares)": ", least
+    squares"; "" for the paper's fusion)."""
+    _, comma, rest = label[label.index("(") + 1 : -1].partition(", ")
+    return comma + rest
 
 
-def _best_zip(rows: dict[str, Any], fusion: str | None = None) -> tuple[str, float]:
-    zips = _zip_rows(rows, fusion)
+def _zip_rows(rows: dict[str, Any], variant: str | None = None) -> dict[str, Any]:
+    """Return the zip rows (of one variant, by its label suffix, when given)."""
+    return {
+        k: v
+        for k, v in rows.items()
+        if k.startswith("zip (") and (variant is None or variant_of(k) == variant)
+    }
+
+
+def _best_zip(rows: dict[str, Any], variant: str | None = None) -> tuple[str | None, float | None]:
+    """Return the label and Joint of the best zip row (of a variant); (None, None) if none."""
+    zips = _zip_rows(rows, variant)
+    if not zips:
+        return None, None
     label = max(zips, key=lambda k: mean(zips[k]))
     return label, mean(zips[label])
 
@@ -149,7 +170,8 @@ def _pair_checks(pair: str, result: dict[str, Any], results: dict[str, Any]) -> 
             f"{best_label} {_pct(best)} = {best / ensemble:.3f} of the ensemble {_pct(ensemble)}",
         )
     )
-    out.append(_rho0_check(pair, result))
+    if not result.get("layer_norm"):  # a LayerNorm over [x_A ; x_B] is not two LayerNorms
+        out.append(_rho0_check(pair, result))
     if result.get("depths_differ"):
         learned = max(mean(rows.get(f"zip ({m})")) or 0.0 for m in LEARNED)
         fixed = max(mean(rows.get(f"zip ({m})")) or 0.0 for m in ("uniform", "head"))
@@ -254,17 +276,22 @@ def _placement_summary(report: dict[str, Any]) -> list[str]:
 
 
 def _fusion_summary(report: dict[str, Any]) -> list[str]:
-    """Return the best zip of each fusion over every alignment, as a share of the ensemble."""
+    """Return the best zip of each variant over every alignment, as a share of the ensemble."""
     lines = []
     for pair, r in report["pairs"].items():
         rows, ensemble = r["rows"], ensemble_joint(r["rows"])
         cells = []
-        for fusion in ("average", "least_squares"):
-            label, best = _best_zip(rows, fusion)
-            cells += [f"{_pct(best)} ({label[5:-1]})", f"{best / ensemble:.3f}"]
+        for suffix in VARIANT_NAMES:
+            label, best = _best_zip(rows, suffix)
+            if label is None:
+                cells += ["—", "—"]
+            else:
+                cells += [f"{_pct(best)} ({label[5:-1]})", f"{best / ensemble:.3f}"]
         lines.append([pair, _pct(ensemble), *cells])
-    header = ["pair", "ensemble", "best zip, average", "/ ensemble"]
-    return _table([*header, "best zip, least squares", "/ ensemble"], lines)
+    header = ["pair", "ensemble"]
+    for name in VARIANT_NAMES.values():
+        header += [f"best zip, {name}", "/ ensemble"]
+    return _table(header, lines)
 
 
 def _pair_section(pair: str, r: dict[str, Any]) -> list[str]:
@@ -325,14 +352,19 @@ computes exactly the homogeneous B's function), A at its LMA slots and B's real 
 identity blocks meet real ones as in a depth merge: its gap to the homogeneous zip is the cost of
 padding alone. The sweeps use LMA on depth pairs (SMA elsewhere; with equal depths all alignments
 coincide). "merge s" is the wall time of the merge (BN re-estimation of A and B, CKA, alignment,
-feature pass, matching, fusion, BN re-estimation of the merged model), not counting evaluation."""
+feature pass, matching, fusion, BN re-estimation of the merged model), not counting evaluation.
+For LayerNorm models (the ViT pairs) rho = 0 is not the ensemble: one LayerNorm over both models'
+concatenated features normalizes them together, so that check is left out there."""
 
 
 FUSION_NOTE = """"average" fuses matched weights as the paper does (W* = M W U); "least squares"
 replaces the unmerge U with the ridge regression of the parents' features on the merged ones
 (zip.fusion: least_squares, ridge 1e-2; docs/method.md sec. 9): each merged layer then best
 reproduces the averaged outputs of A's and B's layers from the merged inputs. Rows "zip (MODE,
-least squares)" are the same matchings fused that way."""
+least squares)" are the same matchings fused that way. "renormalized" rows rescale the merged
+features that a per-feature affine module writes (LayerNorm outputs, value projections: the ViT
+pairs; BatchNorm models have none, BatchNorm re-estimation does that) to their groups' average
+mean and spread (zip.renormalize; docs/method.md sec. 9); "—": not applicable."""
 
 
 PLACEMENT_NOTE = """LMA splits the deeper model's blocks of a stage into one contiguous segment per
@@ -363,7 +395,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += _summary(report)
     out += [
         "",
-        "## Fusion: the paper's average or least squares (Joint, %, best alignment)",
+        "## Fusion and renormalization (Joint, %, best alignment)",
         "",
         FUSION_NOTE,
         "",

@@ -24,7 +24,7 @@ import torch
 
 from heterogui import run
 from heterogui.align.pad import pad_network
-from heterogui.bench.quality_report import FUSION_ROWS
+from heterogui.bench.quality_report import VARIANTS
 from heterogui.config import DataRef
 from heterogui.datasets.refs import tokenize
 from heterogui.datasets.sentence_pairs import load_pairs
@@ -137,9 +137,9 @@ def sts_rows(n_calibration: int = 256, device: str = "cpu") -> list[Row]:
     for mode in ("sma", "lma", "lma_first", "lma_similar", "uniform", "head_tail"):
         p = prep if mode == "sma" else realign(prep, mode)
         for rho in (1.0, 0.5) if mode == "sma" else (1.0,):
-            for fusion, suffix in FUSION_ROWS:
+            for knobs, suffix in VARIANTS:
                 label = f"merge {mode} rho={rho}{suffix}"
-                rows += _merged_rows(p, label, ZipSettings(rho=rho, fusion=fusion), tok, pairs)
+                rows += _merged_rows(p, label, ZipSettings(rho=rho, **knobs), tok, pairs)
     return rows
 
 
@@ -225,9 +225,9 @@ def classification_rows(n_calibration: int = 256, device: str = "cpu") -> list[R
         p = prep if mode == "sma" else realign(prep, mode)
         slots = list(p.alignment.positions_b[0])
         variants = [
-            (f"merge {mode} rho={rho}{suffix}", ZipSettings(rho=rho, fusion=fusion))
+            (f"merge {mode} rho={rho}{suffix}", ZipSettings(rho=rho, **knobs))
             for rho in (1.0, 0.5)
-            for fusion, suffix in FUSION_ROWS
+            for knobs, suffix in VARIANTS
         ]
         if mode == "sma":
             variants.insert(0, ("baseline: weight average (SMA padding)", ZipSettings("average")))

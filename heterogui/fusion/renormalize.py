@@ -3,17 +3,19 @@
 Averaging matched weights shrinks the merged features: a group's members are not perfectly
 correlated, so their average varies less than each of them (REPAIR's observation). BatchNorm
 models get their statistics back from BatchNorm re-estimation; transformers (LayerNorm,
-RMSNorm) do not. Renormalization runs A, B and the merged model over the calibration data once,
+RMSNorm) do not. Renormalization runs A and B over the calibration data once (the merged model
+once per block),
 reads every merge point where a per-feature affine module writes the output last
-(``Capture.affine``: the post-LN norms of BERT, value projections, a gated MLP's up projection,
-the final norm), and rescales that module so each merged feature gets its group's average
-statistics:
+(``Capture.affine``: the post-LN norms of BERT, value projections, a gated MLP's up
+projection, the final norm; ``Space.norm_outputs``: the norms of pre-norm layers), and
+rescales that module so each merged feature gets its group's average statistics:
 
 - with a shift (a bias): mean μ_t = mean of the members' means, spread σ_t = mean of their
   standard deviations; w ← w σ_t/σ, b ← (b − μ) σ_t/σ + μ_t;
 - without one: the root mean square, w ← w rms_t/rms.
 
-Residual streams of pre-norm models are sums and have no such module; they are left as they are.
+Residual streams of pre-norm models are sums and have no such module; the norms that read them
+are corrected instead.
 """
 
 from __future__ import annotations
@@ -84,16 +86,31 @@ def _group_mean(values: torch.Tensor, match: Match) -> torch.Tensor:
 def renormalized_points(
     net_a: Network, net_b: Network, matches: Mapping[str, Match], stop: int
 ) -> list[tuple[str, Capture]]:
-    """Return (space, capture) of every merged output with an affine module, before ``stop``."""
+    """Return (space, capture) of every merged output with an affine module, before ``stop``.
+
+    The captures with an affine module, and the norm outputs (``Space.norm_outputs``) of
+    blocks that are real in both models (an identity block's norms feed layers that add
+    nothing, so their statistics are no target).
+    """
     ga, gb = net_a.graph(), net_b.graph()
     dead = ga.dead | gb.dead
+    identity = net_a.identity_blocks | net_b.identity_blocks
     return [
         (name, cap)
         for name, space in ga.spaces.items()
         if name in matches and name not in dead
-        for cap in space.captures
-        if cap.affine is not None and cap.block < stop
+        for cap in (
+            *(c for c in space.captures if c.affine is not None),
+            *(c for c in space.norm_outputs if c.block not in identity),
+        )
+        if cap.block < stop
     ]
+
+
+def renormalizes(net_a: Network, net_b: Network) -> bool:
+    """Return whether renormalization would correct anything in a merge of these models."""
+    graph = net_a.graph()
+    return bool(renormalized_points(net_a, net_b, graph.spaces, graph.num_blocks))
 
 
 @torch.no_grad()

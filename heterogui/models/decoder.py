@@ -242,9 +242,14 @@ def graph(config: DecoderNetConfig, identity_blocks: frozenset[int] = frozenset(
             dead |= set(inner)
     norm, head = n + 1, n + 2
     stream_caps.append(Capture(f"blocks.{norm}", "tokens", norm, f"blocks.{norm}.norm"))
+    norm_outputs = tuple(
+        Capture(name, "tokens", k, name)
+        for k in range(1, n + 1)
+        for name in (f"blocks.{k}.input_layernorm", f"blocks.{k}.post_attention_layernorm")
+    )
     tensors.append(tag(f"blocks.{norm}.norm.weight", norm, out_axis(STREAM)))
     tensors.append(tag(f"blocks.{head}.lm_head.weight", head, out_axis(LOGITS), in_axis(STREAM)))
-    spaces[STREAM] = Space(STREAM, config.hidden, tuple(stream_caps))
+    spaces[STREAM] = Space(STREAM, config.hidden, tuple(stream_caps), norm_outputs=norm_outputs)
     block_out = (STREAM,) * (n + 2) + (None,)
     return ModelGraph(spaces, tuple(tensors), (tuple(range(1, n + 1)),), block_out, frozenset(dead))
 

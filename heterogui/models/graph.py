@@ -62,6 +62,9 @@ class Space:
         (docs/method.md sec. 8).
     unit_heads: heads per pairing unit (q and o of grouped-query attention: the query heads of
         one key/value head move together with it; 1 elsewhere).
+    norm_outputs: outputs in this space that only renormalization reads (``fusion.renormalize``):
+        a pre-norm model's norm outputs, which its attention and MLP read, each written last by
+        the norm itself (``Capture.affine``). They are not statistics captures.
     """
 
     name: str
@@ -71,6 +74,7 @@ class Space:
     group: str | None = None
     role: str | None = None
     unit_heads: int = 1
+    norm_outputs: tuple[Capture, ...] = ()
 
     @property
     def unit(self) -> int | None:

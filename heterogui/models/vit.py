@@ -194,7 +194,12 @@ def graph(config: ViTNetConfig, identity_blocks: frozenset[int] = frozenset()) -
             dead |= set(inner)
     stream_caps.append(Capture(f"blocks.{n + 1}", layout, n + 1, f"blocks.{n + 1}.layernorm"))
     tensors += norm_tags(f"blocks.{n + 1}.layernorm", n + 1, STREAM, batch_norm=False)
-    spaces[STREAM] = Space(STREAM, config.hidden, tuple(stream_caps))
+    norm_outputs = tuple(
+        Capture(name, layout, k, name)
+        for k in range(1, n + 1)
+        for name in (f"blocks.{k}.{norm}" for norm in VIT_NAMES.norms)
+    )
+    spaces[STREAM] = Space(STREAM, config.hidden, tuple(stream_caps), norm_outputs=norm_outputs)
     head = n + 2
     if config.num_labels is not None:
         tensors += [
