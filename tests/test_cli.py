@@ -108,11 +108,29 @@ def test_recipe_round_trips_and_rejects_unknown_keys(tmp_path):
         ("alpha", 0.0, "alpha = 0.0 is out of range"),
         ("rho", 1.5, "rho = 1.5 is out of range"),
         ("matcher", "magic", "matcher 'magic' is unknown"),
+        ("fusion", "lsq", "zip.fusion 'lsq' is unknown"),
+        ("ridge", 0.0, "zip.ridge = 0.0 is out of range"),
+        ("renormalize", "yes", "renormalize"),
     ]:
         data = recipe.to_dict()
         data["zip"][field] = value
         with pytest.raises(ConfigError, match=message):
             recipe_from_dict(data)
+
+
+def test_a_least_squares_renormalized_recipe_is_recorded_and_repeats(tmp_path):
+    zip_fields = {"rho": 0.5, "fusion": "least_squares", "ridge": 0.05, "renormalize": True}
+    recipe = write_case(tmp_path, "depth", alignment={"mode": "lma_first"}, zip=zip_fields)
+    out = tmp_path / "merged"
+    assert main(["merge", str(recipe), "--out", str(out)]) == 0
+    done = load_recipe(out / "recipe.yaml")
+    assert (done.zip.fusion, done.zip.ridge, done.zip.renormalize) == ("least_squares", 0.05, True)
+    assert done.alignment.mode == "lma_first"
+    again = merge_recipe(out / "recipe.yaml")
+    plain = merge_recipe(write_case(tmp_path / "plain", "depth", zip={"rho": 0.5}))
+    reloaded = load_merged(out)
+    assert state_sha256(reloaded.state_dict()) == state_sha256(again.result.model.state_dict())
+    assert state_sha256(reloaded.state_dict()) != state_sha256(plain.result.model.state_dict())
 
 
 def run_error(args, capsys) -> str:
