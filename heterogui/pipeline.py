@@ -88,6 +88,7 @@ class MergeResult:
     prepared: Prepared
     settings: ZipSettings
     timings: dict[str, float] = field(default_factory=dict)
+    renormalized: int = 0  # merged outputs renormalization rescaled (settings.renormalize)
 
     def widths(self) -> dict[str, tuple[int, int, int]]:
         """Return (n_A, n_B, merged width) for every merge point."""
@@ -413,8 +414,9 @@ def zip_prepared(
     model, spec = _timed(
         timings, "fuse", lambda: assemble(pa, pb, matches, transforms, stop, dtype)
     )
+    renormalized = 0
     if settings.renormalize:
-        _timed(
+        renormalized = _timed(
             timings,
             "renormalize",
             lambda: renormalize(model, pa, pb, matches, prepared.batches, dev, stop),
@@ -429,7 +431,15 @@ def zip_prepared(
     )
     model.eval()
     return MergeResult(
-        model, spec, prepared.alignment, matches, transforms, prepared, settings, timings
+        model,
+        spec,
+        prepared.alignment,
+        matches,
+        transforms,
+        prepared,
+        settings,
+        timings,
+        renormalized,
     )
 
 

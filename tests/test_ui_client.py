@@ -84,12 +84,12 @@ def test_the_whole_flow_over_the_api(url, tmp_path):
 
 
 def test_the_fusion_over_the_api(url):
-    """The fusion is the last input of /zip, /merge and /remerge: older calls still work."""
+    """The fusion follows the device (only Renormalize comes after it): older calls work."""
     client = Client(url, verbose=False)
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     for name in ("/zip", "/merge", "/remerge"):
-        last = api[name]["parameters"][-1]
-        assert last["label"] == "Fusion" and last["parameter_default"] == "average"
+        fusion = api[name]["parameters"][-2]
+        assert fusion["label"] == "Fusion" and fusion["parameter_default"] == "average"
     _, summary, _ = call(client, "/start")
     stop = summary["blocks"]
     _, summary, _ = call(client, "/zip", "zip", 0.5, 1.0, 0.5, stop, "least_squares")
@@ -101,6 +101,25 @@ def test_the_fusion_over_the_api(url):
     assert [h["fusion"] for h in summary["history"]] == ["least_squares", "average"]
     with pytest.raises(AppError, match="magic is not in the list of choices"):
         call(client, "/zip", "zip", 0.5, 1.0, 0.5, stop, "magic")  # refused by the dropdown
+
+
+def test_the_renormalization_over_the_api(url):
+    """Renormalize is the last input of /zip, /merge and /remerge, after the fusion."""
+    client = Client(url, verbose=False)
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name in ("/zip", "/merge", "/remerge"):
+        *_, fusion, last = api[name]["parameters"]
+        assert fusion["label"] == "Fusion"
+        assert last["label"] == "Renormalize" and last["parameter_default"] is False
+    _, summary, _ = call(client, "/start")
+    stop = summary["blocks"]
+    _, summary, _ = call(client, "/zip", "zip", 0.5, 1.0, 0.5, stop, "average", True)
+    assert summary["settings"]["renormalize"] is True and "merged" not in summary
+    status, summary, _ = call(client, "/merge", "zip", 0.5, 1.0, 0.5, stop, "cpu", "average", True)
+    assert "Merge #1 done" in status and "renormalize:" in status  # nothing to do on VGG
+    status, summary, _ = call(client, "/remerge", True, "zip", 0.5, 1.0, 0.6, stop, "cpu")
+    assert "renormaliz" not in status
+    assert [h["renormalize"] for h in summary["history"]] == [True, False]
 
 
 def test_two_clients_do_not_see_each_other(url):

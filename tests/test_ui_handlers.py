@@ -211,6 +211,91 @@ def test_least_squares_fusion_from_the_zip_tab_to_compare_and_a_recipe(session, 
     assert all(torch.equal(session.result.model.state_dict()[k], average[k]) for k in average)
 
 
+def test_make_settings_takes_the_renormalization():
+    plain = work.make_settings("zip", 0.5, 1.0, 0.5, 3, None, 4)
+    assert plain.renormalize is False
+    fixed = work.make_settings("zip", 0.5, 1.0, 0.5, 3, None, 4, renormalize=True)
+    assert fixed.renormalize is True
+    assert fixed == dataclasses.replace(plain, renormalize=True)
+    both = work.make_settings("zip", 0.5, 1.0, 0.5, 3, None, 4, "least_squares", 0.1, True)
+    assert (both.fusion, both.ridge, both.renormalize) == ("least_squares", 0.1, True)
+
+
+def test_renormalize_from_the_zip_tab_to_compare_history_and_summary(session, res):
+    """On the BatchNorm demo pair the switch is carried everywhere and changes no weight."""
+    n = work_blocks(session)
+    merge(session, res, rho=0.5)
+    plain = {k: v.clone() for k, v in session.result.model.state_dict().items()}
+    # The checkbox changes the settings only (as the dropdowns do); Merge then uses them.
+    tab_zip.on_knobs(session, res, "zip", 0.5, 1.0, 0.5, n, "average", True)
+    assert session.settings.renormalize is True
+    assert session.result.settings.renormalize is False
+    assert "estimate" in tab_zip.render(session, res)["readout"]  # a merge is due
+    assert "renormalize True" in tab_models.carried_knobs(session)
+    message = tab_zip.on_merge(session, res, "zip", 0.5, 1.0, 0.5, n, "cpu", "average", True)
+    assert "Merge #2 done" in message and "fusion:" not in message
+    assert "renormalize: no LayerNorm/RMSNorm or value outputs to rescale" in message
+    assert session.result.settings.renormalize is True
+    assert "renormalize" in session.result.timings
+    # VGG has BatchNorm only: nothing to rescale, the same weights (BN re-estimation's job).
+    fixed = session.result.model.state_dict()
+    assert fixed.keys() == plain.keys()
+    assert all(torch.equal(fixed[k], plain[k]) for k in plain)
+    # What each merge used shows wherever settings do.
+    summary = session_summary(session)
+    assert summary["settings"]["renormalize"] is True
+    assert [h["renormalize"] for h in summary["history"]] == [False, True]
+    labels = {number: label for label, number in tab_compare.merge_choices(session)}
+    assert "renormalized" in labels[2] and "renormalized" not in labels[1]
+    tab_compare.on_compare(session, res, 1, 2)
+    table = tab_compare.render(session, res)["compare_table"].splitlines()
+    assert "| renormalize | off | on | differs |" in table
+    history = tab_evaluate.render(session, res)["history"]
+    column = history["headers"].index("renormalize")
+    assert [row[column] for row in history["value"]] == [False, True]
+    assert tab_zip.knob_values(session)["renormalize"] is True
+    assert app.render(session, res, ("knobs",))["renormalize"] is True
+    # A slider release re-merges with the switch the checkbox shows, the fusion with it.
+    tab_zip.on_release(session, res, True, "zip", 0.5, 1.0, 0.6, n, "cpu", "least_squares", True)
+    last = session.result.settings
+    assert (last.fusion, last.renormalize, last.rho) == ("least_squares", True, 0.6)
+    tab_zip.on_release(session, res, False, "zip", 0.5, 1.0, 0.7, n, "cpu", "average", False)
+    assert session.settings.renormalize is False and session.result.settings.renormalize
+    # Calls without it (scripts written before it) merge without renormalization.
+    merge(session, res, rho=0.5)
+    assert session.result.settings.renormalize is False
+    assert [h["renormalize"] for h in session.history] == [False, True, True, False]
+
+
+def test_renormalize_changes_a_vit_merge_and_survives_a_recipe(res, tmp_path):
+    vit = Session(device="cpu")
+    tab_models.on_load_pair(vit, res, "tiny-digits-vit-depth")
+    n = work_blocks(vit)
+    merge(vit, res, rho=0.5)
+    plain = {k: v.clone() for k, v in vit.result.model.state_dict().items()}
+    message = tab_zip.on_merge(vit, res, "zip", 0.5, 1.0, 0.5, n, "cpu", "average", True)
+    assert "Merge #2 done" in message and "renormalized " in message
+    assert "to the parents' average statistics" in message and "renormalize:" not in message
+    # Same statistics and matching: the same shapes, other weights (the norms it rescaled).
+    fixed = vit.result.model.state_dict()
+    assert vit.result.widths() == vit.details[1]["widths"]
+    assert fixed.keys() == plain.keys()
+    assert all(fixed[k].shape == plain[k].shape for k in fixed)
+    changed = [k for k in fixed if not torch.equal(fixed[k], plain[k])]
+    assert changed and any("layernorm" in k for k in changed)
+    assert vit.merged_metrics is not None
+    assert [h["renormalize"] for h in vit.history] == [False, True]
+    # An exported recipe carries the switch; importing it ticks the checkbox again.
+    tab_export.on_export(vit, res, str(tmp_path / "fixed"), False)
+    assert "renormalize: true" in (tmp_path / "fixed" / "recipe.yaml").read_text()
+    other = Session(device="cpu")
+    tab_export.on_import(other, res, str(tmp_path / "fixed" / "recipe.yaml"), None)
+    assert other.settings.renormalize is True
+    assert app.render(other, res, ("knobs",))["renormalize"] is True
+    again = other.result.model.state_dict()
+    assert all(torch.equal(fixed[k].cpu(), again[k].cpu()) for k in fixed)
+
+
 def test_remerge_reuses_cached_statistics_and_is_fast(session, res, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a slider move must not re-run the models")

@@ -28,7 +28,8 @@ from heterogui.ui.session import Session
 from heterogui.zoo.registry import PAIRS, TINY_PAIRS
 
 # A user dragging rho, then alpha, beta and the stop point: each entry is one release (a move
-# may also set "matcher" or "fusion", as the Zip tab's dropdowns do).
+# may also set "matcher", "fusion" or "renormalize", as the Zip tab's dropdowns and
+# checkbox do).
 DEFAULT_MOVES: tuple[dict[str, Any], ...] = (
     {"rho": 0.9},
     {"rho": 0.75},
@@ -57,6 +58,7 @@ def _settings(session: Session, move: dict[str, Any]) -> Any:
         "rho": s.rho,
         "stop": s.stop,
         "fusion": s.fusion,
+        "renormalize": s.renormalize,
     }
     knobs.update(move)
     n_blocks = session.prepared.padded_a.graph().num_blocks - 1
@@ -72,6 +74,7 @@ def _settings(session: Session, move: dict[str, Any]) -> Any:
         n_blocks,
         fusion=knobs["fusion"],
         ridge=s.ridge,
+        renormalize=knobs["renormalize"],
     )
 
 

@@ -51,6 +51,7 @@ SETTING_ROWS = (
     "matcher",
     "fusion",
     "ridge",
+    "renormalize",
     "alpha",
     "beta",
     "rho",
@@ -105,6 +106,7 @@ def build(ui: dict[str, Any], res: Resources) -> None:
 def _label(row: dict[str, Any], metric: str) -> str:
     score = "not scored yet" if row.get("score") is None else f"{metric} {row['score']}"
     fusion = " · least squares" if row.get("fusion") == "least_squares" else ""
+    fusion += " · renormalized" if row.get("renormalize") else ""
     return (
         f"#{row['merge']} · rho {row['rho']} alpha {row['alpha']} beta {row['beta']} "
         f"stop {row['stop']}{fusion} · {score}"
@@ -123,12 +125,19 @@ def _row(session: Session, merge: int) -> dict[str, Any]:
 
 
 def _difference(a: Any, b: Any) -> str:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return ""
+    if isinstance(a, bool) or isinstance(b, bool):  # a switch: no arithmetic on it
+        return "" if a == b else "differs"
     if isinstance(a, int | float) and isinstance(b, int | float):
         d = b - a
         return "" if d == 0 else (f"{d:+,}" if isinstance(d, int) else f"{d:+.4g}")
     return "" if a == b else "differs"
+
+
+def _cell(v: Any) -> str:
+    """Return a table cell: a switch reads on / off (cell_text would print a bool as 1 / 0)."""
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    return cell_text(v)
 
 
 def compare_table(session: Session, left: int, right: int) -> str:
@@ -143,7 +152,7 @@ def compare_table(session: Session, left: int, right: int) -> str:
     for key in (*SETTING_ROWS, *SIZE_ROWS, *task_rows):
         name = names.get(key, key)
         va, vb = a.get(key), b.get(key)
-        lines.append(f"| {name} | {cell_text(va)} | {cell_text(vb)} | {_difference(va, vb)} |")
+        lines.append(f"| {name} | {_cell(va)} | {_cell(vb)} | {_difference(va, vb)} |")
     return "\n".join(lines)
 
 

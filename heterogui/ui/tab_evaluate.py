@@ -66,6 +66,7 @@ HISTORY_LAST = [
     "matcher",
     "fusion",
     "ridge",
+    "renormalize",
     "alignment",
     "overrides",
     "seconds",

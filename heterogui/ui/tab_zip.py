@@ -1,7 +1,7 @@
-"""Tab 4, Zip: the elastic zip's knobs (matcher, fusion, alpha, beta, zip ratio rho with
-per-merge-point overrides, partial-zip stop point, device), a live readout of widths,
-parameters and FLOPs, and the merge itself (staged progress, cancellable, re-merged from cached
-statistics).
+"""Tab 4, Zip: the elastic zip's knobs (matcher, fusion, renormalization, alpha, beta, zip
+ratio rho with per-merge-point overrides, partial-zip stop point, device), a live readout of
+widths, parameters and FLOPs, and the merge itself (staged progress, cancellable, re-merged from
+cached statistics).
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ VIEWS = (
     "override_space",
 )
 # The knob components (set from the session after a load, an import or a sweep cell). The
-# fusion comes last in every event's inputs, after the device, so that API calls written
-# before it existed still work: a missing last input takes the dropdown's default.
-KNOBS = ("matcher", "alpha", "beta", "rho", "stop", "fusion")
-MERGE_INPUTS = ("matcher", "alpha", "beta", "rho", "stop", "device", "fusion")
+# fusion, then the renormalization, come last in every event's inputs, after the device, so
+# that API calls written before them still work: a missing last input takes the component's
+# default (average, off).
+KNOBS = ("matcher", "alpha", "beta", "rho", "stop", "fusion", "renormalize")
+MERGE_INPUTS = ("matcher", "alpha", "beta", "rho", "stop", "device", "fusion", "renormalize")
 FUSION_CHOICES = [("average (paper)", "average"), ("least squares", "least_squares")]
 # What a merge redraws, then what its scores redraw (a slider release: the merge shows first).
 MERGED_SCOPES = ("zip", "neurons", "evaluate", "compare", "export")
@@ -61,7 +62,7 @@ def build(ui: dict[str, Any], res: Resources) -> None:
 
 
 def _knobs(ui: dict[str, Any]) -> None:
-    """Create the matcher, the fusion, the sliders, the device and the auto re-merge switch."""
+    """Create the matcher, fusion, renormalize switch, sliders, device and auto re-merge switch."""
     with gr.Row():
         ui["matcher"] = gr.Dropdown(
             ["zip", "permute", "average"],
@@ -77,6 +78,14 @@ def _knobs(ui: dict[str, Any]) -> None:
             info="How matched weights combine. average: the paper's W* = M W U; least "
             "squares: the merged weights that best reproduce the parents' averaged outputs, "
             "fitted on the calibration statistics (may help or hurt by model: docs/quality.md)",
+        )
+        ui["renormalize"] = gr.Checkbox(
+            value=False,
+            label="Renormalize",
+            elem_id="renormalize",
+            info="Rescale the merged LayerNorm/RMSNorm and value outputs to the parents' "
+            "average statistics (for transformers; one more pass over the calibration data "
+            "per merge)",
         )
     ui["alpha"] = gr.Slider(
         0.01,
@@ -155,6 +164,7 @@ def knob_values(session: Session) -> dict[str, Any]:
     return {
         "matcher": s.matcher,
         "fusion": s.fusion,
+        "renormalize": s.renormalize,
         "alpha": s.alpha,
         "beta": s.beta,
         "rho": s.rho,
@@ -299,6 +309,7 @@ def settings_from(
     rho: float,
     stop: float | None,
     fusion: str = "average",
+    renormalize: bool = False,
 ) -> Any:
     """Return ZipSettings from the knob values (keeping the session's overrides and ridge)."""
     n = _n_blocks(session)
@@ -312,6 +323,7 @@ def settings_from(
         n,
         fusion=fusion,
         ridge=session.settings.ridge,
+        renormalize=bool(renormalize),
     )
 
 
@@ -324,11 +336,12 @@ def on_knobs(
     rho: float,
     stop: float | None,
     fusion: str = "average",
+    renormalize: bool = False,
     progress=None,
 ) -> str:
     """Take new knob values and update the readout (api: /zip)."""
     work.require_prepared(session)
-    session.settings = settings_from(session, matcher, alpha, beta, rho, stop, fusion)
+    session.settings = settings_from(session, matcher, alpha, beta, rho, stop, fusion, renormalize)
     return "Settings changed: the readout shows what a merge would give."
 
 
@@ -342,6 +355,7 @@ def on_merge(
     stop: float | None,
     device: str | None,
     fusion: str = "average",
+    renormalize: bool = False,
     progress=None,
     evaluate: bool = True,
 ) -> str:
@@ -359,7 +373,7 @@ def on_merge(
         if mode != "sma":
             work.set_alignment(session, "manual", json.dumps(mapping), progress)
         note = f" Statistics recomputed on {device}."
-    settings = settings_from(session, matcher, alpha, beta, rho, stop, fusion)
+    settings = settings_from(session, matcher, alpha, beta, rho, stop, fusion, renormalize)
     result = work.merge(session, res, settings, progress, evaluate=evaluate)
     row = session.history[-1]
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
@@ -373,6 +387,8 @@ def on_merge(
         joint = f"{work.metric_label(task)} {score if score is not None else '—'}."
     alarm = work.alarm_line(work.merge_alarms(session))
     fused = f"fusion: {work.fusion_text(result.settings)}; " if row["fusion"] != "average" else ""
+    if row["renormalize"]:
+        fused += f"{work.renormalize_text(result)}; "
     return (
         f"Merge #{row['merge']} done in {row['seconds']:.2f}s ({stages}); {fused}{joint}{note} "
         "See the Evaluate tab." + (f" {alarm}" if alarm else "")
@@ -390,13 +406,25 @@ def on_release(
     stop: float | None,
     device: str | None,
     fusion: str = "average",
+    renormalize: bool = False,
     progress=None,
 ) -> str:
     """Re-merge on slider release when auto re-merge is on (api: /remerge)."""
     if not auto or session.prepared is None:
-        return on_knobs(session, res, matcher, alpha, beta, rho, stop, fusion)
+        return on_knobs(session, res, matcher, alpha, beta, rho, stop, fusion, renormalize)
     return on_merge(
-        session, res, matcher, alpha, beta, rho, stop, device, fusion, progress, evaluate=False
+        session,
+        res,
+        matcher,
+        alpha,
+        beta,
+        rho,
+        stop,
+        device,
+        fusion,
+        renormalize,
+        progress,
+        evaluate=False,
     )
 
 
@@ -468,7 +496,7 @@ def wire(ui: dict[str, Any], on) -> None:
             None,
             heavy=True,
         )
-    for name in ("matcher", "fusion"):  # a dropdown: the readout says a merge is due
+    for name in ("matcher", "fusion", "renormalize"):  # the readout says a merge is due
         on(ui[name].input, on_knobs, knobs, ("zip",), None, light=True)
     on(ui["merge"].click, on_merge, list(MERGE_INPUTS), MERGED_SCOPES, "merge", heavy=True)
     on(ui["cancel"].click, on_cancel, [], (), "cancel", light=True)

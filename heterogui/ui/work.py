@@ -240,10 +240,12 @@ def make_settings(
     n_blocks: int | None = None,
     fusion: str = "average",
     ridge: float = DEFAULT_RIDGE,
+    renormalize: bool = False,
 ) -> ZipSettings:
     """Return ZipSettings from the Zip tab's controls (stop = n_blocks means a full zip).
 
-    fusion: "average" (the paper's) or "least_squares"; ridge: the least-squares ridge.
+    fusion: "average" (the paper's) or "least_squares"; ridge: the least-squares ridge;
+    renormalize: rescale the merged features to their groups' average statistics after fusion.
 
     Raises:
         ConfigError: a knob out of range, an unknown fusion or a bad ridge.
@@ -263,6 +265,7 @@ def make_settings(
         stop_value,
         fusion=fusion,
         ridge=float(ridge),
+        renormalize=bool(renormalize),
     )
 
 
@@ -360,6 +363,7 @@ def history_row(
         "matcher": s.matcher,
         "fusion": s.fusion,
         "ridge": fusion_ridge(s),
+        "renormalize": s.renormalize,
         "alpha": s.alpha,
         "beta": s.beta,
         "rho": s.rho,
@@ -384,6 +388,18 @@ def fusion_text(settings: ZipSettings) -> str:
     if settings.fusion == "least_squares":
         return f"least squares (ridge {settings.ridge:g})"
     return "average"
+
+
+def renormalize_text(result: MergeResult) -> str:
+    """Return what renormalization did to a merge, for messages (it was on)."""
+    n = result.renormalized
+    if n == 0:
+        return (
+            "renormalize: no LayerNorm/RMSNorm or value outputs to rescale in these models "
+            "(BatchNorm re-estimation does that job)"
+        )
+    outputs = f"{n} merged output{'s' if n != 1 else ''}"
+    return f"renormalized {outputs} to the parents' average statistics"
 
 
 def device_choices() -> list[str]:
