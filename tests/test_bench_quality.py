@@ -129,6 +129,13 @@ def test_fusion_table_shares_come_from_the_rows(report) -> None:
                 if k.startswith("zip (") and k.endswith(", least squares)") == least_squares
             )
             assert f"| {best / ensemble:.3f} |" in line + " |", (pair, least_squares)
+    gains = []
+    for result in data["pairs"].values():
+        joints = {k: v["joint"]["mean"] for k, v in result["rows"].items() if k.startswith("zip (")}
+        ls = max(v for k, v in joints.items() if k.endswith(", least squares)"))
+        gains.append(ls - max(v for k, v in joints.items() if ", " not in k))
+    above = sum(g > 0 for g in gains)
+    assert f"- least squares: best zip above the paper's fusion on {above} of 2 pairs" in md
     checks = [c for c in data["checks"] if c["check"].startswith("best zip at least 95%")]
     assert len(checks) == 2
     placements = md.split("## Where LMA places")[1].split("## Checks")[0]

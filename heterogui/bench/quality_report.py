@@ -294,6 +294,50 @@ def _fusion_summary(report: dict[str, Any]) -> list[str]:
     return _table(header, lines)
 
 
+def _variant_findings(report: dict[str, Any]) -> list[str]:
+    """Return one line per variant: where its best zip beats the paper's fusion, and by how much."""
+    out = []
+    for suffix, name in list(VARIANT_NAMES.items())[1:]:
+        gains = {}
+        for pair, r in report["pairs"].items():
+            _, base = _best_zip(r["rows"], "")
+            _, best = _best_zip(r["rows"], suffix)
+            if best is not None:
+                gains[pair] = 100 * (best - base)
+        if not gains:
+            continue
+        worse = [f"{p} ({g:+.1f})" for p, g in gains.items() if g < 0]
+        out.append(
+            f"- {name}: best zip above the paper's fusion on {sum(g > 0 for g in gains.values())} "
+            f"of {len(gains)} pairs, mean {sum(gains.values()) / len(gains):+.1f} points; "
+            f"did not help on: {', '.join(worse) if worse else 'none'}"
+        )
+    return out
+
+
+def _placement_findings(report: dict[str, Any]) -> list[str]:
+    """Return, per variant, which LMA placement is best on how many depth pairs."""
+    out = []
+    for suffix in ("", LEAST_SQUARES):
+        wins = dict.fromkeys(PLACEMENTS, 0)
+        pairs = 0
+        for r in report["pairs"].values():
+            rows = r["rows"]
+            joints = {p: mean(rows.get(f"zip ({p}{suffix})")) for p in PLACEMENTS}
+            if r.get("depths_differ") and None not in joints.values():
+                pairs += 1
+                top = max(joints.values())
+                for p, j in joints.items():
+                    wins[p] += j == top
+        if pairs:
+            counts = ", ".join(f"{p} {n}" for p, n in wins.items())
+            out.append(
+                f"- {VARIANT_NAMES[suffix]}: best (ties count for each) on {counts} of {pairs} "
+                "depth pairs"
+            )
+    return out
+
+
 def _pair_section(pair: str, r: dict[str, Any]) -> list[str]:
     acc = r["task_accuracy"]
     out = [
@@ -401,8 +445,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     out += _fusion_summary(report)
+    out += ["", *_variant_findings(report)]
     out += ["", "## Where LMA places a block inside its segment (Joint, %)", "", PLACEMENT_NOTE, ""]
     out += _placement_summary(report)
+    out += ["", *_placement_findings(report)]
     out += ["", "## Checks", ""]
     out += [
         f"- [{'x' if c['passed'] else ' '}] {c['pair']}: {c['check']}: {c['detail']}"
