@@ -26,7 +26,7 @@ from heterogui.fusion.fuse import SpaceTransform, fuse_state
 from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged
 from heterogui.fusion.pinning import pinned_channels
 from heterogui.fusion.regression import Regression, regression_unmerge
-from heterogui.fusion.renormalize import renormalize
+from heterogui.fusion.renormalize import parents_statistics, renormalize
 from heterogui.memo import ObjectMemo
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network, family_of
@@ -284,6 +284,11 @@ def _pad(
 _CORRELATIONS = ObjectMemo()
 
 
+# A's and B's statistics at the outputs renormalization corrects (fusion.renormalize), kept
+# while the pair lives: they do not depend on the matching, so a re-merge does not run A and B.
+_PARENT_SUMS = ObjectMemo()
+
+
 def correlation(prepared: Prepared, space: str, stop: int | None) -> torch.Tensor:
     """Return the correlation of ``space`` over its captures before ``stop``: (O, O) float32.
 
@@ -419,7 +424,20 @@ def zip_prepared(
         renormalized = _timed(
             timings,
             "renormalize",
-            lambda: renormalize(model, pa, pb, matches, prepared.batches, dev, stop),
+            lambda: renormalize(
+                model,
+                pa,
+                pb,
+                matches,
+                prepared.batches,
+                dev,
+                stop,
+                lambda: _PARENT_SUMS.get(
+                    prepared,
+                    "renormalize",
+                    lambda: parents_statistics(pa, pb, prepared.batches, dev),
+                ),
+            ),
         )
     pinned = pinned_channels(model, pa, pb, matches, stop)
     _timed(

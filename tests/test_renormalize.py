@@ -132,3 +132,22 @@ def test_batch_norm_models_have_nothing_to_renormalize(bert_pair):
     same = zip_prepared(prep, ZipSettings(rho=0.5, renormalize=True)).model.state_dict()
     assert all(torch.equal(plain[k], same[k]) for k in plain)
     assert renormalizes(bert_pair.padded_a, bert_pair.padded_b)
+
+
+def test_a_re_merge_reuses_the_parents_statistics(monkeypatch):
+    import heterogui.pipeline as pipeline
+
+    deep = network_from_hf(tiny_hf(layers=3, seed=0), "A")
+    shallow = network_from_hf(tiny_hf(layers=2, seed=1), "B")
+    prep = prepare(deep, shallow, batches(), device="cpu")
+    calls = []
+    original = pipeline.parents_statistics
+    monkeypatch.setattr(
+        pipeline, "parents_statistics", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    first = zip_prepared(prep, ZipSettings(rho=0.5, renormalize=True))
+    again = zip_prepared(prep, ZipSettings(rho=0.5, renormalize=True))
+    other = zip_prepared(prep, ZipSettings(rho=0.75, renormalize=True))
+    assert len(calls) == 1 and other.renormalized > 0
+    one, two = first.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(one[k], two[k]) for k in one)

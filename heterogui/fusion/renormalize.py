@@ -21,7 +21,7 @@ are corrected instead.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -122,8 +122,12 @@ def renormalize(
     batches: Iterable[Batch],
     device: torch.device | str,
     stop: int,
+    parent_sums: Callable[[], list[dict[str, _Sums]]] | None = None,
 ) -> int:
     """Rescale the merged model's affine modules in place; return the outputs corrected.
+
+    parent_sums: returns ``parents_statistics`` of these models and batches (a re-merge keeps
+    them: they do not depend on the matching); default: computed here.
 
     model: the merged model (``fusion.merged.MergedModel``) of the padded ``net_a`` and
     ``net_b`` with ``matches``, before any re-estimation. A and B run once; the merged model
@@ -135,8 +139,7 @@ def renormalize(
     if not points:
         return 0
     batches = list(batches)
-    modules = sorted({cap.module for _, cap in points})
-    parents = [_sums(net.module, modules, points, batches, device) for net in (net_a, net_b)]
+    parents = (parent_sums or (lambda: parents_statistics(net_a, net_b, batches, device)))()
     was_training = model.training
     model.eval()
     for block in sorted({cap.block for _, cap in points}):
@@ -148,6 +151,19 @@ def renormalize(
             _rescale(model, cap, sums, matches[space])
     model.train(was_training)
     return len(points)
+
+
+def parents_statistics(
+    net_a: Network, net_b: Network, batches: list[Batch], device: torch.device | str
+) -> list[dict[str, _Sums]]:
+    """Return A's and B's per-feature sums at every output renormalization may correct.
+
+    One pass of each model; keyed by module name.
+    """
+    graph = net_a.graph()
+    points = renormalized_points(net_a, net_b, graph.spaces, graph.num_blocks)
+    modules = sorted({cap.module for _, cap in points})
+    return [_sums(net.module, modules, points, batches, device) for net in (net_a, net_b)]
 
 
 def _renamed(cap: Capture) -> Capture:
