@@ -1,4 +1,4 @@
-"""Least-squares fusion: the unmerge that best predicts the parents' features (method.md sec. 9).
+"""Least-squares fusion: the unmerge that best predicts the features (docs/method.md sec. 9).
 
 The paper fuses a weight that reads a merge point with the 0/1 unmerge U: W* = M_out W U, that
 is W applied to the copy U z of the merged features z = M x. Least-squares fusion replaces U

@@ -1,12 +1,11 @@
-"""Renormalization: move the merged features' mean and scale to the parents' (method.md sec. 9).
+"""Renormalization: the merged features get the parents' mean and scale (docs/method.md sec. 9).
 
 Averaging matched weights shrinks the merged features: a group's members are not perfectly
 correlated, so their average varies less than each of them (REPAIR's observation). BatchNorm
 models get their statistics back from BatchNorm re-estimation; transformers (LayerNorm,
-RMSNorm) do not. Renormalization runs A and B over the calibration data once (the merged model
-once per block),
-reads every merge point where a per-feature affine module writes the output last
-(``Capture.affine``: the post-LN norms of BERT, value projections, a gated MLP's up
+RMSNorm) do not. Renormalization runs A and B over the calibration data once (and the merged
+trunk block by block), reads every merge point where a per-feature affine module writes the
+output last (``Capture.affine``: the post-LN norms of BERT, value projections, a gated MLP's up
 projection, the final norm; ``Space.norm_outputs``: the norms of pre-norm layers), and
 rescales that module so each merged feature gets its group's average statistics:
 
@@ -22,12 +21,20 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from heterogui.distributed import all_reduce_sum_
-from heterogui.models.capture import Batch, CapturePass, to_device, to_rows, token_mask
+from heterogui.models.capture import (
+    Batch,
+    CapturePass,
+    capture_outputs,
+    to_device,
+    to_rows,
+    token_mask,
+)
 from heterogui.models.family import Network
 from heterogui.models.graph import Capture
 from heterogui.zip.match import Match
@@ -130,10 +137,11 @@ def renormalize(
     them: they do not depend on the matching); default: computed here.
 
     model: the merged model (``fusion.merged.MergedModel``) of the padded ``net_a`` and
-    ``net_b`` with ``matches``, before any re-estimation. A and B run once; the merged model
-    runs once per block, up to that block, after the blocks before it were corrected (each
-    block sees the corrected features it will read: correcting every block from one pass
-    compounds the shifts, and on the MiniLM pair cost 17 points of STS Spearman).
+    ``net_b`` with ``matches``, before any re-estimation. A and B run once; the merged trunk
+    runs block by block on the stored states between blocks, each block corrected before its
+    output is passed on, so each block is measured on the corrected features it will read
+    (correcting every block from one pass compounds the shifts: on the MiniLM pair that cost
+    17 points of STS Spearman). Each trunk block runs twice: about two forwards in all.
     """
     points = renormalized_points(net_a, net_b, matches, stop)
     if not points:
@@ -142,15 +150,44 @@ def renormalize(
     parents = (parent_sums or (lambda: parents_statistics(net_a, net_b, batches, device)))()
     was_training = model.training
     model.eval()
-    for block in sorted({cap.block for _, cap in points}):
-        here = [(space, cap) for space, cap in points if cap.block == block]
-        names = [merged_name(cap.module) for _, cap in here]
-        merged = _sums(model, names, [(s, _renamed(c)) for s, c in here], batches, device)
-        for space, cap in here:
-            sums = [parents[0][cap.module], parents[1][cap.module], merged[merged_name(cap.module)]]
-            _rescale(model, cap, sums, matches[space])
+    # the trunk's state between blocks, batch by batch (block 0 reads the batch itself)
+    states = [to_device(batch, device) for batch in batches]
+    masks = [token_mask(batch) for batch in states]
+    last = max(cap.block for _, cap in points)
+    for k, block in enumerate(model.trunk[: last + 1]):
+        here = [(space, cap) for space, cap in points if cap.block == k]
+        if here:
+            merged = _block_sums(model, block, [_renamed(cap) for _, cap in here], states, masks)
+            for space, cap in here:
+                merged_sums = merged[merged_name(cap.module)]
+                sums = [parents[0][cap.module], parents[1][cap.module], merged_sums]
+                _rescale(model, cap, sums, matches[space])
+        if k < last:  # the corrected block's output is what the next block reads
+            states = [block(state) for state in states]
     model.train(was_training)
     return len(points)
+
+
+def _block_sums(
+    model: nn.Module,
+    block: nn.Module,
+    caps: list[Capture],
+    states: list[Any],
+    masks: list[torch.Tensor | None],
+) -> dict[str, _Sums]:
+    """Run one trunk block on the stored states; return the sums of its captured outputs.
+
+    Keyed by the merged model's module names (``caps`` are already renamed).
+    """
+    sums = {cap.module: _Sums() for cap in caps}
+    with capture_outputs(model, list(sums)) as found:
+        for state, mask in zip(states, masks, strict=True):
+            block(state)
+            for cap in caps:
+                sums[cap.module].add(to_rows(found[cap.module], cap.layout, mask))
+    for s in sums.values():
+        s.all_reduce()  # the whole data's sums under torchrun
+    return sums
 
 
 def parents_statistics(
