@@ -25,7 +25,7 @@ from heterogui.fusion.bn import has_batch_norm, reestimate_batch_norm
 from heterogui.fusion.fuse import SpaceTransform, fuse_state
 from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged
 from heterogui.fusion.pinning import pinned_channels
-from heterogui.fusion.regression import Regression, regression_unmerge
+from heterogui.fusion.regression import Regression, fit_regressions
 from heterogui.fusion.renormalize import parents_statistics, renormalize
 from heterogui.memo import ObjectMemo
 from heterogui.models.capture import Batch
@@ -407,7 +407,7 @@ def zip_prepared(
     if prepared.stats or prepared.stats_budget is None:
         matches = _timed(timings, "match", lambda: match_spaces(prepared, settings, stop))
         regressions = _timed(
-            timings, "regression", lambda: fit_regressions(prepared, settings, stop, matches)
+            timings, "regression", lambda: _regressions(prepared, settings, stop, matches)
         )
     else:
         matches = chunked_matches(prepared, settings, stop, timings, report, regressions)
@@ -422,22 +422,7 @@ def zip_prepared(
     renormalized = 0
     if settings.renormalize:
         renormalized = _timed(
-            timings,
-            "renormalize",
-            lambda: renormalize(
-                model,
-                pa,
-                pb,
-                matches,
-                prepared.batches,
-                dev,
-                stop,
-                lambda: _PARENT_SUMS.get(
-                    prepared,
-                    "renormalize",
-                    lambda: parents_statistics(pa, pb, prepared.batches, dev),
-                ),
-            ),
+            timings, "renormalize", lambda: _renormalize(prepared, model, matches, stop)
         )
     pinned = pinned_channels(model, pa, pb, matches, stop)
     _timed(
@@ -461,39 +446,27 @@ def zip_prepared(
     )
 
 
-def fit_regressions(
-    prepared: Prepared,
-    settings: ZipSettings,
-    stop: int,
-    matches: dict[str, Match],
-    only: Collection[str] | None = None,
+def _regressions(
+    prepared: Prepared, settings: ZipSettings, stop: int, matches: dict[str, Match]
 ) -> dict[str, Regression]:
-    """Return the least-squares unmerge of every read merge point (none for "average").
-
-    Read: some trunk weight reads the space (an "in" axis), or it is the stop point. These
-    keep the 0/1 unmerge: spaces without statistics (dead ones, a rotary attention output) and
-    attention spaces, whose reader (the output projection) reads the attention-weighted values,
-    not the values the statistics saw (with them the MiniLM pair's merge lost 5 points of STS
-    Spearman; without, it gains: docs/quality.md). only: just these merge points.
-    """
+    """Return the least-squares unmerges of ``matches`` (none with the paper's fusion)."""
     if settings.fusion != "least_squares":
         return {}
     ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
-    read = {a.space for t in ga.tensors if t.block < stop for a in t.axes if a.role == "in"}
-    if stop > 0:  # the tails (the heads of a full zip) read the stop point through its unmerge
-        read.add(ga.block_out[stop - 1])
-    dead = ga.dead | gb.dead
-    return {
-        space: regression_unmerge(
-            pooled_moments(prepared.stats, ga, space, stop), match, settings.ridge
-        )
-        for space, match in matches.items()
-        if space in read
-        and space not in dead
-        and ga.spaces[space].captures
-        and not ga.spaces[space].head_dim
-        and (only is None or space in only)
-    }
+    return fit_regressions(prepared.stats, ga, gb, matches, stop, settings.ridge)
+
+
+def _renormalize(
+    prepared: Prepared, model: MergedModel, matches: dict[str, Match], stop: int
+) -> int:
+    """Renormalize the merged model (``fusion.renormalize``) with the pair's kept statistics."""
+    pa, pb, batches, dev = prepared.padded_a, prepared.padded_b, prepared.batches, prepared.device
+
+    def parents() -> Any:
+        compute = partial(parents_statistics, pa, pb, batches, dev)
+        return _PARENT_SUMS.get(prepared, "renormalize", compute)
+
+    return renormalize(model, pa, pb, matches, batches, dev, stop, parents)
 
 
 def chunked_matches(
@@ -556,7 +529,7 @@ def chunked_matches(
                 _timed(
                     timings,
                     "regression",
-                    lambda view=view, found=found: fit_regressions(view, settings, stop, found),
+                    lambda view=view, found=found: _regressions(view, settings, stop, found),
                 )
             )
         del stats, view

@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 
 from heterogui.config import DEFAULT_RIDGE
+from heterogui.models.graph import ModelGraph
+from heterogui.zip.collect import StatKey, pooled_moments
 from heterogui.zip.match import Match
 from heterogui.zip.stats import Moments
 
@@ -100,3 +102,33 @@ def regression_unmerge(moments: Moments, match: Match, ridge: float = DEFAULT_RI
         return t[:n_a].contiguous(), t[n_a:].contiguous()
 
     return Regression(split(centred), split(offset), split(origin))
+
+
+def fit_regressions(
+    stats: dict[StatKey, Moments],
+    graph_a: ModelGraph,
+    graph_b: ModelGraph,
+    matches: dict[str, Match],
+    stop: int,
+    ridge: float = DEFAULT_RIDGE,
+) -> dict[str, Regression]:
+    """Return the least-squares unmerge of every read merge point of ``matches``.
+
+    Read: some trunk weight reads the space (an "in" axis), or it is the stop point. These
+    keep the 0/1 unmerge: spaces without statistics (dead ones, a rotary attention output) and
+    attention spaces, whose reader (the output projection) reads the attention-weighted values,
+    not the values the statistics saw (with them the MiniLM pair's merge lost 5 points of STS
+    Spearman; without, it gains at some settings: docs/transformers.md).
+    """
+    read = {a.space for t in graph_a.tensors if t.block < stop for a in t.axes if a.role == "in"}
+    if stop > 0:  # the tails (the heads of a full zip) read the stop point through its unmerge
+        read.add(graph_a.block_out[stop - 1])
+    dead = graph_a.dead | graph_b.dead
+    return {
+        space: regression_unmerge(pooled_moments(stats, graph_a, space, stop), match, ridge)
+        for space, match in matches.items()
+        if space in read
+        and space not in dead
+        and graph_a.spaces[space].captures
+        and not graph_a.spaces[space].head_dim
+    }
