@@ -30,7 +30,7 @@ OVERRIDE_KEYS = set(OVERRIDE_TYPES)
 IDENTITIES = ("exact", "ls", "plain")
 # how matched weights are combined (fusion.fuse; "least_squares": fusion.regression) and the
 # least-squares ridge, relative to the merged features' mean variance
-FUSIONS = ("average", "least_squares")
+FUSIONS = ("average", "least_squares", "least_squares_sequential")
 DEFAULT_RIDGE = 1e-2
 POOLINGS = ("mean", "cls")
 

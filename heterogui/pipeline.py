@@ -27,6 +27,7 @@ from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged
 from heterogui.fusion.pinning import pinned_channels
 from heterogui.fusion.regression import Regression, fit_regressions
 from heterogui.fusion.renormalize import parents_statistics, renormalize
+from heterogui.fusion.sequential import refit_merge
 from heterogui.memo import ObjectMemo
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network, family_of
@@ -419,12 +420,20 @@ def zip_prepared(
     model, spec = _timed(
         timings, "fuse", lambda: assemble(pa, pb, matches, transforms, stop, dtype)
     )
+    pinned = pinned_channels(model, pa, pb, matches, stop)
+    if settings.fusion == "least_squares_sequential":
+        _timed(
+            timings,
+            "refit",
+            lambda: refit_merge(
+                model, pa, pb, transforms, prepared.batches, dev, stop, settings.ridge, pinned
+            ),
+        )
     renormalized = 0
     if settings.renormalize:
         renormalized = _timed(
             timings, "renormalize", lambda: _renormalize(prepared, model, matches, stop)
         )
-    pinned = pinned_channels(model, pa, pb, matches, stop)
     _timed(
         timings,
         "bn_merged",
@@ -450,7 +459,7 @@ def _regressions(
     prepared: Prepared, settings: ZipSettings, stop: int, matches: dict[str, Match]
 ) -> dict[str, Regression]:
     """Return the least-squares unmerges of ``matches`` (none with the paper's fusion)."""
-    if settings.fusion != "least_squares":
+    if not settings.fusion.startswith("least_squares"):
         return {}
     ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
     return fit_regressions(prepared.stats, ga, gb, matches, stop, settings.ridge)

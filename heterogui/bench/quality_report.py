@@ -23,15 +23,22 @@ MERGE_PREFIXES = ("zip", "weight average", "permute")
 TOLERANCE = 0.01  # the heterogeneous zip should be within 1 point of the homogeneous zip
 ENSEMBLE_SHARE = 0.95  # the best merge should keep 95% of the ensemble's Joint accuracy
 LEAST_SQUARES = ", least squares"  # the label suffix of least-squares fusion rows
+SEQUENTIAL = ", sequential least squares"  # the label suffix of sequential least-squares rows
 RENORMALIZED = ", renormalized"  # the label suffix of renormalized rows
 # (ZipSettings keywords, row label suffix): the paper's fusion, least-squares fusion
 # (fusion.regression) and renormalization after the paper's fusion (fusion.renormalize)
 VARIANTS = (
     ({}, ""),
     ({"fusion": "least_squares"}, LEAST_SQUARES),
+    ({"fusion": "least_squares_sequential"}, SEQUENTIAL),
     ({"renormalize": True}, RENORMALIZED),
 )
-VARIANT_NAMES = {"": "average", LEAST_SQUARES: "least squares", RENORMALIZED: "renormalized"}
+VARIANT_NAMES = {
+    "": "average",
+    LEAST_SQUARES: "least squares",
+    SEQUENTIAL: "sequential least squares",
+    RENORMALIZED: "renormalized",
+}
 LEARNED = ("SMA", "LMA", "LMA first", "LMA similar")  # the alignments that read the CKA
 PLACEMENTS = ("LMA", "LMA first", "LMA similar")  # where LMA puts a block in its segment
 PLACE_WORDS = ("last", "first", "most similar")
@@ -266,12 +273,13 @@ def _placement_summary(report: dict[str, Any]) -> list[str]:
             rows = r["rows"]
             cells = [
                 fmt(rows.get(f"zip ({p}{suffix})"))
-                for suffix in ("", LEAST_SQUARES)
+                for suffix in ("", LEAST_SQUARES, SEQUENTIAL)
                 for p in PLACEMENTS
             ]
             lines.append([pair, *cells])
     header = ["pair", *(f"{p} (segment {w})" for p, w in zip(PLACEMENTS, PLACE_WORDS, strict=True))]
     header += [f"{p}, least squares" for p in PLACEMENTS]
+    header += [f"{p}, sequential" for p in PLACEMENTS]
     return _table(header, lines)
 
 
@@ -318,7 +326,7 @@ def _variant_findings(report: dict[str, Any]) -> list[str]:
 def _placement_findings(report: dict[str, Any]) -> list[str]:
     """Return, per variant, which LMA placement is best on how many depth pairs."""
     out = []
-    for suffix in ("", LEAST_SQUARES):
+    for suffix in ("", LEAST_SQUARES, SEQUENTIAL):
         wins = dict.fromkeys(PLACEMENTS, 0)
         pairs = 0
         for r in report["pairs"].values():
@@ -405,7 +413,9 @@ FUSION_NOTE = """"average" fuses matched weights as the paper does (W* = M W U);
 replaces the unmerge U with the ridge regression of the parents' features on the merged ones
 (zip.fusion: least_squares, ridge 1e-2; docs/method.md sec. 9): each merged layer then best
 reproduces the averaged outputs of A's and B's layers from the merged inputs. Rows "zip (MODE,
-least squares)" are the same matchings fused that way. "renormalized" rows rescale the merged
+least squares)" are the same matchings fused that way; "sequential least squares" refits each
+such weight on the inputs it really gets in the merged model, block by block (one more pass of
+A, B and the merge; zip.fusion: least_squares_sequential). "renormalized" rows rescale the merged
 features that a per-feature affine module writes (LayerNorm outputs, value projections: the ViT
 pairs; BatchNorm models have none, BatchNorm re-estimation does that) to their groups' average
 mean and spread (zip.renormalize; docs/method.md sec. 9); "—": not applicable."""

@@ -68,19 +68,24 @@ def _average_columns(matrix: Tensor, match: Match) -> Tensor:
     return out.index_add_(1, index, matrix[:, kept] * weights[index])
 
 
-def _solve(sigma: Tensor, match: Match, ridge: float) -> Tensor:
-    """Return Ũ = Σ Mᵀ (M Σ Mᵀ + λ I)⁻¹, (O, r), for a symmetric second-moment matrix Σ."""
-    sxz = _average_columns(sigma, match)  # (O, r)
-    szz = _average_columns(sxz.T.contiguous(), match)  # M Σ Mᵀ: (r, r)
+def solve_regression(sxz: Tensor, szz: Tensor, ridge: float) -> Tensor:
+    """Return Ũ = Σ_xz (Σ_zz + λ I)⁻¹, (O, r), λ = ridge · trace(Σ_zz) / r."""
     szz = (szz + szz.T) / 2
-    r = match.width
+    r = szz.shape[0]
     scale = float(torch.diagonal(szz).sum()) / r
     lam = ridge * scale if scale > 0 else ridge
     szz.diagonal().add_(lam)
     factor, info = torch.linalg.cholesky_ex(szz)
-    if int(info) != 0:  # not positive definite in floating point: a larger ridge would be
+    if int(info) != 0:  # not positive definite in floating point: least squares instead
         return torch.linalg.lstsq(szz, sxz.T).solution.T
     return torch.cholesky_solve(sxz.T.contiguous(), factor).T
+
+
+def _solve(sigma: Tensor, match: Match, ridge: float) -> Tensor:
+    """Return Ũ = Σ Mᵀ (M Σ Mᵀ + λ I)⁻¹, (O, r), for a symmetric second-moment matrix Σ."""
+    sxz = _average_columns(sigma, match)  # (O, r)
+    szz = _average_columns(sxz.T.contiguous(), match)  # M Σ Mᵀ: (r, r)
+    return solve_regression(sxz, szz, ridge)
 
 
 def regression_unmerge(moments: Moments, match: Match, ridge: float = DEFAULT_RIDGE) -> Regression:

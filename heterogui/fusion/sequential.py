@@ -1,0 +1,224 @@
+"""Sequential least-squares fusion: refit each reader on the merged model's own inputs.
+
+One-shot least-squares fusion (``fusion.regression``) regresses the parents' features on
+``z = M x``, the merged features the merge *would* see if every earlier layer were exact. The
+sequential variant refits each weight that reads a merge point on the inputs it really gets in
+the merged model: the trunk runs block by block (A, B and the merge in lockstep, on their stored
+states between blocks); in block k it records, at the input of every reader, the parents'
+features x = [x_A ; x_B] and the merged model's z, refits the reader as
+
+    W* = Σ_m M_out W_m Ũ_m,   Ũ = Σ_xz (Σ_zz + λ I)⁻¹   (b* = Σ_m M_out (b_m + W_m c_m))
+
+and passes the refitted block's output on (BatchNorm models: the merged model's BatchNorm is
+re-estimated after each block). A reader of a convolution treats every position as a sample,
+as the one-shot fit does. Attention output projections keep the one-shot fit (their input is
+the attention-weighted values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from heterogui.distributed import all_reduce_sum_
+from heterogui.fusion.bn import has_batch_norm, reestimate_batch_norm
+from heterogui.fusion.fuse import SpaceTransform, fuse_tensor, intercept, intercept_reader
+from heterogui.fusion.regression import Regression, solve_regression
+from heterogui.fusion.renormalize import merged_name
+from heterogui.models.capture import Batch, run_model, to_device, to_rows, token_mask
+from heterogui.models.family import Network
+from heterogui.models.graph import TensorTag
+
+
+class _Joint:
+    """Sums of x (O), z (r), x zᵀ and z zᵀ over rows, float64."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, x: torch.Tensor, z: torch.Tensor) -> None:
+        x, z = x.to(torch.float64), z.to(torch.float64)
+        new = {"x": x.sum(0), "z": z.sum(0), "xz": x.T @ z, "zz": z.T @ z}
+        for key, value in new.items():
+            self.parts[key] = value if key not in self.parts else self.parts[key] + value
+        self.count += x.shape[0]
+
+    def regression(self, n_a: int, ridge: float, centred: bool) -> Regression:
+        """Return the regression of x on z (split at A's n_a features)."""
+        count = torch.tensor([float(self.count)], dtype=torch.float64)
+        for value in self.parts.values():
+            all_reduce_sum_(value)  # the whole data's sums under torchrun
+        n = float(all_reduce_sum_(count).item())
+        mean_x, mean_z = self.parts["x"] / n, self.parts["z"] / n
+        xz, zz = self.parts["xz"] / n, self.parts["zz"] / n
+        if centred:
+            xz, zz = xz - torch.outer(mean_x, mean_z), zz - torch.outer(mean_z, mean_z)
+        u = solve_regression(xz, zz, ridge)
+        offset = mean_x - u @ mean_z if centred else torch.zeros_like(mean_x)
+        split = lambda t: (t[:n_a].contiguous(), t[n_a:].contiguous())  # noqa: E731
+        return Regression(split(u), split(offset), split(u))
+
+
+@contextmanager
+def _inputs(module: nn.Module, names: Iterable[str]):
+    """Yield a dict that receives the input of each named submodule on every forward."""
+    found: dict[str, torch.Tensor] = {}
+    modules = dict(module.named_modules())
+    handles = []
+
+    def keep(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            found[name] = args[0]
+
+        return hook
+
+    try:
+        for name in names:
+            handles.append(modules[name].register_forward_pre_hook(keep(name)))
+        yield found
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def sequential_readers(
+    tags: Iterable[TensorTag], transforms: Mapping[str, SpaceTransform], stop: int
+) -> list[TensorTag]:
+    """Return the trunk weights to refit: linear layers and convolutions reading a regression."""
+    out = []
+    for tag in tags:
+        if tag.block >= stop or not tag.name.endswith(".weight") or len(tag.axes) != 2:
+            continue
+        first, second = sorted(tag.axes, key=lambda a: a.dim)
+        reads = transforms.get(second.space)
+        shaped = (first.role, second.role, second.dim) == ("out", "in", 1)
+        if shaped and reads is not None and reads.regression is not None:
+            out.append(tag)
+    return out
+
+
+def _first_states(net: Network, batches: list[Batch], device: torch.device | str) -> list[Any]:
+    """Return what block 0 of ``net`` receives for each batch (one forward each)."""
+    states = []
+    for batch in batches:
+        with _inputs(net.module, ["blocks.0"]) as found:
+            run_model(net.module, to_device(batch, device))
+        states.append(found["blocks.0"])
+    return states
+
+
+@torch.no_grad()
+def refit_sequentially(
+    model: nn.Module,
+    net_a: Network,
+    net_b: Network,
+    transforms: Mapping[str, SpaceTransform],
+    batches: Iterable[Batch],
+    device: torch.device | str,
+    stop: int,
+    ridge: float,
+    after_block: Callable[[], None] | None = None,
+) -> int:
+    """Refit the merged model's readers block by block in place; return how many were refit.
+
+    model: the merged model of the padded ``net_a`` and ``net_b``, fused with least squares
+    (``transforms`` hold the one-shot regressions; they decide which weights are readers).
+    after_block: called after each block's refit (BatchNorm re-estimation of the merge).
+    """
+    graph = net_a.graph()
+    readers = sequential_readers(graph.tensors, transforms, stop)
+    if not readers:
+        return 0
+    batches = list(batches)
+    nets = (net_a, net_b)
+    states = [_first_states(net, batches, device) for net in nets]
+    states.append([to_device(batch, device) for batch in batches])
+    masks = [token_mask(batch) for batch in states[2]]
+    parents = [net.module.state_dict() for net in nets]
+    trunk = [list(net.module.blocks) for net in nets] + [list(model.trunk)]
+    names = set(dict(model.named_parameters()))
+    last = max(t.block for t in readers)
+    model.eval()
+    for k in range(last + 1):
+        here = [t for t in readers if t.block == k]
+        if here:
+            _refit_block(model, trunk, k, here, states, masks, parents, transforms, ridge, names)
+            if after_block is not None:
+                after_block()
+        if k < last:
+            states = [[trunk[i][k](s) for s in states[i]] for i in range(3)]
+    return len(readers)
+
+
+def _refit_block(model, trunk, k, tags, states, masks, parents, transforms, ridge, names) -> None:
+    """Record the readers' inputs in block k of A, B and the merge; refit each reader."""
+    modules = [t.name[: -len(".weight")] for t in tags]
+    local = [m[len(f"blocks.{k}.") :] for m in modules]
+    joints = {m: _Joint() for m in modules}
+    for b, mask in enumerate(masks):
+        found = []
+        for i in range(3):
+            with _inputs(trunk[i][k], local) as seen:
+                trunk[i][k](states[i][b])
+            found.append(seen)
+        for module, name in zip(modules, local, strict=True):
+            kind = trunk[2][k].get_submodule(name)
+            rows = [_rows(kind, f[name], mask) for f in found]
+            joints[module].add(torch.cat(rows[:2], dim=1), rows[2])
+    params = dict(model.named_parameters())
+    for tag, module in zip(tags, modules, strict=True):
+        read = sorted(tag.axes, key=lambda a: a.dim)[1].space
+        bias = intercept_reader(tag, set(parents[0]), transforms)
+        n_a = transforms[read].match.n_a
+        reg = joints[module].regression(n_a, ridge, centred=bias is not None)
+        local_transforms = dict(transforms)
+        local_transforms[read] = SpaceTransform(
+            None, None, transforms[read].match, transforms[read].dtype, transforms[read].device, reg
+        )
+        pair = (parents[0][tag.name], parents[1][tag.name])
+        weight = fuse_tensor(tag, pair, local_transforms, centred=bias is not None)
+        params[merged_name(tag.name)].copy_(weight)
+        if bias is not None and merged_name(bias) in names:
+            pair_b = (parents[0][bias], parents[1][bias])
+            out_space = sorted(tag.axes, key=lambda a: a.dim)[0].space
+            base = sum(transforms[out_space].along(m, "out", pair_b[m], 0) for m in range(2))
+            params[merged_name(bias)].copy_(base + intercept(tag, pair, local_transforms))
+
+
+def _rows(module: nn.Module, inputs: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Return a reader's inputs as samples x features (a convolution: every position a sample)."""
+    if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        return to_rows(inputs, "channels")
+    if inputs.dim() == 3:
+        return to_rows(inputs, "tokens", mask)
+    return to_rows(inputs, "flat")
+
+
+def refit_merge(
+    model: nn.Module,
+    net_a: Network,
+    net_b: Network,
+    transforms: Mapping[str, SpaceTransform],
+    batches: list[Batch],
+    device: torch.device | str,
+    stop: int,
+    ridge: float,
+    pinned: Mapping[str, torch.Tensor],
+) -> int:
+    """Refit a least-squares merge sequentially; BatchNorm models re-estimate the merge's
+    BatchNorm first and after every block (``pinned``: the channels that keep theirs)."""
+    if not has_batch_norm(model):
+        return refit_sequentially(model, net_a, net_b, transforms, batches, device, stop, ridge)
+
+    def reestimate() -> None:
+        reestimate_batch_norm(model, batches, device, pinned)
+
+    reestimate()
+    return refit_sequentially(
+        model, net_a, net_b, transforms, batches, device, stop, ridge, reestimate
+    )
