@@ -105,7 +105,8 @@ def build(ui: dict[str, Any], res: Resources) -> None:
 
 def _label(row: dict[str, Any], metric: str) -> str:
     score = "not scored yet" if row.get("score") is None else f"{metric} {row['score']}"
-    fusion = " · least squares" if row.get("fusion") == "least_squares" else ""
+    fusion = {"least_squares": " · least squares", "least_squares_sequential": " · sequential"}
+    fusion = fusion.get(row.get("fusion"), "")
     fusion += " · renormalized" if row.get("renormalize") else ""
     return (
         f"#{row['merge']} · rho {row['rho']} alpha {row['alpha']} beta {row['beta']} "

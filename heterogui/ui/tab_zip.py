@@ -38,7 +38,11 @@ VIEWS = (
 # default (average, off).
 KNOBS = ("matcher", "alpha", "beta", "rho", "stop", "fusion", "renormalize")
 MERGE_INPUTS = ("matcher", "alpha", "beta", "rho", "stop", "device", "fusion", "renormalize")
-FUSION_CHOICES = [("average (paper)", "average"), ("least squares", "least_squares")]
+FUSION_CHOICES = [
+    ("average (paper)", "average"),
+    ("least squares", "least_squares"),
+    ("sequential least squares", "least_squares_sequential"),
+]
 # What a merge redraws, then what its scores redraw (a slider release: the merge shows first).
 MERGED_SCOPES = ("zip", "neurons", "evaluate", "compare", "export")
 SCORED_SCOPES = ("zip", "evaluate", "compare", "export")
@@ -77,7 +81,9 @@ def _knobs(ui: dict[str, Any]) -> None:
             elem_id="fusion",
             info="How matched weights combine. average: the paper's W* = M W U; least "
             "squares: the merged weights that best reproduce the parents' averaged outputs, "
-            "fitted on the calibration statistics (may help or hurt by model: docs/quality.md)",
+            "fitted on the calibration statistics; sequential: refit layer by layer on the "
+            "merge's own inputs (slower; best on the zoo's CNNs, not on transformers: "
+            "docs/quality.md)",
         )
         ui["renormalize"] = gr.Checkbox(
             value=False,

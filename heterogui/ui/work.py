@@ -380,14 +380,15 @@ def history_row(
 
 def fusion_ridge(settings: ZipSettings) -> float | None:
     """Return the ridge a merge used (None with average fusion, which has none)."""
-    return settings.ridge if settings.fusion == "least_squares" else None
+    return settings.ridge if settings.fusion != "average" else None
 
 
 def fusion_text(settings: ZipSettings) -> str:
     """Return the fusion of ``settings`` for messages ("least squares (ridge 0.01)")."""
-    if settings.fusion == "least_squares":
-        return f"least squares (ridge {settings.ridge:g})"
-    return "average"
+    if settings.fusion == "average":
+        return "average"
+    kind = "least squares" if settings.fusion == "least_squares" else "sequential least squares"
+    return f"{kind} (ridge {settings.ridge:g})"
 
 
 def renormalize_text(result: MergeResult) -> str:
