@@ -41,7 +41,8 @@ def test_regression_is_the_ridge_least_squares_fit_numpy_finds():
     ridge = 0.05
     reg = regression_unmerge(moments, MATCH, ridge)
     # independently: the merged features z = M x, then the ridge regressions of x on z solved as
-    # augmented least-squares problems by numpy (sqrt(n λ) I rows carry the ridge)
+    # augmented least-squares problems by numpy: sqrt(n λ) I rows carry the ridge, which pulls
+    # the solution towards the 0/1 unmerge U (their targets are sqrt(n λ) Uᵀ)
     xs = x.numpy()  # the float32 products agree with these to ~1e-6
     z = xs @ MATCH.merge().numpy().T
     n, r = z.shape
@@ -50,7 +51,7 @@ def test_regression_is_the_ridge_least_squares_fit_numpy_finds():
         xc = xs - xs.mean(0) if centred else xs
         lam = ridge * np.trace(zc.T @ zc / n) / r
         design = np.vstack([zc, np.sqrt(n * lam) * np.eye(r)])
-        target = np.vstack([xc, np.zeros((r, xs.shape[1]))])
+        target = np.vstack([xc, np.sqrt(n * lam) * MATCH.unmerge().numpy().T])
         expected = np.linalg.lstsq(design, target, rcond=None)[0].T  # (O, r)
         got = torch.cat(reg.centred if centred else reg.origin).numpy()
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
@@ -77,16 +78,24 @@ def test_least_squares_merge_of_a_permuted_copy_gives_the_model_back(name):
     prep = prepare(a, b, calibration(shape), device="cpu")
     x = torch.randn(32, *shape)
     ref = prep.net_a.module.eval()
-    # a tiny ridge: B's features are a copy of A's, so the regression is the copy itself
-    exact = zip_prepared(prep, ZipSettings(rho=1.0, fusion="least_squares", ridge=1e-9))
+    # B's features are a copy of A's: the regression is the copy itself, at a tiny ridge and at
+    # the default one (the ridge pulls towards the 0/1 unmerge, which is exact here)
+    for ridge in (1e-9, 1e-2, 1.0):
+        result = zip_prepared(prep, ZipSettings(rho=1.0, fusion="least_squares", ridge=ridge))
+        with torch.no_grad():
+            assert max_diff(result.model(x), (ref(x), ref(x))) < 1e-5, ridge
+
+
+@pytest.mark.parametrize("fusion", ["least_squares", "least_squares_sequential"])
+def test_rho_zero_with_least_squares_is_still_the_ensemble(fusion):
+    config_a, config_b, shape = DEPTH_PAIRS["resnet"]
+    prep = prepare(make(config_a, 0), make(config_b, 1), calibration(shape), device="cpu")
+    result = zip_prepared(prep, ZipSettings(rho=0.0, fusion=fusion))
+    x = torch.randn(32, *shape)
     with torch.no_grad():
-        assert max_diff(exact.model(x), (ref(x), ref(x))) < 1e-5
-        # the default ridge shrinks the directions of smallest variance a little (measured: 3 to
-        # 7 % of the largest logit on these models)
-        default = zip_prepared(prep, ZipSettings(rho=1.0, fusion="least_squares"))
-        gap = max_diff(default.model(x), (ref(x), ref(x)))
-        scale = ref(x).abs().max().item()
-    assert 0 < gap < 0.1 * scale
+        outs = result.model(x)
+        refs = (prep.net_a.module.eval()(x), prep.net_b.module.eval()(x))
+    assert max_diff(outs, refs) < 1e-4
 
 
 @pytest.mark.parametrize("name", list(DEPTH_PAIRS))

@@ -5,12 +5,13 @@ is W applied to the copy U z of the merged features z = M x. Least-squares fusio
 with the linear regression of the parents' features x = [x_A ; x_B] on z over the calibration
 data,
 
-    Ũ = Σ_xz (Σ_zz + λ I)⁻¹,   Σ_xz = Σ Mᵀ,   Σ_zz = M Σ Mᵀ,
+    Ũ = (Σ_xz + λ U)(Σ_zz + λ I)⁻¹,   Σ_xz = Σ Mᵀ,   Σ_zz = M Σ Mᵀ,
 
 from the moments the feature pass already collected (Σ: the covariance of x). The best linear
 prediction of any linear function L x from z is L Ũ z, so W* = M_out W Ũ is the merged weight
 that best reproduces the averaged outputs M_out W x from the merged inputs (in the mean-squared
-sense, with a ridge λ). Two forms:
+sense, with a ridge λ that pulls Ũ towards the paper's U: where the merged features determine
+the parents' exactly (a permuted copy, rho = 0) Ũ is U whatever the ridge). Two forms:
 
 - centred, with an intercept: x ≈ Ũ z + c, c = μ_x − Ũ μ_z. A reader with a bias takes the
   intercept into its bias (b* = M_out (b + W c)), which is the regression on the augmented
@@ -68,24 +69,30 @@ def _average_columns(matrix: Tensor, match: Match) -> Tensor:
     return out.index_add_(1, index, matrix[:, kept] * weights[index])
 
 
-def solve_regression(sxz: Tensor, szz: Tensor, ridge: float) -> Tensor:
-    """Return Ũ = Σ_xz (Σ_zz + λ I)⁻¹, (O, r), λ = ridge · trace(Σ_zz) / r."""
+def solve_regression(sxz: Tensor, szz: Tensor, ridge: float, prior: Tensor) -> Tensor:
+    """Return Ũ = (Σ_xz + λ P)(Σ_zz + λ I)⁻¹, (O, r), λ = ridge · trace(Σ_zz) / r.
+
+    The ridge pulls Ũ towards ``prior`` P (the 0/1 unmerge U), not towards 0: it minimizes
+    E‖x − Ũ z‖² + λ‖Ũ − P‖², so where x = P z holds exactly (a permuted copy, rho = 0) the
+    solution is P whatever the ridge, and directions the data barely see keep the paper's U.
+    """
     szz = (szz + szz.T) / 2
     r = szz.shape[0]
     scale = float(torch.diagonal(szz).sum()) / r
     lam = ridge * scale if scale > 0 else ridge
     szz.diagonal().add_(lam)
+    rhs = (sxz + lam * prior).T.contiguous()
     factor, info = torch.linalg.cholesky_ex(szz)
     if int(info) != 0:  # not positive definite in floating point: least squares instead
-        return torch.linalg.lstsq(szz, sxz.T).solution.T
-    return torch.cholesky_solve(sxz.T.contiguous(), factor).T
+        return torch.linalg.lstsq(szz, rhs).solution.T
+    return torch.cholesky_solve(rhs, factor).T
 
 
 def _solve(sigma: Tensor, match: Match, ridge: float) -> Tensor:
-    """Return Ũ = Σ Mᵀ (M Σ Mᵀ + λ I)⁻¹, (O, r), for a symmetric second-moment matrix Σ."""
+    """Return Ũ = (Σ Mᵀ + λ U)(M Σ Mᵀ + λ I)⁻¹, (O, r), for a symmetric second moment Σ."""
     sxz = _average_columns(sigma, match)  # (O, r)
     szz = _average_columns(sxz.T.contiguous(), match)  # M Σ Mᵀ: (r, r)
-    return solve_regression(sxz, szz, ridge)
+    return solve_regression(sxz, szz, ridge, match.unmerge(sigma.dtype, sigma.device))
 
 
 def regression_unmerge(moments: Moments, match: Match, ridge: float = DEFAULT_RIDGE) -> Regression:

@@ -7,7 +7,7 @@ the merged model: the trunk runs block by block (A, B and the merge in lockstep,
 states between blocks); in block k it records, at the input of every reader, the parents'
 features x = [x_A ; x_B] and the merged model's z, refits the reader as
 
-    W* = Σ_m M_out W_m Ũ_m,   Ũ = Σ_xz (Σ_zz + λ I)⁻¹   (b* = Σ_m M_out (b_m + W_m c_m))
+    W* = Σ_m M_out W_m Ũ_m,   Ũ = (Σ_xz + λ U)(Σ_zz + λ I)⁻¹   (b* = Σ_m M_out (b_m + W_m c_m))
 
 and passes the refitted block's output on (BatchNorm models: the merged model's BatchNorm is
 re-estimated after each block). A reader of a convolution treats every position as a sample,
@@ -48,8 +48,8 @@ class _Joint:
             self.parts[key] = value if key not in self.parts else self.parts[key] + value
         self.count += x.shape[0]
 
-    def regression(self, n_a: int, ridge: float, centred: bool) -> Regression:
-        """Return the regression of x on z (split at A's n_a features)."""
+    def regression(self, prior: torch.Tensor, n_a: int, ridge: float, centred: bool) -> Regression:
+        """Return the regression of x on z (ridge towards ``prior``; split at A's n_a)."""
         count = torch.tensor([float(self.count)], dtype=torch.float64)
         for value in self.parts.values():
             all_reduce_sum_(value)  # the whole data's sums under torchrun
@@ -58,7 +58,7 @@ class _Joint:
         xz, zz = self.parts["xz"] / n, self.parts["zz"] / n
         if centred:
             xz, zz = xz - torch.outer(mean_x, mean_z), zz - torch.outer(mean_z, mean_z)
-        u = solve_regression(xz, zz, ridge)
+        u = solve_regression(xz, zz, ridge, prior)
         offset = mean_x - u @ mean_z if centred else torch.zeros_like(mean_x)
         split = lambda t: (t[:n_a].contiguous(), t[n_a:].contiguous())  # noqa: E731
         return Regression(split(u), split(offset), split(u))
@@ -174,8 +174,9 @@ def _refit_block(model, trunk, k, tags, states, masks, parents, transforms, ridg
     for tag, module in zip(tags, modules, strict=True):
         read = sorted(tag.axes, key=lambda a: a.dim)[1].space
         bias = intercept_reader(tag, set(parents[0]), transforms)
-        n_a = transforms[read].match.n_a
-        reg = joints[module].regression(n_a, ridge, centred=bias is not None)
+        match = transforms[read].match
+        prior = match.unmerge(torch.float64, joints[module].parts["xz"].device)
+        reg = joints[module].regression(prior, match.n_a, ridge, centred=bias is not None)
         local_transforms = dict(transforms)
         local_transforms[read] = SpaceTransform(
             None, None, transforms[read].match, transforms[read].dtype, transforms[read].device, reg
