@@ -411,7 +411,8 @@ concatenated features normalizes them together, so that check is left out there.
 
 FUSION_NOTE = """"average" fuses matched weights as the paper does (W* = M W U); "least squares"
 replaces the unmerge U with the ridge regression of the parents' features on the merged ones
-(zip.fusion: least_squares, ridge 1e-2; docs/method.md sec. 9): each merged layer then best
+(zip.fusion: least_squares, ridge 1e-2 towards the paper's U; docs/method.md sec. 9): each
+merged layer then best
 reproduces the averaged outputs of A's and B's layers from the merged inputs. Rows "zip (MODE,
 least squares)" are the same matchings fused that way; "sequential least squares" refits each
 such weight on the inputs it really gets in the merged model, block by block (one more pass of
