@@ -442,17 +442,9 @@ def zip_prepared(
         ),
     )
     model.eval()
-    return MergeResult(
-        model,
-        spec,
-        prepared.alignment,
-        matches,
-        transforms,
-        prepared,
-        settings,
-        timings,
-        renormalized,
-    )
+    alignment = prepared.alignment
+    result = (model, spec, alignment, matches, transforms, prepared, settings, timings)
+    return MergeResult(*result, renormalized)
 
 
 def _regressions(
