@@ -59,16 +59,6 @@ class Regression:
         return Regression(move(self.centred), move(self.offset), move(self.origin))
 
 
-def _average_columns(matrix: Tensor, match: Match) -> Tensor:
-    """Return ``matrix`` Mᵀ: (rows, r), column g the mean of the columns in group g."""
-    groups = match.groups.to(matrix.device)
-    kept = torch.nonzero(groups >= 0).reshape(-1)
-    index = groups[kept]
-    weights = 1.0 / torch.bincount(index, minlength=match.width).to(matrix.dtype)
-    out = matrix.new_zeros(matrix.shape[0], match.width)
-    return out.index_add_(1, index, matrix[:, kept] * weights[index])
-
-
 def solve_regression(sxz: Tensor, szz: Tensor, ridge: float, prior: Tensor) -> Tensor:
     """Return Ũ = (Σ_xz + λ P)(Σ_zz + λ I)⁻¹, (O, r), λ = ridge · trace(Σ_zz) / r.
 
@@ -90,8 +80,8 @@ def solve_regression(sxz: Tensor, szz: Tensor, ridge: float, prior: Tensor) -> T
 
 def _solve(sigma: Tensor, match: Match, ridge: float) -> Tensor:
     """Return Ũ = (Σ Mᵀ + λ U)(M Σ Mᵀ + λ I)⁻¹, (O, r), for a symmetric second moment Σ."""
-    sxz = _average_columns(sigma, match)  # (O, r)
-    szz = _average_columns(sxz.T.contiguous(), match)  # M Σ Mᵀ: (r, r)
+    sxz = match.average_columns(sigma)  # (O, r)
+    szz = match.average_columns(sxz.T.contiguous())  # M Σ Mᵀ: (r, r)
     return solve_regression(sxz, szz, ridge, match.unmerge(sigma.dtype, sigma.device))
 
 
@@ -106,7 +96,7 @@ def regression_unmerge(moments: Moments, match: Match, ridge: float = DEFAULT_RI
     mean = moments.mean()
     centred = _solve(moments.cov(), match, ridge)
     origin = _solve(moments.outer / moments.count, match, ridge)
-    merged_mean = _average_columns(mean[None, :], match)[0]
+    merged_mean = match.average_columns(mean[None, :])[0]
     offset = mean - centred @ merged_mean
     n_a = match.n_a
 

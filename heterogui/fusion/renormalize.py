@@ -81,15 +81,6 @@ def merged_name(module: str) -> str:
     return "trunk." + module[len("blocks.") :]
 
 
-def _group_mean(values: torch.Tensor, match: Match) -> torch.Tensor:
-    """Return each group's mean of ``values`` (A's features, then B's): (r,)."""
-    groups = match.groups.to(values.device)
-    kept = torch.nonzero(groups >= 0).reshape(-1)
-    index = groups[kept]
-    sums = values.new_zeros(match.width).index_add_(0, index, values[kept])
-    return sums / torch.bincount(index, minlength=match.width).to(values.dtype)
-
-
 def renormalized_points(
     net_a: Network, net_b: Network, matches: Mapping[str, Match], stop: int
 ) -> list[tuple[str, Capture]]:
@@ -235,13 +226,13 @@ def _rescale(model: nn.Module, cap: Capture, sums: list[_Sums], match: Match) ->
     bias = getattr(writer, "bias", None)
     shift = cap.shift and bias is not None
     measure = (lambda s: s.std()) if shift else (lambda s: s.rms())
-    target = _group_mean(torch.cat([measure(s) for s in parents]), match)
+    target = match.average_columns(torch.cat([measure(s) for s in parents])[None])[0]
     now = measure(merged)
     floor = FLOOR * float(merged.rms().pow(2).mean().sqrt())
     scale = torch.where(now > floor, target / now.clamp(min=floor), torch.ones_like(now))
     weight = writer.weight
     weight.mul_(scale.to(weight.dtype).reshape(-1, *([1] * (weight.dim() - 1))))
     if shift:
-        mean = _group_mean(torch.cat([s.mean() for s in parents]), match)
+        mean = match.average_columns(torch.cat([s.mean() for s in parents])[None])[0]
         new = (bias.to(torch.float64) - merged.mean()) * scale + mean
         bias.copy_(new.to(bias.dtype))

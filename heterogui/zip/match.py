@@ -87,6 +87,18 @@ class Match:
         u = self.unmerge(torch.float64, device)
         return (u / u.sum(dim=0, keepdim=True)).T.contiguous().to(dtype)
 
+    def average_columns(self, matrix: Tensor) -> Tensor:
+        """Return ``matrix`` Mᵀ: (rows, r), column g the mean of the columns in group g.
+
+        matrix: (rows, O). The sparse form of the product with M: no (r, O) matrix is formed.
+        """
+        groups = self.groups.to(matrix.device)
+        kept = torch.nonzero(groups >= 0).reshape(-1)
+        index = groups[kept]
+        weights = 1.0 / torch.bincount(index, minlength=self.width).to(matrix.dtype)
+        out = matrix.new_zeros(matrix.shape[0], self.width)
+        return out.index_add_(1, index, matrix[:, kept] * weights[index])
+
     def m_a(self, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
         """Return M_A = M[:, :n_a], (r, n_a)."""
         return self.merge(dtype, device)[:, : self.n_a].contiguous()
