@@ -151,13 +151,11 @@ def fuse_tensor(
     return total
 
 
-def intercept_reader(
-    tag: TensorTag, names: Collection[str], transforms: Mapping[str, SpaceTransform]
-) -> str | None:
-    """Return the bias that takes the intercept of the regression ``tag`` reads, or None.
+def regression_reader(tag: TensorTag, transforms: Mapping[str, SpaceTransform]) -> str | None:
+    """Return the space ``tag`` reads through a regression, or None.
 
     A weight (out at dim 0, in at dim 1: a linear layer or a convolution) whose input space has
-    a regression and whose layer has a bias next to it ("X.weight" and "X.bias").
+    a least-squares regression.
     """
     if not tag.name.endswith(".weight") or len(tag.axes) != 2:
         return None
@@ -165,9 +163,18 @@ def intercept_reader(
     if (out.dim, out.role, read.dim, read.role) != (0, "out", 1, "in"):
         return None
     transform = transforms.get(read.space)
+    return read.space if transform is not None and transform.regression is not None else None
+
+
+def intercept_reader(
+    tag: TensorTag, names: Collection[str], transforms: Mapping[str, SpaceTransform]
+) -> str | None:
+    """Return the bias that takes the intercept of the regression ``tag`` reads, or None.
+
+    A ``regression_reader`` whose layer has a bias next to it ("X.weight" and "X.bias").
+    """
     bias = tag.name[: -len("weight")] + "bias"
-    has_regression = transform is not None and transform.regression is not None
-    return bias if has_regression and bias in names else None
+    return bias if regression_reader(tag, transforms) and bias in names else None
 
 
 def intercept(

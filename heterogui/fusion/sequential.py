@@ -26,7 +26,13 @@ from torch import nn
 
 from heterogui.distributed import all_reduce_sum_
 from heterogui.fusion.bn import has_batch_norm, reestimate_batch_norm
-from heterogui.fusion.fuse import SpaceTransform, fuse_tensor, intercept, intercept_reader
+from heterogui.fusion.fuse import (
+    SpaceTransform,
+    fuse_tensor,
+    intercept,
+    intercept_reader,
+    regression_reader,
+)
 from heterogui.fusion.regression import Regression, solve_regression
 from heterogui.fusion.renormalize import merged_name
 from heterogui.models.capture import Batch, run_model, to_device, to_rows, token_mask
@@ -90,16 +96,7 @@ def sequential_readers(
     tags: Iterable[TensorTag], transforms: Mapping[str, SpaceTransform], stop: int
 ) -> list[TensorTag]:
     """Return the trunk weights to refit: linear layers and convolutions reading a regression."""
-    out = []
-    for tag in tags:
-        if tag.block >= stop or not tag.name.endswith(".weight") or len(tag.axes) != 2:
-            continue
-        first, second = sorted(tag.axes, key=lambda a: a.dim)
-        reads = transforms.get(second.space)
-        shaped = (first.role, second.role, second.dim) == ("out", "in", 1)
-        if shaped and reads is not None and reads.regression is not None:
-            out.append(tag)
-    return out
+    return [t for t in tags if t.block < stop and regression_reader(t, transforms)]
 
 
 def _first_states(net: Network, batches: list[Batch], device: torch.device | str) -> list[Any]:
@@ -141,13 +138,13 @@ def refit_sequentially(
     masks = [token_mask(batch) for batch in states[2]]
     parents = [net.module.state_dict() for net in nets]
     trunk = [list(net.module.blocks) for net in nets] + [list(model.trunk)]
-    names = set(dict(model.named_parameters()))
+    tags = {t.name: t for t in graph.tensors}
     last = max(t.block for t in readers)
     model.eval()
     for k in range(last + 1):
         here = [t for t in readers if t.block == k]
         if here:
-            _refit_block(model, trunk, k, here, states, masks, parents, transforms, ridge, names)
+            _refit_block(model, trunk, k, here, states, masks, parents, transforms, ridge, tags)
             if after_block is not None:
                 after_block()
         if k < last:
@@ -155,9 +152,9 @@ def refit_sequentially(
     return len(readers)
 
 
-def _refit_block(model, trunk, k, tags, states, masks, parents, transforms, ridge, names) -> None:
+def _refit_block(model, trunk, k, readers, states, masks, parents, transforms, ridge, tags) -> None:
     """Record the readers' inputs in block k of A, B and the merge; refit each reader."""
-    modules = [t.name[: -len(".weight")] for t in tags]
+    modules = [t.name[: -len(".weight")] for t in readers]
     local = [m[len(f"blocks.{k}.") :] for m in modules]
     joints = {m: _Joint() for m in modules}
     for b, mask in enumerate(masks):
@@ -171,9 +168,9 @@ def _refit_block(model, trunk, k, tags, states, masks, parents, transforms, ridg
             rows = [_rows(kind, f[name], mask) for f in found]
             joints[module].add(torch.cat(rows[:2], dim=1), rows[2])
     params = dict(model.named_parameters())
-    for tag, module in zip(tags, modules, strict=True):
-        read = sorted(tag.axes, key=lambda a: a.dim)[1].space
-        bias = intercept_reader(tag, set(parents[0]), transforms)
+    for tag, module in zip(readers, modules, strict=True):
+        read = regression_reader(tag, transforms)
+        bias = intercept_reader(tag, tags, transforms)
         match = transforms[read].match
         prior = match.unmerge(torch.float64, joints[module].parts["xz"].device)
         reg = joints[module].regression(prior, match.n_a, ridge, centred=bias is not None)
@@ -184,11 +181,9 @@ def _refit_block(model, trunk, k, tags, states, masks, parents, transforms, ridg
         pair = (parents[0][tag.name], parents[1][tag.name])
         weight = fuse_tensor(tag, pair, local_transforms, centred=bias is not None)
         params[merged_name(tag.name)].copy_(weight)
-        if bias is not None and merged_name(bias) in names:
-            pair_b = (parents[0][bias], parents[1][bias])
-            out_space = sorted(tag.axes, key=lambda a: a.dim)[0].space
-            base = sum(transforms[out_space].along(m, "out", pair_b[m], 0) for m in range(2))
-            params[merged_name(bias)].copy_(base + intercept(tag, pair, local_transforms))
+        if bias is not None:
+            fused = fuse_tensor(tags[bias], (parents[0][bias], parents[1][bias]), transforms)
+            params[merged_name(bias)].copy_(fused + intercept(tag, pair, local_transforms))
 
 
 def _rows(module: nn.Module, inputs: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
