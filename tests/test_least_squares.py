@@ -195,3 +195,32 @@ def test_sequential_least_squares_refits_the_readers_on_the_merge_s_own_inputs(n
     assert any(f"trunk.{t.name[len('blocks.') :]}" in moved for t in readers)
     with torch.no_grad():
         assert all(bool(torch.isfinite(o).all()) for o in refit.model(torch.randn(8, *shape)))
+
+
+def test_sequential_least_squares_runs_on_token_models():
+    from heterogui.models.hf.bert_io import network_from_hf
+    from heterogui.models.hf.decoder_io import network_from_hf as decoder_from_hf
+    from tests.conftest import tiny_decoder, tiny_hf, token_batches
+    from tests.test_decoder import batches as text_batches
+
+    pairs = [
+        (
+            network_from_hf(tiny_hf(layers=3, seed=0), "A"),
+            network_from_hf(tiny_hf(hidden=48, heads=6, inter=80, layers=2, seed=1), "B"),
+            token_batches(),
+        ),
+        (
+            decoder_from_hf(tiny_decoder(hidden=48, layers=3, heads=6, kv=2, inter=80, seed=1)),
+            decoder_from_hf(tiny_decoder(hidden=48, layers=2, heads=6, kv=2, inter=96, seed=2)),
+            text_batches(),
+        ),
+    ]
+    for deep, shallow, calib in pairs:
+        prep = prepare(deep, shallow, calib, device="cpu")
+        once = zip_prepared(prep, ZipSettings(rho=0.5, fusion="least_squares"))
+        refit = zip_prepared(prep, ZipSettings(rho=0.5, fusion="least_squares_sequential"))
+        first, later = once.model.state_dict(), refit.model.state_dict()
+        assert any(not torch.equal(first[k], later[k]) for k in first)
+        with torch.no_grad():
+            outs = refit.model(**calib[0])
+        assert all(bool(torch.isfinite(o).all()) for o in outs)

@@ -18,8 +18,6 @@ the attention-weighted values).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import nn
@@ -35,7 +33,14 @@ from heterogui.fusion.fuse import (
 )
 from heterogui.fusion.regression import Regression, solve_regression
 from heterogui.fusion.renormalize import merged_name
-from heterogui.models.capture import Batch, run_model, to_device, to_rows, token_mask
+from heterogui.models.capture import (
+    Batch,
+    capture_inputs,
+    first_block_input,
+    to_device,
+    to_rows,
+    token_mask,
+)
 from heterogui.models.family import Network
 from heterogui.models.graph import TensorTag
 
@@ -70,43 +75,11 @@ class _Joint:
         return Regression(split(u), split(offset), split(u))
 
 
-@contextmanager
-def _inputs(module: nn.Module, names: Iterable[str]):
-    """Yield a dict that receives the input of each named submodule on every forward."""
-    found: dict[str, torch.Tensor] = {}
-    modules = dict(module.named_modules())
-    handles = []
-
-    def keep(name: str) -> Callable[..., None]:
-        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
-            found[name] = args[0]
-
-        return hook
-
-    try:
-        for name in names:
-            handles.append(modules[name].register_forward_pre_hook(keep(name)))
-        yield found
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def sequential_readers(
     tags: Iterable[TensorTag], transforms: Mapping[str, SpaceTransform], stop: int
 ) -> list[TensorTag]:
     """Return the trunk weights to refit: linear layers and convolutions reading a regression."""
     return [t for t in tags if t.block < stop and regression_reader(t, transforms)]
-
-
-def _first_states(net: Network, batches: list[Batch], device: torch.device | str) -> list[Any]:
-    """Return what block 0 of ``net`` receives for each batch (one forward each)."""
-    states = []
-    for batch in batches:
-        with _inputs(net.module, ["blocks.0"]) as found:
-            run_model(net.module, to_device(batch, device))
-        states.append(found["blocks.0"])
-    return states
 
 
 @torch.no_grad()
@@ -133,8 +106,9 @@ def refit_sequentially(
         return 0
     batches = list(batches)
     nets = (net_a, net_b)
-    states = [_first_states(net, batches, device) for net in nets]
-    states.append([to_device(batch, device) for batch in batches])
+    moved = [to_device(batch, device) for batch in batches]
+    states = [[first_block_input(net.module, batch) for batch in moved] for net in nets]
+    states.append(moved)
     masks = [token_mask(batch) for batch in states[2]]
     parents = [net.module.state_dict() for net in nets]
     trunk = [list(net.module.blocks) for net in nets] + [list(model.trunk)]
@@ -160,7 +134,7 @@ def _refit_block(model, trunk, k, readers, states, masks, parents, transforms, r
     for b, mask in enumerate(masks):
         found = []
         for i in range(3):
-            with _inputs(trunk[i][k], local) as seen:
+            with capture_inputs(trunk[i][k], local) as seen:
                 trunk[i][k](states[i][b])
             found.append(seen)
         for module, name in zip(modules, local, strict=True):

@@ -48,6 +48,48 @@ class _Captured(Exception):
     """Ends a forward pass at its last needed output (raised by a hook, caught by the pass)."""
 
 
+@contextmanager
+def capture_inputs(module: nn.Module, names: Iterable[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield a dict that receives the (first) input of each named submodule on every forward.
+
+    The hooks are removed on exit, also when the forward raises.
+    """
+    modules = dict(module.named_modules())
+    found: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            found[name] = args[0]
+
+        return hook
+
+    handles = []
+    try:
+        for name in names:
+            if name not in modules:
+                raise KeyError(f"no submodule named {name!r}")
+            handles.append(modules[name].register_forward_pre_hook(keep(name)))
+        yield found
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def first_block_input(module: nn.Module, batch: Batch) -> Any:
+    """Return what ``blocks.0`` of ``module`` receives on ``batch``; no block runs."""
+
+    def stop(_module: nn.Module, _args: tuple[Any, ...]) -> None:
+        raise _Captured
+
+    with capture_inputs(module, ["blocks.0"]) as found, suppress(_Captured):
+        handle = module.get_submodule("blocks.0").register_forward_pre_hook(stop)
+        try:
+            run_model(module, batch)
+        finally:
+            handle.remove()
+    return found["blocks.0"]
+
+
 class CapturePass:
     """Runs a module on batch after batch and returns the named submodules' outputs.
 
