@@ -27,7 +27,7 @@ from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged
 from heterogui.fusion.pinning import pinned_channels
 from heterogui.fusion.regression import Regression, fit_regressions
 from heterogui.fusion.renormalize import parents_statistics, renormalize
-from heterogui.fusion.sequential import refit_merge
+from heterogui.fusion.sequential import refit_sequentially
 from heterogui.memo import ObjectMemo
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network, family_of
@@ -425,7 +425,7 @@ def zip_prepared(
         _timed(
             timings,
             "refit",
-            lambda: refit_merge(
+            lambda: refit_sequentially(
                 model, pa, pb, transforms, prepared.batches, dev, stop, settings.ridge, pinned
             ),
         )

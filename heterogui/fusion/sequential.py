@@ -17,7 +17,7 @@ the attention-weighted values).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -92,19 +92,23 @@ def refit_sequentially(
     device: torch.device | str,
     stop: int,
     ridge: float,
-    after_block: Callable[[], None] | None = None,
+    pinned: Mapping[str, torch.Tensor],
 ) -> int:
     """Refit the merged model's readers block by block in place; return how many were refit.
 
     model: the merged model of the padded ``net_a`` and ``net_b``, fused with least squares
     (``transforms`` hold the one-shot regressions; they decide which weights are readers).
-    after_block: called after each block's refit (BatchNorm re-estimation of the merge).
+    A BatchNorm merge re-estimates its BatchNorm first and after every block's refit (pinned:
+    the channels that keep theirs, ``fusion.pinning``).
     """
     graph = net_a.graph()
     readers = sequential_readers(graph.tensors, transforms, stop)
     if not readers:
         return 0
     batches = list(batches)
+    bn = has_batch_norm(model)
+    if bn:
+        reestimate_batch_norm(model, batches, device, pinned)
     nets = (net_a, net_b)
     moved = [to_device(batch, device) for batch in batches]
     states = [[first_block_input(net.module, batch) for batch in moved] for net in nets]
@@ -119,8 +123,8 @@ def refit_sequentially(
         here = [t for t in readers if t.block == k]
         if here:
             _refit_block(model, trunk, k, here, states, masks, parents, transforms, ridge, tags)
-            if after_block is not None:
-                after_block()
+            if bn:
+                reestimate_batch_norm(model, batches, device, pinned)
         if k < last:
             states = [[trunk[i][k](s) for s in states[i]] for i in range(3)]
     return len(readers)
@@ -167,28 +171,3 @@ def _rows(module: nn.Module, inputs: torch.Tensor, mask: torch.Tensor | None) ->
     if inputs.dim() == 3:
         return to_rows(inputs, "tokens", mask)
     return to_rows(inputs, "flat")
-
-
-def refit_merge(
-    model: nn.Module,
-    net_a: Network,
-    net_b: Network,
-    transforms: Mapping[str, SpaceTransform],
-    batches: list[Batch],
-    device: torch.device | str,
-    stop: int,
-    ridge: float,
-    pinned: Mapping[str, torch.Tensor],
-) -> int:
-    """Refit a least-squares merge sequentially; BatchNorm models re-estimate the merge's
-    BatchNorm first and after every block (``pinned``: the channels that keep theirs)."""
-    if not has_batch_norm(model):
-        return refit_sequentially(model, net_a, net_b, transforms, batches, device, stop, ridge)
-
-    def reestimate() -> None:
-        reestimate_batch_norm(model, batches, device, pinned)
-
-    reestimate()
-    return refit_sequentially(
-        model, net_a, net_b, transforms, batches, device, stop, ridge, reestimate
-    )
