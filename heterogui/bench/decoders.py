@@ -44,7 +44,7 @@ from heterogui.bench.decoders_report import (
 from heterogui.bench.documents import finite, write_document
 from heterogui.bench.isolated import in_fresh_process
 from heterogui.bench.memory import peak_rss_mib
-from heterogui.bench.quality_report import SEQUENTIAL, VARIANTS
+from heterogui.bench.quality_report import transformer_variants
 from heterogui.config import DataRef
 from heterogui.datasets.text_domains import DOMAINS
 from heterogui.errors import MatcherError, excerpt
@@ -197,9 +197,7 @@ def _merges(
     """Return the rows of merges at rho 1 and 0.5 under ``prep``'s alignment, every variant."""
     rows = []
     for rho in (1.0, 0.5):
-        for knobs, suffix in VARIANTS:
-            if suffix == SEQUENTIAL and label not in ("SMA", "LMA"):
-                continue  # the two learned alignments only
+        for knobs, suffix in transformer_variants(label):
             result = zip_prepared(prep, ZipSettings(rho=rho, **knobs))
             name = f"merge {label} rho={rho:g}{suffix}"
             rows.append(_merge_row(name, pair, result, evaluation, parents))

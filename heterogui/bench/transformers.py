@@ -24,7 +24,7 @@ import torch
 
 from heterogui import run
 from heterogui.align.pad import pad_network
-from heterogui.bench.quality_report import SEQUENTIAL, VARIANTS
+from heterogui.bench.quality_report import transformer_variants
 from heterogui.config import DataRef
 from heterogui.datasets.refs import tokenize
 from heterogui.datasets.sentence_pairs import load_pairs
@@ -137,9 +137,7 @@ def sts_rows(n_calibration: int = 256, device: str = "cpu") -> list[Row]:
     for mode in ("sma", "lma", "lma_first", "lma_similar", "uniform", "head_tail"):
         p = prep if mode == "sma" else realign(prep, mode)
         for rho in (1.0, 0.5) if mode == "sma" else (1.0,):
-            for knobs, suffix in VARIANTS:
-                if suffix == SEQUENTIAL and mode not in ("sma", "lma"):
-                    continue  # about 40 s a merge here: the two learned alignments only
+            for knobs, suffix in transformer_variants(mode):
                 label = f"merge {mode} rho={rho}{suffix}"
                 rows += _merged_rows(p, label, ZipSettings(rho=rho, **knobs), tok, pairs)
     return rows
@@ -229,8 +227,7 @@ def classification_rows(n_calibration: int = 256, device: str = "cpu") -> list[R
         variants = [
             (f"merge {mode} rho={rho}{suffix}", ZipSettings(rho=rho, **knobs))
             for rho in (1.0, 0.5)
-            for knobs, suffix in VARIANTS
-            if suffix != SEQUENTIAL or mode in ("sma", "lma")
+            for knobs, suffix in transformer_variants(mode)
         ]
         if mode == "sma":
             variants.insert(0, ("baseline: weight average (SMA padding)", ZipSettings("average")))
