@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -23,7 +23,7 @@ from heterogui.config import check_fusion
 from heterogui.errors import ConfigError, IncompatibleModelsError, MatcherError
 from heterogui.fusion.bn import has_batch_norm, reestimate_batch_norm
 from heterogui.fusion.fuse import SpaceTransform, fuse_state
-from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged
+from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged, unmerge_name
 from heterogui.fusion.pinning import pinned_channels
 from heterogui.fusion.regression import Regression, fit_regressions
 from heterogui.fusion.renormalize import parents_statistics, renormalize
@@ -31,13 +31,13 @@ from heterogui.fusion.sequential import refit_sequentially
 from heterogui.memo import ObjectMemo
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network, family_of
-from heterogui.models.graph import INPUT, ModelGraph
+from heterogui.models.graph import INPUT
 from heterogui.models.storage import allocate
 from heterogui.zip.collect import (
     StatKey,
-    capture_points,
     collect_moments,
     pooled_moments,
+    shared_spaces,
     statistics_bytes,
 )
 from heterogui.zip.heads import head_group_pairs, match_head_group
@@ -239,7 +239,7 @@ def realign(
         )
     )
     ga, gb = padded_a.graph(), padded_b.graph()
-    needed = sum(statistics_bytes(ga, gb, s) for s in live_spaces(ga, gb))
+    needed = sum(statistics_bytes(ga, gb, s) for s in shared_spaces((ga, gb)))
     budget = prepared.stats_budget
     stats = {}
     if budget is None or needed <= budget:  # else each zip collects them part by part
@@ -247,8 +247,7 @@ def realign(
             timings,
             "features",
             lambda: collect_moments(
-                padded_a,
-                padded_b,
+                (padded_a, padded_b),
                 prepared.batches,
                 prepared.device,
                 progress=lambda f: report("features", f),
@@ -315,12 +314,6 @@ def correlation(prepared: Prepared, space: str, stop: int | None) -> torch.Tenso
     if not prepared.keep_correlations:
         return compute()
     return _CORRELATIONS.get(prepared, (space, stop), compute)
-
-
-def live_spaces(graph_a: ModelGraph, graph_b: ModelGraph) -> list[str]:
-    """Return the merge points whose statistics the feature pass collects."""
-    dead = graph_a.dead | graph_b.dead
-    return list(dict.fromkeys(n for n, _, _, _ in capture_points(graph_a) if n not in dead))
 
 
 def match_spaces(
@@ -418,9 +411,9 @@ def zip_prepared(
         s: SpaceTransform.from_match(m, dtype, dev, regressions.get(s)) for s, m in matches.items()
     }
     model, spec = _timed(
-        timings, "fuse", lambda: assemble(pa, pb, matches, transforms, stop, dtype)
+        timings, "fuse", lambda: assemble((pa, pb), matches, transforms, stop, dtype)
     )
-    pinned = pinned_channels(model, pa, pb, matches, stop)
+    pinned = pinned_channels(model, (pa, pb), matches, stop)
     if settings.fusion == "least_squares_sequential":
         _timed(
             timings,
@@ -510,8 +503,7 @@ def chunked_matches(
             timings,
             "features",
             lambda part=part, report=report: collect_moments(
-                prepared.padded_a,
-                prepared.padded_b,
+                (prepared.padded_a, prepared.padded_b),
                 prepared.batches,
                 prepared.device,
                 progress=report,
@@ -543,42 +535,44 @@ def within(progress: Progress, stage: str, lo: float, hi: float) -> Callable[[fl
 
 
 def assemble(
-    pa: Network,
-    pb: Network,
+    padded: Sequence[Network],
     matches: dict[str, Match],
     transforms: dict[str, SpaceTransform],
     stop: int,
     dtype: torch.dtype,
 ) -> tuple[MergedModel, MergedSpec]:
-    """Return the merged model: fused trunk weights, the tails, the unmerge at the stop point."""
-    ga = pa.graph()
+    """Return the merged model: fused trunk weights, the tails, the unmerge at the stop point.
+
+    padded: the padded models (A, B, and more for an N-way zip), in the matches' model order.
+    """
+    first = padded[0]
+    ga = first.graph()
     widths = {s: m.width for s, m in matches.items()}
-    trunk_config = pa.family.resize(pa.config, widths)
+    trunk_config = first.family.resize(first.config, widths)
     boundary = ga.block_out[stop - 1] if stop > 0 else None
     layout = ga.spaces[boundary].captures[0].layout if boundary else None
-    spec = MergedSpec(
-        trunk_config, (pa.config, pb.config), stop, layout, (pa.task_heads(), pb.task_heads())
-    )
+    configs = tuple(net.config for net in padded)
+    spec = MergedSpec(trunk_config, configs, stop, layout, tuple(n.task_heads() for n in padded))
     # built on the meta device and handed the fused tensors themselves (assign): the fused
     # weights are held once, not once more as the model's own copy
     model = build_merged(spec, "meta")
-    state_a, state_b = pa.module.state_dict(), pb.module.state_dict()
-    fused = fuse_state(ga.tensors, state_a, state_b, transforms, stop)
+    states = [net.module.state_dict() for net in padded]
+    fused = fuse_state(ga.tensors, states, transforms, stop)
     state = {f"trunk.{k[len('blocks.') :]}": _as(v, dtype) for k, v in fused.items()}
     del fused
-    for m, st in enumerate((state_a, state_b)):
+    for m, st in enumerate(states):
         for key, value in st.items():
             block, rest = key.split(".", 2)[1:]
-            if int(block) >= stop:  # A's and B's own tensors: copied, never shared
+            if int(block) >= stop:  # each model's own tensors: copied, never shared
                 state[f"tails.{m}.{int(block) - stop}.{rest}"] = _as(value, dtype, copy=True)
     if boundary:
-        unmerge = transforms[boundary].unmerge
-        state["unmerge_a"], state["unmerge_b"] = (_as(u, dtype, copy=True) for u in unmerge)
+        for m, u in enumerate(transforms[boundary].unmerge):
+            state[unmerge_name(m)] = _as(u, dtype, copy=True)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     stray = [k for k in missing if not k.endswith("num_batches_tracked")]
     if stray or unexpected:
         raise AssertionError(f"merged state mismatch: missing {stray}, unexpected {unexpected}")
-    allocate(model, transforms_device(transforms, pa))  # the batch counters; rotary tables
+    allocate(model, transforms_device(transforms, first))  # the batch counters; rotary tables
     return model.to(dtype=dtype), spec
 
 

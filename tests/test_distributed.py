@@ -62,7 +62,7 @@ def _statistics(batches) -> dict[str, torch.Tensor]:
     """Run the three data passes on ``batches``; return their results as flat tensors."""
     net_a, net_b = _nets()
     out: dict[str, torch.Tensor] = {}
-    for (space, block), m in collect_moments(net_a, net_b, batches).items():
+    for (space, block), m in collect_moments((net_a, net_b), batches).items():
         out[f"moments/{space}/{block}/total"] = m.total
         out[f"moments/{space}/{block}/outer"] = m.outer
         out[f"moments/{space}/{block}/count"] = torch.tensor(m.count)

@@ -31,13 +31,12 @@ from heterogui.pipeline import (
     Prepared,
     ZipSettings,
     correlation,
-    live_spaces,
     match_spaces,
     prepare,
     realign,
     zip_prepared,
 )
-from heterogui.zip.collect import collect_moments
+from heterogui.zip.collect import collect_moments, shared_spaces
 from heterogui.zip.plan import stop_point
 
 
@@ -129,10 +128,10 @@ def statistics_precision(prep: Prepared) -> dict[str, Any]:
     settings = ZipSettings()
     stop = stop_point(ga, settings)
     exact_stats = collect_moments(
-        prep.padded_a, prep.padded_b, prep.batches, prep.device, dtype=torch.float64
+        (prep.padded_a, prep.padded_b), prep.batches, prep.device, dtype=torch.float64
     )
     exact = dataclasses.replace(prep, stats=exact_stats, keep_correlations=False)
-    worst, spaces = 0.0, live_spaces(ga, gb)
+    worst, spaces = 0.0, shared_spaces((ga, gb))
     for space in spaces:
         if any(c.block < stop for c in ga.spaces[space].captures):
             diff = correlation(exact, space, stop) - correlation(prep, space, stop)

@@ -28,9 +28,9 @@ from heterogui.bench.memory import MIB, max_rss_mib, rss_mib
 from heterogui.errors import ConfigError
 from heterogui.models.decoder import DecoderNetConfig, make_config
 from heterogui.models.family import Network, build_network
-from heterogui.pipeline import live_spaces, prepare, zip_prepared
+from heterogui.pipeline import prepare, zip_prepared
 from heterogui.tasks.language import merged_logits
-from heterogui.zip.collect import statistics_bytes
+from heterogui.zip.collect import shared_spaces, statistics_bytes
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def _measure(options: ScaleOptions, budget: int) -> dict[str, Any]:
     prepare_s = time.perf_counter() - begin
     rss_prepared = rss_mib()
     ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
-    needed = sum(statistics_bytes(ga, gb, s) for s in live_spaces(ga, gb))
+    needed = sum(statistics_bytes(ga, gb, s) for s in shared_spaces((ga, gb)))
     passes = [0]  # forward calls of A's first block during the zip: one per batch and part
     hook = prepared.padded_a.module.blocks[0].register_forward_pre_hook(
         lambda _m, _x: passes.__setitem__(0, passes[0] + 1)

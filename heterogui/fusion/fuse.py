@@ -6,7 +6,7 @@ unmerge instead of the 0/1 U, and a reader with a bias takes the regression's in
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 
@@ -17,6 +17,8 @@ from heterogui.zip.matchers import Match
 
 class SpaceTransform:
     """The merge (M_m: (r, n_m)) and unmerge (U_m: (n_m, r)) matrices of a space, per model.
+
+    Two models, or more for an N-way zip (the Match's ``sizes``).
 
     A transform of a Match (``from_match``) keeps the Match and applies M and U by indexing:
     M_m averages each group's members, U_mᵀ sums them, so a fusion costs one pass over the
@@ -60,19 +62,19 @@ class SpaceTransform:
         return cls(None, None, match, dtype, device, regression)
 
     @property
-    def merge(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (M_A, M_B), formed on first use."""
+    def merge(self) -> tuple[torch.Tensor, ...]:
+        """Return (M_A, M_B, ...), one per model, formed on first use."""
         if self._merge is None:
             kw = {"dtype": self.dtype, "device": self.device}
-            self._merge = (self.match.m_a(**kw), self.match.m_b(**kw))
+            self._merge = tuple(self.match.m_of(m, **kw) for m in range(len(self.match.sizes)))
         return self._merge
 
     @property
-    def unmerge(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (U_A, U_B), formed on first use."""
+    def unmerge(self) -> tuple[torch.Tensor, ...]:
+        """Return (U_A, U_B, ...), one per model, formed on first use."""
         if self._unmerge is None:
             kw = {"dtype": self.dtype, "device": self.device}
-            self._unmerge = (self.match.u_a(**kw), self.match.u_b(**kw))
+            self._unmerge = tuple(self.match.u_of(m, **kw) for m in range(len(self.match.sizes)))
         return self._unmerge
 
     @property
@@ -103,7 +105,7 @@ class SpaceTransform:
             matrix = self.merge[model] if role == "out" else self.unmerge[model].T
             return apply_along(matrix.to(tensor.dtype), tensor, dim)
         m = self.match
-        groups = m.groups[: m.n_a] if model == 0 else m.groups[m.n_a :]
+        groups = m.groups[m.rows_of(model)]
         keep = torch.nonzero(groups >= 0).reshape(-1)
         index = groups[keep].to(tensor.device)
         dim = dim % tensor.dim()
@@ -130,7 +132,7 @@ def apply_along(matrix: torch.Tensor, tensor: torch.Tensor, dim: int) -> torch.T
 
 def fuse_tensor(
     tensor_tag: TensorTag,
-    tensors: tuple[torch.Tensor, torch.Tensor],
+    tensors: Sequence[torch.Tensor],
     transforms: Mapping[str, SpaceTransform],
     centred: bool = False,
 ) -> torch.Tensor:
@@ -141,7 +143,7 @@ def fuse_tensor(
     """
     merged_axes = [a for a in tensor_tag.axes if a.space != INPUT]
     if not merged_axes:
-        return (tensors[0] + tensors[1]) / 2
+        return sum(tensors[1:], tensors[0]) / len(tensors)
     total = None
     for m, tensor in enumerate(tensors):
         out = tensor
@@ -179,7 +181,7 @@ def intercept_reader(
 
 def intercept(
     tag: TensorTag,
-    tensors: tuple[torch.Tensor, torch.Tensor],
+    tensors: Sequence[torch.Tensor],
     transforms: Mapping[str, SpaceTransform],
 ) -> torch.Tensor:
     """Return M_out Σ_m W_m c_m: what the intercept of the read space adds to the merged bias.
@@ -199,20 +201,20 @@ def intercept(
 
 def fuse_state(
     tags: tuple[TensorTag, ...],
-    state_a: Mapping[str, torch.Tensor],
-    state_b: Mapping[str, torch.Tensor],
+    states: Sequence[Mapping[str, torch.Tensor]],
     transforms: Mapping[str, SpaceTransform],
     stop: int,
 ) -> dict[str, torch.Tensor]:
     """Return the merged tensors of every tagged tensor in blocks ``[0, stop)``.
 
+    states: the (padded) models' state dicts, in the transforms' model order.
     A reader of a space with a regression: its bias (if it has one) takes the intercept.
     """
     trunk = [t for t in tags if t.block < stop]
     names = {t.name for t in trunk}
     fused, corrections = {}, {}
     for t in trunk:
-        pair = (state_a[t.name], state_b[t.name])
+        pair = [state[t.name] for state in states]
         bias = intercept_reader(t, names, transforms)
         fused[t.name] = fuse_tensor(t, pair, transforms, centred=bias is not None)
         if bias is not None:

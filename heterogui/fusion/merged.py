@@ -35,19 +35,20 @@ class MergedSpec:
     """What is needed to rebuild a merged model's modules before loading its weights.
 
     trunk_config: the family config with merged widths (only blocks before ``stop`` are used).
-    tail_configs: the (padded) configs of A and B, whose blocks from ``stop`` on are the tails.
+    tail_configs: the (padded) configs of A and B (and of more models: an N-way zip), whose
+        blocks from ``stop`` on are the tails.
     layout: the feature layout at the stop point (None when stop is 0).
-    heads: the task heads of A's tail and of B's tail (each tail's outputs, cut into tasks).
+    heads: the task heads of each model's tail (each tail's outputs, cut into tasks).
     """
 
     trunk_config: Any
-    tail_configs: tuple[Any, Any]
+    tail_configs: tuple[Any, ...]
     stop: int
     layout: str | None
-    heads: tuple[tuple[Head, ...], tuple[Head, ...]]
+    heads: tuple[tuple[Head, ...], ...]
 
     @property
-    def classes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def classes(self) -> tuple[tuple[int, ...], ...]:
         """Return the global class ids of each tail's outputs (all its heads, in order)."""
         return tuple(tuple(c for h in heads for c in h.classes) for heads in self.heads)
 
@@ -84,23 +85,24 @@ class MergedSpec:
 class MergedModel(nn.Module):
     """Run the merged trunk, unmerge at the stop point, run each model's tail.
 
-    forward returns a tuple (output of A's head, output of B's head).
+    forward returns a tuple (output of A's head, output of B's head, ...): one per model.
+    The unmerge matrices are the buffers ``unmerge_a``, ``unmerge_b``, ``unmerge_c``, ...
     """
 
     def __init__(
         self,
         spec: MergedSpec,
         trunk: list[nn.Module],
-        tails: tuple[list[nn.Module], list[nn.Module]],
-        unmerge: tuple[torch.Tensor, torch.Tensor] | None,
+        tails: tuple[list[nn.Module], ...],
+        unmerge: tuple[torch.Tensor, ...] | None,
     ):
         super().__init__()
         self.spec = spec
         self.trunk = nn.ModuleList(trunk)
         self.tails = nn.ModuleList([nn.ModuleList(t) for t in tails])
         if unmerge is not None:
-            self.register_buffer("unmerge_a", unmerge[0].clone())
-            self.register_buffer("unmerge_b", unmerge[1].clone())
+            for m, u in enumerate(unmerge):
+                self.register_buffer(unmerge_name(m), u.clone())
 
     def features(self, x: Any = None, **inputs: torch.Tensor) -> Any:
         """Return the merged state at the stop point.
@@ -114,7 +116,7 @@ class MergedModel(nn.Module):
             x = block(x)
         return x
 
-    def forward(self, x: Any = None, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: Any = None, **inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         h = self.features(x, **inputs)
         outs = []
         for m, tail in enumerate(self.tails):
@@ -122,14 +124,20 @@ class MergedModel(nn.Module):
             for block in tail:
                 y = block(y)
             outs.append(y)
-        return outs[0], outs[1]
+        return tuple(outs)
+
+    def unmerge_matrices(self) -> tuple[torch.Tensor, ...]:
+        """Return U_m of every model, (n_m, r) each (empty when the stop point is 0)."""
+        if self.spec.layout is None:
+            return ()
+        return tuple(getattr(self, unmerge_name(m)) for m in range(len(self.tails)))
 
     def unmerge(self, state: Any, model: int) -> Any:
         """Map a merged state into model ``model``'s own space (x_m = U_m x*).
 
         Only the features are mapped: the first item of a tuple state.
         """
-        u = self.unmerge_a if model == 0 else self.unmerge_b
+        u = getattr(self, unmerge_name(model))
         dim = CHANNEL_DIM[self.spec.layout]
         if isinstance(state, tuple):
             return (apply_along(u.to(state[0].dtype), state[0], dim), *state[1:])
@@ -155,9 +163,14 @@ def build_merged(spec: MergedSpec, device: torch.device | str | None = None) -> 
         space = graph.block_out[spec.stop - 1]
         r = graph.spaces[space].width
         widths = [family_of(c).graph(c).spaces[space].width for c in spec.tail_configs]
-        unmerge = (torch.zeros(widths[0], r), torch.zeros(widths[1], r))
+        unmerge = tuple(torch.zeros(n, r) for n in widths)
     model = MergedModel(spec, trunk, tails, unmerge)
     return model if target.type == "meta" else allocate(model, target)
+
+
+def unmerge_name(model: int) -> str:
+    """Return the buffer name of model ``model``'s unmerge matrix: unmerge_a, unmerge_b, ..."""
+    return f"unmerge_{chr(ord('a') + model)}"
 
 
 def full_stop(spec: MergedSpec) -> int:
@@ -213,7 +226,7 @@ def as_network(model: MergedModel, label: str = "merged") -> Network:
     tails = [family.graph(c) for c in spec.tail_configs]
     boundary = tails[0].block_out[full - 1]
     head_tags = [t for t in tails[0].tensors if t.block == full]
-    n_a, n_b = (g.spaces[LOGITS].width for g in tails)
+    n_logits = [g.spaces[LOGITS].width for g in tails]
     with torch.random.fork_rng(devices=[]):
         module = family.build(config)
     state = {
@@ -221,25 +234,25 @@ def as_network(model: MergedModel, label: str = "merged") -> Network:
         for k, v in model.state_dict().items()
         if k.startswith("trunk.")
     }
-    unmerge = (model.unmerge_a, model.unmerge_b)
-    transforms = {boundary: SpaceTransform((unmerge[0].T, unmerge[1].T), unmerge)}
+    unmerge = model.unmerge_matrices()
+    transforms = {boundary: SpaceTransform(tuple(u.T for u in unmerge), unmerge)}
     if not family.shared_outputs:
-        eye = torch.eye(n_a + n_b, dtype=unmerge[0].dtype, device=unmerge[0].device)
-        place = (eye[:, :n_a], eye[:, n_a:])
-        transforms[LOGITS] = SpaceTransform(place, (place[0].T, place[1].T))
+        eye = torch.eye(sum(n_logits), dtype=unmerge[0].dtype, device=unmerge[0].device)
+        place = tuple(torch.split(eye, n_logits, dim=1))
+        transforms[LOGITS] = SpaceTransform(place, tuple(p.T for p in place))
     tail_states = [tail[0].state_dict() for tail in model.tails]
     for t in head_tags:
         leaf = t.name.split(".", 2)[2]
-        pair = (tail_states[0][leaf], tail_states[1][leaf])
-        if family.shared_outputs:  # the outputs stay in place: sum of W_m U_m, halved
+        pair = [st[leaf] for st in tail_states]
+        if family.shared_outputs:  # the outputs stay in place: mean of W_m U_m
             kept = dataclasses.replace(t, axes=tuple(a for a in t.axes if a.space != LOGITS))
-            state[t.name] = fuse_tensor(kept, pair, transforms) / 2
+            state[t.name] = fuse_tensor(kept, pair, transforms) / len(pair)
         else:
             state[t.name] = fuse_tensor(t, pair, transforms)
     module.load_state_dict(state)
     module.to(unmerge[0].device).eval()
     if family.shared_outputs:
         return Network(config, module, None, frozenset(), label)
-    heads = spec.heads[0] + spec.heads[1]
+    heads = tuple(h for model_heads in spec.heads for h in model_heads)
     classes = tuple(c for h in heads for c in h.classes)
     return Network(config, module, classes, frozenset(), label, heads)

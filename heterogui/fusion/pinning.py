@@ -8,6 +8,8 @@ and change the function. Those channels are pinned (``merge.bn``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from heterogui.fusion.bn import BN_TYPES
@@ -26,15 +28,17 @@ def identity_batch_norms(net: Network) -> set[str]:
 
 def pinned_channels(
     model: torch.nn.Module,
-    pa: Network,
-    pb: Network,
+    padded: Sequence[Network],
     matches: dict[str, Match],
     stop: int,
 ) -> dict[str, torch.Tensor]:
-    """Return merged BN module name -> channels (int64) to keep during BN re-estimation."""
+    """Return merged BN module name -> channels (int64) to keep during BN re-estimation.
+
+    padded: the padded models, in the matches' model order.
+    """
     pinned: dict[str, torch.Tensor] = {}
-    out_space = {t.name: t.axes[0].space for t in pa.graph().tensors if t.axes}
-    for m, net in enumerate((pa, pb)):
+    out_space = {t.name: t.axes[0].space for t in padded[0].graph().tensors if t.axes}
+    for m, net in enumerate(padded):
         for name in identity_batch_norms(net):
             block, rest = name.split(".", 2)[1:]
             if int(block) >= stop:
@@ -50,9 +54,9 @@ def pinned_channels(
 
 
 def _pure_groups(match: Match, model: int) -> torch.Tensor:
-    """Return the groups whose members all come from ``model`` (0 = A, 1 = B)."""
+    """Return the groups whose members all come from ``model`` (0 = A, 1 = B, ...)."""
     groups = match.groups
-    owner = (torch.arange(groups.numel()) >= match.n_a).long()
+    owner = match.owners()
     valid = groups >= 0
     mixed = torch.zeros(match.width, dtype=torch.bool)
     mixed[groups[valid & (owner != model)]] = True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 import torch
 
@@ -35,49 +35,64 @@ def capture_points(graph: ModelGraph) -> list[tuple[str, str, str, int]]:
 
 @torch.no_grad()
 def collect_moments(
-    net_a: Network,
-    net_b: Network,
+    nets: Sequence[Network],
     batches: Iterable[Batch],
     device: torch.device | str = "cpu",
     progress: Callable[[float], None] | None = None,
     spaces: Collection[str] | None = None,
     dtype: torch.dtype | None = None,
 ) -> dict[StatKey, Moments]:
-    """Run A and B (same topology) on the batches and accumulate moments at every capture.
+    """Run the models (same topology) on the batches and accumulate moments at every capture.
 
-    Returns moments of the concatenated features (O = n_A + n_B) per (space, block), pooled over
-    the space's captures in that block, for every space that is not dead in either model
-    (only those in ``spaces`` when given: a pass over part of the merge points). dtype: cast
-    the features to it first (float64: float64 products, to measure the float32 ones).
+    nets: A and B, or more models (an N-way zip). Returns moments of the concatenated features
+    (O = n_A + n_B + ...) per (space, block), pooled over the space's captures in that block,
+    for every space that at least two models use (``shared_spaces``; only those in ``spaces``
+    when given: a pass over part of the merge points). dtype: cast the features to it first
+    (float64: float64 products, to measure the float32 ones).
     """
-    # a dead space (an identity block's unused inner layer) is never matched: skip its statistics
-    dead = net_a.graph().dead | net_b.graph().dead
+    graphs = [net.graph() for net in nets]
+    shared = set(shared_spaces(graphs))
     points = [
         p
-        for p in capture_points(net_a.graph())
-        if p[0] not in dead and (spaces is None or p[0] in spaces)
+        for p in capture_points(graphs[0])
+        if p[0] in shared and (spaces is None or p[0] in spaces)
     ]
     modules = sorted({module for _, module, _, _ in points})
     stats: dict[StatKey, Moments] = {}
-    passes = [CapturePass(net.module, modules) for net in (net_a, net_b)]
+    passes = [CapturePass(net.module, modules) for net in nets]
     batches = list(batches)
     for step, batch in enumerate(batches):
         batch = to_device(batch, device)
         mask = token_mask(batch)
         outs = [capture(batch) for capture in passes]
         for space, module, layout, block in points:
-            rows_a, rows_b = (to_rows(out[module], layout, mask).to(dtype) for out in outs)
+            rows = [to_rows(out[module], layout, mask).to(dtype) for out in outs]
             key = (space, block)
             if key not in stats:
-                n_a = rows_a.shape[1]
-                stats[key] = Moments.empty(n_a + rows_b.shape[1], rows_a.device, split=n_a)
-            stats[key].update_parts(rows_a, rows_b)
+                width, split = sum(r.shape[1] for r in rows), rows[0].shape[1]
+                # two models: the B-A block of a batch's product is A-B's transpose (split)
+                stats[key] = Moments.empty(width, rows[0].device, split if len(rows) == 2 else None)
+            if len(rows) == 2:
+                stats[key].update_parts(*rows)
+            else:
+                stats[key].update(torch.cat(rows, dim=1))
         if progress is not None:
             progress((step + 1) / len(batches))
     for moments in stats.values():
         moments.settle()  # fold the float32 products in and free their buffers
     all_reduce_moments(stats)  # the whole data's sums under torchrun (heterogui.distributed)
     return stats
+
+
+def shared_spaces(graphs: Sequence[ModelGraph]) -> list[str]:
+    """Return the merge points whose statistics a feature pass collects, in capture order.
+
+    A space dead in a model (an identity block's unused inner layer) has no use for that
+    model's features; a space that fewer than two models use is never zipped (two models:
+    the spaces dead in neither).
+    """
+    names = dict.fromkeys(n for n, _, _, _ in capture_points(graphs[0]))
+    return [n for n in names if sum(n not in g.dead for g in graphs) >= 2]
 
 
 def statistics_bytes(graph_a: ModelGraph, graph_b: ModelGraph, space: str) -> int:

@@ -38,7 +38,7 @@ class MatchCounts:
 
 @dataclass(frozen=True, eq=False)
 class Match:
-    """A partition of the O = n_a + n_b features of one merge point into `width` groups.
+    """A partition of the O = n_a + n_b (+ ...) features of one merge point into `width` groups.
 
     Attributes:
         groups: (O,) int64, the group of each feature (A's first) in [0, width), or -1 for a
@@ -47,19 +47,28 @@ class Match:
         n_a: number of features of model A.
         n_b: number of features of model B.
         width: number of groups r (the merged width).
+        more: the numbers of features of a third, fourth, ... model (an N-way zip), after B's.
     """
 
     groups: Tensor
     n_a: int
     n_b: int
     width: int
+    more: tuple[int, ...] = ()
+
+    @classmethod
+    def of_sizes(cls, groups: Tensor, sizes: tuple[int, ...], width: int) -> Match:
+        """Return the Match of models with ``sizes`` features each (two or more)."""
+        return cls(groups, sizes[0], sizes[1], width, tuple(sizes[2:]))
 
     def __post_init__(self) -> None:
         g = torch.as_tensor(self.groups).detach().to("cpu", torch.int64).reshape(-1)
         object.__setattr__(self, "groups", g)
-        o = self.n_a + self.n_b
+        object.__setattr__(self, "more", tuple(int(n) for n in self.more))
+        o = sum(self.sizes)
         if g.numel() != o:
-            raise MatcherError(f"groups has {g.numel()} entries, expected n_a + n_b = {o}")
+            what = "n_a + n_b" if not self.more else "the sum of the widths"
+            raise MatcherError(f"groups has {g.numel()} entries, expected {what} = {o}")
         if self.width < 1 or (o and (int(g.min()) < -1 or int(g.max()) >= self.width)):
             raise MatcherError(f"group ids must lie in [-1, {self.width}), width must be >= 1")
         kept = g[g >= 0].numpy()
@@ -71,9 +80,23 @@ class Match:
             )
 
     @property
+    def sizes(self) -> tuple[int, ...]:
+        """Return the number of features of every model, in order."""
+        return (self.n_a, self.n_b, *self.more)
+
+    @property
     def n_features(self) -> int:
-        """Return O = n_a + n_b."""
-        return self.n_a + self.n_b
+        """Return O, the features of all models."""
+        return sum(self.sizes)
+
+    def rows_of(self, model: int) -> slice:
+        """Return the slice of model ``model``'s features (0 = A) in the O features."""
+        start = sum(self.sizes[:model])
+        return slice(start, start + self.sizes[model])
+
+    def owners(self) -> Tensor:
+        """Return the model of every feature, (O,) int64."""
+        return torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
 
     def unmerge(self, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
         """Return U, (O, r) 0/1 membership; the row of a dropped feature is all zero."""
@@ -99,38 +122,51 @@ class Match:
         out = matrix.new_zeros(matrix.shape[0], self.width)
         return out.index_add_(1, index, matrix[:, kept] * weights[index])
 
+    def m_of(self, model: int, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
+        """Return M_m, the columns of M of model ``model``: (r, n_m)."""
+        return self.merge(dtype, device)[:, self.rows_of(model)].contiguous()
+
+    def u_of(self, model: int, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
+        """Return U_m, the rows of U of model ``model``: (n_m, r)."""
+        return self.unmerge(dtype, device)[self.rows_of(model)].contiguous()
+
     def m_a(self, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
         """Return M_A = M[:, :n_a], (r, n_a)."""
-        return self.merge(dtype, device)[:, : self.n_a].contiguous()
+        return self.m_of(0, dtype, device)
 
     def m_b(self, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
-        """Return M_B = M[:, n_a:], (r, n_b)."""
-        return self.merge(dtype, device)[:, self.n_a :].contiguous()
+        """Return M_B = M[:, n_a:n_a + n_b], (r, n_b)."""
+        return self.m_of(1, dtype, device)
 
     def u_a(self, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
         """Return U_A = U[:n_a], (n_a, r)."""
-        return self.unmerge(dtype, device)[: self.n_a].contiguous()
+        return self.u_of(0, dtype, device)
 
     def u_b(self, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
-        """Return U_B = U[n_a:], (n_b, r)."""
-        return self.unmerge(dtype, device)[self.n_a :].contiguous()
+        """Return U_B = U[n_a:n_a + n_b], (n_b, r)."""
+        return self.u_of(1, dtype, device)
 
     def cross_pairs(self) -> Tensor:
         """Return the (a, b) index pairs sharing a group, (k, 2) int64, b counted within B."""
-        ga, gb = self.groups[: self.n_a], self.groups[self.n_a :]
+        ga, gb = self.groups[self.rows_of(0)], self.groups[self.rows_of(1)]
         same = (ga[:, None] == gb[None, :]) & (ga[:, None] >= 0)
         return torch.nonzero(same)
 
     def counts(self) -> MatchCounts:
-        """Return how many groups are cross-model and how many within-model merges happened."""
-        ga, gb = self.groups[: self.n_a], self.groups[self.n_a :]
-        ca = torch.bincount(ga[ga >= 0], minlength=self.width)
-        cb = torch.bincount(gb[gb >= 0], minlength=self.width)
+        """Return how many groups are cross-model and how many within-model merges happened.
+
+        cross: groups with features of two or more models; within_a / within_b: of A and B.
+        """
+        per_model = []
+        for m in range(len(self.sizes)):
+            g = self.groups[self.rows_of(m)]
+            per_model.append(torch.bincount(g[g >= 0], minlength=self.width))
+        present = torch.stack([c > 0 for c in per_model]).sum(0)
         return MatchCounts(
             groups=self.width,
-            cross=int(((ca > 0) & (cb > 0)).sum()),
-            within_a=int((ca - 1).clamp(min=0).sum()),
-            within_b=int((cb - 1).clamp(min=0).sum()),
+            cross=int((present > 1).sum()),
+            within_a=int((per_model[0] - 1).clamp(min=0).sum()),
+            within_b=int((per_model[1] - 1).clamp(min=0).sum()),
             dropped=int((self.groups < 0).sum()),
         )
 

@@ -39,6 +39,9 @@ __all__ = [
     "keep_one_match",
     "permute_match",
     "target_width",
+    "group_width",
+    "zip_group",
+    "zip_group_naive",
     "zip_match",
     "zip_match_naive",
 ]
@@ -46,8 +49,9 @@ __all__ = [
 _NEG_INF = -np.inf
 
 
-def _check_sizes(n_a: int, n_b: int) -> None:
-    for name, n in (("n_a", n_a), ("n_b", n_b)):
+def _check_sizes(*sizes: int) -> None:
+    names = ("n_a", "n_b") if len(sizes) == 2 else (f"width {k}" for k in range(len(sizes)))
+    for name, n in zip(names, sizes, strict=False):
         if isinstance(n, bool) or int(n) != n or n < 1:
             raise MatcherError(f"{name} must be a positive integer, got {n!r}")
 
@@ -76,21 +80,24 @@ def merges_for(rho: float, count: int) -> int:
     return math.floor(Fraction(str(rho)) * count + Fraction(1, 2))
 
 
-def _as_matrix(corr: Tensor | np.ndarray, n_a: int, n_b: int) -> np.ndarray:
+def _as_matrix(corr: Tensor | np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
     """Return a float64 CPU copy of corr, (O, O), checked for shape and finiteness."""
-    _check_sizes(n_a, n_b)
+    _check_sizes(*sizes)
     if isinstance(corr, Tensor):
         c = corr.detach().to("cpu", torch.float64, copy=True).numpy()  # one copy, converted
     else:
         c = np.array(corr, dtype=np.float64, copy=True)
-    o = n_a + n_b
+    o = sum(sizes)
     if c.shape != (o, o):
-        raise MatcherError(
-            f"corr must have shape ({o}, {o}) for n_a={n_a}, n_b={n_b}, got {c.shape}"
-        )
+        raise MatcherError(f"corr must have shape ({o}, {o}) for {_named(sizes)}, got {c.shape}")
     if not np.all(np.isfinite(c)):
         raise MatcherError("corr contains NaN or inf; compute it with Moments.corr (floored σ)")
     return c
+
+
+def _named(sizes: tuple[int, ...]) -> str:
+    """Return "n_a=5, n_b=4" (two models) or "widths (5, 4, 3)"."""
+    return f"n_a={sizes[0]}, n_b={sizes[1]}" if len(sizes) == 2 else f"widths {sizes}"
 
 
 def _symmetric(t: Tensor, step: int = 256) -> bool:
@@ -108,10 +115,12 @@ def _symmetric(t: Tensor, step: int = 256) -> bool:
     return True
 
 
-def _check_knobs(o: int, width: int, alpha: float, beta: float) -> None:
+def _check_knobs(sizes: tuple[int, ...], width: int, alpha: float, beta: float) -> None:
+    o = sum(sizes)
     if isinstance(width, bool) or int(width) != width or not 1 <= width <= o:
+        total = "n_a + n_b" if len(sizes) == 2 else "the sum of the widths"
         raise MatcherError(
-            f"zip width must be an integer between 1 and n_a + n_b = {o}, got {width!r}; "
+            f"zip width must be an integer between 1 and {total} = {o}, got {width!r}; "
             "use target_width(n_a, n_b, rho) to derive it from a zip ratio"
         )
     if not 0.0 < alpha <= 1.0:
@@ -120,14 +129,9 @@ def _check_knobs(o: int, width: int, alpha: float, beta: float) -> None:
         raise MatcherError(f"beta must be in [0, 1], got {beta!r}; the paper uses 1.0")
 
 
-def _model(k: int, n_a: int) -> int:
-    return 0 if k < n_a else 1
-
-
-def _mask_model(sim: np.ndarray, alive: np.ndarray, n_a: int, model: int) -> np.ndarray:
+def _mask_model(sim: np.ndarray, alive: np.ndarray, owner: np.ndarray, model: int) -> np.ndarray:
     """Forbid every pair of live representatives of one model; return those representatives."""
-    idx = np.flatnonzero(alive)
-    reps = idx[idx < n_a] if model == 0 else idx[idx >= n_a]
+    reps = np.flatnonzero(alive & (owner == model))
     sim[np.ix_(reps, reps)] = _NEG_INF
     return reps
 
@@ -141,39 +145,45 @@ def within_model_budget(o: int, width: int, n: int, beta: float) -> int:
     return math.floor(Fraction(o - width) * n / o * Fraction(str(beta)))
 
 
-def _prepare(corr, n_a, n_b, width, alpha, beta) -> tuple[np.ndarray, list[int], np.ndarray]:
-    """Validate, build sim (-inf diagonal, exhausted budgets masked) and the budgets."""
-    sim = _as_matrix(corr, n_a, n_b)
-    o = n_a + n_b
-    _check_knobs(o, width, alpha, beta)
+def _prepare(
+    corr, sizes, width, alpha, beta
+) -> tuple[np.ndarray, list[int], np.ndarray, np.ndarray]:
+    """Validate, build sim (-inf diagonal, exhausted budgets masked), budgets and owners."""
+    sim = _as_matrix(corr, sizes)
+    o = sum(sizes)
+    _check_knobs(sizes, width, alpha, beta)
     t = corr.detach() if isinstance(corr, Tensor) else torch.from_numpy(sim)
     if not _symmetric(t):
         sim = 0.5 * (sim + sim.T)  # symmetric sim: the row-major first argmax has i < j
     np.fill_diagonal(sim, _NEG_INF)
-    budget = [within_model_budget(o, width, n, beta) for n in (n_a, n_b)]
+    budget = [within_model_budget(o, width, n, beta) for n in sizes]
+    owner = np.repeat(np.arange(len(sizes)), sizes)
     alive = np.ones(o, dtype=bool)
-    for m in (0, 1):
+    for m in range(len(sizes)):
         if budget[m] == 0:
-            _mask_model(sim, alive, n_a, m)
-    return sim, budget, alive
+            _mask_model(sim, alive, owner, m)
+    return sim, budget, alive, owner
 
 
-def _stuck(n_a: int, n_b: int, width: int, beta: float, reached: int) -> MatcherError:
+def _stuck(sizes: tuple[int, ...], width: int, beta: float, reached: int) -> MatcherError:
     more = "raise beta to allow more within-model merges, or " if beta < 1 else ""
+    features = (
+        f"n_a={sizes[0]} + n_b={sizes[1]}" if len(sizes) == 2 else " + ".join(map(str, sizes))
+    )
     return MatcherError(
-        f"cannot zip n_a={n_a} + n_b={n_b} features down to width {width}: with beta={beta} "
+        f"cannot zip {features} features down to width {width}: with beta={beta} "
         f"the smallest reachable width is {reached} (no allowed pair is left); {more}raise the "
         f"target width to >= {reached} (lower rho)"
     )
 
 
-def _spend_budget(sim, alive, budget, n_a, i, j) -> np.ndarray | None:
+def _spend_budget(sim, alive, budget, owner, i, j) -> np.ndarray | None:
     """Charge a within-model merge of i and j; return the reps masked when a budget runs out."""
-    m = _model(i, n_a)
-    if m != _model(j, n_a):
+    m = owner[i]
+    if m != owner[j]:
         return None
     budget[m] -= 1
-    return _mask_model(sim, alive, n_a, m) if budget[m] == 0 else None
+    return _mask_model(sim, alive, owner, m) if budget[m] == 0 else None
 
 
 def zip_match_naive(
@@ -197,14 +207,26 @@ def zip_match_naive(
     Raises:
         MatcherError: bad shapes or knobs, non-finite corr, or width unreachable under beta.
     """
-    sim, budget, alive = _prepare(corr, n_a, n_b, width, alpha, beta)
+    return zip_group_naive(corr, (n_a, n_b), width, alpha, beta)
+
+
+def zip_group_naive(
+    corr: Tensor, sizes: tuple[int, ...], width: int, alpha: float = 0.5, beta: float = 1.0
+) -> Match:
+    """Return ``zip_match_naive`` over the features of any number of models (N-way zip).
+
+    corr: (O, O) correlation of [f_1 ; ... ; f_N], O = sum of ``sizes``; every model has its
+    own within-model budget floor((O - r) n_m / O beta).
+    """
+    sizes = tuple(sizes)
+    sim, budget, alive, owner = _prepare(corr, sizes, width, alpha, beta)
     width = int(width)
-    o = n_a + n_b
+    o = sum(sizes)
     labels = np.arange(o)
     for n_groups in range(o, width, -1):
         i, j = divmod(int(np.argmax(sim)), o)
         if sim[i, j] == _NEG_INF:
-            raise _stuck(n_a, n_b, width, beta, n_groups)
+            raise _stuck(sizes, width, beta, n_groups)
         labels[labels == j] = i
         alive[j] = False
         new = alpha * np.minimum(sim[i], sim[j])
@@ -213,11 +235,11 @@ def zip_match_naive(
         sim[i, i] = _NEG_INF
         sim[j, :] = _NEG_INF
         sim[:, j] = _NEG_INF
-        _spend_budget(sim, alive, budget, n_a, i, j)
-    return Match(groups=canonical_groups(labels), n_a=n_a, n_b=n_b, width=width)
+        _spend_budget(sim, alive, budget, owner, i, j)
+    return Match.of_sizes(canonical_groups(labels), sizes, width)
 
 
-def _fast_loop(sim, alive, budget, n_a, width, alpha) -> tuple[np.ndarray, int]:
+def _fast_loop(sim, alive, budget, owner, width, alpha) -> tuple[np.ndarray, int]:
     """Run the greedy zip on cached row maxima; return parent pointers and the groups left.
 
     row_max[k] / row_arg[k] hold the max and first argmax column of row k over live columns
@@ -255,7 +277,7 @@ def _fast_loop(sim, alive, budget, n_a, width, alpha) -> tuple[np.ndarray, int]:
         stale = row_arg == i
         stale |= row_arg == j
         stale[i] = True
-        masked = _spend_budget(sim, alive, budget, n_a, i, j)
+        masked = _spend_budget(sim, alive, budget, owner, i, j)
         if masked is not None:
             stale[masked] = True
         take = new > row_max
@@ -290,15 +312,43 @@ def zip_match(
     Raises:
         MatcherError: bad shapes or knobs, non-finite corr, or width unreachable under beta.
     """
-    sim, budget, alive = _prepare(corr, n_a, n_b, width, alpha, beta)
+    return zip_group(corr, (n_a, n_b), width, alpha, beta)
+
+
+def zip_group(
+    corr: Tensor, sizes: tuple[int, ...], width: int, alpha: float = 0.5, beta: float = 1.0
+) -> Match:
+    """Return ``zip_match`` over the features of any number of models (N-way zip, fast).
+
+    corr: (O, O) correlation of [f_1 ; ... ; f_N], O = sum of ``sizes``; the same groups as
+    ``zip_group_naive``, ties included.
+    """
+    sizes = tuple(sizes)
+    sim, budget, alive, owner = _prepare(corr, sizes, width, alpha, beta)
     width = int(width)
-    parent, n_groups = _fast_loop(sim, alive, budget, n_a, width, alpha)
+    parent, n_groups = _fast_loop(sim, alive, budget, owner, width, alpha)
     if n_groups > width:
-        raise _stuck(n_a, n_b, width, beta, n_groups)
+        raise _stuck(sizes, width, beta, n_groups)
     labels = parent
     for _ in range(labels.size.bit_length()):  # pointer jumping: log2(O) rounds reach the roots
         labels = labels[labels]
-    return Match(groups=canonical_groups(labels), n_a=n_a, n_b=n_b, width=width)
+    return Match.of_sizes(canonical_groups(labels), sizes, width)
+
+
+def group_width(sizes: tuple[int, ...], rho: float) -> int:
+    """Return the merged width of an N-way zip: O - round(rho (O - max n_m)).
+
+    rho = 1 gives the widest model's width, rho = 0 keeps every feature; two models give
+    ``target_width``.
+
+    Raises:
+        MatcherError: rho is outside [0, 1] or a width is not a positive integer.
+    """
+    _check_sizes(*sizes)
+    if not 0.0 <= rho <= 1.0:
+        raise MatcherError(f"zip ratio rho must be in [0, 1], got {rho!r}")
+    o = sum(sizes)
+    return o - merges_for(rho, o - max(sizes))
 
 
 def _check_equal(name: str, n_a: int, n_b: int) -> None:
@@ -322,7 +372,7 @@ def permute_match(corr: Tensor, n_a: int, n_b: int) -> Match:
         MatcherError: widths differ, or corr has the wrong shape or non-finite values.
     """
     _check_equal("permute", n_a, n_b)
-    c = _as_matrix(corr, n_a, n_b)
+    c = _as_matrix(corr, (n_a, n_b))
     rows, cols = linear_sum_assignment(c[:n_a, n_a:], maximize=True)
     groups = np.empty(n_a + n_b, dtype=np.int64)
     groups[rows] = rows
