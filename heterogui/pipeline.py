@@ -147,7 +147,7 @@ def check_pair(net_a: Network, net_b: Network) -> None:
         raise IncompatibleModelsError("; ".join(reasons))
 
 
-def _timed(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
+def timed(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
     start = time.perf_counter()
     out = fn()
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
@@ -181,22 +181,8 @@ def prepare(
     dev = resolve_device(device)
     report = progress or (lambda _stage, _frac: None)
     timings: dict[str, float] = {}
-    nets = []
-    for net in (net_a, net_b):
-        # a copy only when something would modify the caller's module (BatchNorm
-        # re-estimation, a move to ``dev``, .eval()); else its module is shared, read only
-        reset_bn = reset_input_bn and has_batch_norm(net.module)
-        net = ready_network(net, dev, modifies=reset_bn)
-        if reset_bn:
-            _timed(
-                timings,
-                "bn_inputs",
-                lambda n=net: reestimate_batch_norm(
-                    n.module, batches, dev, progress=lambda f: report("bn_inputs", f)
-                ),
-            )
-        nets.append(net)
-    similarity = _timed(
+    nets = ready_networks((net_a, net_b), batches, dev, reset_input_bn, timings, report)
+    similarity = timed(
         timings,
         "similarity",
         lambda: layer_similarity(
@@ -209,6 +195,35 @@ def prepare(
     return realign(prepared, mode, manual, progress)
 
 
+def ready_networks(
+    nets: Sequence[Network],
+    batches: list[Batch],
+    dev: torch.device,
+    reset_input_bn: bool,
+    timings: dict[str, float],
+    report: Progress,
+) -> list[Network]:
+    """Return the models on ``dev`` in eval mode, BatchNorm re-estimated (step 1).
+
+    A copy only when something would modify the caller's module (BatchNorm re-estimation, a
+    move to ``dev``, .eval()); else its module is shared, read only.
+    """
+    ready = []
+    for net in nets:
+        reset_bn = reset_input_bn and has_batch_norm(net.module)
+        net = ready_network(net, dev, modifies=reset_bn)
+        if reset_bn:
+            timed(
+                timings,
+                "bn_inputs",
+                lambda n=net: reestimate_batch_norm(
+                    n.module, batches, dev, progress=lambda f: report("bn_inputs", f)
+                ),
+            )
+        ready.append(net)
+    return ready
+
+
 def realign(
     prepared: Prepared,
     mode: str,
@@ -219,7 +234,7 @@ def realign(
     report = progress or (lambda _stage, _frac: None)
     # keep the timings of the passes realign does not repeat; its own stages start afresh
     timings = {k: v for k, v in prepared.timings.items() if k in PREPARE_ONLY_STAGES}
-    alignment = _timed(
+    alignment = timed(
         timings,
         "alignment",
         lambda: align(
@@ -227,10 +242,10 @@ def realign(
         ),
     )
     padded_a, padded_b = (
-        _timed(
+        timed(
             timings,
             "padding",
-            partial(_pad, net, pos, alignment.depths, prepared.batches, prepared.device),
+            partial(pad_aligned, net, pos, alignment.depths, prepared.batches, prepared.device),
         )
         for net, pos in zip(
             (prepared.net_a, prepared.net_b),
@@ -243,7 +258,7 @@ def realign(
     budget = prepared.stats_budget
     stats = {}
     if budget is None or needed <= budget:  # else each zip collects them part by part
-        stats = _timed(
+        stats = timed(
             timings,
             "features",
             lambda: collect_moments(
@@ -263,7 +278,7 @@ def realign(
     )
 
 
-def _pad(
+def pad_aligned(
     net: Network,
     positions: tuple[tuple[int, ...], ...],
     depths: tuple[int, ...],
@@ -300,20 +315,31 @@ def correlation(prepared: Prepared, space: str, stop: int | None) -> torch.Tenso
     """
 
     def compute() -> torch.Tensor:
-        moments = pooled_moments(prepared.stats, prepared.padded_a.graph(), space, stop)
-        # a NaN or inf feature reaches the sums and its own square; an overflowing product
-        # x_i x_j means x_i² or x_j² overflows too (Cauchy-Schwarz): the diagonal tells
-        diagonal = torch.diagonal(moments.outer)
-        if not bool(torch.isfinite(moments.total).all() and torch.isfinite(diagonal).all()):
-            raise MatcherError(
-                f"the features of A or B at merge point {space} are not finite (NaN or inf) on "
-                "the calibration data: the models overflow on these inputs; check the data's scale"
-            )
-        return moments.corr(dtype=torch.float32)
+        return space_correlation(prepared.stats, prepared.padded_a.graph(), space, stop)
 
     if not prepared.keep_correlations:
         return compute()
     return _CORRELATIONS.get(prepared, (space, stop), compute)
+
+
+def space_correlation(
+    stats: dict[StatKey, Moments], graph: ModelGraph, space: str, stop: int | None
+) -> torch.Tensor:
+    """Return the float32 correlation of ``space``'s pooled moments before ``stop``.
+
+    Raises:
+        MatcherError: a model's features at ``space`` overflowed (inf or NaN) on the data.
+    """
+    moments = pooled_moments(stats, graph, space, stop)
+    # a NaN or inf feature reaches the sums and its own square; an overflowing product
+    # x_i x_j means x_i² or x_j² overflows too (Cauchy-Schwarz): the diagonal tells
+    diagonal = torch.diagonal(moments.outer)
+    if not bool(torch.isfinite(moments.total).all() and torch.isfinite(diagonal).all()):
+        raise MatcherError(
+            f"the features of the models at merge point {space} are not finite (NaN or inf) on "
+            "the calibration data: the models overflow on these inputs; check the data's scale"
+        )
+    return moments.corr(dtype=torch.float32)
 
 
 def match_spaces(
@@ -399,8 +425,8 @@ def zip_prepared(
     check_fusion(settings.fusion, settings.ridge)
     regressions: dict[str, Regression] = {}
     if prepared.stats or prepared.stats_budget is None:
-        matches = _timed(timings, "match", lambda: match_spaces(prepared, settings, stop))
-        regressions = _timed(
+        matches = timed(timings, "match", lambda: match_spaces(prepared, settings, stop))
+        regressions = timed(
             timings, "regression", lambda: _regressions(prepared, settings, stop, matches)
         )
     else:
@@ -410,12 +436,12 @@ def zip_prepared(
     transforms = {
         s: SpaceTransform.from_match(m, dtype, dev, regressions.get(s)) for s, m in matches.items()
     }
-    model, spec = _timed(
+    model, spec = timed(
         timings, "fuse", lambda: assemble((pa, pb), matches, transforms, stop, dtype)
     )
     pinned = pinned_channels(model, (pa, pb), matches, stop)
     if settings.fusion == "least_squares_sequential":
-        _timed(
+        timed(
             timings,
             "refit",
             lambda: refit_sequentially(
@@ -424,10 +450,10 @@ def zip_prepared(
         )
     renormalized = 0
     if settings.renormalize:
-        renormalized = _timed(
+        renormalized = timed(
             timings, "renormalize", lambda: _renormalize(prepared, model, matches, stop)
         )
-    _timed(
+    timed(
         timings,
         "bn_merged",
         lambda: reestimate_batch_norm(
@@ -447,7 +473,7 @@ def _regressions(
     if not settings.fusion.startswith("least_squares"):
         return {}
     ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
-    return fit_regressions(prepared.stats, ga, gb, matches, stop, settings.ridge)
+    return fit_regressions(prepared.stats, (ga, gb), matches, stop, settings.ridge)
 
 
 def _renormalize(
@@ -499,7 +525,7 @@ def chunked_matches(
     matches = match_spaces(prepared, settings, stop, only=dead & set(trunk))  # no statistics
     for k, part in enumerate(parts):
         report = within(progress, "features", k / len(parts), (k + 1) / len(parts))
-        stats = _timed(
+        stats = timed(
             timings,
             "features",
             lambda part=part, report=report: collect_moments(
@@ -511,7 +537,7 @@ def chunked_matches(
             ),
         )
         view = replace(prepared, stats=stats, keep_correlations=False)
-        found = _timed(
+        found = timed(
             timings,
             "match",
             lambda view=view, part=part: match_spaces(view, settings, stop, only=set(part)),
@@ -519,7 +545,7 @@ def chunked_matches(
         matches.update(found)
         if regressions is not None:
             regressions.update(
-                _timed(
+                timed(
                     timings,
                     "regression",
                     lambda view=view, found=found: _regressions(view, settings, stop, found),

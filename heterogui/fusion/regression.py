@@ -24,6 +24,7 @@ The ridge is relative: λ = ridge · trace(Σ_zz) / r, so it does not depend on 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +32,7 @@ from torch import Tensor
 
 from heterogui.config import DEFAULT_RIDGE
 from heterogui.models.graph import ModelGraph
-from heterogui.zip.collect import StatKey, pooled_moments
+from heterogui.zip.collect import StatKey, pooled_moments, shared_spaces
 from heterogui.zip.match import Match
 from heterogui.zip.stats import Moments
 
@@ -41,20 +42,20 @@ class Regression:
     """The least-squares unmerge of one merge point, split per model (A's rows first).
 
     Attributes:
-        centred: (U_A, U_B), (n_m, r): the regression on the centred merged features.
-        offset: (c_A, c_B), (n_m,): its intercept, x_m ≈ U_m z + c_m.
-        origin: (U_A, U_B), (n_m, r): the regression through the origin, x_m ≈ U_m z.
+        centred: (U_A, U_B, ...), (n_m, r): the regression on the centred merged features.
+        offset: (c_A, c_B, ...), (n_m,): its intercept, x_m ≈ U_m z + c_m.
+        origin: (U_A, U_B, ...), (n_m, r): the regression through the origin, x_m ≈ U_m z.
     """
 
-    centred: tuple[Tensor, Tensor]
-    offset: tuple[Tensor, Tensor]
-    origin: tuple[Tensor, Tensor]
+    centred: tuple[Tensor, ...]
+    offset: tuple[Tensor, ...]
+    origin: tuple[Tensor, ...]
 
     def to(self, dtype: torch.dtype, device: torch.device | str) -> Regression:
         """Return the regression in ``dtype`` on ``device``."""
 
-        def move(pair: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-            return tuple(t.to(device=device, dtype=dtype) for t in pair)
+        def move(parts: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+            return tuple(t.to(device=device, dtype=dtype) for t in parts)
 
         return Regression(move(self.centred), move(self.offset), move(self.origin))
 
@@ -98,18 +99,17 @@ def regression_unmerge(moments: Moments, match: Match, ridge: float = DEFAULT_RI
     origin = _solve(moments.outer / moments.count, match, ridge)
     merged_mean = match.average_columns(mean[None, :])[0]
     offset = mean - centred @ merged_mean
-    n_a = match.n_a
+    return Regression(per_model(centred, match), per_model(offset, match), per_model(origin, match))
 
-    def split(t: Tensor) -> tuple[Tensor, Tensor]:
-        return t[:n_a].contiguous(), t[n_a:].contiguous()
 
-    return Regression(split(centred), split(offset), split(origin))
+def per_model(t: Tensor, match: Match) -> tuple[Tensor, ...]:
+    """Return the rows of ``t`` (O, ...) cut per model of ``match``."""
+    return tuple(t[match.rows_of(m)].contiguous() for m in range(len(match.sizes)))
 
 
 def fit_regressions(
     stats: dict[StatKey, Moments],
-    graph_a: ModelGraph,
-    graph_b: ModelGraph,
+    graphs: Sequence[ModelGraph],
     matches: dict[str, Match],
     stop: int,
     ridge: float = DEFAULT_RIDGE,
@@ -122,15 +122,16 @@ def fit_regressions(
     not the values the statistics saw (with them the MiniLM pair's merge lost 5 points of STS
     Spearman; without, it gains at some settings: docs/transformers.md).
     """
+    graph_a = graphs[0]
     read = {a.space for t in graph_a.tensors if t.block < stop for a in t.axes if a.role == "in"}
     if stop > 0:  # the tails (the heads of a full zip) read the stop point through its unmerge
         read.add(graph_a.block_out[stop - 1])
-    dead = graph_a.dead | graph_b.dead
+    shared = set(shared_spaces(graphs))
     return {
         space: regression_unmerge(pooled_moments(stats, graph_a, space, stop), match, ridge)
         for space, match in matches.items()
         if space in read
-        and space not in dead
+        and space in shared
         and graph_a.spaces[space].captures
         and not graph_a.spaces[space].head_dim
     }

@@ -216,20 +216,22 @@ def zip_group_naive(
     """Return ``zip_match_naive`` over the features of any number of models (N-way zip).
 
     corr: (O, O) correlation of [f_1 ; ... ; f_N], O = sum of ``sizes``; every model has its
-    own within-model budget floor((O - r) n_m / O beta).
+    own within-model budget floor((O - r) n_m / O beta), and a merge that completes a group
+    across models is not damped (``_Damping``).
     """
     sizes = tuple(sizes)
     sim, budget, alive, owner = _prepare(corr, sizes, width, alpha, beta)
     width = int(width)
     o = sum(sizes)
     labels = np.arange(o)
+    damping = _Damping(owner, len(sizes), alpha)
     for n_groups in range(o, width, -1):
         i, j = divmod(int(np.argmax(sim)), o)
         if sim[i, j] == _NEG_INF:
             raise _stuck(sizes, width, beta, n_groups)
         labels[labels == j] = i
         alive[j] = False
-        new = alpha * np.minimum(sim[i], sim[j])
+        new = np.minimum(sim[i], sim[j]) * damping.merge(i, j)
         sim[i, :] = new
         sim[:, i] = new
         sim[i, i] = _NEG_INF
@@ -237,6 +239,33 @@ def zip_group_naive(
         sim[:, j] = _NEG_INF
         _spend_budget(sim, alive, budget, owner, i, j)
     return Match.of_sizes(canonical_groups(labels), sizes, width)
+
+
+class _Damping:
+    """The factor a merged group's similarities are damped by (alpha, or 1 for a free merge).
+
+    Two models: always alpha (the paper: every re-merge is damped). More models: a merge that
+    completes a group across models is not a re-merge: a group whose members come from
+    distinct models and another such group with none of its models are not damped (factor 1),
+    so a third model's feature joins a pair of A and B at their full correlation; every
+    other pair is damped by alpha.
+    """
+
+    def __init__(self, owner: np.ndarray, n_models: int, alpha: float):
+        self.alpha = alpha
+        self.many = n_models > 2
+        self.models = np.left_shift(1, owner.astype(np.int64))  # bit set of each group's models
+        self.clean = np.ones(owner.size, dtype=bool)  # no two members from one model
+
+    def merge(self, i: int, j: int) -> float | np.ndarray:
+        """Record that group j joined group i; return the factor of i's new similarities."""
+        if not self.many:
+            return self.alpha
+        models = self.models
+        self.clean[i] &= self.clean[j] & ((models[i] & models[j]) == 0)
+        models[i] |= models[j]
+        free = self.clean & self.clean[i] & ((models & models[i]) == 0)
+        return np.where(free, 1.0, self.alpha)
 
 
 def _fast_loop(sim, alive, budget, owner, width, alpha) -> tuple[np.ndarray, int]:
@@ -257,6 +286,7 @@ def _fast_loop(sim, alive, budget, owner, width, alpha) -> tuple[np.ndarray, int
     row_max = sim.max(axis=1)
     row_arg = sim.argmax(axis=1)
     new = np.empty(o)
+    damping = _Damping(owner, len(budget), alpha)
     n_groups = o
     while n_groups > width:
         i = int(row_max.argmax())  # first row holding the max = row-major first maximum
@@ -268,7 +298,7 @@ def _fast_loop(sim, alive, budget, owner, width, alpha) -> tuple[np.ndarray, int
         dead[j] = _NEG_INF
         n_groups -= 1
         np.minimum(sim[i], sim[j], out=new)
-        new *= alpha  # new[i] = -inf already: sim[i, i] = -inf
+        new *= damping.merge(i, j)  # new[i] = -inf already: sim[i, i] = -inf
         new += dead
         sim[i] = new
         sim[:, i] = new

@@ -1,0 +1,311 @@
+"""Merging three or more models at once: the N-way zip (docs/method.md sec. 12).
+
+The two-model pipeline (``pipeline``) generalised where a third model changes something:
+
+- depth: one model at least as deep as every other in every stage is the reference; every
+  other model is aligned to it (a CKA pass with the reference, then the alignment mode) and
+  padded to its blocks, so all models share one topology;
+- statistics: one feature pass of all models collects the moments of [f_1 ; ... ; f_N];
+- width: every merge point is zipped by ``zip_group``: the greedy zip over the features of all
+  models, one within-model budget per model, to the width O - round(rho (O - max n_m)) (rho 1:
+  the widest model's width). A merge point that some models do not use (an identity block's
+  inner layer) is zipped over the models that use it; the others' features are dropped;
+- fusion: W* = sum over models of M_m W_m U_m (the paper's average, or least squares);
+- the merged model runs one tail and head per model.
+
+The same engine pieces as two models (fusion, the merged model, BatchNorm re-estimation);
+an N-way merge of two models is the two-model merge. Not supported here (clear errors):
+attention layers (transformers merge two at a time: a merge is model A of the next merge),
+the one-to-one matchers, the sequential refit and renormalization.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from heterogui.align.alignment import Alignment, align
+from heterogui.align.similarity import layer_similarity
+from heterogui.config import check_fusion
+from heterogui.errors import ConfigError, IncompatibleModelsError
+from heterogui.fusion.bn import reestimate_batch_norm
+from heterogui.fusion.fuse import SpaceTransform
+from heterogui.fusion.merged import MergedModel, MergedSpec
+from heterogui.fusion.pinning import pinned_channels
+from heterogui.fusion.regression import fit_regressions
+from heterogui.models.capture import Batch
+from heterogui.models.family import Network
+from heterogui.models.graph import ModelGraph
+from heterogui.pipeline import (
+    Progress,
+    assemble,
+    check_pair,
+    pad_aligned,
+    ready_networks,
+    resolve_device,
+    space_correlation,
+    timed,
+)
+from heterogui.zip.collect import StatKey, collect_moments
+from heterogui.zip.match import Match
+from heterogui.zip.matchers import group_width, zip_group, zip_group_naive
+from heterogui.zip.plan import ZipSettings, stop_point, trunk_spaces
+from heterogui.zip.stats import Moments
+
+GROUP_MATCHERS = {"zip": zip_group, "zip_naive": zip_group_naive}
+GROUP_FUSIONS = ("average", "least_squares")
+
+
+@dataclass
+class PreparedGroup:
+    """Steps 1-3 of an N-way merge; everything a re-merge needs.
+
+    nets: the models, ready (on the device, BatchNorm re-estimated), in the caller's order.
+    reference: the index of the model every other one is aligned to.
+    alignments: per model, its alignment to the reference (A = the reference, B = the model);
+        None for the reference itself.
+    padded: per model, the model padded to the reference's blocks.
+    """
+
+    nets: tuple[Network, ...]
+    reference: int
+    alignments: tuple[Alignment | None, ...]
+    padded: tuple[Network, ...]
+    stats: dict[StatKey, Moments]
+    batches: list[Batch]
+    device: torch.device
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class GroupMergeResult:
+    """The merged model of an N-way zip with what explains it."""
+
+    model: MergedModel
+    spec: MergedSpec
+    matches: dict[str, Match]
+    transforms: dict[str, SpaceTransform]
+    prepared: PreparedGroup
+    settings: ZipSettings
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def reference_model(graphs: Sequence[ModelGraph]) -> int:
+    """Return the first model at least as deep as every other in every stage.
+
+    Raises:
+        IncompatibleModelsError: no model is (each is deeper somewhere), naming the depths.
+    """
+    depths = [tuple(len(stage) for stage in g.stages) for g in graphs]
+    for k, mine in enumerate(depths):
+        if all(a >= b for other in depths for a, b in zip(mine, other, strict=True)):
+            return k
+    raise IncompatibleModelsError(
+        f"no model is at least as deep as every other in every stage (blocks per stage: "
+        f"{', '.join(str(list(d)) for d in depths)}); an N-way merge pads every model to one "
+        "model's blocks: merge models whose deepest model is deepest in every stage, or merge "
+        "two at a time"
+    )
+
+
+def prepare_group(
+    nets: Sequence[Network],
+    batches: list[Batch],
+    *,
+    mode: str = "sma",
+    device: str | torch.device = "auto",
+    reset_input_bn: bool = True,
+    progress: Progress | None = None,
+) -> PreparedGroup:
+    """Run steps 1-3 for N models: BatchNorm, CKA with the reference, alignment, padding, stats.
+
+    The caller's models are not modified (see ``pipeline.prepare``).
+
+    Raises:
+        ConfigError: fewer than two models, or an alignment mode that needs a manual mapping.
+        IncompatibleModelsError: models that cannot be merged with the first, or no reference.
+        AlignmentError: see ``align``.
+    """
+    if len(nets) < 2:
+        raise ConfigError(f"an N-way merge needs at least two models, got {len(nets)}")
+    if mode == "manual":
+        raise ConfigError(
+            "an N-way merge aligns every model to the deepest with an automatic mode; use sma, "
+            "lma, lma_first, lma_similar, uniform, head or head_tail"
+        )
+    for net in nets[1:]:
+        check_pair(nets[0], net)
+    dev = resolve_device(device)
+    report = progress or (lambda _stage, _frac: None)
+    timings: dict[str, float] = {}
+    ready = ready_networks(nets, batches, dev, reset_input_bn, timings, report)
+    graphs = [net.graph() for net in ready]
+    ref = reference_model(graphs)
+    alignments: list[Alignment | None] = []
+    padded: list[Network] = []
+    for k, net in enumerate(ready):
+        if k == ref:
+            alignments.append(None)
+            padded.append(net)
+            continue
+        similarity = timed(
+            timings, "similarity", lambda net=net: layer_similarity(ready[ref], net, batches, dev)
+        )
+        alignment = timed(
+            timings, "alignment", lambda g=graphs[k], s=similarity: align(graphs[ref], g, s, mode)
+        )
+        alignments.append(alignment)
+        padded.append(
+            timed(
+                timings,
+                "padding",
+                lambda net=net, a=alignment: pad_aligned(
+                    net, a.positions_b, a.depths, batches, dev
+                ),
+            )
+        )
+        report("similarity", (k + 1) / len(ready))
+    stats = timed(
+        timings,
+        "features",
+        lambda: collect_moments(padded, batches, dev, progress=lambda f: report("features", f)),
+    )
+    return PreparedGroup(
+        tuple(ready), ref, tuple(alignments), tuple(padded), stats, batches, dev, timings
+    )
+
+
+def check_group_settings(settings: ZipSettings) -> None:
+    """Raise if an N-way zip cannot follow ``settings``.
+
+    Raises:
+        ConfigError: a one-to-one matcher, the sequential refit or renormalization.
+    """
+    matchers = {settings.matcher, *(o.get("matcher", "zip") for o in settings.overrides.values())}
+    if not matchers <= set(GROUP_MATCHERS):
+        raise ConfigError(
+            f"an N-way merge zips with {sorted(GROUP_MATCHERS)}, not {sorted(matchers)}; "
+            "set zip.matcher: zip"
+        )
+    check_fusion(settings.fusion, settings.ridge)
+    if settings.fusion not in GROUP_FUSIONS:
+        raise ConfigError(
+            f"an N-way merge fuses with {list(GROUP_FUSIONS)}, not {settings.fusion!r}; set "
+            "zip.fusion to one of them"
+        )
+    if settings.renormalize:
+        raise ConfigError("an N-way merge does not renormalize; set zip.renormalize: false")
+
+
+def match_group(prepared: PreparedGroup, settings: ZipSettings, stop: int) -> dict[str, Match]:
+    """Return the N-way matching of every merge point that a trunk of ``stop`` blocks uses.
+
+    Raises:
+        ConfigError: attention layers, overrides of unknown merge points, bad widths.
+        MatcherError: see ``zip_group``.
+    """
+    graphs = [net.graph() for net in prepared.padded]
+    first = graphs[0]
+    unknown = set(settings.overrides) - set(first.spaces)
+    if unknown:
+        raise ConfigError(f"overrides name unknown merge points {sorted(unknown)}")
+    matches = {}
+    for space in trunk_spaces(first, stop):
+        if first.spaces[space].head_dim:
+            raise ConfigError(
+                f"{space} is an attention layer: an N-way merge zips models without attention "
+                "(CNNs, MLPs); merge transformers two at a time (a merge is model A of the next)"
+            )
+        sizes = tuple(g.spaces[space].width for g in graphs)
+        live = [k for k, g in enumerate(graphs) if space not in g.dead]
+        matches[space] = _match_space(prepared, settings, stop, space, sizes, live)
+    return matches
+
+
+def _match_space(
+    prepared: PreparedGroup,
+    settings: ZipSettings,
+    stop: int,
+    space: str,
+    sizes: tuple[int, ...],
+    live: list[int],
+) -> Match:
+    """Return the zip of the models in ``live`` at ``space``; the others' features dropped."""
+    offsets = np.cumsum((0, *sizes))
+    rows = np.concatenate([np.arange(offsets[k], offsets[k + 1]) for k in live])
+    live_sizes = tuple(sizes[k] for k in live)
+    groups = np.full(offsets[-1], -1, dtype=np.int64)
+    if len(live) == 1:  # a layer only one model uses: kept as it is
+        groups[rows] = np.arange(rows.size)
+        return Match.of_sizes(torch.from_numpy(groups), sizes, rows.size)
+    knobs = settings.for_space(space)
+    width = knobs["width"] or group_width(live_sizes, knobs["rho"])
+    corr = space_correlation(prepared.stats, prepared.padded[0].graph(), space, stop)
+    index = torch.from_numpy(rows)
+    zipped = GROUP_MATCHERS[knobs["matcher"]](
+        corr[index][:, index], live_sizes, width, knobs["alpha"], knobs["beta"]
+    )
+    groups[rows] = zipped.groups.numpy()
+    return Match.of_sizes(torch.from_numpy(groups), sizes, width)
+
+
+def zip_group_prepared(
+    prepared: PreparedGroup,
+    settings: ZipSettings | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> GroupMergeResult:
+    """Run steps 4-6 for N models from cached statistics: match, fuse, build, BatchNorm.
+
+    Raises:
+        ConfigError: see ``check_group_settings`` and ``match_group``.
+        MatcherError: see ``zip_group``.
+    """
+    settings = settings or ZipSettings()
+    check_group_settings(settings)
+    timings: dict[str, float] = {}
+    padded = prepared.padded
+    stop = stop_point(padded[0].graph(), settings)
+    matches = timed(timings, "match", lambda: match_group(prepared, settings, stop))
+    regressions = {}
+    if settings.fusion == "least_squares":
+        graphs = [net.graph() for net in padded]
+        regressions = timed(
+            timings,
+            "regression",
+            lambda: fit_regressions(prepared.stats, graphs, matches, stop, settings.ridge),
+        )
+    dev = prepared.device
+    transforms = {
+        s: SpaceTransform.from_match(m, dtype, dev, regressions.get(s)) for s, m in matches.items()
+    }
+    model, spec = timed(timings, "fuse", lambda: assemble(padded, matches, transforms, stop, dtype))
+    pinned = pinned_channels(model, padded, matches, stop)
+    timed(
+        timings,
+        "bn_merged",
+        lambda: reestimate_batch_norm(model, prepared.batches, dev, pinned),
+    )
+    model.eval()
+    return GroupMergeResult(model, spec, matches, transforms, prepared, settings, timings)
+
+
+def merge_group(
+    nets: Sequence[Network],
+    batches: list[Batch],
+    settings: ZipSettings | None = None,
+    dtype: torch.dtype = torch.float32,
+    **options,
+) -> GroupMergeResult:
+    """Merge N in-memory networks on calibration batches (``prepare_group`` + zip).
+
+    options: ``prepare_group``'s keywords (mode, device, reset_input_bn, progress).
+    """
+    start = time.perf_counter()
+    prepared = prepare_group(nets, batches, **options)
+    result = zip_group_prepared(prepared, settings, dtype)
+    result.timings["total"] = time.perf_counter() - start
+    return result
