@@ -31,7 +31,7 @@ from heterogui.fusion.sequential import refit_sequentially
 from heterogui.memo import ObjectMemo
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network, family_of
-from heterogui.models.graph import INPUT
+from heterogui.models.graph import INPUT, ModelGraph
 from heterogui.models.storage import allocate
 from heterogui.zip.collect import (
     StatKey,
