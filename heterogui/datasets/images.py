@@ -211,16 +211,22 @@ def _canonical(array: np.ndarray) -> Tensor:
     return out
 
 
-def task_classes(name: str, seed: int = 0) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Return seeded disjoint halves of the classes of ``name`` (task A, task B), each sorted.
+def task_classes(name: str, seed: int = 0, parts: int = 2) -> tuple[tuple[int, ...], ...]:
+    """Return seeded disjoint parts of the classes of ``name`` (task A, task B, ...), each sorted.
+
+    parts 2: the halves (the first n // 2 classes of a seeded order, then the rest); more
+    parts: that order cut into ``parts`` nearly equal runs, larger ones first (digits in
+    three: 4, 3 and 3 classes).
 
     Raises:
-        ConfigError: for an unknown dataset name.
+        ConfigError: for an unknown dataset name, or more parts than classes.
     """
     n = dataset_info(name).num_classes
+    if not 2 <= parts <= n:
+        raise ConfigError(f"{name} has {n} classes: split them into 2 to {n} tasks, not {parts}")
     order = np.random.default_rng(seed).permutation(n)
-    half = n // 2
-    return tuple(sorted(int(c) for c in order[:half])), tuple(sorted(int(c) for c in order[half:]))
+    cuts = [order[: n // 2], order[n // 2 :]] if parts == 2 else np.array_split(order, parts)
+    return tuple(tuple(sorted(int(c) for c in cut)) for cut in cuts)
 
 
 def task_subset(split: Split, classes: tuple[int, ...]) -> Split:

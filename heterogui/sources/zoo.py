@@ -1,4 +1,6 @@
-"""Zoo models: ``zoo:PAIR/a`` and ``zoo:PAIR/b``, the built-in demo models (built on first use).
+"""Zoo models: ``zoo:PAIR/a`` and ``zoo:PAIR/b`` (``zoo:GROUP/c`` too), the built-in demo models.
+
+Built on first use.
 
 Also ``decoder-pair:a`` and ``decoder-pair:b``: the trained decoder language models of
 ``heterogui.zoo.decoder_pair`` (Hugging Face causal-LM folders in the cache, built on first use).
@@ -21,20 +23,21 @@ DECODER_PREFIX = "decoder-pair:"
 
 
 def zoo_ref(pair: str, which: str) -> str:
-    """Return the reference of model ``which`` ("a"/"b") of zoo pair ``pair``."""
+    """Return the reference of model ``which`` ("a", "b", ...) of zoo pair or group ``pair``."""
     return f"{PREFIX}{pair}/{which}"
 
 
 def parse_zoo_ref(ref: str) -> tuple[str, str]:
-    """Return (pair name, "a" or "b") of a zoo reference.
+    """Return (pair name, "a", "b", ...) of a zoo reference.
 
     Raises:
-        ConfigError: a reference that is not ``zoo:PAIR/a`` or ``zoo:PAIR/b``, or an unknown pair.
+        ConfigError: a reference that is not ``zoo:PAIR/a``, ``zoo:PAIR/b`` (``zoo:GROUP/c``,
+            ... for a group), or an unknown pair.
     """
     name, _, which = ref[len(PREFIX) :].partition("/")
-    if which not in ("a", "b"):
+    if len(which) != 1 or not which.isalpha():
         raise ConfigError(f"zoo reference {ref!r} must look like zoo:PAIR/a or zoo:PAIR/b")
-    pair_spec(name)  # raises for an unknown pair, listing the known ones
+    pair_spec(name).model(which)  # raises for an unknown pair or model, listing the known
     return name, which
 
 

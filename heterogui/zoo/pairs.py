@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from heterogui.cache import cache_dir
-from heterogui.errors import ConfigError, ModelLoadError
+from heterogui.errors import ModelLoadError
 from heterogui.models.family import Network
 from heterogui.models.io import file_sha256, load_network, read_config, save_network
 from heterogui.models.resnet import ResNetConfig
@@ -115,13 +115,13 @@ def is_built(name: str) -> bool:
     except (OSError, json.JSONDecodeError):
         return False
     return meta.get("fingerprint") == pair_fingerprint(spec) and all(
-        _model_ok(folder / w, model_fingerprint(spec, w)) for w in ("a", "b")
+        _model_ok(folder / w, model_fingerprint(spec, w)) for w in spec.letters
     )
 
 
 def _find_built_model(fingerprint: str) -> Path | None:
     """Return a model folder anywhere in the zoo cache with this fingerprint, if any."""
-    for config in sorted(cache_dir("zoo").glob("*/[ab]/config.json")):
+    for config in sorted(cache_dir("zoo").glob("*/[a-z]/config.json")):
         if _model_ok(config.parent, fingerprint):
             return config.parent
     return None
@@ -130,7 +130,7 @@ def _find_built_model(fingerprint: str) -> Path | None:
 def _train_model(spec: PairSpec, which: str, report: Callable[[float], None]) -> tuple:
     """Train model ``which`` of ``spec``; return (network, extra fields for config.json)."""
     model = spec.model(which)
-    classes = spec.classes()[0 if model.task == "a" else 1]
+    classes = spec.classes()[spec.task_index(which)]
     result = train_network(
         model.config,
         spec.dataset,
@@ -162,7 +162,8 @@ def _build_pair(spec: PairSpec, force: bool, done: dict[str, Path], report: Prog
     folder = zoo_folder(spec.name)
     (folder / "pair.json").unlink(missing_ok=True)
     trained = []
-    for which in ("a", "b"):
+    n_models = len(spec.letters)
+    for k, which in enumerate(spec.letters):
         fingerprint = model_fingerprint(spec, which)
         target = folder / which
         if fingerprint not in done and not force and _model_ok(target, fingerprint):
@@ -173,9 +174,10 @@ def _build_pair(spec: PairSpec, force: bool, done: dict[str, Path], report: Prog
         if source is not None:
             _copy_model(source, target)
             continue
-        half = 0.0 if which == "a" else 0.5
         net, extra = _train_model(
-            spec, which, lambda f, w=which, h=half: report(f"{spec.name}/{w}", h + f / 2)
+            spec,
+            which,
+            lambda f, w=which, k=k: report(f"{spec.name}/{w}", (k + f) / n_models),
         )
         save_network(net, target, extra=extra, overwrite=True)
         done[fingerprint] = target
@@ -228,21 +230,21 @@ def build_zoo(
             trained = _build_pair(
                 spec, force, done, lambda stage, f, k=k: report(stage, (k + f) / len(specs))
             )
-        accuracy = {w: read_config(zoo_folder(spec.name) / w)["task_accuracy"] for w in "ab"}
+        folder = zoo_folder(spec.name)
+        accuracy = {w: read_config(folder / w)["task_accuracy"] for w in spec.letters}
         entries.append(ZooEntry(spec.name, zoo_folder(spec.name), was_built, trained, accuracy))
         report(spec.name, (k + 1) / len(specs))
     return entries
 
 
 def pair_folder(name: str, which: str) -> Path:
-    """Return the folder of model ``which`` ("a"/"b") of pair ``name``, building it if needed.
+    """Return the folder of model ``which`` ("a", "b", ...) of pair ``name``, building it if needed.
 
     Raises:
-        ConfigError: for an unknown pair or a ``which`` other than "a"/"b".
+        ConfigError: for an unknown pair or a model it does not have.
     """
-    if which not in ("a", "b"):
-        raise ConfigError(f"zoo model {which!r} does not exist: use 'a' or 'b'")
     spec = pair_spec(name)
+    spec.model(which)  # raises for a letter the pair has no model for
     if not is_built(name):
         build_zoo([name])
     return zoo_folder(spec.name) / which
@@ -270,6 +272,16 @@ def load_pair(name: str, device: str | torch.device = "cpu") -> ZooPair:
         spec,
         accuracy,
     )
+
+
+def load_group(name: str, device: str | torch.device = "cpu") -> list[Network]:
+    """Return every model of pair or group ``name`` loaded on ``device`` (built when missing).
+
+    Raises:
+        ConfigError: for an unknown name.
+        ModelLoadError: if the cached files cannot be read.
+    """
+    return [load_network(pair_folder(name, w), device) for w in pair_spec(name).letters]
 
 
 def describe_config(config: Any) -> dict[str, Any]:

@@ -27,7 +27,7 @@ ZOO_VERSION = 3  # bump to rebuild every cached pair after a change in training 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One zoo model: its architecture, its task ("a" or "b") and how it is trained."""
+    """One zoo model: its architecture, its task ("a", "b", "c", ...) and how it is trained."""
 
     config: Any
     task: str
@@ -36,11 +36,13 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class PairSpec:
-    """A demo pair. kind: "homogeneous", "depth", "width" or "depth+width".
+    """A demo pair (or group). kind: "homogeneous", "depth", "width" or "depth+width".
 
     reference: the homogeneous pair (same A, B of A's architecture) whose zip is this pair's
     "homogeneous zip" row in the benchmark (None for a homogeneous pair).
     split_seed: seeds the train/calibration/test split and the class halves.
+    more: models C, D, ... of a group (an N-way merge): the classes are then cut into as many
+        tasks as there are models.
     """
 
     name: str
@@ -51,14 +53,36 @@ class PairSpec:
     model_b: ModelSpec
     reference: str | None = None
     split_seed: int = 0
+    more: tuple[ModelSpec, ...] = ()
 
-    def classes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Return (task A classes, task B classes)."""
-        return task_classes(self.dataset, self.split_seed)
+    @property
+    def models(self) -> tuple[ModelSpec, ...]:
+        """Return the specs of all models, A first."""
+        return (self.model_a, self.model_b, *self.more)
+
+    @property
+    def letters(self) -> str:
+        """Return the models' names in order: "ab", or "abc" for a group of three."""
+        return "abcdefghijklmnopqrstuvwxyz"[: len(self.models)]
+
+    def classes(self) -> tuple[tuple[int, ...], ...]:
+        """Return each task's classes (task A, task B, ...)."""
+        return task_classes(self.dataset, self.split_seed, len(self.models))
+
+    def task_index(self, which: str) -> int:
+        """Return the task of model ``which`` as an index into ``classes``."""
+        return self.letters.index(self.model(which).task)
 
     def model(self, which: str) -> ModelSpec:
-        """Return the spec of model "a" or "b"."""
-        return self.model_a if which == "a" else self.model_b
+        """Return the spec of model "a", "b", ...
+
+        Raises:
+            ConfigError: a letter this pair or group has no model for.
+        """
+        if len(which) != 1 or which not in self.letters:
+            known = ", ".join(repr(w) for w in self.letters)
+            raise ConfigError(f"zoo model {which!r} of {self.name} does not exist: use {known}")
+        return self.models[self.letters.index(which)]
 
 
 DIGITS_TRAIN = TrainSettings(epochs=6, batch_size=64, lr=3e-3)
@@ -246,6 +270,53 @@ _TINY_VIT = _pair(
     replace(_TINY_TRAIN, epochs=15),
 )
 
+
+def _group(name, description, dataset, configs, train):
+    """Return a group of models on as many tasks (digits in three: 4, 3, 3 classes).
+
+    Model k is trained on task k with seed k; its head gets the task's number of classes.
+    """
+    tasks = task_classes(dataset, 0, len(configs))
+    models = [
+        ModelSpec(replace(config, num_classes=len(tasks[k])), letter, replace(train, seed=k))
+        for k, (letter, config) in enumerate(zip("abcdefgh", configs, strict=False))
+    ]
+    return PairSpec(name, description, dataset, "depth", *models[:2], more=tuple(models[2:]))
+
+
+# Groups of three models for N-way merges (three tasks, three depths). Not listed in PAIRS:
+# the workbench merges two models; the quality benchmark and recipes with a list of models
+# use them.
+GROUPS: dict[str, PairSpec] = {
+    g.name: g
+    for g in (
+        _group(
+            "digits-resnet-trio",
+            "digits ResNet 2+2 (A), 3+3 (B) and 5+5 (C) blocks, width x2, on three tasks",
+            "digits",
+            (_resnet((2, 2), 2, 2), _R33, _resnet((5, 5), 2, 2)),
+            DIGITS_TRAIN,
+        ),
+        _group(
+            "digits-resnet-trio-homogeneous",
+            "digits ResNet 3+3 x2 three times (seeds 0, 1, 2), on three tasks",
+            "digits",
+            (_R33, _R33, _R33),
+            DIGITS_TRAIN,
+        ),
+        _group(
+            "tiny-digits-vgg-trio",
+            "tiny VGG 1+1, 2+2 and 3+3 convs on three tasks (tests)",
+            "digits",
+            (
+                VGGConfig(1, ((8,), (16,)), 5),
+                _TINY_A,
+                VGGConfig(1, ((8, 8, 8), (16, 16, 16)), 5),
+            ),
+            _TINY_TRAIN,
+        ),
+    )
+}
 PAIRS: dict[str, PairSpec] = {p.name: p for p in (*_FULL, *_VIT_PAIRS)}
 TINY_PAIRS: dict[str, PairSpec] = {p.name: p for p in (*_TINY, _TINY_VIT)}
 
@@ -253,7 +324,8 @@ TINY_PAIRS: dict[str, PairSpec] = {p.name: p for p in (*_TINY, _TINY_VIT)}
 def variant_name(name: str, variant: int) -> str:
     """Return the name of training variant ``variant`` of pair ``name`` (0: the pair itself).
 
-    Variant v trains A with seed 2v and B with seed 2v + 1 (the benchmark's training seeds).
+    Variant v trains A with seed 2v and B with seed 2v + 1 (the benchmark's training seeds);
+    in a group of N models, model k with seed k + N v.
     """
     return name if variant == 0 else f"{name}@{variant}"
 
@@ -265,20 +337,23 @@ def pair_spec(name: str) -> PairSpec:
         ConfigError: for an unknown pair name or a malformed variant.
     """
     base, _, variant = name.partition("@")
-    spec = PAIRS.get(base) or TINY_PAIRS.get(base)
+    spec = PAIRS.get(base) or TINY_PAIRS.get(base) or GROUPS.get(base)
     if spec is None or (variant and not variant.isdigit()):
         raise ConfigError(
-            f"unknown zoo pair {name!r}; known: {sorted(PAIRS)} (a training variant is "
-            "NAME@1, NAME@2, ...)"
+            f"unknown zoo pair {name!r}; known: {sorted(PAIRS)}, groups {sorted(GROUPS)} (a "
+            "training variant is NAME@1, NAME@2, ...)"
         )
     v = int(variant or 0)
     if v == 0:
         return spec
+    n = len(spec.models)
+    seeded = [replace(m, train=replace(m.train, seed=m.train.seed + n * v)) for m in spec.models]
     return replace(
         spec,
         name=name,
-        model_a=replace(spec.model_a, train=replace(spec.model_a.train, seed=2 * v)),
-        model_b=replace(spec.model_b, train=replace(spec.model_b.train, seed=2 * v + 1)),
+        model_a=seeded[0],
+        model_b=seeded[1],
+        more=tuple(seeded[2:]),
         reference=None if spec.reference is None else variant_name(spec.reference, v),
     )
 
@@ -286,7 +361,7 @@ def pair_spec(name: str) -> PairSpec:
 def model_fingerprint(spec: PairSpec, which: str) -> str:
     """Return a sha256 of everything that determines the weights of model ``which``."""
     model = spec.model(which)
-    classes = spec.classes()[0 if model.task == "a" else 1]
+    classes = spec.classes()[spec.task_index(which)]
     body = {
         "zoo_version": ZOO_VERSION,
         "dataset": spec.dataset,
@@ -299,6 +374,6 @@ def model_fingerprint(spec: PairSpec, which: str) -> str:
 
 
 def pair_fingerprint(spec: PairSpec) -> str:
-    """Return a sha256 of both models' fingerprints."""
-    both = model_fingerprint(spec, "a") + model_fingerprint(spec, "b")
-    return hashlib.sha256(both.encode()).hexdigest()
+    """Return a sha256 of every model's fingerprint."""
+    every = "".join(model_fingerprint(spec, w) for w in spec.letters)
+    return hashlib.sha256(every.encode()).hexdigest()
