@@ -1,4 +1,4 @@
-"""``heterogui bench speed|quality|transformers|decoders|scale``: arguments, dispatch, printing.
+"""``heterogui bench speed|quality|nway|transformers|decoders|scale``: arguments, dispatch, output.
 
 The benchmark modules (torch, transformers) are imported when a benchmark runs, so that
 ``heterogui --help`` answers at once.
@@ -35,6 +35,32 @@ def _quality(args: argparse.Namespace) -> int:
     finally:
         torch.set_num_threads(threads)
     print_quality_summary(report, args.out)
+    return 0
+
+
+def _nway(args: argparse.Namespace) -> int:
+    import torch
+
+    from heterogui.bench.nway import GROUPS, NwayConfig, render_nway, run_nway
+
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = f"heterogui bench nway --seeds {args.seeds}" + (
+        f" --threads {args.threads}" if args.threads else ""
+    )
+    cfg = NwayConfig(
+        tuple(args.groups or GROUPS), tuple(range(args.seeds)), device=args.device, command=command
+    )
+    try:
+        report = run_nway(cfg, args.out)
+    finally:
+        torch.set_num_threads(threads)
+    print(render_nway(report))
+    if args.out:
+        print(f"wrote {args.out}/nway.md and {args.out}/nway.json")
     return 0
 
 
@@ -192,7 +218,7 @@ def add_decoder_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_bench_arguments(subparsers: argparse._SubParsersAction) -> None:
-    """Register the ``bench`` subcommands (speed, quality, transformers, decoders, scale)."""
+    """Register the ``bench`` subcommands (speed, quality, nway, transformers, decoders, scale)."""
     speed = subparsers.add_parser("speed", help="merge time vs forward passes; matcher speed")
     add_speed_arguments(speed)
     speed.set_defaults(func=_speed)
@@ -206,6 +232,15 @@ def add_bench_arguments(subparsers: argparse._SubParsersAction) -> None:
     quality = subparsers.add_parser("quality", help="accuracy table of merges of the zoo pairs")
     add_bench_quality_arguments(quality)
     quality.set_defaults(func=_quality)
+    nway = subparsers.add_parser(
+        "nway", help="three zoo models merged at once vs one after another vs the ensemble"
+    )
+    nway.add_argument("--groups", nargs="+", help="zoo groups (default: the digits trios)")
+    nway.add_argument("--seeds", type=int, default=3, help="training/calibration seeds")
+    nway.add_argument("--out", help="write nway.md and nway.json into this folder")
+    nway.add_argument("--threads", type=int, default=0, help="torch threads (0: unchanged)")
+    nway.add_argument("--device", default="cpu", help="cpu or cuda")
+    nway.set_defaults(func=_nway)
     tables = subparsers.add_parser("transformers", help="the MiniLM tables of docs/transformers.md")
     add_transformer_arguments(tables)
     tables.set_defaults(func=_transformers)

@@ -10,13 +10,14 @@ The two-model pipeline (``pipeline``) generalised where a third model changes so
   models, one within-model budget per model, to the width O - round(rho (O - max n_m)) (rho 1:
   the widest model's width). A merge point that some models do not use (an identity block's
   inner layer) is zipped over the models that use it; the others' features are dropped;
-- fusion: W* = sum over models of M_m W_m U_m (the paper's average, or least squares);
+- fusion: W* = sum over models of M_m W_m U_m (the paper's average, least squares, or least
+  squares refit block by block on the merged model's own inputs);
 - the merged model runs one tail and head per model.
 
 The same engine pieces as two models (fusion, the merged model, BatchNorm re-estimation);
 an N-way merge of two models is the two-model merge. Not supported here (clear errors):
 attention layers (transformers merge two at a time: a merge is model A of the next merge),
-the one-to-one matchers, the sequential refit and renormalization.
+the one-to-one matchers and renormalization.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from heterogui.zip.plan import ZipSettings, stop_point, trunk_spaces
 from heterogui.zip.stats import Moments
 
 GROUP_MATCHERS = {"zip": zip_group, "zip_naive": zip_group_naive}
-GROUP_FUSIONS = ("average", "least_squares")
+GROUP_FUSIONS = ("average", "least_squares", "least_squares_sequential")
 
 
 @dataclass
@@ -183,7 +184,7 @@ def check_group_settings(settings: ZipSettings) -> None:
     """Raise if an N-way zip cannot follow ``settings``.
 
     Raises:
-        ConfigError: a one-to-one matcher, the sequential refit or renormalization.
+        ConfigError: a one-to-one matcher or renormalization.
     """
     matchers = {settings.matcher, *(o.get("matcher", "zip") for o in settings.overrides.values())}
     if not matchers <= set(GROUP_MATCHERS):
@@ -271,7 +272,7 @@ def zip_group_prepared(
     stop = stop_point(padded[0].graph(), settings)
     matches = timed(timings, "match", lambda: match_group(prepared, settings, stop))
     regressions = {}
-    if settings.fusion == "least_squares":
+    if settings.fusion.startswith("least_squares"):
         graphs = [net.graph() for net in padded]
         regressions = timed(
             timings,

@@ -445,7 +445,7 @@ def zip_prepared(
             timings,
             "refit",
             lambda: refit_sequentially(
-                model, pa, pb, transforms, prepared.batches, dev, stop, settings.ridge, pinned
+                model, (pa, pb), transforms, prepared.batches, dev, stop, settings.ridge, pinned
             ),
         )
     renormalized = 0

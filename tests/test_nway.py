@@ -118,7 +118,7 @@ def test_rho_zero_is_exactly_the_ensemble_of_three(name):
 
 
 @pytest.mark.parametrize("name", list(TRIOS))
-@pytest.mark.parametrize("fusion", ["average", "least_squares"])
+@pytest.mark.parametrize("fusion", ["average", "least_squares", "least_squares_sequential"])
 def test_n_way_widths_follow_rho_and_the_merge_runs(name, fusion):
     *configs, shape = TRIOS[name]
     nets = [make(c, k) for k, c in enumerate(configs)]
@@ -160,8 +160,6 @@ def test_n_way_errors_name_the_problem_and_the_fix():
         zip_group_prepared(prep, ZipSettings(matcher="permute"))
     with pytest.raises(ConfigError, match="zip.renormalize: false"):
         zip_group_prepared(prep, ZipSettings(renormalize=True))
-    with pytest.raises(ConfigError, match="zip.fusion"):
-        zip_group_prepared(prep, ZipSettings(fusion="least_squares_sequential"))
     crossed = [make(cifar_resnet((3, 1), 1, 5, 1, base=8), 0), make(configs[2], 2)]
     crossed.append(make(cifar_resnet((1, 3), 1, 5, 1, base=8), 1))
     with pytest.raises(IncompatibleModelsError, match="deepest in every stage"):

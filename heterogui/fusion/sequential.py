@@ -3,9 +3,10 @@
 One-shot least-squares fusion (``fusion.regression``) regresses the parents' features on
 ``z = M x``, the merged features the merge *would* see if every earlier layer were exact. The
 sequential variant refits each weight that reads a merge point on the inputs it really gets in
-the merged model: the trunk runs block by block (A, B and the merge in lockstep, on their stored
-states between blocks); in block k it records, at the input of every reader, the parents'
-features x = [x_A ; x_B] and the merged model's z, refits the reader as
+the merged model: the trunk runs block by block (A, B (and any further models of an N-way zip)
+and the merge in lockstep, on their stored states between blocks); in block k it records, at
+the input of every reader, the parents' features x = [x_A ; x_B ; ...] and the merged model's
+z, refits the reader as
 
     W* = Σ_m M_out W_m Ũ_m,   Ũ = (Σ_xz + λ U)(Σ_zz + λ I)⁻¹   (b* = Σ_m M_out (b_m + W_m c_m))
 
@@ -17,7 +18,7 @@ the attention-weighted values).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ from heterogui.fusion.fuse import (
     intercept_reader,
     regression_reader,
 )
-from heterogui.fusion.regression import Regression, solve_regression
+from heterogui.fusion.regression import Regression, per_model, solve_regression
 from heterogui.fusion.renormalize import merged_name
 from heterogui.models.capture import (
     Batch,
@@ -43,6 +44,7 @@ from heterogui.models.capture import (
 )
 from heterogui.models.family import Network
 from heterogui.models.graph import TensorTag
+from heterogui.zip.match import Match
 
 
 class _Joint:
@@ -59,8 +61,10 @@ class _Joint:
             self.parts[key] = value if key not in self.parts else self.parts[key] + value
         self.count += x.shape[0]
 
-    def regression(self, prior: torch.Tensor, n_a: int, ridge: float, centred: bool) -> Regression:
-        """Return the regression of x on z (ridge towards ``prior``; split at A's n_a)."""
+    def regression(
+        self, prior: torch.Tensor, match: Match, ridge: float, centred: bool
+    ) -> Regression:
+        """Return the regression of x on z (ridge towards ``prior``; cut per model of ``match``)."""
         count = torch.tensor([float(self.count)], dtype=torch.float64)
         for value in self.parts.values():
             all_reduce_sum_(value)  # the whole data's sums under torchrun
@@ -71,8 +75,8 @@ class _Joint:
             xz, zz = xz - torch.outer(mean_x, mean_z), zz - torch.outer(mean_z, mean_z)
         u = solve_regression(xz, zz, ridge, prior)
         offset = mean_x - u @ mean_z if centred else torch.zeros_like(mean_x)
-        split = lambda t: (t[:n_a].contiguous(), t[n_a:].contiguous())  # noqa: E731
-        return Regression(split(u), split(offset), split(u))
+        parts = per_model(u, match)
+        return Regression(parts, per_model(offset, match), parts)
 
 
 def sequential_readers(
@@ -85,8 +89,7 @@ def sequential_readers(
 @torch.no_grad()
 def refit_sequentially(
     model: nn.Module,
-    net_a: Network,
-    net_b: Network,
+    nets: Sequence[Network],
     transforms: Mapping[str, SpaceTransform],
     batches: Iterable[Batch],
     device: torch.device | str,
@@ -96,12 +99,12 @@ def refit_sequentially(
 ) -> int:
     """Refit the merged model's readers block by block in place; return how many were refit.
 
-    model: the merged model of the padded ``net_a`` and ``net_b``, fused with least squares
+    model: the merged model of the padded ``nets`` (A, B, ...), fused with least squares
     (``transforms`` hold the one-shot regressions; they decide which weights are readers).
     A BatchNorm merge re-estimates its BatchNorm first and after every block's refit (pinned:
     the channels that keep theirs, ``fusion.pinning``).
     """
-    graph = net_a.graph()
+    graph = nets[0].graph()
     readers = sequential_readers(graph.tensors, transforms, stop)
     if not readers:
         return 0
@@ -109,11 +112,10 @@ def refit_sequentially(
     bn = has_batch_norm(model)
     if bn:
         reestimate_batch_norm(model, batches, device, pinned)
-    nets = (net_a, net_b)
     moved = [to_device(batch, device) for batch in batches]
     states = [[first_block_input(net.module, batch) for batch in moved] for net in nets]
-    states.append(moved)
-    masks = [token_mask(batch) for batch in states[2]]
+    states.append(moved)  # the merged model's, last
+    masks = [token_mask(batch) for batch in moved]
     parents = [net.module.state_dict() for net in nets]
     trunk = [list(net.module.blocks) for net in nets] + [list(model.trunk)]
     tags = {t.name: t for t in graph.tensors}
@@ -126,42 +128,42 @@ def refit_sequentially(
             if bn:
                 reestimate_batch_norm(model, batches, device, pinned)
         if k < last:
-            states = [[trunk[i][k](s) for s in states[i]] for i in range(3)]
+            states = [[trunk[i][k](s) for s in states[i]] for i in range(len(trunk))]
     return len(readers)
 
 
 def _refit_block(model, trunk, k, readers, states, masks, parents, transforms, ridge, tags) -> None:
-    """Record the readers' inputs in block k of A, B and the merge; refit each reader."""
+    """Record the readers' inputs in block k of the models and the merge; refit each reader."""
     modules = [t.name[: -len(".weight")] for t in readers]
     local = [m[len(f"blocks.{k}.") :] for m in modules]
     joints = {m: _Joint() for m in modules}
     for b, mask in enumerate(masks):
         found = []
-        for i in range(3):
+        for i in range(len(trunk)):
             with capture_inputs(trunk[i][k], local) as seen:
                 trunk[i][k](states[i][b])
             found.append(seen)
         for module, name in zip(modules, local, strict=True):
-            kind = trunk[2][k].get_submodule(name)
+            kind = trunk[-1][k].get_submodule(name)
             rows = [_rows(kind, f[name], mask) for f in found]
-            joints[module].add(torch.cat(rows[:2], dim=1), rows[2])
+            joints[module].add(torch.cat(rows[:-1], dim=1), rows[-1])
     params = dict(model.named_parameters())
     for tag, module in zip(readers, modules, strict=True):
         read = regression_reader(tag, transforms)
         bias = intercept_reader(tag, tags, transforms)
         match = transforms[read].match
         prior = match.unmerge(torch.float64, joints[module].parts["xz"].device)
-        reg = joints[module].regression(prior, match.n_a, ridge, centred=bias is not None)
+        reg = joints[module].regression(prior, match, ridge, centred=bias is not None)
         local_transforms = dict(transforms)
         local_transforms[read] = SpaceTransform(
             None, None, transforms[read].match, transforms[read].dtype, transforms[read].device, reg
         )
-        pair = (parents[0][tag.name], parents[1][tag.name])
-        weight = fuse_tensor(tag, pair, local_transforms, centred=bias is not None)
+        weights = [parent[tag.name] for parent in parents]
+        weight = fuse_tensor(tag, weights, local_transforms, centred=bias is not None)
         params[merged_name(tag.name)].copy_(weight)
         if bias is not None:
-            fused = fuse_tensor(tags[bias], (parents[0][bias], parents[1][bias]), transforms)
-            params[merged_name(bias)].copy_(fused + intercept(tag, pair, local_transforms))
+            fused = fuse_tensor(tags[bias], [parent[bias] for parent in parents], transforms)
+            params[merged_name(bias)].copy_(fused + intercept(tag, weights, local_transforms))
 
 
 def _rows(module: nn.Module, inputs: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

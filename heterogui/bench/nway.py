@@ -1,0 +1,261 @@
+"""N-way benchmark: three models merged at once, one after another, and their ensemble.
+
+Written to docs/nway.{md,json} by ``heterogui bench nway``. For every zoo group (three models
+on three disjoint tasks of digits: 4, 3 and 3 classes) and every seed, it scores each model
+alone, the ensemble of all three, the N-way zip (``heterogui.nway``: all three at once, with
+the paper's fusion, least squares and its sequential refit) and sequential merging (two
+models, then the merge, held as one network, with the third: both orders, with the same
+fusions), all at rho = 1 (the merged widths are one model's). The protocol is docs/method.md
+sec. 11 with three tasks: Joint accuracy is the argmax over every head's softmax on the test
+inputs of all tasks.
+
+Seed s uses training variant s of the group (model k trained with seed k + 3s) and draws the
+calibration inputs with seed s. Every number in the written files comes from this run.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from heterogui.bench.documents import finite, write_document
+from heterogui.bench.quality import calibration_batches, parameter_count
+from heterogui.bench.quality_report import stats
+from heterogui.datasets.images import Split, load_split, task_subset
+from heterogui.fusion.merged import as_network
+from heterogui.models.family import Head, Network
+from heterogui.nway import merge_group
+from heterogui.pipeline import ZipSettings
+from heterogui.run import merge_networks
+from heterogui.tasks.classification import Metrics, collect_outputs, score_outputs
+from heterogui.zoo.pairs import load_group, pair_spec, variant_name
+
+GROUPS = ("digits-resnet-trio", "digits-resnet-trio-homogeneous")
+FUSION_LABEL = {
+    "average": "paper's fusion",
+    "least_squares": "least squares",
+    "least_squares_sequential": "sequential least squares",
+}
+# the two orders of sequential merging: (first, second, third) model indices
+ORDERS = {"(A+B)+C": (0, 1, 2), "(C+B)+A": (2, 1, 0)}
+
+
+@dataclass(frozen=True)
+class NwayConfig:
+    """What the benchmark runs (calibration inputs per seed, batch sizes, device)."""
+
+    groups: tuple[str, ...] = GROUPS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    calib_size: int = 200
+    batch_size: int = 50
+    eval_batch_size: int = 500
+    device: str = "cpu"
+    command: str = ""
+
+
+def _score(
+    fn: Callable[[torch.Tensor], Any],
+    heads: Sequence[Sequence[Head]],
+    test: Split,
+    cfg: NwayConfig,
+    run: Sequence[bool] | None = None,
+) -> Metrics:
+    """Return the metrics of ``fn``'s per-model outputs on ``test`` (run: which outputs count)."""
+    outputs = collect_outputs(fn, test.inputs, cfg.eval_batch_size, cfg.device)
+    if run is not None:
+        outputs = [o if keep else None for o, keep in zip(outputs, run, strict=True)]
+    return score_outputs(outputs, heads, test.labels)
+
+
+def _row(metrics: Metrics, params: int, seconds: float | None = None) -> dict[str, Any]:
+    tasks = {f"task_{k}": acc for k, acc in enumerate(metrics.tasks)}
+    return {
+        "joint": metrics.joint,
+        **tasks,
+        "avg": metrics.avg,
+        "params": params,
+        "seconds": seconds,
+    }
+
+
+def _sequential(
+    nets: Sequence[Network], order: tuple[int, ...], batches: list, fusion: str, cfg: NwayConfig
+):
+    """Return (merged model, its heads, seconds): two models merged, then with the third."""
+    start = time.perf_counter()
+    settings = ZipSettings(rho=1.0, fusion=fusion)
+    first, second, third = (nets[k] for k in order)
+    pair = merge_networks(first, second, batches, settings, device=cfg.device)
+    both = as_network(pair.model, "merge of two")
+    result = merge_networks(both, third, batches, settings, device=cfg.device)
+    return result.model, result.spec.heads, time.perf_counter() - start
+
+
+def run_seed(name: str, seed: int, cfg: NwayConfig) -> dict[str, dict[str, Any]]:
+    """Return the rows of one group and seed: label -> Joint, per-task, Avg, params, seconds."""
+    spec = pair_spec(variant_name(name, seed))
+    nets = load_group(spec.name, cfg.device)
+    batches = calibration_batches(spec.dataset, cfg.calib_size, seed, cfg.batch_size)
+    classes = tuple(c for task in spec.classes() for c in task)
+    test = task_subset(load_split(spec.dataset, "test", 0), classes)
+    heads = [net.task_heads() for net in nets]
+
+    def all_models(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(net.module.eval()(x) for net in nets)
+
+    rows: dict[str, dict[str, Any]] = {}
+    for k, net in enumerate(nets):
+        only = [m == k for m in range(len(nets))]
+        rows["ABC"[k] + " alone"] = _row(
+            _score(all_models, heads, test, cfg, only), parameter_count(net.module)
+        )
+    total = sum(parameter_count(net.module) for net in nets)
+    rows["ensemble"] = _row(_score(all_models, heads, test, cfg), total)
+    for fusion in FUSION_LABEL:
+        start = time.perf_counter()
+        result = merge_group(nets, batches, ZipSettings(rho=1.0, fusion=fusion), device=cfg.device)
+        seconds = time.perf_counter() - start
+        metrics = _score(result.model.eval(), result.spec.heads, test, cfg)
+        rows[f"N-way zip, {FUSION_LABEL[fusion]}"] = _row(
+            metrics, parameter_count(result.model), seconds
+        )
+    for fusion in FUSION_LABEL:
+        for order_label, order in ORDERS.items():
+            model, merged_heads, seconds = _sequential(nets, order, batches, fusion, cfg)
+            metrics = _score(model.eval(), merged_heads, test, cfg)
+            label = f"sequential {order_label}, {FUSION_LABEL[fusion]}"
+            rows[label] = _row(_reordered(metrics, order), parameter_count(model), seconds)
+    return rows
+
+
+def _reordered(metrics: Metrics, order: tuple[int, ...]) -> Metrics:
+    """Return ``metrics`` with its per-task accuracies in the models' order (A, B, C)."""
+    tasks = [None] * len(order)
+    counts = [0] * len(order)
+    for position, model in enumerate(order):
+        tasks[model], counts[model] = metrics.tasks[position], metrics.counts[position]
+    names = tuple(metrics.names[order.index(m)] for m in range(len(order)))
+    return Metrics(metrics.joint, tuple(tasks), tuple(counts), names)
+
+
+def run_nway(cfg: NwayConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run every group and seed; write nway.json and nway.md into ``out_dir`` when given."""
+    start = time.perf_counter()
+    results: dict[str, Any] = {}
+    for name in cfg.groups:
+        runs = [run_seed(name, seed, cfg) for seed in cfg.seeds]
+        results[name] = {
+            "description": pair_spec(name).description,
+            "classes": [list(c) for c in pair_spec(name).classes()],
+            "rows": {
+                label: {key: stats([run[label][key] for run in runs]) for key in runs[0][label]}
+                for label in runs[0]
+            },
+        }
+    report = {
+        "command": cfg.command,
+        "seeds": list(cfg.seeds),
+        "calibration_inputs": cfg.calib_size,
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+            "device": cfg.device,
+        },
+        "seconds": time.perf_counter() - start,
+        "groups": results,
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        write_document(out / "nway.json", json.dumps(finite(report), indent=1) + "\n")
+        write_document(out / "nway.md", render_nway(report))
+    return report
+
+
+def _pct(entry: dict[str, Any]) -> str:
+    if entry["mean"] is None:
+        return "-"
+    return f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}"
+
+
+def render_nway(report: dict[str, Any]) -> str:
+    """Return the markdown of a ``run_nway`` report (tables and computed findings)."""
+    seeds = len(report["seeds"])
+    lines = [
+        "# Merging three models: N-way zip, sequential merges and the ensemble",
+        "",
+        f"Generated by `{report['command']}` ({seeds} seed(s), "
+        f"{report['calibration_inputs']} calibration inputs, {report['environment']['threads']} "
+        f"torch thread(s), {report['environment']['device']}; {report['seconds']:.0f} s). "
+        "Joint: accuracy of the argmax over every head's softmax on the test inputs of all three "
+        "tasks; Task A/B/C: each head on its own task's inputs; mean ± std over seeds (seed s: "
+        "models trained with seeds 3s, 3s + 1, 3s + 2, calibration drawn with seed s). "
+        "Share: Joint / the ensemble's Joint. All merges at rho = 1 (one model's widths).",
+        "",
+        "- **N-way zip**: all three models at once (`heterogui.nway`, docs/method.md sec. 12).",
+        "- **sequential (X+Y)+Z**: X and Y merged, the merge held as one network with both "
+        "heads, then merged with Z.",
+        "",
+    ]
+    for name, group in report["groups"].items():
+        rows = group["rows"]
+        ensemble = rows["ensemble"]["joint"]["mean"]
+        tasks = ", ".join(f"{'ABC'[k]}: {c}" for k, c in enumerate(group["classes"]))
+        lines += [
+            f"## {name}",
+            "",
+            f"{group['description']}. Classes per task: {tasks}.",
+            "",
+            "| | Joint | Task A | Task B | Task C | Avg | share | params | seconds |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for label, row in rows.items():
+            joint = row["joint"]["mean"]
+            share = "-" if joint is None or not ensemble else f"{joint / ensemble:.3f}"
+            seconds = row["seconds"]["mean"]
+            lines.append(
+                f"| {label} | {_pct(row['joint'])} | {_pct(row['task_0'])} | "
+                f"{_pct(row['task_1'])} | {_pct(row['task_2'])} | {_pct(row['avg'])} | {share} | "
+                f"{int(row['params']['mean']):,} | "
+                f"{'-' if seconds is None else f'{seconds:.1f}'} |"
+            )
+        lines += ["", *findings(rows), ""]
+    return "\n".join(lines)
+
+
+def findings(rows: dict[str, Any]) -> list[str]:
+    """Return computed sentences: the best N-way and sequential merge against each other."""
+
+    def best(prefix: str) -> tuple[str, float]:
+        found = [(k, v["joint"]["mean"]) for k, v in rows.items() if k.startswith(prefix)]
+        return max(found, key=lambda item: item[1])
+
+    ensemble = rows["ensemble"]["joint"]["mean"]
+    nway, seq = best("N-way"), best("sequential")
+    lines = [
+        f"- Best N-way merge: {nway[0]} ({100 * nway[1]:.1f}, {nway[1] / ensemble:.3f} of the "
+        "ensemble).",
+        f"- Best sequential merge: {seq[0]} ({100 * seq[1]:.1f}, {seq[1] / ensemble:.3f} of the "
+        "ensemble).",
+    ]
+    for fusion in ("paper's fusion", "least squares"):
+        at_once = rows[f"N-way zip, {fusion}"]["joint"]["mean"]
+        seqs = [
+            v["joint"]["mean"]
+            for k, v in rows.items()
+            if k.startswith("sequential")
+            and k.endswith(fusion)
+            and "sequential least squares" not in k
+        ]
+        lines.append(
+            f"- With the {fusion}: N-way {100 * at_once:.1f} against sequential "
+            f"{', '.join(f'{100 * s:.1f}' for s in seqs)} (the two orders)."
+        )
+    return lines
