@@ -105,6 +105,26 @@ def test_task_classes_and_subsets() -> None:
         load_split("digits", "validation")
 
 
+def test_task_classes_in_three_tasks_and_the_zoo_groups() -> None:
+    halves = task_classes("digits", seed=4)
+    assert task_classes("digits", seed=4, parts=2) == halves  # the pairs' tasks do not move
+    thirds = task_classes("digits", seed=4, parts=3)
+    assert [len(t) for t in thirds] == [4, 3, 3]
+    assert sorted(c for t in thirds for c in t) == list(range(10))
+    with pytest.raises(ConfigError, match="into 2 to 10 tasks"):
+        task_classes("digits", parts=11)
+    spec = pair_spec("digits-resnet-trio")
+    assert spec.letters == "abc" and spec.classes() == task_classes("digits", 0, 3)
+    assert [m.config.num_classes for m in spec.models] == [4, 3, 3]
+    variant = pair_spec("digits-resnet-trio@2")
+    assert [m.train.seed for m in variant.models] == [6, 7, 8]  # model k: seed k + 3v
+    assert [m.train.seed for m in pair_spec("digits-resnet-depth@2").models] == [4, 5]
+    with pytest.raises(ConfigError, match="does not exist: use 'a', 'b', 'c'"):
+        spec.model("d")
+    with pytest.raises(ConfigError, match="does not exist: use 'a', 'b'"):
+        pair_spec("digits-resnet-depth").model("c")
+
+
 def test_training_is_deterministic() -> None:
     config = MLPConfig(64, (32,), 5)
     classes = task_classes("digits", 0)[0]
