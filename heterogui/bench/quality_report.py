@@ -440,6 +440,11 @@ the segment's slot of highest CKA with it. The shallower model is padded with id
 at the other slots."""
 
 
+NWAY_NOTE = """Three models merged at once (the N-way zip, docs/method.md sec. 12) and one after
+another (sequential merging) are compared with their ensemble on the zoo's three-task groups in
+`docs/nway.md` (`heterogui bench nway --seeds 3 --out docs --threads 1`)."""
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """Return docs/quality.md: command, protocol, summary, checks and one section per pair."""
     cfg, env = report["config"], report["environment"]
@@ -471,6 +476,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += ["", "## Where LMA places a block inside its segment (Joint, %)", "", PLACEMENT_NOTE, ""]
     out += _placement_summary(report)
     out += ["", *_placement_findings(report)]
+    out += ["", "## More than two models", "", NWAY_NOTE]
     out += ["", "## Checks", ""]
     out += [
         f"- [{'x' if c['passed'] else ' '}] {c['pair']}: {c['check']}: {c['detail']}"
