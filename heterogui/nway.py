@@ -38,6 +38,7 @@ from heterogui.fusion.fuse import SpaceTransform
 from heterogui.fusion.merged import MergedModel, MergedSpec
 from heterogui.fusion.pinning import pinned_channels
 from heterogui.fusion.regression import fit_regressions
+from heterogui.fusion.sequential import refit_sequentially
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network
 from heterogui.models.graph import ModelGraph
@@ -93,6 +94,7 @@ class GroupMergeResult:
     prepared: PreparedGroup
     settings: ZipSettings
     timings: dict[str, float] = field(default_factory=dict)
+    refit: int = 0  # weights the sequential least-squares refit fitted again
 
 
 def reference_model(graphs: Sequence[ModelGraph]) -> int:
@@ -285,13 +287,22 @@ def zip_group_prepared(
     }
     model, spec = timed(timings, "fuse", lambda: assemble(padded, matches, transforms, stop, dtype))
     pinned = pinned_channels(model, padded, matches, stop)
+    refit = 0
+    if settings.fusion == "least_squares_sequential":
+        refit = timed(
+            timings,
+            "refit",
+            lambda: refit_sequentially(
+                model, padded, transforms, prepared.batches, dev, stop, settings.ridge, pinned
+            ),
+        )
     timed(
         timings,
         "bn_merged",
         lambda: reestimate_batch_norm(model, prepared.batches, dev, pinned),
     )
     model.eval()
-    return GroupMergeResult(model, spec, matches, transforms, prepared, settings, timings)
+    return GroupMergeResult(model, spec, matches, transforms, prepared, settings, timings, refit)
 
 
 def merge_group(

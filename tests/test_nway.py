@@ -134,6 +134,7 @@ def test_n_way_widths_follow_rho_and_the_merge_runs(name, fusion):
         with torch.no_grad():
             outs = result.model(torch.randn(4, *shape))
         assert all(torch.isfinite(o).all() for o in outs)
+        assert (result.refit > 0) == (fusion == "least_squares_sequential")
 
 
 def test_an_n_way_merge_of_two_models_is_the_two_model_merge():
