@@ -18,7 +18,8 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
 
     ``merge(net_a, net_b, batches, mode=..., settings=..., device=...)`` runs the engine on
     in-memory networks (``heterogui.run.merge_networks``); ``merge(recipe)`` runs a recipe
-    through the one merge path (``heterogui.run.merge``) and returns its engine result.
+    through the one merge path (``heterogui.run.merge``) and returns its engine result (a
+    ``pipeline.MergeResult``, or a ``nway.GroupMergeResult`` for a list of three or more models).
 
     Raises:
         ConfigError: networks given without batches.

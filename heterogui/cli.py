@@ -21,12 +21,16 @@ from heterogui.folders import check_output
 def cmd_merge(args: argparse.Namespace) -> int:
     """Merge as a recipe says and write the result folder (save_pretrained for HF models).
 
-    Under torchrun every rank merges (the calibration data split between them, the statistics
-    all-reduced: ``heterogui.distributed``); only rank 0 writes the folder and prints.
+    A recipe with a list of three or more models is written as a heterogui folder; another
+    --format is refused before anything runs. Under torchrun every rank merges (the
+    calibration data split between them, the statistics all-reduced:
+    ``heterogui.distributed``); only rank 0 writes the folder and prints.
     """
-    from heterogui import distributed, run  # torch: only when a merge runs
+    from heterogui import distributed, run, run_group  # torch: only when a merge runs
 
     recipe = load_recipe(args.recipe)
+    if recipe.more_models:
+        run_group.check_format(args.format)
     out = Path(args.out)
     check_output(out, args.overwrite, run.data_files(recipe))  # before the expensive part
     distributed.init_from_env(recipe.device)
@@ -69,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = parser.add_subparsers(dest="command", required=True)
 
-    merge = sub.add_parser("merge", help="merge two models as a recipe says")
+    merge = sub.add_parser("merge", help="merge two (or more) models as a recipe says")
     merge.add_argument("recipe", help="recipe file (.yaml or .json)")
     merge.add_argument("-o", "--out", required=True, help="output folder (must not exist)")
     merge.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -78,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("heterogui", "hf-bert", "hf-vit", "hf-causal-lm"),
         default=None,
         help="output format (default: the models' own: Hugging Face folders for Hugging Face "
-        "models, else a heterogui folder)",
+        "models, else a heterogui folder; a merge of three or more models: heterogui only)",
     )
     merge.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"

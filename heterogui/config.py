@@ -184,7 +184,11 @@ class TransformerSpec:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A merge, completely specified."""
+    """A merge, completely specified.
+
+    more_models: models C, D, ... of an N-way merge of three or more models (written as one
+    list, ``models: [A, B, C, ...]``); empty for a merge of two.
+    """
 
     model_a: ModelRef
     model_b: ModelRef
@@ -199,6 +203,7 @@ class Recipe:
     dtype: str = "float32"
     device: str = "auto"
     versions: dict[str, str] = field(default_factory=dict)
+    more_models: tuple[ModelRef, ...] = ()
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -208,9 +213,18 @@ class Recipe:
         if self.stop is not None and self.stop < 0:
             raise ConfigError(f"stop = {self.stop} must be >= 0 (or null for a full zip)")
 
+    @property
+    def models(self) -> tuple[ModelRef, ...]:
+        """Return every model of the merge: A, B, then C, D, ..."""
+        return (self.model_a, self.model_b, *self.more_models)
+
     def to_dict(self) -> dict[str, Any]:
-        """Return a plain dict (JSON/YAML ready)."""
-        return dataclasses.asdict(self)
+        """Return a plain dict (JSON/YAML ready); three or more models as one ``models`` list."""
+        data = dataclasses.asdict(self)
+        more = data.pop("more_models")
+        if more:
+            data["models"] = [data.pop("model_a"), data.pop("model_b"), *more]
+        return data
 
     def to_yaml(self) -> str:
         """Return the recipe as YAML with sorted keys."""
@@ -293,13 +307,55 @@ _NESTED = {
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     """Return a Recipe from a plain dict.
 
+    The models are ``model_a`` and ``model_b``, or a list ``models`` of two or more (each a
+    mapping like model_a's or a plain path): A, B, then ``more_models``.
+
     Raises:
         ConfigError: unknown keys, missing models, values out of range.
     """
+    if isinstance(data, dict) and "more_models" in data:
+        raise ConfigError(
+            "recipe: more_models is not a recipe key; list every model under models: [A, B, C]"
+        )
+    if isinstance(data, dict) and "models" in data:
+        return _listed_models(data)
     for key in ("model_a", "model_b"):
         if isinstance(data, dict) and key not in data:
             raise ConfigError(f"recipe: {key} is missing; give {key}: {{path: FOLDER}}")
     return _build(Recipe, data, "recipe")
+
+
+def _listed_models(data: dict[str, Any]) -> Recipe:
+    """Return the Recipe of a dict whose models are a list (``models: [A, B, C, ...]``).
+
+    Raises:
+        ConfigError: model_a or model_b given too, a list of fewer than two, a bad entry.
+    """
+    both = [k for k in ("model_a", "model_b") if k in data]
+    if both:
+        raise ConfigError(
+            f"recipe: give the models either as models: [...] or as model_a/model_b, not both "
+            f"(found models and {' and '.join(both)}); remove one"
+        )
+    listed = data["models"]
+    if not isinstance(listed, list):
+        raise ConfigError(
+            f"recipe.models must be a list of models, got {excerpt(repr(listed), 80)}; write "
+            "models: [{path: A}, {path: B}, ...]"
+        )
+    if len(listed) < 2:
+        raise ConfigError(
+            f"recipe.models lists {len(listed)} model{'' if len(listed) == 1 else 's'}; a merge "
+            "needs two or more: give two or more models"
+        )
+    refs = [
+        _build(ModelRef, entry if isinstance(entry, dict) else {"path": entry}, where)
+        for where, entry in ((f"recipe.models[{k}]", e) for k, e in enumerate(listed))
+    ]
+    rest = {k: v for k, v in data.items() if k != "models"}
+    first = {"model_a": dataclasses.asdict(refs[0]), "model_b": dataclasses.asdict(refs[1])}
+    recipe = _build(Recipe, {**rest, **first}, "recipe")
+    return dataclasses.replace(recipe, more_models=tuple(refs[2:]))
 
 
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of text; anything bigger is not one
@@ -385,6 +441,6 @@ def parse_recipe(text: str, name: str = "the recipe") -> Recipe:
     if not isinstance(data, dict):
         raise ConfigError(
             f"{name} is a {type(data).__name__}, not a mapping: a recipe has keys such as "
-            "model_a: {path: ...} and model_b: {path: ...}"
+            "model_a: {path: ...} and model_b: {path: ...} (or models: [...])"
         )
     return recipe_from_dict(data)

@@ -171,7 +171,7 @@ def prepare_group(
                 ),
             )
         )
-        report("similarity", (k + 1) / len(ready))
+        report("similarity", (k + (k < ref)) / (len(ready) - 1))  # the reference runs none
     stats = timed(
         timings,
         "features",

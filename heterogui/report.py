@@ -6,16 +6,26 @@ describe a merge the same way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from heterogui.align.alignment import layer_pairs
+from heterogui.align.alignment import Alignment, layer_pairs
 from heterogui.config import Recipe
 from heterogui.export.card import bars_svg, heatmap_svg, model_card
 from heterogui.models.family import Network
 from heterogui.models.graph import INPUT, LOGITS
+from heterogui.nway import GroupMergeResult
 from heterogui.pipeline import MergeResult
-from heterogui.sizes import STORED_REASON, merge_size, reference_sizes
-from heterogui.sources.base import Pair
+from heterogui.sizes import (
+    STORED_REASON,
+    input_shape,
+    merge_size,
+    parameters_and_flops,
+    reference_sizes,
+    shape_only,
+    stored_size,
+)
+from heterogui.sources.base import Pair, model_key
 from heterogui.tasks.base import Task
 
 
@@ -28,14 +38,53 @@ def parameter_counts(result: MergeResult) -> dict[str, int]:
     return {"a": a, "b": b, "ensemble": a + b, "merged": merged, "merged_effective": effective}
 
 
-def head_rows(result: MergeResult) -> list[dict[str, Any]]:
+def head_rows(result: MergeResult | GroupMergeResult) -> list[dict[str, Any]]:
     """Return the merged model's task heads in output order: name, classes and source model."""
+    letters = [model_key(m).upper() for m in range(len(result.spec.heads))]
     return [
         {"head": k, "name": h.name, "classes": list(h.classes), "model": model}
         for k, (model, h) in enumerate(
-            (model, h) for model, heads in zip("AB", result.spec.heads, strict=True) for h in heads
+            (model, h)
+            for model, heads in zip(letters, result.spec.heads, strict=True)
+            for h in heads
         )
     ]
+
+
+def alignment_facts(alignment: Alignment) -> dict[str, Any]:
+    """Return a report's account of an alignment: mapping, slots per stage and score."""
+    return {
+        "mapping": alignment.mapping(),
+        "depths": list(alignment.depths),
+        "score": alignment.score,
+    }
+
+
+def timings_of(
+    prepare: dict[str, float], zipping: dict[str, float], total: float
+) -> dict[str, float]:
+    """Return a report's timings: the prepare and zip stages (seconds) and the total."""
+    timings = {f"prepare.{k}": v for k, v in prepare.items()}
+    timings.update({f"zip.{k}": v for k, v in zipping.items()})
+    timings["total"] = total
+    return timings
+
+
+def add_scores(
+    report: dict[str, Any],
+    task: Task | None,
+    scores: dict[str, Any] | None,
+    calibration_count: int | None,
+) -> dict[str, Any]:
+    """Add the task, the calibration count and the scores (with their alarms) to ``report``."""
+    if task is not None:
+        report["task"] = task.kind
+    if calibration_count is not None:
+        report["calibration_count"] = calibration_count
+    if scores is not None and task is not None:
+        report["metrics"] = {k: task.to_json(v) for k, v in scores.items()}
+        report["alarms"] = task.alarms(scores)
+    return report
 
 
 def merge_report(
@@ -52,31 +101,16 @@ def merge_report(
     data (None: not evaluated).
     """
     prep = result.prepared
-    timings = {f"prepare.{k}": v for k, v in prep.timings.items()}
-    timings.update({f"zip.{k}": v for k, v in result.timings.items()})
-    timings["total"] = total_seconds
     report: dict[str, Any] = {
         "parameters": parameter_counts(result),
         "widths": {s: list(w) for s, w in result.widths().items()},
-        "alignment": {
-            "mode": result.alignment.mode,
-            "mapping": result.alignment.mapping(),
-            "depths": list(result.alignment.depths),
-            "score": result.alignment.score,
-        },
+        "alignment": {"mode": result.alignment.mode, **alignment_facts(result.alignment)},
         "stop": result.spec.stop,
         "heads": head_rows(result),
-        "timings_seconds": timings,
+        "timings_seconds": timings_of(prep.timings, result.timings, total_seconds),
         "device": str(prep.device),
     }
-    if task is not None:
-        report["task"] = task.kind
-    if calibration_count is not None:
-        report["calibration_count"] = calibration_count
-    if scores is not None and task is not None:
-        report["metrics"] = {k: task.to_json(v) for k, v in scores.items()}
-        report["alarms"] = task.alarms(scores)
-    return report
+    return add_scores(report, task, scores, calibration_count)
 
 
 def model_facts(net: Network) -> dict[str, Any]:
@@ -132,12 +166,7 @@ def card_facts(
         "parameters": size["stored_parameters"],
         "flops": size["stored_flops"],
     }
-    metrics, header = [], ["model", *task.columns(None)]
-    if scores is not None:
-        named = {k: scores.get(k) for k in ("a", "b", "ensemble", "merged")}
-        metrics = [[n, *task.columns(v).values()] for n, v in named.items()]
     al = result.alignment
-    s = result.settings
     return {
         "title": f"Merge of {pair.a.name} and {pair.b.name}",
         "models": models,
@@ -147,18 +176,10 @@ def card_facts(
             "mapping": al.mapping(),
             "score": "n/a" if al.score is None else f"{al.score:.3f}",
         },
-        "settings": {
-            "matcher": s.matcher,
-            "alpha": s.alpha,
-            "beta": s.beta,
-            "rho": s.rho,
-            "stop": result.spec.stop,
-            "overrides": dict(s.overrides),
-        },
+        "settings": settings_facts(result),
         "widths": [[sp, *w] for sp, w in sorted(result.widths().items())],
         "sizes": [[n, v["parameters"], v["flops"]] for n, v in sizes.items()],
-        "metric_header": header,
-        "metrics": metrics,
+        **metric_facts(task, scores, ("a", "b", "ensemble", "merged")),
         "notes": [
             f"Sizes: effective sizes count what a model computes with; {STORED_REASON}.",
             *(
@@ -169,6 +190,33 @@ def card_facts(
             *(f"Collapse alarm: {a}." for a in (task.alarms(scores) if scores else [])),
         ],
     }
+
+
+def settings_facts(result: MergeResult | GroupMergeResult) -> dict[str, Any]:
+    """Return the zip settings a model card lists."""
+    s = result.settings
+    return {
+        "matcher": s.matcher,
+        "alpha": s.alpha,
+        "beta": s.beta,
+        "rho": s.rho,
+        "stop": result.spec.stop,
+        "overrides": dict(s.overrides),
+    }
+
+
+def metric_facts(
+    task: Task, scores: dict[str, Any] | None, keys: Sequence[str]
+) -> dict[str, list[Any]]:
+    """Return a model card's score table: "metric_header" and one row per key (none: []).
+
+    The columns are those of the scores (a merge of three tasks has a column per task).
+    """
+    if scores is None:
+        return {"metric_header": ["model", *task.columns(None)], "metrics": []}
+    rows = [[k, *task.columns(scores.get(k)).values()] for k in keys]
+    scored = next((v for v in scores.values() if v is not None), None)
+    return {"metric_header": ["model", *task.columns(scored)], "metrics": rows}
 
 
 def card_files(
@@ -189,4 +237,123 @@ def card_files(
         {k: [w[i] for w in widths.values()] for i, k in enumerate(("A", "B", "merged"))},
         "width per merge point",
     )
+    return files
+
+
+def group_report(
+    result: GroupMergeResult,
+    recipe: Recipe,
+    total_seconds: float,
+    task: Task | None = None,
+    scores: dict[str, Any] | None = None,
+    calibration_count: int | None = None,
+) -> dict[str, Any]:
+    """Return the JSON-ready report of an N-way merge (three or more models) run from ``recipe``.
+
+    The keys of a two-model report, for every model: "parameters" and "metrics" have one entry
+    per model ("a", "b", "c", ...) beside "ensemble" and "merged"; "widths" lists per merge
+    point every model's width, then the merged width. "reference" is the model every other one
+    is aligned to (the deepest, docs/method.md sec. 12), and "alignment" holds each model's
+    alignment to it ("a": the reference's slots, "b": the model's; null for the reference).
+    The merged parameters are the stored ones (``sizes.STORED_REASON``); "refit": the weights
+    the sequential least-squares refit fitted again (0 with another fusion).
+    """
+    prep = result.prepared
+    keys = [model_key(k) for k in range(len(prep.nets))]
+    parameters = {k: net.parameter_count() for k, net in zip(keys, prep.nets, strict=True)}
+    parameters["ensemble"] = sum(parameters.values())
+    parameters["merged"] = sum(p.numel() for p in result.model.parameters())
+    alignments = {
+        k: None if a is None else alignment_facts(a)
+        for k, a in zip(keys, prep.alignments, strict=True)
+    }
+    report: dict[str, Any] = {
+        "models": [{"model": k, "name": n.label} for k, n in zip(keys, prep.nets, strict=True)],
+        "parameters": parameters,
+        "widths": {s: [*m.sizes, m.width] for s, m in result.matches.items()},
+        "reference": keys[prep.reference],
+        "alignment": {"mode": group_mode(result), "models": alignments},
+        "stop": result.spec.stop,
+        "heads": head_rows(result),
+        "refit": result.refit,
+        "timings_seconds": timings_of(prep.timings, result.timings, total_seconds),
+        "device": str(prep.device),
+    }
+    return add_scores(report, task, scores, calibration_count)
+
+
+def group_mode(result: GroupMergeResult) -> str:
+    """Return the alignment mode of an N-way merge (every model's alignment has it)."""
+    return next(a.mode for a in result.prepared.alignments if a is not None)
+
+
+def group_card_facts(
+    result: GroupMergeResult, pair: Pair, task: Task, scores: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Return what the model card of an N-way merge shows (``export.card.model_card``)."""
+    prep = result.prepared
+    letters = [model_key(k).upper() for k in range(len(pair.models))]
+    shape = input_shape(prep)
+    sizes = {
+        letter: parameters_and_flops(shape_only(lambda n=m.net: n.family.build(n.config)), shape)
+        for letter, m in zip(letters, pair.models, strict=True)
+    }
+    sizes["ensemble"] = {
+        k: None if any(v[k] is None for v in sizes.values()) else sum(v[k] for v in sizes.values())
+        for k in ("parameters", "flops")
+    }
+    sizes["merged (stored)"] = stored_size(result.model, prep)
+    models = []
+    for letter, loaded in zip(letters, pair.models, strict=True):
+        f = model_facts(loaded.net)
+        models.append([letter, loaded.name, f["family"], f["depths"], f["parameters"]])
+    reference = letters[prep.reference]
+    slots = ", ".join(
+        f"{letter} `{a.mapping()['b']}`"
+        for letter, a in zip(letters, prep.alignments, strict=True)
+        if a is not None
+    )
+    names = [m.name for m in pair.models]
+    return {
+        "title": f"Merge of {', '.join(names[:-1])} and {names[-1]}",
+        "models": models,
+        "heads": [[r["name"], r["classes"], r["model"]] for r in head_rows(result)],
+        "alignment": {
+            "text": (
+                f"Mode **{group_mode(result)}**: every model is aligned to model {reference} "
+                f"(the deepest) and padded to its blocks; per stage, the slots of {reference}'s "
+                f"blocks that each model's blocks go to: {slots}."
+            )
+        },
+        "alignment_figure": False,
+        "settings": settings_facts(result),
+        "width_header": [f"width {letter}" for letter in letters],
+        "widths": [[sp, *m.sizes, m.width] for sp, m in sorted(result.matches.items())],
+        "sizes": [[n, v["parameters"], v["flops"]] for n, v in sizes.items()],
+        **metric_facts(task, scores, (*(k.lower() for k in letters), "ensemble", "merged")),
+        "notes": [
+            f"An N-way merge of {len(names)} models (docs/method.md sec. 12): one merged trunk, "
+            "then one head per model; it is written in the heterogui format only.",
+            f"Sizes: the merged model's are what it stores; {STORED_REASON}.",
+            *(
+                f"Model {n} ({m.name}): {m.note}."
+                for n, m in zip(letters, pair.models, strict=True)
+                if m.note
+            ),
+            *(f"Collapse alarm: {a}." for a in (task.alarms(scores) if scores else [])),
+        ],
+    }
+
+
+def group_card_files(
+    result: GroupMergeResult, pair: Pair, task: Task, scores: dict[str, Any] | None
+) -> dict[str, str]:
+    """Return the model card (README.md) of an N-way merge and its widths figure."""
+    files = {"README.md": model_card(group_card_facts(result, pair, task, scores))}
+    series: dict[str, list[float]] = {model_key(k).upper(): [] for k in range(len(pair.models))}
+    series["merged"] = []
+    for match in result.matches.values():
+        for values, width in zip(series.values(), (*match.sizes, match.width), strict=True):
+            values.append(width)
+    files["widths.svg"] = bars_svg(list(result.matches), series, "width per merge point")
     return files

@@ -2,7 +2,9 @@
 
 ``merge(recipe)`` loads models A and B through their sources, draws the task's calibration
 (and evaluation) data, runs the engine (``pipeline.prepare`` / ``zip_prepared``), completes the
-recipe and writes the report; ``export`` writes the result in an output format. The CLI, the
+recipe and writes the report; ``export`` writes the result in an output format. A recipe with
+three or more models takes the same steps, with the N-way engine and scores of
+``heterogui.run_group`` where they differ. The CLI, the
 Python API (``heterogui.merge``), the workbench and the benchmarks all go through the steps
 defined here: ``load_pair``, ``calibrate``, ``analyse``, ``evaluate_models`` / ``evaluate_merge``,
 ``complete_recipe``, ``export``. No other module builds recipes or checks model hashes.
@@ -25,7 +27,7 @@ from typing import Any
 import torch
 
 import heterogui
-from heterogui import distributed
+from heterogui import distributed, run_group
 from heterogui.config import (
     AlignmentSpec,
     DataRef,
@@ -39,6 +41,7 @@ from heterogui.errors import Cancelled, ConfigError, IncompatibleModelsError, Ma
 from heterogui.export.job import HETEROGUI_FORMAT, ExportJob
 from heterogui.export.registry import write_export
 from heterogui.models.family import Network
+from heterogui.nway import GroupMergeResult
 from heterogui.pipeline import (
     MergeResult,
     Prepared,
@@ -48,7 +51,7 @@ from heterogui.pipeline import (
     prepare,
     zip_prepared,
 )
-from heterogui.report import card_files, merge_report
+from heterogui.report import card_files, group_card_files, group_report, merge_report
 from heterogui.sizes import merge_size
 from heterogui.sources import registry as sources
 from heterogui.sources.base import Loaded, Pair
@@ -64,10 +67,12 @@ TRANSFORMER_FAMILIES = ("bert", "vit")
 class RunResult:
     """A finished merge: the engine's result, the completed recipe, the report, the inputs.
 
-    scores: the task's scores of "a", "b", "ensemble" and "merged" (None: not evaluated).
+    scores: the task's scores of "a", "b", "ensemble" and "merged" (None: not evaluated); of
+    "a", "b", "c", ..., "ensemble" and "merged" for a merge of three or more models, whose
+    result is a ``nway.GroupMergeResult``.
     """
 
-    result: MergeResult
+    result: MergeResult | GroupMergeResult
     recipe: Recipe
     report: dict[str, Any]
     pair: Pair
@@ -148,36 +153,45 @@ def load_pair(
     ref_b: ModelRef | str,
     transformer: TransformerSpec | None = None,
     device: str = "cpu",
+    more: Sequence[ModelRef | str] = (),
 ) -> Pair:
-    """Run the header-only pre-flight, then load A and B through their sources.
+    """Run the header-only pre-flight, then load A and B (and ``more``) through their sources.
 
     transformer: pooling of text embedding models and the identity construction of BERT's
-    padded layers (None: the families' defaults). Recorded hashes are checked.
+    padded layers (None: the families' defaults). more: models C, D, ... of an N-way merge
+    (``run_group.check_group`` says which models may join one); every model is pre-flighted
+    against A. Recorded hashes are checked.
 
     Raises:
         IncompatibleModelsError: the pre-flight (or the loaded models) cannot be merged.
-        ConfigError: changed weights, or an identity construction the family does not have.
+        ConfigError: changed weights, an identity construction the family does not have, or
+            models an N-way merge does not take.
         ModelLoadError: a model that cannot be read.
     """
-    refs = [r if isinstance(r, ModelRef) else ModelRef(r) for r in (ref_a, ref_b)]
-    verdict = sources.preflight(refs[0].path, refs[1].path)
-    if not verdict.ok:
-        raise IncompatibleModelsError("; ".join(verdict.reasons))
+    refs = [r if isinstance(r, ModelRef) else ModelRef(r) for r in (ref_a, ref_b, *more)]
+    if more:
+        run_group.check_group([sources.describe(r.path) for r in refs])
+    for k, ref in enumerate(refs[1:], start=1):
+        verdict = sources.preflight(refs[0].path, ref.path)
+        if not verdict.ok:
+            which = f"model {chr(ord('A') + k)} against model A: " if k > 1 else ""
+            raise IncompatibleModelsError(which + "; ".join(verdict.reasons))
     pooling = transformer.pooling if transformer is not None else None
     loaded = [sources.load(r.path, pooling=pooling, device=device) for r in refs]
     for ref, item in zip(refs, loaded, strict=True):
         check_hash(ref, item)
-    pair = Pair(*loaded)
+    pair = Pair(loaded[0], loaded[1], tuple(loaded[2:]))
     if transformer is not None and transformer.identity != "exact":
         if pair.a.net.family.name != "bert":
             raise ConfigError(
                 f"transformer.identity {transformer.identity!r} is for BERT; a pre-LN "
                 f'{pair.a.net.family.name} pads with exact identity layers: use "exact"'
             )
-        for item in (pair.a, pair.b):
+        for item in pair.models:
             config = dataclasses.replace(item.net.config, identity=transformer.identity)
             item.net = dataclasses.replace(item.net, config=config)
-    check_pair(pair.a.net, pair.b.net)
+    for item in pair.models[1:]:
+        check_pair(pair.a.net, item.net)
     return pair
 
 
@@ -247,7 +261,7 @@ def transformer_spec(pair: Pair) -> TransformerSpec | None:
 def complete_recipe(
     pair: Pair,
     calibration: Calibration,
-    result: MergeResult,
+    result: MergeResult | GroupMergeResult,
     *,
     evaluation: Evaluation | None = None,
     base: Recipe | None = None,
@@ -257,20 +271,27 @@ def complete_recipe(
     """Return the recipe that repeats this merge bit for bit.
 
     It records the models with their hashes, the calibration (and evaluation) data with
-    theirs, the alignment it produced, every knob, and the library versions. base: the recipe
-    the merge ran from (its seed and device are kept).
+    theirs, the alignment it produced (an N-way merge: its mode, ``run_group.alignment_spec``),
+    every knob, and the library versions. base: the recipe the merge ran from (its seed and
+    device are kept).
     """
     s = result.settings
     device = base.device if base is not None else str(result.prepared.device)
-    base = base or Recipe(ModelRef(pair.a.ref), ModelRef(pair.b.ref))
-    families = (pair.a.net.family.name, pair.b.net.family.name)
+    refs = [ModelRef(m.ref, m.sha256) for m in pair.models]
+    base = base or Recipe(refs[0], refs[1])
+    families = tuple(m.net.family.name for m in pair.models)
+    if isinstance(result, GroupMergeResult):
+        alignment = run_group.alignment_spec(result)
+    else:
+        alignment = AlignmentSpec(result.alignment.mode, result.alignment.mapping())
     return dataclasses.replace(
         base,
-        model_a=ModelRef(pair.a.ref, pair.a.sha256),
-        model_b=ModelRef(pair.b.ref, pair.b.sha256),
+        model_a=refs[0],
+        model_b=refs[1],
+        more_models=tuple(refs[2:]),
         calibration=calibration.ref,
         evaluation=evaluation.ref if evaluation is not None else None,
-        alignment=AlignmentSpec(result.alignment.mode, result.alignment.mapping()),
+        alignment=alignment,
         zip=ZipSpec(
             s.matcher,
             s.alpha,
@@ -300,6 +321,9 @@ def merge(
     The evaluation data (when the recipe names some) is drawn before the expensive part, so a
     bad file fails fast; the report's total time leaves evaluation out.
 
+    A recipe with three or more models (``Recipe.more_models``) runs the N-way engine
+    (``run_group``): image classifiers only, exported in the heterogui format.
+
     Under torchrun (a process group, ``heterogui.distributed``) every rank loads the pair
     (rank 0 first, so that a cache it builds is read by the others), runs the data passes on
     its shard of the calibration batches (their sums are all-reduced: every rank ends with the
@@ -315,7 +339,9 @@ def merge(
     report = guarded(progress, cancel)
     start = time.perf_counter()
     with distributed.main_first():
-        pair = load_pair(recipe.model_a, recipe.model_b, recipe.transformer)
+        pair = load_pair(
+            recipe.model_a, recipe.model_b, recipe.transformer, more=recipe.more_models
+        )
         task = task_of(pair.task)
         task.check(recipe.calibration, "calibration")
         if recipe.evaluation is not None:
@@ -325,19 +351,25 @@ def merge(
     # this rank's batches: all of them in one process, every N-th under torchrun
     shard = dataclasses.replace(calibration, batches=distributed.shard(calibration.batches))
     torch.manual_seed(recipe.seed)
-    manual = recipe.alignment.mapping if recipe.alignment.mode == "manual" else None
-    prepared = analyse(
-        pair,
-        shard,
-        mode=recipe.alignment.mode,
-        manual=manual,
-        device=distributed.rank_device(recipe.device),
-        reset_input_bn=recipe.reset_input_bn,
-        progress=report,
-        stats_budget=stats_budget(),
-    )
     dtype = DTYPES[recipe.dtype]
-    result = zip_prepared(prepared, settings_of(recipe), dtype, report)
+    device = distributed.rank_device(recipe.device)
+    result: MergeResult | GroupMergeResult
+    if pair.more:
+        settings = settings_of(recipe)
+        result = run_group.merge_models(pair, shard, recipe, settings, dtype, device, report)
+    else:
+        manual = recipe.alignment.mapping if recipe.alignment.mode == "manual" else None
+        prepared = analyse(
+            pair,
+            shard,
+            mode=recipe.alignment.mode,
+            manual=manual,
+            device=device,
+            reset_input_bn=recipe.reset_input_bn,
+            progress=report,
+            stats_budget=stats_budget(),
+        )
+        result = zip_prepared(prepared, settings_of(recipe), dtype, report)
     seconds = time.perf_counter() - start
     done = complete_recipe(
         pair,
@@ -348,7 +380,8 @@ def merge(
         dtype=dtype,
         reset_input_bn=recipe.reset_input_bn,
     )
-    if recipe.alignment.mapping and recipe.alignment.mapping != done.alignment.mapping:
+    recorded = recipe.alignment.mapping
+    if recorded and not pair.more and recorded != done.alignment.mapping:
         log.warning(
             "alignment %s gave %s, not the recorded %s",
             recipe.alignment.mode,
@@ -357,17 +390,27 @@ def merge(
         )
     scores = None
     if evaluation is not None and distributed.is_main():
-        scores = {**evaluate_models(pair, prepared, evaluation, within(report, 0.0, 0.75))}
-        scores["merged"] = evaluate_merge(pair, result, evaluation, within(report, 0.75, 1.0))
-    facts = merge_report(result, done, seconds, task, scores, calibration.count)
+        if isinstance(result, GroupMergeResult):
+            scores = run_group.score(result, evaluation, report)
+        else:
+            baseline = within(report, 0.0, 0.75)
+            scores = {**evaluate_models(pair, result.prepared, evaluation, baseline)}
+            scores["merged"] = evaluate_merge(pair, result, evaluation, within(report, 0.75, 1.0))
+    describe = group_report if isinstance(result, GroupMergeResult) else merge_report
+    facts = describe(result, done, seconds, task, scores, calibration.count)
     facts["timings_seconds"]["evaluation"] = time.perf_counter() - start - seconds
     return RunResult(result, done, facts, pair, calibration, evaluation, scores)
 
 
 def export_format(pair: Pair) -> str:
-    """Return the output format that fits a pair: its sources' format when they share one."""
+    """Return the output format that fits a pair: its sources' format when they share one.
+
+    Three or more models: heterogui (``run_group.check_format``).
+    """
     fmt = pair.a.export_format
-    return fmt if fmt == pair.b.export_format else HETEROGUI_FORMAT
+    if pair.more or fmt != pair.b.export_format:
+        return HETEROGUI_FORMAT
+    return fmt
 
 
 def export(
@@ -375,17 +418,24 @@ def export(
 ) -> Path:
     """Write a merge to the new folder ``out`` (atomically) in ``fmt`` (None: the pair's).
 
+    A merge of three or more models is written in the heterogui format only.
+
     Raises:
-        ConfigError: an unknown format.
+        ConfigError: an unknown format, or another than heterogui for three or more models.
         ExportError: the format cannot hold this merge, ``out`` exists, or writing failed.
     """
-    fmt = fmt or export_format(run.pair)
+    if isinstance(run.result, GroupMergeResult):
+        fmt = run_group.check_format(fmt)
+        card = group_card_files(run.result, run.pair, run.task, run.scores)
+    else:
+        fmt = fmt or export_format(run.pair)
+        card = card_files(run.result, run.pair, run.task, run.scores, fmt)
     inputs = [*model_folders(run.pair), *data_files(run.recipe)]
     job = ExportJob(
         run.result.model,
         run.recipe,
         run.report,
-        card_files(run.result, run.pair, run.task, run.scores, fmt),
+        card,
         run.pair.a.folder,
         getattr(run.pair.a.net.config, "pooling", None),
     )
@@ -393,13 +443,13 @@ def export(
 
 
 def model_folders(pair: Pair) -> list[Path]:
-    """Return the local folders models A and B were read from."""
-    return [m.folder for m in (pair.a, pair.b) if m.folder is not None]
+    """Return the local folders the models were read from."""
+    return [m.folder for m in pair.models if m.folder is not None]
 
 
 def data_files(recipe: Recipe) -> list[Path]:
     """Return the local files and folders a recipe names (models and data), where they exist."""
-    named = [recipe.model_a.path, recipe.model_b.path, recipe.calibration.source]
+    named = [*(m.path for m in recipe.models), recipe.calibration.source]
     if recipe.evaluation is not None:
         named.append(recipe.evaluation.source)
     return [Path(p).expanduser() for p in named if Path(p).expanduser().exists()]

@@ -450,6 +450,9 @@ def test_importing_a_bad_recipe_says_why(session, res):
         tab_export.on_import(session, res, None, "model_a: {path: x}\nmodel_b: {path: y}\nfoo: 1")
     with pytest.raises(ConfigError, match="upload a recipe"):
         tab_export.on_import(session, res, None, "  ")
+    trio = "models: [zoo:tiny-digits-vgg-trio/a, zoo:tiny-digits-vgg-trio/b, zoo:x/c]"
+    with pytest.raises(ConfigError, match="merges 3 models and the workbench merges two"):
+        tab_export.on_import(session, res, None, trio)
     assert session.result is before
 
 

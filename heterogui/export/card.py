@@ -135,7 +135,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 _USE = {
     "heterogui": """```python
 from heterogui.sources.registry import load
-merged = load("DIR").net.module      # one network; its outputs are every task head side by side
+merged = load(DIR).net.module        # one network; its outputs are every task head side by side
 ```
 or `heterogui merge` with this folder as model A or B of a next merge.""",
     "hf-bert": """```python
@@ -177,9 +177,17 @@ def model_card(facts: dict[str, Any], fmt: str = "heterogui") -> str:
     "heads" (rows: head, task classes, from model), "alignment" (mode, mapping, score),
     "settings" (dict), "widths" (rows: merge point, A, B, merged), "sizes" (rows: model,
     parameters, FLOPs), "metric_header" and "metrics" (rows, or []), "notes" (sentences).
+    Optional: "width_header" (the models' width columns; default A and B), "alignment" "text"
+    (a sentence in place of mode, score and mapping) and "alignment_figure" (default True:
+    the card shows alignment.svg).
     fmt: the output format (its front matter and usage snippet).
     """
     al = facts["alignment"]
+    aligned = al.get("text") or (
+        f"Mode **{al['mode']}**, score {al['score']}, mapping `{al['mapping']}`."
+    )
+    width_header = ["merge point", *facts.get("width_header", ["width A", "width B"])]
+    figure = facts.get("alignment_figure", True)
     parts = [
         f"# {facts['title']}",
         "A training-free heterogeneous merge made with heterogui (layer alignment by CKA, "
@@ -194,11 +202,11 @@ def model_card(facts: dict[str, Any], fmt: str = "heterogui") -> str:
         ]
     parts += [
         "## Layer alignment",
-        f"Mode **{al['mode']}**, score {al['score']}, mapping `{al['mapping']}`.",
-        "![layer CKA and alignment path](alignment.svg)",
+        aligned,
+        *(["![layer CKA and alignment path](alignment.svg)"] if figure else []),
         "## Neuron zip",
         _table(["setting", "value"], [[k, v] for k, v in facts["settings"].items()]),
-        _table(["merge point", "width A", "width B", "merged width"], facts["widths"]),
+        _table([*width_header, "merged width"], facts["widths"]),
         "![widths per merge point](widths.svg)",
         "## Size",
         _table(["model", "parameters", "FLOPs per input"], facts["sizes"]),

@@ -87,19 +87,33 @@ class Source(ABC):
         """Load ``ref``; pooling: how a text embedding model pools (None: its default)."""
 
 
+def model_key(index: int) -> str:
+    """Return the key of model ``index`` in scores and reports: "a", "b", "c", ..."""
+    return chr(ord("a") + index)
+
+
 @dataclass
 class Pair:
-    """Models A and B of a merge, as loaded (the task kind is theirs: they share one)."""
+    """Models A and B of a merge, as loaded (the task kind is theirs: they share one).
+
+    more: models C, D, ... of an N-way merge (empty for a merge of two).
+    """
 
     a: Loaded
     b: Loaded
+    more: tuple[Loaded, ...] = ()
+
+    @property
+    def models(self) -> tuple[Loaded, ...]:
+        """Return every model: A, B, then C, D, ..."""
+        return (self.a, self.b, *self.more)
 
     @property
     def task(self) -> str:
-        """Return the task kind both models are scored on."""
+        """Return the task kind the models are scored on."""
         return self.a.task
 
     @property
     def dataset(self) -> str | None:
         """Return the built-in dataset the models were trained on, if the sources know it."""
-        return self.a.dataset or self.b.dataset
+        return next((m.dataset for m in self.models if m.dataset), None)

@@ -226,10 +226,27 @@ def evaluate_merged(
     Raises:
         ConfigError: see ``head_metrics``.
     """
-    split = _task_split(test_split, (*heads_a, *heads_b))
+    return evaluate_merged_heads(model, test_split, (heads_a, heads_b), batch_size, device)
+
+
+def evaluate_merged_heads(
+    model: nn.Module,
+    test_split: Split,
+    heads: Sequence[Sequence[Head]],
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+) -> Metrics:
+    """Evaluate a merged model whose forward returns one output per model (heads: per model).
+
+    test_split.inputs: (N, ...); only samples of the heads' classes are used.
+
+    Raises:
+        ConfigError: see ``head_metrics``.
+    """
+    split = _task_split(test_split, [h for model_heads in heads for h in model_heads])
     model.eval()
-    out_a, out_b = collect_outputs(model, split.inputs, batch_size, device)
-    return score_outputs((out_a, out_b), (heads_a, heads_b), split.labels)
+    outputs = collect_outputs(model, split.inputs, batch_size, device)
+    return score_outputs(outputs, heads, split.labels)
 
 
 def evaluate_models(
@@ -250,11 +267,32 @@ def evaluate_models(
     """
     if which not in ("a", "b", "ensemble"):
         raise ConfigError(f"unknown evaluation {which!r}: use 'a', 'b' or 'ensemble'")
-    heads = (net_a.task_heads(), net_b.task_heads())
-    split = _task_split(test_split, (*heads[0], *heads[1]))
-    outputs: list[Tensor | None] = [None, None]
-    for m, net in enumerate((net_a, net_b)):
-        if which in ("ensemble", "ab"[m]):
-            net.module.eval()
-            outputs[m] = collect_outputs(net.module, split.inputs, batch_size, device)[0]
+    runs = [which in ("ensemble", key) for key in "ab"]
+    return evaluate_nets((net_a, net_b), runs, test_split, batch_size, device)
+
+
+def evaluate_nets(
+    nets: Sequence[Network],
+    runs: Sequence[bool],
+    test_split: Split,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+) -> Metrics:
+    """Evaluate the nets marked in ``runs`` side by side, each head on its task.
+
+    The tasks are every net's heads: one net alone (one True) has no accuracy on the others'
+    tasks (None) and its Joint argmax covers its own classes; all of them is their ensemble.
+
+    Raises:
+        ConfigError: see ``head_metrics``.
+    """
+    heads = [net.task_heads() for net in nets]
+    split = _task_split(test_split, [h for net_heads in heads for h in net_heads])
+    outputs: list[Tensor | None] = []
+    for net, chosen in zip(nets, runs, strict=True):
+        if not chosen:
+            outputs.append(None)
+            continue
+        net.module.eval()
+        outputs.append(collect_outputs(net.module, split.inputs, batch_size, device)[0])
     return score_outputs(outputs, heads, split.labels)

@@ -18,9 +18,10 @@ from heterogui.config import DataRef
 from heterogui.datasets.images import DATASETS, Split, task_subset
 from heterogui.datasets.refs import is_text, load_inputs, make_batches, tensor_data_sha256
 from heterogui.errors import ConfigError
+from heterogui.fusion.merged import MergedModel
 from heterogui.models.family import Head, Network
 from heterogui.pipeline import MergeResult, Prepared, Progress
-from heterogui.sources.base import IMAGE_CLASSIFICATION, Pair
+from heterogui.sources.base import IMAGE_CLASSIFICATION, Pair, model_key
 from heterogui.tasks.base import (
     METRICS,
     SAMPLES,
@@ -35,7 +36,8 @@ from heterogui.tasks.base import (
 from heterogui.tasks.classification import (
     Metrics,
     evaluate_merged,
-    evaluate_models,
+    evaluate_merged_heads,
+    evaluate_nets,
     joint_argmax,
     split_heads,
 )
@@ -105,8 +107,8 @@ def is_classifier(net: Network) -> bool:
 
 
 def heads_disjoint(pair: Pair) -> bool:
-    """Return whether the tasks of A's and B's heads have disjoint classes (the protocol's case)."""
-    classes = [c for loaded in (pair.a, pair.b) for c in loaded.net.head_classes()]
+    """Return whether the tasks of the models' heads have disjoint classes (the protocol's case)."""
+    classes = [c for loaded in pair.models for c in loaded.net.head_classes()]
     return len(set(classes)) == len(classes)
 
 
@@ -132,7 +134,8 @@ class ImageClassification(Task):
         Raises:
             ConfigError: no built-in dataset fits the models (name a file instead).
         """
-        dataset = pair.dataset or guess_dataset(pair.a.net) or guess_dataset(pair.b.net)
+        guesses = (guess_dataset(m.net) for m in pair.models)
+        dataset = pair.dataset or next((d for d in guesses if d is not None), None)
         if dataset is None:
             raise ConfigError(
                 f"no built-in dataset fits {pair.a.name}; name calibration images: "
@@ -143,7 +146,7 @@ class ImageClassification(Task):
     def default_evaluation(self, pair: Pair) -> DataRef | None:
         """Return the test split of the pair's dataset (None: no dataset or overlapping tasks)."""
         dataset = pair.dataset or guess_dataset(pair.a.net)
-        classifiers = all(is_classifier(m.net) for m in (pair.a, pair.b))
+        classifiers = all(is_classifier(m.net) for m in pair.models)
         if dataset is None or not classifiers or not heads_disjoint(pair):
             return None
         return DataRef(dataset, "test", None, EVAL_BATCH)
@@ -161,7 +164,7 @@ class ImageClassification(Task):
         """
         self.check(ref, "calibration")
         inputs, labels = load_inputs(ref)
-        for loaded in (pair.a, pair.b):
+        for loaded in pair.models:
             check_inputs(loaded.net, inputs, "calibration")
         done = dataclasses.replace(ref, sha256=tensor_data_sha256(inputs, labels))
         return Calibration(done, make_batches(inputs, ref.batch_size), int(inputs.shape[0]))
@@ -173,21 +176,23 @@ class ImageClassification(Task):
             ConfigError: no labels, overlapping tasks, images of the wrong shape, changed data.
         """
         self.check(ref, "evaluation")
-        features = [m.name for m in (pair.a, pair.b) if not is_classifier(m.net)]
+        features = [m.name for m in pair.models if not is_classifier(m.net)]
         if features:
             raise ConfigError(
                 f"{' and '.join(features)} has no classifier head (a feature model): image "
                 "classification scores classifiers; leave out evaluation"
             )
         if not heads_disjoint(pair):
+            whose = "the models'" if pair.more else "A's and B's"
             raise ConfigError(
-                "the tasks of A's and B's heads share classes, so Joint and per-task accuracy "
+                f"the tasks of {whose} heads share classes, so Joint and per-task accuracy "
                 "are undefined; merge models trained on disjoint classes, or leave out evaluation"
             )
         inputs, labels = load_inputs(ref)
         if labels is None:
             raise ConfigError(f"evaluation data {ref.source} has no 'labels' tensor; add one")
-        check_inputs(pair.a.net, inputs, "evaluation")
+        for loaded in pair.models:
+            check_inputs(loaded.net, inputs, "evaluation")
         num = max(int(labels.max()) + 1, *(c + 1 for c in _classes(pair)))
         names = tuple(str(i) for i in range(num))
         if ref.source in DATASETS:
@@ -200,13 +205,38 @@ class ImageClassification(Task):
         self, prepared: Prepared, ev: Evaluation, pair: Pair, progress: Progress | None = None
     ) -> dict[str, Metrics]:
         """Return the metrics of A alone, B alone and their ensemble."""
-        net_a, net_b, dev = prepared.net_a, prepared.net_b, prepared.device
-        n_a, n_b = size_of(net_a.module), size_of(net_b.module)
-        mark = progress_steps(progress, {"a": n_a, "b": n_b, "ensemble": n_a + n_b})
+        nets = (prepared.net_a, prepared.net_b)
+        return self.score_group(nets, ev, prepared.device, progress)
+
+    def score_group(
+        self,
+        nets: Sequence[Network],
+        ev: Evaluation,
+        device: torch.device | str,
+        progress: Progress | None = None,
+        merged: MergedModel | None = None,
+    ) -> dict[str, Metrics]:
+        """Return the metrics of each model alone, of their ensemble and of the merge.
+
+        Keys: "a", "b", "c", ... (each model alone), "ensemble" (all of them, each head on its
+        task) and, given ``merged`` (a merged model with one output per model), "merged".
+        """
+        keys = [model_key(k) for k in range(len(nets))]
+        weights = {k: float(size_of(net.module)) for k, net in zip(keys, nets, strict=True)}
+        weights["ensemble"] = sum(weights.values())
+        if merged is not None:
+            weights["merged"] = float(size_of(merged))
+        mark = progress_steps(progress, weights)
         scores = {}
-        for which in ("a", "b", "ensemble"):
+        for which in (*keys, "ensemble"):
             mark(which)
-            scores[which] = evaluate_models(net_a, net_b, which, ev.data, EVAL_BATCH, dev)
+            runs = [which in (key, "ensemble") for key in keys]
+            scores[which] = evaluate_nets(nets, runs, ev.data, EVAL_BATCH, device)
+        if merged is not None:
+            mark("merged")
+            scores["merged"] = evaluate_merged_heads(
+                merged, ev.data, merged.spec.heads, EVAL_BATCH, device
+            )
         mark(None)
         return scores
 
@@ -278,7 +308,7 @@ def joint_predictions(
 
 
 def _classes(pair: Pair) -> tuple[int, ...]:
-    return (*pair.a.net.head_classes(), *pair.b.net.head_classes())
+    return tuple(c for loaded in pair.models for c in loaded.net.head_classes())
 
 
 def _column_names(scores: Metrics | None) -> tuple[str, ...]:

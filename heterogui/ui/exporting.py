@@ -181,6 +181,11 @@ def reproduce(
 
     Returns the run's report. Raises HeteroguiError (the session is then unchanged).
     """
+    if recipe.more_models:
+        raise ConfigError(
+            f"this recipe merges {len(recipe.models)} models and the workbench merges two: run "
+            "it with heterogui merge RECIPE -o DIR, or list two models"
+        )
     done = run.merge(recipe, work.guarded(session, progress))
     result, pair = done.result, done.pair
     evaluation, baseline = done.evaluation, {}
