@@ -92,7 +92,7 @@ def _split() -> Split:
 def test_evaluate_merged_and_models_run_in_batches() -> None:
     split = _split()
     heads_a, heads_b = (Head("A", CLASSES_A),), (Head("B", CLASSES_B),)
-    merged = evaluate_merged(_Both(), split, heads_a, heads_b, batch_size=4)
+    merged = evaluate_merged(_Both(), split, (heads_a, heads_b), batch_size=4)
     assert merged == classification_metrics(LOGITS_A, LOGITS_B, LABELS, CLASSES_A, CLASSES_B)
     config = MLPConfig(1, (2,), 2)
     net_a = Network(config, _Fixed(LOGITS_A), CLASSES_A, label="A")

@@ -127,7 +127,7 @@ def _zip(prep: Prepared, settings: ZipSettings, test: Split, zoo: ZooPair, cfg: 
     result = zip_prepared(prep, settings)
     seconds = time.perf_counter() - start
     metrics = evaluate_merged(
-        result.model, test, *result.spec.heads, cfg.eval_batch_size, prep.device
+        result.model, test, result.spec.heads, cfg.eval_batch_size, prep.device
     )
     return result, metrics, seconds
 

@@ -214,24 +214,6 @@ def score_outputs(
 def evaluate_merged(
     model: nn.Module,
     test_split: Split,
-    heads_a: Sequence[Head],
-    heads_b: Sequence[Head],
-    batch_size: int = 512,
-    device: torch.device | str = "cpu",
-) -> Metrics:
-    """Evaluate a merged model whose forward returns (A's head outputs, B's head outputs).
-
-    test_split.inputs: (N, ...); only samples of the heads' classes are used.
-
-    Raises:
-        ConfigError: see ``head_metrics``.
-    """
-    return evaluate_merged_heads(model, test_split, (heads_a, heads_b), batch_size, device)
-
-
-def evaluate_merged_heads(
-    model: nn.Module,
-    test_split: Split,
     heads: Sequence[Sequence[Head]],
     batch_size: int = 512,
     device: torch.device | str = "cpu",

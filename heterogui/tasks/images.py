@@ -36,7 +36,6 @@ from heterogui.tasks.base import (
 from heterogui.tasks.classification import (
     Metrics,
     evaluate_merged,
-    evaluate_merged_heads,
     evaluate_nets,
     joint_argmax,
     split_heads,
@@ -234,7 +233,7 @@ class ImageClassification(Task):
             scores[which] = evaluate_nets(nets, runs, ev.data, EVAL_BATCH, device)
         if merged is not None:
             mark("merged")
-            scores["merged"] = evaluate_merged_heads(
+            scores["merged"] = evaluate_merged(
                 merged, ev.data, merged.spec.heads, EVAL_BATCH, device
             )
         mark(None)
@@ -244,12 +243,11 @@ class ImageClassification(Task):
         self, result: MergeResult, ev: Evaluation, pair: Pair, progress: Progress | None = None
     ) -> Metrics:
         """Return the metrics of the merged model (one head per task)."""
-        heads_a, heads_b = result.spec.heads
         mark = progress_steps(progress, {"merged": 1.0})
         mark("merged")
         with torch.no_grad():
             scores = evaluate_merged(
-                result.model, ev.data, heads_a, heads_b, EVAL_BATCH, result.prepared.device
+                result.model, ev.data, result.spec.heads, EVAL_BATCH, result.prepared.device
             )
         mark(None)
         return scores
