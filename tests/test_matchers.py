@@ -11,9 +11,12 @@ from heterogui.zip.matchers import (
     MATCHERS,
     Match,
     average_match,
+    group_width,
     keep_one_match,
     permute_match,
     target_width,
+    zip_group,
+    zip_group_naive,
     zip_match,
     zip_match_naive,
 )
@@ -110,6 +113,28 @@ def test_fast_zip_equals_naive_zip_on_wider_features() -> None:
         slow = _run(zip_match_naive, corr, n_a, n_b, width, alpha, beta)
         fast = _run(zip_match, corr, n_a, n_b, width, alpha, beta)
         assert isinstance(slow, torch.Tensor) and torch.equal(fast, slow)
+
+
+def test_a_float32_correlation_zips_in_float32_like_its_float64_copy() -> None:
+    rng = np.random.default_rng(11)
+    n_a, n_b = 40, 56
+    corr32 = _corr(_tied_features(rng, n_a, n_b)).numpy().astype(np.float32)
+    for width, alpha, beta in [(56, 0.5, 1.0), (70, 1e-4, 0.075), (48, 1.0, 0.5), (96, 0.5, 0.0)]:
+        slow = _run(zip_match_naive, corr32, n_a, n_b, width, alpha, beta)
+        fast = _run(zip_match, corr32, n_a, n_b, width, alpha, beta)
+        assert isinstance(slow, torch.Tensor) and torch.equal(fast, slow)  # fast = naive
+        if alpha in (0.5, 1.0):  # exact products: the float64 copy gives the same groups
+            wide = _run(zip_match, corr32.astype(np.float64), n_a, n_b, width, alpha, beta)
+            assert torch.equal(fast, wide)
+    for sizes in [(20, 30, 25), (16, 16, 16)]:
+        rows = torch.randn(300, sum(sizes), generator=torch.Generator().manual_seed(3))
+        corr = torch.corrcoef(rows.T)
+        for alpha in (0.5, 0.1):
+            width = group_width(sizes, 1.0)
+            fast = zip_group(corr.float(), sizes, width, alpha)
+            assert torch.equal(
+                fast.groups, zip_group_naive(corr.float(), sizes, width, alpha).groups
+            )
 
 
 @pytest.mark.parametrize("name", ["zip", "zip_naive", "permute"])

@@ -81,12 +81,20 @@ def merges_for(rho: float, count: int) -> int:
 
 
 def _as_matrix(corr: Tensor | np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
-    """Return a float64 CPU copy of corr, (O, O), checked for shape and finiteness."""
+    """Return a CPU copy of corr, (O, O), checked for shape and finiteness.
+
+    A float32 corr stays float32 (the pipeline's correlations are float32: the greedy loop then
+    moves half the bytes, and with alpha 0.5 its products, minima and halvings, are exact in
+    either precision, so the groups are those of a float64 copy); any other dtype becomes
+    float64.
+    """
     _check_sizes(*sizes)
     if isinstance(corr, Tensor):
-        c = corr.detach().to("cpu", torch.float64, copy=True).numpy()  # one copy, converted
+        dtype = torch.float32 if corr.dtype == torch.float32 else torch.float64
+        c = corr.detach().to("cpu", dtype, copy=True).numpy()  # one copy
     else:
-        c = np.array(corr, dtype=np.float64, copy=True)
+        dtype = np.float32 if np.asarray(corr).dtype == np.float32 else np.float64
+        c = np.array(corr, dtype=dtype, copy=True)
     o = sum(sizes)
     if c.shape != (o, o):
         raise MatcherError(f"corr must have shape ({o}, {o}) for {_named(sizes)}, got {c.shape}")
@@ -282,10 +290,10 @@ def _fast_loop(sim, alive, budget, owner, width, alpha) -> tuple[np.ndarray, int
     """
     o = sim.shape[0]
     parent = np.arange(o)
-    dead = np.zeros(o)
+    dead = np.zeros(o, dtype=sim.dtype)
     row_max = sim.max(axis=1)
     row_arg = sim.argmax(axis=1)
-    new = np.empty(o)
+    new = np.empty(o, dtype=sim.dtype)
     damping = _Damping(owner, len(budget), alpha)
     n_groups = o
     while n_groups > width:
