@@ -91,19 +91,27 @@ class SpaceTransform:
         return self._weights
 
     def along(
-        self, model: int, role: str, tensor: torch.Tensor, dim: int, centred: bool = False
+        self,
+        model: int,
+        role: str,
+        tensor: torch.Tensor,
+        dim: int,
+        centred: bool = False,
+        into: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Return M_model (role "out") or U_modelᵀ (role "in") applied to axis ``dim``.
 
         centred: with a regression, read with its centred form (the caller adds the intercept
         to the reader's bias: ``intercept``); else with the through-origin form.
+        into: add the result to this tensor (of the result's shape) in place and return it:
+        the sum over models without a tensor per model.
         """
         if role == "in" and self.regression is not None:
             matrix = (self.regression.centred if centred else self.regression.origin)[model]
-            return apply_along(matrix.T.to(tensor.dtype), tensor, dim)
+            return _added(apply_along(matrix.T.to(tensor.dtype), tensor, dim), into)
         if self.match is None:
             matrix = self.merge[model] if role == "out" else self.unmerge[model].T
-            return apply_along(matrix.to(tensor.dtype), tensor, dim)
+            return _added(apply_along(matrix.to(tensor.dtype), tensor, dim), into)
         m = self.match
         groups = m.groups[m.rows_of(model)]
         keep = torch.nonzero(groups >= 0).reshape(-1)
@@ -112,12 +120,19 @@ class SpaceTransform:
         # gathered and scattered along ``dim`` in place (not moved to the front first: a strided
         # gather of the columns of a 30,522-token embedding took twice as long)
         rows = tensor.index_select(dim, keep.to(tensor.device))
-        if role == "out":  # M averages a group over all its members, of both models
+        if role == "out":  # M averages a group over all its members, of every model
             weight = self._group_weights().to(tensor.dtype).to(tensor.device)
-            rows = rows * weight[index].reshape(-1, *([1] * (rows.dim() - dim - 1)))
-        shape = list(tensor.shape)
-        shape[dim] = m.width
-        return tensor.new_zeros(shape).index_add_(dim, index, rows)
+            rows.mul_(weight[index].reshape(-1, *([1] * (rows.dim() - dim - 1))))
+        if into is None:
+            shape = list(tensor.shape)
+            shape[dim] = m.width
+            into = tensor.new_zeros(shape)
+        return into.index_add_(dim, index, rows)
+
+
+def _added(value: torch.Tensor, into: torch.Tensor | None) -> torch.Tensor:
+    """Return ``value``, or ``into`` with ``value`` added in place."""
+    return value if into is None else into.add_(value)
 
 
 def apply_along(matrix: torch.Tensor, tensor: torch.Tensor, dim: int) -> torch.Tensor:
@@ -144,12 +159,14 @@ def fuse_tensor(
     merged_axes = [a for a in tensor_tag.axes if a.space != INPUT]
     if not merged_axes:
         return sum(tensors[1:], tensors[0]) / len(tensors)
+    *first, last = merged_axes
     total = None
     for m, tensor in enumerate(tensors):
         out = tensor
-        for axis in merged_axes:
+        for axis in first:
             out = transforms[axis.space].along(m, axis.role, out, axis.dim, centred)
-        total = out if total is None else total + out
+        # the last axis adds each model's part into one tensor
+        total = transforms[last.space].along(m, last.role, out, last.dim, centred, into=total)
     return total
 
 
