@@ -24,14 +24,21 @@ from heterogui.zip.plan import plan_widths, stop_point
 _COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
+def _per_output(module: nn.Module) -> int:
+    """Return the multiply-adds of one output value of a linear/conv layer."""
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    return module.in_channels // module.groups * math.prod(module.kernel_size)
+
+
+def _out_features(module: nn.Module) -> int:
+    """Return the output features (channels) of a linear/conv layer."""
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
 def _layer_flops(module: nn.Module, output: torch.Tensor) -> int:
     """Return 2 x multiply-adds of one linear/conv layer for the batch that gave ``output``."""
-    per_output = (
-        module.in_features
-        if isinstance(module, nn.Linear)
-        else (module.in_channels // module.groups * int(torch.tensor(module.kernel_size).prod()))
-    )
-    return 2 * int(output.numel()) * int(per_output)
+    return 2 * int(output.numel()) * _per_output(module)
 
 
 def count_flops(module: nn.Module, input_shape: tuple[int, ...]) -> int:
@@ -141,16 +148,48 @@ def estimate(prepared: pipeline.Prepared, settings: pipeline.ZipSettings) -> dic
     )
     model = shape_only(lambda: build_merged(spec))
     effective = effective_size(model, prepared, planned_counts(prepared, widths))
-    stored = parameters_and_flops(model, input_shape(prepared))
+    stored = stored_size(model, prepared)
     return {"widths": widths, "stop": stop, **stored, "effective": effective}
 
 
-def stored_size(model: Any, prepared: pipeline.Prepared) -> dict[str, int | None]:
+def stored_size(model: Any, prepared: Any) -> dict[str, int | None]:
     """Return the parameters and FLOPs a merged model stores (structural zeros included).
 
-    Counted on a shape-only copy: the model itself (shared with a session) runs nothing.
+    The model itself (shared with a session) runs nothing (``merged_layer_flops``).
     """
-    return parameters_and_flops(shape_only(lambda: build_merged(model.spec)), input_shape(prepared))
+    flops = merged_layer_flops(model, prepared)
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "flops": None if flops is None else sum(flops.values()),
+    }
+
+
+def merged_layer_flops(model: Any, prepared: Any) -> dict[str, int] | None:
+    """Return the FLOPs of every linear and convolution layer of a merged model, by name.
+
+    A layer's FLOPs are 2 x its output positions x its output features x the multiply-adds of
+    one output. Widths change the last two only, so the positions are counted once per pair
+    and stop point (a forward of a shape-only copy on the meta device) and every merge of the
+    pair (a slider release) is counted from its layers' shapes. None for token inputs.
+    """
+    shape = input_shape(prepared)
+    if shape is None:
+        return None
+
+    def count() -> dict[str, int]:
+        copy = shape_only(lambda: build_merged(model.spec))
+        modules = dict(copy.named_modules())
+        return {
+            name: flops // (2 * _out_features(modules[name]) * _per_output(modules[name]))
+            for name, flops in layer_flops(copy, shape).items()
+        }
+
+    positions = _SIZES.get(prepared, ("positions", model.spec.stop), count)
+    return {
+        name: 2 * positions[name] * _out_features(module) * _per_output(module)
+        for name, module in model.named_modules()
+        if isinstance(module, _COUNTED)
+    }
 
 
 def merge_size(result: pipeline.MergeResult) -> dict[str, int | None]:
@@ -252,13 +291,12 @@ def effective_size(
     rho = 0, falling as rho rises (``effective_entries``).
     """
     entries = effective_entries(model, prepared, counts)
-    shape = input_shape(prepared)
+    layers = merged_layer_flops(model, prepared)
     flops = None
-    if shape is not None:
-        copy = shape_only(lambda: build_merged(model.spec))
-        weights = dict(copy.named_parameters())
+    if layers is not None:
+        weights = dict(model.named_parameters())
         flops = 0
-        for layer, count in layer_flops(copy, shape).items():
+        for layer, count in layers.items():
             total = weights[f"{layer}.weight"].numel()
             flops += count * entries.get(f"{layer}.weight", total) // total
     return {"parameters": sum(entries.values()), "flops": flops}
