@@ -4,7 +4,8 @@
 single neuron: the widths come from the one width planner (``heterogui.zip.plan``), and the
 merged model is built on PyTorch's "meta" device, which has shapes but no memory, so even an
 absurd width costs nothing to estimate. FLOPs count the multiply-adds of linear and convolution
-layers (x2) for one input, from a forward pass on the meta device.
+layers (x2) for one input, from a forward pass on the meta device (for a merge: once per pair
+and stop point, ``merged_layer_flops``).
 """
 
 from __future__ import annotations
