@@ -33,6 +33,7 @@ from heterogui.align.alignment import Alignment, align
 from heterogui.align.similarity import layer_similarity
 from heterogui.config import check_fusion
 from heterogui.errors import ConfigError, IncompatibleModelsError
+from heterogui.fusion.assemble import assemble
 from heterogui.fusion.bn import reestimate_batch_norm
 from heterogui.fusion.fuse import SpaceTransform
 from heterogui.fusion.merged import MergedModel, MergedSpec
@@ -44,7 +45,6 @@ from heterogui.models.family import Network
 from heterogui.models.graph import ModelGraph
 from heterogui.pipeline import (
     Progress,
-    assemble,
     check_pair,
     pad_aligned,
     ready_networks,
