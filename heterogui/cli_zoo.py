@@ -42,7 +42,7 @@ def _acc(value: float | None) -> str:
 
 
 def zoo_list_cli(args: argparse.Namespace) -> int:
-    """Print every zoo pair: built or not, architectures, sizes, task accuracies."""
+    """Print every zoo pair (built or not, shapes, sizes, task accuracies), then the groups."""
     from heterogui.zoo.pairs import list_zoo
 
     rows = list_zoo(tiny=args.tiny)
@@ -58,7 +58,23 @@ def zoo_list_cli(args: argparse.Namespace) -> int:
             f"{_acc(r['task_accuracy_a'])}/{_acc(r['task_accuracy_b'])}"
         )
         print(f"  {r['description']}")
+    _print_groups(args.tiny)
     return 0
+
+
+def _print_groups(tiny: bool) -> None:
+    """Print the zoo's groups of three or more models (the tiny ones with ``--tiny``)."""
+    from heterogui.zoo.pairs import is_built
+    from heterogui.zoo.registry import GROUPS
+
+    groups = [g for name, g in GROUPS.items() if name.startswith("tiny-") == tiny]
+    if not groups:
+        return
+    print("\ngroups of three or more models (recipes with models: [...]; heterogui bench nway):")
+    for g in groups:
+        built = "yes" if is_built(g.name) else "no"
+        print(f"{g.name:<30} {built:<6} zoo:{g.name}/{'|'.join(g.letters)}")
+        print(f"  {g.description}")
 
 
 def add_zoo_arguments(subparsers: argparse._SubParsersAction) -> None:

@@ -233,3 +233,15 @@ def test_overwrite_replaces_an_earlier_trio_folder(trio, tmp_path):
     assert code == 2 and "already exists" in err
     assert cli(["merge", str(recipe), "-o", str(out), "--overwrite"])[0] == 0
     assert "metrics" not in json.loads((out / "report.json").read_text())
+
+
+def test_zoo_list_names_the_groups_and_their_references(trio):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["zoo", "list", "--tiny"]) == 0
+    text = out.getvalue()
+    assert "groups of three or more models" in text
+    # the trio fixture built the tiny group: listed as built, with its three references
+    line = next(row for row in text.splitlines() if row.startswith("tiny-digits-vgg-trio "))
+    assert line.split()[1:] == ["yes", "zoo:tiny-digits-vgg-trio/a|b|c"]
+    assert "digits-resnet-trio " not in text  # the full-size groups are listed without --tiny
