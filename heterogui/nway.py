@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from heterogui.align.alignment import Alignment, align
-from heterogui.align.similarity import layer_similarity
+from heterogui.align.similarity import layer_similarities
 from heterogui.config import check_fusion
 from heterogui.errors import ConfigError, IncompatibleModelsError
 from heterogui.fusion.assemble import assemble
@@ -148,30 +148,30 @@ def prepare_group(
     ready = ready_networks(nets, batches, dev, reset_input_bn, timings, report)
     graphs = [net.graph() for net in ready]
     ref = reference_model(graphs)
-    alignments: list[Alignment | None] = []
-    padded: list[Network] = []
-    for k, net in enumerate(ready):
-        if k == ref:
-            alignments.append(None)
-            padded.append(net)
-            continue
-        similarity = timed(
-            timings, "similarity", lambda net=net: layer_similarity(ready[ref], net, batches, dev)
-        )
+    others = [k for k in range(len(ready)) if k != ref]
+    similarities = timed(
+        timings,
+        "similarity",
+        lambda: layer_similarities(
+            ready[ref],
+            [ready[k] for k in others],
+            batches,
+            dev,
+            progress=lambda f: report("similarity", f),
+        ),
+    )
+    alignments: list[Alignment | None] = [None] * len(ready)
+    padded: list[Network] = list(ready)  # the reference is its own padding
+    for k, similarity in zip(others, similarities, strict=True):
         alignment = timed(
-            timings, "alignment", lambda g=graphs[k], s=similarity: align(graphs[ref], g, s, mode)
+            timings, "alignment", lambda k=k, s=similarity: align(graphs[ref], graphs[k], s, mode)
         )
-        alignments.append(alignment)
-        padded.append(
-            timed(
-                timings,
-                "padding",
-                lambda net=net, a=alignment: pad_aligned(
-                    net, a.positions_b, a.depths, batches, dev
-                ),
-            )
+        alignments[k] = alignment
+        padded[k] = timed(
+            timings,
+            "padding",
+            lambda k=k, a=alignment: pad_aligned(ready[k], a.positions_b, a.depths, batches, dev),
         )
-        report("similarity", (k + (k < ref)) / (len(ready) - 1))  # the reference runs none
     stats = timed(
         timings,
         "features",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -37,7 +37,6 @@ def layer_grams(
     return torch.stack([gram(per_input(found[n], layout, mask)) for n in names])
 
 
-@torch.no_grad()
 def layer_similarity(
     net_a: Network,
     net_b: Network,
@@ -49,18 +48,37 @@ def layer_similarity(
 
     One Gram matrix per layer per batch; all pairs filled by batched products.
     """
-    acc = CKAAccumulator()
-    layers = [layer_modules(net) for net in (net_a, net_b)]
-    passes = [CapturePass(n.module, names) for n, names in zip((net_a, net_b), layers, strict=True)]
+    return layer_similarities(net_a, [net_b], batches, device, progress)[0]
+
+
+@torch.no_grad()
+def layer_similarities(
+    reference: Network,
+    others: Sequence[Network],
+    batches: Iterable[Batch],
+    device: torch.device | str = "cpu",
+    progress: Callable[[float], None] | None = None,
+) -> list[torch.Tensor]:
+    """Return linear CKA between the reference's blocks and each other model's: (L_ref, L_k).
+
+    One pass over the batches: the reference's Gram matrices are formed once per batch and
+    compared with every other model's (an N-way merge aligns every model to one reference).
+    """
+    nets = [reference, *others]
+    accs = [CKAAccumulator() for _ in others]
+    layers = [layer_modules(net) for net in nets]
+    passes = [CapturePass(n.module, names) for n, names in zip(nets, layers, strict=True)]
     batches = list(batches)
     for step, batch in enumerate(batches):
         batch = to_device(batch, device)
         grams = [
             layer_grams(net.module, names, batch, capture)
-            for net, names, capture in zip((net_a, net_b), layers, passes, strict=True)
+            for net, names, capture in zip(nets, layers, passes, strict=True)
         ]
-        acc.update(grams[0], grams[1])
+        for acc, other in zip(accs, grams[1:], strict=True):
+            acc.update(grams[0], other)
         if progress is not None:
             progress((step + 1) / len(batches))
-    acc.all_reduce()  # the whole data's sums under torchrun (heterogui.distributed)
-    return acc.matrix()
+    for acc in accs:
+        acc.all_reduce()  # the whole data's sums under torchrun (heterogui.distributed)
+    return [acc.matrix() for acc in accs]
