@@ -33,13 +33,9 @@ from heterogui.align.alignment import Alignment, align
 from heterogui.align.similarity import layer_similarities
 from heterogui.config import check_fusion
 from heterogui.errors import ConfigError, IncompatibleModelsError
-from heterogui.fusion.assemble import assemble
-from heterogui.fusion.bn import reestimate_batch_norm
+from heterogui.fusion.assemble import build_merge, least_squares_unmerges
 from heterogui.fusion.fuse import SpaceTransform
 from heterogui.fusion.merged import MergedModel, MergedSpec
-from heterogui.fusion.pinning import pinned_channels
-from heterogui.fusion.regression import fit_regressions
-from heterogui.fusion.sequential import refit_sequentially
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network
 from heterogui.models.graph import ModelGraph
@@ -50,8 +46,8 @@ from heterogui.pipeline import (
     ready_networks,
     resolve_device,
     space_correlation,
-    timed,
 )
+from heterogui.stages import timed
 from heterogui.zip.collect import StatKey, collect_moments
 from heterogui.zip.match import Match
 from heterogui.zip.matchers import group_width, zip_group, zip_group_naive
@@ -273,36 +269,26 @@ def zip_group_prepared(
     padded = prepared.padded
     stop = stop_point(padded[0].graph(), settings)
     matches = timed(timings, "match", lambda: match_group(prepared, settings, stop))
-    regressions = {}
-    if settings.fusion.startswith("least_squares"):
-        graphs = [net.graph() for net in padded]
-        regressions = timed(
-            timings,
-            "regression",
-            lambda: fit_regressions(prepared.stats, graphs, matches, stop, settings.ridge),
-        )
-    dev = prepared.device
-    transforms = {
-        s: SpaceTransform.from_match(m, dtype, dev, regressions.get(s)) for s, m in matches.items()
-    }
-    model, spec = timed(timings, "fuse", lambda: assemble(padded, matches, transforms, stop, dtype))
-    pinned = pinned_channels(model, padded, matches, stop)
-    refit = 0
-    if settings.fusion == "least_squares_sequential":
-        refit = timed(
-            timings,
-            "refit",
-            lambda: refit_sequentially(
-                model, padded, transforms, prepared.batches, dev, stop, settings.ridge, pinned
-            ),
-        )
-    timed(
+    graphs = [net.graph() for net in padded]
+    regressions = timed(
         timings,
-        "bn_merged",
-        lambda: reestimate_batch_norm(model, prepared.batches, dev, pinned),
+        "regression",
+        lambda: least_squares_unmerges(prepared.stats, graphs, settings, stop, matches),
     )
-    model.eval()
-    return GroupMergeResult(model, spec, matches, transforms, prepared, settings, timings, refit)
+    built = build_merge(
+        padded,
+        matches,
+        regressions,
+        prepared.batches,
+        prepared.device,
+        stop,
+        settings,
+        dtype,
+        timings,
+        lambda _stage, _frac: None,
+    )
+    result = (built.model, built.spec, matches, built.transforms, prepared, settings, timings)
+    return GroupMergeResult(*result, built.refit)
 
 
 def merge_group(

@@ -8,7 +8,6 @@ running A or B again, which is what the workbench calls when a slider moves.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -21,18 +20,17 @@ from heterogui.align.pad import pad_network, ready_network
 from heterogui.align.similarity import layer_similarity
 from heterogui.config import check_fusion
 from heterogui.errors import ConfigError, IncompatibleModelsError, MatcherError
-from heterogui.fusion.assemble import assemble
+from heterogui.fusion.assemble import build_merge, least_squares_unmerges
 from heterogui.fusion.bn import has_batch_norm, reestimate_batch_norm
 from heterogui.fusion.fuse import SpaceTransform
 from heterogui.fusion.merged import MergedModel, MergedSpec
-from heterogui.fusion.pinning import pinned_channels
-from heterogui.fusion.regression import Regression, fit_regressions
+from heterogui.fusion.regression import Regression
 from heterogui.fusion.renormalize import parents_statistics, renormalize
-from heterogui.fusion.sequential import refit_sequentially
 from heterogui.memo import ObjectMemo
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network, family_of
 from heterogui.models.graph import INPUT, ModelGraph
+from heterogui.stages import timed
 from heterogui.zip.collect import (
     StatKey,
     collect_moments,
@@ -145,13 +143,6 @@ def check_pair(net_a: Network, net_b: Network) -> None:
     reasons = pair_reasons(net_a.config, net_b.config)
     if reasons:
         raise IncompatibleModelsError("; ".join(reasons))
-
-
-def timed(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
-    start = time.perf_counter()
-    out = fn()
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-    return out
 
 
 def prepare(
@@ -432,48 +423,31 @@ def zip_prepared(
     else:
         matches = chunked_matches(prepared, settings, stop, timings, report, regressions)
     report("match", 1.0)
-    dev = prepared.device
-    transforms = {
-        s: SpaceTransform.from_match(m, dtype, dev, regressions.get(s)) for s, m in matches.items()
-    }
-    model, spec = timed(
-        timings, "fuse", lambda: assemble((pa, pb), matches, transforms, stop, dtype)
-    )
-    pinned = pinned_channels(model, (pa, pb), matches, stop)
-    if settings.fusion == "least_squares_sequential":
-        timed(
-            timings,
-            "refit",
-            lambda: refit_sequentially(
-                model, (pa, pb), transforms, prepared.batches, dev, stop, settings.ridge, pinned
-            ),
-        )
-    renormalized = 0
-    if settings.renormalize:
-        renormalized = timed(
-            timings, "renormalize", lambda: _renormalize(prepared, model, matches, stop)
-        )
-    timed(
+    renormalize = partial(_renormalize, prepared) if settings.renormalize else None
+    built = build_merge(
+        (pa, pb),
+        matches,
+        regressions,
+        prepared.batches,
+        prepared.device,
+        stop,
+        settings,
+        dtype,
         timings,
-        "bn_merged",
-        lambda: reestimate_batch_norm(
-            model, prepared.batches, dev, pinned, progress=lambda f: report("bn_merged", f)
-        ),
+        report,
+        renormalize,
     )
-    model.eval()
     alignment = prepared.alignment
-    result = (model, spec, alignment, matches, transforms, prepared, settings, timings)
-    return MergeResult(*result, renormalized)
+    result = (built.model, built.spec, alignment, matches, built.transforms, prepared, settings)
+    return MergeResult(*result, timings, built.renormalized)
 
 
 def _regressions(
     prepared: Prepared, settings: ZipSettings, stop: int, matches: dict[str, Match]
 ) -> dict[str, Regression]:
-    """Return the least-squares unmerges of ``matches`` (none with the paper's fusion)."""
-    if not settings.fusion.startswith("least_squares"):
-        return {}
-    ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
-    return fit_regressions(prepared.stats, (ga, gb), matches, stop, settings.ridge)
+    """Return ``least_squares_unmerges`` of a prepared pair."""
+    graphs = (prepared.padded_a.graph(), prepared.padded_b.graph())
+    return least_squares_unmerges(prepared.stats, graphs, settings, stop, matches)
 
 
 def _renormalize(

@@ -1,20 +1,32 @@
 """The merged model: fused trunk, tails, unmerge matrices (docs/method.md sec. 9).
 
-``assemble`` is the fusion step of every merge, of two models (``pipeline.zip_prepared``) or
-more (``nway.zip_group_prepared``).
+``build_merge`` runs every step after matching, for two models (``pipeline.zip_prepared``) or
+more (``nway.zip_group_prepared``): the least-squares unmerges, the fused model (``assemble``),
+the sequential refit, renormalization and the merged model's BatchNorm.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
+from heterogui.fusion.bn import reestimate_batch_norm
 from heterogui.fusion.fuse import SpaceTransform, fuse_state
 from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged, unmerge_name
+from heterogui.fusion.pinning import pinned_channels
+from heterogui.fusion.regression import Regression, fit_regressions
+from heterogui.fusion.sequential import refit_sequentially
+from heterogui.models.capture import Batch
 from heterogui.models.family import Network
+from heterogui.models.graph import ModelGraph
 from heterogui.models.storage import allocate
+from heterogui.stages import timed
+from heterogui.zip.collect import StatKey
 from heterogui.zip.match import Match
+from heterogui.zip.plan import ZipSettings
+from heterogui.zip.stats import Moments
 
 
 def assemble(
@@ -69,3 +81,80 @@ def _as(tensor: torch.Tensor, dtype: torch.dtype, copy: bool = False) -> torch.T
 def transforms_device(transforms: dict[str, SpaceTransform], net: Network) -> torch.device:
     """Return the device the merged model is built on (that of the inputs)."""
     return next(net.module.parameters()).device
+
+
+@dataclass
+class BuiltMerge:
+    """The merged model of a matching, fused and finished (``build_merge``).
+
+    refit: weights the sequential least-squares refit fitted again; renormalized: merged
+    outputs renormalization rescaled (0 when not asked).
+    """
+
+    model: MergedModel
+    spec: MergedSpec
+    transforms: dict[str, SpaceTransform]
+    refit: int = 0
+    renormalized: int = 0
+
+
+def build_merge(
+    padded: Sequence[Network],
+    matches: dict[str, Match],
+    regressions: dict[str, Regression],
+    batches: list[Batch],
+    dev: torch.device,
+    stop: int,
+    settings: ZipSettings,
+    dtype: torch.dtype,
+    timings: dict[str, float],
+    report: Callable[[str, float], None],
+    renormalize: Callable[[MergedModel, dict[str, Match], int], int] | None = None,
+) -> BuiltMerge:
+    """Return the merged model of ``matches``: fused, refit, renormalized, BatchNorm re-estimated.
+
+    The steps after matching, for two models (``zip_prepared``) or more (``nway``): the
+    transforms (with the least-squares unmerges), the fused model (``fusion.assemble``), the
+    sequential refit when the settings ask for it, ``renormalize(model, matches, stop)`` when
+    given, and the merged model's BatchNorm (identity channels pinned).
+    """
+    transforms = {
+        s: SpaceTransform.from_match(m, dtype, dev, regressions.get(s)) for s, m in matches.items()
+    }
+    model, spec = timed(timings, "fuse", lambda: assemble(padded, matches, transforms, stop, dtype))
+    pinned = pinned_channels(model, padded, matches, stop)
+    built = BuiltMerge(model, spec, transforms)
+    if settings.fusion == "least_squares_sequential":
+        built.refit = timed(
+            timings,
+            "refit",
+            lambda: refit_sequentially(
+                model, padded, transforms, batches, dev, stop, settings.ridge, pinned
+            ),
+        )
+    if renormalize is not None:
+        built.renormalized = timed(
+            timings, "renormalize", lambda: renormalize(model, matches, stop)
+        )
+    timed(
+        timings,
+        "bn_merged",
+        lambda: reestimate_batch_norm(
+            model, batches, dev, pinned, progress=lambda f: report("bn_merged", f)
+        ),
+    )
+    model.eval()
+    return built
+
+
+def least_squares_unmerges(
+    stats: dict[StatKey, Moments],
+    graphs: Sequence[ModelGraph],
+    settings: ZipSettings,
+    stop: int,
+    matches: dict[str, Match],
+) -> dict[str, Regression]:
+    """Return the least-squares unmerges of ``matches`` (none with the paper's fusion)."""
+    if not settings.fusion.startswith("least_squares"):
+        return {}
+    return fit_regressions(stats, graphs, matches, stop, settings.ridge)
