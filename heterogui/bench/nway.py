@@ -31,8 +31,8 @@ from heterogui.bench.quality_report import stats
 from heterogui.datasets.images import Split, load_split, task_subset
 from heterogui.fusion.merged import as_network
 from heterogui.models.family import Head, Network
-from heterogui.nway import merge_group
-from heterogui.pipeline import ZipSettings
+from heterogui.nway import prepare_group, zip_group_prepared
+from heterogui.pipeline import ZipSettings, prepare, zip_prepared
 from heterogui.run import merge_networks
 from heterogui.tasks.classification import Metrics, collect_outputs, score_outputs
 from heterogui.zoo.pairs import load_group, pair_spec, variant_name
@@ -61,17 +61,20 @@ class NwayConfig:
 
 
 def _score(
-    fn: Callable[[torch.Tensor], Any],
+    outputs: Sequence[torch.Tensor],
     heads: Sequence[Sequence[Head]],
     test: Split,
-    cfg: NwayConfig,
     run: Sequence[bool] | None = None,
 ) -> Metrics:
-    """Return the metrics of ``fn``'s per-model outputs on ``test`` (run: which outputs count)."""
-    outputs = collect_outputs(fn, test.inputs, cfg.eval_batch_size, cfg.device)
+    """Return the metrics of per-model ``outputs`` on ``test`` (run: which outputs count)."""
     if run is not None:
         outputs = [o if keep else None for o, keep in zip(outputs, run, strict=True)]
     return score_outputs(outputs, heads, test.labels)
+
+
+def _collect(fn: Callable[[torch.Tensor], Any], test: Split, cfg: NwayConfig) -> list:
+    """Return ``fn``'s outputs on the test inputs (one tensor per model)."""
+    return collect_outputs(fn, test.inputs, cfg.eval_batch_size, cfg.device)
 
 
 def _outputs(nets: Sequence[Network]) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
@@ -91,16 +94,26 @@ def _row(metrics: Metrics, params: int, seconds: float | None = None) -> dict[st
 
 
 def _sequential(
-    nets: Sequence[Network], order: tuple[int, ...], batches: list, fusion: str, cfg: NwayConfig
-):
-    """Return (merged model, its heads, seconds): two models merged, then with the third."""
-    start = time.perf_counter()
-    settings = ZipSettings(rho=1.0, fusion=fusion)
+    nets: Sequence[Network], order: tuple[int, ...], batches: list, cfg: NwayConfig
+) -> dict[str, tuple[Any, Any, float]]:
+    """Return per fusion (merged model, its heads, seconds): two models merged, then the third.
+
+    The first pair is prepared once (its statistics do not depend on the fusion); the seconds
+    of each fusion count that preparation, its zip and the second merge.
+    """
     first, second, third = (nets[k] for k in order)
-    pair = merge_networks(first, second, batches, settings, device=cfg.device)
-    both = as_network(pair.model, "merge of two")
-    result = merge_networks(both, third, batches, settings, device=cfg.device)
-    return result.model, result.spec.heads, time.perf_counter() - start
+    start = time.perf_counter()
+    prepared = prepare(first, second, batches, device=cfg.device)
+    prepare_seconds = time.perf_counter() - start
+    out = {}
+    for fusion in FUSION_LABEL:
+        start = time.perf_counter()
+        settings = ZipSettings(rho=1.0, fusion=fusion)
+        both = as_network(zip_prepared(prepared, settings).model, "merge of two")
+        result = merge_networks(both, third, batches, settings, device=cfg.device)
+        seconds = prepare_seconds + time.perf_counter() - start
+        out[fusion] = (result.model, result.spec.heads, seconds)
+    return out
 
 
 def run_seed(name: str, seed: int, cfg: NwayConfig) -> dict[str, dict[str, Any]]:
@@ -112,30 +125,33 @@ def run_seed(name: str, seed: int, cfg: NwayConfig) -> dict[str, dict[str, Any]]
     test = task_subset(load_split(spec.dataset, "test", 0), classes)
     heads = [net.task_heads() for net in nets]
 
-    all_models = _outputs(nets)
+    outputs = _collect(_outputs(nets), test, cfg)  # each model once: alone and the ensemble
     rows: dict[str, dict[str, Any]] = {}
     for k, net in enumerate(nets):
         only = [m == k for m in range(len(nets))]
         rows["ABC"[k] + " alone"] = _row(
-            _score(all_models, heads, test, cfg, only), parameter_count(net.module)
+            _score(outputs, heads, test, only), parameter_count(net.module)
         )
     total = sum(parameter_count(net.module) for net in nets)
-    rows["ensemble"] = _row(_score(all_models, heads, test, cfg), total)
+    rows["ensemble"] = _row(_score(outputs, heads, test), total)
+    start = time.perf_counter()
+    prepared = prepare_group(nets, batches, device=cfg.device)  # the same for every fusion
+    prepare_seconds = time.perf_counter() - start
+    ready = _collect(_outputs(prepared.nets), test, cfg)  # the models as the merge sees them
+    rows["ensemble (BN re-estimated)"] = _row(_score(ready, heads, test), total)
     for fusion in FUSION_LABEL:
         start = time.perf_counter()
-        result = merge_group(nets, batches, ZipSettings(rho=1.0, fusion=fusion), device=cfg.device)
-        seconds = time.perf_counter() - start
-        if "ensemble (BN re-estimated)" not in rows:  # the models as the merge saw them
-            ready = _outputs(result.prepared.nets)
-            rows["ensemble (BN re-estimated)"] = _row(_score(ready, heads, test, cfg), total)
-        metrics = _score(result.model.eval(), result.spec.heads, test, cfg)
+        result = zip_group_prepared(prepared, ZipSettings(rho=1.0, fusion=fusion))
+        seconds = prepare_seconds + time.perf_counter() - start
+        merged = _collect(result.model.eval(), test, cfg)
         rows[f"N-way zip, {FUSION_LABEL[fusion]}"] = _row(
-            metrics, parameter_count(result.model), seconds
+            _score(merged, result.spec.heads, test), parameter_count(result.model), seconds
         )
+    sequential = {label: _sequential(nets, order, batches, cfg) for label, order in ORDERS.items()}
     for fusion in FUSION_LABEL:
         for order_label, order in ORDERS.items():
-            model, merged_heads, seconds = _sequential(nets, order, batches, fusion, cfg)
-            metrics = _score(model.eval(), merged_heads, test, cfg)
+            model, merged_heads, seconds = sequential[order_label][fusion]
+            metrics = _score(_collect(model.eval(), test, cfg), merged_heads, test)
             label = f"sequential {order_label}, {FUSION_LABEL[fusion]}"
             rows[label] = _row(_reordered(metrics, order), parameter_count(model), seconds)
     return rows
