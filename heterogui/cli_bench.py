@@ -7,23 +7,38 @@ The benchmark modules (torch, transformers) are imported when a benchmark runs, 
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 
 from heterogui.cli_zoo import add_bench_quality_arguments, print_quality_summary
 from heterogui.errors import ConfigError
 
 
-def _quality(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch threads (0: unchanged), then restore the count."""
     import torch
 
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_seeds(seeds: int) -> None:
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+
+
+def _quality(args: argparse.Namespace) -> int:
     from heterogui.bench.quality import run_quality
     from heterogui.bench.quality_report import command_line
 
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    _check_seeds(args.seeds)
+    with torch_threads(args.threads):
         report = run_quality(
             pairs=args.pairs,
             seeds=tuple(range(args.seeds)),
@@ -32,32 +47,22 @@ def _quality(args: argparse.Namespace) -> int:
             device=args.device,
             command=command_line(args),
         )
-    finally:
-        torch.set_num_threads(threads)
     print_quality_summary(report, args.out)
     return 0
 
 
 def _nway(args: argparse.Namespace) -> int:
-    import torch
-
     from heterogui.bench.nway import GROUPS, NwayConfig, render_nway, run_nway
 
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _check_seeds(args.seeds)
     command = f"heterogui bench nway --seeds {args.seeds}" + (
         f" --threads {args.threads}" if args.threads else ""
     )
     cfg = NwayConfig(
         tuple(args.groups or GROUPS), tuple(range(args.seeds)), device=args.device, command=command
     )
-    try:
+    with torch_threads(args.threads):
         report = run_nway(cfg, args.out)
-    finally:
-        torch.set_num_threads(threads)
     print(render_nway(report))
     if args.out:
         print(f"wrote {args.out}/nway.md and {args.out}/nway.json")
@@ -93,21 +98,14 @@ def _transformers(args: argparse.Namespace) -> int:
 
 
 def _decoders(args: argparse.Namespace) -> int:
-    import torch
-
     from heterogui.bench.decoders import run_decoders
 
     for name in ("calibration", "evaluation", "smollm2_evaluation"):
         if getattr(args, name) < 4:
             option = "--" + name.replace("_", "-")
             raise ConfigError(f"{option} {getattr(args, name)} is too small: use at least 4 texts")
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         print(run_decoders(args))
-    finally:
-        torch.set_num_threads(threads)
     for path in (args.out_md, args.out_json):
         if path:
             print(f"wrote {path}")
