@@ -51,7 +51,7 @@ from heterogui.stages import timed
 from heterogui.zip.collect import StatKey, collect_moments
 from heterogui.zip.match import Match
 from heterogui.zip.matchers import group_width, zip_group, zip_group_naive
-from heterogui.zip.plan import ZipSettings, stop_point, trunk_spaces
+from heterogui.zip.plan import ZipSettings, check_override_names, stop_point, trunk_spaces
 from heterogui.zip.stats import Moments
 
 GROUP_MATCHERS = {"zip": zip_group, "zip_naive": zip_group_naive}
@@ -209,9 +209,7 @@ def match_group(prepared: PreparedGroup, settings: ZipSettings, stop: int) -> di
     """
     graphs = [net.graph() for net in prepared.padded]
     first = graphs[0]
-    unknown = set(settings.overrides) - set(first.spaces)
-    if unknown:
-        raise ConfigError(f"overrides name unknown merge points {sorted(unknown)}")
+    check_override_names(first, settings)
     matches = {}
     for space in trunk_spaces(first, stop):
         if first.spaces[space].head_dim:

@@ -97,6 +97,20 @@ def head_group_first(graph: ModelGraph, space: str) -> str:
     return min(n for n, s in graph.spaces.items() if (s.group or n) == group)
 
 
+def check_override_names(graph: ModelGraph, settings: ZipSettings) -> None:
+    """Raise if the settings' overrides name merge points ``graph`` does not have.
+
+    Raises:
+        ConfigError: naming the unknown merge points and the known ones.
+    """
+    unknown = set(settings.overrides) - set(graph.spaces)
+    if unknown:
+        raise ConfigError(
+            f"overrides name unknown merge points {sorted(unknown)}; "
+            f"known: {sorted(set(graph.spaces) - {INPUT})}"
+        )
+
+
 def plan_widths(
     graph_a: ModelGraph, graph_b: ModelGraph, settings: ZipSettings, stop: int
 ) -> dict[str, tuple[int, int, int]]:
@@ -109,12 +123,7 @@ def plan_widths(
         ConfigError: overrides of unknown merge points, or a width outside 1..n_A + n_B.
         MatcherError: an unknown matcher, or an attention width that is not whole heads.
     """
-    unknown = set(settings.overrides) - set(graph_a.spaces)
-    if unknown:
-        raise ConfigError(
-            f"overrides name unknown merge points {sorted(unknown)}; "
-            f"known: {sorted(set(graph_a.spaces) - {INPUT})}"
-        )
+    check_override_names(graph_a, settings)
     for space in settings.overrides:
         first = head_group_first(graph_a, space) if graph_a.spaces[space].head_dim else space
         if first != space:
