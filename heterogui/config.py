@@ -29,8 +29,10 @@ OVERRIDE_TYPES = {"width": int, "rho": float, "alpha": float, "beta": float, "ma
 OVERRIDE_KEYS = set(OVERRIDE_TYPES)
 IDENTITIES = ("exact", "ls", "plain")
 # how matched weights are combined (fusion.fuse; "least_squares": fusion.regression) and the
-# least-squares ridge, relative to the merged features' mean variance
-FUSIONS = ("average", "least_squares", "least_squares_sequential")
+# least-squares ridge, relative to the merged features' mean variance. "auto" (the default): the
+# fusion measured best for the models' family (models.family.Family.default_fusion)
+FUSIONS = ("auto", "average", "least_squares", "least_squares_sequential")
+DEFAULT_FUSION = "auto"
 DEFAULT_RIDGE = 1e-2
 POOLINGS = ("mean", "cls")
 
@@ -95,7 +97,9 @@ class AlignmentSpec:
 class ZipSpec:
     """Matcher and knobs; overrides: merge point -> {width | rho | alpha | beta | matcher}.
 
-    fusion: "average" (the paper's) or "least_squares"; ridge: the least-squares ridge.
+    fusion: "auto" (the family's default: least squares for VGG, ResNet and ViT models, the
+    paper's average otherwise), "average" (the paper's), "least_squares" or
+    "least_squares_sequential"; ridge: the least-squares ridge.
     renormalize: rescale the merged features to their groups' average statistics after fusion.
     """
 
@@ -104,7 +108,7 @@ class ZipSpec:
     beta: float = 1.0
     rho: float = 1.0
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    fusion: str = "average"
+    fusion: str = DEFAULT_FUSION
     ridge: float = DEFAULT_RIDGE
     renormalize: bool = False
 

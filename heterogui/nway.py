@@ -261,7 +261,7 @@ def zip_group_prepared(
         ConfigError: see ``check_group_settings`` and ``match_group``.
         MatcherError: see ``zip_group``.
     """
-    settings = settings or ZipSettings()
+    settings = (settings or ZipSettings()).resolved(prepared.nets[0].family.default_fusion)
     check_group_settings(settings)
     timings: dict[str, float] = {}
     padded = prepared.padded

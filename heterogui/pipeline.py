@@ -408,7 +408,7 @@ def zip_prepared(
         ConfigError: stop point out of range, unknown matcher or override.
         MatcherError: widths or knobs a matcher cannot handle.
     """
-    settings = settings or ZipSettings()
+    settings = resolved_settings(prepared, settings)
     report = progress or (lambda _stage, _frac: None)
     timings: dict[str, float] = {}
     pa, pb = prepared.padded_a, prepared.padded_b
@@ -440,6 +440,11 @@ def zip_prepared(
     alignment = prepared.alignment
     result = (built.model, built.spec, alignment, matches, built.transforms, prepared, settings)
     return MergeResult(*result, timings, built.renormalized)
+
+
+def resolved_settings(prepared: Prepared, settings: ZipSettings | None) -> ZipSettings:
+    """Return the settings a merge of ``prepared`` runs: fusion "auto" made the family's."""
+    return (settings or ZipSettings()).resolved(prepared.net_a.family.default_fusion)
 
 
 def _regressions(

@@ -77,6 +77,7 @@ def merge_models(
         ConfigError: settings or an alignment mode an N-way merge does not take (manual).
         HeteroguiError: see ``nway.prepare_group`` and ``nway.zip_group_prepared``.
     """
+    settings = settings.resolved(pair.a.net.family.default_fusion)
     check_group_settings(settings)
     prepared = prepare_group(
         [m.net for m in pair.models],

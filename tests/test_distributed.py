@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +39,9 @@ ENV = {
 # merged weights and BatchNorm statistics: |two processes - one| <= TOL * max|one| per tensor
 # (measured: 0 for the weights, under 2e-7 for BN statistics, float32 averages in another order)
 TOL = 1e-5
+# the same with least-squares fusion, whose regressions amplify the rounding of the summed
+# statistics (measured: 1.05e-5 on the tiny VGG pair's weights)
+LEAST_SQUARES_TOL = 1e-4
 
 
 def _batches() -> list[torch.Tensor]:
@@ -175,12 +177,12 @@ def _torchrun(recipe: Path, out: Path, procs: int = 2) -> subprocess.CompletedPr
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 
-def _recipe(tmp_path: Path, name: str, size: int, batch_size: int) -> Path:
+def _recipe(tmp_path: Path, name: str, size: int, batch_size: int, fusion: str = "auto") -> Path:
     recipe = {
         "model_a": {"path": f"zoo:{PAIR}/a"},
         "model_b": {"path": f"zoo:{PAIR}/b"},
         "calibration": {"source": "digits", "size": size, "batch_size": batch_size},
-        "zip": {"rho": 0.5},
+        "zip": {"rho": 0.5, "fusion": fusion},
         "device": "cpu",
     }
     path = tmp_path / name
@@ -188,16 +190,16 @@ def _recipe(tmp_path: Path, name: str, size: int, batch_size: int) -> Path:
     return path
 
 
-def test_torchrun_merge_writes_the_single_process_merge_once(tmp_path, capsys):
-    recipe = _recipe(tmp_path, "recipe.yaml", 96, 16)  # six batches, three per process
+@pytest.mark.parametrize(
+    ("fusion", "tol"), [("average", TOL), ("auto", LEAST_SQUARES_TOL)]
+)  # "auto": least squares for the VGG pair
+def test_torchrun_merge_writes_the_single_process_merge_once(tmp_path, capsys, fusion, tol):
+    recipe = _recipe(tmp_path, "recipe.yaml", 96, 16, fusion)  # six batches, three per process
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["merge", str(recipe), "-o", str(one)]) == 0  # also builds the pair if needed
     capsys.readouterr()
-    start = time.perf_counter()
     done = _torchrun(recipe, two)
-    seconds = time.perf_counter() - start
     assert done.returncode == 0, done.stderr[-3000:]
-    assert seconds < 120
     assert done.stdout.count("wrote ") == 1 and done.stdout.count('"parameters"') == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "recipe.yaml", "two"]
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
@@ -208,13 +210,14 @@ def test_torchrun_merge_writes_the_single_process_merge_once(tmp_path, capsys):
             assert torch.equal(value, w2[key]), key
             continue
         diff = (w2[key].double() - value.double()).abs().max()
-        assert diff <= TOL * max(value.abs().max().item(), 1.0), (key, float(diff))
+        assert diff <= tol * max(value.abs().max().item(), 1.0), (key, float(diff))
     r1, r2 = (json.loads((d / "report.json").read_text()) for d in (one, two))
     assert r1["widths"] == r2["widths"] and r1["parameters"] == r2["parameters"]
     assert r1["alignment"]["mapping"] == r2["alignment"]["mapping"]
     assert r2["alignment"]["score"] == pytest.approx(r1["alignment"]["score"], rel=1e-6)
     y1, y2 = (yaml.safe_load((d / "recipe.yaml").read_text()) for d in (one, two))
     assert y1 == y2  # the whole data's hash and count, the same alignment and knobs
+    assert y1["zip"]["fusion"] == ("average" if fusion == "average" else "least_squares")
 
 
 def test_torchrun_refuses_fewer_batches_than_processes(tmp_path):

@@ -103,7 +103,7 @@ def test_least_squares_fusion_changes_the_weights_and_keeps_the_shapes(name):
     config_a, config_b, shape = DEPTH_PAIRS[name]
     prep = prepare(make(config_a, 0), make(config_b, 1), calibration(shape), device="cpu")
     for stop in (None, 1):
-        average = zip_prepared(prep, ZipSettings(rho=0.5, stop=stop))
+        average = zip_prepared(prep, ZipSettings(rho=0.5, stop=stop, fusion="average"))
         fitted = zip_prepared(prep, ZipSettings(rho=0.5, stop=stop, fusion="least_squares"))
         sa, sf = average.model.state_dict(), fitted.model.state_dict()
         assert sa.keys() == sf.keys()
@@ -147,6 +147,28 @@ def test_least_squares_bias_takes_the_intercept():
     )
     got = result.model.state_dict()[f"trunk.{bias[len('blocks.') :]}"]
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "expected"), [("vgg", "least_squares"), ("mlp", "average")])
+def test_the_default_fusion_is_the_familys_and_the_merge_records_it(name, expected):
+    config_a, config_b, shape = DEPTH_PAIRS[name]
+    prep = prepare(make(config_a, 0), make(config_b, 1), calibration(shape), device="cpu")
+    default = zip_prepared(prep, ZipSettings(rho=0.5))
+    explicit = zip_prepared(prep, ZipSettings(rho=0.5, fusion=expected))
+    other = "average" if expected == "least_squares" else "least_squares"
+    different = zip_prepared(prep, ZipSettings(rho=0.5, fusion=other))
+    assert ZipSettings().fusion == ZipSpec().fusion == "auto"
+    assert default.settings == explicit.settings  # "auto" resolved, as a recipe records it
+    assert default.settings.fusion == expected == prep.net_a.family.default_fusion
+    x = calibration(shape, n_batches=1, seed=3)[0]
+    assert max_diff(default.model(x), explicit.model(x)) == 0.0
+    assert max_diff(default.model(x), different.model(x)) > 1e-4
+    # the one-to-one baselines keep the paper's fusion: a weight average stays one
+    assert ZipSettings(matcher="permute").resolved("least_squares").fusion == "average"
+    assert ZipSettings(matcher="average").resolved("least_squares").fusion == "average"
+    assert ZipSettings(fusion="least_squares_sequential").resolved("average").fusion == (
+        "least_squares_sequential"
+    )
 
 
 def test_bad_fusion_settings_are_refused_with_the_fix():

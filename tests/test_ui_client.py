@@ -89,16 +89,19 @@ def test_the_fusion_over_the_api(url):
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     for name in ("/zip", "/merge", "/remerge"):
         fusion = api[name]["parameters"][-2]
-        assert fusion["label"] == "Fusion" and fusion["parameter_default"] == "average"
+        assert fusion["label"] == "Fusion" and fusion["parameter_default"] == "auto"
     _, summary, _ = call(client, "/start")
     stop = summary["blocks"]
     _, summary, _ = call(client, "/zip", "zip", 0.5, 1.0, 0.5, stop, "least_squares")
     assert summary["settings"]["fusion"] == "least_squares" and "merged" not in summary
     status, summary, _ = call(client, "/merge", "zip", 0.5, 1.0, 0.5, stop, "cpu", "least_squares")
     assert "Merge #1 done" in status and "fusion: least squares" in status
-    status, summary, _ = call(client, "/merge", "zip", 0.5, 1.0, 0.5, stop, "cpu")
+    status, summary, _ = call(client, "/merge", "zip", 0.5, 1.0, 0.5, stop, "cpu", "average")
     assert "fusion" not in status
-    assert [h["fusion"] for h in summary["history"]] == ["least_squares", "average"]
+    status, summary, _ = call(client, "/merge", "zip", 0.5, 1.0, 0.5, stop, "cpu")  # "auto"
+    assert "fusion: least squares" in status  # the VGG family's default, as the merge records
+    history = [h["fusion"] for h in summary["history"]]
+    assert history == ["least_squares", "average", "least_squares"]
     with pytest.raises(AppError, match="magic is not in the list of choices"):
         call(client, "/zip", "zip", 0.5, 1.0, 0.5, stop, "magic")  # refused by the dropdown
 

@@ -60,9 +60,11 @@ def is_fig(value) -> bool:
     return type(value).__name__ == "Figure"
 
 
-def merge(session: Session, res: Resources, rho=1.0, alpha=0.5, beta=1.0, stop=None) -> str:
+def merge(
+    session: Session, res: Resources, rho=1.0, alpha=0.5, beta=1.0, stop=None, fusion="auto"
+) -> str:
     stop = work_blocks(session) if stop is None else stop
-    return tab_zip.on_merge(session, res, "zip", alpha, beta, rho, stop, "cpu")
+    return tab_zip.on_merge(session, res, "zip", alpha, beta, rho, stop, "cpu", fusion)
 
 
 def work_blocks(session: Session) -> int:
@@ -101,6 +103,42 @@ def test_alignment_modes_and_a_hand_edited_mapping(session, res):
     assert f"{session.prepared.alignment.score:.3f}" in view["align_score"]
 
 
+def test_switching_back_to_an_alignment_reuses_its_statistics(session, res, monkeypatch):
+    first = session.prepared
+    assert first.alignment.mode == "sma"
+    merge(session, res)
+    before = {k: v.clone() for k, v in session.result.model.state_dict().items()}
+    placement = lambda p: (p.alignment.positions_a, p.alignment.positions_b)  # noqa: E731
+    other = next(
+        m
+        for m in ("lma", "uniform", "head")
+        if "statistics recomputed" in tab_align.on_mode(session, res, m, None)
+    )
+    second = session.prepared
+    assert placement(second) != placement(first)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a placement visited before must not run the models again")
+
+    monkeypatch.setattr(work, "realign", forbidden)
+    assert "from before, no new pass" in tab_align.on_mode(session, res, "sma", None)
+    assert session.prepared is first
+    assert "from before, no new pass" in tab_align.on_mode(session, res, other, None)
+    assert session.prepared is second
+    tab_align.on_mode(session, res, "sma", None)
+    merge(session, res)
+    again = session.result.model.state_dict()
+    assert all(torch.equal(before[k], again[k]) for k in before)
+    # nothing is kept beyond half the statistics budget: then the pass runs again
+    monkeypatch.undo()
+    monkeypatch.setenv("HETEROGUI_STATS_BUDGET_MB", "0.000001")
+    session.kept.clear()
+    session.result = None
+    tab_align.on_mode(session, res, other, None)  # session.visited: within 1 byte, none
+    assert session.visited == []
+    assert "statistics recomputed" in tab_align.on_mode(session, res, "sma", None)
+
+
 @pytest.mark.parametrize(
     "text, words",
     [
@@ -137,7 +175,7 @@ def test_estimate_predicts_the_merge(session, res):
 
 def test_make_settings_takes_the_fusion_and_refuses_an_unknown_one():
     plain = work.make_settings("zip", 0.5, 1.0, 0.5, 3, None, 4)
-    assert (plain.fusion, plain.ridge, plain.stop) == ("average", DEFAULT_RIDGE, 3)
+    assert (plain.fusion, plain.ridge, plain.stop) == ("auto", DEFAULT_RIDGE, 3)
     fitted = work.make_settings("zip", 0.5, 1.0, 0.5, 4, None, 4, fusion="least_squares")
     assert (fitted.fusion, fitted.ridge, fitted.stop) == ("least_squares", DEFAULT_RIDGE, None)
     assert fitted == dataclasses.replace(plain, fusion="least_squares", stop=None)
@@ -152,7 +190,7 @@ def test_make_settings_takes_the_fusion_and_refuses_an_unknown_one():
 
 def test_least_squares_fusion_from_the_zip_tab_to_compare_and_a_recipe(session, res, tmp_path):
     n = work_blocks(session)
-    merge(session, res, rho=0.5)
+    merge(session, res, rho=0.5, fusion="average")
     average = {k: v.clone() for k, v in session.result.model.state_dict().items()}
     # The dropdown changes the settings only (as the matcher does); Merge then uses them.
     tab_zip.on_knobs(session, res, "zip", 0.5, 1.0, 0.5, n, "least_squares")
@@ -205,9 +243,13 @@ def test_least_squares_fusion_from_the_zip_tab_to_compare_and_a_recipe(session, 
     # A slider release re-merges with the fusion the dropdown shows.
     tab_zip.on_release(session, res, True, "zip", 0.5, 1.0, 0.6, n, "cpu", "least_squares")
     assert session.result.settings.fusion == "least_squares" and session.history[-1]["rho"] == 0.6
-    # Calls without the fusion (scripts written before it) merge with the paper's average.
-    merge(session, res, rho=0.5)
-    assert session.result.settings.fusion == "average"
+    # Calls without the fusion take "auto": least squares for this VGG pair, and the knob
+    # stays "auto" (another pair resolves it again); "average" is the paper's.
+    tab_zip.on_merge(session, res, "zip", 0.5, 1.0, 0.5, n, "cpu")
+    assert session.result.settings.fusion == "least_squares" and session.settings.fusion == "auto"
+    assert all(torch.equal(session.result.model.state_dict()[k], fitted[k]) for k in fitted)
+    assert "estimate" not in tab_zip.render(session, res)["readout"]  # the merge's own sizes
+    merge(session, res, rho=0.5, fusion="average")
     assert all(torch.equal(session.result.model.state_dict()[k], average[k]) for k in average)
 
 
@@ -224,7 +266,7 @@ def test_make_settings_takes_the_renormalization():
 def test_renormalize_from_the_zip_tab_to_compare_history_and_summary(session, res):
     """On the BatchNorm demo pair the switch is carried everywhere and changes no weight."""
     n = work_blocks(session)
-    merge(session, res, rho=0.5)
+    merge(session, res, rho=0.5, fusion="average")
     plain = {k: v.clone() for k, v in session.result.model.state_dict().items()}
     # The checkbox changes the settings only (as the dropdowns do); Merge then uses them.
     tab_zip.on_knobs(session, res, "zip", 0.5, 1.0, 0.5, n, "average", True)

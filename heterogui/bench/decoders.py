@@ -44,7 +44,7 @@ from heterogui.bench.decoders_report import (
 from heterogui.bench.documents import finite, write_document
 from heterogui.bench.isolated import in_fresh_process
 from heterogui.bench.memory import peak_rss_mib
-from heterogui.bench.quality_report import transformer_variants
+from heterogui.bench.quality_report import PAPER, transformer_variants
 from heterogui.config import DataRef
 from heterogui.datasets.text_domains import DOMAINS
 from heterogui.errors import MatcherError, excerpt
@@ -209,7 +209,7 @@ def _average_row(pair: Pair, prep: Prepared, evaluation: Any, parents: dict[str,
     """Return the weight-average baseline (SMA padding), or a row saying why it does not apply."""
     name = "baseline: weight average (SMA padding, no alignment)"
     try:
-        result = zip_prepared(prep, ZipSettings("average"))
+        result = zip_prepared(prep, ZipSettings("average", fusion=PAPER))
     except MatcherError as exc:
         log.info("weight average does not apply: %s", exc)
         row = _score_row(f"{name}: not applicable", {})
@@ -285,7 +285,7 @@ def smollm2_self_merge(n_calibration: int, n_evaluation: int) -> dict[str, Any]:
     prep = run.analyse(pair, calibration)
     analyse_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = zip_prepared(prep, ZipSettings(rho=1.0))
+    result = zip_prepared(prep, ZipSettings(rho=1.0, fusion=PAPER))
     zip_s = time.perf_counter() - t0
     rss_merged = peak_rss_mib()
     evaluation = LANGUAGE.evaluation(DataRef(ALL_DOMAINS, "test", n_evaluation, BATCH), pair)

@@ -102,7 +102,7 @@ def measure_pair(
         "floor": floor,
         "batch_norm": batch_norm,
         "weights_mib": weights_mib([net_a.module, net_b.module, result.model]),
-        "statistics_mib": sum(m.outer.numel() * 8 for m in prep.stats.values()) / 2**20,
+        "statistics_mib": sum(m.nbytes for m in prep.stats.values()) / 2**20,
         "peak_rss_mib": peak,
         "rss_before_merge_mib": rss_before,
         "peak_cuda_mib": torch.cuda.max_memory_allocated(device) / 2**20

@@ -31,6 +31,7 @@ import torch
 from heterogui.align.pad import pad_network
 from heterogui.bench.quality_report import (
     METRICS,
+    PAPER,
     VARIANTS,
     aggregate,
     checks,
@@ -189,7 +190,9 @@ def _baseline_rows(zoo: ZooPair, prep: Prepared, t_prep: float, test: Split, cfg
     }
     for matcher, label in (("average", "weight average"), ("permute", "permute")):
         try:
-            result, metrics, t_zip = _zip(prep, ZipSettings(matcher=matcher), test, zoo, cfg)
+            result, metrics, t_zip = _zip(
+                prep, ZipSettings(matcher=matcher, fusion=PAPER), test, zoo, cfg
+            )
         except MatcherError as exc:
             log.info("%s: no %s row (%s)", zoo.name, label, exc)
             continue
@@ -216,7 +219,7 @@ def _padding_control(zoo: ZooPair, prep: Prepared, batches: list, test: Split, c
     start = time.perf_counter()
     p = prepare(zoo.net_a, padded, batches, mode="manual", manual=manual, device=cfg.device)
     t_prep = time.perf_counter() - start
-    result, metrics, t_zip = _zip(p, ZipSettings(), test, zoo, cfg)
+    result, metrics, t_zip = _zip(p, ZipSettings(fusion=PAPER), test, zoo, cfg)
     return _row(metrics, parameter_count(result.model), t_prep + t_zip)
 
 
@@ -242,7 +245,7 @@ def _sweeps(zoo: ZooPair, prep: Prepared, main: dict, test: Split, cfg) -> dict[
         if r == 1.0:
             rho[str(r)] = {k: v for k, v in main.items() if k != "mapping"}
             continue
-        result, metrics, _ = _zip(prep, ZipSettings(rho=r), test, zoo, cfg)
+        result, metrics, _ = _zip(prep, ZipSettings(rho=r, fusion=PAPER), test, zoo, cfg)
         rho[str(r)] = _row(metrics, parameter_count(result.model))
         if r == 0.0:
             rho[str(r)]["max_logit_gap"] = _max_logit_gap(result.model, prep, test)
@@ -250,7 +253,9 @@ def _sweeps(zoo: ZooPair, prep: Prepared, main: dict, test: Split, cfg) -> dict[
         if (alpha, beta) == (0.5, 1.0):
             metrics_row = main
         else:
-            result, metrics, _ = _zip(prep, ZipSettings(alpha=alpha, beta=beta), test, zoo, cfg)
+            result, metrics, _ = _zip(
+                prep, ZipSettings(alpha=alpha, beta=beta, fusion=PAPER), test, zoo, cfg
+            )
             metrics_row = _row(metrics, parameter_count(result.model))
         knobs[f"alpha={alpha:g}, beta={beta:g}"] = {k: metrics_row[k] for k in (*METRICS, "params")}
     return {"rho": rho, "knobs": knobs}
@@ -261,7 +266,7 @@ def _bn_kept(zoo: ZooPair, batches: list, test: Split, cfg: QualityConfig) -> di
     prep, t_prep = _prepare(zoo, batches, cfg, mode=sweep_mode(zoo), reset_input_bn=False)
     out = {}
     for r, label in ((1.0, "zip"), (0.0, "rho=0")):
-        result, metrics, t_zip = _zip(prep, ZipSettings(rho=r), test, zoo, cfg)
+        result, metrics, t_zip = _zip(prep, ZipSettings(rho=r, fusion=PAPER), test, zoo, cfg)
         out[label] = _row(metrics, parameter_count(result.model), t_prep + t_zip)
     return out
 
@@ -277,7 +282,7 @@ def _calib_sweep(zoo: ZooPair, seed: int, main: dict, test: Split, cfg) -> dict[
             out[label] = {k: v for k, v in main.items() if k != "mapping"}
             continue
         prep, t_prep = _prepare(zoo, batches, cfg, mode=sweep_mode(zoo))
-        result, metrics, t_zip = _zip(prep, ZipSettings(), test, zoo, cfg)
+        result, metrics, t_zip = _zip(prep, ZipSettings(fusion=PAPER), test, zoo, cfg)
         out[label] = _row(metrics, parameter_count(result.model), t_prep + t_zip)
     return out
 

@@ -25,13 +25,15 @@ ENSEMBLE_SHARE = 0.95  # the best merge should keep 95% of the ensemble's Joint 
 LEAST_SQUARES = ", least squares"  # the label suffix of least-squares fusion rows
 SEQUENTIAL = ", sequential least squares"  # the label suffix of sequential least-squares rows
 RENORMALIZED = ", renormalized"  # the label suffix of renormalized rows
+# the paper's fusion: the benchmarks' plain rows name it, as the default ("auto") is per family
+PAPER = "average"
 # (ZipSettings keywords, row label suffix): the paper's fusion, least-squares fusion
 # (fusion.regression) and renormalization after the paper's fusion (fusion.renormalize)
 VARIANTS = (
-    ({}, ""),
+    ({"fusion": PAPER}, ""),
     ({"fusion": "least_squares"}, LEAST_SQUARES),
     ({"fusion": "least_squares_sequential"}, SEQUENTIAL),
-    ({"renormalize": True}, RENORMALIZED),
+    ({"fusion": PAPER, "renormalize": True}, RENORMALIZED),
 )
 
 
@@ -440,6 +442,16 @@ the segment's slot of highest CKA with it. The shallower model is padded with id
 at the other slots."""
 
 
+DEFAULT_NOTE = """The default, `zip.fusion: auto`, follows these rows: least squares for the VGG,
+ResNet and ViT families, where it beats the paper's fusion on every pair for a few hundredths of
+a second a merge; the paper's fusion for BERT (least squares lost on MiniLM's sentence
+similarity, docs/transformers.md), for the decoders (better on the trained pair,
+docs/decoders.md, but about two minutes a SmolLM2 merge against five seconds) and for MLPs and
+GPT-2 (no pair measures them). The sequential refit is better still but costs 2-30 times a
+re-merge, too slow for the workbench's slider: an option, not the default. The rows above name
+their fusion, so they do not depend on the default."""
+
+
 NWAY_NOTE = """Three models merged at once (the N-way zip, docs/method.md sec. 12) and one after
 another (sequential merging) are compared with their ensemble on the zoo's three-task groups in
 `docs/nway.md` (`heterogui bench nway --seeds 3 --out docs --threads 1`)."""
@@ -472,7 +484,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     out += _fusion_summary(report)
-    out += ["", *_variant_findings(report)]
+    out += ["", *_variant_findings(report), "", DEFAULT_NOTE]
     out += ["", "## Where LMA places a block inside its segment (Joint, %)", "", PLACEMENT_NOTE, ""]
     out += _placement_summary(report)
     out += ["", *_placement_findings(report)]

@@ -24,7 +24,7 @@ import torch
 
 from heterogui import run
 from heterogui.align.pad import pad_network
-from heterogui.bench.quality_report import transformer_variants
+from heterogui.bench.quality_report import PAPER, transformer_variants
 from heterogui.config import DataRef
 from heterogui.datasets.refs import tokenize
 from heterogui.datasets.sentence_pairs import load_pairs
@@ -130,7 +130,7 @@ def sts_rows(n_calibration: int = 256, device: str = "cpu") -> list[Row]:
     rows += _merged_rows(
         prep,
         "baseline: weight average of A and padded B",
-        ZipSettings(matcher="average"),
+        ZipSettings(matcher="average", fusion=PAPER),
         tok,
         pairs,
     )
@@ -165,7 +165,7 @@ def identity_rows(n_calibration: int = 256, device: str = "cpu") -> list[Row]:
             row[f"{name}: padded B spearman"] = sts.sts_spearman(
                 sts.network_embedder(padded.module), tok, pairs, device
             )
-        merged = zip_prepared(prep, ZipSettings())
+        merged = zip_prepared(prep, ZipSettings(fusion=PAPER))
         embed = sts.merged_embedders(merged.model)["merged"]
         row["merge SMA rho=1 spearman"] = sts.sts_spearman(embed, tok, pairs, device)
         rows.append(row)
@@ -230,7 +230,9 @@ def classification_rows(n_calibration: int = 256, device: str = "cpu") -> list[R
             for knobs, suffix in transformer_variants(mode)
         ]
         if mode == "sma":
-            variants.insert(0, ("baseline: weight average (SMA padding)", ZipSettings("average")))
+            variants.insert(
+                0, ("baseline: weight average (SMA padding)", ZipSettings("average", fusion=PAPER))
+            )
         for name, settings in variants:
             result = zip_prepared(p, settings)
             merged = TEXT_CLASSES.score_merged(result, test, pair)

@@ -26,6 +26,9 @@ class Family:
     returning one reason per property two models must share and do not. shared_outputs: the
     heads of A and B predict the same outputs (a language model's vocabulary), so one network
     holding a merge averages the heads instead of placing them side by side.
+    default_fusion: the fusion a merge of this family uses when its settings say "auto": the
+    one measured best on the family's benchmark pairs (docs/quality.md, docs/decoders.md,
+    docs/transformers.md); the paper's "average" where least squares lost or was not measured.
     """
 
     name: str
@@ -38,7 +41,14 @@ class Family:
     fit_identity: Callable[..., None] | None = None
     check_pair: Callable[[Any, Any], list[str]] | None = None
     shared_outputs: bool = False
+    default_fusion: str = "average"
 
+
+# Least-squares fusion beat the paper's average on every zoo pair (VGG, ResNet, ViT) at a few
+# hundredths of a second a merge. The others keep the paper's average: BERT (it lost on MiniLM's
+# sentence similarity), the decoders (better on every row of the trained pair, but minutes a
+# SmolLM2 merge instead of seconds), MLP and GPT-2 (no benchmark pair).
+LEAST_SQUARES = "least_squares"
 
 FAMILIES: dict[str, Family] = {}
 
@@ -48,10 +58,10 @@ def register(family: Family) -> None:
     FAMILIES[family.name] = family
 
 
-for _mod, _cls, _name in (
-    (mlp, mlp.MLPConfig, "mlp"),
-    (vgg, vgg.VGGConfig, "vgg"),
-    (resnet, resnet.ResNetConfig, "resnet"),
+for _mod, _cls, _name, _fusion in (
+    (mlp, mlp.MLPConfig, "mlp", "average"),
+    (vgg, vgg.VGGConfig, "vgg", LEAST_SQUARES),
+    (resnet, resnet.ResNetConfig, "resnet", LEAST_SQUARES),
 ):
     register(
         Family(
@@ -62,6 +72,7 @@ for _mod, _cls, _name in (
             _mod.insert_identity,
             _mod.init_identity,
             _mod.resize,
+            default_fusion=_fusion,
         )
     )
 
@@ -90,6 +101,7 @@ register(
         vit.resize,
         None,
         vit.check_pair,
+        default_fusion=LEAST_SQUARES,
     )
 )
 register(

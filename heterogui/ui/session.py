@@ -27,6 +27,8 @@ class Session:
     data: the calibration data the user chose (None: the task's default).
     calibration / evaluation: the data drawn for the current analysis.
     prepared: cached statistics of the pair (steps 1-3); re-merges start from it.
+    visited: the statistics of the alignments this analysis had before (the latest first), so
+        that switching back to one does not run the models again (``work.set_alignment``).
     baseline: scores of "a", "b" and "ensemble" (computed once per analysis).
     history: one row per merge of this session (settings, sizes, scores).
     cancel_requested: set by the Cancel button; long steps check it between stages.
@@ -42,6 +44,7 @@ class Session:
     evaluation: Evaluation | None = None
     device: str = "auto"
     prepared: Prepared | None = None
+    visited: list[Prepared] = field(default_factory=list)  # earlier alignments' statistics
     settings: ZipSettings = field(default_factory=ZipSettings)
     result: MergeResult | None = None
     merge_count: int = 0
@@ -96,6 +99,7 @@ class Session:
     def clear_results(self) -> None:
         """Forget everything derived from the current pair (after loading a model)."""
         self.prepared = None
+        self.visited = []
         self.result = None
         self.calibration = None
         self.evaluation = None

@@ -122,13 +122,18 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
 
 # ---- handlers ----
 
+ALIGNMENT_STATISTICS = {
+    "same": "same placement: statistics kept",
+    "reused": "statistics of this placement from before, no new pass",
+    "recomputed": "statistics recomputed",
+}
+
 
 def on_mode(session: Session, res: Resources, mode: str, mapping: str | None, progress=None) -> str:
     """Realign with another mode (api: /align)."""
     session.cancel_requested = False
-    recomputed = work.set_alignment(session, mode, mapping, progress)
+    how = ALIGNMENT_STATISTICS[work.set_alignment(session, mode, mapping, progress)]
     al = session.prepared.alignment
-    how = "statistics recomputed" if recomputed else "same placement: statistics kept"
     again = "again " if session.merge_count else ""
     mapping = mapping_text(al.mapping())
     return f"Alignment {al.mode}: mapping `{mapping}` ({how}). Merge {again}to use it."

@@ -12,8 +12,9 @@ from typing import Any
 
 import gradio as gr
 
+from heterogui.config import DEFAULT_FUSION
 from heterogui.errors import ConfigError
-from heterogui.pipeline import resolve_device
+from heterogui.pipeline import resolve_device, resolved_settings
 from heterogui.sizes import STORED_REASON, estimate, merge_size, reference_sizes
 from heterogui.ui import work
 from heterogui.ui.fig_arch import architecture_figure
@@ -39,6 +40,7 @@ VIEWS = (
 KNOBS = ("matcher", "alpha", "beta", "rho", "stop", "fusion", "renormalize")
 MERGE_INPUTS = ("matcher", "alpha", "beta", "rho", "stop", "device", "fusion", "renormalize")
 FUSION_CHOICES = [
+    ("auto (least squares for CNNs and ViTs, else the paper's average)", "auto"),
     ("average (paper)", "average"),
     ("least squares", "least_squares"),
     ("sequential least squares", "least_squares_sequential"),
@@ -76,14 +78,15 @@ def _knobs(ui: dict[str, Any]) -> None:
         )
         ui["fusion"] = gr.Dropdown(
             FUSION_CHOICES,
-            value="average",
+            value=DEFAULT_FUSION,
             label="Fusion",
             elem_id="fusion",
             info="How matched weights combine. average: the paper's W* = M W U; least "
             "squares: the merged weights that best reproduce the parents' averaged outputs, "
             "fitted on the calibration statistics; sequential: refit layer by layer on the "
             "merge's own inputs (slower; best on the zoo's CNNs, not on transformers: "
-            "docs/quality.md)",
+            "docs/quality.md); auto: least squares where it measured better at little cost "
+            "(VGG, ResNet, ViT), the paper's average for the others",
         )
         ui["renormalize"] = gr.Checkbox(
             value=False,
@@ -188,7 +191,7 @@ def readout(session: Session) -> dict[str, Any]:
     prep = session.prepared
     result = session.result
     sizes = dict(session.reference_sizes or reference_sizes(prep))
-    if result is not None and result.settings == session.settings:
+    if result is not None and result.settings == resolved_settings(prep, session.settings):
         sizes["merged"] = session.merged_size or merge_size(result)
         widths, exact = result.widths(), True
     else:
@@ -314,7 +317,7 @@ def settings_from(
     beta: float,
     rho: float,
     stop: float | None,
-    fusion: str = "average",
+    fusion: str = DEFAULT_FUSION,
     renormalize: bool = False,
 ) -> Any:
     """Return ZipSettings from the knob values (keeping the session's overrides and ridge)."""
@@ -341,7 +344,7 @@ def on_knobs(
     beta: float,
     rho: float,
     stop: float | None,
-    fusion: str = "average",
+    fusion: str = DEFAULT_FUSION,
     renormalize: bool = False,
     progress=None,
 ) -> str:
@@ -360,7 +363,7 @@ def on_merge(
     rho: float,
     stop: float | None,
     device: str | None,
-    fusion: str = "average",
+    fusion: str = DEFAULT_FUSION,
     renormalize: bool = False,
     progress=None,
     evaluate: bool = True,
@@ -411,7 +414,7 @@ def on_release(
     rho: float,
     stop: float | None,
     device: str | None,
-    fusion: str = "average",
+    fusion: str = DEFAULT_FUSION,
     renormalize: bool = False,
     progress=None,
 ) -> str:

@@ -18,7 +18,7 @@ import torch
 from heterogui import run
 from heterogui.align.alignment import align, layer_pairs
 from heterogui.align.editing import read_mapping
-from heterogui.config import DEFAULT_RIDGE, DataRef, check_fusion
+from heterogui.config import DEFAULT_FUSION, DEFAULT_RIDGE, DataRef, check_fusion
 from heterogui.errors import ConfigError, IncompatibleModelsError
 from heterogui.pipeline import (
     MergeResult,
@@ -192,11 +192,12 @@ def metrics_of(session: Session, result: MergeResult, progress: Progress | None 
 
 def set_alignment(
     session: Session, mode: str, mapping_text: str | None = None, progress: Progress | None = None
-) -> bool:
+) -> str:
     """Realign the pair with ``mode`` (or a manual mapping); redo the feature pass if needed.
 
-    Returns whether the statistics were recomputed. When the new alignment places every layer
-    where it already is, only its mode and score change and the cached statistics are kept.
+    Returns "same" when the new alignment places every layer where it already is (only its
+    mode and score change), "reused" when this analysis already collected the statistics of
+    that placement (an alignment visited before, or a kept merge's), else "recomputed".
 
     Raises:
         AlignmentError: unknown mode or an invalid manual mapping (the old one is kept).
@@ -205,18 +206,60 @@ def set_alignment(
     ga, gb = prepared.net_a.graph(), prepared.net_b.graph()
     manual = read_mapping(mapping_text, prepared.alignment, ga, gb) if mode == "manual" else None
     new_alignment = align(ga, gb, prepared.similarity, mode, manual)
-    old = prepared.alignment
-    recomputed = (new_alignment.positions_a, new_alignment.positions_b) != (
-        old.positions_a,
-        old.positions_b,
-    )
-    if recomputed:
-        session.prepared = realign(prepared, mode, manual, guarded(session, progress))
+    earlier = _same_placement(session, prepared, new_alignment)
+    if earlier is prepared:
+        how = "same"
+    elif earlier is not None:
+        how = "reused"
     else:
-        session.prepared = dataclasses.replace(prepared, alignment=new_alignment)
+        how = "recomputed"
+        earlier = realign(prepared, mode, manual, guarded(session, progress))
+    if earlier is not prepared:
+        visited = [prepared, *(p for p in session.visited if p is not earlier)]
+        session.visited = _within_budget(visited[:VISITED_ALIGNMENTS], run.stats_budget() // 2)
+    # the same object when nothing changes: what is derived from it (correlations) is kept
+    same = earlier.alignment == new_alignment
+    session.prepared = earlier if same else dataclasses.replace(earlier, alignment=new_alignment)
     if session.result is not None and session.result.alignment != session.prepared.alignment:
         session.result, session.merged_metrics, session.sweep = None, None, []
-    return recomputed
+    return how
+
+
+# The statistics of earlier placements a session keeps for switching back (each as large as the
+# current one's: 275 MB for MiniLM; a merge kept for the Compare tab keeps its own anyway), the
+# latest first, while they take at most half the statistics budget (``run.stats_budget``).
+VISITED_ALIGNMENTS = 2
+
+
+def _within_budget(visited: list[Prepared], budget: int) -> list[Prepared]:
+    """Return the longest prefix of ``visited`` whose statistics fit in ``budget`` bytes."""
+    kept, used = [], 0
+    for prepared in visited:
+        used += sum(m.nbytes for m in prepared.stats.values())
+        if used > budget:
+            break
+        kept.append(prepared)
+    return kept
+
+
+def _same_placement(session: Session, prepared: Prepared, alignment: Any) -> Prepared | None:
+    """Return statistics of this analysis collected for ``alignment``'s placement, if any.
+
+    Candidates: the current ones, the placements visited before and those of kept merges;
+    only those of the same analysis (the same CKA and calibration batches) count.
+    """
+    kept = [r.prepared for r in (session.result, *session.kept.values()) if r is not None]
+    for candidate in (prepared, *session.visited, *kept):
+        same_analysis = (
+            candidate.similarity is prepared.similarity and candidate.batches is prepared.batches
+        )
+        placed = (candidate.alignment.positions_a, candidate.alignment.positions_b) == (
+            alignment.positions_a,
+            alignment.positions_b,
+        )
+        if same_analysis and placed:
+            return candidate
+    return None
 
 
 def require_prepared(session: Session) -> Prepared:
@@ -238,13 +281,14 @@ def make_settings(
     stop: int | None,
     overrides: dict[str, dict[str, Any]] | None = None,
     n_blocks: int | None = None,
-    fusion: str = "average",
+    fusion: str = DEFAULT_FUSION,
     ridge: float = DEFAULT_RIDGE,
     renormalize: bool = False,
 ) -> ZipSettings:
     """Return ZipSettings from the Zip tab's controls (stop = n_blocks means a full zip).
 
-    fusion: "average" (the paper's) or "least_squares"; ridge: the least-squares ridge;
+    fusion: "auto" (the family's default), "average" (the paper's), "least_squares" or
+    "least_squares_sequential"; ridge: the least-squares ridge;
     renormalize: rescale the merged features to their groups' average statistics after fusion.
 
     Raises:
@@ -295,15 +339,25 @@ def merge(
     size = merge_size(result)
     seconds = time.perf_counter() - start
     session.check_cancel()
-    commit_merge(session, result, metrics, size, seconds)
+    commit_merge(session, result, metrics, size, seconds, settings)
     return result
 
 
 def commit_merge(
-    session: Session, result: MergeResult, metrics: Any, size: dict[str, Any], seconds: float
+    session: Session,
+    result: MergeResult,
+    metrics: Any,
+    size: dict[str, Any],
+    seconds: float,
+    requested: ZipSettings | None = None,
 ) -> None:
-    """Make ``result`` the session's merge and add it to the history."""
-    session.result, session.settings, session.merged_metrics = result, result.settings, metrics
+    """Make ``result`` the session's merge and add it to the history.
+
+    requested: the settings the merge was asked for, which the knobs keep (fusion "auto" stays
+    "auto", to be resolved again for another pair); None: the merge's own.
+    """
+    session.result, session.merged_metrics = result, metrics
+    session.settings = requested or result.settings
     session.merged_size = size
     session.merge_count += 1
     if session.sweep_key != sweep_key(result.settings, result.alignment):

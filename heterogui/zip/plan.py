@@ -8,10 +8,10 @@ uses them without matching a single neuron.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from heterogui.config import DEFAULT_RIDGE
+from heterogui.config import DEFAULT_FUSION, DEFAULT_RIDGE
 from heterogui.errors import ConfigError, MatcherError
 from heterogui.models.graph import INPUT, ModelGraph
 from heterogui.zip.heads import head_group_pairs
@@ -24,8 +24,10 @@ class ZipSettings:
 
     overrides: space name -> {"width": int} or any of {"rho", "alpha", "beta", "matcher"}.
     stop: merge blocks before this index (None: every block but the heads).
-    fusion: "average" (the paper's W* = M W U) or "least_squares" (U replaced by the
-        regression of the parents' features on the merged ones: ``fusion.regression``).
+    fusion: "average" (the paper's W* = M W U), "least_squares" (U replaced by the
+        regression of the parents' features on the merged ones: ``fusion.regression``),
+        "least_squares_sequential" (that regression refit block by block on the merge's own
+        inputs) or "auto": the models' family's default (``resolved``), which a merge records.
     ridge: the least-squares ridge, relative to the merged features' mean variance.
     renormalize: after fusion, rescale the merged features that a per-feature affine module
         writes (norms, value projections) to their groups' average mean and spread
@@ -38,9 +40,20 @@ class ZipSettings:
     rho: float = 1.0
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     stop: int | None = None
-    fusion: str = "average"
+    fusion: str = DEFAULT_FUSION
     ridge: float = DEFAULT_RIDGE
     renormalize: bool = False
+
+    def resolved(self, default_fusion: str) -> ZipSettings:
+        """Return these settings with fusion "auto" replaced by the fusion a merge uses.
+
+        default_fusion: the family's (``models.family.Family.default_fusion``), for the zip
+        matchers; the one-to-one baselines (permute, weight average) keep the paper's fusion.
+        """
+        if self.fusion != "auto":
+            return self
+        baseline = self.matcher in EQUAL_WIDTHS
+        return replace(self, fusion="average" if baseline else default_fusion)
 
     def for_space(self, space: str) -> dict[str, Any]:
         """Return the knobs that apply to ``space``."""

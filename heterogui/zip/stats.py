@@ -97,6 +97,11 @@ class Moments:
         return self._outer
 
     @property
+    def nbytes(self) -> int:
+        """Return the bytes the settled sums take (the (O, O) and (O,) float64 tensors)."""
+        return (self._outer.numel() + self.total.numel()) * self._outer.element_size()
+
+    @property
     def width(self) -> int:
         """Return the number of features O."""
         return int(self.total.shape[0])
