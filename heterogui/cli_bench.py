@@ -93,13 +93,16 @@ def _speed_pair(args: argparse.Namespace) -> int:
 def _transformers(args: argparse.Namespace) -> int:
     from heterogui.bench.transformers import transformer_tables
 
-    print(transformer_tables(args))
+    _check_seeds(args.seeds)
+    with torch_threads(args.threads):
+        print(transformer_tables(args))
     return 0
 
 
 def _decoders(args: argparse.Namespace) -> int:
     from heterogui.bench.decoders import run_decoders
 
+    _check_seeds(args.seeds)
     for name in ("calibration", "evaluation", "smollm2_evaluation"):
         if getattr(args, name) < 4:
             option = "--" + name.replace("_", "-")
@@ -194,8 +197,12 @@ def add_transformer_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``heterogui bench transformers``."""
     parser.add_argument("--calibration", type=int, default=256, help="calibration sentences")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--skip-identity", action="store_true", help="no identity-layer table")
     parser.add_argument("--skip-classification", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="calibration draws of the STS and classes tables"
+    )
 
 
 def add_decoder_arguments(parser: argparse.ArgumentParser) -> None:
@@ -210,6 +217,9 @@ def add_decoder_arguments(parser: argparse.ArgumentParser) -> None:
         "--smollm2-evaluation", type=int, default=8, help="held-out texts per domain (SmolLM2)"
     )
     parser.add_argument("--skip-smollm2", action="store_true", help="only the trained pair's table")
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="calibration draws of the trained pair's table"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out-md", default=None, help="write the markdown here (docs/decoders.md)")
     parser.add_argument("--out-json", default=None, help="write the JSON here (docs/decoders.json)")

@@ -45,6 +45,7 @@ from heterogui.bench.documents import finite, write_document
 from heterogui.bench.isolated import in_fresh_process
 from heterogui.bench.memory import peak_rss_mib
 from heterogui.bench.quality_report import PAPER, transformer_variants
+from heterogui.bench.seeds import over_seeds
 from heterogui.config import DataRef
 from heterogui.datasets.text_domains import DOMAINS
 from heterogui.errors import MatcherError, excerpt
@@ -218,15 +219,37 @@ def _average_row(pair: Pair, prep: Prepared, evaluation: Any, parents: dict[str,
     return _merge_row(name, pair, result, evaluation, parents)
 
 
-def pair_table(sizes: Sizes, device: str = "cpu") -> dict[str, Any]:
-    """Return the trained pair's rows and facts (module docstring, item 1)."""
+def pair_table(sizes: Sizes, device: str = "cpu", seeds: int = 1) -> dict[str, Any]:
+    """Return the trained pair's rows and facts (module docstring, item 1).
+
+    seeds: calibration draws (seeds 0 .. seeds-1; the models and the evaluation texts stay);
+    the rows are their means with the spread (``bench.seeds``).
+    """
     start = time.perf_counter()
     folder_a, folder_b = decoder_pair_folders()
     build = {w: marker(f) for w, f in (("a", folder_a), ("b", folder_b))}
     pair = run.load_pair(str(folder_a), str(folder_b), device=device)
-    calibration = run.calibrate(pair, DataRef(ALL_DOMAINS, "calibration", sizes.calibration, BATCH))
     evaluation = LANGUAGE.evaluation(DataRef(ALL_DOMAINS, "test", sizes.evaluation, BATCH), pair)
-    prep = run.analyse(pair, calibration, device=device)
+    draw = lambda seed: _pair_rows(pair, folder_a, evaluation, sizes, device, seed)  # noqa: E731
+    return {
+        "rows": over_seeds(draw, range(seeds)),
+        "seeds": seeds,
+        "build": {
+            w: {k: m.get(k) for k in ("shape", "num_params", "held_out", "build_seconds")}
+            for w, m in build.items()
+        },
+        "calibration_texts": sizes.calibration,
+        "evaluation_texts_per_domain": sizes.evaluation,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _pair_rows(
+    pair: Pair, folder_a: Path, evaluation: Any, sizes: Sizes, device: str, seed: int
+) -> list[Row]:
+    """Return the trained pair's rows on calibration draw ``seed`` (folder_a: A, to drop layers)."""
+    ref = DataRef(ALL_DOMAINS, "calibration", sizes.calibration, BATCH, seed=seed)
+    prep = run.analyse(pair, run.calibrate(pair, ref), device=device)
     names = ("A: trained on python-docs (prose)", "B: trained on python-source (code)")
     rows, parents = _model_rows(pair, prep, evaluation, names)
     keep = evenly(prep.net_a.config.num_layers, prep.net_b.config.num_layers)
@@ -246,16 +269,7 @@ def pair_table(sizes: Sizes, device: str = "cpu") -> dict[str, Any]:
     rows += _merges(pair, prep, evaluation, parents, "SMA")
     for mode, label in (("lma", "LMA"), ("lma_first", "LMA first"), ("lma_similar", "LMA similar")):
         rows += _merges(pair, realign(prep, mode), evaluation, parents, label)
-    return {
-        "rows": rows,
-        "build": {
-            w: {k: m.get(k) for k in ("shape", "num_params", "held_out", "build_seconds")}
-            for w, m in build.items()
-        },
-        "calibration_texts": calibration.count,
-        "evaluation_texts_per_domain": sizes.evaluation,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+    return rows
 
 
 def _smollm2_pair(loaded: Loaded, net_b: Network, name_b: str) -> Pair:
@@ -436,6 +450,8 @@ def command_line(args: argparse.Namespace) -> str:
     ]
     if args.skip_smollm2:
         parts.append("--skip-smollm2")
+    if args.seeds > 1:
+        parts.append(f"--seeds {args.seeds}")
     if args.out_md:
         parts.append(f"--out-md {args.out_md}")
     if args.out_json:
@@ -468,7 +484,7 @@ def decoder_report(args: argparse.Namespace) -> dict[str, Any]:
         "sizes": dataclasses.asdict(sizes),
         "smollm2_note": SMOLLM2_NOTE,
     }
-    report["pair"] = _timed("trained pair", lambda: pair_table(sizes, dev))
+    report["pair"] = _timed("trained pair", lambda: pair_table(sizes, dev, args.seeds))
     if not args.skip_smollm2:
         report["smollm2_self"] = _timed(
             "SmolLM2 self-merge", lambda: smollm2_self_merge_measured(sizes)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from heterogui.bench.seeds import cell as seed_cell
+from heterogui.bench.seeds import columns as seed_columns
 from heterogui.datasets.text_domains import DOMAINS
 from heterogui.tasks.language import MAX_TOKENS
 
@@ -68,12 +70,29 @@ _ORDER = (
 
 
 def table(rows: list[Row]) -> str:
-    """Return rows as a markdown table (columns in first-seen order)."""
-    seen = list(dict.fromkeys(k for r in rows for k in r))
+    """Return rows as a markdown table (columns in first-seen order).
+
+    Means over calibration draws show their standard deviation ("612.3 ± 4.1"), and a cell
+    that differs between draws shows each draw's value ("0, 1 / 0, 3"): ``bench.seeds``.
+    """
+    seen = seed_columns(rows)
     columns = [c for c in _ORDER if c in seen] + [c for c in seen if c not in _ORDER]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r.get(c), c) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(_shown(r, c) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _shown(row: Row, column: str) -> str:
+    return seed_cell(row, column, lambda value: _cell(value, column))
+
+
+def _draws(seeds: int) -> str:
+    if seeds < 2:
+        return ""
+    return (
+        f", {seeds} draws (seeds 0-{seeds - 1}; the models and the held-out texts stay): every "
+        "score is the mean ± the standard deviation over the draws"
+    )
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -121,8 +140,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             "*weight average* needs equal shapes: A and B differ in width "
             f"({a['shape']['hidden']} vs {b['shape']['hidden']}), so it does not apply here (see "
             "the SmolLM2 tables for pairs where it does). "
-            f"Calibration: {pair['calibration_texts']} texts; "
-            f"{pair['evaluation_texts_per_domain']} held-out texts per domain; "
+            f"Calibration: {pair['calibration_texts']} texts"
+            + _draws(pair.get("seeds", 1))
+            + f"; {pair['evaluation_texts_per_domain']} held-out texts per domain; "
             f"{pair['seconds']:.0f} s.",
             "",
             table(pair["rows"]),
@@ -239,5 +259,5 @@ def _alarm_lines(report: dict[str, Any]) -> list[str]:
     ):
         for row in (report.get(key) or {}).get("rows", []):
             if "alarms" in row and not row["model"].endswith("not applicable"):
-                out.append(f"| {title} | {row['model']} | {_cell(row['alarms'], 'alarms')} |")
+                out.append(f"| {title} | {row['model']} | {_shown(row, 'alarms')} |")
     return out

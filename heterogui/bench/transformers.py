@@ -1,6 +1,7 @@
 """Quality of BERT merges on real models: the tables of docs/transformers.md.
 
-    heterogui bench transformers --threads 1 [--calibration 256] [--skip-classification]
+    heterogui bench transformers --threads 1 [--calibration 256] [--seeds 3]
+        [--skip-identity] [--skip-classification]
 
 1. Sentence similarity (MiniLM-L6 + MiniLM-L3, 168 built-in pairs, Spearman of cosines): A, B,
    the ensemble, the naive baselines (A with layers dropped to B's depth; weight average of A and
@@ -9,6 +10,9 @@
    does to the merge.
 3. Classification: the fine-tuned pair of ``heterogui.zoo.text_pair`` (L6 on topics, L3 on
    sentiment), per task and jointly (docs/method.md sec. 11).
+
+With ``--seeds N`` tables 1 and 3 are run on N calibration draws (seeds 0 .. N-1; the models
+do not change) and show mean ± std (``bench.seeds``); table 2 uses the first draw.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from heterogui import run
 from heterogui.align.pad import pad_network
 from heterogui.bench.quality_report import PAPER, transformer_variants
+from heterogui.bench.seeds import cell, columns, over_seeds
 from heterogui.config import DataRef
 from heterogui.datasets.refs import tokenize
 from heterogui.datasets.sentence_pairs import load_pairs
@@ -93,11 +98,14 @@ def _merged_rows(prep: Prepared, label: str, settings: ZipSettings, tok: Any, pa
     return [row]
 
 
-def sts_rows(n_calibration: int = 256, device: str = "cpu") -> list[Row]:
-    """Return the sentence-similarity table rows (module docstring, item 1)."""
+def sts_rows(n_calibration: int = 256, device: str = "cpu", seed: int = 0) -> list[Row]:
+    """Return the sentence-similarity table rows (module docstring, item 1).
+
+    seed: the calibration draw (``calibration_sentences``).
+    """
     pairs = load_pairs()
     a, b, tok = _minilm_pair(device)
-    batches = tokenize(tok, calibration_sentences(n_calibration), 32)
+    batches = tokenize(tok, calibration_sentences(n_calibration, seed), 32)
     score = lambda fn: sts.sts_spearman(fn, tok, pairs, device)  # noqa: E731
     rows = [
         {
@@ -195,11 +203,12 @@ def _minilm_pair(device: str) -> tuple[Network, Network, Any]:
     return pair.a.net, pair.b.net, pair.a.tokenizer
 
 
-def classification_rows(n_calibration: int = 256, device: str = "cpu") -> list[Row]:
-    """Return the classification table rows (module docstring, item 3)."""
+def classification_rows(n_calibration: int = 256, device: str = "cpu", seed: int = 0) -> list[Row]:
+    """Return the classification table rows (module docstring, item 3); seed: the draw."""
     folder_a, folder_b = text_pair_folders()
     pair = run.load_pair(str(folder_a), str(folder_b), device=device)
-    calibration = run.calibrate(pair, DataRef("sentences", size=n_calibration, batch_size=32))
+    ref = DataRef("sentences", size=n_calibration, batch_size=32, seed=seed)
+    calibration = run.calibrate(pair, ref)
     test = TEXT_CLASSES.evaluation(DataRef(BUILT_IN, "test", None, 64), pair)
     a, b = pair.a.net.module, pair.b.net.module
 
@@ -241,18 +250,21 @@ def classification_rows(n_calibration: int = 256, device: str = "cpu") -> list[R
 
 
 def markdown(rows: list[Row]) -> str:
-    """Return rows as a markdown table (floats with 3 decimals, None as an em dash)."""
-    columns = list(dict.fromkeys(k for r in rows for k in r))
+    """Return rows as a markdown table (floats with 3 decimals, None as an em dash).
 
-    def cell(value: Any) -> str:
-        if value is None:
+    A mean over seeds shows its standard deviation ("0.847 ± 0.004", ``bench.seeds``).
+    """
+    names = columns(rows)
+
+    def value(v: Any) -> str:
+        if v is None:
             return "—"
-        if isinstance(value, float):
-            return f"{value:.1e}" if 0 < abs(value) < 1e-3 else f"{value:.3f}"
-        return str(value)
+        if isinstance(v, float):
+            return f"{v:.1e}" if 0 < abs(v) < 1e-3 else f"{v:.3f}"
+        return str(v)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    lines += ["| " + " | ".join(cell(r, c, value) for c in names) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -266,10 +278,13 @@ def _timed(name: str, fn: Callable[[], list[Row]]) -> str:
 def transformer_tables(args: argparse.Namespace) -> str:
     """Return the tables of docs/transformers.md as markdown (runs the MiniLM merges)."""
     dev = str(resolve_device(args.device))
-    parts = [
-        _timed("Sentence similarity", lambda: sts_rows(args.calibration, dev)),
-        _timed("Identity layers", lambda: identity_rows(args.calibration, dev)),
-    ]
+    seeds = range(args.seeds)
+    draws = f" ({args.seeds} calibration draws, mean ± std)" if args.seeds > 1 else ""
+    sts = lambda seed: sts_rows(args.calibration, dev, seed)  # noqa: E731
+    parts = [_timed(f"Sentence similarity{draws}", lambda: over_seeds(sts, seeds))]
+    if not args.skip_identity:
+        parts.append(_timed("Identity layers", lambda: identity_rows(args.calibration, dev)))
     if not args.skip_classification:
-        parts.append(_timed("Classification", lambda: classification_rows(args.calibration, dev)))
+        classes = lambda seed: classification_rows(args.calibration, dev, seed)  # noqa: E731
+        parts.append(_timed(f"Classification{draws}", lambda: over_seeds(classes, seeds)))
     return "\n".join(parts)

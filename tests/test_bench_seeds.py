@@ -1,0 +1,61 @@
+"""Benchmark rows over calibration draws (bench.seeds) and the tables that print them."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from heterogui.bench.decoders_report import table
+from heterogui.bench.seeds import SPREAD, PerSeed, over_seeds
+from heterogui.bench.transformers import markdown
+
+
+def _rows(seed: int) -> list[dict]:
+    return [
+        {"model": "A", "spearman": 0.9, "params_M": 22.5, "layers": 6},
+        {
+            "model": "merge sma",
+            "spearman": [0.84, 0.85, 0.87][seed],
+            "params_M": 22.5,
+            "B slots": [[0, 1, 5], [0, 1, 5], [0, 4, 5]][seed],
+            "alarms": [],
+        },
+    ]
+
+
+def test_numbers_become_means_with_their_spread_and_other_cells_per_draw():
+    rows = over_seeds(_rows, range(3))
+    parent, merged = rows
+    assert parent == _rows(0)[0]  # the same on every draw: no spread
+    assert merged["spearman"] == pytest.approx(statistics.fmean([0.84, 0.85, 0.87]))
+    assert merged[SPREAD]["spearman"] == pytest.approx(statistics.stdev([0.84, 0.85, 0.87]))
+    assert isinstance(merged["B slots"], PerSeed)
+    assert merged["B slots"] == [[0, 1, 5], [0, 1, 5], [0, 4, 5]]
+    assert merged["alarms"] == []  # the same on every draw: kept as it is
+    assert over_seeds(_rows, [1]) == [
+        {k: v for k, v in row.items()} for row in _rows(1)
+    ]  # one draw: the rows themselves, no spread
+
+
+def test_the_tables_print_mean_and_spread_and_each_draws_value():
+    rows = over_seeds(_rows, range(3))
+    text = markdown(rows).splitlines()
+    assert text[0] == "| model | spearman | params_M | layers | B slots | alarms |"
+    assert (
+        "| merge sma | 0.853 ± 0.015 | 22.500 | — | [0, 1, 5] / [0, 1, 5] / [0, 4, 5] | [] |"
+        in text
+    )
+    decoder_rows = [
+        {"model": "merge", "python-docs ppl": p, "slots_b": s, "alarms": []}
+        for p, s in ((600.0, [0, 1]), (610.0, [0, 3]))
+    ]
+    printed = table(over_seeds(lambda k: [decoder_rows[k]], range(2)))
+    assert "| merge | 0, 1 / 0, 3 | 605.0 ± 7.1 | none |" in printed.splitlines()
+
+
+def test_draws_must_give_the_same_rows():
+    with pytest.raises(ValueError, match="rows differ"):
+        over_seeds(lambda seed: [{"model": f"row {seed}"}], range(2))
+    with pytest.raises(ValueError, match="at least one seed"):
+        over_seeds(_rows, [])
