@@ -277,6 +277,12 @@ def test_bench_speed_json_line_holds_every_pair_figure(capsys):
     keys = {"merge_s", "floor_s", "remerge_s", "peak_rss_mib", "weights_mib", "stats_mib"}
     assert keys <= set(resnet) and all(resnet[k] > 0 for k in keys)
     assert resnet["ratio_to_floor"] == pytest.approx(resnet["merge_s"] / resnet["floor_s"])
+    start, merge = resnet["start_rss_mib"], resnet["merge_rss_mib"]
+    assert 0 < start < resnet["peak_rss_mib"] and merge == pytest.approx(
+        resnet["peak_rss_mib"] - start
+    )
+    goal = resnet["memory_goal_mib"]
+    assert goal == pytest.approx(2 * resnet["weights_mib"] + resnet["stats_mib"])
     assert {"prepare.similarity", "prepare.features", "zip.match"} <= set(resnet["stages"])
     assert resnet["threads"] == 1 and resnet["device"] == "cpu"
     assert resnet["realign_s"] > 0 and resnet["neurons_point_s"] > 0

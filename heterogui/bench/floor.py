@@ -28,6 +28,12 @@ def weights_mib(modules: list[torch.nn.Module]) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
+def memory_goal_mib(m: dict[str, Any]) -> float:
+    """Return the memory a merge may take: twice the weights of A, B and the merge, plus the
+    statistics kept (compared with the peak RSS over the process's start, ``merge_rss_mib``)."""
+    return 2 * m["weights_mib"] + m["statistics_mib"]
+
+
 def contract(m: dict[str, Any]) -> dict[str, Any]:
     """Return a pair's figures under the keys of the ``--json`` line (seconds and MiB)."""
     return {
@@ -39,6 +45,9 @@ def contract(m: dict[str, Any]) -> dict[str, Any]:
         "neurons_point_s": m["neurons_point_s"],
         "precision": m["precision"],
         "peak_rss_mib": m["peak_rss_mib"],
+        "start_rss_mib": m["start_rss_mib"],
+        "merge_rss_mib": m["peak_rss_mib"] - m["start_rss_mib"],
+        "memory_goal_mib": memory_goal_mib(m),
         "weights_mib": m["weights_mib"],
         "stats_mib": m["statistics_mib"],
         "stages": m["stages"],

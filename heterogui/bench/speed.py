@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from heterogui.bench.floor import contract
+from heterogui.bench.floor import contract, memory_goal_mib
 from heterogui.bench.isolated import in_fresh_process
 from heterogui.bench.timing import clock
 from heterogui.zip.matchers import zip_match, zip_match_naive
@@ -72,8 +72,10 @@ def format_pair(m: dict[str, Any]) -> str:
         f"{m['realign']:.3f}s; another merge point on the Neurons tab: "
         f"{m['neurons_point_s']:.3f}s (slowest point)",
         f"  statistics kept: {m['statistics_mib']:.1f} MiB; weights of A, B and the merge "
-        f"{m['weights_mib']:.1f} MiB; peak RSS {m['peak_rss_mib']:.0f} MiB (before the merge "
-        f"{m['rss_before_merge_mib']:.0f} MiB)",
+        f"{m['weights_mib']:.1f} MiB; peak RSS {m['peak_rss_mib']:.0f} MiB (at the start "
+        f"{m['start_rss_mib']:.0f} MiB, before the merge {m['rss_before_merge_mib']:.0f} MiB); "
+        f"over the start {m['peak_rss_mib'] - m['start_rss_mib']:.0f} MiB against the goal "
+        f"of 2 x weights + statistics = {memory_goal_mib(m):.0f} MiB",
         f"  float32 batch products vs float64: max correlation difference "
         f"{p['max_corr_diff']:.1e}; same matching at {p['same_matching']} of "
         f"{p['merge_points']} merge points",

@@ -14,11 +14,13 @@ and prints its figures as one JSON line. The pairs:
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import torch
 
 from heterogui import run
+from heterogui.bench.memory import rss_mib
 from heterogui.bench.merge_speed import measure_pair
 from heterogui.config import DataRef
 from heterogui.models.family import Network, build_network
@@ -73,10 +75,17 @@ def run_pair(name: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def measured(options: dict[str, Any]) -> dict[str, Any]:
-    """Measure ``options["pair"]`` with the options' threads (``isolated.in_fresh_process``)."""
+    """Measure ``options["pair"]`` with the options' threads (``isolated.in_fresh_process``).
+
+    start_rss_mib: this process's memory before any model is loaded (Python, torch and, for the
+    transformer pairs, transformers imported): what the merge's memory is counted from.
+    """
     if options.get("threads"):
         torch.set_num_threads(int(options["threads"]))
-    return run_pair(options["pair"], options)
+    if options["pair"] != "resnet":
+        importlib.import_module("transformers")
+    start = rss_mib()
+    return run_pair(options["pair"], options) | {"start_rss_mib": start}
 
 
 def _measure_loaded(label: str, pair: Any, ref: DataRef, dev: torch.device) -> dict[str, Any]:
