@@ -171,6 +171,41 @@ def test_the_default_fusion_is_the_familys_and_the_merge_records_it(name, expect
     )
 
 
+@pytest.mark.parametrize("name", ["mlp", "resnet"])
+def test_only_the_forms_the_readers_take_are_fitted_and_the_merge_is_the_same(name, monkeypatch):
+    import heterogui.fusion.assemble as assemble
+    from heterogui.fusion import regression
+
+    config_a, config_b, shape = DEPTH_PAIRS[name]
+    prep = prepare(make(config_a, 0), make(config_b, 1), calibration(shape), device="cpu")
+    settings = ZipSettings(rho=0.5, fusion="least_squares")
+    needed = zip_prepared(prep, settings)
+    fitted = regression.fit_regressions(
+        prep.stats,
+        [prep.padded_a.graph(), prep.padded_b.graph()],
+        needed.matches,
+        needed.spec.stop,
+    )
+    centred = {s for s, r in fitted.items() if r.centred is not None}
+    origin = {s for s, r in fitted.items() if r.origin is not None}
+    # MLP: Linear layers with biases take the centred form; the tails read the last space
+    # through the origin. ResNet: its convolutions have no bias, so no centred form at all.
+    tails = prep.padded_a.graph().block_out[needed.spec.stop - 1]
+    assert origin == ({tails} if name == "mlp" else set(fitted))
+    assert centred == (set(fitted) - {tails} if name == "mlp" else set())
+    every = regression.regression_unmerge  # fitting both forms everywhere changes nothing
+
+    def both(moments, match, ridge, centred=True, origin=True):
+        return every(moments, match, ridge, centred=True, origin=True)
+
+    monkeypatch.setattr(regression, "regression_unmerge", both)
+    full = zip_prepared(prep, settings)
+    assert all(t.regression.centred is not None for t in full.transforms.values() if t.regression)
+    x = calibration(shape, n_batches=1, seed=5)[0]
+    assert max_diff(needed.model(x), full.model(x)) == 0.0
+    assert assemble.fit_regressions is regression.fit_regressions
+
+
 def test_bad_fusion_settings_are_refused_with_the_fix():
     with pytest.raises(ConfigError, match="zip.fusion 'lsq' is unknown; use one of"):
         ZipSpec(fusion="lsq")

@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 import torch
 
-from heterogui.fusion.regression import Regression
+from heterogui.fusion.regression import Regression, bias_name, linear_read_space
 from heterogui.models.graph import INPUT, TensorTag
 from heterogui.zip.matchers import Match
 
@@ -47,7 +47,7 @@ class SpaceTransform:
         self._weights: torch.Tensor | None = None
         self.dtype, self.device = dtype, torch.device(device)
         self.regression = None if regression is None else regression.to(dtype, device)
-        if self.regression is not None:
+        if self.regression is not None:  # None: the space's readers all take the centred form
             self._unmerge = self.regression.origin
 
     @classmethod
@@ -71,7 +71,13 @@ class SpaceTransform:
 
     @property
     def unmerge(self) -> tuple[torch.Tensor, ...]:
-        """Return (U_A, U_B, ...), one per model, formed on first use."""
+        """Return (U_A, U_B, ...), one per model, formed on first use.
+
+        Raises:
+            RuntimeError: the space has a regression without its through-origin form.
+        """
+        if self._unmerge is None and self.regression is not None:
+            raise RuntimeError("no through-origin regression was fitted for this merge point")
         if self._unmerge is None:
             kw = {"dtype": self.dtype, "device": self.device}
             self._unmerge = tuple(self.match.u_of(m, **kw) for m in range(len(self.match.sizes)))
@@ -107,8 +113,11 @@ class SpaceTransform:
         the sum over models without a tensor per model.
         """
         if role == "in" and self.regression is not None:
-            matrix = (self.regression.centred if centred else self.regression.origin)[model]
-            return _added(apply_along(matrix.T.to(tensor.dtype), tensor, dim), into)
+            form = self.regression.centred if centred else self.regression.origin
+            if form is None:  # fit_regressions fits the forms the space's readers take
+                kind = "centred" if centred else "through-origin"
+                raise RuntimeError(f"no {kind} regression was fitted for this merge point")
+            return _added(apply_along(form[model].T.to(tensor.dtype), tensor, dim), into)
         if self.match is None:
             matrix = self.merge[model] if role == "out" else self.unmerge[model].T
             return _added(apply_along(matrix.to(tensor.dtype), tensor, dim), into)
@@ -176,13 +185,9 @@ def regression_reader(tag: TensorTag, transforms: Mapping[str, SpaceTransform]) 
     A weight (out at dim 0, in at dim 1: a linear layer or a convolution) whose input space has
     a least-squares regression.
     """
-    if not tag.name.endswith(".weight") or len(tag.axes) != 2:
-        return None
-    out, read = sorted(tag.axes, key=lambda a: a.dim)
-    if (out.dim, out.role, read.dim, read.role) != (0, "out", 1, "in"):
-        return None
-    transform = transforms.get(read.space)
-    return read.space if transform is not None and transform.regression is not None else None
+    space = linear_read_space(tag)
+    transform = transforms.get(space) if space is not None else None
+    return space if transform is not None and transform.regression is not None else None
 
 
 def intercept_reader(
@@ -192,7 +197,7 @@ def intercept_reader(
 
     A ``regression_reader`` whose layer has a bias next to it ("X.weight" and "X.bias").
     """
-    bias = tag.name[: -len("weight")] + "bias"
+    bias = bias_name(tag)
     return bias if regression_reader(tag, transforms) and bias in names else None
 
 

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from heterogui.config import DEFAULT_RIDGE
-from heterogui.models.graph import ModelGraph
+from heterogui.models.graph import ModelGraph, TensorTag
 from heterogui.zip.collect import StatKey, pooled_moments, shared_spaces
 from heterogui.zip.match import Match
 from heterogui.zip.stats import Moments
@@ -41,23 +41,44 @@ from heterogui.zip.stats import Moments
 class Regression:
     """The least-squares unmerge of one merge point, split per model (A's rows first).
 
+    Each form is fitted only when a reader needs it (``fit_regressions``); None otherwise.
+
     Attributes:
         centred: (U_A, U_B, ...), (n_m, r): the regression on the centred merged features.
         offset: (c_A, c_B, ...), (n_m,): its intercept, x_m ≈ U_m z + c_m.
         origin: (U_A, U_B, ...), (n_m, r): the regression through the origin, x_m ≈ U_m z.
     """
 
-    centred: tuple[Tensor, ...]
-    offset: tuple[Tensor, ...]
-    origin: tuple[Tensor, ...]
+    centred: tuple[Tensor, ...] | None
+    offset: tuple[Tensor, ...] | None
+    origin: tuple[Tensor, ...] | None
 
     def to(self, dtype: torch.dtype, device: torch.device | str) -> Regression:
         """Return the regression in ``dtype`` on ``device``."""
 
-        def move(parts: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-            return tuple(t.to(device=device, dtype=dtype) for t in parts)
+        def move(parts: tuple[Tensor, ...] | None) -> tuple[Tensor, ...] | None:
+            return None if parts is None else tuple(t.to(device=device, dtype=dtype) for t in parts)
 
         return Regression(move(self.centred), move(self.offset), move(self.origin))
+
+
+def linear_read_space(tag: TensorTag) -> str | None:
+    """Return the space a linear layer's or a convolution's weight reads, or None.
+
+    Such a weight has its output at dim 0 and its input at dim 1 (and its name ends in
+    ".weight"): what a least-squares regression can feed, with an intercept into its bias.
+    """
+    if not tag.name.endswith(".weight") or len(tag.axes) != 2:
+        return None
+    out, read = sorted(tag.axes, key=lambda a: a.dim)
+    if (out.dim, out.role, read.dim, read.role) != (0, "out", 1, "in"):
+        return None
+    return read.space
+
+
+def bias_name(tag: TensorTag) -> str:
+    """Return the name of the bias next to weight ``tag`` ("X.weight" -> "X.bias")."""
+    return tag.name[: -len("weight")] + "bias"
 
 
 def solve_regression(sxz: Tensor, szz: Tensor, ridge: float, prior: Tensor) -> Tensor:
@@ -86,20 +107,30 @@ def _solve(sigma: Tensor, match: Match, ridge: float) -> Tensor:
     return solve_regression(sxz, szz, ridge, match.unmerge(sigma.dtype, sigma.device))
 
 
-def regression_unmerge(moments: Moments, match: Match, ridge: float = DEFAULT_RIDGE) -> Regression:
+def regression_unmerge(
+    moments: Moments,
+    match: Match,
+    ridge: float = DEFAULT_RIDGE,
+    centred: bool = True,
+    origin: bool = True,
+) -> Regression:
     """Return the least-squares unmerge of a merge point from its moments and matching.
 
-    Computed in float64 on the moments' device.
+    Computed in float64 on the moments' device. centred / origin: fit that form (with its
+    intercept) or through the origin; a form not fitted is None.
 
     Raises:
         ConfigError: no samples were accumulated.
     """
-    mean = moments.mean()
-    centred = _solve(moments.cov(), match, ridge)
-    origin = _solve(moments.outer / moments.count, match, ridge)
-    merged_mean = match.average_columns(mean[None, :])[0]
-    offset = mean - centred @ merged_mean
-    return Regression(per_model(centred, match), per_model(offset, match), per_model(origin, match))
+    fit_centred = offset = fit_origin = None
+    if centred:
+        fit = _solve(moments.cov(), match, ridge)
+        merged_mean = match.average_columns(moments.mean()[None, :])[0]
+        fit_centred = per_model(fit, match)
+        offset = per_model(moments.mean() - fit @ merged_mean, match)
+    if origin:
+        fit_origin = per_model(_solve(moments.outer / moments.count, match, ridge), match)
+    return Regression(fit_centred, offset, fit_origin)
 
 
 def per_model(t: Tensor, match: Match) -> tuple[Tensor, ...]:
@@ -123,14 +154,31 @@ def fit_regressions(
     Spearman; without, it gains at some settings: docs/transformers.md).
     """
     graph_a = graphs[0]
-    read = {a.space for t in graph_a.tensors if t.block < stop for a in t.axes if a.role == "in"}
+    trunk = [t for t in graph_a.tensors if t.block < stop]
+    names = {t.name for t in trunk}
+    # the centred form feeds a linear layer with a bias (its intercept goes there); every
+    # other reader, and the tails at the stop point, read through the origin form
+    with_bias = {linear_read_space(t) for t in trunk if bias_name(t) in names} - {None}
+    through_origin = {
+        a.space
+        for t in trunk
+        if not (linear_read_space(t) and bias_name(t) in names)
+        for a in t.axes
+        if a.role == "in"
+    }
     if stop > 0:  # the tails (the heads of a full zip) read the stop point through its unmerge
-        read.add(graph_a.block_out[stop - 1])
+        through_origin.add(graph_a.block_out[stop - 1])
     shared = set(shared_spaces(graphs))
     return {
-        space: regression_unmerge(pooled_moments(stats, graph_a, space, stop), match, ridge)
+        space: regression_unmerge(
+            pooled_moments(stats, graph_a, space, stop),
+            match,
+            ridge,
+            centred=space in with_bias,
+            origin=space in through_origin,
+        )
         for space, match in matches.items()
-        if space in read
+        if (space in with_bias or space in through_origin)
         and space in shared
         and graph_a.spaces[space].captures
         and not graph_a.spaces[space].head_dim
