@@ -21,6 +21,7 @@ from heterogui.models.family import build_network
 from heterogui.models.io import save_network
 from heterogui.models.resnet import cifar_resnet
 from heterogui.sources.folder import load_merged
+from heterogui.tasks.classification import evaluate_models
 from heterogui.ui import (
     app,
     fig_neurons,
@@ -646,12 +647,15 @@ def test_a_vit_pair_runs_end_to_end_with_image_panels(res, tmp_path):
 def test_evaluation_progress_reports_true_shares_of_the_work(session, res):
     calls = []
     task, prep = session.task, session.prepared
-    task.score_models(prep, session.evaluation, session.pair, lambda *c: calls.append(c))
+    scores = task.score_models(prep, session.evaluation, session.pair, lambda *c: calls.append(c))
+    for which in ("a", "b", "ensemble"):  # each model's outputs serve its row and the ensemble
+        alone = evaluate_models(prep.net_a, prep.net_b, which, session.evaluation.data)
+        assert scores[which] == alone
     n_a = sum(p.numel() for p in prep.net_a.module.parameters())
     n_b = sum(p.numel() for p in prep.net_b.module.parameters())
-    total = 2 * (n_a + n_b)  # A, B, then both again for the ensemble
-    assert [s for s, _ in calls] == ["evaluate"] * 4
-    assert [f for _, f in calls] == pytest.approx([0, n_a / total, (n_a + n_b) / total, 1])
+    total = n_a + n_b  # A and B run once each; the ensemble reuses their outputs
+    assert [s for s, _ in calls] == ["evaluate"] * 3
+    assert [f for _, f in calls] == pytest.approx([0, n_a / total, 1])
     merge(session, res)
     calls.clear()
     session.merged_metrics = None

@@ -268,13 +268,23 @@ def evaluate_nets(
     Raises:
         ConfigError: see ``head_metrics``.
     """
-    heads = [net.task_heads() for net in nets]
-    split = _task_split(test_split, [h for net_heads in heads for h in net_heads])
-    outputs: list[Tensor | None] = []
-    for net, chosen in zip(nets, runs, strict=True):
-        if not chosen:
-            outputs.append(None)
-            continue
-        net.module.eval()
-        outputs.append(collect_outputs(net.module, split.inputs, batch_size, device)[0])
+    heads, split = nets_split(nets, test_split)
+    outputs = [
+        net_outputs(net, split, batch_size, device) if chosen else None
+        for net, chosen in zip(nets, runs, strict=True)
+    ]
     return score_outputs(outputs, heads, split.labels)
+
+
+def nets_split(nets: Sequence[Network], test_split: Split) -> tuple[list[list[Head]], Split]:
+    """Return every net's task heads and the test samples of their classes."""
+    heads = [net.task_heads() for net in nets]
+    return heads, _task_split(test_split, [h for net_heads in heads for h in net_heads])
+
+
+def net_outputs(
+    net: Network, split: Split, batch_size: int = 512, device: torch.device | str = "cpu"
+) -> Tensor:
+    """Return one net's outputs (eval mode) on ``split`` (``nets_split``'s samples)."""
+    net.module.eval()
+    return collect_outputs(net.module, split.inputs, batch_size, device)[0]

@@ -36,8 +36,10 @@ from heterogui.tasks.base import (
 from heterogui.tasks.classification import (
     Metrics,
     evaluate_merged,
-    evaluate_nets,
     joint_argmax,
+    net_outputs,
+    nets_split,
+    score_outputs,
     split_heads,
 )
 
@@ -222,15 +224,21 @@ class ImageClassification(Task):
         """
         keys = [model_key(k) for k in range(len(nets))]
         weights = {k: float(size_of(net.module)) for k, net in zip(keys, nets, strict=True)}
-        weights["ensemble"] = sum(weights.values())
         if merged is not None:
             weights["merged"] = float(size_of(merged))
         mark = progress_steps(progress, weights)
-        scores = {}
-        for which in (*keys, "ensemble"):
-            mark(which)
-            runs = [which in (key, "ensemble") for key in keys]
-            scores[which] = evaluate_nets(nets, runs, ev.data, EVAL_BATCH, device)
+        heads, split = nets_split(nets, ev.data)
+        outputs = []
+        for key, net in zip(keys, nets, strict=True):  # each model runs once
+            mark(key)
+            outputs.append(net_outputs(net, split, EVAL_BATCH, device))
+        scores = {
+            key: score_outputs(
+                [o if k == m else None for m, o in enumerate(outputs)], heads, split.labels
+            )
+            for k, key in enumerate(keys)
+        }
+        scores["ensemble"] = score_outputs(outputs, heads, split.labels)
         if merged is not None:
             mark("merged")
             scores["merged"] = evaluate_merged(
