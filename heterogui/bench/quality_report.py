@@ -446,7 +446,7 @@ DEFAULT_NOTE = """The default, `zip.fusion: auto`, follows these rows: least squ
 ResNet and ViT families, where it beats the paper's fusion on every pair for a few hundredths of
 a second a merge; the paper's fusion for BERT (least squares lost on average on MiniLM's
 sentence similarity, docs/transformers.md), for the decoders (better on the trained pair,
-docs/decoders.md, but about two minutes a SmolLM2 merge against five seconds) and for MLPs and
+docs/decoders.md, but 49-66 s a SmolLM2 merge against five seconds) and for MLPs and
 GPT-2 (no pair measures them). The sequential refit is better still but costs 2-30 times a
 re-merge, too slow for the workbench's slider: an option, not the default. The rows above name
 their fusion, so they do not depend on the default."""

@@ -47,7 +47,7 @@ class Family:
 # Least-squares fusion beat the paper's average on every zoo pair (VGG, ResNet, ViT) at a few
 # hundredths of a second a merge. The others keep the paper's average: BERT (it lost on average
 # on MiniLM's sentence similarity), the decoders (better on every row of the trained pair, but
-# minutes a SmolLM2 merge instead of seconds), MLP and GPT-2 (no benchmark pair).
+# about a minute a SmolLM2 merge instead of 5 s), MLP and GPT-2 (no benchmark pair).
 LEAST_SQUARES = "least_squares"
 
 FAMILIES: dict[str, Family] = {}
