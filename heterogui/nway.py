@@ -45,6 +45,7 @@ from heterogui.pipeline import (
     pad_aligned,
     ready_networks,
     resolve_device,
+    resolved_settings,
     space_correlation,
 )
 from heterogui.stages import timed
@@ -261,7 +262,7 @@ def zip_group_prepared(
         ConfigError: see ``check_group_settings`` and ``match_group``.
         MatcherError: see ``zip_group``.
     """
-    settings = (settings or ZipSettings()).resolved(prepared.nets[0].family.default_fusion)
+    settings = resolved_settings(prepared.nets[0], settings)
     check_group_settings(settings)
     timings: dict[str, float] = {}
     padded = prepared.padded

@@ -408,7 +408,7 @@ def zip_prepared(
         ConfigError: stop point out of range, unknown matcher or override.
         MatcherError: widths or knobs a matcher cannot handle.
     """
-    settings = resolved_settings(prepared, settings)
+    settings = resolved_settings(prepared.net_a, settings)
     report = progress or (lambda _stage, _frac: None)
     timings: dict[str, float] = {}
     pa, pb = prepared.padded_a, prepared.padded_b
@@ -442,9 +442,12 @@ def zip_prepared(
     return MergeResult(*result, timings, built.renormalized)
 
 
-def resolved_settings(prepared: Prepared, settings: ZipSettings | None) -> ZipSettings:
-    """Return the settings a merge of ``prepared`` runs: fusion "auto" made the family's."""
-    return (settings or ZipSettings()).resolved(prepared.net_a.family.default_fusion)
+def resolved_settings(net: Network, settings: ZipSettings | None) -> ZipSettings:
+    """Return the settings a merge of ``net``'s family runs: fusion "auto" made the family's.
+
+    net: any of the merged models (they share one family).
+    """
+    return (settings or ZipSettings()).resolved(net.family.default_fusion)
 
 
 def _regressions(

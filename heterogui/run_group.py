@@ -19,7 +19,7 @@ from heterogui.config import AlignmentSpec, Recipe
 from heterogui.errors import ConfigError
 from heterogui.export.job import HETEROGUI_FORMAT
 from heterogui.nway import GroupMergeResult, check_group_settings, prepare_group, zip_group_prepared
-from heterogui.pipeline import Progress, ZipSettings
+from heterogui.pipeline import Progress, ZipSettings, resolved_settings
 from heterogui.report import group_mode
 from heterogui.sources.base import IMAGE_CLASSIFICATION, Header, Pair
 from heterogui.tasks import Calibration, Evaluation
@@ -77,7 +77,7 @@ def merge_models(
         ConfigError: settings or an alignment mode an N-way merge does not take (manual).
         HeteroguiError: see ``nway.prepare_group`` and ``nway.zip_group_prepared``.
     """
-    settings = settings.resolved(pair.a.net.family.default_fusion)
+    settings = resolved_settings(pair.a.net, settings)
     check_group_settings(settings)
     prepared = prepare_group(
         [m.net for m in pair.models],

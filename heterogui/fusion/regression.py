@@ -124,10 +124,10 @@ def regression_unmerge(
     """
     fit_centred = offset = fit_origin = None
     if centred:
-        fit = _solve(moments.cov(), match, ridge)
-        merged_mean = match.average_columns(moments.mean()[None, :])[0]
+        fit, mean = _solve(moments.cov(), match, ridge), moments.mean()
+        merged_mean = match.average_columns(mean[None, :])[0]
         fit_centred = per_model(fit, match)
-        offset = per_model(moments.mean() - fit @ merged_mean, match)
+        offset = per_model(mean - fit @ merged_mean, match)
     if origin:
         fit_origin = per_model(_solve(moments.outer / moments.count, match, ridge), match)
     return Regression(fit_centred, offset, fit_origin)

@@ -191,7 +191,7 @@ def readout(session: Session) -> dict[str, Any]:
     prep = session.prepared
     result = session.result
     sizes = dict(session.reference_sizes or reference_sizes(prep))
-    if result is not None and result.settings == resolved_settings(prep, session.settings):
+    if result is not None and result.settings == resolved_settings(prep.net_a, session.settings):
         sizes["merged"] = session.merged_size or merge_size(result)
         widths, exact = result.widths(), True
     else:
