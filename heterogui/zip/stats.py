@@ -61,9 +61,11 @@ class Moments:
             A-B block, so it is not computed.
     """
 
-    def __init__(self, total: Tensor, outer: Tensor, count: int = 0, split: int | None = None):
+    def __init__(
+        self, total: Tensor, outer: Tensor | None, count: int = 0, split: int | None = None
+    ):
         self.total = total
-        self._outer = outer
+        self._outer = outer  # None until the first batch is folded in (``empty``)
         self.count = count
         self.split = split
         self._pending: Tensor | None = None  # summed centred products of unfolded batches
@@ -87,19 +89,25 @@ class Moments:
         if split is not None and not 0 < split < width:
             raise ConfigError(f"split must be between 1 and {width - 1}, got {split!r}")
         total = torch.zeros(int(width), dtype=torch.float64, device=device)
-        outer = torch.zeros(int(width), int(width), dtype=torch.float64, device=device)
-        return cls(total=total, outer=outer, count=0, split=split)
+        # the (O, O) float64 sums are allocated when the first batches are folded in: while a
+        # pass runs, only the float32 products of its batches take memory (``settle``)
+        return cls(total=total, outer=None, count=0, split=split)
 
     @property
     def outer(self) -> Tensor:
         """Return the (O, O) float64 sum of x xᵀ (folding in the batches not folded yet)."""
         self.settle()
+        if self._outer is None:  # nothing accumulated
+            self._outer = self._zeros()
         return self._outer
+
+    def _zeros(self) -> Tensor:
+        return torch.zeros(self.width, self.width, dtype=torch.float64, device=self.device)
 
     @property
     def nbytes(self) -> int:
         """Return the bytes the settled sums take (the (O, O) and (O,) float64 tensors)."""
-        return (self._outer.numel() + self.total.numel()) * self._outer.element_size()
+        return (self.width + 1) * self.width * self.total.element_size()
 
     @property
     def width(self) -> int:
@@ -178,6 +186,8 @@ class Moments:
         """Fold the pending batches into the float64 sums (reading ``outer`` does it too)."""
         if not self._rows:
             return
+        if self._outer is None:
+            self._outer = self._zeros()
         outer, pending = self._outer, self._pending
         for rows, cols in self._blocks():  # in place, float32 into float64: no temporaries
             outer[rows, cols].add_(pending[rows, cols])
