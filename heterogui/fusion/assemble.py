@@ -52,7 +52,8 @@ def assemble(
     # weights are held once, not once more as the model's own copy
     model = build_merged(spec, "meta")
     states = [net.module.state_dict() for net in padded]
-    fused = fuse_state(ga.tensors, states, transforms, stop)
+    inert = [ga.inert, *(net.graph().inert for net in padded[1:])]
+    fused = fuse_state(ga.tensors, states, transforms, stop, inert)
     state = {f"trunk.{k[len('blocks.') :]}": _as(v, dtype) for k, v in fused.items()}
     del fused
     for m, st in enumerate(states):

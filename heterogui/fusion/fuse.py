@@ -179,6 +179,29 @@ def fuse_tensor(
     return total
 
 
+def fuse_live(
+    tensor_tag: TensorTag,
+    tensors: Sequence[torch.Tensor],
+    transforms: Mapping[str, SpaceTransform],
+    live: Sequence[bool],
+) -> torch.Tensor:
+    """Return the merged tensor averaged over the live models' members of each group.
+
+    For a tensor that only some models use (``ModelGraph.inert``: an identity layer's norms):
+    a group with a live member takes the mean of its live members; a group of inert members
+    only keeps their mean. A tensor with a read axis is fused as usual.
+    """
+    plain = fuse_tensor(tensor_tag, tensors, transforms)
+    if any(a.role != "out" for a in tensor_tag.axes if a.space != INPUT):
+        return plain
+    zeros = [torch.zeros_like(t) for t in tensors]
+    kept = [t if on else z for t, z, on in zip(tensors, zeros, live, strict=True)]
+    ones = [torch.ones_like(t) if on else z for t, z, on in zip(tensors, zeros, live, strict=True)]
+    total = fuse_tensor(tensor_tag, kept, transforms)
+    share = fuse_tensor(tensor_tag, ones, transforms)  # the live members' share of each group
+    return torch.where(share > 0, total / share.where(share > 0, 1.0), plain)
+
+
 def regression_reader(tag: TensorTag, transforms: Mapping[str, SpaceTransform]) -> str | None:
     """Return the space ``tag`` reads through a regression, or None.
 
@@ -226,10 +249,13 @@ def fuse_state(
     states: Sequence[Mapping[str, torch.Tensor]],
     transforms: Mapping[str, SpaceTransform],
     stop: int,
+    inert: Sequence[Collection[str]] = (),
 ) -> dict[str, torch.Tensor]:
     """Return the merged tensors of every tagged tensor in blocks ``[0, stop)``.
 
     states: the (padded) models' state dicts, in the transforms' model order.
+    inert: per model, the tensors that do not change its function (``ModelGraph.inert``); where
+    another model's tensor is live, they are left out of the groups' averages (``fuse_live``).
     A reader of a space with a regression: its bias (if it has one) takes the intercept.
     """
     trunk = [t for t in tags if t.block < stop]
@@ -237,6 +263,10 @@ def fuse_state(
     fused, corrections = {}, {}
     for t in trunk:
         pair = [state[t.name] for state in states]
+        live = [t.name not in names_m for names_m in inert]
+        if any(live) and not all(live):
+            fused[t.name] = fuse_live(t, pair, transforms, live)
+            continue
         bias = intercept_reader(t, names, transforms)
         fused[t.name] = fuse_tensor(t, pair, transforms, centred=bias is not None)
         if bias is not None:

@@ -52,6 +52,7 @@ from heterogui.models.graph import (
     ModelGraph,
     Space,
     in_axis,
+    inert_norms,
     out_axis,
     tag,
 )
@@ -251,7 +252,9 @@ def graph(config: DecoderNetConfig, identity_blocks: frozenset[int] = frozenset(
     tensors.append(tag(f"blocks.{head}.lm_head.weight", head, out_axis(LOGITS), in_axis(STREAM)))
     spaces[STREAM] = Space(STREAM, config.hidden, tuple(stream_caps), norm_outputs=norm_outputs)
     block_out = (STREAM,) * (n + 2) + (None,)
-    return ModelGraph(spaces, tuple(tensors), (tuple(range(1, n + 1)),), block_out, frozenset(dead))
+    inert = inert_norms(tensors, identity_blocks, ("input_layernorm", "post_attention_layernorm"))
+    stages = (tuple(range(1, n + 1)),)
+    return ModelGraph(spaces, tuple(tensors), stages, block_out, frozenset(dead), inert)
 
 
 def insert_identity(config: DecoderNetConfig, stage: int, position: int) -> DecoderNetConfig:

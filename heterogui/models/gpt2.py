@@ -33,6 +33,7 @@ from heterogui.models.graph import (
     ModelGraph,
     Space,
     in_axis,
+    inert_norms,
     norm_tags,
     out_axis,
     tag,
@@ -191,7 +192,9 @@ def graph(config: GPT2NetConfig, identity_blocks: frozenset[int] = frozenset()) 
     tensors.append(tag(f"blocks.{head}.lm_head.weight", head, out_axis(LOGITS), in_axis(STREAM)))
     spaces[STREAM] = Space(STREAM, config.hidden, tuple(stream_caps))
     block_out = (STREAM,) * (n + 2) + (None,)
-    return ModelGraph(spaces, tuple(tensors), (tuple(range(1, n + 1)),), block_out, frozenset(dead))
+    inert = inert_norms(tensors, identity_blocks, GPT2_NAMES.norms)
+    stages = (tuple(range(1, n + 1)),)
+    return ModelGraph(spaces, tuple(tensors), stages, block_out, frozenset(dead), inert)
 
 
 insert_identity = bert.insert_identity

@@ -106,6 +106,10 @@ class ModelGraph:
 
     stages: block indices per stage (the unit of layer alignment; the stem and the head are not
     in any stage). block_out: the space each block's output lives in (None for the head).
+    dead: the spaces of identity blocks that carry nothing. inert: the tensors that do not change
+    the model's function, whatever their values: the norms of a pre-norm identity layer, which
+    only its dead spaces read (``inert_norms``); fusion leaves them out of a group's average
+    wherever another model's tensor is live (``fusion.fuse.fuse_state``).
     """
 
     spaces: dict[str, Space]
@@ -113,6 +117,7 @@ class ModelGraph:
     stages: tuple[tuple[int, ...], ...]
     block_out: tuple[str | None, ...]
     dead: frozenset[str] = field(default_factory=frozenset)
+    inert: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def num_blocks(self) -> int:
@@ -137,6 +142,18 @@ def in_axis(space: str, dim: int = 1) -> Axis:
 def tag(name: str, block: int, *axes: Axis) -> TensorTag:
     """Return a TensorTag for state-dict key ``name`` owned by ``block``."""
     return TensorTag(name, tuple(axes), block)
+
+
+def inert_norms(
+    tensors: list[TensorTag], identity_blocks: frozenset[int], norms: tuple[str, ...]
+) -> frozenset[str]:
+    """Return the tensors of the norms named ``norms`` inside the identity blocks.
+
+    In a pre-norm layer whose output projections are zero, the norms feed only the layer's dead
+    spaces: their values (1 and 0 as built) do not change the function.
+    """
+    prefixes = tuple(f"blocks.{k}.{norm}." for k in identity_blocks for norm in norms)
+    return frozenset(t.name for t in tensors if t.name.startswith(prefixes))
 
 
 def norm_tags(prefix: str, block: int, space: str, batch_norm: bool = True) -> list[TensorTag]:

@@ -34,6 +34,7 @@ from heterogui.models.graph import (
     ModelGraph,
     Space,
     in_axis,
+    inert_norms,
     norm_tags,
     out_axis,
     tag,
@@ -207,7 +208,9 @@ def graph(config: ViTNetConfig, identity_blocks: frozenset[int] = frozenset()) -
             tag(f"blocks.{head}.classifier.bias", head, out_axis(LOGITS)),
         ]
     block_out = (STREAM,) * (n + 2) + (None,)
-    return ModelGraph(spaces, tuple(tensors), (tuple(range(1, n + 1)),), block_out, frozenset(dead))
+    inert = inert_norms(tensors, identity_blocks, VIT_NAMES.norms)
+    stages = (tuple(range(1, n + 1)),)
+    return ModelGraph(spaces, tuple(tensors), stages, block_out, frozenset(dead), inert)
 
 
 def init_identity(block: nn.Module) -> None:
