@@ -15,6 +15,7 @@ from conftest import char_tokenizer, tiny_decoder
 
 from heterogui.models.bert import BertNetConfig
 from heterogui.models.family import build_network, family_of
+from heterogui.models.gpt2 import GPT2NetConfig
 from heterogui.models.hf.decoder_io import network_from_hf
 from heterogui.models.vit import ViTNetConfig
 from heterogui.pipeline import ZipSettings, prepare, zip_prepared
@@ -56,6 +57,10 @@ def test_only_the_norms_of_pre_norm_identity_layers_are_inert():
         for p in ("weight", "bias")
     }
     assert not family_of(vit).graph(vit).inert
+    gpt2 = GPT2NetConfig(50, 16, 16, 8, (2, 2), (32, 32))
+    assert family_of(gpt2).graph(gpt2, frozenset({2})).inert == {
+        f"blocks.2.{norm}.{p}" for norm in ("ln_1", "ln_2") for p in ("weight", "bias")
+    }
     # a post-LN (BERT) identity layer's second LayerNorm writes the stream: not inert
     bert = BertNetConfig(50, 16, 2, 16, 8, (2, 2), (32, 32))
     assert not family_of(bert).graph(bert, frozenset({1})).inert
