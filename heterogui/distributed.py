@@ -211,6 +211,8 @@ def all_reduce_moments(stats: Mapping[Any, Any]) -> None:
     counts = []
     for key in keys:
         moments = stats[key]
+        if getattr(moments, "compacted", False):  # its outer would be a rebuilt copy
+            raise RuntimeError("reduce the moments before they are compacted")
         settle = getattr(moments, "settle", None)
         if settle is not None:
             settle()

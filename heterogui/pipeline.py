@@ -324,7 +324,7 @@ def space_correlation(
     moments = pooled_moments(stats, graph, space, stop)
     # a NaN or inf feature reaches the sums and its own square; an overflowing product
     # x_i x_j means x_i² or x_j² overflows too (Cauchy-Schwarz): the diagonal tells
-    diagonal = torch.diagonal(moments.outer)
+    diagonal = moments.squares()
     if not bool(torch.isfinite(moments.total).all() and torch.isfinite(diagonal).all()):
         raise MatcherError(
             f"the features of the models at merge point {space} are not finite (NaN or inf) on "

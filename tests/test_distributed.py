@@ -64,7 +64,8 @@ def _statistics(batches) -> dict[str, torch.Tensor]:
     """Run the three data passes on ``batches``; return their results as flat tensors."""
     net_a, net_b = _nets()
     out: dict[str, torch.Tensor] = {}
-    for (space, block), m in collect_moments((net_a, net_b), batches).items():
+    # the float64 sums themselves (not compacted), to check that the reduction adds them exactly
+    for (space, block), m in collect_moments((net_a, net_b), batches, compact=False).items():
         out[f"moments/{space}/{block}/total"] = m.total
         out[f"moments/{space}/{block}/outer"] = m.outer
         out[f"moments/{space}/{block}/count"] = torch.tensor(m.count)

@@ -182,3 +182,47 @@ def test_a_float32_correlation_is_the_rounded_float64_one() -> None:
     full = m.corr()
     assert torch.equal(m.corr(dtype=torch.float32), full.float())
     assert torch.equal(full, full.T)
+
+
+@pytest.mark.parametrize("mean_shift", [0.0, 1e4])
+def test_the_compact_form_keeps_the_correlations_and_rebuilds_the_sums(mean_shift) -> None:
+    """Compact: the float32 correlations as they were, the sums rebuilt to their rounding."""
+    x = _data(8, n=500) + mean_shift
+    m = _stream(x, chunks=5, dtype=torch.float32)
+    corr32, cov, outer = m.corr(dtype=torch.float32), m.cov(), m.outer.clone()
+    mean, total, nbytes = m.mean(), m.total.clone(), m.nbytes
+    m.compact()
+    d = x.shape[1]  # float32 (d, d) and three float64 (d,): total, sigma, squares
+    assert m.compacted and (nbytes, m.nbytes) == ((d + 1) * d * 8, d * d * 4 + 3 * d * 8)
+    assert torch.equal(m.corr(dtype=torch.float32), corr32)  # the matchers' input, unchanged
+    assert m.corr(dtype=torch.float32) is m.corr(dtype=torch.float32)  # kept, not recomputed
+    assert torch.equal(m.mean(), mean) and torch.equal(m.total, total)
+    assert torch.equal(m.squares(), torch.diagonal(outer))  # the diagonal stays exact
+    assert torch.equal(torch.diagonal(m.outer), torch.diagonal(outer))
+    sigma = torch.sqrt(torch.diagonal(cov))
+    # rebuilt from float32 correlations: within their rounding, relative to σ_i σ_j
+    assert ((m.cov() - cov).abs() / torch.outer(sigma, sigma)).max() < 1e-7
+    assert torch.equal(m.cov(), m.cov().T) and torch.equal(m.outer, m.outer.T)
+    torch.testing.assert_close(m.outer, outer, rtol=1e-7, atol=1e-7 * float(outer.abs().max()))
+    # another batch rebuilds the float64 sums and goes on accumulating
+    extra = torch.from_numpy(_data(9, n=50) + mean_shift).float()
+    m.update(extra)
+    whole = _stream(np.concatenate([x, extra.double().numpy()]), chunks=6, dtype=torch.float32)
+    assert not m.compacted and m.count == whole.count
+    torch.testing.assert_close(m.corr(), whole.corr(), rtol=0, atol=1e-6)
+
+
+def test_a_feature_pass_keeps_its_statistics_compact() -> None:
+    from heterogui.models.family import build_network
+    from heterogui.models.mlp import MLPConfig
+    from heterogui.zip.collect import collect_moments
+
+    torch.manual_seed(0)
+    nets = [build_network(MLPConfig(6, (16, 12), 3)) for _ in range(2)]
+    batches = list(torch.randn(64, 6).split(16))
+    kept = collect_moments(nets, batches)
+    sums = collect_moments(nets, batches, compact=False)
+    assert kept.keys() == sums.keys() and all(m.compacted for m in kept.values())
+    for key, m in sums.items():
+        assert not m.compacted
+        assert torch.equal(kept[key].corr(dtype=torch.float32), m.corr(dtype=torch.float32))

@@ -6,7 +6,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 
 import torch
 
-from heterogui.distributed import all_reduce_moments
+from heterogui.distributed import all_reduce_moments, world_size
 from heterogui.models.capture import (
     Batch,
     CapturePass,
@@ -41,6 +41,7 @@ def collect_moments(
     progress: Callable[[float], None] | None = None,
     spaces: Collection[str] | None = None,
     dtype: torch.dtype | None = None,
+    compact: bool = True,
 ) -> dict[StatKey, Moments]:
     """Run the models (same topology) on the batches and accumulate moments at every capture.
 
@@ -48,7 +49,9 @@ def collect_moments(
     (O = n_A + n_B + ...) per (space, block), pooled over the space's captures in that block,
     for every space that at least two models use (``shared_spaces``; only those in ``spaces``
     when given: a pass over part of the merge points). dtype: cast the features to it first
-    (float64: float64 products, to measure the float32 ones).
+    (float64: float64 products, to measure the float32 ones). compact: keep each point's sums
+    in the compact form (``Moments.compact``: float32 correlations, half the memory); False
+    keeps the float64 sums themselves.
     """
     graphs = [net.graph() for net in nets]
     shared = set(shared_spaces(graphs))
@@ -78,9 +81,15 @@ def collect_moments(
                 stats[key].update(torch.cat(rows, dim=1))
         if progress is not None:
             progress((step + 1) / len(batches))
+    alone = world_size() <= 1
     for moments in stats.values():
         moments.settle()  # fold the float32 products in and free their buffers
+        if compact and alone:  # one merge point's float64 sums at a time
+            moments.compact()
     all_reduce_moments(stats)  # the whole data's sums under torchrun (heterogui.distributed)
+    if compact:
+        for moments in stats.values():
+            moments.compact()  # (after the sums are reduced, under torchrun)
     return stats
 
 

@@ -12,6 +12,11 @@ in float32; the centred products are summed in float32 for up to ``FOLD_EVERY`` 
 folded into the float64 sums together with the exact mean terms. Against all-float64 sums the
 correlations differ by about 1e-6 (docs/method.md sec. 6 gives the measured figures). Float64
 rows are accumulated in float64 throughout.
+
+After a feature pass the sums are kept **compact** (``compact``): the float32 correlations the
+matchers read, with the float64 means, floored standard deviations and sums of squares; the
+(O, O) float64 sums are rebuilt from them when read. Half the memory of the float64 sums, and no
+second copy for the correlations.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from torch import Tensor
 
 from heterogui.errors import ConfigError
 
-__all__ = ["FOLD_EVERY", "Moments"]
+__all__ = ["CORR_FLOOR", "FOLD_EVERY", "Moments"]
 
 # centred float32 products summed before folding into float64 (bounds float32 rounding growth)
 FOLD_EVERY = 32
+# the relative floor on the standard deviations of ``Moments.corr`` (the correlations kept)
+CORR_FLOOR = 1e-6
 
 
 def _row_blocks(width: int) -> list[slice]:
@@ -72,6 +79,10 @@ class Moments:
         self._shifts: list[Tensor] = []  # per unfolded batch: its centre (O,), float64
         self._sums: list[Tensor] = []  # per unfolded batch: sum of the centred rows, float64
         self._rows: list[int] = []  # per unfolded batch: its number of rows
+        # compact form (``compact``): float32 correlations, floored σ, sums of squares
+        self._corr: Tensor | None = None
+        self._sigma: Tensor | None = None
+        self._squares: Tensor | None = None
 
     @classmethod
     def empty(
@@ -96,17 +107,69 @@ class Moments:
     @property
     def outer(self) -> Tensor:
         """Return the (O, O) float64 sum of x xᵀ (folding in the batches not folded yet)."""
+        if self._corr is not None:
+            return self._rebuilt_outer()
         self.settle()
         if self._outer is None:  # nothing accumulated
             self._outer = self._zeros()
         return self._outer
+
+    @property
+    def compacted(self) -> bool:
+        """Return whether the sums are kept in the compact form (``compact``)."""
+        return self._corr is not None
+
+    def compact(self) -> None:
+        """Keep the sums as float32 correlations and float64 vectors from now on.
+
+        Kept: ``corr()`` at the default floor (computed in float64 as always, rounded once to
+        float32), the floored standard deviations σ', the sums of squares, ``total`` and
+        ``count``. ``cov`` is rebuilt as corr σ'σ'ᵀ and ``outer`` as count (cov + μμᵀ), in
+        float64, to the float32 rounding of the correlations (about 6e-8 of σ'_i σ'_j, below the
+        1e-6 of the float32 batch products); the diagonal stays exact. Half the memory of the
+        (O, O) float64 sums. Accumulating another batch rebuilds them first.
+        """
+        if self._corr is not None:
+            return
+        squares = torch.diagonal(self.outer).clone()
+        corr, sigma = self._correlation(CORR_FLOOR, torch.float32)
+        self._corr, self._sigma, self._squares, self._outer = corr, sigma, squares, None
+
+    def squares(self) -> Tensor:
+        """Return the (O,) float64 sums of x² (the diagonal of ``outer``, without forming it)."""
+        return self._squares if self._corr is not None else torch.diagonal(self.outer)
+
+    def _rebuilt_cov(self) -> Tensor:
+        """Return the compact form's covariance corr σ'σ'ᵀ, float64, exact on the diagonal."""
+        sigma = self._sigma
+        cov = torch.empty(self.width, self.width, dtype=torch.float64, device=self.device)
+        for rows in _row_blocks(self.width):
+            cov[rows] = self._corr[rows].to(torch.float64).mul_(torch.outer(sigma[rows], sigma))
+        mu = self.mean()
+        torch.diagonal(cov).copy_(self._squares / self.count - mu * mu)
+        return cov
+
+    def _rebuilt_outer(self) -> Tensor:
+        """Return count (cov + μμᵀ) of the compact form: the float64 sums, rebuilt."""
+        outer, mu = self._rebuilt_cov(), self.mean()
+        for rows in _row_blocks(self.width):
+            outer[rows] = outer[rows].add_(torch.outer(mu[rows], mu)).mul_(self.count)
+        torch.diagonal(outer).copy_(self._squares)
+        return outer
+
+    def _expand(self) -> None:
+        """Return from the compact form to the float64 sums (to accumulate more batches)."""
+        self._outer = self._rebuilt_outer()
+        self._corr = self._sigma = self._squares = None
 
     def _zeros(self) -> Tensor:
         return torch.zeros(self.width, self.width, dtype=torch.float64, device=self.device)
 
     @property
     def nbytes(self) -> int:
-        """Return the bytes the settled sums take (the (O, O) and (O,) float64 tensors)."""
+        """Return the bytes the settled sums take (float64 sums, or the compact form)."""
+        if self._corr is not None:
+            return self.width * (self.width * self._corr.element_size() + 3 * 8)  # 3 vectors
         return (self.width + 1) * self.width * self.total.element_size()
 
     @property
@@ -161,6 +224,8 @@ class Moments:
     def _accumulate(self, parts: list[Tensor]) -> None:
         """Add the centred product of one batch to the pending float32 (or float64) sum."""
         dtype = torch.float64 if any(p.dtype == torch.float64 for p in parts) else torch.float32
+        if self._corr is not None:
+            self._expand()
         xs = [p.detach().to(device=self.device, dtype=dtype) for p in parts]
         # centre on the batch mean rounded to the compute dtype: the shift is exact in float64,
         # so the mean terms folded in later are exact too
@@ -258,16 +323,20 @@ class Moments:
         Raises:
             ConfigError: nothing was accumulated.
         """
+        if self._corr is not None:
+            return self._rebuilt_cov()
         mu = self.mean()
         cov = torch.div(self.outer, self.count)
         # outer is exactly symmetric and mu_i mu_j = mu_j mu_i, so the covariance is too (the
         # matchers rely on it); not addr_, whose fused rounding differs between (i, j) and (j, i)
         return cov.sub_(torch.outer(mu, mu))
 
-    def corr(self, floor: float = 1e-6, dtype: torch.dtype = torch.float64) -> Tensor:
+    def corr(self, floor: float = CORR_FLOOR, dtype: torch.dtype = torch.float64) -> Tensor:
         """Return the correlation matrix Cov / (σ σᵀ), (O, O), clipped to [-1, 1].
 
-        Computed in float64 and returned in ``dtype``.
+        Computed in float64 and returned in ``dtype``. In the compact form (``compact``) at the
+        default floor: the kept float32 correlations, in ``dtype`` (float32: that very tensor,
+        shared: do not modify it).
 
         The standard deviations are floored *relative to the feature scale*:
         σ_k = max(sqrt(var_k), floor * s), where s = sqrt(mean_k E[x_k²]) is the RMS magnitude
@@ -286,6 +355,12 @@ class Moments:
         """
         if not floor > 0:
             raise ConfigError(f"corr floor must be positive, got {floor!r}")
+        if self._corr is not None and floor == CORR_FLOOR:
+            return self._corr.to(dtype)
+        return self._correlation(floor, dtype)[0]
+
+    def _correlation(self, floor: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Return ``corr(floor, dtype)`` from the sums, and the floored σ (float64)."""
         outer, count, mu = self.outer, self.count, self.mean()
         scale = torch.sqrt(torch.diagonal(outer).mean() / count)
         sigma_min = floor * max(float(scale), 1e-30)
@@ -301,7 +376,7 @@ class Moments:
         # var / sqrt(var)**2 can miss 1 by an ulp; make the unit diagonal exact.
         diag = torch.diagonal(corr)
         diag.copy_(torch.where(raw_sigma >= sigma_min, torch.ones_like(diag), diag))
-        return corr
+        return corr, sigma
 
     def to_state(self) -> dict[str, Tensor]:
         """Return the sums as a flat dict of tensors, ready for safetensors.save_file."""
