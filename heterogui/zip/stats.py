@@ -153,7 +153,7 @@ class Moments:
         """Return count (cov + μμᵀ) of the compact form: the float64 sums, rebuilt."""
         outer, mu = self._rebuilt_cov(), self.mean()
         for rows in _row_blocks(self.width):
-            outer[rows] = outer[rows].add_(torch.outer(mu[rows], mu)).mul_(self.count)
+            outer[rows].add_(torch.outer(mu[rows], mu)).mul_(self.count)
         torch.diagonal(outer).copy_(self._squares)
         return outer
 
