@@ -34,6 +34,7 @@ from heterogui.stages import timed
 from heterogui.zip.collect import (
     StatKey,
     collect_moments,
+    folding_bytes,
     pooled_moments,
     shared_spaces,
     statistics_bytes,
@@ -245,7 +246,9 @@ def realign(
         )
     )
     ga, gb = padded_a.graph(), padded_b.graph()
-    needed = sum(statistics_bytes(ga, gb, s) for s in shared_spaces((ga, gb)))
+    spaces, count = shared_spaces((ga, gb)), len(prepared.batches)
+    needed = sum(statistics_bytes(ga, gb, s, count) for s in spaces)
+    needed += folding_bytes(ga, gb, spaces)
     budget = prepared.stats_budget
     stats = {}
     if budget is None or needed <= budget:  # else each zip collects them part by part
@@ -496,10 +499,11 @@ def chunked_matches(
             first = head_group_first(ga, space) if ga.spaces[space].unit else space
             units.setdefault(first, []).append(space)
     parts: list[list[str]] = [[]]
-    size = 0
+    size, count = 0, len(prepared.batches)
+    room = prepared.stats_budget - folding_bytes(ga, gb, [s for n in units.values() for s in n])
     for names in units.values():
-        need = sum(statistics_bytes(ga, gb, n) for n in names)
-        if parts[-1] and size + need > prepared.stats_budget:
+        need = sum(statistics_bytes(ga, gb, n, count) for n in names)
+        if parts[-1] and size + need > room:
             parts.append([])
             size = 0
         parts[-1] += names

@@ -61,3 +61,48 @@ def test_the_cli_merge_within_a_tiny_budget_writes_the_same_model(tmp_path, monk
     monkeypatch.setenv("HETEROGUI_STATS_BUDGET_MB", "lots")
     assert main(["merge", str(recipe), "--out", str(tmp_path / "three")]) == 2
     assert not (tmp_path / "three").exists()
+
+
+@pytest.mark.parametrize("n_batches", [4, 40])
+def test_the_statistics_a_pass_holds_stay_within_what_the_budget_counts(n_batches, monkeypatch):
+    """statistics_bytes + folding_bytes bound the moments' buffers at every step of a pass."""
+    from heterogui.align.pad import pad_network
+    from heterogui.zip import collect
+    from heterogui.zip.stats import Moments
+
+    deep = network_from_hf(tiny_decoder(hidden=48, layers=4, heads=6, kv=2, inter=80, seed=1))
+    wide = network_from_hf(tiny_decoder(hidden=72, layers=2, heads=9, kv=3, inter=96, seed=2))
+    wide = pad_network(wide, ((0, 1),), (4,))
+    calib = (batches(n_batches) * 3)[:n_batches]
+    live: list[Moments] = []
+    peak = [0]
+
+    def held() -> int:
+        total = 0
+        for m in live:
+            tensors = (m.total, m._pending, m._outer, m._corr, m._sigma, m._squares)
+            total += sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        return total
+
+    def watched(name):
+        method = getattr(Moments, name)
+
+        def run(self, *args, **kwargs):
+            if self not in live:
+                live.append(self)
+            out = method(self, *args, **kwargs)
+            extra = sum(t.numel() * t.element_size() for t in out) if name == "_correlation" else 0
+            peak[0] = max(peak[0], held() + extra)  # a correlation being formed counts too
+            return out
+
+        monkeypatch.setattr(Moments, name, run)
+
+    for name in ("_accumulate", "settle", "_correlation", "compact"):
+        watched(name)
+    stats = collect.collect_moments((deep, wide), calib)
+    ga, gb = deep.graph(), wide.graph()
+    spaces = collect.shared_spaces((ga, gb))
+    counted = sum(collect.statistics_bytes(ga, gb, s, len(calib)) for s in spaces)
+    counted += collect.folding_bytes(ga, gb, spaces)
+    assert all(m.compacted for m in stats.values())
+    assert counted / 3 < peak[0] <= counted  # a bound, and not a loose one

@@ -16,7 +16,7 @@ from heterogui.models.capture import (
 )
 from heterogui.models.family import Network
 from heterogui.models.graph import INPUT, LOGITS, ModelGraph
-from heterogui.zip.stats import Moments
+from heterogui.zip.stats import FOLD_EVERY, Moments
 
 # (space, block): the captures of a space inside one block share one accumulator (a residual
 # stream is seen twice per transformer layer; pooling per block keeps what a stop point needs)
@@ -104,14 +104,27 @@ def shared_spaces(graphs: Sequence[ModelGraph]) -> list[str]:
     return [n for n in names if sum(n not in g.dead for g in graphs) >= 2]
 
 
-def statistics_bytes(graph_a: ModelGraph, graph_b: ModelGraph, space: str) -> int:
-    """Return the bytes the statistics of ``space`` take while they are collected.
+def statistics_bytes(
+    graph_a: ModelGraph, graph_b: ModelGraph, space: str, batches: int | None = None
+) -> int:
+    """Return the bytes the statistics of ``space`` take while a pass of ``batches`` runs.
 
-    Per block: the (O, O) float64 sums and the float32 products not yet folded into them.
+    Per block: the float32 products of the batches (4 bytes an element), then the compact
+    form (float32 correlations, three float64 vectors); the float64 sums exist for one merge
+    point at a time (``folding_bytes``). A pass of more than FOLD_EVERY batches (or of an
+    unknown number), or one under torchrun, holds every point's float64 sums as well: 12 bytes
+    an element.
     """
     o = graph_a.spaces[space].width + graph_b.spaces[space].width
     blocks = {c.block for c in graph_a.spaces[space].captures}
-    return len(blocks) * (o * o * 12 + o * 8)
+    folds_in_pass = batches is None or batches > FOLD_EVERY or world_size() > 1
+    return len(blocks) * (o * o * (12 if folds_in_pass else 4) + o * 8 * 3)
+
+
+def folding_bytes(graph_a: ModelGraph, graph_b: ModelGraph, spaces: Iterable[str]) -> int:
+    """Return the float64 sums of the widest of ``spaces``: held while that point is compacted."""
+    widths = [graph_a.spaces[s].width + graph_b.spaces[s].width for s in spaces]
+    return 8 * max(widths, default=0) ** 2
 
 
 def pooled_moments(
