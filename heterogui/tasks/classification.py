@@ -211,6 +211,24 @@ def score_outputs(
     return head_metrics(logits, labels, [h.classes for h in flat], [h.name for h in flat])
 
 
+def scores_alone_and_together(
+    outputs: Sequence[Tensor],
+    heads: Sequence[Sequence[Head]],
+    labels: Tensor,
+    keys: Sequence[str],
+) -> dict[str, Metrics]:
+    """Return each model's metrics alone (under its key) and the ensemble's ("ensemble").
+
+    outputs: every model's outputs, each model run once; the scores only choose which to read.
+    """
+    scores = {
+        key: score_outputs([o if m == k else None for m, o in enumerate(outputs)], heads, labels)
+        for k, key in enumerate(keys)
+    }
+    scores["ensemble"] = score_outputs(outputs, heads, labels)
+    return scores
+
+
 def evaluate_merged(
     model: nn.Module,
     test_split: Split,

@@ -39,7 +39,7 @@ from heterogui.tasks.classification import (
     joint_argmax,
     net_outputs,
     nets_split,
-    score_outputs,
+    scores_alone_and_together,
     split_heads,
 )
 
@@ -232,13 +232,7 @@ class ImageClassification(Task):
         for key, net in zip(keys, nets, strict=True):  # each model runs once
             mark(key)
             outputs.append(net_outputs(net, split, EVAL_BATCH, device))
-        scores = {
-            key: score_outputs(
-                [o if k == m else None for m, o in enumerate(outputs)], heads, split.labels
-            )
-            for k, key in enumerate(keys)
-        }
-        scores["ensemble"] = score_outputs(outputs, heads, split.labels)
+        scores = scores_alone_and_together(outputs, heads, split.labels, keys)
         if merged is not None:
             mark("merged")
             scores["merged"] = evaluate_merged(

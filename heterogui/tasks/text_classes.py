@@ -34,7 +34,7 @@ from heterogui.tasks.base import (
     register,
     size_of,
 )
-from heterogui.tasks.classification import Metrics, score_outputs
+from heterogui.tasks.classification import Metrics, score_outputs, scores_alone_and_together
 from heterogui.tasks.images import IMAGES, heads_disjoint
 from heterogui.tasks.sentences import SENTENCES, is_sentences, text_calibration, tokenizer_of
 
@@ -181,11 +181,7 @@ class TextClassification(Task):
         mark("b")
         (out_b,) = run_outputs(lambda batch: b.module(**batch), tok, sentences, dev)
         mark(None)
-        return {
-            "a": score_outputs([out_a, None], heads, labels),
-            "b": score_outputs([None, out_b], heads, labels),
-            "ensemble": score_outputs([out_a, out_b], heads, labels),
-        }
+        return scores_alone_and_together([out_a, out_b], heads, labels, ("a", "b"))
 
     def score_merged(
         self, result: MergeResult, ev: Evaluation, pair: Pair, progress: Progress | None = None
