@@ -35,6 +35,7 @@ from heterogui.zip.collect import (
     StatKey,
     collect_moments,
     folding_bytes,
+    pass_bytes,
     pooled_moments,
     shared_spaces,
     statistics_bytes,
@@ -246,9 +247,7 @@ def realign(
         )
     )
     ga, gb = padded_a.graph(), padded_b.graph()
-    spaces, count = shared_spaces((ga, gb)), len(prepared.batches)
-    needed = sum(statistics_bytes(ga, gb, s, count) for s in spaces)
-    needed += folding_bytes(ga, gb, spaces)
+    needed = pass_bytes(ga, gb, shared_spaces((ga, gb)), len(prepared.batches))
     budget = prepared.stats_budget
     stats = {}
     if budget is None or needed <= budget:  # else each zip collects them part by part

@@ -65,7 +65,7 @@ def test_the_cli_merge_within_a_tiny_budget_writes_the_same_model(tmp_path, monk
 
 @pytest.mark.parametrize("n_batches", [4, 40])
 def test_the_statistics_a_pass_holds_stay_within_what_the_budget_counts(n_batches, monkeypatch):
-    """statistics_bytes + folding_bytes bound the moments' buffers at every step of a pass."""
+    """What pass_bytes counts bounds the moments' buffers throughout a pass."""
     from heterogui.align.pad import pad_network
     from heterogui.zip import collect
     from heterogui.zip.stats import Moments
@@ -102,7 +102,6 @@ def test_the_statistics_a_pass_holds_stay_within_what_the_budget_counts(n_batche
     stats = collect.collect_moments((deep, wide), calib)
     ga, gb = deep.graph(), wide.graph()
     spaces = collect.shared_spaces((ga, gb))
-    counted = sum(collect.statistics_bytes(ga, gb, s, len(calib)) for s in spaces)
-    counted += collect.folding_bytes(ga, gb, spaces)
+    counted = collect.pass_bytes(ga, gb, spaces, len(calib))
     assert all(m.compacted for m in stats.values())
     assert counted / 3 < peak[0] <= counted  # a bound, and not a loose one

@@ -30,7 +30,7 @@ from heterogui.models.decoder import DecoderNetConfig, make_config
 from heterogui.models.family import Network, build_network
 from heterogui.pipeline import prepare, zip_prepared
 from heterogui.tasks.language import merged_logits
-from heterogui.zip.collect import folding_bytes, shared_spaces, statistics_bytes
+from heterogui.zip.collect import pass_bytes, shared_spaces
 
 
 @dataclass(frozen=True)
@@ -172,9 +172,7 @@ def _measure(options: ScaleOptions, budget: int) -> dict[str, Any]:
     prepare_s = time.perf_counter() - begin
     rss_prepared = rss_mib()
     ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
-    spaces = shared_spaces((ga, gb))
-    needed = sum(statistics_bytes(ga, gb, s, len(batches)) for s in spaces)
-    needed += folding_bytes(ga, gb, spaces)
+    needed = pass_bytes(ga, gb, shared_spaces((ga, gb)), len(batches))
     passes = [0]  # forward calls of A's first block during the zip: one per batch and part
     hook = prepared.padded_a.module.blocks[0].register_forward_pre_hook(
         lambda _m, _x: passes.__setitem__(0, passes[0] + 1)

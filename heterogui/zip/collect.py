@@ -121,6 +121,14 @@ def statistics_bytes(
     return len(blocks) * (o * o * (12 if folds_in_pass else 4) + o * 8 * 3)
 
 
+def pass_bytes(
+    graph_a: ModelGraph, graph_b: ModelGraph, spaces: Sequence[str], batches: int | None = None
+) -> int:
+    """Return the most bytes of statistics one pass over ``spaces`` holds at once."""
+    kept = sum(statistics_bytes(graph_a, graph_b, s, batches) for s in spaces)
+    return kept + folding_bytes(graph_a, graph_b, spaces)
+
+
 def folding_bytes(graph_a: ModelGraph, graph_b: ModelGraph, spaces: Iterable[str]) -> int:
     """Return the float64 sums of the widest of ``spaces``: held while that point is compacted."""
     widths = [graph_a.spaces[s].width + graph_b.spaces[s].width for s in spaces]
