@@ -392,11 +392,13 @@ def smollm2_shallow_pair(device: Any = "cpu", loaded: Loaded | None = None) -> P
     return _smollm2_pair(loaded, shallow, f"SmolLM2 layers {layer_list(keep, depth)}")
 
 
-def smollm2_shallow_table(sizes: Sizes, device: str = "cpu") -> dict[str, Any]:
+def smollm2_shallow_table(sizes: Sizes, device: str = "cpu", seeds: int = 1) -> dict[str, Any]:
     """Return SmolLM2 + a shallower copy of itself (module docstring, item 3).
 
     The copy drops the middle SHALLOW_DROP layers; a copy with every other layer dropped is
-    scored too (not merged: it is no language model any more).
+    scored too (not merged: it is no language model any more). seeds: calibration draws (seeds
+    0 .. seeds-1; the models and the evaluation texts stay); the rows are their means with the
+    spread (``bench.seeds``).
     """
     start = time.perf_counter()
     loaded = registry.load(SMOLLM2, device=device)
@@ -416,23 +418,38 @@ def smollm2_shallow_table(sizes: Sizes, device: str = "cpu") -> dict[str, Any]:
     del broken
     pair = smollm2_shallow_pair(device, loaded)
     keep = middle_block(depth, SHALLOW_DROP)
-    calibration = run.calibrate(pair, DataRef(ALL_DOMAINS, "calibration", sizes.calibration, BATCH))
-    prep = run.analyse(pair, calibration, device=device)
+    draw = lambda seed: _shallow_rows(pair, keep, evaluation, info, sizes, device, seed)  # noqa: E731
+    return {
+        "rows": over_seeds(draw, range(seeds)),
+        "seeds": seeds,
+        "kept_layers": list(keep),
+        "depth": depth,
+        "calibration_texts": sizes.calibration,
+        "evaluation_texts_per_domain": sizes.smollm2_evaluation,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _shallow_rows(
+    pair: Pair,
+    keep: tuple[int, ...],
+    evaluation: Any,
+    info: Row,
+    sizes: Sizes,
+    device: str,
+    seed: int,
+) -> list[Row]:
+    """Return the SmolLM2 shallow pair's rows on calibration draw ``seed``."""
+    ref = DataRef(ALL_DOMAINS, "calibration", sizes.calibration, BATCH, seed=seed)
+    prep = run.analyse(pair, run.calibrate(pair, ref), device=device)
     rows, parents = _model_rows(pair, prep, evaluation, ("A: SmolLM2", f"B: {pair.b.name}"))
     rows.append(info)
     rows.append(_average_row(pair, prep, evaluation, parents))
     rows += _merges(pair, prep, evaluation, parents, "SMA")
-    origins = {"a": [list(range(depth))], "b": [list(keep)]}
+    origins = {"a": [list(range(pair.a.net.config.num_layers))], "b": [list(keep)]}
     prep = realign(prep, "manual", origins)  # the SMA statistics are freed
     rows += _merges(pair, prep, evaluation, parents, "manual (B's layers at their origins)")
-    return {
-        "rows": rows,
-        "kept_layers": list(keep),
-        "depth": depth,
-        "calibration_texts": calibration.count,
-        "evaluation_texts_per_domain": sizes.smollm2_evaluation,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+    return rows
 
 
 # ---------------------------------------------------------------- report
@@ -450,6 +467,8 @@ def command_line(args: argparse.Namespace) -> str:
     ]
     if args.skip_smollm2:
         parts.append("--skip-smollm2")
+    if args.skip_pair:
+        parts.append("--skip-pair")
     if args.seeds > 1:
         parts.append(f"--seeds {args.seeds}")
     if args.out_md:
@@ -484,13 +503,14 @@ def decoder_report(args: argparse.Namespace) -> dict[str, Any]:
         "sizes": dataclasses.asdict(sizes),
         "smollm2_note": SMOLLM2_NOTE,
     }
-    report["pair"] = _timed("trained pair", lambda: pair_table(sizes, dev, args.seeds))
+    if not args.skip_pair:
+        report["pair"] = _timed("trained pair", lambda: pair_table(sizes, dev, args.seeds))
     if not args.skip_smollm2:
         report["smollm2_self"] = _timed(
             "SmolLM2 self-merge", lambda: smollm2_self_merge_measured(sizes)
         )
         report["smollm2_shallow"] = _timed(
-            "SmolLM2 shallow", lambda: smollm2_shallow_table(sizes, dev)
+            "SmolLM2 shallow", lambda: smollm2_shallow_table(sizes, dev, args.seeds)
         )
     report["seconds"] = round(time.perf_counter() - start, 1)
     return report

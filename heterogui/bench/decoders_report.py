@@ -208,8 +208,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             "(identity layers), then averaged weight by weight without alignment. The *manual* "
             "merges align B's layers with the layers of A they were copied from (the true "
             "alignment), so A's middle layers meet B's identity (padding) layers. "
-            f"Calibration: {shallow['calibration_texts']} texts; "
-            f"{shallow['evaluation_texts_per_domain']} held-out texts per domain; "
+            f"Calibration: {shallow['calibration_texts']} texts"
+            + _draws(shallow.get("seeds", 1))
+            + f"; {shallow['evaluation_texts_per_domain']} held-out texts per domain; "
             f"{shallow['seconds']:.0f} s.",
             "",
             table(shallow["rows"]),
