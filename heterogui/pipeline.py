@@ -34,7 +34,6 @@ from heterogui.stages import timed
 from heterogui.zip.collect import (
     StatKey,
     collect_moments,
-    folding_bytes,
     pass_bytes,
     pooled_moments,
     shared_spaces,
@@ -499,10 +498,9 @@ def chunked_matches(
             units.setdefault(first, []).append(space)
     parts: list[list[str]] = [[]]
     size, count = 0, len(prepared.batches)
-    room = prepared.stats_budget - folding_bytes(ga, gb, [s for n in units.values() for s in n])
     for names in units.values():
         need = sum(statistics_bytes(ga, gb, n, count) for n in names)
-        if parts[-1] and size + need > room:
+        if parts[-1] and size + need > prepared.stats_budget:
             parts.append([])
             size = 0
         parts[-1] += names

@@ -225,4 +225,34 @@ def test_a_feature_pass_keeps_its_statistics_compact() -> None:
     assert kept.keys() == sums.keys() and all(m.compacted for m in kept.values())
     for key, m in sums.items():
         assert not m.compacted
-        assert torch.equal(kept[key].corr(dtype=torch.float32), m.corr(dtype=torch.float32))
+        # formed from the float32 products in place: the float64 sums' correlations, rounded
+        torch.testing.assert_close(
+            kept[key].corr(dtype=torch.float32), m.corr(dtype=torch.float32), rtol=0, atol=1e-6
+        )
+
+
+@pytest.mark.parametrize("mean_shift", [0.0, 1e4])
+def test_compacting_the_products_in_place_equals_folding_them_first(mean_shift) -> None:
+    """A pass that never folded compacts its float32 products in place, to float32 rounding.
+
+    No (O, O) float64 sums are formed; large means cancel exactly (only the batches' centres
+    minus the overall mean enter), and a constant feature gets correlations of exactly 0.
+    """
+    x = torch.from_numpy(_data(11, n=600, d=40) + mean_shift).float()
+    x[:, 7] = mean_shift + 2.0  # constant: floored σ
+    direct, folded = Moments.empty(40, split=25), Moments.empty(40, split=25)
+    for rows in x.split(150):
+        direct.update(rows)
+        folded.update(rows)
+    folded.settle()
+    squares = torch.diagonal(folded.outer).clone()
+    direct.compact()
+    assert direct._outer is None and direct.compacted  # straight from the products
+    corr, want = direct.corr(dtype=torch.float32), folded.corr(dtype=torch.float32)
+    live = torch.ones(40, dtype=torch.bool)
+    live[7] = False
+    torch.testing.assert_close(corr[live][:, live], want[live][:, live], rtol=0, atol=1e-6)
+    assert torch.equal(corr, corr.T) and bool((torch.diagonal(corr)[live] == 1).all())
+    assert not corr[7].any()  # the constant feature: exactly uncorrelated (no cancellation)
+    torch.testing.assert_close(direct.squares(), squares, rtol=1e-12, atol=0)
+    torch.testing.assert_close(direct.cov(), folded.cov(), rtol=1e-5, atol=1e-6)

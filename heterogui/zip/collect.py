@@ -83,9 +83,10 @@ def collect_moments(
             progress((step + 1) / len(batches))
     alone = world_size() <= 1
     for moments in stats.values():
-        moments.settle()  # fold the float32 products in and free their buffers
-        if compact and alone:  # one merge point's float64 sums at a time
+        if compact and alone:  # the float32 products become the correlations, in place
             moments.compact()
+        else:
+            moments.settle()  # fold the float32 products in and free their buffers
     all_reduce_moments(stats)  # the whole data's sums under torchrun (heterogui.distributed)
     if compact:
         for moments in stats.values():
@@ -109,11 +110,11 @@ def statistics_bytes(
 ) -> int:
     """Return the bytes the statistics of ``space`` take while a pass of ``batches`` runs.
 
-    Per block: the float32 products of the batches (4 bytes an element), then the compact
-    form (float32 correlations, three float64 vectors); the float64 sums exist for one merge
-    point at a time (``folding_bytes``). A pass of more than FOLD_EVERY batches (or of an
-    unknown number), or one under torchrun, holds every point's float64 sums as well: 12 bytes
-    an element.
+    Per block: the float32 products of the batches (4 bytes an element), which become the
+    compact form in place (float32 correlations, three float64 vectors; ``Moments.compact``).
+    A pass of more than FOLD_EVERY batches (or of an unknown number), or one under torchrun,
+    folds them into float64 sums as well: 12 bytes an element (the sums and the products, then
+    the sums and the correlations formed from them).
     """
     o = graph_a.spaces[space].width + graph_b.spaces[space].width
     blocks = {c.block for c in graph_a.spaces[space].captures}
@@ -125,14 +126,7 @@ def pass_bytes(
     graph_a: ModelGraph, graph_b: ModelGraph, spaces: Sequence[str], batches: int | None = None
 ) -> int:
     """Return the most bytes of statistics one pass over ``spaces`` holds at once."""
-    kept = sum(statistics_bytes(graph_a, graph_b, s, batches) for s in spaces)
-    return kept + folding_bytes(graph_a, graph_b, spaces)
-
-
-def folding_bytes(graph_a: ModelGraph, graph_b: ModelGraph, spaces: Iterable[str]) -> int:
-    """Return the float64 sums of the widest of ``spaces``: held while that point is compacted."""
-    widths = [graph_a.spaces[s].width + graph_b.spaces[s].width for s in spaces]
-    return 8 * max(widths, default=0) ** 2
+    return sum(statistics_bytes(graph_a, graph_b, s, batches) for s in spaces)
 
 
 def pooled_moments(

@@ -131,9 +131,50 @@ class Moments:
         """
         if self._corr is not None:
             return
+        if self._outer is None and self._rows and self._pending.dtype == torch.float32:
+            self._compact_pending()  # never folded: no (O, O) float64 sums at all
+            return
         squares = torch.diagonal(self.outer).clone()
         corr, sigma = self._correlation(CORR_FLOOR, torch.float32)
         self._corr, self._sigma, self._squares, self._outer = corr, sigma, squares, None
+
+    def _compact_pending(self) -> None:
+        """``compact`` straight from the float32 products of batches never folded, in place.
+
+        With E the batches' centres minus the overall mean (k, O), D the sums of their centred
+        rows (k, O, about 0) and W their row counts, the mean terms of the float64 fold cancel:
+        count · cov = C + Eᵀ D + Dᵀ E + Eᵀ W E, C the summed centred products. The rank-2k
+        correction is formed in float64 row block by row block and added to C, which becomes
+        the correlations where it lies; the vectors (σ', the sums of squares) are float64.
+        Nothing large is squared in float32, so the result matches ``settle`` + ``compact`` to
+        float32 rounding, without the (O, O) float64 sums or a second (O, O) buffer.
+        """
+        corr, count = self._pending, self.count
+        shifts, sums = torch.stack(self._shifts), torch.stack(self._sums)
+        weights = torch.tensor(self._rows, dtype=torch.float64, device=self.device)[:, None]
+        mu = self.mean()
+        dev = shifts - mu
+        left, right = torch.cat([dev, sums]), torch.cat([sums + weights * dev, dev])
+        diag = torch.diagonal(corr).to(torch.float64)
+        centred = diag + (left * right).sum(dim=0)  # count · variance, in float64
+        squares = diag + 2 * (shifts * sums).sum(dim=0) + (weights * shifts * shifts).sum(dim=0)
+        scale = torch.sqrt(squares.mean() / count)
+        sigma_min = CORR_FLOOR * max(float(scale), 1e-30)
+        raw_sigma = torch.sqrt(torch.clamp(centred / count, min=0.0))
+        sigma = raw_sigma.clamp(min=sigma_min)
+        if self.split is not None:  # the B-A block was never computed
+            a, b = slice(0, self.split), slice(self.split, None)
+            corr[b, a] = corr[a, b].T
+        inverse = (1.0 / (sigma * count**0.5)).to(torch.float32)  # C / count / (σ σᵀ)
+        for rows in _row_blocks(self.width):
+            low_rank = left[:, rows].T @ right
+            block = corr[rows].add_(low_rank.to(torch.float32))
+            block.mul_(inverse[rows, None]).mul_(inverse[None, :]).clamp_(-1.0, 1.0)
+        _symmetrise_(corr)
+        diagonal = torch.diagonal(corr)
+        diagonal.copy_(torch.where(raw_sigma >= sigma_min, torch.ones_like(diagonal), diagonal))
+        self._corr, self._sigma, self._squares = corr, sigma, squares
+        self._pending, self._shifts, self._sums, self._rows = None, [], [], []
 
     def squares(self) -> Tensor:
         """Return the (O,) float64 sums of x² (the diagonal of ``outer``, without forming it)."""
