@@ -33,6 +33,7 @@ from heterogui.models.graph import INPUT, ModelGraph
 from heterogui.stages import timed
 from heterogui.zip.collect import (
     StatKey,
+    capture_points,
     collect_moments,
     pass_bytes,
     pooled_moments,
@@ -42,6 +43,7 @@ from heterogui.zip.collect import (
 from heterogui.zip.heads import head_group_pairs, match_head_group
 from heterogui.zip.matchers import MATCHERS, Match, keep_one_match
 from heterogui.zip.plan import ZipSettings, head_group_first, plan_widths, stop_point
+from heterogui.zip.reuse import kept_moments, point_signatures
 from heterogui.zip.rotary import match_rotary_group
 from heterogui.zip.stats import Moments
 
@@ -253,12 +255,7 @@ def realign(
         stats = timed(
             timings,
             "features",
-            lambda: collect_moments(
-                (padded_a, padded_b),
-                prepared.batches,
-                prepared.device,
-                progress=lambda f: report("features", f),
-            ),
+            lambda: _moments_after(prepared, padded_a, padded_b, report),
         )
     return replace(
         prepared,
@@ -268,6 +265,36 @@ def realign(
         stats=stats,
         timings=timings,
     )
+
+
+def _moments_after(
+    prepared: Prepared, padded_a: Network, padded_b: Network, report: Progress
+) -> dict[StatKey, Moments]:
+    """Return the feature statistics of the newly padded pair.
+
+    Merge points whose blocks play the same roles as under ``prepared``'s alignment keep its
+    statistics (``zip.reuse``); one pass collects the others, and stops after the last block
+    it needs.
+    """
+    pair, originals = (padded_a, padded_b), (prepared.net_a, prepared.net_b)
+    graphs = (padded_a.graph(), padded_b.graph())
+    shared = set(shared_spaces(graphs))
+    wanted = [(s, b) for s, _, _, b in capture_points(graphs[0]) if s in shared]
+    kept = {}
+    if prepared.stats and prepared.padded_a is not None:
+        before = point_signatures((prepared.padded_a, prepared.padded_b), originals)
+        kept = kept_moments(prepared.stats, before, point_signatures(pair, originals), wanted)
+    missing = set(wanted) - set(kept)
+    fresh = {}
+    if missing:
+        fresh = collect_moments(
+            pair,
+            prepared.batches,
+            prepared.device,
+            progress=lambda f: report("features", f),
+            points=missing,
+        )
+    return kept | fresh
 
 
 def pad_aligned(

@@ -42,25 +42,29 @@ def collect_moments(
     spaces: Collection[str] | None = None,
     dtype: torch.dtype | None = None,
     compact: bool = True,
+    points: Collection[StatKey] | None = None,
 ) -> dict[StatKey, Moments]:
     """Run the models (same topology) on the batches and accumulate moments at every capture.
 
     nets: A and B, or more models (an N-way zip). Returns moments of the concatenated features
     (O = n_A + n_B + ...) per (space, block), pooled over the space's captures in that block,
     for every space that at least two models use (``shared_spaces``; only those in ``spaces``
-    when given: a pass over part of the merge points). dtype: cast the features to it first
+    when given: a pass over part of the merge points; only the (space, block) in ``points``
+    when given: what a realignment does not keep). dtype: cast the features to it first
     (float64: float64 products, to measure the float32 ones). compact: keep each point's sums
     in the compact form (``Moments.compact``: float32 correlations, half the memory); False
     keeps the float64 sums themselves.
     """
     graphs = [net.graph() for net in nets]
     shared = set(shared_spaces(graphs))
-    points = [
+    captures = [
         p
         for p in capture_points(graphs[0])
-        if p[0] in shared and (spaces is None or p[0] in spaces)
+        if p[0] in shared
+        and (spaces is None or p[0] in spaces)
+        and (points is None or (p[0], p[3]) in points)
     ]
-    modules = sorted({module for _, module, _, _ in points})
+    modules = sorted({module for _, module, _, _ in captures})
     stats: dict[StatKey, Moments] = {}
     passes = [CapturePass(net.module, modules) for net in nets]
     batches = list(batches)
@@ -68,7 +72,7 @@ def collect_moments(
         batch = to_device(batch, device)
         mask = token_mask(batch)
         outs = [capture(batch) for capture in passes]
-        for space, module, layout, block in points:
+        for space, module, layout, block in captures:
             rows = [to_rows(out[module], layout, mask).to(dtype) for out in outs]
             key = (space, block)
             if key not in stats:

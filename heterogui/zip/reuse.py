@@ -1,0 +1,86 @@
+"""Statistics a new alignment keeps from the previous one (``pipeline.realign``).
+
+A merge point's statistics are the features of A and B at its captures, block by block. In a
+padded model a block is either one of the model's own blocks or an identity block that passes
+the stream on. An own block j computes what it computes in the unpadded model: its input is
+the stream after own block j - 1, whatever identity blocks stand between them. An identity
+block after own block j computes a function of that stream alone (every family builds its
+identity layers from the block before them). So the features a capture sees depend only on
+the block's *role* in each model, ("block", j) or ("identity after", j), and on the capture's
+module inside the block: two alignments whose blocks play the same roles at a merge point in
+both models have the same statistics there, and a realignment collects only the others.
+
+Identity blocks that compute the identity exactly (a zeroed residual branch: ResNets, VGG,
+pre-norm decoders, ViT) give the very same features, bit for bit. The post-LayerNorm BERT
+identity layer reproduces its input up to the LayerNorm epsilons and float rounding
+(docs/transformers.md), so kept and recollected statistics differ by that much there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+
+from heterogui.models.family import Network
+from heterogui.zip.collect import StatKey, capture_points
+from heterogui.zip.stats import Moments
+
+Role = tuple[str, int]
+
+
+def block_roles(padded: Network, original: Network) -> list[Role]:
+    """Return the role of every block of ``padded`` (``original`` padded, or itself)."""
+    inserted = padded.identity_blocks - original.identity_blocks
+    roles: list[Role] = []
+    own = 0
+    for block in range(padded.graph().num_blocks):
+        if block in inserted:
+            roles.append(("identity after", own - 1))
+        else:
+            roles.append(("block", own))
+            own += 1
+    return roles
+
+
+def point_signatures(
+    padded: tuple[Network, Network], originals: tuple[Network, Network]
+) -> dict[StatKey, Hashable]:
+    """Return, for every merge point of the padded pair, what its statistics depend on.
+
+    The signature is the roles of the point's block in A and in B and the capture modules
+    inside the block (their names below ``blocks.K``); a capture outside its block's module
+    gets no signature, and its point is always collected afresh.
+    """
+    roles = [block_roles(p, o) for p, o in zip(padded, originals, strict=True)]
+    inside: dict[StatKey, list[tuple[str, str]] | None] = {}
+    for space, module, layout, block in capture_points(padded[0].graph()):
+        key = (space, block)
+        prefix = f"blocks.{block}"
+        found = inside.setdefault(key, [])
+        if found is None or not (module == prefix or module.startswith(prefix + ".")):
+            inside[key] = None
+        else:
+            found.append((module[len(prefix) :], layout))
+    return {
+        key: (tuple(sorted(mods)), roles[0][key[1]], roles[1][key[1]])
+        for key, mods in inside.items()
+        if mods is not None
+    }
+
+
+def kept_moments(
+    stats: dict[StatKey, Moments],
+    before: dict[StatKey, Hashable],
+    after: dict[StatKey, Hashable],
+    wanted: Iterable[StatKey],
+) -> dict[StatKey, Moments]:
+    """Return the ``wanted`` points of the new alignment whose statistics ``stats`` holds.
+
+    before / after: ``point_signatures`` of the alignment ``stats`` came from and of the new
+    one. The Moments objects are shared, not copied (compact statistics are read only).
+    """
+    by_signature = {before[k]: m for k, m in stats.items() if k in before}
+    return {
+        key: by_signature[after[key]]
+        for key in wanted
+        if key in after and after[key] in by_signature
+    }
