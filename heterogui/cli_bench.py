@@ -1,4 +1,5 @@
-"""``heterogui bench speed|quality|nway|transformers|decoders|scale``: arguments, dispatch, output.
+"""``heterogui bench speed|quality|nway|transformers|decoders|measures|scale``: arguments, dispatch,
+output.
 
 The benchmark modules (torch, transformers) are imported when a benchmark runs, so that
 ``heterogui --help`` answers at once.
@@ -112,6 +113,23 @@ def _decoders(args: argparse.Namespace) -> int:
     for path in (args.out_md, args.out_json):
         if path:
             print(f"wrote {path}")
+    return 0
+
+
+def _measures(args: argparse.Namespace) -> int:
+    from heterogui.bench.measures import render, run_measures, write
+
+    _check_seeds(args.seeds)
+    command = f"heterogui bench measures --seeds {args.seeds} --smollm2-draws {args.smollm2_draws}"
+    command += f" --threads {args.threads}" if args.threads else ""
+    command += f" --out {args.out}" if args.out else ""
+    with torch_threads(args.threads):
+        report = run_measures(args.seeds, args.smollm2_draws)
+    if args.out:
+        print(write(report, args.out, command))
+        print(f"wrote {args.out}/measures.md and {args.out}/measures.json")
+    else:
+        print(render(report, command))
     return 0
 
 
@@ -230,7 +248,8 @@ def add_decoder_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_bench_arguments(subparsers: argparse._SubParsersAction) -> None:
-    """Register the ``bench`` subcommands (speed, quality, nway, transformers, decoders, scale)."""
+    """Register the ``bench`` subcommands (speed, quality, nway, transformers, decoders, measures,
+    scale)."""
     speed = subparsers.add_parser("speed", help="merge time vs forward passes; matcher speed")
     add_speed_arguments(speed)
     speed.set_defaults(func=_speed)
@@ -261,6 +280,16 @@ def add_bench_arguments(subparsers: argparse._SubParsersAction) -> None:
     )
     add_decoder_arguments(decoders)
     decoders.set_defaults(func=_decoders)
+    measures = subparsers.add_parser(
+        "measures", help="align depth pairs by CKA of block outputs or of block updates"
+    )
+    measures.add_argument("--seeds", type=int, default=3, help="draws of every pair but SmolLM2")
+    measures.add_argument(
+        "--smollm2-draws", type=int, default=1, help="calibration draws of SmolLM2 (0: skip it)"
+    )
+    measures.add_argument("--out", help="write measures.md and measures.json into this folder")
+    measures.add_argument("--threads", type=int, default=0, help="torch threads (0: unchanged)")
+    measures.set_defaults(func=_measures)
     scale = subparsers.add_parser(
         "scale", help="merge a ~1B-parameter Llama pair built from config: time and peak memory"
     )

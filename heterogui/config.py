@@ -23,6 +23,9 @@ from heterogui.errors import ConfigError, ModelLoadError, excerpt
 # The names of the engine's registries (align.alignment.MODES, zip.matchers.MATCHERS), listed
 # here so that reading a recipe needs no torch; tests/test_engine.py checks they agree.
 ALIGN_MODES = ("sma", "lma", "lma_first", "lma_similar", "uniform", "head", "head_tail", "manual")
+# what the alignment's CKA compares (align.similarity.MEASURES): each block's output or what it
+# adds to its input; "auto" (the default): the family's (models.family.Family.default_measure)
+SIMILARITY_MEASURES = ("auto", "outputs", "updates")
 MATCHER_NAMES = ("zip", "zip_naive", "permute", "average")
 DTYPES = ("float32", "float64")
 OVERRIDE_TYPES = {"width": int, "rho": float, "alpha": float, "beta": float, "matcher": str}
@@ -79,14 +82,23 @@ class DataRef:
 
 @dataclass(frozen=True)
 class AlignmentSpec:
-    """How layers are aligned; ``mapping`` is required for "manual", else it records the result."""
+    """How layers are aligned; ``mapping`` is required for "manual", else it records the result.
+
+    measure: what the CKA the alignment reads compares ("outputs" of the blocks, the paper's;
+    their "updates", what each adds to its input; "auto": the models' family's).
+    """
 
     mode: str = "sma"
     mapping: dict[str, list[list[int]]] | None = None
+    measure: str = "auto"
 
     def __post_init__(self) -> None:
         if self.mode not in ALIGN_MODES:
             raise ConfigError(f"alignment.mode {self.mode!r} is unknown; use one of {ALIGN_MODES}")
+        if self.measure not in SIMILARITY_MEASURES:
+            raise ConfigError(
+                f"alignment.measure {self.measure!r} is unknown; use one of {SIMILARITY_MEASURES}"
+            )
         if self.mode == "manual" and not self.mapping:
             raise ConfigError(
                 'alignment.mode "manual" needs alignment.mapping {a: [...], b: [...]}'

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from heterogui.align.alignment import Alignment, align
-from heterogui.align.similarity import layer_similarities
+from heterogui.align.similarity import layer_similarities, resolve_measure
 from heterogui.config import check_fusion
 from heterogui.errors import ConfigError, IncompatibleModelsError
 from heterogui.fusion.assemble import build_merge, least_squares_unmerges
@@ -120,10 +120,12 @@ def prepare_group(
     device: str | torch.device = "auto",
     reset_input_bn: bool = True,
     progress: Progress | None = None,
+    measure: str = "auto",
 ) -> PreparedGroup:
     """Run steps 1-3 for N models: BatchNorm, CKA with the reference, alignment, padding, stats.
 
-    The caller's models are not modified (see ``pipeline.prepare``).
+    The caller's models are not modified (see ``pipeline.prepare``). measure: what the CKA
+    compares (``align.similarity``; "auto": the family's).
 
     Raises:
         ConfigError: fewer than two models, or an alignment mode that needs a manual mapping.
@@ -155,6 +157,7 @@ def prepare_group(
             batches,
             dev,
             progress=lambda f: report("similarity", f),
+            measure=resolve_measure(ready[ref], measure),
         ),
     )
     alignments: list[Alignment | None] = [None] * len(ready)

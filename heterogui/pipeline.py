@@ -17,7 +17,7 @@ import torch
 
 from heterogui.align.alignment import Alignment, align, check_stages
 from heterogui.align.pad import pad_network, ready_network
-from heterogui.align.similarity import layer_similarity
+from heterogui.align.similarity import layer_similarity, resolve_measure
 from heterogui.config import check_fusion
 from heterogui.errors import ConfigError, IncompatibleModelsError, MatcherError
 from heterogui.fusion.assemble import build_merge, least_squares_unmerges
@@ -33,7 +33,6 @@ from heterogui.models.graph import INPUT, ModelGraph
 from heterogui.stages import timed
 from heterogui.zip.collect import (
     StatKey,
-    capture_points,
     collect_moments,
     pass_bytes,
     pooled_moments,
@@ -43,7 +42,7 @@ from heterogui.zip.collect import (
 from heterogui.zip.heads import head_group_pairs, match_head_group
 from heterogui.zip.matchers import MATCHERS, Match, keep_one_match
 from heterogui.zip.plan import ZipSettings, head_group_first, plan_widths, stop_point
-from heterogui.zip.reuse import kept_moments, point_signatures
+from heterogui.zip.reuse import realigned_moments
 from heterogui.zip.rotary import match_rotary_group
 from heterogui.zip.stats import Moments
 
@@ -62,11 +61,13 @@ class Prepared:
     and dropped before the next, with the same matches as one pass.
     keep_correlations: keep the correlations formed from ``stats`` while this object lives
     (``correlation``); off for the short-lived parts of ``chunked_matches``.
+    similarities: the CKA matrix of each measure computed for this analysis (shared by every
+    Prepared derived from it; ``with_measure`` adds to it), measure: the one the alignment reads.
     """
 
     net_a: Network
     net_b: Network
-    similarity: torch.Tensor | None
+    similarities: dict[str, torch.Tensor]
     alignment: Alignment
     padded_a: Network
     padded_b: Network
@@ -76,6 +77,12 @@ class Prepared:
     timings: dict[str, float] = field(default_factory=dict)
     stats_budget: int | None = None
     keep_correlations: bool = True
+    measure: str = "outputs"
+
+    @property
+    def similarity(self) -> torch.Tensor | None:
+        """Return the CKA matrix the alignment reads: the one of ``measure`` (None: none)."""
+        return self.similarities.get(self.measure)
 
 
 @dataclass
@@ -159,10 +166,12 @@ def prepare(
     reset_input_bn: bool = True,
     progress: Progress | None = None,
     stats_budget: int | None = None,
+    measure: str = "auto",
 ) -> Prepared:
     """Run steps 1-3: BN re-estimation of A and B, CKA, alignment, padding, feature pass.
 
-    stats_budget: see ``Prepared.stats_budget``.
+    stats_budget: see ``Prepared.stats_budget``. measure: what the CKA compares
+    (``align.similarity``; "auto": the family's).
 
     The caller's models are not modified: a model that BatchNorm re-estimation, a move to
     ``device`` or ``.eval()`` would change is copied; any other is shared (``ready_network``),
@@ -176,17 +185,57 @@ def prepare(
     report = progress or (lambda _stage, _frac: None)
     timings: dict[str, float] = {}
     nets = ready_networks((net_a, net_b), batches, dev, reset_input_bn, timings, report)
+    measure = resolve_measure(nets[0], measure)
     similarity = timed(
         timings,
         "similarity",
         lambda: layer_similarity(
-            nets[0], nets[1], batches, dev, progress=lambda f: report("similarity", f)
+            nets[0],
+            nets[1],
+            batches,
+            dev,
+            progress=lambda f: report("similarity", f),
+            measure=measure,
         ),
     )
     prepared = Prepared(
-        nets[0], nets[1], similarity, None, None, None, {}, batches, dev, timings, stats_budget
+        nets[0],
+        nets[1],
+        {measure: similarity},
+        None,
+        None,
+        None,
+        {},
+        batches,
+        dev,
+        timings,
+        stats_budget,
+        measure=measure,
     )
     return realign(prepared, mode, manual, progress)
+
+
+def with_measure(prepared: Prepared, measure: str, progress: Progress | None = None) -> Prepared:
+    """Return ``prepared`` whose alignment reads the CKA of ``measure`` (same alignment).
+
+    The first time a measure is asked for, one similarity pass computes its matrix and adds it
+    to the analysis's ``similarities``; realign to place the layers by it.
+
+    Raises:
+        ConfigError: an unknown measure.
+    """
+    measure = resolve_measure(prepared.net_a, measure)
+    if measure not in prepared.similarities:
+        report = progress or (lambda _stage, _frac: None)
+        prepared.similarities[measure] = layer_similarity(
+            prepared.net_a,
+            prepared.net_b,
+            prepared.batches,
+            prepared.device,
+            progress=lambda f: report("similarity", f),
+            measure=measure,
+        )
+    return replace(prepared, measure=measure)
 
 
 def ready_networks(
@@ -255,7 +304,15 @@ def realign(
         stats = timed(
             timings,
             "features",
-            lambda: _moments_after(prepared, padded_a, padded_b, report),
+            lambda: realigned_moments(
+                (prepared.net_a, prepared.net_b),
+                (prepared.padded_a, prepared.padded_b),
+                prepared.stats,
+                (padded_a, padded_b),
+                prepared.batches,
+                prepared.device,
+                lambda f: report("features", f),
+            ),
         )
     return replace(
         prepared,
@@ -265,36 +322,6 @@ def realign(
         stats=stats,
         timings=timings,
     )
-
-
-def _moments_after(
-    prepared: Prepared, padded_a: Network, padded_b: Network, report: Progress
-) -> dict[StatKey, Moments]:
-    """Return the feature statistics of the newly padded pair.
-
-    Merge points whose blocks play the same roles as under ``prepared``'s alignment keep its
-    statistics (``zip.reuse``); one pass collects the others, and stops after the last block
-    it needs.
-    """
-    pair, originals = (padded_a, padded_b), (prepared.net_a, prepared.net_b)
-    graphs = (padded_a.graph(), padded_b.graph())
-    shared = set(shared_spaces(graphs))
-    wanted = [(s, b) for s, _, _, b in capture_points(graphs[0]) if s in shared]
-    kept = {}
-    if prepared.stats and prepared.padded_a is not None:
-        before = point_signatures((prepared.padded_a, prepared.padded_b), originals)
-        kept = kept_moments(prepared.stats, before, point_signatures(pair, originals), wanted)
-    missing = set(wanted) - set(kept)
-    fresh = {}
-    if missing:
-        fresh = collect_moments(
-            pair,
-            prepared.batches,
-            prepared.device,
-            progress=lambda f: report("features", f),
-            points=missing,
-        )
-    return kept | fresh
 
 
 def pad_aligned(

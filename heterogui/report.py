@@ -104,7 +104,11 @@ def merge_report(
     report: dict[str, Any] = {
         "parameters": parameter_counts(result),
         "widths": {s: list(w) for s, w in result.widths().items()},
-        "alignment": {"mode": result.alignment.mode, **alignment_facts(result.alignment)},
+        "alignment": {
+            "mode": result.alignment.mode,
+            "measure": result.prepared.measure,
+            **alignment_facts(result.alignment),
+        },
         "stop": result.spec.stop,
         "heads": head_rows(result),
         "timings_seconds": timings_of(prep.timings, result.timings, total_seconds),
@@ -229,7 +233,7 @@ def card_files(
         files["alignment.svg"] = heatmap_svg(
             prep.similarity.tolist(),
             layer_pairs(result.alignment, prep.net_a.graph(), prep.net_b.graph()),
-            f"layer CKA, {result.alignment.mode} path",
+            f"layer CKA ({prep.measure}), {result.alignment.mode} path",
         )
     widths = result.widths()
     files["widths.svg"] = bars_svg(

@@ -231,7 +231,8 @@ def stats_budget() -> int:
 def analyse(pair: Pair, calibration: Calibration, **options: Any) -> Prepared:
     """Run the engine's analysis (BN, CKA, alignment, padding, statistics) on a pair.
 
-    options: ``pipeline.prepare``'s keywords (mode, manual, device, reset_input_bn, progress).
+    options: ``pipeline.prepare``'s keywords (mode, manual, measure, device, reset_input_bn,
+    progress, stats_budget).
     """
     return prepare(pair.a.net, pair.b.net, calibration.batches, **options)
 
@@ -283,7 +284,9 @@ def complete_recipe(
     if isinstance(result, GroupMergeResult):
         alignment = run_group.alignment_spec(result)
     else:
-        alignment = AlignmentSpec(result.alignment.mode, result.alignment.mapping())
+        alignment = AlignmentSpec(
+            result.alignment.mode, result.alignment.mapping(), result.prepared.measure
+        )
     return dataclasses.replace(
         base,
         model_a=refs[0],
@@ -364,6 +367,7 @@ def merge(
             shard,
             mode=recipe.alignment.mode,
             manual=manual,
+            measure=recipe.alignment.measure,
             device=device,
             reset_input_bn=recipe.reset_input_bn,
             progress=report,
@@ -467,7 +471,8 @@ def merge_networks(
     """Merge two in-memory networks on calibration batches (the engine, without sources).
 
     batches: list of input tensors (B, ...) (or tokenizer dicts) drawn from both tasks.
-    options: ``pipeline.prepare``'s keywords (mode, manual, device, reset_input_bn).
+    options: ``pipeline.prepare``'s keywords (mode, manual, measure, device,
+    reset_input_bn).
 
     Raises:
         HeteroguiError: incompatible networks or invalid settings.

@@ -86,6 +86,7 @@ def merge_models(
         device=device,
         reset_input_bn=recipe.reset_input_bn,
         progress=progress,
+        measure=recipe.alignment.measure,
     )
     progress("zip", 0.0)
     result = zip_group_prepared(prepared, settings, dtype)

@@ -42,7 +42,7 @@ def _counting(monkeypatch) -> list[int]:
         passes.append(len(stats))
         return stats
 
-    monkeypatch.setattr("heterogui.pipeline.collect_moments", counted)
+    monkeypatch.setattr("heterogui.zip.reuse.collect_moments", counted)
     return passes
 
 

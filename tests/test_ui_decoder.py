@@ -103,8 +103,9 @@ def test_neuron_views_skip_the_derived_attention_outputs(analysed, res):
     points = [n for _, n in tab_neurons.merge_points(prep)]
     assert {"stream", "layer0.q", "layer0.v", "layer0.mlp"} <= set(points)
     assert not any(p.endswith(".o") for p in points)
-    assert tab_neurons.derived(prep) == ["layer0.o", "layer1.o"]  # layer 2 of B: identity
-    for space in ("stream", "layer1.q", "layer0.mlp"):
+    slots = prep.alignment.positions_b[0]  # B's layers; its identity layers have no .o point
+    assert len(slots) == 2 and tab_neurons.derived(prep) == [f"layer{s}.o" for s in slots]
+    for space in ("stream", f"layer{slots[1]}.q", "layer0.mlp"):
         tab_neurons.on_space(analysed, res, space)
         views = tab_neurons.render(analysed, res)
         assert views["neuron_map"] is not None and views["neuron_hist"] is not None
@@ -306,3 +307,36 @@ def test_a_pair_with_another_tokenizer_is_refused_with_the_reason(folders, res, 
     views = app.render(session, res, app.SCOPES)  # every tab still renders
     assert "Load and analyse" in views["readout"]
     assert work.merge_alarms(session) == []
+
+
+def test_the_similarity_measure_switches_the_map_and_realigns(analysed, res, monkeypatch):
+    """A decoder pair reads layer updates; outputs are one switch away, and back is free."""
+    from heterogui.align.alignment import align
+    from heterogui.align.similarity import layer_similarity
+    from heterogui.ui import tab_align
+
+    prep = analysed.prepared
+    assert (
+        prep.measure == "updates" and tab_align.render(analysed, res)["align_measure"] == "updates"
+    )
+    message = tab_align.on_measure(analysed, res, "outputs")
+    now = analysed.prepared
+    assert "CKA of the layer outputs" in message and now.measure == "outputs"
+    ga, gb = now.net_a.graph(), now.net_b.graph()
+    torch.testing.assert_close(now.similarity, layer_similarity(now.net_a, now.net_b, now.batches))
+    assert now.alignment == align(ga, gb, now.similarity, prep.alignment.mode)
+    views = tab_align.render(analysed, res)
+    assert views["align_measure"] == "outputs" and "layer outputs" in views["align_score"]
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("no similarity pass for a measure computed before")
+
+    monkeypatch.setattr("heterogui.pipeline.layer_similarity", forbidden)
+    tab_align.on_measure(analysed, res, "updates")
+    assert analysed.prepared.similarity is prep.similarity
+    assert analysed.prepared.alignment.positions_b == prep.alignment.positions_b
+    with pytest.raises(ConfigError, match="unknown"):
+        tab_align.on_measure(analysed, res, "weights")
+    assert analysed.prepared.measure == "updates"
+    merge(analysed, res)  # a merge after switching reads the statistics of the placement
+    assert analysed.result.alignment == analysed.prepared.alignment

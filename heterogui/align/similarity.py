@@ -1,4 +1,10 @@
-"""The similarity pass: CKA between every block output of A and of B (docs/method.md sec. 3)."""
+"""The similarity pass: CKA between every block of A and of B (docs/method.md sec. 3).
+
+CKA compares the blocks' outputs (the paper's measure) or their updates: what each block adds
+to its input, its output minus the previous block's where the shapes agree. In a residual
+model the stream changes little from block to block, so the outputs of all blocks look alike;
+what each block writes tells them apart.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from heterogui.align.cka import CKAAccumulator, gram
+from heterogui.errors import ConfigError
 from heterogui.models.capture import (
     Batch,
     CapturePass,
@@ -16,6 +23,24 @@ from heterogui.models.capture import (
 )
 from heterogui.models.family import Network
 
+# what CKA compares: each block's output (the paper's), or what each block adds to its input
+MEASURES = ("outputs", "updates")
+
+
+def resolve_measure(net: Network, measure: str) -> str:
+    """Return the measure ``measure`` names for ``net``'s family ("auto": the family's).
+
+    Raises:
+        ConfigError: an unknown measure.
+    """
+    if measure == "auto":
+        return net.family.default_measure
+    if measure not in MEASURES:
+        raise ConfigError(
+            f"similarity measure {measure!r} is unknown; use auto or one of {MEASURES}"
+        )
+    return measure
+
 
 def layer_modules(net: Network) -> list[str]:
     """Return the module name of every block except the head: the layers CKA compares."""
@@ -23,18 +48,30 @@ def layer_modules(net: Network) -> list[str]:
 
 
 def layer_grams(
-    module: torch.nn.Module, names: list[str], batch: Batch, capture: CapturePass | None = None
+    module: torch.nn.Module,
+    names: list[str],
+    batch: Batch,
+    capture: CapturePass | None = None,
+    measure: str = "outputs",
 ) -> torch.Tensor:
     """Return the Gram matrix of every named layer's output on one batch: (L, n, n), float64.
 
     batch: on the module's device. Token outputs have their padded tokens zeroed first.
     capture: the pass that runs ``module`` batch after batch (it stops after the last layer
     once it knows the order); default: a whole forward.
+    measure: "outputs" (each layer's output) or "updates" (what each layer adds to its input:
+    its output minus the previous layer's, where the shapes agree; else its output).
     """
     mask = token_mask(batch)
     layout = "tokens" if mask is not None else "flat"
     found = (capture or CapturePass(module, names))(batch)
-    return torch.stack([gram(per_input(found[n], layout, mask)) for n in names])
+    flat = [per_input(found[n], layout, mask) for n in names]
+    if measure == "updates":
+        flat = [
+            x - before if before is not None and before.shape == x.shape else x
+            for before, x in zip([None, *flat[:-1]], flat, strict=True)
+        ]
+    return torch.stack([gram(x) for x in flat])
 
 
 def layer_similarity(
@@ -43,12 +80,14 @@ def layer_similarity(
     batches: Iterable[Batch],
     device: torch.device | str = "cpu",
     progress: Callable[[float], None] | None = None,
+    measure: str = "outputs",
 ) -> torch.Tensor:
     """Return linear CKA between all non-head blocks: (L_A, L_B), float64.
 
     One Gram matrix per layer per batch; all pairs filled by batched products.
+    measure: what CKA compares (``layer_grams``).
     """
-    return layer_similarities(net_a, [net_b], batches, device, progress)[0]
+    return layer_similarities(net_a, [net_b], batches, device, progress, measure)[0]
 
 
 @torch.no_grad()
@@ -58,6 +97,7 @@ def layer_similarities(
     batches: Iterable[Batch],
     device: torch.device | str = "cpu",
     progress: Callable[[float], None] | None = None,
+    measure: str = "outputs",
 ) -> list[torch.Tensor]:
     """Return linear CKA between the reference's blocks and each other model's: (L_ref, L_k).
 
@@ -72,7 +112,7 @@ def layer_similarities(
     for step, batch in enumerate(batches):
         batch = to_device(batch, device)
         grams = [
-            layer_grams(net.module, names, batch, capture)
+            layer_grams(net.module, names, batch, capture, measure)
             for net, names, capture in zip(nets, layers, passes, strict=True)
         ]
         for acc, other in zip(accs, grams[1:], strict=True):

@@ -16,6 +16,7 @@ import gradio as gr
 
 from heterogui.align.alignment import MODES, Alignment, align
 from heterogui.align.editing import clicked_mapping, mapping_text
+from heterogui.align.similarity import MEASURES
 from heterogui.models.graph import ModelGraph
 from heterogui.ui import work
 from heterogui.ui.fig_align import alignment_figure, segment_rows, stage_pairs
@@ -23,7 +24,15 @@ from heterogui.ui.plot_click import click_bridge, wire_click
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 
-VIEWS = ("align_mode", "mapping", "heatmap", "align_score", "segments", "mapping_pairs")
+VIEWS = (
+    "align_mode",
+    "align_measure",
+    "mapping",
+    "heatmap",
+    "align_score",
+    "segments",
+    "mapping_pairs",
+)
 MODE_HELP = (
     "sma: best single layer per segment (segment-wise, the paper's default); lma: best "
     "contiguous segments (layer-wise), each layer at its segment's last slot (lma_first: the "
@@ -35,6 +44,12 @@ MAPPING_HELP = (
     "slot in that stage, counted from 0; slot t is the deeper model's t-th layer of the stage. "
     "The same mapping in layer names is shown below."
 )
+MEASURE_HELP = (
+    "What CKA compares: each layer's output (the paper's) or its update, what the layer adds to "
+    "its input. In residual models (decoders) the outputs all look alike and the updates tell "
+    "the layers apart; switching computes the new map once and realigns with the mode above"
+)
+MEASURE_WORDS = {"outputs": "layer outputs", "updates": "layer updates"}
 CLICK_HELP = (
     "**Click a cell** of the map to pair the shallower model's layer with that deep layer "
     "(within its stage); the others stay where they are."
@@ -53,6 +68,13 @@ def build(ui: dict[str, Any], res: Resources) -> None:
         with gr.Column(scale=2):
             ui["align_mode"] = gr.Radio(
                 list(MODES), value="sma", label="Alignment mode", info=MODE_HELP
+            )
+            ui["align_measure"] = gr.Radio(
+                list(MEASURES),
+                value="outputs",
+                label="Similarity measure",
+                info=MEASURE_HELP,
+                elem_id="align-measure",
             )
             ui["align_score"] = gr.Markdown()
             ui["mapping"] = gr.Textbox(
@@ -94,6 +116,7 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
     if prep is None:
         return {
             "align_mode": "sma",
+            "align_measure": "outputs",
             "mapping": "",
             "mapping_pairs": "",
             "heatmap": None,
@@ -106,12 +129,14 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
     if al.score is None:
         score = "No similarity score (no CKA matrix)."
     else:
-        score = f"**Alignment score** (sum of CKA on the path): **{al.score:.3f}**"
+        words = MEASURE_WORDS.get(prep.measure, prep.measure)
+        score = f"**Alignment score** (sum of CKA of the {words} on the path): **{al.score:.3f}**"
         if best is not None:
             score += f" — SMA optimum {best:.3f}"
     fig = alignment_figure(prep.similarity, al, ga, gb) if prep.similarity is not None else None
     return {
         "align_mode": al.mode,
+        "align_measure": prep.measure,
         "mapping": mapping_text(al.mapping()),
         "mapping_pairs": pairs_text(al, ga, gb),
         "heatmap": fig,
@@ -139,6 +164,24 @@ def on_mode(session: Session, res: Resources, mode: str, mapping: str | None, pr
     return f"Alignment {al.mode}: mapping `{mapping}` ({how}). Merge {again}to use it."
 
 
+def on_measure(session: Session, res: Resources, measure: str, progress=None) -> str:
+    """Read the CKA of another measure and realign with the current mode (api: /align_measure).
+
+    A manual alignment keeps its mapping; only the map and the score change.
+    """
+    session.cancel_requested = False
+    prep = work.require_prepared(session)
+    mode = prep.alignment.mode
+    mapping = mapping_text(prep.alignment.mapping()) if mode == "manual" else None
+    how = ALIGNMENT_STATISTICS[work.set_alignment(session, mode, mapping, progress, measure)]
+    al = session.prepared.alignment
+    again = "again " if session.merge_count else ""
+    return (
+        f"Similarity: CKA of the {MEASURE_WORDS[session.prepared.measure]}. Alignment {al.mode}: "
+        f"mapping `{mapping_text(al.mapping())}` ({how}). Merge {again}to use it."
+    )
+
+
 def on_mapping(session: Session, res: Resources, mapping: str | None, progress=None) -> str:
     """Apply a hand-edited mapping (api: /set_mapping)."""
     return on_mode(session, res, "manual", mapping, progress)
@@ -159,6 +202,14 @@ def wire(ui: dict[str, Any], on) -> None:
     """Register the tab's events."""
     scopes = ("align", "neurons", "zip", "evaluate", "compare", "export")
     on(ui["align_mode"].input, on_mode, ["align_mode", "mapping"], scopes, "align", heavy=True)
+    on(
+        ui["align_measure"].input,
+        on_measure,
+        ["align_measure"],
+        scopes,
+        "align_measure",
+        heavy=True,
+    )
     on(ui["apply_mapping"].click, on_mapping, ["mapping"], scopes, "set_mapping", heavy=True)
     on(
         ui["align_click"].click,

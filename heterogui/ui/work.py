@@ -27,6 +27,7 @@ from heterogui.pipeline import (
     check_pair,
     realign,
     resolve_device,
+    with_measure,
     zip_prepared,
 )
 from heterogui.sizes import merge_size, reference_sizes
@@ -191,9 +192,16 @@ def metrics_of(session: Session, result: MergeResult, progress: Progress | None 
 
 
 def set_alignment(
-    session: Session, mode: str, mapping_text: str | None = None, progress: Progress | None = None
+    session: Session,
+    mode: str,
+    mapping_text: str | None = None,
+    progress: Progress | None = None,
+    measure: str | None = None,
 ) -> str:
     """Realign the pair with ``mode`` (or a manual mapping); redo the feature pass if needed.
+
+    measure: read the CKA of this measure from now on (``pipeline.with_measure``: one
+    similarity pass the first time); None keeps the current one.
 
     Returns "same" when the new alignment places every layer where it already is (only its
     mode and score change), "reused" when this analysis already collected the statistics of
@@ -201,8 +209,11 @@ def set_alignment(
 
     Raises:
         AlignmentError: unknown mode or an invalid manual mapping (the old one is kept).
+        ConfigError: an unknown measure.
     """
     prepared = require_prepared(session)
+    if measure is not None:
+        prepared = with_measure(prepared, measure, guarded(session, progress))
     ga, gb = prepared.net_a.graph(), prepared.net_b.graph()
     manual = read_mapping(mapping_text, prepared.alignment, ga, gb) if mode == "manual" else None
     new_alignment = align(ga, gb, prepared.similarity, mode, manual)
@@ -218,8 +229,12 @@ def set_alignment(
         visited = [prepared, *(p for p in session.visited if p is not earlier)]
         session.visited = _within_budget(visited[:VISITED_ALIGNMENTS], run.stats_budget() // 2)
     # the same object when nothing changes: what is derived from it (correlations) is kept
-    same = earlier.alignment == new_alignment
-    session.prepared = earlier if same else dataclasses.replace(earlier, alignment=new_alignment)
+    same = earlier.alignment == new_alignment and earlier.measure == prepared.measure
+    session.prepared = (
+        earlier
+        if same
+        else dataclasses.replace(earlier, alignment=new_alignment, measure=prepared.measure)
+    )
     if session.result is not None and session.result.alignment != session.prepared.alignment:
         session.result, session.merged_metrics, session.sweep = None, None, []
     return how
@@ -257,7 +272,8 @@ def _same_placement(session: Session, prepared: Prepared, alignment: Any) -> Pre
     kept = [r.prepared for r in (session.result, *session.kept.values()) if r is not None]
     for candidate in (prepared, *session.visited, *kept):
         same_analysis = (
-            candidate.similarity is prepared.similarity and candidate.batches is prepared.batches
+            candidate.similarities is prepared.similarities
+            and candidate.batches is prepared.batches
         )
         placed = (candidate.alignment.positions_a, candidate.alignment.positions_b) == (
             alignment.positions_a,

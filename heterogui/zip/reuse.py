@@ -18,10 +18,13 @@ identity layer reproduces its input up to the LayerNorm epsilons and float round
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 
+import torch
+
+from heterogui.models.capture import Batch
 from heterogui.models.family import Network
-from heterogui.zip.collect import StatKey, capture_points
+from heterogui.zip.collect import StatKey, capture_points, collect_moments, shared_spaces
 from heterogui.zip.stats import Moments
 
 Role = tuple[str, int]
@@ -84,3 +87,31 @@ def kept_moments(
         for key in wanted
         if key in after and after[key] in by_signature
     }
+
+
+def realigned_moments(
+    originals: tuple[Network, Network],
+    before: tuple[Network, Network] | tuple[None, None],
+    stats: dict[StatKey, Moments],
+    after: tuple[Network, Network],
+    batches: Sequence[Batch],
+    device: torch.device | str,
+    progress: Callable[[float], None] | None = None,
+) -> dict[StatKey, Moments]:
+    """Return the feature statistics of the pair padded as ``after``.
+
+    originals: A and B unpadded; before: them padded as ``stats`` were collected (None, None:
+    no statistics to keep). Merge points whose blocks play the same roles keep their
+    statistics; one pass collects the others and stops after the last block it needs.
+    """
+    graphs = (after[0].graph(), after[1].graph())
+    shared = set(shared_spaces(graphs))
+    wanted = [(s, b) for s, _, _, b in capture_points(graphs[0]) if s in shared]
+    kept = {}
+    if stats and before[0] is not None:
+        old = point_signatures(before, originals)
+        kept = kept_moments(stats, old, point_signatures(after, originals), wanted)
+    missing = set(wanted) - set(kept)
+    if not missing:
+        return kept
+    return kept | collect_moments(after, batches, device, progress=progress, points=missing)
