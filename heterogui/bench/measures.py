@@ -29,9 +29,22 @@ import torch
 
 from heterogui import run
 from heterogui.align.similarity import MEASURES
+from heterogui.bench.decoders import middle_block, smollm2_shallow_pair
 from heterogui.bench.documents import finite, write_document
+from heterogui.bench.quality import calibration_batches
+from heterogui.bench.transformers import minilm_pair
 from heterogui.config import DataRef
+from heterogui.datasets.images import load_split, task_subset
+from heterogui.datasets.refs import tokenize
+from heterogui.datasets.sentence_pairs import load_pairs
+from heterogui.datasets.text_tasks import calibration_sentences
 from heterogui.pipeline import Prepared, ZipSettings, prepare, realign, with_measure, zip_prepared
+from heterogui.tasks import sentences as sts
+from heterogui.tasks.classification import evaluate_merged
+from heterogui.tasks.language import ALL_DOMAINS, BATCH, LANGUAGE, merged_logits, score_domains
+from heterogui.zoo.decoder_pair import decoder_pair_folders
+from heterogui.zoo.pairs import load_pair
+from heterogui.zoo.registry import variant_name
 
 MODES = ("sma", "lma")
 ZOO_PAIRS = (
@@ -67,11 +80,6 @@ def _compare(prep: Prepared, score: Scorer) -> dict[str, dict[str, Any]]:
 
 def zoo_draws(name: str, seeds: range) -> list[dict[str, Any]]:
     """Return ``_compare`` of a zoo depth pair on each seed (Joint accuracy, %)."""
-    from heterogui.bench.quality import calibration_batches
-    from heterogui.datasets.images import load_split, task_subset
-    from heterogui.tasks.classification import evaluate_merged
-    from heterogui.zoo.pairs import load_pair
-    from heterogui.zoo.registry import variant_name
 
     draws = []
     for seed in seeds:
@@ -89,14 +97,9 @@ def zoo_draws(name: str, seeds: range) -> list[dict[str, Any]]:
 
 def minilm_draws(seeds: range) -> list[dict[str, Any]]:
     """Return ``_compare`` of MiniLM-L6 + MiniLM-L3 on each calibration draw (STS Spearman)."""
-    from heterogui.bench.transformers import _minilm_pair
-    from heterogui.datasets.refs import tokenize
-    from heterogui.datasets.sentence_pairs import load_pairs
-    from heterogui.datasets.text_tasks import calibration_sentences
-    from heterogui.tasks import sentences as sts
 
     pairs = load_pairs()
-    a, b, tok = _minilm_pair("cpu")
+    a, b, tok = minilm_pair("cpu")
 
     def spearman(result):
         value = sts.sts_spearman(sts.merged_embedders(result.model)["merged"], tok, pairs, "cpu")
@@ -110,7 +113,6 @@ def minilm_draws(seeds: range) -> list[dict[str, Any]]:
 
 def _perplexity(pair, evaluation) -> Scorer:
     """Return a scorer of merged decoders: the geometric mean of the domains' perplexities."""
-    from heterogui.tasks.language import merged_logits, score_domains
 
     def score(result):
         scores = score_domains(
@@ -128,9 +130,6 @@ def decoder_draws(seeds: range, smollm2: bool, evaluation_texts: int) -> list[di
     smollm2: SmolLM2 + its copy without the middle layers (with the true placement's score
     under "true|outputs"), else the trained pair.
     """
-    from heterogui.bench.decoders import middle_block, smollm2_shallow_pair
-    from heterogui.tasks.language import ALL_DOMAINS, BATCH, LANGUAGE
-    from heterogui.zoo.decoder_pair import decoder_pair_folders
 
     if smollm2:
         pair = smollm2_shallow_pair("cpu")

@@ -104,7 +104,7 @@ def sts_rows(n_calibration: int = 256, device: str = "cpu", seed: int = 0) -> li
     seed: the calibration draw (``calibration_sentences``).
     """
     pairs = load_pairs()
-    a, b, tok = _minilm_pair(device)
+    a, b, tok = minilm_pair(device)
     batches = tokenize(tok, calibration_sentences(n_calibration, seed), 32)
     score = lambda fn: sts.sts_spearman(fn, tok, pairs, device)  # noqa: E731
     rows = [
@@ -155,7 +155,7 @@ def sts_rows(n_calibration: int = 256, device: str = "cpu", seed: int = 0) -> li
 def identity_rows(n_calibration: int = 256, device: str = "cpu") -> list[Row]:
     """Return the identity-construction rows (module docstring, item 2)."""
     pairs = load_pairs()
-    a, b, tok = _minilm_pair(device)
+    a, b, tok = minilm_pair(device)
     batches = tokenize(tok, calibration_sentences(n_calibration), 32)
     probe = tokenize(tok, sorted({s for p in pairs for s in (p.first, p.second)}), 64)
     rows = []
@@ -197,7 +197,7 @@ def _deviation(ref: Network, padded: Network, probe: list[dict]) -> tuple[float,
     return (num / den) ** 0.5, cos
 
 
-def _minilm_pair(device: str) -> tuple[Network, Network, Any]:
+def minilm_pair(device: str) -> tuple[Network, Network, Any]:
     """Return MiniLM-L6 (A), MiniLM-L3 (B) and their shared tokenizer, through the sources."""
     pair = run.load_pair(f"minilm:{minilm.L6_NAME}", f"minilm:{minilm.L3_NAME}", device=device)
     return pair.a.net, pair.b.net, pair.a.tokenizer
