@@ -228,7 +228,7 @@ def render(report: dict[str, Any], command: str) -> str:
         if "true|outputs" in rows:
             true = rows["true|outputs"]
             lines.append(f"| {name} | true placement | {_slots(true)} | {_value(true)} | | | |")
-    lines += ["", "Per-metric means (decoders: both domains):", ""]
+    lines += ["", *_tally(report), "", "Per-metric means (decoders: both domains):", ""]
     for name, pair in report["pairs"].items():
         parts = [
             f"{key.replace('|', ' ')}: "
@@ -237,6 +237,27 @@ def render(report: dict[str, Any], command: str) -> str:
         ]
         lines.append(f"- {name} ({METRIC[pair['higher_is_better']]}): " + "; ".join(parts))
     return "\n".join(lines) + "\n"
+
+
+def _tally(report: dict[str, Any]) -> list[str]:
+    """Return one line per group of pairs: how often the updates aligned better or worse."""
+    groups = {"zoo": list(ZOO_PAIRS), "MiniLM": ["minilm-l6-l3"]}
+    groups["decoders"] = [n for n in report["pairs"] if n not in ZOO_PAIRS + ("minilm-l6-l3",)]
+    lines = []
+    for group, names in groups.items():
+        rows = [
+            report["pairs"][n]["rows"][f"{mode}|updates"]
+            for n in names
+            if n in report["pairs"]
+            for mode in MODES
+        ]
+        better = sum(r["better"] and not r["same"] for r in rows)
+        same = sum(r["same"] for r in rows)
+        lines.append(
+            f"- {group}: updates align better on {better}, the same on {same}, worse on "
+            f"{len(rows) - better - same} of {len(rows)} alignments (SMA and LMA per pair)"
+        )
+    return lines
 
 
 def _slots(row: dict[str, Any]) -> str:
