@@ -456,6 +456,13 @@ NWAY_NOTE = """Three models merged at once (the N-way zip, docs/method.md sec. 1
 another (sequential merging) are compared with their ensemble on the zoo's three-task groups in
 `docs/nway.md` (`heterogui bench nway --seeds 3 --out docs --threads 1`)."""
 
+MEASURES_NOTE = """Every alignment above reads the CKA of the block outputs (the paper's measure
+and the default for these families). Aligning by the CKA of the block updates (what each block adds
+to its input, docs/method.md sec. 3) is compared on every depth pair in `docs/measures.md`
+(`heterogui bench measures`): on these pairs it aligns about as well (better on 4, the same on
+4, worse on 2 of 10 alignments, Joint within 1 point either way), so it did not help here; it
+helps the decoders."""
+
 
 def render_markdown(report: dict[str, Any]) -> str:
     """Return docs/quality.md: command, protocol, summary, checks and one section per pair."""
@@ -489,6 +496,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += _placement_summary(report)
     out += ["", *_placement_findings(report)]
     out += ["", "## More than two models", "", NWAY_NOTE]
+    out += ["", "## Aligning by block updates", "", MEASURES_NOTE]
     out += ["", "## Checks", ""]
     out += [
         f"- [{'x' if c['passed'] else ' '}] {c['pair']}: {c['check']}: {c['detail']}"
