@@ -185,33 +185,10 @@ def prepare(
     report = progress or (lambda _stage, _frac: None)
     timings: dict[str, float] = {}
     nets = ready_networks((net_a, net_b), batches, dev, reset_input_bn, timings, report)
-    measure = resolve_measure(nets[0], measure)
-    similarity = timed(
-        timings,
-        "similarity",
-        lambda: layer_similarity(
-            nets[0],
-            nets[1],
-            batches,
-            dev,
-            progress=lambda f: report("similarity", f),
-            measure=measure,
-        ),
+    analysis = Prepared(
+        nets[0], nets[1], {}, None, None, None, {}, batches, dev, timings, stats_budget
     )
-    prepared = Prepared(
-        nets[0],
-        nets[1],
-        {measure: similarity},
-        None,
-        None,
-        None,
-        {},
-        batches,
-        dev,
-        timings,
-        stats_budget,
-        measure=measure,
-    )
+    prepared = timed(timings, "similarity", lambda: with_measure(analysis, measure, progress))
     return realign(prepared, mode, manual, progress)
 
 
