@@ -50,6 +50,29 @@ def _symmetrise_(matrix: Tensor) -> None:
             matrix[cols, rows] = mean.T
 
 
+def _floored_sigma(
+    squares: Tensor, variance: Tensor, count: int, floor: float
+) -> tuple[Tensor, Tensor, float]:
+    """Return (raw σ, σ floored at ``floor`` times the features' RMS, that floor).
+
+    squares: the sums of x² (the RMS magnitude s = sqrt(mean(squares) / count)); variance: the
+    covariance's diagonal.
+    """
+    scale = torch.sqrt(squares.mean() / count)
+    sigma_min = floor * max(float(scale), 1e-30)
+    raw_sigma = torch.sqrt(torch.clamp(variance, min=0.0))
+    return raw_sigma, raw_sigma.clamp(min=sigma_min), sigma_min
+
+
+def _unit_diagonal_(corr: Tensor, raw_sigma: Tensor, sigma_min: float) -> None:
+    """Set the diagonal of ``corr`` to exactly 1 where σ is above its floor, in place.
+
+    var / sqrt(var)**2 can miss 1 by an ulp.
+    """
+    diagonal = torch.diagonal(corr)
+    diagonal.copy_(torch.where(raw_sigma >= sigma_min, torch.ones_like(diagonal), diagonal))
+
+
 def _upper_pairs(xs: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
     """Return the pairs of parts whose products fill the upper blocks: (A, A), (A, B), (B, B)."""
     return [(xs[i], xs[j]) for i in range(len(xs)) for j in range(i, len(xs))]
@@ -158,10 +181,7 @@ class Moments:
         diag = torch.diagonal(corr).to(torch.float64)
         centred = diag + (left * right).sum(dim=0)  # count · variance, in float64
         squares = diag + 2 * (shifts * sums).sum(dim=0) + (weights * shifts * shifts).sum(dim=0)
-        scale = torch.sqrt(squares.mean() / count)
-        sigma_min = CORR_FLOOR * max(float(scale), 1e-30)
-        raw_sigma = torch.sqrt(torch.clamp(centred / count, min=0.0))
-        sigma = raw_sigma.clamp(min=sigma_min)
+        raw_sigma, sigma, sigma_min = _floored_sigma(squares, centred / count, count, CORR_FLOOR)
         if self.split is not None:  # the B-A block was never computed
             a, b = slice(0, self.split), slice(self.split, None)
             corr[b, a] = corr[a, b].T
@@ -171,8 +191,7 @@ class Moments:
             block = corr[rows].add_(low_rank.to(torch.float32))
             block.mul_(inverse[rows, None]).mul_(inverse[None, :]).clamp_(-1.0, 1.0)
         _symmetrise_(corr)
-        diagonal = torch.diagonal(corr)
-        diagonal.copy_(torch.where(raw_sigma >= sigma_min, torch.ones_like(diagonal), diagonal))
+        _unit_diagonal_(corr, raw_sigma, sigma_min)
         self._corr, self._sigma, self._squares = corr, sigma, squares
         self._pending, self._shifts, self._sums, self._rows = None, [], [], []
 
@@ -403,20 +422,15 @@ class Moments:
     def _correlation(self, floor: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """Return ``corr(floor, dtype)`` from the sums, and the floored σ (float64)."""
         outer, count, mu = self.outer, self.count, self.mean()
-        scale = torch.sqrt(torch.diagonal(outer).mean() / count)
-        sigma_min = floor * max(float(scale), 1e-30)
         variance = torch.diagonal(outer) / count - mu * mu  # the covariance's diagonal
-        raw_sigma = torch.sqrt(torch.clamp(variance, min=0.0))
-        sigma = raw_sigma.clamp(min=sigma_min)
+        raw_sigma, sigma, sigma_min = _floored_sigma(torch.diagonal(outer), variance, count, floor)
         corr = torch.empty_like(outer, dtype=dtype)
         # row block by row block, as ``cov`` and then Cov / (σσᵀ) element by element: the same
         # numbers without three (O, O) float64 temporaries (3 GiB at 2 x 5,632 features)
         for rows in _row_blocks(self.width):
             block = torch.div(outer[rows], count).sub_(torch.outer(mu[rows], mu))
             corr[rows] = block.div_(torch.outer(sigma[rows], sigma)).clamp_(-1.0, 1.0)
-        # var / sqrt(var)**2 can miss 1 by an ulp; make the unit diagonal exact.
-        diag = torch.diagonal(corr)
-        diag.copy_(torch.where(raw_sigma >= sigma_min, torch.ones_like(diag), diag))
+        _unit_diagonal_(corr, raw_sigma, sigma_min)
         return corr, sigma
 
     def to_state(self) -> dict[str, Tensor]:
