@@ -154,10 +154,17 @@ ALIGNMENT_STATISTICS = {
 }
 
 
-def on_mode(session: Session, res: Resources, mode: str, mapping: str | None, progress=None) -> str:
-    """Realign with another mode (api: /align)."""
+def on_mode(
+    session: Session,
+    res: Resources,
+    mode: str,
+    mapping: str | None,
+    progress=None,
+    measure: str | None = None,
+) -> str:
+    """Realign with another mode (api: /align); measure: read that CKA from now on."""
     session.cancel_requested = False
-    how = ALIGNMENT_STATISTICS[work.set_alignment(session, mode, mapping, progress)]
+    how = ALIGNMENT_STATISTICS[work.set_alignment(session, mode, mapping, progress, measure)]
     al = session.prepared.alignment
     again = "again " if session.merge_count else ""
     mapping = mapping_text(al.mapping())
@@ -169,17 +176,11 @@ def on_measure(session: Session, res: Resources, measure: str, progress=None) ->
 
     A manual alignment keeps its mapping; only the map and the score change.
     """
-    session.cancel_requested = False
     prep = work.require_prepared(session)
     mode = prep.alignment.mode
     mapping = mapping_text(prep.alignment.mapping()) if mode == "manual" else None
-    how = ALIGNMENT_STATISTICS[work.set_alignment(session, mode, mapping, progress, measure)]
-    al = session.prepared.alignment
-    again = "again " if session.merge_count else ""
-    return (
-        f"Similarity: CKA of the {MEASURE_WORDS[session.prepared.measure]}. Alignment {al.mode}: "
-        f"mapping `{mapping_text(al.mapping())}` ({how}). Merge {again}to use it."
-    )
+    status = on_mode(session, res, mode, mapping, progress, measure)
+    return f"Similarity: CKA of the {MEASURE_WORDS[session.prepared.measure]}. {status}"
 
 
 def on_mapping(session: Session, res: Resources, mapping: str | None, progress=None) -> str:
