@@ -256,3 +256,26 @@ def test_compacting_the_products_in_place_equals_folding_them_first(mean_shift) 
     assert not corr[7].any()  # the constant feature: exactly uncorrelated (no cancellation)
     torch.testing.assert_close(direct.squares(), squares, rtol=1e-12, atol=0)
     torch.testing.assert_close(direct.cov(), folded.cov(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("width", "split", "blocks"), [(400, None, 3), (550, 250, 10), (400, 100, 6)]
+)
+def test_wide_parts_multiply_in_halves_and_give_the_same_statistics(width, split, blocks) -> None:
+    """Wide parts are multiplied half by half, upper blocks only; the sums and the compacted
+    correlations are those of the whole rows (float64 reference, numpy)."""
+    x = _data(12, n=900, d=width)
+    m32, m64 = Moments.empty(width, split=split), Moments.empty(width, split=split)
+    assert len(m32._blocks()) == blocks  # A and B halved where each half keeps 96 features
+    for rows in torch.from_numpy(x).split(300):
+        m32.update(rows.float())
+        m64.update(rows)
+    ref_cov = np.cov(x, rowvar=False, bias=True)
+    np.testing.assert_allclose(
+        m64.cov().numpy(), ref_cov, rtol=0, atol=1e-9 * np.abs(ref_cov).max()
+    )
+    assert torch.equal(m64.cov(), m64.cov().T)
+    m32.compact()  # from the float32 products in place: every lower block mirrored
+    ref_corr = np.corrcoef(x.astype(np.float32).astype(np.float64), rowvar=False)
+    np.testing.assert_allclose(m32.corr().numpy(), ref_corr, rtol=0, atol=2e-6)
+    assert torch.equal(m32.corr(), m32.corr().T)

@@ -21,6 +21,8 @@ second copy for the correlations.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor
 
@@ -32,6 +34,8 @@ __all__ = ["CORR_FLOOR", "FOLD_EVERY", "Moments"]
 FOLD_EVERY = 32
 # the relative floor on the standard deviations of ``Moments.corr`` (the correlations kept)
 CORR_FLOOR = 1e-6
+# a model's features are multiplied in two halves when each half has at least this many
+MIN_HALF = 96
 
 
 def _row_blocks(width: int) -> list[slice]:
@@ -73,9 +77,22 @@ def _unit_diagonal_(corr: Tensor, raw_sigma: Tensor, sigma_min: float) -> None:
     diagonal.copy_(torch.where(raw_sigma >= sigma_min, torch.ones_like(diagonal), diagonal))
 
 
-def _upper_pairs(xs: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
-    """Return the pairs of parts whose products fill the upper blocks: (A, A), (A, B), (B, B)."""
-    return [(xs[i], xs[j]) for i in range(len(xs)) for j in range(i, len(xs))]
+def _halves(start: int, stop: int) -> list[slice]:
+    """Return the columns [start, stop) as one slice, or two halves when it is wide enough.
+
+    The product of a batch fills only the blocks on and above the diagonal of its parts: with
+    each model's features in two halves, 10 of 16 blocks instead of 3 of 4, about 17% fewer
+    multiply-adds (measured 0.81-0.93 of the time at 384-3,072 features a model, 1 thread).
+    """
+    if stop - start < 2 * MIN_HALF:
+        return [slice(start, stop)]
+    middle = (start + stop) // 2
+    return [slice(start, middle), slice(middle, stop)]
+
+
+def _upper(parts: list[slice]) -> list[tuple[slice, slice]]:
+    """Return the (rows, columns) of the blocks on and above the diagonal of ``parts``."""
+    return [(parts[i], parts[j]) for i in range(len(parts)) for j in range(i, len(parts))]
 
 
 class Moments:
@@ -87,8 +104,8 @@ class Moments:
             when read).
         count: number of rows (samples) accumulated.
         split: number of A's features when the rows come as A's and B's parts
-            (``update_parts``): the B-A block of a batch's product is the transpose of the
-            A-B block, so it is not computed.
+            (``update_parts``). A batch's product is computed only on and above the diagonal
+            of its blocks (``_blocks``): each block below is the transpose of one above.
     """
 
     def __init__(
@@ -182,9 +199,9 @@ class Moments:
         centred = diag + (left * right).sum(dim=0)  # count · variance, in float64
         squares = diag + 2 * (shifts * sums).sum(dim=0) + (weights * shifts * shifts).sum(dim=0)
         raw_sigma, sigma, sigma_min = _floored_sigma(squares, centred / count, count, CORR_FLOOR)
-        if self.split is not None:  # the B-A block was never computed
-            a, b = slice(0, self.split), slice(self.split, None)
-            corr[b, a] = corr[a, b].T
+        for rows, cols in self._blocks():  # the blocks below the diagonal were never computed
+            if rows != cols:
+                corr[cols, rows] = corr[rows, cols].T
         inverse = (1.0 / (sigma * count**0.5)).to(torch.float32)  # C / count / (σ σᵀ)
         for rows in _row_blocks(self.width):
             low_rank = left[:, rows].T @ right
@@ -291,18 +308,21 @@ class Moments:
         # so the mean terms folded in later are exact too
         shift = torch.cat([x.mean(dim=0) for x in xs])
         self.total += torch.cat([x.sum(dim=0, dtype=torch.float64) for x in xs])
-        xs = [x - s for x, s in zip(xs, shift.split([x.shape[1] for x in xs]), strict=True)]
+        if len(xs) == 1:
+            x = xs[0] - shift
+        else:  # the parts side by side, centred in place (a new tensor: the callers' stay)
+            x = torch.cat(xs, dim=1).sub_(shift)
         fresh = self._pending is None or self._pending.dtype != dtype
         if fresh:
             self.settle()
-            # not zeroed: the first products overwrite it (beta 0); the B-A block stays unused
+            # not zeroed: the first products overwrite it (beta 0); the lower blocks stay unused
             self._pending = torch.empty(self.width, self.width, dtype=dtype, device=self.device)
-        for (rows, cols), (xi, xj) in zip(self._blocks(), _upper_pairs(xs), strict=True):
-            self._pending[rows, cols].addmm_(xi.T, xj, beta=0.0 if fresh else 1.0)
-        n = int(xs[0].shape[0])
+        for rows, cols in self._blocks():
+            self._pending[rows, cols].addmm_(x[:, rows].T, x[:, cols], beta=0.0 if fresh else 1.0)
+        n = int(x.shape[0])
         self.count += n
         self._shifts.append(shift.to(torch.float64))
-        self._sums.append(torch.cat([x.sum(dim=0, dtype=torch.float64) for x in xs]))
+        self._sums.append(x.sum(dim=0, dtype=torch.float64))
         self._rows.append(n)
         if len(self._rows) >= FOLD_EVERY:
             self.settle()
@@ -327,11 +347,13 @@ class Moments:
         self._pending, self._shifts, self._sums, self._rows = None, [], [], []
 
     def _blocks(self) -> list[tuple[slice, slice]]:
-        """Return the (rows, columns) of the product blocks a batch computes (upper ones)."""
-        if self.split is None:
-            return [(slice(None), slice(None))]
-        a, b = slice(0, self.split), slice(self.split, None)
-        return [(a, a), (a, b), (b, b)]
+        """Return the (rows, columns) of the product blocks a batch computes (upper ones).
+
+        The parts: A's features and B's (one part without a split), each halved when wide.
+        """
+        edges = [0, self.width] if self.split is None else [0, self.split, self.width]
+        parts = [h for start, stop in itertools.pairwise(edges) for h in _halves(start, stop)]
+        return _upper(parts)
 
     def merged_with(self, other: Moments) -> Moments:
         """Return the accumulation over the union of both data streams (on this device).
