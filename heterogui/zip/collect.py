@@ -77,7 +77,7 @@ def collect_moments(
             key = (space, block)
             if key not in stats:
                 width, split = sum(r.shape[1] for r in rows), rows[0].shape[1]
-                # two models: the B-A block of a batch's product is A-B's transpose (split)
+                # two models: the blocks below the diagonal are transposes, not computed (split)
                 stats[key] = Moments.empty(width, rows[0].device, split if len(rows) == 2 else None)
             if len(rows) == 2:
                 stats[key].update_parts(*rows)
