@@ -34,13 +34,16 @@ __all__ = ["CORR_FLOOR", "FOLD_EVERY", "Moments"]
 FOLD_EVERY = 32
 # the relative floor on the standard deviations of ``Moments.corr`` (the correlations kept)
 CORR_FLOOR = 1e-6
+# elements of the float64 row blocks the in-place compaction corrects at a time (4 MiB)
+COMPACT_BLOCK = 2**19
 # a model's features are multiplied in two halves when each half has at least this many
 MIN_HALF = 96
 
 
-def _row_blocks(width: int) -> list[slice]:
-    """Return slices of rows of a (width, width) matrix, each about 32 MiB of float64."""
-    step = max(1, 2**22 // width)
+def _row_blocks(width: int, elements: int = 2**22) -> list[slice]:
+    """Return slices of rows of a (width, width) matrix of about ``elements`` each (32 MiB of
+    float64 by default)."""
+    step = max(1, elements // width)
     return [slice(r, min(r + step, width)) for r in range(0, width, step)]
 
 
@@ -203,7 +206,8 @@ class Moments:
             if rows != cols:
                 corr[cols, rows] = corr[rows, cols].T
         inverse = (1.0 / (sigma * count**0.5)).to(torch.float32)  # C / count / (σ σᵀ)
-        for rows in _row_blocks(self.width):
+        # small row blocks: the float64 correction and its float32 copy are the only temporaries
+        for rows in _row_blocks(self.width, COMPACT_BLOCK):
             low_rank = left[:, rows].T @ right
             block = corr[rows].add_(low_rank.to(torch.float32))
             block.mul_(inverse[rows, None]).mul_(inverse[None, :]).clamp_(-1.0, 1.0)
