@@ -14,6 +14,7 @@ import torch
 
 from heterogui.align.cka import CKAAccumulator, gram
 from heterogui.errors import ConfigError
+from heterogui.host_memory import release_freed_memory
 from heterogui.models.capture import (
     Batch,
     CapturePass,
@@ -121,4 +122,5 @@ def layer_similarities(
             progress((step + 1) / len(batches))
     for acc in accs:
         acc.all_reduce()  # the whole data's sums under torchrun (heterogui.distributed)
+    release_freed_memory()  # the batches' activations: back to the system, not kept in the heap
     return [acc.matrix() for acc in accs]

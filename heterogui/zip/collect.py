@@ -7,6 +7,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 import torch
 
 from heterogui.distributed import all_reduce_moments, world_size
+from heterogui.host_memory import release_freed_memory
 from heterogui.models.capture import (
     Batch,
     CapturePass,
@@ -95,6 +96,7 @@ def collect_moments(
     if compact:
         for moments in stats.values():
             moments.compact()  # (after the sums are reduced, under torchrun)
+    release_freed_memory()  # the batches' activations: back to the system, not kept in the heap
     return stats
 
 
