@@ -6,7 +6,8 @@ allocations of other sizes often cannot use it, so the process's resident memory
 pass's high-water mark while the merge goes on. ``release_freed_memory`` asks the allocator to
 return every free page; nothing live moves. Measured on the MiniLM pair (1 thread, three runs
 each): the merge's peak resident memory over the process's start went from 669-702 MiB to
-629-641 MiB. Elsewhere (macOS, Windows, musl) it does nothing.
+638-656 MiB (633 MiB in ``heterogui bench speed --minilm``). Elsewhere (macOS, Windows, musl)
+it does nothing.
 """
 
 from __future__ import annotations
