@@ -37,6 +37,7 @@ from heterogui.models.capture import (
 )
 from heterogui.models.family import Network
 from heterogui.models.graph import Capture
+from heterogui.models.lengths import by_length
 from heterogui.zip.match import Match
 
 # features whose spread in the merged model is below this fraction of the point's RMS keep
@@ -137,7 +138,7 @@ def renormalize(
     points = renormalized_points(net_a, net_b, matches, stop)
     if not points:
         return 0
-    batches = list(batches)
+    batches = by_length(batches)  # per-feature sums over tokens: any grouping, less padding
     parents = (parent_sums or (lambda: parents_statistics(net_a, net_b, batches, device)))()
     was_training = model.training
     model.eval()
@@ -191,6 +192,7 @@ def parents_statistics(
     graph = net_a.graph()
     points = renormalized_points(net_a, net_b, graph.spaces, graph.num_blocks)
     modules = sorted({cap.module for _, cap in points})
+    batches = by_length(batches)
     return [_sums(net.module, modules, points, batches, device) for net in (net_a, net_b)]
 
 

@@ -44,6 +44,7 @@ from heterogui.models.capture import (
 )
 from heterogui.models.family import Network
 from heterogui.models.graph import TensorTag
+from heterogui.models.lengths import by_length
 from heterogui.zip.match import Match
 
 
@@ -108,7 +109,7 @@ def refit_sequentially(
     readers = sequential_readers(graph.tensors, transforms, stop)
     if not readers:
         return 0
-    batches = list(batches)
+    batches = by_length(batches)  # regressions on sums over tokens: any grouping, less padding
     bn = has_batch_norm(model)
     if bn:
         reestimate_batch_norm(model, batches, device, pinned)

@@ -17,6 +17,7 @@ from heterogui.models.capture import (
 )
 from heterogui.models.family import Network
 from heterogui.models.graph import INPUT, LOGITS, ModelGraph
+from heterogui.models.lengths import by_length
 from heterogui.zip.stats import FOLD_EVERY, Moments
 
 # (space, block): the captures of a space inside one block share one accumulator (a residual
@@ -68,7 +69,7 @@ def collect_moments(
     modules = sorted({module for _, module, _, _ in captures})
     stats: dict[StatKey, Moments] = {}
     passes = [CapturePass(net.module, modules) for net in nets]
-    batches = list(batches)
+    batches = by_length(list(batches))  # sums over tokens: any grouping, less padding
     for step, batch in enumerate(batches):
         batch = to_device(batch, device)
         mask = token_mask(batch)
