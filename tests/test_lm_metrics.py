@@ -84,6 +84,22 @@ def test_padding_does_not_change_the_sums(model, tokenizer):
     assert together[0] == pytest.approx(alone[0][0] + alone[1][0], rel=1e-5)
 
 
+def test_the_sums_run_texts_of_like_length_together(model, tokenizer):
+    texts = ["hi.", "a much longer text that pads the short one.", "ok", "another long text here!"]
+    seen = []
+
+    def logits(batch):
+        seen.append(batch["input_ids"].numel())
+        return model(**batch).logits
+
+    given = token_batches(tokenizer, texts, batch_size=2)  # a short and a long text in each
+    together = nll_sums(logits, given)
+    assert sum(seen) < sum(b["input_ids"].numel() for b in given)  # regrouped: less padding
+    alone = [nll_sums(logits_of(model), token_batches(tokenizer, [t], 1)) for t in texts]
+    assert together[1] == sum(a[1] for a in alone)
+    assert together[0] == pytest.approx(sum(a[0] for a in alone), rel=1e-5)
+
+
 def test_scores_per_token_and_per_byte_agree_for_characters(model, tokenizer):
     score = score_texts(logits_of(model), tokenizer, TEXTS, batch_size=2)
     # One character = one token = one byte, and <s> makes every character a target.

@@ -1,8 +1,9 @@
 """Token batches regrouped by length, for the passes whose sums do not depend on the grouping.
 
-The feature pass (``zip.collect``), renormalization's per-feature sums and the sequential
-refit's regressions (``fusion``) sum over the real tokens of all batches (docs/method.md secs.
-6 and 9), so which sequences share a batch changes their results by rounding only. Padding
+The feature pass (``zip.collect``), renormalization's per-feature sums, the sequential refit's
+regressions (``fusion``) and the perplexity sums (``tasks.lm_metrics``) run over the real
+tokens of all batches (docs/method.md secs. 6 and 9), so which sequences share a batch changes
+their results by rounding only. Padding
 does cost: every padded token runs through every layer. Calibration sentences of different
 lengths, padded to their batch's longest, are a third padding on MiniLM's calibration data;
 sorted by length first, each batch pads only to sequences of about its own length. The
