@@ -58,6 +58,19 @@ def test_regrouping_keeps_every_sequence_and_the_batch_sizes():
     assert after < before
 
 
+def test_sequences_of_padding_only_keep_one_position():
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]])
+    ids = torch.tensor([[5, 6, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]])
+    regrouped = by_length(
+        [
+            {"input_ids": ids[:2], "attention_mask": mask[:2]},
+            {"input_ids": ids[2:], "attention_mask": mask[2:]},
+        ]
+    )
+    assert [tuple(b["attention_mask"].shape) for b in regrouped] == [(2, 2), (2, 1)]
+    assert regrouped[1]["attention_mask"].sum() == 0 and regrouped[1]["input_ids"].sum() == 0
+
+
 def test_batches_it_cannot_regroup_come_back_as_they_were():
     images = [torch.randn(4, 3, 8, 8), torch.randn(2, 3, 8, 8)]
     full = [{"input_ids": torch.ones(3, 5, dtype=torch.long), "attention_mask": torch.ones(3, 5)}]

@@ -47,7 +47,7 @@ def by_length(batches: Sequence[Batch]) -> list[Batch]:
     regrouped, start = [], 0
     for batch in batches:
         rows = order[start : start + len(batch["attention_mask"])]
-        cut = int(lengths[rows].max())
+        cut = max(int(lengths[rows].max()), 1)  # rows of padding only keep one position
         regrouped.append(
             {
                 key: value[rows, :cut] if key in per_token else value[rows]
