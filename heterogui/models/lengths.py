@@ -3,12 +3,11 @@
 The feature pass (``zip.collect``), renormalization's per-feature sums, the sequential refit's
 regressions (``fusion``) and the perplexity sums (``tasks.lm_metrics``) run over the real
 tokens of all batches (docs/method.md secs. 6 and 9), so which sequences share a batch changes
-their results by rounding only. Padding
-does cost: every padded token runs through every layer. Calibration sentences of different
-lengths, padded to their batch's longest, are a third padding on MiniLM's calibration data;
-sorted by length first, each batch pads only to sequences of about its own length. The
-similarity pass keeps the batches it is given: minibatch CKA compares the inputs within each
-batch, so the grouping is part of its estimate.
+their results by rounding only. Padding does cost: every padded token runs through every
+layer. Calibration sentences of different lengths, padded to their batch's longest, are a
+third padding on MiniLM's calibration data; sorted by length first, each batch pads only to
+sequences of about its own length. The similarity pass keeps the batches it is given:
+minibatch CKA compares the inputs within each batch, so the grouping is part of its estimate.
 """
 
 from __future__ import annotations
