@@ -29,6 +29,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from heterogui.errors import MatcherError
+from heterogui.zip.greedy import Damping, mask_model, spend_budget, zip_parents
 from heterogui.zip.match import Match, MatchCounts, canonical_groups
 
 __all__ = [
@@ -137,13 +138,6 @@ def _check_knobs(sizes: tuple[int, ...], width: int, alpha: float, beta: float) 
         raise MatcherError(f"beta must be in [0, 1], got {beta!r}; the paper uses 1.0")
 
 
-def _mask_model(sim: np.ndarray, alive: np.ndarray, owner: np.ndarray, model: int) -> np.ndarray:
-    """Forbid every pair of live representatives of one model; return those representatives."""
-    reps = np.flatnonzero(alive & (owner == model))
-    sim[np.ix_(reps, reps)] = _NEG_INF
-    return reps
-
-
 def within_model_budget(o: int, width: int, n: int, beta: float) -> int:
     """Return floor((O - r) * n_m / O * beta) computed exactly (rational arithmetic).
 
@@ -169,7 +163,7 @@ def _prepare(
     alive = np.ones(o, dtype=bool)
     for m in range(len(sizes)):
         if budget[m] == 0:
-            _mask_model(sim, alive, owner, m)
+            mask_model(sim, alive, owner, m)
     return sim, budget, alive, owner
 
 
@@ -183,15 +177,6 @@ def _stuck(sizes: tuple[int, ...], width: int, beta: float, reached: int) -> Mat
         f"the smallest reachable width is {reached} (no allowed pair is left); {more}raise the "
         f"target width to >= {reached} (lower rho)"
     )
-
-
-def _spend_budget(sim, alive, budget, owner, i, j) -> np.ndarray | None:
-    """Charge a within-model merge of i and j; return the reps masked when a budget runs out."""
-    m = owner[i]
-    if m != owner[j]:
-        return None
-    budget[m] -= 1
-    return _mask_model(sim, alive, owner, m) if budget[m] == 0 else None
 
 
 def zip_match_naive(
@@ -232,7 +217,7 @@ def zip_group_naive(
     width = int(width)
     o = sum(sizes)
     labels = np.arange(o)
-    damping = _Damping(owner, len(sizes), alpha)
+    damping = Damping(owner, len(sizes), alpha)
     for n_groups in range(o, width, -1):
         i, j = divmod(int(np.argmax(sim)), o)
         if sim[i, j] == _NEG_INF:
@@ -245,89 +230,8 @@ def zip_group_naive(
         sim[i, i] = _NEG_INF
         sim[j, :] = _NEG_INF
         sim[:, j] = _NEG_INF
-        _spend_budget(sim, alive, budget, owner, i, j)
+        spend_budget(sim, alive, budget, owner, i, j)
     return Match.of_sizes(canonical_groups(labels), sizes, width)
-
-
-class _Damping:
-    """The factor a merged group's similarities are damped by (alpha, or 1 for a free merge).
-
-    Two models: always alpha (the paper: every re-merge is damped). More models: a merge that
-    completes a group across models is not a re-merge: a group whose members come from
-    distinct models and another such group with none of its models are not damped (factor 1),
-    so a third model's feature joins a pair of A and B at their full correlation; every
-    other pair is damped by alpha.
-    """
-
-    def __init__(self, owner: np.ndarray, n_models: int, alpha: float):
-        self.alpha = alpha
-        self.many = n_models > 2
-        self.models = np.left_shift(1, owner.astype(np.int64))  # bit set of each group's models
-        self.clean = np.ones(owner.size, dtype=bool)  # no two members from one model
-
-    def merge(self, i: int, j: int) -> float | np.ndarray:
-        """Record that group j joined group i; return the factor of i's new similarities."""
-        if not self.many:
-            return self.alpha
-        models = self.models
-        self.clean[i] &= self.clean[j] & ((models[i] & models[j]) == 0)
-        models[i] |= models[j]
-        free = self.clean & self.clean[i] & ((models & models[i]) == 0)
-        return np.where(free, 1.0, self.alpha)
-
-
-def _fast_loop(sim, alive, budget, owner, width, alpha) -> tuple[np.ndarray, int]:
-    """Run the greedy zip on cached row maxima; return parent pointers and the groups left.
-
-    row_max[k] / row_arg[k] hold the max and first argmax column of row k over live columns
-    (dead rows: -inf, -1). Dead rows and columns are never rewritten (a strided column write is
-    the dearest operation here): reads add `dead`, 0 for a live column and -inf for a dead one,
-    which gives exactly the naive loop's -inf. After merging j into i only column i changes in
-    other rows (column j dies), plus the block of a model whose budget ran out. A row keeps its
-    cached argmax unless the new value at column i beats it or ties it at a smaller column; rows
-    whose argmax was i or j, row i itself and masked rows are recomputed. Rows whose max is -inf
-    may cache any column: they stay all -inf and are never picked (a -inf pick stops the loop).
-    """
-    o = sim.shape[0]
-    parent = np.arange(o)
-    dead = np.zeros(o, dtype=sim.dtype)
-    row_max = sim.max(axis=1)
-    row_arg = sim.argmax(axis=1)
-    new = np.empty(o, dtype=sim.dtype)
-    damping = _Damping(owner, len(budget), alpha)
-    n_groups = o
-    while n_groups > width:
-        i = int(row_max.argmax())  # first row holding the max = row-major first maximum
-        if row_max[i] == _NEG_INF:
-            break
-        j = int(row_arg[i])
-        parent[j] = i
-        alive[j] = False
-        dead[j] = _NEG_INF
-        n_groups -= 1
-        np.minimum(sim[i], sim[j], out=new)
-        new *= damping.merge(i, j)  # new[i] = -inf already: sim[i, i] = -inf
-        new += dead
-        sim[i] = new
-        sim[:, i] = new
-        row_max[j] = _NEG_INF
-        row_arg[j] = -1
-        stale = row_arg == i
-        stale |= row_arg == j
-        stale[i] = True
-        masked = _spend_budget(sim, alive, budget, owner, i, j)
-        if masked is not None:
-            stale[masked] = True
-        take = new > row_max
-        take |= (new == row_max) & (row_arg > i)  # stale rows may be taken: recomputed below
-        np.copyto(row_max, new, where=take)
-        np.copyto(row_arg, i, where=take)
-        rows = stale.nonzero()[0]
-        sub = sim[rows]
-        sub += dead
-        row_max[rows] = sub.max(axis=1)
-        row_arg[rows] = sub.argmax(axis=1)
-    return parent, n_groups
 
 
 def zip_match(
@@ -362,9 +266,16 @@ def zip_group(
     ``zip_group_naive``, ties included.
     """
     sizes = tuple(sizes)
-    sim, budget, alive, owner = _prepare(corr, sizes, width, alpha, beta)
-    width = int(width)
-    parent, n_groups = _fast_loop(sim, alive, budget, owner, width, alpha)
+    _check_sizes(*sizes)
+    _check_knobs(sizes, width, alpha, beta)
+    o, width = sum(sizes), int(width)
+    budget = [within_model_budget(o, width, n, beta) for n in sizes]
+
+    def start() -> tuple[np.ndarray, np.ndarray]:
+        sim, _, alive, _ = _prepare(corr, sizes, width, alpha, beta)
+        return sim, alive
+
+    parent, n_groups = zip_parents(corr, sizes, width, alpha, budget, start)
     if n_groups > width:
         raise _stuck(sizes, width, beta, n_groups)
     labels = parent
