@@ -41,6 +41,7 @@ def contract(m: dict[str, Any]) -> dict[str, Any]:
         "floor_s": m["floor"],
         "ratio_to_floor": m["total"] / m["floor"],
         "remerge_s": m["remerge_from_cache"],
+        "remerge_repeated_s": m["remerge_repeated"],
         "realign_s": m["realign"],
         "neurons_point_s": m["neurons_point_s"],
         "precision": m["precision"],

@@ -4,7 +4,9 @@
 pair and calibration batches, then times, on the same prepared statistics:
 
 - the forward passes alone (the floor: docs/method.md sec. 1, ``floor.floor_seconds``);
-- a re-merge from the cached statistics at another zip ratio (a slider move);
+- a re-merge from the cached statistics at another zip ratio (a slider move): the slower of
+  two ratios not zipped before, and one zipped before (the matcher reuses its kept steps,
+  ``zip.greedy``);
 - an alignment switch (``realign`` to the other automatic mode: re-pad, new statistics);
 - showing another merge point on the Neurons tab (the tab's own render, figures to JSON);
 - the statistics' precision: the correlations and matchings of float32 batch products against
@@ -56,14 +58,16 @@ def measure_pair(
     batches: list[Batch],
     device: torch.device,
     *,
-    remerge_rho: float = 0.5,
+    remerge_rhos: tuple[float, float] = (0.5, 0.75),
 ) -> dict[str, Any]:
     """Merge ``net_a`` and ``net_b`` at the default settings and return the figures.
 
     Keys: pair, device, threads, total (s), stages (s per stage), forward_a / forward_b
     (padded models) / forward_merged (s), floor (s), weights_mib (A, B, merge),
-    statistics_mib, peak_rss_mib, rss_before_merge_mib, peak_cuda_mib, remerge_from_cache,
-    realign (s, and the mode switched to), neurons_point_s, precision.
+    statistics_mib, peak_rss_mib, rss_before_merge_mib, peak_cuda_mib, remerge_from_cache
+    (the slower re-merge to the ``remerge_rhos``, each a width not zipped before),
+    remerge_repeated (the first of them again), realign (s, and the mode switched to),
+    neurons_point_s, precision.
     """
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -84,7 +88,10 @@ def measure_pair(
         floor = floor_seconds(t_a, t_b, t_m, batch_norm=True) - (t_a + t_b) + (t_a0 + t_b0)
     else:
         floor = floor_seconds(t_a, t_b, t_m, batch_norm=False)
-    remerge = clock(lambda: zip_prepared(prep, ZipSettings(rho=remerge_rho)), device, repeats=2)
+    remerge = max(
+        clock(lambda r=rho: zip_prepared(prep, ZipSettings(rho=r)), device) for rho in remerge_rhos
+    )
+    repeated = clock(lambda: zip_prepared(prep, ZipSettings(rho=remerge_rhos[0])), device)
     other = "lma" if prep.alignment.mode != "lma" else "sma"
     realign_s = clock(lambda: realign(prep, other), device)
     return {
@@ -109,7 +116,8 @@ def measure_pair(
         if device.type == "cuda"
         else None,
         "remerge_from_cache": remerge,
-        "remerge_rho": remerge_rho,
+        "remerge_rhos": remerge_rhos,
+        "remerge_repeated": repeated,
         "realign": realign_s,
         "realign_mode": other,
         "neurons_point_s": _neurons_point_seconds(prep, result),

@@ -67,8 +67,10 @@ def format_pair(m: dict[str, Any]) -> str:
     lines += [
         f"  total merge time       {m['total']:8.3f}s",
         f"  floor ({passes}): {m['floor']:.3f}s; merge / floor: {m['total'] / m['floor']:.2f}",
-        f"  re-merge from cached statistics (rho {m['remerge_rho']}): "
-        f"{m['remerge_from_cache']:.3f}s; alignment switch to {m['realign_mode']}: "
+        "  re-merge from cached statistics (slower of rho "
+        f"{' and '.join(map(str, m['remerge_rhos']))}): {m['remerge_from_cache']:.3f}s "
+        f"(rho {m['remerge_rhos'][0]} again: {m['remerge_repeated']:.3f}s); "
+        f"alignment switch to {m['realign_mode']}: "
         f"{m['realign']:.3f}s; another merge point on the Neurons tab: "
         f"{m['neurons_point_s']:.3f}s (slowest point)",
         f"  statistics kept: {m['statistics_mib']:.1f} MiB; weights of A, B and the merge "
