@@ -88,6 +88,40 @@ def test_bert_pair_shows_the_preflight_verdict(folders, res):
     assert session.a.tokenizer is not None
 
 
+def test_one_pass_per_model_scores_as_a_pass_per_embedding(analysed, res):
+    """A, B and the ensemble come from one pass of each model, and a merge's three embeddings
+    from one trunk pass: the same scores as a pass per embedding."""
+    from heterogui.tasks import sentences as sts
+
+    session = analysed
+    n_blocks = session.prepared.padded_a.graph().num_blocks - 1
+    tab_zip.on_merge(session, res, "zip", 0.5, 1.0, 0.7, n_blocks - 1, "cpu")  # a tail runs
+    model, a, b = session.result.model, session.prepared.net_a.module, session.prepared.net_b.module
+    pairs, tok = session.evaluation.data, session.pair.a.tokenizer
+
+    def ensemble(batch):  # the concatenated normalised embeddings, each model run again
+        parts = [torch.nn.functional.normalize(m(**batch), dim=-1) for m in (a, b)]
+        return torch.cat(parts, dim=-1)
+
+    separate = {
+        "a": sts.network_embedder(a),
+        "b": sts.network_embedder(b),
+        "ensemble": ensemble,
+        "merged": sts.merged_embedder(model),
+        "head A": lambda batch: model(**batch)[0],
+        "head B": lambda batch: model(**batch)[1],
+    }
+    expected = {k: sts.sts_spearman(e, tok, pairs) for k, e in separate.items()}
+    models = session.task.score_models(session.prepared, session.evaluation, session.pair)
+    merged = session.task.score_merged(session.result, session.evaluation, session.pair)
+    assert set(models) == {"a", "b", "ensemble"} and set(merged) == {"merged", "head A", "head B"}
+    for name, value in models.items():
+        assert value == pytest.approx(expected[name], abs=1e-6), name
+    for name, value in merged.items():
+        assert value == round(expected[name], 4), name
+    assert len({round(v, 4) for v in expected.values()}) > 3  # the embeddings differ
+
+
 def test_bert_flow_analyse_align_neurons_zip_evaluate_export(analysed, res, tmp_path):
     session = analysed
     prep = session.prepared

@@ -102,7 +102,7 @@ def minilm_draws(seeds: range) -> list[dict[str, Any]]:
     a, b, tok = minilm_pair("cpu")
 
     def spearman(result):
-        value = sts.sts_spearman(sts.merged_embedders(result.model)["merged"], tok, pairs, "cpu")
+        value = sts.sts_spearman(sts.merged_embedder(result.model), tok, pairs, "cpu")
         return value, {"spearman": value}
 
     return [

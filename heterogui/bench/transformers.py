@@ -91,10 +91,9 @@ def _merged_rows(prep: Prepared, label: str, settings: ZipSettings, tok: Any, pa
         "B slots": list(result.alignment.positions_b[0]),
         "params_M": params(result.model),
     }
-    for name, fn in sts.merged_embedders(result.model).items():
-        row["spearman" if name == "merged" else f"spearman {name}"] = sts.sts_spearman(
-            fn, tok, pairs, prep.device
-        )
+    scores = sts.sts_spearmans(sts.merged_embeddings(result.model), tok, pairs, prep.device)
+    for name, value in scores.items():
+        row["spearman" if name == "merged" else f"spearman {name}"] = value
     return [row]
 
 
@@ -107,21 +106,18 @@ def sts_rows(n_calibration: int = 256, device: str = "cpu", seed: int = 0) -> li
     a, b, tok = minilm_pair(device)
     batches = tokenize(tok, calibration_sentences(n_calibration, seed), 32)
     score = lambda fn: sts.sts_spearman(fn, tok, pairs, device)  # noqa: E731
+    scores = sts.sts_spearmans(sts.ensemble_embeddings(a.module, b.module), tok, pairs, device)
     rows = [
-        {
-            "model": "A: all-MiniLM-L6-v2",
-            "params_M": params(a.module),
-            "spearman": score(sts.network_embedder(a.module)),
-        },
+        {"model": "A: all-MiniLM-L6-v2", "params_M": params(a.module), "spearman": scores["a"]},
         {
             "model": "B: paraphrase-MiniLM-L3-v2",
             "params_M": params(b.module),
-            "spearman": score(sts.network_embedder(b.module)),
+            "spearman": scores["b"],
         },
         {
             "model": "ensemble (A and B embeddings concatenated)",
             "params_M": params(a.module) + params(b.module),
-            "spearman": score(sts.ensemble_embedder(a.module, b.module)),
+            "spearman": scores["ensemble"],
         },
     ]
     prep = prepare(a, b, batches, device=device)
@@ -174,7 +170,7 @@ def identity_rows(n_calibration: int = 256, device: str = "cpu") -> list[Row]:
                 sts.network_embedder(padded.module), tok, pairs, device
             )
         merged = zip_prepared(prep, ZipSettings(fusion=PAPER))
-        embed = sts.merged_embedders(merged.model)["merged"]
+        embed = sts.merged_embedder(merged.model)
         row["merge SMA rho=1 spearman"] = sts.sts_spearman(embed, tok, pairs, device)
         rows.append(row)
     return rows

@@ -117,10 +117,14 @@ class MergedModel(nn.Module):
         return x
 
     def forward(self, x: Any = None, **inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        h = self.features(x, **inputs)
+        return self.heads(self.features(x, **inputs))
+
+    def heads(self, state: Any) -> tuple[torch.Tensor, ...]:
+        """Return every model's output from the merged state at the stop point (``features``):
+        unmerged into the model's space, then through its tail."""
         outs = []
         for m, tail in enumerate(self.tails):
-            y = h if self.spec.layout is None else self.unmerge(h, m)
+            y = state if self.spec.layout is None else self.unmerge(state, m)
             for block in tail:
                 y = block(y)
             outs.append(y)

@@ -39,10 +39,11 @@ from heterogui.tasks.base import (
     Task,
     progress_steps,
     register,
-    size_of,
 )
 
 Embedder = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+# several embeddings of one batch from one forward pass, by name
+Embeddings = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 CALIBRATION_SIZE = 64  # MiniLM's feature pass takes ~20 s for 256 sentences on 2 CPU cores
 CALIBRATION_BATCH = 32
 MIN_SENTENCES = 16
@@ -58,11 +59,29 @@ def embed(
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Return L2-normalised embeddings (N, H) of the sentences, on the CPU."""
-    rows = [
-        torch.nn.functional.normalize(embedder(to_device(b, device)).float(), dim=-1).cpu()
-        for b in tokenize(tokenizer, sentences, batch_size)
-    ]
-    return torch.cat(rows)
+    return embed_each(_alone(embedder), tokenizer, sentences, batch_size, device)[""]
+
+
+@torch.no_grad()
+def embed_each(
+    embeddings: Embeddings,
+    tokenizer: Any,
+    sentences: Sequence[str],
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+) -> dict[str, torch.Tensor]:
+    """Return, per name, the L2-normalised embeddings (N, H) of the sentences, on the CPU."""
+    rows: dict[str, list[torch.Tensor]] = {}
+    for batch in tokenize(tokenizer, sentences, batch_size):
+        for name, value in embeddings(to_device(batch, device)).items():
+            rows.setdefault(name, []).append(
+                torch.nn.functional.normalize(value.float(), dim=-1).cpu()
+            )
+    return {name: torch.cat(parts) for name, parts in rows.items()}
+
+
+def _alone(embedder: Embedder) -> Embeddings:
+    return lambda batch: {"": embedder(batch)}
 
 
 def spearman(predicted: Sequence[float] | torch.Tensor, gold: Sequence[float]) -> float:
@@ -72,22 +91,37 @@ def spearman(predicted: Sequence[float] | torch.Tensor, gold: Sequence[float]) -
 
 
 def pair_cosines(
-    embedder: Embedder, tokenizer: Any, pairs: Sequence[Pair], device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """Return the cosine similarity (P,) of every pair's embeddings."""
+    embeddings: Embeddings,
+    tokenizer: Any,
+    pairs: Sequence[Pair],
+    device: torch.device | str = "cpu",
+) -> dict[str, torch.Tensor]:
+    """Return, per embedding, the cosine similarity (P,) of every pair's embeddings."""
     sentences = sorted({s for p in pairs for s in (p.first, p.second)})
     index = {s: i for i, s in enumerate(sentences)}
-    emb = embed(embedder, tokenizer, sentences, device=device)
-    first = emb[[index[p.first] for p in pairs]]
-    second = emb[[index[p.second] for p in pairs]]
-    return (first * second).sum(-1)
+    first = [index[p.first] for p in pairs]
+    second = [index[p.second] for p in pairs]
+    embedded = embed_each(embeddings, tokenizer, sentences, device=device)
+    return {name: (emb[first] * emb[second]).sum(-1) for name, emb in embedded.items()}
 
 
 def sts_spearman(
     embedder: Embedder, tokenizer: Any, pairs: Sequence[Pair], device: torch.device | str = "cpu"
 ) -> float:
     """Return the Spearman correlation of pair cosines with the labels."""
-    return spearman(pair_cosines(embedder, tokenizer, pairs, device), [p.score for p in pairs])
+    return sts_spearmans(_alone(embedder), tokenizer, pairs, device)[""]
+
+
+def sts_spearmans(
+    embeddings: Embeddings,
+    tokenizer: Any,
+    pairs: Sequence[Pair],
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Return, per embedding, the Spearman correlation of pair cosines with the labels."""
+    gold = [p.score for p in pairs]
+    cosines = pair_cosines(embeddings, tokenizer, pairs, device)
+    return {name: spearman(values, gold) for name, values in cosines.items()}
 
 
 def network_embedder(module: torch.nn.Module) -> Embedder:
@@ -95,32 +129,38 @@ def network_embedder(module: torch.nn.Module) -> Embedder:
     return lambda batch: module(**batch)
 
 
-def merged_embedders(model: Any) -> dict[str, Embedder]:
-    """Return the embedders of a merged model of two embedding models.
+def merged_embeddings(model: Any) -> Embeddings:
+    """Return the embeddings of a merged model of two embedding models, from one trunk pass.
 
     "merged": mean-pooled merged token states at the stop point (what an exported model gives);
     "head A" / "head B": each model's own head after unmerging (x_m = U_m x*).
     """
 
-    def trunk(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden, mask = model.features(**batch)
-        return mean_pool(hidden, mask)
+    def embeddings(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        state = model.features(**batch)
+        head_a, head_b = model.heads(state)
+        return {"merged": mean_pool(*state), "head A": head_a, "head B": head_b}
 
-    return {
-        "merged": trunk,
-        "head A": lambda batch: model(**batch)[0],
-        "head B": lambda batch: model(**batch)[1],
-    }
+    return embeddings
 
 
-def ensemble_embedder(first: torch.nn.Module, second: torch.nn.Module) -> Embedder:
-    """Return the concatenation of two models' normalised embeddings (the ensemble reference)."""
+def merged_embedder(model: Any) -> Embedder:
+    """Return the "merged" embedder of ``merged_embeddings`` alone (no heads run)."""
+    return lambda batch: mean_pool(*model.features(**batch))
 
-    def both(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        parts = [torch.nn.functional.normalize(m(**batch), dim=-1) for m in (first, second)]
-        return torch.cat(parts, dim=-1)
 
-    return both
+def ensemble_embeddings(first: torch.nn.Module, second: torch.nn.Module) -> Embeddings:
+    """Return each model's embedding ("a", "b") and their ensemble from one pass of each.
+
+    "ensemble": the concatenation of the two models' normalised embeddings.
+    """
+
+    def embeddings(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        a, b = first(**batch), second(**batch)
+        normalized = [torch.nn.functional.normalize(e.float(), dim=-1) for e in (a, b)]
+        return {"a": a, "b": b, "ensemble": torch.cat(normalized, dim=-1)}
+
+    return embeddings
 
 
 def tokenizer_of(pair: ModelPair) -> Any:
@@ -206,35 +246,16 @@ class SentenceSimilarity(Task):
         self, prepared: Prepared, ev: Evaluation, pair: ModelPair, progress: Progress | None = None
     ) -> dict[str, float]:
         """Return the Spearman of A, B and their ensemble (concatenated embeddings)."""
-        a, b, dev = prepared.net_a.module, prepared.net_b.module, prepared.device
-        tok = tokenizer_of(pair)
-        embedders = {
-            "a": network_embedder(a),
-            "b": network_embedder(b),
-            "ensemble": ensemble_embedder(a, b),
-        }
-        n_a, n_b = size_of(a), size_of(b)
-        mark = progress_steps(progress, {"a": n_a, "b": n_b, "ensemble": n_a + n_b})
-        scores = {}
-        for k, e in embedders.items():
-            mark(k)
-            scores[k] = sts_spearman(e, tok, ev.data, dev)
-        mark(None)
-        return scores
+        a, b = prepared.net_a.module, prepared.net_b.module
+        return _scores(ensemble_embeddings(a, b), pair, ev, prepared.device, progress)
 
     def score_merged(
         self, result: MergeResult, ev: Evaluation, pair: ModelPair, progress: Progress | None = None
     ) -> dict[str, float]:
         """Return the merged model's Spearman: exported trunk ("merged"), "head A", "head B"."""
-        tok, dev = tokenizer_of(pair), result.prepared.device
-        embedders = merged_embedders(result.model)
-        mark = progress_steps(progress, dict.fromkeys(embedders, 1.0))
-        scores = {}
-        for k, e in embedders.items():
-            mark(k)
-            scores[k] = round(sts_spearman(e, tok, ev.data, dev), 4)
-        mark(None)
-        return scores
+        embeddings = merged_embeddings(result.model)
+        scores = _scores(embeddings, pair, ev, result.prepared.device, progress)
+        return {name: round(value, 4) for name, value in scores.items()}
 
     def columns(self, scores: Any) -> dict[str, float | None]:
         """Return the Spearman column (merged models: the exported trunk's)."""
@@ -267,19 +288,29 @@ class SentenceSimilarity(Task):
                 f"type 2 to {MAX_COMPARED} sentences, one per line (got {len(sentences)})"
             )
         tok, dev = tokenizer_of(pair), prepared.device
-        embedders = {
-            "A": network_embedder(prepared.net_a.module),
-            "B": network_embedder(prepared.net_b.module),
-        }
+        a, b = prepared.net_a.module, prepared.net_b.module
+        embedded = embed_each(ensemble_embeddings(a, b), tok, sentences, device=dev)
+        named = {"A": embedded["a"], "B": embedded["b"]}
         if result is not None:
-            heads = merged_embedders(result.model)
-            embedders["merged (head A: A's space)"] = heads["head A"]
-            embedders["merged (head B: B's space)"] = heads["head B"]
-        out = {}
-        for name, embedder in embedders.items():
-            emb = embed(embedder, tok, sentences, device=dev)
-            out[name] = emb @ emb.T
-        return out
+            heads = embed_each(merged_embeddings(result.model), tok, sentences, device=dev)
+            named["merged (head A: A's space)"] = heads["head A"]
+            named["merged (head B: B's space)"] = heads["head B"]
+        return {name: emb @ emb.T for name, emb in named.items()}
 
 
 SENTENCES = register(SentenceSimilarity())
+
+
+def _scores(
+    embeddings: Embeddings,
+    pair: ModelPair,
+    ev: Evaluation,
+    device: torch.device | str,
+    progress: Progress | None,
+) -> dict[str, float]:
+    """Return the Spearman of every embedding on the evaluation pairs (one pass for all)."""
+    mark = progress_steps(progress, {"embed": 1.0})
+    mark("embed")
+    scores = sts_spearmans(embeddings, tokenizer_of(pair), ev.data, device)
+    mark(None)
+    return scores
