@@ -106,3 +106,15 @@ def test_dropping_layers_keeps_the_chosen_layers():
         state = full.module.run(x, 0, 2)  # embeddings + layer 0
         want = full.module.blocks[4](full.module.blocks[3](state))  # layer 2, then the head
         assert (kept.module(**x) - want).abs().max() < 1e-6
+
+
+@pytest.mark.slow
+def test_minilm_slider_latency_loads_analyses_and_times_releases():
+    from heterogui.ui.latency import format_latency, minilm_latency
+
+    report = minilm_latency(moves=({"rho": 0.5}, {"rho": 0.75}), device="cpu")
+    assert report["moves"] == 2 and report["device"] == "cpu" and report["prepare_s"] > 0
+    for key in ("zip_s", "merge_s", "metrics_s", "total_s"):
+        assert 0 < report[key]["median"] <= report[key]["max"]
+    assert report["figure_bytes"] > 0  # times are reported, not asserted (machines vary)
+    assert "minilm" in format_latency([report])

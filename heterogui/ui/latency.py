@@ -101,7 +101,37 @@ def slider_latency(
     res.pair(pair_name)  # build (if needed) outside the timed part
     start = time.perf_counter()
     work.open_pair(session, res, pair_name)
-    prepare_s = time.perf_counter() - start
+    return releases_latency(pair_name, session, res, time.perf_counter() - start, moves)
+
+
+def minilm_latency(
+    moves: tuple[dict[str, Any], ...] = DEFAULT_MOVES, device: str = "auto"
+) -> dict[str, Any]:
+    """Return ``slider_latency``'s figures for the MiniLM pair (L6 + L3) on its default data.
+
+    The pair is loaded as the Models tab loads two models, then analysed (timed: prepare_s).
+    """
+    from heterogui import run
+    from heterogui.sources import minilm
+
+    pair = run.load_pair(f"minilm:{minilm.L6_NAME}", f"minilm:{minilm.L3_NAME}")
+    res = Resources(ZooPairs(), device=device)
+    session = Session(device=device)
+    work.set_model(session, "a", pair.a)
+    work.set_model(session, "b", pair.b)
+    start = time.perf_counter()
+    work.analyse(session, res)
+    return releases_latency("minilm L6 + L3", session, res, time.perf_counter() - start, moves)
+
+
+def releases_latency(
+    label: str,
+    session: Session,
+    res: Resources,
+    prepare_s: float,
+    moves: tuple[dict[str, Any], ...] = DEFAULT_MOVES,
+) -> dict[str, Any]:
+    """Time the slider releases ``moves`` on an analysed session (``slider_latency``'s keys)."""
     _release(session, res, session.settings)  # warm-up: first-call costs are not a slider's
     times: dict[str, list[float]] = {"zip_s": [], "merge_s": [], "metrics_s": [], "total_s": []}
     sizes = []
@@ -111,7 +141,7 @@ def slider_latency(
         for key, value in step.items():
             times[key].append(value)
     return {
-        "pair": pair_name,
+        "pair": label,
         "device": str(session.prepared.device),
         "threads": torch.get_num_threads(),
         "prepare_s": prepare_s,
@@ -144,9 +174,10 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "max": max(values)}
 
 
-def latency_of_every_pair(device: str = "auto") -> list[dict[str, Any]]:
-    """Return the slider latency of every demo pair of the zoo."""
-    return [slider_latency(name, device=device) for name in PAIRS]
+def latency_of_every_pair(device: str = "auto", minilm: bool = False) -> list[dict[str, Any]]:
+    """Return the slider latency of every demo pair of the zoo (and of the MiniLM pair)."""
+    rows = [slider_latency(name, device=device) for name in PAIRS]
+    return rows + ([minilm_latency(device=device)] if minilm else [])
 
 
 def format_latency(rows: list[dict[str, Any]]) -> str:
