@@ -189,3 +189,35 @@ def test_the_repetition_alarm_is_relative_to_the_parents():
         "(limit 50%; the parents' 75%, 10%)"
     )
     assert collapse_alarm(ppl, [ppl], 0.4, parent_repetition=[0.0]) == []
+
+
+def test_one_pass_of_each_model_scores_a_b_and_the_ensemble_as_separate_passes(tokenizer):
+    from heterogui.tasks.language import score_domains, score_domains_each, with_ensemble
+
+    first, second = tiny_llama(0), tiny_llama(1)
+    a = lambda **batch: first(**batch).logits  # noqa: E731
+    b = lambda **batch: second(**batch).logits  # noqa: E731
+    texts = {"prose": TEXTS, "more": [t.upper().lower()[::-1] for t in TEXTS]}
+    calls = []
+
+    def counted(fn):
+        return lambda **batch: calls.append(1) or fn(**batch)
+
+    together = score_domains_each(with_ensemble(counted(a), counted(b)), tokenizer, texts, "cpu")
+    passes = len(calls)
+    a, b = counted(a), counted(b)
+    separate = {
+        "a": score_domains(lambda batch: a(**batch), tokenizer, texts, "cpu"),
+        "b": score_domains(lambda batch: b(**batch), tokenizer, texts, "cpu"),
+        "ensemble": score_domains(
+            lambda batch: ensemble_logits(a(**batch), b(**batch)), tokenizer, texts, "cpu"
+        ),
+    }
+    assert set(together) == set(separate)
+    for name, domains in separate.items():
+        for domain, score in domains.items():
+            got = together[name][domain]
+            assert got.tokens == score.tokens and got.bytes == score.bytes
+            assert got.nll == pytest.approx(score.nll, rel=1e-12), (name, domain)
+    assert together["ensemble"]["prose"].nll != together["a"]["prose"].nll
+    assert 2 * passes == len(calls) - passes  # each model once, not once per score

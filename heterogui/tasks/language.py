@@ -14,7 +14,6 @@ is far above both parents', or greedy continuations of fixed prompts that repeat
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +39,12 @@ from heterogui.tasks.base import (
 )
 from heterogui.tasks.lm_metrics import (
     LMScore,
+    LogitsFn,
+    NamedLogitsFn,
     collapse_alarm,
     ensemble_logits,
     generate,
-    nll_sums,
+    nll_sums_each,
     repeated_ngram_rate,
     scored_bytes,
     token_batches,
@@ -59,7 +60,6 @@ MAX_NEW_TOKENS = 32
 MAX_PROMPTS = 4
 # Fixed prompts whose greedy continuations the collapse alarm checks for repetition.
 PROBE_PROMPTS = ("The Python tutorial explains", "def read_config(path):")
-LogitsFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
 
 def domain_texts(ref: DataRef) -> dict[str, list[str]]:
@@ -102,21 +102,35 @@ def merged_logits(model: Any) -> LogitsFn:
     return both
 
 
-def ensemble(first: torch.nn.Module, second: torch.nn.Module) -> LogitsFn:
-    """Return the ensemble's logits: the log of the mean next-token probabilities."""
-    return lambda batch: ensemble_logits(first(**batch), second(**batch))
+def with_ensemble(first: torch.nn.Module, second: torch.nn.Module) -> NamedLogitsFn:
+    """Return the logits of "a", "b" and their "ensemble" (the log of the mean next-token
+    probabilities) from one pass of each model."""
+
+    def logits(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        a, b = first(**batch), second(**batch)
+        return {"a": a, "b": b, "ensemble": ensemble_logits(a, b)}
+
+    return logits
 
 
-@torch.no_grad()
 def score_domains(
     logits_fn: LogitsFn, tokenizer: Any, texts: dict[str, list[str]], device: torch.device
 ) -> dict[str, LMScore]:
     """Return the score of a model on every domain's texts."""
-    out = {}
+    return score_domains_each(lambda batch: {"": logits_fn(batch)}, tokenizer, texts, device)[""]
+
+
+@torch.no_grad()
+def score_domains_each(
+    logits_fn: NamedLogitsFn, tokenizer: Any, texts: dict[str, list[str]], device: torch.device
+) -> dict[str, dict[str, LMScore]]:
+    """Return, per name of the logits ``logits_fn`` gives, the score on every domain's texts."""
+    out: dict[str, dict[str, LMScore]] = {}
     for domain, group in texts.items():
         batches = [to_device(b, device) for b in token_batches(tokenizer, group, BATCH, MAX_TOKENS)]
-        nll, tokens = nll_sums(logits_fn, batches)
-        out[domain] = LMScore(nll, tokens, scored_bytes(tokenizer, group, MAX_TOKENS))
+        scored = scored_bytes(tokenizer, group, MAX_TOKENS)
+        for name, (nll, tokens) in nll_sums_each(logits_fn, batches).items():
+            out.setdefault(name, {})[domain] = LMScore(nll, tokens, scored)
     return out
 
 
@@ -191,15 +205,15 @@ class LanguageModeling(Task):
         """Return the per-domain scores of A, B and their ensemble (and A's and B's repetition)."""
         a, b, dev = prepared.net_a.module, prepared.net_b.module, prepared.device
         tok = tokenizer_of(pair)
-        models = {"a": network_logits(a), "b": network_logits(b), "ensemble": ensemble(a, b)}
         n_a, n_b = size_of(a), size_of(b)
-        mark = progress_steps(progress, {"a": n_a, "b": n_b, "ensemble": n_a + n_b})
-        scores = {}
-        for key, fn in models.items():
+        # the texts: one pass of each model scores A, B and the ensemble; then each generates
+        mark = progress_steps(progress, {"perplexity": 4.0 * (n_a + n_b), "a": n_a, "b": n_b})
+        mark("perplexity")
+        per_domain = score_domains_each(with_ensemble(a, b), tok, ev.data, dev)
+        scores = {k: {d: s.to_dict() for d, s in v.items()} for k, v in per_domain.items()}
+        for key, module in (("a", a), ("b", b)):  # what the alarm compares the merge's with
             mark(key)
-            scores[key] = {d: s.to_dict() for d, s in score_domains(fn, tok, ev.data, dev).items()}
-            if key != "ensemble":  # what the alarm compares the merge's repetition with
-                scores[key]["repetition"] = round(repetition(fn, tok, dev), 4)
+            scores[key]["repetition"] = round(repetition(network_logits(module), tok, dev), 4)
         mark(None)
         return scores
 

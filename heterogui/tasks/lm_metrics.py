@@ -22,6 +22,8 @@ from heterogui.errors import ConfigError
 from heterogui.models.lengths import by_length
 
 LogitsFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+# several models' logits of one batch, by name (each model run once)
+NamedLogitsFn = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 # Rows of (N, V) logits turned into float64 log-probabilities at a time (bounds the memory).
 _ROWS = 1024
 
@@ -113,28 +115,49 @@ def nll_sums(logits_fn: LogitsFn, batches: Sequence[dict[str, torch.Tensor]]) ->
     Raises:
         ConfigError: logits that are not (B, T, V) for a (B, T) batch.
     """
-    total, tokens = 0.0, 0
+    return nll_sums_each(lambda batch: {"": logits_fn(batch)}, batches)[""]
+
+
+def nll_sums_each(
+    logits_fn: NamedLogitsFn,
+    batches: Sequence[dict[str, torch.Tensor]],
+) -> dict[str, tuple[float, int]]:
+    """Return ``nll_sums`` of every named logits ``logits_fn`` gives a batch (several models
+    scored from one pass of each).
+
+    Raises:
+        ConfigError: logits that are not (B, T, V) for a (B, T) batch.
+    """
+    sums: dict[str, tuple[float, int]] = {}
     with torch.no_grad():
         for batch in by_length(batches):
-            logits = logits_fn(batch)
-            ids, mask = batch["input_ids"], batch["attention_mask"].bool()
-            if logits.dim() != 3 or logits.shape[:2] != ids.shape:
-                raise ConfigError(
-                    f"the model gave logits of shape {tuple(logits.shape)} for input_ids of shape "
-                    f"{tuple(ids.shape)}; a language model must return (B, T, vocab) logits"
-                )
-            ids, mask = ids.to(logits.device), mask.to(logits.device)
-            keep = mask[:, 1:] & mask[:, :-1]
-            rows = logits[:, :-1][keep].float()  # (N, V)
-            targets = ids[:, 1:][keep]  # (N,)
-            if rows.device.type == "mps":  # no float64 there
-                rows, targets = rows.cpu(), targets.cpu()
-            for start in range(0, rows.shape[0], _ROWS):
-                logp = torch.log_softmax(rows[start : start + _ROWS].double(), dim=-1)
-                picked = logp.gather(1, targets[start : start + _ROWS, None])
-                total -= float(picked.sum())
-            tokens += int(keep.sum())
-    return total, tokens
+            for name, logits in logits_fn(batch).items():
+                total, tokens = _batch_nll(logits, batch)
+                before = sums.get(name, (0.0, 0))
+                sums[name] = (before[0] + total, before[1] + tokens)
+    return sums
+
+
+def _batch_nll(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
+    """Return one batch's (next-token negative log-likelihood in nats, tokens)."""
+    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+    if logits.dim() != 3 or logits.shape[:2] != ids.shape:
+        raise ConfigError(
+            f"the model gave logits of shape {tuple(logits.shape)} for input_ids of shape "
+            f"{tuple(ids.shape)}; a language model must return (B, T, vocab) logits"
+        )
+    ids, mask = ids.to(logits.device), mask.to(logits.device)
+    keep = mask[:, 1:] & mask[:, :-1]
+    rows = logits[:, :-1][keep].float()  # (N, V)
+    targets = ids[:, 1:][keep]  # (N,)
+    if rows.device.type == "mps":  # no float64 there
+        rows, targets = rows.cpu(), targets.cpu()
+    total = 0.0
+    for start in range(0, rows.shape[0], _ROWS):
+        logp = torch.log_softmax(rows[start : start + _ROWS].double(), dim=-1)
+        picked = logp.gather(1, targets[start : start + _ROWS, None])
+        total -= float(picked.sum())
+    return total, int(keep.sum())
 
 
 def perplexity(total_nll_nats: float, tokens: int) -> float:
