@@ -127,11 +127,14 @@ class SpaceTransform:
         index = groups[keep].to(tensor.device)
         dim = dim % tensor.dim()
         # gathered and scattered along ``dim`` in place (not moved to the front first: a strided
-        # gather of the columns of a 30,522-token embedding took twice as long)
-        rows = tensor.index_select(dim, keep.to(tensor.device))
+        # gather of the columns of a 30,522-token embedding took twice as long); with every
+        # feature kept (all but identity layers' points) the scatter reads the tensor itself
+        whole = keep.numel() == groups.numel()
+        rows = tensor if whole else tensor.index_select(dim, keep.to(tensor.device))
         if role == "out":  # M averages a group over all its members, of every model
             weight = self._group_weights().to(tensor.dtype).to(tensor.device)
-            rows.mul_(weight[index].reshape(-1, *([1] * (rows.dim() - dim - 1))))
+            scale = weight[index].reshape(-1, *([1] * (rows.dim() - dim - 1)))
+            rows = rows * scale if whole else rows.mul_(scale)  # never the caller's tensor
         if into is None:
             shape = list(tensor.shape)
             shape[dim] = m.width
