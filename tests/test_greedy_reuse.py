@@ -121,3 +121,12 @@ def test_shared_steps_stop_where_the_budgets_mask_differently() -> None:
     # a larger budget: the run masked A after step 3 (two within merges), this zip does not
     assert greedy.shared_steps(run, [3, 2], owner) == 4
     assert greedy.shared_steps(run, [0, 2], owner) == 0  # masked from the start here only
+
+
+def test_an_inference_mode_correlation_zips_without_kept_runs(counted) -> None:
+    with torch.inference_mode():
+        corr = _correlation((20, 20), 5)
+    for width in (20, 30, 20):
+        got = zip_match(corr, 20, 20, width)
+        assert torch.equal(got.groups, zip_group_naive(corr, (20, 20), width).groups)
+    assert counted["loops"] == 3 and greedy.kept_runs(corr, (20, 20), 0.5) == []

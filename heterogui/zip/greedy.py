@@ -221,8 +221,9 @@ _RUNS = ObjectMemo(limit=256)
 
 
 def kept_runs(corr: Tensor | np.ndarray, sizes: tuple[int, ...], alpha: float) -> list[Run]:
-    """Return the list of runs kept for ``corr`` (a new empty one for anything but a tensor)."""
-    if not isinstance(corr, Tensor):
+    """Return the list of runs kept for ``corr`` (a new empty one for anything but a tensor
+    with a version counter: inference-mode tensors have none)."""
+    if not isinstance(corr, Tensor) or corr.is_inference():
         return []
     key = (sizes, float(alpha), corr._version, corr.dtype, tuple(corr.shape))
     return _RUNS.get(corr, key, list)
