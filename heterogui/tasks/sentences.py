@@ -50,7 +50,6 @@ MIN_SENTENCES = 16
 MAX_COMPARED = 16
 
 
-@torch.no_grad()
 def embed(
     embedder: Embedder,
     tokenizer: Any,
