@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from heterogui.align.alignment import Alignment, align, check_stages
+from heterogui.align.alignment import Alignment, align, placed_by_depths
 from heterogui.align.pad import pad_network, ready_network
 from heterogui.align.similarity import layer_similarity, resolve_measure
 from heterogui.config import check_fusion
-from heterogui.errors import ConfigError, IncompatibleModelsError, MatcherError
+from heterogui.errors import ConfigError, MatcherError
 from heterogui.fusion.assemble import build_merge, least_squares_unmerges
 from heterogui.fusion.bn import has_batch_norm, reestimate_batch_norm
 from heterogui.fusion.fuse import SpaceTransform
@@ -28,8 +28,9 @@ from heterogui.fusion.regression import Regression
 from heterogui.fusion.renormalize import parents_statistics, renormalize
 from heterogui.memo import ObjectMemo
 from heterogui.models.capture import Batch
-from heterogui.models.family import Network, family_of
-from heterogui.models.graph import INPUT, ModelGraph
+from heterogui.models.family import Network
+from heterogui.models.graph import ModelGraph
+from heterogui.pair_check import check_pair
 from heterogui.stages import timed
 from heterogui.zip.collect import (
     StatKey,
@@ -37,6 +38,7 @@ from heterogui.zip.collect import (
     pass_bytes,
     pooled_moments,
     shared_spaces,
+    similarity_and_moments,
     statistics_bytes,
 )
 from heterogui.zip.heads import head_group_pairs, match_head_group
@@ -48,7 +50,7 @@ from heterogui.zip.stats import Moments
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
-PREPARE_ONLY_STAGES = ("bn_inputs", "similarity")
+PREPARE_ONLY_STAGES = ("bn_inputs", "similarity", "analysis")
 
 
 @dataclass
@@ -118,43 +120,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def pair_reasons(config_a: Any, config_b: Any) -> list[str]:
-    """Return one reason per property that keeps two family configs from merging (none: ok).
-
-    Reads the configs only (no weights): the pre-flight and ``check_pair`` share it.
-    """
-    fam_a, fam_b = family_of(config_a), family_of(config_b)
-    if fam_a.name != fam_b.name:
-        return [
-            f"model A is a {fam_a.name} and model B a {fam_b.name}; heterogui merges models of "
-            "one family: pick two models of the same family"
-        ]
-    ga, gb = fam_a.graph(config_a), fam_b.graph(config_b)
-    reasons = []
-    try:
-        check_stages(ga, gb)
-    except IncompatibleModelsError as exc:
-        reasons.append(str(exc))
-    reasons += fam_a.check_pair(config_a, config_b) if fam_a.check_pair else []
-    if ga.spaces[INPUT].width != gb.spaces[INPUT].width:
-        reasons.append(
-            f"model A reads inputs of width {ga.spaces[INPUT].width} and model B of width "
-            f"{gb.spaces[INPUT].width}; both models must take the same inputs"
-        )
-    return reasons
-
-
-def check_pair(net_a: Network, net_b: Network) -> None:
-    """Raise if the two networks cannot be merged.
-
-    Raises:
-        IncompatibleModelsError: different families, stages, or input widths.
-    """
-    reasons = pair_reasons(net_a.config, net_b.config)
-    if reasons:
-        raise IncompatibleModelsError("; ".join(reasons))
-
-
 def prepare(
     net_a: Network,
     net_b: Network,
@@ -188,8 +153,50 @@ def prepare(
     analysis = Prepared(
         nets[0], nets[1], {}, None, None, None, {}, batches, dev, timings, stats_budget
     )
+    ga, gb = nets[0].graph(), nets[1].graph()
+    if placed_by_depths(ga, gb, mode) and (
+        stats_budget is None
+        or pass_bytes(ga, gb, shared_spaces((ga, gb)), len(batches)) <= stats_budget
+    ):
+        return analysed_in_one_pass(analysis, mode, measure, progress)
     prepared = timed(timings, "similarity", lambda: with_measure(analysis, measure, progress))
     return realign(prepared, mode, manual, progress)
+
+
+def analysed_in_one_pass(
+    analysis: Prepared, mode: str, measure: str, progress: Progress | None = None
+) -> Prepared:
+    """Return ``prepare``'s result for a pair the CKA cannot re-place, from one pass.
+
+    Every stage of equal depth (``placed_by_depths``): each block keeps its slot, nothing is
+    padded, and the CKA and the feature statistics share one forward of A and B (timed and
+    reported as the stage "analysis").
+    """
+    report = progress or (lambda _stage, _frac: None)
+    measure = resolve_measure(analysis.net_a, measure)
+    similarity, stats = timed(
+        analysis.timings,
+        "analysis",
+        lambda: similarity_and_moments(
+            analysis.net_a,
+            analysis.net_b,
+            analysis.batches,
+            analysis.device,
+            lambda f: report("analysis", f),
+            measure,
+        ),
+    )
+    ga, gb = analysis.net_a.graph(), analysis.net_b.graph()
+    alignment = timed(analysis.timings, "alignment", lambda: align(ga, gb, similarity, mode))
+    return replace(
+        analysis,
+        similarities={measure: similarity},
+        measure=measure,
+        alignment=alignment,
+        padded_a=analysis.net_a,
+        padded_b=analysis.net_b,
+        stats=stats,
+    )
 
 
 def with_measure(prepared: Prepared, measure: str, progress: Progress | None = None) -> Prepared:

@@ -110,6 +110,18 @@ def align(
     )
 
 
+def placed_by_depths(graph_a: ModelGraph, graph_b: ModelGraph, mode: str) -> bool:
+    """Return whether ``align`` places every block without reading the CKA.
+
+    So it does for a segmenter's mode when every stage has the same depth in A and B: each
+    block keeps its own slot. The similarity pass and the feature pass can then be one pass.
+    A manual mapping (validated by ``align``) and an unknown mode (refused by it) are not.
+    """
+    if mode not in SEGMENTERS or len(graph_a.stages) != len(graph_b.stages):
+        return False
+    return all(len(a) == len(b) for a, b in zip(graph_a.stages, graph_b.stages, strict=True))
+
+
 def _manual_stage(
     manual: dict[str, list[list[int]]] | None, stage: int, depth_a: int, depth_b: int
 ) -> tuple[int, ...]:

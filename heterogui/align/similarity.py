@@ -19,7 +19,7 @@ from heterogui.models.capture import (
     Batch,
     CapturePass,
     per_input,
-    to_device,
+    run_passes,
     token_mask,
 )
 from heterogui.models.family import Network
@@ -57,15 +57,24 @@ def layer_grams(
 ) -> torch.Tensor:
     """Return the Gram matrix of every named layer's output on one batch: (L, n, n), float64.
 
-    batch: on the module's device. Token outputs have their padded tokens zeroed first.
-    capture: the pass that runs ``module`` batch after batch (it stops after the last layer
-    once it knows the order); default: a whole forward.
-    measure: "outputs" (each layer's output) or "updates" (what each layer adds to its input:
-    its output minus the previous layer's, where the shapes agree; else its output).
+    batch: on the module's device. capture: the pass that runs ``module`` batch after batch
+    (it stops after the last layer once it knows the order); default: a whole forward.
+    measure: see ``captured_grams``.
+    """
+    return captured_grams((capture or CapturePass(module, names))(batch), names, batch, measure)
+
+
+def captured_grams(
+    found: dict[str, torch.Tensor], names: list[str], batch: Batch, measure: str = "outputs"
+) -> torch.Tensor:
+    """Return the Gram matrix of every named layer's captured output: (L, n, n), float64.
+
+    Token outputs have their padded tokens zeroed first. measure: "outputs" (each layer's
+    output) or "updates" (what each layer adds to its input: its output minus the previous
+    layer's, where the shapes agree; else its output).
     """
     mask = token_mask(batch)
     layout = "tokens" if mask is not None else "flat"
-    found = (capture or CapturePass(module, names))(batch)
     flat = [per_input(found[n], layout, mask) for n in names]
     if measure == "updates":
         flat = [
@@ -73,6 +82,33 @@ def layer_grams(
             for before, x in zip([None, *flat[:-1]], flat, strict=True)
         ]
     return torch.stack([gram(x) for x in flat])
+
+
+class SimilaritySums:
+    """The CKA sums of a similarity pass: a reference's layers against each other model's.
+
+    ``add`` is a ``run_passes`` consumer; ``layers`` lists, per model, the modules it reads.
+    """
+
+    def __init__(self, nets: Sequence[Network], measure: str = "outputs") -> None:
+        self.layers = [layer_modules(net) for net in nets]
+        self.measure = measure
+        self._accs = [CKAAccumulator() for _ in nets[1:]]
+
+    def add(self, batch: Batch, found: list[dict[str, torch.Tensor]]) -> None:
+        """Add one batch's captured outputs (one dict per model, the reference's first)."""
+        grams = [
+            captured_grams(out, names, batch, self.measure)
+            for out, names in zip(found, self.layers, strict=True)
+        ]
+        for acc, other in zip(self._accs, grams[1:], strict=True):
+            acc.update(grams[0], other)
+
+    def matrices(self) -> list[torch.Tensor]:
+        """Return the CKA (L_ref, L_k) against each other model, summed over all processes."""
+        for acc in self._accs:
+            acc.all_reduce()  # the whole data's sums under torchrun (heterogui.distributed)
+        return [acc.matrix() for acc in self._accs]
 
 
 def layer_similarity(
@@ -106,21 +142,8 @@ def layer_similarities(
     compared with every other model's (an N-way merge aligns every model to one reference).
     """
     nets = [reference, *others]
-    accs = [CKAAccumulator() for _ in others]
-    layers = [layer_modules(net) for net in nets]
-    passes = [CapturePass(n.module, names) for n, names in zip(nets, layers, strict=True)]
-    batches = list(batches)
-    for step, batch in enumerate(batches):
-        batch = to_device(batch, device)
-        grams = [
-            layer_grams(net.module, names, batch, capture, measure)
-            for net, names, capture in zip(nets, layers, passes, strict=True)
-        ]
-        for acc, other in zip(accs, grams[1:], strict=True):
-            acc.update(grams[0], other)
-        if progress is not None:
-            progress((step + 1) / len(batches))
-    for acc in accs:
-        acc.all_reduce()  # the whole data's sums under torchrun (heterogui.distributed)
+    sums = SimilaritySums(nets, measure)
+    modules = [net.module for net in nets]
+    run_passes(modules, sums.layers, list(batches), device, [sums.add], progress)
     release_freed_memory()  # the batches' activations: back to the system, not kept in the heap
-    return [acc.matrix() for acc in accs]
+    return sums.matrices()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -122,6 +122,34 @@ class CapturePass:
             once = len(order) == len(set(order)) == len(self.names)
             self._last = order[-1] if once else None
         return found
+
+
+# what a pass hands each batch's captures to: (batch, per model {name: output})
+Consumer = Callable[[Batch, list[dict[str, torch.Tensor]]], None]
+
+
+def run_passes(
+    modules: Sequence[nn.Module],
+    names: Sequence[Iterable[str]],
+    batches: Sequence[Batch],
+    device: torch.device | str,
+    consumers: Sequence[Consumer],
+    progress: Callable[[float], None] | None = None,
+) -> None:
+    """Run every module once per batch and hand the batch's captures to every consumer.
+
+    names: per module, the submodules whose outputs are captured (``CapturePass``: the forward
+    stops after the last of them). One forward per model and batch serves all consumers: the
+    similarity pass and the feature pass share it when the alignment is known before the CKA.
+    """
+    passes = [CapturePass(m, n) for m, n in zip(modules, names, strict=True)]
+    for step, batch in enumerate(batches):
+        batch = to_device(batch, device)
+        outs = [capture(batch) for capture in passes]
+        for consume in consumers:
+            consume(batch, outs)
+        if progress is not None:
+            progress((step + 1) / len(batches))
 
 
 def to_device(batch: Batch, device: torch.device | str) -> Batch:

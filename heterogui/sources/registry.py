@@ -11,7 +11,7 @@ from pathlib import Path
 
 from heterogui.errors import ConfigError, ModelLoadError
 from heterogui.models.io import read_config
-from heterogui.pipeline import pair_reasons
+from heterogui.pair_check import pair_reasons
 from heterogui.sources.base import Header, Loaded, Source
 from heterogui.sources.folder import HeteroguiFolderSource
 from heterogui.sources.gguf import GGUFSource

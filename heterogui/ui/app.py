@@ -52,6 +52,7 @@ STAGES = {
     "bn_inputs": "re-estimating BatchNorm of A and B",
     "similarity": "layer similarity (CKA)",
     "features": "feature statistics",
+    "analysis": "layer similarity and feature statistics (one pass)",
     "match": "matching neurons",
     "bn_merged": "BatchNorm of the merged model",
     "evaluate": "evaluating",

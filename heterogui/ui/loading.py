@@ -13,7 +13,7 @@ from pathlib import Path
 
 from heterogui.errors import ConfigError, HeteroguiError, ModelLoadError
 from heterogui.memo import ObjectMemo
-from heterogui.pipeline import check_pair
+from heterogui.pair_check import check_pair
 from heterogui.report import model_facts
 from heterogui.sources import registry
 from heterogui.sources.base import LANGUAGE_MODELING, SENTENCE_SIMILARITY, Loaded

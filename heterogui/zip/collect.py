@@ -6,15 +6,10 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 
 import torch
 
+from heterogui.align.similarity import SimilaritySums
 from heterogui.distributed import all_reduce_moments, world_size
 from heterogui.host_memory import release_freed_memory
-from heterogui.models.capture import (
-    Batch,
-    CapturePass,
-    to_device,
-    to_rows,
-    token_mask,
-)
+from heterogui.models.capture import Batch, run_passes, to_rows, token_mask
 from heterogui.models.family import Network
 from heterogui.models.graph import INPUT, LOGITS, ModelGraph
 from heterogui.models.lengths import by_length
@@ -49,56 +44,105 @@ def collect_moments(
     """Run the models (same topology) on the batches and accumulate moments at every capture.
 
     nets: A and B, or more models (an N-way zip). Returns moments of the concatenated features
-    (O = n_A + n_B + ...) per (space, block), pooled over the space's captures in that block,
-    for every space that at least two models use (``shared_spaces``; only those in ``spaces``
-    when given: a pass over part of the merge points; only the (space, block) in ``points``
-    when given: what a realignment does not keep). dtype: cast the features to it first
-    (float64: float64 products, to measure the float32 ones). compact: keep each point's sums
-    in the compact form (``Moments.compact``: float32 correlations, half the memory); False
-    keeps the float64 sums themselves.
+    (O = n_A + n_B + ...) per (space, block), pooled over the space's captures in that block;
+    ``MomentSums`` says which points and what spaces, points, dtype and compact do.
     """
-    graphs = [net.graph() for net in nets]
-    shared = set(shared_spaces(graphs))
-    captures = [
-        p
-        for p in capture_points(graphs[0])
-        if p[0] in shared
-        and (spaces is None or p[0] in spaces)
-        and (points is None or (p[0], p[3]) in points)
-    ]
-    modules = sorted({module for _, module, _, _ in captures})
-    stats: dict[StatKey, Moments] = {}
-    passes = [CapturePass(net.module, modules) for net in nets]
+    sums = MomentSums(nets, spaces, dtype, points)
     batches = by_length(list(batches))  # sums over tokens: any grouping, less padding
-    for step, batch in enumerate(batches):
-        batch = to_device(batch, device)
+    modules = [net.module for net in nets]
+    run_passes(modules, [sums.modules] * len(nets), batches, device, [sums.add], progress)
+    return sums.result(compact)
+
+
+@torch.no_grad()
+def similarity_and_moments(
+    net_a: Network,
+    net_b: Network,
+    batches: Sequence[Batch],
+    device: torch.device | str = "cpu",
+    progress: Callable[[float], None] | None = None,
+    measure: str = "outputs",
+) -> tuple[torch.Tensor, dict[StatKey, Moments]]:
+    """Return the layer CKA (``layer_similarity``) and the feature moments from one pass.
+
+    For a pair the CKA cannot re-place (``placed_by_depths``: the models themselves are the
+    padded pair). One forward per model and batch feeds both: the batches as given, since
+    minibatch CKA depends on their grouping; the moments, sums over tokens, differ from
+    ``collect_moments``'s length-sorted batches by float rounding only (identical for inputs
+    without padding).
+    """
+    nets = (net_a, net_b)
+    cka, moments = SimilaritySums(nets, measure), MomentSums(nets)
+    names = [[*layers, *moments.modules] for layers in cka.layers]
+    modules = [net.module for net in nets]
+    run_passes(modules, names, list(batches), device, [cka.add, moments.add], progress)
+    return cka.matrices()[0], moments.result()
+
+
+class MomentSums:
+    """The statistics of a feature pass: moments of [f_A ; f_B ; ...] at every merge point.
+
+    Points: every (space, block) of a space that at least two models use (``shared_spaces``;
+    only those in ``spaces`` when given: a pass over part of the merge points; only the
+    (space, block) in ``points`` when given: what a realignment does not keep). dtype: cast the
+    features to it first (float64: float64 products, to measure the float32 ones). ``add`` is
+    a ``run_passes`` consumer; every model captures ``modules``.
+    """
+
+    def __init__(
+        self,
+        nets: Sequence[Network],
+        spaces: Collection[str] | None = None,
+        dtype: torch.dtype | None = None,
+        points: Collection[StatKey] | None = None,
+    ) -> None:
+        graphs = [net.graph() for net in nets]
+        shared = set(shared_spaces(graphs))
+        self.captures = [
+            p
+            for p in capture_points(graphs[0])
+            if p[0] in shared
+            and (spaces is None or p[0] in spaces)
+            and (points is None or (p[0], p[3]) in points)
+        ]
+        self.modules = sorted({module for _, module, _, _ in self.captures})
+        self.dtype = dtype
+        self.stats: dict[StatKey, Moments] = {}
+
+    def add(self, batch: Batch, outs: list[dict[str, torch.Tensor]]) -> None:
+        """Accumulate one batch's captured outputs (one dict per model)."""
         mask = token_mask(batch)
-        outs = [capture(batch) for capture in passes]
-        for space, module, layout, block in captures:
-            rows = [to_rows(out[module], layout, mask).to(dtype) for out in outs]
+        for space, module, layout, block in self.captures:
+            rows = [to_rows(out[module], layout, mask).to(self.dtype) for out in outs]
             key = (space, block)
-            if key not in stats:
+            if key not in self.stats:
                 width, split = sum(r.shape[1] for r in rows), rows[0].shape[1]
                 # two models: the blocks below the diagonal are transposes, not computed (split)
-                stats[key] = Moments.empty(width, rows[0].device, split if len(rows) == 2 else None)
+                two = split if len(rows) == 2 else None
+                self.stats[key] = Moments.empty(width, rows[0].device, two)
             if len(rows) == 2:
-                stats[key].update_parts(*rows)
+                self.stats[key].update_parts(*rows)
             else:
-                stats[key].update(torch.cat(rows, dim=1))
-        if progress is not None:
-            progress((step + 1) / len(batches))
-    alone = world_size() <= 1
-    for moments in stats.values():
-        if compact and alone:  # the float32 products become the correlations, in place
-            moments.compact()
-        else:
-            moments.settle()  # fold the float32 products in and free their buffers
-    all_reduce_moments(stats)  # the whole data's sums under torchrun (heterogui.distributed)
-    if compact:
-        for moments in stats.values():
-            moments.compact()  # (after the sums are reduced, under torchrun)
-    release_freed_memory()  # the batches' activations: back to the system, not kept in the heap
-    return stats
+                self.stats[key].update(torch.cat(rows, dim=1))
+
+    def result(self, compact: bool = True) -> dict[StatKey, Moments]:
+        """Return the moments, summed over all processes (under torchrun).
+
+        compact: keep each point's sums in the compact form (``Moments.compact``: float32
+        correlations, half the memory); False keeps the float64 sums themselves.
+        """
+        alone = world_size() <= 1
+        for moments in self.stats.values():
+            if compact and alone:  # the float32 products become the correlations, in place
+                moments.compact()
+            else:
+                moments.settle()  # fold the float32 products in and free their buffers
+        all_reduce_moments(self.stats)  # the whole data's sums under torchrun
+        if compact:
+            for moments in self.stats.values():
+                moments.compact()  # (after the sums are reduced, under torchrun)
+        release_freed_memory()  # the batches' activations: back to the system, not the heap
+        return self.stats
 
 
 def shared_spaces(graphs: Sequence[ModelGraph]) -> list[str]:
