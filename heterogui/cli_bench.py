@@ -198,6 +198,12 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
         help="also merge SmolLM2-135M with a shallower copy of itself on Python texts",
     )
     parser.add_argument(
+        "--same-depth",
+        action="store_true",
+        help="also merge pairs of equal depth, analysed in one pass: ResNet20 at two widths, "
+        "and with --minilm all-MiniLM-L6-v2 with a permuted copy of itself",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         help='print, as the last line, one JSON object {"pairs": {...}} with merge_s, floor_s, '

@@ -128,15 +128,20 @@ def measure_pair(
 def statistics_precision(prep: Prepared) -> dict[str, Any]:
     """Return how far float32 batch products move the correlations and matchings.
 
-    The feature pass is run again with the features cast to float64 (float64 products); for
-    every merge point of the default merge: the largest absolute correlation difference, and
-    whether the matching (the groups) is the same.
+    The feature pass is run again with the features cast to float64 (float64 products), on
+    the batches grouped as the statistics' pass had them (as given after a one-pass analysis);
+    for every merge point of the default merge: the largest absolute correlation difference,
+    and whether the matching (the groups) is the same.
     """
     ga, gb = prep.padded_a.graph(), prep.padded_b.graph()
     settings = ZipSettings()
     stop = stop_point(ga, settings)
     exact_stats = collect_moments(
-        (prep.padded_a, prep.padded_b), prep.batches, prep.device, dtype=torch.float64
+        (prep.padded_a, prep.padded_b),
+        prep.batches,
+        prep.device,
+        dtype=torch.float64,
+        regroup="analysis" not in prep.timings,
     )
     exact = dataclasses.replace(prep, stats=exact_stats, keep_correlations=False)
     worst, spaces = 0.0, shared_spaces((ga, gb))

@@ -137,6 +137,8 @@ def speed_report(args: argparse.Namespace) -> str:
         "threads": args.threads or torch.get_num_threads(),
     }
     names = ["resnet"] + [n for n in ("minilm", "smollm") if getattr(args, n, False)]
+    if getattr(args, "same_depth", False):  # pairs analysed in one pass
+        names += ["resnet_width"] + (["minilm_permuted"] if "minilm" in names else [])
     pairs = {name: measure(name, options) for name in names}
     parts = [format_pair(m) for m in pairs.values()]
     parts.append(format_matcher(bench_matcher((64, 128) if args.quick else (256, 512, 1024))))

@@ -9,12 +9,17 @@ and prints its figures as one JSON line. The pairs:
   training) on random 32x32 images;
 - minilm: all-MiniLM-L6-v2 + paraphrase-MiniLM-L3-v2 on calibration sentences;
 - smollm: SmolLM2-135M-Instruct (dequantized from its 4-bit GGUF) + a shallower copy of itself
-  (its middle layers removed) on Python documentation and source texts.
+  (its middle layers removed) on Python documentation and source texts;
+- resnet_width, minilm_permuted (``--same-depth``): pairs of equal depth, whose CKA and feature
+  statistics come from one pass (docs/method.md sec. 6): the ResNet pair's deeper model at two
+  widths, and all-MiniLM-L6-v2 with a copy of itself whose neurons are permuted (the shape of
+  two fine-tunes of one model; speed does not depend on the weights).
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -24,11 +29,12 @@ from heterogui.bench.memory import rss_mib
 from heterogui.bench.merge_speed import measure_pair
 from heterogui.config import DataRef
 from heterogui.models.family import Network, build_network
+from heterogui.models.permute import permute_network, random_permutations
 from heterogui.models.resnet import cifar_resnet
 from heterogui.pipeline import resolve_device
 from heterogui.sources import minilm
 
-PAIRS = ("resnet", "minilm", "smollm")
+PAIRS = ("resnet", "minilm", "smollm", "resnet_width", "minilm_permuted")
 
 
 def resnet_pair(width: int, depths_a, depths_b, seed: int = 0) -> tuple[Network, Network]:
@@ -61,6 +67,22 @@ def run_pair(name: str, options: dict[str, Any]) -> dict[str, Any]:
         label = f"ResNet{_depth(depths_a)}x{width} + ResNet{_depth(depths_b)}x{width}"
         figures = measure_pair(label, a, b, batches, dev)
         return figures | {"inputs": f"{n} images"}
+    if name == "resnet_width":
+        width = 1 if quick else options.get("width", 2)
+        depths = (2, 2, 2) if quick else (3, 3, 3)
+        a = resnet_pair(width, depths, depths)[0]
+        b = resnet_pair(width + 1, depths, depths, seed=1)[1]
+        n = 64 if quick else inputs
+        gen = torch.Generator().manual_seed(0)
+        batches = list(torch.randn(n, 3, 32, 32, generator=gen).split(32 if quick else 64))
+        label = f"ResNet{_depth(depths)}x{width} + ResNet{_depth(depths)}x{width + 1}"
+        return measure_pair(label, a, b, batches, dev) | {"inputs": f"{n} images"}
+    if name == "minilm_permuted":
+        pair = run.load_pair(f"minilm:{minilm.L6_NAME}", f"minilm:{minilm.L6_NAME}")
+        perms = random_permutations(pair.b.net.graph(), torch.Generator().manual_seed(0))
+        pair = replace(pair, b=replace(pair.b, net=permute_network(pair.b.net, perms)))
+        ref = DataRef("sentences", size=64 if quick else inputs, batch_size=32)
+        return _measure_loaded("all-MiniLM-L6-v2 + a permuted copy", pair, ref, dev)
     if name == "minilm":
         pair = run.load_pair(f"minilm:{minilm.L6_NAME}", f"minilm:{minilm.L3_NAME}")
         ref = DataRef("sentences", size=64 if quick else inputs, batch_size=32)

@@ -40,15 +40,17 @@ def collect_moments(
     dtype: torch.dtype | None = None,
     compact: bool = True,
     points: Collection[StatKey] | None = None,
+    regroup: bool = True,
 ) -> dict[StatKey, Moments]:
     """Run the models (same topology) on the batches and accumulate moments at every capture.
 
     nets: A and B, or more models (an N-way zip). Returns moments of the concatenated features
     (O = n_A + n_B + ...) per (space, block), pooled over the space's captures in that block;
-    ``MomentSums`` says which points and what spaces, points, dtype and compact do.
+    ``MomentSums`` says which points and what spaces, points, dtype and compact do. regroup:
+    regroup token batches by length first (False: as given, as the one-pass analysis does).
     """
     sums = MomentSums(nets, spaces, dtype, points)
-    batches = by_length(list(batches))  # sums over tokens: any grouping, less padding
+    batches = by_length(list(batches)) if regroup else list(batches)  # sums: any grouping
     modules = [net.module for net in nets]
     run_passes(modules, [sums.modules] * len(nets), batches, device, [sums.add], progress)
     return sums.result(compact)
