@@ -279,3 +279,20 @@ def test_wide_parts_multiply_in_halves_and_give_the_same_statistics(width, split
     ref_corr = np.corrcoef(x.astype(np.float32).astype(np.float64), rowvar=False)
     np.testing.assert_allclose(m32.corr().numpy(), ref_corr, rtol=0, atol=2e-6)
     assert torch.equal(m32.corr(), m32.corr().T)
+
+
+def test_compaction_only_writes_below_the_diagonal() -> None:
+    """The products below the diagonal are never computed (``torch.empty``): whatever they
+    hold, NaN included, the compacted correlations are the same, finite and symmetric."""
+    x = torch.from_numpy(_data(13, n=600, d=500)).float()
+    clean, dirty = Moments.empty(500, split=240), Moments.empty(500, split=240)
+    for rows in x.split(200):
+        clean.update(rows)
+        dirty.update(rows)
+    below = torch.ones(500, 500, dtype=torch.bool).tril(-1)
+    dirty._pending[below] = float("nan")
+    clean._pending[below] = 0.0
+    clean.compact()
+    dirty.compact()
+    assert torch.isfinite(dirty.corr()).all()
+    assert torch.equal(dirty.corr(), clean.corr()) and torch.equal(dirty.corr(), dirty.corr().T)

@@ -57,6 +57,17 @@ def _symmetrise_(matrix: Tensor) -> None:
             matrix[cols, rows] = mean.T
 
 
+def _mirror_upper_(matrix: Tensor) -> None:
+    """Copy the triangle above the diagonal of ``matrix`` below it, in place, block by block.
+
+    The triangle below may hold anything (never computed): it is only written.
+    """
+    for rows in _row_blocks(matrix.shape[0]):
+        matrix[rows, : rows.start] = matrix[: rows.start, rows].T
+        square = matrix[rows, rows]
+        square.copy_(square.triu().add_(square.triu(1).T))
+
+
 def _floored_sigma(
     squares: Tensor, variance: Tensor, count: int, floor: float
 ) -> tuple[Tensor, Tensor, float]:
@@ -202,16 +213,16 @@ class Moments:
         centred = diag + (left * right).sum(dim=0)  # count · variance, in float64
         squares = diag + 2 * (shifts * sums).sum(dim=0) + (weights * shifts * shifts).sum(dim=0)
         raw_sigma, sigma, sigma_min = _floored_sigma(squares, centred / count, count, CORR_FLOOR)
-        for rows, cols in self._blocks():  # the blocks below the diagonal were never computed
-            if rows != cols:
-                corr[cols, rows] = corr[rows, cols].T
         inverse = (1.0 / (sigma * count**0.5)).to(torch.float32)  # C / count / (σ σᵀ)
-        # small row blocks: the float64 correction and its float32 copy are the only temporaries
+        # the products were computed on and above the diagonal (``_blocks``): correct that part
+        # (small row blocks: the float64 correction and its float32 copy are the only
+        # temporaries), then mirror it below
         for rows in _row_blocks(self.width, COMPACT_BLOCK):
-            low_rank = left[:, rows].T @ right
-            block = corr[rows].add_(low_rank.to(torch.float32))
-            block.mul_(inverse[rows, None]).mul_(inverse[None, :]).clamp_(-1.0, 1.0)
-        _symmetrise_(corr)
+            cols = slice(rows.start, self.width)
+            low_rank = left[:, rows].T @ right[:, cols]
+            block = corr[rows, cols].add_(low_rank.to(torch.float32))
+            block.mul_(inverse[rows, None]).mul_(inverse[None, cols]).clamp_(-1.0, 1.0)
+        _mirror_upper_(corr)
         _unit_diagonal_(corr, raw_sigma, sigma_min)
         self._corr, self._sigma, self._squares = corr, sigma, squares
         self._pending, self._shifts, self._sums, self._rows = None, [], [], []
