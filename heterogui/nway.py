@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from heterogui.align.alignment import Alignment, align
+from heterogui.align.alignment import Alignment, align, placed_by_depths
 from heterogui.align.similarity import layer_similarities, resolve_measure
 from heterogui.config import check_fusion
 from heterogui.errors import ConfigError, IncompatibleModelsError
@@ -39,9 +39,9 @@ from heterogui.fusion.merged import MergedModel, MergedSpec
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network
 from heterogui.models.graph import ModelGraph
+from heterogui.pair_check import check_pair
 from heterogui.pipeline import (
     Progress,
-    check_pair,
     pad_aligned,
     ready_networks,
     resolve_device,
@@ -49,7 +49,7 @@ from heterogui.pipeline import (
     space_correlation,
 )
 from heterogui.stages import timed
-from heterogui.zip.collect import StatKey, collect_moments
+from heterogui.zip.collect import StatKey, collect_moments, similarity_and_moments
 from heterogui.zip.match import Match
 from heterogui.zip.matchers import group_width, zip_group, zip_group_naive
 from heterogui.zip.plan import ZipSettings, check_override_names, stop_point, trunk_spaces
@@ -148,18 +148,29 @@ def prepare_group(
     graphs = [net.graph() for net in ready]
     ref = reference_model(graphs)
     others = [k for k in range(len(ready)) if k != ref]
-    similarities = timed(
-        timings,
-        "similarity",
-        lambda: layer_similarities(
-            ready[ref],
-            [ready[k] for k in others],
-            batches,
-            dev,
-            progress=lambda f: report("similarity", f),
-            measure=resolve_measure(ready[ref], measure),
-        ),
-    )
+    measure = resolve_measure(ready[ref], measure)
+    stats: dict[StatKey, Moments] | None = None
+    if all(placed_by_depths(graphs[ref], graphs[k], mode) for k in others):  # one pass
+        similarities, stats = timed(
+            timings,
+            "analysis",
+            lambda: similarity_and_moments(
+                ready, batches, dev, lambda f: report("analysis", f), measure, ref
+            ),
+        )
+    else:
+        similarities = timed(
+            timings,
+            "similarity",
+            lambda: layer_similarities(
+                ready[ref],
+                [ready[k] for k in others],
+                batches,
+                dev,
+                progress=lambda f: report("similarity", f),
+                measure=measure,
+            ),
+        )
     alignments: list[Alignment | None] = [None] * len(ready)
     padded: list[Network] = list(ready)  # the reference is its own padding
     for k, similarity in zip(others, similarities, strict=True):
@@ -172,11 +183,12 @@ def prepare_group(
             "padding",
             lambda k=k, a=alignment: pad_aligned(ready[k], a.positions_b, a.depths, batches, dev),
         )
-    stats = timed(
-        timings,
-        "features",
-        lambda: collect_moments(padded, batches, dev, progress=lambda f: report("features", f)),
-    )
+    if stats is None:
+        stats = timed(
+            timings,
+            "features",
+            lambda: collect_moments(padded, batches, dev, progress=lambda f: report("features", f)),
+        )
     return PreparedGroup(
         tuple(ready), ref, tuple(alignments), tuple(padded), stats, batches, dev, timings
     )

@@ -174,12 +174,11 @@ def analysed_in_one_pass(
     """
     report = progress or (lambda _stage, _frac: None)
     measure = resolve_measure(analysis.net_a, measure)
-    similarity, stats = timed(
+    (similarity,), stats = timed(
         analysis.timings,
         "analysis",
         lambda: similarity_and_moments(
-            analysis.net_a,
-            analysis.net_b,
+            (analysis.net_a, analysis.net_b),
             analysis.batches,
             analysis.device,
             lambda f: report("analysis", f),

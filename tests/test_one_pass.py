@@ -9,12 +9,13 @@ import torch
 from conftest import DEPTH_PAIRS, IMAGE, calibration, make, tiny_decoder, tiny_hf, token_batches
 from test_decoder import batches as decoder_batches
 
-from heterogui.align.alignment import MODES, placed_by_depths
-from heterogui.align.similarity import layer_similarity
+from heterogui.align.alignment import MODES, align, placed_by_depths
+from heterogui.align.similarity import layer_similarities, layer_similarity
 from heterogui.models.capture import CapturePass
 from heterogui.models.hf.bert_io import network_from_hf as bert_from_hf
 from heterogui.models.hf.decoder_io import network_from_hf as decoder_from_hf
 from heterogui.models.resnet import cifar_resnet
+from heterogui.nway import prepare_group, zip_group_prepared
 from heterogui.pipeline import ZipSettings, prepare, realign, zip_prepared
 from heterogui.zip.collect import collect_moments
 
@@ -121,3 +122,32 @@ def test_a_statistics_budget_too_small_for_one_pass_keeps_the_chunked_path(monke
     prep = prepare(net_a, net_b, data, stats_budget=1)
     assert prep.stats == {}  # each zip collects its part later (``chunked_matches``)
     assert "analysis" not in prep.timings and len(calls) == 2 * len(data)  # the CKA only
+
+
+def test_an_n_way_group_of_equal_depth_is_analysed_in_one_pass(monkeypatch):
+    """Three ResNets of one depth (two widths): one forward per model and batch, the CKA and
+    the moments of the separate passes bit for bit (image batches), the same zip."""
+    a, b, data = _resnet_width_pair()
+    c = make(cifar_resnet((2, 2), 2, 5, 1, base=8), 2, "C")
+    calls = _forwards(monkeypatch)
+    group = prepare_group([b, a, c], data, device="cpu")  # reference: the widest first
+    assert len(calls) == 3 * len(data) and "analysis" in group.timings
+    assert "features" not in group.timings
+    del calls[:]
+    ref, others = group.reference, [k for k in range(3) if k != group.reference]
+    sims = layer_similarities(group.nets[ref], [group.nets[k] for k in others], data)
+    stats = collect_moments(group.nets, data)
+    assert len(calls) == 6 * len(data)
+    for k, sim in zip(others, sims, strict=True):
+        assert (
+            group.alignments[k].score
+            == align(group.nets[ref].graph(), group.nets[k].graph(), sim, "sma").score
+        )
+    assert group.stats.keys() == stats.keys()
+    for key, moments in stats.items():
+        assert torch.equal(group.stats[key].corr(), moments.corr()), key
+        assert torch.equal(group.stats[key].total, moments.total), key
+    merged = zip_group_prepared(group, ZipSettings(rho=0.5))
+    again = zip_group_prepared(dataclasses.replace(group, stats=stats), ZipSettings(rho=0.5))
+    for name, tensor in again.model.state_dict().items():
+        assert torch.equal(merged.model.state_dict()[name], tensor), name

@@ -58,27 +58,33 @@ def collect_moments(
 
 @torch.no_grad()
 def similarity_and_moments(
-    net_a: Network,
-    net_b: Network,
+    nets: Sequence[Network],
     batches: Sequence[Batch],
     device: torch.device | str = "cpu",
     progress: Callable[[float], None] | None = None,
     measure: str = "outputs",
-) -> tuple[torch.Tensor, dict[StatKey, Moments]]:
-    """Return the layer CKA (``layer_similarity``) and the feature moments from one pass.
+    reference: int = 0,
+) -> tuple[list[torch.Tensor], dict[StatKey, Moments]]:
+    """Return the layer CKA and the feature moments of ``nets`` from one pass.
 
-    For a pair the CKA cannot re-place (``placed_by_depths``: the models themselves are the
-    padded pair). One forward per model and batch feeds both: the batches as given, since
-    minibatch CKA depends on their grouping; the moments, sums over tokens, differ from
-    ``collect_moments``'s length-sorted batches by float rounding only (identical for inputs
-    without padding).
+    For models the CKA cannot re-place (``placed_by_depths``: the models themselves are the
+    padded ones). Returns the CKA of the reference's layers against each other model's, in
+    order (``layer_similarities``), and the moments (``collect_moments``). One forward per
+    model and batch feeds both: the batches as given, since minibatch CKA depends on their
+    grouping; the moments, sums over tokens, differ from ``collect_moments``'s length-sorted
+    batches by float rounding only (identical for inputs without padding).
     """
-    nets = (net_a, net_b)
-    cka, moments = SimilaritySums(nets, measure), MomentSums(nets)
-    names = [[*layers, *moments.modules] for layers in cka.layers]
+    order = [reference, *(k for k in range(len(nets)) if k != reference)]
+    cka, moments = SimilaritySums([nets[k] for k in order], measure), MomentSums(nets)
+    layers = dict(zip(order, cka.layers, strict=True))
+    names = [[*layers[k], *moments.modules] for k in range(len(nets))]
+
+    def add_cka(batch: Batch, outs: list[dict[str, torch.Tensor]]) -> None:
+        cka.add(batch, [outs[k] for k in order])
+
     modules = [net.module for net in nets]
-    run_passes(modules, names, list(batches), device, [cka.add, moments.add], progress)
-    return cka.matrices()[0], moments.result()
+    run_passes(modules, names, list(batches), device, [add_cka, moments.add], progress)
+    return cka.matrices(), moments.result()
 
 
 class MomentSums:
