@@ -123,9 +123,9 @@ def speed_report(args: argparse.Namespace) -> str:
 
     Each pair runs in a process of its own (``speed_pair``), so peak memory is per pair. With
     ``--json`` the last line is one JSON object: {"pairs": {"resnet": {...}, "minilm": {...},
-    "smollm": {...}}} with merge_s, floor_s, ratio_to_floor, remerge_s, realign_s,
-    neurons_point_s, peak_rss_mib, weights_mib, stats_mib, precision and stages per pair
-    (``floor.contract``).
+    "smollm": {...}}} (with ``--same-depth`` also "resnet_width" and "minilm_permuted") with
+    merge_s, floor_s, ratio_to_floor, remerge_s, realign_s, neurons_point_s, peak_rss_mib,
+    weights_mib, stats_mib, precision and stages per pair (``floor.contract``).
     """
     if args.threads:
         torch.set_num_threads(args.threads)
