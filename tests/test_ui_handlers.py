@@ -714,3 +714,25 @@ def test_a_mis_wired_event_fails_when_the_app_is_built(res):
     app.event_function(takes_one, res, (), [], 1)  # as wired: fine
     with pytest.raises(TypeError, match="takes_one does not take 2 input"):
         app.event_function(takes_one, res, (), [], 2)
+
+
+def test_a_pair_of_equal_depth_is_analysed_in_one_pass_and_never_realigned(res, monkeypatch):
+    """The workbench on a width pair: one pass reported as "analysis", a mode switch that
+    keeps every statistic (no pass), and a merge from them."""
+    wide = Session(device="cpu")
+    shown: list[str] = []  # what the progress bar shows
+    bar = app.progress_adapter(lambda _frac, desc="": shown.append(desc))
+    tab_models.on_load_pair(wide, res, "tiny-digits-vgg-width", bar)
+    prep = wide.prepared
+    assert "analysis" in prep.timings and "features" not in prep.timings
+    assert app.STAGES["analysis"] in shown and app.STAGES["features"] not in shown, set(shown)
+    monkeypatch.setattr("heterogui.zip.reuse.collect_moments", _forbidden_pass)
+    monkeypatch.setattr("heterogui.pipeline.collect_moments", _forbidden_pass)
+    for mode in ("lma", "uniform", "head"):
+        assert "same placement: statistics kept" in tab_align.on_mode(wide, res, mode, None)
+        assert all(wide.prepared.stats[k] is m for k, m in prep.stats.items())
+    assert "Merge #1 done" in merge(wide, res, rho=0.5)
+
+
+def _forbidden_pass(*_args, **_kwargs):
+    raise AssertionError("a feature pass ran")
