@@ -178,10 +178,12 @@ def _torchrun(recipe: Path, out: Path, procs: int = 2) -> subprocess.CompletedPr
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 
-def _recipe(tmp_path: Path, name: str, size: int, batch_size: int, fusion: str = "auto") -> Path:
+def _recipe(
+    tmp_path: Path, name: str, size: int, batch_size: int, fusion: str = "auto", pair: str = PAIR
+) -> Path:
     recipe = {
-        "model_a": {"path": f"zoo:{PAIR}/a"},
-        "model_b": {"path": f"zoo:{PAIR}/b"},
+        "model_a": {"path": f"zoo:{pair}/a"},
+        "model_b": {"path": f"zoo:{pair}/b"},
         "calibration": {"source": "digits", "size": size, "batch_size": batch_size},
         "zip": {"rho": 0.5, "fusion": fusion},
         "device": "cpu",
@@ -192,10 +194,15 @@ def _recipe(tmp_path: Path, name: str, size: int, batch_size: int, fusion: str =
 
 
 @pytest.mark.parametrize(
-    ("fusion", "tol"), [("average", TOL), ("auto", LEAST_SQUARES_TOL)]
-)  # "auto": least squares for the VGG pair
-def test_torchrun_merge_writes_the_single_process_merge_once(tmp_path, capsys, fusion, tol):
-    recipe = _recipe(tmp_path, "recipe.yaml", 96, 16, fusion)  # six batches, three per process
+    ("pair", "fusion", "tol"),
+    [
+        (PAIR, "average", TOL),
+        (PAIR, "auto", LEAST_SQUARES_TOL),  # "auto": least squares for the VGG pair
+        ("tiny-digits-vgg-width", "average", TOL),  # equal depth: CKA and moments in one pass
+    ],
+)
+def test_torchrun_merge_writes_the_single_process_merge_once(tmp_path, capsys, pair, fusion, tol):
+    recipe = _recipe(tmp_path, "recipe.yaml", 96, 16, fusion, pair)  # 6 batches, 3 per process
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["merge", str(recipe), "-o", str(one)]) == 0  # also builds the pair if needed
     capsys.readouterr()
@@ -213,6 +220,10 @@ def test_torchrun_merge_writes_the_single_process_merge_once(tmp_path, capsys, f
         diff = (w2[key].double() - value.double()).abs().max()
         assert diff <= tol * max(value.abs().max().item(), 1.0), (key, float(diff))
     r1, r2 = (json.loads((d / "report.json").read_text()) for d in (one, two))
+    one_pass = pair != PAIR  # the passes each run took, from its report's stages
+    for report in (r1, r2):
+        assert ("prepare.analysis" in report["timings_seconds"]) == one_pass
+        assert ("prepare.features" in report["timings_seconds"]) != one_pass
     assert r1["widths"] == r2["widths"] and r1["parameters"] == r2["parameters"]
     assert r1["alignment"]["mapping"] == r2["alignment"]["mapping"]
     assert r2["alignment"]["score"] == pytest.approx(r1["alignment"]["score"], rel=1e-6)
