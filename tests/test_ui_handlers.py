@@ -716,9 +716,10 @@ def test_a_mis_wired_event_fails_when_the_app_is_built(res):
         app.event_function(takes_one, res, (), [], 2)
 
 
-def test_a_pair_of_equal_depth_is_analysed_in_one_pass_and_never_realigned(res, monkeypatch):
+def test_a_pair_of_equal_depth_is_analysed_in_one_pass_and_never_realigned(monkeypatch):
     """The workbench on a width pair: one pass reported as "analysis", a mode switch that
     keeps every statistic (no pass), and a merge from them."""
+    res = Resources(ZooPairs(tiny=True), device="cpu")  # its own: no analysis shared yet
     wide = Session(device="cpu")
     shown: list[str] = []  # what the progress bar shows
     bar = app.progress_adapter(lambda _frac, desc="": shown.append(desc))
