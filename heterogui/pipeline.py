@@ -154,13 +154,20 @@ def prepare(
         nets[0], nets[1], {}, None, None, None, {}, batches, dev, timings, stats_budget
     )
     ga, gb = nets[0].graph(), nets[1].graph()
-    if placed_by_depths(ga, gb, mode) and (
-        stats_budget is None
-        or pass_bytes(ga, gb, shared_spaces((ga, gb)), len(batches)) <= stats_budget
-    ):
+    if placed_by_depths(ga, gb, mode) and statistics_fit(ga, gb, len(batches), stats_budget):
         return analysed_in_one_pass(analysis, mode, measure, progress)
     prepared = timed(timings, "similarity", lambda: with_measure(analysis, measure, progress))
     return realign(prepared, mode, manual, progress)
+
+
+def statistics_fit(
+    graph_a: ModelGraph, graph_b: ModelGraph, batches: int, budget: int | None
+) -> bool:
+    """Return whether one pass may hold every merge point's statistics (None: no budget)."""
+    return (
+        budget is None
+        or pass_bytes(graph_a, graph_b, shared_spaces((graph_a, graph_b)), batches) <= budget
+    )
 
 
 def analysed_in_one_pass(
@@ -280,10 +287,8 @@ def realign(
         )
     )
     ga, gb = padded_a.graph(), padded_b.graph()
-    needed = pass_bytes(ga, gb, shared_spaces((ga, gb)), len(prepared.batches))
-    budget = prepared.stats_budget
-    stats = {}
-    if budget is None or needed <= budget:  # else each zip collects them part by part
+    stats = {}  # when they do not fit, each zip collects them part by part
+    if statistics_fit(ga, gb, len(prepared.batches), prepared.stats_budget):
         stats = timed(
             timings,
             "features",

@@ -57,25 +57,18 @@ def run_pair(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """
     quick, dev = options.get("quick", False), resolve_device(options.get("device", "auto"))
     inputs = options.get("inputs", 256)
-    if name == "resnet":
+    if name in ("resnet", "resnet_width"):
         width = 1 if quick else options.get("width", 2)
-        depths_a, depths_b = ((2, 2, 2), (1, 1, 1)) if quick else ((3, 3, 3), (2, 2, 2))
-        a, b = resnet_pair(width, depths_a, depths_b)
+        deep, shallow = ((2, 2, 2), (1, 1, 1)) if quick else ((3, 3, 3), (2, 2, 2))
+        if name == "resnet":  # depth: ResNet-20 and ResNet-14 of one width
+            (a, b), shapes = resnet_pair(width, deep, shallow), ((deep, width), (shallow, width))
+        else:  # equal depth, two widths (analysed in one pass)
+            a, b = resnet_pair(width, deep, deep)[0], resnet_pair(width + 1, deep, deep, seed=1)[1]
+            shapes = ((deep, width), (deep, width + 1))
         n = 64 if quick else inputs
         gen = torch.Generator().manual_seed(0)
         batches = list(torch.randn(n, 3, 32, 32, generator=gen).split(32 if quick else 64))
-        label = f"ResNet{_depth(depths_a)}x{width} + ResNet{_depth(depths_b)}x{width}"
-        figures = measure_pair(label, a, b, batches, dev)
-        return figures | {"inputs": f"{n} images"}
-    if name == "resnet_width":
-        width = 1 if quick else options.get("width", 2)
-        depths = (2, 2, 2) if quick else (3, 3, 3)
-        a = resnet_pair(width, depths, depths)[0]
-        b = resnet_pair(width + 1, depths, depths, seed=1)[1]
-        n = 64 if quick else inputs
-        gen = torch.Generator().manual_seed(0)
-        batches = list(torch.randn(n, 3, 32, 32, generator=gen).split(32 if quick else 64))
-        label = f"ResNet{_depth(depths)}x{width} + ResNet{_depth(depths)}x{width + 1}"
+        label = " + ".join(f"ResNet{_depth(d)}x{w}" for d, w in shapes)
         return measure_pair(label, a, b, batches, dev) | {"inputs": f"{n} images"}
     if name == "minilm_permuted":
         pair = run.load_pair(f"minilm:{minilm.L6_NAME}", f"minilm:{minilm.L6_NAME}")
