@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import plotly.graph_objects as go
+import pytest
 
 from heterogui.ui.fig_eval import history_figure, sizes_figure
 from heterogui.ui.figstyle import style
@@ -47,6 +48,23 @@ def test_sizes_without_flops_say_so_instead_of_an_empty_axis():
     assert fig.layout.xaxis2.visible is False and fig.layout.yaxis2.visible is False
     sizes["A"]["flops"] = 5
     assert len(sizes_figure(sizes).data) == 2
+
+
+@pytest.mark.parametrize("flops", [2000, None])
+def test_sizes_figure_is_laid_out_as_plotly_subplots_lay_it_out(flops):
+    from plotly.subplots import make_subplots
+
+    sizes = {n: {"parameters": p, "flops": flops} for n, p in (("A", 10), ("B", 2_000_000))}
+    fig = sizes_figure(sizes)
+    title = "FLOPs per input" if flops else "FLOPs per input: not counted for these models"
+    grid = make_subplots(rows=1, cols=2, subplot_titles=("parameters", title))
+    for name in ("xaxis", "yaxis", "xaxis2", "yaxis2"):
+        assert fig.layout[name].domain == grid.layout[name].domain
+        assert fig.layout[name].anchor == grid.layout[name].anchor
+    assert fig.layout.annotations == grid.layout.annotations
+    assert [(t.xaxis, t.yaxis) for t in fig.data] == [("x", "y"), ("x2", "y2")][: len(fig.data)]
+    assert list(fig.data[0].text) == ["10", "2,000,000"]
+    assert fig.layout.yaxis.tickformat == fig.layout.yaxis2.tickformat == "~s"
 
 
 def test_style_makes_backgrounds_transparent():

@@ -365,6 +365,11 @@ def test_remerge_reuses_cached_statistics_and_is_fast(session, res, monkeypatch)
     # The readout beside the sliders shows every model's headline score once it is known.
     rows = _readout_rows(tab_zip.render(session, res)["readout"])
     assert rows["model"][-1] == "Joint %"
+    # The scored step redraws the Zip tab's readout alone: the same text, no figures.
+    scored = app.render(session, res, tab_zip.SCORED_SCOPES)
+    assert scored["readout"] == tab_zip.render(session, res)["readout"]
+    assert not {"sizes_plot", "arch_plot", "widths_plot"} & set(scored)
+    assert app.views_of("readout") == ("readout",)
     assert float(rows["merged"][-1]) == session.history[-1]["Joint"]
     for name in ("A", "B", "ensemble"):
         assert float(rows[name][-1]) == round(100 * session.baseline[name.lower()].joint, 2)

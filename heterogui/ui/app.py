@@ -47,7 +47,7 @@ TABS = {
     "compare": tab_compare,
     "export": tab_export,
 }
-SCOPES = (*TABS, "knobs")
+SCOPES = (*TABS, "knobs")  # "readout": the Zip tab's readout alone (a part of "zip")
 STAGES = {
     "bn_inputs": "re-estimating BatchNorm of A and B",
     "similarity": "layer similarity (CKA)",
@@ -70,6 +70,8 @@ INTRO = (
 
 def views_of(scope: str) -> tuple[str, ...]:
     """Return the names of the components a scope renders."""
+    if scope == "readout":
+        return ("readout",)
     return tuple(tab_zip.KNOBS) if scope == "knobs" else TABS[scope].VIEWS
 
 
@@ -80,6 +82,8 @@ def render(session: Session, res: Resources, scopes: Sequence[str]) -> dict[str,
         if scope == "knobs":
             if session.prepared is not None:
                 values.update(tab_zip.knob_values(session))
+        elif scope == "readout":
+            values["readout"] = tab_zip.render_readout(session)
         else:
             values.update(TABS[scope].render(session, res))
     return {k: style(v) if isinstance(v, go.Figure) else v for k, v in values.items()}

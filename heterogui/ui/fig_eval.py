@@ -24,32 +24,59 @@ def sizes_figure(sizes: dict[str, dict[str, Any]]) -> go.Figure:
     """Return bars of parameters and FLOPs for A, B, ensemble and merged.
 
     sizes: model name -> {"parameters": int, "flops": int | None}.
+
+    Built as plotly's ``make_subplots(rows=1, cols=2, subplot_titles=...)`` lays it out, from
+    plain dicts: a slider release redraws it, and the subplot grid cost most of its time.
     """
     names = list(sizes)
     counted = any(sizes[n].get("flops") is not None for n in names)
     flops_title = "FLOPs per input" if counted else "FLOPs per input: not counted for these models"
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("parameters", flops_title))
-    for col, key in ((1, "parameters"), (2, "flops")):
-        if key == "flops" and not counted:
-            fig.update_xaxes(visible=False, row=1, col=col)
-            fig.update_yaxes(visible=False, row=1, col=col)
-            continue
-        values = [sizes[n].get(key) or 0 for n in names]
-        fig.add_trace(
-            go.Bar(
-                x=names,
-                y=values,
-                marker_color=[MODEL_COLOURS.get(n, "#888") for n in names],
-                text=[f"{v:,}" for v in values],
-                textposition="auto",
-                showlegend=False,
-            ),
-            row=1,
-            col=col,
+    colours = [MODEL_COLOURS.get(n, "#888") for n in names]
+    traces, layout = [], {}
+    for col, key, title, domain in (
+        (1, "parameters", "parameters", [0.0, 0.45]),
+        (2, "flops", flops_title, [0.55, 1.0]),
+    ):
+        x, y = ("x", "y") if col == 1 else (f"x{col}", f"y{col}")
+        shown = key != "flops" or counted
+        hidden = {} if shown else {"visible": False}
+        layout[f"xaxis{col if col > 1 else ''}"] = {"anchor": y, "domain": domain, **hidden}
+        layout[f"yaxis{col if col > 1 else ''}"] = {
+            "anchor": x,
+            "domain": [0.0, 1.0],
+            **hidden,
+            "tickformat": "~s",
+        }
+        layout.setdefault("annotations", []).append(
+            {
+                "font": {"size": 16},
+                "showarrow": False,
+                "text": title,
+                "x": sum(domain) / 2,
+                "xanchor": "center",
+                "xref": "paper",
+                "y": 1.0,
+                "yanchor": "bottom",
+                "yref": "paper",
+            }
         )
-    fig.update_layout(height=320, margin={"l": 50, "r": 20, "t": 64, "b": 40})
-    fig.update_yaxes(tickformat="~s")
-    return fig
+        if shown:
+            values = [sizes[n].get(key) or 0 for n in names]
+            traces.append(
+                {
+                    "type": "bar",
+                    "x": names,
+                    "y": values,
+                    "marker": {"color": colours},
+                    "text": [f"{v:,}" for v in values],
+                    "textposition": "auto",
+                    "showlegend": False,
+                    "xaxis": x,
+                    "yaxis": y,
+                }
+            )
+    layout.update(height=320, margin={"l": 50, "r": 20, "t": 64, "b": 40})
+    return go.Figure({"data": traces, "layout": layout}, _validate=False)
 
 
 def widths_figure(widths: dict[str, tuple[int, int, int]]) -> go.Figure:

@@ -4,9 +4,11 @@ A release (``tab_zip.on_release`` with auto re-merge on) runs two steps, timed h
 server and without gradio, down to the figures' JSON:
 
 1. the merge: re-merge from the cached statistics (``zip_prepared``: match, fuse, BatchNorm)
-   and every view the page redraws with it (``app.render`` of the Zip, Neurons, Evaluate,
-   Compare and Export tabs: readout, sizes, architecture, widths, neuron maps, ...);
-2. its metrics: evaluation on the test split and the views redrawn with them.
+   and every view the page redraws with it (``app.render`` of ``tab_zip.RELEASED_SCOPES``:
+   the Zip, Neurons, Evaluate and Compare tabs: readout, sizes, architecture, widths, neuron
+   maps, ...);
+2. its metrics: evaluation on the test split and the views redrawn with them
+   (``tab_zip.SCORED_SCOPES``: the Zip tab's readout, the Evaluate, Compare and Export tabs).
 
 The statistics are prepared once before timing, as the app does when a pair is loaded.
 """
@@ -156,7 +158,7 @@ def _release(session: Session, res: Resources, settings: Any) -> dict[str, float
     """Do what one slider release does; return the time of each step (and the JSON bytes)."""
     t0 = time.perf_counter()
     result = work.merge(session, res, settings, evaluate=False)
-    size = render_step(session, res, tab_zip.MERGED_SCOPES)
+    size = render_step(session, res, tab_zip.RELEASED_SCOPES)
     t1 = time.perf_counter()
     work.evaluate_pending(session, res)
     size += render_step(session, res, tab_zip.SCORED_SCOPES)

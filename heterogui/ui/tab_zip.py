@@ -45,9 +45,13 @@ FUSION_CHOICES = [
     ("least squares", "least_squares"),
     ("sequential least squares", "least_squares_sequential"),
 ]
-# What a merge redraws, then what its scores redraw (a slider release: the merge shows first).
+# What a merge redraws. A slider release shows the merge first (RELEASED_SCOPES), then what
+# its scores change (SCORED_SCOPES): of the Zip tab only the readout, whose table gives the
+# merge's score (its figures hold sizes and widths, which the scores leave as they are); the
+# Export tab once, with the scores its model card gives.
 MERGED_SCOPES = ("zip", "neurons", "evaluate", "compare", "export")
-SCORED_SCOPES = ("zip", "evaluate", "compare", "export")
+RELEASED_SCOPES = ("zip", "neurons", "evaluate", "compare")
+SCORED_SCOPES = ("readout", "evaluate", "compare", "export")
 WIDTH_HEADERS = ["merge point", "width A", "width B", "merged width", "override"]
 
 
@@ -255,6 +259,16 @@ def _readout_text(info: dict[str, Any]) -> str:
         f"{merged['stored_parameters']:,} parameters: {STORED_REASON}."
     )
     return head + "\n\n" + "\n".join(rows) + "\n\n" + stored
+
+
+def render_readout(session: Session) -> str:
+    """Return the readout alone (the scope "readout": what a merge's scores change here)."""
+    if session.prepared is None:
+        return "Load and analyse a pair first."
+    try:
+        return _readout_text(readout(session))
+    except ConfigError as exc:
+        return f"**Error:** {exc}"
 
 
 def render(session: Session, res: Resources) -> dict[str, Any]:
@@ -492,7 +506,7 @@ def wire(ui: dict[str, Any], on) -> None:
             ui[name].release,
             on_release,
             ["auto_merge", *MERGE_INPUTS],
-            MERGED_SCOPES,
+            RELEASED_SCOPES,
             "remerge" if name == "rho" else None,
             heavy=True,
         )
