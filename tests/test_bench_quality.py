@@ -156,3 +156,51 @@ def test_stats() -> None:
     }
     assert stats([0.5, None])["mean"] is None
     assert stats([0.25])["std"] == 0.0
+
+
+def test_a_transformer_pair_gets_heads_kept_rows_and_their_section(tmp_path, monkeypatch):
+    """A ViT pair: zips that keep every attention head unmerged, wider than rho = 1's."""
+    monkeypatch.setenv("HETEROGUI_CACHE", str(tmp_path / "cache"))
+    pair = "tiny-digits-vit-depth"
+    args = ["bench", "quality", "--tiny", "--pairs", pair, "--seeds", "1"]
+    assert main([*args, "--out", str(tmp_path / "docs"), "--threads", "1"]) == 0
+    data = json.loads((tmp_path / "docs" / "quality.json").read_text())
+    rows = data["pairs"][pair]["rows"]
+    kept = {k: v for k, v in rows.items() if k.startswith("heads kept (")}
+    assert set(kept) == {"heads kept (LMA)", "heads kept (LMA, sequential least squares)"}
+    paper_width = rows["zip (LMA)"]["params"]["mean"]
+    for row in kept.values():  # every head of both models kept: 2 + 2 heads of 8 per layer
+        assert row["params"]["mean"] > paper_width
+        assert 0.0 <= row["joint"]["mean"] <= 1.0
+    # The checks read the zips at the paper's width only.
+    assert not any("heads kept" in c["detail"] for c in data["checks"])
+    md = (tmp_path / "docs" / "quality.md").read_text()
+    section = md.split("## Where a transformer merge loses")[1].split("\n## ")[0]
+    assert f"| {pair} |" in section and "heads kept, sequential least squares" in section
+
+
+def test_head_groups_name_one_space_per_attention_layer():
+    from heterogui.models.family import build_network
+    from heterogui.models.vgg import VGGConfig
+    from heterogui.models.vit import ViTNetConfig
+    from heterogui.zip.plan import head_group_firsts
+
+    vit = build_network(
+        ViTNetConfig(
+            image_size=8,
+            patch_size=2,
+            num_channels=1,
+            hidden=16,
+            head_dim=8,
+            heads=(2, 2),
+            intermediate=(32, 32),
+            num_labels=5,
+        )
+    )
+    graph = vit.graph()
+    firsts = head_group_firsts(graph)
+    assert firsts == ["layer0.qk", "layer1.qk"]
+    assert {graph.spaces[s].group for s in firsts} == {
+        s.group for s in graph.spaces.values() if s.head_dim
+    }
+    assert head_group_firsts(build_network(VGGConfig(1, ((8,), (16,)), 5)).graph()) == []

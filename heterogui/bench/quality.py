@@ -32,6 +32,7 @@ from heterogui.align.pad import pad_network
 from heterogui.bench.quality_report import (
     METRICS,
     PAPER,
+    SEQUENTIAL,
     VARIANTS,
     aggregate,
     checks,
@@ -48,6 +49,7 @@ from heterogui.fusion.renormalize import renormalizes
 from heterogui.models.family import Network
 from heterogui.pipeline import Prepared, ZipSettings, prepare, realign, zip_prepared
 from heterogui.tasks.classification import Metrics, evaluate_merged, evaluate_models
+from heterogui.zip.plan import head_group_firsts
 from heterogui.zoo.pairs import (
     PAIRS,
     TINY_PAIRS,
@@ -200,6 +202,28 @@ def _baseline_rows(zoo: ZooPair, prep: Prepared, t_prep: float, test: Split, cfg
     return rows
 
 
+def heads_kept_rows(
+    zoo: ZooPair, prep: Prepared, t_prep: float, test: Split, cfg: QualityConfig
+) -> dict[str, Any]:
+    """Return the zip that keeps every attention head unmerged (rho 0 on the heads, 1 elsewhere).
+
+    Rows "heads kept (MODE)" and "heads kept (MODE, sequential least squares)", for models with
+    attention (none for the others). Wider than the paper's width: they show how much of a
+    transformer merge's loss comes from averaging whole heads, not what rho = 1 reaches.
+    """
+    heads = head_group_firsts(prep.padded_a.graph())
+    if not heads:
+        return {}
+    overrides = {space: {"rho": 0.0} for space in heads}
+    rows = {}
+    for fusion, suffix in ((PAPER, ""), ("least_squares_sequential", SEQUENTIAL)):
+        settings = ZipSettings(overrides=overrides, fusion=fusion)
+        result, metrics, t_zip = _zip(prep, settings, test, zoo, cfg)
+        label = f"heads kept ({MODE_LABEL[prep.alignment.mode]}{suffix})"
+        rows[label] = _row(metrics, parameter_count(result.model), t_prep + t_zip)
+    return rows
+
+
 def _padding_control(zoo: ZooPair, prep: Prepared, batches: list, test: Split, cfg) -> dict:
     """Return the zip of A with the homogeneous B identity-padded to this pair's depth.
 
@@ -299,6 +323,7 @@ def run_seed(zoo: ZooPair, seed: int, cfg: QualityConfig) -> dict[str, Any]:
     main = rows[f"zip ({MODE_LABEL[mode]})"]
     if zoo.spec.reference is not None and depths_differ(zoo.net_a, zoo.net_b):
         rows["padding control"] = _padding_control(zoo, preps[mode][0], batches, test, cfg)
+    rows.update(heads_kept_rows(zoo, *preps[mode], test, cfg))
     return {
         "rows": rows,
         **_sweeps(zoo, preps[mode][0], main, test, cfg),

@@ -315,6 +315,27 @@ def _fusion_summary(report: dict[str, Any]) -> list[str]:
     return _table(header, lines)
 
 
+def _heads_summary(report: dict[str, Any]) -> list[str]:
+    """Return the transformer pairs' best zip at the paper's width against "heads kept" rows."""
+    lines = []
+    for pair, r in report["pairs"].items():
+        rows = r["rows"]
+        kept = {k: v for k, v in rows.items() if k.startswith("heads kept (")}
+        if not kept:
+            continue
+        ensemble, (best_label, best) = ensemble_joint(rows), _best_zip(rows)
+        cells = [f"{_pct(best)} ({best_label[5:-1]})", f"{best / ensemble:.3f}"]
+        cells.append(_count(rows[best_label], "params"))
+        for label, row in kept.items():
+            cells += [f"{fmt(row)} ({label[12:-1]})", f"{mean(row) / ensemble:.3f}"]
+        cells.append(_count(next(iter(kept.values())), "params"))
+        lines.append([pair, _pct(ensemble), _count(rows["ensemble"], "params"), *cells])
+    header = ["pair", "ensemble", "params", "best zip (paper's width)", "/ ensemble", "params"]
+    header += ["heads kept, paper's fusion", "/ ensemble"]
+    header += ["heads kept, sequential least squares", "/ ensemble", "params"]
+    return _table(header, lines) if lines else []
+
+
 def _variant_findings(report: dict[str, Any]) -> list[str]:
     """Return one line per variant: where its best zip beats the paper's fusion, and by how much."""
     out = []
@@ -452,6 +473,14 @@ re-merge, too slow for the workbench's slider: an option, not the default. The r
 their fusion, so they do not depend on the default."""
 
 
+HEADS_NOTE = """A merge point of attention heads (a ViT's query/key and value/output spaces) pairs
+and averages whole heads: an averaged head attends by the product of averaged queries and keys,
+which neither parent's head computes. "heads kept" rows keep every head of both models unmerged
+(rho 0 on the attention spaces, rho 1 on the stream and the MLPs; ``zip.overrides``), at the
+sweep alignment: they are wider than the paper's width, so the checks leave them out, but the
+gap between them and the best zip at the paper's width is what merging heads costs."""
+
+
 NWAY_NOTE = """Three models merged at once (the N-way zip, docs/method.md sec. 12) and one after
 another (sequential merging) are compared with their ensemble on the zoo's three-task groups in
 `docs/nway.md` (`heterogui bench nway --seeds 3 --out docs --threads 1`)."""
@@ -495,6 +524,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += ["", "## Where LMA places a block inside its segment (Joint, %)", "", PLACEMENT_NOTE, ""]
     out += _placement_summary(report)
     out += ["", *_placement_findings(report)]
+    heads = _heads_summary(report)
+    if heads:
+        out += ["", "## Where a transformer merge loses: its attention heads (Joint, %)", ""]
+        out += [HEADS_NOTE, "", *heads]
     out += ["", "## More than two models", "", NWAY_NOTE]
     out += ["", "## Aligning by block updates", "", MEASURES_NOTE]
     out += ["", "## Checks", ""]

@@ -110,6 +110,12 @@ def head_group_first(graph: ModelGraph, space: str) -> str:
     return min(n for n, s in graph.spaces.items() if (s.group or n) == group)
 
 
+def head_group_firsts(graph: ModelGraph) -> list[str]:
+    """Return the space that takes the knobs of each attention layer's heads, in graph order."""
+    firsts = (head_group_first(graph, n) for n, s in graph.spaces.items() if s.head_dim)
+    return list(dict.fromkeys(firsts))
+
+
 def check_override_names(graph: ModelGraph, settings: ZipSettings) -> None:
     """Raise if the settings' overrides name merge points ``graph`` does not have.
 
