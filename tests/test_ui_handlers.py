@@ -742,3 +742,26 @@ def test_a_pair_of_equal_depth_is_analysed_in_one_pass_and_never_realigned(monke
 
 def _forbidden_pass(*_args, **_kwargs):
     raise AssertionError("a feature pass ran")
+
+
+def test_one_rho_at_every_attention_layer_keeps_all_heads(res):
+    vit = Session(device="cpu")
+    tab_models.on_load_pair(vit, res, "tiny-digits-vit-depth")
+    layers = ["layer0.qk", "layer1.qk"]
+    choices = dict((v, k) for k, v in tab_zip.override_choices(vit.prepared))
+    assert layers[0] in choices[tab_zip.EVERY_ATTENTION_LAYER]
+    every = tab_zip.EVERY_ATTENTION_LAYER
+    with pytest.raises(ConfigError, match="takes a rho, not a width"):
+        tab_zip.on_set_override(vit, res, every, None, 8)
+    message = tab_zip.on_set_override(vit, res, every, 0.0, None)
+    assert "2 attention layers (layer0.qk, layer1.qk): rho=0.0" in message
+    assert vit.settings.overrides == {name: {"rho": 0.0} for name in layers}
+    merge(vit, res, rho=1.0)
+    ga, gb = vit.prepared.padded_a.graph(), vit.prepared.padded_b.graph()
+    live = [n for n in vit.result.widths() if n not in ga.dead | gb.dead]
+    assert "stream" in live and any(n.endswith(".qk") for n in live)  # A's real layer's heads
+    for name in live:  # heads kept, the rest zipped at rho 1
+        n_a, n_b, width = vit.result.widths()[name]
+        assert width == (n_a + n_b if name.endswith((".qk", ".vo")) else max(n_a, n_b)), name
+    tab_zip.on_set_override(vit, res, every, None, None)  # no rho: their overrides go
+    assert vit.settings.overrides == {}

@@ -22,7 +22,7 @@ from heterogui.ui.fig_eval import natural_key, sizes_figure, widths_figure
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 from heterogui.ui.tab_evaluate import on_evaluate_pending
-from heterogui.zip.plan import head_group_first, stop_point
+from heterogui.zip.plan import head_group_first, head_group_firsts, stop_point
 
 VIEWS = (
     "readout",
@@ -53,6 +53,9 @@ MERGED_SCOPES = ("zip", "neurons", "evaluate", "compare", "export")
 RELEASED_SCOPES = ("zip", "neurons", "evaluate", "compare")
 SCORED_SCOPES = ("readout", "evaluate", "compare", "export")
 WIDTH_HEADERS = ["merge point", "width A", "width B", "merged width", "override"]
+# The override choice that sets one rho at every attention layer (rho 0 keeps all the heads of
+# both models: docs/quality.md measures what merging heads costs a transformer).
+EVERY_ATTENTION_LAYER = "every attention layer"
 
 
 def build(ui: dict[str, Any], res: Resources) -> None:
@@ -308,7 +311,11 @@ def override_choices(prep: Any) -> list[tuple[str, str]]:
     takes the override, and it applies to the whole layer.
     """
     graph = prep.padded_a.graph()
+    layers = head_group_firsts(graph)
     out = []
+    if len(layers) > 1:
+        label = f"{EVERY_ATTENTION_LAYER} ({len(layers)}: {', '.join(layers)}; rho only)"
+        out.append((label, EVERY_ATTENTION_LAYER))
     for name, space in graph.spaces.items():
         if name in ("input", "logits"):
             continue
@@ -467,10 +474,22 @@ def on_set_override(
     width: float | None,
     progress=None,
 ) -> str:
-    """Set a per-merge-point override of rho or width (api: /set_override)."""
+    """Set a per-merge-point override of rho or width (api: /set_override).
+
+    space ``EVERY_ATTENTION_LAYER``: the same rho at every attention layer (widths differ from
+    layer to layer, so a width is refused there); no rho removes their overrides.
+    """
     prep = work.require_prepared(session)
-    if not space or space not in prep.padded_a.graph().spaces:
+    graph = prep.padded_a.graph()
+    layers = head_group_firsts(graph)
+    every = space == EVERY_ATTENTION_LAYER and bool(layers)
+    if not every and (not space or space not in graph.spaces):
         raise ConfigError("choose a merge point for the override")
+    if every and width is not None:
+        raise ConfigError(
+            f"{EVERY_ATTENTION_LAYER} takes a rho, not a width: leave the width blank, or set "
+            "a width on one attention layer"
+        )
     knobs: dict[str, Any] = {}
     if width is not None:
         if width < 1:
@@ -481,14 +500,17 @@ def on_set_override(
             raise ConfigError(f"rho {rho} must lie in [0, 1]")
         knobs["rho"] = float(rho)
     overrides = {k: dict(v) for k, v in session.settings.overrides.items()}
-    if knobs:
-        overrides[space] = knobs
-    else:
-        overrides.pop(space, None)
+    targets = layers if every else [space]
+    for target in targets:
+        if knobs:
+            overrides[target] = dict(knobs)
+        else:
+            overrides.pop(target, None)
     trial = dataclasses.replace(session.settings, overrides=overrides)
     estimate(prep, trial)  # raises a clear message before the settings change
     session.settings = trial
-    return f"Override at {space}: {_override_text(knobs) or 'removed'}."
+    where = f"{len(layers)} attention layers ({', '.join(layers)})" if every else space
+    return f"Override at {where}: {_override_text(knobs) or 'removed'}."
 
 
 def on_clear_overrides(session: Session, res: Resources, progress=None) -> str:
