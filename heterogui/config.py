@@ -107,7 +107,9 @@ class AlignmentSpec:
 
 @dataclass(frozen=True)
 class ZipSpec:
-    """Matcher and knobs; overrides: merge point -> {width | rho | alpha | beta | matcher}.
+    """Matcher and knobs; overrides: merge point -> {width | rho | alpha | beta | matcher}
+    (a key with ``*``, ``?`` or ``[``, such as "*.qk", is a pattern of merge points:
+    ``zip.plan.ZipSettings``).
 
     fusion: "auto" (the family's default: least squares for VGG, ResNet and ViT models, the
     paper's average otherwise), "average" (the paper's), "least_squares" or

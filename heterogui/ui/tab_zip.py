@@ -291,8 +291,8 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
         info = readout(session)
     except ConfigError as exc:
         return {"readout": f"**Error:** {exc}"}
-    overrides = session.settings.overrides
-    table = [[s, *w, _override_text(overrides.get(s))] for s, w in info["widths"].items()]
+    settings = session.settings
+    table = [[s, *w, _override_text(settings.override_for(s))] for s, w in info["widths"].items()]
     return {
         "readout": _readout_text(info),
         "sizes_plot": sizes_figure(info["sizes"]),

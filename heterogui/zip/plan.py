@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
 from typing import Any
 
 from heterogui.config import DEFAULT_FUSION, DEFAULT_RIDGE
 from heterogui.errors import ConfigError, MatcherError
-from heterogui.models.graph import INPUT, ModelGraph
+from heterogui.models.graph import INPUT, LOGITS, ModelGraph
 from heterogui.zip.heads import head_group_pairs
 from heterogui.zip.matchers import EQUAL_WIDTHS, MATCHERS, target_width
 
@@ -22,7 +23,10 @@ from heterogui.zip.matchers import EQUAL_WIDTHS, MATCHERS, target_width
 class ZipSettings:
     """Matcher and knobs, global and per merge point.
 
-    overrides: space name -> {"width": int} or any of {"rho", "alpha", "beta", "matcher"}.
+    overrides: space name -> {"width": int} or any of {"rho", "alpha", "beta", "matcher"}. A
+        key with ``*``, ``?`` or ``[`` is a pattern (``fnmatch``: "*.qk" is every attention
+        layer's query/key space): its knobs apply to every merge point it matches, in the
+        order given; a merge point's own entry replaces what patterns give it.
     stop: merge blocks before this index (None: every block but the heads).
     fusion: "average" (the paper's W* = M W U), "least_squares" (U replaced by the
         regression of the parents' features on the merged ones: ``fusion.regression``),
@@ -64,8 +68,23 @@ class ZipSettings:
             "rho": self.rho,
             "width": None,
         }
-        knobs.update(self.overrides.get(space, {}))
+        knobs.update(self.override_for(space))
         return knobs
+
+    def override_for(self, space: str) -> dict[str, Any]:
+        """Return the override knobs of ``space``: its own entry, else its patterns' (merged)."""
+        if space in self.overrides:
+            return dict(self.overrides[space])
+        knobs: dict[str, Any] = {}
+        for key, values in self.overrides.items():
+            if is_pattern(key) and fnmatchcase(space, key):
+                knobs.update(values)
+        return knobs
+
+
+def is_pattern(key: str) -> bool:
+    """Return whether an override key is a pattern of merge point names, not a name."""
+    return any(c in key for c in "*?[")
 
 
 def planned_width(matcher: str, n_a: int, n_b: int, rho: float, width: int | None) -> int:
@@ -119,14 +138,34 @@ def head_group_firsts(graph: ModelGraph) -> list[str]:
 def check_override_names(graph: ModelGraph, settings: ZipSettings) -> None:
     """Raise if the settings' overrides name merge points ``graph`` does not have.
 
+    A pattern must match a merge point that takes overrides (of an attention layer, the head
+    group's first space).
+
     Raises:
-        ConfigError: naming the unknown merge points and the known ones.
+        ConfigError: naming the unknown merge points (or the patterns that match none) and the
+            known ones.
     """
-    unknown = set(settings.overrides) - set(graph.spaces)
+    names = [k for k in settings.overrides if not is_pattern(k)]
+    unknown = set(names) - set(graph.spaces)
+    takers = [
+        n
+        for n, s in graph.spaces.items()
+        if n not in (INPUT, LOGITS) and (not s.head_dim or head_group_first(graph, n) == n)
+    ]
+    empty = [
+        k
+        for k in settings.overrides
+        if is_pattern(k) and not any(fnmatchcase(n, k) for n in takers)
+    ]
     if unknown:
         raise ConfigError(
             f"overrides name unknown merge points {sorted(unknown)}; "
             f"known: {sorted(set(graph.spaces) - {INPUT})}"
+        )
+    if empty:
+        raise ConfigError(
+            f"override patterns {empty} match no merge point that takes an override; "
+            f"known: {takers}"
         )
 
 
@@ -143,7 +182,7 @@ def plan_widths(
         MatcherError: an unknown matcher, or an attention width that is not whole heads.
     """
     check_override_names(graph_a, settings)
-    for space in settings.overrides:
+    for space in (k for k in settings.overrides if not is_pattern(k)):
         first = head_group_first(graph_a, space) if graph_a.spaces[space].head_dim else space
         if first != space:
             raise ConfigError(
