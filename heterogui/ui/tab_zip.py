@@ -22,7 +22,7 @@ from heterogui.ui.fig_eval import natural_key, sizes_figure, widths_figure
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 from heterogui.ui.tab_evaluate import on_evaluate_pending
-from heterogui.zip.plan import head_group_first, head_group_firsts, stop_point
+from heterogui.zip.plan import head_group_firsts, override_spaces, stop_point
 
 VIEWS = (
     "readout",
@@ -264,22 +264,29 @@ def _readout_text(info: dict[str, Any]) -> str:
     return head + "\n\n" + "\n".join(rows) + "\n\n" + stored
 
 
+def _readout_info(session: Session) -> tuple[dict[str, Any] | None, str]:
+    """Return the readout's numbers (None without a pair or on an error) and its text."""
+    if session.prepared is None:
+        return None, "Load and analyse a pair first."
+    try:
+        info = readout(session)
+    except ConfigError as exc:
+        return None, f"**Error:** {exc}"
+    return info, _readout_text(info)
+
+
 def render_readout(session: Session) -> str:
     """Return the readout alone (the scope "readout": what a merge's scores change here)."""
-    if session.prepared is None:
-        return "Load and analyse a pair first."
-    try:
-        return _readout_text(readout(session))
-    except ConfigError as exc:
-        return f"**Error:** {exc}"
+    return _readout_info(session)[1]
 
 
 def render(session: Session, res: Resources) -> dict[str, Any]:
     """Return the tab's view values for ``session``."""
     prep = session.prepared
+    info, text = _readout_info(session)
     if prep is None:
         return {
-            "readout": "Load and analyse a pair first.",
+            "readout": text,
             "sizes_plot": None,
             "arch_plot": None,
             "widths_plot": None,
@@ -287,14 +294,12 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
             "stop": gr.skip(),
             "override_space": gr.update(choices=[]),
         }
-    try:
-        info = readout(session)
-    except ConfigError as exc:
-        return {"readout": f"**Error:** {exc}"}
+    if info is None:
+        return {"readout": text}
     settings = session.settings
     table = [[s, *w, _override_text(settings.override_for(s))] for s, w in info["widths"].items()]
     return {
-        "readout": _readout_text(info),
+        "readout": text,
         "sizes_plot": sizes_figure(info["sizes"]),
         "arch_plot": architecture_figure(prep, info["widths"], info["stop"]),
         "widths_plot": widths_figure(info["widths"]),
@@ -316,13 +321,12 @@ def override_choices(prep: Any) -> list[tuple[str, str]]:
     if len(layers) > 1:
         label = f"{EVERY_ATTENTION_LAYER} ({len(layers)}: {', '.join(layers)}; rho only)"
         out.append((label, EVERY_ATTENTION_LAYER))
-    for name, space in graph.spaces.items():
-        if name in ("input", "logits"):
-            continue
-        if space.head_dim is None:
+    for name in override_spaces(graph):
+        group = graph.spaces[name].group
+        if graph.spaces[name].head_dim is None:
             out.append((name, name))
-        elif head_group_first(graph, name) == name:
-            members = sorted(n for n, s in graph.spaces.items() if s.group == space.group)
+        else:
+            members = sorted(n for n, s in graph.spaces.items() if s.group == group)
             out.append((f"{name} (attention layer: {', '.join(members)})", name))
     return out
 

@@ -135,6 +135,19 @@ def head_group_firsts(graph: ModelGraph) -> list[str]:
     return list(dict.fromkeys(firsts))
 
 
+def override_spaces(graph: ModelGraph) -> list[str]:
+    """Return the merge points that take an override, in graph order.
+
+    Of an attention layer only its head group's first space does (it applies to the whole
+    layer: the spaces of one layer share one head pairing).
+    """
+    return [
+        n
+        for n, s in graph.spaces.items()
+        if n not in (INPUT, LOGITS) and (not s.head_dim or head_group_first(graph, n) == n)
+    ]
+
+
 def check_override_names(graph: ModelGraph, settings: ZipSettings) -> None:
     """Raise if the settings' overrides name merge points ``graph`` does not have.
 
@@ -147,11 +160,7 @@ def check_override_names(graph: ModelGraph, settings: ZipSettings) -> None:
     """
     names = [k for k in settings.overrides if not is_pattern(k)]
     unknown = set(names) - set(graph.spaces)
-    takers = [
-        n
-        for n, s in graph.spaces.items()
-        if n not in (INPUT, LOGITS) and (not s.head_dim or head_group_first(graph, n) == n)
-    ]
+    takers = override_spaces(graph)
     empty = [
         k
         for k in settings.overrides
