@@ -30,6 +30,7 @@ import torch
 
 from heterogui.align.pad import pad_network
 from heterogui.bench.quality_report import (
+    HEADS_KEPT,
     METRICS,
     PAPER,
     SEQUENTIAL,
@@ -219,7 +220,7 @@ def heads_kept_rows(
     for fusion, suffix in ((PAPER, ""), ("least_squares_sequential", SEQUENTIAL)):
         settings = ZipSettings(overrides=overrides, fusion=fusion)
         result, metrics, t_zip = _zip(prep, settings, test, zoo, cfg)
-        label = f"heads kept ({MODE_LABEL[prep.alignment.mode]}{suffix})"
+        label = f"{HEADS_KEPT}{MODE_LABEL[prep.alignment.mode]}{suffix})"
         rows[label] = _row(metrics, parameter_count(result.model), t_prep + t_zip)
     return rows
 

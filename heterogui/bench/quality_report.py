@@ -16,6 +16,15 @@ from typing import Any
 import torch
 
 from heterogui.bench.documents import finite, write_document
+from heterogui.bench.quality_notes import (
+    DEFAULT_NOTE,
+    FUSION_NOTE,
+    HEADS_NOTE,
+    MEASURES_NOTE,
+    NWAY_NOTE,
+    PLACEMENT_NOTE,
+    PROTOCOL,
+)
 
 METRICS = ("joint", "task_a", "task_b", "avg")
 SECTIONS = ("rows", "rho", "knobs", "bn_kept", "calibration")
@@ -25,6 +34,7 @@ ENSEMBLE_SHARE = 0.95  # the best merge should keep 95% of the ensemble's Joint 
 LEAST_SQUARES = ", least squares"  # the label suffix of least-squares fusion rows
 SEQUENTIAL = ", sequential least squares"  # the label suffix of sequential least-squares rows
 RENORMALIZED = ", renormalized"  # the label suffix of renormalized rows
+HEADS_KEPT = "heads kept ("  # the label prefix of the rows that keep every attention head
 # the paper's fusion: the benchmarks' plain rows name it, as the default ("auto") is per family
 PAPER = "average"
 # (ZipSettings keywords, row label suffix): the paper's fusion, least-squares fusion
@@ -320,14 +330,14 @@ def _heads_summary(report: dict[str, Any]) -> list[str]:
     lines = []
     for pair, r in report["pairs"].items():
         rows = r["rows"]
-        kept = {k: v for k, v in rows.items() if k.startswith("heads kept (")}
+        kept = {k: v for k, v in rows.items() if k.startswith(HEADS_KEPT)}
         if not kept:
             continue
         ensemble, (best_label, best) = ensemble_joint(rows), _best_zip(rows)
         cells = [f"{_pct(best)} ({best_label[5:-1]})", f"{best / ensemble:.3f}"]
         cells.append(_count(rows[best_label], "params"))
         for label, row in kept.items():
-            cells += [f"{fmt(row)} ({label[12:-1]})", f"{mean(row) / ensemble:.3f}"]
+            cells += [f"{fmt(row)} ({label[len(HEADS_KEPT) : -1]})", f"{mean(row) / ensemble:.3f}"]
         cells.append(_count(next(iter(kept.values())), "params"))
         lines.append([pair, _pct(ensemble), _count(rows["ensemble"], "params"), *cells])
     header = ["pair", "ensemble", "params", "best zip (paper's width)", "/ ensemble", "params"]
@@ -422,75 +432,6 @@ def _bn_section(report: dict[str, Any]) -> list[str]:
     header = ["pair", "alignment", "zip, BN re-estimated (default)", "zip, BN kept"]
     header += ["rho=0, re-estimated", "rho=0, kept", "ensemble, re-estimated"]
     return _table([*header, "ensemble, as trained"], lines)
-
-
-PROTOCOL = """Protocol (docs/method.md sec. 11): A is trained on task A (half of the classes), B on
-task B (the other half). Joint: softmax per head, argmax over the union of both tasks' classes, on
-the test inputs of both tasks. Task A / Task B: that task's test inputs, argmax of its own head.
-Avg: the mean of Task A and Task B. A alone / B alone have no head for the other task: their Joint
-can only be right on their own task's inputs, and the other task's accuracy is undefined (—). Values
-are percent, mean ± sample std over the seeds; seed s trains A and B with seeds 2s and 2s + 1 (seed
-0: the demo zoo) and draws the calibration inputs with seed s. Weight average and permute need equal
-widths; on depth-different pairs they run on the SMA-padded topology. "homogeneous zip" is the zip
-of the pair's homogeneous reference (the same A with a B of A's architecture). "padding control"
-(depth pairs) zips A with that homogeneous B padded with identity blocks to this pair's depth (it
-computes exactly the homogeneous B's function), A at its LMA slots and B's real blocks first, so
-identity blocks meet real ones as in a depth merge: its gap to the homogeneous zip is the cost of
-padding alone. The sweeps use LMA on depth pairs (SMA elsewhere; with equal depths all alignments
-coincide). "merge s" is the wall time of the merge (BN re-estimation of A and B, CKA, alignment,
-feature pass, matching, fusion, BN re-estimation of the merged model), not counting evaluation.
-For LayerNorm models (the ViT pairs) rho = 0 is not the ensemble: one LayerNorm over both models'
-concatenated features normalizes them together, so that check is left out there."""
-
-
-FUSION_NOTE = """"average" fuses matched weights as the paper does (W* = M W U); "least squares"
-replaces the unmerge U with the ridge regression of the parents' features on the merged ones
-(zip.fusion: least_squares, ridge 1e-2 towards the paper's U; docs/method.md sec. 9): each
-merged layer then best
-reproduces the averaged outputs of A's and B's layers from the merged inputs. Rows "zip (MODE,
-least squares)" are the same matchings fused that way; "sequential least squares" refits each
-such weight on the inputs it really gets in the merged model, block by block (one more pass of
-A, B and the merge; zip.fusion: least_squares_sequential). "renormalized" rows rescale the merged
-features that a per-feature affine module writes (LayerNorm outputs, value projections: the ViT
-pairs; BatchNorm models have none, BatchNorm re-estimation does that) to their groups' average
-mean and spread (zip.renormalize; docs/method.md sec. 9); "—": not applicable."""
-
-
-PLACEMENT_NOTE = """LMA splits the deeper model's blocks of a stage into one contiguous segment per
-block of the shallower model; "LMA" (heterogui's default) places that block at its segment's
-last deep slot, "LMA first" at the first (where the published code puts it), "LMA similar" at
-the segment's slot of highest CKA with it. The shallower model is padded with identity blocks
-at the other slots."""
-
-
-DEFAULT_NOTE = """The default, `zip.fusion: auto`, follows these rows: least squares for the VGG,
-ResNet and ViT families, where it beats the paper's fusion on every pair for a few hundredths of
-a second a merge; the paper's fusion for BERT (least squares lost on average on MiniLM's
-sentence similarity, docs/transformers.md), for the decoders (better on the trained pair,
-docs/decoders.md, but 49-66 s a SmolLM2 merge against five seconds) and for MLPs and
-GPT-2 (no pair measures them). The sequential refit is better still but costs 2-30 times a
-re-merge, too slow for the workbench's slider: an option, not the default. The rows above name
-their fusion, so they do not depend on the default."""
-
-
-HEADS_NOTE = """A merge point of attention heads (a ViT's query/key and value/output spaces) pairs
-and averages whole heads: an averaged head attends by the product of averaged queries and keys,
-which neither parent's head computes. "heads kept" rows keep every head of both models unmerged
-(rho 0 on the attention spaces, rho 1 on the stream and the MLPs; ``zip.overrides``), at the
-sweep alignment: they are wider than the paper's width, so the checks leave them out, but the
-gap between them and the best zip at the paper's width is what merging heads costs."""
-
-
-NWAY_NOTE = """Three models merged at once (the N-way zip, docs/method.md sec. 12) and one after
-another (sequential merging) are compared with their ensemble on the zoo's three-task groups in
-`docs/nway.md` (`heterogui bench nway --seeds 3 --out docs --threads 1`)."""
-
-MEASURES_NOTE = """Every alignment above reads the CKA of the block outputs (the paper's measure
-and the default for these families). Aligning by the CKA of the block updates (what each block adds
-to its input, docs/method.md sec. 3) is compared on every depth pair in `docs/measures.md`
-(`heterogui bench measures`): on these pairs it aligns about as well (better on 4, the same on
-4, worse on 2 of 10 alignments, Joint within 1 point either way), so it did not help here; it
-helps the decoders."""
 
 
 def render_markdown(report: dict[str, Any]) -> str:
