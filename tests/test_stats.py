@@ -70,7 +70,9 @@ def test_parts_and_folds_give_the_sums_of_whole_rows(dtype) -> None:
         parts.update_parts(batch[:, :4], batch[:, 4:])
     assert parts.count == whole.count == x.shape[0]
     tol = 1e-9 if dtype == torch.float64 else 1e-4
-    torch.testing.assert_close(parts.total, whole.total, rtol=1e-12, atol=0)
+    # float32 rows: the centred rows are summed in float32, in a different order per layout
+    total_tol = 1e-12 if dtype == torch.float64 else 1e-7
+    torch.testing.assert_close(parts.total, whole.total, rtol=total_tol, atol=0)
     torch.testing.assert_close(parts.outer, whole.outer, rtol=tol, atol=0)
     assert torch.equal(parts.cov(), parts.cov().T)
     ref = np.cov(x.double().numpy(), rowvar=False, bias=True)

@@ -9,7 +9,8 @@ Covariance and correlation are derived on demand, in float64.
 Each batch's product is computed in the rows' precision (float32 for float32 features: about
 twice the speed of float64 products) around the batch's own mean, so no large mean is squared
 in float32; the centred products are summed in float32 for up to ``FOLD_EVERY`` batches and then
-folded into the float64 sums together with the exact mean terms. Against all-float64 sums the
+folded into the float64 sums together with the exact mean terms (the centred rows' column
+sums are taken in the rows' precision and widened; ``Σx`` gains n·shift + them). Against all-float64 sums the
 correlations differ by about 1e-6 (docs/method.md sec. 6 gives the measured figures). Float64
 rows are accumulated in float64 throughout.
 
@@ -322,7 +323,6 @@ class Moments:
         # centre on the batch mean rounded to the compute dtype: the shift is exact in float64,
         # so the mean terms folded in later are exact too
         shift = torch.cat([x.mean(dim=0) for x in xs])
-        self.total += torch.cat([x.sum(dim=0, dtype=torch.float64) for x in xs])
         if len(xs) == 1:
             x = xs[0] - shift
         else:  # the parts side by side, centred in place (a new tensor: the callers' stay)
@@ -335,9 +335,14 @@ class Moments:
         for rows, cols in self._blocks():
             self._pending[rows, cols].addmm_(x[:, rows].T, x[:, cols], beta=0.0 if fresh else 1.0)
         n = int(x.shape[0])
+        # the centred rows' sums in the compute dtype (pairwise, about the products' rounding),
+        # widened after: a float64 reduction of float32 rows costs several times the products
+        # of narrow features. The raw sum is n·shift + them, exactly as the fold reads it
+        shift64, centred_sums = shift.to(torch.float64), x.sum(dim=0).to(torch.float64)
+        self.total += n * shift64 + centred_sums
         self.count += n
-        self._shifts.append(shift.to(torch.float64))
-        self._sums.append(x.sum(dim=0, dtype=torch.float64))
+        self._shifts.append(shift64)
+        self._sums.append(centred_sums)
         self._rows.append(n)
         if len(self._rows) >= FOLD_EVERY:
             self.settle()
