@@ -16,6 +16,7 @@ from torch import nn
 
 from heterogui.errors import AlignmentError
 from heterogui.models.family import Family, Network
+from heterogui.models.idle import mark_identity
 from heterogui.models.storage import allocate
 
 
@@ -151,6 +152,7 @@ def _identity_block(
                 if callable(reset):
                     reset()
     fam.init_identity(block)
+    mark_identity(block)
     return block.to(device=device, dtype=dtype)
 
 
@@ -168,6 +170,7 @@ def _copy_into_new(
         raise AssertionError(f"padding lost weights: missing {stray}, unexpected {unexpected}")
     for block in identity:
         fam.init_identity(module.blocks[block])
+        mark_identity(module.blocks[block])
     module.to(next(net.module.parameters()).device)
     module.train(net.module.training)
     return module

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from heterogui.models.graph import BlockNet
+from heterogui.models.idle import bias_of, may_skip
 
 if TYPE_CHECKING:
     from heterogui.models.bert import BertNetConfig
@@ -125,8 +126,12 @@ class Layer(nn.Module):
     def forward(self, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Run the layer on (hidden (B, T, H), mask (B, T))."""
         x, mask = state
-        keep = mask[:, None, None, :].bool()
-        a = self.attention(x, keep)
+        dense, norm = self.attention.output.dense, self.attention.output.LayerNorm
+        # an identity layer discards its attention (its FFN is not zero: bert_identity)
+        if may_skip(self, (dense,), (norm, *self.intermediate.modules(), *self.output.modules())):
+            a = norm(bias_of(dense, x) + x)
+        else:
+            a = self.attention(x, mask[:, None, None, :].bool())
         return self.output(self.intermediate(a), a), mask
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from heterogui.models.graph import BlockNet
+from heterogui.models.idle import bias_of, may_skip
 
 if TYPE_CHECKING:
     from heterogui.models.decoder import DecoderNetConfig
@@ -141,6 +142,10 @@ class DecoderLayer(nn.Module):
     def forward(self, state: tuple[Any, ...]) -> tuple[Any, ...]:
         """Run the layer on the state (hidden, mask, rotary tables, keep)."""
         x, mask, rotary, keep = state
+        o_proj, down_proj = self.self_attn.o_proj, self.mlp.down_proj
+        if may_skip(self, (o_proj, down_proj), (self.residual_mid,)):  # an identity layer
+            h = self.residual_mid(x + bias_of(o_proj, x))
+            return h + bias_of(down_proj, h), mask, rotary, keep
         attn = self.self_attn(
             self.input_layernorm(x), position_embeddings=rotary, attention_mask=keep
         )

@@ -38,6 +38,7 @@ from heterogui.models.graph import (
     out_axis,
     tag,
 )
+from heterogui.models.idle import bias_of, may_skip
 
 GPT2_NAMES = LayerNames(
     "attn.query",
@@ -127,6 +128,9 @@ class Layer(nn.Module):
     def forward(self, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """Run the layer on (hidden, mask, keep)."""
         x, mask, keep = state
+        if may_skip(self, (self.attn_out, self.mlp_out), (self.residual_mid,)):
+            h = self.residual_mid(x + bias_of(self.attn_out, x))  # an identity layer
+            return h + bias_of(self.mlp_out, h), mask, keep
         h = self.residual_mid(x + self.attn_out(self.attn(self.ln_1(x), keep)))
         return h + self.mlp_out(self.mlp(self.ln_2(h))), mask, keep
 

@@ -28,6 +28,7 @@ from heterogui.models.graph import (
     out_axis,
     tag,
 )
+from heterogui.models.idle import channel_bias_of, may_skip
 from heterogui.models.vgg import ConvBlock
 
 
@@ -82,6 +83,9 @@ class BasicBlock(nn.Module):
         self.act2 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if may_skip(self, (self.bn2,), (self.shortcut, self.act2)):  # an identity block
+            shortcut = self.shortcut(x)
+            return self.act2(channel_bias_of(self.bn2, shortcut) + shortcut)
         branch = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
         return self.act2(branch + self.shortcut(x))
 

@@ -39,6 +39,7 @@ from heterogui.models.graph import (
     out_axis,
     tag,
 )
+from heterogui.models.idle import bias_of, may_skip
 
 VIT_NAMES = LayerNames(
     "attention.query",
@@ -127,6 +128,9 @@ class ViTLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map tokens (B, T, H) to tokens (B, T, H)."""
+        if may_skip(self, (self.attention_output, self.output), (self.residual,)):
+            x = self.residual(x + bias_of(self.attention_output, x))  # an identity layer
+            return x + bias_of(self.output, x)
         x = self.residual(x + self.attention_output(self.attention(self.layernorm_before(x), None)))
         return x + self.output(self.intermediate(self.layernorm_after(x)))
 

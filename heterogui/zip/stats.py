@@ -10,9 +10,9 @@ Each batch's product is computed in the rows' precision (float32 for float32 fea
 twice the speed of float64 products) around the batch's own mean, so no large mean is squared
 in float32; the centred products are summed in float32 for up to ``FOLD_EVERY`` batches and then
 folded into the float64 sums together with the exact mean terms (the centred rows' column
-sums are taken in the rows' precision and widened; ``Σx`` gains n·shift + them). Against all-float64 sums the
-correlations differ by about 1e-6 (docs/method.md sec. 6 gives the measured figures). Float64
-rows are accumulated in float64 throughout.
+sums are taken in the rows' precision and widened; ``Σx`` gains n·shift + them). Against
+all-float64 sums the correlations differ by about 1e-6 (docs/method.md sec. 6 gives the
+measured figures). Float64 rows are accumulated in float64 throughout.
 
 After a feature pass the sums are kept **compact** (``compact``): the float32 correlations the
 matchers read, with the float64 means, floored standard deviations and sums of squares; the
