@@ -43,11 +43,11 @@ from heterogui.pair_check import check_pair
 from heterogui.pipeline import (
     Progress,
     pad_aligned,
-    ready_networks,
     resolve_device,
     resolved_settings,
     space_correlation,
 )
+from heterogui.ready import ready_networks
 from heterogui.stages import timed
 from heterogui.zip.collect import StatKey, collect_moments, similarity_and_moments
 from heterogui.zip.match import Match

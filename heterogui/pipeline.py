@@ -8,7 +8,7 @@ running A or B again, which is what the workbench calls when a slider moves.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -16,12 +16,11 @@ from typing import Any
 import torch
 
 from heterogui.align.alignment import Alignment, align, placed_by_depths
-from heterogui.align.pad import pad_network, ready_network
+from heterogui.align.pad import pad_network
 from heterogui.align.similarity import layer_similarity, resolve_measure
 from heterogui.config import check_fusion
 from heterogui.errors import ConfigError, MatcherError
 from heterogui.fusion.assemble import build_merge, least_squares_unmerges
-from heterogui.fusion.bn import has_batch_norm, reestimate_batch_norm
 from heterogui.fusion.fuse import SpaceTransform
 from heterogui.fusion.merged import MergedModel, MergedSpec
 from heterogui.fusion.regression import Regression
@@ -31,6 +30,7 @@ from heterogui.models.capture import Batch
 from heterogui.models.family import Network
 from heterogui.models.graph import ModelGraph
 from heterogui.pair_check import check_pair
+from heterogui.ready import Progress, ready_pair
 from heterogui.stages import timed
 from heterogui.zip.collect import (
     StatKey,
@@ -49,8 +49,7 @@ from heterogui.zip.rotary import match_rotary_group
 from heterogui.zip.stats import Moments
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, float], None]
-PREPARE_ONLY_STAGES = ("bn_inputs", "similarity", "analysis")
+PREPARE_ONLY_STAGES = ("bn_inputs", "bn_similarity", "similarity", "analysis")
 
 
 @dataclass
@@ -149,14 +148,22 @@ def prepare(
     dev = resolve_device(device)
     report = progress or (lambda _stage, _frac: None)
     timings: dict[str, float] = {}
-    nets = ready_networks((net_a, net_b), batches, dev, reset_input_bn, timings, report)
-    analysis = Prepared(
-        nets[0], nets[1], {}, None, None, None, {}, batches, dev, timings, stats_budget
+    ga, gb = net_a.graph(), net_b.graph()
+    one_pass = placed_by_depths(ga, gb, mode) and statistics_fit(ga, gb, len(batches), stats_budget)
+    measure = resolve_measure(net_a, measure)
+    nets, similarity = ready_pair(
+        (net_a, net_b), batches, dev, reset_input_bn, timings, report, None if one_pass else measure
     )
-    ga, gb = nets[0].graph(), nets[1].graph()
-    if placed_by_depths(ga, gb, mode) and statistics_fit(ga, gb, len(batches), stats_budget):
+    found = {} if similarity is None else {measure: similarity}
+    analysis = Prepared(
+        nets[0], nets[1], found, None, None, None, {}, batches, dev, timings, stats_budget
+    )
+    if one_pass:
         return analysed_in_one_pass(analysis, mode, measure, progress)
-    prepared = timed(timings, "similarity", lambda: with_measure(analysis, measure, progress))
+    if similarity is None:  # a pass of its own
+        prepared = timed(timings, "similarity", lambda: with_measure(analysis, measure, progress))
+    else:  # from the BatchNorm re-estimation pass (heterogui.ready)
+        prepared = with_measure(analysis, measure)
     return realign(prepared, mode, manual, progress)
 
 
@@ -226,35 +233,6 @@ def with_measure(prepared: Prepared, measure: str, progress: Progress | None = N
             measure=measure,
         )
     return replace(prepared, measure=measure)
-
-
-def ready_networks(
-    nets: Sequence[Network],
-    batches: list[Batch],
-    dev: torch.device,
-    reset_input_bn: bool,
-    timings: dict[str, float],
-    report: Progress,
-) -> list[Network]:
-    """Return the models on ``dev`` in eval mode, BatchNorm re-estimated (step 1).
-
-    A copy only when something would modify the caller's module (BatchNorm re-estimation, a
-    move to ``dev``, .eval()); else its module is shared, read only.
-    """
-    ready = []
-    for net in nets:
-        reset_bn = reset_input_bn and has_batch_norm(net.module)
-        net = ready_network(net, dev, modifies=reset_bn)
-        if reset_bn:
-            timed(
-                timings,
-                "bn_inputs",
-                lambda n=net: reestimate_batch_norm(
-                    n.module, batches, dev, progress=lambda f: report("bn_inputs", f)
-                ),
-            )
-        ready.append(net)
-    return ready
 
 
 def realign(

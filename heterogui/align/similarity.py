@@ -118,13 +118,15 @@ def layer_similarity(
     device: torch.device | str = "cpu",
     progress: Callable[[float], None] | None = None,
     measure: str = "outputs",
+    whole: bool = False,
 ) -> torch.Tensor:
     """Return linear CKA between all non-head blocks: (L_A, L_B), float64.
 
     One Gram matrix per layer per batch; all pairs filled by batched products.
-    measure: what CKA compares (``layer_grams``).
+    measure: what CKA compares (``layer_grams``). whole: run every forward whole (a pass that
+    also re-estimates BatchNorm, ``heterogui.ready``).
     """
-    return layer_similarities(net_a, [net_b], batches, device, progress, measure)[0]
+    return layer_similarities(net_a, [net_b], batches, device, progress, measure, whole)[0]
 
 
 @torch.no_grad()
@@ -135,6 +137,7 @@ def layer_similarities(
     device: torch.device | str = "cpu",
     progress: Callable[[float], None] | None = None,
     measure: str = "outputs",
+    whole: bool = False,
 ) -> list[torch.Tensor]:
     """Return linear CKA between the reference's blocks and each other model's: (L_ref, L_k).
 
@@ -144,6 +147,6 @@ def layer_similarities(
     nets = [reference, *others]
     sums = SimilaritySums(nets, measure)
     modules = [net.module for net in nets]
-    run_passes(modules, sums.layers, list(batches), device, [sums.add], progress)
+    run_passes(modules, sums.layers, list(batches), device, [sums.add], progress, whole)
     release_freed_memory()  # the batches' activations: back to the system, not kept in the heap
     return sums.matrices()

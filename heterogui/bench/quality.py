@@ -158,7 +158,7 @@ def _alignment_rows(zoo: ZooPair, prep: Prepared, t_prep: float, test: Split, cf
     """
     rows, preps = {}, {}
     modes = MODES if depths_differ(zoo.net_a, zoo.net_b) else ("sma",)
-    shared = prep.timings.get("bn_inputs", 0.0) + prep.timings.get("similarity", 0.0)
+    shared = sum(prep.timings.get(k, 0.0) for k in ("bn_inputs", "bn_similarity", "similarity"))
     for mode in modes:
         if mode == "sma":
             p, t = prep, t_prep
@@ -188,7 +188,7 @@ def _baseline_rows(zoo: ZooPair, prep: Prepared, t_prep: float, test: Split, cfg
         "ensemble (BN re-estimated)": _row(
             evaluate_models(prep.net_a, prep.net_b, "ensemble", test, bs, dev),
             a + b,
-            prep.timings.get("bn_inputs", 0.0),
+            prep.timings.get("bn_inputs", prep.timings.get("bn_similarity", 0.0)),  # with CKA
         ),
     }
     for matcher, label in (("average", "weight average"), ("permute", "permute")):

@@ -7,7 +7,8 @@ whose BatchNorm was built to be the identity and must stay so.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -37,8 +38,30 @@ def reestimate_batch_norm(
     None). pinned: BN module name -> channel indices (int64) whose statistics are kept and
     whose output is computed from the kept statistics during the pass.
     """
+    with reestimating_batch_norm(model, pinned):
+        batches = list(batches)
+        for step, batch in enumerate(batches):
+            run_model(model, to_device(batch, device))
+            if progress is not None:
+                progress((step + 1) / len(batches))
+
+
+@contextmanager
+def reestimating_batch_norm(
+    model: nn.Module, pinned: Mapping[str, torch.Tensor] | None = None
+) -> Iterator[None]:
+    """Within the block, every whole forward of ``model`` adds to its BatchNorms' statistics.
+
+    On entry the running statistics are reset and each BatchNorm accumulates a cumulative
+    average (momentum None, train mode; the rest of the model in eval mode); on exit the modes
+    and momenta are restored, and after a block that did not raise the averages are summed over
+    processes (under torchrun) and the pinned channels get their kept statistics back (see
+    ``reestimate_batch_norm``). A forward that stops early leaves the later BatchNorms short of
+    those batches: run every batch whole.
+    """
     bns = {n: m for n, m in model.named_modules() if isinstance(m, BN_TYPES)}
     if not bns:
+        yield
         return
     pinned = {n: idx for n, idx in (pinned or {}).items() if idx.numel()}
     kept = {
@@ -54,11 +77,7 @@ def reestimate_batch_norm(
             bn.reset_running_stats()
             bn.momentum = None
             bn.train()
-        batches = list(batches)
-        for step, batch in enumerate(batches):
-            run_model(model, to_device(batch, device))
-            if progress is not None:
-                progress((step + 1) / len(batches))
+        yield
     finally:
         for handle in handles:
             handle.remove()

@@ -97,14 +97,15 @@ class CapturePass:
     later batches stop right after the last of them (an exception from its hook, caught
     here), so what follows is not computed: a language model's 49,152-token head, the layers
     after the last merge point. If a named module runs more than once in a forward (its last
-    output would count), every batch runs whole.
+    output would count), every batch runs whole. whole: run every batch whole (a pass that
+    also re-estimates BatchNorm statistics needs every layer).
     """
 
-    def __init__(self, module: nn.Module, names: Iterable[str]) -> None:
+    def __init__(self, module: nn.Module, names: Iterable[str], whole: bool = False) -> None:
         self.module = module
         self.names = list(dict.fromkeys(names))
         self._last: str | None = None
-        self._first = True
+        self._first = not whole
 
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Return {name: output} of one forward on ``batch`` (on the module's device)."""
@@ -135,14 +136,16 @@ def run_passes(
     device: torch.device | str,
     consumers: Sequence[Consumer],
     progress: Callable[[float], None] | None = None,
+    whole: bool = False,
 ) -> None:
     """Run every module once per batch and hand the batch's captures to every consumer.
 
     names: per module, the submodules whose outputs are captured (``CapturePass``: the forward
-    stops after the last of them). One forward per model and batch serves all consumers: the
-    similarity pass and the feature pass share it when the alignment is known before the CKA.
+    stops after the last of them, unless ``whole``). One forward per model and batch serves all
+    consumers: the similarity pass and the feature pass share it when the alignment is known
+    before the CKA.
     """
-    passes = [CapturePass(m, n) for m, n in zip(modules, names, strict=True)]
+    passes = [CapturePass(m, n, whole) for m, n in zip(modules, names, strict=True)]
     for step, batch in enumerate(batches):
         batch = to_device(batch, device)
         outs = [capture(batch) for capture in passes]

@@ -50,6 +50,7 @@ TABS = {
 SCOPES = (*TABS, "knobs")  # "readout": the Zip tab's readout alone (a part of "zip")
 STAGES = {
     "bn_inputs": "re-estimating BatchNorm of A and B",
+    "bn_similarity": "re-estimating BatchNorm of A and B, with their layer similarity (one pass)",
     "similarity": "layer similarity (CKA)",
     "features": "feature statistics",
     "analysis": "layer similarity and feature statistics (one pass)",
