@@ -47,7 +47,7 @@ from heterogui.pipeline import (
     resolved_settings,
     space_correlation,
 )
-from heterogui.ready import ready_networks
+from heterogui.ready import ready_with_similarities
 from heterogui.stages import timed
 from heterogui.zip.collect import StatKey, collect_moments, similarity_and_moments
 from heterogui.zip.match import Match
@@ -144,13 +144,16 @@ def prepare_group(
     dev = resolve_device(device)
     report = progress or (lambda _stage, _frac: None)
     timings: dict[str, float] = {}
-    ready = ready_networks(nets, batches, dev, reset_input_bn, timings, report)
-    graphs = [net.graph() for net in ready]
+    graphs = [net.graph() for net in nets]
     ref = reference_model(graphs)
-    others = [k for k in range(len(ready)) if k != ref]
-    measure = resolve_measure(ready[ref], measure)
+    others = [k for k in range(len(nets)) if k != ref]
+    measure = resolve_measure(nets[ref], measure)
+    one_pass = all(placed_by_depths(graphs[ref], graphs[k], mode) for k in others)
+    ready, similarities = ready_with_similarities(
+        nets, batches, dev, reset_input_bn, timings, report, None if one_pass else measure, ref
+    )
     stats: dict[StatKey, Moments] | None = None
-    if all(placed_by_depths(graphs[ref], graphs[k], mode) for k in others):  # one pass
+    if one_pass:
         similarities, stats = timed(
             timings,
             "analysis",
@@ -158,7 +161,7 @@ def prepare_group(
                 ready, batches, dev, lambda f: report("analysis", f), measure, ref
             ),
         )
-    else:
+    elif similarities is None:  # a CKA pass of its own (else from the BatchNorm pass)
         similarities = timed(
             timings,
             "similarity",

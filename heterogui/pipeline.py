@@ -30,7 +30,7 @@ from heterogui.models.capture import Batch
 from heterogui.models.family import Network
 from heterogui.models.graph import ModelGraph
 from heterogui.pair_check import check_pair
-from heterogui.ready import Progress, ready_pair
+from heterogui.ready import Progress, ready_with_similarities
 from heterogui.stages import timed
 from heterogui.zip.collect import (
     StatKey,
@@ -151,16 +151,16 @@ def prepare(
     ga, gb = net_a.graph(), net_b.graph()
     one_pass = placed_by_depths(ga, gb, mode) and statistics_fit(ga, gb, len(batches), stats_budget)
     measure = resolve_measure(net_a, measure)
-    nets, similarity = ready_pair(
+    nets, similarities = ready_with_similarities(
         (net_a, net_b), batches, dev, reset_input_bn, timings, report, None if one_pass else measure
     )
-    found = {} if similarity is None else {measure: similarity}
+    found = {} if similarities is None else {measure: similarities[0]}
     analysis = Prepared(
         nets[0], nets[1], found, None, None, None, {}, batches, dev, timings, stats_budget
     )
     if one_pass:
         return analysed_in_one_pass(analysis, mode, measure, progress)
-    if similarity is None:  # a pass of its own
+    if similarities is None:  # a pass of its own
         prepared = timed(timings, "similarity", lambda: with_measure(analysis, measure, progress))
     else:  # from the BatchNorm re-estimation pass (heterogui.ready)
         prepared = with_measure(analysis, measure)

@@ -1,21 +1,22 @@
 """Step 1 of a merge: the models on the device in eval mode, BatchNorm re-estimated.
 
-When both models re-estimate their BatchNorm and the CKA would then run them over the same
-batches (a pair whose depths do not fix the alignment), the CKA's Gram matrices come from the
-re-estimation pass itself (``ready_pair``): one forward of A and of B fewer. Those features see
-each batch's own BatchNorm statistics (train mode) where a separate pass sees their average
-(docs/method.md sec. 3 gives the measured difference; the alignment was the same on every zoo
-pair of different depth).
+When every model re-estimates its BatchNorm and the CKA would then run them over the same
+batches (models whose depths do not fix the alignment), the CKA's Gram matrices come from the
+re-estimation pass itself (``ready_with_similarities``): one forward of each model fewer. Those
+features see each batch's own BatchNorm statistics (train mode) where a separate pass sees
+their average (docs/method.md sec. 3 gives the measured difference; the alignment was the same
+on every zoo pair of different depth).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 
 import torch
 
 from heterogui.align.pad import ready_network
-from heterogui.align.similarity import layer_similarity
+from heterogui.align.similarity import layer_similarities
 from heterogui.fusion.bn import has_batch_norm, reestimate_batch_norm, reestimating_batch_norm
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network
@@ -53,7 +54,7 @@ def ready_networks(
     return ready
 
 
-def ready_pair(
+def ready_with_similarities(
     nets: Sequence[Network],
     batches: list[Batch],
     dev: torch.device,
@@ -61,35 +62,45 @@ def ready_pair(
     timings: dict[str, float],
     report: Progress,
     measure: str | None,
-) -> tuple[list[Network], torch.Tensor | None]:
+    reference: int = 0,
+) -> tuple[list[Network], list[torch.Tensor] | None]:
     """Return ``ready_networks``'s models and, when one pass gives both, their CKA.
 
-    measure: the CKA the alignment reads (None: none wanted from this step). The CKA comes
-    with the models when both re-estimate BatchNorm (stage "bn_similarity"); else it is None
-    and the caller runs its own pass.
+    measure: the CKA the alignment reads (None: none wanted from this step). When every model
+    re-estimates BatchNorm (stage "bn_similarity"), the CKA of the reference's layers against
+    each other model's, in order (``layer_similarities``); else None, and the caller runs its
+    own pass.
     """
-    both = reset_input_bn and all(has_batch_norm(n.module) for n in nets)
-    if measure is None or not both:
+    every = reset_input_bn and all(has_batch_norm(n.module) for n in nets)
+    if measure is None or not every:
         return ready_networks(nets, batches, dev, reset_input_bn, timings, report), None
     ready = [ready_network(n, dev, modifies=True) for n in nets]
-    similarity = timed(
+    similarities = timed(
         timings,
         "bn_similarity",
-        lambda: similarity_while_reestimating(
-            ready, batches, dev, measure, lambda f: report("bn_similarity", f)
+        lambda: similarities_while_reestimating(
+            ready, batches, dev, measure, reference, lambda f: report("bn_similarity", f)
         ),
     )
-    return ready, similarity
+    return ready, similarities
 
 
 @torch.no_grad()
-def similarity_while_reestimating(
+def similarities_while_reestimating(
     nets: Sequence[Network],
     batches: list[Batch],
     dev: torch.device,
     measure: str,
+    reference: int = 0,
     progress: Callable[[float], None] | None = None,
-) -> torch.Tensor:
-    """Re-estimate both models' BatchNorm and return their CKA (L_A, L_B) from the same pass."""
-    with reestimating_batch_norm(nets[0].module), reestimating_batch_norm(nets[1].module):
-        return layer_similarity(nets[0], nets[1], batches, dev, progress, measure, whole=True)
+) -> list[torch.Tensor]:
+    """Re-estimate every model's BatchNorm and return the CKA from the same pass.
+
+    Returns the CKA (L_ref, L_k) of the reference's layers against each other model's, in
+    order (``layer_similarities``).
+    """
+    others = [nets[k] for k in range(len(nets)) if k != reference]
+    with ExitStack() as stack:
+        for net in nets:
+            stack.enter_context(reestimating_batch_norm(net.module))
+        return layer_similarities(nets[reference], others, batches, dev, progress, measure, True)

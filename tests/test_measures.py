@@ -16,7 +16,7 @@ from heterogui.errors import ConfigError
 from heterogui.models.capture import capture_outputs, run_model
 from heterogui.models.hf.decoder_io import network_from_hf
 from heterogui.pipeline import prepare, with_measure
-from heterogui.ready import similarity_while_reestimating
+from heterogui.ready import similarities_while_reestimating
 
 
 def _decoders():
@@ -106,7 +106,7 @@ def test_a_resnet_pair_reads_block_outputs_unless_asked():
     # the CKA comes from the BatchNorm re-estimation pass (heterogui.ready)
     for prep in (plain, asked):
         ready = [ready_network(n, "cpu", modifies=True) for n in (a, b)]
-        want = similarity_while_reestimating(ready, data, "cpu", prep.measure)
+        (want,) = similarities_while_reestimating(ready, data, "cpu", prep.measure)
         torch.testing.assert_close(prep.similarity, want)
 
 
