@@ -61,3 +61,15 @@ def test_keeping_the_trained_batch_norm_keeps_a_cka_pass_of_its_own():
     prep = prepare(net_a, net_b, data, reset_input_bn=False)
     assert "similarity" in prep.timings and "bn_similarity" not in prep.timings
     torch.testing.assert_close(prep.similarity, layer_similarity(prep.net_a, prep.net_b, data))
+
+
+def test_a_model_without_batch_norm_takes_no_batch_norm_pass():
+    calls = []
+    model = torch.nn.Linear(4, 2)
+    model.register_forward_hook(lambda *_: calls.append(1))
+    reestimate_batch_norm(model, [torch.randn(3, 4)] * 5)
+    assert not calls
+    with_bn = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.BatchNorm1d(2)).eval()
+    with_bn.register_forward_hook(lambda *_: calls.append(1))
+    reestimate_batch_norm(with_bn, [torch.randn(3, 4)] * 5)
+    assert len(calls) == 5 and not with_bn.training and int(with_bn[1].num_batches_tracked) == 5

@@ -38,6 +38,8 @@ def reestimate_batch_norm(
     None). pinned: BN module name -> channel indices (int64) whose statistics are kept and
     whose output is computed from the kept statistics during the pass.
     """
+    if not has_batch_norm(model):
+        return  # nothing to re-estimate: no pass
     with reestimating_batch_norm(model, pinned):
         batches = list(batches)
         for step, batch in enumerate(batches):
