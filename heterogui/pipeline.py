@@ -30,7 +30,7 @@ from heterogui.models.capture import Batch
 from heterogui.models.family import Network
 from heterogui.models.graph import ModelGraph
 from heterogui.pair_check import check_pair
-from heterogui.ready import Progress, ready_with_similarities
+from heterogui.ready import BN_STAGES, Progress, ready_with_similarities
 from heterogui.stages import timed
 from heterogui.zip.collect import (
     StatKey,
@@ -49,7 +49,7 @@ from heterogui.zip.rotary import match_rotary_group
 from heterogui.zip.stats import Moments
 
 log = logging.getLogger(__name__)
-PREPARE_ONLY_STAGES = ("bn_inputs", "bn_similarity", "similarity", "analysis")
+PREPARE_ONLY_STAGES = (*BN_STAGES, "similarity", "analysis")
 
 
 @dataclass

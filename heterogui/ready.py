@@ -23,21 +23,40 @@ from heterogui.models.family import Network
 from heterogui.stages import timed
 
 Progress = Callable[[str, float], None]
+# the stages that re-estimate the input models' BatchNorm (the second one with their CKA)
+BN_STAGES = ("bn_inputs", "bn_similarity")
 
 
-def ready_networks(
+def ready_with_similarities(
     nets: Sequence[Network],
     batches: list[Batch],
     dev: torch.device,
     reset_input_bn: bool,
     timings: dict[str, float],
     report: Progress,
-) -> list[Network]:
-    """Return the models on ``dev`` in eval mode, BatchNorm re-estimated (step 1).
+    measure: str | None,
+    reference: int = 0,
+) -> tuple[list[Network], list[torch.Tensor] | None]:
+    """Return the models on ``dev`` in eval mode, BatchNorm re-estimated, and maybe their CKA.
 
     A copy only when something would modify the caller's module (BatchNorm re-estimation, a
-    move to ``dev``, .eval()); else its module is shared, read only.
+    move to ``dev``, .eval()); else its module is shared, read only. measure: the CKA the
+    alignment reads (None: none wanted from this step). When every model re-estimates
+    BatchNorm, one pass gives both (stage "bn_similarity"): the CKA of the reference's layers
+    against each other model's, in order (``layer_similarities``). Else each model's BatchNorm
+    pass runs alone (stage "bn_inputs") and the CKA is None: the caller runs its own pass.
     """
+    every = reset_input_bn and all(has_batch_norm(n.module) for n in nets)
+    if measure is not None and every:
+        ready = [ready_network(n, dev, modifies=True) for n in nets]
+        similarities = timed(
+            timings,
+            "bn_similarity",
+            lambda: similarities_while_reestimating(
+                ready, batches, dev, measure, reference, lambda f: report("bn_similarity", f)
+            ),
+        )
+        return ready, similarities
     ready = []
     for net in nets:
         reset_bn = reset_input_bn and has_batch_norm(net.module)
@@ -51,38 +70,7 @@ def ready_networks(
                 ),
             )
         ready.append(net)
-    return ready
-
-
-def ready_with_similarities(
-    nets: Sequence[Network],
-    batches: list[Batch],
-    dev: torch.device,
-    reset_input_bn: bool,
-    timings: dict[str, float],
-    report: Progress,
-    measure: str | None,
-    reference: int = 0,
-) -> tuple[list[Network], list[torch.Tensor] | None]:
-    """Return ``ready_networks``'s models and, when one pass gives both, their CKA.
-
-    measure: the CKA the alignment reads (None: none wanted from this step). When every model
-    re-estimates BatchNorm (stage "bn_similarity"), the CKA of the reference's layers against
-    each other model's, in order (``layer_similarities``); else None, and the caller runs its
-    own pass.
-    """
-    every = reset_input_bn and all(has_batch_norm(n.module) for n in nets)
-    if measure is None or not every:
-        return ready_networks(nets, batches, dev, reset_input_bn, timings, report), None
-    ready = [ready_network(n, dev, modifies=True) for n in nets]
-    similarities = timed(
-        timings,
-        "bn_similarity",
-        lambda: similarities_while_reestimating(
-            ready, batches, dev, measure, reference, lambda f: report("bn_similarity", f)
-        ),
-    )
-    return ready, similarities
+    return ready, None
 
 
 @torch.no_grad()

@@ -38,6 +38,7 @@ from heterogui.pipeline import (
     realign,
     zip_prepared,
 )
+from heterogui.ready import BN_STAGES
 from heterogui.zip.collect import collect_moments, shared_spaces
 from heterogui.zip.plan import stop_point
 
@@ -81,7 +82,7 @@ def measure_pair(
     t_a = forward_seconds(prep.padded_a.module, batches, device)
     t_b = forward_seconds(prep.padded_b.module, batches, device)
     t_m = forward_seconds(result.model, batches, device)
-    batch_norm = "bn_inputs" in prep.timings or "bn_similarity" in prep.timings
+    batch_norm = any(stage in prep.timings for stage in BN_STAGES)
     if batch_norm:  # BN passes run the models as they are, not padded
         t_a0 = forward_seconds(prep.net_a.module, batches, device)
         t_b0 = forward_seconds(prep.net_b.module, batches, device)

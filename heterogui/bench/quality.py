@@ -49,6 +49,7 @@ from heterogui.errors import MatcherError
 from heterogui.fusion.renormalize import renormalizes
 from heterogui.models.family import Network
 from heterogui.pipeline import Prepared, ZipSettings, prepare, realign, zip_prepared
+from heterogui.ready import BN_STAGES
 from heterogui.tasks.classification import Metrics, evaluate_merged, evaluate_models
 from heterogui.zip.plan import head_group_firsts
 from heterogui.zoo.pairs import (
@@ -158,7 +159,7 @@ def _alignment_rows(zoo: ZooPair, prep: Prepared, t_prep: float, test: Split, cf
     """
     rows, preps = {}, {}
     modes = MODES if depths_differ(zoo.net_a, zoo.net_b) else ("sma",)
-    shared = sum(prep.timings.get(k, 0.0) for k in ("bn_inputs", "bn_similarity", "similarity"))
+    shared = sum(prep.timings.get(k, 0.0) for k in (*BN_STAGES, "similarity"))
     for mode in modes:
         if mode == "sma":
             p, t = prep, t_prep

@@ -128,7 +128,7 @@ class Layer(nn.Module):
         x, mask = state
         dense, norm = self.attention.output.dense, self.attention.output.LayerNorm
         # an identity layer discards its attention (its FFN is not zero: bert_identity)
-        if may_skip(self, (dense,), (norm, *self.intermediate.modules(), *self.output.modules())):
+        if may_skip(self, (dense,), (norm, self.intermediate, self.output)):
             a = norm(bias_of(dense, x) + x)
         else:
             a = self.attention(x, mask[:, None, None, :].bool())

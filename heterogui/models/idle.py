@@ -31,14 +31,15 @@ def may_skip(
     """Return whether ``block`` may output its readers' biases instead of running its branches.
 
     readers: the modules that read the branches (a Linear, or a BatchNorm whose gain is the
-    weight). called: the sub-modules the short path still calls; a hook on any other module
-    of the block means the whole branch runs.
+    weight). called: the sub-modules the short path still calls (with everything inside them);
+    a hook on any other module of the block means the whole branch runs. Every block's forward
+    asks, so an unmarked block answers from its own ``__dict__`` (no attribute lookup miss).
     """
-    if not getattr(block, SKIPS_DISCARDED, False) or block.training:
+    if not block.__dict__.get(SKIPS_DISCARDED, False) or block.training:
         return False
     if any(bool(reader.weight.any()) for reader in readers):
         return False
-    allowed = {id(block), *(id(m) for m in called)}
+    allowed = {id(block), *(id(m) for c in called for m in c.modules())}
     return not any(
         (m._forward_hooks or m._forward_pre_hooks) and id(m) not in allowed for m in block.modules()
     )
