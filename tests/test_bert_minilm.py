@@ -117,4 +117,5 @@ def test_minilm_slider_latency_loads_analyses_and_times_releases():
     for key in ("zip_s", "merge_s", "metrics_s", "total_s"):
         assert 0 < report[key]["median"] <= report[key]["max"]
     assert report["figure_bytes"] > 0  # times are reported, not asserted (machines vary)
+    assert report["switch"]["mode"] == "lma"  # the switch ran no pass, or it raises
     assert "minilm" in format_latency([report])

@@ -590,7 +590,11 @@ def test_slider_latency_of_a_tiny_pair(res):
     for key in ("zip_s", "merge_s", "metrics_s", "total_s"):
         assert 0 < report[key]["median"] <= report[key]["max"]
     assert report["figure_bytes"] > 0  # times are reported, not asserted (machines vary)
-    assert PAIR in format_latency([report])
+    switch = report["switch"]  # SMA and LMA place this pair's layers differently
+    assert switch["mode"] == "lma" and switch["merge_s"] <= switch["total_s"]
+    assert all(switch[k] > 0 for k in ("cold_s", "idle_pass_s", "switch_s"))
+    text = format_latency([report])
+    assert PAIR in text and "switch to lma: cold" in text
 
 
 def test_an_export_uploads_as_a_model_and_merges_again(session, res, tmp_path):

@@ -33,6 +33,7 @@ from heterogui.ui import (  # noqa: E402
     tab_zip,
 )
 from heterogui.ui.figstyle import DARK_CSS, STATUS_CSS, style  # noqa: E402
+from heterogui.ui.prefetch import Prefetcher  # noqa: E402
 from heterogui.ui.resources import Resources  # noqa: E402
 from heterogui.ui.session import Session  # noqa: E402
 from heterogui.ui.summary import session_summary  # noqa: E402
@@ -110,10 +111,13 @@ def event_function(
     names: Sequence[str],
     n_inputs: int,
     lock_for: Callable[[Session], Any] | None = None,
+    idle: Prefetcher | None = None,
 ) -> Callable[..., list[Any]]:
     """Wrap a handler as a gradio function: errors become messages, views are re-rendered.
 
     lock_for: returns the lock that serialises this session's heavy steps (None: no lock).
+    idle: the app's background prefetch, paused while the event runs; a heavy step that
+    succeeds queues its session there (None: no prefetch).
 
     Raises:
         TypeError: at build time, when the handler does not take the event's inputs.
@@ -129,7 +133,10 @@ def event_function(
         values, progress = args[1 : 1 + n_inputs], args[1 + n_inputs]
         skip = [gr.skip() for _ in names]
         try:
-            with lock_for(session) if lock_for else contextlib.nullcontext():
+            with (
+                idle.busy() if idle else contextlib.nullcontext(),
+                lock_for(session) if lock_for else contextlib.nullcontext(),
+            ):
                 out = run_step(
                     session,
                     heavy=lock_for is not None,
@@ -155,6 +162,8 @@ def event_function(
                 session_summary(session),
                 *skip,
             ]
+        if idle is not None and lock_for is not None:
+            idle.schedule(session)
         return [
             session,
             gr.skip() if message is None else message,  # None: nothing to say, keep the line
@@ -219,8 +228,13 @@ class ComponentNames(dict):
         super().__setitem__(name, component)
 
 
-def build_app(res: Resources, heavy_limit: int = 2) -> gr.Blocks:
-    """Return the workbench Blocks (not launched). ``heavy_limit``: concurrent heavy events."""
+def build_app(res: Resources, heavy_limit: int = 2, prefetch: bool = True) -> gr.Blocks:
+    """Return the workbench Blocks (not launched). ``heavy_limit``: concurrent heavy events.
+
+    prefetch: collect the statistics of the other automatic placements while idle
+    (``ui.prefetch``), so that switching the alignment mode runs no pass; the app's
+    ``prefetcher`` attribute (None without).
+    """
     ui: dict[str, Any] = ComponentNames()
     with gr.Blocks(title="heterogui workbench", analytics_enabled=False) as demo:
         gr.Markdown(INTRO)
@@ -250,6 +264,8 @@ def build_app(res: Resources, heavy_limit: int = 2) -> gr.Blocks:
         def lock_for(session: Session) -> threading.Lock:
             return locks.get(session.sid)
 
+        idle = Prefetcher(lock_for) if prefetch else None
+
         def on(trigger, handler, inputs, scopes, api_name, heavy=False, light=False, extra=()):
             scope_list = SCOPES if scopes == "all" else tuple(scopes)
             names = [n for s in scope_list for n in views_of(s)] + list(extra)
@@ -266,7 +282,13 @@ def build_app(res: Resources, heavy_limit: int = 2) -> gr.Blocks:
                 kwargs.update(concurrency_limit=None, trigger_mode="always_last")
             return trigger(
                 event_function(
-                    handler, res, scope_list, names, len(inputs), lock_for if heavy else None
+                    handler,
+                    res,
+                    scope_list,
+                    names,
+                    len(inputs),
+                    lock_for if heavy else None,
+                    idle,
                 ),
                 inputs=[state, *[ui[i] for i in inputs]],
                 outputs=[state, ui["status"], ui["summary"], *[ui[n] for n in names]],
@@ -285,6 +307,15 @@ def build_app(res: Resources, heavy_limit: int = 2) -> gr.Blocks:
             extra=["tabs", *tab_models.PICKERS],
         )
     demo.ui = ui  # the components by name, for tests and screenshots
+    demo.prefetcher = idle
+    if idle is not None:  # closing the app stops its prefetch as well
+        close_app = demo.close
+
+        def close(*args: Any, **kwargs: Any) -> Any:
+            idle.close()
+            return close_app(*args, **kwargs)
+
+        demo.close = close
     return demo
 
 

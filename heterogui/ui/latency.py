@@ -11,10 +11,16 @@ server and without gradio, down to the figures' JSON:
    (``tab_zip.SCORED_SCOPES``: the Zip tab's readout, the Evaluate, Compare and Export tabs).
 
 The statistics are prepared once before timing, as the app does when a pair is loaded.
+
+Then, where SMA and LMA place the layers differently, an alignment switch to the other mode
+(``tab_align.on_mode`` and the views it redraws): cold, running its feature pass; and after the
+app's idle pass collected that placement ahead (``ui.prefetch``, timed as idle_pass_s), with
+the merge and metrics that follow it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from typing import Any
@@ -24,7 +30,8 @@ import torch
 
 from heterogui.bench.timing import clock
 from heterogui.pipeline import MergeResult, Prepared
-from heterogui.ui import app, tab_neurons, tab_zip, work
+from heterogui.ui import app, placements, tab_align, tab_neurons, tab_zip, work
+from heterogui.ui.prefetch import Prefetcher
 from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
 from heterogui.zoo.registry import PAIRS, TINY_PAIRS
@@ -151,7 +158,52 @@ def releases_latency(
         **{key: _stats(values) for key, values in times.items()},
         "figure_bytes": max(sizes),
         "under_1s": max(times["merge_s"]) < 1.0,
+        "switch": switch_latency(session, res),
     }
+
+
+def switch_latency(session: Session, res: Resources) -> dict[str, Any] | None:
+    """Time a switch to the placement the app collects while idle, cold and collected ahead.
+
+    Keys: mode (switched to), cold_s (switch with its feature pass, views drawn), idle_pass_s
+    (the prefetch's pass, in the background), switch_s (the switch once collected ahead),
+    merge_s / total_s (the merge after it, on screen / with its metrics). None when the
+    session holds every such placement already (SMA and LMA place the layers alike).
+    """
+    missing = placements.missing_placement(session)
+    if missing is None:
+        return None
+    mode, back = missing[1], session.prepared.alignment.mode
+    cold_s = _switch(session, res, mode)
+    _switch(session, res, back)
+    session.visited = []  # forget the placement the cold switch collected
+    idle = Prefetcher(lambda _s: contextlib.nullcontext(), thread=False)
+    idle.schedule(session)
+    start = time.perf_counter()
+    if not idle.run_once():
+        raise RuntimeError(f"the idle pass collected no {mode} placement")
+    idle_pass_s = time.perf_counter() - start
+    switch_s = _switch(session, res, mode, expect="reused")
+    step = _release(session, res, session.settings)
+    return {
+        "mode": mode,
+        "cold_s": cold_s,
+        "idle_pass_s": idle_pass_s,
+        "switch_s": switch_s,
+        "merge_s": step["merge_s"],
+        "total_s": step["total_s"],
+    }
+
+
+def _switch(session: Session, res: Resources, mode: str, expect: str | None = None) -> float:
+    """Switch the alignment mode as the Alignment tab does; return the seconds, views drawn."""
+    start = time.perf_counter()
+    status = tab_align.on_mode(session, res, mode, None)
+    render_step(session, res, tab_align.SWITCHED_SCOPES)
+    seconds = time.perf_counter() - start
+    if expect is not None and tab_align.ALIGNMENT_STATISTICS[expect] not in status:
+        raise RuntimeError(f"the switch to {mode} ran a pass: {status}")
+    return seconds
 
 
 def _release(session: Session, res: Resources, settings: Any) -> dict[str, float]:
@@ -188,8 +240,18 @@ def format_latency(rows: list[dict[str, Any]]) -> str:
         f"{r['pair']:<28} zip {r['zip_s']['median']:.3f}s; merge on screen "
         f"{r['merge_s']['median']:.3f}s; + metrics {r['metrics_s']['median']:.3f}s = "
         f"{r['total_s']['median']:.3f}s (max {r['total_s']['max']:.3f}s) on {r['device']}, "
-        f"{r['threads']} thread(s)"
+        f"{r['threads']} thread(s)" + _switch_text(r["switch"])
         for r in rows
+    )
+
+
+def _switch_text(switch: dict[str, Any] | None) -> str:
+    if switch is None:
+        return ""
+    return (
+        f"\n{'':<28} switch to {switch['mode']}: cold {switch['cold_s']:.3f}s; collected "
+        f"ahead while idle ({switch['idle_pass_s']:.3f}s) {switch['switch_s']:.3f}s, then "
+        f"merge on screen {switch['merge_s']:.3f}s, with metrics {switch['total_s']:.3f}s"
     )
 
 

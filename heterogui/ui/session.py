@@ -27,8 +27,9 @@ class Session:
     data: the calibration data the user chose (None: the task's default).
     calibration / evaluation: the data drawn for the current analysis.
     prepared: cached statistics of the pair (steps 1-3); re-merges start from it.
-    visited: the statistics of the alignments this analysis had before (the latest first), so
-        that switching back to one does not run the models again (``work.set_alignment``).
+    visited: the statistics of placements this analysis had before or collected ahead while
+        idle (the latest first), so that switching to one does not run the models again
+        (``ui.placements``).
     baseline: scores of "a", "b" and "ensemble" (computed once per analysis).
     history: one row per merge of this session (settings, sizes, scores).
     cancel_requested: set by the Cancel button; long steps check it between stages.

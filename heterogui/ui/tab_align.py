@@ -55,6 +55,8 @@ CLICK_HELP = (
     "(within its stage); the others stay where they are."
 )
 SEGMENT_HEADERS = ["stage", "shallow layer (slot)", "deep layers of its segment", "padding"]
+# The views an alignment switch redraws (a switch drops a merge of the old placement).
+SWITCHED_SCOPES = ("align", "neurons", "zip", "evaluate", "compare", "export")
 
 
 def build(ui: dict[str, Any], res: Resources) -> None:
@@ -201,7 +203,7 @@ def on_click(session: Session, res: Resources, a: Any, b: Any, progress=None) ->
 
 def wire(ui: dict[str, Any], on) -> None:
     """Register the tab's events."""
-    scopes = ("align", "neurons", "zip", "evaluate", "compare", "export")
+    scopes = SWITCHED_SCOPES
     on(ui["align_mode"].input, on_mode, ["align_mode", "mapping"], scopes, "align", heavy=True)
     on(
         ui["align_measure"].input,

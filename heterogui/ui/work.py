@@ -34,6 +34,7 @@ from heterogui.sizes import merge_size, reference_sizes
 from heterogui.sources.base import Loaded, Pair
 from heterogui.tasks import Calibration, Evaluation, Task, task_of
 from heterogui.ui.loading import pair_preflight
+from heterogui.ui.placements import remember, same_placement
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 
@@ -205,7 +206,8 @@ def set_alignment(
 
     Returns "same" when the new alignment places every layer where it already is (only its
     mode and score change), "reused" when this analysis already collected the statistics of
-    that placement (an alignment visited before, or a kept merge's), else "recomputed".
+    that placement (an alignment visited before, a kept merge's, or one the app collected
+    while idle: ``ui.prefetch``), else "recomputed".
 
     Raises:
         AlignmentError: unknown mode or an invalid manual mapping (the old one is kept).
@@ -217,7 +219,7 @@ def set_alignment(
     ga, gb = prepared.net_a.graph(), prepared.net_b.graph()
     manual = read_mapping(mapping_text, prepared.alignment, ga, gb) if mode == "manual" else None
     new_alignment = align(ga, gb, prepared.similarity, mode, manual)
-    earlier = _same_placement(session, prepared, new_alignment)
+    earlier = same_placement(session, prepared, new_alignment)
     if earlier is prepared:
         how = "same"
     elif earlier is not None:
@@ -226,8 +228,8 @@ def set_alignment(
         how = "recomputed"
         earlier = realign(prepared, mode, manual, guarded(session, progress))
     if earlier is not prepared:
-        visited = [prepared, *(p for p in session.visited if p is not earlier)]
-        session.visited = _within_budget(visited[:VISITED_ALIGNMENTS], run.stats_budget() // 2)
+        session.visited = [p for p in session.visited if p is not earlier]
+        remember(session, [prepared])
     # the same object when nothing changes: what is derived from it (correlations) is kept
     same = earlier.alignment == new_alignment and earlier.measure == prepared.measure
     session.prepared = (
@@ -238,50 +240,6 @@ def set_alignment(
     if session.result is not None and session.result.alignment != session.prepared.alignment:
         session.result, session.merged_metrics, session.sweep = None, None, []
     return how
-
-
-# The statistics of earlier placements a session keeps for switching back (up to as large as the
-# current one's: 138 MB for MiniLM, less the merge points they share with it; a merge kept for
-# the Compare tab keeps its own anyway), the latest first, while they take at most half the
-# statistics budget (``run.stats_budget``).
-VISITED_ALIGNMENTS = 2
-
-
-def _within_budget(visited: list[Prepared], budget: int) -> list[Prepared]:
-    """Return the longest prefix of ``visited`` whose statistics fit in ``budget`` bytes.
-
-    A merge point's statistics that several placements share (``zip.reuse``) count once.
-    """
-    kept, used, counted = [], 0, set()
-    for prepared in visited:
-        fresh = {id(m): m for m in prepared.stats.values() if id(m) not in counted}
-        used += sum(m.nbytes for m in fresh.values())
-        counted.update(fresh)
-        if used > budget:
-            break
-        kept.append(prepared)
-    return kept
-
-
-def _same_placement(session: Session, prepared: Prepared, alignment: Any) -> Prepared | None:
-    """Return statistics of this analysis collected for ``alignment``'s placement, if any.
-
-    Candidates: the current ones, the placements visited before and those of kept merges;
-    only those of the same analysis (the same CKA and calibration batches) count.
-    """
-    kept = [r.prepared for r in (session.result, *session.kept.values()) if r is not None]
-    for candidate in (prepared, *session.visited, *kept):
-        same_analysis = (
-            candidate.similarities is prepared.similarities
-            and candidate.batches is prepared.batches
-        )
-        placed = (candidate.alignment.positions_a, candidate.alignment.positions_b) == (
-            alignment.positions_a,
-            alignment.positions_b,
-        )
-        if same_analysis and placed:
-            return candidate
-    return None
 
 
 def require_prepared(session: Session) -> Prepared:

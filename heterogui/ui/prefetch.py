@@ -1,0 +1,173 @@
+"""Placements the workbench collects while nobody waits, so that an alignment switch is instant.
+
+Switching the alignment mode to a placement a session has no statistics for runs both padded
+models over the calibration data (MiniLM L6 + L3: about 3 s on 2 cores; SmolLM2: about 18 s).
+After every heavy step of a session, the app hands the session to one ``Prefetcher``; its
+background thread collects the session's missing ``placements.PREFETCH_MODES`` placements
+(``pipeline.realign``, the call the switch makes) and gives each to the session
+(``placements.adopt_placement``), where the switch finds it.
+
+It never delays anyone: it starts only after ``quiet_s`` without any event of any session, and
+an event that starts meanwhile (any session's) stops its pass at the next batch; the placement
+is tried again once all is quiet. What it collected counts against the session's kept
+placements (``placements.remember``: two, within half the statistics budget).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from heterogui import run
+from heterogui.errors import Cancelled
+from heterogui.pipeline import realign
+from heterogui.ui.placements import adopt_placement, missing_placement
+from heterogui.ui.session import Session
+
+log = logging.getLogger(__name__)
+
+
+class Prefetcher:
+    """A background thread that collects sessions' missing placements when the app is idle.
+
+    The thread starts with the first queued session and ends when none is left.
+
+    lock_for: the lock that serialises a session's heavy steps (the prefetch takes it only to
+    hand its result over). quiet_s: how long no event may have run before a pass starts.
+    ``busy`` wraps every event; ``schedule`` queues a session after its step.
+    """
+
+    def __init__(
+        self, lock_for: Callable[[Session], Any], quiet_s: float = 0.5, thread: bool = True
+    ) -> None:
+        self._lock_for = lock_for
+        self._quiet_s = quiet_s
+        self._use_thread = thread
+        self._cond = threading.Condition()
+        self._queue: dict[str, Session] = {}  # by session id, the latest last
+        self._running = 0  # events running now, all sessions
+        self._last_event = 0.0  # time.monotonic() when the last event ended
+        self._working = False  # a pass is running
+        self._failed: set[tuple[int, str]] = set()  # (analysis, mode) that raised: not retried
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Mark an event as running: a pass in progress stops at its next batch."""
+        with self._cond:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._last_event = time.monotonic()
+                self._cond.notify_all()
+
+    def schedule(self, session: Session) -> None:
+        """Queue ``session``: its missing placements are collected once the app is idle."""
+        with self._cond:
+            if self._closed:
+                return
+            self._queue.pop(session.sid, None)
+            self._queue[session.sid] = session
+            if self._use_thread and self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="heterogui-prefetch", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _interrupted(self) -> bool:
+        return self._running > 0 or self._closed
+
+    def run_once(self) -> bool:
+        """Collect one missing placement of the latest queued session; True if one was adopted.
+
+        A session with nothing missing leaves the queue; an interrupted pass leaves it queued.
+        """
+        with self._cond:
+            if not self._queue or self._interrupted():
+                return False
+            sid, session = next(reversed(self._queue.items()))
+            self._working = True
+        try:
+            return self._collect(sid, session)
+        finally:
+            with self._cond:
+                self._working = False
+                self._cond.notify_all()
+
+    def _collect(self, sid: str, session: Session) -> bool:
+        missing = missing_placement(session)
+        if missing is not None and (id(missing[0].similarities), missing[1]) in self._failed:
+            missing = None
+        if missing is None:
+            self._dequeue(sid, session)
+            return False
+        prepared, mode = missing
+        try:
+            collected = realign(prepared, mode, None, run.guarded(None, self._interrupted))
+        except Cancelled:
+            return False  # an event started: tried again when all is quiet
+        except Exception:  # a bug must not stop the thread: the switch will say what fails
+            log.exception("collecting the %s placement ahead failed", mode)
+            self._forget_after_failures()
+            self._failed.add((id(prepared.similarities), mode))
+            return False
+        with self._lock_for(session):
+            adopted = adopt_placement(session, collected)
+        if not adopted:  # the session moved on, or nothing to keep: do not collect it again
+            self._forget_after_failures()
+            self._failed.add((id(prepared.similarities), mode))
+        return adopted
+
+    def _forget_after_failures(self, most: int = 64) -> None:
+        if len(self._failed) >= most:  # ids of analyses long gone may come back
+            self._failed.clear()
+
+    def _dequeue(self, sid: str, session: Session) -> None:
+        with self._cond:
+            if self._queue.get(sid) is session:
+                del self._queue[sid]
+
+    def _wait_for_turn(self) -> bool:
+        """Block until ``quiet_s`` of quiet; False (the thread ends) once closed or no work."""
+        with self._cond:
+            while not self._closed and self._queue:
+                quiet_for = time.monotonic() - self._last_event
+                if self._running == 0 and quiet_for >= self._quiet_s:
+                    return True
+                self._cond.wait(None if self._running else self._quiet_s - quiet_for)
+            self._thread = None  # the next ``schedule`` starts another
+            return False
+
+    def _loop(self) -> None:
+        while self._wait_for_turn():
+            self.run_once()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is queued or running; True if so within ``timeout`` s (tests)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._working:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def close(self) -> None:
+        """Stop the thread (a pass in progress stops at its next batch)."""
+        with self._cond:
+            self._closed = True
+            self._queue.clear()
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
