@@ -355,66 +355,90 @@ def space_correlation(
 
 
 def match_spaces(
-    prepared: Prepared, settings: ZipSettings, stop: int, only: Collection[str] | None = None
+    prepared: Prepared,
+    settings: ZipSettings,
+    stop: int,
+    only: Collection[str] | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> dict[str, Match]:
     """Return the matching of every merge point that a trunk of ``stop`` blocks uses.
 
     Every merge point is matched to the width ``plan_widths`` gives; the attention spaces of
     one head group share one head pairing. only: match just these merge points (whole head
-    groups), for a part of the statistics.
+    groups), for a part of the statistics. progress: called with the fraction of merge
+    points matched, after each one or head group (so that a cancel takes effect there).
 
     Raises:
         ConfigError, MatcherError: see ``plan_widths`` and the matchers.
     """
     ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
     plan = plan_widths(ga, gb, settings, stop)
-    matches = {}
+    matches: dict[str, Match] = {}
     head_groups: dict[str, list[str]] = {}
-    for space, (n_a, n_b, width) in plan.items():
+    singles, order = [], []  # order: the matchings' order (plan order, head groups last)
+    for space, (n_a, n_b, _width) in plan.items():
         if only is not None and space not in only:
             continue
         if space in ga.dead or space in gb.dead:
             matches[space] = keep_one_match(n_a, n_b, "b" if space in ga.dead else "a")
+            order.append(space)
         elif ga.spaces[space].head_dim:
             head_groups.setdefault(head_group_first(ga, space), []).append(space)
         else:
-            knobs = settings.for_space(space)
-            corr = correlation(prepared, space, stop)
-            matches[space] = MATCHERS[knobs["matcher"]](
-                corr, n_a, n_b, width=width, alpha=knobs["alpha"], beta=knobs["beta"]
-            )
-    for first, names in head_groups.items():
-        knobs = settings.for_space(first)
-        n_a, n_b, width = plan[first]
-        spaces = [ga.spaces[n] for n in names]
-        if any(s.role for s in spaces):
-            unit = ga.spaces[first].unit
-            pairs = head_group_pairs(n_a, n_b, unit, knobs["matcher"], 1.0, width)
-            corrs = {s.name: correlation(prepared, s.name, stop) for s in spaces if s.captures}
-            matches.update(
-                match_rotary_group(
-                    corrs,
-                    {s.name: s.role for s in spaces},
-                    {n: plan[n][:2] for n in names},
-                    spaces[0].head_dim,
-                    max(s.unit_heads for s in spaces),
-                    pairs,
-                    knobs["matcher"],
-                )
-            )
-            continue
-        corrs = {n: correlation(prepared, n, stop) for n in names}
+            singles.append(space)
+            order.append(space)
+    total = max(len(singles) + len(head_groups), 1)
+    report = progress or (lambda _fraction: None)
+    for done, space in enumerate(singles, 1):
+        n_a, n_b, width = plan[space]
+        knobs = settings.for_space(space)
+        corr = correlation(prepared, space, stop)
+        matches[space] = MATCHERS[knobs["matcher"]](
+            corr, n_a, n_b, width=width, alpha=knobs["alpha"], beta=knobs["beta"]
+        )
+        report(done / total)
+    for done, (first, names) in enumerate(head_groups.items(), len(singles) + 1):
+        _match_head_group(prepared, settings, stop, plan, first, names, matches)
+        report(done / total)
+    return {k: matches[k] for k in order} | matches
+
+
+def _match_head_group(
+    prepared: Prepared,
+    settings: ZipSettings,
+    stop: int,
+    plan: dict[str, tuple[int, int, int]],
+    first: str,
+    names: list[str],
+    matches: dict[str, Match],
+) -> None:
+    """Add the matchings of one head group's spaces (one head pairing) to ``matches``."""
+    ga = prepared.padded_a.graph()
+    knobs = settings.for_space(first)
+    n_a, n_b, width = plan[first]
+    spaces = [ga.spaces[n] for n in names]
+    if any(s.role for s in spaces):
+        unit = ga.spaces[first].unit
+        pairs = head_group_pairs(n_a, n_b, unit, knobs["matcher"], 1.0, width)
+        corrs = {s.name: correlation(prepared, s.name, stop) for s in spaces if s.captures}
         matches.update(
-            match_head_group(
+            match_rotary_group(
                 corrs,
-                n_a,
-                n_b,
-                ga.spaces[first].head_dim,
-                matcher=knobs["matcher"],
-                width=width,
+                {s.name: s.role for s in spaces},
+                {n: plan[n][:2] for n in names},
+                spaces[0].head_dim,
+                max(s.unit_heads for s in spaces),
+                pairs,
+                knobs["matcher"],
             )
         )
-    return matches
+        return
+    corrs = {n: correlation(prepared, n, stop) for n in names}
+    matches.update(
+        match_head_group(
+            corrs, n_a, n_b, ga.spaces[first].head_dim, matcher=knobs["matcher"], width=width
+        )
+    )
 
 
 def zip_prepared(
@@ -437,7 +461,11 @@ def zip_prepared(
     check_fusion(settings.fusion, settings.ridge)
     regressions: dict[str, Regression] = {}
     if prepared.stats or prepared.stats_budget is None:
-        matches = timed(timings, "match", lambda: match_spaces(prepared, settings, stop))
+        matches = timed(
+            timings,
+            "match",
+            lambda: match_spaces(prepared, settings, stop, progress=lambda f: report("match", f)),
+        )
         regressions = timed(
             timings, "regression", lambda: _regressions(prepared, settings, stop, matches)
         )

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from heterogui import pipeline
+from heterogui.errors import Cancelled
 from heterogui.ui import app, placements, prefetch, tab_align, tab_models, tab_zip, work
 from heterogui.ui.prefetch import Prefetcher
 from heterogui.ui.resources import Resources, ZooPairs
@@ -42,10 +43,13 @@ def own_lock(_session: Session) -> threading.Lock:
 
 
 def forbid_passes(monkeypatch) -> None:
+    """Fail on a feature pass or a correlation formed again (the idle pass did both)."""
+
     def forbidden(*args, **kwargs):
-        raise AssertionError("a placement collected ahead must not run the models again")
+        raise AssertionError("a placement collected ahead must not be computed again")
 
     monkeypatch.setattr(work, "realign", forbidden)
+    monkeypatch.setattr(pipeline, "space_correlation", forbidden)
 
 
 def merge(session: Session, res: Resources) -> dict[str, torch.Tensor]:
@@ -135,6 +139,23 @@ def test_the_app_collects_ahead_after_a_step_and_the_switch_reuses_it(res, monke
         assert [p.alignment.mode for p in session.visited] == ["lma"]
         forbid_passes(monkeypatch)
         assert "from before, no new pass" in tab_align.on_mode(session, res, "lma", None)
+        merge(session, res)
     finally:
         idle.close()
     assert not app.build_app(res, prefetch=False).prefetcher
+
+
+def test_matching_reports_each_merge_point_and_stops_where_it_is_cancelled(session):
+    prepared = session.prepared
+    stop = prepared.padded_a.graph().num_blocks - 1
+    settings = pipeline.ZipSettings(rho=0.25)  # widths not matched before
+    fractions = []
+    matches = pipeline.match_spaces(prepared, settings, stop, progress=fractions.append)
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) > 1
+    assert len(fractions) == len([s for s in matches if s not in prepared.padded_a.graph().dead])
+
+    def cancel(_fraction):
+        raise Cancelled("stop")
+
+    with pytest.raises(Cancelled):
+        pipeline.match_spaces(prepared, pipeline.ZipSettings(rho=0.4), stop, progress=cancel)

@@ -5,7 +5,9 @@ models over the calibration data (MiniLM L6 + L3: about 3 s on 2 cores; SmolLM2:
 After every heavy step of a session, the app hands the session to one ``Prefetcher``; its
 background thread collects the session's missing ``placements.PREFETCH_MODES`` placements
 (``pipeline.realign``, the call the switch makes) and gives each to the session
-(``placements.adopt_placement``), where the switch finds it.
+(``placements.adopt_placement``), where the switch finds it; then it matches them at the
+session's settings, so that the Neurons tab and the next merge find the matching's costly part
+done (the correlations and the greedy zip's runs are kept with the statistics).
 
 It never delays anyone: it starts only after ``quiet_s`` without any event of any session, and
 an event that starts meanwhile (any session's) stops its pass at the next batch; the placement
@@ -23,10 +25,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from heterogui import run
-from heterogui.errors import Cancelled
-from heterogui.pipeline import realign
+from heterogui.errors import Cancelled, HeteroguiError
+from heterogui.pipeline import Prepared, ZipSettings, match_spaces, realign
 from heterogui.ui.placements import adopt_placement, missing_placement
 from heterogui.ui.session import Session
+from heterogui.zip.plan import stop_point
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +125,29 @@ class Prefetcher:
             return False
         with self._lock_for(session):
             adopted = adopt_placement(session, collected)
+            settings = session.settings
         if not adopted:  # the session moved on, or nothing to keep: do not collect it again
             self._forget_after_failures()
             self._failed.add((id(prepared.similarities), mode))
-        return adopted
+            return False
+        self._warm_matching(collected, settings)
+        return True
+
+    def _warm_matching(self, collected: Prepared, settings: ZipSettings) -> None:
+        """Match ``collected`` at ``settings``, as the Neurons tab and the next merge will.
+
+        The correlations and the greedy zip's runs are kept with the statistics
+        (``pipeline.correlation``, ``zip.greedy``), so after the switch neither is computed
+        again; what an event interrupts stays done.
+        """
+        stop = stop_point(collected.padded_a.graph(), settings)
+        # stopped by an event, or knobs the merge will refuse (it says why then)
+        with contextlib.suppress(Cancelled, HeteroguiError):
+            match_spaces(collected, settings, stop, progress=self._stop_when_interrupted)
+
+    def _stop_when_interrupted(self, _fraction: float) -> None:
+        if self._interrupted():
+            raise Cancelled("an event started")
 
     def _forget_after_failures(self, most: int = 64) -> None:
         if len(self._failed) >= most:  # ids of analyses long gone may come back
