@@ -22,15 +22,21 @@ PAIR = "tiny-digits-vgg-depth"
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
+def served(tmp_path_factory):
+    """Return (the app, its address), launched on 127.0.0.1."""
     exports = tmp_path_factory.getbasetemp()  # every test's tmp_path lies below it
     demo = build_app(
         Resources(ZooPairs(tiny=True), device="cpu", default_pair=PAIR, export_root=exports)
     )
     address = launch(demo, "127.0.0.1", None, block=False)
     assert address.startswith("http://127.0.0.1:")
-    yield address
+    yield demo, address
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def url(served):
+    return served[1]
 
 
 def call(client: Client, api: str, *args):
@@ -123,6 +129,17 @@ def test_the_renormalization_over_the_api(url):
     status, summary, _ = call(client, "/remerge", True, "zip", 0.5, 1.0, 0.6, stop, "cpu")
     assert "renormaliz" not in status
     assert [h["renormalize"] for h in summary["history"]] == [True, False]
+
+
+def test_after_a_step_the_app_collects_the_other_placement_and_the_switch_reuses_it(served):
+    demo, url = served
+    client = Client(url, verbose=False)
+    status, summary, _ = call(client, "/start")
+    assert summary["alignment"]["mode"] == "sma"
+    assert demo.prefetcher.wait_idle(120)  # the pair's LMA placement, collected while idle
+    status, summary, _ = call(client, "/align", "lma", "")
+    assert "statistics of this placement from before, no new pass" in status
+    assert summary["alignment"]["mode"] == "lma"
 
 
 def test_two_clients_do_not_see_each_other(url):
