@@ -20,6 +20,7 @@ from torch import nn
 from heterogui import pipeline
 from heterogui.fusion.merged import MergedSpec, build_merged
 from heterogui.memo import ObjectMemo
+from heterogui.models.capture import on_this_thread
 from heterogui.zip.plan import plan_widths, stop_point
 
 _COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -59,7 +60,8 @@ def layer_flops(module: nn.Module, input_shape: tuple[int, ...]) -> dict[str, in
         flops[names[mod]] = flops.get(names[mod], 0) + _layer_flops(mod, out)
 
     was_training = module.training
-    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, _COUNTED)]
+    counted = [m for m in module.modules() if isinstance(m, _COUNTED)]
+    handles = [m.register_forward_hook(on_this_thread(hook)) for m in counted]
     try:
         module.eval()  # never let a counting run touch BatchNorm running statistics
         with torch.no_grad():

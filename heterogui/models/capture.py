@@ -1,7 +1,14 @@
-"""Capture module outputs with forward hooks that are always removed (docs/method.md sec. 6)."""
+"""Capture module outputs with forward hooks that are always removed (docs/method.md sec. 6).
+
+Hooks act only on forwards of the thread that registered them (``on_this_thread``): a module
+may run in several threads at once (the workbench's sessions share demo models and its idle
+pass runs beside the events), and another thread's forward must neither feed a pass's
+captures nor be stopped by them.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -28,11 +35,22 @@ def capture_outputs(
         for name in names:
             if name not in modules:
                 raise KeyError(f"no submodule named {name!r}")
-            handles.append(modules[name].register_forward_hook(_store(found, name, then)))
+            hook = on_this_thread(_store(found, name, then))
+            handles.append(modules[name].register_forward_hook(hook))
         yield found
     finally:
         for handle in handles:
             handle.remove()
+
+
+def on_this_thread(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """Return ``hook`` acting only when called on the thread that calls this (a no-op elsewhere)."""
+    owner = threading.get_ident()
+
+    def guarded(*args: Any) -> Any:
+        return hook(*args) if threading.get_ident() == owner else None
+
+    return guarded
 
 
 def _store(found: dict[str, torch.Tensor], name: str, then: Callable[[str], None] | None):
@@ -68,7 +86,7 @@ def capture_inputs(module: nn.Module, names: Iterable[str]) -> Iterator[dict[str
         for name in names:
             if name not in modules:
                 raise KeyError(f"no submodule named {name!r}")
-            handles.append(modules[name].register_forward_pre_hook(keep(name)))
+            handles.append(modules[name].register_forward_pre_hook(on_this_thread(keep(name))))
         yield found
     finally:
         for handle in handles:
@@ -82,7 +100,7 @@ def first_block_input(module: nn.Module, batch: Batch) -> Any:
         raise _Captured
 
     with capture_inputs(module, ["blocks.0"]) as found, suppress(_Captured):
-        handle = module.get_submodule("blocks.0").register_forward_pre_hook(stop)
+        handle = module.get_submodule("blocks.0").register_forward_pre_hook(on_this_thread(stop))
         try:
             run_model(module, batch)
         finally:
