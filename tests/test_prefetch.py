@@ -159,3 +159,21 @@ def test_matching_reports_each_merge_point_and_stops_where_it_is_cancelled(sessi
 
     with pytest.raises(Cancelled):
         pipeline.match_spaces(prepared, pipeline.ZipSettings(rho=0.4), stop, progress=cancel)
+
+
+def test_a_failing_pass_is_logged_not_retried_and_leaves_the_session_as_it_was(
+    session, monkeypatch, caplog
+):
+    idle = Prefetcher(own_lock, thread=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the pass")
+
+    monkeypatch.setattr(prefetch, "realign", broken)
+    idle.schedule(session)
+    assert not idle.run_once() and "collecting the lma placement ahead failed" in caplog.text
+    assert not idle.run_once()  # not tried again: the session leaves the queue
+    assert idle.wait_idle(0) and session.visited == []
+    monkeypatch.setattr(prefetch, "missing_placement", broken)
+    idle.schedule(session)
+    assert not idle.run_once() and idle.wait_idle(0)  # any other bug: the session leaves too

@@ -101,13 +101,18 @@ class Prefetcher:
             self._working = True
         try:
             return self._collect(sid, session)
+        except Exception:  # a bug must not end the thread or retry forever: log, drop it
+            log.exception("collecting a placement ahead failed")
+            self._dequeue(sid, session)
+            return False
         finally:
             with self._cond:
                 self._working = False
                 self._cond.notify_all()
 
     def _collect(self, sid: str, session: Session) -> bool:
-        missing = missing_placement(session)
+        with self._lock_for(session):  # read the session while none of its steps changes it
+            missing = missing_placement(session)
         if missing is not None and (id(missing[0].similarities), missing[1]) in self._failed:
             missing = None
         if missing is None:
@@ -118,7 +123,7 @@ class Prefetcher:
             collected = realign(prepared, mode, None, run.guarded(None, self._interrupted))
         except Cancelled:
             return False  # an event started: tried again when all is quiet
-        except Exception:  # a bug must not stop the thread: the switch will say what fails
+        except Exception:  # not retried: the switch itself will say what fails
             log.exception("collecting the %s placement ahead failed", mode)
             self._forget_after_failures()
             self._failed.add((id(prepared.similarities), mode))
