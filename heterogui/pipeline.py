@@ -8,101 +8,58 @@ running A or B again, which is what the workbench calls when a slider moves.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
 import torch
 
-from heterogui.align.alignment import Alignment, align, placed_by_depths
+from heterogui.align.alignment import align, placed_by_depths
 from heterogui.align.pad import pad_network
+from heterogui.align.segment import NEEDS_SIMILARITY
 from heterogui.align.similarity import layer_similarity, resolve_measure
 from heterogui.config import check_fusion
-from heterogui.errors import ConfigError, MatcherError
+from heterogui.errors import ConfigError
 from heterogui.fusion.assemble import build_merge, least_squares_unmerges
-from heterogui.fusion.fuse import SpaceTransform
-from heterogui.fusion.merged import MergedModel, MergedSpec
+from heterogui.fusion.merged import MergedModel
 from heterogui.fusion.regression import Regression
 from heterogui.fusion.renormalize import parents_statistics, renormalize
+from heterogui.matching import correlation, match_spaces, space_correlation
 from heterogui.memo import ObjectMemo
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network
 from heterogui.models.graph import ModelGraph
 from heterogui.pair_check import check_pair
+from heterogui.prepared import MergeResult, Prepared
 from heterogui.ready import BN_STAGES, Progress, ready_with_similarities
 from heterogui.stages import timed
 from heterogui.zip.collect import (
-    StatKey,
     collect_moments,
     pass_bytes,
-    pooled_moments,
     shared_spaces,
     similarity_and_moments,
     statistics_bytes,
 )
-from heterogui.zip.heads import head_group_pairs, match_head_group
-from heterogui.zip.matchers import MATCHERS, Match, keep_one_match
+from heterogui.zip.matchers import Match
 from heterogui.zip.plan import ZipSettings, head_group_first, plan_widths, stop_point
-from heterogui.zip.reuse import realigned_moments
-from heterogui.zip.rotary import match_rotary_group
-from heterogui.zip.stats import Moments
+from heterogui.zip.reuse import own_layers, realigned_moments
 
 log = logging.getLogger(__name__)
-PREPARE_ONLY_STAGES = (*BN_STAGES, "similarity", "analysis")
-
-
-@dataclass
-class Prepared:
-    """What steps 1-3 produce; everything a re-merge needs.
-
-    stats_budget: the most bytes of feature statistics held at once (None: no limit). When all
-    merge points' statistics need more, ``stats`` stays empty and every zip collects them part
-    by part (``chunked_matches``): a pass over the calibration data per part, each part matched
-    and dropped before the next, with the same matches as one pass.
-    keep_correlations: keep the correlations formed from ``stats`` while this object lives
-    (``correlation``); off for the short-lived parts of ``chunked_matches``.
-    similarities: the CKA matrix of each measure computed for this analysis (shared by every
-    Prepared derived from it; ``with_measure`` adds to it), measure: the one the alignment reads.
-    """
-
-    net_a: Network
-    net_b: Network
-    similarities: dict[str, torch.Tensor]
-    alignment: Alignment
-    padded_a: Network
-    padded_b: Network
-    stats: dict[StatKey, Moments]
-    batches: list[Batch]
-    device: torch.device
-    timings: dict[str, float] = field(default_factory=dict)
-    stats_budget: int | None = None
-    keep_correlations: bool = True
-    measure: str = "outputs"
-
-    @property
-    def similarity(self) -> torch.Tensor | None:
-        """Return the CKA matrix the alignment reads: the one of ``measure`` (None: none)."""
-        return self.similarities.get(self.measure)
-
-
-@dataclass
-class MergeResult:
-    """The merged model with everything that explains it."""
-
-    model: MergedModel
-    spec: MergedSpec
-    alignment: Alignment
-    matches: dict[str, Match]
-    transforms: dict[str, SpaceTransform]
-    prepared: Prepared
-    settings: ZipSettings
-    timings: dict[str, float] = field(default_factory=dict)
-    renormalized: int = 0  # merged outputs renormalization rescaled (settings.renormalize)
-
-    def widths(self) -> dict[str, tuple[int, int, int]]:
-        """Return (n_A, n_B, merged width) for every merge point."""
-        return {s: (m.n_a, m.n_b, m.width) for s, m in self.matches.items()}
+# also the names callers import from here: the step-4 matching (``matching``) and the results
+__all__ = [
+    "MergeResult",
+    "Prepared",
+    "ZipSettings",
+    "correlation",
+    "match_spaces",
+    "prepare",
+    "realign",
+    "space_correlation",
+    "with_measure",
+    "zip_prepared",
+]
+PREPARE_ONLY_STAGES = (*BN_STAGES, "similarity", "probe", "analysis")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -160,6 +117,10 @@ def prepare(
     )
     if one_pass:
         return analysed_in_one_pass(analysis, mode, measure, progress)
+    if similarities is None and len(batches) > 1:
+        probed = analysed_from_probe(analysis, mode, manual, measure, progress)
+        if probed is not None:
+            return probed
     if similarities is None:  # a pass of its own
         prepared = timed(timings, "similarity", lambda: with_measure(analysis, measure, progress))
     else:  # from the BatchNorm re-estimation pass (heterogui.ready)
@@ -210,6 +171,74 @@ def analysed_in_one_pass(
         padded_b=analysis.net_b,
         stats=stats,
     )
+
+
+def analysed_from_probe(
+    analysis: Prepared,
+    mode: str,
+    manual: dict[str, list[list[int]]] | None,
+    measure: str,
+    progress: Progress | None = None,
+) -> Prepared | None:
+    """Return ``prepare``'s result from about one pass: the CKA and the statistics together.
+
+    The CKA of the first batch alone (stage "probe"; none for the modes that do not read it)
+    places the layers; the pair padded so then runs once over every batch (stage
+    "analysis") for both the whole CKA, read at the padded models' own blocks (they compute
+    the unpadded models' layers), and the feature statistics. When the whole CKA places the
+    layers elsewhere, ``realign`` collects the merge points whose blocks moved. None (nothing
+    run but the probe): the padded pair's statistics exceed the budget.
+    """
+    report = progress or (lambda _stage, _frac: None)
+    timings, batches, dev = analysis.timings, analysis.batches, analysis.device
+    net_a, net_b = analysis.net_a, analysis.net_b
+    ga, gb = net_a.graph(), net_b.graph()
+    probe = None
+    if mode in NEEDS_SIMILARITY:
+        probe = timed(
+            timings,
+            "probe",
+            lambda: layer_similarity(
+                net_a, net_b, batches[:1], dev, lambda f: report("probe", f), measure
+            ),
+        )
+    guess = align(ga, gb, probe, mode, manual)
+    padded = timed(
+        timings,
+        "padding",
+        lambda: [
+            pad_aligned(net, pos, guess.depths, batches, dev)
+            for net, pos in ((net_a, guess.positions_a), (net_b, guess.positions_b))
+        ],
+    )
+    pa, pb = padded[0].graph(), padded[1].graph()
+    if not statistics_fit(pa, pb, len(batches), analysis.stats_budget):
+        return None
+    (similarity,), stats = timed(
+        timings,
+        "analysis",
+        lambda: similarity_and_moments(
+            padded,
+            batches,
+            dev,
+            lambda f: report("analysis", f),
+            measure,
+            layers=[own_layers(padded[0], net_a), own_layers(padded[1], net_b)],
+        ),
+    )
+    prepared = replace(
+        analysis,
+        similarities={measure: similarity},
+        measure=measure,
+        alignment=guess,
+        padded_a=padded[0],
+        padded_b=padded[1],
+        stats=stats,
+    )
+    final = timed(timings, "alignment", lambda: align(ga, gb, similarity, mode, manual))
+    if (final.positions_a, final.positions_b) == (guess.positions_a, guess.positions_b):
+        return replace(prepared, alignment=final)
+    return realign(prepared, mode, manual, progress)
 
 
 def with_measure(prepared: Prepared, measure: str, progress: Progress | None = None) -> Prepared:
@@ -278,6 +307,7 @@ def realign(
                 prepared.batches,
                 prepared.device,
                 lambda f: report("features", f),
+                regroup=not grouped_as_given(prepared),
             ),
         )
     return replace(
@@ -288,6 +318,15 @@ def realign(
         stats=stats,
         timings=timings,
     )
+
+
+def grouped_as_given(prepared: Prepared) -> bool:
+    """Return True when ``prepared``'s statistics came from the batches as given.
+
+    A pass that also gave the CKA (stage "analysis": the one-pass analyses) takes them as
+    given; a feature pass of its own regroups token batches by length (``collect_moments``).
+    """
+    return "analysis" in prepared.timings
 
 
 def pad_aligned(
@@ -305,140 +344,9 @@ def pad_aligned(
     return padded
 
 
-# Correlations formed from a prepared pair's statistics, kept while the pair lives: every
-# re-merge (a slider move) and the Neurons tab read them again, and forming a 3,072-feature one
-# from the sums takes a tenth of a second.
-_CORRELATIONS = ObjectMemo()
-
-
 # A's and B's statistics at the outputs renormalization corrects (fusion.renormalize), kept
 # while the pair lives: they do not depend on the matching, so a re-merge does not run A and B.
 _PARENT_SUMS = ObjectMemo()
-
-
-def correlation(prepared: Prepared, space: str, stop: int | None) -> torch.Tensor:
-    """Return the correlation of ``space`` over its captures before ``stop``: (O, O) float32.
-
-    Kept in float32 (half the memory; rounding 6e-8, below the 1e-6 of the statistics'
-    float32 products) and shared: do not modify it. stop None: all of the space's captures.
-
-    Raises:
-        MatcherError: A's or B's features at ``space`` overflowed (inf or NaN) on the data.
-    """
-
-    def compute() -> torch.Tensor:
-        return space_correlation(prepared.stats, prepared.padded_a.graph(), space, stop)
-
-    if not prepared.keep_correlations:
-        return compute()
-    return _CORRELATIONS.get(prepared, (space, stop), compute)
-
-
-def space_correlation(
-    stats: dict[StatKey, Moments], graph: ModelGraph, space: str, stop: int | None
-) -> torch.Tensor:
-    """Return the float32 correlation of ``space``'s pooled moments before ``stop``.
-
-    Raises:
-        MatcherError: a model's features at ``space`` overflowed (inf or NaN) on the data.
-    """
-    moments = pooled_moments(stats, graph, space, stop)
-    # a NaN or inf feature reaches the sums and its own square; an overflowing product
-    # x_i x_j means x_i² or x_j² overflows too (Cauchy-Schwarz): the diagonal tells
-    diagonal = moments.squares()
-    if not bool(torch.isfinite(moments.total).all() and torch.isfinite(diagonal).all()):
-        raise MatcherError(
-            f"the features of the models at merge point {space} are not finite (NaN or inf) on "
-            "the calibration data: the models overflow on these inputs; check the data's scale"
-        )
-    return moments.corr(dtype=torch.float32)
-
-
-def match_spaces(
-    prepared: Prepared,
-    settings: ZipSettings,
-    stop: int,
-    only: Collection[str] | None = None,
-    progress: Callable[[float], None] | None = None,
-) -> dict[str, Match]:
-    """Return the matching of every merge point that a trunk of ``stop`` blocks uses.
-
-    Every merge point is matched to the width ``plan_widths`` gives; the attention spaces of
-    one head group share one head pairing. only: match just these merge points (whole head
-    groups), for a part of the statistics. progress: called with the fraction of merge
-    points matched, after each one or head group (so that a cancel takes effect there).
-
-    Raises:
-        ConfigError, MatcherError: see ``plan_widths`` and the matchers.
-    """
-    ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
-    plan = plan_widths(ga, gb, settings, stop)
-    matches: dict[str, Match] = {}
-    head_groups: dict[str, list[str]] = {}
-    singles, order = [], []  # order: the matchings' order (plan order, head groups last)
-    for space, (n_a, n_b, _width) in plan.items():
-        if only is not None and space not in only:
-            continue
-        if space in ga.dead or space in gb.dead:
-            matches[space] = keep_one_match(n_a, n_b, "b" if space in ga.dead else "a")
-            order.append(space)
-        elif ga.spaces[space].head_dim:
-            head_groups.setdefault(head_group_first(ga, space), []).append(space)
-        else:
-            singles.append(space)
-            order.append(space)
-    total = max(len(singles) + len(head_groups), 1)
-    report = progress or (lambda _fraction: None)
-    for done, space in enumerate(singles, 1):
-        n_a, n_b, width = plan[space]
-        knobs = settings.for_space(space)
-        corr = correlation(prepared, space, stop)
-        matches[space] = MATCHERS[knobs["matcher"]](
-            corr, n_a, n_b, width=width, alpha=knobs["alpha"], beta=knobs["beta"]
-        )
-        report(done / total)
-    for done, (first, names) in enumerate(head_groups.items(), len(singles) + 1):
-        _match_head_group(prepared, settings, stop, plan, first, names, matches)
-        report(done / total)
-    return {k: matches[k] for k in order} | matches
-
-
-def _match_head_group(
-    prepared: Prepared,
-    settings: ZipSettings,
-    stop: int,
-    plan: dict[str, tuple[int, int, int]],
-    first: str,
-    names: list[str],
-    matches: dict[str, Match],
-) -> None:
-    """Add the matchings of one head group's spaces (one head pairing) to ``matches``."""
-    ga = prepared.padded_a.graph()
-    knobs = settings.for_space(first)
-    n_a, n_b, width = plan[first]
-    spaces = [ga.spaces[n] for n in names]
-    if any(s.role for s in spaces):
-        unit = ga.spaces[first].unit
-        pairs = head_group_pairs(n_a, n_b, unit, knobs["matcher"], 1.0, width)
-        corrs = {s.name: correlation(prepared, s.name, stop) for s in spaces if s.captures}
-        matches.update(
-            match_rotary_group(
-                corrs,
-                {s.name: s.role for s in spaces},
-                {n: plan[n][:2] for n in names},
-                spaces[0].head_dim,
-                max(s.unit_heads for s in spaces),
-                pairs,
-                knobs["matcher"],
-            )
-        )
-        return
-    corrs = {n: correlation(prepared, n, stop) for n in names}
-    matches.update(
-        match_head_group(
-            corrs, n_a, n_b, ga.spaces[first].head_dim, matcher=knobs["matcher"], width=width
-        )
-    )
 
 
 def zip_prepared(

@@ -14,7 +14,7 @@ import threading
 import pytest
 import torch
 
-from heterogui import pipeline
+from heterogui import matching, pipeline
 from heterogui.errors import Cancelled
 from heterogui.ui import app, placements, prefetch, tab_align, tab_models, tab_zip, work
 from heterogui.ui.prefetch import Prefetcher
@@ -49,7 +49,7 @@ def forbid_passes(monkeypatch) -> None:
         raise AssertionError("a placement collected ahead must not be computed again")
 
     monkeypatch.setattr(work, "realign", forbidden)
-    monkeypatch.setattr(pipeline, "space_correlation", forbidden)
+    monkeypatch.setattr(matching, "space_correlation", forbidden)
 
 
 def merge(session: Session, res: Resources) -> dict[str, torch.Tensor]:

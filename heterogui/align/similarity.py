@@ -87,11 +87,18 @@ def captured_grams(
 class SimilaritySums:
     """The CKA sums of a similarity pass: a reference's layers against each other model's.
 
-    ``add`` is a ``run_passes`` consumer; ``layers`` lists, per model, the modules it reads.
+    ``add`` is a ``run_passes`` consumer; ``layers`` lists, per model, the modules it reads:
+    its blocks but the head (``layer_modules``), or those given (a padded model's own blocks,
+    whose outputs are the unpadded model's layers).
     """
 
-    def __init__(self, nets: Sequence[Network], measure: str = "outputs") -> None:
-        self.layers = [layer_modules(net) for net in nets]
+    def __init__(
+        self,
+        nets: Sequence[Network],
+        measure: str = "outputs",
+        layers: Sequence[list[str]] | None = None,
+    ) -> None:
+        self.layers = [layer_modules(net) for net in nets] if layers is None else list(layers)
         self.measure = measure
         self._accs = [CKAAccumulator() for _ in nets[1:]]
 

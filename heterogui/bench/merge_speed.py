@@ -33,6 +33,7 @@ from heterogui.pipeline import (
     Prepared,
     ZipSettings,
     correlation,
+    grouped_as_given,
     match_spaces,
     prepare,
     realign,
@@ -142,7 +143,7 @@ def statistics_precision(prep: Prepared) -> dict[str, Any]:
         prep.batches,
         prep.device,
         dtype=torch.float64,
-        regroup="analysis" not in prep.timings,
+        regroup=not grouped_as_given(prep),
     )
     exact = dataclasses.replace(prep, stats=exact_stats, keep_correlations=False)
     worst, spaces = 0.0, shared_spaces((ga, gb))

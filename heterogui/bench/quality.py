@@ -159,7 +159,9 @@ def _alignment_rows(zoo: ZooPair, prep: Prepared, t_prep: float, test: Split, cf
     """
     rows, preps = {}, {}
     modes = MODES if depths_differ(zoo.net_a, zoo.net_b) else ("sma",)
-    shared = sum(prep.timings.get(k, 0.0) for k in (*BN_STAGES, "similarity"))
+    # the CKA's passes, which every mode shares (inside "analysis" when it came with the
+    # statistics: not split out, so the other modes' times leave it out)
+    shared = sum(prep.timings.get(k, 0.0) for k in (*BN_STAGES, "similarity", "probe"))
     for mode in modes:
         if mode == "sma":
             p, t = prep, t_prep

@@ -53,6 +53,7 @@ STAGES = {
     "bn_inputs": "re-estimating BatchNorm of A and B",
     "bn_similarity": "re-estimating BatchNorm of A and B, with their layer similarity (one pass)",
     "similarity": "layer similarity (CKA)",
+    "probe": "layer similarity (CKA) of the first batch, to place the layers",
     "features": "feature statistics",
     "analysis": "layer similarity and feature statistics (one pass)",
     "match": "matching neurons",

@@ -64,18 +64,21 @@ def similarity_and_moments(
     progress: Callable[[float], None] | None = None,
     measure: str = "outputs",
     reference: int = 0,
+    layers: Sequence[list[str]] | None = None,
 ) -> tuple[list[torch.Tensor], dict[StatKey, Moments]]:
     """Return the layer CKA and the feature moments of ``nets`` from one pass.
 
-    For models the CKA cannot re-place (``placed_by_depths``: the models themselves are the
-    padded ones). Returns the CKA of the reference's layers against each other model's, in
-    order (``layer_similarities``), and the moments (``collect_moments``). One forward per
-    model and batch feeds both: the batches as given, since minibatch CKA depends on their
-    grouping; the moments, sums over tokens, differ from ``collect_moments``'s length-sorted
-    batches by float rounding only (identical for inputs without padding).
+    nets: the padded models. Returns the CKA of the reference's layers against each other
+    model's, in order (``layer_similarities``), and the moments (``collect_moments``). One
+    forward per model and batch feeds both: the batches as given, since minibatch CKA depends
+    on their grouping; the moments, sums over tokens, differ from ``collect_moments``'s
+    length-sorted batches by float rounding only (identical for inputs without padding).
+    layers: per model, the modules whose outputs the CKA compares (``own_layers``: a padded
+    model's own blocks); default: every block but the head (models nothing was inserted in).
     """
     order = [reference, *(k for k in range(len(nets)) if k != reference)]
-    cka, moments = SimilaritySums([nets[k] for k in order], measure), MomentSums(nets)
+    chosen = None if layers is None else [layers[k] for k in order]
+    cka, moments = SimilaritySums([nets[k] for k in order], measure, chosen), MomentSums(nets)
     layers = dict(zip(order, cka.layers, strict=True))
     names = [[*layers[k], *moments.modules] for k in range(len(nets))]
 

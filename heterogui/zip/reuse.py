@@ -44,6 +44,17 @@ def block_roles(padded: Network, original: Network) -> list[Role]:
     return roles
 
 
+def own_layers(padded: Network, original: Network) -> list[str]:
+    """Return the modules of ``padded`` whose outputs are ``original``'s layers (its blocks
+    but the head, ``align.similarity.layer_modules``), in order: its own blocks."""
+    layers = original.graph().num_blocks - 1
+    return [
+        f"blocks.{k}"
+        for k, (role, own) in enumerate(block_roles(padded, original))
+        if role == "block" and own < layers
+    ]
+
+
 def point_signatures(
     padded: tuple[Network, Network], originals: tuple[Network, Network]
 ) -> dict[StatKey, Hashable]:
@@ -97,12 +108,15 @@ def realigned_moments(
     batches: Sequence[Batch],
     device: torch.device | str,
     progress: Callable[[float], None] | None = None,
+    regroup: bool = True,
 ) -> dict[StatKey, Moments]:
     """Return the feature statistics of the pair padded as ``after``.
 
     originals: A and B unpadded; before: them padded as ``stats`` were collected (None, None:
     no statistics to keep). Merge points whose blocks play the same roles keep their
     statistics; one pass collects the others and stops after the last block it needs.
+    regroup: as ``collect_moments`` (False: the batches as given, as ``stats`` were collected
+    by a pass that also gave the CKA, so kept and new statistics come from one grouping).
     """
     graphs = (after[0].graph(), after[1].graph())
     shared = set(shared_spaces(graphs))
@@ -114,4 +128,6 @@ def realigned_moments(
     missing = set(wanted) - set(kept)
     if not missing:
         return kept
-    return kept | collect_moments(after, batches, device, progress=progress, points=missing)
+    return kept | collect_moments(
+        after, batches, device, progress=progress, points=missing, regroup=regroup
+    )

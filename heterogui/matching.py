@@ -1,0 +1,153 @@
+"""Matching a prepared pair's merge points: their correlations and the matchers' choices.
+
+Step 4 of a merge (docs/method.md sec. 5), shared by ``pipeline.zip_prepared``, the Neurons
+tab and the workbench's idle pass: the correlation of every merge point is formed once per
+prepared pair and kept while it lives, as are the greedy zip's runs (``zip.greedy``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+
+import torch
+
+from heterogui.errors import MatcherError
+from heterogui.memo import ObjectMemo
+from heterogui.models.graph import ModelGraph
+from heterogui.prepared import Prepared
+from heterogui.zip.collect import StatKey, pooled_moments
+from heterogui.zip.heads import head_group_pairs, match_head_group
+from heterogui.zip.matchers import MATCHERS, Match, keep_one_match
+from heterogui.zip.plan import ZipSettings, head_group_first, plan_widths
+from heterogui.zip.rotary import match_rotary_group
+from heterogui.zip.stats import Moments
+
+# Correlations formed from a prepared pair's statistics, kept while the pair lives: every
+# re-merge (a slider move) and the Neurons tab read them again, and forming a 3,072-feature one
+# from the sums takes a tenth of a second.
+_CORRELATIONS = ObjectMemo()
+
+
+def correlation(prepared: Prepared, space: str, stop: int | None) -> torch.Tensor:
+    """Return the correlation of ``space`` over its captures before ``stop``: (O, O) float32.
+
+    Kept in float32 (half the memory; rounding 6e-8, below the 1e-6 of the statistics'
+    float32 products) and shared: do not modify it. stop None: all of the space's captures.
+
+    Raises:
+        MatcherError: A's or B's features at ``space`` overflowed (inf or NaN) on the data.
+    """
+
+    def compute() -> torch.Tensor:
+        return space_correlation(prepared.stats, prepared.padded_a.graph(), space, stop)
+
+    if not prepared.keep_correlations:
+        return compute()
+    return _CORRELATIONS.get(prepared, (space, stop), compute)
+
+
+def space_correlation(
+    stats: dict[StatKey, Moments], graph: ModelGraph, space: str, stop: int | None
+) -> torch.Tensor:
+    """Return the float32 correlation of ``space``'s pooled moments before ``stop``.
+
+    Raises:
+        MatcherError: a model's features at ``space`` overflowed (inf or NaN) on the data.
+    """
+    moments = pooled_moments(stats, graph, space, stop)
+    # a NaN or inf feature reaches the sums and its own square; an overflowing product
+    # x_i x_j means x_i² or x_j² overflows too (Cauchy-Schwarz): the diagonal tells
+    diagonal = moments.squares()
+    if not bool(torch.isfinite(moments.total).all() and torch.isfinite(diagonal).all()):
+        raise MatcherError(
+            f"the features of the models at merge point {space} are not finite (NaN or inf) on "
+            "the calibration data: the models overflow on these inputs; check the data's scale"
+        )
+    return moments.corr(dtype=torch.float32)
+
+
+def match_spaces(
+    prepared: Prepared,
+    settings: ZipSettings,
+    stop: int,
+    only: Collection[str] | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> dict[str, Match]:
+    """Return the matching of every merge point that a trunk of ``stop`` blocks uses.
+
+    Every merge point is matched to the width ``plan_widths`` gives; the attention spaces of
+    one head group share one head pairing. only: match just these merge points (whole head
+    groups), for a part of the statistics. progress: called with the fraction of merge
+    points matched, after each one or head group (so that a cancel takes effect there).
+
+    Raises:
+        ConfigError, MatcherError: see ``plan_widths`` and the matchers.
+    """
+    ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
+    plan = plan_widths(ga, gb, settings, stop)
+    matches: dict[str, Match] = {}
+    head_groups: dict[str, list[str]] = {}
+    singles, order = [], []  # order: the matchings' order (plan order, head groups last)
+    for space, (n_a, n_b, _width) in plan.items():
+        if only is not None and space not in only:
+            continue
+        if space in ga.dead or space in gb.dead:
+            matches[space] = keep_one_match(n_a, n_b, "b" if space in ga.dead else "a")
+            order.append(space)
+        elif ga.spaces[space].head_dim:
+            head_groups.setdefault(head_group_first(ga, space), []).append(space)
+        else:
+            singles.append(space)
+            order.append(space)
+    total = max(len(singles) + len(head_groups), 1)
+    report = progress or (lambda _fraction: None)
+    for done, space in enumerate(singles, 1):
+        n_a, n_b, width = plan[space]
+        knobs = settings.for_space(space)
+        corr = correlation(prepared, space, stop)
+        matches[space] = MATCHERS[knobs["matcher"]](
+            corr, n_a, n_b, width=width, alpha=knobs["alpha"], beta=knobs["beta"]
+        )
+        report(done / total)
+    for done, (first, names) in enumerate(head_groups.items(), len(singles) + 1):
+        _match_head_group(prepared, settings, stop, plan, first, names, matches)
+        report(done / total)
+    return {k: matches[k] for k in order} | matches
+
+
+def _match_head_group(
+    prepared: Prepared,
+    settings: ZipSettings,
+    stop: int,
+    plan: dict[str, tuple[int, int, int]],
+    first: str,
+    names: list[str],
+    matches: dict[str, Match],
+) -> None:
+    """Add the matchings of one head group's spaces (one head pairing) to ``matches``."""
+    ga = prepared.padded_a.graph()
+    knobs = settings.for_space(first)
+    n_a, n_b, width = plan[first]
+    spaces = [ga.spaces[n] for n in names]
+    if any(s.role for s in spaces):
+        unit = ga.spaces[first].unit
+        pairs = head_group_pairs(n_a, n_b, unit, knobs["matcher"], 1.0, width)
+        corrs = {s.name: correlation(prepared, s.name, stop) for s in spaces if s.captures}
+        matches.update(
+            match_rotary_group(
+                corrs,
+                {s.name: s.role for s in spaces},
+                {n: plan[n][:2] for n in names},
+                spaces[0].head_dim,
+                max(s.unit_heads for s in spaces),
+                pairs,
+                knobs["matcher"],
+            )
+        )
+        return
+    corrs = {n: correlation(prepared, n, stop) for n in names}
+    matches.update(
+        match_head_group(
+            corrs, n_a, n_b, ga.spaces[first].head_dim, matcher=knobs["matcher"], width=width
+        )
+    )
