@@ -60,6 +60,11 @@ __all__ = [
     "zip_prepared",
 ]
 PREPARE_ONLY_STAGES = (*BN_STAGES, "similarity", "probe", "analysis")
+# The fewest batches for which the CKA of the first one places the layers before one pass
+# (``analysed_from_probe``): the probe is then at most an eighth of the data. With SmolLM2 on 4
+# batches of 8 texts it cost a quarter of a pass and placed a layer elsewhere than the whole
+# CKA: slower than two passes (README, speed).
+PROBE_BATCHES = 8
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -117,7 +122,7 @@ def prepare(
     )
     if one_pass:
         return analysed_in_one_pass(analysis, mode, measure, progress)
-    if similarities is None and len(batches) > 1:
+    if similarities is None and len(batches) >= PROBE_BATCHES:
         probed = analysed_from_probe(analysis, mode, manual, measure, progress)
         if probed is not None:
             return probed
@@ -182,12 +187,13 @@ def analysed_from_probe(
 ) -> Prepared | None:
     """Return ``prepare``'s result from about one pass: the CKA and the statistics together.
 
-    The CKA of the first batch alone (stage "probe"; none for the modes that do not read it)
-    places the layers; the pair padded so then runs once over every batch (stage
-    "analysis") for both the whole CKA, read at the padded models' own blocks (they compute
-    the unpadded models' layers), and the feature statistics. When the whole CKA places the
-    layers elsewhere, ``realign`` collects the merge points whose blocks moved. None (nothing
-    run but the probe): the padded pair's statistics exceed the budget.
+    For ``PROBE_BATCHES`` batches or more. The CKA of the first batch alone (stage "probe";
+    none for the modes that do not read it) places the layers; the pair padded so then runs
+    once over every batch (stage "analysis") for both the whole CKA, read at the padded
+    models' own blocks (they compute the unpadded models' layers), and the feature statistics.
+    When the whole CKA places the layers elsewhere, ``realign`` collects the merge points
+    whose blocks moved. None (nothing run but the probe): the padded pair's statistics exceed
+    the budget.
     """
     report = progress or (lambda _stage, _frac: None)
     timings, batches, dev = analysis.timings, analysis.batches, analysis.device

@@ -98,21 +98,21 @@ def test_an_equal_depth_pair_is_analysed_in_one_forward_per_model(pair, monkeypa
     assert not calls and all(again.stats[k] is m for k, m in prep.stats.items())
 
 
-def test_pairs_whose_placement_reads_the_cka_keep_two_passes(monkeypatch):
+@pytest.mark.parametrize("reset_bn", [True, False])
+def test_pairs_whose_placement_reads_the_cka_keep_two_passes(reset_bn, monkeypatch):
     """The CKA places the blocks, then the feature pass runs the padded models.
 
     With BatchNorm re-estimated, the CKA comes from that pass (``heterogui.ready``): two
-    forwards of each model per batch in all, none of them a separate BatchNorm pass. (Kept
-    BatchNorm: the first batch's CKA places the blocks, then one pass, tests/test_probe.py.)
+    forwards of each model per batch in all, none of them a separate BatchNorm pass.
     """
     cfg_a, cfg_b, shape = DEPTH_PAIRS["resnet"]
     net_a, net_b, data = make(cfg_a, 0, "A"), make(cfg_b, 1, "B"), calibration(shape, 3)
     calls = _forwards(monkeypatch)
     separate = []
     monkeypatch.setattr(ready, "reestimate_batch_norm", lambda *a, **k: separate.append(a))
-    prep = prepare(net_a, net_b, data)
+    prep = prepare(net_a, net_b, data, reset_input_bn=reset_bn)
     assert len(calls) == 4 * len(data) and not separate
-    similarity = "bn_similarity"
+    similarity = "bn_similarity" if reset_bn else "similarity"
     assert {similarity, "features"} <= prep.timings.keys()
     assert not {"bn_inputs", "bn_similarity", "similarity"} - {similarity} & prep.timings.keys()
     ga, gb = prep.net_a.graph(), prep.net_b.graph()

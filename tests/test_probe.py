@@ -21,21 +21,26 @@ from heterogui.models.hf.decoder_io import network_from_hf
 from heterogui.zip.collect import collect_moments
 
 
+def _enough(data: list) -> list:
+    """Return ``data`` cycled to ``PROBE_BATCHES`` batches: the probe is then an eighth."""
+    return [data[k % len(data)] for k in range(max(len(data), pipeline.PROBE_BATCHES))]
+
+
 def _decoder_pair():
     deep = network_from_hf(tiny_decoder(hidden=48, layers=5, heads=6, kv=2, inter=80, seed=1))
     shallow = network_from_hf(tiny_decoder(hidden=72, layers=2, heads=9, kv=3, inter=96, seed=2))
-    return deep, shallow, decoder_batches(3)
+    return deep, shallow, _enough(decoder_batches(3))
 
 
 def _bert_pair():
     deep = bert_from_hf(tiny_hf(hidden=32, heads=4, inter=64, layers=5, seed=0), "A")
     shallow = bert_from_hf(tiny_hf(hidden=64, heads=8, inter=96, layers=2, seed=1), "B")
-    return deep, shallow, token_batches()
+    return deep, shallow, _enough(token_batches())
 
 
 def _mlp_pair():  # no BatchNorm in an MLP: its CKA has a pass of its own
     cfg_a, cfg_b, shape = DEPTH_PAIRS["mlp"]
-    return make(cfg_a, 0, "A"), make(cfg_b, 1, "B"), calibration(shape, n_batches=4)
+    return make(cfg_a, 0, "A"), make(cfg_b, 1, "B"), calibration(shape, n_batches=8)
 
 
 def _forwards(net) -> list[int]:
@@ -120,3 +125,12 @@ def test_statistics_over_the_budget_keep_the_separate_cka_pass():
     assert "similarity" in prep.timings and "analysis" not in prep.timings
     assert prep.stats == {}  # collected part by part at every zip
     assert pipeline.zip_prepared(prep).model is not None
+
+
+def test_fewer_batches_than_the_probe_needs_keep_the_two_passes():
+    net_a, net_b, data = _decoder_pair()
+    data = data[: pipeline.PROBE_BATCHES - 1]  # the first batch would be over an eighth
+    calls = _forwards(net_a)
+    prep = pipeline.prepare(net_a, net_b, data)
+    assert {"similarity", "features"} <= prep.timings.keys() and "probe" not in prep.timings
+    assert calls[0] == 2 * len(data)
