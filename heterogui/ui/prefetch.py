@@ -9,9 +9,10 @@ background thread collects the session's missing ``placements.PREFETCH_MODES`` p
 session's settings, so that the Neurons tab and the next merge find the matching's costly part
 done (the correlations and the greedy zip's runs are kept with the statistics).
 
-It never delays anyone: it starts only after ``quiet_s`` without any event of any session, and
-an event that starts meanwhile (any session's) stops its pass at the next batch; the placement
-is tried again once all is quiet. What it collected counts against the session's kept
+It yields to everyone: it starts only after ``quiet_s`` without any event of any session, and
+an event that starts meanwhile (any session's) stops its pass at the next batch (the event
+shares the machine with the end of that batch only); the placement is tried again once all is
+quiet. What it collected counts against the session's kept
 placements (``placements.remember``: two, within half the statistics budget).
 """
 
