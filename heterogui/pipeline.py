@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from heterogui.align.alignment import align, placed_by_depths
+from heterogui.align.alignment import Alignment, align, placed_by_depths
 from heterogui.align.pad import pad_network
 from heterogui.align.segment import NEEDS_SIMILARITY
 from heterogui.align.similarity import layer_similarity, resolve_measure
@@ -209,14 +209,7 @@ def analysed_from_probe(
             ),
         )
     guess = align(ga, gb, probe, mode, manual)
-    padded = timed(
-        timings,
-        "padding",
-        lambda: [
-            pad_aligned(net, pos, guess.depths, batches, dev)
-            for net, pos in ((net_a, guess.positions_a), (net_b, guess.positions_b))
-        ],
-    )
+    padded = padded_pair(analysis, guess, timings)
     pa, pb = padded[0].graph(), padded[1].graph()
     if not statistics_fit(pa, pb, len(batches), analysis.stats_budget):
         return None
@@ -242,7 +235,7 @@ def analysed_from_probe(
         stats=stats,
     )
     final = timed(timings, "alignment", lambda: align(ga, gb, similarity, mode, manual))
-    if (final.positions_a, final.positions_b) == (guess.positions_a, guess.positions_b):
+    if final.placement == guess.placement:
         return replace(prepared, alignment=final)
     return realign(prepared, mode, manual, progress)
 
@@ -287,18 +280,7 @@ def realign(
             prepared.net_a.graph(), prepared.net_b.graph(), prepared.similarity, mode, manual
         ),
     )
-    padded_a, padded_b = (
-        timed(
-            timings,
-            "padding",
-            partial(pad_aligned, net, pos, alignment.depths, prepared.batches, prepared.device),
-        )
-        for net, pos in zip(
-            (prepared.net_a, prepared.net_b),
-            (alignment.positions_a, alignment.positions_b),
-            strict=True,
-        )
-    )
+    padded_a, padded_b = padded_pair(prepared, alignment, timings)
     ga, gb = padded_a.graph(), padded_b.graph()
     stats = {}  # when they do not fit, each zip collects them part by part
     if statistics_fit(ga, gb, len(prepared.batches), prepared.stats_budget):
@@ -323,6 +305,20 @@ def realign(
         padded_b=padded_b,
         stats=stats,
         timings=timings,
+    )
+
+
+def padded_pair(
+    prepared: Prepared, alignment: Alignment, timings: dict[str, float]
+) -> tuple[Network, Network]:
+    """Return ``prepared``'s A and B padded as ``alignment`` places them (stage "padding")."""
+    return timed(
+        timings,
+        "padding",
+        lambda: tuple(
+            pad_aligned(net, pos, alignment.depths, prepared.batches, prepared.device)
+            for net, pos in zip((prepared.net_a, prepared.net_b), alignment.placement, strict=True)
+        ),
     )
 
 

@@ -33,6 +33,11 @@ class Alignment:
     depths: tuple[int, ...]
     score: float | None = None
 
+    @property
+    def placement(self) -> tuple[tuple[tuple[int, ...], ...], ...]:
+        """Return where the blocks go, (positions_a, positions_b): what padding depends on."""
+        return self.positions_a, self.positions_b
+
     def mapping(self) -> dict[str, list[list[int]]]:
         """Return the mapping as plain lists, as a recipe stores it."""
         return {

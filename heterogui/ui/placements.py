@@ -56,11 +56,10 @@ def same_placement(session: Session, prepared: Prepared, alignment: Alignment) -
     """
     kept = [r.prepared for r in (session.result, *session.kept.values()) if r is not None]
     for candidate in (prepared, *session.visited, *kept):
-        placed = (candidate.alignment.positions_a, candidate.alignment.positions_b) == (
-            alignment.positions_a,
-            alignment.positions_b,
-        )
-        if same_analysis(candidate, prepared) and placed:
+        if (
+            same_analysis(candidate, prepared)
+            and candidate.alignment.placement == alignment.placement
+        ):
             return candidate
     return None
 

@@ -126,15 +126,13 @@ class Prefetcher:
             return False  # an event started: tried again when all is quiet
         except Exception:  # not retried: the switch itself will say what fails
             log.exception("collecting the %s placement ahead failed", mode)
-            self._forget_after_failures()
-            self._failed.add((id(prepared.similarities), mode))
+            self._give_up(prepared, mode)
             return False
         with self._lock_for(session):
             adopted = adopt_placement(session, collected)
             settings = session.settings
         if not adopted:  # the session moved on, or nothing to keep: do not collect it again
-            self._forget_after_failures()
-            self._failed.add((id(prepared.similarities), mode))
+            self._give_up(prepared, mode)
             return False
         self._warm_matching(collected, settings)
         return True
@@ -155,9 +153,11 @@ class Prefetcher:
         if self._interrupted():
             raise Cancelled("an event started")
 
-    def _forget_after_failures(self, most: int = 64) -> None:
+    def _give_up(self, prepared: Prepared, mode: str, most: int = 64) -> None:
+        """Never collect ``mode`` for ``prepared``'s analysis again (the latest ``most``)."""
         if len(self._failed) >= most:  # ids of analyses long gone may come back
             self._failed.clear()
+        self._failed.add((id(prepared.similarities), mode))
 
     def _dequeue(self, sid: str, session: Session) -> None:
         with self._cond:
