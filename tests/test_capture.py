@@ -7,7 +7,9 @@ import threading
 import torch
 from torch import nn
 
-from heterogui.models.capture import CapturePass, capture_outputs
+from heterogui.align.cka import gram
+from heterogui.align.similarity import captured_grams
+from heterogui.models.capture import CapturePass, capture_outputs, per_input, to_device, to_rows
 
 
 class Twice(nn.Module):
@@ -75,3 +77,38 @@ def test_another_threads_forward_neither_feeds_a_capture_nor_is_stopped_by_it():
     assert out.shape == (7, 3) and seen == {}
     again = capture(mine)  # this thread's own pass still stops and captures as before
     assert torch.equal(again["2"], net[2](net[1](net[0](mine))))
+
+
+def test_image_batches_go_channels_last_and_their_rows_are_views():
+    torch.manual_seed(0)
+    images = torch.randn(3, 4, 5, 6)
+    moved = to_device(images, "cpu")
+    assert moved.is_contiguous(memory_format=torch.channels_last) and not moved.is_contiguous()
+    assert torch.equal(moved, images)  # the same values, only their memory order differs
+    tokens = {"input_ids": torch.ones(2, 3, dtype=torch.long)}
+    assert to_device(tokens, "cpu")["input_ids"].is_contiguous()  # other batches as they are
+    conv = nn.Conv2d(4, 7, 3, padding=1)
+    with torch.no_grad():
+        feats = conv(moved)
+    assert feats.is_contiguous(memory_format=torch.channels_last)
+    rows = to_rows(feats, "channels")
+    assert rows.data_ptr() == feats.data_ptr()  # (positions, channels) without a copy
+    assert torch.equal(rows, to_rows(feats.contiguous(), "channels"))
+    flat = per_input(feats, "flat")
+    assert flat.data_ptr() == feats.data_ptr()
+    # the rows hold each input's values in another order: a Gram matrix does not see it
+    contiguous = feats.contiguous().flatten(1)
+    assert torch.allclose(gram(flat.double()), gram(contiguous.double()), rtol=1e-12, atol=0)
+    assert torch.allclose(gram(flat), gram(contiguous), rtol=1e-6, atol=1e-6)
+
+
+def test_grams_of_channels_last_features_match_the_contiguous_ones_for_both_measures():
+    torch.manual_seed(1)
+    images = torch.randn(6, 3, 8, 8)
+    net = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), nn.Conv2d(5, 5, 3, padding=1))
+    for measure in ("outputs", "updates"):
+        grams = [
+            captured_grams(CapturePass(net, ["0", "2"])(x), ["0", "2"], x, measure)
+            for x in (images, to_device(images, "cpu"))
+        ]
+        assert torch.allclose(grams[0], grams[1], rtol=1e-5, atol=1e-5)  # two conv layouts

@@ -33,7 +33,13 @@ def test_gram_flattens_and_is_float64() -> None:
     k = gram(x)
     assert k.shape == (6, 6) and k.dtype == torch.float64
     flat = x.reshape(6, -1).double()
-    torch.testing.assert_close(k, flat @ flat.T)
+    assert torch.equal(gram(x.double()), flat @ flat.T)  # float64 features: float64 products
+    # float32 features: float32 products, within their rounding of the float64 ones
+    torch.testing.assert_close(k, flat @ flat.T, rtol=1e-6, atol=1e-6)
+    wide = torch.randn(8, 40_000, generator=_gen(2)).relu_() + 1.0  # a large mean, many terms
+    exact = wide.double() @ wide.double().T
+    torch.testing.assert_close(gram(wide), exact, rtol=2e-6, atol=0)
+    assert torch.equal(gram(wide.bfloat16()), gram(wide.bfloat16().float()))
 
 
 def test_self_similarity_is_one() -> None:

@@ -75,13 +75,13 @@ def captured_grams(
     """
     mask = token_mask(batch)
     layout = "tokens" if mask is not None else "flat"
-    flat = [per_input(found[n], layout, mask) for n in names]
-    if measure == "updates":
-        flat = [
+    feats = [found[n] for n in names]
+    if measure == "updates":  # on the features as captured: their layouts may differ
+        feats = [
             x - before if before is not None and before.shape == x.shape else x
-            for before, x in zip([None, *flat[:-1]], flat, strict=True)
+            for before, x in zip([None, *feats[:-1]], feats, strict=True)
         ]
-    return torch.stack([gram(x) for x in flat])
+    return torch.stack([gram(per_input(x, layout, mask)) for x in feats])
 
 
 class SimilaritySums:

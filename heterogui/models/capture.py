@@ -174,10 +174,26 @@ def run_passes(
 
 
 def to_device(batch: Batch, device: torch.device | str) -> Batch:
-    """Return the batch (a tensor or a dict of tensors) on ``device``."""
+    """Return the batch (a tensor or a dict of tensors) on ``device``.
+
+    A batch of images (B, C, H, W) comes back channels-last (``pass_layout``).
+    """
     if isinstance(batch, torch.Tensor):
-        return batch.to(device)
+        return pass_layout(batch.to(device))
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def pass_layout(images: torch.Tensor) -> torch.Tensor:
+    """Return a float (B, C, H, W) batch channels-last in memory; any other tensor as it is.
+
+    The same values in the layout every pass feeds a model: its convolutions then run
+    channels-last (docs/method.md sec. 6 measures it)
+    and their outputs stay so, which makes a conv feature's (positions, channels) rows
+    (``to_rows``) and its flattening for a Gram (``per_input``) views rather than copies.
+    """
+    if images.dim() != 4 or not images.is_floating_point():
+        return images
+    return images.contiguous(memory_format=torch.channels_last)
 
 
 def run_model(model: nn.Module, batch: Batch) -> Any:
@@ -207,7 +223,18 @@ def to_rows(feats: torch.Tensor, layout: str, mask: torch.Tensor | None = None) 
 
 
 def per_input(feats: torch.Tensor, layout: str, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Return one flattened representation per input: (B, -1); padded tokens zeroed."""
+    """Return one flattened representation per input: (B, -1); padded tokens zeroed.
+
+    The values of each row come in the features' memory order: channels-last features
+    (B, C, H, W) flatten as (B, H, W, C), a view. Whatever reads the rows must not depend on
+    their order (a Gram matrix does not).
+    """
     if layout == "tokens" and mask is not None:
         feats = feats * mask[..., None].to(feats.dtype)
+    if feats.dim() == 4 and not feats.is_contiguous() and _channels_last(feats):
+        return feats.permute(0, 2, 3, 1).flatten(1)
     return feats.flatten(1)
+
+
+def _channels_last(feats: torch.Tensor) -> bool:
+    return feats.is_contiguous(memory_format=torch.channels_last)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from heterogui.datasets.images import Split
 from heterogui.errors import ConfigError
+from heterogui.models.capture import to_device
 from heterogui.models.family import Head, Network
 
 
@@ -176,7 +177,7 @@ def collect_outputs(
     """
     parts: list[list[Tensor]] = []
     for x in torch.split(inputs, batch_size):
-        out = fn(x.to(device))
+        out = fn(to_device(x, device))  # images channels-last, as in every pass
         outs = out if isinstance(out, tuple | list) else (out,)
         if not parts:
             parts = [[] for _ in outs]
