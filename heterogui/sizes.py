@@ -20,7 +20,7 @@ from torch import nn
 from heterogui import pipeline
 from heterogui.fusion.merged import MergedSpec, build_merged
 from heterogui.memo import ObjectMemo
-from heterogui.models.capture import on_this_thread
+from heterogui.models.capture import Batch, on_this_thread, run_model, to_device
 from heterogui.zip.plan import plan_widths, stop_point
 
 _COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -71,6 +71,35 @@ def layer_flops(module: nn.Module, input_shape: tuple[int, ...]) -> dict[str, in
         for h in handles:
             h.remove()
     return flops
+
+
+def batch_flops(module: nn.Module, batches: list[Batch], device: torch.device | str) -> int:
+    """Return the FLOPs of the linear and convolution layers of ``module`` over ``batches``.
+
+    The batches run as a pass runs them (padded token positions count: the forward computes
+    them); the module runs in eval mode and is left in the mode it had.
+    """
+    total = [0]
+
+    def hook(mod: nn.Module, _inp: Any, out: Any) -> None:
+        total[0] += _layer_flops(mod, out)
+
+    was_training = module.training
+    handles = [
+        m.register_forward_hook(on_this_thread(hook))
+        for m in module.modules()
+        if isinstance(m, _COUNTED)
+    ]
+    try:
+        module.eval()
+        with torch.no_grad():
+            for batch in batches:
+                run_model(module, to_device(batch, device))
+    finally:
+        module.train(was_training)
+        for h in handles:
+            h.remove()
+    return total[0]
 
 
 def _device_of(module: nn.Module) -> torch.device:

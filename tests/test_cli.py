@@ -287,6 +287,7 @@ def test_bench_speed_json_line_holds_every_pair_figure(capsys):
     assert {"prepare.bn_similarity", "prepare.features", "zip.match"} <= set(resnet["stages"])
     assert resnet["threads"] == 1 and resnet["device"] == "cpu"
     assert resnet["realign_s"] > 0 and resnet["neurons_point_s"] > 0
+    assert resnet["products_gmac"] > 0 and resnet["forward_gmac"] > 0
     precision = resnet["precision"]
     assert 0 <= precision["max_corr_diff"] < 1e-4
     assert 0 < precision["same_matching"] <= precision["merge_points"]

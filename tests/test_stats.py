@@ -298,3 +298,43 @@ def test_compaction_only_writes_below_the_diagonal() -> None:
     dirty.compact()
     assert torch.isfinite(dirty.corr()).all()
     assert torch.equal(dirty.corr(), clean.corr()) and torch.equal(dirty.corr(), dirty.corr().T)
+
+
+def test_products_per_row_counts_the_blocks_a_batch_computes() -> None:
+    narrow = Moments.empty(30, torch.device("cpu"), split=10)
+    assert narrow.products_per_row == 10 * 10 + 10 * 20 + 20 * 20  # A-A, A-B, B-B
+    assert Moments.empty(30, torch.device("cpu")).products_per_row == 30 * 30
+    wide = Moments.empty(800, torch.device("cpu"), split=400)  # each model in two halves of 200
+    assert wide.products_per_row == 10 * 200 * 200  # 10 of the 16 blocks
+    # the product a batch adds is what the count says: the pending blocks hold exactly those
+    rows = torch.randn(7, 30)
+    narrow.update_parts(rows[:, :10], rows[:, 10:])
+    assert narrow.count * narrow.products_per_row == 7 * 700
+
+
+def _tall_parts(mean: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """4,096 rows of 8 + 8 ReLU-like features (tall: 256 rows per feature), shifted by mean."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(4096, 4, generator=gen, dtype=torch.float64)
+    x = (base @ torch.randn(4, 16, generator=gen, dtype=torch.float64)).relu() + mean
+    x += 0.1 * torch.randn(4096, 16, generator=gen, dtype=torch.float64)
+    return x[:, :8], x[:, 8:]
+
+
+@pytest.mark.parametrize("mean", [0.0, 1e3])
+def test_tall_batches_match_float64_whether_taken_uncentred_or_not(mean) -> None:
+    """Tall batches skip centring (shift 0) unless a feature's mean dwarfs its spread."""
+    exact = Moments.empty(16, torch.device("cpu"), split=8)
+    fast = Moments.empty(16, torch.device("cpu"), split=8)
+    for seed in range(3):
+        a, b = _tall_parts(mean, seed)
+        exact.update_parts(a, b)  # float64 rows: float64 throughout
+        fast.update_parts(a.float(), b.float())
+    uncentred = all(not s.any() for s in fast._shifts)
+    assert uncentred == (mean == 0.0)  # ReLU features: uncentred; mean 1e3: centred per batch
+    assert torch.allclose(fast.corr(), exact.corr(), rtol=0, atol=1e-6)
+    assert torch.allclose(fast.mean(), exact.mean(), rtol=1e-6, atol=1e-9)
+    zeros = Moments.empty(16, torch.device("cpu"), split=8)
+    a, b = _tall_parts(0.0, 0)
+    zeros.update_parts(a.float(), torch.zeros_like(b).float())  # dead features pass too
+    assert not zeros._shifts[0].any()

@@ -51,6 +51,8 @@ def contract(m: dict[str, Any]) -> dict[str, Any]:
         "memory_goal_mib": memory_goal_mib(m),
         "weights_mib": m["weights_mib"],
         "stats_mib": m["statistics_mib"],
+        "products_gmac": m["products_gmac"],
+        "forward_gmac": m["forward_gmac"],
         "stages": m["stages"],
         "device": m["device"],
         "threads": m["threads"],

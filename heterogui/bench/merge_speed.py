@@ -40,6 +40,7 @@ from heterogui.pipeline import (
     zip_prepared,
 )
 from heterogui.ready import BN_STAGES
+from heterogui.sizes import batch_flops
 from heterogui.zip.collect import collect_moments, shared_spaces
 from heterogui.zip.plan import stop_point
 
@@ -66,8 +67,9 @@ def measure_pair(
 
     Keys: pair, device, threads, total (s), stages (s per stage), forward_a / forward_b
     (padded models) / forward_merged (s), floor (s), weights_mib (A, B, merge),
-    statistics_mib, peak_rss_mib, rss_before_merge_mib, peak_cuda_mib, remerge_from_cache
-    (the slower re-merge to the ``remerge_rhos``, each a width not zipped before),
+    statistics_mib, products_gmac and forward_gmac (``statistics_work``), peak_rss_mib,
+    rss_before_merge_mib, peak_cuda_mib, remerge_from_cache (the slower re-merge to the
+    ``remerge_rhos``, each a width not zipped before),
     remerge_repeated (the first of them again), realign (s, and the mode switched to),
     neurons_point_s, precision.
     """
@@ -112,6 +114,7 @@ def measure_pair(
         "batch_norm": batch_norm,
         "weights_mib": weights_mib([net_a.module, net_b.module, result.model]),
         "statistics_mib": sum(m.nbytes for m in prep.stats.values()) / 2**20,
+        **statistics_work(prep),
         "peak_rss_mib": peak,
         "rss_before_merge_mib": rss_before,
         "peak_cuda_mib": torch.cuda.max_memory_allocated(device) / 2**20
@@ -125,6 +128,22 @@ def measure_pair(
         "neurons_point_s": _neurons_point_seconds(prep, result),
         "precision": statistics_precision(prep),
     }
+
+
+def statistics_work(prep: Prepared) -> dict[str, float]:
+    """Return the multiply-adds (billions) of the statistics' products and of the pass they need.
+
+    products_gmac: every merge point's feature rows times the product blocks a row adds to
+    (``Moments.products_per_row``); forward_gmac: the linear and convolution layers of the
+    padded A and B over the same batches (one statistics pass, the floor's part that the
+    products ride on).
+    """
+    products = sum(m.count * m.products_per_row for m in prep.stats.values())
+    forward = sum(
+        batch_flops(net.module, prep.batches, prep.device) // 2
+        for net in (prep.padded_a, prep.padded_b)
+    )
+    return {"products_gmac": products / 1e9, "forward_gmac": forward / 1e9}
 
 
 def statistics_precision(prep: Prepared) -> dict[str, Any]:

@@ -76,6 +76,9 @@ def format_pair(m: dict[str, Any]) -> str:
         f"  statistics kept: {m['statistics_mib']:.1f} MiB; weights of A, B and the merge "
         f"{m['weights_mib']:.1f} MiB; peak RSS {m['peak_rss_mib']:.0f} MiB (before the merge "
         f"{m['rss_before_merge_mib']:.0f} MiB)" + _over_the_start(m),
+        f"  statistics products {m['products_gmac']:.1f} G multiply-adds against "
+        f"{m['forward_gmac']:.1f} G in the padded A and B's pass over the same batches "
+        f"({m['products_gmac'] / m['forward_gmac']:.2f})",
         f"  float32 batch products vs float64: max correlation difference "
         f"{p['max_corr_diff']:.1e}; same matching at {p['same_matching']} of "
         f"{p['merge_points']} merge points",
@@ -125,7 +128,8 @@ def speed_report(args: argparse.Namespace) -> str:
     ``--json`` the last line is one JSON object: {"pairs": {"resnet": {...}, "minilm": {...},
     "smollm": {...}}} (with ``--same-depth`` also "resnet_width" and "minilm_permuted") with
     merge_s, floor_s, ratio_to_floor, remerge_s, realign_s, neurons_point_s, peak_rss_mib,
-    weights_mib, stats_mib, precision and stages per pair (``floor.contract``).
+    weights_mib, stats_mib, products_gmac, forward_gmac, precision and stages per pair
+    (``floor.contract``).
     """
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -12,7 +12,9 @@ in float32; the centred products are summed in float32 for up to ``FOLD_EVERY`` 
 folded into the float64 sums together with the exact mean terms (the centred rows' column
 sums are taken in the rows' precision and widened; ``Σx`` gains n·shift + them). Against
 all-float64 sums the correlations differ by about 1e-6 (docs/method.md sec. 6 gives the
-measured figures). Float64 rows are accumulated in float64 throughout.
+measured figures). Float64 rows are accumulated in float64 throughout. A tall batch (many rows
+per feature: a CNN's early layers) skips the centring copy when no feature's mean dwarfs its
+spread (``_accumulate_uncentred``).
 
 After a feature pass the sums are kept **compact** (``compact``): the float32 correlations the
 matchers read, with the float64 means, floored standard deviations and sums of squares; the
@@ -37,6 +39,10 @@ FOLD_EVERY = 32
 CORR_FLOOR = 1e-6
 # elements of the float64 row blocks the in-place compaction corrects at a time (4 MiB)
 COMPACT_BLOCK = 2**19
+# a batch with at least this many rows per feature is multiplied uncentred when it may be
+TALL = 16
+# the most a feature's float32 rounding may grow, uncentred: E[x²] / Var x (4 bits)
+UNCENTRED_GROWTH = 16.0
 # a model's features are multiplied in two halves when each half has at least this many
 MIN_HALF = 96
 # rows and columns of the square tiles ``_mirror_upper_`` copies at a time
@@ -328,6 +334,8 @@ class Moments:
         if self._corr is not None:
             self._expand()
         xs = [p.detach().to(device=self.device, dtype=dtype) for p in parts]
+        if int(xs[0].shape[0]) >= TALL * self.width and self._accumulate_uncentred(xs):
+            return
         # centre on the batch mean rounded to the compute dtype: the shift is exact in float64,
         # so the mean terms folded in later are exact too
         shift = torch.cat([x.mean(dim=0) for x in xs])
@@ -355,6 +363,52 @@ class Moments:
         if len(self._rows) >= FOLD_EVERY:
             self.settle()
 
+    def _accumulate_uncentred(self, xs: list[Tensor]) -> bool:
+        """Add a tall batch's product of its rows as they are (shift 0); False: not taken.
+
+        With many rows per feature (``TALL``) centring is the costly part of a batch: a copy of
+        every row, where the products read the parts in place. Uncentred, a feature's float32
+        rounding grows by its second moment over its variance, E[x²] / Var x; the batch is
+        taken only when that is at most ``UNCENTRED_GROWTH`` for every feature (read off the
+        product's diagonal and the column sums: all-zero features pass, constant ones do not),
+        else the caller centres it.
+        """
+        edges = [0, *itertools.accumulate(x.shape[1] for x in xs)]
+
+        def columns(part: slice) -> Tensor:
+            k = next(i for i in range(len(xs)) if edges[i] <= part.start < edges[i + 1])
+            return xs[k][:, part.start - edges[k] : part.stop - edges[k]]
+
+        n = int(xs[0].shape[0])
+        blocks = self._blocks()
+        product = [columns(rows).T @ columns(cols) for rows, cols in blocks]
+        diagonal = [p for (rows, cols), p in zip(blocks, product, strict=True) if rows == cols]
+        squares = torch.cat([torch.diagonal(p) for p in diagonal]).to(torch.float64)
+        sums = torch.cat([x.sum(dim=0) for x in xs]).to(torch.float64)
+        second = squares / n
+        spread = second - (sums / n) ** 2
+        if not bool(((second == 0) | (second <= UNCENTRED_GROWTH * spread)).all()):
+            return False
+        fresh = self._pending is None or self._pending.dtype != product[0].dtype
+        if fresh:
+            self.settle()
+            self._pending = torch.empty(
+                self.width, self.width, dtype=product[0].dtype, device=self.device
+            )
+        for (rows, cols), p in zip(blocks, product, strict=True):
+            if fresh:
+                self._pending[rows, cols].copy_(p)
+            else:
+                self._pending[rows, cols].add_(p)
+        self.total += sums
+        self.count += n
+        self._shifts.append(torch.zeros_like(sums))
+        self._sums.append(sums)
+        self._rows.append(n)
+        if len(self._rows) >= FOLD_EVERY:
+            self.settle()
+        return True
+
     def settle(self) -> None:
         """Fold the pending batches into the float64 sums (reading ``outer`` does it too)."""
         if not self._rows:
@@ -373,6 +427,11 @@ class Moments:
         outer.addmm_((shifts * weights[:, None]).T, shifts)
         _symmetrise_(outer)  # exactly symmetric (see ``cov``)
         self._pending, self._shifts, self._sums, self._rows = None, [], [], []
+
+    @property
+    def products_per_row(self) -> int:
+        """Return the multiply-adds one feature row adds to the product (the blocks computed)."""
+        return sum((r.stop - r.start) * (c.stop - c.start) for r, c in self._blocks())
 
     def _blocks(self) -> list[tuple[slice, slice]]:
         """Return the (rows, columns) of the product blocks a batch computes (upper ones).
