@@ -187,9 +187,9 @@ def pass_layout(images: torch.Tensor) -> torch.Tensor:
     """Return a float (B, C, H, W) batch channels-last in memory; any other tensor as it is.
 
     The same values in the layout every pass feeds a model: its convolutions then run
-    channels-last (docs/method.md sec. 6 measures it)
-    and their outputs stay so, which makes a conv feature's (positions, channels) rows
-    (``to_rows``) and its flattening for a Gram (``per_input``) views rather than copies.
+    channels-last (faster on CPU, docs/method.md sec. 6) and their outputs stay so, which
+    makes a conv feature's (positions, channels) rows (``to_rows``) and its flattening for a
+    Gram (``per_input``) views rather than copies.
     """
     if images.dim() != 4 or not images.is_floating_point():
         return images
