@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -56,20 +58,11 @@ def layer_flops(module: nn.Module, input_shape: tuple[int, ...]) -> dict[str, in
     flops: dict[str, int] = {}
     names = {m: n for n, m in module.named_modules()}
 
-    def hook(mod: nn.Module, _inp: Any, out: Any) -> None:
+    def count(mod: nn.Module, out: torch.Tensor) -> None:
         flops[names[mod]] = flops.get(names[mod], 0) + _layer_flops(mod, out)
 
-    was_training = module.training
-    counted = [m for m in module.modules() if isinstance(m, _COUNTED)]
-    handles = [m.register_forward_hook(on_this_thread(hook)) for m in counted]
-    try:
-        module.eval()  # never let a counting run touch BatchNorm running statistics
-        with torch.no_grad():
-            module(torch.zeros((1, *input_shape), device=_device_of(module)))
-    finally:
-        module.train(was_training)
-        for h in handles:
-            h.remove()
+    with _counting(module, count):
+        module(torch.zeros((1, *input_shape), device=_device_of(module)))
     return flops
 
 
@@ -77,29 +70,42 @@ def batch_flops(module: nn.Module, batches: list[Batch], device: torch.device | 
     """Return the FLOPs of the linear and convolution layers of ``module`` over ``batches``.
 
     The batches run as a pass runs them (padded token positions count: the forward computes
-    them); the module runs in eval mode and is left in the mode it had.
+    them).
     """
     total = [0]
 
-    def hook(mod: nn.Module, _inp: Any, out: Any) -> None:
+    def count(mod: nn.Module, out: torch.Tensor) -> None:
         total[0] += _layer_flops(mod, out)
 
+    with _counting(module, count):
+        for batch in batches:
+            run_model(module, to_device(batch, device))
+    return total[0]
+
+
+@contextmanager
+def _counting(
+    module: nn.Module, count: Callable[[nn.Module, torch.Tensor], None]
+) -> Iterator[None]:
+    """Within the block, call ``count(layer, output)`` after every linear and conv layer.
+
+    The module runs in eval mode without gradients (a counting run never touches BatchNorm
+    running statistics) and gets its mode and hooks back on exit.
+    """
     was_training = module.training
     handles = [
-        m.register_forward_hook(on_this_thread(hook))
+        m.register_forward_hook(on_this_thread(lambda mod, _inp, out: count(mod, out)))
         for m in module.modules()
         if isinstance(m, _COUNTED)
     ]
     try:
         module.eval()
         with torch.no_grad():
-            for batch in batches:
-                run_model(module, to_device(batch, device))
+            yield
     finally:
         module.train(was_training)
         for h in handles:
             h.remove()
-    return total[0]
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -343,22 +343,32 @@ class Moments:
             x = xs[0] - shift
         else:  # the parts side by side, centred in place (a new tensor: the callers' stay)
             x = torch.cat(xs, dim=1).sub_(shift)
-        fresh = self._pending is None or self._pending.dtype != dtype
-        if fresh:
-            self.settle()
-            # not zeroed: the first products overwrite it (beta 0); the lower blocks stay unused
-            self._pending = torch.empty(self.width, self.width, dtype=dtype, device=self.device)
+        fresh = self._pending_for(dtype)
         for rows, cols in self._blocks():
             self._pending[rows, cols].addmm_(x[:, rows].T, x[:, cols], beta=0.0 if fresh else 1.0)
-        n = int(x.shape[0])
         # the centred rows' sums in the compute dtype (pairwise, about the products' rounding),
         # widened after: a float64 reduction of float32 rows costs several times the products
         # of narrow features. The raw sum is n·shift + them, exactly as the fold reads it
-        shift64, centred_sums = shift.to(torch.float64), x.sum(dim=0).to(torch.float64)
-        self.total += n * shift64 + centred_sums
+        self._record(shift.to(torch.float64), x.sum(dim=0).to(torch.float64), int(x.shape[0]))
+
+    def _pending_for(self, dtype: torch.dtype) -> bool:
+        """Make the pending product sum hold ``dtype``; return True when it is new (unwritten).
+
+        A new one is not zeroed: the first batch's products overwrite it; the blocks below the
+        diagonal stay unused.
+        """
+        if self._pending is not None and self._pending.dtype == dtype:
+            return False
+        self.settle()
+        self._pending = torch.empty(self.width, self.width, dtype=dtype, device=self.device)
+        return True
+
+    def _record(self, shift: Tensor, sums: Tensor, n: int) -> None:
+        """Book a batch whose products are pending: its shift, its shifted rows' sums, n."""
+        self.total += n * shift + sums
         self.count += n
-        self._shifts.append(shift64)
-        self._sums.append(centred_sums)
+        self._shifts.append(shift)
+        self._sums.append(sums)
         self._rows.append(n)
         if len(self._rows) >= FOLD_EVERY:
             self.settle()
@@ -389,24 +399,11 @@ class Moments:
         spread = second - (sums / n) ** 2
         if not bool(((second == 0) | (second <= UNCENTRED_GROWTH * spread)).all()):
             return False
-        fresh = self._pending is None or self._pending.dtype != product[0].dtype
-        if fresh:
-            self.settle()
-            self._pending = torch.empty(
-                self.width, self.width, dtype=product[0].dtype, device=self.device
-            )
+        fresh = self._pending_for(product[0].dtype)
         for (rows, cols), p in zip(blocks, product, strict=True):
-            if fresh:
-                self._pending[rows, cols].copy_(p)
-            else:
-                self._pending[rows, cols].add_(p)
-        self.total += sums
-        self.count += n
-        self._shifts.append(torch.zeros_like(sums))
-        self._sums.append(sums)
-        self._rows.append(n)
-        if len(self._rows) >= FOLD_EVERY:
-            self.settle()
+            block = self._pending[rows, cols]
+            block.copy_(p) if fresh else block.add_(p)
+        self._record(torch.zeros_like(sums), sums, n)
         return True
 
     def settle(self) -> None:
