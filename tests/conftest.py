@@ -238,6 +238,17 @@ def run_model(module: torch.nn.Module, inputs: Any) -> Any:
         return module(**inputs) if isinstance(inputs, dict) else module(inputs)
 
 
+def drawn(fig: Any, *path: str) -> Any:
+    """Return a layout setting of ``fig`` as the browser draws it: the figure's own, else its
+    template's (``drawn(fig, "xaxis2", "gridcolor")``: a numbered axis takes the template's
+    first axis)."""
+    own, template = fig.layout, fig.layout.template.layout
+    for key in path:
+        own = own[key] if own is not None else None
+        template = template[key.rstrip("0123456789")]
+    return own if own is not None else template
+
+
 def max_diff(xs, ys) -> float:
     """Return the largest absolute difference of paired tensors."""
     return max((x - y).abs().max().item() for x, y in zip(xs, ys, strict=True))

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import plotly.graph_objects as go
+import plotly.io as pio
 import pytest
+from conftest import drawn
+from plotly.subplots import make_subplots
 
 from heterogui.ui.fig_eval import history_figure, sizes_figure
-from heterogui.ui.figstyle import style
+from heterogui.ui.figstyle import GRID, TEMPLATE, style
 
 
 def _row(merge: int, pair: str, params: int, score: float) -> dict:
@@ -52,7 +57,6 @@ def test_sizes_without_flops_say_so_instead_of_an_empty_axis():
 
 @pytest.mark.parametrize("flops", [2000, None])
 def test_sizes_figure_is_laid_out_as_plotly_subplots_lay_it_out(flops):
-    from plotly.subplots import make_subplots
 
     sizes = {n: {"parameters": p, "flops": flops} for n, p in (("A", 10), ("B", 2_000_000))}
     fig = sizes_figure(sizes)
@@ -67,6 +71,27 @@ def test_sizes_figure_is_laid_out_as_plotly_subplots_lay_it_out(flops):
     assert fig.layout.yaxis.tickformat == fig.layout.yaxis2.tickformat == "~s"
 
 
-def test_style_makes_backgrounds_transparent():
-    fig = style(go.Figure(go.Scatter(x=[0, 1], y=[1, 2])))
-    assert fig.layout.paper_bgcolor == fig.layout.plot_bgcolor == "rgba(0,0,0,0)"
+def test_style_gives_every_axis_the_shared_look_and_keeps_the_figures_own_settings():
+    fig = make_subplots(rows=1, cols=2)
+    fig.add_trace(go.Scatter(x=[0, 1], y=[1, 2]), row=1, col=1)
+    fig.add_trace(go.Bar(x=[0, 1], y=[3, 4]), row=1, col=2)
+    fig.update_layout(height=321, xaxis2_showgrid=False)
+    before = fig.to_plotly_json()
+    assert style(fig) is fig
+    assert drawn(fig, "paper_bgcolor") == drawn(fig, "plot_bgcolor") == "rgba(0,0,0,0)"
+    for axis in ("xaxis", "yaxis", "xaxis2", "yaxis2"):
+        for part in ("gridcolor", "zerolinecolor", "linecolor"):
+            assert drawn(fig, axis, part) == GRID
+    after = fig.to_plotly_json()  # only the template changed: data and own layout as they were
+    assert after["data"] == before["data"]
+    assert {k: v for k, v in after["layout"].items() if k != "template"} == {
+        k: v for k, v in before["layout"].items() if k != "template"
+    }
+    assert fig.layout.height == 321 and fig.layout.xaxis2.showgrid is False
+    # the browser gets the look in the figure's JSON, and plotly's own template is untouched
+    shipped = json.loads(fig.to_json())["layout"]["template"]["layout"]
+    assert shipped["paper_bgcolor"] == "rgba(0,0,0,0)" and shipped["xaxis"]["gridcolor"] == GRID
+    assert pio.templates["plotly"].layout.paper_bgcolor != "rgba(0,0,0,0)"
+    fig.layout.template.layout.title.text = "changed"  # each figure holds its own copy
+    assert TEMPLATE.layout.title.text is None
+    assert go.Figure().layout.template.layout.title.text is None

@@ -14,6 +14,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import drawn
 
 from heterogui.ui import fig_neurons
 from heterogui.ui.fig_neurons import (
@@ -264,7 +265,7 @@ def test_the_tab_shows_the_overview_for_large_layers_only(big):
     assert "3,072 features (1,536 of A, 1,536 of B)" in info
     for key in ("neuron_map", "neuron_overview", "neuron_hist"):  # the app's shared look
         fig = style(views[key])
-        assert fig.layout.paper_bgcolor == "rgba(0,0,0,0)"
+        assert drawn(fig, "paper_bgcolor") == "rgba(0,0,0,0)"
         assert fig.layout.margin.t >= 90  # room for the title, its subtitle and the legend
 
     small = layer_corr(16, 24, seed=3, samples=200, factors=6)

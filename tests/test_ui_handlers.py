@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import drawn
 
 from heterogui import pipeline, sizes
 from heterogui.config import DEFAULT_RIDGE
@@ -81,7 +82,7 @@ def test_start_opens_the_demo_pair_and_every_tab_renders(session, res):
     assert "alignment path" in heatmap.data[1].name
     cka = [v for row in heatmap.data[0].z for v in row]  # colours span the pair's own range
     assert (heatmap.data[0].zmin, heatmap.data[0].zmax) == (min(cka), max(cka))
-    assert all(v.layout.paper_bgcolor == "rgba(0,0,0,0)" for v in views.values() if is_fig(v))
+    assert all(drawn(v, "paper_bgcolor") == "rgba(0,0,0,0)" for v in views.values() if is_fig(v))
     assert "Compatible" in views["verdict"]
     assert views["segments"] and all(len(row) == 4 for row in views["segments"])
     assert "estimate" in views["readout"]

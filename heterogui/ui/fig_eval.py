@@ -135,7 +135,6 @@ def samples_figure(
         "height": 340,
         "margin": {"l": 10, "r": 10, "t": 120, "b": 10},
         "annotations": [],
-        "plot_bgcolor": "white",
     }
     bare = {"showticklabels": False, "showgrid": False, "zeroline": False}
     traces = []

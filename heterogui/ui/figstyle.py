@@ -9,8 +9,15 @@ Gradio's time estimates out of the status line and draws a language merge's coll
 from __future__ import annotations
 
 import plotly.graph_objects as go
+import plotly.io as pio
 
 GRID = "rgba(128, 128, 128, 0.25)"
+_AXES = {"gridcolor": GRID, "zerolinecolor": GRID, "linecolor": GRID}
+CLEAR = "rgba(0,0,0,0)"
+# plotly's own look with the workbench's: transparent backgrounds, translucent grid lines on
+# every axis. A figure's own settings outrank its template, so no figure sets these.
+TEMPLATE = go.layout.Template(pio.templates["plotly"])
+TEMPLATE.layout.update(paper_bgcolor=CLEAR, plot_bgcolor=CLEAR, xaxis=_AXES, yaxis=_AXES)
 
 # Gradio's time estimate for a step is its average over every earlier run of that event, by
 # any user and for any pair (a MiniLM merge would be promised the digits pair's time): the status
@@ -32,8 +39,18 @@ DARK_CSS = """
 
 
 def style(fig: go.Figure) -> go.Figure:
-    """Return ``fig`` with the shared look (changed in place)."""
-    fig.update_layout(paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)")
-    fig.update_xaxes(gridcolor=GRID, zerolinecolor=GRID, linecolor=GRID)
-    fig.update_yaxes(gridcolor=GRID, zerolinecolor=GRID, linecolor=GRID)
+    """Return ``fig`` with the shared look (changed in place): ``TEMPLATE`` as its template.
+
+    The template is validated once, here at import; plotly would validate it again on every
+    assignment (tens of milliseconds a figure, about half of a slider release's drawing), so
+    it is assigned unvalidated, as plotly itself assigns its default template to a new figure.
+    The figure gets its own copy.
+    """
+    layout = fig.layout
+    validate = layout._validate
+    layout._validate = False
+    try:
+        layout.template = TEMPLATE
+    finally:
+        layout._validate = validate
     return fig
