@@ -13,6 +13,7 @@ defined here: ``load_pair``, ``calibrate``, ``analyse``, ``evaluate_models`` / `
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -111,12 +112,20 @@ def versions(families: tuple[str, ...] = ()) -> dict[str, str]:
     """Return the versions that can change a merge's numbers (transformers for its models)."""
     out = {
         "heterogui": heterogui.__version__,
-        "torch": metadata.version("torch"),
+        "torch": installed_version("torch"),
         "python": platform.python_version(),
     }
     if any(f in (*TRANSFORMER_FAMILIES, "decoder") for f in families):
-        out["transformers"] = metadata.version("transformers")
+        out["transformers"] = installed_version("transformers")
     return out
+
+
+@functools.cache
+def installed_version(package: str) -> str:
+    """Return the installed version of ``package``, read once a process (a lookup scans the
+    installed packages: milliseconds that every model card and recipe the workbench redraws
+    would pay again; the modules already imported keep their version anyway)."""
+    return metadata.version(package)
 
 
 def settings_of(recipe: Recipe) -> ZipSettings:

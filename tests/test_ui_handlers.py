@@ -371,6 +371,15 @@ def test_remerge_reuses_cached_statistics_and_is_fast(session, res, monkeypatch)
     assert scored["readout"] == tab_zip.render(session, res)["readout"]
     assert not {"sizes_plot", "arch_plot", "widths_plot"} & set(scored)
     assert app.views_of("readout") == ("readout",)
+    # Of the Evaluate tab it redraws the scores and history alone, as the whole tab draws them;
+    # the samples drawn with the merge stay.
+    whole = app.render(session, res, ("evaluate",))
+    assert set(app.views_of("scores")) < set(app.views_of("evaluate"))
+    assert not {"samples_plot", "predictions", "sample_ids", "sweep_plot"} & set(scored)
+    assert set(scored) & set(whole) == {"metrics", "history", "history_plot"}
+    assert scored["metrics"] == whole["metrics"] and scored["history"] == whole["history"]
+    assert scored["metrics"]["value"][-1][0] == "merged"
+    assert scored["history_plot"].to_json() == whole["history_plot"].to_json()
     assert float(rows["merged"][-1]) == session.history[-1]["Joint"]
     for name in ("A", "B", "ensemble"):
         assert float(rows[name][-1]) == round(100 * session.baseline[name.lower()].joint, 2)

@@ -48,7 +48,9 @@ TABS = {
     "compare": tab_compare,
     "export": tab_export,
 }
-SCOPES = (*TABS, "knobs")  # "readout": the Zip tab's readout alone (a part of "zip")
+# Also "readout" (the Zip tab's readout alone, a part of "zip") and "scores" (the Evaluate tab's
+# views that a merge's scores change, a part of "evaluate").
+SCOPES = (*TABS, "knobs")
 STAGES = {
     "bn_inputs": "re-estimating BatchNorm of A and B",
     "bn_similarity": "re-estimating BatchNorm of A and B, with their layer similarity (one pass)",
@@ -75,6 +77,8 @@ def views_of(scope: str) -> tuple[str, ...]:
     """Return the names of the components a scope renders."""
     if scope == "readout":
         return ("readout",)
+    if scope == "scores":
+        return tab_evaluate.SCORE_VIEWS
     return tuple(tab_zip.KNOBS) if scope == "knobs" else TABS[scope].VIEWS
 
 
@@ -87,6 +91,9 @@ def render(session: Session, res: Resources, scopes: Sequence[str]) -> dict[str,
                 values.update(tab_zip.knob_values(session))
         elif scope == "readout":
             values["readout"] = tab_zip.render_readout(session)
+        elif scope == "scores":
+            if session.prepared is not None and session.task is not None:
+                values.update(tab_evaluate.score_views(session))
         else:
             values.update(TABS[scope].render(session, res))
     return {k: style(v) if isinstance(v, go.Figure) else v for k, v in values.items()}

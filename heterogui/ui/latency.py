@@ -8,7 +8,8 @@ server and without gradio, down to the figures' JSON:
    the Zip, Neurons, Evaluate and Compare tabs: readout, sizes, architecture, widths, neuron
    maps, ...);
 2. its metrics: evaluation on the test split and the views redrawn with them
-   (``tab_zip.SCORED_SCOPES``: the Zip tab's readout, the Evaluate, Compare and Export tabs).
+   (``tab_zip.SCORED_SCOPES``: the Zip tab's readout, the Evaluate tab's scores and history,
+   the Compare and Export tabs).
 
 The statistics are prepared once before timing, as the app does when a pair is loaded.
 

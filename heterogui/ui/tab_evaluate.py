@@ -49,6 +49,16 @@ VIEWS = (
     "gen_view",
     "gen_info",
 )
+# What a merge's scores change (the scope "scores"); a subset of VIEWS.
+SCORE_VIEWS = (
+    "metrics",
+    "text_scores",
+    "lm_scores",
+    "lm_alarm",
+    "lm_info",
+    "history",
+    "history_plot",
+)
 MODELS = (("A", "a"), ("B", "b"), ("ensemble", "ensemble"))  # table label, baseline key
 GEN_MODES = ("greedy", "sampled")
 GEN_TOKENS = 32  # new tokens per continuation (each re-runs the whole sequence: no cache)
@@ -403,30 +413,41 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
         "gen_view": None,
         "gen_info": "",
     }
-    if METRICS in task.panels:
-        header, rows = metric_rows(session)
-        views["metrics"] = gr.update(value=rows, headers=header)
     if SAMPLES in task.panels:
         views["sample_ids"] = ", ".join(str(i) for i in session.samples)
         views.update(sample_views(session))
     if SWEEP in task.panels and session.sweep:
         rho = session.result.settings.rho if session.result is not None else session.settings.rho
         views["sweep_plot"] = sweep_figure(session.sweep, rho, work.metric_label(task))
-    if SPEARMAN in task.panels:
-        views["text_scores"] = spearman_rows(session)
-    if PERPLEXITY in task.panels:
-        views.update(perplexity_views(session))
     if GENERATIONS in task.panels:
         views.update(generation_views(session))
     if SIMILARITY in task.panels and session.compare:
         matrices = task.similarity(session.prepared, session.result, session.pair, session.compare)
         views["sim_plot"] = similarity_figure(matrices, session.compare)
+    return {**panels, **views, **score_views(session)}
+
+
+def score_views(session: Session) -> dict[str, Any]:
+    """Return the views that a merge's scores change (the scope "scores"; a part of the tab).
+
+    A slider release draws the merge with the whole tab, then only these once it is scored:
+    the samples, sweep, similarities and generations stay as drawn.
+    """
+    task = session.task
+    views: dict[str, Any] = {}
+    if METRICS in task.panels:
+        header, rows = metric_rows(session)
+        views["metrics"] = gr.update(value=rows, headers=header)
+    if SPEARMAN in task.panels:
+        views["text_scores"] = spearman_rows(session)
+    if PERPLEXITY in task.panels:
+        views.update(perplexity_views(session))
     columns, history = history_table(session.history)
     views["history"] = gr.update(value=history or None, headers=columns)
     views["history_plot"] = history_figure(
         session.history, work.metric_label(task), session.pair_name
     )
-    return {**panels, **views}
+    return views
 
 
 def on_similarity(session: Session, res: Resources, typed: str | None, progress=None) -> str:

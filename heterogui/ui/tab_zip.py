@@ -47,11 +47,12 @@ FUSION_CHOICES = [
 ]
 # What a merge redraws. A slider release shows the merge first (RELEASED_SCOPES), then what
 # its scores change (SCORED_SCOPES): of the Zip tab only the readout, whose table gives the
-# merge's score (its figures hold sizes and widths, which the scores leave as they are); the
-# Export tab once, with the scores its model card gives.
+# merge's score (its figures hold sizes and widths, which the scores leave as they are); of the
+# Evaluate tab its scores and history (its samples, drawn with the merge, stay); the Export tab
+# once, with the scores its model card gives.
 MERGED_SCOPES = ("zip", "neurons", "evaluate", "compare", "export")
 RELEASED_SCOPES = ("zip", "neurons", "evaluate", "compare")
-SCORED_SCOPES = ("readout", "evaluate", "compare", "export")
+SCORED_SCOPES = ("readout", "scores", "compare", "export")
 WIDTH_HEADERS = ["merge point", "width A", "width B", "merged width", "override"]
 # The override choice that sets one rho at every attention layer (rho 0 keeps all the heads of
 # both models: docs/quality.md measures what merging heads costs a transformer).
