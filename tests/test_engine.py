@@ -120,6 +120,28 @@ def test_partial_zip_keeps_one_tail_per_model():
         zip_prepared(prep, ZipSettings(stop=99))
 
 
+def test_merges_of_one_pair_share_no_modules_or_weights():
+    """Tails come from one meta network per config (``merged.meta_network``): each merge copies."""
+    from heterogui.fusion.merged import meta_network
+
+    config_a, config_b, shape = DEPTH_PAIRS["resnet"]
+    prep = prepare(make(config_a, 0), make(config_b, 1), calibration(shape), device="cpu")
+    for stop in (None, 3):
+        first, second = (zip_prepared(prep, ZipSettings(stop=stop)) for _ in range(2))
+        one, two = first.model, second.model
+        assert not {id(m) for m in one.modules()} & {id(m) for m in two.modules()}
+        storage = {p.untyped_storage().data_ptr() for p in one.parameters()}
+        assert not storage & {p.untyped_storage().data_ptr() for p in two.parameters()}
+        x = calibration(shape, n_batches=1, seed=5)[0]
+        expected = [out.clone() for out in one(x)]
+        with torch.no_grad():  # changing one merge's head leaves the other's as it was
+            for p in two.tails[0][-1].parameters():
+                p.add_(1.0)
+        assert all(torch.equal(e, o) for e, o in zip(expected, one(x), strict=True))
+        cached = meta_network(first.spec.tail_configs[0])  # never given storage
+        assert all(p.is_meta for p in cached.parameters())
+
+
 def test_merge_changes_nothing_in_the_callers_models():
     config_a, config_b, shape = DEPTH_PAIRS["vgg"]
     a, b = make(config_a, 0), make(config_b, 1)

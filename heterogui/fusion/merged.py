@@ -8,7 +8,9 @@ zip (only the heads are separate); ``stop`` = 0 runs the two models side by side
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,9 +160,10 @@ def build_merged(spec: MergedSpec, device: torch.device | str | None = None) -> 
     in the tails never take memory.
     """
     target = torch.device(device) if device is not None else torch.get_default_device()
-    with torch.device("meta"), torch.random.fork_rng(devices=[]):
-        trunk = list(family_of(spec.trunk_config).build(spec.trunk_config).blocks)[: spec.stop]
-        tails = tuple(list(family_of(c).build(c).blocks)[spec.stop :] for c in spec.tail_configs)
+    trunk = list(meta_network(spec.trunk_config, cached=False).blocks)[: spec.stop]
+    tails = tuple(
+        copy.deepcopy(list(meta_network(c).blocks)[spec.stop :]) for c in spec.tail_configs
+    )
     unmerge = None
     if spec.layout is not None:
         graph = family_of(spec.trunk_config).graph(spec.trunk_config)
@@ -170,6 +173,30 @@ def build_merged(spec: MergedSpec, device: torch.device | str | None = None) -> 
         unmerge = tuple(torch.zeros(n, r) for n in widths)
     model = MergedModel(spec, trunk, tails, unmerge)
     return model if target.type == "meta" else allocate(model, target)
+
+
+def meta_network(config: Any, cached: bool = True) -> nn.Module:
+    """Return a network of ``config`` on the meta device (modules, no storage).
+
+    cached: the network is built once per config and shared (copy the blocks you keep): the
+    tails of every merge of a pair come from the same configs, A's and B's, and building a
+    whole network to keep its head was most of the time a re-merge spent on modules.
+    """
+    try:
+        hash(config)
+    except TypeError:  # a config that cannot be a key is built every time
+        cached = False
+    return _meta_network(config) if cached else _build_meta(config)
+
+
+@functools.lru_cache(maxsize=16)
+def _meta_network(config: Any) -> nn.Module:
+    return _build_meta(config)
+
+
+def _build_meta(config: Any) -> nn.Module:
+    with torch.device("meta"), torch.random.fork_rng(devices=[]):
+        return family_of(config).build(config)
 
 
 def unmerge_name(model: int) -> str:
