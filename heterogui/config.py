@@ -28,7 +28,14 @@ ALIGN_MODES = ("sma", "lma", "lma_first", "lma_similar", "uniform", "head", "hea
 SIMILARITY_MEASURES = ("auto", "outputs", "updates")
 MATCHER_NAMES = ("zip", "zip_naive", "permute", "average")
 DTYPES = ("float32", "float64")
-OVERRIDE_TYPES = {"width": int, "rho": float, "alpha": float, "beta": float, "matcher": str}
+OVERRIDE_TYPES = {
+    "width": int,
+    "rho": float,
+    "alpha": float,
+    "beta": float,
+    "matcher": str,
+    "heads": str,
+}
 OVERRIDE_KEYS = set(OVERRIDE_TYPES)
 IDENTITIES = ("exact", "ls", "plain")
 # how matched weights are combined (fusion.fuse; "least_squares": fusion.regression) and the
@@ -38,6 +45,9 @@ FUSIONS = ("auto", "average", "least_squares", "least_squares_sequential")
 DEFAULT_FUSION = "auto"
 DEFAULT_RIDGE = 1e-2
 POOLINGS = ("mean", "cls")
+# how an attention layer reaches its width (zip.plan.ZipSettings.heads): "pair" averages a head
+# of A with one of B (the paper's), "select" keeps the heads that write the most (zip.select)
+HEAD_MERGES = ("pair", "select")
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,8 @@ class ZipSpec:
     paper's average otherwise), "average" (the paper's), "least_squares" or
     "least_squares_sequential"; ridge: the least-squares ridge.
     renormalize: rescale the merged features to their groups' average statistics after fusion.
+    heads: "pair" (the paper's: attention heads of A and B paired and averaged) or "select"
+    (the heads that write the most kept whole, the others dropped); an override knob too.
     """
 
     matcher: str = "zip"
@@ -125,10 +137,12 @@ class ZipSpec:
     fusion: str = DEFAULT_FUSION
     ridge: float = DEFAULT_RIDGE
     renormalize: bool = False
+    heads: str = "pair"
 
     def __post_init__(self) -> None:
         _check_knobs("zip", self.matcher, self.alpha, self.beta, self.rho)
         check_fusion(self.fusion, self.ridge)
+        check_heads("zip.heads", self.heads)
         for space, knobs in self.overrides.items():
             if not isinstance(knobs, dict):
                 raise ConfigError(
@@ -151,9 +165,19 @@ class ZipSpec:
                 knobs.get("beta", 1.0),
                 knobs.get("rho", 1.0),
             )
+            if "heads" in knobs:
+                check_heads(f"zip.overrides.{excerpt(space, 60)}.heads", knobs["heads"])
             width = knobs.get("width")
             if width is not None and (not isinstance(width, int) or width < 1):
                 raise ConfigError(f"zip.overrides.{space}.width must be a positive integer")
+
+
+def check_heads(where: str, heads: str) -> None:
+    """Raise ConfigError for an unknown way of merging attention heads."""
+    if heads not in HEAD_MERGES:
+        raise ConfigError(
+            f"{where} {excerpt(repr(heads), 60)} is unknown; use one of {HEAD_MERGES}"
+        )
 
 
 def check_fusion(fusion: str, ridge: float) -> None:

@@ -20,6 +20,7 @@ from heterogui.zip.heads import head_group_pairs, match_head_group
 from heterogui.zip.matchers import MATCHERS, Match, keep_one_match
 from heterogui.zip.plan import ZipSettings, head_group_first, plan_widths
 from heterogui.zip.rotary import match_rotary_group
+from heterogui.zip.select import output_energies, select_members
 from heterogui.zip.stats import Moments
 
 # Correlations formed from a prepared pair's statistics, kept while the pair lives: every
@@ -133,21 +134,60 @@ def _match_head_group(
         unit = ga.spaces[first].unit
         pairs = head_group_pairs(n_a, n_b, unit, knobs["matcher"], 1.0, width)
         corrs = {s.name: correlation(prepared, s.name, stop) for s in spaces if s.captures}
-        matches.update(
-            match_rotary_group(
-                corrs,
-                {s.name: s.role for s in spaces},
-                {n: plan[n][:2] for n in names},
-                spaces[0].head_dim,
-                max(s.unit_heads for s in spaces),
-                pairs,
-                knobs["matcher"],
-            )
+        group = match_rotary_group(
+            corrs,
+            {s.name: s.role for s in spaces},
+            {n: plan[n][:2] for n in names},
+            spaces[0].head_dim,
+            max(s.unit_heads for s in spaces),
+            pairs,
+            knobs["matcher"],
         )
-        return
-    corrs = {n: correlation(prepared, n, stop) for n in names}
-    matches.update(
-        match_head_group(
+    else:
+        corrs = {n: correlation(prepared, n, stop) for n in names}
+        group = match_head_group(
             corrs, n_a, n_b, ga.spaces[first].head_dim, matcher=knobs["matcher"], width=width
         )
-    )
+    if knobs["heads"] == "select":
+        group = _select_heads(prepared, stop, group)
+    matches.update(group)
+
+
+def _select_heads(prepared: Prepared, stop: int, group: dict[str, Match]) -> dict[str, Match]:
+    """Return a head group's matchings with every merged pair taken from its stronger unit.
+
+    ``zip.select``: units (heads, or key/value heads with their query heads) are ranked by
+    what their values write through the output projection, from the calibration statistics.
+    """
+    nets = (prepared.padded_a, prepared.padded_b)
+    ga = nets[0].graph()
+    spaces = [ga.spaces[n] for n in group]
+    # the space the output projection reads; its values are its own features, or (rotary,
+    # grouped-query attention) those of the key/value heads its query heads read
+    output = next(s for s in spaces if _readers(ga, s.name))
+    value = output if output.captures else next(s for s in spaces if s.role == "v")
+    moments = pooled_moments(prepared.stats, ga, value.name, stop)
+    mean = moments.mean()
+    second = moments.cov().add_(torch.outer(mean, mean))
+    n_a = group[value.name].n_a
+    energies = []
+    for net, rows in zip(nets, (slice(0, n_a), slice(n_a, None)), strict=True):
+        state = net.module.state_dict()
+        readers = [state[name].movedim(dim, -1) for name, dim in _readers(net.graph(), output.name)]
+        energies.append(
+            output_energies(second[rows, rows], readers, value.head_dim, output.unit_heads)
+        )
+    return {
+        name: select_members(match, ga.spaces[name].unit, *energies)
+        for name, match in group.items()
+    }
+
+
+def _readers(graph: ModelGraph, space: str) -> list[tuple[str, int]]:
+    """Return (tensor name, axis) of every tensor that reads ``space`` (merged there with U)."""
+    return [
+        (t.name, a.dim)
+        for t in graph.tensors
+        for a in t.axes
+        if a.space == space and a.role == "in"
+    ]

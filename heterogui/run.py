@@ -141,6 +141,7 @@ def settings_of(recipe: Recipe) -> ZipSettings:
         z.fusion,
         z.ridge,
         z.renormalize,
+        z.heads,
     )
 
 
@@ -313,6 +314,7 @@ def complete_recipe(
             s.fusion,
             s.ridge,
             s.renormalize,
+            s.heads,
         ),
         stop=s.stop,
         reset_input_bn=reset_input_bn,

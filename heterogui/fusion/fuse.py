@@ -125,18 +125,20 @@ class SpaceTransform:
             return _added(apply_along(matrix.to(tensor.dtype), tensor, dim), into)
         dim = dim % tensor.dim()
         device, trailing = tensor.device, [1] * (tensor.dim() - dim - 1)
-        if role == "out":  # M averages a group over all its members, of every model
-            weight = self._group_weights().to(device, tensor.dtype).reshape(-1, *trailing)
         # Each group's first member of this model is gathered along ``dim`` in place (not moved
         # to the front first); its further members, few, are added in feature order, as a
         # scatter of every member (zeros, then index_add) would: that took 2-4 times as long,
         # on a 30,522-token embedding 93 ms a model against 42.
         members = self._members_of(model)
+        if role == "out":  # M averages a group over all its members (or weighs them: shares)
+            weight = self._group_weights()
+            first_weight = weight if members.first_share is None else members.first_share
+            first_weight = first_weight.to(device, tensor.dtype).reshape(-1, *trailing)
         first = members.first.to(device)
         if first.numel():
             part = tensor.index_select(dim, first)  # never the caller's tensor
             if role == "out":
-                part.mul_(weight)
+                part.mul_(first_weight)
             if members.missing is not None:  # groups without a member of this model
                 part.index_fill_(dim, members.missing.to(device), 0)
             into = part if into is None else into.add_(part)
@@ -148,7 +150,9 @@ class SpaceTransform:
             more, groups = members.more.to(device), members.more_groups.to(device)
             rows = tensor.index_select(dim, more)
             if role == "out":
-                rows.mul_(weight.index_select(0, groups))
+                share = members.more_share
+                share = weight.index_select(0, members.more_groups) if share is None else share
+                rows.mul_(share.to(device, tensor.dtype).reshape(-1, *trailing))
             into.index_add_(dim, groups, rows)
         return into
 
@@ -165,11 +169,14 @@ class SpaceTransform:
             more = features[~is_first]
             first = first_of if bool((first_of >= 0).all()) else first_of.clamp(min=0)
             missing = torch.nonzero(first_of < 0).reshape(-1)
+            shares = None if m.weights is None else m.weights[m.rows_of(model)]
             self._members[model] = Members(
                 first if features.numel() else features,
                 missing if missing.numel() else None,
                 more if more.numel() else None,
                 owner[~is_first] if more.numel() else None,
+                None if shares is None or not features.numel() else shares[first],
+                None if shares is None or not more.numel() else shares[more],
             )
         return self._members[model]
 
@@ -181,13 +188,16 @@ class Members:
     first: (r,) each group's first member of the model (feature order; 0 where it has none),
     or empty when the model keeps no feature; missing: the groups without a member of the
     model, or None; more, more_groups: the other kept features, in feature order, and their
-    groups, or None when every group has at most one member of the model.
+    groups, or None when every group has at most one member of the model. first_share,
+    more_share: their entries of M when the Match has ``weights`` (else None: M averages).
     """
 
     first: torch.Tensor
     missing: torch.Tensor | None
     more: torch.Tensor | None
     more_groups: torch.Tensor | None
+    first_share: torch.Tensor | None = None
+    more_share: torch.Tensor | None = None
 
 
 def _added(value: torch.Tensor, into: torch.Tensor | None) -> torch.Tensor:

@@ -48,6 +48,10 @@ class Match:
         n_b: number of features of model B.
         width: number of groups r (the merged width).
         more: the numbers of features of a third, fourth, ... model (an N-way zip), after B's.
+        weights: (O,) float64, each feature's share in its group's merged feature (the entries
+            of M; every group's sum 1, a dropped feature's 0), or None: the group's average.
+            Head selection (``zip.select``) gives one member of a group all of it; U still
+            copies the group back to every member.
     """
 
     groups: Tensor
@@ -55,6 +59,7 @@ class Match:
     n_b: int
     width: int
     more: tuple[int, ...] = ()
+    weights: Tensor | None = None
 
     @classmethod
     def of_sizes(cls, groups: Tensor, sizes: tuple[int, ...], width: int) -> Match:
@@ -78,6 +83,34 @@ class Match:
                 "groups must use every id in [0, width) and number groups in order of their "
                 "smallest member"
             )
+
+        if self.weights is not None:
+            object.__setattr__(self, "weights", self._checked_weights(self.weights))
+
+    def _checked_weights(self, weights: Tensor) -> Tensor:
+        """Return ``weights`` as (O,) float64 on the CPU, checked to be shares of groups."""
+        w = torch.as_tensor(weights).detach().to("cpu", torch.float64).reshape(-1)
+        if w.numel() != self.groups.numel() or not bool(torch.isfinite(w).all() & (w >= 0).all()):
+            raise MatcherError(
+                f"merge weights must be {self.groups.numel()} finite numbers >= 0, one a feature"
+            )
+        kept = self.groups >= 0
+        sums = torch.zeros(self.width, dtype=torch.float64).index_add_(
+            0, self.groups[kept], w[kept]
+        )
+        if bool((w[~kept] != 0).any()) or not torch.allclose(sums, torch.ones_like(sums)):
+            raise MatcherError("merge weights must sum to 1 in every group and be 0 where dropped")
+        return w
+
+    def member_weights(self) -> Tensor:
+        """Return every feature's share in its group's merged feature, (O,) float64."""
+        if self.weights is not None:
+            return self.weights
+        kept = self.groups >= 0
+        sizes = torch.bincount(self.groups[kept], minlength=self.width).to(torch.float64)
+        w = torch.zeros(self.groups.numel(), dtype=torch.float64)
+        w[kept] = 1.0 / sizes[self.groups[kept]]
+        return w
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -106,21 +139,28 @@ class Match:
         return u
 
     def merge(self, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
-        """Return M = (U / column sums)ᵀ, (r, O): each row averages its group."""
+        """Return M, (r, O): each row averages its group (U / column sums, transposed), or
+        weighs it by ``weights``."""
         u = self.unmerge(torch.float64, device)
+        if self.weights is not None:
+            return (u * self.weights.to(u.device)[:, None]).T.contiguous().to(dtype)
         return (u / u.sum(dim=0, keepdim=True)).T.contiguous().to(dtype)
 
     def average_columns(self, matrix: Tensor) -> Tensor:
-        """Return ``matrix`` Mᵀ: (rows, r), column g the mean of the columns in group g.
+        """Return ``matrix`` Mᵀ: (rows, r), column g the mean of the columns in group g (or
+        their sum by ``weights``).
 
         matrix: (rows, O). The sparse form of the product with M: no (r, O) matrix is formed.
         """
         groups = self.groups.to(matrix.device)
         kept = torch.nonzero(groups >= 0).reshape(-1)
         index = groups[kept]
-        weights = 1.0 / torch.bincount(index, minlength=self.width).to(matrix.dtype)
+        if self.weights is None:
+            shares = (1.0 / torch.bincount(index, minlength=self.width).to(matrix.dtype))[index]
+        else:
+            shares = self.weights.to(matrix.device, matrix.dtype)[kept]
         out = matrix.new_zeros(matrix.shape[0], self.width)
-        return out.index_add_(1, index, matrix[:, kept] * weights[index])
+        return out.index_add_(1, index, matrix[:, kept] * shares)
 
     def m_of(self, model: int, dtype: torch.dtype = torch.float64, device: Device = None) -> Tensor:
         """Return M_m, the columns of M of model ``model``: (r, n_m)."""

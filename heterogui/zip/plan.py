@@ -36,6 +36,9 @@ class ZipSettings:
     renormalize: after fusion, rescale the merged features that a per-feature affine module
         writes (norms, value projections) to their groups' average mean and spread
         (``fusion.renormalize``; for models without BatchNorm).
+    heads: how attention layers reach their width: "pair" (the paper's: a head of A and one
+        of B averaged) or "select" (the heads that write the most kept whole, the others
+        dropped: ``zip.select``). Also an override knob of a head group's first space.
     """
 
     matcher: str = "zip"
@@ -47,6 +50,7 @@ class ZipSettings:
     fusion: str = DEFAULT_FUSION
     ridge: float = DEFAULT_RIDGE
     renormalize: bool = False
+    heads: str = "pair"
 
     def resolved(self, default_fusion: str) -> ZipSettings:
         """Return these settings with fusion "auto" replaced by the fusion a merge uses.
@@ -67,6 +71,7 @@ class ZipSettings:
             "beta": self.beta,
             "rho": self.rho,
             "width": None,
+            "heads": self.heads,
         }
         knobs.update(self.override_for(space))
         return knobs
