@@ -174,9 +174,15 @@ def test_a_transformer_pair_gets_heads_kept_rows_and_their_section(tmp_path, mon
         assert 0.0 <= row["joint"]["mean"] <= 1.0
     # The checks read the zips at the paper's width only.
     assert not any("heads kept" in c["detail"] for c in data["checks"])
+    # heads selected (zip.select): the paper's width, a row per fusion, in the fusion table
+    for fusion in ("", ", least squares", ", sequential least squares"):
+        row = rows[f"zip (LMA{fusion}, heads selected)"]
+        assert row["params"]["mean"] == paper_width and 0.0 <= row["joint"]["mean"] <= 1.0
     md = (tmp_path / "docs" / "quality.md").read_text()
     section = md.split("## Where a transformer merge loses")[1].split("\n## ")[0]
     assert f"| {pair} |" in section and "heads kept, sequential least squares" in section
+    fusion = md.split("## Fusion and renormalization")[1].split("\n## ")[0]
+    assert "best zip, sequential least squares, heads selected" in fusion
 
 
 def test_head_groups_name_one_space_per_attention_layer():

@@ -90,11 +90,12 @@ def test_the_whole_flow_over_the_api(url, tmp_path):
 
 
 def test_the_fusion_over_the_api(url):
-    """The fusion follows the device (only Renormalize comes after it): older calls work."""
+    """The fusion follows the device (Renormalize and the heads come after it): older calls
+    work."""
     client = Client(url, verbose=False)
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     for name in ("/zip", "/merge", "/remerge"):
-        fusion = api[name]["parameters"][-2]
+        fusion = api[name]["parameters"][-3]
         assert fusion["label"] == "Fusion" and fusion["parameter_default"] == "auto"
     _, summary, _ = call(client, "/start")
     stop = summary["blocks"]
@@ -113,13 +114,13 @@ def test_the_fusion_over_the_api(url):
 
 
 def test_the_renormalization_over_the_api(url):
-    """Renormalize is the last input of /zip, /merge and /remerge, after the fusion."""
+    """Renormalize follows the fusion in /zip, /merge and /remerge (the heads come last)."""
     client = Client(url, verbose=False)
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     for name in ("/zip", "/merge", "/remerge"):
-        *_, fusion, last = api[name]["parameters"]
+        *_, fusion, renormalize, _heads = api[name]["parameters"]
         assert fusion["label"] == "Fusion"
-        assert last["label"] == "Renormalize" and last["parameter_default"] is False
+        assert renormalize["label"] == "Renormalize" and renormalize["parameter_default"] is False
     _, summary, _ = call(client, "/start")
     stop = summary["blocks"]
     _, summary, _ = call(client, "/zip", "zip", 0.5, 1.0, 0.5, stop, "average", True)
@@ -129,6 +130,27 @@ def test_the_renormalization_over_the_api(url):
     status, summary, _ = call(client, "/remerge", True, "zip", 0.5, 1.0, 0.6, stop, "cpu")
     assert "renormaliz" not in status
     assert [h["renormalize"] for h in summary["history"]] == [True, False]
+
+
+def test_the_heads_over_the_api(url):
+    """The attention heads' choice is the last input of /zip, /merge and /remerge."""
+    client = Client(url, verbose=False)
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name in ("/zip", "/merge", "/remerge"):
+        last = api[name]["parameters"][-1]
+        assert last["label"] == "Attention heads" and last["parameter_default"] == "pair"
+    _, summary, _ = call(client, "/start")
+    stop = summary["blocks"]
+    _, summary, _ = call(client, "/zip", "zip", 0.5, 1.0, 0.5, stop, "average", False, "select")
+    assert summary["settings"]["heads"] == "select" and "merged" not in summary
+    knobs = ("zip", 0.5, 1.0, 0.5, stop, "cpu", "average", False, "select")
+    status, summary, _ = call(client, "/merge", *knobs)
+    assert "Merge #1 done" in status and "heads: no merged attention heads" in status  # VGG
+    status, summary, _ = call(client, "/remerge", True, "zip", 0.5, 1.0, 0.6, stop, "cpu")
+    assert "heads" not in status
+    assert [h["heads"] for h in summary["history"]] == ["select", "pair"]
+    with pytest.raises(AppError, match="both is not in the list of choices"):
+        call(client, "/zip", "zip", 0.5, 1.0, 0.5, stop, "average", False, "both")
 
 
 def test_after_a_step_the_app_collects_the_other_placement_and_the_switch_reuses_it(served):

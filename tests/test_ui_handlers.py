@@ -340,6 +340,58 @@ def test_renormalize_changes_a_vit_merge_and_survives_a_recipe(res, tmp_path):
     assert all(torch.equal(fixed[k].cpu(), again[k].cpu()) for k in fixed)
 
 
+def test_selected_heads_change_a_vit_merge_and_survive_a_recipe(res, tmp_path):
+    vit = Session(device="cpu")
+    tab_models.on_load_pair(vit, res, "tiny-digits-vit-depth")
+    n = work_blocks(vit)
+    merge(vit, res, fusion="average")
+    plain = {k: v.clone() for k, v in vit.result.model.state_dict().items()}
+    # The dropdown changes the settings only; Merge then uses them.
+    tab_zip.on_knobs(vit, res, "zip", 0.5, 1.0, 1.0, n, "average", False, "select")
+    assert vit.settings.heads == "select" and vit.result.settings.heads == "pair"
+    assert "heads select" in tab_models.carried_knobs(vit)
+    message = tab_zip.on_merge(vit, res, "zip", 0.5, 1.0, 1.0, n, "cpu", "average", False, "select")
+    assert "Merge #2 done" in message and "heads selected: " in message
+    taken = [int(x) for x in message.split("heads selected: ")[1].split(";")[0].split()[::7][:2]]
+    assert sum(taken) > 0  # merged head pairs, each counted once
+    # The same matching and widths; the attention weights of the merged heads differ.
+    fixed = vit.result.model.state_dict()
+    assert vit.result.widths() == vit.details[1]["widths"]
+    changed = [k for k in fixed if not torch.equal(fixed[k], plain[k])]
+    assert any("attention.query" in k for k in changed)
+    assert [h["heads"] for h in vit.history] == ["pair", "select"]
+    assert session_summary(vit)["settings"]["heads"] == "select"
+    labels = {number: label for label, number in tab_compare.merge_choices(vit)}
+    assert "heads selected" in labels[2] and "heads selected" not in labels[1]
+    tab_compare.on_compare(vit, res, 1, 2)
+    assert "| heads | pair | select | differs |" in tab_compare.render(vit, res)["compare_table"]
+    # An exported recipe carries the choice; importing it sets the dropdown again.
+    tab_export.on_export(vit, res, str(tmp_path / "selected"), False)
+    assert "heads: select" in (tmp_path / "selected" / "recipe.yaml").read_text()
+    other = Session(device="cpu")
+    tab_export.on_import(other, res, str(tmp_path / "selected" / "recipe.yaml"), None)
+    assert app.render(other, res, ("knobs",))["heads"] == "select"
+    again = other.result.model.state_dict()
+    assert all(torch.equal(fixed[k].cpu(), again[k].cpu()) for k in fixed)
+    # A slider release re-merges with the dropdown's choice.
+    tab_zip.on_release(vit, res, True, "zip", 0.5, 1.0, 0.5, n, "cpu", "average", False, "select")
+    assert vit.result.settings.heads == "select"
+    with pytest.raises(ConfigError, match="heads 'both' is unknown"):
+        tab_zip.on_knobs(vit, res, "zip", 0.5, 1.0, 1.0, n, "average", False, "both")
+
+
+def test_selecting_heads_of_a_cnn_pair_says_so_and_changes_nothing(session, res):
+    n = work_blocks(session)
+    merge(session, res, fusion="average")
+    plain = {k: v.clone() for k, v in session.result.model.state_dict().items()}
+    message = tab_zip.on_merge(
+        session, res, "zip", 0.5, 1.0, 1.0, n, "cpu", "average", False, "select"
+    )
+    assert "heads: no merged attention heads to select" in message
+    fixed = session.result.model.state_dict()
+    assert all(torch.equal(fixed[k], plain[k]) for k in plain)
+
+
 def test_remerge_reuses_cached_statistics_and_is_fast(session, res, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a slider move must not re-run the models")

@@ -35,6 +35,7 @@ LEAST_SQUARES = ", least squares"  # the label suffix of least-squares fusion ro
 SEQUENTIAL = ", sequential least squares"  # the label suffix of sequential least-squares rows
 RENORMALIZED = ", renormalized"  # the label suffix of renormalized rows
 HEADS_KEPT = "heads kept ("  # the label prefix of the rows that keep every attention head
+HEADS_SELECTED = ", heads selected"  # the label suffix of rows that select heads (zip.select)
 # the paper's fusion: the benchmarks' plain rows name it, as the default ("auto") is per family
 PAPER = "average"
 # (ZipSettings keywords, row label suffix): the paper's fusion, least-squares fusion
@@ -44,6 +45,9 @@ VARIANTS = (
     ({"fusion": "least_squares"}, LEAST_SQUARES),
     ({"fusion": "least_squares_sequential"}, SEQUENTIAL),
     ({"fusion": PAPER, "renormalize": True}, RENORMALIZED),
+    ({"fusion": PAPER, "heads": "select"}, HEADS_SELECTED),
+    ({"fusion": "least_squares", "heads": "select"}, LEAST_SQUARES + HEADS_SELECTED),
+    ({"fusion": "least_squares_sequential", "heads": "select"}, SEQUENTIAL + HEADS_SELECTED),
 )
 
 
@@ -53,7 +57,7 @@ def transformer_variants(mode: str) -> list[tuple[dict[str, Any], str]]:
     The sequential refit takes about 40 s a MiniLM merge: the two learned alignments only.
     """
     learned = mode.lower() in ("sma", "lma")
-    return [(k, s) for k, s in VARIANTS if s != SEQUENTIAL or learned]
+    return [(k, s) for k, s in VARIANTS if not s.startswith(SEQUENTIAL) or learned]
 
 
 VARIANT_NAMES = {
@@ -61,6 +65,9 @@ VARIANT_NAMES = {
     LEAST_SQUARES: "least squares",
     SEQUENTIAL: "sequential least squares",
     RENORMALIZED: "renormalized",
+    HEADS_SELECTED: "heads selected",
+    LEAST_SQUARES + HEADS_SELECTED: "least squares, heads selected",
+    SEQUENTIAL + HEADS_SELECTED: "sequential least squares, heads selected",
 }
 LEARNED = ("SMA", "LMA", "LMA first", "LMA similar")  # the alignments that read the CKA
 PLACEMENTS = ("LMA", "LMA first", "LMA similar")  # where LMA puts a block in its segment

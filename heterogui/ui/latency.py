@@ -38,7 +38,7 @@ from heterogui.ui.session import Session
 from heterogui.zoo.registry import PAIRS, TINY_PAIRS
 
 # A user dragging rho, then alpha, beta and the stop point: each entry is one release (a move
-# may also set "matcher", "fusion" or "renormalize", as the Zip tab's dropdowns and
+# may also set "matcher", "fusion", "renormalize" or "heads", as the Zip tab's dropdowns and
 # checkbox do).
 DEFAULT_MOVES: tuple[dict[str, Any], ...] = (
     {"rho": 0.9},
@@ -69,6 +69,7 @@ def _settings(session: Session, move: dict[str, Any]) -> Any:
         "stop": s.stop,
         "fusion": s.fusion,
         "renormalize": s.renormalize,
+        "heads": s.heads,
     }
     knobs.update(move)
     n_blocks = session.prepared.padded_a.graph().num_blocks - 1
@@ -85,6 +86,7 @@ def _settings(session: Session, move: dict[str, Any]) -> Any:
         fusion=knobs["fusion"],
         ridge=s.ridge,
         renormalize=knobs["renormalize"],
+        heads=knobs["heads"],
     )
 
 

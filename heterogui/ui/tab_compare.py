@@ -52,6 +52,7 @@ SETTING_ROWS = (
     "fusion",
     "ridge",
     "renormalize",
+    "heads",
     "alpha",
     "beta",
     "rho",
@@ -108,6 +109,7 @@ def _label(row: dict[str, Any], metric: str) -> str:
     fusion = {"least_squares": " · least squares", "least_squares_sequential": " · sequential"}
     fusion = fusion.get(row.get("fusion"), "")
     fusion += " · renormalized" if row.get("renormalize") else ""
+    fusion += " · heads selected" if row.get("heads") == "select" else ""
     return (
         f"#{row['merge']} · rho {row['rho']} alpha {row['alpha']} beta {row['beta']} "
         f"stop {row['stop']}{fusion} · {score}"

@@ -77,6 +77,7 @@ HISTORY_LAST = [
     "fusion",
     "ridge",
     "renormalize",
+    "heads",
     "alignment",
     "overrides",
     "seconds",

@@ -192,7 +192,7 @@ def carried_knobs(session: Session) -> str:
     default = ZipSettings()
     kept = [
         f"{k} {getattr(session.settings, k)}"
-        for k in ("matcher", "fusion", "renormalize", "alpha", "beta", "rho")
+        for k in ("matcher", "fusion", "renormalize", "heads", "alpha", "beta", "rho")
         if getattr(session.settings, k) != getattr(default, k)
     ]
     return f" Zip knobs kept from before: {', '.join(kept)}." if kept else ""

@@ -34,11 +34,25 @@ VIEWS = (
     "override_space",
 )
 # The knob components (set from the session after a load, an import or a sweep cell). The
-# fusion, then the renormalization, come last in every event's inputs, after the device, so
-# that API calls written before them still work: a missing last input takes the component's
-# default (average, off).
-KNOBS = ("matcher", "alpha", "beta", "rho", "stop", "fusion", "renormalize")
-MERGE_INPUTS = ("matcher", "alpha", "beta", "rho", "stop", "device", "fusion", "renormalize")
+# fusion, the renormalization, then the heads come last in every event's inputs, after the
+# device, so that API calls written before them still work: a missing last input takes the
+# component's default (auto, off, pair).
+KNOBS = ("matcher", "alpha", "beta", "rho", "stop", "fusion", "renormalize", "heads")
+MERGE_INPUTS = (
+    "matcher",
+    "alpha",
+    "beta",
+    "rho",
+    "stop",
+    "device",
+    "fusion",
+    "renormalize",
+    "heads",
+)
+HEAD_CHOICES = [
+    ("pair and average (paper)", "pair"),
+    ("select the stronger head of each pair", "select"),
+]
 FUSION_CHOICES = [
     ("auto (least squares for CNNs and ViTs, else the paper's average)", "auto"),
     ("average (paper)", "average"),
@@ -103,6 +117,16 @@ def _knobs(ui: dict[str, Any]) -> None:
             info="Rescale the merged LayerNorm/RMSNorm and value outputs to the parents' "
             "average statistics (for transformers; one more pass over the calibration data "
             "per merge)",
+        )
+        ui["heads"] = gr.Dropdown(
+            HEAD_CHOICES,
+            value="pair",
+            label="Attention heads",
+            elem_id="heads",
+            info="Transformers only. pair: a head of A and its matched head of B are averaged "
+            "(an attention pattern neither computes); select: the pair's head that writes "
+            "more through its output projection is kept whole, and both models' outputs read "
+            "it (best with sequential least squares on the zoo's ViTs: docs/quality.md)",
         )
     ui["alpha"] = gr.Slider(
         0.01,
@@ -182,6 +206,7 @@ def knob_values(session: Session) -> dict[str, Any]:
         "matcher": s.matcher,
         "fusion": s.fusion,
         "renormalize": s.renormalize,
+        "heads": s.heads,
         "alpha": s.alpha,
         "beta": s.beta,
         "rho": s.rho,
@@ -345,6 +370,7 @@ def settings_from(
     stop: float | None,
     fusion: str = DEFAULT_FUSION,
     renormalize: bool = False,
+    heads: str = "pair",
 ) -> Any:
     """Return ZipSettings from the knob values (keeping the session's overrides and ridge)."""
     n = _n_blocks(session)
@@ -359,6 +385,7 @@ def settings_from(
         fusion=fusion,
         ridge=session.settings.ridge,
         renormalize=bool(renormalize),
+        heads=heads or "pair",
     )
 
 
@@ -372,11 +399,14 @@ def on_knobs(
     stop: float | None,
     fusion: str = DEFAULT_FUSION,
     renormalize: bool = False,
+    heads: str = "pair",
     progress=None,
 ) -> str:
     """Take new knob values and update the readout (api: /zip)."""
     work.require_prepared(session)
-    session.settings = settings_from(session, matcher, alpha, beta, rho, stop, fusion, renormalize)
+    session.settings = settings_from(
+        session, matcher, alpha, beta, rho, stop, fusion, renormalize, heads
+    )
     return "Settings changed: the readout shows what a merge would give."
 
 
@@ -391,6 +421,7 @@ def on_merge(
     device: str | None,
     fusion: str = DEFAULT_FUSION,
     renormalize: bool = False,
+    heads: str = "pair",
     progress=None,
     evaluate: bool = True,
 ) -> str:
@@ -408,7 +439,7 @@ def on_merge(
         if mode != "sma":
             work.set_alignment(session, "manual", json.dumps(mapping), progress)
         note = f" Statistics recomputed on {device}."
-    settings = settings_from(session, matcher, alpha, beta, rho, stop, fusion, renormalize)
+    settings = settings_from(session, matcher, alpha, beta, rho, stop, fusion, renormalize, heads)
     result = work.merge(session, res, settings, progress, evaluate=evaluate)
     row = session.history[-1]
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
@@ -424,6 +455,8 @@ def on_merge(
     fused = f"fusion: {work.fusion_text(result.settings)}; " if row["fusion"] != "average" else ""
     if row["renormalize"]:
         fused += f"{work.renormalize_text(result)}; "
+    if row["heads"] == "select":
+        fused += f"{work.heads_text(result)}; "
     return (
         f"Merge #{row['merge']} done in {row['seconds']:.2f}s ({stages}); {fused}{joint}{note} "
         "See the Evaluate tab." + (f" {alarm}" if alarm else "")
@@ -442,11 +475,12 @@ def on_release(
     device: str | None,
     fusion: str = DEFAULT_FUSION,
     renormalize: bool = False,
+    heads: str = "pair",
     progress=None,
 ) -> str:
     """Re-merge on slider release when auto re-merge is on (api: /remerge)."""
     if not auto or session.prepared is None:
-        return on_knobs(session, res, matcher, alpha, beta, rho, stop, fusion, renormalize)
+        return on_knobs(session, res, matcher, alpha, beta, rho, stop, fusion, renormalize, heads)
     return on_merge(
         session,
         res,
@@ -458,6 +492,7 @@ def on_release(
         device,
         fusion,
         renormalize,
+        heads,
         progress,
         evaluate=False,
     )
@@ -546,7 +581,7 @@ def wire(ui: dict[str, Any], on) -> None:
             None,
             heavy=True,
         )
-    for name in ("matcher", "fusion", "renormalize"):  # the readout says a merge is due
+    for name in ("matcher", "fusion", "renormalize", "heads"):  # the readout: a merge is due
         on(ui[name].input, on_knobs, knobs, ("zip",), None, light=True)
     on(ui["merge"].click, on_merge, list(MERGE_INPUTS), MERGED_SCOPES, "merge", heavy=True)
     on(ui["cancel"].click, on_cancel, [], (), "cancel", light=True)

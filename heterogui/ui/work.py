@@ -18,7 +18,7 @@ import torch
 from heterogui import run
 from heterogui.align.alignment import align, layer_pairs
 from heterogui.align.editing import read_mapping
-from heterogui.config import DEFAULT_FUSION, DEFAULT_RIDGE, DataRef, check_fusion
+from heterogui.config import DEFAULT_FUSION, DEFAULT_RIDGE, DataRef, check_fusion, check_heads
 from heterogui.errors import ConfigError, IncompatibleModelsError
 from heterogui.pipeline import (
     MergeResult,
@@ -37,6 +37,7 @@ from heterogui.ui.loading import pair_preflight
 from heterogui.ui.placements import remember, same_placement
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
+from heterogui.zip.plan import head_group_firsts
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
@@ -264,21 +265,24 @@ def make_settings(
     fusion: str = DEFAULT_FUSION,
     ridge: float = DEFAULT_RIDGE,
     renormalize: bool = False,
+    heads: str = "pair",
 ) -> ZipSettings:
     """Return ZipSettings from the Zip tab's controls (stop = n_blocks means a full zip).
 
     fusion: "auto" (the family's default), "average" (the paper's), "least_squares" or
     "least_squares_sequential"; ridge: the least-squares ridge;
-    renormalize: rescale the merged features to their groups' average statistics after fusion.
+    renormalize: rescale the merged features to their groups' average statistics after fusion;
+    heads: "pair" (the paper's) or "select" (``zip.select``).
 
     Raises:
-        ConfigError: a knob out of range, an unknown fusion or a bad ridge.
+        ConfigError: a knob out of range, an unknown fusion or heads, or a bad ridge.
     """
     if not 0 < alpha <= 1:
         raise ConfigError(f"alpha = {alpha} is out of range: use 0 < alpha <= 1")
     if not 0 <= beta <= 1 or not 0 <= rho <= 1:
         raise ConfigError("beta and rho must lie in [0, 1]")
     check_fusion(fusion, ridge)
+    check_heads("heads", heads)
     stop_value = None if stop is None or (n_blocks is not None and stop >= n_blocks) else int(stop)
     return ZipSettings(
         matcher,
@@ -290,6 +294,7 @@ def make_settings(
         fusion=fusion,
         ridge=float(ridge),
         renormalize=bool(renormalize),
+        heads=heads,
     )
 
 
@@ -398,6 +403,7 @@ def history_row(
         "fusion": s.fusion,
         "ridge": fusion_ridge(s),
         "renormalize": s.renormalize,
+        "heads": s.heads,
         "alpha": s.alpha,
         "beta": s.beta,
         "rho": s.rho,
@@ -423,6 +429,30 @@ def fusion_text(settings: ZipSettings) -> str:
         return "average"
     kind = "least squares" if settings.fusion == "least_squares" else "sequential least squares"
     return f"{kind} (ridge {settings.ridge:g})"
+
+
+def heads_text(result: MergeResult) -> str:
+    """Return what head selection did to a merge, for messages (it was on): how many merged
+    head pairs took A's head and how many B's."""
+    graph = result.prepared.padded_a.graph()
+    taken = [0, 0]
+    for name in head_group_firsts(graph):
+        match = result.matches.get(name)
+        if match is None or match.weights is None:
+            continue
+        owners, kept = match.owners(), match.groups >= 0
+        both = torch.ones(match.width, dtype=torch.bool)
+        for model in (0, 1):
+            both &= (
+                torch.bincount(match.groups[kept & (owners == model)], minlength=match.width) > 0
+            )
+        chosen = kept & (match.weights == 1)
+        chosen[kept] &= both[match.groups[kept]]
+        for model in (0, 1):
+            taken[model] += int((chosen & (owners == model)).sum()) // graph.spaces[name].unit
+    if not any(taken):
+        return "heads: no merged attention heads to select"
+    return f"heads selected: {taken[0]} merged head pairs kept A's head, {taken[1]} B's"
 
 
 def renormalize_text(result: MergeResult) -> str:
