@@ -248,3 +248,22 @@ def test_heads_setting_is_checked_and_recorded(tmp_path):
     assert main(["merge", str(paired), "--out", str(tmp_path / "pair")]) == 0
     pair = load_file(str(tmp_path / "pair" / "model.safetensors"))
     assert pair.keys() == one.keys() and not all(torch.equal(pair[k], one[k]) for k in one)
+
+
+def test_an_override_selects_the_heads_of_one_attention_layer():
+    a, b = bert_network(tiny_hf(), "A"), bert_network(tiny_hf(seed=1), "B")
+    prepared = prepare(a, b, token_batches(), device="cpu")
+    one = zip_prepared(prepared, ZipSettings(overrides={"layer1.qk": {"heads": "select"}}))
+    assert {n for n, m in one.matches.items() if m.weights is not None} == {
+        "layer1.qk",
+        "layer1.vo",
+    }
+    every = zip_prepared(prepared, ZipSettings(overrides={"*.qk": {"heads": "select"}}))
+    selected = {n for n, m in every.matches.items() if m.weights is not None}
+    assert selected == {f"layer{i}.{s}" for i in range(3) for s in ("qk", "vo")}
+    # pair on a layer overrides a global select
+    mixed = zip_prepared(
+        prepared, ZipSettings(heads="select", overrides={"layer0.qk": {"heads": "pair"}})
+    )
+    assert mixed.matches["layer0.qk"].weights is None
+    assert mixed.matches["layer2.vo"].weights is not None
