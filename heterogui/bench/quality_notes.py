@@ -35,7 +35,10 @@ such weight on the inputs it really gets in the merged model, block by block (on
 A, B and the merge; zip.fusion: least_squares_sequential). "renormalized" rows rescale the merged
 features that a per-feature affine module writes (LayerNorm outputs, value projections: the ViT
 pairs; BatchNorm models have none, BatchNorm re-estimation does that) to their groups' average
-mean and spread (zip.renormalize; docs/method.md sec. 9); "—": not applicable."""
+mean and spread (zip.renormalize; docs/method.md sec. 9). "heads selected" rows (models with
+attention: the ViT pairs) give every merged head pair the weights of its stronger head whole,
+by output energy, instead of their average (zip.heads: select; docs/method.md sec. 8), with
+the fusion their label names; "—": not applicable."""
 
 
 PLACEMENT_NOTE = """LMA splits the deeper model's blocks of a stage into one contiguous segment per
@@ -60,7 +63,8 @@ and averages whole heads: an averaged head attends by the product of averaged qu
 which neither parent's head computes. "heads kept" rows keep every head of both models unmerged
 (rho 0 on the attention spaces, rho 1 on the stream and the MLPs; ``zip.overrides``), at the
 sweep alignment: they are wider than the paper's width, so the checks leave them out, but the
-gap between them and the best zip at the paper's width is what merging heads costs."""
+gap between them and the best zip at the paper's width is what merging heads costs. The best
+zip at the paper's width counts the "heads selected" rows too."""
 
 
 NWAY_NOTE = """Three models merged at once (the N-way zip, docs/method.md sec. 12) and one after
