@@ -46,7 +46,7 @@ DEFAULT_FUSION = "auto"
 DEFAULT_RIDGE = 1e-2
 POOLINGS = ("mean", "cls")
 # how an attention layer reaches its width (zip.plan.ZipSettings.heads): "pair" averages a head
-# of A with one of B (the paper's), "select" keeps the heads that write the most (zip.select)
+# of A with one of B (the paper's), "select" keeps each pair's stronger head whole (zip.select)
 HEAD_MERGES = ("pair", "select")
 
 
@@ -117,7 +117,7 @@ class AlignmentSpec:
 
 @dataclass(frozen=True)
 class ZipSpec:
-    """Matcher and knobs; overrides: merge point -> {width | rho | alpha | beta | matcher}
+    """Matcher and knobs; overrides: merge point -> {width | rho | alpha | beta | matcher | heads}
     (a key with ``*``, ``?`` or ``[``, such as "*.qk", is a pattern of merge points:
     ``zip.plan.ZipSettings``).
 
@@ -126,7 +126,8 @@ class ZipSpec:
     "least_squares_sequential"; ridge: the least-squares ridge.
     renormalize: rescale the merged features to their groups' average statistics after fusion.
     heads: "pair" (the paper's: attention heads of A and B paired and averaged) or "select"
-    (the heads that write the most kept whole, the others dropped); an override knob too.
+    (each merged pair's stronger head, by output energy, kept whole in place of their average);
+    an override knob too.
     """
 
     matcher: str = "zip"

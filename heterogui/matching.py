@@ -164,8 +164,17 @@ def _select_heads(prepared: Prepared, stop: int, group: dict[str, Match]) -> dic
     spaces = [ga.spaces[n] for n in group]
     # the space the output projection reads; its values are its own features, or (rotary,
     # grouped-query attention) those of the key/value heads its query heads read
-    output = next(s for s in spaces if _readers(ga, s.name))
-    value = output if output.captures else next(s for s in spaces if s.role == "v")
+    output = next((s for s in spaces if _readers(ga, s.name)), None)
+    value = (
+        output
+        if output is None or output.captures
+        else next((s for s in spaces if s.role == "v"), None)
+    )
+    if value is None:
+        raise MatcherError(
+            f"zip.heads select needs the output projection and values of {sorted(group)}, "
+            "which this model family does not tag; use heads pair"
+        )
     moments = pooled_moments(prepared.stats, ga, value.name, stop)
     mean = moments.mean()
     second = moments.cov().add_(torch.outer(mean, mean))

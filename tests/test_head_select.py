@@ -162,6 +162,19 @@ def test_selecting_heads_of_a_permuted_copy_gives_the_model_back():
     assert (out_a - run_model(vit.module, vit_images(99))).abs().max() < 1e-4
 
 
+def test_gpt2_selects_heads_through_its_fused_projections():
+    from heterogui.models.hf.gpt2_io import network_from_hf as gpt2_network
+    from tests.test_decoder import tiny_gpt2
+
+    net = gpt2_network(tiny_gpt2())
+    batches = lm_batches(char_tokenizer(), TEXTS, 4, 48)
+    result = zip_prepared(prepare(net, permuted_copy(net)[0], batches, device="cpu"), SELECT)
+    assert sum(m.weights is not None for m in result.matches.values()) == 6  # 3 layers: qk, vo
+    batch = batches[0]
+    out_a, _ = run_model(result.model, batch)
+    assert (real(out_a, batch) - real(run_model(net.module, batch), batch)).abs().max() < 1e-4
+
+
 def test_grouped_query_decoders_select_whole_key_value_groups():
     net = decoder_network(tiny_decoder("llama", hidden=48, layers=2, heads=6, kv=2))
     batches = lm_batches(char_tokenizer(), TEXTS, 4, 48)

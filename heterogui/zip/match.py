@@ -102,16 +102,6 @@ class Match:
             raise MatcherError("merge weights must sum to 1 in every group and be 0 where dropped")
         return w
 
-    def member_weights(self) -> Tensor:
-        """Return every feature's share in its group's merged feature, (O,) float64."""
-        if self.weights is not None:
-            return self.weights
-        kept = self.groups >= 0
-        sizes = torch.bincount(self.groups[kept], minlength=self.width).to(torch.float64)
-        w = torch.zeros(self.groups.numel(), dtype=torch.float64)
-        w[kept] = 1.0 / sizes[self.groups[kept]]
-        return w
-
     @property
     def sizes(self) -> tuple[int, ...]:
         """Return the number of features of every model, in order."""

@@ -37,8 +37,8 @@ class ZipSettings:
         writes (norms, value projections) to their groups' average mean and spread
         (``fusion.renormalize``; for models without BatchNorm).
     heads: how attention layers reach their width: "pair" (the paper's: a head of A and one
-        of B averaged) or "select" (the heads that write the most kept whole, the others
-        dropped: ``zip.select``). Also an override knob of a head group's first space.
+        of B averaged) or "select" (each merged pair's stronger head kept whole in place of
+        their average: ``zip.select``). Also an override knob of a head group's first space.
     """
 
     matcher: str = "zip"
