@@ -13,7 +13,7 @@ import torch
 
 from heterogui.errors import MatcherError
 from heterogui.memo import ObjectMemo
-from heterogui.models.graph import ModelGraph
+from heterogui.models.graph import ModelGraph, Space
 from heterogui.prepared import Prepared
 from heterogui.zip.collect import StatKey, pooled_moments
 from heterogui.zip.heads import head_group_pairs, match_head_group
@@ -27,6 +27,7 @@ from heterogui.zip.stats import Moments
 # re-merge (a slider move) and the Neurons tab read them again, and forming a 3,072-feature one
 # from the sums takes a tenth of a second.
 _CORRELATIONS = ObjectMemo()
+_ENERGIES = ObjectMemo()  # head selection's unit energies, kept the same way
 
 
 def correlation(prepared: Prepared, space: str, stop: int | None) -> torch.Tensor:
@@ -153,18 +154,51 @@ def _match_head_group(
     matches.update(group)
 
 
+def head_energies(
+    prepared: Prepared, value: Space, output: Space, stop: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return A's and B's unit energies at a head group (``zip.select.output_energies``).
+
+    ``value``: the space of the values; ``output``: the space the output projection reads.
+    They depend on the statistics and the weights only, so a prepared pair keeps them like its
+    correlations (a re-merge with heads selected forms none again). Shared: do not modify.
+    """
+
+    def compute() -> tuple[torch.Tensor, torch.Tensor]:
+        ga = prepared.padded_a.graph()
+        moments = pooled_moments(prepared.stats, ga, value.name, stop)
+        mean = moments.mean()
+        second = moments.cov().add_(torch.outer(mean, mean))
+        n_a = ga.spaces[value.name].width
+        energies = []
+        for net, rows in zip(
+            (prepared.padded_a, prepared.padded_b), (slice(0, n_a), slice(n_a, None)), strict=True
+        ):
+            state = net.module.state_dict()
+            readers = [
+                state[name].movedim(dim, -1) for name, dim in net.graph().readers(output.name)
+            ]
+            energies.append(
+                output_energies(second[rows, rows], readers, value.head_dim, output.unit_heads)
+            )
+        return energies[0], energies[1]
+
+    if not prepared.keep_correlations:
+        return compute()
+    return _ENERGIES.get(prepared, ("energies", value.name, output.name, stop), compute)
+
+
 def _select_heads(prepared: Prepared, stop: int, group: dict[str, Match]) -> dict[str, Match]:
     """Return a head group's matchings with every merged pair taken from its stronger unit.
 
     ``zip.select``: units (heads, or key/value heads with their query heads) are ranked by
     what their values write through the output projection, from the calibration statistics.
     """
-    nets = (prepared.padded_a, prepared.padded_b)
-    ga = nets[0].graph()
+    ga = prepared.padded_a.graph()
     spaces = [ga.spaces[n] for n in group]
     # the space the output projection reads; its values are its own features, or (rotary,
     # grouped-query attention) those of the key/value heads its query heads read
-    output = next((s for s in spaces if _readers(ga, s.name)), None)
+    output = next((s for s in spaces if ga.readers(s.name)), None)
     value = (
         output
         if output is None or output.captures
@@ -175,28 +209,8 @@ def _select_heads(prepared: Prepared, stop: int, group: dict[str, Match]) -> dic
             f"zip.heads select needs the output projection and values of {sorted(group)}, "
             "which this model family does not tag; use heads pair"
         )
-    moments = pooled_moments(prepared.stats, ga, value.name, stop)
-    mean = moments.mean()
-    second = moments.cov().add_(torch.outer(mean, mean))
-    n_a = group[value.name].n_a
-    energies = []
-    for net, rows in zip(nets, (slice(0, n_a), slice(n_a, None)), strict=True):
-        state = net.module.state_dict()
-        readers = [state[name].movedim(dim, -1) for name, dim in _readers(net.graph(), output.name)]
-        energies.append(
-            output_energies(second[rows, rows], readers, value.head_dim, output.unit_heads)
-        )
+    energies = head_energies(prepared, value, output, stop)
     return {
         name: select_members(match, ga.spaces[name].unit, *energies)
         for name, match in group.items()
     }
-
-
-def _readers(graph: ModelGraph, space: str) -> list[tuple[str, int]]:
-    """Return (tensor name, axis) of every tensor that reads ``space`` (merged there with U)."""
-    return [
-        (t.name, a.dim)
-        for t in graph.tensors
-        for a in t.axes
-        if a.space == space and a.role == "in"
-    ]

@@ -280,3 +280,42 @@ def test_an_override_selects_the_heads_of_one_attention_layer():
     )
     assert mixed.matches["layer0.qk"].weights is None
     assert mixed.matches["layer2.vo"].weights is not None
+
+
+def test_a_prepared_pair_forms_its_head_energies_once(monkeypatch):
+    """Re-merges with heads selected reuse the energies; a pair that keeps nothing forms them
+    again. A and B differ in width and depth, so A's and B's rows must split where A ends."""
+    import heterogui.matching as matching
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return output_energies(*args, **kwargs)
+
+    monkeypatch.setattr(matching, "output_energies", counted)
+    a = bert_network(tiny_hf(), "A")
+    b = bert_network(tiny_hf(hidden=48, heads=6, inter=96, layers=2, seed=1), "B")
+    prepared = prepare(a, b, token_batches(), device="cpu")
+    first = zip_prepared(prepared, SELECT)
+    formed = len(calls)
+    assert formed >= 2  # A's and B's energies of at least one attention layer
+    again = zip_prepared(prepared, ZipSettings(heads="select", alpha=0.3))
+    assert len(calls) == formed
+    for name, match in first.matches.items():
+        if match.weights is not None:
+            assert torch.equal(match.weights, again.matches[name].weights)
+    graph = prepared.padded_a.graph()
+    value = graph.spaces["layer0.vo"]
+    full = graph.num_blocks - 1  # the full zip's stop point: the merges' key
+    energy_a, energy_b = matching.head_energies(prepared, value, value, full)
+    assert len(calls) == formed
+    assert energy_a.shape == (value.width // value.head_dim,)
+    assert energy_b.shape == (prepared.padded_b.graph().spaces["layer0.vo"].width // 8,)
+    matching.head_energies(prepared, value, value, full + 1)
+    assert len(calls) == formed + 2  # another stop is another key
+    fresh = prepare(a, b, token_batches(), device="cpu")
+    fresh.keep_correlations = False
+    zip_prepared(fresh, SELECT)
+    zip_prepared(fresh, SELECT)
+    assert len(calls) == 3 * formed + 2

@@ -128,6 +128,15 @@ class ModelGraph:
         """Return the width of every space."""
         return {name: s.width for name, s in self.spaces.items()}
 
+    def readers(self, space: str) -> list[tuple[str, int]]:
+        """Return (tensor name, axis) of every tensor that reads ``space`` (an "in" axis)."""
+        return [
+            (t.name, a.dim)
+            for t in self.tensors
+            for a in t.axes
+            if a.space == space and a.role == "in"
+        ]
+
 
 def out_axis(space: str, dim: int = 0) -> Axis:
     """Return an axis written by this tensor (merged with M)."""

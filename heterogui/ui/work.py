@@ -441,13 +441,8 @@ def heads_text(result: MergeResult) -> str:
         if match is None or match.weights is None:
             continue
         owners, kept = match.owners(), match.groups >= 0
-        both = torch.ones(match.width, dtype=torch.bool)
-        for model in (0, 1):
-            both &= (
-                torch.bincount(match.groups[kept & (owners == model)], minlength=match.width) > 0
-            )
         chosen = kept & (match.weights == 1)
-        chosen[kept] &= both[match.groups[kept]]
+        chosen[kept] &= match.shared_groups()[match.groups[kept]]
         for model in (0, 1):
             taken[model] += int((chosen & (owners == model)).sum()) // graph.spaces[name].unit
     if not any(taken):

@@ -182,19 +182,27 @@ class Match:
         same = (ga[:, None] == gb[None, :]) & (ga[:, None] >= 0)
         return torch.nonzero(same)
 
+    def members_per_model(self) -> list[Tensor]:
+        """Return, per model, how many of its features each group holds: (width,) int64 each."""
+        counts = []
+        for m in range(len(self.sizes)):
+            g = self.groups[self.rows_of(m)]
+            counts.append(torch.bincount(g[g >= 0], minlength=self.width))
+        return counts
+
+    def shared_groups(self) -> Tensor:
+        """Return which groups hold features of two or more models: (width,) bool."""
+        return torch.stack([c > 0 for c in self.members_per_model()]).sum(0) > 1
+
     def counts(self) -> MatchCounts:
         """Return how many groups are cross-model and how many within-model merges happened.
 
         cross: groups with features of two or more models; within_a / within_b: of A and B.
         """
-        per_model = []
-        for m in range(len(self.sizes)):
-            g = self.groups[self.rows_of(m)]
-            per_model.append(torch.bincount(g[g >= 0], minlength=self.width))
-        present = torch.stack([c > 0 for c in per_model]).sum(0)
+        per_model = self.members_per_model()
         return MatchCounts(
             groups=self.width,
-            cross=int((present > 1).sum()),
+            cross=int(self.shared_groups().sum()),
             within_a=int((per_model[0] - 1).clamp(min=0).sum()),
             within_b=int((per_model[1] - 1).clamp(min=0).sum()),
             dropped=int((self.groups < 0).sum()),
