@@ -61,33 +61,11 @@ def render_step(session: Session, res: Resources, scopes: tuple[str, ...]) -> in
 
 def _settings(session: Session, move: dict[str, Any]) -> Any:
     s = session.settings
-    knobs = {
-        "matcher": s.matcher,
-        "alpha": s.alpha,
-        "beta": s.beta,
-        "rho": s.rho,
-        "stop": s.stop,
-        "fusion": s.fusion,
-        "renormalize": s.renormalize,
-        "heads": s.heads,
-    }
-    knobs.update(move)
+    knobs = {**work.knobs_of(s), **move}
     n_blocks = session.prepared.padded_a.graph().num_blocks - 1
     if knobs["stop"] == -1:  # "one block before the head": a partial zip
         knobs["stop"] = max(n_blocks - 1, 0)
-    return work.make_settings(
-        knobs["matcher"],
-        knobs["alpha"],
-        knobs["beta"],
-        knobs["rho"],
-        knobs["stop"],
-        s.overrides,
-        n_blocks,
-        fusion=knobs["fusion"],
-        ridge=s.ridge,
-        renormalize=knobs["renormalize"],
-        heads=knobs["heads"],
-    )
+    return work.make_settings(**knobs, overrides=s.overrides, n_blocks=n_blocks, ridge=s.ridge)
 
 
 def slider_latency(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from heterogui.ui.session import Session
-from heterogui.ui.work import merge_alarms
+from heterogui.ui.work import knobs_of, merge_alarms
 
 SCORE_KEYS = ("Joint", "Avg", "Spearman")
 
@@ -42,15 +42,8 @@ def session_summary(session: Session) -> dict[str, Any]:
         out["blocks"] = prep.padded_a.graph().num_blocks - 1  # stop = blocks: a full zip
     s = session.settings
     out["settings"] = {
-        "matcher": s.matcher,
-        "fusion": s.fusion,
+        **knobs_of(s),
         "ridge": s.ridge,
-        "renormalize": s.renormalize,
-        "heads": s.heads,
-        "alpha": s.alpha,
-        "beta": s.beta,
-        "rho": s.rho,
-        "stop": s.stop,
         "overrides": {k: dict(v) for k, v in s.overrides.items()},
     }
     task = session.task

@@ -192,8 +192,8 @@ def carried_knobs(session: Session) -> str:
     default = ZipSettings()
     kept = [
         f"{k} {getattr(session.settings, k)}"
-        for k in ("matcher", "fusion", "renormalize", "heads", "alpha", "beta", "rho")
-        if getattr(session.settings, k) != getattr(default, k)
+        for k in work.KNOBS
+        if k != "stop" and getattr(session.settings, k) != getattr(default, k)
     ]
     return f" Zip knobs kept from before: {', '.join(kept)}." if kept else ""
 

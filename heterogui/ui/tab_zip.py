@@ -33,22 +33,11 @@ VIEWS = (
     "stop",
     "override_space",
 )
-# The knob components (set from the session after a load, an import or a sweep cell). The
-# fusion, the renormalization, then the heads come last in every event's inputs, after the
-# device, so that API calls written before them still work: a missing last input takes the
-# component's default (auto, off, pair).
-KNOBS = ("matcher", "alpha", "beta", "rho", "stop", "fusion", "renormalize", "heads")
-MERGE_INPUTS = (
-    "matcher",
-    "alpha",
-    "beta",
-    "rho",
-    "stop",
-    "device",
-    "fusion",
-    "renormalize",
-    "heads",
-)
+# The knob components (set from the session after a load, an import or a sweep cell), in the
+# order of the events' inputs (``work.KNOBS``); the merge events take the device before the
+# knobs that came later.
+KNOBS = work.KNOBS
+MERGE_INPUTS = (*KNOBS[:5], "device", *KNOBS[5:])
 HEAD_CHOICES = [
     ("pair and average (paper)", "pair"),
     ("select the stronger head of each pair", "select"),
@@ -203,13 +192,7 @@ def knob_values(session: Session) -> dict[str, Any]:
     s = session.settings
     n = _n_blocks(session)
     return {
-        "matcher": s.matcher,
-        "fusion": s.fusion,
-        "renormalize": s.renormalize,
-        "heads": s.heads,
-        "alpha": s.alpha,
-        "beta": s.beta,
-        "rho": s.rho,
+        **work.knobs_of(s),
         "stop": gr.update(maximum=n, value=n if s.stop is None else s.stop),
     }
 

@@ -41,6 +41,11 @@ from heterogui.zip.plan import head_group_firsts
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
+# The Zip tab's knobs: the settings a user sets with one control each, in the order of every
+# event's inputs. The fusion, the renormalization, then the heads come last, after the device in
+# the merge events, so that API calls written before them still work: a missing last input takes
+# the control's default (auto, off, pair).
+KNOBS = ("matcher", "alpha", "beta", "rho", "stop", "fusion", "renormalize", "heads")
 KEEP_RESULTS = 4  # recent merges kept in memory (besides the two the Compare tab shows)
 
 
@@ -254,6 +259,11 @@ def require_prepared(session: Session) -> Prepared:
     return session.prepared
 
 
+def knobs_of(settings: ZipSettings) -> dict[str, Any]:
+    """Return the knob values of ``settings`` (``KNOBS``, in that order)."""
+    return {k: getattr(settings, k) for k in KNOBS}
+
+
 def make_settings(
     matcher: str,
     alpha: float,
@@ -399,15 +409,9 @@ def history_row(
         "merge": session.merge_count,
         "pair": session.pair_name,
         "alignment": result.alignment.mode,
-        "matcher": s.matcher,
-        "fusion": s.fusion,
-        "ridge": fusion_ridge(s),
-        "renormalize": s.renormalize,
-        "heads": s.heads,
-        "alpha": s.alpha,
-        "beta": s.beta,
-        "rho": s.rho,
+        **knobs_of(s),
         "stop": result.spec.stop,
+        "ridge": fusion_ridge(s),
         "overrides": len(s.overrides),
         "parameters": size["parameters"],
         "stored parameters": size["stored_parameters"],
