@@ -30,6 +30,13 @@ import torch
 from torch import Tensor
 
 from heterogui.errors import ConfigError
+from heterogui.zip.symmetric import (
+    floored_sigma,
+    mirror_upper_,
+    row_blocks,
+    symmetrise_,
+    unit_diagonal_,
+)
 
 __all__ = ["CORR_FLOOR", "FOLD_EVERY", "Moments"]
 
@@ -45,65 +52,6 @@ TALL = 16
 UNCENTRED_GROWTH = 16.0
 # a model's features are multiplied in two halves when each half has at least this many
 MIN_HALF = 96
-# rows and columns of the square tiles ``_mirror_upper_`` copies at a time
-MIRROR_TILE = 128
-
-
-def _row_blocks(width: int, elements: int = 2**22) -> list[slice]:
-    """Return slices of rows of a (width, width) matrix of about ``elements`` each (32 MiB of
-    float64 by default)."""
-    step = max(1, elements // width)
-    return [slice(r, min(r + step, width)) for r in range(0, width, step)]
-
-
-def _symmetrise_(matrix: Tensor) -> None:
-    """Replace ``matrix`` by (M + Mᵀ) / 2 in place, block by block (no (O, O) temporary)."""
-    blocks = _row_blocks(matrix.shape[0])
-    for i, rows in enumerate(blocks):
-        for cols in blocks[i:]:
-            mean = torch.add(matrix[rows, cols], matrix[cols, rows].T).mul_(0.5)
-            matrix[rows, cols] = mean
-            matrix[cols, rows] = mean.T
-
-
-def _mirror_upper_(matrix: Tensor, tile: int = MIRROR_TILE) -> None:
-    """Copy the triangle above the diagonal of ``matrix`` below it, in place, tile by tile.
-
-    The triangle below may hold anything (never computed): it is only written. Square tiles
-    keep each transposed copy in cache: at 3,072 features 0.25 of the time of copying row
-    blocks of 4M elements, the same matrix bit for bit.
-    """
-    n = matrix.shape[0]
-    for start in range(0, n, tile):
-        rows = slice(start, min(start + tile, n))
-        for left in range(0, start, tile):
-            cols = slice(left, left + tile)
-            matrix[rows, cols] = matrix[cols, rows].T
-        square = matrix[rows, rows]
-        square.copy_(square.triu().add_(square.triu(1).T))
-
-
-def _floored_sigma(
-    squares: Tensor, variance: Tensor, count: int, floor: float
-) -> tuple[Tensor, Tensor, float]:
-    """Return (raw σ, σ floored at ``floor`` times the features' RMS, that floor).
-
-    squares: the sums of x² (the RMS magnitude s = sqrt(mean(squares) / count)); variance: the
-    covariance's diagonal.
-    """
-    scale = torch.sqrt(squares.mean() / count)
-    sigma_min = floor * max(float(scale), 1e-30)
-    raw_sigma = torch.sqrt(torch.clamp(variance, min=0.0))
-    return raw_sigma, raw_sigma.clamp(min=sigma_min), sigma_min
-
-
-def _unit_diagonal_(corr: Tensor, raw_sigma: Tensor, sigma_min: float) -> None:
-    """Set the diagonal of ``corr`` to exactly 1 where σ is above its floor, in place.
-
-    var / sqrt(var)**2 can miss 1 by an ulp.
-    """
-    diagonal = torch.diagonal(corr)
-    diagonal.copy_(torch.where(raw_sigma >= sigma_min, torch.ones_like(diagonal), diagonal))
 
 
 def _halves(start: int, stop: int) -> list[slice]:
@@ -227,18 +175,18 @@ class Moments:
         diag = torch.diagonal(corr).to(torch.float64)
         centred = diag + (left * right).sum(dim=0)  # count · variance, in float64
         squares = diag + 2 * (shifts * sums).sum(dim=0) + (weights * shifts * shifts).sum(dim=0)
-        raw_sigma, sigma, sigma_min = _floored_sigma(squares, centred / count, count, CORR_FLOOR)
+        raw_sigma, sigma, sigma_min = floored_sigma(squares, centred / count, count, CORR_FLOOR)
         inverse = (1.0 / (sigma * count**0.5)).to(torch.float32)  # C / count / (σ σᵀ)
         # the products were computed on and above the diagonal (``_blocks``): correct that part
         # (small row blocks: the float64 correction and its float32 copy are the only
         # temporaries), then mirror it below
-        for rows in _row_blocks(self.width, COMPACT_BLOCK):
+        for rows in row_blocks(self.width, COMPACT_BLOCK):
             cols = slice(rows.start, self.width)
             low_rank = left[:, rows].T @ right[:, cols]
             block = corr[rows, cols].add_(low_rank.to(torch.float32))
             block.mul_(inverse[rows, None]).mul_(inverse[None, cols]).clamp_(-1.0, 1.0)
-        _mirror_upper_(corr)
-        _unit_diagonal_(corr, raw_sigma, sigma_min)
+        mirror_upper_(corr)
+        unit_diagonal_(corr, raw_sigma, sigma_min)
         self._corr, self._sigma, self._squares = corr, sigma, squares
         self._pending, self._shifts, self._sums, self._rows = None, [], [], []
 
@@ -250,7 +198,7 @@ class Moments:
         """Return the compact form's covariance corr σ'σ'ᵀ, float64, exact on the diagonal."""
         sigma = self._sigma
         cov = torch.empty(self.width, self.width, dtype=torch.float64, device=self.device)
-        for rows in _row_blocks(self.width):
+        for rows in row_blocks(self.width):
             cov[rows] = self._corr[rows].to(torch.float64).mul_(torch.outer(sigma[rows], sigma))
         mu = self.mean()
         torch.diagonal(cov).copy_(self._squares / self.count - mu * mu)
@@ -259,7 +207,7 @@ class Moments:
     def _rebuilt_outer(self) -> Tensor:
         """Return count (cov + μμᵀ) of the compact form: the float64 sums, rebuilt."""
         outer, mu = self._rebuilt_cov(), self.mean()
-        for rows in _row_blocks(self.width):
+        for rows in row_blocks(self.width):
             outer[rows].add_(torch.outer(mu[rows], mu)).mul_(self.count)
         torch.diagonal(outer).copy_(self._squares)
         return outer
@@ -422,7 +370,7 @@ class Moments:
         # sum over batches of (c + s)(c + s)ᵀ = C + s dᵀ + d sᵀ + n s sᵀ, d = sum of c
         outer.addmm_(shifts.T, sums).addmm_(sums.T, shifts)
         outer.addmm_((shifts * weights[:, None]).T, shifts)
-        _symmetrise_(outer)  # exactly symmetric (see ``cov``)
+        symmetrise_(outer)  # exactly symmetric (see ``cov``)
         self._pending, self._shifts, self._sums, self._rows = None, [], [], []
 
     @property
@@ -529,14 +477,14 @@ class Moments:
         """Return ``corr(floor, dtype)`` from the sums, and the floored σ (float64)."""
         outer, count, mu = self.outer, self.count, self.mean()
         variance = torch.diagonal(outer) / count - mu * mu  # the covariance's diagonal
-        raw_sigma, sigma, sigma_min = _floored_sigma(torch.diagonal(outer), variance, count, floor)
+        raw_sigma, sigma, sigma_min = floored_sigma(torch.diagonal(outer), variance, count, floor)
         corr = torch.empty_like(outer, dtype=dtype)
         # row block by row block, as ``cov`` and then Cov / (σσᵀ) element by element: the same
         # numbers without three (O, O) float64 temporaries (3 GiB at 2 x 5,632 features)
-        for rows in _row_blocks(self.width):
+        for rows in row_blocks(self.width):
             block = torch.div(outer[rows], count).sub_(torch.outer(mu[rows], mu))
             corr[rows] = block.div_(torch.outer(sigma[rows], sigma)).clamp_(-1.0, 1.0)
-        _unit_diagonal_(corr, raw_sigma, sigma_min)
+        unit_diagonal_(corr, raw_sigma, sigma_min)
         return corr, sigma
 
     def to_state(self) -> dict[str, Tensor]:
