@@ -47,7 +47,7 @@ DEFAULT_RIDGE = 1e-2
 POOLINGS = ("mean", "cls")
 # how an attention layer reaches its width (zip.plan.ZipSettings.heads): "pair" averages a head
 # of A with one of B (the paper's), "select" keeps each pair's stronger head whole (zip.select)
-HEAD_MERGES = ("pair", "select")
+HEAD_MERGES = ("pair", "select", "search")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 
+import numpy as np
 import torch
 
 from heterogui.errors import MatcherError
@@ -149,8 +150,8 @@ def _match_head_group(
         group = match_head_group(
             corrs, n_a, n_b, ga.spaces[first].head_dim, matcher=knobs["matcher"], width=width
         )
-    if knobs["heads"] == "select":
-        group = _select_heads(prepared, stop, group)
+    if knobs["heads"] in ("select", "search"):
+        group = _select_heads(prepared, stop, group, settings.kept_heads.get(first))
     matches.update(group)
 
 
@@ -188,11 +189,15 @@ def head_energies(
     return _ENERGIES.get(prepared, ("energies", value.name, output.name, stop), compute)
 
 
-def _select_heads(prepared: Prepared, stop: int, group: dict[str, Match]) -> dict[str, Match]:
+def _select_heads(
+    prepared: Prepared, stop: int, group: dict[str, Match], kept: tuple[int, ...] | None = None
+) -> dict[str, Match]:
     """Return a head group's matchings with every merged pair taken from its stronger unit.
 
     ``zip.select``: units (heads, or key/value heads with their query heads) are ranked by
     what their values write through the output projection, from the calibration statistics.
+    kept: per unit of A, 1 to keep A's head in its pair, 0 to keep B's (a head search's
+    choice, ``ZipSettings.kept_heads``); None: by energy.
     """
     ga = prepared.padded_a.graph()
     spaces = [ga.spaces[n] for n in group]
@@ -209,7 +214,11 @@ def _select_heads(prepared: Prepared, stop: int, group: dict[str, Match]) -> dic
             f"zip.heads select needs the output projection and values of {sorted(group)}, "
             "which this model family does not tag; use heads pair"
         )
-    energies = head_energies(prepared, value, output, stop)
+    if kept is not None:
+        n_b = group[value.name].n_b // value.unit
+        energies = (np.array([float(k == 1) for k in kept]), np.full(n_b, 0.5))
+    else:
+        energies = head_energies(prepared, value, output, stop)
     return {
         name: select_members(match, ga.spaces[name].unit, *energies)
         for name, match in group.items()

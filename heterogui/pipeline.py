@@ -25,6 +25,7 @@ from heterogui.fusion.assemble import build_merge, least_squares_unmerges
 from heterogui.fusion.merged import MergedModel
 from heterogui.fusion.regression import Regression
 from heterogui.fusion.renormalize import parents_statistics, renormalize
+from heterogui.head_search import search_heads, searched_groups
 from heterogui.matching import correlation, match_spaces, space_correlation
 from heterogui.memo import ObjectMemo
 from heterogui.models.capture import Batch
@@ -359,11 +360,32 @@ def zip_prepared(
 ) -> MergeResult:
     """Run steps 4-6 from cached statistics: match, fuse, build, re-estimate BatchNorm.
 
+    With heads "search" (``head_search``) that is a merge per choice of heads tried, and the
+    result is the best one.
+
     Raises:
         ConfigError: stop point out of range, unknown matcher or override.
         MatcherError: widths or knobs a matcher cannot handle.
     """
     settings = resolved_settings(prepared.net_a, settings)
+    if settings.kept_heads or not searched_groups(prepared.padded_a.graph(), settings):
+        return _zip_once(prepared, settings, dtype, progress)
+    report = progress or (lambda _stage, _frac: None)
+    return search_heads(
+        prepared,
+        settings,
+        lambda p, s: _zip_once(p, s, dtype),
+        lambda f: report("search", f),
+    )
+
+
+def _zip_once(
+    prepared: Prepared,
+    settings: ZipSettings,
+    dtype: torch.dtype = torch.float32,
+    progress: Progress | None = None,
+) -> MergeResult:
+    """Run one merge (``zip_prepared``) with resolved settings."""
     report = progress or (lambda _stage, _frac: None)
     timings: dict[str, float] = {}
     pa, pb = prepared.padded_a, prepared.padded_b

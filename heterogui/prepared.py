@@ -68,6 +68,7 @@ class MergeResult:
     settings: ZipSettings
     timings: dict[str, float] = field(default_factory=dict)
     renormalized: int = 0  # merged outputs renormalization rescaled (settings.renormalize)
+    searched: tuple[int, float] | None = None  # a head search's merges tried and divergence
 
     def widths(self) -> dict[str, tuple[int, int, int]]:
         """Return (n_A, n_B, merged width) for every merge point."""

@@ -37,8 +37,12 @@ class ZipSettings:
         writes (norms, value projections) to their groups' average mean and spread
         (``fusion.renormalize``; for models without BatchNorm).
     heads: how attention layers reach their width: "pair" (the paper's: a head of A and one
-        of B averaged) or "select" (each merged pair's stronger head kept whole in place of
-        their average: ``zip.select``). Also an override knob of a head group's first space.
+        of B averaged), "select" (each merged pair's stronger head kept whole in place of
+        their average: ``zip.select``) or "search" (the kept heads chosen on the calibration
+        data: ``head_search``). Also an override knob of a head group's first space.
+    kept_heads: head group (its first space) -> per unit of A's heads, 1 to keep A's head in
+        its merged pair, 0 to keep B's (-1: not in a pair). Set by the search, which records
+        its choice here; groups without an entry select by output energy.
     """
 
     matcher: str = "zip"
@@ -51,6 +55,7 @@ class ZipSettings:
     ridge: float = DEFAULT_RIDGE
     renormalize: bool = False
     heads: str = "pair"
+    kept_heads: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     def resolved(self, default_fusion: str) -> ZipSettings:
         """Return these settings with fusion "auto" replaced by the fusion a merge uses.
