@@ -178,11 +178,17 @@ def test_a_transformer_pair_gets_heads_kept_rows_and_their_section(tmp_path, mon
     for fusion in ("", ", least squares", ", sequential least squares"):
         row = rows[f"zip (LMA{fusion}, heads selected)"]
         assert row["params"]["mean"] == paper_width and 0.0 <= row["joint"]["mean"] <= 1.0
+    # heads searched (head_search): with sequential least squares only, at the paper's width
+    searched = [k for k in rows if "heads searched" in k]
+    assert "zip (LMA, sequential least squares, heads searched)" in searched
+    assert all("sequential least squares, heads searched" in k for k in searched)
+    assert rows[searched[0]]["params"]["mean"] == paper_width
     md = (tmp_path / "docs" / "quality.md").read_text()
     section = md.split("## Where a transformer merge loses")[1].split("\n## ")[0]
     assert f"| {pair} |" in section and "heads kept, sequential least squares" in section
     fusion = md.split("## Fusion and renormalization")[1].split("\n## ")[0]
     assert "best zip, sequential least squares, heads selected" in fusion
+    assert "best zip, sequential least squares, heads searched" in fusion
 
 
 def test_head_groups_name_one_space_per_attention_layer():

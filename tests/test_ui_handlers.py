@@ -380,6 +380,37 @@ def test_selected_heads_change_a_vit_merge_and_survive_a_recipe(res, tmp_path):
         tab_zip.on_knobs(vit, res, "zip", 0.5, 1.0, 1.0, n, "average", False, "both")
 
 
+def test_searched_heads_in_the_workbench_say_what_the_search_kept(res, tmp_path):
+    vit = Session(device="cpu")
+    tab_models.on_load_pair(vit, res, "tiny-digits-vit-depth")
+    n = work_blocks(vit)
+    tab_zip.on_merge(vit, res, "zip", 0.5, 1.0, 1.0, n, "cpu", "average", False, "select")
+    selected = vit.result
+    message = tab_zip.on_merge(vit, res, "zip", 0.5, 1.0, 1.0, n, "cpu", "average", False, "search")
+    assert "heads searched: " in message and "merges tried" in message
+    searched = vit.result
+    tried, value = searched.searched
+    assert f"best of {tried} merges tried" in message and "search " in message  # its stage time
+    assert value <= search_divergence(selected) + 1e-12
+    assert [h["heads"] for h in vit.history] == ["select", "search"]
+    labels = {number: label for label, number in tab_compare.merge_choices(vit)}
+    assert "heads searched" in labels[2] and "heads searched" not in labels[1]
+    tab_export.on_export(vit, res, str(tmp_path / "searched"), False)
+    assert "heads: search" in (tmp_path / "searched" / "recipe.yaml").read_text()
+    other = Session(device="cpu")
+    tab_export.on_import(other, res, str(tmp_path / "searched" / "recipe.yaml"), None)
+    assert app.render(other, res, ("knobs",))["heads"] == "search"
+    fixed, again = searched.model.state_dict(), other.result.model.state_dict()
+    assert all(torch.equal(fixed[k].cpu(), again[k].cpu()) for k in fixed)
+
+
+def search_divergence(result):
+    from heterogui import head_search
+
+    prepared = result.prepared
+    return head_search.divergence(result.model, prepared, head_search.parent_outputs(prepared))
+
+
 def test_selecting_heads_of_a_cnn_pair_says_so_and_changes_nothing(session, res):
     n = work_blocks(session)
     merge(session, res, fusion="average")

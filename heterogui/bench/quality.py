@@ -174,7 +174,7 @@ def _alignment_rows(zoo: ZooPair, prep: Prepared, t_prep: float, test: Split, cf
             if knobs.get("renormalize") and not renormalizes(p.padded_a, p.padded_b):
                 continue  # nothing to renormalize: the row would repeat the plain zip
             if knobs.get("heads") and not head_group_firsts(p.padded_a.graph()):
-                continue  # no attention heads to select: the row would repeat the plain zip
+                continue  # no attention heads to choose: the row would repeat the plain zip
             result, metrics, t_zip = _zip(p, ZipSettings(**knobs), test, zoo, cfg)
             row = _row(metrics, parameter_count(result.model), t + t_zip)
             row["mapping"] = result.alignment.mapping()

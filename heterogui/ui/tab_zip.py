@@ -41,6 +41,7 @@ MERGE_INPUTS = (*KNOBS[:5], "device", *KNOBS[5:])
 HEAD_CHOICES = [
     ("pair and average (paper)", "pair"),
     ("select the stronger head of each pair", "select"),
+    ("search the heads to keep on the calibration data (slower)", "search"),
 ]
 FUSION_CHOICES = [
     ("auto (least squares for CNNs and ViTs, else the paper's average)", "auto"),
@@ -115,7 +116,10 @@ def _knobs(ui: dict[str, Any]) -> None:
             info="Transformers only. pair: a head of A and its matched head of B are averaged "
             "(an attention pattern neither computes); select: the pair's head that writes "
             "more through its output projection is kept whole, and both models' outputs read "
-            "it (best with sequential least squares on the zoo's ViTs: docs/quality.md)",
+            "it; search: starts from select and flips one pair's choice at a time while the "
+            "merge reproduces its parents better on the calibration data (a merge per flip "
+            "tried: seconds on the zoo's ViTs, minutes on MiniLM; best with sequential least "
+            "squares: docs/quality.md)",
         )
     ui["alpha"] = gr.Slider(
         0.01,
@@ -438,7 +442,7 @@ def on_merge(
     fused = f"fusion: {work.fusion_text(result.settings)}; " if row["fusion"] != "average" else ""
     if row["renormalize"]:
         fused += f"{work.renormalize_text(result)}; "
-    if row["heads"] == "select":
+    if row["heads"] in ("select", "search"):
         fused += f"{work.heads_text(result)}; "
     return (
         f"Merge #{row['merge']} done in {row['seconds']:.2f}s ({stages}); {fused}{joint}{note} "

@@ -282,7 +282,7 @@ def make_settings(
     fusion: "auto" (the family's default), "average" (the paper's), "least_squares" or
     "least_squares_sequential"; ridge: the least-squares ridge;
     renormalize: rescale the merged features to their groups' average statistics after fusion;
-    heads: "pair" (the paper's) or "select" (``zip.select``).
+    heads: "pair" (the paper's), "select" (``zip.select``) or "search" (``head_search``).
 
     Raises:
         ConfigError: a knob out of range, an unknown fusion or heads, or a bad ridge.
@@ -451,7 +451,14 @@ def heads_text(result: MergeResult) -> str:
             taken[model] += int((chosen & (owners == model)).sum()) // graph.spaces[name].unit
     if not any(taken):
         return "heads: no merged attention heads to select"
-    return f"heads selected: {taken[0]} merged head pairs kept A's head, {taken[1]} B's"
+    kept = f"{taken[0]} merged head pairs kept A's head, {taken[1]} B's"
+    if result.searched is None:
+        return f"heads selected: {kept}"
+    tried, value = result.searched
+    return (
+        f"heads searched: {kept} (best of {tried} merges tried, divergence from the parents "
+        f"{value:.4g}; {result.timings.get('search', 0.0):.1f}s)"
+    )
 
 
 def renormalize_text(result: MergeResult) -> str:
