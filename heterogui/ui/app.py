@@ -59,6 +59,7 @@ STAGES = {
     "features": "feature statistics",
     "analysis": "layer similarity and feature statistics (one pass)",
     "match": "matching neurons",
+    "search": "searching which attention heads to keep (a merge per flip tried)",
     "bn_merged": "BatchNorm of the merged model",
     "evaluate": "evaluating",
     "sweep": "sweeping rho",
