@@ -157,7 +157,7 @@ def _match_head_group(
 
 def head_energies(
     prepared: Prepared, value: Space, output: Space, stop: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Return A's and B's unit energies at a head group (``zip.select.output_energies``).
 
     ``value``: the space of the values; ``output``: the space the output projection reads.
@@ -165,7 +165,7 @@ def head_energies(
     correlations (a re-merge with heads selected forms none again). Shared: do not modify.
     """
 
-    def compute() -> tuple[torch.Tensor, torch.Tensor]:
+    def compute() -> tuple[np.ndarray, np.ndarray]:
         ga = prepared.padded_a.graph()
         moments = pooled_moments(prepared.stats, ga, value.name, stop)
         mean = moments.mean()
