@@ -212,3 +212,22 @@ def test_a_pair_without_attention_runs_one_plain_merge():
     result = zip_prepared(prepared, ZipSettings(heads="search"))
     assert result.searched is None and not result.settings.kept_heads
     assert all(m.weights is None for m in result.matches.values())
+
+
+def test_a_search_reports_its_progress_so_that_cancel_can_stop_it():
+    """The workbench's Cancel raises from the progress callback: the search calls it per flip."""
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def progress(stage, fraction):
+        seen.append((stage, fraction))
+        if stage == "search" and len([s for s, _ in seen if s == "search"]) == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        zip_prepared(vit_pair(), SEARCH, progress=progress)
+    fractions = [f for s, f in seen if s == "search"]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] < 1.0
