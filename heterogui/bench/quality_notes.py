@@ -38,7 +38,11 @@ pairs; BatchNorm models have none, BatchNorm re-estimation does that) to their g
 mean and spread (zip.renormalize; docs/method.md sec. 9). "heads selected" rows (models with
 attention: the ViT pairs) give every merged head pair the weights of its stronger head whole,
 by output energy, instead of their average (zip.heads: select; docs/method.md sec. 8), with
-the fusion their label names; "—": not applicable."""
+the fusion their label names. "heads searched" rows start from that choice and flip one pair's
+kept head at a time while the merge's outputs move closer to its parents' on the calibration
+data (KL divergence of their logits, no labels read; zip.heads: search, docs/method.md sec. 8),
+with sequential least squares only: a merge per flip tried, 7-25 a ViT pair; "—": not
+applicable."""
 
 
 PLACEMENT_NOTE = """LMA splits the deeper model's blocks of a stage into one contiguous segment per
@@ -64,7 +68,7 @@ which neither parent's head computes. "heads kept" rows keep every head of both 
 (rho 0 on the attention spaces, rho 1 on the stream and the MLPs; ``zip.overrides``), at the
 sweep alignment: they are wider than the paper's width, so the checks leave them out, but the
 gap between them and the best zip at the paper's width is what merging heads costs. The best
-zip at the paper's width counts the "heads selected" rows too."""
+zip at the paper's width counts the "heads selected" and "heads searched" rows too."""
 
 
 NWAY_NOTE = """Three models merged at once (the N-way zip, docs/method.md sec. 12) and one after
