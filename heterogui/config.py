@@ -46,7 +46,8 @@ DEFAULT_FUSION = "auto"
 DEFAULT_RIDGE = 1e-2
 POOLINGS = ("mean", "cls")
 # how an attention layer reaches its width (zip.plan.ZipSettings.heads): "pair" averages a head
-# of A with one of B (the paper's), "select" keeps each pair's stronger head whole (zip.select)
+# of A with one of B (the paper's), "select" keeps each pair's stronger head whole (zip.select),
+# "search" chooses each pair's kept head on the calibration data (head_search)
 HEAD_MERGES = ("pair", "select", "search")
 
 
@@ -125,9 +126,10 @@ class ZipSpec:
     paper's average otherwise), "average" (the paper's), "least_squares" or
     "least_squares_sequential"; ridge: the least-squares ridge.
     renormalize: rescale the merged features to their groups' average statistics after fusion.
-    heads: "pair" (the paper's: attention heads of A and B paired and averaged) or "select"
-    (each merged pair's stronger head, by output energy, kept whole in place of their average);
-    an override knob too.
+    heads: "pair" (the paper's: attention heads of A and B paired and averaged), "select"
+    (each merged pair's stronger head, by output energy, kept whole in place of their average)
+    or "search" (the kept head of each pair chosen on the calibration data, from select's
+    choice: ``head_search``); an override knob too.
     """
 
     matcher: str = "zip"
