@@ -130,6 +130,10 @@ class ZipSpec:
     (each merged pair's stronger head, by output energy, kept whole in place of their average)
     or "search" (the kept head of each pair chosen on the calibration data, from select's
     choice: ``head_search``); an override knob too.
+    bn_units: fuse each layer that feeds a BatchNorm in that BatchNorm's units (its rows
+    divided by the running std first: ``fusion.bn_units``); no effect on models without
+    BatchNorm. The paper's fusion is "average" with bn_units false; "auto" fusion turns it
+    off for the one-to-one baselines (permute, weight average).
     """
 
     matcher: str = "zip"
@@ -141,6 +145,7 @@ class ZipSpec:
     ridge: float = DEFAULT_RIDGE
     renormalize: bool = False
     heads: str = "pair"
+    bn_units: bool = True
 
     def __post_init__(self) -> None:
         _check_knobs("zip", self.matcher, self.alpha, self.beta, self.rho)
@@ -355,9 +360,13 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     The models are ``model_a`` and ``model_b``, or a list ``models`` of two or more (each a
     mapping like model_a's or a plain path): A, B, then ``more_models``.
 
+    A recipe heterogui recorded (it lists ``versions``) without ``zip.bn_units`` predates that
+    knob: it fused as the paper does, and repeats so (bn_units false).
+
     Raises:
         ConfigError: unknown keys, missing models, values out of range.
     """
+    data = _recorded_before_bn_units(data)
     if isinstance(data, dict) and "more_models" in data:
         raise ConfigError(
             "recipe: more_models is not a recipe key; list every model under models: [A, B, C]"
@@ -368,6 +377,15 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
         if isinstance(data, dict) and key not in data:
             raise ConfigError(f"recipe: {key} is missing; give {key}: {{path: FOLDER}}")
     return _build(Recipe, data, "recipe")
+
+
+def _recorded_before_bn_units(data: Any) -> Any:
+    """Return ``data`` (a copy) with zip.bn_units false if recorded before that knob."""
+    if not (isinstance(data, dict) and data.get("versions") and isinstance(data.get("zip"), dict)):
+        return data
+    if "bn_units" in data["zip"]:
+        return data
+    return {**data, "zip": {**data["zip"], "bn_units": False}}
 
 
 def _listed_models(data: dict[str, Any]) -> Recipe:

@@ -142,6 +142,7 @@ def settings_of(recipe: Recipe) -> ZipSettings:
         z.ridge,
         z.renormalize,
         z.heads,
+        bn_units=z.bn_units,
     )
 
 
@@ -315,6 +316,7 @@ def complete_recipe(
             s.ridge,
             s.renormalize,
             s.heads,
+            s.bn_units,
         ),
         stop=s.stop,
         reset_input_bn=reset_input_bn,

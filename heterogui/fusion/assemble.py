@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from heterogui.fusion.bn import reestimate_batch_norm
+from heterogui.fusion.bn_units import fusion_states
 from heterogui.fusion.fuse import SpaceTransform, fuse_state
 from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged, unmerge_name
 from heterogui.fusion.pinning import pinned_channels
@@ -31,6 +32,7 @@ from heterogui.zip.stats import Moments
 
 def assemble(
     padded: Sequence[Network],
+    states: Sequence[dict[str, torch.Tensor]],
     matches: dict[str, Match],
     transforms: dict[str, SpaceTransform],
     stop: int,
@@ -38,7 +40,8 @@ def assemble(
 ) -> tuple[MergedModel, MergedSpec]:
     """Return the merged model: fused trunk weights, the tails, the unmerge at the stop point.
 
-    padded: the padded models (A, B, and more for an N-way zip), in the matches' model order.
+    padded: the padded models (A, B, and more for an N-way zip), in the matches' model order;
+    states: the state dicts fused, one a model (``fusion.bn_units.fusion_states``).
     """
     first = padded[0]
     ga = first.graph()
@@ -51,7 +54,6 @@ def assemble(
     # built on the meta device and handed the fused tensors themselves (assign): the fused
     # weights are held once, not once more as the model's own copy
     model = build_merged(spec, "meta")
-    states = [net.module.state_dict() for net in padded]
     inert = [ga.inert, *(net.graph().inert for net in padded[1:])]
     fused = fuse_state(ga.tensors, states, transforms, stop, inert)
     state = {f"trunk.{k[len('blocks.') :]}": _as(v, dtype) for k, v in fused.items()}
@@ -115,14 +117,18 @@ def build_merge(
     """Return the merged model of ``matches``: fused, refit, renormalized, BatchNorm re-estimated.
 
     The steps after matching, for two models (``zip_prepared``) or more (``nway``): the
-    transforms (with the least-squares unmerges), the fused model (``fusion.assemble``), the
+    transforms (with the least-squares unmerges), the fused model (``fusion.assemble``; in
+    BatchNorm units when the settings ask: ``fusion.bn_units``), the
     sequential refit when the settings ask for it, ``renormalize(model, matches, stop)`` when
     given, and the merged model's BatchNorm (identity channels pinned).
     """
     transforms = {
         s: SpaceTransform.from_match(m, dtype, dev, regressions.get(s)) for s, m in matches.items()
     }
-    model, spec = timed(timings, "fuse", lambda: assemble(padded, matches, transforms, stop, dtype))
+    states = fusion_states(padded, stop, settings.bn_units)
+    model, spec = timed(
+        timings, "fuse", lambda: assemble(padded, states, matches, transforms, stop, dtype)
+    )
     pinned = pinned_channels(model, padded, matches, stop)
     built = BuiltMerge(model, spec, transforms)
     if settings.fusion == "least_squares_sequential":
@@ -130,7 +136,7 @@ def build_merge(
             timings,
             "refit",
             lambda: refit_sequentially(
-                model, padded, transforms, batches, dev, stop, settings.ridge, pinned
+                model, padded, states, transforms, batches, dev, stop, settings.ridge, pinned
             ),
         )
     if renormalize is not None:

@@ -91,6 +91,7 @@ def sequential_readers(
 def refit_sequentially(
     model: nn.Module,
     nets: Sequence[Network],
+    parents: Sequence[Mapping[str, torch.Tensor]],
     transforms: Mapping[str, SpaceTransform],
     batches: Iterable[Batch],
     device: torch.device | str,
@@ -101,7 +102,9 @@ def refit_sequentially(
     """Refit the merged model's readers block by block in place; return how many were refit.
 
     model: the merged model of the padded ``nets`` (A, B, ...), fused with least squares
-    (``transforms`` hold the one-shot regressions; they decide which weights are readers).
+    (``transforms`` hold the one-shot regressions; they decide which weights are readers);
+    parents: their state dicts as fused (``fusion.bn_units.fusion_states``), which the refit
+    reads the weights of; the nets run as they are.
     A BatchNorm merge re-estimates its BatchNorm first and after every block's refit (pinned:
     the channels that keep theirs, ``fusion.pinning``).
     """
@@ -117,7 +120,6 @@ def refit_sequentially(
     states = [[first_block_input(net.module, batch) for batch in moved] for net in nets]
     states.append(moved)  # the merged model's, last
     masks = [token_mask(batch) for batch in moved]
-    parents = [net.module.state_dict() for net in nets]
     trunk = [list(net.module.blocks) for net in nets] + [list(model.trunk)]
     tags = {t.name: t for t in graph.tensors}
     last = max(t.block for t in readers)

@@ -109,7 +109,9 @@ class ModelGraph:
     dead: the spaces of identity blocks that carry nothing. inert: the tensors that do not change
     the model's function, whatever their values: the norms of a pre-norm identity layer, which
     only its dead spaces read (``inert_norms``); fusion leaves them out of a group's average
-    wherever another model's tensor is live (``fusion.fuse.fuse_state``).
+    wherever another model's tensor is live (``fusion.fuse.fuse_state``). batch_norms: (layer,
+    BatchNorm) module names, each BatchNorm with the layer whose output it normalizes (fusion in
+    BatchNorm units reads them: ``fusion.bn_units``).
     """
 
     spaces: dict[str, Space]
@@ -118,6 +120,7 @@ class ModelGraph:
     block_out: tuple[str | None, ...]
     dead: frozenset[str] = field(default_factory=frozenset)
     inert: frozenset[str] = field(default_factory=frozenset)
+    batch_norms: tuple[tuple[str, str], ...] = ()
 
     @property
     def num_blocks(self) -> int:

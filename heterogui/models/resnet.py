@@ -131,6 +131,7 @@ def graph(config: ResNetConfig, identity_blocks: frozenset[int] = frozenset()) -
         tag("blocks.0.conv.weight", 0, out_axis(stream_name(0)), in_axis(INPUT)),
         *norm_tags("blocks.0.bn", 0, stream_name(0)),
     ]
+    batch_norms = [("blocks.0.conv", "blocks.0.bn")]
     spaces = {INPUT: Space(INPUT, config.in_channels), LOGITS: Space(LOGITS, config.num_classes)}
     stages: list[list[int]] = [[] for _ in config.stream_widths]
     block_out: list[str | None] = [stream_name(0)]
@@ -148,11 +149,13 @@ def graph(config: ResNetConfig, identity_blocks: frozenset[int] = frozenset()) -
             tag(f"{p}.conv2.weight", i, out_axis(stream), in_axis(inner)),
             *norm_tags(f"{p}.bn2", i, stream),
         ]
+        batch_norms += [(f"{p}.conv1", f"{p}.bn1"), (f"{p}.conv2", f"{p}.bn2")]
         if s > 0 and j == 0:
             tensors += [
                 tag(f"{p}.shortcut.0.weight", i, out_axis(stream), in_axis(reads)),
                 *norm_tags(f"{p}.shortcut.1", i, stream),
             ]
+            batch_norms.append((f"{p}.shortcut.0", f"{p}.shortcut.1"))
         stages[s].append(i)
         block_out.append(stream)
     for s, width in enumerate(config.stream_widths):
@@ -162,7 +165,14 @@ def graph(config: ResNetConfig, identity_blocks: frozenset[int] = frozenset()) -
     tensors.append(tag(f"blocks.{n}.linear.weight", n, out_axis(LOGITS), in_axis(last)))
     tensors.append(tag(f"blocks.{n}.linear.bias", n, out_axis(LOGITS)))
     dead = frozenset(inner_name(i) for i in identity_blocks)
-    return ModelGraph(spaces, tuple(tensors), tuple(map(tuple, stages)), (*block_out, None), dead)
+    return ModelGraph(
+        spaces,
+        tuple(tensors),
+        tuple(map(tuple, stages)),
+        (*block_out, None),
+        dead,
+        batch_norms=tuple(batch_norms),
+    )
 
 
 def insert_identity(config: ResNetConfig, stage: int, position: int) -> ResNetConfig:

@@ -101,8 +101,14 @@ def graph(config: VGGConfig, identity_blocks: frozenset[int] = frozenset()) -> M
     n = len(block_out)
     tensors.append(tag(f"blocks.{n}.linear.weight", n, out_axis(LOGITS), in_axis(prev)))
     tensors.append(tag(f"blocks.{n}.linear.bias", n, out_axis(LOGITS)))
+    batch_norms = tuple((f"blocks.{i}.conv", f"blocks.{i}.bn") for i in range(n))
     return ModelGraph(
-        spaces, tuple(tensors), tuple(map(tuple, stages)), (*block_out, None), frozenset()
+        spaces,
+        tuple(tensors),
+        tuple(map(tuple, stages)),
+        (*block_out, None),
+        frozenset(),
+        batch_norms=batch_norms,
     )
 
 

@@ -65,7 +65,9 @@ def _settings(session: Session, move: dict[str, Any]) -> Any:
     n_blocks = session.prepared.padded_a.graph().num_blocks - 1
     if knobs["stop"] == -1:  # "one block before the head": a partial zip
         knobs["stop"] = max(n_blocks - 1, 0)
-    return work.make_settings(**knobs, overrides=s.overrides, n_blocks=n_blocks, ridge=s.ridge)
+    return work.make_settings(
+        **knobs, overrides=s.overrides, n_blocks=n_blocks, ridge=s.ridge, bn_units=s.bn_units
+    )
 
 
 def slider_latency(

@@ -359,7 +359,8 @@ def settings_from(
     renormalize: bool = False,
     heads: str = "pair",
 ) -> Any:
-    """Return ZipSettings from the knob values (keeping the session's overrides and ridge)."""
+    """Return ZipSettings from the knob values (keeping the session's overrides, ridge and
+    bn_units: recipe settings without a control of their own)."""
     n = _n_blocks(session)
     return work.make_settings(
         matcher,
@@ -373,6 +374,7 @@ def settings_from(
         ridge=session.settings.ridge,
         renormalize=bool(renormalize),
         heads=heads or "pair",
+        bn_units=session.settings.bn_units,
     )
 
 

@@ -276,13 +276,15 @@ def make_settings(
     ridge: float = DEFAULT_RIDGE,
     renormalize: bool = False,
     heads: str = "pair",
+    bn_units: bool = True,
 ) -> ZipSettings:
     """Return ZipSettings from the Zip tab's controls (stop = n_blocks means a full zip).
 
     fusion: "auto" (the family's default), "average" (the paper's), "least_squares" or
     "least_squares_sequential"; ridge: the least-squares ridge;
     renormalize: rescale the merged features to their groups' average statistics after fusion;
-    heads: "pair" (the paper's), "select" (``zip.select``) or "search" (``head_search``).
+    heads: "pair" (the paper's), "select" (``zip.select``) or "search" (``head_search``);
+    bn_units: fuse BatchNorm models in BatchNorm units (``fusion.bn_units``; the recipe's).
 
     Raises:
         ConfigError: a knob out of range, an unknown fusion or heads, or a bad ridge.
@@ -305,6 +307,7 @@ def make_settings(
         ridge=float(ridge),
         renormalize=bool(renormalize),
         heads=heads,
+        bn_units=bool(bn_units),
     )
 
 

@@ -43,6 +43,8 @@ class ZipSettings:
     kept_heads: head group (its first space) -> per unit of A's heads, 1 to keep A's head in
         its merged pair, 0 to keep B's (-1: not in a pair). Set by the search, which records
         its choice here; groups without an entry select by output energy.
+    bn_units: fuse the layers that feed a BatchNorm in that BatchNorm's units
+        (``fusion.bn_units``; the paper fuses them as they are).
     """
 
     matcher: str = "zip"
@@ -56,17 +58,20 @@ class ZipSettings:
     renormalize: bool = False
     heads: str = "pair"
     kept_heads: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    bn_units: bool = True
 
     def resolved(self, default_fusion: str) -> ZipSettings:
         """Return these settings with fusion "auto" replaced by the fusion a merge uses.
 
         default_fusion: the family's (``models.family.Family.default_fusion``), for the zip
-        matchers; the one-to-one baselines (permute, weight average) keep the paper's fusion.
+        matchers; the one-to-one baselines (permute, weight average) keep the paper's fusion:
+        the average, not in BatchNorm units.
         """
         if self.fusion != "auto":
             return self
-        baseline = self.matcher in EQUAL_WIDTHS
-        return replace(self, fusion="average" if baseline else default_fusion)
+        if self.matcher in EQUAL_WIDTHS:
+            return replace(self, fusion="average", bn_units=False)
+        return replace(self, fusion=default_fusion)
 
     def for_space(self, space: str) -> dict[str, Any]:
         """Return the knobs that apply to ``space``."""
