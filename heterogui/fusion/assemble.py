@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from heterogui.fusion.bn import reestimate_batch_norm
-from heterogui.fusion.bn_units import fusion_states
+from heterogui.fusion.bn_units import fusion_states, restore_units, unit_scales
 from heterogui.fusion.fuse import SpaceTransform, fuse_state
 from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged, unmerge_name
 from heterogui.fusion.pinning import pinned_channels
@@ -125,7 +125,8 @@ def build_merge(
     transforms = {
         s: SpaceTransform.from_match(m, dtype, dev, regressions.get(s)) for s, m in matches.items()
     }
-    states = fusion_states(padded, stop, settings.bn_units)
+    scales = unit_scales(padded, stop) if settings.bn_units else {}
+    states = fusion_states(padded, scales)
     model, spec = timed(
         timings, "fuse", lambda: assemble(padded, states, matches, transforms, stop, dtype)
     )
@@ -139,6 +140,9 @@ def build_merge(
                 model, padded, states, transforms, batches, dev, stop, settings.ridge, pinned
             ),
         )
+    if scales:
+        tags = {t.name: t for t in padded[0].graph().tensors}
+        restore_units(model, tags, scales, transforms)
     if renormalize is not None:
         built.renormalized = timed(
             timings, "renormalize", lambda: renormalize(model, matches, stop)

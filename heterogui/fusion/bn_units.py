@@ -6,8 +6,12 @@ variance 1 - e, where s = sqrt(v + e) per output channel: the BatchNorm then div
 Fusion averages (or regresses onto) the *rows* of W across the models; as trained, those rows
 write pre-BatchNorm features whose scales differ between the models and between channels, so
 the larger one dominates the merged row. Rescaled, every row writes features in the units its
-BatchNorm will read, and each model's feature counts as much as the other's. The merged
-BatchNorm is re-estimated afterwards either way (``fusion.bn``).
+BatchNorm reads, and each model's feature counts as much as the other's.
+
+After fusion (and the sequential refit), each merged row is scaled back by its group's average
+scale (M applied to the models' s): the merged model's layers keep the parents' units, a
+channel that merges nothing (rho = 0) gets its own weights back exactly, and re-estimating the
+merged BatchNorm (``fusion.bn``) normalizes as the parents' did, epsilon included.
 
 The rescaling reads nothing but the parents' weights and running statistics: no extra pass,
 and the statistics the matching read (the features after the BatchNorm) do not change.
@@ -15,43 +19,101 @@ and the statistics the matching read (the features after the BatchNorm) do not c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
+from torch import nn
 
+from heterogui.fusion.fuse import SpaceTransform, fuse_tensor
+from heterogui.fusion.renormalize import merged_name
 from heterogui.models.family import Network
+from heterogui.models.graph import TensorTag
+
+# (layer, BatchNorm) module names -> each model's scale s = sqrt(v + e) per output channel
+Scales = dict[tuple[str, str], list[torch.Tensor]]
 
 
-def fusion_states(
-    nets: Sequence[Network], stop: int, bn_units: bool
-) -> list[dict[str, torch.Tensor]]:
-    """Return the state dicts fusion reads: each net's own, rescaled to BatchNorm units if asked.
+def unit_scales(nets: Sequence[Network], stop: int) -> Scales:
+    """Return the scales of every trunk layer (blocks before ``stop``) that feeds a BatchNorm.
 
-    nets: the padded models (A, B, ...). Only the trunk (blocks before ``stop``) is rescaled;
-    the tails are copied as they are. Identity blocks are left alone: built to be exact (their
-    BatchNorm's variance is already 1 - e). The nets themselves are not modified.
+    nets: the padded models (A, B, ...; one topology). An identity block's layers have scale 1:
+    built exact, their BatchNorm's variance is already 1 - e.
+    """
+    scales: Scales = {}
+    for layer, norm in nets[0].graph().batch_norms:
+        block = int(layer.split(".")[1])
+        if block >= stop:
+            continue
+        per_model = []
+        for net in nets:
+            bn = net.module.get_submodule(norm)
+            var = bn.running_var.to(torch.float64)
+            identity = block in net.identity_blocks
+            per_model.append(torch.ones_like(var) if identity else torch.sqrt(var + bn.eps))
+        scales[(layer, norm)] = per_model
+    return scales
+
+
+def fusion_states(nets: Sequence[Network], scales: Scales) -> list[dict[str, torch.Tensor]]:
+    """Return the state dicts fusion reads: each net's own, divided by ``scales`` (may be empty).
+
+    The nets themselves are not modified: rescaled tensors are new ones.
     """
     states = [dict(net.module.state_dict()) for net in nets]
-    if bn_units:
-        for net, state in zip(nets, states, strict=True):
-            for layer, norm in net.graph().batch_norms:
-                block = int(layer.split(".")[1])
-                if block < stop and block not in net.identity_blocks:
-                    eps = float(net.module.get_submodule(norm).eps)
-                    _rescale(state, layer, norm, eps)
+    for (layer, norm), per_model in scales.items():
+        for net, state, scale in zip(nets, states, per_model, strict=True):
+            eps = float(net.module.get_submodule(norm).eps)
+            _rescale(state, layer, norm, scale, eps)
     return states
 
 
-def _rescale(state: dict[str, torch.Tensor], layer: str, norm: str, eps: float) -> None:
-    """Replace (not modify) the tensors of ``layer`` and ``norm`` in ``state``: BatchNorm units."""
+def _rescale(
+    state: dict[str, torch.Tensor], layer: str, norm: str, scale: torch.Tensor, eps: float
+) -> None:
+    """Replace (not modify) the tensors of ``layer`` and ``norm`` in ``state``: divided by s."""
+    if bool((scale == 1).all()):
+        return  # an identity block: exactly as built
     var = state[f"{norm}.running_var"]
-    scale = torch.sqrt(var.to(torch.float64) + eps)
-    weight = state[f"{layer}.weight"]
-    shape = (-1,) + (1,) * (weight.dim() - 1)
-    state[f"{layer}.weight"] = (weight / scale.view(shape)).to(weight.dtype)
-    if f"{layer}.bias" in state:
-        bias = state[f"{layer}.bias"]
-        state[f"{layer}.bias"] = (bias / scale).to(bias.dtype)
-    mean = state[f"{norm}.running_mean"]
-    state[f"{norm}.running_mean"] = (mean / scale).to(mean.dtype)
+    _divide(state, f"{layer}.weight", scale)
+    _divide(state, f"{layer}.bias", scale)
+    _divide(state, f"{norm}.running_mean", scale)
     state[f"{norm}.running_var"] = torch.full_like(var, 1.0 - eps)
+
+
+def _divide(state: dict[str, torch.Tensor], key: str, scale: torch.Tensor) -> None:
+    """Replace ``state[key]`` (if there) by itself divided by ``scale`` along its first axis."""
+    if key in state:
+        tensor = state[key]
+        shape = (-1,) + (1,) * (tensor.dim() - 1)
+        state[key] = (tensor / scale.view(shape)).to(tensor.dtype)
+
+
+@torch.no_grad()
+def restore_units(
+    model: nn.Module,
+    tags: Mapping[str, TensorTag],
+    scales: Scales,
+    transforms: Mapping[str, SpaceTransform],
+) -> None:
+    """Scale the merged model's rescaled layers back by their groups' scales, in place.
+
+    tags: tensor name -> TensorTag of the padded models' graph (the BatchNorm's running
+    variance tag says which space its channels live in).
+    """
+    for (layer, norm), per_model in scales.items():
+        scale = fuse_tensor(tags[f"{norm}.running_var"], per_model, transforms)
+        _multiply(model.get_submodule(merged_name(layer)), ("weight", "bias"), scale)
+        bn = model.get_submodule(merged_name(norm))
+        _multiply(bn, ("running_mean",), scale)
+        var = bn.running_var
+        restored = (var.to(scale) + bn.eps) * scale**2 - bn.eps
+        var.copy_(torch.where(scale == 1, var.to(scale), restored))  # 1: identity, exact
+
+
+def _multiply(module: nn.Module, names: tuple[str, ...], scale: torch.Tensor) -> None:
+    """Multiply the named tensors of ``module`` (those it has) by ``scale`` along axis 0."""
+    for name in names:
+        tensor = getattr(module, name, None)
+        if tensor is not None:
+            shape = (-1,) + (1,) * (tensor.dim() - 1)
+            tensor.mul_(scale.view(shape).to(tensor))
