@@ -54,6 +54,18 @@ def _numbers(value):
         yield value
 
 
+# a VGG pair's variants: the paper's fusion, least squares and the sequential refit (in
+# BatchNorm units, the default), the paper's fusion in BatchNorm units, the refits without
+SUFFIXES = (
+    "",
+    ", least squares",
+    ", sequential least squares",
+    ", BatchNorm units",
+    ", least squares, without BatchNorm units",
+    ", sequential least squares, without BatchNorm units",
+)
+
+
 def test_json_has_every_row_with_valid_values(report) -> None:
     data, _ = report
     assert set(data["pairs"]) == {DEPTH, REFERENCE}  # the reference pair is added
@@ -68,11 +80,9 @@ def test_json_has_every_row_with_valid_values(report) -> None:
         *(
             f"zip ({mode}{suffix})"
             for mode in ("SMA", "LMA", "LMA first", "LMA similar", "uniform", "head")
-            for suffix in ("", ", least squares", ", sequential least squares")
+            for suffix in SUFFIXES
         ),
-        f"homogeneous zip ({REFERENCE})",
-        f"homogeneous zip ({REFERENCE}, least squares)",
-        f"homogeneous zip ({REFERENCE}, sequential least squares)",
+        *(f"homogeneous zip ({REFERENCE}{suffix})" for suffix in SUFFIXES),
         "padding control",
     }
     assert expected == set(rows)

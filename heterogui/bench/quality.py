@@ -33,9 +33,11 @@ from heterogui.bench.quality_report import (
     HEADS_KEPT,
     METRICS,
     PAPER,
+    PAPER_KNOBS,
     SEQUENTIAL,
     VARIANTS,
     aggregate,
+    batch_norm_variant,
     checks,
     environment,
     python_command,
@@ -175,6 +177,8 @@ def _alignment_rows(zoo: ZooPair, prep: Prepared, t_prep: float, test: Split, cf
                 continue  # nothing to renormalize: the row would repeat the plain zip
             if knobs.get("heads") and not head_group_firsts(p.padded_a.graph()):
                 continue  # no attention heads to choose: the row would repeat the plain zip
+            if batch_norm_variant(suffix) and not p.padded_a.graph().batch_norms:
+                continue  # no BatchNorm: the row would repeat another
             result, metrics, t_zip = _zip(p, ZipSettings(**knobs), test, zoo, cfg)
             row = _row(metrics, parameter_count(result.model), t + t_zip)
             row["mapping"] = result.alignment.mapping()
@@ -199,7 +203,7 @@ def _baseline_rows(zoo: ZooPair, prep: Prepared, t_prep: float, test: Split, cfg
     for matcher, label in (("average", "weight average"), ("permute", "permute")):
         try:
             result, metrics, t_zip = _zip(
-                prep, ZipSettings(matcher=matcher, fusion=PAPER), test, zoo, cfg
+                prep, ZipSettings(matcher=matcher, **PAPER_KNOBS), test, zoo, cfg
             )
         except MatcherError as exc:
             log.info("%s: no %s row (%s)", zoo.name, label, exc)
@@ -249,7 +253,7 @@ def _padding_control(zoo: ZooPair, prep: Prepared, batches: list, test: Split, c
     start = time.perf_counter()
     p = prepare(zoo.net_a, padded, batches, mode="manual", manual=manual, device=cfg.device)
     t_prep = time.perf_counter() - start
-    result, metrics, t_zip = _zip(p, ZipSettings(fusion=PAPER), test, zoo, cfg)
+    result, metrics, t_zip = _zip(p, ZipSettings(**PAPER_KNOBS), test, zoo, cfg)
     return _row(metrics, parameter_count(result.model), t_prep + t_zip)
 
 
@@ -275,7 +279,7 @@ def _sweeps(zoo: ZooPair, prep: Prepared, main: dict, test: Split, cfg) -> dict[
         if r == 1.0:
             rho[str(r)] = {k: v for k, v in main.items() if k != "mapping"}
             continue
-        result, metrics, _ = _zip(prep, ZipSettings(rho=r, fusion=PAPER), test, zoo, cfg)
+        result, metrics, _ = _zip(prep, ZipSettings(rho=r, **PAPER_KNOBS), test, zoo, cfg)
         rho[str(r)] = _row(metrics, parameter_count(result.model))
         if r == 0.0:
             rho[str(r)]["max_logit_gap"] = _max_logit_gap(result.model, prep, test)
@@ -284,7 +288,7 @@ def _sweeps(zoo: ZooPair, prep: Prepared, main: dict, test: Split, cfg) -> dict[
             metrics_row = main
         else:
             result, metrics, _ = _zip(
-                prep, ZipSettings(alpha=alpha, beta=beta, fusion=PAPER), test, zoo, cfg
+                prep, ZipSettings(alpha=alpha, beta=beta, **PAPER_KNOBS), test, zoo, cfg
             )
             metrics_row = _row(metrics, parameter_count(result.model))
         knobs[f"alpha={alpha:g}, beta={beta:g}"] = {k: metrics_row[k] for k in (*METRICS, "params")}
@@ -296,7 +300,7 @@ def _bn_kept(zoo: ZooPair, batches: list, test: Split, cfg: QualityConfig) -> di
     prep, t_prep = _prepare(zoo, batches, cfg, mode=sweep_mode(zoo), reset_input_bn=False)
     out = {}
     for r, label in ((1.0, "zip"), (0.0, "rho=0")):
-        result, metrics, t_zip = _zip(prep, ZipSettings(rho=r, fusion=PAPER), test, zoo, cfg)
+        result, metrics, t_zip = _zip(prep, ZipSettings(rho=r, **PAPER_KNOBS), test, zoo, cfg)
         out[label] = _row(metrics, parameter_count(result.model), t_prep + t_zip)
     return out
 
@@ -312,7 +316,7 @@ def _calib_sweep(zoo: ZooPair, seed: int, main: dict, test: Split, cfg) -> dict[
             out[label] = {k: v for k, v in main.items() if k != "mapping"}
             continue
         prep, t_prep = _prepare(zoo, batches, cfg, mode=sweep_mode(zoo))
-        result, metrics, t_zip = _zip(prep, ZipSettings(fusion=PAPER), test, zoo, cfg)
+        result, metrics, t_zip = _zip(prep, ZipSettings(**PAPER_KNOBS), test, zoo, cfg)
         out[label] = _row(metrics, parameter_count(result.model), t_prep + t_zip)
     return out
 

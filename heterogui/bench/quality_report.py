@@ -37,14 +37,21 @@ RENORMALIZED = ", renormalized"  # the label suffix of renormalized rows
 HEADS_KEPT = "heads kept ("  # the label prefix of the rows that keep every attention head
 HEADS_SELECTED = ", heads selected"  # the label suffix of rows that select heads (zip.select)
 HEADS_SEARCHED = ", heads searched"  # the label suffix of rows that search heads (head_search)
+BN_UNITS = ", BatchNorm units"  # the paper's fusion in BatchNorm units (fusion.bn_units)
+AS_TRAINED = ", without BatchNorm units"  # least squares on the rows as trained
 # the paper's fusion: the benchmarks' plain rows name it, as the default ("auto") is per family
 PAPER = "average"
+PAPER_KNOBS = {"fusion": PAPER, "bn_units": False}  # ZipSettings keywords of the paper's fusion
 # (ZipSettings keywords, row label suffix): the paper's fusion, least-squares fusion
-# (fusion.regression) and renormalization after the paper's fusion (fusion.renormalize)
+# (fusion.regression; in BatchNorm units, the default, and without), fusion in BatchNorm units
+# (fusion.bn_units) and renormalization after the paper's fusion (fusion.renormalize)
 VARIANTS = (
-    ({"fusion": PAPER}, ""),
+    (PAPER_KNOBS, ""),
     ({"fusion": "least_squares"}, LEAST_SQUARES),
     ({"fusion": "least_squares_sequential"}, SEQUENTIAL),
+    ({"fusion": PAPER, "bn_units": True}, BN_UNITS),
+    ({"fusion": "least_squares", "bn_units": False}, LEAST_SQUARES + AS_TRAINED),
+    ({"fusion": "least_squares_sequential", "bn_units": False}, SEQUENTIAL + AS_TRAINED),
     ({"fusion": PAPER, "renormalize": True}, RENORMALIZED),
     ({"fusion": PAPER, "heads": "select"}, HEADS_SELECTED),
     ({"fusion": "least_squares", "heads": "select"}, LEAST_SQUARES + HEADS_SELECTED),
@@ -63,14 +70,24 @@ def transformer_variants(mode: str) -> list[tuple[dict[str, Any], str]]:
     return [
         (k, s)
         for k, s in VARIANTS
-        if (not s.startswith(SEQUENTIAL) or learned) and k.get("heads") != "search"
+        if (not s.startswith(SEQUENTIAL) or learned)
+        and k.get("heads") != "search"
+        and not batch_norm_variant(s)
     ]
+
+
+def batch_norm_variant(suffix: str) -> bool:
+    """Return whether the variant of ``suffix`` differs from another only with BatchNorm."""
+    return suffix in (BN_UNITS, LEAST_SQUARES + AS_TRAINED, SEQUENTIAL + AS_TRAINED)
 
 
 VARIANT_NAMES = {
     "": "average",
     LEAST_SQUARES: "least squares",
     SEQUENTIAL: "sequential least squares",
+    BN_UNITS: "BatchNorm units",
+    LEAST_SQUARES + AS_TRAINED: "least squares, without BatchNorm units",
+    SEQUENTIAL + AS_TRAINED: "sequential least squares, without BatchNorm units",
     RENORMALIZED: "renormalized",
     HEADS_SELECTED: "heads selected",
     LEAST_SQUARES + HEADS_SELECTED: "least squares, heads selected",
