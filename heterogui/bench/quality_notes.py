@@ -32,7 +32,14 @@ merged layer then best
 reproduces the averaged outputs of A's and B's layers from the merged inputs. Rows "zip (MODE,
 least squares)" are the same matchings fused that way; "sequential least squares" refits each
 such weight on the inputs it really gets in the merged model, block by block (one more pass of
-A, B and the merge; zip.fusion: least_squares_sequential). "renormalized" rows rescale the merged
+A, B and the merge; zip.fusion: least_squares_sequential). Both least-squares fusions run in
+BatchNorm units here (zip.bn_units, the default; docs/method.md sec. 9): each layer that a
+BatchNorm follows is first divided by that BatchNorm's running std (the same function), so
+matched rows of A and B weigh the same, and the merged rows are scaled back by their groups'
+average std; "average in BatchNorm units" is the paper's average fused that way, and the
+"without BatchNorm units" rows are the least-squares fusions on the weights as trained
+(BatchNorm pairs only). The plain "average" rows, the baselines, the sweeps and the padding
+control keep the paper's fusion on the weights as trained. "renormalized" rows rescale the merged
 features that a per-feature affine module writes (LayerNorm outputs, value projections: the ViT
 pairs; BatchNorm models have none, BatchNorm re-estimation does that) to their groups' average
 mean and spread (zip.renormalize; docs/method.md sec. 9). "heads selected" rows (models with
@@ -58,8 +65,11 @@ a second a merge; the paper's fusion for BERT (least squares lost on average on 
 sentence similarity, docs/transformers.md), for the decoders (better on the trained pair,
 docs/decoders.md, but 49-66 s a SmolLM2 merge against five seconds) and for MLPs and
 GPT-2 (no pair measures them). The sequential refit is better still but costs 2-30 times a
-re-merge, too slow for the workbench's slider: an option, not the default. The rows above name
-their fusion, so they do not depend on the default."""
+re-merge, too slow for the workbench's slider: an option, not the default. Fusion in
+BatchNorm units is on by default (zip.bn_units) because each fusion is better with it on
+average across the BatchNorm pairs (the last three lines above), for no extra pass (about 8% of
+a ResNet re-merge); the sequential refit gains least from it. The rows above name their
+fusion, so they do not depend on the default."""
 
 
 HEADS_NOTE = """A merge point of attention heads (a ViT's query/key and value/output spaces) pairs
