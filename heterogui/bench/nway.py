@@ -3,7 +3,8 @@
 Written to docs/nway.{md,json} by ``heterogui bench nway``. For every zoo group (three models
 on three disjoint tasks of digits: 4, 3 and 3 classes) and every seed, it scores each model
 alone, the ensemble of all three, the N-way zip (``heterogui.nway``: all three at once, with
-the paper's fusion, least squares and its sequential refit) and sequential merging (two
+the paper's fusion, least squares and its sequential refit, both in BatchNorm units as by
+default: ``fusion.bn_units``) and sequential merging (two
 models, then the merge, held as one network, with the third: both orders, with the same
 fusions), all at rho = 1 (the merged widths are one model's). The protocol is docs/method.md
 sec. 11 with three tasks: Joint accuracy is the argmax over every head's softmax on the test
@@ -27,7 +28,7 @@ import torch
 
 from heterogui.bench.documents import finite, write_document
 from heterogui.bench.quality import calibration_batches, parameter_count
-from heterogui.bench.quality_report import stats
+from heterogui.bench.quality_report import PAPER, PAPER_KNOBS, stats
 from heterogui.datasets.images import Split, load_split, task_subset
 from heterogui.fusion.merged import as_network
 from heterogui.models.family import Head, Network
@@ -43,6 +44,13 @@ FUSION_LABEL = {
     "least_squares": "least squares",
     "least_squares_sequential": "sequential least squares",
 }
+
+
+def fusion_knobs(fusion: str) -> dict[str, object]:
+    """Return the ZipSettings keywords of ``fusion``: the paper's on the weights as trained."""
+    return dict(PAPER_KNOBS) if fusion == PAPER else {"fusion": fusion}
+
+
 # the two orders of sequential merging: (first, second, third) model indices
 ORDERS = {"(A+B)+C": (0, 1, 2), "(C+B)+A": (2, 1, 0)}
 
@@ -108,7 +116,7 @@ def _sequential(
     out = {}
     for fusion in FUSION_LABEL:
         start = time.perf_counter()
-        settings = ZipSettings(rho=1.0, fusion=fusion)
+        settings = ZipSettings(rho=1.0, **fusion_knobs(fusion))
         both = as_network(zip_prepared(prepared, settings).model, "merge of two")
         result = merge_networks(both, third, batches, settings, device=cfg.device)
         seconds = prepare_seconds + time.perf_counter() - start
@@ -141,7 +149,7 @@ def run_seed(name: str, seed: int, cfg: NwayConfig) -> dict[str, dict[str, Any]]
     rows["ensemble (BN re-estimated)"] = _row(_score(ready, heads, test), total)
     for fusion in FUSION_LABEL:
         start = time.perf_counter()
-        result = zip_group_prepared(prepared, ZipSettings(rho=1.0, fusion=fusion))
+        result = zip_group_prepared(prepared, ZipSettings(rho=1.0, **fusion_knobs(fusion)))
         seconds = prepare_seconds + time.perf_counter() - start
         merged = _collect(result.model.eval(), test, cfg)
         rows[f"N-way zip, {FUSION_LABEL[fusion]}"] = _row(
