@@ -28,7 +28,7 @@ import torch
 
 from heterogui.bench.documents import finite, write_document
 from heterogui.bench.quality import calibration_batches, parameter_count
-from heterogui.bench.quality_report import PAPER, PAPER_KNOBS, stats
+from heterogui.bench.quality_report import fusion_knobs, stats
 from heterogui.datasets.images import Split, load_split, task_subset
 from heterogui.fusion.merged import as_network
 from heterogui.models.family import Head, Network
@@ -44,11 +44,6 @@ FUSION_LABEL = {
     "least_squares": "least squares",
     "least_squares_sequential": "sequential least squares",
 }
-
-
-def fusion_knobs(fusion: str) -> dict[str, object]:
-    """Return the ZipSettings keywords of ``fusion``: the paper's on the weights as trained."""
-    return dict(PAPER_KNOBS) if fusion == PAPER else {"fusion": fusion}
 
 
 # the two orders of sequential merging: (first, second, third) model indices

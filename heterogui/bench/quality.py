@@ -40,6 +40,7 @@ from heterogui.bench.quality_report import (
     batch_norm_variant,
     checks,
     environment,
+    fusion_knobs,
     python_command,
     render_markdown,
     stats,
@@ -227,7 +228,7 @@ def heads_kept_rows(
     overrides = {space: {"rho": 0.0} for space in heads}
     rows = {}
     for fusion, suffix in ((PAPER, ""), ("least_squares_sequential", SEQUENTIAL)):
-        settings = ZipSettings(overrides=overrides, fusion=fusion)
+        settings = ZipSettings(overrides=overrides, **fusion_knobs(fusion))
         result, metrics, t_zip = _zip(prep, settings, test, zoo, cfg)
         label = f"{HEADS_KEPT}{MODE_LABEL[prep.alignment.mode]}{suffix})"
         rows[label] = _row(metrics, parameter_count(result.model), t_prep + t_zip)

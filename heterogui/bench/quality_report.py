@@ -42,6 +42,13 @@ AS_TRAINED = ", without BatchNorm units"  # least squares on the rows as trained
 # the paper's fusion: the benchmarks' plain rows name it, as the default ("auto") is per family
 PAPER = "average"
 PAPER_KNOBS = {"fusion": PAPER, "bn_units": False}  # ZipSettings keywords of the paper's fusion
+
+
+def fusion_knobs(fusion: str) -> dict[str, Any]:
+    """Return the ZipSettings keywords of ``fusion``: the paper's on the weights as trained."""
+    return dict(PAPER_KNOBS) if fusion == PAPER else {"fusion": fusion}
+
+
 # (ZipSettings keywords, row label suffix): the paper's fusion, least-squares fusion
 # (fusion.regression; in BatchNorm units, the default, and without), fusion in BatchNorm units
 # (fusion.bn_units) and renormalization after the paper's fusion (fusion.renormalize)

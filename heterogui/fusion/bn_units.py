@@ -29,7 +29,8 @@ from heterogui.fusion.renormalize import merged_name
 from heterogui.models.family import Network
 from heterogui.models.graph import TensorTag
 
-# (layer, BatchNorm) module names -> each model's scale s = sqrt(v + e) per output channel
+# (layer, BatchNorm) module names -> each model's scale s = sqrt(v + e) per output channel (1 for
+# a model whose layer sits in an identity block: left exactly as built)
 Scales = dict[tuple[str, str], list[torch.Tensor]]
 
 
@@ -61,9 +62,11 @@ def fusion_states(nets: Sequence[Network], scales: Scales) -> list[dict[str, tor
     """
     states = [dict(net.module.state_dict()) for net in nets]
     for (layer, norm), per_model in scales.items():
+        block = int(layer.split(".")[1])
         for net, state, scale in zip(nets, states, per_model, strict=True):
-            eps = float(net.module.get_submodule(norm).eps)
-            _rescale(state, layer, norm, scale, eps)
+            if block not in net.identity_blocks:  # an identity block: exactly as built
+                eps = float(net.module.get_submodule(norm).eps)
+                _rescale(state, layer, norm, scale, eps)
     return states
 
 
@@ -71,8 +74,6 @@ def _rescale(
     state: dict[str, torch.Tensor], layer: str, norm: str, scale: torch.Tensor, eps: float
 ) -> None:
     """Replace (not modify) the tensors of ``layer`` and ``norm`` in ``state``: divided by s."""
-    if bool((scale == 1).all()):
-        return  # an identity block: exactly as built
     var = state[f"{norm}.running_var"]
     _divide(state, f"{layer}.weight", scale)
     _divide(state, f"{layer}.bias", scale)
