@@ -198,6 +198,15 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
         help="also merge SmolLM2-135M with a shallower copy of itself on Python texts",
     )
     parser.add_argument(
+        "--bert-base",
+        action="store_true",
+        help="also merge a BERT-base-sized pair built from config (12 + 6 layers, random "
+        "weights) on --bert-inputs random sequences of 128 tokens: a GPU-scale pair",
+    )
+    parser.add_argument(
+        "--bert-inputs", type=int, default=1024, help="calibration sequences of --bert-base"
+    )
+    parser.add_argument(
         "--same-depth",
         action="store_true",
         help="also merge pairs of equal depth, analysed in one pass: ResNet20 at two widths, "

@@ -8,6 +8,7 @@ prepared pair and kept while it lives, as are the greedy zip's runs (``zip.greed
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
 import torch
@@ -82,6 +83,8 @@ def match_spaces(
     one head group share one head pairing. only: match just these merge points (whole head
     groups), for a part of the statistics. progress: called with the fraction of merge
     points matched, after each one or head group (so that a cancel takes effect there).
+    Merge points are matched side by side on the threads ``match_workers`` allows; the
+    result is the same in any case.
 
     Raises:
         ConfigError, MatcherError: see ``plan_widths`` and the matchers.
@@ -102,20 +105,82 @@ def match_spaces(
         else:
             singles.append(space)
             order.append(space)
-    total = max(len(singles) + len(head_groups), 1)
+    jobs: list[Callable[[], dict[str, Match]]] = [
+        lambda s=space: {s: _match_single(prepared, settings, stop, plan[s], s)}
+        for space in singles
+    ]
+    jobs += [
+        lambda f=first, n=names: _match_head_group(prepared, settings, stop, plan, f, n)
+        for first, names in head_groups.items()
+    ]
+    total = max(len(jobs), 1)
     report = progress or (lambda _fraction: None)
-    for done, space in enumerate(singles, 1):
-        n_a, n_b, width = plan[space]
-        knobs = settings.for_space(space)
-        corr = correlation(prepared, space, stop)
-        matches[space] = MATCHERS[knobs["matcher"]](
-            corr, n_a, n_b, width=width, alpha=knobs["alpha"], beta=knobs["beta"]
-        )
-        report(done / total)
-    for done, (first, names) in enumerate(head_groups.items(), len(singles) + 1):
-        _match_head_group(prepared, settings, stop, plan, first, names, matches)
-        report(done / total)
+    features = max((sum(plan[s][:2]) for s in singles), default=0)
+    workers = match_workers(len(jobs), features)
+    for found in in_parallel(jobs, lambda done: report(done / total), workers):
+        matches.update(found)
     return {k: matches[k] for k in order} | matches
+
+
+# What the matchers running side by side may hold at once: each holds a float32 copy of its
+# merge point's (O, O) correlation (151 MiB at 2 x 3,072 features).
+MATCH_MEMORY = 2**30
+
+
+def match_workers(jobs: int, features: int = 0) -> int:
+    """Return how many merge points to match at once, of ``jobs`` of up to ``features`` (O).
+
+    The matchers run in NumPy, which leaves Python's lock in its array loops, so merge points
+    match side by side on the CPU threads torch may use (one thread: one after the other), as
+    many as ``MATCH_MEMORY`` holds copies of the largest correlation.
+    """
+    fit = MATCH_MEMORY // max(4 * features * features, 1)
+    return max(1, min(torch.get_num_threads(), jobs, fit))
+
+
+def in_parallel(
+    jobs: list[Callable[[], dict[str, Match]]], done: Callable[[int], None], workers: int
+) -> list[dict[str, Match]]:
+    """Return the jobs' results in the jobs' order, ``workers`` of them at a time.
+
+    ``done(n)`` is called in this thread after each of n jobs finishes; when it or a job
+    raises, the jobs not started are dropped and the running ones finish before it propagates.
+    """
+    if workers == 1:
+        results = []
+        for job in jobs:
+            results.append(job())
+            done(len(results))
+        return results
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="heterogui-match")
+    try:
+        futures = [pool.submit(job) for job in jobs]
+        for n, future in enumerate(as_completed(futures), 1):
+            future.result()  # a job's error stops the rest here
+            done(n)
+        return [f.result() for f in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _match_single(
+    prepared: Prepared,
+    settings: ZipSettings,
+    stop: int,
+    sizes: tuple[int, int, int],
+    space: str,
+) -> Match:
+    """Return the matching of one merge point that is not part of a head group."""
+    n_a, n_b, width = sizes
+    knobs = settings.for_space(space)
+    return MATCHERS[knobs["matcher"]](
+        correlation(prepared, space, stop),
+        n_a,
+        n_b,
+        width=width,
+        alpha=knobs["alpha"],
+        beta=knobs["beta"],
+    )
 
 
 def _match_head_group(
@@ -125,9 +190,8 @@ def _match_head_group(
     plan: dict[str, tuple[int, int, int]],
     first: str,
     names: list[str],
-    matches: dict[str, Match],
-) -> None:
-    """Add the matchings of one head group's spaces (one head pairing) to ``matches``."""
+) -> dict[str, Match]:
+    """Return the matchings of one head group's spaces (one head pairing)."""
     ga = prepared.padded_a.graph()
     knobs = settings.for_space(first)
     n_a, n_b, width = plan[first]
@@ -152,7 +216,7 @@ def _match_head_group(
         )
     if knobs["heads"] in ("select", "search"):
         group = _select_heads(prepared, stop, group, settings.kept_heads.get(first))
-    matches.update(group)
+    return group
 
 
 def head_energies(

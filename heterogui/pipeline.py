@@ -33,7 +33,7 @@ from heterogui.models.family import Network
 from heterogui.models.graph import ModelGraph
 from heterogui.pair_check import check_pair
 from heterogui.prepared import MergeResult, Prepared
-from heterogui.ready import BN_STAGES, Progress, ready_with_similarities
+from heterogui.ready import BN_STAGES, TO_DEVICE, Progress, ready_with_similarities
 from heterogui.stages import timed
 from heterogui.zip.collect import (
     collect_moments,
@@ -60,7 +60,7 @@ __all__ = [
     "with_measure",
     "zip_prepared",
 ]
-PREPARE_ONLY_STAGES = (*BN_STAGES, "similarity", "probe", "analysis")
+PREPARE_ONLY_STAGES = (*BN_STAGES, TO_DEVICE, "similarity", "probe", "probe_padding", "analysis")
 # The fewest batches for which the CKA of the first one places the layers before one pass
 # (``analysed_from_probe``): the probe is then at most an eighth of the data. With SmolLM2 on 4
 # batches of 8 texts it cost a quarter of a pass and placed a layer elsewhere than the whole
@@ -193,8 +193,8 @@ def analysed_from_probe(
     once over every batch (stage "analysis") for both the whole CKA, read at the padded
     models' own blocks (they compute the unpadded models' layers), and the feature statistics.
     When the whole CKA places the layers elsewhere, ``realign`` collects the merge points
-    whose blocks moved. None (nothing run but the probe): the padded pair's statistics exceed
-    the budget.
+    whose blocks moved (the guess's padding is then kept as stage "probe_padding"). None
+    (nothing run but the probe): the padded pair's statistics exceed the budget.
     """
     report = progress or (lambda _stage, _frac: None)
     timings, batches, dev = analysis.timings, analysis.batches, analysis.device
@@ -238,6 +238,7 @@ def analysed_from_probe(
     final = timed(timings, "alignment", lambda: align(ga, gb, similarity, mode, manual))
     if final.placement == guess.placement:
         return replace(prepared, alignment=final)
+    timings["probe_padding"] = timings.pop("padding")  # kept: realign re-times its own
     return realign(prepared, mode, manual, progress)
 
 

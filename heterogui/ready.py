@@ -25,6 +25,7 @@ from heterogui.stages import timed
 Progress = Callable[[str, float], None]
 # the stages that re-estimate the input models' BatchNorm (the second one with their CKA)
 BN_STAGES = ("bn_inputs", "bn_similarity")
+TO_DEVICE = "to_device"  # the stage that copies the models where they run (when they change)
 
 
 def ready_with_similarities(
@@ -45,10 +46,12 @@ def ready_with_similarities(
     BatchNorm, one pass gives both (stage "bn_similarity"): the CKA of the reference's layers
     against each other model's, in order (``layer_similarities``). Else each model's BatchNorm
     pass runs alone (stage "bn_inputs") and the CKA is None: the caller runs its own pass.
+    Copying and moving the models is stage "to_device" (the first CUDA call of a process
+    starts its CUDA context there).
     """
     every = reset_input_bn and all(has_batch_norm(n.module) for n in nets)
     if measure is not None and every:
-        ready = [ready_network(n, dev, modifies=True) for n in nets]
+        ready = [timed(timings, TO_DEVICE, lambda n=n: ready_network(n, dev, True)) for n in nets]
         similarities = timed(
             timings,
             "bn_similarity",
@@ -60,7 +63,7 @@ def ready_with_similarities(
     ready = []
     for net in nets:
         reset_bn = reset_input_bn and has_batch_norm(net.module)
-        net = ready_network(net, dev, modifies=reset_bn)
+        net = timed(timings, TO_DEVICE, lambda n=net, r=reset_bn: ready_network(n, dev, r))
         if reset_bn:
             timed(
                 timings,

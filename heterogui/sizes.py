@@ -23,6 +23,7 @@ from heterogui import pipeline
 from heterogui.fusion.merged import MergedSpec, build_merged
 from heterogui.memo import ObjectMemo
 from heterogui.models.capture import Batch, on_this_thread, run_model, to_device
+from heterogui.models.storage import on_meta
 from heterogui.zip.plan import plan_widths, stop_point
 
 _COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -129,8 +130,7 @@ def parameters_and_flops(model: nn.Module, shape: tuple[int, ...] | None) -> dic
 
 def shape_only(build: Any) -> nn.Module:
     """Return ``build()`` on the meta device: shapes without memory, for counting only."""
-    with torch.device("meta"):
-        return build()
+    return on_meta(build)
 
 
 # A merge result or prepared pair does not change once made; the workbench shows its sizes in

@@ -17,7 +17,7 @@ from torch import nn
 from heterogui.errors import AlignmentError
 from heterogui.models.family import Family, Network
 from heterogui.models.idle import mark_identity
-from heterogui.models.storage import allocate
+from heterogui.models.storage import allocate, on_meta
 
 
 def block_index_map(
@@ -82,8 +82,7 @@ def pad_network(
         graph.stages, new_graph.stages, positions, graph.num_blocks, new_graph.num_blocks
     )
     identity = frozenset(set(range(new_graph.num_blocks)) - set(mapping.values()))
-    with torch.device("meta"), torch.random.fork_rng(devices=[]):
-        shell = fam.build(config)  # shapes only: no memory, no initialisation
+    shell = on_meta(lambda: fam.build(config))  # shapes only: no memory, no initialisation
     if _blocks_only(shell) and _blocks_only(net.module):
         module = _reuse_blocks(net, shell, mapping, identity)
     else:  # a module with more than its blocks: build it whole and load the net's weights

@@ -54,6 +54,7 @@ def contract(m: dict[str, Any]) -> dict[str, Any]:
         "products_gmac": m["products_gmac"],
         "forward_gmac": m["forward_gmac"],
         "stages": m["stages"],
+        "peak_cuda_mib": m.get("peak_cuda_mib"),
         "device": m["device"],
         "threads": m["threads"],
     }

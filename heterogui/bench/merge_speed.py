@@ -180,8 +180,16 @@ def statistics_precision(prep: Prepared) -> dict[str, Any]:
     }
 
 
-def _neurons_point_seconds(prep: Prepared, result: Any) -> float:
-    """Return the Neurons tab's slowest merge point (``ui.latency``; gradio and plotly there)."""
-    from heterogui.ui.latency import neurons_point_seconds
+def _neurons_point_seconds(prep: Prepared, result: Any) -> float | None:
+    """Return the Neurons tab's slowest merge point (``ui.latency``; gradio and plotly there).
 
+    None where the workbench's packages are not installed (an engine-only environment, such
+    as a GPU machine's image): the merge's own figures do not need them.
+    """
+    try:
+        from heterogui.ui.latency import neurons_point_seconds
+    except ModuleNotFoundError as error:
+        if error.name not in ("gradio", "plotly"):
+            raise
+        return None
     return neurons_point_seconds(prep, result)

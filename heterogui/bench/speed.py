@@ -72,7 +72,7 @@ def format_pair(m: dict[str, Any]) -> str:
         f"(rho {m['remerge_rhos'][0]} again: {m['remerge_repeated']:.3f}s); "
         f"alignment switch to {m['realign_mode']}: "
         f"{m['realign']:.3f}s; another merge point on the Neurons tab: "
-        f"{m['neurons_point_s']:.3f}s (slowest point)",
+        + _neurons_point(m["neurons_point_s"]),
         f"  statistics kept: {m['statistics_mib']:.1f} MiB; weights of A, B and the merge "
         f"{m['weights_mib']:.1f} MiB; peak RSS {m['peak_rss_mib']:.0f} MiB (before the merge "
         f"{m['rss_before_merge_mib']:.0f} MiB)" + _over_the_start(m),
@@ -86,6 +86,13 @@ def format_pair(m: dict[str, Any]) -> str:
     if m["peak_cuda_mib"] is not None:
         lines.append(f"  peak CUDA memory: {m['peak_cuda_mib']:.0f} MiB")
     return "\n".join(lines)
+
+
+def _neurons_point(seconds: float | None) -> str:
+    """Return the Neurons tab's figure, or why it is missing."""
+    if seconds is None:
+        return "not measured (the workbench's gradio and plotly are not installed)"
+    return f"{seconds:.3f}s (slowest point)"
 
 
 def _over_the_start(m: dict[str, Any]) -> str:
@@ -126,7 +133,8 @@ def speed_report(args: argparse.Namespace) -> str:
 
     Each pair runs in a process of its own (``speed_pair``), so peak memory is per pair. With
     ``--json`` the last line is one JSON object: {"pairs": {"resnet": {...}, "minilm": {...},
-    "smollm": {...}}} (with ``--same-depth`` also "resnet_width" and "minilm_permuted") with
+    "smollm": {...}}} (with ``--same-depth`` also "resnet_width" and "minilm_permuted", with
+    ``--bert-base`` "bert_base") with
     merge_s, floor_s, ratio_to_floor, remerge_s, realign_s, neurons_point_s, peak_rss_mib,
     weights_mib, stats_mib, products_gmac, forward_gmac, precision and stages per pair
     (``floor.contract``).
@@ -138,9 +146,10 @@ def speed_report(args: argparse.Namespace) -> str:
         "device": args.device,
         "width": args.width,
         "inputs": args.inputs,
+        "bert_inputs": getattr(args, "bert_inputs", 1024),
         "threads": args.threads or torch.get_num_threads(),
     }
-    names = ["resnet"] + [n for n in ("minilm", "smollm") if getattr(args, n, False)]
+    names = ["resnet"] + [n for n in ("minilm", "smollm", "bert_base") if getattr(args, n, False)]
     if getattr(args, "same_depth", False):  # pairs analysed in one pass
         names += ["resnet_width"] + (["minilm_permuted"] if "minilm" in names else [])
     pairs = {name: measure(name, options) for name in names}

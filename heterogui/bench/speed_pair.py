@@ -14,6 +14,10 @@ and prints its figures as one JSON line. The pairs:
   statistics come from one pass (docs/method.md sec. 6): the ResNet pair's deeper model at two
   widths, and all-MiniLM-L6-v2 with a copy of itself whose neurons are permuted (the shape of
   two fine-tunes of one model; speed does not depend on the weights).
+- bert_base (``--bert-base``): a BERT-base-sized pair built from config (hidden 768, 12 heads,
+  MLP 3,072; A with 12 layers, B with 6; seeded random weights, nothing downloaded) on
+  ``bert_inputs`` (1,024) random token sequences of 128 tokens: the GPU-scale pair (about a
+  minute per pass over the data on one CPU thread; ``quick``: 2 + 1 layers of width 64).
 """
 
 from __future__ import annotations
@@ -28,13 +32,16 @@ from heterogui import run
 from heterogui.bench.memory import rss_mib
 from heterogui.bench.merge_speed import measure_pair
 from heterogui.config import DataRef
+from heterogui.models.bert import BertNetConfig
 from heterogui.models.family import Network, build_network
 from heterogui.models.permute import permute_network, random_permutations
 from heterogui.models.resnet import cifar_resnet
 from heterogui.pipeline import resolve_device
 from heterogui.sources import minilm
 
-PAIRS = ("resnet", "minilm", "smollm", "resnet_width", "minilm_permuted")
+PAIRS = ("resnet", "minilm", "smollm", "resnet_width", "minilm_permuted", "bert_base")
+BERT_VOCAB = 30522  # BERT-base's (uncased) vocabulary
+BERT_TOKENS = 128  # tokens per calibration sequence of the bert_base pair
 
 
 def resnet_pair(width: int, depths_a, depths_b, seed: int = 0) -> tuple[Network, Network]:
@@ -43,6 +50,36 @@ def resnet_pair(width: int, depths_a, depths_b, seed: int = 0) -> tuple[Network,
     a = build_network(cifar_resnet(depths_a, width, 5, 3), label="A")
     b = build_network(cifar_resnet(depths_b, width, 5, 3), label="B")
     return a, b
+
+
+def bert_pair(layers: tuple[int, int], hidden: int, seed: int = 0) -> tuple[Network, Network]:
+    """Return two randomly initialised BERT encoders of ``layers`` layers and one width.
+
+    Head size 64 and MLP 4 x hidden, as in BERT-base (hidden 768: 12 heads, MLP 3,072).
+    """
+    torch.manual_seed(seed)
+    nets = []
+    for label, depth in zip("AB", layers, strict=True):
+        config = BertNetConfig(
+            vocab_size=BERT_VOCAB,
+            max_positions=512,
+            type_vocab_size=2,
+            hidden=hidden,
+            head_dim=64,
+            heads=(hidden // 64,) * depth,
+            intermediate=(4 * hidden,) * depth,
+        )
+        nets.append(build_network(config, label=label))
+    return nets[0], nets[1]
+
+
+def token_id_batches(count: int, tokens: int, batch: int, seed: int = 0) -> list[dict]:
+    """Return ``count`` random token sequences of ``tokens`` ids (seeded), ``batch`` per batch."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, BERT_VOCAB, (count, tokens), generator=gen)
+    return [
+        {"input_ids": part, "attention_mask": torch.ones_like(part)} for part in ids.split(batch)
+    ]
 
 
 def _depth(depths) -> int:
@@ -86,6 +123,14 @@ def run_pair(name: str, options: dict[str, Any]) -> dict[str, Any]:
         pair = smollm2_shallow_pair(dev)
         ref = DataRef(ALL_DOMAINS, "calibration", 8 if quick else options.get("texts", 32), BATCH)
         return _measure_loaded(f"SmolLM2-135M + {pair.b.name}", pair, ref, dev)
+    if name == "bert_base":
+        hidden, layers = (64, (2, 1)) if quick else (768, (12, 6))
+        a, b = bert_pair(layers, hidden)
+        n = 64 if quick else options.get("bert_inputs", 1024)
+        batches = token_id_batches(n, 16 if quick else BERT_TOKENS, 32 if quick else 64)
+        label = f"BERT {layers[0]}L + {layers[1]}L, hidden {hidden} (random weights)"
+        tokens = sum(int(x["attention_mask"].sum()) for x in batches)
+        return measure_pair(label, a, b, batches, dev) | {"inputs": f"{n} texts ({tokens} tokens)"}
     raise ValueError(f"unknown speed pair {name!r}; known: {list(PAIRS)}")
 
 

@@ -27,7 +27,7 @@ from heterogui.models.family import (
     family_of,
 )
 from heterogui.models.graph import LOGITS
-from heterogui.models.storage import allocate
+from heterogui.models.storage import allocate, on_meta
 
 CHANNEL_DIM = {"flat": 1, "channels": 1, "tokens": -1}
 
@@ -195,8 +195,7 @@ def _meta_network(config: Any) -> nn.Module:
 
 
 def _build_meta(config: Any) -> nn.Module:
-    with torch.device("meta"), torch.random.fork_rng(devices=[]):
-        return family_of(config).build(config)
+    return on_meta(lambda: family_of(config).build(config))
 
 
 def unmerge_name(model: int) -> str:

@@ -20,6 +20,7 @@ from heterogui.errors import ModelLoadError, excerpt
 from heterogui.folders import atomic_output
 from heterogui.models.family import Head, Network, config_from_dict, config_to_dict, family_of
 from heterogui.models.headers import read_safetensors_header
+from heterogui.models.storage import on_meta
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -111,8 +112,7 @@ def check_weights_fit(build: Callable[[], torch.nn.Module], weights: Path, where
     Raises:
         ModelLoadError: naming the first tensors that are missing, extra or of another shape.
     """
-    with torch.device("meta"):
-        want = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    want = {k: tuple(v.shape) for k, v in on_meta(build).state_dict().items()}
     have = {k: tuple(info["shape"]) for k, info in read_safetensors_header(weights).items()}
     problems = [f"{k} missing" for k in sorted(set(want) - set(have))]
     problems += [f"{k} not in the model" for k in sorted(set(have) - set(want))]

@@ -2,8 +2,46 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+
+# torch's random and constant initialisers: in place, so a meta tensor keeps its shape
+_INITIALISERS = frozenset(
+    {
+        *("normal_", "uniform_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_"),
+        *("xavier_uniform_", "xavier_normal_", "orthogonal_", "erfinv_"),
+        *("zeros_", "ones_", "constant_", "fill_", "zero_"),
+    }
+)
+
+
+class _MetaUninitialised(TorchFunctionMode):
+    """Skip the initialisers of meta tensors: they hold no values to set.
+
+    Some (``normal_`` on a meta tensor) run through torch's Python references, whose first
+    call imports torch._dynamo: about a second of a process's first merge. Tensors on a real
+    device are initialised as usual.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in _INITIALISERS:
+            target = args[0] if args else kwargs.get("tensor")
+            if isinstance(target, torch.Tensor) and target.is_meta:
+                return target
+        return func(*args, **kwargs)
+
+
+def on_meta(build: Callable[[], nn.Module]) -> nn.Module:
+    """Return ``build()`` on the meta device: shapes without memory or initialisation.
+
+    The global random state is left as it was.
+    """
+    with torch.device("meta"), _MetaUninitialised(), torch.random.fork_rng(devices=[]):
+        return build()
 
 
 def allocate(module: nn.Module, device: torch.device) -> nn.Module:

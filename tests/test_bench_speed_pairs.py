@@ -1,0 +1,30 @@
+"""The speed benchmark's BERT-base-sized pair built from config, at its smallest."""
+
+from __future__ import annotations
+
+import torch
+
+from heterogui.bench.speed import format_pair
+from heterogui.bench.speed_pair import run_pair, token_id_batches
+
+
+def test_the_bert_base_pair_reports_every_figure_at_its_smallest():
+    figures = run_pair("bert_base", {"quick": True, "device": "cpu"})
+    assert figures["pair"] == "BERT 2L + 1L, hidden 64 (random weights)"
+    assert figures["inputs"] == "64 texts (1024 tokens)"
+    assert not figures["batch_norm"] and figures["floor"] > 0 and figures["total"] > 0
+    assert {"prepare.to_device", "prepare.features", "zip.match"} <= set(figures["stages"])
+    precision = figures["precision"]
+    assert precision["max_corr_diff"] < 1e-4
+    assert precision["same_matching"] == precision["merge_points"] > 0
+    assert figures["statistics_mib"] > 0 and figures["weights_mib"] > 0
+    assert "(slowest point)" in format_pair(figures)
+    text = format_pair(figures | {"neurons_point_s": None})  # gradio or plotly not installed
+    assert "Neurons tab: not measured (the workbench's gradio and plotly are not installed)" in text
+
+
+def test_token_id_batches_are_seeded_and_split():
+    one, two = token_id_batches(10, 6, 4), token_id_batches(10, 6, 4)
+    assert [b["input_ids"].shape for b in one] == [(4, 6), (4, 6), (2, 6)]
+    assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(one, two, strict=True))
+    assert all(int(b["attention_mask"].min()) == 1 for b in one)
