@@ -28,3 +28,13 @@ def test_token_id_batches_are_seeded_and_split():
     assert [b["input_ids"].shape for b in one] == [(4, 6), (4, 6), (2, 6)]
     assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(one, two, strict=True))
     assert all(int(b["attention_mask"].min()) == 1 for b in one)
+
+
+def test_the_library_code_counted_in_the_start_imports():
+    import importlib
+
+    from heterogui.bench.speed_pair import LIBRARY_CODE, PAIRS
+
+    assert set(LIBRARY_CODE) <= set(PAIRS)
+    for module in {m for modules in LIBRARY_CODE.values() for m in modules}:
+        importlib.import_module(module)  # ModuleNotFoundError once a library moves its code
