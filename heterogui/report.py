@@ -14,6 +14,7 @@ from heterogui.config import Recipe
 from heterogui.export.card import bars_svg, heatmap_svg, model_card
 from heterogui.models.family import Network
 from heterogui.models.graph import INPUT, LOGITS
+from heterogui.models.storage import on_meta
 from heterogui.nway import GroupMergeResult
 from heterogui.pipeline import MergeResult
 from heterogui.sizes import (
@@ -22,7 +23,6 @@ from heterogui.sizes import (
     merge_size,
     parameters_and_flops,
     reference_sizes,
-    shape_only,
     stored_size,
 )
 from heterogui.sources.base import Pair, model_key
@@ -299,7 +299,7 @@ def group_card_facts(
     letters = [model_key(k).upper() for k in range(len(pair.models))]
     shape = input_shape(prep)
     sizes = {
-        letter: parameters_and_flops(shape_only(lambda n=m.net: n.family.build(n.config)), shape)
+        letter: parameters_and_flops(on_meta(lambda n=m.net: n.family.build(n.config)), shape)
         for letter, m in zip(letters, pair.models, strict=True)
     }
     sizes["ensemble"] = {

@@ -128,11 +128,6 @@ def parameters_and_flops(model: nn.Module, shape: tuple[int, ...] | None) -> dic
     }
 
 
-def shape_only(build: Any) -> nn.Module:
-    """Return ``build()`` on the meta device: shapes without memory, for counting only."""
-    return on_meta(build)
-
-
 # A merge result or prepared pair does not change once made; the workbench shows its sizes in
 # several places (readout, report, card) while FLOPs need a forward pass (on the meta device).
 _SIZES = ObjectMemo()
@@ -147,7 +142,7 @@ def _reference_sizes(prepared: pipeline.Prepared) -> dict[str, dict[str, int | N
     shape = input_shape(prepared)
     out = {}
     for key, net in (("A", prepared.net_a), ("B", prepared.net_b)):
-        module = shape_only(lambda n=net: n.family.build(n.config))
+        module = on_meta(lambda n=net: n.family.build(n.config))
         out[key] = parameters_and_flops(module, shape)
     out["ensemble"] = {
         k: None if out["A"][k] is None else out["A"][k] + out["B"][k]
@@ -184,7 +179,7 @@ def estimate(prepared: pipeline.Prepared, settings: pipeline.ZipSettings) -> dic
     spec = MergedSpec(
         trunk, (pa.config, pb.config), stop, layout, (pa.task_heads(), pb.task_heads())
     )
-    model = shape_only(lambda: build_merged(spec))
+    model = on_meta(lambda: build_merged(spec))
     effective = effective_size(model, prepared, planned_counts(prepared, widths))
     stored = stored_size(model, prepared)
     return {"widths": widths, "stop": stop, **stored, "effective": effective}
@@ -215,7 +210,7 @@ def merged_layer_flops(model: Any, prepared: Any) -> dict[str, int] | None:
         return None
 
     def count() -> dict[str, int]:
-        copy = shape_only(lambda: build_merged(model.spec))
+        copy = on_meta(lambda: build_merged(model.spec))
         modules = dict(copy.named_modules())
         return {
             name: flops // (2 * _out_features(modules[name]) * _per_output(modules[name]))

@@ -99,14 +99,20 @@ def build_llama(config: DecoderNetConfig, seed: int, label: str) -> Network:
 
 def token_batches(options: ScaleOptions) -> list[dict[str, torch.Tensor]]:
     """Return the calibration batches: ``texts`` x ``tokens`` random token ids (seeded)."""
-    gen = torch.Generator().manual_seed(options.seed + 1000)
-    ids = torch.randint(options.vocab, (options.texts, options.tokens), generator=gen)
+    return random_token_batches(
+        options.texts, options.tokens, options.batch, options.vocab, options.seed + 1000
+    )
+
+
+def random_token_batches(
+    count: int, tokens: int, batch: int, vocab: int, seed: int, low: int = 0
+) -> list[dict[str, torch.Tensor]]:
+    """Return ``count`` sequences of ``tokens`` random ids in [low, vocab) (seeded), ``batch``
+    per batch, every position attended."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(low, vocab, (count, tokens), generator=gen)
     return [
-        {
-            "input_ids": ids[i : i + options.batch],
-            "attention_mask": torch.ones_like(ids[i : i + options.batch]),
-        }
-        for i in range(0, options.texts, options.batch)
+        {"input_ids": part, "attention_mask": torch.ones_like(part)} for part in ids.split(batch)
     ]
 
 

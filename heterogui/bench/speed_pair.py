@@ -31,6 +31,7 @@ import torch
 from heterogui import run
 from heterogui.bench.memory import rss_mib
 from heterogui.bench.merge_speed import measure_pair
+from heterogui.bench.scale import random_token_batches
 from heterogui.config import DataRef
 from heterogui.models.bert import BertNetConfig
 from heterogui.models.family import Network, build_network
@@ -84,12 +85,8 @@ def bert_pair(layers: tuple[int, int], hidden: int, seed: int = 0) -> tuple[Netw
 
 
 def token_id_batches(count: int, tokens: int, batch: int, seed: int = 0) -> list[dict]:
-    """Return ``count`` random token sequences of ``tokens`` ids (seeded), ``batch`` per batch."""
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, BERT_VOCAB, (count, tokens), generator=gen)
-    return [
-        {"input_ids": part, "attention_mask": torch.ones_like(part)} for part in ids.split(batch)
-    ]
+    """Return ``count`` random sequences of ``tokens`` BERT ids (no padding id), ``batch`` each."""
+    return random_token_batches(count, tokens, batch, BERT_VOCAB, seed, low=1)
 
 
 def _depth(depths) -> int:

@@ -125,8 +125,8 @@ def build_merge(
     transforms = {
         s: SpaceTransform.from_match(m, dtype, dev, regressions.get(s)) for s, m in matches.items()
     }
-    scales = unit_scales(padded, stop) if settings.bn_units else {}
-    states = fusion_states(padded, scales)
+    units = unit_scales(padded, stop) if settings.bn_units else []
+    states = fusion_states(padded, units)
     model, spec = timed(
         timings, "fuse", lambda: assemble(padded, states, matches, transforms, stop, dtype)
     )
@@ -140,9 +140,8 @@ def build_merge(
                 model, padded, states, transforms, batches, dev, stop, settings.ridge, pinned
             ),
         )
-    if scales:
-        tags = {t.name: t for t in padded[0].graph().tensors}
-        restore_units(model, tags, scales, transforms)
+    if units:
+        restore_units(model, units, transforms)
     if renormalize is not None:
         built.renormalized = timed(
             timings, "renormalize", lambda: renormalize(model, matches, stop)

@@ -20,6 +20,7 @@ and the statistics the matching read (the features after the BatchNorm) do not c
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -29,19 +30,33 @@ from heterogui.fusion.renormalize import merged_name
 from heterogui.models.family import Network
 from heterogui.models.graph import TensorTag
 
-# (layer, BatchNorm) module names -> each model's scale s = sqrt(v + e) per output channel (1 for
-# a model whose layer sits in an identity block: left exactly as built)
-Scales = dict[tuple[str, str], list[torch.Tensor]]
+
+@dataclass(frozen=True)
+class UnitLayer:
+    """A trunk layer that feeds a BatchNorm, with each model's scale s = sqrt(v + e).
+
+    layer / norm: module names; block: their block; channels: the TensorTag of the
+    BatchNorm's running variance (the space its channels live in); scales: one per model (1
+    for a model whose block is an identity block: left exactly as built).
+    """
+
+    layer: str
+    norm: str
+    block: int
+    channels: TensorTag
+    scales: list[torch.Tensor]
 
 
-def unit_scales(nets: Sequence[Network], stop: int) -> Scales:
-    """Return the scales of every trunk layer (blocks before ``stop``) that feeds a BatchNorm.
+def unit_scales(nets: Sequence[Network], stop: int) -> list[UnitLayer]:
+    """Return every trunk layer (blocks before ``stop``) that feeds a BatchNorm, with its scales.
 
     nets: the padded models (A, B, ...; one topology). An identity block's layers have scale 1:
     built exact, their BatchNorm's variance is already 1 - e.
     """
-    scales: Scales = {}
-    for layer, norm in nets[0].graph().batch_norms:
+    graph = nets[0].graph()
+    tags = {t.name: t for t in graph.tensors}
+    units = []
+    for layer, norm in graph.batch_norms:
         block = int(layer.split(".")[1])
         if block >= stop:
             continue
@@ -51,22 +66,22 @@ def unit_scales(nets: Sequence[Network], stop: int) -> Scales:
             var = bn.running_var.to(torch.float64)
             identity = block in net.identity_blocks
             per_model.append(torch.ones_like(var) if identity else torch.sqrt(var + bn.eps))
-        scales[(layer, norm)] = per_model
-    return scales
+        units.append(UnitLayer(layer, norm, block, tags[f"{norm}.running_var"], per_model))
+    return units
 
 
-def fusion_states(nets: Sequence[Network], scales: Scales) -> list[dict[str, torch.Tensor]]:
-    """Return the state dicts fusion reads: each net's own, divided by ``scales`` (may be empty).
-
-    The nets themselves are not modified: rescaled tensors are new ones.
+def fusion_states(
+    nets: Sequence[Network], units: Sequence[UnitLayer]
+) -> list[dict[str, torch.Tensor]]:
+    """Return the state dicts fusion reads: each net's own, divided by the ``units``' scales
+    (none: as they are). The nets themselves are not modified: rescaled tensors are new ones.
     """
     states = [dict(net.module.state_dict()) for net in nets]
-    for (layer, norm), per_model in scales.items():
-        block = int(layer.split(".")[1])
-        for net, state, scale in zip(nets, states, per_model, strict=True):
-            if block not in net.identity_blocks:  # an identity block: exactly as built
-                eps = float(net.module.get_submodule(norm).eps)
-                _rescale(state, layer, norm, scale, eps)
+    for unit in units:
+        for net, state, scale in zip(nets, states, unit.scales, strict=True):
+            if unit.block not in net.identity_blocks:  # an identity block: exactly as built
+                eps = float(net.module.get_submodule(unit.norm).eps)
+                _rescale(state, unit.layer, unit.norm, scale, eps)
     return states
 
 
@@ -75,36 +90,26 @@ def _rescale(
 ) -> None:
     """Replace (not modify) the tensors of ``layer`` and ``norm`` in ``state``: divided by s."""
     var = state[f"{norm}.running_var"]
-    _divide(state, f"{layer}.weight", scale)
-    _divide(state, f"{layer}.bias", scale)
-    _divide(state, f"{norm}.running_mean", scale)
+    for key in (f"{layer}.weight", f"{layer}.bias", f"{norm}.running_mean"):
+        if key in state:
+            state[key] = (state[key] / _along_rows(scale, state[key])).to(state[key].dtype)
     state[f"{norm}.running_var"] = torch.full_like(var, 1.0 - eps)
 
 
-def _divide(state: dict[str, torch.Tensor], key: str, scale: torch.Tensor) -> None:
-    """Replace ``state[key]`` (if there) by itself divided by ``scale`` along its first axis."""
-    if key in state:
-        tensor = state[key]
-        shape = (-1,) + (1,) * (tensor.dim() - 1)
-        state[key] = (tensor / scale.view(shape)).to(tensor.dtype)
+def _along_rows(scale: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """Return ``scale`` shaped to broadcast along the first axis of ``tensor``."""
+    return scale.view((-1,) + (1,) * (tensor.dim() - 1))
 
 
 @torch.no_grad()
 def restore_units(
-    model: nn.Module,
-    tags: Mapping[str, TensorTag],
-    scales: Scales,
-    transforms: Mapping[str, SpaceTransform],
+    model: nn.Module, units: Sequence[UnitLayer], transforms: Mapping[str, SpaceTransform]
 ) -> None:
-    """Scale the merged model's rescaled layers back by their groups' scales, in place.
-
-    tags: tensor name -> TensorTag of the padded models' graph (the BatchNorm's running
-    variance tag says which space its channels live in).
-    """
-    for (layer, norm), per_model in scales.items():
-        scale = fuse_tensor(tags[f"{norm}.running_var"], per_model, transforms)
-        _multiply(model.get_submodule(merged_name(layer)), ("weight", "bias"), scale)
-        bn = model.get_submodule(merged_name(norm))
+    """Scale the merged model's rescaled layers back by their groups' scales, in place."""
+    for unit in units:
+        scale = fuse_tensor(unit.channels, unit.scales, transforms)
+        _multiply(model.get_submodule(merged_name(unit.layer)), ("weight", "bias"), scale)
+        bn = model.get_submodule(merged_name(unit.norm))
         _multiply(bn, ("running_mean",), scale)
         var = bn.running_var
         restored = (var.to(scale) + bn.eps) * scale**2 - bn.eps
@@ -116,5 +121,4 @@ def _multiply(module: nn.Module, names: tuple[str, ...], scale: torch.Tensor) ->
     for name in names:
         tensor = getattr(module, name, None)
         if tensor is not None:
-            shape = (-1,) + (1,) * (tensor.dim() - 1)
-            tensor.mul_(scale.view(shape).to(tensor))
+            tensor.mul_(_along_rows(scale, tensor).to(tensor))
