@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from heterogui.bench.quality_report import METRICS, fmt, stats
+from heterogui.bench.quality_markdown import fmt
+from heterogui.bench.quality_report import METRICS, stats
 from heterogui.cli import main
 
 DEPTH = "tiny-digits-vgg-depth"

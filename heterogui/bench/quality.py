@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from heterogui.align.pad import pad_network
+from heterogui.bench.quality_markdown import render_markdown
 from heterogui.bench.quality_report import (
     HEADS_KEPT,
     METRICS,
@@ -42,7 +43,6 @@ from heterogui.bench.quality_report import (
     environment,
     fusion_knobs,
     python_command,
-    render_markdown,
     stats,
     write_outputs,
 )
