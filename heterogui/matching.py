@@ -19,7 +19,7 @@ from heterogui.models.graph import ModelGraph, Space
 from heterogui.prepared import Prepared
 from heterogui.zip.collect import StatKey, pooled_moments
 from heterogui.zip.heads import head_group_pairs, match_head_group
-from heterogui.zip.matchers import MATCHERS, Match, keep_one_match
+from heterogui.zip.matchers import MATCHERS, Match, ZipJob, keep_one_match, zip_side_by_side
 from heterogui.zip.plan import ZipSettings, head_group_first, plan_widths
 from heterogui.zip.rotary import match_rotary_group
 from heterogui.zip.select import output_energies, select_members
@@ -105,10 +105,14 @@ def match_spaces(
         else:
             singles.append(space)
             order.append(space)
+    together = [s for s in singles if _zipped_on_device(prepared, settings, s)]
+    singles = [s for s in singles if s not in together]
     jobs: list[Callable[[], dict[str, Match]]] = [
         lambda s=space: {s: _match_single(prepared, settings, stop, plan[s], s)}
         for space in singles
     ]
+    if together:
+        jobs.append(lambda: _zip_on_device(prepared, settings, stop, plan, together))
     jobs += [
         lambda f=first, n=names: _match_head_group(prepared, settings, stop, plan, f, n)
         for first, names in head_groups.items()
@@ -161,6 +165,42 @@ def in_parallel(
         return [f.result() for f in futures]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+# The devices on which a merge's zipped merge points run their greedy loops side by side
+# (``zip.matchers.zip_side_by_side``): a GPU runs a loop's small steps at its kernel-launch
+# rate, which lock-step shares; on the CPU the NumPy loop is faster (tests add "cpu" here to
+# check that both give the same matchings).
+ZIP_SIDE_BY_SIDE = {"cuda"}
+
+
+def _zipped_on_device(prepared: Prepared, settings: ZipSettings, space: str) -> bool:
+    """Return whether ``space`` (not in a head group) is zipped on the model's device."""
+    return (
+        prepared.device.type in ZIP_SIDE_BY_SIDE and settings.for_space(space)["matcher"] == "zip"
+    )
+
+
+def _zip_on_device(
+    prepared: Prepared,
+    settings: ZipSettings,
+    stop: int,
+    plan: dict[str, tuple[int, int, int]],
+    spaces: list[str],
+) -> dict[str, Match]:
+    """Return the zip matchings of ``spaces``, their loops side by side on the model's device.
+
+    At once, as many merge points as a quarter of the device's free memory holds.
+    """
+    dev = prepared.device
+    memory = torch.cuda.mem_get_info(dev)[0] // 4 if dev.type == "cuda" else MATCH_MEMORY
+    jobs = []
+    for space in spaces:
+        n_a, n_b, width = plan[space]
+        knobs = settings.for_space(space)
+        corr = correlation(prepared, space, stop)
+        jobs.append(ZipJob(corr, (n_a, n_b), width, knobs["alpha"], knobs["beta"]))
+    return dict(zip(spaces, zip_side_by_side(jobs, dev, memory), strict=True))
 
 
 def _match_single(

@@ -247,11 +247,7 @@ def zip_parents(
     o = sum(sizes)
     owner = np.repeat(np.arange(len(sizes)), sizes)
     runs = kept_runs(corr, sizes, alpha)
-    best, shared = None, 0
-    for run in runs:
-        n = shared_steps(run, budget, owner)
-        if n > shared:
-            best, shared = run, n
+    best, shared = _longest_agreeing(runs, budget, owner)
     if best is not None and shared >= o - width:
         return parents_of(o, best.steps[: o - width]), width
     sim, alive = start()
@@ -262,6 +258,36 @@ def zip_parents(
     if zipper.groups_left == width:  # a run that got stuck is not worth keeping
         _remember(runs, zipper.recorded(budget))
     return zipper.parent, zipper.groups_left
+
+
+def reused_parents(
+    corr: Tensor | np.ndarray, sizes: tuple[int, ...], width: int, alpha: float, budget: list[int]
+) -> np.ndarray | None:
+    """Return the parent pointers of a zip to ``width`` read off a kept run, or None when no
+    kept run agrees with its budgets for all of its steps (``zip_parents`` without a loop)."""
+    o = sum(sizes)
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    best, shared = _longest_agreeing(kept_runs(corr, sizes, alpha), budget, owner)
+    if best is not None and shared >= o - width:
+        return parents_of(o, best.steps[: o - width])
+    return None
+
+
+def remember_run(corr: Tensor | np.ndarray, sizes: tuple[int, ...], alpha: float, run: Run) -> None:
+    """Keep ``run``, a zip of ``corr`` that reached its width, for the next widths."""
+    _remember(kept_runs(corr, sizes, alpha), run)
+
+
+def _longest_agreeing(
+    runs: list[Run], budget: Sequence[int], owner: np.ndarray
+) -> tuple[Run | None, int]:
+    """Return the run sharing the most first steps with a zip from ``budget``, and how many."""
+    best, shared = None, 0
+    for run in runs:
+        n = shared_steps(run, budget, owner)
+        if n > shared:
+            best, shared = run, n
+    return best, shared
 
 
 def _remember(runs: list[Run], run: Run) -> None:

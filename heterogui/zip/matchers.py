@@ -20,7 +20,8 @@ fn(corr, n_a, n_b, *, width, alpha, beta) -> Match.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -29,7 +30,16 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from heterogui.errors import MatcherError
-from heterogui.zip.greedy import Damping, mask_model, spend_budget, zip_parents
+from heterogui.zip import greedy_device
+from heterogui.zip.greedy import (
+    Damping,
+    Run,
+    parents_of,
+    remember_run,
+    reused_parents,
+    spend_budget,
+    zip_parents,
+)
 from heterogui.zip.match import Match, MatchCounts, canonical_groups
 
 __all__ = [
@@ -81,8 +91,10 @@ def merges_for(rho: float, count: int) -> int:
     return math.floor(Fraction(str(rho)) * count + Fraction(1, 2))
 
 
-def _as_matrix(corr: Tensor | np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
-    """Return a CPU copy of corr, (O, O), checked for shape and finiteness.
+def _as_matrix(
+    corr: Tensor | np.ndarray, sizes: tuple[int, ...], device: torch.device | str = "cpu"
+) -> Tensor:
+    """Return a copy of corr on ``device``, (O, O), checked for shape and finiteness.
 
     A float32 corr stays float32 (the pipeline's correlations are float32: the greedy loop then
     moves half the bytes, and with alpha 0.5 its products, minima and halvings, are exact in
@@ -92,14 +104,16 @@ def _as_matrix(corr: Tensor | np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
     _check_sizes(*sizes)
     if isinstance(corr, Tensor):
         dtype = torch.float32 if corr.dtype == torch.float32 else torch.float64
-        c = corr.detach().to("cpu", dtype, copy=True).numpy()  # one copy
+        c = corr.detach().to(device, dtype, copy=True)  # one copy
     else:
         dtype = np.float32 if np.asarray(corr).dtype == np.float32 else np.float64
-        c = np.array(corr, dtype=dtype, copy=True)
+        c = torch.from_numpy(np.array(corr, dtype=dtype, copy=True)).to(device)
     o = sum(sizes)
-    if c.shape != (o, o):
-        raise MatcherError(f"corr must have shape ({o}, {o}) for {_named(sizes)}, got {c.shape}")
-    if not np.all(np.isfinite(c)):
+    if tuple(c.shape) != (o, o):
+        raise MatcherError(
+            f"corr must have shape ({o}, {o}) for {_named(sizes)}, got {tuple(c.shape)}"
+        )
+    if not bool(torch.isfinite(c).all()):
         raise MatcherError("corr contains NaN or inf; compute it with Moments.corr (floored σ)")
     return c
 
@@ -112,10 +126,13 @@ def _named(sizes: tuple[int, ...]) -> str:
 def _symmetric(t: Tensor, step: int = 256) -> bool:
     """Return whether the square ``t`` equals its transpose exactly.
 
-    Tile by tile: a tile and its mirror stay in cache, about 3x faster than comparing with the
-    whole transposed matrix (3,072 float32 features: 18 ms instead of 53 ms), which in turn is
-    ~3x faster than numpy; a float32 input moves half the bytes of its float64 copy.
+    On the CPU tile by tile: a tile and its mirror stay in cache, about 3x faster than
+    comparing with the whole transposed matrix (3,072 float32 features: 18 ms instead of 53
+    ms), which in turn is ~3x faster than numpy; a float32 input moves half the bytes of its
+    float64 copy. On another device in one comparison (one wait for its result, not one a tile).
     """
+    if t.device.type != "cpu":
+        return torch.equal(t, t.T)
     n = t.shape[0]
     for r in range(0, n, step):
         for c in range(r, n, step):
@@ -148,23 +165,29 @@ def within_model_budget(o: int, width: int, n: int, beta: float) -> int:
 
 
 def _prepare(
-    corr, sizes, width, alpha, beta
-) -> tuple[np.ndarray, list[int], np.ndarray, np.ndarray]:
-    """Validate, build sim (-inf diagonal, exhausted budgets masked), budgets and owners."""
-    sim = _as_matrix(corr, sizes)
+    corr, sizes, width, alpha, beta, device: torch.device | str = "cpu"
+) -> tuple[Tensor, list[int]]:
+    """Validate; return sim on ``device`` (-inf diagonal, exhausted budgets masked) and the
+    within-model budgets."""
+    sim = _as_matrix(corr, sizes, device)
     o = sum(sizes)
     _check_knobs(sizes, width, alpha, beta)
-    t = corr.detach() if isinstance(corr, Tensor) else torch.from_numpy(sim)
-    if not _symmetric(t):
+    if not _symmetric(sim):
         sim = 0.5 * (sim + sim.T)  # symmetric sim: the row-major first argmax has i < j
-    np.fill_diagonal(sim, _NEG_INF)
+    sim.fill_diagonal_(_NEG_INF)
     budget = [within_model_budget(o, width, n, beta) for n in sizes]
-    owner = np.repeat(np.arange(len(sizes)), sizes)
-    alive = np.ones(o, dtype=bool)
-    for m in range(len(sizes)):
-        if budget[m] == 0:
-            mask_model(sim, alive, owner, m)
-    return sim, budget, alive, owner
+    start = 0
+    for n, spent in zip(sizes, budget, strict=True):
+        if spent == 0:  # every pair of this model's features is forbidden from the start
+            sim[start : start + n, start : start + n] = _NEG_INF
+        start += n
+    return sim, budget
+
+
+def _numpy_start(corr, sizes, width, alpha, beta) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """Return ``_prepare``'s sim as a CPU array, the budgets, and every feature's model."""
+    sim, budget = _prepare(corr, sizes, width, alpha, beta)
+    return sim.numpy(), budget, np.repeat(np.arange(len(sizes)), sizes)
 
 
 def _stuck(sizes: tuple[int, ...], width: int, beta: float, reached: int) -> MatcherError:
@@ -213,9 +236,10 @@ def zip_group_naive(
     across models is not damped (``_Damping``).
     """
     sizes = tuple(sizes)
-    sim, budget, alive, owner = _prepare(corr, sizes, width, alpha, beta)
+    sim, budget, owner = _numpy_start(corr, sizes, width, alpha, beta)
     width = int(width)
     o = sum(sizes)
+    alive = np.ones(o, dtype=bool)
     labels = np.arange(o)
     damping = Damping(owner, len(sizes), alpha)
     for n_groups in range(o, width, -1):
@@ -272,16 +296,88 @@ def zip_group(
     budget = [within_model_budget(o, width, n, beta) for n in sizes]
 
     def start() -> tuple[np.ndarray, np.ndarray]:
-        sim, _, alive, _ = _prepare(corr, sizes, width, alpha, beta)
-        return sim, alive
+        return _numpy_start(corr, sizes, width, alpha, beta)[0], np.ones(o, dtype=bool)
 
     parent, n_groups = zip_parents(corr, sizes, width, alpha, budget, start)
     if n_groups > width:
         raise _stuck(sizes, width, beta, n_groups)
+    return _match_of(parent, sizes, width)
+
+
+def _match_of(parent: np.ndarray, sizes: tuple[int, ...], width: int) -> Match:
+    """Return the Match of a zip's parent pointers."""
     labels = parent
     for _ in range(labels.size.bit_length()):  # pointer jumping: log2(O) rounds reach the roots
         labels = labels[labels]
     return Match.of_sizes(canonical_groups(labels), sizes, width)
+
+
+@dataclass(frozen=True, eq=False)
+class ZipJob:
+    """One merge point's two-model zip: ``zip_match(corr, *sizes, width, alpha, beta)``."""
+
+    corr: Tensor
+    sizes: tuple[int, int]
+    width: int
+    alpha: float = 0.5
+    beta: float = 1.0
+
+
+def zip_side_by_side(jobs: Sequence[ZipJob], device: torch.device, memory: int) -> list[Match]:
+    """Return ``zip_match`` of every job, their greedy loops run in lock-step on ``device``.
+
+    ``zip.greedy_device``: merge points of one size advance one step together, as many at a
+    time as ``memory`` bytes of similarities hold (at least one). A width that a kept run
+    covers is read off it, as in ``zip_match``; the loops run from scratch otherwise and are
+    kept for the next widths.
+
+    Raises:
+        MatcherError: as ``zip_match`` (checked for every job before any loop runs).
+    """
+    found: list[np.ndarray | None] = []
+    budgets = []
+    for job in jobs:
+        sizes, width = tuple(job.sizes), int(job.width)
+        _check_sizes(*sizes)
+        _check_knobs(sizes, width, job.alpha, job.beta)
+        budgets.append([within_model_budget(sum(sizes), width, n, job.beta) for n in sizes])
+        found.append(reused_parents(job.corr, sizes, width, job.alpha, budgets[-1]))
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for n, job in enumerate(jobs):
+        if found[n] is None:
+            by_size.setdefault(tuple(job.sizes), []).append(n)
+    for sizes, todo in by_size.items():
+        o = sum(sizes)
+        at_once = max(1, memory // (8 * o * o))
+        for first in range(0, len(todo), at_once):
+            chunk = [jobs[n] for n in todo[first : first + at_once]]
+            for n, steps in zip(todo[first:], _zip_chunk(chunk, device), strict=False):
+                job = jobs[n]
+                if len(steps) < o - job.width:
+                    raise _stuck(sizes, job.width, job.beta, o - len(steps))
+                remember_run(job.corr, sizes, job.alpha, Run(steps, tuple(budgets[n])))
+                found[n] = parents_of(o, steps)
+    return [
+        _match_of(parent, tuple(job.sizes), int(job.width))
+        for parent, job in zip(found, jobs, strict=True)
+    ]
+
+
+def _zip_chunk(chunk: Sequence[ZipJob], device: torch.device) -> list[np.ndarray]:
+    """Zip merge points of one size side by side on ``device``; return their steps."""
+    sizes = tuple(chunk[0].sizes)
+    o, budgets = sum(sizes), []
+    sims = None
+    for k, job in enumerate(chunk):
+        sim, budget = _prepare(job.corr, sizes, int(job.width), job.alpha, job.beta, device)
+        if sims is None:
+            sims = torch.empty((len(chunk), o, o), dtype=sim.dtype, device=device)
+        sims[k] = sim
+        budgets.append(budget)
+        del sim
+    owner = np.repeat(np.arange(2), sizes)
+    alphas, widths = [j.alpha for j in chunk], [int(j.width) for j in chunk]
+    return greedy_device.zip_side_by_side(sims, budgets, owner, alphas, widths)
 
 
 def group_width(sizes: tuple[int, ...], rho: float) -> int:
@@ -321,7 +417,7 @@ def permute_match(corr: Tensor, n_a: int, n_b: int) -> Match:
         MatcherError: widths differ, or corr has the wrong shape or non-finite values.
     """
     _check_equal("permute", n_a, n_b)
-    c = _as_matrix(corr, (n_a, n_b))
+    c = _as_matrix(corr, (n_a, n_b)).numpy()
     rows, cols = linear_sum_assignment(c[:n_a, n_a:], maximize=True)
     groups = np.empty(n_a + n_b, dtype=np.int64)
     groups[rows] = rows
