@@ -127,7 +127,7 @@ def zip_side_by_side(
         step()
         i, j, stuck, overflow = state.picks.tolist()
         if use_graph and step == state.step:  # the first step ran eagerly (a warm-up)
-            step = _captured(state.step)
+            step = _captured(state.step, sims.device)
         for p in list(active):
             if stuck[p]:
                 active.remove(p)
@@ -151,15 +151,22 @@ def zip_side_by_side(
     return [s[:t] for s, t in zip(steps, taken, strict=True)]
 
 
-def _captured(step: Callable[[], None]) -> Callable[[], None]:
+def _captured(step: Callable[[], None], device: torch.device) -> Callable[[], None]:
     """Return ``step`` captured as a CUDA graph (its replay: the same work, one launch).
 
     Other merge points are matched on other threads meanwhile (``matching.in_parallel``), some
     forming their correlations on the device: the capture forbids unsafe calls on its own
-    thread only.
+    thread only. The graph is captured and replayed with ``device`` current (the models may
+    sit on a GPU other than the current one).
     """
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-        step()
-    return graph.replay
+    with torch.cuda.device(device):
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            step()
+
+    def replay() -> None:
+        with torch.cuda.device(device):
+            graph.replay()
+
+    return replay
