@@ -63,6 +63,24 @@ def test_side_by_side_zips_give_the_numpy_loops_groups(sizes, ties, stale_rows, 
         assert torch.equal(b.groups, expected[k])
 
 
+def test_merge_points_of_one_size_and_two_precisions_keep_their_own() -> None:
+    """A float64 correlation zips in float64 beside a float32 one, as zip_match zips each.
+
+    Pairs (0, 3) and (1, 2) differ by 1e-12: float64 merges (1, 2) first, float32 sees a tie
+    and merges the row-major first, (0, 3).
+    """
+    corr = torch.full((4, 4), 0.1, dtype=torch.float64)
+    corr.fill_diagonal_(1.0)
+    corr[0, 3] = corr[3, 0] = 0.9
+    corr[1, 2] = corr[2, 1] = 0.9 + 1e-12
+    jobs = [ZipJob(corr.float(), (2, 2), 3), ZipJob(corr.clone(), (2, 2), 3)]
+    expected = [_reference(job) for job in jobs]
+    assert expected[0].tolist() == [0, 1, 2, 0] and expected[1].tolist() == [0, 1, 1, 2]
+    found = zip_side_by_side(jobs, CPU, memory=2**30)
+    for match, groups in zip(found, expected, strict=True):
+        assert torch.equal(match.groups, groups)
+
+
 def test_a_width_no_allowed_pair_reaches_raises_the_numpy_loops_error() -> None:
     job = ZipJob(_correlation(10, 3, False), (7, 3), 6, 0.5, 0.0)  # beta 0: 3 cross merges only
     ok = ZipJob(_correlation(10, 4, False), (7, 3), 8, 0.5, 1.0)

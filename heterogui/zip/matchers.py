@@ -342,11 +342,12 @@ def zip_side_by_side(jobs: Sequence[ZipJob], device: torch.device, memory: int) 
         _check_knobs(sizes, width, job.alpha, job.beta)
         budgets.append([within_model_budget(sum(sizes), width, n, job.beta) for n in sizes])
         found.append(reused_parents(job.corr, sizes, width, job.alpha, budgets[-1]))
-    by_size: dict[tuple[int, int], list[int]] = {}
+    alike: dict[tuple[tuple[int, ...], bool], list[int]] = {}  # one size, one precision
     for n, job in enumerate(jobs):
         if found[n] is None:
-            by_size.setdefault(tuple(job.sizes), []).append(n)
-    for sizes, todo in by_size.items():
+            single = isinstance(job.corr, Tensor) and job.corr.dtype == torch.float32
+            alike.setdefault((tuple(job.sizes), single), []).append(n)
+    for (sizes, _single), todo in alike.items():
         o = sum(sizes)
         at_once = max(1, memory // (8 * o * o))
         for first in range(0, len(todo), at_once):
