@@ -92,6 +92,12 @@ def test_a_width_no_allowed_pair_reaches_raises_the_numpy_loops_error() -> None:
     assert str(raised.value) == expected
 
 
+def test_more_than_two_models_are_refused_before_any_loop() -> None:
+    jobs = [ZipJob(_correlation(12, 1, False), (4, 4, 4), 6)]
+    with pytest.raises(MatcherError, match="zips two models' features, got widths"):
+        zip_side_by_side(jobs, CPU, memory=2**30)
+
+
 def test_a_device_loops_run_is_kept_for_the_next_widths(monkeypatch) -> None:
     corr = _correlation(40, 5, False)
     expected = _reference(ZipJob(corr.clone(), (24, 16), 30))

@@ -332,13 +332,19 @@ def zip_side_by_side(jobs: Sequence[ZipJob], device: torch.device, memory: int) 
     kept for the next widths.
 
     Raises:
-        MatcherError: as ``zip_match`` (checked for every job before any loop runs).
+        MatcherError: as ``zip_match`` (checked for every job before any loop runs), or a job
+            of more than two models.
     """
     found: list[np.ndarray | None] = []
     budgets = []
     for job in jobs:
         sizes, width = tuple(job.sizes), int(job.width)
         _check_sizes(*sizes)
+        if len(sizes) != 2:
+            raise MatcherError(
+                f"zip_side_by_side zips two models' features, got {_named(sizes)}; "
+                "use zip_group for more models"
+            )
         _check_knobs(sizes, width, job.alpha, job.beta)
         budgets.append([within_model_budget(sum(sizes), width, n, job.beta) for n in sizes])
         found.append(reused_parents(job.corr, sizes, width, job.alpha, budgets[-1]))
