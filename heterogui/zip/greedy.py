@@ -246,8 +246,7 @@ def zip_parents(
     """
     o = sum(sizes)
     owner = np.repeat(np.arange(len(sizes)), sizes)
-    runs = kept_runs(corr, sizes, alpha)
-    best, shared = _longest_agreeing(runs, budget, owner)
+    runs, best, shared = _agreeing(corr, sizes, alpha, budget, owner)
     if best is not None and shared >= o - width:
         return parents_of(o, best.steps[: o - width]), width
     sim, alive = start()
@@ -267,7 +266,7 @@ def reused_parents(
     kept run agrees with its budgets for all of its steps (``zip_parents`` without a loop)."""
     o = sum(sizes)
     owner = np.repeat(np.arange(len(sizes)), sizes)
-    best, shared = _longest_agreeing(kept_runs(corr, sizes, alpha), budget, owner)
+    _, best, shared = _agreeing(corr, sizes, alpha, budget, owner)
     if best is not None and shared >= o - width:
         return parents_of(o, best.steps[: o - width])
     return None
@@ -278,16 +277,22 @@ def remember_run(corr: Tensor | np.ndarray, sizes: tuple[int, ...], alpha: float
     _remember(kept_runs(corr, sizes, alpha), run)
 
 
-def _longest_agreeing(
-    runs: list[Run], budget: Sequence[int], owner: np.ndarray
-) -> tuple[Run | None, int]:
-    """Return the run sharing the most first steps with a zip from ``budget``, and how many."""
+def _agreeing(
+    corr: Tensor | np.ndarray,
+    sizes: tuple[int, ...],
+    alpha: float,
+    budget: Sequence[int],
+    owner: np.ndarray,
+) -> tuple[list[Run], Run | None, int]:
+    """Return the runs kept for ``corr``, the one sharing the most first steps with a zip
+    from ``budget`` (None: none shares a step), and how many it shares."""
+    runs = kept_runs(corr, sizes, alpha)
     best, shared = None, 0
     for run in runs:
         n = shared_steps(run, budget, owner)
         if n > shared:
             best, shared = run, n
-    return best, shared
+    return runs, best, shared
 
 
 def _remember(runs: list[Run], run: Run) -> None:

@@ -102,12 +102,13 @@ def _as_matrix(
     float64.
     """
     _check_sizes(*sizes)
+    dtype = _loop_dtype(corr)
     if isinstance(corr, Tensor):
-        dtype = torch.float32 if corr.dtype == torch.float32 else torch.float64
         c = corr.detach().to(device, dtype, copy=True)  # one copy
     else:
-        dtype = np.float32 if np.asarray(corr).dtype == np.float32 else np.float64
-        c = torch.from_numpy(np.array(corr, dtype=dtype, copy=True)).to(device)
+        single = dtype == torch.float32
+        c = torch.from_numpy(np.array(corr, np.float32 if single else np.float64, copy=True))
+        c = c.to(device)
     o = sum(sizes)
     if tuple(c.shape) != (o, o):
         raise MatcherError(
@@ -116,6 +117,13 @@ def _as_matrix(
     if not bool(torch.isfinite(c).all()):
         raise MatcherError("corr contains NaN or inf; compute it with Moments.corr (floored σ)")
     return c
+
+
+def _loop_dtype(corr: Tensor | np.ndarray) -> torch.dtype:
+    """Return the precision the greedy loop zips ``corr`` in: float32 for a float32 corr
+    (a tensor or an array), float64 for any other."""
+    dtype = corr.dtype if isinstance(corr, Tensor) else np.asarray(corr).dtype
+    return torch.float32 if dtype in (torch.float32, np.float32) else torch.float64
 
 
 def _named(sizes: tuple[int, ...]) -> str:
@@ -348,17 +356,16 @@ def zip_side_by_side(jobs: Sequence[ZipJob], device: torch.device, memory: int) 
         _check_knobs(sizes, width, job.alpha, job.beta)
         budgets.append([within_model_budget(sum(sizes), width, n, job.beta) for n in sizes])
         found.append(reused_parents(job.corr, sizes, width, job.alpha, budgets[-1]))
-    alike: dict[tuple[tuple[int, ...], bool], list[int]] = {}  # one size, one precision
+    alike: dict[tuple[tuple[int, ...], torch.dtype], list[int]] = {}  # one size and precision
     for n, job in enumerate(jobs):
         if found[n] is None:
-            single = isinstance(job.corr, Tensor) and job.corr.dtype == torch.float32
-            alike.setdefault((tuple(job.sizes), single), []).append(n)
-    for (sizes, _single), todo in alike.items():
+            alike.setdefault((tuple(job.sizes), _loop_dtype(job.corr)), []).append(n)
+    for (sizes, dtype), todo in alike.items():
         o = sum(sizes)
         at_once = max(1, memory // (8 * o * o))
         for first in range(0, len(todo), at_once):
             chunk = [jobs[n] for n in todo[first : first + at_once]]
-            for n, steps in zip(todo[first:], _zip_chunk(chunk, device), strict=False):
+            for n, steps in zip(todo[first:], _zip_chunk(chunk, dtype, device), strict=False):
                 job = jobs[n]
                 if len(steps) < o - job.width:
                     raise _stuck(sizes, job.width, job.beta, o - len(steps))
@@ -370,15 +377,16 @@ def zip_side_by_side(jobs: Sequence[ZipJob], device: torch.device, memory: int) 
     ]
 
 
-def _zip_chunk(chunk: Sequence[ZipJob], device: torch.device) -> list[np.ndarray]:
-    """Zip merge points of one size side by side on ``device``; return their steps."""
+def _zip_chunk(
+    chunk: Sequence[ZipJob], dtype: torch.dtype, device: torch.device
+) -> list[np.ndarray]:
+    """Zip merge points of one size and precision side by side on ``device``; return their
+    steps."""
     sizes = tuple(chunk[0].sizes)
     o, budgets = sum(sizes), []
-    sims = None
+    sims = torch.empty((len(chunk), o, o), dtype=dtype, device=device)
     for k, job in enumerate(chunk):
         sim, budget = _prepare(job.corr, sizes, int(job.width), job.alpha, job.beta, device)
-        if sims is None:
-            sims = torch.empty((len(chunk), o, o), dtype=sim.dtype, device=device)
         sims[k] = sim
         budgets.append(budget)
         del sim
