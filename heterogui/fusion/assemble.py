@@ -20,6 +20,7 @@ from heterogui.fusion.pinning import pinned_channels
 from heterogui.fusion.regression import Regression, fit_regressions
 from heterogui.fusion.sequential import refit_sequentially
 from heterogui.models.capture import Batch
+from heterogui.models.conv import channels_last_weights
 from heterogui.models.family import Network
 from heterogui.models.graph import ModelGraph
 from heterogui.models.storage import allocate
@@ -71,6 +72,7 @@ def assemble(
     if stray or unexpected:
         raise AssertionError(f"merged state mismatch: missing {stray}, unexpected {unexpected}")
     allocate(model, transforms_device(transforms, first))  # the batch counters; rotary tables
+    channels_last_weights(model)  # as every convolution of the families is laid out
     return model.to(dtype=dtype), spec
 
 

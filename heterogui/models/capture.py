@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from heterogui.models.conv import channels_last_weights
+
 Batch = torch.Tensor | Mapping[str, torch.Tensor]
 
 
@@ -197,7 +199,11 @@ def pass_layout(images: torch.Tensor) -> torch.Tensor:
 
 
 def run_model(model: nn.Module, batch: Batch) -> Any:
-    """Call ``model`` on a tensor batch, or with keyword arguments for a dict batch."""
+    """Call ``model`` on a tensor batch, or with keyword arguments for a dict batch.
+
+    Its convolution weights are laid out for the pass first (``channels_last_weights``).
+    """
+    channels_last_weights(model)
     return model(batch) if isinstance(batch, torch.Tensor) else model(**batch)
 
 
@@ -226,15 +232,13 @@ def per_input(feats: torch.Tensor, layout: str, mask: torch.Tensor | None = None
     """Return one flattened representation per input: (B, -1); padded tokens zeroed.
 
     The values of each row come in the features' memory order: channels-last features
-    (B, C, H, W) flatten as (B, H, W, C), a view. Whatever reads the rows must not depend on
-    their order (a Gram matrix does not).
+    (B, C, H, W) flatten as (B, H, W, C), a view (and (B, C, L) laid out so, as (B, L, C)).
+    Whatever reads the rows must not depend on their order (a Gram matrix does not).
     """
     if layout == "tokens" and mask is not None:
         feats = feats * mask[..., None].to(feats.dtype)
-    if feats.dim() == 4 and not feats.is_contiguous() and _channels_last(feats):
-        return feats.permute(0, 2, 3, 1).flatten(1)
+    if feats.dim() > 2 and not feats.is_contiguous():
+        last = feats.movedim(1, -1)  # channels-last features (B, C, *spatial): a view
+        if last.is_contiguous():
+            return last.flatten(1)
     return feats.flatten(1)
-
-
-def _channels_last(feats: torch.Tensor) -> bool:
-    return feats.is_contiguous(memory_format=torch.channels_last)

@@ -54,4 +54,5 @@ def bias_of(reader: nn.Linear, like: torch.Tensor) -> torch.Tensor:
 def channel_bias_of(norm: nn.Module, like: torch.Tensor) -> torch.Tensor:
     """Return what an eval-mode BatchNorm with zero gain outputs: its bias, shaped like ``like``."""
     shape = (1, -1) + (1,) * (like.dim() - 2)
-    return like.new_zeros(like.shape) + norm.bias.view(shape)
+    # laid out as ``like`` (channels-last features stay so): the branch it stands for is
+    return torch.zeros_like(like) + norm.bias.view(shape)

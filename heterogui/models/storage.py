@@ -62,8 +62,8 @@ def allocate(module: nn.Module, device: torch.device) -> nn.Module:
                 new = t.to(device)
             elif t.is_floating_point() or t.is_complex():
                 # not empty_like: on a meta tensor it runs torch's Python reference, whose first
-                # call imports sympy (half a second)
-                new = torch.empty(t.shape, dtype=t.dtype, device=device)
+                # call imports sympy (half a second); the strides keep a channels-last layout
+                new = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
             else:
                 new = torch.zeros(t.shape, dtype=t.dtype, device=device)
             made[id(t)] = nn.Parameter(new, t.requires_grad) if isinstance(t, nn.Parameter) else new

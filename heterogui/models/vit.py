@@ -26,6 +26,7 @@ from torch import nn
 from heterogui.models import bert
 from heterogui.models.bert import STREAM, LayerNames, layer_spaces
 from heterogui.models.bert_modules import Intermediate, SelfAttention
+from heterogui.models.conv import channels_last_weights
 from heterogui.models.graph import (
     INPUT,
     LOGITS,
@@ -104,7 +105,9 @@ class PatchEmbeddings(nn.Module):
         super().__init__()
         self.cls_token = nn.Parameter(torch.randn(1, 1, c.hidden) * 0.02)
         self.position_embeddings = nn.Parameter(torch.randn(1, c.num_patches + 1, c.hidden) * 0.02)
-        self.projection = nn.Conv2d(c.num_channels, c.hidden, c.patch_size, stride=c.patch_size)
+        self.projection = channels_last_weights(
+            nn.Conv2d(c.num_channels, c.hidden, c.patch_size, stride=c.patch_size)
+        )
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Map images (B, C, S, S) to tokens (B, 1 + P, H)."""

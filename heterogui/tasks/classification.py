@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from heterogui.datasets.images import Split
 from heterogui.errors import ConfigError
 from heterogui.models.capture import to_device
+from heterogui.models.conv import channels_last_weights
 from heterogui.models.family import Head, Network
 
 
@@ -176,6 +177,8 @@ def collect_outputs(
     fn returns a tensor (N_batch, k) or a tuple of them; the result has one tensor per output.
     """
     parts: list[list[Tensor]] = []
+    if isinstance(fn, nn.Module):
+        channels_last_weights(fn)
     for x in torch.split(inputs, batch_size):
         out = fn(to_device(x, device))  # images channels-last, as in every pass
         outs = out if isinstance(out, tuple | list) else (out,)
