@@ -17,6 +17,7 @@ from torch import nn
 from heterogui.fusion.bn import reestimate_batch_norm
 from heterogui.models.capture import per_input, run_model, to_device
 from heterogui.models.conv import LineBatchNorm, LineConv, batch_norm, channels_last_weights, conv
+from heterogui.models.storage import allocate
 from heterogui.tasks.classification import collect_outputs
 
 
@@ -123,3 +124,17 @@ def test_a_1d_resnet_block_runs_channels_last_through_and_re_estimates_alike():
     flat = per_input(out, "flat")
     assert flat.data_ptr() == out.data_ptr()  # a Gram's rows without a copy
     assert torch.equal(flat, out.transpose(1, 2).flatten(1))
+
+
+def test_storage_for_a_meta_model_keeps_channels_last_weights_and_dense_buffers():
+    with torch.device("meta"):
+        net = nn.Sequential(conv(2, 1, 6, 3), nn.BatchNorm2d(6), conv(2, 6, 6, 3))
+    net.register_buffer("ids", torch.arange(5, device="meta").expand(3, -1))  # stride 0
+    allocate(net, torch.device("cpu"))
+    for layer in (net[0], net[2]):
+        assert not layer.weight.is_meta
+        assert layer.weight.is_contiguous(memory_format=torch.channels_last)
+    assert net[2].weight.stride() == (54, 1, 18, 6)
+    assert net.ids.is_contiguous() and net.ids.stride() == (5, 1)  # storage of its own
+    net.ids.copy_(torch.arange(5).expand(3, -1))  # loadable: no element shares memory
+    assert torch.equal(net.ids[2], torch.arange(5))

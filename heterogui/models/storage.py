@@ -62,8 +62,8 @@ def allocate(module: nn.Module, device: torch.device) -> nn.Module:
                 new = t.to(device)
             elif t.is_floating_point() or t.is_complex():
                 # not empty_like: on a meta tensor it runs torch's Python reference, whose first
-                # call imports sympy (half a second); the strides keep a channels-last layout
-                new = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
+                # call imports sympy (half a second)
+                new = _empty_as(t, device)
             else:
                 new = torch.zeros(t.shape, dtype=t.dtype, device=device)
             made[id(t)] = nn.Parameter(new, t.requires_grad) if isinstance(t, nn.Parameter) else new
@@ -79,3 +79,12 @@ def allocate(module: nn.Module, device: torch.device) -> nn.Module:
             if buf is not None:
                 sub._buffers[key] = real(buf)
     return module
+
+
+def _empty_as(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Return uninitialised storage for ``t``: channels-last if ``t`` is (a convolution's
+    weight, ``models.conv.channels_last_weights``), else contiguous (an expanded buffer's
+    zero strides are not kept: its storage would overlap)."""
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
+    return torch.empty(t.shape, dtype=t.dtype, device=device)
