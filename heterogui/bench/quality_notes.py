@@ -48,7 +48,7 @@ by output energy, instead of their average (zip.heads: select; docs/method.md se
 the fusion their label names. "heads searched" rows start from that choice and flip one pair's
 kept head at a time while the merge's outputs move closer to its parents' on the calibration
 data (KL divergence of their logits, no labels read; zip.heads: search, docs/method.md sec. 8),
-with sequential least squares only: a merge per flip tried, 7-25 a ViT pair; "—": not
+with sequential least squares only: a merge per flip tried, 17-25 a ViT pair; "—": not
 applicable."""
 
 
