@@ -47,8 +47,10 @@ DEFAULT_RIDGE = 1e-2
 POOLINGS = ("mean", "cls")
 # how an attention layer reaches its width (zip.plan.ZipSettings.heads): "pair" averages a head
 # of A with one of B (the paper's), "select" keeps each pair's stronger head whole (zip.select),
-# "search" chooses each pair's kept head on the calibration data (head_search)
-HEAD_MERGES = ("pair", "select", "search")
+# "search" chooses each pair's kept head on the calibration data (head_search), "split" keeps
+# every head of both models at half its dimension (fusion.split_heads; every layer at once)
+SPLIT_HEADS = "split"
+HEAD_MERGES = ("pair", "select", "search", SPLIT_HEADS)
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,9 @@ class ZipSpec:
     heads: "pair" (the paper's: attention heads of A and B paired and averaged), "select"
     (each merged pair's stronger head, by output energy, kept whole in place of their average)
     or "search" (the kept head of each pair chosen on the calibration data, from select's
-    choice: ``head_search``); an override knob too.
+    choice: ``head_search``); an override knob too. "split": every head of both models kept,
+    each cut to half its dimension (``fusion.split_heads``; BERT and ViT, every layer at once,
+    so not an override).
     bn_units: fuse each layer that feeds a BatchNorm in that BatchNorm's units (its rows
     divided by the running std first: ``fusion.bn_units``); no effect on models without
     BatchNorm. The paper's fusion is "average" with bn_units false; "auto" fusion turns it
@@ -175,9 +179,26 @@ class ZipSpec:
             )
             if "heads" in knobs:
                 check_heads(f"zip.overrides.{excerpt(space, 60)}.heads", knobs["heads"])
+                check_split_override(
+                    f"zip.overrides.{excerpt(space, 60)}", self.heads, knobs["heads"]
+                )
             width = knobs.get("width")
             if width is not None and (not isinstance(width, int) or width < 1):
                 raise ConfigError(f"zip.overrides.{space}.width must be a positive integer")
+
+
+def check_split_override(where: str, heads: str, override: str | None) -> None:
+    """Raise ConfigError when an override's heads and the global ``heads`` disagree on a split.
+
+    A split gives the merged model one head size, so it applies to every attention layer or
+    to none (``fusion.split_heads``).
+    """
+    if override is not None and SPLIT_HEADS in (heads, override) and override != heads:
+        raise ConfigError(
+            f"{where}: heads {excerpt(repr(override), 60)} with zip.heads {heads!r}: split "
+            "gives every attention layer one head size, so it is set for all of them "
+            "(zip.heads: split) and no layer may differ; remove the override"
+        )
 
 
 def check_heads(where: str, heads: str) -> None:

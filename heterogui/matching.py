@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import numpy as np
 import torch
 
+from heterogui.config import SPLIT_HEADS
 from heterogui.errors import MatcherError
 from heterogui.memo import ObjectMemo
 from heterogui.models.graph import ModelGraph, Space
@@ -236,6 +237,8 @@ def _match_head_group(
     knobs = settings.for_space(first)
     n_a, n_b, width = plan[first]
     spaces = [ga.spaces[n] for n in names]
+    if settings.heads == SPLIT_HEADS:  # every head kept side by side: nothing to correlate
+        return {n: Match(torch.arange(sum(plan[n][:2])), *plan[n]) for n in names}
     if any(s.role for s in spaces):
         unit = ga.spaces[first].unit
         pairs = head_group_pairs(n_a, n_b, unit, knobs["matcher"], 1.0, width)

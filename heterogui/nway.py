@@ -201,7 +201,7 @@ def check_group_settings(settings: ZipSettings) -> None:
     """Raise if an N-way zip cannot follow ``settings``.
 
     Raises:
-        ConfigError: a one-to-one matcher or renormalization.
+        ConfigError: a one-to-one matcher, renormalization or heads other than paired.
     """
     matchers = {settings.matcher, *(o.get("matcher", "zip") for o in settings.overrides.values())}
     if not matchers <= set(GROUP_MATCHERS):
@@ -217,6 +217,13 @@ def check_group_settings(settings: ZipSettings) -> None:
         )
     if settings.renormalize:
         raise ConfigError("an N-way merge does not renormalize; set zip.renormalize: false")
+    if settings.heads != "pair" or any(
+        o.get("heads", "pair") != "pair" for o in settings.overrides.values()
+    ):
+        raise ConfigError(
+            "an N-way merge pairs attention heads as the paper does (zip.heads: pair); remove "
+            "zip.heads and its overrides, or merge two models at a time"
+        )
 
 
 def match_group(prepared: PreparedGroup, settings: ZipSettings, stop: int) -> dict[str, Match]:

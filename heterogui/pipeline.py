@@ -25,6 +25,7 @@ from heterogui.fusion.assemble import build_merge, least_squares_unmerges
 from heterogui.fusion.merged import MergedModel
 from heterogui.fusion.regression import Regression
 from heterogui.fusion.renormalize import parents_statistics, renormalize
+from heterogui.fusion.split_heads import split_rank
 from heterogui.head_search import search_heads, searched_groups
 from heterogui.matching import correlation, match_spaces, space_correlation
 from heterogui.memo import ObjectMemo
@@ -392,6 +393,7 @@ def _zip_once(
     pa, pb = prepared.padded_a, prepared.padded_b
     stop = stop_point(pa.graph(), settings)
     check_fusion(settings.fusion, settings.ridge)
+    split_rank(pa.family, pa.config, settings.heads)  # refused before any work
     regressions: dict[str, Regression] = {}
     if prepared.stats or prepared.stats_budget is None:
         matches = timed(

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 import torch
 
 from heterogui.align.alignment import Alignment
+from heterogui.config import SPLIT_HEADS
 from heterogui.fusion.fuse import SpaceTransform
 from heterogui.fusion.merged import MergedModel, MergedSpec
+from heterogui.fusion.split_heads import split_widths
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network
 from heterogui.zip.collect import StatKey
@@ -71,5 +73,15 @@ class MergeResult:
     searched: tuple[int, float] | None = None  # a head search's merges tried and divergence
 
     def widths(self) -> dict[str, tuple[int, int, int]]:
-        """Return (n_A, n_B, merged width) for every merge point."""
-        return {s: (m.n_a, m.n_b, m.width) for s, m in self.matches.items()}
+        """Return (n_A, n_B, merged width) for every merge point (of the merged model: an
+        attention space's heads halved by a heads split)."""
+        merged = {s: m.width for s, m in self.matches.items()}
+        merged = split_widths(self.prepared.padded_a.graph(), merged, self.split_rank)
+        return {s: (m.n_a, m.n_b, merged[s]) for s, m in self.matches.items()}
+
+    @property
+    def split_rank(self) -> int | None:
+        """Return the merged heads' size when a heads split cut them, else None."""
+        if self.settings.heads != SPLIT_HEADS:
+            return None
+        return getattr(self.spec.trunk_config, "head_dim", None)  # None: no attention to split

@@ -21,6 +21,7 @@ from torch import nn
 
 from heterogui import pipeline
 from heterogui.fusion.merged import MergedSpec, build_merged
+from heterogui.fusion.split_heads import split_config, split_rank, split_widths
 from heterogui.memo import ObjectMemo
 from heterogui.models.capture import Batch, on_this_thread, run_model, to_device
 from heterogui.models.storage import on_meta
@@ -151,37 +152,35 @@ def _reference_sizes(prepared: pipeline.Prepared) -> dict[str, dict[str, int | N
     return out
 
 
-def merged_widths(
-    prepared: pipeline.Prepared, settings: pipeline.ZipSettings
-) -> dict[str, tuple[int, int, int]]:
-    """Return (n_A, n_B, merged width) per merge point, as ``zip_prepared`` will choose them.
-
-    Raises:
-        ConfigError, MatcherError: see ``heterogui.zip.plan.plan_widths``.
-    """
-    ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
-    return plan_widths(ga, gb, settings, stop_point(ga, settings))
-
-
 def estimate(prepared: pipeline.Prepared, settings: pipeline.ZipSettings) -> dict[str, Any]:
     """Return the merged widths, parameters and FLOPs that ``settings`` will give.
 
+    widths: (n_A, n_B, merged width) per merge point, of the model ``zip_prepared`` will make
+    (an attention space's heads halved by a heads split).
+
     Raises:
-        ConfigError, MatcherError: see ``merged_widths``.
+        ConfigError, MatcherError: see ``heterogui.zip.plan.plan_widths`` and
+            ``fusion.split_heads.split_rank``.
     """
-    widths = merged_widths(prepared, settings)
     pa, pb = prepared.padded_a, prepared.padded_b
     ga = pa.graph()
     stop = stop_point(ga, settings)
+    widths = plan_widths(ga, pb.graph(), settings, stop)
     trunk = pa.family.resize(pa.config, {s: w[2] for s, w in widths.items()})
+    rank = split_rank(pa.family, pa.config, settings.heads)
+    if rank is not None:
+        trunk = split_config(trunk, rank)
     boundary = ga.block_out[stop - 1] if stop > 0 else None
     layout = ga.spaces[boundary].captures[0].layout if boundary else None
     spec = MergedSpec(
         trunk, (pa.config, pb.config), stop, layout, (pa.task_heads(), pb.task_heads())
     )
     model = on_meta(lambda: build_merged(spec))
-    effective = effective_size(model, prepared, planned_counts(prepared, widths))
+    counts = split_widths(ga, planned_counts(prepared, widths), rank)
+    effective = effective_size(model, prepared, counts)
     stored = stored_size(model, prepared)
+    merged = split_widths(ga, {s: w[2] for s, w in widths.items()}, rank)
+    widths = {s: (n_a, n_b, merged[s]) for s, (n_a, n_b, _) in widths.items()}
     return {"widths": widths, "stop": stop, **stored, "effective": effective}
 
 
@@ -338,4 +337,5 @@ def effective_size(
 def merged_effective_size(result: pipeline.MergeResult) -> dict[str, int | None]:
     """Return the effective size of a merge from its matchings."""
     counts = {s: _shared_counts(m) for s, m in result.matches.items()}
+    counts = split_widths(result.prepared.padded_a.graph(), counts, result.split_rank)
     return effective_size(result.model, result.prepared, counts)

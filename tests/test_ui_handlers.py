@@ -380,6 +380,52 @@ def test_selected_heads_change_a_vit_merge_and_survive_a_recipe(res, tmp_path):
         tab_zip.on_knobs(vit, res, "zip", 0.5, 1.0, 1.0, n, "average", False, "both")
 
 
+def test_split_heads_in_the_workbench_halve_every_head_and_survive_a_recipe(res, tmp_path):
+    vit = Session(device="cpu")
+    tab_models.on_load_pair(vit, res, "tiny-digits-vit-depth")
+    n = work_blocks(vit)
+    merge(vit, res, fusion="average")
+    paired = vit.result
+    tab_zip.on_knobs(vit, res, "zip", 0.5, 1.0, 1.0, n, "average", False, "split")
+    estimated = tab_zip.readout(vit)
+    assert not estimated["exact"]
+    message = tab_zip.on_merge(vit, res, "zip", 0.5, 1.0, 1.0, n, "cpu", "average", False, "split")
+    assert "Merge #2 done" in message
+    assert "heads split: every head of A and B kept, cut from 8 to 4" in message
+    split = vit.result
+    config, before = split.spec.trunk_config, paired.spec.trunk_config
+    assert config.head_dim == 4 and before.head_dim == 8
+    # each layer holds every head of both (A's and B's own, or one model's in an identity slot)
+    dead = vit.prepared.padded_a.graph().dead, vit.prepared.padded_b.graph().dead
+    kept = [split.matches[f"layer{i}.qk"] for i in range(config.num_layers)]
+    for i, m in enumerate(kept):
+        space = f"layer{i}.qk"
+        assert m.width == (
+            m.n_b if space in dead[0] else m.n_a if space in dead[1] else m.n_a + m.n_b
+        )
+    assert any(f"layer{i}.qk" in dead[0] | dead[1] for i in range(config.num_layers))
+    assert list(config.heads) == [m.width // 8 for m in kept]
+    # the readout's estimate was the merge it made
+    shown = tab_zip.readout(vit)
+    assert shown["exact"] and shown["widths"] == estimated["widths"]
+    assert estimated["sizes"]["merged"]["stored_parameters"] == sum(
+        p.numel() for p in split.model.parameters()
+    )
+    assert vit.merged_metrics is not None or "evaluated" in tab_evaluate.on_evaluate_pending(
+        vit, res
+    )
+    labels = {number: label for label, number in tab_compare.merge_choices(vit)}
+    assert "heads split" in labels[2] and "heads split" not in labels[1]
+    app.render(vit, res, ("zip", "neurons", "evaluate", "export"))
+    tab_export.on_export(vit, res, str(tmp_path / "split"), False)
+    assert "heads: split" in (tmp_path / "split" / "recipe.yaml").read_text()
+    other = Session(device="cpu")
+    tab_export.on_import(other, res, str(tmp_path / "split" / "recipe.yaml"), None)
+    assert app.render(other, res, ("knobs",))["heads"] == "split"
+    fixed, again = split.model.state_dict(), other.result.model.state_dict()
+    assert all(torch.equal(fixed[k].cpu(), again[k].cpu()) for k in fixed)
+
+
 def test_searched_heads_in_the_workbench_say_what_the_search_kept(res, tmp_path):
     vit = Session(device="cpu")
     tab_models.on_load_pair(vit, res, "tiny-digits-vit-depth")

@@ -198,7 +198,7 @@ def _merges(
     """Return the rows of merges at rho 1 and 0.5 under ``prep``'s alignment, every variant."""
     rows = []
     for rho in (1.0, 0.5):
-        for knobs, suffix in transformer_variants(label):
+        for knobs, suffix in transformer_variants(label, heads_split=False):  # rotary heads
             result = zip_prepared(prep, ZipSettings(rho=rho, **knobs))
             name = f"merge {label} rho={rho:g}{suffix}"
             rows.append(_merge_row(name, pair, result, evaluation, parents))

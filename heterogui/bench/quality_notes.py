@@ -48,8 +48,11 @@ by output energy, instead of their average (zip.heads: select; docs/method.md se
 the fusion their label names. "heads searched" rows start from that choice and flip one pair's
 kept head at a time while the merge's outputs move closer to its parents' on the calibration
 data (KL divergence of their logits, no labels read; zip.heads: search, docs/method.md sec. 8),
-with sequential least squares only: a merge per flip tried, 17-25 a ViT pair; "—": not
-applicable."""
+with sequential least squares only: a merge per flip tried, 17-25 a ViT pair. "heads split"
+rows average no head and drop none: every head of both models is kept, and after fusion each
+is cut to half its dimension (an exact change of basis inside the head, by the SVD of its
+query-key form and of its value-output map, then its weaker half dropped; zip.heads: split,
+docs/method.md sec. 8), with the fusion their label names. "—": not applicable."""
 
 
 PLACEMENT_NOTE = """LMA splits the deeper model's blocks of a stage into one contiguous segment per
@@ -78,7 +81,9 @@ which neither parent's head computes. "heads kept" rows keep every head of both 
 (rho 0 on the attention spaces, rho 1 on the stream and the MLPs; ``zip.overrides``), at the
 sweep alignment: they are wider than the paper's width, so the checks leave them out, but the
 gap between them and the best zip at the paper's width is what merging heads costs. The best
-zip at the paper's width counts the "heads selected" and "heads searched" rows too."""
+zip at the paper's width counts the "heads selected", "heads searched" and "heads split" rows
+too: a split layer holds every head of both models at half its size, the paper's width when
+A and B have as many heads, narrower when they differ (the paper keeps the larger count)."""
 
 
 NWAY_NOTE = """Three models merged at once (the N-way zip, docs/method.md sec. 12) and one after

@@ -28,6 +28,7 @@ RENORMALIZED = ", renormalized"  # the label suffix of renormalized rows
 HEADS_KEPT = "heads kept ("  # the label prefix of the rows that keep every attention head
 HEADS_SELECTED = ", heads selected"  # the label suffix of rows that select heads (zip.select)
 HEADS_SEARCHED = ", heads searched"  # the label suffix of rows that search heads (head_search)
+HEADS_SPLIT = ", heads split"  # the label suffix of rows that split heads (fusion.split_heads)
 BN_UNITS = ", BatchNorm units"  # the paper's fusion in BatchNorm units (fusion.bn_units)
 AS_TRAINED = ", without BatchNorm units"  # least squares on the rows as trained
 # the paper's fusion: the benchmarks' plain rows name it, as the default ("auto") is per family
@@ -42,7 +43,8 @@ def fusion_knobs(fusion: str) -> dict[str, Any]:
 
 # (ZipSettings keywords, row label suffix): the paper's fusion, least-squares fusion
 # (fusion.regression; in BatchNorm units, the default, and without), fusion in BatchNorm units
-# (fusion.bn_units) and renormalization after the paper's fusion (fusion.renormalize)
+# (fusion.bn_units), renormalization after the paper's fusion (fusion.renormalize) and the ways
+# attention heads merge (zip.heads: select, search, split)
 VARIANTS = (
     (PAPER_KNOBS, ""),
     ({"fusion": "least_squares"}, LEAST_SQUARES),
@@ -55,14 +57,18 @@ VARIANTS = (
     ({"fusion": "least_squares", "heads": "select"}, LEAST_SQUARES + HEADS_SELECTED),
     ({"fusion": "least_squares_sequential", "heads": "select"}, SEQUENTIAL + HEADS_SELECTED),
     ({"fusion": "least_squares_sequential", "heads": "search"}, SEQUENTIAL + HEADS_SEARCHED),
+    ({"fusion": PAPER, "heads": "split"}, HEADS_SPLIT),
+    ({"fusion": "least_squares", "heads": "split"}, LEAST_SQUARES + HEADS_SPLIT),
+    ({"fusion": "least_squares_sequential", "heads": "split"}, SEQUENTIAL + HEADS_SPLIT),
 )
 
 
-def transformer_variants(mode: str) -> list[tuple[dict[str, Any], str]]:
+def transformer_variants(mode: str, heads_split: bool = True) -> list[tuple[dict[str, Any], str]]:
     """Return the variants the transformer benches run under alignment ``mode``.
 
     The sequential refit takes about 40 s a MiniLM merge: the two learned alignments only. No
     head search: it merges once per head pair and sweep (about 70 MiniLM merges a sweep).
+    heads_split: include the rows that split heads (families whose heads split: BERT, ViT).
     """
     learned = mode.lower() in ("sma", "lma")
     return [
@@ -70,6 +76,7 @@ def transformer_variants(mode: str) -> list[tuple[dict[str, Any], str]]:
         for k, s in VARIANTS
         if (not s.startswith(SEQUENTIAL) or learned)
         and k.get("heads") != "search"
+        and (heads_split or k.get("heads") != "split")
         and not batch_norm_variant(s)
     ]
 
@@ -91,6 +98,9 @@ VARIANT_NAMES = {
     LEAST_SQUARES + HEADS_SELECTED: "least squares, heads selected",
     SEQUENTIAL + HEADS_SELECTED: "sequential least squares, heads selected",
     SEQUENTIAL + HEADS_SEARCHED: "sequential least squares, heads searched",
+    HEADS_SPLIT: "heads split",
+    LEAST_SQUARES + HEADS_SPLIT: "least squares, heads split",
+    SEQUENTIAL + HEADS_SPLIT: "sequential least squares, heads split",
 }
 LEARNED = ("SMA", "LMA", "LMA first", "LMA similar")  # the alignments that read the CKA
 PLACEMENTS = ("LMA", "LMA first", "LMA similar")  # where LMA puts a block in its segment

@@ -15,15 +15,20 @@ import torch
 from heterogui.fusion.bn import reestimate_batch_norm
 from heterogui.fusion.bn_units import fusion_states, restore_units, unit_scales
 from heterogui.fusion.fuse import SpaceTransform, fuse_state
-from heterogui.fusion.merged import MergedModel, MergedSpec, build_merged, unmerge_name
+from heterogui.fusion.merged import (
+    MergedModel,
+    MergedSpec,
+    build_merged,
+    load_merged,
+    unmerge_name,
+)
 from heterogui.fusion.pinning import pinned_channels
 from heterogui.fusion.regression import Regression, fit_regressions
 from heterogui.fusion.sequential import refit_sequentially
+from heterogui.fusion.split_heads import split_heads, split_rank
 from heterogui.models.capture import Batch
-from heterogui.models.conv import channels_last_weights
 from heterogui.models.family import Network
 from heterogui.models.graph import ModelGraph
-from heterogui.models.storage import allocate
 from heterogui.stages import timed
 from heterogui.zip.collect import StatKey
 from heterogui.zip.match import Match
@@ -67,12 +72,7 @@ def assemble(
     if boundary:
         for m, u in enumerate(transforms[boundary].unmerge):
             state[unmerge_name(m)] = _as(u, dtype, copy=True)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    stray = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if stray or unexpected:
-        raise AssertionError(f"merged state mismatch: missing {stray}, unexpected {unexpected}")
-    allocate(model, transforms_device(transforms, first))  # the batch counters; rotary tables
-    channels_last_weights(model)  # as every convolution of the families is laid out
+    load_merged(model, state, transforms_device(transforms, first))
     return model.to(dtype=dtype), spec
 
 
@@ -122,8 +122,13 @@ def build_merge(
     transforms (with the least-squares unmerges), the fused model (``fusion.assemble``; in
     BatchNorm units when the settings ask: ``fusion.bn_units``), the
     sequential refit when the settings ask for it, ``renormalize(model, matches, stop)`` when
-    given, and the merged model's BatchNorm (identity channels pinned).
+    given, the heads split (``fusion.split_heads``) when the settings ask for it, and the merged
+    model's BatchNorm (identity channels pinned).
+
+    Raises:
+        ConfigError: a heads split that these models cannot take (``split_rank``).
     """
+    rank = split_rank(padded[0].family, padded[0].config, settings.heads, len(padded))
     transforms = {
         s: SpaceTransform.from_match(m, dtype, dev, regressions.get(s)) for s, m in matches.items()
     }
@@ -148,6 +153,11 @@ def build_merge(
         built.renormalized = timed(
             timings, "renormalize", lambda: renormalize(model, matches, stop)
         )
+    if rank is not None:
+        names = padded[0].family.attention_names
+        built.model = timed(timings, "split", lambda: split_heads(model, names, rank))
+        model = built.model
+        built.spec = model.spec
     timed(
         timings,
         "bn_merged",

@@ -19,6 +19,7 @@ from torch import nn
 
 from heterogui.errors import ModelLoadError
 from heterogui.fusion.fuse import SpaceTransform, apply_along, fuse_tensor
+from heterogui.models.conv import channels_last_weights
 from heterogui.models.family import (
     Head,
     Network,
@@ -173,6 +174,25 @@ def build_merged(spec: MergedSpec, device: torch.device | str | None = None) -> 
         unmerge = tuple(torch.zeros(n, r) for n in widths)
     model = MergedModel(spec, trunk, tails, unmerge)
     return model if target.type == "meta" else allocate(model, target)
+
+
+def load_merged(model: MergedModel, state: dict[str, torch.Tensor], device: Any) -> MergedModel:
+    """Return ``model`` (built on the meta device) holding ``state``'s tensors on ``device``.
+
+    The tensors are taken as they are (assign: held once, not once more as the model's own
+    copy); what ``state`` lacks but the model needs (BatchNorm's batch counters, rotary
+    tables) gets storage on ``device``.
+
+    Raises:
+        AssertionError: the state does not fit the model's modules.
+    """
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    stray = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if stray or unexpected:
+        raise AssertionError(f"merged state mismatch: missing {stray}, unexpected {unexpected}")
+    allocate(model, torch.device(device))
+    channels_last_weights(model)  # as every convolution of the families is laid out
+    return model
 
 
 def meta_network(config: Any, cached: bool = True) -> nn.Module:

@@ -32,6 +32,9 @@ class Family:
     default_measure: what the alignment's CKA compares when the recipe says "auto"
     (``align.similarity``): "updates" where it aligned better on the family's pairs
     (docs/measures.md), else the paper's "outputs".
+    attention_names: where a layer block keeps its query, key, value and attention-output
+    projections, for families whose heads ``zip.heads: split`` can cut (``fusion.split_heads``:
+    separate projections, no rotary positions); None for the others.
     """
 
     name: str
@@ -46,6 +49,7 @@ class Family:
     shared_outputs: bool = False
     default_fusion: str = "average"
     default_measure: str = "outputs"
+    attention_names: bert.LayerNames | None = None
 
 
 # Least-squares fusion beat the paper's average on every zoo pair (VGG, ResNet, ViT) at a few
@@ -98,6 +102,7 @@ register(
         bert.resize,
         bert_identity.fit_identity,
         bert.check_pair,
+        attention_names=bert.BERT_NAMES,
     )
 )
 register(
@@ -112,6 +117,7 @@ register(
         None,
         vit.check_pair,
         default_fusion=LEAST_SQUARES,
+        attention_names=vit.VIT_NAMES,
     )
 )
 register(

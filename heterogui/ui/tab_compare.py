@@ -109,9 +109,11 @@ def _label(row: dict[str, Any], metric: str) -> str:
     fusion = {"least_squares": " · least squares", "least_squares_sequential": " · sequential"}
     fusion = fusion.get(row.get("fusion"), "")
     fusion += " · renormalized" if row.get("renormalize") else ""
-    fusion += {"select": " · heads selected", "search": " · heads searched"}.get(
-        row.get("heads"), ""
-    )
+    fusion += {
+        "select": " · heads selected",
+        "search": " · heads searched",
+        "split": " · heads split",
+    }.get(row.get("heads"), "")
     return (
         f"#{row['merge']} · rho {row['rho']} alpha {row['alpha']} beta {row['beta']} "
         f"stop {row['stop']}{fusion} · {score}"

@@ -42,6 +42,7 @@ HEAD_CHOICES = [
     ("pair and average (paper)", "pair"),
     ("select the stronger head of each pair", "select"),
     ("search the heads to keep on the calibration data (slower)", "search"),
+    ("split: keep every head of both, each at half its size", "split"),
 ]
 FUSION_CHOICES = [
     ("auto (least squares for CNNs and ViTs, else the paper's average)", "auto"),
@@ -119,7 +120,9 @@ def _knobs(ui: dict[str, Any]) -> None:
             "it; search: starts from select and flips one pair's choice at a time while the "
             "merge reproduces its parents better on the calibration data (a merge per flip "
             "tried: seconds on the zoo's ViTs, minutes on MiniLM; best with sequential least "
-            "squares: docs/quality.md)",
+            "squares: docs/quality.md); split: no head is averaged or dropped, every head of A "
+            "and B is kept and cut to its strongest half (BERT and ViT; the layer keeps the "
+            "paper's width; rho then sets the other merge points)",
         )
     ui["alpha"] = gr.Slider(
         0.01,
@@ -444,7 +447,7 @@ def on_merge(
     fused = f"fusion: {work.fusion_text(result.settings)}; " if row["fusion"] != "average" else ""
     if row["renormalize"]:
         fused += f"{work.renormalize_text(result)}; "
-    if row["heads"] in ("select", "search"):
+    if row["heads"] != "pair":
         fused += f"{work.heads_text(result)}; "
     return (
         f"Merge #{row['merge']} done in {row['seconds']:.2f}s ({stages}); {fused}{joint}{note} "

@@ -283,7 +283,8 @@ def make_settings(
     fusion: "auto" (the family's default), "average" (the paper's), "least_squares" or
     "least_squares_sequential"; ridge: the least-squares ridge;
     renormalize: rescale the merged features to their groups' average statistics after fusion;
-    heads: "pair" (the paper's), "select" (``zip.select``) or "search" (``head_search``);
+    heads: "pair" (the paper's), "select" (``zip.select``), "search" (``head_search``) or
+        "split" (``fusion.split_heads``);
     bn_units: fuse BatchNorm models in BatchNorm units (``fusion.bn_units``; the recipe's).
 
     Raises:
@@ -440,8 +441,13 @@ def fusion_text(settings: ZipSettings) -> str:
 
 def heads_text(result: MergeResult) -> str:
     """Return what head selection did to a merge, for messages (it was on): how many merged
-    head pairs took A's head and how many B's."""
+    head pairs took A's head and how many B's (a split: the size its heads were cut to)."""
     graph = result.prepared.padded_a.graph()
+    if result.settings.heads == "split":
+        if result.split_rank is None:
+            return "heads: no attention heads to split"
+        d = result.prepared.padded_a.config.head_dim
+        return f"heads split: every head of A and B kept, cut from {d} to {result.split_rank}"
     taken = [0, 0]
     for name in head_group_firsts(graph):
         match = result.matches.get(name)

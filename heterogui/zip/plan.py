@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
-from heterogui.config import DEFAULT_FUSION, DEFAULT_RIDGE
+from heterogui.config import DEFAULT_FUSION, DEFAULT_RIDGE, SPLIT_HEADS, check_split_override
 from heterogui.errors import ConfigError, MatcherError
 from heterogui.models.graph import INPUT, LOGITS, ModelGraph
 from heterogui.zip.heads import head_group_pairs
@@ -38,8 +38,10 @@ class ZipSettings:
         (``fusion.renormalize``; for models without BatchNorm).
     heads: how attention layers reach their width: "pair" (the paper's: a head of A and one
         of B averaged), "select" (each merged pair's stronger head kept whole in place of
-        their average: ``zip.select``) or "search" (the kept heads chosen on the calibration
-        data: ``head_search``). Also an override knob of a head group's first space.
+        their average: ``zip.select``), "search" (the kept heads chosen on the calibration
+        data: ``head_search``) or "split" (every head of both kept, each halved after fusion:
+        ``fusion.split_heads``; global only). Also an override knob of a head group's first
+        space.
     kept_heads: head group (its first space) -> per unit of A's heads, 1 to keep A's head in
         its merged pair, 0 to keep B's (-1: not in a pair). Set by the search, which records
         its choice here; groups without an entry select by output energy.
@@ -193,16 +195,40 @@ def check_override_names(graph: ModelGraph, settings: ZipSettings) -> None:
         )
 
 
+def check_split_knobs(graph: ModelGraph, settings: ZipSettings) -> None:
+    """Raise if overrides ask an attention layer for what ``heads: split`` cannot give.
+
+    A split merge keeps every head of both models at half its size, one head size for the
+    whole merged model: heads are split everywhere or nowhere, and a split layer's width is
+    set by its heads, not by a width.
+
+    Raises:
+        ConfigError: a heads override with or without a global split, or a width override
+            of a split attention layer.
+    """
+    for first in head_group_firsts(graph):
+        knobs = settings.override_for(first)
+        check_split_override(first, settings.heads, knobs.get("heads"))
+        if settings.heads == SPLIT_HEADS and knobs.get("width") is not None:
+            raise ConfigError(
+                f"{first}: a width override with heads split, which keeps every head of "
+                "both models at half its size (the width follows); remove the width or use "
+                "heads pair"
+            )
+
+
 def plan_widths(
     graph_a: ModelGraph, graph_b: ModelGraph, settings: ZipSettings, stop: int
 ) -> dict[str, tuple[int, int, int]]:
     """Return (n_A, n_B, merged width) of every merge point of a trunk of ``stop`` blocks.
 
     Dead spaces (unused inner layers of identity blocks) keep the other model's width; attention
-    spaces merge whole heads with the knobs of their head group's first space.
+    spaces merge whole heads with the knobs of their head group's first space, or keep every
+    head with heads "split" (whose heads are halved after fusion: ``fusion.split_heads``).
 
     Raises:
-        ConfigError: overrides of unknown merge points, or a width outside 1..n_A + n_B.
+        ConfigError: overrides of unknown merge points, a width outside 1..n_A + n_B, or
+            knobs a split cannot follow (``check_split_knobs``).
         MatcherError: an unknown matcher, or an attention width that is not whole heads.
     """
     check_override_names(graph_a, settings)
@@ -213,6 +239,7 @@ def plan_widths(
                 f"{space} shares its head pairing with {first}: set the override on {first} "
                 "(it applies to the whole attention layer)"
             )
+    check_split_knobs(graph_a, settings)
     plan = {}
     for space in trunk_spaces(graph_a, stop):
         n_a, n_b = graph_a.spaces[space].width, graph_b.spaces[space].width
@@ -229,7 +256,9 @@ def plan_widths(
                 f"width {width} at {first} is out of range: use an integer from 1 to "
                 f"{f_a + f_b} (n_A + n_B), or leave it blank to follow rho"
             )
-        if unit:
+        if unit and settings.heads == SPLIT_HEADS:  # every head kept (halved after fusion)
+            r = n_a + n_b
+        elif unit:
             first_unit = graph_a.spaces[first].unit
             pairs = head_group_pairs(f_a, f_b, first_unit, knobs["matcher"], knobs["rho"], width)
             r = n_a + n_b - pairs * unit
