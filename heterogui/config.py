@@ -48,9 +48,12 @@ POOLINGS = ("mean", "cls")
 # how an attention layer reaches its width (zip.plan.ZipSettings.heads): "pair" averages a head
 # of A with one of B (the paper's), "select" keeps each pair's stronger head whole (zip.select),
 # "search" chooses each pair's kept head on the calibration data (head_search), "split" keeps
-# every head of both models at half its dimension (fusion.split_heads; every layer at once)
+# every head of both models at half its dimension (fusion.split_heads; every layer at once).
+# "auto" (the default): the way measured best for the models' family
+# (models.family.Family.default_heads)
 SPLIT_HEADS = "split"
-HEAD_MERGES = ("pair", "select", "search", SPLIT_HEADS)
+DEFAULT_HEADS = "auto"
+HEAD_MERGES = (DEFAULT_HEADS, "pair", "select", "search", SPLIT_HEADS)
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,8 @@ class ZipSpec:
     paper's average otherwise), "average" (the paper's), "least_squares" or
     "least_squares_sequential"; ridge: the least-squares ridge.
     renormalize: rescale the merged features to their groups' average statistics after fusion.
-    heads: "pair" (the paper's: attention heads of A and B paired and averaged), "select"
+    heads: "auto" (the family's: split for ViT models, pair for the others), "pair" (the
+    paper's: attention heads of A and B paired and averaged), "select"
     (each merged pair's stronger head, by output energy, kept whole in place of their average)
     or "search" (the kept head of each pair chosen on the calibration data, from select's
     choice: ``head_search``); an override knob too. "split": every head of both models kept,
@@ -148,7 +152,7 @@ class ZipSpec:
     fusion: str = DEFAULT_FUSION
     ridge: float = DEFAULT_RIDGE
     renormalize: bool = False
-    heads: str = "pair"
+    heads: str = DEFAULT_HEADS
     bn_units: bool = True
 
     def __post_init__(self) -> None:

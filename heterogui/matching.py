@@ -21,7 +21,7 @@ from heterogui.prepared import Prepared
 from heterogui.zip.collect import StatKey, pooled_moments
 from heterogui.zip.heads import head_group_pairs, match_head_group
 from heterogui.zip.matchers import MATCHERS, Match, ZipJob, keep_one_match, zip_side_by_side
-from heterogui.zip.plan import ZipSettings, head_group_first, plan_widths
+from heterogui.zip.plan import ZipSettings, family_settings, head_group_first, plan_widths
 from heterogui.zip.rotary import match_rotary_group
 from heterogui.zip.select import output_energies, select_members
 from heterogui.zip.stats import Moments
@@ -91,6 +91,7 @@ def match_spaces(
         ConfigError, MatcherError: see ``plan_widths`` and the matchers.
     """
     ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
+    settings = family_settings(settings, prepared.net_a.family)  # "auto" as a merge resolves it
     plan = plan_widths(ga, gb, settings, stop)
     matches: dict[str, Match] = {}
     head_groups: dict[str, list[str]] = {}

@@ -287,7 +287,7 @@ def zip_group_prepared(
         ConfigError: see ``check_group_settings`` and ``match_group``.
         MatcherError: see ``zip_group``.
     """
-    settings = resolved_settings(prepared.nets[0], settings)
+    settings = resolved_settings(prepared.nets[0], settings, len(prepared.nets))
     check_group_settings(settings)
     timings: dict[str, float] = {}
     padded = prepared.padded

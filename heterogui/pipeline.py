@@ -44,7 +44,13 @@ from heterogui.zip.collect import (
     statistics_bytes,
 )
 from heterogui.zip.matchers import Match
-from heterogui.zip.plan import ZipSettings, head_group_first, plan_widths, stop_point
+from heterogui.zip.plan import (
+    ZipSettings,
+    family_settings,
+    head_group_first,
+    plan_widths,
+    stop_point,
+)
 from heterogui.zip.reuse import own_layers, realigned_moments
 
 log = logging.getLogger(__name__)
@@ -426,12 +432,13 @@ def _zip_once(
     return MergeResult(*result, timings, built.renormalized)
 
 
-def resolved_settings(net: Network, settings: ZipSettings | None) -> ZipSettings:
-    """Return the settings a merge of ``net``'s family runs: fusion "auto" made the family's.
+def resolved_settings(net: Network, settings: ZipSettings | None, models: int = 2) -> ZipSettings:
+    """Return the settings a merge of ``net``'s family runs: fusion and heads "auto" made the
+    family's (``zip.plan.family_settings``).
 
-    net: any of the merged models (they share one family).
+    net: any of the merged models (they share one family); models: how many are merged.
     """
-    return (settings or ZipSettings()).resolved(net.family.default_fusion)
+    return family_settings(settings, net.family, models)
 
 
 def _regressions(

@@ -77,7 +77,7 @@ def merge_models(
         ConfigError: settings or an alignment mode an N-way merge does not take (manual).
         HeteroguiError: see ``nway.prepare_group`` and ``nway.zip_group_prepared``.
     """
-    settings = resolved_settings(pair.a.net, settings)
+    settings = resolved_settings(pair.a.net, settings, len(pair.models))
     check_group_settings(settings)
     prepared = prepare_group(
         [m.net for m in pair.models],

@@ -25,7 +25,7 @@ from heterogui.fusion.split_heads import split_config, split_rank, split_widths
 from heterogui.memo import ObjectMemo
 from heterogui.models.capture import Batch, on_this_thread, run_model, to_device
 from heterogui.models.storage import on_meta
-from heterogui.zip.plan import plan_widths, stop_point
+from heterogui.zip.plan import family_settings, plan_widths, stop_point
 
 _COUNTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -164,6 +164,7 @@ def estimate(prepared: pipeline.Prepared, settings: pipeline.ZipSettings) -> dic
     """
     pa, pb = prepared.padded_a, prepared.padded_b
     ga = pa.graph()
+    settings = family_settings(settings, pa.family)  # "auto" as the merge resolves it
     stop = stop_point(ga, settings)
     widths = plan_widths(ga, pb.graph(), settings, stop)
     trunk = pa.family.resize(pa.config, {s: w[2] for s, w in widths.items()})

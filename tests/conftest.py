@@ -28,7 +28,7 @@ from heterogui.models.permute import permute_network, random_permutations  # noq
 from heterogui.models.resnet import cifar_resnet  # noqa: E402
 from heterogui.models.vgg import VGGConfig  # noqa: E402
 from heterogui.pipeline import ZipSettings, prepare, zip_prepared  # noqa: E402
-from heterogui.zip.plan import plan_widths, stop_point  # noqa: E402
+from heterogui.sizes import estimate  # noqa: E402
 
 # The test models are tiny: one thread is faster than two, and with two the OpenMP pool
 # collapses (100x slower) whenever anything else runs on the machine.
@@ -267,7 +267,8 @@ def check_merge(
     """Merge A and B and check what every merge must satisfy; return the result.
 
     - every tensor of the merged model is finite;
-    - every merge point has the width the width planner gives;
+    - every merge point has the width the width planner gives (the readout's estimate: an
+      attention space's heads halved by a heads split);
     - written in the heterogui format and read back through the sources (a full zip of
       classifiers: as one network with every head), it computes the same function;
     - a permuted copy of A, merged with A by the zip at rho = 1, gives A's function back
@@ -283,8 +284,7 @@ def check_merge(
     result = zip_prepared(prepared, settings)
     state = result.model.state_dict()
     assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
-    ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
-    assert result.widths() == plan_widths(ga, gb, settings, stop_point(ga, settings))
+    assert result.widths() == estimate(prepared, settings)["widths"]
     folder = save_merged(result.model, tmp_path / f"check-{len(list(tmp_path.iterdir()))}")
     outputs = run_model(result.model, inputs)
     assert max_diff(run_model(load_merged(folder), inputs), outputs) == 0.0
@@ -298,7 +298,7 @@ def check_merge(
         perm = random_permutations(net_a.graph(), torch.Generator().manual_seed(5))
         copy = permute_network(net_a, perm)
         again = prepare(net_a, copy, batches, device="cpu")
-        back = zip_prepared(again, ZipSettings())
+        back = zip_prepared(again, ZipSettings(heads="pair"))  # the paper's zip
         seen = batches[0]
         # Each head answers in its own model's space (an embedding head of the copy gives
         # permuted features); BatchNorm of both was re-estimated by the preparation.

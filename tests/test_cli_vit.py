@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from heterogui.cli import main  # noqa: E402
 from heterogui.config import load_recipe  # noqa: E402
-from heterogui.errors import ConfigError  # noqa: E402
+from heterogui.errors import ConfigError, IncompatibleModelsError  # noqa: E402
 from heterogui.run import merge as merge_recipe  # noqa: E402
 from tests.conftest import tiny_vit  # noqa: E402
 
@@ -150,6 +150,15 @@ def test_vit_classifiers_on_digits_are_scored_and_their_merge_merges_again(tmp_p
         "evaluation": {"source": "digits", "split": "test", "size": 64},
         "device": "cpu",
     }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    # the ViT default splits the heads (half their size): a partner of other heads is refused
+    (tmp_path / "split").mkdir()
+    assert main(["merge", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "split" / "m")]) == 0
+    split = {**recipe, "model_a": {"path": str(tmp_path / "split" / "m")}, "evaluation": None}
+    (tmp_path / "split.yaml").write_text(yaml.safe_dump(split))
+    with pytest.raises(IncompatibleModelsError, match=r"\(4 vs 8\).*make it with zip.heads: pair"):
+        merge_recipe(tmp_path / "split.yaml")
+    recipe["zip"] = {"heads": "pair"}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     done = merge_recipe(tmp_path / "r.yaml")
     heads = [h["classes"] for h in done.report["heads"]]

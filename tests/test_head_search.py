@@ -192,7 +192,7 @@ def test_padded_tokens_do_not_count():
 
 def test_search_is_a_recipe_setting_that_a_recorded_recipe_repeats(tmp_path):
     assert ZipSpec(heads="search").heads == "search"
-    with pytest.raises(ConfigError, match=r"use one of \('pair', 'select', 'search'\)"):
+    with pytest.raises(ConfigError, match=r"use one of \('auto', 'pair', 'select', 'search', 'sp"):
         ZipSpec(heads="searched")
     recipe = write_case(tmp_path, "width", zip={"heads": "search"})
     assert main(["merge", str(recipe), "--out", str(tmp_path / "one")]) == 0

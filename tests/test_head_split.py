@@ -41,7 +41,7 @@ from tests.conftest import (  # noqa: E402
 from tests.test_cli_vit import images, write_case  # noqa: E402
 
 SPLIT = ZipSettings(heads="split")
-KEPT = ZipSettings(overrides={"*.qk": {"rho": 0.0}})  # every head kept whole, side by side
+KEPT = ZipSettings(overrides={"*.qk": {"rho": 0.0}}, heads="pair")  # every head whole, side by side
 
 
 def with_biases(net, seed: int = 0):

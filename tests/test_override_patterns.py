@@ -13,6 +13,11 @@ from heterogui.pipeline import ZipSettings, prepare, zip_prepared
 from heterogui.zip.plan import head_group_firsts
 
 
+def paired(**knobs) -> ZipSettings:
+    """Return settings with the paper's paired heads (whose widths rho sets; a split's not)."""
+    return ZipSettings(heads="pair", **knobs)
+
+
 @pytest.fixture(scope="module")
 def prepared():
     torch.manual_seed(0)
@@ -25,12 +30,12 @@ def prepared():
 
 def test_a_pattern_gives_every_merge_point_it_matches_the_same_knobs(prepared):
     layers = head_group_firsts(prepared.padded_a.graph())
-    by_name = zip_prepared(prepared, ZipSettings(overrides={s: {"rho": 0.0} for s in layers}))
-    by_pattern = zip_prepared(prepared, ZipSettings(overrides={"*.qk": {"rho": 0.0}}))
+    by_name = zip_prepared(prepared, paired(overrides={s: {"rho": 0.0} for s in layers}))
+    by_pattern = zip_prepared(prepared, paired(overrides={"*.qk": {"rho": 0.0}}))
     assert by_pattern.widths() == by_name.widths()
     state, again = by_name.model.state_dict(), by_pattern.model.state_dict()
     assert all(torch.equal(state[k], again[k]) for k in state)
-    plain = zip_prepared(prepared, ZipSettings()).widths()
+    plain = zip_prepared(prepared, paired()).widths()
     assert by_pattern.widths() != plain  # the pattern changed the attention widths only
     assert {k for k in plain if plain[k] != by_pattern.widths()[k]} <= {
         n for n in plain if n.endswith((".qk", ".vo"))

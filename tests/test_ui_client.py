@@ -138,7 +138,7 @@ def test_the_heads_over_the_api(url):
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     for name in ("/zip", "/merge", "/remerge"):
         last = api[name]["parameters"][-1]
-        assert last["label"] == "Attention heads" and last["parameter_default"] == "pair"
+        assert last["label"] == "Attention heads" and last["parameter_default"] == "auto"
     _, summary, _ = call(client, "/start")
     stop = summary["blocks"]
     _, summary, _ = call(client, "/zip", "zip", 0.5, 1.0, 0.5, stop, "average", False, "select")

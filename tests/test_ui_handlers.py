@@ -63,10 +63,19 @@ def is_fig(value) -> bool:
 
 
 def merge(
-    session: Session, res: Resources, rho=1.0, alpha=0.5, beta=1.0, stop=None, fusion="auto"
+    session: Session,
+    res: Resources,
+    rho=1.0,
+    alpha=0.5,
+    beta=1.0,
+    stop=None,
+    fusion="auto",
+    heads="auto",
 ) -> str:
     stop = work_blocks(session) if stop is None else stop
-    return tab_zip.on_merge(session, res, "zip", alpha, beta, rho, stop, "cpu", fusion)
+    return tab_zip.on_merge(
+        session, res, "zip", alpha, beta, rho, stop, "cpu", fusion, False, heads
+    )
 
 
 def work_blocks(session: Session) -> int:
@@ -344,7 +353,7 @@ def test_selected_heads_change_a_vit_merge_and_survive_a_recipe(res, tmp_path):
     vit = Session(device="cpu")
     tab_models.on_load_pair(vit, res, "tiny-digits-vit-depth")
     n = work_blocks(vit)
-    merge(vit, res, fusion="average")
+    merge(vit, res, fusion="average", heads="pair")
     plain = {k: v.clone() for k, v in vit.result.model.state_dict().items()}
     # The dropdown changes the settings only; Merge then uses them.
     tab_zip.on_knobs(vit, res, "zip", 0.5, 1.0, 1.0, n, "average", False, "select")
@@ -384,7 +393,7 @@ def test_split_heads_in_the_workbench_halve_every_head_and_survive_a_recipe(res,
     vit = Session(device="cpu")
     tab_models.on_load_pair(vit, res, "tiny-digits-vit-depth")
     n = work_blocks(vit)
-    merge(vit, res, fusion="average")
+    merge(vit, res, fusion="average", heads="pair")
     paired = vit.result
     tab_zip.on_knobs(vit, res, "zip", 0.5, 1.0, 1.0, n, "average", False, "split")
     estimated = tab_zip.readout(vit)
@@ -898,8 +907,12 @@ def test_one_rho_at_every_attention_layer_keeps_all_heads(res):
         tab_zip.on_set_override(vit, res, every, None, 8)
     message = tab_zip.on_set_override(vit, res, every, 0.0, None)
     assert "2 attention layers (layer0.qk, layer1.qk): rho=0.0" in message
+    assert "Heads split keeps every head of these layers" in message  # the ViT default
+    vit.settings = dataclasses.replace(vit.settings, heads="pair")
+    message = tab_zip.on_set_override(vit, res, every, 0.0, None)
+    assert "rho=0.0." in message and "Heads split" not in message
     assert vit.settings.overrides == {name: {"rho": 0.0} for name in layers}
-    merge(vit, res, rho=1.0)
+    merge(vit, res, rho=1.0, heads="pair")  # the paper's heads: a split keeps them all anyway
     ga, gb = vit.prepared.padded_a.graph(), vit.prepared.padded_b.graph()
     live = [n for n in vit.result.widths() if n not in ga.dead | gb.dead]
     assert "stream" in live and any(n.endswith(".qk") for n in live)  # A's real layer's heads

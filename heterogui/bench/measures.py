@@ -47,6 +47,8 @@ from heterogui.zoo.pairs import load_pair
 from heterogui.zoo.registry import variant_name
 
 MODES = ("sma", "lma")
+# the heads of every merge here, as docs/measures.md was measured: pairs compare alignments
+MEASURED_HEADS = "pair"
 ZOO_PAIRS = (
     "digits-resnet-depth",
     "digits-resnet-depth-width",
@@ -65,7 +67,9 @@ def _compare(prep: Prepared, score: Scorer) -> dict[str, dict[str, Any]]:
         measured = with_measure(prep, measure)
         for mode in MODES:
             aligned = realign(measured, mode)
-            value, metrics = score(zip_prepared(aligned, ZipSettings(rho=1.0)))
+            value, metrics = score(
+                zip_prepared(aligned, ZipSettings(rho=1.0, heads=MEASURED_HEADS))
+            )
             al = aligned.alignment
             out[f"{mode}|{measure}"] = {  # the shallower model's slots, stage by stage
                 "slots": [
@@ -146,7 +150,7 @@ def decoder_draws(seeds: range, smollm2: bool, evaluation_texts: int) -> list[di
             depth = pair.a.net.config.num_layers
             origins = {"a": [list(range(depth))], "b": [list(middle_block(depth, 6))]}
             true = realign(prep, "manual", origins)
-            value, metrics = score(zip_prepared(true, ZipSettings(rho=1.0)))
+            value, metrics = score(zip_prepared(true, ZipSettings(rho=1.0, heads=MEASURED_HEADS)))
             draw["true|outputs"] = {"slots": origins["b"], "score": value, "metrics": metrics}
         draws.append(draw)
     return draws

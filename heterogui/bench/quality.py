@@ -176,7 +176,7 @@ def _alignment_rows(zoo: ZooPair, prep: Prepared, t_prep: float, test: Split, cf
         for knobs, suffix in VARIANTS:
             if knobs.get("renormalize") and not renormalizes(p.padded_a, p.padded_b):
                 continue  # nothing to renormalize: the row would repeat the plain zip
-            if knobs.get("heads") and not head_group_firsts(p.padded_a.graph()):
+            if knobs["heads"] != "pair" and not head_group_firsts(p.padded_a.graph()):
                 continue  # no attention heads to choose: the row would repeat the plain zip
             if batch_norm_variant(suffix) and not p.padded_a.graph().batch_norms:
                 continue  # no BatchNorm: the row would repeat another

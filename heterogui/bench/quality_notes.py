@@ -71,8 +71,12 @@ GPT-2 (no pair measures them). The sequential refit is better still but costs 2-
 re-merge, too slow for the workbench's slider: an option, not the default. Fusion in
 BatchNorm units is on by default (zip.bn_units) because each fusion is better with it on
 average across the BatchNorm pairs (the last three lines above), for no extra pass (about 8% of
-a ResNet re-merge); the sequential refit gains least from it. The rows above name their
-fusion, so they do not depend on the default."""
+a ResNet re-merge); the sequential refit gains least from it. The heads default, `zip.heads:
+auto`, is split for ViT models, where it beats paired heads under every fusion on both ViT
+pairs (the "heads split" columns above, a few milliseconds a merge), and the paper's pair for
+the others: on MiniLM's sentence similarity a split scored lower in 11 of 12 settings
+(docs/method.md sec. 8); decoders and GPT-2 cannot split. The rows above name their fusion and
+heads, so they do not depend on the defaults."""
 
 
 HEADS_NOTE = """A merge point of attention heads (a ViT's query/key and value/output spaces) pairs

@@ -31,14 +31,16 @@ HEADS_SEARCHED = ", heads searched"  # the label suffix of rows that search head
 HEADS_SPLIT = ", heads split"  # the label suffix of rows that split heads (fusion.split_heads)
 BN_UNITS = ", BatchNorm units"  # the paper's fusion in BatchNorm units (fusion.bn_units)
 AS_TRAINED = ", without BatchNorm units"  # least squares on the rows as trained
-# the paper's fusion: the benchmarks' plain rows name it, as the default ("auto") is per family
+# the paper's fusion: the benchmarks' plain rows name it, as the default ("auto") is per family;
+# the same for the heads: rows pair them unless their label says otherwise
 PAPER = "average"
-PAPER_KNOBS = {"fusion": PAPER, "bn_units": False}  # ZipSettings keywords of the paper's fusion
+PAIRED = {"heads": "pair"}
+PAPER_KNOBS = {"fusion": PAPER, "bn_units": False, **PAIRED}  # the paper's fusion and heads
 
 
 def fusion_knobs(fusion: str) -> dict[str, Any]:
     """Return the ZipSettings keywords of ``fusion``: the paper's on the weights as trained."""
-    return dict(PAPER_KNOBS) if fusion == PAPER else {"fusion": fusion}
+    return dict(PAPER_KNOBS) if fusion == PAPER else {"fusion": fusion, **PAIRED}
 
 
 # (ZipSettings keywords, row label suffix): the paper's fusion, least-squares fusion
@@ -47,12 +49,12 @@ def fusion_knobs(fusion: str) -> dict[str, Any]:
 # attention heads merge (zip.heads: select, search, split)
 VARIANTS = (
     (PAPER_KNOBS, ""),
-    ({"fusion": "least_squares"}, LEAST_SQUARES),
-    ({"fusion": "least_squares_sequential"}, SEQUENTIAL),
-    ({"fusion": PAPER, "bn_units": True}, BN_UNITS),
-    ({"fusion": "least_squares", "bn_units": False}, LEAST_SQUARES + AS_TRAINED),
-    ({"fusion": "least_squares_sequential", "bn_units": False}, SEQUENTIAL + AS_TRAINED),
-    ({"fusion": PAPER, "renormalize": True}, RENORMALIZED),
+    ({"fusion": "least_squares", **PAIRED}, LEAST_SQUARES),
+    ({"fusion": "least_squares_sequential", **PAIRED}, SEQUENTIAL),
+    ({"fusion": PAPER, "bn_units": True, **PAIRED}, BN_UNITS),
+    ({"fusion": "least_squares", "bn_units": False, **PAIRED}, LEAST_SQUARES + AS_TRAINED),
+    ({"fusion": "least_squares_sequential", "bn_units": False, **PAIRED}, SEQUENTIAL + AS_TRAINED),
+    ({"fusion": PAPER, "renormalize": True, **PAIRED}, RENORMALIZED),
     ({"fusion": PAPER, "heads": "select"}, HEADS_SELECTED),
     ({"fusion": "least_squares", "heads": "select"}, LEAST_SQUARES + HEADS_SELECTED),
     ({"fusion": "least_squares_sequential", "heads": "select"}, SEQUENTIAL + HEADS_SELECTED),

@@ -328,6 +328,30 @@ def differing_fields(
     return reasons
 
 
+def split_hint(head_dim_a: int, head_dim_b: int) -> str:
+    """Return how to fix differing head sizes when one is half the other, else "".
+
+    A merge made with zip.heads split (the ViT default, ``fusion.split_heads``) has heads of
+    half its models' size, so it cannot pair with a model of their size.
+    """
+    small, large = sorted((head_dim_a, head_dim_b))
+    if small == large or large // 2 != small:
+        return ""
+    return (
+        " (a merge made with zip.heads split has heads of half its models' size: to merge it "
+        "again, make it with zip.heads: pair)"
+    )
+
+
+def check_layer_pair(
+    config_a: Any, config_b: Any, fields: tuple[tuple[str, str], ...], family: str
+) -> list[str]:
+    """Return ``differing_fields`` of two encoders whose heads a split may have halved."""
+    reasons = differing_fields(config_a, config_b, fields, family)
+    hint = split_hint(config_a.head_dim, config_b.head_dim)
+    return [r + hint if r.startswith("head dimensions") else r for r in reasons]
+
+
 def check_pair(config_a: BertNetConfig, config_b: BertNetConfig) -> list[str]:
     """Return one sentence per property two BERT configs must share and do not."""
-    return differing_fields(config_a, config_b, SHARED_FIELDS, "BERT")
+    return check_layer_pair(config_a, config_b, SHARED_FIELDS, "BERT")

@@ -32,6 +32,10 @@ class Family:
     default_measure: what the alignment's CKA compares when the recipe says "auto"
     (``align.similarity``): "updates" where it aligned better on the family's pairs
     (docs/measures.md), else the paper's "outputs".
+    default_heads: how a two-model merge of this family merges attention heads when its
+    settings say "auto" (``zip.plan.ZipSettings.heads``): "split" where it measured better
+    (the ViT pairs, docs/quality.md), the paper's "pair" elsewhere (MiniLM: docs/method.md
+    sec. 8).
     attention_names: where a layer block keeps its query, key, value and attention-output
     projections, for families whose heads ``zip.heads: split`` can cut (``fusion.split_heads``:
     separate projections, no rotary positions); None for the others.
@@ -49,6 +53,7 @@ class Family:
     shared_outputs: bool = False
     default_fusion: str = "average"
     default_measure: str = "outputs"
+    default_heads: str = "pair"
     attention_names: bert.LayerNames | None = None
 
 
@@ -117,6 +122,7 @@ register(
         None,
         vit.check_pair,
         default_fusion=LEAST_SQUARES,
+        default_heads="split",
         attention_names=vit.VIT_NAMES,
     )
 )

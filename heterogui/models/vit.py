@@ -239,4 +239,4 @@ SHARED_FIELDS = (
 
 def check_pair(config_a: ViTNetConfig, config_b: ViTNetConfig) -> list[str]:
     """Return one sentence per property two ViT configs must share and do not."""
-    return bert.differing_fields(config_a, config_b, SHARED_FIELDS, "ViT")
+    return bert.check_layer_pair(config_a, config_b, SHARED_FIELDS, "ViT")

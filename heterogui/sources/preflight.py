@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from heterogui.errors import ModelLoadError
+from heterogui.models.bert import split_hint
 from heterogui.models.headers import read_safetensors_header
 
 # Families whose blocks apply LayerNorm after the residual add (post-norm) or before (pre-norm).
@@ -341,6 +342,7 @@ def _blocking(a: ModelCard, b: ModelCard) -> list[str]:
         reasons.append(
             f"head dimensions differ ({a.head_dim} vs {b.head_dim}): attention heads are merged "
             "whole, so both models need the same hidden_size / num_attention_heads"
+            + (split_hint(a.head_dim, b.head_dim) if a.family in ("bert", "vit") else "")
         )
     if a.norm != b.norm:
         reasons.append(

@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from heterogui.config import DEFAULT_FUSION
+from heterogui.config import DEFAULT_FUSION, DEFAULT_HEADS, SPLIT_HEADS
 from heterogui.errors import ConfigError
 from heterogui.pipeline import resolve_device, resolved_settings
 from heterogui.sizes import STORED_REASON, estimate, merge_size, reference_sizes
@@ -39,6 +39,7 @@ VIEWS = (
 KNOBS = work.KNOBS
 MERGE_INPUTS = (*KNOBS[:5], "device", *KNOBS[5:])
 HEAD_CHOICES = [
+    ("auto (split for ViTs, the paper's pair for the others)", "auto"),
     ("pair and average (paper)", "pair"),
     ("select the stronger head of each pair", "select"),
     ("search the heads to keep on the calibration data (slower)", "search"),
@@ -111,7 +112,7 @@ def _knobs(ui: dict[str, Any]) -> None:
         )
         ui["heads"] = gr.Dropdown(
             HEAD_CHOICES,
-            value="pair",
+            value=DEFAULT_HEADS,
             label="Attention heads",
             elem_id="heads",
             info="Transformers only. pair: a head of A and its matched head of B are averaged "
@@ -360,7 +361,7 @@ def settings_from(
     stop: float | None,
     fusion: str = DEFAULT_FUSION,
     renormalize: bool = False,
-    heads: str = "pair",
+    heads: str = DEFAULT_HEADS,
 ) -> Any:
     """Return ZipSettings from the knob values (keeping the session's overrides, ridge and
     bn_units: recipe settings without a control of their own)."""
@@ -391,7 +392,7 @@ def on_knobs(
     stop: float | None,
     fusion: str = DEFAULT_FUSION,
     renormalize: bool = False,
-    heads: str = "pair",
+    heads: str = DEFAULT_HEADS,
     progress=None,
 ) -> str:
     """Take new knob values and update the readout (api: /zip)."""
@@ -413,7 +414,7 @@ def on_merge(
     device: str | None,
     fusion: str = DEFAULT_FUSION,
     renormalize: bool = False,
-    heads: str = "pair",
+    heads: str = DEFAULT_HEADS,
     progress=None,
     evaluate: bool = True,
 ) -> str:
@@ -467,7 +468,7 @@ def on_release(
     device: str | None,
     fusion: str = DEFAULT_FUSION,
     renormalize: bool = False,
-    heads: str = "pair",
+    heads: str = DEFAULT_HEADS,
     progress=None,
 ) -> str:
     """Re-merge on slider release when auto re-merge is on (api: /remerge)."""
@@ -542,7 +543,14 @@ def on_set_override(
     estimate(prep, trial)  # raises a clear message before the settings change
     session.settings = trial
     where = f"{len(layers)} attention layers ({', '.join(layers)})" if every else space
-    return f"Override at {where}: {_override_text(knobs) or 'removed'}."
+    note = ""
+    split = resolved_settings(prep.net_a, trial).heads == SPLIT_HEADS
+    if "rho" in knobs and split and any(t in layers for t in targets):
+        note = (
+            " Heads split keeps every head of these layers (at half its size), so rho does not "
+            "change them; choose Attention heads: pair to zip their heads."
+        )
+    return f"Override at {where}: {_override_text(knobs) or 'removed'}.{note}"
 
 
 def on_clear_overrides(session: Session, res: Resources, progress=None) -> str:

@@ -18,7 +18,14 @@ import torch
 from heterogui import run
 from heterogui.align.alignment import align, layer_pairs
 from heterogui.align.editing import read_mapping
-from heterogui.config import DEFAULT_FUSION, DEFAULT_RIDGE, DataRef, check_fusion, check_heads
+from heterogui.config import (
+    DEFAULT_FUSION,
+    DEFAULT_HEADS,
+    DEFAULT_RIDGE,
+    DataRef,
+    check_fusion,
+    check_heads,
+)
 from heterogui.errors import ConfigError, IncompatibleModelsError
 from heterogui.pipeline import (
     MergeResult,
@@ -275,7 +282,7 @@ def make_settings(
     fusion: str = DEFAULT_FUSION,
     ridge: float = DEFAULT_RIDGE,
     renormalize: bool = False,
-    heads: str = "pair",
+    heads: str = DEFAULT_HEADS,
     bn_units: bool = True,
 ) -> ZipSettings:
     """Return ZipSettings from the Zip tab's controls (stop = n_blocks means a full zip).
@@ -283,8 +290,8 @@ def make_settings(
     fusion: "auto" (the family's default), "average" (the paper's), "least_squares" or
     "least_squares_sequential"; ridge: the least-squares ridge;
     renormalize: rescale the merged features to their groups' average statistics after fusion;
-    heads: "pair" (the paper's), "select" (``zip.select``), "search" (``head_search``) or
-        "split" (``fusion.split_heads``);
+    heads: "auto" (the family's), "pair" (the paper's), "select" (``zip.select``), "search"
+        (``head_search``) or "split" (``fusion.split_heads``);
     bn_units: fuse BatchNorm models in BatchNorm units (``fusion.bn_units``; the recipe's).
 
     Raises:

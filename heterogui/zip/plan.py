@@ -12,7 +12,13 @@ from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
-from heterogui.config import DEFAULT_FUSION, DEFAULT_RIDGE, SPLIT_HEADS, check_split_override
+from heterogui.config import (
+    DEFAULT_FUSION,
+    DEFAULT_HEADS,
+    DEFAULT_RIDGE,
+    SPLIT_HEADS,
+    check_split_override,
+)
 from heterogui.errors import ConfigError, MatcherError
 from heterogui.models.graph import INPUT, LOGITS, ModelGraph
 from heterogui.zip.heads import head_group_pairs
@@ -36,7 +42,8 @@ class ZipSettings:
     renormalize: after fusion, rescale the merged features that a per-feature affine module
         writes (norms, value projections) to their groups' average mean and spread
         (``fusion.renormalize``; for models without BatchNorm).
-    heads: how attention layers reach their width: "pair" (the paper's: a head of A and one
+    heads: how attention layers reach their width: "auto" (the family's default, which
+        ``resolved`` fills in), "pair" (the paper's: a head of A and one
         of B averaged), "select" (each merged pair's stronger head kept whole in place of
         their average: ``zip.select``), "search" (the kept heads chosen on the calibration
         data: ``head_search``) or "split" (every head of both kept, each halved after fusion:
@@ -58,22 +65,28 @@ class ZipSettings:
     fusion: str = DEFAULT_FUSION
     ridge: float = DEFAULT_RIDGE
     renormalize: bool = False
-    heads: str = "pair"
+    heads: str = DEFAULT_HEADS
     kept_heads: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     bn_units: bool = True
 
-    def resolved(self, default_fusion: str) -> ZipSettings:
-        """Return these settings with fusion "auto" replaced by the fusion a merge uses.
+    def resolved(self, default_fusion: str, default_heads: str = "pair") -> ZipSettings:
+        """Return these settings with fusion and heads "auto" replaced by what a merge uses.
 
-        default_fusion: the family's (``models.family.Family.default_fusion``), for the zip
-        matchers; the one-to-one baselines (permute, weight average) keep the paper's fusion:
-        the average, not in BatchNorm units.
+        default_fusion, default_heads: the family's (``models.family.Family``), for the zip
+        matchers; the one-to-one baselines (permute, weight average) keep the paper's: the
+        average, not in BatchNorm units, and paired heads. Heads chosen per layer (a "heads"
+        override) make "auto" the paper's "pair" too, which they then override.
         """
+        settings = self
+        if self.heads == DEFAULT_HEADS:
+            per_layer = any("heads" in knobs for knobs in self.overrides.values())
+            paper = self.matcher in EQUAL_WIDTHS or per_layer
+            settings = replace(settings, heads="pair" if paper else default_heads)
         if self.fusion != "auto":
-            return self
+            return settings
         if self.matcher in EQUAL_WIDTHS:
-            return replace(self, fusion="average", bn_units=False)
-        return replace(self, fusion=default_fusion)
+            return replace(settings, fusion="average", bn_units=False)
+        return replace(settings, fusion=default_fusion)
 
     def for_space(self, space: str) -> dict[str, Any]:
         """Return the knobs that apply to ``space``."""
@@ -97,6 +110,16 @@ class ZipSettings:
             if is_pattern(key) and fnmatchcase(space, key):
                 knobs.update(values)
         return knobs
+
+
+def family_settings(settings: ZipSettings | None, family: Any, models: int = 2) -> ZipSettings:
+    """Return the settings a merge of ``models`` models of ``family`` runs ("auto" resolved).
+
+    family: a ``models.family.Family``. Merges of more than two models pair heads (the
+    N-way matching's only way) when the settings leave it to the family.
+    """
+    heads = family.default_heads if models == 2 else "pair"
+    return (settings or ZipSettings()).resolved(family.default_fusion, heads)
 
 
 def is_pattern(key: str) -> bool:
