@@ -374,19 +374,24 @@ def test_selected_heads_change_a_vit_merge_and_survive_a_recipe(res, tmp_path):
     assert "heads selected" in labels[2] and "heads selected" not in labels[1]
     tab_compare.on_compare(vit, res, 1, 2)
     assert "| heads | pair | select | differs |" in tab_compare.render(vit, res)["compare_table"]
-    # An exported recipe carries the choice; importing it sets the dropdown again.
-    tab_export.on_export(vit, res, str(tmp_path / "selected"), False)
-    assert "heads: select" in (tmp_path / "selected" / "recipe.yaml").read_text()
-    other = Session(device="cpu")
-    tab_export.on_import(other, res, str(tmp_path / "selected" / "recipe.yaml"), None)
-    assert app.render(other, res, ("knobs",))["heads"] == "select"
-    again = other.result.model.state_dict()
-    assert all(torch.equal(fixed[k].cpu(), again[k].cpu()) for k in fixed)
+    check_heads_round_trip(vit, res, tmp_path / "selected", "select")
     # A slider release re-merges with the dropdown's choice.
     tab_zip.on_release(vit, res, True, "zip", 0.5, 1.0, 0.5, n, "cpu", "average", False, "select")
     assert vit.result.settings.heads == "select"
     with pytest.raises(ConfigError, match="heads 'both' is unknown"):
         tab_zip.on_knobs(vit, res, "zip", 0.5, 1.0, 1.0, n, "average", False, "both")
+
+
+def check_heads_round_trip(session: Session, res: Resources, folder, heads: str) -> None:
+    """An exported recipe carries the heads; importing it sets the dropdown and merges again
+    to the same weights."""
+    tab_export.on_export(session, res, str(folder), False)
+    assert f"heads: {heads}" in (folder / "recipe.yaml").read_text()
+    other = Session(device="cpu")
+    tab_export.on_import(other, res, str(folder / "recipe.yaml"), None)
+    assert app.render(other, res, ("knobs",))["heads"] == heads
+    fixed, again = session.result.model.state_dict(), other.result.model.state_dict()
+    assert all(torch.equal(fixed[k].cpu(), again[k].cpu()) for k in fixed)
 
 
 def test_split_heads_in_the_workbench_halve_every_head_and_survive_a_recipe(res, tmp_path):
@@ -426,13 +431,7 @@ def test_split_heads_in_the_workbench_halve_every_head_and_survive_a_recipe(res,
     labels = {number: label for label, number in tab_compare.merge_choices(vit)}
     assert "heads split" in labels[2] and "heads split" not in labels[1]
     app.render(vit, res, ("zip", "neurons", "evaluate", "export"))
-    tab_export.on_export(vit, res, str(tmp_path / "split"), False)
-    assert "heads: split" in (tmp_path / "split" / "recipe.yaml").read_text()
-    other = Session(device="cpu")
-    tab_export.on_import(other, res, str(tmp_path / "split" / "recipe.yaml"), None)
-    assert app.render(other, res, ("knobs",))["heads"] == "split"
-    fixed, again = split.model.state_dict(), other.result.model.state_dict()
-    assert all(torch.equal(fixed[k].cpu(), again[k].cpu()) for k in fixed)
+    check_heads_round_trip(vit, res, tmp_path / "split", "split")
 
 
 def test_searched_heads_in_the_workbench_say_what_the_search_kept(res, tmp_path):
@@ -450,13 +449,7 @@ def test_searched_heads_in_the_workbench_say_what_the_search_kept(res, tmp_path)
     assert [h["heads"] for h in vit.history] == ["select", "search"]
     labels = {number: label for label, number in tab_compare.merge_choices(vit)}
     assert "heads searched" in labels[2] and "heads searched" not in labels[1]
-    tab_export.on_export(vit, res, str(tmp_path / "searched"), False)
-    assert "heads: search" in (tmp_path / "searched" / "recipe.yaml").read_text()
-    other = Session(device="cpu")
-    tab_export.on_import(other, res, str(tmp_path / "searched" / "recipe.yaml"), None)
-    assert app.render(other, res, ("knobs",))["heads"] == "search"
-    fixed, again = searched.model.state_dict(), other.result.model.state_dict()
-    assert all(torch.equal(fixed[k].cpu(), again[k].cpu()) for k in fixed)
+    check_heads_round_trip(vit, res, tmp_path / "searched", "search")
 
 
 def search_divergence(result):
