@@ -229,3 +229,20 @@ def test_models_without_attention_merge_alike_with_split():
     assert split.split_rank is None and split.widths() == pair.widths()
     one, two = split.model.state_dict(), pair.model.state_dict()
     assert all(torch.equal(one[k], two[k]) for k in one)
+
+
+def test_auto_heads_are_the_familys_default():
+    """``zip.heads: auto`` splits ViT heads and pairs the others'; the paper's baselines, heads
+    chosen per layer and merges of more than two models pair them."""
+    from heterogui.models.family import FAMILIES
+    from heterogui.zip.plan import family_settings
+
+    vit, bert = FAMILIES["vit"], FAMILIES["bert"]
+    assert ZipSettings().heads == "auto"
+    assert family_settings(ZipSettings(), vit).heads == "split"
+    assert family_settings(ZipSettings(), bert).heads == "pair"
+    assert family_settings(ZipSettings(), vit, models=3).heads == "pair"
+    assert family_settings(ZipSettings(matcher="permute"), vit).heads == "pair"
+    per_layer = ZipSettings(overrides={"layer0.qk": {"heads": "select"}})
+    assert family_settings(per_layer, vit).heads == "pair"
+    assert family_settings(ZipSettings(heads="select"), vit).heads == "select"  # as asked
