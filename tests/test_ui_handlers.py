@@ -431,6 +431,13 @@ def test_split_heads_in_the_workbench_halve_every_head_and_survive_a_recipe(res,
     labels = {number: label for label, number in tab_compare.merge_choices(vit)}
     assert "heads split" in labels[2] and "heads split" not in labels[1]
     app.render(vit, res, ("zip", "neurons", "evaluate", "export"))
+    tab_neurons.on_space(vit, res, "layer0.qk")
+    info = tab_neurons.render(vit, res)["neuron_info"]
+    want = config.heads[0] * 4
+    assert "**Heads split:** every head of A and B is kept here side by side" in info
+    assert f"cut from 8 to 4 features after fusion (docs/method.md sec. 8): {want} features" in info
+    tab_neurons.on_space(vit, res, "stream")
+    assert "Heads split" not in tab_neurons.render(vit, res)["neuron_info"]
     check_heads_round_trip(vit, res, tmp_path / "split", "split")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from heterogui.errors import ConfigError, HeteroguiError
 from heterogui.models.graph import INPUT, LOGITS
-from heterogui.pipeline import Prepared, ZipSettings, match_spaces
+from heterogui.pipeline import Prepared, ZipSettings, match_spaces, resolved_settings
 from heterogui.pipeline import correlation as pipeline_correlation
 from heterogui.ui.fig_neurons import (
     CROSS,
@@ -171,8 +171,21 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
     if match is None:
         source += "; this merge point lies after the stop point and is not merged"
     views = space_views(corr, n_a, match, space, source)
+    views["neuron_info"] += split_text(prep, settings, space, match)
     views["neuron_info"] += derived_text(derived(prep))
     return {"space": gr.update(choices=points, value=space)} | views
+
+
+def split_text(prep: Prepared, settings: ZipSettings, space: str, match: Match | None) -> str:
+    """Return what a heads split does to an attention merge point after its matching, or ""."""
+    head_dim = prep.padded_a.graph().spaces[space].head_dim
+    if match is None or not head_dim or resolved_settings(prep.net_a, settings).heads != "split":
+        return ""
+    return (
+        f" **Heads split:** every head of A and B is kept here side by side, then cut from "
+        f"{head_dim} to {head_dim // 2} features after fusion (docs/method.md sec. 8): "
+        f"{match.width // head_dim * (head_dim // 2):,} features in the merge."
+    )
 
 
 def space_views(
