@@ -246,3 +246,28 @@ def test_auto_heads_are_the_familys_default():
     per_layer = ZipSettings(overrides={"layer0.qk": {"heads": "select"}})
     assert family_settings(per_layer, vit).heads == "pair"
     assert family_settings(ZipSettings(heads="select"), vit).heads == "select"  # as asked
+
+
+def test_a_partial_split_merge_keeps_its_tails_and_reads_back_exactly(tmp_path):
+    """Stopped before the last layer: the trunk's heads are halved, the tails keep their models'
+    heads; the folder reads back the same function. Statistics collected part by part (a
+    budget) give the same merge."""
+    from heterogui.export.network import save_merged
+    from heterogui.sources.folder import load_merged
+
+    vit = vit_network(tiny_vit(labels=3, patch=2), "A")
+    other = vit_network(tiny_vit(hidden=48, heads=6, labels=3, patch=2, seed=1), "B")
+    prepared = prepare(vit, other, vit_batches(), device="cpu")
+    result = zip_prepared(prepared, ZipSettings(heads="split", stop=2))
+    assert result.spec.trunk_config.head_dim == 4 and result.spec.stop == 2
+    assert [c.head_dim for c in result.spec.tail_configs] == [8, 8]
+    x = images(5, 8)
+    outputs = run_model(result.model, x)
+    folder = save_merged(result.model, tmp_path / "partial")
+    again = run_model(load_merged(folder), x)
+    assert all(torch.equal(o, a) for o, a in zip(outputs, again, strict=True))
+    parted = prepare(vit, other, vit_batches(), device="cpu", stats_budget=1)
+    assert not parted.stats  # collected per part at each merge
+    same = zip_prepared(parted, ZipSettings(heads="split", stop=2))
+    for o, s in zip(outputs, run_model(same.model, x), strict=True):
+        assert (o - s).abs().max() < 1e-5
