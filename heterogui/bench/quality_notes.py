@@ -74,7 +74,7 @@ average across the BatchNorm pairs (the last three lines above), for no extra pa
 a ResNet re-merge); the sequential refit gains least from it. The heads default, `zip.heads:
 auto`, is split for ViT models, where it beats paired heads under every fusion on both ViT
 pairs (the "heads split" columns above, a few milliseconds a merge), and the paper's pair for
-the others: on MiniLM's sentence similarity a split scored lower in 11 of 12 settings
+the others: on MiniLM's sentence similarity a split scored lower in 33 of 36 settings
 (docs/method.md sec. 8); decoders and GPT-2 cannot split. The rows above name their fusion and
 heads, so they do not depend on the defaults."""
 
