@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
+from heterogui.config import SPLIT_HEADS
 from heterogui.errors import ConfigError, HeteroguiError
 from heterogui.models.graph import INPUT, LOGITS
 from heterogui.pipeline import Prepared, ZipSettings, match_spaces, resolved_settings
@@ -179,7 +180,8 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
 def split_text(prep: Prepared, settings: ZipSettings, space: str, match: Match | None) -> str:
     """Return what a heads split does to an attention merge point after its matching, or ""."""
     head_dim = prep.padded_a.graph().spaces[space].head_dim
-    if match is None or not head_dim or resolved_settings(prep.net_a, settings).heads != "split":
+    split = resolved_settings(prep.net_a, settings).heads == SPLIT_HEADS
+    if match is None or not head_dim or not split:
         return ""
     return (
         f" **Heads split:** every head of A and B is kept here side by side, then cut from "

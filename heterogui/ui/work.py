@@ -22,6 +22,7 @@ from heterogui.config import (
     DEFAULT_FUSION,
     DEFAULT_HEADS,
     DEFAULT_RIDGE,
+    SPLIT_HEADS,
     DataRef,
     check_fusion,
     check_heads,
@@ -450,7 +451,7 @@ def heads_text(result: MergeResult) -> str:
     """Return what head selection did to a merge, for messages (it was on): how many merged
     head pairs took A's head and how many B's (a split: the size its heads were cut to)."""
     graph = result.prepared.padded_a.graph()
-    if result.settings.heads == "split":
+    if result.settings.heads == SPLIT_HEADS:
         if result.split_rank is None:
             return "heads: no attention heads to split"
         d = result.prepared.padded_a.config.head_dim
