@@ -169,8 +169,9 @@ def test_stats() -> None:
     assert stats([0.25])["std"] == 0.0
 
 
-def test_a_transformer_pair_gets_heads_kept_rows_and_their_section(tmp_path, monkeypatch):
-    """A ViT pair: zips that keep every attention head unmerged, wider than rho = 1's."""
+def test_a_transformer_pair_gets_kept_rows_and_their_section(tmp_path, monkeypatch):
+    """A ViT pair: zips that keep every attention head, the stream or the MLPs unmerged, wider
+    than rho = 1's."""
     monkeypatch.setenv("HETEROGUI_CACHE", str(tmp_path / "cache"))
     pair = "tiny-digits-vit-depth"
     args = ["bench", "quality", "--tiny", "--pairs", pair, "--seeds", "1"]
@@ -183,8 +184,15 @@ def test_a_transformer_pair_gets_heads_kept_rows_and_their_section(tmp_path, mon
     for row in kept.values():  # every head of both models kept: 2 + 2 heads of 8 per layer
         assert row["params"]["mean"] > paper_width
         assert 0.0 <= row["joint"]["mean"] <= 1.0
+    # the stream and the MLPs kept whole, one at a time: sequential least squares, heads split
+    # (the ViT family's default), so they differ from that zip at the paper's width only there
+    split = rows["zip (LMA, sequential least squares, heads split)"]
+    for part in ("stream", "MLPs"):
+        row = rows[f"{part} kept (LMA, sequential least squares, heads split)"]
+        assert row["params"]["mean"] > split["params"]["mean"]
+        assert 0.0 <= row["joint"]["mean"] <= 1.0
     # The checks read the zips at the paper's width only.
-    assert not any("heads kept" in c["detail"] for c in data["checks"])
+    assert not any(" kept" in c["detail"] for c in data["checks"])
     # heads selected (zip.select): the paper's width, a row per fusion, in the fusion table
     for fusion in ("", ", least squares", ", sequential least squares"):
         row = rows[f"zip (LMA{fusion}, heads selected)"]
@@ -197,6 +205,8 @@ def test_a_transformer_pair_gets_heads_kept_rows_and_their_section(tmp_path, mon
     md = (tmp_path / "docs" / "quality.md").read_text()
     section = md.split("## Where a transformer merge loses")[1].split("\n## ")[0]
     assert f"| {pair} |" in section and "heads kept, sequential least squares" in section
+    assert "stream kept, sequential least squares, heads split" in section
+    assert "MLPs kept, sequential least squares, heads split" in section
     fusion = md.split("## Fusion and renormalization")[1].split("\n## ")[0]
     assert "best zip, sequential least squares, heads selected" in fusion
     assert "best zip, sequential least squares, heads searched" in fusion

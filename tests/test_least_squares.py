@@ -254,6 +254,59 @@ def test_sequential_least_squares_refits_the_readers_on_the_merge_s_own_inputs(n
         assert all(bool(torch.isfinite(o).all()) for o in refit.model(torch.randn(8, *shape)))
 
 
+@pytest.mark.parametrize("name", list(DEPTH_PAIRS))
+def test_sequential_least_squares_refits_the_tails_unmerge_on_the_merge_s_state(name, monkeypatch):
+    """The tails read the stop point through U_m; the refit makes U the ridge least-squares fit
+    of the parents' states there on the finished merge's own state (numpy's solve agrees), so
+    it reproduces them no worse than the unmerge the merge was built with."""
+    from heterogui.fusion import assemble
+    from heterogui.models.capture import first_block_input
+
+    config_a, config_b, shape = DEPTH_PAIRS[name]
+    batches = calibration(shape)
+    prep = prepare(make(config_a, 0), make(config_b, 1), batches, device="cpu")
+    built = []
+    real = assemble.refit_tails
+
+    def keep_built(model, *args):
+        built.extend(u.clone() for u in model.unmerge_matrices())
+        return real(model, *args)
+
+    monkeypatch.setattr(assemble, "refit_tails", keep_built)
+    settings = ZipSettings(rho=0.5, fusion="least_squares_sequential")
+    result = zip_prepared(prep, settings)
+    model, stop = result.model, result.model.spec.stop
+    parents, merged = [], []
+    with torch.no_grad():
+        for x in batches:
+            states = []
+            for net in (prep.padded_a, prep.padded_b):
+                state = first_block_input(net.module, x)
+                for block in list(net.module.blocks)[:stop]:
+                    state = block(state)
+                states.append(state)
+            parents.append(torch.cat(states, dim=1))
+            merged.append(model.features(x))
+
+    def rows(t: torch.Tensor) -> np.ndarray:  # every position of a feature map a sample
+        return t.movedim(1, -1).reshape(-1, t.shape[1]).double().numpy()
+
+    x, z = rows(torch.cat(parents)), rows(torch.cat(merged))
+    n, r = z.shape
+    before = torch.cat(built).double().numpy()
+    szz = z.T @ z / n
+    lam = settings.ridge * np.trace(szz) / r
+    expected = np.linalg.solve(szz + lam * np.eye(r), (x.T @ z / n + lam * before).T).T
+    after = torch.cat(model.unmerge_matrices()).double().numpy()
+    assert np.abs(after - expected).max() < 1e-4 * np.abs(expected).max()
+    assert not np.allclose(after, before)
+
+    def error(u: np.ndarray) -> float:
+        return float(((x - z @ u.T) ** 2).sum())
+
+    assert error(after) <= error(before)
+
+
 def test_sequential_least_squares_runs_on_token_models():
     from heterogui.models.hf.bert_io import network_from_hf
     from heterogui.models.hf.decoder_io import network_from_hf as decoder_from_hf

@@ -32,10 +32,13 @@ from heterogui.align.pad import pad_network
 from heterogui.bench.quality_markdown import render_markdown
 from heterogui.bench.quality_report import (
     HEADS_KEPT,
+    HEADS_SPLIT,
     METRICS,
+    MLPS_KEPT,
     PAPER,
     PAPER_KNOBS,
     SEQUENTIAL,
+    STREAM_KEPT,
     VARIANTS,
     aggregate,
     batch_norm_variant,
@@ -51,10 +54,11 @@ from heterogui.datasets.refs import make_batches
 from heterogui.errors import MatcherError
 from heterogui.fusion.renormalize import renormalizes
 from heterogui.models.family import Network
+from heterogui.models.graph import INPUT, LOGITS, ModelGraph
 from heterogui.pipeline import Prepared, ZipSettings, prepare, realign, zip_prepared
 from heterogui.ready import BN_STAGES
 from heterogui.tasks.classification import Metrics, evaluate_merged, evaluate_models
-from heterogui.zip.plan import head_group_firsts
+from heterogui.zip.plan import family_settings, head_group_firsts
 from heterogui.zoo.pairs import (
     PAIRS,
     TINY_PAIRS,
@@ -213,26 +217,54 @@ def _baseline_rows(zoo: ZooPair, prep: Prepared, t_prep: float, test: Split, cfg
     return rows
 
 
-def heads_kept_rows(
+def kept_rows(
     zoo: ZooPair, prep: Prepared, t_prep: float, test: Split, cfg: QualityConfig
 ) -> dict[str, Any]:
-    """Return the zip that keeps every attention head unmerged (rho 0 on the heads, 1 elsewhere).
+    """Return the zips that keep one part of a transformer unmerged (rho 0 there, 1 elsewhere).
 
-    Rows "heads kept (MODE)" and "heads kept (MODE, sequential least squares)", for models with
-    attention (none for the others). Wider than the paper's width: they show how much of a
-    transformer merge's loss comes from averaging whole heads, not what rho = 1 reaches.
+    For models with attention (none for the others), at the alignment of ``prep``:
+    "heads kept (MODE)" and "heads kept (MODE, sequential least squares)" keep every attention
+    head (heads paired where merged); "stream kept (MODE, sequential least squares, HEADS)" the
+    residual stream (the merge points captured in more than one block) and "MLPs kept (...)" the
+    MLPs' hidden features (those of one block), each with the family's heads (HEADS: ", heads
+    split" for ViT). Wider than the paper's width: they show how much of a transformer merge's
+    loss each part's merge costs, not what rho = 1 reaches.
     """
-    heads = head_group_firsts(prep.padded_a.graph())
+    graph = prep.padded_a.graph()
+    heads = head_group_firsts(graph)
     if not heads:
         return {}
-    overrides = {space: {"rho": 0.0} for space in heads}
+    mode = MODE_LABEL[prep.alignment.mode]
+    runs = [(HEADS_KEPT, heads, fusion_knobs(f), f"{mode}{s})") for f, s in _HEADS_KEPT_FUSIONS]
+    refit = ZipSettings(fusion="least_squares_sequential")
+    split = family_settings(refit, zoo.net_a.family).heads == "split"
+    detail = f"{mode}{SEQUENTIAL}{HEADS_SPLIT if split else ''})"
+    streams, mlps = _unheaded_spaces(graph)
+    runs += [(STREAM_KEPT, streams, {"fusion": refit.fusion}, detail)]
+    runs += [(MLPS_KEPT, mlps, {"fusion": refit.fusion}, detail)]
     rows = {}
-    for fusion, suffix in ((PAPER, ""), ("least_squares_sequential", SEQUENTIAL)):
-        settings = ZipSettings(overrides=overrides, **fusion_knobs(fusion))
+    for prefix, spaces, knobs, label in runs:
+        if not spaces:
+            continue
+        settings = ZipSettings(overrides={space: {"rho": 0.0} for space in spaces}, **knobs)
         result, metrics, t_zip = _zip(prep, settings, test, zoo, cfg)
-        label = f"{HEADS_KEPT}{MODE_LABEL[prep.alignment.mode]}{suffix})"
-        rows[label] = _row(metrics, parameter_count(result.model), t_prep + t_zip)
+        rows[prefix + label] = _row(metrics, parameter_count(result.model), t_prep + t_zip)
     return rows
+
+
+_HEADS_KEPT_FUSIONS = ((PAPER, ""), ("least_squares_sequential", SEQUENTIAL))
+
+
+def _unheaded_spaces(graph: ModelGraph) -> tuple[list[str], list[str]]:
+    """Return the merge points without heads: (those captured in several blocks: the residual
+    stream; those captured in one block: the MLPs' hidden features)."""
+    streams, mlps = [], []
+    for name, space in graph.spaces.items():
+        if name in (INPUT, LOGITS) or space.head_dim or not space.captures:
+            continue
+        blocks = {c.block for c in space.captures}
+        (streams if len(blocks) > 1 else mlps).append(name)
+    return streams, mlps
 
 
 def _padding_control(zoo: ZooPair, prep: Prepared, batches: list, test: Split, cfg) -> dict:
@@ -334,7 +366,7 @@ def run_seed(zoo: ZooPair, seed: int, cfg: QualityConfig) -> dict[str, Any]:
     main = rows[f"zip ({MODE_LABEL[mode]})"]
     if zoo.spec.reference is not None and depths_differ(zoo.net_a, zoo.net_b):
         rows["padding control"] = _padding_control(zoo, preps[mode][0], batches, test, cfg)
-    rows.update(heads_kept_rows(zoo, *preps[mode], test, cfg))
+    rows.update(kept_rows(zoo, *preps[mode], test, cfg))
     return {
         "rows": rows,
         **_sweeps(zoo, preps[mode][0], main, test, cfg),

@@ -11,7 +11,7 @@ from typing import Any
 from heterogui.bench.quality_notes import (
     DEFAULT_NOTE,
     FUSION_NOTE,
-    HEADS_NOTE,
+    KEPT_NOTE,
     MEASURES_NOTE,
     NWAY_NOTE,
     PLACEMENT_NOTE,
@@ -20,7 +20,7 @@ from heterogui.bench.quality_notes import (
 from heterogui.bench.quality_report import (
     AS_TRAINED,
     BN_UNITS,
-    HEADS_KEPT,
+    KEPT,
     LEAST_SQUARES,
     METRICS,
     PLACE_WORDS,
@@ -119,25 +119,38 @@ def _fusion_summary(report: dict[str, Any]) -> list[str]:
     return _table(header, lines)
 
 
-def _heads_summary(report: dict[str, Any]) -> list[str]:
-    """Return the transformer pairs' best zip at the paper's width against "heads kept" rows."""
-    lines = []
+def _kept_summary(report: dict[str, Any]) -> list[str]:
+    """Return the transformer pairs' best zip at the paper's width against the rows that keep
+    one part unmerged ("heads kept", "stream kept", "MLPs kept": ``quality.kept_rows``)."""
+    found: dict[str, tuple[list[str], dict[str, list[str]]]] = {}
     for pair, r in report["pairs"].items():
         rows = r["rows"]
-        kept = {k: v for k, v in rows.items() if k.startswith(HEADS_KEPT)}
+        kept = {k: v for k, v in rows.items() if k.startswith(KEPT)}
         if not kept:
             continue
         ensemble, (best_label, best) = ensemble_joint(rows), best_zip(rows)
-        cells = [f"{pct(best)} ({best_label[5:-1]})", f"{best / ensemble:.3f}"]
-        cells.append(_count(rows[best_label], "params"))
+        first = [pair, pct(ensemble), _count(rows["ensemble"], "params")]
+        first += [f"{pct(best)} ({best_label[5:-1]})", f"{best / ensemble:.3f}"]
+        first.append(_count(rows[best_label], "params"))
+        parts = {}
         for label, row in kept.items():
-            cells += [f"{fmt(row)} ({label[len(HEADS_KEPT) : -1]})", f"{mean(row) / ensemble:.3f}"]
-        cells.append(_count(next(iter(kept.values())), "params"))
-        lines.append([pair, pct(ensemble), _count(rows["ensemble"], "params"), *cells])
+            part, detail = label[:-1].split(" (", 1)
+            mode, *how = detail.split(", ")
+            name = ", ".join([part, *(how or ["paper's fusion"])])
+            parts[name] = [f"{fmt(row)} ({mode})", f"{mean(row) / ensemble:.3f}"]
+            parts[name].append(_count(row, "params"))
+        found[pair] = (first, parts)
+    if not found:
+        return []
+    names = list(dict.fromkeys(n for _, parts in found.values() for n in parts))
     header = ["pair", "ensemble", "params", "best zip (paper's width)", "/ ensemble", "params"]
-    header += ["heads kept, paper's fusion", "/ ensemble"]
-    header += ["heads kept, sequential least squares", "/ ensemble", "params"]
-    return _table(header, lines) if lines else []
+    for name in names:
+        header += [name, "/ ensemble", "params"]
+    lines = [
+        [*first, *(cell for n in names for cell in parts.get(n, ["—"] * 3))]
+        for first, parts in found.values()
+    ]
+    return _table(header, lines)
 
 
 def _variant_findings(report: dict[str, Any]) -> list[str]:
@@ -278,10 +291,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += ["", "## Where LMA places a block inside its segment (Joint, %)", "", PLACEMENT_NOTE, ""]
     out += _placement_summary(report)
     out += ["", *_placement_findings(report)]
-    heads = _heads_summary(report)
-    if heads:
-        out += ["", "## Where a transformer merge loses: its attention heads (Joint, %)", ""]
-        out += [HEADS_NOTE, "", *heads]
+    kept = _kept_summary(report)
+    if kept:
+        out += ["", "## Where a transformer merge loses: heads, stream, MLPs (Joint, %)", ""]
+        out += [KEPT_NOTE, "", *kept]
     out += ["", "## More than two models", "", NWAY_NOTE]
     out += ["", "## Aligning by block updates", "", MEASURES_NOTE]
     out += ["", "## Checks", ""]

@@ -79,15 +79,18 @@ the others: on MiniLM's sentence similarity a split scored lower in 33 of 36 set
 heads, so they do not depend on the defaults."""
 
 
-HEADS_NOTE = """A merge point of attention heads (a ViT's query/key and value/output spaces) pairs
-and averages whole heads: an averaged head attends by the product of averaged queries and keys,
-which neither parent's head computes. "heads kept" rows keep every head of both models unmerged
-(rho 0 on the attention spaces, rho 1 on the stream and the MLPs; ``zip.overrides``), at the
-sweep alignment: they are wider than the paper's width, so the checks leave them out, but the
-gap between them and the best zip at the paper's width is what merging heads costs. The best
-zip at the paper's width counts the "heads selected", "heads searched" and "heads split" rows
-too: a split layer holds every head of both models at half its size, the paper's width when
-A and B have as many heads, narrower when they differ (the paper keeps the larger count)."""
+KEPT_NOTE = """A transformer merge averages three kinds of merge points: attention heads (a ViT's
+query/key and value/output spaces), the residual stream every block reads and writes, and the
+MLPs' hidden features. Each row here keeps one kind unmerged (rho 0 there, rho 1 on the rest;
+``zip.overrides``), at the sweep alignment: "heads kept" keeps every head of both models (with
+the paper's fusion and with sequential least squares, the other heads paired), "stream kept"
+the residual stream and "MLPs kept" the MLPs' hidden features (sequential least squares, heads
+as the family's default, split for ViT). They are wider than the paper's width, so the checks
+leave them out, but the gap between each and the best zip at the paper's width is what merging
+that part costs. The best zip at the paper's width counts the "heads selected", "heads
+searched" and "heads split" rows too: a split layer holds every head of both models at half
+its size, the paper's width when A and B have as many heads, narrower when they differ (the
+paper keeps the larger count)."""
 
 
 NWAY_NOTE = """Three models merged at once (the N-way zip, docs/method.md sec. 12) and one after

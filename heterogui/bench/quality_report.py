@@ -26,6 +26,9 @@ LEAST_SQUARES = ", least squares"  # the label suffix of least-squares fusion ro
 SEQUENTIAL = ", sequential least squares"  # the label suffix of sequential least-squares rows
 RENORMALIZED = ", renormalized"  # the label suffix of renormalized rows
 HEADS_KEPT = "heads kept ("  # the label prefix of the rows that keep every attention head
+STREAM_KEPT = "stream kept ("  # ... that keep a transformer's residual stream unmerged
+MLPS_KEPT = "MLPs kept ("  # ... that keep its MLPs' hidden features unmerged
+KEPT = (HEADS_KEPT, STREAM_KEPT, MLPS_KEPT)  # the rows wider than the paper's width
 HEADS_SELECTED = ", heads selected"  # the label suffix of rows that select heads (zip.select)
 HEADS_SEARCHED = ", heads searched"  # the label suffix of rows that search heads (head_search)
 HEADS_SPLIT = ", heads split"  # the label suffix of rows that split heads (fusion.split_heads)
@@ -202,14 +205,17 @@ def _pair_checks(pair: str, result: dict[str, Any], results: dict[str, Any]) -> 
     best_label, best = best_zip(rows)
     ref = result.get("reference")
     if ref in results:
-        homo_label, homo = best_zip(results[ref]["rows"])
+        homo_rows = results[ref]["rows"]
+        homo_label, homo = best_zip(homo_rows)
+        # the pairs' ensembles differ too (B differs): each merge's share of its own ensemble
+        shares = f"{best / ensemble_joint(rows):.3f} vs {homo / ensemble_joint(homo_rows):.3f}"
         out.append(
             _check(
                 "best heterogeneous zip within 1 point of the best homogeneous zip (Joint)",
                 pair,
                 best >= homo - TOLERANCE,
                 f"{best_label} {pct(best)} vs {ref} {homo_label} {pct(homo)}: "
-                f"{100 * (best - homo):+.1f} points",
+                f"{100 * (best - homo):+.1f} points ({shares} of their ensembles)",
             )
         )
     for label in ("permute", "weight average"):

@@ -24,7 +24,7 @@ from heterogui.fusion.merged import (
 )
 from heterogui.fusion.pinning import pinned_channels
 from heterogui.fusion.regression import Regression, fit_regressions
-from heterogui.fusion.sequential import refit_sequentially
+from heterogui.fusion.sequential import refit_sequentially, refit_tails
 from heterogui.fusion.split_heads import split_heads, split_rank
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network
@@ -166,6 +166,12 @@ def build_merge(
         ),
     )
     model.eval()
+    if settings.fusion == "least_squares_sequential":
+        timed(
+            timings,
+            "refit_tails",
+            lambda: refit_tails(model, padded, transforms, batches, dev, settings.ridge),
+        )
     return built
 
 

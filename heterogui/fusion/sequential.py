@@ -14,6 +14,11 @@ and passes the refitted block's output on (BatchNorm models: the merged model's 
 re-estimated after each block). A reader of a convolution treats every position as a sample,
 as the one-shot fit does. Attention output projections keep the one-shot fit (their input is
 the attention-weighted values).
+
+The tails (each model's own blocks after the stop point: its classifier head) read the stop
+point through their unmerge U_m; once the merged model is finished (refit, split, BatchNorm
+re-estimated), ``refit_tails`` refits those U_m the same way, on the merged model's own state
+at the stop point against each parent's state there (through the origin, as they read it).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from heterogui.fusion.fuse import (
     intercept_reader,
     regression_reader,
 )
+from heterogui.fusion.merged import MergedModel, unmerge_name
 from heterogui.fusion.regression import Regression, per_model, solve_regression
 from heterogui.fusion.renormalize import merged_name
 from heterogui.models.capture import (
@@ -176,3 +182,50 @@ def _rows(module: nn.Module, inputs: torch.Tensor, mask: torch.Tensor | None) ->
     if inputs.dim() == 3:
         return to_rows(inputs, "tokens", mask)
     return to_rows(inputs, "flat")
+
+
+@torch.no_grad()
+def refit_tails(
+    model: MergedModel,
+    nets: Sequence[Network],
+    transforms: Mapping[str, SpaceTransform],
+    batches: Iterable[Batch],
+    device: torch.device | str,
+    ridge: float,
+) -> bool:
+    """Refit the unmerges the tails read the stop point through, in place; False: none.
+
+    U = (Σ_xz + λ U₀)(Σ_zz + λ I)⁻¹ over the calibration rows (tokens, positions), with x the
+    parents' states at the stop point (the padded ``nets`` run up to it), z the merged model's
+    (``model.features``) and U₀ its unmerges as built; second moments through the origin, as
+    the tails read x_m = U_m z.
+    """
+    stop = model.spec.stop
+    if model.spec.layout is None:  # nothing merged: the tails read the models' own inputs
+        return False
+    space = nets[0].graph().block_out[stop - 1]
+    layout = nets[0].graph().spaces[space].captures[0].layout
+    joint = _Joint()
+    model.eval()
+    for batch in by_length(batches):
+        moved = to_device(batch, device)
+        mask = token_mask(moved)
+        parents = []
+        for net in nets:
+            state = first_block_input(net.module, moved)
+            for block in list(net.module.blocks)[:stop]:
+                state = block(state)
+            parents.append(to_rows(_features_of(state), layout, mask))
+        merged = to_rows(_features_of(model.features(moved)), layout, mask)
+        joint.add(torch.cat(parents, dim=1), merged)
+    prior = torch.cat(model.unmerge_matrices()).to(torch.float64)
+    fit = joint.regression(prior, transforms[space].match, ridge, centred=False)
+    for m, u in enumerate(fit.origin):
+        buffer = getattr(model, unmerge_name(m))
+        buffer.copy_(u.to(buffer.device, buffer.dtype))
+    return True
+
+
+def _features_of(state: object) -> torch.Tensor:
+    """Return the features of a block state (a transformer's is (hidden, attention mask))."""
+    return state[0] if isinstance(state, tuple) else state
