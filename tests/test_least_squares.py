@@ -334,3 +334,21 @@ def test_sequential_least_squares_runs_on_token_models():
         with torch.no_grad():
             outs = refit.model(**calib[0])
         assert all(bool(torch.isfinite(o).all()) for o in outs)
+
+
+def test_vit_merges_default_to_sequential_least_squares_with_the_tails_refit():
+    """ViT's "auto" fusion is the sequential refit, the tails' unmerge refit with it."""
+    from heterogui.models.hf.vit_io import network_from_hf
+    from tests.conftest import tiny_vit
+
+    a = network_from_hf(tiny_vit(labels=3), "A")
+    b = network_from_hf(tiny_vit(hidden=48, heads=6, inter=96, layers=2, seed=1, labels=2), "B")
+    gen = torch.Generator().manual_seed(0)
+    prep = prepare(a, b, [torch.rand(16, 1, 8, 8, generator=gen) for _ in range(4)], device="cpu")
+    default = zip_prepared(prep, ZipSettings(rho=0.5))
+    assert default.settings.fusion == "least_squares_sequential" == a.family.default_fusion
+    assert {"refit", "refit_tails"} <= set(default.timings)
+    explicit = zip_prepared(prep, ZipSettings(rho=0.5, fusion="least_squares_sequential"))
+    x = torch.rand(8, 1, 8, 8, generator=gen)
+    with torch.no_grad():
+        assert max_diff(default.model(x), explicit.model(x)) == 0.0

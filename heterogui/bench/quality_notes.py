@@ -62,13 +62,16 @@ the segment's slot of highest CKA with it. The shallower model is padded with id
 at the other slots."""
 
 
-DEFAULT_NOTE = """The default, `zip.fusion: auto`, follows these rows: least squares for the VGG,
-ResNet and ViT families, where it beats the paper's fusion on every pair for a few hundredths of
-a second a merge; the paper's fusion for BERT (least squares lost on average on MiniLM's
+DEFAULT_NOTE = """The default, `zip.fusion: auto`, follows these rows: least squares for the VGG
+and ResNet families, where it beats the paper's fusion on every pair for a few hundredths of
+a second a merge, and its sequential refit for ViT, where it is the only fusion near the
+ensemble (the tails' unmerge refit with it, docs/method.md sec. 9) for 0.2-0.4 s a zoo merge;
+the paper's fusion for BERT (least squares lost on average on MiniLM's
 sentence similarity, docs/transformers.md), for the decoders (better on the trained pair,
 docs/decoders.md, but 49-66 s a SmolLM2 merge against five seconds) and for MLPs and
-GPT-2 (no pair measures them). The sequential refit is better still but costs 2-30 times a
-re-merge, too slow for the workbench's slider: an option, not the default. Fusion in
+GPT-2 (no pair measures them). On the CNNs the sequential refit is better still but costs
+5-30 times a re-merge for a point or two, too slow for the workbench's slider: an option
+there, not the default. Fusion in
 BatchNorm units is on by default (zip.bn_units) because each fusion is better with it on
 average across the BatchNorm pairs (the last three lines above), for no extra pass (about 8% of
 a ResNet re-merge); the sequential refit gains least from it. The heads default, `zip.heads:

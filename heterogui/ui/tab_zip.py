@@ -98,9 +98,10 @@ def _knobs(ui: dict[str, Any]) -> None:
             info="How matched weights combine. average: the paper's W* = M W U; least "
             "squares: the merged weights that best reproduce the parents' averaged outputs, "
             "fitted on the calibration statistics; sequential: refit layer by layer on the "
-            "merge's own inputs (slower; best on the zoo's CNNs, not on transformers: "
-            "docs/quality.md); auto: least squares where it measured better at little cost "
-            "(VGG, ResNet, ViT), the paper's average for the others",
+            "merge's own inputs, and the heads' unmerge on its output (a few passes a merge; "
+            "best on the zoo's CNNs and ViTs, not on MiniLM's sentence similarity: "
+            "docs/quality.md); auto: sequential for ViT, least squares for VGG and ResNet "
+            "(measured better at little cost), the paper's average for the others",
         )
         ui["renormalize"] = gr.Checkbox(
             value=False,
