@@ -254,17 +254,27 @@ def test_sequential_least_squares_refits_the_readers_on_the_merge_s_own_inputs(n
         assert all(bool(torch.isfinite(o).all()) for o in refit.model(torch.randn(8, *shape)))
 
 
-@pytest.mark.parametrize("name", list(DEPTH_PAIRS))
+@pytest.mark.parametrize("name", [*DEPTH_PAIRS, "vit"])
 def test_sequential_least_squares_refits_the_tails_unmerge_on_the_merge_s_state(name, monkeypatch):
     """The tails read the stop point through U_m; the refit makes U the ridge least-squares fit
-    of the parents' states there on the finished merge's own state (numpy's solve agrees), so
-    it reproduces them no worse than the unmerge the merge was built with."""
+    of the parents' states there on the finished merge's own state, over the rows the tails
+    read (every position; a ViT classifier's [CLS] token), numpy's solve agreeing, so it
+    reproduces them no worse than the unmerge the merge was built with."""
     from heterogui.fusion import assemble
     from heterogui.models.capture import first_block_input
 
-    config_a, config_b, shape = DEPTH_PAIRS[name]
-    batches = calibration(shape)
-    prep = prepare(make(config_a, 0), make(config_b, 1), batches, device="cpu")
+    if name == "vit":
+        from heterogui.models.hf.vit_io import network_from_hf
+        from tests.conftest import tiny_vit
+
+        a = network_from_hf(tiny_vit(labels=3), "A")
+        b = network_from_hf(tiny_vit(hidden=48, heads=6, inter=96, layers=2, seed=1, labels=2))
+        gen = torch.Generator().manual_seed(0)
+        batches = [torch.rand(16, 1, 8, 8, generator=gen) for _ in range(6)]
+    else:
+        config_a, config_b, shape = DEPTH_PAIRS[name]
+        a, b, batches = make(config_a, 0), make(config_b, 1), calibration(shape)
+    prep = prepare(a, b, batches, device="cpu")
     built = []
     real = assemble.refit_tails
 
@@ -276,35 +286,34 @@ def test_sequential_least_squares_refits_the_tails_unmerge_on_the_merge_s_state(
     settings = ZipSettings(rho=0.5, fusion="least_squares_sequential")
     result = zip_prepared(prep, settings)
     model, stop = result.model, result.model.spec.stop
-    parents, merged = [], []
+    states: list[list[torch.Tensor]] = [[], [], []]  # A's, B's, the merge's
     with torch.no_grad():
         for x in batches:
-            states = []
-            for net in (prep.padded_a, prep.padded_b):
+            for net, store in zip((prep.padded_a, prep.padded_b), states, strict=False):
                 state = first_block_input(net.module, x)
                 for block in list(net.module.blocks)[:stop]:
                     state = block(state)
-                states.append(state)
-            parents.append(torch.cat(states, dim=1))
-            merged.append(model.features(x))
+                store.append(state)
+            states[2].append(model.features(x))
 
-    def rows(t: torch.Tensor) -> np.ndarray:  # every position of a feature map a sample
-        return t.movedim(1, -1).reshape(-1, t.shape[1]).double().numpy()
+    def rows(parts: list[torch.Tensor]) -> np.ndarray:
+        t = torch.cat(parts)
+        if name == "vit":  # (B, T, H): a classifier head reads the [CLS] token
+            return t[:, 0].double().numpy()
+        return t.movedim(1, -1).reshape(-1, t.shape[1]).double().numpy()  # each position
 
-    x, z = rows(torch.cat(parents)), rows(torch.cat(merged))
+    z = rows(states[2])
     n, r = z.shape
-    before = torch.cat(built).double().numpy()
     szz = z.T @ z / n
     lam = settings.ridge * np.trace(szz) / r
-    expected = np.linalg.solve(szz + lam * np.eye(r), (x.T @ z / n + lam * before).T).T
-    after = torch.cat(model.unmerge_matrices()).double().numpy()
-    assert np.abs(after - expected).max() < 1e-4 * np.abs(expected).max()
-    assert not np.allclose(after, before)
-
-    def error(u: np.ndarray) -> float:
-        return float(((x - z @ u.T) ** 2).sum())
-
-    assert error(after) <= error(before)
+    for m, before in enumerate(built):
+        x, before = rows(states[m]), before.double().numpy()
+        expected = np.linalg.solve(szz + lam * np.eye(r), (x.T @ z / n + lam * before).T).T
+        after = model.unmerge_matrices()[m].double().numpy()
+        assert np.abs(after - expected).max() < 1e-4 * np.abs(expected).max()
+        assert not np.allclose(after, before)
+        error = lambda u, x=x: float(((x - z @ u.T) ** 2).sum())  # noqa: E731
+        assert error(after) <= error(before)
 
 
 def test_sequential_least_squares_runs_on_token_models():

@@ -170,7 +170,7 @@ def build_merge(
         timed(
             timings,
             "refit_tails",
-            lambda: refit_tails(model, padded, transforms, batches, dev, settings.ridge),
+            lambda: refit_tails(model, padded, batches, dev, settings.ridge),
         )
     return built
 

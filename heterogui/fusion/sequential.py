@@ -18,12 +18,14 @@ the attention-weighted values).
 The tails (each model's own blocks after the stop point: its classifier head) read the stop
 point through their unmerge U_m; once the merged model is finished (refit, split, BatchNorm
 re-estimated), ``refit_tails`` refits those U_m the same way, on the merged model's own state
-at the stop point against each parent's state there (through the origin, as they read it).
+at the stop point against each parent's state there (through the origin, as they read it; on
+the rows each tail reads: a [CLS] head its first token).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -68,10 +70,8 @@ class _Joint:
             self.parts[key] = value if key not in self.parts else self.parts[key] + value
         self.count += x.shape[0]
 
-    def regression(
-        self, prior: torch.Tensor, match: Match, ridge: float, centred: bool
-    ) -> Regression:
-        """Return the regression of x on z (ridge towards ``prior``; cut per model of ``match``)."""
+    def fit(self, prior: torch.Tensor, ridge: float, centred: bool) -> tuple[torch.Tensor, ...]:
+        """Return (Ũ, offset): the regression of x on z, ridge towards ``prior`` (O, r)."""
         count = torch.tensor([float(self.count)], dtype=torch.float64)
         for value in self.parts.values():
             all_reduce_sum_(value)  # the whole data's sums under torchrun
@@ -81,7 +81,13 @@ class _Joint:
         if centred:
             xz, zz = xz - torch.outer(mean_x, mean_z), zz - torch.outer(mean_z, mean_z)
         u = solve_regression(xz, zz, ridge, prior)
-        offset = mean_x - u @ mean_z if centred else torch.zeros_like(mean_x)
+        return u, (mean_x - u @ mean_z if centred else torch.zeros_like(mean_x))
+
+    def regression(
+        self, prior: torch.Tensor, match: Match, ridge: float, centred: bool
+    ) -> Regression:
+        """Return the regression of x on z (ridge towards ``prior``; cut per model of ``match``)."""
+        u, offset = self.fit(prior, ridge, centred)
         parts = per_model(u, match)
         return Regression(parts, per_model(offset, match), parts)
 
@@ -188,42 +194,49 @@ def _rows(module: nn.Module, inputs: torch.Tensor, mask: torch.Tensor | None) ->
 def refit_tails(
     model: MergedModel,
     nets: Sequence[Network],
-    transforms: Mapping[str, SpaceTransform],
     batches: Iterable[Batch],
     device: torch.device | str,
     ridge: float,
 ) -> bool:
     """Refit the unmerges the tails read the stop point through, in place; False: none.
 
-    U = (Σ_xz + λ U₀)(Σ_zz + λ I)⁻¹ over the calibration rows (tokens, positions), with x the
-    parents' states at the stop point (the padded ``nets`` run up to it), z the merged model's
-    (``model.features``) and U₀ its unmerges as built; second moments through the origin, as
-    the tails read x_m = U_m z.
+    Per model m, U_m = (Σ_xz + λ U₀)(Σ_zz + λ I)⁻¹ over the calibration rows the tail reads,
+    with x the parent's state at the stop point (the padded ``nets`` run up to it), z the
+    merged model's (``model.features``) and U₀ its unmerge as built; second moments through
+    the origin, as the tail reads x_m = U_m z. The rows: every token or position, or the
+    first token only where the tail's first block reads only that (``reads_first_token``: a
+    [CLS] head).
     """
     stop = model.spec.stop
     if model.spec.layout is None:  # nothing merged: the tails read the models' own inputs
         return False
-    space = nets[0].graph().block_out[stop - 1]
-    layout = nets[0].graph().spaces[space].captures[0].layout
-    joint = _Joint()
+    graph = nets[0].graph()
+    layout = graph.spaces[graph.block_out[stop - 1]].captures[0].layout
+    first = [bool(getattr(tail[0], "reads_first_token", False)) for tail in model.tails]
+    joints = [_Joint() for _ in nets]
     model.eval()
     for batch in by_length(batches):
         moved = to_device(batch, device)
         mask = token_mask(moved)
-        parents = []
-        for net in nets:
+        merged = _features_of(model.features(moved))
+        for net, joint, only_first in zip(nets, joints, first, strict=True):
             state = first_block_input(net.module, moved)
             for block in list(net.module.blocks)[:stop]:
                 state = block(state)
-            parents.append(to_rows(_features_of(state), layout, mask))
-        merged = to_rows(_features_of(model.features(moved)), layout, mask)
-        joint.add(torch.cat(parents, dim=1), merged)
-    prior = torch.cat(model.unmerge_matrices()).to(torch.float64)
-    fit = joint.regression(prior, transforms[space].match, ridge, centred=False)
-    for m, u in enumerate(fit.origin):
+            rows = partial(_tail_rows, layout=layout, mask=mask, only_first=only_first)
+            joint.add(rows(_features_of(state)), rows(merged))
+    for m, (joint, built) in enumerate(zip(joints, model.unmerge_matrices(), strict=True)):
+        u, _ = joint.fit(built.to(torch.float64), ridge, centred=False)
         buffer = getattr(model, unmerge_name(m))
         buffer.copy_(u.to(buffer.device, buffer.dtype))
     return True
+
+
+def _tail_rows(
+    feats: torch.Tensor, layout: str, mask: torch.Tensor | None, only_first: bool
+) -> torch.Tensor:
+    """Return a stop-point state as the rows a tail reads: its first tokens, or every row."""
+    return feats[:, 0] if only_first and layout == "tokens" else to_rows(feats, layout, mask)
 
 
 def _features_of(state: object) -> torch.Tensor:

@@ -148,6 +148,11 @@ class PoolHead(nn.Module):
         super().__init__()
         self.pooling = pooling
 
+    @property
+    def reads_first_token(self) -> bool:
+        """Whether the head reads the first token's state only (``fusion.sequential``)."""
+        return self.pooling == "cls"
+
     def forward(self, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Return the sentence embeddings (B, H) of a state (hidden (B, T, H), mask)."""
         hidden, mask = state
@@ -168,6 +173,8 @@ class Pooler(nn.Module):
 
 class ClassifierHead(nn.Module):
     """BertForSequenceClassification's head: pooler, then a linear classifier."""
+
+    reads_first_token = True  # the pooler reads [CLS] (``fusion.sequential``)
 
     def __init__(self, hidden: int, num_labels: int):
         super().__init__()

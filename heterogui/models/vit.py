@@ -158,6 +158,11 @@ class ViTHead(nn.Module):
         self.pooling = c.pooling if c.num_labels is None else "cls"
         self.classifier = nn.Linear(c.hidden, c.num_labels) if c.num_labels is not None else None
 
+    @property
+    def reads_first_token(self) -> bool:
+        """Whether the head reads the [CLS] state only (``fusion.sequential``)."""
+        return self.pooling == "cls"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map tokens (B, T, H) to features (B, H) or logits (B, num_labels)."""
         pooled = x[:, 0] if self.pooling == "cls" else x.mean(dim=1)
