@@ -63,7 +63,7 @@ class Family:
 # about a minute a SmolLM2 merge instead of 5 s), MLP and GPT-2 (no benchmark pair).
 LEAST_SQUARES = "least_squares"
 # ViT takes its sequential refit (with the tails' unmerge refit: fusion.sequential): on the zoo's
-# ViT pairs it keeps 0.96-0.97 of the ensemble where one-shot least squares keeps 0.53-0.65, for
+# ViT pairs it keeps 0.98-1.00 of the ensemble where one-shot least squares keeps 0.53-0.65, for
 # a few more passes of A, B and the merge over the calibration data (0.2-0.4 s a zoo merge).
 # The CNNs gain 0-2 points from it at 5-30 times a re-merge: they keep one-shot least squares.
 SEQUENTIAL_LEAST_SQUARES = "least_squares_sequential"
