@@ -207,24 +207,22 @@ def refit_tails(
     first token only where the tail's first block reads only that (``reads_first_token``: a
     [CLS] head).
     """
-    stop = model.spec.stop
-    if model.spec.layout is None:  # nothing merged: the tails read the models' own inputs
+    stop, layout = model.spec.stop, model.spec.layout  # the stop point's feature layout
+    if layout is None:  # nothing merged: the tails read the models' own inputs
         return False
-    graph = nets[0].graph()
-    layout = graph.spaces[graph.block_out[stop - 1]].captures[0].layout
     first = [bool(getattr(tail[0], "reads_first_token", False)) for tail in model.tails]
     joints = [_Joint() for _ in nets]
     model.eval()
     for batch in by_length(batches):
         moved = to_device(batch, device)
-        mask = token_mask(moved)
+        rows = partial(_tail_rows, layout=layout, mask=token_mask(moved))
         merged = _features_of(model.features(moved))
+        merged_rows = {kind: rows(merged, only_first=kind) for kind in set(first)}
         for net, joint, only_first in zip(nets, joints, first, strict=True):
             state = first_block_input(net.module, moved)
             for block in list(net.module.blocks)[:stop]:
                 state = block(state)
-            rows = partial(_tail_rows, layout=layout, mask=mask, only_first=only_first)
-            joint.add(rows(_features_of(state)), rows(merged))
+            joint.add(rows(_features_of(state), only_first=only_first), merged_rows[only_first])
     for m, (joint, built) in enumerate(zip(joints, model.unmerge_matrices(), strict=True)):
         u, _ = joint.fit(built.to(torch.float64), ridge, centred=False)
         buffer = getattr(model, unmerge_name(m))
