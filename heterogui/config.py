@@ -136,8 +136,8 @@ class ZipSpec:
     (each merged pair's stronger head, by output energy, kept whole in place of their average)
     or "search" (the kept head of each pair chosen on the calibration data, from select's
     choice: ``head_search``); an override knob too. "split": every head of both models kept,
-    each cut to half its dimension (``fusion.split_heads``; BERT and ViT, every layer at once,
-    so not an override).
+    each cut to half its dimension (``fusion.split_heads``; BERT, ViT and GPT-2, every layer
+    at once, so not an override).
     bn_units: fuse each layer that feeds a BatchNorm in that BatchNorm's units (its rows
     divided by the running std first: ``fusion.bn_units``); no effect on models without
     BatchNorm. The paper's fusion is "average" with bn_units false; "auto" fusion turns it

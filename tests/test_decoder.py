@@ -255,6 +255,48 @@ def test_gpt2_is_its_transformers_model_merges_back_and_exports(tmp_path):
     assert not (tmp_path / "refused").exists()
 
 
+def test_gpt2_heads_split_is_exact_at_full_rank_and_exports_at_half(tmp_path):
+    """GPT-2's fused q/k/v is held as three projections, so ``zip.heads: split`` cuts its heads
+    as BERT's: at full rank the change of basis leaves the merge's function as it was (biases
+    random, so the key bias folds away for real); at half, A's 4 and B's 6 heads of 4 features
+    each sit side by side and the exported transformers folder computes the merge's logits."""
+    from heterogui.fusion.split_heads import split_heads
+    from heterogui.models.gpt2 import GPT2_NAMES
+    from heterogui.models.hf.gpt2_io import network_from_hf as gpt2_network
+
+    gen = torch.Generator().manual_seed(4)
+    pair = [tiny_gpt2(), tiny_gpt2(hidden=48, layers=2, heads=6, seed=1)]  # heads of 8
+    for hf in pair:
+        with torch.no_grad():
+            for name, p in hf.named_parameters():
+                if name.endswith("c_attn.bias"):
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    a, b = (gpt2_network(hf, label) for hf, label in zip(pair, "AB", strict=True))
+    prepared = prepare(a, b, batches(), device="cpu")
+    batch = batches()[0]
+    kept = zip_prepared(prepared, ZipSettings(overrides={"*.qk": {"rho": 0.0}}, heads="pair"))
+    same = split_heads(kept.model, GPT2_NAMES, rank=8)
+    state = same.state_dict()
+    assert not state["trunk.1.attn.key.bias"].any()
+    assert kept.model.state_dict()["trunk.1.attn.key.bias"].any()  # left as it was
+    gap = merged_logits(same)(batch) - merged_logits(kept.model)(batch)
+    assert real_rows(gap.abs(), batch).max() < 1e-4
+
+    split = zip_prepared(prepared, ZipSettings(heads="split"))
+    assert split.spec.trunk_config.head_dim == 4
+    # A's 4 heads and B's 6 in B's two layers' slots; B's identity slot: A's 4 alone
+    assert sorted(split.spec.trunk_config.heads) == [4, 10, 10]
+    out = write_export(ExportJob(split.model), tmp_path / "split", "hf-causal-lm")
+    config = json.loads((out / "config.json").read_text())
+    assert config["n_embd"] // config["n_head"] == 4
+    with torch.no_grad():
+        exported = AutoModelForCausalLM.from_pretrained(out)(**batch).logits
+    mean = merged_logits(split.model)(batch)
+    assert real_rows((exported - mean).abs(), batch).max() < 1e-4
+    paired = merged_logits(zip_prepared(prepared, ZipSettings(heads="pair")).model)(batch)
+    assert real_rows((mean - paired).abs(), batch).max() > 1e-3  # the split is another merge
+
+
 def test_a_gpt2_folder_loads_through_the_sources_and_refuses_a_llama_partner(tmp_path):
     g = save_decoder(tiny_gpt2(), tmp_path / "g")
     loaded = registry.load(str(g))

@@ -185,9 +185,9 @@ def test_split_is_refused_where_it_cannot_apply():
     texts = ["def f(x):\n    return x", "Lists hold items.", "for x in y: pass", "A tuple."]
     batches = lm_batches(char_tokenizer(), texts, 4, 32)
     pair = prepare(decoder, decoder, batches, device="cpu")
-    with pytest.raises(ConfigError, match="split is for BERT and ViT encoders, not decoder"):
+    with pytest.raises(ConfigError, match="split is for BERT, ViT and GPT-2 models, not decoder"):
         zip_prepared(pair, SPLIT)
-    with pytest.raises(ConfigError, match="split is for BERT and ViT encoders"):
+    with pytest.raises(ConfigError, match="split is for BERT, ViT and GPT-2 models"):
         estimate(pair, SPLIT)
     with pytest.raises(ConfigError, match=r"N-way merge pairs attention heads .*zip.heads: pair"):
         merge_group([a, b, a], token_batches(), SPLIT, device="cpu")

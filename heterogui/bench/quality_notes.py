@@ -78,8 +78,9 @@ a ResNet re-merge); the sequential refit gains least from it. The heads default,
 auto`, is split for ViT models, where it beats paired heads under every fusion on both ViT
 pairs (the "heads split" columns above, a few milliseconds a merge), and the paper's pair for
 the others: on MiniLM's sentence similarity a split scored lower in 33 of 36 settings
-(docs/method.md sec. 8); decoders and GPT-2 cannot split. The rows above name their fusion and
-heads, so they do not depend on the defaults."""
+(docs/method.md sec. 8); GPT-2 can split but pairs by default (no GPT-2 pair is measured),
+rotary decoders cannot split. The rows above name their fusion and heads, so they do not
+depend on the defaults."""
 
 
 KEPT_NOTE = """A transformer merge averages three kinds of merge points: attention heads (a ViT's

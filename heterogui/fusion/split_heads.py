@@ -51,8 +51,8 @@ def split_rank(family: Family, config: Any, heads: str, models: int = 2) -> int 
         return None  # no split asked, or no attention to split (as heads select does nothing)
     if family.attention_names is None:
         raise ConfigError(
-            f"zip.heads split is for BERT and ViT encoders, not {family.name} models (their "
-            "attention has rotary positions or a fused q/k/v projection); use heads pair"
+            f"zip.heads split is for BERT, ViT and GPT-2 models, not {family.name} models "
+            "(their attention has rotary positions); use heads pair"
         )
     if models != 2:
         raise ConfigError(

@@ -158,6 +158,7 @@ register(
         None,
         gpt2.check_pair,
         shared_outputs=True,
+        attention_names=gpt2.GPT2_NAMES,
     )
 )
 

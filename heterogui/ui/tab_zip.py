@@ -123,7 +123,7 @@ def _knobs(ui: dict[str, Any]) -> None:
             "merge reproduces its parents better on the calibration data (a merge per flip "
             "tried: seconds on the zoo's ViTs, minutes on MiniLM; best with sequential least "
             "squares: docs/quality.md); split: no head is averaged or dropped, every head of A "
-            "and B is kept and cut to its strongest half (BERT and ViT; the layer keeps the "
+            "and B is kept and cut to its strongest half (BERT, ViT and GPT-2; the layer keeps the "
             "paper's width; rho then sets the other merge points)",
         )
     ui["alpha"] = gr.Slider(
