@@ -136,6 +136,29 @@ def test_recorded_recipe_repeats_the_merge_bit_for_bit(tmp_path):
     assert reports[0]["metrics"] == reports[1]["metrics"]
 
 
+def test_sentences_longer_than_the_position_table_are_cut_there(tmp_path):
+    """A calibration line (and an evaluation sentence) longer than the 32 positions the models
+    have is cut at 32 tokens, as sentence-transformers cuts it, where it used to index past the
+    position table."""
+    from heterogui.datasets.refs import tokenize
+    from heterogui.sources import registry
+
+    recipe = write_case(tmp_path, "depth", evaluation={"source": str(tmp_path / "sts.tsv")})
+    long_line = " ".join(WORDS * 2)  # 140 words
+    (tmp_path / "calib.txt").write_text("\n".join([long_line, *SENTENCES]) + "\n")
+    pairs = [f"{i % 5}\t{s}\t{SENTENCES[(i + 1) % 40]}" for i, s in enumerate(SENTENCES[:12])]
+    (tmp_path / "sts.tsv").write_text("\n".join([f"4\t{long_line}\t{long_line}", *pairs]) + "\n")
+    tokenizer = registry.load(str(tmp_path / "a")).tokenizer
+    assert tokenizer.model_max_length == 32
+    assert tokenize(tokenizer, [long_line, "cat sat"])[0]["input_ids"].shape == (2, 32)
+    out = tmp_path / "merged"
+    assert main(["merge", str(recipe), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    scores = report["metrics"]["merged"]  # the merge's mean-pooled trunk and each model's head
+    assert set(scores) == {"merged", "head A", "head B"}
+    assert all(-1 <= v <= 1 for v in scores.values())
+
+
 def test_incompatible_vocabularies_are_refused_and_leave_no_folder(tmp_path, capsys):
     other = [w.upper() for w in WORDS]
     recipe = write_case(tmp_path, "depth", words_b=other)

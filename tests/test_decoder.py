@@ -297,6 +297,40 @@ def test_gpt2_heads_split_is_exact_at_full_rank_and_exports_at_half(tmp_path):
     assert real_rows((mean - paired).abs(), batch).max() > 1e-3  # the split is another merge
 
 
+def test_texts_longer_than_a_gpt2_position_table_are_cut_at_it(tmp_path):
+    """A GPT-2 of 64 positions scored on the built-in domains (texts of hundreds of characters,
+    a token each here) and continuing a long prompt: texts are cut at 64 tokens and generation
+    reads the last 64, where both used to index past the position table."""
+    import yaml
+
+    from heterogui.cli import main
+
+    a = save_decoder(tiny_gpt2(), tmp_path / "a")  # n_positions 64
+    b = save_decoder(tiny_gpt2(hidden=48, layers=2, heads=6, seed=1), tmp_path / "b")
+    loaded = registry.load(str(a))
+    assert loaded.tokenizer.model_max_length == 64
+    assert token_batches(loaded.tokenizer, ["x" * 300], 1, 128)[0]["input_ids"].shape == (1, 64)
+    prompt = "def f(x):\n    return x\n" * 6  # 144 characters
+    logits_fn = lambda batch: loaded.net.module(**batch)  # noqa: E731
+    assert len(generate(logits_fn, loaded.tokenizer, prompt, 8, stop_at_eos=False)) > 0
+    (tmp_path / "calib.txt").write_text("\n".join(TEXTS * 3) + "\n")
+    recipe = {
+        "model_a": {"path": str(a)},
+        "model_b": {"path": str(b)},
+        "calibration": {"source": str(tmp_path / "calib.txt"), "size": 16, "batch_size": 8},
+        "evaluation": {"source": "domains", "split": "test", "size": 4, "batch_size": 4},
+        "device": "cpu",
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["merge", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    for key in ("a", "b", "ensemble", "merged"):
+        for domain in ("python-docs", "python-source"):
+            score = report["metrics"][key][domain]
+            # 4 texts a domain, each cut at 64 tokens: 63 predicted tokens each
+            assert score["tokens"] == 4 * 63 and score["perplexity"] > 1
+
+
 def test_a_gpt2_folder_loads_through_the_sources_and_refuses_a_llama_partner(tmp_path):
     g = save_decoder(tiny_gpt2(), tmp_path / "g")
     loaded = registry.load(str(g))

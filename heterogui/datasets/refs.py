@@ -204,12 +204,36 @@ def load_sentence_pairs(ref: DataRef) -> list[Pair]:
     return pairs
 
 
+# transformers' model_max_length of a tokenizer that states no limit (its VERY_LARGE_INTEGER)
+NO_TOKEN_LIMIT = 10**9
+
+
+def text_limit(tokenizer: Any, cap: int | None = None) -> int | None:
+    """Return the most tokens a text is given to the models: the tokenizer's
+    ``model_max_length`` (which loading caps at a model's position table:
+    ``sources.base.fit_tokenizer``) and ``cap``, whichever is smaller; None when neither limits.
+    """
+    stated = getattr(tokenizer, "model_max_length", None)
+    known = stated if isinstance(stated, int) and 0 < stated < NO_TOKEN_LIMIT else None
+    if cap is None or known is None:
+        return known if cap is None else cap
+    return min(cap, known)
+
+
 def tokenize(tokenizer: Any, sentences: Sequence[str], batch_size: int = 32) -> list[dict]:
-    """Return padded tokenizer batches (dicts of (B, T) int64 tensors) of the sentences."""
+    """Return padded tokenizer batches (dicts of (B, T) int64 tensors) of the sentences.
+
+    A sentence longer than the models read (``text_limit``) is cut there, as
+    sentence-transformers cuts it.
+    """
+    limit = text_limit(tokenizer)
+    cut = {"truncation": True, "max_length": limit} if limit is not None else {}
     return [
-        dict(tokenizer(list(sentences[i : i + batch_size]), padding=True, return_tensors="pt"))
+        dict(
+            tokenizer(list(sentences[i : i + batch_size]), padding=True, return_tensors="pt", **cut)
+        )
         for i in range(0, len(sentences), batch_size)
     ]
 
 
-__all__ = ["Pair", "load_pairs", "pair_lines"]
+__all__ = ["Pair", "load_pairs", "pair_lines", "text_limit", "tokenize"]

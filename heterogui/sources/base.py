@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from heterogui.datasets.refs import text_limit
 from heterogui.export.job import HETEROGUI_FORMAT
 from heterogui.models.family import Network
 
@@ -48,6 +49,21 @@ class Loaded:
     dataset: str | None = None
     export_format: str = HETEROGUI_FORMAT
     note: str | None = None
+
+
+def fit_tokenizer(loaded: Loaded) -> None:
+    """Cap a text model's tokenizer at the tokens its model can read (in place).
+
+    A model with learned positions (BERT, GPT-2) reads at most ``max_positions`` tokens: a
+    longer text would index past its position table. Every tokenisation for statistics, scores
+    and generations cuts texts at the tokenizer's ``model_max_length``
+    (``datasets.refs.text_limit``); the tokenizer files an export copies are left as they are.
+    """
+    positions = getattr(loaded.net.config, "max_positions", None)
+    if loaded.tokenizer is None or not isinstance(positions, int) or positions < 2:
+        return
+    stated = text_limit(loaded.tokenizer)
+    loaded.tokenizer.model_max_length = positions if stated is None else min(stated, positions)
 
 
 @dataclass(frozen=True)

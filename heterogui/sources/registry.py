@@ -12,7 +12,7 @@ from pathlib import Path
 from heterogui.errors import ConfigError, ModelLoadError
 from heterogui.models.io import read_config
 from heterogui.pair_check import pair_reasons
-from heterogui.sources.base import Header, Loaded, Source
+from heterogui.sources.base import Header, Loaded, Source, fit_tokenizer
 from heterogui.sources.folder import HeteroguiFolderSource
 from heterogui.sources.gguf import GGUFSource
 from heterogui.sources.hf import HFSource, MiniLMSource
@@ -75,7 +75,9 @@ def load(ref: str, *, pooling: str | None = None, device: str = "cpu") -> Loaded
     Raises:
         HeteroguiError: see ``find_source`` and the source's ``load``.
     """
-    return find_source(ref).load(ref.strip(), pooling=pooling, device=device)
+    loaded = find_source(ref).load(ref.strip(), pooling=pooling, device=device)
+    fit_tokenizer(loaded)
+    return loaded
 
 
 def describe(ref: str) -> Header:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from heterogui.datasets.refs import text_limit
 from heterogui.errors import ConfigError
 from heterogui.models.lengths import by_length
 
@@ -49,7 +50,8 @@ def token_batches(
 ) -> list[dict[str, torch.Tensor]]:
     """Return right-padded batches {"input_ids", "attention_mask"} ((B, T) int64) of the texts.
 
-    Texts are cut at ``max_tokens`` tokens. A tokenizer without a pad token gets its eos token.
+    Texts are cut at ``max_tokens`` tokens, or fewer where the models read fewer
+    (``datasets.refs.text_limit``). A tokenizer without a pad token gets its eos token.
 
     Raises:
         ConfigError: batch_size under 1, max_tokens under 2, or a tokenizer with no pad or eos
@@ -61,6 +63,7 @@ def token_batches(
             "1 and max_tokens of at least 2"
         )
     _pad_token(tokenizer)
+    max_tokens = text_limit(tokenizer, max_tokens)
     side = tokenizer.padding_side
     tokenizer.padding_side = "right"
     try:
@@ -88,9 +91,10 @@ def scored_bytes(tokenizer: Any, texts: Sequence[str], max_tokens: int = 128) ->
     The start is found from the tokenizer's character offsets, or by decoding the kept tokens
     for a tokenizer without offsets.
     """
+    max_tokens = text_limit(tokenizer, max_tokens)
     total = 0
     for text in texts:
-        if len(tokenizer(text)["input_ids"]) <= max_tokens:
+        if len(tokenizer(text, verbose=False)["input_ids"]) <= max_tokens:  # a length, no run
             total += len(text.encode("utf-8"))
         elif getattr(tokenizer, "is_fast", False):
             kept = tokenizer(
@@ -263,8 +267,9 @@ def generate(
 
     Sampling keeps the ``top_k`` most likely tokens, divides the logits by ``temperature`` and
     draws on the CPU with a torch.Generator seeded with ``seed``, so a run repeats exactly. Each
-    step re-runs the whole sequence (no cache). With ``stop_at_eos`` the eos token ends the text
-    (and is not part of it).
+    step re-runs the whole sequence (no cache), or its last tokens where the model reads fewer
+    (a position table: ``datasets.refs.text_limit``). With ``stop_at_eos`` the eos token ends
+    the text (and is not part of it).
 
     Raises:
         ConfigError: max_new_tokens under 0, temperature not above 0, top_k under 1, or a
@@ -275,15 +280,17 @@ def generate(
             f"max_new_tokens {max_new_tokens}, temperature {temperature}, top_k {top_k}: use "
             "max_new_tokens >= 0, temperature > 0 and top_k >= 1"
         )
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    ids = tokenizer(prompt, return_tensors="pt", verbose=False)["input_ids"]  # cut per step
     if ids.shape[1] == 0:
         raise ConfigError("the prompt gives no tokens (empty, and no BOS token); give a prompt")
     generator = torch.Generator().manual_seed(seed)
     eos = tokenizer.eos_token_id if stop_at_eos else None
     new: list[int] = []
+    window = text_limit(tokenizer) or ids.shape[1] + max_new_tokens
     with torch.no_grad():
         for _ in range(max_new_tokens):
-            batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+            seen = ids[:, -window:]
+            batch = {"input_ids": seen, "attention_mask": torch.ones_like(seen)}
             last = logits_fn(batch)[0, -1].float().cpu()
             if sample:
                 values, indices = last.topk(min(top_k, last.shape[-1]))
