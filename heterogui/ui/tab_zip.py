@@ -39,18 +39,40 @@ VIEWS = (
 KNOBS = work.KNOBS
 MERGE_INPUTS = (*KNOBS[:5], "device", *KNOBS[5:])
 HEAD_CHOICES = [
-    ("auto (split for ViTs, the paper's pair for the others)", "auto"),
+    ("auto (split for ViTs, else pair)", "auto"),
     ("pair and average (paper)", "pair"),
     ("select the stronger head of each pair", "select"),
     ("search the heads to keep on the calibration data (slower)", "search"),
     ("split: keep every head of both, each at half its size", "split"),
 ]
 FUSION_CHOICES = [
-    ("auto (least squares for CNNs and ViTs, else the paper's average)", "auto"),
+    ("auto (what measured best for the family)", "auto"),
     ("average (paper)", "average"),
     ("least squares", "least_squares"),
     ("sequential least squares", "least_squares_sequential"),
 ]
+KNOBS_HELP = """
+- **Matcher.** *zip*: the greedy elastic zip, which merges models of any widths; *permute*
+  (one-to-one matching) and *average* (no matching) need equal widths.
+- **Fusion.** *average*: the paper's merged weights W* = M W U. *least squares*: the merged
+  weights that best reproduce the parents' averaged outputs, fitted in closed form on the
+  calibration statistics. *sequential least squares*: refit layer by layer on the merge's own
+  inputs, and each model's unmerge on the merge's output (a few passes a merge; best on the
+  zoo's CNNs and ViTs, not on MiniLM's sentence similarity: docs/quality.md). *auto*:
+  sequential for ViTs, least squares for VGG and ResNet (measured better at little cost), the
+  paper's average for the others.
+- **Attention heads** (transformers). *pair*: a head of A and its matched head of B are
+  averaged (an attention pattern neither computes). *select*: the pair's head that writes
+  more through its output projection is kept whole, and both models' outputs read it.
+  *search*: starts from select and flips one pair's choice at a time while the merge
+  reproduces its parents better on the calibration data (a merge per flip tried: seconds on
+  the zoo's ViTs, minutes on MiniLM). *split*: no head is averaged or dropped; every head of A
+  and B is kept and cut to its strongest half (BERT, ViT and GPT-2; the layer keeps the
+  paper's width, and rho then sets the other merge points). *auto*: split for ViTs, pair for
+  the others.
+- **Renormalize** (transformers). Rescale the merged LayerNorm/RMSNorm and value outputs to
+  the parents' average statistics: one more pass over the calibration data per merge.
+"""
 # What a merge redraws. A slider release shows the merge first (RELEASED_SCOPES), then what
 # its scores change (SCORED_SCOPES): of the Zip tab only the readout, whose table gives the
 # merge's score (its figures hold sizes and widths, which the scores leave as they are); of the
@@ -88,44 +110,37 @@ def _knobs(ui: dict[str, Any]) -> None:
             ["zip", "permute", "average"],
             value="zip",
             label="Matcher",
-            info="zip: greedy elastic zip (any widths); permute / average: equal widths only",
+            info="zip: any widths; permute / average: equal widths",
+            scale=1,
+            min_width=120,
         )
         ui["fusion"] = gr.Dropdown(
             FUSION_CHOICES,
             value=DEFAULT_FUSION,
             label="Fusion",
             elem_id="fusion",
-            info="How matched weights combine. average: the paper's W* = M W U; least "
-            "squares: the merged weights that best reproduce the parents' averaged outputs, "
-            "fitted on the calibration statistics; sequential: refit layer by layer on the "
-            "merge's own inputs, and the heads' unmerge on its output (a few passes a merge; "
-            "best on the zoo's CNNs and ViTs, not on MiniLM's sentence similarity: "
-            "docs/quality.md); auto: sequential for ViT, least squares for VGG and ResNet "
-            "(measured better at little cost), the paper's average for the others",
+            info="How matched weights combine (see below)",
+            scale=3,
         )
-        ui["renormalize"] = gr.Checkbox(
-            value=False,
-            label="Renormalize",
-            elem_id="renormalize",
-            info="Rescale the merged LayerNorm/RMSNorm and value outputs to the parents' "
-            "average statistics (for transformers; one more pass over the calibration data "
-            "per merge)",
-        )
+    with gr.Row():
         ui["heads"] = gr.Dropdown(
             HEAD_CHOICES,
             value=DEFAULT_HEADS,
             label="Attention heads",
             elem_id="heads",
-            info="Transformers only. pair: a head of A and its matched head of B are averaged "
-            "(an attention pattern neither computes); select: the pair's head that writes "
-            "more through its output projection is kept whole, and both models' outputs read "
-            "it; search: starts from select and flips one pair's choice at a time while the "
-            "merge reproduces its parents better on the calibration data (a merge per flip "
-            "tried: seconds on the zoo's ViTs, minutes on MiniLM; best with sequential least "
-            "squares: docs/quality.md); split: no head is averaged or dropped, every head of A "
-            "and B is kept and cut to its strongest half (BERT, ViT and GPT-2; the layer keeps the "
-            "paper's width; rho then sets the other merge points)",
+            info="Transformers only: how the heads of A and B merge (see below)",
+            scale=3,
         )
+        ui["renormalize"] = gr.Checkbox(
+            value=False,
+            label="Renormalize",
+            elem_id="renormalize",
+            info="Transformers; one more pass",
+            scale=1,
+            min_width=120,
+        )
+    with gr.Accordion("What the matcher, fusion, heads and renormalize do", open=False):
+        gr.Markdown(KNOBS_HELP, elem_id="knobs-help")
     ui["alpha"] = gr.Slider(
         0.01,
         1.0,
