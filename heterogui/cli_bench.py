@@ -244,18 +244,21 @@ def add_decoder_arguments(parser: argparse.ArgumentParser) -> None:
         "--calibration", type=int, default=32, help="calibration texts (both domains)"
     )
     parser.add_argument(
-        "--evaluation", type=int, default=48, help="held-out texts per domain (trained pair)"
+        "--evaluation", type=int, default=48, help="held-out texts per domain (trained pairs)"
     )
     parser.add_argument(
         "--smollm2-evaluation", type=int, default=8, help="held-out texts per domain (SmolLM2)"
     )
-    parser.add_argument("--skip-smollm2", action="store_true", help="only the trained pair's table")
-    parser.add_argument("--skip-pair", action="store_true", help="only the SmolLM2 tables")
+    parser.add_argument("--skip-smollm2", action="store_true", help="without the SmolLM2 tables")
+    parser.add_argument(
+        "--skip-pair", action="store_true", help="without the trained Llama pair's table"
+    )
+    parser.add_argument("--skip-gpt2", action="store_true", help="without the GPT-2 pair's table")
     parser.add_argument(
         "--seeds",
         type=int,
         default=1,
-        help="calibration draws of the trained pair's and the SmolLM2 shallow copy's tables",
+        help="calibration draws of the trained pairs' and the SmolLM2 shallow copy's tables",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out-md", default=None, help="write the markdown here (docs/decoders.md)")

@@ -112,3 +112,37 @@ def test_a_merge_of_the_pair_at_rho_1_scores_finite_perplexities(pair):
     scores = evaluate_merge(pair, result, evaluation)
     for domain in ("python-docs", "python-source"):
         assert math.isfinite(scores[domain]["perplexity"]) and scores[domain]["perplexity"] > 1
+
+
+def test_the_gpt2_pair_trains_into_folders_of_its_own_and_splits_its_heads(tmp_path):
+    """``GPT2PairSettings`` (a few steps here) writes GPT-2 folders beside the Llama pair's
+    names, that load as the gpt2 family with the tokenizer cut at their position table (from
+    SmolLM2 tokenizer's 2048), and
+    whose merge with heads split keeps A's 3 and B's 3 heads at half size in every layer."""
+    from heterogui import run
+    from heterogui.run import load_pair
+    from heterogui.tasks.language import LANGUAGE
+    from heterogui.zoo.decoder_pair import DecoderShape, GPT2PairSettings, folder_name
+
+    shape = DecoderShape(1, 192, 3, 1, 256)
+    settings = GPT2PairSettings(shape, shape, steps_a=3, steps_b=3, eval_texts=4, positions=128)
+    folders = decoder_pair_folders(settings=settings, cache=tmp_path)
+    assert [f.name for f in folders] == ["gpt2-a-python-docs", "gpt2-b-python-source"]
+    assert folder_name("a") == "a-python-docs"  # the Llama pair keeps its folders
+    for folder in folders:
+        record = json.loads((folder / MARKER).read_text())
+        assert record["settings"]["positions"] == 128 and record["model"] in "ab"
+        config = json.loads((folder / "config.json").read_text())
+        assert config["model_type"] == "gpt2" and config["n_positions"] == 128
+    pair = load_pair(str(folders[0]), str(folders[1]))
+    assert pair.a.net.family.name == "gpt2" and pair.a.tokenizer.model_max_length == 128
+
+    ref = DataRef("domains", "calibration", 8, 4)
+    prep = run.analyse(pair, run.calibrate(pair, ref), device="cpu")
+    result = zip_prepared(prep, ZipSettings(heads="split"))
+    assert result.spec.trunk_config.head_dim == 32 and result.spec.trunk_config.heads == (6,)
+    merged = run.evaluate_merge(
+        pair, result, LANGUAGE.evaluation(DataRef("domains", "test", 4, 4), pair)
+    )
+    for domain in ("python-docs", "python-source"):
+        assert 1 < merged[domain]["perplexity"] < 1e6

@@ -14,6 +14,9 @@
    every other layer is scored too, but it is no language model any more): perplexities of both,
    the ensemble, the weight average (same width, SMA padding) and merges (SMA, and the true
    alignment given by hand), with their alarms.
+4. The trained pair as GPT-2 models (``GPT2PairSettings``: the same shapes, data and training):
+   A, B, their ensemble and SMA merges at rho 1 and 0.5 with every fusion and heads setting
+   GPT-2 takes, heads split included (its attention has no rotary positions).
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ from heterogui.tasks.language import (
     score_domains,
 )
 from heterogui.tasks.lm_metrics import generate, token_batches
-from heterogui.zoo.decoder_pair import decoder_pair_folders, marker
+from heterogui.zoo.decoder_pair import GPT2PairSettings, decoder_pair_folders, marker
 
 log = logging.getLogger(__name__)
 SMOLLM2 = "smollm2:135m-instruct"
@@ -193,12 +196,20 @@ def _model_rows(
 
 
 def _merges(
-    pair: Pair, prep: Prepared, evaluation: Any, parents: dict[str, Any], label: str
+    pair: Pair,
+    prep: Prepared,
+    evaluation: Any,
+    parents: dict[str, Any],
+    label: str,
+    heads_split: bool = False,
 ) -> list[Row]:
-    """Return the rows of merges at rho 1 and 0.5 under ``prep``'s alignment, every variant."""
+    """Return the rows of merges at rho 1 and 0.5 under ``prep``'s alignment, every variant.
+
+    heads_split: include the heads-split rows (GPT-2; rotary heads do not split).
+    """
     rows = []
     for rho in (1.0, 0.5):
-        for knobs, suffix in transformer_variants(label, heads_split=False):  # rotary heads
+        for knobs, suffix in transformer_variants(label, heads_split=heads_split):
             result = zip_prepared(prep, ZipSettings(rho=rho, **knobs))
             name = f"merge {label} rho={rho:g}{suffix}"
             rows.append(_merge_row(name, pair, result, evaluation, parents))
@@ -231,6 +242,34 @@ def pair_table(sizes: Sizes, device: str = "cpu", seeds: int = 1) -> dict[str, A
     pair = run.load_pair(str(folder_a), str(folder_b), device=device)
     evaluation = LANGUAGE.evaluation(DataRef(ALL_DOMAINS, "test", sizes.evaluation, BATCH), pair)
     draw = lambda seed: _pair_rows(pair, folder_a, evaluation, sizes, device, seed)  # noqa: E731
+    return {
+        "rows": over_seeds(draw, range(seeds)),
+        "seeds": seeds,
+        "build": {
+            w: {k: m.get(k) for k in ("shape", "num_params", "held_out", "build_seconds")}
+            for w, m in build.items()
+        },
+        "calibration_texts": sizes.calibration,
+        "evaluation_texts_per_domain": sizes.evaluation,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def gpt2_table(sizes: Sizes, device: str = "cpu", seeds: int = 1) -> dict[str, Any]:
+    """Return the GPT-2 pair's rows and facts (module docstring, item 4)."""
+    start = time.perf_counter()
+    folder_a, folder_b = decoder_pair_folders(settings=GPT2PairSettings())
+    build = {w: marker(f) for w, f in (("a", folder_a), ("b", folder_b))}
+    pair = run.load_pair(str(folder_a), str(folder_b), device=device)
+    evaluation = LANGUAGE.evaluation(DataRef(ALL_DOMAINS, "test", sizes.evaluation, BATCH), pair)
+
+    def draw(seed: int) -> list[Row]:
+        ref = DataRef(ALL_DOMAINS, "calibration", sizes.calibration, BATCH, seed=seed)
+        prep = run.analyse(pair, run.calibrate(pair, ref), device=device)
+        names = ("A: GPT-2 trained on python-docs (prose)", "B: GPT-2 trained on python-source")
+        rows, parents = _model_rows(pair, prep, evaluation, names)
+        return rows + _merges(pair, prep, evaluation, parents, "SMA", heads_split=True)
+
     return {
         "rows": over_seeds(draw, range(seeds)),
         "seeds": seeds,
@@ -469,6 +508,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append("--skip-smollm2")
     if args.skip_pair:
         parts.append("--skip-pair")
+    if args.skip_gpt2:
+        parts.append("--skip-gpt2")
     if args.seeds > 1:
         parts.append(f"--seeds {args.seeds}")
     if args.out_md:
@@ -505,6 +546,8 @@ def decoder_report(args: argparse.Namespace) -> dict[str, Any]:
     }
     if not args.skip_pair:
         report["pair"] = _timed("trained pair", lambda: pair_table(sizes, dev, args.seeds))
+    if not args.skip_gpt2:
+        report["gpt2"] = _timed("GPT-2 pair", lambda: gpt2_table(sizes, dev, args.seeds))
     if not args.skip_smollm2:
         report["smollm2_self"] = _timed(
             "SmolLM2 self-merge", lambda: smollm2_self_merge_measured(sizes)

@@ -150,6 +150,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             _reading(pair["rows"]),
             "",
         ]
+    lines += _gpt2_lines(report.get("gpt2"))
     selfm = report.get("smollm2_self")
     if selfm:
         t = selfm["timing"]
@@ -241,20 +242,52 @@ def _reading(rows: list[Row]) -> str:
     return "Reading: " + "; ".join(parts) + "."
 
 
-def _shape(build: dict[str, Any]) -> str:
+def _shape(build: dict[str, Any], gpt2: bool = False) -> str:
     s = build.get("shape") or {}
     n = build.get("num_params") or 0
-    return (
-        f"{s.get('layers')} layers, width {s.get('hidden')}, {s.get('heads')} heads / "
-        f"{s.get('kv_heads')} key/value heads, MLP {s.get('intermediate')}, {n / 1e6:.1f} M "
-        "parameters"
+    heads = (
+        f"{s.get('heads')} heads"
+        if gpt2
+        else f"{s.get('heads')} heads / {s.get('kv_heads')} key/value heads"
     )
+    return (
+        f"{s.get('layers')} layers, width {s.get('hidden')}, {heads}, "
+        f"MLP {s.get('intermediate')}, {n / 1e6:.1f} M parameters"
+    )
+
+
+def _gpt2_lines(gpt2: dict[str, Any] | None) -> list[str]:
+    """Return the GPT-2 pair's section (none without its table)."""
+    if not gpt2:
+        return []
+    a, b = gpt2["build"]["a"], gpt2["build"]["b"]
+    return [
+        "## The trained pair as GPT-2 models",
+        "",
+        "`heterogui.zoo.decoder_pair.GPT2PairSettings` trains the same pair as GPT-2 models "
+        "(learned positions of a 256-token table, LayerNorm, GELU, biases; SmolLM2's tokenizer; "
+        "the same data, steps and seeds): A on `python-docs`, B on `python-source`. "
+        f"A: {_shape(a, gpt2=True)}; B: {_shape(b, gpt2=True)}. Build: "
+        f"{a.get('build_seconds')} s and {b.get('build_seconds')} s. GPT-2 has no rotary "
+        "positions, so its heads also split (`zip.heads: split`, docs/method.md sec. 8); SMA "
+        "by the CKA of the layer outputs (the GPT-2 family's default). "
+        f"Calibration: {gpt2['calibration_texts']} texts"
+        + _draws(gpt2.get("seeds", 1))
+        + f"; {gpt2['evaluation_texts_per_domain']} held-out texts per domain; "
+        f"{gpt2['seconds']:.0f} s.",
+        "",
+        table(gpt2["rows"]),
+        "",
+        _reading(gpt2["rows"]),
+        "",
+    ]
 
 
 def _alarm_lines(report: dict[str, Any]) -> list[str]:
     out = ["| table | merge | alarms |", "|---|---|---|"]
     for key, title in (
         ("pair", "trained pair"),
+        ("gpt2", "GPT-2 pair"),
         ("smollm2_self", "SmolLM2 + permuted copy"),
         ("smollm2_shallow", "SmolLM2 + shallower copy"),
     ):

@@ -18,6 +18,11 @@ drawn uniformly from all the others with the usual log(others / sampled) correct
 their share of the full softmax). The models are ordinary full-vocabulary causal LMs; every
 perplexity reported (the marker's, the language task's) is the full softmax.
 
+``GPT2PairSettings`` builds the same pair as GPT-2 models (learned positions, LayerNorm, GELU,
+biases, q/k/v fused in one projection, one key/value head per query head: the ``kv_heads`` of a
+shape do not apply), trained the same way into folders of their own (``gpt2-a-python-docs``,
+``gpt2-b-python-source``): the GPT-2 family's measured pair (``heterogui bench decoders``).
+
 The results are ``save_pretrained`` folders (weights, tokenizer, generation config) in
 ``cache_dir("decoders")`` (never in the repository), written atomically, with a marker json (the
 settings, the held-out perplexity and bits per byte of each domain, the build seconds); a folder
@@ -36,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -106,6 +111,52 @@ class DecoderPairSettings:
     threads: int = 1
     eval_texts: int = 48
     version: int = 1
+    prefix: ClassVar[str] = ""  # of the cache folders' names
+
+    def new_model(self, shape: DecoderShape) -> Any:
+        """Return a freshly initialised transformers Llama causal LM of ``shape``."""
+        from transformers import LlamaForCausalLM
+
+        return LlamaForCausalLM(hf_config(shape, self))
+
+
+@dataclass(frozen=True)
+class GPT2PairSettings(DecoderPairSettings):
+    """The decoder pair as GPT-2 models; positions: the learned position table's size."""
+
+    positions: int = 256
+    prefix: ClassVar[str] = "gpt2-"
+
+    def __post_init__(self) -> None:
+        """Check the position table holds a training text.
+
+        Raises:
+            ValueError: positions under max_tokens.
+        """
+        if self.positions < self.max_tokens:
+            raise ValueError(
+                f"positions {self.positions} cannot hold texts of max_tokens {self.max_tokens}: "
+                "use positions >= max_tokens"
+            )
+
+    def new_model(self, shape: DecoderShape) -> Any:
+        """Return a freshly initialised transformers GPT2LMHeadModel of ``shape``."""
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        config = GPT2Config(
+            vocab_size=VOCAB_SIZE,
+            n_positions=self.positions,
+            n_embd=shape.hidden,
+            n_layer=shape.layers,
+            n_head=shape.heads,
+            n_inner=shape.intermediate,
+            bos_token_id=BOS_ID,
+            eos_token_id=EOS_ID,
+            pad_token_id=EOS_ID,
+            tie_word_embeddings=self.tie_embeddings,
+            architectures=["GPT2LMHeadModel"],
+        )
+        return GPT2LMHeadModel(config)
 
 
 @dataclass(frozen=True)
@@ -125,9 +176,9 @@ def members(settings: DecoderPairSettings) -> tuple[_Member, _Member]:
     )
 
 
-def folder_name(which: str) -> str:
+def folder_name(which: str, settings: DecoderPairSettings = DecoderPairSettings()) -> str:
     """Return the cache folder name of model ``which`` ("a" or "b")."""
-    return f"{which}-{DOMAIN[which]}"
+    return f"{settings.prefix}{which}-{DOMAIN[which]}"
 
 
 def smollm2_tokenizer() -> Any:
@@ -224,8 +275,6 @@ def train_decoder(
     progress: Callable[[float], None] | None = None,
 ) -> tuple[Any, float]:
     """Train one model of the pair on its domain; return (transformers model, seconds)."""
-    from transformers import LlamaForCausalLM
-
     texts = domain_texts(member.domain, "train")
     rows = tokenizer(texts, truncation=True, max_length=settings.max_tokens)["input_ids"]
     rows = [r for r in rows if len(r) >= 2]
@@ -240,7 +289,7 @@ def train_decoder(
     start = time.perf_counter()
     with deterministic_torch(settings.threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(hf_config(member.shape, settings))
+        model = settings.new_model(member.shape)
         model.train()
         order_gen = torch.Generator().manual_seed(seed + 1)
         sample_gen = torch.Generator().manual_seed(seed + 2)
@@ -258,7 +307,7 @@ def train_decoder(
             ids, mask = _pad([rows[i] for i in idx])
             for group in optimizer.param_groups:
                 group["lr"] = settings.lr * _lr_factor(step, member.steps, settings)
-            hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
             keep = (mask[:, 1:] & mask[:, :-1]).bool()
             loss = sampled_softmax_loss(
                 hidden[:, :-1][keep],
@@ -365,7 +414,8 @@ def decoder_pair_folders(
     """Return the folders of the decoder pair (A: prose, B: Python code), building them once.
 
     Building takes a few minutes per model on two CPU cores (the marker records how long).
-    progress: called with ("train a" / "train b", fraction) while training.
+    progress: called with ("train a" / "train b", fraction) while training. settings:
+    ``GPT2PairSettings()`` for the GPT-2 pair.
 
     Raises:
         ModelLoadError: the package that ships SmolLM2's GGUF file (its tokenizer) is missing.
@@ -374,7 +424,7 @@ def decoder_pair_folders(
     folders = []
     tokenizer = None
     for member in members(settings):
-        folder = root / folder_name(member.which)
+        folder = root / folder_name(member.which, settings)
         if not _fresh(folder, settings):
             tokenizer = tokenizer or smollm2_tokenizer()
             stage = f"train {member.which}"
