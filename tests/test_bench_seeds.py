@@ -59,3 +59,39 @@ def test_draws_must_give_the_same_rows():
         over_seeds(lambda seed: [{"model": f"row {seed}"}], range(2))
     with pytest.raises(ValueError, match="at least one seed"):
         over_seeds(_rows, [])
+
+
+def test_the_decoder_report_prints_the_gpt2_pair_with_its_heads_split_rows():
+    from heterogui.bench.decoders_report import render_markdown
+
+    def rows(seed: int) -> list[dict]:
+        scores = {"python-docs ppl": 200.0 + seed, "python-source ppl": 500.0, "alarms": []}
+        return [
+            {"model": "A: GPT-2 trained on python-docs (prose)", **scores},
+            {"model": "B: GPT-2 trained on python-source", **scores},
+            {"model": "ensemble (mean of A's and B's probabilities)", **scores},
+            {"model": "merge SMA rho=1, heads split", **scores, "python-docs ppl": 400.0 - seed},
+        ]
+
+    shape = {"layers": 4, "hidden": 192, "heads": 3, "kv_heads": 1, "intermediate": 512}
+    report = {
+        "command": "heterogui bench decoders --skip-pair --skip-smollm2 --seeds 2",
+        "environment": {"threads": 1, "python": "3.11", "torch": "t", "transformers": "x"},
+        "sizes": {"calibration": 32, "evaluation": 48, "smollm2_evaluation": 8},
+        "seconds": 60.0,
+        "gpt2": {
+            "rows": over_seeds(rows, range(2)),
+            "seeds": 2,
+            "build": {w: {"shape": shape, "num_params": 2e7, "build_seconds": 90.0} for w in "ab"},
+            "calibration_texts": 32,
+            "evaluation_texts_per_domain": 48,
+            "seconds": 50.0,
+        },
+    }
+    text = render_markdown(report)
+    assert "## The trained pair as GPT-2 models" in text
+    intro = text.split("## The trained pair as GPT-2 models")[1].split("| model |")[0]
+    assert "A: 4 layers, width 192, 3 heads, MLP 512, 20.0 M parameters" in intro
+    assert "key/value" not in intro  # GPT-2 has one key/value head per query head
+    assert "| merge SMA rho=1, heads split |" in text and "399.5 ± 0.7" in text
+    assert "| GPT-2 pair | merge SMA rho=1, heads split | none |" in text
