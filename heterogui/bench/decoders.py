@@ -69,7 +69,12 @@ from heterogui.tasks.language import (
     score_domains,
 )
 from heterogui.tasks.lm_metrics import generate, token_batches
-from heterogui.zoo.decoder_pair import GPT2PairSettings, decoder_pair_folders, marker
+from heterogui.zoo.decoder_pair import (
+    DecoderPairSettings,
+    GPT2PairSettings,
+    decoder_pair_folders,
+    marker,
+)
 
 log = logging.getLogger(__name__)
 SMOLLM2 = "smollm2:135m-instruct"
@@ -236,42 +241,42 @@ def pair_table(sizes: Sizes, device: str = "cpu", seeds: int = 1) -> dict[str, A
     seeds: calibration draws (seeds 0 .. seeds-1; the models and the evaluation texts stay);
     the rows are their means with the spread (``bench.seeds``).
     """
-    start = time.perf_counter()
-    folder_a, folder_b = decoder_pair_folders()
-    build = {w: marker(f) for w, f in (("a", folder_a), ("b", folder_b))}
-    pair = run.load_pair(str(folder_a), str(folder_b), device=device)
-    evaluation = LANGUAGE.evaluation(DataRef(ALL_DOMAINS, "test", sizes.evaluation, BATCH), pair)
-    draw = lambda seed: _pair_rows(pair, folder_a, evaluation, sizes, device, seed)  # noqa: E731
-    return {
-        "rows": over_seeds(draw, range(seeds)),
-        "seeds": seeds,
-        "build": {
-            w: {k: m.get(k) for k in ("shape", "num_params", "held_out", "build_seconds")}
-            for w, m in build.items()
-        },
-        "calibration_texts": sizes.calibration,
-        "evaluation_texts_per_domain": sizes.evaluation,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+
+    def rows_of(pair: Pair, folder_a: Path, evaluation: Any, seed: int) -> list[Row]:
+        return _pair_rows(pair, folder_a, evaluation, sizes, device, seed)
+
+    return _trained_table(DecoderPairSettings(), sizes, device, seeds, rows_of)
 
 
 def gpt2_table(sizes: Sizes, device: str = "cpu", seeds: int = 1) -> dict[str, Any]:
     """Return the GPT-2 pair's rows and facts (module docstring, item 4)."""
-    start = time.perf_counter()
-    folder_a, folder_b = decoder_pair_folders(settings=GPT2PairSettings())
-    build = {w: marker(f) for w, f in (("a", folder_a), ("b", folder_b))}
-    pair = run.load_pair(str(folder_a), str(folder_b), device=device)
-    evaluation = LANGUAGE.evaluation(DataRef(ALL_DOMAINS, "test", sizes.evaluation, BATCH), pair)
 
-    def draw(seed: int) -> list[Row]:
+    def rows_of(pair: Pair, _folder_a: Path, evaluation: Any, seed: int) -> list[Row]:
         ref = DataRef(ALL_DOMAINS, "calibration", sizes.calibration, BATCH, seed=seed)
         prep = run.analyse(pair, run.calibrate(pair, ref), device=device)
         names = ("A: GPT-2 trained on python-docs (prose)", "B: GPT-2 trained on python-source")
         rows, parents = _model_rows(pair, prep, evaluation, names)
         return rows + _merges(pair, prep, evaluation, parents, "SMA", heads_split=True)
 
+    return _trained_table(GPT2PairSettings(), sizes, device, seeds, rows_of)
+
+
+def _trained_table(
+    settings: DecoderPairSettings,
+    sizes: Sizes,
+    device: str,
+    seeds: int,
+    rows_of: Callable[[Pair, Path, Any, int], list[Row]],
+) -> dict[str, Any]:
+    """Return a trained pair's rows over the calibration draws (``rows_of(pair, folder of A,
+    evaluation, seed)``) and its build facts; the pair is built first if needed."""
+    start = time.perf_counter()
+    folder_a, folder_b = decoder_pair_folders(settings=settings)
+    build = {w: marker(f) for w, f in (("a", folder_a), ("b", folder_b))}
+    pair = run.load_pair(str(folder_a), str(folder_b), device=device)
+    evaluation = LANGUAGE.evaluation(DataRef(ALL_DOMAINS, "test", sizes.evaluation, BATCH), pair)
     return {
-        "rows": over_seeds(draw, range(seeds)),
+        "rows": over_seeds(lambda seed: rows_of(pair, folder_a, evaluation, seed), range(seeds)),
         "seeds": seeds,
         "build": {
             w: {k: m.get(k) for k in ("shape", "num_params", "held_out", "build_seconds")}

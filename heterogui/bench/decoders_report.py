@@ -139,16 +139,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             "evenly spaced layers (what a merge of that depth could be without B at all). A "
             "*weight average* needs equal shapes: A and B differ in width "
             f"({a['shape']['hidden']} vs {b['shape']['hidden']}), so it does not apply here (see "
-            "the SmolLM2 tables for pairs where it does). "
-            f"Calibration: {pair['calibration_texts']} texts"
-            + _draws(pair.get("seeds", 1))
-            + f"; {pair['evaluation_texts_per_domain']} held-out texts per domain; "
-            f"{pair['seconds']:.0f} s.",
-            "",
-            table(pair["rows"]),
-            "",
-            _reading(pair["rows"]),
-            "",
+            "the SmolLM2 tables for pairs where it does). " + _calibration(pair),
+            *_table_and_reading(pair["rows"]),
         ]
     lines += _gpt2_lines(report.get("gpt2"))
     selfm = report.get("smollm2_self")
@@ -270,17 +262,23 @@ def _gpt2_lines(gpt2: dict[str, Any] | None) -> list[str]:
         f"A: {_shape(a, gpt2=True)}; B: {_shape(b, gpt2=True)}. Build: "
         f"{a.get('build_seconds')} s and {b.get('build_seconds')} s. GPT-2 has no rotary "
         "positions, so its heads also split (`zip.heads: split`, docs/method.md sec. 8); SMA "
-        "by the CKA of the layer outputs (the GPT-2 family's default). "
-        f"Calibration: {gpt2['calibration_texts']} texts"
-        + _draws(gpt2.get("seeds", 1))
-        + f"; {gpt2['evaluation_texts_per_domain']} held-out texts per domain; "
-        f"{gpt2['seconds']:.0f} s.",
-        "",
-        table(gpt2["rows"]),
-        "",
-        _reading(gpt2["rows"]),
-        "",
+        "by the CKA of the layer outputs (the GPT-2 family's default). " + _calibration(gpt2),
+        *_table_and_reading(gpt2["rows"]),
     ]
+
+
+def _calibration(trained: dict[str, Any]) -> str:
+    """Return the sentence on a trained pair's calibration draws, held-out texts and time."""
+    return (
+        f"Calibration: {trained['calibration_texts']} texts"
+        + _draws(trained.get("seeds", 1))
+        + f"; {trained['evaluation_texts_per_domain']} held-out texts per domain; "
+        f"{trained['seconds']:.0f} s."
+    )
+
+
+def _table_and_reading(rows: list[Row]) -> list[str]:
+    return ["", table(rows), "", _reading(rows), ""]
 
 
 def _alarm_lines(report: dict[str, Any]) -> list[str]:
