@@ -294,7 +294,7 @@ def add_bench_arguments(subparsers: argparse._SubParsersAction) -> None:
     add_transformer_arguments(tables)
     tables.set_defaults(func=_transformers)
     decoders = subparsers.add_parser(
-        "decoders", help="the decoder LM tables of docs/decoders.md (trained pair, SmolLM2)"
+        "decoders", help="the decoder LM tables of docs/decoders.md (trained pairs, SmolLM2)"
     )
     add_decoder_arguments(decoders)
     decoders.set_defaults(func=_decoders)

@@ -82,7 +82,10 @@ def test_the_decoder_report_prints_the_gpt2_pair_with_its_heads_split_rows():
         "gpt2": {
             "rows": over_seeds(rows, range(2)),
             "seeds": 2,
-            "build": {w: {"shape": shape, "num_params": 2e7, "build_seconds": 90.0} for w in "ab"},
+            "build": {
+                w: {"shape": shape, "num_params": 2e7, "build_seconds": 90.0, "positions": 160}
+                for w in "ab"
+            },
             "calibration_texts": 32,
             "evaluation_texts_per_domain": 48,
             "seconds": 50.0,
@@ -93,5 +96,6 @@ def test_the_decoder_report_prints_the_gpt2_pair_with_its_heads_split_rows():
     intro = text.split("## The trained pair as GPT-2 models")[1].split("| model |")[0]
     assert "A: 4 layers, width 192, 3 heads, MLP 512, 20.0 M parameters" in intro
     assert "key/value" not in intro  # GPT-2 has one key/value head per query head
+    assert "learned positions of a 160-token table" in intro  # the build marker's setting
     assert "| merge SMA rho=1, heads split |" in text and "399.5 ± 0.7" in text
     assert "| GPT-2 pair | merge SMA rho=1, heads split | none |" in text

@@ -252,10 +252,8 @@ def gpt2_table(sizes: Sizes, device: str = "cpu", seeds: int = 1) -> dict[str, A
     """Return the GPT-2 pair's rows and facts (module docstring, item 4)."""
 
     def rows_of(pair: Pair, _folder_a: Path, evaluation: Any, seed: int) -> list[Row]:
-        ref = DataRef(ALL_DOMAINS, "calibration", sizes.calibration, BATCH, seed=seed)
-        prep = run.analyse(pair, run.calibrate(pair, ref), device=device)
         names = ("A: GPT-2 trained on python-docs (prose)", "B: GPT-2 trained on python-source")
-        rows, parents = _model_rows(pair, prep, evaluation, names)
+        prep, rows, parents = _draw(pair, evaluation, sizes, device, seed, names)
         return rows + _merges(pair, prep, evaluation, parents, "SMA", heads_split=True)
 
     return _trained_table(GPT2PairSettings(), sizes, device, seeds, rows_of)
@@ -279,7 +277,10 @@ def _trained_table(
         "rows": over_seeds(lambda seed: rows_of(pair, folder_a, evaluation, seed), range(seeds)),
         "seeds": seeds,
         "build": {
-            w: {k: m.get(k) for k in ("shape", "num_params", "held_out", "build_seconds")}
+            w: {
+                **{k: m.get(k) for k in ("shape", "num_params", "held_out", "build_seconds")},
+                "positions": (m.get("settings") or {}).get("positions"),
+            }
             for w, m in build.items()
         },
         "calibration_texts": sizes.calibration,
@@ -288,14 +289,23 @@ def _trained_table(
     }
 
 
+def _draw(
+    pair: Pair, evaluation: Any, sizes: Sizes, device: str, seed: int, names: tuple[str, str]
+) -> tuple[Prepared, list[Row], dict[str, Any]]:
+    """Calibrate and analyse a trained pair on calibration draw ``seed``; return the analysis,
+    the parents' and the ensemble's rows and the parents' scores (``_model_rows``)."""
+    ref = DataRef(ALL_DOMAINS, "calibration", sizes.calibration, BATCH, seed=seed)
+    prep = run.analyse(pair, run.calibrate(pair, ref), device=device)
+    rows, parents = _model_rows(pair, prep, evaluation, names)
+    return prep, rows, parents
+
+
 def _pair_rows(
     pair: Pair, folder_a: Path, evaluation: Any, sizes: Sizes, device: str, seed: int
 ) -> list[Row]:
     """Return the trained pair's rows on calibration draw ``seed`` (folder_a: A, to drop layers)."""
-    ref = DataRef(ALL_DOMAINS, "calibration", sizes.calibration, BATCH, seed=seed)
-    prep = run.analyse(pair, run.calibrate(pair, ref), device=device)
     names = ("A: trained on python-docs (prose)", "B: trained on python-source (code)")
-    rows, parents = _model_rows(pair, prep, evaluation, names)
+    prep, rows, parents = _draw(pair, evaluation, sizes, device, seed, names)
     keep = evenly(prep.net_a.config.num_layers, prep.net_b.config.num_layers)
     dropped = dropped_network(folder_a, keep, "A-dropped")
     dropped.module.to(prep.device)

@@ -253,11 +253,12 @@ def _gpt2_lines(gpt2: dict[str, Any] | None) -> list[str]:
     if not gpt2:
         return []
     a, b = gpt2["build"]["a"], gpt2["build"]["b"]
+    table = f" of a {a['positions']}-token table" if a.get("positions") else ""
     return [
         "## The trained pair as GPT-2 models",
         "",
         "`heterogui.zoo.decoder_pair.GPT2PairSettings` trains the same pair as GPT-2 models "
-        "(learned positions of a 256-token table, LayerNorm, GELU, biases; SmolLM2's tokenizer; "
+        f"(learned positions{table}, LayerNorm, GELU, biases; SmolLM2's tokenizer; "
         "the same data, steps and seeds): A on `python-docs`, B on `python-source`. "
         f"A: {_shape(a, gpt2=True)}; B: {_shape(b, gpt2=True)}. Build: "
         f"{a.get('build_seconds')} s and {b.get('build_seconds')} s. GPT-2 has no rotary "

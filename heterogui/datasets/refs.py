@@ -215,9 +215,7 @@ def text_limit(tokenizer: Any, cap: int | None = None) -> int | None:
     """
     stated = getattr(tokenizer, "model_max_length", None)
     known = stated if isinstance(stated, int) and 0 < stated < NO_TOKEN_LIMIT else None
-    if cap is None or known is None:
-        return known if cap is None else cap
-    return min(cap, known)
+    return min((n for n in (cap, known) if n is not None), default=None)
 
 
 def tokenize(tokenizer: Any, sentences: Sequence[str], batch_size: int = 32) -> list[dict]:
