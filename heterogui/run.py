@@ -214,7 +214,16 @@ def calibrate(pair: Pair, ref: DataRef | None = None, size: int | None = None) -
         ModelLoadError: a missing or corrupt data file.
     """
     task = task_of(pair.task)
-    return task.calibration(ref or task.default_calibration(pair, size), pair)
+    calibration = task.calibration(ref or task.default_calibration(pair, size), pair)
+    asked = calibration.ref.size
+    if asked is not None and calibration.count != asked:
+        log.warning(
+            "calibration: %d inputs from %s, not the %d its size asks for",
+            calibration.count,
+            calibration.ref.source,
+            asked,
+        )
+    return calibration
 
 
 def stats_budget() -> int:
@@ -362,7 +371,7 @@ def merge(
         task.check(recipe.calibration, "calibration")
         if recipe.evaluation is not None:
             task.check(recipe.evaluation, "evaluation")
-        calibration = task.calibration(recipe.calibration, pair)
+        calibration = calibrate(pair, recipe.calibration)
         evaluation = task.evaluation(recipe.evaluation, pair) if recipe.evaluation else None
     # this rank's batches: all of them in one process, every N-th under torchrun
     shard = dataclasses.replace(calibration, batches=distributed.shard(calibration.batches))

@@ -96,6 +96,18 @@ def test_merge_through_the_cli_writes_a_folder_that_reloads(tmp_path, pair, caps
     assert reloaded.spec.classes == ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
 
 
+def test_a_size_over_the_data_warns_and_the_report_counts_what_was_used(tmp_path, caplog):
+    recipe = write_case(tmp_path, "depth")
+    raw = yaml.safe_load(recipe.read_text())
+    raw["calibration"]["size"] = 500  # the file holds 96 inputs
+    recipe.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "merged"
+    with caplog.at_level("WARNING", logger="heterogui.run"):
+        assert main(["merge", str(recipe), "--out", str(out)]) == 0
+    assert "calibration: 96 inputs" in caplog.text and "not the 500 its size asks" in caplog.text
+    assert json.loads((out / "report.json").read_text())["calibration_count"] == 96
+
+
 def test_recipe_round_trips_and_rejects_unknown_keys(tmp_path):
     recipe = load_recipe(write_case(tmp_path, "depth", zip={"alpha": 0.25, "beta": 0.5}))
     assert recipe_from_dict(yaml.safe_load(recipe.to_yaml())) == recipe
