@@ -153,17 +153,20 @@ def _batch_nll(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[fl
         )
     ids, mask = ids.to(logits.device), mask.to(logits.device)
     keep = mask[:, 1:] & mask[:, :-1]
-    rows = logits[:, :-1][keep].float()  # (N, V)
-    targets = ids[:, 1:][keep]  # (N,)
-    if rows.device.type == "mps":  # no float64 there
-        rows, targets = rows.cpu(), targets.cpu()
     total = 0.0
-    for start in range(0, rows.shape[0], _ROWS):
-        chunk, wanted = rows[start : start + _ROWS], targets[start : start + _ROWS, None]
-        # -log p(target) = logsumexp(row) - row[target]: the stable float32 logsumexp, each
-        # token's term and the sum in float64 (about 3e-7 nats a token from a float64 log_softmax)
-        lse = torch.logsumexp(chunk, dim=-1).double()
-        total += float((lse - chunk.gather(1, wanted)[:, 0].double()).sum())
+    # -log p(target) = logsumexp(logits) - logits[target], read in place a row of the batch
+    # (at most _ROWS positions) at a time: the stable float32 logsumexp, each token's term and
+    # the sum in float64 on the CPU (about 3e-7 nats a token from a float64 log_softmax)
+    for row in range(ids.shape[0]):
+        for start in range(0, ids.shape[1] - 1, _ROWS):
+            stop = min(start + _ROWS, ids.shape[1] - 1)
+            kept = keep[row, start:stop].cpu()
+            if not kept.any():
+                continue
+            chunk = logits[row, start:stop].float()
+            picked = chunk.gather(1, ids[row, start + 1 : stop + 1, None])[:, 0]
+            lse = torch.logsumexp(chunk, dim=-1)
+            total += float((lse.cpu().double() - picked.cpu().double())[kept].sum())
     return total, int(keep.sum())
 
 
@@ -250,8 +253,15 @@ def ensemble_logits(*logits: torch.Tensor) -> torch.Tensor:
             f"cannot ensemble logits of shapes {sorted(shapes)}: the models must share a "
             "tokenizer (vocabulary) and see the same batch"
         )
-    logp = torch.stack([torch.log_softmax(x.float(), dim=-1) for x in logits])
-    return torch.logsumexp(logp, dim=0) - math.log(len(logits))
+
+    def log_probs(x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        return x - torch.logsumexp(x, dim=-1, keepdim=True)
+
+    total = log_probs(logits[0])  # the log of the summed probabilities, model by model
+    for x in logits[1:]:
+        torch.logaddexp(total, log_probs(x), out=total)
+    return total.sub_(math.log(len(logits)))
 
 
 def generate(
