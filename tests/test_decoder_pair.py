@@ -114,6 +114,36 @@ def test_a_merge_of_the_pair_at_rho_1_scores_finite_perplexities(pair):
         assert math.isfinite(scores[domain]["perplexity"]) and scores[domain]["perplexity"] > 1
 
 
+def test_the_workbench_offers_the_pair_as_a_demo_pair(folders):
+    """The demo pair loads, analyses on the built-in domains and scores A and B on the held-out
+    texts their build was scored on (the build scored transformers' own models); a merge's
+    message says what its evaluation took."""
+    from heterogui.ui import tab_evaluate, tab_models, tab_zip
+    from heterogui.ui.resources import DECODER_PAIR, Resources, ZooPairs
+    from heterogui.ui.session import Session
+
+    res = Resources(ZooPairs(), device="cpu")
+    assert DECODER_PAIR in dict(res.pair_names()) and res.default_pair() != DECODER_PAIR
+    session = Session(device="cpu")
+    message, _ = tab_models.on_load_pair(session, res, DECODER_PAIR)
+    assert "decoder-pair" in message and (session.a.ref, session.b.ref) == (
+        "decoder-pair:a",
+        "decoder-pair:b",
+    )
+    rows = {r[0]: r[1:] for r in tab_evaluate.render(session, res)["lm_scores"]["value"]}
+    for label, folder in (("A", folders[0]), ("B", folders[1])):
+        held_out = json.loads((folder / MARKER).read_text())["held_out"]
+        want = [
+            held_out[d][k]
+            for d in ("python-docs", "python-source")
+            for k in ("perplexity", "bits_per_byte")
+        ]
+        assert rows[label][:4] == pytest.approx(want, rel=1e-5)
+    n = session.prepared.padded_a.graph().num_blocks - 1
+    done = tab_zip.on_merge(session, res, "zip", 0.5, 1.0, 0.5, n, "cpu")
+    assert "Merge #1" in done and "evaluation" in done and "perplexity" in done
+
+
 def test_the_gpt2_pair_trains_into_folders_of_its_own_and_splits_its_heads(tmp_path):
     """``GPT2PairSettings`` (a few steps here) writes GPT-2 folders beside the Llama pair's
     names, that load as the gpt2 family with the tokenizer cut at their position table (from

@@ -34,6 +34,8 @@ BUILT_IN_REFS = {
     "minilm:all-MiniLM-L6-v2": "MiniLM sentence embedder",
     "minilm:paraphrase-MiniLM-L3-v2": "MiniLM sentence embedder",
     "smollm2:135m-instruct": "SmolLM2-135M-Instruct language model, dequantized from 4-bit GGUF",
+    "decoder-pair:a": "the decoder demo pair's prose model",
+    "decoder-pair:b": "the decoder demo pair's code model",
 }
 SOURCE_HELP = {
     "zoo": "a model of a built-in demo pair",
@@ -64,8 +66,8 @@ def build(ui: dict[str, Any], res: Resources) -> None:
             [(f"{n} — {d}" if d else n, n) for n, d in pairs],
             value=res.default_pair(),
             label="Demo pair",
-            info="Two models trained on disjoint classes of one dataset; "
-            "loading analyses them at once",
+            info="Two models trained on different parts of one dataset (disjoint classes; "
+            "the decoder pair: prose and code); loading analyses them at once",
             scale=3,
         )
         ui["load_pair"] = gr.Button("Load demo pair", variant="primary", scale=1)
@@ -130,7 +132,7 @@ def _model_picker(ui: dict[str, Any], res: Resources, which: str) -> None:
         placeholder="/path/to/model_folder",
         info="A folder on the machine running the app: a heterogui model or merge "
         "(config.json + model.safetensors) or a Hugging Face save_pretrained folder (BERT, "
-        "ViT, or a Llama / Qwen2 / Mistral causal LM); or the path of a .gguf file",
+        "ViT, or a Llama / Qwen2 / Mistral / GPT-2 causal LM); or the path of a .gguf file",
         visible=False,
     )
     ui[f"upload_{which}"] = gr.File(
@@ -148,7 +150,7 @@ def _model_picker(ui: dict[str, Any], res: Resources, which: str) -> None:
         label=f"Hugging Face model {name}",
         info="A save_pretrained folder, a hub id (when the hub is allowed), a .gguf file, or a "
         f"built-in reference: {', '.join(BUILT_IN_REFS)}; BERT, ViT and decoder language "
-        "models (Llama, Qwen2, Mistral)",
+        "models (Llama, Qwen2, Mistral, GPT-2)",
         placeholder="smollm2:135m-instruct",
         visible=False,
         elem_id=f"hf-{which}",

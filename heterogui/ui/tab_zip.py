@@ -452,6 +452,8 @@ def on_merge(
     result = work.merge(session, res, settings, progress, evaluate=evaluate)
     row = session.history[-1]
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+    if evaluate and session.evaluation is not None:  # the rest: scoring the merge (and sizing)
+        stages += f", evaluation {max(row['seconds'] - sum(result.timings.values()), 0.0):.2f}s"
     task = session.task
     score = task.headline(session.merged_metrics)
     if session.evaluation is None:
