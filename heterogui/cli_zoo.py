@@ -17,11 +17,27 @@ def _progress(stage: str, fraction: float) -> None:
 
 
 def zoo_build_cli(args: argparse.Namespace) -> int:
-    """Build the zoo pairs that are missing (all with --force); print what was done."""
+    """Build the zoo pairs that are missing (all with --force); print what was done.
+
+    ``decoder-pair`` among --pairs also builds the trained decoder pair (never by default: it
+    takes minutes and the package of SmolLM2's tokenizer).
+    """
+    from heterogui.sources.zoo import DECODER_PAIR
     from heterogui.zoo.pairs import build_zoo
 
     start = time.perf_counter()
-    entries = build_zoo(args.pairs or None, progress=_progress, force=args.force, tiny=args.tiny)
+    names = args.pairs
+    if names and DECODER_PAIR in names and not args.tiny:
+        from heterogui.zoo.decoder_pair import decoder_pair_folders
+
+        folders = decoder_pair_folders(progress=_progress, force=args.force)
+        print(file=sys.stderr)
+        print(f"{DECODER_PAIR:<30} ready in {', '.join(str(f) for f in folders)}")
+        names = [n for n in names if n != DECODER_PAIR]
+        if not names:
+            print(f"zoo ready in {time.perf_counter() - start:.1f}s")
+            return 0
+    entries = build_zoo(names or None, progress=_progress, force=args.force, tiny=args.tiny)
     print(file=sys.stderr)
     for e in entries:
         state = "cached" if e.was_built else f"trained {', '.join(e.trained) or 'nothing'}"
@@ -59,7 +75,30 @@ def zoo_list_cli(args: argparse.Namespace) -> int:
         )
         print(f"  {r['description']}")
     _print_groups(args.tiny)
+    if not args.tiny:
+        _print_decoder_pair()
     return 0
+
+
+def _print_decoder_pair() -> None:
+    """Print the trained decoder pair: shapes, whether it is built, held-out perplexities."""
+    from heterogui.sources.zoo import DECODER_PAIR, DECODER_PREFIX
+    from heterogui.zoo.decoder_pair import pair_status
+
+    print(
+        f"\ndecoder language models (recipes: {DECODER_PREFIX}a|b; workbench demo pair "
+        f"{DECODER_PAIR}; heterogui zoo build --pairs {DECODER_PAIR}, about 5 minutes):"
+    )
+    for m in pair_status():
+        shape = m["shape"]
+        line = (
+            f"{DECODER_PREFIX}{m['which']:<16} {'yes' if m['built'] else 'no':<6} "
+            f"llama {shape['layers']} layers @ {shape['hidden']}, trained on {m['trained_on']}"
+        )
+        if m["built"]:
+            ppl = " / ".join(f"{d} {s['perplexity']:.1f}" for d, s in m["held_out"].items())
+            line += f"; {m['num_params']:,} params; held-out perplexity {ppl}"
+        print(line)
 
 
 def _print_groups(tiny: bool) -> None:
@@ -81,7 +120,12 @@ def add_zoo_arguments(subparsers: argparse._SubParsersAction) -> None:
     """Register ``build`` and ``list`` on the ``zoo`` subparsers."""
     build = subparsers.add_parser("build", help="train and cache the demo pairs that are missing")
     build.add_argument("--force", action="store_true", help="retrain even cached pairs")
-    build.add_argument("--pairs", nargs="+", default=None, help="pair names (default: all)")
+    build.add_argument(
+        "--pairs",
+        nargs="+",
+        default=None,
+        help="pair names (default: every image pair; decoder-pair: the trained decoder pair)",
+    )
     build.add_argument("--tiny", action="store_true", help="the tiny test zoo")
     build.set_defaults(func=zoo_build_cli)
     listing = subparsers.add_parser("list", help="list the demo pairs")

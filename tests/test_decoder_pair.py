@@ -114,6 +114,23 @@ def test_a_merge_of_the_pair_at_rho_1_scores_finite_perplexities(pair):
         assert math.isfinite(scores[domain]["perplexity"]) and scores[domain]["perplexity"] > 1
 
 
+def test_zoo_list_and_build_name_the_pair(folders, capsys):
+    from heterogui.cli import main
+
+    stamps = [(f / "model.safetensors").stat().st_mtime_ns for f in folders]
+    assert main(["zoo", "build", "--pairs", "decoder-pair"]) == 0
+    assert f"ready in {folders[0]}, {folders[1]}" in capsys.readouterr().out
+    assert [(f / "model.safetensors").stat().st_mtime_ns for f in folders] == stamps  # cached
+    assert main(["zoo", "list"]) == 0
+    listed = capsys.readouterr().out.split("decoder language models")[1]
+    for which, folder in zip("ab", folders, strict=True):
+        record = json.loads((folder / MARKER).read_text())
+        line = next(x for x in listed.splitlines() if x.startswith(f"decoder-pair:{which} "))
+        assert " yes " in line and f"{record['num_params']:,} params" in line
+        ppl = record["held_out"]["python-docs"]["perplexity"]
+        assert f"python-docs {ppl:.1f}" in line
+
+
 def test_the_workbench_offers_the_pair_as_a_demo_pair(folders):
     """The demo pair loads, analyses on the built-in domains and scores A and B on the held-out
     texts their build was scored on (the build scored transformers' own models); a merge's

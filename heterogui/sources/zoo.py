@@ -19,7 +19,8 @@ from heterogui.zoo.pairs import pair_folder
 from heterogui.zoo.registry import pair_spec
 
 PREFIX = "zoo:"
-DECODER_PREFIX = "decoder-pair:"
+DECODER_PAIR = "decoder-pair"  # the trained decoder pair's name (workbench, heterogui zoo)
+DECODER_PREFIX = f"{DECODER_PAIR}:"
 
 
 def zoo_ref(pair: str, which: str) -> str:

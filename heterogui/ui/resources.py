@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from heterogui.cache import cache_dir
 from heterogui.sources import registry as sources
 from heterogui.sources.base import Loaded
-from heterogui.sources.zoo import DECODER_PREFIX, zoo_ref
+from heterogui.sources.zoo import DECODER_PAIR, DECODER_PREFIX, zoo_ref
 from heterogui.tasks import Calibration, Evaluation
 from heterogui.zoo.pairs import build_zoo
 from heterogui.zoo.registry import PAIRS, TINY_PAIRS, pair_spec
@@ -28,7 +28,6 @@ Progress = Callable[[str, float], None]
 
 
 # The trained decoder language models (``heterogui.zoo.decoder_pair``) as a demo pair.
-DECODER_PAIR = DECODER_PREFIX.removesuffix(":")
 DECODER_PAIR_DESCRIPTION = (
     "Llama language models on Python prose (A: 4 layers, width 192) and Python code (B: 2 "
     "layers, width 384); the first load trains them, about 5 minutes on 2 cores"

@@ -410,12 +410,13 @@ def decoder_pair_folders(
     progress: Progress | None = None,
     settings: DecoderPairSettings = DecoderPairSettings(),
     cache: Path | None = None,
+    force: bool = False,
 ) -> tuple[Path, Path]:
     """Return the folders of the decoder pair (A: prose, B: Python code), building them once.
 
     Building takes a few minutes per model on two CPU cores (the marker records how long).
     progress: called with ("train a" / "train b", fraction) while training. settings:
-    ``GPT2PairSettings()`` for the GPT-2 pair.
+    ``GPT2PairSettings()`` for the GPT-2 pair. force: train again even when built.
 
     Raises:
         ModelLoadError: the package that ships SmolLM2's GGUF file (its tokenizer) is missing.
@@ -425,13 +426,38 @@ def decoder_pair_folders(
     tokenizer = None
     for member in members(settings):
         folder = root / folder_name(member.which, settings)
-        if not _fresh(folder, settings):
+        if force or not _fresh(folder, settings):
             tokenizer = tokenizer or smollm2_tokenizer()
             stage = f"train {member.which}"
             report = (lambda f, s=stage: progress(s, f)) if progress is not None else None
             build_member(member, settings, tokenizer, folder, report)
         folders.append(folder)
     return folders[0], folders[1]
+
+
+def pair_status(
+    settings: DecoderPairSettings = DecoderPairSettings(), cache: Path | None = None
+) -> list[dict[str, Any]]:
+    """Return, for A and B, what ``heterogui zoo list`` shows: the domain, the shape, whether
+    the folder is built with these settings, and its build record's size and held-out scores."""
+    root = Path(cache) if cache is not None else cache_dir("decoders")
+    out = []
+    for member in members(settings):
+        folder = root / folder_name(member.which, settings)
+        built = _fresh(folder, settings)
+        record = marker(folder) if built else {}
+        out.append(
+            {
+                "which": member.which,
+                "trained_on": member.domain,
+                "shape": asdict(member.shape),
+                "folder": str(folder),
+                "built": built,
+                "num_params": record.get("num_params"),
+                "held_out": record.get("held_out"),
+            }
+        )
+    return out
 
 
 def marker(folder: Path) -> dict[str, Any]:
