@@ -20,7 +20,7 @@ from heterogui.models.hf.decoder_io import network_from_hf
 from heterogui.models.permute import permute_network, random_permutations
 from heterogui.pipeline import ZipSettings, prepare, zip_prepared
 from heterogui.sources import registry
-from heterogui.tasks.language import merged_logits
+from heterogui.tasks.language import merged_logits, network_logits
 from heterogui.tasks.lm_metrics import generate, token_batches
 
 TEXTS = [
@@ -109,6 +109,31 @@ def test_depth_and_width_heterogeneous_decoders_merge_and_export_exactly(tmp_pat
     assert written["num_hidden_layers"] == config.num_layers
     assert written["tie_word_embeddings"] is False
     assert (out / "generation_config.json").is_file()
+
+
+def test_last_position_logits_are_the_full_logits_last_column_and_generate_the_same():
+    """Generation reads the head at the last position only: for a network, a full merge and a
+    partial merge (the tails hold decoder layers), the same logits and the same continuations."""
+    from heterogui.models.hf.gpt2_io import network_from_hf as gpt2_network
+
+    deep = network_from_hf(tiny_decoder(hidden=48, layers=4, heads=6, kv=2, inter=80, seed=1))
+    wide = network_from_hf(tiny_decoder(hidden=72, layers=2, heads=9, kv=3, inter=96, seed=2))
+    prepared = prepare(deep, wide, batches(), mode="sma", device="cpu")
+    full = zip_prepared(prepared, ZipSettings(rho=0.5))
+    partial = zip_prepared(prepared, ZipSettings(rho=0.5, stop=2))
+    assert any(len(t) > 2 for t in partial.model.tails)  # decoder layers after the stop point
+    tok = char_tokenizer()
+    (batch,) = token_batches(tok, ["def add(a, b):", "The tutorial"], 2, 48)
+    batch = {k: v[:, :9] for k, v in batch.items()}  # both rows real up to the last position
+    gpt2 = gpt2_network(tiny_gpt2()).module
+    pairs = [(network_logits(m), network_logits(m, last=True)) for m in (deep.module, gpt2)]
+    pairs += [(merged_logits(r.model), merged_logits(r.model, last=True)) for r in (full, partial)]
+    for every, last in pairs:
+        with torch.no_grad():
+            want, got = every(batch)[:, -1:], last(batch)
+        assert got.shape == want.shape and (got - want).abs().max() < 1e-5
+        for prompt in ("def f(x):", "Python has"):
+            assert generate(last, tok, prompt, 12) == generate(every, tok, prompt, 12)
 
 
 def test_preflight_refuses_other_tokenizers_head_sizes_and_groupings(tmp_path):

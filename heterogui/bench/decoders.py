@@ -177,7 +177,7 @@ def _parent_row(
     row = _score_row(name, scores, **_net_facts(net))
     if "repetition" not in scores:
         scores["repetition"] = round(
-            repetition(network_logits(net.module), pair.a.tokenizer, device), 4
+            repetition(network_logits(net.module, last=True), pair.a.tokenizer, device), 4
         )
     row["repetition"] = scores["repetition"]
     return row

@@ -122,14 +122,19 @@ class MergedModel(nn.Module):
     def forward(self, x: Any = None, **inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.heads(self.features(x, **inputs))
 
-    def heads(self, state: Any) -> tuple[torch.Tensor, ...]:
+    def heads(self, state: Any, last_position: bool = False) -> tuple[torch.Tensor, ...]:
         """Return every model's output from the merged state at the stop point (``features``):
-        unmerged into the model's space, then through its tail."""
+        unmerged into the model's space, then through its tail.
+
+        last_position: each tail's final block (a language model's head, which reads (B, T, H))
+        reads the last position only, as a generation step needs: (B, 1, vocab) logits.
+        """
         outs = []
         for m, tail in enumerate(self.tails):
             y = state if self.spec.layout is None else self.unmerge(state, m)
-            for block in tail:
-                y = block(y)
+            blocks = list(tail)
+            for k, block in enumerate(blocks):
+                y = block(y[:, -1:] if last_position and k == len(blocks) - 1 else y)
             outs.append(y)
         return tuple(outs)
 

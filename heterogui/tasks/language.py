@@ -87,16 +87,26 @@ def text_hash(texts: dict[str, list[str]]) -> str:
     return text_sha256([t for group in texts.values() for t in group])
 
 
-def network_logits(module: torch.nn.Module) -> LogitsFn:
-    """Return the logits function of a decoder network."""
-    return lambda batch: module(**batch)
+def network_logits(module: torch.nn.Module, last: bool = False) -> LogitsFn:
+    """Return the logits function of a decoder network (a BlockNet whose final block is the
+    language-model head). last: the head reads the last position only, (B, 1, vocab) logits:
+    what a generation step needs, without the head's cost at every other position."""
+    if not last:
+        return lambda batch: module(**batch)
+    head = len(module.blocks) - 1
+
+    def next_token(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return module.blocks[head](module.run(batch, stop=head)[:, -1:])
+
+    return next_token
 
 
-def merged_logits(model: Any) -> LogitsFn:
-    """Return the logits function of a merged decoder: the mean of its heads' logits."""
+def merged_logits(model: Any, last: bool = False) -> LogitsFn:
+    """Return the logits function of a merged decoder: the mean of its heads' logits (last:
+    at the last position only, as ``network_logits``)."""
 
     def both(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        a, b = model(**batch)
+        a, b = model.heads(model.features(**batch), last_position=last)
         return (a + b) / 2
 
     return both
@@ -136,7 +146,8 @@ def score_domains_each(
 
 @torch.no_grad()
 def repetition(logits_fn: LogitsFn, tokenizer: Any, device: torch.device) -> float:
-    """Return the worst repeated-4-gram rate of greedy continuations of the probe prompts."""
+    """Return the worst repeated-4-gram rate of greedy continuations of the probe prompts
+    (``logits_fn``: last-position logits suffice, ``network_logits(..., last=True)``)."""
     rates = []
     for prompt in PROBE_PROMPTS:
         text = generate(_on(logits_fn, device), tokenizer, prompt, MAX_NEW_TOKENS)
@@ -213,7 +224,8 @@ class LanguageModeling(Task):
         scores = {k: {d: s.to_dict() for d, s in v.items()} for k, v in per_domain.items()}
         for key, module in (("a", a), ("b", b)):  # what the alarm compares the merge's with
             mark(key)
-            scores[key]["repetition"] = round(repetition(network_logits(module), tok, dev), 4)
+            fn = network_logits(module, last=True)
+            scores[key]["repetition"] = round(repetition(fn, tok, dev), 4)
         mark(None)
         return scores
 
@@ -229,7 +241,7 @@ class LanguageModeling(Task):
             d: s.to_dict() for d, s in score_domains(fn, tok, ev.data, dev).items()
         }
         mark("repetition")
-        scores["repetition"] = round(repetition(fn, tok, dev), 4)
+        scores["repetition"] = round(repetition(merged_logits(result.model, True), tok, dev), 4)
         mark(None)
         return scores
 
@@ -294,11 +306,11 @@ class LanguageModeling(Task):
             raise ConfigError(f"type 1 to {MAX_PROMPTS} prompts, one per line")
         tok, dev = tokenizer_of(pair), prepared.device
         models = {
-            "A": network_logits(prepared.net_a.module),
-            "B": network_logits(prepared.net_b.module),
+            "A": network_logits(prepared.net_a.module, last=True),
+            "B": network_logits(prepared.net_b.module, last=True),
         }
         if result is not None:
-            models["merged"] = merged_logits(result.model)
+            models["merged"] = merged_logits(result.model, last=True)
         return {
             name: [
                 generate(_on(fn, dev), tok, p, max_new_tokens, sample=sample, seed=seed)
