@@ -20,18 +20,12 @@ from heterogui.sources import registry as sources
 from heterogui.sources.base import Loaded
 from heterogui.sources.zoo import DECODER_PAIR, DECODER_PREFIX, zoo_ref
 from heterogui.tasks import Calibration, Evaluation
+from heterogui.zoo import decoder_pair
 from heterogui.zoo.pairs import build_zoo
 from heterogui.zoo.registry import PAIRS, TINY_PAIRS, pair_spec
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
-
-
-# The trained decoder language models (``heterogui.zoo.decoder_pair``) as a demo pair.
-DECODER_PAIR_DESCRIPTION = (
-    "Llama language models on Python prose (A: 4 layers, width 192) and Python code (B: 2 "
-    "layers, width 384); the first load trains them, about 5 minutes on 2 cores"
-)
 
 
 @dataclass(frozen=True)
@@ -67,7 +61,7 @@ class ZooPairs:
         """Return (name, description) of every zoo pair (and of the decoder pair)."""
         registry = TINY_PAIRS if self.tiny else PAIRS
         pairs = [(name, spec.description) for name, spec in registry.items()]
-        return pairs if self.tiny else [*pairs, (DECODER_PAIR, DECODER_PAIR_DESCRIPTION)]
+        return pairs if self.tiny else [*pairs, (DECODER_PAIR, decoder_pair.description())]
 
     def load(self, name: str, progress: Progress | None = None) -> DemoPair:
         """Return zoo pair ``name``, trained first (with progress) when not built yet.
@@ -77,11 +71,9 @@ class ZooPairs:
             ModelLoadError: the decoder pair without the package of SmolLM2's tokenizer.
         """
         if name == DECODER_PAIR and not self.tiny:
-            from heterogui.zoo.decoder_pair import decoder_pair_folders
-
-            decoder_pair_folders(progress=progress)  # trains them on first use
+            decoder_pair.decoder_pair_folders(progress=progress)  # trains them on first use
             a, b = (sources.load(f"{DECODER_PREFIX}{w}") for w in ("a", "b"))
-            return DemoPair(name, DECODER_PAIR_DESCRIPTION, a, b)
+            return DemoPair(name, decoder_pair.description(), a, b)
         build_zoo([name], progress=progress)
         a, b = (sources.load(zoo_ref(name, w)) for w in ("a", "b"))
         return DemoPair(name, pair_spec(name).description, a, b)

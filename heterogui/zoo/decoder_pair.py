@@ -435,6 +435,16 @@ def decoder_pair_folders(
     return folders[0], folders[1]
 
 
+def description(settings: DecoderPairSettings = DecoderPairSettings()) -> str:
+    """Return the pair in a line (the workbench's demo pair list)."""
+    a, b = settings.shape_a, settings.shape_b
+    return (
+        f"Llama language models on Python prose (A: {a.layers} layers, width {a.hidden}) and "
+        f"Python code (B: {b.layers} layers, width {b.hidden}); the first load trains them, "
+        "about 5 minutes on 2 cores"
+    )
+
+
 def pair_status(
     settings: DecoderPairSettings = DecoderPairSettings(), cache: Path | None = None
 ) -> list[dict[str, Any]]:
