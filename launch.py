@@ -15,41 +15,11 @@ import sys
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse the launcher's command line."""
+    """Parse the launcher's command line (the options of ``heterogui app``)."""
+    from heterogui.cli_app import add_app_arguments
+
     parser = argparse.ArgumentParser(description="Start the heterogui workbench (Gradio app).")
-    parser.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="interface to bind (default 127.0.0.1: only this machine can connect)",
-    )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=None,
-        help="port to listen on (default: Gradio's choice, 7860 or the next free one)",
-    )
-    parser.add_argument(
-        "--auth",
-        default=None,
-        metavar="USER:PASSWORD",
-        help="require this login (recommended whenever --host is not 127.0.0.1)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: 1 on machines with 2 cores or fewer)",
-    )
-    parser.add_argument(
-        "--pair", default=None, help="demo pair a new session opens (default: the first one)"
-    )
-    parser.add_argument(
-        "--export-root",
-        default=None,
-        metavar="FOLDER",
-        help="the folder exports are written below (default: the heterogui cache's exports/); "
-        "the page refuses paths outside it",
-    )
+    add_app_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -83,14 +53,14 @@ def main(argv: list[str] | None = None) -> int:
             f"nothing to serve on {where} yet."
         )
         return 0
-    app_main(
-        host=args.host,
-        port=args.port,
-        auth=args.auth,
-        threads=args.threads,
-        pair=args.pair,
-        export_root=args.export_root,
-    )
+    from heterogui.cli_app import app_options
+    from heterogui.errors import HeteroguiError
+
+    try:
+        app_main(**app_options(args))
+    except HeteroguiError as exc:  # bad options: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from heterogui.cli_app import add_app_arguments, app_options
 from heterogui.cli_bench import add_bench_arguments
 from heterogui.cli_zoo import add_zoo_arguments
 from heterogui.config import load_recipe
@@ -62,7 +63,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     """Start the workbench."""
     from heterogui.ui.app import main as app_main  # gradio: only when the app starts
 
-    app_main(host=args.host, port=args.port)
+    app_main(**app_options(args))
     return 0
 
 
@@ -96,8 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(bench.add_subparsers(dest="bench_command", required=True))
 
     app = sub.add_parser("app", help="start the workbench (127.0.0.1)")
-    app.add_argument("--host", default="127.0.0.1")
-    app.add_argument("--port", type=int, default=None)
+    add_app_arguments(app)
     app.set_defaults(func=cmd_app)
     return parser
 

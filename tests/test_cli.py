@@ -209,6 +209,17 @@ def test_python_dash_m_runs_the_cli():
         assert command in done.stdout
 
 
+def test_the_app_refuses_an_unknown_pair_or_a_bad_login_before_serving(capsys):
+    threads = str(torch.get_num_threads())  # the app sets torch's threads: keep them
+    assert main(["app", "--pair", "digits-resnet-dpeth", "--threads", threads]) == 2
+    err = capsys.readouterr().err
+    assert "unknown demo pair 'digits-resnet-dpeth'" in err and "digits-resnet-depth," in err
+    assert "decoder-pair" in err and len(err.strip().splitlines()) == 1
+    assert main(["app", "--auth", "secret-without-user", "--threads", threads]) == 2
+    err = capsys.readouterr().err
+    assert "--auth takes USER:PASSWORD" in err and "secret-without-user" not in err
+
+
 def test_report_has_metrics_when_the_recipe_names_labelled_data(tmp_path):
     recipe = write_case(tmp_path, "width")
     gen = torch.Generator().manual_seed(3)

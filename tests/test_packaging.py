@@ -75,7 +75,20 @@ def test_launch_py_exits_cleanly_on_help() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "--host" in result.stdout and "--port" in result.stdout
+    for option in ("--host", "--port", "--auth", "--threads", "--pair", "--export-root"):
+        assert option in result.stdout
+
+
+def test_launch_py_refuses_an_unknown_pair_in_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), "--pair", "no-such-pair", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "error: unknown demo pair 'no-such-pair': use one of" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.skipif(

@@ -22,7 +22,7 @@ import gradio as gr  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 import torch  # noqa: E402
 
-from heterogui.errors import Cancelled, HeteroguiError, excerpt  # noqa: E402
+from heterogui.errors import Cancelled, ConfigError, HeteroguiError, excerpt  # noqa: E402
 from heterogui.ui import (  # noqa: E402
     tab_align,
     tab_compare,
@@ -338,13 +338,13 @@ def parse_auth(auth: str | None) -> tuple[str, str] | None:
     """Return (user, password) from "user:password" (None when not given).
 
     Raises:
-        ValueError: a value without a colon.
+        ConfigError: a value without a colon, a user or a password.
     """
     if not auth:
         return None
     user, sep, password = auth.partition(":")
     if not sep or not user or not password:
-        raise ValueError("--auth takes USER:PASSWORD")
+        raise ConfigError("--auth takes USER:PASSWORD: a user name, a colon and a password")
     return user, password
 
 
@@ -397,10 +397,17 @@ def main(
     auth: "user:password" to require a login; threads: torch CPU threads (default: 1 on
     machines with 2 cores or fewer); pair: the demo pair a new session opens; export_root:
     the folder exports go below (default: the cache's exports/).
+
+    Raises:
+        ConfigError: an unknown demo pair or a malformed login (before anything is served).
     """
+    login = parse_auth(auth)  # bad options fail before anything is loaded
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(threads or default_threads())
     log.info("torch CPU threads: %d", torch.get_num_threads())
     res = Resources(device=device, default_pair=pair, export_root=export_root)
+    pairs = [name for name, _ in res.pair_names()]
+    if pair is not None and pair not in pairs:
+        raise ConfigError(f"unknown demo pair {pair!r}: use one of {', '.join(pairs)}")
     log.info("exports are written below %s", res.export_root)
-    launch(build_app(res), host, port, parse_auth(auth))
+    launch(build_app(res), host, port, login)
