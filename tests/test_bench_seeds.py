@@ -99,3 +99,42 @@ def test_the_decoder_report_prints_the_gpt2_pair_with_its_heads_split_rows():
     assert "learned positions of a 160-token table" in intro  # the build marker's setting
     assert "| merge SMA rho=1, heads split |" in text and "399.5 ± 0.7" in text
     assert "| GPT-2 pair | merge SMA rho=1, heads split | none |" in text
+
+
+def test_a_decoder_report_renders_the_same_from_its_json():
+    """Columns that differ between draws (one value per draw) print the same after a JSON
+    round trip, where their per-draw lists become plain lists."""
+    import json
+
+    from heterogui.bench.decoders_report import render_markdown
+
+    def rows(seed: int) -> list[dict]:
+        alarms = ["python-docs: perplexity 900.0 is 3.0x the worse parent's 300.0"] if seed else []
+        return [
+            {"model": "A: GPT-2 trained on python-docs (prose)", "python-docs ppl": 200.0},
+            {
+                "model": "merge SMA rho=1",
+                "slots_b": [0, 3] if seed else [0, 1],
+                "python-docs ppl": 400.0 - seed,
+                "alarms": alarms,
+            },
+        ]
+
+    shape = {"layers": 4, "hidden": 192, "heads": 3, "kv_heads": 1, "intermediate": 512}
+    report = {
+        "command": "heterogui bench decoders --skip-pair --skip-smollm2 --seeds 2",
+        "environment": {"threads": 1, "python": "3.11", "torch": "t", "transformers": "x"},
+        "sizes": {"calibration": 32, "evaluation": 48, "smollm2_evaluation": 8},
+        "seconds": 60.0,
+        "gpt2": {
+            "rows": over_seeds(rows, range(2)),
+            "seeds": 2,
+            "build": {w: {"shape": shape, "num_params": 2e7, "build_seconds": 9.0} for w in "ab"},
+            "calibration_texts": 32,
+            "evaluation_texts_per_domain": 48,
+            "seconds": 50.0,
+        },
+    }
+    text = render_markdown(report)
+    assert "| 0, 1 / 0, 3 |" in text and "| none / python-docs: perplexity 900.0" in text
+    assert render_markdown(json.loads(json.dumps(report))) == text

@@ -39,6 +39,9 @@ def layer_list(keep: tuple[int, ...], depth: int) -> str:
 def _cell(value: Any, column: str) -> str:
     if value is None:
         return "—"
+    if isinstance(value, list) and column in _LIST_COLUMNS and value and isinstance(value[0], list):
+        # one value per calibration draw (``seeds.PerSeed``, a plain list once read from JSON)
+        return " / ".join(_cell(v, column) for v in value)
     if isinstance(value, list):
         if column == "slots_b":
             return runs(value)
@@ -56,6 +59,7 @@ def _cell(value: Any, column: str) -> str:
     return str(value)
 
 
+_LIST_COLUMNS = ("slots_b", "alarms")  # columns whose one value is a list
 _ORDER = (
     "model",
     "layers",
