@@ -26,7 +26,7 @@ def zoo_build_cli(args: argparse.Namespace) -> int:
     from heterogui.zoo.pairs import build_zoo
 
     start = time.perf_counter()
-    names = args.pairs
+    names = args.pairs  # None: every image pair
     if names and DECODER_PAIR in names and not args.tiny:
         from heterogui.zoo.decoder_pair import decoder_pair_folders
 
@@ -34,11 +34,10 @@ def zoo_build_cli(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
         print(f"{DECODER_PAIR:<30} ready in {', '.join(str(f) for f in folders)}")
         names = [n for n in names if n != DECODER_PAIR]
-        if not names:
-            print(f"zoo ready in {time.perf_counter() - start:.1f}s")
-            return 0
-    entries = build_zoo(names or None, progress=_progress, force=args.force, tiny=args.tiny)
-    print(file=sys.stderr)
+    entries = []
+    if names is None or names:
+        entries = build_zoo(names, progress=_progress, force=args.force, tiny=args.tiny)
+        print(file=sys.stderr)
     for e in entries:
         state = "cached" if e.was_built else f"trained {', '.join(e.trained) or 'nothing'}"
         acc = ", ".join(f"{w.upper()} {100 * a:.1f}%" for w, a in e.task_accuracy.items())

@@ -61,6 +61,26 @@ def test_draws_must_give_the_same_rows():
         over_seeds(_rows, [])
 
 
+def gpt2_report(rows, **build) -> dict:
+    """Return a decoder report with only the GPT-2 pair's table: ``rows(seed)`` over two draws,
+    both models of a 4-layer, width-192 shape with ``build``'s extra facts."""
+    shape = {"layers": 4, "hidden": 192, "heads": 3, "kv_heads": 1, "intermediate": 512}
+    return {
+        "command": "heterogui bench decoders --skip-pair --skip-smollm2 --seeds 2",
+        "environment": {"threads": 1, "python": "3.11", "torch": "t", "transformers": "x"},
+        "sizes": {"calibration": 32, "evaluation": 48, "smollm2_evaluation": 8},
+        "seconds": 60.0,
+        "gpt2": {
+            "rows": over_seeds(rows, range(2)),
+            "seeds": 2,
+            "build": {w: {"shape": shape, "num_params": 2e7, **build} for w in "ab"},
+            "calibration_texts": 32,
+            "evaluation_texts_per_domain": 48,
+            "seconds": 50.0,
+        },
+    }
+
+
 def test_the_decoder_report_prints_the_gpt2_pair_with_its_heads_split_rows():
     from heterogui.bench.decoders_report import render_markdown
 
@@ -73,25 +93,7 @@ def test_the_decoder_report_prints_the_gpt2_pair_with_its_heads_split_rows():
             {"model": "merge SMA rho=1, heads split", **scores, "python-docs ppl": 400.0 - seed},
         ]
 
-    shape = {"layers": 4, "hidden": 192, "heads": 3, "kv_heads": 1, "intermediate": 512}
-    report = {
-        "command": "heterogui bench decoders --skip-pair --skip-smollm2 --seeds 2",
-        "environment": {"threads": 1, "python": "3.11", "torch": "t", "transformers": "x"},
-        "sizes": {"calibration": 32, "evaluation": 48, "smollm2_evaluation": 8},
-        "seconds": 60.0,
-        "gpt2": {
-            "rows": over_seeds(rows, range(2)),
-            "seeds": 2,
-            "build": {
-                w: {"shape": shape, "num_params": 2e7, "build_seconds": 90.0, "positions": 160}
-                for w in "ab"
-            },
-            "calibration_texts": 32,
-            "evaluation_texts_per_domain": 48,
-            "seconds": 50.0,
-        },
-    }
-    text = render_markdown(report)
+    text = render_markdown(gpt2_report(rows, build_seconds=90.0, positions=160))
     assert "## The trained pair as GPT-2 models" in text
     intro = text.split("## The trained pair as GPT-2 models")[1].split("| model |")[0]
     assert "A: 4 layers, width 192, 3 heads, MLP 512, 20.0 M parameters" in intro
@@ -120,21 +122,7 @@ def test_a_decoder_report_renders_the_same_from_its_json():
             },
         ]
 
-    shape = {"layers": 4, "hidden": 192, "heads": 3, "kv_heads": 1, "intermediate": 512}
-    report = {
-        "command": "heterogui bench decoders --skip-pair --skip-smollm2 --seeds 2",
-        "environment": {"threads": 1, "python": "3.11", "torch": "t", "transformers": "x"},
-        "sizes": {"calibration": 32, "evaluation": 48, "smollm2_evaluation": 8},
-        "seconds": 60.0,
-        "gpt2": {
-            "rows": over_seeds(rows, range(2)),
-            "seeds": 2,
-            "build": {w: {"shape": shape, "num_params": 2e7, "build_seconds": 9.0} for w in "ab"},
-            "calibration_texts": 32,
-            "evaluation_texts_per_domain": 48,
-            "seconds": 50.0,
-        },
-    }
+    report = gpt2_report(rows, build_seconds=9.0)
     text = render_markdown(report)
     assert "| 0, 1 / 0, 3 |" in text and "| none / python-docs: perplexity 900.0" in text
     assert render_markdown(json.loads(json.dumps(report))) == text
