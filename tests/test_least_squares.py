@@ -8,6 +8,7 @@ import torch
 
 from heterogui.config import ZipSpec
 from heterogui.errors import ConfigError
+from heterogui.fusion import regression
 from heterogui.fusion.regression import regression_unmerge
 from heterogui.models.permute import permute_network, random_permutations
 from heterogui.pipeline import ZipSettings, prepare, zip_prepared
@@ -35,29 +36,65 @@ def _moments(x: torch.Tensor) -> Moments:
     return moments
 
 
-def test_regression_is_the_ridge_least_squares_fit_numpy_finds():
+# groups of three (0: A0, A1, B5) and of one (2: A3), a dropped feature (B6); the weighted
+# match gives group 0 unequal shares and group 1 all to one member (as head selection does)
+WEIGHTED = Match(
+    torch.tensor([0, 0, 1, 2, 3, 0, -1, 1, 4]),
+    n_a=5,
+    n_b=4,
+    width=5,
+    weights=torch.tensor([0.5, 0.2, 1.0, 1.0, 1.0, 0.3, 0.0, 0.0, 1.0], dtype=torch.float64),
+)
+LARGER = Match(torch.tensor([0, 0, 1, 2, 3, 0, -1, 1, 4]), n_a=5, n_b=4, width=5)
+
+
+@pytest.mark.parametrize("match", [MATCH, WEIGHTED, LARGER], ids=["pairs", "weighted", "three"])
+def test_regression_is_the_ridge_least_squares_fit_numpy_finds(match):
+    # every row of Ũ, the rows solved and those that follow from their group's (the pivots')
     x = _features()
     moments = _moments(x)
     ridge = 0.05
-    reg = regression_unmerge(moments, MATCH, ridge)
+    reg = regression_unmerge(moments, match, ridge)
     # independently: the merged features z = M x, then the ridge regressions of x on z solved as
     # augmented least-squares problems by numpy: sqrt(n λ) I rows carry the ridge, which pulls
     # the solution towards the 0/1 unmerge U (their targets are sqrt(n λ) Uᵀ)
     xs = x.numpy()  # the float32 products agree with these to ~1e-6
-    z = xs @ MATCH.merge().numpy().T
+    z = xs @ match.merge().numpy().T
     n, r = z.shape
     for centred in (True, False):
         zc = z - z.mean(0) if centred else z
         xc = xs - xs.mean(0) if centred else xs
         lam = ridge * np.trace(zc.T @ zc / n) / r
         design = np.vstack([zc, np.sqrt(n * lam) * np.eye(r)])
-        target = np.vstack([xc, np.sqrt(n * lam) * MATCH.unmerge().numpy().T])
+        target = np.vstack([xc, np.sqrt(n * lam) * match.unmerge().numpy().T])
         expected = np.linalg.lstsq(design, target, rcond=None)[0].T  # (O, r)
         got = torch.cat(reg.centred if centred else reg.origin).numpy()
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
         if centred:  # the intercept: x ≈ U z + c at the means
             offset = torch.cat(reg.offset).numpy()
             np.testing.assert_allclose(offset, xs.mean(0) - got @ z.mean(0), rtol=1e-4, atol=1e-4)
+
+
+def test_pivot_rows_follow_from_their_group_as_a_full_solve_gives_them():
+    # the rows left unsolved (each group's largest share) against solving every row, in float64
+    x = _features(n_a=5, n_b=4)
+    moments = _moments(x)
+    for match in (MATCH, WEIGHTED, LARGER):
+        pivot = regression.pivots(match)
+        shares = match.shares()
+        for g, feature in enumerate(pivot.tolist()):
+            members = torch.nonzero(match.groups == g).reshape(-1)
+            assert feature in members.tolist() and shares[feature] == shares[members].max()
+        for centred in (True, False):
+            sigma = moments.cov() if centred else moments.outer / moments.count
+            sxz = match.average_columns(sigma)
+            szz = match.average_columns(sxz.T.contiguous())
+            full = regression.solve_regression(sxz, szz, 0.05, match.unmerge())
+            got = regression.regression_unmerge(
+                moments, match, 0.05, centred=centred, origin=not centred
+            )
+            parts = got.centred if centred else got.origin
+            assert torch.allclose(torch.cat(parts), full, rtol=1e-9, atol=1e-12)
 
 
 def test_regression_reconstructs_features_better_than_the_copy():

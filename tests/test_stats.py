@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from heterogui.errors import ConfigError
+from heterogui.zip import stats, symmetric
 from heterogui.zip.stats import FOLD_EVERY, Moments
 
 
@@ -212,6 +213,29 @@ def test_the_compact_form_keeps_the_correlations_and_rebuilds_the_sums(mean_shif
     whole = _stream(np.concatenate([x, extra.double().numpy()]), chunks=6, dtype=torch.float32)
     assert not m.compacted and m.count == whole.count
     torch.testing.assert_close(m.corr(), whole.corr(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_moment_blocks_are_the_covariance_and_the_second_moment_row_by_row(
+    compact, monkeypatch
+) -> None:
+    """Row blocks of cov() and of E[x xᵀ] (cov + μμᵀ), exact on the diagonal, in either form."""
+    x = _data(8, n=500) + 3.0
+    m = _stream(x, chunks=5, dtype=torch.float32)
+    if compact:
+        m.compact()
+    cov, mu, count = m.cov(), m.mean(), m.count
+    monkeypatch.setattr(stats, "row_blocks", lambda width: symmetric.row_blocks(width, 5 * width))
+    for centred, expected in ((True, cov), (False, cov + torch.outer(mu, mu))):
+        blocks = list(m.moment_blocks(centred))
+        got = torch.cat([block for _, block in blocks])
+        starts = [rows.start for rows, _ in blocks]
+        assert starts == [0, 5, 10] and got.shape == (12, 12)
+        assert torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
+        diagonal = m.squares() / count - (mu * mu if centred else 0.0)
+        assert torch.equal(torch.diagonal(got), diagonal)
+        got.zero_()  # a block is the caller's: changing it leaves the sums as they were
+        assert torch.equal(m.cov(), cov)
 
 
 def test_a_feature_pass_keeps_its_statistics_compact() -> None:

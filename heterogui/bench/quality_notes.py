@@ -68,7 +68,7 @@ a second a merge, and its sequential refit for ViT, where it is the only fusion 
 ensemble (the tails' unmerge refit with it, docs/method.md sec. 9) for 0.2-0.4 s a zoo merge;
 the paper's fusion for BERT (least squares lost on average on MiniLM's
 sentence similarity, docs/transformers.md), for the decoders (better on the trained pair,
-docs/decoders.md, but 49-66 s a SmolLM2 merge against five seconds) and for MLPs and
+docs/decoders.md, but 28-35 s a SmolLM2 merge against five seconds) and for MLPs and
 GPT-2 (no pair measures them). On the CNNs the sequential refit is better still but costs
 5-30 times a re-merge for a point or two, too slow for the workbench's slider: an option
 there, not the default. Fusion in

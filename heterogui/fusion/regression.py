@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -88,23 +89,87 @@ def solve_regression(sxz: Tensor, szz: Tensor, ridge: float, prior: Tensor) -> T
     E‖x − Ũ z‖² + λ‖Ũ − P‖², so where x = P z holds exactly (a permuted copy, rho = 0) the
     solution is P whatever the ridge, and directions the data barely see keep the paper's U.
     """
-    szz = (szz + szz.T) / 2
-    r = szz.shape[0]
-    scale = float(torch.diagonal(szz).sum()) / r
-    lam = ridge * scale if scale > 0 else ridge
-    szz.diagonal().add_(lam)
-    rhs = (sxz + lam * prior).T.contiguous()
-    factor, info = torch.linalg.cholesky_ex(szz)
+    lam = ridge_lambda(szz, ridge)
+    rhs = torch.add(sxz.T, prior.T, alpha=lam).contiguous()  # a new (r, O): sxz stays
+    return ridge_solve(szz, lam, rhs).T
+
+
+def ridge_lambda(szz: Tensor, ridge: float) -> float:
+    """Return λ = ridge · trace(Σ_zz) / r (``ridge`` itself when the trace is 0)."""
+    scale = float(torch.diagonal(szz).sum()) / szz.shape[0]
+    return ridge * scale if scale > 0 else ridge
+
+
+def ridge_solve(szz: Tensor, lam: float, rhs: Tensor) -> Tensor:
+    """Return X = (Σ_zz + λ I)⁻¹ rhs, (r, k), by Cholesky (least squares where that fails)."""
+    system = (szz + szz.T) / 2
+    system.diagonal().add_(lam)
+    factor, info = torch.linalg.cholesky_ex(system)
     if int(info) != 0:  # not positive definite in floating point: least squares instead
-        return torch.linalg.lstsq(szz, rhs).solution.T
-    return torch.cholesky_solve(rhs, factor).T
+        return torch.linalg.lstsq(system, rhs).solution
+    return torch.cholesky_solve(rhs, factor)
 
 
-def _solve(sigma: Tensor, match: Match, ridge: float) -> Tensor:
-    """Return Ũ = (Σ Mᵀ + λ U)(M Σ Mᵀ + λ I)⁻¹, (O, r), for a symmetric second moment Σ."""
-    sxz = match.average_columns(sigma)  # (O, r)
-    szz = match.average_columns(sxz.T.contiguous())  # M Σ Mᵀ: (r, r)
-    return solve_regression(sxz, szz, ridge, match.unmerge(sigma.dtype, sigma.device))
+def _merged_rows(moments: Moments, match: Match, centred: bool) -> Tensor:
+    """Return M Σ, (r, O): Σ the covariance (centred) or the second moment, summed into the
+    groups row block by row block (Σ is never formed whole). Σ is symmetric: M Σ = (Σ Mᵀ)ᵀ."""
+    groups = match.groups.to(moments.device)
+    shares = match.shares(moments.device)
+    out = torch.zeros(match.width, moments.width, dtype=torch.float64, device=moments.device)
+    for rows, block in moments.moment_blocks(centred):
+        kept = torch.nonzero(groups[rows] >= 0).reshape(-1)
+        weighted = block[kept].mul_(shares[rows][kept, None])
+        out.index_add_(0, groups[rows][kept], weighted)
+    return out
+
+
+def pivots(match: Match) -> Tensor:
+    """Return, per group, the feature whose row of Ũ follows from the others', (r,) int64.
+
+    The group's largest share (the last such feature on a tie). Its row need not be solved:
+    the shares s of a group g sum to 1 and z_g = Σ_j s_j x_j exactly, so the regression's rows
+    satisfy Σ_j s_j Ũ_j = e_g (the ridge's prior rows are e_g too): ``completed_unmerge``.
+    """
+    groups, shares = match.groups.numpy(), match.shares().numpy()
+    kept = np.nonzero(groups >= 0)[0]
+    order = kept[np.lexsort((kept, shares[kept], groups[kept]))]  # by group, share, index
+    last = np.append(groups[order][1:] != groups[order][:-1], True)
+    return torch.from_numpy(order[last].copy())
+
+
+def completed_unmerge(solved: Tensor, rows: Tensor, match: Match, pivot: Tensor) -> Tensor:
+    """Return Ũ, (O, r), from its rows ``rows`` (``solved``: their transpose, (r, len(rows)))
+    and the groups: each pivot's row is (e_g − Σ_j s_j Ũ_j) / s_pivot over the group's other
+    members j."""
+    device = solved.device
+    rows, pivot = rows.to(device), pivot.to(device)
+    groups, shares = match.groups.to(device), match.shares(device).to(solved.dtype)
+    fit = solved.new_empty(match.n_features, match.width)
+    fit[rows] = solved.T
+    members = rows[groups[rows] >= 0]
+    known = solved.new_zeros(match.width, match.width)
+    known.index_add_(0, groups[members], fit[members].mul_(shares[members, None]))
+    known.neg_().diagonal().add_(1.0)  # e_g − Σ_j s_j Ũ_j
+    fit[pivot] = known.div_(shares[pivot, None])
+    return fit
+
+
+def _solve(moments: Moments, match: Match, ridge: float, centred: bool) -> Tensor:
+    """Return Ũ = (Σ Mᵀ + λ U)(M Σ Mᵀ + λ I)⁻¹, (O, r): Σ the covariance (centred) or the
+    second moment. Only the rows of features that are no group's pivot are solved, and the
+    prior U enters at its ones (no (O, r) matrix of it)."""
+    device = moments.device
+    merged_rows = _merged_rows(moments, match, centred)  # M Σ: (r, O)
+    szz = match.average_columns(merged_rows)  # M Σ Mᵀ: (r, r)
+    pivot = pivots(match)
+    free = torch.ones(match.n_features, dtype=torch.bool)
+    free[pivot] = False
+    rows = torch.nonzero(free).reshape(-1)
+    lam = ridge_lambda(szz, ridge)
+    rhs = merged_rows[:, rows.to(device)]  # (Σ Mᵀ)ᵀ at the rows solved: (r, len(rows))
+    member = torch.nonzero(match.groups[rows] >= 0).reshape(-1)
+    rhs[match.groups[rows][member].to(device), member.to(device)] += lam  # + λ Uᵀ
+    return completed_unmerge(ridge_solve(szz, lam, rhs), rows, match, pivot)
 
 
 def regression_unmerge(
@@ -124,12 +189,12 @@ def regression_unmerge(
     """
     fit_centred = offset = fit_origin = None
     if centred:
-        fit, mean = _solve(moments.cov(), match, ridge), moments.mean()
+        fit, mean = _solve(moments, match, ridge, centred=True), moments.mean()
         merged_mean = match.average_columns(mean[None, :])[0]
         fit_centred = per_model(fit, match)
         offset = per_model(mean - fit @ merged_mean, match)
     if origin:
-        fit_origin = per_model(_solve(moments.outer / moments.count, match, ridge), match)
+        fit_origin = per_model(_solve(moments, match, ridge, centred=False), match)
     return Regression(fit_centred, offset, fit_origin)
 
 

@@ -25,6 +25,7 @@ second copy for the correlations.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -194,14 +195,42 @@ class Moments:
         """Return the (O,) float64 sums of x² (the diagonal of ``outer``, without forming it)."""
         return self._squares if self._corr is not None else torch.diagonal(self.outer)
 
+    def moment_blocks(self, centred: bool = True) -> Iterator[tuple[slice, Tensor]]:
+        """Yield the covariance (centred) or the second moment E[x xᵀ], row block by row block.
+
+        Each block is (rows, O) float64 and new (the caller may change it): the numbers of
+        ``cov()`` (of cov + μμᵀ), exact on the diagonal, without forming the (O, O) matrix.
+
+        Raises:
+            ConfigError: nothing was accumulated.
+        """
+        mu = self.mean()
+        diagonal = self.squares() / self.count  # E[x²]
+        if centred:
+            diagonal = diagonal - mu * mu
+        compact = self._corr is not None
+        outer = None if compact else self.outer
+        for rows in row_blocks(self.width):
+            if compact:
+                block = (
+                    self._corr[rows]
+                    .to(torch.float64, copy=True)
+                    .mul_(torch.outer(self._sigma[rows], self._sigma))
+                )
+                if not centred:
+                    block.add_(torch.outer(mu[rows], mu))
+            else:
+                block = torch.div(outer[rows], self.count)
+                if centred:
+                    block.sub_(torch.outer(mu[rows], mu))
+            torch.diagonal(block[:, rows]).copy_(diagonal[rows])
+            yield rows, block
+
     def _rebuilt_cov(self) -> Tensor:
         """Return the compact form's covariance corr σ'σ'ᵀ, float64, exact on the diagonal."""
-        sigma = self._sigma
         cov = torch.empty(self.width, self.width, dtype=torch.float64, device=self.device)
-        for rows in row_blocks(self.width):
-            cov[rows] = self._corr[rows].to(torch.float64).mul_(torch.outer(sigma[rows], sigma))
-        mu = self.mean()
-        torch.diagonal(cov).copy_(self._squares / self.count - mu * mu)
+        for rows, block in self.moment_blocks(centred=True):
+            cov[rows] = block
         return cov
 
     def _rebuilt_outer(self) -> Tensor:
