@@ -28,6 +28,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     ``heterogui.distributed``); only rank 0 writes the folder and prints.
     """
     from heterogui import distributed, run, run_group  # torch: only when a merge runs
+    from heterogui.report import compact_heads
 
     recipe = load_recipe(args.recipe)
     if recipe.more_models:
@@ -46,7 +47,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
         run.export(done, out, overwrite=args.overwrite, fmt=args.format)
     finally:
         distributed.shutdown()
-    summary = {k: done.report[k] for k in ("parameters", "widths", "heads")}
+    summary = {k: done.report[k] for k in ("parameters", "widths")}
+    summary["heads"] = compact_heads(done.report["heads"])  # a vocabulary: one range, not ids
     summary["seconds"] = round(done.report["timings_seconds"]["total"], 3)
     if "metrics" in done.report:
         summary["metrics"] = done.report["metrics"]

@@ -51,6 +51,23 @@ def head_rows(result: MergeResult | GroupMergeResult) -> list[dict[str, Any]]:
     ]
 
 
+def class_ranges(classes: Sequence[int]) -> str:
+    """Return classes as runs of consecutive ids: "0-4", "0, 2, 5-9"; a language model's
+    head "0-49151" instead of 49,152 numbers."""
+    runs: list[list[int]] = []
+    for c in sorted(int(c) for c in classes):
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in runs)
+
+
+def compact_heads(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return ``head_rows`` (or a report's "heads") with the classes as ``class_ranges``."""
+    return [{**row, "classes": class_ranges(row["classes"])} for row in rows]
+
+
 def alignment_facts(alignment: Alignment) -> dict[str, Any]:
     """Return a report's account of an alignment: mapping, slots per stage and score."""
     return {
@@ -174,7 +191,7 @@ def card_facts(
     return {
         "title": f"Merge of {pair.a.name} and {pair.b.name}",
         "models": models,
-        "heads": [[r["name"], r["classes"], r["model"]] for r in head_rows(result)],
+        "heads": [[r["name"], r["classes"], r["model"]] for r in compact_heads(head_rows(result))],
         "alignment": {
             "mode": al.mode,
             "mapping": al.mapping(),
@@ -321,7 +338,7 @@ def group_card_facts(
     return {
         "title": f"Merge of {', '.join(names[:-1])} and {names[-1]}",
         "models": models,
-        "heads": [[r["name"], r["classes"], r["model"]] for r in head_rows(result)],
+        "heads": [[r["name"], r["classes"], r["model"]] for r in compact_heads(head_rows(result))],
         "alignment": {
             "text": (
                 f"Mode **{group_mode(result)}**: every model is aligned to model {reference} "

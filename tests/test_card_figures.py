@@ -27,3 +27,12 @@ def test_heatmap_colours_span_the_data_and_the_colour_bar_names_the_range():
 def test_bars_have_a_value_axis_in_readable_units():
     svg = bars_svg(["block1", "block2"], {"A": [64, 128], "merged": [96, 2_500_000]}, "w")
     assert {"0", "1.25M", "2.5M"} <= set(_texts(svg))
+
+
+def test_class_ranges_write_runs_of_consecutive_classes():
+    from heterogui.report import class_ranges
+
+    assert class_ranges([0, 1, 2, 3, 4]) == "0-4"
+    assert class_ranges([9, 0, 2, 5, 6, 7, 8]) == "0, 2, 5-9"
+    assert class_ranges([3]) == "3" and class_ranges([]) == ""
+    assert class_ranges(range(49152)) == "0-49151"

@@ -197,7 +197,8 @@ def test_cli_merges_causal_lm_folders_into_one_automodelforcausallm_folder(tmp_p
     )
     out = tmp_path / "merged"
     assert main(["merge", str(recipe), "--out", str(out)]) == 0
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wrote" in printed
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "generation_config.json", "recipe.yaml"} <= names
     assert {"tokenizer.json", "tokenizer_config.json", "report.json", "README.md"} <= names
@@ -209,6 +210,14 @@ def test_cli_merges_causal_lm_folders_into_one_automodelforcausallm_folder(tmp_p
         assert report["metrics"][key]["python-docs"]["perplexity"] > 1
     assert 0 <= report["metrics"]["merged"]["repetition"] <= 1
     assert isinstance(report["alarms"], list)
+    # the heads read the whole vocabulary: report.json lists every id, the printed summary and
+    # the model card one range (not a line per token id)
+    vocab = AutoTokenizer.from_pretrained(out).vocab_size
+    assert [h["classes"] for h in report["heads"]] == [list(range(vocab))] * 2
+    summary = json.loads(printed[: printed.rindex("wrote")])
+    assert [h["classes"] for h in summary["heads"]] == [f"0-{vocab - 1}"] * 2
+    card = (out / "README.md").read_text()
+    assert f"| 0-{vocab - 1} | A |" in card and "| [0, 1, 2" not in card
     recorded = load_recipe(out / "recipe.yaml")
     assert recorded.calibration.sha256 and recorded.evaluation.sha256
     assert recorded.versions["transformers"]
