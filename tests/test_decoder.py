@@ -136,6 +136,27 @@ def test_last_position_logits_are_the_full_logits_last_column_and_generate_the_s
             assert generate(last, tok, prompt, 12) == generate(every, tok, prompt, 12)
 
 
+def test_a_full_merge_scores_with_its_heads_folded_into_one_and_a_partial_one_does_not():
+    """merged_logits folds a full zip's two language-model heads into mean_m W_m U_m: the mean
+    of the heads' logits to float rounding, one product; a partial zip keeps its tails."""
+    deep = network_from_hf(tiny_decoder(hidden=48, layers=4, heads=6, kv=2, inter=80, seed=1))
+    wide = network_from_hf(tiny_decoder(hidden=72, layers=2, heads=9, kv=3, inter=96, seed=2))
+    prepared = prepare(deep, wide, batches(), mode="sma", device="cpu")
+    batch = batches()[0]
+    for rho in (0.5, 1.0):
+        model = zip_prepared(prepared, ZipSettings(rho=rho)).model
+        folded = model.shared_head()
+        r = model.spec.trunk_config.hidden
+        assert folded is not None and folded.shape == (deep.config.vocab_size, r)
+        with torch.no_grad():
+            a, b = model.heads(model.features(**batch))
+            got = merged_logits(model)(batch)
+        assert got.shape == a.shape
+        assert real_rows((got - (a + b) / 2).abs(), batch).max() < 1e-5
+    partial = zip_prepared(prepared, ZipSettings(rho=0.5, stop=2)).model
+    assert partial.shared_head() is None  # its tails hold decoder layers and norms
+
+
 def test_preflight_refuses_other_tokenizers_head_sizes_and_groupings(tmp_path):
     a = save_decoder(tiny_decoder(), tmp_path / "a")
     other_chars = "".join(reversed([chr(c) for c in range(32, 127)])) + "\n\t"

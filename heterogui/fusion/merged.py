@@ -138,6 +138,27 @@ class MergedModel(nn.Module):
             outs.append(y)
         return tuple(outs)
 
+    def shared_head(self) -> torch.Tensor | None:
+        """Return the tails' heads folded into one weight, mean_m W_m U_m, (outputs, r), or None.
+
+        For a full zip whose tails are one bias-free linear layer each over the same outputs
+        (a language model's head over the vocabulary): the mean of the tails' outputs is then
+        this weight applied to the merged state, one product of r columns instead of one per
+        tail (n_A + n_B columns, and the unmerges). None where the tails hold more (a partial
+        zip), have biases, or predict different outputs.
+        """
+        if self.spec.layout is None or not family_of(self.spec.trunk_config).shared_outputs:
+            return None
+        weights = []
+        for m, tail in enumerate(self.tails):
+            params = dict(tail.named_parameters())
+            linear = [mod for mod in tail.modules() if isinstance(mod, nn.Linear)]
+            if len(tail) != 1 or len(linear) != 1 or len(params) != 1 or linear[0].bias is not None:
+                return None
+            u = getattr(self, unmerge_name(m))
+            weights.append(linear[0].weight @ u.to(linear[0].weight.dtype))
+        return torch.stack(weights).mean(dim=0)
+
     def unmerge_matrices(self) -> tuple[torch.Tensor, ...]:
         """Return U_m of every model, (n_m, r) each (empty when the stop point is 0)."""
         if self.spec.layout is None:

@@ -103,10 +103,18 @@ def network_logits(module: torch.nn.Module, last: bool = False) -> LogitsFn:
 
 def merged_logits(model: Any, last: bool = False) -> LogitsFn:
     """Return the logits function of a merged decoder: the mean of its heads' logits (last:
-    at the last position only, as ``network_logits``)."""
+    at the last position only, as ``network_logits``).
+
+    A full zip's heads are folded into one weight first (``MergedModel.shared_head``): the
+    same mean to float rounding, from one product with the merged state.
+    """
+    folded = model.shared_head()
 
     def both(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        a, b = model.heads(model.features(**batch), last_position=last)
+        state = model.features(**batch)
+        if folded is not None:
+            return torch.nn.functional.linear(state[:, -1:] if last else state, folded)
+        a, b = model.heads(state, last_position=last)
         return (a + b) / 2
 
     return both
