@@ -705,6 +705,21 @@ def test_two_sessions_share_nothing(res):
     assert two.prepared.alignment.mode == "sma" and one.sid != two.sid
 
 
+def test_a_demo_pair_is_scored_once_for_every_session(res, monkeypatch):
+    # A, B and the ensemble of a demo pair: scored when a session first opens it, then shared
+    first = Session(device="cpu")
+    tab_models.on_load_pair(first, res, PAIR)
+    calls = []
+    scored = work.run.evaluate_models
+    monkeypatch.setattr(work.run, "evaluate_models", lambda *a: calls.append(a) or scored(*a))
+    second = Session(device="cpu")
+    tab_models.on_load_pair(second, res, PAIR)
+    assert calls == [] and second.baseline == first.baseline
+    assert set(second.baseline) == {"a", "b", "ensemble"}
+    merge(second, res, rho=0.5)  # a session's merge leaves the shared scores as they were
+    assert set(first.baseline) == {"a", "b", "ensemble"} and first.merged_metrics is None
+
+
 def test_handler_errors_become_messages_in_the_page(session, res):
     def broken(session, res, value, progress=None):
         raise AlignmentError(f"bad value {value}")

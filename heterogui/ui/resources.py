@@ -139,6 +139,10 @@ class Resources:
         """Return the evaluation data cached under ``key`` (built once)."""
         return self._cached(("evaluation", key), build)
 
+    def baseline(self, key: Any, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Return the scores of A, B and their ensemble cached under ``key`` (built once)."""
+        return self._cached(("baseline", key), build)
+
     def prepared(self, key: Any, build: Callable[[], Any]) -> Any:
         """Return the prepared statistics cached under ``key`` (built once by ``build``)."""
         return self._cached(("prepared", key), build)
