@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -28,6 +27,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     ``heterogui.distributed``); only rank 0 writes the folder and prints.
     """
     from heterogui import distributed, run, run_group  # torch: only when a merge runs
+    from heterogui.export.json_text import readable_json
     from heterogui.report import compact_heads
 
     recipe = load_recipe(args.recipe)
@@ -52,7 +52,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     summary["seconds"] = round(done.report["timings_seconds"]["total"], 3)
     if "metrics" in done.report:
         summary["metrics"] = done.report["metrics"]
-    print(json.dumps(summary, indent=2))
+    print(readable_json(summary))
     print(f"wrote {out}")
     return 0
 

@@ -36,3 +36,22 @@ def test_class_ranges_write_runs_of_consecutive_classes():
     assert class_ranges([9, 0, 2, 5, 6, 7, 8]) == "0, 2, 5-9"
     assert class_ranges([3]) == "3" and class_ranges([]) == ""
     assert class_ranges(range(49152)) == "0-49151"
+
+
+def test_readable_json_keeps_the_values_and_puts_number_lists_on_one_line():
+    import json
+
+    from heterogui.export.json_text import readable_json
+
+    value = {
+        "widths": {"layer0.mlp": [512, 768, 1024], "stream": [-1.5, 2e-05, 0]},
+        "heads": [{"classes": list(range(1000)), "name": "says [1, 2] in text"}],
+        "nested": [[1, 2], [3]],
+        "mixed": [1, "two", None, True],
+        "empty": [],
+    }
+    text = readable_json(value, sort_keys=True)
+    assert json.loads(text) == value
+    assert '"layer0.mlp": [512, 768, 1024]' in text and '"stream": [-1.5, 2e-05, 0]' in text
+    assert len(text.splitlines()) < 40  # not a line per class id
+    assert '"mixed": [\n' in text  # lists holding more than numbers stay indented

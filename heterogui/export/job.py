@@ -8,13 +8,13 @@ source (``reader``), so an export can be model A or B of the next merge.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from heterogui.config import Recipe
+from heterogui.export.json_text import readable_json
 from heterogui.fusion.merged import MergedModel
 
 # Output formats (a source names the one that fits its models as ``Loaded.export_format``).
@@ -49,7 +49,7 @@ class ExportJob:
         if self.recipe is not None:
             (folder / RECIPE_FILE).write_text(self.recipe.to_yaml())
         if self.report is not None:
-            (folder / REPORT_FILE).write_text(json.dumps(self.report, indent=2, sort_keys=True))
+            (folder / REPORT_FILE).write_text(readable_json(self.report, sort_keys=True))
         for name, text in self.card.items():
             (folder / name).write_text(text)
 
