@@ -149,15 +149,18 @@ class MergedModel(nn.Module):
         """
         if self.spec.layout is None or not family_of(self.spec.trunk_config).shared_outputs:
             return None
-        weights = []
-        for m, tail in enumerate(self.tails):
+        heads = []
+        for tail in self.tails:
             params = dict(tail.named_parameters())
             linear = [mod for mod in tail.modules() if isinstance(mod, nn.Linear)]
             if len(tail) != 1 or len(linear) != 1 or len(params) != 1 or linear[0].bias is not None:
                 return None
-            u = getattr(self, unmerge_name(m))
-            weights.append(linear[0].weight @ u.to(linear[0].weight.dtype))
-        return torch.stack(weights).mean(dim=0)
+            heads.append(linear[0].weight)
+        folded = None
+        for m, weight in enumerate(heads):  # summed in place: one (outputs, r) matrix held
+            part = weight @ getattr(self, unmerge_name(m)).to(weight.dtype)
+            folded = part if folded is None else folded.add_(part)
+        return folded.div_(len(heads))
 
     def unmerge_matrices(self) -> tuple[torch.Tensor, ...]:
         """Return U_m of every model, (n_m, r) each (empty when the stop point is 0)."""

@@ -117,9 +117,11 @@ def _merged_rows(moments: Moments, match: Match, centred: bool) -> Tensor:
     shares = match.shares(moments.device)
     out = torch.zeros(match.width, moments.width, dtype=torch.float64, device=moments.device)
     for rows, block in moments.moment_blocks(centred):
-        kept = torch.nonzero(groups[rows] >= 0).reshape(-1)
-        weighted = block[kept].mul_(shares[rows][kept, None])
-        out.index_add_(0, groups[rows][kept], weighted)
+        index, weights = groups[rows], shares[rows]
+        if bool((index < 0).any()):  # dropped features: their rows join no group
+            kept = torch.nonzero(index >= 0).reshape(-1)
+            block, index, weights = block[kept], index[kept], weights[kept]
+        out.index_add_(0, index, block.mul_(weights[:, None]))
     return out
 
 

@@ -112,7 +112,7 @@ def merged_logits(model: Any, last: bool = False) -> LogitsFn:
 
     def both(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         state = model.features(**batch)
-        if folded is not None:
+        if folded is not None and torch.is_tensor(state):
             return torch.nn.functional.linear(state[:, -1:] if last else state, folded)
         a, b = model.heads(state, last_position=last)
         return (a + b) / 2
