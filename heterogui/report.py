@@ -11,7 +11,7 @@ from typing import Any
 
 from heterogui.align.alignment import Alignment, layer_pairs
 from heterogui.config import Recipe
-from heterogui.export.card import bars_svg, heatmap_svg, model_card
+from heterogui.export.card import bars_svg, class_ranges, heatmap_svg, model_card
 from heterogui.models.family import Network
 from heterogui.models.graph import INPUT, LOGITS
 from heterogui.models.storage import on_meta
@@ -49,18 +49,6 @@ def head_rows(result: MergeResult | GroupMergeResult) -> list[dict[str, Any]]:
             for h in heads
         )
     ]
-
-
-def class_ranges(classes: Sequence[int]) -> str:
-    """Return classes as runs of consecutive ids: "0-4", "0, 2, 5-9"; a language model's
-    head "0-49151" instead of 49,152 numbers."""
-    runs: list[list[int]] = []
-    for c in sorted(int(c) for c in classes):
-        if runs and c == runs[-1][1] + 1:
-            runs[-1][1] = c
-        else:
-            runs.append([c, c])
-    return ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in runs)
 
 
 def compact_heads(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ def test_bars_have_a_value_axis_in_readable_units():
 
 
 def test_class_ranges_write_runs_of_consecutive_classes():
-    from heterogui.report import class_ranges
+    from heterogui.export.card import class_ranges
 
     assert class_ranges([0, 1, 2, 3, 4]) == "0-4"
     assert class_ranges([9, 0, 2, 5, 6, 7, 8]) == "0, 2, 5-9"

@@ -936,3 +936,21 @@ def test_one_rho_at_every_attention_layer_keeps_all_heads(res):
         assert width == (n_a + n_b if name.endswith((".qk", ".vo")) else max(n_a, n_b)), name
     tab_zip.on_set_override(vit, res, every, None, None)  # no rho: their overrides go
     assert vit.settings.overrides == {}
+
+
+def test_a_model_card_names_its_head_classes_as_runs(session, res):
+    from heterogui.ui.loading import model_card
+
+    for which in ("a", "b"):
+        loaded = getattr(session, which)
+        card = model_card(loaded, which)
+        for head in loaded.net.task_heads():
+            classes = sorted(head.classes)
+            runs = []  # consecutive classes written "first-last", others alone
+            for c in classes:
+                if runs and c == runs[-1][-1] + 1:
+                    runs[-1].append(c)
+                else:
+                    runs.append([c])
+            text = ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+            assert f"{head.name} (classes {text})" in card and "classes [" not in card

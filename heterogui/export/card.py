@@ -6,6 +6,7 @@ nothing beyond the core and opens anywhere a README renders.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from html import escape
 from typing import Any
 
@@ -115,6 +116,18 @@ def bars_svg(labels: list[str], series: dict[str, list[float]], title: str) -> s
         )
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def class_ranges(classes: Sequence[int]) -> str:
+    """Return classes as runs of consecutive ids: "0-4", "0, 2, 5-9"; a language model's
+    head "0-49151" instead of 49,152 numbers."""
+    runs: list[list[int]] = []
+    for c in sorted(int(c) for c in classes):
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in runs)
 
 
 def cell_text(v: Any) -> str:

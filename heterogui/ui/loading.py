@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 
 from heterogui.errors import ConfigError, HeteroguiError, ModelLoadError
+from heterogui.export.card import class_ranges
 from heterogui.memo import ObjectMemo
 from heterogui.pair_check import check_pair
 from heterogui.report import model_facts
@@ -102,7 +103,9 @@ def _network_lines(loaded: Loaded, facts: dict) -> list[str]:
     if facts["family"] == "bert" and loaded.net.config.num_labels is None:
         head = f"- head: sentence embedding of width {len(facts['classes'])}"
     else:
-        head = "- task heads: " + "; ".join(f"{h.name} (classes {list(h.classes)})" for h in heads)
+        head = "- task heads: " + "; ".join(
+            f"{h.name} (classes {class_ranges(h.classes)})" for h in heads
+        )
     return [
         f"- family **{facts['family']}**, input width {facts['input_width']}",
         f"- depth per stage {facts['depths']} ({stages})",
