@@ -61,9 +61,9 @@ KNOBS_HELP = """
   zoo's CNNs and ViTs, not on MiniLM's sentence similarity: docs/quality.md). *auto*:
   sequential for ViTs, least squares for VGG and ResNet (measured better at little cost), the
   paper's average for the others. On decoder language models least squares lowered the
-  perplexity of every pair measured (3-5%; up to 15% on the trained pair's code) but a re-merge
-  of a SmolLM2-sized model takes 11-31 s with it against 1-2 s; the sequential refit was best
-  on the trained pairs and worse on SmolLM2 (docs/decoders.md).
+  perplexity on every pair measured (by 0.1-5%, and by 15% on the trained Llama pair's code)
+  but a re-merge of a SmolLM2-sized model takes 11-31 s with it against 1-2 s; the sequential
+  refit was best on the trained pairs and worse on SmolLM2 (docs/decoders.md).
 - **Attention heads** (transformers). *pair*: a head of A and its matched head of B are
   averaged (an attention pattern neither computes). *select*: the pair's head that writes
   more through its output projection is kept whole, and both models' outputs read it.
