@@ -228,18 +228,20 @@ class Moments:
 
     def _rebuilt_cov(self) -> Tensor:
         """Return the compact form's covariance corr σ'σ'ᵀ, float64, exact on the diagonal."""
-        cov = torch.empty(self.width, self.width, dtype=torch.float64, device=self.device)
-        for rows, block in self.moment_blocks(centred=True):
-            cov[rows] = block
-        return cov
+        return self._assembled(centred=True)
 
     def _rebuilt_outer(self) -> Tensor:
         """Return count (cov + μμᵀ) of the compact form: the float64 sums, rebuilt."""
-        outer, mu = self._rebuilt_cov(), self.mean()
-        for rows in row_blocks(self.width):
-            outer[rows].add_(torch.outer(mu[rows], mu)).mul_(self.count)
+        outer = self._assembled(centred=False).mul_(self.count)
         torch.diagonal(outer).copy_(self._squares)
         return outer
+
+    def _assembled(self, centred: bool) -> Tensor:
+        """Return ``moment_blocks`` as one (O, O) float64 matrix."""
+        matrix = torch.empty(self.width, self.width, dtype=torch.float64, device=self.device)
+        for rows, block in self.moment_blocks(centred):
+            matrix[rows] = block
+        return matrix
 
     def _expand(self) -> None:
         """Return from the compact form to the float64 sums (to accumulate more batches)."""
