@@ -141,26 +141,18 @@ class MergedModel(nn.Module):
     def shared_head(self) -> torch.Tensor | None:
         """Return the tails' heads folded into one weight, mean_m W_m U_m, (outputs, r), or None.
 
-        For a full zip whose tails are one bias-free linear layer each over the same outputs
-        (a language model's head over the vocabulary): the mean of the tails' outputs is then
-        this weight applied to the merged state, one product of r columns instead of one per
-        tail (n_A + n_B columns, and the unmerges). None where the tails hold more (a partial
-        zip), have biases, or predict different outputs.
+        For a full zip whose heads predict the same outputs with one bias-free weight each (a
+        language model's head over the vocabulary): the mean of the tails' outputs is then this
+        weight applied to the merged state, one product of r columns instead of one per tail
+        (n_A + n_B columns, and the unmerges); the head ``as_network`` (and so the export)
+        holds, to the bit. None for a partial zip, heads with more tensors, or other outputs.
         """
         if self.spec.layout is None or not family_of(self.spec.trunk_config).shared_outputs:
             return None
-        heads = []
-        for tail in self.tails:
-            params = dict(tail.named_parameters())
-            linear = [mod for mod in tail.modules() if isinstance(mod, nn.Linear)]
-            if len(tail) != 1 or len(linear) != 1 or len(params) != 1 or linear[0].bias is not None:
-                return None
-            heads.append(linear[0].weight)
-        folded = None
-        for m, weight in enumerate(heads):  # summed in place: one (outputs, r) matrix held
-            part = weight @ getattr(self, unmerge_name(m)).to(weight.dtype)
-            folded = part if folded is None else folded.add_(part)
-        return folded.div_(len(heads))
+        if any(len(tail) != 1 for tail in self.tails):  # a partial zip: layers after the stop
+            return None
+        folded = head_state(self)
+        return next(iter(folded.values())) if len(folded) == 1 else None
 
     def unmerge_matrices(self) -> tuple[torch.Tensor, ...]:
         """Return U_m of every model, (n_m, r) each (empty when the stop point is 0)."""
@@ -285,6 +277,37 @@ def network_config(spec: MergedSpec) -> Any:
     return family.resize(spec.trunk_config, {LOGITS: n_logits})
 
 
+def head_state(model: MergedModel) -> dict[str, torch.Tensor]:
+    """Return the head tensors of a fully zipped model as one network (``as_network``).
+
+    Each model's head reads the merged features through its unmerge U_m: W_m U_m, placed
+    side by side (A's outputs, then B's), or averaged for heads that predict the same outputs
+    (``Family.shared_outputs``). Keyed by the network's tensor names.
+    """
+    spec = model.spec
+    family = family_of(spec.trunk_config)
+    tails = [family.graph(c) for c in spec.tail_configs]
+    boundary = tails[0].block_out[spec.stop - 1]
+    unmerge = model.unmerge_matrices()
+    transforms = {boundary: SpaceTransform(tuple(u.T for u in unmerge), unmerge)}
+    if not family.shared_outputs:
+        n_logits = [g.spaces[LOGITS].width for g in tails]
+        eye = torch.eye(sum(n_logits), dtype=unmerge[0].dtype, device=unmerge[0].device)
+        place = tuple(torch.split(eye, n_logits, dim=1))
+        transforms[LOGITS] = SpaceTransform(place, tuple(p.T for p in place))
+    tail_states = [tail[0].state_dict() for tail in model.tails]
+    state = {}
+    for t in (t for t in tails[0].tensors if t.block == spec.stop):
+        leaf = t.name.split(".", 2)[2]
+        pair = [st[leaf] for st in tail_states]
+        if family.shared_outputs:  # the outputs stay in place: mean of W_m U_m
+            kept = dataclasses.replace(t, axes=tuple(a for a in t.axes if a.space != LOGITS))
+            state[t.name] = fuse_tensor(kept, pair, transforms) / len(pair)
+        else:
+            state[t.name] = fuse_tensor(t, pair, transforms)
+    return state
+
+
 def as_network(model: MergedModel, label: str = "merged") -> Network:
     """Return a fully zipped merged model as one network of its family with every task head.
 
@@ -300,12 +323,7 @@ def as_network(model: MergedModel, label: str = "merged") -> Network:
     """
     spec = model.spec
     config = network_config(spec)
-    full = spec.stop
     family = family_of(spec.trunk_config)
-    tails = [family.graph(c) for c in spec.tail_configs]
-    boundary = tails[0].block_out[full - 1]
-    head_tags = [t for t in tails[0].tensors if t.block == full]
-    n_logits = [g.spaces[LOGITS].width for g in tails]
     with torch.random.fork_rng(devices=[]):
         module = family.build(config)
     state = {
@@ -313,23 +331,9 @@ def as_network(model: MergedModel, label: str = "merged") -> Network:
         for k, v in model.state_dict().items()
         if k.startswith("trunk.")
     }
-    unmerge = model.unmerge_matrices()
-    transforms = {boundary: SpaceTransform(tuple(u.T for u in unmerge), unmerge)}
-    if not family.shared_outputs:
-        eye = torch.eye(sum(n_logits), dtype=unmerge[0].dtype, device=unmerge[0].device)
-        place = tuple(torch.split(eye, n_logits, dim=1))
-        transforms[LOGITS] = SpaceTransform(place, tuple(p.T for p in place))
-    tail_states = [tail[0].state_dict() for tail in model.tails]
-    for t in head_tags:
-        leaf = t.name.split(".", 2)[2]
-        pair = [st[leaf] for st in tail_states]
-        if family.shared_outputs:  # the outputs stay in place: mean of W_m U_m
-            kept = dataclasses.replace(t, axes=tuple(a for a in t.axes if a.space != LOGITS))
-            state[t.name] = fuse_tensor(kept, pair, transforms) / len(pair)
-        else:
-            state[t.name] = fuse_tensor(t, pair, transforms)
+    state.update(head_state(model))
     module.load_state_dict(state)
-    module.to(unmerge[0].device).eval()
+    module.to(model.unmerge_matrices()[0].device).eval()
     if family.shared_outputs:
         return Network(config, module, None, frozenset(), label)
     heads = tuple(h for model_heads in spec.heads for h in model_heads)

@@ -23,6 +23,7 @@ from heterogui.config import DataRef
 from heterogui.datasets.refs import text_sha256
 from heterogui.datasets.text_domains import DOMAINS, load_texts
 from heterogui.errors import ConfigError
+from heterogui.memo import ObjectMemo
 from heterogui.models.capture import to_device
 from heterogui.pipeline import MergeResult, Prepared, Progress
 from heterogui.sources.base import LANGUAGE_MODELING, Pair
@@ -101,6 +102,10 @@ def network_logits(module: torch.nn.Module, last: bool = False) -> LogitsFn:
     return next_token
 
 
+# the latest merge's folded head: its scoring, its repetition check and Generate fold it once
+_FOLDED_HEADS = ObjectMemo(limit=1)
+
+
 def merged_logits(model: Any, last: bool = False) -> LogitsFn:
     """Return the logits function of a merged decoder: the mean of its heads' logits (last:
     at the last position only, as ``network_logits``).
@@ -108,7 +113,7 @@ def merged_logits(model: Any, last: bool = False) -> LogitsFn:
     A full zip's heads are folded into one weight first (``MergedModel.shared_head``): the
     same mean to float rounding, from one product with the merged state.
     """
-    folded = model.shared_head()
+    folded = _FOLDED_HEADS.get(model, "head", model.shared_head)
 
     def both(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         state = model.features(**batch)

@@ -132,9 +132,7 @@ class Match:
         """Return M, (r, O): each row averages its group (U / column sums, transposed), or
         weighs it by ``weights``."""
         u = self.unmerge(torch.float64, device)
-        if self.weights is not None:
-            return (u * self.weights.to(u.device)[:, None]).T.contiguous().to(dtype)
-        return (u / u.sum(dim=0, keepdim=True)).T.contiguous().to(dtype)
+        return (u * self.shares(u.device)[:, None]).T.contiguous().to(dtype)
 
     def shares(self, device: Device = None) -> Tensor:
         """Return each feature's share in its group's merged feature, (O,) float64: the
