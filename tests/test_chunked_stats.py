@@ -80,7 +80,7 @@ def test_the_statistics_a_pass_holds_stay_within_what_the_budget_counts(n_batche
     def held() -> int:
         total = 0
         for m in live:
-            tensors = (m.total, m._pending, m._outer, m._corr, m._sigma, m._squares)
+            tensors = (m.total, m._pending.product, m._outer, m._corr, m._sigma, m._squares)
             total += sum(t.numel() * t.element_size() for t in tensors if t is not None)
         return total
 

@@ -292,7 +292,7 @@ def test_wide_parts_multiply_in_halves_and_give_the_same_statistics(width, split
     correlations are those of the whole rows (float64 reference, numpy)."""
     x = _data(12, n=900, d=width)
     m32, m64 = Moments.empty(width, split=split), Moments.empty(width, split=split)
-    assert len(m32._blocks()) == blocks  # A and B halved where each half keeps 96 features
+    assert len(m32._pending.blocks) == blocks  # A and B halved where each half keeps 96 features
     for rows in torch.from_numpy(x).split(300):
         m32.update(rows.float())
         m64.update(rows)
@@ -316,8 +316,8 @@ def test_compaction_only_writes_below_the_diagonal() -> None:
         clean.update(rows)
         dirty.update(rows)
     below = torch.ones(500, 500, dtype=torch.bool).tril(-1)
-    dirty._pending[below] = float("nan")
-    clean._pending[below] = 0.0
+    dirty._pending.product[below] = float("nan")
+    clean._pending.product[below] = 0.0
     clean.compact()
     dirty.compact()
     assert torch.isfinite(dirty.corr()).all()
@@ -354,7 +354,7 @@ def test_tall_batches_match_float64_whether_taken_uncentred_or_not(mean) -> None
         a, b = _tall_parts(mean, seed)
         exact.update_parts(a, b)  # float64 rows: float64 throughout
         fast.update_parts(a.float(), b.float())
-    uncentred = all(not s.any() for s in fast._shifts)
+    uncentred = all(not s.any() for s in fast._pending.shifts)
     assert uncentred == (mean == 0.0)  # ReLU features: uncentred; mean 1e3: centred per batch
     # float32 products over 4,096 rows a batch: CPUs' BLAS kernels sum in different orders
     # (2.3e-6 measured on an AMD EPYC, under 1e-6 on an Intel Xeon). Taken uncentred, the
@@ -364,4 +364,4 @@ def test_tall_batches_match_float64_whether_taken_uncentred_or_not(mean) -> None
     zeros = Moments.empty(16, torch.device("cpu"), split=8)
     a, b = _tall_parts(0.0, 0)
     zeros.update_parts(a.float(), torch.zeros_like(b).float())  # dead features pass too
-    assert not zeros._shifts[0].any()
+    assert not zeros._pending.shifts[0].any()

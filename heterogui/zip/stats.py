@@ -6,15 +6,10 @@ x xᵀ, count), so two accumulations over disjoint data add up exactly, processe
 them, and the state can be cached with safetensors and reused for every interactive re-merge.
 Covariance and correlation are derived on demand, in float64.
 
-Each batch's product is computed in the rows' precision (float32 for float32 features: about
-twice the speed of float64 products) around the batch's own mean, so no large mean is squared
-in float32; the centred products are summed in float32 for up to ``FOLD_EVERY`` batches and then
-folded into the float64 sums together with the exact mean terms (the centred rows' column
-sums are taken in the rows' precision and widened; ``Σx`` gains n·shift + them). Against
+The batches of a pass are summed in their rows' precision and folded into the float64 sums
+every ``FOLD_EVERY`` batches (``zip.pending``: centring, tall batches, the fold). Against
 all-float64 sums the correlations differ by about 1e-6 (docs/method.md sec. 6 gives the
-measured figures). Float64 rows are accumulated in float64 throughout. A tall batch (many rows
-per feature: a CNN's early layers) skips the centring copy when no feature's mean dwarfs its
-spread (``_accumulate_uncentred``).
+measured figures). Float64 rows are accumulated in float64 throughout.
 
 After a feature pass the sums are kept **compact** (``compact``): the float32 correlations the
 matchers read, with the float64 means, floored standard deviations and sums of squares; the
@@ -24,20 +19,14 @@ second copy for the correlations.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
 from heterogui.errors import ConfigError
-from heterogui.zip.symmetric import (
-    floored_sigma,
-    mirror_upper_,
-    row_blocks,
-    symmetrise_,
-    unit_diagonal_,
-)
+from heterogui.zip.pending import PendingProducts
+from heterogui.zip.symmetric import floored_sigma, row_blocks, unit_diagonal_
 
 __all__ = ["CORR_FLOOR", "FOLD_EVERY", "Moments"]
 
@@ -45,32 +34,6 @@ __all__ = ["CORR_FLOOR", "FOLD_EVERY", "Moments"]
 FOLD_EVERY = 32
 # the relative floor on the standard deviations of ``Moments.corr`` (the correlations kept)
 CORR_FLOOR = 1e-6
-# elements of the float64 row blocks the in-place compaction corrects at a time (4 MiB)
-COMPACT_BLOCK = 2**19
-# a batch with at least this many rows per feature is multiplied uncentred when it may be
-TALL = 16
-# the most a feature's float32 rounding may grow, uncentred: E[x²] / Var x (4 bits)
-UNCENTRED_GROWTH = 16.0
-# a model's features are multiplied in two halves when each half has at least this many
-MIN_HALF = 96
-
-
-def _halves(start: int, stop: int) -> list[slice]:
-    """Return the columns [start, stop) as one slice, or two halves when it is wide enough.
-
-    The product of a batch fills only the blocks on and above the diagonal of its parts: with
-    each model's features in two halves, 10 of 16 blocks instead of 3 of 4, about 17% fewer
-    multiply-adds (measured 0.81-0.93 of the time at 384-3,072 features a model, 1 thread).
-    """
-    if stop - start < 2 * MIN_HALF:
-        return [slice(start, stop)]
-    middle = (start + stop) // 2
-    return [slice(start, middle), slice(middle, stop)]
-
-
-def _upper(parts: list[slice]) -> list[tuple[slice, slice]]:
-    """Return the (rows, columns) of the blocks on and above the diagonal of ``parts``."""
-    return [(parts[i], parts[j]) for i in range(len(parts)) for j in range(i, len(parts))]
 
 
 class Moments:
@@ -83,7 +46,8 @@ class Moments:
         count: number of rows (samples) accumulated.
         split: number of A's features when the rows come as A's and B's parts
             (``update_parts``). A batch's product is computed only on and above the diagonal
-            of its blocks (``_blocks``): each block below is the transpose of one above.
+            of its blocks (``zip.pending.upper_blocks``): each block below is the transpose of
+            one above.
     """
 
     def __init__(
@@ -93,10 +57,8 @@ class Moments:
         self._outer = outer  # None until the first batch is folded in (``empty``)
         self.count = count
         self.split = split
-        self._pending: Tensor | None = None  # summed centred products of unfolded batches
-        self._shifts: list[Tensor] = []  # per unfolded batch: its centre (O,), float64
-        self._sums: list[Tensor] = []  # per unfolded batch: sum of the centred rows, float64
-        self._rows: list[int] = []  # per unfolded batch: its number of rows
+        # the batches not folded into the float64 sums yet
+        self._pending = PendingProducts(int(total.shape[0]), split, total.device)
         # compact form (``compact``): float32 correlations, floored σ, sums of squares
         self._corr: Tensor | None = None
         self._sigma: Tensor | None = None
@@ -149,47 +111,19 @@ class Moments:
         """
         if self._corr is not None:
             return
-        if self._outer is None and self._rows and self._pending.dtype == torch.float32:
-            self._compact_pending()  # never folded: no (O, O) float64 sums at all
+        if (
+            self._outer is None
+            and self._pending.rows
+            and self._pending.product.dtype == torch.float32
+        ):
+            # never folded: no (O, O) float64 sums at all (``PendingProducts.compacted``)
+            self._corr, self._sigma, self._squares = self._pending.compacted(
+                self.mean(), self.count, CORR_FLOOR
+            )
             return
         squares = torch.diagonal(self.outer).clone()
         corr, sigma = self._correlation(CORR_FLOOR, torch.float32)
         self._corr, self._sigma, self._squares, self._outer = corr, sigma, squares, None
-
-    def _compact_pending(self) -> None:
-        """``compact`` straight from the float32 products of batches never folded, in place.
-
-        With E the batches' centres minus the overall mean (k, O), D the sums of their centred
-        rows (k, O, about 0) and W their row counts, the mean terms of the float64 fold cancel:
-        count · cov = C + Eᵀ D + Dᵀ E + Eᵀ W E, C the summed centred products. The rank-2k
-        correction is formed in float64 row block by row block and added to C, which becomes
-        the correlations where it lies; the vectors (σ', the sums of squares) are float64.
-        Nothing large is squared in float32, so the result matches ``settle`` + ``compact`` to
-        float32 rounding, without the (O, O) float64 sums or a second (O, O) buffer.
-        """
-        corr, count = self._pending, self.count
-        shifts, sums = torch.stack(self._shifts), torch.stack(self._sums)
-        weights = torch.tensor(self._rows, dtype=torch.float64, device=self.device)[:, None]
-        mu = self.mean()
-        dev = shifts - mu
-        left, right = torch.cat([dev, sums]), torch.cat([sums + weights * dev, dev])
-        diag = torch.diagonal(corr).to(torch.float64)
-        centred = diag + (left * right).sum(dim=0)  # count · variance, in float64
-        squares = diag + 2 * (shifts * sums).sum(dim=0) + (weights * shifts * shifts).sum(dim=0)
-        raw_sigma, sigma, sigma_min = floored_sigma(squares, centred / count, count, CORR_FLOOR)
-        inverse = (1.0 / (sigma * count**0.5)).to(torch.float32)  # C / count / (σ σᵀ)
-        # the products were computed on and above the diagonal (``_blocks``): correct that part
-        # (small row blocks: the float64 correction and its float32 copy are the only
-        # temporaries), then mirror it below
-        for rows in row_blocks(self.width, COMPACT_BLOCK):
-            cols = slice(rows.start, self.width)
-            low_rank = left[:, rows].T @ right[:, cols]
-            block = corr[rows, cols].add_(low_rank.to(torch.float32))
-            block.mul_(inverse[rows, None]).mul_(inverse[None, cols]).clamp_(-1.0, 1.0)
-        mirror_upper_(corr)
-        unit_diagonal_(corr, raw_sigma, sigma_min)
-        self._corr, self._sigma, self._squares = corr, sigma, squares
-        self._pending, self._shifts, self._sums, self._rows = None, [], [], []
 
     def squares(self) -> Tensor:
         """Return the (O,) float64 sums of x² (the diagonal of ``outer``, without forming it)."""
@@ -308,115 +242,31 @@ class Moments:
         self._accumulate([rows_a, rows_b])
 
     def _accumulate(self, parts: list[Tensor]) -> None:
-        """Add the centred product of one batch to the pending float32 (or float64) sum."""
+        """Add one batch's product to the pending sums (``zip.pending``) and book its rows."""
         dtype = torch.float64 if any(p.dtype == torch.float64 for p in parts) else torch.float32
         if self._corr is not None:
             self._expand()
+        if self._pending.holds_other_than(dtype):
+            self.settle()
         xs = [p.detach().to(device=self.device, dtype=dtype) for p in parts]
-        if int(xs[0].shape[0]) >= TALL * self.width and self._accumulate_uncentred(xs):
-            return
-        # centre on the batch mean rounded to the compute dtype: the shift is exact in float64,
-        # so the mean terms folded in later are exact too
-        shift = torch.cat([x.mean(dim=0) for x in xs])
-        if len(xs) == 1:
-            x = xs[0] - shift
-        else:  # the parts side by side, centred in place (a new tensor: the callers' stay)
-            x = torch.cat(xs, dim=1).sub_(shift)
-        fresh = self._pending_for(dtype)
-        for rows, cols in self._blocks():
-            self._pending[rows, cols].addmm_(x[:, rows].T, x[:, cols], beta=0.0 if fresh else 1.0)
-        # the centred rows' sums in the compute dtype (pairwise, about the products' rounding),
-        # widened after: a float64 reduction of float32 rows costs several times the products
-        # of narrow features. The raw sum is n·shift + them, exactly as the fold reads it
-        self._record(shift.to(torch.float64), x.sum(dim=0).to(torch.float64), int(x.shape[0]))
-
-    def _pending_for(self, dtype: torch.dtype) -> bool:
-        """Make the pending product sum hold ``dtype``; return True when it is new (unwritten).
-
-        A new one is not zeroed: the first batch's products overwrite it; the blocks below the
-        diagonal stay unused.
-        """
-        if self._pending is not None and self._pending.dtype == dtype:
-            return False
-        self.settle()
-        self._pending = torch.empty(self.width, self.width, dtype=dtype, device=self.device)
-        return True
-
-    def _record(self, shift: Tensor, sums: Tensor, n: int) -> None:
-        """Book a batch whose products are pending: its shift, its shifted rows' sums, n."""
+        shift, sums, n = self._pending.add(xs)
         self.total += n * shift + sums
         self.count += n
-        self._shifts.append(shift)
-        self._sums.append(sums)
-        self._rows.append(n)
-        if len(self._rows) >= FOLD_EVERY:
+        if len(self._pending) >= FOLD_EVERY:
             self.settle()
-
-    def _accumulate_uncentred(self, xs: list[Tensor]) -> bool:
-        """Add a tall batch's product of its rows as they are (shift 0); False: not taken.
-
-        With many rows per feature (``TALL``) centring is the costly part of a batch: a copy of
-        every row, where the products read the parts in place. Uncentred, a feature's float32
-        rounding grows by its second moment over its variance, E[x²] / Var x; the batch is
-        taken only when that is at most ``UNCENTRED_GROWTH`` for every feature (read off the
-        product's diagonal and the column sums: all-zero features pass, constant ones do not),
-        else the caller centres it.
-        """
-        edges = [0, *itertools.accumulate(x.shape[1] for x in xs)]
-
-        def columns(part: slice) -> Tensor:
-            k = next(i for i in range(len(xs)) if edges[i] <= part.start < edges[i + 1])
-            return xs[k][:, part.start - edges[k] : part.stop - edges[k]]
-
-        n = int(xs[0].shape[0])
-        blocks = self._blocks()
-        product = [columns(rows).T @ columns(cols) for rows, cols in blocks]
-        diagonal = [p for (rows, cols), p in zip(blocks, product, strict=True) if rows == cols]
-        squares = torch.cat([torch.diagonal(p) for p in diagonal]).to(torch.float64)
-        sums = torch.cat([x.sum(dim=0) for x in xs]).to(torch.float64)
-        second = squares / n
-        spread = second - (sums / n) ** 2
-        if not bool(((second == 0) | (second <= UNCENTRED_GROWTH * spread)).all()):
-            return False
-        fresh = self._pending_for(product[0].dtype)
-        for (rows, cols), p in zip(blocks, product, strict=True):
-            block = self._pending[rows, cols]
-            block.copy_(p) if fresh else block.add_(p)
-        self._record(torch.zeros_like(sums), sums, n)
-        return True
 
     def settle(self) -> None:
         """Fold the pending batches into the float64 sums (reading ``outer`` does it too)."""
-        if not self._rows:
+        if not self._pending.rows:
             return
         if self._outer is None:
             self._outer = self._zeros()
-        outer, pending = self._outer, self._pending
-        for rows, cols in self._blocks():  # in place, float32 into float64: no temporaries
-            outer[rows, cols].add_(pending[rows, cols])
-            if rows != cols:
-                outer[cols, rows].add_(pending[rows, cols].T)
-        shifts, sums = torch.stack(self._shifts), torch.stack(self._sums)
-        weights = torch.tensor(self._rows, dtype=torch.float64, device=self.device)
-        # sum over batches of (c + s)(c + s)ᵀ = C + s dᵀ + d sᵀ + n s sᵀ, d = sum of c
-        outer.addmm_(shifts.T, sums).addmm_(sums.T, shifts)
-        outer.addmm_((shifts * weights[:, None]).T, shifts)
-        symmetrise_(outer)  # exactly symmetric (see ``cov``)
-        self._pending, self._shifts, self._sums, self._rows = None, [], [], []
+        self._pending.fold_into(self._outer)
 
     @property
     def products_per_row(self) -> int:
         """Return the multiply-adds one feature row adds to the product (the blocks computed)."""
-        return sum((r.stop - r.start) * (c.stop - c.start) for r, c in self._blocks())
-
-    def _blocks(self) -> list[tuple[slice, slice]]:
-        """Return the (rows, columns) of the product blocks a batch computes (upper ones).
-
-        The parts: A's features and B's (one part without a split), each halved when wide.
-        """
-        edges = [0, self.width] if self.split is None else [0, self.split, self.width]
-        parts = [h for start, stop in itertools.pairwise(edges) for h in _halves(start, stop)]
-        return _upper(parts)
+        return sum((r.stop - r.start) * (c.stop - c.start) for r, c in self._pending.blocks)
 
     def merged_with(self, other: Moments) -> Moments:
         """Return the accumulation over the union of both data streams (on this device).
