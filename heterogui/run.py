@@ -367,35 +367,12 @@ def merge(
         pair = load_pair(
             recipe.model_a, recipe.model_b, recipe.transformer, more=recipe.more_models
         )
-        task = task_of(pair.task)
-        task.check(recipe.calibration, "calibration")
-        if recipe.evaluation is not None:
-            task.check(recipe.evaluation, "evaluation")
-        calibration = calibrate(pair, recipe.calibration)
-        evaluation = task.evaluation(recipe.evaluation, pair) if recipe.evaluation else None
+        calibration, evaluation = _recipe_data(pair, recipe)
     # this rank's batches: all of them in one process, every N-th under torchrun
     shard = dataclasses.replace(calibration, batches=distributed.shard(calibration.batches))
     torch.manual_seed(recipe.seed)
     dtype = DTYPES[recipe.dtype]
-    device = distributed.rank_device(recipe.device)
-    result: MergeResult | GroupMergeResult
-    if pair.more:
-        settings = settings_of(recipe)
-        result = run_group.merge_models(pair, shard, recipe, settings, dtype, device, report)
-    else:
-        manual = recipe.alignment.mapping if recipe.alignment.mode == "manual" else None
-        prepared = analyse(
-            pair,
-            shard,
-            mode=recipe.alignment.mode,
-            manual=manual,
-            measure=recipe.alignment.measure,
-            device=device,
-            reset_input_bn=recipe.reset_input_bn,
-            progress=report,
-            stats_budget=stats_budget(),
-        )
-        result = zip_prepared(prepared, settings_of(recipe), dtype, report)
+    result = _run_engine(pair, shard, recipe, dtype, report)
     seconds = time.perf_counter() - start
     done = complete_recipe(
         pair,
@@ -416,16 +393,66 @@ def merge(
         )
     scores = None
     if evaluation is not None and distributed.is_main():
-        if isinstance(result, GroupMergeResult):
-            scores = run_group.score(result, evaluation, report)
-        else:
-            baseline = within(report, 0.0, 0.75)
-            scores = {**evaluate_models(pair, result.prepared, evaluation, baseline)}
-            scores["merged"] = evaluate_merge(pair, result, evaluation, within(report, 0.75, 1.0))
+        scores = _scores(pair, result, evaluation, report)
+    task = task_of(pair.task)
     describe = group_report if isinstance(result, GroupMergeResult) else merge_report
     facts = describe(result, done, seconds, task, scores, calibration.count)
     facts["timings_seconds"]["evaluation"] = time.perf_counter() - start - seconds
     return RunResult(result, done, facts, pair, calibration, evaluation, scores)
+
+
+def _recipe_data(pair: Pair, recipe: Recipe) -> tuple[Calibration, Evaluation | None]:
+    """Return the calibration and evaluation data a recipe names, checked against its task.
+
+    Raises:
+        ConfigError: data of the wrong kind or shape, or changed data.
+        ModelLoadError: a missing or corrupt data file.
+    """
+    task = task_of(pair.task)
+    task.check(recipe.calibration, "calibration")
+    if recipe.evaluation is not None:
+        task.check(recipe.evaluation, "evaluation")
+    calibration = calibrate(pair, recipe.calibration)
+    evaluation = task.evaluation(recipe.evaluation, pair) if recipe.evaluation else None
+    return calibration, evaluation
+
+
+def _run_engine(
+    pair: Pair, shard: Calibration, recipe: Recipe, dtype: torch.dtype, report: Progress
+) -> MergeResult | GroupMergeResult:
+    """Return the engine's merge of a loaded pair (or group) on this rank's calibration."""
+    device = distributed.rank_device(recipe.device)
+    if pair.more:
+        settings = settings_of(recipe)
+        return run_group.merge_models(pair, shard, recipe, settings, dtype, device, report)
+    manual = recipe.alignment.mapping if recipe.alignment.mode == "manual" else None
+    prepared = analyse(
+        pair,
+        shard,
+        mode=recipe.alignment.mode,
+        manual=manual,
+        measure=recipe.alignment.measure,
+        device=device,
+        reset_input_bn=recipe.reset_input_bn,
+        progress=report,
+        stats_budget=stats_budget(),
+    )
+    return zip_prepared(prepared, settings_of(recipe), dtype, report)
+
+
+def _scores(
+    pair: Pair,
+    result: MergeResult | GroupMergeResult,
+    evaluation: Evaluation,
+    report: Progress,
+) -> dict[str, Any]:
+    """Return the scores of every model, their ensemble and the merge ("merged")."""
+    if isinstance(result, GroupMergeResult):
+        return run_group.score(result, evaluation, report)
+    baseline = within(report, 0.0, 0.75)
+    scores = {**evaluate_models(pair, result.prepared, evaluation, baseline)}
+    scores["merged"] = evaluate_merge(pair, result, evaluation, within(report, 0.75, 1.0))
+    return scores
 
 
 def export_format(pair: Pair) -> str:
