@@ -16,12 +16,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from heterogui.errors import ModelLoadError  # noqa: E402
 from heterogui.sources import gguf_files  # noqa: E402
-from heterogui.sources.gguf_files import (  # noqa: E402
-    gguf_folder,
-    gguf_header,
-    gguf_note,
-    smollm2_gguf,
-)
+from heterogui.sources.gguf_files import gguf_folder, gguf_note, smollm2_gguf  # noqa: E402
+from heterogui.sources.gguf_header import gguf_header  # noqa: E402
 
 # The package is installed with --no-deps: importing it fails (no `llm`), so look it up instead.
 pytestmark = pytest.mark.skipif(

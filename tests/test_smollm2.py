@@ -113,7 +113,7 @@ def test_a_copy_without_middle_layers_merges_back_near_smollm2(smollm2, calibrat
     of thousands. Now it is below B on both domains (on 8 calibration texts of 48 tokens: 36.1
     and 22.0 against A's 23.0 and 14.5 and B's 48.2 and 30.9).
     """
-    from heterogui.bench.decoders import dropped_network, middle_block
+    from heterogui.bench.decoder_pairs import dropped_network, middle_block
     from heterogui.tasks.language import network_logits, score_domains
 
     keep = middle_block(30, 6)
@@ -143,7 +143,7 @@ def test_layer_updates_place_a_shallower_copys_layers_where_they_came_from(smoll
     """
     from heterogui.align.alignment import align
     from heterogui.align.similarity import layer_similarity
-    from heterogui.bench.decoders import dropped_network, middle_block
+    from heterogui.bench.decoder_pairs import dropped_network, middle_block
 
     keep = middle_block(30, 6)
     shallow = dropped_network(smollm2.folder, keep, "smollm2-without-6-middle-layers")

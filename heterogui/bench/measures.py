@@ -29,7 +29,7 @@ import torch
 
 from heterogui import run
 from heterogui.align.similarity import MEASURES
-from heterogui.bench.decoders import middle_block, smollm2_shallow_pair
+from heterogui.bench.decoder_pairs import middle_block, smollm2_shallow_pair
 from heterogui.bench.documents import finite, write_document
 from heterogui.bench.quality import calibration_batches
 from heterogui.bench.transformers import minilm_pair

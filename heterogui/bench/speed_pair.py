@@ -125,7 +125,8 @@ def run_pair(name: str, options: dict[str, Any]) -> dict[str, Any]:
         ref = DataRef("sentences", size=64 if quick else inputs, batch_size=32)
         return _measure_loaded("all-MiniLM-L6-v2 + paraphrase-MiniLM-L3-v2", pair, ref, dev)
     if name == "smollm":
-        from heterogui.bench.decoders import ALL_DOMAINS, BATCH, smollm2_shallow_pair
+        from heterogui.bench.decoder_pairs import smollm2_shallow_pair
+        from heterogui.tasks.language import ALL_DOMAINS, BATCH
 
         pair = smollm2_shallow_pair(dev)
         ref = DataRef(ALL_DOMAINS, "calibration", 8 if quick else options.get("texts", 32), BATCH)

@@ -1,6 +1,6 @@
 """GGUF files as models: any ``.gguf`` decoder file, and the built-in ``smollm2:135m-instruct``.
 
-A GGUF file is described from its metadata alone (``gguf_files.gguf_header``: shapes, rotary
+A GGUF file is described from its metadata alone (``gguf_header.gguf_header``: shapes, rotary
 settings, the token list for the tokenizer pre-flight; no weight is read) and loaded through a
 Hugging Face folder converted once into the heterogui cache (``gguf_files.gguf_folder``).
 Quantized files are dequantized: the model is named with its quantization and every header
@@ -19,13 +19,8 @@ from heterogui.export.job import HF_CAUSAL_LM_FORMAT
 from heterogui.models.hf.decoder_io import load_decoder
 from heterogui.models.io import check_finite
 from heterogui.sources.base import LANGUAGE_MODELING, Header, Loaded, Source
-from heterogui.sources.gguf_files import (
-    GGUFHeader,
-    gguf_folder,
-    gguf_header,
-    gguf_note,
-    smollm2_gguf,
-)
+from heterogui.sources.gguf_files import gguf_folder, gguf_note, smollm2_gguf
+from heterogui.sources.gguf_header import GGUFHeader, gguf_header
 from heterogui.sources.preflight import ModelCard, estimate_merge, tokens_hash
 
 BUILT_IN = {"smollm2:135m-instruct": smollm2_gguf}

