@@ -13,9 +13,9 @@ from pathlib import Path
 from heterogui.cli_app import add_app_arguments, app_options
 from heterogui.cli_bench import add_bench_arguments
 from heterogui.cli_zoo import add_zoo_arguments
-from heterogui.config import load_recipe
 from heterogui.errors import HeteroguiError, excerpt
 from heterogui.folders import check_output
+from heterogui.recipe_parse import load_recipe
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

@@ -29,15 +29,7 @@ import torch
 
 import heterogui
 from heterogui import distributed, run_group
-from heterogui.config import (
-    AlignmentSpec,
-    DataRef,
-    ModelRef,
-    Recipe,
-    TransformerSpec,
-    ZipSpec,
-    load_recipe,
-)
+from heterogui.config import AlignmentSpec, DataRef, ModelRef, Recipe, TransformerSpec, ZipSpec
 from heterogui.errors import Cancelled, ConfigError, IncompatibleModelsError, MatcherError
 from heterogui.export.job import HETEROGUI_FORMAT, ExportJob
 from heterogui.export.registry import write_export
@@ -52,6 +44,7 @@ from heterogui.pipeline import (
     prepare,
     zip_prepared,
 )
+from heterogui.recipe_parse import load_recipe
 from heterogui.report import card_files, group_card_files, group_report, merge_report
 from heterogui.sizes import merge_size
 from heterogui.sources import registry as sources

@@ -12,9 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from heterogui import run  # noqa: E402
-from heterogui.config import recipe_from_dict  # noqa: E402
 from heterogui.datasets.refs import tokenize  # noqa: E402
 from heterogui.errors import IncompatibleModelsError  # noqa: E402
+from heterogui.recipe_parse import recipe_from_dict  # noqa: E402
 from heterogui.sources import minilm  # noqa: E402
 from tests.conftest import tiny_hf, token_batch  # noqa: E402
 

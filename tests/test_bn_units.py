@@ -13,10 +13,10 @@ import copy
 import pytest
 import torch
 
-from heterogui.config import recipe_from_dict
 from heterogui.fusion.bn_units import fusion_states, unit_scales
 from heterogui.models.permute import permute_network, random_permutations
 from heterogui.pipeline import ZipSettings, prepare, zip_prepared
+from heterogui.recipe_parse import recipe_from_dict
 from tests.conftest import DEPTH_PAIRS, calibration, make, max_diff
 
 FUSIONS = ("average", "least_squares", "least_squares_sequential")

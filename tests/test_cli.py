@@ -14,11 +14,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from heterogui.cli import main
-from heterogui.config import Recipe, load_recipe, recipe_from_dict
+from heterogui.config import Recipe
 from heterogui.errors import ConfigError
 from heterogui.models.io import save_network, state_sha256
 from heterogui.models.resnet import cifar_resnet
 from heterogui.models.vgg import VGGConfig
+from heterogui.recipe_parse import load_recipe, recipe_from_dict
 from heterogui.run import merge as merge_recipe
 from heterogui.sources.folder import load_merged
 from tests.conftest import make

@@ -17,10 +17,11 @@ import yaml
 
 import heterogui
 from heterogui.cli import main
-from heterogui.config import Recipe, load_recipe, parse_recipe, recipe_from_dict
+from heterogui.config import Recipe
 from heterogui.errors import ConfigError
 from heterogui.models.io import state_sha256
 from heterogui.nway import GroupMergeResult
+from heterogui.recipe_parse import load_recipe, parse_recipe, recipe_from_dict
 from heterogui.run import merge as run_merge
 from heterogui.sources.folder import load_merged
 from heterogui.sources.registry import load

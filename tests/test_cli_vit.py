@@ -15,8 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from heterogui.cli import main  # noqa: E402
-from heterogui.config import load_recipe  # noqa: E402
 from heterogui.errors import ConfigError, IncompatibleModelsError  # noqa: E402
+from heterogui.recipe_parse import load_recipe  # noqa: E402
 from heterogui.run import merge as merge_recipe  # noqa: E402
 from tests.conftest import tiny_vit  # noqa: E402
 

@@ -208,7 +208,7 @@ def test_cli_merges_causal_lm_folders_into_one_automodelforcausallm_folder(tmp_p
     from transformers import AutoTokenizer
 
     from heterogui.cli import main
-    from heterogui.config import load_recipe
+    from heterogui.recipe_parse import load_recipe
     from heterogui.run import merge
 
     recipe = write_recipe(

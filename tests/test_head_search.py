@@ -15,13 +15,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from heterogui import head_search  # noqa: E402
 from heterogui.cli import main  # noqa: E402
-from heterogui.config import ZipSpec, load_recipe  # noqa: E402
+from heterogui.config import ZipSpec  # noqa: E402
 from heterogui.errors import ConfigError  # noqa: E402
 from heterogui.models.hf.bert_io import network_from_hf as bert_network  # noqa: E402
 from heterogui.models.hf.decoder_io import network_from_hf as decoder_network  # noqa: E402
 from heterogui.models.hf.vit_io import network_from_hf as vit_network  # noqa: E402
 from heterogui.models.mlp import MLPConfig  # noqa: E402
 from heterogui.pipeline import ZipSettings, prepare, zip_prepared  # noqa: E402
+from heterogui.recipe_parse import load_recipe  # noqa: E402
 from heterogui.tasks.lm_metrics import token_batches as lm_batches  # noqa: E402
 from tests.conftest import (  # noqa: E402
     calibration,

@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from heterogui.cli import main  # noqa: E402
-from heterogui.config import ZipSpec, load_recipe, recipe_from_dict  # noqa: E402
+from heterogui.config import ZipSpec  # noqa: E402
 from heterogui.errors import ConfigError, MatcherError  # noqa: E402
 from heterogui.fusion.fuse import SpaceTransform  # noqa: E402
 from heterogui.models.hf.bert_io import network_from_hf as bert_network  # noqa: E402
@@ -21,6 +21,7 @@ from heterogui.models.hf.decoder_io import network_from_hf as decoder_network  #
 from heterogui.models.hf.vit_io import network_from_hf as vit_network  # noqa: E402
 from heterogui.models.permute import permute_network, random_permutations  # noqa: E402
 from heterogui.pipeline import ZipSettings, prepare, zip_prepared  # noqa: E402
+from heterogui.recipe_parse import load_recipe, recipe_from_dict  # noqa: E402
 from heterogui.run import settings_of  # noqa: E402
 from heterogui.tasks.lm_metrics import token_batches as lm_batches  # noqa: E402
 from heterogui.zip.heads import head_match  # noqa: E402

@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from heterogui.cli import main  # noqa: E402
-from heterogui.config import ZipSpec, load_recipe  # noqa: E402
+from heterogui.config import ZipSpec  # noqa: E402
 from heterogui.errors import ConfigError  # noqa: E402
 from heterogui.fusion.split_heads import split_heads, split_layer  # noqa: E402
 from heterogui.models.bert import BERT_NAMES  # noqa: E402
@@ -26,6 +26,7 @@ from heterogui.models.mlp import MLPConfig  # noqa: E402
 from heterogui.models.vit import VIT_NAMES  # noqa: E402
 from heterogui.nway import merge_group  # noqa: E402
 from heterogui.pipeline import ZipSettings, prepare, zip_prepared  # noqa: E402
+from heterogui.recipe_parse import load_recipe  # noqa: E402
 from heterogui.run import merge as merge_recipe  # noqa: E402
 from heterogui.sizes import estimate, merged_effective_size  # noqa: E402
 from heterogui.tasks.lm_metrics import token_batches as lm_batches  # noqa: E402

@@ -117,7 +117,7 @@ def test_a_resnet_pair_reads_block_outputs_unless_asked():
 def test_a_recipe_names_its_measure_and_the_completed_recipe_repeats_the_merge(measure, tmp_path):
     from test_decoder import write_recipe
 
-    from heterogui.config import load_recipe
+    from heterogui.recipe_parse import load_recipe
     from heterogui.run import merge
 
     path = write_recipe(tmp_path, alignment={"mode": "sma", "measure": measure})

@@ -12,9 +12,9 @@ import json
 from typing import Any
 
 from heterogui.align.alignment import Alignment
-from heterogui.config import load_yaml
 from heterogui.errors import AlignmentError, ConfigError, excerpt
 from heterogui.models.graph import ModelGraph
+from heterogui.text_input import load_yaml
 
 MAX_MAPPING_CHARS = 20_000  # thousands of layers' slots; a longer text is not a mapping
 

@@ -15,12 +15,13 @@ from typing import Any
 
 import torch
 
-from heterogui.config import DataRef, read_text
+from heterogui.config import DataRef
 from heterogui.datasets.images import DATASETS, load_split
 from heterogui.datasets.sentence_pairs import Pair, load_pairs, pair_lines
 from heterogui.datasets.text_tasks import calibration_sentences
 from heterogui.errors import ConfigError, ModelLoadError, excerpt
 from heterogui.models.io import load_state, state_sha256
+from heterogui.text_input import read_text
 
 
 def load_inputs(ref: DataRef) -> tuple[torch.Tensor, torch.Tensor | None]:

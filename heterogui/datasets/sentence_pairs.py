@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from heterogui.config import read_text
 from heterogui.errors import ConfigError, excerpt
+from heterogui.text_input import read_text
 
 
 @dataclass(frozen=True)

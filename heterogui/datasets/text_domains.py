@@ -21,9 +21,10 @@ import hashlib
 import sysconfig
 from pathlib import Path
 
-from heterogui.config import DataRef, read_text
+from heterogui.config import DataRef
 from heterogui.datasets.refs import _subsample, parse_lines, text_sha256
 from heterogui.errors import ConfigError, ModelLoadError
+from heterogui.text_input import read_text
 
 DOMAINS = ("python-docs", "python-source")
 SPLITS = ("train", "calibration", "test")

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from heterogui.config import DataRef, read_text
+from heterogui.config import DataRef
 from heterogui.datasets.refs import check_text_hash, text_sha256, tokenize
 from heterogui.datasets.text_tasks import TASK_CLASSES, label_id, make_task
 from heterogui.errors import ConfigError, ModelLoadError
@@ -37,6 +37,7 @@ from heterogui.tasks.base import (
 from heterogui.tasks.classification import Metrics, score_outputs, scores_alone_and_together
 from heterogui.tasks.images import IMAGES, heads_disjoint
 from heterogui.tasks.sentences import SENTENCES, is_sentences, text_calibration, tokenizer_of
+from heterogui.text_input import read_text
 
 BUILT_IN = "text-tasks"
 EVAL_BATCH = 64

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from heterogui import run
-from heterogui.config import Recipe, load_recipe, parse_recipe
+from heterogui.config import Recipe
 from heterogui.errors import ConfigError, ExportError, excerpt
 from heterogui.export.job import (
     HETEROGUI_FORMAT,
@@ -25,6 +25,7 @@ from heterogui.export.job import (
 )
 from heterogui.export.registry import exporter
 from heterogui.folders import check_output
+from heterogui.recipe_parse import load_recipe, parse_recipe
 from heterogui.report import merge_report
 from heterogui.sizes import merge_size, reference_sizes
 from heterogui.ui import work

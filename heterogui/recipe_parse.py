@@ -1,0 +1,159 @@
+"""Read recipes: from plain dicts, YAML or JSON text, and files (docs/architecture.md).
+
+Unknown keys and values of the wrong type are rejected with a message that names the field and
+the fix (the dataclasses of ``heterogui.config`` check the ranges).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any
+
+from heterogui.config import (
+    AlignmentSpec,
+    DataRef,
+    ModelRef,
+    Recipe,
+    TransformerSpec,
+    ZipSpec,
+    typed_value,
+)
+from heterogui.errors import ConfigError, ModelLoadError, excerpt
+from heterogui.text_input import load_yaml, read_text
+
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of text; anything bigger is not one
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Return ``cls(**data)`` after rejecting unknown keys and building nested dataclasses."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            excerpt(f"{where}: unknown keys {unknown}; known keys: {sorted(fields)}", 400)
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        nested = _NESTED.get((cls, name))
+        if nested and value is not None:
+            kwargs[name] = _build(nested, value, f"{where}.{name}")
+        else:
+            kwargs[name] = typed_value(value, hints[name], f"{where}.{name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {excerpt(exc)}") from exc
+
+
+_NESTED = {
+    (Recipe, "model_a"): ModelRef,
+    (Recipe, "model_b"): ModelRef,
+    (Recipe, "calibration"): DataRef,
+    (Recipe, "evaluation"): DataRef,
+    (Recipe, "alignment"): AlignmentSpec,
+    (Recipe, "zip"): ZipSpec,
+    (Recipe, "transformer"): TransformerSpec,
+}
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    """Return a Recipe from a plain dict.
+
+    The models are ``model_a`` and ``model_b``, or a list ``models`` of two or more (each a
+    mapping like model_a's or a plain path): A, B, then ``more_models``.
+
+    A recipe heterogui recorded (it lists ``versions``) without ``zip.bn_units`` predates that
+    knob: it fused as the paper does, and repeats so (bn_units false).
+
+    Raises:
+        ConfigError: unknown keys, missing models, values out of range.
+    """
+    data = _recorded_before_bn_units(data)
+    if isinstance(data, dict) and "more_models" in data:
+        raise ConfigError(
+            "recipe: more_models is not a recipe key; list every model under models: [A, B, C]"
+        )
+    if isinstance(data, dict) and "models" in data:
+        return _listed_models(data)
+    for key in ("model_a", "model_b"):
+        if isinstance(data, dict) and key not in data:
+            raise ConfigError(f"recipe: {key} is missing; give {key}: {{path: FOLDER}}")
+    return _build(Recipe, data, "recipe")
+
+
+def _recorded_before_bn_units(data: Any) -> Any:
+    """Return ``data`` (a copy) with zip.bn_units false if recorded before that knob."""
+    if not (isinstance(data, dict) and data.get("versions") and isinstance(data.get("zip"), dict)):
+        return data
+    if "bn_units" in data["zip"]:
+        return data
+    return {**data, "zip": {**data["zip"], "bn_units": False}}
+
+
+def _listed_models(data: dict[str, Any]) -> Recipe:
+    """Return the Recipe of a dict whose models are a list (``models: [A, B, C, ...]``).
+
+    Raises:
+        ConfigError: model_a or model_b given too, a list of fewer than two, a bad entry.
+    """
+    both = [k for k in ("model_a", "model_b") if k in data]
+    if both:
+        raise ConfigError(
+            f"recipe: give the models either as models: [...] or as model_a/model_b, not both "
+            f"(found models and {' and '.join(both)}); remove one"
+        )
+    listed = data["models"]
+    if not isinstance(listed, list):
+        raise ConfigError(
+            f"recipe.models must be a list of models, got {excerpt(repr(listed), 80)}; write "
+            "models: [{path: A}, {path: B}, ...]"
+        )
+    if len(listed) < 2:
+        raise ConfigError(
+            f"recipe.models lists {len(listed)} model{'' if len(listed) == 1 else 's'}; a merge "
+            "needs two or more: give two or more models"
+        )
+    refs = [
+        _build(ModelRef, entry if isinstance(entry, dict) else {"path": entry}, where)
+        for where, entry in ((f"recipe.models[{k}]", e) for k, e in enumerate(listed))
+    ]
+    rest = {k: v for k, v in data.items() if k != "models"}
+    first = {"model_a": dataclasses.asdict(refs[0]), "model_b": dataclasses.asdict(refs[1])}
+    recipe = _build(Recipe, {**rest, **first}, "recipe")
+    return dataclasses.replace(recipe, more_models=tuple(refs[2:]))
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a recipe from a .yaml/.yml/.json file.
+
+    Raises:
+        ModelLoadError: the file does not exist.
+        ConfigError: the file is not text, does not parse, or the recipe is invalid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ModelLoadError(f"recipe file {str(path)!r} {what}; pass a .yaml or .json file")
+    return parse_recipe(read_text(path, "recipe", MAX_RECIPE_BYTES), f"recipe {path}")
+
+
+def parse_recipe(text: str, name: str = "the recipe") -> Recipe:
+    """Return the recipe written as YAML (or JSON, a subset of YAML) in ``text``.
+
+    Raises:
+        ConfigError: the text does not parse, uses an alias, or the recipe is invalid.
+    """
+    if len(text) > MAX_RECIPE_BYTES:
+        raise ConfigError(f"{name} is {len(text):,} characters long: not a recipe")
+    data = load_yaml(text, name)
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{name} is a {type(data).__name__}, not a mapping: a recipe has keys such as "
+            "model_a: {path: ...} and model_b: {path: ...} (or models: [...])"
+        )
+    return recipe_from_dict(data)

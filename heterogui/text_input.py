@@ -1,0 +1,68 @@
+"""Text that users hand in: files read as UTF-8 within a size limit, YAML without aliases.
+
+Recipes, data files and sentence lists all come through here, so a binary file, an oversized
+file or a YAML bomb gets the same one-line error wherever it is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from heterogui.errors import ConfigError, excerpt
+
+
+def read_text(path: Path, what: str, limit: int | None = None) -> str:
+    """Return a text file's content (UTF-8), refusing binary files and files over ``limit``.
+
+    Raises:
+        ConfigError: the file is over the limit, or not UTF-8 text.
+    """
+    size = path.stat().st_size
+    if limit is not None and size > limit:
+        raise ConfigError(
+            f"{what} {str(path)!r} is {size:,} bytes, over the {limit:,} a {what} may have; "
+            "pass the right file"
+        )
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} {str(path)!r} is not text: byte {exc.start} is not UTF-8 (a binary file?); "
+            "pass a UTF-8 text file"
+        ) from exc
+
+
+class _NoAliases(yaml.SafeLoader):
+    """A safe YAML loader that refuses aliases: "*name" can expand without bound."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.MarkedYAMLError(
+                problem=f"alias *{excerpt(event.anchor, 40)} (aliases are refused)",
+                problem_mark=event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, what: str) -> Any:
+    """Return the value of YAML (or JSON) ``text`` written by a user, without aliases.
+
+    Raises:
+        ConfigError: the text does not parse, or uses an alias; the message quotes at most a
+            short excerpt of the parser's words.
+    """
+    try:
+        return yaml.load(text, Loader=_NoAliases)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigError(
+            f"{what} does not parse{where}: {excerpt(problem, 120)}; write plain YAML or JSON "
+            "(aliases such as *name are refused)"
+        ) from exc
