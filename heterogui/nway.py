@@ -51,9 +51,10 @@ from heterogui.ready import ready_with_similarities
 from heterogui.stages import timed
 from heterogui.zip.collect import StatKey, collect_moments, similarity_and_moments
 from heterogui.zip.match import Match
-from heterogui.zip.matchers import group_width, zip_group, zip_group_naive
+from heterogui.zip.matchers import zip_group, zip_group_naive
 from heterogui.zip.plan import ZipSettings, check_override_names, stop_point, trunk_spaces
 from heterogui.zip.stats import Moments
+from heterogui.zip.widths import group_width
 
 GROUP_MATCHERS = {"zip": zip_group, "zip_naive": zip_group_naive}
 GROUP_FUSIONS = ("average", "least_squares", "least_squares_sequential")

@@ -10,13 +10,8 @@ import torch
 
 from heterogui.errors import MatcherError
 from heterogui.zip import greedy
-from heterogui.zip.matchers import (
-    group_width,
-    within_model_budget,
-    zip_group,
-    zip_group_naive,
-    zip_match,
-)
+from heterogui.zip.matchers import zip_group, zip_group_naive, zip_match
+from heterogui.zip.widths import group_width, within_model_budget
 
 
 @pytest.fixture

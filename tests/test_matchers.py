@@ -11,16 +11,15 @@ from heterogui.zip.matchers import (
     MATCHERS,
     Match,
     average_match,
-    group_width,
     keep_one_match,
     permute_match,
-    target_width,
     zip_group,
     zip_group_naive,
     zip_match,
     zip_match_naive,
 )
 from heterogui.zip.stats import Moments
+from heterogui.zip.widths import group_width, target_width
 
 ALPHAS = (1e-4, 0.5, 1.0)
 BETAS = (0.0, 0.075, 0.5, 1.0)
@@ -289,7 +288,7 @@ def test_unreachable_width_without_within_model_merges(fn) -> None:
 
 
 def test_within_model_budget_and_zip_ratio_are_exact():
-    from heterogui.zip.matchers import merges_for, target_width, within_model_budget
+    from heterogui.zip.widths import merges_for, target_width, within_model_budget
 
     # 100 + 100 features zipped to 100 with beta 0.58: 50 * 0.58 is 29, not 28.999...
     assert within_model_budget(200, 100, 100, 0.58) == 29

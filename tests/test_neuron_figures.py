@@ -25,7 +25,8 @@ from heterogui.ui.fig_neurons import (
     neuron_view,
     overview_figure,
 )
-from heterogui.zip.matchers import MATCHERS, target_width
+from heterogui.zip.matchers import MATCHERS
+from heterogui.zip.widths import target_width
 
 N_A = N_B = 1536
 

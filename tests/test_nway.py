@@ -14,7 +14,8 @@ from heterogui.models.permute import permute_network, random_permutations
 from heterogui.models.resnet import cifar_resnet
 from heterogui.nway import merge_group, prepare_group, zip_group_prepared
 from heterogui.pipeline import ZipSettings, prepare, zip_prepared
-from heterogui.zip.matchers import group_width, zip_group, zip_group_naive, zip_match
+from heterogui.zip.matchers import zip_group, zip_group_naive, zip_match
+from heterogui.zip.widths import group_width
 from tests.conftest import IMAGE, SAME_ARCH, calibration, make, max_diff
 
 # three depths per stage (one model deepest everywhere), one input, different widths

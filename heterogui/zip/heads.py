@@ -25,7 +25,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from heterogui.errors import MatcherError
-from heterogui.zip.matchers import EQUAL_WIDTHS, MATCHERS, Match, merges_for
+from heterogui.zip.matchers import EQUAL_WIDTHS, MATCHERS, Match
+from heterogui.zip.widths import merges_for
 
 HEAD_MATCHERS = tuple(MATCHERS)
 

@@ -19,10 +19,8 @@ fn(corr, n_a, n_b, *, width, alpha, beta) -> Match.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
 import torch
@@ -41,6 +39,18 @@ from heterogui.zip.greedy import (
     zip_parents,
 )
 from heterogui.zip.match import Match, MatchCounts, canonical_groups
+from heterogui.zip.widths import (
+    NEG_INF,
+    as_matrix,
+    check_knobs,
+    check_sizes,
+    loop_dtype,
+    named_sizes,
+    numpy_start,
+    prepared_similarity,
+    stuck_error,
+    within_model_budget,
+)
 
 __all__ = [
     "MATCHERS",
@@ -49,165 +59,11 @@ __all__ = [
     "average_match",
     "keep_one_match",
     "permute_match",
-    "target_width",
-    "group_width",
     "zip_group",
     "zip_group_naive",
     "zip_match",
     "zip_match_naive",
 ]
-
-_NEG_INF = -np.inf
-
-
-def _check_sizes(*sizes: int) -> None:
-    names = ("n_a", "n_b") if len(sizes) == 2 else (f"width {k}" for k in range(len(sizes)))
-    for name, n in zip(names, sizes, strict=False):
-        if isinstance(n, bool) or int(n) != n or n < 1:
-            raise MatcherError(f"{name} must be a positive integer, got {n!r}")
-
-
-def target_width(n_a: int, n_b: int, rho: float) -> int:
-    """Return the merged width r = n_a + n_b - round(rho * min(n_a, n_b)) (docs/method.md sec. 7).
-
-    rho = 1 gives max(n_a, n_b) (the paper), rho = 0 keeps every feature (the ensemble). The
-    rounding is half-up (rho * min = 2.5 -> 3 merges), not Python's round-half-even.
-
-    Raises:
-        MatcherError: rho is outside [0, 1] or a width is not a positive integer.
-    """
-    _check_sizes(n_a, n_b)
-    if not 0.0 <= rho <= 1.0:
-        raise MatcherError(f"zip ratio rho must be in [0, 1], got {rho!r}")
-    return n_a + n_b - merges_for(rho, min(n_a, n_b))
-
-
-def merges_for(rho: float, count: int) -> int:
-    """Return round(rho * count), half-up, computed exactly (0.29 * 50 = 14.5 -> 15).
-
-    rho is taken as the exact decimal the user typed, so a float product such as
-    14.4999... never rounds the other way.
-    """
-    return math.floor(Fraction(str(rho)) * count + Fraction(1, 2))
-
-
-def _as_matrix(
-    corr: Tensor | np.ndarray, sizes: tuple[int, ...], device: torch.device | str = "cpu"
-) -> Tensor:
-    """Return a copy of corr on ``device``, (O, O), checked for shape and finiteness.
-
-    A float32 corr stays float32 (the pipeline's correlations are float32: the greedy loop then
-    moves half the bytes, and with alpha 0.5 its products, minima and halvings, are exact in
-    either precision, so the groups are those of a float64 copy); any other dtype becomes
-    float64.
-    """
-    _check_sizes(*sizes)
-    dtype = _loop_dtype(corr)
-    if isinstance(corr, Tensor):
-        c = corr.detach().to(device, dtype, copy=True)  # one copy
-    else:
-        single = dtype == torch.float32
-        c = torch.from_numpy(np.array(corr, np.float32 if single else np.float64, copy=True))
-        c = c.to(device)
-    o = sum(sizes)
-    if tuple(c.shape) != (o, o):
-        raise MatcherError(
-            f"corr must have shape ({o}, {o}) for {_named(sizes)}, got {tuple(c.shape)}"
-        )
-    if not bool(torch.isfinite(c).all()):
-        raise MatcherError("corr contains NaN or inf; compute it with Moments.corr (floored σ)")
-    return c
-
-
-def _loop_dtype(corr: Tensor | np.ndarray) -> torch.dtype:
-    """Return the precision the greedy loop zips ``corr`` in: float32 for a float32 corr
-    (a tensor or an array), float64 for any other."""
-    dtype = corr.dtype if isinstance(corr, Tensor) else np.asarray(corr).dtype
-    return torch.float32 if dtype in (torch.float32, np.float32) else torch.float64
-
-
-def _named(sizes: tuple[int, ...]) -> str:
-    """Return "n_a=5, n_b=4" (two models) or "widths (5, 4, 3)"."""
-    return f"n_a={sizes[0]}, n_b={sizes[1]}" if len(sizes) == 2 else f"widths {sizes}"
-
-
-def _symmetric(t: Tensor, step: int = 256) -> bool:
-    """Return whether the square ``t`` equals its transpose exactly.
-
-    On the CPU tile by tile: a tile and its mirror stay in cache, about 3x faster than
-    comparing with the whole transposed matrix (3,072 float32 features: 18 ms instead of 53
-    ms), which in turn is ~3x faster than numpy; a float32 input moves half the bytes of its
-    float64 copy. On another device in one comparison (one wait for its result, not one a tile).
-    """
-    if t.device.type != "cpu":
-        return torch.equal(t, t.T)
-    n = t.shape[0]
-    for r in range(0, n, step):
-        for c in range(r, n, step):
-            if not torch.equal(t[r : r + step, c : c + step], t[c : c + step, r : r + step].T):
-                return False
-    return True
-
-
-def _check_knobs(sizes: tuple[int, ...], width: int, alpha: float, beta: float) -> None:
-    o = sum(sizes)
-    if isinstance(width, bool) or int(width) != width or not 1 <= width <= o:
-        total = "n_a + n_b" if len(sizes) == 2 else "the sum of the widths"
-        raise MatcherError(
-            f"zip width must be an integer between 1 and {total} = {o}, got {width!r}; "
-            "use target_width(n_a, n_b, rho) to derive it from a zip ratio"
-        )
-    if not 0.0 < alpha <= 1.0:
-        raise MatcherError(f"alpha must be in (0, 1], got {alpha!r}; the paper uses 0.5")
-    if not 0.0 <= beta <= 1.0:
-        raise MatcherError(f"beta must be in [0, 1], got {beta!r}; the paper uses 1.0")
-
-
-def within_model_budget(o: int, width: int, n: int, beta: float) -> int:
-    """Return floor((O - r) * n_m / O * beta) computed exactly (rational arithmetic).
-
-    A float product can land just under an integer (50 * 0.58 = 28.999...) and floor one too
-    low; beta is taken as the exact decimal the user typed (``Fraction(str(beta))``).
-    """
-    return math.floor(Fraction(o - width) * n / o * Fraction(str(beta)))
-
-
-def _prepare(
-    corr, sizes, width, alpha, beta, device: torch.device | str = "cpu"
-) -> tuple[Tensor, list[int]]:
-    """Validate; return sim on ``device`` (-inf diagonal, exhausted budgets masked) and the
-    within-model budgets."""
-    sim = _as_matrix(corr, sizes, device)
-    o = sum(sizes)
-    _check_knobs(sizes, width, alpha, beta)
-    if not _symmetric(sim):
-        sim = 0.5 * (sim + sim.T)  # symmetric sim: the row-major first argmax has i < j
-    sim.fill_diagonal_(_NEG_INF)
-    budget = [within_model_budget(o, width, n, beta) for n in sizes]
-    start = 0
-    for n, spent in zip(sizes, budget, strict=True):
-        if spent == 0:  # every pair of this model's features is forbidden from the start
-            sim[start : start + n, start : start + n] = _NEG_INF
-        start += n
-    return sim, budget
-
-
-def _numpy_start(corr, sizes, width, alpha, beta) -> tuple[np.ndarray, list[int], np.ndarray]:
-    """Return ``_prepare``'s sim as a CPU array, the budgets, and every feature's model."""
-    sim, budget = _prepare(corr, sizes, width, alpha, beta)
-    return sim.numpy(), budget, np.repeat(np.arange(len(sizes)), sizes)
-
-
-def _stuck(sizes: tuple[int, ...], width: int, beta: float, reached: int) -> MatcherError:
-    more = "raise beta to allow more within-model merges, or " if beta < 1 else ""
-    features = (
-        f"n_a={sizes[0]} + n_b={sizes[1]}" if len(sizes) == 2 else " + ".join(map(str, sizes))
-    )
-    return MatcherError(
-        f"cannot zip {features} features down to width {width}: with beta={beta} "
-        f"the smallest reachable width is {reached} (no allowed pair is left); {more}raise the "
-        f"target width to >= {reached} (lower rho)"
-    )
 
 
 def zip_match_naive(
@@ -244,7 +100,7 @@ def zip_group_naive(
     across models is not damped (``_Damping``).
     """
     sizes = tuple(sizes)
-    sim, budget, owner = _numpy_start(corr, sizes, width, alpha, beta)
+    sim, budget, owner = numpy_start(corr, sizes, width, alpha, beta)
     width = int(width)
     o = sum(sizes)
     alive = np.ones(o, dtype=bool)
@@ -252,16 +108,16 @@ def zip_group_naive(
     damping = Damping(owner, len(sizes), alpha)
     for n_groups in range(o, width, -1):
         i, j = divmod(int(np.argmax(sim)), o)
-        if sim[i, j] == _NEG_INF:
-            raise _stuck(sizes, width, beta, n_groups)
+        if sim[i, j] == NEG_INF:
+            raise stuck_error(sizes, width, beta, n_groups)
         labels[labels == j] = i
         alive[j] = False
         new = np.minimum(sim[i], sim[j]) * damping.merge(i, j)
         sim[i, :] = new
         sim[:, i] = new
-        sim[i, i] = _NEG_INF
-        sim[j, :] = _NEG_INF
-        sim[:, j] = _NEG_INF
+        sim[i, i] = NEG_INF
+        sim[j, :] = NEG_INF
+        sim[:, j] = NEG_INF
         spend_budget(sim, alive, budget, owner, i, j)
     return Match.of_sizes(canonical_groups(labels), sizes, width)
 
@@ -298,17 +154,17 @@ def zip_group(
     ``zip_group_naive``, ties included.
     """
     sizes = tuple(sizes)
-    _check_sizes(*sizes)
-    _check_knobs(sizes, width, alpha, beta)
+    check_sizes(*sizes)
+    check_knobs(sizes, width, alpha, beta)
     o, width = sum(sizes), int(width)
     budget = [within_model_budget(o, width, n, beta) for n in sizes]
 
     def start() -> tuple[np.ndarray, np.ndarray]:
-        return _numpy_start(corr, sizes, width, alpha, beta)[0], np.ones(o, dtype=bool)
+        return numpy_start(corr, sizes, width, alpha, beta)[0], np.ones(o, dtype=bool)
 
     parent, n_groups = zip_parents(corr, sizes, width, alpha, budget, start)
     if n_groups > width:
-        raise _stuck(sizes, width, beta, n_groups)
+        raise stuck_error(sizes, width, beta, n_groups)
     return _match_of(parent, sizes, width)
 
 
@@ -347,19 +203,19 @@ def zip_side_by_side(jobs: Sequence[ZipJob], device: torch.device, memory: int) 
     budgets = []
     for job in jobs:
         sizes, width = tuple(job.sizes), int(job.width)
-        _check_sizes(*sizes)
+        check_sizes(*sizes)
         if len(sizes) != 2:
             raise MatcherError(
-                f"zip_side_by_side zips two models' features, got {_named(sizes)}; "
+                f"zip_side_by_side zips two models' features, got {named_sizes(sizes)}; "
                 "use zip_group for more models"
             )
-        _check_knobs(sizes, width, job.alpha, job.beta)
+        check_knobs(sizes, width, job.alpha, job.beta)
         budgets.append([within_model_budget(sum(sizes), width, n, job.beta) for n in sizes])
         found.append(reused_parents(job.corr, sizes, width, job.alpha, budgets[-1]))
     alike: dict[tuple[tuple[int, ...], torch.dtype], list[int]] = {}  # one size and precision
     for n, job in enumerate(jobs):
         if found[n] is None:
-            alike.setdefault((tuple(job.sizes), _loop_dtype(job.corr)), []).append(n)
+            alike.setdefault((tuple(job.sizes), loop_dtype(job.corr)), []).append(n)
     for (sizes, dtype), todo in alike.items():
         o = sum(sizes)
         at_once = max(1, memory // (8 * o * o))
@@ -368,7 +224,7 @@ def zip_side_by_side(jobs: Sequence[ZipJob], device: torch.device, memory: int) 
             for n, steps in zip(todo[first:], _zip_chunk(chunk, dtype, device), strict=False):
                 job = jobs[n]
                 if len(steps) < o - job.width:
-                    raise _stuck(sizes, job.width, job.beta, o - len(steps))
+                    raise stuck_error(sizes, job.width, job.beta, o - len(steps))
                 remember_run(job.corr, sizes, job.alpha, Run(steps, tuple(budgets[n])))
                 found[n] = parents_of(o, steps)
     return [
@@ -386,7 +242,9 @@ def _zip_chunk(
     o, budgets = sum(sizes), []
     sims = torch.empty((len(chunk), o, o), dtype=dtype, device=device)
     for k, job in enumerate(chunk):
-        sim, budget = _prepare(job.corr, sizes, int(job.width), job.alpha, job.beta, device)
+        sim, budget = prepared_similarity(
+            job.corr, sizes, int(job.width), job.alpha, job.beta, device
+        )
         sims[k] = sim
         budgets.append(budget)
         del sim
@@ -395,24 +253,8 @@ def _zip_chunk(
     return greedy_device.zip_side_by_side(sims, budgets, owner, alphas, widths)
 
 
-def group_width(sizes: tuple[int, ...], rho: float) -> int:
-    """Return the merged width of an N-way zip: O - round(rho (O - max n_m)).
-
-    rho = 1 gives the widest model's width, rho = 0 keeps every feature; two models give
-    ``target_width``.
-
-    Raises:
-        MatcherError: rho is outside [0, 1] or a width is not a positive integer.
-    """
-    _check_sizes(*sizes)
-    if not 0.0 <= rho <= 1.0:
-        raise MatcherError(f"zip ratio rho must be in [0, 1], got {rho!r}")
-    o = sum(sizes)
-    return o - merges_for(rho, o - max(sizes))
-
-
 def _check_equal(name: str, n_a: int, n_b: int) -> None:
-    _check_sizes(n_a, n_b)
+    check_sizes(n_a, n_b)
     if n_a != n_b:
         raise MatcherError(
             f"{name} needs equal widths, got n_a={n_a} and n_b={n_b}; "
@@ -432,7 +274,7 @@ def permute_match(corr: Tensor, n_a: int, n_b: int) -> Match:
         MatcherError: widths differ, or corr has the wrong shape or non-finite values.
     """
     _check_equal("permute", n_a, n_b)
-    c = _as_matrix(corr, (n_a, n_b)).numpy()
+    c = as_matrix(corr, (n_a, n_b)).numpy()
     rows, cols = linear_sum_assignment(c[:n_a, n_a:], maximize=True)
     groups = np.empty(n_a + n_b, dtype=np.int64)
     groups[rows] = rows
@@ -471,7 +313,7 @@ def keep_one_match(n_a: int, n_b: int, keep: str) -> Match:
     Raises:
         MatcherError: keep is not "a" or "b", or a width is not a positive integer.
     """
-    _check_sizes(n_a, n_b)
+    check_sizes(n_a, n_b)
     if keep not in ("a", "b"):
         raise MatcherError(f'keep must be "a" or "b", got {keep!r}')
     kept = torch.arange(n_a if keep == "a" else n_b, dtype=torch.int64)

@@ -22,7 +22,8 @@ from heterogui.config import (
 from heterogui.errors import ConfigError, MatcherError
 from heterogui.models.graph import INPUT, LOGITS, ModelGraph
 from heterogui.zip.heads import head_group_pairs
-from heterogui.zip.matchers import EQUAL_WIDTHS, MATCHERS, target_width
+from heterogui.zip.matchers import EQUAL_WIDTHS, MATCHERS
+from heterogui.zip.widths import target_width
 
 
 @dataclass(frozen=True)
