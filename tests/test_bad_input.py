@@ -439,11 +439,11 @@ def test_a_bad_mapping_is_refused_and_the_alignment_kept(session, res, text, wor
 def test_a_bad_override_is_refused_without_building_anything(
     session, res, space, rho, width, words
 ):
-    from heterogui.ui import tab_zip
+    from heterogui.ui import zip_overrides
 
     settings = session.settings
     with pytest.raises(HeteroguiError, match=re.escape(words)):
-        tab_zip.on_set_override(session, res, space, rho, width)
+        zip_overrides.on_set_override(session, res, space, rho, width)
     assert session.settings is settings
 
 

@@ -18,6 +18,7 @@ from heterogui.tasks.language import LanguageModeling, merged_logits
 from heterogui.tasks.lm_metrics import token_batches
 from heterogui.ui import (
     app,
+    evaluate_language,
     tab_compare,
     tab_evaluate,
     tab_export,
@@ -178,7 +179,7 @@ def test_the_collapse_alarm_shows_in_red_and_in_the_status(analysed, res, monkey
 
 def test_generations_side_by_side_greedy_and_sampled(analysed, res):
     session = analysed
-    message = tab_evaluate.on_generate(session, res, "def f(x):\n\nThe tutorial", "greedy", 0)
+    message = evaluate_language.on_generate(session, res, "def f(x):\n\nThe tutorial", "greedy", 0)
     assert "2 prompt(s)" in message and "Merge to add" in message
     view = tab_evaluate.render(session, res)["gen_view"]
     assert view["headers"] == ["prompt", "A", "B", "merged"]
@@ -186,7 +187,7 @@ def test_generations_side_by_side_greedy_and_sampled(analysed, res):
     assert all(r[3] == "—" for r in view["value"])  # nothing merged yet
     merge(session, res)
     assert "merge #1" not in tab_evaluate.render(session, res)["gen_info"]
-    tab_evaluate.on_generate(session, res, "def f(x):\nThe tutorial", "greedy", 0)
+    evaluate_language.on_generate(session, res, "def f(x):\nThe tutorial", "greedy", 0)
     views = tab_evaluate.render(session, res)
     rows = views["gen_view"]["value"]
     want = session.task.generations(
@@ -194,16 +195,16 @@ def test_generations_side_by_side_greedy_and_sampled(analysed, res):
         session.result,
         session.pair,
         ["def f(x):", "The tutorial"],
-        max_new_tokens=tab_evaluate.GEN_TOKENS,
+        max_new_tokens=evaluate_language.GEN_TOKENS,
     )
     assert [r[1:] for r in rows] == [
         [want["A"][k], want["B"][k], want["merged"][k]] for k in range(2)
     ]
     assert all(isinstance(t, str) for r in rows for t in r)
     assert "greedy" in views["gen_info"] and "merge #1" in views["gen_info"]
-    tab_evaluate.on_generate(session, res, "def f(x):", "sampled", 7)
+    evaluate_language.on_generate(session, res, "def f(x):", "sampled", 7)
     first = session.generations["texts"]
-    tab_evaluate.on_generate(session, res, "def f(x):", "sampled", 7)
+    evaluate_language.on_generate(session, res, "def f(x):", "sampled", 7)
     assert session.generations["texts"] == first  # a seed repeats its samples
     assert "sampled with seed 7" in tab_evaluate.render(session, res)["gen_info"]
     merge(session, res, rho=1.0)  # a newer merge: the shown texts are marked as older
@@ -215,11 +216,11 @@ def test_generations_side_by_side_greedy_and_sampled(analysed, res):
         ("x", "sampled", -1, "whole number"),
     ):
         with pytest.raises(ConfigError, match=words):
-            tab_evaluate.on_generate(session, res, typed, mode, seed)
+            evaluate_language.on_generate(session, res, typed, mode, seed)
 
 
 def test_generate_errors_become_one_line_messages_in_the_page(analysed, res):
-    fn = app.event_function(tab_evaluate.on_generate, res, ("evaluate",), ["gen_view"], 3)
+    fn = app.event_function(evaluate_language.on_generate, res, ("evaluate",), ["gen_view"], 3)
     session = analysed
     with pytest.warns(UserWarning, match="1 to 4 prompts"):
         out = fn(session, "1\n2\n3\n4\n5", "greedy", 0, None)

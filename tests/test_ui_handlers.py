@@ -34,6 +34,8 @@ from heterogui.ui import (
     tab_neurons,
     tab_zip,
     work,
+    zip_overrides,
+    zip_readout,
 )
 from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
@@ -175,12 +177,12 @@ def test_estimate_predicts_the_merge(session, res):
         assert est["widths"] == session.result.widths()
         assert est["parameters"] == sum(p.numel() for p in session.result.model.parameters())
         assert est["flops"] == session.merged_size["stored_flops"]
-    tab_zip.on_set_override(session, res, "block0", None, 5)
+    zip_overrides.on_set_override(session, res, "block0", None, 5)
     est = sizes.estimate(session.prepared, session.settings)
     tab_zip.on_merge(session, res, "zip", 0.5, 1.0, 1.0, n, "cpu")
     assert est["widths"]["block0"][2] == session.result.widths()["block0"][2] == 5
     assert "width=5" in str(tab_zip.render(session, res)["widths_table"])
-    tab_zip.on_clear_overrides(session, res)
+    zip_overrides.on_clear_overrides(session, res)
     assert session.settings.overrides == {}
 
 
@@ -237,7 +239,7 @@ def test_least_squares_fusion_from_the_zip_tab_to_compare_and_a_recipe(session, 
     history = tab_evaluate.render(session, res)["history"]
     column = history["headers"].index("fusion")
     assert [row[column] for row in history["value"]] == ["average", "least_squares"]
-    assert tab_zip.knob_values(session)["fusion"] == "least_squares"
+    assert zip_readout.knob_values(session)["fusion"] == "least_squares"
     # An exported recipe carries the fusion; importing it sets the dropdown again.
     tab_export.on_export(session, res, str(tmp_path / "fitted"), False)
     assert "fusion: least_squares" in (tmp_path / "fitted" / "recipe.yaml").read_text()
@@ -306,7 +308,7 @@ def test_renormalize_from_the_zip_tab_to_compare_history_and_summary(session, re
     history = tab_evaluate.render(session, res)["history"]
     column = history["headers"].index("renormalize")
     assert [row[column] for row in history["value"]] == [False, True]
-    assert tab_zip.knob_values(session)["renormalize"] is True
+    assert zip_readout.knob_values(session)["renormalize"] is True
     assert app.render(session, res, ("knobs",))["renormalize"] is True
     # A slider release re-merges with the switch the checkbox shows, the fusion with it.
     tab_zip.on_release(session, res, True, "zip", 0.5, 1.0, 0.6, n, "cpu", "least_squares", True)
@@ -401,7 +403,7 @@ def test_split_heads_in_the_workbench_halve_every_head_and_survive_a_recipe(res,
     merge(vit, res, fusion="average", heads="pair")
     paired = vit.result
     tab_zip.on_knobs(vit, res, "zip", 0.5, 1.0, 1.0, n, "average", False, "split")
-    estimated = tab_zip.readout(vit)
+    estimated = zip_readout.readout(vit)
     assert not estimated["exact"]
     message = tab_zip.on_merge(vit, res, "zip", 0.5, 1.0, 1.0, n, "cpu", "average", False, "split")
     assert "Merge #2 done" in message
@@ -420,7 +422,7 @@ def test_split_heads_in_the_workbench_halve_every_head_and_survive_a_recipe(res,
     assert any(f"layer{i}.qk" in dead[0] | dead[1] for i in range(config.num_layers))
     assert list(config.heads) == [m.width // 8 for m in kept]
     # the readout's estimate was the merge it made
-    shown = tab_zip.readout(vit)
+    shown = zip_readout.readout(vit)
     assert shown["exact"] and shown["widths"] == estimated["widths"]
     assert estimated["sizes"]["merged"]["stored_parameters"] == sum(
         p.numel() for p in split.model.parameters()
@@ -915,16 +917,16 @@ def test_one_rho_at_every_attention_layer_keeps_all_heads(res):
     vit = Session(device="cpu")
     tab_models.on_load_pair(vit, res, "tiny-digits-vit-depth")
     layers = ["layer0.qk", "layer1.qk"]
-    choices = dict((v, k) for k, v in tab_zip.override_choices(vit.prepared))
-    assert layers[0] in choices[tab_zip.EVERY_ATTENTION_LAYER]
-    every = tab_zip.EVERY_ATTENTION_LAYER
+    choices = dict((v, k) for k, v in zip_overrides.override_choices(vit.prepared))
+    assert layers[0] in choices[zip_overrides.EVERY_ATTENTION_LAYER]
+    every = zip_overrides.EVERY_ATTENTION_LAYER
     with pytest.raises(ConfigError, match="takes a rho, not a width"):
-        tab_zip.on_set_override(vit, res, every, None, 8)
-    message = tab_zip.on_set_override(vit, res, every, 0.0, None)
+        zip_overrides.on_set_override(vit, res, every, None, 8)
+    message = zip_overrides.on_set_override(vit, res, every, 0.0, None)
     assert "2 attention layers (layer0.qk, layer1.qk): rho=0.0" in message
     assert "Heads split keeps every head of these layers" in message  # the ViT default
     vit.settings = dataclasses.replace(vit.settings, heads="pair")
-    message = tab_zip.on_set_override(vit, res, every, 0.0, None)
+    message = zip_overrides.on_set_override(vit, res, every, 0.0, None)
     assert "rho=0.0." in message and "Heads split" not in message
     assert vit.settings.overrides == {name: {"rho": 0.0} for name in layers}
     merge(vit, res, rho=1.0, heads="pair")  # the paper's heads: a split keeps them all anyway
@@ -934,7 +936,7 @@ def test_one_rho_at_every_attention_layer_keeps_all_heads(res):
     for name in live:  # heads kept, the rest zipped at rho 1
         n_a, n_b, width = vit.result.widths()[name]
         assert width == (n_a + n_b if name.endswith((".qk", ".vo")) else max(n_a, n_b)), name
-    tab_zip.on_set_override(vit, res, every, None, None)  # no rho: their overrides go
+    zip_overrides.on_set_override(vit, res, every, None, None)  # no rho: their overrides go
     assert vit.settings.overrides == {}
 
 

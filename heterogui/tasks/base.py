@@ -22,7 +22,8 @@ from heterogui.errors import ConfigError
 from heterogui.pipeline import MergeResult, Prepared, Progress
 from heterogui.sources.base import Pair
 
-# Panels of the workbench's Evaluate tab (heterogui.ui.tab_evaluate draws them).
+# Panels of the workbench's Evaluate tab (heterogui.ui.tab_evaluate draws them, the perplexity
+# and generations panels with heterogui.ui.evaluate_language).
 METRICS, SAMPLES, SWEEP, SPEARMAN, SIMILARITY, PERPLEXITY, GENERATIONS = (
     "metrics",
     "samples",

@@ -31,6 +31,7 @@ from heterogui.ui import (  # noqa: E402
     tab_models,
     tab_neurons,
     tab_zip,
+    zip_readout,
 )
 from heterogui.ui.figstyle import DARK_CSS, STATUS_CSS, style  # noqa: E402
 from heterogui.ui.prefetch import Prefetcher  # noqa: E402
@@ -89,9 +90,9 @@ def render(session: Session, res: Resources, scopes: Sequence[str]) -> dict[str,
     for scope in scopes:
         if scope == "knobs":
             if session.prepared is not None:
-                values.update(tab_zip.knob_values(session))
+                values.update(zip_readout.knob_values(session))
         elif scope == "readout":
-            values["readout"] = tab_zip.render_readout(session)
+            values["readout"] = zip_readout.render_readout(session)
         elif scope == "scores":
             if session.prepared is not None and session.task is not None:
                 values.update(tab_evaluate.score_views(session))

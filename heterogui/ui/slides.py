@@ -16,7 +16,14 @@ from typing import Any
 import plotly.graph_objects as go
 
 from heterogui.tasks.base import METRICS, PERPLEXITY, SPEARMAN
-from heterogui.ui import tab_align, tab_compare, tab_evaluate, tab_neurons, tab_zip
+from heterogui.ui import (
+    evaluate_language,
+    tab_align,
+    tab_compare,
+    tab_evaluate,
+    tab_neurons,
+    tab_zip,
+)
 from heterogui.ui.figstyle import style
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
@@ -61,7 +68,7 @@ def session_tables(session: Session) -> dict[str, str]:
             ["model", "Spearman", "parameters"], tab_evaluate.spearman_rows(session)
         )
     elif task is not None and PERPLEXITY in task.panels:
-        tables["metrics.csv"] = _csv(*tab_evaluate.perplexity_rows(session))
+        tables["metrics.csv"] = _csv(*evaluate_language.perplexity_rows(session))
     if session.history:
         tables["history.csv"] = _csv(*tab_evaluate.history_table(session.history, flops=True))
     return tables

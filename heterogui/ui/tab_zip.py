@@ -6,23 +6,27 @@ cached statistics).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
 import gradio as gr
 
-from heterogui.config import DEFAULT_FUSION, DEFAULT_HEADS, SPLIT_HEADS
-from heterogui.errors import ConfigError
-from heterogui.pipeline import resolve_device, resolved_settings
-from heterogui.sizes import STORED_REASON, estimate, merge_size, reference_sizes
+from heterogui.config import DEFAULT_FUSION, DEFAULT_HEADS
+from heterogui.pipeline import resolve_device
 from heterogui.ui import work
 from heterogui.ui.fig_arch import architecture_figure
-from heterogui.ui.fig_eval import natural_key, sizes_figure, widths_figure
+from heterogui.ui.fig_eval import sizes_figure, widths_figure
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 from heterogui.ui.tab_evaluate import on_evaluate_pending
-from heterogui.zip.plan import head_group_firsts, override_spaces, stop_point
+from heterogui.ui.zip_overrides import (
+    build_overrides,
+    on_clear_overrides,
+    on_set_override,
+    override_choices,
+    override_text,
+)
+from heterogui.ui.zip_readout import readout_info, stop_blocks
 
 VIEWS = (
     "readout",
@@ -84,10 +88,6 @@ KNOBS_HELP = """
 MERGED_SCOPES = ("zip", "neurons", "evaluate", "compare", "export")
 RELEASED_SCOPES = ("zip", "neurons", "evaluate", "compare")
 SCORED_SCOPES = ("readout", "scores", "compare", "export")
-WIDTH_HEADERS = ["merge point", "width A", "width B", "merged width", "override"]
-# The override choice that sets one rho at every attention layer (rho 0 keeps all the heads of
-# both models: docs/quality.md measures what merging heads costs a transformer).
-EVERY_ATTENTION_LAYER = "every attention layer"
 
 
 def build(ui: dict[str, Any], res: Resources) -> None:
@@ -103,7 +103,7 @@ def build(ui: dict[str, Any], res: Resources) -> None:
             ui["sizes_plot"] = gr.Plot(label="Size of A, B, their ensemble and the merge")
     ui["arch_plot"] = gr.Plot(label="Architecture of the merge", elem_id="arch-plot")
     with gr.Accordion("Widths per merge point and overrides", open=False):
-        _overrides(ui)
+        build_overrides(ui)
 
 
 def _knobs(ui: dict[str, Any]) -> None:
@@ -191,135 +191,10 @@ def _knobs(ui: dict[str, Any]) -> None:
     )
 
 
-def _overrides(ui: dict[str, Any]) -> None:
-    """Create the per-merge-point override controls and the widths table and plot."""
-    with gr.Row():
-        ui["override_space"] = gr.Dropdown(
-            [], label="Merge point", info="Override the global rho at this point"
-        )
-        ui["override_rho"] = gr.Number(
-            value=None, label="rho here", info="Blank: use the global rho", minimum=0, maximum=1
-        )
-        ui["override_width"] = gr.Number(
-            value=None,
-            label="width here",
-            precision=0,
-            info="Blank: from rho; a number sets the width",
-        )
-    with gr.Row():
-        ui["set_override"] = gr.Button("Set override")
-        ui["clear_overrides"] = gr.Button("Clear overrides")
-    with gr.Row():
-        ui["widths_table"] = gr.Dataframe(headers=WIDTH_HEADERS, interactive=False)
-        ui["widths_plot"] = gr.Plot(label="Widths")
-
-
-def knob_values(session: Session) -> dict[str, Any]:
-    """Return the knob components' values from the session's settings (after load/import)."""
-    s = session.settings
-    n = _n_blocks(session)
-    return {
-        **work.knobs_of(s),
-        "stop": gr.update(maximum=n, value=n if s.stop is None else s.stop),
-    }
-
-
-def _n_blocks(session: Session) -> int:
-    prep = session.prepared
-    return prep.padded_a.graph().num_blocks - 1 if prep is not None else 10
-
-
-def readout(session: Session) -> dict[str, Any]:
-    """Return sizes and widths of the current settings: exact after a merge, else estimated."""
-    prep = session.prepared
-    result = session.result
-    sizes = dict(session.reference_sizes or reference_sizes(prep))
-    if result is not None and result.settings == resolved_settings(prep.net_a, session.settings):
-        sizes["merged"] = session.merged_size or merge_size(result)
-        widths, exact = result.widths(), True
-    else:
-        est = estimate(prep, session.settings)
-        sizes["merged"] = {
-            **est["effective"],
-            "stored_parameters": est["parameters"],
-            "stored_flops": est["flops"],
-        }
-        widths, exact = est["widths"], False
-    widths = {k: widths[k] for k in sorted(widths, key=natural_key)}
-    stop = result.spec.stop if exact else stop_point(prep.padded_a.graph(), session.settings)
-    return {
-        "sizes": sizes,
-        "widths": widths,
-        "exact": exact,
-        "scores": _scores(session, exact),
-        "stop": stop,
-    }
-
-
-def _scores(session: Session, exact: bool) -> dict[str, Any]:
-    """Return the metric name and each model's headline score (the merge's only when current)."""
-    task = session.task
-    if task is None or not session.baseline:
-        return {}
-    models = dict(session.baseline)
-    models["merged"] = session.merged_metrics if exact else None
-    values = {k: task.headline(v) for k, v in models.items()}
-    return {"metric": work.metric_label(task), "values": values}
-
-
-def _readout_text(info: dict[str, Any]) -> str:
-    sizes = info["sizes"]
-    ens = sizes["ensemble"]
-    scores = info.get("scores") or {}
-    values = scores.get("values", {})
-    metric = f" | {scores['metric']}" if scores else ""
-    rows = [
-        f"| model | parameters | FLOPs per input | vs ensemble{metric} |",
-        "|---|---|---|---|" + ("---|" if scores else ""),
-    ]
-    for name, v in sizes.items():
-        share = v["parameters"] / ens["parameters"] if ens["parameters"] else 0
-        flops = "—" if v["flops"] is None else f"{v['flops']:,}"
-        score = ""
-        if scores:
-            value = values.get(name.lower())
-            score = " | " + ("—" if value is None else f"{value:g}")
-        rows.append(f"| {name} | {v['parameters']:,} | {flops} | {share:.0%}{score} |")
-    head = (
-        "**Merged model (last merge)**"
-        if info["exact"]
-        else "**Merged model if you merge now** (estimate; press Merge)"
-    )
-    if scores and values.get("merged") is None:
-        head += " · its score shows after the merge is evaluated"
-    merged = sizes["merged"]
-    stored = (
-        f"Sizes are effective: the parameters and FLOPs a model computes with. The merge stores "
-        f"{merged['stored_parameters']:,} parameters: {STORED_REASON}."
-    )
-    return head + "\n\n" + "\n".join(rows) + "\n\n" + stored
-
-
-def _readout_info(session: Session) -> tuple[dict[str, Any] | None, str]:
-    """Return the readout's numbers (None without a pair or on an error) and its text."""
-    if session.prepared is None:
-        return None, "Load and analyse a pair first."
-    try:
-        info = readout(session)
-    except ConfigError as exc:
-        return None, f"**Error:** {exc}"
-    return info, _readout_text(info)
-
-
-def render_readout(session: Session) -> str:
-    """Return the readout alone (the scope "readout": what a merge's scores change here)."""
-    return _readout_info(session)[1]
-
-
 def render(session: Session, res: Resources) -> dict[str, Any]:
     """Return the tab's view values for ``session``."""
     prep = session.prepared
-    info, text = _readout_info(session)
+    info, text = readout_info(session)
     if prep is None:
         return {
             "readout": text,
@@ -333,42 +208,16 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
     if info is None:
         return {"readout": text}
     settings = session.settings
-    table = [[s, *w, _override_text(settings.override_for(s))] for s, w in info["widths"].items()]
+    table = [[s, *w, override_text(settings.override_for(s))] for s, w in info["widths"].items()]
     return {
         "readout": text,
         "sizes_plot": sizes_figure(info["sizes"]),
         "arch_plot": architecture_figure(prep, info["widths"], info["stop"]),
         "widths_plot": widths_figure(info["widths"]),
         "widths_table": table,
-        "stop": gr.update(maximum=_n_blocks(session)),
+        "stop": gr.update(maximum=stop_blocks(session)),
         "override_space": gr.update(choices=override_choices(prep)),
     }
-
-
-def override_choices(prep: Any) -> list[tuple[str, str]]:
-    """Return (label, space) of the merge points that take an override.
-
-    The spaces of one attention layer share one head pairing: only the group's first space
-    takes the override, and it applies to the whole layer.
-    """
-    graph = prep.padded_a.graph()
-    layers = head_group_firsts(graph)
-    out = []
-    if len(layers) > 1:
-        label = f"{EVERY_ATTENTION_LAYER} ({len(layers)}: {', '.join(layers)}; rho only)"
-        out.append((label, EVERY_ATTENTION_LAYER))
-    for name in override_spaces(graph):
-        group = graph.spaces[name].group
-        if graph.spaces[name].head_dim is None:
-            out.append((name, name))
-        else:
-            members = sorted(n for n, s in graph.spaces.items() if s.group == group)
-            out.append((f"{name} (attention layer: {', '.join(members)})", name))
-    return out
-
-
-def _override_text(knobs: dict[str, Any] | None) -> str:
-    return ", ".join(f"{k}={v}" for k, v in (knobs or {}).items())
 
 
 def settings_from(
@@ -384,7 +233,7 @@ def settings_from(
 ) -> Any:
     """Return ZipSettings from the knob values (keeping the session's overrides, ridge and
     bn_units: recipe settings without a control of their own)."""
-    n = _n_blocks(session)
+    n = stop_blocks(session)
     return work.make_settings(
         matcher,
         alpha,
@@ -518,66 +367,6 @@ def on_cancel(session: Session, res: Resources, progress=None) -> str:
         return "Nothing is running: there is nothing to cancel."
     session.cancel_requested = True
     return "Cancelling: the running step stops at its next stage; earlier results are kept."
-
-
-def on_set_override(
-    session: Session,
-    res: Resources,
-    space: str | None,
-    rho: float | None,
-    width: float | None,
-    progress=None,
-) -> str:
-    """Set a per-merge-point override of rho or width (api: /set_override).
-
-    space ``EVERY_ATTENTION_LAYER``: the same rho at every attention layer (widths differ from
-    layer to layer, so a width is refused there); no rho removes their overrides.
-    """
-    prep = work.require_prepared(session)
-    graph = prep.padded_a.graph()
-    layers = head_group_firsts(graph)
-    every = space == EVERY_ATTENTION_LAYER and bool(layers)
-    if not every and (not space or space not in graph.spaces):
-        raise ConfigError("choose a merge point for the override")
-    if every and width is not None:
-        raise ConfigError(
-            f"{EVERY_ATTENTION_LAYER} takes a rho, not a width: leave the width blank, or set "
-            "a width on one attention layer"
-        )
-    knobs: dict[str, Any] = {}
-    if width is not None:
-        if width < 1:
-            raise ConfigError(f"width {width} must be a positive integer")
-        knobs["width"] = int(width)
-    elif rho is not None:
-        if not 0 <= rho <= 1:
-            raise ConfigError(f"rho {rho} must lie in [0, 1]")
-        knobs["rho"] = float(rho)
-    overrides = {k: dict(v) for k, v in session.settings.overrides.items()}
-    targets = layers if every else [space]
-    for target in targets:
-        if knobs:
-            overrides[target] = dict(knobs)
-        else:
-            overrides.pop(target, None)
-    trial = dataclasses.replace(session.settings, overrides=overrides)
-    estimate(prep, trial)  # raises a clear message before the settings change
-    session.settings = trial
-    where = f"{len(layers)} attention layers ({', '.join(layers)})" if every else space
-    note = ""
-    split = resolved_settings(prep.net_a, trial).heads == SPLIT_HEADS
-    if "rho" in knobs and split and any(t in layers for t in targets):
-        note = (
-            " Heads split keeps every head of these layers (at half its size), so rho does not "
-            "change them; choose Attention heads: pair to zip their heads."
-        )
-    return f"Override at {where}: {_override_text(knobs) or 'removed'}.{note}"
-
-
-def on_clear_overrides(session: Session, res: Resources, progress=None) -> str:
-    """Remove every per-merge-point override (api: /clear_overrides)."""
-    session.settings = dataclasses.replace(session.settings, overrides={})
-    return "Overrides cleared: every merge point uses the global rho."
 
 
 def wire(ui: dict[str, Any], on) -> None:

@@ -1,0 +1,134 @@
+"""The Zip tab's per-merge-point overrides of rho or the width (docs/method.md sec. 7; the
+spaces of one attention layer share one override, sec. 8): their controls with the widths table
+and plot, the merge points that take one, and the handlers that set and clear them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import gradio as gr
+
+from heterogui.config import SPLIT_HEADS
+from heterogui.errors import ConfigError
+from heterogui.pipeline import resolved_settings
+from heterogui.sizes import estimate
+from heterogui.ui import work
+from heterogui.ui.resources import Resources
+from heterogui.ui.session import Session
+from heterogui.zip.plan import head_group_firsts, override_spaces
+
+WIDTH_HEADERS = ["merge point", "width A", "width B", "merged width", "override"]
+# The override choice that sets one rho at every attention layer (rho 0 keeps all the heads of
+# both models: docs/quality.md measures what merging heads costs a transformer).
+EVERY_ATTENTION_LAYER = "every attention layer"
+
+
+def build_overrides(ui: dict[str, Any]) -> None:
+    """Create the per-merge-point override controls and the widths table and plot."""
+    with gr.Row():
+        ui["override_space"] = gr.Dropdown(
+            [], label="Merge point", info="Override the global rho at this point"
+        )
+        ui["override_rho"] = gr.Number(
+            value=None, label="rho here", info="Blank: use the global rho", minimum=0, maximum=1
+        )
+        ui["override_width"] = gr.Number(
+            value=None,
+            label="width here",
+            precision=0,
+            info="Blank: from rho; a number sets the width",
+        )
+    with gr.Row():
+        ui["set_override"] = gr.Button("Set override")
+        ui["clear_overrides"] = gr.Button("Clear overrides")
+    with gr.Row():
+        ui["widths_table"] = gr.Dataframe(headers=WIDTH_HEADERS, interactive=False)
+        ui["widths_plot"] = gr.Plot(label="Widths")
+
+
+def override_choices(prep: Any) -> list[tuple[str, str]]:
+    """Return (label, space) of the merge points that take an override.
+
+    The spaces of one attention layer share one head pairing: only the group's first space
+    takes the override, and it applies to the whole layer.
+    """
+    graph = prep.padded_a.graph()
+    layers = head_group_firsts(graph)
+    out = []
+    if len(layers) > 1:
+        label = f"{EVERY_ATTENTION_LAYER} ({len(layers)}: {', '.join(layers)}; rho only)"
+        out.append((label, EVERY_ATTENTION_LAYER))
+    for name in override_spaces(graph):
+        group = graph.spaces[name].group
+        if graph.spaces[name].head_dim is None:
+            out.append((name, name))
+        else:
+            members = sorted(n for n, s in graph.spaces.items() if s.group == group)
+            out.append((f"{name} (attention layer: {', '.join(members)})", name))
+    return out
+
+
+def override_text(knobs: dict[str, Any] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (knobs or {}).items())
+
+
+def on_set_override(
+    session: Session,
+    res: Resources,
+    space: str | None,
+    rho: float | None,
+    width: float | None,
+    progress=None,
+) -> str:
+    """Set a per-merge-point override of rho or width (api: /set_override).
+
+    space ``EVERY_ATTENTION_LAYER``: the same rho at every attention layer (widths differ from
+    layer to layer, so a width is refused there); no rho removes their overrides.
+    """
+    prep = work.require_prepared(session)
+    graph = prep.padded_a.graph()
+    layers = head_group_firsts(graph)
+    every = space == EVERY_ATTENTION_LAYER and bool(layers)
+    if not every and (not space or space not in graph.spaces):
+        raise ConfigError("choose a merge point for the override")
+    if every and width is not None:
+        raise ConfigError(
+            f"{EVERY_ATTENTION_LAYER} takes a rho, not a width: leave the width blank, or set "
+            "a width on one attention layer"
+        )
+    knobs: dict[str, Any] = {}
+    if width is not None:
+        if width < 1:
+            raise ConfigError(f"width {width} must be a positive integer")
+        knobs["width"] = int(width)
+    elif rho is not None:
+        if not 0 <= rho <= 1:
+            raise ConfigError(f"rho {rho} must lie in [0, 1]")
+        knobs["rho"] = float(rho)
+    overrides = {k: dict(v) for k, v in session.settings.overrides.items()}
+    targets = layers if every else [space]
+    for target in targets:
+        if knobs:
+            overrides[target] = dict(knobs)
+        else:
+            overrides.pop(target, None)
+    trial = dataclasses.replace(session.settings, overrides=overrides)
+    estimate(prep, trial)  # raises a clear message before the settings change
+    session.settings = trial
+    where = f"{len(layers)} attention layers ({', '.join(layers)})" if every else space
+    note = ""
+    split = resolved_settings(prep.net_a, trial).heads == SPLIT_HEADS
+    if "rho" in knobs and split and any(t in layers for t in targets):
+        note = (
+            " Heads split keeps every head of these layers (at half its size), so rho does not "
+            "change them; choose Attention heads: pair to zip their heads."
+        )
+    return f"Override at {where}: {override_text(knobs) or 'removed'}.{note}"
+
+
+def on_clear_overrides(session: Session, res: Resources, progress=None) -> str:
+    """Remove every per-merge-point override (api: /clear_overrides)."""
+    session.settings = dataclasses.replace(session.settings, overrides={})
+    return "Overrides cleared: every merge point uses the global rho."

@@ -1,0 +1,122 @@
+"""The Zip tab's readout: the parameters and FLOPs of A, B, their ensemble and the merge, with
+each model's headline score, and the merge's widths per merge point and stop point (docs/method.md
+sec. 7 and 10). Exact after a merge, else estimated from the settings (``heterogui.sizes``); also
+the knob values the tab shows for a session.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from heterogui.errors import ConfigError
+from heterogui.pipeline import resolved_settings
+from heterogui.sizes import STORED_REASON, estimate, merge_size, reference_sizes
+from heterogui.ui import work
+from heterogui.ui.fig_eval import natural_key
+from heterogui.ui.session import Session
+from heterogui.zip.plan import stop_point
+
+
+def knob_values(session: Session) -> dict[str, Any]:
+    """Return the knob components' values from the session's settings (after load/import)."""
+    s = session.settings
+    n = stop_blocks(session)
+    return {
+        **work.knobs_of(s),
+        "stop": gr.update(maximum=n, value=n if s.stop is None else s.stop),
+    }
+
+
+def stop_blocks(session: Session) -> int:
+    """Return the stop slider's largest value: the padded topology's blocks before the head."""
+    prep = session.prepared
+    return prep.padded_a.graph().num_blocks - 1 if prep is not None else 10
+
+
+def readout(session: Session) -> dict[str, Any]:
+    """Return sizes and widths of the current settings: exact after a merge, else estimated."""
+    prep = session.prepared
+    result = session.result
+    sizes = dict(session.reference_sizes or reference_sizes(prep))
+    if result is not None and result.settings == resolved_settings(prep.net_a, session.settings):
+        sizes["merged"] = session.merged_size or merge_size(result)
+        widths, exact = result.widths(), True
+    else:
+        est = estimate(prep, session.settings)
+        sizes["merged"] = {
+            **est["effective"],
+            "stored_parameters": est["parameters"],
+            "stored_flops": est["flops"],
+        }
+        widths, exact = est["widths"], False
+    widths = {k: widths[k] for k in sorted(widths, key=natural_key)}
+    stop = result.spec.stop if exact else stop_point(prep.padded_a.graph(), session.settings)
+    return {
+        "sizes": sizes,
+        "widths": widths,
+        "exact": exact,
+        "scores": _scores(session, exact),
+        "stop": stop,
+    }
+
+
+def _scores(session: Session, exact: bool) -> dict[str, Any]:
+    """Return the metric name and each model's headline score (the merge's only when current)."""
+    task = session.task
+    if task is None or not session.baseline:
+        return {}
+    models = dict(session.baseline)
+    models["merged"] = session.merged_metrics if exact else None
+    values = {k: task.headline(v) for k, v in models.items()}
+    return {"metric": work.metric_label(task), "values": values}
+
+
+def _readout_text(info: dict[str, Any]) -> str:
+    sizes = info["sizes"]
+    ens = sizes["ensemble"]
+    scores = info.get("scores") or {}
+    values = scores.get("values", {})
+    metric = f" | {scores['metric']}" if scores else ""
+    rows = [
+        f"| model | parameters | FLOPs per input | vs ensemble{metric} |",
+        "|---|---|---|---|" + ("---|" if scores else ""),
+    ]
+    for name, v in sizes.items():
+        share = v["parameters"] / ens["parameters"] if ens["parameters"] else 0
+        flops = "—" if v["flops"] is None else f"{v['flops']:,}"
+        score = ""
+        if scores:
+            value = values.get(name.lower())
+            score = " | " + ("—" if value is None else f"{value:g}")
+        rows.append(f"| {name} | {v['parameters']:,} | {flops} | {share:.0%}{score} |")
+    head = (
+        "**Merged model (last merge)**"
+        if info["exact"]
+        else "**Merged model if you merge now** (estimate; press Merge)"
+    )
+    if scores and values.get("merged") is None:
+        head += " · its score shows after the merge is evaluated"
+    merged = sizes["merged"]
+    stored = (
+        f"Sizes are effective: the parameters and FLOPs a model computes with. The merge stores "
+        f"{merged['stored_parameters']:,} parameters: {STORED_REASON}."
+    )
+    return head + "\n\n" + "\n".join(rows) + "\n\n" + stored
+
+
+def readout_info(session: Session) -> tuple[dict[str, Any] | None, str]:
+    """Return the readout's numbers (None without a pair or on an error) and its text."""
+    if session.prepared is None:
+        return None, "Load and analyse a pair first."
+    try:
+        info = readout(session)
+    except ConfigError as exc:
+        return None, f"**Error:** {exc}"
+    return info, _readout_text(info)
+
+
+def render_readout(session: Session) -> str:
+    """Return the readout alone (the scope "readout": what a merge's scores change here)."""
+    return readout_info(session)[1]
