@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import logging
 import os
 import platform
@@ -30,7 +29,7 @@ import torch
 import heterogui
 from heterogui import distributed, run_group
 from heterogui.config import AlignmentSpec, DataRef, ModelRef, Recipe, TransformerSpec, ZipSpec
-from heterogui.errors import Cancelled, ConfigError, IncompatibleModelsError, MatcherError
+from heterogui.errors import Cancelled, ConfigError, IncompatibleModelsError
 from heterogui.export.job import HETEROGUI_FORMAT, ExportJob
 from heterogui.export.registry import write_export
 from heterogui.models.family import Network
@@ -46,7 +45,6 @@ from heterogui.pipeline import (
 )
 from heterogui.recipe_parse import load_recipe
 from heterogui.report import card_files, group_card_files, group_report, merge_report
-from heterogui.sizes import merge_size
 from heterogui.sources import registry as sources
 from heterogui.sources.base import Loaded, Pair
 from heterogui.tasks import Calibration, Evaluation, Task, task_of
@@ -521,66 +519,3 @@ def merge_networks(
     """
     prepared = prepare(net_a, net_b, batches, progress=progress, **options)
     return zip_prepared(prepared, settings, dtype, progress)
-
-
-SWEEP_KNOBS = ("rho", "alpha", "beta", "stop")
-
-
-def sweep(
-    pair: Pair,
-    prepared: Prepared,
-    settings: ZipSettings,
-    evaluation: Evaluation | None,
-    rhos: list[float],
-    progress: Progress | None = None,
-) -> list[dict[str, Any]]:
-    """Re-merge at every zip ratio in ``rhos`` (other settings kept); see ``sweep_grid``."""
-    return sweep_grid(pair, prepared, settings, evaluation, {"rho": rhos}, progress)
-
-
-def sweep_grid(
-    pair: Pair,
-    prepared: Prepared,
-    settings: ZipSettings,
-    evaluation: Evaluation | None,
-    axes: dict[str, Sequence[float]],
-    progress: Progress | None = None,
-) -> list[dict[str, Any]]:
-    """Re-merge at every combination of the knob values in ``axes``; return sizes and scores.
-
-    axes: knob ("rho", "alpha", "beta", "stop") -> its values; the other settings are kept.
-    Every point holds its knob values, the merge's sizes (``merge_size``), the task's columns
-    and "score" (its headline). A point the settings cannot reach (a matcher error) is skipped.
-
-    Raises:
-        ConfigError: an unknown knob or no values.
-        Cancelled: through ``progress``.
-    """
-    unknown = sorted(set(axes) - set(SWEEP_KNOBS))
-    if unknown or not axes or not all(axes.values()):
-        raise ConfigError(
-            f"a sweep takes values for one or two of {list(SWEEP_KNOBS)}, got {unknown or axes}"
-        )
-    task = task_of(pair.task)
-    combos = list(itertools.product(*axes.values()))
-    points = []
-    for k, values in enumerate(combos):
-        if progress is not None:
-            progress("sweep", k / len(combos))
-        knobs = {
-            name: int(v) if name == "stop" else float(v)
-            for name, v in zip(axes, values, strict=True)
-        }
-        try:
-            result = zip_prepared(prepared, dataclasses.replace(settings, **knobs))
-        except (ConfigError, MatcherError) as exc:
-            log.info("sweep point %s skipped: %s", knobs, exc)
-            continue
-        scores = evaluate_merge(pair, result, evaluation) if evaluation is not None else None
-        point = {**knobs, **merge_size(result)}
-        point.update(task.columns(scores))
-        point["score"] = task.headline(scores)
-        points.append(point)
-    if progress is not None:
-        progress("sweep", 1.0)
-    return points

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from heterogui import run
+from heterogui import sweep
 from heterogui.errors import ConfigError
 from heterogui.ui import app, tab_align, tab_compare, tab_models, tab_zip, work
 from heterogui.ui.resources import Resources, ZooPairs
@@ -100,7 +100,7 @@ def test_grid_scores_every_cell_and_a_cell_loads_its_setting(session, res):
     }
     # Each cell is the merge those settings give (checked on one cell against a direct merge).
     point = next(p for p in grid if p["rho"] == 0.5 and p["beta"] == 0.25)
-    direct = run.sweep_grid(
+    direct = sweep.sweep_grid(
         session.pair,
         session.prepared,
         session.settings,

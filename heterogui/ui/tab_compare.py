@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 import torch
 
-from heterogui import run
+from heterogui import sweep
 from heterogui.errors import ConfigError
 from heterogui.export.card import cell_text
 from heterogui.resemblance import parent_resemblance
@@ -354,7 +354,7 @@ def on_grid(session: Session, res: Resources, knob: str, progress=None) -> str:
     axes = grid_axes(session, knob)
     settings = session.result.settings if session.result is not None else session.settings
     report = work.guarded(session, progress)
-    points = run.sweep_grid(session.pair, prep, settings, session.evaluation, axes, report)
+    points = sweep.sweep_grid(session.pair, prep, settings, session.evaluation, axes, report)
     session.grid, session.grid_knob = points, knob
     skipped = len(axes["rho"]) * len(axes[knob]) - len(points)
     more = f" ({skipped} settings could not be merged and are left out)" if skipped else ""

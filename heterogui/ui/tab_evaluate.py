@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 import torch
 
-from heterogui import run
+from heterogui import sweep
 from heterogui.datasets.refs import parse_lines
 from heterogui.errors import ConfigError
 from heterogui.tasks.base import (
@@ -353,7 +353,7 @@ def on_sweep(session: Session, res: Resources, progress=None) -> str:
         )
     settings = session.result.settings if session.result is not None else session.settings
     report = work.guarded(session, progress)
-    points = run.sweep(session.pair, prep, settings, session.evaluation, list(SWEEP_RHOS), report)
+    points = sweep.sweep(session.pair, prep, settings, session.evaluation, list(SWEEP_RHOS), report)
     session.sweep, session.sweep_key = points, work.sweep_key(settings, prep.alignment)
     return f"Swept rho over {list(SWEEP_RHOS)}."
 
