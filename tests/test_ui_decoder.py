@@ -19,13 +19,13 @@ from heterogui.tasks.lm_metrics import token_batches
 from heterogui.ui import (
     app,
     evaluate_language,
+    labels,
     tab_compare,
     tab_evaluate,
     tab_export,
     tab_models,
     tab_neurons,
     tab_zip,
-    work,
 )
 from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
@@ -307,7 +307,7 @@ def test_a_pair_with_another_tokenizer_is_refused_with_the_reason(folders, res, 
     assert session.prepared is None  # nothing was analysed
     views = app.render(session, res, app.SCOPES)  # every tab still renders
     assert "Load and analyse" in views["readout"]
-    assert work.merge_alarms(session) == []
+    assert labels.merge_alarms(session) == []
 
 
 def test_the_similarity_measure_switches_the_map_and_realigns(analysed, res, monkeypatch):

@@ -13,7 +13,7 @@ import gradio as gr
 from heterogui.datasets.refs import parse_lines
 from heterogui.errors import ConfigError
 from heterogui.tasks.base import GENERATIONS
-from heterogui.ui import work
+from heterogui.ui import labels, work
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 
@@ -111,13 +111,13 @@ def _number(value: Any, digits: int) -> Any:
 def perplexity_views(session: Session) -> dict[str, Any]:
     """Return the perplexity table, the collapse alarm (shown only when raised) and a summary."""
     header, rows = perplexity_rows(session)
-    task, alarm = session.task, work.alarm_line(work.merge_alarms(session))
+    task, alarm = session.task, labels.alarm_line(labels.merge_alarms(session))
     scored = [(label, session.baseline.get(key)) for label, key in MODELS]
     if session.result is not None:
         scored.append(("merged", session.merged_metrics))
     heads = [(label, task.headline(scores)) for label, scores in scored]
     means = ", ".join(f"{label} {'—' if v is None else v}" for label, v in heads)
-    info = f"**Mean {work.metric_label(task)}**: {means}."
+    info = f"**Mean {labels.metric_label(task)}**: {means}."
     merged = session.merged_metrics
     if session.result is not None and merged is None:
         info += " The merge is not scored yet: press Refresh evaluation."

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from heterogui.ui.labels import merge_alarms
 from heterogui.ui.session import Session
-from heterogui.ui.work import knobs_of, merge_alarms
+from heterogui.ui.work import knobs_of
 
 SCORE_KEYS = ("Joint", "Avg", "Spearman")
 

@@ -23,7 +23,7 @@ from heterogui.errors import ConfigError
 from heterogui.export.card import cell_text
 from heterogui.resemblance import parent_resemblance
 from heterogui.tasks.base import SAMPLES, SWEEP
-from heterogui.ui import work
+from heterogui.ui import labels, work
 from heterogui.ui.fig_compare import compare_widths_figure, grid_figure, resemblance_figure
 from heterogui.ui.fig_eval import samples_figure
 from heterogui.ui.plot_click import click_bridge, wire_click
@@ -200,7 +200,7 @@ def compare_samples(session: Session, left: int, right: int) -> Any:
 def grid_cells(session: Session) -> list[tuple[str, int]]:
     """Return (label, index) of every grid point, best score first."""
     knob, metric = session.grid_knob, session.task.metric
-    sign = 1.0 if work.lower_is_better(session.task) else -1.0
+    sign = 1.0 if labels.lower_is_better(session.task) else -1.0
 
     def rank(k: int) -> float:
         score = session.grid[k].get("score")
@@ -295,9 +295,9 @@ def _grid_views(session: Session) -> dict[str, Any]:
         "grid_plot": grid_figure(
             session.grid,
             session.grid_knob,
-            work.metric_label(session.task),
+            labels.metric_label(session.task),
             current,
-            work.lower_is_better(session.task),
+            labels.lower_is_better(session.task),
         ),
         "grid_cell": gr.update(choices=grid_cells(session), value=None),
         "grid_info": f"{len(session.grid)} merges over rho × {session.grid_knob}; the other "

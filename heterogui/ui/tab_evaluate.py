@@ -25,7 +25,7 @@ from heterogui.tasks.base import (
     SPEARMAN,
     SWEEP,
 )
-from heterogui.ui import work
+from heterogui.ui import labels, work
 from heterogui.ui.evaluate_language import (
     build_language_panels,
     generation_views,
@@ -279,7 +279,7 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
         views.update(sample_views(session))
     if SWEEP in task.panels and session.sweep:
         rho = session.result.settings.rho if session.result is not None else session.settings.rho
-        views["sweep_plot"] = sweep_figure(session.sweep, rho, work.metric_label(task))
+        views["sweep_plot"] = sweep_figure(session.sweep, rho, labels.metric_label(task))
     if GENERATIONS in task.panels:
         views.update(generation_views(session))
     if SIMILARITY in task.panels and session.compare:
@@ -306,7 +306,7 @@ def score_views(session: Session) -> dict[str, Any]:
     columns, history = history_table(session.history)
     views["history"] = gr.update(value=history or None, headers=columns)
     views["history_plot"] = history_figure(
-        session.history, work.metric_label(task), session.pair_name
+        session.history, labels.metric_label(task), session.pair_name
     )
     return views
 
@@ -373,7 +373,7 @@ def on_evaluate(session: Session, res: Resources, progress=None) -> str:
     cols = task.columns(session.merged_metrics)
     shown = ", ".join(f"{k} {v}" for k, v in cols.items() if v is not None) or "no scores"
     verb = "evaluated" if computed else "evaluation"
-    alarm = work.alarm_line(work.merge_alarms(session))
+    alarm = labels.alarm_line(labels.merge_alarms(session))
     return f"Merge #{session.merge_count} {verb}: {shown} ({task.title})." + (
         f" {alarm}" if alarm else ""
     )

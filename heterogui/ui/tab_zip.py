@@ -13,7 +13,7 @@ import gradio as gr
 
 from heterogui.config import DEFAULT_FUSION, DEFAULT_HEADS
 from heterogui.pipeline import resolve_device
-from heterogui.ui import work
+from heterogui.ui import labels, work
 from heterogui.ui.fig_arch import architecture_figure
 from heterogui.ui.fig_eval import sizes_figure, widths_figure
 from heterogui.ui.resources import Resources
@@ -313,13 +313,13 @@ def on_merge(
     elif not evaluate:
         joint = "scoring it…"
     else:
-        joint = f"{work.metric_label(task)} {score if score is not None else '—'}."
-    alarm = work.alarm_line(work.merge_alarms(session))
-    fused = f"fusion: {work.fusion_text(result.settings)}; " if row["fusion"] != "average" else ""
+        joint = f"{labels.metric_label(task)} {score if score is not None else '—'}."
+    alarm = labels.alarm_line(labels.merge_alarms(session))
+    fused = f"fusion: {labels.fusion_text(result.settings)}; " if row["fusion"] != "average" else ""
     if row["renormalize"]:
-        fused += f"{work.renormalize_text(result)}; "
+        fused += f"{labels.renormalize_text(result)}; "
     if row["heads"] != "pair":
-        fused += f"{work.heads_text(result)}; "
+        fused += f"{labels.heads_text(result)}; "
     return (
         f"Merge #{row['merge']} done in {row['seconds']:.2f}s ({stages}); {fused}{joint}{note} "
         "See the Evaluate tab." + (f" {alarm}" if alarm else "")

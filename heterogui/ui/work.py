@@ -22,7 +22,6 @@ from heterogui.config import (
     DEFAULT_FUSION,
     DEFAULT_HEADS,
     DEFAULT_RIDGE,
-    SPLIT_HEADS,
     DataRef,
     check_fusion,
     check_heads,
@@ -40,12 +39,11 @@ from heterogui.pipeline import (
 )
 from heterogui.sizes import merge_size, reference_sizes
 from heterogui.sources.base import Loaded, Pair
-from heterogui.tasks import Calibration, Evaluation, Task, task_of
+from heterogui.tasks import Calibration, Evaluation, task_of
 from heterogui.ui.loading import pair_preflight
 from heterogui.ui.placements import remember, same_placement
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
-from heterogui.zip.plan import head_group_firsts
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
@@ -445,93 +443,9 @@ def fusion_ridge(settings: ZipSettings) -> float | None:
     return settings.ridge if settings.fusion != "average" else None
 
 
-def fusion_text(settings: ZipSettings) -> str:
-    """Return the fusion of ``settings`` for messages ("least squares (ridge 0.01)")."""
-    if settings.fusion == "average":
-        return "average"
-    kind = "least squares" if settings.fusion == "least_squares" else "sequential least squares"
-    return f"{kind} (ridge {settings.ridge:g})"
-
-
-def heads_text(result: MergeResult) -> str:
-    """Return what head selection did to a merge, for messages (it was on): how many merged
-    head pairs took A's head and how many B's (a split: the size its heads were cut to)."""
-    graph = result.prepared.padded_a.graph()
-    if result.settings.heads == SPLIT_HEADS:
-        if result.split_rank is None:
-            return "heads: no attention heads to split"
-        d = result.prepared.padded_a.config.head_dim
-        return f"heads split: every head of A and B kept, cut from {d} to {result.split_rank}"
-    taken = [0, 0]
-    for name in head_group_firsts(graph):
-        match = result.matches.get(name)
-        if match is None or match.weights is None:
-            continue
-        owners, kept = match.owners(), match.groups >= 0
-        chosen = kept & (match.weights == 1)
-        chosen[kept] &= match.shared_groups()[match.groups[kept]]
-        for model in (0, 1):
-            taken[model] += int((chosen & (owners == model)).sum()) // graph.spaces[name].unit
-    if not any(taken):
-        return "heads: no merged attention heads to select"
-    kept = f"{taken[0]} merged head pairs kept A's head, {taken[1]} B's"
-    if result.searched is None:
-        return f"heads selected: {kept}"
-    tried, value = result.searched
-    return (
-        f"heads searched: {kept} (best of {tried} merges tried, divergence from the parents "
-        f"{value:.4g}; {result.timings.get('search', 0.0):.1f}s)"
-    )
-
-
-def renormalize_text(result: MergeResult) -> str:
-    """Return what renormalization did to a merge, for messages (it was on)."""
-    n = result.renormalized
-    if n == 0:
-        return (
-            "renormalize: no LayerNorm/RMSNorm or value outputs to rescale in these models "
-            "(BatchNorm re-estimation does that job)"
-        )
-    outputs = f"{n} merged output{'s' if n != 1 else ''}"
-    return f"renormalized {outputs} to the parents' average statistics"
-
-
 def device_choices() -> list[str]:
     """Return the devices a merge may run on here (GPU first when present)."""
     return ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
-
-
-def lower_is_better(task: Task | None) -> bool:
-    """Return whether a smaller headline score is better for ``task`` (perplexity)."""
-    if task is None:
-        return False
-    return task.lower_is_better
-
-
-def metric_label(task: Task | None) -> str:
-    """Return the headline metric's name for axes and tables ("perplexity (lower is better)")."""
-    if task is None:
-        return "score"
-    return f"{task.metric} (lower is better)" if lower_is_better(task) else task.metric
-
-
-def merge_alarms(session: Session) -> list[str]:
-    """Return why the current merge's scores look broken (the task's alarms; none: [])."""
-    task = session.task
-    if task is None or session.result is None or session.merged_metrics is None:
-        return []
-    return task.alarms({**session.baseline, "merged": session.merged_metrics})
-
-
-def alarm_line(reasons: list[str]) -> str:
-    """Return the one-line collapse alarm of a merge ("" when there is no reason)."""
-    if not reasons:
-        return ""
-    return (
-        "⚠ **Collapse alarm**: the merge completed but looks broken: "
-        + "; ".join(reasons)
-        + ". Try a lower rho, a later stop point or more calibration texts."
-    )
 
 
 def generate(

@@ -13,7 +13,7 @@ import gradio as gr
 from heterogui.errors import ConfigError
 from heterogui.pipeline import resolved_settings
 from heterogui.sizes import STORED_REASON, estimate, merge_size, reference_sizes
-from heterogui.ui import work
+from heterogui.ui import labels, work
 from heterogui.ui.fig_eval import natural_key
 from heterogui.ui.session import Session
 from heterogui.zip.plan import stop_point
@@ -70,7 +70,7 @@ def _scores(session: Session, exact: bool) -> dict[str, Any]:
     models = dict(session.baseline)
     models["merged"] = session.merged_metrics if exact else None
     values = {k: task.headline(v) for k, v in models.items()}
-    return {"metric": work.metric_label(task), "values": values}
+    return {"metric": labels.metric_label(task), "values": values}
 
 
 def _readout_text(info: dict[str, Any]) -> str:
