@@ -156,22 +156,8 @@ def event_function(
                 )
                 message, extra = out if isinstance(out, tuple) else (out, {})
                 views = {**render(session, res, scopes), **extra}
-        except Cancelled as exc:
-            gr.Info(str(exc))
-            return [session, f"**Cancelled.** {exc}", session_summary(session), *skip]
-        except HeteroguiError as exc:
-            message = excerpt(exc, 600)  # one line, whatever a library put in it
-            gr.Warning(message)
-            return [session, f"**Error:** {message}", session_summary(session), *skip]
-        except Exception as exc:  # a bug must not take the page down: report and keep going
-            log.exception("handler %s failed", getattr(handler, "__name__", handler))
-            gr.Warning(f"unexpected error ({type(exc).__name__}): {excerpt(exc)}")
-            return [
-                session,
-                f"**Unexpected error** ({type(exc).__name__}): {excerpt(exc)}",
-                session_summary(session),
-                *skip,
-            ]
+        except Exception as exc:  # a bug must not take the page down either: report, go on
+            return [session, failure_message(exc, handler), session_summary(session), *skip]
         if idle is not None and lock_for is not None:
             idle.schedule(session)
         return [
@@ -181,19 +167,36 @@ def event_function(
             *[views.get(n, gr.skip()) for n in names],
         ]
 
-    params = [inspect.Parameter("session", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    params += [
-        inspect.Parameter(f"input_{i}", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        for i in range(n_inputs)
-    ]
-    params.append(
-        inspect.Parameter(
-            "progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()
-        )
-    )
-    fn.__signature__ = inspect.Signature(params)  # gradio finds gr.Progress by its default
+    fn.__signature__ = event_signature(n_inputs)  # gradio finds gr.Progress by its default
     fn.__name__ = getattr(handler, "__name__", "handler")
     return fn
+
+
+def failure_message(exc: Exception, handler: Callable[..., Any]) -> str:
+    """Return the status line of an event that raised ``exc`` (and show it as a toast).
+
+    Cancelled: an info; a HeteroguiError: a warning with its one-line message; anything else
+    is a bug: logged with its traceback and reported by type, the page keeps running.
+    """
+    if isinstance(exc, Cancelled):
+        gr.Info(str(exc))
+        return f"**Cancelled.** {exc}"
+    if isinstance(exc, HeteroguiError):
+        message = excerpt(exc, 600)  # one line, whatever a library put in it
+        gr.Warning(message)
+        return f"**Error:** {message}"
+    log.exception("handler %s failed", getattr(handler, "__name__", handler), exc_info=exc)
+    gr.Warning(f"unexpected error ({type(exc).__name__}): {excerpt(exc)}")
+    return f"**Unexpected error** ({type(exc).__name__}): {excerpt(exc)}"
+
+
+def event_signature(n_inputs: int) -> inspect.Signature:
+    """Return the signature gradio reads off an event function: session, inputs, progress."""
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter("session", positional)]
+    params += [inspect.Parameter(f"input_{i}", positional) for i in range(n_inputs)]
+    params.append(inspect.Parameter("progress", positional, default=gr.Progress()))
+    return inspect.Signature(params)
 
 
 def run_step(session: Session, heavy: bool, step: Callable[[], Any]) -> Any:
@@ -238,6 +241,40 @@ class ComponentNames(dict):
         super().__setitem__(name, component)
 
 
+TAB_TITLES = (
+    ("models", "1 Models"),
+    ("align", "2 Alignment"),
+    ("neurons", "3 Neurons"),
+    ("zip", "4 Zip"),
+    ("evaluate", "5 Evaluate"),
+    ("compare", "6 Compare"),
+    ("export", "7 Export"),
+)
+
+
+def event_options(
+    api_name: str | None, heavy: bool, light: bool, heavy_limit: int, status: Any
+) -> dict[str, Any]:
+    """Return the keywords of an event listener: progress, API name and concurrency.
+
+    heavy: one progress bar on ``status`` and at most ``heavy_limit`` such events at once
+    across users; light: unlimited, only the last of a burst runs; neither: the queue's
+    default. An event without an API name stays out of the API page.
+    """
+    kwargs: dict[str, Any] = {"show_progress": "full" if heavy else "hidden"}
+    if heavy:  # one progress bar, under the title, instead of an overlay on every view
+        kwargs["show_progress_on"] = [status]
+    if api_name:
+        kwargs["api_name"] = api_name
+    else:
+        kwargs["api_visibility"] = "undocumented"
+    if heavy:
+        kwargs.update(concurrency_id="heavy", concurrency_limit=heavy_limit)
+    elif light:
+        kwargs.update(concurrency_limit=None, trigger_mode="always_last")
+    return kwargs
+
+
 def build_app(res: Resources, heavy_limit: int = 2, prefetch: bool = True) -> gr.Blocks:
     """Return the workbench Blocks (not launched). ``heavy_limit``: concurrent heavy events.
 
@@ -257,15 +294,7 @@ def build_app(res: Resources, heavy_limit: int = 2, prefetch: bool = True) -> gr
         with gr.Accordion("Session summary (JSON)", open=False):
             ui["summary"] = gr.JSON(label="summary")
         with gr.Tabs() as ui["tabs"]:
-            for key, title in (
-                ("models", "1 Models"),
-                ("align", "2 Alignment"),
-                ("neurons", "3 Neurons"),
-                ("zip", "4 Zip"),
-                ("evaluate", "5 Evaluate"),
-                ("compare", "6 Compare"),
-                ("export", "7 Export"),
-            ):
+            for key, title in TAB_TITLES:
                 with gr.Tab(title, id=key):
                     TABS[key].build(ui, res)
 
@@ -279,17 +308,7 @@ def build_app(res: Resources, heavy_limit: int = 2, prefetch: bool = True) -> gr
         def on(trigger, handler, inputs, scopes, api_name, heavy=False, light=False, extra=()):
             scope_list = SCOPES if scopes == "all" else tuple(scopes)
             names = [n for s in scope_list for n in views_of(s)] + list(extra)
-            kwargs: dict[str, Any] = {"show_progress": "full" if heavy else "hidden"}
-            if heavy:  # one progress bar, under the title, instead of an overlay on every view
-                kwargs["show_progress_on"] = [ui["status"]]
-            if api_name:
-                kwargs["api_name"] = api_name
-            else:
-                kwargs["api_visibility"] = "undocumented"
-            if heavy:
-                kwargs.update(concurrency_id="heavy", concurrency_limit=heavy_limit)
-            elif light:
-                kwargs.update(concurrency_limit=None, trigger_mode="always_last")
+            kwargs = event_options(api_name, heavy, light, heavy_limit, ui["status"])
             return trigger(
                 event_function(
                     handler,
