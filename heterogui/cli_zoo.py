@@ -28,7 +28,7 @@ def zoo_build_cli(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     names = args.pairs  # None: every image pair
     if names and DECODER_PAIR in names and not args.tiny:
-        from heterogui.zoo.decoder_pair import decoder_pair_folders
+        from heterogui.zoo.decoder_training import decoder_pair_folders
 
         folders = decoder_pair_folders(progress=_progress, force=args.force)
         print(file=sys.stderr)

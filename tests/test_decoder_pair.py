@@ -16,7 +16,8 @@ from heterogui.config import DataRef
 from heterogui.datasets.text_domains import domain_texts
 from heterogui.errors import ConfigError
 from heterogui.pipeline import ZipSettings, zip_prepared
-from heterogui.zoo.decoder_pair import MARKER, DecoderPairSettings, decoder_pair_folders
+from heterogui.zoo.decoder_pair import MARKER, DecoderPairSettings
+from heterogui.zoo.decoder_training import decoder_pair_folders
 
 pytestmark = [
     pytest.mark.slow,

@@ -58,12 +58,8 @@ from heterogui.pipeline import Prepared, realign
 from heterogui.sources import registry
 from heterogui.sources.base import Pair
 from heterogui.tasks.language import ALL_DOMAINS, BATCH, LANGUAGE, network_logits, score_domains
-from heterogui.zoo.decoder_pair import (
-    DecoderPairSettings,
-    GPT2PairSettings,
-    decoder_pair_folders,
-    marker,
-)
+from heterogui.zoo.decoder_pair import DecoderPairSettings, GPT2PairSettings, marker
+from heterogui.zoo.decoder_training import decoder_pair_folders
 
 log = logging.getLogger(__name__)
 

@@ -101,8 +101,19 @@ def _draws(seeds: int) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     """Return docs/decoders.md from a report."""
+    lines = _intro_lines(report)
+    lines += _pair_lines(report.get("pair"))
+    lines += _gpt2_lines(report.get("gpt2"))
+    lines += _self_lines(report.get("smollm2_self"))
+    lines += _shallow_lines(report.get("smollm2_shallow"))
+    lines += ["## Collapse alarms", "", *_alarm_lines(report), ""]
+    return "\n".join(lines)
+
+
+def _intro_lines(report: dict[str, Any]) -> list[str]:
+    """Return the title, the command, the run's environment and sizes, and what is scored."""
     env, sizes = report["environment"], report["sizes"]
-    lines = [
+    return [
         "# Decoder language models: merges of different depth and width",
         "",
         f"Command: `{report['command']}`",
@@ -125,98 +136,113 @@ def render_markdown(report: dict[str, Any]) -> str:
         "most repetitive parent's by more than 20 points).",
         "",
     ]
-    pair = report.get("pair")
-    if pair:
-        a, b = pair["build"]["a"], pair["build"]["b"]
-        lines += [
-            "## The trained pair",
-            "",
-            "`heterogui.zoo.decoder_pair` trains two Llama causal LMs from scratch here "
-            "(built once into the heterogui cache; references `decoder-pair:a` and "
-            "`decoder-pair:b`): A on the training split of `python-docs`, B on that of "
-            "`python-source`, with SmolLM2's tokenizer and attention layout (head_dim 64, 3 query "
-            "heads per key/value head, rope_theta 100000), so they also merge with SmolLM2. "
-            f"A: {_shape(a)}; B: {_shape(b)}. Build: {a.get('build_seconds')} s and "
-            f"{b.get('build_seconds')} s.",
-            "",
-            "Baselines: *dropped layers* is the deeper model (A) cut to B's depth by keeping "
-            "evenly spaced layers (what a merge of that depth could be without B at all). A "
-            "*weight average* needs equal shapes: A and B differ in width "
-            f"({a['shape']['hidden']} vs {b['shape']['hidden']}), so it does not apply here (see "
-            "the SmolLM2 tables for pairs where it does). " + _calibration(pair),
-            *_table_and_reading(pair["rows"]),
-        ]
-    lines += _gpt2_lines(report.get("gpt2"))
-    selfm = report.get("smollm2_self")
-    if selfm:
-        t = selfm["timing"]
-        same = sum(g["identical"] for g in selfm["greedy"])
-        lines += [
-            "## SmolLM2 merged with a permuted copy of itself",
-            "",
-            "B is SmolLM2 with every permutable space shuffled (`heterogui.models.permute`: whole "
-            "key/value groups with their query heads, MLP neurons, the residual stream): the "
-            "same function in another neuron order. The merge (SMA, rho 1) should find the "
-            "permutation and give SmolLM2 back; a weight average without alignment shows what "
-            f"happens without. Max |logit difference| of the merge vs SmolLM2 over the held-out "
-            f"texts: **{selfm['max_abs_logit_diff']:.2e}**. Greedy continuations "
-            f"({NEW_TOKENS} tokens) identical for {same} of {len(selfm['greedy'])} prompts.",
-            "",
-            table(selfm["rows"]),
-            "",
-            "| prompt | SmolLM2 | merge | identical |",
-            "|---|---|---|---|",
-            *[
-                f"| {g['prompt']!r} | {g['smollm2']!r} | {g['merged']!r} | {g['identical']} |"
-                for g in selfm["greedy"]
-            ],
-            "",
-            "### Time and memory of a SmolLM2 merge",
-            "",
-            f"Measured in a fresh process with {t['threads']} torch thread(s): SmolLM2 and its "
-            f"permuted copy (two 30-layer models, {t['merged_params_M']:.1f} M parameters "
-            f"merged), {t['calibration_texts']} calibration texts of at most {t['max_tokens']} "
-            "tokens. Peak RSS is the process's maximum resident set size "
-            "(`resource.getrusage`), read after loading and again after the merge.",
-            "",
-            "| step | value |",
-            "|---|---|",
-            f"| load SmolLM2 and make the permuted copy | {t['load_s']:.1f} s |",
-            "| calibrate and analyse (statistics, alignment) | "
-            f"{t['calibrate_and_analyse_s']:.1f} s |",
-            f"| zip at rho 1 (matching, fusion, build) | {t['zip_s']:.1f} s |",
-            f"| merge total (analyse + zip) | {t['merge_s']:.1f} s |",
-            f"| peak RSS after loading | {t['peak_rss_after_loading_mib']} MiB |",
-            f"| peak RSS after the merge | {t['peak_rss_after_merge_mib']} MiB |",
-            "",
-        ]
-    shallow = report.get("smollm2_shallow")
-    if shallow:
-        kept = tuple(shallow["kept_layers"])
-        lines += [
-            "## SmolLM2 merged with a shallower copy of itself",
-            "",
-            f"B is SmolLM2 without its {shallow['depth'] - len(kept)} middle layers (layers "
-            f"{layer_list(kept, shallow['depth'])}, built by removing layers from the "
-            "transformers model's `model.layers` and its config), so B is also the *dropped "
-            "layers* baseline. The row *not merged* is SmolLM2 with every other layer removed: "
-            "that copy is no language model any more, so it is not merged. A and B have the "
-            "same width (576), so the weight average applies: B padded to 30 layers by SMA "
-            "(identity layers), then averaged weight by weight without alignment. The *manual* "
-            "merges align B's layers with the layers of A they were copied from (the true "
-            "alignment), so A's middle layers meet B's identity (padding) layers. "
-            f"Calibration: {shallow['calibration_texts']} texts"
-            + _draws(shallow.get("seeds", 1))
-            + f"; {shallow['evaluation_texts_per_domain']} held-out texts per domain; "
-            f"{shallow['seconds']:.0f} s.",
-            "",
-            table(shallow["rows"]),
-            "",
-            _reading(shallow["rows"]),
-            "",
-        ]
-    lines += ["## Collapse alarms", "", *_alarm_lines(report), ""]
-    return "\n".join(lines)
+
+
+def _pair_lines(pair: dict[str, Any] | None) -> list[str]:
+    """Return the trained Llama pair's section (none without its table)."""
+    if not pair:
+        return []
+    a, b = pair["build"]["a"], pair["build"]["b"]
+    return [
+        "## The trained pair",
+        "",
+        "`heterogui.zoo.decoder_pair` trains two Llama causal LMs from scratch here "
+        "(built once into the heterogui cache; references `decoder-pair:a` and "
+        "`decoder-pair:b`): A on the training split of `python-docs`, B on that of "
+        "`python-source`, with SmolLM2's tokenizer and attention layout (head_dim 64, 3 query "
+        "heads per key/value head, rope_theta 100000), so they also merge with SmolLM2. "
+        f"A: {_shape(a)}; B: {_shape(b)}. Build: {a.get('build_seconds')} s and "
+        f"{b.get('build_seconds')} s.",
+        "",
+        "Baselines: *dropped layers* is the deeper model (A) cut to B's depth by keeping "
+        "evenly spaced layers (what a merge of that depth could be without B at all). A "
+        "*weight average* needs equal shapes: A and B differ in width "
+        f"({a['shape']['hidden']} vs {b['shape']['hidden']}), so it does not apply here (see "
+        "the SmolLM2 tables for pairs where it does). " + _calibration(pair),
+        *_table_and_reading(pair["rows"]),
+    ]
+
+
+def _self_lines(selfm: dict[str, Any] | None) -> list[str]:
+    """Return the section on SmolLM2 merged with a permuted copy (none without its table)."""
+    if not selfm:
+        return []
+    t = selfm["timing"]
+    same = sum(g["identical"] for g in selfm["greedy"])
+    return [
+        "## SmolLM2 merged with a permuted copy of itself",
+        "",
+        "B is SmolLM2 with every permutable space shuffled (`heterogui.models.permute`: whole "
+        "key/value groups with their query heads, MLP neurons, the residual stream): the "
+        "same function in another neuron order. The merge (SMA, rho 1) should find the "
+        "permutation and give SmolLM2 back; a weight average without alignment shows what "
+        f"happens without. Max |logit difference| of the merge vs SmolLM2 over the held-out "
+        f"texts: **{selfm['max_abs_logit_diff']:.2e}**. Greedy continuations "
+        f"({NEW_TOKENS} tokens) identical for {same} of {len(selfm['greedy'])} prompts.",
+        "",
+        table(selfm["rows"]),
+        "",
+        "| prompt | SmolLM2 | merge | identical |",
+        "|---|---|---|---|",
+        *[
+            f"| {g['prompt']!r} | {g['smollm2']!r} | {g['merged']!r} | {g['identical']} |"
+            for g in selfm["greedy"]
+        ],
+        "",
+        *_timing_lines(t),
+    ]
+
+
+def _timing_lines(t: dict[str, Any]) -> list[str]:
+    """Return the subsection on the time and peak memory of the SmolLM2 self-merge."""
+    return [
+        "### Time and memory of a SmolLM2 merge",
+        "",
+        f"Measured in a fresh process with {t['threads']} torch thread(s): SmolLM2 and its "
+        f"permuted copy (two 30-layer models, {t['merged_params_M']:.1f} M parameters "
+        f"merged), {t['calibration_texts']} calibration texts of at most {t['max_tokens']} "
+        "tokens. Peak RSS is the process's maximum resident set size "
+        "(`resource.getrusage`), read after loading and again after the merge.",
+        "",
+        "| step | value |",
+        "|---|---|",
+        f"| load SmolLM2 and make the permuted copy | {t['load_s']:.1f} s |",
+        f"| calibrate and analyse (statistics, alignment) | {t['calibrate_and_analyse_s']:.1f} s |",
+        f"| zip at rho 1 (matching, fusion, build) | {t['zip_s']:.1f} s |",
+        f"| merge total (analyse + zip) | {t['merge_s']:.1f} s |",
+        f"| peak RSS after loading | {t['peak_rss_after_loading_mib']} MiB |",
+        f"| peak RSS after the merge | {t['peak_rss_after_merge_mib']} MiB |",
+        "",
+    ]
+
+
+def _shallow_lines(shallow: dict[str, Any] | None) -> list[str]:
+    """Return the section on SmolLM2 merged with a shallower copy (none without its table)."""
+    if not shallow:
+        return []
+    kept = tuple(shallow["kept_layers"])
+    return [
+        "## SmolLM2 merged with a shallower copy of itself",
+        "",
+        f"B is SmolLM2 without its {shallow['depth'] - len(kept)} middle layers (layers "
+        f"{layer_list(kept, shallow['depth'])}, built by removing layers from the "
+        "transformers model's `model.layers` and its config), so B is also the *dropped "
+        "layers* baseline. The row *not merged* is SmolLM2 with every other layer removed: "
+        "that copy is no language model any more, so it is not merged. A and B have the "
+        "same width (576), so the weight average applies: B padded to 30 layers by SMA "
+        "(identity layers), then averaged weight by weight without alignment. The *manual* "
+        "merges align B's layers with the layers of A they were copied from (the true "
+        "alignment), so A's middle layers meet B's identity (padding) layers. "
+        f"Calibration: {shallow['calibration_texts']} texts"
+        + _draws(shallow.get("seeds", 1))
+        + f"; {shallow['evaluation_texts_per_domain']} held-out texts per domain; "
+        f"{shallow['seconds']:.0f} s.",
+        "",
+        table(shallow["rows"]),
+        "",
+        _reading(shallow["rows"]),
+        "",
+    ]
 
 
 def _reading(rows: list[Row]) -> str:

@@ -31,7 +31,7 @@ from heterogui import run
 from heterogui.align.similarity import MEASURES
 from heterogui.bench.decoder_pairs import middle_block, smollm2_shallow_pair
 from heterogui.bench.documents import finite, write_document
-from heterogui.bench.quality import calibration_batches
+from heterogui.bench.quality_seed import calibration_batches
 from heterogui.bench.transformers import minilm_pair
 from heterogui.config import DataRef
 from heterogui.datasets.images import load_split, task_subset
@@ -42,7 +42,7 @@ from heterogui.pipeline import Prepared, ZipSettings, prepare, realign, with_mea
 from heterogui.tasks import sentences as sts
 from heterogui.tasks.classification import evaluate_merged
 from heterogui.tasks.language import ALL_DOMAINS, BATCH, LANGUAGE, merged_logits, score_domains
-from heterogui.zoo.decoder_pair import decoder_pair_folders
+from heterogui.zoo.decoder_training import decoder_pair_folders
 from heterogui.zoo.pairs import load_pair
 from heterogui.zoo.registry import variant_name
 

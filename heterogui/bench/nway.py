@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from heterogui.bench.documents import finite, write_document
-from heterogui.bench.quality import calibration_batches, parameter_count
 from heterogui.bench.quality_report import fusion_knobs, stats
+from heterogui.bench.quality_seed import calibration_batches, parameter_count
 from heterogui.datasets.images import Split, load_split, task_subset
 from heterogui.fusion.merged import as_network
 from heterogui.models.family import Head, Network

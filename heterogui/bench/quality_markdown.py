@@ -121,7 +121,7 @@ def _fusion_summary(report: dict[str, Any]) -> list[str]:
 
 def _kept_summary(report: dict[str, Any]) -> list[str]:
     """Return the transformer pairs' best zip at the paper's width against the rows that keep
-    one part unmerged ("heads kept", "stream kept", "MLPs kept": ``quality.kept_rows``)."""
+    one part unmerged ("heads kept", "stream kept", "MLPs kept": ``quality_seed.kept_rows``)."""
     found: dict[str, tuple[list[str], dict[str, list[str]]]] = {}
     for pair, r in report["pairs"].items():
         rows = r["rows"]

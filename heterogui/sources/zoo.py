@@ -95,7 +95,8 @@ class DecoderPairSource(Source):
         Raises:
             ConfigError: a reference other than decoder-pair:a or decoder-pair:b.
         """
-        from heterogui.zoo.decoder_pair import DOMAIN, decoder_pair_folders
+        from heterogui.zoo.decoder_pair import DOMAIN
+        from heterogui.zoo.decoder_training import decoder_pair_folders
 
         which = ref[len(DECODER_PREFIX) :]
         if which not in DOMAIN:

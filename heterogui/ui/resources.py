@@ -20,7 +20,7 @@ from heterogui.sources import registry as sources
 from heterogui.sources.base import Loaded
 from heterogui.sources.zoo import DECODER_PAIR, DECODER_PREFIX, zoo_ref
 from heterogui.tasks import Calibration, Evaluation
-from heterogui.zoo import decoder_pair
+from heterogui.zoo import decoder_pair, decoder_training
 from heterogui.zoo.pairs import build_zoo
 from heterogui.zoo.registry import PAIRS, TINY_PAIRS, pair_spec
 
@@ -71,7 +71,7 @@ class ZooPairs:
             ModelLoadError: the decoder pair without the package of SmolLM2's tokenizer.
         """
         if name == DECODER_PAIR and not self.tiny:
-            decoder_pair.decoder_pair_folders(progress=progress)  # trains them on first use
+            decoder_training.decoder_pair_folders(progress=progress)  # trains them on first use
             a, b = (sources.load(f"{DECODER_PREFIX}{w}") for w in ("a", "b"))
             return DemoPair(name, decoder_pair.description(), a, b)
         build_zoo([name], progress=progress)
