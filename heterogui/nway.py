@@ -133,15 +133,7 @@ def prepare_group(
         IncompatibleModelsError: models that cannot be merged with the first, or no reference.
         AlignmentError: see ``align``.
     """
-    if len(nets) < 2:
-        raise ConfigError(f"an N-way merge needs at least two models, got {len(nets)}")
-    if mode == "manual":
-        raise ConfigError(
-            "an N-way merge aligns every model to the deepest with an automatic mode; use sma, "
-            "lma, lma_first, lma_similar, uniform, head or head_tail"
-        )
-    for net in nets[1:]:
-        check_pair(nets[0], net)
+    _check_group(nets, mode)
     dev = resolve_device(device)
     report = progress or (lambda _stage, _frac: None)
     timings: dict[str, float] = {}
@@ -175,8 +167,54 @@ def prepare_group(
                 measure=measure,
             ),
         )
+    alignments, padded = _aligned_to(ref, graphs, ready, similarities, mode, batches, dev, timings)
+    if stats is None:
+        stats = timed(
+            timings,
+            "features",
+            lambda: collect_moments(padded, batches, dev, progress=lambda f: report("features", f)),
+        )
+    return PreparedGroup(
+        tuple(ready), ref, tuple(alignments), tuple(padded), stats, batches, dev, timings
+    )
+
+
+def _check_group(nets: Sequence[Network], mode: str) -> None:
+    """Raise if ``nets`` cannot be merged N-way with alignment ``mode``.
+
+    Raises:
+        ConfigError: fewer than two models, or an alignment mode that needs a manual mapping.
+        IncompatibleModelsError: models that cannot be merged with the first.
+    """
+    if len(nets) < 2:
+        raise ConfigError(f"an N-way merge needs at least two models, got {len(nets)}")
+    if mode == "manual":
+        raise ConfigError(
+            "an N-way merge aligns every model to the deepest with an automatic mode; use sma, "
+            "lma, lma_first, lma_similar, uniform, head or head_tail"
+        )
+    for net in nets[1:]:
+        check_pair(nets[0], net)
+
+
+def _aligned_to(
+    ref: int,
+    graphs: Sequence[ModelGraph],
+    ready: Sequence[Network],
+    similarities: Sequence[torch.Tensor],
+    mode: str,
+    batches: list[Batch],
+    dev: torch.device,
+    timings: dict[str, float],
+) -> tuple[list[Alignment | None], list[Network]]:
+    """Return every model's alignment to the reference and its padded network.
+
+    graphs: the models' graphs; similarities: the CKA of the reference with each other model,
+    in model order. The reference keeps no alignment (None) and is its own padding.
+    """
     alignments: list[Alignment | None] = [None] * len(ready)
-    padded: list[Network] = list(ready)  # the reference is its own padding
+    padded: list[Network] = list(ready)
+    others = [k for k in range(len(ready)) if k != ref]
     for k, similarity in zip(others, similarities, strict=True):
         alignment = timed(
             timings, "alignment", lambda k=k, s=similarity: align(graphs[ref], graphs[k], s, mode)
@@ -187,15 +225,7 @@ def prepare_group(
             "padding",
             lambda k=k, a=alignment: pad_aligned(ready[k], a.positions_b, a.depths, batches, dev),
         )
-    if stats is None:
-        stats = timed(
-            timings,
-            "features",
-            lambda: collect_moments(padded, batches, dev, progress=lambda f: report("features", f)),
-        )
-    return PreparedGroup(
-        tuple(ready), ref, tuple(alignments), tuple(padded), stats, batches, dev, timings
-    )
+    return alignments, padded
 
 
 def check_group_settings(settings: ZipSettings) -> None:

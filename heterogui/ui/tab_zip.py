@@ -107,7 +107,7 @@ def build(ui: dict[str, Any], res: Resources) -> None:
 
 
 def _knobs(ui: dict[str, Any]) -> None:
-    """Create the matcher, fusion, renormalize switch, sliders, device and auto re-merge switch."""
+    """Create the matcher, fusion, heads and renormalize choices, then ``_sliders``."""
     with gr.Row():
         ui["matcher"] = gr.Dropdown(
             ["zip", "permute", "average"],
@@ -144,6 +144,11 @@ def _knobs(ui: dict[str, Any]) -> None:
         )
     with gr.Accordion("What the matcher, fusion, heads and renormalize do", open=False):
         gr.Markdown(KNOBS_HELP, elem_id="knobs-help")
+    _sliders(ui)
+
+
+def _sliders(ui: dict[str, Any]) -> None:
+    """Create the alpha, beta, rho and stop sliders, the device and the auto re-merge switch."""
     ui["alpha"] = gr.Slider(
         0.01,
         1.0,
