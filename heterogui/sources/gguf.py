@@ -21,7 +21,8 @@ from heterogui.models.io import check_finite
 from heterogui.sources.base import LANGUAGE_MODELING, Header, Loaded, Source
 from heterogui.sources.gguf_files import gguf_folder, gguf_note, smollm2_gguf
 from heterogui.sources.gguf_header import GGUFHeader, gguf_header
-from heterogui.sources.preflight import ModelCard, estimate_merge, tokens_hash
+from heterogui.sources.preflight import ModelCard, estimate_merge
+from heterogui.sources.vocab import tokens_hash
 
 BUILT_IN = {"smollm2:135m-instruct": smollm2_gguf}
 BUILT_IN_NAMES = {"smollm2:135m-instruct": "SmolLM2-135M-Instruct"}

@@ -1,0 +1,66 @@
+"""A tokenizer's vocabulary read from its files, without loading it: tokens in id order, a short
+hash, and how two vocabularies differ (the pre-flight's vocabulary check, docs/method.md sec. 8).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+
+def vocab_tokens(path: Path) -> list[str] | None:
+    """Return a tokenizer's tokens in id order, added (special) tokens included, or None.
+
+    Reads vocab.txt, else tokenizer.json (its model vocabulary and its added tokens), of a
+    folder; a GGUF file's own token list.
+    """
+    if path.suffix == ".gguf":
+        from heterogui.sources.gguf_header import gguf_header
+
+        return list(gguf_header(path).tokens)
+    if (path / "vocab.txt").is_file():
+        return (path / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    if not (path / "tokenizer.json").is_file():
+        return None
+    try:
+        data = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
+        vocab = data["model"]["vocab"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if isinstance(vocab, dict):
+        by_id = {int(i): t for t, i in vocab.items()}
+    else:  # Unigram: a list of [token, score]
+        by_id = {i: item[0] for i, item in enumerate(vocab)}
+    for added in data.get("added_tokens") or []:
+        if isinstance(added, dict) and "id" in added and "content" in added:
+            by_id[int(added["id"])] = str(added["content"])
+    return [by_id.get(i, "") for i in range(max(by_id) + 1)] if by_id else []
+
+
+def tokens_hash(tokens: list[str] | None) -> str | None:
+    """Return a short hash of a token list (None stays None)."""
+    if tokens is None:
+        return None
+    return hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()[:16]
+
+
+def vocab_hash(folder: Path) -> str | None:
+    """Hash the tokens in id order (from vocab.txt, else tokenizer.json), or None if neither."""
+    return tokens_hash(vocab_tokens(folder))
+
+
+def token_difference(a: list[str], b: list[str]) -> str:
+    """Return how two token lists differ: their sizes and the first differing ids."""
+    diffs = [i for i in range(min(len(a), len(b))) if a[i] != b[i]][:3]
+    parts = [f"{len(a)} vs {len(b)} tokens"]
+    if diffs:
+        shown = ", ".join(f"id {i}: {a[i]!r} vs {b[i]!r}" for i in diffs)
+        parts.append(f"first differing tokens {shown}")
+    else:
+        longer = a if len(a) > len(b) else b
+        parts.append(
+            f"one has extra tokens from id {min(len(a), len(b))}: "
+            f"{longer[min(len(a), len(b))]!r} ..."
+        )
+    return "; ".join(parts)
