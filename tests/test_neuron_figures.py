@@ -17,10 +17,10 @@ import torch
 from conftest import drawn
 
 from heterogui.ui import fig_neurons
+from heterogui.ui.fig_neuron_hist import correlation_histogram
 from heterogui.ui.fig_neurons import (
     CROSS,
     WITHIN,
-    correlation_histogram,
     detail_figure,
     neuron_view,
     overview_figure,

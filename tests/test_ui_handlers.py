@@ -25,6 +25,7 @@ from heterogui.sources.folder import load_merged
 from heterogui.tasks.classification import evaluate_models
 from heterogui.ui import (
     app,
+    fig_neuron_hist,
     fig_neurons,
     tab_align,
     tab_compare,
@@ -588,7 +589,7 @@ def test_large_layers_get_a_detail_and_an_overview():
     heat = next(t for t in overview.data if t.type == "heatmap")
     assert np.asarray(heat.z).shape == (120, 120)
     assert "5×5 blocks" in overview.layout.title.text
-    hist = fig_neurons.correlation_histogram(corr.numpy(), match, 300, "wide")
+    hist = fig_neuron_hist.correlation_histogram(corr.numpy(), match, 300, "wide")
     assert all(len(t.y) == 40 for t in hist.data)
 
 

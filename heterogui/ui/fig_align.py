@@ -161,67 +161,90 @@ def alignment_figure(
     layers A0.., B0.. with their stage (s0, s1, ...); dotted lines part the stages.
     """
     z = [[round(float(v), 4) for v in row] for row in similarity.tolist()]
-    values = [v for row in z for v in row] or [0.0]
     la, lb = len(z), len(z[0]) if z else 0
-    hover = [
-        [
-            f"{layer_label('A', ga, i)} vs {layer_label('B', gb, j)}{_hint(ga, gb, i, j)}"
-            for j in range(lb)
-        ]
-        for i in range(la)
-    ]
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=list(range(lb)),
-            y=list(range(la)),
-            colorscale="Viridis",
-            zmin=min(values),  # the data's own range: a pair of similar models is not one colour
-            zmax=max(values),
-            colorbar={"title": "CKA"},
-            text=hover,
-            hovertemplate="%{text}<br>CKA %{z:.3f}<extra></extra>",
-        )
-    )
-    line = {"color": "rgba(255, 255, 255, 0.45)", "width": 1, "dash": "dash"}
-    for x in _stage_starts(gb, lb):
-        fig.add_shape(type="line", x0=x, x1=x, y0=-0.5, y1=la - 0.5, line=line)
-    for y in _stage_starts(ga, la):
-        fig.add_shape(type="line", x0=-0.5, x1=lb - 0.5, y0=y, y1=y, line=line)
+    fig = go.Figure(_cka_heatmap(z, _hover_texts(ga, gb, la, lb)))
+    _add_stage_lines(fig, ga, gb, la, lb)
     for box in segment_boxes(alignment, ga, gb):
         fig.add_shape(type="rect", **box, line={"color": "white", "width": 2, "dash": "dot"})
-    pairs = layer_pairs(alignment, ga, gb)
-    fig.add_trace(
-        go.Scatter(
-            x=[b for _, b in pairs],
-            y=[a for a, _ in pairs],
-            mode="lines+markers",
-            name="alignment path",
-            line={"color": "#ff4b4b", "width": 3},
-            marker={"size": 10, "symbol": "x", "color": "#ff4b4b"},
-            text=[place_of(ga, a) for a, _ in pairs],
-            hovertemplate="A%{y} ↔ B%{x} (%{text})<extra>paired</extra>",
-        )
-    )
+    fig.add_trace(_path_trace(alignment, ga, gb))
     score = "n/a" if alignment.score is None else f"{alignment.score:.3f}"
     fig.update_layout(
         title=title or f"Layer CKA with the {alignment.mode.upper()} path (score {score})",
-        xaxis={
-            "title": "layers of B (stage)",
-            "tickvals": list(range(lb)),
-            "ticktext": [_tick("B", gb, j, "<br>") for j in range(lb)],
-            "constrain": "domain",
-        },
-        yaxis={
-            "title": "layers of A (stage)",
-            "tickvals": list(range(la)),
-            "ticktext": [_tick("A", ga, i, " ") for i in range(la)],
-            "scaleanchor": "x",
-            "autorange": True,
-        },
+        **_layer_axes(ga, gb, la, lb),
         legend={"orientation": "h", "y": -0.22},
         margin={"l": 60, "r": 20, "t": 60, "b": 70},
         height=480,
         clickmode="event",
     )
     return fig
+
+
+def _hover_texts(ga: ModelGraph, gb: ModelGraph, la: int, lb: int) -> list[list[str]]:
+    """Return every cell's hover text: its two layers, and what a click on it would do."""
+    return [
+        [
+            f"{layer_label('A', ga, i)} vs {layer_label('B', gb, j)}{_hint(ga, gb, i, j)}"
+            for j in range(lb)
+        ]
+        for i in range(la)
+    ]
+
+
+def _cka_heatmap(z: list[list[float]], hover: list[list[str]]) -> go.Heatmap:
+    """Return the heatmap of ``z`` (rows: A's layers), its colours spanning the data's range."""
+    values = [v for row in z for v in row] or [0.0]
+    la, lb = len(z), len(z[0]) if z else 0
+    return go.Heatmap(
+        z=z,
+        x=list(range(lb)),
+        y=list(range(la)),
+        colorscale="Viridis",
+        zmin=min(values),  # the data's own range: a pair of similar models is not one colour
+        zmax=max(values),
+        colorbar={"title": "CKA"},
+        text=hover,
+        hovertemplate="%{text}<br>CKA %{z:.3f}<extra></extra>",
+    )
+
+
+def _add_stage_lines(fig: go.Figure, ga: ModelGraph, gb: ModelGraph, la: int, lb: int) -> None:
+    """Add dashed lines between the stages: vertical for B's (x axis), horizontal for A's."""
+    line = {"color": "rgba(255, 255, 255, 0.45)", "width": 1, "dash": "dash"}
+    for x in _stage_starts(gb, lb):
+        fig.add_shape(type="line", x0=x, x1=x, y0=-0.5, y1=la - 0.5, line=line)
+    for y in _stage_starts(ga, la):
+        fig.add_shape(type="line", x0=-0.5, x1=lb - 0.5, y0=y, y1=y, line=line)
+
+
+def _path_trace(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> go.Scatter:
+    """Return the alignment path: a marker on every pair of layers that share a slot."""
+    pairs = layer_pairs(alignment, ga, gb)
+    return go.Scatter(
+        x=[b for _, b in pairs],
+        y=[a for a, _ in pairs],
+        mode="lines+markers",
+        name="alignment path",
+        line={"color": "#ff4b4b", "width": 3},
+        marker={"size": 10, "symbol": "x", "color": "#ff4b4b"},
+        text=[place_of(ga, a) for a, _ in pairs],
+        hovertemplate="A%{y} ↔ B%{x} (%{text})<extra>paired</extra>",
+    )
+
+
+def _layer_axes(ga: ModelGraph, gb: ModelGraph, la: int, lb: int) -> dict[str, dict]:
+    """Return the x axis (B's layers) and the y axis (A's), each tick a layer and its stage."""
+    return {
+        "xaxis": {
+            "title": "layers of B (stage)",
+            "tickvals": list(range(lb)),
+            "ticktext": [_tick("B", gb, j, "<br>") for j in range(lb)],
+            "constrain": "domain",
+        },
+        "yaxis": {
+            "title": "layers of A (stage)",
+            "tickvals": list(range(la)),
+            "ticktext": [_tick("A", ga, i, " ") for i in range(la)],
+            "scaleanchor": "x",
+            "autorange": True,
+        },
+    }

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from heterogui.ui.fig_eval import MODEL_COLOURS, natural_key
 
 MERGE_COLOURS = ("#2ca02c", "#17becf")
+_Points = dict[tuple[Any, Any], dict[str, Any]]  # the sweep's points by (rho, knob)
 
 
 def compare_widths_figure(widths: dict[str, dict[str, tuple[int, int, int]]]) -> go.Figure:
@@ -73,49 +74,11 @@ def grid_figure(
     xs = sorted({p["rho"] for p in points})
     ys = sorted({p[knob] for p in points})
     at = {(p["rho"], p[knob]): p for p in points}
-
-    def grid(key: str) -> list[list[Any]]:
-        return [[at[(x, y)].get(key) if (x, y) in at else None for x in xs] for y in ys]
-
-    fig = go.Figure(
-        go.Heatmap(
-            x=xs,
-            y=ys,
-            z=grid("score"),
-            colorscale="Viridis",
-            reversescale=lower_better,
-            colorbar={"title": {"text": metric}},
-            customdata=grid("parameters"),
-            hovertemplate=f"rho %{{x}}<br>{knob} %{{y}}<br>{metric} %{{z}}<br>"
-            "parameters %{customdata:,}<extra></extra>",
-            name=metric,
-        )
-    )
+    fig = go.Figure(_score_heatmap(xs, ys, at, knob, metric, lower_better))
     if len(xs) > 1 and len(ys) > 1:
-        fig.add_trace(
-            go.Contour(
-                x=xs,
-                y=ys,
-                z=grid("parameters"),
-                contours={"coloring": "none", "showlabels": True, "labelfont": {"color": "white"}},
-                line={"color": "white", "width": 1.5, "dash": "dot"},
-                showscale=False,
-                hoverinfo="skip",
-                name="parameters (effective)",
-                showlegend=True,
-            )
-        )
+        fig.add_trace(_size_contours(xs, ys, at))
     if current is not None:
-        fig.add_trace(
-            go.Scatter(
-                x=[current[0]],
-                y=[current[1]],
-                mode="markers",
-                marker={"symbol": "x", "size": 14, "color": "#ff4b4b"},
-                name="last merge",
-                hoverinfo="skip",
-            )
-        )
+        fig.add_trace(_current_marker(current))
     fig.update_layout(
         title={"text": f"{metric} over rho × {knob} (contours: effective parameters)"},
         xaxis={"title": "rho (0 = ensemble, 1 = full zip)"},
@@ -125,6 +88,56 @@ def grid_figure(
         legend={"orientation": "h", "y": -0.2},
     )
     return fig
+
+
+def _grid_cells(at: _Points, xs: list, ys: list, key: str) -> list[list[Any]]:
+    """Return ``key`` of the point at every (x, y), a row per y; None where there is none."""
+    return [[at[(x, y)].get(key) if (x, y) in at else None for x in xs] for y in ys]
+
+
+def _score_heatmap(
+    xs: list, ys: list, at: _Points, knob: str, metric: str, lower_better: bool
+) -> go.Heatmap:
+    """Return the scores as a heat map; the hover adds each cell's parameters."""
+    return go.Heatmap(
+        x=xs,
+        y=ys,
+        z=_grid_cells(at, xs, ys, "score"),
+        colorscale="Viridis",
+        reversescale=lower_better,
+        colorbar={"title": {"text": metric}},
+        customdata=_grid_cells(at, xs, ys, "parameters"),
+        hovertemplate=f"rho %{{x}}<br>{knob} %{{y}}<br>{metric} %{{z}}<br>"
+        "parameters %{customdata:,}<extra></extra>",
+        name=metric,
+    )
+
+
+def _size_contours(xs: list, ys: list, at: _Points) -> go.Contour:
+    """Return labelled dotted contours of the effective parameters over the grid."""
+    return go.Contour(
+        x=xs,
+        y=ys,
+        z=_grid_cells(at, xs, ys, "parameters"),
+        contours={"coloring": "none", "showlabels": True, "labelfont": {"color": "white"}},
+        line={"color": "white", "width": 1.5, "dash": "dot"},
+        showscale=False,
+        hoverinfo="skip",
+        name="parameters (effective)",
+        showlegend=True,
+    )
+
+
+def _current_marker(current: tuple[float, float]) -> go.Scatter:
+    """Return the cross that marks the last merge's (rho, knob)."""
+    return go.Scatter(
+        x=[current[0]],
+        y=[current[1]],
+        mode="markers",
+        marker={"symbol": "x", "size": 14, "color": "#ff4b4b"},
+        name="last merge",
+        hoverinfo="skip",
+    )
 
 
 def resemblance_figure(found: Any, merge: int) -> go.Figure:

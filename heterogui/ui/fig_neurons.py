@@ -14,8 +14,7 @@ each group), then the features kept alone, then the dropped ones.
   boxes; the overview shows all features in the same order, averaged over square blocks, with
   the detail's features outlined. Every title says what it shows.
 
-``correlation_histogram`` counts the merged pairs by correlation (docs/method.md sec. 7: the
-zip merges the most correlated pairs first), against the share of all A-B pairs on a second axis.
+The histogram of the merged pairs' correlations is drawn by ``heterogui.ui.fig_neuron_hist``.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ from heterogui.ui.neuron_view import (
     WITHIN,
     NeuronView,
     block_means,
-    matched_correlations,
     neuron_view,
     runs,
 )
@@ -51,7 +49,6 @@ CORR_COLOURS = [
     [1.0, "#b2182b"],
 ]
 BOX_COLOUR = "#111111"
-EDGES = np.linspace(-1, 1, 41)  # the histogram's 40 bins of correlation
 
 
 def _labels(view: NeuronView, positions: np.ndarray) -> list[str]:
@@ -60,12 +57,9 @@ def _labels(view: NeuronView, positions: np.ndarray) -> list[str]:
     return [f"A{f}" if f < view.n_a else f"B{f - view.n_a}" for f in feats.tolist()]
 
 
-def _n(value: int) -> str:
+def thousands(value: int) -> str:
+    """Return ``value`` with thousands separators ("1,536")."""
     return f"{value:,}"
-
-
-def _s(value: int) -> str:
-    return "" if value == 1 else "s"
 
 
 def neuron_figure(
@@ -97,46 +91,61 @@ def detail_figure(view: NeuronView, space: str) -> go.Figure:
     labels = _labels(view, pos)
     n = len(labels)
     traces = _strip_traces(view.kinds[pos], labels, size=max(3.0, min(10.0, 520 / max(n, 1))))
-    traces.append(
-        {
-            "type": "heatmap",
-            "z": np.asarray(mat, dtype=np.float32),  # sent as binary (base64): compact, fast
-            "x": labels,
-            "y": labels,
-            "colorscale": CORR_COLOURS,
-            "zmid": 0,
-            "zmin": -1,
-            "zmax": 1,
-            "xaxis": "x",
-            "yaxis": "y2",
-            "colorbar": {"title": {"text": "corr"}, "len": 0.75, "y": 0.4, "thickness": 14},
-            "hovertemplate": "%{y} × %{x}: %{z:.3f}<extra></extra>",
-        }
-    )
+    traces.append(_detail_heatmap(mat, labels))
     where = {int(p): k for k, p in enumerate(pos.tolist())}  # display position -> detail index
     shown = view.spans[view.detail_spans].tolist()
     shapes = [_box(where[s] - 0.5, where[s] + e - s - 0.5) for s, e, *_ in shown]
+    title, what = _detail_words(view, space, n)
+    layout = _detail_layout(f"{title}<br><sup>{what}<br>{_detail(view)}</sup>", labels, shapes)
+    return go.Figure({"data": traces, "layout": layout}, _validate=False)
+
+
+def _detail_heatmap(mat: np.ndarray, labels: list[str]) -> dict:
+    """Return the heatmap trace of the detail's correlation ``mat`` (features named ``labels``)."""
+    return {
+        "type": "heatmap",
+        "z": np.asarray(mat, dtype=np.float32),  # sent as binary (base64): compact, fast
+        "x": labels,
+        "y": labels,
+        "colorscale": CORR_COLOURS,
+        "zmid": 0,
+        "zmin": -1,
+        "zmax": 1,
+        "xaxis": "x",
+        "yaxis": "y2",
+        "colorbar": {"title": {"text": "corr"}, "len": 0.75, "y": 0.4, "thickness": 14},
+        "hovertemplate": "%{y} × %{x}: %{z:.3f}<extra></extra>",
+    }
+
+
+def _detail_words(view: NeuronView, space: str, n: int) -> tuple[str, str]:
+    """Return the detail's title and what of the layer it shows (``n`` features)."""
     o = view.n_features
     if view.full:
         title = f"{space}: neuron correlation"
         order = "ordered by the matching, groups boxed" if view.merged else "A's, then B's"
-        what = f"all {_n(o)} features at full resolution, {order}"
+        what = f"all {thousands(o)} features at full resolution, {order}"
     elif view.merged and len(view.spans):
         title = f"{space}: strongest merged groups"
         kinds = ", ".join(
-            f"{view.shown_count(k)} of {_n(view.group_count(k))} {name}"
+            f"{view.shown_count(k)} of {thousands(view.group_count(k))} {name}"
             for k, name in ((CROSS, "cross-model"), (WITHIN, "within-model"))
             if view.group_count(k)
         )
         what = (
-            f"{len(view.detail_spans)} of {_n(len(view.spans))} merged groups, boxed "
-            f"({kinds}), {_n(n)} of {_n(o)} features"
+            f"{len(view.detail_spans)} of {thousands(len(view.spans))} merged groups, boxed "
+            f"({kinds}), {thousands(n)} of {thousands(o)} features"
         )
     else:
         title = f"{space}: first features of A and B"
-        what = f"{_n(n)} of {_n(o)} features, nothing merged here"
-    layout = {
-        "title": _title(f"{title}<br><sup>{what}<br>{_detail(view)}</sup>"),
+        what = f"{thousands(n)} of {thousands(o)} features, nothing merged here"
+    return title, what
+
+
+def _detail_layout(title: str, labels: list[str], shapes: list[dict]) -> dict:
+    """Return the detail's layout: the kind strip's axes above the heatmap's, over ``labels``."""
+    return {
+        "title": corner_title(title),
         "height": 700,
         "margin": {"l": 60, "r": 20, "t": 118, "b": 60},
         "legend": {
@@ -168,10 +177,9 @@ def detail_figure(view: NeuronView, space: str) -> go.Figure:
             "tickfont": {"size": 9},
         },
     }
-    return go.Figure({"data": traces, "layout": layout}, _validate=False)
 
 
-def _title(text: str) -> dict:
+def corner_title(text: str) -> dict:
     """Return a title anchored to the figure's top left (multi-line titles stay inside)."""
     return {
         "text": text,
@@ -229,15 +237,15 @@ def _strip_traces(
 def _detail(view: NeuronView) -> str:
     """Return the matching in one line: groups by kind and the widths (groups, not pairs)."""
     if not view.merged:
-        return f"A: {_n(view.n_a)}, B: {_n(view.n_b)} features (not merged)"
+        return f"A: {thousands(view.n_a)}, B: {thousands(view.n_b)} features (not merged)"
     alone = int((view.kinds == ALONE).sum())
     dropped = int((view.kinds == DROPPED).sum())
     width = len(view.spans) + alone
-    tail = f", {_n(dropped)} dropped" if dropped else ""
+    tail = f", {thousands(dropped)} dropped" if dropped else ""
     return (
-        f"groups: {_n(view.group_count(CROSS))} cross-model, "
-        f"{_n(view.group_count(WITHIN))} within-model, {_n(alone)} alone{tail}; "
-        f"width {_n(view.n_a)} + {_n(view.n_b)} → {_n(width)}"
+        f"groups: {thousands(view.group_count(CROSS))} cross-model, "
+        f"{thousands(view.group_count(WITHIN))} within-model, {thousands(alone)} alone{tail}; "
+        f"width {thousands(view.n_a)} + {thousands(view.n_b)} → {thousands(width)}"
     )
 
 
@@ -275,8 +283,8 @@ def overview_figure(view: NeuronView, space: str, bins: int = OVERVIEW_BINS) -> 
         shapes.append(_box(lo - 0.5, hi - 0.5))
     block = f"{factor}×{factor} blocks" if factor > 1 else "full resolution"
     layout = {
-        "title": _title(
-            f"Overview: all {_n(o)} features<br><sup>mean correlation per {block}, "
+        "title": corner_title(
+            f"Overview: all {thousands(o)} features<br><sup>mean correlation per {block}, "
             f"colours ±{top:.2f}<br>same order; boxes: the detail's features</sup>"
         ),
         "height": 400,
@@ -292,113 +300,4 @@ def overview_figure(view: NeuronView, space: str, bins: int = OVERVIEW_BINS) -> 
         "yaxis": {"domain": [0.95, 1], "visible": False, "anchor": "x", "range": [-1, 1]},
         "yaxis2": {"domain": [0, 0.93], "range": [o - 0.5, -0.5], "anchor": "x"},
     }
-    return go.Figure({"data": traces, "layout": layout}, _validate=False)
-
-
-def _counts(values: np.ndarray) -> np.ndarray:
-    """Return how many of ``values`` fall in each of the 40 bins over [-1, 1] (clipped to it).
-
-    A bin holds [lower edge, upper edge); 1 goes to the last bin. Integer binning: a few times
-    faster than ``np.histogram`` on the millions of A-B pairs of a transformer layer.
-    """
-    idx = ((np.asarray(values, dtype=np.float64) + 1.0) * (len(EDGES) - 1) / 2).astype(np.int64)
-    np.clip(idx, 0, len(EDGES) - 2, out=idx)
-    return np.bincount(idx.reshape(-1), minlength=len(EDGES) - 1)
-
-
-def correlation_histogram(corr: np.ndarray, match: Match | None, n_a: int, space: str) -> go.Figure:
-    """Return the number of merged pairs per correlation bin, against all A-B pairs.
-
-    Merged pairs (two features sharing a group, docs/method.md sec. 7) are stacked bars of
-    counts; the distribution of all A-B pairs is a line of shares on the right axis (its
-    counts are of another order). Pre-binned: the page gets a few dozen numbers per series.
-    """
-    corr = np.asarray(corr)
-    centres = ((EDGES[:-1] + EDGES[1:]) / 2).round(3).tolist()
-    everything = corr[:n_a, n_a:]
-    background = _counts(everything)
-    traces = []
-    if match is not None:
-        pairs = matched_correlations(corr, match)
-        n_cross, n_within = pairs["cross"].size, pairs["within"].size
-        for key, label, colour in (
-            ("cross", "across A and B", "#2ca02c"),
-            ("within", "within one model", "#ff7f0e"),
-        ):
-            traces.append(
-                {
-                    "type": "bar",
-                    "x": centres,
-                    "y": _counts(pairs[key]).tolist(),
-                    "width": 0.05,
-                    "name": f"{label} ({_n(pairs[key].size)} pair{_s(pairs[key].size)})",
-                    "marker": {"color": colour},
-                    "hovertemplate": f"corr %{{x:.3f}}: %{{y}} pairs {label}<extra></extra>",
-                }
-            )
-        sub = (
-            f"{_n(n_cross + n_within)} merged pair{_s(n_cross + n_within)}: "
-            f"{_n(n_cross)} across A and B, "
-            f"{_n(n_within)} within one model"
-        )
-        left, what = "merged pairs", "merged"
-    else:
-        traces.append(
-            {
-                "type": "bar",
-                "x": centres,
-                "y": background.tolist(),
-                "width": 0.05,
-                "name": f"all A–B pairs: {_n(everything.size)}",
-                "marker": {"color": "#9e9e9e"},
-                "hovertemplate": "corr %{x:.3f}: %{y} A–B pairs<extra></extra>",
-            }
-        )
-        sub = f"not merged here: all {_n(everything.size)} A–B pairs"
-        left, what = "A–B pairs", "A–B"
-    if match is not None:
-        share = background / max(everything.size, 1)
-        traces.append(
-            {
-                "type": "scatter",
-                "x": centres,
-                "y": share.round(5).tolist(),
-                "yaxis": "y2",
-                "mode": "lines",
-                "line": {"color": "#7f7f7f", "width": 1.5, "dash": "dot", "shape": "hvh"},
-                "name": "all A–B pairs (share, right axis)",
-                "hovertemplate": "corr %{x:.3f}: %{y:.2%} of all A–B pairs<extra></extra>",
-            }
-        )
-    layout = {
-        "barmode": "stack",
-        "title": _title(f"{space}: correlation of {what} pairs<br><sup>{sub}</sup>"),
-        "xaxis": {"title": {"text": "correlation"}, "range": [-1, 1]},
-        "yaxis": {"title": {"text": left}, "rangemode": "tozero", "tickformat": ",d"},
-        "yaxis2": {
-            "title": {"text": "share of all A–B pairs"},
-            "overlaying": "y",
-            "side": "right",
-            "rangemode": "tozero",
-            "tickformat": ".0%",
-            "tickfont": {"color": "#8c8c8c"},  # readable on light and dark pages alike
-            "showgrid": False,
-        },
-        "height": 380,
-        "margin": {"l": 55, "r": 60, "t": 130, "b": 45},
-        "legend": {
-            "orientation": "h",
-            "traceorder": "normal",
-            "x": 0,
-            "xanchor": "left",
-            "y": 1.02,
-            "yanchor": "bottom",
-            "font": {"size": 11},
-        },
-    }
-    tallest = np.sum([t["y"] for t in traces if t["type"] == "bar"], axis=0).max()
-    if tallest < 8:  # a small layer: whole pairs only, not 0.2 of one
-        layout["yaxis"]["dtick"] = 1
-    if match is None:
-        del layout["yaxis2"]
     return go.Figure({"data": traces, "layout": layout}, _validate=False)

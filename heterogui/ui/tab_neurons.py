@@ -19,11 +19,11 @@ from heterogui.errors import ConfigError, HeteroguiError
 from heterogui.models.graph import INPUT, LOGITS
 from heterogui.pipeline import Prepared, ZipSettings, match_spaces, resolved_settings
 from heterogui.pipeline import correlation as pipeline_correlation
+from heterogui.ui.fig_neuron_hist import correlation_histogram
 from heterogui.ui.fig_neurons import (
     CROSS,
     WITHIN,
     NeuronView,
-    correlation_histogram,
     detail_figure,
     neuron_view,
     overview_figure,
