@@ -71,7 +71,7 @@ PREPARE_ONLY_STAGES = (*BN_STAGES, TO_DEVICE, "similarity", "probe", "probe_padd
 # The fewest batches for which the CKA of the first one places the layers before one pass
 # (``analysed_from_probe``): the probe is then at most an eighth of the data. With SmolLM2 on 4
 # batches of 8 texts it cost a quarter of a pass and placed a layer elsewhere than the whole
-# CKA: slower than two passes (README, speed).
+# CKA: slower than two passes (docs/benchmarks.md, speed).
 PROBE_BATCHES = 8
 
 
