@@ -575,6 +575,32 @@ def test_neuron_view_follows_the_matching(session, res):
         tab_neurons.on_space(session, res, "nowhere")
 
 
+@pytest.mark.parametrize("pair", [PAIR, "tiny-digits-vit-depth"])
+def test_neurons_tab_before_a_merge_matches_its_point_as_a_merge_would(res, pair):
+    """Without a merge (after opening a pair or switching the alignment) the tab matches only
+    the point it shows (with its attention layer's head group): the same groups as matching
+    every point, at rho 0.5 and at a stop point before the last block."""
+    viewer = Session(device="cpu")
+    tab_models.on_load_pair(viewer, res, pair)
+    prep, n = viewer.prepared, work_blocks(viewer)
+    points = [space for _, space in tab_neurons.merge_points(prep)]
+    heads = {s for s in points if prep.padded_a.graph().spaces[s].head_dim}
+    assert pair == PAIR or heads  # the ViT pair has attention spaces
+    for space in heads:  # Q/K and V/O of one layer share a head pairing: matched together
+        layer = space.split(".")[0]
+        assert tab_neurons.paired_points(prep, space) == {f"{layer}.qk", f"{layer}.vo"}
+    paired = pipeline.ZipSettings(heads="pair")  # not split: the heads of a layer pair as one
+    for settings, stop in ((dataclasses.replace(paired, rho=0.5), n), (paired, n - 1)):
+        every = pipeline.match_spaces(prep, settings, stop)
+        for space in points:
+            _, match = tab_neurons.space_match(prep, settings, space, stop)
+            if space not in every:
+                assert match is None  # after the stop point
+                continue
+            assert torch.equal(match.groups, every[space].groups), space
+            assert match.width == every[space].width
+
+
 def test_large_layers_get_a_detail_and_an_overview():
     gen = torch.Generator().manual_seed(0)
     feats = torch.randn(2000, 600, generator=gen, dtype=torch.float64)

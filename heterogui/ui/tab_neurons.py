@@ -117,15 +117,25 @@ def space_match(
     """Return the correlation (O, O) of ``space`` and its matching (None: not merged).
 
     The matching is the merged result's when there is one, else what ``zip_prepared`` would
-    do with ``settings`` (the core's own ``match_spaces``: the same rules, heads included).
-    A space after the stop point is not merged.
+    do with ``settings`` (the core's own ``match_spaces``: the same rules, heads included),
+    for this merge point and the attention spaces that share its head pairing only: the
+    others' matchings do not change it. A space after the stop point is not merged.
 
     Raises:
         HeteroguiError: settings the matcher cannot use (without a result).
     """
     corr = correlation(prepared, space, _capture_stop(prepared, space, stop))
-    matches = result.matches if result is not None else match_spaces(prepared, settings, stop)
+    if result is not None:
+        return corr, result.matches.get(space)
+    matches = match_spaces(prepared, settings, stop, only=paired_points(prepared, space))
     return corr, matches.get(space)
+
+
+def paired_points(prepared: Prepared, space: str) -> set[str]:
+    """Return ``space`` and the merge points matched with it (its attention layer's spaces)."""
+    graph = prepared.padded_a.graph()
+    group = graph.spaces[space].group or space
+    return {n for n, s in graph.spaces.items() if (s.group or n) == group}
 
 
 def correlation(prepared: Prepared, space: str, capture_stop: int | None) -> np.ndarray:
