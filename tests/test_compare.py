@@ -6,7 +6,7 @@ import pytest
 
 from heterogui import sweep
 from heterogui.errors import ConfigError
-from heterogui.ui import app, tab_align, tab_compare, tab_models, tab_zip, work
+from heterogui.ui import app, compare_grid, tab_align, tab_compare, tab_models, tab_zip, work
 from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
 
@@ -92,11 +92,11 @@ def test_pinned_merges_stay_in_memory_while_old_ones_go(session, res):
 
 
 def test_grid_scores_every_cell_and_a_cell_loads_its_setting(session, res):
-    message = tab_compare.on_grid(session, res, "beta")
+    message = compare_grid.on_grid(session, res, "beta")
     assert "25 merges" in message
     grid = session.grid
     assert {(p["rho"], p["beta"]) for p in grid} == {
-        (r, b) for r in tab_compare.GRID_RHOS for b in tab_compare.GRID_VALUES["beta"]
+        (r, b) for r in compare_grid.GRID_RHOS for b in compare_grid.GRID_VALUES["beta"]
     }
     # Each cell is the merge those settings give (checked on one cell against a direct merge).
     point = next(p for p in grid if p["rho"] == 0.5 and p["beta"] == 0.25)
@@ -118,7 +118,7 @@ def test_grid_scores_every_cell_and_a_cell_loads_its_setting(session, res):
     scores = [grid[k]["score"] for _, k in cells]
     assert scores == sorted(scores, reverse=True)  # best first
     best = cells[0][1]
-    assert "loaded and merged" in tab_compare.on_grid_load(session, res, best)
+    assert "loaded and merged" in compare_grid.on_grid_load(session, res, best)
     settings = session.result.settings
     assert (settings.rho, settings.beta) == (grid[best]["rho"], grid[best]["beta"])
     assert session.history[-1]["score"] == grid[best]["score"]
@@ -127,11 +127,11 @@ def test_grid_scores_every_cell_and_a_cell_loads_its_setting(session, res):
 
 
 def test_grid_over_the_stop_point_uses_real_blocks(session, res):
-    tab_compare.on_grid(session, res, "stop")
+    compare_grid.on_grid(session, res, "stop")
     stops = sorted({p["stop"] for p in session.grid})
     assert stops[0] >= 1 and stops[-1] == _blocks(session) and len(stops) >= 2
     with pytest.raises(ConfigError, match="second knob"):
-        tab_compare.on_grid(session, res, "temperature")
+        compare_grid.on_grid(session, res, "temperature")
 
 
 def test_the_last_merge_is_measured_against_both_parents(session, res):
@@ -176,11 +176,11 @@ def test_figures_for_slides_hold_every_figure_and_the_tables(session, res):
 
 
 def test_a_click_on_the_grid_loads_that_cell(session, res):
-    tab_compare.on_grid(session, res, "alpha")
+    compare_grid.on_grid(session, res, "alpha")
     point = next(p for p in session.grid if p["rho"] == 0.75 and p["alpha"] == 0.3)
-    assert "loaded and merged" in tab_compare.on_grid_click(session, res, 0.75, 0.3)
+    assert "loaded and merged" in compare_grid.on_grid_click(session, res, 0.75, 0.3)
     settings = session.result.settings
     assert (settings.rho, settings.alpha) == (0.75, 0.3)
     assert session.history[-1]["score"] == point["score"]
     with pytest.raises(ConfigError, match="no merge of the sweep at rho 0.6"):
-        tab_compare.on_grid_click(session, res, 0.6, 0.3)
+        compare_grid.on_grid_click(session, res, 0.6, 0.3)

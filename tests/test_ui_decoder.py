@@ -18,6 +18,7 @@ from heterogui.tasks.language import LanguageModeling, merged_logits
 from heterogui.tasks.lm_metrics import token_batches
 from heterogui.ui import (
     app,
+    compare_grid,
     evaluate_language,
     labels,
     tab_compare,
@@ -245,7 +246,7 @@ def test_sweep_and_grid_treat_lower_perplexity_as_better(analysed, res):
         {"rho": 1.0, "beta": 1.0, "score": None, "parameters": 6},
     ]
     session.grid_knob = "beta"
-    assert [k for _, k in tab_compare.grid_cells(session)] == [1, 0, 2]  # lowest first
+    assert [k for _, k in compare_grid.grid_cells(session)] == [1, 0, 2]  # lowest first
     grid = tab_compare.render(session, res)["grid_plot"]
     assert grid.data[0].reversescale is True
     assert grid.data[0].colorbar.title.text == "perplexity (lower is better)"

@@ -205,12 +205,7 @@ def smollm2_self_merge(n_calibration: int, n_evaluation: int) -> dict[str, Any]:
     anything is evaluated.
     """
     start = time.perf_counter()
-    loaded = registry.load(SMOLLM2)
-    net = loaded.net
-    permuted = permute_network(
-        net, random_permutations(net.graph(), torch.Generator().manual_seed(0))
-    )
-    pair = _smollm2_pair(loaded, permuted, "SmolLM2 permuted")
+    loaded, net, permuted, pair = _permuted_smollm2()
     load_s = time.perf_counter() - start
     rss_loaded = peak_rss_mib()
     t0 = time.perf_counter()
@@ -225,34 +220,9 @@ def smollm2_self_merge(n_calibration: int, n_evaluation: int) -> dict[str, Any]:
     tok = loaded.tokenizer
     merged_fn = merged_logits(result.model)
     reference = network_logits(net.module)
-    diff = 0.0
-    for texts in evaluation.data.values():
-        for batch in token_batches(tok, texts, BATCH, MAX_TOKENS):
-            mask = batch["attention_mask"].bool()
-            gap = (merged_fn(batch) - reference(batch)).abs()[mask]
-            diff = max(diff, float(gap.max()))
-    greedy = []
-    for prompt in PROMPTS:
-        want = generate(reference, tok, prompt, NEW_TOKENS)
-        got = generate(merged_fn, tok, prompt, NEW_TOKENS)
-        greedy.append({"prompt": prompt, "smollm2": want, "merged": got, "identical": want == got})
-    parents = {
-        key: {
-            d: s.to_dict()
-            for d, s in score_domains(
-                network_logits(m.module), tok, evaluation.data, prep.device
-            ).items()
-        }
-        for key, m in (("a", net), ("b", permuted))
-    }
-    rows = [
-        _parent_row("A: SmolLM2", parents["a"], net, pair, prep.device),
-        _parent_row(
-            "B: SmolLM2 permuted (same function)", parents["b"], permuted, pair, prep.device
-        ),
-        _merge_row("merge SMA rho=1", pair, result, evaluation, parents),
-        average_row(pair, prep, evaluation, parents),
-    ]
+    diff = _max_logit_diff(merged_fn, reference, tok, evaluation)
+    greedy = _greedy_continuations(merged_fn, reference, tok)
+    rows = _self_merge_rows(pair, prep, result, evaluation, net, permuted, tok)
     return {
         "max_abs_logit_diff": diff,
         "greedy": greedy,
@@ -271,6 +241,68 @@ def smollm2_self_merge(n_calibration: int, n_evaluation: int) -> dict[str, Any]:
             "stages_s": {k: round(v, 2) for k, v in result.timings.items()},
         },
     }
+
+
+def _permuted_smollm2() -> tuple[Loaded, Network, Network, Pair]:
+    """Return SmolLM2 loaded, its network, a neuron-permuted copy (seed 0) and their pair."""
+    loaded = registry.load(SMOLLM2)
+    net = loaded.net
+    permuted = permute_network(
+        net, random_permutations(net.graph(), torch.Generator().manual_seed(0))
+    )
+    pair = _smollm2_pair(loaded, permuted, "SmolLM2 permuted")
+    return loaded, net, permuted, pair
+
+
+def _max_logit_diff(merged_fn: Any, reference: Any, tok: Any, evaluation: Any) -> float:
+    """Return the largest absolute logit difference of merge and reference on the test texts."""
+    diff = 0.0
+    for texts in evaluation.data.values():
+        for batch in token_batches(tok, texts, BATCH, MAX_TOKENS):
+            mask = batch["attention_mask"].bool()
+            gap = (merged_fn(batch) - reference(batch)).abs()[mask]
+            diff = max(diff, float(gap.max()))
+    return diff
+
+
+def _greedy_continuations(merged_fn: Any, reference: Any, tok: Any) -> list[dict[str, Any]]:
+    """Return the greedy continuations of SmolLM2 and the merge for every one of PROMPTS."""
+    greedy = []
+    for prompt in PROMPTS:
+        want = generate(reference, tok, prompt, NEW_TOKENS)
+        got = generate(merged_fn, tok, prompt, NEW_TOKENS)
+        greedy.append({"prompt": prompt, "smollm2": want, "merged": got, "identical": want == got})
+    return greedy
+
+
+def _self_merge_rows(
+    pair: Pair,
+    prep: Prepared,
+    result: MergeResult,
+    evaluation: Any,
+    net: Network,
+    permuted: Network,
+    tok: Any,
+) -> list[Row]:
+    """Return the rows of SmolLM2, its permuted copy, the merge at rho 1 and the weight average."""
+    parents = {
+        key: {
+            d: s.to_dict()
+            for d, s in score_domains(
+                network_logits(m.module), tok, evaluation.data, prep.device
+            ).items()
+        }
+        for key, m in (("a", net), ("b", permuted))
+    }
+    rows = [
+        _parent_row("A: SmolLM2", parents["a"], net, pair, prep.device),
+        _parent_row(
+            "B: SmolLM2 permuted (same function)", parents["b"], permuted, pair, prep.device
+        ),
+        _merge_row("merge SMA rho=1", pair, result, evaluation, parents),
+        average_row(pair, prep, evaluation, parents),
+    ]
+    return rows
 
 
 def self_merge_measurement(options: dict[str, Any]) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from heterogui.pipeline import (
     realign,
     zip_prepared,
 )
+from heterogui.prepared import MergeResult
 from heterogui.ready import BN_STAGES
 from heterogui.sizes import batch_flops
 from heterogui.zip.collect import collect_moments, shared_spaces
@@ -73,6 +74,30 @@ def measure_pair(
     remerge_repeated (the first of them again), realign (s, and the mode switched to),
     neurons_point_s, precision.
     """
+    prep, result, total, rss_before, peak = _timed_merge(net_a, net_b, batches, device)
+    forwards = _forward_figures(prep, result, batches, device)
+    cached = _cache_timings(prep, device, remerge_rhos)
+    return {
+        "pair": label,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "total": total,
+        "stages": {
+            **{f"prepare.{k}": v for k, v in prep.timings.items()},
+            **{f"zip.{k}": v for k, v in result.timings.items()},
+        },
+        **forwards,
+        **_memory_figures(net_a, net_b, prep, result, device, peak, rss_before),
+        **cached,
+        "neurons_point_s": _neurons_point_seconds(prep, result),
+        "precision": statistics_precision(prep),
+    }
+
+
+def _timed_merge(
+    net_a: Network, net_b: Network, batches: list[Batch], device: torch.device
+) -> tuple[Prepared, MergeResult, float, float, float]:
+    """Return prep, result, total (s), RSS before and peak RSS after the default-settings merge."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = peak_rss_mib()
@@ -82,6 +107,13 @@ def measure_pair(
     sync(device)
     total = time.perf_counter() - start
     peak = peak_rss_mib()
+    return prep, result, total, rss_before, peak
+
+
+def _forward_figures(
+    prep: Prepared, result: MergeResult, batches: list[Batch], device: torch.device
+) -> dict[str, Any]:
+    """Return the forward_a / forward_b / forward_merged times, the floor and batch_norm."""
     t_a = forward_seconds(prep.padded_a.module, batches, device)
     t_b = forward_seconds(prep.padded_b.module, batches, device)
     t_m = forward_seconds(result.model, batches, device)
@@ -92,6 +124,19 @@ def measure_pair(
         floor = floor_seconds(t_a, t_b, t_m, batch_norm=True) - (t_a + t_b) + (t_a0 + t_b0)
     else:
         floor = floor_seconds(t_a, t_b, t_m, batch_norm=False)
+    return {
+        "forward_a": t_a,
+        "forward_b": t_b,
+        "forward_merged": t_m,
+        "floor": floor,
+        "batch_norm": batch_norm,
+    }
+
+
+def _cache_timings(
+    prep: Prepared, device: torch.device, remerge_rhos: tuple[float, float]
+) -> dict[str, Any]:
+    """Return the re-merge from the cached statistics (slower, repeated) and realign times."""
     remerge = max(
         clock(lambda r=rho: zip_prepared(prep, ZipSettings(rho=r)), device) for rho in remerge_rhos
     )
@@ -99,19 +144,25 @@ def measure_pair(
     other = "lma" if prep.alignment.mode != "lma" else "sma"
     realign_s = clock(lambda: realign(prep, other), device)
     return {
-        "pair": label,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "total": total,
-        "stages": {
-            **{f"prepare.{k}": v for k, v in prep.timings.items()},
-            **{f"zip.{k}": v for k, v in result.timings.items()},
-        },
-        "forward_a": t_a,
-        "forward_b": t_b,
-        "forward_merged": t_m,
-        "floor": floor,
-        "batch_norm": batch_norm,
+        "remerge_from_cache": remerge,
+        "remerge_rhos": remerge_rhos,
+        "remerge_repeated": repeated,
+        "realign": realign_s,
+        "realign_mode": other,
+    }
+
+
+def _memory_figures(
+    net_a: Network,
+    net_b: Network,
+    prep: Prepared,
+    result: MergeResult,
+    device: torch.device,
+    peak: float,
+    rss_before: float,
+) -> dict[str, Any]:
+    """Return the weights', statistics' and peak memory figures, with ``statistics_work``."""
+    return {
         "weights_mib": weights_mib([net_a.module, net_b.module, result.model]),
         "statistics_mib": sum(m.nbytes for m in prep.stats.values()) / 2**20,
         **statistics_work(prep),
@@ -120,13 +171,6 @@ def measure_pair(
         "peak_cuda_mib": torch.cuda.max_memory_allocated(device) / 2**20
         if device.type == "cuda"
         else None,
-        "remerge_from_cache": remerge,
-        "remerge_rhos": remerge_rhos,
-        "remerge_repeated": repeated,
-        "realign": realign_s,
-        "realign_mode": other,
-        "neurons_point_s": _neurons_point_seconds(prep, result),
-        "precision": statistics_precision(prep),
     }
 
 
