@@ -204,36 +204,64 @@ def analysed_from_probe(
     (nothing run but the probe): the padded pair's statistics exceed the budget.
     """
     report = progress or (lambda _stage, _frac: None)
-    timings, batches, dev = analysis.timings, analysis.batches, analysis.device
-    net_a, net_b = analysis.net_a, analysis.net_b
-    ga, gb = net_a.graph(), net_b.graph()
-    probe = None
-    if mode in NEEDS_SIMILARITY:
-        probe = timed(
-            timings,
-            "probe",
-            lambda: layer_similarity(
-                net_a, net_b, batches[:1], dev, lambda f: report("probe", f), measure
-            ),
-        )
+    timings = analysis.timings
+    ga, gb = analysis.net_a.graph(), analysis.net_b.graph()
+    probe = _probe(analysis, mode, measure, report) if mode in NEEDS_SIMILARITY else None
     guess = align(ga, gb, probe, mode, manual)
     padded = padded_pair(analysis, guess, timings)
     pa, pb = padded[0].graph(), padded[1].graph()
-    if not statistics_fit(pa, pb, len(batches), analysis.stats_budget):
+    if not statistics_fit(pa, pb, len(analysis.batches), analysis.stats_budget):
         return None
+    prepared = _analysed_padded(analysis, guess, padded, measure, report)
+    similarity = prepared.similarities[measure]
+    final = timed(timings, "alignment", lambda: align(ga, gb, similarity, mode, manual))
+    if final.placement == guess.placement:
+        return replace(prepared, alignment=final)
+    timings["probe_padding"] = timings.pop("padding")  # kept: realign re-times its own
+    return realign(prepared, mode, manual, progress)
+
+
+def _probe(analysis: Prepared, mode: str, measure: str, report: Progress) -> torch.Tensor:
+    """Return the CKA of the first batch alone (timed and reported as the stage "probe")."""
+    return timed(
+        analysis.timings,
+        "probe",
+        lambda: layer_similarity(
+            analysis.net_a,
+            analysis.net_b,
+            analysis.batches[:1],
+            analysis.device,
+            lambda f: report("probe", f),
+            measure,
+        ),
+    )
+
+
+def _analysed_padded(
+    analysis: Prepared,
+    guess: Alignment,
+    padded: tuple[Network, Network],
+    measure: str,
+    report: Progress,
+) -> Prepared:
+    """Return ``analysis`` with the padded pair's CKA and statistics, from one pass ("analysis").
+
+    The CKA is read at the padded models' own blocks, so it is that of the unpadded models.
+    """
+    net_a, net_b = analysis.net_a, analysis.net_b
     (similarity,), stats = timed(
-        timings,
+        analysis.timings,
         "analysis",
         lambda: similarity_and_moments(
             padded,
-            batches,
-            dev,
+            analysis.batches,
+            analysis.device,
             lambda f: report("analysis", f),
             measure,
             layers=[own_layers(padded[0], net_a), own_layers(padded[1], net_b)],
         ),
     )
-    prepared = replace(
+    return replace(
         analysis,
         similarities={measure: similarity},
         measure=measure,
@@ -242,11 +270,6 @@ def analysed_from_probe(
         padded_b=padded[1],
         stats=stats,
     )
-    final = timed(timings, "alignment", lambda: align(ga, gb, similarity, mode, manual))
-    if final.placement == guess.placement:
-        return replace(prepared, alignment=final)
-    timings["probe_padding"] = timings.pop("padding")  # kept: realign re-times its own
-    return realign(prepared, mode, manual, progress)
 
 
 def with_measure(prepared: Prepared, measure: str, progress: Progress | None = None) -> Prepared:
@@ -481,51 +504,72 @@ def chunked_matches(
     ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
     trunk = list(plan_widths(ga, gb, settings, stop))
     dead = ga.dead | gb.dead
+    units = _merge_units(ga, trunk, dead)
+    parts = _statistics_parts(ga, gb, units, len(prepared.batches), prepared.stats_budget)
+    matches = match_spaces(prepared, settings, stop, only=dead & set(trunk))  # no statistics
+    for k, part in enumerate(parts):
+        report = within(progress, "features", k / len(parts), (k + 1) / len(parts))
+        matches.update(_part_matches(prepared, settings, stop, part, timings, report, regressions))
+    return matches
+
+
+def _merge_units(ga: ModelGraph, trunk: list[str], dead: frozenset[str]) -> dict[str, list[str]]:
+    """Return the live trunk merge points grouped so that a head group stays whole."""
     units: dict[str, list[str]] = {}
     for space in trunk:
         if space not in dead:
             first = head_group_first(ga, space) if ga.spaces[space].unit else space
             units.setdefault(first, []).append(space)
+    return units
+
+
+def _statistics_parts(
+    ga: ModelGraph, gb: ModelGraph, units: dict[str, list[str]], count: int, budget: int
+) -> list[list[str]]:
+    """Return the units cut into parts whose statistics over ``count`` batches fit ``budget``."""
     parts: list[list[str]] = [[]]
-    size, count = 0, len(prepared.batches)
+    size = 0
     for names in units.values():
         need = sum(statistics_bytes(ga, gb, n, count) for n in names)
-        if parts[-1] and size + need > prepared.stats_budget:
+        if parts[-1] and size + need > budget:
             parts.append([])
             size = 0
         parts[-1] += names
         size += need
-    matches = match_spaces(prepared, settings, stop, only=dead & set(trunk))  # no statistics
-    for k, part in enumerate(parts):
-        report = within(progress, "features", k / len(parts), (k + 1) / len(parts))
-        stats = timed(
-            timings,
-            "features",
-            lambda part=part, report=report: collect_moments(
-                (prepared.padded_a, prepared.padded_b),
-                prepared.batches,
-                prepared.device,
-                progress=report,
-                spaces=set(part),
-            ),
+    return parts
+
+
+def _part_matches(
+    prepared: Prepared,
+    settings: ZipSettings,
+    stop: int,
+    part: list[str],
+    timings: dict[str, float],
+    report: Callable[[float], None],
+    regressions: dict[str, Regression] | None,
+) -> dict[str, Match]:
+    """Return the matches of one part's merge points, from a pass of their own statistics.
+
+    The statistics are dropped on return; regressions: filled with the part's unmerges.
+    """
+    stats = timed(
+        timings,
+        "features",
+        lambda: collect_moments(
+            (prepared.padded_a, prepared.padded_b),
+            prepared.batches,
+            prepared.device,
+            progress=report,
+            spaces=set(part),
+        ),
+    )
+    view = replace(prepared, stats=stats, keep_correlations=False)
+    found = timed(timings, "match", lambda: match_spaces(view, settings, stop, only=set(part)))
+    if regressions is not None:
+        regressions.update(
+            timed(timings, "regression", lambda: _regressions(view, settings, stop, found))
         )
-        view = replace(prepared, stats=stats, keep_correlations=False)
-        found = timed(
-            timings,
-            "match",
-            lambda view=view, part=part: match_spaces(view, settings, stop, only=set(part)),
-        )
-        matches.update(found)
-        if regressions is not None:
-            regressions.update(
-                timed(
-                    timings,
-                    "regression",
-                    lambda view=view, found=found: _regressions(view, settings, stop, found),
-                )
-            )
-        del stats, view
-    return matches
+    return found
 
 
 def within(progress: Progress, stage: str, lo: float, hi: float) -> Callable[[float], None]:

@@ -9,6 +9,7 @@ layer. Layers are named as the CKA map numbers them: ``A3`` is A's non-head laye
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from heterogui.align.alignment import Alignment
@@ -215,6 +216,48 @@ def clicked_mapping(
     """
     a = _layer(a, "A", ga.num_blocks - 1)
     b = _layer(b, "B", gb.num_blocks - 1)
+    s = _clicked_stage(ga, gb, a, b)
+    click = _click(ga, gb, a, b, s)
+    k, t = click.k, click.t
+    mapping = alignment.mapping()
+    slots = list(mapping[click.key][s])
+    me, target = click.shallow(k), click.deep(t)
+    if slots[k] == t:
+        return mapping, f"{me} already pairs with {target} (stage {s})"
+    _check_move(click, slots)
+    moved_from = click.deep(slots[k])
+    slots[k] = t
+    mapping[click.key][s] = slots
+    return mapping, f"Paired {me} with {target} (stage {s}; it was with {moved_from})"
+
+
+@dataclass(frozen=True)
+class _Click:
+    """A click inside a stage of unequal depths: the shallow layer ``k`` and the deep slot ``t``.
+
+    key: the shallower model's mapping key ("a" or "b"); k and t: places within the stage.
+    """
+
+    stage: int
+    key: str
+    shallow_model: str
+    deep_model: str
+    shallow_blocks: tuple[int, ...]
+    deep_blocks: tuple[int, ...]
+    k: int
+    t: int
+
+    def shallow(self, i: int) -> str:
+        """Return the name of the shallower model's ``i``-th layer in the stage."""
+        return f"{self.shallow_model}{self.shallow_blocks[i]}"
+
+    def deep(self, i: int) -> str:
+        """Return the name of the deeper model's ``i``-th layer in the stage."""
+        return f"{self.deep_model}{self.deep_blocks[i]}"
+
+
+def _clicked_stage(ga: ModelGraph, gb: ModelGraph, a: int, b: int) -> int:
+    """Return the clicked layers' stage; raise AlignmentError unless their pairing can move."""
     sa, sb = stage_of(ga, a), stage_of(gb, b)
     if sa is None or sb is None:
         name, graph = (f"A{a}", ga) if sa is None else (f"B{b}", gb)
@@ -231,30 +274,27 @@ def clicked_mapping(
             f"A{a} is in stage {sa} and B{b} in stage {sb}: layers pair only within their stage; "
             "click a cell inside one stage's block"
         )
-    s, stage_a, stage_b = sa, ga.stages[sa], gb.stages[sa]
+    stage_a, stage_b = ga.stages[sa], gb.stages[sa]
     if len(stage_a) == len(stage_b):
         raise AlignmentError(
-            f"stage {s} has {len(stage_a)} layers in both A and B: they pair one to one "
+            f"stage {sa} has {len(stage_a)} layers in both A and B: they pair one to one "
             "and cannot move"
         )
-    a_deep = len(stage_a) > len(stage_b)
-    key = "b" if a_deep else "a"
-    shallow_model, deep_model = ("B", "A") if a_deep else ("A", "B")
-    shallow_blocks, deep_blocks = (stage_b, stage_a) if a_deep else (stage_a, stage_b)
-    k = (stage_b if a_deep else stage_a).index(b if a_deep else a)
-    t = (stage_a if a_deep else stage_b).index(a if a_deep else b)
-    mapping = alignment.mapping()
-    slots = list(mapping[key][s])
+    return sa
 
-    def shallow(i: int) -> str:
-        return f"{shallow_model}{shallow_blocks[i]}"
 
-    def deep(i: int) -> str:
-        return f"{deep_model}{deep_blocks[i]}"
+def _click(ga: ModelGraph, gb: ModelGraph, a: int, b: int, s: int) -> _Click:
+    """Return which model is shallower in stage ``s`` and the clicked layers' places in it."""
+    stage_a, stage_b = ga.stages[s], gb.stages[s]
+    if len(stage_a) > len(stage_b):  # A is the deeper model: B's layer moves
+        return _Click(s, "b", "B", "A", stage_b, stage_a, stage_b.index(b), stage_a.index(a))
+    return _Click(s, "a", "A", "B", stage_a, stage_b, stage_a.index(a), stage_b.index(b))
 
+
+def _check_move(click: _Click, slots: list[int]) -> None:
+    """Raise AlignmentError when moving layer k to slot t would break the stage's order."""
+    k, t, s, shallow, deep = click.k, click.t, click.stage, click.shallow, click.deep
     me, target = shallow(k), deep(t)
-    if slots[k] == t:
-        return mapping, f"{me} already pairs with {target} (stage {s})"
     if k == 0 or t == 0:
         first, other = (me, deep(0)) if k == 0 else (target, shallow(0))
         raise AlignmentError(
@@ -269,7 +309,3 @@ def clicked_mapping(
         raise AlignmentError(
             f"{me} cannot pair with {target}: {shallow(n)} already {where}; move {shallow(n)} first"
         )
-    moved_from = deep(slots[k])
-    slots[k] = t
-    mapping[key][s] = slots
-    return mapping, f"Paired {me} with {target} (stage {s}; it was with {moved_from})"

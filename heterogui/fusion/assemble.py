@@ -26,6 +26,7 @@ from heterogui.fusion.pinning import pinned_channels
 from heterogui.fusion.regression import Regression, fit_regressions
 from heterogui.fusion.sequential import refit_sequentially, refit_tails
 from heterogui.fusion.split_heads import split_heads, split_rank
+from heterogui.models.bert import LayerNames
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network
 from heterogui.models.graph import ModelGraph
@@ -140,13 +141,7 @@ def build_merge(
     pinned = pinned_channels(model, padded, matches, stop)
     built = BuiltMerge(model, spec, transforms)
     if settings.fusion == "least_squares_sequential":
-        built.refit = timed(
-            timings,
-            "refit",
-            lambda: refit_sequentially(
-                model, padded, states, transforms, batches, dev, stop, settings.ridge, pinned
-            ),
-        )
+        _refit(built, padded, states, batches, dev, stop, settings.ridge, pinned, timings)
     if units:
         restore_units(model, units, transforms)
     if renormalize is not None:
@@ -154,10 +149,51 @@ def build_merge(
             timings, "renormalize", lambda: renormalize(model, matches, stop)
         )
     if rank is not None:
-        names = padded[0].family.attention_names
-        built.model = timed(timings, "split", lambda: split_heads(model, names, rank))
-        model = built.model
-        built.spec = model.spec
+        _split(built, padded[0].family.attention_names, rank, timings)
+    _finish(built.model, padded, batches, dev, pinned, settings, timings, report)
+    return built
+
+
+def _refit(
+    built: BuiltMerge,
+    padded: Sequence[Network],
+    states: Sequence[dict[str, torch.Tensor]],
+    batches: list[Batch],
+    dev: torch.device,
+    stop: int,
+    ridge: float,
+    pinned: dict[str, torch.Tensor],
+    timings: dict[str, float],
+) -> None:
+    """Refit the fused model's weights block by block (``refit_sequentially``), timed "refit"."""
+    model, transforms = built.model, built.transforms
+    built.refit = timed(
+        timings,
+        "refit",
+        lambda: refit_sequentially(
+            model, padded, states, transforms, batches, dev, stop, ridge, pinned
+        ),
+    )
+
+
+def _split(built: BuiltMerge, names: LayerNames, rank: int, timings: dict[str, float]) -> None:
+    """Split the merged model's heads (``split_heads``), timed "split"; ``built`` takes it."""
+    model = built.model
+    built.model = timed(timings, "split", lambda: split_heads(model, names, rank))
+    built.spec = built.model.spec
+
+
+def _finish(
+    model: MergedModel,
+    padded: Sequence[Network],
+    batches: list[Batch],
+    dev: torch.device,
+    pinned: dict[str, torch.Tensor],
+    settings: ZipSettings,
+    timings: dict[str, float],
+    report: Callable[[str, float], None],
+) -> None:
+    """Re-estimate the merged model's BatchNorm, set it to eval, refit its tails when asked."""
     timed(
         timings,
         "bn_merged",
@@ -172,7 +208,6 @@ def build_merge(
             "refit_tails",
             lambda: refit_tails(model, padded, batches, dev, settings.ridge),
         )
-    return built
 
 
 def least_squares_unmerges(

@@ -269,58 +269,77 @@ def _header(
     weight_types: Counter[int],
     names: set[str],
 ) -> GGUFHeader:
-    from gguf import GGMLQuantizationType
+    """Return the header of a file's metadata fields and tensor table (``gguf_header``)."""
+    meta = _Fields(fields, _architecture(fields, path), path)
+    tokens = tuple(fields.get("tokenizer.ggml.tokens") or ())
+    file_type = meta.opt_int("general.file_type")
+    return GGUFHeader(
+        path=path,
+        version=version,
+        architecture=meta.arch,
+        name=fields.get("general.name"),
+        model_type=fields.get("general.type"),
+        block_count=meta.arch_int("block_count"),
+        embedding_length=meta.arch_int("embedding_length"),
+        feed_forward_length=meta.arch_int("feed_forward_length"),
+        head_count=meta.arch_int("attention.head_count"),
+        head_count_kv=meta.arch_int("attention.head_count_kv"),
+        key_length=meta.arch_int("attention.key_length"),
+        context_length=meta.arch_int("context_length"),
+        rope_freq_base=meta.arch_float("rope.freq_base"),
+        rms_eps=meta.arch_float("attention.layer_norm_rms_epsilon"),
+        vocab_size=meta.arch_int("vocab_size") or (len(tokens) or None),
+        tokenizer_model=fields.get("tokenizer.ggml.model"),
+        tokens=tokens,
+        bos_token_id=meta.opt_int("tokenizer.ggml.bos_token_id"),
+        eos_token_id=meta.opt_int("tokenizer.ggml.eos_token_id"),
+        file_type=file_type,
+        quantization=_quantization(file_type, weight_types),
+        tensor_count=n_tensors,
+        tensor_types=tuple((_type_name(t), n) for t, n in types.most_common()),
+        tied_embeddings="token_embd.weight" in names and "output.weight" not in names,
+    )
 
+
+def _architecture(fields: dict[str, Any], path: Path) -> str:
+    """Return the file's general.architecture; ModelLoadError when it has none."""
     arch = fields.get("general.architecture")
     if not isinstance(arch, str) or not arch:
         raise ModelLoadError(
             f"GGUF file {path} has no general.architecture; it is not a model file llama.cpp "
             "or transformers can load, export it again"
         )
+    return arch
 
-    def arch_int(key: str) -> int | None:
-        return _one_int(fields.get(f"{arch}.{key}"), f"{arch}.{key}", path)
 
-    def arch_float(key: str) -> float | None:
-        value = fields.get(f"{arch}.{key}")
+@dataclass(frozen=True)
+class _Fields:
+    """A GGUF file's metadata fields, read as the header's numbers (None when absent)."""
+
+    fields: dict[str, Any]
+    arch: str
+    path: Path
+
+    def arch_int(self, key: str) -> int | None:
+        """Return the architecture's ``key`` (e.g. "block_count") as one int for every layer."""
+        return _one_int(self.fields.get(f"{self.arch}.{key}"), f"{self.arch}.{key}", self.path)
+
+    def arch_float(self, key: str) -> float | None:
+        """Return the architecture's ``key`` as a float, None unless it is a number."""
+        value = self.fields.get(f"{self.arch}.{key}")
         return float(value) if isinstance(value, int | float) else None
 
-    def opt_int(key: str) -> int | None:
-        value = fields.get(key)
+    def opt_int(self, key: str) -> int | None:
+        """Return the field ``key`` when it is an int, else None."""
+        value = self.fields.get(key)
         return int(value) if isinstance(value, int) else None
 
-    tokens = tuple(fields.get("tokenizer.ggml.tokens") or ())
-    file_type = opt_int("general.file_type")
 
-    def type_name(t: int) -> str:
-        try:
-            return GGMLQuantizationType(t).name
-        except ValueError:
-            return f"type {t}"
+def _type_name(ggml_type: int) -> str:
+    """Return the name of a GGML tensor type ("Q4_1"), or "type N" for one gguf does not know."""
+    from gguf import GGMLQuantizationType
 
-    return GGUFHeader(
-        path=path,
-        version=version,
-        architecture=arch,
-        name=fields.get("general.name"),
-        model_type=fields.get("general.type"),
-        block_count=arch_int("block_count"),
-        embedding_length=arch_int("embedding_length"),
-        feed_forward_length=arch_int("feed_forward_length"),
-        head_count=arch_int("attention.head_count"),
-        head_count_kv=arch_int("attention.head_count_kv"),
-        key_length=arch_int("attention.key_length"),
-        context_length=arch_int("context_length"),
-        rope_freq_base=arch_float("rope.freq_base"),
-        rms_eps=arch_float("attention.layer_norm_rms_epsilon"),
-        vocab_size=arch_int("vocab_size") or (len(tokens) or None),
-        tokenizer_model=fields.get("tokenizer.ggml.model"),
-        tokens=tokens,
-        bos_token_id=opt_int("tokenizer.ggml.bos_token_id"),
-        eos_token_id=opt_int("tokenizer.ggml.eos_token_id"),
-        file_type=file_type,
-        quantization=_quantization(file_type, weight_types),
-        tensor_count=n_tensors,
-        tensor_types=tuple((type_name(t), n) for t, n in types.most_common()),
-        tied_embeddings="token_embd.weight" in names and "output.weight" not in names,
-    )
+    try:
+        return GGMLQuantizationType(ggml_type).name
+    except ValueError:
+        return f"type {ggml_type}"

@@ -165,36 +165,14 @@ def inspect_model(path: str | Path) -> ModelCard:
             safetensors, or a safetensors header is corrupt.
     """
     folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise ModelLoadError(
-            f"folder {folder} does not exist; pass a folder that contains config.json and "
-            "model.safetensors"
-        )
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise ModelLoadError(
-            f"{folder} has no config.json; pass a save_pretrained folder (config.json and "
-            "model.safetensors)"
-        )
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ModelLoadError(f"{config_path} is not valid JSON ({exc}); fix or re-save it") from exc
+    config = _read_config(folder)
     files = _weight_files(folder)
-    num_params, dtypes = 0, set()
-    for file in files:
-        for name, info in read_safetensors_header(file).items():
-            if info["dtype"] in _FLOAT_DTYPES and not name.endswith(_BUFFER_SUFFIXES):
-                num_params += math.prod(info["shape"])
-                dtypes.add(info["dtype"])
+    num_params, dtypes = _float_parameters(files)
     model_type = str(config.get("model_type", "unknown"))
     family = _FAMILY.get(model_type, model_type)
     hidden, heads = int(_pick(config, "hidden", folder)), int(_pick(config, "heads", folder))
     depth = int(_pick(config, "depth", folder))
-    if family == "gpt2" and config.get("n_inner") is None:
-        inter = 4 * hidden  # GPT-2's default MLP width
-    else:
-        inter = int(_pick(config, "intermediate", folder))
+    inter = _intermediate(config, family, hidden, folder)
     shape = {"depth": depth, "hidden": hidden, "intermediate": inter, "num_params": num_params}
     mem, secs = estimate_merge(shape, shape, config.get("vocab_size"), config.get("vocab_size"))
     return ModelCard(
@@ -221,6 +199,43 @@ def inspect_model(path: str | Path) -> ModelCard:
         rope=_rope(config) if family in _ROTARY else None,
         **{field: config.get(field) for field in _VISION},
     )
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    """Return the parsed config.json of a model folder (ModelLoadError: missing or not JSON)."""
+    if not folder.is_dir():
+        raise ModelLoadError(
+            f"folder {folder} does not exist; pass a folder that contains config.json and "
+            "model.safetensors"
+        )
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ModelLoadError(
+            f"{folder} has no config.json; pass a save_pretrained folder (config.json and "
+            "model.safetensors)"
+        )
+    try:
+        return json.loads(config_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ModelLoadError(f"{config_path} is not valid JSON ({exc}); fix or re-save it") from exc
+
+
+def _float_parameters(files: list[Path]) -> tuple[int, set[str]]:
+    """Return the number of floating parameters in safetensors ``files`` (no buffers), dtypes."""
+    num_params, dtypes = 0, set()
+    for file in files:
+        for name, info in read_safetensors_header(file).items():
+            if info["dtype"] in _FLOAT_DTYPES and not name.endswith(_BUFFER_SUFFIXES):
+                num_params += math.prod(info["shape"])
+                dtypes.add(info["dtype"])
+    return num_params, dtypes
+
+
+def _intermediate(config: dict[str, Any], family: str, hidden: int, folder: Path) -> int:
+    """Return the MLP width of a config (GPT-2 without n_inner: 4 x hidden)."""
+    if family == "gpt2" and config.get("n_inner") is None:
+        return 4 * hidden  # GPT-2's default MLP width
+    return int(_pick(config, "intermediate", folder))
 
 
 def _rope(config: dict[str, Any]) -> str:
@@ -250,6 +265,16 @@ def estimate_merge(
 
 def _blocking(a: ModelCard, b: ModelCard) -> list[str]:
     """Return one sentence per property that must agree and does not."""
+    return [
+        *_type_reasons(a, b),
+        *_attention_reasons(a, b),
+        *_block_reasons(a, b),
+        *_embedding_reasons(a, b),
+    ]
+
+
+def _type_reasons(a: ModelCard, b: ModelCard) -> list[str]:
+    """Return the blockers of what a model is: its family and type, its vocabulary."""
     reasons = []
     if a.family != b.family or a.model_type != b.model_type:
         reasons.append(
@@ -270,6 +295,12 @@ def _blocking(a: ModelCard, b: ModelCard) -> list[str]:
             f"vocabularies differ (tokenizers: {how}): token ids would mean different things; use "
             "two models that share one tokenizer"
         )
+    return reasons
+
+
+def _attention_reasons(a: ModelCard, b: ModelCard) -> list[str]:
+    """Return the blockers of attention: key/value grouping, rotary settings, head dimension."""
+    reasons = []
     if a.kv_heads and b.kv_heads and a.heads // a.kv_heads != b.heads // b.kv_heads:
         reasons.append(
             f"query heads per key/value head differ ({a.heads // a.kv_heads} vs "
@@ -287,6 +318,12 @@ def _blocking(a: ModelCard, b: ModelCard) -> list[str]:
             "whole, so both models need the same hidden_size / num_attention_heads"
             + (split_hint(a.head_dim, b.head_dim) if a.family in ("bert", "vit") else "")
         )
+    return reasons
+
+
+def _block_reasons(a: ModelCard, b: ModelCard) -> list[str]:
+    """Return the blockers of what a block computes: norm placement, activation."""
+    reasons = []
     if a.norm != b.norm:
         reasons.append(
             f"normalisation placement differs ({a.norm}-norm vs {b.norm}-norm): blocks do not "
@@ -297,6 +334,12 @@ def _blocking(a: ModelCard, b: ModelCard) -> list[str]:
             f"activation functions differ ({a.activation} vs {b.activation}): merged neurons "
             "need one activation; pick models with the same hidden_act"
         )
+    return reasons
+
+
+def _embedding_reasons(a: ModelCard, b: ModelCard) -> list[str]:
+    """Return the blockers of the input tables: positions, image patches, token types."""
+    reasons = []
     if a.max_positions != b.max_positions and a.family not in _ROTARY:
         reasons.append(
             f"position embedding sizes differ ({a.max_positions} vs {b.max_positions} "
