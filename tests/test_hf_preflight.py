@@ -163,3 +163,36 @@ def test_entry_pointing_past_the_data_is_refused(tmp_path: Path) -> None:
     bad.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)  # 8 of 16 bytes
     with pytest.raises(ModelLoadError, match="corrupt safetensors entry for 'w'"):
         read_safetensors_header(bad)
+
+
+@pytest.mark.parametrize(
+    ("index", "message"),
+    [
+        ("{nope", "not a valid safetensors index"),
+        ("[1, 2]", 'needs a "weight_map" of tensor names'),
+        ('{"weight_map": {"w": 3}}', 'needs a "weight_map" of tensor names'),
+        ('{"weight_map": {"w": "../outside.safetensors"}}', "not a file beside the index"),
+        ('{"weight_map": {"w": "/etc/hostname"}}', "not a file beside the index"),
+    ],
+)
+def test_a_bad_shard_index_is_refused_with_the_fix(tmp_path: Path, index: str, message: str):
+    """A sharded folder's index must map tensor names to files beside it: anything else is a
+    one-line ModelLoadError that says how to repair the folder, and no file outside is read."""
+    folder = tiny(tmp_path / "a")
+    (folder / "model.safetensors").rename(tmp_path / "outside.safetensors")
+    (folder / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(ModelLoadError, match=message) as caught:
+        inspect_model(folder)
+    assert "save_pretrained(..., safe_serialization=True)" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_sharded_folder_is_read_through_its_index(tmp_path: Path) -> None:
+    folder = tiny(tmp_path / "a")
+    whole = inspect_model(folder)
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00001.safetensors")
+    header = read_safetensors_header(folder / "model-00001-of-00001.safetensors")
+    weight_map = {name: "model-00001-of-00001.safetensors" for name in header}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    sharded = inspect_model(folder)
+    assert sharded == whole and whole.num_params > 0  # the same card, read through the index

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heterogui.errors import ModelLoadError
+from heterogui.errors import ModelLoadError, excerpt
 from heterogui.models.bert import split_hint
 from heterogui.models.headers import read_safetensors_header
 from heterogui.sources.vocab import token_difference, vocab_hash, vocab_tokens
@@ -121,11 +121,7 @@ def _weight_files(folder: Path) -> list[Path]:
         return [single]
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, AttributeError) as exc:
-            raise ModelLoadError(f"{index} is not a valid safetensors index: {exc}") from exc
-        return [folder / s for s in shards]
+        return _index_shards(index)
     if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
         raise ModelLoadError(
             f"{folder} has weights only as PyTorch pickles (.bin/.pt); the pre-flight reads "
@@ -137,6 +133,38 @@ def _weight_files(folder: Path) -> list[Path]:
         f"{folder} has no model.safetensors; pass a folder that contains config.json and "
         "model.safetensors"
     )
+
+
+_RESAVE = "re-save the model with save_pretrained(..., safe_serialization=True)"
+
+
+def _index_shards(index: Path) -> list[Path]:
+    """Return the shard files a safetensors index names: files beside the index only.
+
+    Raises:
+        ModelLoadError: the index is not JSON, has no "weight_map" of tensor names to file
+            names, or names a file outside its folder.
+    """
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{index} is not a valid safetensors index ({excerpt(exc, 120)}); {_RESAVE}"
+        ) from exc
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ModelLoadError(
+            f'{index} is not a valid safetensors index: it needs a "weight_map" of tensor names '
+            f"to shard file names; {_RESAVE}"
+        )
+    shards = sorted(set(weight_map.values()))
+    outside = [s for s in shards if Path(s).name != s or s in ("", ".", "..")]
+    if outside:
+        raise ModelLoadError(
+            f"{index} names the shard {excerpt(outside[0], 80)!r}, which is not a file beside "
+            f"the index: every shard must lie in the model's folder; {_RESAVE}"
+        )
+    return [index.parent / name for name in shards]
 
 
 def _pick(config: dict[str, Any], field: str, folder: Path) -> Any:
