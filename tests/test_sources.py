@@ -79,3 +79,39 @@ def test_an_upload_becomes_a_folder_of_its_own(tmp_path):
     assert not (tmp_path / "escape.txt").exists()
     left = sorted(p.name for p in tmp_path.iterdir())  # the refused upload left nothing behind
     assert left == sorted(["evil.zip", "mlp", folder.parent.name])
+
+
+def _tiny_bert(folder, seed, shard_size=None):
+    """Save a tiny BERT with its vocabulary (sharded when ``shard_size`` is given)."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    model = BertModel(BertConfig(**shape, vocab_size=100))
+    extra = {"max_shard_size": shard_size} if shard_size else {}
+    model.save_pretrained(folder, safe_serialization=True, **extra)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
+    (folder / "vocab.txt").write_text("\n".join(words))
+    return folder
+
+
+def test_a_sharded_folder_gets_a_weights_hash_that_a_recipe_checks(tmp_path):
+    """A sharded Hugging Face folder is hashed over its shards (name and sha256 of each), so a
+    recipe records it and refuses the folder once a shard changes, as for a single file."""
+    from heterogui.config import ModelRef
+    from heterogui.run import check_hash
+
+    folder = _tiny_bert(tmp_path / "bert", seed=0, shard_size="20KB")
+    assert not (folder / "model.safetensors").exists()
+    assert len(list(folder.glob("model-*.safetensors"))) > 1
+    first = load(str(folder))
+    assert first.sha256 and load(str(folder)).sha256 == first.sha256
+    single = load(str(_tiny_bert(tmp_path / "single", seed=0)))
+    assert single.sha256 != first.sha256  # a single file is hashed as itself
+    other = _tiny_bert(tmp_path / "other", seed=1, shard_size="20KB")
+    shard = sorted(folder.glob("model-*.safetensors"))[-1]
+    shard.write_bytes((other / shard.name).read_bytes())  # one shard replaced
+    changed = load(str(folder))
+    assert changed.sha256 != first.sha256
+    with pytest.raises(ConfigError, match="changed: sha256"):
+        check_hash(ModelRef(str(folder), first.sha256), changed)

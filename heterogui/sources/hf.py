@@ -12,6 +12,7 @@ tasks keep disjoint heads.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -35,7 +36,7 @@ from heterogui.sources.base import (
     Loaded,
     Source,
 )
-from heterogui.sources.preflight import inspect_model
+from heterogui.sources.preflight import index_shards, inspect_model
 
 MINILM_PREFIX = "minilm:"
 
@@ -161,9 +162,23 @@ class HFSource(Source):
 
 
 def weights_sha256(folder: Path) -> str | None:
-    """Return the sha256 of a folder's model.safetensors (None when it has none)."""
+    """Return the sha256 of a folder's weights (None when it has no safetensors weights).
+
+    A single model.safetensors: its own sha256. A sharded folder: the sha256 of one line per
+    shard, in the index's sorted order, holding the shard's file name and sha256; so a recipe
+    checks a sharded model's weights as it checks a single file's.
+
+    Raises:
+        ModelLoadError: the folder's shard index is invalid (``preflight.index_shards``).
+    """
     weights = folder / "model.safetensors"
-    return file_sha256(weights) if weights.is_file() else None
+    if weights.is_file():
+        return file_sha256(weights)
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        return None
+    lines = "".join(f"{shard.name} {file_sha256(shard)}\n" for shard in index_shards(index))
+    return hashlib.sha256(lines.encode("utf-8")).hexdigest()
 
 
 def _check_hub(ref: str) -> None:

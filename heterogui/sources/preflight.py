@@ -121,7 +121,7 @@ def _weight_files(folder: Path) -> list[Path]:
         return [single]
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        return _index_shards(index)
+        return index_shards(index)
     if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
         raise ModelLoadError(
             f"{folder} has weights only as PyTorch pickles (.bin/.pt); the pre-flight reads "
@@ -138,7 +138,7 @@ def _weight_files(folder: Path) -> list[Path]:
 _RESAVE = "re-save the model with save_pretrained(..., safe_serialization=True)"
 
 
-def _index_shards(index: Path) -> list[Path]:
+def index_shards(index: Path) -> list[Path]:
     """Return the shard files a safetensors index names: files beside the index only.
 
     Raises:
