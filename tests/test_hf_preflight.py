@@ -15,11 +15,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from heterogui.errors import ModelLoadError  # noqa: E402
 from heterogui.sources import minilm  # noqa: E402
-from heterogui.sources.preflight import (  # noqa: E402
-    check_pair,
-    inspect_model,
-    read_safetensors_header,
-)
+from heterogui.sources.pair_rules import check_pair  # noqa: E402
+from heterogui.sources.preflight import inspect_model, read_safetensors_header  # noqa: E402
 
 
 @pytest.fixture(scope="session")

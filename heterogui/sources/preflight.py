@@ -1,16 +1,9 @@
-"""Header-only pre-flight: can two Hugging Face folders be merged, and what will it cost?
+"""Header-only pre-flight: a Hugging Face folder's model card, and what a merge will cost.
 
 Reads config.json, the safetensors headers (8-byte little-endian length, then a JSON header) and,
 for the vocabulary check only, vocab.txt or tokenizer.json. Never reads tensor data, never
-imports torch, so it answers in milliseconds even for large checkpoints.
-
-The rules follow the method (docs/method.md secs. 4, 8): depth and width may differ (layer alignment
-pads the shallower model; elastic zip handles widths), but everything that fixes what a feature
-or a token *means* must agree: family and model type, vocabulary, head dimension (heads are
-merged whole), norm placement, activation, and the position / token-type embedding tables.
-Different position-table sizes block the merge (decision): positional embeddings follow the
-residual stream and are merged row by row, so each row must be the same position in both models;
-truncating to the shorter table would silently change what the longer model accepts.
+imports torch, so it answers in milliseconds even for large checkpoints. Whether two cards can
+be merged is ``sources.pair_rules.check_pair``.
 """
 
 from __future__ import annotations
@@ -22,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from heterogui.errors import ModelLoadError, excerpt
-from heterogui.models.bert import split_hint
 from heterogui.models.headers import read_safetensors_header
-from heterogui.sources.vocab import token_difference, vocab_hash, vocab_tokens
+from heterogui.sources.vocab import vocab_hash
 
 # Families whose blocks apply LayerNorm after the residual add (post-norm) or before (pre-norm).
 _FAMILY = {
@@ -46,7 +38,7 @@ _FAMILY = {
 }
 _NORM = {"bert": "post", "vit": "pre", "gpt2": "pre", "decoder": "pre"}
 # Families whose positions are rotary (computed, not a table): their table sizes may differ.
-_ROTARY = {"decoder"}
+ROTARY_FAMILIES = {"decoder"}
 _KEYS = {
     "depth": ("num_hidden_layers", "n_layers", "n_layer", "num_layers"),
     "hidden": ("hidden_size", "dim", "d_model", "n_embd"),
@@ -63,7 +55,11 @@ _CALIB_TOKENS = 256 * 128
 _FLOPS_PER_SECOND = 5e10
 
 # Vision fields (ViT config.json) that two models must share; None for text models.
-_VISION = {"image_size": "image sizes", "patch_size": "patch sizes", "num_channels": "channels"}
+VISION_FIELDS = {
+    "image_size": "image sizes",
+    "patch_size": "patch sizes",
+    "num_channels": "channels",
+}
 
 
 @dataclass(frozen=True)
@@ -224,8 +220,8 @@ def inspect_model(path: str | Path) -> ModelCard:
         est_merge_seconds=secs,
         vocab_hash=vocab_hash(folder),
         kv_heads=int(config.get("num_key_value_heads") or heads) if family == "decoder" else None,
-        rope=_rope(config) if family in _ROTARY else None,
-        **{field: config.get(field) for field in _VISION},
+        rope=_rope(config) if family in ROTARY_FAMILIES else None,
+        **{field: config.get(field) for field in VISION_FIELDS},
     )
 
 
@@ -289,143 +285,3 @@ def estimate_merge(
     m_h, m_i = min(a["hidden"], b["hidden"]), min(a["intermediate"], b["intermediate"])
     zip_ops = (1 + 2 * depth) * m_h * o_h**2 + depth * m_i * o_i**2
     return weights + cov, round((forward + zip_ops) / _FLOPS_PER_SECOND, 1)
-
-
-def _blocking(a: ModelCard, b: ModelCard) -> list[str]:
-    """Return one sentence per property that must agree and does not."""
-    return [
-        *_type_reasons(a, b),
-        *_attention_reasons(a, b),
-        *_block_reasons(a, b),
-        *_embedding_reasons(a, b),
-    ]
-
-
-def _type_reasons(a: ModelCard, b: ModelCard) -> list[str]:
-    """Return the blockers of what a model is: its family and type, its vocabulary."""
-    reasons = []
-    if a.family != b.family or a.model_type != b.model_type:
-        reasons.append(
-            f"model families differ ({a.model_type} vs {b.model_type}): heterogui merges two "
-            "models of the same family and type; pick two models of one architecture"
-        )
-    if a.vocab_size != b.vocab_size:
-        tokens = vocab_tokens(a.path), vocab_tokens(b.path)
-        how = token_difference(*tokens) if all(t is not None for t in tokens) else None
-        reasons.append(
-            f"vocabularies differ ({a.vocab_size} vs {b.vocab_size} tokens"
-            f"{'; tokenizers: ' + how if how else ''}): token ids would mean different things; "
-            "use two models that share one tokenizer"
-        )
-    elif a.vocab_hash and b.vocab_hash and a.vocab_hash != b.vocab_hash:
-        how = token_difference(vocab_tokens(a.path) or [], vocab_tokens(b.path) or [])
-        reasons.append(
-            f"vocabularies differ (tokenizers: {how}): token ids would mean different things; use "
-            "two models that share one tokenizer"
-        )
-    return reasons
-
-
-def _attention_reasons(a: ModelCard, b: ModelCard) -> list[str]:
-    """Return the blockers of attention: key/value grouping, rotary settings, head dimension."""
-    reasons = []
-    if a.kv_heads and b.kv_heads and a.heads // a.kv_heads != b.heads // b.kv_heads:
-        reasons.append(
-            f"query heads per key/value head differ ({a.heads // a.kv_heads} vs "
-            f"{b.heads // b.kv_heads}): a key/value head merges with its query heads, so both "
-            "models need the same grouping"
-        )
-    if a.rope != b.rope:
-        reasons.append(
-            f"rotary position settings differ ({a.rope} vs {b.rope}): q/k features rotate by "
-            "these frequencies; use models with the same rope settings"
-        )
-    if a.head_dim != b.head_dim:
-        reasons.append(
-            f"head dimensions differ ({a.head_dim} vs {b.head_dim}): attention heads are merged "
-            "whole, so both models need the same hidden_size / num_attention_heads"
-            + (split_hint(a.head_dim, b.head_dim) if a.family in ("bert", "vit") else "")
-        )
-    return reasons
-
-
-def _block_reasons(a: ModelCard, b: ModelCard) -> list[str]:
-    """Return the blockers of what a block computes: norm placement, activation."""
-    reasons = []
-    if a.norm != b.norm:
-        reasons.append(
-            f"normalisation placement differs ({a.norm}-norm vs {b.norm}-norm): blocks do not "
-            "compute the same kind of function; pick models with the same block layout"
-        )
-    if a.activation != b.activation:
-        reasons.append(
-            f"activation functions differ ({a.activation} vs {b.activation}): merged neurons "
-            "need one activation; pick models with the same hidden_act"
-        )
-    return reasons
-
-
-def _embedding_reasons(a: ModelCard, b: ModelCard) -> list[str]:
-    """Return the blockers of the input tables: positions, image patches, token types."""
-    reasons = []
-    if a.max_positions != b.max_positions and a.family not in _ROTARY:
-        reasons.append(
-            f"position embedding sizes differ ({a.max_positions} vs {b.max_positions} "
-            "positions): positional rows are merged position by position; use models with the "
-            "same max_position_embeddings (image_size / patch_size for ViT)"
-        )
-    for field, what in _VISION.items():
-        if getattr(a, field) != getattr(b, field):
-            reasons.append(
-                f"{what} differ ({getattr(a, field)} vs {getattr(b, field)}): patches and "
-                f"channels are merged one to one; use two ViTs with the same {field}"
-            )
-    if a.type_vocab_size != b.type_vocab_size:
-        reasons.append(
-            f"token-type vocabularies differ ({a.type_vocab_size} vs {b.type_vocab_size}): use "
-            "models with the same type_vocab_size"
-        )
-    return reasons
-
-
-def check_pair(card_a: ModelCard, card_b: ModelCard) -> Verdict:
-    """Decide whether two models can be merged, with a reason per blocker and notes otherwise."""
-    reasons = _blocking(card_a, card_b)
-    notes = []
-    if card_a.depth != card_b.depth:
-        notes.append(
-            f"depths differ ({card_a.depth} vs {card_b.depth}): layer alignment will pad the "
-            "shallower model with identity layers (exact: they compute its own function)"
-        )
-    for label, x, y in (
-        ("hidden widths", card_a.hidden, card_b.hidden),
-        ("head counts", card_a.heads, card_b.heads),
-        ("intermediate widths", card_a.intermediate, card_b.intermediate),
-    ):
-        if x != y:
-            notes.append(f"{label} differ ({x} vs {y}): elastic zip merges them to one width")
-    if card_a.norm == "unknown" and not reasons:
-        notes.append(
-            f"norm placement of model type {card_a.model_type!r} is unknown to heterogui; the "
-            "merge may fail in the adapter step"
-        )
-    if card_a.dtypes != card_b.dtypes:
-        notes.append(
-            f"dtypes differ ({card_a.dtypes} vs {card_b.dtypes}): the merge runs in float32"
-        )
-    if not reasons:
-        shape = [
-            {
-                "depth": c.depth,
-                "hidden": c.hidden,
-                "intermediate": c.intermediate,
-                "num_params": c.num_params,
-            }
-            for c in (card_a, card_b)
-        ]
-        mem, secs = estimate_merge(shape[0], shape[1], card_a.vocab_size, card_b.vocab_size)
-        notes.append(
-            f"estimate (rough, not measured): about {mem / 2**30:.2f} GiB of memory and "
-            f"{secs:.0f} s on a CPU for the merge"
-        )
-    return Verdict(ok=not reasons, reasons=tuple(reasons), notes=tuple(notes))

@@ -16,8 +16,8 @@ from heterogui.sources.base import Header, Loaded, Source, fit_tokenizer
 from heterogui.sources.folder import HeteroguiFolderSource
 from heterogui.sources.gguf import GGUFSource
 from heterogui.sources.hf import HFSource, MiniLMSource
+from heterogui.sources.pair_rules import check_pair as check_hf_pair
 from heterogui.sources.preflight import Verdict
-from heterogui.sources.preflight import check_pair as check_hf_pair
 from heterogui.sources.zoo import DecoderPairSource, ZooSource
 
 SOURCES: tuple[Source, ...] = (
