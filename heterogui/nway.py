@@ -155,18 +155,7 @@ def prepare_group(
             ),
         )
     elif similarities is None:  # a CKA pass of its own (else from the BatchNorm pass)
-        similarities = timed(
-            timings,
-            "similarity",
-            lambda: layer_similarities(
-                ready[ref],
-                [ready[k] for k in others],
-                batches,
-                dev,
-                progress=lambda f: report("similarity", f),
-                measure=measure,
-            ),
-        )
+        similarities = _similarity_pass(ready, ref, others, batches, dev, measure, timings, report)
     alignments, padded = _aligned_to(ref, graphs, ready, similarities, mode, batches, dev, timings)
     if stats is None:
         stats = timed(
@@ -176,6 +165,31 @@ def prepare_group(
         )
     return PreparedGroup(
         tuple(ready), ref, tuple(alignments), tuple(padded), stats, batches, dev, timings
+    )
+
+
+def _similarity_pass(
+    ready: Sequence[Network],
+    ref: int,
+    others: Sequence[int],
+    batches: list[Batch],
+    dev: torch.device,
+    measure: str,
+    timings: dict[str, float],
+    report: Progress,
+) -> list[torch.Tensor]:
+    """Run the CKA pass of the reference against every other model (timed as "similarity")."""
+    return timed(
+        timings,
+        "similarity",
+        lambda: layer_similarities(
+            ready[ref],
+            [ready[k] for k in others],
+            batches,
+            dev,
+            progress=lambda f: report("similarity", f),
+            measure=measure,
+        ),
     )
 
 

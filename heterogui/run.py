@@ -374,14 +374,7 @@ def merge(
         dtype=dtype,
         reset_input_bn=recipe.reset_input_bn,
     )
-    recorded = recipe.alignment.mapping
-    if recorded and not pair.more and recorded != done.alignment.mapping:
-        log.warning(
-            "alignment %s gave %s, not the recorded %s",
-            recipe.alignment.mode,
-            done.alignment.mapping,
-            recipe.alignment.mapping,
-        )
+    _warn_if_realigned(recipe, done, pair)
     scores = None
     if evaluation is not None and distributed.is_main():
         scores = _scores(pair, result, evaluation, report)
@@ -390,6 +383,18 @@ def merge(
     facts = describe(result, done, seconds, task, scores, calibration.count)
     facts["timings_seconds"]["evaluation"] = time.perf_counter() - start - seconds
     return RunResult(result, done, facts, pair, calibration, evaluation, scores)
+
+
+def _warn_if_realigned(recipe: Recipe, done: Recipe, pair: Pair) -> None:
+    """Log a warning when a pair's alignment differs from the mapping its recipe recorded."""
+    recorded = recipe.alignment.mapping
+    if recorded and not pair.more and recorded != done.alignment.mapping:
+        log.warning(
+            "alignment %s gave %s, not the recorded %s",
+            recipe.alignment.mode,
+            done.alignment.mapping,
+            recipe.alignment.mapping,
+        )
 
 
 def _recipe_data(pair: Pair, recipe: Recipe) -> tuple[Calibration, Evaluation | None]:

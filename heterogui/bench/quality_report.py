@@ -203,21 +203,7 @@ def _pair_checks(pair: str, result: dict[str, Any], results: dict[str, Any]) -> 
     """Return the checks of one pair (see ``checks``)."""
     rows, out = result["rows"], []
     best_label, best = best_zip(rows)
-    ref = result.get("reference")
-    if ref in results:
-        homo_rows = results[ref]["rows"]
-        homo_label, homo = best_zip(homo_rows)
-        # the pairs' ensembles differ too (B differs): each merge's share of its own ensemble
-        shares = f"{best / ensemble_joint(rows):.3f} vs {homo / ensemble_joint(homo_rows):.3f}"
-        out.append(
-            _check(
-                "best heterogeneous zip within 1 point of the best homogeneous zip (Joint)",
-                pair,
-                best >= homo - TOLERANCE,
-                f"{best_label} {pct(best)} vs {ref} {homo_label} {pct(homo)}: "
-                f"{100 * (best - homo):+.1f} points ({shares} of their ensembles)",
-            )
-        )
+    out.extend(_homogeneous_checks(pair, result, results, best_label, best))
     for label in ("permute", "weight average"):
         if label in rows:
             other = mean(rows[label])
@@ -251,17 +237,46 @@ def _pair_checks(pair: str, result: dict[str, Any], results: dict[str, Any]) -> 
     if not result.get("layer_norm"):  # a LayerNorm over [x_A ; x_B] is not two LayerNorms
         out.append(_rho0_check(pair, result))
     if result.get("depths_differ"):
-        learned = max(mean(rows.get(f"zip ({m})")) or 0.0 for m in LEARNED)
-        fixed = max(mean(rows.get(f"zip ({m})")) or 0.0 for m in ("uniform", "head"))
-        out.append(
-            _check(
-                "SMA or LMA (any placement) at least as good as uniform/head (Joint)",
-                pair,
-                learned >= fixed,
-                f"best of SMA/LMA {pct(learned)} vs best of uniform/head {pct(fixed)}",
-            )
-        )
+        out.append(_placement_check(pair, rows))
     return out
+
+
+def _homogeneous_checks(
+    pair: str,
+    result: dict[str, Any],
+    results: dict[str, Any],
+    best_label: str | None,
+    best: float | None,
+) -> list[dict[str, Any]]:
+    """Return the check against the reference pair's best zip (none without its results)."""
+    ref = result.get("reference")
+    if ref not in results:
+        return []
+    rows, homo_rows = result["rows"], results[ref]["rows"]
+    homo_label, homo = best_zip(homo_rows)
+    # the pairs' ensembles differ too (B differs): each merge's share of its own ensemble
+    shares = f"{best / ensemble_joint(rows):.3f} vs {homo / ensemble_joint(homo_rows):.3f}"
+    return [
+        _check(
+            "best heterogeneous zip within 1 point of the best homogeneous zip (Joint)",
+            pair,
+            best >= homo - TOLERANCE,
+            f"{best_label} {pct(best)} vs {ref} {homo_label} {pct(homo)}: "
+            f"{100 * (best - homo):+.1f} points ({shares} of their ensembles)",
+        )
+    ]
+
+
+def _placement_check(pair: str, rows: dict[str, Any]) -> dict[str, Any]:
+    """Return the check that a learned placement is at least as good as a fixed one."""
+    learned = max(mean(rows.get(f"zip ({m})")) or 0.0 for m in LEARNED)
+    fixed = max(mean(rows.get(f"zip ({m})")) or 0.0 for m in ("uniform", "head"))
+    return _check(
+        "SMA or LMA (any placement) at least as good as uniform/head (Joint)",
+        pair,
+        learned >= fixed,
+        f"best of SMA/LMA {pct(learned)} vs best of uniform/head {pct(fixed)}",
+    )
 
 
 def _rho0_check(pair: str, result: dict[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from heterogui.errors import ConfigError
 from heterogui.models.decoder import DecoderNetConfig, make_config
 from heterogui.models.family import Network, build_network
 from heterogui.pipeline import prepare, zip_prepared
+from heterogui.prepared import MergeResult, Prepared
 from heterogui.tasks.language import merged_logits
 from heterogui.zip.collect import pass_bytes, shared_spaces
 
@@ -179,28 +180,14 @@ def _measure(options: ScaleOptions, budget: int) -> dict[str, Any]:
     rss_prepared = rss_mib()
     ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
     needed = pass_bytes(ga, gb, shared_spaces((ga, gb)), len(batches))
-    passes = [0]  # forward calls of A's first block during the zip: one per batch and part
-    hook = prepared.padded_a.module.blocks[0].register_forward_pre_hook(
-        lambda _m, _x: passes.__setitem__(0, passes[0] + 1)
-    )
-    try:
-        begin = time.perf_counter()
-        result = zip_prepared(prepared)
-        zip_s = time.perf_counter() - begin
-    finally:
-        hook.remove()
-    parts = 1 if prepared.stats else passes[0] // len(batches)
+    result, zip_s, calls = _zip_counting_calls(prepared)
+    parts = 1 if prepared.stats else calls // len(batches)
     for name, sec in (*prepared.timings.items(), *result.timings.items()):
         stages[name] = stages.get(name, 0.0) + sec
     begin = time.perf_counter()
     first = {k: v.to(prepared.device) for k, v in batches[0].items()}
     finite = bool(torch.isfinite(merged_logits(result.model)(first)).all())
     stages["check: merged logits"] = time.perf_counter() - begin
-    identity = [
-        p
-        for k in sorted(prepared.padded_b.identity_blocks - b.identity_blocks)
-        for p in prepared.padded_b.module.blocks[k].parameters()
-    ]
     o = options
     figures = {
         "options": asdict(o),
@@ -209,12 +196,7 @@ def _measure(options: ScaleOptions, budget: int) -> dict[str, Any]:
         "params_a": a.parameter_count(),
         "params_b": b.parameter_count(),
         "params_merged": sum(p.numel() for p in result.model.parameters()),
-        "weights_mib": {
-            "a": tensor_mib(a.module.parameters()),
-            "b": tensor_mib(b.module.parameters()),
-            "identity_layers_b": tensor_mib(identity),
-            "merged": tensor_mib(result.model.parameters()),
-        },
+        "weights_mib": _weights_mib(a, b, prepared, result),
         "identity_layers": len(prepared.padded_b.identity_blocks),
         "calibration_tokens": o.texts * o.tokens,
         "stats_one_pass_mib": needed / MIB,
@@ -232,6 +214,38 @@ def _measure(options: ScaleOptions, budget: int) -> dict[str, Any]:
     if prepared.device.type == "cuda":
         figures["peak_cuda_mib"] = torch.cuda.max_memory_allocated(prepared.device) / MIB
     return figures
+
+
+def _zip_counting_calls(prepared: Prepared) -> tuple[MergeResult, float, int]:
+    """Zip at the default settings: return the result, its seconds and A's first block's calls."""
+    passes = [0]  # forward calls of A's first block during the zip: one per batch and part
+    hook = prepared.padded_a.module.blocks[0].register_forward_pre_hook(
+        lambda _m, _x: passes.__setitem__(0, passes[0] + 1)
+    )
+    try:
+        begin = time.perf_counter()
+        result = zip_prepared(prepared)
+        zip_s = time.perf_counter() - begin
+    finally:
+        hook.remove()
+    return result, zip_s, passes[0]
+
+
+def _weights_mib(
+    a: Network, b: Network, prepared: Prepared, result: MergeResult
+) -> dict[str, float]:
+    """Return the MiB of the weights of A, B, the identity layers padded into B and the merge."""
+    identity = [
+        p
+        for k in sorted(prepared.padded_b.identity_blocks - b.identity_blocks)
+        for p in prepared.padded_b.module.blocks[k].parameters()
+    ]
+    return {
+        "a": tensor_mib(a.module.parameters()),
+        "b": tensor_mib(b.module.parameters()),
+        "identity_layers_b": tensor_mib(identity),
+        "merged": tensor_mib(result.model.parameters()),
+    }
 
 
 def _count(n: int) -> str:

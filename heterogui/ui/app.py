@@ -284,20 +284,7 @@ def build_app(res: Resources, heavy_limit: int = 2, prefetch: bool = True) -> gr
     """
     ui: dict[str, Any] = ComponentNames()
     with gr.Blocks(title="heterogui workbench", analytics_enabled=False) as demo:
-        gr.Markdown(INTRO)
-        state = gr.State(new_session)  # called per browser session: never shared
-        ui["status"] = gr.Markdown(
-            "Opening the demo pair (the very first start trains it: about 20 s on a laptop)…",
-            elem_id="status",
-            min_height=48,
-        )
-        with gr.Accordion("Session summary (JSON)", open=False):
-            ui["summary"] = gr.JSON(label="summary")
-        with gr.Tabs() as ui["tabs"]:
-            for key, title in TAB_TITLES:
-                with gr.Tab(title, id=key):
-                    TABS[key].build(ui, res)
-
+        state = build_page(ui, res)
         locks = SessionLocks()
 
         def lock_for(session: Session) -> threading.Lock:
@@ -338,14 +325,37 @@ def build_app(res: Resources, heavy_limit: int = 2, prefetch: bool = True) -> gr
     demo.ui = ui  # the components by name, for tests and screenshots
     demo.prefetcher = idle
     if idle is not None:  # closing the app stops its prefetch as well
-        close_app = demo.close
-
-        def close(*args: Any, **kwargs: Any) -> Any:
-            idle.close()
-            return close_app(*args, **kwargs)
-
-        demo.close = close
+        close_with(demo, idle)
     return demo
+
+
+def build_page(ui: dict[str, Any], res: Resources) -> gr.State:
+    """Create the page's components in the open Blocks (named in ``ui``); return its state."""
+    gr.Markdown(INTRO)
+    state = gr.State(new_session)  # called per browser session: never shared
+    ui["status"] = gr.Markdown(
+        "Opening the demo pair (the very first start trains it: about 20 s on a laptop)…",
+        elem_id="status",
+        min_height=48,
+    )
+    with gr.Accordion("Session summary (JSON)", open=False):
+        ui["summary"] = gr.JSON(label="summary")
+    with gr.Tabs() as ui["tabs"]:
+        for key, title in TAB_TITLES:
+            with gr.Tab(title, id=key):
+                TABS[key].build(ui, res)
+    return state
+
+
+def close_with(demo: gr.Blocks, idle: Prefetcher) -> None:
+    """Make closing ``demo`` close ``idle`` first."""
+    close_app = demo.close
+
+    def close(*args: Any, **kwargs: Any) -> Any:
+        idle.close()
+        return close_app(*args, **kwargs)
+
+    demo.close = close
 
 
 def default_threads() -> int:

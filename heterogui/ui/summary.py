@@ -6,6 +6,7 @@ script can follow the flow without parsing figures.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from heterogui.ui.labels import merge_alarms
@@ -13,6 +14,21 @@ from heterogui.ui.session import Session
 from heterogui.ui.work import knobs_of
 
 SCORE_KEYS = ("Joint", "Avg", "Spearman")
+HISTORY_KEYS = (
+    "merge",
+    "rho",
+    "alpha",
+    "beta",
+    "stop",
+    "fusion",
+    "renormalize",
+    "heads",
+    "parameters",
+    "Joint",
+    "Avg",
+    "Spearman",
+    "score",
+)  # the fields of a history entry the summary shows
 
 
 def session_summary(session: Session) -> dict[str, Any]:
@@ -50,36 +66,21 @@ def session_summary(session: Session) -> dict[str, Any]:
     task = session.task
     columns = task.columns if task is not None else (lambda _m: {})
     out["baseline"] = {k: columns(m) for k, m in session.baseline.items()}
-    result = session.result
-    if result is not None:
-        out["merged"] = {
-            "widths": {k: list(v) for k, v in result.widths().items()},
-            "parameters": sum(p.numel() for p in result.model.parameters()),
-            "stop": result.spec.stop,
-            "metrics": columns(session.merged_metrics),
-            "heads": [h.name for heads in result.spec.heads for h in heads],
-            "timings": {k: round(v, 4) for k, v in result.timings.items()},
-            "alarms": merge_alarms(session),
-        }
-    out["history"] = [
-        {
-            k: h.get(k)
-            for k in (
-                "merge",
-                "rho",
-                "alpha",
-                "beta",
-                "stop",
-                "fusion",
-                "renormalize",
-                "heads",
-                "parameters",
-                "Joint",
-                "Avg",
-                "Spearman",
-                "score",
-            )
-        }
-        for h in session.history
-    ]
+    if session.result is not None:
+        out["merged"] = _merged_summary(session, columns)
+    out["history"] = [{k: h.get(k) for k in HISTORY_KEYS} for h in session.history]
     return out
+
+
+def _merged_summary(session: Session, columns: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """Return the summary of the session's merged model (its result must be set)."""
+    result = session.result
+    return {
+        "widths": {k: list(v) for k, v in result.widths().items()},
+        "parameters": sum(p.numel() for p in result.model.parameters()),
+        "stop": result.spec.stop,
+        "metrics": columns(session.merged_metrics),
+        "heads": [h.name for heads in result.spec.heads for h in heads],
+        "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        "alarms": merge_alarms(session),
+    }

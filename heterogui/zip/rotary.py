@@ -57,20 +57,9 @@ def match_rotary_group(
     Raises:
         MatcherError: widths that are not whole groups, or a missing q, k or v space.
     """
-    by_role = {role: name for name, role in roles.items()}
-    if set(by_role) != {"q", "k", "v", "o"}:
-        raise MatcherError(f"a rotary attention layer needs q, k, v and o spaces, got {roles}")
     d, r = head_dim, group_size
-    n_a, n_b = widths[by_role["k"]]
-    if n_a % d or n_b % d:
-        raise MatcherError(f"key/value widths {n_a} and {n_b} are not whole heads of {d}")
-    g_a, g_b = n_a // d, n_b // d
-    for role, units in (("q", r), ("o", r), ("v", 1)):
-        if widths[by_role[role]] != (g_a * units * d, g_b * units * d):
-            raise MatcherError(
-                f"{by_role[role]}: widths {widths[by_role[role]]} are not {units} heads of {d} "
-                f"per key/value head"
-            )
+    by_role, g_a, g_b = _layer_groups(roles, widths, d, r)
+    n_a = g_a * d
     by_index = matcher == "average"
     # k and v: one head per group
     k_score = _diagonal_scores(cross_blocks(corrs[by_role["k"]], n_a, d))
@@ -81,19 +70,7 @@ def match_rotary_group(
         v_perm, v_score = feature_assignments(cross_blocks(corrs[by_role["v"]], n_a, d))
     # q: r query heads per group; pair them inside every group pair
     q = _diagonal_scores(cross_blocks(corrs[by_role["q"]], g_a * r * d, d))  # (g_a r, g_b r)
-    q = q.reshape(g_a, r, g_b, r)
-    q_order = np.zeros((g_a, g_b, r), dtype=np.int64)
-    q_score = np.zeros((g_a, g_b))
-    for p in range(g_a):
-        for s in range(g_b):
-            block = q[p, :, s, :]
-            rows, cols = (
-                (np.arange(r), np.arange(r))
-                if by_index
-                else linear_sum_assignment(block, maximize=True)
-            )
-            q_order[p, s, rows] = cols
-            q_score[p, s] = block[rows, cols].mean()
+    q_order, q_score = _pair_query_heads(q.reshape(g_a, r, g_b, r), by_index)
     pairs = pair_heads(k_score + v_score + q_score, n_pairs, by_index=by_index)
     inner = np.arange(d)
     heads_in_group = q_order[..., None] * d  # (g_a, g_b, r, 1): B's query head of A's head i
@@ -107,3 +84,45 @@ def match_rotary_group(
     return {
         name: head_match(pairs, perms[role], g_a, g_b, unit[role]) for name, role in roles.items()
     }
+
+
+def _layer_groups(
+    roles: Mapping[str, str], widths: Mapping[str, tuple[int, int]], d: int, r: int
+) -> tuple[dict[str, str], int, int]:
+    """Return the space of every role and the key/value heads (g_A, g_B), checking the widths.
+
+    Raises:
+        MatcherError: widths that are not whole groups, or a missing q, k or v space.
+    """
+    by_role = {role: name for name, role in roles.items()}
+    if set(by_role) != {"q", "k", "v", "o"}:
+        raise MatcherError(f"a rotary attention layer needs q, k, v and o spaces, got {roles}")
+    n_a, n_b = widths[by_role["k"]]
+    if n_a % d or n_b % d:
+        raise MatcherError(f"key/value widths {n_a} and {n_b} are not whole heads of {d}")
+    g_a, g_b = n_a // d, n_b // d
+    for role, units in (("q", r), ("o", r), ("v", 1)):
+        if widths[by_role[role]] != (g_a * units * d, g_b * units * d):
+            raise MatcherError(
+                f"{by_role[role]}: widths {widths[by_role[role]]} are not {units} heads of {d} "
+                f"per key/value head"
+            )
+    return by_role, g_a, g_b
+
+
+def _pair_query_heads(q: np.ndarray, by_index: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Pair query heads in every group pair: q (g_a, r, g_b, r) -> orders, mean scores."""
+    g_a, r, g_b, _ = q.shape
+    q_order = np.zeros((g_a, g_b, r), dtype=np.int64)
+    q_score = np.zeros((g_a, g_b))
+    for p in range(g_a):
+        for s in range(g_b):
+            block = q[p, :, s, :]
+            rows, cols = (
+                (np.arange(r), np.arange(r))
+                if by_index
+                else linear_sum_assignment(block, maximize=True)
+            )
+            q_order[p, s, rows] = cols
+            q_score[p, s] = block[rows, cols].mean()
+    return q_order, q_score
