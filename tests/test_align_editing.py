@@ -18,7 +18,7 @@ from heterogui.align import editing
 from heterogui.align.alignment import Alignment, align, layer_pairs
 from heterogui.errors import AlignmentError, ConfigError
 from heterogui.models.graph import ModelGraph
-from heterogui.ui import app, fig_align, tab_align, tab_models
+from heterogui.ui import app, events, fig_align, tab_align, tab_models, views
 from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
 
@@ -131,8 +131,8 @@ def test_a_click_that_breaks_the_order_is_refused_and_changes_nothing(session, r
         tab_align.on_click(session, res, 9, 1)
     assert session.prepared is before
     # Through the app's event function (what /align_click runs): the status line says why.
-    names = [n for s in ("align",) for n in app.views_of(s)]
-    fn = app.event_function(tab_align.on_click, res, ("align",), names, 2)
+    names = [n for s in ("align",) for n in views.views_of(s)]
+    fn = events.event_function(tab_align.on_click, res, ("align",), names, 2)
     with pytest.warns(UserWarning, match="cannot pair"):
         out = fn(session, 1, 0, None)
     assert out[1].startswith("**Error:** A1 cannot pair with B0") and "\n" not in out[1]

@@ -6,7 +6,7 @@ import pytest
 
 from heterogui import sweep
 from heterogui.errors import ConfigError
-from heterogui.ui import app, compare_grid, tab_align, tab_compare, tab_models, tab_zip, work
+from heterogui.ui import compare_grid, tab_align, tab_compare, tab_models, tab_zip, views, work
 from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
 
@@ -40,10 +40,10 @@ def test_two_merges_side_by_side_with_their_differences(session, res):
     tab_align.on_mode(session, res, "lma", None)  # the second merge aligns differently
     second = _merge(session, res, 0.5, beta=0.5)
     assert "Comparing merge" in tab_compare.on_compare(session, res, first, second)
-    views = tab_compare.render(session, res)
+    page = tab_compare.render(session, res)
     rows = {
         line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]]
-        for line in views["compare_table"].splitlines()[2:]
+        for line in page["compare_table"].splitlines()[2:]
     }
     h1, h2 = session.history[first - 1], session.history[second - 1]
     assert rows["rho"] == ["1", "0.5", "-0.5"] and rows["beta"] == ["1", "0.5", "-0.5"]
@@ -52,20 +52,20 @@ def test_two_merges_side_by_side_with_their_differences(session, res):
     assert rows["parameters (effective)"] == [f"{p1:,}", f"{p2:,}", f"{p2 - p1:+,}"]
     assert float(rows["Joint %"][0]) == h1["Joint"] and float(rows["Joint %"][1]) == h2["Joint"]
     # Widths: one bar series per merge, equal to each merge's own widths.
-    bars = {t.name: list(t.y) for t in views["compare_widths"].data if t.type == "bar"}
-    spaces = list(views["compare_widths"].data[0].x)
+    bars = {t.name: list(t.y) for t in page["compare_widths"].data if t.type == "bar"}
+    spaces = list(page["compare_widths"].data[0].x)
     for merge in (first, second):
         widths = session.details[merge]["widths"]
         assert bars[f"merge #{merge}"] == [widths[s][2] for s in spaces]
     # Alignment: the pairs only one merge has are named in the common numbering.
     pairs1, pairs2 = (set(session.details[m]["pairs"]) for m in (first, second))
-    text = views["compare_alignment"]
+    text = page["compare_alignment"]
     if pairs1 == pairs2:
         assert "the same layer pairs" in text
     else:
         assert all(f"A{i}–B{j}" in text for i, j in pairs1 ^ pairs2)
     # Samples: both merges' predictions on the same samples.
-    titles = " ".join(a.text for a in views["compare_samples"].layout.annotations)
+    titles = " ".join(a.text for a in page["compare_samples"].layout.annotations)
     assert f"#{first}:" in titles and f"#{second}:" in titles
 
 
@@ -111,10 +111,10 @@ def test_grid_scores_every_cell_and_a_cell_loads_its_setting(session, res):
     # At rho = 0 every beta gives the ensemble's effective size.
     ensemble = session.reference_sizes["ensemble"]["parameters"]
     assert {p["parameters"] for p in grid if p["rho"] == 0.0} == {ensemble}
-    views = tab_compare.render(session, res)
-    heat = views["grid_plot"].data[0]
+    page = tab_compare.render(session, res)
+    heat = page["grid_plot"].data[0]
     assert heat.z[list(heat.y).index(0.25)][list(heat.x).index(0.5)] == point["score"]
-    cells = views["grid_cell"]["choices"]
+    cells = page["grid_cell"]["choices"]
     scores = [grid[k]["score"] for _, k in cells]
     assert scores == sorted(scores, reverse=True)  # best first
     best = cells[0][1]
@@ -122,7 +122,7 @@ def test_grid_scores_every_cell_and_a_cell_loads_its_setting(session, res):
     settings = session.result.settings
     assert (settings.rho, settings.beta) == (grid[best]["rho"], grid[best]["beta"])
     assert session.history[-1]["score"] == grid[best]["score"]
-    knobs = app.render(session, res, ("knobs",))
+    knobs = views.render(session, res, ("knobs",))
     assert knobs["rho"] == grid[best]["rho"] and knobs["beta"] == grid[best]["beta"]
 
 
@@ -140,11 +140,11 @@ def test_the_last_merge_is_measured_against_both_parents(session, res):
     merge = _merge(session, res, 0.5)
     assert f"merge #{merge}" in tab_compare.on_resemblance(session, res)
     found = session.resemblance[1]
-    views = tab_compare.render(session, res)
-    lines = {t.name: t for t in views["resemblance_plot"].data}
+    page = tab_compare.render(session, res)
+    lines = {t.name: t for t in page["resemblance_plot"].data}
     assert list(lines["CKA with A"].y) == found.to_a and list(lines["CKA with B"].y) == found.to_b
     closer_a = sum(a > b for a, b in zip(found.to_a, found.to_b, strict=True))
-    assert f"{closer_a} layers are closer to A" in views["resemblance_info"]
+    assert f"{closer_a} layers are closer to A" in page["resemblance_info"]
     assert len(found.to_a) == _blocks(session)
 
 

@@ -16,7 +16,7 @@ import torch
 
 from heterogui import matching, pipeline
 from heterogui.errors import Cancelled
-from heterogui.ui import app, placements, prefetch, tab_align, tab_models, tab_zip, work
+from heterogui.ui import app, events, placements, prefetch, tab_align, tab_models, tab_zip, work
 from heterogui.ui.prefetch import Prefetcher
 from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
@@ -129,7 +129,7 @@ def test_the_app_collects_ahead_after_a_step_and_the_switch_reuses_it(res, monke
     idle = demo.prefetcher
     assert isinstance(idle, Prefetcher)
     session = Session(device="cpu")
-    start = app.event_function(
+    start = events.event_function(
         tab_models.on_start, res, ("align",), [], 0, own_lock, idle
     )  # the page's load event, as build_app wires it
     out = start(session, None)

@@ -17,9 +17,9 @@ from heterogui.errors import ConfigError, ExportError
 from heterogui.tasks.language import LanguageModeling, merged_logits
 from heterogui.tasks.lm_metrics import token_batches
 from heterogui.ui import (
-    app,
     compare_grid,
     evaluate_language,
+    events,
     labels,
     tab_compare,
     tab_evaluate,
@@ -27,6 +27,7 @@ from heterogui.ui import (
     tab_models,
     tab_neurons,
     tab_zip,
+    views,
 )
 from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
@@ -78,11 +79,11 @@ def test_two_causal_lm_folders_load_with_cards_and_a_verdict(folders, res):
     assert "Loaded model A" in message and session.task.kind == "language_modeling"
     message, pickers = load(session, res, "b", folders[1])
     assert "Press **Analyse pair**" in message and pickers["source_a"]["value"] == "hf"
-    views = tab_models.render(session, res)
-    assert "family **decoder** (llama), **3 layers**" in views["card_a"]
-    assert "vocabulary of 100 tokens" in views["card_b"] and "classes [" not in views["card_b"]
-    assert "✓ Compatible" in views["verdict"] and "classes overlap" not in views["verdict"]
-    assert views["dataset"]["choices"] == ["domains", "python-docs", "python-source", "file"]
+    page = tab_models.render(session, res)
+    assert "family **decoder** (llama), **3 layers**" in page["card_a"]
+    assert "vocabulary of 100 tokens" in page["card_b"] and "classes [" not in page["card_b"]
+    assert "✓ Compatible" in page["verdict"] and "classes overlap" not in page["verdict"]
+    assert page["dataset"]["choices"] == ["domains", "python-docs", "python-source", "file"]
     tab_models.on_analyse(session, res, "python-docs", None, 16)
     assert session.calibration.ref.source == "python-docs" and session.calibration.count == 16
     assert tab_models.render(session, res)["dataset"]["value"] == "python-docs"
@@ -94,9 +95,9 @@ def test_a_dequantized_model_shows_its_note_in_the_card_verdict_and_summary(fold
     load(session, res, "b", folders[1])
     note = "dequantized from a Q4_1 GGUF file: these weights are a dequantized 4-bit model"
     session.a.note = note  # what a GGUF source sets (heterogui.sources.gguf)
-    views = tab_models.render(session, res)
-    assert note in views["card_a"] and note not in views["card_b"]
-    assert f"model A ({session.a.name})**: {note}" in views["verdict"]
+    page = tab_models.render(session, res)
+    assert note in page["card_a"] and note not in page["card_b"]
+    assert f"model A ({session.a.name})**: {note}" in page["verdict"]
     assert session_summary(session)["notes"] == {"a": note}
 
 
@@ -109,9 +110,9 @@ def test_neuron_views_skip_the_derived_attention_outputs(analysed, res):
     assert len(slots) == 2 and tab_neurons.derived(prep) == [f"layer{s}.o" for s in slots]
     for space in ("stream", f"layer{slots[1]}.q", "layer0.mlp"):
         tab_neurons.on_space(analysed, res, space)
-        views = tab_neurons.render(analysed, res)
-        assert views["neuron_map"] is not None and views["neuron_hist"] is not None
-        assert "layer0.o" in views["neuron_info"] and "no statistics" in views["neuron_info"]
+        page = tab_neurons.render(analysed, res)
+        assert page["neuron_map"] is not None and page["neuron_hist"] is not None
+        assert "layer0.o" in page["neuron_info"] and "no statistics" in page["neuron_info"]
     with pytest.raises(ConfigError, match="no statistics of its own"):
         tab_neurons.on_space(analysed, res, "layer0.o")
     choices = [v for _, v in tab_zip.render(analysed, res)["override_space"]["choices"]]
@@ -120,8 +121,8 @@ def test_neuron_views_skip_the_derived_attention_outputs(analysed, res):
 
 def test_merge_shows_perplexity_tables_equal_to_the_task_scores(analysed, res):
     session, task = analysed, analysed.task
-    views = app.render(session, res, app.SCOPES)
-    shown = {k: v["visible"] for k, v in views.items() if k.startswith("panel_")}
+    page = views.render(session, res, views.SCOPES)
+    shown = {k: v["visible"] for k, v in page.items() if k.startswith("panel_")}
     assert shown == {
         "panel_metrics": False,
         "panel_samples": False,
@@ -131,12 +132,12 @@ def test_merge_shows_perplexity_tables_equal_to_the_task_scores(analysed, res):
         "panel_perplexity": True,
         "panel_generations": True,
     }
-    assert "| perplexity (lower is better) |" in views["readout"]
-    assert "estimate" in views["readout"]
+    assert "| perplexity (lower is better) |" in page["readout"]
+    assert "estimate" in page["readout"]
     message = merge(session, res)
     assert "Merge #1" in message and "perplexity (lower is better)" in message
-    views = app.render(session, res, app.SCOPES)
-    table = views["lm_scores"]
+    page = views.render(session, res, views.SCOPES)
+    table = page["lm_scores"]
     assert table["headers"] == [
         "model",
         "python-docs perplexity",
@@ -158,9 +159,9 @@ def test_merge_shows_perplexity_tables_equal_to_the_task_scores(analysed, res):
         assert rows[label][:-1] == want
     assert rows["merged"][-1] == session.merged_size["parameters"]
     assert rows["A"][-1] == sum(p.numel() for p in session.prepared.net_a.module.parameters())
-    assert views["lm_alarm"]["visible"] is False  # a healthy merge raises no alarm
-    assert "merged" in views["lm_info"] and "Repetition" in views["lm_info"]
-    assert views["history_plot"].layout.yaxis.title.text == "perplexity (lower is better)"
+    assert page["lm_alarm"]["visible"] is False  # a healthy merge raises no alarm
+    assert "merged" in page["lm_info"] and "Repetition" in page["lm_info"]
+    assert page["history_plot"].layout.yaxis.title.text == "perplexity (lower is better)"
     summary = session_summary(session)
     assert summary["merged"]["alarms"] == [] and summary["history"][0]["score"] is not None
 
@@ -189,8 +190,8 @@ def test_generations_side_by_side_greedy_and_sampled(analysed, res):
     merge(session, res)
     assert "merge #1" not in tab_evaluate.render(session, res)["gen_info"]
     evaluate_language.on_generate(session, res, "def f(x):\nThe tutorial", "greedy", 0)
-    views = tab_evaluate.render(session, res)
-    rows = views["gen_view"]["value"]
+    page = tab_evaluate.render(session, res)
+    rows = page["gen_view"]["value"]
     want = session.task.generations(
         session.prepared,
         session.result,
@@ -202,7 +203,7 @@ def test_generations_side_by_side_greedy_and_sampled(analysed, res):
         [want["A"][k], want["B"][k], want["merged"][k]] for k in range(2)
     ]
     assert all(isinstance(t, str) for r in rows for t in r)
-    assert "greedy" in views["gen_info"] and "merge #1" in views["gen_info"]
+    assert "greedy" in page["gen_info"] and "merge #1" in page["gen_info"]
     evaluate_language.on_generate(session, res, "def f(x):", "sampled", 7)
     first = session.generations["texts"]
     evaluate_language.on_generate(session, res, "def f(x):", "sampled", 7)
@@ -221,7 +222,7 @@ def test_generations_side_by_side_greedy_and_sampled(analysed, res):
 
 
 def test_generate_errors_become_one_line_messages_in_the_page(analysed, res):
-    fn = app.event_function(evaluate_language.on_generate, res, ("evaluate",), ["gen_view"], 3)
+    fn = events.event_function(evaluate_language.on_generate, res, ("evaluate",), ["gen_view"], 3)
     session = analysed
     with pytest.warns(UserWarning, match="1 to 4 prompts"):
         out = fn(session, "1\n2\n3\n4\n5", "greedy", 0, None)
@@ -257,14 +258,14 @@ def test_export_writes_a_folder_automodelforcausallm_loads(analysed, res, tmp_pa
 
     session = analysed
     merge(session, res)
-    views = tab_export.render(session, res)
-    assert views["export_format"]["value"] == "auto"
-    assert [v for _, v in views["export_format"]["choices"]] == [
+    page = tab_export.render(session, res)
+    assert page["export_format"]["value"] == "auto"
+    assert [v for _, v in page["export_format"]["choices"]] == [
         "auto",
         "hf-causal-lm",
         "heterogui",
     ]
-    assert "AutoModelForCausalLM" in views["export_info"]
+    assert "AutoModelForCausalLM" in page["export_info"]
     out = tmp_path / "lm"
     message, extra = tab_export.on_export(session, res, str(out), False, "auto")
     assert "(hf-causal-lm format)" in message and extra["export_file"].endswith(".zip")
@@ -282,9 +283,9 @@ def test_export_writes_a_folder_automodelforcausallm_loads(analysed, res, tmp_pa
 def test_a_partial_zip_exports_in_the_heterogui_format(analysed, res, tmp_path):
     session = analysed
     merge(session, res, stop=2)
-    views = tab_export.render(session, res)
-    assert views["export_format"]["choices"][0] == ("auto (heterogui)", "auto")
-    assert "Not hf-causal-lm" in views["export_info"] and "stops at block 2" in views["export_info"]
+    page = tab_export.render(session, res)
+    assert page["export_format"]["choices"][0] == ("auto (heterogui)", "auto")
+    assert "Not hf-causal-lm" in page["export_info"] and "stops at block 2" in page["export_info"]
     with pytest.raises(ExportError, match="stops at block 2"):
         tab_export.on_export(session, res, str(tmp_path / "lm"), False, "hf-causal-lm")
     message, _ = tab_export.on_export(session, res, str(tmp_path / "partial"), False, None)
@@ -301,13 +302,13 @@ def test_a_pair_with_another_tokenizer_is_refused_with_the_reason(folders, res, 
     verdict = tab_models.render(session, res)["verdict"]
     assert "✗ Cannot merge this pair" in verdict
     assert "first differing tokens id 3: ' ' vs '~'" in verdict
-    fn = app.event_function(tab_models.on_analyse, res, app.SCOPES, ["verdict"], 3)
+    fn = events.event_function(tab_models.on_analyse, res, views.SCOPES, ["verdict"], 3)
     with pytest.warns(UserWarning, match="vocabularies differ"):
         out = fn(session, "domains", None, 16, None)
     assert out[1].startswith("**Error:** cannot merge this pair: vocabularies differ")
     assert session.prepared is None  # nothing was analysed
-    views = app.render(session, res, app.SCOPES)  # every tab still renders
-    assert "Load and analyse" in views["readout"]
+    page = views.render(session, res, views.SCOPES)  # every tab still renders
+    assert "Load and analyse" in page["readout"]
     assert labels.merge_alarms(session) == []
 
 
@@ -327,8 +328,8 @@ def test_the_similarity_measure_switches_the_map_and_realigns(analysed, res, mon
     ga, gb = now.net_a.graph(), now.net_b.graph()
     torch.testing.assert_close(now.similarity, layer_similarity(now.net_a, now.net_b, now.batches))
     assert now.alignment == align(ga, gb, now.similarity, prep.alignment.mode)
-    views = tab_align.render(analysed, res)
-    assert views["align_measure"] == "outputs" and "layer outputs" in views["align_score"]
+    page = tab_align.render(analysed, res)
+    assert page["align_measure"] == "outputs" and "layer outputs" in page["align_score"]
 
     def forbidden(*args, **kwargs):
         raise AssertionError("no similarity pass for a measure computed before")

@@ -25,6 +25,7 @@ from heterogui.sources.folder import load_merged
 from heterogui.tasks.classification import evaluate_models
 from heterogui.ui import (
     app,
+    events,
     fig_neuron_hist,
     fig_neurons,
     tab_align,
@@ -34,6 +35,7 @@ from heterogui.ui import (
     tab_models,
     tab_neurons,
     tab_zip,
+    views,
     work,
     zip_overrides,
     zip_readout,
@@ -87,18 +89,18 @@ def work_blocks(session: Session) -> int:
 
 def test_start_opens_the_demo_pair_and_every_tab_renders(session, res):
     assert session.demo == PAIR and session.prepared is not None
-    views = app.render(session, res, app.SCOPES)
-    assert set(views) >= {n for s in app.SCOPES for n in app.views_of(s)} - {"export_dir"}
-    heatmap = views["heatmap"]
+    page = views.render(session, res, views.SCOPES)
+    assert set(page) >= {n for s in views.SCOPES for n in views.views_of(s)} - {"export_dir"}
+    heatmap = page["heatmap"]
     assert [t.type for t in heatmap.data] == ["heatmap", "scatter"]
     assert "alignment path" in heatmap.data[1].name
     cka = [v for row in heatmap.data[0].z for v in row]  # colours span the pair's own range
     assert (heatmap.data[0].zmin, heatmap.data[0].zmax) == (min(cka), max(cka))
-    assert all(drawn(v, "paper_bgcolor") == "rgba(0,0,0,0)" for v in views.values() if is_fig(v))
-    assert "Compatible" in views["verdict"]
-    assert views["segments"] and all(len(row) == 4 for row in views["segments"])
-    assert "estimate" in views["readout"]
-    assert [r[0] for r in views["metrics"]["value"]] == ["A", "B", "ensemble"]
+    assert all(drawn(v, "paper_bgcolor") == "rgba(0,0,0,0)" for v in page.values() if is_fig(v))
+    assert "Compatible" in page["verdict"]
+    assert page["segments"] and all(len(row) == 4 for row in page["segments"])
+    assert "estimate" in page["readout"]
+    assert [r[0] for r in page["metrics"]["value"]] == ["A", "B", "ensemble"]
 
 
 def test_alignment_modes_and_a_hand_edited_mapping(session, res):
@@ -247,7 +249,7 @@ def test_least_squares_fusion_from_the_zip_tab_to_compare_and_a_recipe(session, 
     other = Session(device="cpu")
     tab_export.on_import(other, res, str(tmp_path / "fitted" / "recipe.yaml"), None)
     assert other.settings.fusion == "least_squares" and other.settings.ridge == DEFAULT_RIDGE
-    assert app.render(other, res, ("knobs",))["fusion"] == "least_squares"
+    assert views.render(other, res, ("knobs",))["fusion"] == "least_squares"
     again = other.result.model.state_dict()
     assert all(torch.equal(fitted[k].cpu(), again[k].cpu()) for k in fitted)
     # A knob moved afterwards keeps the recipe's ridge (the tab has no ridge control).
@@ -310,7 +312,7 @@ def test_renormalize_from_the_zip_tab_to_compare_history_and_summary(session, re
     column = history["headers"].index("renormalize")
     assert [row[column] for row in history["value"]] == [False, True]
     assert zip_readout.knob_values(session)["renormalize"] is True
-    assert app.render(session, res, ("knobs",))["renormalize"] is True
+    assert views.render(session, res, ("knobs",))["renormalize"] is True
     # A slider release re-merges with the switch the checkbox shows, the fusion with it.
     tab_zip.on_release(session, res, True, "zip", 0.5, 1.0, 0.6, n, "cpu", "least_squares", True)
     last = session.result.settings
@@ -347,7 +349,7 @@ def test_renormalize_changes_a_vit_merge_and_survives_a_recipe(res, tmp_path):
     other = Session(device="cpu")
     tab_export.on_import(other, res, str(tmp_path / "fixed" / "recipe.yaml"), None)
     assert other.settings.renormalize is True
-    assert app.render(other, res, ("knobs",))["renormalize"] is True
+    assert views.render(other, res, ("knobs",))["renormalize"] is True
     again = other.result.model.state_dict()
     assert all(torch.equal(fixed[k].cpu(), again[k].cpu()) for k in fixed)
 
@@ -392,7 +394,7 @@ def check_heads_round_trip(session: Session, res: Resources, folder, heads: str)
     assert f"heads: {heads}" in (folder / "recipe.yaml").read_text()
     other = Session(device="cpu")
     tab_export.on_import(other, res, str(folder / "recipe.yaml"), None)
-    assert app.render(other, res, ("knobs",))["heads"] == heads
+    assert views.render(other, res, ("knobs",))["heads"] == heads
     fixed, again = session.result.model.state_dict(), other.result.model.state_dict()
     assert all(torch.equal(fixed[k].cpu(), again[k].cpu()) for k in fixed)
 
@@ -433,7 +435,7 @@ def test_split_heads_in_the_workbench_halve_every_head_and_survive_a_recipe(res,
     )
     labels = {number: label for label, number in tab_compare.merge_choices(vit)}
     assert "heads split" in labels[2] and "heads split" not in labels[1]
-    app.render(vit, res, ("zip", "neurons", "evaluate", "export"))
+    views.render(vit, res, ("zip", "neurons", "evaluate", "export"))
     tab_neurons.on_space(vit, res, "layer0.qk")
     info = tab_neurons.render(vit, res)["neuron_info"]
     want = config.heads[0] * 4
@@ -494,7 +496,7 @@ def test_remerge_reuses_cached_statistics_and_is_fast(session, res, monkeypatch)
     n = work_blocks(session)
     for rho, alpha, beta, stop in ((0.8, 0.5, 1.0, n), (0.5, 0.3, 0.5, n), (0.5, 0.3, 0.5, n - 1)):
         tab_zip.on_release(session, res, True, "zip", alpha, beta, rho, stop, "cpu")
-        app.render(session, res, ("zip", "neurons", "evaluate", "export"))
+        views.render(session, res, ("zip", "neurons", "evaluate", "export"))
         assert session.prepared is prepared
         assert session.result.settings.rho == rho
     assert [h["merge"] for h in session.history] == [1, 2, 3, 4]
@@ -508,14 +510,14 @@ def test_remerge_reuses_cached_statistics_and_is_fast(session, res, monkeypatch)
     rows = _readout_rows(tab_zip.render(session, res)["readout"])
     assert rows["model"][-1] == "Joint %"
     # The scored step redraws the Zip tab's readout alone: the same text, no figures.
-    scored = app.render(session, res, tab_zip.SCORED_SCOPES)
+    scored = views.render(session, res, tab_zip.SCORED_SCOPES)
     assert scored["readout"] == tab_zip.render(session, res)["readout"]
     assert not {"sizes_plot", "arch_plot", "widths_plot"} & set(scored)
-    assert app.views_of("readout") == ("readout",)
+    assert views.views_of("readout") == ("readout",)
     # Of the Evaluate tab it redraws the scores and history alone, as the whole tab draws them;
     # the samples drawn with the merge stay.
-    whole = app.render(session, res, ("evaluate",))
-    assert set(app.views_of("scores")) < set(app.views_of("evaluate"))
+    whole = views.render(session, res, ("evaluate",))
+    assert set(views.views_of("scores")) < set(views.views_of("evaluate"))
     assert not {"samples_plot", "predictions", "sample_ids", "sweep_plot"} & set(scored)
     assert set(scored) & set(whole) == {"metrics", "history", "history_plot"}
     assert scored["metrics"] == whole["metrics"] and scored["history"] == whole["history"]
@@ -753,7 +755,7 @@ def test_handler_errors_become_messages_in_the_page(session, res):
     def broken(session, res, value, progress=None):
         raise AlignmentError(f"bad value {value}")
 
-    fn = app.event_function(broken, res, ("align",), ["heatmap"], 1)
+    fn = events.event_function(broken, res, ("align",), ["heatmap"], 1)
     with pytest.warns(UserWarning, match="bad value 7"):  # gr.Warning outside a server
         out = fn(session, 7, None)
     assert out[0] is session and out[1] == "**Error:** bad value 7"
@@ -763,7 +765,7 @@ def test_handler_errors_become_messages_in_the_page(session, res):
         raise RuntimeError("boom")
 
     with pytest.warns(UserWarning, match="boom"):
-        out = app.event_function(crash, res, (), [], 0)(session, None)
+        out = events.event_function(crash, res, (), [], 0)(session, None)
     assert "Unexpected error" in out[1] and "boom" in out[1]
 
 
@@ -821,8 +823,8 @@ def test_a_vit_pair_runs_end_to_end_with_image_panels(res, tmp_path):
     assert vit.task.kind == "image_classification" and vit.a.net.family.name == "vit"
     assert vit.prepared.padded_a.identity_blocks  # A (1 layer) padded to B's 2 layers
     merge(vit, res, rho=0.5)
-    views = app.render(vit, res, app.SCOPES)
-    shown = {k: v["visible"] for k, v in views.items() if k.startswith("panel_")}
+    page = views.render(vit, res, views.SCOPES)
+    shown = {k: v["visible"] for k, v in page.items() if k.startswith("panel_")}
     assert shown == {
         "panel_metrics": True,
         "panel_samples": True,
@@ -832,8 +834,8 @@ def test_a_vit_pair_runs_end_to_end_with_image_panels(res, tmp_path):
         "panel_perplexity": False,
         "panel_generations": False,
     }
-    assert [r[0] for r in views["metrics"]["value"]] == ["A", "B", "ensemble", "merged"]
-    assert views["heatmap"] is not None and views["neuron_map"] is not None
+    assert [r[0] for r in page["metrics"]["value"]] == ["A", "B", "ensemble", "merged"]
+    assert page["heatmap"] is not None and page["neuron_map"] is not None
     tab_evaluate.on_samples(vit, res, "0, 2, 5")
     assert len(tab_evaluate.render(vit, res)["samples_plot"].data) == 3
     tab_evaluate.on_sweep(vit, res)
@@ -912,9 +914,9 @@ def test_a_mis_wired_event_fails_when_the_app_is_built(res):
     def takes_one(session, res, cell, progress=None):
         return "ok"
 
-    app.event_function(takes_one, res, (), [], 1)  # as wired: fine
+    events.event_function(takes_one, res, (), [], 1)  # as wired: fine
     with pytest.raises(TypeError, match="takes_one does not take 2 input"):
-        app.event_function(takes_one, res, (), [], 2)
+        events.event_function(takes_one, res, (), [], 2)
 
 
 def test_a_pair_of_equal_depth_is_analysed_in_one_pass_and_never_realigned(monkeypatch):
@@ -923,11 +925,11 @@ def test_a_pair_of_equal_depth_is_analysed_in_one_pass_and_never_realigned(monke
     res = Resources(ZooPairs(tiny=True), device="cpu")  # its own: no analysis shared yet
     wide = Session(device="cpu")
     shown: list[str] = []  # what the progress bar shows
-    bar = app.progress_adapter(lambda _frac, desc="": shown.append(desc))
+    bar = events.progress_adapter(lambda _frac, desc="": shown.append(desc))
     tab_models.on_load_pair(wide, res, "tiny-digits-vgg-width", bar)
     prep = wide.prepared
     assert "analysis" in prep.timings and "features" not in prep.timings
-    assert app.STAGES["analysis"] in shown and app.STAGES["features"] not in shown, set(shown)
+    assert events.STAGES["analysis"] in shown and events.STAGES["features"] not in shown, set(shown)
     monkeypatch.setattr("heterogui.zip.reuse.collect_moments", _forbidden_pass)
     monkeypatch.setattr("heterogui.pipeline.collect_moments", _forbidden_pass)
     for mode in ("lma", "uniform", "head"):

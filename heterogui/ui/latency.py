@@ -4,7 +4,7 @@ A release (``tab_zip.on_release`` with auto re-merge on) runs two steps, timed h
 server and without gradio, down to the figures' JSON:
 
 1. the merge: re-merge from the cached statistics (``zip_prepared``: match, fuse, BatchNorm)
-   and every view the page redraws with it (``app.render`` of ``tab_zip.RELEASED_SCOPES``:
+   and every view the page redraws with it (``views.render`` of ``tab_zip.RELEASED_SCOPES``:
    the Zip, Neurons, Evaluate and Compare tabs: readout, sizes, architecture, widths, neuron
    maps, ...);
 2. its metrics: evaluation on the test split and the views redrawn with them
@@ -31,7 +31,7 @@ import torch
 
 from heterogui.bench.timing import clock
 from heterogui.pipeline import MergeResult, Prepared
-from heterogui.ui import app, placements, tab_align, tab_neurons, tab_zip, work
+from heterogui.ui import placements, tab_align, tab_neurons, tab_zip, views, work
 from heterogui.ui.prefetch import Prefetcher
 from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
@@ -55,8 +55,8 @@ DEFAULT_MOVES: tuple[dict[str, Any], ...] = (
 
 def render_step(session: Session, res: Resources, scopes: tuple[str, ...]) -> int:
     """Render the views a step updates, as the app does; return the figures' JSON bytes."""
-    views = app.render(session, res, scopes)
-    return sum(len(v.to_json()) for v in views.values() if isinstance(v, go.Figure))
+    page = views.render(session, res, scopes)
+    return sum(len(v.to_json()) for v in page.values() if isinstance(v, go.Figure))
 
 
 def _settings(session: Session, move: dict[str, Any]) -> Any:
@@ -251,8 +251,8 @@ def neurons_point_seconds(prep: Prepared, result: MergeResult) -> float:
 
     def show(space: str) -> None:
         tab_neurons.on_space(session, None, space)
-        views = tab_neurons.render(session, None)
-        for view in views.values():
+        page = tab_neurons.render(session, None)
+        for view in page.values():
             if isinstance(view, go.Figure):
                 view.to_json()
 

@@ -1,0 +1,168 @@
+"""How a handler becomes a Gradio event: errors as messages, progress, locks, redrawn views.
+
+Every event runs a plain handler ``handler(session, resources, *inputs, progress=...)`` that
+changes the session and returns a status message; ``event_function`` turns handler errors into
+messages in the page (the session is kept), re-renders the scopes the event touches
+(``ui.views.render``) and reports progress in the page's bar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gradio as gr
+
+from heterogui.errors import Cancelled, HeteroguiError, excerpt
+from heterogui.ui.prefetch import Prefetcher
+from heterogui.ui.resources import Resources
+from heterogui.ui.session import Session
+from heterogui.ui.summary import session_summary
+from heterogui.ui.views import render
+
+log = logging.getLogger(__name__)
+
+STAGES = {
+    "bn_inputs": "re-estimating BatchNorm of A and B",
+    "bn_similarity": "re-estimating BatchNorm of A and B, with their layer similarity (one pass)",
+    "similarity": "layer similarity (CKA)",
+    "probe": "layer similarity (CKA) of the first batch, to place the layers",
+    "features": "feature statistics",
+    "analysis": "layer similarity and feature statistics (one pass)",
+    "match": "matching neurons",
+    "search": "searching which attention heads to keep (a merge per flip tried)",
+    "bn_merged": "BatchNorm of the merged model",
+    "evaluate": "evaluating",
+    "sweep": "sweeping rho",
+    "done": "done",
+}
+
+
+def progress_adapter(progress: Any) -> Callable[[str, float], None]:
+    """Return a core progress callback (stage, fraction) that drives a gr.Progress bar."""
+
+    def report(stage: str, frac: float) -> None:
+        label = STAGES.get(stage.split(" ")[-1], stage)
+        if stage.startswith("build"):
+            label = f"building the demo pair ({stage[6:]})"
+        if progress is not None:
+            progress(min(max(float(frac), 0.0), 1.0), desc=label)
+
+    return report
+
+
+def event_function(
+    handler: Callable[..., Any],
+    res: Resources,
+    scopes: Sequence[str],
+    names: Sequence[str],
+    n_inputs: int,
+    lock_for: Callable[[Session], Any] | None = None,
+    idle: Prefetcher | None = None,
+) -> Callable[..., list[Any]]:
+    """Wrap a handler as a gradio function: errors become messages, views are re-rendered.
+
+    lock_for: returns the lock that serialises this session's heavy steps (None: no lock).
+    idle: the app's background prefetch, paused while the event runs; a heavy step that
+    succeeds queues its session there (None: no prefetch).
+
+    Raises:
+        TypeError: at build time, when the handler does not take the event's inputs.
+    """
+    try:  # a mis-wired event fails when the app is built, not when a user clicks
+        inspect.signature(handler).bind(None, None, *[None] * n_inputs, progress=None)
+    except TypeError as exc:
+        name = getattr(handler, "__name__", handler)
+        raise TypeError(f"{name} does not take {n_inputs} input(s) and progress: {exc}") from exc
+
+    def fn(*args: Any) -> list[Any]:
+        session = args[0] if isinstance(args[0], Session) else Session()
+        values, progress = args[1 : 1 + n_inputs], args[1 + n_inputs]
+        skip = [gr.skip() for _ in names]
+        try:
+            with (
+                idle.busy() if idle else contextlib.nullcontext(),
+                lock_for(session) if lock_for else contextlib.nullcontext(),
+            ):
+                out = run_step(
+                    session,
+                    heavy=lock_for is not None,
+                    step=lambda: handler(
+                        session, res, *values, progress=progress_adapter(progress)
+                    ),
+                )
+                message, extra = out if isinstance(out, tuple) else (out, {})
+                views = {**render(session, res, scopes), **extra}
+        except Exception as exc:  # a bug must not take the page down either: report, go on
+            return [session, failure_message(exc, handler), session_summary(session), *skip]
+        if idle is not None and lock_for is not None:
+            idle.schedule(session)
+        return [
+            session,
+            gr.skip() if message is None else message,  # None: nothing to say, keep the line
+            session_summary(session),
+            *[views.get(n, gr.skip()) for n in names],
+        ]
+
+    fn.__signature__ = event_signature(n_inputs)  # gradio finds gr.Progress by its default
+    fn.__name__ = getattr(handler, "__name__", "handler")
+    return fn
+
+
+def failure_message(exc: Exception, handler: Callable[..., Any]) -> str:
+    """Return the status line of an event that raised ``exc`` (and show it as a toast).
+
+    Cancelled: an info; a HeteroguiError: a warning with its one-line message; anything else
+    is a bug: logged with its traceback and reported by type, the page keeps running.
+    """
+    if isinstance(exc, Cancelled):
+        gr.Info(str(exc))
+        return f"**Cancelled.** {exc}"
+    if isinstance(exc, HeteroguiError):
+        message = excerpt(exc, 600)  # one line, whatever a library put in it
+        gr.Warning(message)
+        return f"**Error:** {message}"
+    log.exception("handler %s failed", getattr(handler, "__name__", handler), exc_info=exc)
+    gr.Warning(f"unexpected error ({type(exc).__name__}): {excerpt(exc)}")
+    return f"**Unexpected error** ({type(exc).__name__}): {excerpt(exc)}"
+
+
+def event_signature(n_inputs: int) -> inspect.Signature:
+    """Return the signature gradio reads off an event function: session, inputs, progress."""
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter("session", positional)]
+    params += [inspect.Parameter(f"input_{i}", positional) for i in range(n_inputs)]
+    params.append(inspect.Parameter("progress", positional, default=gr.Progress()))
+    return inspect.Signature(params)
+
+
+def run_step(session: Session, heavy: bool, step: Callable[[], Any]) -> Any:
+    """Run one handler; a heavy step is what Cancel stops (a Cancel pressed before it is void)."""
+    if not heavy:
+        return step()
+    session.cancel_requested, session.running = False, True
+    try:
+        return step()
+    finally:
+        session.running = False
+
+
+class SessionLocks:
+    """One lock per session, so that one user's heavy steps run one after the other.
+
+    Two users' steps still run side by side (up to the heavy concurrency limit); light steps
+    (the size estimate, Cancel) never wait. Owned by one app, never module-level.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def get(self, sid: str) -> threading.Lock:
+        """Return the lock of session ``sid``."""
+        with self._guard:
+            return self._locks.setdefault(sid, threading.Lock())
