@@ -78,7 +78,7 @@ def grid_axes(session: Session, knob: str) -> dict[str, tuple]:
     if knob not in GRID_KNOBS:
         raise ConfigError(f"the second knob must be one of {list(GRID_KNOBS)}, not {knob!r}")
     if knob == "stop":
-        n = session.prepared.padded_a.graph().num_blocks - 1
+        n = work.stop_blocks(session)
         values = sorted({round(1 + k * (n - 1) / 4) for k in range(5)})
         return {"rho": GRID_RHOS, "stop": tuple(values)}
     return {"rho": GRID_RHOS, knob: GRID_VALUES[knob]}

@@ -62,7 +62,7 @@ def render_step(session: Session, res: Resources, scopes: tuple[str, ...]) -> in
 def _settings(session: Session, move: dict[str, Any]) -> Any:
     s = session.settings
     knobs = {**work.knobs_of(s), **move}
-    n_blocks = session.prepared.padded_a.graph().num_blocks - 1
+    n_blocks = work.stop_blocks(session)
     if knobs["stop"] == -1:  # "one block before the head": a partial zip
         knobs["stop"] = max(n_blocks - 1, 0)
     return work.make_settings(

@@ -11,7 +11,7 @@ from typing import Any
 
 from heterogui.ui.labels import merge_alarms
 from heterogui.ui.session import Session
-from heterogui.ui.work import knobs_of
+from heterogui.ui.work import knobs_of, stop_blocks
 
 SCORE_KEYS = ("Joint", "Avg", "Spearman")
 HISTORY_KEYS = (
@@ -56,7 +56,7 @@ def session_summary(session: Session) -> dict[str, Any]:
             "depths": list(al.depths),
         }
         out["device"] = str(prep.device)
-        out["blocks"] = prep.padded_a.graph().num_blocks - 1  # stop = blocks: a full zip
+        out["blocks"] = stop_blocks(session)  # stop = blocks: a full zip
     s = session.settings
     out["settings"] = {
         **knobs_of(s),

@@ -19,6 +19,7 @@ from heterogui.errors import ConfigError, HeteroguiError
 from heterogui.models.graph import INPUT, LOGITS
 from heterogui.pipeline import Prepared, ZipSettings, match_spaces, resolved_settings
 from heterogui.pipeline import correlation as pipeline_correlation
+from heterogui.ui import work
 from heterogui.ui.fig_neuron_hist import correlation_histogram
 from heterogui.ui.fig_neurons import (
     CROSS,
@@ -31,6 +32,7 @@ from heterogui.ui.fig_neurons import (
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 from heterogui.zip.matchers import Match
+from heterogui.zip.plan import head_group
 
 VIEWS = ("space", "neuron_map", "overview_box", "neuron_overview", "neuron_hist", "neuron_info")
 
@@ -133,9 +135,7 @@ def space_match(
 
 def paired_points(prepared: Prepared, space: str) -> set[str]:
     """Return ``space`` and the merge points matched with it (its attention layer's spaces)."""
-    graph = prepared.padded_a.graph()
-    group = graph.spaces[space].group or space
-    return {n for n, s in graph.spaces.items() if (s.group or n) == group}
+    return set(head_group(prepared.padded_a.graph(), space))
 
 
 def correlation(prepared: Prepared, space: str, capture_stop: int | None) -> np.ndarray:
@@ -169,7 +169,7 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
     session.neuron_space = space
     result = session.result
     settings = result.settings if result is not None else session.settings
-    n_blocks = prep.padded_a.graph().num_blocks - 1
+    n_blocks = work.stop_blocks(session)
     stop = n_blocks if settings.stop is None else settings.stop
     try:
         corr, match = space_match(prep, settings, space, stop, result)

@@ -26,7 +26,7 @@ from heterogui.ui.zip_overrides import (
     override_choices,
     override_text,
 )
-from heterogui.ui.zip_readout import readout_info, stop_blocks
+from heterogui.ui.zip_readout import readout_info
 
 VIEWS = (
     "readout",
@@ -220,7 +220,7 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
         "arch_plot": architecture_figure(prep, info["widths"], info["stop"]),
         "widths_plot": widths_figure(info["widths"]),
         "widths_table": table,
-        "stop": gr.update(maximum=stop_blocks(session)),
+        "stop": gr.update(maximum=work.stop_blocks(session)),
         "override_space": gr.update(choices=override_choices(prep)),
     }
 
@@ -238,7 +238,7 @@ def settings_from(
 ) -> Any:
     """Return ZipSettings from the knob values (keeping the session's overrides, ridge and
     bn_units: recipe settings without a control of their own)."""
-    n = stop_blocks(session)
+    n = work.stop_blocks(session)
     return work.make_settings(
         matcher,
         alpha,

@@ -260,6 +260,12 @@ def set_alignment(
     return how
 
 
+def stop_blocks(session: Session) -> int:
+    """Return the stop slider's largest value: the padded topology's blocks before the head."""
+    prep = session.prepared
+    return prep.padded_a.graph().num_blocks - 1 if prep is not None else 10
+
+
 def require_prepared(session: Session) -> Prepared:
     """Return the session's prepared statistics.
 

@@ -22,17 +22,11 @@ from heterogui.zip.plan import stop_point
 def knob_values(session: Session) -> dict[str, Any]:
     """Return the knob components' values from the session's settings (after load/import)."""
     s = session.settings
-    n = stop_blocks(session)
+    n = work.stop_blocks(session)
     return {
         **work.knobs_of(s),
         "stop": gr.update(maximum=n, value=n if s.stop is None else s.stop),
     }
-
-
-def stop_blocks(session: Session) -> int:
-    """Return the stop slider's largest value: the padded topology's blocks before the head."""
-    prep = session.prepared
-    return prep.padded_a.graph().num_blocks - 1 if prep is not None else 10
 
 
 def readout(session: Session) -> dict[str, Any]:

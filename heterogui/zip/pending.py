@@ -118,12 +118,12 @@ class PendingProducts:
         return self._record(shift.to(torch.float64), x.sum(dim=0).to(torch.float64), x.shape[0])
 
     def _product_for(self, dtype: torch.dtype) -> bool:
-        """Make ``product`` hold ``dtype``; return True when it is new (unwritten).
+        """Make ``product`` exist; return True when it is new (unwritten).
 
-        A new one is not zeroed: the first batch's products overwrite it; the blocks below the
-        diagonal stay unused.
+        Batches pending are of ``dtype`` (``holds_other_than``). A new one is not zeroed: the
+        first batch's products overwrite it; the blocks below the diagonal stay unused.
         """
-        if self.product is not None and self.product.dtype == dtype:
+        if self.product is not None:
             return False
         self.product = torch.empty(self.width, self.width, dtype=dtype, device=self.device)
         return True

@@ -164,10 +164,16 @@ def trunk_spaces(graph: ModelGraph, stop: int) -> list[str]:
     return sorted({a.space for t in graph.tensors if t.block < stop for a in t.axes} - {INPUT})
 
 
+def head_group(graph: ModelGraph, space: str) -> list[str]:
+    """Return the spaces that share ``space``'s head pairing, by name (itself alone outside a
+    head group)."""
+    group = graph.spaces[space].group or space
+    return sorted(n for n, s in graph.spaces.items() if (s.group or n) == group)
+
+
 def head_group_first(graph: ModelGraph, space: str) -> str:
     """Return the space whose knobs a head group uses: its first member by name."""
-    group = graph.spaces[space].group or space
-    return min(n for n, s in graph.spaces.items() if (s.group or n) == group)
+    return head_group(graph, space)[0]
 
 
 def head_group_firsts(graph: ModelGraph) -> list[str]:
