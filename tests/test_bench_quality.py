@@ -85,6 +85,7 @@ def test_json_has_every_row_with_valid_values(report) -> None:
         ),
         *(f"homogeneous zip ({REFERENCE}{suffix})" for suffix in SUFFIXES),
         "padding control",
+        "padding control, sequential least squares",
     }
     assert expected == set(rows)
     for label, row in rows.items():
@@ -152,6 +153,13 @@ def test_fusion_table_shares_come_from_the_rows(report) -> None:
     assert f"- least squares: best zip above the paper's fusion on {above} of 2 pairs" in md
     checks = [c for c in data["checks"] if c["check"].startswith("best zip at least 95%")]
     assert len(checks) == 2
+    # the depth pair's padding control against the reference's zip, both sequential
+    control = data["pairs"][DEPTH]["rows"]["padding control, sequential least squares"]
+    same = data["pairs"][REFERENCE]["rows"]["zip (SMA, sequential least squares)"]
+    (check,) = [c for c in data["checks"] if c["check"].startswith("padding control within")]
+    assert check["pair"] == DEPTH
+    gap = control["joint"]["mean"] - same["joint"]["mean"]
+    assert check["passed"] == (gap >= -0.01) and f"{100 * gap:+.1f} points" in check["detail"]
     placements = md.split("## Where LMA places")[1].split("## Checks")[0]
     line = next(x for x in placements.splitlines() if x.startswith(f"| {DEPTH} |"))
     rows = data["pairs"][DEPTH]["rows"]

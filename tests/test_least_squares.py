@@ -295,8 +295,9 @@ def test_sequential_least_squares_refits_the_readers_on_the_merge_s_own_inputs(n
 def test_sequential_least_squares_refits_the_tails_unmerge_on_the_merge_s_state(name, monkeypatch):
     """The tails read the stop point through U_m; the refit makes U the ridge least-squares fit
     of the parents' states there on the finished merge's own state, over the rows the tails
-    read (every position; a ViT classifier's [CLS] token), numpy's solve agreeing, so it
-    reproduces them no worse than the unmerge the merge was built with."""
+    read (a CNN's global-average-pool head the mean of the positions, an MLP's classifier every
+    row, a ViT classifier its [CLS] token), numpy's solve agreeing, so it reproduces them no
+    worse than the unmerge the merge was built with."""
     from heterogui.fusion import assemble
     from heterogui.models.capture import first_block_input
 
@@ -337,7 +338,9 @@ def test_sequential_least_squares_refits_the_tails_unmerge_on_the_merge_s_state(
         t = torch.cat(parts)
         if name == "vit":  # (B, T, H): a classifier head reads the [CLS] token
             return t[:, 0].double().numpy()
-        return t.movedim(1, -1).reshape(-1, t.shape[1]).double().numpy()  # each position
+        if t.dim() > 2:  # (B, C, H, W): the pool head reads the mean of the positions
+            return t.mean(dim=(2, 3)).double().numpy()
+        return t.double().numpy()  # (B, F): an MLP's classifier reads every row
 
     z = rows(states[2])
     n, r = z.shape

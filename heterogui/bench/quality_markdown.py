@@ -23,6 +23,7 @@ from heterogui.bench.quality_report import (
     KEPT,
     LEAST_SQUARES,
     METRICS,
+    PADDING_CONTROL,
     PLACE_WORDS,
     PLACEMENTS,
     SEQUENTIAL,
@@ -56,13 +57,14 @@ def _table(header: list[str], lines: list[list[str]]) -> list[str]:
 
 def _summary(report: dict[str, Any]) -> list[str]:
     cols = ["ensemble", "ensemble (BN re-estimated)", "weight average", "permute"]
-    zips = ["zip (SMA)", "zip (LMA)", "zip (uniform)", "zip (head)", "padding control"]
+    zips = ["zip (SMA)", "zip (LMA)", "zip (uniform)", "zip (head)", PADDING_CONTROL]
     lines = []
     for pair, r in report["pairs"].items():
         rows = r["rows"]
         homo = next((v for k, v in rows.items() if k.startswith("homogeneous zip")), None)
         cells = [fmt(rows.get(c)) for c in cols] + [fmt(homo)] + [fmt(rows.get(z)) for z in zips]
         cells.append(fmt(rows.get(f"zip ({r['sweep_mode']}{LEAST_SQUARES})")))
+        cells.append(fmt(rows.get(PADDING_CONTROL + SEQUENTIAL)))
         lines.append([pair, r["kind"], *cells])
     header = [
         "pair",
@@ -78,6 +80,7 @@ def _summary(report: dict[str, Any]) -> list[str]:
         "zip head",
         "padding control",
         "zip least squares (sweep alignment)",
+        "padding control, sequential least squares",
     ]
     return _table(header, lines)
 

@@ -18,7 +18,8 @@ of the pair's homogeneous reference (the same A with a B of A's architecture). "
 (depth pairs) zips A with that homogeneous B padded with identity blocks to this pair's depth (it
 computes exactly the homogeneous B's function), A at its LMA slots and B's real blocks first, so
 identity blocks meet real ones as in a depth merge: its gap to the homogeneous zip is the cost of
-padding alone. The sweeps use LMA on depth pairs (SMA elsewhere; with equal depths all alignments
+padding alone (with the paper's fusion, and with sequential least squares against the homogeneous
+zip's sequential row: the depth merge's own cost under the best fusion). The sweeps use LMA on depth pairs (SMA elsewhere; with equal depths all alignments
 coincide). "merge s" is the wall time of the merge (BN re-estimation of A and B, CKA, alignment,
 feature pass, matching, fusion, BN re-estimation of the merged model), not counting evaluation.
 For LayerNorm models (the ViT pairs) rho = 0 is not the ensemble: one LayerNorm over both models'

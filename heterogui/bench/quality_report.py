@@ -39,6 +39,9 @@ AS_TRAINED = ", without BatchNorm units"  # least squares on the rows as trained
 PAPER = "average"
 PAIRED = {"heads": "pair"}
 PAPER_KNOBS = {"fusion": PAPER, "bn_units": False, **PAIRED}  # the paper's fusion and heads
+SEQUENTIAL_KNOBS = {"fusion": "least_squares_sequential", **PAIRED}  # the best fusion, paired heads
+# A zipped with the homogeneous B padded to a depth pair's depth (``quality_seed``): the label
+PADDING_CONTROL = "padding control"
 
 
 def fusion_knobs(fusion: str) -> dict[str, Any]:
@@ -53,7 +56,7 @@ def fusion_knobs(fusion: str) -> dict[str, Any]:
 VARIANTS = (
     (PAPER_KNOBS, ""),
     ({"fusion": "least_squares", **PAIRED}, LEAST_SQUARES),
-    ({"fusion": "least_squares_sequential", **PAIRED}, SEQUENTIAL),
+    (SEQUENTIAL_KNOBS, SEQUENTIAL),
     ({"fusion": PAPER, "bn_units": True, **PAIRED}, BN_UNITS),
     ({"fusion": "least_squares", "bn_units": False, **PAIRED}, LEAST_SQUARES + AS_TRAINED),
     ({"fusion": "least_squares_sequential", "bn_units": False, **PAIRED}, SEQUENTIAL + AS_TRAINED),
@@ -256,7 +259,7 @@ def _homogeneous_checks(
     homo_label, homo = best_zip(homo_rows)
     # the pairs' ensembles differ too (B differs): each merge's share of its own ensemble
     shares = f"{best / ensemble_joint(rows):.3f} vs {homo / ensemble_joint(homo_rows):.3f}"
-    return [
+    out = [
         _check(
             "best heterogeneous zip within 1 point of the best homogeneous zip (Joint)",
             pair,
@@ -265,6 +268,20 @@ def _homogeneous_checks(
             f"{100 * (best - homo):+.1f} points ({shares} of their ensembles)",
         )
     ]
+    control = mean(rows.get(PADDING_CONTROL + SEQUENTIAL))
+    same = mean(homo_rows.get(f"zip (SMA{SEQUENTIAL})"))
+    if control is not None and same is not None:  # the depth merge with the homogeneous B
+        out.append(
+            _check(
+                "padding control within 1 point of the homogeneous zip, both sequential least "
+                "squares (Joint; the same B: the cost of the depth merge itself)",
+                pair,
+                control >= same - TOLERANCE,
+                f"{PADDING_CONTROL}{SEQUENTIAL} {pct(control)} vs {ref} zip (SMA{SEQUENTIAL}) "
+                f"{pct(same)}: {100 * (control - same):+.1f} points",
+            )
+        )
+    return out
 
 
 def _placement_check(pair: str, rows: dict[str, Any]) -> dict[str, Any]:

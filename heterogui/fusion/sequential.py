@@ -19,7 +19,8 @@ The tails (each model's own blocks after the stop point: its classifier head) re
 point through their unmerge U_m; once the merged model is finished (refit, split, BatchNorm
 re-estimated), ``refit_tails`` refits those U_m the same way, on the merged model's own state
 at the stop point against each parent's state there (through the origin, as they read it; on
-the rows each tail reads: a [CLS] head its first token).
+the rows each tail reads: a [CLS] head its first token, a global-average-pool head the mean of
+the positions, every other tail every token or position).
 """
 
 from __future__ import annotations
@@ -203,26 +204,27 @@ def refit_tails(
     Per model m, U_m = (Σ_xz + λ U₀)(Σ_zz + λ I)⁻¹ over the calibration rows the tail reads,
     with x the parent's state at the stop point (the padded ``nets`` run up to it), z the
     merged model's (``model.features``) and U₀ its unmerge as built; second moments through
-    the origin, as the tail reads x_m = U_m z. The rows: every token or position, or the
-    first token only where the tail's first block reads only that (``reads_first_token``: a
-    [CLS] head).
+    the origin, as the tail reads x_m = U_m z. The rows are those the tail's first block reads
+    (``tail_reads``): the first token of a [CLS] head, the mean of the positions of a
+    global-average-pool head (the fit then weighs what the classifier sees, one row an input),
+    every token or position otherwise.
     """
     stop, layout = model.spec.stop, model.spec.layout  # the stop point's feature layout
     if layout is None:  # nothing merged: the tails read the models' own inputs
         return False
-    first = [bool(getattr(tail[0], "reads_first_token", False)) for tail in model.tails]
+    reads = [tail_reads(tail[0], layout) for tail in model.tails]
     joints = [_Joint() for _ in nets]
     model.eval()
     for batch in by_length(batches):
         moved = to_device(batch, device)
         rows = partial(_tail_rows, layout=layout, mask=token_mask(moved))
         merged = _features_of(model.features(moved))
-        merged_rows = {kind: rows(merged, only_first=kind) for kind in set(first)}
-        for net, joint, only_first in zip(nets, joints, first, strict=True):
+        merged_rows = {kind: rows(merged, kind) for kind in set(reads)}
+        for net, joint, kind in zip(nets, joints, reads, strict=True):
             state = first_block_input(net.module, moved)
             for block in list(net.module.blocks)[:stop]:
                 state = block(state)
-            joint.add(rows(_features_of(state), only_first=only_first), merged_rows[only_first])
+            joint.add(rows(_features_of(state), kind), merged_rows[kind])
     for m, (joint, built) in enumerate(zip(joints, model.unmerge_matrices(), strict=True)):
         u, _ = joint.fit(built.to(torch.float64), ridge, centred=False)
         buffer = getattr(model, unmerge_name(m))
@@ -230,11 +232,30 @@ def refit_tails(
     return True
 
 
+def tail_reads(first: nn.Module, layout: str) -> str:
+    """Return which rows of the stop point a tail whose first block is ``first`` reads.
+
+    "first": the first token only (a [CLS] head, ``reads_first_token``, token layouts);
+    "mean": the mean of the positions only (a global average pool, ``reads_position_mean``,
+    channel layouts); "all": every token or position.
+    """
+    if layout == "tokens" and getattr(first, "reads_first_token", False):
+        return "first"
+    if layout == "channels" and getattr(first, "reads_position_mean", False):
+        return "mean"
+    return "all"
+
+
 def _tail_rows(
-    feats: torch.Tensor, layout: str, mask: torch.Tensor | None, only_first: bool
+    feats: torch.Tensor, kind: str, layout: str, mask: torch.Tensor | None
 ) -> torch.Tensor:
-    """Return a stop-point state as the rows a tail reads: its first tokens, or every row."""
-    return feats[:, 0] if only_first and layout == "tokens" else to_rows(feats, layout, mask)
+    """Return a stop-point state as the rows a tail reads (``tail_reads``): one per input for
+    "first" (its first token) and "mean" (its positions' mean), else every token or position."""
+    if kind == "first":
+        return feats[:, 0]
+    if kind == "mean":
+        return feats.flatten(2).mean(-1)
+    return to_rows(feats, layout, mask)
 
 
 def _features_of(state: object) -> torch.Tensor:

@@ -96,6 +96,8 @@ def max_pool(dims: int) -> nn.Module:
 class PoolHead(nn.Module):
     """Global average pool, then a Linear classifier."""
 
+    reads_position_mean = True  # it reads the mean of the positions (``fusion.sequential``)
+
     def __init__(self, c_in: int, n_out: int):
         super().__init__()
         self.linear = nn.Linear(c_in, n_out)
