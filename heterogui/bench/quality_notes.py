@@ -19,9 +19,10 @@ of the pair's homogeneous reference (the same A with a B of A's architecture). "
 computes exactly the homogeneous B's function), A at its LMA slots and B's real blocks first, so
 identity blocks meet real ones as in a depth merge: its gap to the homogeneous zip is the cost of
 padding alone (with the paper's fusion, and with sequential least squares against the homogeneous
-zip's sequential row: the depth merge's own cost under the best fusion). The sweeps use LMA on depth pairs (SMA elsewhere; with equal depths all alignments
-coincide). "merge s" is the wall time of the merge (BN re-estimation of A and B, CKA, alignment,
-feature pass, matching, fusion, BN re-estimation of the merged model), not counting evaluation.
+zip's sequential row: the depth merge's own cost under the best fusion). The sweeps use LMA on
+depth pairs (SMA elsewhere; with equal depths all alignments coincide). "merge s" is the wall
+time of the merge (BN re-estimation of A and B, CKA, alignment, feature pass, matching, fusion,
+BN re-estimation of the merged model), not counting evaluation.
 For LayerNorm models (the ViT pairs) rho = 0 is not the ensemble: one LayerNorm over both models'
 concatenated features normalizes them together, so that check is left out there."""
 
