@@ -31,6 +31,7 @@ import torch
 
 from heterogui.align.alignment import Alignment, align, placed_by_depths
 from heterogui.align.similarity import layer_similarities, resolve_measure
+from heterogui.analysis import pad_aligned
 from heterogui.config import check_fusion
 from heterogui.errors import ConfigError, IncompatibleModelsError
 from heterogui.fusion.assemble import build_merge, least_squares_unmerges
@@ -42,7 +43,6 @@ from heterogui.models.graph import ModelGraph
 from heterogui.pair_check import check_pair
 from heterogui.pipeline import (
     Progress,
-    pad_aligned,
     resolve_device,
     resolved_settings,
     space_correlation,

@@ -93,7 +93,7 @@ def test_a_prepared_pair_switches_measure_and_computes_each_matrix_once(monkeypa
     def forbidden(*args, **kwargs):
         raise AssertionError("the matrix was computed already")
 
-    monkeypatch.setattr("heterogui.pipeline.layer_similarity", forbidden)
+    monkeypatch.setattr("heterogui.analysis.layer_similarity", forbidden)
     again = with_measure(outputs, "updates")
     assert again.similarity is prep.similarity
     with pytest.raises(ConfigError, match="unknown"):

@@ -13,7 +13,7 @@ import torch
 from conftest import DEPTH_PAIRS, calibration, make, tiny_decoder, tiny_hf, token_batches
 from test_decoder import batches as decoder_batches
 
-from heterogui import pipeline
+from heterogui import analysis, pipeline
 from heterogui.align.alignment import align
 from heterogui.align.similarity import layer_similarity
 from heterogui.models.hf.bert_io import network_from_hf as bert_from_hf
@@ -98,7 +98,7 @@ def test_a_probe_that_places_the_layers_elsewhere_is_corrected_by_a_partial_pass
             probe[slot, layer_b] = 1.0
         return probe
 
-    monkeypatch.setattr(pipeline, "layer_similarity", misleading)
+    monkeypatch.setattr(analysis, "layer_similarity", misleading)
     prep = pipeline.prepare(net_a, net_b, data)
     assert "features" in prep.timings  # the realignment's pass over the moved merge points
     assert prep.alignment == want.alignment and torch.equal(prep.similarity, cka)

@@ -334,7 +334,7 @@ def test_the_similarity_measure_switches_the_map_and_realigns(analysed, res, mon
     def forbidden(*args, **kwargs):
         raise AssertionError("no similarity pass for a measure computed before")
 
-    monkeypatch.setattr("heterogui.pipeline.layer_similarity", forbidden)
+    monkeypatch.setattr("heterogui.analysis.layer_similarity", forbidden)
     tab_align.on_measure(analysed, res, "updates")
     assert analysed.prepared.similarity is prep.similarity
     assert analysed.prepared.alignment.positions_b == prep.alignment.positions_b

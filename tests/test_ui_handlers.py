@@ -490,7 +490,7 @@ def test_remerge_reuses_cached_statistics_and_is_fast(session, res, monkeypatch)
     monkeypatch.setattr(work, "realign", forbidden)
     monkeypatch.setattr("heterogui.run.prepare", forbidden)
     monkeypatch.setattr("heterogui.pipeline.collect_moments", forbidden)
-    monkeypatch.setattr("heterogui.pipeline.layer_similarity", forbidden)
+    monkeypatch.setattr("heterogui.analysis.layer_similarity", forbidden)
     prepared = session.prepared
     merge(session, res)  # first call pays one-off costs
     n = work_blocks(session)

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from heterogui.analysis import grouped_as_given
 from heterogui.bench.floor import floor_seconds, weights_mib
 from heterogui.bench.memory import peak_rss_mib
 from heterogui.bench.timing import clock, sync
@@ -33,7 +34,6 @@ from heterogui.pipeline import (
     Prepared,
     ZipSettings,
     correlation,
-    grouped_as_given,
     match_spaces,
     prepare,
     realign,

@@ -4,7 +4,7 @@ Switching the alignment mode to a placement a session has no statistics for runs
 models over the calibration data (MiniLM L6 + L3: about 3 s on 2 cores; SmolLM2: about 18 s).
 After every heavy step of a session, the app hands the session to one ``Prefetcher``; its
 background thread collects the session's missing ``placements.PREFETCH_MODES`` placements
-(``pipeline.realign``, the call the switch makes) and gives each to the session
+(``analysis.realign``, the call the switch makes) and gives each to the session
 (``placements.adopt_placement``), where the switch finds it; then it matches them at the
 session's settings, so that the Neurons tab and the next merge find the matching's costly part
 done (the correlations and the greedy zip's runs are kept with the statistics).

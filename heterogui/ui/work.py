@@ -219,7 +219,7 @@ def set_alignment(
 ) -> str:
     """Realign the pair with ``mode`` (or a manual mapping); redo the feature pass if needed.
 
-    measure: read the CKA of this measure from now on (``pipeline.with_measure``: one
+    measure: read the CKA of this measure from now on (``analysis.with_measure``: one
     similarity pass the first time); None keeps the current one.
 
     Returns "same" when the new alignment places every layer where it already is (only its

@@ -1,4 +1,4 @@
-"""Statistics a new alignment keeps from the previous one (``pipeline.realign``).
+"""Statistics a new alignment keeps from the previous one (``analysis.realign``).
 
 A merge point's statistics are the features of A and B at its captures, block by block. In a
 padded model a block is either one of the model's own blocks or an identity block that passes
