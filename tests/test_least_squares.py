@@ -356,6 +356,23 @@ def test_sequential_least_squares_refits_the_tails_unmerge_on_the_merge_s_state(
         assert error(after) <= error(before)
 
 
+def test_each_tail_is_refit_on_the_rows_its_first_block_reads():
+    """A CNN's pool head reads the mean of the positions, a [CLS] head the first token, a mean-
+    pooling embedding head, an MLP's classifier and a language-model head every row."""
+    from heterogui.fusion.sequential import tail_reads
+    from heterogui.models.bert_modules import PoolHead as EmbeddingHead
+    from heterogui.models.conv import PoolHead
+    from heterogui.models.mlp import LinearHead
+
+    assert tail_reads(PoolHead(8, 3), "channels") == "mean"
+    assert tail_reads(EmbeddingHead("cls"), "tokens") == "first"
+    assert tail_reads(EmbeddingHead("mean"), "tokens") == "all"
+    assert tail_reads(LinearHead(8, 3), "flat") == "all"
+    assert tail_reads(torch.nn.Linear(8, 3), "tokens") == "all"
+    # a pool head behind other blocks (a partial zip) is not the tail's first block
+    assert tail_reads(torch.nn.Conv2d(8, 8, 3), "channels") == "all"
+
+
 def test_sequential_least_squares_runs_on_token_models():
     from heterogui.models.hf.bert_io import network_from_hf
     from heterogui.models.hf.decoder_io import network_from_hf as decoder_from_hf
