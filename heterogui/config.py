@@ -37,10 +37,12 @@ OVERRIDE_TYPES = {
 }
 OVERRIDE_KEYS = set(OVERRIDE_TYPES)
 IDENTITIES = ("exact", "ls", "plain")
-# how matched weights are combined (fusion.fuse; "least_squares": fusion.regression) and the
-# least-squares ridge, relative to the merged features' mean variance. "auto" (the default): the
-# fusion measured best for the models' family (models.family.Family.default_fusion)
-FUSIONS = ("auto", "average", "least_squares", "least_squares_sequential")
+# how matched weights are combined (fusion.fuse; "least_squares": fusion.regression;
+# "least_squares_heads": that and the heads' unmerge refit, "least_squares_sequential": both
+# refit block by block, fusion.sequential) and the least-squares ridge, relative to the merged
+# features' mean variance. "auto" (the default): the fusion measured best for the models' family
+# (models.family.Family.default_fusion)
+FUSIONS = ("auto", "average", "least_squares", "least_squares_heads", "least_squares_sequential")
 DEFAULT_FUSION = "auto"
 DEFAULT_RIDGE = 1e-2
 POOLINGS = ("mean", "cls")
@@ -126,8 +128,9 @@ class ZipSpec:
     (a key with ``*``, ``?`` or ``[``, such as "*.qk", is a pattern of merge points:
     ``zip.plan.ZipSettings``).
 
-    fusion: "auto" (the family's default: least squares for VGG, ResNet and ViT models, the
-    paper's average otherwise), "average" (the paper's), "least_squares" or
+    fusion: "auto" (the family's default: least squares with the heads' refit for VGG and
+    ResNet models, sequential least squares for ViT models, the paper's average otherwise),
+    "average" (the paper's), "least_squares", "least_squares_heads" or
     "least_squares_sequential"; ridge: the least-squares ridge.
     renormalize: rescale the merged features to their groups' average statistics after fusion.
     heads: "auto" (the family's: split for ViT models, pair for the others), "pair" (the

@@ -57,7 +57,7 @@ from heterogui.zip.stats import Moments
 from heterogui.zip.widths import group_width
 
 GROUP_MATCHERS = {"zip": zip_group, "zip_naive": zip_group_naive}
-GROUP_FUSIONS = ("average", "least_squares", "least_squares_sequential")
+GROUP_FUSIONS = ("average", "least_squares", "least_squares_heads", "least_squares_sequential")
 
 
 @dataclass

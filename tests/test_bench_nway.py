@@ -26,7 +26,7 @@ def test_every_row_has_real_accuracies(report) -> None:
     data, _ = report
     rows = data["groups"][GROUP]["rows"]
     merges = [k for k in rows if k.startswith(("N-way", "sequential"))]
-    assert len(merges) == 3 + 6  # three fusions at once, three fusions x two orders
+    assert len(merges) == 4 + 8  # four fusions at once, four fusions x two orders
     for label, row in rows.items():
         joint = row["joint"]["mean"]
         assert 0.0 <= joint <= 1.0 and not math.isnan(joint), label

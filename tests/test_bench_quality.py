@@ -64,6 +64,7 @@ SUFFIXES = (
     ", BatchNorm units",
     ", least squares, without BatchNorm units",
     ", sequential least squares, without BatchNorm units",
+    ", least squares, heads refit",
 )
 
 

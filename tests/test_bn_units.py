@@ -19,7 +19,7 @@ from heterogui.pipeline import ZipSettings, prepare, zip_prepared
 from heterogui.recipe_parse import recipe_from_dict
 from tests.conftest import DEPTH_PAIRS, calibration, make, max_diff
 
-FUSIONS = ("average", "least_squares", "least_squares_sequential")
+FUSIONS = ("average", "least_squares", "least_squares_heads", "least_squares_sequential")
 
 
 def pair(name: str):

@@ -186,13 +186,16 @@ def test_least_squares_bias_takes_the_intercept():
     assert torch.allclose(got, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize(("name", "expected"), [("vgg", "least_squares"), ("mlp", "average")])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("vgg", "least_squares_heads"), ("resnet", "least_squares_heads"), ("mlp", "average")],
+)
 def test_the_default_fusion_is_the_familys_and_the_merge_records_it(name, expected):
     config_a, config_b, shape = DEPTH_PAIRS[name]
     prep = prepare(make(config_a, 0), make(config_b, 1), calibration(shape), device="cpu")
     default = zip_prepared(prep, ZipSettings(rho=0.5))
     explicit = zip_prepared(prep, ZipSettings(rho=0.5, fusion=expected))
-    other = "average" if expected == "least_squares" else "least_squares"
+    other = "average" if expected != "average" else "least_squares"
     different = zip_prepared(prep, ZipSettings(rho=0.5, fusion=other))
     assert ZipSettings().fusion == ZipSpec().fusion == "auto"
     assert default.settings == explicit.settings  # "auto" resolved, as a recipe records it
@@ -206,6 +209,34 @@ def test_the_default_fusion_is_the_familys_and_the_merge_records_it(name, expect
     assert ZipSettings(fusion="least_squares_sequential").resolved("average").fusion == (
         "least_squares_sequential"
     )
+
+
+@pytest.mark.parametrize("name", ["resnet", "mlp"])
+def test_least_squares_heads_is_one_shot_least_squares_then_the_heads_refit(name, monkeypatch):
+    """The trunk is one-shot least squares to the bit; only the unmerges the heads read differ,
+    and they are ``refit_tails`` on that merge. A's and B's rows at the stop point are kept for
+    the next merge from the same statistics, which then runs only the merged model."""
+    from heterogui.fusion import sequential
+
+    config_a, config_b, shape = DEPTH_PAIRS[name]
+    prep = prepare(make(config_a, 0), make(config_b, 1), calibration(shape), device="cpu")
+    once = zip_prepared(prep, ZipSettings(rho=0.5, fusion="least_squares"))
+    heads = zip_prepared(prep, ZipSettings(rho=0.5, fusion="least_squares_heads"))
+    first, later = once.model.state_dict(), heads.model.state_dict()
+    refit = {k for k in first if not torch.equal(first[k], later[k])}
+    assert refit and all(k.startswith("unmerge") for k in refit)
+    padded = [prep.padded_a, prep.padded_b]
+    assert sequential.refit_tails(once.model, padded, prep.batches, prep.device, 0.01)
+    for k in refit:
+        assert torch.equal(once.model.state_dict()[k], later[k])
+    runs = []
+    real = sequential.first_block_input
+    monkeypatch.setattr(sequential, "first_block_input", lambda *a: runs.append(1) or real(*a))
+    again = zip_prepared(prep, ZipSettings(rho=0.75, fusion="least_squares_heads"))
+    assert not runs  # A and B not run again: their stop-point rows were kept
+    x = calibration(shape, n_batches=1, seed=3)[0]
+    with torch.no_grad():
+        assert all(bool(torch.isfinite(o).all()) for o in again.model(x))
 
 
 @pytest.mark.parametrize("name", ["mlp", "resnet"])

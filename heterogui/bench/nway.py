@@ -42,6 +42,7 @@ GROUPS = ("digits-resnet-trio", "digits-resnet-trio-homogeneous")
 FUSION_LABEL = {
     "average": "paper's fusion",
     "least_squares": "least squares",
+    "least_squares_heads": "least squares, heads refit",
     "least_squares_sequential": "sequential least squares",
 }
 

@@ -32,9 +32,12 @@ replaces the unmerge U with the ridge regression of the parents' features on the
 (zip.fusion: least_squares, ridge 1e-2 towards the paper's U; docs/method.md sec. 9): each
 merged layer then best
 reproduces the averaged outputs of A's and B's layers from the merged inputs. Rows "zip (MODE,
-least squares)" are the same matchings fused that way; "sequential least squares" refits each
-such weight on the inputs it really gets in the merged model, block by block (one more pass of
-A, B and the merge; zip.fusion: least_squares_sequential). Both least-squares fusions run in
+least squares)" are the same matchings fused that way; "least squares, heads refit" then refits
+the unmerge the heads read on the finished merge's own state (one pass of the merge up to the
+heads; zip.fusion: least_squares_heads, the CNNs' default); "sequential least squares" refits
+each such weight on the inputs it really gets in the merged model, block by block, and the heads'
+unmerge after it (more passes of A, B and the merge; zip.fusion: least_squares_sequential). The
+least-squares fusions run in
 BatchNorm units here (zip.bn_units, the default; docs/method.md sec. 9): each layer that a
 BatchNorm follows is first divided by that BatchNorm's running std (the same function), so
 matched rows of A and B weigh the same, and the merged rows are scaled back by their groups'

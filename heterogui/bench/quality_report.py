@@ -24,6 +24,7 @@ TOLERANCE = 0.01  # the heterogeneous zip should be within 1 point of the homoge
 ENSEMBLE_SHARE = 0.95  # the best merge should keep 95% of the ensemble's Joint accuracy
 LEAST_SQUARES = ", least squares"  # the label suffix of least-squares fusion rows
 SEQUENTIAL = ", sequential least squares"  # the label suffix of sequential least-squares rows
+HEADS_REFIT = ", least squares, heads refit"  # least squares, then the heads' unmerge refit
 RENORMALIZED = ", renormalized"  # the label suffix of renormalized rows
 HEADS_KEPT = "heads kept ("  # the label prefix of the rows that keep every attention head
 STREAM_KEPT = "stream kept ("  # ... that keep a transformer's residual stream unmerged
@@ -56,6 +57,7 @@ def fusion_knobs(fusion: str) -> dict[str, Any]:
 VARIANTS = (
     (PAPER_KNOBS, ""),
     ({"fusion": "least_squares", **PAIRED}, LEAST_SQUARES),
+    ({"fusion": "least_squares_heads", **PAIRED}, HEADS_REFIT),
     (SEQUENTIAL_KNOBS, SEQUENTIAL),
     ({"fusion": PAPER, "bn_units": True, **PAIRED}, BN_UNITS),
     ({"fusion": "least_squares", "bn_units": False, **PAIRED}, LEAST_SQUARES + AS_TRAINED),
@@ -109,6 +111,7 @@ VARIANT_NAMES = {
     HEADS_SPLIT: "heads split",
     LEAST_SQUARES + HEADS_SPLIT: "least squares, heads split",
     SEQUENTIAL + HEADS_SPLIT: "sequential least squares, heads split",
+    HEADS_REFIT: "least squares, heads refit",
 }
 LEARNED = ("SMA", "LMA", "LMA first", "LMA similar")  # the alignments that read the CKA
 PLACEMENTS = ("LMA", "LMA first", "LMA similar")  # where LMA puts a block in its segment

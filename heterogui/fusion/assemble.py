@@ -36,6 +36,9 @@ from heterogui.zip.match import Match
 from heterogui.zip.plan import ZipSettings
 from heterogui.zip.stats import Moments
 
+# the fusions that refit the heads' unmerge on the finished merge (``refit_tails``)
+REFITS_TAILS = ("least_squares_heads", "least_squares_sequential")
+
 
 def assemble(
     padded: Sequence[Network],
@@ -202,7 +205,7 @@ def _finish(
         ),
     )
     model.eval()
-    if settings.fusion == "least_squares_sequential":
+    if settings.fusion in REFITS_TAILS:
         timed(
             timings,
             "refit_tails",

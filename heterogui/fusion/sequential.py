@@ -43,6 +43,7 @@ from heterogui.fusion.fuse import (
 from heterogui.fusion.merged import MergedModel, unmerge_name
 from heterogui.fusion.regression import Regression, per_model, solve_regression
 from heterogui.fusion.renormalize import merged_name
+from heterogui.memo import ObjectMemo
 from heterogui.models.capture import (
     Batch,
     capture_inputs,
@@ -212,24 +213,63 @@ def refit_tails(
     stop, layout = model.spec.stop, model.spec.layout  # the stop point's feature layout
     if layout is None:  # nothing merged: the tails read the models' own inputs
         return False
-    reads = [tail_reads(tail[0], layout) for tail in model.tails]
+    reads = tuple(tail_reads(tail[0], layout) for tail in model.tails)
+    ordered, parents = parent_rows(nets, batches, device, stop, layout, reads)
     joints = [_Joint() for _ in nets]
     model.eval()
-    for batch in by_length(batches):
+    for batch, theirs in zip(ordered, parents, strict=True):
         moved = to_device(batch, device)
         rows = partial(_tail_rows, layout=layout, mask=token_mask(moved))
         merged = _features_of(model.features(moved))
         merged_rows = {kind: rows(merged, kind) for kind in set(reads)}
-        for net, joint, kind in zip(nets, joints, reads, strict=True):
-            state = first_block_input(net.module, moved)
-            for block in list(net.module.blocks)[:stop]:
-                state = block(state)
-            joint.add(rows(_features_of(state), kind), merged_rows[kind])
+        for joint, kind, x in zip(joints, reads, theirs, strict=True):
+            joint.add(x, merged_rows[kind])
     for m, (joint, built) in enumerate(zip(joints, model.unmerge_matrices(), strict=True)):
         u, _ = joint.fit(built.to(torch.float64), ridge, centred=False)
         buffer = getattr(model, unmerge_name(m))
         buffer.copy_(u.to(buffer.device, buffer.dtype))
     return True
+
+
+# each model's rows at the stop point per calibration batch (``parent_rows``): they do not
+# depend on the merge, so a re-merge from the same statistics runs only the merged model
+_PARENT_ROWS = ObjectMemo(limit=8)
+
+
+def parent_rows(
+    nets: Sequence[Network],
+    batches: Iterable[Batch],
+    device: torch.device | str,
+    stop: int,
+    layout: str,
+    reads: tuple[str, ...],
+) -> tuple[list[Batch], list[list[torch.Tensor]]]:
+    """Return (the batches regrouped by length, per batch of them each net's rows at the stop
+    point as its tail reads them (``reads``), from ``nets`` run up to ``stop``).
+
+    Kept while the padded A (``nets[0]``) lives, for the same other nets, batches (the same
+    list object), device, stop and rows: the entry holds those objects, so an id in its key
+    cannot be another object's; the merged model runs over the batches in the order returned.
+    """
+
+    def compute() -> tuple[tuple[object, ...], list[Batch], list[list[torch.Tensor]]]:
+        ordered, out = by_length(batches), []
+        for batch in ordered:
+            moved = to_device(batch, device)
+            rows = partial(_tail_rows, layout=layout, mask=token_mask(moved))
+            per_net = []
+            for net, kind in zip(nets, reads, strict=True):
+                state = first_block_input(net.module, moved)
+                for block in list(net.module.blocks)[:stop]:
+                    state = block(state)
+                per_net.append(rows(_features_of(state), kind))
+            out.append(per_net)
+        return (tuple(nets[1:]), batches), ordered, out
+
+    if not isinstance(batches, list):  # a one-off iterable: nothing to key on
+        return compute()[1:]
+    key = (tuple(id(n) for n in nets[1:]), id(batches), str(device), stop, layout, reads)
+    return _PARENT_ROWS.get(nets[0], key, compute)[1:]
 
 
 def tail_reads(first: nn.Module, layout: str) -> str:

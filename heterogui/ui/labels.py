@@ -14,7 +14,8 @@ def fusion_text(settings: ZipSettings) -> str:
     """Return the fusion of ``settings`` for messages ("least squares (ridge 0.01)")."""
     if settings.fusion == "average":
         return "average"
-    kind = "least squares" if settings.fusion == "least_squares" else "sequential least squares"
+    kinds = {"least_squares": "least squares", "least_squares_heads": "least squares, heads refit"}
+    kind = kinds.get(settings.fusion, "sequential least squares")
     return f"{kind} (ridge {settings.ridge:g})"
 
 

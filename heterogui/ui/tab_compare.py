@@ -103,7 +103,11 @@ def build(ui: dict[str, Any], res: Resources) -> None:
 
 def _label(row: dict[str, Any], metric: str) -> str:
     score = "not scored yet" if row.get("score") is None else f"{metric} {row['score']}"
-    fusion = {"least_squares": " · least squares", "least_squares_sequential": " · sequential"}
+    fusion = {
+        "least_squares": " · least squares",
+        "least_squares_heads": " · least squares, heads refit",
+        "least_squares_sequential": " · sequential",
+    }
     fusion = fusion.get(row.get("fusion"), "")
     fusion += " · renormalized" if row.get("renormalize") else ""
     fusion += {

@@ -298,8 +298,8 @@ def make_settings(
 ) -> ZipSettings:
     """Return ZipSettings from the Zip tab's controls (stop = n_blocks means a full zip).
 
-    fusion: "auto" (the family's default), "average" (the paper's), "least_squares" or
-    "least_squares_sequential"; ridge: the least-squares ridge;
+    fusion: "auto" (the family's default), "average" (the paper's), "least_squares",
+    "least_squares_heads" or "least_squares_sequential"; ridge: the least-squares ridge;
     renormalize: rescale the merged features to their groups' average statistics after fusion;
     heads: "auto" (the family's), "pair" (the paper's), "select" (``zip.select``), "search"
         (``head_search``) or "split" (``fusion.split_heads``);

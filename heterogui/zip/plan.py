@@ -37,8 +37,10 @@ class ZipSettings:
     stop: merge blocks before this index (None: every block but the heads).
     fusion: "average" (the paper's W* = M W U), "least_squares" (U replaced by the
         regression of the parents' features on the merged ones: ``fusion.regression``),
-        "least_squares_sequential" (that regression refit block by block on the merge's own
-        inputs) or "auto": the models' family's default (``resolved``), which a merge records.
+        "least_squares_heads" (that, then the heads' unmerge refit on the merge's own state:
+        ``fusion.sequential.refit_tails``), "least_squares_sequential" (that regression refit
+        block by block on the merge's own inputs, the heads' unmerge too) or "auto": the
+        models' family's default (``resolved``), which a merge records.
     ridge: the least-squares ridge, relative to the merged features' mean variance.
     renormalize: after fusion, rescale the merged features that a per-feature affine module
         writes (norms, value projections) to their groups' average mean and spread
