@@ -128,8 +128,8 @@ class ZipSpec:
     (a key with ``*``, ``?`` or ``[``, such as "*.qk", is a pattern of merge points:
     ``zip.plan.ZipSettings``).
 
-    fusion: "auto" (the family's default: least squares with the heads' refit for VGG and
-    ResNet models, sequential least squares for ViT models, the paper's average otherwise),
+    fusion: "auto" (the family's default: least squares for VGG and ResNet models, sequential
+    least squares for ViT models, the paper's average otherwise),
     "average" (the paper's), "least_squares", "least_squares_heads" or
     "least_squares_sequential"; ridge: the least-squares ridge.
     renormalize: rescale the merged features to their groups' average statistics after fusion.

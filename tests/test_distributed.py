@@ -197,7 +197,7 @@ def _recipe(
     ("pair", "fusion", "tol"),
     [
         (PAIR, "average", TOL),
-        (PAIR, "auto", LEAST_SQUARES_TOL),  # "auto": least squares, heads refit (VGG pair)
+        (PAIR, "auto", LEAST_SQUARES_TOL),  # "auto": least squares for the VGG pair
         ("tiny-digits-vgg-width", "average", TOL),  # equal depth: CKA and moments in one pass
     ],
 )
@@ -229,7 +229,7 @@ def test_torchrun_merge_writes_the_single_process_merge_once(tmp_path, capsys, p
     assert r2["alignment"]["score"] == pytest.approx(r1["alignment"]["score"], rel=1e-6)
     y1, y2 = (yaml.safe_load((d / "recipe.yaml").read_text()) for d in (one, two))
     assert y1 == y2  # the whole data's hash and count, the same alignment and knobs
-    assert y1["zip"]["fusion"] == ("average" if fusion == "average" else "least_squares_heads")
+    assert y1["zip"]["fusion"] == ("average" if fusion == "average" else "least_squares")
 
 
 def test_torchrun_refuses_fewer_batches_than_processes(tmp_path):

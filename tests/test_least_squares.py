@@ -188,7 +188,7 @@ def test_least_squares_bias_takes_the_intercept():
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("vgg", "least_squares_heads"), ("resnet", "least_squares_heads"), ("mlp", "average")],
+    [("vgg", "least_squares"), ("resnet", "least_squares"), ("mlp", "average")],
 )
 def test_the_default_fusion_is_the_familys_and_the_merge_records_it(name, expected):
     config_a, config_b, shape = DEPTH_PAIRS[name]

@@ -106,9 +106,9 @@ def test_the_fusion_over_the_api(url):
     status, summary, _ = call(client, "/merge", "zip", 0.5, 1.0, 0.5, stop, "cpu", "average")
     assert "fusion" not in status
     status, summary, _ = call(client, "/merge", "zip", 0.5, 1.0, 0.5, stop, "cpu")  # "auto"
-    assert "fusion: least squares, heads refit" in status  # the VGG family's, as recorded
+    assert "fusion: least squares" in status  # the VGG family's default, as the merge records
     history = [h["fusion"] for h in summary["history"]]
-    assert history == ["least_squares", "average", "least_squares_heads"]
+    assert history == ["least_squares", "average", "least_squares"]
     with pytest.raises(AppError, match="magic is not in the list of choices"):
         call(client, "/zip", "zip", 0.5, 1.0, 0.5, stop, "magic")  # refused by the dropdown
 
@@ -147,7 +147,7 @@ def test_the_heads_over_the_api(url):
     status, summary, _ = call(client, "/merge", *knobs)
     assert "Merge #1 done" in status and "heads: no merged attention heads" in status  # VGG
     status, summary, _ = call(client, "/remerge", True, "zip", 0.5, 1.0, 0.6, stop, "cpu")
-    assert "heads:" not in status  # no heads' message (the fusion's name may say "heads refit")
+    assert "heads" not in status
     assert [h["heads"] for h in summary["history"]] == ["select", "pair"]
     with pytest.raises(AppError, match="both is not in the list of choices"):
         call(client, "/zip", "zip", 0.5, 1.0, 0.5, stop, "average", False, "both")

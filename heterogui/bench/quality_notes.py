@@ -34,7 +34,7 @@ merged layer then best
 reproduces the averaged outputs of A's and B's layers from the merged inputs. Rows "zip (MODE,
 least squares)" are the same matchings fused that way; "least squares, heads refit" then refits
 the unmerge the heads read on the finished merge's own state (one pass of the merge up to the
-heads; zip.fusion: least_squares_heads, the CNNs' default); "sequential least squares" refits
+heads; zip.fusion: least_squares_heads); "sequential least squares" refits
 each such weight on the inputs it really gets in the merged model, block by block, and the heads'
 unmerge after it (more passes of A, B and the merge; zip.fusion: least_squares_sequential). The
 least-squares fusions run in

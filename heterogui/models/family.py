@@ -63,16 +63,13 @@ class Family:
 # SmolLM2 merge takes 28-35 s instead of 5 s, a re-merge 24-31 s instead of 1-2 s), MLP and
 # GPT-2 (GPT-2's one pair was trained apart: docs/decoders.md).
 LEAST_SQUARES = "least_squares"
-# VGG and ResNet take one-shot least squares and then the heads' unmerge refit on the merge's own
-# state (fusion.sequential.refit_tails: one pass of the merged model up to the heads; A's and
-# B's states there are kept between re-merges): +0.8 to +5.2 points of Joint on all 8 zoo CNN
-# pairs over one-shot least squares (3 seeds, docs/quality.md), for 0.02-0.24 s a zoo merge.
-LEAST_SQUARES_HEADS = "least_squares_heads"
 # ViT takes its sequential refit (with the tails' unmerge refit: fusion.sequential): on the zoo's
 # ViT pairs it keeps 0.98-1.00 of the ensemble where one-shot least squares keeps 0.53-0.65, for
 # a few more passes of A, B and the merge over the calibration data (0.2-0.4 s a zoo merge).
-# The CNNs gain 0.5-2 points more from it than from the heads' refit alone, at 3-10 times a
-# re-merge: they take least squares with the heads' refit.
+# The CNNs gain 0-2 points from it at 5-30 times a re-merge: they keep one-shot least squares.
+# Its refit of the heads' unmerge alone after one-shot least squares ("least_squares_heads")
+# gains them 0.9-3.3 points for one more pass of the merge, which costs the speed goals of the
+# ResNet benchmark pair and of the workbench's slider (docs/benchmarks.md): an option too.
 SEQUENTIAL_LEAST_SQUARES = "least_squares_sequential"
 # CKA of what each layer adds to the residual stream places a pre-norm decoder's layers where
 # they belong: SmolLM2 + its copy without 6 middle layers, SMA, rho 1: perplexity 28.7 / 21.0
@@ -91,8 +88,8 @@ def register(family: Family) -> None:
 
 for _mod, _cls, _name, _fusion in (
     (mlp, mlp.MLPConfig, "mlp", "average"),
-    (vgg, vgg.VGGConfig, "vgg", LEAST_SQUARES_HEADS),
-    (resnet, resnet.ResNetConfig, "resnet", LEAST_SQUARES_HEADS),
+    (vgg, vgg.VGGConfig, "vgg", LEAST_SQUARES),
+    (resnet, resnet.ResNetConfig, "resnet", LEAST_SQUARES),
 ):
     register(
         Family(

@@ -62,15 +62,15 @@ KNOBS_HELP = """
 - **Fusion.** *average*: the paper's merged weights W* = M W U. *least squares*: the merged
   weights that best reproduce the parents' averaged outputs, fitted in closed form on the
   calibration statistics. *least squares, heads refit*: that, then each model's unmerge (what
-  its head reads) refit on the merge's own output (one pass of the merge). *sequential least
-  squares*: refit layer by layer on the merge's own inputs, and the unmerges after it (a few
-  passes a merge; best on the zoo's CNNs and ViTs, not on MiniLM's sentence similarity:
-  docs/quality.md). *auto*: sequential for ViTs, least squares with the heads refit for VGG and
-  ResNet (measured better at little cost), the paper's average for the others. On decoder
-  language models least squares lowered the perplexity on every pair measured (by 0.1-5%, and by
-  15% on the trained Llama pair's code) but a re-merge of a SmolLM2-sized model takes 11-31 s
-  with it against 1-2 s; the sequential refit was best on the trained pairs and worse on SmolLM2
-  (docs/decoders.md).
+  its head reads) refit on the merge's own output (one pass of the merge; +1-3 points on the
+  zoo's CNNs: docs/quality.md). *sequential least squares*: refit layer by layer on the merge's
+  own inputs, and the unmerges after it (a few passes a merge; best on the zoo's CNNs and ViTs,
+  not on MiniLM's sentence similarity: docs/quality.md). *auto*: sequential for ViTs, least
+  squares for VGG and ResNet (measured better at little cost), the paper's average for the
+  others. On decoder language models least squares lowered the perplexity on every pair measured
+  (by 0.1-5%, and by 15% on the trained Llama pair's code) but a re-merge of a SmolLM2-sized
+  model takes 11-31 s with it against 1-2 s; the sequential refit was best on the trained pairs
+  and worse on SmolLM2 (docs/decoders.md).
 - **Attention heads** (transformers). *pair*: a head of A and its matched head of B are
   averaged (an attention pattern neither computes). *select*: the pair's head that writes
   more through its output projection is kept whole, and both models' outputs read it.
