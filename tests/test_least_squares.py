@@ -123,7 +123,9 @@ def test_least_squares_merge_of_a_permuted_copy_gives_the_model_back(name):
             assert max_diff(result.model(x), (ref(x), ref(x))) < 1e-5, ridge
 
 
-@pytest.mark.parametrize("fusion", ["least_squares", "least_squares_sequential"])
+@pytest.mark.parametrize(
+    "fusion", ["least_squares", "least_squares_heads", "least_squares_sequential"]
+)
 def test_rho_zero_with_least_squares_is_still_the_ensemble(fusion):
     config_a, config_b, shape = DEPTH_PAIRS["resnet"]
     prep = prepare(make(config_a, 0), make(config_b, 1), calibration(shape), device="cpu")
