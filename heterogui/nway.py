@@ -32,7 +32,7 @@ import torch
 from heterogui.align.alignment import Alignment, align, placed_by_depths
 from heterogui.align.similarity import layer_similarities, resolve_measure
 from heterogui.analysis import pad_aligned
-from heterogui.config import check_fusion
+from heterogui.config import DEFAULT_FUSION, FUSIONS, check_fusion
 from heterogui.errors import ConfigError, IncompatibleModelsError
 from heterogui.fusion.assemble import build_merge, least_squares_unmerges
 from heterogui.fusion.fuse import SpaceTransform
@@ -57,7 +57,7 @@ from heterogui.zip.stats import Moments
 from heterogui.zip.widths import group_width
 
 GROUP_MATCHERS = {"zip": zip_group, "zip_naive": zip_group_naive}
-GROUP_FUSIONS = ("average", "least_squares", "least_squares_heads", "least_squares_sequential")
+GROUP_FUSIONS = tuple(f for f in FUSIONS if f != DEFAULT_FUSION)  # "auto" is resolved first
 
 
 @dataclass

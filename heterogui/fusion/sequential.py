@@ -259,9 +259,7 @@ def parent_rows(
             rows = partial(_tail_rows, layout=layout, mask=token_mask(moved))
             per_net = []
             for net, kind in zip(nets, reads, strict=True):
-                state = first_block_input(net.module, moved)
-                for block in list(net.module.blocks)[:stop]:
-                    state = block(state)
+                state = net.module.run(first_block_input(net.module, moved), 0, stop)
                 per_net.append(rows(_features_of(state), kind))
             out.append(per_net)
         return (tuple(nets[1:]), batches), ordered, out

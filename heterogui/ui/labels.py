@@ -9,14 +9,19 @@ from heterogui.tasks import Task
 from heterogui.ui.session import Session
 from heterogui.zip.plan import head_group_firsts
 
+# the least-squares fusions by the names the page shows (the Zip tab's dropdown, messages)
+FUSION_NAMES = {
+    "least_squares": "least squares",
+    "least_squares_heads": "least squares, heads refit",
+    "least_squares_sequential": "sequential least squares",
+}
+
 
 def fusion_text(settings: ZipSettings) -> str:
     """Return the fusion of ``settings`` for messages ("least squares (ridge 0.01)")."""
     if settings.fusion == "average":
         return "average"
-    kinds = {"least_squares": "least squares", "least_squares_heads": "least squares, heads refit"}
-    kind = kinds.get(settings.fusion, "sequential least squares")
-    return f"{kind} (ridge {settings.ridge:g})"
+    return f"{FUSION_NAMES[settings.fusion]} (ridge {settings.ridge:g})"
 
 
 def heads_text(result: MergeResult) -> str:

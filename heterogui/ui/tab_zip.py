@@ -52,9 +52,7 @@ HEAD_CHOICES = [
 FUSION_CHOICES = [
     ("auto (what measured best for the family)", "auto"),
     ("average (paper)", "average"),
-    ("least squares", "least_squares"),
-    ("least squares, heads refit", "least_squares_heads"),
-    ("sequential least squares", "least_squares_sequential"),
+    *((name, fusion) for fusion, name in labels.FUSION_NAMES.items()),
 ]
 KNOBS_HELP = """
 - **Matcher.** *zip*: the greedy elastic zip, which merges models of any widths; *permute*
