@@ -17,7 +17,7 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
     """Merge two networks on calibration batches, or run a recipe (a Recipe or its file).
 
     ``merge(net_a, net_b, batches, mode=..., settings=..., device=...)`` runs the engine on
-    in-memory networks (``heterogui.run.merge_networks``); ``merge(recipe)`` runs a recipe
+    in-memory networks (``heterogui.pipeline.merge_networks``); ``merge(recipe)`` runs a recipe
     through the one merge path (``heterogui.run.merge``) and returns its engine result (a
     ``pipeline.MergeResult``, or a ``nway.GroupMergeResult`` for a list of three or more models).
 
@@ -35,4 +35,6 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
         raise ConfigError(
             "merge(net_a, net_b, batches): give both networks and calibration batches"
         )
-    return run.merge_networks(model_a, model_b, batches, **options)
+    from heterogui.pipeline import merge_networks
+
+    return merge_networks(model_a, model_b, batches, **options)

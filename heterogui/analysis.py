@@ -20,7 +20,8 @@ from heterogui.models.capture import Batch
 from heterogui.models.family import Network
 from heterogui.models.graph import ModelGraph
 from heterogui.prepared import Prepared
-from heterogui.ready import BN_STAGES, TO_DEVICE, Progress
+from heterogui.progress import Progress
+from heterogui.ready import BN_STAGES, TO_DEVICE
 from heterogui.stages import timed
 from heterogui.zip.collect import pass_bytes, shared_spaces, similarity_and_moments
 from heterogui.zip.reuse import own_layers, realigned_moments

@@ -26,7 +26,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     calibration data split between them, the statistics all-reduced:
     ``heterogui.distributed``); only rank 0 writes the folder and prints.
     """
-    from heterogui import distributed, run, run_group  # torch: only when a merge runs
+    from heterogui import distributed, run, run_export, run_group  # torch: only when a merge runs
     from heterogui.export.json_text import readable_json
     from heterogui.report import compact_heads
 
@@ -34,7 +34,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if recipe.more_models:
         run_group.check_format(args.format)
     out = Path(args.out)
-    check_output(out, args.overwrite, run.data_files(recipe))  # before the expensive part
+    check_output(out, args.overwrite, run_export.data_files(recipe))  # before the expensive part
     distributed.init_from_env(recipe.device)
     try:
         writer = distributed.is_main()
@@ -44,7 +44,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         done = run.merge(recipe, progress=_progress if args.verbose and writer else None)
         if not writer:
             return 0
-        run.export(done, out, overwrite=args.overwrite, fmt=args.format)
+        run_export.export(done, out, overwrite=args.overwrite, fmt=args.format)
     finally:
         distributed.shutdown()
     summary = {k: done.report[k] for k in ("parameters", "widths")}

@@ -41,7 +41,8 @@ from heterogui.models.family import Network
 from heterogui.models.graph import ModelGraph
 from heterogui.pair_check import check_pair
 from heterogui.prepared import MergeResult, Prepared
-from heterogui.ready import Progress, ready_with_similarities
+from heterogui.progress import Progress
+from heterogui.ready import ready_with_similarities
 from heterogui.stages import timed
 from heterogui.zip.collect import collect_moments, statistics_bytes
 from heterogui.zip.matchers import Match
@@ -333,3 +334,25 @@ def _part_matches(
 def within(progress: Progress, stage: str, lo: float, hi: float) -> Callable[[float], None]:
     """Return a fraction callback that reports ``stage`` from ``lo`` to ``hi``."""
     return lambda frac: progress(stage, lo + (hi - lo) * frac)
+
+
+def merge_networks(
+    net_a: Network,
+    net_b: Network,
+    batches: list[Any],
+    settings: ZipSettings | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: Progress | None = None,
+    **options: Any,
+) -> MergeResult:
+    """Merge two in-memory networks on calibration batches (the engine, without sources).
+
+    batches: list of input tensors (B, ...) (or tokenizer dicts) drawn from both tasks.
+    options: ``prepare``'s keywords (mode, manual, measure, device,
+    reset_input_bn).
+
+    Raises:
+        HeteroguiError: incompatible networks or invalid settings.
+    """
+    prepared = prepare(net_a, net_b, batches, progress=progress, **options)
+    return zip_prepared(prepared, settings, dtype, progress)

@@ -20,9 +20,9 @@ from heterogui.align.similarity import layer_similarities
 from heterogui.fusion.bn import has_batch_norm, reestimate_batch_norm, reestimating_batch_norm
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network
+from heterogui.progress import Progress
 from heterogui.stages import timed
 
-Progress = Callable[[str, float], None]
 # the stages that re-estimate the input models' BatchNorm (the second one with their CKA)
 BN_STAGES = ("bn_inputs", "bn_similarity")
 TO_DEVICE = "to_device"  # the stage that copies the models where they run (when they change)

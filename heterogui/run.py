@@ -2,52 +2,46 @@
 
 ``merge(recipe)`` loads models A and B through their sources, draws the task's calibration
 (and evaluation) data, runs the engine (``pipeline.prepare`` / ``zip_prepared``), completes the
-recipe and writes the report; ``export`` writes the result in an output format. A recipe with
-three or more models takes the same steps, with the N-way engine and scores of
-``heterogui.run_group`` where they differ. The CLI, the
-Python API (``heterogui.merge``), the workbench and the benchmarks all go through the steps
-defined here: ``load_pair``, ``calibrate``, ``analyse``, ``evaluate_models`` / ``evaluate_merge``,
-``complete_recipe``, ``export``. No other module builds recipes or checks model hashes.
+recipe and writes the report; ``run_export.export`` writes the result in an output format. A
+recipe with three or more models takes the same steps, with the N-way engine and scores of
+``heterogui.run_group`` where they differ. The CLI, the Python API (``heterogui.merge``), the
+workbench and the benchmarks all go through the steps defined here: ``load_pair``,
+``calibrate``, ``analyse``, ``evaluate_models`` / ``evaluate_merge``, ``complete_recipe``. No
+other module builds recipes or checks model hashes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
-import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
-import heterogui
-from heterogui import distributed, run_group
+from heterogui import distributed, host_memory, run_group
 from heterogui.config import AlignmentSpec, DataRef, ModelRef, Recipe, TransformerSpec, ZipSpec
-from heterogui.errors import Cancelled, ConfigError, IncompatibleModelsError
-from heterogui.export.job import HETEROGUI_FORMAT, ExportJob
-from heterogui.export.registry import write_export
-from heterogui.models.family import Network
+from heterogui.errors import ConfigError, IncompatibleModelsError
 from heterogui.nway import GroupMergeResult
 from heterogui.pipeline import (
     MergeResult,
     Prepared,
-    Progress,
     ZipSettings,
     check_pair,
     prepare,
     zip_prepared,
 )
+from heterogui.progress import Progress, guarded, within
 from heterogui.recipe_parse import load_recipe
-from heterogui.report import card_files, group_card_files, group_report, merge_report
+from heterogui.report import group_report, merge_report
+from heterogui.run_export import export as export  # the Python API: run.export(done, DIR)
 from heterogui.sources import registry as sources
 from heterogui.sources.base import Loaded, Pair
 from heterogui.tasks import Calibration, Evaluation, Task, task_of
+from heterogui.versions import versions
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -76,47 +70,6 @@ class RunResult:
     def task(self) -> Task:
         """Return the pair's task."""
         return task_of(self.pair.task)
-
-
-def within(progress: Progress, lo: float, hi: float) -> Progress:
-    """Return a progress callback that maps a step's 0..1 onto ``lo..hi`` of ``progress``."""
-    return lambda stage, frac: progress(stage, lo + (hi - lo) * frac)
-
-
-def guarded(progress: Progress | None, cancel: Callable[[], bool] | None) -> Progress:
-    """Return a progress callback that stops the run (Cancelled) once ``cancel()`` is true.
-
-    The engine reports progress at every stage and batch, so a cancel takes effect at the
-    next report.
-    """
-
-    def report(stage: str, fraction: float) -> None:
-        if cancel is not None and cancel():
-            raise Cancelled("cancelled: the merge stopped; the previous result is kept")
-        if progress is not None:
-            progress(stage, fraction)
-
-    return report
-
-
-def versions(families: tuple[str, ...] = ()) -> dict[str, str]:
-    """Return the versions that can change a merge's numbers (transformers for its models)."""
-    out = {
-        "heterogui": heterogui.__version__,
-        "torch": installed_version("torch"),
-        "python": platform.python_version(),
-    }
-    if any(f in (*TRANSFORMER_FAMILIES, "decoder") for f in families):
-        out["transformers"] = installed_version("transformers")
-    return out
-
-
-@functools.cache
-def installed_version(package: str) -> str:
-    """Return the installed version of ``package``, read once a process (a lookup scans the
-    installed packages: milliseconds that every model card and recipe the workbench redraws
-    would pay again; the modules already imported keep their version anyway)."""
-    return metadata.version(package)
 
 
 def settings_of(recipe: Recipe) -> ZipSettings:
@@ -215,28 +168,6 @@ def calibrate(pair: Pair, ref: DataRef | None = None, size: int | None = None) -
             asked,
         )
     return calibration
-
-
-def stats_budget() -> int:
-    """Return the bytes of feature statistics a one-shot merge holds at once.
-
-    A quarter of the machine's memory shared by the processes torchrun starts on it, or
-    $HETEROGUI_STATS_BUDGET_MB (per process). Statistics that need more are collected part by
-    part, one pass over the calibration data each (``pipeline.chunked_matches``); the merge is
-    the same.
-    """
-    override = os.environ.get("HETEROGUI_STATS_BUDGET_MB")
-    if override:
-        try:
-            return max(int(float(override) * 2**20), 1)
-        except ValueError as exc:
-            raise ConfigError(
-                f"HETEROGUI_STATS_BUDGET_MB={override!r} is not a number of MiB; unset it or "
-                "give one such as 2048"
-            ) from exc
-    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
-    processes = int(local) if local.isdigit() and int(local) > 0 else 1
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4 // processes
 
 
 def analyse(pair: Pair, calibration: Calibration, **options: Any) -> Prepared:
@@ -431,7 +362,7 @@ def _run_engine(
         device=device,
         reset_input_bn=recipe.reset_input_bn,
         progress=report,
-        stats_budget=stats_budget(),
+        stats_budget=host_memory.stats_budget(),
     )
     return zip_prepared(prepared, settings_of(recipe), dtype, report)
 
@@ -449,78 +380,3 @@ def _scores(
     scores = {**evaluate_models(pair, result.prepared, evaluation, baseline)}
     scores["merged"] = evaluate_merge(pair, result, evaluation, within(report, 0.75, 1.0))
     return scores
-
-
-def export_format(pair: Pair) -> str:
-    """Return the output format that fits a pair: its sources' format when they share one.
-
-    Three or more models: heterogui (``run_group.check_format``).
-    """
-    fmt = pair.a.export_format
-    if pair.more or fmt != pair.b.export_format:
-        return HETEROGUI_FORMAT
-    return fmt
-
-
-def export(
-    run: RunResult, out: str | Path, overwrite: bool = False, fmt: str | None = None
-) -> Path:
-    """Write a merge to the new folder ``out`` (atomically) in ``fmt`` (None: the pair's).
-
-    A merge of three or more models is written in the heterogui format only.
-
-    Raises:
-        ConfigError: an unknown format, or another than heterogui for three or more models.
-        ExportError: the format cannot hold this merge, ``out`` exists, or writing failed.
-    """
-    if isinstance(run.result, GroupMergeResult):
-        fmt = run_group.check_format(fmt)
-        card = group_card_files(run.result, run.pair, run.task, run.scores)
-    else:
-        fmt = fmt or export_format(run.pair)
-        card = card_files(run.result, run.pair, run.task, run.scores, fmt)
-    inputs = [*model_folders(run.pair), *data_files(run.recipe)]
-    job = ExportJob(
-        run.result.model,
-        run.recipe,
-        run.report,
-        card,
-        run.pair.a.folder,
-        getattr(run.pair.a.net.config, "pooling", None),
-    )
-    return write_export(job, out, fmt, overwrite, inputs)
-
-
-def model_folders(pair: Pair) -> list[Path]:
-    """Return the local folders the models were read from."""
-    return [m.folder for m in pair.models if m.folder is not None]
-
-
-def data_files(recipe: Recipe) -> list[Path]:
-    """Return the local files and folders a recipe names (models and data), where they exist."""
-    named = [*(m.path for m in recipe.models), recipe.calibration.source]
-    if recipe.evaluation is not None:
-        named.append(recipe.evaluation.source)
-    return [Path(p).expanduser() for p in named if Path(p).expanduser().exists()]
-
-
-def merge_networks(
-    net_a: Network,
-    net_b: Network,
-    batches: list[Any],
-    settings: ZipSettings | None = None,
-    dtype: torch.dtype = torch.float32,
-    progress: Progress | None = None,
-    **options: Any,
-) -> MergeResult:
-    """Merge two in-memory networks on calibration batches (the engine, without sources).
-
-    batches: list of input tensors (B, ...) (or tokenizer dicts) drawn from both tasks.
-    options: ``pipeline.prepare``'s keywords (mode, manual, measure, device,
-    reset_input_bn).
-
-    Raises:
-        HeteroguiError: incompatible networks or invalid settings.
-    """
-    prepared = prepare(net_a, net_b, batches, progress=progress, **options)
-    return zip_prepared(prepared, settings, dtype, progress)

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from heterogui.errors import ConfigError, MatcherError
-from heterogui.pipeline import Prepared, Progress, ZipSettings, zip_prepared
+from heterogui.pipeline import Prepared, ZipSettings, zip_prepared
+from heterogui.progress import Progress
 from heterogui.run import evaluate_merge
 from heterogui.sizes import merge_size
 from heterogui.sources.base import Pair

@@ -6,7 +6,15 @@ import pytest
 
 from heterogui import sweep
 from heterogui.errors import ConfigError
-from heterogui.ui import compare_grid, tab_align, tab_compare, tab_models, tab_zip, views, work
+from heterogui.ui import (
+    compare_grid,
+    history,
+    tab_align,
+    tab_compare,
+    tab_models,
+    tab_zip,
+    views,
+)
 from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
 
@@ -86,7 +94,7 @@ def test_pinned_merges_stay_in_memory_while_old_ones_go(session, res):
     tab_compare.on_compare(session, res, first, second)
     for rho in (0.7, 0.6, 0.5, 0.4, 0.3):
         _merge(session, res, rho)
-    newest = sorted(session.kept)[-work.KEEP_RESULTS :]
+    newest = sorted(session.kept)[-history.KEEP_RESULTS :]
     assert set(session.kept) == {first, second, *newest}
     assert tab_compare.render(session, res)["compare_samples"] is not None
 

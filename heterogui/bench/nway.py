@@ -33,8 +33,7 @@ from heterogui.datasets.images import Split, load_split, task_subset
 from heterogui.fusion.merged import as_network
 from heterogui.models.family import Head, Network
 from heterogui.nway import prepare_group, zip_group_prepared
-from heterogui.pipeline import ZipSettings, prepare, zip_prepared
-from heterogui.run import merge_networks
+from heterogui.pipeline import ZipSettings, merge_networks, prepare, zip_prepared
 from heterogui.tasks.classification import Metrics, collect_outputs, score_outputs
 from heterogui.zoo.pairs import load_group, pair_spec, variant_name
 

@@ -6,7 +6,7 @@ builds two Llama decoders from config in this process (random weights, seeded; n
 downloaded): by default A in the shape of TinyLlama-1.1B (hidden 2048, 22 layers, MLP 5632, 32
 query and 4 key/value heads, a vocabulary of 32,000, untied head: 1.10B parameters) and a
 shallower B (16 layers: 0.84B). It calibrates on random token ids (seeded) and runs the engine's
-own path, ``pipeline.prepare`` with the statistics budget of ``run.stats_budget()`` (or
+own path, ``pipeline.prepare`` with the statistics budget of ``host_memory.stats_budget()`` (or
 ``--budget-mb``), then ``pipeline.zip_prepared`` at the default settings, and prints the
 parameters of A, B and the merge, the weights' memory, the statistics one pass would need
 against the budget, the statistics passes it took (parts), the time of every stage, the peak
@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from heterogui import run
 from heterogui.bench.memory import MIB, max_rss_mib, rss_mib
 from heterogui.errors import ConfigError
+from heterogui.host_memory import stats_budget
 from heterogui.models.decoder import DecoderNetConfig, make_config
 from heterogui.models.family import Network, build_network
 from heterogui.pipeline import prepare, zip_prepared
@@ -40,7 +40,7 @@ class ScaleOptions:
 
     heads / kv_heads: query and key/value heads of every layer (head size hidden / heads).
     texts x tokens: the calibration data (random token ids), ``batch`` texts per batch.
-    budget_mb: the statistics budget in MiB (None: ``run.stats_budget()``).
+    budget_mb: the statistics budget in MiB (None: ``host_memory.stats_budget()``).
     threads: torch CPU threads (None: torch's default).
     """
 
@@ -159,7 +159,7 @@ def run_scale(options: ScaleOptions) -> dict[str, Any]:
     if options.threads:
         torch.set_num_threads(options.threads)
     try:
-        budget = run.stats_budget() if options.budget_mb is None else options.budget_mb * MIB
+        budget = stats_budget() if options.budget_mb is None else options.budget_mb * MIB
         return _measure(options, int(budget))
     finally:
         torch.set_num_threads(threads)

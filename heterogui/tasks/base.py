@@ -19,7 +19,8 @@ import torch
 
 from heterogui.config import DataRef
 from heterogui.errors import ConfigError
-from heterogui.pipeline import MergeResult, Prepared, Progress
+from heterogui.pipeline import MergeResult, Prepared
+from heterogui.progress import Progress
 from heterogui.sources.base import Pair
 
 # Panels of the workbench's Evaluate tab (heterogui.ui.tab_evaluate draws them, the perplexity

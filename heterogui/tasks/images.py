@@ -20,7 +20,8 @@ from heterogui.datasets.refs import is_text, load_inputs, make_batches, tensor_d
 from heterogui.errors import ConfigError
 from heterogui.fusion.merged import MergedModel
 from heterogui.models.family import Head, Network
-from heterogui.pipeline import MergeResult, Prepared, Progress
+from heterogui.pipeline import MergeResult, Prepared
+from heterogui.progress import Progress
 from heterogui.sources.base import IMAGE_CLASSIFICATION, Pair, model_key
 from heterogui.tasks.base import (
     METRICS,

@@ -25,7 +25,8 @@ from heterogui.datasets.text_domains import DOMAINS, load_texts
 from heterogui.errors import ConfigError
 from heterogui.memo import ObjectMemo
 from heterogui.models.capture import to_device
-from heterogui.pipeline import MergeResult, Prepared, Progress
+from heterogui.pipeline import MergeResult, Prepared
+from heterogui.progress import Progress
 from heterogui.sources.base import LANGUAGE_MODELING, Pair
 from heterogui.tasks.base import (
     GENERATIONS,

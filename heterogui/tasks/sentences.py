@@ -28,7 +28,8 @@ from heterogui.datasets.sentence_pairs import Pair
 from heterogui.errors import ConfigError
 from heterogui.models.bert_modules import mean_pool
 from heterogui.models.capture import to_device
-from heterogui.pipeline import MergeResult, Prepared, Progress
+from heterogui.pipeline import MergeResult, Prepared
+from heterogui.progress import Progress
 from heterogui.sources.base import SENTENCE_SIMILARITY
 from heterogui.sources.base import Pair as ModelPair
 from heterogui.tasks.base import (

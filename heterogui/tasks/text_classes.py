@@ -22,7 +22,8 @@ from heterogui.datasets.text_tasks import TASK_CLASSES, label_id, make_task
 from heterogui.errors import ConfigError, ModelLoadError
 from heterogui.models.capture import to_device
 from heterogui.models.family import Head
-from heterogui.pipeline import MergeResult, Prepared, Progress
+from heterogui.pipeline import MergeResult, Prepared
+from heterogui.progress import Progress
 from heterogui.sources.base import TEXT_CLASSIFICATION, Pair
 from heterogui.tasks.base import (
     METRICS,

@@ -1,8 +1,8 @@
 """Export the session's merge through the one export path, and repeat a merge from a recipe.
 
 The session's merge becomes a ``heterogui.run.RunResult`` (its recipe completed by
-``run.complete_recipe``, its report by ``heterogui.report``), written by ``run.export`` in the
-format that fits the models; importing a recipe runs ``run.merge``, exactly what
+``run.complete_recipe``, its report by ``heterogui.report``), written by ``run_export.export``
+in the format that fits the models; importing a recipe runs ``run.merge``, exactly what
 ``heterogui merge`` runs.
 """
 
@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from heterogui import run
+from heterogui import run, run_export
 from heterogui.config import Recipe
 from heterogui.errors import ConfigError, ExportError, excerpt
 from heterogui.export.job import (
@@ -25,14 +24,14 @@ from heterogui.export.job import (
 )
 from heterogui.export.registry import exporter
 from heterogui.folders import check_output
+from heterogui.progress import Progress
 from heterogui.recipe_parse import load_recipe, parse_recipe
 from heterogui.report import merge_report
 from heterogui.sizes import merge_size, reference_sizes
-from heterogui.ui import work
+from heterogui.ui import history, work
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 
-Progress = Callable[[str, float], None]
 AUTO = "auto"  # the format choice that means: the one that fits this merge (``fitting_format``)
 FORMAT_HELP = {
     HETEROGUI_FORMAT: "a heterogui folder (config.json + model.safetensors): holds every merge, "
@@ -70,7 +69,7 @@ def formats(session: Session) -> list[str]:
     """Return the output formats of the session's pair: its own first, then heterogui's."""
     if session.pair is None:
         return []
-    return list(dict.fromkeys((run.export_format(session.pair), HETEROGUI_FORMAT)))
+    return list(dict.fromkeys((run_export.export_format(session.pair), HETEROGUI_FORMAT)))
 
 
 def fitting_format(session: Session) -> tuple[str | None, str]:
@@ -149,9 +148,9 @@ def export(
     path = export_path(out, root)
     done = session_run(session)
     fmt = chosen_format(session, fmt)
-    inputs = [*run.model_folders(done.pair), *run.data_files(done.recipe)]
+    inputs = [*run_export.model_folders(done.pair), *run_export.data_files(done.recipe)]
     check_output(path, overwrite, inputs)  # before the card and figures are made
-    run.export(done, path, overwrite=overwrite, fmt=fmt)
+    run_export.export(done, path, overwrite=overwrite, fmt=fmt)
     session.last_export, session.exported_merge = str(path), session.merge_count
     return path
 
@@ -205,5 +204,5 @@ def reproduce(
     if merged is None and evaluation is not None:
         merged = run.evaluate_merge(pair, result, evaluation)
     size = merge_size(result)
-    work.commit_merge(session, result, merged, size, done.report["timings_seconds"]["total"])
+    history.commit_merge(session, result, merged, size, done.report["timings_seconds"]["total"])
     return done.report

@@ -31,7 +31,7 @@ import torch
 
 from heterogui.bench.timing import clock
 from heterogui.pipeline import MergeResult, Prepared
-from heterogui.ui import placements, tab_align, tab_neurons, tab_zip, views, work
+from heterogui.ui import history, placements, tab_align, tab_neurons, tab_zip, views, work
 from heterogui.ui.prefetch import Prefetcher
 from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
@@ -61,7 +61,7 @@ def render_step(session: Session, res: Resources, scopes: tuple[str, ...]) -> in
 
 def _settings(session: Session, move: dict[str, Any]) -> Any:
     s = session.settings
-    knobs = {**work.knobs_of(s), **move}
+    knobs = {**history.knobs_of(s), **move}
     n_blocks = work.stop_blocks(session)
     if knobs["stop"] == -1:  # "one block before the head": a partial zip
         knobs["stop"] = max(n_blocks - 1, 0)

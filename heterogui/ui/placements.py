@@ -11,15 +11,15 @@ hands it to the session.
 
 from __future__ import annotations
 
-from heterogui import run
 from heterogui.align.alignment import Alignment, align
+from heterogui.host_memory import stats_budget
 from heterogui.pipeline import Prepared
 from heterogui.ui.session import Session
 
 # The statistics of earlier placements a session keeps for switching back (up to as large as the
 # current one's: 138 MB for MiniLM, less the merge points they share with it; a merge kept for
 # the Compare tab keeps its own anyway), the latest first, while they take at most half the
-# statistics budget (``run.stats_budget``).
+# statistics budget (``host_memory.stats_budget``).
 VISITED_ALIGNMENTS = 2
 
 # The modes whose placements the workbench collects ahead, while idle: the paper's two, which
@@ -68,7 +68,7 @@ def remember(session: Session, placements: list[Prepared]) -> None:
     """Put ``placements`` first among the visited ones, within the count and the budget."""
     ids = {id(p) for p in placements}
     visited = [*placements, *(p for p in session.visited if id(p) not in ids)]
-    session.visited = within_budget(visited[:VISITED_ALIGNMENTS], run.stats_budget() // 2)
+    session.visited = within_budget(visited[:VISITED_ALIGNMENTS], stats_budget() // 2)
 
 
 def missing_placement(session: Session) -> tuple[Prepared, str] | None:

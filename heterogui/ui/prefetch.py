@@ -25,9 +25,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from heterogui import run
 from heterogui.errors import Cancelled, HeteroguiError
 from heterogui.pipeline import Prepared, ZipSettings, match_spaces, realign
+from heterogui.progress import guarded
 from heterogui.ui.placements import adopt_placement, missing_placement
 from heterogui.ui.session import Session
 from heterogui.zip.plan import stop_point
@@ -121,7 +121,7 @@ class Prefetcher:
             return False
         prepared, mode = missing
         try:
-            collected = realign(prepared, mode, None, run.guarded(None, self._interrupted))
+            collected = realign(prepared, mode, None, guarded(None, self._interrupted))
         except Cancelled:
             return False  # an event started: tried again when all is quiet
         except Exception:  # not retried: the switch itself will say what fails

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from heterogui.cache import cache_dir
+from heterogui.progress import Progress
 from heterogui.sources import registry as sources
 from heterogui.sources.base import Loaded
 from heterogui.sources.zoo import DECODER_PAIR, DECODER_PREFIX, zoo_ref
@@ -25,7 +26,6 @@ from heterogui.zoo.pairs import build_zoo
 from heterogui.zoo.registry import PAIRS, TINY_PAIRS, pair_spec
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 from heterogui.tasks.base import METRICS, PERPLEXITY, SPEARMAN
 from heterogui.ui import (
     evaluate_language,
+    history,
     tab_align,
     tab_compare,
     tab_evaluate,
@@ -70,7 +71,7 @@ def session_tables(session: Session) -> dict[str, str]:
     elif task is not None and PERPLEXITY in task.panels:
         tables["metrics.csv"] = _csv(*evaluate_language.perplexity_rows(session))
     if session.history:
-        tables["history.csv"] = _csv(*tab_evaluate.history_table(session.history, flops=True))
+        tables["history.csv"] = _csv(*history.history_table(session.history, flops=True))
     return tables
 
 

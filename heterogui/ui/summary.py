@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from heterogui.ui.history import knobs_of
 from heterogui.ui.labels import merge_alarms
 from heterogui.ui.session import Session
-from heterogui.ui.work import knobs_of, stop_blocks
+from heterogui.ui.work import stop_blocks
 
 SCORE_KEYS = ("Joint", "Avg", "Spearman")
 HISTORY_KEYS = (

@@ -3,7 +3,7 @@
 Compare: pick any two merges of the current pair; the tab shows their settings, sizes and
 scores, the merged width at every merge point, where their alignments differ and, for image
 classifiers, both merges' predictions on the same samples. The two picked merges stay in
-memory (``work.KEEP_RESULTS`` more recent ones too), so their samples can be redrawn.
+memory (``history.KEEP_RESULTS`` more recent ones too), so their samples can be redrawn.
 
 2-D sweep: re-merge over a grid of rho and a second knob (alpha, beta or the stop point) from
 the cached statistics, draw the task's score as a heat map with size contours, and load any

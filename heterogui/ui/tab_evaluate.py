@@ -25,7 +25,7 @@ from heterogui.tasks.base import (
     SPEARMAN,
     SWEEP,
 )
-from heterogui.ui import labels, work
+from heterogui.ui import history, labels, work
 from heterogui.ui.evaluate_language import (
     build_language_panels,
     generation_views,
@@ -64,25 +64,6 @@ SCORE_VIEWS = (
     "history",
     "history_plot",
 )
-# The history table: who and what first (scores, sizes), then the settings; scores of every
-# task the session met go between (Joint, Task A, ..., Spearman).
-HISTORY_FIRST = ["merge", "pair"]
-HISTORY_LAST = [
-    "parameters",
-    "stored parameters",
-    "rho",
-    "alpha",
-    "beta",
-    "stop",
-    "matcher",
-    "fusion",
-    "ridge",
-    "renormalize",
-    "heads",
-    "alignment",
-    "overrides",
-    "seconds",
-]
 SWEEP_RHOS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 MAX_SAMPLES = 8
 
@@ -143,22 +124,6 @@ def build(ui: dict[str, Any], res: Resources) -> None:
     ui["history"] = gr.Dataframe(
         interactive=False, wrap=True, label="History of this session's merges (scroll sideways)"
     )
-
-
-def history_table(
-    history: list[dict[str, Any]], flops: bool = False
-) -> tuple[list[str], list[list[Any]]]:
-    """Return the history's columns (who, scores, sizes, settings) and one row per merge.
-
-    flops: also the effective FLOPs column (the page leaves it out for width; files keep it).
-    """
-    known = {*HISTORY_FIRST, *HISTORY_LAST, "flops", "score"}
-    scores = [k for k in dict.fromkeys(k for h in history for k in h) if k not in known]
-    last = list(HISTORY_LAST)
-    if flops:
-        last.insert(last.index("stored parameters") + 1, "flops")
-    columns = [*HISTORY_FIRST, *scores, *last]
-    return columns, [[h.get(c) for c in columns] for h in history]
 
 
 def metric_rows(session: Session) -> tuple[list[str], list[list[Any]]]:
@@ -303,8 +268,8 @@ def score_views(session: Session) -> dict[str, Any]:
         views["text_scores"] = spearman_rows(session)
     if PERPLEXITY in task.panels:
         views.update(perplexity_views(session))
-    columns, history = history_table(session.history)
-    views["history"] = gr.update(value=history or None, headers=columns)
+    columns, rows = history.history_table(session.history)
+    views["history"] = gr.update(value=rows or None, headers=columns)
     views["history_plot"] = history_figure(
         session.history, labels.metric_label(task), session.pair_name
     )
@@ -354,7 +319,7 @@ def on_sweep(session: Session, res: Resources, progress=None) -> str:
     settings = session.result.settings if session.result is not None else session.settings
     report = work.guarded(session, progress)
     points = sweep.sweep(session.pair, prep, settings, session.evaluation, list(SWEEP_RHOS), report)
-    session.sweep, session.sweep_key = points, work.sweep_key(settings, prep.alignment)
+    session.sweep, session.sweep_key = points, history.sweep_key(settings, prep.alignment)
     return f"Swept rho over {list(SWEEP_RHOS)}."
 
 

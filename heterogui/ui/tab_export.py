@@ -13,7 +13,7 @@ import gradio as gr
 import plotly.io
 import yaml
 
-from heterogui import run
+from heterogui import run_export
 from heterogui.errors import ConfigError
 from heterogui.report import card_files
 from heterogui.ui import exporting, slides
@@ -103,7 +103,7 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
         }
     done = exporting.session_run(session)
     fmt, why = exporting.fitting_format(session)
-    fmt = fmt or run.export_format(done.pair)
+    fmt = fmt or run_export.export_format(done.pair)
     files = card_files(done.result, done.pair, done.task, done.scores, fmt)
     card = with_inline_figures(files.pop("README.md"), files)
     return {

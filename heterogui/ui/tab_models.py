@@ -22,7 +22,7 @@ from heterogui.sources.base import LANGUAGE_MODELING
 from heterogui.sources.gguf import BUILT_IN as GGUF_BUILT_IN
 from heterogui.tasks.language import ALL_DOMAINS
 from heterogui.tasks.sentences import MIN_SENTENCES
-from heterogui.ui import work
+from heterogui.ui import history, work
 from heterogui.ui.loading import SOURCES, load_choice, model_card, verdict, zoo_choice
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
@@ -194,7 +194,7 @@ def carried_knobs(session: Session) -> str:
     default = ZipSettings()
     kept = [
         f"{k} {getattr(session.settings, k)}"
-        for k in work.KNOBS
+        for k in history.KNOBS
         if k != "stop" and getattr(session.settings, k) != getattr(default, k)
     ]
     return f" Zip knobs kept from before: {', '.join(kept)}." if kept else ""

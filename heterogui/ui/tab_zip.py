@@ -13,7 +13,7 @@ import gradio as gr
 
 from heterogui.config import DEFAULT_FUSION, DEFAULT_HEADS
 from heterogui.pipeline import resolve_device
-from heterogui.ui import labels, work
+from heterogui.ui import history, labels, work
 from heterogui.ui.fig_arch import architecture_figure
 from heterogui.ui.fig_eval import sizes_figure, widths_figure
 from heterogui.ui.resources import Resources
@@ -38,9 +38,9 @@ VIEWS = (
     "override_space",
 )
 # The knob components (set from the session after a load, an import or a sweep cell), in the
-# order of the events' inputs (``work.KNOBS``); the merge events take the device before the
+# order of the events' inputs (``history.KNOBS``); the merge events take the device before the
 # knobs that came later.
-KNOBS = work.KNOBS
+KNOBS = history.KNOBS
 MERGE_INPUTS = (*KNOBS[:5], "device", *KNOBS[5:])
 HEAD_CHOICES = [
     ("auto (split for ViTs, else pair)", "auto"),

@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from heterogui import run
-from heterogui.align.alignment import align, layer_pairs
+from heterogui.align.alignment import align
 from heterogui.align.editing import read_mapping
 from heterogui.config import (
     DEFAULT_FUSION,
@@ -37,27 +36,23 @@ from heterogui.pipeline import (
     with_measure,
     zip_prepared,
 )
+from heterogui.progress import Progress
+from heterogui.progress import guarded as guarded_progress
 from heterogui.sizes import merge_size, reference_sizes
 from heterogui.sources.base import Loaded, Pair
 from heterogui.tasks import Calibration, Evaluation, task_of
+from heterogui.ui.history import commit_merge
 from heterogui.ui.loading import pair_preflight
 from heterogui.ui.placements import remember, same_placement
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, float], None]
-# The Zip tab's knobs: the settings a user sets with one control each, in the order of every
-# event's inputs. The fusion, the renormalization, then the heads come last, after the device in
-# the merge events, so that API calls written before them still work: a missing last input takes
-# the control's default (auto, off, pair).
-KNOBS = ("matcher", "alpha", "beta", "rho", "stop", "fusion", "renormalize", "heads")
-KEEP_RESULTS = 4  # recent merges kept in memory (besides the two the Compare tab shows)
 
 
 def guarded(session: Session, progress: Progress | None) -> Progress:
     """Return a progress callback that stops the step when the user pressed Cancel."""
-    return run.guarded(progress, lambda: _cancelled(session))
+    return guarded_progress(progress, lambda: _cancelled(session))
 
 
 def _cancelled(session: Session) -> bool:
@@ -277,11 +272,6 @@ def require_prepared(session: Session) -> Prepared:
     return session.prepared
 
 
-def knobs_of(settings: ZipSettings) -> dict[str, Any]:
-    """Return the knob values of ``settings`` (``KNOBS``, in that order)."""
-    return {k: getattr(settings, k) for k in KNOBS}
-
-
 def make_settings(
     matcher: str,
     alpha: float,
@@ -360,45 +350,6 @@ def merge(
     return result
 
 
-def commit_merge(
-    session: Session,
-    result: MergeResult,
-    metrics: Any,
-    size: dict[str, Any],
-    seconds: float,
-    requested: ZipSettings | None = None,
-) -> None:
-    """Make ``result`` the session's merge and add it to the history.
-
-    requested: the settings the merge was asked for, which the knobs keep (fusion "auto" stays
-    "auto", to be resolved again for another pair); None: the merge's own.
-    """
-    session.result, session.merged_metrics = result, metrics
-    session.settings = requested or result.settings
-    session.merged_size = size
-    session.merge_count += 1
-    if session.sweep_key != sweep_key(result.settings, result.alignment):
-        session.sweep = []
-    session.history.append(history_row(session, result, metrics, size, seconds))
-    keep_result(session, result)
-
-
-def keep_result(session: Session, result: MergeResult) -> None:
-    """Record the merge's widths and layer pairs; keep it (and the pinned ones) in memory.
-
-    Only the ``KEEP_RESULTS`` newest merges and the two the Compare tab shows stay in memory.
-    """
-    n, prep = session.merge_count, result.prepared
-    session.details[n] = {
-        "widths": result.widths(),
-        "pairs": layer_pairs(result.alignment, prep.net_a.graph(), prep.net_b.graph()),
-    }
-    session.kept[n] = result
-    recent = sorted(session.kept)[-KEEP_RESULTS:]
-    for old in [m for m in session.kept if m not in recent and m not in session.pinned]:
-        del session.kept[old]
-
-
 def evaluate_pending(session: Session, res: Resources, progress: Progress | None = None) -> bool:
     """Score the current merge if its scores are missing; return whether it did.
 
@@ -415,38 +366,6 @@ def evaluate_pending(session: Session, res: Resources, progress: Progress | None
         if row["merge"] == session.merge_count:
             row.update(session.task.columns(metrics), score=session.task.headline(metrics))
     return True
-
-
-def sweep_key(settings: ZipSettings, alignment: Any) -> tuple:
-    """Return what a rho sweep depends on: every setting but rho, and the alignment."""
-    return (dataclasses.replace(settings, rho=0.0), alignment.positions_a, alignment.positions_b)
-
-
-def history_row(
-    session: Session, result: MergeResult, metrics: Any, size: dict[str, Any], seconds: float
-) -> dict[str, Any]:
-    """Return the history entry of a merge: settings, size and scores."""
-    s = result.settings
-    row = {
-        "merge": session.merge_count,
-        "pair": session.pair_name,
-        "alignment": result.alignment.mode,
-        **knobs_of(s),
-        "stop": result.spec.stop,
-        "ridge": fusion_ridge(s),
-        "overrides": len(s.overrides),
-        "parameters": size["parameters"],
-        "stored parameters": size["stored_parameters"],
-        "flops": size["flops"],
-        "seconds": round(seconds, 3),
-    }
-    row.update(session.task.columns(metrics), score=session.task.headline(metrics))
-    return row
-
-
-def fusion_ridge(settings: ZipSettings) -> float | None:
-    """Return the ridge a merge used (None with average fusion, which has none)."""
-    return settings.ridge if settings.fusion != "average" else None
 
 
 def device_choices() -> list[str]:

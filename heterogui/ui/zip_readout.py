@@ -13,7 +13,7 @@ import gradio as gr
 from heterogui.errors import ConfigError
 from heterogui.pipeline import resolved_settings
 from heterogui.sizes import STORED_REASON, estimate, merge_size, reference_sizes
-from heterogui.ui import labels, work
+from heterogui.ui import history, labels, work
 from heterogui.ui.fig_eval import natural_key
 from heterogui.ui.session import Session
 from heterogui.zip.plan import stop_point
@@ -24,7 +24,7 @@ def knob_values(session: Session) -> dict[str, Any]:
     s = session.settings
     n = work.stop_blocks(session)
     return {
-        **work.knobs_of(s),
+        **history.knobs_of(s),
         "stop": gr.update(maximum=n, value=n if s.stop is None else s.stop),
     }
 

@@ -32,6 +32,7 @@ import torch
 from heterogui.cache import cache_dir
 from heterogui.datasets.text_domains import domain_texts
 from heterogui.folders import atomic_folder
+from heterogui.progress import Progress
 from heterogui.zoo.decoder_pair import (
     BOS_ID,
     CONTEXT,
@@ -47,7 +48,6 @@ from heterogui.zoo.decoder_pair import (
 from heterogui.zoo.train import deterministic_torch
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, float], None]
 
 
 def smollm2_tokenizer() -> Any:

@@ -29,6 +29,7 @@ from heterogui.models.io import file_sha256, load_network, read_config, save_net
 from heterogui.models.resnet import ResNetConfig
 from heterogui.models.vgg import VGGConfig
 from heterogui.models.vit import ViTNetConfig
+from heterogui.progress import Progress
 from heterogui.zoo.registry import (
     PAIRS,
     TINY_PAIRS,
@@ -58,7 +59,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, float], None]
 
 
 @dataclass

@@ -1,0 +1,75 @@
+"""Writing a finished merge (``run.RunResult``) to a new folder in an output format.
+
+``export`` is the one writer behind ``heterogui merge --out``, the Python API and the
+workbench's Export tab; ``data_files`` and ``model_folders`` name the inputs an output folder
+may not overwrite or lie inside.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from heterogui import run_group
+from heterogui.config import Recipe
+from heterogui.export.job import HETEROGUI_FORMAT, ExportJob
+from heterogui.export.registry import write_export
+from heterogui.nway import GroupMergeResult
+from heterogui.report import card_files, group_card_files
+from heterogui.sources.base import Pair
+
+if TYPE_CHECKING:
+    from heterogui.run import RunResult
+
+
+def export_format(pair: Pair) -> str:
+    """Return the output format that fits a pair: its sources' format when they share one.
+
+    Three or more models: heterogui (``run_group.check_format``).
+    """
+    fmt = pair.a.export_format
+    if pair.more or fmt != pair.b.export_format:
+        return HETEROGUI_FORMAT
+    return fmt
+
+
+def export(
+    run: RunResult, out: str | Path, overwrite: bool = False, fmt: str | None = None
+) -> Path:
+    """Write a merge to the new folder ``out`` (atomically) in ``fmt`` (None: the pair's).
+
+    A merge of three or more models is written in the heterogui format only.
+
+    Raises:
+        ConfigError: an unknown format, or another than heterogui for three or more models.
+        ExportError: the format cannot hold this merge, ``out`` exists, or writing failed.
+    """
+    if isinstance(run.result, GroupMergeResult):
+        fmt = run_group.check_format(fmt)
+        card = group_card_files(run.result, run.pair, run.task, run.scores)
+    else:
+        fmt = fmt or export_format(run.pair)
+        card = card_files(run.result, run.pair, run.task, run.scores, fmt)
+    inputs = [*model_folders(run.pair), *data_files(run.recipe)]
+    job = ExportJob(
+        run.result.model,
+        run.recipe,
+        run.report,
+        card,
+        run.pair.a.folder,
+        getattr(run.pair.a.net.config, "pooling", None),
+    )
+    return write_export(job, out, fmt, overwrite, inputs)
+
+
+def model_folders(pair: Pair) -> list[Path]:
+    """Return the local folders the models were read from."""
+    return [m.folder for m in pair.models if m.folder is not None]
+
+
+def data_files(recipe: Recipe) -> list[Path]:
+    """Return the local files and folders a recipe names (models and data), where they exist."""
+    named = [*(m.path for m in recipe.models), recipe.calibration.source]
+    if recipe.evaluation is not None:
+        named.append(recipe.evaluation.source)
+    return [Path(p).expanduser() for p in named if Path(p).expanduser().exists()]
