@@ -23,14 +23,22 @@ from heterogui.config import (
 from heterogui.errors import ConfigError, ModelLoadError, excerpt
 from heterogui.text_input import load_yaml, read_text
 
+MODEL_KEYS = ("model_a", "model_b")
+# recipe keys that also take one text: the field it fills
+SHORT_KEYS = {"model_a": "path", "model_b": "path", "calibration": "source", "evaluation": "source"}
+# what an evaluation reads unless it says otherwise: every held-out input
+EVALUATION_DEFAULTS = {"split": "test", "size": None}
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of text; anything bigger is not one
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
     """Return ``cls(**data)`` after rejecting unknown keys and building nested dataclasses."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{where} must be a mapping, got {type(data).__name__} {excerpt(repr(data), 60)}; "
+            f"write {where.rsplit('.', 1)[-1]}: {{KEY: VALUE, ...}} with keys {sorted(fields)}"
+        )
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
@@ -64,26 +72,46 @@ _NESTED = {
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     """Return a Recipe from a plain dict.
 
-    The models are ``model_a`` and ``model_b``, or a list ``models`` of two or more (each a
-    mapping like model_a's or a plain path): A, B, then ``more_models``.
+        The models are ``model_a`` and ``model_b``, or a list ``models`` of two or more: A, B, then
+        ``more_models``. Each is a mapping (``{path: ..., sha256: ...}``) or a plain path; the data
+    (``calibration``, ``evaluation``) a mapping or a source's name or file alone. An evaluation
+    without a split reads the ``test`` split (all of it without a size).
 
-    A recipe heterogui recorded (it lists ``versions``) without ``zip.bn_units`` predates that
-    knob: it fused as the paper does, and repeats so (bn_units false).
+        A recipe heterogui recorded (it lists ``versions``) without ``zip.bn_units`` predates that
+        knob: it fused as the paper does, and repeats so (bn_units false).
 
-    Raises:
-        ConfigError: unknown keys, missing models, values out of range.
+        Raises:
+            ConfigError: unknown keys, missing models, values out of range.
     """
-    data = _recorded_before_bn_units(data)
+    data = _with_defaults(_recorded_before_bn_units(data))
     if isinstance(data, dict) and "more_models" in data:
         raise ConfigError(
             "recipe: more_models is not a recipe key; list every model under models: [A, B, C]"
         )
     if isinstance(data, dict) and "models" in data:
         return _listed_models(data)
-    for key in ("model_a", "model_b"):
+    for key in MODEL_KEYS:
         if isinstance(data, dict) and key not in data:
             raise ConfigError(f"recipe: {key} is missing; give {key}: {{path: FOLDER}}")
     return _build(Recipe, data, "recipe")
+
+
+def _with_defaults(data: Any) -> Any:
+    """Return ``data`` (a copy) with short entries spelt out and the evaluation's defaults.
+
+    ``model_a: PATH`` means ``{path: PATH}``, ``calibration: NAME`` ``{source: NAME}``; an
+    evaluation that gives no split reads the held-out ``test`` split, all of it unless it gives
+    a size (the calibration's defaults would score the merge on the data it was fitted to).
+    """
+    if not isinstance(data, dict):
+        return data
+    out = {
+        k: {SHORT_KEYS[k]: v} if k in SHORT_KEYS and isinstance(v, str) else v
+        for k, v in data.items()
+    }
+    if isinstance(out.get("evaluation"), dict):
+        out["evaluation"] = {**EVALUATION_DEFAULTS, **out["evaluation"]}
+    return out
 
 
 def _recorded_before_bn_units(data: Any) -> Any:

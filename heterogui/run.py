@@ -341,7 +341,21 @@ def _recipe_data(pair: Pair, recipe: Recipe) -> tuple[Calibration, Evaluation | 
         task.check(recipe.evaluation, "evaluation")
     calibration = calibrate(pair, recipe.calibration)
     evaluation = task.evaluation(recipe.evaluation, pair) if recipe.evaluation else None
+    if recipe.evaluation is not None and reads_calibration(recipe.evaluation, recipe.calibration):
+        log.warning(
+            "evaluation reads the calibration data (%s, split %s): the merge was fitted to it, "
+            "so its scores are optimistic; evaluate on split: test or on another file",
+            recipe.calibration.source,
+            recipe.calibration.split,
+        )
     return calibration, evaluation
+
+
+def reads_calibration(evaluation: DataRef, calibration: DataRef) -> bool:
+    """Return whether an evaluation reads the calibration's data (a file has no splits)."""
+    if evaluation.source != calibration.source:
+        return False
+    return evaluation.split == calibration.split or Path(evaluation.source).expanduser().is_file()
 
 
 def _run_engine(

@@ -1,0 +1,99 @@
+"""Recipes as people write them by hand: plain paths and data names, and where an evaluation
+reads from when it does not say (the held-out split, never the calibration data silently)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from heterogui import run
+from heterogui.config import DataRef
+from heterogui.errors import ConfigError
+from heterogui.recipe_parse import parse_recipe, recipe_from_dict
+
+PAIR = "zoo:tiny-digits-vgg-depth"
+
+
+def test_plain_paths_and_data_names_mean_their_mappings():
+    short = parse_recipe(
+        f"model_a: {PAIR}/a\nmodel_b: {PAIR}/b\ncalibration: digits\nevaluation: digits\n"
+    )
+    spelt = recipe_from_dict(
+        {
+            "model_a": {"path": f"{PAIR}/a"},
+            "model_b": {"path": f"{PAIR}/b"},
+            "calibration": {"source": "digits"},
+            "evaluation": {"source": "digits", "split": "test", "size": None},
+        }
+    )
+    assert short == spelt
+    assert short.calibration == DataRef("digits")  # the calibration's own defaults
+    listed = recipe_from_dict({"models": [f"{PAIR}/a", f"{PAIR}/b"], "calibration": "mnist1d"})
+    assert listed.calibration.source == "mnist1d" and listed.model_b.path == f"{PAIR}/b"
+
+
+@pytest.mark.parametrize(
+    ("given", "split", "size"),
+    [
+        ({"source": "digits"}, "test", None),
+        ({"source": "digits", "size": 100}, "test", 100),
+        ({"source": "digits", "split": "calibration"}, "calibration", None),
+        ("sts", "test", None),
+    ],
+)
+def test_an_evaluation_reads_the_held_out_split_unless_it_says(given, split, size):
+    recipe = recipe_from_dict({"model_a": "a", "model_b": "b", "evaluation": given})
+    assert (recipe.evaluation.split, recipe.evaluation.size) == (split, size)
+    assert recipe_from_dict({"model_a": "a", "model_b": "b"}).evaluation is None
+
+
+def test_a_recorded_recipe_repeats_its_evaluation_as_written():
+    recipe = recipe_from_dict(
+        {
+            "model_a": "a",
+            "model_b": "b",
+            "evaluation": {"source": "digits", "split": "calibration", "size": 64},
+        }
+    )
+    assert parse_recipe(recipe.to_yaml()) == recipe
+    assert (recipe.evaluation.split, recipe.evaluation.size) == ("calibration", 64)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("model_a: x\nmodel_b: y\ncalibration: [digits]\n", "recipe.calibration must be a mapping"),
+        ("model_a: x\nmodel_b: y\nzip: 0.5\n", "write zip: {KEY: VALUE, ...} with keys ["),
+        ("model_a: [x]\nmodel_b: y\n", "recipe.model_a must be a mapping, got list"),
+    ],
+)
+def test_a_scalar_where_a_mapping_belongs_says_how_to_write_it(text, words):
+    with pytest.raises(ConfigError, match=None) as caught:
+        parse_recipe(text)
+    assert words in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_reading_the_calibration_data_is_named(tmp_path):
+    cal = DataRef("digits", "calibration")
+    assert run.reads_calibration(DataRef("digits", "calibration", None), cal)
+    assert not run.reads_calibration(DataRef("digits", "test"), cal)
+    assert not run.reads_calibration(DataRef("mnist1d", "calibration"), cal)
+    file = tmp_path / "data.safetensors"
+    file.write_bytes(b"")
+    on_file = DataRef(str(file), "calibration")
+    assert run.reads_calibration(DataRef(str(file), "test"), on_file)  # a file has no splits
+
+
+def test_a_merge_scored_on_its_calibration_data_warns(caplog):
+    text = f"model_a: {PAIR}/a\nmodel_b: {PAIR}/b\ncalibration: {{source: digits, size: 64}}\n"
+    recipe = parse_recipe(text + "evaluation: {source: digits, split: calibration, size: 64}\n")
+    pair = run.load_pair(recipe.model_a, recipe.model_b)
+    with caplog.at_level(logging.WARNING, logger="heterogui.run"):
+        run._recipe_data(pair, recipe)
+    assert "evaluation reads the calibration data (digits, split calibration)" in caplog.text
+    caplog.clear()
+    held_out = parse_recipe(text + "evaluation: digits\n")
+    with caplog.at_level(logging.WARNING, logger="heterogui.run"):
+        _, evaluation = run._recipe_data(pair, held_out)
+    assert "calibration data" not in caplog.text and evaluation.ref.split == "test"
