@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from heterogui import __version__
 from heterogui.cli_app import add_app_arguments, app_options
 from heterogui.cli_bench import add_bench_arguments
 from heterogui.cli_zoo import add_zoo_arguments
@@ -71,8 +72,15 @@ def cmd_app(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``heterogui`` command."""
-    parser = argparse.ArgumentParser(prog="heterogui", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="heterogui",
+        description="Training-free merging of models of different depth and width: merge as a "
+        "recipe says, build the demo models, run the benchmarks or start the workbench.",
+        epilog="heterogui COMMAND --help gives a command's options; python -m heterogui works "
+        "the same.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    parser.add_argument("--version", action="version", version=f"heterogui {__version__}")
 
     sub = parser.add_subparsers(dest="command", required=True)
 

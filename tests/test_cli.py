@@ -13,6 +13,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import heterogui
 from heterogui.cli import main
 from heterogui.config import Recipe
 from heterogui.errors import ConfigError
@@ -208,6 +209,14 @@ def test_python_dash_m_runs_the_cli():
     assert done.returncode == 0
     for command in ("merge", "zoo", "bench", "app"):
         assert command in done.stdout
+    assert "``" not in done.stdout  # plain text, not the module's docstring markup
+
+
+def test_the_version_is_the_package_s(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"heterogui {heterogui.__version__}"
 
 
 def test_the_app_refuses_an_unknown_pair_or_a_bad_login_before_serving(capsys):
