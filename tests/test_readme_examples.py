@@ -1,8 +1,11 @@
-"""The README's examples run as written: its digits recipe through the CLI's path, and its
-Python API block (which merges, re-merges and exports that recipe) in a fresh folder."""
+"""The documented examples run as written: the README's recipes parse, its Python API block
+(which merges, re-merges and exports the digits recipe) runs in a fresh folder, and every
+Python block of the README and docs/ imports names that exist."""
 
 from __future__ import annotations
 
+import ast
+import importlib
 import re
 from pathlib import Path
 
@@ -13,12 +16,14 @@ from heterogui.models.io import state_sha256
 from heterogui.recipe_parse import recipe_from_dict
 from heterogui.sources.folder import load_merged
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCUMENTS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def fenced_blocks(language: str) -> list[str]:
-    """Return the README's fenced blocks of ``language``, in order."""
-    text = README.read_text("utf-8")
+def fenced_blocks(language: str, document: Path = README) -> list[str]:
+    """Return a document's fenced blocks of ``language``, in order."""
+    text = document.read_text("utf-8")
     return re.findall(rf"^```{language}\n(.*?)^```$", text, flags=re.S | re.M)
 
 
@@ -35,6 +40,29 @@ def test_every_recipe_in_the_readme_parses():
     for block in recipes:
         recipe = recipe_from_dict(yaml.safe_load(block))
         assert recipe.models[0].path and recipe.calibration.source
+
+
+def importable(module: str, name: str) -> bool:
+    """Return whether ``from module import name`` works (a name or a submodule)."""
+    if hasattr(importlib.import_module(module), name):
+        return True
+    try:
+        importlib.import_module(f"{module}.{name}")
+    except ModuleNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
+def test_every_documented_import_exists(document):
+    for block in fenced_blocks("python", document):
+        for node in ast.walk(ast.parse(block)):
+            if isinstance(node, ast.ImportFrom):
+                missing = [a.name for a in node.names if not importable(node.module, a.name)]
+                assert not missing, f"{document.name}: {node.module} has no {missing}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    importlib.import_module(alias.name)
 
 
 @pytest.mark.slow
