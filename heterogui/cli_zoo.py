@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Any
 
+from heterogui.errors import ConfigError
+
 
 def _progress(stage: str, fraction: float) -> None:
     print(f"\r{stage:<40} {fraction:6.1%}", end="", file=sys.stderr, flush=True)
@@ -27,6 +29,7 @@ def zoo_build_cli(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     names = args.pairs  # None: every image pair
+    _check_names(names or [], DECODER_PAIR)  # before minutes of training go into the others
     if names and DECODER_PAIR in names and not args.tiny:
         from heterogui.zoo.decoder_training import decoder_pair_folders
 
@@ -44,6 +47,29 @@ def zoo_build_cli(args: argparse.Namespace) -> int:
         print(f"{e.name:<30} {state:<18} task accuracy {acc}  ({e.folder})")
     print(f"zoo ready in {time.perf_counter() - start:.1f}s")
     return 0
+
+
+def _check_names(names: list[str], decoder_pair: str) -> None:
+    """Raise if a name is neither a zoo pair, group or variant nor the decoder pair.
+
+    Raises:
+        ConfigError: the unknown names, with every name ``--pairs`` takes.
+    """
+    from heterogui.zoo.registry import GROUPS, PAIRS, pair_spec
+
+    unknown = []
+    for name in names:
+        try:
+            if name != decoder_pair:
+                pair_spec(name)
+        except ConfigError:
+            unknown.append(name)
+    if unknown:
+        raise ConfigError(
+            f"unknown zoo pair {', '.join(map(repr, unknown))}; --pairs takes {sorted(PAIRS)}, "
+            f"the groups {sorted(GROUPS)}, {decoder_pair!r} (the decoder language models) and "
+            "training variants NAME@1, NAME@2, ..."
+        )
 
 
 def _shape(shape: dict[str, Any]) -> str:

@@ -325,3 +325,12 @@ def test_bench_speed_json_line_holds_every_pair_figure(capsys):
     assert 0 <= precision["max_corr_diff"] < 1e-4
     assert 0 < precision["same_matching"] <= precision["merge_points"]
     assert "bn_merged" in " ".join(resnet["stages"])  # BatchNorm: the floor has its passes
+
+
+def test_zoo_build_refuses_unknown_names_before_training_any(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HETEROGUI_CACHE", str(tmp_path))
+    err = run_error(
+        ["zoo", "build", "--pairs", "decoder-pair", "nope", "digits-vgg-depth@x"], capsys
+    )
+    assert "unknown zoo pair 'nope', 'digits-vgg-depth@x'" in err and "'decoder-pair'" in err
+    assert len(err.strip().splitlines()) == 1 and not any(tmp_path.iterdir())  # nothing trained
