@@ -20,6 +20,11 @@ from pathlib import Path
 
 from heterogui.errors import ExportError, excerpt
 
+# the fix for an existing output folder, wherever the export was asked for
+OVERWRITE_HINT = (
+    "choose another folder or allow overwriting an earlier export (--overwrite on the command "
+    "line, the Overwrite box on the Export tab)"
+)
 MARKER = ".heterogui-output"  # written into every export: what --overwrite may replace
 
 
@@ -88,10 +93,7 @@ def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]
     """
     target = Path(target)
     if target.exists() and not overwrite:
-        raise ExportError(
-            f"output folder {str(target)!r} already exists; choose another folder or allow "
-            "overwriting it (--overwrite)"
-        )
+        raise ExportError(f"output folder {str(target)!r} already exists; {OVERWRITE_HINT}")
     tmp, commit = atomic_folder(target, overwrite)
     try:
         yield tmp
@@ -142,10 +144,7 @@ def check_output(out: str | Path, overwrite: bool = False, inputs: Iterable[Path
         raise ExportError(f"cannot write in {parent} (no permission); choose another folder")
     if target.is_dir():
         if not overwrite:
-            raise ExportError(
-                f"output folder {text!r} already exists; choose another folder or allow "
-                "overwriting it (--overwrite)"
-            )
+            raise ExportError(f"output folder {text!r} already exists; {OVERWRITE_HINT}")
         if any(target.iterdir()) and not (target / MARKER).is_file():
             raise ExportError(
                 f"output folder {text!r} holds files heterogui did not write; overwriting "

@@ -35,9 +35,12 @@ def _build(cls: type, data: Any, where: str) -> Any:
     """Return ``cls(**data)`` after rejecting unknown keys and building nested dataclasses."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     if not isinstance(data, dict):
+        key = where.rsplit(".", 1)[-1]
+        top = key in SHORT_KEYS and where == f"recipe.{key}"
+        short = f"{key}: {SHORT_KEYS[key].upper()} or " if top else ""
         raise ConfigError(
             f"{where} must be a mapping, got {type(data).__name__} {excerpt(repr(data), 60)}; "
-            f"write {where.rsplit('.', 1)[-1]}: {{KEY: VALUE, ...}} with keys {sorted(fields)}"
+            f"write {short}{key}: {{KEY: VALUE, ...}} with keys {sorted(fields)}"
         )
     unknown = sorted(set(data) - set(fields))
     if unknown:

@@ -65,7 +65,10 @@ def test_a_recorded_recipe_repeats_its_evaluation_as_written():
     [
         ("model_a: x\nmodel_b: y\ncalibration: [digits]\n", "recipe.calibration must be a mapping"),
         ("model_a: x\nmodel_b: y\nzip: 0.5\n", "write zip: {KEY: VALUE, ...} with keys ["),
-        ("model_a: [x]\nmodel_b: y\n", "recipe.model_a must be a mapping, got list"),
+        (
+            "model_a: [x]\nmodel_b: y\n",
+            "model_a must be a mapping, got list ['x']; write model_a: PATH or",
+        ),
     ],
 )
 def test_a_scalar_where_a_mapping_belongs_says_how_to_write_it(text, words):

@@ -79,7 +79,7 @@ def test_the_whole_flow_over_the_api(url, tmp_path):
     assert "Exported to" in status and summary["last_export"] == str(out)
     assert views[-1].endswith(".zip")
     status, _, _ = call(client, "/export", str(out), False)
-    assert "already exists" in status
+    assert "already exists" in status and "the Overwrite box on the Export tab" in status
 
     other = Client(url, verbose=False)
     recipe = handle_file(str(out / "recipe.yaml"))
