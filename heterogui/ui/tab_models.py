@@ -13,22 +13,26 @@ from typing import Any
 import gradio as gr
 
 from heterogui.config import DataRef
-from heterogui.datasets.images import DATASETS
 from heterogui.datasets.refs import parse_lines, text_sha256
 from heterogui.datasets.text_domains import DOMAINS
 from heterogui.errors import ConfigError, HeteroguiError
 from heterogui.pipeline import ZipSettings
-from heterogui.sources.base import LANGUAGE_MODELING
 from heterogui.sources.gguf import BUILT_IN as GGUF_BUILT_IN
 from heterogui.tasks.language import ALL_DOMAINS
 from heterogui.tasks.sentences import MIN_SENTENCES
 from heterogui.ui import history, work
+from heterogui.ui.calibration_choice import (
+    DATA_CHOICES,
+    FILE,
+    chosen_data,
+    data_choice,
+    data_choices,
+)
 from heterogui.ui.loading import SOURCES, load_choice, model_card, verdict, zoo_choice
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 
 VIEWS = ("pair_choice", "card_a", "card_b", "verdict", "dataset", "cal_size")
-FILE = "file"  # the data choice that reads the "Calibration file" box
 # References the hf box reads offline, with what they are.
 BUILT_IN_REFS = {
     "minilm:all-MiniLM-L6-v2": "MiniLM sentence embedder",
@@ -44,12 +48,6 @@ SOURCE_HELP = {
     "upload": "upload config.json + model.safetensors (and tokenizer files), or an export's .zip",
     "hf": "a Hugging Face folder or hub id, or a built-in reference: "
     + ", ".join(f"{ref} ({what})" for ref, what in BUILT_IN_REFS.items()),
-}
-# Calibration choices per task kind, else per input kind.
-DATA_CHOICES = {
-    "images": (*sorted(DATASETS), FILE),
-    "text": ("sentences", FILE),
-    LANGUAGE_MODELING: (ALL_DOMAINS, *DOMAINS, FILE),
 }
 
 
@@ -200,23 +198,6 @@ def carried_knobs(session: Session) -> str:
     return f" Zip knobs kept from before: {', '.join(kept)}." if kept else ""
 
 
-def data_choice(session: Session) -> str | None:
-    """Return the Calibration data dropdown's value for the session."""
-    ref = session.calibration.ref if session.calibration else session.data
-    if ref is None:
-        return None
-    return ref.source if ref.source in data_choices(session) else FILE
-
-
-def data_choices(session: Session) -> list[str]:
-    """Return the Calibration data choices of the loaded models' task (none loaded: [])."""
-    task = session.task
-    if task is None:
-        return []
-    inputs = "text" if task.inputs == "text" else "images"
-    return [c for c in DATA_CHOICES.get(task.kind, DATA_CHOICES[inputs]) if c != FILE] + [FILE]
-
-
 def render(session: Session, res: Resources) -> dict[str, Any]:
     """Return the tab's view values for ``session``."""
     _, text = verdict(session.a, session.b)
@@ -292,24 +273,6 @@ def on_load_model(
     # The other model's picker shows what is loaded there (a demo pair's model, say).
     other = "b" if which == "a" else "a"
     return message, picker_values(session, other)
-
-
-def chosen_data(session: Session, choice: str | None, file: str | None, size: int) -> DataRef:
-    """Return the DataRef the data controls name (the task's default kind, size and batch).
-
-    Raises:
-        ConfigError: no models yet, or 'file' without a file.
-    """
-    if not session.both_loaded():
-        raise ConfigError("load model A and model B first")
-    default = session.task.default_calibration(session.pair, size) if choice != FILE else None
-    if choice == FILE or default is None:
-        path = (file or "").strip()
-        if not path:
-            raise ConfigError("type the path of a calibration file (.safetensors or .txt)")
-        base = session.task.default_calibration(session.pair, size)
-        return dataclasses.replace(base, source=str(Path(path).expanduser()), split="calibration")
-    return dataclasses.replace(default, source=choice or default.source)
 
 
 def on_analyse(

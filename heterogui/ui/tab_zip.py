@@ -42,45 +42,6 @@ VIEWS = (
 # knobs that came later.
 KNOBS = history.KNOBS
 MERGE_INPUTS = (*KNOBS[:5], "device", *KNOBS[5:])
-HEAD_CHOICES = [
-    ("auto (split for ViTs, else pair)", "auto"),
-    ("pair and average (paper)", "pair"),
-    ("select the stronger head of each pair", "select"),
-    ("search the heads to keep on the calibration data (slower)", "search"),
-    ("split: keep every head of both, each at half its size", "split"),
-]
-FUSION_CHOICES = [
-    ("auto (what measured best for the family)", "auto"),
-    ("average (paper)", "average"),
-    *((name, fusion) for fusion, name in labels.FUSION_NAMES.items()),
-]
-KNOBS_HELP = """
-- **Matcher.** *zip*: the greedy elastic zip, which merges models of any widths; *permute*
-  (one-to-one matching) and *average* (no matching) need equal widths.
-- **Fusion.** *average*: the paper's merged weights W* = M W U. *least squares*: the merged
-  weights that best reproduce the parents' averaged outputs, fitted in closed form on the
-  calibration statistics. *least squares, heads refit*: that, then each model's unmerge (what
-  its head reads) refit on the merge's own output (one pass of the merge; +1-3 points on the
-  zoo's CNNs: docs/quality.md). *sequential least squares*: refit layer by layer on the merge's
-  own inputs, and the unmerges after it (a few passes a merge; best on the zoo's CNNs and ViTs,
-  not on MiniLM's sentence similarity: docs/quality.md). *auto*: sequential for ViTs, least
-  squares for VGG and ResNet (measured better at little cost), the paper's average for the
-  others. On decoder language models least squares lowered the perplexity on every pair measured
-  (by 0.1-5%, and by 15% on the trained Llama pair's code) but a re-merge of a SmolLM2-sized
-  model takes 11-31 s with it against 1-2 s; the sequential refit was best on the trained pairs
-  and worse on SmolLM2 (docs/decoders.md).
-- **Attention heads** (transformers). *pair*: a head of A and its matched head of B are
-  averaged (an attention pattern neither computes). *select*: the pair's head that writes
-  more through its output projection is kept whole, and both models' outputs read it.
-  *search*: starts from select and flips one pair's choice at a time while the merge
-  reproduces its parents better on the calibration data (a merge per flip tried: seconds on
-  the zoo's ViTs, minutes on MiniLM). *split*: no head is averaged or dropped; every head of A
-  and B is kept and cut to its strongest half (BERT, ViT and GPT-2; the layer keeps the
-  paper's width, and rho then sets the other merge points). *auto*: split for ViTs, pair for
-  the others.
-- **Renormalize** (transformers). Rescale the merged LayerNorm/RMSNorm and value outputs to
-  the parents' average statistics: one more pass over the calibration data per merge.
-"""
 # What a merge redraws. A slider release shows the merge first (RELEASED_SCOPES), then what
 # its scores change (SCORED_SCOPES): of the Zip tab only the readout, whose table gives the
 # merge's score (its figures hold sizes and widths, which the scores leave as they are); of the
@@ -119,7 +80,7 @@ def _knobs(ui: dict[str, Any]) -> None:
             min_width=120,
         )
         ui["fusion"] = gr.Dropdown(
-            FUSION_CHOICES,
+            labels.FUSION_CHOICES,
             value=DEFAULT_FUSION,
             label="Fusion",
             elem_id="fusion",
@@ -128,7 +89,7 @@ def _knobs(ui: dict[str, Any]) -> None:
         )
     with gr.Row():
         ui["heads"] = gr.Dropdown(
-            HEAD_CHOICES,
+            labels.HEAD_CHOICES,
             value=DEFAULT_HEADS,
             label="Attention heads",
             elem_id="heads",
@@ -144,7 +105,7 @@ def _knobs(ui: dict[str, Any]) -> None:
             min_width=120,
         )
     with gr.Accordion("What the matcher, fusion, heads and renormalize do", open=False):
-        gr.Markdown(KNOBS_HELP, elem_id="knobs-help")
+        gr.Markdown(labels.KNOBS_HELP, elem_id="knobs-help")
     _sliders(ui)
 
 
