@@ -75,16 +75,16 @@ _NESTED = {
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     """Return a Recipe from a plain dict.
 
-        The models are ``model_a`` and ``model_b``, or a list ``models`` of two or more: A, B, then
-        ``more_models``. Each is a mapping (``{path: ..., sha256: ...}``) or a plain path; the data
+    The models are ``model_a`` and ``model_b``, or a list ``models`` of two or more: A, B, then
+    ``more_models``. Each is a mapping (``{path: ..., sha256: ...}``) or a plain path; the data
     (``calibration``, ``evaluation``) a mapping or a source's name or file alone. An evaluation
     without a split reads the ``test`` split (all of it without a size).
 
-        A recipe heterogui recorded (it lists ``versions``) without ``zip.bn_units`` predates that
-        knob: it fused as the paper does, and repeats so (bn_units false).
+    A recipe heterogui recorded (it lists ``versions``) without ``zip.bn_units`` predates that
+    knob: it fused as the paper does, and repeats so (bn_units false).
 
-        Raises:
-            ConfigError: unknown keys, missing models, values out of range.
+    Raises:
+        ConfigError: unknown keys, missing models, values out of range.
     """
     data = _with_defaults(_recorded_before_bn_units(data))
     if isinstance(data, dict) and "more_models" in data:
