@@ -8,8 +8,8 @@ from importlib import metadata
 
 import heterogui
 
-# Families whose models run transformers' code (decoders too: their tokenizers and configs).
-TRANSFORMERS_FAMILIES = ("bert", "vit", "decoder")
+# Families whose models come through transformers (its configs, tokenizers and GGUF reader).
+TRANSFORMERS_FAMILIES = ("bert", "vit", "decoder", "gpt2")
 
 
 def versions(families: tuple[str, ...] = ()) -> dict[str, str]:

@@ -394,3 +394,18 @@ def test_a_gpt2_folder_loads_through_the_sources_and_refuses_a_llama_partner(tmp
     llama = save_decoder(tiny_decoder(), tmp_path / "l")
     verdict = registry.preflight(str(g), str(llama))
     assert not verdict.ok and "is a gpt2 and model B (l) a decoder" in verdict.reasons[0]
+
+
+def test_every_family_loaded_through_transformers_records_its_version():
+    from pathlib import Path
+
+    import heterogui.models.hf as hf_adapters
+    from heterogui.models.family import FAMILIES
+    from heterogui.versions import versions
+
+    adapted = {
+        p.stem.removesuffix("_io") for p in Path(hf_adapters.__file__).parent.glob("*_io.py")
+    }
+    assert adapted == {"bert", "vit", "decoder", "gpt2"} and adapted <= set(FAMILIES)
+    for family in FAMILIES:
+        assert ("transformers" in versions((family,))) == (family in adapted), family
