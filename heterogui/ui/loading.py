@@ -11,7 +11,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from heterogui.errors import ConfigError, HeteroguiError, ModelLoadError
+from heterogui.errors import (
+    ConfigError,
+    HeteroguiError,
+    IncompatibleModelsError,
+    ModelLoadError,
+)
 from heterogui.export.card import class_ranges
 from heterogui.memo import ObjectMemo
 from heterogui.pair_check import check_pair
@@ -165,6 +170,17 @@ def pair_preflight(a: Loaded, b: Loaded) -> Verdict:
         (id(b), b.ref, b.sha256),
         lambda: registry.pair_verdict(registry.describe(a.ref), registry.describe(b.ref)),
     )
+
+
+def refuse_unmergeable(a: Loaded, b: Loaded) -> None:
+    """Refuse a pair the header pre-flight refuses (as ``run.load_pair`` does for a recipe).
+
+    Raises:
+        IncompatibleModelsError: the pre-flight's reasons (other tokenizers, head groupings ...).
+    """
+    verdict = pair_preflight(a, b)
+    if not verdict.ok:
+        raise IncompatibleModelsError("cannot merge this pair: " + "; ".join(verdict.reasons))
 
 
 def verdict(a: Loaded | None, b: Loaded | None) -> tuple[bool, str]:

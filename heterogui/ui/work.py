@@ -25,7 +25,7 @@ from heterogui.config import (
     check_fusion,
     check_heads,
 )
-from heterogui.errors import ConfigError, IncompatibleModelsError
+from heterogui.errors import ConfigError
 from heterogui.pipeline import (
     MergeResult,
     Prepared,
@@ -42,7 +42,7 @@ from heterogui.sizes import merge_size, reference_sizes
 from heterogui.sources.base import Loaded, Pair
 from heterogui.tasks import Calibration, Evaluation, task_of
 from heterogui.ui.history import commit_merge
-from heterogui.ui.loading import pair_preflight
+from heterogui.ui.loading import refuse_unmergeable
 from heterogui.ui.placements import remember, same_placement
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
@@ -166,17 +166,6 @@ def analysis(
     return calibration, evaluation, prepared, baseline
 
 
-def preflight(a: Loaded, b: Loaded) -> None:
-    """Refuse a pair the header pre-flight refuses (as ``run.load_pair`` does for a recipe).
-
-    Raises:
-        IncompatibleModelsError: the pre-flight's reasons (other tokenizers, head groupings ...).
-    """
-    verdict = pair_preflight(a, b)
-    if not verdict.ok:
-        raise IncompatibleModelsError("cannot merge this pair: " + "; ".join(verdict.reasons))
-
-
 def analyse(session: Session, res: Resources, progress: Progress | None = None) -> Session:
     """Run steps 1-3 for the loaded pair (CKA, SMA alignment, statistics) and the baselines.
 
@@ -188,7 +177,7 @@ def analyse(session: Session, res: Resources, progress: Progress | None = None) 
     if not session.both_loaded():
         raise ConfigError("load model A and model B first")
     if not session.demo:
-        preflight(session.a, session.b)
+        refuse_unmergeable(session.a, session.b)
     key = session.demo if session.demo and session.data is None else None
     report = guarded(session, progress)
     analysed = analysis(
