@@ -12,6 +12,7 @@ from pathlib import Path
 
 from heterogui import __version__
 from heterogui.cli_app import add_app_arguments, app_options
+from heterogui.cli_args import thread_count
 from heterogui.cli_bench import add_bench_arguments
 from heterogui.cli_zoo import add_zoo_arguments
 from heterogui.errors import HeteroguiError, excerpt
@@ -96,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
         "models, else a heterogui folder; a merge of three or more models: heterogui only)",
     )
     merge.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+        "--threads",
+        type=thread_count,
+        default=None,
+        help="torch CPU threads (default: torch's choice)",
     )
     merge.set_defaults(func=cmd_merge)
 

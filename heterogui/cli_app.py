@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from heterogui.cli_args import thread_count
+
 
 def add_app_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the workbench's options (host, port, login, threads, demo pair, export root)."""
@@ -30,7 +32,7 @@ def add_app_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=thread_count,
         default=None,
         help="torch CPU threads (default: 1 on machines with 2 cores or fewer)",
     )

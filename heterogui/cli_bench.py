@@ -11,6 +11,7 @@ import argparse
 import contextlib
 from collections.abc import Iterator
 
+from heterogui.cli_args import thread_count
 from heterogui.cli_zoo import add_bench_quality_arguments, print_quality_summary
 from heterogui.errors import ConfigError
 
@@ -174,7 +175,7 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="statistics budget in MiB (default: a quarter of this machine's memory)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data")
     parser.add_argument(
@@ -188,7 +189,7 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=2, help="ResNet width multiplier")
     parser.add_argument("--inputs", type=int, default=256, help="calibration inputs")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
     parser.add_argument(
         "--minilm", action="store_true", help="also merge the MiniLM pair (L6 + L3) on sentences"
     )
@@ -232,7 +233,7 @@ def add_transformer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--skip-identity", action="store_true", help="no identity-layer table")
     parser.add_argument("--skip-classification", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
     parser.add_argument(
         "--seeds", type=int, default=1, help="calibration draws of the STS and classes tables"
     )
@@ -260,7 +261,7 @@ def add_decoder_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="calibration draws of the trained pairs' and the SmolLM2 shallow copy's tables",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
     parser.add_argument("--out-md", default=None, help="write the markdown here (docs/decoders.md)")
     parser.add_argument("--out-json", default=None, help="write the JSON here (docs/decoders.json)")
 
@@ -287,7 +288,9 @@ def add_bench_arguments(subparsers: argparse._SubParsersAction) -> None:
     nway.add_argument("--groups", nargs="+", help="zoo groups (default: the digits trios)")
     nway.add_argument("--seeds", type=int, default=3, help="training/calibration seeds")
     nway.add_argument("--out", help="write nway.md and nway.json into this folder")
-    nway.add_argument("--threads", type=int, default=0, help="torch threads (0: unchanged)")
+    nway.add_argument(
+        "--threads", type=thread_count, default=0, help="torch threads (default: unchanged)"
+    )
     nway.add_argument("--device", default="cpu", help="cpu or cuda")
     nway.set_defaults(func=_nway)
     tables = subparsers.add_parser("transformers", help="the MiniLM tables of docs/transformers.md")
@@ -306,7 +309,9 @@ def add_bench_arguments(subparsers: argparse._SubParsersAction) -> None:
         "--smollm2-draws", type=int, default=1, help="calibration draws of SmolLM2 (0: skip it)"
     )
     measures.add_argument("--out", help="write measures.md and measures.json into this folder")
-    measures.add_argument("--threads", type=int, default=0, help="torch threads (0: unchanged)")
+    measures.add_argument(
+        "--threads", type=thread_count, default=0, help="torch threads (default: unchanged)"
+    )
     measures.set_defaults(func=_measures)
     scale = subparsers.add_parser(
         "scale", help="merge a ~1B-parameter Llama pair built from config: time and peak memory"

@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any
 
+from heterogui.cli_args import thread_count
 from heterogui.errors import ConfigError
 
 
@@ -166,7 +167,7 @@ def add_bench_quality_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="docs", help="folder for quality.md and quality.json")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads while benchmarking"
+        "--threads", type=thread_count, default=None, help="torch CPU threads while benchmarking"
     )
 
 

@@ -334,3 +334,22 @@ def test_zoo_build_refuses_unknown_names_before_training_any(tmp_path, monkeypat
     )
     assert "unknown zoo pair 'nope', 'digits-vgg-depth@x'" in err and "'decoder-pair'" in err
     assert len(err.strip().splitlines()) == 1 and not any(tmp_path.iterdir())  # nothing trained
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["merge", "r.yaml", "--out", "o", "--threads", "-2"],
+        ["merge", "r.yaml", "--out", "o", "--threads", "0"],
+        ["app", "--threads", "0"],
+        ["bench", "nway", "--threads", "many"],
+        ["bench", "quality", "--threads", "-1"],
+    ],
+)
+def test_a_thread_count_below_one_is_refused_in_one_line(args, capsys):
+    threads = torch.get_num_threads()
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and torch.get_num_threads() == threads
+    assert "is not a number of threads: give a whole number of 1 or more" in err[-1]
