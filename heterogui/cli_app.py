@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from heterogui.cli_args import thread_count
+from heterogui.cli_args import port_number, thread_count
 
 
 def add_app_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +20,7 @@ def add_app_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--port",
-        type=int,
+        type=port_number,
         default=None,
         help="port to listen on (default: Gradio's choice, 7860 or the next free one)",
     )

@@ -11,7 +11,7 @@ import argparse
 import contextlib
 from collections.abc import Iterator
 
-from heterogui.cli_args import thread_count
+from heterogui.cli_args import at_least, count, thread_count
 from heterogui.cli_zoo import add_bench_quality_arguments, print_quality_summary
 from heterogui.errors import ConfigError
 
@@ -86,9 +86,20 @@ def _speed(args: argparse.Namespace) -> int:
 def _speed_pair(args: argparse.Namespace) -> int:
     import json
 
-    from heterogui.bench.speed_pair import measured
+    from heterogui.bench.speed_pair import PAIRS, measured
 
-    print(json.dumps(measured(json.loads(args.options))))
+    try:
+        options = json.loads(args.options)
+    except ValueError as exc:
+        raise ConfigError(
+            f"speed-pair options are not JSON ({exc}); give '{{\"pair\": NAME}}'"
+        ) from exc
+    if not isinstance(options, dict) or options.get("pair") not in PAIRS:
+        raise ConfigError(
+            f"speed-pair options {args.options!r} name no known pair; give "
+            f"'{{\"pair\": NAME}}' with NAME one of {list(PAIRS)}"
+        )
+    print(json.dumps(measured(options)))
     return 0
 
 
@@ -159,16 +170,16 @@ def _scale(args: argparse.Namespace) -> int:
 
 def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``heterogui bench scale`` (defaults: TinyLlama-1.1B's shape)."""
-    parser.add_argument("--layers-a", type=int, default=22, help="layers of Llama A")
-    parser.add_argument("--layers-b", type=int, default=16, help="layers of Llama B")
-    parser.add_argument("--hidden", type=int, default=2048, help="hidden width of A and B")
-    parser.add_argument("--intermediate", type=int, default=5632, help="MLP width of A and B")
-    parser.add_argument("--heads", type=int, default=32, help="query heads per layer")
-    parser.add_argument("--kv-heads", type=int, default=4, help="key/value heads per layer")
-    parser.add_argument("--vocab", type=int, default=32000, help="vocabulary size")
-    parser.add_argument("--texts", type=int, default=8, help="calibration texts (random ids)")
-    parser.add_argument("--tokens", type=int, default=128, help="tokens per calibration text")
-    parser.add_argument("--batch", type=int, default=4, help="calibration texts per batch")
+    parser.add_argument("--layers-a", type=count, default=22, help="layers of Llama A")
+    parser.add_argument("--layers-b", type=count, default=16, help="layers of Llama B")
+    parser.add_argument("--hidden", type=count, default=2048, help="hidden width of A and B")
+    parser.add_argument("--intermediate", type=count, default=5632, help="MLP width of A and B")
+    parser.add_argument("--heads", type=count, default=32, help="query heads per layer")
+    parser.add_argument("--kv-heads", type=count, default=4, help="key/value heads per layer")
+    parser.add_argument("--vocab", type=count, default=32000, help="vocabulary size")
+    parser.add_argument("--texts", type=count, default=8, help="calibration texts (random ids)")
+    parser.add_argument("--tokens", type=count, default=128, help="tokens per calibration text")
+    parser.add_argument("--batch", type=count, default=4, help="calibration texts per batch")
     parser.add_argument(
         "--budget-mb",
         type=float,
@@ -177,7 +188,9 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data")
+    parser.add_argument(
+        "--seed", type=at_least(0), default=0, help="seed of the weights and the data"
+    )
     parser.add_argument(
         "--json", action="store_true", help="print, as the last line, one JSON object of figures"
     )
@@ -186,8 +199,8 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
 def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``heterogui bench speed``."""
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--width", type=int, default=2, help="ResNet width multiplier")
-    parser.add_argument("--inputs", type=int, default=256, help="calibration inputs")
+    parser.add_argument("--width", type=count, default=2, help="ResNet width multiplier")
+    parser.add_argument("--inputs", type=count, default=256, help="calibration inputs")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
     parser.add_argument(
@@ -205,7 +218,7 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
         "weights) on --bert-inputs random sequences of 128 tokens: a GPU-scale pair",
     )
     parser.add_argument(
-        "--bert-inputs", type=int, default=1024, help="calibration sequences of --bert-base"
+        "--bert-inputs", type=count, default=1024, help="calibration sequences of --bert-base"
     )
     parser.add_argument(
         "--same-depth",
@@ -229,26 +242,26 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_transformer_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``heterogui bench transformers``."""
-    parser.add_argument("--calibration", type=int, default=256, help="calibration sentences")
+    parser.add_argument("--calibration", type=count, default=256, help="calibration sentences")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--skip-identity", action="store_true", help="no identity-layer table")
     parser.add_argument("--skip-classification", action="store_true")
     parser.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
     parser.add_argument(
-        "--seeds", type=int, default=1, help="calibration draws of the STS and classes tables"
+        "--seeds", type=count, default=1, help="calibration draws of the STS and classes tables"
     )
 
 
 def add_decoder_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``heterogui bench decoders``."""
     parser.add_argument(
-        "--calibration", type=int, default=32, help="calibration texts (both domains)"
+        "--calibration", type=count, default=32, help="calibration texts (both domains)"
     )
     parser.add_argument(
-        "--evaluation", type=int, default=48, help="held-out texts per domain (trained pairs)"
+        "--evaluation", type=count, default=48, help="held-out texts per domain (trained pairs)"
     )
     parser.add_argument(
-        "--smollm2-evaluation", type=int, default=8, help="held-out texts per domain (SmolLM2)"
+        "--smollm2-evaluation", type=count, default=8, help="held-out texts per domain (SmolLM2)"
     )
     parser.add_argument("--skip-smollm2", action="store_true", help="without the SmolLM2 tables")
     parser.add_argument(
@@ -257,7 +270,7 @@ def add_decoder_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-gpt2", action="store_true", help="without the GPT-2 pair's table")
     parser.add_argument(
         "--seeds",
-        type=int,
+        type=count,
         default=1,
         help="calibration draws of the trained pairs' and the SmolLM2 shallow copy's tables",
     )
@@ -286,7 +299,7 @@ def add_bench_arguments(subparsers: argparse._SubParsersAction) -> None:
         "nway", help="three zoo models merged at once vs one after another vs the ensemble"
     )
     nway.add_argument("--groups", nargs="+", help="zoo groups (default: the digits trios)")
-    nway.add_argument("--seeds", type=int, default=3, help="training/calibration seeds")
+    nway.add_argument("--seeds", type=count, default=3, help="training/calibration seeds")
     nway.add_argument("--out", help="write nway.md and nway.json into this folder")
     nway.add_argument(
         "--threads", type=thread_count, default=0, help="torch threads (default: unchanged)"
@@ -304,9 +317,12 @@ def add_bench_arguments(subparsers: argparse._SubParsersAction) -> None:
     measures = subparsers.add_parser(
         "measures", help="align depth pairs by CKA of block outputs or of block updates"
     )
-    measures.add_argument("--seeds", type=int, default=3, help="draws of every pair but SmolLM2")
+    measures.add_argument("--seeds", type=count, default=3, help="draws of every pair but SmolLM2")
     measures.add_argument(
-        "--smollm2-draws", type=int, default=1, help="calibration draws of SmolLM2 (0: skip it)"
+        "--smollm2-draws",
+        type=at_least(0),
+        default=1,
+        help="calibration draws of SmolLM2 (0: skip it)",
     )
     measures.add_argument("--out", help="write measures.md and measures.json into this folder")
     measures.add_argument(

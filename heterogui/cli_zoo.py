@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from heterogui.cli_args import thread_count
+from heterogui.cli_args import count, thread_count
 from heterogui.errors import ConfigError
 
 
@@ -163,7 +163,7 @@ def add_bench_quality_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``heterogui bench quality`` to ``parser``."""
     parser.add_argument("--tiny", action="store_true", help="tiny zoo, small sweeps (smoke run)")
     parser.add_argument("--pairs", nargs="+", default=None, help="pair names (default: all)")
-    parser.add_argument("--seeds", type=int, default=3, help="calibration seeds 0..N-1")
+    parser.add_argument("--seeds", type=count, default=3, help="calibration seeds 0..N-1")
     parser.add_argument("--out", default="docs", help="folder for quality.md and quality.json")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument(

@@ -336,20 +336,40 @@ def test_zoo_build_refuses_unknown_names_before_training_any(tmp_path, monkeypat
     assert len(err.strip().splitlines()) == 1 and not any(tmp_path.iterdir())  # nothing trained
 
 
+THREADS = "is not a number of threads: give a whole number of 1 or more"
+
+
 @pytest.mark.parametrize(
-    "args",
+    ("args", "words"),
     [
-        ["merge", "r.yaml", "--out", "o", "--threads", "-2"],
-        ["merge", "r.yaml", "--out", "o", "--threads", "0"],
-        ["app", "--threads", "0"],
-        ["bench", "nway", "--threads", "many"],
-        ["bench", "quality", "--threads", "-1"],
+        (["merge", "r.yaml", "--out", "o", "--threads", "-2"], THREADS),
+        (["merge", "r.yaml", "--out", "o", "--threads", "0"], THREADS),
+        (["app", "--threads", "0"], THREADS),
+        (["bench", "nway", "--threads", "many"], THREADS),
+        (["bench", "quality", "--threads", "-1"], THREADS),
+        (["app", "--port", "99999"], "'99999' is not a port: give a whole number from 1 to 65535"),
+        (["bench", "speed", "--inputs", "-5"], "'-5' is not a whole number of 1 or more"),
+        (["bench", "scale", "--seed", "-1"], "'-1' is not a whole number of 0 or more"),
     ],
 )
-def test_a_thread_count_below_one_is_refused_in_one_line(args, capsys):
+def test_a_number_out_of_range_is_refused_in_one_line(args, words, capsys):
     threads = torch.get_num_threads()
     with pytest.raises(SystemExit) as done:
         main(args)
     err = capsys.readouterr().err.strip().splitlines()
     assert done.value.code == 2 and torch.get_num_threads() == threads
-    assert "is not a number of threads: give a whole number of 1 or more" in err[-1]
+    assert words in err[-1]
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ("notjson", "speed-pair options are not JSON"),
+        ('{"pair": "nope"}', "name no known pair"),
+        ("[1]", "name no known pair"),
+    ],
+)
+def test_bench_speed_pair_refuses_bad_options_in_one_line(options, words, capsys):
+    assert main(["bench", "speed-pair", options]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1
