@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -219,7 +221,7 @@ def test_the_version_is_the_package_s(capsys):
     assert capsys.readouterr().out.strip() == f"heterogui {heterogui.__version__}"
 
 
-def test_the_app_refuses_an_unknown_pair_or_a_bad_login_before_serving(capsys):
+def test_the_app_refuses_an_unknown_pair_or_a_bad_login_before_serving(tmp_path, capsys):
     threads = str(torch.get_num_threads())  # the app sets torch's threads: keep them
     assert main(["app", "--pair", "digits-resnet-dpeth", "--threads", threads]) == 2
     err = capsys.readouterr().err
@@ -228,6 +230,33 @@ def test_the_app_refuses_an_unknown_pair_or_a_bad_login_before_serving(capsys):
     assert main(["app", "--auth", "secret-without-user", "--threads", threads]) == 2
     err = capsys.readouterr().err
     assert "--auth takes USER:PASSWORD" in err and "secret-without-user" not in err
+    (tmp_path / "file").write_text("")
+    assert main(["app", "--export-root", str(tmp_path / "file"), "--threads", threads]) == 2
+    err = capsys.readouterr().err
+    assert "is a file; name a folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_heterogui_app_says_where_it_serves(tmp_path):
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "heterogui", "app", "--port", str(port), "--threads", "1"]
+    command += ["--export-root", str(tmp_path / "exports")]
+    app = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(120, app.kill)  # a silent, hung app ends the read below
+    watchdog.start()
+    try:
+        lines = []
+        for line in app.stdout:  # until the address (the server is up then)
+            lines.append(line)
+            if "running on" in line or len(lines) > 50:
+                break
+    finally:
+        watchdog.cancel()
+        app.kill()
+        app.wait(timeout=30)
+    assert f"heterogui workbench running on http://127.0.0.1:{port}/" in "".join(lines), lines
+    assert (tmp_path / "exports").is_dir()
 
 
 def test_report_has_metrics_when_the_recipe_names_labelled_data(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
@@ -224,6 +225,29 @@ def launch(
     return url
 
 
+def check_export_root(root: Path) -> None:
+    """Make sure exports can be written below ``root`` (created when missing).
+
+    Raises:
+        ConfigError: a file, or a folder that cannot be created or written.
+    """
+    if root.exists() and not root.is_dir():
+        raise ConfigError(
+            f"--export-root {root} is a file; name a folder (it is created if missing)"
+        )
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"--export-root {root} cannot be created ({exc.strerror or exc}); name a folder "
+            "you can write"
+        ) from exc
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot write in --export-root {root} (no permission); name another folder"
+        )
+
+
 def main(
     host: str = "127.0.0.1",
     port: int | None = None,
@@ -244,11 +268,15 @@ def main(
     """
     login = parse_auth(auth)  # bad options fail before anything is loaded
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # ``heterogui app`` configured logging (warnings) first: its own lines, the address above
+    # all, still show
+    logging.getLogger("heterogui").setLevel(logging.INFO)
     torch.set_num_threads(threads or default_threads())
     log.info("torch CPU threads: %d", torch.get_num_threads())
     res = Resources(device=device, default_pair=pair, export_root=export_root)
     pairs = [name for name, _ in res.pair_names()]
     if pair is not None and pair not in pairs:
         raise ConfigError(f"unknown demo pair {pair!r}: use one of {', '.join(pairs)}")
+    check_export_root(res.export_root)
     log.info("exports are written below %s", res.export_root)
     launch(build_app(res), host, port, login)
