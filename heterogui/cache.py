@@ -8,15 +8,26 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from heterogui.errors import ConfigError
+
 
 def cache_dir(*parts: str) -> Path:
     """Return (and create) a folder under the heterogui cache.
 
     The root is $HETEROGUI_CACHE when set, else ~/.cache/heterogui.
+
+    Raises:
+        ConfigError: the folder cannot be created there (a file in the way, no permission).
     """
     root = Path(os.environ.get("HETEROGUI_CACHE") or Path.home() / ".cache" / "heterogui")
     path = root.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"the heterogui cache cannot hold {path} ({exc.strerror or exc}); set "
+            "HETEROGUI_CACHE to a folder you can write"
+        ) from exc
     return path
 
 

@@ -402,3 +402,13 @@ def test_bench_speed_pair_refuses_bad_options_in_one_line(options, words, capsys
     assert main(["bench", "speed-pair", options]) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1
+
+
+def test_a_cache_that_cannot_hold_folders_is_named_in_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("HETEROGUI_CACHE", str(tmp_path / "file"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model_a: zoo:digits-vgg-depth/a\nmodel_b: zoo:digits-vgg-depth/b\n")
+    err = run_error(["merge", str(recipe), "--out", str(tmp_path / "out")], capsys)
+    assert "the heterogui cache cannot hold" in err and "set HETEROGUI_CACHE" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
