@@ -20,14 +20,22 @@ def cache_dir(*parts: str) -> Path:
         ConfigError: the folder cannot be created there (a file in the way, no permission).
     """
     root = Path(os.environ.get("HETEROGUI_CACHE") or Path.home() / ".cache" / "heterogui")
-    path = root.joinpath(*parts)
+    fix = "set HETEROGUI_CACHE to a folder you can write"
+    return make_folder(root.joinpath(*parts), "the heterogui cache folder", fix)
+
+
+def make_folder(path: Path, what: str, fix: str) -> Path:
+    """Return ``path``, created with its parents when missing.
+
+    what: the folder's role in the message ("--export-root"); fix: what the user can do.
+
+    Raises:
+        ConfigError: it cannot be created (a file in the way, no permission ...).
+    """
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(
-            f"the heterogui cache cannot hold {path} ({exc.strerror or exc}); set "
-            "HETEROGUI_CACHE to a folder you can write"
-        ) from exc
+        raise ConfigError(f"cannot create {what} {path} ({exc.strerror or exc}); {fix}") from exc
     return path
 
 

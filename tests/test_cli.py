@@ -410,5 +410,5 @@ def test_a_cache_that_cannot_hold_folders_is_named_in_one_line(tmp_path, monkeyp
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model_a: zoo:digits-vgg-depth/a\nmodel_b: zoo:digits-vgg-depth/b\n")
     err = run_error(["merge", str(recipe), "--out", str(tmp_path / "out")], capsys)
-    assert "the heterogui cache cannot hold" in err and "set HETEROGUI_CACHE" in err
+    assert "cannot create the heterogui cache folder" in err and "set HETEROGUI_CACHE" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -20,6 +20,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
+from heterogui.cache import make_folder  # noqa: E402
 from heterogui.errors import ConfigError  # noqa: E402
 from heterogui.ui import tab_models  # noqa: E402
 from heterogui.ui.events import SessionLocks, event_function  # noqa: E402
@@ -235,13 +236,7 @@ def check_export_root(root: Path) -> None:
         raise ConfigError(
             f"--export-root {root} is a file; name a folder (it is created if missing)"
         )
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"--export-root {root} cannot be created ({exc.strerror or exc}); name a folder "
-            "you can write"
-        ) from exc
+    make_folder(root, "--export-root", "name a folder you can write")
     if not os.access(root, os.W_OK | os.X_OK):
         raise ConfigError(
             f"cannot write in --export-root {root} (no permission); name another folder"
