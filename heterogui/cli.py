@@ -35,6 +35,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     if recipe.more_models:
         run_group.check_format(args.format)
+    run_export.check_format(recipe, args.format)
     out = Path(args.out)
     check_output(out, args.overwrite, run_export.data_files(recipe))  # before the expensive part
     distributed.init_from_env(recipe.device)

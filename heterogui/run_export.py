@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 from heterogui import run_group
 from heterogui.config import Recipe
 from heterogui.export.job import HETEROGUI_FORMAT, ExportJob
-from heterogui.export.registry import write_export
+from heterogui.export.registry import exporter, write_export
 from heterogui.nway import GroupMergeResult
 from heterogui.report import card_files, group_card_files
+from heterogui.sources import registry as sources
 from heterogui.sources.base import Pair
 
 if TYPE_CHECKING:
@@ -73,3 +74,16 @@ def data_files(recipe: Recipe) -> list[Path]:
     if recipe.evaluation is not None:
         named.append(recipe.evaluation.source)
     return [Path(p).expanduser() for p in named if Path(p).expanduser().exists()]
+
+
+def check_format(recipe: Recipe, fmt: str | None) -> None:
+    """Refuse an output format that cannot hold the recipe's merge, from model A's header.
+
+    Before the merge runs (the exporter checks the merged model itself again when it writes).
+
+    Raises:
+        ExportError: a format for another family of models.
+        ModelLoadError: a model reference whose header cannot be read.
+    """
+    if fmt is not None:
+        exporter(fmt).check_family(sources.describe(recipe.model_a.path).family)

@@ -412,3 +412,17 @@ def test_a_cache_that_cannot_hold_folders_is_named_in_one_line(tmp_path, monkeyp
     err = run_error(["merge", str(recipe), "--out", str(tmp_path / "out")], capsys)
     assert "cannot create the heterogui cache folder" in err and "set HETEROGUI_CACHE" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fmt", ["hf-bert", "hf-vit", "hf-causal-lm"])
+def test_a_format_for_another_family_is_refused_before_the_merge(
+    fmt, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("HETEROGUI_CACHE", str(tmp_path / "cache"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model_a: zoo:digits-vgg-depth/a\nmodel_b: zoo:digits-vgg-depth/b\n")
+    err = run_error(["merge", str(recipe), "--out", str(tmp_path / "out"), "--format", fmt], capsys)
+    assert f"the {fmt} format holds merges of" in err and "not of vgg models" in err
+    assert "--format heterogui" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    assert not list((tmp_path / "cache").rglob("model.safetensors"))  # nothing built or merged

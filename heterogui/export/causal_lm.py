@@ -17,9 +17,10 @@ import shutil
 from pathlib import Path
 
 from heterogui.errors import ExportError, ModelLoadError
-from heterogui.export.job import HF_CAUSAL_LM_FORMAT, Exporter, ExportJob
+from heterogui.export.job import HF_CAUSAL_LM_FORMAT, Exporter, ExportJob, wrong_family
 from heterogui.fusion.merged import MergedModel, as_network
 from heterogui.models.decoder import DecoderNetConfig
+from heterogui.models.family import family_of
 from heterogui.models.gpt2 import GPT2NetConfig
 from heterogui.models.hf.decoder_io import causal_lm, uniform_heads
 from heterogui.models.hf.gpt2_io import check_heads, gpt2_lm
@@ -34,6 +35,8 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
 )
 GENERATION_FILE = "generation_config.json"
+# the families one causal-LM folder holds: Llama-type decoders (Llama, Qwen2, Mistral) and GPT-2
+CAUSAL_LM_FAMILIES = ("decoder", "gpt2")
 
 
 def check_causal_lm(model: MergedModel) -> DecoderNetConfig | GPT2NetConfig:
@@ -44,10 +47,7 @@ def check_causal_lm(model: MergedModel) -> DecoderNetConfig | GPT2NetConfig:
     """
     config = model.spec.trunk_config
     if not isinstance(config, DecoderNetConfig | GPT2NetConfig):
-        raise ExportError(
-            f"the {HF_CAUSAL_LM_FORMAT} format is for decoder merges, not "
-            f"{type(config).__name__}; use the heterogui format"
-        )
+        raise wrong_family(HF_CAUSAL_LM_FORMAT, CAUSAL_LM_FAMILIES, family_of(config).name)
     full = config.num_layers + 2
     if model.spec.stop != full:
         raise ExportError(
@@ -67,6 +67,7 @@ class CausalLMExporter(Exporter):
     name = HF_CAUSAL_LM_FORMAT
     description = "Hugging Face causal language model folder (save_pretrained)"
     reader = "hf"
+    families = CAUSAL_LM_FAMILIES
 
     def check(self, model: MergedModel) -> None:
         """Refuse merges one causal LM cannot hold (another family, partial zips ...)."""

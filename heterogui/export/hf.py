@@ -31,9 +31,10 @@ import torch
 from safetensors.torch import save_file
 
 from heterogui.errors import ExportError
-from heterogui.export.job import HF_BERT_FORMAT, HF_VIT_FORMAT, Exporter, ExportJob
+from heterogui.export.job import HF_BERT_FORMAT, HF_VIT_FORMAT, Exporter, ExportJob, wrong_family
 from heterogui.fusion.merged import MergedModel
 from heterogui.models.bert import BERT_NAMES, BertNetConfig, LayerNames
+from heterogui.models.family import FAMILIES, family_of
 from heterogui.models.hf.bert_io import state_to_hf
 from heterogui.models.hf.vit_io import state_to_hf as vit_state_to_hf
 from heterogui.models.vit import VIT_NAMES, ViTNetConfig
@@ -61,10 +62,9 @@ def check_exportable(
     """
     config = model.spec.trunk_config
     if not isinstance(config, cls):
-        raise ExportError(
-            f"save_pretrained export as {kind} is for {cls.__name__} merges, not "
-            f"{type(config).__name__}; use save_merged for other families"
-        )
+        wanted = next(f.name for f in FAMILIES.values() if f.config_cls is cls)
+        fmt = HF_VIT_FORMAT if cls is ViTNetConfig else HF_BERT_FORMAT
+        raise wrong_family(fmt, (wanted,), family_of(config).name)
     full = config.num_layers + closing
     if model.spec.stop != full:
         raise ExportError(
@@ -263,6 +263,7 @@ class BertExporter(Exporter):
     name = HF_BERT_FORMAT
     description = "Hugging Face BertModel folder (save_pretrained)"
     reader = "hf"
+    families = ("bert",)
 
     def check(self, model: MergedModel) -> None:
         """Refuse merges a BertModel cannot hold (another family, partial zips ...)."""
@@ -280,6 +281,7 @@ class ViTExporter(Exporter):
     name = HF_VIT_FORMAT
     description = "Hugging Face ViTModel folder (save_pretrained)"
     reader = "hf"
+    families = ("vit",)
 
     def check(self, model: MergedModel) -> None:
         """Refuse merges a ViTModel cannot hold (another family, partial zips ...)."""

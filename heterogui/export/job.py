@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from heterogui.config import Recipe
+from heterogui.errors import ExportError
 from heterogui.export.json_text import readable_json
 from heterogui.fusion.merged import MergedModel
 
@@ -58,12 +59,22 @@ class Exporter(ABC):
     """One output format.
 
     name: the format's key (a recipe's sources name it as ``Loaded.export_format``);
-    reader: the kind of model source that loads the written folder back.
+    reader: the kind of model source that loads the written folder back; families: the model
+    families whose merges it holds (empty: every family).
     """
 
     name: str = ""
     description: str = ""
     reader: str = ""
+    families: tuple[str, ...] = ()
+
+    def check_family(self, family: str) -> None:
+        """Raise ExportError if this format cannot hold merges of ``family`` models.
+
+        Read from the models' headers, it refuses a format before the merge runs.
+        """
+        if self.families and family not in self.families:
+            raise wrong_family(self.name, self.families, family)
 
     @abstractmethod
     def check(self, model: MergedModel) -> None:
@@ -72,3 +83,11 @@ class Exporter(ABC):
     @abstractmethod
     def write(self, job: ExportJob, folder: Path) -> None:
         """Write the merge into the (new, empty) ``folder``."""
+
+
+def wrong_family(fmt: str, families: tuple[str, ...], family: str) -> ExportError:
+    """Return the refusal of format ``fmt`` (for ``families``) for a merge of ``family`` models."""
+    return ExportError(
+        f"the {fmt} format holds merges of {' or '.join(families)} models, not of {family} "
+        "models; write the heterogui format (--format heterogui)"
+    )
