@@ -23,18 +23,17 @@ from heterogui.recipe_parse import load_recipe
 def cmd_merge(args: argparse.Namespace) -> int:
     """Merge as a recipe says and write the result folder (save_pretrained for HF models).
 
-    A recipe with a list of three or more models is written as a heterogui folder; another
-    --format is refused before anything runs. Under torchrun every rank merges (the
+    A recipe with a list of three or more models is written as a heterogui folder; a --format
+    that cannot hold the merge (another for three or more models, one for another family of
+    models) is refused before anything runs. Under torchrun every rank merges (the
     calibration data split between them, the statistics all-reduced:
     ``heterogui.distributed``); only rank 0 writes the folder and prints.
     """
-    from heterogui import distributed, run, run_export, run_group  # torch: only when a merge runs
+    from heterogui import distributed, run, run_export  # torch: only when a merge runs
     from heterogui.export.json_text import readable_json
     from heterogui.report import compact_heads
 
     recipe = load_recipe(args.recipe)
-    if recipe.more_models:
-        run_group.check_format(args.format)
     run_export.check_format(recipe, args.format)
     out = Path(args.out)
     check_output(out, args.overwrite, run_export.data_files(recipe))  # before the expensive part

@@ -7,48 +7,32 @@ import argparse
 from collections.abc import Callable
 
 
-def at_least(minimum: int, what: str = "") -> Callable[[str], int]:
-    """Return an argparse type that takes a whole number of ``minimum`` or more.
+def whole_number(minimum: int, maximum: int | None = None, what: str = "") -> Callable[[str], int]:
+    """Return an argparse type that takes a whole number from ``minimum`` (to ``maximum``).
 
-    what: the thing counted, for the message ("threads").
+    what: what the number is, for the message ("a port"); "": a whole number.
     """
+    span = f"of {minimum} or more" if maximum is None else f"from {minimum} to {maximum}"
 
-    def whole_number(text: str) -> int:
+    def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            fix = f"a whole number of {minimum} or more"
+            value = None
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            fix = f"a whole number {span}"
             raise argparse.ArgumentTypeError(
-                f"{text!r} is not a number of {what}: give {fix}"
-                if what
-                else f"{text!r} is not {fix}"
+                f"{text!r} is not {what}: give {fix}" if what else f"{text!r} is not {fix}"
             )
         return value
 
-    whole_number.__name__ = f"whole number >= {minimum}"
-    return whole_number
+    parse.__name__ = f"whole number {span}"
+    return parse
 
 
 # torch CPU threads (torch.set_num_threads refuses less than 1 with a traceback)
-thread_count = at_least(1, "threads")
+thread_count = whole_number(1, what="a number of threads")
 # how many of something a benchmark builds or draws (inputs, layers, widths, seeds ...)
-count = at_least(1)
-
-
-def port_number(text: str) -> int:
-    """Return a TCP port given on the command line (1 to 65535).
-
-    Raises:
-        argparse.ArgumentTypeError: anything else.
-    """
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a port: give a whole number from 1 to 65535"
-        )
-    return value
+count = whole_number(1)
+# a TCP port to serve on
+port_number = whole_number(1, 65535, "a port")

@@ -11,7 +11,7 @@ import argparse
 import contextlib
 from collections.abc import Iterator
 
-from heterogui.cli_args import at_least, count, thread_count
+from heterogui.cli_args import count, thread_count, whole_number
 from heterogui.cli_zoo import add_bench_quality_arguments, print_quality_summary
 from heterogui.errors import ConfigError
 
@@ -30,16 +30,10 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _check_seeds(seeds: int) -> None:
-    if seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
-
-
 def _quality(args: argparse.Namespace) -> int:
     from heterogui.bench.quality import run_quality
     from heterogui.bench.quality_report import command_line
 
-    _check_seeds(args.seeds)
     with torch_threads(args.threads):
         report = run_quality(
             pairs=args.pairs,
@@ -56,7 +50,6 @@ def _quality(args: argparse.Namespace) -> int:
 def _nway(args: argparse.Namespace) -> int:
     from heterogui.bench.nway import GROUPS, NwayConfig, render_nway, run_nway
 
-    _check_seeds(args.seeds)
     command = f"heterogui bench nway --seeds {args.seeds}" + (
         f" --threads {args.threads}" if args.threads else ""
     )
@@ -106,7 +99,6 @@ def _speed_pair(args: argparse.Namespace) -> int:
 def _transformers(args: argparse.Namespace) -> int:
     from heterogui.bench.transformers import transformer_tables
 
-    _check_seeds(args.seeds)
     with torch_threads(args.threads):
         print(transformer_tables(args))
     return 0
@@ -115,7 +107,6 @@ def _transformers(args: argparse.Namespace) -> int:
 def _decoders(args: argparse.Namespace) -> int:
     from heterogui.bench.decoders import run_decoders
 
-    _check_seeds(args.seeds)
     for name in ("calibration", "evaluation", "smollm2_evaluation"):
         if getattr(args, name) < 4:
             option = "--" + name.replace("_", "-")
@@ -131,7 +122,6 @@ def _decoders(args: argparse.Namespace) -> int:
 def _measures(args: argparse.Namespace) -> int:
     from heterogui.bench.measures import render, run_measures, write
 
-    _check_seeds(args.seeds)
     command = f"heterogui bench measures --seeds {args.seeds} --smollm2-draws {args.smollm2_draws}"
     command += f" --threads {args.threads}" if args.threads else ""
     command += f" --out {args.out}" if args.out else ""
@@ -189,7 +179,7 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument(
-        "--seed", type=at_least(0), default=0, help="seed of the weights and the data"
+        "--seed", type=whole_number(0), default=0, help="seed of the weights and the data"
     )
     parser.add_argument(
         "--json", action="store_true", help="print, as the last line, one JSON object of figures"
@@ -320,7 +310,7 @@ def add_bench_arguments(subparsers: argparse._SubParsersAction) -> None:
     measures.add_argument("--seeds", type=count, default=3, help="draws of every pair but SmolLM2")
     measures.add_argument(
         "--smollm2-draws",
-        type=at_least(0),
+        type=whole_number(0),
         default=1,
         help="calibration draws of SmolLM2 (0: skip it)",
     )

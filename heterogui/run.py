@@ -46,7 +46,8 @@ from heterogui.versions import versions
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-TRANSFORMER_FAMILIES = ("bert", "vit")
+# encoder families: their recipes record the pooling and identity construction (TransformerSpec)
+ENCODER_FAMILIES = ("bert", "vit")
 
 
 @dataclass
@@ -196,7 +197,7 @@ def evaluate_merge(
 def transformer_spec(pair: Pair) -> TransformerSpec | None:
     """Return the transformer options a pair was loaded with (None: not a transformer)."""
     config = pair.a.net.config
-    if pair.a.net.family.name not in TRANSFORMER_FAMILIES:
+    if pair.a.net.family.name not in ENCODER_FAMILIES:
         return None
     return TransformerSpec(getattr(config, "identity", "exact"), config.pooling)
 

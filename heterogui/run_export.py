@@ -77,13 +77,18 @@ def data_files(recipe: Recipe) -> list[Path]:
 
 
 def check_format(recipe: Recipe, fmt: str | None) -> None:
-    """Refuse an output format that cannot hold the recipe's merge, from model A's header.
+    """Refuse an output format that cannot hold the recipe's merge, before the merge runs.
 
-    Before the merge runs (the exporter checks the merged model itself again when it writes).
+    Three or more models: heterogui only (``run_group.check_format``); two: a format for their
+    family, read from model A's header (the exporter checks the merged model again when it
+    writes).
 
     Raises:
+        ConfigError: another format than heterogui for three or more models.
         ExportError: a format for another family of models.
         ModelLoadError: a model reference whose header cannot be read.
     """
-    if fmt is not None:
+    if recipe.more_models:
+        run_group.check_format(fmt)
+    elif fmt is not None:
         exporter(fmt).check_family(sources.describe(recipe.model_a.path).family)

@@ -17,10 +17,9 @@ import shutil
 from pathlib import Path
 
 from heterogui.errors import ExportError, ModelLoadError
-from heterogui.export.job import HF_CAUSAL_LM_FORMAT, Exporter, ExportJob, wrong_family
+from heterogui.export.job import HF_CAUSAL_LM_FORMAT, Exporter, ExportJob
 from heterogui.fusion.merged import MergedModel, as_network
 from heterogui.models.decoder import DecoderNetConfig
-from heterogui.models.family import family_of
 from heterogui.models.gpt2 import GPT2NetConfig
 from heterogui.models.hf.decoder_io import causal_lm, uniform_heads
 from heterogui.models.hf.gpt2_io import check_heads, gpt2_lm
@@ -42,12 +41,12 @@ CAUSAL_LM_FAMILIES = ("decoder", "gpt2")
 def check_causal_lm(model: MergedModel) -> DecoderNetConfig | GPT2NetConfig:
     """Return the trunk config of a fully merged decoder or GPT-2, or raise.
 
+    The merge is of those families (``Exporter.check`` refused others).
+
     Raises:
-        ExportError: another family, a partial zip, or head counts transformers cannot hold.
+        ExportError: a partial zip, or head counts transformers cannot hold.
     """
     config = model.spec.trunk_config
-    if not isinstance(config, DecoderNetConfig | GPT2NetConfig):
-        raise wrong_family(HF_CAUSAL_LM_FORMAT, CAUSAL_LM_FAMILIES, family_of(config).name)
     full = config.num_layers + 2
     if model.spec.stop != full:
         raise ExportError(
@@ -69,8 +68,8 @@ class CausalLMExporter(Exporter):
     reader = "hf"
     families = CAUSAL_LM_FAMILIES
 
-    def check(self, model: MergedModel) -> None:
-        """Refuse merges one causal LM cannot hold (another family, partial zips ...)."""
+    def check_model(self, model: MergedModel) -> None:
+        """Refuse merges one causal LM cannot hold (partial zips, head counts ...)."""
         check_causal_lm(model)
 
     def write(self, job: ExportJob, folder: Path) -> None:

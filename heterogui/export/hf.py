@@ -31,10 +31,9 @@ import torch
 from safetensors.torch import save_file
 
 from heterogui.errors import ExportError
-from heterogui.export.job import HF_BERT_FORMAT, HF_VIT_FORMAT, Exporter, ExportJob, wrong_family
+from heterogui.export.job import HF_BERT_FORMAT, HF_VIT_FORMAT, Exporter, ExportJob
 from heterogui.fusion.merged import MergedModel
 from heterogui.models.bert import BERT_NAMES, BertNetConfig, LayerNames
-from heterogui.models.family import FAMILIES, family_of
 from heterogui.models.hf.bert_io import state_to_hf
 from heterogui.models.hf.vit_io import state_to_hf as vit_state_to_hf
 from heterogui.models.vit import VIT_NAMES, ViTNetConfig
@@ -50,21 +49,16 @@ UNMERGE_FILE = "unmerge.safetensors"
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
 
-def check_exportable(
-    model: MergedModel, cls: type = BertNetConfig, closing: int = 1, kind: str = "BertModel"
-) -> Any:
-    """Return the trunk config of a fully merged transformer of config class ``cls``, or raise.
+def check_exportable(model: MergedModel, closing: int = 1, kind: str = "BertModel") -> Any:
+    """Return the trunk config of a fully merged BERT or ViT (``kind``), or raise.
 
-    closing: trunk blocks after the last layer (ViT's final LayerNorm: 1 more than BERT).
+    The merge is of that family (``Exporter.check`` refused others). closing: trunk blocks after
+    the last layer (ViT's final LayerNorm: 1 more than BERT).
 
     Raises:
-        ExportError: another family, a partial zip, or head counts HF cannot express.
+        ExportError: a partial zip, or head counts HF cannot express.
     """
     config = model.spec.trunk_config
-    if not isinstance(config, cls):
-        wanted = next(f.name for f in FAMILIES.values() if f.config_cls is cls)
-        fmt = HF_VIT_FORMAT if cls is ViTNetConfig else HF_BERT_FORMAT
-        raise wrong_family(fmt, (wanted,), family_of(config).name)
     full = config.num_layers + closing
     if model.spec.stop != full:
         raise ExportError(
@@ -203,7 +197,7 @@ def _vit_model(model: MergedModel) -> Any:
     """Return the transformers ViTModel of a merged ViT trunk (widths padded to uniform)."""
     from transformers import ViTConfig, ViTModel
 
-    config = check_exportable(model, ViTNetConfig, closing=1 + 1, kind="ViTModel")
+    config = check_exportable(model, closing=1 + 1, kind="ViTModel")
     heads, width = config.hidden // config.head_dim, max(config.intermediate)
     state = pad_layers(trunk_state(model), VIT_NAMES, heads * config.head_dim, width)
     hf_state = vit_state_to_hf(state, config.num_layers)
@@ -265,8 +259,8 @@ class BertExporter(Exporter):
     reader = "hf"
     families = ("bert",)
 
-    def check(self, model: MergedModel) -> None:
-        """Refuse merges a BertModel cannot hold (another family, partial zips ...)."""
+    def check_model(self, model: MergedModel) -> None:
+        """Refuse merges a BertModel cannot hold (partial zips, head counts ...)."""
         check_exportable(model)
 
     def write(self, job: ExportJob, folder: Path) -> None:
@@ -283,9 +277,9 @@ class ViTExporter(Exporter):
     reader = "hf"
     families = ("vit",)
 
-    def check(self, model: MergedModel) -> None:
-        """Refuse merges a ViTModel cannot hold (another family, partial zips ...)."""
-        check_exportable(model, ViTNetConfig, closing=1 + 1, kind="ViTModel")
+    def check_model(self, model: MergedModel) -> None:
+        """Refuse merges a ViTModel cannot hold (partial zips, head counts ...)."""
+        check_exportable(model, closing=1 + 1, kind="ViTModel")
 
     def write(self, job: ExportJob, folder: Path) -> None:
         """Write the merged trunk as a ViTModel with the side files."""

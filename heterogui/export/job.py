@@ -17,6 +17,7 @@ from heterogui.config import Recipe
 from heterogui.errors import ExportError
 from heterogui.export.json_text import readable_json
 from heterogui.fusion.merged import MergedModel
+from heterogui.models.family import family_of
 
 # Output formats (a source names the one that fits its models as ``Loaded.export_format``).
 HETEROGUI_FORMAT = "heterogui"
@@ -74,20 +75,21 @@ class Exporter(ABC):
         Read from the models' headers, it refuses a format before the merge runs.
         """
         if self.families and family not in self.families:
-            raise wrong_family(self.name, self.families, family)
+            raise ExportError(
+                f"the {self.name} format holds merges of {' or '.join(self.families)} models, "
+                f"not of {family} models; write the heterogui format (--format heterogui)"
+            )
+
+    def check(self, model: MergedModel) -> None:
+        """Raise ExportError if this format cannot hold ``model`` (before anything is written):
+        a merge of another family (``families``), then the format's own limits."""
+        self.check_family(family_of(model.spec.trunk_config).name)
+        self.check_model(model)
 
     @abstractmethod
-    def check(self, model: MergedModel) -> None:
-        """Raise ExportError if this format cannot hold ``model`` (before anything is written)."""
+    def check_model(self, model: MergedModel) -> None:
+        """Raise ExportError if this format cannot hold ``model``, a merge of its families."""
 
     @abstractmethod
     def write(self, job: ExportJob, folder: Path) -> None:
         """Write the merge into the (new, empty) ``folder``."""
-
-
-def wrong_family(fmt: str, families: tuple[str, ...], family: str) -> ExportError:
-    """Return the refusal of format ``fmt`` (for ``families``) for a merge of ``family`` models."""
-    return ExportError(
-        f"the {fmt} format holds merges of {' or '.join(families)} models, not of {family} "
-        "models; write the heterogui format (--format heterogui)"
-    )

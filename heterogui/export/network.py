@@ -38,7 +38,7 @@ class NetworkExporter(Exporter):
     description = "heterogui folder (model.safetensors + config.json)"
     reader = "merged"
 
-    def check(self, model: MergedModel) -> None:
+    def check_model(self, model: MergedModel) -> None:
         """Accept every merge."""
 
     def write(self, job: ExportJob, folder: Path) -> None:
