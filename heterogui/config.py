@@ -263,13 +263,17 @@ class TransformerSpec:
 class Recipe:
     """A merge, completely specified.
 
+    calibration: the data the statistics are collected on; None: the models' task's own
+        (``Task.default_calibration``: the zoo dataset the models were trained on, the built-in
+        sentences for sentence encoders, the built-in domains for language models). A
+        recorded recipe writes the data a merge used.
     more_models: models C, D, ... of an N-way merge of three or more models (written as one
     list, ``models: [A, B, C, ...]``); empty for a merge of two.
     """
 
     model_a: ModelRef
     model_b: ModelRef
-    calibration: DataRef = field(default_factory=DataRef)
+    calibration: DataRef | None = None
     alignment: AlignmentSpec = field(default_factory=AlignmentSpec)
     zip: ZipSpec = field(default_factory=ZipSpec)
     stop: int | None = None

@@ -337,17 +337,18 @@ def _recipe_data(pair: Pair, recipe: Recipe) -> tuple[Calibration, Evaluation | 
         ModelLoadError: a missing or corrupt data file.
     """
     task = task_of(pair.task)
-    task.check(recipe.calibration, "calibration")
+    if recipe.calibration is not None:
+        task.check(recipe.calibration, "calibration")
     if recipe.evaluation is not None:
         task.check(recipe.evaluation, "evaluation")
     calibration = calibrate(pair, recipe.calibration)
     evaluation = task.evaluation(recipe.evaluation, pair) if recipe.evaluation else None
-    if recipe.evaluation is not None and reads_calibration(recipe.evaluation, recipe.calibration):
+    if recipe.evaluation is not None and reads_calibration(recipe.evaluation, calibration.ref):
         log.warning(
             "evaluation reads the calibration data (%s, split %s): the merge was fitted to it, "
             "so its scores are optimistic; evaluate on split: test or on another file",
-            recipe.calibration.source,
-            recipe.calibration.split,
+            calibration.ref.source,
+            calibration.ref.split,
         )
     return calibration, evaluation
 

@@ -70,9 +70,8 @@ def model_folders(pair: Pair) -> list[Path]:
 
 def data_files(recipe: Recipe) -> list[Path]:
     """Return the local files and folders a recipe names (models and data), where they exist."""
-    named = [*(m.path for m in recipe.models), recipe.calibration.source]
-    if recipe.evaluation is not None:
-        named.append(recipe.evaluation.source)
+    data = (recipe.calibration, recipe.evaluation)
+    named = [*(m.path for m in recipe.models), *(ref.source for ref in data if ref is not None)]
     return [Path(p).expanduser() for p in named if Path(p).expanduser().exists()]
 
 

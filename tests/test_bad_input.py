@@ -320,8 +320,14 @@ def test_text_data_that_is_not_text_is_refused(ws):
     with pytest.raises(ConfigError, match="is not text: byte"):
         load_sentences(DataRef(str(ws / "s.txt")))
     (ws / "p.tsv").write_text("4.5\tA dog runs.\tA dog is running.\nhigh\tone\ttwo\n")
-    with pytest.raises(ConfigError, match=r"line 2: the score 'high' is not a number"):
+    with pytest.raises(ConfigError, match=r"p.tsv line 2: the score 'high' is not a number"):
         load_sentence_pairs(DataRef(str(ws / "p.tsv"), size=None))
+    (ws / "q.tsv").write_text("4.5\tA dog runs.\tA dog is running.\n3 A cat sleeps. A cat naps.\n")
+    with pytest.raises(ConfigError, match="q.tsv line 2: 1 tab-separated fields, expected 3; "):
+        load_sentence_pairs(DataRef(str(ws / "q.tsv"), size=None))
+    (ws / "r.tsv").write_text("4.5\tA dog runs.\tA dog is running.\n80\tA cat.\tA car.\n")
+    with pytest.raises(ConfigError, match=r"r.tsv line 2: score 80.0 is outside \[0, 5\]; scale"):
+        load_sentence_pairs(DataRef(str(ws / "r.tsv"), size=None))
 
 
 def test_evaluation_of_overlapping_tasks_is_refused_with_the_reason(ws, capsys):

@@ -100,3 +100,22 @@ def test_a_merge_scored_on_its_calibration_data_warns(caplog):
     with caplog.at_level(logging.WARNING, logger="heterogui.run"):
         _, evaluation = run._recipe_data(pair, held_out)
     assert "calibration data" not in caplog.text and evaluation.ref.split == "test"
+
+
+@pytest.mark.parametrize(
+    ("models", "source", "size"),
+    [
+        ((f"{PAIR}/a", f"{PAIR}/b"), "digits", 256),
+        (("minilm:all-MiniLM-L6-v2", "minilm:paraphrase-MiniLM-L3-v2"), "sentences", 64),
+    ],
+)
+def test_a_recipe_without_calibration_reads_the_models_own_data(models, source, size):
+    text = f"model_a: {models[0]}\nmodel_b: {models[1]}\n"
+    recipe = parse_recipe(text)
+    assert recipe.calibration is None
+    assert parse_recipe(text + "calibration: null\n") == recipe
+    assert parse_recipe(recipe.to_yaml()) == recipe
+    pair = run.load_pair(recipe.model_a, recipe.model_b)
+    calibration, _ = run._recipe_data(pair, recipe)
+    assert (calibration.ref.source, calibration.ref.split) == (source, "calibration")
+    assert calibration.count == size == calibration.ref.size

@@ -36,22 +36,28 @@ def load_pairs(path: str | Path | None = None) -> list[Pair]:
         text = resources.files("heterogui").joinpath("data/sts_pairs.tsv").read_text("utf-8")
     else:
         text = read_text(Path(path), "sentence-pair file")
+    name = "the built-in pairs" if path is None else Path(path).name
     pairs = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#") or line.startswith("score\t"):
             continue
         fields = line.split("\t")
         if len(fields) != 3:
-            raise ConfigError(f"line {number}: expected score<TAB>sentence1<TAB>sentence2")
+            raise ConfigError(
+                f"{name} line {number}: {len(fields)} tab-separated fields, expected 3; write "
+                "score<TAB>sentence1<TAB>sentence2 (a tab, not spaces, between them)"
+            )
         try:
             score = float(fields[0])
         except ValueError:
             raise ConfigError(
-                f"line {number}: the score {excerpt(repr(fields[0]), 40)} is not a number; "
+                f"{name} line {number}: the score {excerpt(repr(fields[0]), 40)} is not a number; "
                 "write score<TAB>sentence1<TAB>sentence2 with a score from 0 to 5"
             ) from None
         if not 0 <= score <= 5:
-            raise ConfigError(f"line {number}: score {score} is outside [0, 5]")
+            raise ConfigError(
+                f"{name} line {number}: score {score} is outside [0, 5]; scale the scores to 0-5"
+            )
         pairs.append(Pair(fields[1], fields[2], score))
     return pairs
 

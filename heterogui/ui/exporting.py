@@ -196,7 +196,7 @@ def reproduce(
         baseline = done.scores or run.evaluate_models(pair, result.prepared, evaluation)
         baseline = {k: v for k, v in baseline.items() if k != "merged"}
     session.a, session.b, session.demo = pair.a, pair.b, None
-    session.data, session.device = recipe.calibration, recipe.device
+    session.data, session.device = done.calibration.ref, recipe.device
     session.calibration, session.evaluation = done.calibration, evaluation
     session.prepared, session.baseline = result.prepared, baseline
     session.reference_sizes = reference_sizes(result.prepared)
