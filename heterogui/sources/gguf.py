@@ -98,7 +98,8 @@ class GGUFSource(Source):
             raise ConfigError(f"unknown built-in GGUF model {ref!r}; use {', '.join(BUILT_IN)}")
         path = Path(ref).expanduser()
         if not path.is_file():
-            raise ModelLoadError(f"GGUF file {ref!r} does not exist; pass the path of a .gguf file")
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
+            raise ModelLoadError(f"GGUF file {ref!r} {what}; pass the path of a .gguf file")
         return path
 
     def name(self, ref: str, header: GGUFHeader) -> str:

@@ -247,17 +247,50 @@ def gguf_header(path: Path) -> GGUFHeader:
         types: Counter[int] = Counter()
         weight_types: Counter[int] = Counter()
         names: set[str] = set()
+        data_end = 0  # the end of the furthest tensor's data, from the data section's start
         for _ in range(n_tensors):
             name = cur.string()
             n_dims = cur.unpack(cur.u32)
-            cur.skip(8 * n_dims)
+            dims = [cur.unpack(cur.u64) for _ in range(n_dims)]
             ttype = cur.unpack(cur.u32)
-            cur.skip(8)  # data offset
+            offset = cur.unpack(cur.u64)
             names.add(name)
             types[ttype] += 1
             if n_dims >= 2:
                 weight_types[ttype] += 1
+            data_end = max(data_end, offset + _tensor_bytes(dims, ttype))
+        _refuse_truncated(path, cur, fields, data_end)
     return _header(path, version, fields, n_tensors, types, weight_types, names)
+
+
+def _tensor_bytes(dims: list[int], ggml_type: int) -> int:
+    """Return the bytes a tensor of ``dims`` takes in ``ggml_type`` (0 for a type gguf does not
+    know: its extent is not checked)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    try:
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+    except (ValueError, KeyError):
+        return 0
+    count = 1
+    for d in dims:
+        count *= d
+    return count // block * size
+
+
+def _refuse_truncated(path: Path, cur: _Cursor, fields: dict[str, Any], data_end: int) -> None:
+    """Raise when the file ends before its tensor table's last tensor does (a partial copy).
+
+    The tensor data starts at the end of the table, rounded up to ``general.alignment``.
+    """
+    alignment = fields.get("general.alignment", 32)
+    alignment = alignment if isinstance(alignment, int) and alignment > 0 else 32
+    needed = -(-cur.pos // alignment) * alignment + data_end
+    if needed > cur.size:
+        raise ModelLoadError(
+            f"GGUF file {path} is truncated: its tensors need {needed:,} bytes and the file has "
+            f"{cur.size:,} (an interrupted download or copy?); download or copy it again"
+        )
 
 
 def _header(
