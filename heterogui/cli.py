@@ -113,12 +113,33 @@ def build_parser() -> argparse.ArgumentParser:
     app = sub.add_parser("app", help="start the workbench (127.0.0.1)")
     add_app_arguments(app)
     app.set_defaults(func=cmd_app)
+    _verbose_anywhere(parser)
     return parser
+
+
+def _verbose_anywhere(parser: argparse.ArgumentParser) -> None:
+    """Let every subcommand take -v too (``heterogui merge R -o D -v``), as the top level does.
+
+    The subcommands' flag has no default of its own, so a -v before the subcommand holds.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.add_argument(
+                    "-v",
+                    "--verbose",
+                    action="store_true",
+                    default=argparse.SUPPRESS,
+                    help="log progress",
+                )
+                _verbose_anywhere(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; errors print as one message and exit with code 2."""
     args = build_parser().parse_args(argv)
+    if not args.verbose:  # heterogui reports its own progress with -v; no loaders' bars without
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -132,6 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HeteroguiError as exc:
         print(f"{_error_prefix()}{excerpt(exc, 600)}", file=sys.stderr)  # one line, no traceback
         return 2
+    except BrokenPipeError:  # the reader went away (heterogui zoo list | head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 1
 
 
 def _error_prefix() -> str:

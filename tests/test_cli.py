@@ -214,6 +214,14 @@ def test_python_dash_m_runs_the_cli():
     assert "``" not in done.stdout  # plain text, not the module's docstring markup
 
 
+def test_a_reader_that_goes_away_ends_the_output_without_a_traceback():
+    command = [sys.executable, "-m", "heterogui", "zoo", "list", "--tiny"]
+    listing = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    listing.stdout.close()  # before it prints its first line: the pipe is broken
+    err = listing.stderr.read()
+    assert listing.wait(timeout=120) == 1 and "Traceback" not in err and "Broken" not in err
+
+
 def test_the_version_is_the_package_s(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--version"])

@@ -227,3 +227,19 @@ def test_a_merged_bert_folder_merges_again(tmp_path, capsys):
     assert done.pair.a.source == "hf" and done.pair.a.name == "first"
     exported, merged = token_states(second, done)
     assert (exported - merged).abs().max() < 1e-5
+
+
+def test_the_cli_shows_its_own_progress_with_v_and_no_loaders_bars(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    recipe = write_case(tmp_path, "depth")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    command = [sys.executable, "-m", "heterogui", "merge", str(recipe), "-o", str(tmp_path / "q")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "Loading weights" not in done.stderr and "Writing model shards" not in done.stderr
+    assert "%" not in done.stderr  # quiet without -v: the summary on stdout only
+    assert main(["merge", str(recipe), "-o", str(tmp_path / "v"), "-v"]) == 0  # -v after
+    err = capsys.readouterr().err
+    assert "features" in err and "match" in err and "100.0%" in err
