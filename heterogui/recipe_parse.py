@@ -7,6 +7,7 @@ the fix (the dataclasses of ``heterogui.config`` check the ranges).
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ SHORT_KEYS = {"model_a": "path", "model_b": "path", "calibration": "source", "ev
 # what an evaluation reads unless it says otherwise: every held-out input
 EVALUATION_DEFAULTS = {"split": "test", "size": None}
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of text; anything bigger is not one
+# the suffixes of data files a recipe may name (images, sentences or texts, scored pairs)
+DATA_FILE_SUFFIXES = (".safetensors", ".txt", ".tsv")
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -170,7 +173,34 @@ def load_recipe(path: str | Path) -> Recipe:
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise ModelLoadError(f"recipe file {str(path)!r} {what}; pass a .yaml or .json file")
-    return parse_recipe(read_text(path, "recipe", MAX_RECIPE_BYTES), f"recipe {path}")
+    recipe = parse_recipe(read_text(path, "recipe", MAX_RECIPE_BYTES), f"recipe {path}")
+    _refuse_paths_beside_the_recipe(recipe, path.parent)
+    return recipe
+
+
+def _refuse_paths_beside_the_recipe(recipe: Recipe, folder: Path) -> None:
+    """Raise when a relative path of the recipe is missing here but lies beside the recipe.
+
+    Paths in a recipe are read from the current folder, as the shell reads the command's (a
+    recorded recipe names its inputs as the merge was given them); a recipe run from another
+    folder whose files lie beside it gets the path to write instead of "does not exist".
+
+    Raises:
+        ConfigError: such a path, with the path from here.
+    """
+    data = [ref.source for ref in (recipe.calibration, recipe.evaluation) if ref is not None]
+    named = [m.path for m in recipe.models if ":" not in m.path]
+    named += [p for p in data if Path(p).suffix in DATA_FILE_SUFFIXES]
+    for given in named:
+        path = Path(given).expanduser()
+        beside = folder / path
+        if path.is_absolute() or path.exists() or not beside.exists():
+            continue
+        raise ConfigError(
+            f"{given!r} is not in the current folder but beside the recipe ({beside}); paths in "
+            f"a recipe are read from the current folder: write {os.path.relpath(beside)!r} or "
+            "an absolute path, or run heterogui from the recipe's folder"
+        )
 
 
 def parse_recipe(text: str, name: str = "the recipe") -> Recipe:

@@ -119,3 +119,26 @@ def test_a_recipe_without_calibration_reads_the_models_own_data(models, source, 
     calibration, _ = run._recipe_data(pair, recipe)
     assert (calibration.ref.source, calibration.ref.split) == (source, "calibration")
     assert calibration.count == size == calibration.ref.size
+
+
+def test_a_path_beside_the_recipe_but_not_here_says_what_to_write(tmp_path, monkeypatch):
+    from heterogui.recipe_parse import load_recipe
+
+    sub = tmp_path / "recipes"
+    sub.mkdir()
+    (sub / "cal.txt").write_text("one\ntwo\nthree\nfour\n")
+    (sub / "model-b").mkdir()
+    recipe = sub / "r.yaml"
+    recipe.write_text("model_a: minilm:x\nmodel_b: model-b\ncalibration: cal.txt\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(recipe)
+    message = str(caught.value)
+    assert "'model-b' is not in the current folder but beside the recipe" in message
+    assert "write 'recipes/model-b' or an absolute path" in message and "\n" not in message
+    monkeypatch.chdir(sub)  # from the recipe's folder the same text reads
+    assert load_recipe(recipe.name).calibration.source == "cal.txt"
+    (tmp_path / "model-b").mkdir()  # a folder of that name here: it is the one read
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="write 'recipes/cal.txt'"):
+        load_recipe(recipe)
