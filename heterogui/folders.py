@@ -4,8 +4,9 @@
 everything was written, so a failed or killed write leaves no visible folder; leftovers of
 writes whose process has died are removed by the next write to the same place.
 ``check_output`` refuses, before any work, an output folder that is an input, contains one or
-lies inside one, the current folder, a file, a place that cannot be written, or an existing
-folder that heterogui did not write.
+lies inside one, the current folder, a file, a place that cannot be written, an existing
+folder that heterogui did not write, a folder inside an earlier export, or a name with a
+control character or too long for a file system.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ OVERWRITE_HINT = (
     "line, the Overwrite box on the Export tab)"
 )
 MARKER = ".heterogui-output"  # written into every export: what --overwrite may replace
+NAME_MAX = 255  # bytes in one file or folder name (Linux, macOS and Windows file systems)
+TEMP_ROOM = 32  # what the temporary siblings add to a name: ".NAME.tmp-PID-XXXXXXXX"
 
 
 def _alive(pid: int) -> bool:
@@ -108,6 +111,28 @@ def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]
         raise
 
 
+def _check_names(text: str) -> None:
+    """Refuse a folder name with a control character or longer than a name may be (255 bytes).
+
+    Raises:
+        ExportError: naming the part and the fix.
+    """
+    parts = Path(text).parts
+    for k, part in enumerate(parts):
+        if any(ord(c) < 32 or ord(c) == 127 for c in part):
+            raise ExportError(
+                f"output folder {excerpt(repr(text), 80)} has a control character (a newline or "
+                "tab?) in its name; name the folder with printable characters"
+            )
+        # the folder itself is first written under a longer temporary name beside it
+        most = NAME_MAX - TEMP_ROOM if k == len(parts) - 1 else NAME_MAX
+        if len(os.fsencode(part)) > most:
+            raise ExportError(
+                f"output folder name {excerpt(repr(part), 60)} is {len(os.fsencode(part))} bytes "
+                f"long; it may have {most}: choose a shorter name"
+            )
+
+
 def check_output(out: str | Path, overwrite: bool = False, inputs: Iterable[Path] = ()) -> Path:
     """Return the resolved output folder, or raise before anything runs.
 
@@ -120,6 +145,7 @@ def check_output(out: str | Path, overwrite: bool = False, inputs: Iterable[Path
     text = str(out).strip()
     if not text:
         raise ExportError("give an output folder")
+    _check_names(text)
     target = Path(text).expanduser().resolve()
     cwd = Path.cwd().resolve()
     if target == cwd or target in cwd.parents:
@@ -135,6 +161,12 @@ def check_output(out: str | Path, overwrite: bool = False, inputs: Iterable[Path
             )
     if target.exists() and not target.is_dir():
         raise ExportError(f"output folder {text!r} is a file; name a folder")
+    export = next((p for p in target.parents if (p / MARKER).is_file()), None)
+    if export is not None:
+        raise ExportError(
+            f"output folder {text!r} lies inside the earlier export {export}, which overwriting "
+            "that export would delete; write it beside that export"
+        )
     parent = target.parent
     while not parent.exists():
         parent = parent.parent

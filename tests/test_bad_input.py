@@ -119,6 +119,15 @@ def test_an_output_under_a_file_or_that_is_a_file_is_refused(ws, capsys):
     )
 
 
+def test_an_output_inside_an_earlier_export_is_refused(ws, capsys):
+    rec = str(ws / "recipe.yaml")
+    assert main(["merge", rec, "--out", str(ws / "first")]) == 0
+    capsys.readouterr()
+    inner = ws / "first" / "second"
+    cli_refuses(ws, ["merge", rec, "--out", str(inner)], "lies inside the earlier export", capsys)
+    assert not inner.exists()
+
+
 def test_overwrite_replaces_only_what_heterogui_wrote(ws, capsys):
     rec = str(ws / "recipe.yaml")
     (ws / "mine").mkdir()
@@ -387,6 +396,8 @@ def session(res):
         ("/tmp/elsewhere", "is not a folder below the export folder"),
         ("", "type an output folder"),
         (".", "is not a folder below"),
+        ("two\nlines", "has a control character (a newline or tab?) in its name"),
+        ("x" * 300, "is 300 bytes long; it may have 223: choose a shorter name"),
     ],
 )
 def test_workbench_exports_stay_below_the_export_root(session, res, out, words):
