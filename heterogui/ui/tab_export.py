@@ -167,8 +167,10 @@ def on_import(
     report = exporting.reproduce(session, res, recipe, progress)
     if report is None:
         raise ConfigError("the recipe produced no report")
+    # a recipe heterogui recorded lists the library versions; one written by hand does not
+    done = "Reproduced the recorded" if recipe.versions else "Ran the recipe's"
     return (
-        f"Reproduced the merge of `{recipe.model_a.path}` and `{recipe.model_b.path}` "
+        f"{done} merge of `{recipe.model_a.path}` and `{recipe.model_b.path}` "
         f"({report['alignment']['mode']}, mapping {report['alignment']['mapping']})."
     )
 
