@@ -17,6 +17,7 @@ from heterogui.fusion.merged import MergedModel, MergedSpec
 from heterogui.fusion.split_heads import split_widths
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network
+from heterogui.models.graph import space_order
 from heterogui.zip.collect import StatKey
 from heterogui.zip.matchers import Match
 from heterogui.zip.plan import ZipSettings
@@ -74,10 +75,11 @@ class MergeResult:
 
     def widths(self) -> dict[str, tuple[int, int, int]]:
         """Return (n_A, n_B, merged width) for every merge point (of the merged model: an
-        attention space's heads halved by a heads split)."""
+        attention space's heads halved by a heads split), in ``space_order``."""
         merged = {s: m.width for s, m in self.matches.items()}
         merged = split_widths(self.prepared.padded_a.graph(), merged, self.split_rank)
-        return {s: (m.n_a, m.n_b, merged[s]) for s, m in self.matches.items()}
+        order = sorted(self.matches, key=space_order)
+        return {s: (self.matches[s].n_a, self.matches[s].n_b, merged[s]) for s in order}
 
     @property
     def split_rank(self) -> int | None:

@@ -13,7 +13,7 @@ from heterogui.align.alignment import Alignment, layer_pairs
 from heterogui.config import Recipe
 from heterogui.export.card import bars_svg, class_ranges, heatmap_svg, model_card
 from heterogui.models.family import Network
-from heterogui.models.graph import INPUT, LOGITS
+from heterogui.models.graph import INPUT, LOGITS, space_order
 from heterogui.models.storage import on_meta
 from heterogui.nway import GroupMergeResult
 from heterogui.pipeline import MergeResult
@@ -186,7 +186,7 @@ def card_facts(
             "score": "n/a" if al.score is None else f"{al.score:.3f}",
         },
         "settings": settings_facts(result),
-        "widths": [[sp, *w] for sp, w in sorted(result.widths().items())],
+        "widths": [[sp, *w] for sp, w in result.widths().items()],
         "sizes": [[n, v["parameters"], v["flops"]] for n, v in sizes.items()],
         **metric_facts(task, scores, ("a", "b", "ensemble", "merged")),
         "notes": [
@@ -279,7 +279,10 @@ def group_report(
     report: dict[str, Any] = {
         "models": [{"model": k, "name": n.label} for k, n in zip(keys, prep.nets, strict=True)],
         "parameters": parameters,
-        "widths": {s: [*m.sizes, m.width] for s, m in result.matches.items()},
+        "widths": {
+            s: [*result.matches[s].sizes, result.matches[s].width]
+            for s in sorted(result.matches, key=space_order)
+        },
         "reference": keys[prep.reference],
         "alignment": {"mode": group_mode(result), "models": alignments},
         "stop": result.spec.stop,
@@ -337,7 +340,10 @@ def group_card_facts(
         "alignment_figure": False,
         "settings": settings_facts(result),
         "width_header": [f"width {letter}" for letter in letters],
-        "widths": [[sp, *m.sizes, m.width] for sp, m in sorted(result.matches.items())],
+        "widths": [
+            [sp, *result.matches[sp].sizes, result.matches[sp].width]
+            for sp in sorted(result.matches, key=space_order)
+        ],
         "sizes": [[n, v["parameters"], v["flops"]] for n, v in sizes.items()],
         **metric_facts(task, scores, (*(k.lower() for k in letters), "ensemble", "merged")),
         "notes": [
@@ -361,8 +367,9 @@ def group_card_files(
     files = {"README.md": model_card(group_card_facts(result, pair, task, scores))}
     series: dict[str, list[float]] = {model_key(k).upper(): [] for k in range(len(pair.models))}
     series["merged"] = []
-    for match in result.matches.values():
+    order = sorted(result.matches, key=space_order)
+    for match in (result.matches[s] for s in order):
         for values, width in zip(series.values(), (*match.sizes, match.width), strict=True):
             values.append(width)
-    files["widths.svg"] = bars_svg(list(result.matches), series, "width per merge point")
+    files["widths.svg"] = bars_svg(order, series, "width per merge point")
     return files

@@ -13,6 +13,7 @@ pooled over all of them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -139,6 +140,11 @@ class ModelGraph:
             for a in t.axes
             if a.space == space and a.role == "in"
         ]
+
+
+def space_order(name: str) -> tuple:
+    """Return a sort key of merge point names that puts layer2 before layer10 (reports, tables)."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
 
 def out_axis(space: str, dim: int = 0) -> Axis:

@@ -9,7 +9,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from heterogui.ui.fig_eval import MODEL_COLOURS, natural_key
+from heterogui.models.graph import space_order
+from heterogui.ui.fig_eval import MODEL_COLOURS
 
 MERGE_COLOURS = ("#2ca02c", "#17becf")
 _Points = dict[tuple[Any, Any], dict[str, Any]]  # the sweep's points by (rho, knob)
@@ -21,7 +22,7 @@ def compare_widths_figure(widths: dict[str, dict[str, tuple[int, int, int]]]) ->
     widths: merge label -> merge point -> (n_A, n_B, merged width).
     """
     first = next(iter(widths.values()))
-    spaces = sorted({s for w in widths.values() for s in w}, key=natural_key)
+    spaces = sorted({s for w in widths.values() for s in w}, key=space_order)
     fig = go.Figure()
     for k, (label, per_space) in enumerate(widths.items()):
         fig.add_trace(

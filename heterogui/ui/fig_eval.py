@@ -5,7 +5,6 @@ Pure functions: plain numbers and tensors in, plotly figures out.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import plotly.graph_objects as go
@@ -13,11 +12,6 @@ import torch
 from plotly.subplots import make_subplots
 
 MODEL_COLOURS = {"A": "#1f77b4", "B": "#ff7f0e", "ensemble": "#9467bd", "merged": "#2ca02c"}
-
-
-def natural_key(name: str) -> tuple:
-    """Return a sort key that puts block2 before block10 (merge point names)."""
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
 
 def sizes_figure(sizes: dict[str, dict[str, Any]]) -> go.Figure:

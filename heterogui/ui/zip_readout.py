@@ -11,10 +11,10 @@ from typing import Any
 import gradio as gr
 
 from heterogui.errors import ConfigError
+from heterogui.models.graph import space_order
 from heterogui.pipeline import resolved_settings
 from heterogui.sizes import STORED_REASON, estimate, merge_size, reference_sizes
 from heterogui.ui import history, labels, work
-from heterogui.ui.fig_eval import natural_key
 from heterogui.ui.session import Session
 from heterogui.zip.plan import stop_point
 
@@ -45,7 +45,7 @@ def readout(session: Session) -> dict[str, Any]:
             "stored_flops": est["flops"],
         }
         widths, exact = est["widths"], False
-    widths = {k: widths[k] for k in sorted(widths, key=natural_key)}
+    widths = {k: widths[k] for k in sorted(widths, key=space_order)}
     stop = result.spec.stop if exact else stop_point(prep.padded_a.graph(), session.settings)
     return {
         "sizes": sizes,
