@@ -17,12 +17,15 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
     """Merge two networks on calibration batches, or run a recipe (a Recipe or its file).
 
     ``merge(net_a, net_b, batches, mode=..., settings=..., device=...)`` runs the engine on
-    in-memory networks (``heterogui.pipeline.merge_networks``); ``merge(recipe)`` runs a recipe
+    in-memory networks (``heterogui.pipeline.merge_networks``): heterogui Networks, or loaded
+    Hugging Face BERT, ViT, GPT-2, Llama, Qwen2 or Mistral models (converted by copy: the
+    models given are not changed; decoders with their language-model head), with batches of
+    tensors or tokenizer dicts; ``merge(recipe)`` runs a recipe
     through the one merge path (``heterogui.run.merge``) and returns its engine result (a
     ``pipeline.MergeResult``, or a ``nway.GroupMergeResult`` for a list of three or more models).
 
     Raises:
-        ConfigError: networks given without batches.
+        ConfigError: networks given without batches, or a model heterogui cannot merge.
         HeteroguiError: any other invalid input (see the subclasses).
     """
     from heterogui import run  # the package root stays import-light: torch loads on first use
@@ -35,6 +38,8 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
         raise ConfigError(
             "merge(net_a, net_b, batches): give both networks and calibration batches"
         )
+    from heterogui.models.hf.instances import network_of
     from heterogui.pipeline import merge_networks
 
-    return merge_networks(model_a, model_b, batches, **options)
+    net_a, net_b = network_of(model_a, "model A"), network_of(model_b, "model B")
+    return merge_networks(net_a, net_b, batches, **options)

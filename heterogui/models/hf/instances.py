@@ -1,0 +1,66 @@
+"""Models given as Python objects to ``heterogui.merge``: heterogui networks as they are, loaded
+Hugging Face models converted by their family's adapter (``bert_io``, ``vit_io``, ``gpt2_io``,
+``decoder_io``), anything else refused with what to pass instead.
+
+The conversion copies the weights: the caller's model is never changed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from heterogui.errors import ConfigError
+from heterogui.models.family import Network
+
+DECODER_TYPES = ("llama", "qwen2", "mistral")
+KNOWN_TYPES = ("bert", "vit", "gpt2", *DECODER_TYPES)
+
+
+def network_of(model: Any, label: str) -> Network:
+    """Return ``model`` as a heterogui Network (``label``: its name in messages and reports).
+
+    Raises:
+        ConfigError: an object that is neither a Network nor a Hugging Face model heterogui has
+            an adapter for.
+        ModelLoadError: a Hugging Face model whose config or weights its adapter cannot take.
+    """
+    if isinstance(model, Network):
+        return model
+    kind = getattr(getattr(model, "config", None), "model_type", None)
+    if kind == "bert":
+        from heterogui.models.hf.bert_io import network_from_hf
+
+        return network_from_hf(model, label)
+    if kind == "vit":
+        from heterogui.models.hf.vit_io import network_from_hf
+
+        return network_from_hf(model, label)
+    if kind == "gpt2":
+        from heterogui.models.hf.gpt2_io import network_from_hf
+
+        return network_from_hf(_causal_lm(model, label), label)
+    if kind in DECODER_TYPES:
+        from heterogui.models.hf.decoder_io import network_from_hf
+
+        return network_from_hf(_causal_lm(model, label), label)
+    what = f"a Hugging Face {kind!r} model" if kind else f"a {type(model).__module__}."
+    what += "" if kind else type(model).__qualname__
+    raise ConfigError(
+        f"{label} is {what}, which heterogui cannot merge; pass a heterogui network "
+        f"(heterogui.run.load_pair(...).a.net, or one built with heterogui.models) or a loaded "
+        f"Hugging Face model of type {', '.join(KNOWN_TYPES)}"
+    )
+
+
+def _causal_lm(model: Any, label: str) -> Any:
+    """Return ``model`` when it has a language-model head (decoders merge with theirs).
+
+    Raises:
+        ConfigError: a bare decoder trunk (AutoModel), which has no head to merge.
+    """
+    if getattr(model, "lm_head", None) is None:
+        raise ConfigError(
+            f"{label} is a decoder without its language-model head; load it with "
+            "AutoModelForCausalLM (heterogui merges the head with the trunk)"
+        )
+    return model

@@ -1,0 +1,78 @@
+"""``heterogui.merge`` with models as Python objects: loaded Hugging Face models are converted
+(by copy) and merge like the networks heterogui loads; anything else is refused in one line."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import heterogui  # noqa: E402
+from heterogui.errors import ConfigError  # noqa: E402
+
+
+def bert(layers: int, seed: int):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=60,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=16,
+    )
+    return BertModel(config).eval()
+
+
+def token_batches(count: int = 3) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(count):
+        ids = torch.randint(5, 60, (8, 7), generator=generator)
+        mask = torch.ones_like(ids)
+        mask[:3, 5:] = 0  # padded rows
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
+
+
+def test_a_hugging_face_model_merged_with_itself_computes_the_same_states():
+    model = bert(2, 0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = token_batches()
+    result = heterogui.merge(model, model, batches)
+    with torch.no_grad():
+        merged, _ = result.model.features(**batches[0])
+        own = model(**batches[0]).last_hidden_state
+    real = batches[0]["attention_mask"].bool()
+    assert torch.allclose(merged[real], own[real], atol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+
+
+def test_hugging_face_models_of_different_depth_merge():
+    result = heterogui.merge(bert(4, 0), bert(2, 1), token_batches(), mode="lma")
+    assert result.alignment.depths == (4,)
+    assert list(result.widths())[:3] == ["layer0.ffn", "layer0.qk", "layer0.vo"]
+
+
+@pytest.mark.parametrize(
+    ("model", "words"),
+    [
+        (torch.nn.Sequential(torch.nn.Linear(4, 2)), "is a torch.nn.modules.container.Sequential"),
+        ("llama-trunk", "is a decoder without its language-model head; load it with"),
+    ],
+)
+def test_a_model_heterogui_cannot_take_is_refused_in_one_line(model, words):
+    if model == "llama-trunk":
+        from transformers import LlamaConfig, LlamaModel
+
+        shape = {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64}
+        model = LlamaModel(LlamaConfig(vocab_size=60, num_hidden_layers=1, **shape))
+    with pytest.raises(ConfigError) as caught:
+        heterogui.merge(model, bert(2, 0), token_batches(1))
+    assert str(caught.value).startswith("model A ") and words in str(caught.value)
+    assert "\n" not in str(caught.value)
