@@ -57,6 +57,21 @@ DEFAULT_HEADS = "auto"
 HEAD_MERGES = (DEFAULT_HEADS, "pair", "select", "search", SPLIT_HEADS)
 
 
+MAX_SEED = 2**63 - 1  # the largest seed torch's and NumPy's generators both take
+
+
+def check_seed(seed: int, what: str) -> None:
+    """Raise unless ``seed`` is a whole number from 0 to ``MAX_SEED``.
+
+    Raises:
+        ConfigError: naming ``what`` and the range.
+    """
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(
+            f"{what} = {seed} is out of range: use a whole number from 0 to 2**63 - 1"
+        )
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """A model: a folder, ``zoo:PAIR/a`` / ``zoo:PAIR/b``, or ``minilm:NAME``.
@@ -91,6 +106,7 @@ class DataRef:
     sha256: str | None = None
 
     def __post_init__(self) -> None:
+        check_seed(self.seed, "calibration/evaluation seed")
         if self.size is not None and self.size < 4:
             raise ConfigError(f"data size {self.size} is too small: use at least 4 inputs")
         if self.batch_size < 4:
@@ -287,6 +303,7 @@ class Recipe:
     more_models: tuple[ModelRef, ...] = ()
 
     def __post_init__(self) -> None:
+        check_seed(self.seed, "recipe.seed")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype {self.dtype!r} is unknown; use one of {DTYPES}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):

@@ -202,6 +202,14 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a
         ),
         ("model_a: {path: x}\nmodel_b: {path: y}\nzip: {matcher: magic}\n", "unknown"),
         ("model_a: {path: x}\nmodel_b: {path: y}\nstop: -1\n", "must be >= 0"),
+        (
+            "model_a: {path: x}\nmodel_b: {path: y}\nseed: 99999999999999999999\n",
+            "recipe.seed = 99999999999999999999 is out of range: use a whole number from 0",
+        ),
+        (
+            "model_a: {path: x}\nmodel_b: {path: y}\ncalibration: {seed: -1}\n",
+            "calibration/evaluation seed = -1 is out of range",
+        ),
         ("model_a: {path: x}\n", "model_b is missing"),
     ],
 )

@@ -434,3 +434,13 @@ def test_a_format_for_another_family_is_refused_before_the_merge(
     assert "--format heterogui" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
     assert not list((tmp_path / "cache").rglob("model.safetensors"))  # nothing built or merged
+
+
+@pytest.mark.parametrize("pair", list(PAIRS))
+def test_a_float64_merge_reads_float32_inputs_and_matches_the_float32_merge(tmp_path, pair):
+    single = merge_recipe(write_case(tmp_path / "f32", pair)).result.model
+    double = merge_recipe(write_case(tmp_path / "f64", pair, dtype="float64")).result.model
+    assert {p.dtype for p in double.parameters()} == {torch.float64}
+    for x, y in zip(outputs(single), outputs(double), strict=True):  # float32 images in
+        assert y.dtype == torch.float64
+        assert torch.allclose(x.double(), y, atol=1e-4 * float(y.abs().max()))
