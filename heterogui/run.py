@@ -23,7 +23,15 @@ from typing import Any
 import torch
 
 from heterogui import distributed, host_memory, run_group
-from heterogui.config import AlignmentSpec, DataRef, ModelRef, Recipe, TransformerSpec, ZipSpec
+from heterogui.config import (
+    DEFAULT_HEADS,
+    AlignmentSpec,
+    DataRef,
+    ModelRef,
+    Recipe,
+    TransformerSpec,
+    ZipSpec,
+)
 from heterogui.errors import ConfigError, IncompatibleModelsError
 from heterogui.nway import GroupMergeResult
 from heterogui.pipeline import (
@@ -42,6 +50,7 @@ from heterogui.sources import registry as sources
 from heterogui.sources.base import Loaded, Pair
 from heterogui.tasks import Calibration, Evaluation, Task, task_of
 from heterogui.versions import versions
+from heterogui.zip.plan import head_group_firsts
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -125,6 +134,8 @@ def load_pair(
         ModelLoadError: a model that cannot be read.
     """
     refs = [r if isinstance(r, ModelRef) else ModelRef(r) for r in (ref_a, ref_b, *more)]
+    if transformer is not None:
+        _check_transformer_options(sources.describe(refs[0].path).family)
     if more:
         run_group.check_group([sources.describe(r.path) for r in refs])
     for k, ref in enumerate(refs[1:], start=1):
@@ -149,6 +160,20 @@ def load_pair(
     for item in pair.models[1:]:
         check_pair(pair.a.net, item.net)
     return pair
+
+
+def _check_transformer_options(family: str) -> None:
+    """Refuse transformer options (pooling, identity) for models that have none to set.
+
+    Raises:
+        ConfigError: models of another family than a BERT or ViT encoder.
+    """
+    if family not in ENCODER_FAMILIES:
+        raise ConfigError(
+            f"recipe.transformer (pooling, identity) sets options of BERT and ViT encoders; "
+            f"these models are {family} models, which have none: remove transformer from the "
+            "recipe"
+        )
 
 
 def calibrate(pair: Pair, ref: DataRef | None = None, size: int | None = None) -> Calibration:
@@ -307,6 +332,7 @@ def merge(
         reset_input_bn=recipe.reset_input_bn,
     )
     _warn_if_realigned(recipe, done, pair)
+    _warn_of_idle_knobs(recipe.zip, pair)
     scores = None
     if evaluation is not None and distributed.is_main():
         scores = _scores(pair, result, evaluation, report)
@@ -315,6 +341,16 @@ def merge(
     facts = describe(result, done, seconds, task, scores, calibration.count)
     facts["timings_seconds"]["evaluation"] = time.perf_counter() - start - seconds
     return RunResult(result, done, facts, pair, calibration, evaluation, scores)
+
+
+def _warn_of_idle_knobs(spec: ZipSpec, pair: Pair) -> None:
+    """Log a warning when a recipe chooses how attention heads merge for models without any."""
+    if spec.heads != DEFAULT_HEADS and not head_group_firsts(pair.a.net.graph()):
+        log.warning(
+            "zip.heads %r: these %s models have no attention heads, so it changes nothing here",
+            spec.heads,
+            pair.a.net.family.name,
+        )
 
 
 def _warn_if_realigned(recipe: Recipe, done: Recipe, pair: Pair) -> None:

@@ -219,6 +219,14 @@ def test_a_bad_recipe_says_which_field(ws, capsys, text, words):
     assert len(err) < 700  # never the expanded alias or a whole parser dump
 
 
+def test_transformer_options_for_models_without_them_are_refused(ws, capsys):
+    data = recipe(ws)
+    data["transformer"] = {"pooling": "cls"}
+    path = write_recipe(ws, data)
+    words = "these models are vgg models, which have none: remove transformer from the recipe"
+    cli_refuses(ws, ["merge", str(path), "--out", str(ws / "o")], words, capsys)
+
+
 def test_a_binary_or_huge_recipe_is_refused(ws, capsys):
     (ws / "bin.yaml").write_bytes(b"model_a: \xff\xfe\x00\x01")
     cli_refuses(ws, ["merge", str(ws / "bin.yaml"), "--out", str(ws / "o")], "is not text", capsys)

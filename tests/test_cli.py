@@ -444,3 +444,14 @@ def test_a_float64_merge_reads_float32_inputs_and_matches_the_float32_merge(tmp_
     for x, y in zip(outputs(single), outputs(double), strict=True):  # float32 images in
         assert y.dtype == torch.float64
         assert torch.allclose(x.double(), y, atol=1e-4 * float(y.abs().max()))
+
+
+def test_a_heads_choice_for_models_without_attention_is_warned_about(tmp_path, caplog):
+    import logging
+
+    plain = merge_recipe(write_case(tmp_path / "plain", "depth")).result.model
+    with caplog.at_level(logging.WARNING, logger="heterogui.run"):
+        chosen = merge_recipe(write_case(tmp_path / "select", "depth", zip={"heads": "select"}))
+    assert "zip.heads 'select': these vgg models have no attention heads" in caplog.text
+    for x, y in zip(outputs(plain), outputs(chosen.result.model), strict=True):
+        assert torch.equal(x, y)  # indeed nothing changed
