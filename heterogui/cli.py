@@ -31,7 +31,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     """
     from heterogui import distributed, run, run_export  # torch: only when a merge runs
     from heterogui.export.json_text import readable_json
-    from heterogui.report import compact_heads
+    from heterogui.report import compact_heads, compact_metrics
 
     recipe = load_recipe(args.recipe)
     run_export.check_format(recipe, args.format)
@@ -52,8 +52,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     summary = {k: done.report[k] for k in ("parameters", "widths")}
     summary["heads"] = compact_heads(done.report["heads"])  # a vocabulary: one range, not ids
     summary["seconds"] = round(done.report["timings_seconds"]["total"], 3)
-    if "metrics" in done.report:
-        summary["metrics"] = done.report["metrics"]
+    if "metrics" in done.report:  # report.json keeps them in full
+        summary["metrics"] = compact_metrics(done.report["metrics"])
     print(readable_json(summary))
     print(f"wrote {out}")
     return 0

@@ -56,6 +56,22 @@ def compact_heads(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**row, "classes": class_ranges(row["classes"])} for row in rows]
 
 
+def compact_metrics(metrics: Any, digits: int = 4) -> Any:
+    """Return a report's "metrics" as a summary reads them: numbers rounded to ``digits``, and
+    a classifier's per-task rows ({name, accuracy, count}) as one mapping name -> accuracy."""
+    if isinstance(metrics, float):
+        return round(metrics, digits)
+    if isinstance(metrics, dict):
+        return {k: compact_metrics(v, digits) for k, v in metrics.items()}
+    if isinstance(metrics, list) and all(
+        isinstance(r, dict) and {"name", "accuracy"} <= set(r) for r in metrics
+    ):
+        return {r["name"]: compact_metrics(r["accuracy"], digits) for r in metrics}
+    if isinstance(metrics, list):
+        return [compact_metrics(v, digits) for v in metrics]
+    return metrics
+
+
 def alignment_facts(alignment: Alignment) -> dict[str, Any]:
     """Return a report's account of an alignment: mapping, slots per stage and score."""
     return {

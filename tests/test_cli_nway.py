@@ -104,6 +104,9 @@ def test_the_cli_writes_a_scored_folder_of_three_models(trio):
     )
     summary = json.loads(trio["printed"].rsplit("wrote", 1)[0])
     assert list(summary["metrics"]) == ["a", "b", "c", "ensemble", "merged"]
+    merged_tasks = {t["name"]: round(t["accuracy"], 4) for t in metrics["merged"]["tasks"]}
+    assert summary["metrics"]["merged"]["tasks"] == merged_tasks  # name -> accuracy, rounded
+    assert summary["metrics"]["merged"]["joint"] == round(joint, 4)
     card = (out / "README.md").read_text()
     assert "| width C |" in card and "| ensemble |" in card and "heterogui format only" in card
 
