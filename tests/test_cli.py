@@ -229,6 +229,35 @@ def test_the_version_is_the_package_s(capsys):
     assert capsys.readouterr().out.strip() == f"heterogui {heterogui.__version__}"
 
 
+@pytest.mark.parametrize(
+    ("host", "auth", "warned"),
+    [
+        ("0.0.0.0", None, True),
+        ("192.168.1.20", None, True),
+        ("my-host", None, True),
+        ("0.0.0.0", "me:secret", False),
+        ("127.0.0.1", None, False),
+        ("localhost", None, False),
+        ("::1", None, False),
+    ],
+)
+def test_serving_beyond_this_machine_without_a_login_is_warned_about(
+    tmp_path, monkeypatch, caplog, host, auth, warned
+):
+    import logging
+
+    from heterogui.ui import app
+
+    served = []
+    monkeypatch.setattr(app, "build_app", lambda res: "page")
+    monkeypatch.setattr(app, "launch", lambda *args: served.append(args))
+    threads = torch.get_num_threads()  # the app sets torch's threads: keep them
+    with caplog.at_level(logging.WARNING, logger="heterogui.ui.app"):
+        app.main(host=host, auth=auth, threads=threads, export_root=str(tmp_path))
+    assert served and served[0][1] == host
+    assert ("without a login: anyone who can reach" in caplog.text) == warned
+
+
 def test_the_app_refuses_an_unknown_pair_or_a_bad_login_before_serving(tmp_path, capsys):
     threads = str(torch.get_num_threads())  # the app sets torch's threads: keep them
     assert main(["app", "--pair", "digits-resnet-dpeth", "--threads", threads]) == 2

@@ -9,6 +9,7 @@ drive the whole flow.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import threading
@@ -274,4 +275,20 @@ def main(
         raise ConfigError(f"unknown demo pair {pair!r}: use one of {', '.join(pairs)}")
     check_export_root(res.export_root)
     log.info("exports are written below %s", res.export_root)
+    if login is None and not is_loopback(host):
+        log.warning(
+            "serving on %s without a login: anyone who can reach this machine can load models "
+            "from its folders and write exports; add --auth USER:PASSWORD",
+            host,
+        )
     launch(build_app(res), host, port, login)
+
+
+def is_loopback(host: str) -> bool:
+    """Return whether ``host`` serves this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any address
+        return False
