@@ -156,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (heterogui zoo list | head): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 1
+    except KeyboardInterrupt:  # Ctrl-C; a merge's folder is written whole or not at all
+        left = "; nothing was written" if args.command == "merge" else ""
+        print(f"\n{_error_prefix()}interrupted{left}", file=sys.stderr)
+        return 130
 
 
 def _error_prefix() -> str:

@@ -243,3 +243,24 @@ def test_the_cli_shows_its_own_progress_with_v_and_no_loaders_bars(tmp_path, cap
     assert main(["merge", str(recipe), "-o", str(tmp_path / "v"), "-v"]) == 0  # -v after
     err = capsys.readouterr().err
     assert "features" in err and "match" in err and "100.0%" in err
+
+
+def test_ctrl_c_during_a_merge_ends_in_one_line_and_leaves_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    recipe = write_case(tmp_path, "depth")
+    out = tmp_path / "merged"
+    command = [sys.executable, "-m", "heterogui", "merge", str(recipe), "-o", str(out), "-v"]
+    merge = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    seen = ""
+    while "similarity" not in seen:  # the models are loaded and the first data pass runs
+        char = merge.stderr.read(1)
+        assert char, f"the merge ended before its first pass: {seen}"
+        seen += char
+    merge.send_signal(signal.SIGINT)
+    rest = merge.stderr.read()
+    assert merge.wait(timeout=120) == 130
+    assert "Traceback" not in rest and "error: interrupted; nothing was written" in rest
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
