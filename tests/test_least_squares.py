@@ -451,3 +451,31 @@ def test_vit_merges_default_to_sequential_least_squares_with_the_tails_refit():
     x = torch.rand(8, 1, 8, 8, generator=gen)
     with torch.no_grad():
         assert max_diff(default.model(x), explicit.model(x)) == 0.0
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet"])
+def test_a_first_sequential_merge_runs_the_parents_once_and_merges_the_same(name, monkeypatch):
+    """The block-by-block refit hands the parents' rows at the stop point on to the heads'
+    refit (``sequential._keep_parent_rows``): A and B start from their inputs once, not twice,
+    and the merge is the same to the bit as when the heads' refit runs them itself."""
+    from heterogui.fusion import sequential
+
+    config_a, config_b, shape = DEPTH_PAIRS[name]
+    settings = ZipSettings(rho=0.5, fusion="least_squares_sequential")
+
+    def first_merge():
+        runs = []
+        real = sequential.first_block_input
+        monkeypatch.setattr(sequential, "first_block_input", lambda *a: runs.append(1) or real(*a))
+        prep = prepare(make(config_a, 0), make(config_b, 1), calibration(shape), device="cpu")
+        merged = zip_prepared(prep, settings).model.state_dict()
+        monkeypatch.setattr(sequential, "first_block_input", real)
+        return merged, len(runs), 2 * len(prep.batches)
+
+    handed_on, runs, once = first_merge()
+    assert runs == once  # each parent on each batch: once, in the refit
+    monkeypatch.setattr(sequential, "_keep_parent_rows", lambda *args: None)
+    own, runs, once = first_merge()
+    assert runs == 2 * once
+    assert handed_on.keys() == own.keys()
+    assert all(torch.equal(handed_on[k], own[k]) for k in own)

@@ -126,6 +126,7 @@ def refit_sequentially(
     readers = sequential_readers(graph.tensors, transforms, stop)
     if not readers:
         return 0
+    given = batches
     batches = by_length(batches)  # regressions on sums over tokens: any grouping, less padding
     bn = has_batch_norm(model)
     if bn:
@@ -146,7 +147,32 @@ def refit_sequentially(
                 reestimate_batch_norm(model, batches, device, pinned)
         if k < last:
             states = [[trunk[i][k](s) for s in states[i]] for i in range(len(trunk))]
+    _keep_parent_rows(model, nets, given, batches, moved, device, stop, states[:-1], last)
     return len(readers)
+
+
+def _keep_parent_rows(model, nets, given, ordered, moved, device, stop, states, last) -> None:
+    """Run the parents on from their inputs of block ``last`` to the stop point and keep the rows
+    their tails read there (``parent_rows``' entry), so ``refit_tails`` does not run them again
+    from the start: the same blocks on the same states, so the same rows.
+
+    ordered / moved: ``given`` regrouped by length (``by_length``), and on ``device``.
+    """
+    layout = model.spec.layout
+    if layout is None or not isinstance(given, list):  # nothing merged, or nothing to key on
+        return
+    reads = tuple(tail_reads(tail[0], layout) for tail in model.tails)
+
+    def compute() -> tuple[tuple[object, ...], list[Batch], list[list[torch.Tensor]]]:
+        at_stop = [[net.module.run(s, last, stop) for s in states[i]] for i, net in enumerate(nets)]
+        rows = []
+        for b, batch in enumerate(moved):
+            kinds = partial(_tail_rows, layout=layout, mask=token_mask(batch))
+            rows.append([kinds(_features_of(at_stop[i][b]), kind) for i, kind in enumerate(reads)])
+        return (tuple(nets[1:]), given), ordered, rows
+
+    key = (tuple(id(n) for n in nets[1:]), id(given), str(device), stop, layout, reads)
+    _PARENT_ROWS.get(nets[0], key, compute)  # kept already after a first merge: nothing runs
 
 
 def _refit_block(model, trunk, k, readers, states, masks, parents, transforms, ridge, tags) -> None:
