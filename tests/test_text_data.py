@@ -27,7 +27,7 @@ def test_bad_pair_files_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="outside"):
         load_pairs(path)
     path.write_text("3\tonly one sentence\n")
-    with pytest.raises(ConfigError, match="expected score"):
+    with pytest.raises(ConfigError, match="pairs.tsv line 1: 2 tab-separated fields, expected 3"):
         load_pairs(path)
 
 
