@@ -66,3 +66,12 @@ def load_yaml(text: str, what: str) -> Any:
             f"{what} does not parse{where}: {excerpt(problem, 120)}; write plain YAML or JSON "
             "(aliases such as *name are refused)"
         ) from exc
+
+
+def typed_path(text: str | None) -> str:
+    """Return a path as typed into a text box: without the whitespace around it and without one
+    pair of matching quotes around it (a path copied "as path" from a file manager)."""
+    text = (text or "").strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1].strip()
+    return text

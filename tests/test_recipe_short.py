@@ -142,3 +142,20 @@ def test_a_path_beside_the_recipe_but_not_here_says_what_to_write(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="write 'recipes/cal.txt'"):
         load_recipe(recipe)
+
+
+@pytest.mark.parametrize(
+    ("typed", "path"),
+    [
+        ("  /data/models/a \n", "/data/models/a"),
+        ('"/data/my models/a"', "/data/my models/a"),
+        ("'~/a'", "~/a"),
+        ("'unbalanced", "'unbalanced"),
+        ("it's", "it's"),
+        (None, ""),
+    ],
+)
+def test_a_typed_path_loses_surrounding_space_and_quotes(typed, path):
+    from heterogui.text_input import typed_path
+
+    assert typed_path(typed) == path

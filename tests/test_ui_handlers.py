@@ -703,9 +703,8 @@ def test_bad_model_inputs_show_a_message_and_keep_the_session(session, res, tmp_
             session, res, "b", "upload", None, None, [str(fake), str(config)], None
         )
     assert session.demo == PAIR and session.prepared is not None
-    tab_models.on_load_model(
-        session, res, "b", "folder", None, str(tmp_path / "resnet"), None, None
-    )
+    quoted = f"  '{tmp_path / 'resnet'}' "  # as copied "as path" from a file manager
+    tab_models.on_load_model(session, res, "b", "folder", None, quoted, None, None)
     assert "Cannot merge" in tab_models.render(session, res)["verdict"]
     with pytest.raises(HeteroguiError, match="vgg"):
         tab_models.on_analyse(session, res, "digits", None, 64)

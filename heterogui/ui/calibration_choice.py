@@ -12,6 +12,7 @@ from heterogui.datasets.text_domains import DOMAINS
 from heterogui.errors import ConfigError
 from heterogui.sources.base import LANGUAGE_MODELING
 from heterogui.tasks.language import ALL_DOMAINS
+from heterogui.text_input import typed_path
 from heterogui.ui.session import Session
 
 FILE = "file"  # the data choice that reads the "Calibration file" box
@@ -50,7 +51,7 @@ def chosen_data(session: Session, choice: str | None, file: str | None, size: in
         raise ConfigError("load model A and model B first")
     default = session.task.default_calibration(session.pair, size) if choice != FILE else None
     if choice == FILE or default is None:
-        path = (file or "").strip()
+        path = typed_path(file)
         if not path:
             raise ConfigError("type the path of a calibration file (.safetensors or .txt)")
         base = session.task.default_calibration(session.pair, size)

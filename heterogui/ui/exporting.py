@@ -28,6 +28,7 @@ from heterogui.progress import Progress
 from heterogui.recipe_parse import load_recipe, parse_recipe
 from heterogui.report import merge_report
 from heterogui.sizes import merge_size, reference_sizes
+from heterogui.text_input import typed_path
 from heterogui.ui import history, work
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
@@ -119,7 +120,7 @@ def export_path(out: str, root: Path) -> Path:
     Raises:
         ExportError: nothing typed, or a path outside the root (or the root itself).
     """
-    text = (out or "").strip()
+    text = typed_path(out)
     if not text:
         raise ExportError("type an output folder for the export")
     path = Path(text).expanduser()

@@ -26,6 +26,7 @@ from heterogui.sources.base import LANGUAGE_MODELING, SENTENCE_SIMILARITY, Loade
 from heterogui.sources.preflight import Verdict
 from heterogui.sources.upload import receive
 from heterogui.sources.zoo import zoo_ref
+from heterogui.text_input import typed_path
 from heterogui.ui.resources import Resources
 
 SOURCES = ("zoo", "folder", "upload", "hf")
@@ -57,7 +58,7 @@ def load_choice(
         demo = res.pair(name, progress)
         return demo.a if which == "a" else demo.b
     if source == "folder":
-        text = (folder or "").strip()
+        text = typed_path(folder)
         if not text:
             raise ModelLoadError(
                 "type the path of a model folder (config.json + model.safetensors)"
@@ -67,7 +68,7 @@ def load_choice(
         loaded = registry.load(str(receive(files, workdir)))
         return dataclasses.replace(loaded, source="upload")
     if source == "hf":
-        text = (hf_id or "").strip()
+        text = typed_path(hf_id)
         if not text:
             raise ModelLoadError(
                 "type a Hugging Face folder, hub id, minilm:NAME, smollm2:135m-instruct or the "
