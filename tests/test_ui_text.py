@@ -9,7 +9,15 @@ import torch
 
 from heterogui.config import DataRef
 from heterogui.errors import ConfigError, ExportError
-from heterogui.ui import tab_evaluate, tab_export, tab_models, tab_neurons, tab_zip, work
+from heterogui.ui import (
+    compare_grid,
+    tab_evaluate,
+    tab_export,
+    tab_models,
+    tab_neurons,
+    tab_zip,
+    work,
+)
 from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
 
@@ -132,7 +140,7 @@ def test_bert_flow_analyse_align_neurons_zip_evaluate_export(analysed, res, tmp_
     assert shown == {
         "panel_metrics": False,  # a sentence pair: Spearman and similarity, no accuracy panels
         "panel_samples": False,
-        "panel_sweep": False,
+        "panel_sweep": True,  # rho against Spearman, re-merged from the statistics
         "panel_spearman": True,
         "panel_similarity": True,
         "panel_perplexity": False,
@@ -162,8 +170,13 @@ def test_bert_flow_analyse_align_neurons_zip_evaluate_export(analysed, res, tmp_
     out = tmp_path / "merged"
     tab_export.on_export(session, res, str(out), False)
     assert (out / "config.json").is_file() and (out / "recipe.yaml").is_file()
-    with pytest.raises(ConfigError, match="read the scores"):
-        tab_evaluate.on_sweep(session, res)
+    tab_evaluate.on_sweep(session, res)
+    assert [p["rho"] for p in session.sweep] == list(tab_evaluate.SWEEP_RHOS)
+    assert all(isinstance(p["score"], float) for p in session.sweep)
+    assert tab_evaluate.render(session, res)["sweep_plot"] is not None
+    compare_grid.on_grid(session, res, "alpha")  # the Compare tab's 2-D sweep too
+    assert len(session.grid) == len(compare_grid.GRID_RHOS) * len(compare_grid.GRID_VALUES["alpha"])
+    assert all(isinstance(p["score"], float) for p in session.grid)
     with pytest.raises(ExportError, match="already exists"):
         tab_export.on_export(session, res, str(out), False)
     other = Session(device="cpu")  # the exported recipe repeats the Hugging Face merge

@@ -35,6 +35,7 @@ from heterogui.sources.base import Pair as ModelPair
 from heterogui.tasks.base import (
     SIMILARITY,
     SPEARMAN,
+    SWEEP,
     Calibration,
     Evaluation,
     Task,
@@ -204,7 +205,7 @@ class SentenceSimilarity(Task):
     kind = SENTENCE_SIMILARITY
     title = "sentence similarity"
     inputs = "text"
-    panels = (SPEARMAN, SIMILARITY)
+    panels = (SPEARMAN, SIMILARITY, SWEEP)
     metric = "Spearman"
 
     def data_help(self, role: str) -> str:

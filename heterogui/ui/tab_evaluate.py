@@ -313,8 +313,8 @@ def on_sweep(session: Session, res: Resources, progress=None) -> str:
     prep = work.require_prepared(session)
     if SWEEP not in session.task.panels:
         raise ConfigError(
-            f"the rho sweep re-scores every merge; for {session.task.title} move rho on the Zip "
-            "tab and read the scores (a MiniLM re-merge takes about 5 s)"
+            f"the rho sweep is not offered for {session.task.title}: move rho on the Zip tab "
+            "and read the scores"
         )
     settings = session.result.settings if session.result is not None else session.settings
     report = work.guarded(session, progress)
