@@ -253,7 +253,15 @@ def test_ctrl_c_during_a_merge_ends_in_one_line_and_leaves_nothing(tmp_path):
     recipe = write_case(tmp_path, "depth")
     out = tmp_path / "merged"
     command = [sys.executable, "-m", "heterogui", "merge", str(recipe), "-o", str(out), "-v"]
-    merge = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    merge = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        # a terminal's foreground command takes Ctrl-C; one started in the background (as CI
+        # may run these tests) inherits SIGINT ignored, and Python then keeps ignoring it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     seen = ""
     while "similarity" not in seen:  # the models are loaded and the first data pass runs
         char = merge.stderr.read(1)
