@@ -249,6 +249,7 @@ def test_serving_beyond_this_machine_without_a_login_is_warned_about(
     from heterogui.ui import app
 
     served = []
+    monkeypatch.setattr(app, "check_address", lambda host, port: None)  # any host here
     monkeypatch.setattr(app, "build_app", lambda res: "page")
     monkeypatch.setattr(app, "launch", lambda *args: served.append(args))
     threads = torch.get_num_threads()  # the app sets torch's threads: keep them
@@ -256,6 +257,21 @@ def test_serving_beyond_this_machine_without_a_login_is_warned_about(
         app.main(host=host, auth=auth, threads=threads, export_root=str(tmp_path))
     assert served and served[0][1] == host
     assert ("without a login: anyone who can reach" in caplog.text) == warned
+
+
+def test_the_app_refuses_a_taken_port_or_a_foreign_address_in_one_line(capsys):
+    threads = str(torch.get_num_threads())  # the app sets torch's threads: keep them
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert main(["app", "--port", port, "--threads", threads]) == 2
+    err = capsys.readouterr().err
+    assert f"port {port} on 127.0.0.1 is in use; pick another --port" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["app", "--host", "192.0.2.1", "--threads", threads]) == 2  # TEST-NET-1
+    err = capsys.readouterr().err
+    assert "cannot serve on 192.0.2.1 (" in err and "give --host an address of this" in err
 
 
 def test_the_app_refuses_an_unknown_pair_or_a_bad_login_before_serving(tmp_path, capsys):

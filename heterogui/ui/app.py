@@ -9,9 +9,11 @@ drive the whole flow.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -263,6 +265,7 @@ def main(
         ConfigError: an unknown demo pair or a malformed login (before anything is served).
     """
     login = parse_auth(auth)  # bad options fail before anything is loaded
+    check_address(host, port)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # ``heterogui app`` configured logging (warnings) first: its own lines, the address above
     # all, still show
@@ -282,6 +285,29 @@ def main(
             host,
         )
     launch(build_app(res), host, port, login)
+
+
+def check_address(host: str, port: int | None) -> None:
+    """Refuse, before anything is built, an address this machine cannot serve on.
+
+    Raises:
+        ConfigError: the port is taken, or ``host`` is not an address of this machine.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind((host, port or 0))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"port {port} on {host} is in use; pick another --port, or leave --port out "
+                    "to take the next free one from 7860"
+                ) from None
+            raise ConfigError(
+                f"cannot serve on {host}{f':{port}' if port else ''} ({exc.strerror or exc}); "
+                "give --host an address of this machine (127.0.0.1 serves this machine only)"
+            ) from None
 
 
 def is_loopback(host: str) -> bool:
