@@ -312,3 +312,31 @@ def test_a_nearly_symmetric_correlation_is_matched_as_its_symmetric_part():
     assert torch.equal(got.groups, zip_match((skewed + skewed.T) / 2, 300, 300, 300).groups)
     # taken as it is, 1.0 would be the best pair; symmetrised it is ~0.5, below A5-B5's ~0.7
     assert got.groups[5] == got.groups[305] != got.groups[590]
+
+
+@pytest.mark.parametrize(
+    ("values", "finite"),
+    [
+        ([0.5, -1.0, 2.0], True),
+        ([3e38, 3e38, 3e38], True),  # the sum overflows; every element is finite
+        ([1.0, float("inf")], False),
+        ([float("-inf"), 1.0], False),
+        ([float("inf"), float("-inf")], False),
+        ([float("nan"), 1.0], False),
+        ([], True),
+    ],
+)
+def test_all_finite_is_exact(values, finite):
+    from heterogui.zip.widths import all_finite
+
+    for dtype in (torch.float32, torch.float64):
+        assert all_finite(torch.tensor(values, dtype=dtype)) is finite
+
+
+def test_a_corr_with_nan_or_inf_is_refused():
+    from heterogui.zip.widths import as_matrix
+
+    corr = torch.eye(6)
+    corr[2, 4] = float("nan")
+    with pytest.raises(MatcherError, match="corr contains NaN or inf"):
+        as_matrix(corr, (3, 3))
