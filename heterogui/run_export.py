@@ -7,13 +7,16 @@ may not overwrite or lie inside.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from heterogui import run_group
 from heterogui.config import Recipe
+from heterogui.errors import ExportError
 from heterogui.export.job import HETEROGUI_FORMAT, ExportJob
 from heterogui.export.registry import exporter, write_export
+from heterogui.fusion.merged import MergedModel
 from heterogui.nway import GroupMergeResult
 from heterogui.report import card_files, group_card_files
 from heterogui.sources import registry as sources
@@ -21,6 +24,8 @@ from heterogui.sources.base import Pair
 
 if TYPE_CHECKING:
     from heterogui.run import RunResult
+
+log = logging.getLogger(__name__)
 
 
 def export_format(pair: Pair) -> str:
@@ -34,10 +39,27 @@ def export_format(pair: Pair) -> str:
     return fmt
 
 
+def fitting_format(pair: Pair, model: MergedModel) -> tuple[str, str | None]:
+    """Return the format a merge is written in by default, and why not the pair's own (None:
+    it is the pair's own).
+
+    The pair's format (``export_format``), unless that cannot hold this merge (a partial zip
+    of Hugging Face models, head counts transformers cannot express): then heterogui's, which
+    holds every merge of two models, with the exporter's reason.
+    """
+    own = export_format(pair)
+    try:
+        exporter(own).check(model)
+    except ExportError as exc:
+        return HETEROGUI_FORMAT, str(exc)
+    return own, None
+
+
 def export(
     run: RunResult, out: str | Path, overwrite: bool = False, fmt: str | None = None
 ) -> Path:
-    """Write a merge to the new folder ``out`` (atomically) in ``fmt`` (None: the pair's).
+    """Write a merge to the new folder ``out`` (atomically) in ``fmt`` (None: the one that fits,
+    ``fitting_format``: the pair's own, else heterogui's, with a warning that says why).
 
     A merge of three or more models is written in the heterogui format only.
 
@@ -49,7 +71,10 @@ def export(
         fmt = run_group.check_format(fmt)
         card = group_card_files(run.result, run.pair, run.task, run.scores)
     else:
-        fmt = fmt or export_format(run.pair)
+        if fmt is None:
+            fmt, why = fitting_format(run.pair, run.result.model)
+            if why is not None:
+                log.warning("writing the heterogui format, as the models' own cannot hold: %s", why)
         card = card_files(run.result, run.pair, run.task, run.scores, fmt)
     inputs = [*model_folders(run.pair), *data_files(run.recipe)]
     job = ExportJob(

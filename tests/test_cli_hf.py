@@ -272,3 +272,22 @@ def test_ctrl_c_during_a_merge_ends_in_one_line_and_leaves_nothing(tmp_path):
     assert merge.wait(timeout=120) == 130
     assert "Traceback" not in rest and "error: interrupted; nothing was written" in rest
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_partial_merge_is_written_in_the_heterogui_format_by_default(tmp_path, capsys, caplog):
+    import logging
+
+    recipe = write_case(tmp_path, "depth", stop=0, evaluation={"source": "sts", "size": 24})
+    with caplog.at_level(logging.WARNING, logger="heterogui.run_export"):
+        assert main(["merge", str(recipe), "-o", str(tmp_path / "m")]) == 0
+    assert "writing the heterogui format, as the models' own cannot hold" in caplog.text
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert "model_type" not in config  # a heterogui merge folder, not save_pretrained
+    report = json.loads((tmp_path / "m" / "report.json").read_text())
+    metrics = report["metrics"]  # nothing merged: the merge embeds as the ensemble does
+    assert metrics["merged"]["merged"] == round(metrics["ensemble"], 4)
+    capsys.readouterr()
+    assert main(["merge", str(recipe), "-o", str(tmp_path / "h"), "--format", "hf-bert"]) == 2
+    err = capsys.readouterr().err
+    assert "needs every layer merged: merge every layer (stop: null) or write the heterogui" in err
+    assert not (tmp_path / "h").exists()

@@ -63,7 +63,8 @@ def check_exportable(model: MergedModel, closing: int = 1, kind: str = "BertMode
     if model.spec.stop != full:
         raise ExportError(
             f"the merge stops at block {model.spec.stop}, but a single {kind} needs every "
-            f"layer merged: merge with stop={full} (full zip) or use save_merged"
+            f"layer merged: merge every layer (stop: null) or write the heterogui format, which "
+            "holds partial merges"
         )
     slots = config.hidden // config.head_dim
     if config.hidden % config.head_dim or max(config.heads) > slots:

@@ -134,20 +134,33 @@ def merged_embeddings(model: Any) -> Embeddings:
     """Return the embeddings of a merged model of two embedding models, from one trunk pass.
 
     "merged": mean-pooled merged token states at the stop point (what an exported model gives);
+    with nothing merged (stop 0) the two models side by side, embedded as their ensemble is;
     "head A" / "head B": each model's own head after unmerging (x_m = U_m x*).
     """
 
     def embeddings(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         state = model.features(**batch)
         head_a, head_b = model.heads(state)
-        return {"merged": mean_pool(*state), "head A": head_a, "head B": head_b}
+        merged = mean_pool(*state) if isinstance(state, tuple) else side_by_side(head_a, head_b)
+        return {"merged": merged, "head A": head_a, "head B": head_b}
 
     return embeddings
 
 
 def merged_embedder(model: Any) -> Embedder:
-    """Return the "merged" embedder of ``merged_embeddings`` alone (no heads run)."""
-    return lambda batch: mean_pool(*model.features(**batch))
+    """Return the "merged" embedder of ``merged_embeddings`` alone (no heads run unless nothing
+    was merged)."""
+
+    def embed(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        state = model.features(**batch)
+        return mean_pool(*state) if isinstance(state, tuple) else side_by_side(*model.heads(state))
+
+    return embed
+
+
+def side_by_side(*embeddings: torch.Tensor) -> torch.Tensor:
+    """Return the concatenation of the models' normalised embeddings (how an ensemble embeds)."""
+    return torch.cat([torch.nn.functional.normalize(e.float(), dim=-1) for e in embeddings], -1)
 
 
 def ensemble_embeddings(first: torch.nn.Module, second: torch.nn.Module) -> Embeddings:
@@ -158,8 +171,7 @@ def ensemble_embeddings(first: torch.nn.Module, second: torch.nn.Module) -> Embe
 
     def embeddings(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         a, b = first(**batch), second(**batch)
-        normalized = [torch.nn.functional.normalize(e.float(), dim=-1) for e in (a, b)]
-        return {"a": a, "b": b, "ensemble": torch.cat(normalized, dim=-1)}
+        return {"a": a, "b": b, "ensemble": side_by_side(a, b)}
 
     return embeddings
 

@@ -22,7 +22,6 @@ from heterogui.export.job import (
     HF_CAUSAL_LM_FORMAT,
     HF_VIT_FORMAT,
 )
-from heterogui.export.registry import exporter
 from heterogui.folders import check_output
 from heterogui.progress import Progress
 from heterogui.recipe_parse import load_recipe, parse_recipe
@@ -79,18 +78,13 @@ def fitting_format(session: Session) -> tuple[str | None, str]:
     The pair's own format, unless it cannot hold this merge (a partial zip of a Hugging Face
     model): then the heterogui format, with the reason.
     """
-    choices = formats(session)
-    if not choices or session.result is None:
+    if session.pair is None or session.result is None:
         return None, "Merge first: the output format follows the models."
-    own = choices[0]
-    try:
-        exporter(own).check(session.result.model)
-    except ExportError as exc:
-        return HETEROGUI_FORMAT, (
-            f"**{HETEROGUI_FORMAT}**: {FORMAT_HELP[HETEROGUI_FORMAT]}. Not {own}: "
-            f"{excerpt(exc, 300)}"
-        )
-    return own, f"**{own}**: {FORMAT_HELP.get(own, 'the models’ own format')}."
+    fitting, why = run_export.fitting_format(session.pair, session.result.model)
+    if why is not None:
+        own = run_export.export_format(session.pair)
+        return fitting, (f"**{fitting}**: {FORMAT_HELP[fitting]}. Not {own}: {excerpt(why, 300)}")
+    return fitting, f"**{fitting}**: {FORMAT_HELP.get(fitting, 'the models’ own format')}."
 
 
 def chosen_format(session: Session, fmt: str | None) -> str:
