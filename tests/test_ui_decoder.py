@@ -216,6 +216,10 @@ def test_generations_side_by_side_greedy_and_sampled(analysed, res):
         ("", "greedy", 0, "1 to 4 prompts"),
         ("x", "beam", 0, "decoding 'beam' is unknown"),
         ("x", "sampled", -1, "whole number"),
+        ("x", "sampled", 2.5, "whole number"),
+        ("x", "sampled", float("inf"), "whole number from 0 to 2"),
+        ("x", "sampled", float("nan"), "whole number from 0 to 2"),
+        ("x", "sampled", 1e30, "whole number from 0 to 2"),
     ):
         with pytest.raises(ConfigError, match=words):
             evaluate_language.on_generate(session, res, typed, mode, seed)
