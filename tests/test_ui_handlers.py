@@ -633,6 +633,11 @@ def test_evaluate_samples_sweep_and_history(session, res):
     assert [r[0] for r in view["predictions"]["value"]] == [3, 1, 4]
     with pytest.raises(ConfigError, match="do not exist"):
         tab_evaluate.on_samples(session, res, "0, 99999")
+    for typed in ("3, x", "1e400", "2.5"):  # never read as other numbers than those typed
+        with pytest.raises(ConfigError, match="is not a sample number: type whole numbers"):
+            tab_evaluate.on_samples(session, res, typed)
+    assert session.samples == [3, 1, 4]
+    tab_evaluate.on_samples(session, res, " 3;1\n4 ")
     assert session.samples == [3, 1, 4]
     tab_evaluate.on_random(session, res)
     assert len(session.samples) == 6

@@ -15,7 +15,7 @@ import torch
 
 from heterogui import sweep
 from heterogui.datasets.refs import parse_lines
-from heterogui.errors import ConfigError
+from heterogui.errors import ConfigError, excerpt
 from heterogui.tasks.base import (
     GENERATIONS,
     METRICS,
@@ -168,7 +168,14 @@ def parse_samples(text: str | None, count: int) -> list[int]:
     Raises:
         ConfigError: no numbers, too many, or out of range.
     """
-    ids = [int(t) for t in re.findall(r"-?\d+", text or "")]
+    tokens = [t for t in re.split(r"[\s,;]+", text or "") if t]
+    odd = [t for t in tokens if not re.fullmatch(r"-?\d+", t)]
+    if odd:
+        raise ConfigError(
+            f"{excerpt(repr(odd[0]), 40)} is not a sample number: type whole numbers such as "
+            "0, 5, 17"
+        )
+    ids = [int(t) for t in tokens]
     if not ids:
         raise ConfigError("type sample numbers such as 0, 5, 17")
     if len(ids) > MAX_SAMPLES:
