@@ -175,3 +175,14 @@ def test_vit_classifiers_on_digits_are_scored_and_their_merge_merges_again(tmp_p
     second = merge_recipe(tmp_path / "again.yaml")  # a merge is model A of the next merge
     assert second.pair.a.source == "merged"
     assert [h["name"] for h in second.report["heads"]] == ["a", "b", "b"]
+
+
+def test_a_float64_merge_runs_its_sequential_refit_in_float64(tmp_path):
+    single = merge_recipe(write_case(tmp_path / "f32", "depth")).result.model
+    double = merge_recipe(write_case(tmp_path / "f64", "depth", dtype="float64")).result.model
+    assert {p.dtype for p in double.parameters()} == {torch.float64}
+    x = images(5, 8)  # float32 images, as the parents read them
+    with torch.no_grad():
+        a, b = single.features(x)[0], double.features(x)[0]
+    assert b.dtype == torch.float64
+    assert torch.allclose(a.double(), b, atol=1e-3 * float(b.abs().max()))

@@ -114,15 +114,16 @@ class MergedModel(nn.Module):
         as one dict. The state is a tensor, or a tuple whose first item holds the features
         (transformers: (hidden (B, T, r), attention_mask (B, T))).
         """
-        x = _in_dtype(inputs if x is None else x, self._float_dtype())
+        x = self.in_own_dtype(inputs if x is None else x)
         for block in self.trunk:
             x = block(x)
         return x
 
-    def _float_dtype(self) -> torch.dtype | None:
-        """Return the dtype of the merge's floating-point weights (None: it has none)."""
+    def in_own_dtype(self, x: Any) -> Any:
+        """Return inputs (a tensor or a dict of them) with floating-point tensors in the dtype
+        of the merge's weights: a float64 merge reads float32 images as its parents did."""
         weight = next((p for p in self.parameters() if p.is_floating_point()), None)
-        return None if weight is None else weight.dtype
+        return x if weight is None else _in_dtype(x, weight.dtype)
 
     def forward(self, x: Any = None, **inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.heads(self.features(x, **inputs))
@@ -244,11 +245,9 @@ def _build_meta(config: Any) -> nn.Module:
     return on_meta(lambda: family_of(config).build(config))
 
 
-def _in_dtype(x: Any, dtype: torch.dtype | None) -> Any:
-    """Return the inputs ``x`` (a tensor or a dict of them) with floating-point tensors in
-    ``dtype``: a float64 merge reads float32 images as its parents did; ids stay integers."""
-    if dtype is None:
-        return x
+def _in_dtype(x: Any, dtype: torch.dtype) -> Any:
+    """Return ``x`` (a tensor or a dict of them) with floating-point tensors in ``dtype`` (ids
+    stay integers)."""
     if isinstance(x, dict):
         return {k: _in_dtype(v, dtype) for k, v in x.items()}
     if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != dtype:

@@ -133,7 +133,7 @@ def refit_sequentially(
         reestimate_batch_norm(model, batches, device, pinned)
     moved = [to_device(batch, device) for batch in batches]
     states = [[first_block_input(net.module, batch) for batch in moved] for net in nets]
-    states.append(moved)  # the merged model's, last
+    states.append([model.in_own_dtype(batch) for batch in moved])  # the merged model's, last
     masks = [token_mask(batch) for batch in moved]
     trunk = [list(net.module.blocks) for net in nets] + [list(model.trunk)]
     tags = {t.name: t for t in graph.tensors}

@@ -180,9 +180,12 @@ class ImageClassification(Task):
         self.check(ref, "evaluation")
         features = [m.name for m in pair.models if not is_classifier(m.net)]
         if features:
+            has = "has no classifier head (a feature model)"
+            if len(features) > 1:
+                has = "have no classifier heads (feature models)"
             raise ConfigError(
-                f"{' and '.join(features)} has no classifier head (a feature model): image "
-                "classification scores classifiers; leave out evaluation"
+                f"{' and '.join(features)} {has}: image classification scores classifiers; "
+                "leave out evaluation"
             )
         if not heads_disjoint(pair):
             whose = "the models'" if pair.more else "A's and B's"
