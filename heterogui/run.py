@@ -24,7 +24,6 @@ import torch
 
 from heterogui import distributed, host_memory, run_group
 from heterogui.config import (
-    DEFAULT_HEADS,
     AlignmentSpec,
     DataRef,
     ModelRef,
@@ -45,18 +44,22 @@ from heterogui.pipeline import (
 from heterogui.progress import Progress, guarded, within
 from heterogui.recipe_parse import load_recipe
 from heterogui.report import group_report, merge_report
+from heterogui.run_checks import (
+    ENCODER_FAMILIES,
+    check_transformer_options,
+    reads_calibration,
+    warn_if_realigned,
+    warn_of_idle_knobs,
+)
 from heterogui.run_export import export as export  # the Python API: run.export(done, DIR)
 from heterogui.sources import registry as sources
 from heterogui.sources.base import Loaded, Pair
 from heterogui.tasks import Calibration, Evaluation, Task, task_of
 from heterogui.versions import versions
-from heterogui.zip.plan import head_group_firsts
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-# encoder families: their recipes record the pooling and identity construction (TransformerSpec)
-ENCODER_FAMILIES = ("bert", "vit")
 
 
 @dataclass
@@ -135,7 +138,7 @@ def load_pair(
     """
     refs = [r if isinstance(r, ModelRef) else ModelRef(r) for r in (ref_a, ref_b, *more)]
     if transformer is not None:
-        _check_transformer_options(sources.describe(refs[0].path).family)
+        check_transformer_options(sources.describe(refs[0].path).family)
     if more:
         run_group.check_group([sources.describe(r.path) for r in refs])
     for k, ref in enumerate(refs[1:], start=1):
@@ -160,20 +163,6 @@ def load_pair(
     for item in pair.models[1:]:
         check_pair(pair.a.net, item.net)
     return pair
-
-
-def _check_transformer_options(family: str) -> None:
-    """Refuse transformer options (pooling, identity) for models that have none to set.
-
-    Raises:
-        ConfigError: models of another family than a BERT or ViT encoder.
-    """
-    if family not in ENCODER_FAMILIES:
-        raise ConfigError(
-            f"recipe.transformer (pooling, identity) sets options of BERT and ViT encoders; "
-            f"these models are {family} models, which have none: remove transformer from the "
-            "recipe"
-        )
 
 
 def calibrate(pair: Pair, ref: DataRef | None = None, size: int | None = None) -> Calibration:
@@ -331,8 +320,8 @@ def merge(
         dtype=dtype,
         reset_input_bn=recipe.reset_input_bn,
     )
-    _warn_if_realigned(recipe, done, pair)
-    _warn_of_idle_knobs(recipe.zip, pair)
+    warn_if_realigned(recipe, done, pair)
+    warn_of_idle_knobs(recipe.zip, pair)
     scores = None
     if evaluation is not None and distributed.is_main():
         scores = _scores(pair, result, evaluation, report)
@@ -341,28 +330,6 @@ def merge(
     facts = describe(result, done, seconds, task, scores, calibration.count)
     facts["timings_seconds"]["evaluation"] = time.perf_counter() - start - seconds
     return RunResult(result, done, facts, pair, calibration, evaluation, scores)
-
-
-def _warn_of_idle_knobs(spec: ZipSpec, pair: Pair) -> None:
-    """Log a warning when a recipe chooses how attention heads merge for models without any."""
-    if spec.heads != DEFAULT_HEADS and not head_group_firsts(pair.a.net.graph()):
-        log.warning(
-            "zip.heads %r: these %s models have no attention heads, so it changes nothing here",
-            spec.heads,
-            pair.a.net.family.name,
-        )
-
-
-def _warn_if_realigned(recipe: Recipe, done: Recipe, pair: Pair) -> None:
-    """Log a warning when a pair's alignment differs from the mapping its recipe recorded."""
-    recorded = recipe.alignment.mapping
-    if recorded and not pair.more and recorded != done.alignment.mapping:
-        log.warning(
-            "alignment %s gave %s, not the recorded %s",
-            recipe.alignment.mode,
-            done.alignment.mapping,
-            recipe.alignment.mapping,
-        )
 
 
 def _recipe_data(pair: Pair, recipe: Recipe) -> tuple[Calibration, Evaluation | None]:
@@ -387,13 +354,6 @@ def _recipe_data(pair: Pair, recipe: Recipe) -> tuple[Calibration, Evaluation | 
             calibration.ref.split,
         )
     return calibration, evaluation
-
-
-def reads_calibration(evaluation: DataRef, calibration: DataRef) -> bool:
-    """Return whether an evaluation reads the calibration's data (a file has no splits)."""
-    if evaluation.source != calibration.source:
-        return False
-    return evaluation.split == calibration.split or Path(evaluation.source).expanduser().is_file()
 
 
 def _run_engine(

@@ -495,7 +495,7 @@ def test_a_heads_choice_for_models_without_attention_is_warned_about(tmp_path, c
     import logging
 
     plain = merge_recipe(write_case(tmp_path / "plain", "depth")).result.model
-    with caplog.at_level(logging.WARNING, logger="heterogui.run"):
+    with caplog.at_level(logging.WARNING, logger="heterogui.run_checks"):
         chosen = merge_recipe(write_case(tmp_path / "select", "depth", zip={"heads": "select"}))
     assert "zip.heads 'select': these vgg models have no attention heads" in caplog.text
     for x, y in zip(outputs(plain), outputs(chosen.result.model), strict=True):

@@ -11,6 +11,7 @@ from heterogui import run
 from heterogui.config import DataRef
 from heterogui.errors import ConfigError
 from heterogui.recipe_parse import parse_recipe, recipe_from_dict
+from heterogui.run_checks import reads_calibration
 
 PAIR = "zoo:tiny-digits-vgg-depth"
 
@@ -79,13 +80,13 @@ def test_a_scalar_where_a_mapping_belongs_says_how_to_write_it(text, words):
 
 def test_reading_the_calibration_data_is_named(tmp_path):
     cal = DataRef("digits", "calibration")
-    assert run.reads_calibration(DataRef("digits", "calibration", None), cal)
-    assert not run.reads_calibration(DataRef("digits", "test"), cal)
-    assert not run.reads_calibration(DataRef("mnist1d", "calibration"), cal)
+    assert reads_calibration(DataRef("digits", "calibration", None), cal)
+    assert not reads_calibration(DataRef("digits", "test"), cal)
+    assert not reads_calibration(DataRef("mnist1d", "calibration"), cal)
     file = tmp_path / "data.safetensors"
     file.write_bytes(b"")
     on_file = DataRef(str(file), "calibration")
-    assert run.reads_calibration(DataRef(str(file), "test"), on_file)  # a file has no splits
+    assert reads_calibration(DataRef(str(file), "test"), on_file)  # a file has no splits
 
 
 def test_a_merge_scored_on_its_calibration_data_warns(caplog):
