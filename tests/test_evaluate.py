@@ -122,3 +122,18 @@ def test_three_heads_are_three_tasks() -> None:
     assert "task_a" not in data  # per-model keys only for the two-task protocol
     alone = head_metrics([right[0], None, None], labels, heads, ("h0", "h1", "h2"))
     assert alone.tasks == (1.0, None, None) and alone.avg is None
+
+
+@pytest.mark.parametrize(
+    ("count", "batch", "sizes"),
+    [(130, 64, [64, 66]), (5, 4, [5]), (129, 64, [64, 65]), (128, 64, [64, 64]), (3, 64, [3])],
+)
+def test_calibration_batches_hold_every_input_once_in_order(count, batch, sizes):
+    """A last batch under 4 inputs joins the one before it (130 / 64 once dropped inputs 0-63
+    and used 64-127 twice)."""
+    from heterogui.datasets.refs import make_batches
+
+    inputs = torch.arange(count, dtype=torch.float32).unsqueeze(1)
+    batches = make_batches(inputs, batch)
+    assert [len(b) for b in batches] == sizes
+    assert torch.equal(torch.cat(batches), inputs)

@@ -108,7 +108,8 @@ def make_batches(inputs: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     """
     batches = list(torch.split(inputs, batch_size))
     if len(batches) > 1 and batches[-1].shape[0] < 4:
-        batches[-2] = torch.cat([batches[-2], batches.pop()])
+        last = batches.pop()  # first: an index taken before the pop would name another batch
+        batches[-1] = torch.cat([batches[-1], last])
     return batches
 
 
