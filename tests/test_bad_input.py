@@ -329,6 +329,26 @@ def test_bad_calibration_tensors_say_the_expected_shape(ws, capsys, tensors, wor
     cli_refuses(ws, ["merge", str(path), "--out", str(ws / "o")], words, capsys)
 
 
+def test_evaluation_labels_the_models_do_not_predict_are_named(ws, capsys, caplog):
+    import logging
+
+    inputs = torch.randn(40, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    save_file({"inputs": inputs, "labels": torch.full((40,), 12)}, str(ws / "none.safetensors"))
+    data = recipe(ws)
+    data["evaluation"] = {"source": str(ws / "none.safetensors")}
+    words = "none.safetensors is a class the models predict (0-9); label the inputs with"
+    cli_refuses(ws, ["merge", str(write_recipe(ws, data)), "--out", str(ws / "o")], words, capsys)
+    labels = torch.tensor([12] * 20 + list(range(10)) * 2)
+    save_file({"inputs": inputs, "labels": labels}, str(ws / "some.safetensors"))
+    data["evaluation"] = {"source": str(ws / "some.safetensors")}
+    with caplog.at_level(logging.WARNING, logger="heterogui.tasks.images"):
+        assert main(["merge", str(write_recipe(ws, data)), "--out", str(ws / "o")]) == 0
+    assert "20 of 40 inputs of " in caplog.text
+    assert "some.safetensors have a label no model predicts (classes 0-9)" in caplog.text
+    metrics = json.loads((ws / "o" / "report.json").read_text())["metrics"]
+    assert sum(t["count"] for t in metrics["merged"]["tasks"]) == 20  # the others left out
+
+
 def test_a_data_path_that_is_a_folder_says_so(ws, capsys):
     data = recipe(ws)
     data["calibration"]["source"] = str(ws / "a.safetensors")

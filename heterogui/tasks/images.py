@@ -9,6 +9,7 @@ file; their shape is checked against what the models read before anything runs.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from heterogui.config import DataRef
 from heterogui.datasets.images import DATASETS, Split, task_subset
 from heterogui.datasets.refs import is_text, load_inputs, make_batches, tensor_data_sha256
 from heterogui.errors import ConfigError
+from heterogui.export.card import class_ranges
 from heterogui.fusion.merged import MergedModel
 from heterogui.models.family import Head, Network
 from heterogui.pipeline import MergeResult, Prepared
@@ -44,6 +46,7 @@ from heterogui.tasks.classification import (
     split_heads,
 )
 
+log = logging.getLogger(__name__)
 CALIBRATION_SIZE = 256
 CALIBRATION_BATCH = 64
 EVAL_BATCH = 512
@@ -204,7 +207,7 @@ class ImageClassification(Task):
             names = DATASETS[ref.source].class_names
         split = Split(inputs, labels.long(), num, names, ref.source)
         done = dataclasses.replace(ref, sha256=tensor_data_sha256(inputs, labels))
-        return Evaluation(done, task_subset(split, _classes(pair)))
+        return Evaluation(done, _scored_part(split, _classes(pair), ref.source))
 
     def score_models(
         self, prepared: Prepared, ev: Evaluation, pair: Pair, progress: Progress | None = None
@@ -309,6 +312,34 @@ def joint_predictions(
     flat = [h.classes for hs in heads for h in hs]
     classes, conf = joint_argmax(logits, flat)
     return [(int(c), float(p)) for c, p in zip(classes, conf, strict=True)]
+
+
+def _scored_part(split: Split, classes: tuple[int, ...], source: str) -> Split:
+    """Return the inputs of ``split`` whose label is one of the models' ``classes``.
+
+    A built-in dataset's other classes are other tasks' (a pair of a three-task group), left
+    out as the scores define them; a file's are warned about.
+
+    Raises:
+        ConfigError: no input has such a label (every score would be undefined).
+    """
+    kept = task_subset(split, classes)
+    left = len(split) - len(kept)
+    if len(kept) == 0:
+        raise ConfigError(
+            f"none of the {len(split)} labels of {source} is a class the models predict "
+            f"({class_ranges(classes)}); label the inputs with the models' class ids"
+        )
+    if left and source not in DATASETS:
+        log.warning(
+            "evaluation: %d of %d inputs of %s have a label no model predicts (classes %s); "
+            "they are left out of the scores",
+            left,
+            len(split),
+            source,
+            class_ranges(classes),
+        )
+    return kept
 
 
 def _classes(pair: Pair) -> tuple[int, ...]:
