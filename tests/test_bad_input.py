@@ -370,6 +370,12 @@ def test_text_data_that_is_not_text_is_refused(ws):
     (ws / "q.tsv").write_text("4.5\tA dog runs.\tA dog is running.\n3 A cat sleeps. A cat naps.\n")
     with pytest.raises(ConfigError, match="q.tsv line 2: 1 tab-separated fields, expected 3; "):
         load_sentence_pairs(DataRef(str(ws / "q.tsv"), size=None))
+    (ws / "two.tsv").write_text("4.5\tA dog runs.\tA dog is running.\n1\tA cat.\tA car.\n")
+    with pytest.raises(ConfigError, match="two.tsv holds 2 scored pair"):
+        load_sentence_pairs(DataRef(str(ws / "two.tsv"), size=None))
+    (ws / "same.tsv").write_text("".join(f"3\tsentence {k}\tother {k}\n" for k in range(6)))
+    with pytest.raises(ConfigError, match="every pair of same.tsv has the score 3.0, so no rank"):
+        load_sentence_pairs(DataRef(str(ws / "same.tsv"), size=None))
     (ws / "r.tsv").write_text("4.5\tA dog runs.\tA dog is running.\n80\tA cat.\tA car.\n")
     with pytest.raises(ConfigError, match=r"r.tsv line 2: score 80.0 is outside \[0, 5\]; scale"):
         load_sentence_pairs(DataRef(str(ws / "r.tsv"), size=None))

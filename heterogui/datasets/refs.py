@@ -202,6 +202,17 @@ def load_sentence_pairs(ref: DataRef) -> list[Pair]:
             "(built-in) or a .tsv file with score<TAB>sentence1<TAB>sentence2 lines"
         )
     pairs = _subsample(pairs, ref)
+    name = Path(ref.source).name
+    if len(pairs) < 4:
+        raise ConfigError(
+            f"{name} holds {len(pairs)} scored pair(s); a rank correlation needs at least 4: "
+            "give more pairs"
+        )
+    if len({p.score for p in pairs}) < 2:
+        raise ConfigError(
+            f"every pair of {name} has the score {pairs[0].score}, so no rank correlation is "
+            "defined; give pairs scored from 0 (unrelated) to 5 (same meaning)"
+        )
     check_text_hash(ref, pair_lines(pairs))
     return pairs
 
