@@ -165,13 +165,13 @@ def _keep_parent_rows(model, nets, given, ordered, moved, device, stop, states, 
 
     def compute() -> tuple[tuple[object, ...], list[Batch], list[list[torch.Tensor]]]:
         at_stop = [[net.module.run(s, last, stop) for s in states[i]] for i, net in enumerate(nets)]
-        rows = []
-        for b, batch in enumerate(moved):
-            kinds = partial(_tail_rows, layout=layout, mask=token_mask(batch))
-            rows.append([kinds(_features_of(at_stop[i][b]), kind) for i, kind in enumerate(reads)])
+        rows = [
+            _rows_read([theirs[b] for theirs in at_stop], batch, layout, reads)
+            for b, batch in enumerate(moved)
+        ]
         return (tuple(nets[1:]), given), ordered, rows
 
-    key = (tuple(id(n) for n in nets[1:]), id(given), str(device), stop, layout, reads)
+    key = _rows_key(nets, given, device, stop, layout, reads)
     _PARENT_ROWS.get(nets[0], key, compute)  # kept already after a first merge: nothing runs
 
 
@@ -282,18 +282,28 @@ def parent_rows(
         ordered, out = by_length(batches), []
         for batch in ordered:
             moved = to_device(batch, device)
-            rows = partial(_tail_rows, layout=layout, mask=token_mask(moved))
-            per_net = []
-            for net, kind in zip(nets, reads, strict=True):
-                state = net.module.run(first_block_input(net.module, moved), 0, stop)
-                per_net.append(rows(_features_of(state), kind))
-            out.append(per_net)
+            states = [net.module.run(first_block_input(net.module, moved), 0, stop) for net in nets]
+            out.append(_rows_read(states, moved, layout, reads))
         return (tuple(nets[1:]), batches), ordered, out
 
     if not isinstance(batches, list):  # a one-off iterable: nothing to key on
         return compute()[1:]
-    key = (tuple(id(n) for n in nets[1:]), id(batches), str(device), stop, layout, reads)
+    key = _rows_key(nets, batches, device, stop, layout, reads)
     return _PARENT_ROWS.get(nets[0], key, compute)[1:]
+
+
+def _rows_key(nets, batches, device, stop: int, layout: str, reads: tuple[str, ...]) -> tuple:
+    """Return the key of ``parent_rows``' entry (with ``nets[0]`` as its owner)."""
+    return (tuple(id(n) for n in nets[1:]), id(batches), str(device), stop, layout, reads)
+
+
+def _rows_read(
+    states: Sequence[object], batch: Batch, layout: str, reads: tuple[str, ...]
+) -> list[torch.Tensor]:
+    """Return each net's rows at the stop point as its tail reads them, from its state there on
+    ``batch`` (on the device: its mask picks the real tokens)."""
+    rows = partial(_tail_rows, layout=layout, mask=token_mask(batch))
+    return [rows(_features_of(state), kind) for state, kind in zip(states, reads, strict=True)]
 
 
 def tail_reads(first: nn.Module, layout: str) -> str:

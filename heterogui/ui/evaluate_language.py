@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from heterogui.config import MAX_SEED
+from heterogui.config import check_seed
 from heterogui.datasets.refs import parse_lines
 from heterogui.errors import ConfigError
 from heterogui.tasks.base import GENERATIONS
@@ -182,11 +182,9 @@ def on_generate(
         )
     if mode not in GEN_MODES:
         raise ConfigError(f"decoding {mode!r} is unknown: choose {' or '.join(GEN_MODES)}")
-    whole = seed is None or (math.isfinite(seed) and float(seed).is_integer())
-    if not whole or not 0 <= (seed or 0) <= MAX_SEED:
-        raise ConfigError(
-            f"seed {seed} is not a whole number from 0 to 2**63 - 1: type one such as 0 or 7"
-        )
+    if seed is not None and not (math.isfinite(seed) and float(seed).is_integer()):
+        raise ConfigError(f"seed {seed} is not a whole number from 0 to 2**63 - 1: type 0 or 7")
+    check_seed(int(seed or 0), "seed")
     sample = mode == "sampled"
     done = work.generate(session, parse_lines(typed), sample, int(seed or 0), GEN_TOKENS)
     how = f"sampled (seed {int(seed or 0)})" if sample else "greedy"

@@ -109,15 +109,22 @@ def load_decoder(
             f"{name} has no language-model head (config.json names no …ForCausalLM "
             "architecture); save the model with AutoModelForCausalLM"
         )
-    label = label or Path(name).name
+    net = causal_lm_network(model, label or Path(name).name)
+    net.module.to(device)
+    return net, tokenizer
+
+
+def causal_lm_network(model: Any, label: str) -> Network:
+    """Convert a loaded transformers causal LM by its adapter: GPT-2's, else the decoders'.
+
+    Raises:
+        ModelLoadError: an unsupported architecture, or weights that do not fill the network.
+    """
     if getattr(model.config, "model_type", None) == "gpt2":
         from heterogui.models.hf.gpt2_io import network_from_hf as gpt2_network
 
-        net = gpt2_network(model, label)
-    else:
-        net = network_from_hf(model, label)
-    net.module.to(device)
-    return net, tokenizer
+        return gpt2_network(model, label)
+    return network_from_hf(model, label)
 
 
 def uniform_heads(config: DecoderNetConfig) -> tuple[int, int]:

@@ -12,8 +12,8 @@ from typing import Any
 from heterogui.errors import ConfigError
 from heterogui.models.family import Network
 
-DECODER_TYPES = ("llama", "qwen2", "mistral")
-KNOWN_TYPES = ("bert", "vit", "gpt2", *DECODER_TYPES)
+CAUSAL_LM_TYPES = ("gpt2", "llama", "qwen2", "mistral")
+KNOWN_TYPES = ("bert", "vit", *CAUSAL_LM_TYPES)
 
 
 def network_of(model: Any, label: str) -> Network:
@@ -35,16 +35,12 @@ def network_of(model: Any, label: str) -> Network:
         from heterogui.models.hf.vit_io import network_from_hf
 
         return network_from_hf(model, label)
-    if kind == "gpt2":
-        from heterogui.models.hf.gpt2_io import network_from_hf
+    if kind in CAUSAL_LM_TYPES:
+        from heterogui.models.hf.decoder_io import causal_lm_network
 
-        return network_from_hf(_causal_lm(model, label), label)
-    if kind in DECODER_TYPES:
-        from heterogui.models.hf.decoder_io import network_from_hf
-
-        return network_from_hf(_causal_lm(model, label), label)
-    what = f"a Hugging Face {kind!r} model" if kind else f"a {type(model).__module__}."
-    what += "" if kind else type(model).__qualname__
+        return causal_lm_network(_causal_lm(model, label), label)
+    cls = type(model)
+    what = f"a Hugging Face {kind!r} model" if kind else f"a {cls.__module__}.{cls.__qualname__}"
     raise ConfigError(
         f"{label} is {what}, which heterogui cannot merge; pass a heterogui network "
         f"(heterogui.run.load_pair(...).a.net, or one built with heterogui.models) or a loaded "
