@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import random
 
 import numpy as np
@@ -18,8 +19,8 @@ from heterogui.datasets.images import (
     task_classes,
     task_subset,
 )
-from heterogui.errors import ConfigError
-from heterogui.models.io import state_sha256
+from heterogui.errors import ConfigError, ModelLoadError
+from heterogui.models.io import read_config, state_sha256
 from heterogui.models.mlp import MLPConfig
 from heterogui.zoo.pairs import (
     PAIRS,
@@ -31,6 +32,7 @@ from heterogui.zoo.pairs import (
     pair_folder,
     zoo_folder,
 )
+from heterogui.zoo.pinned import PINNED_KERNELS, pinned_environment, train_pinned
 from heterogui.zoo.registry import model_fingerprint, pair_spec, variant_name
 from heterogui.zoo.train import TrainSettings, train_network
 
@@ -139,6 +141,10 @@ def test_training_is_deterministic() -> None:
         train_network(MLPConfig(64, (8,), 3), "digits", classes, settings)
 
 
+def kernels_of(env: dict[str, str]) -> dict[str, str]:
+    return {k: env.get(k, "") for k in PINNED_KERNELS}
+
+
 def _hashes(name: str) -> list[str]:
     pair = load_pair(name)
     return [state_sha256(n.module.state_dict()) for n in (pair.net_a, pair.net_b)]
@@ -152,11 +158,30 @@ def test_tiny_zoo_builds_deterministically_and_is_cached(cache, tmp_path, monkey
     assert min(pair.task_accuracy.values()) > 0.6
     first = _hashes(TINY)
     assert build_zoo([TINY], tiny=True)[0].was_built  # cached: nothing trained
-    # A second cache, built from scratch, gives the same weights.
+    # A second cache, built from scratch, gives the same weights, even where MKL and ATen would
+    # pick other kernels (SSE4.2 ones, as on an older CPU): the training child pins them.
     monkeypatch.setenv("HETEROGUI_CACHE", str(tmp_path / "other"))
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "SSE4_2")
+        monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+        monkeypatch.setenv("MKL_CBWR", "AUTO")
     assert not is_built(TINY)
     build_zoo([TINY], tiny=True, force=True)
     assert _hashes(TINY) == first
+    config = read_config(zoo_folder(TINY) / "a")
+    assert config["kernels"] == kernels_of(pinned_environment())
+
+
+def test_a_failed_training_child_is_one_line_and_leaves_no_model(cache, tmp_path) -> None:
+    folder = tmp_path / "model"
+    reports: list[float] = []
+    with pytest.raises(ModelLoadError, match=r"training zoo model no-such-pair/a failed: Co"):
+        train_pinned("no-such-pair", "a", folder, reports.append)
+    assert not folder.exists() and reports == []
+    reports.clear()
+    train_pinned(TINY, "a", folder, reports.append)
+    assert reports[-1] == 1.0 and reports == sorted(reports) and len(reports) > 1
+    assert read_config(folder)["fingerprint"] == model_fingerprint(TINY_PAIRS[TINY], "a")
 
 
 def test_incomplete_or_corrupt_pairs_are_rebuilt(cache) -> None:

@@ -2,10 +2,11 @@
 
 The pairs are specified in ``zoo.registry`` (docs/method.md sec. 11: A and B trained on disjoint
 halves of a dataset's classes; homogeneous, or different in depth, width or both). Each model is a
-folder ``cache_dir("zoo", <pair>)/a`` and ``/b`` written by ``save_network``; ``pair.json`` is
-written last and records a fingerprint of the pair's spec, so that a folder that is missing,
-incomplete, corrupt or built from another spec is rebuilt. A model shared by several pairs (the same
-spec) is trained once per build and copied.
+folder ``cache_dir("zoo", <pair>)/a`` and ``/b``, trained and written by a child process whose CPU
+kernels are pinned (``zoo.pinned``: the same weights on every x86-64 machine with AVX2);
+``pair.json`` is written last and records a fingerprint of the pair's spec, so that a folder
+that is missing, incomplete, corrupt or built from another spec is rebuilt. A model shared by
+several pairs (the same spec) is trained once per build and copied.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,12 @@ import torch
 from heterogui.cache import cache_dir
 from heterogui.errors import ModelLoadError
 from heterogui.models.family import Network
-from heterogui.models.io import file_sha256, load_network, read_config, save_network
+from heterogui.models.io import file_sha256, load_network, read_config
 from heterogui.models.resnet import ResNetConfig
 from heterogui.models.vgg import VGGConfig
 from heterogui.models.vit import ViTNetConfig
 from heterogui.progress import Progress
+from heterogui.zoo.pinned import train_pinned
 from heterogui.zoo.registry import (
     PAIRS,
     TINY_PAIRS,
@@ -40,7 +41,7 @@ from heterogui.zoo.registry import (
     pair_spec,
     variant_name,
 )
-from heterogui.zoo.train import seeded_network, train_network
+from heterogui.zoo.train import seeded_network
 
 __all__ = [
     "PAIRS",
@@ -127,32 +128,6 @@ def _find_built_model(fingerprint: str) -> Path | None:
     return None
 
 
-def _train_model(spec: PairSpec, which: str, report: Callable[[float], None]) -> tuple:
-    """Train model ``which`` of ``spec``; return (network, extra fields for config.json)."""
-    model = spec.model(which)
-    classes = spec.classes()[spec.task_index(which)]
-    result = train_network(
-        model.config,
-        spec.dataset,
-        classes,
-        model.train,
-        spec.split_seed,
-        label=f"{spec.name}/{which}",
-        progress=report,
-    )
-    extra = {
-        "task_accuracy": result.task_accuracy,
-        "train_accuracy": result.train_accuracy,
-        "train_seconds": result.seconds,
-        "dataset": spec.dataset,
-        "seed": model.train.seed,
-        "task": model.task,
-        "train_settings": asdict(model.train),
-        "fingerprint": model_fingerprint(spec, which),
-    }
-    return result.net, extra
-
-
 def _build_pair(spec: PairSpec, force: bool, done: dict[str, Path], report: Progress) -> list[str]:
     """Write the models of one pair; return the ones trained.
 
@@ -174,12 +149,12 @@ def _build_pair(spec: PairSpec, force: bool, done: dict[str, Path], report: Prog
         if source is not None:
             _copy_model(source, target)
             continue
-        net, extra = _train_model(
-            spec,
+        train_pinned(
+            spec.name,
             which,
+            target,
             lambda f, w=which, k=k: report(f"{spec.name}/{w}", (k + f) / n_models),
         )
-        save_network(net, target, extra=extra, overwrite=True)
         done[fingerprint] = target
         trained.append(which)
     meta = {"name": spec.name, "fingerprint": pair_fingerprint(spec), "dataset": spec.dataset}

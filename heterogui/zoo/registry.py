@@ -22,7 +22,7 @@ from heterogui.models.vgg import VGGConfig
 from heterogui.models.vit import ViTNetConfig
 from heterogui.zoo.train import TrainSettings
 
-ZOO_VERSION = 3  # bump to rebuild every cached pair after a change in training or data
+ZOO_VERSION = 4  # bump to rebuild every cached pair after a change in training or data
 
 
 @dataclass(frozen=True)

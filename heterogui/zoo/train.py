@@ -3,8 +3,10 @@
 The zoo is the material the merge is demonstrated on (docs/method.md sec. 11: A and B are trained on
 disjoint class splits). Training is a pure function of (config, dataset, classes, settings):
 the initialisation and the shuffling use their own seeded generators, deterministic algorithms
-are switched on, and the thread count is fixed while training, so the same call gives the same
-weights (``state_sha256``) on the same machine and torch version.
+are switched on, the thread count is fixed and oneDNN is off (its kernels depend on the CPU)
+while training, so the same call gives the same weights (``state_sha256``) on the same machine
+and torch version; ``zoo.pinned`` runs it in a process whose other kernels are pinned too, so the
+zoo is the same on every x86-64 machine with AVX2.
 """
 
 from __future__ import annotations
@@ -67,6 +69,17 @@ def deterministic_torch(threads: int) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         torch.set_num_threads(was_threads)
+
+
+@contextmanager
+def without_onednn() -> Iterator[None]:
+    """Run torch's own CPU convolutions, not oneDNN's (whose kernels depend on the CPU)."""
+    was_enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = was_enabled
 
 
 def seeded_network(config: Any, classes: tuple[int, ...], seed: int, label: str) -> Network:
@@ -143,7 +156,7 @@ def train_network(
     train = sample(train, settings.max_train, settings.seed)
     test = task_subset(load_split(dataset, "test", split_seed), classes)
     data = (train.inputs, head_targets(train.labels, classes))
-    with deterministic_torch(settings.threads):
+    with deterministic_torch(settings.threads), without_onednn():
         net = seeded_network(config, classes, settings.seed, label)
         gen = torch.Generator().manual_seed(settings.seed + 1)
         optimizer = torch.optim.AdamW(
