@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import heterogui
 from heterogui.datasets import images as datasets
 from heterogui.datasets.images import (
     SPLITS,
@@ -182,6 +185,10 @@ def test_a_failed_training_child_is_one_line_and_leaves_no_model(cache, tmp_path
     train_pinned(TINY, "a", folder, reports.append)
     assert reports[-1] == 1.0 and reports == sorted(reports) and len(reports) > 1
     assert read_config(folder)["fingerprint"] == model_fingerprint(TINY_PAIRS[TINY], "a")
+    # The child imports the heterogui this process runs, installed or not.
+    first = pinned_environment({"PYTHONPATH": "elsewhere"})["PYTHONPATH"].split(os.pathsep)
+    assert Path(first[0]) / "heterogui" == Path(heterogui.__file__).resolve().parent
+    assert first[1:] == ["elsewhere"]
 
 
 def test_incomplete_or_corrupt_pairs_are_rebuilt(cache) -> None:

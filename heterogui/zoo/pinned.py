@@ -49,6 +49,9 @@ PROGRESS = "progress "  # the child's stdout lines: "progress 0.25" while it tra
 def pinned_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     """Return the child's environment: ``base`` (os.environ) with the kernels pinned on x86-64."""
     env = dict(os.environ if base is None else base)
+    # The child imports this heterogui, wherever the parent found it (an uninstalled checkout).
+    home = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (home, env.get("PYTHONPATH", "")) if p)
     if platform.machine().lower() in ("x86_64", "amd64"):
         env.update(PINNED_KERNELS)
     return env
