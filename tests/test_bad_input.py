@@ -329,6 +329,22 @@ def test_bad_calibration_tensors_say_the_expected_shape(ws, capsys, tensors, wor
     cli_refuses(ws, ["merge", str(path), "--out", str(ws / "o")], words, capsys)
 
 
+def test_integer_images_are_read_unscaled_with_a_warning(ws, caplog):
+    import logging
+
+    pixels = (torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(2)) * 255).byte()
+    path = data_case(ws, {"inputs": pixels})
+    with caplog.at_level(logging.WARNING, logger="heterogui.datasets.refs"):
+        assert main(["merge", str(path), "--out", str(ws / "o")]) == 0
+    said = [r.getMessage() for r in caplog.records if "read as those numbers" in r.getMessage()]
+    low, high = int(pixels.min()), int(pixels.max())
+    assert said == [
+        f"'inputs' in {ws / 'd.safetensors'} are uint8 ({low} to {high}), read as those numbers, "
+        "not scaled: if the models read scaled values (the built-in digits are 0 to 1), save "
+        "them scaled, as floats"
+    ]
+
+
 def test_evaluation_labels_the_models_do_not_predict_are_named(ws, capsys, caplog):
     import logging
 

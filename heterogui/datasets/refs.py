@@ -9,6 +9,7 @@ sha256 that a recipe records and checks.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from heterogui.datasets.text_tasks import calibration_sentences
 from heterogui.errors import ConfigError, ModelLoadError, excerpt
 from heterogui.models.io import load_state, state_sha256
 from heterogui.text_input import read_text
+
+log = logging.getLogger(__name__)
 
 
 def load_inputs(ref: DataRef) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -81,6 +84,15 @@ def _from_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise ConfigError(
             f"'inputs' in {path} has shape {tuple(inputs.shape)} and dtype {inputs.dtype}: "
             "save real numbers with one row per input, (N, C, H, W) or (N, C, L)"
+        )
+    if not inputs.is_floating_point():
+        log.warning(
+            "'inputs' in %s are %s (%d to %d), read as those numbers, not scaled: if the models "
+            "read scaled values (the built-in digits are 0 to 1), save them scaled, as floats",
+            path,
+            str(inputs.dtype).removeprefix("torch."),
+            int(inputs.min()),
+            int(inputs.max()),
         )
     inputs = inputs.float()
     bad = (~torch.isfinite(inputs)).flatten(1).any(1).nonzero().flatten()
