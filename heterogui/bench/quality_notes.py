@@ -109,6 +109,6 @@ another (sequential merging) are compared with their ensemble on the zoo's three
 MEASURES_NOTE = """Every alignment above reads the CKA of the block outputs (the paper's measure
 and the default for these families). Aligning by the CKA of the block updates (what each block adds
 to its input, docs/method.md sec. 3) is compared on every depth pair in `docs/measures.md`
-(`heterogui bench measures`): on these pairs it aligns about as well (better on 4, the same on
-4, worse on 2 of 10 alignments, Joint within 1 point either way), so it did not help here; it
+(`heterogui bench measures`): on these pairs it aligns about as well (better on 2, the same on
+5, worse on 3 of 10 alignments, Joint within 1 point either way), so it did not help here; it
 helps the decoders."""
