@@ -23,7 +23,7 @@ from heterogui.datasets.images import (
     task_subset,
 )
 from heterogui.errors import ConfigError, ModelLoadError
-from heterogui.models.io import read_config, state_sha256
+from heterogui.models.io import load_network, read_config, state_sha256
 from heterogui.models.mlp import MLPConfig
 from heterogui.zoo.pairs import (
     PAIRS,
@@ -35,7 +35,7 @@ from heterogui.zoo.pairs import (
     pair_folder,
     zoo_folder,
 )
-from heterogui.zoo.pinned import PINNED_KERNELS, pinned_environment, train_pinned
+from heterogui.zoo.pinned import PINNED_KERNELS, Job, pinned_environment, train_all, train_pinned
 from heterogui.zoo.registry import model_fingerprint, pair_spec, variant_name
 from heterogui.zoo.train import TrainSettings, train_network
 
@@ -189,6 +189,25 @@ def test_a_failed_training_child_is_one_line_and_leaves_no_model(cache, tmp_path
     first = pinned_environment({"PYTHONPATH": "elsewhere"})["PYTHONPATH"].split(os.pathsep)
     assert Path(first[0]) / "heterogui" == Path(heterogui.__file__).resolve().parent
     assert first[1:] == ["elsewhere"]
+
+
+def test_models_trained_side_by_side_equal_those_trained_one_by_one(cache, tmp_path) -> None:
+    def trained(workers: int) -> tuple[list[str], list[float]]:
+        jobs = [Job(TINY, w, tmp_path / f"{workers}-{w}") for w in ("a", "b")]
+        reports: list[float] = []
+        train_all(jobs, reports.append, workers)
+        states = [load_network(job.folder).module.state_dict() for job in jobs]
+        return [state_sha256(state) for state in states], reports
+
+    together, reports = trained(2)
+    alone, _ = trained(1)
+    assert together == alone and together[0] != together[1]
+    assert reports == sorted(reports) and reports[-1] == 1.0
+    # One failing child stops the other and the build says which model failed.
+    jobs = [Job(TINY, "a", tmp_path / "x"), Job("no-such-pair", "b", tmp_path / "y")]
+    with pytest.raises(ModelLoadError, match="no-such-pair/b failed"):
+        train_all(jobs, lambda _f: None, 2)
+    assert not (tmp_path / "y").exists()
 
 
 def test_incomplete_or_corrupt_pairs_are_rebuilt(cache) -> None:

@@ -30,7 +30,7 @@ from heterogui.models.resnet import ResNetConfig
 from heterogui.models.vgg import VGGConfig
 from heterogui.models.vit import ViTNetConfig
 from heterogui.progress import Progress
-from heterogui.zoo.pinned import train_pinned
+from heterogui.zoo.pinned import Job, train_all, train_pinned, training_workers
 from heterogui.zoo.registry import (
     PAIRS,
     TINY_PAIRS,
@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+TRAINING = 0.95  # the share of build_zoo's progress that training the missing models takes
 
 
 @dataclass
@@ -144,7 +145,8 @@ def _build_pair(spec: PairSpec, force: bool, done: dict[str, Path], report: Prog
         if fingerprint not in done and not force and _model_ok(target, fingerprint):
             continue
         source = done.get(fingerprint) or (None if force else _find_built_model(fingerprint))
-        if source == target:
+        if source == target:  # trained into place by this build (build_zoo)
+            trained.append(which)
             continue
         if source is not None:
             _copy_model(source, target)
@@ -197,19 +199,53 @@ def build_zoo(
     specs = [pair_spec(n) for n in names] if names is not None else list(registry.values())
     report = progress or (lambda _stage, _frac: None)
     entries: list[ZooEntry] = []
-    done: dict[str, Path] = {}
+    built = {spec.name: not force and is_built(spec.name) for spec in specs}  # before training
+    jobs = _untrained([spec for spec in specs if not built[spec.name]], force)
+    start = 0.0  # the share of the progress bar that training took
+    if jobs:
+        workers = training_workers(len(jobs))
+        stage = f"training {len(jobs)} zoo model(s), {workers} at a time"
+        train_all([job for _, job in jobs], lambda f: report(stage, TRAINING * f), workers)
+        start = TRAINING
+    done = {fingerprint: job.folder for fingerprint, job in jobs}
+
+    def placed(k: float) -> float:
+        return start + (1 - start) * k / len(specs)
+
     for k, spec in enumerate(specs):
-        was_built = not force and is_built(spec.name)
+        was_built = built[spec.name]
         trained: list[str] = []
         if not was_built:
             trained = _build_pair(
-                spec, force, done, lambda stage, f, k=k: report(stage, (k + f) / len(specs))
+                spec, force, done, lambda stage, f, k=k: report(stage, placed(k + f))
             )
+            built[spec.name] = True  # a name listed twice is built once
         folder = zoo_folder(spec.name)
         accuracy = {w: read_config(folder / w)["task_accuracy"] for w in spec.letters}
         entries.append(ZooEntry(spec.name, zoo_folder(spec.name), was_built, trained, accuracy))
-        report(spec.name, (k + 1) / len(specs))
+        report(spec.name, placed(k + 1))
     return entries
+
+
+def _untrained(specs: list[PairSpec], force: bool) -> list[tuple[str, Job]]:
+    """Return (fingerprint, job) of each model of ``specs`` (pairs not built) to train, once each.
+
+    A model is trained where it is first needed; a copy elsewhere in the cache, or in this
+    build, is copied instead (unless ``force``).
+    """
+    jobs: list[tuple[str, Job]] = []
+    seen: set[str] = set()
+    for spec in specs:
+        for which in spec.letters:
+            fingerprint = model_fingerprint(spec, which)
+            target = zoo_folder(spec.name) / which
+            if fingerprint in seen:
+                continue
+            seen.add(fingerprint)
+            if not force and (_model_ok(target, fingerprint) or _find_built_model(fingerprint)):
+                continue
+            jobs.append((fingerprint, Job(spec.name, which, target)))
+    return jobs
 
 
 def pair_folder(name: str, which: str) -> Path:

@@ -12,7 +12,8 @@ reproducibility mode for the AVX2 code path (``MKL_CBWR=AVX2``) and ATen's AVX2 
 (``ATEN_CPU_CAPABILITY``); these settings are read when a process starts, hence the child.
 Machines without AVX2, and CPUs of other architectures, train with their own kernels.
 
-``train_pinned`` runs the child and relays its progress; the child is ``python -m
+``train_all`` runs such children side by side (one per core, each on one thread, so the weights
+do not depend on how many run at once) and relays their progress; a child is ``python -m
 heterogui.zoo.pinned NAME LETTER FOLDER``, which writes the model folder.
 """
 
@@ -22,11 +23,12 @@ import json
 import logging
 import os
 import platform
+import selectors
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,121 @@ def pinned_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class Job:
+    """One zoo model to train: pair ``name``, model ``which``, written to ``folder``."""
+
+    name: str
+    which: str
+    folder: Path
+
+
+class _Child:
+    """A running training child: its process, its stderr file and what it has reported."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.errors = tempfile.TemporaryFile()  # noqa: SIM115 -- closed with the child (close)
+        command = [sys.executable, "-m", "heterogui.zoo.pinned", job.name, job.which]
+        try:
+            self.proc = subprocess.Popen(
+                [*command, str(job.folder)],
+                stdout=subprocess.PIPE,
+                stderr=self.errors,
+                env=pinned_environment(),
+            )
+        except OSError:
+            self.errors.close()
+            raise
+        self.pending = b""  # stdout read but not yet a whole line
+
+    def read(self) -> list[float] | None:
+        """Return the fractions in what the child wrote since, or None at its end of output."""
+        assert self.proc.stdout is not None
+        data = os.read(self.proc.stdout.fileno(), 4096)
+        if not data:
+            return None
+        *lines, self.pending = (self.pending + data).split(b"\n")
+        text = (line.decode(errors="replace") for line in lines)
+        return [float(t[len(PROGRESS) :]) for t in text if t.startswith(PROGRESS)]
+
+    def finish(self) -> None:
+        """Wait for the child; raise ModelLoadError with its last error line if it failed."""
+        code = self.proc.wait()
+        self.errors.seek(0)
+        said = self.errors.read().decode(errors="replace").splitlines()
+        self.close()
+        if code == 0:
+            config = json.loads((self.job.folder / "config.json").read_text())
+            log.info(
+                "trained %s/%s: task accuracy %.4f in %.1fs",
+                self.job.name,
+                self.job.which,
+                config["task_accuracy"],
+                config["train_seconds"],
+            )
+            return
+        lines = [s for s in said if s.strip()]
+        last = lines[-1] if lines else f"exit status {code}"
+        raise ModelLoadError(f"training zoo model {self.job.name}/{self.job.which} failed: {last}")
+
+    def stop(self) -> None:
+        """Kill the child if it still runs, and let its files go."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.close()
+
+    def close(self) -> None:
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.errors.close()
+
+
+def training_workers(jobs: int) -> int:
+    """Return how many children train at once: one per core this process may use, at most 4."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(jobs, cores or 1, 4))
+
+
+def train_all(jobs: list[Job], report: Callable[[float], None], workers: int = 1) -> None:
+    """Train every job in pinned children, ``workers`` at a time; each writes its folder.
+
+    Each child trains on one thread, so the weights do not depend on how many run at once.
+    report: called with the fraction of all the training done (the mean over the jobs).
+
+    Raises:
+        ModelLoadError: the first child that fails (the others are stopped).
+    """
+    waiting = list(enumerate(jobs))
+    done = [0.0] * len(jobs)
+    running: dict[int, _Child] = {}
+    with selectors.DefaultSelector() as selector:
+        try:
+            while waiting or running:
+                while waiting and len(running) < max(1, workers):
+                    k, job = waiting.pop(0)
+                    running[k] = _Child(job)
+                    assert running[k].proc.stdout is not None
+                    selector.register(running[k].proc.stdout, selectors.EVENT_READ, k)
+                for key, _ in selector.select():
+                    child = running[key.data]
+                    fractions = child.read()
+                    if fractions is None:
+                        selector.unregister(key.fileobj)
+                        del running[key.data]
+                        child.finish()
+                        done[key.data] = 1.0
+                    elif fractions:
+                        done[key.data] = fractions[-1]
+                    else:
+                        continue
+                    report(sum(done) / len(jobs))
+        finally:
+            for child in running.values():
+                child.stop()
+
+
 def train_pinned(name: str, which: str, folder: Path, report: Callable[[float], None]) -> None:
     """Train model ``which`` of zoo pair ``name`` in a pinned child; it writes ``folder``.
 
@@ -65,34 +182,7 @@ def train_pinned(name: str, which: str, folder: Path, report: Callable[[float], 
     Raises:
         ModelLoadError: if the child fails (its last error line is in the message).
     """
-    with tempfile.TemporaryFile() as errors:
-        command = [sys.executable, "-m", "heterogui.zoo.pinned", name, which, str(folder)]
-        proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=errors, env=pinned_environment(), text=True
-        )
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if line.startswith(PROGRESS):
-                    report(float(line[len(PROGRESS) :]))
-            code = proc.wait()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        if code != 0:
-            errors.seek(0)
-            lines = [s for s in errors.read().decode(errors="replace").splitlines() if s.strip()]
-            last = lines[-1] if lines else f"exit status {code}"
-            raise ModelLoadError(f"training zoo model {name}/{which} failed: {last}")
-    config = json.loads((folder / "config.json").read_text())
-    log.info(
-        "trained %s/%s: task accuracy %.4f in %.1fs",
-        name,
-        which,
-        config["task_accuracy"],
-        config["train_seconds"],
-    )
+    train_all([Job(name, which, folder)], report)
 
 
 def train_into(name: str, which: str, folder: Path, report: Callable[[float], None]) -> None:
