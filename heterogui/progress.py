@@ -27,7 +27,7 @@ def guarded(progress: Progress | None, cancel: Callable[[], bool] | None) -> Pro
 
     def report(stage: str, fraction: float) -> None:
         if cancel is not None and cancel():
-            raise Cancelled("cancelled: the merge stopped; the previous result is kept")
+            raise Cancelled(f"cancelled at {stage!r}; the previous result is kept")
         if progress is not None:
             progress(stage, fraction)
 

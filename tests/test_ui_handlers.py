@@ -558,7 +558,7 @@ def test_cancel_stops_a_merge_and_keeps_the_previous_result(session, res):
         tab_zip.on_cancel(session, res)
 
     settings = dataclasses.replace(session.settings, rho=0.5)
-    with pytest.raises(Cancelled):
+    with pytest.raises(Cancelled, match=r"^cancelled at '[^']+'; the previous result is kept$"):
         work.merge(session, res, settings, progress=press_cancel)
     session.running = False
     assert session.result is kept and len(session.history) == 1
