@@ -26,7 +26,6 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -52,6 +51,7 @@ from heterogui.bench.decoder_pairs import (
 from heterogui.bench.decoders_report import SMOLLM2_NOTE, Row, layer_list, render_markdown
 from heterogui.bench.documents import finite, write_document
 from heterogui.bench.isolated import in_fresh_process
+from heterogui.bench.quality_report import environment
 from heterogui.bench.seeds import over_seeds
 from heterogui.config import DataRef
 from heterogui.pipeline import Prepared, realign
@@ -283,11 +283,8 @@ def decoder_report(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "command": command_line(args),
         "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
+            **environment(dev),
             "transformers": metadata.version("transformers"),
-            "threads": torch.get_num_threads(),
-            "machine": platform.machine(),
             "cpus": os.cpu_count(),
         },
         "sizes": dataclasses.asdict(sizes),

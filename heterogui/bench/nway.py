@@ -17,7 +17,6 @@ calibration inputs with seed s. Every number in the written files comes from thi
 from __future__ import annotations
 
 import json
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 
 from heterogui.bench.documents import finite, write_document
-from heterogui.bench.quality_report import fusion_knobs, stats
+from heterogui.bench.quality_report import environment, fusion_knobs, stats
 from heterogui.bench.quality_seed import calibration_batches, parameter_count
 from heterogui.datasets.images import Split, load_split, task_subset
 from heterogui.fusion.merged import as_network
@@ -188,12 +187,7 @@ def run_nway(cfg: NwayConfig, out_dir: str | Path | None = None) -> dict[str, An
         "command": cfg.command,
         "seeds": list(cfg.seeds),
         "calibration_inputs": cfg.calib_size,
-        "environment": {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "threads": torch.get_num_threads(),
-            "device": cfg.device,
-        },
+        "environment": environment(cfg.device),
         "seconds": time.perf_counter() - start,
         "groups": results,
     }

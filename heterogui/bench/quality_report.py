@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from heterogui.bench.documents import finite, write_document
+from heterogui.zoo.registry import ZOO_VERSION
 
 METRICS = ("joint", "task_a", "task_b", "avg")
 SECTIONS = ("rows", "rho", "knobs", "bn_kept", "calibration")
@@ -341,13 +342,15 @@ def python_command(pairs: Any, seeds: Any, out_dir: Any, tiny: bool) -> str:
 
 
 def environment(device: str) -> dict[str, Any]:
-    """Return the versions, threads and device a run used."""
+    """Return the versions, threads, device, CPU kernels and zoo version a run used."""
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # ATen's kernels here
         "threads": torch.get_num_threads(),
         "device": device,
+        "zoo_version": ZOO_VERSION,  # the zoo's models (version 4 on: the same on every machine)
     }
 
 
