@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -67,6 +68,38 @@ def test_minilm_pair_merges_end_to_end_and_exports(l3_dir: Path, tmp_path: Path)
     pooled = (ours * weights).sum(1) / weights.sum(1)
     want = torch.nn.functional.normalize(pooled, dim=-1)
     assert (emb - want).abs().max() < 1e-5
+
+
+@pytest.mark.slow
+def test_a_partial_minilm_merge_reads_back_from_its_folder(l3_dir: Path, tmp_path: Path):
+    # A partial zip is written in the heterogui format, with B's own config for the layers
+    # past the stop point (L3's converted config once had layer_norm_eps 0.0, read from the
+    # ONNX LayerNorm's axis attribute, and the folder could not be read back).
+    from heterogui.errors import ModelLoadError
+    from heterogui.sources import registry
+    from heterogui.sources.folder import load_merged
+
+    recipe = recipe_from_dict(
+        {
+            "model_a": {"path": str(minilm.minilm_l6_path())},
+            "model_b": {"path": str(l3_dir)},
+            "calibration": {"source": "sentences", "size": 32, "batch_size": 32},
+            "stop": 1,
+            "device": "cpu",
+        }
+    )
+    done = run.merge(recipe)
+    out = run.export(done, tmp_path / "partial")
+    assert "model_type" not in json.loads((out / "config.json").read_text())
+    again = load_merged(out).eval()
+    (batch,) = tokenize(done.pair.a.tokenizer, ["A man is playing a guitar.", "Rain is."], 8)
+    with torch.no_grad():
+        want, got = done.result.model(**batch), again(**batch)
+    for w, g in zip(want, got, strict=True):
+        assert (w - g).abs().max() < 1e-6
+    # as a model of a next merge it is refused in one line that says why and what to do
+    with pytest.raises(ModelLoadError, match="keep separate tails.*stop: null"):
+        registry.load(str(out))
 
 
 def test_preflight_refuses_an_incompatible_pair_before_loading(tmp_path: Path):

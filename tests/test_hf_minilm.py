@@ -75,6 +75,8 @@ def test_conversion_matches_onnxruntime(l3_dir: Path) -> None:
     config = json.loads((l3_dir / "config.json").read_text())
     assert (config["num_hidden_layers"], config["hidden_size"]) == (3, 384)
     assert (config["num_attention_heads"], config["intermediate_size"]) == (12, 1536)
+    # the LayerNorms' epsilon attribute (not their axis, which read as 0.0 before)
+    assert config["layer_norm_eps"] == pytest.approx(1e-12, rel=1e-6)
 
 
 def test_second_call_reuses_the_build(l3_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -53,7 +53,7 @@ _TOKENIZER_FILES = (
 )
 _MARKER = "heterogui_build.json"
 # Bump when the converted folder's content changes, so older cache entries get rebuilt.
-_BUILD_VERSION = 2  # 2: sentence-transformers files (modules.json, mean pooling)
+_BUILD_VERSION = 3  # 2: sentence-transformers files (modules.json, mean pooling); 3: epsilon
 _TOLERANCE = 1e-4
 # The L3 config is read from the ONNX shapes except the head count, which only shows up in
 # graph constants; a wrong value fails the onnxruntime check, so it cannot slip through.
@@ -195,8 +195,14 @@ def _write_l3(folder: Path, onnx_path: Path) -> None:
 
     graph = onnx.load(str(onnx_path)).graph
     state = onnx_state_dict(graph)
-    eps = [a.f for n in graph.node if n.op_type == "LayerNormalization" for a in n.attribute]
-    config = _l3_config(state, float(eps[0]) if eps else 1e-12)
+    eps = [
+        a.f
+        for n in graph.node
+        if n.op_type == "LayerNormalization"
+        for a in n.attribute
+        if a.name == "epsilon"
+    ]
+    config = _l3_config(state, float(eps[0]) if eps else 1e-5)  # ONNX's default epsilon
     hidden = config["hidden_size"]
     # Zero pooler: see the module docstring (not in the export; never used for embeddings).
     state["pooler.dense.weight"] = np.zeros((hidden, hidden), dtype=np.float32)

@@ -35,7 +35,7 @@ from heterogui.ui.session import Session
 AUTO = "auto"  # the format choice that means: the one that fits this merge (``fitting_format``)
 FORMAT_HELP = {
     HETEROGUI_FORMAT: "a heterogui folder (config.json + model.safetensors): holds every merge, "
-    "partial zips too, and loads again as a model here",
+    "partial zips too; a full zip of classifiers loads again as a model here",
     HF_BERT_FORMAT: "a Hugging Face BERT folder (AutoModel.from_pretrained), with the tokenizer",
     HF_VIT_FORMAT: "a Hugging Face ViT folder (AutoModel.from_pretrained)",
     HF_CAUSAL_LM_FORMAT: "a Hugging Face causal-LM folder (config.json, model.safetensors, "
