@@ -111,7 +111,7 @@ def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]
         raise
 
 
-def _check_names(text: str) -> None:
+def check_names(text: str) -> None:
     """Refuse a folder name with a control character or longer than a name may be (255 bytes).
 
     Raises:
@@ -145,7 +145,7 @@ def check_output(out: str | Path, overwrite: bool = False, inputs: Iterable[Path
     text = str(out).strip()
     if not text:
         raise ExportError("give an output folder")
-    _check_names(text)
+    check_names(text)
     target = Path(text).expanduser().resolve()
     cwd = Path.cwd().resolve()
     if target == cwd or target in cwd.parents:

@@ -53,8 +53,8 @@ def load_yaml(text: str, what: str) -> Any:
     """Return the value of YAML (or JSON) ``text`` written by a user, without aliases.
 
     Raises:
-        ConfigError: the text does not parse, or uses an alias; the message quotes at most a
-            short excerpt of the parser's words.
+        ConfigError: the text does not parse, nests too deeply, or uses an alias; the message
+            quotes at most a short excerpt of the parser's words.
     """
     try:
         return yaml.load(text, Loader=_NoAliases)  # noqa: S506 - a SafeLoader subclass
@@ -65,6 +65,11 @@ def load_yaml(text: str, what: str) -> Any:
         raise ConfigError(
             f"{what} does not parse{where}: {excerpt(problem, 120)}; write plain YAML or JSON "
             "(aliases such as *name are refused)"
+        ) from exc
+    except RecursionError as exc:  # the parser recurses once per level of nesting
+        raise ConfigError(
+            f"{what} nests lists or mappings too deeply to read; write plain YAML or JSON of a "
+            "few levels"
         ) from exc
 
 

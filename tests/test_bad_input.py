@@ -184,6 +184,8 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a
     "text, words",
     [
         (BOMB, "alias *a (aliases are refused)"),
+        ("[" * 5000, "nests lists or mappings too deeply"),
+        ("model_a: " + "[" * 600 + "]" * 600 + "\n", "nests lists or mappings too deeply"),
         ("- just\n- a list\n", "is a list, not a mapping"),
         ("model_a: {path: x\n", "does not parse at line"),
         ("model_a: {path: x}\nmodel_b: {path: y}\nzip: {rho: high}\n", "recipe.zip.rho must be"),
@@ -314,6 +316,7 @@ def data_case(ws: Path, tensors: dict) -> Path:
         ({"inputs": torch.randn(32, 3, 8, 8)}, "have shape (32, 3, 8, 8) but model a reads (N, 1,"),
         ({"inputs": torch.randn(32)}, "one row per input"),
         ({"pixels": torch.randn(32, 1, 8, 8)}, "has no 'inputs' tensor"),
+        ({"inputs": torch.randn(0, 1, 8, 8)}, "hold no inputs (shape (0, 1, 8, 8)); save at least"),
         (
             {"inputs": torch.randn(32, 1, 8, 8).index_fill_(0, torch.tensor([5]), float("nan"))},
             "NaN or inf in 1 input(s), the first at row 5",
@@ -455,6 +458,7 @@ def session(res):
         ("", "type an output folder"),
         (".", "is not a folder below"),
         ("two\nlines", "has a control character (a newline or tab?) in its name"),
+        ("nul\x00byte", "has a control character (a newline or tab?) in its name"),
         ("x" * 300, "is 300 bytes long; it may have 223: choose a shorter name"),
     ],
 )
@@ -491,6 +495,7 @@ def test_workbench_overwrite_replaces_only_an_earlier_export(session, res):
         (BOMB, "alias *a"),
         ('{"a": [[0, 1, 2], [0, 1]]}', "a mapping looks like"),
         ("[" * 30_000, "characters long"),
+        ("[" * 5000, "the mapping does not parse; write it like"),
     ],
 )
 def test_a_bad_mapping_is_refused_and_the_alignment_kept(session, res, text, words):

@@ -192,3 +192,32 @@ def test_a_click_on_the_grid_loads_that_cell(session, res):
     assert session.history[-1]["score"] == point["score"]
     with pytest.raises(ConfigError, match="no merge of the sweep at rho 0.6"):
         compare_grid.on_grid_click(session, res, 0.6, 0.3)
+
+
+def test_the_sweeps_use_the_zip_tabs_settings_not_the_last_merges(session, res):
+    from heterogui.ui import tab_evaluate, zip_overrides
+
+    zip_overrides.on_set_override(session, res, "block0", None, 3)
+    _merge(session, res, 1.0)
+    assert session.result.widths()["block0"][2] == 3
+    zip_overrides.on_clear_overrides(session, res)  # cleared after the merge: gone for good
+    compare_grid.on_grid(session, res, "alpha")
+    plain = sweep.sweep_grid(
+        session.pair,
+        session.prepared,
+        session.settings,
+        session.evaluation,
+        {"rho": compare_grid.GRID_RHOS, "alpha": compare_grid.GRID_VALUES["alpha"]},
+    )
+    assert session.grid == plain
+    ensemble = session.reference_sizes["ensemble"]["parameters"]
+    assert {p["parameters"] for p in session.grid if p["rho"] == 0.0} == {ensemble}
+    zip_overrides.on_set_override(session, res, "block0", None, 4)  # after the sweep ran
+    cell = next(k for k, p in enumerate(session.grid) if p["rho"] == 1.0 and p["alpha"] == 0.5)
+    compare_grid.on_grid_load(session, res, cell)  # the cell's merge, as the sweep made it
+    assert session.result.settings.overrides == {}
+    assert session.history[-1]["score"] == session.grid[cell]["score"]
+    zip_overrides.on_set_override(session, res, "block0", None, 3)  # set, not merged yet
+    tab_evaluate.on_sweep(session, res)  # sweeps what the Zip tab shows
+    at_one = next(p for p in session.sweep if p["rho"] == 1.0)
+    assert at_one["parameters"] < session.grid[cell]["parameters"]

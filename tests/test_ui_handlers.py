@@ -566,6 +566,44 @@ def test_cancel_stops_a_merge_and_keeps_the_previous_result(session, res):
     assert session.result is not kept
 
 
+def test_bad_data_or_a_cancelled_analysis_keeps_the_analysis_and_the_merge(session, res, tmp_path):
+    from safetensors.torch import save_file
+
+    merge(session, res)
+    kept = (session.prepared, session.result, session.calibration, session.data)
+    wrong = tmp_path / "wrong-shape.safetensors"
+    save_file({"inputs": torch.randn(32, 3, 32, 32)}, str(wrong))
+    empty = tmp_path / "empty.safetensors"
+    save_file({"inputs": torch.randn(0, 1, 8, 8)}, str(empty))
+    for path in (wrong, empty):
+        with pytest.raises(HeteroguiError, match="calibration|inputs"):
+            tab_models.on_analyse(session, res, "file", str(path), 64)
+        assert (session.prepared, session.result, session.calibration, session.data) == kept
+    with pytest.raises(ConfigError, match="type the path of a calibration file"):
+        tab_models.on_analyse(session, res, "file", "", 64)
+    session.running = True
+
+    def press_cancel(stage, frac):  # the user presses Cancel while the analysis runs
+        tab_zip.on_cancel(session, res)
+
+    with pytest.raises(Cancelled, match="the previous result is kept"):
+        other = dataclasses.replace(session.calibration.ref, size=48, sha256=None)
+        work.analyse(session, res, other, progress=press_cancel)
+    session.running = False
+    assert (session.prepared, session.result, session.calibration, session.data) == kept
+    tab_export.on_export(session, res, str(tmp_path / "still"), False)  # the merge is there
+    assert (tmp_path / "still" / "model.safetensors").is_file()
+
+
+def test_a_demo_pair_calibrates_on_the_number_of_inputs_asked_for(session, res):
+    shared = session.prepared
+    assert session.calibration.count == 256 and session.data is None
+    tab_models.on_analyse(session, res, "digits", None, 64)
+    assert session.calibration.count == 64 and session.prepared is not shared
+    tab_models.on_analyse(session, res, "digits", None, 256)  # its own default: shared again
+    assert session.data is None and session.prepared is shared
+
+
 def test_neuron_view_follows_the_matching(session, res):
     merge(session, res, rho=0.5)
     points = tab_neurons.merge_points(session.prepared)
@@ -793,6 +831,30 @@ def test_slider_latency_of_a_tiny_pair(res):
     assert all(switch[k] > 0 for k in ("cold_s", "idle_pass_s", "switch_s"))
     text = format_latency([report])
     assert PAIR in text and "switch to lma: cold" in text
+
+
+def test_downloads_and_refused_uploads_leave_no_files_behind(session, res, tmp_path):
+    from pathlib import Path
+
+    from heterogui.ui.app import end_session
+
+    merge(session, res, rho=0.5)
+    _, first = tab_export.on_export(session, res, str(tmp_path / "one"), False)
+    folder = Path(session.workdir)
+    assert Path(first["export_file"]).parent == folder / "downloads"
+    _, second = tab_export.on_export(session, res, str(tmp_path / "two"), False)
+    # one download at a time, in the session's own folder (gradio serves its own copy)
+    assert sorted(p.name for p in (folder / "downloads").iterdir()) == ["two.zip"]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((tmp_path / "one" / "config.json").read_text())
+    (bad / "model.safetensors").write_bytes(b"not safetensors")
+    files = [str(bad / "config.json"), str(bad / "model.safetensors")]
+    with pytest.raises(HeteroguiError, match="not a valid safetensors"):
+        tab_models.on_load_model(session, res, "b", "upload", None, None, files, None)
+    assert sorted(p.name for p in folder.iterdir()) == ["downloads"]  # no copy of the upload
+    end_session(session)  # what gradio calls when it drops the session
+    assert not folder.exists() and session.workdir is None
 
 
 def test_an_export_uploads_as_a_model_and_merges_again(session, res, tmp_path):

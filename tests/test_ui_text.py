@@ -192,11 +192,16 @@ def test_pasted_sentences_calibrate_and_bad_data_is_refused(folders, res):
     load(session, res, "a", folders[0])
     load(session, res, "b", folders[1])
     with pytest.raises(ConfigError, match="is not text data"):
-        work.set_data(session, DataRef("digits"))
-    tab_models.on_sentences(session, res, "\n".join(f"the cat {w}" for w in WORDS))
-    assert session.data.source.endswith(".txt")
-    tab_models.on_analyse(session, res, "file", session.data.source, 64)
+        work.analyse(session, res, DataRef("digits"))
+    message, chosen = tab_models.on_sentences(
+        session, res, "\n".join(f"the cat {w}" for w in WORDS)
+    )
+    # the page's controls now name the saved file: Analyse pair sends what they show
+    assert chosen["dataset"]["value"] == "file" and chosen["cal_file"].endswith(".txt")
+    assert "Press **Analyse pair**" in message and session.prepared is None
+    tab_models.on_analyse(session, res, "file", chosen["cal_file"], 64)
     assert session.calibration.count == len(WORDS) and len(session.calibration.batches) == 1
+    assert session.data.source == chosen["cal_file"]
     with pytest.raises(ConfigError, match="at least 16"):
         tab_models.on_sentences(session, res, "one\ntwo")
 

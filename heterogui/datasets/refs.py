@@ -69,8 +69,8 @@ def _from_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
 
     Raises:
         ModelLoadError: a missing file (or a folder), or not a safetensors file.
-        ConfigError: no "inputs", inputs that are not numbers of at least 2 dimensions or hold
-            NaN / inf, labels that are not one integer per input.
+        ConfigError: no "inputs", no rows, inputs that are not numbers of at least 2 dimensions
+            or hold NaN / inf, labels that are not one integer per input.
     """
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
@@ -84,6 +84,10 @@ def _from_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise ConfigError(
             f"'inputs' in {path} has shape {tuple(inputs.shape)} and dtype {inputs.dtype}: "
             "save real numbers with one row per input, (N, C, H, W) or (N, C, L)"
+        )
+    if inputs.shape[0] == 0:
+        raise ConfigError(
+            f"'inputs' in {path} hold no inputs (shape {tuple(inputs.shape)}); save at least 4"
         )
     if not inputs.is_floating_point():
         log.warning(

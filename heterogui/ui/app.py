@@ -48,6 +48,12 @@ def new_session() -> Session:
     return Session()
 
 
+def end_session(session: Any) -> None:
+    """Delete an ended session's files (gradio drops a closed tab's state after an hour)."""
+    if isinstance(session, Session):
+        session.remove_files()
+
+
 class ComponentNames(dict):
     """The components by name; a name given twice (two tabs, one key) is a bug caught at build."""
 
@@ -148,7 +154,8 @@ def build_app(res: Resources, heavy_limit: int = 2, prefetch: bool = True) -> gr
 def build_page(ui: dict[str, Any], res: Resources) -> gr.State:
     """Create the page's components in the open Blocks (named in ``ui``); return its state."""
     gr.Markdown(INTRO)
-    state = gr.State(new_session)  # called per browser session: never shared
+    # called per browser session: never shared; its files go when gradio drops the session
+    state = gr.State(new_session, delete_callback=end_session)
     ui["status"] = gr.Markdown(
         "Opening the demo pair (the very first start trains it: about 20 s on a laptop)…",
         elem_id="status",

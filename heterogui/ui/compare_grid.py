@@ -53,8 +53,7 @@ def grid_views(session: Session) -> dict[str, Any]:
         }
     if not session.grid:
         return {"grid_info": "No 2-D sweep yet.", "grid_cell": gr.update(choices=[], value=None)}
-    settings = session.result.settings if session.result is not None else session.settings
-    current = (settings.rho, getattr(settings, session.grid_knob))
+    current = (session.settings.rho, getattr(session.settings, session.grid_knob))
     return {
         "grid_plot": grid_figure(
             session.grid,
@@ -65,7 +64,7 @@ def grid_views(session: Session) -> dict[str, Any]:
         ),
         "grid_cell": gr.update(choices=grid_cells(session), value=None),
         "grid_info": f"{len(session.grid)} merges over rho × {session.grid_knob}; the other "
-        "settings as in the sweep's merge. Scores are on the pair's test data.",
+        "settings as the Zip tab's when the sweep ran. Scores are on the pair's test data.",
     }
 
 
@@ -93,10 +92,12 @@ def on_grid(session: Session, res: Resources, knob: str, progress=None) -> str:
             "Zip tab instead"
         )
     axes = grid_axes(session, knob)
-    settings = session.result.settings if session.result is not None else session.settings
     report = work.guarded(session, progress)
-    points = sweep.sweep_grid(session.pair, prep, settings, session.evaluation, axes, report)
-    session.grid, session.grid_knob = points, knob
+    # the Zip tab's current settings (an override cleared since the last merge stays cleared)
+    points = sweep.sweep_grid(
+        session.pair, prep, session.settings, session.evaluation, axes, report
+    )
+    session.grid, session.grid_knob, session.grid_settings = points, knob, session.settings
     skipped = len(axes["rho"]) * len(axes[knob]) - len(points)
     more = f" ({skipped} settings could not be merged and are left out)" if skipped else ""
     return f"2-D sweep: {len(points)} merges over rho × {knob}{more}. Pick a cell to load it."
@@ -124,7 +125,8 @@ def on_grid_click(
 def on_grid_load(session: Session, res: Resources, cell: int | None, progress=None) -> str:
     """Load a grid cell's setting and merge with it (api: /grid_load).
 
-    The merge runs from the session's cached statistics, on their device, as the sweep did.
+    The merge runs from the session's cached statistics, on their device, with the settings
+    the sweep ran with (the cell's scores are that merge's), as the sweep did.
     """
     work.require_prepared(session)
     if not session.grid:
@@ -132,9 +134,10 @@ def on_grid_load(session: Session, res: Resources, cell: int | None, progress=No
     if cell is None or not 0 <= int(cell) < len(session.grid):
         raise ConfigError(f"pick a cell of the sweep (0..{len(session.grid) - 1})")
     point = session.grid[int(cell)]
-    base = session.result.settings if session.result is not None else session.settings
     settings = dataclasses.replace(
-        base, rho=point["rho"], **{session.grid_knob: point[session.grid_knob]}
+        session.grid_settings or session.settings,
+        rho=point["rho"],
+        **{session.grid_knob: point[session.grid_knob]},
     )
     work.merge(session, res, settings, progress)
     row = session.history[-1]

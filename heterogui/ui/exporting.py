@@ -9,7 +9,6 @@ in the format that fits the models; importing a recipe runs ``run.merge``, exact
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from heterogui.export.job import (
     HF_CAUSAL_LM_FORMAT,
     HF_VIT_FORMAT,
 )
-from heterogui.folders import check_output
+from heterogui.folders import check_names, check_output
 from heterogui.progress import Progress
 from heterogui.recipe_parse import load_recipe, parse_recipe
 from heterogui.report import merge_report
@@ -112,11 +111,13 @@ def export_path(out: str, root: Path) -> Path:
     Relative names are taken below the root, never below the app's working folder.
 
     Raises:
-        ExportError: nothing typed, or a path outside the root (or the root itself).
+        ExportError: nothing typed, a control character or an over-long name, or a path
+            outside the root (or the root itself).
     """
     text = typed_path(out)
     if not text:
         raise ExportError("type an output folder for the export")
+    check_names(text)  # a control character (NUL) would fail to resolve, a long name to write
     path = Path(text).expanduser()
     resolved = (path if path.is_absolute() else root / path).resolve()
     if root not in resolved.parents:
@@ -150,10 +151,20 @@ def export(
     return path
 
 
-def archive(folder: Path) -> str:
-    """Return a .zip of an exported folder (in a fresh temporary folder) for download."""
-    target = Path(tempfile.mkdtemp(prefix="heterogui-export-")) / folder.name
-    return shutil.make_archive(str(target), "zip", root_dir=folder)
+def archive(folder: Path, session: Session) -> str:
+    """Return a .zip of an exported folder for download, in the session's own folder.
+
+    The session's earlier download is removed first (the page offers one at a time), and the
+    rest goes when the session ends (``Session.remove_files``).
+    """
+    downloads = session.files_folder() / "downloads"
+    shutil.rmtree(downloads, ignore_errors=True)
+    downloads.mkdir()
+    try:
+        return shutil.make_archive(str(downloads / folder.name), "zip", root_dir=folder)
+    except BaseException:  # a full disk, say: no partial .zip left behind
+        shutil.rmtree(downloads, ignore_errors=True)
+        raise
 
 
 def read_recipe(path: str | None, text: str | None) -> Recipe:

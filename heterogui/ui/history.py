@@ -64,7 +64,7 @@ def commit_merge(
     session.settings = requested or result.settings
     session.merged_size = size
     session.merge_count += 1
-    if session.sweep_key != sweep_key(result.settings, result.alignment):
+    if session.sweep_key != sweep_key(session.settings, result.alignment):
         session.sweep = []
     session.history.append(history_row(session, result, metrics, size, seconds))
     keep_result(session, result)

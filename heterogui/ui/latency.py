@@ -112,7 +112,7 @@ def minilm_latency(
     work.set_model(session, "a", pair.a)
     work.set_model(session, "b", pair.b)
     start = time.perf_counter()
-    work.analyse(session, res)
+    work.analyse(session, res, None)
     return releases_latency("minilm L6 + L3", session, res, time.perf_counter() - start, moves)
 
 

@@ -9,6 +9,7 @@ page shows.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 from heterogui.errors import (
@@ -65,7 +66,12 @@ def load_choice(
             )
         return registry.load(text)
     if source == "upload":
-        loaded = registry.load(str(receive(files, workdir)))
+        received = receive(files, workdir)
+        try:
+            loaded = registry.load(str(received))
+        except BaseException:  # a refused upload leaves no copy behind
+            shutil.rmtree(received.parent, ignore_errors=True)
+            raise
         return dataclasses.replace(loaded, source="upload")
     if source == "hf":
         text = typed_path(hf_id)

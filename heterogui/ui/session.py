@@ -8,8 +8,12 @@ shared ``Resources`` (zoo models, prepared demo pairs) are never modified in pla
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from heterogui.config import DataRef
@@ -69,8 +73,10 @@ class Session:
     pinned: list[int] = field(default_factory=list)  # the two merges the Compare tab shows
     grid: list[dict[str, Any]] = field(default_factory=list)  # the 2-D sweep's points
     grid_knob: str = "beta"  # the 2-D sweep's second knob
+    grid_settings: ZipSettings | None = None  # the settings the 2-D sweep varied two knobs of
     resemblance: tuple[int, Any] | None = None  # (merge, Resemblance) of a measured merge
-    workdir: str | None = None  # this session's folder for uploads and pasted sentences
+    # this session's folder for uploads, pasted sentences and export downloads (files_folder)
+    workdir: str | None = None
     # A language pair's last generations: prompts, settings, the merge they ran on and the
     # texts by model ("A", "B", "merged"); None until the Generate button is pressed.
     generations: dict[str, Any] | None = None
@@ -92,6 +98,20 @@ class Session:
         """Return the task the loaded models are scored on (model A's)."""
         slot = self.a or self.b
         return task_of(slot.task) if slot is not None else None
+
+    def files_folder(self) -> Path:
+        """Return (and make, once) this session's folder for uploads, pasted sentences and
+        the .zip downloads of its exports; ``remove_files`` deletes it."""
+        if self.workdir is None or not Path(self.workdir).is_dir():
+            self.workdir = tempfile.mkdtemp(prefix=f"heterogui-{self.sid}-")
+            atexit.register(shutil.rmtree, self.workdir, ignore_errors=True)  # app stopped
+        return Path(self.workdir)
+
+    def remove_files(self) -> None:
+        """Delete this session's folder (the app calls this when the session ends)."""
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
 
     def both_loaded(self) -> bool:
         """Return True when models A and B are loaded."""

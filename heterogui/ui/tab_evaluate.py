@@ -323,7 +323,7 @@ def on_sweep(session: Session, res: Resources, progress=None) -> str:
             f"the rho sweep is not offered for {session.task.title}: move rho on the Zip tab "
             "and read the scores"
         )
-    settings = session.result.settings if session.result is not None else session.settings
+    settings = session.settings  # the Zip tab's current settings
     report = work.guarded(session, progress)
     points = sweep.sweep(session.pair, prep, settings, session.evaluation, list(SWEEP_RHOS), report)
     session.sweep, session.sweep_key = points, history.sweep_key(settings, prep.alignment)

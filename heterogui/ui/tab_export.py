@@ -155,7 +155,7 @@ def on_export(
     written = exporting.chosen_format(session, fmt)
     files = sorted(p.name for p in Path(path).iterdir())
     message = f"Exported to `{path}` ({written} format): {', '.join(files)}."
-    return message, {"export_file": exporting.archive(path)}
+    return message, {"export_file": exporting.archive(path, session)}
 
 
 def on_import(

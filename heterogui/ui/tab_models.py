@@ -5,8 +5,6 @@ whether the pair can be merged, choose the calibration data, then analyse the pa
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -242,13 +240,6 @@ def on_start(session: Session, res: Resources, progress=None) -> str | tuple[str
     return on_load_pair(session, res, name, progress)
 
 
-def session_folder(session: Session) -> Path:
-    """Return (and make, once) this session's folder for uploads and pasted sentences."""
-    if session.workdir is None or not Path(session.workdir).is_dir():
-        session.workdir = tempfile.mkdtemp(prefix=f"heterogui-{session.sid}-")
-    return Path(session.workdir)
-
-
 def on_load_model(
     session: Session,
     res: Resources,
@@ -261,7 +252,7 @@ def on_load_model(
     progress=None,
 ) -> tuple[str, dict[str, Any]]:
     """Load model A or B from the chosen source (api: /load_model_a, /load_model_b)."""
-    workdir = session_folder(session) if source == "upload" else None
+    workdir = session.files_folder() if source == "upload" else None
     loaded = load_choice(res, source, zoo, folder, files, hf_id, workdir, progress)
     work.set_model(session, which, loaded)
     ok, _ = verdict(session.a, session.b)
@@ -285,9 +276,9 @@ def on_analyse(
 ) -> str:
     """Analyse the loaded pair on the chosen data (api: /analyse)."""
     data = chosen_data(session, choice, file, int(size or 256))
-    default = session.task.default_calibration(session.pair, int(size or 256))
-    work.set_data(session, None if data == default and session.demo else data)
-    work.analyse(session, res, progress)
+    # a demo pair on its own data, at its own size, shares the app's analysis of it
+    shared = session.demo and data == session.task.default_calibration(session.pair)
+    work.analyse(session, res, None if shared else data, progress)
     cal = session.calibration
     return (
         f"Analysed the pair on {cal.count} calibration inputs from {Path(cal.ref.source).name} "
@@ -295,8 +286,12 @@ def on_analyse(
     )
 
 
-def on_sentences(session: Session, res: Resources, pasted: str | None, progress=None) -> str:
-    """Calibrate a text pair on pasted sentences, saved as a .txt file (api: /sentences)."""
+def on_sentences(
+    session: Session, res: Resources, pasted: str | None, progress=None
+) -> tuple[str, dict[str, Any]]:
+    """Save pasted calibration sentences as a .txt file of this session and choose it as the
+    calibration file (api: /sentences); Analyse pair then calibrates on it. The current
+    analysis and merges stay until then."""
     if not session.both_loaded() or session.task.inputs != "text":
         raise ConfigError("load two text models (Hugging Face BERT or language models) first")
     sentences = parse_lines(pasted)
@@ -305,11 +300,13 @@ def on_sentences(session: Session, res: Resources, pasted: str | None, progress=
             f"{len(sentences)} sentences: paste at least {MIN_SENTENCES}, one per line"
         )
     # One file per text (named by its hash): a recipe exported earlier keeps its own file.
-    path = session_folder(session) / f"sentences-{text_sha256(sentences)[:12]}.txt"
+    path = session.files_folder() / f"sentences-{text_sha256(sentences)[:12]}.txt"
     path.write_text("\n".join(sentences) + "\n", encoding="utf-8")
-    default = session.task.default_calibration(session.pair)
-    work.set_data(session, dataclasses.replace(default, source=str(path), size=None))
-    return f"Calibration: {len(sentences)} pasted sentences. Press **Analyse pair**."
+    message = (
+        f"Calibration: {len(sentences)} pasted sentences, saved as {path.name} and chosen as "
+        "the calibration file. Press **Analyse pair**."
+    )
+    return message, {"dataset": gr.update(value=FILE), "cal_file": str(path)}
 
 
 def source_visibility(source: str) -> list[Any]:
@@ -354,7 +351,14 @@ def wire(ui: dict[str, Any], on) -> None:
         "analyse",
         heavy=True,
     )
-    on(ui["use_sentences"].click, on_sentences, ["sentences"], ("models",), "sentences")
+    on(
+        ui["use_sentences"].click,
+        on_sentences,
+        ["sentences"],
+        (),
+        "sentences",
+        extra=["dataset", "cal_file"],
+    )
 
 
 def _bound(which: str):

@@ -263,7 +263,7 @@ def on_merge(
     if device and resolve_device(device) != session.prepared.device:
         mode, mapping = session.prepared.alignment.mode, session.prepared.alignment.mapping()
         session.device = device
-        work.analyse(session, res, progress)
+        work.analyse(session, res, session.data, progress)
         if mode != "sma":
             work.set_alignment(session, "manual", json.dumps(mapping), progress)
         note = f" Statistics recomputed on {device}."

@@ -107,20 +107,6 @@ def set_model(session: Session, which: str, loaded: Loaded) -> Session:
     return session
 
 
-def set_data(session: Session, data: DataRef | None) -> Session:
-    """Choose the calibration data (None: the task's default); results are dropped.
-
-    Raises:
-        ConfigError: data of another kind than the loaded models' task takes.
-    """
-    task = session.task
-    if data is not None and task is not None:
-        task.check(data, "calibration")
-    session.data = data
-    session.clear_results()
-    return session
-
-
 def analysis(
     a: Loaded,
     b: Loaded,
@@ -166,23 +152,30 @@ def analysis(
     return calibration, evaluation, prepared, baseline
 
 
-def analyse(session: Session, res: Resources, progress: Progress | None = None) -> Session:
+def analyse(
+    session: Session, res: Resources, data: DataRef | None, progress: Progress | None = None
+) -> Session:
     """Run steps 1-3 for the loaded pair (CKA, SMA alignment, statistics) and the baselines.
 
-    Models chosen one by one pass the header pre-flight first (a demo pair always does).
+    data: the calibration data (None: the task's default; a demo pair's is shared). It becomes
+    the session's only when the analysis succeeds: bad data, an error or Cancel keep the
+    previous analysis, alignment and merges. Models chosen one by one pass the header
+    pre-flight first (a demo pair always does).
 
     Raises:
-        HeteroguiError: models missing or incompatible, bad data, or Cancelled.
+        HeteroguiError: models missing or incompatible, data of another kind than the task
+            takes, bad data, or Cancelled.
     """
     if not session.both_loaded():
         raise ConfigError("load model A and model B first")
+    if data is not None:
+        session.task.check(data, "calibration")
     if not session.demo:
         refuse_unmergeable(session.a, session.b)
-    key = session.demo if session.demo and session.data is None else None
+    key = session.demo if session.demo and data is None else None
     report = guarded(session, progress)
-    analysed = analysis(
-        session.a, session.b, session.data, session.device, res, report, cache_key=key
-    )
+    analysed = analysis(session.a, session.b, data, session.device, res, report, cache_key=key)
+    session.data = data
     _commit_analysis(session, *analysed)
     return session
 
