@@ -47,6 +47,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         if not writer:
             return 0
         run_export.export(done, out, overwrite=args.overwrite, fmt=args.format)
+        args.written = out  # a Ctrl-C from here on comes after the folder is complete
     finally:
         distributed.shutdown()
     summary = {k: done.report[k] for k in ("parameters", "widths")}
@@ -157,7 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 1
     except KeyboardInterrupt:  # Ctrl-C; a merge's folder is written whole or not at all
-        left = "; nothing was written" if args.command == "merge" else ""
+        left = ""
+        if args.command == "merge":
+            written = getattr(args, "written", None)
+            left = f" after {written} was written whole" if written else "; nothing was written"
         print(f"\n{_error_prefix()}interrupted{left}", file=sys.stderr)
         return 130
 

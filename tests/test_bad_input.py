@@ -258,6 +258,8 @@ def edit_config(folder: Path, change: Callable[[dict], object]) -> None:
         (lambda d: d["config"].update(stages=[[15000, 8, 8], [16, 16]]), "do not fit its config"),
         (lambda d: d["config"].update(family="transformer-xl"), "unknown model family"),
         (lambda d: d["config"].update(colour="red"), "unknown vgg config fields ['colour']"),
+        (lambda d: d.update(classes=[2, 3, 4]), "lists classes [2, 3, 4] for a head of"),
+        (lambda d: d.update(classes=["x"] * 5), "list one class id (an integer from 0) per"),
     ],
 )
 def test_a_broken_config_json_is_refused_before_anything_is_built(ws, capsys, change, words):
@@ -590,3 +592,16 @@ def test_the_python_api_refuses_an_output_that_is_an_input(ws):
         with pytest.raises(ExportError, match="an input"):
             run.export(done, out, overwrite=True)
     assert snapshot(ws) == before
+
+
+def test_ctrl_c_after_the_folder_is_written_says_it_is_there(ws, capsys, monkeypatch):
+    import heterogui.distributed
+
+    def interrupted(*args, **kwargs):  # Ctrl-C as the merge winds up, after the export
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(heterogui.distributed, "shutdown", interrupted)
+    assert main(["merge", str(ws / "recipe.yaml"), "--out", str(ws / "o")]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: interrupted after {ws / 'o'} was written whole"
+    assert (ws / "o" / "model.safetensors").is_file()

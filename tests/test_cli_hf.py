@@ -170,6 +170,38 @@ def test_incompatible_vocabularies_are_refused_and_leave_no_folder(tmp_path, cap
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".merged")]
 
 
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("intermediate_size", 50, "is (64,) in model.safetensors but config.json makes it (50,)"),
+        # the pre-flight compares the headers first (it once failed on equal tokenizers)
+        ("vocab_size", 120, "tokenizers: the same 59 tokens, so the embedding tables' sizes"),
+        ("num_hidden_layers", 2, "config.json says 2 layers but model.safetensors holds layer 3"),
+    ],
+)
+def test_a_config_that_does_not_fit_its_weights_is_refused_in_one_line(
+    tmp_path, capsys, field, value, words
+):
+    recipe = write_case(tmp_path, "depth")
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    (tmp_path / "a" / "config.json").write_text(json.dumps({**config, field: value}))
+    assert main(["merge", str(recipe), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err  # (the loaders' bars too, in this test's process)
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and words in last
+    assert "Traceback" not in err and "LOAD REPORT" not in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_the_same_tokenizer_with_another_embedding_size_is_named_so(tmp_path):
+    from heterogui.sources.vocab import token_difference
+
+    assert token_difference(["a", "b"], ["a", "b"]) == (
+        "the same 2 tokens, so the embedding tables' sizes differ"
+    )
+    assert "one has extra tokens from id 2: 'c'" in token_difference(["a", "b"], ["a", "b", "c"])
+
+
 def test_changed_sentences_and_mixed_or_non_text_inputs_are_refused(tmp_path, capsys):
     recipe = write_case(tmp_path, "depth")
     assert main(["merge", str(recipe), "--out", str(tmp_path / "one")]) == 0

@@ -203,6 +203,13 @@ def load_network(folder: str | Path, device: str | torch.device = "cpu") -> Netw
         raise ModelLoadError(f"weights in {folder} do not fit its config: {excerpt(exc)}") from exc
     module.to(device).eval()
     classes = tuple(data.get("classes") or range(config.num_classes))
+    if len(classes) != config.num_classes or not all(
+        isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes
+    ):
+        raise ModelLoadError(
+            f"{folder}/{CONFIG_FILE} lists classes {excerpt(list(classes), 80)} for a head of "
+            f"{config.num_classes} outputs; list one class id (an integer from 0) per output"
+        )
     identity = frozenset(data.get("identity_blocks", ()))
     heads = tuple(Head.from_dict(h) for h in data["heads"]) if data.get("heads") else None
     return Network(config, module, classes, identity, data.get("label", folder.name), heads)

@@ -53,6 +53,8 @@ def vocab_hash(folder: Path) -> str | None:
 def token_difference(a: list[str], b: list[str]) -> str:
     """Return how two token lists differ: their sizes and the first differing ids."""
     diffs = [i for i in range(min(len(a), len(b))) if a[i] != b[i]][:3]
+    if not diffs and len(a) == len(b):
+        return f"the same {len(a)} tokens, so the embedding tables' sizes differ"
     parts = [f"{len(a)} vs {len(b)} tokens"]
     if diffs:
         shown = ", ".join(f"id {i}: {a[i]!r} vs {b[i]!r}" for i in diffs)

@@ -6,12 +6,15 @@ transformers fields; ``encoder_shape`` turns them into the per-layer fields of t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from heterogui.errors import ModelLoadError
+from heterogui.errors import ModelLoadError, excerpt
 
 
 def encoder_shape(hf_config: Any) -> dict[str, Any]:
@@ -74,7 +77,8 @@ def load_pretrained(
     with remote code, safetensors only.
 
     Raises:
-        ModelLoadError: a missing folder or files, or weights the checkpoint lacks.
+        ModelLoadError: a missing folder or files, or weights that do not fit config.json
+            (``check_loading``).
     """
     import transformers
 
@@ -86,21 +90,69 @@ def load_pretrained(
     auto = getattr(transformers, classifier) if named else None
     files = "config.json, model.safetensors" + (" and tokenizer files" if tokenizer else "")
     try:
-        model, info = (auto or transformers.AutoModel).from_pretrained(
-            name, local_files_only=local, output_loading_info=True, use_safetensors=True
-        )
+        with _quiet(transformers):  # its load report; what matters is checked below
+            model, info = (auto or transformers.AutoModel).from_pretrained(
+                name,
+                local_files_only=local,
+                output_loading_info=True,
+                use_safetensors=True,
+                ignore_mismatched_sizes=True,  # reported by the checks below, in one line
+            )
         tok = (
             transformers.AutoTokenizer.from_pretrained(name, local_files_only=local)
             if tokenizer
             else None
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(
-            f"cannot load {name!r} as a Hugging Face {kind} ({exc}); pass a save_pretrained "
-            f"folder with {files}"
+            f"cannot load {name!r} as a Hugging Face {kind} ({excerpt(exc, 300)}); pass a "
+            f"save_pretrained folder with {files}"
         ) from exc
-    # A feature model never uses its pooler (the family's head pools token states).
-    missing = [k for k in info.get("missing_keys") or [] if auto or "pooler" not in k]
-    if missing:
-        raise ModelLoadError(f"{name} lacks weights {missing[:5]}: they would be random")
+    check_loading(name, info, model.config, keep_pooler=bool(auto))
     return model.eval(), tok, name
+
+
+def check_loading(name: str, info: dict[str, Any], config: Any, keep_pooler: bool) -> None:
+    """Refuse weights that do not fit config.json: missing (they would be random), of another
+    shape (re-initialised), or of layers past the config's count (silently dropped).
+
+    Raises:
+        ModelLoadError: naming the first such weight and the fix.
+    """
+    # A feature model never uses its pooler (the family's head pools token states).
+    missing = [k for k in info.get("missing_keys") or [] if keep_pooler or "pooler" not in k]
+    if missing:
+        raise ModelLoadError(f"{name} lacks weights {sorted(missing)[:5]}: they would be random")
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if mismatched:
+        key, stored, expected = mismatched[0]
+        raise ModelLoadError(
+            f"{name}: weight {key} is {tuple(stored)} in model.safetensors but config.json "
+            f"makes it {tuple(expected)} ({len(mismatched)} weight(s) differ); fix config.json "
+            "or save the model again with save_pretrained"
+        )
+    layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    extra = sorted(
+        {int(m.group(1)) for k in info.get("unexpected_keys") or [] if (m := _LAYER.search(k))}
+    )
+    if layers and extra and extra[-1] >= layers:
+        raise ModelLoadError(
+            f"{name}: config.json says {layers} layers but model.safetensors holds layer "
+            f"{extra[-1]}, which would be dropped; fix num_hidden_layers in config.json"
+        )
+
+
+# the layer index in a transformers weight name: encoder.layer.3., model.layers.3., h.3.
+_LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h)\.(\d+)\.")
+
+
+@contextlib.contextmanager
+def _quiet(transformers: Any) -> Iterator[None]:
+    """Silence transformers' warnings (its load report) for the duration."""
+    logging = transformers.utils.logging
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
