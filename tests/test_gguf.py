@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,11 @@ def test_non_gguf_file_is_refused(tmp_path: Path) -> None:
 
 def test_truncated_gguf_is_refused(tmp_path: Path) -> None:
     cut = tmp_path / "cut.gguf"
+    for head in (b"GGUF", b"GGUF\x03\x00", b"GGUF\x03\x00\x00\x00"):
+        cut.write_bytes(head)
+        with pytest.raises(ModelLoadError, match="truncated") as info:
+            gguf_header(cut)
+        assert "\n" not in str(info.value)
     with smollm2_gguf().open("rb") as fh:
         cut.write_bytes(fh.read(100_000))  # inside the token list
     with pytest.raises(ModelLoadError, match="truncated or corrupt"):
@@ -72,6 +78,17 @@ def test_truncated_gguf_is_refused(tmp_path: Path) -> None:
     words = f"cut.gguf is truncated: its tensors need {size:,} bytes and the file has 3,000,000"
     with pytest.raises(ModelLoadError, match=words) as info:
         gguf_folder(cut, cache=tmp_path / "never")
+    assert "\n" not in str(info.value) and not (tmp_path / "never").exists()
+
+
+def test_a_gguf_file_without_one_of_its_tensors_is_refused(tmp_path: Path) -> None:
+    data = bytearray(smollm2_gguf().read_bytes())
+    at = data.find(b"blk.5.ffn_down.weight")  # the tensor is there under another name
+    data[at : at + 21] = b"blk.5.ffn_dxwn.weight"
+    (tmp_path / "renamed.gguf").write_bytes(bytes(data))
+    words = "lacks weights ['model.layers.5.mlp.down_proj.weight']: they would be random"
+    with pytest.raises(ModelLoadError, match=re.escape(words)) as info:
+        gguf_folder(tmp_path / "renamed.gguf", cache=tmp_path / "never")
     assert "\n" not in str(info.value) and not (tmp_path / "never").exists()
 
 

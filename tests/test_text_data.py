@@ -82,3 +82,25 @@ def test_fine_tuned_classifier_loads_as_a_bert_classifier(tmp_path, l3_dir):
     (logits,) = run_outputs(lambda b: net.module(**b), loaded.tokenizer, sentences, "cpu")
     metrics = head_metrics([logits], test.labels[keep], [net.head_classes()])
     assert metrics.tasks[0] == pytest.approx(record["test_accuracy"])
+
+
+def test_a_short_last_calibration_batch_joins_the_one_before():
+    from conftest import char_tokenizer
+
+    from heterogui.datasets.refs import batch_slices, tokenize
+    from heterogui.tasks.lm_metrics import token_batches
+
+    def sizes(batches):
+        return [len(b["input_ids"]) for b in batches]
+
+    assert batch_slices(9, 4) == [slice(0, 4), slice(4, 9)]  # 1 left over: joins
+    assert batch_slices(8, 4) == [slice(0, 4), slice(4, 8)]
+    assert batch_slices(3, 4) == [slice(0, 3)]  # all there is (CKA then says: 4 at least)
+    assert batch_slices(9, 4, fold=False) == [slice(0, 4), slice(4, 8), slice(8, 9)]
+    texts = [f"text number {i}" for i in range(10)]
+    tok = char_tokenizer()
+    # 10 texts in batches of 4: 4 + 6 for calibration (2 would be too few for CKA)
+    assert sizes(token_batches(tok, texts, 4, fold=True)) == [4, 6]
+    assert sizes(token_batches(tok, texts, 4)) == [4, 4, 2]  # scoring keeps its batches
+    assert sizes(tokenize(tok, texts[:5], 4, fold=True)) == [5]
+    assert sizes(tokenize(tok, texts[:5], 4)) == [4, 1]

@@ -73,8 +73,8 @@ def _check_batch(grams: Tensor, name: str) -> int:
     n = grams.shape[1]
     if n < _MIN_BATCH:
         raise ConfigError(
-            f"CKA needs at least {_MIN_BATCH} inputs per batch, got {n}; "
-            "use a larger calibration batch"
+            f"CKA needs at least {_MIN_BATCH} inputs per batch, got {n}; calibrate on at "
+            f"least {_MIN_BATCH} inputs with a batch_size of at least {_MIN_BATCH}"
         )
     return n
 
@@ -330,8 +330,8 @@ def linear_cka(x: Tensor, y: Tensor) -> float:
     n = int(x.shape[0])
     if n < _MIN_BATCH:
         raise ConfigError(
-            f"CKA needs at least {_MIN_BATCH} inputs per batch, got {n}; "
-            "use a larger calibration batch"
+            f"CKA needs at least {_MIN_BATCH} inputs per batch, got {n}; calibrate on at "
+            f"least {_MIN_BATCH} inputs with a batch_size of at least {_MIN_BATCH}"
         )
     kx, ky = gram(x), gram(y)
     xy, _ = _hsic1_reference(kx, ky)

@@ -117,16 +117,25 @@ def _from_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     return inputs, labels
 
 
+# the fewest inputs a calibration batch may have (minibatch CKA centres within a batch)
+MIN_CALIBRATION_BATCH = 4
+
+
+def batch_slices(n: int, batch_size: int, fold: bool = True) -> list[slice]:
+    """Return consecutive slices of range(n) of ``batch_size`` items; with ``fold``, a last
+    one under ``MIN_CALIBRATION_BATCH`` joins the one before (calibration batches)."""
+    starts = list(range(0, n, batch_size))
+    if fold and len(starts) > 1 and n - starts[-1] < MIN_CALIBRATION_BATCH:
+        starts.pop()
+    return [slice(s, e) for s, e in zip(starts, [*starts[1:], n], strict=True)]
+
+
 def make_batches(inputs: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Split inputs into consecutive batches; a last batch under 4 joins the one before.
+    """Split inputs into consecutive calibration batches (``batch_slices``).
 
     inputs: (N, ...) -> list of (b, ...) tensors.
     """
-    batches = list(torch.split(inputs, batch_size))
-    if len(batches) > 1 and batches[-1].shape[0] < 4:
-        last = batches.pop()  # first: an index taken before the pop would name another batch
-        batches[-1] = torch.cat([batches[-1], last])
-    return batches
+    return [inputs[s] for s in batch_slices(int(inputs.shape[0]), batch_size)]
 
 
 TEXT_SOURCES = ("sentences", "sts")
@@ -247,19 +256,19 @@ def text_limit(tokenizer: Any, cap: int | None = None) -> int | None:
     return min((n for n in (cap, known) if n is not None), default=None)
 
 
-def tokenize(tokenizer: Any, sentences: Sequence[str], batch_size: int = 32) -> list[dict]:
+def tokenize(
+    tokenizer: Any, sentences: Sequence[str], batch_size: int = 32, fold: bool = False
+) -> list[dict]:
     """Return padded tokenizer batches (dicts of (B, T) int64 tensors) of the sentences.
 
     A sentence longer than the models read (``text_limit``) is cut there, as
-    sentence-transformers cuts it.
+    sentence-transformers cuts it. fold: calibration batches (``batch_slices``).
     """
     limit = text_limit(tokenizer)
     cut = {"truncation": True, "max_length": limit} if limit is not None else {}
     return [
-        dict(
-            tokenizer(list(sentences[i : i + batch_size]), padding=True, return_tensors="pt", **cut)
-        )
-        for i in range(0, len(sentences), batch_size)
+        dict(tokenizer(list(sentences[s]), padding=True, return_tensors="pt", **cut))
+        for s in batch_slices(len(sentences), batch_size, fold)
     ]
 
 

@@ -29,6 +29,7 @@ import torch
 
 from heterogui.cache import cache_dir, install_build
 from heterogui.errors import ModelLoadError, excerpt
+from heterogui.models.hf.common import check_loading, quietly
 from heterogui.sources.gguf_header import GGUFHeader, gguf_header
 from heterogui.sources.minilm import _make_readable, _sha256
 
@@ -218,13 +219,19 @@ def _convert(path: Path, folder: Path) -> float:
 
     src, name = str(path.parent), path.name
     with torch.random.fork_rng(devices=[]):
-        gguf_model = _guarded(
+        gguf_model, info = _guarded(
             "model",
             path,
-            lambda: AutoModelForCausalLM.from_pretrained(
-                src, gguf_file=name, local_files_only=True
+            lambda: quietly(
+                AutoModelForCausalLM.from_pretrained,
+                src,
+                gguf_file=name,
+                local_files_only=True,
+                output_loading_info=True,
             ),
         )
+        # a tensor the file lacks (or names otherwise) would be left random
+        check_loading(str(path), info, gguf_model.config, keep_pooler=True)
         tokenizer = _guarded(
             "tokenizer",
             path,

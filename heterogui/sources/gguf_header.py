@@ -171,6 +171,11 @@ def _refuse_non_gguf(path: Path) -> None:
             f"{path} is not a GGUF file (it starts with {head[:4]!r}, not b'GGUF'); pass a .gguf "
             "model file such as one exported by llama.cpp's convert_hf_to_gguf.py"
         )
+    if len(head) < 8:  # the magic and the version
+        raise ModelLoadError(
+            f"GGUF file {path} is truncated: it holds {len(head)} bytes, not even its header; "
+            "pass a complete .gguf file"
+        )
 
 
 def _one_int(value: Any, key: str, path: Path) -> int | None:

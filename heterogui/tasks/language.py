@@ -215,7 +215,7 @@ class LanguageModeling(Task):
             texts = domain_texts(ref)
             done = dataclasses.replace(ref, sha256=text_hash(texts))
         flat = [t for group in texts.values() for t in group]
-        batches = token_batches(tokenizer_of(pair), flat, ref.batch_size, MAX_TOKENS)
+        batches = token_batches(tokenizer_of(pair), flat, ref.batch_size, MAX_TOKENS, fold=True)
         return Calibration(done, batches, len(flat))
 
     def evaluation(self, ref: DataRef, pair: Pair) -> Evaluation:

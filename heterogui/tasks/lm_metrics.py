@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from heterogui.datasets.refs import text_limit
+from heterogui.datasets.refs import batch_slices, text_limit
 from heterogui.errors import ConfigError
 from heterogui.models.lengths import by_length
 
@@ -46,12 +46,18 @@ def _pad_token(tokenizer: Any) -> None:
 
 
 def token_batches(
-    tokenizer: Any, texts: Sequence[str], batch_size: int, max_tokens: int = 128
+    tokenizer: Any,
+    texts: Sequence[str],
+    batch_size: int,
+    max_tokens: int = 128,
+    fold: bool = False,
 ) -> list[dict[str, torch.Tensor]]:
     """Return right-padded batches {"input_ids", "attention_mask"} ((B, T) int64) of the texts.
 
     Texts are cut at ``max_tokens`` tokens, or fewer where the models read fewer
     (``datasets.refs.text_limit``). A tokenizer without a pad token gets its eos token.
+    fold: calibration batches (a last one under 4 texts joins the one before:
+    ``datasets.refs.batch_slices``).
 
     Raises:
         ConfigError: batch_size under 1, max_tokens under 2, or a tokenizer with no pad or eos
@@ -68,9 +74,9 @@ def token_batches(
     tokenizer.padding_side = "right"
     try:
         batches = []
-        for start in range(0, len(texts), batch_size):
+        for part in batch_slices(len(texts), batch_size, fold):
             encoded = tokenizer(
-                list(texts[start : start + batch_size]),
+                list(texts[part]),
                 padding=True,
                 truncation=True,
                 max_length=max_tokens,

@@ -202,7 +202,7 @@ def text_calibration(ref: DataRef, pair: ModelPair) -> Calibration:
             f"{ref.source} holds {len(sentences)} sentences; give at least {MIN_SENTENCES}"
         )
     done = dataclasses.replace(ref, sha256=text_sha256(sentences))
-    batches = tokenize(tokenizer_of(pair), sentences, ref.batch_size)
+    batches = tokenize(tokenizer_of(pair), sentences, ref.batch_size, fold=True)
     return Calibration(done, batches, len(sentences))
 
 

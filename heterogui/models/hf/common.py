@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,7 @@ def load_pretrained(
     auto = getattr(transformers, classifier) if named else None
     files = "config.json, model.safetensors" + (" and tokenizer files" if tokenizer else "")
     try:
-        with _quiet(transformers):  # its load report; what matters is checked below
+        with quiet_transformers(transformers):  # its load report; what matters is checked below
             model, info = (auto or transformers.AutoModel).from_pretrained(
                 name,
                 local_files_only=local,
@@ -122,7 +122,10 @@ def check_loading(name: str, info: dict[str, Any], config: Any, keep_pooler: boo
     # A feature model never uses its pooler (the family's head pools token states).
     missing = [k for k in info.get("missing_keys") or [] if keep_pooler or "pooler" not in k]
     if missing:
-        raise ModelLoadError(f"{name} lacks weights {sorted(missing)[:5]}: they would be random")
+        raise ModelLoadError(
+            f"{name} lacks weights {sorted(missing)[:5]}: they would be random; pass the "
+            "model's complete files"
+        )
     mismatched = sorted(info.get("mismatched_keys") or [])
     if mismatched:
         key, stored, expected = mismatched[0]
@@ -146,8 +149,16 @@ def check_loading(name: str, info: dict[str, Any], config: Any, keep_pooler: boo
 _LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h)\.(\d+)\.")
 
 
+def quietly(load: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Return ``load(*args, **kwargs)`` without transformers' warnings (its load report)."""
+    import transformers
+
+    with quiet_transformers(transformers):
+        return load(*args, **kwargs)
+
+
 @contextlib.contextmanager
-def _quiet(transformers: Any) -> Iterator[None]:
+def quiet_transformers(transformers: Any) -> Iterator[None]:
     """Silence transformers' warnings (its load report) for the duration."""
     logging = transformers.utils.logging
     level = logging.get_verbosity()
