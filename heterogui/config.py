@@ -136,6 +136,39 @@ class AlignmentSpec:
             raise ConfigError(
                 'alignment.mode "manual" needs alignment.mapping {a: [...], b: [...]}'
             )
+        if self.mapping is not None:
+            _check_mapping(self.mapping)
+
+
+def _check_mapping(mapping: Any) -> None:
+    """Refuse a mapping that is not {a: [[slot, ...] per stage], b: [...]} of whole numbers.
+
+    Whether it fits the models (stages, depths, monotone slots) is checked when they align.
+
+    Raises:
+        ConfigError: naming the field and the form it takes.
+    """
+    form = "{a: [[0, 1, 2], [0, 1]], b: [[0, 2], [0, 1]]}: one list of slots per stage"
+    if not isinstance(mapping, dict) or set(mapping) != {"a", "b"}:
+        keys = sorted(map(str, mapping)) if isinstance(mapping, dict) else None
+        got = f" (it has the keys {excerpt(keys, 80)})" if keys is not None else ""
+        raise ConfigError(f"alignment.mapping must look like {form}{got}")
+    for key in ("a", "b"):
+        stages = mapping[key]
+        whole = (
+            all(
+                isinstance(stage, list)
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in stage)
+                for stage in stages
+            )
+            if isinstance(stages, list)
+            else False
+        )
+        if not whole:
+            raise ConfigError(
+                f"alignment.mapping.{key} is {excerpt(stages, 60)}; it must look like {form}, "
+                "slots being whole numbers from 0"
+            )
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,22 @@ def atomic_folder(target: Path, overwrite: bool = False):
     return tmp, commit
 
 
+def _umask() -> int:
+    """Return the process's umask (os.umask sets it to read it, so it is set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_readable(folder: Path) -> None:
+    """Give a finished folder the modes the umask allows (mkdtemp makes it private, 0700, and
+    safetensors writes its files 0600): an export or a cache entry is shared like any other."""
+    mask = _umask()
+    for item in (folder, *folder.rglob("*")):
+        if not item.is_symlink():
+            item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 @contextmanager
 def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temp folder that becomes ``target`` if the block succeeds; else nothing is left.
@@ -97,9 +113,15 @@ def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]
     target = Path(target)
     if target.exists() and not overwrite:
         raise ExportError(f"output folder {str(target)!r} already exists; {OVERWRITE_HINT}")
-    tmp, commit = atomic_folder(target, overwrite)
+    try:
+        tmp, commit = atomic_folder(target, overwrite)
+    except OSError as exc:  # a place os.access calls writable that is not (root in /sys)
+        raise ExportError(
+            f"cannot write in {target.parent}: {excerpt(exc)}; choose another folder"
+        ) from exc
     try:
         yield tmp
+        make_readable(tmp)
         commit()
     except FileExistsError as exc:
         raise ExportError(f"output folder {str(target)!r} appeared while writing; retry") from exc
@@ -146,7 +168,14 @@ def check_output(out: str | Path, overwrite: bool = False, inputs: Iterable[Path
     if not text:
         raise ExportError("give an output folder")
     check_names(text)
-    target = Path(text).expanduser().resolve()
+    try:
+        target = Path(text).expanduser().resolve()
+        target.exists()  # a path past the system's length limit fails here
+    except OSError as exc:
+        raise ExportError(
+            f"output folder {excerpt(repr(text), 80)} cannot be used ({excerpt(exc.strerror)}); "
+            "choose a shorter path"
+        ) from exc
     cwd = Path.cwd().resolve()
     if target == cwd or target in cwd.parents:
         raise ExportError(
@@ -174,6 +203,12 @@ def check_output(out: str | Path, overwrite: bool = False, inputs: Iterable[Path
         raise ExportError(f"output folder {text!r} lies under the file {parent}; name a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ExportError(f"cannot write in {parent} (no permission); choose another folder")
+    try:  # os.access says yes to root everywhere, /sys and /proc included: try for real
+        os.rmdir(tempfile.mkdtemp(prefix=".heterogui-probe-", dir=parent))
+    except OSError as exc:
+        raise ExportError(
+            f"cannot write in {parent} ({excerpt(exc.strerror or exc)}); choose another folder"
+        ) from exc
     if target.is_dir():
         if not overwrite:
             raise ExportError(f"output folder {text!r} already exists; {OVERWRITE_HINT}")

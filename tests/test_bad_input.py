@@ -154,6 +154,31 @@ def test_a_read_only_place_is_refused_before_the_merge(ws, capsys, monkeypatch):
     cli_refuses(ws, args, "cannot write in", capsys)
 
 
+def test_a_place_that_refuses_writes_is_refused_before_the_merge(ws, capsys, monkeypatch):
+    # as root, os.access says yes to /sys; the real write is what fails there
+    import errno
+    import tempfile
+
+    real = tempfile.mkdtemp
+
+    def mkdtemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == ws / "sysfs":
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr("heterogui.folders.tempfile.mkdtemp", mkdtemp)
+    (ws / "sysfs").mkdir()
+    args = ["merge", str(ws / "recipe.yaml"), "--out", str(ws / "sysfs" / "m")]
+    cli_refuses(ws, args, "cannot write in", capsys)
+
+
+def test_a_path_too_long_for_the_system_is_refused(ws, capsys):
+    long = str(ws / ("d/" * 2100 + "x"))
+    cli_refuses(
+        ws, ["merge", str(ws / "recipe.yaml"), "--out", long], "choose a shorter path", capsys
+    )
+
+
 def test_leftovers_of_killed_writes_are_cleaned(ws):
     dead = 2**22 + 12345  # above the usual pid_max: no such process
     (ws / f".m.tmp-{dead}-abc").mkdir()
@@ -213,6 +238,22 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a
             "calibration/evaluation seed = -1 is out of range",
         ),
         ("model_a: {path: x}\n", "model_b is missing"),
+        (
+            "model_a: {path: x}\nmodel_b: {path: y}\nalignment: {mode: manual, mapping: "
+            "{a: [0, 1, 2], b: [0, 1]}}\n",
+            "alignment.mapping.a is [0, 1, 2]; it must look like {a: [[0, 1, 2], [0, 1]]",
+        ),
+        (
+            "model_a: {path: x}\nmodel_b: {path: y}\nalignment: {mode: manual, mapping: "
+            "{a: x, b: 3}}\n",
+            "alignment.mapping.a is x; it must look like",
+        ),
+        (
+            "model_a: {path: x}\nmodel_b: {path: y}\nalignment: {mode: manual, mapping: "
+            "{a: [[0]], b: [[0]], c: 1}}\n",
+            "alignment.mapping must look like {a: [[0, 1, 2], [0, 1]], b: [[0, 2], [0, 1]]}: one "
+            "list of slots per stage (it has the keys ['a', 'b', 'c'])",
+        ),
     ],
 )
 def test_a_bad_recipe_says_which_field(ws, capsys, text, words):
@@ -605,3 +646,33 @@ def test_ctrl_c_after_the_folder_is_written_says_it_is_there(ws, capsys, monkeyp
     err = capsys.readouterr().err
     assert err.strip() == f"error: interrupted after {ws / 'o'} was written whole"
     assert (ws / "o" / "model.safetensors").is_file()
+
+
+def test_a_manual_mapping_that_does_not_fit_the_models_says_how(ws, capsys):
+    from heterogui.models.io import load_network
+
+    stages = [len(s) for s in load_network(ws / "a").graph().stages]
+    stages_b = [len(s) for s in load_network(ws / "b").graph().stages]
+    data = recipe(ws)
+    ok = {
+        "a": [list(range(n)) for n in stages],
+        "b": [list(range(n)) for n in stages_b],
+    }
+    data["alignment"] = {"mode": "manual", "mapping": {**ok, "a": [*ok["a"], [0]]}}
+    words = f"manual mapping for A lists {len(stages) + 1} stage(s) but the models have"
+    cli_refuses(ws, ["merge", str(write_recipe(ws, data)), "--out", str(ws / "o")], words, capsys)
+    data["alignment"]["mapping"] = {**ok, "a": [[*ok["a"][0], 9], *ok["a"][1:]]}
+    words = f"{stages[0] + 1} slot(s) for {stages[0]} layer(s); give one slot per layer"
+    cli_refuses(ws, ["merge", str(write_recipe(ws, data)), "--out", str(ws / "o")], words, capsys)
+
+
+def test_an_export_gets_the_modes_the_umask_allows(ws):
+    old = os.umask(0o027)
+    try:
+        assert main(["merge", str(ws / "recipe.yaml"), "--out", str(ws / "o")]) == 0
+    finally:
+        os.umask(old)
+    assert (ws / "o").stat().st_mode & 0o777 == 0o750  # not mkdtemp's 0700
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (ws / "o").iterdir()}
+    assert modes["model.safetensors"] == 0o640  # not safetensors' 0600
+    assert set(modes.values()) == {0o640}

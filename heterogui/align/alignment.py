@@ -92,6 +92,13 @@ def align(
         raise AlignmentError(f"unknown alignment mode {mode!r}; choose one of {list(MODES)}")
     if mode in NEEDS_SIMILARITY and similarity is None:
         raise AlignmentError(f"alignment mode {mode!r} needs the CKA similarity matrix")
+    if mode == "manual" and manual and {"a", "b"} <= set(manual):
+        for key in ("a", "b"):
+            if len(manual[key]) != len(graph_a.stages):
+                raise AlignmentError(
+                    f"manual mapping for {key.upper()} lists {len(manual[key])} stage(s) but "
+                    f"the models have {len(graph_a.stages)}; give one list of slots per stage"
+                )
     pos_a, pos_b, depths, total = [], [], [], 0.0
     for s, (blocks_a, blocks_b) in enumerate(zip(graph_a.stages, graph_b.stages, strict=True)):
         deep, shallow = max(len(blocks_a), len(blocks_b)), min(len(blocks_a), len(blocks_b))
@@ -138,6 +145,12 @@ def _manual_stage(
     for key in ("a", "b"):
         if len(manual[key]) <= stage:
             raise AlignmentError(f"manual mapping for {key.upper()} has no entry for stage {stage}")
+        if len(manual[key][stage]) != (depth_a if key == "a" else depth_b):
+            raise AlignmentError(
+                f"manual mapping for {key.upper()}, stage {stage}: {len(manual[key][stage])} "
+                f"slot(s) for {depth_a if key == 'a' else depth_b} layer(s); give one slot per "
+                "layer"
+            )
     if list(manual[key_deep][stage]) != list(range(deep)):
         raise AlignmentError(
             f"stage {stage}: the deeper model {key_deep.upper()} must keep every slot "

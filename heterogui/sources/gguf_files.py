@@ -29,9 +29,10 @@ import torch
 
 from heterogui.cache import cache_dir, install_build
 from heterogui.errors import ModelLoadError, excerpt
+from heterogui.folders import make_readable
 from heterogui.models.hf.common import check_loading, quietly
 from heterogui.sources.gguf_header import GGUFHeader, gguf_header
-from heterogui.sources.minilm import _make_readable, _sha256
+from heterogui.sources.minilm import _sha256
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def gguf_folder(path: Path, cache: Path | None = None) -> Path:
             "build_seconds": round(seconds, 3),
         }
         (tmp / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        _make_readable(tmp)
+        make_readable(tmp)
         _install(tmp, folder, gguf_hash)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

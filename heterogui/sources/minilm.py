@@ -36,6 +36,7 @@ import torch
 
 from heterogui.cache import cache_dir, install_build
 from heterogui.errors import ModelLoadError
+from heterogui.folders import make_readable
 
 log = logging.getLogger(__name__)
 
@@ -289,18 +290,12 @@ def minilm_l3_path(cache: Path | None = None) -> Path:
         marker = {"onnx_sha256": onnx_hash, "build_version": _BUILD_VERSION}
         marker |= {"max_abs_diff": diff, "build_seconds": round(seconds, 3)}
         (tmp / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        _make_readable(tmp)
+        make_readable(tmp)
         _install(tmp, folder, onnx_hash)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("converted %s into %s in %.1f s (max abs diff %.2e)", L3_NAME, folder, seconds, diff)
     return folder
-
-
-def _make_readable(folder: Path) -> None:
-    """Open up mkdtemp's private (0700) modes: the cache is shared like any ~/.cache entry."""
-    for item in (folder, *folder.rglob("*")):
-        item.chmod(0o755 if item.is_dir() else 0o644)
 
 
 def _install(tmp: Path, folder: Path, onnx_hash: str) -> None:
