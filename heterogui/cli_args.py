@@ -4,6 +4,7 @@ argparse prints their refusals in one line and exits with status 2, before anyth
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 
 
@@ -31,7 +32,13 @@ def whole_number(minimum: int, maximum: int | None = None, what: str = "") -> Ca
 
 
 # torch CPU threads (torch.set_num_threads refuses less than 1 with a traceback)
-thread_count = whole_number(1, what="a number of threads")
+# (more than a few per core only slows torch down; tens of thousands crash it)
+MAX_THREADS = max(
+    8,
+    4
+    * (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)),
+)
+thread_count = whole_number(1, MAX_THREADS, "a number of threads")
 # how many of something a benchmark builds or draws (inputs, layers, widths, seeds ...)
 count = whole_number(1)
 # a TCP port to serve on

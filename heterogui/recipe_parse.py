@@ -34,22 +34,25 @@ MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of text; anything bigger is not
 DATA_FILE_SUFFIXES = (".safetensors", ".txt", ".tsv")
 
 
+# fields written under another key: a recipe lists models C, D, ... with A and B in "models"
+_WRITTEN_AS = {"more_models": "models"}
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
     """Return ``cls(**data)`` after rejecting unknown keys and building nested dataclasses."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    keys = sorted({_WRITTEN_AS.get(name, name) for name in fields})  # as a recipe writes them
     if not isinstance(data, dict):
         key = where.rsplit(".", 1)[-1]
         top = key in SHORT_KEYS and where == f"recipe.{key}"
         short = f"{key}: {SHORT_KEYS[key].upper()} or " if top else ""
         raise ConfigError(
             f"{where} must be a mapping, got {type(data).__name__} {excerpt(repr(data), 60)}; "
-            f"write {short}{key}: {{KEY: VALUE, ...}} with keys {sorted(fields)}"
+            f"write {short}{key}: {{KEY: VALUE, ...}} with keys {keys}"
         )
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            excerpt(f"{where}: unknown keys {unknown}; known keys: {sorted(fields)}", 400)
-        )
+        raise ConfigError(excerpt(f"{where}: unknown keys {unknown}; known keys: {keys}", 400))
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():

@@ -48,6 +48,7 @@ from heterogui.run_checks import (
     ENCODER_FAMILIES,
     check_transformer_options,
     reads_calibration,
+    recorded_heads,
     warn_if_realigned,
     warn_of_idle_knobs,
 )
@@ -144,8 +145,10 @@ def load_pair(
     for k, ref in enumerate(refs[1:], start=1):
         verdict = sources.preflight(refs[0].path, ref.path)
         if not verdict.ok:
-            which = f"model {chr(ord('A') + k)} against model A: " if k > 1 else ""
-            raise IncompatibleModelsError(which + "; ".join(verdict.reasons))
+            letter = chr(ord("A") + k)
+            reasons = "; ".join(verdict.reasons)  # the pre-flight names the second model B
+            which = f"model {letter} against model A: " if k > 1 else ""
+            raise IncompatibleModelsError(which + reasons.replace("model B", f"model {letter}"))
     pooling = transformer.pooling if transformer is not None else None
     loaded = [sources.load(r.path, pooling=pooling, device=device) for r in refs]
     for ref, item in zip(refs, loaded, strict=True):
@@ -261,7 +264,7 @@ def complete_recipe(
             s.fusion,
             s.ridge,
             s.renormalize,
-            s.heads,
+            recorded_heads(s.heads, pair),
             s.bn_units,
         ),
         stop=s.stop,

@@ -34,6 +34,13 @@ def check_transformer_options(family: str) -> None:
         )
 
 
+def recorded_heads(heads: str, pair: Pair) -> str:
+    """Return the heads setting a completed recipe records: the merge's own, or "auto" for
+    models without attention heads (where it changes nothing, and re-running the recipe should
+    not warn that it does)."""
+    return heads if head_group_firsts(pair.a.net.graph()) else DEFAULT_HEADS
+
+
 def warn_of_idle_knobs(spec: ZipSpec, pair: Pair) -> None:
     """Log a warning when a recipe chooses how attention heads merge for models without any."""
     if spec.heads != DEFAULT_HEADS and not head_group_firsts(pair.a.net.graph()):

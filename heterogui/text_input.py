@@ -37,7 +37,21 @@ def read_text(path: Path, what: str, limit: int | None = None) -> str:
 
 
 class _NoAliases(yaml.SafeLoader):
-    """A safe YAML loader that refuses aliases: "*name" can expand without bound."""
+    """A safe YAML loader that refuses aliases ("*name" can expand without bound) and keys
+    given twice in one mapping (YAML would keep the last one without a word)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, str | int | float | bool) and key in seen:
+                    raise yaml.MarkedYAMLError(
+                        problem=f"key {excerpt(repr(key), 40)} is given twice",
+                        problem_mark=key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -64,7 +78,7 @@ def load_yaml(text: str, what: str) -> Any:
         problem = getattr(exc, "problem", None) or exc
         raise ConfigError(
             f"{what} does not parse{where}: {excerpt(problem, 120)}; write plain YAML or JSON "
-            "(aliases such as *name are refused)"
+            "(aliases such as *name are refused, and each key once)"
         ) from exc
     except RecursionError as exc:  # the parser recurses once per level of nesting
         raise ConfigError(

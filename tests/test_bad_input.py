@@ -210,6 +210,11 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a
     [
         (BOMB, "alias *a (aliases are refused)"),
         ("[" * 5000, "nests lists or mappings too deeply"),
+        (
+            "model_a: {path: x}\nmodel_b: {path: y}\nzip: {rho: 0.5}\nzip: {rho: 0.0}\n",
+            "does not parse at line 4, column 1: key 'zip' is given twice",
+        ),
+        ("model_a: {path: x, path: y}\n", "key 'path' is given twice"),
         ("model_a: " + "[" * 600 + "]" * 600 + "\n", "nests lists or mappings too deeply"),
         ("- just\n- a list\n", "is a list, not a mapping"),
         ("model_a: {path: x\n", "does not parse at line"),
@@ -676,3 +681,36 @@ def test_an_export_gets_the_modes_the_umask_allows(ws):
     modes = {p.name: p.stat().st_mode & 0o777 for p in (ws / "o").iterdir()}
     assert modes["model.safetensors"] == 0o640  # not safetensors' 0600
     assert set(modes.values()) == {0o640}
+
+
+def test_a_recorded_recipe_runs_again_without_warnings(ws, caplog):
+    import logging
+
+    data = recipe(ws)
+    data["calibration"]["size"] = 64  # all the file holds: no warning about fewer inputs
+    assert main(["merge", str(write_recipe(ws, data)), "--out", str(ws / "o")]) == 0
+    recorded = yaml.safe_load((ws / "o" / "recipe.yaml").read_text())
+    assert recorded["zip"]["heads"] == "auto"  # these models have no attention heads
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["merge", str(ws / "o" / "recipe.yaml"), "--out", str(ws / "again")]) == 0
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    first, again = (ws / d / "model.safetensors" for d in ("o", "again"))
+    assert first.read_bytes() == again.read_bytes()
+
+
+def test_recipe_errors_name_the_models_and_keys_as_a_recipe_writes_them(ws, capsys):
+    from heterogui.models.mlp import MLPConfig
+
+    save_network(make(MLPConfig(64, (16, 16), 5), 2, "c"), ws / "c")
+    data = recipe(ws)
+    data["models"] = [data.pop("model_a"), data.pop("model_b"), {"path": str(ws / "c")}]
+    err = cli_refuses(
+        ws, ["merge", str(write_recipe(ws, data)), "--out", str(ws / "o")], "", capsys
+    )
+    assert "model C against model A: " in err and "model B" not in err, err
+    data = {**recipe(ws), "colour": "blue"}
+    err = cli_refuses(
+        ws, ["merge", str(write_recipe(ws, data)), "--out", str(ws / "o")], "", capsys
+    )
+    assert "'models'" in err and "more_models" not in err
