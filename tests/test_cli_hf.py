@@ -175,7 +175,7 @@ def test_incompatible_vocabularies_are_refused_and_leave_no_folder(tmp_path, cap
     [
         ("intermediate_size", 50, "is (64,) in model.safetensors but config.json makes it (50,)"),
         # the pre-flight compares the headers first (it once failed on equal tokenizers)
-        ("vocab_size", 120, "tokenizers: the same 59 tokens, so the embedding tables' sizes"),
+        ("vocab_size", 120, "embedding tables differ (120 vs 59 rows) though both tokenizers"),
         ("num_hidden_layers", 2, "config.json says 2 layers but model.safetensors holds layer 3"),
     ],
 )

@@ -13,6 +13,7 @@ from conftest import char_tokenizer, check_merge, save_decoder, tiny_decoder
 from transformers import AutoModelForCausalLM
 
 from heterogui.config import DataRef
+from heterogui.errors import ModelLoadError
 from heterogui.export.job import ExportJob
 from heterogui.export.registry import write_export
 from heterogui.fusion.merged import as_network
@@ -104,6 +105,10 @@ def test_depth_and_width_heterogeneous_decoders_merge_and_export_exactly(tmp_pat
     with torch.no_grad():
         exported = loaded(**batch).logits
     assert real_rows((exported - mean).abs(), batch).max() < 1e-4
+    # the heterogui format keeps no tokenizer: it is not taken back as a model to merge
+    kept = write_export(job, tmp_path / "kept", "heterogui")
+    with pytest.raises(ModelLoadError, match="merge with --format hf-causal-lm"):
+        registry.load(str(kept))
     written = json.loads((out / "config.json").read_text())
     assert written["hidden_size"] == config.hidden
     assert written["num_hidden_layers"] == config.num_layers

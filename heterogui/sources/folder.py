@@ -106,12 +106,15 @@ class HeteroguiFolderSource(Source):
         else:
             config = saved_config(data, folder)
         family = family_of(config).name
+        if data["heterogui"] == "merged":
+            _refuse_text(family, folder)
         kind = KINDS[data["heterogui"]]
         return Header(ref, folder.name, kind, family, IMAGE_CLASSIFICATION, config)
 
     def load(self, ref: str, *, pooling: str | None = None, device: str = "cpu") -> Loaded:
         """Load the network (a merge: as one network with all its task heads)."""
         folder = Path(ref).expanduser()
+        self.describe(ref)  # refuses text models, which this format cannot give back
         kind = heterogui_kind(folder)
         if kind == "merged":
             net = as_network(load_merged(folder, device), label=folder.name)
@@ -119,3 +122,22 @@ class HeteroguiFolderSource(Source):
             net = load_network(folder, device)
         sha = file_sha256(folder / WEIGHTS_FILE)
         return Loaded(net, ref, KINDS[kind], folder.name, sha, IMAGE_CLASSIFICATION, folder=folder)
+
+
+# families of text models: a heterogui folder holds no tokenizer, so one of these is only
+# merged again from the Hugging Face folder its merge exports
+TEXT_FAMILIES = {"bert": "hf-bert", "decoder": "hf-causal-lm", "gpt2": "hf-causal-lm"}
+
+
+def _refuse_text(family: str, folder: Path) -> None:
+    """Refuse a heterogui-format merge of text models as a model to merge (no tokenizer).
+
+    Raises:
+        ModelLoadError: naming the format to export instead.
+    """
+    if family in TEXT_FAMILIES:
+        raise ModelLoadError(
+            f"{folder} holds {family} text models in the heterogui format, which keeps no "
+            "tokenizer and loads again only as image classifiers; merge with --format "
+            f"{TEXT_FAMILIES[family]} (and a full zip, stop: null) to merge the result again"
+        )

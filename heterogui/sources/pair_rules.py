@@ -43,6 +43,14 @@ def _type_reasons(a: ModelCard, b: ModelCard) -> list[str]:
         )
     if a.vocab_size != b.vocab_size:
         tokens = vocab_tokens(a.path), vocab_tokens(b.path)
+        if tokens[0] is not None and tokens[0] == tokens[1]:
+            reasons.append(
+                f"embedding tables differ ({a.vocab_size} vs {b.vocab_size} rows) though both "
+                f"tokenizers have the same {len(tokens[0])} tokens: resize the smaller model's "
+                f"embeddings (model.resize_token_embeddings({max(a.vocab_size, b.vocab_size)})) "
+                "and save it again"
+            )
+            return reasons
         how = token_difference(*tokens) if all(t is not None for t in tokens) else None
         reasons.append(
             f"vocabularies differ ({a.vocab_size} vs {b.vocab_size} tokens"
