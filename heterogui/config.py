@@ -106,9 +106,10 @@ class DataRef:
     sha256: str | None = None
 
     def __post_init__(self) -> None:
-        check_seed(self.seed, "calibration/evaluation seed")
+        # the messages start with the field's name: a recipe puts its place in front of it
+        check_seed(self.seed, "seed")
         if self.size is not None and self.size < 4:
-            raise ConfigError(f"data size {self.size} is too small: use at least 4 inputs")
+            raise ConfigError(f"size {self.size} is too small: use at least 4 inputs")
         if self.batch_size < 4:
             raise ConfigError(f"batch_size {self.batch_size} is too small: use at least 4")
 

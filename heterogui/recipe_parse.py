@@ -65,6 +65,11 @@ def _build(cls: type, data: Any, where: str) -> Any:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{where}: {excerpt(exc)}") from exc
+    except ConfigError as exc:  # "size 2 is too small ...": say whose (recipe.evaluation.size)
+        words = str(exc).split(" ", 1)
+        if words[0] in fields:
+            raise ConfigError(f"{where}.{exc}") from exc
+        raise
 
 
 _NESTED = {

@@ -350,11 +350,16 @@ def _recipe_data(pair: Pair, recipe: Recipe) -> tuple[Calibration, Evaluation | 
     calibration = calibrate(pair, recipe.calibration)
     evaluation = task.evaluation(recipe.evaluation, pair) if recipe.evaluation else None
     if recipe.evaluation is not None and reads_calibration(recipe.evaluation, calibration.ref):
+        source = calibration.ref.source
+        if Path(source).expanduser().is_file():  # a file has no splits
+            where, fix = source, "evaluate on another file"
+        else:
+            where, fix = f"{source}, split {calibration.ref.split}", "evaluate on split: test"
         log.warning(
-            "evaluation reads the calibration data (%s, split %s): the merge was fitted to it, "
-            "so its scores are optimistic; evaluate on split: test or on another file",
-            calibration.ref.source,
-            calibration.ref.split,
+            "evaluation reads the calibration data (%s): the merge was fitted to it, so its "
+            "scores are optimistic; %s",
+            where,
+            fix,
         )
     return calibration, evaluation
 

@@ -240,7 +240,11 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a
         ),
         (
             "model_a: {path: x}\nmodel_b: {path: y}\ncalibration: {seed: -1}\n",
-            "calibration/evaluation seed = -1 is out of range",
+            "recipe.calibration.seed = -1 is out of range",
+        ),
+        (
+            "model_a: {path: x}\nmodel_b: {path: y}\nevaluation: {source: digits, size: 2}\n",
+            "recipe.evaluation.size 2 is too small: use at least 4 inputs",
         ),
         ("model_a: {path: x}\n", "model_b is missing"),
         (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from safetensors.torch import save_file
 
 from heterogui import run
 from heterogui.config import DataRef
@@ -89,18 +90,32 @@ def test_reading_the_calibration_data_is_named(tmp_path):
     assert reads_calibration(DataRef(str(file), "test"), on_file)  # a file has no splits
 
 
-def test_a_merge_scored_on_its_calibration_data_warns(caplog):
+def test_a_merge_scored_on_its_calibration_data_warns(caplog, tmp_path):
     text = f"model_a: {PAIR}/a\nmodel_b: {PAIR}/b\ncalibration: {{source: digits, size: 64}}\n"
     recipe = parse_recipe(text + "evaluation: {source: digits, split: calibration, size: 64}\n")
     pair = run.load_pair(recipe.model_a, recipe.model_b)
     with caplog.at_level(logging.WARNING, logger="heterogui.run"):
         run._recipe_data(pair, recipe)
-    assert "evaluation reads the calibration data (digits, split calibration)" in caplog.text
+    said = "evaluation reads the calibration data (digits, split calibration)"
+    assert said in caplog.text and "evaluate on split: test" in caplog.text
     caplog.clear()
     held_out = parse_recipe(text + "evaluation: digits\n")
     with caplog.at_level(logging.WARNING, logger="heterogui.run"):
         _, evaluation = run._recipe_data(pair, held_out)
     assert "calibration data" not in caplog.text and evaluation.ref.split == "test"
+    # a file has no splits: the fix is another file
+    from heterogui.datasets.images import load_split
+
+    split = load_split("digits", "calibration")
+    data = tmp_path / "drawn.safetensors"
+    save_file({"inputs": split.inputs[:64], "labels": split.labels[:64]}, str(data))
+    on_file = f"calibration: {{source: {data}}}\nevaluation: {{source: {data}, split: test}}\n"
+    recipe = parse_recipe(f"model_a: {PAIR}/a\nmodel_b: {PAIR}/b\n" + on_file)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="heterogui.run"):
+        run._recipe_data(pair, recipe)
+    assert f"calibration data ({data}): the merge" in caplog.text
+    assert "evaluate on another file" in caplog.text and "split: test" not in caplog.text
 
 
 @pytest.mark.parametrize(
