@@ -6,6 +6,7 @@ Tiny random models built from config, with a character tokenizer (no download).
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -414,3 +415,13 @@ def test_every_family_loaded_through_transformers_records_its_version():
     assert adapted == {"bert", "vit", "decoder", "gpt2"} and adapted <= set(FAMILIES)
     for family in FAMILIES:
         assert ("transformers" in versions((family,))) == (family in adapted), family
+
+
+def test_nan_in_a_weight_is_named_as_the_models_files_name_it(tmp_path):
+    model = tiny_decoder()
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
+    folder = save_decoder(model, tmp_path / "broken")
+    words = "tensor model.layers.0.mlp.up_proj.weight holds 1 NaN or inf value(s)"
+    with pytest.raises(ModelLoadError, match=re.escape(words)):
+        registry.load(str(folder))

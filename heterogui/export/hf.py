@@ -71,7 +71,7 @@ def check_exportable(model: MergedModel, closing: int = 1, kind: str = "BertMode
         raise ExportError(
             f"merged width {config.hidden} holds {slots} heads of {config.head_dim} but a layer "
             f"has {max(config.heads)}; a {kind} ties heads to hidden_size / heads: merge with "
-            "a smaller rho on the attention spaces or a larger stream width"
+            "a larger rho on the attention spaces (fewer heads) or a wider stream"
         )
     return config
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from heterogui.errors import ConfigError, ModelLoadError
 from heterogui.export.job import HF_CAUSAL_LM_FORMAT
 from heterogui.models.hf.decoder_io import load_decoder
-from heterogui.models.io import check_finite
 from heterogui.sources.base import LANGUAGE_MODELING, Header, Loaded, Source
 from heterogui.sources.gguf_files import gguf_folder, gguf_note, smollm2_gguf
 from heterogui.sources.gguf_header import GGUFHeader, gguf_header
@@ -130,7 +129,6 @@ class GGUFSource(Source):
         folder = gguf_folder(path)
         name = self.name(ref, header)
         net, tokenizer = load_decoder(folder, device=device, label=name)
-        check_finite(net.module.state_dict(), name)
         marker = json.loads((folder / "heterogui_gguf.json").read_text("utf-8"))
         return Loaded(
             net,

@@ -25,7 +25,7 @@ from heterogui.models.hf.bert_io import load_bert
 from heterogui.models.hf.common import folder_config
 from heterogui.models.hf.decoder_io import load_decoder
 from heterogui.models.hf.vit_io import load_vit
-from heterogui.models.io import check_finite, file_sha256
+from heterogui.models.io import file_sha256
 from heterogui.sources import minilm
 from heterogui.sources.base import (
     IMAGE_CLASSIFICATION,
@@ -141,7 +141,6 @@ class HFSource(Source):
             str(folder) if folder.is_dir() else ref, pooling=pooling or default_pooling
         )
         net = dataclasses.replace(net, label=self.name(ref))
-        check_finite(net.module.state_dict(), self.name(ref))
         data = folder_config(folder)
         labels = getattr(net.config, "num_labels", None)
         classes = classes_from_labels(data.get("id2label")) if labels else None

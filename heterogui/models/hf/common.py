@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from heterogui.errors import ModelLoadError, excerpt
+from heterogui.models.io import check_finite
 
 
 def encoder_shape(hf_config: Any) -> dict[str, Any]:
@@ -77,8 +78,8 @@ def load_pretrained(
     with remote code, safetensors only.
 
     Raises:
-        ModelLoadError: a missing folder or files, or weights that do not fit config.json
-            (``check_loading``).
+        ModelLoadError: a missing folder or files, weights that do not fit config.json
+            (``check_loading``), or NaN / inf in a weight.
     """
     import transformers
 
@@ -109,6 +110,7 @@ def load_pretrained(
             f"save_pretrained folder with {files}"
         ) from exc
     check_loading(name, info, model.config, keep_pooler=bool(auto))
+    check_finite(model.state_dict(), name)  # by the names the user's files give the tensors
     return model.eval(), tok, name
 
 

@@ -138,7 +138,7 @@ def check_heads(config: GPT2NetConfig) -> int:
         raise ExportError(
             f"merged width {config.hidden} holds {slots} heads of {config.head_dim} but a layer "
             f"has {max(config.heads)}; a GPT-2 ties heads to n_embd / n_head: merge with a "
-            "smaller rho on the attention spaces or a larger stream width"
+            "larger rho on the attention spaces (fewer heads) or a wider stream"
         )
     return slots
 
