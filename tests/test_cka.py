@@ -167,7 +167,9 @@ def test_small_batches_raise_config_error() -> None:
     x = torch.randn(3, 5, generator=_gen(10))
     with pytest.raises(ConfigError, match="at least 4 inputs per batch, got 3"):
         linear_cka(x, x)
-    with pytest.raises(ConfigError, match="larger calibration batch"):
+    with pytest.raises(
+        ConfigError, match="calibrate on at least 4 inputs with a batch_size of at least 4"
+    ):
         hsic_matrix(gram(x)[None], gram(x)[None])
     with pytest.raises(ConfigError, match="at least 4 inputs"):
         cka_matrix([x], [x])
