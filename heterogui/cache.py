@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -19,7 +20,9 @@ def cache_dir(*parts: str) -> Path:
     Raises:
         ConfigError: the folder cannot be created there (a file in the way, no permission).
     """
+    # "~" is the home folder, as in HF_HOME (it was a folder named "~" under the current one)
     root = Path(os.environ.get("HETEROGUI_CACHE") or Path.home() / ".cache" / "heterogui")
+    root = root.expanduser()
     fix = "set HETEROGUI_CACHE to a folder you can write"
     return make_folder(root.joinpath(*parts), "the heterogui cache folder", fix)
 
@@ -52,3 +55,37 @@ def install_build(tmp: Path, folder: Path, complete: Callable[[Path], bool]) -> 
         os.replace(folder, stale / "old")
         shutil.rmtree(stale, ignore_errors=True)
     os.replace(tmp, folder)
+
+
+WEIGHTS = "model.safetensors"
+
+
+def weights_size(folder: Path) -> int:
+    """Return the bytes of a cache entry's model.safetensors (a build records it)."""
+    return (folder / WEIGHTS).stat().st_size
+
+
+def weights_intact(folder: Path, recorded: object) -> bool:
+    """Return whether a cache entry's model.safetensors is whole: as long as its own header
+    says, and of the size its build recorded (``recorded``; None for entries written before
+    sizes were recorded).
+
+    A truncated or replaced file is then rebuilt, not read (a safetensors file cut short fails
+    deep in a loader).
+    """
+    path = folder / WEIGHTS
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            length = int.from_bytes(head, "little")
+            if len(head) < 8 or length > _MAX_HEADER:
+                return False
+            header = json.loads(fh.read(length))
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        size = path.stat().st_size
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return False
+    return size == 8 + length + max(ends, default=0) and recorded in (None, size)
+
+
+_MAX_HEADER = 100_000_000  # safetensors' own limit on its JSON header

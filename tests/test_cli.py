@@ -272,6 +272,13 @@ def test_the_app_refuses_a_taken_port_or_a_foreign_address_in_one_line(capsys):
     assert main(["app", "--host", "192.0.2.1", "--threads", threads]) == 2  # TEST-NET-1
     err = capsys.readouterr().err
     assert "cannot serve on 192.0.2.1 (" in err and "give --host an address of this" in err
+    for host, words in (
+        ("::1", "cannot serve on the IPv6 address ::1: the web server takes IPv4"),
+        ("", "--host is empty; give an address"),
+    ):  # gradio failed on ::1 with a traceback; "" warned of serving publicly
+        assert main(["app", "--host", host, "--threads", threads]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_the_app_refuses_an_unknown_pair_or_a_bad_login_before_serving(tmp_path, capsys):

@@ -425,3 +425,13 @@ def test_nan_in_a_weight_is_named_as_the_models_files_name_it(tmp_path):
     words = "tensor model.layers.0.mlp.up_proj.weight holds 1 NaN or inf value(s)"
     with pytest.raises(ModelLoadError, match=re.escape(words)):
         registry.load(str(folder))
+
+
+def test_a_cut_weights_file_is_refused_in_one_line(tmp_path):
+    folder = save_decoder(tiny_decoder(), tmp_path / "cut")
+    weights = folder / "model.safetensors"
+    with weights.open("r+b") as fh:
+        fh.truncate(weights.stat().st_size // 2)
+    with pytest.raises(ModelLoadError) as info:
+        registry.load(str(folder))
+    assert "\n" not in str(info.value) and "save_pretrained" in str(info.value)

@@ -52,6 +52,7 @@ def test_the_pair_is_built_with_its_settings_shapes_and_tokenizer(folders):
         assert record["settings"]["version"] == settings.version
         assert record["shape"]["layers"] == shape.layers
         assert record["build_seconds"] > 0
+        assert record["weights_bytes"] == (folder / "model.safetensors").stat().st_size
         config = json.loads((folder / "config.json").read_text())
         assert config["hidden_size"] == shape.hidden and config["head_dim"] == 64
         assert config["vocab_size"] == 49152
@@ -62,6 +63,19 @@ def test_the_pair_is_built_with_its_settings_shapes_and_tokenizer(folders):
     again = decoder_pair_folders()
     assert again == folders
     assert [(f / "model.safetensors").stat().st_mtime_ns for f in again] == stamps
+
+
+def test_a_cut_copy_of_a_built_model_is_not_taken_as_built(folders, tmp_path):
+    import shutil
+
+    from heterogui.zoo.decoder_pair import fresh
+
+    copy = shutil.copytree(folders[0], tmp_path / "a")
+    assert fresh(copy, DecoderPairSettings())
+    weights = copy / "model.safetensors"
+    with weights.open("r+b") as fh:
+        fh.truncate(weights.stat().st_size // 2)
+    assert not fresh(copy, DecoderPairSettings())  # rebuilt, not read
 
 
 def test_each_model_is_best_on_its_own_domain(pair):

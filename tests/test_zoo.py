@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
@@ -225,6 +226,22 @@ def test_incomplete_or_corrupt_pairs_are_rebuilt(cache) -> None:
     (zoo_folder(TINY) / "pair.json").unlink()
     assert not is_built(TINY)
     assert pair_folder(TINY, "a").is_dir() and is_built(TINY)
+    # an edited config.json (other labels for the same weights) is no intact model either
+    config_a = zoo_folder(TINY) / "a" / "config.json"
+    data = json.loads(config_a.read_text())
+    config_a.write_text(json.dumps({**data, "classes": data["classes"][::-1]}))
+    assert not is_built(TINY)
+    assert build_zoo([TINY], tiny=True)[0].trained == []  # copied from the other pair's A
+    assert json.loads(config_a.read_text())["classes"] == data["classes"]
+    # a pair.json that is no JSON object, or a folder, means: not built (then rebuilt)
+    for bad in ("[]", "null", '"x"'):
+        (zoo_folder(TINY) / "pair.json").write_text(bad)
+        assert not is_built(TINY)
+    (zoo_folder(TINY) / "pair.json").unlink()
+    (zoo_folder(TINY) / "pair.json").mkdir()
+    assert not is_built(TINY)
+    build_zoo([TINY], tiny=True)
+    assert is_built(TINY)
     with pytest.raises(ConfigError):
         pair_folder(TINY, "c")
     with pytest.raises(ConfigError):

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from heterogui.cache import cache_dir, install_build
+from heterogui.cache import cache_dir, install_build, weights_intact, weights_size
 from heterogui.errors import ModelLoadError, excerpt
 from heterogui.folders import make_readable
 from heterogui.models.hf.common import check_loading, quietly
@@ -124,6 +124,7 @@ def _marker_ok(folder: Path, gguf_hash: str) -> bool:
         files_ok
         and isinstance(marker, dict)
         and all(marker.get(k) == v for k, v in expected.items())
+        and weights_intact(folder, marker.get("weights_bytes"))
     )
 
 
@@ -173,6 +174,7 @@ def gguf_folder(path: Path, cache: Path | None = None) -> Path:
             "note": _note(header.quantization),
             "max_abs_logit_diff": diff,
             "build_seconds": round(seconds, 3),
+            "weights_bytes": weights_size(tmp),
         }
         (tmp / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         make_readable(tmp)

@@ -298,10 +298,17 @@ def check_address(host: str, port: int | None) -> None:
     """Refuse, before anything is built, an address this machine cannot serve on.
 
     Raises:
-        ConfigError: the port is taken, or ``host`` is not an address of this machine.
+        ConfigError: the port is taken, or ``host`` is empty, an IPv6 address (gradio cannot
+            serve one) or not an address of this machine.
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
+    if not host.strip():
+        raise ConfigError("--host is empty; give an address (127.0.0.1 serves this machine only)")
+    if ":" in host:  # gradio checks its start at http://HOST:PORT, which an IPv6 address breaks
+        raise ConfigError(
+            f"cannot serve on the IPv6 address {host}: the web server takes IPv4 addresses or "
+            "host names; give one (127.0.0.1 serves this machine only)"
+        )
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
         try:
             probe.bind((host, port or 0))

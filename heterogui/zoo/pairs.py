@@ -24,7 +24,7 @@ import torch
 
 from heterogui.cache import cache_dir
 from heterogui.errors import ModelLoadError
-from heterogui.models.family import Network
+from heterogui.models.family import Network, config_to_dict
 from heterogui.models.io import file_sha256, load_network, read_config
 from heterogui.models.resnet import ResNetConfig
 from heterogui.models.vgg import VGGConfig
@@ -94,13 +94,17 @@ def zoo_folder(name: str) -> Path:
     return cache_dir("zoo", name)
 
 
-def _model_ok(folder: Path, fingerprint: str) -> bool:
-    """Return whether ``folder`` holds an intact model with this fingerprint."""
+def _model_ok(folder: Path, spec: PairSpec, which: str) -> bool:
+    """Return whether ``folder`` holds an intact model ``which`` of ``spec``: its fingerprint,
+    its weights' hash, and the classes and architecture its config.json gives (an edited
+    config.json would load the right weights under wrong labels)."""
     try:
         data = read_config(folder)
         weights = folder / "model.safetensors"
         return (
-            data.get("fingerprint") == fingerprint
+            data.get("fingerprint") == model_fingerprint(spec, which)
+            and data.get("classes") == list(spec.classes()[spec.task_index(which)])
+            and data.get("config") == config_to_dict(spec.model(which).config)
             and weights.is_file()
             and file_sha256(weights) == data.get("weights_sha256")
         )
@@ -114,17 +118,19 @@ def is_built(name: str) -> bool:
     folder = zoo_folder(name)
     try:
         meta = json.loads((folder / "pair.json").read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return meta.get("fingerprint") == pair_fingerprint(spec) and all(
-        _model_ok(folder / w, model_fingerprint(spec, w)) for w in spec.letters
+    return (
+        isinstance(meta, dict)
+        and meta.get("fingerprint") == pair_fingerprint(spec)
+        and all(_model_ok(folder / w, spec, w) for w in spec.letters)
     )
 
 
-def _find_built_model(fingerprint: str) -> Path | None:
-    """Return a model folder anywhere in the zoo cache with this fingerprint, if any."""
+def _find_built_model(spec: PairSpec, which: str) -> Path | None:
+    """Return an intact copy of model ``which`` of ``spec`` anywhere in the zoo cache, if any."""
     for config in sorted(cache_dir("zoo").glob("*/[a-z]/config.json")):
-        if _model_ok(config.parent, fingerprint):
+        if _model_ok(config.parent, spec, which):
             return config.parent
     return None
 
@@ -136,15 +142,19 @@ def _build_pair(spec: PairSpec, force: bool, done: dict[str, Path], report: Prog
     trained in this build to their folders (copied, never retrained, even with ``force``).
     """
     folder = zoo_folder(spec.name)
-    (folder / "pair.json").unlink(missing_ok=True)
+    stale = folder / "pair.json"
+    if stale.is_dir() and not stale.is_symlink():  # never written so: whatever put it there
+        shutil.rmtree(stale)
+    else:
+        stale.unlink(missing_ok=True)
     trained = []
     n_models = len(spec.letters)
     for k, which in enumerate(spec.letters):
         fingerprint = model_fingerprint(spec, which)
         target = folder / which
-        if fingerprint not in done and not force and _model_ok(target, fingerprint):
+        if fingerprint not in done and not force and _model_ok(target, spec, which):
             continue
-        source = done.get(fingerprint) or (None if force else _find_built_model(fingerprint))
+        source = done.get(fingerprint) or (None if force else _find_built_model(spec, which))
         if source == target:  # trained into place by this build (build_zoo)
             trained.append(which)
             continue
@@ -242,7 +252,7 @@ def _untrained(specs: list[PairSpec], force: bool) -> list[tuple[str, Job]]:
             if fingerprint in seen:
                 continue
             seen.add(fingerprint)
-            if not force and (_model_ok(target, fingerprint) or _find_built_model(fingerprint)):
+            if not force and (_model_ok(target, spec, which) or _find_built_model(spec, which)):
                 continue
             jobs.append((fingerprint, Job(spec.name, which, target)))
     return jobs

@@ -82,6 +82,7 @@ def load_pretrained(
             (``check_loading``), or NaN / inf in a weight.
     """
     import transformers
+    from safetensors import SafetensorError
 
     name, local = model_name(path)
     task = classifier.removeprefix("AutoModel")
@@ -104,7 +105,7 @@ def load_pretrained(
             if tokenizer
             else None
         )
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise ModelLoadError(
             f"cannot load {name!r} as a Hugging Face {kind} ({excerpt(exc, 300)}); pass a "
             f"save_pretrained folder with {files}"
