@@ -106,6 +106,18 @@ def test_interrupted_build_leaves_no_folder(
     assert list(target.parent.iterdir()) == []
 
 
+def test_a_cut_build_is_not_reused(l3_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = shutil.copytree(l3_dir, tmp_path / "l3")
+    onnx_hash = json.loads((copy / "heterogui_build.json").read_text())["onnx_sha256"]
+    assert minilm._marker_ok(copy, onnx_hash)
+    weights = copy / "model.safetensors"
+    with weights.open("r+b") as fh:
+        fh.truncate(weights.stat().st_size - 100)
+    assert not minilm._marker_ok(copy, onnx_hash)  # converted again, not read
+
+
 def test_folder_without_marker_is_not_reused(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model.safetensors").write_bytes(b"")

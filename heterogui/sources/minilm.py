@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from heterogui.cache import cache_dir, install_build
+from heterogui.cache import cache_dir, install_build, weights_intact, weights_size
 from heterogui.errors import ModelLoadError
 from heterogui.folders import make_readable
 
@@ -259,7 +259,12 @@ def _marker_ok(folder: Path, onnx_hash: str) -> bool:
         return False
     files_ok = all((folder / n).is_file() for n in ("config.json", "model.safetensors"))
     expected = {"onnx_sha256": onnx_hash, "build_version": _BUILD_VERSION}
-    return files_ok and all(marker.get(k) == v for k, v in expected.items())
+    return (
+        files_ok
+        and isinstance(marker, dict)
+        and all(marker.get(k) == v for k, v in expected.items())
+        and weights_intact(folder, marker.get("weights_bytes"))
+    )
 
 
 def minilm_l3_path(cache: Path | None = None) -> Path:
@@ -288,7 +293,11 @@ def minilm_l3_path(cache: Path | None = None) -> Path:
         diff = check_conversion(tmp, onnx_path)
         seconds = time.perf_counter() - start
         marker = {"onnx_sha256": onnx_hash, "build_version": _BUILD_VERSION}
-        marker |= {"max_abs_diff": diff, "build_seconds": round(seconds, 3)}
+        marker |= {
+            "max_abs_diff": diff,
+            "build_seconds": round(seconds, 3),
+            "weights_bytes": weights_size(tmp),
+        }
         (tmp / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         make_readable(tmp)
         _install(tmp, folder, onnx_hash)
