@@ -218,3 +218,14 @@ def check_output(out: str | Path, overwrite: bool = False, inputs: Iterable[Path
                 "replaces only folders of earlier exports: choose another folder"
             )
     return target
+
+
+def write_document(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, readable by all (mkstemp makes files private)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    with os.fdopen(handle, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, target)

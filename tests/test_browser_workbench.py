@@ -222,7 +222,12 @@ def test_figures_follow_the_dark_theme(url, chromium_browser, tmp_path):
         "e => getComputedStyle(e).backgroundColor"
     )
     Shots(page, tmp_path)("dark", full_page=False)
+    open_tab(page, "4 Zip")  # the architecture's box labels are text on data points
+    label = page.locator("#arch-plot .scatterlayer .textpoint text").first
+    label.wait_for(timeout=TIMEOUT_MS)
+    label_fill = label.evaluate("e => getComputedStyle(e).fill")
     page.close()
+    assert label_fill == "rgb(229, 231, 235)"  # were near-black on the dark page
     assert fill == "rgb(229, 231, 235)"  # light text on the dark page
     assert background in ("rgba(0, 0, 0, 0)", "transparent")
     assert errors == []
@@ -326,6 +331,17 @@ def test_a_click_on_the_map_pairs_layers(url, chromium_browser, tmp_path):
     click(deep[slot])
     wait_status(page, f"Paired {layer} with {deep[slot]}")
     wait_mapping(before)
+    # The Zip tab's figures were redrawn while hidden (plotly's 700 px): shown, they fit again.
+    open_tab(page, "4 Zip")
+    page.wait_for_function(
+        """() => {
+            const g = document.querySelector('#arch-plot .js-plotly-plot');
+            const frame = g && g.closest('.block');
+            return g && g._fullLayout && frame
+                && Math.abs(g._fullLayout.width - frame.getBoundingClientRect().width) < 12;
+        }""",
+        timeout=TIMEOUT_MS,
+    )
     page.close()
     assert errors == []
 

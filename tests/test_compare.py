@@ -221,3 +221,12 @@ def test_the_sweeps_use_the_zip_tabs_settings_not_the_last_merges(session, res):
     tab_evaluate.on_sweep(session, res)  # sweeps what the Zip tab shows
     at_one = next(p for p in session.sweep if p["rho"] == 1.0)
     assert at_one["parameters"] < session.grid[cell]["parameters"]
+
+
+def test_the_grid_over_the_stop_point_marks_a_full_zip_at_its_last_stop(session, res):
+    _merge(session, res, 1.0)  # a full zip: its settings hold no stop
+    assert session.settings.stop is None
+    compare_grid.on_grid(session, res, "stop")
+    marker = compare_grid.grid_views(session)["grid_plot"].data[-1]
+    assert marker.name == "current setting"
+    assert (marker.x[0], marker.y[0]) == (1.0, _blocks(session))

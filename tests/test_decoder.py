@@ -140,6 +140,16 @@ def test_last_position_logits_are_the_full_logits_last_column_and_generate_the_s
         assert got.shape == want.shape and (got - want).abs().max() < 1e-5
         for prompt in ("def f(x):", "Python has"):
             assert generate(last, tok, prompt, 12) == generate(every, tok, prompt, 12)
+    # a context cut reads the prompt's last tokens only: a long prompt then continues as its end
+    seen = []
+
+    def watched(batch):
+        seen.append(batch["input_ids"].shape[1])
+        return pairs[0][1](batch)
+
+    long = "x = 1\n" * 40 + "def f(x):"  # 249 characters: one token each
+    cut = generate(watched, tok, long, 6, context=16)
+    assert max(seen) == 16 and cut == generate(pairs[0][1], tok, long[-16:], 6, context=16)
 
 
 def test_a_full_merge_scores_with_its_heads_folded_into_one_and_a_partial_one_does_not():

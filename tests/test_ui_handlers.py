@@ -187,6 +187,15 @@ def test_estimate_predicts_the_merge(session, res):
     assert "width=5" in str(tab_zip.render(session, res)["widths_table"])
     zip_overrides.on_clear_overrides(session, res)
     assert session.settings.overrides == {}
+    # the page's boxes send text: blank is "not given" (a number box sent 0, read as a width)
+    zip_overrides.on_set_override(session, res, "block0", "0.2", "")
+    assert session.settings.overrides == {"block0": {"rho": 0.2}}
+    zip_overrides.on_set_override(session, res, "block0", " ", "5")
+    assert session.settings.overrides == {"block0": {"width": 5}}
+    zip_overrides.on_set_override(session, res, "block0", "", "")
+    assert session.settings.overrides == {}
+    with pytest.raises(ConfigError, match="rho 'abc' is not a number; type one or leave it"):
+        zip_overrides.on_set_override(session, res, "block0", "abc", None)
 
 
 def test_make_settings_takes_the_fusion_and_refuses_an_unknown_one():

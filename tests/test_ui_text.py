@@ -202,6 +202,11 @@ def test_pasted_sentences_calibrate_and_bad_data_is_refused(folders, res):
     tab_models.on_analyse(session, res, "file", chosen["cal_file"], 64)
     assert session.calibration.count == len(WORDS) and len(session.calibration.batches) == 1
     assert session.data.source == chosen["cal_file"]
+    # the file outlives the session: an exported recipe that names it repeats the merge later
+    from heterogui.ui.app import end_session
+
+    end_session(session)
+    assert Path(chosen["cal_file"]).read_text().splitlines() == [f"the cat {w}" for w in WORDS]
     with pytest.raises(ConfigError, match="at least 16"):
         tab_models.on_sentences(session, res, "one\ntwo")
 

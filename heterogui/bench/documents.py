@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
+
+from heterogui.folders import write_document as write_document  # benchmarks write with it
 
 
 def finite(value: Any) -> Any:
@@ -18,14 +17,3 @@ def finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [finite(v) for v in value]
     return value
-
-
-def write_document(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, readable by all (mkstemp makes files private)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    with os.fdopen(handle, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)

@@ -281,14 +281,16 @@ def generate(
     temperature: float = 0.8,
     top_k: int = 50,
     stop_at_eos: bool = True,
+    context: int | None = None,
 ) -> str:
     """Return the continuation of ``prompt`` (without the prompt): greedy, or sampled.
 
     Sampling keeps the ``top_k`` most likely tokens, divides the logits by ``temperature`` and
     draws on the CPU with a torch.Generator seeded with ``seed``, so a run repeats exactly. Each
     step re-runs the whole sequence (no cache), or its last tokens where the model reads fewer
-    (a position table: ``datasets.refs.text_limit``). With ``stop_at_eos`` the eos token ends
-    the text (and is not part of it).
+    (a position table: ``datasets.refs.text_limit``) or ``context`` says fewer (a long prompt
+    would otherwise cost a pass over all of it per token). With ``stop_at_eos`` the eos token
+    ends the text (and is not part of it).
 
     Raises:
         ConfigError: max_new_tokens under 0, temperature not above 0, top_k under 1, or a
@@ -306,6 +308,7 @@ def generate(
     eos = tokenizer.eos_token_id if stop_at_eos else None
     new: list[int] = []
     window = text_limit(tokenizer) or ids.shape[1] + max_new_tokens
+    window = min(window, context) if context else window
     with torch.no_grad():
         for _ in range(max_new_tokens):
             seen = ids[:, -window:]

@@ -167,7 +167,13 @@ def build_page(ui: dict[str, Any], res: Resources) -> gr.State:
         for key, title in TAB_TITLES:
             with gr.Tab(title, id=key):
                 TABS[key].build(ui, res)
+    # A figure redrawn while its tab is hidden gets plotly's default 700 px width; a resize
+    # once the tab shows fits every figure to its frame again.
+    ui["tabs"].change(None, js=FIT_FIGURES_JS, queue=False, api_visibility="private")
     return state
+
+
+FIT_FIGURES_JS = "() => { setTimeout(() => window.dispatchEvent(new Event('resize')), 60); }"
 
 
 def close_with(demo: gr.Blocks, idle: Prefetcher) -> None:

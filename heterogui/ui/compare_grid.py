@@ -53,7 +53,10 @@ def grid_views(session: Session) -> dict[str, Any]:
         }
     if not session.grid:
         return {"grid_info": "No 2-D sweep yet.", "grid_cell": gr.update(choices=[], value=None)}
-    current = (session.settings.rho, getattr(session.settings, session.grid_knob))
+    value = getattr(session.settings, session.grid_knob)
+    if session.grid_knob == "stop" and value is None:  # a full zip: the last stop point
+        value = work.stop_blocks(session)
+    current = (session.settings.rho, value)
     return {
         "grid_plot": grid_figure(
             session.grid,

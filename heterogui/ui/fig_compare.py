@@ -68,7 +68,7 @@ def grid_figure(
     """Return the score over rho (x) and ``knob`` (y) as a heat map, with size contours.
 
     points: the sweep's points ("rho", ``knob``, "score", "parameters"); missing cells (settings
-    that could not be merged) stay empty. current: the (rho, knob) of the last merge, marked.
+    that could not be merged) stay empty. current: the Zip tab's (rho, knob), marked.
     lower_better: the score is better when smaller (perplexity): the colours run the other way,
     so the best cells are bright either way.
     """
@@ -130,13 +130,13 @@ def _size_contours(xs: list, ys: list, at: _Points) -> go.Contour:
 
 
 def _current_marker(current: tuple[float, float]) -> go.Scatter:
-    """Return the cross that marks the last merge's (rho, knob)."""
+    """Return the cross that marks the Zip tab's current (rho, knob)."""
     return go.Scatter(
         x=[current[0]],
         y=[current[1]],
         mode="markers",
         marker={"symbol": "x", "size": 14, "color": "#ff4b4b"},
-        name="last merge",
+        name="current setting",
         hoverinfo="skip",
     )
 

@@ -1,9 +1,10 @@
 """The look every workbench figure shares, light or dark.
 
 Figures get transparent backgrounds and translucent grid lines, so they sit on the page's own
-background; in dark mode ``DARK_CSS`` turns their text and axis lines light (CSS outranks the
-colours plotly writes inline). Hover labels keep plotly's own contrast. ``STATUS_CSS`` keeps
-Gradio's time estimates out of the status line and draws a language merge's collapse alarm red.
+background; in dark mode ``DARK_CSS`` turns their text (labels on the data points too) and
+axis lines light (CSS outranks the colours plotly writes inline). Hover labels keep plotly's
+own contrast. ``STATUS_CSS`` keeps Gradio's time estimates out of the status line and draws a
+language merge's collapse alarm red.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ STATUS_CSS = """
 
 DARK_CSS = """
 .dark .js-plotly-plot :is(.infolayer, .xaxislayer-above, .yaxislayer-above,
-  .xaxislayer-below, .yaxislayer-below, .overaxes-above, .annotation, .legend) text {
+  .xaxislayer-below, .yaxislayer-below, .overaxes-above, .annotation, .legend) text,
+.dark .js-plotly-plot .scatterlayer .textpoint text {
   fill: #e5e7eb !important;
 }
 .dark .js-plotly-plot .main-svg { background: transparent !important; }

@@ -10,10 +10,12 @@ from typing import Any
 
 import gradio as gr
 
+from heterogui.cache import cache_dir
 from heterogui.config import DataRef
 from heterogui.datasets.refs import parse_lines, text_sha256
 from heterogui.datasets.text_domains import DOMAINS
 from heterogui.errors import ConfigError, HeteroguiError
+from heterogui.folders import write_document
 from heterogui.pipeline import ZipSettings
 from heterogui.sources.gguf import BUILT_IN as GGUF_BUILT_IN
 from heterogui.tasks.language import ALL_DOMAINS
@@ -289,9 +291,10 @@ def on_analyse(
 def on_sentences(
     session: Session, res: Resources, pasted: str | None, progress=None
 ) -> tuple[str, dict[str, Any]]:
-    """Save pasted calibration sentences as a .txt file of this session and choose it as the
-    calibration file (api: /sentences); Analyse pair then calibrates on it. The current
-    analysis and merges stay until then."""
+    """Save pasted calibration sentences as a .txt file in the heterogui cache and choose it as
+    the calibration file (api: /sentences); Analyse pair then calibrates on it. The current
+    analysis and merges stay until then. The file outlives the session (it is named by its
+    text's hash, never changed): a recipe exported from this merge repeats it later."""
     if not session.both_loaded() or session.task.inputs != "text":
         raise ConfigError("load two text models (Hugging Face BERT or language models) first")
     sentences = parse_lines(pasted)
@@ -300,8 +303,9 @@ def on_sentences(
             f"{len(sentences)} sentences: paste at least {MIN_SENTENCES}, one per line"
         )
     # One file per text (named by its hash): a recipe exported earlier keeps its own file.
-    path = session.files_folder() / f"sentences-{text_sha256(sentences)[:12]}.txt"
-    path.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    path = cache_dir("sentences") / f"sentences-{text_sha256(sentences)}.txt"
+    if not path.is_file():
+        write_document(path, "\n".join(sentences) + "\n")
     message = (
         f"Calibration: {len(sentences)} pasted sentences, saved as {path.name} and chosen as "
         "the calibration file. Press **Analyse pair**."

@@ -6,12 +6,13 @@ and plot, the merge points that take one, and the handlers that set and clear th
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import gradio as gr
 
 from heterogui.config import SPLIT_HEADS
-from heterogui.errors import ConfigError
+from heterogui.errors import ConfigError, excerpt
 from heterogui.pipeline import resolved_settings
 from heterogui.sizes import estimate
 from heterogui.ui import work
@@ -31,13 +32,13 @@ def build_overrides(ui: dict[str, Any]) -> None:
         ui["override_space"] = gr.Dropdown(
             [], label="Merge point", info="Override the global rho at this point"
         )
-        ui["override_rho"] = gr.Number(
-            value=None, label="rho here", info="Blank: use the global rho", minimum=0, maximum=1
+        # text boxes: a gr.Number shows and sends 0 when empty, and 0 is a rho (and no width)
+        ui["override_rho"] = gr.Textbox(
+            label="rho here", placeholder="0 to 1", info="Blank: use the global rho"
         )
-        ui["override_width"] = gr.Number(
-            value=None,
+        ui["override_width"] = gr.Textbox(
             label="width here",
-            precision=0,
+            placeholder="neurons",
             info="Blank: from rho; a number sets the width",
         )
     with gr.Row():
@@ -78,15 +79,17 @@ def on_set_override(
     session: Session,
     res: Resources,
     space: str | None,
-    rho: float | None,
-    width: float | None,
+    rho: float | str | None,
+    width: float | str | None,
     progress=None,
 ) -> str:
     """Set a per-merge-point override of rho or width (api: /set_override).
 
-    space ``EVERY_ATTENTION_LAYER``: the same rho at every attention layer (widths differ from
+    rho, width: numbers, or the boxes' text (blank: not given). space
+    ``EVERY_ATTENTION_LAYER``: the same rho at every attention layer (widths differ from
     layer to layer, so a width is refused there); no rho removes their overrides.
     """
+    rho, width = typed_number(rho, "rho"), typed_number(width, "width")
     prep = work.require_prepared(session)
     graph = prep.padded_a.graph()
     layers = head_group_firsts(graph)
@@ -126,6 +129,28 @@ def on_set_override(
             "change them; choose Attention heads: pair to zip their heads."
         )
     return f"Override at {where}: {override_text(knobs) or 'removed'}.{note}"
+
+
+def typed_number(value: float | str | None, what: str) -> float | None:
+    """Return the number typed in a box (None when blank).
+
+    Raises:
+        ConfigError: text that is not a number.
+    """
+    if value is None or isinstance(value, int | float):
+        return value
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise ConfigError(
+            f"{what} {excerpt(repr(text), 40)} is not a number; type one or leave it blank"
+        )
+    return number
 
 
 def on_clear_overrides(session: Session, res: Resources, progress=None) -> str:
