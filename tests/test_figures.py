@@ -43,6 +43,11 @@ def test_history_plots_only_the_current_pair_and_names_the_rest():
     assert lo < 447_465 - 20_000 and hi > 447_466 + 20_000
     many = [_row(k, "digits", 1000 + k, 50.0) for k in range(20)]
     assert history_figure(many, "Joint %", "digits").data[0].mode == "markers"  # no label pile-up
+    # a long pair name is shortened, and the note on the other pairs has a line of its own
+    long = "all-MiniLM-L6-v2 + paraphrase-MiniLM-L3-v2 + some-uploaded-model-with-a-long-name"
+    title = history_figure([*history, _row(4, long, 10, 0.8)], "Joint %", long).layout.title.text
+    assert title.startswith("merges of all-MiniLM-L6-v2") and "…<br>" in title
+    assert title.endswith("<sup>3 of other pairs: in the table</sup>")
 
 
 def test_sizes_without_flops_say_so_instead_of_an_empty_axis():

@@ -209,6 +209,8 @@ def test_pasted_sentences_calibrate_and_bad_data_is_refused(folders, res):
     assert Path(chosen["cal_file"]).read_text().splitlines() == [f"the cat {w}" for w in WORDS]
     with pytest.raises(ConfigError, match="at least 16"):
         tab_models.on_sentences(session, res, "one\ntwo")
+    with pytest.raises(ConfigError, match="20 sentences but 1 different; paste at least 16"):
+        tab_models.on_sentences(session, res, "\n".join(["the same sentence"] * 20))
 
 
 def test_bert_flow_over_the_api(folders, tmp_path):

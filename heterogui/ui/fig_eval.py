@@ -13,6 +13,9 @@ from plotly.subplots import make_subplots
 
 MODEL_COLOURS = {"A": "#1f77b4", "B": "#ff7f0e", "ensemble": "#9467bd", "merged": "#2ca02c"}
 
+# the characters of a pair's name a plot title shows (the history plot is half the page wide)
+TITLE_NAME = 48
+
 
 def sizes_figure(sizes: dict[str, dict[str, Any]]) -> go.Figure:
     """Return bars of parameters and FLOPs for A, B, ensemble and merged.
@@ -243,9 +246,10 @@ def history_figure(history: list[dict[str, Any]], metric: str, pair: str | None)
         if hi - lo < 0.02 * hi:
             xaxis["range"] = [lo - 0.05 * hi, hi + 0.05 * hi]
     others = len(history) - len(rows)
-    title = f"merges of {pair}" if pair else "this session's merges"
-    if others:
-        title += f" ({others} of other pairs: in the table)"
+    name = pair if not pair or len(pair) <= TITLE_NAME else pair[: TITLE_NAME - 1] + "…"
+    title = f"merges of {name}" if pair else "this session's merges"
+    if others:  # on a line of its own: a long pair name would push it out of the frame
+        title += f"<br><sup>{others} of other pairs: in the table</sup>"
     fig.update_layout(
         title=title,
         xaxis=xaxis,

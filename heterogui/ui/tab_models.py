@@ -302,6 +302,12 @@ def on_sentences(
         raise ConfigError(
             f"{len(sentences)} sentences: paste at least {MIN_SENTENCES}, one per line"
         )
+    distinct = len(set(sentences))
+    if distinct < MIN_SENTENCES:  # copies add nothing: the layers' CKA would be flat
+        raise ConfigError(
+            f"{len(sentences)} sentences but {distinct} different; paste at least "
+            f"{MIN_SENTENCES} different sentences, one per line"
+        )
     # One file per text (named by its hash): a recipe exported earlier keeps its own file.
     path = cache_dir("sentences") / f"sentences-{text_sha256(sentences)}.txt"
     if not path.is_file():
