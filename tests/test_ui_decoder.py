@@ -231,6 +231,15 @@ def test_generate_errors_become_one_line_messages_in_the_page(analysed, res):
     with pytest.warns(UserWarning, match="1 to 4 prompts"):
         out = fn(session, "1\n2\n3\n4\n5", "greedy", 0, None)
     assert out[0] is session and out[1].startswith("**Error:**") and "\n" not in out[1]
+    # the page sends the seed as typed (a number box with precision 0 rounded 1.5 to 2)
+    import gradio as gr
+
+    ui: dict = {}
+    with gr.Blocks():
+        evaluate_language.build_language_panels(ui)
+    assert ui["gen_seed"].precision is None
+    with pytest.raises(ConfigError, match="seed 1.5 is not a whole number"):
+        evaluate_language.on_generate(session, res, "def f(x):", "sampled", 1.5)
 
 
 def test_sweep_and_grid_treat_lower_perplexity_as_better(analysed, res):

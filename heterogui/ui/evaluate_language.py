@@ -56,7 +56,8 @@ def build_language_panels(ui: dict[str, Any]) -> None:
                     info="greedy: the most likely token; sampled: drawn (top 50, temperature "
                     "0.8) with the seed",
                 )
-                ui["gen_seed"] = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+                # no precision: gradio would round 1.5 to 2, which the handler refuses instead
+                ui["gen_seed"] = gr.Number(value=0, label="Seed", minimum=0, step=1)
                 ui["generate"] = gr.Button("Generate", variant="primary", elem_id="generate")
         ui["gen_view"] = gr.Dataframe(
             headers=["prompt", "A", "B", "merged"],
