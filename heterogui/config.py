@@ -141,6 +141,13 @@ class AlignmentSpec:
             _check_mapping(self.mapping)
 
 
+def _slot_list(stage: Any) -> bool:
+    """Return whether ``stage`` is a list of whole numbers from 0 (one stage's slots)."""
+    return isinstance(stage, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in stage
+    )
+
+
 def _check_mapping(mapping: Any) -> None:
     """Refuse a mapping that is not {a: [[slot, ...] per stage], b: [...]} of whole numbers.
 
@@ -156,16 +163,7 @@ def _check_mapping(mapping: Any) -> None:
         raise ConfigError(f"alignment.mapping must look like {form}{got}")
     for key in ("a", "b"):
         stages = mapping[key]
-        whole = (
-            all(
-                isinstance(stage, list)
-                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in stage)
-                for stage in stages
-            )
-            if isinstance(stages, list)
-            else False
-        )
-        if not whole:
+        if not isinstance(stages, list) or not all(map(_slot_list, stages)):
             raise ConfigError(
                 f"alignment.mapping.{key} is {excerpt(stages, 60)}; it must look like {form}, "
                 "slots being whole numbers from 0"

@@ -49,10 +49,11 @@ def clean_stale(target: Path) -> None:
         kind, _, rest = item.name[len(target.name) + 2 :].partition("-")
         pid = rest.split("-", 1)[0]
         if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
-            _remove(item)
+            remove_path(item)
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Remove a file, a link or a folder (a missing path is fine)."""
     if path.is_symlink() or path.is_file():
         path.unlink(missing_ok=True)
     else:
@@ -79,7 +80,7 @@ def atomic_folder(target: Path, overwrite: bool = False):
             old = target.with_name(f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
             os.replace(target, old)
             os.replace(tmp, target)
-            _remove(old)
+            remove_path(old)
         else:
             os.replace(tmp, target)
 
@@ -221,11 +222,12 @@ def check_output(out: str | Path, overwrite: bool = False, inputs: Iterable[Path
 
 
 def write_document(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, readable by all (mkstemp makes files private)."""
+    """Write ``text`` to ``path`` atomically, with the mode the umask allows (mkstemp makes
+    files private)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     with os.fdopen(handle, "w", encoding="utf-8") as f:
         f.write(text)
-    os.chmod(tmp, 0o644)
+    os.chmod(tmp, 0o666 & ~_umask())  # as ``make_readable``
     os.replace(tmp, target)

@@ -278,7 +278,7 @@ def check_merge(
     from heterogui.export.network import save_merged
     from heterogui.fusion.merged import as_network
     from heterogui.models.family import family_of
-    from heterogui.sources.folder import TEXT_FAMILIES, load_merged
+    from heterogui.sources.folder import load_merged, text_format
     from heterogui.sources.registry import load
 
     settings = settings or ZipSettings()
@@ -294,7 +294,7 @@ def check_merge(
         family = result.model.spec.trunk_config
         # a merge of text models folds the same way, but the sources refuse it as a model to
         # merge again (the heterogui format keeps no tokenizer): fold it directly
-        text = family_of(family).name in TEXT_FAMILIES
+        text = text_format(family_of(family).name) is not None
         loaded = as_network(load_merged(folder)) if text else load(str(folder)).net
         # heads of the same outputs (a language model's tokens) are averaged, others side by side
         shared = loaded.family.shared_outputs

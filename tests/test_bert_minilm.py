@@ -25,20 +25,25 @@ def l3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return minilm.minilm_l3_path(tmp_path_factory.getbasetemp() / "hf" / minilm.L3_NAME)
 
 
+def minilm_recipe(l3_dir: Path, sentences: int, **fields):
+    """Return the recipe of the MiniLM pair on ``sentences`` built-in sentences, on the CPU."""
+    return recipe_from_dict(
+        {
+            "model_a": {"path": str(minilm.minilm_l6_path())},
+            "model_b": {"path": str(l3_dir)},
+            "calibration": {"source": "sentences", "size": sentences, "batch_size": 32},
+            "device": "cpu",
+            **fields,
+        }
+    )
+
+
 @pytest.mark.slow
 def test_minilm_pair_merges_end_to_end_and_exports(l3_dir: Path, tmp_path: Path):
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel, AutoTokenizer
 
-    recipe = recipe_from_dict(
-        {
-            "model_a": {"path": str(minilm.minilm_l6_path())},
-            "model_b": {"path": str(l3_dir)},
-            "calibration": {"source": "sentences", "size": 64, "batch_size": 32},
-            "evaluation": {"source": "sts"},
-            "device": "cpu",
-        }
-    )
+    recipe = minilm_recipe(l3_dir, 64, evaluation={"source": "sts"})
     done = run.merge(recipe)
     result = done.result
     assert result.alignment.depths == (6,) and len(result.prepared.padded_b.identity_blocks) == 3
@@ -79,15 +84,7 @@ def test_a_partial_minilm_merge_reads_back_from_its_folder(l3_dir: Path, tmp_pat
     from heterogui.sources import registry
     from heterogui.sources.folder import load_merged
 
-    recipe = recipe_from_dict(
-        {
-            "model_a": {"path": str(minilm.minilm_l6_path())},
-            "model_b": {"path": str(l3_dir)},
-            "calibration": {"source": "sentences", "size": 32, "batch_size": 32},
-            "stop": 1,
-            "device": "cpu",
-        }
-    )
+    recipe = minilm_recipe(l3_dir, 32, stop=1)
     done = run.merge(recipe)
     out = run.export(done, tmp_path / "partial")
     assert "model_type" not in json.loads((out / "config.json").read_text())

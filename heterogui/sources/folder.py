@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 
 from heterogui.errors import ModelLoadError, excerpt
+from heterogui.export.causal_lm import CAUSAL_LM
+from heterogui.export.hf import BERT
 from heterogui.fusion.merged import (
     MergedModel,
     MergedSpec,
@@ -124,9 +126,15 @@ class HeteroguiFolderSource(Source):
         return Loaded(net, ref, KINDS[kind], folder.name, sha, IMAGE_CLASSIFICATION, folder=folder)
 
 
-# families of text models: a heterogui folder holds no tokenizer, so one of these is only
-# merged again from the Hugging Face folder its merge exports
-TEXT_FAMILIES = {"bert": "hf-bert", "decoder": "hf-causal-lm", "gpt2": "hf-causal-lm"}
+# the Hugging Face formats of text models: a heterogui folder holds no tokenizer, so their merges
+# are merged again from the folder these write
+TEXT_EXPORTERS = (BERT, CAUSAL_LM)
+
+
+def text_format(family: str) -> str | None:
+    """Return the format a merge of ``family`` text models is merged again from (None: the
+    family's models are no text models)."""
+    return next((e.name for e in TEXT_EXPORTERS if family in e.families), None)
 
 
 def _refuse_text(family: str, folder: Path) -> None:
@@ -135,9 +143,10 @@ def _refuse_text(family: str, folder: Path) -> None:
     Raises:
         ModelLoadError: naming the format to export instead.
     """
-    if family in TEXT_FAMILIES:
+    fmt = text_format(family)
+    if fmt is not None:
         raise ModelLoadError(
             f"{folder} holds {family} text models in the heterogui format, which keeps no "
             "tokenizer and loads again only as image classifiers; merge with --format "
-            f"{TEXT_FAMILIES[family]} (and a full zip, stop: null) to merge the result again"
+            f"{fmt} (and a full zip, stop: null) to merge the result again"
         )

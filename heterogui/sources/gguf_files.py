@@ -30,7 +30,7 @@ import torch
 from heterogui.cache import cache_dir, install_build, weights_intact, weights_size
 from heterogui.errors import ModelLoadError, excerpt
 from heterogui.folders import make_readable
-from heterogui.models.hf.common import check_loading, quietly
+from heterogui.models.hf.common import check_loading, quiet_transformers
 from heterogui.sources.gguf_header import GGUFHeader, gguf_header
 from heterogui.sources.minilm import _sha256
 
@@ -222,17 +222,14 @@ def _convert(path: Path, folder: Path) -> float:
 
     src, name = str(path.parent), path.name
     with torch.random.fork_rng(devices=[]):
-        gguf_model, info = _guarded(
-            "model",
-            path,
-            lambda: quietly(
-                AutoModelForCausalLM.from_pretrained,
-                src,
-                gguf_file=name,
-                local_files_only=True,
-                output_loading_info=True,
-            ),
-        )
+        with quiet_transformers():  # its load report; what matters is checked below
+            gguf_model, info = _guarded(
+                "model",
+                path,
+                lambda: AutoModelForCausalLM.from_pretrained(
+                    src, gguf_file=name, local_files_only=True, output_loading_info=True
+                ),
+            )
         # a tensor the file lacks (or names otherwise) would be left random
         check_loading(str(path), info, gguf_model.config, keep_pooler=True)
         tokenizer = _guarded(

@@ -75,7 +75,7 @@ class Session:
     grid_knob: str = "beta"  # the 2-D sweep's second knob
     grid_settings: ZipSettings | None = None  # the settings the 2-D sweep varied two knobs of
     resemblance: tuple[int, Any] | None = None  # (merge, Resemblance) of a measured merge
-    # this session's folder for uploads, pasted sentences and export downloads (files_folder)
+    # this session's folder for uploads and export downloads (files_folder)
     workdir: str | None = None
     # A language pair's last generations: prompts, settings, the merge they ran on and the
     # texts by model ("A", "B", "merged"); None until the Generate button is pressed.
@@ -100,8 +100,8 @@ class Session:
         return task_of(slot.task) if slot is not None else None
 
     def files_folder(self) -> Path:
-        """Return (and make, once) this session's folder for uploads, pasted sentences and
-        the .zip downloads of its exports; ``remove_files`` deletes it."""
+        """Return (and make, once) this session's folder for uploads and the .zip downloads of
+        its exports; ``remove_files`` deletes it."""
         if self.workdir is None or not Path(self.workdir).is_dir():
             self.workdir = tempfile.mkdtemp(prefix=f"heterogui-{self.sid}-")
             atexit.register(shutil.rmtree, self.workdir, ignore_errors=True)  # app stopped

@@ -24,6 +24,7 @@ import torch
 
 from heterogui.cache import cache_dir
 from heterogui.errors import ModelLoadError
+from heterogui.folders import remove_path
 from heterogui.models.family import Network, config_to_dict
 from heterogui.models.io import file_sha256, load_network, read_config
 from heterogui.models.resnet import ResNetConfig
@@ -142,11 +143,7 @@ def _build_pair(spec: PairSpec, force: bool, done: dict[str, Path], report: Prog
     trained in this build to their folders (copied, never retrained, even with ``force``).
     """
     folder = zoo_folder(spec.name)
-    stale = folder / "pair.json"
-    if stale.is_dir() and not stale.is_symlink():  # never written so: whatever put it there
-        shutil.rmtree(stale)
-    else:
-        stale.unlink(missing_ok=True)
+    remove_path(folder / "pair.json")  # a folder there too (never written so)
     trained = []
     n_models = len(spec.letters)
     for k, which in enumerate(spec.letters):

@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ def load_pretrained(
     auto = getattr(transformers, classifier) if named else None
     files = "config.json, model.safetensors" + (" and tokenizer files" if tokenizer else "")
     try:
-        with quiet_transformers(transformers):  # its load report; what matters is checked below
+        with quiet_transformers():  # its load report; what matters is checked below
             model, info = (auto or transformers.AutoModel).from_pretrained(
                 name,
                 local_files_only=local,
@@ -152,18 +152,11 @@ def check_loading(name: str, info: dict[str, Any], config: Any, keep_pooler: boo
 _LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h)\.(\d+)\.")
 
 
-def quietly(load: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Return ``load(*args, **kwargs)`` without transformers' warnings (its load report)."""
-    import transformers
-
-    with quiet_transformers(transformers):
-        return load(*args, **kwargs)
-
-
 @contextlib.contextmanager
-def quiet_transformers(transformers: Any) -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence transformers' warnings (its load report) for the duration."""
-    logging = transformers.utils.logging
+    from transformers.utils import logging
+
     level = logging.get_verbosity()
     logging.set_verbosity_error()
     try:
