@@ -177,15 +177,29 @@ def calibrate(pair: Pair, ref: DataRef | None = None, size: int | None = None) -
     """
     task = task_of(pair.task)
     calibration = task.calibration(ref or task.default_calibration(pair, size), pair)
-    asked = calibration.ref.size
-    if asked is not None and calibration.count != asked:
-        log.warning(
-            "calibration: %d inputs from %s, not the %d its size asks for",
-            calibration.count,
-            calibration.ref.source,
-            asked,
-        )
+    _warn_if_short("calibration", calibration.ref, calibration.count)
     return calibration
+
+
+def evaluation_data(pair: Pair, ref: DataRef) -> Evaluation:
+    """Return the pair's evaluation data ``ref`` names (warned about when it holds fewer inputs
+    than its size asks for).
+
+    Raises:
+        ConfigError: data of the wrong kind or shape, or changed data.
+        ModelLoadError: a missing or corrupt data file.
+    """
+    evaluation = task_of(pair.task).evaluation(ref, pair)
+    _warn_if_short("evaluation", evaluation.ref, evaluation.count)
+    return evaluation
+
+
+def _warn_if_short(role: str, ref: DataRef, count: int) -> None:
+    """Log a warning when data drawn for ``role`` holds other than the inputs its size asks."""
+    if ref.size is not None and count != ref.size:
+        log.warning(
+            "%s: %d inputs from %s, not the %d its size asks for", role, count, ref.source, ref.size
+        )
 
 
 def analyse(pair: Pair, calibration: Calibration, **options: Any) -> Prepared:
@@ -348,7 +362,7 @@ def _recipe_data(pair: Pair, recipe: Recipe) -> tuple[Calibration, Evaluation | 
     if recipe.evaluation is not None:
         task.check(recipe.evaluation, "evaluation")
     calibration = calibrate(pair, recipe.calibration)
-    evaluation = task.evaluation(recipe.evaluation, pair) if recipe.evaluation else None
+    evaluation = evaluation_data(pair, recipe.evaluation) if recipe.evaluation else None
     if recipe.evaluation is not None and reads_calibration(recipe.evaluation, calibration.ref):
         source = calibration.ref.source
         if Path(source).expanduser().is_file():  # a file has no splits

@@ -104,11 +104,16 @@ def test_a_size_over_the_data_warns_and_the_report_counts_what_was_used(tmp_path
     recipe = write_case(tmp_path, "depth")
     raw = yaml.safe_load(recipe.read_text())
     raw["calibration"]["size"] = 500  # the file holds 96 inputs
+    gen = torch.Generator().manual_seed(1)
+    test = {"inputs": torch.randn(40, 1, 8, 8, generator=gen), "labels": torch.arange(40) % 10}
+    save_file(test, str(tmp_path / "test.safetensors"))
+    raw["evaluation"] = {"source": str(tmp_path / "test.safetensors"), "size": 100}
     recipe.write_text(yaml.safe_dump(raw))
     out = tmp_path / "merged"
     with caplog.at_level("WARNING", logger="heterogui.run"):
         assert main(["merge", str(recipe), "--out", str(out)]) == 0
     assert "calibration: 96 inputs" in caplog.text and "not the 500 its size asks" in caplog.text
+    assert "evaluation: 40 inputs" in caplog.text and "not the 100 its size asks" in caplog.text
     assert json.loads((out / "report.json").read_text())["calibration_count"] == 96
 
 

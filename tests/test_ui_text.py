@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from heterogui import run
 from heterogui.config import DataRef
 from heterogui.errors import ConfigError, ExportError
+from heterogui.sources.base import Pair
 from heterogui.ui import (
     compare_grid,
     tab_evaluate,
@@ -262,7 +264,7 @@ def classifier_folder(path: Path, labels: tuple[str, ...], layers: int, seed: in
     return path
 
 
-def test_text_classifiers_get_the_accuracy_panels(res, tmp_path):
+def test_text_classifiers_get_the_accuracy_panels(res, tmp_path, caplog):
     topics = classifier_folder(tmp_path / "a", ("sports", "food", "technology", "weather"), 3, 0)
     moods = classifier_folder(tmp_path / "b", ("negative", "positive"), 2, 1)
     session = Session(device="cpu")
@@ -270,6 +272,14 @@ def test_text_classifiers_get_the_accuracy_panels(res, tmp_path):
     load(session, res, "b", moods)
     assert session.task.kind == "text_classification"
     assert session.a.net.head_classes() == (0, 1, 2, 3) and session.b.net.head_classes() == (4, 5)
+    pair = Pair(session.a, session.b)  # an evaluation size draws that many labelled sentences
+    every = run.evaluation_data(pair, DataRef("text-tasks", "test", None, 16))
+    drawn = run.evaluation_data(pair, DataRef("text-tasks", "test", 20, 16))
+    assert drawn.count == 20 and len(drawn.data.sentences) == 20 < every.count
+    assert set(drawn.data.sentences) < set(every.data.sentences)
+    with caplog.at_level("WARNING", logger="heterogui.run"):
+        over = run.evaluation_data(pair, DataRef("text-tasks", "test", every.count + 5, 16))
+    assert over.count == every.count and f"not the {every.count + 5} its size asks" in caplog.text
     tab_models.on_analyse(session, res, "sentences", None, 32)
     assert session.evaluation.ref.source == "text-tasks"  # the built-in topics and sentiment
     n_blocks = session.prepared.padded_a.graph().num_blocks - 1

@@ -156,7 +156,7 @@ def text_sha256(lines: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 
-def _subsample(items: list, ref: DataRef) -> list:
+def subsample(items: list, ref: DataRef) -> list:
     """Return ``ref.size`` items drawn with ``ref.seed`` (in their original order), or all."""
     if ref.size is None or ref.size >= len(items):
         return items
@@ -195,7 +195,7 @@ def load_sentences(ref: DataRef) -> list[str]:
             what = "is a folder, not a file" if path.is_dir() else "does not exist"
             raise ModelLoadError(f"sentence file {str(path)!r} {what}; pass a .txt file")
         lines = parse_lines(read_text(path, "sentence file"))
-        lines = _subsample(lines, ref)
+        lines = subsample(lines, ref)
         if len(lines) < 4:
             raise ConfigError(f"{path} holds {len(lines)} sentences; give at least 4, one a line")
     else:
@@ -226,7 +226,7 @@ def load_sentence_pairs(ref: DataRef) -> list[Pair]:
             f'evaluation source {ref.source!r} is not scored sentence pairs: use "sts" '
             "(built-in) or a .tsv file with score<TAB>sentence1<TAB>sentence2 lines"
         )
-    pairs = _subsample(pairs, ref)
+    pairs = subsample(pairs, ref)
     name = Path(ref.source).name
     if len(pairs) < 4:
         raise ConfigError(

@@ -22,7 +22,7 @@ import sysconfig
 from pathlib import Path
 
 from heterogui.config import DataRef
-from heterogui.datasets.refs import _subsample, parse_lines, text_sha256
+from heterogui.datasets.refs import parse_lines, subsample, text_sha256
 from heterogui.errors import ConfigError, ModelLoadError
 from heterogui.text_input import read_text
 
@@ -251,7 +251,7 @@ def load_texts(ref: DataRef) -> list[str]:
             f"unknown text source {ref.source!r}; use a built-in domain {list(DOMAINS)} or a "
             ".txt file with one text a line"
         )
-    texts = _subsample(texts, ref)
+    texts = subsample(texts, ref)
     digest = text_sha256(texts)
     if ref.sha256 and ref.sha256 != digest:
         raise ConfigError(

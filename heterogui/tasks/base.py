@@ -47,10 +47,15 @@ class Calibration:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Evaluation data drawn once: the task's data and the DataRef with their sha256."""
+    """Evaluation data drawn once: the task's data and the DataRef with their sha256.
+
+    count: the inputs drawn, in the unit of ``ref.size`` (images, scored sentence pairs,
+    labelled sentences; texts per domain, the fewest of any domain).
+    """
 
     ref: DataRef
     data: Any
+    count: int
 
 
 class Task(ABC):

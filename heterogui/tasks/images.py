@@ -207,7 +207,8 @@ class ImageClassification(Task):
             names = DATASETS[ref.source].class_names
         split = Split(inputs, labels.long(), num, names, ref.source)
         done = dataclasses.replace(ref, sha256=tensor_data_sha256(inputs, labels))
-        return Evaluation(done, _scored_part(split, _classes(pair), ref.source))
+        kept = _scored_part(split, _classes(pair), ref.source)
+        return Evaluation(done, kept, int(inputs.shape[0]))
 
     def score_models(
         self, prepared: Prepared, ev: Evaluation, pair: Pair, progress: Progress | None = None

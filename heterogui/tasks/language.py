@@ -225,7 +225,8 @@ class LanguageModeling(Task):
         """Draw the held-out texts by domain."""
         self.check(ref, "evaluation")
         texts = domain_texts(ref)
-        return Evaluation(dataclasses.replace(ref, sha256=text_hash(texts)), texts)
+        fewest = min(len(group) for group in texts.values())
+        return Evaluation(dataclasses.replace(ref, sha256=text_hash(texts)), texts, fewest)
 
     def score_models(
         self, prepared: Prepared, ev: Evaluation, pair: Pair, progress: Progress | None = None

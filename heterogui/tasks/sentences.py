@@ -253,7 +253,7 @@ class SentenceSimilarity(Task):
         self.check(ref, "evaluation")
         pairs = load_sentence_pairs(ref)
         done = dataclasses.replace(ref, sha256=text_sha256(pair_lines(pairs)))
-        return Evaluation(done, pairs)
+        return Evaluation(done, pairs, len(pairs))
 
     def score_models(
         self, prepared: Prepared, ev: Evaluation, pair: ModelPair, progress: Progress | None = None

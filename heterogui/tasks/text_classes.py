@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from heterogui.config import DataRef
-from heterogui.datasets.refs import check_text_hash, text_sha256, tokenize
+from heterogui.datasets.refs import check_text_hash, subsample, text_sha256, tokenize
 from heterogui.datasets.text_tasks import TASK_CLASSES, label_id, make_task
 from heterogui.errors import ConfigError, ModelLoadError
 from heterogui.models.capture import to_device
@@ -85,6 +85,14 @@ def read_labelled(path: Path) -> LabelledText:
 
 
 @torch.no_grad()
+def _drawn(data: LabelledText, ref: DataRef) -> LabelledText:
+    """Return ``ref.size`` of the labelled sentences drawn with ``ref.seed`` (all when None)."""
+    rows = subsample(list(range(len(data.sentences))), ref)
+    if len(rows) == len(data.sentences):
+        return data
+    return LabelledText(tuple(data.sentences[i] for i in rows), data.labels[rows])
+
+
 def run_outputs(
     fn: Outputs, tokenizer: Any, sentences: Sequence[str], device: torch.device | str
 ) -> list[torch.Tensor]:
@@ -155,6 +163,7 @@ class TextClassification(Task):
             data = read_labelled(Path(ref.source).expanduser())
         else:
             raise ConfigError(f"evaluation.source {ref.source!r}: {self.data_help('evaluation')}")
+        data = _drawn(data, ref)
         classes = [c for loaded in (pair.a, pair.b) for c in loaded.net.head_classes()]
         keep = torch.isin(data.labels, torch.tensor(classes, dtype=torch.int64))
         if not bool(keep.any()):
@@ -168,7 +177,8 @@ class TextClassification(Task):
         )
         lines = [f"{int(y)}\t{s}" for s, y in zip(kept.sentences, kept.labels, strict=True)]
         check_text_hash(ref, lines)
-        return Evaluation(dataclasses.replace(ref, sha256=text_sha256(lines)), kept)
+        done = dataclasses.replace(ref, sha256=text_sha256(lines))
+        return Evaluation(done, kept, len(data.sentences))
 
     def score_models(
         self, prepared: Prepared, ev: Evaluation, pair: Pair, progress: Progress | None = None

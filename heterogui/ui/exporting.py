@@ -197,7 +197,7 @@ def reproduce(
     evaluation, baseline = done.evaluation, {}
     ref = done.task.default_evaluation(pair) if evaluation is None else None
     if ref is not None:
-        evaluation = done.task.evaluation(ref, pair)
+        evaluation = run.evaluation_data(pair, ref)
     if evaluation is not None:
         baseline = done.scores or run.evaluate_models(pair, result.prepared, evaluation)
         baseline = {k: v for k, v in baseline.items() if k != "merged"}

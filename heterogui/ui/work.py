@@ -142,7 +142,7 @@ def analysis(
     ref = task.default_evaluation(pair)
     if ref is not None:
         report("evaluate", 0.0)
-        evaluation = res.evaluation((cache_key, ref), lambda: task.evaluation(ref, pair))
+        evaluation = res.evaluation((cache_key, ref), lambda: run.evaluation_data(pair, ref))
 
         def score() -> dict[str, Any]:
             return run.evaluate_models(pair, prepared, evaluation, report)
