@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import char_tokenizer, save_decoder, tiny_decoder
 
-from heterogui.errors import ConfigError, ExportError
+from heterogui.errors import Cancelled, ConfigError, ExportError
 from heterogui.tasks.language import LanguageModeling, merged_logits
 from heterogui.tasks.lm_metrics import token_batches
 from heterogui.ui import (
@@ -187,6 +187,20 @@ def test_generations_side_by_side_greedy_and_sampled(analysed, res):
     assert view["headers"] == ["prompt", "A", "B", "merged"]
     assert [r[0] for r in view["value"]] == ["def f(x):", "The tutorial"]
     assert all(r[3] == "—" for r in view["value"])  # nothing merged yet
+    seen: list = []  # the page's progress bar: the share of the tokens generated
+    evaluate_language.on_generate(session, res, "def f(x):", "greedy", 0, lambda *a: seen.append(a))
+    shares = [share for stage, share in seen]
+    assert {stage for stage, _ in seen} == {"generate"} and len(seen) > 2
+    assert shares == sorted(shares) and shares[0] > 0 and shares[-1] == 1.0
+    kept, session.running = session.generations, True
+
+    def press_cancel(stage, frac):  # the user presses Cancel while the texts are generated
+        tab_zip.on_cancel(session, res)
+
+    with pytest.raises(Cancelled, match="the previous result is kept"):
+        evaluate_language.on_generate(session, res, "The tutorial", "greedy", 0, press_cancel)
+    session.running = False
+    assert session.generations is kept
     merge(session, res)
     assert "merge #1" not in tab_evaluate.render(session, res)["gen_info"]
     evaluate_language.on_generate(session, res, "def f(x):\nThe tutorial", "greedy", 0)

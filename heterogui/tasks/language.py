@@ -313,9 +313,11 @@ class LanguageModeling(Task):
         sample: bool = False,
         seed: int = 0,
         max_new_tokens: int = MAX_NEW_TOKENS,
+        progress: Progress | None = None,
     ) -> dict[str, list[str]]:
         """Return the continuations of every prompt by A, B (and the merge), each reading
-        the prompt's last ``CONTEXT`` tokens.
+        the prompt's last ``CONTEXT`` tokens. progress: ("generate", share of the tokens at
+        most to generate), after each token.
 
         Raises:
             ConfigError: no prompt, or more than MAX_PROMPTS.
@@ -330,15 +332,30 @@ class LanguageModeling(Task):
         }
         if result is not None:
             models["merged"] = merged_logits(result.model, last=True)
-        return {
-            name: [
-                generate(
-                    _on(fn, dev), tok, p, max_new_tokens, sample=sample, seed=seed, context=CONTEXT
+        total = max(len(models) * len(prompts) * max_new_tokens, 1)
+        made = [0]  # the tokens generated, counting those a text that stopped early left
+
+        def step(tokens: int = 1) -> None:
+            made[0] += tokens
+            if progress is not None:
+                progress("generate", made[0] / total)
+
+        texts: dict[str, list[str]] = {name: [] for name in models}
+        for i, (name, fn) in enumerate(models.items()):
+            for k, p in enumerate(prompts):
+                text = generate(
+                    _on(fn, dev),
+                    tok,
+                    p,
+                    max_new_tokens,
+                    sample=sample,
+                    seed=seed,
+                    context=CONTEXT,
+                    step=step,
                 )
-                for p in prompts
-            ]
-            for name, fn in models.items()
-        }
+                texts[name].append(text)
+                step((i * len(prompts) + k + 1) * max_new_tokens - made[0])  # it may stop early
+        return texts
 
 
 LANGUAGE = register(LanguageModeling())

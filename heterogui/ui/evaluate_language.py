@@ -58,7 +58,9 @@ def build_language_panels(ui: dict[str, Any]) -> None:
                 )
                 # no precision: gradio would round 1.5 to 2, which the handler refuses instead
                 ui["gen_seed"] = gr.Number(value=0, label="Seed", minimum=0, step=1)
-                ui["generate"] = gr.Button("Generate", variant="primary", elem_id="generate")
+                with gr.Row():
+                    ui["generate"] = gr.Button("Generate", variant="primary", elem_id="generate")
+                    ui["gen_cancel"] = gr.Button("Cancel", variant="stop", elem_id="gen-cancel")
         ui["gen_view"] = gr.Dataframe(
             headers=["prompt", "A", "B", "merged"],
             interactive=False,
@@ -187,7 +189,7 @@ def on_generate(
         raise ConfigError(f"seed {seed} is not a whole number from 0 to 2**63 - 1: type 0 or 7")
     check_seed(int(seed or 0), "seed")
     sample = mode == "sampled"
-    done = work.generate(session, parse_lines(typed), sample, int(seed or 0), GEN_TOKENS)
+    done = work.generate(session, parse_lines(typed), sample, int(seed or 0), GEN_TOKENS, progress)
     how = f"sampled (seed {int(seed or 0)})" if sample else "greedy"
     merged = "" if "merged" in done["texts"] else " Merge to add the merged model."
     return f"Generated {how} continuations of {len(done['prompts'])} prompt(s).{merged}"

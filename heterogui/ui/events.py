@@ -38,6 +38,7 @@ STAGES = {
     "bn_merged": "BatchNorm of the merged model",
     "evaluate": "evaluating",
     "sweep": "sweeping rho",
+    "generate": "generating continuations",
     "done": "done",
 }
 

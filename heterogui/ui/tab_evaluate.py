@@ -117,7 +117,9 @@ def build(ui: dict[str, Any], res: Resources) -> None:
     with gr.Row():
         ui["panel_sweep"] = gr.Column(visible=True)
         with ui["panel_sweep"]:
-            ui["run_sweep"] = gr.Button("Sweep rho (re-merges at 6 zip ratios)")
+            with gr.Row():
+                ui["run_sweep"] = gr.Button("Sweep rho (re-merges at 6 zip ratios)", scale=3)
+                ui["sweep_cancel"] = gr.Button("Cancel", variant="stop", scale=1)
             ui["sweep_plot"] = gr.Plot(label="Score and size against rho")
         with gr.Column():
             ui["history_plot"] = gr.Plot(label="This session's merges")

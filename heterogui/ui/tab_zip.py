@@ -362,6 +362,8 @@ def wire(ui: dict[str, Any], on) -> None:
         on(ui[name].input, on_knobs, knobs, ("zip",), None, light=True)
     on(ui["merge"].click, on_merge, list(MERGE_INPUTS), MERGED_SCOPES, "merge", heavy=True)
     on(ui["cancel"].click, on_cancel, [], (), "cancel", light=True)
+    for beside in ("sweep_cancel", "gen_cancel"):  # the Evaluate tab's long steps: one handler
+        on(ui[beside].click, on_cancel, [], (), None, light=True)
     on(
         ui["set_override"].click,
         on_set_override,

@@ -361,8 +361,11 @@ def generate(
     sample: bool,
     seed: int,
     max_new_tokens: int,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Continue ``prompts`` with A, B and the current merge; keep the texts in the session.
+
+    progress: the share of tokens generated; Cancel stops it (the last texts are kept).
 
     Raises:
         ConfigError: no pair analysed, a task without generations, or bad prompts.
@@ -379,6 +382,7 @@ def generate(
         sample=sample,
         seed=seed,
         max_new_tokens=max_new_tokens,
+        progress=guarded(session, progress),
     )
     session.generations = {
         "prompts": [p for p in prompts if p.strip()],
