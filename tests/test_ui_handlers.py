@@ -180,6 +180,8 @@ def test_estimate_predicts_the_merge(session, res):
         assert est["widths"] == session.result.widths()
         assert est["parameters"] == sum(p.numel() for p in session.result.model.parameters())
         assert est["flops"] == session.merged_size["stored_flops"]
+        exact = sizes.merge_size(session.result)  # the matchings count the shared groups
+        assert est["effective"] == {k: exact[k] for k in ("parameters", "flops")}
     zip_overrides.on_set_override(session, res, "block0", None, 5)
     est = sizes.estimate(session.prepared, session.settings)
     tab_zip.on_merge(session, res, "zip", 0.5, 1.0, 1.0, n, "cpu")
