@@ -212,17 +212,24 @@ def _match_single(
     sizes: tuple[int, int, int],
     space: str,
 ) -> Match:
-    """Return the matching of one merge point that is not part of a head group."""
+    """Return the matching of one merge point that is not part of a head group.
+
+    Raises:
+        MatcherError: the matcher's refusal, after the merge point's name.
+    """
     n_a, n_b, width = sizes
     knobs = settings.for_space(space)
-    return MATCHERS[knobs["matcher"]](
-        correlation(prepared, space, stop),
-        n_a,
-        n_b,
-        width=width,
-        alpha=knobs["alpha"],
-        beta=knobs["beta"],
-    )
+    try:
+        return MATCHERS[knobs["matcher"]](
+            correlation(prepared, space, stop),
+            n_a,
+            n_b,
+            width=width,
+            alpha=knobs["alpha"],
+            beta=knobs["beta"],
+        )
+    except MatcherError as exc:
+        raise MatcherError(f"merge point {space}: {exc}") from None
 
 
 def _match_head_group(

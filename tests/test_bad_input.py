@@ -579,14 +579,20 @@ def test_a_bad_override_is_refused_without_building_anything(
     assert session.settings is settings
 
 
-def test_an_override_width_the_zip_cannot_reach_is_refused_when_set(session, res):
+@pytest.mark.parametrize("matched_estimate", [True, False])  # False: as for a large pair
+def test_an_override_width_the_zip_cannot_reach_is_refused_when_set(
+    session, res, monkeypatch, matched_estimate
+):
+    from heterogui import sizes
     from heterogui.ui import tab_zip, zip_overrides
 
+    if not matched_estimate:
+        monkeypatch.setattr(sizes, "MATCHED_ESTIMATE_ENTRIES", 0)
     n = session.prepared.padded_a.graph().num_blocks - 1
     tab_zip.on_knobs(session, res, "zip", 0.5, 0.0, 1.0, n)  # beta 0: no within-model merges
     settings = session.settings
     n_a = session.prepared.padded_a.graph().spaces["block0"].width  # B's is the same
-    with pytest.raises(HeteroguiError, match="override at block0: cannot zip .* smallest reach"):
+    with pytest.raises(HeteroguiError, match="merge point block0: cannot zip .* smallest reach"):
         zip_overrides.on_set_override(session, res, "block0", None, n_a - 2)
     assert session.settings is settings
     zip_overrides.on_set_override(session, res, "block0", None, n_a)  # A and B pairwise

@@ -12,7 +12,7 @@ from typing import Any
 import gradio as gr
 
 from heterogui.config import SPLIT_HEADS
-from heterogui.errors import ConfigError, MatcherError, excerpt
+from heterogui.errors import ConfigError, excerpt
 from heterogui.matching import match_spaces
 from heterogui.pipeline import resolved_settings
 from heterogui.sizes import estimate
@@ -121,7 +121,9 @@ def on_set_override(
     trial = dataclasses.replace(session.settings, overrides=overrides)
     planned = estimate(prep, trial)  # raises a clear message before the settings change
     if "width" in knobs and space in planned["widths"] and not graph.spaces[space].head_dim:
-        _check_reachable(prep, trial, planned["stop"], space)
+        # zipped now (the estimate did for small pairs; the merge reuses the steps), so a width
+        # the greedy zip cannot reach under beta is refused here, not at the next merge
+        match_spaces(prep, trial, planned["stop"], only={space})
     session.settings = trial
     where = f"{len(layers)} attention layers ({', '.join(layers)})" if every else space
     note = ""
@@ -132,20 +134,6 @@ def on_set_override(
             "change them; choose Attention heads: pair to zip their heads."
         )
     return f"Override at {where}: {override_text(knobs) or 'removed'}.{note}"
-
-
-def _check_reachable(prep: Any, settings: Any, stop: int, space: str) -> None:
-    """Zip ``space`` to its override's width now (the merge reuses the zip's steps), so a width
-    the greedy zip cannot reach under beta is refused when it is set, not at the next merge.
-
-    Raises:
-        ConfigError: the zip gets stuck above the width (the message names the smallest it
-            reached) or the matcher refuses it.
-    """
-    try:
-        match_spaces(prep, settings, stop, only={space})
-    except MatcherError as exc:
-        raise ConfigError(f"override at {space}: {exc}") from None
 
 
 def typed_number(value: float | str | None, what: str) -> float | None:
