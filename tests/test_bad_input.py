@@ -598,6 +598,12 @@ def test_an_override_width_the_zip_cannot_reach_is_refused_when_set(
     zip_overrides.on_set_override(session, res, "block0", None, n_a)  # A and B pairwise
     tab_zip.on_merge(session, res, "zip", 0.5, 0.0, 1.0, n, "cpu")
     assert session.result.widths()["block0"][2] == n_a
+    if matched_estimate:  # a reachable override that a lower beta makes unreachable
+        tab_zip.on_knobs(session, res, "zip", 0.5, 1.0, 1.0, n)
+        zip_overrides.on_set_override(session, res, "block0", None, n_a - 2)
+        tab_zip.on_knobs(session, res, "zip", 0.5, 0.0, 1.0, n)
+        readout = tab_zip.render(session, res)["readout"]
+        assert readout.startswith("**Error:** merge point block0: cannot zip")
 
 
 def test_cancel_with_nothing_running_says_so(session, res):

@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from heterogui.errors import ConfigError
+from heterogui.errors import ConfigError, MatcherError
 from heterogui.models.graph import space_order
 from heterogui.pipeline import resolved_settings
 from heterogui.sizes import STORED_REASON, estimate, merge_size, reference_sizes
@@ -106,7 +106,7 @@ def readout_info(session: Session) -> tuple[dict[str, Any] | None, str]:
         return None, "Load and analyse a pair first."
     try:
         info = readout(session)
-    except ConfigError as exc:
+    except (ConfigError, MatcherError) as exc:  # settings the merge would refuse as well
         return None, f"**Error:** {exc}"
     return info, _readout_text(info)
 
