@@ -247,6 +247,25 @@ def test_auto_heads_are_the_familys_default():
     per_layer = ZipSettings(overrides={"layer0.qk": {"heads": "select"}})
     assert family_settings(per_layer, vit).heads == "pair"
     assert family_settings(ZipSettings(heads="select"), vit).heads == "select"  # as asked
+    # a setting that merges nothing keeps every head whole (a split would halve them all)
+    assert family_settings(ZipSettings(rho=0.0), vit).heads == "pair"
+    merging = ({"stream": {"rho": 0.5}}, {"stream": {"width": 40}}, {"mlp": {"matcher": "permute"}})
+    for overrides in merging:
+        assert family_settings(ZipSettings(rho=0.0, overrides=overrides), vit).heads == "split"
+    assert (
+        family_settings(ZipSettings(rho=0.0, overrides={"s": {"alpha": 0.3}}), vit).heads == "pair"
+    )
+    assert family_settings(ZipSettings(rho=0.0, heads="split"), vit).heads == "split"  # as asked
+
+
+def test_a_vit_merge_at_rho_0_keeps_every_parameter_of_both_models():
+    a = vit_network(tiny_vit(), "A")
+    b = vit_network(tiny_vit(hidden=48, heads=6, layers=2, seed=1), "B")
+    prepared = prepare(a, b, vit_batches(), device="cpu")
+    result = zip_prepared(prepared, ZipSettings(rho=0.0))
+    assert result.settings.heads == "pair"
+    both = sum(p.numel() for n in (a, b) for p in n.module.parameters())
+    assert merged_effective_size(result)["parameters"] == both
 
 
 def test_a_partial_split_merge_keeps_its_tails_and_reads_back_exactly(tmp_path):

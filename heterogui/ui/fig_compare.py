@@ -82,7 +82,7 @@ def grid_figure(
         fig.add_trace(_current_marker(current))
     fig.update_layout(
         title={"text": f"{metric} over rho × {knob} (contours: effective parameters)"},
-        xaxis={"title": "rho (0 = ensemble, 1 = full zip)"},
+        xaxis={"title": "rho (0 = every neuron kept, 1 = full zip)"},
         yaxis={"title": knob},
         height=420,
         margin={"l": 60, "r": 20, "t": 60, "b": 50},

@@ -210,7 +210,7 @@ def sweep_figure(points: list[dict[str, Any]], current_rho: float, metric: str) 
         margin={"l": 50, "r": 50, "t": 50, "b": 40},
         legend={"orientation": "h", "y": -0.2},
     )
-    fig.update_xaxes(title="rho (0 = ensemble, 1 = full zip)", range=[-0.05, 1.05])
+    fig.update_xaxes(title="rho (0 = every neuron kept, 1 = full zip)", range=[-0.05, 1.05])
     fig.update_yaxes(title=metric, secondary_y=False)
     fig.update_yaxes(title="parameters", secondary_y=True)
     return fig

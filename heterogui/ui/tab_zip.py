@@ -134,7 +134,8 @@ def _sliders(ui: dict[str, Any]) -> None:
         value=1.0,
         step=0.05,
         label="zip ratio rho",
-        info="0 keeps every neuron (the ensemble), 1 merges down to the wider model's width",
+        info="0 keeps every neuron side by side (the ensemble; in a transformer one LayerNorm "
+        "then normalises both models' features), 1 merges down to the wider model's width",
     )
     ui["stop"] = gr.Slider(
         0,

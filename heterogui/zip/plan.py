@@ -78,18 +78,29 @@ class ZipSettings:
         default_fusion, default_heads: the family's (``models.family.Family``), for the zip
         matchers; the one-to-one baselines (permute, weight average) keep the paper's: the
         average, not in BatchNorm units, and paired heads. Heads chosen per layer (a "heads"
-        override) make "auto" the paper's "pair" too, which they then override.
+        override) make "auto" the paper's "pair" too, which they then override. So does a
+        setting that merges nothing (rho 0, no override that merges): every head is then kept
+        whole, where a split would halve each.
         """
         settings = self
         if self.heads == DEFAULT_HEADS:
             per_layer = any("heads" in knobs for knobs in self.overrides.values())
-            paper = self.matcher in EQUAL_WIDTHS or per_layer
+            paper = self.matcher in EQUAL_WIDTHS or per_layer or self.merges_nothing
             settings = replace(settings, heads="pair" if paper else default_heads)
         if self.fusion != "auto":
             return settings
         if self.matcher in EQUAL_WIDTHS:
             return replace(settings, fusion="average", bn_units=False)
         return replace(settings, fusion=default_fusion)
+
+    @property
+    def merges_nothing(self) -> bool:
+        """Return whether every merge point keeps all its features (rho 0, no override that
+        sets another rho, a width or a one-to-one matcher)."""
+        return self.rho == 0 and not any(
+            k.get("rho") or k.get("width") is not None or k.get("matcher") in EQUAL_WIDTHS
+            for k in self.overrides.values()
+        )
 
     def for_space(self, space: str) -> dict[str, Any]:
         """Return the knobs that apply to ``space``."""
