@@ -78,7 +78,7 @@ def test_two_causal_lm_folders_load_with_cards_and_a_verdict(folders, res):
     message, _ = load(session, res, "a", folders[0], "folder")
     assert "Loaded model A" in message and session.task.kind == "language_modeling"
     message, pickers = load(session, res, "b", folders[1])
-    assert "Press **Analyse pair**" in message and pickers["source_a"]["value"] == "hf"
+    assert "Press **Analyse pair**" in message and pickers["source_b"]["value"] == "hf"
     page = tab_models.render(session, res)
     assert "family **decoder** (llama), **3 layers**" in page["card_a"]
     assert "vocabulary of 100 tokens" in page["card_b"] and "classes [" not in page["card_b"]

@@ -875,7 +875,8 @@ def test_an_export_uploads_as_a_model_and_merges_again(session, res, tmp_path):
     loaded, pickers = tab_models.on_load_model(
         other, res, "a", "upload", None, None, [extra["export_file"]], None
     )
-    assert "**first** (upload)" in loaded and pickers == {}  # B is not loaded yet
+    assert "**first** (upload)" in loaded  # A's picker shows it; B's is left as it was
+    assert pickers == {"source_a": {"__type__": "update", "value": "upload"}}
     assert [h.name for h in other.a.net.task_heads()] == [f"{PAIR}/a", f"{PAIR}/b"]
     with torch.no_grad():  # the upload computes what the merge computed
         x = torch.randn(4, 1, 8, 8)
@@ -891,7 +892,7 @@ def test_an_export_uploads_as_a_model_and_merges_again(session, res, tmp_path):
     files = [str(tmp_path / "first" / n) for n in ("config.json", "model.safetensors")]
     _, pickers = tab_models.on_load_model(other, res, "b", "upload", None, None, files, None)
     assert other.b.source == "upload" and len(other.b.net.task_heads()) == 2
-    assert pickers == {"source_a": {"__type__": "update", "value": "upload"}}
+    assert pickers == {"source_b": {"__type__": "update", "value": "upload"}}
 
 
 def test_a_vit_pair_runs_end_to_end_with_image_panels(res, tmp_path):

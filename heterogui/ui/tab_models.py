@@ -263,9 +263,9 @@ def on_load_model(
         tail = " This pair cannot be merged: the verdict below says why."
     note = f" ⚠ {loaded.note}." if loaded.note else ""
     message = f"Loaded model {which.upper()}: **{loaded.name}** ({loaded.source}).{note}{tail}"
-    # The other model's picker shows what is loaded there (a demo pair's model, say).
-    other = "b" if which == "a" else "a"
-    return message, picker_values(session, other)
+    # This model's picker shows what is loaded; the other's is left as the user set it (they
+    # may be choosing the next model to load there)
+    return message, picker_values(session, which)
 
 
 def on_analyse(
