@@ -558,6 +558,20 @@ def test_slider_without_auto_merge_only_updates_the_estimate(session, res):
     assert "estimate" in tab_zip.render(session, res)["readout"]
 
 
+def test_a_release_or_merge_that_changes_nothing_adds_no_merge(session, res):
+    n = work_blocks(session)
+    tab_zip.on_release(session, res, True, "zip", 0.5, 1.0, 0.5, n, "cpu")
+    first, rows = session.result, len(session.history)
+    assert session.merged_metrics is None  # a release leaves the scores to the next step
+    message = tab_zip.on_merge(session, res, "zip", 0.5, 1.0, 0.5, n, "cpu")
+    assert message.startswith(f"Merge #{session.merge_count} already has these settings")
+    assert session.result is first and len(session.history) == rows
+    assert session.merged_metrics is not None and session.history[-1]["Joint"] is not None
+    assert "already has" in tab_zip.on_release(session, res, True, "zip", 0.5, 1.0, 0.5, n, "cpu")
+    tab_zip.on_merge(session, res, "zip", 0.5, 1.0, 0.75, n, "cpu")
+    assert session.result is not first and len(session.history) == rows + 1
+
+
 def test_cancel_stops_a_merge_and_keeps_the_previous_result(session, res):
     merge(session, res)
     kept = session.result

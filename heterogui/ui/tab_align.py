@@ -132,7 +132,10 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
         score = "No similarity score (no CKA matrix)."
     else:
         words = MEASURE_WORDS.get(prep.measure, prep.measure)
-        score = f"**Alignment score** (sum of CKA of the {words} on the path): **{al.score:.3f}**"
+        score = (
+            f"**Alignment score** (sum of CKA of the {words} on the path, over the blocks the "
+            f"alignment places: each stage's first block is fixed and left out): **{al.score:.3f}**"
+        )
         if best is not None:
             score += f" — SMA optimum {best:.3f}"
     fig = alignment_figure(prep.similarity, al, ga, gb) if prep.similarity is not None else None

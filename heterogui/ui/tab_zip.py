@@ -12,7 +12,7 @@ from typing import Any
 import gradio as gr
 
 from heterogui.config import DEFAULT_FUSION, DEFAULT_HEADS
-from heterogui.pipeline import resolve_device
+from heterogui.pipeline import resolve_device, resolved_settings
 from heterogui.ui import history, labels, work
 from heterogui.ui.fig_arch import architecture_figure
 from heterogui.ui.fig_eval import sizes_figure, widths_figure
@@ -269,6 +269,14 @@ def on_merge(
             work.set_alignment(session, "manual", json.dumps(mapping), progress)
         note = f" Statistics recomputed on {device}."
     settings = settings_from(session, matcher, alpha, beta, rho, stop, fusion, renormalize, heads)
+    if not note and _merged_already(session, settings):  # a release that moved nothing, say
+        session.settings = settings
+        if evaluate:
+            work.evaluate_pending(session, res, progress)
+        return (
+            f"Merge #{session.merge_count} already has these settings: nothing to re-merge. "
+            "See the Evaluate tab."
+        )
     result = work.merge(session, res, settings, progress, evaluate=evaluate)
     row = session.history[-1]
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
@@ -291,6 +299,17 @@ def on_merge(
     return (
         f"Merge #{row['merge']} done in {row['seconds']:.2f}s ({stages}); {fused}{joint}{note} "
         "See the Evaluate tab." + (f" {alarm}" if alarm else "")
+    )
+
+
+def _merged_already(session: Session, settings: Any) -> bool:
+    """Return whether the session's merge is of these settings on its current analysis (a
+    merge is deterministic: the same settings give the same model)."""
+    result, prep = session.result, session.prepared
+    return (
+        result is not None
+        and result.prepared is prep
+        and result.settings == resolved_settings(prep.net_a, settings)
     )
 
 
