@@ -97,7 +97,8 @@ def edit_alignment(page) -> None:
 
 
 def slide_and_merge(page) -> None:
-    """Move the zip-ratio slider (its release re-merges), then press Merge."""
+    """Move the zip-ratio slider (its release re-merges), press Merge (nothing changed: no
+    merge), then move it again."""
     open_tab(page, "4 Zip")
     rho = page.locator("#rho input[type=number]")
     rho.fill("0.5")
@@ -110,7 +111,10 @@ def slide_and_merge(page) -> None:
         timeout=TIMEOUT_MS,
     )
     page.locator("#merge").click()
-    wait_status(page, "Merge #2 done")
+    wait_status(page, "Merge #1 already has these settings")
+    rho.fill("0.75")
+    rho.press("Tab")
+    wait_status(page, "Merge #2 evaluated")
 
 
 def read_results(page) -> None:
@@ -171,6 +175,12 @@ def download_figures(page, folder: Path) -> None:
         page.locator("#download-figures").click()
     path = folder / caught.value.suggested_filename
     caught.value.save_as(path)
+    button = page.locator("#download-figures")  # it says what it saved, and can be used again
+    saved = f"Saved {path.name} ("
+    page.wait_for_function(
+        f"document.querySelector('#download-figures').textContent.startsWith({saved!r})"
+    )
+    assert button.is_enabled()
     with zipfile.ZipFile(path) as archive:
         assert archive.testzip() is None  # every CRC matches
         names = archive.namelist()
@@ -391,11 +401,13 @@ def test_the_minilm_pair_merges_in_the_page(url, chromium_browser, tmp_path):
     page.goto(url)
     wait_status(page, "Loaded demo pair")
     open_tab(page, "1 Models")
-    for which, name in (("a", "all-MiniLM-L6-v2"), ("b", "paraphrase-MiniLM-L3-v2")):
+    names = {"a": "all-MiniLM-L6-v2", "b": "paraphrase-MiniLM-L3-v2"}
+    for which, name in names.items():  # both pickers first: loading A leaves B's as typed
         choose_source(page, which, "hf")
         page.locator(f"#hf-{which} textarea, #hf-{which} input").first.fill(f"minilm:{name}")
+    for which, name in names.items():
         page.locator(f"#load-{which}").click()
-        wait_status(page, f"Loaded model {which.upper()}")
+        wait_status(page, f"Loaded model {which.upper()}: {name}")
     page.locator("#analyse").click()
     # While it runs (about 15 s): the step's stage and share of work, and no time estimate
     # (Gradio's would be the average of earlier runs, of the digits pair's analysis).

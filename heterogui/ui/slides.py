@@ -94,6 +94,13 @@ async (payload) => {
     alert("The figures are not drawn yet: open a tab with a figure first.");
     return payload;
   }
+  // the button counts the figures while they are drawn, then says what was saved
+  const button = document.querySelector("#download-figures");
+  const label = button ? button.textContent : "";
+  const show = (text) => { if (button) button.textContent = text; };
+  const total = Object.keys(data.figures).length;
+  if (button) button.disabled = true;
+  try {
   const enc = new TextEncoder();
   const files = [];
   const bytesOf = (url) => {
@@ -102,6 +109,7 @@ async (payload) => {
     return enc.encode(decodeURIComponent(body));
   };
   for (const [name, fig] of Object.entries(data.figures)) {
+    show(`Drawing figure ${files.length / 2 + 1} of ${total} (PNG and SVG)…`);
     const layout = Object.assign({}, fig.layout, {paper_bgcolor: "white", plot_bgcolor: "white"});
     const size = {width: 1200, height: layout.height || 450};
     const png = await Plotly.toImage({data: fig.data, layout}, {format: "png", scale: 2, ...size});
@@ -153,6 +161,14 @@ async (payload) => {
   document.body.appendChild(link);
   link.click();
   link.remove();
+  show(`Saved ${data.name}.zip (${total} figures, ${Object.keys(data.tables).length} tables)`);
+  setTimeout(() => show(label), 6000);
+  } catch (err) {
+    show(label);
+    alert(`The figures could not be saved: ${err}`);
+  } finally {
+    if (button) button.disabled = false;
+  }
   return payload;
 }
 """
