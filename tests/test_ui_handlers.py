@@ -928,6 +928,10 @@ def test_a_vit_pair_runs_end_to_end_with_image_panels(res, tmp_path):
     }
     assert [r[0] for r in page["metrics"]["value"]] == ["A", "B", "ensemble", "merged"]
     assert page["heatmap"] is not None and page["neuron_map"] is not None
+    # heads split keeps every head: the tab opens on a merge point where features merge
+    first = page["space"]["value"]
+    assert not vit.prepared.padded_a.graph().spaces[first].head_dim
+    assert vit.result.matches[first].width < sum(vit.result.widths()[first][:2])
     tab_evaluate.on_samples(vit, res, "0, 2, 5")
     assert len(tab_evaluate.render(vit, res)["samples_plot"].data) == 3
     tab_evaluate.on_sweep(vit, res)

@@ -165,10 +165,12 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
         }
     points = merge_points(prep)
     names = [n for _, n in points]
-    space = session.neuron_space if session.neuron_space in names else names[0]
-    session.neuron_space = space
     result = session.result
     settings = result.settings if result is not None else session.settings
+    space = session.neuron_space
+    if space not in names:
+        space = _first_point(prep, settings, names)
+    session.neuron_space = space
     n_blocks = work.stop_blocks(session)
     stop = n_blocks if settings.stop is None else settings.stop
     try:
@@ -185,6 +187,15 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
     views["neuron_info"] += split_text(prep, settings, space, match)
     views["neuron_info"] += derived_text(derived(prep))
     return {"space": gr.update(choices=points, value=space)} | views
+
+
+def _first_point(prep: Prepared, settings: ZipSettings, names: list[str]) -> str:
+    """Return the merge point the tab opens on: the first, or the first that is not attention
+    when heads are split (every head is kept there: a view where nothing merges)."""
+    if resolved_settings(prep.net_a, settings).heads == SPLIT_HEADS:
+        spaces = prep.padded_a.graph().spaces
+        return next((n for n in names if not spaces[n].head_dim), names[0])
+    return names[0]
 
 
 def split_text(prep: Prepared, settings: ZipSettings, space: str, match: Match | None) -> str:
