@@ -157,8 +157,9 @@ def test_merge_shows_perplexity_tables_equal_to_the_task_scores(analysed, res):
             one = scores[key][domain]
             want += [round(one["perplexity"], 3), round(one["bits_per_byte"], 4)]
         assert rows[label][:-1] == want
-    assert rows["merged"][-1] == session.merged_size["parameters"]
-    assert rows["A"][-1] == sum(p.numel() for p in session.prepared.net_a.module.parameters())
+    assert rows["merged"][-1] == f"{session.merged_size['parameters']:,}"  # as the readout
+    a_size = sum(p.numel() for p in session.prepared.net_a.module.parameters())
+    assert rows["A"][-1] == f"{a_size:,}"
     assert page["lm_alarm"]["visible"] is False  # a healthy merge raises no alarm
     assert "merged" in page["lm_info"] and "Repetition" in page["lm_info"]
     assert page["history_plot"].layout.yaxis.title.text == "perplexity (lower is better)"

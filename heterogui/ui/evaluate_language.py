@@ -133,7 +133,7 @@ def perplexity_views(session: Session) -> dict[str, Any]:
     elif session.result is None:
         info += " Merge (Zip tab) to add the merged model."
     return {
-        "lm_scores": gr.update(value=rows, headers=header),
+        "lm_scores": gr.update(value=labels.grouped_counts(rows), headers=header),
         "lm_alarm": gr.update(value=alarm, visible=bool(alarm)),
         "lm_info": info,
     }

@@ -272,9 +272,9 @@ def score_views(session: Session) -> dict[str, Any]:
     views: dict[str, Any] = {}
     if METRICS in task.panels:
         header, rows = metric_rows(session)
-        views["metrics"] = gr.update(value=rows, headers=header)
+        views["metrics"] = gr.update(value=labels.grouped_counts(rows), headers=header)
     if SPEARMAN in task.panels:
-        views["text_scores"] = spearman_rows(session)
+        views["text_scores"] = labels.grouped_counts(spearman_rows(session))
     if PERPLEXITY in task.panels:
         views.update(perplexity_views(session))
     columns, rows = history.history_table(session.history)
