@@ -54,6 +54,26 @@ def test_zipping_a_permuted_copy_gives_the_model_back(name, matcher):
         assert result.matches[space].counts().cross == r
 
 
+def test_a_model_with_features_always_zero_merges_with_its_permuted_copy_exactly():
+    """Units that are 0 on every input (the zero rows an export pads a narrower layer with)
+    merge with each other, not with real units (they correlated 0 with everything, so the zip
+    merged real units once the copies were paired)."""
+    a = make(MLPConfig(64, (24, 32, 16), 5), 0)
+    linears = [m for m in a.module.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        zeroed = (range(0, 24, 3), range(5, 15), range(8, 16))
+        for layer, rows in zip(linears[:3], zeroed, strict=True):
+            layer.weight[list(rows)] = 0.0
+            layer.bias[list(rows)] = 0.0
+    b = permute_network(a, random_permutations(a.graph(), torch.Generator().manual_seed(5)))
+    prep = prepare(a, b, calibration((64,)), device="cpu")
+    result = zip_prepared(prep, ZipSettings(rho=1.0))
+    x = torch.randn(32, 64)
+    with torch.no_grad():
+        ref = prep.net_a.module.eval()(x)
+        assert max_diff(result.model(x), (ref, ref)) < 1e-4
+
+
 @pytest.mark.parametrize("name", list(DEPTH_PAIRS))
 def test_rho_zero_is_exactly_the_ensemble(name):
     config_a, config_b, shape = DEPTH_PAIRS[name]

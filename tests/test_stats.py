@@ -140,10 +140,21 @@ def test_floor_is_relative_to_the_feature_scale() -> None:
         _stream(x, chunks=1).corr(floor=0.0)
 
 
-def test_all_zero_features_give_a_zero_matrix() -> None:
+def test_features_zero_on_all_data_correlate_one_with_each_other_and_zero_with_the_rest():
     m = Moments.empty(3)
     m.update(torch.zeros(5, 3))
-    assert torch.equal(m.corr(), torch.zeros(3, 3, dtype=torch.float64))
+    assert torch.equal(m.corr(), torch.ones(3, 3, dtype=torch.float64))  # all the same
+    rows = torch.randn(40, 4, generator=torch.Generator().manual_seed(0))
+    rows[:, 1] = 0.0
+    rows[:, 3] = 0.0
+    rows[:, 2] = 5.0  # constant but not zero: unlike the zeros, not merged with them for free
+    m = Moments.empty(4)
+    m.update(rows)
+    corr = m.corr()
+    assert corr[1, 3] == corr[3, 1] == 1.0 and corr[0, 0] == 1.0
+    assert corr[1, 0].abs() < 1e-6 and corr[2, 1].abs() < 1e-6 and corr[2, 0].abs() < 1e-6
+    m.compact()  # the compact form keeps the same correlations
+    assert torch.equal(m.corr(), corr.float().double())
 
 
 def test_state_round_trip_is_exact(tmp_path) -> None:

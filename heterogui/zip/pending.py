@@ -23,6 +23,7 @@ from torch import Tensor
 
 from heterogui.zip.symmetric import (
     floored_sigma,
+    join_zeros_,
     mirror_upper_,
     row_blocks,
     symmetrise_,
@@ -216,6 +217,7 @@ class PendingProducts:
             block.mul_(inverse[rows, None]).mul_(inverse[None, cols]).clamp_(-1.0, 1.0)
         mirror_upper_(corr)
         unit_diagonal_(corr, raw_sigma, sigma_min)
+        join_zeros_(corr, squares)
         self.clear()
         return corr, sigma, squares
 

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from heterogui.errors import ConfigError
 from heterogui.zip.pending import PendingProducts
-from heterogui.zip.symmetric import floored_sigma, row_blocks, unit_diagonal_
+from heterogui.zip.symmetric import floored_sigma, join_zeros_, row_blocks, unit_diagonal_
 
 __all__ = ["CORR_FLOOR", "FOLD_EVERY", "Moments"]
 
@@ -339,7 +339,9 @@ class Moments:
         is exactly zero). A constant or dead feature therefore gets a correlation of ~0 with
         everything (and a diagonal of ~0) instead of NaN/inf, whatever the units of the
         features; a feature whose spread is below floor * s is indistinguishable from float32
-        rounding noise anyway. Non-constant features keep a unit diagonal.
+        rounding noise anyway. Non-constant features keep a unit diagonal. Features that are
+        exactly 0 on all the data compute the same thing: they correlate 1 with each other
+        (``symmetric.join_zeros_``), so the zip merges them together, for free.
 
         Args:
             floor: relative floor on σ, > 0.
@@ -366,6 +368,7 @@ class Moments:
             block = torch.div(outer[rows], count).sub_(torch.outer(mu[rows], mu))
             corr[rows] = block.div_(torch.outer(sigma[rows], sigma)).clamp_(-1.0, 1.0)
         unit_diagonal_(corr, raw_sigma, sigma_min)
+        join_zeros_(corr, torch.diagonal(outer))
         return corr, sigma
 
     def to_state(self) -> dict[str, Tensor]:

@@ -58,6 +58,20 @@ def floored_sigma(
     return raw_sigma, raw_sigma.clamp(min=sigma_min), sigma_min
 
 
+def join_zeros_(corr: Tensor, squares: Tensor) -> None:
+    """Set the correlation of every two features that are exactly 0 on all the data to 1, in
+    place (squares: the features' sums of x²).
+
+    Such features (the zero rows an export pads a narrower layer with, a unit that never
+    fires) compute the same thing, so merging them together is exact; with the floored σ they
+    would correlate 0 with each other, and the greedy zip would merge real features instead.
+    """
+    zero = squares == 0
+    if int(zero.sum()) > 1:
+        index = zero.nonzero().flatten().to(corr.device)
+        corr[index[:, None], index[None, :]] = 1.0
+
+
 def unit_diagonal_(corr: Tensor, raw_sigma: Tensor, sigma_min: float) -> None:
     """Set the diagonal of ``corr`` to exactly 1 where σ is above its floor, in place.
 
