@@ -154,6 +154,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HeteroguiError as exc:
         print(f"{_error_prefix()}{excerpt(exc, 600)}", file=sys.stderr)  # one line, no traceback
         return 2
+    except PermissionError as exc:  # a file or folder the user cannot read (or write)
+        where = f" {exc.filename!r}" if exc.filename else ""
+        print(
+            f"{_error_prefix()}permission denied on{where}: make it readable (and the output "
+            "folder's parent writable) or choose another path",
+            file=sys.stderr,
+        )
+        return 2
     except BrokenPipeError:  # the reader went away (heterogui zoo list | head): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 1

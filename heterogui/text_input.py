@@ -18,7 +18,7 @@ def read_text(path: Path, what: str, limit: int | None = None) -> str:
     """Return a text file's content (UTF-8), refusing binary files and files over ``limit``.
 
     Raises:
-        ConfigError: the file is over the limit, or not UTF-8 text.
+        ConfigError: the file is over the limit, unreadable, or not UTF-8 text.
     """
     size = path.stat().st_size
     if limit is not None and size > limit:
@@ -26,7 +26,12 @@ def read_text(path: Path, what: str, limit: int | None = None) -> str:
             f"{what} {str(path)!r} is {size:,} bytes, over the {limit:,} a {what} may have; "
             "pass the right file"
         )
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except PermissionError:
+        raise ConfigError(
+            f"cannot read {what} {str(path)!r}: permission denied; make it readable"
+        ) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -179,6 +179,39 @@ def test_a_path_too_long_for_the_system_is_refused(ws, capsys):
     )
 
 
+def test_files_the_user_cannot_read_get_one_line(ws, capsys, monkeypatch):
+    from heterogui.models import io
+
+    recipe = ws / "recipe.yaml"
+    real = Path.read_bytes
+
+    def denied(path):  # what an unreadable file does (the tests run as root, who reads all)
+        if path == recipe:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    assert main(["merge", str(recipe), "--out", str(ws / "o1")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read recipe" in err and "permission denied" in err
+    monkeypatch.setattr(Path, "read_bytes", real)
+    monkeypatch.setattr(io.os, "access", lambda path, mode: False)  # unreadable weights
+    with pytest.raises(ModelLoadError, match="permission denied; make it readable"):
+        io.load_state(ws / "a" / "model.safetensors")
+
+    def anywhere(tiny):  # any other unreadable path: the command line's last guard
+        raise PermissionError(13, "Permission denied", "/some/where")
+
+    monkeypatch.setattr("heterogui.zoo.pairs.list_zoo", anywhere)
+    assert main(["zoo", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: permission denied on '/some/where': make it readable (and the output folder's "
+        "parent writable) or choose another path\n"
+    )
+    assert not (ws / "o1").exists()
+
+
 def test_leftovers_of_killed_writes_are_cleaned(ws):
     dead = 2**22 + 12345  # above the usual pid_max: no such process
     (ws / f".m.tmp-{dead}-abc").mkdir()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -153,6 +154,8 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"weights file {str(path)!r} does not exist")
+    if not os.access(path, os.R_OK):  # safetensors would say "No such file or directory"
+        raise ModelLoadError(f"cannot read {str(path)!r}: permission denied; make it readable")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
