@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from heterogui.errors import ConfigError
+from heterogui.errors import ConfigError, excerpt
 
 T = TypeVar("T")
 # how long a rank waits in a collective: the other ranks wait for rank 0 to load (and build into
@@ -75,12 +75,19 @@ def init_from_env(device: str | torch.device = "cpu") -> bool:
     (no WORLD_SIZE or WORLD_SIZE=1) nothing happens.
 
     Raises:
-        ConfigError: a CUDA run with more processes on this machine than GPUs.
+        ConfigError: a CUDA run with more processes on this machine than GPUs, or a
+            WORLD_SIZE without the rest of torchrun's environment.
     """
     if env_world_size() <= 1 or not dist.is_available():
         return False
     if dist.is_initialized():
         return True
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
+    if missing:
+        raise ConfigError(
+            f"WORLD_SIZE={env_world_size()} is set but not {', '.join(missing)}: start the "
+            "command with torchrun (it sets them all), or unset WORLD_SIZE"
+        )
     cuda = _wants_cuda(device)
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -172,6 +179,53 @@ def main_first() -> Iterator[None]:
     yield
     if is_main():
         barrier()
+
+
+def agree(record: Mapping[str, Any]) -> None:
+    """Check that every rank merges the same thing (no-op without a group).
+
+    record: what must be equal on every rank (the recipe's fields, the data's hashes), small
+    and picklable. A rank given another recipe or other data would otherwise add its sums to
+    the others' and rank 0 would write a merge its recorded recipe does not repeat.
+
+    Raises:
+        ConfigError: naming the first rank that differs from rank 0, and what differs.
+    """
+    if world_size() <= 1:
+        return
+    records: list[Any] = [None] * world_size()
+    with peers_alive():
+        dist.all_gather_object(records, dict(record))
+    first = records[0]
+    for r, other in enumerate(records[1:], 1):
+        differ = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+        if differ:
+            raise ConfigError(
+                f"process {r}'s {', '.join(differ)} differ from process 0's: give every "
+                "process the same recipe, models and data (the same files on every machine)"
+            )
+
+
+@contextmanager
+def peers_alive() -> Iterator[None]:
+    """Turn a collective that failed because another rank stopped into one line.
+
+    Raises:
+        ConfigError: a gloo or NCCL error (a peer closed the connection, a timeout); other
+            errors pass unchanged.
+    """
+    try:
+        yield
+    except RuntimeError as exc:
+        text = str(exc)
+        backend = isinstance(exc, dist.DistBackendError) or "gloo" in text or "NCCL" in text
+        if world_size() <= 1 or not backend:
+            raise
+        line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+        raise ConfigError(
+            f"another process of this torchrun stopped or failed ({excerpt(line, 160)}); "
+            "nothing was written: its own error says why"
+        ) from None
 
 
 def _group_device(tensor: torch.Tensor) -> torch.device:

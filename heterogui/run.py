@@ -322,11 +322,17 @@ def merge(
             recipe.model_a, recipe.model_b, recipe.transformer, more=recipe.more_models
         )
         calibration, evaluation = _recipe_data(pair, recipe)
+    distributed.agree(
+        {f"recipe.{k}": v for k, v in recipe.to_dict().items()}
+        | {"calibration data": calibration.ref.sha256}
+        | {"evaluation data": evaluation.ref.sha256 if evaluation else None}
+    )
     # this rank's batches: all of them in one process, every N-th under torchrun
     shard = dataclasses.replace(calibration, batches=distributed.shard(calibration.batches))
     torch.manual_seed(recipe.seed)
     dtype = DTYPES[recipe.dtype]
-    result = _run_engine(pair, shard, recipe, dtype, report)
+    with distributed.peers_alive():
+        result = _run_engine(pair, shard, recipe, dtype, report)
     seconds = time.perf_counter() - start
     done = complete_recipe(
         pair,

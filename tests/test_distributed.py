@@ -243,3 +243,54 @@ def test_torchrun_refuses_fewer_batches_than_processes(tmp_path):
         "processes (torchrun --nproc_per_node)"
     ]
     assert not (tmp_path / "out").exists() and done.stdout == ""
+
+
+def test_a_world_size_without_torchrun_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    recipe = _recipe(tmp_path, "recipe.yaml", 32, 16)
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # left over in a shell, say
+    assert main(["merge", str(recipe), "-o", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (
+        "error: WORLD_SIZE=2 is set but not RANK, MASTER_ADDR, MASTER_PORT: start the command "
+        "with torchrun (it sets them all), or unset WORLD_SIZE\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_collective_a_stopped_peer_broke_is_one_line(monkeypatch):
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    closed = "[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer"
+    stopped = r"another process of this torchrun stopped .*pair.cc"
+    with pytest.raises(ConfigError, match=stopped), distributed.peers_alive():
+        raise RuntimeError(closed)
+    # not a peer's: passes unchanged
+    with pytest.raises(RuntimeError, match="shape"), distributed.peers_alive():
+        raise RuntimeError("shape mismatch")
+
+
+def test_torchrun_refuses_processes_that_merge_different_recipes(tmp_path):
+    recipe = _recipe(tmp_path, "recipe.yaml", 64, 16)
+    other = yaml.safe_load(recipe.read_text())
+    other["calibration"]["seed"] = 7  # another draw of the data on process 1
+    (tmp_path / "seed7.yaml").write_text(yaml.safe_dump(other))
+    script = tmp_path / "ranks.py"
+    script.write_text(
+        "import os, sys\n"
+        "from heterogui.cli import main\n"
+        "recipe = sys.argv[1] if os.environ['LOCAL_RANK'] == '0' else sys.argv[2]\n"
+        "sys.exit(main(['merge', recipe, '-o', sys.argv[3], '--threads', '1']))\n"
+    )
+    out = tmp_path / "out"
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
+        *("--nnodes", "1", "--master_addr", "127.0.0.1", "--master_port", str(_free_port())),
+        *(str(script), str(recipe), str(tmp_path / "seed7.yaml"), str(out)),
+    ]
+    env = {**os.environ, **ENV}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode != 0
+    said = "process 1's calibration data, recipe.calibration differ from process 0's: give every"
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("error") and said in ln]
+    assert lines, done.stderr[-2000:]  # each process says it, in one line
+    assert not out.exists()
