@@ -343,11 +343,32 @@ def edit_config(folder: Path, change: Callable[[dict], object]) -> None:
         (lambda d: d["config"].update(colour="red"), "unknown vgg config fields ['colour']"),
         (lambda d: d.update(classes=[2, 3, 4]), "lists classes [2, 3, 4] for a head of"),
         (lambda d: d.update(classes=["x"] * 5), "list one class id (an integer from 0) per"),
+        (lambda d: d.update(classes=[0, 1, 2, 3, 3]), "lists class [3] twice in one head of 5"),
     ],
 )
 def test_a_broken_config_json_is_refused_before_anything_is_built(ws, capsys, change, words):
     edit_config(ws / "a", change)
     cli_refuses(ws, ["merge", str(ws / "recipe.yaml"), "--out", str(ws / "o")], words, capsys)
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda d: d["heads"][0][0].update(classes=[0, 1]), "classes [0, 1] for a head of 5"),
+        (lambda d: d["heads"][1][0]["classes"].__setitem__(0, -1), "(the heads of model 2)"),
+        (lambda d: d["heads"][0][0]["classes"].__setitem__(1, 0), "lists class [0] twice"),
+        (lambda d: d.update(heads=[[], []]), "lists classes [] for a head of 5 outputs"),
+        (lambda d: d.update(heads=d["heads"][:1]), "the heads of 1 model(s) for 2 merged"),
+    ],
+)
+def test_a_merge_whose_heads_do_not_fit_its_outputs_is_refused(ws, capsys, change, words):
+    assert main(["merge", str(ws / "recipe.yaml"), "--out", str(ws / "m")]) == 0
+    capsys.readouterr()
+    edit_config(ws / "m", change)
+    recipe = yaml.safe_load((ws / "recipe.yaml").read_text())
+    recipe["model_a"] = {"path": str(ws / "m")}  # the merge merged again, with B
+    (ws / "again.yaml").write_text(yaml.safe_dump(recipe))
+    cli_refuses(ws, ["merge", str(ws / "again.yaml"), "--out", str(ws / "o")], words, capsys)
 
 
 def test_nan_weights_name_the_model_and_the_tensor(ws, capsys):

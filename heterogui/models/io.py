@@ -165,6 +165,29 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
         ) from exc
 
 
+def check_head_classes(classes: Any, outputs: int, where: str) -> None:
+    """Refuse a head's class ids that do not fit its ``outputs`` (one id per output).
+
+    Raises:
+        ModelLoadError: another count than ``outputs``, an id that is not an integer from 0,
+            or one id twice.
+    """
+    ids = list(classes) if isinstance(classes, list | tuple) else [classes]
+    if len(ids) != outputs or not all(
+        isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in ids
+    ):
+        raise ModelLoadError(
+            f"{where} lists classes {excerpt(ids, 80)} for a head of {outputs} outputs; list "
+            "one class id (an integer from 0) per output"
+        )
+    twice = sorted({c for c in ids if ids.count(c) > 1})
+    if twice:
+        raise ModelLoadError(
+            f"{where} lists class {excerpt(twice, 40)} twice in one head of {outputs} "
+            "outputs; give each output its own class id"
+        )
+
+
 def saved_config(data: dict[str, Any], folder: Path) -> Any:
     """Return the family config of a network folder's config.json, checked field by field.
 
@@ -206,13 +229,7 @@ def load_network(folder: str | Path, device: str | torch.device = "cpu") -> Netw
         raise ModelLoadError(f"weights in {folder} do not fit its config: {excerpt(exc)}") from exc
     module.to(device).eval()
     classes = tuple(data.get("classes") or range(config.num_classes))
-    if len(classes) != config.num_classes or not all(
-        isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes
-    ):
-        raise ModelLoadError(
-            f"{folder}/{CONFIG_FILE} lists classes {excerpt(list(classes), 80)} for a head of "
-            f"{config.num_classes} outputs; list one class id (an integer from 0) per output"
-        )
+    check_head_classes(classes, config.num_classes, f"{folder}/{CONFIG_FILE}")
     identity = frozenset(data.get("identity_blocks", ()))
     heads = tuple(Head.from_dict(h) for h in data["heads"]) if data.get("heads") else None
     return Network(config, module, classes, identity, data.get("label", folder.name), heads)

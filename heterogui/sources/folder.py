@@ -27,6 +27,7 @@ from heterogui.models.io import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     check_finite,
+    check_head_classes,
     check_weights_fit,
     file_sha256,
     load_network,
@@ -80,13 +81,30 @@ def merged_spec(data: dict, folder: Path) -> MergedSpec:
     Raises:
         ModelLoadError: sections missing or malformed (the config errors name the field).
     """
+    raw_heads = data.get("heads")
     try:
-        return MergedSpec.from_dict({k: v for k, v in data.items() if k != "heterogui"})
+        spec = MergedSpec.from_dict({k: v for k, v in data.items() if k != "heterogui"})
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(
             f"{folder}/{CONFIG_FILE} is not a complete merge config ({excerpt(exc, 80)}); "
             "re-export the merge"
         ) from exc
+    if len(spec.heads) != len(spec.tail_configs):
+        raise ModelLoadError(
+            f"{folder}/{CONFIG_FILE} lists the heads of {len(spec.heads)} model(s) for "
+            f"{len(spec.tail_configs)} merged models; re-export the merge"
+        )
+    for m, (config, heads) in enumerate(zip(spec.tail_configs, spec.heads, strict=True)):
+        outputs = getattr(config, "num_classes", None)
+        if outputs is None:  # a text model's tail: its outputs are not classes
+            continue
+        where = f"{folder}/{CONFIG_FILE} (the heads of model {m + 1})"
+        # as written (from_dict reads "-1" or 2.0 as ids): every id must be a whole number
+        listed = [c for head in raw_heads[m] for c in head["classes"]] if raw_heads else None
+        check_head_classes(spec.classes[m] if listed is None else listed, outputs, where)
+        if any(not head.classes for head in heads):
+            raise ModelLoadError(f"{where} has a head without classes; re-export the merge")
+    return spec
 
 
 class HeteroguiFolderSource(Source):
