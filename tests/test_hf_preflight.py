@@ -120,6 +120,25 @@ def test_missing_folder_names_the_fix(tmp_path: Path) -> None:
         inspect_model(tmp_path / "nope")
 
 
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("vocab_size", "many", "vocab_size must be a whole number of at least 1, got 'many'"),
+        ("num_attention_heads", 0, "num_attention_heads must be a whole number of at least 1"),
+        ("hidden_size", "384", "hidden_size must be a whole number of at least 1, got '384'"),
+        ("layer_norm_eps", "x", "layer_norm_eps must be a positive number, got 'x'"),
+        ("num_hidden_layers", True, "num_hidden_layers must be a whole number"),
+    ],
+)
+def test_a_config_number_of_the_wrong_type_is_named(tmp_path: Path, field, value, words) -> None:
+    folder = tiny(tmp_path / "a")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(ModelLoadError, match=words) as err:
+        inspect_model(folder)
+    assert str(err.value).startswith(f"{folder}/config.json: {field} must be")
+
+
 def test_folder_without_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="no config.json"):
         inspect_model(tmp_path)

@@ -190,6 +190,7 @@ def inspect_model(path: str | Path) -> ModelCard:
     """
     folder = Path(path).expanduser()
     config = _read_config(folder)
+    _check_numbers(config, folder)
     files = _weight_files(folder)
     num_params, dtypes = _float_parameters(files)
     model_type = str(config.get("model_type", "unknown"))
@@ -223,6 +224,61 @@ def inspect_model(path: str | Path) -> ModelCard:
         rope=_rope(config) if family in ROTARY_FAMILIES else None,
         **{field: config.get(field) for field in VISION_FIELDS},
     )
+
+
+# config.json fields the pre-flight reads as numbers: whole numbers (with their least value) and
+# positive ones; a string or a 0 there gave a TypeError or ZeroDivisionError traceback
+_WHOLE_FIELDS = {
+    **dict.fromkeys(
+        (
+            "hidden_size",
+            "num_attention_heads",
+            "num_hidden_layers",
+            "intermediate_size",
+            "vocab_size",
+            "num_key_value_heads",
+            "head_dim",
+            "max_position_embeddings",
+            "image_size",
+            "patch_size",
+            "num_channels",
+            "n_embd",
+            "n_head",
+            "n_layer",
+            "n_inner",
+            "n_positions",
+        ),
+        1,
+    ),
+    "type_vocab_size": 0,
+}
+_POSITIVE_FIELDS = ("layer_norm_eps", "layer_norm_epsilon", "rms_norm_eps", "rope_theta")
+
+
+def _check_numbers(config: dict[str, Any], folder: Path) -> None:
+    """Refuse a number field of config.json of the wrong type or range, naming it.
+
+    Raises:
+        ModelLoadError: the first such field, with the value found.
+    """
+    for key, least in _WHOLE_FIELDS.items():
+        value = config.get(key)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < least
+        ):
+            raise ModelLoadError(
+                f"{folder}/config.json: {key} must be a whole number of at least {least}, got "
+                f"{excerpt(repr(value), 40)}; fix config.json (save_pretrained writes it)"
+            )
+    for key in _POSITIVE_FIELDS:
+        value = config.get(key)
+        if value is not None and (
+            not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < 1e30
+        ):
+            raise ModelLoadError(
+                f"{folder}/config.json: {key} must be a positive number, got "
+                f"{excerpt(repr(value), 40)}; fix config.json (save_pretrained writes it)"
+            )
 
 
 def _read_config(folder: Path) -> dict[str, Any]:

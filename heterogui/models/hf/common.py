@@ -82,6 +82,7 @@ def load_pretrained(
             (``check_loading``), or NaN / inf in a weight.
     """
     import transformers
+    from huggingface_hub.errors import StrictDataclassError  # a config field of a wrong type
     from safetensors import SafetensorError
 
     name, local = model_name(path)
@@ -105,7 +106,7 @@ def load_pretrained(
             if tokenizer
             else None
         )
-    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError, StrictDataclassError) as exc:
         raise ModelLoadError(
             f"cannot load {name!r} as a Hugging Face {kind} ({excerpt(exc, 300)}); pass a "
             f"save_pretrained folder with {files}"
