@@ -38,8 +38,15 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
         raise ConfigError(
             "merge(net_a, net_b, batches): give both networks and calibration batches"
         )
+    import torch
+
     from heterogui.models.hf.instances import network_of
     from heterogui.pipeline import merge_networks
+    from heterogui.tasks.images import check_inputs
 
     net_a, net_b = network_of(model_a, "model A"), network_of(model_b, "model B")
+    for batch in batches:  # tensors of images or signals: refused in one line, not by torch
+        if isinstance(batch, torch.Tensor):
+            for net in (net_a, net_b):
+                check_inputs(net, batch, "calibration")
     return merge_networks(net_a, net_b, batches, **options)

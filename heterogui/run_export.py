@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from heterogui import run_group
 from heterogui.config import Recipe
-from heterogui.errors import ExportError
+from heterogui.errors import ConfigError, ExportError
 from heterogui.export.job import HETEROGUI_FORMAT, ExportJob
 from heterogui.export.registry import exporter, write_export
 from heterogui.fusion.merged import MergedModel
@@ -64,9 +64,18 @@ def export(
     A merge of three or more models is written in the heterogui format only.
 
     Raises:
-        ConfigError: an unknown format, or another than heterogui for three or more models.
+        ConfigError: not a run's result, an unknown format, or another than heterogui for
+            three or more models.
         ExportError: the format cannot hold this merge, ``out`` exists, or writing failed.
     """
+    if not all(hasattr(run, k) for k in ("result", "recipe", "report", "pair")):
+        raise ConfigError(
+            f"run.export writes what run.merge returns (the merge with its recipe and report), "
+            f"not a {type(run).__name__}: an in-memory merge (heterogui.merge(a, b, batches)) "
+            "records no recipe; run it as a recipe with run.merge(RECIPE) to export it"
+        )
+    if fmt is not None:
+        exporter(fmt)  # an unknown format: refused before anything is written
     if isinstance(run.result, GroupMergeResult):
         fmt = run_group.check_format(fmt)
         card = group_card_files(run.result, run.pair, run.task, run.scores)

@@ -212,6 +212,22 @@ def test_files_the_user_cannot_read_get_one_line(ws, capsys, monkeypatch):
     assert not (ws / "o1").exists()
 
 
+def test_the_python_api_refuses_bad_input_with_its_own_errors(ws):
+    import heterogui
+    from heterogui import run
+
+    pair = run.load_pair(str(ws / "a"), str(ws / "b"))
+    with pytest.raises(ConfigError, match=r"calibration inputs have shape \(8, 3, 8, 8\) but"):
+        heterogui.merge(pair.a.net, pair.b.net, [torch.randn(8, 3, 8, 8)])
+    result = heterogui.merge(pair.a.net, pair.b.net, [torch.randn(8, 1, 8, 8)] * 2)
+    with pytest.raises(ConfigError, match="run.export writes what run.merge returns"):
+        run.export(result, ws / "x")
+    done = run.merge(ws / "recipe.yaml")
+    with pytest.raises(ConfigError, match="unknown output format 'bogus'"):
+        run.export(done, ws / "x", fmt="bogus")
+    assert not (ws / "x").exists()
+
+
 def test_leftovers_of_killed_writes_are_cleaned(ws):
     dead = 2**22 + 12345  # above the usual pid_max: no such process
     (ws / f".m.tmp-{dead}-abc").mkdir()

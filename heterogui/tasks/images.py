@@ -98,7 +98,8 @@ def check_inputs(net: Network, inputs: torch.Tensor, where: str) -> None:
     else:
         dims = getattr(c, "spatial_dims", len(shape) - 1)
         ok = len(shape) == dims + 1 and shape[0] == getattr(c, "in_channels", shape[0])
-        expect = f"(N, {getattr(c, 'in_channels', 'C')}, {', '.join(['size'] * dims)})"
+        axes = {1: "length", 2: "height, width"}.get(dims, ", ".join(["size"] * dims))
+        expect = f"(N, {getattr(c, 'in_channels', 'C')}, {axes})"
     if not ok:
         raise ConfigError(
             f"{where} inputs have shape {tuple(inputs.shape)} but model {net.label} reads "
