@@ -219,8 +219,9 @@ def check_override_names(graph: ModelGraph, settings: ZipSettings) -> None:
             known ones.
     """
     names = [k for k in settings.overrides if not is_pattern(k)]
-    unknown = set(names) - set(graph.spaces)
     takers = override_spaces(graph)
+    # the model's input and its logits are never merged: an override there would do nothing
+    unknown = {n for n in names if n not in graph.spaces or n in (INPUT, LOGITS)}
     empty = [
         k
         for k in settings.overrides
@@ -228,8 +229,8 @@ def check_override_names(graph: ModelGraph, settings: ZipSettings) -> None:
     ]
     if unknown:
         raise ConfigError(
-            f"overrides name unknown merge points {sorted(unknown)}; "
-            f"known: {sorted(set(graph.spaces) - {INPUT})}"
+            f"overrides name unknown merge points {sorted(unknown)}; known: "
+            f"{sorted(set(graph.spaces) - {INPUT, LOGITS})} (the logits are never merged)"
         )
     if empty:
         raise ConfigError(
