@@ -121,7 +121,8 @@ def train_decoder(
 ) -> tuple[Any, float]:
     """Train one model of the pair on its domain; return (transformers model, seconds)."""
     texts = domain_texts(member.domain, "train")
-    rows = tokenizer(texts, truncation=True, max_length=settings.max_tokens)["input_ids"]
+    # cut here, not by the tokenizer: its truncation setting would be saved with it
+    rows = [r[: settings.max_tokens] for r in tokenizer(texts)["input_ids"]]
     rows = [r for r in rows if len(r) >= 2]
     used = torch.zeros(VOCAB_SIZE, dtype=torch.bool)
     for row in rows:
