@@ -20,11 +20,15 @@ def cache_dir(*parts: str) -> Path:
     Raises:
         ConfigError: the folder cannot be created there (a file in the way, no permission).
     """
+    fix = "set HETEROGUI_CACHE to a folder you can write"
+    return make_folder(cache_path(*parts), "the heterogui cache folder", fix)
+
+
+def cache_path(*parts: str) -> Path:
+    """Return a path under the heterogui cache without creating anything (for reading)."""
     # "~" is the home folder, as in HF_HOME (it was a folder named "~" under the current one)
     root = Path(os.environ.get("HETEROGUI_CACHE") or Path.home() / ".cache" / "heterogui")
-    root = root.expanduser()
-    fix = "set HETEROGUI_CACHE to a folder you can write"
-    return make_folder(root.joinpath(*parts), "the heterogui cache folder", fix)
+    return root.expanduser().joinpath(*parts)
 
 
 def make_folder(path: Path, what: str, fix: str) -> Path:

@@ -227,6 +227,13 @@ def test_a_reader_that_goes_away_ends_the_output_without_a_traceback():
     assert listing.wait(timeout=120) == 1 and "Traceback" not in err and "Broken" not in err
 
 
+def test_listing_the_zoo_writes_nothing_to_the_cache(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HETEROGUI_CACHE", str(tmp_path / "cache"))
+    assert main(["zoo", "list"]) == 0
+    assert "digits-resnet-depth" in capsys.readouterr().out
+    assert not (tmp_path / "cache").exists()  # a read-only cache can be listed too
+
+
 def test_the_version_is_the_package_s(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--version"])

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from heterogui.cache import cache_dir, weights_intact
+from heterogui.cache import cache_path, weights_intact
 
 MARKER = "heterogui_decoder_pair.json"
 DOMAIN = {"a": "python-docs", "b": "python-source"}  # what each model is trained on
@@ -220,7 +220,7 @@ def pair_status(
 ) -> list[dict[str, Any]]:
     """Return, for A and B, what ``heterogui zoo list`` shows: the domain, the shape, whether
     the folder is built with these settings, and its build record's size and held-out scores."""
-    root = Path(cache) if cache is not None else cache_dir("decoders")
+    root = Path(cache) if cache is not None else cache_path("decoders")  # creates nothing
     out = []
     for member in members(settings):
         folder = root / folder_name(member.which, settings)

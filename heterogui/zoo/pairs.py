@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from heterogui.cache import cache_dir
+from heterogui.cache import cache_dir, cache_path
 from heterogui.errors import ModelLoadError
 from heterogui.folders import remove_path
 from heterogui.models.family import Network, config_to_dict
@@ -116,7 +116,7 @@ def _model_ok(folder: Path, spec: PairSpec, which: str) -> bool:
 def is_built(name: str) -> bool:
     """Return whether pair ``name`` is built, complete and up to date."""
     spec = pair_spec(name)
-    folder = zoo_folder(name)
+    folder = cache_path("zoo", name)  # looking creates nothing (zoo list on a read-only cache)
     try:
         meta = json.loads((folder / "pair.json").read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -338,7 +338,7 @@ def list_zoo(tiny: bool = False) -> list[dict[str, Any]]:
             net = seeded_network(config, spec.classes()[0 if w == "a" else 1], 0, w)
             row[f"params_{w}"] = net.parameter_count()
             row[f"shape_{w}"] = describe_config(config)
-            cfg = read_config(zoo_folder(name) / w) if built else {}
+            cfg = read_config(cache_path("zoo", name) / w) if built else {}
             row[f"task_accuracy_{w}"] = cfg.get("task_accuracy")
         rows.append(row)
     return rows
