@@ -73,6 +73,14 @@ def test_minilm_pair_merges_end_to_end_and_exports(l3_dir: Path, tmp_path: Path)
     pooled = (ours * weights).sum(1) / weights.sum(1)
     want = torch.nn.functional.normalize(pooled, dim=-1)
     assert (emb - want).abs().max() < 1e-5
+    # a text over A's own 256 tokens: sentence-transformers cuts it where heterogui does
+    long = " ".join(["the guitar player sings a song about the rain"] * 60)  # about 540 tokens
+    (batch,) = tokenize(tokenizer, [long], 8)
+    assert batch["input_ids"].shape[1] == 512
+    with torch.no_grad():
+        pooled = result.model.features(**batch)[0].mean(1)
+    want = torch.nn.functional.normalize(pooled, dim=-1)
+    assert (torch.as_tensor(st.encode([long])) - want).abs().max() < 1e-5
 
 
 @pytest.mark.slow
