@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     zoo = sub.add_parser("zoo", help="build or list the built-in demo models")
     add_zoo_arguments(zoo.add_subparsers(dest="zoo_command", required=True))
 
-    bench = sub.add_parser("bench", help="benchmarks (speed, quality, transformers, decoders, nway, measures, scale)")
+    bench = sub.add_parser(
+        "bench", help="benchmarks (speed, quality, transformers, decoders, nway, measures, scale)"
+    )
     add_bench_arguments(bench.add_subparsers(dest="bench_command", required=True))
 
     app = sub.add_parser("app", help="start the workbench (127.0.0.1)")

@@ -92,8 +92,36 @@ def _speed_pair(args: argparse.Namespace) -> int:
             f"speed-pair options {args.options!r} name no known pair; give "
             f"'{{\"pair\": NAME}}' with NAME one of {list(PAIRS)}"
         )
+    _check_pair_options(options)
     print(json.dumps(measured(options)))
     return 0
+
+
+# speed-pair's options beside "pair": their type and least value (a bool: true or false)
+PAIR_OPTIONS = {
+    "quick": (bool, None),
+    "device": (str, None),
+    "threads": (int, 1),
+    "width": (int, 1),
+    "inputs": (int, 4),
+    "texts": (int, 4),
+    "bert_inputs": (int, 4),
+}
+
+
+def _check_pair_options(options: dict) -> None:
+    """Refuse an unknown speed-pair option, or one of the wrong type or range, naming it."""
+    unknown = sorted(set(options) - {"pair", *PAIR_OPTIONS})
+    if unknown:
+        raise ConfigError(
+            f"speed-pair options: unknown keys {unknown}; known: {['pair', *PAIR_OPTIONS]}"
+        )
+    for key, value in options.items():
+        kind, least = PAIR_OPTIONS.get(key, (str, None))
+        wrong = not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+        if wrong or (least is not None and value < least):
+            want = {bool: "true or false", str: "a string"}.get(kind, f"a whole number >= {least}")
+            raise ConfigError(f"speed-pair option {key!r} must be {want}, got {value!r}")
 
 
 def _transformers(args: argparse.Namespace) -> int:

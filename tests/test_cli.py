@@ -469,6 +469,11 @@ def test_a_number_out_of_range_is_refused_in_one_line(args, words, capsys):
         ("notjson", "speed-pair options are not JSON"),
         ('{"pair": "nope"}', "name no known pair"),
         ("[1]", "name no known pair"),
+        ('{"pair": "resnet", "inputs": -3}', "option 'inputs' must be a whole number >= 4"),
+        ('{"pair": "resnet", "inputs": "x"}', "option 'inputs' must be a whole number >= 4"),
+        ('{"pair": "resnet", "threads": 0}', "option 'threads' must be a whole number >= 1"),
+        ('{"pair": "resnet", "quick": 1}', "option 'quick' must be true or false, got 1"),
+        ('{"pair": "resnet", "bogus": 1}', "unknown keys ['bogus']; known: ['pair', 'quick'"),
     ],
 )
 def test_bench_speed_pair_refuses_bad_options_in_one_line(options, words, capsys):
