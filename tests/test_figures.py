@@ -10,7 +10,7 @@ import pytest
 from conftest import drawn
 from plotly.subplots import make_subplots
 
-from heterogui.ui.fig_eval import history_figure, sizes_figure
+from heterogui.ui.fig_eval import history_figure, sizes_figure, sweep_figure
 from heterogui.ui.figstyle import GRID, TEMPLATE, style
 
 
@@ -48,6 +48,19 @@ def test_history_plots_only_the_current_pair_and_names_the_rest():
     title = history_figure([*history, _row(4, long, 10, 0.8)], "Joint %", long).layout.title.text
     assert title.startswith("merges of all-MiniLM-L6-v2") and "…<br>" in title
     assert title.endswith("<sup>3 of other pairs: in the table</sup>")
+    # no merge of the pair: a sentence, not bare axes
+    empty = history_figure([], "Joint %", "digits")
+    assert empty.layout.annotations[0].text == "No merge yet: press Merge on the Zip tab"
+    assert empty.layout.xaxis.visible is False and not empty.data
+    note = history_figure(history, "Joint %", "vit").layout.annotations[0].text
+    assert note.startswith("No merge of this pair yet")
+
+
+def test_the_sweep_s_current_rho_label_stays_clear_of_the_size_axis():
+    points = [{"rho": r, "parameters": 1000 - 500 * r, "score": 90 - r} for r in (0.0, 0.5, 1.0)]
+    for rho, side in ((1.0, "right"), (0.2, "left")):
+        (label,) = sweep_figure(points, rho, "Joint %").layout.annotations
+        assert label.text == f"current rho {rho:.2f}" and label.xanchor == side
 
 
 def test_sizes_without_flops_say_so_instead_of_an_empty_axis():

@@ -203,6 +203,8 @@ def sweep_figure(points: list[dict[str, Any]], current_rho: float, metric: str) 
         x=current_rho,
         line={"color": "#d62728", "dash": "dot"},
         annotation_text=f"current rho {current_rho:.2f}",
+        # inside the plot, on the side away from the right axis's tick labels
+        annotation_position="top left" if current_rho > 0.5 else "top right",
     )
     fig.update_layout(
         title=f"{metric} and size against the zip ratio rho",
@@ -245,6 +247,17 @@ def history_figure(history: list[dict[str, Any]], metric: str, pair: str | None)
         lo, hi = min(h["parameters"] for h in rows), max(h["parameters"] for h in rows)
         if hi - lo < 0.02 * hi:
             xaxis["range"] = [lo - 0.05 * hi, hi + 0.05 * hi]
+    if not rows:  # bare axes read as a broken plot
+        fig.add_annotation(
+            text=f"No merge{' of this pair' if history else ''} yet: press Merge on the Zip tab",
+            showarrow=False,
+            xref="paper",
+            yref="paper",
+            x=0.5,
+            y=0.5,
+        )
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
     others = len(history) - len(rows)
     name = pair if not pair or len(pair) <= TITLE_NAME else pair[: TITLE_NAME - 1] + "…"
     title = f"merges of {name}" if pair else "this session's merges"
