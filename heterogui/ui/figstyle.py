@@ -3,8 +3,9 @@
 Figures get transparent backgrounds and translucent grid lines, so they sit on the page's own
 background; in dark mode ``DARK_CSS`` turns their text (labels on the data points too) and
 axis lines light (CSS outranks the colours plotly writes inline). Hover labels keep plotly's
-own contrast. ``STATUS_CSS`` keeps Gradio's time estimates out of the status line and draws a
-language merge's collapse alarm red.
+own contrast. ``STATUS_CSS`` keeps Gradio's time estimates out of the status line, keeps the
+history table's column names whole (it scrolls sideways) and draws a language merge's collapse
+alarm red.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ TEMPLATE.layout.update(paper_bgcolor=CLEAR, plot_bgcolor=CLEAR, xaxis=_AXES, yax
 # line shows the step's own stage and true share of work instead, and no estimate.
 STATUS_CSS = """
 #status .eta-bar, #status .progress-text { display: none !important; }
+#history thead th, #history thead th * {
+  white-space: nowrap !important; word-break: normal !important; overflow-wrap: normal !important;
+}
 #lm-alarm { border-left: 6px solid #d62728; padding: 4px 10px; }
 #lm-alarm, #lm-alarm * { color: #d62728 !important; }
 """

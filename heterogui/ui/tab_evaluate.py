@@ -124,7 +124,10 @@ def build(ui: dict[str, Any], res: Resources) -> None:
         with gr.Column():
             ui["history_plot"] = gr.Plot(label="This session's merges")
     ui["history"] = gr.Dataframe(
-        interactive=False, wrap=True, label="History of this session's merges (scroll sideways)"
+        interactive=False,
+        wrap=True,
+        label="History of this session's merges (scroll sideways)",
+        elem_id="history",
     )
 
 
@@ -278,7 +281,7 @@ def score_views(session: Session) -> dict[str, Any]:
     if PERPLEXITY in task.panels:
         views.update(perplexity_views(session))
     columns, rows = history.history_table(session.history)
-    views["history"] = gr.update(value=rows or None, headers=columns)
+    views["history"] = gr.update(value=labels.grouped_counts(rows) or None, headers=columns)
     views["history_plot"] = history_figure(
         session.history, labels.metric_label(task), session.pair_name
     )
