@@ -86,9 +86,12 @@ def build(ui: dict[str, Any], res: Resources) -> None:
 def default_folder(session: Session) -> str:
     """Return a fresh output folder name (below the export folder) for the current merge."""
     result = session.result
-    name = session.demo or "custom"
+    name = session.demo
+    if name is None and session.both_loaded():  # models loaded one by one: their names
+        name = "+".join(m.name[:40] for m in (session.a, session.b))
+    name = name or "custom"
     tag = f"{name}-rho{result.settings.rho:.2f}-m{session.merge_count}" if result else name
-    return re.sub(r"[^A-Za-z0-9._-]", "_", tag)
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", tag)
 
 
 def render(session: Session, res: Resources) -> dict[str, Any]:
