@@ -218,7 +218,31 @@ def check_output(out: str | Path, overwrite: bool = False, inputs: Iterable[Path
                 f"output folder {text!r} holds files heterogui did not write; overwriting "
                 "replaces only folders of earlier exports: choose another folder"
             )
+        added = _added_files(target)
+        if added:
+            raise ExportError(
+                f"output folder {text!r} is an earlier export with files added to it "
+                f"({excerpt(', '.join(added), 120)}), which overwriting would delete: move them "
+                "out, or choose another folder"
+            )
     return target
+
+
+def write_marker(folder: Path, title: str) -> None:
+    """Write ``folder``'s marker: ``title``, then every file in it (what a later overwrite may
+    replace; a file added to the export since is not heterogui's to delete)."""
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir())
+    (folder / MARKER).write_text("\n".join([title, *names]) + "\n", encoding="utf-8")
+
+
+def _added_files(folder: Path) -> list[str]:
+    """Return the files of an earlier export that its marker does not list (an older marker,
+    a title alone, lists none: nothing is known to be added)."""
+    listed = (folder / MARKER).read_text(encoding="utf-8", errors="replace").splitlines()[1:]
+    if not listed:
+        return []
+    found = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+    return sorted(found - set(listed) - {MARKER})
 
 
 def write_document(path: str | Path, text: str) -> None:

@@ -140,6 +140,16 @@ def test_overwrite_replaces_only_what_heterogui_wrote(ws, capsys):
     assert main(["merge", rec, "--out", str(ws / "m"), "--overwrite"]) == 0  # an earlier export
     assert (ws / "m" / "model.safetensors").read_bytes() == first
     assert [p.name for p in ws.iterdir() if p.name.startswith(".m.")] == []
+    (ws / "m" / "notes.txt").write_text("what I found")  # the user's, added to the export
+    (ws / "m" / "plots").mkdir()
+    (ws / "m" / "plots" / "a.png").write_bytes(b"png")
+    err = cli_refuses(
+        ws, ["merge", rec, "--out", str(ws / "m"), "--overwrite"], "with files added", capsys
+    )
+    assert "(notes.txt, plots/a.png)" in err and "move them out" in err
+    (ws / "m" / "notes.txt").unlink()
+    shutil.rmtree(ws / "m" / "plots")
+    assert main(["merge", rec, "--out", str(ws / "m"), "--overwrite"]) == 0
 
 
 def test_a_read_only_place_is_refused_before_the_merge(ws, capsys, monkeypatch):

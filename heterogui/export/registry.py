@@ -10,7 +10,7 @@ from heterogui.export.causal_lm import CAUSAL_LM
 from heterogui.export.hf import BERT, VIT
 from heterogui.export.job import Exporter, ExportJob
 from heterogui.export.network import NETWORK
-from heterogui.folders import MARKER, atomic_output, check_output
+from heterogui.folders import atomic_output, check_output, write_marker
 
 EXPORTERS: dict[str, Exporter] = {e.name: e for e in (NETWORK, BERT, VIT, CAUSAL_LM)}
 
@@ -49,5 +49,5 @@ def write_export(
     chosen.check(job.model)
     with atomic_output(target, overwrite) as tmp:
         chosen.write(job, tmp)
-        (tmp / MARKER).write_text(f"written by heterogui ({chosen.name} format)\n")
+        write_marker(tmp, f"written by heterogui ({chosen.name} format)")
     return Path(out)
