@@ -139,6 +139,14 @@ def test_a_config_number_of_the_wrong_type_is_named(tmp_path: Path, field, value
     assert str(err.value).startswith(f"{folder}/config.json: {field} must be")
 
 
+def test_a_vocab_size_the_embedding_does_not_have_is_named(tmp_path: Path) -> None:
+    folder = tiny(tmp_path / "a")  # 100 tokens
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 120}))
+    with pytest.raises(ModelLoadError, match="says vocab_size 120, but the weights' token emb"):
+        inspect_model(folder)
+
+
 def test_folder_without_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="no config.json"):
         inspect_model(tmp_path)

@@ -192,7 +192,7 @@ def inspect_model(path: str | Path) -> ModelCard:
     config = _read_config(folder)
     _check_numbers(config, folder)
     files = _weight_files(folder)
-    num_params, dtypes = _float_parameters(files)
+    num_params, dtypes = _float_parameters(files, config.get("vocab_size"), folder)
     model_type = str(config.get("model_type", "unknown"))
     family = _FAMILY.get(model_type, model_type)
     hidden, heads = int(_pick(config, "hidden", folder)), int(_pick(config, "heads", folder))
@@ -300,14 +300,30 @@ def _read_config(folder: Path) -> dict[str, Any]:
         raise ModelLoadError(f"{config_path} is not valid JSON ({exc}); fix or re-save it") from exc
 
 
-def _float_parameters(files: list[Path]) -> tuple[int, set[str]]:
-    """Return the number of floating parameters in safetensors ``files`` (no buffers), dtypes."""
+# the token embedding's weight in BERT, Llama-style decoders and GPT-2 (rows: the vocabulary)
+_EMBEDDINGS = ("word_embeddings.weight", "embed_tokens.weight", "wte.weight")
+
+
+def _float_parameters(
+    files: list[Path], vocab_size: Any = None, folder: Path | None = None
+) -> tuple[int, set[str]]:
+    """Return the number of floating parameters in safetensors ``files`` (no buffers), dtypes.
+
+    Raises:
+        ModelLoadError: a token embedding whose rows are not config.json's ``vocab_size``.
+    """
     num_params, dtypes = 0, set()
     for file in files:
         for name, info in read_safetensors_header(file).items():
             if info["dtype"] in _FLOAT_DTYPES and not name.endswith(_BUFFER_SUFFIXES):
                 num_params += math.prod(info["shape"])
                 dtypes.add(info["dtype"])
+            rows = info["shape"][0] if info["shape"] else None
+            if vocab_size is not None and name.endswith(_EMBEDDINGS) and rows != vocab_size:
+                raise ModelLoadError(
+                    f"{folder}/config.json says vocab_size {vocab_size}, but the weights' token "
+                    f"embedding {name} has {rows} rows; fix config.json to match the weights"
+                )
     return num_params, dtypes
 
 
