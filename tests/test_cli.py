@@ -506,6 +506,15 @@ def test_a_format_for_another_family_is_refused_before_the_merge(
     assert not list((tmp_path / "cache").rglob("model.safetensors"))  # nothing built or merged
 
 
+def test_a_format_for_another_family_names_the_family_s_own():
+    from heterogui.errors import ExportError
+    from heterogui.export.registry import exporter
+
+    # a BERT merge is merged again from its Hugging Face folder, not from heterogui's format
+    with pytest.raises(ExportError, match=r"write the hf-bert format \(--format hf-bert\) or"):
+        exporter("hf-causal-lm").check_family("bert")
+
+
 @pytest.mark.parametrize("pair", list(PAIRS))
 def test_a_float64_merge_reads_float32_inputs_and_matches_the_float32_merge(tmp_path, pair):
     single = merge_recipe(write_case(tmp_path / "f32", pair)).result.model
