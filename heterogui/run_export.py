@@ -106,7 +106,8 @@ def data_files(recipe: Recipe) -> list[Path]:
     """Return the local files and folders a recipe names (models and data), where they exist."""
     data = (recipe.calibration, recipe.evaluation)
     named = [*(m.path for m in recipe.models), *(ref.source for ref in data if ref is not None)]
-    return [Path(p).expanduser() for p in named if Path(p).expanduser().exists()]
+    # an empty reference is no path (Path("") is the current folder): the loader refuses it
+    return [Path(p).expanduser() for p in named if p.strip() and Path(p).expanduser().exists()]
 
 
 def check_format(recipe: Recipe, fmt: str | None) -> None:

@@ -222,6 +222,14 @@ def test_files_the_user_cannot_read_get_one_line(ws, capsys, monkeypatch):
     assert not (ws / "o1").exists()
 
 
+def test_an_empty_model_path_is_no_model_not_the_current_folder(ws, capsys, monkeypatch):
+    recipe = yaml.safe_load((ws / "recipe.yaml").read_text())
+    recipe["model_a"] = {"path": ""}
+    (ws / "empty.yaml").write_text(yaml.safe_dump(recipe))
+    monkeypatch.chdir(ws)  # a relative output: it read as a folder inside that "input"
+    cli_refuses(ws, ["merge", "empty.yaml", "--out", "om"], "error: give a model: zoo:", capsys)
+
+
 def test_the_python_api_refuses_bad_input_with_its_own_errors(ws):
     import heterogui
     from heterogui import run
