@@ -165,6 +165,12 @@ def _listed_models(data: dict[str, Any]) -> Recipe:
         for where, entry in ((f"recipe.models[{k}]", e) for k, e in enumerate(listed))
     ]
     rest = {k: v for k, v in data.items() if k != "models"}
+    alignment = rest.get("alignment")
+    if len(refs) > 2 and isinstance(alignment, dict) and alignment.get("mode") == "manual":
+        raise ConfigError(  # before the alignment asks for a mapping an N-way merge cannot use
+            "recipe.alignment: an N-way merge aligns every model to the deepest with an "
+            "automatic mode; use sma, lma, lma_first, lma_similar, uniform, head or head_tail"
+        )
     first = {"model_a": dataclasses.asdict(refs[0]), "model_b": dataclasses.asdict(refs[1])}
     recipe = _build(Recipe, {**rest, **first}, "recipe")
     return dataclasses.replace(recipe, more_models=tuple(refs[2:]))

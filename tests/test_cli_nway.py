@@ -205,6 +205,7 @@ def bert_folders(root: Path) -> list[str]:
         ("bert", "image classifiers"),
         ("hf-bert", "heterogui format only"),
         ("manual", "automatic mode"),
+        ("manual without a mapping", "recipe.alignment: an N-way merge aligns every model"),
     ],
 )
 def test_bad_input_fails_in_one_line_and_writes_nothing(tmp_path, case, words):
@@ -218,8 +219,10 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(tmp_path, case, words):
         data.pop("evaluation")
     elif case == "hf-bert":
         args = ["--format", "hf-bert"]
-    else:
+    elif case == "manual":
         data["alignment"] = {"mode": "manual", "mapping": {"a": [[0]], "b": [[0]]}}
+    else:  # it asked for a mapping first, then refused the mode
+        data["alignment"] = {"mode": "manual"}
     out = tmp_path / "out"
     code, printed, err = cli(["merge", str(write(tmp_path, data)), "-o", str(out), *args])
     assert code == 2 and printed == ""
