@@ -273,6 +273,11 @@ def network_config(spec: MergedSpec) -> Any:
             layer (embedding models), which one network of the family cannot express.
     """
     full = full_stop(spec)
+    if spec.stop > full:  # no merge writes that: the config was edited or cut
+        raise ModelLoadError(
+            f"the merge's config.json stops at block {spec.stop}, but its trunk has {full} "
+            "blocks before the heads: the config does not describe the merge; re-export it"
+        )
     if spec.stop != full:
         raise ModelLoadError(
             f"this merge stops at block {spec.stop} of {full}: its models keep separate tails, "
