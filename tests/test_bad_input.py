@@ -393,6 +393,7 @@ def test_a_broken_config_json_is_refused_before_anything_is_built(ws, capsys, ch
         (lambda d: d["heads"][0][0]["classes"].__setitem__(1, 0), "lists class [0] twice"),
         (lambda d: d.update(heads=[[], []]), "lists classes [] for a head of 5 outputs"),
         (lambda d: d.update(heads=d["heads"][:1]), "the heads of 1 model(s) for 2 merged"),
+        (lambda d: d.update(stop=99), "stops at block 99, but its trunk has"),
     ],
 )
 def test_a_merge_whose_heads_do_not_fit_its_outputs_is_refused(ws, capsys, change, words):
