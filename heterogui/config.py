@@ -81,10 +81,13 @@ class ModelRef:
     ``minilm:paraphrase-MiniLM-L3-v2`` name the offline MiniLM models.
 
     sha256: the weights file's hash; when set, loading checks it.
+    files_sha256: the hash of the folder's config and tokenizer files (``MODEL_FILES``), which
+        change what the weights compute or read; when set, loading checks it too.
     """
 
     path: str
     sha256: str | None = None
+    files_sha256: str | None = None
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ from heterogui.run_checks import (
 from heterogui.run_export import export as export  # the Python API: run.export(done, DIR)
 from heterogui.sources import registry as sources
 from heterogui.sources.base import Loaded, Pair
+from heterogui.sources.hf import MODEL_FILES, files_sha256
 from heterogui.tasks import Calibration, Evaluation, Task, task_of
 from heterogui.versions import versions
 
@@ -108,12 +109,20 @@ def check_hash(ref: ModelRef, loaded: Loaded) -> None:
     """Raise if a recorded weights hash differs from the loaded model's.
 
     Raises:
-        ConfigError: the weights changed since the recipe was written.
+        ConfigError: the weights, or the config and tokenizer files beside them, changed since
+            the recipe was written.
     """
     if ref.sha256 and ref.sha256 != loaded.sha256:
         raise ConfigError(
             f"the weights of {ref.path} changed: sha256 {(loaded.sha256 or 'none')[:12]}... but "
             f"the recipe records {ref.sha256[:12]}...; restore the model or remove its sha256"
+        )
+    found = files_sha256(loaded.folder) if loaded.folder is not None else None
+    if ref.files_sha256 and ref.files_sha256 != found:
+        raise ConfigError(
+            f"the config or tokenizer files of {ref.path} changed ({', '.join(MODEL_FILES[:2])}, "
+            "...): the merge would differ from the recorded one; restore them or remove its "
+            "files_sha256"
         )
 
 
@@ -252,7 +261,10 @@ def complete_recipe(
     """
     s = result.settings
     device = base.device if base is not None else str(result.prepared.device)
-    refs = [ModelRef(m.ref, m.sha256) for m in pair.models]
+    refs = [
+        ModelRef(m.ref, m.sha256, files_sha256(m.folder) if m.folder is not None else None)
+        for m in pair.models
+    ]
     base = base or Recipe(refs[0], refs[1])
     families = tuple(m.net.family.name for m in pair.models)
     if isinstance(result, GroupMergeResult):

@@ -177,6 +177,21 @@ def test_errors_leave_no_partial_folder(tmp_path, capsys):
     assert "already exists" in err and (out / "keep.txt").read_text() == "precious"
 
 
+def test_a_recorded_recipe_refuses_a_model_whose_config_changed(tmp_path, capsys):
+    recipe = write_case(tmp_path, "depth")
+    out = tmp_path / "merged"
+    assert main(["merge", str(recipe), "--out", str(out)]) == 0
+    recorded = load_recipe(out / "recipe.yaml")
+    assert recorded.model_a.files_sha256 and recorded.model_b.files_sha256
+    assert main(["merge", str(out / "recipe.yaml"), "--out", str(tmp_path / "again")]) == 0
+    capsys.readouterr()
+    config = tmp_path / "a" / "config.json"  # the weights stay; what they compute may not
+    config.write_text(config.read_text().replace('"classes"', '"label": "edited", "classes"', 1))
+    err = run_error(["merge", str(out / "recipe.yaml"), "--out", str(tmp_path / "third")], capsys)
+    assert f"the config or tokenizer files of {tmp_path / 'a'} changed" in err
+    assert "restore them or remove its files_sha256" in err and not (tmp_path / "third").exists()
+
+
 def test_bad_inputs_get_clear_messages(tmp_path, capsys):
     recipe = write_case(tmp_path, "depth")
     data = yaml.safe_load(recipe.read_text())
@@ -501,17 +516,18 @@ def test_a_format_for_another_family_is_refused_before_the_merge(
     recipe.write_text("model_a: zoo:digits-vgg-depth/a\nmodel_b: zoo:digits-vgg-depth/b\n")
     err = run_error(["merge", str(recipe), "--out", str(tmp_path / "out"), "--format", fmt], capsys)
     assert f"the {fmt} format holds merges of" in err and "not of vgg models" in err
-    assert "--format heterogui" in err and len(err.strip().splitlines()) == 1
+    assert "leave out --format" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
     assert not list((tmp_path / "cache").rglob("model.safetensors"))  # nothing built or merged
 
 
-def test_a_format_for_another_family_names_the_family_s_own():
+def test_a_format_for_another_family_says_to_leave_it_out():
     from heterogui.errors import ExportError
     from heterogui.export.registry import exporter
 
-    # a BERT merge is merged again from its Hugging Face folder, not from heterogui's format
-    with pytest.raises(ExportError, match=r"write the hf-bert format \(--format hf-bert\) or"):
+    # a BERT merge is merged again from its Hugging Face folder (not from heterogui's format,
+    # which the message suggested): its models' own, which the default writes
+    with pytest.raises(ExportError, match="leave out --format: a merge is written in its mod"):
         exporter("hf-causal-lm").check_family("bert")
 
 

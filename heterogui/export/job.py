@@ -75,17 +75,10 @@ class Exporter(ABC):
         Read from the models' headers, it refuses a format before the merge runs.
         """
         if self.families and family not in self.families:
-            from heterogui.export.registry import EXPORTERS  # the registry imports this module
-
-            own = [e.name for e in EXPORTERS.values() if family in e.families]
-            fix = (
-                f"write the {own[0]} format (--format {own[0]}) or leave out --format"
-                if own
-                else "write the heterogui format (--format heterogui)"
-            )
             raise ExportError(
                 f"the {self.name} format holds merges of {' or '.join(self.families)} models, "
-                f"not of {family} models; {fix}"
+                f"not of {family} models; leave out --format: a merge is written in its "
+                "models' own format"
             )
 
     def check(self, model: MergedModel) -> None:

@@ -160,6 +160,33 @@ class HFSource(Source):
         )
 
 
+# the files beside the weights that change what a model computes or reads (a recipe records
+# their hash: editing them changes the merge as editing the weights does); a model card,
+# report or recipe in the folder does not
+MODEL_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+
+
+def files_sha256(folder: Path) -> str | None:
+    """Return the sha256 of one line per ``MODEL_FILES`` file in ``folder`` (its name and
+    sha256), None when it has none."""
+    lines = "".join(
+        f"{name} {file_sha256(folder / name)}\n"
+        for name in MODEL_FILES
+        if (folder / name).is_file()
+    )
+    return hashlib.sha256(lines.encode("utf-8")).hexdigest() if lines else None
+
+
 def weights_sha256(folder: Path) -> str | None:
     """Return the sha256 of a folder's weights (None when it has no safetensors weights).
 
