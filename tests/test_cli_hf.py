@@ -174,8 +174,9 @@ def test_incompatible_vocabularies_are_refused_and_leave_no_folder(tmp_path, cap
     "field, value, words",
     [
         ("intermediate_size", 50, "is (64,) in model.safetensors but config.json makes it (50,)"),
-        # the pre-flight compares the headers first (it once failed on equal tokenizers)
-        ("vocab_size", 120, "embedding tables differ (120 vs 59 rows) though both tokenizers"),
+        # the pre-flight reads the embedding's rows from the header (it read as two models
+        # with different vocabularies, and once failed on equal tokenizers)
+        ("vocab_size", 120, "says vocab_size 120, but the weights' token embedding"),
         ("num_hidden_layers", 2, "config.json says 2 layers but model.safetensors holds layer 3"),
     ],
 )
