@@ -836,6 +836,19 @@ def test_handler_errors_become_messages_in_the_page(session, res):
     assert "Unexpected error" in out[1] and "boom" in out[1]
 
 
+def test_a_toast_event_shows_its_success_as_a_toast_too(session, res, monkeypatch):
+    shown: list[str] = []
+    monkeypatch.setattr(events.gr, "Info", shown.append)
+
+    def done(session, res, progress=None):
+        return "Merge #7 done in **0.1 s**."
+
+    out = events.event_function(done, res, (), [], 0, toast=True)(session, None)
+    assert out[1] == "Merge #7 done in **0.1 s**." and shown == ["Merge #7 done in 0.1 s."]
+    events.event_function(done, res, (), [], 0)(session, None)  # not asked: the line alone
+    assert len(shown) == 1
+
+
 def test_parse_auth():
     assert app.parse_auth("ann:secret") == ("ann", "secret")
     assert app.parse_auth(None) is None

@@ -114,7 +114,17 @@ def build_app(res: Resources, heavy_limit: int = 2, prefetch: bool = True) -> gr
 
         idle = Prefetcher(lock_for) if prefetch else None
 
-        def on(trigger, handler, inputs, scopes, api_name, heavy=False, light=False, extra=()):
+        def on(
+            trigger,
+            handler,
+            inputs,
+            scopes,
+            api_name,
+            heavy=False,
+            light=False,
+            extra=(),
+            toast=False,
+        ):
             scope_list = SCOPES if scopes == "all" else tuple(scopes)
             names = [n for s in scope_list for n in views_of(s)] + list(extra)
             kwargs = event_options(api_name, heavy, light, heavy_limit, ui["status"])
@@ -127,6 +137,7 @@ def build_app(res: Resources, heavy_limit: int = 2, prefetch: bool = True) -> gr
                     len(inputs),
                     lock_for if heavy else None,
                     idle,
+                    toast,
                 ),
                 inputs=[state, *[ui[i] for i in inputs]],
                 outputs=[state, ui["status"], ui["summary"], *[ui[n] for n in names]],

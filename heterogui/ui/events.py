@@ -64,12 +64,14 @@ def event_function(
     n_inputs: int,
     lock_for: Callable[[Session], Any] | None = None,
     idle: Prefetcher | None = None,
+    toast: bool = False,
 ) -> Callable[..., list[Any]]:
     """Wrap a handler as a gradio function: errors become messages, views are re-rendered.
 
     lock_for: returns the lock that serialises this session's heavy steps (None: no lock).
     idle: the app's background prefetch, paused while the event runs; a heavy step that
-    succeeds queues its session there (None: no prefetch).
+    succeeds queues its session there (None: no prefetch). toast: show a success's message
+    as a toast too (as errors always are), for a button below the fold of the status line.
 
     Raises:
         TypeError: at build time, when the handler does not take the event's inputs.
@@ -102,6 +104,8 @@ def event_function(
             return [session, failure_message(exc, handler), session_summary(session), *skip]
         if idle is not None and lock_for is not None:
             idle.schedule(session)
+        if toast and message:
+            gr.Info(message.replace("**", ""))
         return [
             session,
             gr.skip() if message is None else message,  # None: nothing to say, keep the line
