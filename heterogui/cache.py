@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from heterogui.errors import ConfigError
+from heterogui.errors import ConfigError, ModelLoadError
+from heterogui.models.headers import read_safetensors_header
 
 
 def cache_dir(*parts: str) -> Path:
@@ -79,17 +79,11 @@ def weights_intact(folder: Path, recorded: object) -> bool:
     """
     path = folder / WEIGHTS
     try:
+        header = read_safetensors_header(path)  # checked: every entry within the file
         with path.open("rb") as fh:
-            head = fh.read(8)
-            length = int.from_bytes(head, "little")
-            if len(head) < 8 or length > _MAX_HEADER:
-                return False
-            header = json.loads(fh.read(length))
-        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+            length = int.from_bytes(fh.read(8), "little")
         size = path.stat().st_size
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+    except (ModelLoadError, OSError):
         return False
+    ends = [info["data_offsets"][1] for info in header.values()]
     return size == 8 + length + max(ends, default=0) and recorded in (None, size)
-
-
-_MAX_HEADER = 100_000_000  # safetensors' own limit on its JSON header
