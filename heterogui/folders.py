@@ -231,7 +231,7 @@ def check_output(out: str | Path, overwrite: bool = False, inputs: Iterable[Path
 def write_marker(folder: Path, title: str) -> None:
     """Write ``folder``'s marker: ``title``, then every file in it (what a later overwrite may
     replace; a file added to the export since is not heterogui's to delete)."""
-    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir())
+    names = sorted(_file_names(folder))
     (folder / MARKER).write_text("\n".join([title, *names]) + "\n", encoding="utf-8")
 
 
@@ -241,8 +241,12 @@ def _added_files(folder: Path) -> list[str]:
     listed = (folder / MARKER).read_text(encoding="utf-8", errors="replace").splitlines()[1:]
     if not listed:
         return []
-    found = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
-    return sorted(found - set(listed) - {MARKER})
+    return sorted(_file_names(folder) - set(listed) - {MARKER})
+
+
+def _file_names(folder: Path) -> set[str]:
+    """Return the paths of every file under ``folder``, relative to it ("a/b.json")."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
 
 
 def write_document(path: str | Path, text: str) -> None:

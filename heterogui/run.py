@@ -117,8 +117,9 @@ def check_hash(ref: ModelRef, loaded: Loaded) -> None:
             f"the weights of {ref.path} changed: sha256 {(loaded.sha256 or 'none')[:12]}... but "
             f"the recipe records {ref.sha256[:12]}...; restore the model or remove its sha256"
         )
-    found = files_sha256(loaded.folder) if loaded.folder is not None else None
-    if ref.files_sha256 and ref.files_sha256 != found:
+    if ref.files_sha256 and ref.files_sha256 != (
+        files_sha256(loaded.folder) if loaded.folder is not None else None
+    ):
         raise ConfigError(
             f"the config or tokenizer files of {ref.path} changed ({', '.join(MODEL_FILES[:2])}, "
             "...): the merge would differ from the recorded one; restore them or remove its "
