@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from heterogui import run_group
 from heterogui.config import Recipe
+from heterogui.datasets.refs import text_limit
 from heterogui.errors import ConfigError, ExportError
 from heterogui.export.job import HETEROGUI_FORMAT, ExportJob
 from heterogui.export.registry import exporter, write_export
@@ -93,6 +94,7 @@ def export(
         card,
         run.pair.a.folder,
         getattr(run.pair.a.net.config, "pooling", None),
+        text_limit(run.pair.a.tokenizer) if run.pair.a.tokenizer is not None else None,
     )
     return write_export(job, out, fmt, overwrite, inputs)
 

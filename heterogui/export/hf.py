@@ -30,7 +30,6 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from heterogui.datasets.refs import NO_TOKEN_LIMIT
 from heterogui.errors import ExportError
 from heterogui.export.job import HF_BERT_FORMAT, HF_VIT_FORMAT, Exporter, ExportJob
 from heterogui.fusion.merged import MergedModel
@@ -240,7 +239,7 @@ def write_sentence_transformer(job: ExportJob, folder: Path, hidden: int) -> Non
     for name in ST_FILES:
         if (source / name).is_file():
             shutil.copyfile(source / name, folder / name)
-    _cut_as_scored(folder)
+    _cut_as_scored(folder, job.text_limit)
     for module in modules:
         if not module.get("type", "").endswith("Pooling"):
             continue
@@ -254,26 +253,15 @@ def write_sentence_transformer(job: ExportJob, folder: Path, hidden: int) -> Non
         (sub / "config.json").write_text(json.dumps(pooling, indent=2) + "\n")
 
 
-def _cut_as_scored(folder: Path) -> None:
-    """Set sentence-transformers' max_seq_length to the tokens heterogui gives a text: the
-    tokenizer's limit within the position table (``datasets.refs.text_limit``), so that
-    ``SentenceTransformer(folder)`` embeds a long text as heterogui scored it (A's own setting,
-    256 for all-MiniLM-L6-v2, cut it shorter than the 512 heterogui reads)."""
+def _cut_as_scored(folder: Path, limit: int | None) -> None:
+    """Set sentence-transformers' max_seq_length to ``limit``, the tokens heterogui gave a text
+    (``ExportJob.text_limit``), so that ``SentenceTransformer(folder)`` embeds a long text as
+    heterogui scored it (A's own setting, 256 for all-MiniLM-L6-v2, cut it shorter than the
+    512 heterogui reads)."""
     path = folder / "sentence_bert_config.json"
-    if not path.is_file():
-        return
-    limits = []
-    for name, key in (
-        ("tokenizer_config.json", "model_max_length"),
-        ("config.json", "max_position_embeddings"),
-    ):
-        data = json.loads((folder / name).read_text("utf-8")) if (folder / name).is_file() else {}
-        value = data.get(key)
-        if isinstance(value, int) and 0 < value < NO_TOKEN_LIMIT:
-            limits.append(value)
-    if limits:
+    if limit is not None and path.is_file():
         config = json.loads(path.read_text("utf-8"))
-        path.write_text(json.dumps({**config, "max_seq_length": min(limits)}, indent=2) + "\n")
+        path.write_text(json.dumps({**config, "max_seq_length": limit}, indent=2) + "\n")
 
 
 class BertExporter(Exporter):

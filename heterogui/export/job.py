@@ -37,6 +37,8 @@ class ExportJob:
     file name -> content (the model card README.md and its SVG figures). source_folder: model
     A's folder, whose tokenizer (and sentence-transformers modules) a text model's export
     carries. pooling: how the merged token states are pooled into a sentence embedding.
+    text_limit: the most tokens heterogui gave a text of this merge (``datasets.refs.text_limit``
+    of model A's tokenizer; None: no limit, or no text model).
     """
 
     model: MergedModel
@@ -45,6 +47,7 @@ class ExportJob:
     card: dict[str, str] = field(default_factory=dict)
     source_folder: Path | None = None
     pooling: str | None = None
+    text_limit: int | None = None
 
     def write_side_files(self, folder: Path) -> None:
         """Write recipe.yaml, report.json and the card files into ``folder``."""
