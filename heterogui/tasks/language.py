@@ -333,28 +333,28 @@ class LanguageModeling(Task):
         if result is not None:
             models["merged"] = merged_logits(result.model, last=True)
         total = max(len(models) * len(prompts) * max_new_tokens, 1)
-        made = [0]  # the tokens generated, counting those a text that stopped early left
 
-        def step(tokens: int = 1) -> None:
-            made[0] += tokens
+        def report(tokens: int) -> None:  # of every text's max_new_tokens, in order
             if progress is not None:
-                progress("generate", made[0] / total)
+                progress("generate", tokens / total)
 
         texts: dict[str, list[str]] = {name: [] for name in models}
-        for i, (name, fn) in enumerate(models.items()):
-            for k, p in enumerate(prompts):
-                text = generate(
-                    _on(fn, dev),
-                    tok,
-                    p,
-                    max_new_tokens,
-                    sample=sample,
-                    seed=seed,
-                    context=CONTEXT,
-                    step=step,
+        for name, fn in models.items():
+            for p in prompts:
+                before = sum(map(len, texts.values())) * max_new_tokens
+                texts[name].append(
+                    generate(
+                        _on(fn, dev),
+                        tok,
+                        p,
+                        max_new_tokens,
+                        sample=sample,
+                        seed=seed,
+                        context=CONTEXT,
+                        step=lambda n, before=before: report(before + n),
+                    )
                 )
-                texts[name].append(text)
-                step((i * len(prompts) + k + 1) * max_new_tokens - made[0])  # it may stop early
+                report(before + max_new_tokens)  # a text may stop early
         return texts
 
 

@@ -282,7 +282,7 @@ def generate(
     top_k: int = 50,
     stop_at_eos: bool = True,
     context: int | None = None,
-    step: Callable[[], None] | None = None,
+    step: Callable[[int], None] | None = None,
 ) -> str:
     """Return the continuation of ``prompt`` (without the prompt): greedy, or sampled.
 
@@ -291,13 +291,13 @@ def generate(
     step re-runs the whole sequence (no cache), or its last tokens where the model reads fewer
     (a position table: ``datasets.refs.text_limit``) or ``context`` says fewer (a long prompt
     would otherwise cost a pass over all of it per token). With ``stop_at_eos`` the eos token
-    ends the text (and is not part of it). ``step`` is called after each new token.
+    ends the text (and is not part of it). After each new token, ``step`` gets their count.
 
     Raises:
         ConfigError: max_new_tokens under 0, temperature not above 0, top_k under 1, or a
             prompt of no tokens.
     """
-    step = step or (lambda: None)  # called after each new token (a progress bar, a Cancel)
+    step = step or (lambda _tokens: None)  # after each new token: a progress bar, a Cancel
     if max_new_tokens < 0 or temperature <= 0 or top_k < 1:
         raise ConfigError(
             f"max_new_tokens {max_new_tokens}, temperature {temperature}, top_k {top_k}: use "
@@ -326,7 +326,7 @@ def generate(
                 break
             new.append(token)
             ids = torch.cat([ids, torch.tensor([[token]], dtype=ids.dtype)], dim=1)
-            step()
+            step(len(new))
     return tokenizer.decode(new, skip_special_tokens=True)
 
 
