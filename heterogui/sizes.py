@@ -279,11 +279,18 @@ def _counts(
     Raises:
         MatcherError: a width the zip cannot reach (the merge would refuse it too).
     """
-    entries = sum((n_a + n_b) ** 2 for n_a, n_b, _ in widths.values())
-    if not prepared.stats or entries > MATCHED_ESTIMATE_ENTRIES:
+    if not estimated_by_matching(prepared, widths):
         return planned_counts(prepared, widths)
     matches = match_spaces(prepared, settings, stop)
     return {s: _shared_counts(matches[s]) for s in widths}
+
+
+def estimated_by_matching(
+    prepared: pipeline.Prepared, widths: dict[str, tuple[int, int, int]]
+) -> bool:
+    """Return whether ``estimate`` matches every merge point of these widths (cheap enough)."""
+    entries = sum((n_a + n_b) ** 2 for n_a, n_b, _ in widths.values())
+    return bool(prepared.stats) and entries <= MATCHED_ESTIMATE_ENTRIES
 
 
 def planned_counts(

@@ -15,7 +15,7 @@ from heterogui.config import SPLIT_HEADS
 from heterogui.errors import ConfigError, excerpt
 from heterogui.matching import match_spaces
 from heterogui.pipeline import resolved_settings
-from heterogui.sizes import estimate
+from heterogui.sizes import estimate, estimated_by_matching
 from heterogui.ui import work
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
@@ -120,9 +120,11 @@ def on_set_override(
             overrides.pop(target, None)
     trial = dataclasses.replace(session.settings, overrides=overrides)
     planned = estimate(prep, trial)  # raises a clear message before the settings change
-    if "width" in knobs and space in planned["widths"] and not graph.spaces[space].head_dim:
-        # zipped now (the estimate did for small pairs; the merge reuses the steps), so a width
-        # the greedy zip cannot reach under beta is refused here, not at the next merge
+    # a width the greedy zip cannot reach under beta is refused here, not at the next merge:
+    # zipped now, unless the estimate just zipped every merge point (a small pair)
+    widths = planned["widths"]
+    single = space in widths and not graph.spaces[space].head_dim
+    if "width" in knobs and single and not estimated_by_matching(prep, widths):
         match_spaces(prep, trial, planned["stop"], only={space})
     session.settings = trial
     where = f"{len(layers)} attention layers ({', '.join(layers)})" if every else space
