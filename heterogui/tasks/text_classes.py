@@ -84,7 +84,6 @@ def read_labelled(path: Path) -> LabelledText:
     return LabelledText(tuple(sentences), torch.tensor(labels, dtype=torch.int64))
 
 
-@torch.no_grad()
 def _drawn(data: LabelledText, ref: DataRef) -> LabelledText:
     """Return ``ref.size`` of the labelled sentences drawn with ``ref.seed`` (all when None)."""
     rows = subsample(list(range(len(data.sentences))), ref)
@@ -93,6 +92,7 @@ def _drawn(data: LabelledText, ref: DataRef) -> LabelledText:
     return LabelledText(tuple(data.sentences[i] for i in rows), data.labels[rows])
 
 
+@torch.no_grad()
 def run_outputs(
     fn: Outputs, tokenizer: Any, sentences: Sequence[str], device: torch.device | str
 ) -> list[torch.Tensor]:
