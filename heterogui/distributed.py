@@ -42,6 +42,9 @@ T = TypeVar("T")
 # the cache) models and data first, which can take far longer than torch's default (10 minutes
 # under NCCL); a rank that fails makes torchrun stop the others long before this
 TIMEOUT = timedelta(hours=2)
+# how long a process waits for the others to join (torchrun starts them together; a process
+# started by hand, or with a WORLD_SIZE left over in a shell, would otherwise wait ``TIMEOUT``)
+JOIN_TIMEOUT = timedelta(minutes=5)
 
 
 def env_world_size() -> int:
@@ -97,8 +100,33 @@ def init_from_env(device: str | torch.device = "cpu") -> bool:
                 "visible): start at most one process per GPU (torchrun --nproc_per_node)"
             )
         torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+    store, rank_, world = _joined()
+    store.set_timeout(TIMEOUT)
+    dist.init_process_group(
+        "nccl" if cuda else "gloo", store=store, rank=rank_, world_size=world, timeout=TIMEOUT
+    )
     return True
+
+
+def _joined() -> tuple[dist.Store, int, int]:
+    """Return the store, rank and world size once every process joined (``JOIN_TIMEOUT``).
+
+    Raises:
+        ConfigError: the others did not join in time, or the address cannot be used.
+    """
+    try:
+        return next(dist.rendezvous("env://", timeout=JOIN_TIMEOUT))
+    except (RuntimeError, ValueError) as exc:
+        line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+        where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+        seconds = JOIN_TIMEOUT.total_seconds()
+        waited = f"{seconds:g} s" if seconds < 120 else f"{seconds / 60:g} minutes"
+        raise ConfigError(
+            f"the {env_world_size()} processes of this torchrun did not all join at {where} "
+            f"within {waited} ({excerpt(line, 160)}): start every process with "
+            "torchrun, or unset WORLD_SIZE, RANK, MASTER_ADDR and MASTER_PORT to merge in one "
+            "process"
+        ) from None
 
 
 def shutdown() -> None:

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -255,6 +256,27 @@ def test_a_world_size_without_torchrun_is_refused_in_one_line(tmp_path, capsys, 
         "error: WORLD_SIZE=2 is set but not RANK, MASTER_ADDR, MASTER_PORT: start the command "
         "with torchrun (it sets them all), or unset WORLD_SIZE\n"
     )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_process_whose_peers_never_start_stops_in_one_line(tmp_path, capsys, monkeypatch):
+    recipe = _recipe(tmp_path, "recipe.yaml", 32, 16)
+    port = _free_port()
+    # a shell with torchrun's variables left over: process 0 of 2, and no process 1 ever
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    monkeypatch.setattr(distributed, "JOIN_TIMEOUT", timedelta(seconds=2))
+    assert main(["merge", str(recipe), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: the 2 processes of this torchrun did not all join at 127.0.0.1:{port} within 2 s ("
+    )
+    assert err.endswith(
+        "): start every process with torchrun, or unset WORLD_SIZE, RANK, MASTER_ADDR and "
+        "MASTER_PORT to merge in one process\n"
+    )
+    assert err.count("\n") == 1 and not distributed.torch.distributed.is_initialized()
     assert not (tmp_path / "out").exists()
 
 
