@@ -15,7 +15,7 @@ from heterogui.cli_app import add_app_arguments, app_options
 from heterogui.cli_args import thread_count
 from heterogui.cli_bench import add_bench_arguments
 from heterogui.cli_zoo import add_zoo_arguments
-from heterogui.errors import HeteroguiError, excerpt
+from heterogui.errors import HeteroguiError, excerpt, os_error_line
 from heterogui.folders import check_output
 from heterogui.recipe_parse import load_recipe
 
@@ -167,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (heterogui zoo list | head): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 1
+    except OSError as exc:  # a full disk, a file too large, an I/O error, unwritable stdout
+        print(f"{_error_prefix()}{os_error_line(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # Ctrl-C; a merge's folder is written whole or not at all
         left = ""
         if args.command == "merge":

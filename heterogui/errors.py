@@ -6,6 +6,8 @@ the UI shows it in the page, so it must make sense to a user who has not read th
 
 from __future__ import annotations
 
+import errno
+
 
 class HeteroguiError(Exception):
     """Base class of every error heterogui raises on purpose."""
@@ -50,3 +52,15 @@ def excerpt(text: object, limit: int = EXCERPT) -> str:
     """
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def os_error_line(exc: OSError, filename: str | None = None) -> str:
+    """Return an OSError (a full disk, an I/O error) as one line with what to do about it.
+
+    filename: the file to name instead of the error's own (the final path of a temporary one).
+    """
+    full = exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    fix = "free some space, or write elsewhere" if full else "check the path and its device"
+    name = filename if filename is not None else exc.filename
+    where = f" on {str(name)!r}" if name else ""
+    return f"{exc.strerror or excerpt(exc)}{where}: {fix}"

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from heterogui.errors import ExportError, excerpt
+from heterogui.errors import ExportError, excerpt, os_error_line
 
 # the fix for an existing output folder, wherever the export was asked for
 OVERWRITE_HINT = (
@@ -128,7 +128,10 @@ def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]
         raise ExportError(f"output folder {str(target)!r} appeared while writing; retry") from exc
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ExportError(f"could not write {target}: {excerpt(exc)}") from exc
+        # the file as the user will look for it, not inside the hidden temporary folder
+        shown = str(exc.filename).replace(str(tmp), str(target)) if exc.filename else None
+        line = os_error_line(exc, shown)
+        raise ExportError(f"could not write {target}, nothing was written: {line}") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

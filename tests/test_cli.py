@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 import subprocess
@@ -240,6 +241,35 @@ def test_a_reader_that_goes_away_ends_the_output_without_a_traceback():
     listing.stdout.close()  # before it prints its first line: the pipe is broken
     err = listing.stderr.read()
     assert listing.wait(timeout=120) == 1 and "Traceback" not in err and "Broken" not in err
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_output_that_cannot_be_written_is_one_line():
+    command = [sys.executable, "-m", "heterogui", "zoo", "list", "--tiny"]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr == "error: No space left on device: free some space, or write elsewhere\n"
+
+
+def test_a_disk_that_fills_up_during_a_merge_leaves_nothing(tmp_path, capsys, monkeypatch):
+    import heterogui.export.network as network
+
+    recipe = write_case(tmp_path, "width")
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    def full(state, path, metadata=None):
+        Path(path).write_bytes(b"\0" * 64)  # part of the file made it
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(network, "save_file", full)
+    err = run_error(["merge", str(recipe), "--out", str(tmp_path / "merged")], capsys)
+    out = tmp_path / "merged"
+    assert err == (
+        f"error: could not write {out}, nothing was written: No space left on device on "
+        f"'{out / 'model.safetensors'}': free some space, or write elsewhere\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no folder, no hidden one
 
 
 def test_listing_the_zoo_writes_nothing_to_the_cache(tmp_path, monkeypatch, capsys):
