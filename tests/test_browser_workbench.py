@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+import yaml
 
 from heterogui.ui.app import build_app, launch
 from heterogui.ui.resources import Resources, ZooPairs
@@ -167,6 +168,13 @@ def export(page, out: Path) -> None:
     page.locator("#export").click()
     wait_status(page, "Exported to")
     assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+    # the recipe view's own button saves it under the name the CLI reads (not "file.yaml")
+    with page.expect_download(timeout=TIMEOUT_MS) as caught:
+        page.locator('#recipe-view button[title="Save as recipe.yaml"]').click()
+    assert caught.value.suggested_filename == "recipe.yaml"
+    saved = out.parent / "saved-recipe.yaml"
+    caught.value.save_as(saved)
+    assert yaml.safe_load(saved.read_text()) == yaml.safe_load((out / "recipe.yaml").read_text())
 
 
 def download_figures(page, folder: Path) -> None:

@@ -67,11 +67,15 @@ def build(ui: dict[str, Any], res: Resources) -> None:
                 "knobs; importing repeats the merge exactly",
             )
             ui["import_recipe"] = gr.Button("Reproduce merge from recipe")
+    # the Code component's own download names the file "file.yaml": this one saves recipe.yaml
+    ui["recipe_save"] = gr.Button("Save as recipe.yaml", size="sm")  # in the view's toolbar
     ui["recipe_view"] = gr.Code(
         label="Recipe of the current merge (what recipe.yaml holds)",
         language="yaml",
         interactive=False,
         max_lines=40,
+        buttons=["copy", ui["recipe_save"]],
+        elem_id="recipe-view",
     )
     with gr.Accordion("Model card preview", open=False):
         ui["card_preview"] = gr.Markdown()
@@ -192,8 +196,22 @@ def on_figures(session: Session, res: Resources, progress=None) -> tuple[str, di
     )
 
 
+# the recipe as it shows, saved by the browser under the name the CLI and the export use
+SAVE_RECIPE_JS = """(text) => {
+  if (!text || text.startsWith("# merge first")) return;
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([text], {type: "application/yaml"}));
+  link.download = "recipe.yaml";
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+}"""
+
+
 def wire(ui: dict[str, Any], on) -> None:
     """Register the tab's events."""
+    ui["recipe_save"].click(
+        None, [ui["recipe_view"]], None, js=SAVE_RECIPE_JS, api_visibility="undocumented"
+    )
     collected = on(
         ui["download_figures"].click,
         on_figures,
