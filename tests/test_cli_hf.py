@@ -114,6 +114,12 @@ def test_cli_writes_a_save_pretrained_folder_that_automodel_loads(tmp_path, pair
     done = merge_recipe(recipe)  # the same recipe in Python: the same merge
     exported, merged = token_states(out, done)
     assert (exported - merged).abs().max() < 1e-5
+    # the folder pads narrower layers: the report and card count what transformers loads
+    from transformers import AutoModel
+
+    count = AutoModel.from_pretrained(out).num_parameters()
+    assert report["parameters"]["exported"] == count >= report["parameters"]["merged"]
+    assert f"| in this folder | {count:,} | — |" in (out / "README.md").read_text()
 
 
 def test_recorded_recipe_repeats_the_merge_bit_for_bit(tmp_path):

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from heterogui.config import DataRef
 from heterogui.errors import ModelLoadError
-from heterogui.export.job import ExportJob
+from heterogui.export.job import ExportJob, folder_parameters
 from heterogui.export.registry import write_export
 from heterogui.fusion.merged import as_network
 from heterogui.models.hf.decoder_io import network_from_hf
@@ -106,6 +106,7 @@ def test_depth_and_width_heterogeneous_decoders_merge_and_export_exactly(tmp_pat
     with torch.no_grad():
         exported = loaded(**batch).logits
     assert real_rows((exported - mean).abs(), batch).max() < 1e-4
+    assert folder_parameters(out) == loaded.num_parameters()  # untied: both matrices count
     # the heterogui format keeps no tokenizer: it is not taken back as a model to merge
     kept = write_export(job, tmp_path / "kept", "heterogui")
     with pytest.raises(ModelLoadError, match="merge with --format hf-causal-lm"):

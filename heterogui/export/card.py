@@ -234,3 +234,21 @@ def model_card(facts: dict[str, Any], fmt: str = "heterogui") -> str:
         "`recipe.yaml`, `report.json` and `config.json` sit beside this card.",
     ]
     return _FRONT[fmt] + "\n\n".join(parts) + "\n"
+
+
+def with_folder_size(card: str, count: int, note: str) -> str:
+    """Return a model card whose Size table and notes also give what the folder stores.
+
+    count: the parameters the folder's weights files hold; note: why they differ from the
+    merge's (the format's shape). The row follows "merged (stored)"; the note follows the
+    card's notes on sizes.
+    """
+    lines = card.split("\n")
+    stored = next((k for k, ln in enumerate(lines) if ln.startswith("| merged (stored) |")), None)
+    if stored is not None:
+        row = _table(["model", "parameters", "FLOPs per input"], [["in this folder", count, None]])
+        lines.insert(stored + 1, row.split("\n")[-1])
+    sizes = next((k for k, ln in enumerate(lines) if ln.startswith("- Sizes: ")), None)
+    sentence = f"- In this folder: {count:,} parameters (what transformers counts), as {note}."
+    lines.insert(len(lines) if sizes is None else sizes + 1, sentence)
+    return "\n".join(lines)

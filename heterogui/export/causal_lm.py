@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from heterogui.errors import ExportError, ModelLoadError
+from heterogui.export.hf import PADDED_NOTE
 from heterogui.export.job import HF_CAUSAL_LM_FORMAT, Exporter, ExportJob
 from heterogui.fusion.merged import MergedModel, as_network
 from heterogui.models.decoder import DecoderNetConfig
@@ -92,7 +93,10 @@ class CausalLMExporter(Exporter):
             from transformers import GenerationConfig
 
             GenerationConfig.from_model_config(model.config).save_pretrained(folder)
-        job.write_side_files(folder)
+        job.write_side_files(
+            folder,
+            note=f"{PADDED_NOTE}; the merge's two language-model heads are averaged into one",
+        )
 
 
 CAUSAL_LM = CausalLMExporter()

@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import save_file
 
 from heterogui.errors import ExportError
-from heterogui.export.job import HF_BERT_FORMAT, HF_VIT_FORMAT, Exporter, ExportJob
+from heterogui.export.job import HF_BERT_FORMAT, HF_VIT_FORMAT, UNMERGE_FILE, Exporter, ExportJob
 from heterogui.fusion.merged import MergedModel
 from heterogui.models.bert import BERT_NAMES, BertNetConfig, LayerNames
 from heterogui.models.hf.bert_io import state_to_hf
@@ -44,7 +44,6 @@ TOKENIZER_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
 )
-UNMERGE_FILE = "unmerge.safetensors"
 # sentence-transformers files copied from model A when it is a sentence-transformers model.
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
@@ -210,6 +209,13 @@ def _vit_model(model: MergedModel) -> Any:
     return hf
 
 
+# why a Hugging Face folder holds more parameters than the merge (the card's and report's count)
+PADDED_NOTE = (
+    "its config holds one width per layer kind, so the narrower merged layers are padded with "
+    "zero rows and columns, which never change an output"
+)
+
+
 def write_transformer(hf: Any, job: ExportJob, folder: Path) -> None:
     """Write a transformers model, the unmerge file, the tokenizer and the side files."""
     hf.save_pretrained(folder, safe_serialization=True)
@@ -222,7 +228,7 @@ def write_transformer(hf: Any, job: ExportJob, folder: Path) -> None:
     for name in TOKENIZER_FILES if source is not None else ():
         if (source / name).is_file():
             shutil.copyfile(source / name, folder / name)
-    job.write_side_files(folder)
+    job.write_side_files(folder, note=PADDED_NOTE)
 
 
 def write_sentence_transformer(job: ExportJob, folder: Path, hidden: int) -> None:

@@ -8,6 +8,7 @@ source (``reader``), so an export can be model A or B of the next merge.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +16,11 @@ from typing import Any
 
 from heterogui.config import Recipe
 from heterogui.errors import ExportError
+from heterogui.export.card import with_folder_size
 from heterogui.export.json_text import readable_json
 from heterogui.fusion.merged import MergedModel
 from heterogui.models.family import family_of
+from heterogui.models.headers import read_safetensors_header
 
 # Output formats (a source names the one that fits its models as ``Loaded.export_format``).
 HETEROGUI_FORMAT = "heterogui"
@@ -27,6 +30,7 @@ HF_CAUSAL_LM_FORMAT = "hf-causal-lm"
 RECIPE_FILE = "recipe.yaml"
 REPORT_FILE = "report.json"
 CARD_FILE = "README.md"
+UNMERGE_FILE = "unmerge.safetensors"
 
 
 @dataclass
@@ -49,14 +53,41 @@ class ExportJob:
     pooling: str | None = None
     text_limit: int | None = None
 
-    def write_side_files(self, folder: Path) -> None:
-        """Write recipe.yaml, report.json and the card files into ``folder``."""
+    def write_side_files(self, folder: Path, note: str | None = None) -> None:
+        """Write recipe.yaml, report.json and the card files into ``folder``.
+
+        note: for a format that stores the merge in another shape than heterogui's (a Hugging
+        Face folder: padded widths, one head), why its weights hold other parameters than the
+        merge: the count of what ``folder`` holds (``folder_parameters``, read back from the
+        written files) joins report.json ("parameters": "exported") and the card, with the note.
+        """
+        report, card = self.report, dict(self.card)
+        if note is not None:
+            count = folder_parameters(folder)
+            if report is not None and isinstance(report.get("parameters"), dict):
+                report = {**report, "parameters": {**report["parameters"], "exported": count}}
+            if CARD_FILE in card:
+                card[CARD_FILE] = with_folder_size(card[CARD_FILE], count, note)
         if self.recipe is not None:
             (folder / RECIPE_FILE).write_text(self.recipe.to_yaml())
-        if self.report is not None:
-            (folder / REPORT_FILE).write_text(readable_json(self.report, sort_keys=True))
-        for name, text in self.card.items():
+        if report is not None:
+            (folder / REPORT_FILE).write_text(readable_json(report, sort_keys=True))
+        for name, text in card.items():
             (folder / name).write_text(text)
+
+
+def folder_parameters(folder: Path) -> int:
+    """Return the numbers the weights files of an exported folder hold (headers only).
+
+    The model's ``*.safetensors`` files (shards included), not heterogui's unmerge file.
+    """
+    total = 0
+    for path in sorted(folder.glob("*.safetensors")):
+        if path.name == UNMERGE_FILE:
+            continue
+        for entry in read_safetensors_header(path).values():
+            total += math.prod(entry["shape"])
+    return total
 
 
 class Exporter(ABC):
