@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -653,6 +654,7 @@ def test_a_bad_mapping_is_refused_and_the_alignment_kept(session, res, text, wor
     [
         ("block0", None, 200_000_000, "out of range: use an integer from 1 to"),
         ("block0", None, -3, "must be a positive integer"),
+        ("block0", None, "32.5", "width 32.5 must be a positive integer"),  # not cut to 32
         ("block0", 1.5, None, "must lie in [0, 1]"),
         ("nowhere", 0.5, None, "choose a merge point"),
     ],
@@ -715,6 +717,23 @@ def test_a_bad_upload_is_refused_and_leaves_nothing(session, res, tmp_path):
         zf.writestr("/etc/evil", "x")
     with pytest.raises(ModelLoadError, match="outside the archive"):
         tab_models.on_load_model(session, res, "a", "upload", None, None, [str(evil)], None)
+    for order in (["x", "x/y"], ["x/y", "x"], ["x", "x"]):  # a file and a folder of one name
+        clash = tmp_path / "clash.zip"
+        with zipfile.ZipFile(clash, "w") as zf, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # zipfile's "Duplicate name"
+            zf.writestr("config.json", "{}")
+            for name in order:
+                zf.writestr(name, "x")
+        with pytest.raises(ModelLoadError, match=r"holds '(x|x/y)' twice, or as a file and a"):
+            tab_models.on_load_model(session, res, "a", "upload", None, None, [str(clash)], None)
+    # every file of a sentence-transformers folder: two config.json (the pooling one last)
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "pool" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    (tmp_path / "weights.safetensors").write_bytes(b"x")
+    (tmp_path / "config.json").write_text("{}")
+    files = [str(tmp_path / n) for n in ("weights.safetensors", "config.json", "pool/config.json")]
+    with pytest.raises(ModelLoadError, match="two files named config.json"):
+        tab_models.on_load_model(session, res, "a", "upload", None, None, files, None)
     assert session.a is kept
     assert list(Path(session.workdir).iterdir()) == []
 

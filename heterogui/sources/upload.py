@@ -18,6 +18,8 @@ from heterogui.errors import ModelLoadError
 
 MAX_UNPACKED_BYTES = 4 << 30  # 4 GiB: far above any model the workbench can merge on a laptop
 MODEL_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".yaml", ".md", ".svg")
+# every file an upload may hold: a model's files, an export's .zip, a .gguf file
+UPLOAD_SUFFIXES = (*MODEL_SUFFIXES, ".zip", ".gguf")
 
 
 def receive(files: list[str] | None, workdir: str | Path | None = None) -> Path:
@@ -81,13 +83,22 @@ def _copy(paths: list[Path], folder: Path) -> None:
             f"got {len(weights)} .safetensors and {len(configs)} .json files: upload the "
             "weights (model.safetensors) and config.json together"
         )
-    for p in paths:
-        # A lone weights/config file keeps the folder's standard name whatever it was called.
-        name = p.name
-        if len(weights) == 1 and p in weights:
-            name = "model.safetensors"
-        elif len(configs) == 1 and p in configs:
-            name = "config.json"
+    # A lone weights/config file keeps the folder's standard name whatever it was called.
+    names = [
+        "model.safetensors"
+        if len(weights) == 1 and p in weights
+        else "config.json"
+        if len(configs) == 1 and p in configs
+        else p.name
+        for p in paths
+    ]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ModelLoadError(
+            f"two files named {twice[0]} (files of two folders?): upload each of the model's "
+            "files once (a sentence-transformers folder's 1_Pooling/config.json is not needed)"
+        )
+    for p, name in zip(paths, names, strict=True):
         shutil.copyfile(p, folder / name)
 
 
@@ -103,6 +114,7 @@ def _extract(archive: Path, folder: Path) -> None:
                     f"{MAX_UNPACKED_BYTES / 2**30:.0f} GiB limit; upload the folder's files"
                 )
             root = _common_root(members)
+            written: set[tuple[str, ...]] = set()
             for member in members:
                 rel = PurePosixPath(member.filename)
                 if rel.is_absolute() or ".." in rel.parts:
@@ -110,10 +122,21 @@ def _extract(archive: Path, folder: Path) -> None:
                         f"{archive.name} holds {member.filename!r}, a path outside the archive; "
                         "upload an archive made by the workbench's export"
                     )
-                target = folder.joinpath(*rel.parts[len(root) :])
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(member) as src, target.open("wb") as dst:
-                    shutil.copyfileobj(src, dst)
+                parts = rel.parts[len(root) :]
+                clash = parts in written or any(parts[:k] in written for k in range(len(parts)))
+                try:
+                    if clash:
+                        raise FileExistsError(member.filename)
+                    target = folder.joinpath(*parts)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(member) as src, target.open("wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+                    raise ModelLoadError(
+                        f"{archive.name} holds {member.filename!r} twice, or as a file and a "
+                        "folder; upload an archive made by the workbench's export"
+                    ) from exc
+                written.add(parts)
     except zipfile.BadZipFile as exc:
         raise ModelLoadError(f"{archive.name} is not a valid .zip archive ({exc})") from exc
 

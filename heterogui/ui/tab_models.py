@@ -18,6 +18,7 @@ from heterogui.errors import ConfigError, HeteroguiError
 from heterogui.folders import write_document
 from heterogui.pipeline import ZipSettings
 from heterogui.sources.gguf import BUILT_IN as GGUF_BUILT_IN
+from heterogui.sources.upload import UPLOAD_SUFFIXES
 from heterogui.tasks.language import ALL_DOMAINS
 from heterogui.tasks.sentences import MIN_SENTENCES
 from heterogui.ui import history, work
@@ -139,7 +140,7 @@ def _model_picker(ui: dict[str, Any], res: Resources, which: str) -> None:
             "or a .gguf file)"
         ),
         file_count="multiple",
-        file_types=[".safetensors", ".json", ".zip", ".txt", ".gguf"],
+        file_types=list(UPLOAD_SUFFIXES),
         height=110,
         visible=False,
         elem_id=f"upload-{which}",

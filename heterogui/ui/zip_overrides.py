@@ -104,8 +104,8 @@ def on_set_override(
         )
     knobs: dict[str, Any] = {}
     if width is not None:
-        if width < 1:
-            raise ConfigError(f"width {width} must be a positive integer")
+        if width < 1 or width != int(width):
+            raise ConfigError(f"width {width:g} must be a positive integer (a number of features)")
         knobs["width"] = int(width)
     elif rho is not None:
         if not 0 <= rho <= 1:
