@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +17,13 @@ import torch
 from conftest import drawn
 
 from heterogui import pipeline, sizes
+from heterogui.cache import cache_path
 from heterogui.config import DEFAULT_RIDGE
 from heterogui.errors import AlignmentError, Cancelled, ConfigError, ExportError, HeteroguiError
 from heterogui.models.family import build_network
 from heterogui.models.io import save_network
 from heterogui.models.resnet import cifar_resnet
+from heterogui.sources import registry
 from heterogui.sources.folder import load_merged
 from heterogui.tasks.classification import evaluate_models
 from heterogui.ui import (
@@ -904,6 +907,16 @@ def test_an_export_uploads_as_a_model_and_merges_again(session, res, tmp_path):
     )
     assert "**first** (upload)" in loaded  # A's picker shows it; B's is left as it was
     assert pickers == {"source_a": {"__type__": "update", "value": "upload"}}
+    # kept in the cache by content, not in the session's folder: a recipe that names it repeats
+    # after the session ends; the same .zip again is the same kept folder
+    kept = Path(other.a.ref)
+    assert kept.parent.parent == cache_path("uploads") and kept.name == "first"
+    assert other.a.folder == kept and not list(Path(other.workdir).iterdir())
+    again = Session(device="cpu")
+    tab_models.on_load_model(again, res, "a", "upload", None, None, [extra["export_file"]], None)
+    assert again.a.ref == other.a.ref
+    again.remove_files()
+    assert registry.load(other.a.ref).sha256 == other.a.sha256
     assert [h.name for h in other.a.net.task_heads()] == [f"{PAIR}/a", f"{PAIR}/b"]
     with torch.no_grad():  # the upload computes what the merge computed
         x = torch.randn(4, 1, 8, 8)

@@ -8,12 +8,15 @@ and a size limit, so an upload never writes outside its folder.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import shutil
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from heterogui.cache import cache_dir
 from heterogui.errors import ModelLoadError
 
 MAX_UNPACKED_BYTES = 4 << 30  # 4 GiB: far above any model the workbench can merge on a laptop
@@ -61,6 +64,48 @@ def receive(files: list[str] | None, workdir: str | Path | None = None) -> Path:
         shutil.rmtree(root, ignore_errors=True)
         raise
     return folder
+
+
+def keep(received: Path) -> Path:
+    """Move an accepted upload (``receive``'s folder or .gguf file) into the cache; return it.
+
+    The upload lands in ``$HETEROGUI_CACHE/uploads/DIGEST/`` under its own name, DIGEST being
+    the hash of its files' names and contents, so a recipe exported from a merge of it names a
+    path that outlives the session (whose upload folder is deleted with it) and the app. The
+    same files uploaded again reuse the kept copy; the session's copy is removed either way.
+    """
+    digest = _files_digest(received)[:16]
+    target = cache_dir("uploads", digest) / received.name
+    if not target.exists():
+        staging = target.with_name(f".{received.name}.tmp-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        if received.is_dir():
+            shutil.copytree(received, staging)
+        else:
+            shutil.copyfile(received, staging)
+        try:
+            os.replace(staging, target)  # whole or not at all
+        except OSError:  # another session kept the same files first
+            if staging.is_dir():
+                shutil.rmtree(staging, ignore_errors=True)
+            else:
+                staging.unlink(missing_ok=True)
+    shutil.rmtree(received.parent, ignore_errors=True)
+    return target
+
+
+def _files_digest(path: Path) -> str:
+    """Return the SHA-256 of a folder's file names and contents (of a file's, for a file)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(file.relative_to(path).as_posix().encode() if path.is_dir() else b"")
+        digest.update(b"\0")
+        with file.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def _safe_name(stem: str) -> str:

@@ -25,7 +25,7 @@ from heterogui.report import model_facts
 from heterogui.sources import registry
 from heterogui.sources.base import LANGUAGE_MODELING, SENTENCE_SIMILARITY, Loaded
 from heterogui.sources.preflight import Verdict
-from heterogui.sources.upload import receive
+from heterogui.sources.upload import keep, receive
 from heterogui.sources.zoo import zoo_ref
 from heterogui.text_input import typed_path
 from heterogui.ui.resources import Resources
@@ -72,7 +72,9 @@ def load_choice(
         except BaseException:  # a refused upload leaves no copy behind
             shutil.rmtree(received.parent, ignore_errors=True)
             raise
-        return dataclasses.replace(loaded, source="upload")
+        kept = keep(received)  # where an exported recipe finds it after the session
+        folder = kept if loaded.folder == received else loaded.folder
+        return dataclasses.replace(loaded, source="upload", ref=str(kept), folder=folder)
     if source == "hf":
         text = typed_path(hf_id)
         if not text:
