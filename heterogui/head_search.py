@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from heterogui.distributed import all_reduce_sum_
 from heterogui.memo import ObjectMemo
 from heterogui.models.capture import to_device
 from heterogui.models.family import Network
@@ -176,6 +177,10 @@ def divergence(
                 spreads[m] += float(_weighted(ref.sub(ref.mean(0)).pow(2).sum(-1), mask))
             sums[m] += float(_weighted(value, mask))
             weights[m] += float(mask.sum()) if mask is not None else value.numel()
+    # under torchrun each process holds its shard of the batches: the sums are added, so every
+    # process scores the whole data and keeps the same flips (and the processes stay in step)
+    summed = all_reduce_sum_(torch.tensor([*sums, *weights, *spreads], dtype=torch.float64))
+    sums, weights, spreads = summed[:2].tolist(), summed[2:4].tolist(), summed[4:].tolist()
     total = 0.0
     for m in range(2):
         if logits[m]:

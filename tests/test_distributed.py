@@ -233,6 +233,24 @@ def test_torchrun_merge_writes_the_single_process_merge_once(tmp_path, capsys, p
     assert y1["zip"]["fusion"] == ("average" if fusion == "average" else "least_squares")
 
 
+def test_torchrun_searches_the_heads_on_the_whole_data(tmp_path, capsys):
+    # each process scores the flips on its shard; the sums are added, so every process keeps
+    # the heads one process keeps on all the data (and the processes stay in step)
+    recipe = _recipe(tmp_path, "recipe.yaml", 96, 16, "average", "tiny-digits-vit-depth")
+    data = yaml.safe_load(recipe.read_text())
+    data["zip"]["heads"] = "search"
+    recipe.write_text(yaml.safe_dump(data))
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["merge", str(recipe), "-o", str(one)]) == 0
+    capsys.readouterr()
+    done = _torchrun(recipe, two)
+    assert done.returncode == 0, done.stderr[-3000:]
+    w1, w2 = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    for key, value in w1.items():
+        diff = (w2[key].double() - value.double()).abs().max()
+        assert diff <= TOL * max(value.abs().max().item(), 1.0), (key, float(diff))
+
+
 def test_torchrun_refuses_fewer_batches_than_processes(tmp_path):
     recipe = _recipe(tmp_path, "small.yaml", 16, 16)  # one batch
     done = _torchrun(recipe, tmp_path / "out")

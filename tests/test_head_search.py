@@ -68,6 +68,21 @@ def test_searching_the_heads_of_a_permuted_copy_gives_the_model_back():
     assert (out_b - run_model(b.module, x)).abs().max() < 1e-4
 
 
+def test_the_divergence_of_shards_added_up_is_the_whole_data_s(monkeypatch):
+    # what every process of a torchrun scores: its shard's sums, added to the others' sums
+    prepared = vit_pair()
+    model = zip_prepared(prepared, ZipSettings(rho=0.5, fusion="average")).model
+    whole = head_search.divergence(model, prepared, None)
+    shards = [dataclasses.replace(prepared, batches=prepared.batches[r::2]) for r in range(2)]
+    sums = []
+    monkeypatch.setattr(head_search, "all_reduce_sum_", lambda t: sums.append(t.clone()) or t)
+    alone = [head_search.divergence(model, shard, None) for shard in shards]
+    assert all(abs(v - whole) > 1e-3 * whole for v in alone)  # a shard alone scores otherwise
+    monkeypatch.setattr(head_search, "all_reduce_sum_", lambda t: t.copy_(sums[0] + sums[1]))
+    for shard in shards:
+        assert head_search.divergence(model, shard, None) == pytest.approx(whole, rel=1e-9)
+
+
 def test_a_grouped_query_decoder_searches_whole_key_value_groups():
     net = decoder_network(tiny_decoder(), "D")
     batches = lm_batches(char_tokenizer(), TEXTS, 4, 48)
