@@ -112,7 +112,7 @@ def slide_and_merge(page) -> None:
         timeout=TIMEOUT_MS,
     )
     page.locator("#merge").click()
-    wait_status(page, "Merge #1 already has these settings")
+    wait_status(page, "Merge #1 has these settings (nothing to re-merge): Joint")
     rho.fill("0.75")
     rho.press("Tab")
     wait_status(page, "Merge #2 evaluated")

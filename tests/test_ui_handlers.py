@@ -567,10 +567,15 @@ def test_a_release_or_merge_that_changes_nothing_adds_no_merge(session, res):
     first, rows = session.result, len(session.history)
     assert session.merged_metrics is None  # a release leaves the scores to the next step
     message = tab_zip.on_merge(session, res, "zip", 0.5, 1.0, 0.5, n, "cpu")
-    assert message.startswith(f"Merge #{session.merge_count} already has these settings")
+    joint = session.history[-1]["Joint"]
+    said = (
+        f"Merge #{session.merge_count} has these settings (nothing to re-merge): Joint % {joint}."
+    )
+    assert message == said
     assert session.result is first and len(session.history) == rows
-    assert session.merged_metrics is not None and session.history[-1]["Joint"] is not None
-    assert "already has" in tab_zip.on_release(session, res, True, "zip", 0.5, 1.0, 0.5, n, "cpu")
+    assert session.merged_metrics is not None and joint is not None
+    # a release queued behind that Merge says the merge's score again, not less
+    assert tab_zip.on_release(session, res, True, "zip", 0.5, 1.0, 0.5, n, "cpu") == said
     tab_zip.on_merge(session, res, "zip", 0.5, 1.0, 0.75, n, "cpu")
     assert session.result is not first and len(session.history) == rows + 1
 
@@ -891,8 +896,11 @@ def test_downloads_and_refused_uploads_leave_no_files_behind(session, res, tmp_p
     (bad / "config.json").write_text((tmp_path / "one" / "config.json").read_text())
     (bad / "model.safetensors").write_bytes(b"not safetensors")
     files = [str(bad / "config.json"), str(bad / "model.safetensors")]
-    with pytest.raises(HeteroguiError, match="not a valid safetensors"):
+    with pytest.raises(HeteroguiError, match="not a valid safetensors") as refused:
         tab_models.on_load_model(session, res, "b", "upload", None, None, files, None)
+    # named as uploaded, not by the session's temporary copy
+    assert str(refused.value).startswith("model.safetensors is not a valid safetensors file")
+    assert str(folder) not in str(refused.value)
     assert sorted(p.name for p in folder.iterdir()) == ["downloads"]  # no copy of the upload
     end_session(session)  # what gradio calls when it drops the session
     assert not folder.exists() and session.workdir is None

@@ -69,6 +69,10 @@ def load_choice(
         received = receive(files, workdir)
         try:
             loaded = registry.load(str(received))
+        except HeteroguiError as exc:  # named as the user knows it, not by its temporary copy
+            shutil.rmtree(received.parent, ignore_errors=True)
+            text = str(exc).replace(f"{received}/", "").replace(str(received), "the upload")
+            raise type(exc)(text) from None
         except BaseException:  # a refused upload leaves no copy behind
             shutil.rmtree(received.parent, ignore_errors=True)
             raise

@@ -273,23 +273,17 @@ def on_merge(
         session.settings = settings
         if evaluate:
             work.evaluate_pending(session, res, progress)
+        # a release queued behind a Merge of the same settings restates that merge's result
         return (
-            f"Merge #{session.merge_count} already has these settings: nothing to re-merge. "
-            "See the Evaluate tab."
+            f"Merge #{session.merge_count} has these settings (nothing to re-merge): "
+            f"{_score_text(session, evaluate or session.merged_metrics is not None)}"
         )
     result = work.merge(session, res, settings, progress, evaluate=evaluate)
     row = session.history[-1]
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
     if evaluate and session.evaluation is not None:  # the rest: scoring the merge (and sizing)
         stages += f", evaluation {max(row['seconds'] - sum(result.timings.values()), 0.0):.2f}s"
-    task = session.task
-    score = task.headline(session.merged_metrics)
-    if session.evaluation is None:
-        joint = "no evaluation data for these models."
-    elif not evaluate:
-        joint = "scoring it…"
-    else:
-        joint = f"{labels.metric_label(task)} {score if score is not None else '—'}."
+    joint = _score_text(session, evaluate)
     alarm = labels.alarm_line(labels.merge_alarms(session))
     fused = f"fusion: {labels.fusion_text(result.settings)}; " if row["fusion"] != "average" else ""
     if row["renormalize"]:
@@ -311,6 +305,17 @@ def _merged_already(session: Session, settings: Any) -> bool:
         and result.prepared is prep
         and result.settings == resolved_settings(prep.net_a, settings)
     )
+
+
+def _score_text(session: Session, scored: bool) -> str:
+    """Return the status's score of the current merge ("scoring it…" while it is not yet)."""
+    task = session.task
+    if session.evaluation is None:
+        return "no evaluation data for these models."
+    if not scored:
+        return "scoring it…"
+    score = task.headline(session.merged_metrics)
+    return f"{labels.metric_label(task)} {score if score is not None else '—'}."
 
 
 def on_release(
