@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from heterogui import __version__
 from heterogui.cli_app import add_app_arguments, app_options
@@ -147,11 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if getattr(args, "threads", None):  # merge, bench and app take --threads
-        import torch
-
-        torch.set_num_threads(args.threads)
+    terminate = _on_terminate()
     try:
+        if getattr(args, "threads", None):  # merge, bench and app take --threads
+            import torch
+
+            torch.set_num_threads(args.threads)
         return args.func(args)
     except HeteroguiError as exc:
         print(f"{_error_prefix()}{excerpt(exc, 600)}", file=sys.stderr)  # one line, no traceback
@@ -168,15 +172,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 1
     except OSError as exc:  # a full disk, a file too large, an I/O error, unwritable stdout
-        print(f"{_error_prefix()}{os_error_line(exc)}", file=sys.stderr)
+        print(f"{_error_prefix()}{os_error_line(exc)}{_written(args)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C; a merge's folder is written whole or not at all
-        left = ""
-        if args.command == "merge":
-            written = getattr(args, "written", None)
-            left = f" after {written} was written whole" if written else "; nothing was written"
-        print(f"\n{_error_prefix()}interrupted{left}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM; a merge's folder is whole or absent
+        stopped = signal.SIGTERM if str(exc) == "SIGTERM" else signal.SIGINT
+        said = "terminated" if stopped == signal.SIGTERM else "interrupted"
+        left = _written(args) or ("; nothing was written" if args.command == "merge" else "")
+        end_progress = "\n" if args.verbose else ""  # -v: after the progress line it cut
+        print(f"{end_progress}{_error_prefix()}{said}{left}", file=sys.stderr)
+        return 128 + stopped
+    finally:
+        if terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
+
+
+def _written(args: argparse.Namespace) -> str:
+    """Return " after DIR was written whole" once a merge wrote its folder, else ""."""
+    written = getattr(args, "written", None)
+    return f" after {written} was written whole" if written else ""
+
+
+def _on_terminate() -> Any:
+    """Make SIGTERM stop like Ctrl-C (a merge's temporary folder removed, one line); return
+    the handler it replaces (None off the main thread, where no handler can be set)."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def _error_prefix() -> str:
