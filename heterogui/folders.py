@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from heterogui.errors import ExportError, excerpt, os_error_line
 
 # the fix for an existing output folder, wherever the export was asked for
@@ -73,7 +75,7 @@ def atomic_folder(target: Path, overwrite: bool = False):
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
 
     def commit() -> None:
-        if target.exists() or target.is_symlink():
+        if (target.exists() or target.is_symlink()) and not is_empty_folder(target):
             if not overwrite:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise FileExistsError(target)
@@ -112,11 +114,13 @@ def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]
             writing failed.
     """
     target = Path(target)
-    if target.exists() and not overwrite:
+    if target.exists() and not overwrite and not is_empty_folder(target):
         raise ExportError(f"output folder {str(target)!r} already exists; {OVERWRITE_HINT}")
+    made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     try:
         tmp, commit = atomic_folder(target, overwrite)
     except OSError as exc:  # a place os.access calls writable that is not (root in /sys)
+        _remove_made(made)
         raise ExportError(
             f"cannot write in {target.parent}: {excerpt(exc)}; choose another folder"
         ) from exc
@@ -125,16 +129,36 @@ def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]
         make_readable(tmp)
         commit()
     except FileExistsError as exc:
+        _remove_made(made)
         raise ExportError(f"output folder {str(target)!r} appeared while writing; retry") from exc
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:  # safetensors' write errors are not OSErrors
         shutil.rmtree(tmp, ignore_errors=True)
-        # the file as the user will look for it, not inside the hidden temporary folder
-        shown = str(exc.filename).replace(str(tmp), str(target)) if exc.filename else None
-        line = os_error_line(exc, shown)
+        _remove_made(made)
+        if isinstance(exc, OSError):
+            # the file as the user will look for it, not inside the hidden temporary folder
+            shown = str(exc.filename).replace(str(tmp), str(target)) if exc.filename else None
+            line = os_error_line(exc, shown)
+        else:  # "Error while serializing: I/O error: File too large (os error 27)"
+            line = f"{excerpt(exc)}: free some space, or write elsewhere"
         raise ExportError(f"could not write {target}, nothing was written: {line}") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_made(made)
         raise
+
+
+def is_empty_folder(path: Path) -> bool:
+    """Return whether ``path`` is a folder with nothing in it (writing there loses nothing)."""
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+
+
+def _remove_made(made: list[Path]) -> None:
+    """Remove the parent folders a failed write created (deepest first), while empty."""
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (written to meanwhile), or already gone
+            return
 
 
 def check_names(text: str) -> None:
@@ -213,7 +237,7 @@ def check_output(out: str | Path, overwrite: bool = False, inputs: Iterable[Path
         raise ExportError(
             f"cannot write in {parent} ({excerpt(exc.strerror or exc)}); choose another folder"
         ) from exc
-    if target.is_dir():
+    if target.is_dir() and not is_empty_folder(target):  # an empty one is written into
         if not overwrite:
             raise ExportError(f"output folder {text!r} already exists; {OVERWRITE_HINT}")
         if any(target.iterdir()) and not (target / MARKER).is_file():

@@ -142,8 +142,10 @@ def test_export_refuses_a_partial_zip_and_an_existing_folder(tmp_path: Path):
         export_bert(zip_prepared(prep, ZipSettings(stop=2)).model, tmp_path / "p")
     full = zip_prepared(prep, ZipSettings())
     (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")  # an empty folder is written into
     with pytest.raises(ExportError, match="already exists"):
         export_bert(full.model, tmp_path / "taken")
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
 
 
 def test_pipeline_refuses_bert_models_with_different_head_sizes():

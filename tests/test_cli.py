@@ -252,7 +252,10 @@ def test_output_that_cannot_be_written_is_one_line():
     assert done.stderr == "error: No space left on device: free some space, or write elsewhere\n"
 
 
-def test_a_disk_that_fills_up_during_a_merge_leaves_nothing(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("error", ["os", "safetensors"])
+def test_a_disk_that_fills_up_during_a_merge_leaves_nothing(tmp_path, capsys, monkeypatch, error):
+    from safetensors import SafetensorError
+
     import heterogui.export.network as network
 
     recipe = write_case(tmp_path, "width")
@@ -260,16 +263,34 @@ def test_a_disk_that_fills_up_during_a_merge_leaves_nothing(tmp_path, capsys, mo
 
     def full(state, path, metadata=None):
         Path(path).write_bytes(b"\0" * 64)  # part of the file made it
-        raise OSError(errno.ENOSPC, "No space left on device", path)
+        if error == "os":
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        # what safetensors raises for the same (not an OSError)
+        raise SafetensorError("Error while serializing: I/O error: File too large (os error 27)")
 
     monkeypatch.setattr(network, "save_file", full)
-    err = run_error(["merge", str(recipe), "--out", str(tmp_path / "merged")], capsys)
-    out = tmp_path / "merged"
+    out = tmp_path / "new" / "deeper" / "merged"  # parents the merge creates
+    err = run_error(["merge", str(recipe), "--out", str(out)], capsys)
+    said = (
+        f"No space left on device on '{out / 'model.safetensors'}'"
+        if error == "os"
+        else "Error while serializing: I/O error: File too large (os error 27)"
+    )
     assert err == (
-        f"error: could not write {out}, nothing was written: No space left on device on "
-        f"'{out / 'model.safetensors'}': free some space, or write elsewhere\n"
+        f"error: could not write {out}, nothing was written: {said}: free some space, or "
+        "write elsewhere\n"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no folder, no hidden one
+
+
+def test_an_empty_folder_is_written_into(tmp_path, capsys):
+    recipe = write_case(tmp_path, "width")
+    for overwrite in ([], ["--overwrite"]):
+        out = tmp_path / f"empty{len(overwrite)}"
+        out.mkdir()  # made beforehand, say: nothing in it to lose
+        assert main(["merge", str(recipe), "--out", str(out), *overwrite]) == 0
+        assert (out / "model.safetensors").is_file()
+    capsys.readouterr()
 
 
 def test_listing_the_zoo_writes_nothing_to_the_cache(tmp_path, monkeypatch, capsys):
