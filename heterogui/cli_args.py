@@ -43,3 +43,19 @@ thread_count = whole_number(1, MAX_THREADS, "a number of threads")
 count = whole_number(1)
 # a TCP port to serve on
 port_number = whole_number(1, 65535, "a port")
+
+
+def device_name(text: str) -> str:
+    """argparse type of --device: auto, cpu, cuda or cuda:N, CUDA only where there is one."""
+    from heterogui.config import check_device_name
+    from heterogui.errors import ConfigError
+
+    try:
+        check_device_name(text)
+        if text.startswith("cuda"):
+            from heterogui.pipeline import resolve_device  # torch: only for a CUDA device
+
+            resolve_device(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text

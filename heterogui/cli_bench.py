@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
-from heterogui.cli_args import count, thread_count, whole_number
+from heterogui.cli_args import count, device_name, thread_count, whole_number
 from heterogui.cli_zoo import add_bench_quality_arguments, print_quality_summary
 from heterogui.errors import ConfigError
+from heterogui.folders import check_writable
 
 
 @contextlib.contextmanager
@@ -34,6 +36,7 @@ def _quality(args: argparse.Namespace) -> int:
     from heterogui.bench.quality import run_quality
     from heterogui.bench.quality_report import command_line
 
+    check_writable(args.out)  # before the run, not after it
     with torch_threads(args.threads):
         report = run_quality(
             pairs=args.pairs,
@@ -56,6 +59,8 @@ def _nway(args: argparse.Namespace) -> int:
     cfg = NwayConfig(
         tuple(args.groups or GROUPS), tuple(range(args.seeds)), device=args.device, command=command
     )
+    if args.out:
+        check_writable(args.out)
     with torch_threads(args.threads):
         report = run_nway(cfg, args.out)
     print(render_nway(report))
@@ -122,6 +127,11 @@ def _check_pair_options(options: dict) -> None:
         if wrong or (least is not None and value < least):
             want = {bool: "true or false", str: "a string"}.get(kind, f"a whole number >= {least}")
             raise ConfigError(f"speed-pair option {key!r} must be {want}, got {value!r}")
+    if "device" in options:
+        try:
+            device_name(options["device"])
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"speed-pair option 'device': {exc}") from None
 
 
 def _transformers(args: argparse.Namespace) -> int:
@@ -139,6 +149,9 @@ def _decoders(args: argparse.Namespace) -> int:
         if getattr(args, name) < 4:
             option = "--" + name.replace("_", "-")
             raise ConfigError(f"{option} {getattr(args, name)} is too small: use at least 4 texts")
+    for path in (args.out_md, args.out_json):
+        if path:
+            check_writable(Path(path).parent, path)
     with torch_threads(args.threads):
         print(run_decoders(args))
     for path in (args.out_md, args.out_json):
@@ -153,6 +166,8 @@ def _measures(args: argparse.Namespace) -> int:
     command = f"heterogui bench measures --seeds {args.seeds} --smollm2-draws {args.smollm2_draws}"
     command += f" --threads {args.threads}" if args.threads else ""
     command += f" --out {args.out}" if args.out else ""
+    if args.out:
+        check_writable(args.out)
     with torch_threads(args.threads):
         report = run_measures(args.seeds, args.smollm2_draws)
     if args.out:
@@ -205,7 +220,7 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
         help="statistics budget in MiB (default: a quarter of this machine's memory)",
     )
     parser.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or auto")
     parser.add_argument(
         "--seed", type=whole_number(0), default=0, help="seed of the weights and the data"
     )
@@ -216,7 +231,7 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``heterogui bench speed``."""
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu or cuda")
     parser.add_argument("--width", type=count, default=2, help="ResNet width multiplier")
     parser.add_argument("--inputs", type=count, default=256, help="calibration inputs")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
@@ -261,7 +276,7 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
 def add_transformer_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``heterogui bench transformers``."""
     parser.add_argument("--calibration", type=count, default=256, help="calibration sentences")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu or cuda")
     parser.add_argument("--skip-identity", action="store_true", help="no identity-layer table")
     parser.add_argument("--skip-classification", action="store_true")
     parser.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
@@ -322,7 +337,7 @@ def add_bench_arguments(subparsers: argparse._SubParsersAction) -> None:
     nway.add_argument(
         "--threads", type=thread_count, default=0, help="torch threads (default: unchanged)"
     )
-    nway.add_argument("--device", default="cpu", help="cpu or cuda")
+    nway.add_argument("--device", type=device_name, default="cpu", help="cpu or cuda")
     nway.set_defaults(func=_nway)
     tables = subparsers.add_parser("transformers", help="the MiniLM tables of docs/transformers.md")
     add_transformer_arguments(tables)

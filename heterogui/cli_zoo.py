@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from heterogui.cli_args import count, thread_count
+from heterogui.cli_args import count, device_name, thread_count
 from heterogui.errors import ConfigError
 
 
@@ -165,7 +165,7 @@ def add_bench_quality_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", nargs="+", default=None, help="pair names (default: all)")
     parser.add_argument("--seeds", type=count, default=3, help="calibration seeds 0..N-1")
     parser.add_argument("--out", default="docs", help="folder for quality.md and quality.json")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or auto")
     parser.add_argument(
         "--threads", type=thread_count, default=None, help="torch CPU threads while benchmarking"
     )

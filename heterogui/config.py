@@ -60,6 +60,16 @@ HEAD_MERGES = (DEFAULT_HEADS, "pair", "select", "search", SPLIT_HEADS)
 MAX_SEED = 2**63 - 1  # the largest seed torch's and NumPy's generators both take
 
 
+def check_device_name(device: object) -> None:
+    """Refuse a device other than auto, cpu, cuda or cuda:N (in one line).
+
+    Raises:
+        ConfigError: naming the device and the ones to use.
+    """
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"device {device!r} is unknown; use auto, cpu, cuda or cuda:N")
+
+
 def check_seed(seed: int, what: str) -> None:
     """Raise unless ``seed`` is a whole number from 0 to ``MAX_SEED``.
 
@@ -341,8 +351,7 @@ class Recipe:
         check_seed(self.seed, "recipe.seed")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype {self.dtype!r} is unknown; use one of {DTYPES}")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ConfigError(f"device {self.device!r} is unknown; use auto, cpu, cuda or cuda:N")
+        check_device_name(self.device)
         if self.stop is not None and self.stop < 0:
             raise ConfigError(f"stop = {self.stop} must be >= 0 (or null for a full zip)")
 

@@ -224,19 +224,7 @@ def check_output(out: str | Path, overwrite: bool = False, inputs: Iterable[Path
             f"output folder {text!r} lies inside the earlier export {export}, which overwriting "
             "that export would delete; write it beside that export"
         )
-    parent = target.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ExportError(f"output folder {text!r} lies under the file {parent}; name a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ExportError(f"cannot write in {parent} (no permission); choose another folder")
-    try:  # os.access says yes to root everywhere, /sys and /proc included: try for real
-        os.rmdir(tempfile.mkdtemp(prefix=".heterogui-probe-", dir=parent))
-    except OSError as exc:
-        raise ExportError(
-            f"cannot write in {parent} ({excerpt(exc.strerror or exc)}); choose another folder"
-        ) from exc
+    check_writable(target.parent, text)
     if target.is_dir() and not is_empty_folder(target):  # an empty one is written into
         if not overwrite:
             raise ExportError(f"output folder {text!r} already exists; {OVERWRITE_HINT}")
@@ -253,6 +241,29 @@ def check_output(out: str | Path, overwrite: bool = False, inputs: Iterable[Path
                 "out, or choose another folder"
             )
     return target
+
+
+def check_writable(folder: str | Path, named: str | None = None) -> None:
+    """Raise ExportError unless files can be written in ``folder`` (made if missing), before
+    any work: its nearest existing ancestor is a folder this process can write in.
+
+    named: how messages name the output (default: the folder).
+    """
+    folder = Path(folder).expanduser()
+    named = named if named is not None else str(folder)
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ExportError(f"output folder {named!r} lies under the file {parent}; name a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write in {parent} (no permission); choose another folder")
+    try:  # os.access says yes to root everywhere, /sys and /proc included: try for real
+        os.rmdir(tempfile.mkdtemp(prefix=".heterogui-probe-", dir=parent))
+    except OSError as exc:
+        raise ExportError(
+            f"cannot write in {parent} ({excerpt(exc.strerror or exc)}); choose another folder"
+        ) from exc
 
 
 def write_marker(folder: Path, title: str) -> None:

@@ -518,6 +518,14 @@ THREADS = "is not a number of threads: give a whole number from 1 to"
         (["app", "--port", "99999"], "'99999' is not a port: give a whole number from 1 to 65535"),
         (["bench", "speed", "--inputs", "-5"], "'-5' is not a whole number of 1 or more"),
         (["bench", "scale", "--seed", "-1"], "'-1' is not a whole number of 0 or more"),
+        # a device is checked before the run (it was a traceback, after building the models)
+        (["bench", "scale", "--device", "gpu"], "device 'gpu' is unknown; use auto, cpu, cuda"),
+        (["bench", "quality", "--device", "tpu"], "device 'tpu' is unknown"),
+        pytest.param(
+            ["bench", "speed", "--device", "cuda"],
+            "CUDA is not available: use cpu/auto",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here"),
+        ),
     ],
 )
 def test_a_number_out_of_range_is_refused_in_one_line(args, words, capsys):
@@ -540,12 +548,30 @@ def test_a_number_out_of_range_is_refused_in_one_line(args, words, capsys):
         ('{"pair": "resnet", "threads": 0}', "option 'threads' must be a whole number >= 1"),
         ('{"pair": "resnet", "quick": 1}', "option 'quick' must be true or false, got 1"),
         ('{"pair": "resnet", "bogus": 1}', "unknown keys ['bogus']; known: ['pair', 'quick'"),
+        ('{"pair": "resnet", "device": "gpu"}', "option 'device': device 'gpu' is unknown"),
     ],
 )
 def test_bench_speed_pair_refuses_bad_options_in_one_line(options, words, capsys):
     assert main(["bench", "speed-pair", options]) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bench", "nway", "--seeds", "1", "--out"],
+        ["bench", "measures", "--seeds", "1", "--out"],
+        ["bench", "quality", "--tiny", "--seeds", "1", "--out"],
+    ],
+)
+def test_a_bench_output_that_cannot_be_written_is_refused_before_the_run(args, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    err = run_error([*args, str(tmp_path / "file" / "results")], capsys)
+    assert err == (
+        f"error: output folder '{tmp_path / 'file' / 'results'}' lies under the file "
+        f"{tmp_path / 'file'}; name a folder\n"
+    )
 
 
 def test_a_cache_that_cannot_hold_folders_is_named_in_one_line(tmp_path, monkeypatch, capsys):
