@@ -6,6 +6,7 @@ file or a YAML bomb gets the same one-line error wherever it is given.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,14 @@ class _NoAliases(yaml.SafeLoader):
                 problem_mark=event.start_mark,
             )
         return super().compose_node(parent, index)
+
+
+# YAML 1.1 (PyYAML's) reads 1e-3 and 1.0e3 as strings; JSON and YAML 1.2 read them as numbers
+_NoAliases.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def load_yaml(text: str, what: str) -> Any:

@@ -35,6 +35,16 @@ def test_plain_paths_and_data_names_mean_their_mappings():
     assert listed.calibration.source == "mnist1d" and listed.model_b.path == f"{PAIR}/b"
 
 
+def test_numbers_with_an_exponent_are_numbers_in_yaml_and_json():
+    # YAML 1.1 reads 1e-3 as a string; a JSON recipe (or a YAML 1.2 reader) means a number
+    yaml_text = f"model_a: {PAIR}/a\nmodel_b: {PAIR}/b\nzip: {{rho: 5e-1, ridge: 1e-3}}\n"
+    json_text = f'{{"model_a": "{PAIR}/a", "model_b": "{PAIR}/b", "zip": {{"ridge": 2.5E-2}}}}'
+    assert (parse_recipe(yaml_text).zip.rho, parse_recipe(yaml_text).zip.ridge) == (0.5, 0.001)
+    assert parse_recipe(json_text).zip.ridge == 0.025
+    with pytest.raises(ConfigError, match="ridge"):  # 1e400 is inf: refused as out of range
+        parse_recipe(f"model_a: {PAIR}/a\nmodel_b: {PAIR}/b\nzip: {{ridge: 1e400}}\n")
+
+
 @pytest.mark.parametrize(
     ("given", "split", "size"),
     [
