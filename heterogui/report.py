@@ -11,8 +11,11 @@ from typing import Any
 
 from heterogui.align.alignment import Alignment, layer_pairs
 from heterogui.config import Recipe
+from heterogui.errors import ModelLoadError
 from heterogui.export.card import bars_svg, class_ranges, heatmap_svg, model_card
-from heterogui.models.family import Network
+from heterogui.export.job import HETEROGUI_FORMAT
+from heterogui.fusion.merged import network_config
+from heterogui.models.family import Network, family_of
 from heterogui.models.graph import INPUT, LOGITS, space_order
 from heterogui.models.storage import on_meta
 from heterogui.nway import GroupMergeResult
@@ -26,6 +29,7 @@ from heterogui.sizes import (
     stored_size,
 )
 from heterogui.sources.base import Pair, model_key
+from heterogui.sources.folder import text_format
 from heterogui.tasks.base import Task
 
 
@@ -244,12 +248,33 @@ def metric_facts(
     return {"metric_header": ["model", *task.columns(scored)], "metrics": rows}
 
 
+def not_one_network(result: MergeResult, fmt: str) -> str | None:
+    """Return why a merge written in ``fmt`` loads back only as a merged model, not as one
+    network to use or merge again (None: it does, or ``fmt`` is a Hugging Face format)."""
+    if fmt != HETEROGUI_FORMAT:
+        return None
+    family = family_of(result.model.spec.trunk_config).name
+    text = text_format(family)
+    if text is not None:
+        return (
+            f"the heterogui format keeps no tokenizer for {family} text models; merge with a full "
+            f"zip (stop: null) and --format {text} for a folder that merges again"
+        )
+    try:
+        network_config(result.model.spec)
+    except ModelLoadError as exc:
+        return str(exc).rstrip(".")
+    return None
+
+
 def card_files(
     result: MergeResult, pair: Pair, task: Task, scores: dict[str, Any] | None, fmt: str
 ) -> dict[str, str]:
     """Return the model card (README.md, in output format ``fmt``) and its SVG figures."""
     prep = result.prepared
-    files = {"README.md": model_card(card_facts(result, pair, task, scores), fmt)}
+    facts = card_facts(result, pair, task, scores)
+    facts["not_one_network"] = not_one_network(result, fmt)
+    files = {"README.md": model_card(facts, fmt)}
     if prep.similarity is not None:
         files["alignment.svg"] = heatmap_svg(
             prep.similarity.tolist(),

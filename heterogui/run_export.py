@@ -15,7 +15,7 @@ from heterogui import run_group
 from heterogui.config import Recipe
 from heterogui.datasets.refs import text_limit
 from heterogui.errors import ConfigError, ExportError
-from heterogui.export.job import HETEROGUI_FORMAT, ExportJob
+from heterogui.export.job import HETEROGUI_FORMAT, OR_HETEROGUI, ExportJob
 from heterogui.export.registry import exporter, write_export
 from heterogui.fusion.merged import MergedModel
 from heterogui.nway import GroupMergeResult
@@ -51,8 +51,8 @@ def fitting_format(pair: Pair, model: MergedModel) -> tuple[str, str | None]:
     own = export_format(pair)
     try:
         exporter(own).check(model)
-    except ExportError as exc:
-        return HETEROGUI_FORMAT, str(exc)
+    except ExportError as exc:  # its fix, "or write the heterogui format", is what happens
+        return HETEROGUI_FORMAT, str(exc).replace(OR_HETEROGUI, "")
     return own, None
 
 

@@ -172,6 +172,11 @@ print(tokenizer.decode(model.generate(**ids, max_new_tokens=32)[0]))
 ```
 Its logits are the mean of the merge's two language-model heads' logits.""",
 }
+# a heterogui-format merge that one network cannot hold (text models, a partial zip)
+_MERGED_USE = """```python
+from heterogui.sources.folder import load_merged
+merged = load_merged(DIR)   # the merged trunk, then each model's own tail and heads
+```"""
 _FRONT = {
     "heterogui": "---\nlibrary_name: heterogui\ntags: [heterogui, model-merging]\n---\n",
     "hf-bert": "---\nlibrary_name: transformers\ntags: [heterogui, model-merging, bert]\n---\n",
@@ -190,7 +195,9 @@ def model_card(facts: dict[str, Any], fmt: str = "heterogui") -> str:
     "heads" (rows: head, task classes, from model), "alignment" (mode, mapping, score),
     "settings" (dict), "widths" (rows: merge point, A, B, merged), "sizes" (rows: model,
     parameters, FLOPs), "metric_header" and "metrics" (rows, or []), "notes" (sentences).
-    Optional: "width_header" (the models' width columns; default A and B), "alignment" "text"
+    Optional: "not_one_network" (why a heterogui-format folder loads only as a merged model:
+    text models, a partial zip), "width_header" (the models' width columns; default A and B),
+    "alignment" "text"
     (a sentence in place of mode, score and mapping) and "alignment_figure" (default True:
     the card shows alignment.svg).
     fmt: the output format (its front matter and usage snippet).
@@ -226,7 +233,10 @@ def model_card(facts: dict[str, Any], fmt: str = "heterogui") -> str:
     ]
     if facts.get("metrics"):
         parts += ["## Scores", _table(facts["metric_header"], facts["metrics"])]
-    parts += ["## Use", _USE[fmt].replace("DIR", '"DIR"' if fmt == "heterogui" else "DIR")]
+    use = _USE[fmt] if facts.get("not_one_network") is None else _MERGED_USE
+    parts += ["## Use", use.replace("DIR", '"DIR"' if fmt == "heterogui" else "DIR")]
+    if facts.get("not_one_network") is not None:
+        parts += [f"It is not one network to load or merge again: {facts['not_one_network']}."]
     parts += [f"- {n}" for n in facts.get("notes", ())]
     parts += [
         "## Reproduce",

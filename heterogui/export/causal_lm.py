@@ -18,7 +18,7 @@ from pathlib import Path
 
 from heterogui.errors import ExportError, ModelLoadError
 from heterogui.export.hf import PADDED_NOTE
-from heterogui.export.job import HF_CAUSAL_LM_FORMAT, Exporter, ExportJob
+from heterogui.export.job import HF_CAUSAL_LM_FORMAT, OR_HETEROGUI, Exporter, ExportJob
 from heterogui.fusion.merged import MergedModel, as_network
 from heterogui.models.decoder import DecoderNetConfig
 from heterogui.models.gpt2 import GPT2NetConfig
@@ -52,7 +52,7 @@ def check_causal_lm(model: MergedModel) -> DecoderNetConfig | GPT2NetConfig:
     if model.spec.stop != full:
         raise ExportError(
             f"the merge stops at block {model.spec.stop}, but one causal LM needs every layer "
-            f"merged: merge with a full zip (stop: null) or use the heterogui format"
+            f"merged: merge with a full zip (stop: null){OR_HETEROGUI}"
         )
     if isinstance(config, GPT2NetConfig):
         check_heads(config)

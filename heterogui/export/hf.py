@@ -31,7 +31,14 @@ import torch
 from safetensors.torch import save_file
 
 from heterogui.errors import ExportError
-from heterogui.export.job import HF_BERT_FORMAT, HF_VIT_FORMAT, UNMERGE_FILE, Exporter, ExportJob
+from heterogui.export.job import (
+    HF_BERT_FORMAT,
+    HF_VIT_FORMAT,
+    OR_HETEROGUI,
+    UNMERGE_FILE,
+    Exporter,
+    ExportJob,
+)
 from heterogui.fusion.merged import MergedModel
 from heterogui.models.bert import BERT_NAMES, BertNetConfig, LayerNames
 from heterogui.models.hf.bert_io import state_to_hf
@@ -62,8 +69,7 @@ def check_exportable(model: MergedModel, closing: int = 1, kind: str = "BertMode
     if model.spec.stop != full:
         raise ExportError(
             f"the merge stops at block {model.spec.stop}, but a single {kind} needs every "
-            f"layer merged: merge every layer (stop: null) or write the heterogui format, which "
-            "holds partial merges"
+            f"layer merged: merge every layer (stop: null){OR_HETEROGUI}"
         )
     slots = config.hidden // config.head_dim
     if config.hidden % config.head_dim or max(config.heads) > slots:

@@ -31,6 +31,9 @@ RECIPE_FILE = "recipe.yaml"
 REPORT_FILE = "report.json"
 CARD_FILE = "README.md"
 UNMERGE_FILE = "unmerge.safetensors"
+# how a format that holds only full merges ends its refusal of a partial one (dropped where
+# heterogui's format is then chosen by itself: ``run_export.fitting_format``)
+OR_HETEROGUI = " or write the heterogui format, which holds partial merges"
 
 
 @dataclass
