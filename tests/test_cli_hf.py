@@ -326,7 +326,7 @@ def test_a_partial_merge_is_written_in_the_heterogui_format_by_default(tmp_path,
     assert "needs every layer merged: merge every layer (stop: null)\n" in caplog.text + "\n"
     # the card does not offer to load it as one network or merge it again: it cannot be
     card = (tmp_path / "m" / "README.md").read_text()
-    assert "load_merged(\"DIR\")" in card and "registry import load" not in card
+    assert 'load_merged("DIR")' in card and "registry import load" not in card
     assert "It is not one network to load or merge again: the heterogui format keeps no " in card
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert "model_type" not in config  # a heterogui merge folder, not save_pretrained

@@ -132,10 +132,10 @@ def test_merge_shows_perplexity_tables_equal_to_the_task_scores(analysed, res):
         "panel_perplexity": True,
         "panel_generations": True,
     }
-    assert "| perplexity (lower is better) |" in page["readout"]
+    assert "| mean perplexity (lower is better) |" in page["readout"]
     assert "estimate" in page["readout"]
     message = merge(session, res)
-    assert "Merge #1" in message and "perplexity (lower is better)" in message
+    assert "Merge #1" in message and "mean perplexity (lower is better)" in message
     page = views.render(session, res, views.SCOPES)
     table = page["lm_scores"]
     assert table["headers"] == [
@@ -162,7 +162,7 @@ def test_merge_shows_perplexity_tables_equal_to_the_task_scores(analysed, res):
     assert rows["A"][-1] == f"{a_size:,}"
     assert page["lm_alarm"]["visible"] is False  # a healthy merge raises no alarm
     assert "merged" in page["lm_info"] and "Repetition" in page["lm_info"]
-    assert page["history_plot"].layout.yaxis.title.text == "perplexity (lower is better)"
+    assert page["history_plot"].layout.yaxis.title.text == "mean perplexity (lower is better)"
     summary = session_summary(session)
     assert summary["merged"]["alarms"] == [] and summary["history"][0]["score"] is not None
 
@@ -263,12 +263,13 @@ def test_sweep_and_grid_treat_lower_perplexity_as_better(analysed, res):
     tab_evaluate.on_sweep(session, res)
     assert [p["rho"] for p in session.sweep] == list(tab_evaluate.SWEEP_RHOS)
     fig = tab_evaluate.render(session, res)["sweep_plot"]
-    assert fig.layout.yaxis.title.text == "perplexity (lower is better)"
+    assert fig.layout.yaxis.title.text == "mean perplexity (lower is better)"
     assert not any("%" in (t.name or "") for t in fig.data)
     merge(session, res, rho=1.0)
     tab_compare.on_compare(session, res, 1, 2)
     table = tab_compare.render(session, res)["compare_table"]
-    assert "| python-docs perplexity |" in table and "| perplexity |" in table and "%" not in table
+    assert "| python-docs perplexity |" in table and "| mean perplexity |" in table
+    assert "%" not in table
     session.grid = [
         {"rho": 0.0, "beta": 1.0, "score": 50.0, "parameters": 10},
         {"rho": 0.5, "beta": 1.0, "score": 20.0, "parameters": 8},
@@ -278,7 +279,7 @@ def test_sweep_and_grid_treat_lower_perplexity_as_better(analysed, res):
     assert [k for _, k in compare_grid.grid_cells(session)] == [1, 0, 2]  # lowest first
     grid = tab_compare.render(session, res)["grid_plot"]
     assert grid.data[0].reversescale is True
-    assert grid.data[0].colorbar.title.text == "perplexity (lower is better)"
+    assert grid.data[0].colorbar.title.text == "mean perplexity (lower is better)"
 
 
 def test_export_writes_a_folder_automodelforcausallm_loads(analysed, res, tmp_path):

@@ -183,7 +183,8 @@ class LanguageModeling(Task):
     title = "language modelling"
     inputs = "text"
     panels = (PERPLEXITY, GENERATIONS, SWEEP)
-    metric = "perplexity"
+    # the mean of the domains' perplexities (each domain weighs the same, whatever its tokens)
+    metric = "mean perplexity"
     lower_is_better = True
 
     def data_help(self, role: str) -> str:
@@ -266,7 +267,8 @@ class LanguageModeling(Task):
     def columns(self, scores: Any) -> dict[str, float | None]:
         """Return the perplexity of every domain (and their mean)."""
         per = self.perplexities(scores)
-        return {f"{d} perplexity": per.get(d) for d in per} | {"perplexity": self.headline(scores)}
+        mean = {"mean perplexity": self.headline(scores)}
+        return {f"{d} perplexity": per.get(d) for d in per} | mean
 
     @staticmethod
     def perplexities(scores: Any) -> dict[str, float]:
