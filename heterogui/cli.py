@@ -146,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.verbose:  # heterogui reports its own progress with -v; no loaders' bars without
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if args.command != "app":  # nor tqdm's (transformers' GGUF conversion), read at import
+            os.environ.setdefault("TQDM_DISABLE", "1")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

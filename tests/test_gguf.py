@@ -142,6 +142,20 @@ def test_second_call_reuses_folder(smol_dir: Path, monkeypatch: pytest.MonkeyPat
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
+def test_the_same_file_under_another_name_reuses_its_conversion(tmp_path, monkeypatch):
+    import shutil
+
+    original = gguf_folder(smollm2_gguf())  # converted once into the cache (as other tests do)
+    renamed = tmp_path / "smol.gguf"
+    shutil.copyfile(smollm2_gguf(), renamed)
+
+    def no_rebuild(*args: object) -> float:
+        raise AssertionError("the same bytes were converted again")
+
+    monkeypatch.setattr(gguf_files, "_convert", no_rebuild)
+    assert gguf_folder(renamed) == original
+
+
 def test_an_uploaded_gguf_file_keeps_its_form_and_a_bad_one_is_refused(tmp_path):
     from heterogui.sources.registry import describe
     from heterogui.sources.upload import receive

@@ -155,9 +155,7 @@ def gguf_folder(path: Path, cache: Path | None = None) -> Path:
     header = gguf_header(path)
     _check_supported(header)
     gguf_hash = _sha256(path)
-    folder = (
-        Path(cache) if cache is not None else cache_dir("gguf") / f"{path.stem}-{gguf_hash[:12]}"
-    )
+    folder = Path(cache) if cache is not None else _converted_folder(path.stem, gguf_hash)
     if _marker_ok(folder, gguf_hash):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -185,6 +183,16 @@ def gguf_folder(path: Path, cache: Path | None = None) -> Path:
         "converted %s into %s in %.1f s (max abs logit diff %.2e)", path, folder, seconds, diff
     )
     return folder
+
+
+def _converted_folder(stem: str, gguf_hash: str) -> Path:
+    """Return the cache folder of a GGUF file's conversion: one converted before from the
+    same bytes under another file name, else a new one named after this file and its hash."""
+    root = cache_dir("gguf")
+    for folder in sorted(root.glob(f"*-{gguf_hash[:12]}")):
+        if _marker_ok(folder, gguf_hash):
+            return folder
+    return root / f"{stem}-{gguf_hash[:12]}"
 
 
 def _check_supported(header: GGUFHeader) -> None:
