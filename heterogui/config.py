@@ -252,6 +252,11 @@ class ZipSpec:
             width = knobs.get("width")
             if width is not None and (not isinstance(width, int) or width < 1):
                 raise ConfigError(f"zip.overrides.{space}.width must be a positive integer")
+            if width is not None and "rho" in knobs:  # the width would win without a word
+                raise ConfigError(
+                    f"zip.overrides.{excerpt(space, 60)} sets both rho and width: give one (a "
+                    "width is the merged width itself; rho sets it between the two models')"
+                )
 
 
 def check_split_override(where: str, heads: str, override: str | None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -59,11 +60,25 @@ def _build(cls: type, data: Any, where: str) -> Any:
         nested = _NESTED.get((cls, name))
         if nested and value is not None:
             kwargs[name] = _build(nested, value, f"{where}.{name}")
+        elif nested and type(None) not in typing.get_args(hints[name]):
+            inner = sorted(f.name for f in dataclasses.fields(nested))
+            short = f"{name}: {SHORT_KEYS[name].upper()} or " if name in SHORT_KEYS else ""
+            raise ConfigError(
+                f"{where}.{name} is empty (null); write {short}{name}: {{KEY: VALUE, ...}} with "
+                f"keys {inner}" + ("" if name in MODEL_KEYS else f", or leave {name} out")
+            )
         else:
             kwargs[name] = typed_value(value, hints[name], f"{where}.{name}")
     try:
         return cls(**kwargs)
-    except TypeError as exc:
+    except TypeError as exc:  # "__init__() missing 1 required positional argument: 'path'"
+        missing = re.findall(r"'(\w+)'", str(exc)) if "missing" in str(exc) else []
+        if missing:
+            key = where.rsplit(".", 1)[-1]
+            raise ConfigError(
+                f"{where} needs {' and '.join(missing)}: write {key}: "
+                f"{{{', '.join(f'{m}: ...' for m in missing)}}}"
+            ) from exc
         raise ConfigError(f"{where}: {excerpt(exc)}") from exc
     except ConfigError as exc:  # "size 2 is too small ...": say whose (recipe.evaluation.size)
         words = str(exc).split(" ", 1)

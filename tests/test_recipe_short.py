@@ -35,6 +35,24 @@ def test_plain_paths_and_data_names_mean_their_mappings():
     assert listed.calibration.source == "mnist1d" and listed.model_b.path == f"{PAIR}/b"
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("model_a: {sha256: abc}\nmodel_b: x\n", "recipe.model_a needs path: write model_a: {path"),
+        ("model_a: null\nmodel_b: x\n", "recipe.model_a is empty (null); write model_a: PATH or"),
+        ("model_a: x\nmodel_b: y\nalignment: null\n", "or leave alignment out"),
+        (  # a width would win over rho without a word
+            "model_a: x\nmodel_b: y\nzip: {overrides: {block0: {rho: 0.2, width: 40}}}\n",
+            "zip.overrides.block0 sets both rho and width: give one",
+        ),
+    ],
+)
+def test_a_missing_or_doubled_field_is_named_in_recipe_words(text, said):
+    with pytest.raises(ConfigError) as refused:
+        parse_recipe(text)
+    assert said in str(refused.value) and "__init__" not in str(refused.value)
+
+
 def test_numbers_with_an_exponent_are_numbers_in_yaml_and_json():
     # YAML 1.1 reads 1e-3 as a string; a JSON recipe (or a YAML 1.2 reader) means a number
     yaml_text = f"model_a: {PAIR}/a\nmodel_b: {PAIR}/b\nzip: {{rho: 5e-1, ridge: 1e-3}}\n"
