@@ -18,7 +18,7 @@ from heterogui.cli_app import add_app_arguments, app_options
 from heterogui.cli_args import thread_count
 from heterogui.cli_bench import add_bench_arguments
 from heterogui.cli_zoo import add_zoo_arguments
-from heterogui.errors import HeteroguiError, excerpt, os_error_line
+from heterogui.errors import MESSAGE_LIMIT, HeteroguiError, excerpt, os_error_line
 from heterogui.folders import check_output
 from heterogui.recipe_parse import load_recipe
 
@@ -160,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         return args.func(args)
     except HeteroguiError as exc:
-        print(f"{_error_prefix()}{excerpt(exc, 600)}", file=sys.stderr)  # one line, no traceback
+        # one line, no traceback
+        print(f"{_error_prefix()}{excerpt(exc, MESSAGE_LIMIT)}", file=sys.stderr)
         return 2
     except PermissionError as exc:  # a file or folder the user cannot read (or write)
         where = f" {exc.filename!r}" if exc.filename else ""

@@ -42,6 +42,9 @@ class Cancelled(HeteroguiError):
 
 
 EXCERPT = 200  # characters of a user's or a library's text that a message quotes at most
+# characters of heterogui's own message shown at most (a pair refused for several reasons gives
+# one sentence, with its fix, per reason; user text inside is quoted by ``excerpt`` already)
+MESSAGE_LIMIT = 2000
 
 
 def excerpt(text: object, limit: int = EXCERPT) -> str:

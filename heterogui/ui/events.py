@@ -17,7 +17,7 @@ from typing import Any
 
 import gradio as gr
 
-from heterogui.errors import Cancelled, HeteroguiError, excerpt
+from heterogui.errors import MESSAGE_LIMIT, Cancelled, HeteroguiError, excerpt
 from heterogui.ui.prefetch import Prefetcher
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
@@ -128,7 +128,7 @@ def failure_message(exc: Exception, handler: Callable[..., Any]) -> str:
         gr.Info(str(exc))
         return f"**Cancelled.** {exc}"
     if isinstance(exc, HeteroguiError):
-        message = excerpt(exc, 600)  # one line, whatever a library put in it
+        message = excerpt(exc, MESSAGE_LIMIT)  # one line, whatever a library put in it
         gr.Warning(message)
         return f"**Error:** {message}"
     log.exception("handler %s failed", getattr(handler, "__name__", handler), exc_info=exc)
