@@ -139,6 +139,21 @@ def perplexity_views(session: Session) -> dict[str, Any]:
     }
 
 
+def shown(text: str) -> str:
+    """Return a continuation as its cell shows it: one made only of whitespace says so (an
+    empty-looking cell reads as a failure), counting its line breaks and other blanks."""
+    if not text or text.strip():
+        return text
+    breaks = text.count("\n")
+    blanks = len(text) - breaks
+    parts = [
+        f"{n} {word}{'s' if n != 1 else ''}"
+        for n, word in ((breaks, "line break"), (blanks, "space"))
+        if n
+    ]
+    return f"(whitespace only: {', '.join(parts)})"
+
+
 def generation_views(session: Session) -> dict[str, Any]:
     """Return the last generations side by side (a row per prompt) and what they came from."""
     done = session.generations
@@ -149,7 +164,7 @@ def generation_views(session: Session) -> dict[str, Any]:
         }
     texts = done["texts"]
     rows = [
-        [prompt, *(texts[m][k] if m in texts else "—" for m in ("A", "B", "merged"))]
+        [prompt, *(shown(texts[m][k]) if m in texts else "—" for m in ("A", "B", "merged"))]
         for k, prompt in enumerate(done["prompts"])
     ]
     how = f"sampled with seed {done['seed']}" if done["sample"] else "greedy"
