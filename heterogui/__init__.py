@@ -45,8 +45,44 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
     from heterogui.tasks.images import check_inputs
 
     net_a, net_b = network_of(model_a, "model A"), network_of(model_b, "model B")
-    for batch in batches:  # tensors of images or signals: refused in one line, not by torch
-        if isinstance(batch, torch.Tensor):
-            for net in (net_a, net_b):
+    for batch in batches:  # refused in one line here, not by torch half-way
+        for net in (net_a, net_b):
+            if isinstance(batch, torch.Tensor):  # images or signals
                 check_inputs(net, batch, "calibration")
+            else:
+                _check_token_batch(net, batch)
     return merge_networks(net_a, net_b, batches, **options)
+
+
+def _check_token_batch(net: Any, batch: Any) -> None:
+    """Refuse a calibration batch that is not a tokenizer's output for ``net``'s vocabulary."""
+    import torch
+
+    from heterogui.errors import ConfigError
+
+    vocab = getattr(net.config, "vocab_size", None)
+    if vocab is None:  # images or signals: tensors (or the keyword dicts a model takes)
+        if not isinstance(batch, dict):
+            raise ConfigError(
+                f"calibration batches of {net.label} must be tensors (N, ...), got a "
+                f"{type(batch).__name__}"
+            )
+        return
+    ids = batch.get("input_ids") if isinstance(batch, dict) else None
+    if not isinstance(ids, torch.Tensor):
+        got = type(batch).__name__ if ids is None else f"input_ids of type {type(ids).__name__}"
+        raise ConfigError(
+            f"calibration batches of {net.label} must be tokenizer outputs (dicts with "
+            f"input_ids), got a {got}; tokenize the texts first: tokenizer(texts, "
+            "padding=True, return_tensors='pt')"
+        )
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dim() != 2:
+        raise ConfigError(
+            f"input_ids must be whole numbers of shape (texts, tokens), got {ids.dtype} "
+            f"{tuple(ids.shape)}; pass the tokenizer's output as it is"
+        )
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise ConfigError(
+            f"token id {int(ids.max()) if int(ids.max()) >= vocab else int(ids.min())} lies "
+            f"outside {net.label}'s vocabulary of {vocab}: tokenize with that model's tokenizer"
+        )

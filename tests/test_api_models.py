@@ -76,3 +76,19 @@ def test_a_model_heterogui_cannot_take_is_refused_in_one_line(model, words):
         heterogui.merge(model, bert(2, 0), token_batches(1))
     assert str(caught.value).startswith("model A ") and words in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("batch", "words"),
+    [
+        (["a text", "another"], "must be tokenizer outputs (dicts with input_ids), got a list"),
+        ({"input_ids": torch.rand(2, 5)}, "input_ids must be whole numbers of shape (texts,"),
+        ({"input_ids": torch.full((2, 5), 60)}, "token id 60 lies outside"),
+        ({"input_ids": torch.full((2, 5), -1)}, "token id -1 lies outside"),
+    ],
+)
+def test_batches_that_are_no_tokenizer_output_are_refused_in_one_line(batch, words):
+    # texts not tokenized, float ids, ids past the vocabulary: torch's errors were tracebacks
+    with pytest.raises(ConfigError) as caught:
+        heterogui.merge(bert(2, 0), bert(2, 1), [batch])
+    assert words in str(caught.value) and "\n" not in str(caught.value)
