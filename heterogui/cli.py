@@ -38,8 +38,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe)
     run_export.check_format(recipe, args.format)
+    # before the expensive part; the text as typed (Path("") would read as the current folder)
+    check_output(args.out, args.overwrite, run_export.data_files(recipe))
     out = Path(args.out)
-    check_output(out, args.overwrite, run_export.data_files(recipe))  # before the expensive part
     distributed.init_from_env(recipe.device)
     try:
         writer = distributed.is_main()

@@ -200,7 +200,13 @@ def load_recipe(path: str | Path) -> Recipe:
     """
     path = Path(path)
     if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        what = (
+            "is a folder, not a file"
+            if path.is_dir()
+            else "is not a regular file (a device or pipe?)"
+            if path.exists()
+            else "does not exist"
+        )
         raise ModelLoadError(f"recipe file {str(path)!r} {what}; pass a .yaml or .json file")
     recipe = parse_recipe(read_text(path, "recipe", MAX_RECIPE_BYTES), f"recipe {path}")
     _refuse_paths_beside_the_recipe(recipe, path.parent)

@@ -49,6 +49,7 @@ from heterogui.run_checks import (
     check_transformer_options,
     reads_calibration,
     recorded_heads,
+    warn_if_other_versions,
     warn_if_realigned,
     warn_of_idle_knobs,
 )
@@ -357,6 +358,7 @@ def merge(
         reset_input_bn=recipe.reset_input_bn,
     )
     warn_if_realigned(recipe, done, pair)
+    warn_if_other_versions(recipe, done)
     warn_of_idle_knobs(recipe.zip, pair)
     scores = None
     if evaluation is not None and distributed.is_main():

@@ -63,6 +63,20 @@ def warn_if_realigned(recipe: Recipe, done: Recipe, pair: Pair) -> None:
         )
 
 
+def warn_if_other_versions(recipe: Recipe, done: Recipe) -> None:
+    """Warn when a recorded recipe names other library versions than this run's (``done``'s):
+    its merge may then differ from the recorded one, in the last digits or more."""
+    recorded, now = recipe.versions, done.versions
+    differ = sorted(k for k in recorded.keys() & now.keys() if str(recorded[k]) != now[k])
+    if differ:
+        log.warning(
+            "this recipe was recorded with %s, this run has %s: its merge may differ from the "
+            "recorded one; install the recorded versions to repeat it exactly",
+            ", ".join(f"{k} {recorded[k]}" for k in differ),
+            ", ".join(f"{k} {now[k]}" for k in differ),
+        )
+
+
 def reads_calibration(evaluation: DataRef, calibration: DataRef) -> bool:
     """Return whether an evaluation reads the calibration's data (a file has no splits)."""
     if evaluation.source != calibration.source:

@@ -193,6 +193,29 @@ def test_a_recorded_recipe_refuses_a_model_whose_config_changed(tmp_path, capsys
     assert "restore them or remove its files_sha256" in err and not (tmp_path / "third").exists()
 
 
+def test_a_recipe_recorded_with_other_versions_says_so(tmp_path, capsys, caplog):
+    import logging
+
+    recipe = write_case(tmp_path, "depth")
+    out = tmp_path / "merged"
+    assert main(["merge", str(recipe), "--out", str(out)]) == 0
+    data = yaml.safe_load((out / "recipe.yaml").read_text())
+    torch_now = data["versions"]["torch"]
+    data["versions"]["torch"] = "1.0"  # as if recorded on another machine
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(data))
+    with caplog.at_level(logging.WARNING, logger="heterogui.run_checks"):
+        assert main(["merge", str(tmp_path / "old.yaml"), "--out", str(tmp_path / "again")]) == 0
+    assert (
+        f"this recipe was recorded with torch 1.0, this run has torch {torch_now}: its merge "
+        "may differ from the recorded one" in caplog.text
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="heterogui.run_checks"):  # the same: no word
+        assert main(["merge", str(out / "recipe.yaml"), "--out", str(tmp_path / "third")]) == 0
+    assert "recorded with" not in caplog.text
+    capsys.readouterr()
+
+
 def test_bad_inputs_get_clear_messages(tmp_path, capsys):
     recipe = write_case(tmp_path, "depth")
     data = yaml.safe_load(recipe.read_text())
