@@ -90,7 +90,7 @@ def export(
     job = ExportJob(
         run.result.model,
         run.recipe,
-        run.report,
+        {**run.report, "format": fmt},  # a rerun of recipe.yaml writes it again with --format
         card,
         run.pair.a.folder,
         getattr(run.pair.a.net.config, "pooling", None),

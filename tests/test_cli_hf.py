@@ -105,6 +105,7 @@ def test_cli_writes_a_save_pretrained_folder_that_automodel_loads(tmp_path, pair
     assert {"vocab.txt", "unmerge.safetensors"} <= names
     report = json.loads((out / "report.json").read_text())
     assert report["timings_seconds"]["total"] > 0 and report["parameters"]["merged"] > 0
+    assert report["format"] == "hf-bert"  # what a rerun of recipe.yaml passes as --format
     assert set(report["metrics"]) == {"a", "b", "ensemble", "merged"}
     assert set(report["metrics"]["merged"]) == {"merged", "head A", "head B"}
     assert report["widths"]["stream"][2] >= 32
