@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from heterogui import run_group
 from heterogui.config import Recipe
 from heterogui.datasets.refs import text_limit
 from heterogui.errors import ConfigError, ExportError
-from heterogui.export.job import HETEROGUI_FORMAT, OR_HETEROGUI, ExportJob
+from heterogui.export.job import HETEROGUI_FORMAT, OR_HETEROGUI, Exporter, ExportJob
 from heterogui.export.registry import exporter, write_export
 from heterogui.fusion.merged import MergedModel
 from heterogui.nway import GroupMergeResult
@@ -127,4 +127,26 @@ def check_format(recipe: Recipe, fmt: str | None) -> None:
     if recipe.more_models:
         run_group.check_format(fmt)
     elif fmt is not None:
-        exporter(fmt).check_family(sources.describe(recipe.model_a.path).family)
+        chosen = exporter(fmt)
+        header = sources.describe(recipe.model_a.path)
+        chosen.check_family(header.family)
+        if chosen.closing is not None and recipe.stop is not None:
+            _check_full_stop(recipe, chosen, header)
+
+
+def _check_full_stop(recipe: Recipe, chosen: Exporter, header: Any) -> None:
+    """Refuse, before the merge, a partial stop that a full-merge format cannot hold (the
+    deeper model's layers, read from both headers; the exporter checks the merge again).
+
+    Raises:
+        ExportError: the recipe's stop lies before the full merge's.
+    """
+    cards = [header.card, sources.describe(recipe.model_b.path).card]
+    if any(card is None for card in cards):
+        return  # no layer count in the headers: the exporter refuses it after the merge
+    full = max(card.depth for card in cards) + chosen.closing
+    if recipe.stop < full:
+        raise ExportError(
+            f"the recipe stops at block {recipe.stop}, but the {chosen.name} format needs every "
+            f"layer merged (stop {full}, or null): merge every layer (stop: null){OR_HETEROGUI}"
+        )

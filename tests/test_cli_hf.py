@@ -337,5 +337,7 @@ def test_a_partial_merge_is_written_in_the_heterogui_format_by_default(tmp_path,
     capsys.readouterr()
     assert main(["merge", str(recipe), "-o", str(tmp_path / "h"), "--format", "hf-bert"]) == 2
     err = capsys.readouterr().err
-    assert "needs every layer merged: merge every layer (stop: null) or write the heterogui" in err
+    # refused before the merge, from the headers' layer counts
+    assert "error: the recipe stops at block 0, but the hf-bert format needs every layer " in err
+    assert "merge every layer (stop: null) or write the heterogui format" in err
     assert not (tmp_path / "h").exists()

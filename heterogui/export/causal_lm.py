@@ -48,7 +48,7 @@ def check_causal_lm(model: MergedModel) -> DecoderNetConfig | GPT2NetConfig:
         ExportError: a partial zip, or head counts transformers cannot hold.
     """
     config = model.spec.trunk_config
-    full = config.num_layers + 2
+    full = config.num_layers + CausalLMExporter.closing
     if model.spec.stop != full:
         raise ExportError(
             f"the merge stops at block {model.spec.stop}, but one causal LM needs every layer "
@@ -68,6 +68,7 @@ class CausalLMExporter(Exporter):
     description = "Hugging Face causal language model folder (save_pretrained)"
     reader = "hf"
     families = CAUSAL_LM_FAMILIES
+    closing = 2  # a full merge stops at num_layers + 2 (check_causal_lm)
 
     def check_model(self, model: MergedModel) -> None:
         """Refuse merges one causal LM cannot hold (partial zips, head counts ...)."""

@@ -127,7 +127,7 @@ def padded_trunk_state(model: MergedModel) -> tuple[dict[str, torch.Tensor], int
     Raises:
         ExportError: see ``check_exportable``.
     """
-    config = check_exportable(model)
+    config = check_exportable(model, closing=BertExporter.closing)
     heads = config.hidden // config.head_dim
     width = max(config.intermediate)
     state = pad_layers(trunk_state(model), BERT_NAMES, heads * config.head_dim, width)
@@ -203,7 +203,7 @@ def _vit_model(model: MergedModel) -> Any:
     """Return the transformers ViTModel of a merged ViT trunk (widths padded to uniform)."""
     from transformers import ViTConfig, ViTModel
 
-    config = check_exportable(model, closing=1 + 1, kind="ViTModel")
+    config = check_exportable(model, closing=ViTExporter.closing, kind="ViTModel")
     heads, width = config.hidden // config.head_dim, max(config.intermediate)
     state = pad_layers(trunk_state(model), VIT_NAMES, heads * config.head_dim, width)
     hf_state = vit_state_to_hf(state, config.num_layers)
@@ -284,9 +284,11 @@ class BertExporter(Exporter):
     reader = "hf"
     families = ("bert",)
 
+    closing = 1  # a full merge stops at num_layers + 1 (check_exportable)
+
     def check_model(self, model: MergedModel) -> None:
         """Refuse merges a BertModel cannot hold (partial zips, head counts ...)."""
-        check_exportable(model)
+        check_exportable(model, closing=self.closing)
 
     def write(self, job: ExportJob, folder: Path) -> None:
         """Write the merged trunk as a BertModel with the tokenizer and the side files."""
@@ -302,9 +304,11 @@ class ViTExporter(Exporter):
     reader = "hf"
     families = ("vit",)
 
+    closing = 1 + 1  # one more than BERT's: ViT's final LayerNorm
+
     def check_model(self, model: MergedModel) -> None:
         """Refuse merges a ViTModel cannot hold (partial zips, head counts ...)."""
-        check_exportable(model, closing=1 + 1, kind="ViTModel")
+        check_exportable(model, closing=self.closing, kind="ViTModel")
 
     def write(self, job: ExportJob, folder: Path) -> None:
         """Write the merged trunk as a ViTModel with the side files."""

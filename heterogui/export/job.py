@@ -98,13 +98,16 @@ class Exporter(ABC):
 
     name: the format's key (a recipe's sources name it as ``Loaded.export_format``);
     reader: the kind of model source that loads the written folder back; families: the model
-    families whose merges it holds (empty: every family).
+    families whose merges it holds (empty: every family); closing: see the attribute.
     """
 
     name: str = ""
     description: str = ""
     reader: str = ""
     families: tuple[str, ...] = ()
+    # trunk blocks after the last layer of a format that holds only full merges (the merge's
+    # stop must be layers + closing); None: the format holds partial merges too
+    closing: int | None = None
 
     def check_family(self, family: str) -> None:
         """Raise ExportError if this format cannot hold merges of ``family`` models.
