@@ -139,12 +139,16 @@ def _verbose_anywhere(parser: argparse.ArgumentParser) -> None:
                     default=argparse.SUPPRESS,
                     help="log progress",
                 )
+                sub.set_defaults(parser_used=sub)  # the deepest one wins: it names misuse
                 _verbose_anywhere(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; errors print as one message and exit with code 2."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the subcommand's parser, with its usage (not the top level's)
+        getattr(args, "parser_used", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not args.verbose:  # heterogui reports its own progress with -v; no loaders' bars without
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         if args.command != "app":  # nor tqdm's (transformers' GGUF conversion), read at import

@@ -650,3 +650,11 @@ def test_a_heads_choice_for_models_without_attention_is_warned_about(tmp_path, c
     assert "zip.heads 'select': these vgg models have no attention heads" in caplog.text
     for x, y in zip(outputs(plain), outputs(chosen.result.model), strict=True):
         assert torch.equal(x, y)  # indeed nothing changed
+
+
+def test_an_unknown_option_is_named_with_its_subcommand_s_usage(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["zoo", "list", "--pairs", "x"])
+    err = capsys.readouterr().err.splitlines()
+    assert done.value.code == 2 and err[0].startswith("usage: heterogui zoo list ")
+    assert err[-1] == "heterogui zoo list: error: unrecognized arguments: --pairs x"
