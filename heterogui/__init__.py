@@ -34,6 +34,8 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
 
     if model_b is None and isinstance(model_a, Recipe | str | os.PathLike):
         return run.merge(model_a, options.get("progress")).result
+    if batches is not None and not isinstance(batches, list | tuple):
+        batches = list(batches)  # a generator is read once: by the checks below, not the merge
     if model_b is None or not batches:
         raise ConfigError(
             "merge(net_a, net_b, batches): give both networks and calibration batches"
@@ -56,19 +58,21 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
 
 def _check_token_batch(net: Any, batch: Any) -> None:
     """Refuse a calibration batch that is not a tokenizer's output for ``net``'s vocabulary."""
+    from collections.abc import Mapping
+
     import torch
 
     from heterogui.errors import ConfigError
 
     vocab = getattr(net.config, "vocab_size", None)
     if vocab is None:  # images or signals: tensors (or the keyword dicts a model takes)
-        if not isinstance(batch, dict):
+        if not isinstance(batch, Mapping):
             raise ConfigError(
                 f"calibration batches of {net.label} must be tensors (N, ...), got a "
                 f"{type(batch).__name__}"
             )
         return
-    ids = batch.get("input_ids") if isinstance(batch, dict) else None
+    ids = batch.get("input_ids") if isinstance(batch, Mapping) else None  # BatchEncoding too
     if not isinstance(ids, torch.Tensor):
         got = type(batch).__name__ if ids is None else f"input_ids of type {type(ids).__name__}"
         raise ConfigError(

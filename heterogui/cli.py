@@ -157,7 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    terminate = _on_terminate()
+    # the app keeps SIGTERM's default (exit 143, as launch.py): gradio takes a KeyboardInterrupt
+    # for Ctrl-C and exits 0
+    terminate = _on_terminate() if args.command != "app" else None
     try:
         if getattr(args, "threads", None):  # merge, bench and app take --threads
             import torch

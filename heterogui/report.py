@@ -268,12 +268,22 @@ def not_one_network(result: MergeResult, fmt: str) -> str | None:
 
 
 def card_files(
-    result: MergeResult, pair: Pair, task: Task, scores: dict[str, Any] | None, fmt: str
+    result: MergeResult,
+    pair: Pair,
+    task: Task,
+    scores: dict[str, Any] | None,
+    fmt: str,
+    default_format: bool = True,
 ) -> dict[str, str]:
-    """Return the model card (README.md, in output format ``fmt``) and its SVG figures."""
+    """Return the model card (README.md, in output format ``fmt``) and its SVG figures.
+
+    default_format: whether ``fmt`` is the one a merge of these models is written in without
+    --format (else the card's rerun command names it).
+    """
     prep = result.prepared
     facts = card_facts(result, pair, task, scores)
     facts["not_one_network"] = not_one_network(result, fmt)
+    facts["rerun_flags"] = "" if default_format else f" --format {fmt}"
     files = {"README.md": model_card(facts, fmt)}
     if prep.similarity is not None:
         files["alignment.svg"] = heatmap_svg(

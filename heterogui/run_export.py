@@ -81,11 +81,12 @@ def export(
         fmt = run_group.check_format(fmt)
         card = group_card_files(run.result, run.pair, run.task, run.scores)
     else:
+        fitting, why = fitting_format(run.pair, run.result.model)
         if fmt is None:
-            fmt, why = fitting_format(run.pair, run.result.model)
+            fmt = fitting
             if why is not None:
                 log.warning("writing the heterogui format, as the models' own cannot hold: %s", why)
-        card = card_files(run.result, run.pair, run.task, run.scores, fmt)
+        card = card_files(run.result, run.pair, run.task, run.scores, fmt, fmt == fitting)
     inputs = [*model_folders(run.pair), *data_files(run.recipe)]
     job = ExportJob(
         run.result.model,

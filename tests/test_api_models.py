@@ -92,3 +92,11 @@ def test_batches_that_are_no_tokenizer_output_are_refused_in_one_line(batch, wor
     with pytest.raises(ConfigError) as caught:
         heterogui.merge(bert(2, 0), bert(2, 1), [batch])
     assert words in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_tokenizer_s_batch_encoding_and_a_generator_of_batches_merge():
+    from transformers import BatchEncoding
+
+    batches = [BatchEncoding(b) for b in token_batches()]  # what a tokenizer returns
+    result = heterogui.merge(bert(2, 0), bert(2, 1), (b for b in batches))  # read once
+    assert result.prepared.stats and len(result.prepared.batches) == len(batches)

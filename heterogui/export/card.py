@@ -195,8 +195,10 @@ def model_card(facts: dict[str, Any], fmt: str = "heterogui") -> str:
     "heads" (rows: head, task classes, from model), "alignment" (mode, mapping, score),
     "settings" (dict), "widths" (rows: merge point, A, B, merged), "sizes" (rows: model,
     parameters, FLOPs), "metric_header" and "metrics" (rows, or []), "notes" (sentences).
-    Optional: "not_one_network" (why a heterogui-format folder loads only as a merged model:
-    text models, a partial zip), "width_header" (the models' width columns; default A and B),
+    Optional: "rerun_flags" (what the rerun command needs beyond the recipe: " --format X"
+    for an export in another than the default format), "not_one_network" (why a
+    heterogui-format folder loads only as a merged model: text models, a partial zip),
+    "width_header" (the models' width columns; default A and B),
     "alignment" "text"
     (a sentence in place of mode, score and mapping) and "alignment_figure" (default True:
     the card shows alignment.svg).
@@ -240,7 +242,8 @@ def model_card(facts: dict[str, Any], fmt: str = "heterogui") -> str:
     parts += [f"- {n}" for n in facts.get("notes", ())]
     parts += [
         "## Reproduce",
-        "`heterogui merge recipe.yaml --out OUT` repeats this merge bit for bit; "
+        f"`heterogui merge recipe.yaml --out OUT{facts.get('rerun_flags', '')}` repeats this "
+        "merge bit for bit; "
         "`recipe.yaml`, `report.json` and `config.json` sit beside this card.",
     ]
     return _FRONT[fmt] + "\n\n".join(parts) + "\n"
