@@ -255,7 +255,7 @@ class ZipSpec:
             if width is not None and "rho" in knobs:  # the width would win without a word
                 raise ConfigError(
                     f"zip.overrides.{excerpt(space, 60)} sets both rho and width: give one (a "
-                    "width is the merged width itself; rho sets it between the two models')"
+                    "width is the merged width itself; rho sets it from the models' widths)"
                 )
 
 

@@ -655,6 +655,7 @@ def test_a_bad_mapping_is_refused_and_the_alignment_kept(session, res, text, wor
         ("block0", None, 200_000_000, "out of range: use an integer from 1 to"),
         ("block0", None, -3, "must be a positive integer"),
         ("block0", None, "32.5", "width 32.5 must be a positive integer"),  # not cut to 32
+        ("block0", "0.5", "20", "give a rho or a width, not both"),  # the width won silently
         ("block0", 1.5, None, "must lie in [0, 1]"),
         ("nowhere", 0.5, None, "choose a merge point"),
     ],
@@ -726,6 +727,19 @@ def test_a_bad_upload_is_refused_and_leaves_nothing(session, res, tmp_path):
                 zf.writestr(name, "x")
         with pytest.raises(ModelLoadError, match=r"holds '(x|x/y)' twice, or as a file and a"):
             tab_models.on_load_model(session, res, "a", "upload", None, None, [str(clash)], None)
+    # a truncated GGUF file is named as uploaded (not "the upload", nor its temporary copy)
+    from heterogui.sources.gguf_files import smollm2_gguf
+
+    cut = tmp_path / "cut.gguf"
+    with open(smollm2_gguf(), "rb") as whole:
+        cut.write_bytes(whole.read(5_000_000))
+    with pytest.raises(ModelLoadError, match=r"GGUF file cut\.gguf is truncated") as refused:
+        tab_models.on_load_model(session, res, "a", "upload", None, None, [str(cut)], None)
+    assert str(session.workdir) not in str(refused.value)
+    upper = tmp_path / "EXPORT.ZIP"  # an upper-case suffix is a .zip too
+    upper.write_text("not a zip")
+    with pytest.raises(ModelLoadError, match="EXPORT.ZIP is not a valid .zip archive"):
+        tab_models.on_load_model(session, res, "a", "upload", None, None, [str(upper)], None)
     # every file of a sentence-transformers folder: two config.json (the pooling one last)
     (tmp_path / "pool").mkdir()
     (tmp_path / "pool" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')

@@ -41,7 +41,7 @@ def receive(files: list[str] | None, workdir: str | Path | None = None) -> Path:
         raise ModelLoadError(
             "upload a model: its config.json and model.safetensors, or the .zip of an export"
         )
-    archive = len(paths) == 1 and paths[0].suffix == ".zip"
+    archive = len(paths) == 1 and paths[0].suffix.lower() == ".zip"
     root = Path(tempfile.mkdtemp(prefix="upload-", dir=workdir))
     if len(paths) == 1 and paths[0].suffix.lower() == ".gguf":
         target = root / f"{_safe_name(paths[0].stem)}.gguf"
@@ -115,14 +115,14 @@ def _safe_name(stem: str) -> str:
 
 
 def _copy(paths: list[Path], folder: Path) -> None:
-    others = [p.name for p in paths if p.suffix not in MODEL_SUFFIXES]
+    others = [p.name for p in paths if p.suffix.lower() not in MODEL_SUFFIXES]
     if others:
         raise ModelLoadError(
             f"{others} are not model files: upload config.json, model.safetensors (and "
             "tokenizer files), or the .zip of an export"
         )
-    weights = [p for p in paths if p.suffix == ".safetensors"]
-    configs = [p for p in paths if p.suffix == ".json"]
+    weights = [p for p in paths if p.suffix.lower() == ".safetensors"]
+    configs = [p for p in paths if p.suffix.lower() == ".json"]
     if not weights or not configs:
         raise ModelLoadError(
             f"got {len(weights)} .safetensors and {len(configs)} .json files: upload the "

@@ -71,7 +71,8 @@ def load_choice(
             loaded = registry.load(str(received))
         except HeteroguiError as exc:  # named as the user knows it, not by its temporary copy
             shutil.rmtree(received.parent, ignore_errors=True)
-            text = str(exc).replace(f"{received}/", "").replace(str(received), "the upload")
+            uploaded = Path(files[0]).name if len(files or []) == 1 else "the uploaded model"
+            text = str(exc).replace(f"{received}/", "").replace(str(received), uploaded)
             raise type(exc)(text) from None
         except BaseException:  # a refused upload leaves no copy behind
             shutil.rmtree(received.parent, ignore_errors=True)

@@ -40,7 +40,7 @@ def build_overrides(ui: dict[str, Any]) -> None:
         ui["override_width"] = gr.Textbox(
             label="width here",
             placeholder="neurons",
-            info="Blank: from rho; a number sets the width",
+            info="Blank: from rho; a number sets the width (leave rho blank then)",
         )
     with gr.Row():
         ui["set_override"] = gr.Button("Set override")
@@ -101,6 +101,11 @@ def on_set_override(
         raise ConfigError(
             f"{EVERY_ATTENTION_LAYER} takes a rho, not a width: leave the width blank, or set "
             "a width on one attention layer"
+        )
+    if width is not None and rho is not None:  # the width would win without a word
+        raise ConfigError(
+            "give a rho or a width, not both: a width is the merged width itself; rho sets it "
+            "from the models' widths (clear one box)"
         )
     knobs: dict[str, Any] = {}
     if width is not None:
