@@ -182,7 +182,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 1
     except OSError as exc:  # a full disk, a file too large, an I/O error, unwritable stdout
-        print(f"{_error_prefix()}{os_error_line(exc)}{_written(args)}", file=sys.stderr)
+        written = getattr(args, "written", None)
+        if written and exc.filename is None:  # the folder is whole; printing its summary failed
+            line = (
+                f"{written} was written whole, but its summary could not be printed "
+                f"({exc.strerror or excerpt(exc)}): see {written}/report.json"
+            )
+        else:
+            line = os_error_line(exc)
+        print(f"{_error_prefix()}{line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM; a merge's folder is whole or absent
         stopped = signal.SIGTERM if str(exc) == "SIGTERM" else signal.SIGINT

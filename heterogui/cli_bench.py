@@ -14,7 +14,7 @@ from pathlib import Path
 
 from heterogui.cli_args import count, device_name, thread_count, whole_number
 from heterogui.cli_zoo import add_bench_quality_arguments, print_quality_summary
-from heterogui.errors import ConfigError
+from heterogui.errors import ConfigError, ExportError
 from heterogui.folders import check_writable
 
 
@@ -59,7 +59,7 @@ def _nway(args: argparse.Namespace) -> int:
     cfg = NwayConfig(
         tuple(args.groups or GROUPS), tuple(range(args.seeds)), device=args.device, command=command
     )
-    if args.out:
+    if args.out is not None:
         check_writable(args.out)
     with torch_threads(args.threads):
         report = run_nway(cfg, args.out)
@@ -150,7 +150,9 @@ def _decoders(args: argparse.Namespace) -> int:
             option = "--" + name.replace("_", "-")
             raise ConfigError(f"{option} {getattr(args, name)} is too small: use at least 4 texts")
     for path in (args.out_md, args.out_json):
-        if path:
+        if path is not None:
+            if not path.strip():
+                raise ExportError("give an output file (--out-md, --out-json)")
             check_writable(Path(path).parent, path)
     with torch_threads(args.threads):
         print(run_decoders(args))
@@ -166,7 +168,7 @@ def _measures(args: argparse.Namespace) -> int:
     command = f"heterogui bench measures --seeds {args.seeds} --smollm2-draws {args.smollm2_draws}"
     command += f" --threads {args.threads}" if args.threads else ""
     command += f" --out {args.out}" if args.out else ""
-    if args.out:
+    if args.out is not None:
         check_writable(args.out)
     with torch_threads(args.threads):
         report = run_measures(args.seeds, args.smollm2_draws)

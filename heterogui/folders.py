@@ -226,13 +226,16 @@ def check_output(out: str | Path, overwrite: bool = False, inputs: Iterable[Path
         )
     check_writable(target.parent, text)
     if target.is_dir() and not is_empty_folder(target):  # an empty one is written into
+        if not (target / MARKER).is_file():  # not an export: --overwrite would not help
+            held = sorted(p.name for p in target.iterdir())
+            shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+            raise ExportError(
+                f"output folder {text!r} already holds files heterogui did not write "
+                f"({excerpt(shown, 120)}); choose another folder (overwriting replaces only "
+                "folders of earlier exports)"
+            )
         if not overwrite:
             raise ExportError(f"output folder {text!r} already exists; {OVERWRITE_HINT}")
-        if any(target.iterdir()) and not (target / MARKER).is_file():
-            raise ExportError(
-                f"output folder {text!r} holds files heterogui did not write; overwriting "
-                "replaces only folders of earlier exports: choose another folder"
-            )
         added = _added_files(target)
         if added:
             raise ExportError(
@@ -249,8 +252,12 @@ def check_writable(folder: str | Path, named: str | None = None) -> None:
 
     named: how messages name the output (default: the folder).
     """
+    if not str(folder).strip():  # Path("") would be the current folder
+        raise ExportError("give an output folder")
     folder = Path(folder).expanduser()
     named = named if named is not None else str(folder)
+    if folder.exists() and not folder.is_dir() and named == str(folder):
+        raise ExportError(f"output folder {named!r} is a file; name a folder")
     parent = folder
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

@@ -133,9 +133,12 @@ def test_overwrite_replaces_only_what_heterogui_wrote(ws, capsys):
     rec = str(ws / "recipe.yaml")
     (ws / "mine").mkdir()
     (ws / "mine" / "thesis.tex").write_text("years of work")
-    cli_refuses(
-        ws, ["merge", rec, "--out", str(ws / "mine"), "--overwrite"], "did not write", capsys
-    )
+    for overwrite in ([], ["--overwrite"]):  # named, and no --overwrite offered: it cannot help
+        said = "did not write (thesis.tex); choose another folder"
+        cli_refuses(ws, ["merge", rec, "--out", str(ws / "mine"), *overwrite], said, capsys)
+    (ws / "hidden").mkdir()
+    (ws / "hidden" / ".notes").write_text("mine")  # a folder that looks empty
+    cli_refuses(ws, ["merge", rec, "--out", str(ws / "hidden")], "did not write (.notes)", capsys)
     assert main(["merge", rec, "--out", str(ws / "m")]) == 0
     first = (ws / "m" / "model.safetensors").read_bytes()
     assert main(["merge", rec, "--out", str(ws / "m"), "--overwrite"]) == 0  # an earlier export

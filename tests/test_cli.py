@@ -175,7 +175,8 @@ def test_errors_leave_no_partial_folder(tmp_path, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     err = run_error(["merge", str(recipe), "--out", str(out)], capsys)
-    assert "already exists" in err and (out / "keep.txt").read_text() == "precious"
+    assert "already holds files heterogui did not write (keep.txt)" in err
+    assert (out / "keep.txt").read_text() == "precious"
 
 
 def test_a_recorded_recipe_refuses_a_model_whose_config_changed(tmp_path, capsys):
@@ -595,6 +596,9 @@ def test_a_bench_output_that_cannot_be_written_is_refused_before_the_run(args, t
         f"error: output folder '{tmp_path / 'file' / 'results'}' lies under the file "
         f"{tmp_path / 'file'}; name a folder\n"
     )
+    err = run_error([*args, str(tmp_path / "file")], capsys)
+    assert err == f"error: output folder '{tmp_path / 'file'}' is a file; name a folder\n"
+    assert run_error([*args, ""], capsys) == "error: give an output folder\n"  # not the cwd
 
 
 def test_a_cache_that_cannot_hold_folders_is_named_in_one_line(tmp_path, monkeypatch, capsys):
