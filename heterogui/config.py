@@ -224,9 +224,10 @@ class ZipSpec:
         check_heads("zip.heads", self.heads)
         for space, knobs in self.overrides.items():
             if not isinstance(knobs, dict):
+                got = "null" if knobs is None else excerpt(repr(knobs), 60)
                 raise ConfigError(
                     f"zip.overrides.{excerpt(space, 60)} must be a mapping such as "
-                    f"{{rho: 0.5}} or {{width: 64}}, got {excerpt(repr(knobs), 60)}"
+                    f"{{rho: 0.5}} or {{width: 64}}, got {got}"
                 )
             for key, hint in OVERRIDE_TYPES.items():
                 if key in knobs:
@@ -410,7 +411,12 @@ def typed_value(value: Any, hint: Any, where: str) -> Any:
         if plain in (str, bool, dict) and isinstance(value, plain):
             return value
     wanted = " or ".join(_KINDS.get(t, getattr(t, "__name__", str(t))) for t in types)
+    wanted = wanted.replace("NoneType", "null")
+    if value is None:  # not "None (NoneType)": the recipe wrote null, or nothing after the key
+        raise ConfigError(
+            f"{where} is empty (null); it must be {wanted}: fill it in or leave it out"
+        )
     raise ConfigError(
-        f"{where} must be {wanted.replace('NoneType', 'null')}, got {excerpt(repr(value), 80)} "
-        f"({type(value).__name__}); fix the value in the recipe"
+        f"{where} must be {wanted}, got {excerpt(repr(value), 80)} "
+        f"({_KINDS.get(type(value), type(value).__name__)}); fix the value in the recipe"
     )

@@ -75,10 +75,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
         missing = re.findall(r"'(\w+)'", str(exc)) if "missing" in str(exc) else []
         if missing:
             key = where.rsplit(".", 1)[-1]
-            raise ConfigError(
-                f"{where} needs {' and '.join(missing)}: write {key}: "
-                f"{{{', '.join(f'{m}: ...' for m in missing)}}}"
-            ) from exc
+            given = "{" + ", ".join(f"{m}: ..." for m in missing) + "}"
+            how = f"list each as {given}" if "[" in key else f"write {key}: {given}"
+            raise ConfigError(f"{where} needs {' and '.join(missing)}: {how}") from exc
         raise ConfigError(f"{where}: {excerpt(exc)}") from exc
     except ConfigError as exc:  # "size 2 is too small ...": say whose (recipe.evaluation.size)
         words = str(exc).split(" ", 1)

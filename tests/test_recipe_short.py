@@ -41,6 +41,9 @@ def test_plain_paths_and_data_names_mean_their_mappings():
         ("model_a: {sha256: abc}\nmodel_b: x\n", "recipe.model_a needs path: write model_a: {path"),
         ("model_a: null\nmodel_b: x\n", "recipe.model_a is empty (null); write model_a: PATH or"),
         ("model_a: x\nmodel_b: y\nalignment: null\n", "or leave alignment out"),
+        ("models: [{sha256: abc}, x]\n", "recipe.models[0] needs path: list each as {path"),
+        ("model_a: x\nmodel_b: y\nzip: {overrides: null}\n", "overrides is empty (null)"),
+        ("model_a: x\nmodel_b: y\nzip: {rho: [1]}\n", "must be a number, got [1] (list)"),
         (  # a width would win over rho without a word
             "model_a: x\nmodel_b: y\nzip: {overrides: {block0: {rho: 0.2, width: 40}}}\n",
             "zip.overrides.block0 sets both rho and width: give one",
@@ -50,7 +53,8 @@ def test_plain_paths_and_data_names_mean_their_mappings():
 def test_a_missing_or_doubled_field_is_named_in_recipe_words(text, said):
     with pytest.raises(ConfigError) as refused:
         parse_recipe(text)
-    assert said in str(refused.value) and "__init__" not in str(refused.value)
+    message = str(refused.value)
+    assert said in message and "__init__" not in message and "NoneType" not in message
 
 
 def test_numbers_with_an_exponent_are_numbers_in_yaml_and_json():
