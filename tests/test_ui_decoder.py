@@ -376,6 +376,8 @@ def test_the_similarity_measure_switches_the_map_and_realigns(analysed, res, mon
 
 def test_a_continuation_of_only_whitespace_says_so_in_its_cell():
     shown = evaluate_language.shown
-    assert shown("\n  \n  \n") == "(whitespace only: 3 line breaks, 4 spaces)"
+    assert shown("\n  \n  \n") == "(whitespace only: 3 line breaks, 4 blanks)"
     assert shown("\n") == "(whitespace only: 1 line break)"
-    assert shown(" return x\n") == " return x\n" and shown("") == ""  # text and nothing: as is
+    assert shown(" \t") == "(whitespace only: 2 blanks)"
+    assert shown("") == "(nothing: it ended at once)"
+    assert shown(" return x\n") == " return x\n"  # text: as it is

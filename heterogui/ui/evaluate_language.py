@@ -140,17 +140,15 @@ def perplexity_views(session: Session) -> dict[str, Any]:
 
 
 def shown(text: str) -> str:
-    """Return a continuation as its cell shows it: one made only of whitespace says so (an
-    empty-looking cell reads as a failure), counting its line breaks and other blanks."""
-    if not text or text.strip():
+    """Return a continuation as its cell shows it: an empty one, or one made only of whitespace,
+    says so (an empty-looking cell reads as a failure), counting line breaks and other blanks."""
+    if not text:
+        return "(nothing: it ended at once)"
+    if text.strip():
         return text
     breaks = text.count("\n")
-    blanks = len(text) - breaks
-    parts = [
-        f"{n} {word}{'s' if n != 1 else ''}"
-        for n, word in ((breaks, "line break"), (blanks, "space"))
-        if n
-    ]
+    counts = ((breaks, "line break"), (len(text) - breaks, "blank"))
+    parts = [f"{n} {word}{'s' if n != 1 else ''}" for n, word in counts if n]
     return f"(whitespace only: {', '.join(parts)})"
 
 
