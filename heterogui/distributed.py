@@ -27,6 +27,7 @@ still gets the right numbers (all sums and all counts grow N-fold), only N times
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
@@ -115,7 +116,8 @@ def _joined() -> tuple[dist.Store, int, int]:
         ConfigError: the others did not join in time, or the address cannot be used.
     """
     try:
-        return next(dist.rendezvous("env://", timeout=JOIN_TIMEOUT))
+        with _quiet_stderr():  # c10d logs every retry of the connection with a C++ stack
+            return next(dist.rendezvous("env://", timeout=JOIN_TIMEOUT))
     except (RuntimeError, ValueError) as exc:
         line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
         where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
@@ -127,6 +129,20 @@ def _joined() -> tuple[dist.Store, int, int]:
             "torchrun, or unset WORLD_SIZE, RANK, MASTER_ADDR and MASTER_PORT to merge in one "
             "process"
         ) from None
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send what is written to file descriptor 2 (C++ logs included) to /dev/null meanwhile."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 def shutdown() -> None:

@@ -75,7 +75,12 @@ def atomic_folder(target: Path, overwrite: bool = False):
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
 
     def commit() -> None:
-        if (target.exists() or target.is_symlink()) and not is_empty_folder(target):
+        if is_empty_folder(target):  # written into: the folder keeps its mode, owner, mount
+            for item in tmp.iterdir():
+                os.replace(item, target / item.name)
+            tmp.rmdir()
+            return
+        if target.exists() or target.is_symlink():
             if not overwrite:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise FileExistsError(target)

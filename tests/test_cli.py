@@ -312,8 +312,10 @@ def test_an_empty_folder_is_written_into(tmp_path, capsys):
     for overwrite in ([], ["--overwrite"]):
         out = tmp_path / f"empty{len(overwrite)}"
         out.mkdir()  # made beforehand, say: nothing in it to lose
+        out.chmod(0o750)
         assert main(["merge", str(recipe), "--out", str(out), *overwrite]) == 0
         assert (out / "model.safetensors").is_file()
+        assert out.stat().st_mode & 0o777 == 0o750  # written into: the folder itself is kept
     capsys.readouterr()
 
 
