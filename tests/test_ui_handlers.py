@@ -1115,3 +1115,12 @@ def test_a_model_card_names_its_head_classes_as_runs(session, res):
                     runs.append([c])
             text = ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
             assert f"{head.name} (classes {text})" in card and "classes [" not in card
+
+
+def test_the_stop_slider_s_value_stays_within_its_range(session, res):
+    # a pair with fewer blocks after a deeper one: the page kept the old value past the new
+    # maximum and refused every later event ("Value 11 is greater than maximum value 7")
+    n = work_blocks(session)
+    assert session.settings.stop is None  # a full zip: the slider's end
+    for update in (tab_zip.render(session, res), views.render(session, res, ("knobs",))):
+        assert update["stop"]["maximum"] == n and update["stop"]["value"] == n

@@ -93,8 +93,10 @@ def test_bert_pair_shows_the_preflight_verdict(folders, res):
     session = Session(device="cpu")
     load(session, res, "a", folders[0])
     load(session, res, "b", folders[1])
-    verdict = tab_models.render(session, res)["verdict"]
+    page = tab_models.render(session, res)
+    verdict = page["verdict"]
     assert "✓ Compatible" in verdict and "depths differ (3 vs 2)" in verdict
+    assert page["dataset"]["value"] == "sentences"  # what Analyse reads (the box was blank)
     assert session.a.tokenizer is not None
 
 

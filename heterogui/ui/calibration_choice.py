@@ -9,7 +9,7 @@ from pathlib import Path
 from heterogui.config import DataRef
 from heterogui.datasets.images import DATASETS
 from heterogui.datasets.text_domains import DOMAINS
-from heterogui.errors import ConfigError
+from heterogui.errors import ConfigError, HeteroguiError
 from heterogui.sources.base import LANGUAGE_MODELING
 from heterogui.tasks.language import ALL_DOMAINS
 from heterogui.text_input import typed_path
@@ -27,6 +27,11 @@ DATA_CHOICES = {
 def data_choice(session: Session) -> str | None:
     """Return the Calibration data dropdown's value for the session."""
     ref = session.calibration.ref if session.calibration else session.data
+    if ref is None and session.both_loaded():  # not analysed yet: what Analyse would read
+        try:
+            ref = session.task.default_calibration(session.pair)
+        except HeteroguiError:  # images without a built-in dataset: nothing to preselect
+            return None
     if ref is None:
         return None
     return ref.source if ref.source in data_choices(session) else FILE

@@ -26,7 +26,7 @@ from heterogui.ui.zip_overrides import (
     override_choices,
     override_text,
 )
-from heterogui.ui.zip_readout import readout_info
+from heterogui.ui.zip_readout import readout_info, stop_update
 
 VIEWS = (
     "readout",
@@ -183,7 +183,7 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
         "arch_plot": architecture_figure(prep, info["widths"], info["stop"]),
         "widths_plot": widths_figure(info["widths"]),
         "widths_table": table,
-        "stop": gr.update(maximum=work.stop_blocks(session)),
+        "stop": stop_update(session),
         "override_space": gr.update(choices=override_choices(prep)),
     }
 

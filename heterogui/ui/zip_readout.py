@@ -21,12 +21,15 @@ from heterogui.zip.plan import stop_point
 
 def knob_values(session: Session) -> dict[str, Any]:
     """Return the knob components' values from the session's settings (after load/import)."""
-    s = session.settings
-    n = work.stop_blocks(session)
-    return {
-        **history.knobs_of(s),
-        "stop": gr.update(maximum=n, value=n if s.stop is None else s.stop),
-    }
+    return {**history.knobs_of(session.settings), "stop": stop_update(session)}
+
+
+def stop_update(session: Session) -> Any:
+    """Return the stop slider's range and value together: a new pair's range with the last
+    pair's value beyond it would make the page refuse every later event ("Value 11 is greater
+    than maximum value 7")."""
+    n, stop = work.stop_blocks(session), session.settings.stop
+    return gr.update(maximum=n, value=n if stop is None else min(stop, n))
 
 
 def readout(session: Session) -> dict[str, Any]:
