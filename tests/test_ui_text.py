@@ -286,6 +286,12 @@ def test_text_classifiers_get_the_accuracy_panels(res, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="heterogui.run"):
         over = run.evaluation_data(pair, DataRef("text-tasks", "test", every.count + 5, 16))
     assert over.count == every.count and f"not the {every.count + 5} its size asks" in caplog.text
+    own = tmp_path / "own.tsv"  # a user's file with a label no head has: left out, and said so
+    own.write_text("sports\tThe team won.\nanimals\tThe cat slept.\npositive\tI loved it.\n")
+    with caplog.at_level("WARNING", logger="heterogui.tasks.text_classes"):
+        mine = run.evaluation_data(pair, DataRef(str(own), "test", None, 16))
+    assert len(mine.data.sentences) == 2
+    assert f"1 of 3 sentences of {own} have a label that no head has" in caplog.text
     tab_models.on_analyse(session, res, "sentences", None, 32)
     assert session.evaluation.ref.source == "text-tasks"  # the built-in topics and sentiment
     n_blocks = session.prepared.padded_a.graph().num_blocks - 1

@@ -10,6 +10,7 @@ labels are the classifiers' id2label names. Heads are scored as in image classif
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from heterogui.tasks.images import IMAGES, heads_disjoint
 from heterogui.tasks.sentences import SENTENCES, is_sentences, text_calibration, tokenizer_of
 from heterogui.text_input import read_text
 
+log = logging.getLogger(__name__)
 BUILT_IN = "text-tasks"
 EVAL_BATCH = 64
 Outputs = Callable[[dict[str, torch.Tensor]], Any]
@@ -170,6 +172,16 @@ class TextClassification(Task):
             raise ConfigError(
                 f"no sentence of {ref.source} has a label of the models' heads; label the "
                 "sentences with the classifiers' id2label names"
+            )
+        dropped = int((~keep).sum())
+        if dropped and ref.source != BUILT_IN:  # the built-in set holds other tasks' classes
+            log.warning(
+                "evaluation: %d of %d sentences of %s have a label that no head has (a typo, or "
+                "another case?); they are left out of the scores: label them with the "
+                "classifiers' id2label names",
+                dropped,
+                len(data.sentences),
+                ref.source,
             )
         kept = LabelledText(
             tuple(s for s, k in zip(data.sentences, keep.tolist(), strict=True) if k),
