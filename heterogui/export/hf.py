@@ -217,8 +217,15 @@ def _vit_model(model: MergedModel) -> Any:
 
 # why a Hugging Face folder holds more parameters than the merge (the card's and report's count)
 PADDED_NOTE = (
-    "its config holds one width per layer kind, so the narrower merged layers are padded with "
+    "its config holds one width per layer kind, so any narrower merged layer is padded with "
     "zero rows and columns, which never change an output"
+)
+
+
+# the BertModel / ViTModel pooler heterogui never uses (it pools the token states itself)
+POOLER_NOTE = (
+    "and its pooler, which heterogui does not use, is written as zeros (pooler_output means "
+    "nothing: pool last_hidden_state)"
 )
 
 
@@ -234,7 +241,7 @@ def write_transformer(hf: Any, job: ExportJob, folder: Path) -> None:
     for name in TOKENIZER_FILES if source is not None else ():
         if (source / name).is_file():
             shutil.copyfile(source / name, folder / name)
-    job.write_side_files(folder, note=PADDED_NOTE)
+    job.write_side_files(folder, note=f"{PADDED_NOTE}; {POOLER_NOTE}")
 
 
 def write_sentence_transformer(job: ExportJob, folder: Path, hidden: int) -> None:
