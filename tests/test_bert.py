@@ -143,7 +143,7 @@ def test_export_refuses_a_partial_zip_and_an_existing_folder(tmp_path: Path):
     full = zip_prepared(prep, ZipSettings())
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")  # an empty folder is written into
-    with pytest.raises(ExportError, match="already exists"):
+    with pytest.raises(ExportError, match=r"already holds files heterogui did not write \(notes"):
         export_bert(full.model, tmp_path / "taken")
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
 
