@@ -220,3 +220,19 @@ def test_a_sharded_folder_is_read_through_its_index(tmp_path: Path) -> None:
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     sharded = inspect_model(folder)
     assert sharded == whole and whole.num_params > 0  # the same card, read through the index
+
+
+def test_a_pair_blocked_twice_is_told_both_reasons_at_once(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from heterogui.sources.registry import preflight
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    config = BertConfig(**shape, vocab_size=100, num_labels=2, id2label={0: "neg", 1: "pos"})
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "a")
+    b = tiny(tmp_path / "b", vocab_size=120)  # an embedding model of another vocabulary
+    verdict = preflight(str(tmp_path / "a"), str(b))
+    assert not verdict.ok and len(verdict.reasons) == 2  # not the task's alone, then the other
+    assert "is scored on text classification" in verdict.reasons[0]
+    assert "vocabularies differ (100 vs 120" in verdict.reasons[1]

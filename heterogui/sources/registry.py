@@ -98,13 +98,19 @@ def pair_verdict(header_a: Header, header_b: Header) -> Verdict:
             "one family"
         )
         return Verdict(False, (reason,))
-    if header_a.task != header_b.task:
+    verdict = _shape_verdict(header_a, header_b)
+    if header_a.task != header_b.task:  # with the shapes' reasons: every reason at once
         reason = (
             f"model A ({header_a.name}) is scored on {header_a.task.replace('_', ' ')} and model "
             f"B ({header_b.name}) on {header_b.task.replace('_', ' ')}; merge two models of one "
             "kind (two classifiers, or two embedding models)"
         )
-        return Verdict(False, (reason,))
+        return Verdict(False, (reason, *verdict.reasons), verdict.notes)
+    return verdict
+
+
+def _shape_verdict(header_a: Header, header_b: Header) -> Verdict:
+    """Return the header checks of two models of one family (shapes, vocabularies ...)."""
     if header_a.card is not None and header_b.card is not None:
         return check_hf_pair(header_a.card, header_b.card)
     if header_a.config is not None and header_b.config is not None:
