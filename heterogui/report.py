@@ -28,7 +28,7 @@ from heterogui.sizes import (
     reference_sizes,
     stored_size,
 )
-from heterogui.sources.base import Pair, model_key
+from heterogui.sources.base import SENTENCE_SIMILARITY, Pair, model_key
 from heterogui.sources.folder import text_format
 from heterogui.tasks.base import Task
 
@@ -217,8 +217,21 @@ def card_facts(
                 if m.note
             ),
             *(f"Collapse alarm: {a}." for a in (task.alarms(scores) if scores else [])),
+            *_pooling_note(pair, scores),
         ],
     }
+
+
+def _pooling_note(pair: Pair, scores: dict[str, Any] | None) -> list[str]:
+    """Return, for scored embedding models, how A's and B's embeddings were pooled."""
+    pooling = getattr(pair.a.net.config, "pooling", None)
+    if not scores or pooling is None or pair.task != SENTENCE_SIMILARITY:
+        return []
+    return [
+        f"Scores: A, B and the ensemble embed with this merge's pooling ({pooling} of the token "
+        "states, transformer.pooling), which may differ from a sentence-transformers folder's "
+        "own (its 1_Pooling)."
+    ]
 
 
 def settings_facts(result: MergeResult | GroupMergeResult) -> dict[str, Any]:

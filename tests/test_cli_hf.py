@@ -120,7 +120,9 @@ def test_cli_writes_a_save_pretrained_folder_that_automodel_loads(tmp_path, pair
 
     count = AutoModel.from_pretrained(out).num_parameters()
     assert report["parameters"]["exported"] == count >= report["parameters"]["merged"]
-    assert f"| in this folder | {count:,} | — |" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert f"| in this folder | {count:,} | — |" in card
+    assert "Scores: A, B and the ensemble embed with this merge's pooling (mean of" in card
 
 
 def test_recorded_recipe_repeats_the_merge_bit_for_bit(tmp_path):
