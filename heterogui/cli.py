@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 1
     except OSError as exc:  # a full disk, a file too large, an I/O error, unwritable stdout
-        written = getattr(args, "written", None)
+        written = getattr(args, "written", None)  # set once a merge's folder is complete
         if written and exc.filename is None:  # the folder is whole; printing its summary failed
             line = (
                 f"{written} was written whole, but its summary could not be printed "
@@ -195,19 +195,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM; a merge's folder is whole or absent
         stopped = signal.SIGTERM if str(exc) == "SIGTERM" else signal.SIGINT
         said = "terminated" if stopped == signal.SIGTERM else "interrupted"
-        left = _written(args) or ("; nothing was written" if args.command == "merge" else "")
+        written = getattr(args, "written", None)
+        if written:
+            left = f" after {written} was written whole"
+        else:
+            left = "; nothing was written" if args.command == "merge" else ""
         end_progress = "\n" if args.verbose else ""  # -v: after the progress line it cut
         print(f"{end_progress}{_error_prefix()}{said}{left}", file=sys.stderr)
         return 128 + stopped
     finally:
         if terminate is not None:
             signal.signal(signal.SIGTERM, terminate)
-
-
-def _written(args: argparse.Namespace) -> str:
-    """Return " after DIR was written whole" once a merge wrote its folder, else ""."""
-    written = getattr(args, "written", None)
-    return f" after {written} was written whole" if written else ""
 
 
 def _on_terminate() -> Any:

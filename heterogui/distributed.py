@@ -119,13 +119,12 @@ def _joined() -> tuple[dist.Store, int, int]:
         with _quiet_stderr():  # c10d logs every retry of the connection with a C++ stack
             return next(dist.rendezvous("env://", timeout=JOIN_TIMEOUT))
     except (RuntimeError, ValueError) as exc:
-        line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
         where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
         seconds = JOIN_TIMEOUT.total_seconds()
         waited = f"{seconds:g} s" if seconds < 120 else f"{seconds / 60:g} minutes"
         raise ConfigError(
             f"the {env_world_size()} processes of this torchrun did not all join at {where} "
-            f"within {waited} ({excerpt(line, 160)}): start every process with "
+            f"within {waited} ({_first_line(exc)}): start every process with "
             "torchrun, or unset WORLD_SIZE, RANK, MASTER_ADDR and MASTER_PORT to merge in one "
             "process"
         ) from None
@@ -265,11 +264,16 @@ def peers_alive() -> Iterator[None]:
         backend = isinstance(exc, dist.DistBackendError) or "gloo" in text or "NCCL" in text
         if world_size() <= 1 or not backend:
             raise
-        line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
         raise ConfigError(
-            f"another process of this torchrun stopped or failed ({excerpt(line, 160)}); "
+            f"another process of this torchrun stopped or failed ({_first_line(exc)}); "
             "nothing was written: its own error says why"
         ) from None
+
+
+def _first_line(exc: Exception) -> str:
+    """Return the first line of a c10d error (the rest is a C++ stack), cut to 160 characters."""
+    text = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    return excerpt(text, 160)
 
 
 def _group_device(tensor: torch.Tensor) -> torch.device:

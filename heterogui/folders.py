@@ -123,33 +123,40 @@ def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]
         raise ExportError(f"output folder {str(target)!r} already exists; {OVERWRITE_HINT}")
     made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     try:
-        tmp, commit = atomic_folder(target, overwrite)
-    except OSError as exc:  # a place os.access calls writable that is not (root in /sys)
-        _remove_made(made)
-        raise ExportError(
-            f"cannot write in {target.parent}: {excerpt(exc)}; choose another folder"
-        ) from exc
-    try:
-        yield tmp
-        make_readable(tmp)
-        commit()
-    except FileExistsError as exc:
-        _remove_made(made)
-        raise ExportError(f"output folder {str(target)!r} appeared while writing; retry") from exc
-    except (OSError, SafetensorError) as exc:  # safetensors' write errors are not OSErrors
-        shutil.rmtree(tmp, ignore_errors=True)
-        _remove_made(made)
-        if isinstance(exc, OSError):
-            # the file as the user will look for it, not inside the hidden temporary folder
-            shown = str(exc.filename).replace(str(tmp), str(target)) if exc.filename else None
-            line = os_error_line(exc, shown)
-        else:  # "Error while serializing: I/O error: File too large (os error 27)"
-            line = f"{excerpt(exc)}: free some space, or write elsewhere"
-        raise ExportError(f"could not write {target}, nothing was written: {line}") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            tmp, commit = atomic_folder(target, overwrite)
+        except OSError as exc:  # a place os.access calls writable that is not (root in /sys)
+            raise ExportError(
+                f"cannot write in {target.parent}: {excerpt(exc)}; choose another folder"
+            ) from exc
+        try:
+            yield tmp
+            make_readable(tmp)
+            commit()
+        except FileExistsError as exc:
+            raise ExportError(
+                f"output folder {str(target)!r} appeared while writing; retry"
+            ) from exc
+        except (OSError, SafetensorError) as exc:  # safetensors' write errors are not OSErrors
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ExportError(
+                f"could not write {target}, nothing was written: {_write_error(exc, tmp, target)}"
+            ) from exc
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    except BaseException:  # whatever stopped the write: the parent folders it made go too
         _remove_made(made)
         raise
+
+
+def _write_error(exc: Exception, tmp: Path, target: Path) -> str:
+    """Return a failed write's reason with its fix, naming the file as the user will look for
+    it (not inside the hidden temporary folder)."""
+    if isinstance(exc, OSError):
+        shown = str(exc.filename).replace(str(tmp), str(target)) if exc.filename else None
+        return os_error_line(exc, shown)
+    return f"{excerpt(exc)}: free some space, or write elsewhere"  # "... File too large ..."
 
 
 def is_empty_folder(path: Path) -> bool:

@@ -18,6 +18,8 @@ from pathlib import Path, PurePosixPath
 
 from heterogui.cache import cache_dir
 from heterogui.errors import ModelLoadError
+from heterogui.folders import remove_path
+from heterogui.models.io import file_sha256
 
 MAX_UNPACKED_BYTES = 4 << 30  # 4 GiB: far above any model the workbench can merge on a laptop
 MODEL_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".yaml", ".md", ".svg")
@@ -78,33 +80,23 @@ def keep(received: Path) -> Path:
     target = cache_dir("uploads", digest) / received.name
     if not target.exists():
         staging = target.with_name(f".{received.name}.tmp-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        if received.is_dir():
-            shutil.copytree(received, staging)
-        else:
-            shutil.copyfile(received, staging)
+        remove_path(staging)
+        shutil.move(received, staging)  # a rename when the cache shares the session's disk
         try:
             os.replace(staging, target)  # whole or not at all
         except OSError:  # another session kept the same files first
-            if staging.is_dir():
-                shutil.rmtree(staging, ignore_errors=True)
-            else:
-                staging.unlink(missing_ok=True)
+            remove_path(staging)
     shutil.rmtree(received.parent, ignore_errors=True)
     return target
 
 
 def _files_digest(path: Path) -> str:
     """Return the SHA-256 of a folder's file names and contents (of a file's, for a file)."""
+    if not path.is_dir():
+        return file_sha256(path)
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(file.relative_to(path).as_posix().encode() if path.is_dir() else b"")
-        digest.update(b"\0")
-        with file.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        digest.update(b"\0")
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file_sha256(file)}\0".encode())
     return digest.hexdigest()
 
 

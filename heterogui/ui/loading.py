@@ -69,14 +69,14 @@ def load_choice(
         received = receive(files, workdir)
         try:
             loaded = registry.load(str(received))
-        except HeteroguiError as exc:  # named as the user knows it, not by its temporary copy
+        except BaseException as exc:  # a refused upload leaves no copy behind
             shutil.rmtree(received.parent, ignore_errors=True)
+            if not isinstance(exc, HeteroguiError):
+                raise
+            # named as the user knows it, not by its temporary copy
             uploaded = Path(files[0]).name if len(files or []) == 1 else "the uploaded model"
             text = str(exc).replace(f"{received}/", "").replace(str(received), uploaded)
             raise type(exc)(text) from None
-        except BaseException:  # a refused upload leaves no copy behind
-            shutil.rmtree(received.parent, ignore_errors=True)
-            raise
         kept = keep(received)  # where an exported recipe finds it after the session
         folder = kept if loaded.folder == received else loaded.folder
         return dataclasses.replace(loaded, source="upload", ref=str(kept), folder=folder)

@@ -386,8 +386,15 @@ def wire(ui: dict[str, Any], on) -> None:
     for name in ("matcher", "fusion", "renormalize", "heads"):  # the readout: a merge is due
         on(ui[name].input, on_knobs, knobs, ("zip",), None, light=True)
     # the Merge button lies below the status line on a laptop screen: its result as a toast too
-    merge_inputs = list(MERGE_INPUTS)
-    on(ui["merge"].click, on_merge, merge_inputs, MERGED_SCOPES, "merge", heavy=True, toast=True)
+    on(
+        ui["merge"].click,
+        on_merge,
+        list(MERGE_INPUTS),
+        MERGED_SCOPES,
+        "merge",
+        heavy=True,
+        toast=True,
+    )
     on(ui["cancel"].click, on_cancel, [], (), "cancel", light=True)
     for beside in ("sweep_cancel", "gen_cancel"):  # the Evaluate tab's long steps: one handler
         on(ui[beside].click, on_cancel, [], (), None, light=True)
