@@ -255,12 +255,15 @@ def test_torchrun_refuses_fewer_batches_than_processes(tmp_path):
     recipe = _recipe(tmp_path, "small.yaml", 16, 16)  # one batch
     done = _torchrun(recipe, tmp_path / "out")
     assert done.returncode != 0
-    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
-    assert lines == [
-        "error: 1 calibration batch cannot be shared by 2 processes: give more calibration "
+    said = (
+        "1 calibration batch cannot be shared by 2 processes: give more calibration "
         "data (calibration.size, or a smaller calibration.batch_size) or start fewer "
         "processes (torchrun --nproc_per_node)"
-    ]
+    )
+    # every process meets it; which one says it before torchrun stops the others is a race
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("error")]
+    assert lines and all(ln.endswith(f": {said}") for ln in lines if "terminated" not in ln)
+    assert any(ln.endswith(f": {said}") for ln in lines), done.stderr[-2000:]
     assert not (tmp_path / "out").exists() and done.stdout == ""
 
 
