@@ -13,7 +13,8 @@ from heterogui.align.alignment import Alignment, layer_pairs
 from heterogui.config import Recipe
 from heterogui.errors import ModelLoadError
 from heterogui.export.card import bars_svg, class_ranges, heatmap_svg, model_card
-from heterogui.export.job import HETEROGUI_FORMAT
+from heterogui.export.hf_heads import card_use
+from heterogui.export.job import HETEROGUI_FORMAT, HF_BERT_FORMAT, HF_VIT_FORMAT
 from heterogui.fusion.merged import network_config
 from heterogui.models.family import Network, family_of
 from heterogui.models.graph import INPUT, LOGITS, space_order
@@ -199,7 +200,7 @@ def card_facts(
     return {
         "title": f"Merge of {pair.a.name} and {pair.b.name}",
         "models": models,
-        "heads": [[r["name"], r["classes"], r["model"]] for r in compact_heads(head_rows(result))],
+        "heads": named_heads(result, pair),
         "alignment": {
             "mode": al.mode,
             "mapping": al.mapping(),
@@ -220,6 +221,23 @@ def card_facts(
             *_pooling_note(pair, scores),
         ],
     }
+
+
+def named_heads(result: MergeResult, pair: Pair) -> list[list[Any]]:
+    """Return the card's head rows (name, classes, model), classes by their label names where
+    the models' configs name them (``Loaded.labels``), else as ``class_ranges``."""
+    names = {
+        c: n
+        for m in pair.models
+        if m.labels is not None
+        for c, n in zip(m.net.head_classes(), m.labels, strict=True)
+    }
+    rows = []
+    for row in head_rows(result):
+        named = all(c in names for c in row["classes"])
+        classes = ", ".join(names[c] for c in row["classes"]) if named else None
+        rows.append([row["name"], classes or class_ranges(row["classes"]), row["model"]])
+    return rows
 
 
 def _pooling_note(pair: Pair, scores: dict[str, Any] | None) -> list[str]:
@@ -297,6 +315,8 @@ def card_files(
     facts = card_facts(result, pair, task, scores)
     facts["not_one_network"] = not_one_network(result, fmt)
     facts["rerun_flags"] = "" if default_format else f" --format {fmt}"
+    if fmt in (HF_BERT_FORMAT, HF_VIT_FORMAT):
+        facts["classify"] = card_use(result.model)
     files = {"README.md": model_card(facts, fmt)}
     if prep.similarity is not None:
         files["alignment.svg"] = heatmap_svg(

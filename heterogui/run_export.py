@@ -96,6 +96,7 @@ def export(
         run.pair.a.folder,
         getattr(run.pair.a.net.config, "pooling", None),
         text_limit(run.pair.a.tokenizer) if run.pair.a.tokenizer is not None else None,
+        tuple(m.labels for m in run.pair.models),
     )
     return write_export(job, out, fmt, overwrite, inputs)
 

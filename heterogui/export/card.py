@@ -198,7 +198,8 @@ def model_card(facts: dict[str, Any], fmt: str = "heterogui") -> str:
     Optional: "rerun_flags" (what the rerun command needs beyond the recipe: " --format X"
     for an export in another than the default format), "not_one_network" (why a
     heterogui-format folder loads only as a merged model: text models, a partial zip),
-    "width_header" (the models' width columns; default A and B),
+    "width_header" (the models' width columns; default A and B), "classify" (a Hugging Face
+    export of classifiers: how to classify with its head folders),
     "alignment" "text"
     (a sentence in place of mode, score and mapping) and "alignment_figure" (default True:
     the card shows alignment.svg).
@@ -236,6 +237,8 @@ def model_card(facts: dict[str, Any], fmt: str = "heterogui") -> str:
     if facts.get("metrics"):
         parts += ["## Scores", _table(facts["metric_header"], facts["metrics"])]
     use = _USE[fmt] if facts.get("not_one_network") is None else _MERGED_USE
+    if facts.get("classify"):
+        use += "\n\n" + facts["classify"]
     parts += ["## Use", use.replace("DIR", '"DIR"' if fmt == "heterogui" else "DIR")]
     if facts.get("not_one_network") is not None:
         parts += [f"It is not one network to load or merge again: {facts['not_one_network']}."]

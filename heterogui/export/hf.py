@@ -7,7 +7,10 @@ space. Next to the standard files:
 - ``unmerge.safetensors``: ``unmerge_a`` (n_A, r) and ``unmerge_b`` (n_B, r), which map a merged
   state back into each source model's space (x_m = U_m x*), and, for classifiers, each model's
   head (``head_a.*`` / ``head_b.*``: pooler and classifier reading the unmerged state);
-- tokenizer files copied from model A's folder; ``recipe.yaml``; ``report.json``; ``README.md``;
+- tokenizer files (and a ViT's ``preprocessor_config.json``) copied from model A's folder;
+  ``recipe.yaml``; ``report.json``; ``README.md``;
+- for classifiers, ``head_a/`` and ``head_b/``: each model's classifier on the merged trunk,
+  with its label names (``heterogui.export.hf_heads``);
 - when model A is a sentence-transformers model (the MiniLM models are), its modules
   (``modules.json``, pooling with the merged width, normalisation), so that
   ``SentenceTransformer(DIR)`` loads the merge as it loads its parents.
@@ -31,6 +34,7 @@ import torch
 from safetensors.torch import save_file
 
 from heterogui.errors import ExportError
+from heterogui.export.hf_heads import INPUT_FILES, write_heads
 from heterogui.export.job import (
     HF_BERT_FORMAT,
     HF_VIT_FORMAT,
@@ -45,12 +49,6 @@ from heterogui.models.hf.bert_io import state_to_hf
 from heterogui.models.hf.vit_io import state_to_hf as vit_state_to_hf
 from heterogui.models.vit import VIT_NAMES, ViTNetConfig
 
-TOKENIZER_FILES = (
-    "vocab.txt",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-)
 # sentence-transformers files copied from model A when it is a sentence-transformers model.
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 
@@ -238,10 +236,12 @@ def write_transformer(hf: Any, job: ExportJob, folder: Path) -> None:
         metadata={"format": "heterogui-unmerge"},
     )
     source = job.source_folder
-    for name in TOKENIZER_FILES if source is not None else ():
+    for name in INPUT_FILES if source is not None else ():
         if (source / name).is_file():
             shutil.copyfile(source / name, folder / name)
-    job.write_side_files(folder, note=f"{PADDED_NOTE}; {POOLER_NOTE}")
+    heads = " and ".join(f"{h}/" for h in write_heads(hf, job.model, folder, job.labels))
+    again = f"; {heads} hold them again, each with one model's classifier" if heads else ""
+    job.write_side_files(folder, note=f"{PADDED_NOTE}; {POOLER_NOTE}{again}")
 
 
 def write_sentence_transformer(job: ExportJob, folder: Path, hidden: int) -> None:

@@ -46,6 +46,7 @@ class ExportJob:
     carries. pooling: how the merged token states are pooled into a sentence embedding.
     text_limit: the most tokens heterogui gave a text of this merge (``datasets.refs.text_limit``
     of model A's tokenizer; None: no limit, or no text model).
+    labels: per model, a classifier's label names (``Loaded.labels``; None: none known).
     """
 
     model: MergedModel
@@ -55,6 +56,7 @@ class ExportJob:
     source_folder: Path | None = None
     pooling: str | None = None
     text_limit: int | None = None
+    labels: tuple[tuple[str, ...] | None, ...] = ()
 
     def write_side_files(self, folder: Path, note: str | None = None) -> None:
         """Write recipe.yaml, report.json and the card files into ``folder``.

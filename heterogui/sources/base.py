@@ -36,6 +36,7 @@ class Loaded:
     export_format: the output format that fits it (a merge of two such models is written so).
     note: what anyone shown this model must know about its weights (a GGUF file's are
     dequantized), else None.
+    labels: a classifier's label names in output order (its config's id2label), else None.
     """
 
     net: Network
@@ -49,6 +50,7 @@ class Loaded:
     dataset: str | None = None
     export_format: str = HETEROGUI_FORMAT
     note: str | None = None
+    labels: tuple[str, ...] | None = None
 
 
 def fit_tokenizer(loaded: Loaded) -> None:

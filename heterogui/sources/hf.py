@@ -58,15 +58,11 @@ TOKENIZER_FILES = ("vocab.txt", "tokenizer.json")  # what a text model's folder 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-def classes_from_labels(id2label: dict[str, Any] | None) -> tuple[int, ...] | None:
-    """Return the global class ids of a classifier's labels (``label_id``), None without labels.
-
-    Integer labels ("0".."9", a dataset's class ids) are used as they are; the built-in text
-    tasks' labels ("sports", "positive" ...) map to their ids; other names to fixed ids.
-    """
+def label_names(id2label: dict[str, Any] | None) -> tuple[str, ...] | None:
+    """Return a classifier's label names in output order (config.json's id2label), or None."""
     if not id2label:
         return None
-    return tuple(label_id(str(id2label[k])) for k in sorted(id2label, key=int))
+    return tuple(str(id2label[k]) for k in sorted(id2label, key=int))
 
 
 def model_type(folder: Path) -> str:
@@ -142,10 +138,14 @@ class HFSource(Source):
         )
         net = dataclasses.replace(net, label=self.name(ref))
         data = folder_config(folder)
-        labels = getattr(net.config, "num_labels", None)
-        classes = classes_from_labels(data.get("id2label")) if labels else None
-        if classes is not None and len(classes) == net.config.num_labels:
-            net = dataclasses.replace(net, classes=classes)
+        names = label_names(data.get("id2label"))
+        if (
+            getattr(net.config, "num_labels", None) is None
+            or len(names or ()) != net.config.num_labels
+        ):
+            names = None
+        if names is not None:
+            net = dataclasses.replace(net, classes=tuple(label_id(n) for n in names))
         sha = weights_sha256(folder)
         return Loaded(
             net,
@@ -157,6 +157,7 @@ class HFSource(Source):
             tokenizer=tokenizer,
             folder=folder if folder.is_dir() else None,
             export_format=export_format,
+            labels=names,
         )
 
 
