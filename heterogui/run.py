@@ -188,7 +188,7 @@ def calibrate(pair: Pair, ref: DataRef | None = None, size: int | None = None) -
     """
     task = task_of(pair.task)
     calibration = task.calibration(ref or task.default_calibration(pair, size), pair)
-    _warn_if_short("calibration", calibration.ref, calibration.count)
+    _warn_if_short("calibration", calibration.ref, calibration.count, calibration.why)
     return calibration
 
 
@@ -205,11 +205,17 @@ def evaluation_data(pair: Pair, ref: DataRef) -> Evaluation:
     return evaluation
 
 
-def _warn_if_short(role: str, ref: DataRef, count: int) -> None:
-    """Log a warning when data drawn for ``role`` holds other than the inputs its size asks."""
+def _warn_if_short(role: str, ref: DataRef, count: int, why: str | None = None) -> None:
+    """Log a warning when data drawn for ``role`` holds other than the inputs its size asks
+    (why: the source's reason, when it decided the count)."""
     if ref.size is not None and count != ref.size:
         log.warning(
-            "%s: %d inputs from %s, not the %d its size asks for", role, count, ref.source, ref.size
+            "%s: %d inputs from %s, not the %d its size asks for%s",
+            role,
+            count,
+            ref.source,
+            ref.size,
+            f" ({why})" if why else "",
         )
 
 

@@ -192,15 +192,22 @@ def test_preflight_refuses_other_tokenizers_head_sizes_and_groupings(tmp_path):
     assert verdict.ok, verdict.reasons
 
 
-def test_the_language_task_scores_domains_and_calibrates_on_text(tmp_path):
+def test_the_language_task_scores_domains_and_calibrates_on_text(tmp_path, caplog):
     from heterogui.run import calibrate, load_pair
 
     a = save_decoder(tiny_decoder(seed=1), tmp_path / "a")
     b = save_decoder(tiny_decoder(hidden=48, heads=6, kv=3, layers=3, seed=2), tmp_path / "b")
     pair = load_pair(str(a), str(b))
     assert pair.task == "language_modeling"
-    calib = calibrate(pair, DataRef("domains", "calibration", 8, 4))
-    assert calib.count == 8 and calib.ref.sha256
+    with caplog.at_level("WARNING", logger="heterogui.run"):
+        calib = calibrate(pair, DataRef("domains", "calibration", 8, 4))
+        assert calib.count == 8 and calib.ref.sha256 and not caplog.text
+        few = calibrate(pair, DataRef("domains", "calibration", 5, 4))  # 4 from each domain
+    assert few.count == 8
+    assert "8 inputs from domains, not the 5 its size asks for ('domains' draws as many" in (
+        caplog.text
+    )
+    assert "at least 4: give a multiple of 2, 8 or more" in caplog.text
 
 
 def write_recipe(tmp_path, **fields) -> object:

@@ -38,11 +38,16 @@ METRICS, SAMPLES, SWEEP, SPEARMAN, SIMILARITY, PERPLEXITY, GENERATIONS = (
 
 @dataclass(frozen=True)
 class Calibration:
-    """Calibration data ready to run: the batches and the DataRef with their sha256."""
+    """Calibration data ready to run: the batches and the DataRef with their sha256.
+
+    why: why ``count`` differs from ``ref.size`` when the source itself decides it (None:
+    the data held fewer inputs).
+    """
 
     ref: DataRef
     batches: list[Any]
     count: int
+    why: str | None = None
 
 
 @dataclass(frozen=True)

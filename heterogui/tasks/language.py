@@ -60,6 +60,7 @@ BATCH = 8
 MAX_TOKENS = 128
 MAX_NEW_TOKENS = 32
 MAX_PROMPTS = 4
+LEAST_PER_DOMAIN = 4  # calibration texts drawn from each built-in domain at the least
 # the tokens a workbench continuation reads: a prompt's last 256 (each new token runs the
 # models over all of them again; a 600-token prompt took 134 s on SmolLM2 without the cut)
 CONTEXT = 256
@@ -209,8 +210,16 @@ class LanguageModeling(Task):
     def calibration(self, ref: DataRef, pair: Pair) -> Calibration:
         """Draw and tokenise the calibration texts (half per domain for "domains")."""
         self.check(ref, "calibration")
+        why = None
         if ref.source == ALL_DOMAINS and ref.size is not None:
-            per_domain = dataclasses.replace(ref, size=max(ref.size // len(DOMAINS), 4))
+            each = max(ref.size // len(DOMAINS), LEAST_PER_DOMAIN)
+            per_domain = dataclasses.replace(ref, size=each)
+            if each * len(DOMAINS) != ref.size:
+                why = (
+                    f"{ALL_DOMAINS!r} draws as many texts from each of its {len(DOMAINS)} "
+                    f"domains, at least {LEAST_PER_DOMAIN}: give a multiple of {len(DOMAINS)}, "
+                    f"{LEAST_PER_DOMAIN * len(DOMAINS)} or more"
+                )
             texts = domain_texts(dataclasses.replace(per_domain, sha256=None))
             done = dataclasses.replace(ref, sha256=text_hash(texts))
             if ref.sha256 and ref.sha256 != done.sha256:
@@ -220,7 +229,7 @@ class LanguageModeling(Task):
             done = dataclasses.replace(ref, sha256=text_hash(texts))
         flat = [t for group in texts.values() for t in group]
         batches = token_batches(tokenizer_of(pair), flat, ref.batch_size, MAX_TOKENS, fold=True)
-        return Calibration(done, batches, len(flat))
+        return Calibration(done, batches, len(flat), why)
 
     def evaluation(self, ref: DataRef, pair: Pair) -> Evaluation:
         """Draw the held-out texts by domain."""
