@@ -52,7 +52,14 @@ def _quality(args: argparse.Namespace) -> int:
 
 def _nway(args: argparse.Namespace) -> int:
     from heterogui.bench.nway import GROUPS, NwayConfig, render_nway, run_nway
+    from heterogui.zoo.registry import GROUPS as ZOO_GROUPS
 
+    wrong = [g for g in args.groups or () if g not in ZOO_GROUPS]
+    if wrong:  # before any model is built: a pair of two models has no third to merge
+        raise ConfigError(
+            f"--groups {' '.join(wrong)}: not a zoo group of three models; known: "
+            f"{', '.join(sorted(ZOO_GROUPS))}"
+        )
     command = f"heterogui bench nway --seeds {args.seeds}" + (
         f" --threads {args.threads}" if args.threads else ""
     )

@@ -326,23 +326,27 @@ def all_reduce_moments(stats: Mapping[Any, Any]) -> None:
         stats[key].count = int(count)
 
 
-def all_reduce_batch_norm(bns: Mapping[str, torch.nn.Module]) -> None:
-    """Average BatchNorm running statistics over all ranks, weighted by their batch counts.
+def all_reduce_batch_norm(
+    bns: Mapping[str, torch.nn.Module], weights: Mapping[str, int] | None = None
+) -> None:
+    """Average BatchNorm running statistics over all ranks, weighted by what each rank saw.
 
-    For statistics re-estimated with momentum None (a cumulative average over the batches a
-    rank ran; ``num_batches_tracked`` counts them), every rank ends with
-    sum(rank average x rank batches) / sum(rank batches), the average over all ranks' batches:
-    what one process gets on the whole data, up to float rounding. A BatchNorm no rank ran is
-    left as it is. bns: name -> BatchNorm module (names sorted for the reduction order).
+    For statistics re-estimated as a cumulative average over the batches a rank ran (weighted
+    by ``weights``: name -> the values per channel it averaged, ``fusion.bn``; None: by the
+    batches, ``num_batches_tracked``), every rank ends with sum(rank average x rank weight) /
+    sum(rank weights), the average over all ranks' batches: what one process gets on the whole
+    data, up to float rounding. A BatchNorm no rank ran is left as it is. bns: name ->
+    BatchNorm module (names sorted for the reduction order).
     """
     if world_size() <= 1:
         return
     names = [n for n in sorted(bns) if bns[n].running_mean is not None]
     if not names:
         return
-    counts = torch.stack(
-        [bns[n].num_batches_tracked.detach().to("cpu", torch.float64) for n in names]
-    )
+    batches = torch.tensor([float(bns[n].num_batches_tracked) for n in names], dtype=torch.float64)
+    counts = batches.clone()
+    if weights is not None:
+        counts = torch.tensor([float(weights.get(n, 0)) for n in names], dtype=torch.float64)
     weighted = torch.cat(
         [
             torch.cat([bns[n].running_mean, bns[n].running_var]).to("cpu", torch.float64)
@@ -351,6 +355,7 @@ def all_reduce_batch_norm(bns: Mapping[str, torch.nn.Module]) -> None:
         ]
     )
     all_reduce_sum_(counts)
+    all_reduce_sum_(batches)
     all_reduce_sum_(weighted)
     offset = 0
     with torch.no_grad():
@@ -364,4 +369,4 @@ def all_reduce_batch_norm(bns: Mapping[str, torch.nn.Module]) -> None:
                 continue
             bn.running_mean.copy_(chunk[:width] / total)
             bn.running_var.copy_(chunk[width:] / total)
-            bn.num_batches_tracked.fill_(int(total))
+            bn.num_batches_tracked.fill_(int(batches[k]))

@@ -280,7 +280,7 @@ def match_group(prepared: PreparedGroup, settings: ZipSettings, stop: int) -> di
     """
     graphs = [net.graph() for net in prepared.padded]
     first = graphs[0]
-    check_override_names(first, settings)
+    check_override_names(first, settings, graphs[1:])
     matches = {}
     for space in trunk_spaces(first, stop):
         if first.spaces[space].head_dim:

@@ -583,6 +583,16 @@ def test_bench_speed_pair_refuses_bad_options_in_one_line(options, words, capsys
     assert words in err and len(err.splitlines()) == 1
 
 
+def test_bench_nway_refuses_a_pair_of_two_models_before_building_anything(tmp_path, capsys):
+    # a two-model pair ran both N-way merges, then crashed wanting a third model
+    err = run_error(["bench", "nway", "--groups", "digits-resnet-depth", "nope"], capsys)
+    assert err.startswith(
+        "error: --groups digits-resnet-depth nope: not a zoo group of three models; known: "
+        "digits-resnet-trio, digits-resnet-trio-homogeneous"
+    )
+    assert len(err.splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     "args",
     [

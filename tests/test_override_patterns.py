@@ -8,6 +8,7 @@ import torch
 from heterogui.config import ZipSpec
 from heterogui.errors import ConfigError
 from heterogui.models.family import build_network
+from heterogui.models.graph import unshared_spaces
 from heterogui.models.vit import ViTNetConfig
 from heterogui.pipeline import ZipSettings, prepare, zip_prepared
 from heterogui.zip.plan import head_group_firsts
@@ -29,7 +30,8 @@ def prepared():
 
 
 def test_a_pattern_gives_every_merge_point_it_matches_the_same_knobs(prepared):
-    layers = head_group_firsts(prepared.padded_a.graph())
+    alone = unshared_spaces([prepared.padded_a.graph(), prepared.padded_b.graph()])
+    layers = [n for n in head_group_firsts(prepared.padded_a.graph()) if n not in alone]
     by_name = zip_prepared(prepared, paired(overrides={s: {"rho": 0.0} for s in layers}))
     by_pattern = zip_prepared(prepared, paired(overrides={"*.qk": {"rho": 0.0}}))
     assert by_pattern.widths() == by_name.widths()
@@ -66,6 +68,19 @@ def test_a_merge_points_own_entry_replaces_its_patterns_and_later_patterns_win(p
 def test_a_pattern_or_name_that_matches_nothing_is_refused(prepared, overrides, words):
     with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
         zip_prepared(prepared, ZipSettings(overrides=overrides))
+
+
+def test_a_merge_point_that_only_one_model_uses_is_refused_by_name(prepared):
+    # B's identity layer (depth padding) leaves A's layer there unzipped: an override of it
+    # was recorded in the recipe and the card but changed nothing
+    alone = unshared_spaces([prepared.padded_a.graph(), prepared.padded_b.graph()])
+    ffn = next(n for n in sorted(alone) if n.endswith(".ffn"))
+    with pytest.raises(ConfigError, match=rf"only one model uses \['{ffn}'\] \(the others"):
+        zip_prepared(prepared, ZipSettings(overrides={ffn: {"width": 16}}))
+    widths = zip_prepared(prepared, ZipSettings(overrides={"*.ffn": {"width": 40}})).widths()
+    shared = [n for n in widths if n.endswith(".ffn") and n not in alone]
+    assert shared and all(widths[n][2] == 40 for n in shared)  # a pattern sets those both use
+    assert widths[ffn][2] == 32  # the one model's features, kept
 
 
 def test_recipes_take_patterns():

@@ -73,3 +73,28 @@ def test_a_model_without_batch_norm_takes_no_batch_norm_pass():
     with_bn.register_forward_hook(lambda *_: calls.append(1))
     reestimate_batch_norm(with_bn, [torch.randn(3, 4)] * 5)
     assert len(calls) == 5 and not with_bn.training and int(with_bn[1].num_batches_tracked) == 5
+
+
+def test_batch_norm_statistics_weigh_each_batch_by_the_values_it_holds():
+    # a 1-image last batch weighed as much as a 50-image one: the statistics (and so the
+    # merge) moved with how the calibration size divides by the batch size
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(3)
+    big, small = torch.randn(50, 3, 4, 4) * 2 + 1, torch.randn(1, 3, 4, 4) * 5 - 3
+    reestimate_batch_norm(bn, [big, small])
+    counts = torch.tensor([50.0 * 16, 1.0 * 16])
+    means = torch.stack([x.mean(dim=(0, 2, 3)) for x in (big, small)])
+    variances = torch.stack([x.transpose(0, 1).reshape(3, -1).var(dim=1) for x in (big, small)])
+    want_mean = (counts[:, None] * means).sum(0) / counts.sum()
+    want_var = (counts[:, None] * variances).sum(0) / counts.sum()
+    torch.testing.assert_close(bn.running_mean, want_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, want_var, rtol=1e-5, atol=1e-6)
+    assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 2  # restored; both counted
+    reestimate_batch_norm(bn, [big, small], per_batch=True)  # the zoo's training: per batch
+    torch.testing.assert_close(bn.running_mean, means.mean(0), rtol=1e-5, atol=1e-6)
+    # equal batches: bit for bit the per-batch (momentum None) average, as before
+    quarters = list(torch.randn(40, 3, 4, 4).split(10))
+    reestimate_batch_norm(bn, quarters, per_batch=True)
+    plain = (bn.running_mean.clone(), bn.running_var.clone())
+    reestimate_batch_norm(bn, quarters)
+    assert torch.equal(bn.running_mean, plain[0]) and torch.equal(bn.running_var, plain[1])

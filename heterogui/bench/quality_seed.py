@@ -42,7 +42,7 @@ from heterogui.models.graph import INPUT, LOGITS, ModelGraph
 from heterogui.pipeline import Prepared, ZipSettings, prepare, realign, zip_prepared
 from heterogui.ready import BN_STAGES
 from heterogui.tasks.classification import Metrics, evaluate_merged, evaluate_models
-from heterogui.zip.plan import family_settings, head_group_firsts
+from heterogui.zip.plan import family_settings, head_group_firsts, override_spaces
 from heterogui.zoo.pairs import ZooPair, load_pair
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,8 @@ def kept_rows(
     loss each part's merge costs, not what rho = 1 reaches.
     """
     graph = prep.padded_a.graph()
-    heads = head_group_firsts(graph)
+    takers = set(override_spaces(graph, [prep.padded_b.graph()]))  # those both models use
+    heads = [n for n in head_group_firsts(graph) if n in takers]
     if not heads:
         return {}
     mode = MODE_LABEL[prep.alignment.mode]
@@ -220,6 +221,7 @@ def kept_rows(
     runs += [(MLPS_KEPT, mlps, {"fusion": refit.fusion}, detail)]
     rows = {}
     for prefix, spaces, knobs, label in runs:
+        spaces = [n for n in spaces if n in takers]
         if not spaces:
             continue
         settings = ZipSettings(overrides={space: {"rho": 0.0} for space in spaces}, **knobs)

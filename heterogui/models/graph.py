@@ -14,6 +14,7 @@ pooled over all of them.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -199,3 +200,9 @@ class BlockNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)
+
+
+def unshared_spaces(graphs: Sequence[ModelGraph]) -> set[str]:
+    """Return the spaces fewer than two of the (padded) models use: where the others have an
+    identity block's dead space, the one model's features are kept as they are, never zipped."""
+    return {n for n in graphs[0].spaces if sum(n not in g.dead for g in graphs) < 2}

@@ -50,19 +50,25 @@ def build_overrides(ui: dict[str, Any]) -> None:
         ui["widths_plot"] = gr.Plot(label="Widths")
 
 
+def taking_spaces(prep: Any) -> list[str]:
+    """Return the merge points of a prepared pair that take an override (both models use them:
+    ``zip.plan.override_spaces``)."""
+    return override_spaces(prep.padded_a.graph(), [prep.padded_b.graph()])
+
+
 def override_choices(prep: Any) -> list[tuple[str, str]]:
     """Return (label, space) of the merge points that take an override.
 
     The spaces of one attention layer share one head pairing: only the group's first space
     takes the override, and it applies to the whole layer.
     """
-    graph = prep.padded_a.graph()
-    layers = head_group_firsts(graph)
+    graph, takers = prep.padded_a.graph(), taking_spaces(prep)
+    layers = [n for n in head_group_firsts(graph) if n in takers]
     out = []
-    if len(layers) > 1:
+    if layers:  # the layers both models use (one, on a shallow pair: the same as its own entry)
         label = f"{EVERY_ATTENTION_LAYER} ({len(layers)}: {', '.join(layers)}; rho only)"
         out.append((label, EVERY_ATTENTION_LAYER))
-    for name in override_spaces(graph):
+    for name in takers:
         group = graph.spaces[name].group
         if graph.spaces[name].head_dim is None:
             out.append((name, name))
@@ -92,8 +98,8 @@ def on_set_override(
     """
     rho, width = typed_number(rho, "rho"), typed_number(width, "width")
     prep = work.require_prepared(session)
-    graph = prep.padded_a.graph()
-    layers = head_group_firsts(graph)
+    graph, takers = prep.padded_a.graph(), taking_spaces(prep)
+    layers = [n for n in head_group_firsts(graph) if n in takers]
     every = space == EVERY_ATTENTION_LAYER and bool(layers)
     if not every and (not space or space not in graph.spaces):
         raise ConfigError("choose a merge point for the override")
@@ -132,7 +138,8 @@ def on_set_override(
     if "width" in knobs and single and not estimated_by_matching(prep, widths):
         match_spaces(prep, trial, planned["stop"], only={space})
     session.settings = trial
-    where = f"{len(layers)} attention layers ({', '.join(layers)})" if every else space
+    plural = "s" if len(layers) > 1 else ""
+    where = f"{len(layers)} attention layer{plural} ({', '.join(layers)})" if every else space
     note = ""
     split = resolved_settings(prep.net_a, trial).heads == SPLIT_HEADS
     if "rho" in knobs and split and any(t in layers for t in targets):

@@ -11,7 +11,7 @@ from heterogui.distributed import all_reduce_moments, world_size
 from heterogui.host_memory import release_freed_memory
 from heterogui.models.capture import Batch, run_passes, to_rows, token_mask
 from heterogui.models.family import Network
-from heterogui.models.graph import INPUT, LOGITS, ModelGraph
+from heterogui.models.graph import INPUT, LOGITS, ModelGraph, unshared_spaces
 from heterogui.models.lengths import by_length
 from heterogui.zip.stats import FOLD_EVERY, Moments
 
@@ -163,8 +163,10 @@ def shared_spaces(graphs: Sequence[ModelGraph]) -> list[str]:
     model's features; a space that fewer than two models use is never zipped (two models:
     the spaces dead in neither).
     """
-    names = dict.fromkeys(n for n, _, _, _ in capture_points(graphs[0]))
-    return [n for n in names if sum(n not in g.dead for g in graphs) >= 2]
+    alone = unshared_spaces(graphs)
+    return [
+        n for n in dict.fromkeys(n for n, _, _, _ in capture_points(graphs[0])) if n not in alone
+    ]
 
 
 def statistics_bytes(

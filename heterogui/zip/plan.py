@@ -7,7 +7,7 @@ uses them without matching a single neuron.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any
@@ -20,7 +20,7 @@ from heterogui.config import (
     check_split_override,
 )
 from heterogui.errors import ConfigError, MatcherError
-from heterogui.models.graph import INPUT, LOGITS, ModelGraph
+from heterogui.models.graph import INPUT, LOGITS, ModelGraph, unshared_spaces
 from heterogui.zip.heads import head_group_pairs
 from heterogui.zip.matchers import EQUAL_WIDTHS, MATCHERS
 from heterogui.zip.widths import target_width
@@ -195,21 +195,28 @@ def head_group_firsts(graph: ModelGraph) -> list[str]:
     return list(dict.fromkeys(firsts))
 
 
-def override_spaces(graph: ModelGraph) -> list[str]:
+def override_spaces(graph: ModelGraph, others: Sequence[ModelGraph] = ()) -> list[str]:
     """Return the merge points that take an override, in graph order.
 
     Of an attention layer only its head group's first space does (it applies to the whole
-    layer: the spaces of one layer share one head pairing).
+    layer: the spaces of one layer share one head pairing). others: the other models' padded
+    graphs; a merge point that only one model uses takes none (``unshared_spaces``).
     """
+    alone = unshared_spaces([graph, *others]) if others else set(graph.dead)
     return [
         n
         for n, s in graph.spaces.items()
-        if n not in (INPUT, LOGITS) and (not s.head_dim or head_group_first(graph, n) == n)
+        if n not in (INPUT, LOGITS)
+        and n not in alone
+        and (not s.head_dim or head_group_first(graph, n) == n)
     ]
 
 
-def check_override_names(graph: ModelGraph, settings: ZipSettings) -> None:
-    """Raise if the settings' overrides name merge points ``graph`` does not have.
+def check_override_names(
+    graph: ModelGraph, settings: ZipSettings, others: Sequence[ModelGraph] = ()
+) -> None:
+    """Raise if the settings' overrides name merge points ``graph`` does not have, or that only
+    one model uses (``others``: the other models' padded graphs).
 
     A pattern must match a merge point that takes overrides (of an attention layer, the head
     group's first space).
@@ -219,7 +226,7 @@ def check_override_names(graph: ModelGraph, settings: ZipSettings) -> None:
             known ones.
     """
     names = [k for k in settings.overrides if not is_pattern(k)]
-    takers = override_spaces(graph)
+    takers = override_spaces(graph, others)
     # the model's input and its logits are never merged: an override there would do nothing
     unknown = {n for n in names if n not in graph.spaces or n in (INPUT, LOGITS)}
     empty = [
@@ -231,6 +238,13 @@ def check_override_names(graph: ModelGraph, settings: ZipSettings) -> None:
         raise ConfigError(
             f"overrides name unknown merge points {sorted(unknown)}; known: "
             f"{sorted(set(graph.spaces) - {INPUT, LOGITS})} (the logits are never merged)"
+        )
+    alone = sorted(set(names) & unshared_spaces([graph, *others])) if others else []
+    if alone:
+        raise ConfigError(
+            f"overrides name merge points that only one model uses {alone} (the others have "
+            "an identity block there, from depth padding): their features are kept, nothing "
+            f"is zipped; remove them (merge points that take an override: {takers})"
         )
     if empty:
         raise ConfigError(
@@ -275,7 +289,7 @@ def plan_widths(
             knobs a split cannot follow (``check_split_knobs``).
         MatcherError: an unknown matcher, or an attention width that is not whole heads.
     """
-    check_override_names(graph_a, settings)
+    check_override_names(graph_a, settings, [graph_b])
     for space in (k for k in settings.overrides if not is_pattern(k)):
         first = head_group_first(graph_a, space) if graph_a.spaces[space].head_dim else space
         if first != space:

@@ -168,7 +168,9 @@ def train_network(
             _epoch(net, optimizer, scheduler, data, settings.batch_size, gen)
             if progress is not None:
                 progress((epoch + 1) / settings.epochs)
-        reestimate_batch_norm(net.module, batches(train.inputs, 256))
+        # every batch weighs the same, as when the zoo's weights were first recorded: a
+        # count-weighted average (the merge's) would give every model other statistics
+        reestimate_batch_norm(net.module, batches(train.inputs, 256), per_batch=True)
         net.module.eval()
         result = TrainResult(
             net, task_accuracy(net, test), task_accuracy(net, train), time.perf_counter() - start
