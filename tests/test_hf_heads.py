@@ -119,3 +119,41 @@ def test_each_vit_head_folder_computes_its_merged_head(tmp_path):
                 head(pixel_values=images).logits, want[m], atol=2e-5, rtol=1e-4
             )
     assert "AutoModelForImageClassification" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_the_merged_score_pools_as_the_exported_folder_does(tmp_path, pooling):
+    # with pooling cls the "merged" Spearman was taken from mean-pooled states, unlike A's, B's
+    # and what the exported folder's sentence-transformers modules give
+    from transformers import AutoModel, AutoTokenizer
+
+    from heterogui.tasks.sentences import sts_spearman
+    from tests.test_ui_text import tiny_bert_folder
+
+    a = tiny_bert_folder(tmp_path / "a", layers=3, seed=0)
+    b = tiny_bert_folder(tmp_path / "b", layers=2, seed=1)
+    done = _merge(
+        tmp_path,
+        {
+            "model_a": {"path": str(a)},
+            "model_b": {"path": str(b)},
+            "calibration": {"source": "sentences", "size": 32, "batch_size": 16},
+            "evaluation": {"source": "sts", "split": "test"},
+            "transformer": {"pooling": pooling},
+            "device": "cpu",
+        },
+    )
+    out = export(done, tmp_path / "out")
+    trunk = AutoModel.from_pretrained(out).eval()
+
+    def embed(batch):
+        states = trunk(**batch).last_hidden_state
+        if pooling == "cls":
+            return states[:, 0]
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        return (states * mask).sum(1) / mask.sum(1)
+
+    pairs = run.evaluation_data(done.pair, done.recipe.evaluation).data
+    with torch.no_grad():
+        score = sts_spearman(embed, AutoTokenizer.from_pretrained(out), pairs)
+    assert score == pytest.approx(done.report["metrics"]["merged"]["merged"], abs=1e-4)

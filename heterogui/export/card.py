@@ -156,7 +156,7 @@ from transformers import AutoModel, AutoTokenizer
 model = AutoModel.from_pretrained(DIR)
 tokenizer = AutoTokenizer.from_pretrained(DIR)
 batch = tokenizer(["a sentence"], return_tensors="pt")
-states = model(**batch).last_hidden_state  # merged token states; mean-pool for embeddings
+states = model(**batch).last_hidden_state  # merged token states; pool them for embeddings
 ```""",
     "hf-vit": """```python
 from transformers import AutoModel

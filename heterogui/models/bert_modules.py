@@ -155,8 +155,14 @@ class PoolHead(nn.Module):
 
     def forward(self, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Return the sentence embeddings (B, H) of a state (hidden (B, T, H), mask)."""
-        hidden, mask = state
-        return mean_pool(hidden, mask) if self.pooling == "mean" else hidden[:, 0]
+        return pool(state, self.pooling)
+
+
+def pool(state: tuple[torch.Tensor, torch.Tensor], pooling: str) -> torch.Tensor:
+    """Return sentence embeddings (B, H) of a state (hidden (B, T, H), mask): the mean of the
+    unmasked token states ("mean") or the first token's ("cls")."""
+    hidden, mask = state
+    return mean_pool(hidden, mask) if pooling == "mean" else hidden[:, 0]
 
 
 class Pooler(nn.Module):

@@ -26,7 +26,7 @@ from heterogui.datasets.refs import (
 )
 from heterogui.datasets.sentence_pairs import Pair
 from heterogui.errors import ConfigError
-from heterogui.models.bert_modules import mean_pool
+from heterogui.models.bert_modules import pool
 from heterogui.models.capture import to_device
 from heterogui.pipeline import MergeResult, Prepared
 from heterogui.progress import Progress
@@ -133,7 +133,9 @@ def network_embedder(module: torch.nn.Module) -> Embedder:
 def merged_embeddings(model: Any) -> Embeddings:
     """Return the embeddings of a merged model of two embedding models, from one trunk pass.
 
-    "merged": mean-pooled merged token states at the stop point (what an exported model gives);
+    "merged": the merged token states at the stop point pooled as the merge's trunk config says
+    (the recipe's transformer.pooling: what an exported model's sentence-transformers modules
+    give);
     with nothing merged (stop 0) the two models side by side, embedded as their ensemble is;
     "head A" / "head B": each model's own head after unmerging (x_m = U_m x*).
     """
@@ -141,7 +143,7 @@ def merged_embeddings(model: Any) -> Embeddings:
     def embeddings(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         state = model.features(**batch)
         head_a, head_b = model.heads(state)
-        merged = mean_pool(*state) if isinstance(state, tuple) else side_by_side(head_a, head_b)
+        merged = _pooled(model, state) if isinstance(state, tuple) else side_by_side(head_a, head_b)
         return {"merged": merged, "head A": head_a, "head B": head_b}
 
     return embeddings
@@ -153,9 +155,16 @@ def merged_embedder(model: Any) -> Embedder:
 
     def embed(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         state = model.features(**batch)
-        return mean_pool(*state) if isinstance(state, tuple) else side_by_side(*model.heads(state))
+        return (
+            _pooled(model, state) if isinstance(state, tuple) else side_by_side(*model.heads(state))
+        )
 
     return embed
+
+
+def _pooled(model: Any, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Return the merged sentence embeddings of a state, pooled as the merge's trunk says."""
+    return pool(state, getattr(model.spec.trunk_config, "pooling", "mean"))
 
 
 def side_by_side(*embeddings: torch.Tensor) -> torch.Tensor:
