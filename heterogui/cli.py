@@ -92,7 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     merge = sub.add_parser("merge", help="merge two (or more) models as a recipe says")
     merge.add_argument("recipe", help="recipe file (.yaml or .json)")
-    merge.add_argument("-o", "--out", required=True, help="output folder (must not exist)")
+    merge.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        help="output folder: new or empty (an earlier export with --overwrite)",
+    )
     merge.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     merge.add_argument(
         "--format",

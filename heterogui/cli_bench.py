@@ -331,7 +331,9 @@ def add_bench_arguments(subparsers: argparse._SubParsersAction) -> None:
         "speed-pair", help="one pair of bench speed, measured in this process"
     )
     pair.add_argument(
-        "options", help='JSON: {"pair": "resnet" | "minilm" | "smollm", "inputs": N, ...}'
+        "options",
+        help='JSON: {"pair": "resnet" | "minilm" | "smollm" | "resnet_width" | '
+        '"minilm_permuted" | "bert_base", "inputs": N, "threads": N, ...}',
     )
     pair.set_defaults(func=_speed_pair)
     quality = subparsers.add_parser("quality", help="accuracy table of merges of the zoo pairs")

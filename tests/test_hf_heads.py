@@ -157,3 +157,27 @@ def test_the_merged_score_pools_as_the_exported_folder_does(tmp_path, pooling):
     with torch.no_grad():
         score = sts_spearman(embed, AutoTokenizer.from_pretrained(out), pairs)
     assert score == pytest.approx(done.report["metrics"]["merged"]["merged"], abs=1e-4)
+
+
+def test_zoo_vit_heads_are_labelled_by_their_class_ids(tmp_path):
+    # the zoo's models carry no id2label: the folders said LABEL_0 ..., where head A's LABEL_3
+    # and head B's are different digits
+    from transformers import AutoModelForImageClassification
+
+    done = _merge(
+        tmp_path,
+        {
+            "model_a": {"path": "zoo:tiny-digits-vit-depth/a"},
+            "model_b": {"path": "zoo:tiny-digits-vit-depth/b"},
+            "calibration": {"source": "digits", "size": 32, "batch_size": 16},
+            "zip": {"heads": "pair"},
+            "device": "cpu",
+        },
+    )
+    out = export(done, tmp_path / "out", fmt="hf-vit")
+    for m, heads in enumerate(done.result.model.spec.heads):
+        head = AutoModelForImageClassification.from_pretrained(out / f"head_{'ab'[m]}")
+        want = [str(c) for h in heads for c in h.classes]
+        assert list(head.config.id2label.values()) == want
+    card = (out / "README.md").read_text()
+    assert "AutoModelForImageClassification`)" in card and "pipeline" not in card

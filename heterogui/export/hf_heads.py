@@ -94,7 +94,7 @@ def write_heads(
     """Write a classifier folder per foldable model head; return the folder names written.
 
     hf: the root transformers model (BertModel / ViTModel, already saved in ``folder``);
-    labels: per model, its label names (None: "LABEL_k").
+    labels: per model, its label names (None: its global class ids, as text).
     """
     import transformers
 
@@ -104,12 +104,13 @@ def write_heads(
         prefix = "bert." if family == "bert" else "vit."
         state = {prefix + k: v for k, v in hf.state_dict().items() if not k.startswith("pooler.")}
         state |= _folded(model, m, hf.config.hidden_size)
+        classes = [c for head in model.spec.heads[m] for c in head.classes]
         names = labels[m] if m < len(labels) and labels[m] else None
-        count = int(state["classifier.bias"].shape[0])
-        names = list(names) if names is not None and len(names) == count else None
+        names = list(names) if names is not None and len(names) == len(classes) else None
         config = copy.deepcopy(hf.config)
         config.architectures = [_CLASSIFIER[family]]
-        config.id2label = {k: (names[k] if names else f"LABEL_{k}") for k in range(count)}
+        # without names (a zoo model): the global class ids heterogui scores them by ("6")
+        config.id2label = dict(enumerate(names or [str(c) for c in classes]))
         config.label2id = {v: k for k, v in config.id2label.items()}
         with torch.random.fork_rng(devices=[]):
             classifier = getattr(transformers, _CLASSIFIER[family])(config)
@@ -138,8 +139,9 @@ def card_use(model: MergedModel) -> str | None:
     extra = ", AutoTokenizer" if family == "bert" else ""
     return (
         f"Each model's classifier, on the merged trunk with its own label names: "
-        f"{', '.join(f'`{h}/`' for h in heads)} (`{_AUTO[family]}`, or `pipeline` with one of "
-        "them). The merge's Joint prediction, as heterogui scores it (softmax per head, argmax "
+        f"{', '.join(f'`{h}/`' for h in heads)} (`{_AUTO[family]}`"
+        f"{', or `pipeline` with one of them' if family == 'bert' else ''}). The merge's Joint "
+        "prediction, as heterogui scores it (softmax per head, argmax "
         "over the labels of every head):\n"
         "```python\nimport torch\n"
         f"from transformers import {_AUTO[family]}{extra}\n"
