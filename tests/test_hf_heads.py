@@ -181,3 +181,15 @@ def test_zoo_vit_heads_are_labelled_by_their_class_ids(tmp_path):
         assert list(head.config.id2label.values()) == want
     card = (out / "README.md").read_text()
     assert "AutoModelForImageClassification`)" in card and "pipeline" not in card
+
+
+def test_a_heterogui_format_bert_merge_is_refused_naming_the_format_to_write(bert_pair, tmp_path):
+    # it said "the merged heads are not classifier layers ...; merge the exported Hugging Face
+    # folder instead", of classifiers, with no Hugging Face folder written
+    from heterogui.errors import ModelLoadError
+    from heterogui.sources import registry
+
+    done, _, _ = bert_pair
+    kept = export(done, tmp_path / "kept", fmt="heterogui")
+    with pytest.raises(ModelLoadError, match=r"kept holds bert text models .* --format hf-bert"):
+        registry.load(str(kept))

@@ -122,12 +122,14 @@ class HeteroguiFolderSource(Source):
         folder = Path(ref).expanduser()
         data = read_config(folder)
         if data["heterogui"] == "merged":
-            config = network_config(merged_spec(data, folder))
+            spec = merged_spec(data, folder)
+            # text models first: their refusal names the --format to write (one network could
+            # not hold an embedding model's heads either, which said less)
+            _refuse_text(family_of(spec.trunk_config).name, folder)
+            config = network_config(spec)
         else:
             config = saved_config(data, folder)
         family = family_of(config).name
-        if data["heterogui"] == "merged":
-            _refuse_text(family, folder)
         kind = KINDS[data["heterogui"]]
         return Header(ref, folder.name, kind, family, IMAGE_CLASSIFICATION, config)
 
