@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from heterogui.errors import ModelLoadError, excerpt
 from heterogui.models.io import check_finite
 
@@ -100,6 +102,9 @@ def load_pretrained(
                 output_loading_info=True,
                 use_safetensors=True,
                 ignore_mismatched_sizes=True,  # reported by the checks below, in one line
+                # merges run in float32: a config's dtype (bfloat16) would round float32
+                # weights on loading; weights stored in 16 bits widen exactly
+                dtype=torch.float32,
             )
         tok = (
             transformers.AutoTokenizer.from_pretrained(name, local_files_only=local)
@@ -111,14 +116,20 @@ def load_pretrained(
             f"cannot load {name!r} as a Hugging Face {kind} ({excerpt(exc, 300)}); pass a "
             f"save_pretrained folder with {files}"
         ) from exc
-    check_loading(name, info, model.config, keep_pooler=bool(auto))
+    check_loading(name, info, model.config, keep_pooler=bool(auto), head=None if auto else task)
     check_finite(model.state_dict(), name)  # by the names the user's files give the tensors
     return model.eval(), tok, name
 
 
-def check_loading(name: str, info: dict[str, Any], config: Any, keep_pooler: bool) -> None:
+def check_loading(
+    name: str, info: dict[str, Any], config: Any, keep_pooler: bool, head: str | None = None
+) -> None:
     """Refuse weights that do not fit config.json: missing (they would be random), of another
-    shape (re-initialised), or of layers past the config's count (silently dropped).
+    shape (re-initialised), of layers past the config's count, or a classifier the loaded model
+    has no place for (silently dropped).
+
+    head: the family's classifier suffix ("ForSequenceClassification") when the model was
+    loaded as a feature model: a ``classifier.*`` weight then belongs to a head it dropped.
 
     Raises:
         ModelLoadError: naming the first such weight and the fix.
@@ -137,6 +148,15 @@ def check_loading(name: str, info: dict[str, Any], config: Any, keep_pooler: boo
             f"{name}: weight {key} is {tuple(stored)} in model.safetensors but config.json "
             f"makes it {tuple(expected)} ({len(mismatched)} weight(s) differ); fix config.json "
             "or save the model again with save_pretrained"
+        )
+    dropped = sorted(k for k in info.get("unexpected_keys") or [] if k.startswith("classifier."))
+    if head is not None and dropped:
+        archs = list(getattr(config, "architectures", None) or [])
+        raise ModelLoadError(
+            f"{name} holds a classifier ({', '.join(dropped[:2])}) that its config.json's "
+            f"architectures {archs} do not load, so it would be dropped: heterogui merges "
+            f"...{head} classifiers and feature models; name the ...{head} architecture in "
+            "config.json, or save the model without that head"
         )
     layers = int(getattr(config, "num_hidden_layers", 0) or 0)
     extra = sorted(

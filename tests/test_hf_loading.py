@@ -1,0 +1,55 @@
+"""What a user's Hugging Face folder loads as: its own float32 weights, and no head dropped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from heterogui.errors import ModelLoadError
+from heterogui.sources import registry
+from tests.test_ui_text import tiny_bert_folder
+
+
+def test_a_config_dtype_of_bfloat16_does_not_round_float32_weights(tmp_path):
+    folder = tiny_bert_folder(tmp_path / "a")
+    config = json.loads((folder / "config.json").read_text())
+    config |= {"dtype": "bfloat16", "torch_dtype": "bfloat16"}  # the weights stay float32
+    (folder / "config.json").write_text(json.dumps(config))
+    stored = load_file(folder / "model.safetensors")["embeddings.word_embeddings.weight"]
+    assert stored.dtype == torch.float32
+    net = registry.load(str(folder)).net.module
+    loaded = dict(net.named_parameters())
+    words = next(v for k, v in loaded.items() if k.endswith("word_embeddings.weight"))
+    assert words.dtype == torch.float32 and torch.equal(words.detach(), stored)
+
+
+@pytest.mark.parametrize("architectures", [["BertForTokenClassification"], None])
+def test_a_classifier_the_loader_would_drop_is_refused(tmp_path, architectures):
+    # a token classifier, or a sequence classifier whose config names no architecture, loaded
+    # as a feature model: its classifier weights were dropped without a word
+    from transformers import BertConfig, BertForTokenClassification
+
+    from tests.conftest import VOCAB
+
+    folder = tiny_bert_folder(tmp_path / "a")
+    config = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=3,
+    )
+    BertForTokenClassification(config).save_pretrained(folder)
+    data = json.loads((folder / "config.json").read_text())
+    data["architectures"] = architectures
+    (folder / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError) as refused:
+        registry.load(str(folder))
+    message = str(refused.value)
+    assert "holds a classifier (classifier.bias, classifier.weight)" in message
+    assert f"architectures {architectures or []} do not load" in message
+    assert "name the ...ForSequenceClassification architecture in config.json" in message
