@@ -136,6 +136,7 @@ def merge_report(
             **alignment_facts(result.alignment),
         },
         "stop": result.spec.stop,
+        "settings": settings_facts(result),
         "heads": head_rows(result),
         "timings_seconds": timings_of(prep.timings, result.timings, total_seconds),
         "device": str(prep.device),
@@ -219,6 +220,7 @@ def card_facts(
             ),
             *(f"Collapse alarm: {a}." for a in (task.alarms(scores) if scores else [])),
             *_pooling_note(pair, scores),
+            *batch_norm_note(prep, scores, "A, B"),
         ],
     }
 
@@ -253,16 +255,38 @@ def _pooling_note(pair: Pair, scores: dict[str, Any] | None) -> list[str]:
 
 
 def settings_facts(result: MergeResult | GroupMergeResult) -> dict[str, Any]:
-    """Return the zip settings a model card lists."""
+    """Return the zip settings a model card and report.json list, as the merge ran them
+    ("auto" fusion and heads resolved to the family's; heads only for models with attention,
+    the ridge only for least-squares fusions)."""
     s = result.settings
-    return {
+    facts = {
         "matcher": s.matcher,
         "alpha": s.alpha,
         "beta": s.beta,
         "rho": s.rho,
         "stop": result.spec.stop,
         "overrides": dict(s.overrides),
+        "fusion": s.fusion,
     }
+    if s.fusion != "average":
+        facts["ridge"] = s.ridge
+    facts["bn_units"] = s.bn_units
+    facts["renormalize"] = s.renormalize
+    if getattr(result.spec.trunk_config, "heads", None) is not None:
+        facts["heads"] = s.heads
+    return facts
+
+
+def batch_norm_note(prep: Any, scores: dict[str, Any] | None, names: str) -> list[str]:
+    """Return, for scored models whose BatchNorm was re-estimated before merging, the note that
+    their scores are those of the re-estimated copies (names: "A, B" ...)."""
+    if not scores or not {"bn_similarity", "bn_inputs"} & set(prep.timings):
+        return []
+    return [
+        f"Scores of {names} and the ensemble: with their BatchNorm statistics re-estimated on "
+        "this merge's calibration data, as the merge reads them (the models as given may "
+        "score otherwise; reset_input_bn: false keeps their own statistics)."
+    ]
 
 
 def metric_facts(
@@ -275,6 +299,9 @@ def metric_facts(
     if scores is None:
         return {"metric_header": ["model", *task.columns(None)], "metrics": []}
     rows = [[k, *task.columns(scores.get(k)).values()] for k in keys]
+    if "merged" in keys:
+        more = task.merge_rows(scores.get("merged"))
+        rows += [[label, *task.columns(value).values()] for label, value in more]
     scored = next((v for v in scores.values() if v is not None), None)
     return {"metric_header": ["model", *task.columns(scored)], "metrics": rows}
 
@@ -370,6 +397,7 @@ def group_report(
         "reference": keys[prep.reference],
         "alignment": {"mode": group_mode(result), "models": alignments},
         "stop": result.spec.stop,
+        "settings": settings_facts(result),
         "heads": head_rows(result),
         "refit": result.refit,
         "timings_seconds": timings_of(prep.timings, result.timings, total_seconds),
@@ -440,6 +468,7 @@ def group_card_facts(
                 if m.note
             ),
             *(f"Collapse alarm: {a}." for a in (task.alarms(scores) if scores else [])),
+            *batch_norm_note(prep, scores, ", ".join(letters)),
         ],
     }
 

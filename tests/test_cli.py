@@ -115,7 +115,16 @@ def test_a_size_over_the_data_warns_and_the_report_counts_what_was_used(tmp_path
         assert main(["merge", str(recipe), "--out", str(out)]) == 0
     assert "calibration: 96 inputs" in caplog.text and "not the 500 its size asks" in caplog.text
     assert "evaluation: 40 inputs" in caplog.text and "not the 100 its size asks" in caplog.text
-    assert json.loads((out / "report.json").read_text())["calibration_count"] == 96
+    report = json.loads((out / "report.json").read_text())
+    assert report["calibration_count"] == 96
+    # how the merge ran, "auto" resolved (the fusion moves accuracy most; no card said it)
+    settings = report["settings"]
+    assert settings["fusion"] == "least_squares" and settings["ridge"] == 0.01
+    assert settings["bn_units"] is True and "heads" not in settings  # no attention
+    card = (out / "README.md").read_text()
+    assert "| fusion | least_squares |" in card and "| bn_units | true |" in card
+    # A's and B's scores are those of their BatchNorm-re-estimated copies: said so
+    assert "Scores of A, B and the ensemble: with their BatchNorm statistics re-estimated" in card
 
 
 def test_recipe_round_trips_and_rejects_unknown_keys(tmp_path):

@@ -157,6 +157,10 @@ def test_the_merged_score_pools_as_the_exported_folder_does(tmp_path, pooling):
     with torch.no_grad():
         score = sts_spearman(embed, AutoTokenizer.from_pretrained(out), pairs)
     assert score == pytest.approx(done.report["metrics"]["merged"]["merged"], abs=1e-4)
+    card = (out / "README.md").read_text()  # each model's head after unmerging, too
+    merged = done.report["metrics"]["merged"]
+    assert f"| merged, head A | {merged['head A']:.4g} |" in card
+    assert f"| merged, head B | {merged['head B']:.4g} |" in card
 
 
 def test_zoo_vit_heads_are_labelled_by_their_class_ids(tmp_path):

@@ -131,9 +131,12 @@ def class_ranges(classes: Sequence[int]) -> str:
 
 
 def cell_text(v: Any) -> str:
-    """Return a table cell: "—" for None, 4 significant digits, thousands separators."""
+    """Return a table cell: "—" for None, true / false (as a recipe writes them), 4 significant
+    digits, thousands separators."""
     if v is None:
         return "—"
+    if isinstance(v, bool):
+        return str(v).lower()
     if isinstance(v, float):
         return f"{v:.4g}"
     return f"{v:,}" if isinstance(v, int) else str(v)

@@ -122,6 +122,11 @@ class Task(ABC):
     def to_json(self, scores: Any) -> Any:
         """Return the JSON-ready form of a model's scores (report.json)."""
 
+    def merge_rows(self, merged: Any) -> list[tuple[str, Any]]:
+        """Return more rows of a merge's scores for a model card: (label, scores that
+        ``columns`` reads); none unless the task scores parts of a merge of its own."""
+        return []
+
     def alarms(self, scores: dict[str, Any]) -> list[str]:
         """Return why a merge's scores look broken (scores of "a", "b", "merged"; none: [])."""
         return []

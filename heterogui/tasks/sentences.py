@@ -284,7 +284,7 @@ class SentenceSimilarity(Task):
         return {"Spearman": self.headline(scores)}
 
     def headline(self, scores: Any) -> float | None:
-        """Return the Spearman of a model (a merge: its exported, mean-pooled trunk)."""
+        """Return the Spearman of a model (a merge: its exported trunk, pooled as it says)."""
         if isinstance(scores, dict):
             return scores.get("merged")
         return scores
@@ -292,6 +292,13 @@ class SentenceSimilarity(Task):
     def to_json(self, scores: Any) -> Any:
         """Return the scores as they are (floats or a dict of floats)."""
         return scores
+
+    def merge_rows(self, merged: Any) -> list[tuple[str, Any]]:
+        """Return the merge's heads: each model's own head after unmerging (the outputs
+        ``load_merged`` gives; a partial merge's "merged" is its trunk at the stop point)."""
+        if not isinstance(merged, dict):
+            return []
+        return [(f"merged, {k}", merged[k]) for k in ("head A", "head B") if k in merged]
 
     @torch.no_grad()
     def similarity(
