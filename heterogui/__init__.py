@@ -49,7 +49,8 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
     net_a, net_b = network_of(model_a, "model A"), network_of(model_b, "model B")
     for batch in batches:  # refused in one line here, not by torch half-way
         for net in (net_a, net_b):
-            if isinstance(batch, torch.Tensor):  # images or signals
+            text = getattr(net.config, "vocab_size", None) is not None
+            if isinstance(batch, torch.Tensor) and not text:  # images or signals
                 check_inputs(net, batch, "calibration")
             else:
                 _check_token_batch(net, batch)
@@ -79,6 +80,15 @@ def _check_token_batch(net: Any, batch: Any) -> None:
             f"calibration batches of {net.label} must be tokenizer outputs (dicts with "
             f"input_ids), got a {got}; tokenize the texts first: tokenizer(texts, "
             "padding=True, return_tensors='pt')"
+        )
+    import inspect
+
+    reads = [n for n in inspect.signature(type(net.module).forward).parameters if n != "self"]
+    extra = sorted(str(k) for k in batch if k not in reads)
+    if extra:
+        raise ConfigError(
+            f"calibration batches hold {extra}, which {net.label} does not read (it reads "
+            f"{reads}); pass only those keys of the tokenizer's output"
         )
     if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dim() != 2:
         raise ConfigError(

@@ -85,6 +85,12 @@ def test_a_model_heterogui_cannot_take_is_refused_in_one_line(model, words):
         ({"input_ids": torch.rand(2, 5)}, "input_ids must be whole numbers of shape (texts,"),
         ({"input_ids": torch.full((2, 5), 60)}, "token id 60 lies outside"),
         ({"input_ids": torch.full((2, 5), -1)}, "token id -1 lies outside"),
+        # a float tensor for a text model was embedded by torch: "Expected tensor for ... indices"
+        (torch.randn(4, 3), "must be tokenizer outputs (dicts with input_ids), got a Tensor"),
+        (  # a labelled batch: "forward() got an unexpected keyword argument 'labels'"
+            {"input_ids": torch.ones(2, 5, dtype=torch.long), "labels": torch.zeros(2)},
+            "calibration batches hold ['labels'], which model A does not read (it reads ['input_ids'",
+        ),
     ],
 )
 def test_batches_that_are_no_tokenizer_output_are_refused_in_one_line(batch, words):
