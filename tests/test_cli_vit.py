@@ -111,7 +111,7 @@ def test_text_data_and_bert_identities_are_refused_for_vits(tmp_path):
     (tmp_path / "text.yaml").write_text(
         yaml.safe_dump({**data, "calibration": {"source": "sentences"}})
     )
-    with pytest.raises(ConfigError, match="is not image data"):
+    with pytest.raises(ConfigError, match="'sentences' is no data for image classification"):
         merge_recipe(tmp_path / "text.yaml")
     ls = {**data, "transformer": {"identity": "ls"}}
     (tmp_path / "ls.yaml").write_text(yaml.safe_dump(ls))

@@ -199,7 +199,7 @@ def test_pasted_sentences_calibrate_and_bad_data_is_refused(folders, res):
     session = Session(device="cpu")
     load(session, res, "a", folders[0])
     load(session, res, "b", folders[1])
-    with pytest.raises(ConfigError, match="is not text data"):
+    with pytest.raises(ConfigError, match="'digits' is no data for sentence similarity"):
         work.analyse(session, res, DataRef("digits"))
     message, chosen = tab_models.on_sentences(
         session, res, "\n".join(f"the cat {w}" for w in WORDS)

@@ -139,8 +139,8 @@ class Task(ABC):
         """
         if not self.accepts(ref):
             raise ConfigError(
-                f"{role}.source {ref.source!r} is not {self.inputs} data, but these models are "
-                f"scored on {self.title}; {self.data_help(role)}"
+                f"{role}.source {ref.source!r} is no data for {self.title}, which these models "
+                f"are scored on; {self.data_help(role)}"
             )
 
     def data_help(self, role: str) -> str:
