@@ -53,3 +53,36 @@ def test_a_classifier_the_loader_would_drop_is_refused(tmp_path, architectures):
     assert "holds a classifier (classifier.bias, classifier.weight)" in message
     assert f"architectures {architectures or []} do not load" in message
     assert "name the ...ForSequenceClassification architecture in config.json" in message
+
+
+def test_a_decoder_with_tied_embeddings_says_its_count_holds_the_matrix_twice(tmp_path):
+    # the report counted SmolLM2 at 162.8 M where transformers counts 134.5 M, unsaid
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tests.conftest import DECODER_CHARS, save_decoder
+
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=len(DECODER_CHARS) + 3,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    folder = save_decoder(model, tmp_path / "tied")
+    loaded = registry.load(str(folder))
+    vocab, hidden = config.vocab_size, 32
+    assert loaded.net.parameter_count() == model.num_parameters() + vocab * hidden
+    assert loaded.note == (
+        "its folder ties the input embedding and the output head (tie_word_embeddings: one "
+        f"{vocab:,} x {hidden:,} matrix); heterogui unties them, so its parameters here count "
+        f"that matrix twice ({model.num_parameters():,} as its folder stores them)"
+    )

@@ -16,10 +16,12 @@ from pathlib import Path
 
 from heterogui.errors import ConfigError, ModelLoadError
 from heterogui.export.job import HF_CAUSAL_LM_FORMAT
+from heterogui.models.hf.common import folder_config
 from heterogui.models.hf.decoder_io import load_decoder
 from heterogui.sources.base import LANGUAGE_MODELING, Header, Loaded, Source
 from heterogui.sources.gguf_files import gguf_folder, gguf_note, smollm2_gguf
 from heterogui.sources.gguf_header import GGUFHeader, gguf_header
+from heterogui.sources.hf import untied_note
 from heterogui.sources.preflight import ModelCard, estimate_merge
 from heterogui.sources.vocab import tokens_hash
 
@@ -140,5 +142,8 @@ class GGUFSource(Source):
             tokenizer=tokenizer,
             folder=folder,
             export_format=HF_CAUSAL_LM_FORMAT,
-            note=gguf_note(folder),
+            note="; ".join(
+                n for n in (gguf_note(folder), untied_note(folder_config(folder), net)) if n
+            )
+            or None,
         )

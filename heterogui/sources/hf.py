@@ -65,6 +65,24 @@ def label_names(id2label: dict[str, Any] | None) -> tuple[str, ...] | None:
     return tuple(str(id2label[k]) for k in sorted(id2label, key=int))
 
 
+def untied_note(data: dict[str, Any], net: Any) -> str | None:
+    """Return, for a decoder whose folder ties its input embedding and output head, that
+    heterogui counts (and merges) them as two matrices; None otherwise.
+
+    data: the folder's config.json (GPT-2 ties when it does not say).
+    """
+    kind = data.get("model_type")
+    if kind not in DECODER_TYPES or not data.get("tie_word_embeddings", kind == "gpt2"):
+        return None
+    shared = net.config.vocab_size * net.config.hidden
+    return (
+        "its folder ties the input embedding and the output head (tie_word_embeddings: one "
+        f"{net.config.vocab_size:,} x {net.config.hidden:,} matrix); heterogui unties them, so "
+        f"its parameters here count that matrix twice ({net.parameter_count() - shared:,} as "
+        "its folder stores them)"
+    )
+
+
 def model_type(folder: Path) -> str:
     """Return a folder's model_type, refusing those no adapter supports.
 
@@ -158,6 +176,7 @@ class HFSource(Source):
             folder=folder if folder.is_dir() else None,
             export_format=export_format,
             labels=names,
+            note=untied_note(data, net) if folder.is_dir() else None,
         )
 
 
