@@ -56,10 +56,12 @@ def warn_if_realigned(recipe: Recipe, done: Recipe, pair: Pair) -> None:
     recorded = recipe.alignment.mapping
     if recorded and not pair.more and recorded != done.alignment.mapping:
         log.warning(
-            "alignment %s gave %s, not the recorded %s",
+            "alignment %s gave %s, not the recipe's mapping %s: mode %s aligns by itself and "
+            "only records a mapping; to impose one, give alignment.mode: manual",
             recipe.alignment.mode,
             done.alignment.mapping,
             recipe.alignment.mapping,
+            recipe.alignment.mode,
         )
 
 

@@ -127,6 +127,18 @@ def test_a_size_over_the_data_warns_and_the_report_counts_what_was_used(tmp_path
     assert "Scores of A, B and the ensemble: with their BatchNorm statistics re-estimated" in card
 
 
+def test_a_mapping_beside_an_automatic_mode_warns_that_it_is_not_imposed(tmp_path, caplog):
+    mapping = {"a": [[0, 2, 1], [0, 1]], "b": [[0, 1, 2], [0, 1, 2]]}  # not even monotone
+    recipe = write_case(tmp_path, "depth", alignment={"mode": "sma", "mapping": mapping})
+    with caplog.at_level("WARNING", logger="heterogui.run_checks"):
+        done = merge_recipe(recipe)
+    assert done.recipe.alignment.mapping != mapping
+    assert "not the recipe's mapping {'a': [[0, 2, 1], [0, 1]]" in caplog.text
+    assert "mode sma aligns by itself and only records a mapping; to impose one, give " in (
+        caplog.text
+    )
+
+
 def test_recipe_round_trips_and_rejects_unknown_keys(tmp_path):
     recipe = load_recipe(write_case(tmp_path, "depth", zip={"alpha": 0.25, "beta": 0.5}))
     assert recipe_from_dict(yaml.safe_load(recipe.to_yaml())) == recipe
