@@ -8,6 +8,7 @@ calls when a slider moves.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -212,6 +213,18 @@ def _zip_once(
     alignment = prepared.alignment
     result = (built.model, built.spec, alignment, matches, built.transforms, prepared, settings)
     return MergeResult(*result, timings, built.renormalized)
+
+
+def is_merge_of(result: MergeResult, settings: ZipSettings) -> bool:
+    """Return whether ``result`` is what ``zip_prepared(result.prepared, settings)`` gives (a
+    merge is deterministic): the same settings, "auto" resolved, the heads a head search chose
+    aside when ``settings`` leave them to it."""
+    prepared = result.prepared
+    want = resolved_settings(prepared.net_a, settings)
+    got = result.settings
+    if not want.kept_heads and searched_groups(prepared.padded_a.graph(), want):
+        got = dataclasses.replace(got, kept_heads=want.kept_heads)
+    return got == want
 
 
 def resolved_settings(net: Network, settings: ZipSettings | None, models: int = 2) -> ZipSettings:

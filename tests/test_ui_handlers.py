@@ -472,6 +472,9 @@ def test_searched_heads_in_the_workbench_say_what_the_search_kept(res, tmp_path)
     tried, value = searched.searched
     assert f"best of {tried} merges tried" in message and "search " in message  # its stage time
     assert value <= search_divergence(selected) + 1e-12
+    assert zip_readout.readout(vit)["exact"]  # the merge is current: it was an estimate
+    again = tab_zip.on_merge(vit, res, "zip", 0.5, 1.0, 1.0, n, "cpu", "average", False, "search")
+    assert "has these settings (nothing to re-merge)" in again and vit.result is searched
     assert [h["heads"] for h in vit.history] == ["select", "search"]
     labels = {number: label for label, number in tab_compare.merge_choices(vit)}
     assert "heads searched" in labels[2] and "heads searched" not in labels[1]

@@ -12,7 +12,7 @@ from typing import Any
 import gradio as gr
 
 from heterogui.config import DEFAULT_FUSION, DEFAULT_HEADS
-from heterogui.pipeline import resolve_device, resolved_settings
+from heterogui.pipeline import is_merge_of, resolve_device
 from heterogui.ui import history, labels, work
 from heterogui.ui.fig_arch import architecture_figure
 from heterogui.ui.fig_eval import sizes_figure, widths_figure
@@ -299,11 +299,9 @@ def on_merge(
 def _merged_already(session: Session, settings: Any) -> bool:
     """Return whether the session's merge is of these settings on its current analysis (a
     merge is deterministic: the same settings give the same model)."""
-    result, prep = session.result, session.prepared
+    result = session.result
     return (
-        result is not None
-        and result.prepared is prep
-        and result.settings == resolved_settings(prep.net_a, settings)
+        result is not None and result.prepared is session.prepared and is_merge_of(result, settings)
     )
 
 

@@ -12,7 +12,7 @@ import gradio as gr
 
 from heterogui.errors import ConfigError, MatcherError
 from heterogui.models.graph import space_order
-from heterogui.pipeline import resolved_settings
+from heterogui.pipeline import is_merge_of
 from heterogui.sizes import STORED_REASON, estimate, merge_size, reference_sizes
 from heterogui.ui import history, labels, work
 from heterogui.ui.session import Session
@@ -37,7 +37,7 @@ def readout(session: Session) -> dict[str, Any]:
     prep = session.prepared
     result = session.result
     sizes = dict(session.reference_sizes or reference_sizes(prep))
-    if result is not None and result.settings == resolved_settings(prep.net_a, session.settings):
+    if result is not None and is_merge_of(result, session.settings):
         sizes["merged"] = session.merged_size or merge_size(result)
         widths, exact = result.widths(), True
     else:
