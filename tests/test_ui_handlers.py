@@ -1129,3 +1129,16 @@ def test_the_stop_slider_s_value_stays_within_its_range(session, res):
     assert session.settings.stop is None  # a full zip: the slider's end
     for update in (tab_zip.render(session, res), views.render(session, res, ("knobs",))):
         assert update["stop"]["maximum"] == n and update["stop"]["value"] == n
+
+
+def test_a_zoo_pair_loaded_model_by_model_keeps_the_pairs_name(res):
+    # an imported recipe loads zoo:PAIR/a and zoo:PAIR/b: its merges were filed under
+    # "PAIR/a + PAIR/b", apart from the same pair's other merges in the history and Compare
+    session = Session(device="cpu")
+    for which in "ab":
+        tab_models.on_load_model(
+            session, res, which, "zoo", f"tiny-digits-vgg-depth/{which}", None, None, None
+        )
+    assert session.pair_name == "tiny-digits-vgg-depth"
+    tab_models.on_load_model(session, res, "b", "zoo", "tiny-digits-vgg-width/b", None, None, None)
+    assert session.pair_name == f"{session.a.name} + {session.b.name}"  # two pairs' models

@@ -91,7 +91,13 @@ class Session:
         """Return the name the history gives the current pair (None until both are loaded)."""
         if self.demo:
             return self.demo
-        return f"{self.a.name} + {self.b.name}" if self.both_loaded() else None
+        if not self.both_loaded():
+            return None
+        refs = (self.a.ref, self.b.ref)
+        pair = refs[0].removesuffix("/a")
+        if pair.startswith("zoo:") and refs == (f"{pair}/a", f"{pair}/b"):
+            return pair.removeprefix("zoo:")  # the demo pair's name, however it was loaded
+        return f"{self.a.name} + {self.b.name}"
 
     @property
     def task(self) -> Task | None:
