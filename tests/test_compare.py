@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from heterogui import sweep
@@ -181,6 +183,14 @@ def test_figures_for_slides_hold_every_figure_and_the_tables(session, res):
     assert float(rows[-1][1]) == session.history[-1]["Joint"]
     history = list(csv.reader(io.StringIO(payload["tables"]["history.csv"])))
     assert len(history) == 1 + len(session.history) and "rho" in history[0]
+    # a slider moved without merging: the Zip tab's figures are estimates, and say so
+    session.settings = dataclasses.replace(session.settings, rho=0.25)
+    _, extra = tab_export.on_figures(session, res)
+    figures = json.loads(extra["figures_payload"])["figures"]
+    assert "zip-sizes" not in figures and "neurons-neuron_map" in figures
+    assert figures["zip-sizes-estimate"]["layout"]["title"]["text"].startswith(
+        "Estimate, not merged: "
+    )
 
 
 def test_a_click_on_the_grid_loads_that_cell(session, res):

@@ -24,6 +24,7 @@ from heterogui.ui import (
     tab_evaluate,
     tab_neurons,
     tab_zip,
+    zip_readout,
 )
 from heterogui.ui.figstyle import style
 from heterogui.ui.resources import Resources
@@ -39,13 +40,24 @@ FIGURE_TABS = {
 
 
 def session_figures(session: Session, res: Resources) -> dict[str, go.Figure]:
-    """Return every figure the tabs show now, named "<tab>-<figure>"."""
+    """Return every figure the tabs show now, named "<tab>-<figure>".
+
+    The Zip tab's figures show the current settings: when they are not those of the last
+    merge (a slider moved without merging), they are estimates, named "...-estimate" and
+    titled so, beside the other tabs' figures of the merge.
+    """
+    estimate = session.prepared is not None and not zip_readout.readout(session)["exact"]
     out = {}
     for tab, module in FIGURE_TABS.items():
         for view, value in module.render(session, res).items():
             if isinstance(value, go.Figure):
                 name = view.removesuffix("_plot").removeprefix(f"{tab}_")
-                out[f"{tab}-{name}"] = style(value)
+                figure = style(value)
+                if tab == "zip" and estimate:
+                    title = figure.layout.title.text or name
+                    figure.update_layout(title_text=f"Estimate, not merged: {title}")
+                    name += "-estimate"
+                out[f"{tab}-{name}"] = figure
     return out
 
 
