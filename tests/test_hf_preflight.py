@@ -158,6 +158,11 @@ def test_pickle_only_weights_point_to_conversion(tmp_path: Path) -> None:
     torch.save({"w": torch.zeros(2)}, folder / "pytorch_model.bin")
     with pytest.raises(ModelLoadError, match="weights_only=True"):
         inspect_model(folder)
+    # loading it (the workbench's path) says the same, not transformers' "no file named ..."
+    from heterogui.models.hf.common import load_pretrained
+
+    with pytest.raises(ModelLoadError, match=r"only as PyTorch pickles .*weights_only=True"):
+        load_pretrained(folder, "AutoModelForSequenceClassification", "BERT")
 
 
 def test_torch_save_file_named_safetensors_is_refused(tmp_path: Path) -> None:

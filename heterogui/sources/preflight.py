@@ -16,6 +16,7 @@ from typing import Any
 
 from heterogui.errors import ModelLoadError, excerpt
 from heterogui.models.headers import read_safetensors_header
+from heterogui.models.hf.common import refuse_pickles
 from heterogui.sources.vocab import vocab_hash
 
 # Families whose blocks apply LayerNorm after the residual add (post-norm) or before (pre-norm).
@@ -118,13 +119,7 @@ def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         return index_shards(index)
-    if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
-        raise ModelLoadError(
-            f"{folder} has weights only as PyTorch pickles (.bin/.pt); the pre-flight reads "
-            "safetensors headers only. Convert once: load the state dict with "
-            "torch.load(path, weights_only=True) and write it with safetensors.torch.save_file, "
-            "or save_pretrained(..., safe_serialization=True)"
-        )
+    refuse_pickles(folder)
     raise ModelLoadError(
         f"{folder} has no model.safetensors; pass a folder that contains config.json and "
         "model.safetensors"

@@ -69,6 +69,24 @@ def has_architecture(path: str | Path, suffix: str) -> bool:
     return any(str(a).endswith(suffix) for a in archs)
 
 
+def refuse_pickles(folder: Path) -> None:
+    """Refuse a folder whose weights are PyTorch pickles only (heterogui reads safetensors).
+
+    Raises:
+        ModelLoadError: naming the conversion to run once.
+    """
+    safetensors = ("model.safetensors", "model.safetensors.index.json")
+    if any((folder / name).is_file() for name in safetensors):
+        return
+    if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
+        raise ModelLoadError(
+            f"{folder} has weights only as PyTorch pickles (.bin/.pt), which heterogui does "
+            "not load (reading a pickle can run code). Convert once: load the state dict with "
+            "torch.load(path, weights_only=True) and write it with safetensors.torch.save_file, "
+            "or save_pretrained(..., safe_serialization=True)"
+        )
+
+
 def load_pretrained(
     path: str | Path, classifier: str, kind: str, tokenizer: bool = False
 ) -> tuple[Any, Any, str]:
@@ -88,6 +106,8 @@ def load_pretrained(
     from safetensors import SafetensorError
 
     name, local = model_name(path)
+    if Path(name).is_dir():
+        refuse_pickles(Path(name))
     task = classifier.removeprefix("AutoModel")
     # GPT-2's causal LM is named GPT2LMHeadModel, not ...ForCausalLM
     suffixes = (task, "LMHeadModel") if task == "ForCausalLM" else (task,)
