@@ -127,9 +127,7 @@ def test_one_pass_per_model_scores_as_a_pass_per_embedding(analysed, res):
     models = session.task.score_models(session.prepared, session.evaluation, session.pair)
     merged = session.task.score_merged(session.result, session.evaluation, session.pair)
     assert set(models) == {"a", "b", "ensemble"} and set(merged) == {"merged", "head A", "head B"}
-    for name, value in models.items():
-        assert value == pytest.approx(expected[name], abs=1e-6), name
-    for name, value in merged.items():
+    for name, value in (models | merged).items():  # all to 4 places, as report.json shows
         assert value == round(expected[name], 4), name
     assert len({round(v, 4) for v in expected.values()}) > 3  # the embeddings differ
 

@@ -267,9 +267,11 @@ class SentenceSimilarity(Task):
     def score_models(
         self, prepared: Prepared, ev: Evaluation, pair: ModelPair, progress: Progress | None = None
     ) -> dict[str, float]:
-        """Return the Spearman of A, B and their ensemble (concatenated embeddings)."""
+        """Return the Spearman of A, B and their ensemble (concatenated embeddings), to 4
+        places as the merge's (``score_merged``)."""
         a, b = prepared.net_a.module, prepared.net_b.module
-        return _scores(ensemble_embeddings(a, b), pair, ev, prepared.device, progress)
+        scores = _scores(ensemble_embeddings(a, b), pair, ev, prepared.device, progress)
+        return {name: round(value, 4) for name, value in scores.items()}
 
     def score_merged(
         self, result: MergeResult, ev: Evaluation, pair: ModelPair, progress: Progress | None = None
