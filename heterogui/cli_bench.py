@@ -60,8 +60,14 @@ def _nway(args: argparse.Namespace) -> int:
             f"--groups {' '.join(wrong)}: not a zoo group of three models; known: "
             f"{', '.join(sorted(ZOO_GROUPS))}"
         )
-    command = f"heterogui bench nway --seeds {args.seeds}" + (
-        f" --threads {args.threads}" if args.threads else ""
+    command = " ".join(
+        [
+            "heterogui bench nway",
+            *([f"--groups {' '.join(args.groups)}"] if args.groups else []),
+            f"--seeds {args.seeds}",
+            *([f"--out {args.out}"] if args.out else []),
+            *([f"--threads {args.threads}"] if args.threads else []),
+        ]
     )
     cfg = NwayConfig(
         tuple(args.groups or GROUPS), tuple(range(args.seeds)), device=args.device, command=command

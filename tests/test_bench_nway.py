@@ -49,6 +49,6 @@ def test_markdown_numbers_come_from_the_json(report) -> None:
     for label, row in rows.items():
         joint = row["joint"]["mean"]
         share = joint / rows["ensemble"]["joint"]["mean"]
-        assert f"| {label} | {100 * joint:.1f} ± 0.0 |" in markdown
+        assert f"| {label} | {100 * joint:.1f} |" in markdown  # one seed: no ± 0.0
         assert f"| {share:.3f} |" in markdown
     assert "Best N-way merge" in markdown and "Best sequential merge" in markdown

@@ -201,6 +201,8 @@ def run_nway(cfg: NwayConfig, out_dir: str | Path | None = None) -> dict[str, An
 def _pct(entry: dict[str, Any]) -> str:
     if entry["mean"] is None:
         return "-"
+    if len(entry["values"]) < 2:  # one seed: no spread to give
+        return f"{100 * entry['mean']:.1f}"
     return f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}"
 
 

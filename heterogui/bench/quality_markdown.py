@@ -40,6 +40,8 @@ def fmt(row: dict[str, Any] | None, key: str = "joint") -> str:
     if row is None or row.get(key, {}).get("mean") is None:
         return "—"
     s = row[key]
+    if len(s.get("values", ())) < 2:  # one seed: no spread to give
+        return f"{100 * s['mean']:.1f}"
     return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"
 
 
