@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -86,3 +87,21 @@ def test_a_decoder_with_tied_embeddings_says_its_count_holds_the_matrix_twice(tm
         f"{vocab:,} x {hidden:,} matrix); heterogui unties them, so its parameters here count "
         f"that matrix twice ({model.num_parameters():,} as its folder stores them)"
     )
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"id2label": {"0": "pos", "1": "pos"}}, "id2label names ['pos'] more than one output"),
+        ({"problem_type": "regression"}, "is a regression model (problem_type: regression)"),
+    ],
+)
+def test_a_classifier_whose_labels_cannot_be_scored_is_refused(tmp_path, fields, words):
+    # both were merged and scored: one class for two outputs, a regression as a 1-class task
+    from tests.test_ui_text import classifier_folder
+
+    folder = classifier_folder(tmp_path / "a", ("neg", "pos"), 2, 0)
+    data = json.loads((folder / "config.json").read_text()) | fields
+    (folder / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match=re.escape(words)):
+        registry.load(str(folder))

@@ -83,6 +83,27 @@ def untied_note(data: dict[str, Any], net: Any) -> str | None:
     )
 
 
+def _classes(names: tuple[str, ...], data: dict[str, Any], folder: Path) -> tuple[int, ...]:
+    """Return the global class ids of a classifier's label names.
+
+    Raises:
+        ModelLoadError: a regression head, or a label name given to two outputs (its class
+            would be two outputs, and no prediction could say which).
+    """
+    if data.get("problem_type") == "regression":
+        raise ModelLoadError(
+            f"{folder} is a regression model (problem_type: regression), not a classifier: "
+            "heterogui merges classifiers and feature models"
+        )
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ModelLoadError(
+            f"{folder}: config.json's id2label names {twice} more than one output; give each "
+            "output its own label name"
+        )
+    return tuple(label_id(n) for n in names)
+
+
 def model_type(folder: Path) -> str:
     """Return a folder's model_type, refusing those no adapter supports.
 
@@ -163,7 +184,7 @@ class HFSource(Source):
         ):
             names = None
         if names is not None:
-            net = dataclasses.replace(net, classes=tuple(label_id(n) for n in names))
+            net = dataclasses.replace(net, classes=_classes(names, data, folder))
         sha = weights_sha256(folder)
         return Loaded(
             net,
