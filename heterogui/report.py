@@ -332,14 +332,17 @@ def card_files(
     scores: dict[str, Any] | None,
     fmt: str,
     default_format: bool = True,
+    relative: Sequence[str] = (),
 ) -> dict[str, str]:
     """Return the model card (README.md, in output format ``fmt``) and its SVG figures.
 
     default_format: whether ``fmt`` is the one a merge of these models is written in without
-    --format (else the card's rerun command names it).
+    --format (else the card's rerun command names it). relative: the recipe's relative paths
+    (its rerun runs from the folder the merge ran in).
     """
     prep = result.prepared
     facts = card_facts(result, pair, task, scores)
+    facts["relative_inputs"] = list(relative)
     facts["not_one_network"] = not_one_network(result, fmt)
     facts["rerun_flags"] = "" if default_format else f" --format {fmt}"
     if fmt in (HF_BERT_FORMAT, HF_VIT_FORMAT):
@@ -474,10 +477,16 @@ def group_card_facts(
 
 
 def group_card_files(
-    result: GroupMergeResult, pair: Pair, task: Task, scores: dict[str, Any] | None
+    result: GroupMergeResult,
+    pair: Pair,
+    task: Task,
+    scores: dict[str, Any] | None,
+    relative: Sequence[str] = (),
 ) -> dict[str, str]:
-    """Return the model card (README.md) of an N-way merge and its widths figure."""
-    files = {"README.md": model_card(group_card_facts(result, pair, task, scores))}
+    """Return the model card (README.md) of an N-way merge and its widths figure (relative:
+    as ``card_files``)."""
+    facts = group_card_facts(result, pair, task, scores) | {"relative_inputs": list(relative)}
+    files = {"README.md": model_card(facts)}
     series: dict[str, list[float]] = {model_key(k).upper(): [] for k in range(len(pair.models))}
     series["merged"] = []
     order = sorted(result.matches, key=space_order)

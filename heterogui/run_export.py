@@ -79,14 +79,24 @@ def export(
         exporter(fmt)  # an unknown format: refused before anything is written
     if isinstance(run.result, GroupMergeResult):
         fmt = run_group.check_format(fmt)
-        card = group_card_files(run.result, run.pair, run.task, run.scores)
+        card = group_card_files(
+            run.result, run.pair, run.task, run.scores, relative_inputs(run.recipe)
+        )
     else:
         fitting, why = fitting_format(run.pair, run.result.model)
         if fmt is None:
             fmt = fitting
             if why is not None:
                 log.warning("writing the heterogui format, as the models' own cannot hold: %s", why)
-        card = card_files(run.result, run.pair, run.task, run.scores, fmt, fmt == fitting)
+        card = card_files(
+            run.result,
+            run.pair,
+            run.task,
+            run.scores,
+            fmt,
+            fmt == fitting,
+            relative_inputs(run.recipe),
+        )
     inputs = [*model_folders(run.pair), *data_files(run.recipe)]
     job = ExportJob(
         run.result.model,
@@ -106,12 +116,25 @@ def model_folders(pair: Pair) -> list[Path]:
     return [m.folder for m in pair.models if m.folder is not None]
 
 
-def data_files(recipe: Recipe) -> list[Path]:
-    """Return the local files and folders a recipe names (models and data), where they exist."""
+def _named_paths(recipe: Recipe) -> list[str]:
+    """Return the local files and folders a recipe names (models and data), where they exist,
+    as the recipe writes them."""
     data = (recipe.calibration, recipe.evaluation)
     named = [*(m.path for m in recipe.models), *(ref.source for ref in data if ref is not None)]
     # an empty reference is no path (Path("") is the current folder): the loader refuses it
-    return [Path(p).expanduser() for p in named if p.strip() and Path(p).expanduser().exists()]
+    return [p for p in named if p.strip() and Path(p).expanduser().exists()]
+
+
+def data_files(recipe: Recipe) -> list[Path]:
+    """Return the local files and folders a recipe names (models and data), where they exist."""
+    return [Path(p).expanduser() for p in _named_paths(recipe)]
+
+
+def relative_inputs(recipe: Recipe) -> list[str]:
+    """Return the recipe's relative local paths: a rerun reads them from the current folder."""
+    return list(
+        dict.fromkeys(p for p in _named_paths(recipe) if not Path(p).expanduser().is_absolute())
+    )
 
 
 def check_format(recipe: Recipe, fmt: str | None) -> None:

@@ -139,6 +139,23 @@ def test_a_mapping_beside_an_automatic_mode_warns_that_it_is_not_imposed(tmp_pat
     )
 
 
+def test_a_card_says_its_rerun_reads_relative_paths_from_where_the_merge_ran(
+    tmp_path, monkeypatch
+):
+    recipe = write_case(tmp_path, "depth")
+    raw = yaml.safe_load(recipe.read_text())
+    raw["model_a"]["path"], raw["model_b"]["path"] = "a", "b"
+    raw["calibration"]["source"] = "calib.safetensors"
+    recipe.write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)
+    assert main(["merge", "recipe.yaml", "--out", "merged"]) == 0
+    card = (tmp_path / "merged" / "README.md").read_text()
+    assert (
+        "`heterogui merge recipe.yaml --out OUT` run from the folder the merge ran in (the "
+        "recipe names `a`, `b`, `calib.safetensors` relative to it) repeats this merge"
+    ) in card
+
+
 def test_recipe_round_trips_and_rejects_unknown_keys(tmp_path):
     recipe = load_recipe(write_case(tmp_path, "depth", zip={"alpha": 0.25, "beta": 0.5}))
     assert recipe_from_dict(yaml.safe_load(recipe.to_yaml())) == recipe

@@ -199,7 +199,8 @@ def model_card(facts: dict[str, Any], fmt: str = "heterogui") -> str:
     "settings" (dict), "widths" (rows: merge point, A, B, merged), "sizes" (rows: model,
     parameters, FLOPs), "metric_header" and "metrics" (rows, or []), "notes" (sentences).
     Optional: "rerun_flags" (what the rerun command needs beyond the recipe: " --format X"
-    for an export in another than the default format), "not_one_network" (why a
+    for an export in another than the default format), "relative_inputs" (the recipe's
+    relative paths: the rerun runs from the folder the merge ran in), "not_one_network" (why a
     heterogui-format folder loads only as a merged model: text models, a partial zip),
     "width_header" (the models' width columns; default A and B), "classify" (a Hugging Face
     export of classifiers: how to classify with its head folders),
@@ -246,10 +247,17 @@ def model_card(facts: dict[str, Any], fmt: str = "heterogui") -> str:
     if facts.get("not_one_network") is not None:
         parts += [f"It is not one network to load or merge again: {facts['not_one_network']}."]
     parts += [f"- {n}" for n in facts.get("notes", ())]
+    relative = facts.get("relative_inputs") or []
+    where = (
+        " run from the folder the merge ran in (the recipe names "
+        f"{', '.join(f'`{p}`' for p in relative)} relative to it)"
+        if relative
+        else ""
+    )
     parts += [
         "## Reproduce",
-        f"`heterogui merge recipe.yaml --out OUT{facts.get('rerun_flags', '')}` repeats this "
-        "merge bit for bit; "
+        f"`heterogui merge recipe.yaml --out OUT{facts.get('rerun_flags', '')}`{where} repeats "
+        "this merge bit for bit; "
         "`recipe.yaml`, `report.json` and `config.json` sit beside this card.",
     ]
     return _FRONT[fmt] + "\n\n".join(parts) + "\n"
