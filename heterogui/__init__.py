@@ -34,6 +34,11 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
 
     if model_b is None and isinstance(model_a, Recipe | str | os.PathLike):
         return run.merge(model_a, options.get("progress")).result
+    if isinstance(model_a, list | tuple):
+        raise ConfigError(
+            "merge(net_a, net_b, batches) takes two networks, not a list: merge three or more "
+            "with heterogui.nway.merge_group(nets, batches), or a recipe whose models: lists them"
+        )
     if batches is not None and not isinstance(batches, list | tuple):
         batches = list(batches)  # a generator is read once: by the checks below, not the merge
     if model_b is None or not batches:

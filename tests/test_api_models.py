@@ -78,6 +78,11 @@ def test_a_model_heterogui_cannot_take_is_refused_in_one_line(model, words):
     assert "\n" not in str(caught.value)
 
 
+def test_a_list_of_models_points_to_the_n_way_merge():
+    with pytest.raises(ConfigError, match=r"not a list: merge three or more with heterogui\.nway"):
+        heterogui.merge([bert(2, 0), bert(2, 1), bert(2, 2)], None, token_batches(1))
+
+
 @pytest.mark.parametrize(
     ("batch", "words"),
     [
@@ -89,7 +94,8 @@ def test_a_model_heterogui_cannot_take_is_refused_in_one_line(model, words):
         (torch.randn(4, 3), "must be tokenizer outputs (dicts with input_ids), got a Tensor"),
         (  # a labelled batch: "forward() got an unexpected keyword argument 'labels'"
             {"input_ids": torch.ones(2, 5, dtype=torch.long), "labels": torch.zeros(2)},
-            "calibration batches hold ['labels'], which model A does not read (it reads ['input_ids'",
+            "calibration batches hold ['labels'], which model A does not read (it reads "
+            "['input_ids'",
         ),
     ],
 )

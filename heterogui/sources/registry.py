@@ -29,7 +29,8 @@ SOURCES: tuple[Source, ...] = (
     HFSource(),
 )
 FORMS = (
-    "zoo:PAIR/a or zoo:PAIR/b, decoder-pair:a or decoder-pair:b, minilm:NAME, "
+    "zoo:PAIR/a or zoo:PAIR/b (zoo:GROUP/c of a group), decoder-pair:a or decoder-pair:b, "
+    "minilm:NAME, "
     "smollm2:135m-instruct, a .gguf file, a heterogui "
     "folder (config.json + model.safetensors), a Hugging Face save_pretrained folder, or a "
     "Hugging Face hub id"

@@ -37,7 +37,10 @@ def parse_zoo_ref(ref: str) -> tuple[str, str]:
     """
     name, _, which = ref[len(PREFIX) :].partition("/")
     if len(which) != 1 or not which.isalpha():
-        raise ConfigError(f"zoo reference {ref!r} must look like zoo:PAIR/a or zoo:PAIR/b")
+        raise ConfigError(
+            f"zoo reference {ref!r} must look like zoo:PAIR/a or zoo:PAIR/b (a group of three: "
+            "zoo:GROUP/a, /b or /c)"
+        )
     pair_spec(name).model(which)  # raises for an unknown pair or model, listing the known
     return name, which
 
