@@ -139,9 +139,7 @@ def test_a_mapping_beside_an_automatic_mode_warns_that_it_is_not_imposed(tmp_pat
     )
 
 
-def test_a_card_says_its_rerun_reads_relative_paths_from_where_the_merge_ran(
-    tmp_path, monkeypatch
-):
+def test_a_card_says_its_rerun_reads_relative_paths_from_where_the_merge_ran(tmp_path, monkeypatch):
     recipe = write_case(tmp_path, "depth")
     raw = yaml.safe_load(recipe.read_text())
     raw["model_a"]["path"], raw["model_b"]["path"] = "a", "b"
