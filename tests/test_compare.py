@@ -81,6 +81,7 @@ def test_two_merges_side_by_side_with_their_differences(session, res):
 
 def test_compare_refuses_what_it_cannot_show(session, res):
     first = _merge(session, res, 1.0)
+    assert tab_compare.render(session, res)["compare_left"]["value"] is None  # one merge only
     with pytest.raises(ConfigError, match="two different merges"):
         tab_compare.on_compare(session, res, first, first)
     with pytest.raises(ConfigError, match="not a merge of this pair"):
@@ -93,6 +94,8 @@ def test_compare_refuses_what_it_cannot_show(session, res):
 def test_pinned_merges_stay_in_memory_while_old_ones_go(session, res):
     first = _merge(session, res, 1.0)
     second = _merge(session, res, 0.8)
+    page = tab_compare.render(session, res)  # before any Compare: the two latest, preselected
+    assert (page["compare_left"]["value"], page["compare_right"]["value"]) == (first, second)
     tab_compare.on_compare(session, res, first, second)
     for rho in (0.7, 0.6, 0.5, 0.4, 0.3):
         _merge(session, res, rho)

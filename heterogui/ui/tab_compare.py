@@ -212,11 +212,11 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
     choices = merge_choices(session)
     numbers = [n for _, n in choices]
     pinned = [m for m in session.pinned if m in numbers]
+    # nothing compared yet: the two latest merges, ready for Compare (older on the left)
+    shown = pinned if len(pinned) == 2 else sorted(numbers)[-2:] if len(numbers) > 1 else []
     views = dict(empty)
-    views["compare_left"] = gr.update(choices=choices, value=pinned[0] if pinned else None)
-    views["compare_right"] = gr.update(
-        choices=choices, value=pinned[1] if len(pinned) > 1 else None
-    )
+    views["compare_left"] = gr.update(choices=choices, value=shown[0] if shown else None)
+    views["compare_right"] = gr.update(choices=choices, value=shown[1] if shown else None)
     if len(pinned) == 2:
         left, right = pinned
         views["compare_table"] = compare_table(session, left, right)
