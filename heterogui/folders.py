@@ -26,7 +26,7 @@ from heterogui.errors import ExportError, excerpt, os_error_line
 # the fix for an existing output folder, wherever the export was asked for
 OVERWRITE_HINT = (
     "choose another folder or allow overwriting an earlier export (--overwrite on the command "
-    "line, the Overwrite box on the Export tab)"
+    "line, the Overwrite box on the Export tab, overwrite=True in Python)"
 )
 MARKER = ".heterogui-output"  # written into every export: what --overwrite may replace
 NAME_MAX = 255  # bytes in one file or folder name (Linux, macOS and Windows file systems)

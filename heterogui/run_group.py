@@ -11,6 +11,7 @@ ensemble and the merge, and the one output format (heterogui).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -30,6 +31,8 @@ from heterogui.tasks.images import IMAGES
 # families whose layers attend (nway zips none of them): they merge two at a time
 ATTENTION_FAMILIES = ("bert", "vit", "decoder")
 
+log = logging.getLogger(__name__)
+
 
 def check_group(headers: Sequence[Header]) -> None:
     """Raise unless every model (described from its headers) can join an N-way merge.
@@ -37,6 +40,14 @@ def check_group(headers: Sequence[Header]) -> None:
     Raises:
         ConfigError: a model that is not an image classifier, or one with attention layers.
     """
+    refs = [header.ref for header in headers]
+    twice = sorted({r for r in refs if refs.count(r) > 1})
+    if twice:  # the merge runs; its ensemble then counts that model's votes more than once
+        log.warning(
+            "models lists %s more than once: the merge and the ensemble count that model once "
+            "per entry; list each model once unless that is what you want",
+            ", ".join(twice),
+        )
     for header in headers:
         if header.task != IMAGE_CLASSIFICATION or header.family in ATTENTION_FAMILIES:
             raise ConfigError(

@@ -189,6 +189,13 @@ def test_rho_zero_scores_as_the_ensemble():
     assert merged.tasks == pytest.approx(ensemble.tasks, abs=1e-12)
 
 
+def test_a_model_listed_twice_is_warned_about(caplog):
+    data = trio_recipe(models=[TRIO[0], TRIO[0], TRIO[2]], evaluation=None)
+    with caplog.at_level("WARNING", logger="heterogui.run_group"):
+        run_merge(recipe_from_dict(data))
+    assert f"models lists {TRIO[0]} more than once" in caplog.text
+
+
 def bert_folders(root: Path) -> list[str]:
     from tests.conftest import tiny_hf
 
