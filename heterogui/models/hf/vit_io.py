@@ -53,7 +53,10 @@ def config_from_hf(hf_config: Any, num_labels: int | None, pooling: str = "cls")
     if getattr(hf_config, "model_type", None) != "vit":
         raise ModelLoadError(f"model_type {hf_config.model_type!r} is not 'vit'; use a ViT model")
     if not getattr(hf_config, "qkv_bias", True):
-        raise ModelLoadError("ViT models without Q/K/V biases (qkv_bias=False) are not supported")
+        raise ModelLoadError(
+            "ViT models without Q/K/V biases (qkv_bias=False) are not supported: heterogui's "
+            "ViT blocks carry them; merge ViTs saved with qkv_bias=True"
+        )
     return ViTNetConfig(
         image_size=int(hf_config.image_size),
         patch_size=int(hf_config.patch_size),
