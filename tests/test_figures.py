@@ -41,6 +41,9 @@ def test_history_plots_only_the_current_pair_and_names_the_rest():
     assert fig.layout.xaxis.tickformat == "~s"  # 447k, not 447.4655k
     lo, hi = fig.layout.xaxis.range  # a narrow spread gets room: the ticks are round numbers
     assert lo < 447_465 - 20_000 and hi > 447_466 + 20_000
+    lone = history_figure([_row(2, "minilm", 22_000_000, 0.84)], "Spearman", "minilm")
+    lo, hi = lone.layout.yaxis.range  # one point: around it, not an axis from 0 to 1.5
+    assert 0.8 < lo < 0.84 < hi < 0.88
     many = [_row(k, "digits", 1000 + k, 50.0) for k in range(20)]
     assert history_figure(many, "Joint %", "digits").data[0].mode == "markers"  # no label pile-up
     # a long pair name is shortened, and the note on the other pairs has a line of its own

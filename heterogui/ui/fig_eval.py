@@ -247,6 +247,12 @@ def history_figure(history: list[dict[str, Any]], metric: str, pair: str | None)
         lo, hi = min(h["parameters"] for h in rows), max(h["parameters"] for h in rows)
         if hi - lo < 0.02 * hi:
             xaxis["range"] = [lo - 0.05 * hi, hi + 0.05 * hi]
+    yaxis: dict[str, Any] = {"title": metric}
+    scores = [h["score"] for h in rows if h.get("score") is not None]
+    if scores:  # a lone point or a narrow spread: a range around it, not plotly's wide default
+        lo, hi = min(scores), max(scores)
+        pad = max(0.1 * (hi - lo), 0.02 * max(abs(lo), abs(hi)), 1e-6)
+        yaxis["range"] = [lo - pad, hi + pad]
     if not rows:  # bare axes read as a broken plot
         fig.add_annotation(
             text=f"No merge{' of this pair' if history else ''} yet: press Merge on the Zip tab",
@@ -266,7 +272,7 @@ def history_figure(history: list[dict[str, Any]], metric: str, pair: str | None)
     fig.update_layout(
         title=title,
         xaxis=xaxis,
-        yaxis={"title": metric},
+        yaxis=yaxis,
         height=320,
         margin={"l": 60, "r": 30, "t": 50, "b": 50},
     )
