@@ -220,7 +220,7 @@ def test_changed_sentences_and_mixed_or_non_text_inputs_are_refused(tmp_path, ca
     assert code == 2 and "sentences of" in capsys.readouterr().err
     assert not (tmp_path / "two").exists()
     data = yaml.safe_load(recipe.read_text())
-    with pytest.raises(ConfigError, match="is not text"):
+    with pytest.raises(ConfigError, match="'digits' is no data for sentence similarity"):
         merge_recipe(recipe_from_dict({**data, "calibration": {"source": "digits"}}))
     with pytest.raises(ConfigError, match="evaluation only"):
         merge_recipe(recipe_from_dict({**data, "calibration": {"source": "sts"}}))
