@@ -39,7 +39,7 @@ from heterogui.fusion.fuse import SpaceTransform
 from heterogui.fusion.merged import MergedModel, MergedSpec
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network
-from heterogui.models.graph import ModelGraph
+from heterogui.models.graph import ModelGraph, space_order
 from heterogui.pair_check import check_pair
 from heterogui.pipeline import (
     Progress,
@@ -93,6 +93,12 @@ class GroupMergeResult:
     settings: ZipSettings
     timings: dict[str, float] = field(default_factory=dict)
     refit: int = 0  # weights the sequential least-squares refit fitted again
+
+    def widths(self) -> dict[str, tuple[int, ...]]:
+        """Return every model's width and the merged width of each merge point, in
+        ``space_order`` (``MergeResult.widths`` for N models)."""
+        order = sorted(self.matches, key=space_order)
+        return {s: (*self.matches[s].sizes, self.matches[s].width) for s in order}
 
 
 def reference_model(graphs: Sequence[ModelGraph]) -> int:

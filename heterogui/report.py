@@ -393,10 +393,7 @@ def group_report(
     report: dict[str, Any] = {
         "models": [{"model": k, "name": n.label} for k, n in zip(keys, prep.nets, strict=True)],
         "parameters": parameters,
-        "widths": {
-            s: [*result.matches[s].sizes, result.matches[s].width]
-            for s in sorted(result.matches, key=space_order)
-        },
+        "widths": {s: list(w) for s, w in result.widths().items()},
         "reference": keys[prep.reference],
         "alignment": {"mode": group_mode(result), "models": alignments},
         "stop": result.spec.stop,
@@ -455,10 +452,7 @@ def group_card_facts(
         "alignment_figure": False,
         "settings": settings_facts(result),
         "width_header": [f"width {letter}" for letter in letters],
-        "widths": [
-            [sp, *result.matches[sp].sizes, result.matches[sp].width]
-            for sp in sorted(result.matches, key=space_order)
-        ],
+        "widths": [[sp, *w] for sp, w in result.widths().items()],
         "sizes": [[n, v["parameters"], v["flops"]] for n, v in sizes.items()],
         **metric_facts(task, scores, (*(k.lower() for k in letters), "ensemble", "merged")),
         "notes": [

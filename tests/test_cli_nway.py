@@ -189,6 +189,14 @@ def test_rho_zero_scores_as_the_ensemble():
     assert merged.tasks == pytest.approx(ensemble.tasks, abs=1e-12)
 
 
+def test_an_n_way_result_gives_its_widths_like_a_two_model_result(trio):
+    # the README's Python example reads result.widths(); an N-way result had none
+    done = run_merge(recipe_from_dict(trio_recipe(evaluation=None)))
+    widths = done.result.widths()
+    assert widths and all(len(w) == 4 for w in widths.values())  # A, B, C, merged
+    assert {k: list(v) for k, v in widths.items()} == done.report["widths"]
+
+
 def test_a_model_listed_twice_is_warned_about(caplog):
     data = trio_recipe(models=[TRIO[0], TRIO[0], TRIO[2]], evaluation=None)
     with caplog.at_level("WARNING", logger="heterogui.run_group"):
