@@ -195,6 +195,13 @@ def test_an_n_way_result_gives_its_widths_like_a_two_model_result(trio):
     widths = done.result.widths()
     assert widths and all(len(w) == 4 for w in widths.values())  # A, B, C, merged
     assert {k: list(v) for k, v in widths.items()} == done.report["widths"]
+    for match in done.result.matches.values():  # every model's within-model merges counted
+        counts = match.counts()
+        assert len(counts.within) == 3 and counts.within[:2] == (counts.within_a, counts.within_b)
+        for m, within in enumerate(counts.within):  # its features less the groups they join
+            groups = match.groups[match.rows_of(m)]
+            groups = groups[groups >= 0]
+            assert within == len(groups) - len(set(groups.tolist()))
 
 
 def test_a_model_listed_twice_is_warned_about(caplog):

@@ -27,6 +27,7 @@ class MatchCounts:
         within_a: A features folded into a group that already has an A feature (Σ max(a-1, 0)).
         within_b: the same for B.
         dropped: features assigned to no group.
+        within: the same for every model, in order (an N-way match: A, B, C, ...).
     """
 
     groups: int
@@ -34,6 +35,7 @@ class MatchCounts:
     within_a: int
     within_b: int
     dropped: int
+    within: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -205,15 +207,18 @@ class Match:
     def counts(self) -> MatchCounts:
         """Return how many groups are cross-model and how many within-model merges happened.
 
-        cross: groups with features of two or more models; within_a / within_b: of A and B.
+        cross: groups with features of two or more models; within_a / within_b: of A and B;
+        within: of every model.
         """
         per_model = self.members_per_model()
+        within = tuple(int((members - 1).clamp(min=0).sum()) for members in per_model)
         return MatchCounts(
             groups=self.width,
             cross=int(self.shared_groups().sum()),
-            within_a=int((per_model[0] - 1).clamp(min=0).sum()),
-            within_b=int((per_model[1] - 1).clamp(min=0).sum()),
+            within_a=within[0],
+            within_b=within[1],
             dropped=int((self.groups < 0).sum()),
+            within=within,
         )
 
 
