@@ -1142,3 +1142,21 @@ def test_a_zoo_pair_loaded_model_by_model_keeps_the_pairs_name(res):
     assert session.pair_name == "tiny-digits-vgg-depth"
     tab_models.on_load_model(session, res, "b", "zoo", "tiny-digits-vgg-width/b", None, None, None)
     assert session.pair_name == f"{session.a.name} + {session.b.name}"  # two pairs' models
+
+
+def test_a_realignment_drops_the_overrides_of_points_only_one_model_uses(res):
+    # an override set before a realignment that puts an identity block at its merge point
+    # blocked every merge ("only one model uses"), and the menu no longer offered it to remove
+    vit = Session(device="cpu")
+    tab_models.on_load_pair(vit, res, "tiny-digits-vit-depth")
+    takers = zip_overrides.taking_spaces(vit.prepared)
+    alone = next(n for n in ("layer0.ffn", "layer1.ffn") if n not in takers)
+    kept = next(n for n in ("layer0.ffn", "layer1.ffn") if n in takers)
+    overrides = {alone: {"rho": 0.5}, kept: {"rho": 0.5}, "*.qk": {"rho": 0.0}}
+    vit.settings = dataclasses.replace(vit.settings, overrides=overrides)
+    message = tab_align.on_mode(vit, res, "lma", None)
+    assert f"Overrides of {alone} were removed: only one model uses that merge point now" in (
+        message
+    )
+    assert vit.settings.overrides == {kept: {"rho": 0.5}, "*.qk": {"rho": 0.0}}
+    assert "Merge #1 done" in merge(vit, res, rho=1.0, heads="pair")

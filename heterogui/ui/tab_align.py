@@ -169,11 +169,19 @@ def on_mode(
 ) -> str:
     """Realign with another mode (api: /align); measure: read that CKA from now on."""
     session.cancel_requested = False
+    before = set(session.settings.overrides)
     how = ALIGNMENT_STATISTICS[work.set_alignment(session, mode, mapping, progress, measure)]
+    dropped = sorted(before - set(session.settings.overrides))
     al = session.prepared.alignment
     again = "again " if session.merge_count else ""
     mapping = mapping_text(al.mapping())
-    return f"Alignment {al.mode}: mapping `{mapping}` ({how}). Merge {again}to use it."
+    note = (
+        f" Overrides of {', '.join(dropped)} were removed: only one model uses "
+        f"{'that merge point' if len(dropped) == 1 else 'those merge points'} now."
+        if dropped
+        else ""
+    )
+    return f"Alignment {al.mode}: mapping `{mapping}` ({how}). Merge {again}to use it.{note}"
 
 
 def on_measure(session: Session, res: Resources, measure: str, progress=None) -> str:

@@ -46,6 +46,7 @@ from heterogui.ui.loading import refuse_unmergeable
 from heterogui.ui.placements import remember, same_placement
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
+from heterogui.zip.plan import is_pattern, override_spaces
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,20 @@ def set_alignment(
     )
     if session.result is not None and session.result.alignment != session.prepared.alignment:
         session.result, session.merged_metrics, session.sweep = None, None, []
+    _drop_unshared_overrides(session)
     return how
+
+
+def _drop_unshared_overrides(session: Session) -> None:
+    """Remove the overrides of merge points that only one model uses under the new alignment
+    (an identity block meets them now): a merge would refuse them, and the override menu no
+    longer offers them to remove."""
+    prep = session.prepared
+    takers = set(override_spaces(prep.padded_a.graph(), [prep.padded_b.graph()]))
+    overrides = session.settings.overrides
+    kept = {k: v for k, v in overrides.items() if is_pattern(k) or k in takers}
+    if len(kept) != len(overrides):
+        session.settings = dataclasses.replace(session.settings, overrides=kept)
 
 
 def stop_blocks(session: Session) -> int:
