@@ -52,6 +52,8 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
     from heterogui.tasks.images import check_inputs
 
     net_a, net_b = network_of(model_a, "model A"), network_of(model_b, "model B")
+    if getattr(net_a.config, "vocab_size", None) is None:  # an image processor's output
+        batches = [_pixels(batch) for batch in batches]
     for batch in batches:  # refused in one line here, not by torch half-way
         for net in (net_a, net_b):
             text = getattr(net.config, "vocab_size", None) is not None
@@ -60,6 +62,15 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
             else:
                 _check_token_batch(net, batch)
     return merge_networks(net_a, net_b, batches, **options)
+
+
+def _pixels(batch: Any) -> Any:
+    """Return an image processor's output ({"pixel_values": tensor}) as its tensor."""
+    from collections.abc import Mapping
+
+    if isinstance(batch, Mapping) and set(batch) == {"pixel_values"}:
+        return batch["pixel_values"]
+    return batch
 
 
 def _check_token_batch(net: Any, batch: Any) -> None:
@@ -71,13 +82,13 @@ def _check_token_batch(net: Any, batch: Any) -> None:
     from heterogui.errors import ConfigError
 
     vocab = getattr(net.config, "vocab_size", None)
-    if vocab is None:  # images or signals: tensors (or the keyword dicts a model takes)
-        if not isinstance(batch, Mapping):
-            raise ConfigError(
-                f"calibration batches of {net.label} must be tensors (N, ...), got a "
-                f"{type(batch).__name__}"
-            )
-        return
+    if vocab is None:  # images or signals: tensors (an image processor's output unwrapped)
+        keys = f" with keys {sorted(map(str, batch))}" if isinstance(batch, Mapping) else ""
+        raise ConfigError(
+            f"calibration batches of {net.label} must be tensors (N, ...), got a "
+            f"{type(batch).__name__}{keys}; pass the inputs tensor (an image processor's "
+            "pixel_values)"
+        )
     ids = batch.get("input_ids") if isinstance(batch, Mapping) else None  # BatchEncoding too
     if not isinstance(ids, torch.Tensor):
         got = type(batch).__name__ if ids is None else f"input_ids of type {type(ids).__name__}"

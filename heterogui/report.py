@@ -228,16 +228,17 @@ def card_facts(
 def named_heads(result: MergeResult, pair: Pair) -> list[list[Any]]:
     """Return the card's head rows (name, classes, model), classes by their label names where
     the models' configs name them (``Loaded.labels``), else as ``class_ranges``."""
-    names = {
-        c: n
-        for m in pair.models
+    letters = [model_key(k).upper() for k in range(len(pair.models))]
+    names = {  # per model: its own labels (two models may give one class id other names)
+        letter: dict(zip(m.net.head_classes(), m.labels, strict=True))
+        for letter, m in zip(letters, pair.models, strict=True)
         if m.labels is not None
-        for c, n in zip(m.net.head_classes(), m.labels, strict=True)
     }
     rows = []
     for row in head_rows(result):
-        named = all(c in names for c in row["classes"])
-        classes = ", ".join(names[c] for c in row["classes"]) if named else None
+        own = names.get(row["model"], {})
+        named = all(c in own for c in row["classes"])
+        classes = ", ".join(own[c] for c in row["classes"]) if named else None
         rows.append([row["name"], classes or class_ranges(row["classes"]), row["model"]])
     return rows
 

@@ -112,3 +112,20 @@ def test_a_tokenizer_s_batch_encoding_and_a_generator_of_batches_merge():
     batches = [BatchEncoding(b) for b in token_batches()]  # what a tokenizer returns
     result = heterogui.merge(bert(2, 0), bert(2, 1), (b for b in batches))  # read once
     assert result.prepared.stats and len(result.prepared.batches) == len(batches)
+
+
+def test_an_image_processors_batches_merge_like_their_tensors():
+    # {"pixel_values": ...} reached the model as a keyword: a torch TypeError, deep inside
+    from tests.conftest import tiny_vit
+
+    a, b = (
+        tiny_vit(layers=2, seed=0, labels=5, patch=2),
+        tiny_vit(layers=1, seed=1, labels=5, patch=2),
+    )
+    images = list(torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(0)).split(16))
+    plain = heterogui.merge(a, b, images)
+    wrapped = heterogui.merge(a, b, [{"pixel_values": x} for x in images])
+    state = plain.model.state_dict()
+    assert all(torch.equal(v, wrapped.model.state_dict()[k]) for k, v in state.items())
+    with pytest.raises(ConfigError, match=r"got a dict with keys \['images'\]; pass the inputs"):
+        heterogui.merge(a, b, [{"images": images[0]}])

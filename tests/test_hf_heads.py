@@ -197,3 +197,20 @@ def test_a_heterogui_format_bert_merge_is_refused_naming_the_format_to_write(ber
     kept = export(done, tmp_path / "kept", fmt="heterogui")
     with pytest.raises(ModelLoadError, match=r"kept holds bert text models .* --format hf-bert"):
         registry.load(str(kept))
+
+
+def test_each_heads_classes_are_named_by_its_own_models_labels(tmp_path):
+    # B's label "3" is global class 3, A's "weather" too: the card named A's class "3"
+    a = classifier_folder(tmp_path / "a", TOPICS, 2, 0)
+    b = classifier_folder(tmp_path / "b", ("3", "4"), 2, 1)
+    done = _merge(
+        tmp_path,
+        {
+            "model_a": {"path": str(a)},
+            "model_b": {"path": str(b)},
+            "calibration": {"source": "sentences", "size": 32, "batch_size": 16},
+            "device": "cpu",
+        },
+    )
+    card = (export(done, tmp_path / "out") / "README.md").read_text()
+    assert "| a | sports, food, technology, weather | A |" in card and "| b | 3, 4 | B |" in card
