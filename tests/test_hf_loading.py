@@ -51,9 +51,28 @@ def test_a_classifier_the_loader_would_drop_is_refused(tmp_path, architectures):
     with pytest.raises(ModelLoadError) as refused:
         registry.load(str(folder))
     message = str(refused.value)
-    assert "holds a classifier (classifier.bias, classifier.weight)" in message
+    assert "holds a task head (classifier.bias, classifier.weight)" in message
     assert f"architectures {architectures or []} do not load" in message
-    assert "name the ...ForSequenceClassification architecture in config.json" in message
+    if architectures:  # a head of another task: no architecture name would make it a class
+        assert "save the model without that head (model.base_model.save_pretrained" in message
+    else:
+        assert "name its ...ForSequenceClassification architecture in config.json" in message
+
+
+def test_a_question_answering_head_is_refused_and_a_pretraining_head_is_not(tmp_path):
+    from transformers import BertConfig, BertForPreTraining, BertForQuestionAnswering
+
+    from tests.conftest import VOCAB
+
+    shape = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}
+    config = BertConfig(vocab_size=VOCAB, intermediate_size=64, **shape)
+    qa = tiny_bert_folder(tmp_path / "qa")
+    BertForQuestionAnswering(config).save_pretrained(qa)
+    with pytest.raises(ModelLoadError, match=r"holds a task head \(qa_outputs\.bias"):
+        registry.load(str(qa))
+    pretrained = tiny_bert_folder(tmp_path / "pre")  # bert-base-uncased's shape: an MLM head
+    BertForPreTraining(config).save_pretrained(pretrained)
+    assert registry.load(str(pretrained)).net.config.num_labels is None  # a feature model
 
 
 def test_a_decoder_with_tied_embeddings_says_its_count_holds_the_matrix_twice(tmp_path):

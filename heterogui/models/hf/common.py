@@ -141,6 +141,11 @@ def load_pretrained(
     return model.eval(), tok, name
 
 
+# weights of fine-tuned task heads a feature model drops (classifiers, question answering, a
+# decoder's score head); pretraining heads (BERT's cls.*) are dropped as they should be
+TASK_HEADS = ("classifier.", "qa_outputs.", "score.")
+
+
 def check_loading(
     name: str, info: dict[str, Any], config: Any, keep_pooler: bool, head: str | None = None
 ) -> None:
@@ -169,14 +174,18 @@ def check_loading(
             f"makes it {tuple(expected)} ({len(mismatched)} weight(s) differ); fix config.json "
             "or save the model again with save_pretrained"
         )
-    dropped = sorted(k for k in info.get("unexpected_keys") or [] if k.startswith("classifier."))
+    dropped = sorted(k for k in info.get("unexpected_keys") or [] if k.startswith(TASK_HEADS))
     if head is not None and dropped:
         archs = list(getattr(config, "architectures", None) or [])
+        fix = (
+            f"if it is a sequence classifier, name its ...{head} architecture in config.json"
+            if not archs
+            else "save the model without that head (model.base_model.save_pretrained(DIR))"
+        )
         raise ModelLoadError(
-            f"{name} holds a classifier ({', '.join(dropped[:2])}) that its config.json's "
+            f"{name} holds a task head ({', '.join(dropped[:2])}) that its config.json's "
             f"architectures {archs} do not load, so it would be dropped: heterogui merges "
-            f"...{head} classifiers and feature models; name the ...{head} architecture in "
-            "config.json, or save the model without that head"
+            f"...{head} models and feature models; {fix}"
         )
     layers = int(getattr(config, "num_hidden_layers", 0) or 0)
     extra = sorted(
