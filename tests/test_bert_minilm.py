@@ -103,7 +103,9 @@ def test_a_partial_minilm_merge_reads_back_from_its_folder(l3_dir: Path, tmp_pat
     for w, g in zip(want, got, strict=True):
         assert (w - g).abs().max() < 1e-6
     # as a model of a next merge it is refused in one line that says why and what to do
-    with pytest.raises(ModelLoadError, match=r"--format hf-bert \(and a full zip, stop: null\)"):
+    with pytest.raises(
+        ModelLoadError, match=r"--format hf-bert to merge it again \(that format needs a full zip"
+    ):
         registry.load(str(out))
 
 

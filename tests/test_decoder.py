@@ -109,7 +109,7 @@ def test_depth_and_width_heterogeneous_decoders_merge_and_export_exactly(tmp_pat
     assert folder_parameters(out) == loaded.num_parameters()  # untied: both matrices count
     # the heterogui format keeps no tokenizer: it is not taken back as a model to merge
     kept = write_export(job, tmp_path / "kept", "heterogui")
-    with pytest.raises(ModelLoadError, match="merge with --format hf-causal-lm"):
+    with pytest.raises(ModelLoadError, match="write the merge with --format hf-causal-lm"):
         registry.load(str(kept))
     written = json.loads((out / "config.json").read_text())
     assert written["hidden_size"] == config.hidden

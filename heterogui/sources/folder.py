@@ -167,6 +167,8 @@ def _refuse_text(family: str, folder: Path) -> None:
     if fmt is not None:
         raise ModelLoadError(
             f"{folder} holds {family} text models in the heterogui format, which keeps no "
-            "tokenizer and loads again only as image classifiers; merge with --format "
-            f"{fmt} (and a full zip, stop: null) to merge the result again"
+            "tokenizer: it loads again as a merged model (load_merged), not as a model to "
+            f"merge; write the merge with --format {fmt} to merge it again (that format needs "
+            "a full zip, stop: null, and, for attention heads, a merged width the format can "
+            "hold)"
         )
