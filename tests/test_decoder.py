@@ -208,6 +208,11 @@ def test_the_language_task_scores_domains_and_calibrates_on_text(tmp_path, caplo
         caplog.text
     )
     assert "at least 4: give a multiple of 2, 8 or more" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="heterogui.run"):  # more than the domains hold
+        many = calibrate(pair, DataRef("domains", "calibration", 100_001, 4))
+    assert f"{many.count} inputs from domains, not the 100001" in caplog.text
+    assert "draws as many" not in caplog.text  # no reason that does not explain the count
 
 
 def write_recipe(tmp_path, **fields) -> object:

@@ -214,16 +214,18 @@ class LanguageModeling(Task):
         if ref.source == ALL_DOMAINS and ref.size is not None:
             each = max(ref.size // len(DOMAINS), LEAST_PER_DOMAIN)
             per_domain = dataclasses.replace(ref, size=each)
-            if each * len(DOMAINS) != ref.size:
+            texts = domain_texts(dataclasses.replace(per_domain, sha256=None))
+            done = dataclasses.replace(ref, sha256=text_hash(texts))
+            if ref.sha256 and ref.sha256 != done.sha256:
+                domain_texts(dataclasses.replace(per_domain, sha256=ref.sha256))  # raises
+            drawn = sum(len(group) for group in texts.values())
+            # the reason only where it explains the count (not where the domains ran short)
+            if each * len(DOMAINS) != ref.size and drawn == each * len(DOMAINS):
                 why = (
                     f"{ALL_DOMAINS!r} draws as many texts from each of its {len(DOMAINS)} "
                     f"domains, at least {LEAST_PER_DOMAIN}: give a multiple of {len(DOMAINS)}, "
                     f"{LEAST_PER_DOMAIN * len(DOMAINS)} or more"
                 )
-            texts = domain_texts(dataclasses.replace(per_domain, sha256=None))
-            done = dataclasses.replace(ref, sha256=text_hash(texts))
-            if ref.sha256 and ref.sha256 != done.sha256:
-                domain_texts(dataclasses.replace(per_domain, sha256=ref.sha256))  # raises
         else:
             texts = domain_texts(ref)
             done = dataclasses.replace(ref, sha256=text_hash(texts))
