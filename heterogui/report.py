@@ -15,6 +15,7 @@ from heterogui.errors import ModelLoadError
 from heterogui.export.card import bars_svg, class_ranges, heatmap_svg, model_card
 from heterogui.export.hf_heads import card_use
 from heterogui.export.job import HETEROGUI_FORMAT, HF_BERT_FORMAT, HF_VIT_FORMAT
+from heterogui.fusion.bn import has_batch_norm
 from heterogui.fusion.merged import network_config
 from heterogui.models.family import Network, family_of
 from heterogui.models.graph import INPUT, LOGITS, space_order
@@ -258,7 +259,7 @@ def _pooling_note(pair: Pair, scores: dict[str, Any] | None) -> list[str]:
 def settings_facts(result: MergeResult | GroupMergeResult) -> dict[str, Any]:
     """Return the zip settings a model card and report.json list, as the merge ran them
     ("auto" fusion and heads resolved to the family's; heads only for models with attention,
-    the ridge only for least-squares fusions)."""
+    bn_units for models with BatchNorm, the ridge only for least-squares fusions)."""
     s = result.settings
     facts = {
         "matcher": s.matcher,
@@ -271,7 +272,10 @@ def settings_facts(result: MergeResult | GroupMergeResult) -> dict[str, Any]:
     }
     if s.fusion != "average":
         facts["ridge"] = s.ridge
-    facts["bn_units"] = s.bn_units
+    prep = result.prepared
+    net = prep.net_a if isinstance(result, MergeResult) else prep.nets[0]
+    if has_batch_norm(net.module):  # BatchNorm units: a setting of BatchNorm models only
+        facts["bn_units"] = s.bn_units
     facts["renormalize"] = s.renormalize
     if getattr(result.spec.trunk_config, "heads", None) is not None:
         facts["heads"] = s.heads

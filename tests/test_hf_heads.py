@@ -158,6 +158,7 @@ def test_the_merged_score_pools_as_the_exported_folder_does(tmp_path, pooling):
         score = sts_spearman(embed, AutoTokenizer.from_pretrained(out), pairs)
     assert score == pytest.approx(done.report["metrics"]["merged"]["merged"], abs=1e-4)
     card = (out / "README.md").read_text()  # each model's head after unmerging, too
+    assert "bn_units" not in done.report["settings"] and "| bn_units |" not in card  # no BN
     merged = done.report["metrics"]["merged"]
     assert f"| merged, head A | {merged['head A']:.4g} |" in card
     assert f"| merged, head B | {merged['head B']:.4g} |" in card

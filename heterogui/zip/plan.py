@@ -236,8 +236,8 @@ def check_override_names(
     ]
     if unknown:
         raise ConfigError(
-            f"overrides name unknown merge points {sorted(unknown)}; known: "
-            f"{sorted(set(graph.spaces) - {INPUT, LOGITS})} (the logits are never merged)"
+            f"overrides name unknown merge points {sorted(unknown)}; those that take an "
+            f"override: {takers} (the logits are never merged)"
         )
     alone = sorted(set(names) & unshared_spaces([graph, *others])) if others else []
     if alone:
