@@ -62,7 +62,10 @@ def test_a_merge_points_own_entry_replaces_its_patterns_and_later_patterns_win(p
         ({"*.vo": {"rho": 0.0}}, "match no merge point that takes an override"),
         ({"block*": {"rho": 0.0}}, "match no merge point"),
         ({"layer9.qk": {"rho": 0.0}}, "unknown merge points ['layer9.qk']"),
-        ({"logits": {"width": 3}}, "unknown merge points ['logits']; those that take"),  # never merged
+        (
+            {"logits": {"width": 3}},
+            "unknown merge points ['logits']; those that take",
+        ),  # never merged
     ],
 )
 def test_a_pattern_or_name_that_matches_nothing_is_refused(prepared, overrides, words):
