@@ -215,3 +215,11 @@ def test_each_heads_classes_are_named_by_its_own_models_labels(tmp_path):
     )
     card = (export(done, tmp_path / "out") / "README.md").read_text()
     assert "| a | sports, food, technology, weather | A |" in card and "| b | 3, 4 | B |" in card
+
+
+def test_an_export_prints_no_progress_bars_of_transformers(bert_pair, tmp_path, capfd):
+    # the Python API showed six "Writing model shards" bars per classifier export
+    done, _, _ = bert_pair
+    capfd.readouterr()
+    export(done, tmp_path / "again")
+    assert "Writing model shards" not in capfd.readouterr().err

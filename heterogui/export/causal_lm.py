@@ -22,6 +22,7 @@ from heterogui.export.job import HF_CAUSAL_LM_FORMAT, OR_HETEROGUI, Exporter, Ex
 from heterogui.fusion.merged import MergedModel, as_network
 from heterogui.models.decoder import DecoderNetConfig
 from heterogui.models.gpt2 import GPT2NetConfig
+from heterogui.models.hf.common import quiet_transformers
 from heterogui.models.hf.decoder_io import causal_lm, uniform_heads
 from heterogui.models.hf.gpt2_io import check_heads, gpt2_lm
 
@@ -83,7 +84,8 @@ class CausalLMExporter(Exporter):
         model = (
             gpt2_lm(network) if isinstance(network.config, GPT2NetConfig) else causal_lm(network)
         )
-        model.save_pretrained(folder, safe_serialization=True)
+        with quiet_transformers():
+            model.save_pretrained(folder, safe_serialization=True)
         source = job.source_folder
         for name in TOKENIZER_FILES if source is not None else ():
             if (source / name).is_file():

@@ -46,6 +46,7 @@ from heterogui.export.job import (
 from heterogui.fusion.merged import MergedModel
 from heterogui.models.bert import BERT_NAMES, BertNetConfig, LayerNames
 from heterogui.models.hf.bert_io import state_to_hf
+from heterogui.models.hf.common import quiet_transformers
 from heterogui.models.hf.vit_io import state_to_hf as vit_state_to_hf
 from heterogui.models.vit import VIT_NAMES, ViTNetConfig
 
@@ -229,7 +230,8 @@ POOLER_NOTE = (
 
 def write_transformer(hf: Any, job: ExportJob, folder: Path) -> None:
     """Write a transformers model, the unmerge file, the tokenizer and the side files."""
-    hf.save_pretrained(folder, safe_serialization=True)
+    with quiet_transformers():  # its "Writing model shards" bar: the export is one stage
+        hf.save_pretrained(folder, safe_serialization=True)
     save_file(
         unmerge_tensors(job.model),
         str(folder / UNMERGE_FILE),

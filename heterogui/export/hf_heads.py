@@ -32,6 +32,7 @@ from heterogui.errors import ExportError
 from heterogui.export.job import OR_HETEROGUI
 from heterogui.fusion.merged import MergedModel
 from heterogui.models.family import family_of
+from heterogui.models.hf.common import quiet_transformers
 
 # the files beside the weights that turn raw inputs into model inputs (copied into each folder)
 INPUT_FILES = (
@@ -116,7 +117,8 @@ def write_heads(
             classifier = getattr(transformers, _CLASSIFIER[family])(config)
         classifier.load_state_dict(state, strict=True)
         sub = folder / head_folder(m)
-        classifier.save_pretrained(sub, safe_serialization=True)
+        with quiet_transformers():
+            classifier.save_pretrained(sub, safe_serialization=True)
         for name in INPUT_FILES:
             if (folder / name).is_file():
                 shutil.copyfile(folder / name, sub / name)

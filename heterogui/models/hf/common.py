@@ -204,12 +204,16 @@ _LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h)\.(\d+)\.")
 
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' warnings (its load report) for the duration."""
+    """Silence transformers' warnings (its load report) and its progress bars (loading and
+    writing weights: heterogui reports its own stages) for the duration."""
     from transformers.utils import logging
 
-    level = logging.get_verbosity()
+    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
+    logging.disable_progress_bar()
     try:
         yield
     finally:
         logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
