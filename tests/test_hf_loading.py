@@ -56,7 +56,8 @@ def test_a_classifier_the_loader_would_drop_is_refused(tmp_path, architectures):
     if architectures:  # a head of another task: no architecture name would make it a class
         assert "save the model without that head (model.base_model.save_pretrained" in message
     else:
-        assert "name its ...ForSequenceClassification architecture in config.json" in message
+        assert "if it classifies whole inputs, name its ...ForSequenceClassification" in message
+        assert "else save the model without that head" in message
 
 
 def test_a_question_answering_head_is_refused_and_a_pretraining_head_is_not(tmp_path):
@@ -124,3 +125,29 @@ def test_a_classifier_whose_labels_cannot_be_scored_is_refused(tmp_path, fields,
     (folder / "config.json").write_text(json.dumps(data))
     with pytest.raises(ModelLoadError, match=re.escape(words)):
         registry.load(str(folder))
+
+
+def test_a_decoder_with_a_task_head_in_place_of_its_language_model_head_is_refused(tmp_path):
+    # it was told to save its base model, which was then refused as a decoder without head
+    from transformers import AutoConfig, LlamaForSequenceClassification
+
+    from tests.conftest import DECODER_CHARS, save_decoder
+
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=len(DECODER_CHARS) + 3,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=2,
+        pad_token_id=0,
+    )
+    folder = save_decoder(LlamaForSequenceClassification(config), tmp_path / "scorer")
+    with pytest.raises(ModelLoadError) as refused:
+        registry.load(str(folder))
+    assert "holds a task head (score.weight) in place of a language-model head" in str(
+        refused.value
+    )
+    assert "merge the language model it was fine-tuned from" in str(refused.value)

@@ -146,6 +146,41 @@ def load_pretrained(
 TASK_HEADS = ("classifier.", "qa_outputs.", "score.")
 
 
+def _refuse_dropped_head(name: str, info: dict[str, Any], config: Any, head: str | None) -> None:
+    """Refuse a fine-tuned task head (``TASK_HEADS``) that a feature-model load would drop.
+
+    head: the family's classifier suffix when the model was loaded as a feature model (None:
+    it was loaded with its own head); "ForCausalLM": a decoder, merged with its language-model
+    head only.
+
+    Raises:
+        ModelLoadError: naming the head and the fix that fits the family and the head.
+    """
+    dropped = sorted(k for k in info.get("unexpected_keys") or [] if k.startswith(TASK_HEADS))
+    if head is None or not dropped:
+        return
+    archs = list(getattr(config, "architectures", None) or [])
+    shown = f"{name} holds a task head ({', '.join(dropped[:2])})"
+    if head == "ForCausalLM":
+        raise ModelLoadError(
+            f"{shown} in place of a language-model head: heterogui merges decoders as causal "
+            "language models (...ForCausalLM) only; merge the language model it was "
+            "fine-tuned from"
+        )
+    unhead = "save the model without that head (model.base_model.save_pretrained(DIR))"
+    classifier = all(k.startswith("classifier.") for k in dropped)
+    fix = (
+        f"if it classifies whole inputs, name its ...{head} architecture in config.json; "
+        f"else {unhead}"
+        if classifier and not archs
+        else unhead
+    )
+    raise ModelLoadError(
+        f"{shown} that its config.json's architectures {archs} do not load, so it would be "
+        f"dropped: heterogui merges ...{head} models and feature models; {fix}"
+    )
+
+
 def check_loading(
     name: str, info: dict[str, Any], config: Any, keep_pooler: bool, head: str | None = None
 ) -> None:
@@ -159,6 +194,7 @@ def check_loading(
     Raises:
         ModelLoadError: naming the first such weight and the fix.
     """
+    _refuse_dropped_head(name, info, config, head)  # first: it explains missing weights too
     # A feature model never uses its pooler (the family's head pools token states).
     missing = [k for k in info.get("missing_keys") or [] if keep_pooler or "pooler" not in k]
     if missing:
@@ -173,19 +209,6 @@ def check_loading(
             f"{name}: weight {key} is {tuple(stored)} in model.safetensors but config.json "
             f"makes it {tuple(expected)} ({len(mismatched)} weight(s) differ); fix config.json "
             "or save the model again with save_pretrained"
-        )
-    dropped = sorted(k for k in info.get("unexpected_keys") or [] if k.startswith(TASK_HEADS))
-    if head is not None and dropped:
-        archs = list(getattr(config, "architectures", None) or [])
-        fix = (
-            f"if it is a sequence classifier, name its ...{head} architecture in config.json"
-            if not archs
-            else "save the model without that head (model.base_model.save_pretrained(DIR))"
-        )
-        raise ModelLoadError(
-            f"{name} holds a task head ({', '.join(dropped[:2])}) that its config.json's "
-            f"architectures {archs} do not load, so it would be dropped: heterogui merges "
-            f"...{head} models and feature models; {fix}"
         )
     layers = int(getattr(config, "num_hidden_layers", 0) or 0)
     extra = sorted(
