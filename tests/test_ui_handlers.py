@@ -1152,10 +1152,12 @@ def test_a_realignment_drops_the_overrides_of_points_only_one_model_uses(res):
     takers = zip_overrides.taking_spaces(vit.prepared)
     alone = next(n for n in ("layer0.ffn", "layer1.ffn") if n not in takers)
     kept = next(n for n in ("layer0.ffn", "layer1.ffn") if n in takers)
-    overrides = {alone: {"rho": 0.5}, kept: {"rho": 0.5}, "*.qk": {"rho": 0.0}}
+    layer = alone.split(".")[0] + ".*"  # a pattern that matches that layer's points only
+    overrides = {alone: {"rho": 0.5}, kept: {"rho": 0.5}, "*.qk": {"rho": 0.0}, layer: {"rho": 1}}
     vit.settings = dataclasses.replace(vit.settings, overrides=overrides)
     message = tab_align.on_mode(vit, res, "lma", None)
-    assert f"Overrides of {alone} were removed: only one model uses that merge point now" in (
+    dropped = ", ".join(sorted([alone, layer]))
+    assert f"Overrides of {dropped} were removed: only one model uses those merge points now" in (
         message
     )
     assert vit.settings.overrides == {kept: {"rho": 0.5}, "*.qk": {"rho": 0.0}}

@@ -18,11 +18,12 @@ from heterogui.align.alignment import MODES, Alignment, align
 from heterogui.align.editing import clicked_mapping, mapping_text
 from heterogui.align.similarity import MEASURES
 from heterogui.models.graph import ModelGraph
-from heterogui.ui import work
+from heterogui.ui import work, zip_overrides
 from heterogui.ui.fig_align import alignment_figure, segment_rows, stage_pairs
 from heterogui.ui.plot_click import click_bridge, wire_click
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
+from heterogui.zip.plan import head_group_firsts
 
 VIEWS = (
     "align_mode",
@@ -181,6 +182,11 @@ def on_mode(
         if dropped
         else ""
     )
+    layers = head_group_firsts(session.prepared.padded_a.graph())
+    takers = zip_overrides.taking_spaces(session.prepared)
+    bare = [n for n in layers if n in takers and not session.settings.override_for(n)]
+    if dropped and bare and any(n in layers for n in dropped):
+        note += f" Attention layers with no override now: {', '.join(bare)}."
     return f"Alignment {al.mode}: mapping `{mapping}` ({how}). Merge {again}to use it.{note}"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
@@ -241,12 +242,16 @@ def set_alignment(
 
 def _drop_unshared_overrides(session: Session) -> None:
     """Remove the overrides of merge points that only one model uses under the new alignment
-    (an identity block meets them now): a merge would refuse them, and the override menu no
-    longer offers them to remove."""
+    (an identity block meets them now), and the patterns that match none of the others: a
+    merge would refuse them, and the override menu does not offer them to remove."""
     prep = session.prepared
-    takers = set(override_spaces(prep.padded_a.graph(), [prep.padded_b.graph()]))
+    takers = override_spaces(prep.padded_a.graph(), [prep.padded_b.graph()])
     overrides = session.settings.overrides
-    kept = {k: v for k, v in overrides.items() if is_pattern(k) or k in takers}
+    kept = {
+        k: v
+        for k, v in overrides.items()
+        if (any(fnmatchcase(n, k) for n in takers) if is_pattern(k) else k in takers)
+    }
     if len(kept) != len(overrides):
         session.settings = dataclasses.replace(session.settings, overrides=kept)
 
