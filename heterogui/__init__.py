@@ -86,8 +86,8 @@ def _check_token_batch(net: Any, batch: Any) -> None:
         keys = f" with keys {sorted(map(str, batch))}" if isinstance(batch, Mapping) else ""
         raise ConfigError(
             f"calibration batches of {net.label} must be tensors (N, ...), got a "
-            f"{type(batch).__name__}{keys}; pass the inputs tensor (an image processor's "
-            "pixel_values)"
+            f"{type(batch).__name__}{keys}; pass the inputs tensor itself (of an image "
+            "processor's output, its pixel_values)"
         )
     ids = batch.get("input_ids") if isinstance(batch, Mapping) else None  # BatchEncoding too
     if not isinstance(ids, torch.Tensor):

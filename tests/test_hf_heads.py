@@ -196,7 +196,7 @@ def test_a_heterogui_format_bert_merge_is_refused_naming_the_format_to_write(ber
 
     done, _, _ = bert_pair
     kept = export(done, tmp_path / "kept", fmt="heterogui")
-    with pytest.raises(ModelLoadError, match=r"kept holds bert text models .* --format hf-bert"):
+    with pytest.raises(ModelLoadError, match=r"kept holds a merge of bert text models .* hf-bert"):
         registry.load(str(kept))
 
 

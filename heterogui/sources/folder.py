@@ -166,9 +166,10 @@ def _refuse_text(family: str, folder: Path) -> None:
     fmt = text_format(family)
     if fmt is not None:
         raise ModelLoadError(
-            f"{folder} holds {family} text models in the heterogui format, which keeps no "
-            "tokenizer: it loads again as a merged model (load_merged), not as a model to "
-            f"merge; write the merge with --format {fmt} to merge it again (that format needs "
+            f"{folder} holds a merge of {family} text models in the heterogui format, which "
+            "keeps no tokenizer: it loads again as a merged model (heterogui.sources.folder."
+            f"load_merged), not as a model to merge; write the merge with --format {fmt} to "
+            "merge it again (that format needs "
             "a full zip, stop: null, and, for attention heads, a merged width the format can "
             "hold)"
         )

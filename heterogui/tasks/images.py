@@ -101,9 +101,10 @@ def check_inputs(net: Network, inputs: torch.Tensor, where: str) -> None:
         axes = {1: "length", 2: "height, width"}.get(dims, ", ".join(["size"] * dims))
         expect = f"(N, {getattr(c, 'in_channels', 'C')}, {axes})"
     if not ok:
+        who = net.label if net.label.startswith("model ") else f"model {net.label}"
         raise ConfigError(
-            f"{where} inputs have shape {tuple(inputs.shape)} but model {net.label} reads "
-            f"{expect}; give images of that shape"
+            f"{where} inputs have shape {tuple(inputs.shape)} but {who} reads {expect}; give "
+            "inputs of that shape"
         )
 
 
