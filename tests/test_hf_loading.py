@@ -14,6 +14,19 @@ from heterogui.sources import registry
 from tests.test_ui_text import tiny_bert_folder
 
 
+def llama_config(**fields):
+    """Return a tiny Llama config over the test character vocabulary, with ``fields``."""
+    from transformers import AutoConfig
+
+    from tests.conftest import DECODER_CHARS
+
+    shape = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+    heads = {"num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8}
+    tokens = {"bos_token_id": 1, "eos_token_id": 2, "max_position_embeddings": 64}
+    vocab = len(DECODER_CHARS) + 3
+    return AutoConfig.for_model("llama", vocab_size=vocab, **shape, **heads, **tokens, **fields)
+
+
 def test_a_config_dtype_of_bfloat16_does_not_round_float32_weights(tmp_path):
     folder = tiny_bert_folder(tmp_path / "a")
     config = json.loads((folder / "config.json").read_text())
@@ -78,24 +91,11 @@ def test_a_question_answering_head_is_refused_and_a_pretraining_head_is_not(tmp_
 
 def test_a_decoder_with_tied_embeddings_says_its_count_holds_the_matrix_twice(tmp_path):
     # the report counted SmolLM2 at 162.8 M where transformers counts 134.5 M, unsaid
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    from tests.conftest import DECODER_CHARS, save_decoder
+    from tests.conftest import save_decoder
 
-    config = AutoConfig.for_model(
-        "llama",
-        vocab_size=len(DECODER_CHARS) + 3,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=64,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=True,
-    )
+    config = llama_config(tie_word_embeddings=True)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     folder = save_decoder(model, tmp_path / "tied")
@@ -129,21 +129,11 @@ def test_a_classifier_whose_labels_cannot_be_scored_is_refused(tmp_path, fields,
 
 def test_a_decoder_with_a_task_head_in_place_of_its_language_model_head_is_refused(tmp_path):
     # it was told to save its base model, which was then refused as a decoder without head
-    from transformers import AutoConfig, LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification
 
-    from tests.conftest import DECODER_CHARS, save_decoder
+    from tests.conftest import save_decoder
 
-    config = AutoConfig.for_model(
-        "llama",
-        vocab_size=len(DECODER_CHARS) + 3,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_labels=2,
-        pad_token_id=0,
-    )
+    config = llama_config(num_labels=2, pad_token_id=0)
     folder = save_decoder(LlamaForSequenceClassification(config), tmp_path / "scorer")
     with pytest.raises(ModelLoadError) as refused:
         registry.load(str(folder))
