@@ -344,9 +344,11 @@ def all_reduce_batch_norm(
     if not names:
         return
     batches = torch.tensor([float(bns[n].num_batches_tracked) for n in names], dtype=torch.float64)
-    counts = batches.clone()
-    if weights is not None:
-        counts = torch.tensor([float(weights.get(n, 0)) for n in names], dtype=torch.float64)
+    counts = (
+        batches.clone()
+        if weights is None
+        else torch.tensor([float(weights.get(n, 0)) for n in names], dtype=torch.float64)
+    )
     weighted = torch.cat(
         [
             torch.cat([bns[n].running_mean, bns[n].running_var]).to("cpu", torch.float64)

@@ -22,6 +22,7 @@ from heterogui.models.graph import INPUT, LOGITS, space_order
 from heterogui.models.storage import on_meta
 from heterogui.nway import GroupMergeResult
 from heterogui.pipeline import MergeResult
+from heterogui.ready import BN_STAGES
 from heterogui.sizes import (
     STORED_REASON,
     input_shape,
@@ -285,7 +286,7 @@ def settings_facts(result: MergeResult | GroupMergeResult) -> dict[str, Any]:
 def batch_norm_note(prep: Any, scores: dict[str, Any] | None, names: str) -> list[str]:
     """Return, for scored models whose BatchNorm was re-estimated before merging, the note that
     their scores are those of the re-estimated copies (names: "A, B" ...)."""
-    if not scores or not {"bn_similarity", "bn_inputs"} & set(prep.timings):
+    if not scores or not set(BN_STAGES) & set(prep.timings):
         return []
     return [
         f"Scores of {names} and the ensemble: with their BatchNorm statistics re-estimated on "

@@ -18,7 +18,13 @@ from pathlib import Path
 
 from heterogui.errors import ExportError, ModelLoadError
 from heterogui.export.hf import PADDED_NOTE
-from heterogui.export.job import HF_CAUSAL_LM_FORMAT, OR_HETEROGUI, Exporter, ExportJob
+from heterogui.export.job import (
+    HF_CAUSAL_LM_FORMAT,
+    OR_HETEROGUI,
+    Exporter,
+    ExportJob,
+    copy_present,
+)
 from heterogui.fusion.merged import MergedModel, as_network
 from heterogui.models.decoder import DecoderNetConfig
 from heterogui.models.gpt2 import GPT2NetConfig
@@ -87,9 +93,7 @@ class CausalLMExporter(Exporter):
         with quiet_transformers():
             model.save_pretrained(folder, safe_serialization=True)
         source = job.source_folder
-        for name in TOKENIZER_FILES if source is not None else ():
-            if (source / name).is_file():
-                shutil.copyfile(source / name, folder / name)
+        copy_present(TOKENIZER_FILES, source, folder)
         if source is not None and (source / GENERATION_FILE).is_file():
             shutil.copyfile(source / GENERATION_FILE, folder / GENERATION_FILE)
         else:

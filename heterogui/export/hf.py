@@ -26,7 +26,6 @@ The pooler is stored as zeros (pooler_output is exactly 0): embedding models poo
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from heterogui.export.job import (
     UNMERGE_FILE,
     Exporter,
     ExportJob,
+    copy_present,
 )
 from heterogui.fusion.merged import MergedModel
 from heterogui.models.bert import BERT_NAMES, BertNetConfig, LayerNames
@@ -237,10 +237,7 @@ def write_transformer(hf: Any, job: ExportJob, folder: Path) -> None:
         str(folder / UNMERGE_FILE),
         metadata={"format": "heterogui-unmerge"},
     )
-    source = job.source_folder
-    for name in INPUT_FILES if source is not None else ():
-        if (source / name).is_file():
-            shutil.copyfile(source / name, folder / name)
+    copy_present(INPUT_FILES, job.source_folder, folder)
     heads = " and ".join(f"{h}/" for h in write_heads(hf, job.model, folder, job.labels))
     again = f"; {heads} hold them again, each with one model's classifier" if heads else ""
     job.write_side_files(folder, note=f"{PADDED_NOTE}; {POOLER_NOTE}{again}")
@@ -257,9 +254,7 @@ def write_sentence_transformer(job: ExportJob, folder: Path, hidden: int) -> Non
     if source is None or not (source / "modules.json").is_file():
         return
     modules = json.loads((source / "modules.json").read_text("utf-8"))
-    for name in ST_FILES:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, folder / name)
+    copy_present(ST_FILES, source, folder)
     _cut_as_scored(folder, job.text_limit)
     for module in modules:
         if not module.get("type", "").endswith("Pooling"):

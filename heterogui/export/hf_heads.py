@@ -21,15 +21,13 @@ the labels of both; the model card's snippet computes exactly that from the two 
 from __future__ import annotations
 
 import copy
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from heterogui.errors import ExportError
-from heterogui.export.job import OR_HETEROGUI
+from heterogui.export.job import copy_present
 from heterogui.fusion.merged import MergedModel
 from heterogui.models.family import family_of
 from heterogui.models.hf.common import quiet_transformers
@@ -74,12 +72,7 @@ def _folded(model: MergedModel, m: int, width: int) -> dict[str, torch.Tensor]:
     if not hasattr(head, "pooler"):  # ViT: a linear head on the [CLS] state
         return {"classifier.weight": (weight @ u).float(), "classifier.bias": bias}
     dense = head.pooler.dense
-    rows = width - u.shape[0]
-    if rows < 0:  # a BertModel's stream holds every merged head, so each model's whole stream
-        raise ExportError(
-            f"model {'AB'[m]}'s pooler reads {u.shape[0]} features, more than the merged "
-            f"stream's {width}: no BertForSequenceClassification holds it{OR_HETEROGUI}"
-        )
+    rows = width - u.shape[0]  # >= 0: a BertModel's stream holds every merged head (module doc)
     folded = torch.cat([dense.weight.detach().cpu().double() @ u, u.new_zeros(rows, width)])
     return {
         "bert.pooler.dense.weight": folded.float(),
@@ -100,11 +93,11 @@ def write_heads(
     import transformers
 
     family = family_of(model.spec.trunk_config).name
+    prefix = "bert." if family == "bert" else "vit."
+    trunk = {prefix + k: v for k, v in hf.state_dict().items() if not k.startswith("pooler.")}
     written = []
     for m in classifier_heads(model):
-        prefix = "bert." if family == "bert" else "vit."
-        state = {prefix + k: v for k, v in hf.state_dict().items() if not k.startswith("pooler.")}
-        state |= _folded(model, m, hf.config.hidden_size)
+        state = trunk | _folded(model, m, hf.config.hidden_size)
         classes = [c for head in model.spec.heads[m] for c in head.classes]
         names = labels[m] if m < len(labels) and labels[m] else None
         names = list(names) if names is not None and len(names) == len(classes) else None
@@ -119,9 +112,7 @@ def write_heads(
         sub = folder / head_folder(m)
         with quiet_transformers():
             classifier.save_pretrained(sub, safe_serialization=True)
-        for name in INPUT_FILES:
-            if (folder / name).is_file():
-                shutil.copyfile(folder / name, sub / name)
+        copy_present(INPUT_FILES, folder, sub)
         written.append(head_folder(m))
     return written
 

@@ -9,7 +9,9 @@ source (``reader``), so an export can be model A or B of the next merge.
 from __future__ import annotations
 
 import math
+import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,13 @@ class ExportJob:
             (folder / REPORT_FILE).write_text(readable_json(report, sort_keys=True))
         for name, text in card.items():
             (folder / name).write_text(text)
+
+
+def copy_present(names: Iterable[str], source: Path | None, folder: Path) -> None:
+    """Copy the files ``names`` that ``source`` holds into ``folder`` (none without a source)."""
+    for name in names if source is not None else ():
+        if (source / name).is_file():
+            shutil.copyfile(source / name, folder / name)
 
 
 def folder_parameters(folder: Path) -> int:

@@ -177,14 +177,11 @@ class HFSource(Source):
         )
         net = dataclasses.replace(net, label=self.name(ref))
         data = folder_config(folder)
-        names = label_names(data.get("id2label"))
-        if (
-            getattr(net.config, "num_labels", None) is None
-            or len(names or ()) != net.config.num_labels
-        ):
-            names = None
-        if names is not None:
+        names = label_names(data.get("id2label"))  # kept when they name every output
+        if names is not None and len(names) == getattr(net.config, "num_labels", None):
             net = dataclasses.replace(net, classes=_classes(names, data, folder))
+        else:
+            names = None
         sha = weights_sha256(folder)
         return Loaded(
             net,

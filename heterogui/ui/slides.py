@@ -15,6 +15,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from heterogui.pipeline import is_merge_of
 from heterogui.tasks.base import METRICS, PERPLEXITY, SPEARMAN
 from heterogui.ui import (
     evaluate_language,
@@ -24,7 +25,6 @@ from heterogui.ui import (
     tab_evaluate,
     tab_neurons,
     tab_zip,
-    zip_readout,
 )
 from heterogui.ui.figstyle import style
 from heterogui.ui.resources import Resources
@@ -46,7 +46,10 @@ def session_figures(session: Session, res: Resources) -> dict[str, go.Figure]:
     merge (a slider moved without merging), they are estimates, named "...-estimate" and
     titled so, beside the other tabs' figures of the merge.
     """
-    estimate = session.prepared is not None and not zip_readout.readout(session)["exact"]
+    result = session.result
+    estimate = session.prepared is not None and not (
+        result is not None and is_merge_of(result, session.settings)
+    )
     out = {}
     for tab, module in FIGURE_TABS.items():
         for view, value in module.render(session, res).items():
