@@ -161,6 +161,19 @@ def test_fusion_table_shares_come_from_the_rows(report) -> None:
     assert check["pair"] == DEPTH
     gap = control["joint"]["mean"] - same["joint"]["mean"]
     assert check["passed"] == (gap >= -0.01) and f"{100 * gap:+.1f} points" in check["detail"]
+    # the depth check also says what each best zip loses against its own ensemble, and its Avg
+    (check,) = [c for c in data["checks"] if c["check"].startswith("best heterogeneous zip")]
+    losses, avgs = [], []
+    for pair in (DEPTH, REFERENCE):
+        rows = data["pairs"][pair]["rows"]
+        best = max(
+            (k for k in rows if k.startswith("zip (")), key=lambda k: rows[k]["joint"]["mean"]
+        )
+        ensemble = max(rows[e]["joint"]["mean"] for e in ("ensemble", "ensemble (BN re-estimated)"))
+        losses.append(f"{100 * (ensemble - rows[best]['joint']['mean']):.1f}")
+        avgs.append(f"{100 * rows[best]['avg']['mean']:.1f}")
+    assert f"ensemble minus merge {losses[0]} vs {losses[1]} points" in check["detail"]
+    assert f"Avg of Task A and Task B {avgs[0]} vs {avgs[1]}" in check["detail"]
     placements = md.split("## Where LMA places")[1].split("## Checks")[0]
     line = next(x for x in placements.splitlines() if x.startswith(f"| {DEPTH} |"))
     rows = data["pairs"][DEPTH]["rows"]
