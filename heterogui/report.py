@@ -88,6 +88,17 @@ def alignment_facts(alignment: Alignment) -> dict[str, Any]:
     }
 
 
+def _aligned_to(alignment: Alignment | None, reference: str, model: str) -> dict[str, Any] | None:
+    """Return an N-way report's account of a model's alignment to the reference, its mapping
+    keyed by the two models' keys (None for the reference itself)."""
+    if alignment is None:
+        return None
+    facts = alignment_facts(alignment)
+    slots = facts["mapping"]
+    facts["mapping"] = {reference: slots["a"], model: slots["b"]}
+    return facts
+
+
 def timings_of(
     prepare: dict[str, float], zipping: dict[str, float], total: float
 ) -> dict[str, float]:
@@ -383,7 +394,8 @@ def group_report(
     per model ("a", "b", "c", ...) beside "ensemble" and "merged"; "widths" lists per merge
     point every model's width, then the merged width. "reference" is the model every other one
     is aligned to (the deepest, docs/method.md sec. 12), and "alignment" holds each model's
-    alignment to it ("a": the reference's slots, "b": the model's; null for the reference).
+    alignment to it, its mapping keyed by the two models' keys (the reference's slots, then the
+    model's; null for the reference).
     The merged parameters are the stored ones (``sizes.STORED_REASON``); "refit": the weights
     the sequential least-squares refit fitted again (0 with another fusion).
     """
@@ -392,15 +404,13 @@ def group_report(
     parameters = {k: net.parameter_count() for k, net in zip(keys, prep.nets, strict=True)}
     parameters["ensemble"] = sum(parameters.values())
     parameters["merged"] = sum(p.numel() for p in result.model.parameters())
-    alignments = {
-        k: None if a is None else alignment_facts(a)
-        for k, a in zip(keys, prep.alignments, strict=True)
-    }
+    ref = keys[prep.reference]
+    alignments = {k: _aligned_to(a, ref, k) for k, a in zip(keys, prep.alignments, strict=True)}
     report: dict[str, Any] = {
         "models": [{"model": k, "name": n.label} for k, n in zip(keys, prep.nets, strict=True)],
         "parameters": parameters,
         "widths": {s: list(w) for s, w in result.widths().items()},
-        "reference": keys[prep.reference],
+        "reference": ref,
         "alignment": {"mode": group_mode(result), "models": alignments},
         "stop": result.spec.stop,
         "settings": settings_facts(result),

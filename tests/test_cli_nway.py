@@ -94,7 +94,11 @@ def test_the_cli_writes_a_scored_folder_of_three_models(trio):
     assert sum(t["count"] for t in metrics["merged"]["tasks"]) == 256
     assert report["reference"] == "c"  # the deepest: 3+3 convs
     assert report["alignment"]["models"]["c"] is None
-    assert report["alignment"]["models"]["a"]["mapping"]["b"] == [[0], [0]]
+    # each model's mapping names the reference's slots and its own
+    assert report["alignment"]["models"]["a"]["mapping"] == {
+        "c": [[0, 1, 2], [0, 1, 2]],
+        "a": [[0], [0]],
+    }
     assert set(report["parameters"]) == {"a", "b", "c", "ensemble", "merged"}
     assert report["parameters"]["ensemble"] == sum(report["parameters"][k] for k in "abc")
     assert all(len(w) == 4 for w in report["widths"].values())
