@@ -63,6 +63,8 @@ def parent_resemblance(result: MergeResult, max_batches: int = MAX_BATCHES) -> R
     """Return the CKA of every merged trunk layer with A's and B's layer at the same slot."""
     prep = result.prepared
     stop = result.spec.stop
+    if stop == 0:  # the merge starts at its first layer: nothing merged to compare
+        return Resemblance([], [], [], [])
     merged_names = [f"trunk.{i}" for i in range(stop)]
     parent_names = [f"blocks.{i}" for i in range(stop)]
     acc_a, acc_b = CKAAccumulator(), CKAAccumulator()

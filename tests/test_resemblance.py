@@ -82,3 +82,11 @@ def test_slot_layers_follow_the_alignment():
 
     names = slot_layers(Graph(), ((0, 2), (1,)), (3, 2), "B")
     assert names == ["B0", "B1", "identity after B1", "B2", "identity after B2", "B3"]
+
+
+def test_a_merge_that_stops_before_its_first_layer_resembles_nothing():
+    """stop = 0 merges no layer: an empty account, which the Compare tab says in words."""
+    config_a, config_b, shape = DEPTH_PAIRS["mlp"]
+    prepared = prepare(make(config_a, 1), make(config_b, 2), calibration(shape), device="cpu")
+    found = parent_resemblance(zip_prepared(prepared, ZipSettings(stop=0)))
+    assert (found.to_a, found.to_b, found.layers_a, found.layers_b) == ([], [], [], [])

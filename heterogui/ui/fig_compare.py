@@ -175,7 +175,7 @@ def resemblance_figure(found: Any, merge: int) -> go.Figure:
             "<br><sup>hollow: the parent has an identity layer there</sup>"
         },
         xaxis={"title": "merged layer (slot of the merged depth)", "dtick": 1},
-        yaxis={"title": "CKA", "range": [min(0.0, *found.to_a, *found.to_b) - 0.02, 1.02]},
+        yaxis={"title": "CKA", "range": [min([0.0, *found.to_a, *found.to_b]) - 0.02, 1.02]},
         height=340,
         margin={"l": 60, "r": 20, "t": 70, "b": 50},
         legend={"orientation": "h", "y": -0.25},
