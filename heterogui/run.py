@@ -148,6 +148,18 @@ def load_pair(
             models an N-way merge does not take.
         ModelLoadError: a model that cannot be read.
     """
+    with torch.random.fork_rng(devices=[]):  # building a model draws: the caller's state stays
+        return _load_pair(ref_a, ref_b, transformer, device, more)
+
+
+def _load_pair(
+    ref_a: ModelRef | str,
+    ref_b: ModelRef | str,
+    transformer: TransformerSpec | None,
+    device: str,
+    more: Sequence[ModelRef | str],
+) -> Pair:
+    """Run ``load_pair`` (which keeps the caller's random state)."""
     refs = [r if isinstance(r, ModelRef) else ModelRef(r) for r in (ref_a, ref_b, *more)]
     if transformer is not None:
         check_transformer_options(sources.describe(refs[0].path).family)
@@ -329,10 +341,23 @@ def merge(
     whole data's statistics and the same merge), and only rank 0 evaluates: the other ranks'
     results have no scores. The completed recipe and the report count the whole data.
 
+    The run seeds torch with the recipe's seed on a forked random state: the caller's CPU
+    generator is left as it was.
+
     Raises:
         Cancelled: ``cancel()`` became true.
         HeteroguiError: any invalid recipe field, model or data (see the subclasses).
     """
+    with torch.random.fork_rng(devices=[]):
+        return _merge_seeded(recipe, progress, cancel)
+
+
+def _merge_seeded(
+    recipe: Recipe | str | Path,
+    progress: Progress | None,
+    cancel: Callable[[], bool] | None,
+) -> RunResult:
+    """Run ``merge`` (which keeps the caller's random state)."""
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     report = guarded(progress, cancel)

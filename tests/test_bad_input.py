@@ -250,6 +250,21 @@ def test_the_python_api_refuses_bad_input_with_its_own_errors(ws):
     assert not (ws / "x").exists()
 
 
+def test_a_recipe_merge_keeps_the_callers_random_state_and_takes_no_engine_options(ws):
+    import heterogui
+    from heterogui import run
+
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    heterogui.merge(ws / "recipe.yaml")  # seeds torch with the recipe's seed, on a fork
+    run.load_pair(str(ws / "a"), str(ws / "b"))
+    assert torch.equal(torch.rand(4), expected)
+    # a recipe holds the settings: options beside it would be ignored, so they are refused
+    with pytest.raises(ConfigError, match=r"merge\(recipe\) takes no options \['device', 'mode'\]"):
+        heterogui.merge(ws / "recipe.yaml", mode="lma", device="cuda")
+
+
 def test_leftovers_of_killed_writes_are_cleaned(ws):
     dead = 2**22 + 12345  # above the usual pid_max: no such process
     (ws / f".m.tmp-{dead}-abc").mkdir()
