@@ -50,80 +50,24 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
             "merge(net_a, net_b, batches) takes two networks, not a list: merge three or more "
             "with heterogui.nway.merge_group(nets, batches), or a recipe whose models: lists them"
         )
-    if batches is not None and not isinstance(batches, list | tuple):
-        batches = list(batches)  # a generator is read once: by the checks below, not the merge
-    if model_b is None or not batches:
+    if model_b is None or batches is None:
         raise ConfigError(
             "merge(net_a, net_b, batches): give both networks and calibration batches"
         )
-    import torch
-
+    from heterogui.api_input import (
+        check_engine_options,
+        check_networks,
+        checked_batches,
+        checked_settings,
+    )
     from heterogui.models.hf.instances import network_of
+    from heterogui.pair_check import check_pair
     from heterogui.pipeline import merge_networks
-    from heterogui.tasks.images import check_inputs
 
     net_a, net_b = network_of(model_a, "model A"), network_of(model_b, "model B")
-    if getattr(net_a.config, "vocab_size", None) is None:  # an image processor's output
-        batches = [_pixels(batch) for batch in batches]
-    for batch in batches:  # refused in one line here, not by torch half-way
-        for net in (net_a, net_b):
-            text = getattr(net.config, "vocab_size", None) is not None
-            if isinstance(batch, torch.Tensor) and not text:  # images or signals
-                check_inputs(net, batch, "calibration")
-            else:
-                _check_token_batch(net, batch)
-    return merge_networks(net_a, net_b, batches, **options)
-
-
-def _pixels(batch: Any) -> Any:
-    """Return an image processor's output ({"pixel_values": tensor}) as its tensor."""
-    from collections.abc import Mapping
-
-    if isinstance(batch, Mapping) and set(batch) == {"pixel_values"}:
-        return batch["pixel_values"]
-    return batch
-
-
-def _check_token_batch(net: Any, batch: Any) -> None:
-    """Refuse a calibration batch that is not a tokenizer's output for ``net``'s vocabulary."""
-    from collections.abc import Mapping
-
-    import torch
-
-    from heterogui.errors import ConfigError
-
-    vocab = getattr(net.config, "vocab_size", None)
-    if vocab is None:  # images or signals: tensors (an image processor's output unwrapped)
-        keys = f" with keys {sorted(map(str, batch))}" if isinstance(batch, Mapping) else ""
-        raise ConfigError(
-            f"calibration batches of {net.label} must be tensors (N, ...), got a "
-            f"{type(batch).__name__}{keys}; pass the inputs tensor itself (of an image "
-            "processor's output, its pixel_values)"
-        )
-    ids = batch.get("input_ids") if isinstance(batch, Mapping) else None  # BatchEncoding too
-    if not isinstance(ids, torch.Tensor):
-        got = type(batch).__name__ if ids is None else f"input_ids of type {type(ids).__name__}"
-        raise ConfigError(
-            f"calibration batches of {net.label} must be tokenizer outputs (dicts with "
-            f"input_ids), got a {got}; tokenize the texts first: tokenizer(texts, "
-            "padding=True, return_tensors='pt')"
-        )
-    import inspect
-
-    reads = [n for n in inspect.signature(type(net.module).forward).parameters if n != "self"]
-    extra = sorted(str(k) for k in batch if k not in reads)
-    if extra:
-        raise ConfigError(
-            f"calibration batches hold {extra}, which {net.label} does not read (it reads "
-            f"{reads}); pass only those keys of the tokenizer's output"
-        )
-    if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dim() != 2:
-        raise ConfigError(
-            f"input_ids must be whole numbers of shape (texts, tokens), got {ids.dtype} "
-            f"{tuple(ids.shape)}; pass the tokenizer's output as it is"
-        )
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-        raise ConfigError(
-            f"token id {int(ids.max()) if int(ids.max()) >= vocab else int(ids.min())} lies "
-            f"outside {net.label}'s vocabulary of {vocab}: tokenize with that model's tokenizer"
-        )
+    check_pair(net_a, net_b)  # incompatible models are not refused as bad data below
+    check_networks((net_a, net_b))
+    check_engine_options(options)
+    settings = checked_settings(options.pop("settings", None))
+    batches = checked_batches((net_a, net_b), batches)
+    return merge_networks(net_a, net_b, batches, settings, **options)

@@ -32,6 +32,12 @@ import torch
 from heterogui.align.alignment import Alignment, align, placed_by_depths
 from heterogui.align.similarity import layer_similarities, resolve_measure
 from heterogui.analysis import pad_aligned
+from heterogui.api_input import (
+    check_engine_options,
+    check_networks,
+    checked_batches,
+    checked_settings,
+)
 from heterogui.config import DEFAULT_FUSION, FUSIONS, check_fusion
 from heterogui.errors import ConfigError, IncompatibleModelsError
 from heterogui.fusion.assemble import build_merge, least_squares_unmerges
@@ -376,7 +382,24 @@ def merge_group(
     """Merge N in-memory networks on calibration batches (``prepare_group`` + zip).
 
     options: ``prepare_group``'s keywords (mode, device, reset_input_bn, progress).
+
+    Raises:
+        ConfigError: objects that are not heterogui networks, or bad batches, settings or
+            options (``api_input``), in one line.
+        HeteroguiError: networks an N-way merge does not take (``check_group``).
     """
+    for k, net in enumerate(nets):
+        if not isinstance(net, Network):
+            cls = type(net)
+            raise ConfigError(
+                f"model {chr(ord('A') + k)} is a {cls.__module__}.{cls.__qualname__}; "
+                "merge_group takes heterogui networks (zoo or heterogui folders: "
+                "heterogui.run.load_pair(...).a.net, or heterogui.models.io.load_network)"
+            )
+    check_networks(nets)
+    check_engine_options({"dtype": dtype, **options})
+    settings = checked_settings(settings)
+    batches = checked_batches(nets, batches)
     start = time.perf_counter()
     prepared = prepare_group(nets, batches, **options)
     result = zip_group_prepared(prepared, settings, dtype)

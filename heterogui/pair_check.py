@@ -22,6 +22,12 @@ def pair_reasons(config_a: Any, config_b: Any) -> list[str]:
             "one family: pick two models of the same family"
         ]
     ga, gb = fam_a.graph(config_a), fam_b.graph(config_b)
+    bare = [name for name, g in (("A", ga), ("B", gb)) if g.num_blocks < 2]
+    if bare:  # a lone head (a linear classifier): no layer whose neurons could be merged
+        return [
+            f"model {' and '.join(bare)} has no layer before its head, so nothing to merge; "
+            "give models with at least one hidden layer"
+        ]
     reasons = []
     try:
         check_stages(ga, gb)

@@ -163,7 +163,9 @@ def test_the_last_merge_is_measured_against_both_parents(session, res):
     tab_zip.on_merge(session, res, "zip", 0.5, 1.0, 1.0, 0, "cpu")
     assert f"merge #{session.merge_count}" in tab_compare.on_resemblance(session, res)
     page = tab_compare.render(session, res)
-    assert page["resemblance_info"] == f"Merge #{session.merge_count} merges no layer (stop point 0)."
+    assert (
+        page["resemblance_info"] == f"Merge #{session.merge_count} merges no layer (stop point 0)."
+    )
 
 
 def test_figures_for_slides_hold_every_figure_and_the_tables(session, res):

@@ -1,0 +1,226 @@
+"""What the Python API (``heterogui.merge``, ``heterogui.nway.merge_group``) refuses in one line.
+
+A recipe's fields are checked as they are parsed (``config``, ``recipe_parse``); networks,
+batches and settings handed over in memory are checked here, before anything runs, so a
+mistake reads as the mistake and not as a torch traceback half-way through a merge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from heterogui.config import ZipSpec, check_device_name
+from heterogui.errors import ConfigError
+from heterogui.models.family import Network
+from heterogui.models.io import check_finite
+from heterogui.tasks.images import check_inputs
+from heterogui.zip.plan import ZipSettings
+
+MIN_BATCH = 4  # CKA's least batch (align.cka)
+FUSION_DTYPES = (torch.float32, torch.float64)
+
+
+def checked_batches(nets: Sequence[Network], batches: Any) -> list[Any]:
+    """Return ``batches`` as a list, each batch checked against every network.
+
+    Raises:
+        ConfigError: one tensor or one tokenizer output in place of a list of batches, no
+            batches, a batch too small for CKA, or a batch a network cannot read.
+    """
+    if isinstance(batches, torch.Tensor | Mapping):
+        what = "one tensor" if isinstance(batches, torch.Tensor) else "one tokenizer output"
+        raise ConfigError(
+            f"calibration batches must be a list of batches, got {what}; pass [batch], or "
+            "list(inputs.split(64)) to cut a tensor into batches"
+        )
+    if batches is not None and not isinstance(batches, list | tuple):
+        batches = list(batches)  # a generator or DataLoader is read once, here
+    if not batches:
+        raise ConfigError("give calibration batches: a list of input batches, at least one")
+    if getattr(nets[0].config, "vocab_size", None) is None:  # an image processor's output
+        batches = [_pixels(batch) for batch in batches]
+    for k, batch in enumerate(batches):
+        for which, net in zip("ABCDEFGHIJ", nets, strict=False):
+            named = (
+                dataclasses.replace(net, label=f"model {which}") if net.label == "model" else net
+            )
+            if isinstance(batch, torch.Tensor) and getattr(net.config, "vocab_size", None) is None:
+                check_inputs(named, batch, "calibration")
+                _check_dtype(named, batch)
+            else:
+                _check_token_batch(named, batch)
+        _check_size(batch, k, len(batches))
+    return list(batches)
+
+
+def check_networks(nets: Sequence[Network]) -> None:
+    """Refuse networks whose weights cannot be merged as they are.
+
+    Raises:
+        ConfigError: weights on the meta device, or networks of different dtypes.
+        ModelLoadError: NaN or inf weights (naming the tensor).
+    """
+    dtypes = []
+    for which, net in zip("ABCDEFGHIJ", nets, strict=False):
+        name = net.label if net.label != "model" else which
+        tensors = [*net.module.parameters(), *net.module.buffers()]
+        if any(t.is_meta for t in tensors):
+            raise ConfigError(
+                f"model {name} has weights on the meta device (no values); load or "
+                "initialise its weights first (model.to_empty(device='cpu') and load_state_dict)"
+            )
+        check_finite(net.module.state_dict(), name)
+        floats = {t.dtype for t in tensors if t.is_floating_point()}
+        dtypes.append(floats.pop() if len(floats) == 1 else None)
+    known = {d for d in dtypes if d is not None}
+    if len(known) > 1:
+        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes if d is not None)
+        raise ConfigError(
+            f"the models compute in different dtypes ({names}); convert them to one "
+            "(model.to(torch.float32))"
+        )
+
+
+def checked_settings(settings: Any) -> ZipSettings | None:
+    """Return ``settings`` (None or ZipSettings) after the checks a recipe's zip gets.
+
+    Raises:
+        ConfigError: another type, or a knob a recipe would refuse (named as a recipe names it).
+    """
+    if settings is None:
+        return None
+    if not isinstance(settings, ZipSettings):
+        got = type(settings).__name__
+        raise ConfigError(
+            f"settings must be a heterogui.pipeline.ZipSettings, got a {got}; "
+            "build one: ZipSettings(rho=0.5, ...)"
+        )
+    for name in ("alpha", "beta", "rho", "ridge"):
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"settings.{name} = {value!r} must be a number")
+    for name in ("renormalize", "bn_units"):
+        if not isinstance(getattr(settings, name), bool):
+            raise ConfigError(
+                f"settings.{name} = {getattr(settings, name)!r} must be True or False"
+            )
+    stop = settings.stop
+    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or stop < 0):
+        raise ConfigError(f"settings.stop = {stop!r} must be a whole number from 0, or None")
+    ZipSpec(  # the recipe's checks: matcher, ranges, fusion, heads, every override's keys
+        matcher=settings.matcher,
+        alpha=settings.alpha,
+        beta=settings.beta,
+        rho=settings.rho,
+        overrides={
+            k: dict(v) if isinstance(v, Mapping) else v for k, v in settings.overrides.items()
+        },
+        fusion=settings.fusion,
+        ridge=settings.ridge,
+        renormalize=settings.renormalize,
+        heads=settings.heads,
+        bn_units=settings.bn_units,
+    )
+    return settings
+
+
+def check_engine_options(options: Mapping[str, Any]) -> None:
+    """Refuse a device or a fusion dtype the engine does not take.
+
+    Raises:
+        ConfigError: naming the value and what to use.
+    """
+    device = options.get("device", "auto")
+    check_device_name(str(device) if isinstance(device, torch.device) else device)
+    dtype = options.get("dtype", torch.float32)
+    if dtype not in FUSION_DTYPES:
+        raise ConfigError(f"dtype {dtype!r} is unknown; use torch.float32 or torch.float64")
+
+
+def _pixels(batch: Any) -> Any:
+    """Return an image processor's output ({"pixel_values": tensor}) as its tensor."""
+    if isinstance(batch, Mapping) and set(batch) == {"pixel_values"}:
+        return batch["pixel_values"]
+    return batch
+
+
+def _check_dtype(net: Network, batch: torch.Tensor) -> None:
+    """Refuse inputs of a dtype other than the one ``net`` computes in."""
+    weights = next((p for p in net.module.parameters() if p.is_floating_point()), None)
+    if weights is not None and batch.dtype != weights.dtype:
+        want = str(weights.dtype).removeprefix("torch.")
+        raise ConfigError(
+            f"calibration inputs are {str(batch.dtype).removeprefix('torch.')} but {net.label} "
+            f"computes in {want}; convert them (inputs.to(torch.{want}), scaled as in training)"
+        )
+
+
+def _check_size(batch: Any, k: int, count: int) -> None:
+    """Refuse a batch too small for CKA, naming it (a DataLoader's short last batch)."""
+    ids = batch.get("input_ids") if isinstance(batch, Mapping) else batch
+    n = len(ids) if isinstance(ids, torch.Tensor) else MIN_BATCH
+    if n < MIN_BATCH:
+        last = k == count - 1 and count > 1
+        fix = (
+            "drop it (DataLoader(..., drop_last=True))"
+            if last
+            else f"use batches of at least {MIN_BATCH}"
+        )
+        raise ConfigError(
+            f"calibration batch {k + 1} of {count} holds {n} input(s) and CKA needs at least "
+            f"{MIN_BATCH} per batch; {fix}"
+        )
+
+
+def _check_token_batch(net: Network, batch: Any) -> None:
+    """Refuse a calibration batch that is not a tokenizer's output for ``net``'s vocabulary."""
+    vocab = getattr(net.config, "vocab_size", None)
+    if vocab is None:  # images or signals: tensors (an image processor's output unwrapped)
+        keys = f" with keys {sorted(map(str, batch))}" if isinstance(batch, Mapping) else ""
+        raise ConfigError(
+            f"calibration batches of {net.label} must be tensors (N, ...), got a "
+            f"{type(batch).__name__}{keys}; pass the inputs tensor itself (of an image "
+            "processor's output, its pixel_values)"
+        )
+    ids = batch.get("input_ids") if isinstance(batch, Mapping) else None  # BatchEncoding too
+    if not isinstance(ids, torch.Tensor):
+        got = type(batch).__name__ if ids is None else f"input_ids of type {type(ids).__name__}"
+        raise ConfigError(
+            f"calibration batches of {net.label} must be tokenizer outputs (dicts with "
+            f"input_ids), got a {got}; tokenize the texts first: tokenizer(texts, "
+            "padding=True, return_tensors='pt')"
+        )
+    reads = [n for n in inspect.signature(type(net.module).forward).parameters if n != "self"]
+    extra = sorted(str(k) for k in batch if k not in reads)
+    if extra:
+        raise ConfigError(
+            f"calibration batches hold {extra}, which {net.label} does not read (it reads "
+            f"{reads}); pass only those keys of the tokenizer's output"
+        )
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dim() != 2:
+        raise ConfigError(
+            f"input_ids must be whole numbers of shape (texts, tokens), got {ids.dtype} "
+            f"{tuple(ids.shape)}; pass the tokenizer's output as it is"
+        )
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise ConfigError(
+            f"token id {int(ids.max()) if int(ids.max()) >= vocab else int(ids.min())} lies "
+            f"outside {net.label}'s vocabulary of {vocab}: tokenize with that model's tokenizer"
+        )
+    positions = getattr(net.config, "max_positions", None)
+    if positions is not None and ids.shape[1] > positions:
+        raise ConfigError(
+            f"calibration texts of {ids.shape[1]} tokens are longer than {net.label}'s "
+            f"{positions} positions; tokenize with truncation=True, max_length={positions}"
+        )
+    for key, value in batch.items():
+        if key != "input_ids" and isinstance(value, torch.Tensor) and value.shape != ids.shape:
+            raise ConfigError(
+                f"{key} has shape {tuple(value.shape)} but input_ids {tuple(ids.shape)}; pass "
+                "the tokenizer's output as it is"
+            )

@@ -1,0 +1,184 @@
+"""The Python API refuses bad networks, batches, settings and options in one line, up front."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import torch
+
+import heterogui
+from heterogui.errors import ConfigError, IncompatibleModelsError, ModelLoadError
+from heterogui.models.family import build_network
+from heterogui.models.mlp import MLPConfig
+from heterogui.nway import merge_group
+from heterogui.pipeline import ZipSettings
+from tests.conftest import DEPTH_PAIRS, make, tiny_hf, token_batches
+
+CONFIG_A, CONFIG_B, SHAPE = DEPTH_PAIRS["mlp"]
+
+
+@pytest.fixture(scope="module")
+def nets():
+    return make(CONFIG_A, 0), make(CONFIG_B, 1)
+
+
+def batches(n=4, size=32, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(size, *SHAPE, generator=gen, dtype=dtype) for _ in range(n)]
+
+
+def refused(error, words, call) -> None:
+    with pytest.raises(error, match=re.escape(words)) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        (
+            ZipSettings(overrides={"block0": {"rh": 0.0}}),
+            "zip.overrides.block0: unknown keys ['rh']",
+        ),
+        (ZipSettings(heads="bogus"), "zip.heads 'bogus' is unknown"),
+        (ZipSettings(rho="0.5"), "settings.rho = '0.5' must be a number"),
+        (ZipSettings(rho=True), "settings.rho = True must be a number"),
+        (ZipSettings(rho=1.5), "rho = 1.5 is out of range"),
+        (ZipSettings(stop=-1), "settings.stop = -1 must be a whole number from 0"),
+        ({"rho": 0.5}, "settings must be a heterogui.pipeline.ZipSettings, got a dict"),
+    ],
+)
+def test_settings_get_the_recipes_checks(nets, settings, words):
+    refused(ConfigError, words, lambda: heterogui.merge(*nets, batches(), settings=settings))
+
+
+def test_an_override_for_a_merge_point_is_applied_not_ignored(nets):
+    """The checks leave good settings alone: the override sets that point's width."""
+    done = heterogui.merge(
+        *nets, batches(), settings=ZipSettings(overrides={"block0": {"rho": 0.0}})
+    )
+    widths = done.widths()
+    assert widths["block0"][-1] == widths["block0"][0] + widths["block0"][1]
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (torch.randn(64, *SHAPE), "must be a list of batches, got one tensor"),
+        ([], "give calibration batches"),
+        (batches()[:3] + [torch.randn(1, *SHAPE)], "batch 4 of 4 holds 1 input(s)"),
+        (batches(dtype=torch.float64), "inputs are float64 but model A computes in float32"),
+        ([torch.randint(0, 255, (32, *SHAPE), dtype=torch.uint8)], "inputs are uint8"),
+        ([torch.randn(32, 12)], "calibration inputs have shape (32, 12) but model A reads 64"),
+    ],
+)
+def test_bad_batches_are_refused_before_the_merge(nets, data, words):
+    refused(ConfigError, words, lambda: heterogui.merge(*nets, data))
+
+
+def test_a_short_last_batch_says_to_drop_it(nets):
+    data = list(torch.randn(129, *SHAPE).split(32))
+    refused(
+        ConfigError,
+        "drop it (DataLoader(..., drop_last=True))",
+        lambda: heterogui.merge(*nets, data),
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"device": "gpu"}, "device 'gpu' is unknown"),
+        ({"device": "meta"}, "device 'meta' is unknown"),
+        ({"dtype": "float16"}, "dtype 'float16' is unknown"),
+    ],
+)
+def test_bad_options_are_refused(nets, options, words):
+    refused(ConfigError, words, lambda: heterogui.merge(*nets, batches(), **options))
+
+
+def test_networks_that_cannot_merge_are_refused_as_such(nets):
+    a, b = nets
+    wide = copy.deepcopy(b)
+    wide.module.double()
+    refused(
+        ConfigError,
+        "the models compute in different dtypes (float32, float64)",
+        lambda: heterogui.merge(a, wide, batches()),
+    )
+    broken = copy.deepcopy(b)
+    with torch.no_grad():
+        next(broken.module.parameters())[0, 0] = float("nan")
+    refused(
+        ModelLoadError, "holds 1 NaN or inf value(s)", lambda: heterogui.merge(a, broken, batches())
+    )
+    with torch.device("meta"):
+        ghost = build_network(MLPConfig(64, (32,), 5))
+    refused(
+        ConfigError,
+        "model A has weights on the meta device",
+        lambda: heterogui.merge(ghost, b, batches()),
+    )
+    head_only = build_network(MLPConfig(64, (), 5))
+    refused(
+        IncompatibleModelsError,
+        "model A has no layer before its head",
+        lambda: heterogui.merge(head_only, b, batches()),
+    )
+    other = build_network(MLPConfig(12, (16,), 5))
+    refused(
+        IncompatibleModelsError,
+        "model A reads inputs of width 64 and model B of width 12",
+        lambda: heterogui.merge(a, other, batches()),
+    )
+    # a text model beside an image model: different models, not bad data
+    refused(
+        IncompatibleModelsError,
+        "model A is a bert and model B a mlp",
+        lambda: heterogui.merge(tiny_hf(), b, token_batches()),
+    )
+
+
+def test_token_batches_a_model_cannot_read_are_refused():
+    a, b = tiny_hf(seed=0), tiny_hf(seed=1, layers=2)
+    good = token_batches()
+    refused(
+        ConfigError,
+        "must be a list of batches, got one tokenizer output",
+        lambda: heterogui.merge(a, b, good[0]),
+    )
+    positions = a.config.max_position_embeddings
+    long = [{"input_ids": torch.ones(4, positions + 1, dtype=torch.long)}]
+    refused(
+        ConfigError,
+        f"tokens are longer than model A's {positions} positions",
+        lambda: heterogui.merge(a, b, long),
+    )
+    mask = [{**good[0], "attention_mask": good[0]["attention_mask"][:, :-1]}]
+    refused(ConfigError, "attention_mask has shape", lambda: heterogui.merge(a, b, mask))
+
+
+def test_merge_group_checks_its_input_as_merge_does(nets):
+    a, b = nets
+    refused(
+        ConfigError,
+        "model C is a torch.nn.modules.container.Sequential",
+        lambda: merge_group([a, b, torch.nn.Sequential()], batches()),
+    )
+    refused(ConfigError, "give calibration batches", lambda: merge_group([a, b, a], []))
+    refused(ConfigError, "got one tensor", lambda: merge_group([a, b, a], torch.randn(64, *SHAPE)))
+    refused(
+        ConfigError,
+        "inputs are float64",
+        lambda: merge_group([a, b, a], batches(dtype=torch.float64)),
+    )
+    refused(
+        ConfigError,
+        "zip.heads 'bogus' is unknown",
+        lambda: merge_group([a, b, a], batches(), ZipSettings(heads="bogus")),
+    )
+    # a generator is read once, as merge reads it
+    group = merge_group([a, b, a], (x for x in batches()), device="cpu")
+    assert set(group.widths()) == set(merge_group([a, b, a], batches(), device="cpu").widths())
