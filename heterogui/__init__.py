@@ -22,7 +22,9 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
     models given are not changed; decoders with their language-model head), with batches of
     tensors or tokenizer dicts; ``merge(recipe)`` runs a recipe
     through the one merge path (``heterogui.run.merge``) and returns its engine result (a
-    ``pipeline.MergeResult``, or a ``nway.GroupMergeResult`` for a list of three or more models).
+    ``pipeline.MergeResult``, or a ``nway.GroupMergeResult`` for a list of three or more models)
+    without scoring it: ``heterogui.run.merge(recipe)`` also returns the scores, the report and
+    the completed recipe, which ``heterogui.run.export`` writes.
 
     Raises:
         ConfigError: networks given without batches, or a model heterogui cannot merge.
@@ -44,7 +46,7 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
                 f"merge(recipe) takes no options {ignored}: a recipe holds its settings "
                 "(alignment, zip, device, dtype); change them in the recipe"
             )
-        return run.merge(model_a, options.get("progress")).result
+        return run.merge(model_a, options.get("progress"), evaluate=False).result
     if isinstance(model_a, list | tuple):
         raise ConfigError(
             "merge(net_a, net_b, batches) takes two networks, not a list: merge three or more "

@@ -326,8 +326,12 @@ def merge(
     recipe: Recipe | str | Path,
     progress: Progress | None = None,
     cancel: Callable[[], bool] | None = None,
+    evaluate: bool = True,
 ) -> RunResult:
     """Run the merge a recipe describes: result, completed recipe, report and scores.
+
+    evaluate: score A, B, their ensemble and the merge on the recipe's evaluation data (False:
+    the data is still read and checked, nothing is scored, and the scores are None).
 
     The evaluation data (when the recipe names some) is drawn before the expensive part, so a
     bad file fails fast; the report's total time leaves evaluation out.
@@ -349,13 +353,14 @@ def merge(
         HeteroguiError: any invalid recipe field, model or data (see the subclasses).
     """
     with torch.random.fork_rng(devices=[]):
-        return _merge_seeded(recipe, progress, cancel)
+        return _merge_seeded(recipe, progress, cancel, evaluate)
 
 
 def _merge_seeded(
     recipe: Recipe | str | Path,
     progress: Progress | None,
     cancel: Callable[[], bool] | None,
+    evaluate: bool,
 ) -> RunResult:
     """Run ``merge`` (which keeps the caller's random state)."""
     if not isinstance(recipe, Recipe):
@@ -392,7 +397,7 @@ def _merge_seeded(
     warn_if_other_versions(recipe, done)
     warn_of_idle_knobs(recipe.zip, pair)
     scores = None
-    if evaluation is not None and distributed.is_main():
+    if evaluate and evaluation is not None and distributed.is_main():
         scores = _scores(pair, result, evaluation, report)
     task = task_of(pair.task)
     describe = group_report if isinstance(result, GroupMergeResult) else merge_report

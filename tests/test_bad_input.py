@@ -258,8 +258,21 @@ def test_a_recipe_merge_keeps_the_callers_random_state_and_takes_no_engine_optio
     expected = torch.rand(4)
     torch.manual_seed(123)
     heterogui.merge(ws / "recipe.yaml")  # seeds torch with the recipe's seed, on a fork
-    run.load_pair(str(ws / "a"), str(ws / "b"))
+    pair = run.load_pair(str(ws / "a"), str(ws / "b"))
     assert torch.equal(torch.rand(4), expected)
+    with pytest.raises(ConfigError, match="size 0 is too small"):  # not the default size
+        run.calibrate(pair, size=0)
+    # heterogui.merge returns the engine result only, so it scores nothing; run.merge scores
+    inputs = torch.randn(40, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    save_file({"inputs": inputs, "labels": torch.arange(40) % 10}, str(ws / "eval.safetensors"))
+    data = recipe(ws)
+    data["evaluation"] = {"source": str(ws / "eval.safetensors")}
+    scored = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run, "_scores", lambda *args: scored.append(1) or {})
+        heterogui.merge(write_recipe(ws, data))
+        assert scored == []
+        assert run.merge(write_recipe(ws, data)).scores == {} and scored == [1]
     # a recipe holds the settings: options beside it would be ignored, so they are refused
     with pytest.raises(ConfigError, match=r"merge\(recipe\) takes no options \['device', 'mode'\]"):
         heterogui.merge(ws / "recipe.yaml", mode="lma", device="cuda")

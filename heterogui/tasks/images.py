@@ -148,7 +148,9 @@ class ImageClassification(Task):
                 f"no built-in dataset fits {pair.a.name}; name calibration images: "
                 f"{self.data_help('calibration')}"
             )
-        return DataRef(dataset, "calibration", size or CALIBRATION_SIZE, CALIBRATION_BATCH)
+        return DataRef(
+            dataset, "calibration", CALIBRATION_SIZE if size is None else size, CALIBRATION_BATCH
+        )
 
     def default_evaluation(self, pair: Pair) -> DataRef | None:
         """Return the test split of the pair's dataset (None: no dataset or overlapping tasks)."""

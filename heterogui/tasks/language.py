@@ -197,7 +197,9 @@ class LanguageModeling(Task):
 
     def default_calibration(self, pair: Pair, size: int | None = None) -> DataRef:
         """Return texts of both built-in domains (calibration split)."""
-        return DataRef(ALL_DOMAINS, "calibration", size or CALIBRATION_SIZE, BATCH)
+        return DataRef(
+            ALL_DOMAINS, "calibration", CALIBRATION_SIZE if size is None else size, BATCH
+        )
 
     def default_evaluation(self, pair: Pair) -> DataRef | None:
         """Return the held-out texts of both built-in domains."""

@@ -237,7 +237,12 @@ class SentenceSimilarity(Task):
 
     def default_calibration(self, pair: ModelPair, size: int | None = None) -> DataRef:
         """Return the built-in calibration sentences."""
-        return DataRef("sentences", "calibration", size or CALIBRATION_SIZE, CALIBRATION_BATCH)
+        return DataRef(
+            "sentences",
+            "calibration",
+            CALIBRATION_SIZE if size is None else size,
+            CALIBRATION_BATCH,
+        )
 
     def default_evaluation(self, pair: ModelPair) -> DataRef | None:
         """Return the built-in scored sentence pairs."""
