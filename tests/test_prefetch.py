@@ -177,3 +177,13 @@ def test_a_failing_pass_is_logged_not_retried_and_leaves_the_session_as_it_was(
     monkeypatch.setattr(prefetch, "missing_placement", broken)
     idle.schedule(session)
     assert not idle.run_once() and idle.wait_idle(0)  # any other bug: the session leaves too
+
+
+def test_a_merge_or_release_during_a_merge_runs_afterwards_and_an_export_does_not(res):
+    """Heavy events wait their turn; Merge and slider releases keep the latest trigger (a click
+    while a merge runs merges the settings changed meanwhile), Export ignores a double click."""
+    demo = app.build_app(res, prefetch=False)
+    modes = {d["api_name"]: d["trigger_mode"] for d in demo.config["dependencies"]}
+    assert modes["merge"] == modes["remerge"] == "always_last"
+    assert modes["export"] == modes["align"] == "once"
+    assert demo.delete_cache == app.DELETE_CACHE  # the served copies of exports do not pile up

@@ -74,14 +74,25 @@ TAB_TITLES = (
 )
 
 
+DELETE_CACHE = (1800, 3600)  # every half hour, Gradio's copies older than an hour
+
+
 def event_options(
-    api_name: str | None, heavy: bool, light: bool, heavy_limit: int, status: Any
+    api_name: str | None,
+    heavy: bool,
+    light: bool,
+    heavy_limit: int,
+    status: Any,
+    last: bool = False,
 ) -> dict[str, Any]:
     """Return the keywords of an event listener: progress, API name and concurrency.
 
     heavy: one progress bar on ``status`` and at most ``heavy_limit`` such events at once
     across users; light: unlimited, only the last of a burst runs; neither: the queue's
-    default. An event without an API name stays out of the API page.
+    default. last: a heavy event triggered again while it runs runs once more afterwards, with
+    the latest values (a Merge or slider release is not dropped); other heavy events ignore a
+    trigger while they run (a second click on Export). An event without an API name stays out
+    of the API page.
     """
     kwargs: dict[str, Any] = {"show_progress": "full" if heavy else "hidden"}
     if heavy:  # one progress bar, under the title, instead of an overlay on every view
@@ -92,6 +103,8 @@ def event_options(
         kwargs["api_visibility"] = "undocumented"
     if heavy:
         kwargs.update(concurrency_id="heavy", concurrency_limit=heavy_limit)
+        if last:
+            kwargs["trigger_mode"] = "always_last"
     elif light:
         kwargs.update(concurrency_limit=None, trigger_mode="always_last")
     return kwargs
@@ -105,7 +118,11 @@ def build_app(res: Resources, heavy_limit: int = 2, prefetch: bool = True) -> gr
     ``prefetcher`` attribute (None without).
     """
     ui: dict[str, Any] = ComponentNames()
-    with gr.Blocks(title="heterogui workbench", analytics_enabled=False) as demo:
+    # Gradio copies every file it serves (downloads, uploads) into its cache: an hour after
+    # they were made, those copies go (a MiniLM export's copy is about 120 MB)
+    with gr.Blocks(
+        title="heterogui workbench", analytics_enabled=False, delete_cache=DELETE_CACHE
+    ) as demo:
         state = build_page(ui, res)
         locks = SessionLocks()
 
@@ -124,10 +141,11 @@ def build_app(res: Resources, heavy_limit: int = 2, prefetch: bool = True) -> gr
             light=False,
             extra=(),
             toast=False,
+            last=False,
         ):
             scope_list = SCOPES if scopes == "all" else tuple(scopes)
             names = [n for s in scope_list for n in views_of(s)] + list(extra)
-            kwargs = event_options(api_name, heavy, light, heavy_limit, ui["status"])
+            kwargs = event_options(api_name, heavy, light, heavy_limit, ui["status"], last)
             return trigger(
                 event_function(
                     handler,

@@ -155,7 +155,8 @@ def archive(folder: Path, session: Session) -> str:
     """Return a .zip of an exported folder for download, in the session's own folder.
 
     The session's earlier download is removed first (the page offers one at a time), and the
-    rest goes when the session ends (``Session.remove_files``).
+    rest goes when the session ends (``Session.remove_files``); the copy Gradio serves goes an
+    hour after it was made (``app.DELETE_CACHE``).
     """
     downloads = session.files_folder() / "downloads"
     shutil.rmtree(downloads, ignore_errors=True)

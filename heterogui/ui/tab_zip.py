@@ -371,6 +371,7 @@ def wire(ui: dict[str, Any], on) -> None:
             RELEASED_SCOPES,
             "remerge" if name == "rho" else None,
             heavy=True,
+            last=True,  # a release during a merge merges at its value afterwards
         )
         # The merge shows first; its test metrics follow in a second step.
         on(
@@ -392,6 +393,7 @@ def wire(ui: dict[str, Any], on) -> None:
         "merge",
         heavy=True,
         toast=True,
+        last=True,  # a click during a merge (settings changed meanwhile) merges afterwards
     )
     on(ui["cancel"].click, on_cancel, [], (), "cancel", light=True)
     for beside in ("sweep_cancel", "gen_cancel"):  # the Evaluate tab's long steps: one handler
