@@ -898,3 +898,16 @@ def test_recipe_errors_name_the_models_and_keys_as_a_recipe_writes_them(ws, caps
         ws, ["merge", str(write_recipe(ws, data)), "--out", str(ws / "o")], "", capsys
     )
     assert "'models'" in err and "more_models" not in err
+
+
+def test_an_uploaded_recipe_is_named_by_its_file_and_not_mixed_with_pasted_text(tmp_path):
+    from heterogui.ui import exporting
+
+    upload = tmp_path / "server-copy-4f2a" / "mine.yaml"
+    upload.parent.mkdir()
+    upload.write_text("x" * 2_000_000)  # too large: the message names the file
+    with pytest.raises(ConfigError, match="mine.yaml") as info:
+        exporting.read_recipe(str(upload), None)
+    assert str(upload.parent) not in str(info.value)
+    with pytest.raises(ConfigError, match="remove the file or clear the text"):
+        exporting.read_recipe(str(upload), "model_a: x\n")

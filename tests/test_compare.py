@@ -147,6 +147,18 @@ def test_grid_over_the_stop_point_uses_real_blocks(session, res):
         compare_grid.on_grid(session, res, "temperature")
 
 
+def test_an_export_after_a_realignment_asks_for_a_merge_of_it(session, res):
+    from heterogui.ui import exporting
+
+    with pytest.raises(ConfigError, match="merge first"):
+        exporting.session_run(session)
+    merge = _merge(session, res, 1.0)
+    assert exporting.session_run(session).result is session.result
+    tab_align.on_mode(session, res, "lma", None)  # the merge no longer fits the alignment
+    with pytest.raises(ConfigError, match=f"merge #{merge} was made before the models, the"):
+        exporting.session_run(session)
+
+
 def test_the_last_merge_is_measured_against_both_parents(session, res):
     with pytest.raises(ConfigError, match="merge first"):
         tab_compare.on_resemblance(session, res)
@@ -183,7 +195,7 @@ def test_figures_for_slides_hold_every_figure_and_the_tables(session, res):
     assert payload["name"] == f"{PAIR}-merge{merge}-figures"
     names = set(payload["figures"])
     assert {"alignment-heatmap", "zip-sizes", "zip-arch", "neurons-neuron_map"} <= names
-    assert f"Saving {len(names)} figures" in message
+    assert message.startswith(f"Collected {len(names)} figures and the tables")
     # The figures are the tabs' own, as plotly JSON.
     heat = payload["figures"]["alignment-heatmap"]["data"][0]
     assert heat["type"] == "heatmap"

@@ -339,7 +339,7 @@ class LanguageModeling(Task):
         """
         prompts = [p for p in prompts if p.strip()]
         if not 1 <= len(prompts) <= MAX_PROMPTS:
-            raise ConfigError(f"type 1 to {MAX_PROMPTS} prompts, one per line")
+            raise ConfigError(f"type 1 to {MAX_PROMPTS} prompts, one per line (got {len(prompts)})")
         tok, dev = tokenizer_of(pair), prepared.device
         models = {
             "A": network_logits(prepared.net_a.module, last=True),

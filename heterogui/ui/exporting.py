@@ -14,7 +14,7 @@ from typing import Any
 
 from heterogui import run, run_export
 from heterogui.config import Recipe
-from heterogui.errors import ConfigError, ExportError, excerpt
+from heterogui.errors import ConfigError, ExportError, HeteroguiError, excerpt
 from heterogui.export.job import (
     HETEROGUI_FORMAT,
     HF_BERT_FORMAT,
@@ -51,7 +51,7 @@ def session_run(session: Session) -> run.RunResult:
     """
     result = session.result
     if result is None or session.pair is None or session.calibration is None:
-        raise ConfigError("merge first (Zip tab): there is nothing to export yet")
+        raise nothing_to_export(session)
     pair, task = session.pair, session.task
     recipe = run.complete_recipe(pair, session.calibration, result, evaluation=session.evaluation)
     scores = None
@@ -62,6 +62,16 @@ def session_run(session: Session) -> run.RunResult:
     return run.RunResult(
         result, recipe, report, pair, session.calibration, session.evaluation, scores
     )
+
+
+def nothing_to_export(session: Session) -> ConfigError:
+    """Return the refusal of an export with no current merge, naming the last merge if any."""
+    if session.history and session.pair is not None:  # merged, then realigned or reanalysed
+        return ConfigError(
+            f"merge #{session.merge_count} was made before the models, the analysis or the "
+            "alignment changed: merge again (Zip tab) to export a merge of the current ones"
+        )
+    return ConfigError("merge first (Zip tab): there is nothing to export yet")
 
 
 def formats(session: Session) -> list[str]:
@@ -95,7 +105,7 @@ def chosen_format(session: Session, fmt: str | None) -> str:
     if not fmt or fmt == AUTO:
         fitting, _ = fitting_format(session)
         if fitting is None:
-            raise ConfigError("merge first (Zip tab): there is nothing to export yet")
+            raise nothing_to_export(session)
         return fitting
     if fmt not in formats(session):
         raise ConfigError(
@@ -172,10 +182,19 @@ def read_recipe(path: str | None, text: str | None) -> Recipe:
     """Return the recipe of an uploaded file, else of pasted YAML/JSON text.
 
     Raises:
-        ConfigError: nothing given, or a recipe that does not parse or validate.
+        ConfigError: nothing given, both given, or a recipe that does not parse or validate
+            (an upload named by its file name, not the server's copy).
     """
+    if path and (text or "").strip():
+        raise ConfigError(
+            "a recipe file is uploaded and a recipe pasted: remove the file or clear the text, "
+            "so that it is clear which one to run"
+        )
     if path:
-        return load_recipe(path)
+        try:
+            return load_recipe(path)
+        except HeteroguiError as exc:
+            raise type(exc)(str(exc).replace(str(path), Path(path).name)) from None
     if not (text or "").strip():
         raise ConfigError("upload a recipe file (.yaml/.json) or paste one")
     return parse_recipe(text, "the pasted recipe")

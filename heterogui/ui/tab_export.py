@@ -191,7 +191,9 @@ def on_figures(session: Session, res: Resources, progress=None) -> tuple[str, di
         raise ConfigError("load and analyse a pair first: there are no figures yet")
     payload = slides.figures_payload(session, res)
     return (
-        f"Saving {len(payload['figures'])} figures (PNG and SVG) and the tables as one .zip.",
+        f"Collected {len(payload['figures'])} figures and the tables: the page draws each "
+        "figure as PNG and SVG and saves them as one .zip (its button counts them, then names "
+        "the file saved).",
         {"figures_payload": plotly.io.json.to_json_plotly(payload)},
     )
 

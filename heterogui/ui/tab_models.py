@@ -301,7 +301,8 @@ def on_sentences(
     sentences = parse_lines(pasted)
     if len(sentences) < MIN_SENTENCES:
         raise ConfigError(
-            f"{len(sentences)} sentences: paste at least {MIN_SENTENCES}, one per line"
+            f"{len(sentences)} sentence{'' if len(sentences) == 1 else 's'}: paste at least "
+            f"{MIN_SENTENCES}, one per line"
         )
     distinct = len(set(sentences))
     if distinct < MIN_SENTENCES:  # copies add nothing: the layers' CKA would be flat
