@@ -21,6 +21,7 @@ from torch import nn
 
 from heterogui import pipeline
 from heterogui.fusion.merged import MergedSpec, build_merged
+from heterogui.fusion.regression import regressed_spaces
 from heterogui.fusion.split_heads import split_config, split_rank, split_widths
 from heterogui.matching import match_spaces
 from heterogui.memo import ObjectMemo
@@ -179,8 +180,13 @@ def estimate(prepared: pipeline.Prepared, settings: pipeline.ZipSettings) -> dic
         trunk, (pa.config, pb.config), stop, layout, (pa.task_heads(), pb.task_heads())
     )
     model = on_meta(lambda: build_merged(spec))
-    counts = split_widths(ga, _counts(prepared, settings, widths, stop), rank)
-    effective = effective_size(model, prepared, counts)
+    counts, merged_models = _counts(prepared, settings, widths, stop)
+    counts = split_widths(ga, counts, rank)
+    dense = {}
+    if settings.fusion.startswith("least_squares"):
+        regressed = regressed_spaces((ga, pb.graph()), widths, stop)
+        dense = {s: merged_models[s] for s in regressed}
+    effective = effective_size(model, prepared, counts, dense)
     stored = stored_size(model, prepared)
     merged = split_widths(ga, {s: w[2] for s, w in widths.items()}, rank)
     widths = {s: (n_a, n_b, merged[s]) for s, (n_a, n_b, _) in widths.items()}
@@ -248,7 +254,8 @@ def _merge_size(result: pipeline.MergeResult) -> dict[str, int | None]:
 
 STORED_REASON = (
     "the stored model keeps unmerged neurons as dense block-diagonal weights: the zeros off "
-    "the blocks are stored but never change an output"
+    "the blocks are stored but never change an output (a least-squares fusion leaves fewer "
+    "such zeros: its readers of a merge point take every merged feature)"
 )
 
 
@@ -272,17 +279,34 @@ def _counts(
     settings: pipeline.ZipSettings,
     widths: dict[str, tuple[int, int, int]],
     stop: int,
-) -> dict[str, tuple[int, int, int]]:
-    """Return the groups with A's features, B's and both per merge point: from the matchings
-    themselves where they are cheap (``MATCHED_ESTIMATE_ENTRIES``), else ``planned_counts``.
+) -> tuple[dict[str, tuple[int, int, int]], dict[str, tuple[bool, bool]]]:
+    """Return the groups with A's features, B's and both per merge point, and whether A's and
+    B's features share a group (``merged_models``): from the matchings themselves where they
+    are cheap (``MATCHED_ESTIMATE_ENTRIES``), else from the planned widths (``planned_counts``;
+    every feature of both merged when any group is shared).
 
     Raises:
         MatcherError: a width the zip cannot reach (the merge would refuse it too).
     """
     if not estimated_by_matching(prepared, widths):
-        return planned_counts(prepared, widths)
+        counts = planned_counts(prepared, widths)
+        merged = {s: (n_a + n_b > r,) * 2 for s, (n_a, n_b, r) in widths.items()}
+        return counts, merged
     matches = match_spaces(prepared, settings, stop)
-    return {s: _shared_counts(matches[s]) for s in widths}
+    return (
+        {s: _shared_counts(matches[s]) for s in widths},
+        {s: merged_models(matches[s]) for s in widths},
+    )
+
+
+def merged_models(match: Any) -> tuple[bool, bool]:
+    """Return whether some feature of A, and some feature of B, shares its group with another
+    feature (of either model): what makes a least-squares unmerge of that model dense."""
+    groups = match.groups
+    kept = groups >= 0
+    sizes = torch.bincount(groups[kept], minlength=match.width)
+    shared = kept & (sizes[groups.clamp(min=0)] >= 2)
+    return bool(shared[: match.n_a].any()), bool(shared[match.n_a : match.n_a + match.n_b].any())
 
 
 def estimated_by_matching(
@@ -316,7 +340,10 @@ def planned_counts(
 
 
 def effective_entries(
-    model: Any, prepared: pipeline.Prepared, counts: dict[str, tuple[int, int, int]]
+    model: Any,
+    prepared: pipeline.Prepared,
+    counts: dict[str, tuple[int, int, int]],
+    dense: dict[str, tuple[bool, bool]] | None = None,
 ) -> dict[str, int]:
     """Return, per parameter of a merged model, how many entries are not structurally zero.
 
@@ -325,7 +352,14 @@ def effective_entries(
     and h (W* = sum_m M_m W_m U_m); layers of a padded identity block contribute nothing (they
     compute the identity). So at rho = 0 (no group shared) the count is exactly the
     ensemble's, and it falls as groups are shared. Tails count whole (minus identity blocks).
+
+    dense: per merge point read through a least-squares unmerge (``fusion.regression``), for
+    A and B, whether that model's unmerge is dense: its readers then take every merged group.
+    A model's unmerge is dense when some of its features share a group (their regression reads
+    every merged feature); where all of its features stay alone in their groups, the
+    regression is exactly the paper's 0/1 unmerge (rho = 0 stays the ensemble's count).
     """
+    dense = dense or {}
     ga = prepared.padded_a.graph()
     identity = (prepared.padded_a.identity_blocks, prepared.padded_b.identity_blocks)
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
@@ -338,8 +372,8 @@ def effective_entries(
         axes = [a for a in tag.axes if a.space in counts]
         rest = math.prod(d for k, d in enumerate(shape) if k not in {a.dim for a in axes})
         real = [tag.block not in identity[m] for m in (0, 1)]
-        terms = [math.prod(counts[a.space][m] for a in axes) for m in (0, 1)]
-        both = math.prod(counts[a.space][2] for a in axes)
+        terms = [math.prod(_groups_read(a, counts, dense, m) for a in axes) for m in (0, 1)]
+        both = math.prod(_groups_read(a, counts, dense, 2) for a in axes)
         count = real[0] * terms[0] + real[1] * terms[1] - (real[0] and real[1]) * both
         out[name] = count * rest if axes else math.prod(shape) * any(real)
     for m, tail in enumerate(model.tails):
@@ -349,16 +383,37 @@ def effective_entries(
     return out
 
 
+def _groups_read(
+    axis: Any,
+    counts: dict[str, tuple[int, int, int]],
+    dense: dict[str, tuple[bool, bool]],
+    m: int,
+) -> int:
+    """Return how many groups of ``axis``'s merge point hold entries of model ``m`` (2: of
+    both), counting every group on an input axis that a dense unmerge reads."""
+    a, b, both = counts[axis.space]
+    if axis.role != "in" or axis.space not in dense:
+        return counts[axis.space][m]
+    dense_a, dense_b = dense[axis.space]
+    width = a + b - both
+    if m < 2:
+        return width if (dense_a, dense_b)[m] else (a, b)[m]
+    return width if dense_a and dense_b else b if dense_a else a if dense_b else both
+
+
 def effective_size(
-    model: Any, prepared: pipeline.Prepared, counts: dict[str, tuple[int, int, int]]
+    model: Any,
+    prepared: pipeline.Prepared,
+    counts: dict[str, tuple[int, int, int]],
+    dense: dict[str, tuple[bool, bool]] | None = None,
 ) -> dict[str, int | None]:
     """Return the parameters and FLOPs of a merge that are not structurally zero.
 
     The stored model keeps unmerged features as dense block-diagonal weights (exact zeros off
     the blocks); what it computes with is this effective size: exactly the ensemble's at
-    rho = 0, falling as rho rises (``effective_entries``).
+    rho = 0, falling as rho rises (``effective_entries``; ``dense``: least-squares readers).
     """
-    entries = effective_entries(model, prepared, counts)
+    entries = effective_entries(model, prepared, counts, dense)
     layers = merged_layer_flops(model, prepared)
     flops = None
     if layers is not None:
@@ -374,4 +429,9 @@ def merged_effective_size(result: pipeline.MergeResult) -> dict[str, int | None]
     """Return the effective size of a merge from its matchings."""
     counts = {s: _shared_counts(m) for s, m in result.matches.items()}
     counts = split_widths(result.prepared.padded_a.graph(), counts, result.split_rank)
-    return effective_size(result.model, result.prepared, counts)
+    dense = {
+        s: merged_models(m)
+        for s, m in result.matches.items()
+        if result.transforms[s].regression is not None
+    }
+    return effective_size(result.model, result.prepared, counts, dense)

@@ -79,24 +79,37 @@ def test_merging_a_merge_with_a_third_model_gives_three_heads(tmp_path):
 
 
 @pytest.mark.parametrize("name", list(DEPTH_PAIRS))
-def test_effective_size_is_the_ensemble_at_rho_zero_and_falls_with_rho(name):
+def test_effective_size_counts_what_the_merge_computes_with(name):
+    """The effective size is the ensemble's at rho = 0 and the merge's nonzero entries at every
+    rho: with the paper's fusion it falls as rho rises; a least-squares fusion, whose readers of
+    a merge point with shared groups take every merged feature, keeps more of them."""
     from heterogui.sizes import count_flops, estimate, merge_size
 
     a, b, shape = pair(name)
     prep = prepare(a, b, calibration(shape), device="cpu")
     ensemble = a.parameter_count() + b.parameter_count()
     ensemble_flops = count_flops(a.module, shape) + count_flops(b.module, shape)
-    sizes = []
-    for rho in (0.0, 0.25, 0.5, 0.75, 1.0):
-        settings = ZipSettings(rho=rho, beta=0.0)  # cross-model merges only: the estimate is exact
-        result = zip_prepared(prep, settings)
-        size = merge_size(result)
-        assert estimate(prep, settings)["effective"] == {
-            "parameters": size["parameters"],
-            "flops": size["flops"],
-        }
-        nonzero = sum(int(torch.count_nonzero(p)) for p in result.model.parameters())
-        assert size["parameters"] <= nonzero <= size["stored_parameters"]  # zeros are structural
-        sizes.append((size["parameters"], size["flops"]))
-    assert sizes[0] == (ensemble, ensemble_flops)  # rho = 0: exactly the ensemble
-    assert sizes == sorted(sizes, reverse=True) and sizes[-1][0] < sizes[0][0]
+    sizes = {}
+    for fusion in ("average", "least_squares"):
+        for rho in (0.0, 0.25, 0.5, 0.75, 1.0):
+            # cross-model merges only: the estimate is exact
+            settings = ZipSettings(rho=rho, beta=0.0, fusion=fusion)
+            result = zip_prepared(prep, settings)
+            size = merge_size(result)
+            assert estimate(prep, settings)["effective"] == {
+                "parameters": size["parameters"],
+                "flops": size["flops"],
+            }
+            model = result.model
+            trunk = sum(int(torch.count_nonzero(p)) for p in model.trunk.parameters())
+            tails = sum(p.numel() for p in model.tails.parameters())
+            assert size["parameters"] <= trunk + tails <= size["stored_parameters"]
+            if name == "resnet":  # its identity blocks are zero branches: every entry counts
+                assert size["parameters"] == trunk + tails, (fusion, rho)
+            sizes[fusion, rho] = (size["parameters"], size["flops"])
+    for fusion in ("average", "least_squares"):  # rho = 0: exactly the ensemble
+        assert sizes[fusion, 0.0] == (ensemble, ensemble_flops)
+    paper = [sizes["average", rho] for rho in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    assert paper == sorted(paper, reverse=True) and paper[-1][0] < paper[0][0]
+    for rho in (0.25, 0.5, 0.75, 1.0):
+        assert sizes["least_squares", rho][0] > sizes["average", rho][0]

@@ -718,7 +718,9 @@ def test_evaluate_samples_sweep_and_history(session, res):
     tab_evaluate.on_sweep(session, res)
     assert [p["rho"] for p in session.sweep] == list(tab_evaluate.SWEEP_RHOS)
     params = [p["parameters"] for p in session.sweep]
-    assert params == sorted(params, reverse=True)
+    # rho = 0 computes exactly the ensemble; the paper's width computes with fewer weights
+    # (a least-squares fusion, the ResNets' default, is not monotone between: sizes.py)
+    assert params[0] == session.reference_sizes["ensemble"]["parameters"] > params[-1]
     merge(session, res, rho=0.8)  # a rho move keeps the sweep and marks the new rho
     view = tab_evaluate.render(session, res)
     assert view["sweep_plot"] is not None and len(view["history"]["value"]) == 2

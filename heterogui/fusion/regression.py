@@ -24,7 +24,7 @@ The ridge is relative: λ = ridge · trace(Σ_zz) / r, so it does not depend on 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -221,10 +221,40 @@ def fit_regressions(
     Spearman; without, it gains at some settings: docs/transformers.md).
     """
     graph_a = graphs[0]
+    with_bias, through_origin = _reader_forms(graph_a, stop)
+    return {
+        space: regression_unmerge(
+            pooled_moments(stats, graph_a, space, stop),
+            matches[space],
+            ridge,
+            centred=space in with_bias,
+            origin=space in through_origin,
+        )
+        for space in regressed_spaces(graphs, matches, stop)
+    }
+
+
+def regressed_spaces(graphs: Sequence[ModelGraph], spaces: Iterable[str], stop: int) -> list[str]:
+    """Return the merge points of ``spaces`` that a least-squares fusion reads through its
+    regression (``fit_regressions``): the others keep the paper's 0/1 unmerge."""
+    graph_a = graphs[0]
+    with_bias, through_origin = _reader_forms(graph_a, stop)
+    shared = set(shared_spaces(graphs))
+    return [
+        space
+        for space in spaces
+        if (space in with_bias or space in through_origin)
+        and space in shared
+        and graph_a.spaces[space].captures
+        and not graph_a.spaces[space].head_dim
+    ]
+
+
+def _reader_forms(graph_a: ModelGraph, stop: int) -> tuple[set[str], set[str]]:
+    """Return the spaces read with an intercept (a linear reader with a bias) and those read
+    through the origin (every other reader, and the tails at the stop point)."""
     trunk = [t for t in graph_a.tensors if t.block < stop]
     names = {t.name for t in trunk}
-    # the centred form feeds a linear layer with a bias (its intercept goes there); every
-    # other reader, and the tails at the stop point, read through the origin form
     with_bias = {linear_read_space(t) for t in trunk if bias_name(t) in names} - {None}
     through_origin = {
         a.space
@@ -235,18 +265,4 @@ def fit_regressions(
     }
     if stop > 0:  # the tails (the heads of a full zip) read the stop point through its unmerge
         through_origin.add(graph_a.block_out[stop - 1])
-    shared = set(shared_spaces(graphs))
-    return {
-        space: regression_unmerge(
-            pooled_moments(stats, graph_a, space, stop),
-            match,
-            ridge,
-            centred=space in with_bias,
-            origin=space in through_origin,
-        )
-        for space, match in matches.items()
-        if (space in with_bias or space in through_origin)
-        and space in shared
-        and graph_a.spaces[space].captures
-        and not graph_a.spaces[space].head_dim
-    }
+    return with_bias, through_origin
