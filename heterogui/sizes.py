@@ -200,9 +200,16 @@ def stored_size(model: Any, prepared: Any) -> dict[str, int | None]:
     """
     flops = merged_layer_flops(model, prepared)
     return {
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in model.parameters())
+        + sum(u.numel() for _, u in unmerge_buffers(model)),
         "flops": None if flops is None else sum(flops.values()),
     }
+
+
+def unmerge_buffers(model: Any) -> list[tuple[str, torch.Tensor]]:
+    """Return the unmerge matrices a merged model stores (its tails read the stop point
+    through them: weights like the others, kept as buffers), by name, A's first."""
+    return [(n, b) for n, b in model.named_buffers() if n.startswith("unmerge_")]
 
 
 def merged_layer_flops(model: Any, prepared: Any) -> dict[str, int] | None:
@@ -237,8 +244,9 @@ def merge_size(result: pipeline.MergeResult) -> dict[str, int | None]:
     """Return a merge's effective parameters and FLOPs, and what it stores beside them.
 
     Keys: "parameters" and "flops" (not structurally zero: what the merge computes with),
-    "stored_parameters" and "stored_flops" (dense block-diagonal weights included). Computed
-    once per merge result.
+    "stored_parameters" and "stored_flops" (dense block-diagonal weights included; the
+    parameters with the unmerge matrices at the stop point, which the model file holds).
+    Computed once per merge result.
     """
     return copy.deepcopy(_SIZES.get(result, "merge", lambda: _merge_size(result)))
 
@@ -279,19 +287,17 @@ def _counts(
     settings: pipeline.ZipSettings,
     widths: dict[str, tuple[int, int, int]],
     stop: int,
-) -> tuple[dict[str, tuple[int, int, int]], dict[str, tuple[bool, bool]]]:
-    """Return the groups with A's features, B's and both per merge point, and whether A's and
+) -> tuple[dict[str, tuple[int, int, int]], dict[str, tuple[int, int]]]:
+    """Return the groups with A's features, B's and both per merge point, and how many of A's and
     B's features share a group (``merged_models``): from the matchings themselves where they
-    are cheap (``MATCHED_ESTIMATE_ENTRIES``), else from the planned widths (``planned_counts``;
-    every feature of both merged when any group is shared).
+    are cheap (``MATCHED_ESTIMATE_ENTRIES``), else from the planned widths (``planned_counts``).
 
     Raises:
         MatcherError: a width the zip cannot reach (the merge would refuse it too).
     """
     if not estimated_by_matching(prepared, widths):
         counts = planned_counts(prepared, widths)
-        merged = {s: (n_a + n_b > r,) * 2 for s, (n_a, n_b, r) in widths.items()}
-        return counts, merged
+        return counts, {s: _planned_merged(*w) for s, w in widths.items()}
     matches = match_spaces(prepared, settings, stop)
     return (
         {s: _shared_counts(matches[s]) for s in widths},
@@ -299,14 +305,24 @@ def _counts(
     )
 
 
-def merged_models(match: Any) -> tuple[bool, bool]:
-    """Return whether some feature of A, and some feature of B, shares its group with another
-    feature (of either model): what makes a least-squares unmerge of that model dense."""
+def merged_models(match: Any) -> tuple[int, int]:
+    """Return how many features of A, and of B, share their group with another feature (of
+    either model): their rows of a least-squares unmerge read every merged feature, where a
+    feature alone in its group is copied (the paper's 0/1 row)."""
     groups = match.groups
     kept = groups >= 0
     sizes = torch.bincount(groups[kept], minlength=match.width)
     shared = kept & (sizes[groups.clamp(min=0)] >= 2)
-    return bool(shared[: match.n_a].any()), bool(shared[match.n_a : match.n_a + match.n_b].any())
+    return int(shared[: match.n_a].sum()), int(shared[match.n_a : match.n_a + match.n_b].sum())
+
+
+def _planned_merged(n_a: int, n_b: int, width: int) -> tuple[int, int]:
+    """Return ``merged_models`` as planned widths imply it (``planned_counts``: A-B pairs
+    first, further merges fold features of the wider model together)."""
+    merges = n_a + n_b - width
+    pairs = min(merges, n_a, n_b)
+    extra = merges - pairs
+    return (pairs + extra, pairs) if n_a >= n_b else (pairs, pairs + extra)
 
 
 def estimated_by_matching(
@@ -343,7 +359,7 @@ def effective_entries(
     model: Any,
     prepared: pipeline.Prepared,
     counts: dict[str, tuple[int, int, int]],
-    dense: dict[str, tuple[bool, bool]] | None = None,
+    dense: dict[str, tuple[int, int]] | None = None,
 ) -> dict[str, int]:
     """Return, per parameter of a merged model, how many entries are not structurally zero.
 
@@ -354,10 +370,11 @@ def effective_entries(
     ensemble's, and it falls as groups are shared. Tails count whole (minus identity blocks).
 
     dense: per merge point read through a least-squares unmerge (``fusion.regression``), for
-    A and B, whether that model's unmerge is dense: its readers then take every merged group.
-    A model's unmerge is dense when some of its features share a group (their regression reads
-    every merged feature); where all of its features stay alone in their groups, the
-    regression is exactly the paper's 0/1 unmerge (rho = 0 stays the ensemble's count).
+    A and B, how many of that model's features share a group (``merged_models``): their rows
+    of the unmerge read every merged feature, so with any of them the model's readers take
+    every merged group. Where all of a model's features stay alone in their groups, the
+    regression is exactly the paper's 0/1 unmerge (rho = 0 stays the ensemble's count). The
+    unmerge matrices at the stop point count their mixing rows (a copied row is a gather).
     """
     dense = dense or {}
     ga = prepared.padded_a.graph()
@@ -380,13 +397,18 @@ def effective_entries(
         for name, p in tail.named_parameters():
             block = model.spec.stop + int(name.split(".", 1)[0])
             out[f"tails.{m}.{name}"] = 0 if block in identity[m] else p.numel()
+    # the paper's unmerge at the stop point copies features (a gather, like an identity); a
+    # least-squares one mixes every merged feature into those of a model with shared groups
+    boundary = ga.block_out[model.spec.stop - 1] if model.spec.stop > 0 else None
+    for m, (name, u) in enumerate(unmerge_buffers(model)):
+        out[name] = dense.get(boundary, (0, 0))[m] * u.shape[1]
     return out
 
 
 def _groups_read(
     axis: Any,
     counts: dict[str, tuple[int, int, int]],
-    dense: dict[str, tuple[bool, bool]],
+    dense: dict[str, tuple[int, int]],
     m: int,
 ) -> int:
     """Return how many groups of ``axis``'s merge point hold entries of model ``m`` (2: of
@@ -394,7 +416,7 @@ def _groups_read(
     a, b, both = counts[axis.space]
     if axis.role != "in" or axis.space not in dense:
         return counts[axis.space][m]
-    dense_a, dense_b = dense[axis.space]
+    dense_a, dense_b = (k > 0 for k in dense[axis.space])
     width = a + b - both
     if m < 2:
         return width if (dense_a, dense_b)[m] else (a, b)[m]
@@ -405,7 +427,7 @@ def effective_size(
     model: Any,
     prepared: pipeline.Prepared,
     counts: dict[str, tuple[int, int, int]],
-    dense: dict[str, tuple[bool, bool]] | None = None,
+    dense: dict[str, tuple[int, int]] | None = None,
 ) -> dict[str, int | None]:
     """Return the parameters and FLOPs of a merge that are not structurally zero.
 

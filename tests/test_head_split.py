@@ -33,6 +33,7 @@ from heterogui.tasks.lm_metrics import token_batches as lm_batches  # noqa: E402
 from tests.conftest import (  # noqa: E402
     char_tokenizer,
     run_model,
+    stored_count,
     tiny_decoder,
     tiny_hf,
     tiny_vit,
@@ -146,7 +147,7 @@ def test_a_split_merge_keeps_every_head_at_half_its_size():
     # the readout's plan is the model the merge makes
     planned = estimate(prepared, SPLIT)
     assert planned["widths"] == widths
-    assert planned["parameters"] == sum(p.numel() for p in result.model.parameters())
+    assert planned["parameters"] == stored_count(result.model)
     # at rho 0 nothing is shared and the planned counts are exact: so is the effective size
     apart = ZipSettings(heads="split", rho=0.0)
     assert estimate(prepared, apart)["effective"] == merged_effective_size(

@@ -101,11 +101,14 @@ def test_effective_size_counts_what_the_merge_computes_with(name):
                 "flops": size["flops"],
             }
             model = result.model
-            trunk = sum(int(torch.count_nonzero(p)) for p in model.trunk.parameters())
-            tails = sum(p.numel() for p in model.tails.parameters())
-            assert size["parameters"] <= trunk + tails <= size["stored_parameters"]
+            computed = sum(int(torch.count_nonzero(p)) for p in model.trunk.parameters())
+            computed += sum(p.numel() for p in model.tails.parameters())
+            for u in model.unmerge_matrices():  # the rows that mix merged features, not copy
+                mixing = torch.count_nonzero(u, dim=1) > 1
+                computed += int(torch.count_nonzero(u[mixing]))
+            assert size["parameters"] <= computed <= size["stored_parameters"]
             if name == "resnet":  # its identity blocks are zero branches: every entry counts
-                assert size["parameters"] == trunk + tails, (fusion, rho)
+                assert size["parameters"] == computed, (fusion, rho)
             sizes[fusion, rho] = (size["parameters"], size["flops"])
     for fusion in ("average", "least_squares"):  # rho = 0: exactly the ensemble
         assert sizes[fusion, 0.0] == (ensemble, ensemble_flops)
