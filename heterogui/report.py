@@ -31,7 +31,7 @@ from heterogui.sizes import (
     reference_sizes,
     stored_size,
 )
-from heterogui.sources.base import SENTENCE_SIMILARITY, Pair, model_key
+from heterogui.sources.base import LANGUAGE_MODELING, SENTENCE_SIMILARITY, Pair, model_key
 from heterogui.sources.folder import text_format
 from heterogui.tasks.base import Task
 
@@ -215,6 +215,7 @@ def card_facts(
         "title": f"Merge of {pair.a.name} and {pair.b.name}",
         "models": models,
         "heads": named_heads(result, pair),
+        "heads_header": heads_header(pair),
         "alignment": {
             "mode": al.mode,
             "mapping": al.mapping(),
@@ -247,13 +248,26 @@ def named_heads(result: MergeResult, pair: Pair) -> list[list[Any]]:
         for letter, m in zip(letters, pair.models, strict=True)
         if m.labels is not None
     }
+    what = NOT_CLASSES.get(pair.task)  # an embedder's or a language model's outputs
     rows = []
     for row in head_rows(result):
         own = names.get(row["model"], {})
-        named = all(c in own for c in row["classes"])
+        named = what is None and all(c in own for c in row["classes"])
         classes = ", ".join(own[c] for c in row["classes"]) if named else None
-        rows.append([row["name"], classes or class_ranges(row["classes"]), row["model"]])
+        ranges = class_ranges(row["classes"])
+        rows.append(
+            [row["name"], classes or (f"{what} {ranges}" if what else ranges), row["model"]]
+        )
     return rows
+
+
+# what the outputs of a head that is no classifier are, as the card's head table names them
+NOT_CLASSES = {SENTENCE_SIMILARITY: "embedding dimensions", LANGUAGE_MODELING: "token ids"}
+
+
+def heads_header(pair: Pair) -> str:
+    """Return the card's head-table column of a head's outputs: classes for classifiers."""
+    return "outputs" if pair.task in NOT_CLASSES else "classes"
 
 
 def _pooling_note(pair: Pair, scores: dict[str, Any] | None) -> list[str]:

@@ -123,6 +123,10 @@ def test_cli_writes_a_save_pretrained_folder_that_automodel_loads(tmp_path, pair
     card = (out / "README.md").read_text()
     assert f"| in this folder | {count:,} | — |" in card
     assert "Scores: A, B and the ensemble embed with this merge's pooling (mean of" in card
+    hidden = report["widths"]["stream"][0]  # A's embedding, not classes
+    assert (
+        "| head | outputs | from |" in card and f"| embedding dimensions 0-{hidden - 1} |" in card
+    )
 
 
 def test_recorded_recipe_repeats_the_merge_bit_for_bit(tmp_path):

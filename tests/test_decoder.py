@@ -267,7 +267,8 @@ def test_cli_merges_causal_lm_folders_into_one_automodelforcausallm_folder(tmp_p
     summary = json.loads(printed[: printed.rindex("wrote")])
     assert [h["classes"] for h in summary["heads"]] == [f"0-{vocab - 1}"] * 2
     card = (out / "README.md").read_text()
-    assert f"| 0-{vocab - 1} | A |" in card and "| [0, 1, 2" not in card
+    assert f"| token ids 0-{vocab - 1} | A |" in card and "| [0, 1, 2" not in card
+    assert "| head | outputs | from |" in card  # not classes: a language model's outputs
     recorded = load_recipe(out / "recipe.yaml")
     assert recorded.calibration.sha256 and recorded.evaluation.sha256
     assert recorded.versions["transformers"]

@@ -195,7 +195,8 @@ def model_card(facts: dict[str, Any], fmt: str = "heterogui") -> str:
     """Return the README.md of an exported merge.
 
     facts: "title", "models" (rows: name, reference, family, layers per stage, parameters),
-    "heads" (rows: head, task classes, from model), "alignment" (mode, mapping, score),
+    "heads" (rows: head, task classes, from model; "heads_header" names that column: outputs
+    for embedders and language models), "alignment" (mode, mapping, score),
     "settings" (dict), "widths" (rows: merge point, A, B, merged), "sizes" (rows: model,
     parameters, FLOPs), "metric_header" and "metrics" (rows, or []), "notes" (sentences).
     Optional: "rerun_flags" (what the rerun command needs beyond the recipe: " --format X"
@@ -225,7 +226,7 @@ def model_card(facts: dict[str, Any], fmt: str = "heterogui") -> str:
     if facts.get("heads"):
         parts += [
             "## Task heads",
-            _table(["head", "classes", "from"], facts["heads"]),
+            _table(["head", facts.get("heads_header", "classes"), "from"], facts["heads"]),
         ]
     parts += [
         "## Layer alignment",
