@@ -847,6 +847,26 @@ def test_handler_errors_become_messages_in_the_page(session, res):
     assert "Unexpected error" in out[1] and "boom" in out[1]
 
 
+def test_warnings_a_step_logs_reach_the_page(session, res):
+    """What the CLI prints as a warning (unscaled data, a short draw) shows in the status line
+    and as a toast; another thread's warnings (another session, the idle prefetch) do not."""
+    import logging
+    import threading
+
+    def warns(session, res, progress=None):
+        logging.getLogger("heterogui.datasets.refs").warning("inputs are read unscaled")
+        other = threading.Thread(
+            target=logging.getLogger("heterogui.x").warning, args=("not mine",)
+        )
+        other.start()
+        other.join()
+        return "Analysed."
+
+    with pytest.warns(UserWarning, match="inputs are read unscaled"):
+        out = events.event_function(warns, res, (), [], 0)(session, None)
+    assert out[1] == "Analysed. **Warning:** inputs are read unscaled"
+
+
 def test_a_toast_event_shows_its_success_as_a_toast_too(session, res, monkeypatch):
     shown: list[str] = []
     monkeypatch.setattr(events.gr, "Info", shown.append)

@@ -90,6 +90,7 @@ def event_function(
             with (
                 idle.busy() if idle else contextlib.nullcontext(),
                 lock_for(session) if lock_for else contextlib.nullcontext(),
+                step_warnings() as warned,
             ):
                 out = run_step(
                     session,
@@ -104,6 +105,11 @@ def event_function(
             return [session, failure_message(exc, handler), session_summary(session), *skip]
         if idle is not None and lock_for is not None:
             idle.schedule(session)
+        if warned:  # what the CLI prints on the terminal (unscaled data, a short draw)
+            for text in warned:
+                gr.Warning(text)
+            note = " ".join(f"**Warning:** {text}" for text in warned)
+            message = note if message is None else f"{message} {note}"
         if toast and message:
             gr.Info(message.replace("**", ""))
         return [
@@ -116,6 +122,34 @@ def event_function(
     fn.__signature__ = event_signature(n_inputs)  # gradio finds gr.Progress by its default
     fn.__name__ = getattr(handler, "__name__", "handler")
     return fn
+
+
+class _StepWarnings(logging.Handler):
+    """Collect the warnings heterogui logs on this thread (one step), each once."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            text = excerpt(record.getMessage(), MESSAGE_LIMIT)
+            if text not in self.messages:
+                self.messages.append(text)
+
+
+@contextlib.contextmanager
+def step_warnings() -> Any:
+    """Yield the list of the warnings heterogui logs while a step runs on this thread (other
+    sessions' steps and the idle prefetch run on other threads and stay out of it)."""
+    handler = _StepWarnings()
+    logger = logging.getLogger("heterogui")
+    logger.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
 
 
 def failure_message(exc: Exception, handler: Callable[..., Any]) -> str:
