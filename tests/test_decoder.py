@@ -192,6 +192,30 @@ def test_preflight_refuses_other_tokenizers_head_sizes_and_groupings(tmp_path):
     assert verdict.ok, verdict.reasons
 
 
+def test_settings_the_merged_layers_share_must_agree(tmp_path):
+    """A merged layer runs with one norm epsilon and one attention window: B's would change."""
+    import heterogui
+    from heterogui.errors import IncompatibleModelsError, ModelLoadError
+
+    a = save_decoder(tiny_decoder(), tmp_path / "a")
+    eps = save_decoder(tiny_decoder(rms_norm_eps=1e-2), tmp_path / "eps")
+    verdict = registry.preflight(str(a), str(eps))
+    assert any("norm epsilons differ (1e-06 vs 0.01)" in r for r in verdict.reasons)
+    with pytest.raises(IncompatibleModelsError, match=r"RMSNorm epsilons differ \(1e-06 vs 0.01\)"):
+        heterogui.merge(registry.load(str(a)).net, registry.load(str(eps)).net, [])
+    windowed = save_decoder(tiny_decoder("mistral", sliding_window=16), tmp_path / "w")
+    full = tiny_decoder("mistral", sliding_window=None)
+    verdict = registry.preflight(str(windowed), str(save_decoder(full, tmp_path / "f")))
+    assert any("attention windows differ (16 vs None)" in r for r in verdict.reasons)
+    with pytest.raises(IncompatibleModelsError, match=r"attention windows differ \(16 vs None\)"):
+        heterogui.merge(registry.load(str(windowed)).net, full, [])
+    qwen = save_decoder(
+        tiny_decoder("qwen2", use_sliding_window=True, sliding_window=16), tmp_path / "q"
+    )
+    with pytest.raises(ModelLoadError, match="uses sliding-window attention"):
+        registry.load(str(qwen))
+
+
 def test_the_language_task_scores_domains_and_calibrates_on_text(tmp_path, caplog):
     from heterogui.run import calibrate, load_pair
 

@@ -28,6 +28,7 @@ Identity layers (depth padding): post-LN blocks have no exact zero-branch identi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -311,6 +312,7 @@ SHARED_FIELDS = (
     ("type_vocab_size", "token-type vocabularies"),
     ("head_dim", "head dimensions"),
     ("hidden_act", "activations"),
+    ("layer_norm_eps", "LayerNorm epsilons"),
 )
 
 
@@ -321,11 +323,19 @@ def differing_fields(
     reasons = []
     for field, what in fields:
         va, vb = getattr(config_a, field), getattr(config_b, field)
-        if va != vb:
+        if not same_setting(va, vb):
             reasons.append(
                 f"{what} differ ({va} vs {vb}): both {family} models need the same {field}"
             )
     return reasons
+
+
+def same_setting(a: Any, b: Any) -> bool:
+    """Return whether two config values agree (floats to float32 rounding: a config.json may
+    hold 1e-12 as 9.999999960041972e-13)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-6)
+    return a == b
 
 
 def split_hint(head_dim_a: int, head_dim_b: int) -> str:

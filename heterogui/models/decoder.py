@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from heterogui.models.bert import same_setting
 from heterogui.models.decoder_modules import (
     ACTIVATIONS,
     ARCHITECTURES,
@@ -43,6 +44,7 @@ from heterogui.models.decoder_modules import (
     Embed,
     FinalNorm,
     LMHead,
+    attention_window,
     hf_config,
 )
 from heterogui.models.graph import (
@@ -332,6 +334,12 @@ def check_pair(config_a: DecoderNetConfig, config_b: DecoderNetConfig) -> list[s
                 f"{what} differ ({fa.get(field)} vs {fb.get(field)}): both models need the same "
                 f"{field}"
             )
+    for what, va, vb in (
+        ("RMSNorm epsilons", config_a.norm_eps, config_b.norm_eps),
+        ("attention windows", attention_window(config_a), attention_window(config_b)),
+    ):
+        if not same_setting(va, vb):  # a merged layer runs with one setting: B's would change
+            reasons.append(f"{what} differ ({va} vs {vb}): both models need the same setting")
     ra = {config_a.group_size(i) for i in range(config_a.num_layers)}
     rb = {config_b.group_size(i) for i in range(config_b.num_layers)}
     if ra != rb:
@@ -352,6 +360,12 @@ def make_config(hf: Any) -> DecoderNetConfig:
     if kind not in ARCHITECTURES:
         raise ValueError(
             f"model_type {kind!r} is not a supported decoder; use one of {sorted(ARCHITECTURES)}"
+        )
+    if kind == "qwen2" and getattr(hf, "use_sliding_window", False):
+        raise ValueError(
+            "this Qwen2 model uses sliding-window attention (use_sliding_window: true), which "
+            "heterogui does not run (its layers would attend to every token); merge models with "
+            "full attention, or save the model with use_sliding_window false if it was trained so"
         )
     data = hf.to_dict()
     shape_keys = (

@@ -58,6 +58,12 @@ def _hf_config(model_type: str, fields: str) -> Any:
     return config
 
 
+def attention_window(c: DecoderNetConfig) -> int | None:
+    """Return the sliding attention window a decoder's layers use (None: full attention):
+    Mistral's window (Qwen2 models with windows are refused when loaded)."""
+    return getattr(hf_config(c), "sliding_window", None) if c.model_type == "mistral" else None
+
+
 def hf_config(c: DecoderNetConfig, layer: int | None = None) -> Any:
     """Return the transformers config of ``c`` (widths of ``layer``, or of layer 0).
 
@@ -83,8 +89,7 @@ class Embed(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden)
         self.reset_rotary(c)
-        config = hf_config(c)
-        self.window = getattr(config, "sliding_window", None) if c.model_type == "mistral" else None
+        self.window = attention_window(c)
 
     def reset_rotary(self, c: DecoderNetConfig) -> None:
         """(Re)build the rotary embedding on the CPU (its frequencies are computed, not stored)."""

@@ -56,6 +56,7 @@ SHARED_FIELDS = (
     ("max_positions", "position table sizes"),
     ("head_dim", "head dimensions"),
     ("hidden_act", "activations"),
+    ("layer_norm_eps", "LayerNorm epsilons"),
 )
 
 

@@ -239,6 +239,7 @@ SHARED_FIELDS = (
     ("num_channels", "input channels"),
     ("head_dim", "head dimensions"),
     ("hidden_act", "activations"),
+    ("layer_norm_eps", "LayerNorm epsilons"),
 )
 
 

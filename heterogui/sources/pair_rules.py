@@ -12,7 +12,7 @@ truncating to the shorter table would silently change what the longer model acce
 
 from __future__ import annotations
 
-from heterogui.models.bert import split_hint
+from heterogui.models.bert import same_setting, split_hint
 from heterogui.sources.preflight import (
     ROTARY_FAMILIES,
     VISION_FIELDS,
@@ -101,6 +101,16 @@ def _block_reasons(a: ModelCard, b: ModelCard) -> list[str]:
         reasons.append(
             f"activation functions differ ({a.activation} vs {b.activation}): merged neurons "
             "need one activation; pick models with the same hidden_act"
+        )
+    if None not in (a.norm_eps, b.norm_eps) and not same_setting(a.norm_eps, b.norm_eps):
+        reasons.append(
+            f"norm epsilons differ ({a.norm_eps} vs {b.norm_eps}): a merged norm runs with one; "
+            "pick models with the same epsilon"
+        )
+    if a.window != b.window:
+        reasons.append(
+            f"attention windows differ ({a.window} vs {b.window}): a merged layer attends over "
+            "one window; pick models with the same sliding_window"
         )
     return reasons
 

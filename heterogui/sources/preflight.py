@@ -97,6 +97,8 @@ class ModelCard:
     vocab_hash: str | None = None
     kv_heads: int | None = None
     rope: str | None = None
+    norm_eps: float | None = None
+    window: int | str | None = None
     image_size: int | None = None
     patch_size: int | None = None
     num_channels: int | None = None
@@ -217,8 +219,15 @@ def inspect_model(path: str | Path) -> ModelCard:
         vocab_hash=vocab_hash(folder),
         kv_heads=int(config.get("num_key_value_heads") or heads) if family == "decoder" else None,
         rope=_rope(config) if family in ROTARY_FAMILIES else None,
+        norm_eps=next((config[k] for k in NORM_EPS_FIELDS if k in config), None),
+        # Mistral's sliding window (null: full attention; absent: transformers' default)
+        window=config.get("sliding_window", "default") if model_type == "mistral" else None,
         **{field: config.get(field) for field in VISION_FIELDS},
     )
+
+
+# the names config.json gives the norms' epsilon (decoders, BERT and ViT, GPT-2)
+NORM_EPS_FIELDS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
 
 
 # config.json fields the pre-flight reads as numbers: whole numbers (with their least value) and
