@@ -64,12 +64,12 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
     )
     from heterogui.models.hf.instances import network_of
     from heterogui.pair_check import check_pair
-    from heterogui.pipeline import merge_networks
+    from heterogui.pipeline import merge_networks, prepare
 
     net_a, net_b = network_of(model_a, "model A"), network_of(model_b, "model B")
     check_pair(net_a, net_b)  # incompatible models are not refused as bad data below
     check_networks((net_a, net_b))
-    check_engine_options(options)
     settings = checked_settings(options.pop("settings", None))
+    check_engine_options(options, prepare)
     batches = checked_batches((net_a, net_b), batches)
     return merge_networks(net_a, net_b, batches, settings, **options)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -129,12 +129,23 @@ def checked_settings(settings: Any) -> ZipSettings | None:
     return settings
 
 
-def check_engine_options(options: Mapping[str, Any]) -> None:
-    """Refuse a device or a fusion dtype the engine does not take.
+def check_engine_options(options: Mapping[str, Any], takes: Callable[..., Any]) -> None:
+    """Refuse options ``takes`` (the engine's prepare step) has no keyword for, and a device or
+    a fusion dtype the engine does not take.
 
     Raises:
-        ConfigError: naming the value and what to use.
+        ConfigError: naming the option or value and what to use (a zip knob: ``settings``).
     """
+    known = {"dtype", *inspect.signature(takes).parameters}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        knobs = [k for k in unknown if k in {f.name for f in dataclasses.fields(ZipSettings)}]
+        hint = (
+            f"zip knobs go in settings=ZipSettings({knobs[0]}=...)"
+            if knobs
+            else f"it takes {sorted(known - {'batches', 'net_a', 'net_b', 'nets'})}"
+        )
+        raise ConfigError(f"unknown option(s) {unknown}; {hint}")
     device = options.get("device", "auto")
     check_device_name(str(device) if isinstance(device, torch.device) else device)
     dtype = options.get("dtype", torch.float32)

@@ -59,6 +59,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
     summary["seconds"] = round(done.report["timings_seconds"]["total"], 3)
     if "metrics" in done.report:  # report.json keeps them in full
         summary["metrics"] = compact_metrics(done.report["metrics"])
+    for alarm in done.report.get("alarms", []):  # a collapsed merge: said, not only filed
+        logging.getLogger("heterogui.cli").warning("collapse alarm: %s", alarm)
+    if done.report.get("alarms"):
+        summary["alarms"] = done.report["alarms"]
     print(readable_json(summary))
     print(f"wrote {out}")
     return 0

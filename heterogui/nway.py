@@ -397,7 +397,7 @@ def merge_group(
                 "heterogui.run.load_pair(...).a.net, or heterogui.models.io.load_network)"
             )
     check_networks(nets)
-    check_engine_options({"dtype": dtype, **options})
+    check_engine_options({"dtype": dtype, **options}, prepare_group)
     settings = checked_settings(settings)
     batches = checked_batches(nets, batches)
     start = time.perf_counter()

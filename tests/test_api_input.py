@@ -93,6 +93,8 @@ def test_a_short_last_batch_says_to_drop_it(nets):
         ({"device": "gpu"}, "device 'gpu' is unknown"),
         ({"device": "meta"}, "device 'meta' is unknown"),
         ({"dtype": "float16"}, "dtype 'float16' is unknown"),
+        ({"rho": 0.5}, "unknown option(s) ['rho']; zip knobs go in settings=ZipSettings(rho=...)"),
+        ({"devices": "cpu"}, "unknown option(s) ['devices']; it takes ['device', 'dtype', "),
     ],
 )
 def test_bad_options_are_refused(nets, options, words):

@@ -127,6 +127,24 @@ def test_a_size_over_the_data_warns_and_the_report_counts_what_was_used(tmp_path
     assert "Scores of A, B and the ensemble: with their BatchNorm statistics re-estimated" in card
 
 
+def test_a_collapse_alarm_is_printed_and_in_the_summary(tmp_path, caplog, capsys, monkeypatch):
+    from heterogui.tasks.images import ImageClassification
+
+    recipe = write_case(tmp_path, "depth")
+    raw = yaml.safe_load(recipe.read_text())
+    test = {"inputs": torch.randn(40, 1, 8, 8), "labels": torch.arange(40) % 10}
+    save_file(test, str(tmp_path / "test.safetensors"))
+    raw["evaluation"] = {"source": str(tmp_path / "test.safetensors")}
+    recipe.write_text(yaml.safe_dump(raw))
+    said = "Joint 0.1 is 0.2x the worse parent's"  # what the task says of a collapsed merge
+    monkeypatch.setattr(ImageClassification, "alarms", lambda self, scores: [said])
+    with caplog.at_level("WARNING", logger="heterogui.cli"):
+        assert main(["merge", str(recipe), "--out", str(tmp_path / "m")]) == 0
+    assert f"collapse alarm: {said}" in caplog.text
+    printed = capsys.readouterr().out
+    assert json.loads(printed[: printed.rindex("wrote")])["alarms"] == [said]
+
+
 def test_a_mapping_beside_an_automatic_mode_warns_that_it_is_not_imposed(tmp_path, caplog):
     mapping = {"a": [[0, 2, 1], [0, 1]], "b": [[0, 1, 2], [0, 1, 2]]}  # not even monotone
     recipe = write_case(tmp_path, "depth", alignment={"mode": "sma", "mapping": mapping})

@@ -162,6 +162,7 @@ def test_merge_shows_perplexity_tables_equal_to_the_task_scores(analysed, res):
     assert rows["A"][-1] == f"{a_size:,}"
     assert page["lm_alarm"]["visible"] is False  # a healthy merge raises no alarm
     assert "merged" in page["lm_info"] and "Repetition" in page["lm_info"]
+    assert page["lm_info"].startswith("**Mean perplexity (lower is better)**: A ")
     assert page["history_plot"].layout.yaxis.title.text == "mean perplexity (lower is better)"
     summary = session_summary(session)
     assert summary["merged"]["alarms"] == [] and summary["history"][0]["score"] is not None

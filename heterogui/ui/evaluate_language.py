@@ -121,7 +121,8 @@ def perplexity_views(session: Session) -> dict[str, Any]:
         scored.append(("merged", session.merged_metrics))
     heads = [(label, task.headline(scores)) for label, scores in scored]
     means = ", ".join(f"{label} {'—' if v is None else v}" for label, v in heads)
-    info = f"**Mean {labels.metric_label(task)}**: {means}."
+    label = labels.metric_label(task)  # the task's metric is already a mean (of perplexity)
+    info = f"**{label[0].upper()}{label[1:]}**: {means}."
     merged = session.merged_metrics
     if session.result is not None and merged is None:
         info += " The merge is not scored yet: press Refresh evaluation."
