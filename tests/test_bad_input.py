@@ -498,6 +498,11 @@ def data_case(ws: Path, tensors: dict) -> Path:
             {"inputs": torch.randn(32, 1, 8, 8), "labels": torch.zeros(31, dtype=torch.int64)},
             "one integer class id per input",
         ),
+        (  # the VGG pools twice: a 1 x 1 image cannot pass (it was a torch traceback)
+            {"inputs": torch.randn(32, 1, 1, 1)},
+            "calibration inputs of shape (1, 1, 1) are too small for model a (",
+        ),
+        ({"inputs": torch.randn(32, 1, 0, 8)}, "inputs of shape (1, 0, 8) are too small"),
     ],
 )
 def test_bad_calibration_tensors_say_the_expected_shape(ws, capsys, tensors, words):
@@ -911,3 +916,23 @@ def test_an_uploaded_recipe_is_named_by_its_file_and_not_mixed_with_pasted_text(
     assert str(upload.parent) not in str(info.value)
     with pytest.raises(ConfigError, match="remove the file or clear the text"):
         exporting.read_recipe(str(upload), "model_a: x\n")
+
+
+def test_images_of_another_size_than_the_training_data_warn(caplog):
+    """A ResNet runs on 4 x 4 digits; the zoo pair was trained on 8 x 8: said, not refused."""
+    import logging
+    from types import SimpleNamespace
+
+    from heterogui.tasks import images
+
+    with caplog.at_level(logging.WARNING, logger="heterogui.tasks.images"):
+        images._warn_of_another_size(
+            torch.zeros(4, 1, 8, 8), SimpleNamespace(dataset="digits"), "x"
+        )
+        assert caplog.text == ""
+        images._warn_of_another_size(
+            torch.zeros(4, 1, 4, 4), SimpleNamespace(dataset="digits"), "x"
+        )
+    assert "x inputs have shape (1, 4, 4) but the models were trained on digits, (1, 8, 8)" in (
+        caplog.text
+    )

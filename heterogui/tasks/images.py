@@ -18,10 +18,11 @@ import torch
 from heterogui.config import DataRef
 from heterogui.datasets.images import DATASETS, Split, task_subset
 from heterogui.datasets.refs import is_text, load_inputs, make_batches, tensor_data_sha256
-from heterogui.errors import ConfigError
+from heterogui.errors import ConfigError, excerpt
 from heterogui.export.card import class_ranges
 from heterogui.fusion.merged import MergedModel
 from heterogui.models.family import Head, Network
+from heterogui.models.storage import on_meta
 from heterogui.pipeline import MergeResult, Prepared
 from heterogui.progress import Progress
 from heterogui.sources.base import IMAGE_CLASSIFICATION, Pair, model_key
@@ -100,12 +101,44 @@ def check_inputs(net: Network, inputs: torch.Tensor, where: str) -> None:
         ok = len(shape) == dims + 1 and shape[0] == getattr(c, "in_channels", shape[0])
         axes = {1: "length", 2: "height, width"}.get(dims, ", ".join(["size"] * dims))
         expect = f"(N, {getattr(c, 'in_channels', 'C')}, {axes})"
+    who = net.label if net.label.startswith("model ") else f"model {net.label}"
     if not ok:
-        who = net.label if net.label.startswith("model ") else f"model {net.label}"
         raise ConfigError(
             f"{where} inputs have shape {tuple(inputs.shape)} but {who} reads {expect}; give "
             "inputs of that shape"
         )
+    if want is None:  # a convolution network takes many sizes, but not every size
+        _check_size_runs(net, shape, where, who)
+
+
+def _warn_of_another_size(inputs: torch.Tensor, pair: Pair, where: str) -> None:
+    """Log a warning when inputs a convolution network takes differ in size from its training
+    data's (the zoo records the dataset): they run, but the features mean other things."""
+    info = DATASETS.get(pair.dataset or "")
+    shape = tuple(inputs.shape[1:])
+    if info is not None and len(shape) == len(info.input_shape) and shape != info.input_shape:
+        log.warning(
+            "%s inputs have shape %s but the models were trained on %s, %s: they run, but "
+            "their layers see other sizes than in training; give inputs of that shape",
+            where,
+            shape,
+            info.name,
+            info.input_shape,
+        )
+
+
+def _check_size_runs(net: Network, shape: tuple[int, ...], where: str, who: str) -> None:
+    """Raise if ``net`` cannot run one input of ``shape`` (a map pooled or cut below 1 x 1):
+    a forward on the meta device, which has shapes and no values, so nothing is computed."""
+    model = on_meta(lambda: net.family.build(net.config)).eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *shape), device="meta"))
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"{where} inputs of shape {shape} are too small for {who} ({excerpt(exc, 120)}); "
+            "give inputs of the size it was trained on"
+        ) from None
 
 
 def is_classifier(net: Network) -> bool:
@@ -175,6 +208,7 @@ class ImageClassification(Task):
         inputs, labels = load_inputs(ref)
         for loaded in pair.models:
             check_inputs(loaded.net, inputs, "calibration")
+        _warn_of_another_size(inputs, pair, "calibration")
         done = dataclasses.replace(ref, sha256=tensor_data_sha256(inputs, labels))
         return Calibration(done, make_batches(inputs, ref.batch_size), int(inputs.shape[0]))
 
@@ -205,6 +239,7 @@ class ImageClassification(Task):
             raise ConfigError(f"evaluation data {ref.source} has no 'labels' tensor; add one")
         for loaded in pair.models:
             check_inputs(loaded.net, inputs, "evaluation")
+        _warn_of_another_size(inputs, pair, "evaluation")
         num = max(int(labels.max()) + 1, *(c + 1 for c in _classes(pair)))
         names = tuple(str(i) for i in range(num))
         if ref.source in DATASETS:
