@@ -237,6 +237,8 @@ def check_output(out: str | Path, overwrite: bool = False, inputs: Iterable[Path
             "that export would delete; write it beside that export"
         )
     check_writable(target.parent, text)
+    if target.is_dir():  # an existing folder is written into (or emptied first): its own rights
+        check_writable(target, text)
     if target.is_dir() and not is_empty_folder(target):  # an empty one is written into
         if not (target / MARKER).is_file():  # not an export: --overwrite would not help
             held = sorted(p.name for p in target.iterdir())

@@ -166,6 +166,9 @@ def test_a_read_only_place_is_refused_before_the_merge(ws, capsys, monkeypatch):
     (ws / "ro").mkdir()
     args = ["merge", str(ws / "recipe.yaml"), "--out", str(ws / "ro" / "m")]
     cli_refuses(ws, args, "cannot write in", capsys)
+    # an existing empty folder that cannot be written: refused up front, not after the merge
+    args = ["merge", str(ws / "recipe.yaml"), "--out", str(ws / "ro")]
+    cli_refuses(ws, args, f"cannot write in {ws / 'ro'} (no permission)", capsys)
 
 
 def test_a_place_that_refuses_writes_is_refused_before_the_merge(ws, capsys, monkeypatch):

@@ -115,3 +115,8 @@ def test_a_sharded_folder_gets_a_weights_hash_that_a_recipe_checks(tmp_path):
     assert changed.sha256 != first.sha256
     with pytest.raises(ConfigError, match="changed: sha256"):
         check_hash(ModelRef(str(folder), first.sha256), changed)
+
+
+def test_a_bare_name_that_is_no_folder_says_hub_ids_name_their_owner():
+    with pytest.raises(ModelLoadError, match="hub ids name their owner .openai-community/gpt2"):
+        find_source("gpt2")

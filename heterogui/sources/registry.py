@@ -67,6 +67,11 @@ def find_source(ref: str) -> Source:
             f"config.json in {text!r} is neither a heterogui config nor a Hugging Face config "
             "(it has no model_type); pass a folder written by heterogui or save_pretrained"
         )
+    if "/" not in text and ":" not in text:  # "gpt2": a hub id without its owner, perhaps
+        raise ModelLoadError(
+            f"model folder {text!r} does not exist, and hub ids name their owner "
+            f"(openai-community/gpt2, google-bert/bert-base-uncased); give {FORMS}"
+        )
     raise ModelLoadError(f"model folder {text!r} does not exist; give {FORMS}")
 
 
