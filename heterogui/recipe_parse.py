@@ -7,6 +7,7 @@ the fix (the dataclasses of ``heterogui.config`` check the ranges).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import typing
@@ -207,7 +208,16 @@ def load_recipe(path: str | Path) -> Recipe:
             else "does not exist"
         )
         raise ModelLoadError(f"recipe file {str(path)!r} {what}; pass a .yaml or .json file")
-    recipe = parse_recipe(read_text(path, "recipe", MAX_RECIPE_BYTES), f"recipe {path}")
+    text = read_text(path, "recipe", MAX_RECIPE_BYTES)
+    if path.suffix.lower() == ".json":  # YAML would also take what JSON does not (a comma)
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"recipe {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column "
+                f"{exc.colno}); fix it, or save it as .yaml"
+            ) from None
+    recipe = parse_recipe(text, f"recipe {path}")
     _refuse_paths_beside_the_recipe(recipe, path.parent)
     return recipe
 

@@ -432,6 +432,12 @@ def _recipe_data(pair: Pair, recipe: Recipe) -> tuple[Calibration, Evaluation | 
             where,
             fix,
         )
+    if recipe.evaluation is not None and recipe.evaluation.split == "train":
+        log.warning(
+            "evaluation reads the train split of %s: the models may have been trained on it, so "
+            "the scores say little about new data; evaluate on split: test",
+            recipe.evaluation.source,
+        )
     return calibration, evaluation
 
 

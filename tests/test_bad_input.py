@@ -387,6 +387,13 @@ def test_a_binary_or_huge_recipe_is_refused(ws, capsys):
     (ws / "big.yaml").write_text("# " + "x" * (2 << 20))
     cli_refuses(ws, ["merge", str(ws / "big.yaml"), "--out", str(ws / "o")], "bytes, over", capsys)
     cli_refuses(ws, ["merge", str(ws / "a"), "--out", str(ws / "o")], "is a folder", capsys)
+    # a .json recipe is read as JSON: YAML would take its trailing comma
+    data = json.dumps(recipe(ws))
+    (ws / "comma.json").write_text(data[:-1] + ",}")
+    words = "recipe " + str(ws / "comma.json") + " is not valid JSON (Expecting property name"
+    cli_refuses(ws, ["merge", str(ws / "comma.json"), "--out", str(ws / "o")], words, capsys)
+    (ws / "good.json").write_text(data)
+    assert main(["merge", str(ws / "good.json"), "--out", str(ws / "o")]) == 0
 
 
 # --- The CLI: models ----------------------------------------------------------------------------

@@ -135,6 +135,11 @@ def test_a_merge_scored_on_its_calibration_data_warns(caplog, tmp_path):
     with caplog.at_level(logging.WARNING, logger="heterogui.run"):
         _, evaluation = run._recipe_data(pair, held_out)
     assert "calibration data" not in caplog.text and evaluation.ref.split == "test"
+    assert "train split" not in caplog.text
+    trained = parse_recipe(text + "evaluation: {source: digits, split: train, size: 64}\n")
+    with caplog.at_level(logging.WARNING, logger="heterogui.run"):
+        run._recipe_data(pair, trained)
+    assert "evaluation reads the train split of digits: the models may have been" in caplog.text
     # a file has no splits: the fix is another file
     from heterogui.datasets.images import load_split
 

@@ -312,13 +312,13 @@ def main(
     # ``heterogui app`` configured logging (warnings) first: its own lines, the address above
     # all, still show
     logging.getLogger("heterogui").setLevel(logging.INFO)
-    torch.set_num_threads(threads or default_threads())
-    log.info("torch CPU threads: %d", torch.get_num_threads())
     res = Resources(device=device, default_pair=pair, export_root=export_root)
     pairs = [name for name, _ in res.pair_names()]
-    if pair is not None and pair not in pairs:
+    if pair is not None and pair not in pairs:  # refused in one line, before anything is said
         raise ConfigError(f"unknown demo pair {pair!r}: use one of {', '.join(pairs)}")
     check_export_root(res.export_root)
+    torch.set_num_threads(threads or default_threads())
+    log.info("torch CPU threads: %d", torch.get_num_threads())
     log.info("exports are written below %s", res.export_root)
     if login is None and not is_loopback(host):
         log.warning(
