@@ -677,6 +677,36 @@ def test_workbench_overwrite_replaces_only_an_earlier_export(session, res):
     assert (res.export_root / "mine" / "model.safetensors").is_file()
 
 
+def test_an_export_never_replaces_what_another_open_session_wrote_or_reads(session, res):
+    """Users share the export folder: B may not overwrite A's export while A's page is open,
+    nor a folder A loaded as a model; A may, and anyone may once A's session is gone."""
+    import gc
+
+    from heterogui.errors import ExportError
+    from heterogui.ui import tab_export, tab_models, tab_zip
+    from heterogui.ui.session import Session
+
+    other = Session(device="cpu")
+    tab_models.on_load_pair(other, res, "tiny-digits-vgg-depth")
+    tab_zip.on_merge(other, res, "zip", 0.5, 1.0, 0.5, None, "cpu")
+    res.exports.seen(session)
+    res.exports.seen(other)
+    tab_export.on_export(session, res, "guarded", False)
+    before = snapshot(res.export_root / "guarded")
+    with pytest.raises(ExportError, match="'guarded' is the export of another open session"):
+        tab_export.on_export(other, res, "guarded", True)
+    assert snapshot(res.export_root / "guarded") == before
+    tab_export.on_export(session, res, "guarded", True)  # its own: replaced
+    # the other session loads that export as its model A: nobody may replace it now
+    folder = str(res.export_root / "guarded")
+    tab_models.on_load_model(other, res, "a", "folder", None, folder, None, None)
+    with pytest.raises(ExportError, match="input"):
+        tab_export.on_export(session, res, "guarded", True)
+    del other  # its page closed: the guard forgets it
+    gc.collect()
+    tab_export.on_export(session, res, "guarded", True)
+
+
 @pytest.mark.parametrize(
     "text, words",
     [

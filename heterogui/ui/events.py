@@ -84,6 +84,7 @@ def event_function(
 
     def fn(*args: Any) -> list[Any]:
         session = args[0] if isinstance(args[0], Session) else Session()
+        res.exports.seen(session)  # an open session: its exports and inputs are kept from others
         values, progress = args[1 : 1 + n_inputs], args[1 + n_inputs]
         skip = [gr.skip() for _ in names]
         try:

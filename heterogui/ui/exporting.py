@@ -28,6 +28,7 @@ from heterogui.report import merge_report
 from heterogui.sizes import merge_size, reference_sizes
 from heterogui.text_input import typed_path
 from heterogui.ui import history, work
+from heterogui.ui.export_guard import ExportGuard
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 
@@ -139,24 +140,37 @@ def export_path(out: str, root: Path) -> Path:
 
 
 def export(
-    session: Session, out: str, root: Path, overwrite: bool = False, fmt: str | None = None
+    session: Session,
+    out: str,
+    root: Path,
+    overwrite: bool = False,
+    fmt: str | None = None,
+    guard: ExportGuard | None = None,
 ) -> Path:
     """Write the merge to a new folder below ``root`` (atomically) in ``fmt``.
 
     overwrite: replace an earlier export of heterogui (never another folder). fmt: one of
     ``formats(session)``, or None / "auto": the format that fits the merge (``fitting_format``).
+    guard: the app's record of the open sessions (``Resources.exports``): the export never
+    replaces another open session's export or a folder or file another open session reads.
 
     Raises:
         ExportError: a folder outside the root, an existing folder (without overwrite) or one
-            heterogui did not write, an input folder, or a failed write.
+            heterogui did not write, an input folder (of any open session), another open
+            session's export, or a failed write.
         ConfigError: nothing merged yet, or a format that does not fit these models.
     """
     path = export_path(out, root)
     done = session_run(session)
     fmt = chosen_format(session, fmt)
     inputs = [*run_export.model_folders(done.pair), *run_export.data_files(done.recipe)]
+    if guard is not None:
+        guard.check_writer(path, session)
+        inputs += guard.others_inputs(session)
     check_output(path, overwrite, inputs)  # before the card and figures are made
     run_export.export(done, path, overwrite=overwrite, fmt=fmt)
+    if guard is not None:
+        guard.wrote(path, session)
     session.last_export, session.exported_merge = str(path), session.merge_count
     return path
 

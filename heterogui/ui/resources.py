@@ -21,6 +21,7 @@ from heterogui.sources import registry as sources
 from heterogui.sources.base import Loaded
 from heterogui.sources.zoo import DECODER_PAIR, DECODER_PREFIX, zoo_ref
 from heterogui.tasks import Calibration, Evaluation
+from heterogui.ui.export_guard import ExportGuard
 from heterogui.zoo import decoder_pair, decoder_training
 from heterogui.zoo.pairs import build_zoo
 from heterogui.zoo.registry import PAIRS, TINY_PAIRS, pair_spec
@@ -97,6 +98,8 @@ class Resources:
         # Exports are written below this folder only (the page refuses paths outside it).
         self.export_root = Path(export_root or cache_dir("exports")).expanduser().resolve()
         self._default_pair = default_pair
+        # the one mutable shared thing: which open session wrote which export (export_guard)
+        self.exports = ExportGuard()
         self._lock = threading.Lock()
         self._key_locks: dict[Any, threading.Lock] = {}
         self._values: dict[Any, Any] = {}

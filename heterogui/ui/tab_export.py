@@ -158,7 +158,9 @@ def on_export(
     progress=None,
 ) -> tuple[str, dict[str, Any]]:
     """Export the current merge (api: /export); fmt: the output format (None, "auto": fitting)."""
-    path = exporting.export(session, out or "", res.export_root, bool(overwrite), fmt)
+    path = exporting.export(
+        session, out or "", res.export_root, bool(overwrite), fmt, guard=res.exports
+    )
     written = exporting.chosen_format(session, fmt)
     files = sorted(p.name for p in Path(path).iterdir())
     message = f"Exported to `{path}` ({written} format): {', '.join(files)}."
