@@ -180,12 +180,10 @@ def estimate(prepared: pipeline.Prepared, settings: pipeline.ZipSettings) -> dic
         trunk, (pa.config, pb.config), stop, layout, (pa.task_heads(), pb.task_heads())
     )
     model = on_meta(lambda: build_merged(spec))
-    counts, merged_models = _counts(prepared, settings, widths, stop)
+    counts, shared = _counts(prepared, settings, widths, stop)
     counts = split_widths(ga, counts, rank)
-    dense = {}
-    if settings.fusion.startswith("least_squares"):
-        regressed = regressed_spaces((ga, pb.graph()), widths, stop)
-        dense = {s: merged_models[s] for s in regressed}
+    regressed = regressed_spaces((ga, pb.graph()), widths, stop)
+    dense = dense_readers(settings.fusion, regressed, shared, widths)
     effective = effective_size(model, prepared, counts, dense)
     stored = stored_size(model, prepared)
     merged = split_widths(ga, {s: w[2] for s, w in widths.items()}, rank)
@@ -200,16 +198,9 @@ def stored_size(model: Any, prepared: Any) -> dict[str, int | None]:
     """
     flops = merged_layer_flops(model, prepared)
     return {
-        "parameters": sum(p.numel() for p in model.parameters())
-        + sum(u.numel() for _, u in unmerge_buffers(model)),
+        "parameters": sum(p.numel() for p in model.parameters()),
         "flops": None if flops is None else sum(flops.values()),
     }
-
-
-def unmerge_buffers(model: Any) -> list[tuple[str, torch.Tensor]]:
-    """Return the unmerge matrices a merged model stores (its tails read the stop point
-    through them: weights like the others, kept as buffers), by name, A's first."""
-    return [(n, b) for n, b in model.named_buffers() if n.startswith("unmerge_")]
 
 
 def merged_layer_flops(model: Any, prepared: Any) -> dict[str, int] | None:
@@ -244,9 +235,9 @@ def merge_size(result: pipeline.MergeResult) -> dict[str, int | None]:
     """Return a merge's effective parameters and FLOPs, and what it stores beside them.
 
     Keys: "parameters" and "flops" (not structurally zero: what the merge computes with),
-    "stored_parameters" and "stored_flops" (dense block-diagonal weights included; the
-    parameters with the unmerge matrices at the stop point, which the model file holds).
-    Computed once per merge result.
+    "stored_parameters" and "stored_flops" (dense block-diagonal weights included). Both
+    count the model's parameters: the unmerge matrices at the stop point, which the model file
+    holds beside them as buffers, are in neither. Computed once per merge result.
     """
     return copy.deepcopy(_SIZES.get(result, "merge", lambda: _merge_size(result)))
 
@@ -373,8 +364,9 @@ def effective_entries(
     A and B, how many of that model's features share a group (``merged_models``): their rows
     of the unmerge read every merged feature, so with any of them the model's readers take
     every merged group. Where all of a model's features stay alone in their groups, the
-    regression is exactly the paper's 0/1 unmerge (rho = 0 stays the ensemble's count). The
-    unmerge matrices at the stop point count their mixing rows (a copied row is a gather).
+    regression is exactly the paper's 0/1 unmerge (rho = 0 stays the ensemble's count); the
+    sequential refit fits on the merged model's own inputs, which differ from the parents',
+    so its readers are counted dense throughout (``dense_readers``).
     """
     dense = dense or {}
     ga = prepared.padded_a.graph()
@@ -397,11 +389,6 @@ def effective_entries(
         for name, p in tail.named_parameters():
             block = model.spec.stop + int(name.split(".", 1)[0])
             out[f"tails.{m}.{name}"] = 0 if block in identity[m] else p.numel()
-    # the paper's unmerge at the stop point copies features (a gather, like an identity); a
-    # least-squares one mixes every merged feature into those of a model with shared groups
-    boundary = ga.block_out[model.spec.stop - 1] if model.spec.stop > 0 else None
-    for m, (name, u) in enumerate(unmerge_buffers(model)):
-        out[name] = dense.get(boundary, (0, 0))[m] * u.shape[1]
     return out
 
 
@@ -451,9 +438,26 @@ def merged_effective_size(result: pipeline.MergeResult) -> dict[str, int | None]
     """Return the effective size of a merge from its matchings."""
     counts = {s: _shared_counts(m) for s, m in result.matches.items()}
     counts = split_widths(result.prepared.padded_a.graph(), counts, result.split_rank)
-    dense = {
-        s: merged_models(m)
-        for s, m in result.matches.items()
-        if result.transforms[s].regression is not None
-    }
+    regressed = [s for s, t in result.transforms.items() if t.regression is not None]
+    merged = {s: merged_models(result.matches[s]) for s in regressed}
+    widths = {s: (m.n_a, m.n_b, m.width) for s, m in result.matches.items()}
+    dense = dense_readers(result.settings.fusion, regressed, merged, widths)
     return effective_size(result.model, result.prepared, counts, dense)
+
+
+def dense_readers(
+    fusion: str,
+    regressed: list[str],
+    merged: dict[str, tuple[int, int]],
+    widths: dict[str, tuple[int, int, int]],
+) -> dict[str, tuple[int, int]]:
+    """Return ``effective_entries``' dense map for a fusion: none for the paper's average; for
+    a least-squares fusion, per regressed merge point, each model's features that share a
+    group; the sequential refit fits every reader on the merged model's own inputs, which
+    differ from the parents' (a LayerNorm over both models' features, the earlier layers'
+    errors), so there every reader of a regressed point takes every merged feature."""
+    if not fusion.startswith("least_squares"):
+        return {}
+    if fusion == "least_squares_sequential":
+        return {s: widths[s][:2] for s in regressed}
+    return {s: merged[s] for s in regressed}

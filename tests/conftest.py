@@ -91,12 +91,6 @@ def make(config: Any, seed: int, label: str = "model", classes=None) -> Network:
     return realistic(build_network(config, classes, label=label), seed)
 
 
-def stored_count(model) -> int:
-    """Return what a merged model stores: its parameters and its unmerge matrices."""
-    unmerge = [b for n, b in model.named_buffers() if n.startswith("unmerge_")]
-    return sum(p.numel() for p in model.parameters()) + sum(u.numel() for u in unmerge)
-
-
 def calibration(shape, n_batches=6, size=64, seed=0) -> list[torch.Tensor]:
     """Return random input batches (size, *shape)."""
     gen = torch.Generator().manual_seed(seed)

@@ -33,7 +33,6 @@ from heterogui.tasks.lm_metrics import token_batches as lm_batches  # noqa: E402
 from tests.conftest import (  # noqa: E402
     char_tokenizer,
     run_model,
-    stored_count,
     tiny_decoder,
     tiny_hf,
     tiny_vit,
@@ -147,7 +146,7 @@ def test_a_split_merge_keeps_every_head_at_half_its_size():
     # the readout's plan is the model the merge makes
     planned = estimate(prepared, SPLIT)
     assert planned["widths"] == widths
-    assert planned["parameters"] == stored_count(result.model)
+    assert planned["parameters"] == sum(p.numel() for p in result.model.parameters())
     # at rho 0 nothing is shared and the planned counts are exact: so is the effective size
     apart = ZipSettings(heads="split", rho=0.0)
     assert estimate(prepared, apart)["effective"] == merged_effective_size(
@@ -263,10 +262,16 @@ def test_a_vit_merge_at_rho_0_keeps_every_parameter_of_both_models():
     a = vit_network(tiny_vit(), "A")
     b = vit_network(tiny_vit(hidden=48, heads=6, layers=2, seed=1), "B")
     prepared = prepare(a, b, vit_batches(), device="cpu")
-    result = zip_prepared(prepared, ZipSettings(rho=0.0))
+    result = zip_prepared(prepared, ZipSettings(rho=0.0, fusion="average"))
     assert result.settings.heads == "pair"
     both = sum(p.numel() for n in (a, b) for p in n.module.parameters())
     assert merged_effective_size(result)["parameters"] == both
+    # ViT's default, the sequential refit, fits each layer on the merged stream, which one
+    # LayerNorm normalises over both models' features: its readers take every merged feature
+    refit = zip_prepared(prepared, ZipSettings(rho=0.0))
+    assert refit.settings.fusion == "least_squares_sequential"
+    stored = sum(p.numel() for p in refit.model.parameters())
+    assert both < merged_effective_size(refit)["parameters"] <= stored
 
 
 def test_a_partial_split_merge_keeps_its_tails_and_reads_back_exactly(tmp_path):

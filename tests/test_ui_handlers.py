@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import drawn, stored_count
+from conftest import drawn
 
 from heterogui import pipeline, sizes
 from heterogui.cache import cache_path
@@ -181,7 +181,7 @@ def test_estimate_predicts_the_merge(session, res):
         est = sizes.estimate(session.prepared, session.settings)
         merge(session, res, rho=rho, stop=stop)
         assert est["widths"] == session.result.widths()
-        assert est["parameters"] == stored_count(session.result.model)
+        assert est["parameters"] == sum(p.numel() for p in session.result.model.parameters())
         assert est["flops"] == session.merged_size["stored_flops"]
         exact = sizes.merge_size(session.result)  # the matchings count the shared groups
         assert est["effective"] == {k: exact[k] for k in ("parameters", "flops")}
@@ -441,7 +441,9 @@ def test_split_heads_in_the_workbench_halve_every_head_and_survive_a_recipe(res,
     # the readout's estimate was the merge it made
     shown = zip_readout.readout(vit)
     assert shown["exact"] and shown["widths"] == estimated["widths"]
-    assert estimated["sizes"]["merged"]["stored_parameters"] == stored_count(split.model)
+    assert estimated["sizes"]["merged"]["stored_parameters"] == sum(
+        p.numel() for p in split.model.parameters()
+    )
     assert vit.merged_metrics is not None or "evaluated" in tab_evaluate.on_evaluate_pending(
         vit, res
     )
