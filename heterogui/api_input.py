@@ -10,10 +10,13 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from numbers import Integral, Real
 from typing import Any
 
 import torch
 
+from heterogui.align.alignment import MODES
+from heterogui.align.similarity import MEASURES
 from heterogui.config import ZipSpec, check_device_name
 from heterogui.errors import ConfigError
 from heterogui.models.family import Network
@@ -67,13 +70,9 @@ def check_networks(nets: Sequence[Network]) -> None:
     """
     dtypes = []
     for which, net in zip("ABCDEFGHIJ", nets, strict=False):
-        name = net.label if net.label != "model" else which
+        name = net.label.removeprefix("model ") if net.label != "model" else which
+        refuse_meta(net.module, f"model {name}")
         tensors = [*net.module.parameters(), *net.module.buffers()]
-        if any(t.is_meta for t in tensors):
-            raise ConfigError(
-                f"model {name} has weights on the meta device (no values); load or "
-                "initialise its weights first (model.to_empty(device='cpu') and load_state_dict)"
-            )
         check_finite(net.module.state_dict(), name)
         floats = {t.dtype for t in tensors if t.is_floating_point()}
         dtypes.append(floats.pop() if len(floats) == 1 else None)
@@ -83,6 +82,23 @@ def check_networks(nets: Sequence[Network]) -> None:
         raise ConfigError(
             f"the models compute in different dtypes ({names}); convert them to one "
             "(model.to(torch.float32))"
+        )
+
+
+def refuse_meta(model: Any, label: str) -> None:
+    """Refuse a model (a torch module, or a heterogui network's) whose weights are on the
+    meta device: shapes without values.
+
+    Raises:
+        ConfigError: naming the model and how to give it values.
+    """
+    module = getattr(model, "module", model)
+    if isinstance(module, torch.nn.Module) and any(
+        t.is_meta for t in (*module.parameters(), *module.buffers())
+    ):
+        raise ConfigError(
+            f"{label} has weights on the meta device (no values); load or initialise its "
+            "weights first (model.to_empty(device='cpu') and load_state_dict)"
         )
 
 
@@ -102,7 +118,7 @@ def checked_settings(settings: Any) -> ZipSettings | None:
         )
     for name in ("alpha", "beta", "rho", "ridge"):
         value = getattr(settings, name)
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, Real):  # numpy scalars too
             raise ConfigError(f"settings.{name} = {value!r} must be a number")
     for name in ("renormalize", "bn_units"):
         if not isinstance(getattr(settings, name), bool):
@@ -110,7 +126,7 @@ def checked_settings(settings: Any) -> ZipSettings | None:
                 f"settings.{name} = {getattr(settings, name)!r} must be True or False"
             )
     stop = settings.stop
-    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or stop < 0):
+    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, Integral) or stop < 0):
         raise ConfigError(f"settings.stop = {stop!r} must be a whole number from 0, or None")
     ZipSpec(  # the recipe's checks: matcher, ranges, fusion, heads, every override's keys
         matcher=settings.matcher,
@@ -148,9 +164,36 @@ def check_engine_options(options: Mapping[str, Any], takes: Callable[..., Any]) 
         raise ConfigError(f"unknown option(s) {unknown}; {hint}")
     device = options.get("device", "auto")
     check_device_name(str(device) if isinstance(device, torch.device) else device)
+    _check_values(options)
     dtype = options.get("dtype", torch.float32)
     if dtype not in FUSION_DTYPES:
         raise ConfigError(f"dtype {dtype!r} is unknown; use torch.float32 or torch.float64")
+
+
+def _check_values(options: Mapping[str, Any]) -> None:
+    """Refuse option values the data passes would trip over later (or silently misread)."""
+    mode = options.get("mode", "sma")
+    if mode not in MODES:
+        raise ConfigError(f"mode {mode!r} is unknown; use one of {MODES}")
+    manual = options.get("manual")
+    if (mode == "manual") != (manual is not None):
+        raise ConfigError(
+            "mode='manual' takes a mapping (manual={'a': [...], 'b': [...]}), and a mapping "
+            f"takes mode='manual' (got mode {mode!r}, manual {'given' if manual else 'none'})"
+        )
+    measure = options.get("measure", "auto")
+    if measure != "auto" and measure not in MEASURES:
+        raise ConfigError(f"measure {measure!r} is unknown; use auto or one of {MEASURES}")
+    budget = options.get("stats_budget")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, Integral)):
+        raise ConfigError(f"stats_budget = {budget!r} must be a number of bytes, or None")
+    if budget is not None and budget <= 0:
+        raise ConfigError(f"stats_budget = {budget} must be positive (bytes), or None")
+    if not isinstance(options.get("reset_input_bn", True), bool):
+        raise ConfigError(f"reset_input_bn = {options['reset_input_bn']!r} must be True or False")
+    progress = options.get("progress")
+    if progress is not None and not callable(progress):
+        raise ConfigError(f"progress must be a function (stage, fraction), got {progress!r}")
 
 
 def _pixels(batch: Any) -> Any:

@@ -209,15 +209,10 @@ def load_recipe(path: str | Path) -> Recipe:
         )
         raise ModelLoadError(f"recipe file {str(path)!r} {what}; pass a .yaml or .json file")
     text = read_text(path, "recipe", MAX_RECIPE_BYTES)
-    if path.suffix.lower() == ".json":  # YAML would also take what JSON does not (a comma)
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(
-                f"recipe {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column "
-                f"{exc.colno}); fix it, or save it as .yaml"
-            ) from None
-    recipe = parse_recipe(text, f"recipe {path}")
+    if path.suffix.lower() == ".json":  # read as JSON: YAML takes a trailing comma, not a tab
+        recipe = _parse_json(text, path)
+    else:
+        recipe = parse_recipe(text, f"recipe {path}")
     _refuse_paths_beside_the_recipe(recipe, path.parent)
     return recipe
 
@@ -245,6 +240,27 @@ def _refuse_paths_beside_the_recipe(recipe: Recipe, folder: Path) -> None:
             f"a recipe are read from the current folder: write {os.path.relpath(beside)!r} or "
             "an absolute path, or run heterogui from the recipe's folder"
         )
+
+
+def _parse_json(text: str, path: Path) -> Recipe:
+    """Return the recipe of a .json file, read by the JSON parser.
+
+    Raises:
+        ConfigError: text that is not JSON, or JSON that is not a mapping or not a recipe.
+    """
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"recipe {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column "
+            f"{exc.colno}); fix it, or save it as .yaml"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"recipe {path} is a JSON {type(data).__name__}, not an object: a recipe has keys "
+            'such as "model_a" and "model_b" (or "models")'
+        )
+    return recipe_from_dict(data)
 
 
 def parse_recipe(text: str, name: str = "the recipe") -> Recipe:

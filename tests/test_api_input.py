@@ -54,6 +54,26 @@ def test_settings_get_the_recipes_checks(nets, settings, words):
     refused(ConfigError, words, lambda: heterogui.merge(*nets, batches(), settings=settings))
 
 
+def test_numpy_numbers_are_numbers(nets):
+    import numpy as np
+
+    settings = ZipSettings(rho=np.float32(0.5), stop=np.int64(2))
+    done = heterogui.merge(*nets, batches(), settings=settings)
+    assert done.spec.stop == 2
+
+
+def test_a_hugging_face_model_without_values_is_refused_before_conversion():
+    from transformers import BertModel
+
+    with torch.device("meta"):
+        ghost = BertModel(tiny_hf().config)
+    refused(
+        ConfigError,
+        "model A has weights on the meta device",
+        lambda: heterogui.merge(ghost, tiny_hf(), token_batches()),
+    )
+
+
 def test_an_override_for_a_merge_point_is_applied_not_ignored(nets):
     """The checks leave good settings alone: the override sets that point's width."""
     done = heterogui.merge(
@@ -95,6 +115,14 @@ def test_a_short_last_batch_says_to_drop_it(nets):
         ({"dtype": "float16"}, "dtype 'float16' is unknown"),
         ({"rho": 0.5}, "unknown option(s) ['rho']; zip knobs go in settings=ZipSettings(rho=...)"),
         ({"devices": "cpu"}, "unknown option(s) ['devices']; it takes ['device', 'dtype', "),
+        ({"mode": "LMA"}, "mode 'LMA' is unknown"),
+        ({"mode": "manual"}, "mode='manual' takes a mapping"),
+        ({"mode": "lma", "manual": {"a": [[0]], "b": [[0]]}}, "a mapping takes mode='manual'"),
+        ({"measure": "weights"}, "measure 'weights' is unknown"),
+        ({"stats_budget": "2GB"}, "stats_budget = '2GB' must be a number of bytes"),
+        ({"stats_budget": -1}, "stats_budget = -1 must be positive"),
+        ({"reset_input_bn": "no"}, "reset_input_bn = 'no' must be True or False"),
+        ({"progress": 5}, "progress must be a function"),
     ],
 )
 def test_bad_options_are_refused(nets, options, words):

@@ -392,7 +392,7 @@ def test_a_binary_or_huge_recipe_is_refused(ws, capsys):
     (ws / "comma.json").write_text(data[:-1] + ",}")
     words = "recipe " + str(ws / "comma.json") + " is not valid JSON (Expecting property name"
     cli_refuses(ws, ["merge", str(ws / "comma.json"), "--out", str(ws / "o")], words, capsys)
-    (ws / "good.json").write_text(data)
+    (ws / "good.json").write_text(json.dumps(recipe(ws), indent="\t"))  # tabs: JSON, not YAML
     assert main(["merge", str(ws / "good.json"), "--out", str(ws / "o")]) == 0
 
 

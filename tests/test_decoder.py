@@ -209,11 +209,20 @@ def test_settings_the_merged_layers_share_must_agree(tmp_path):
     assert any("attention windows differ (16 vs None)" in r for r in verdict.reasons)
     with pytest.raises(IncompatibleModelsError, match=r"attention windows differ \(16 vs None\)"):
         heterogui.merge(registry.load(str(windowed)).net, full, [])
-    qwen = save_decoder(
-        tiny_decoder("qwen2", use_sliding_window=True, sliding_window=16), tmp_path / "q"
-    )
-    with pytest.raises(ModelLoadError, match="uses sliding-window attention"):
+    # a config.json without sliding_window has transformers' default window, as a model has
+    default = save_decoder(tiny_decoder("mistral", sliding_window=4096), tmp_path / "d4096")
+    bare = save_decoder(tiny_decoder("mistral", sliding_window=4096, seed=1), tmp_path / "bare")
+    config = json.loads((bare / "config.json").read_text())
+    del config["sliding_window"]
+    (bare / "config.json").write_text(json.dumps(config))
+    assert registry.preflight(str(default), str(bare)).ok
+    windows = {"use_sliding_window": True, "sliding_window": 16}
+    qwen = save_decoder(tiny_decoder("qwen2", max_window_layers=0, **windows), tmp_path / "q")
+    with pytest.raises(ModelLoadError, match="has layers with sliding-window attention"):
         registry.load(str(qwen))
+    # every layer below max_window_layers attends fully: such a model loads
+    full = save_decoder(tiny_decoder("qwen2", **windows), tmp_path / "full")
+    assert registry.load(str(full)).net.config.model_type == "qwen2"
 
 
 def test_the_language_task_scores_domains_and_calibrates_on_text(tmp_path, caplog):

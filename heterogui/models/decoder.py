@@ -361,11 +361,13 @@ def make_config(hf: Any) -> DecoderNetConfig:
         raise ValueError(
             f"model_type {kind!r} is not a supported decoder; use one of {sorted(ARCHITECTURES)}"
         )
-    if kind == "qwen2" and getattr(hf, "use_sliding_window", False):
+    layer_types = getattr(hf, "layer_types", None) or ()
+    if kind == "qwen2" and "sliding_attention" in layer_types:  # max_window_layers: full
         raise ValueError(
-            "this Qwen2 model uses sliding-window attention (use_sliding_window: true), which "
-            "heterogui does not run (its layers would attend to every token); merge models with "
-            "full attention, or save the model with use_sliding_window false if it was trained so"
+            "this Qwen2 model has layers with sliding-window attention (use_sliding_window: true, "
+            "layer_types), which heterogui does not run (its layers would attend to every "
+            "token); merge models with full attention, or save the model with "
+            "use_sliding_window false if it was trained so"
         )
     data = hf.to_dict()
     shape_keys = (

@@ -98,7 +98,7 @@ class ModelCard:
     kv_heads: int | None = None
     rope: str | None = None
     norm_eps: float | None = None
-    window: int | str | None = None
+    window: int | None = None
     image_size: int | None = None
     patch_size: int | None = None
     num_channels: int | None = None
@@ -220,10 +220,19 @@ def inspect_model(path: str | Path) -> ModelCard:
         kv_heads=int(config.get("num_key_value_heads") or heads) if family == "decoder" else None,
         rope=_rope(config) if family in ROTARY_FAMILIES else None,
         norm_eps=next((config[k] for k in NORM_EPS_FIELDS if k in config), None),
-        # Mistral's sliding window (null: full attention; absent: transformers' default)
-        window=config.get("sliding_window", "default") if model_type == "mistral" else None,
+        window=_window(config) if model_type == "mistral" else None,
         **{field: config.get(field) for field in VISION_FIELDS},
     )
+
+
+def _window(config: dict[str, Any]) -> int | None:
+    """Return a Mistral config's sliding window as transformers reads it (null: full
+    attention; absent: MistralConfig's default)."""
+    if "sliding_window" in config:
+        return config["sliding_window"]
+    from transformers import MistralConfig  # only for a Mistral config that leaves it out
+
+    return MistralConfig().sliding_window
 
 
 # the names config.json gives the norms' epsilon (decoders, BERT and ViT, GPT-2)
