@@ -707,6 +707,35 @@ def test_an_export_never_replaces_what_another_open_session_wrote_or_reads(sessi
     tab_export.on_export(session, res, "guarded", True)
 
 
+def test_two_sessions_exporting_one_folder_at_once_take_turns(session, res):
+    import threading
+
+    from heterogui.errors import ExportError
+    from heterogui.ui import tab_export, tab_models, tab_zip
+    from heterogui.ui.session import Session
+
+    other = Session(device="cpu")
+    tab_models.on_load_pair(other, res, "tiny-digits-vgg-depth")
+    tab_zip.on_merge(other, res, "zip", 0.5, 1.0, 0.5, None, "cpu")
+    for s in (session, other):
+        res.exports.seen(s)
+    said = []
+
+    def export(s):
+        try:
+            tab_export.on_export(s, res, "race", True)
+            said.append("exported")
+        except ExportError as exc:
+            said.append(str(exc))
+
+    threads = [threading.Thread(target=export, args=(s,)) for s in (session, other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(said)[0] == "exported" and "export of another open session" in sorted(said)[1]
+
+
 @pytest.mark.parametrize(
     "text, words",
     [

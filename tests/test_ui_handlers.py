@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -600,6 +602,33 @@ def test_cancel_stops_a_merge_and_keeps_the_previous_result(session, res):
     assert session.result is kept and len(session.history) == 1
     merge(session, res, rho=0.5)  # usable again
     assert session.result is not kept
+
+
+def test_a_merge_queued_behind_a_cancelled_one_is_dropped_too(session, res, monkeypatch):
+    """A Merge click during a merge runs after it; after a Cancel, it goes with it."""
+    clock = [100.0]
+    monkeypatch.setattr(events.time, "monotonic", lambda: clock[0])
+
+    def cancelled(session, res, progress=None):
+        raise Cancelled("cancelled at 'match'; the previous result is kept")
+
+    def merged(session, res, progress=None):
+        return "Merge #2 done"
+
+    def step(handler):
+        with warnings.catch_warnings():  # gr.Info outside a server warns
+            warnings.simplefilter("ignore")
+            fn = events.event_function(handler, res, (), [], 0, lambda s: nullcontext())
+            return fn(session, None)[1]
+
+    assert "Cancelled" in step(cancelled)
+    clock[0] += 0.3  # the queued click starts as the cancelled step ends
+    assert "dropped too" in step(merged)
+    clock[0] += 0.3  # a click after that merges
+    assert step(merged) == "Merge #2 done"
+    assert "Cancelled" in step(cancelled)
+    clock[0] += events.QUEUED_BEHIND_CANCEL_S + 1  # a fresh click long after a Cancel merges
+    assert step(merged) == "Merge #2 done"
 
 
 def test_bad_data_or_a_cancelled_analysis_keeps_the_analysis_and_the_merge(session, res, tmp_path):

@@ -175,7 +175,8 @@ def test_bert_flow_analyse_align_neurons_zip_evaluate_export(analysed, res, tmp_
     # the folder the Export tab suggests names the models loaded (a demo pair: the pair)
     names = f"{session.a.name}+{session.b.name}".replace(" ", "_")
     suggested = tab_export.default_folder(session)
-    assert suggested == f"{names}-rho{session.result.settings.rho:.2f}-m{session.merge_count}"
+    rho, count = session.result.settings.rho, session.merge_count
+    assert suggested == f"{names}-rho{rho:.2f}-m{count}-{session.sid}"
     tab_evaluate.on_sweep(session, res)
     assert [p["rho"] for p in session.sweep] == list(tab_evaluate.SWEEP_RHOS)
     assert all(isinstance(p["score"], float) for p in session.sweep)

@@ -12,6 +12,7 @@ import contextlib
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -180,13 +181,25 @@ def event_signature(n_inputs: int) -> inspect.Signature:
     return inspect.Signature(params)
 
 
+# A Merge click or slider release during a step runs after it (trigger_mode always_last): one
+# that starts this soon after a step stopped at a Cancel was queued behind it, and goes too.
+QUEUED_BEHIND_CANCEL_S = 2.0
+
+
 def run_step(session: Session, heavy: bool, step: Callable[[], Any]) -> Any:
-    """Run one handler; a heavy step is what Cancel stops (a Cancel pressed before it is void)."""
+    """Run one handler; a heavy step is what Cancel stops (a Cancel pressed before it is void,
+    and a heavy step queued behind the cancelled one is dropped with it)."""
     if not heavy:
         return step()
+    stopped, session.cancelled_at = session.cancelled_at, None
+    if stopped is not None and time.monotonic() - stopped < QUEUED_BEHIND_CANCEL_S:
+        raise Cancelled("the step queued behind the cancelled one was dropped too")
     session.cancel_requested, session.running = False, True
     try:
         return step()
+    except Cancelled:
+        session.cancelled_at = time.monotonic()
+        raise
     finally:
         session.running = False
 

@@ -4,13 +4,17 @@ Every session writes below the one export folder, so two users could name the sa
 ``ExportGuard`` (one per app, ``Resources.exports``) remembers which open session wrote each
 export and which folders and files the open sessions have loaded, so that an export (with
 overwrite or not) never replaces another open session's export or a folder it reads from. An
-export of a session that has ended may be overwritten as before.
+export of a session that has ended may be overwritten as before; Gradio ends a session an hour
+after its tab closed. The Export tab's suggested folder names hold the session's id, so two
+users' suggestions never meet.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ class ExportGuard:
         # sessions the page still holds (gradio drops a closed tab's state): gone, forgotten
         self._open: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
         self._writers: dict[Path, str] = {}
+        self._folders: dict[Path, threading.Lock] = {}  # one export of a folder at a time
 
     def seen(self, session: Any) -> None:
         """Count ``session`` among the open ones (each event of a session says so)."""
@@ -37,6 +42,22 @@ class ExportGuard:
         with self._lock:
             others = [s for sid, s in self._open.items() if sid != session.sid]
         return [path for other in others for path in session_inputs(other)]
+
+    @contextlib.contextmanager
+    def writing(self, path: Path, session: Any) -> Iterator[list[Path]]:
+        """Hold ``path`` for one export: refuse it when another open session wrote it, yield
+        the other open sessions' inputs, and record the export when it is written. Two
+        sessions exporting one folder at once take turns: the second is refused.
+
+        Raises:
+            ExportError: another open session's export.
+        """
+        with self._lock:
+            folder_lock = self._folders.setdefault(path, threading.Lock())
+        with folder_lock:
+            self.check_writer(path, session)
+            yield self.others_inputs(session)
+            self.wrote(path, session)
 
     def check_writer(self, path: Path, session: Any) -> None:
         """Refuse ``path`` when another open session wrote it.

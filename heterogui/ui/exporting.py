@@ -8,6 +8,7 @@ in the format that fits the models; importing a recipe runs ``run.merge``, exact
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -164,13 +165,9 @@ def export(
     done = session_run(session)
     fmt = chosen_format(session, fmt)
     inputs = [*run_export.model_folders(done.pair), *run_export.data_files(done.recipe)]
-    if guard is not None:
-        guard.check_writer(path, session)
-        inputs += guard.others_inputs(session)
-    check_output(path, overwrite, inputs)  # before the card and figures are made
-    run_export.export(done, path, overwrite=overwrite, fmt=fmt)
-    if guard is not None:
-        guard.wrote(path, session)
+    with guard.writing(path, session) if guard else contextlib.nullcontext([]) as others:
+        check_output(path, overwrite, [*inputs, *others])  # before the card and figures
+        run_export.export(done, path, overwrite=overwrite, fmt=fmt)
     session.last_export, session.exported_merge = str(path), session.merge_count
     return path
 

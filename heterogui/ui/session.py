@@ -38,6 +38,8 @@ class Session:
     history: one row per merge of this session (settings, sizes, scores).
     cancel_requested: set by the Cancel button; long steps check it between stages.
     running: a heavy step of this session is running (what Cancel can stop).
+    cancelled_at: when a heavy step last stopped at a Cancel (``events.run_step`` drops a step
+    queued behind it).
     """
 
     sid: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
@@ -67,6 +69,7 @@ class Session:
     exported_merge: int | None = None  # the merge (its number) the last export wrote
     cancel_requested: bool = False
     running: bool = False
+    cancelled_at: float | None = None  # when a heavy step last ended cancelled (monotonic)
     compare: list[str] = field(default_factory=list)  # sentences of the similarity matrices
     details: dict[int, dict[str, Any]] = field(default_factory=dict)  # per merge: widths, pairs
     kept: dict[int, MergeResult] = field(default_factory=dict)  # merges still in memory

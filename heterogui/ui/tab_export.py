@@ -88,13 +88,15 @@ def build(ui: dict[str, Any], res: Resources) -> None:
 
 
 def default_folder(session: Session) -> str:
-    """Return a fresh output folder name (below the export folder) for the current merge."""
+    """Return a fresh output folder name (below the export folder) for the current merge: the
+    pair, rho, the merge's number and the session (two users' merge #1 differ)."""
     result = session.result
     name = session.demo
     if name is None and session.both_loaded():  # models loaded one by one: their names
         name = "+".join(m.name[:40] for m in (session.a, session.b))
     name = name or "custom"
-    tag = f"{name}-rho{result.settings.rho:.2f}-m{session.merge_count}" if result else name
+    tag = f"{name}-rho{result.settings.rho:.2f}-m{session.merge_count}-{session.sid}"
+    tag = tag if result else name
     return re.sub(r"[^A-Za-z0-9._+-]", "_", tag)
 
 
