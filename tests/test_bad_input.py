@@ -985,6 +985,13 @@ def test_an_uploaded_recipe_is_named_by_its_file_and_not_mixed_with_pasted_text(
     assert str(upload.parent) not in str(info.value)
     with pytest.raises(ConfigError, match="remove the file or clear the text"):
         exporting.read_recipe(str(upload), "model_a: x\n")
+    upload.unlink()  # the server's copy deleted after an hour
+    with pytest.raises(ModelLoadError, match="the upload 'mine.yaml' is no longer on the server"):
+        exporting.read_recipe(str(upload), None)
+    from heterogui.sources.upload import receive
+
+    with pytest.raises(ModelLoadError, match="the upload 'model.zip' is no longer on the server"):
+        receive([str(upload.parent / "model.zip")])
 
 
 def test_images_of_another_size_than_the_training_data_warn(caplog):

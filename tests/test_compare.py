@@ -13,6 +13,7 @@ from heterogui.ui import (
     history,
     tab_align,
     tab_compare,
+    tab_evaluate,
     tab_models,
     tab_zip,
     views,
@@ -157,6 +158,10 @@ def test_an_export_after_a_realignment_asks_for_a_merge_of_it(session, res):
     tab_align.on_mode(session, res, "lma", None)  # the merge no longer fits the alignment
     with pytest.raises(ConfigError, match=f"merge #{merge} was made before the models, the"):
         exporting.session_run(session)
+    with pytest.raises(ConfigError, match=f"merge #{merge} was made .* to measure a merge"):
+        tab_compare.on_resemblance(session, res)
+    said = tab_evaluate.on_evaluate(session, res)
+    assert said.startswith(f"Merge #{merge} was made before") and "to score a merge" in said
 
 
 def test_the_last_merge_is_measured_against_both_parents(session, res):

@@ -184,7 +184,7 @@ def test_the_collapse_alarm_shows_in_red_and_in_the_status(analysed, res, monkey
 def test_generations_side_by_side_greedy_and_sampled(analysed, res):
     session = analysed
     message = evaluate_language.on_generate(session, res, "def f(x):\n\nThe tutorial", "greedy", 0)
-    assert "2 prompt(s)" in message and "Merge to add" in message
+    assert "2 prompts." in message and "Merge to add" in message
     view = tab_evaluate.render(session, res)["gen_view"]
     assert view["headers"] == ["prompt", "A", "B", "merged"]
     assert [r[0] for r in view["value"]] == ["def f(x):", "The tutorial"]

@@ -869,6 +869,9 @@ def test_handler_errors_become_messages_in_the_page(session, res):
         out = fn(session, 7, None)
     assert out[0] is session and out[1] == "**Error:** bad value 7"
     assert out[2]["pair"] == PAIR
+    with pytest.warns(UserWarning, match="stream end"):  # a "<" shows as text, not as a tag
+        out = fn(session, "got '<stream end>'; write plain YAML", None)
+    assert out[1] == "**Error:** bad value got '&lt;stream end>'; write plain YAML"
 
     def crash(session, res, progress=None):
         raise RuntimeError("boom")

@@ -27,6 +27,21 @@ MODEL_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".yaml", ".md", ".s
 UPLOAD_SUFFIXES = (*MODEL_SUFFIXES, ".zip", ".gguf")
 
 
+def check_still_there(paths: list[Path]) -> None:
+    """Refuse uploads whose server copies are gone (the app deletes them an hour after the
+    upload), naming the file as the user knows it.
+
+    Raises:
+        ModelLoadError: naming the first missing file and what to do.
+    """
+    gone = [p for p in paths if not p.exists()]
+    if gone:
+        raise ModelLoadError(
+            f"the upload {gone[0].name!r} is no longer on the server (uploads are kept for an "
+            "hour): upload it again"
+        )
+
+
 def receive(files: list[str] | None, workdir: str | Path | None = None) -> Path:
     """Return a new folder holding the uploaded model files (or the uploaded .gguf file).
 
@@ -43,6 +58,7 @@ def receive(files: list[str] | None, workdir: str | Path | None = None) -> Path:
         raise ModelLoadError(
             "upload a model: its config.json and model.safetensors, or the .zip of an export"
         )
+    check_still_there(paths)
     archive = len(paths) == 1 and paths[0].suffix.lower() == ".zip"
     root = Path(tempfile.mkdtemp(prefix="upload-", dir=workdir))
     if len(paths) == 1 and paths[0].suffix.lower() == ".gguf":

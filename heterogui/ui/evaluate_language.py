@@ -206,4 +206,5 @@ def on_generate(
     done = work.generate(session, parse_lines(typed), sample, int(seed or 0), GEN_TOKENS, progress)
     how = f"sampled (seed {int(seed or 0)})" if sample else "greedy"
     merged = "" if "merged" in done["texts"] else " Merge to add the merged model."
-    return f"Generated {how} continuations of {len(done['prompts'])} prompt(s).{merged}"
+    count = len(done["prompts"])
+    return f"Generated {how} continuations of {count} prompt{'' if count == 1 else 's'}.{merged}"

@@ -126,6 +126,12 @@ def event_function(
     return fn
 
 
+def shown(text: str) -> str:
+    """Return ``text`` as the status line and a toast show it: a "<" as text (YAML's errors
+    name "<stream end>", which the page would read as a tag and drop with all that follows)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;")
+
+
 class _StepWarnings(logging.Handler):
     """Collect the warnings heterogui logs on this thread (one step), each once."""
 
@@ -136,7 +142,7 @@ class _StepWarnings(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.thread == self.thread:
-            text = excerpt(record.getMessage(), MESSAGE_LIMIT)
+            text = shown(excerpt(record.getMessage(), MESSAGE_LIMIT))
             if text not in self.messages:
                 self.messages.append(text)
 
@@ -164,7 +170,8 @@ def failure_message(exc: Exception, handler: Callable[..., Any]) -> str:
         gr.Info(str(exc))
         return f"**Cancelled.** {exc}"
     if isinstance(exc, HeteroguiError):
-        message = excerpt(exc, MESSAGE_LIMIT)  # one line, whatever a library put in it
+        # one line, whatever a library put in it; "<stream end>" is text, not an HTML tag
+        message = shown(excerpt(exc, MESSAGE_LIMIT))
         gr.Warning(message)
         return f"**Error:** {message}"
     log.exception("handler %s failed", getattr(handler, "__name__", handler), exc_info=exc)

@@ -27,6 +27,7 @@ from heterogui.progress import Progress
 from heterogui.recipe_parse import load_recipe, parse_recipe
 from heterogui.report import merge_report
 from heterogui.sizes import merge_size, reference_sizes
+from heterogui.sources.upload import check_still_there
 from heterogui.text_input import typed_path
 from heterogui.ui import history, work
 from heterogui.ui.export_guard import ExportGuard
@@ -68,12 +69,8 @@ def session_run(session: Session) -> run.RunResult:
 
 def nothing_to_export(session: Session) -> ConfigError:
     """Return the refusal of an export with no current merge, naming the last merge if any."""
-    if session.history and session.pair is not None:  # merged, then realigned or reanalysed
-        return ConfigError(
-            f"merge #{session.merge_count} was made before the models, the analysis or the "
-            "alignment changed: merge again (Zip tab) to export a merge of the current ones"
-        )
-    return ConfigError("merge first (Zip tab): there is nothing to export yet")
+    first = "merge first (Zip tab): there is nothing to export yet"
+    return ConfigError(work.no_merge(session, "export a merge of the current ones", first))
 
 
 def formats(session: Session) -> list[str]:
@@ -202,6 +199,7 @@ def read_recipe(path: str | None, text: str | None) -> Recipe:
             "so that it is clear which one to run"
         )
     if path:
+        check_still_there([Path(path)])
         try:
             return load_recipe(path)
         except HeteroguiError as exc:

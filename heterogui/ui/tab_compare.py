@@ -256,7 +256,8 @@ def on_resemblance(session: Session, res: Resources, progress=None) -> str:
     """Measure which parent each layer of the last merge resembles (api: /resemblance)."""
     work.require_prepared(session)
     if session.result is None:
-        raise ConfigError("merge first (Zip tab): there is no merged model to measure")
+        first = "merge first (Zip tab): there is no merged model to measure"
+        raise ConfigError(work.no_merge(session, "measure a merge of the current ones", first))
     found = parent_resemblance(session.result)
     session.resemblance = (session.merge_count, found)
     return f"Measured merge #{session.merge_count} against both parents."

@@ -342,7 +342,9 @@ def on_evaluate(session: Session, res: Resources, progress=None) -> str:
     """
     work.require_prepared(session)
     if session.result is None:
-        return "Nothing merged yet: the table shows A, B and their ensemble. Press Merge."
+        first = "Nothing merged yet: the table shows A, B and their ensemble. Press Merge."
+        said = work.no_merge(session, "score a merge of the current ones", first)
+        return said if said == first else f"{said[0].upper()}{said[1:]}."
     if session.evaluation is None:
         return f"Merge #{session.merge_count}: no evaluation data for these models."
     computed = work.evaluate_pending(session, res, progress)
@@ -368,9 +370,10 @@ def wire(ui: dict[str, Any], on) -> None:
     on(ui["show_samples"].click, on_samples, ["sample_ids"], ("evaluate",), "samples")
     on(ui["random_samples"].click, on_random, [], ("evaluate",), "random_samples")
     on(ui["run_sweep"].click, on_sweep, [], ("evaluate",), "sweep", heavy=True)
-    on(ui["evaluate"].click, on_evaluate, [], ("evaluate",), "evaluate", light=True)
+    # heavy: one scoring at a time per session (a second press waits and reuses the scores)
+    on(ui["evaluate"].click, on_evaluate, [], ("evaluate",), "evaluate", heavy=True)
     on(ui["compare"].click, on_similarity, ["compare_text"], ("evaluate",), "similarity")
-    on(ui["lm_evaluate"].click, on_evaluate, [], ("evaluate",), None, light=True)
+    on(ui["lm_evaluate"].click, on_evaluate, [], ("evaluate",), None, heavy=True)
     on(
         ui["generate"].click,
         on_generate,

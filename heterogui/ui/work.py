@@ -273,6 +273,17 @@ def require_prepared(session: Session) -> Prepared:
     return session.prepared
 
 
+def no_merge(session: Session, to: str, first: str) -> str:
+    """Return why there is no current merge ``to`` act on: the last merge was made before the
+    models, the analysis or the alignment changed (merge again), else ``first``."""
+    if session.history and session.pair is not None:  # merged, then realigned or reanalysed
+        return (
+            f"merge #{session.merge_count} was made before the models, the analysis or the "
+            f"alignment changed: merge again (Zip tab) to {to}"
+        )
+    return first
+
+
 def make_settings(
     matcher: str,
     alpha: float,
