@@ -67,7 +67,7 @@ def check_format(fmt: str | None) -> str:
     if fmt not in (None, HETEROGUI_FORMAT):
         raise ConfigError(
             f"a merge of three or more models is written in the heterogui format only, not "
-            f"{fmt!r}; leave out --format or give --format {HETEROGUI_FORMAT}"
+            f"{fmt!r}; leave out --format (in Python, fmt) or give {HETEROGUI_FORMAT}"
         )
     return HETEROGUI_FORMAT
 

@@ -697,7 +697,7 @@ def test_a_format_for_another_family_says_to_leave_it_out():
 
     # a BERT merge is merged again from its Hugging Face folder (not from heterogui's format,
     # which the message suggested): its models' own, which the default writes
-    with pytest.raises(ExportError, match="leave out --format: a merge is written in its mod"):
+    with pytest.raises(ExportError, match=r"leave out --format \(in Python, fmt\): a merge is"):
         exporter("hf-causal-lm").check_family("bert")
 
 

@@ -128,8 +128,8 @@ class Exporter(ABC):
         if self.families and family not in self.families:
             raise ExportError(
                 f"the {self.name} format holds merges of {' or '.join(self.families)} models, "
-                f"not of {family} models; leave out --format: a merge is written in its "
-                "models' own format"
+                f"not of {family} models; leave out --format (in Python, fmt): a merge is "
+                "written in its models' own format"
             )
 
     def check(self, model: MergedModel) -> None:
