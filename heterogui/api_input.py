@@ -16,15 +16,16 @@ from typing import Any
 import torch
 
 from heterogui.align.alignment import MODES
+from heterogui.align.cka import MIN_BATCH
 from heterogui.align.similarity import MEASURES
 from heterogui.config import ZipSpec, check_device_name
 from heterogui.errors import ConfigError
 from heterogui.models.family import Network
 from heterogui.models.io import check_finite
+from heterogui.sources.base import model_key
 from heterogui.tasks.images import check_inputs
 from heterogui.zip.plan import ZipSettings
 
-MIN_BATCH = 4  # CKA's least batch (align.cka)
 FUSION_DTYPES = (torch.float32, torch.float64)
 
 
@@ -47,16 +48,22 @@ def checked_batches(nets: Sequence[Network], batches: Any) -> list[Any]:
         raise ConfigError("give calibration batches: a list of input batches, at least one")
     if getattr(nets[0].config, "vocab_size", None) is None:  # an image processor's output
         batches = [_pixels(batch) for batch in batches]
+    named = [
+        dataclasses.replace(net, label=f"model {model_key(k).upper()}")
+        if net.label == "model"
+        else net
+        for k, net in enumerate(nets)
+    ]
+    shapes = set()  # a tensor shape is checked once per model (a CNN's check runs a forward)
     for k, batch in enumerate(batches):
-        for which, net in zip("ABCDEFGHIJ", nets, strict=False):
-            named = (
-                dataclasses.replace(net, label=f"model {which}") if net.label == "model" else net
-            )
+        for m, net in enumerate(named):
             if isinstance(batch, torch.Tensor) and getattr(net.config, "vocab_size", None) is None:
-                check_inputs(named, batch, "calibration")
-                _check_dtype(named, batch)
+                if (m, batch.shape[1:], batch.dtype) not in shapes:
+                    check_inputs(net, batch, "calibration")
+                    _check_dtype(net, batch)
+                    shapes.add((m, batch.shape[1:], batch.dtype))
             else:
-                _check_token_batch(named, batch)
+                _check_token_batch(net, batch)
         _check_size(batch, k, len(batches))
     return list(batches)
 
@@ -69,8 +76,8 @@ def check_networks(nets: Sequence[Network]) -> None:
         ModelLoadError: NaN or inf weights (naming the tensor).
     """
     dtypes = []
-    for which, net in zip("ABCDEFGHIJ", nets, strict=False):
-        name = net.label.removeprefix("model ") if net.label != "model" else which
+    for k, net in enumerate(nets):
+        name = net.label.removeprefix("model ") if net.label != "model" else model_key(k).upper()
         refuse_meta(net.module, f"model {name}")
         tensors = [*net.module.parameters(), *net.module.buffers()]
         check_finite(net.module.state_dict(), name)

@@ -13,6 +13,7 @@ other module builds recipes or checks model hashes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -128,6 +129,19 @@ def check_hash(ref: ModelRef, loaded: Loaded) -> None:
         )
 
 
+def keeps_random_state(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` on a fork of torch's CPU random state: what it seeds or draws (a recipe's
+    seed, a model's initialisation) leaves the caller's generator as it was."""
+
+    @functools.wraps(fn)
+    def forked(*args: Any, **kwargs: Any) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            return fn(*args, **kwargs)
+
+    return forked
+
+
+@keeps_random_state
 def load_pair(
     ref_a: ModelRef | str,
     ref_b: ModelRef | str,
@@ -148,18 +162,6 @@ def load_pair(
             models an N-way merge does not take.
         ModelLoadError: a model that cannot be read.
     """
-    with torch.random.fork_rng(devices=[]):  # building a model draws: the caller's state stays
-        return _load_pair(ref_a, ref_b, transformer, device, more)
-
-
-def _load_pair(
-    ref_a: ModelRef | str,
-    ref_b: ModelRef | str,
-    transformer: TransformerSpec | None,
-    device: str,
-    more: Sequence[ModelRef | str],
-) -> Pair:
-    """Run ``load_pair`` (which keeps the caller's random state)."""
     refs = [r if isinstance(r, ModelRef) else ModelRef(r) for r in (ref_a, ref_b, *more)]
     if transformer is not None:
         check_transformer_options(sources.describe(refs[0].path).family)
@@ -322,6 +324,7 @@ def complete_recipe(
     )
 
 
+@keeps_random_state
 def merge(
     recipe: Recipe | str | Path,
     progress: Progress | None = None,
@@ -352,17 +355,6 @@ def merge(
         Cancelled: ``cancel()`` became true.
         HeteroguiError: any invalid recipe field, model or data (see the subclasses).
     """
-    with torch.random.fork_rng(devices=[]):
-        return _merge_seeded(recipe, progress, cancel, evaluate)
-
-
-def _merge_seeded(
-    recipe: Recipe | str | Path,
-    progress: Progress | None,
-    cancel: Callable[[], bool] | None,
-    evaluate: bool,
-) -> RunResult:
-    """Run ``merge`` (which keeps the caller's random state)."""
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     report = guarded(progress, cancel)

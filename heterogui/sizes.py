@@ -166,10 +166,10 @@ def estimate(prepared: pipeline.Prepared, settings: pipeline.ZipSettings) -> dic
             ``fusion.split_heads.split_rank``.
     """
     pa, pb = prepared.padded_a, prepared.padded_b
-    ga = pa.graph()
+    ga, gb = pa.graph(), pb.graph()
     settings = family_settings(settings, pa.family)  # "auto" as the merge resolves it
     stop = stop_point(ga, settings)
-    widths = plan_widths(ga, pb.graph(), settings, stop)
+    widths = plan_widths(ga, gb, settings, stop)
     trunk = pa.family.resize(pa.config, {s: w[2] for s, w in widths.items()})
     rank = split_rank(pa.family, pa.config, settings.heads)
     if rank is not None:
@@ -182,8 +182,10 @@ def estimate(prepared: pipeline.Prepared, settings: pipeline.ZipSettings) -> dic
     model = on_meta(lambda: build_merged(spec))
     counts, shared = _counts(prepared, settings, widths, stop)
     counts = split_widths(ga, counts, rank)
-    regressed = regressed_spaces((ga, pb.graph()), widths, stop)
-    dense = dense_readers(settings.fusion, regressed, shared, widths)
+    # the paper's average reads no regression: the slider's estimate skips the graph walk
+    least_squares = settings.fusion.startswith("least_squares")
+    regressed = regressed_spaces((ga, gb), widths, stop) if least_squares else []
+    dense = dense_readers(settings.fusion, regressed, shared)
     effective = effective_size(model, prepared, counts, dense)
     stored = stored_size(model, prepared)
     merged = split_widths(ga, {s: w[2] for s, w in widths.items()}, rank)
@@ -278,17 +280,18 @@ def _counts(
     settings: pipeline.ZipSettings,
     widths: dict[str, tuple[int, int, int]],
     stop: int,
-) -> tuple[dict[str, tuple[int, int, int]], dict[str, tuple[int, int]]]:
-    """Return the groups with A's features, B's and both per merge point, and how many of A's and
-    B's features share a group (``merged_models``): from the matchings themselves where they
-    are cheap (``MATCHED_ESTIMATE_ENTRIES``), else from the planned widths (``planned_counts``).
+) -> tuple[dict[str, tuple[int, int, int]], dict[str, tuple[bool, bool]]]:
+    """Return the groups with A's features, B's and both per merge point, and whether some of
+    A's and of B's features share a group (``merged_models``): from the matchings themselves
+    where they are cheap (``MATCHED_ESTIMATE_ENTRIES``), else from the planned widths
+    (``planned_counts``: any merge pairs features of both).
 
     Raises:
         MatcherError: a width the zip cannot reach (the merge would refuse it too).
     """
     if not estimated_by_matching(prepared, widths):
         counts = planned_counts(prepared, widths)
-        return counts, {s: _planned_merged(*w) for s, w in widths.items()}
+        return counts, {s: (n_a + n_b > r,) * 2 for s, (n_a, n_b, r) in widths.items()}
     matches = match_spaces(prepared, settings, stop)
     return (
         {s: _shared_counts(matches[s]) for s in widths},
@@ -296,24 +299,15 @@ def _counts(
     )
 
 
-def merged_models(match: Any) -> tuple[int, int]:
-    """Return how many features of A, and of B, share their group with another feature (of
-    either model): their rows of a least-squares unmerge read every merged feature, where a
-    feature alone in its group is copied (the paper's 0/1 row)."""
+def merged_models(match: Any) -> tuple[bool, bool]:
+    """Return whether some feature of A, and some feature of B, shares its group with another
+    feature (of either model): its row of a least-squares unmerge reads every merged feature,
+    where a feature alone in its group is copied (the paper's 0/1 row)."""
     groups = match.groups
     kept = groups >= 0
     sizes = torch.bincount(groups[kept], minlength=match.width)
     shared = kept & (sizes[groups.clamp(min=0)] >= 2)
-    return int(shared[: match.n_a].sum()), int(shared[match.n_a : match.n_a + match.n_b].sum())
-
-
-def _planned_merged(n_a: int, n_b: int, width: int) -> tuple[int, int]:
-    """Return ``merged_models`` as planned widths imply it (``planned_counts``: A-B pairs
-    first, further merges fold features of the wider model together)."""
-    merges = n_a + n_b - width
-    pairs = min(merges, n_a, n_b)
-    extra = merges - pairs
-    return (pairs + extra, pairs) if n_a >= n_b else (pairs, pairs + extra)
+    return bool(shared[: match.n_a].any()), bool(shared[match.n_a : match.n_a + match.n_b].any())
 
 
 def estimated_by_matching(
@@ -350,7 +344,7 @@ def effective_entries(
     model: Any,
     prepared: pipeline.Prepared,
     counts: dict[str, tuple[int, int, int]],
-    dense: dict[str, tuple[int, int]] | None = None,
+    dense: dict[str, tuple[bool, bool]] | None = None,
 ) -> dict[str, int]:
     """Return, per parameter of a merged model, how many entries are not structurally zero.
 
@@ -361,9 +355,9 @@ def effective_entries(
     ensemble's, and it falls as groups are shared. Tails count whole (minus identity blocks).
 
     dense: per merge point read through a least-squares unmerge (``fusion.regression``), for
-    A and B, how many of that model's features share a group (``merged_models``): their rows
-    of the unmerge read every merged feature, so with any of them the model's readers take
-    every merged group. Where all of a model's features stay alone in their groups, the
+    A and B, whether some of that model's features share a group (``merged_models``): their
+    rows of the unmerge read every merged feature, so the model's readers take every merged
+    group. Where all of a model's features stay alone in their groups, the
     regression is exactly the paper's 0/1 unmerge (rho = 0 stays the ensemble's count); the
     sequential refit fits on the merged model's own inputs, which differ from the parents',
     so its readers are counted dense throughout (``dense_readers``).
@@ -395,7 +389,7 @@ def effective_entries(
 def _groups_read(
     axis: Any,
     counts: dict[str, tuple[int, int, int]],
-    dense: dict[str, tuple[int, int]],
+    dense: dict[str, tuple[bool, bool]],
     m: int,
 ) -> int:
     """Return how many groups of ``axis``'s merge point hold entries of model ``m`` (2: of
@@ -403,7 +397,7 @@ def _groups_read(
     a, b, both = counts[axis.space]
     if axis.role != "in" or axis.space not in dense:
         return counts[axis.space][m]
-    dense_a, dense_b = (k > 0 for k in dense[axis.space])
+    dense_a, dense_b = dense[axis.space]
     width = a + b - both
     if m < 2:
         return width if (dense_a, dense_b)[m] else (a, b)[m]
@@ -414,13 +408,14 @@ def effective_size(
     model: Any,
     prepared: pipeline.Prepared,
     counts: dict[str, tuple[int, int, int]],
-    dense: dict[str, tuple[int, int]] | None = None,
+    dense: dict[str, tuple[bool, bool]] | None = None,
 ) -> dict[str, int | None]:
     """Return the parameters and FLOPs of a merge that are not structurally zero.
 
     The stored model keeps unmerged features as dense block-diagonal weights (exact zeros off
     the blocks); what it computes with is this effective size: exactly the ensemble's at
-    rho = 0, falling as rho rises (``effective_entries``; ``dense``: least-squares readers).
+    rho = 0 (but under the sequential refit), falling as rho rises with the paper's fusion
+    (``effective_entries``; ``dense``: least-squares readers).
     """
     entries = effective_entries(model, prepared, counts, dense)
     layers = merged_layer_flops(model, prepared)
@@ -440,24 +435,18 @@ def merged_effective_size(result: pipeline.MergeResult) -> dict[str, int | None]
     counts = split_widths(result.prepared.padded_a.graph(), counts, result.split_rank)
     regressed = [s for s, t in result.transforms.items() if t.regression is not None]
     merged = {s: merged_models(result.matches[s]) for s in regressed}
-    widths = {s: (m.n_a, m.n_b, m.width) for s, m in result.matches.items()}
-    dense = dense_readers(result.settings.fusion, regressed, merged, widths)
+    dense = dense_readers(result.settings.fusion, regressed, merged)
     return effective_size(result.model, result.prepared, counts, dense)
 
 
 def dense_readers(
-    fusion: str,
-    regressed: list[str],
-    merged: dict[str, tuple[int, int]],
-    widths: dict[str, tuple[int, int, int]],
-) -> dict[str, tuple[int, int]]:
-    """Return ``effective_entries``' dense map for a fusion: none for the paper's average; for
-    a least-squares fusion, per regressed merge point, each model's features that share a
-    group; the sequential refit fits every reader on the merged model's own inputs, which
-    differ from the parents' (a LayerNorm over both models' features, the earlier layers'
-    errors), so there every reader of a regressed point takes every merged feature."""
-    if not fusion.startswith("least_squares"):
-        return {}
+    fusion: str, regressed: list[str], merged: dict[str, tuple[bool, bool]]
+) -> dict[str, tuple[bool, bool]]:
+    """Return ``effective_entries``' dense map of the merge points a least-squares fusion
+    regresses (none with the paper's average): whether each model's features share a group;
+    the sequential refit fits every reader on the merged model's own inputs, which differ from
+    the parents' (a LayerNorm over both models' features, the earlier layers' errors), so
+    there every reader of a regressed point takes every merged feature."""
     if fusion == "least_squares_sequential":
-        return {s: widths[s][:2] for s in regressed}
+        return {s: (True, True) for s in regressed}
     return {s: merged[s] for s in regressed}

@@ -30,7 +30,7 @@ __all__ = ["CKAAccumulator", "cka_matrix", "gram", "hsic_matrix", "linear_cka"]
 logger = logging.getLogger(__name__)
 
 # Unbiased HSIC divides by n(n-3) and (n-2): fewer inputs leave it undefined.
-_MIN_BATCH = 4
+MIN_BATCH = 4
 # CKA is bounded by 1 in magnitude (Cauchy-Schwarz); smaller excursions are round-off.
 _CLIP_TOL = 1e-8  # the unbiased estimator cancels large terms: ~1e-9 is seen
 # A self-HSIC this small relative to its own tr(KK) term is round-off around zero: the layer is
@@ -71,10 +71,10 @@ def _check_batch(grams: Tensor, name: str) -> int:
             f"got shape {tuple(grams.shape)}"
         )
     n = grams.shape[1]
-    if n < _MIN_BATCH:
+    if n < MIN_BATCH:
         raise ConfigError(
-            f"CKA needs at least {_MIN_BATCH} inputs per batch, got {n}; calibrate on at "
-            f"least {_MIN_BATCH} inputs with a batch_size of at least {_MIN_BATCH}"
+            f"CKA needs at least {MIN_BATCH} inputs per batch, got {n}; calibrate on at "
+            f"least {MIN_BATCH} inputs with a batch_size of at least {MIN_BATCH}"
         )
     return n
 
@@ -248,13 +248,13 @@ def _batches(n: int, batch_size: int | None) -> list[slice]:
     """Split range(n) into slices; a trailing remainder under 4 inputs joins the previous one."""
     if batch_size is None or batch_size >= n:
         return [slice(0, n)]
-    if batch_size < _MIN_BATCH:
+    if batch_size < MIN_BATCH:
         raise ConfigError(
-            f"CKA needs at least {_MIN_BATCH} inputs per batch, got batch_size={batch_size}; "
+            f"CKA needs at least {MIN_BATCH} inputs per batch, got batch_size={batch_size}; "
             "use a larger calibration batch"
         )
     starts = list(range(0, n, batch_size))
-    if n - starts[-1] < _MIN_BATCH:
+    if n - starts[-1] < MIN_BATCH:
         starts.pop()
     return [slice(s, e) for s, e in zip(starts, [*starts[1:], n], strict=True)]
 
@@ -328,10 +328,10 @@ def linear_cka(x: Tensor, y: Tensor) -> float:
             f"x has {x.shape[0]} inputs but y has {y.shape[0]}; pass features of the same inputs"
         )
     n = int(x.shape[0])
-    if n < _MIN_BATCH:
+    if n < MIN_BATCH:
         raise ConfigError(
-            f"CKA needs at least {_MIN_BATCH} inputs per batch, got {n}; calibrate on at "
-            f"least {_MIN_BATCH} inputs with a batch_size of at least {_MIN_BATCH}"
+            f"CKA needs at least {MIN_BATCH} inputs per batch, got {n}; calibrate on at "
+            f"least {MIN_BATCH} inputs with a batch_size of at least {MIN_BATCH}"
         )
     kx, ky = gram(x), gram(y)
     xy, _ = _hsic1_reference(kx, ky)

@@ -221,7 +221,8 @@ def fit_regressions(
     Spearman; without, it gains at some settings: docs/transformers.md).
     """
     graph_a = graphs[0]
-    with_bias, through_origin = _reader_forms(graph_a, stop)
+    forms = _reader_forms(graph_a, stop)
+    with_bias, through_origin = forms
     return {
         space: regression_unmerge(
             pooled_moments(stats, graph_a, space, stop),
@@ -230,15 +231,21 @@ def fit_regressions(
             centred=space in with_bias,
             origin=space in through_origin,
         )
-        for space in regressed_spaces(graphs, matches, stop)
+        for space in regressed_spaces(graphs, matches, stop, forms)
     }
 
 
-def regressed_spaces(graphs: Sequence[ModelGraph], spaces: Iterable[str], stop: int) -> list[str]:
+def regressed_spaces(
+    graphs: Sequence[ModelGraph],
+    spaces: Iterable[str],
+    stop: int,
+    forms: tuple[set[str], set[str]] | None = None,
+) -> list[str]:
     """Return the merge points of ``spaces`` that a least-squares fusion reads through its
-    regression (``fit_regressions``): the others keep the paper's 0/1 unmerge."""
+    regression (``fit_regressions``): the others keep the paper's 0/1 unmerge. forms: the
+    ``_reader_forms`` at ``stop`` when the caller has them."""
     graph_a = graphs[0]
-    with_bias, through_origin = _reader_forms(graph_a, stop)
+    with_bias, through_origin = forms or _reader_forms(graph_a, stop)
     shared = set(shared_spaces(graphs))
     return [
         space

@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from heterogui.cache import cache_dir
-from heterogui.errors import ModelLoadError
+from heterogui.errors import HeteroguiError, ModelLoadError
 from heterogui.folders import remove_path
 from heterogui.models.io import file_sha256
 
@@ -40,6 +40,15 @@ def check_still_there(paths: list[Path]) -> None:
             f"the upload {gone[0].name!r} is no longer on the server (uploads are kept for an "
             "hour): upload it again"
         )
+
+
+def as_uploaded(exc: HeteroguiError, copies: dict[str, str]) -> HeteroguiError:
+    """Return ``exc`` with the server's copies of uploads named as the user knows them
+    (``copies``: text of the copy's path -> the uploaded file's name), of the same type."""
+    text = str(exc)
+    for copy, name in copies.items():
+        text = text.replace(copy, name)
+    return type(exc)(text)
 
 
 def receive(files: list[str] | None, workdir: str | Path | None = None) -> Path:

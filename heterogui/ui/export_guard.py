@@ -55,11 +55,11 @@ class ExportGuard:
         with self._lock:
             folder_lock = self._folders.setdefault(path, threading.Lock())
         with folder_lock:
-            self.check_writer(path, session)
+            self._check_writer(path, session)
             yield self.others_inputs(session)
-            self.wrote(path, session)
+            self._wrote(path, session)
 
-    def check_writer(self, path: Path, session: Any) -> None:
+    def _check_writer(self, path: Path, session: Any) -> None:
         """Refuse ``path`` when another open session wrote it.
 
         Raises:
@@ -74,7 +74,7 @@ class ExportGuard:
                 "this export would replace; choose another folder name"
             )
 
-    def wrote(self, path: Path, session: Any) -> None:
+    def _wrote(self, path: Path, session: Any) -> None:
         """Record that ``session`` wrote the export ``path``."""
         with self._lock:
             self._writers[path] = session.sid

@@ -27,7 +27,7 @@ from heterogui.progress import Progress
 from heterogui.recipe_parse import load_recipe, parse_recipe
 from heterogui.report import merge_report
 from heterogui.sizes import merge_size, reference_sizes
-from heterogui.sources.upload import check_still_there
+from heterogui.sources.upload import as_uploaded, check_still_there
 from heterogui.text_input import typed_path
 from heterogui.ui import history, work
 from heterogui.ui.export_guard import ExportGuard
@@ -203,7 +203,7 @@ def read_recipe(path: str | None, text: str | None) -> Recipe:
         try:
             return load_recipe(path)
         except HeteroguiError as exc:
-            raise type(exc)(str(exc).replace(str(path), Path(path).name)) from None
+            raise as_uploaded(exc, {str(path): Path(path).name}) from None
     if not (text or "").strip():
         raise ConfigError("upload a recipe file (.yaml/.json) or paste one")
     return parse_recipe(text, "the pasted recipe")

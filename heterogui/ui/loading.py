@@ -25,7 +25,7 @@ from heterogui.report import model_facts
 from heterogui.sources import registry
 from heterogui.sources.base import LANGUAGE_MODELING, SENTENCE_SIMILARITY, Loaded
 from heterogui.sources.preflight import Verdict
-from heterogui.sources.upload import keep, receive
+from heterogui.sources.upload import as_uploaded, keep, receive
 from heterogui.sources.zoo import zoo_ref
 from heterogui.text_input import typed_path
 from heterogui.ui.resources import Resources
@@ -75,8 +75,7 @@ def load_choice(
                 raise
             # named as the user knows it, not by its temporary copy
             uploaded = Path(files[0]).name if len(files or []) == 1 else "the uploaded model"
-            text = str(exc).replace(f"{received}/", "").replace(str(received), uploaded)
-            raise type(exc)(text) from None
+            raise as_uploaded(exc, {f"{received}/": "", str(received): uploaded}) from None
         kept = keep(received)  # where an exported recipe finds it after the session
         folder = kept if loaded.folder == received else loaded.folder
         return dataclasses.replace(loaded, source="upload", ref=str(kept), folder=folder)
