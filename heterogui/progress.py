@@ -18,16 +18,20 @@ def within(progress: Progress, lo: float, hi: float) -> Progress:
     return lambda stage, frac: progress(stage, lo + (hi - lo) * frac)
 
 
-def guarded(progress: Progress | None, cancel: Callable[[], bool] | None) -> Progress:
+def guarded(
+    progress: Progress | None,
+    cancel: Callable[[], bool] | None,
+    outcome: str = "nothing was merged or written",
+) -> Progress:
     """Return a progress callback that stops the run (Cancelled) once ``cancel()`` is true.
 
     The engine reports progress at every stage and batch, so a cancel takes effect at the
-    next report.
+    next report. ``outcome`` ends the message: what the caller is left with.
     """
 
     def report(stage: str, fraction: float) -> None:
         if cancel is not None and cancel():
-            raise Cancelled(f"cancelled at {stage!r}; the previous result is kept")
+            raise Cancelled(f"cancelled at {stage!r}; {outcome}")
         if progress is not None:
             progress(stage, fraction)
 

@@ -23,7 +23,13 @@ import yaml
 from safetensors.torch import save_file
 
 from heterogui.cli import main
-from heterogui.errors import AlignmentError, ConfigError, HeteroguiError, ModelLoadError
+from heterogui.errors import (
+    AlignmentError,
+    Cancelled,
+    ConfigError,
+    HeteroguiError,
+    ModelLoadError,
+)
 from heterogui.models.io import save_network
 from heterogui.models.vgg import VGGConfig
 from tests.conftest import make
@@ -279,6 +285,9 @@ def test_a_recipe_merge_keeps_the_callers_random_state_and_takes_no_engine_optio
     # a recipe holds the settings: options beside it would be ignored, so they are refused
     with pytest.raises(ConfigError, match=r"merge\(recipe\) takes no options \['device', 'mode'\]"):
         heterogui.merge(ws / "recipe.yaml", mode="lma", device="cuda")
+    # a cancel from Python says what the caller has: no merge (the workbench keeps its last)
+    with pytest.raises(Cancelled, match=r"^cancelled at '[^']+'; nothing was merged or written$"):
+        run.merge(ws / "recipe.yaml", cancel=lambda: True)
 
 
 def test_leftovers_of_killed_writes_are_cleaned(ws):

@@ -117,6 +117,16 @@ def test_preflight_refuses_an_incompatible_pair_before_loading(tmp_path: Path):
         run.load_pair(str(tmp_path / "a"), str(tmp_path / "b"))
 
 
+def test_a_short_draw_of_the_built_in_sentences_says_why(l3_dir: Path, caplog):
+    pair = run.load_pair(str(minilm.minilm_l6_path()), str(l3_dir))
+    with caplog.at_level("WARNING", logger="heterogui.run"):
+        assert run.calibrate(pair, size=6).count == 6 and not caplog.text
+        assert run.calibrate(pair, size=5).count == 4  # half of 5 from each of 2 tasks
+    assert "4 inputs from sentences, not the 5 its size asks for" in caplog.text
+    assert "half from each of their 2 tasks, which hold topics 200, sentiment 150" in caplog.text
+    assert "give an even size, at most twice the smaller" in caplog.text
+
+
 @pytest.mark.slow
 def test_minilm_speed_benchmark_reports_every_stage():
     from heterogui.bench.speed import format_pair

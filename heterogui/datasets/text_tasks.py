@@ -237,6 +237,18 @@ def make_task(name: str, per_class: int | None = None, seed: int = 0) -> dict[st
     return result
 
 
+def calibration_sentences_rule(seed: int = 0) -> str:
+    """Return how ``calibration_sentences`` decides its count (for a draw short of its size)."""
+    held = ", ".join(
+        f"{name} {len(make_task(name, seed=seed)['calibration'].sentences)}"
+        for name in TASK_CLASSES
+    )
+    return (
+        f"the built-in sentences are half from each of their {len(TASK_CLASSES)} tasks, "
+        f"which hold {held}: give an even size, at most twice the smaller"
+    )
+
+
 def calibration_sentences(count: int = 256, seed: int = 0) -> list[str]:
     """Return unlabelled calibration sentences, half from each task (never test sentences)."""
     out: list[str] = []

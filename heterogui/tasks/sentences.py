@@ -25,6 +25,7 @@ from heterogui.datasets.refs import (
     tokenize,
 )
 from heterogui.datasets.sentence_pairs import Pair
+from heterogui.datasets.text_tasks import calibration_sentences_rule
 from heterogui.errors import ConfigError
 from heterogui.models.bert_modules import pool
 from heterogui.models.capture import to_device
@@ -212,7 +213,9 @@ def text_calibration(ref: DataRef, pair: ModelPair) -> Calibration:
         )
     done = dataclasses.replace(ref, sha256=text_sha256(sentences))
     batches = tokenize(tokenizer_of(pair), sentences, ref.batch_size, fold=True)
-    return Calibration(done, batches, len(sentences))
+    short = ref.source == "sentences" and ref.size is not None and len(sentences) != ref.size
+    why = calibration_sentences_rule(ref.seed) if short else None
+    return Calibration(done, batches, len(sentences), why)
 
 
 def is_sentences(ref: DataRef) -> bool:

@@ -54,7 +54,9 @@ log = logging.getLogger(__name__)
 
 def guarded(session: Session, progress: Progress | None) -> Progress:
     """Return a progress callback that stops the step when the user pressed Cancel."""
-    return guarded_progress(progress, lambda: _cancelled(session))
+    return guarded_progress(
+        progress, lambda: _cancelled(session), outcome="the previous result is kept"
+    )
 
 
 def _cancelled(session: Session) -> bool:
