@@ -21,7 +21,7 @@ from heterogui.models.family import Network
 from heterogui.models.graph import ModelGraph
 from heterogui.prepared import Prepared
 from heterogui.progress import Progress
-from heterogui.ready import BN_STAGES, TO_DEVICE
+from heterogui.ready import BN_STAGES, TO_DEVICE, similarities_while_reestimating
 from heterogui.stages import timed
 from heterogui.zip.collect import pass_bytes, shared_spaces, similarity_and_moments
 from heterogui.zip.reuse import own_layers, realigned_moments
@@ -177,14 +177,19 @@ def with_measure(prepared: Prepared, measure: str, progress: Progress | None = N
     measure = resolve_measure(prepared.net_a, measure)
     if measure not in prepared.similarities:
         report = progress or (lambda _stage, _frac: None)
-        prepared.similarities[measure] = layer_similarity(
-            prepared.net_a,
-            prepared.net_b,
-            prepared.batches,
-            prepared.device,
-            progress=lambda f: report("similarity", f),
-            measure=measure,
-        )
+        nets, batches, device = (prepared.net_a, prepared.net_b), prepared.batches, prepared.device
+        if "bn_similarity" in prepared.timings:
+            # the analysis's CKA came from its BatchNorm pass (train-mode BatchNorm): so does
+            # this one, as ``prepare`` computes it, or a recipe would not repeat the alignment.
+            # The pass re-estimates the same statistics from the same batches.
+            similarity = similarities_while_reestimating(
+                nets, batches, device, measure, progress=lambda f: report("similarity", f)
+            )[0]
+        else:
+            similarity = layer_similarity(
+                *nets, batches, device, progress=lambda f: report("similarity", f), measure=measure
+            )
+        prepared.similarities[measure] = similarity
     return replace(prepared, measure=measure)
 
 

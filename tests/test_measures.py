@@ -111,6 +111,16 @@ def test_a_resnet_pair_reads_block_outputs_unless_asked():
         ready = [ready_network(n, "cpu", modifies=True) for n in (a, b)]
         (want,) = similarities_while_reestimating(ready, data, "cpu", prep.measure)
         torch.testing.assert_close(prep.similarity, want)
+    # a switch of measure (the workbench's) computes the matrix as prepare does, in the
+    # BatchNorm pass, so that the exported recipe places the layers as the workbench did; the
+    # statistics it re-estimates again come out the same
+    switched = with_measure(plain, "updates")
+    assert torch.equal(switched.similarity, asked.similarity)
+    assert not torch.allclose(
+        layer_similarity(plain.net_a, plain.net_b, data, measure="updates"), asked.similarity
+    )  # eval-mode BatchNorm gives another matrix: what the switch computed before
+    for name, value in asked.net_a.module.state_dict().items():
+        assert torch.equal(switched.net_a.module.state_dict()[name], value), name
 
 
 @pytest.mark.parametrize("measure", ["auto", "outputs"])
