@@ -119,13 +119,14 @@ def check_hash(ref: ModelRef, loaded: Loaded) -> None:
             f"the weights of {ref.path} changed: sha256 {(loaded.sha256 or 'none')[:12]}... but "
             f"the recipe records {ref.sha256[:12]}...; restore the model or remove its sha256"
         )
-    if ref.files_sha256 and ref.files_sha256 != (
-        files_sha256(loaded.folder) if loaded.folder is not None else None
+    folder = loaded.folder
+    if ref.files_sha256 and ref.files_sha256 not in (
+        (files_sha256(folder), files_sha256(folder, legacy=True)) if folder is not None else ()
     ):
+        present = [name for name in MODEL_FILES if folder is not None and (folder / name).is_file()]
         raise ConfigError(
-            f"the config or tokenizer files of {ref.path} changed ({', '.join(MODEL_FILES[:2])}, "
-            "...): the merge would differ from the recorded one; restore them or remove its "
-            "files_sha256"
+            f"the config or tokenizer files of {ref.path} changed ({', '.join(present)}): the "
+            "merge would differ from the recorded one; restore them or remove its files_sha256"
         )
 
 

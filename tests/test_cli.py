@@ -26,6 +26,7 @@ from heterogui.models.vgg import VGGConfig
 from heterogui.recipe_parse import load_recipe, recipe_from_dict
 from heterogui.run import merge as merge_recipe
 from heterogui.sources.folder import load_merged
+from heterogui.sources.hf import files_sha256
 from tests.conftest import make
 
 PAIRS = {
@@ -240,11 +241,22 @@ def test_a_recorded_recipe_refuses_a_model_whose_config_changed(tmp_path, capsys
     recorded = load_recipe(out / "recipe.yaml")
     assert recorded.model_a.files_sha256 and recorded.model_b.files_sha256
     assert main(["merge", str(out / "recipe.yaml"), "--out", str(tmp_path / "again")]) == 0
+    # a zoo model rebuilt (here or elsewhere) has the same weights and config but another
+    # training time: its recipes still repeat, as do recipes that hashed the file as stored
+    config = tmp_path / "a" / "config.json"
+    data = json.loads(config.read_text())
+    config.write_text(json.dumps(data | {"train_seconds": 12.5}, indent=1))
+    assert main(["merge", str(out / "recipe.yaml"), "--out", str(tmp_path / "rebuilt")]) == 0
+    legacy = recorded.to_dict()
+    legacy["model_a"]["files_sha256"] = files_sha256(tmp_path / "a", legacy=True)
+    assert legacy["model_a"]["files_sha256"] != recorded.model_a.files_sha256
+    (tmp_path / "legacy.yaml").write_text(yaml.safe_dump(legacy))
+    assert main(["merge", str(tmp_path / "legacy.yaml"), "--out", str(tmp_path / "old")]) == 0
     capsys.readouterr()
-    config = tmp_path / "a" / "config.json"  # the weights stay; what they compute may not
-    config.write_text(config.read_text().replace('"classes"', '"label": "edited", "classes"', 1))
+    # the weights stay; what they compute may not
+    config.write_text(json.dumps(data | {"label": "edited"}))
     err = run_error(["merge", str(out / "recipe.yaml"), "--out", str(tmp_path / "third")], capsys)
-    assert f"the config or tokenizer files of {tmp_path / 'a'} changed" in err
+    assert f"the config or tokenizer files of {tmp_path / 'a'} changed (config.json)" in err
     assert "restore them or remove its files_sha256" in err and not (tmp_path / "third").exists()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -214,15 +215,38 @@ MODEL_FILES = (
 )
 
 
-def files_sha256(folder: Path) -> str | None:
+# what a heterogui folder's config.json records about the run that trained it, not about the
+# model: a zoo pair rebuilt here or on another machine has the same weights and config but
+# another training time, and its recorded recipes must still repeat
+RUN_RECORDS = ("train_seconds",)
+
+
+def files_sha256(folder: Path, legacy: bool = False) -> str | None:
     """Return the sha256 of one line per ``MODEL_FILES`` file in ``folder`` (its name and
-    sha256), None when it has none."""
+    sha256), None when it has none.
+
+    A heterogui folder's config.json is hashed without its ``RUN_RECORDS`` (as sorted JSON);
+    legacy: hash it as stored, as recipes recorded before did.
+    """
     lines = "".join(
-        f"{name} {file_sha256(folder / name)}\n"
+        f"{name} {_model_file_sha256(folder / name, legacy)}\n"
         for name in MODEL_FILES
         if (folder / name).is_file()
     )
     return hashlib.sha256(lines.encode("utf-8")).hexdigest() if lines else None
+
+
+def _model_file_sha256(path: Path, legacy: bool) -> str:
+    if legacy or path.name != "config.json":
+        return file_sha256(path)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return file_sha256(path)  # the loader names what is wrong with it
+    if not isinstance(config, dict) or "heterogui" not in config:
+        return file_sha256(path)
+    kept = {k: v for k, v in config.items() if k not in RUN_RECORDS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def weights_sha256(folder: Path) -> str | None:
