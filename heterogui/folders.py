@@ -278,13 +278,24 @@ def check_writable(folder: str | Path, named: str | None = None) -> None:
     if not parent.is_dir():
         raise ExportError(f"output folder {named!r} lies under the file {parent}; name a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise ExportError(f"cannot write in {parent} (no permission); choose another folder")
+        raise ExportError(
+            f"cannot write in {parent} ({why_not_writable(parent)}); choose another folder"
+        )
     try:  # os.access says yes to root everywhere, /sys and /proc included: try for real
         os.rmdir(tempfile.mkdtemp(prefix=".heterogui-probe-", dir=parent))
     except OSError as exc:
         raise ExportError(
             f"cannot write in {parent} ({excerpt(exc.strerror or exc)}); choose another folder"
         ) from exc
+
+
+def why_not_writable(path: Path) -> str:
+    """Return why a folder ``os.access`` refuses writes to is not writable, in a few words."""
+    try:
+        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return "read-only file system" if read_only else "no permission"
 
 
 def write_marker(folder: Path, title: str) -> None:
@@ -294,13 +305,52 @@ def write_marker(folder: Path, title: str) -> None:
     (folder / MARKER).write_text("\n".join([title, *names]) + "\n", encoding="utf-8")
 
 
+# every file name an export may write (the model cards' figures are top-level .svg files): an
+# earlier export whose marker lists none of its files is judged by these
+EXPORT_FILE_NAMES = frozenset(
+    {
+        "README.md",
+        "recipe.yaml",
+        "report.json",
+        "config.json",
+        "model.safetensors",
+        "unmerge.safetensors",
+        "generation_config.json",
+        "preprocessor_config.json",
+        "chat_template.jinja",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "tokenizer.model",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.txt",
+        "vocab.json",
+        "merges.txt",
+        "modules.json",
+        "sentence_bert_config.json",
+        "config_sentence_transformers.json",
+        "1_Pooling/config.json",
+    }
+)
+
+
 def _added_files(folder: Path) -> list[str]:
-    """Return the files of an earlier export that its marker does not list (an older marker,
-    a title alone, lists none: nothing is known to be added)."""
+    """Return the files of an earlier export that its marker does not list.
+
+    A marker that lists none of the folder's files (an older one, a title alone, or one
+    overwritten with something else) cannot tell: every file an export never writes counts
+    as added.
+    """
     listed = (folder / MARKER).read_text(encoding="utf-8", errors="replace").splitlines()[1:]
-    if not listed:
-        return []
-    return sorted(_file_names(folder) - set(listed) - {MARKER})
+    names = _file_names(folder) - {MARKER}
+    if not names & set(listed):
+        return sorted(n for n in names if not is_export_file_name(n))
+    return sorted(names - set(listed))
+
+
+def is_export_file_name(name: str) -> bool:
+    """Return whether an export may write a file of this name (relative to its folder)."""
+    return name in EXPORT_FILE_NAMES or ("/" not in name and name.endswith(".svg"))
 
 
 def _file_names(folder: Path) -> set[str]:

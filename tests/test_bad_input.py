@@ -22,6 +22,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from heterogui import folders
 from heterogui.cli import main
 from heterogui.errors import (
     AlignmentError,
@@ -160,6 +161,20 @@ def test_overwrite_replaces_only_what_heterogui_wrote(ws, capsys):
     (ws / "m" / "notes.txt").unlink()
     shutil.rmtree(ws / "m" / "plots")
     assert main(["merge", rec, "--out", str(ws / "m"), "--overwrite"]) == 0
+    # a marker that lists none of the files (an older export's title alone, or other bytes):
+    # files an export never writes are the user's
+    marker = ws / "m" / ".heterogui-output"
+    listed = marker.read_text().splitlines()[1:]
+    assert listed and all(folders.is_export_file_name(name) for name in listed)
+    (ws / "m" / "notes.txt").write_text("what I found")
+    for text in ("heterogui export\n", "\x7f\x00garbage\n\x01\n"):
+        marker.write_text(text)
+        err = cli_refuses(
+            ws, ["merge", rec, "--out", str(ws / "m"), "--overwrite"], "with files added", capsys
+        )
+        assert "(notes.txt)" in err and (ws / "m" / "notes.txt").is_file()
+    (ws / "m" / "notes.txt").unlink()
+    assert main(["merge", rec, "--out", str(ws / "m"), "--overwrite"]) == 0
 
 
 def test_a_read_only_place_is_refused_before_the_merge(ws, capsys, monkeypatch):
@@ -175,6 +190,17 @@ def test_a_read_only_place_is_refused_before_the_merge(ws, capsys, monkeypatch):
     # an existing empty folder that cannot be written: refused up front, not after the merge
     args = ["merge", str(ws / "recipe.yaml"), "--out", str(ws / "ro")]
     cli_refuses(ws, args, f"cannot write in {ws / 'ro'} (no permission)", capsys)
+    # on a file system mounted read-only, permissions are not what to look at
+    real_statvfs = os.statvfs
+
+    class ReadOnly:
+        f_flag = os.ST_RDONLY
+
+    monkeypatch.setattr(
+        "heterogui.folders.os.statvfs",
+        lambda p: ReadOnly() if Path(p) == ws / "ro" else real_statvfs(p),
+    )
+    cli_refuses(ws, args, f"cannot write in {ws / 'ro'} (read-only file system)", capsys)
 
 
 def test_a_place_that_refuses_writes_is_refused_before_the_merge(ws, capsys, monkeypatch):

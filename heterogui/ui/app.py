@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from heterogui.cache import make_folder  # noqa: E402
 from heterogui.errors import ConfigError  # noqa: E402
+from heterogui.folders import why_not_writable  # noqa: E402
 from heterogui.ui import tab_models  # noqa: E402
 from heterogui.ui.events import SessionLocks, event_function  # noqa: E402
 from heterogui.ui.figstyle import DARK_CSS, STATUS_CSS  # noqa: E402
@@ -284,7 +285,7 @@ def check_export_root(root: Path) -> None:
     make_folder(root, "--export-root", "name a folder you can write")
     if not os.access(root, os.W_OK | os.X_OK):
         raise ConfigError(
-            f"cannot write in --export-root {root} (no permission); name another folder"
+            f"cannot write in --export-root {root} ({why_not_writable(root)}); name another folder"
         )
 
 
