@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import drawn
 
 from heterogui import pipeline, sizes
@@ -779,6 +780,26 @@ def test_export_then_import_repeats_the_merge_bit_for_bit(session, res, tmp_path
     assert all(torch.equal(exported[k], again[k].cpu()) for k in exported)
     assert other.prepared.alignment.mapping() == session.prepared.alignment.mapping()
     assert other.merged_metrics == session.merged_metrics
+
+
+def test_an_export_right_after_a_release_scores_the_merge_first(session, res, tmp_path):
+    merge(session, res)
+    n = work_blocks(session)
+    tab_zip.on_release(session, res, True, "zip", 0.5, 1.0, 0.5, n, "cpu")  # over the API:
+    assert session.merged_metrics is None  # /remerge leaves the scores to the page's next step
+    message, _ = tab_export.on_export(session, res, str(tmp_path / "out"), False)
+    assert "(merge #2, heterogui format)" in message and "settings changed" not in message
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert session.merged_metrics is not None and session.history[-1]["Joint"] is not None
+    merged = report["metrics"]["merged"]
+    assert merged["joint"] == session.merged_metrics.joint and "ensemble" in report["metrics"]
+    assert "Joint" in (tmp_path / "out" / "README.md").read_text()
+    # knobs moved without a merge: the export is still the last merge, and says so
+    tab_zip.on_knobs(session, res, "zip", 0.5, 1.0, 0.9, n, "average")
+    message, _ = tab_export.on_export(session, res, str(tmp_path / "again"), False)
+    assert "(merge #2, heterogui format)" in message
+    assert "settings changed since that merge (rho 0.9, fusion average)" in message
+    assert yaml.safe_load((tmp_path / "again" / "recipe.yaml").read_text())["zip"]["rho"] == 0.5
 
 
 def test_importing_a_bad_recipe_says_why(session, res):

@@ -9,6 +9,7 @@ in the format that fits the models; importing a recipe runs ``run.merge``, exact
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from heterogui.export.job import (
     HF_VIT_FORMAT,
 )
 from heterogui.folders import check_names, check_output
+from heterogui.pipeline import is_merge_of, resolved_settings
 from heterogui.progress import Progress
 from heterogui.recipe_parse import load_recipe, parse_recipe
 from heterogui.report import merge_report
@@ -64,6 +66,20 @@ def session_run(session: Session) -> run.RunResult:
     report = merge_report(result, recipe, seconds, task, scores, session.calibration.count)
     return run.RunResult(
         result, recipe, report, pair, session.calibration, session.evaluation, scores
+    )
+
+
+def unmerged_settings(session: Session) -> str:
+    """Return the Zip tab's settings that differ from the current merge's ("fusion average,
+    rho 0.9"), or "" when the knobs are the merge's."""
+    result = session.result
+    if result is None or is_merge_of(result, session.settings):
+        return ""
+    want = resolved_settings(result.prepared.net_a, session.settings)
+    return ", ".join(
+        f"{f.name} {getattr(want, f.name)}"
+        for f in dataclasses.fields(want)
+        if f.name != "kept_heads" and getattr(want, f.name) != getattr(result.settings, f.name)
     )
 
 

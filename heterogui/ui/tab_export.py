@@ -16,7 +16,7 @@ import yaml
 from heterogui import run_export
 from heterogui.errors import ConfigError
 from heterogui.report import card_files
-from heterogui.ui import exporting, slides
+from heterogui.ui import exporting, slides, work
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 
@@ -159,13 +159,26 @@ def on_export(
     fmt: str | None = None,
     progress=None,
 ) -> tuple[str, dict[str, Any]]:
-    """Export the current merge (api: /export); fmt: the output format (None, "auto": fitting)."""
+    """Export the current merge (api: /export); fmt: the output format (None, "auto": fitting).
+
+    A merge whose scores are still due (a slider release scores after it shows the merge; over
+    the API, /remerge leaves that to the page) is scored first, so that the report and the
+    card hold its scores.
+    """
+    work.evaluate_pending(session, res, progress)
     path = exporting.export(
         session, out or "", res.export_root, bool(overwrite), fmt, guard=res.exports
     )
     written = exporting.chosen_format(session, fmt)
     files = sorted(p.name for p in Path(path).iterdir())
-    message = f"Exported to `{path}` ({written} format): {', '.join(files)}."
+    message = f"Exported to `{path}` (merge #{session.merge_count}, {written} format): "
+    message += f"{', '.join(files)}."
+    moved = exporting.unmerged_settings(session)
+    if moved:
+        message += (
+            f" The Zip tab's settings changed since that merge ({moved}): press Merge, then "
+            "export again, to write a merge of them."
+        )
     return message, {"export_file": exporting.archive(path, session)}
 
 
