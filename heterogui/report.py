@@ -11,10 +11,11 @@ from typing import Any
 
 from heterogui.align.alignment import Alignment, layer_pairs
 from heterogui.config import Recipe
-from heterogui.errors import ModelLoadError
+from heterogui.errors import ExportError, ModelLoadError
 from heterogui.export.card import bars_svg, class_ranges, heatmap_svg, model_card
 from heterogui.export.hf_heads import card_use
-from heterogui.export.job import HETEROGUI_FORMAT, HF_BERT_FORMAT, HF_VIT_FORMAT
+from heterogui.export.job import HETEROGUI_FORMAT, HF_BERT_FORMAT, HF_VIT_FORMAT, OR_HETEROGUI
+from heterogui.export.registry import exporter
 from heterogui.fusion.bn import has_batch_norm
 from heterogui.fusion.merged import network_config
 from heterogui.models.family import Network, family_of
@@ -345,9 +346,16 @@ def not_one_network(result: MergeResult, fmt: str) -> str | None:
     family = family_of(result.model.spec.trunk_config).name
     text = text_format(family)
     if text is not None:
+        try:  # why the text format does not hold this merge (a partial zip, head counts ...)
+            exporter(text).check(result.model)
+        except ExportError as exc:
+            return (
+                f"the heterogui format keeps no tokenizer for {family} text models, and {text} "
+                f"cannot hold this merge: {str(exc).replace(OR_HETEROGUI, '').rstrip('.')}"
+            )
         return (
-            f"the heterogui format keeps no tokenizer for {family} text models; merge with a full "
-            f"zip (stop: null) and --format {text} for a folder that merges again"
+            f"the heterogui format keeps no tokenizer for {family} text models; write it with "
+            f"--format {text} for a folder that merges again"
         )
     try:
         network_config(result.model.spec)

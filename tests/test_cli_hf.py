@@ -335,6 +335,8 @@ def test_a_partial_merge_is_written_in_the_heterogui_format_by_default(tmp_path,
     card = (tmp_path / "m" / "README.md").read_text()
     assert 'load_merged("DIR")' in card and "registry import load" not in card
     assert "It is not one network to load or merge again: the heterogui format keeps no " in card
+    # with the real reason the models' own format cannot hold it (not advice that fits another)
+    assert "and hf-bert cannot hold this merge: " in card and "stop: null" in card
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert "model_type" not in config  # a heterogui merge folder, not save_pretrained
     report = json.loads((tmp_path / "m" / "report.json").read_text())
