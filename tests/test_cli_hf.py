@@ -207,6 +207,16 @@ def test_a_config_that_does_not_fit_its_weights_is_refused_in_one_line(
     assert not (tmp_path / "m").exists()
 
 
+def test_a_tokenizer_json_that_parses_but_lacks_its_fields_is_one_line(tmp_path):
+    from heterogui.errors import ModelLoadError
+    from heterogui.sources.registry import load
+
+    write_bert(tmp_path / "a", PAIRS["depth"][0], 0)
+    (tmp_path / "a" / "tokenizer.json").write_text("{}")  # valid JSON, not a tokenizer
+    with pytest.raises(ModelLoadError, match=r"cannot load the tokenizer of .*\(KeyError: "):
+        load(str(tmp_path / "a"))
+
+
 def test_the_same_tokenizer_with_another_embedding_size_is_named_so(tmp_path):
     from heterogui.sources.vocab import token_difference
 

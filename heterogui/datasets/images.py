@@ -13,6 +13,7 @@ import os
 import random
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -103,7 +104,7 @@ def _load_mnist1d() -> tuple[np.ndarray, np.ndarray]:
         try:
             with np.load(path) as data:
                 return data["inputs"], data["labels"]
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             log.warning("cached %s is unreadable (%s); regenerating it", path, exc)
     start = time.perf_counter()
     inputs, labels = _generate_mnist1d(MNIST1D_SAMPLES, MNIST1D_SEED)

@@ -126,19 +126,34 @@ def load_pretrained(
                 # weights on loading; weights stored in 16 bits widen exactly
                 dtype=torch.float32,
             )
-        tok = (
-            transformers.AutoTokenizer.from_pretrained(name, local_files_only=local)
-            if tokenizer
-            else None
-        )
     except (OSError, ValueError, RuntimeError, SafetensorError, StrictDataclassError) as exc:
         raise ModelLoadError(
             f"cannot load {name!r} as a Hugging Face {kind} ({excerpt(exc, 300)}); pass a "
             f"save_pretrained folder with {files}"
         ) from exc
+    tok = _load_tokenizer(name, local, files) if tokenizer else None
     check_loading(name, info, model.config, keep_pooler=bool(auto), head=None if auto else task)
     check_finite(model.state_dict(), name)  # by the names the user's files give the tensors
     return model.eval(), tok, name
+
+
+def _load_tokenizer(name: str, local: bool, files: str) -> Any:
+    """Return the tokenizer of model ``name``.
+
+    Raises:
+        ModelLoadError: its files do not load (a tokenizer.json that parses but lacks fields
+            fails inside transformers with a KeyError or TypeError).
+    """
+    import transformers
+
+    try:
+        return transformers.AutoTokenizer.from_pretrained(name, local_files_only=local)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        what = f"{type(exc).__name__}: {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ModelLoadError(
+            f"cannot load the tokenizer of {name!r} ({excerpt(what, 300)}): its tokenizer files "
+            f"are broken or incomplete; pass a save_pretrained folder with {files}"
+        ) from exc
 
 
 # weights of fine-tuned task heads a feature model drops (classifiers, question answering, a
