@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -423,10 +424,28 @@ def test_serving_beyond_this_machine_without_a_login_is_warned_about(
     monkeypatch.setattr(app, "build_app", lambda res: "page")
     monkeypatch.setattr(app, "launch", lambda *args: served.append(args))
     threads = torch.get_num_threads()  # the app sets torch's threads: keep them
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # restored afterwards
     with caplog.at_level(logging.WARNING, logger="heterogui.ui.app"):
         app.main(host=host, auth=auth, threads=threads, export_root=str(tmp_path))
     assert served and served[0][1] == host
     assert ("without a login: anyone who can reach" in caplog.text) == warned
+
+
+def test_the_app_keeps_uploads_and_downloads_in_a_folder_of_its_user(tmp_path, monkeypatch):
+    from heterogui.ui import app
+
+    monkeypatch.setenv("HETEROGUI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GRADIO_TEMP_DIR", "")  # restored afterwards, whatever the app sets
+    # not Gradio's /tmp/gradio, which belongs to whoever ran a Gradio app there first
+    assert app.use_own_upload_folder() == tmp_path / "cache" / "gradio"
+    assert os.environ["GRADIO_TEMP_DIR"] == str(tmp_path / "cache" / "gradio")
+    assert (tmp_path / "cache" / "gradio").is_dir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "mine"))  # the user's choice stands
+    assert app.use_own_upload_folder() == tmp_path / "mine"
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "file"))
+    with pytest.raises(ConfigError, match="GRADIO_TEMP_DIR"):
+        app.use_own_upload_folder()
 
 
 def test_the_app_refuses_a_taken_port_or_a_foreign_address_in_one_line(capsys):

@@ -23,7 +23,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
-from heterogui.cache import make_folder  # noqa: E402
+from heterogui.cache import cache_path, make_folder  # noqa: E402
 from heterogui.errors import ConfigError  # noqa: E402
 from heterogui.folders import why_not_writable  # noqa: E402
 from heterogui.ui import tab_models  # noqa: E402
@@ -318,6 +318,7 @@ def main(
     if pair is not None and pair not in pairs:  # refused in one line, before anything is said
         raise ConfigError(f"unknown demo pair {pair!r}: use one of {', '.join(pairs)}")
     check_export_root(res.export_root)
+    use_own_upload_folder()
     torch.set_num_threads(threads or default_threads())
     log.info("torch CPU threads: %d", torch.get_num_threads())
     log.info("exports are written below %s", res.export_root)
@@ -328,6 +329,32 @@ def main(
             host,
         )
     launch(build_app(res), host, port, login)
+
+
+def use_own_upload_folder() -> Path:
+    """Keep Gradio's uploads and served downloads under the cache's gradio/ folder (unless
+    $GRADIO_TEMP_DIR names one) and return that folder.
+
+    Gradio's default, /tmp/gradio, belongs to the first user who ran a Gradio app on the
+    machine: every other user's uploads and downloads failed there with a permission error.
+
+    Raises:
+        ConfigError: the folder cannot be created or written.
+    """
+    named = os.environ.get("GRADIO_TEMP_DIR")
+    what, fix = (
+        ("GRADIO_TEMP_DIR", "name a folder you can write")
+        if named
+        else (
+            "the heterogui cache folder",
+            "set HETEROGUI_CACHE to a folder you can write",
+        )
+    )
+    folder = make_folder(Path(named) if named else cache_path("gradio"), what, fix)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write in {what} {folder} ({why_not_writable(folder)}); {fix}")
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    return folder
 
 
 def check_address(host: str, port: int | None) -> None:
