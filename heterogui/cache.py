@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from heterogui.errors import ConfigError, ModelLoadError
 from heterogui.models.headers import read_safetensors_header
+from heterogui.models.io import file_sha256
 
 
 def cache_dir(*parts: str) -> Path:
@@ -64,18 +66,20 @@ def install_build(tmp: Path, folder: Path, complete: Callable[[Path], bool]) -> 
 WEIGHTS = "model.safetensors"
 
 
-def weights_size(folder: Path) -> int:
-    """Return the bytes of a cache entry's model.safetensors (a build records it)."""
-    return (folder / WEIGHTS).stat().st_size
+def weights_record(folder: Path) -> dict[str, Any]:
+    """Return what a build records of a cache entry's model.safetensors: its bytes and sha256
+    (``weights_intact`` checks them)."""
+    path = folder / WEIGHTS
+    return {"weights_bytes": path.stat().st_size, "weights_sha256": file_sha256(path)}
 
 
-def weights_intact(folder: Path, recorded: object) -> bool:
-    """Return whether a cache entry's model.safetensors is whole: as long as its own header
-    says, and of the size its build recorded (``recorded``; None for entries written before
-    sizes were recorded).
+def weights_intact(folder: Path, record: Mapping[str, Any]) -> bool:
+    """Return whether a cache entry's model.safetensors is whole and unchanged: as long as its
+    own header says, and of the size and sha256 its build recorded (``weights_record``; entries
+    written before recorded neither, or the size alone).
 
-    A truncated or replaced file is then rebuilt, not read (a safetensors file cut short fails
-    deep in a loader).
+    A truncated, replaced or corrupted file is then rebuilt, not read (a safetensors file cut
+    short fails deep in a loader; one with flipped bytes loads as another model).
     """
     path = folder / WEIGHTS
     try:
@@ -86,4 +90,10 @@ def weights_intact(folder: Path, recorded: object) -> bool:
     except (ModelLoadError, OSError):
         return False
     ends = [info["data_offsets"][1] for info in header.values()]
-    return size == 8 + length + max(ends, default=0) and recorded in (None, size)
+    if size != 8 + length + max(ends, default=0) or record.get("weights_bytes") not in (None, size):
+        return False
+    recorded = record.get("weights_sha256")
+    try:
+        return recorded is None or recorded == file_sha256(path)
+    except OSError:
+        return False

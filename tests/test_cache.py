@@ -2,30 +2,58 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from heterogui.cache import cache_dir, weights_intact
+from heterogui.cache import cache_dir, weights_intact, weights_record
+from heterogui.models.io import file_sha256
 
 
-def test_a_cut_replaced_or_resized_weights_file_is_not_intact(tmp_path: Path) -> None:
+def test_a_cut_replaced_resized_or_corrupted_weights_file_is_not_intact(tmp_path: Path) -> None:
     save_file({"w": torch.zeros(64, 64), "b": torch.ones(64)}, str(tmp_path / "model.safetensors"))
     weights = tmp_path / "model.safetensors"
     size = weights.stat().st_size
-    assert weights_intact(tmp_path, None) and weights_intact(tmp_path, size)
-    assert not weights_intact(tmp_path, size + 1)  # the build recorded another size
+    record = weights_record(tmp_path)
+    assert record == {"weights_bytes": size, "weights_sha256": file_sha256(weights)}
+    assert weights_intact(tmp_path, {}) and weights_intact(tmp_path, {"weights_bytes": size})
+    assert weights_intact(tmp_path, record)
+    assert not weights_intact(tmp_path, {"weights_bytes": size + 1})  # another size recorded
     data = weights.read_bytes()
+    # flipped bytes inside a tensor: the same size and header, another model; the sha256 its
+    # build recorded tells (older entries, without one, are checked by size only)
+    weights.write_bytes(data[:-8] + b"\x7f" * 8)
+    assert weights_intact(tmp_path, {"weights_bytes": size})
+    assert not weights_intact(tmp_path, record)
     weights.write_bytes(data[:-10])  # cut short: shorter than its own header says
-    assert not weights_intact(tmp_path, None)
+    assert not weights_intact(tmp_path, {})
     weights.write_bytes(data + b"\0")
-    assert not weights_intact(tmp_path, None)
+    assert not weights_intact(tmp_path, {})
     for junk in (b"", b"short", b"\xff" * 64):
         weights.write_bytes(junk)
-        assert not weights_intact(tmp_path, None)
+        assert not weights_intact(tmp_path, {})
     weights.unlink()
-    assert not weights_intact(tmp_path, None)
+    assert not weights_intact(tmp_path, {})
+
+
+def test_a_big_files_hash_is_remembered_until_it_changes(tmp_path: Path, monkeypatch) -> None:
+    from heterogui.models import io
+
+    monkeypatch.setattr(io, "REMEMBERED_HASH_BYTES", 1000)
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"a" * 2000)
+    first = io.file_sha256(path)
+    reads = []
+    real_open = open
+    monkeypatch.setattr(
+        io, "open", lambda *a, **k: reads.append(a) or real_open(*a, **k), raising=False
+    )
+    assert io.file_sha256(path) == first and reads == []  # remembered
+    path.write_bytes(b"b" * 2000)  # the same size, rewritten: another modification time
+    os.utime(path, ns=(1, 1))  # even one set back: the time differs from the remembered one
+    assert io.file_sha256(path) != first and len(reads) == 1
 
 
 def test_a_tilde_in_the_cache_variable_is_the_home_folder(tmp_path, monkeypatch) -> None:

@@ -27,12 +27,26 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
+# Files this large keep their hash while their inode, size and modification time stay the same
+# (in this process): a cached checkpoint's check and its load then hash it once, not twice.
+REMEMBERED_HASH_BYTES = 16 << 20
+_REMEMBERED: dict[tuple[str, int, int, int], str] = {}
+
+
 def file_sha256(path: str | Path) -> str:
     """Return the hex sha256 of a file's bytes."""
+    info = os.stat(path)
+    key = (os.path.realpath(path), info.st_ino, info.st_size, info.st_mtime_ns)
+    if info.st_size >= REMEMBERED_HASH_BYTES and key in _REMEMBERED:
+        return _REMEMBERED[key]
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
+    if info.st_size >= REMEMBERED_HASH_BYTES:
+        if len(_REMEMBERED) >= 64:
+            _REMEMBERED.clear()
+        _REMEMBERED[key] = digest.hexdigest()
     return digest.hexdigest()
 
 

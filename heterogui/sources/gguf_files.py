@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from heterogui.cache import cache_dir, install_build, weights_intact, weights_size
+from heterogui.cache import cache_dir, install_build, weights_intact, weights_record
 from heterogui.errors import ModelLoadError, excerpt
 from heterogui.folders import make_readable
 from heterogui.models.hf.common import check_loading, quiet_transformers
@@ -124,7 +124,7 @@ def _marker_ok(folder: Path, gguf_hash: str) -> bool:
         files_ok
         and isinstance(marker, dict)
         and all(marker.get(k) == v for k, v in expected.items())
-        and weights_intact(folder, marker.get("weights_bytes"))
+        and weights_intact(folder, marker)
     )
 
 
@@ -172,7 +172,7 @@ def gguf_folder(path: Path, cache: Path | None = None) -> Path:
             "note": _note(header.quantization),
             "max_abs_logit_diff": diff,
             "build_seconds": round(seconds, 3),
-            "weights_bytes": weights_size(tmp),
+            **weights_record(tmp),
         }
         (tmp / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         make_readable(tmp)

@@ -201,7 +201,7 @@ def fresh(folder: Path, settings: DecoderPairSettings) -> bool:
         and record.get("settings") == asdict(settings)
         and (folder / "model.safetensors").is_file()
         and (folder / "tokenizer.json").is_file()
-        and weights_intact(folder, record.get("weights_bytes"))
+        and weights_intact(folder, record)
     )
 
 
