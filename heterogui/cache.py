@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from heterogui.errors import ConfigError, ModelLoadError
+from heterogui.folders import clean_stale
 from heterogui.models.headers import read_safetensors_header
 from heterogui.models.io import file_sha256
 
@@ -48,6 +49,17 @@ def make_folder(path: Path, what: str, fix: str) -> Path:
     return path
 
 
+def build_folder(folder: Path) -> Path:
+    """Return a new temporary sibling of cache entry ``folder`` to build into.
+
+    Its name holds this process's id, so that what a build killed on the way left (a
+    conversion's hundreds of MB) is removed by the next build (``folders.clean_stale``).
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(folder)
+    return Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-{os.getpid()}-", dir=folder.parent))
+
+
 def install_build(tmp: Path, folder: Path, complete: Callable[[Path], bool]) -> None:
     """Rename a finished build ``tmp`` into place as ``folder``, atomically.
 
@@ -57,7 +69,9 @@ def install_build(tmp: Path, folder: Path, complete: Callable[[Path], bool]) -> 
     if folder.exists():
         if complete(folder):
             return
-        stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+        stale = Path(
+            tempfile.mkdtemp(prefix=f".{folder.name}.old-{os.getpid()}-", dir=folder.parent)
+        )
         os.replace(folder, stale / "old")
         shutil.rmtree(stale, ignore_errors=True)
     os.replace(tmp, folder)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from heterogui.cache import cache_dir, weights_intact, weights_record
+from heterogui.cache import build_folder, cache_dir, weights_intact, weights_record
 from heterogui.models.io import file_sha256
 
 
@@ -62,3 +62,15 @@ def test_a_tilde_in_the_cache_variable_is_the_home_folder(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     assert cache_dir("zoo") == tmp_path / "hg-cache" / "zoo"
     assert not (tmp_path / "~").exists()
+
+
+def test_a_build_removes_what_a_killed_build_left_beside_it(tmp_path: Path) -> None:
+    entry = tmp_path / "hf" / "model"
+    entry.parent.mkdir()
+    dead = entry.parent / ".model.tmp-999999999-abcd1234"  # no such process
+    (dead / "half").mkdir(parents=True)
+    alive = entry.parent / f".model.tmp-{os.getpid()}-live"  # a build running now
+    alive.mkdir()
+    tmp = build_folder(entry)
+    assert tmp.parent == entry.parent and tmp.name.startswith(f".model.tmp-{os.getpid()}-")
+    assert not dead.exists() and alive.is_dir() and tmp.is_dir()

@@ -19,7 +19,6 @@ import json
 import logging
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 
 import torch
 
-from heterogui.cache import cache_dir, install_build, weights_intact, weights_record
+from heterogui.cache import build_folder, cache_dir, install_build, weights_intact, weights_record
 from heterogui.errors import ModelLoadError, excerpt
 from heterogui.folders import make_readable
 from heterogui.models.hf.common import check_loading, quiet_transformers
@@ -158,9 +157,8 @@ def gguf_folder(path: Path, cache: Path | None = None) -> Path:
     folder = Path(cache) if cache is not None else _converted_folder(path.stem, gguf_hash)
     if _marker_ok(folder, gguf_hash):
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    tmp = build_folder(folder)
     try:
         diff = _convert(path, tmp)
         seconds = time.perf_counter() - start

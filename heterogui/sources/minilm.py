@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from heterogui.cache import cache_dir, install_build, weights_intact, weights_record
+from heterogui.cache import build_folder, cache_dir, install_build, weights_intact, weights_record
 from heterogui.errors import ModelLoadError
 from heterogui.folders import make_readable
 
@@ -285,9 +284,8 @@ def minilm_l3_path(cache: Path | None = None) -> Path:
     onnx_hash = _sha256(onnx_path)
     if _marker_ok(folder, onnx_hash):
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    tmp = build_folder(folder)
     try:
         _write_l3(tmp, onnx_path)
         diff = check_conversion(tmp, onnx_path)
