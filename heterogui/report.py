@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from heterogui.align.alignment import Alignment, layer_pairs
 from heterogui.config import Recipe
 from heterogui.errors import ExportError, ModelLoadError
@@ -154,6 +156,8 @@ def merge_report(
         "heads": head_rows(result),
         "timings_seconds": timings_of(prep.timings, result.timings, total_seconds),
         "device": str(prep.device),
+        # float sums split by thread: a merge repeats bit for bit at the same thread count
+        "torch_threads": torch.get_num_threads(),
     }
     return add_scores(report, task, scores, calibration_count)
 
@@ -440,6 +444,8 @@ def group_report(
         "refit": result.refit,
         "timings_seconds": timings_of(prep.timings, result.timings, total_seconds),
         "device": str(prep.device),
+        # float sums split by thread: a merge repeats bit for bit at the same thread count
+        "torch_threads": torch.get_num_threads(),
     }
     return add_scores(report, task, scores, calibration_count)
 
