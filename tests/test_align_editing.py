@@ -194,7 +194,7 @@ def test_the_map_the_table_and_the_pairs_use_one_numbering(session, res):
     ticks_a = dict(zip(fig.layout.yaxis.tickvals, fig.layout.yaxis.ticktext, strict=True))
     ticks_b = dict(zip(fig.layout.xaxis.tickvals, fig.layout.xaxis.ticktext, strict=True))
     assert ticks_a == {0: "A0 s0", 1: "A1 s0", 2: "A2 s1", 3: "A3 s1"}
-    assert ticks_b == {j: f"B{j}<br>s{j // 3}" for j in range(6)}
+    assert ticks_b == {j: f"B{j} s{j // 3}" for j in range(6)}
     # Every layer the table names is a row/column of the map, in the stage the row says.
     for stage, shallow, deep, _ in rows:
         for name in names(shallow) | names(deep):
@@ -313,7 +313,7 @@ def test_layers_outside_the_stages_are_named_for_where_they_sit():
     fig = fig_align.alignment_figure(np.zeros((10, 7)), al, ga, gb)
     ticks = fig.layout.yaxis.ticktext
     assert (ticks[0], ticks[1], ticks[7], ticks[9]) == ("A0 stem", "A1 s0", "A7 s1", "A9 end")
-    assert fig.layout.xaxis.ticktext[6] == "B6<br>end"
+    assert fig.layout.xaxis.ticktext[6] == "B6 end"
     assert fig.data[0].text[9][6] == "A9 (end) vs B6 (end)"
     assert fig.data[0].text[3][2] == "A3 (stage 0) vs B2 (stage 0)<br>click: pair B2 with A3"
     lines = {(sh.x0, sh.y0) for sh in fig.layout.shapes if sh.type == "line"}

@@ -107,6 +107,10 @@ def test_start_opens_the_demo_pair_and_every_tab_renders(session, res):
     assert page["segments"] and all(len(row) == 4 for row in page["segments"])
     assert "estimate" in page["readout"]
     assert [r[0] for r in page["metrics"]["value"]] == ["A", "B", "ensemble"]
+    # VGG models: their scores are of the BatchNorm the analysis re-estimated, and it says so
+    assert page["metrics"]["label"].endswith(
+        "statistics re-estimated on the calibration data, as the merge reads them"
+    )
 
 
 def test_alignment_modes_and_a_hand_edited_mapping(session, res):
@@ -249,6 +253,11 @@ def test_least_squares_fusion_from_the_zip_tab_to_compare_and_a_recipe(session, 
     assert summary["settings"]["fusion"] == "least_squares"
     assert summary["settings"]["ridge"] == DEFAULT_RIDGE
     assert [h["fusion"] for h in summary["history"]] == ["average", "least_squares"]
+    # one meaning per key: the merge's sizes as its history row counts them
+    last = summary["history"][-1]
+    assert summary["merged"]["parameters"] == last["parameters"] != last["stored parameters"]
+    stored = sum(p.numel() for p in session.result.model.parameters())
+    assert summary["merged"]["stored_parameters"] == last["stored parameters"] == stored
     assert [h["ridge"] for h in session.history] == [None, DEFAULT_RIDGE]
     labels = {number: label for label, number in tab_compare.merge_choices(session)}
     assert "least squares" in labels[2] and "least squares" not in labels[1]

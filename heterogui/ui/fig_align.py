@@ -124,9 +124,11 @@ def segment_boxes(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> list[
     return boxes
 
 
-def _tick(model: str, graph: ModelGraph, layer: int, sep: str) -> str:
+def _tick(model: str, graph: ModelGraph, layer: int) -> str:
+    """Return a layer's tick, on one line ("B1 s0"): Plotly turns crowded ticks, and turned
+    two-line ticks printed on top of each other."""
     place = place_of(graph, layer).replace("stage ", "s")
-    return f"{model}{layer}{sep}{place}"
+    return f"{model}{layer} {place}"
 
 
 def _stage_starts(graph: ModelGraph, layers: int) -> list[float]:
@@ -237,13 +239,13 @@ def _layer_axes(ga: ModelGraph, gb: ModelGraph, la: int, lb: int) -> dict[str, d
         "xaxis": {
             "title": "layers of B (stage)",
             "tickvals": list(range(lb)),
-            "ticktext": [_tick("B", gb, j, "<br>") for j in range(lb)],
+            "ticktext": [_tick("B", gb, j) for j in range(lb)],
             "constrain": "domain",
         },
         "yaxis": {
             "title": "layers of A (stage)",
             "tickvals": list(range(la)),
-            "ticktext": [_tick("A", ga, i, " ") for i in range(la)],
+            "ticktext": [_tick("A", ga, i) for i in range(la)],
             "scaleanchor": "x",
             "autorange": True,
         },

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from heterogui.ui.fig_neurons import corner_title, thousands
+from heterogui.ui.fig_neurons import corner_title, thousands, top_margin, wrapped_title
 from heterogui.ui.neuron_view import matched_correlations
 from heterogui.zip.matchers import Match
 
@@ -55,7 +55,7 @@ def correlation_histogram(corr: np.ndarray, match: Match | None, n_a: int, space
         traces = [_all_pairs_bar(background, everything.size, centres)]
         sub = f"not merged here: all {thousands(everything.size)} A–B pairs"
         left, what = "A–B pairs", "A–B"
-    layout = _histogram_layout(space, what, sub, left)
+    layout = _histogram_layout(space, what, sub, left, legend_rows=len(traces))
     tallest = np.sum([t["y"] for t in traces if t["type"] == "bar"], axis=0).max()
     if tallest < 8:  # a small layer: whole pairs only, not 0.2 of one
         layout["yaxis"]["dtick"] = 1
@@ -123,11 +123,17 @@ def _share_line(background: np.ndarray, total: int, centres: list[float]) -> dic
     }
 
 
-def _histogram_layout(space: str, what: str, sub: str, left: str) -> dict:
-    """Return the layout: stacked bars, counts (``left``) on the left axis, shares on the right."""
+def _histogram_layout(space: str, what: str, sub: str, left: str, legend_rows: int) -> dict:
+    """Return the layout: stacked bars, counts (``left``) on the left axis, shares on the right.
+
+    The legend stands in a column of ``legend_rows`` rows above the plot (a narrow figure
+    wrapped a row of them over the title).
+    """
+    title, lines = wrapped_title(f"{space}: correlation of {what} pairs", sub)
+    top = top_margin(lines, legend_rows)
     return {
         "barmode": "stack",
-        "title": corner_title(f"{space}: correlation of {what} pairs<br><sup>{sub}</sup>"),
+        "title": corner_title(title),
         "xaxis": {"title": {"text": "correlation"}, "range": [-1, 1]},
         "yaxis": {"title": {"text": left}, "rangemode": "tozero", "tickformat": ",d"},
         "yaxis2": {
@@ -139,10 +145,10 @@ def _histogram_layout(space: str, what: str, sub: str, left: str) -> dict:
             "tickfont": {"color": "#8c8c8c"},  # readable on light and dark pages alike
             "showgrid": False,
         },
-        "height": 380,
-        "margin": {"l": 55, "r": 60, "t": 130, "b": 45},
+        "height": 250 + top,
+        "margin": {"l": 55, "r": 60, "t": top, "b": 45},
         "legend": {
-            "orientation": "h",
+            "orientation": "v",
             "traceorder": "normal",
             "x": 0,
             "xanchor": "left",

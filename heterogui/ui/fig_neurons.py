@@ -20,6 +20,7 @@ The histogram of the merged pairs' correlations is drawn by ``heterogui.ui.fig_n
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import plotly.graph_objects as go
@@ -96,7 +97,7 @@ def detail_figure(view: NeuronView, space: str) -> go.Figure:
     shown = view.spans[view.detail_spans].tolist()
     shapes = [_box(where[s] - 0.5, where[s] + e - s - 0.5) for s, e, *_ in shown]
     title, what = _detail_words(view, space, n)
-    layout = _detail_layout(f"{title}<br><sup>{what}<br>{_detail(view)}</sup>", labels, shapes)
+    layout = _detail_layout(wrapped_title(title, what, *_detail(view)), labels, shapes)
     return go.Figure({"data": traces, "layout": layout}, _validate=False)
 
 
@@ -142,14 +143,20 @@ def _detail_words(view: NeuronView, space: str, n: int) -> tuple[str, str]:
     return title, what
 
 
-def _detail_layout(title: str, labels: list[str], shapes: list[dict]) -> dict:
-    """Return the detail's layout: the kind strip's axes above the heatmap's, over ``labels``."""
+def _detail_layout(title: tuple[str, int], labels: list[str], shapes: list[dict]) -> dict:
+    """Return the detail's layout: the kind strip's axes above the heatmap's, over ``labels``.
+
+    title: ``wrapped_title``'s. The legend stands in a column of its own rows above the plot,
+    so that a narrow figure does not wrap it over the title.
+    """
+    text, lines = title
+    top = top_margin(lines, legend_rows=len(KINDS))
     return {
-        "title": corner_title(title),
-        "height": 700,
-        "margin": {"l": 60, "r": 20, "t": 118, "b": 60},
+        "title": corner_title(text),
+        "height": 582 + top,
+        "margin": {"l": 60, "r": 20, "t": top, "b": 60},
         "legend": {
-            "orientation": "h",
+            "orientation": "v",
             "x": 0,
             "xanchor": "left",
             "y": 1.01,
@@ -177,6 +184,39 @@ def _detail_layout(title: str, labels: list[str], shapes: list[dict]) -> dict:
             "tickfont": {"size": 9},
         },
     }
+
+
+# Subtitle characters per line: what a figure half as wide as an 800-pixel page holds (plotly
+# never wraps a title, so a longer line ran past the figure's edge: "width 32 + 32 → 3").
+TITLE_CHARS = 46
+# pixels above the plot: the title's first line and padding, each subtitle line, a legend row
+TITLE_TOP, SUBTITLE_LINE, LEGEND_ROW = 42, 21, 19
+
+
+def wrapped_title(head: str, *lines: str) -> tuple[str, int]:
+    """Return a title whose subtitle ``lines`` are wrapped at ``TITLE_CHARS``, and the number
+    of subtitle lines it has.
+
+    A line breaks after a comma, semicolon or colon only, so that a number stays with what it
+    counts ("303 alone", not "303" over "alone"); a longer phrase keeps a line of its own.
+    """
+    sub: list[str] = []
+    for line in lines:
+        current = ""
+        for phrase in re.split(r"(?<=[,;:]) ", line):
+            if current and len(current) + 1 + len(phrase) > TITLE_CHARS:
+                sub.append(current)
+                current = phrase
+            else:
+                current = f"{current} {phrase}" if current else phrase
+        sub.append(current)
+    return head + (f"<br><sup>{'<br>'.join(sub)}</sup>" if sub else ""), len(sub)
+
+
+def top_margin(subtitle_lines: int, legend_rows: int = 0) -> int:
+    """Return the top margin that holds a title of ``subtitle_lines`` and a legend above the
+    plot of ``legend_rows`` rows."""
+    return TITLE_TOP + SUBTITLE_LINE * subtitle_lines + LEGEND_ROW * legend_rows
 
 
 def corner_title(text: str) -> dict:
@@ -234,18 +274,18 @@ def _strip_traces(
     return traces
 
 
-def _detail(view: NeuronView) -> str:
-    """Return the matching in one line: groups by kind and the widths (groups, not pairs)."""
+def _detail(view: NeuronView) -> tuple[str, ...]:
+    """Return the matching: groups by kind, then the widths (groups, not pairs)."""
     if not view.merged:
-        return f"A: {thousands(view.n_a)}, B: {thousands(view.n_b)} features (not merged)"
+        return (f"A: {thousands(view.n_a)}, B: {thousands(view.n_b)} features (not merged)",)
     alone = int((view.kinds == ALONE).sum())
     dropped = int((view.kinds == DROPPED).sum())
     width = len(view.spans) + alone
     tail = f", {thousands(dropped)} dropped" if dropped else ""
     return (
         f"groups: {thousands(view.group_count(CROSS))} cross-model, "
-        f"{thousands(view.group_count(WITHIN))} within-model, {thousands(alone)} alone{tail}; "
-        f"width {thousands(view.n_a)} + {thousands(view.n_b)} → {thousands(width)}"
+        f"{thousands(view.group_count(WITHIN))} within-model, {thousands(alone)} alone{tail}",
+        f"width {thousands(view.n_a)} + {thousands(view.n_b)} → {thousands(width)}",
     )
 
 
@@ -282,13 +322,15 @@ def overview_figure(view: NeuronView, space: str, bins: int = OVERVIEW_BINS) -> 
     for lo, hi in runs(view.detail) if not view.full else []:
         shapes.append(_box(lo - 0.5, hi - 0.5))
     block = f"{factor}×{factor} blocks" if factor > 1 else "full resolution"
+    title, lines = wrapped_title(
+        f"Overview: all {thousands(o)} features",
+        f"mean correlation per {block}, colours ±{top:.2f}",
+        "same order; boxes: the detail's features",
+    )
     layout = {
-        "title": corner_title(
-            f"Overview: all {thousands(o)} features<br><sup>mean correlation per {block}, "
-            f"colours ±{top:.2f}<br>same order; boxes: the detail's features</sup>"
-        ),
-        "height": 400,
-        "margin": {"l": 50, "r": 20, "t": 95, "b": 45},
+        "title": corner_title(title),
+        "height": 305 + top_margin(lines),
+        "margin": {"l": 50, "r": 20, "t": top_margin(lines), "b": 45},
         "showlegend": False,
         "shapes": shapes,
         "xaxis": {

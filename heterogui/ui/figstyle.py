@@ -4,8 +4,8 @@ Figures get transparent backgrounds and translucent grid lines, so they sit on t
 background; in dark mode ``DARK_CSS`` turns their text (labels on the data points too) and
 axis lines light (CSS outranks the colours plotly writes inline). Hover labels keep plotly's
 own contrast. ``STATUS_CSS`` keeps Gradio's time estimates out of the status line, keeps the
-history table's column names whole (it scrolls sideways) and draws a language merge's collapse
-alarm red.
+history table's column names and the Zip readout's cells whole (they scroll sideways: a narrow
+screen broke "49.78" into "49.7" over "8") and draws a language merge's collapse alarm red.
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ TEMPLATE.layout.update(paper_bgcolor=CLEAR, plot_bgcolor=CLEAR, xaxis=_AXES, yax
 STATUS_CSS = """
 #status .eta-bar, #status .progress-text { display: none !important; }
 #history thead th, #history thead th * {
+  white-space: nowrap !important; word-break: normal !important; overflow-wrap: normal !important;
+}
+#readout table { display: block; overflow-x: auto; }
+#readout th, #readout td {
   white-space: nowrap !important; word-break: normal !important; overflow-wrap: normal !important;
 }
 #lm-alarm { border-left: 6px solid #d62728; padding: 4px 10px; }

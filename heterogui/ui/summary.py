@@ -25,6 +25,7 @@ HISTORY_KEYS = (
     "renormalize",
     "heads",
     "parameters",
+    "stored parameters",
     "Joint",
     "Avg",
     "Spearman",
@@ -78,7 +79,9 @@ def _merged_summary(session: Session, columns: Callable[[Any], dict[str, Any]]) 
     result = session.result
     return {
         "widths": {k: list(v) for k, v in result.widths().items()},
-        "parameters": sum(p.numel() for p in result.model.parameters()),
+        # as the history and the readout count them: effective, then stored (sizes.py)
+        "parameters": session.merged_size["parameters"],
+        "stored_parameters": session.merged_size["stored_parameters"],
         "stop": result.spec.stop,
         "metrics": columns(session.merged_metrics),
         "heads": [h.name for heads in result.spec.heads for h in heads],

@@ -16,6 +16,7 @@ import torch
 from heterogui import sweep
 from heterogui.datasets.refs import parse_lines
 from heterogui.errors import ConfigError, excerpt
+from heterogui.ready import BN_STAGES
 from heterogui.tasks.base import (
     GENERATIONS,
     METRICS,
@@ -65,6 +66,13 @@ SCORE_VIEWS = (
     "history_plot",
 )
 SWEEP_RHOS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+METRICS_LABEL = "Test accuracy: Joint (all classes), per task, Avg; size"
+# what the table's A, B and ensemble are when the analysis re-estimated their BatchNorm (the
+# models as given may score otherwise: the card and report.json say so too)
+RE_ESTIMATED = (
+    " · A, B and the ensemble with their BatchNorm statistics re-estimated on the calibration "
+    "data, as the merge reads them"
+)
 MAX_SAMPLES = 8
 
 
@@ -73,10 +81,7 @@ def build(ui: dict[str, Any], res: Resources) -> None:
     ui["panel_metrics"] = gr.Group(visible=True)
     with ui["panel_metrics"], gr.Row():
         ui["metrics"] = gr.Dataframe(
-            elem_id="metrics",
-            interactive=False,
-            scale=5,
-            label="Test accuracy: Joint (all classes), per task, Avg; size",
+            elem_id="metrics", interactive=False, scale=5, label=METRICS_LABEL
         )
         ui["evaluate"] = gr.Button("Refresh evaluation", scale=1)
     ui["panel_samples"] = gr.Group(visible=True)
@@ -275,7 +280,12 @@ def score_views(session: Session) -> dict[str, Any]:
     views: dict[str, Any] = {}
     if METRICS in task.panels:
         header, rows = metric_rows(session)
-        views["metrics"] = gr.update(value=labels.grouped_counts(rows), headers=header)
+        re_estimated = bool(set(BN_STAGES) & set(session.prepared.timings))
+        views["metrics"] = gr.update(
+            value=labels.grouped_counts(rows),
+            headers=header,
+            label=METRICS_LABEL + (RE_ESTIMATED if re_estimated else ""),
+        )
     if SPEARMAN in task.panels:
         views["text_scores"] = labels.grouped_counts(spearman_rows(session))
     if PERPLEXITY in task.panels:
