@@ -80,20 +80,28 @@ def install_build(tmp: Path, folder: Path, complete: Callable[[Path], bool]) -> 
 WEIGHTS = "model.safetensors"
 
 
-def weights_record(folder: Path) -> dict[str, Any]:
-    """Return what a build records of a cache entry's model.safetensors: its bytes and sha256
-    (``weights_intact`` checks them)."""
+def entry_record(folder: Path) -> dict[str, Any]:
+    """Return what a build records of a cache entry (before its marker is written): its
+    model.safetensors' bytes and sha256, and the sha256 of every other file in it
+    (``entry_intact`` checks them)."""
     path = folder / WEIGHTS
-    return {"weights_bytes": path.stat().st_size, "weights_sha256": file_sha256(path)}
+    others = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != WEIGHTS)
+    return {
+        "weights_bytes": path.stat().st_size,
+        "weights_sha256": file_sha256(path),
+        "files_sha256": {p.relative_to(folder).as_posix(): file_sha256(p) for p in others},
+    }
 
 
-def weights_intact(folder: Path, record: Mapping[str, Any]) -> bool:
-    """Return whether a cache entry's model.safetensors is whole and unchanged: as long as its
-    own header says, and of the size and sha256 its build recorded (``weights_record``; entries
-    written before recorded neither, or the size alone).
+def entry_intact(folder: Path, record: Mapping[str, Any]) -> bool:
+    """Return whether a cache entry is whole and unchanged: its model.safetensors as long as
+    its own header says, of the size and sha256 its build recorded, and every other file it
+    recorded (config, tokenizer) as it was (``entry_record``; entries written before recorded
+    less, and are checked for what they recorded).
 
     A truncated, replaced or corrupted file is then rebuilt, not read (a safetensors file cut
-    short fails deep in a loader; one with flipped bytes loads as another model).
+    short fails deep in a loader; one with flipped bytes loads as another model; a broken
+    config.json was refused with advice to fix a file the user never wrote).
     """
     path = folder / WEIGHTS
     try:
@@ -106,8 +114,13 @@ def weights_intact(folder: Path, record: Mapping[str, Any]) -> bool:
     ends = [info["data_offsets"][1] for info in header.values()]
     if size != 8 + length + max(ends, default=0) or record.get("weights_bytes") not in (None, size):
         return False
-    recorded = record.get("weights_sha256")
+    files = record.get("files_sha256") or {}
+    if not isinstance(files, dict):
+        return False
     try:
-        return recorded is None or recorded == file_sha256(path)
+        recorded = record.get("weights_sha256")
+        if recorded is not None and recorded != file_sha256(path):
+            return False
+        return all(file_sha256(folder / name) == sha for name, sha in files.items())
     except OSError:
         return False

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from heterogui.cache import build_folder, cache_dir, weights_intact, weights_record
+from heterogui.cache import build_folder, cache_dir, entry_intact, entry_record
 from heterogui.models.io import file_sha256
 
 
@@ -16,26 +16,43 @@ def test_a_cut_replaced_resized_or_corrupted_weights_file_is_not_intact(tmp_path
     save_file({"w": torch.zeros(64, 64), "b": torch.ones(64)}, str(tmp_path / "model.safetensors"))
     weights = tmp_path / "model.safetensors"
     size = weights.stat().st_size
-    record = weights_record(tmp_path)
-    assert record == {"weights_bytes": size, "weights_sha256": file_sha256(weights)}
-    assert weights_intact(tmp_path, {}) and weights_intact(tmp_path, {"weights_bytes": size})
-    assert weights_intact(tmp_path, record)
-    assert not weights_intact(tmp_path, {"weights_bytes": size + 1})  # another size recorded
+    (tmp_path / "config.json").write_text('{"hidden_size": 64}')
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "config.json").write_text("{}")
+    record = entry_record(tmp_path)
+    assert record == {
+        "weights_bytes": size,
+        "weights_sha256": file_sha256(weights),
+        "files_sha256": {
+            "config.json": file_sha256(tmp_path / "config.json"),
+            "sub/config.json": file_sha256(tmp_path / "sub" / "config.json"),
+        },
+    }
+    # a config or tokenizer file changed or gone: the entry is rebuilt, not read
+    (tmp_path / "config.json").write_text("{garbage")
+    assert not entry_intact(tmp_path, record)
+    (tmp_path / "config.json").write_text('{"hidden_size": 64}')
+    (tmp_path / "sub" / "config.json").unlink()
+    assert not entry_intact(tmp_path, record)
+    (tmp_path / "sub" / "config.json").write_text("{}")
+    assert entry_intact(tmp_path, {}) and entry_intact(tmp_path, {"weights_bytes": size})
+    assert entry_intact(tmp_path, record)
+    assert not entry_intact(tmp_path, {"weights_bytes": size + 1})  # another size recorded
     data = weights.read_bytes()
     # flipped bytes inside a tensor: the same size and header, another model; the sha256 its
     # build recorded tells (older entries, without one, are checked by size only)
     weights.write_bytes(data[:-8] + b"\x7f" * 8)
-    assert weights_intact(tmp_path, {"weights_bytes": size})
-    assert not weights_intact(tmp_path, record)
+    assert entry_intact(tmp_path, {"weights_bytes": size})
+    assert not entry_intact(tmp_path, record)
     weights.write_bytes(data[:-10])  # cut short: shorter than its own header says
-    assert not weights_intact(tmp_path, {})
+    assert not entry_intact(tmp_path, {})
     weights.write_bytes(data + b"\0")
-    assert not weights_intact(tmp_path, {})
+    assert not entry_intact(tmp_path, {})
     for junk in (b"", b"short", b"\xff" * 64):
         weights.write_bytes(junk)
-        assert not weights_intact(tmp_path, {})
+        assert not entry_intact(tmp_path, {})
     weights.unlink()
-    assert not weights_intact(tmp_path, {})
+    assert not entry_intact(tmp_path, {})
 
 
 def test_a_big_files_hash_is_remembered_until_it_changes(tmp_path: Path, monkeypatch) -> None:

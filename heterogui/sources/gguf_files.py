@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from heterogui.cache import build_folder, cache_dir, install_build, weights_intact, weights_record
+from heterogui.cache import build_folder, cache_dir, entry_intact, entry_record, install_build
 from heterogui.errors import ModelLoadError, excerpt
 from heterogui.folders import make_readable
 from heterogui.models.hf.common import check_loading, quiet_transformers
@@ -123,7 +123,7 @@ def _marker_ok(folder: Path, gguf_hash: str) -> bool:
         files_ok
         and isinstance(marker, dict)
         and all(marker.get(k) == v for k, v in expected.items())
-        and weights_intact(folder, marker)
+        and entry_intact(folder, marker)
     )
 
 
@@ -170,7 +170,7 @@ def gguf_folder(path: Path, cache: Path | None = None) -> Path:
             "note": _note(header.quantization),
             "max_abs_logit_diff": diff,
             "build_seconds": round(seconds, 3),
-            **weights_record(tmp),
+            **entry_record(tmp),
         }
         (tmp / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         make_readable(tmp)

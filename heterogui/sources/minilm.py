@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from heterogui.cache import build_folder, cache_dir, install_build, weights_intact, weights_record
+from heterogui.cache import build_folder, cache_dir, entry_intact, entry_record, install_build
 from heterogui.errors import ModelLoadError
 from heterogui.folders import make_readable
 
@@ -262,7 +262,7 @@ def _marker_ok(folder: Path, onnx_hash: str) -> bool:
         files_ok
         and isinstance(marker, dict)
         and all(marker.get(k) == v for k, v in expected.items())
-        and weights_intact(folder, marker)
+        and entry_intact(folder, marker)
     )
 
 
@@ -294,7 +294,7 @@ def minilm_l3_path(cache: Path | None = None) -> Path:
         marker |= {
             "max_abs_diff": diff,
             "build_seconds": round(seconds, 3),
-            **weights_record(tmp),
+            **entry_record(tmp),
         }
         (tmp / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         make_readable(tmp)

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from heterogui.cache import cache_path, weights_intact
+from heterogui.cache import cache_path, entry_intact
 
 MARKER = "heterogui_decoder_pair.json"
 DOMAIN = {"a": "python-docs", "b": "python-source"}  # what each model is trained on
@@ -201,7 +201,7 @@ def fresh(folder: Path, settings: DecoderPairSettings) -> bool:
         and record.get("settings") == asdict(settings)
         and (folder / "model.safetensors").is_file()
         and (folder / "tokenizer.json").is_file()
-        and weights_intact(folder, record)
+        and entry_intact(folder, record)
     )
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from heterogui.cache import cache_dir, weights_record
+from heterogui.cache import cache_dir, entry_record
 from heterogui.datasets.text_domains import domain_texts
 from heterogui.folders import atomic_folder
 from heterogui.progress import Progress
@@ -224,7 +224,7 @@ def build_member(
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         record["build_seconds"] = round(time.perf_counter() - start, 2)
-        record |= weights_record(tmp)
+        record |= entry_record(tmp)
         (tmp / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         commit()
     except BaseException:
