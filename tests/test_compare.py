@@ -128,6 +128,10 @@ def test_grid_scores_every_cell_and_a_cell_loads_its_setting(session, res):
     page = tab_compare.render(session, res)
     heat = page["grid_plot"].data[0]
     assert heat.z[list(heat.y).index(0.25)][list(heat.x).index(0.5)] == point["score"]
+    layout = page["grid_plot"].layout  # a tick at the centre of every cell
+    assert list(layout.xaxis.tickvals) == list(heat.x) and list(layout.yaxis.tickvals) == list(
+        heat.y
+    )
     cells = page["grid_cell"]["choices"]
     scores = [grid[k]["score"] for _, k in cells]
     assert scores == sorted(scores, reverse=True)  # best first

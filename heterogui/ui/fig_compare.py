@@ -82,8 +82,9 @@ def grid_figure(
         fig.add_trace(_current_marker(current))
     fig.update_layout(
         title={"text": f"{metric} over rho × {knob} (contours: effective parameters)"},
-        xaxis={"title": "rho (0 = every neuron kept, 1 = full zip)"},
-        yaxis={"title": knob},
+        # a tick at every cell's centre (plotly's own ticks fell between a grid's cells)
+        xaxis={"title": "rho (0 = every neuron kept, 1 = full zip)", "tickvals": xs},
+        yaxis={"title": knob, "tickvals": ys},
         height=420,
         margin={"l": 60, "r": 20, "t": 60, "b": 50},
         legend={"orientation": "h", "y": -0.2},
