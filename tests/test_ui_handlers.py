@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -20,6 +21,7 @@ import yaml
 from conftest import drawn
 
 from heterogui import pipeline, sizes
+from heterogui.align.alignment import layer_pairs
 from heterogui.cache import cache_path
 from heterogui.config import DEFAULT_RIDGE
 from heterogui.errors import AlignmentError, Cancelled, ConfigError, ExportError, HeteroguiError
@@ -682,6 +684,12 @@ def test_a_demo_pair_calibrates_on_the_number_of_inputs_asked_for(session, res):
 def test_neuron_view_follows_the_matching(session, res):
     merge(session, res, rho=0.5)
     points = tab_neurons.merge_points(session.prepared)
+    # a point inside one block names the layers it merges as the CKA map does (its name is
+    # its slot after padding, not the shallower model's layer number)
+    prep = session.prepared
+    paired = set(layer_pairs(prep.alignment, prep.net_a.graph(), prep.net_b.graph()))
+    named = [re.search(r"\(A(\d+) ↔ B(\d+)\)", label) for label, _ in points]
+    assert any(named) and all((int(m[1]), int(m[2])) in paired for m in named if m)
     for _, space in points:
         tab_neurons.on_space(session, res, space)
         view = tab_neurons.render(session, res)

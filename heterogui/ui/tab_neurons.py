@@ -31,8 +31,10 @@ from heterogui.ui.fig_neurons import (
 )
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
+from heterogui.zip.collect import capture_points
 from heterogui.zip.matchers import Match
 from heterogui.zip.plan import head_group
+from heterogui.zip.reuse import block_roles
 
 VIEWS = ("space", "neuron_map", "overview_box", "neuron_overview", "neuron_hist", "neuron_info")
 
@@ -75,13 +77,38 @@ def merge_points(prepared: Prepared) -> list[tuple[str, str]]:
     (a decoder's attention output ``layer{i}.o``: its matching is derived, see ``derived``).
     """
     ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
+    layers = _layers_of_points(prepared)
     out = []
     for name, space in ga.spaces.items():
         if name in (INPUT, LOGITS) or not space.captures:
             continue
         if name in ga.dead or name in gb.dead:  # an identity layer's unused inside: no matching
             continue
-        out.append((f"{name}: A {space.width} + B {gb.spaces[name].width}", name))
+        where = f" ({layers[name]})" if name in layers else ""
+        out.append((f"{name}{where}: A {space.width} + B {gb.spaces[name].width}", name))
+    return out
+
+
+def _layers_of_points(prepared: Prepared) -> dict[str, str]:
+    """Return, for every merge point inside one block of the padded pair, the layers of A and
+    B it merges, as the CKA map names them ("A3 ↔ B5"): a point is named by its slot, which
+    after padding is not the shallower model's layer number."""
+    blocks: dict[str, set[int]] = {}
+    for space, _module, _layout, block in capture_points(prepared.padded_a.graph()):
+        blocks.setdefault(space, set()).add(block)
+    roles = [
+        block_roles(prepared.padded_a, prepared.net_a),
+        block_roles(prepared.padded_b, prepared.net_b),
+    ]
+    out = {}
+    for space, found in blocks.items():
+        if len(found) == 1:
+            (block,) = found
+            named = [
+                f"{m}{own}" if kind == "block" else f"{m} identity"
+                for m, (kind, own) in zip("AB", (r[block] for r in roles), strict=True)
+            ]
+            out[space] = " ↔ ".join(named)
     return out
 
 
