@@ -198,7 +198,12 @@ def test_estimate_predicts_the_merge(session, res):
     est = sizes.estimate(session.prepared, session.settings)
     tab_zip.on_merge(session, res, "zip", 0.5, 1.0, 1.0, n, "cpu")
     assert est["widths"]["block0"][2] == session.result.widths()["block0"][2] == 5
-    assert "width=5" in str(tab_zip.render(session, res)["widths_table"])
+    table = tab_zip.render(session, res)["widths_table"]
+    assert "width=5" in str(table)
+    # each point inside a block says whose layers it merges (an identity layer's width too)
+    named = [re.fullmatch(r"(\S+) \(A(\d+| identity) ↔ B(\d+| identity)\)", r[0]) for r in table]
+    assert named[0] and named[0][1] == "block0" and sum(map(bool, named)) > 1
+    assert all(m or row[0].endswith("stream") for m, row in zip(named, table, strict=True))
     zip_overrides.on_clear_overrides(session, res)
     assert session.settings.overrides == {}
     # the page's boxes send text: blank is "not given" (a number box sent 0, read as a width)

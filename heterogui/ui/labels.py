@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from heterogui.config import SPLIT_HEADS
-from heterogui.pipeline import MergeResult, ZipSettings
+from heterogui.pipeline import MergeResult, Prepared, ZipSettings
 from heterogui.tasks import Task
 from heterogui.ui.session import Session
+from heterogui.zip.collect import capture_points
 from heterogui.zip.plan import head_group_firsts
+from heterogui.zip.reuse import block_roles
 
 # the least-squares fusions by the names the page shows (the Zip tab's dropdown, messages)
 FUSION_NAMES = {
@@ -150,3 +152,26 @@ def alarm_line(reasons: list[str]) -> str:
         + "; ".join(reasons)
         + ". Try a lower rho, a later stop point or more calibration texts."
     )
+
+
+def point_layers(prepared: Prepared) -> dict[str, str]:
+    """Return, for every merge point inside one block of the padded pair, the layers of A and
+    B it merges, as the CKA map names them ("A3 ↔ B5"): a point is named by its slot, which
+    after padding is not the shallower model's layer number."""
+    blocks: dict[str, set[int]] = {}
+    for space, _module, _layout, block in capture_points(prepared.padded_a.graph()):
+        blocks.setdefault(space, set()).add(block)
+    roles = [
+        block_roles(prepared.padded_a, prepared.net_a),
+        block_roles(prepared.padded_b, prepared.net_b),
+    ]
+    out = {}
+    for space, found in blocks.items():
+        if len(found) == 1:
+            (block,) = found
+            named = [
+                f"{m}{own}" if kind == "block" else f"{m} identity"
+                for m, (kind, own) in zip("AB", (r[block] for r in roles), strict=True)
+            ]
+            out[space] = " ↔ ".join(named)
+    return out

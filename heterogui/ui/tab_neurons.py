@@ -19,7 +19,7 @@ from heterogui.errors import ConfigError, HeteroguiError
 from heterogui.models.graph import INPUT, LOGITS
 from heterogui.pipeline import Prepared, ZipSettings, match_spaces, resolved_settings
 from heterogui.pipeline import correlation as pipeline_correlation
-from heterogui.ui import work
+from heterogui.ui import labels, work
 from heterogui.ui.fig_neuron_hist import correlation_histogram
 from heterogui.ui.fig_neurons import (
     CROSS,
@@ -31,10 +31,8 @@ from heterogui.ui.fig_neurons import (
 )
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
-from heterogui.zip.collect import capture_points
 from heterogui.zip.matchers import Match
 from heterogui.zip.plan import head_group
-from heterogui.zip.reuse import block_roles
 
 VIEWS = ("space", "neuron_map", "overview_box", "neuron_overview", "neuron_hist", "neuron_info")
 
@@ -77,7 +75,7 @@ def merge_points(prepared: Prepared) -> list[tuple[str, str]]:
     (a decoder's attention output ``layer{i}.o``: its matching is derived, see ``derived``).
     """
     ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
-    layers = _layers_of_points(prepared)
+    layers = labels.point_layers(prepared)
     out = []
     for name, space in ga.spaces.items():
         if name in (INPUT, LOGITS) or not space.captures:
@@ -86,29 +84,6 @@ def merge_points(prepared: Prepared) -> list[tuple[str, str]]:
             continue
         where = f" ({layers[name]})" if name in layers else ""
         out.append((f"{name}{where}: A {space.width} + B {gb.spaces[name].width}", name))
-    return out
-
-
-def _layers_of_points(prepared: Prepared) -> dict[str, str]:
-    """Return, for every merge point inside one block of the padded pair, the layers of A and
-    B it merges, as the CKA map names them ("A3 ↔ B5"): a point is named by its slot, which
-    after padding is not the shallower model's layer number."""
-    blocks: dict[str, set[int]] = {}
-    for space, _module, _layout, block in capture_points(prepared.padded_a.graph()):
-        blocks.setdefault(space, set()).add(block)
-    roles = [
-        block_roles(prepared.padded_a, prepared.net_a),
-        block_roles(prepared.padded_b, prepared.net_b),
-    ]
-    out = {}
-    for space, found in blocks.items():
-        if len(found) == 1:
-            (block,) = found
-            named = [
-                f"{m}{own}" if kind == "block" else f"{m} identity"
-                for m, (kind, own) in zip("AB", (r[block] for r in roles), strict=True)
-            ]
-            out[space] = " ↔ ".join(named)
     return out
 
 

@@ -176,7 +176,11 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
     if info is None:
         return {"readout": text}
     settings = session.settings
-    table = [[s, *w, override_text(settings.override_for(s))] for s, w in info["widths"].items()]
+    layers = labels.point_layers(prep)  # whose layers (an identity layer's width is A's too)
+    table = [
+        [f"{s} ({layers[s]})" if s in layers else s, *w, override_text(settings.override_for(s))]
+        for s, w in info["widths"].items()
+    ]
     return {
         "readout": text,
         "sizes_plot": sizes_figure(info["sizes"]),
