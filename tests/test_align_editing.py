@@ -322,5 +322,11 @@ def test_layers_outside_the_stages_are_named_for_where_they_sit():
     assert {y for x, y in lines if x == -0.5} == {0.5, 6.5, 8.5}
     assert tab_align.pairs_text(al, ga, gb) == (
         "**In layer names** (as on the map): stem: A0↔B0 · stage 0: A1↔B1, A2 + identity in B, "
-        "A3↔B2, A4 + identity in B, A5↔B3, A6 + identity in B · stage 1: A7↔B4, A8↔B5"
+        "A3↔B2, A4 + identity in B, A5↔B3, A6 + identity in B · stage 1: A7↔B4, A8↔B5 · "
+        "end: A9↔B6"
     )
+    # the end layers (a transformer's final norm) merge with each other: the path shows them
+    pairs = layer_pairs(al, ga, gb)
+    assert pairs[0] == (0, 0) and pairs[-1] == (9, 6)
+    path = fig.data[1]
+    assert (path.y[-1], path.x[-1]) == (9, 6)

@@ -162,7 +162,8 @@ def _manual_stage(
 def layer_pairs(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> list[tuple[int, int]]:
     """Return (layer of A, layer of B) for every slot where both models have a real layer.
 
-    Layers before the first stage (a stem) pair with each other.
+    Layers before the first stage (a stem) pair with each other, and so do layers after the
+    last one (the end: a transformer's final norm), in order.
     """
     first_a = ga.stages[0][0] if ga.stages and ga.stages[0] else 0
     first_b = gb.stages[0][0] if gb.stages and gb.stages[0] else 0
@@ -171,4 +172,10 @@ def layer_pairs(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> list[tu
         slot_a = {p: ga.stages[s][k] for k, p in enumerate(alignment.positions_a[s])}
         slot_b = {p: gb.stages[s][k] for k, p in enumerate(alignment.positions_b[s])}
         pairs += [(slot_a[t], slot_b[t]) for t in range(depth) if t in slot_a and t in slot_b]
-    return pairs
+    return pairs + list(zip(end_layers(ga), end_layers(gb), strict=False))
+
+
+def end_layers(graph: ModelGraph) -> range:
+    """Return the layers after the last stage (the head, the last block, is no layer)."""
+    staged = [block for blocks in graph.stages for block in blocks]
+    return range(max(staged, default=-1) + 1, graph.num_blocks - 1)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from heterogui.align.alignment import Alignment, layer_pairs
+from heterogui.align.alignment import Alignment, end_layers, layer_pairs
 from heterogui.align.editing import place_of, stage_of
 from heterogui.align.segment import segments
 from heterogui.models.graph import ModelGraph
@@ -86,7 +86,7 @@ def segment_rows(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> list[l
 
 
 def stage_pairs(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> list[tuple[str, str]]:
-    """Return (stage name, its slots in layer names) for the stem and every stage.
+    """Return (stage name, its slots in layer names) for the stem, every stage and the end.
 
     A slot is "A1↔B2" where both models have a layer, "B2 + identity in A" where only one has.
     """
@@ -108,6 +108,9 @@ def stage_pairs(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> list[tu
             else:
                 items.append(f"B{slot_b[t]} + identity in A")
         out.append((stage_name(s), ", ".join(items)))
+    end = [f"A{i}↔B{j}" for i, j in zip(end_layers(ga), end_layers(gb), strict=False)]
+    if end:
+        out.append(("end", ", ".join(end)))
     return out
 
 
