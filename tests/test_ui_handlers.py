@@ -810,7 +810,11 @@ def test_an_export_right_after_a_release_scores_the_merge_first(session, res, tm
     tab_zip.on_release(session, res, True, "zip", 0.5, 1.0, 0.5, n, "cpu")  # over the API:
     assert session.merged_metrics is None  # /remerge leaves the scores to the page's next step
     message, _ = tab_export.on_export(session, res, str(tmp_path / "out"), False)
-    assert "(merge #2, heterogui format)" in message and "settings changed" not in message
+    assert (
+        "(heterogui format)" in message
+        and "It holds merge #2." in message
+        and "settings changed" not in message
+    )
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert session.merged_metrics is not None and session.history[-1]["Joint"] is not None
     merged = report["metrics"]["merged"]
@@ -819,7 +823,7 @@ def test_an_export_right_after_a_release_scores_the_merge_first(session, res, tm
     # knobs moved without a merge: the export is still the last merge, and says so
     tab_zip.on_knobs(session, res, "zip", 0.5, 1.0, 0.9, n, "average")
     message, _ = tab_export.on_export(session, res, str(tmp_path / "again"), False)
-    assert "(merge #2, heterogui format)" in message
+    assert "(heterogui format)" in message and "It holds merge #2." in message
     assert "settings changed since that merge (rho 0.9, fusion average)" in message
     assert yaml.safe_load((tmp_path / "again" / "recipe.yaml").read_text())["zip"]["rho"] == 0.5
 

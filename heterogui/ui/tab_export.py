@@ -171,8 +171,8 @@ def on_export(
     )
     written = exporting.chosen_format(session, fmt)
     files = sorted(p.name for p in Path(path).iterdir())
-    message = f"Exported to `{path}` (merge #{session.merge_count}, {written} format): "
-    message += f"{', '.join(files)}."
+    message = f"Exported to `{path}` ({written} format): {', '.join(files)}. "
+    message += f"It holds merge #{session.merge_count}."
     moved = exporting.unmerged_settings(session)
     if moved:
         message += (
