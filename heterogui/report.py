@@ -387,7 +387,7 @@ def card_files(
     facts = card_facts(result, pair, task, scores)
     facts["relative_inputs"] = list(relative)
     facts["not_one_network"] = not_one_network(result, fmt)
-    facts["rerun_flags"] = "" if default_format else f" --format {fmt}"
+    facts["rerun_flags"] = ("" if default_format else f" --format {fmt}") + rerun_threads(prep)
     if fmt in (HF_BERT_FORMAT, HF_VIT_FORMAT):
         facts["classify"] = card_use(result.model)
     files = {"README.md": model_card(facts, fmt)}
@@ -514,6 +514,12 @@ def group_card_facts(
     }
 
 
+def rerun_threads(prep: Any) -> str:
+    """Return the rerun command's --threads flag: the CPU splits float sums by thread, so a
+    merge on the CPU repeats bit for bit at the thread count it ran with (``torch_threads``)."""
+    return f" --threads {torch.get_num_threads()}" if prep.device.type == "cpu" else ""
+
+
 def group_card_files(
     result: GroupMergeResult,
     pair: Pair,
@@ -523,7 +529,10 @@ def group_card_files(
 ) -> dict[str, str]:
     """Return the model card (README.md) of an N-way merge and its widths figure (relative:
     as ``card_files``)."""
-    facts = group_card_facts(result, pair, task, scores) | {"relative_inputs": list(relative)}
+    facts = group_card_facts(result, pair, task, scores) | {
+        "relative_inputs": list(relative),
+        "rerun_flags": rerun_threads(result.prepared),
+    }
     files = {"README.md": model_card(facts)}
     series: dict[str, list[float]] = {model_key(k).upper(): [] for k in range(len(pair.models))}
     series["merged"] = []

@@ -123,8 +123,12 @@ def test_a_short_draw_of_the_built_in_sentences_says_why(l3_dir: Path, caplog):
         assert run.calibrate(pair, size=6).count == 6 and not caplog.text
         assert run.calibrate(pair, size=5).count == 4  # half of 5 from each of 2 tasks
     assert "4 inputs from sentences, not the 5 its size asks for" in caplog.text
-    assert "half from each of their 2 tasks, which hold topics 200, sentiment 150" in caplog.text
-    assert "give an even size, at most twice the smaller" in caplog.text
+    assert "half from each of their 2 tasks: give an even size" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="heterogui.run"):  # more than the smaller task holds
+        assert run.calibrate(pair, size=320).count == 310  # 160 topics, all 150 sentiment
+    assert "the built-in calibration sentences are topics 200, sentiment 150" in caplog.text
+    assert "give at most 300 for equal halves" in caplog.text
 
 
 @pytest.mark.slow

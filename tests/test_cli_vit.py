@@ -171,7 +171,10 @@ def test_vit_classifiers_on_digits_are_scored_and_their_merge_merges_again(tmp_p
         main(["merge", str(tmp_path / "r.yaml"), "--out", str(first), "--format", "heterogui"]) == 0
     )
     # not the Hugging Face folder these models get by default: the card's rerun says so
-    rerun = "`heterogui merge recipe.yaml --out OUT --format heterogui` repeats this merge"
+    threads = torch.get_num_threads()
+    rerun = (
+        f"`heterogui merge recipe.yaml --out OUT --format heterogui --threads {threads}` repeats"
+    )
     assert rerun in (first / "README.md").read_text()
     again = {**recipe, "model_a": {"path": str(first)}, "evaluation": None}
     (tmp_path / "again.yaml").write_text(yaml.safe_dump(again))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 
 import pytest
 
@@ -53,6 +54,10 @@ def test_the_pair_is_built_with_its_settings_shapes_and_tokenizer(folders):
         assert record["shape"]["layers"] == shape.layers
         assert record["build_seconds"] > 0
         assert record["weights_bytes"] == (folder / "model.safetensors").stat().st_size
+        if "files_sha256" in record:  # built by this version: shared as other entries are
+            mask = os.umask(0o022)
+            os.umask(mask)
+            assert folder.stat().st_mode & 0o777 == 0o777 & ~mask
         config = json.loads((folder / "config.json").read_text())
         assert config["hidden_size"] == shape.hidden and config["head_dim"] == 64
         assert config["vocab_size"] == 49152

@@ -237,16 +237,18 @@ def make_task(name: str, per_class: int | None = None, seed: int = 0) -> dict[st
     return result
 
 
-def calibration_sentences_rule(seed: int = 0) -> str:
-    """Return how ``calibration_sentences`` decides its count (for a draw short of its size)."""
-    held = ", ".join(
-        f"{name} {len(make_task(name, seed=seed)['calibration'].sentences)}"
-        for name in TASK_CLASSES
-    )
-    return (
-        f"the built-in sentences are half from each of their {len(TASK_CLASSES)} tasks, "
-        f"which hold {held}: give an even size, at most twice the smaller"
-    )
+def calibration_sentences_rule(count: int, seed: int = 0) -> str:
+    """Return why ``calibration_sentences(count)`` holds other than ``count`` sentences."""
+    held = {name: len(make_task(name, seed=seed)["calibration"].sentences) for name in TASK_CLASSES}
+    listed = ", ".join(f"{name} {n}" for name, n in held.items())
+    even = 2 * min(held.values())
+    if count > even:  # a task ran short: the others give up to count // 2 each, not as many
+        return (
+            f"the built-in calibration sentences are {listed}, and each task gives at most "
+            f"half the size: give at most {even} for equal halves"
+        )
+    tasks = len(TASK_CLASSES)
+    return f"the built-in sentences are half from each of their {tasks} tasks: give an even size"
 
 
 def calibration_sentences(count: int = 256, seed: int = 0) -> list[str]:

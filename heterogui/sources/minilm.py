@@ -53,7 +53,9 @@ _TOKENIZER_FILES = (
 )
 _MARKER = "heterogui_build.json"
 # Bump when the converted folder's content changes, so older cache entries get rebuilt.
-_BUILD_VERSION = 3  # 2: sentence-transformers files (modules.json, mean pooling); 3: epsilon
+# 2: sentence-transformers files (modules.json, mean pooling); 3: epsilon; 4: the marker records
+# every file's sha256 (cache.entry_record), so a damaged entry is rebuilt, not read
+_BUILD_VERSION = 4
 _TOLERANCE = 1e-4
 # The L3 config is read from the ONNX shapes except the head count, which only shows up in
 # graph constants; a wrong value fails the onnxruntime check, so it cannot slip through.

@@ -350,7 +350,10 @@ def use_own_upload_folder() -> Path:
             "set HETEROGUI_CACHE to a folder you can write",
         )
     )
-    folder = make_folder(Path(named) if named else cache_path("gradio"), what, fix)
+    wanted = Path(named) if named else cache_path("gradio")
+    if wanted.exists() and not wanted.is_dir():
+        raise ConfigError(f"{what} {wanted} is a file, not a folder; {fix}")
+    folder = make_folder(wanted, what, fix)
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write in {what} {folder} ({why_not_writable(folder)}); {fix}")
     os.environ["GRADIO_TEMP_DIR"] = str(folder)

@@ -236,7 +236,10 @@ def set_alignment(
         if same
         else dataclasses.replace(earlier, alignment=new_alignment, measure=prepared.measure)
     )
-    if session.result is not None and session.result.alignment != session.prepared.alignment:
+    # a merge whose layers sit where they sit now stays the current one (another mode or
+    # measure that places them alike gives the same model; its recipe records its own)
+    result = session.result
+    if result is not None and result.alignment.placement != session.prepared.alignment.placement:
         session.result, session.merged_metrics, session.sweep = None, None, []
     _drop_unshared_overrides(session)
     return how

@@ -31,7 +31,7 @@ import torch
 
 from heterogui.cache import cache_dir, entry_record
 from heterogui.datasets.text_domains import domain_texts
-from heterogui.folders import atomic_folder
+from heterogui.folders import atomic_folder, make_readable
 from heterogui.progress import Progress
 from heterogui.zoo.decoder_pair import (
     BOS_ID,
@@ -226,6 +226,7 @@ def build_member(
         record["build_seconds"] = round(time.perf_counter() - start, 2)
         record |= entry_record(tmp)
         (tmp / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        make_readable(tmp)  # a cache entry others may read, as the other entries
         commit()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

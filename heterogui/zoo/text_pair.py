@@ -22,7 +22,7 @@ import torch
 
 from heterogui.cache import cache_dir
 from heterogui.datasets.text_tasks import LABELS, TASK_CLASSES, make_task
-from heterogui.folders import atomic_folder
+from heterogui.folders import atomic_folder, make_readable
 from heterogui.sources import minilm
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ def finetune(
             if (base / name).is_file():
                 shutil.copyfile(base / name, tmp / name)
         (tmp / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True))
+        make_readable(tmp)  # a cache entry others may read, as the other entries
         commit()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
