@@ -217,6 +217,23 @@ def test_a_tokenizer_json_that_parses_but_lacks_its_fields_is_one_line(tmp_path)
         load(str(tmp_path / "a"))
 
 
+def test_pickled_shards_behind_a_safetensors_index_are_refused(tmp_path):
+    from safetensors.torch import load_file
+
+    from heterogui.errors import ModelLoadError
+    from heterogui.sources.registry import load
+
+    folder = tmp_path / "a"
+    write_bert(folder, PAIRS["depth"][0], 0)
+    state = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")  # transformers would unpickle it
+    index = {"metadata": {}, "weight_map": dict.fromkeys(state, "pytorch_model.bin")}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match=r"names the shard 'pytorch_model.bin', which is no"):
+        load(str(folder))
+
+
 def test_the_same_tokenizer_with_another_embedding_size_is_named_so(tmp_path):
     from heterogui.sources.vocab import token_difference
 

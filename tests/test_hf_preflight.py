@@ -186,6 +186,26 @@ def test_corrupt_header_json_is_refused(tmp_path: Path) -> None:
         read_safetensors_header(bad)
 
 
+def test_a_header_nested_thousands_deep_is_one_line(tmp_path: Path) -> None:
+    header = b'{"__metadata__":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(ModelLoadError, match=r"corrupt safetensors header \(nested too deeply\)"):
+        read_safetensors_header(bad)
+
+
+def test_a_weight_stored_as_integers_is_refused(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "model.safetensors"  # a dtype written over, or a quantized model
+    tensors = {"position_ids": torch.arange(4), "layer.weight": torch.zeros(2, dtype=torch.int32)}
+    save_file(tensors, str(bad))
+    with pytest.raises(ModelLoadError, match=r"stores layer.weight as I32, but weights are float"):
+        read_safetensors_header(bad)
+    save_file({"position_ids": torch.arange(4), "layer.weight": torch.zeros(2)}, str(bad))
+    assert read_safetensors_header(bad)["position_ids"]["dtype"] == "I64"  # a buffer may be
+
+
 def test_entry_pointing_past_the_data_is_refused(tmp_path: Path) -> None:
     header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
     bad = tmp_path / "model.safetensors"

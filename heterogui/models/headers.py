@@ -16,6 +16,9 @@ from heterogui.errors import ModelLoadError
 _MAX_HEADER = 100_000_000  # the safetensors format's own limit on the JSON header
 
 
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
+
+
 def read_safetensors_header(path: str | Path) -> dict[str, Any]:
     """Return the JSON header of a safetensors file (name -> dtype, shape, data_offsets).
 
@@ -51,6 +54,10 @@ def read_safetensors_header(path: str | Path) -> dict[str, Any]:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ModelLoadError(f"{path} has a corrupt safetensors header ({exc}); {fix}") from exc
+    except RecursionError as exc:  # lists in lists, thousands deep: no header nests so
+        raise ModelLoadError(
+            f"{path} has a corrupt safetensors header (nested too deeply); {fix}"
+        ) from exc
     if not isinstance(header, dict):
         raise ModelLoadError(f"{path} has a corrupt safetensors header (not a JSON object); {fix}")
     header.pop("__metadata__", None)
@@ -59,4 +66,13 @@ def read_safetensors_header(path: str | Path) -> dict[str, Any]:
         ok = isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= info.keys()
         if not ok or info["data_offsets"][1] > data_bytes:
             raise ModelLoadError(f"{path} has a corrupt safetensors entry for {name!r}; {fix}")
+    # a weight or bias stored as integers (quantized, or a dtype written over) would load as
+    # numbers of another scale, silently: heterogui merges float weights
+    for name, info in header.items():
+        if name.endswith((".weight", ".bias")) and info["dtype"] not in FLOAT_DTYPES:
+            raise ModelLoadError(
+                f"{path} stores {name} as {info['dtype']}, but weights are floating point "
+                f"({', '.join(sorted(FLOAT_DTYPES))}): dequantize the model or re-save its float "
+                "weights"
+            )
     return header

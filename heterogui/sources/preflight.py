@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from heterogui.errors import ModelLoadError, excerpt
-from heterogui.models.headers import read_safetensors_header
+from heterogui.models.headers import FLOAT_DTYPES, read_safetensors_header
 from heterogui.models.hf.common import refuse_pickles
 from heterogui.sources.vocab import vocab_hash
 
@@ -47,7 +47,6 @@ _KEYS = {
     "intermediate": ("intermediate_size", "hidden_dim", "ffn_dim", "n_inner", "d_ff"),
     "activation": ("hidden_act", "activation", "activation_function"),
 }
-_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 # Buffers saved beside parameters that `sum(p.numel() for p in model.parameters())` omits.
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 # Merge-time estimate (rough): calibration tokens per model, and sustained CPU throughput.
@@ -328,7 +327,7 @@ def _float_parameters(
     num_params, dtypes = 0, set()
     for file in files:
         for name, info in read_safetensors_header(file).items():
-            if info["dtype"] in _FLOAT_DTYPES and not name.endswith(_BUFFER_SUFFIXES):
+            if info["dtype"] in FLOAT_DTYPES and not name.endswith(_BUFFER_SUFFIXES):
                 num_params += math.prod(info["shape"])
                 dtypes.add(info["dtype"])
             rows = info["shape"][0] if info["shape"] else None

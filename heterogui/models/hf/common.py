@@ -75,8 +75,22 @@ def refuse_pickles(folder: Path) -> None:
     Raises:
         ModelLoadError: naming the conversion to run once.
     """
-    safetensors = ("model.safetensors", "model.safetensors.index.json")
-    if any((folder / name).is_file() for name in safetensors):
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():  # its shards are what transformers loads: safetensors, not pickles
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+            shards = {str(name) for name in weight_map.values()}
+        except (OSError, ValueError, AttributeError, RecursionError):
+            shards = set()  # the pre-flight and the loader name what is wrong with it
+        pickled = sorted(name for name in shards if not name.endswith(".safetensors"))
+        if pickled:
+            raise ModelLoadError(
+                f"{index} names the shard {excerpt(pickled[0], 80)!r}, which is no safetensors "
+                "file: heterogui reads safetensors only (reading a pickle can run code); "
+                "re-save the model with save_pretrained(..., safe_serialization=True)"
+            )
+        return
+    if (folder / "model.safetensors").is_file():
         return
     if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
         raise ModelLoadError(
