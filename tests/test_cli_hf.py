@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -217,10 +218,32 @@ def test_a_tokenizer_json_that_parses_but_lacks_its_fields_is_one_line(tmp_path)
         load(str(tmp_path / "a"))
 
 
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("intermediate_size", 10_000_000, "describes a model of at least 2,560,001,888 param"),
+        ("num_hidden_layers", 100_000, "at least 409,601,888 parameters (100000 layers"),
+        ("vocab_size", 3_000_000_000, "says vocab_size 3000000000, but the weights' token"),
+    ],
+)
+def test_a_config_far_larger_than_its_weights_is_refused_before_loading(
+    tmp_path, field, value, words
+):
+    from heterogui.errors import ModelLoadError
+    from heterogui.sources.registry import load
+
+    write_bert(tmp_path / "a", PAIRS["depth"][0], 0)  # 38,272 parameters
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    (tmp_path / "a" / "config.json").write_text(json.dumps(config | {field: value}))
+    with pytest.raises(ModelLoadError, match=re.escape(words)):  # transformers allocated GBs
+        load(str(tmp_path / "a"))
+
+
 def test_pickled_shards_behind_a_safetensors_index_are_refused(tmp_path):
     from safetensors.torch import load_file
 
     from heterogui.errors import ModelLoadError
+    from heterogui.models.hf.common import refuse_pickles
     from heterogui.sources.registry import load
 
     folder = tmp_path / "a"
@@ -230,8 +253,10 @@ def test_pickled_shards_behind_a_safetensors_index_are_refused(tmp_path):
     torch.save(state, folder / "pytorch_model.bin")  # transformers would unpickle it
     index = {"metadata": {}, "weight_map": dict.fromkeys(state, "pytorch_model.bin")}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ModelLoadError, match=r"pytorch_model\.bin.* not safetensors"):
+        load(str(folder))  # the header pre-flight reads the shard first
     with pytest.raises(ModelLoadError, match=r"names the shard 'pytorch_model.bin', which is no"):
-        load(str(folder))
+        refuse_pickles(folder)  # and the loader's own check stands behind it
 
 
 def test_the_same_tokenizer_with_another_embedding_size_is_named_so(tmp_path):

@@ -165,6 +165,8 @@ class HFSource(Source):
         folder = self.folder(ref)
         if not folder.is_dir():
             _check_hub(ref)
+        if folder.is_dir():  # headers only, first: a config far larger than its weights (a
+            inspect_model(folder)  # width of 10^7 in a 5 MB folder) allocated gigabytes
         kind = model_type(folder) if folder.is_dir() else "bert"
         tokenizer = any((folder / name).is_file() for name in TOKENIZER_FILES)
         if kind != "vit" and folder.is_dir() and not tokenizer:

@@ -194,6 +194,7 @@ def inspect_model(path: str | Path) -> ModelCard:
     hidden, heads = int(_pick(config, "hidden", folder)), int(_pick(config, "heads", folder))
     depth = int(_pick(config, "depth", folder))
     inter = _intermediate(config, family, hidden, folder)
+    _check_size(config, folder, num_params, depth, hidden, inter)
     shape = {"depth": depth, "hidden": hidden, "intermediate": inter, "num_params": num_params}
     mem, secs = estimate_merge(shape, shape, config.get("vocab_size"), config.get("vocab_size"))
     return ModelCard(
@@ -222,6 +223,23 @@ def inspect_model(path: str | Path) -> ModelCard:
         window=_window(config) if model_type == "mistral" else None,
         **{field: config.get(field) for field in VISION_FIELDS},
     )
+
+
+def _check_size(
+    config: dict[str, Any], folder: Path, num_params: int, depth: int, hidden: int, inter: int
+) -> None:
+    """Raise when config.json implies more parameters than the weights hold: at least two MLP
+    matrices per layer and the token embedding. transformers builds the model config.json
+    describes before it reads a weight, so a width of 10^7 or 100,000 layers in a 5 MB folder
+    took gigabytes (and minutes) before it was refused."""
+    vocab = config.get("vocab_size")
+    least = depth * 2 * hidden * inter + (int(vocab) * hidden if isinstance(vocab, int) else 0)
+    if least > 2 * num_params + 1_000_000:
+        raise ModelLoadError(
+            f"{folder}/config.json describes a model of at least {least:,} parameters ({depth} "
+            f"layers, hidden {hidden}, MLP {inter}, vocabulary {vocab}), but its weights hold "
+            f"{num_params:,}: fix config.json to match the weights"
+        )
 
 
 def _window(config: dict[str, Any]) -> int | None:
