@@ -57,6 +57,12 @@ def excerpt(text: object, limit: int = EXCERPT) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+def nesting(exc: Exception) -> object:
+    """Return what to say of a parse error: a RecursionError (a file of lists in lists,
+    thousands deep) says so, any other error is itself."""
+    return "nested too deeply to read" if isinstance(exc, RecursionError) else exc
+
+
 def os_error_line(exc: OSError, filename: str | None = None) -> str:
     """Return an OSError (a full disk, an I/O error) as one line with what to do about it.
 

@@ -250,6 +250,10 @@ def _parse_json(text: str, path: Path) -> Recipe:
     """
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise ConfigError(
+            f"recipe {path} nests lists or mappings too deeply to read; write a flat recipe"
+        ) from None
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"recipe {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column "

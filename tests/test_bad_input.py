@@ -427,6 +427,9 @@ def test_a_binary_or_huge_recipe_is_refused(ws, capsys):
     (ws / "comma.json").write_text(data[:-1] + ",}")
     words = "recipe " + str(ws / "comma.json") + " is not valid JSON (Expecting property name"
     cli_refuses(ws, ["merge", str(ws / "comma.json"), "--out", str(ws / "o")], words, capsys)
+    (ws / "deep.json").write_text('{"model_a": ' + "[" * 5000 + "]" * 5000 + "}")
+    words = "nests lists or mappings too deeply to read"  # a RecursionError's traceback before
+    cli_refuses(ws, ["merge", str(ws / "deep.json"), "--out", str(ws / "o")], words, capsys)
     (ws / "good.json").write_text(json.dumps(recipe(ws), indent="\t"))  # tabs: JSON, not YAML
     assert main(["merge", str(ws / "good.json"), "--out", str(ws / "o")]) == 0
 

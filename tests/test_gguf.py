@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import re
+import struct
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,16 @@ def test_truncated_gguf_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=words) as info:
         gguf_folder(cut, cache=tmp_path / "never")
     assert "\n" not in str(info.value) and not (tmp_path / "never").exists()
+
+
+def test_arrays_nested_thousands_deep_are_one_line(tmp_path: Path) -> None:
+    key = b"general.x"
+    head = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
+    nested = struct.pack("<I", 9) + struct.pack("<IQ", 9, 1) * 5000  # arrays of arrays ...
+    (tmp_path / "deep.gguf").write_bytes(head + nested + struct.pack("<IQI", 4, 1, 7))
+    with pytest.raises(ModelLoadError, match="arrays nested more than 16 deep") as info:
+        gguf_header(tmp_path / "deep.gguf")  # a RecursionError before
+    assert "\n" not in str(info.value)
 
 
 def test_a_gguf_file_without_one_of_its_tensors_is_refused(tmp_path: Path) -> None:

@@ -194,6 +194,12 @@ def test_a_header_nested_thousands_deep_is_one_line(tmp_path: Path) -> None:
         read_safetensors_header(bad)
 
 
+def test_a_config_nested_thousands_deep_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ModelLoadError, match=r"config.json is not valid JSON \(nested too deep"):
+        inspect_model(tmp_path)
+
+
 def test_a_weight_stored_as_integers_is_refused(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 

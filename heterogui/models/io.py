@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from heterogui.errors import ModelLoadError, excerpt
+from heterogui.errors import ModelLoadError, excerpt, nesting
 from heterogui.folders import atomic_output
 from heterogui.models.family import Head, Network, config_from_dict, config_to_dict, family_of
 from heterogui.models.headers import read_safetensors_header
@@ -107,9 +107,9 @@ def read_config(folder: str | Path) -> dict[str, Any]:
         raise ModelLoadError(f"{str(folder)!r} has no {CONFIG_FILE}; it is not a model folder")
     try:
         data = json.loads(path.read_text("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ModelLoadError(
-            f"{path} is not valid JSON ({excerpt(exc, 80)}); re-export the model"
+            f"{path} is not valid JSON ({excerpt(nesting(exc), 80)}); re-export the model"
         ) from exc
     if not isinstance(data, dict):
         raise ModelLoadError(

@@ -130,10 +130,19 @@ def _scalar_formats(endian: str) -> dict[int, struct.Struct]:
     return {int(k): struct.Struct(endian + c) for k, c in codes.items()}
 
 
-def _read_value(cur: _Cursor, vtype: int, scalars: dict[int, struct.Struct], keep: bool) -> Any:
+# arrays of arrays deeper than this are no model's metadata (a crafted file nested thousands
+# deep ended in a RecursionError)
+_MAX_NESTING = 16
+
+
+def _read_value(
+    cur: _Cursor, vtype: int, scalars: dict[int, struct.Struct], keep: bool, depth: int = 0
+) -> Any:
     """Read one value of GGUF type `vtype`; arrays not worth keeping come back as None."""
     from gguf import GGUFValueType as V
 
+    if depth > _MAX_NESTING:
+        raise cur.corrupt(f"arrays nested more than {_MAX_NESTING} deep")
     if vtype in scalars:
         return cur.unpack(scalars[vtype])
     if vtype == V.STRING:
@@ -157,7 +166,7 @@ def _read_value(cur: _Cursor, vtype: int, scalars: dict[int, struct.Struct], kee
                 cur.skip_string()
             return None
         return [cur.string() for _ in range(count)]
-    return [_read_value(cur, item_type, scalars, keep) for _ in range(count)]  # nested arrays
+    return [_read_value(cur, item_type, scalars, keep, depth + 1) for _ in range(count)]
 
 
 def _refuse_non_gguf(path: Path) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heterogui.errors import ModelLoadError, excerpt
+from heterogui.errors import ModelLoadError, excerpt, nesting
 from heterogui.models.headers import FLOAT_DTYPES, read_safetensors_header
 from heterogui.models.hf.common import refuse_pickles
 from heterogui.sources.vocab import vocab_hash
@@ -139,9 +139,9 @@ def index_shards(index: Path) -> list[Path]:
     """
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ModelLoadError(
-            f"{index} is not a valid safetensors index ({excerpt(exc, 120)}); {_RESAVE}"
+            f"{index} is not a valid safetensors index ({excerpt(nesting(exc), 120)}); {_RESAVE}"
         ) from exc
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
@@ -326,8 +326,10 @@ def _read_config(folder: Path) -> dict[str, Any]:
         )
     try:
         return json.loads(config_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ModelLoadError(f"{config_path} is not valid JSON ({exc}); fix or re-save it") from exc
+    except (ValueError, RecursionError) as exc:
+        raise ModelLoadError(
+            f"{config_path} is not valid JSON ({nesting(exc)}); fix or re-save it"
+        ) from exc
 
 
 # the token embedding's weight in BERT, Llama-style decoders and GPT-2 (rows: the vocabulary)

@@ -26,7 +26,7 @@ def vocab_tokens(path: Path) -> list[str] | None:
     try:
         data = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
         vocab = data["model"]["vocab"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
     if isinstance(vocab, dict):
         by_id = {int(i): t for t, i in vocab.items()}

@@ -58,7 +58,7 @@ def folder_config(path: str | Path) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(config.read_text("utf-8"))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
