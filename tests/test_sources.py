@@ -79,6 +79,24 @@ def test_an_upload_becomes_a_folder_of_its_own(tmp_path):
     assert not (tmp_path / "escape.txt").exists()
     left = sorted(p.name for p in tmp_path.iterdir())  # the refused upload left nothing behind
     assert left == sorted(["evil.zip", "mlp", folder.parent.name])
+    # archives zipfile cannot unpack here: one line each, without the server's folders
+    long_name = tmp_path / "long.zip"
+    with zipfile.ZipFile(long_name, "w") as zf:
+        zf.writestr("x" * 300, "x")
+    packed = tmp_path / "method.zip"
+    with zipfile.ZipFile(packed, "w") as zf:
+        zf.writestr("config.json", "{}")
+    data = bytearray(packed.read_bytes())
+    central = data.find(b"PK\x01\x02")  # the central directory's entry, then the local one
+    data[central + 10 : central + 12] = data[8:10] = (99).to_bytes(2, "little")  # method 99
+    packed.write_bytes(bytes(data))
+    for archive, words in (
+        (long_name, "which cannot be unpacked here"),
+        (packed, "cannot be unpacked"),
+    ):
+        with pytest.raises(ModelLoadError, match=words) as refused:
+            receive([str(archive)], tmp_path)
+        assert str(tmp_path) not in str(refused.value).replace(str(archive), "")
 
 
 def _tiny_bert(folder, seed, shard_size=None):

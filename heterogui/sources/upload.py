@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from heterogui.cache import cache_dir
-from heterogui.errors import HeteroguiError, ModelLoadError
+from heterogui.errors import HeteroguiError, ModelLoadError, excerpt
 from heterogui.folders import remove_path
 from heterogui.models.io import file_sha256
 
@@ -198,9 +198,21 @@ def _extract(archive: Path, folder: Path) -> None:
                         f"{archive.name} holds {member.filename!r} twice, or as a file and a "
                         "folder; upload an archive made by the workbench's export"
                     ) from exc
+                except OSError as exc:  # a name too long for the file system, say: its
+                    # message would show the server's own folder
+                    raise ModelLoadError(
+                        f"{archive.name} holds {excerpt(repr(member.filename), 80)}, which cannot "
+                        f"be unpacked here ({excerpt(exc.strerror or exc, 60)}); upload an "
+                        "archive made by the workbench's export"
+                    ) from exc
                 written.add(parts)
     except zipfile.BadZipFile as exc:
         raise ModelLoadError(f"{archive.name} is not a valid .zip archive ({exc})") from exc
+    except (RuntimeError, NotImplementedError) as exc:  # encrypted, or an unknown compression
+        raise ModelLoadError(
+            f"{archive.name} cannot be unpacked ({excerpt(exc, 80)}): upload an archive without "
+            "a password, made by the workbench's export or a plain zip"
+        ) from exc
 
 
 def _common_root(members: list[zipfile.ZipInfo]) -> tuple[str, ...]:
