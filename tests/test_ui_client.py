@@ -45,6 +45,24 @@ def call(client: Client, api: str, *args):
     return out[0], out[1], out[2:]
 
 
+def test_requests_that_name_another_host_are_refused(url):
+    """DNS rebinding: a page the user visits points a name of its own at 127.0.0.1; its
+    requests carry that name, and the app refuses them."""
+    import urllib.error
+    import urllib.request
+
+    port = url.rstrip("/").rsplit(":", 1)[1]
+    for host, code in ((f"127.0.0.1:{port}", 200), (f"localhost:{port}", 200)):
+        request = urllib.request.Request(f"{url}gradio_api/info", headers={"Host": host})
+        assert urllib.request.urlopen(request, timeout=30).status == code
+    request = urllib.request.Request(
+        f"{url}gradio_api/info", headers={"Host": f"rebind.example:{port}"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 400
+
+
 def test_the_whole_flow_over_the_api(url, tmp_path):
     client = Client(url, verbose=False)
     status, summary, _ = call(client, "/start")
