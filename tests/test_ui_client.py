@@ -61,6 +61,16 @@ def test_requests_that_name_another_host_are_refused(url):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 400
+    # a page of another site posting to the real address (an upload is a plain form post)
+    for origin, code in (("http://evil.example", 403), ("null", 403)):
+        form = urllib.request.Request(
+            f"{url}gradio_api/upload", data=b"", method="POST", headers={"Origin": origin}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(form, timeout=30)
+        assert refused.value.code == code
+    page = urllib.request.Request(f"{url}gradio_api/info", headers={"Origin": url.rstrip("/")})
+    assert urllib.request.urlopen(page, timeout=30).status == 200  # the app's own page
 
 
 def test_the_whole_flow_over_the_api(url, tmp_path):

@@ -22,8 +22,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
-from starlette.middleware import Middleware  # noqa: E402
-from starlette.middleware.trustedhost import TrustedHostMiddleware  # noqa: E402
 
 from heterogui.cache import cache_path, make_folder  # noqa: E402
 from heterogui.errors import ConfigError  # noqa: E402
@@ -31,6 +29,7 @@ from heterogui.folders import why_not_writable  # noqa: E402
 from heterogui.ui import tab_models  # noqa: E402
 from heterogui.ui.events import SessionLocks, event_function  # noqa: E402
 from heterogui.ui.figstyle import DARK_CSS, STATUS_CSS  # noqa: E402
+from heterogui.ui.local_only import local_only  # noqa: E402
 from heterogui.ui.prefetch import Prefetcher  # noqa: E402
 from heterogui.ui.resources import Resources  # noqa: E402
 from heterogui.ui.session import Session  # noqa: E402
@@ -252,12 +251,9 @@ def launch(
     block: wait until the server stops (Ctrl+C); else return at once (tests).
     """
     demo.queue(default_concurrency_limit=concurrency)
-    # served to this machine only: requests must name it too. A web page the user visits can
-    # point a name of its own at 127.0.0.1 (DNS rebinding) and drive the app (load any folder,
-    # write exports); its requests carry that name in their Host header and get a 400.
-    local = [Middleware(TrustedHostMiddleware, allowed_hosts=[*LOCAL_NAMES, host])]
     _, url, _ = demo.launch(
-        app_kwargs={"middleware": local} if is_loopback(host) else None,
+        # served to this machine only: to its own pages and clients too (ui.local_only)
+        app_kwargs={"middleware": local_only(host)} if is_loopback(host) else None,
         server_name=host,
         server_port=port,
         share=False,
@@ -277,10 +273,6 @@ def launch(
     if block:
         demo.block_thread()
     return url
-
-
-# the Host headers a browser or client on this machine sends to a server on a loopback address
-LOCAL_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 def check_export_root(root: Path) -> None:
