@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -425,6 +426,7 @@ def test_serving_beyond_this_machine_without_a_login_is_warned_about(
     monkeypatch.setattr(app, "check_address", lambda host, port: None)  # any host here
     monkeypatch.setattr(app, "build_app", lambda res: "page")
     monkeypatch.setattr(app, "launch", lambda *args: served.append(args))
+    monkeypatch.setattr(app, "exit_on_terminate", lambda: None)  # not in the test process
     threads = torch.get_num_threads()  # the app sets torch's threads: keep them
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # restored afterwards
     with caplog.at_level(logging.WARNING, logger="heterogui.ui.app"):
@@ -493,7 +495,12 @@ def test_heterogui_app_says_where_it_serves(tmp_path):
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "heterogui", "app", "--port", str(port), "--threads", "1"]
     command += ["--export-root", str(tmp_path / "exports")]
-    app = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stale = tmp_path / "cache" / "sessions" / ".tmp-999999999-0123abcd-x"  # a killed app's
+    stale.mkdir(parents=True)
+    env = os.environ | {"HETEROGUI_CACHE": str(tmp_path / "cache")}
+    app = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     watchdog = threading.Timer(120, app.kill)  # a silent, hung app ends the read below
     watchdog.start()
     try:
@@ -502,12 +509,14 @@ def test_heterogui_app_says_where_it_serves(tmp_path):
             lines.append(line)
             if "running on" in line or len(lines) > 50:
                 break
+        app.terminate()  # SIGTERM: ends as Ctrl-C does (the sessions' files removed)
+        assert app.wait(timeout=60) == 128 + signal.SIGTERM
     finally:
         watchdog.cancel()
         app.kill()
         app.wait(timeout=30)
     assert f"heterogui workbench running on http://127.0.0.1:{port}/" in "".join(lines), lines
-    assert (tmp_path / "exports").is_dir()
+    assert (tmp_path / "exports").is_dir() and not stale.exists()
 
 
 def test_report_has_metrics_when_the_recipe_names_labelled_data(tmp_path):

@@ -13,7 +13,9 @@ import errno
 import ipaddress
 import logging
 import os
+import signal
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from heterogui.ui.figstyle import DARK_CSS, STATUS_CSS  # noqa: E402
 from heterogui.ui.local_only import local_only  # noqa: E402
 from heterogui.ui.prefetch import Prefetcher  # noqa: E402
 from heterogui.ui.resources import Resources  # noqa: E402
-from heterogui.ui.session import Session  # noqa: E402
+from heterogui.ui.session import Session, remove_stale_sessions  # noqa: E402
 from heterogui.ui.views import SCOPES, TABS, views_of  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -322,6 +324,8 @@ def main(
         raise ConfigError(f"unknown demo pair {pair!r}: use one of {', '.join(pairs)}")
     check_export_root(res.export_root)
     use_own_upload_folder()
+    remove_stale_sessions()  # what apps killed before left in the cache
+    exit_on_terminate()
     torch.set_num_threads(threads or default_threads())
     log.info("torch CPU threads: %d", torch.get_num_threads())
     log.info("exports are written below %s", res.export_root)
@@ -361,6 +365,13 @@ def use_own_upload_folder() -> Path:
         raise ConfigError(f"cannot write in {what} {folder} ({why_not_writable(folder)}); {fix}")
     os.environ["GRADIO_TEMP_DIR"] = str(folder)
     return folder
+
+
+def exit_on_terminate() -> None:
+    """Make SIGTERM (a service manager, kill) end the app as Ctrl-C does: the sessions' files
+    are removed (atexit), where the signal's default left them; the exit status stays 143."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
 
 def check_address(host: str, port: int | None) -> None:

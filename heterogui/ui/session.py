@@ -9,6 +9,7 @@ shared ``Resources`` (zoo models, prepared demo pairs) are never modified in pla
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import tempfile
 import uuid
@@ -16,11 +17,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from heterogui.cache import cache_dir, cache_path
 from heterogui.config import DataRef
 from heterogui.errors import Cancelled
+from heterogui.folders import process_alive
 from heterogui.pipeline import MergeResult, Prepared, ZipSettings
 from heterogui.sources.base import Loaded, Pair
 from heterogui.tasks import Calibration, Evaluation, Task, task_of
+
+SESSIONS = "sessions"  # the cache folder of the workbench's sessions' files
+
+
+def remove_stale_sessions() -> None:
+    """Remove the session folders of workbench processes that have died (killed, say)."""
+    root = cache_path(SESSIONS)
+    for item in root.glob(".tmp-*-*") if root.is_dir() else ():
+        pid = item.name.split("-")[1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(item, ignore_errors=True)
 
 
 @dataclass
@@ -112,7 +126,11 @@ class Session:
         """Return (and make, once) this session's folder for uploads and the .zip downloads of
         its exports; ``remove_files`` deletes it."""
         if self.workdir is None or not Path(self.workdir).is_dir():
-            self.workdir = tempfile.mkdtemp(prefix=f"heterogui-{self.sid}-")
+            # in the cache (where the README says uploads go; a 2 GB upload filled /tmp), named
+            # with the app's process id: what a killed app left, the next one removes
+            # (``remove_stale_sessions``)
+            root = cache_dir(SESSIONS)
+            self.workdir = tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-{self.sid}-", dir=root)
             atexit.register(shutil.rmtree, self.workdir, ignore_errors=True)  # app stopped
         return Path(self.workdir)
 
