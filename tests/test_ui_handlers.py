@@ -131,6 +131,19 @@ def test_alignment_modes_and_a_hand_edited_mapping(session, res):
     assert f"{session.prepared.alignment.score:.3f}" in view["align_score"]
 
 
+def test_a_mode_that_places_the_layers_alike_keeps_the_merge(session, res, tmp_path):
+    tab_align.on_mode(session, res, "sma", None)
+    merge(session, res, rho=0.5)
+    merged = session.result
+    same = json.dumps(session.prepared.alignment.mapping())
+    tab_align.on_mode(session, res, "manual", same)  # the same placement, another mode
+    assert session.prepared.alignment.mode == "manual" and session.result is merged
+    message, _ = tab_export.on_export(session, res, str(tmp_path / "out"), False)
+    assert "It holds merge #" in message  # not refused as made before the alignment changed
+    recipe = yaml.safe_load((tmp_path / "out" / "recipe.yaml").read_text())
+    assert recipe["alignment"]["mode"] == "sma"  # the merge's own, which repeats it
+
+
 def test_switching_back_to_an_alignment_reuses_its_statistics(session, res, monkeypatch):
     first = session.prepared
     assert first.alignment.mode == "sma"
