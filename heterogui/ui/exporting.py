@@ -31,7 +31,7 @@ from heterogui.report import merge_report
 from heterogui.sizes import merge_size, reference_sizes
 from heterogui.sources.upload import as_uploaded, check_still_there
 from heterogui.text_input import typed_path
-from heterogui.ui import history, work
+from heterogui.ui import history, labels, work
 from heterogui.ui.export_guard import ExportGuard
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
@@ -77,9 +77,10 @@ def unmerged_settings(session: Session) -> str:
         return ""
     want = resolved_settings(result.prepared.net_a, session.settings)
     return ", ".join(
-        f"{f.name} {getattr(want, f.name)}"
+        f"{f.name} {labels.FUSION_NAMES.get(value, value) if f.name == 'fusion' else value}"
         for f in dataclasses.fields(want)
-        if f.name != "kept_heads" and getattr(want, f.name) != getattr(result.settings, f.name)
+        if f.name != "kept_heads"
+        and (value := getattr(want, f.name)) != getattr(result.settings, f.name)
     )
 
 
