@@ -646,6 +646,13 @@ def test_a_text_model_without_its_tokenizer_is_refused(tmp_path):
         load(str(tmp_path / "bert"))
 
 
+def test_a_device_given_as_a_model_folder_is_not_said_to_be_missing():
+    from heterogui.sources.registry import load
+
+    with pytest.raises(ModelLoadError, match="'/dev/null' is not a folder; a model is a folder"):
+        load("/dev/null")
+
+
 def test_a_hub_id_when_the_hub_is_off_says_so():
     from heterogui.run import load_pair
 

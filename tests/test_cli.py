@@ -412,6 +412,7 @@ def test_the_version_is_the_package_s(capsys):
         ("0.0.0.0", "me:secret", False),
         ("127.0.0.1", None, False),
         ("localhost", None, False),
+        ("127.1", None, False),  # IPv4's short form of 127.0.0.1
         ("::1", None, False),
     ],
 )

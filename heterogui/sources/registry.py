@@ -72,6 +72,8 @@ def find_source(ref: str) -> Source:
             f"model folder {text!r} does not exist, and hub ids name their owner "
             f"(openai-community/gpt2, google-bert/bert-base-uncased); give {FORMS}"
         )
+    if path.exists():  # a device or a pipe (/dev/zero): there, but no folder
+        raise ModelLoadError(f"{text!r} is not a folder; a model is a folder: give {FORMS}")
     raise ModelLoadError(f"model folder {text!r} does not exist; give {FORMS}")
 
 

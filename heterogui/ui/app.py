@@ -410,5 +410,9 @@ def is_loopback(host: str) -> bool:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to any address
+    except ValueError:
+        pass
+    try:  # IPv4's short forms ("127.1"), which the server binds as 127.0.0.1
+        return socket.inet_aton(host)[0] == 127
+    except OSError:  # a host name: it may resolve to any address
         return False
