@@ -178,17 +178,16 @@ def with_measure(prepared: Prepared, measure: str, progress: Progress | None = N
     if measure not in prepared.similarities:
         report = progress or (lambda _stage, _frac: None)
         nets, batches, device = (prepared.net_a, prepared.net_b), prepared.batches, prepared.device
+        step = lambda f: report("similarity", f)  # noqa: E731
         if "bn_similarity" in prepared.timings:
             # the analysis's CKA came from its BatchNorm pass (train-mode BatchNorm): so does
             # this one, as ``prepare`` computes it, or a recipe would not repeat the alignment.
             # The pass re-estimates the same statistics from the same batches.
             similarity = similarities_while_reestimating(
-                nets, batches, device, measure, progress=lambda f: report("similarity", f)
+                nets, batches, device, measure, progress=step
             )[0]
         else:
-            similarity = layer_similarity(
-                *nets, batches, device, progress=lambda f: report("similarity", f), measure=measure
-            )
+            similarity = layer_similarity(*nets, batches, device, progress=step, measure=measure)
         prepared.similarities[measure] = similarity
     return replace(prepared, measure=measure)
 

@@ -33,8 +33,7 @@ NAME_MAX = 255  # bytes in one file or folder name (Linux, macOS and Windows fil
 TEMP_ROOM = 32  # what the temporary siblings add to a name: ".NAME.tmp-PID-XXXXXXXX"
 
 
-def process_alive(pid: int) -> bool:
-    """Return whether process ``pid`` is running (another user's too)."""
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -51,7 +50,7 @@ def clean_stale(target: Path) -> None:
     for item in target.parent.glob(f".{target.name}.*-*-*"):
         kind, _, rest = item.name[len(target.name) + 2 :].partition("-")
         pid = rest.split("-", 1)[0]
-        if kind in ("tmp", "old") and pid.isdigit() and not process_alive(int(pid)):
+        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
             remove_path(item)
 
 

@@ -496,7 +496,7 @@ def test_heterogui_app_says_where_it_serves(tmp_path):
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "heterogui", "app", "--port", str(port), "--threads", "1"]
     command += ["--export-root", str(tmp_path / "exports")]
-    stale = tmp_path / "cache" / "sessions" / ".tmp-999999999-0123abcd-x"  # a killed app's
+    stale = tmp_path / "cache" / "sessions" / ".session.tmp-999999999-0123abcd-x"  # a killed app's
     stale.mkdir(parents=True)
     env = os.environ | {"HETEROGUI_CACHE": str(tmp_path / "cache")}
     app = subprocess.Popen(

@@ -38,14 +38,22 @@ _REMEMBERED: dict[tuple[str, int, int, int, int], str] = {}
 def file_sha256(path: str | Path) -> str:
     """Return the hex sha256 of a file's bytes."""
     info = os.stat(path)
-    key = (os.path.realpath(path), info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-    if info.st_size >= REMEMBERED_HASH_BYTES and key in _REMEMBERED:
-        return _REMEMBERED[key]
+    key = None
+    if info.st_size >= REMEMBERED_HASH_BYTES:
+        key = (
+            os.path.realpath(path),
+            info.st_ino,
+            info.st_size,
+            info.st_mtime_ns,
+            info.st_ctime_ns,
+        )
+        if key in _REMEMBERED:
+            return _REMEMBERED[key]
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    if info.st_size >= REMEMBERED_HASH_BYTES:
+    if key is not None:
         if len(_REMEMBERED) >= 64:
             _REMEMBERED.clear()
         _REMEMBERED[key] = digest.hexdigest()

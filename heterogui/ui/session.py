@@ -20,21 +20,20 @@ from typing import Any
 from heterogui.cache import cache_dir, cache_path
 from heterogui.config import DataRef
 from heterogui.errors import Cancelled
-from heterogui.folders import process_alive
+from heterogui.folders import clean_stale
 from heterogui.pipeline import MergeResult, Prepared, ZipSettings
 from heterogui.sources.base import Loaded, Pair
 from heterogui.tasks import Calibration, Evaluation, Task, task_of
 
-SESSIONS = "sessions"  # the cache folder of the workbench's sessions' files
+# where the workbench's sessions keep their files: temporary siblings of this name in the
+# cache, named with the app's process id, so that ``folders.clean_stale`` removes a killed
+# app's as it removes a killed build's
+SESSION_FILES = ("sessions", "session")
 
 
 def remove_stale_sessions() -> None:
     """Remove the session folders of workbench processes that have died (killed, say)."""
-    root = cache_path(SESSIONS)
-    for item in root.glob(".tmp-*-*") if root.is_dir() else ():
-        pid = item.name.split("-")[1]
-        if pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(item, ignore_errors=True)
+    clean_stale(cache_path(*SESSION_FILES))
 
 
 @dataclass
@@ -129,8 +128,9 @@ class Session:
             # in the cache (where the README says uploads go; a 2 GB upload filled /tmp), named
             # with the app's process id: what a killed app left, the next one removes
             # (``remove_stale_sessions``)
-            root = cache_dir(SESSIONS)
-            self.workdir = tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-{self.sid}-", dir=root)
+            root, name = cache_dir(SESSION_FILES[0]), SESSION_FILES[1]
+            prefix = f".{name}.tmp-{os.getpid()}-{self.sid}-"
+            self.workdir = tempfile.mkdtemp(prefix=prefix, dir=root)
             atexit.register(shutil.rmtree, self.workdir, ignore_errors=True)  # app stopped
         return Path(self.workdir)
 
