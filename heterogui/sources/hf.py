@@ -37,7 +37,7 @@ from heterogui.sources.base import (
     Loaded,
     Source,
 )
-from heterogui.sources.preflight import index_shards, inspect_model
+from heterogui.sources.preflight import index_shards, inspect_model, sizes
 
 MINILM_PREFIX = "minilm:"
 
@@ -163,10 +163,10 @@ class HFSource(Source):
             ModelLoadError: missing files or weights, or no tokenizer for a text model.
         """
         folder = self.folder(ref)
-        if not folder.is_dir():
-            _check_hub(ref)
         if folder.is_dir():  # headers only, first: a config far larger than its weights (a
-            inspect_model(folder)  # width of 10^7 in a 5 MB folder) allocated gigabytes
+            sizes(folder)  # width of 10^7 in a 5 MB folder) allocated gigabytes
+        else:
+            _check_hub(ref)
         kind = model_type(folder) if folder.is_dir() else "bert"
         tokenizer = any((folder / name).is_file() for name in TOKENIZER_FILES)
         if kind != "vit" and folder.is_dir() and not tokenizer:

@@ -177,12 +177,31 @@ def _positions(config: dict[str, Any]) -> int | None:
     return None
 
 
-def inspect_model(path: str | Path) -> ModelCard:
-    """Describe a local Hugging Face folder from config.json and safetensors headers only.
+@dataclass(frozen=True)
+class Sizes:
+    """What config.json and the safetensors headers say of a folder's sizes (``sizes``)."""
+
+    folder: Path
+    config: dict[str, Any]
+    files: list[Path]
+    num_params: int
+    dtypes: set[str]
+    model_type: str
+    family: str
+    hidden: int
+    heads: int
+    depth: int
+    inter: int
+
+
+def sizes(path: str | Path) -> Sizes:
+    """Return a local Hugging Face folder's sizes from config.json and safetensors headers only,
+    refusing a config.json that describes a model far larger than its weights (before
+    transformers builds it: ``_check_size``).
 
     Raises:
         ModelLoadError: the folder or config.json is missing or unreadable, weights are not in
-            safetensors, or a safetensors header is corrupt.
+            safetensors, a safetensors header is corrupt, or the sizes disagree.
     """
     folder = Path(path).expanduser()
     config = _read_config(folder)
@@ -195,32 +214,56 @@ def inspect_model(path: str | Path) -> ModelCard:
     depth = int(_pick(config, "depth", folder))
     inter = _intermediate(config, family, hidden, folder)
     _check_size(config, folder, num_params, depth, hidden, inter)
-    shape = {"depth": depth, "hidden": hidden, "intermediate": inter, "num_params": num_params}
+    return Sizes(
+        folder, config, files, num_params, dtypes, model_type, family, hidden, heads, depth, inter
+    )
+
+
+def inspect_model(path: str | Path) -> ModelCard:
+    """Describe a local Hugging Face folder from config.json and safetensors headers only.
+
+    Raises:
+        ModelLoadError: as ``sizes``.
+    """
+    found = sizes(path)
+    folder, config, family, hidden, heads = (
+        found.folder,
+        found.config,
+        found.family,
+        found.hidden,
+        found.heads,
+    )
+    shape = {
+        "depth": found.depth,
+        "hidden": hidden,
+        "intermediate": found.inter,
+        "num_params": found.num_params,
+    }
     mem, secs = estimate_merge(shape, shape, config.get("vocab_size"), config.get("vocab_size"))
     return ModelCard(
         path=folder,
         family=family,
-        model_type=model_type,
-        depth=depth,
+        model_type=found.model_type,
+        depth=found.depth,
         hidden=hidden,
         heads=heads,
         head_dim=int(config.get("head_dim") or hidden // heads),
-        intermediate=inter,
+        intermediate=found.inter,
         vocab_size=int(config["vocab_size"]) if config.get("vocab_size") is not None else None,
         max_positions=_positions(config),
         type_vocab_size=config.get("type_vocab_size"),
         norm=_NORM.get(family, "unknown"),
         activation=str(_pick(config, "activation", folder)),
-        num_params=num_params,
-        dtypes=tuple(sorted(dtypes)),
-        file_bytes=sum(f.stat().st_size for f in files),
+        num_params=found.num_params,
+        dtypes=tuple(sorted(found.dtypes)),
+        file_bytes=sum(f.stat().st_size for f in found.files),
         est_merge_bytes=mem,
         est_merge_seconds=secs,
         vocab_hash=vocab_hash(folder),
         kv_heads=int(config.get("num_key_value_heads") or heads) if family == "decoder" else None,
         rope=_rope(config) if family in ROTARY_FAMILIES else None,
         norm_eps=next((config[k] for k in NORM_EPS_FIELDS if k in config), None),
-        window=_window(config) if model_type == "mistral" else None,
+        window=_window(config) if found.model_type == "mistral" else None,
         **{field: config.get(field) for field in VISION_FIELDS},
     )
 
