@@ -62,6 +62,7 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
         checked_batches,
         checked_settings,
         refuse_meta,
+        widened,
     )
     from heterogui.models.hf.instances import network_of
     from heterogui.pair_check import check_pair
@@ -69,7 +70,7 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
 
     refuse_meta(model_a, "model A")
     refuse_meta(model_b, "model B")
-    net_a, net_b = network_of(model_a, "model A"), network_of(model_b, "model B")
+    net_a, net_b = widened((network_of(model_a, "model A"), network_of(model_b, "model B")))
     check_pair(net_a, net_b)  # incompatible models are not refused as bad data below
     check_networks((net_a, net_b))
     settings = checked_settings(options.pop("settings", None))

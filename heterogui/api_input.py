@@ -7,6 +7,7 @@ mistake reads as the mistake and not as a torch traceback half-way through a mer
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +28,8 @@ from heterogui.tasks.images import check_inputs
 from heterogui.zip.plan import ZipSettings
 
 FUSION_DTYPES = (torch.float32, torch.float64)
+# the dtypes the Python API widens to float32 (``widened``)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def checked_batches(nets: Sequence[Network], batches: Any) -> list[Any]:
@@ -48,6 +51,7 @@ def checked_batches(nets: Sequence[Network], batches: Any) -> list[Any]:
         raise ConfigError("give calibration batches: a list of input batches, at least one")
     if getattr(nets[0].config, "vocab_size", None) is None:  # an image processor's output
         batches = [_pixels(batch) for batch in batches]
+    batches = [widened_input(batch) for batch in batches]
     named = [
         dataclasses.replace(net, label=f"model {model_key(k).upper()}")
         if net.label == "model"
@@ -66,6 +70,33 @@ def checked_batches(nets: Sequence[Network], batches: Any) -> list[Any]:
                 _check_token_batch(net, batch)
         _check_size(batch, k, len(batches))
     return list(batches)
+
+
+def widened(nets: Sequence[Network]) -> list[Network]:
+    """Return ``nets`` with 16-bit floating weights widened to float32, as copies (the caller's
+    networks stay as they are).
+
+    Statistics over half-precision features move matchings (docs/method.md sec. 6); models
+    loaded from files, and Hugging Face models handed over in memory, are widened so too. An
+    export writes the dtype asked for.
+    """
+    out = []
+    for net in nets:
+        tensors = (*net.module.parameters(), *net.module.buffers())
+        if any(t.dtype in HALF_DTYPES for t in tensors):
+            net = dataclasses.replace(net, module=copy.deepcopy(net.module).float())
+        out.append(net)
+    return out
+
+
+def widened_input(batch: Any) -> Any:
+    """Return a batch whose 16-bit float tensors are float32 (to meet ``widened`` networks);
+    other tensors (token ids, float32 or float64 inputs) as they are."""
+    if isinstance(batch, torch.Tensor):
+        return batch.float() if batch.dtype in HALF_DTYPES else batch
+    if isinstance(batch, Mapping):
+        return {k: widened_input(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return batch
 
 
 def check_networks(nets: Sequence[Network]) -> None:

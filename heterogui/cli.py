@@ -18,6 +18,7 @@ from heterogui.cli_app import add_app_arguments, app_options
 from heterogui.cli_args import thread_count
 from heterogui.cli_bench import add_bench_arguments
 from heterogui.cli_zoo import add_zoo_arguments
+from heterogui.config import EXPORT_DTYPES
 from heterogui.errors import MESSAGE_LIMIT, HeteroguiError, excerpt, os_error_line
 from heterogui.folders import check_output
 from heterogui.recipe_parse import load_recipe
@@ -50,7 +51,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
         done = run.merge(recipe, progress=_progress if args.verbose and writer else None)
         if not writer:
             return 0
-        run_export.export(done, out, overwrite=args.overwrite, fmt=args.format)
+        run_export.export(
+            done, out, overwrite=args.overwrite, fmt=args.format, dtype=args.export_dtype
+        )
         args.written = out  # a Ctrl-C from here on comes after the folder is complete
     finally:
         distributed.shutdown()
@@ -64,7 +67,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if done.report.get("alarms"):
         summary["alarms"] = done.report["alarms"]
     print(readable_json(summary))
-    print(f"wrote {out}")
+    weights = run_export.export_dtype(done.pair, args.export_dtype, recipe.dtype)
+    print(f"wrote {out} ({weights.name} weights)")
     return 0
 
 
@@ -109,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="output format (default: the models' own: Hugging Face folders for Hugging Face "
         "models, else a heterogui folder; a merge of three or more models: heterogui only)",
+    )
+    merge.add_argument(
+        "--export-dtype",
+        choices=EXPORT_DTYPES,
+        default="auto",
+        help="the dtype of the written weights (default auto: the dtype the models are stored "
+        "in, float16 models give a float16 folder; float32 when they differ or are quantized)",
     )
     merge.add_argument(
         "--threads",

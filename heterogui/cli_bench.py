@@ -140,6 +140,11 @@ def _check_pair_options(options: dict) -> None:
         if wrong or (least is not None and value < least):
             want = {bool: "true or false", str: "a string"}.get(kind, f"a whole number >= {least}")
             raise ConfigError(f"speed-pair option {key!r} must be {want}, got {value!r}")
+    if "threads" in options:
+        try:
+            thread_count(str(options["threads"]))
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"speed-pair option 'threads': {exc}") from None
     if "device" in options:
         try:
             device_name(options["device"])

@@ -27,6 +27,9 @@ ALIGN_MODES = ("sma", "lma", "lma_first", "lma_similar", "uniform", "head", "hea
 SIMILARITY_MEASURES = ("auto", "outputs", "updates")
 MATCHER_NAMES = ("zip", "zip_naive", "permute", "average")
 DTYPES = ("float32", "float64")
+# the dtypes an export writes weights in on request ("auto": the models' own, as stored:
+# ``run_export.export_dtype``)
+EXPORT_DTYPES = ("auto", "float32", "float16", "bfloat16")
 OVERRIDE_TYPES = {
     "width": int,
     "rho": float,

@@ -37,6 +37,7 @@ from heterogui.api_input import (
     check_networks,
     checked_batches,
     checked_settings,
+    widened,
 )
 from heterogui.config import DEFAULT_FUSION, FUSIONS, check_fusion
 from heterogui.errors import ConfigError, IncompatibleModelsError
@@ -396,6 +397,7 @@ def merge_group(
                 "merge_group takes heterogui networks (zoo or heterogui folders: "
                 "heterogui.run.load_pair(...).a.net, or heterogui.models.io.load_network)"
             )
+    nets = widened(nets)
     check_networks(nets)
     check_engine_options({"dtype": dtype, **options}, prepare_group)
     settings = checked_settings(settings)

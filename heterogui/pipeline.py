@@ -82,7 +82,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but CUDA is not available: use cpu/auto")
+        raise ConfigError(
+            f"device {str(device)!r} asked for, but CUDA is not available: use cpu/auto"
+        )
     return dev
 
 

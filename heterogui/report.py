@@ -16,7 +16,13 @@ from heterogui.config import Recipe
 from heterogui.errors import ExportError, ModelLoadError
 from heterogui.export.card import bars_svg, class_ranges, heatmap_svg, model_card
 from heterogui.export.hf_heads import card_use
-from heterogui.export.job import HETEROGUI_FORMAT, HF_BERT_FORMAT, HF_VIT_FORMAT, OR_HETEROGUI
+from heterogui.export.job import (
+    HETEROGUI_FORMAT,
+    HF_BERT_FORMAT,
+    HF_VIT_FORMAT,
+    OR_HETEROGUI,
+    WeightsDtype,
+)
 from heterogui.export.registry import exporter
 from heterogui.fusion.bn import has_batch_norm
 from heterogui.fusion.merged import network_config
@@ -376,18 +382,21 @@ def card_files(
     fmt: str,
     default_format: bool = True,
     relative: Sequence[str] = (),
+    weights: WeightsDtype | None = None,
 ) -> dict[str, str]:
     """Return the model card (README.md, in output format ``fmt``) and its SVG figures.
 
     default_format: whether ``fmt`` is the one a merge of these models is written in without
     --format (else the card's rerun command names it). relative: the recipe's relative paths
-    (its rerun runs from the folder the merge ran in).
+    (its rerun runs from the folder the merge ran in). weights: the dtype the weights are
+    written in (a note, and the rerun command's flag when it was asked for).
     """
     prep = result.prepared
     facts = card_facts(result, pair, task, scores)
     facts["relative_inputs"] = list(relative)
     facts["not_one_network"] = not_one_network(result, fmt)
     facts["rerun_flags"] = ("" if default_format else f" --format {fmt}") + rerun_threads(prep)
+    with_weights_dtype(facts, weights)
     if fmt in (HF_BERT_FORMAT, HF_VIT_FORMAT):
         facts["classify"] = card_use(result.model)
     files = {"README.md": model_card(facts, fmt)}
@@ -514,6 +523,13 @@ def group_card_facts(
     }
 
 
+def with_weights_dtype(facts: dict[str, Any], weights: WeightsDtype | None) -> None:
+    """Add the dtype an export writes (``weights``, None: none said) to a card's facts."""
+    if weights is not None:
+        facts["notes"] = [*facts.get("notes", ()), weights.note]
+        facts["rerun_flags"] = facts.get("rerun_flags", "") + weights.flag
+
+
 def rerun_threads(prep: Any) -> str:
     """Return the rerun command's --threads flag: the CPU splits float sums by thread, so a
     merge on the CPU repeats bit for bit at the thread count it ran with (``torch_threads``)."""
@@ -526,13 +542,15 @@ def group_card_files(
     task: Task,
     scores: dict[str, Any] | None,
     relative: Sequence[str] = (),
+    weights: WeightsDtype | None = None,
 ) -> dict[str, str]:
-    """Return the model card (README.md) of an N-way merge and its widths figure (relative:
-    as ``card_files``)."""
+    """Return the model card (README.md) of an N-way merge and its widths figure (relative,
+    weights: as ``card_files``)."""
     facts = group_card_facts(result, pair, task, scores) | {
         "relative_inputs": list(relative),
         "rerun_flags": rerun_threads(result.prepared),
     }
+    with_weights_dtype(facts, weights)
     files = {"README.md": model_card(facts)}
     series: dict[str, list[float]] = {model_key(k).upper(): [] for k in range(len(pair.models))}
     series["merged"] = []

@@ -114,6 +114,13 @@ def check_hash(ref: ModelRef, loaded: Loaded) -> None:
         ConfigError: the weights, or the config and tokenizer files beside them, changed since
             the recipe was written.
     """
+    if ref.sha256 and ref.sha256 != loaded.sha256 and loaded.source == "zoo":
+        raise ConfigError(
+            f"{ref.path} as this heterogui trains it is not the model the recipe records "
+            f"(sha256 {(loaded.sha256 or 'none')[:12]}... against {ref.sha256[:12]}...: "
+            "another version trained it): run the recipe with the heterogui that recorded it, "
+            "or remove its sha256 to merge this one"
+        )
     if ref.sha256 and ref.sha256 != loaded.sha256:
         raise ConfigError(
             f"the weights of {ref.path} changed: sha256 {(loaded.sha256 or 'none')[:12]}... but "
@@ -123,6 +130,15 @@ def check_hash(ref: ModelRef, loaded: Loaded) -> None:
     if ref.files_sha256 and ref.files_sha256 not in (
         (files_sha256(folder), files_sha256(folder, legacy=True)) if folder is not None else ()
     ):
+        if loaded.source == "zoo" and ref.sha256 == loaded.sha256:
+            # heterogui writes a zoo model's config.json from the zoo's registry, and older
+            # versions hashed its training time with it: the same weights are the same model
+            log.warning(
+                "%s: the recipe's files_sha256 was recorded by an older heterogui, which "
+                "hashed the zoo's training time; the weights are the recorded ones",
+                ref.path,
+            )
+            return
         present = [name for name in MODEL_FILES if folder is not None and (folder / name).is_file()]
         raise ConfigError(
             f"the config or tokenizer files of {ref.path} changed ({', '.join(present)}): the "
@@ -175,6 +191,9 @@ def load_pair(
             reasons = "; ".join(verdict.reasons)  # the pre-flight names the second model B
             which = f"model {letter} against model A: " if k > 1 else ""
             raise IncompatibleModelsError(which + reasons.replace("model B", f"model {letter}"))
+    for ref in refs:
+        if ref.sha256:
+            sources.check_recorded(ref.path, ref.sha256)
     pooling = transformer.pooling if transformer is not None else None
     loaded = [sources.load(r.path, pooling=pooling, device=device) for r in refs]
     for ref, item in zip(refs, loaded, strict=True):

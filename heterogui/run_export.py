@@ -12,10 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from heterogui import run_group
-from heterogui.config import Recipe
+from heterogui.config import EXPORT_DTYPES, Recipe
 from heterogui.datasets.refs import text_limit
 from heterogui.errors import ConfigError, ExportError
-from heterogui.export.job import HETEROGUI_FORMAT, OR_HETEROGUI, Exporter, ExportJob
+from heterogui.export.job import (
+    HETEROGUI_FORMAT,
+    OR_HETEROGUI,
+    Exporter,
+    ExportJob,
+    WeightsDtype,
+)
 from heterogui.export.registry import exporter, write_export
 from heterogui.fusion.merged import MergedModel
 from heterogui.nway import GroupMergeResult
@@ -56,17 +62,54 @@ def fitting_format(pair: Pair, model: MergedModel) -> tuple[str, str | None]:
     return own, None
 
 
+def export_dtype(pair: Pair, asked: str = "auto", computed: str = "float32") -> WeightsDtype:
+    """Return the dtype an export writes the merge's weights in, and why.
+
+    asked: one of ``EXPORT_DTYPES``; "auto": the dtype every model is stored in
+    (``Loaded.stored_dtype``: float16 models give a float16 merge), else (the models' dtypes
+    differ, or one is quantized) float32. computed: the dtype the merge was computed in (the
+    recipe's dtype).
+
+    Raises:
+        ConfigError: an unknown dtype.
+    """
+    if asked not in EXPORT_DTYPES:
+        raise ConfigError(
+            f"export dtype {asked!r} is unknown; use one of {', '.join(EXPORT_DTYPES)}"
+        )
+    rounded = f"the merge and its scores were computed in {computed}"
+    if asked != "auto":
+        return WeightsDtype(asked, f"as asked ({rounded})", asked=True)
+    stored = [m.stored_dtype for m in pair.models]
+    every = "both" if len(stored) == 2 else "all"
+    if stored[0] is not None and len(set(stored)) == 1:
+        name = stored[0]
+        return WeightsDtype(name, f"the dtype {every} source models are stored in ({rounded})")
+    kinds = ", ".join(
+        f"{m.name}: {d or 'quantized or FP8'}" for m, d in zip(pair.models, stored, strict=True)
+    )
+    return WeightsDtype(
+        "float32",
+        f"as the source models are not stored in one float dtype ({kinds}); {rounded}",
+    )
+
+
 def export(
-    run: RunResult, out: str | Path, overwrite: bool = False, fmt: str | None = None
+    run: RunResult,
+    out: str | Path,
+    overwrite: bool = False,
+    fmt: str | None = None,
+    dtype: str = "auto",
 ) -> Path:
     """Write a merge to the new folder ``out`` (atomically) in ``fmt`` (None: the one that fits,
-    ``fitting_format``: the pair's own, else heterogui's, with a warning that says why).
+    ``fitting_format``: the pair's own, else heterogui's, with a warning that says why), its
+    weights in ``dtype`` (one of ``EXPORT_DTYPES``; "auto": ``export_dtype``).
 
     A merge of three or more models is written in the heterogui format only.
 
     Raises:
-        ConfigError: not a run's result, an unknown format, or another than heterogui for
-            three or more models.
+        ConfigError: not a run's result, an unknown format or dtype, or another format than
+            heterogui for three or more models.
         ExportError: the format cannot hold this merge, ``out`` exists, or writing failed.
     """
     if not all(hasattr(run, k) for k in ("result", "recipe", "report", "pair")):
@@ -77,10 +120,11 @@ def export(
         )
     if fmt is not None:
         exporter(fmt)  # an unknown format: refused before anything is written
+    weights = export_dtype(run.pair, dtype, run.recipe.dtype)
     if isinstance(run.result, GroupMergeResult):
         fmt = run_group.check_format(fmt)
         card = group_card_files(
-            run.result, run.pair, run.task, run.scores, relative_inputs(run.recipe)
+            run.result, run.pair, run.task, run.scores, relative_inputs(run.recipe), weights
         )
     else:
         fitting, why = fitting_format(run.pair, run.result.model)
@@ -96,17 +140,20 @@ def export(
             fmt,
             fmt == fitting,
             relative_inputs(run.recipe),
+            weights,
         )
     inputs = [*model_folders(run.pair), *data_files(run.recipe)]
     job = ExportJob(
         run.result.model,
         run.recipe,
-        {**run.report, "format": fmt},  # a rerun of recipe.yaml writes it again with --format
+        # a rerun of recipe.yaml writes it again with --format and --export-dtype
+        {**run.report, "format": fmt, "weights_dtype": weights.name},
         card,
         run.pair.a.folder,
         getattr(run.pair.a.net.config, "pooling", None),
         text_limit(run.pair.a.tokenizer) if run.pair.a.tokenizer is not None else None,
         tuple(m.labels for m in run.pair.models),
+        weights.torch_dtype,
     )
     return write_export(job, out, fmt, overwrite, inputs)
 

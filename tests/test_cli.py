@@ -669,6 +669,7 @@ def test_a_number_out_of_range_is_refused_in_one_line(args, words, capsys):
         ('{"pair": "resnet", "inputs": -3}', "option 'inputs' must be a whole number >= 4"),
         ('{"pair": "resnet", "inputs": "x"}', "option 'inputs' must be a whole number >= 4"),
         ('{"pair": "resnet", "threads": 0}', "option 'threads' must be a whole number >= 1"),
+        ('{"pair": "resnet", "threads": 100000}', "option 'threads': '100000' is not a number"),
         ('{"pair": "resnet", "quick": 1}', "option 'quick' must be true or false, got 1"),
         ('{"pair": "resnet", "bogus": 1}', "unknown keys ['bogus']; known: ['pair', 'quick'"),
         ('{"pair": "resnet", "device": "gpu"}', "option 'device': device 'gpu' is unknown"),

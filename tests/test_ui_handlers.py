@@ -26,6 +26,7 @@ from heterogui.cache import cache_path
 from heterogui.config import DEFAULT_RIDGE
 from heterogui.errors import AlignmentError, Cancelled, ConfigError, ExportError, HeteroguiError
 from heterogui.models.family import build_network
+from heterogui.models.headers import read_safetensors_header
 from heterogui.models.io import save_network
 from heterogui.models.resnet import cifar_resnet
 from heterogui.sources import registry
@@ -839,6 +840,20 @@ def test_an_export_right_after_a_release_scores_the_merge_first(session, res, tm
     assert "(heterogui format)" in message and "It holds merge #2." in message
     assert "settings changed since that merge (rho 0.9, fusion average)" in message
     assert yaml.safe_load((tmp_path / "again" / "recipe.yaml").read_text())["zip"]["rho"] == 0.5
+
+
+def test_the_export_writes_the_weights_dtype_chosen(session, res, tmp_path):
+    merge(session, res)
+    views = tab_export.render(session, res)
+    assert views["export_dtype"]["choices"][0] == ("auto (float32)", "auto")  # zoo: float32
+    message, _ = tab_export.on_export(session, res, str(tmp_path / "half"), False, None, "bfloat16")
+    assert "Weights: stored in bfloat16, as asked" in message
+    header = read_safetensors_header(tmp_path / "half" / "model.safetensors")
+    assert {v["dtype"] for v in header.values() if v["dtype"] != "I64"} == {"BF16"}
+    report = json.loads((tmp_path / "half" / "report.json").read_text())
+    assert report["weights_dtype"] == "bfloat16"
+    message, _ = tab_export.on_export(session, res, str(tmp_path / "auto"), False)
+    assert "Weights: stored in float32, the dtype both source models are stored in" in message
 
 
 def test_importing_a_bad_recipe_says_why(session, res):

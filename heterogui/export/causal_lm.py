@@ -16,6 +16,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
+
 from heterogui.errors import ExportError, ModelLoadError
 from heterogui.export.hf import PADDED_NOTE
 from heterogui.export.job import (
@@ -90,6 +92,7 @@ class CausalLMExporter(Exporter):
         model = (
             gpt2_lm(network) if isinstance(network.config, GPT2NetConfig) else causal_lm(network)
         )
+        model = model.to(job.dtype or torch.float32)
         with quiet_transformers():
             model.save_pretrained(folder, safe_serialization=True)
         source = job.source_folder

@@ -41,6 +41,7 @@ from heterogui.export.job import (
     UNMERGE_FILE,
     Exporter,
     ExportJob,
+    as_stored,
     copy_present,
 )
 from heterogui.fusion.merged import MergedModel
@@ -157,16 +158,19 @@ def bert_config(config: BertNetConfig, heads: int, intermediate: int) -> dict[st
     }
 
 
-def unmerge_tensors(model: MergedModel) -> dict[str, torch.Tensor]:
-    """Return the unmerge matrices and, for classifiers, both heads."""
+def unmerge_tensors(
+    model: MergedModel, dtype: torch.dtype = torch.float32
+) -> dict[str, torch.Tensor]:
+    """Return the unmerge matrices and, for classifiers, both heads (floats in ``dtype``, the
+    dtype of the folder's weights)."""
     out = {
-        "unmerge_a": model.unmerge_a.detach().cpu().float().contiguous(),
-        "unmerge_b": model.unmerge_b.detach().cpu().float().contiguous(),
+        "unmerge_a": model.unmerge_a.detach().cpu(),
+        "unmerge_b": model.unmerge_b.detach().cpu(),
     }
     for m, tail in enumerate(model.tails):
         for key, value in tail.state_dict().items():
-            out[f"head_{'ab'[m]}.{key.split('.', 1)[1]}"] = value.detach().cpu().contiguous()
-    return out
+            out[f"head_{'ab'[m]}.{key.split('.', 1)[1]}"] = value.detach().cpu()
+    return {k: as_stored(v, dtype).contiguous() for k, v in out.items()}
 
 
 def vit_config(config: ViTNetConfig, heads: int, intermediate: int) -> dict[str, Any]:
@@ -230,10 +234,12 @@ POOLER_NOTE = (
 
 def write_transformer(hf: Any, job: ExportJob, folder: Path) -> None:
     """Write a transformers model, the unmerge file, the tokenizer and the side files."""
+    dtype = job.dtype or torch.float32
+    hf = hf.to(dtype)
     with quiet_transformers():  # its "Writing model shards" bar: the export is one stage
         hf.save_pretrained(folder, safe_serialization=True)
     save_file(
-        unmerge_tensors(job.model),
+        unmerge_tensors(job.model, dtype),
         str(folder / UNMERGE_FILE),
         metadata={"format": "heterogui-unmerge"},
     )

@@ -109,6 +109,7 @@ def write_heads(
         with torch.random.fork_rng(devices=[]):
             classifier = getattr(transformers, _CLASSIFIER[family])(config)
         classifier.load_state_dict(state, strict=True)
+        classifier = classifier.to(hf.dtype)  # the dtype the trunk was written in
         sub = folder / head_folder(m)
         with quiet_transformers():
             classifier.save_pretrained(sub, safe_serialization=True)

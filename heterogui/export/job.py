@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from heterogui.config import Recipe
 from heterogui.errors import ExportError
 from heterogui.export.card import with_folder_size
@@ -38,6 +40,34 @@ UNMERGE_FILE = "unmerge.safetensors"
 OR_HETEROGUI = " or write the heterogui format, which holds partial merges"
 
 
+@dataclass(frozen=True)
+class WeightsDtype:
+    """The dtype an export writes the merged weights in, and why (report.json and the card).
+
+    name: a torch dtype name ("bfloat16"); why: the reason, a clause; asked: chosen by the user
+    (the card's rerun command then names it).
+    """
+
+    name: str
+    why: str
+    asked: bool = False
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """Return the torch dtype."""
+        return getattr(torch, self.name)
+
+    @property
+    def flag(self) -> str:
+        """Return the rerun command's --export-dtype flag ("" for the default choice)."""
+        return f" --export-dtype {self.name}" if self.asked else ""
+
+    @property
+    def note(self) -> str:
+        """Return the model card's sentence."""
+        return f"Weights: stored in {self.name}, {self.why}."
+
+
 @dataclass
 class ExportJob:
     """A merge to write.
@@ -49,6 +79,8 @@ class ExportJob:
     text_limit: the most tokens heterogui gave a text of this merge (``datasets.refs.text_limit``
     of model A's tokenizer; None: no limit, or no text model).
     labels: per model, a classifier's label names (``Loaded.labels``; None: none known).
+    dtype: the dtype the weights are written in (None: as computed; the Hugging Face formats
+    then write float32).
     """
 
     model: MergedModel
@@ -59,6 +91,7 @@ class ExportJob:
     pooling: str | None = None
     text_limit: int | None = None
     labels: tuple[tuple[str, ...] | None, ...] = ()
+    dtype: torch.dtype | None = None
 
     def write_side_files(self, folder: Path, note: str | None = None) -> None:
         """Write recipe.yaml, report.json and the card files into ``folder``.
@@ -81,6 +114,13 @@ class ExportJob:
             (folder / REPORT_FILE).write_text(readable_json(report, sort_keys=True))
         for name, text in card.items():
             (folder / name).write_text(text)
+
+
+def as_stored(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """Return ``tensor`` in ``dtype`` when it holds floats (None: as it is)."""
+    if dtype is None or not tensor.is_floating_point():
+        return tensor
+    return tensor.to(dtype)
 
 
 def copy_present(names: Iterable[str], source: Path | None, folder: Path) -> None:

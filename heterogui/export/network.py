@@ -11,18 +11,29 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import save_file
 
 from heterogui.config import Recipe
-from heterogui.export.job import HETEROGUI_FORMAT, Exporter, ExportJob
+from heterogui.export.job import HETEROGUI_FORMAT, Exporter, ExportJob, as_stored
 from heterogui.folders import atomic_output
 from heterogui.fusion.merged import MergedModel
 from heterogui.models.io import CONFIG_FILE, WEIGHTS_FILE
 
 
-def write_merged(model: MergedModel, folder: Path, recipe: Recipe | None = None) -> None:
-    """Write the weights (with the recipe in their metadata) and config.json into ``folder``."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+def write_merged(
+    model: MergedModel,
+    folder: Path,
+    recipe: Recipe | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Write the weights (with the recipe in their metadata) and config.json into ``folder``.
+
+    dtype: the floating tensors' dtype in the file (None: as computed).
+    """
+    state = {
+        k: as_stored(v.detach().cpu(), dtype).contiguous() for k, v in model.state_dict().items()
+    }
     # One metadata key: safetensors writes several in a random order, and a recorded recipe
     # must give a byte-identical file (config.json already says the folder is a merge).
     metadata = {"recipe": recipe.to_json()} if recipe is not None else {"format": "heterogui"}
@@ -43,7 +54,7 @@ class NetworkExporter(Exporter):
 
     def write(self, job: ExportJob, folder: Path) -> None:
         """Write weights, config, recipe, report and card."""
-        write_merged(job.model, folder, job.recipe)
+        write_merged(job.model, folder, job.recipe, job.dtype)
         job.write_side_files(folder)
 
 

@@ -7,7 +7,10 @@ never read, so checking a checkpoint's shapes costs milliseconds whatever its si
 from __future__ import annotations
 
 import json
+import math
 import struct
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,27 @@ _MAX_HEADER = 100_000_000  # the safetensors format's own limit on the JSON head
 
 
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
+# the stored dtypes an export can write again (safetensors name -> torch name); FP8 weights
+# have no torch arithmetic of their own here: an export of them is written in float32
+TORCH_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def stored_dtype(paths: Iterable[str | Path]) -> str | None:
+    """Return the torch name of the dtype that holds most floating numbers of the safetensors
+    files ``paths`` ("float16" for a float16 model whose norms were kept in float32), from
+    their headers; None: no floating tensor, or FP8 weights.
+
+    Raises:
+        ModelLoadError: see ``read_safetensors_header``.
+    """
+    counts: Counter[str] = Counter()
+    for path in paths:
+        for info in read_safetensors_header(path).values():
+            if info["dtype"] in FLOAT_DTYPES:
+                counts[info["dtype"]] += math.prod(info["shape"])
+    if not counts:
+        return None
+    return TORCH_DTYPE_NAMES.get(counts.most_common(1)[0][0])
 
 
 def read_safetensors_header(path: str | Path) -> dict[str, Any]:

@@ -37,6 +37,9 @@ class Loaded:
     note: what anyone shown this model must know about its weights (a GGUF file's are
     dequantized), else None.
     labels: a classifier's label names in output order (its config's id2label), else None.
+    stored_dtype: the torch dtype its weights are stored in ("float32", "float16", "bfloat16",
+    "float64"), which an export of its merges keeps (``run_export.export_dtype``); None:
+    quantized or FP8 weights, or not known (an export writes float32).
     """
 
     net: Network
@@ -51,6 +54,7 @@ class Loaded:
     export_format: str = HETEROGUI_FORMAT
     note: str | None = None
     labels: tuple[str, ...] | None = None
+    stored_dtype: str | None = "float32"
 
 
 def fit_tokenizer(loaded: Loaded) -> None:
@@ -103,6 +107,11 @@ class Source(ABC):
     @abstractmethod
     def load(self, ref: str, *, pooling: str | None = None, device: str = "cpu") -> Loaded:
         """Load ``ref``; pooling: how a text embedding model pools (None: its default)."""
+
+    def check_recorded(self, ref: str, sha256: str) -> None:
+        """Refuse, before ``load``, a model a recipe records by ``sha256`` that loading would
+        build over (a source that builds its models); the others load as they are."""
+        return None  # loading builds nothing over a recorded model
 
 
 def model_key(index: int) -> str:

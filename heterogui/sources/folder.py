@@ -23,6 +23,7 @@ from heterogui.fusion.merged import (
     network_config,
 )
 from heterogui.models.family import family_of
+from heterogui.models.headers import stored_dtype
 from heterogui.models.io import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -143,7 +144,16 @@ class HeteroguiFolderSource(Source):
         else:
             net = load_network(folder, device)
         sha = file_sha256(folder / WEIGHTS_FILE)
-        return Loaded(net, ref, KINDS[kind], folder.name, sha, IMAGE_CLASSIFICATION, folder=folder)
+        return Loaded(
+            net,
+            ref,
+            KINDS[kind],
+            folder.name,
+            sha,
+            IMAGE_CLASSIFICATION,
+            folder=folder,
+            stored_dtype=stored_dtype([folder / WEIGHTS_FILE]),
+        )
 
 
 # the Hugging Face formats of text models: a heterogui folder holds no tokenizer, so their merges

@@ -19,7 +19,14 @@ from heterogui.export.job import HF_CAUSAL_LM_FORMAT
 from heterogui.models.hf.common import folder_config
 from heterogui.models.hf.decoder_io import load_decoder
 from heterogui.sources.base import LANGUAGE_MODELING, Header, Loaded, Source
-from heterogui.sources.gguf_files import gguf_folder, gguf_note, smollm2_gguf
+from heterogui.sources.gguf_files import (
+    FLOAT_FILE_TYPES,
+    conversion_note,
+    gguf_folder,
+    gguf_note,
+    quantized_bits,
+    smollm2_gguf,
+)
 from heterogui.sources.gguf_header import GGUFHeader, gguf_header
 from heterogui.sources.hf import untied_note
 from heterogui.sources.preflight import ModelCard, estimate_merge
@@ -104,15 +111,17 @@ class GGUFSource(Source):
         return path
 
     def name(self, ref: str, header: GGUFHeader) -> str:
-        """Return a display name that says the weights are dequantized."""
+        """Return a display name that says the file type (and that quantized weights are
+        dequantized)."""
         base = BUILT_IN_NAMES[ref] if ref in BUILT_IN else Path(ref).stem
-        return f"{base} ({header.quantization} GGUF, dequantized)"
+        dequantized = ", dequantized" if quantized_bits(header.quantization) else ""
+        return f"{base} ({header.quantization} GGUF{dequantized})"
 
     def describe(self, ref: str) -> Header:
         """Return the header card of the file (metadata only)."""
         header = gguf_header(self.file(ref))
         card = gguf_card(header)
-        note = f"{header.quantization} GGUF file: these weights are a dequantized model"
+        note = conversion_note(header.quantization)
         return Header(
             ref,
             self.name(ref, header),
@@ -146,4 +155,5 @@ class GGUFSource(Source):
                 n for n in (gguf_note(folder), untied_note(folder_config(folder), net)) if n
             )
             or None,
+            stored_dtype=FLOAT_FILE_TYPES.get(header.quantization),
         )

@@ -81,9 +81,18 @@ def smollm2_gguf() -> Path:
     )
 
 
-def _note(quantization: str) -> str:
+# GGUF file types whose weights are plain floats (their merges are written in that dtype again)
+FLOAT_FILE_TYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def quantized_bits(quantization: str) -> re.Match[str] | None:
+    """Return the match of a quantized GGUF file type's bits ("Q4_1": 4), else None."""
+    return re.match(r"^(?:I|T)?Q(\d)", quantization)
+
+
+def conversion_note(quantization: str) -> str:
     """The sentence the app shows next to a model converted from a GGUF file."""
-    bits = re.match(r"^(?:I|T)?Q(\d)", quantization)
+    bits = quantized_bits(quantization)
     if bits:
         return (
             f"dequantized from a {quantization} GGUF file: these weights are a dequantized "
@@ -167,7 +176,7 @@ def gguf_folder(path: Path, cache: Path | None = None) -> Path:
             "gguf_file": path.name,
             "architecture": header.architecture,
             "quantization": header.quantization,
-            "note": _note(header.quantization),
+            "note": conversion_note(header.quantization),
             "max_abs_logit_diff": diff,
             "build_seconds": round(seconds, 3),
             **entry_record(tmp),

@@ -22,6 +22,7 @@ from typing import Any
 from heterogui.datasets.text_tasks import label_id
 from heterogui.errors import ConfigError, ModelLoadError
 from heterogui.export.job import HF_BERT_FORMAT, HF_CAUSAL_LM_FORMAT, HF_VIT_FORMAT
+from heterogui.models.headers import stored_dtype
 from heterogui.models.hf.bert_io import load_bert
 from heterogui.models.hf.common import folder_config
 from heterogui.models.hf.decoder_io import load_decoder
@@ -163,8 +164,11 @@ class HFSource(Source):
             ModelLoadError: missing files or weights, or no tokenizer for a text model.
         """
         folder = self.folder(ref)
-        if folder.is_dir():  # headers only, first: a config far larger than its weights (a
-            sizes(folder)  # width of 10^7 in a 5 MB folder) allocated gigabytes
+        stored = "float32"  # a hub model: as transformers gives it
+        if folder.is_dir():
+            # headers only, first: a config far larger than its weights (a width of 10^7 in a
+            # 5 MB folder) allocated gigabytes
+            stored = stored_dtype(sizes(folder).files)
         else:
             _check_hub(ref)
         kind = model_type(folder) if folder.is_dir() else "bert"
@@ -198,6 +202,7 @@ class HFSource(Source):
             export_format=export_format,
             labels=names,
             note=untied_note(data, net) if folder.is_dir() else None,
+            stored_dtype=stored,
         )
 
 

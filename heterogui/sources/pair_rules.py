@@ -161,7 +161,8 @@ def check_pair(card_a: ModelCard, card_b: ModelCard) -> Verdict:
         )
     if card_a.dtypes != card_b.dtypes:
         notes.append(
-            f"dtypes differ ({card_a.dtypes} vs {card_b.dtypes}): the merge runs in float32"
+            f"dtypes differ ({', '.join(card_a.dtypes)} vs {', '.join(card_b.dtypes)}): the "
+            "merge runs in float32"
         )
     if not reasons:
         shape = [

@@ -88,6 +88,15 @@ def load(ref: str, *, pooling: str | None = None, device: str = "cpu") -> Loaded
     return loaded
 
 
+def check_recorded(ref: str, sha256: str) -> None:
+    """Refuse a recorded model (``sha256``) that loading ``ref`` would build over.
+
+    Raises:
+        ConfigError: see the source's ``check_recorded``.
+    """
+    find_source(ref).check_recorded(ref.strip(), sha256)
+
+
 def describe(ref: str) -> Header:
     """Return the header-only facts of ``ref`` (no weights are read).
 

@@ -15,8 +15,8 @@ from heterogui.models.family import family_of
 from heterogui.models.io import WEIGHTS_FILE, file_sha256, load_network
 from heterogui.sources.base import IMAGE_CLASSIFICATION, Header, Loaded, Source
 from heterogui.sources.hf import HFSource
-from heterogui.zoo.pairs import pair_folder
-from heterogui.zoo.registry import pair_spec
+from heterogui.zoo.pairs import outdated_weights_sha256, pair_folder
+from heterogui.zoo.registry import ZOO_VERSION, pair_spec
 
 PREFIX = "zoo:"
 DECODER_PAIR = "decoder-pair"  # the trained decoder pair's name (workbench, heterogui zoo)
@@ -53,6 +53,23 @@ class ZooSource(Source):
     def claims(self, ref: str) -> bool:
         """Return whether ``ref`` starts with ``zoo:``."""
         return ref.startswith(PREFIX)
+
+    def check_recorded(self, ref: str, sha256: str) -> None:
+        """Refuse a recipe's zoo model that the cache holds from an older zoo build, before the
+        load retrains it over the very weights the recipe records.
+
+        Raises:
+            ConfigError: the cached model is the recorded one, and this heterogui trains it
+                otherwise.
+        """
+        name, which = parse_zoo_ref(ref)
+        if outdated_weights_sha256(name, which) == sha256:
+            raise ConfigError(
+                f"{ref} in this cache is the model the recipe records, trained by an older "
+                f"heterogui (this one trains zoo version {ZOO_VERSION} and would replace it): "
+                "run the recipe with the heterogui that recorded it, or remove its sha256 to "
+                "merge the zoo model this heterogui trains"
+            )
 
     def describe(self, ref: str) -> Header:
         """Return the model's family and config from the zoo registry (nothing is built)."""

@@ -160,12 +160,14 @@ def export(
     root: Path,
     overwrite: bool = False,
     fmt: str | None = None,
+    dtype: str | None = None,
     guard: ExportGuard | None = None,
 ) -> Path:
     """Write the merge to a new folder below ``root`` (atomically) in ``fmt``.
 
     overwrite: replace an earlier export of heterogui (never another folder). fmt: one of
     ``formats(session)``, or None / "auto": the format that fits the merge (``fitting_format``).
+    dtype: the weights' dtype (``config.EXPORT_DTYPES``; None: "auto").
     guard: the app's record of the open sessions (``Resources.exports``): the export never
     replaces another open session's export or a folder or file another open session reads.
 
@@ -181,7 +183,7 @@ def export(
     inputs = [*run_export.model_folders(done.pair), *run_export.data_files(done.recipe)]
     with guard.writing(path, session) if guard else contextlib.nullcontext([]) as others:
         check_output(path, overwrite, [*inputs, *others])  # before the card and figures
-        run_export.export(done, path, overwrite=overwrite, fmt=fmt)
+        run_export.export(done, path, overwrite=overwrite, fmt=fmt, dtype=dtype or AUTO)
     session.last_export, session.exported_merge = str(path), session.merge_count
     return path
 

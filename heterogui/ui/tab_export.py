@@ -14,13 +14,21 @@ import plotly.io
 import yaml
 
 from heterogui import run_export
+from heterogui.config import EXPORT_DTYPES
 from heterogui.errors import ConfigError
 from heterogui.report import card_files
 from heterogui.ui import exporting, slides, work
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 
-VIEWS = ("recipe_view", "export_dir", "card_preview", "export_format", "export_info")
+VIEWS = (
+    "recipe_view",
+    "export_dir",
+    "card_preview",
+    "export_format",
+    "export_dtype",
+    "export_info",
+)
 
 
 def build(ui: dict[str, Any], res: Resources) -> None:
@@ -44,6 +52,14 @@ def build(ui: dict[str, Any], res: Resources) -> None:
                     info="auto: the models' own format (a Hugging Face folder for Hugging Face "
                     "models) when it can hold the merge, else heterogui's",
                     elem_id="export-format",
+                )
+                ui["export_dtype"] = gr.Dropdown(
+                    dtype_choices(None),
+                    value=exporting.AUTO,
+                    label="Weights dtype",
+                    info="auto: the dtype the models are stored in (float32 when they differ "
+                    "or are quantized); the merge is computed in float32 either way",
+                    elem_id="export-dtype",
                 )
                 ui["overwrite"] = gr.Checkbox(value=False, label="Overwrite an earlier export")
             ui["export_info"] = gr.Markdown()
@@ -108,12 +124,14 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
             "export_dir": gr.skip(),
             "card_preview": "Merge first.",
             "export_format": gr.update(choices=format_choices(session), value=exporting.AUTO),
+            "export_dtype": gr.update(choices=dtype_choices(None), value=exporting.AUTO),
             "export_info": "Merge first: the output format follows the models.",
         }
     done = exporting.session_run(session)
     fmt, why = exporting.fitting_format(session)
     fmt = fmt or run_export.export_format(done.pair)
-    files = card_files(done.result, done.pair, done.task, done.scores, fmt)
+    weights = run_export.export_dtype(done.pair, exporting.AUTO, done.recipe.dtype)
+    files = card_files(done.result, done.pair, done.task, done.scores, fmt, weights=weights)
     card = with_inline_figures(files.pop("README.md"), files)
     return {
         "recipe_view": yaml.safe_dump(
@@ -126,8 +144,16 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
         else default_folder(session),
         "card_preview": without_front_matter(card),
         "export_format": gr.update(choices=format_choices(session, fmt), value=exporting.AUTO),
+        "export_dtype": gr.update(choices=dtype_choices(weights.name), value=exporting.AUTO),
         "export_info": why,
     }
+
+
+def dtype_choices(auto: str | None) -> list[tuple[str, str]]:
+    """Return the Weights dtype dropdown's (label, value) pairs: auto (naming what it picks,
+    ``auto``; None: not known yet), then every dtype."""
+    label = f"{exporting.AUTO} ({auto})" if auto else exporting.AUTO
+    return [(label, exporting.AUTO)] + [(d, d) for d in EXPORT_DTYPES if d != exporting.AUTO]
 
 
 def format_choices(session: Session, fitting: str | None = None) -> list[tuple[str, str]]:
@@ -157,9 +183,11 @@ def on_export(
     out: str | None,
     overwrite: bool,
     fmt: str | None = None,
+    dtype: str | None = None,
     progress=None,
 ) -> tuple[str, dict[str, Any]]:
-    """Export the current merge (api: /export); fmt: the output format (None, "auto": fitting).
+    """Export the current merge (api: /export); fmt: the output format (None, "auto": fitting);
+    dtype: the weights' dtype (None, "auto": the models' own, ``run_export.export_dtype``).
 
     A merge whose scores are still due (a slider release scores after it shows the merge; over
     the API, /remerge leaves that to the page) is scored first, so that the report and the
@@ -167,12 +195,15 @@ def on_export(
     """
     work.evaluate_pending(session, res, progress)
     path = exporting.export(
-        session, out or "", res.export_root, bool(overwrite), fmt, guard=res.exports
+        session, out or "", res.export_root, bool(overwrite), fmt, dtype, guard=res.exports
     )
     written = exporting.chosen_format(session, fmt)
     files = sorted(p.name for p in Path(path).iterdir())
+    weights = run_export.export_dtype(
+        session.pair, dtype or exporting.AUTO, exporting.session_run(session).recipe.dtype
+    )
     message = f"Exported to `{path}` ({written} format): {', '.join(files)}. "
-    message += f"It holds merge #{session.merge_count}."
+    message += f"It holds merge #{session.merge_count}. {weights.note}"
     moved = exporting.unmerged_settings(session)
     if moved:
         message += (
@@ -249,7 +280,7 @@ def wire(ui: dict[str, Any], on) -> None:
     on(
         ui["export"].click,
         on_export,
-        ["export_dir", "overwrite", "export_format"],
+        ["export_dir", "overwrite", "export_format", "export_dtype"],
         ("export",),
         "export",
         extra=["export_file"],

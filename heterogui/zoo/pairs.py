@@ -26,7 +26,7 @@ from heterogui.cache import cache_dir, cache_path
 from heterogui.errors import ModelLoadError
 from heterogui.folders import remove_path
 from heterogui.models.family import Network, config_to_dict
-from heterogui.models.io import file_sha256, load_network, read_config
+from heterogui.models.io import WEIGHTS_FILE, file_sha256, load_network, read_config
 from heterogui.models.resnet import ResNetConfig
 from heterogui.models.vgg import VGGConfig
 from heterogui.models.vit import ViTNetConfig
@@ -126,6 +126,18 @@ def is_built(name: str) -> bool:
         and meta.get("fingerprint") == pair_fingerprint(spec)
         and all(_model_ok(folder / w, spec, w) for w in spec.letters)
     )
+
+
+def outdated_weights_sha256(name: str, which: str) -> str | None:
+    """Return the sha256 of model ``which`` of pair ``name`` where the cache holds it from
+    another zoo build (the pair is not up to date: loading it retrains it), else None."""
+    if is_built(name):
+        return None
+    weights = cache_path("zoo", pair_spec(name).name) / which / WEIGHTS_FILE
+    try:
+        return file_sha256(weights) if weights.is_file() else None
+    except OSError:
+        return None
 
 
 def _find_built_model(spec: PairSpec, which: str) -> Path | None:
