@@ -43,12 +43,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_stale(target: Path) -> None:
-    """Remove temporary siblings of ``target`` left by writes whose process has died."""
+def clean_stale(target: Path, prefix: str | None = None) -> None:
+    """Remove temporary siblings of ``target`` left by writes whose process has died.
+
+    prefix: the siblings' names before "tmp-PID-" or "old-PID-" (default ".NAME.": what
+    ``atomic_folder`` names them).
+    """
     if not target.parent.is_dir():
         return
-    for item in target.parent.glob(f".{target.name}.*-*-*"):
-        kind, _, rest = item.name[len(target.name) + 2 :].partition("-")
+    prefix = f".{target.name}." if prefix is None else prefix
+    for item in target.parent.glob(f"{prefix}*-*-*"):
+        kind, _, rest = item.name[len(prefix) :].partition("-")
         pid = rest.split("-", 1)[0]
         if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
             remove_path(item)

@@ -498,6 +498,8 @@ def test_heterogui_app_says_where_it_serves(tmp_path):
     command += ["--export-root", str(tmp_path / "exports")]
     stale = tmp_path / "cache" / "sessions" / ".session.tmp-999999999-0123abcd-x"  # a killed app's
     stale.mkdir(parents=True)
+    older = stale.parent / ".tmp-999999999-0123abcd-x"  # as apps before 2026-12-06 named them
+    older.mkdir()
     env = os.environ | {"HETEROGUI_CACHE": str(tmp_path / "cache")}
     app = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
@@ -517,7 +519,7 @@ def test_heterogui_app_says_where_it_serves(tmp_path):
         app.kill()
         app.wait(timeout=30)
     assert f"heterogui workbench running on http://127.0.0.1:{port}/" in "".join(lines), lines
-    assert (tmp_path / "exports").is_dir() and not stale.exists()
+    assert (tmp_path / "exports").is_dir() and not stale.exists() and not older.exists()
 
 
 def test_report_has_metrics_when_the_recipe_names_labelled_data(tmp_path):

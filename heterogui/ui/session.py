@@ -33,7 +33,9 @@ SESSION_FILES = ("sessions", "session")
 
 def remove_stale_sessions() -> None:
     """Remove the session folders of workbench processes that have died (killed, say)."""
-    clean_stale(cache_path(*SESSION_FILES))
+    target = cache_path(*SESSION_FILES)
+    clean_stale(target)
+    clean_stale(target, prefix=".")  # as versions before 2026-12-06 named them (".tmp-PID-...")
 
 
 @dataclass
