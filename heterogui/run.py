@@ -303,9 +303,17 @@ def complete_recipe(
     """
     s = result.settings
     device = base.device if base is not None else str(result.prepared.device)
+    # a hash the base recipe recorded (checked when its models loaded: ``check_hash``) is kept,
+    # in whichever scheme it was written, so that a rerun writes the very same recipe
+    recorded = [r.files_sha256 for r in base.models] if base is not None else []
     refs = [
-        ModelRef(m.ref, m.sha256, files_sha256(m.folder) if m.folder is not None else None)
-        for m in pair.models
+        ModelRef(
+            m.ref,
+            m.sha256,
+            (recorded[k] if k < len(recorded) else None)
+            or (files_sha256(m.folder) if m.folder is not None else None),
+        )
+        for k, m in enumerate(pair.models)
     ]
     base = base or Recipe(refs[0], refs[1])
     families = tuple(m.net.family.name for m in pair.models)

@@ -256,6 +256,9 @@ def test_a_recorded_recipe_refuses_a_model_whose_config_changed(tmp_path, capsys
     assert legacy["model_a"]["files_sha256"] != recorded.model_a.files_sha256
     (tmp_path / "legacy.yaml").write_text(yaml.safe_dump(legacy))
     assert main(["merge", str(tmp_path / "legacy.yaml"), "--out", str(tmp_path / "old")]) == 0
+    # the hash it recorded is kept, so that its rerun writes the same recipe (and weights file)
+    kept = load_recipe(tmp_path / "old" / "recipe.yaml").model_a.files_sha256
+    assert kept == legacy["model_a"]["files_sha256"]
     capsys.readouterr()
     # the weights stay; what they compute may not
     config.write_text(json.dumps(data | {"label": "edited"}))
