@@ -658,8 +658,16 @@ def test_a_merge_queued_behind_a_cancelled_one_is_dropped_too(session, res, monk
     clock[0] += 0.3  # a click after that merges
     assert step(merged) == "Merge #2 done"
     assert "Cancelled" in step(cancelled)
-    clock[0] += events.QUEUED_BEHIND_CANCEL_S + 1  # a fresh click long after a Cancel merges
+    clock[0] += 1.0  # a click a second after the Cancel's answer merges
     assert step(merged) == "Merge #2 done"
+    # a step that reached the server before the cancelled one stopped waited behind it
+    assert "Cancelled" in step(cancelled)
+    clock[0] += 5.0
+    with pytest.raises(Cancelled, match="dropped too"):
+        events.run_step(session, True, lambda: "Merge #3 done", arrived=clock[0] - 5.5)
+    assert events.run_step(session, True, lambda: "Merge #3 done", arrived=clock[0]) == (
+        "Merge #3 done"
+    )
 
 
 def test_bad_data_or_a_cancelled_analysis_keeps_the_analysis_and_the_merge(session, res, tmp_path):

@@ -78,6 +78,8 @@ TAB_TITLES = (
 )
 
 
+# the sessions whose page values Gradio keeps (the least recently used beyond them are dropped)
+STATE_SESSIONS = 100
 DELETE_CACHE = (1800, 3600)  # every half hour, Gradio's copies older than an hour
 
 
@@ -270,6 +272,9 @@ def launch(
         enable_monitoring=False,
         mcp_server=False,
         pwa=False,
+        # Gradio keeps every session's last page values (about 0.3 MB) after it closed, up to
+        # this many sessions: its default of 10,000 let a long demo's memory grow by GBs
+        state_session_capacity=STATE_SESSIONS,
     )
     log.info("heterogui workbench running on %s%s", url, " (login required)" if auth else "")
     if block:
@@ -325,7 +330,7 @@ def main(
     check_export_root(res.export_root)
     use_own_upload_folder()
     remove_stale_sessions()  # what apps killed before left in the cache
-    exit_on_terminate()
+    terminated = exit_on_terminate()
     torch.set_num_threads(threads or default_threads())
     log.info("torch CPU threads: %d", torch.get_num_threads())
     log.info("exports are written below %s", res.export_root)
@@ -335,7 +340,15 @@ def main(
             "from its folders and write exports; add --auth USER:PASSWORD",
             host,
         )
-    launch(build_app(res), host, port, login)
+    demo = build_app(res)
+    try:
+        launch(demo, host, port, login)
+    except KeyboardInterrupt:  # before Gradio's wait for Ctrl-C began (which catches its own)
+        if terminated is None or not terminated.is_set():
+            raise
+        demo.close()  # as that wait does: the server and the copies it served
+    if terminated is not None and terminated.is_set():
+        sys.exit(128 + signal.SIGTERM)
 
 
 def use_own_upload_folder() -> Path:
@@ -367,11 +380,24 @@ def use_own_upload_folder() -> Path:
     return folder
 
 
-def exit_on_terminate() -> None:
-    """Make SIGTERM (a service manager, kill) end the app as Ctrl-C does: the sessions' files
-    are removed (atexit), where the signal's default left them; the exit status stays 143."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+def exit_on_terminate() -> threading.Event | None:
+    """Make SIGTERM (a service manager, kill) end the app as Ctrl-C does, and return the event
+    it sets (None: not the main thread, where no handler can be set).
+
+    The signal raises KeyboardInterrupt in the main thread: Gradio's wait for Ctrl-C then
+    closes its server, which removes the copies of exports it served, and the sessions' files
+    are removed (atexit), where the signal's default left both; the caller exits with 143.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    terminated = threading.Event()
+
+    def stop(_signum: int, _frame: Any) -> None:
+        terminated.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    return terminated
 
 
 def check_address(host: str, port: int | None) -> None:

@@ -88,6 +88,7 @@ def event_function(
         res.exports.seen(session)  # an open session: its exports and inputs are kept from others
         values, progress = args[1 : 1 + n_inputs], args[1 + n_inputs]
         skip = [gr.skip() for _ in names]
+        arrived = time.monotonic()  # before the session's lock: a step queued behind waits
         try:
             with (
                 idle.busy() if idle else contextlib.nullcontext(),
@@ -100,6 +101,7 @@ def event_function(
                     step=lambda: handler(
                         session, res, *values, progress=progress_adapter(progress)
                     ),
+                    arrived=arrived,
                 )
                 message, extra = out if isinstance(out, tuple) else (out, {})
                 views = {**render(session, res, scopes), **extra}
@@ -188,18 +190,30 @@ def event_signature(n_inputs: int) -> inspect.Signature:
     return inspect.Signature(params)
 
 
-# A Merge click or slider release during a step runs after it (trigger_mode always_last): one
-# that starts this soon after a step stopped at a Cancel was queued behind it, and goes too.
-QUEUED_BEHIND_CANCEL_S = 2.0
+# A Merge click or slider release during a step runs after it (trigger_mode always_last: the
+# page sends it as the step's answer arrives): one that starts this soon after a step stopped at
+# a Cancel was queued behind it, and goes too. A click after the "Cancelled" answer was read
+# comes later (before 2026-12-06 the window was 2 s, and such clicks were dropped).
+QUEUED_BEHIND_CANCEL_S = 0.5
 
 
-def run_step(session: Session, heavy: bool, step: Callable[[], Any]) -> Any:
+def run_step(
+    session: Session, heavy: bool, step: Callable[[], Any], arrived: float | None = None
+) -> Any:
     """Run one handler; a heavy step is what Cancel stops (a Cancel pressed before it is void,
-    and a heavy step queued behind the cancelled one is dropped with it)."""
+    and a heavy step queued behind the cancelled one is dropped with it).
+
+    arrived: when the step reached the server (``time.monotonic``; None: as it starts): one
+    that arrived before the cancelled step stopped waited behind it.
+    """
     if not heavy:
         return step()
     stopped, session.cancelled_at = session.cancelled_at, None
-    if stopped is not None and time.monotonic() - stopped < QUEUED_BEHIND_CANCEL_S:
+    now = time.monotonic()
+    queued = stopped is not None and (
+        (arrived is not None and arrived <= stopped) or now - stopped < QUEUED_BEHIND_CANCEL_S
+    )
+    if queued:
         raise Cancelled("the step queued behind the cancelled one was dropped too")
     session.cancel_requested, session.running = False, True
     try:
