@@ -175,3 +175,25 @@ def test_the_cli_reruns_a_recorded_recipe_to_the_same_bfloat16_folder(bf16_run, 
     out = root / "cli-half"
     assert main(["merge", str(recipe), "--out", str(out), "--export-dtype", "float16"]) == 0
     assert dtypes_of(out) == {"F16"}
+
+
+def test_fp8_weights_are_said_to_be_read_as_float32(tmp_path):
+    from transformers import BertTokenizer
+
+    from heterogui.sources.registry import load
+    from tests.conftest import tiny_hf
+
+    folder = tmp_path / "fp8"
+    model = tiny_hf(layers=2)
+    model.save_pretrained(folder)
+    state = load_file(folder / "model.safetensors")
+    low = {
+        k: v.to(torch.float8_e4m3fn) if k.endswith("dense.weight") else v for k, v in state.items()
+    }
+    save_file(low, folder / "model.safetensors", metadata={"format": "pt"})
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "merge"]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    loaded = load(str(folder))
+    assert "its weights are stored in FP8 (F8_E4M3): heterogui reads" in loaded.note
+    assert next(loaded.net.module.parameters()).dtype == torch.float32

@@ -67,6 +67,18 @@ def label_names(id2label: dict[str, Any] | None) -> tuple[str, ...] | None:
     return tuple(str(id2label[k]) for k in sorted(id2label, key=int))
 
 
+def fp8_note(dtypes: set[str]) -> str | None:
+    """Return, for weights stored in FP8 (safetensors F8_E4M3 / F8_E5M2), that heterogui reads
+    them as float32 and writes its merges so; None otherwise."""
+    low = sorted(d for d in dtypes if d.startswith("F8"))
+    if not low:
+        return None
+    return (
+        f"its weights are stored in FP8 ({', '.join(low)}): heterogui reads their 8-bit values "
+        "as float32, and an export of its merges is written in float32"
+    )
+
+
 def untied_note(data: dict[str, Any], net: Any) -> str | None:
     """Return, for a decoder whose folder ties its input embedding and output head, that
     heterogui counts (and merges) them as two matrices; None otherwise.
@@ -164,11 +176,12 @@ class HFSource(Source):
             ModelLoadError: missing files or weights, or no tokenizer for a text model.
         """
         folder = self.folder(ref)
-        stored = "float32"  # a hub model: as transformers gives it
+        stored, low = "float32", None  # a hub model: as transformers gives it
         if folder.is_dir():
             # headers only, first: a config far larger than its weights (a width of 10^7 in a
             # 5 MB folder) allocated gigabytes
-            stored = stored_dtype(sizes(folder).files)
+            sized = sizes(folder)
+            stored, low = stored_dtype(sized.files), fp8_note(sized.dtypes)
         else:
             _check_hub(ref)
         kind = model_type(folder) if folder.is_dir() else "bert"
@@ -190,6 +203,7 @@ class HFSource(Source):
         else:
             names = None
         sha = weights_sha256(folder)
+        notes = (low, untied_note(data, net)) if folder.is_dir() else ()
         return Loaded(
             net,
             ref,
@@ -201,7 +215,7 @@ class HFSource(Source):
             folder=folder if folder.is_dir() else None,
             export_format=export_format,
             labels=names,
-            note=untied_note(data, net) if folder.is_dir() else None,
+            note="; ".join(n for n in notes if n) or None,
             stored_dtype=stored,
         )
 
