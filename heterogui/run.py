@@ -114,23 +114,22 @@ def check_hash(ref: ModelRef, loaded: Loaded) -> None:
         ConfigError: the weights, or the config and tokenizer files beside them, changed since
             the recipe was written.
     """
-    if ref.sha256 and ref.sha256 != loaded.sha256 and loaded.source == "zoo":
+    built = loaded.source == "zoo"  # heterogui trains it: its weights are the model
+    if ref.sha256 and ref.sha256 != loaded.sha256:
+        found, recorded = (loaded.sha256 or "none")[:12], ref.sha256[:12]
         raise ConfigError(
             f"{ref.path} as this heterogui trains it is not the model the recipe records "
-            f"(sha256 {(loaded.sha256 or 'none')[:12]}... against {ref.sha256[:12]}...: "
-            "another version trained it): run the recipe with the heterogui that recorded it, "
-            "or remove its sha256 to merge this one"
-        )
-    if ref.sha256 and ref.sha256 != loaded.sha256:
-        raise ConfigError(
-            f"the weights of {ref.path} changed: sha256 {(loaded.sha256 or 'none')[:12]}... but "
-            f"the recipe records {ref.sha256[:12]}...; restore the model or remove its sha256"
+            f"(sha256 {found}... against {recorded}...: another version trained it): run the "
+            "recipe with the heterogui that recorded it, or remove its sha256 to merge this one"
+            if built
+            else f"the weights of {ref.path} changed: sha256 {found}... but the recipe records "
+            f"{recorded}...; restore the model or remove its sha256"
         )
     folder = loaded.folder
     if ref.files_sha256 and ref.files_sha256 not in (
         (files_sha256(folder), files_sha256(folder, legacy=True)) if folder is not None else ()
     ):
-        if loaded.source == "zoo" and ref.sha256 == loaded.sha256:
+        if built and ref.sha256:
             # heterogui writes a zoo model's config.json from the zoo's registry, and older
             # versions hashed its training time with it: the same weights are the same model
             log.warning(

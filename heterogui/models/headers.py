@@ -10,7 +10,7 @@ import json
 import math
 import struct
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,15 @@ def stored_dtype(paths: Iterable[str | Path]) -> str | None:
         for info in read_safetensors_header(path).values():
             if info["dtype"] in FLOAT_DTYPES:
                 counts[info["dtype"]] += math.prod(info["shape"])
+    return majority_dtype(counts)
+
+
+def majority_dtype(counts: Mapping[str, int]) -> str | None:
+    """Return the torch name of the safetensors dtype that holds the most numbers in ``counts``
+    (dtype -> numbers); None: none, or FP8."""
     if not counts:
         return None
-    return TORCH_DTYPE_NAMES.get(counts.most_common(1)[0][0])
+    return TORCH_DTYPE_NAMES.get(max(counts, key=counts.__getitem__))
 
 
 def read_safetensors_header(path: str | Path) -> dict[str, Any]:

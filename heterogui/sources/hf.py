@@ -16,13 +16,14 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from heterogui.datasets.text_tasks import label_id
 from heterogui.errors import ConfigError, ModelLoadError
 from heterogui.export.job import HF_BERT_FORMAT, HF_CAUSAL_LM_FORMAT, HF_VIT_FORMAT
-from heterogui.models.headers import stored_dtype
+from heterogui.models.headers import majority_dtype
 from heterogui.models.hf.bert_io import load_bert
 from heterogui.models.hf.common import folder_config
 from heterogui.models.hf.decoder_io import load_decoder
@@ -67,7 +68,7 @@ def label_names(id2label: dict[str, Any] | None) -> tuple[str, ...] | None:
     return tuple(str(id2label[k]) for k in sorted(id2label, key=int))
 
 
-def fp8_note(dtypes: set[str]) -> str | None:
+def fp8_note(dtypes: Iterable[str]) -> str | None:
     """Return, for weights stored in FP8 (safetensors F8_E4M3 / F8_E5M2), that heterogui reads
     them as float32 and writes its merges so; None otherwise."""
     low = sorted(d for d in dtypes if d.startswith("F8"))
@@ -181,7 +182,7 @@ class HFSource(Source):
             # headers only, first: a config far larger than its weights (a width of 10^7 in a
             # 5 MB folder) allocated gigabytes
             sized = sizes(folder)
-            stored, low = stored_dtype(sized.files), fp8_note(sized.dtypes)
+            stored, low = majority_dtype(sized.dtypes), fp8_note(sized.dtypes)
         else:
             _check_hub(ref)
         kind = model_type(folder) if folder.is_dir() else "bert"

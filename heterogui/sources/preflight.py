@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,7 +186,7 @@ class Sizes:
     config: dict[str, Any]
     files: list[Path]
     num_params: int
-    dtypes: set[str]
+    dtypes: Counter[str]  # the floating parameters' numbers per safetensors dtype
     model_type: str
     family: str
     hidden: int
@@ -381,18 +382,20 @@ _EMBEDDINGS = ("word_embeddings.weight", "embed_tokens.weight", "wte.weight")
 
 def _float_parameters(
     files: list[Path], vocab_size: Any = None, folder: Path | None = None
-) -> tuple[int, set[str]]:
-    """Return the number of floating parameters in safetensors ``files`` (no buffers), dtypes.
+) -> tuple[int, Counter[str]]:
+    """Return the number of floating parameters in safetensors ``files`` (no buffers), and
+    their numbers per dtype.
 
     Raises:
         ModelLoadError: a token embedding whose rows are not config.json's ``vocab_size``.
     """
-    num_params, dtypes = 0, set()
+    num_params, dtypes = 0, Counter()
     for file in files:
         for name, info in read_safetensors_header(file).items():
             if info["dtype"] in FLOAT_DTYPES and not name.endswith(_BUFFER_SUFFIXES):
-                num_params += math.prod(info["shape"])
-                dtypes.add(info["dtype"])
+                numbers = math.prod(info["shape"])
+                num_params += numbers
+                dtypes[info["dtype"]] += numbers
             rows = info["shape"][0] if info["shape"] else None
             if vocab_size is not None and name.endswith(_EMBEDDINGS) and rows != vocab_size:
                 raise ModelLoadError(
