@@ -98,8 +98,11 @@ def build(ui: dict[str, Any], res: Resources) -> None:
             info="How many inputs the statistics use (more: slower, steadier). Text pairs "
             "start at 64 sentences: MiniLM's feature pass takes ~20 s for 256 on 2 CPU cores; "
             "language pairs at 32 texts",
+            scale=2,  # a narrower slider clips its 1024 at the right end
         )
-        ui["analyse"] = gr.Button("Analyse pair", variant="primary", elem_id="analyse")
+        ui["analyse"] = gr.Button(
+            "Analyse pair", variant="primary", elem_id="analyse", scale=0, min_width=140
+        )
     with gr.Accordion("Calibration sentences (text models)", open=False):
         ui["sentences"] = gr.Textbox(
             lines=4,

@@ -87,23 +87,20 @@ def _knobs(ui: dict[str, Any]) -> None:
             info="How matched weights combine (see below)",
             scale=3,
         )
-    with gr.Row():
-        ui["heads"] = gr.Dropdown(
-            labels.HEAD_CHOICES,
-            value=DEFAULT_HEADS,
-            label="Attention heads",
-            elem_id="heads",
-            info="Transformers only: how the heads of A and B merge (see below)",
-            scale=3,
-        )
-        ui["renormalize"] = gr.Checkbox(
-            value=False,
-            label="Renormalize",
-            elem_id="renormalize",
-            info="Transformers; one more pass",
-            scale=1,
-            min_width=120,
-        )
+    # One above the other: side by side, a narrow window clipped the checkbox's label.
+    ui["heads"] = gr.Dropdown(
+        labels.HEAD_CHOICES,
+        value=DEFAULT_HEADS,
+        label="Attention heads",
+        elem_id="heads",
+        info="Transformers only: how the heads of A and B merge (see below)",
+    )
+    ui["renormalize"] = gr.Checkbox(
+        value=False,
+        label="Renormalize",
+        elem_id="renormalize",
+        info="Transformers only: one more pass rescales the merge to the parents' statistics",
+    )
     with gr.Accordion("What the matcher, fusion, heads and renormalize do", open=False):
         gr.Markdown(labels.KNOBS_HELP, elem_id="knobs-help")
     _sliders(ui)
