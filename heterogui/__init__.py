@@ -60,13 +60,13 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
         check_engine_options,
         check_networks,
         checked_batches,
-        checked_settings,
         refuse_meta,
         widened,
     )
     from heterogui.models.hf.instances import network_of
     from heterogui.pair_check import check_pair
     from heterogui.pipeline import merge_networks, prepare
+    from heterogui.zip.plan import checked_settings
 
     refuse_meta(model_a, "model A")
     refuse_meta(model_b, "model B")

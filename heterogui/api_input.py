@@ -11,7 +11,7 @@ import copy
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ import torch
 from heterogui.align.alignment import MODES
 from heterogui.align.cka import MIN_BATCH
 from heterogui.align.similarity import MEASURES
-from heterogui.config import ZipSpec, check_device_name
+from heterogui.config import check_device_name
 from heterogui.errors import ConfigError
 from heterogui.models.family import Network
 from heterogui.models.io import check_finite
@@ -138,49 +138,6 @@ def refuse_meta(model: Any, label: str) -> None:
             f"{label} has weights on the meta device (no values); load or initialise its "
             "weights first (model.to_empty(device='cpu') and load_state_dict)"
         )
-
-
-def checked_settings(settings: Any) -> ZipSettings | None:
-    """Return ``settings`` (None or ZipSettings) after the checks a recipe's zip gets.
-
-    Raises:
-        ConfigError: another type, or a knob a recipe would refuse (named as a recipe names it).
-    """
-    if settings is None:
-        return None
-    if not isinstance(settings, ZipSettings):
-        got = type(settings).__name__
-        raise ConfigError(
-            f"settings must be a heterogui.pipeline.ZipSettings, got a {got}; "
-            "build one: ZipSettings(rho=0.5, ...)"
-        )
-    for name in ("alpha", "beta", "rho", "ridge"):
-        value = getattr(settings, name)
-        if isinstance(value, bool) or not isinstance(value, Real):  # numpy scalars too
-            raise ConfigError(f"settings.{name} = {value!r} must be a number")
-    for name in ("renormalize", "bn_units"):
-        if not isinstance(getattr(settings, name), bool):
-            raise ConfigError(
-                f"settings.{name} = {getattr(settings, name)!r} must be True or False"
-            )
-    stop = settings.stop
-    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, Integral) or stop < 0):
-        raise ConfigError(f"settings.stop = {stop!r} must be a whole number from 0, or None")
-    ZipSpec(  # the recipe's checks: matcher, ranges, fusion, heads, every override's keys
-        matcher=settings.matcher,
-        alpha=settings.alpha,
-        beta=settings.beta,
-        rho=settings.rho,
-        overrides={
-            k: dict(v) if isinstance(v, Mapping) else v for k, v in settings.overrides.items()
-        },
-        fusion=settings.fusion,
-        ridge=settings.ridge,
-        renormalize=settings.renormalize,
-        heads=settings.heads,
-        bn_units=settings.bn_units,
-    )
-    return settings
 
 
 def check_engine_options(options: Mapping[str, Any], takes: Callable[..., Any]) -> None:

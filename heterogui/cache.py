@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from heterogui.errors import ConfigError, ModelLoadError
-from heterogui.folders import clean_stale
+from heterogui.folders import clean_stale, write_error
 from heterogui.models.headers import read_safetensors_header
 from heterogui.models.io import file_sha256
 
@@ -58,6 +61,22 @@ def build_folder(folder: Path) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(folder)
     return Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-{os.getpid()}-", dir=folder.parent))
+
+
+@contextmanager
+def build_writes(tmp: Path, folder: Path) -> Iterator[None]:
+    """Say a failed write of a build into ``tmp`` (a full disk) in one line, naming the entry.
+
+    Raises:
+        ModelLoadError: the reason (and the file, as it would be in ``folder``) and the fix.
+    """
+    try:
+        yield
+    except (OSError, SafetensorError) as exc:  # safetensors' write errors are not OSErrors
+        raise ModelLoadError(
+            f"could not build {folder} in heterogui's cache: {write_error(exc, tmp, folder)} "
+            "(HETEROGUI_CACHE names another folder)"
+        ) from exc
 
 
 def install_build(tmp: Path, folder: Path, complete: Callable[[Path], bool]) -> None:

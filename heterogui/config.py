@@ -69,8 +69,11 @@ def check_device_name(device: object) -> None:
     Raises:
         ConfigError: naming the device and the ones to use.
     """
-    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
-        raise ConfigError(f"device {device!r} is unknown; use auto, cpu, cuda or cuda:N")
+    # torch keeps a device index in 8 bits: "cuda:128" would become cuda:-128
+    match = isinstance(device, str) and re.fullmatch(r"auto|cpu|cuda(?::(\d{1,3}))?", device)
+    if not match or int(match.group(1) or 0) > 127:
+        shown = excerpt(repr(device), 60)
+        raise ConfigError(f"device {shown} is unknown; use auto, cpu, cuda or cuda:N (N < 128)")
 
 
 def check_seed(seed: int, what: str) -> None:
@@ -144,10 +147,14 @@ class AlignmentSpec:
 
     def __post_init__(self) -> None:
         if self.mode not in ALIGN_MODES:
-            raise ConfigError(f"alignment.mode {self.mode!r} is unknown; use one of {ALIGN_MODES}")
+            raise ConfigError(
+                f"alignment.mode {excerpt(repr(self.mode), 60)} is unknown"
+                f"; use one of {ALIGN_MODES}"
+            )
         if self.measure not in SIMILARITY_MEASURES:
             raise ConfigError(
-                f"alignment.measure {self.measure!r} is unknown; use one of {SIMILARITY_MEASURES}"
+                f"alignment.measure {excerpt(repr(self.measure), 60)} is unknown"
+                f"; use one of {SIMILARITY_MEASURES}"
             )
         if self.mode == "manual" and not self.mapping:
             raise ConfigError(
@@ -226,6 +233,11 @@ class ZipSpec:
         check_fusion(self.fusion, self.ridge)
         check_heads("zip.heads", self.heads)
         for space, knobs in self.overrides.items():
+            if not isinstance(space, str) or not space:
+                raise ConfigError(
+                    f"zip.overrides has the key {excerpt(repr(space), 40)}: name a merge point "
+                    "such as stage1.stream, or a pattern such as '*.qk'"
+                )
             if not isinstance(knobs, dict):
                 got = "null" if knobs is None else excerpt(repr(knobs), 60)
                 raise ConfigError(
@@ -288,7 +300,9 @@ def check_heads(where: str, heads: str) -> None:
 def check_fusion(fusion: str, ridge: float) -> None:
     """Raise ConfigError for an unknown fusion or a ridge that is not a positive number."""
     if fusion not in FUSIONS:
-        raise ConfigError(f"zip.fusion {fusion!r} is unknown; use one of {FUSIONS}")
+        raise ConfigError(
+            f"zip.fusion {excerpt(repr(fusion), 60)} is unknown; use one of {FUSIONS}"
+        )
     if isinstance(ridge, bool) or not (isinstance(ridge, int | float) and 0 < ridge < math.inf):
         raise ConfigError(
             f"zip.ridge = {ridge!r} is out of range: use a positive number such as "
@@ -298,7 +312,9 @@ def check_fusion(fusion: str, ridge: float) -> None:
 
 def _check_knobs(where: str, matcher: str, alpha: float, beta: float, rho: float) -> None:
     if matcher not in MATCHER_NAMES:
-        raise ConfigError(f"{where}.matcher {matcher!r} is unknown; use one of {MATCHER_NAMES}")
+        raise ConfigError(
+            f"{where}.matcher {excerpt(repr(matcher), 60)} is unknown; use one of {MATCHER_NAMES}"
+        )
     if not 0 < alpha <= 1:
         raise ConfigError(f"{where}.alpha = {alpha} is out of range: use 0 < alpha <= 1")
     if not 0 <= beta <= 1:
@@ -321,11 +337,13 @@ class TransformerSpec:
     def __post_init__(self) -> None:
         if self.identity not in IDENTITIES:
             raise ConfigError(
-                f"transformer.identity {self.identity!r} is unknown; use one of {IDENTITIES}"
+                f"transformer.identity {excerpt(repr(self.identity), 60)} is unknown"
+                f"; use one of {IDENTITIES}"
             )
         if self.pooling not in POOLINGS:
             raise ConfigError(
-                f"transformer.pooling {self.pooling!r} is unknown; use one of {POOLINGS}"
+                f"transformer.pooling {excerpt(repr(self.pooling), 60)} is unknown"
+                f"; use one of {POOLINGS}"
             )
 
 
@@ -359,7 +377,9 @@ class Recipe:
     def __post_init__(self) -> None:
         check_seed(self.seed, "recipe.seed")
         if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype {self.dtype!r} is unknown; use one of {DTYPES}")
+            raise ConfigError(
+                f"dtype {excerpt(repr(self.dtype), 60)} is unknown; use one of {DTYPES}"
+            )
         check_device_name(self.device)
         if self.stop is not None and self.stop < 0:
             raise ConfigError(f"stop = {self.stop} must be >= 0 (or null for a full zip)")
@@ -395,8 +415,10 @@ _KINDS = {
 }
 
 
-def typed_value(value: Any, hint: Any, where: str) -> Any:
+def typed_value(value: Any, hint: Any, where: str, required: bool = False) -> Any:
     """Return ``value`` if it has the field's type (None where the field allows it).
+
+    required: the field has no default, so an empty one cannot be left out either.
 
     Raises:
         ConfigError: naming the field, the value (an excerpt) and the type it needs.
@@ -416,9 +438,8 @@ def typed_value(value: Any, hint: Any, where: str) -> Any:
     wanted = " or ".join(_KINDS.get(t, getattr(t, "__name__", str(t))) for t in types)
     wanted = wanted.replace("NoneType", "null")
     if value is None:  # not "None (NoneType)": the recipe wrote null, or nothing after the key
-        raise ConfigError(
-            f"{where} is empty (null); it must be {wanted}: fill it in or leave it out"
-        )
+        fix = "fill it in" if required else "fill it in or leave it out"
+        raise ConfigError(f"{where} is empty (null); it must be {wanted}: {fix}")
     raise ConfigError(
         f"{where} must be {wanted}, got {excerpt(repr(value), 80)} "
         f"({_KINDS.get(type(value), type(value).__name__)}); fix the value in the recipe"

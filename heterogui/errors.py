@@ -70,6 +70,8 @@ def os_error_line(exc: OSError, filename: str | None = None) -> str:
     """
     full = exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
     fix = "free some space, or write elsewhere" if full else "check the path and its device"
+    if exc.errno == errno.ENAMETOOLONG:
+        fix = "use a shorter path"
     name = filename if filename is not None else exc.filename
-    where = f" on {str(name)!r}" if name else ""
+    where = f" on {excerpt(repr(str(name)), 160)}" if name else ""
     return f"{exc.strerror or excerpt(exc)}{where}: {fix}"

@@ -12,6 +12,7 @@ control character or too long for a file system.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -49,14 +50,49 @@ def clean_stale(target: Path, prefix: str | None = None) -> None:
     prefix: the siblings' names before "tmp-PID-" or "old-PID-" (default ".NAME.": what
     ``atomic_folder`` names them).
     """
-    if not target.parent.is_dir():
-        return
     prefix = f".{target.name}." if prefix is None else prefix
-    for item in target.parent.glob(f"{prefix}*-*-*"):
-        kind, _, rest = item.name[len(prefix) :].partition("-")
-        pid = rest.split("-", 1)[0]
-        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
+    # a mount point is written through a temporary folder inside it (``atomic_folder``)
+    for folder in (target.parent, *([target] if is_mount(target) else [])):
+        if not folder.is_dir():
+            continue
+        for item in folder.glob(f"{prefix}*-*-*"):
+            kind, _, rest = item.name[len(prefix) :].partition("-")
+            pid = rest.split("-", 1)[0]
+            if kind not in ("tmp", "old") or not pid.isdigit() or _alive(int(pid)):
+                continue
+            # an --overwrite killed between its two renames: the earlier export is whole
+            if kind == "old" and (item / MARKER).is_file() and not os.path.lexists(target):
+                os.replace(item, target)
+            else:
+                remove_path(item)
+
+
+# what ``atomic_folder`` names its temporary folders (mkdtemp's or token_hex's 8 characters)
+_TEMPORARY = re.compile(r"\..+\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-z_]{8}")
+
+
+def clean_stale_in(folder: Path) -> None:
+    """Remove what writes into ``folder`` left when their process died, whatever output they
+    were for (``clean_stale`` removes one output's, as the next write to it starts)."""
+    if not folder.is_dir():
+        return
+    for item in folder.glob(".*"):
+        found = _TEMPORARY.fullmatch(item.name)
+        if found and not _alive(int(found["pid"])):
             remove_path(item)
+
+
+def is_mount(target: Path) -> bool:
+    """Return whether ``target`` is a folder on another file system than its parent's (a
+    mounted disk, a container's volume): it cannot be renamed, nor a sibling renamed into it."""
+    try:
+        return (
+            target.is_dir()
+            and not target.is_symlink()
+            and target.stat().st_dev != target.parent.stat().st_dev
+        )
+    except OSError:
+        return False
 
 
 def remove_path(path: Path) -> None:
@@ -70,6 +106,9 @@ def remove_path(path: Path) -> None:
 def atomic_folder(target: Path, overwrite: bool = False):
     """Return a temp folder beside ``target`` and a commit function that moves it into place.
 
+    A ``target`` that is a mount point gets the temp folder inside it, and its files are moved
+    in one by one (a rename cannot cross file systems, nor replace a mount point).
+
     ``commit`` raises FileExistsError (and removes the temp folder) if ``target`` exists and
     ``overwrite`` is off. Prefer ``atomic_output``, which also cleans up on failure.
     """
@@ -77,9 +116,21 @@ def atomic_folder(target: Path, overwrite: bool = False):
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(target)
     prefix = f".{target.name}.tmp-{os.getpid()}-"
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    inside = is_mount(target)  # the temporary folder goes inside: a rename stays on its disk
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target if inside else target.parent))
 
     def commit() -> None:
+        if inside:  # moved in file by file (an earlier export removed first, if allowed)
+            earlier = [p for p in target.iterdir() if p != tmp]
+            if earlier and not overwrite:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise FileExistsError(target)
+            for item in earlier:
+                remove_path(item)
+            for item in tmp.iterdir():
+                os.replace(item, target / item.name)
+            tmp.rmdir()
+            return
         if is_empty_folder(target):  # written into: the folder keeps its mode, owner, mount
             for item in tmp.iterdir():
                 os.replace(item, target / item.name)
@@ -145,7 +196,7 @@ def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]
         except (OSError, SafetensorError) as exc:  # safetensors' write errors are not OSErrors
             shutil.rmtree(tmp, ignore_errors=True)
             raise ExportError(
-                f"could not write {target}, nothing was written: {_write_error(exc, tmp, target)}"
+                f"could not write {target}, nothing was written: {write_error(exc, tmp, target)}"
             ) from exc
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -155,7 +206,7 @@ def atomic_output(target: str | Path, overwrite: bool = False) -> Iterator[Path]
         raise
 
 
-def _write_error(exc: Exception, tmp: Path, target: Path) -> str:
+def write_error(exc: Exception, tmp: Path, target: Path) -> str:
     """Return a failed write's reason with its fix, naming the file as the user will look for
     it (not inside the hidden temporary folder)."""
     if isinstance(exc, OSError):
@@ -241,9 +292,11 @@ def check_output(out: str | Path, overwrite: bool = False, inputs: Iterable[Path
             f"output folder {text!r} lies inside the earlier export {export}, which overwriting "
             "that export would delete; write it beside that export"
         )
-    check_writable(target.parent, text)
+    if not is_mount(target):  # a mount point is written through a folder inside it
+        check_writable(target.parent, text)
     if target.is_dir():  # an existing folder is written into (or emptied first): its own rights
         check_writable(target, text)
+    clean_stale(target)  # a killed write's leftovers inside a mount point would count as files
     if target.is_dir() and not is_empty_folder(target):  # an empty one is written into
         if not (target / MARKER).is_file():  # not an export: --overwrite would not help
             held = sorted(p.name for p in target.iterdir())

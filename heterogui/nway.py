@@ -36,7 +36,6 @@ from heterogui.api_input import (
     check_engine_options,
     check_networks,
     checked_batches,
-    checked_settings,
     widened,
 )
 from heterogui.config import DEFAULT_FUSION, FUSIONS, check_fusion
@@ -59,7 +58,13 @@ from heterogui.stages import timed
 from heterogui.zip.collect import StatKey, collect_moments, similarity_and_moments
 from heterogui.zip.match import Match
 from heterogui.zip.matchers import zip_group, zip_group_naive
-from heterogui.zip.plan import ZipSettings, check_override_names, stop_point, trunk_spaces
+from heterogui.zip.plan import (
+    ZipSettings,
+    check_override_names,
+    checked_settings,
+    stop_point,
+    trunk_spaces,
+)
 from heterogui.zip.stats import Moments
 from heterogui.zip.widths import group_width
 

@@ -49,6 +49,7 @@ from heterogui.zip.collect import collect_moments, statistics_bytes
 from heterogui.zip.matchers import Match
 from heterogui.zip.plan import (
     ZipSettings,
+    checked_settings,
     family_settings,
     head_group_first,
     plan_widths,
@@ -160,7 +161,7 @@ def zip_prepared(
         ConfigError: stop point out of range, unknown matcher or override.
         MatcherError: widths or knobs a matcher cannot handle.
     """
-    settings = resolved_settings(prepared.net_a, settings)
+    settings = resolved_settings(prepared.net_a, checked_settings(settings))
     if settings.kept_heads or not searched_groups(prepared.padded_a.graph(), settings):
         return _zip_once(prepared, settings, dtype, progress)
     report = progress or (lambda _stage, _frac: None)

@@ -24,7 +24,7 @@ from heterogui.config import (
     typed_value,
 )
 from heterogui.errors import ConfigError, ModelLoadError, excerpt
-from heterogui.text_input import load_yaml, read_text
+from heterogui.text_input import load_yaml, read_text, value_problem
 
 MODEL_KEYS = ("model_a", "model_b")
 # recipe keys that also take one text: the field it fills
@@ -69,7 +69,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
                 f"keys {inner}" + ("" if name in MODEL_KEYS else f", or leave {name} out")
             )
         else:
-            kwargs[name] = typed_value(value, hints[name], f"{where}.{name}")
+            required = dataclasses.MISSING is fields[name].default is fields[name].default_factory
+            kwargs[name] = typed_value(value, hints[name], f"{where}.{name}", required)
     try:
         return cls(**kwargs)
     except TypeError as exc:  # "__init__() missing 1 required positional argument: 'path'"
@@ -249,7 +250,7 @@ def _parse_json(text: str, path: Path) -> Recipe:
         ConfigError: text that is not JSON, or JSON that is not a mapping or not a recipe.
     """
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_once_each)
     except RecursionError:
         raise ConfigError(
             f"recipe {path} nests lists or mappings too deeply to read; write a flat recipe"
@@ -259,12 +260,29 @@ def _parse_json(text: str, path: Path) -> Recipe:
             f"recipe {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column "
             f"{exc.colno}); fix it, or save it as .yaml"
         ) from None
+    except ValueError as exc:  # a key given twice, a number of more than 4,300 digits
+        raise ConfigError(f"recipe {path} does not parse: {value_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(
             f"recipe {path} is a JSON {type(data).__name__}, not an object: a recipe has keys "
             'such as "model_a" and "model_b" (or "models")'
         )
     return recipe_from_dict(data)
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Return a JSON object's mapping, refusing a key given twice (as the YAML reader does;
+    JSON would keep the last one without a word).
+
+    Raises:
+        ValueError: naming the key and the fix.
+    """
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"key {excerpt(repr(key), 40)} is given twice; give each key once")
+        data[key] = value
+    return data
 
 
 def parse_recipe(text: str, name: str = "the recipe") -> Recipe:

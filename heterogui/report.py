@@ -6,6 +6,7 @@ describe a merge the same way.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 
 from heterogui.align.alignment import Alignment, layer_pairs
 from heterogui.config import Recipe
+from heterogui.distributed import world_size
 from heterogui.errors import ExportError, ModelLoadError
 from heterogui.export.card import bars_svg, class_ranges, heatmap_svg, model_card
 from heterogui.export.hf_heads import card_use
@@ -162,8 +164,10 @@ def merge_report(
         "heads": head_rows(result),
         "timings_seconds": timings_of(prep.timings, result.timings, total_seconds),
         "device": str(prep.device),
-        # float sums split by thread: a merge repeats bit for bit at the same thread count
+        # float sums split by thread, and by torchrun process: a merge repeats bit for bit
+        # at the same counts
         "torch_threads": torch.get_num_threads(),
+        "processes": world_size(),
     }
     return add_scores(report, task, scores, calibration_count)
 
@@ -396,6 +400,7 @@ def card_files(
     facts["relative_inputs"] = list(relative)
     facts["not_one_network"] = not_one_network(result, fmt)
     facts["rerun_flags"] = ("" if default_format else f" --format {fmt}") + rerun_threads(prep)
+    facts["rerun_command"] = rerun_command()
     with_weights_dtype(facts, weights)
     if fmt in (HF_BERT_FORMAT, HF_VIT_FORMAT):
         facts["classify"] = card_use(result.model)
@@ -453,8 +458,10 @@ def group_report(
         "refit": result.refit,
         "timings_seconds": timings_of(prep.timings, result.timings, total_seconds),
         "device": str(prep.device),
-        # float sums split by thread: a merge repeats bit for bit at the same thread count
+        # float sums split by thread, and by torchrun process: a merge repeats bit for bit
+        # at the same counts
         "torch_threads": torch.get_num_threads(),
+        "processes": world_size(),
     }
     return add_scores(report, task, scores, calibration_count)
 
@@ -530,6 +537,21 @@ def with_weights_dtype(facts: dict[str, Any], weights: WeightsDtype | None) -> N
         facts["rerun_flags"] = facts.get("rerun_flags", "") + weights.flag
 
 
+def rerun_command() -> str:
+    """Return the command a card's rerun starts with: under torchrun, with its process count
+    (each process sums its share of the statistics, so the count is part of the numbers)."""
+    world = world_size()
+    if world <= 1:
+        return "heterogui merge"
+    try:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    except ValueError:
+        local = world
+    if not 0 < local < world:  # one machine (or a LOCAL_WORLD_SIZE that says nothing)
+        return f"torchrun --nproc_per_node {world} -m heterogui merge"
+    return f"torchrun --nnodes {world // local} --nproc_per_node {local} -m heterogui merge"
+
+
 def rerun_threads(prep: Any) -> str:
     """Return the rerun command's --threads flag: the CPU splits float sums by thread, so a
     merge on the CPU repeats bit for bit at the thread count it ran with (``torch_threads``)."""
@@ -549,6 +571,7 @@ def group_card_files(
     facts = group_card_facts(result, pair, task, scores) | {
         "relative_inputs": list(relative),
         "rerun_flags": rerun_threads(result.prepared),
+        "rerun_command": rerun_command(),
     }
     with_weights_dtype(facts, weights)
     files = {"README.md": model_card(facts)}

@@ -51,6 +51,11 @@ class _NoAliases(yaml.SafeLoader):
             seen: set[Any] = set()
             for key_node, _ in node.value:
                 key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, list | dict | set):
+                    raise yaml.MarkedYAMLError(
+                        problem="a key is a list or a mapping (keys are names)",
+                        problem_mark=key_node.start_mark,
+                    )
                 if isinstance(key, str | int | float | bool) and key in seen:
                     raise yaml.MarkedYAMLError(
                         problem=f"key {excerpt(repr(key), 40)} is given twice",
@@ -94,11 +99,22 @@ def load_yaml(text: str, what: str) -> Any:
             f"{what} does not parse{where}: {excerpt(problem, 120)}; write plain YAML or JSON "
             "(aliases such as *name are refused, and each key once)"
         ) from exc
+    except ValueError as exc:  # a number of more than 4,300 digits, a date of month 13
+        raise ConfigError(
+            f"{what} does not parse: {value_problem(exc)}; write plain YAML or JSON"
+        ) from exc
     except RecursionError as exc:  # the parser recurses once per level of nesting
         raise ConfigError(
             f"{what} nests lists or mappings too deeply to read; write plain YAML or JSON of a "
             "few levels"
         ) from exc
+
+
+def value_problem(exc: ValueError) -> str:
+    """Return a parser's ValueError in a user's words (Python's own names a setting of its)."""
+    if "integer string conversion" in str(exc):
+        return "it holds a number of more than 4,300 digits"
+    return excerpt(exc, 120)
 
 
 def typed_path(text: str | None) -> str:

@@ -13,7 +13,7 @@ from heterogui.errors import ConfigError, IncompatibleModelsError, ModelLoadErro
 from heterogui.models.family import build_network
 from heterogui.models.mlp import MLPConfig
 from heterogui.nway import merge_group
-from heterogui.pipeline import ZipSettings
+from heterogui.pipeline import ZipSettings, prepare, zip_prepared
 from tests.conftest import DEPTH_PAIRS, make, tiny_hf, token_batches
 
 CONFIG_A, CONFIG_B, SHAPE = DEPTH_PAIRS["mlp"]
@@ -50,8 +50,15 @@ def refused(error, words, call) -> None:
         ({"rho": 0.5}, "settings must be a heterogui.pipeline.ZipSettings, got a dict"),
     ],
 )
-def test_settings_get_the_recipes_checks(nets, settings, words):
+def test_settings_get_the_recipes_checks(nets, settings, words, prepared):
     refused(ConfigError, words, lambda: heterogui.merge(*nets, batches(), settings=settings))
+    # and so does the re-merge from cached statistics (a TypeError, an AttributeError before)
+    refused(ConfigError, words, lambda: zip_prepared(prepared, settings))
+
+
+@pytest.fixture(scope="module")
+def prepared(nets):
+    return prepare(*nets, batches())
 
 
 def test_numpy_numbers_are_numbers(nets):

@@ -326,6 +326,72 @@ def test_leftovers_of_killed_writes_are_cleaned(ws):
     left = sorted(p.name for p in ws.iterdir() if p.name.startswith(".m."))
     assert left == [f".m.tmp-{os.getpid()}-live"]
     assert (ws / "a" / "config.json").is_file()  # a stale link is removed, not its target
+    # An --overwrite killed between its two renames had set the earlier export aside: it was
+    # removed as a leftover, so neither export was there. Now it is put back.
+    before = snapshot(ws / "m")
+    (ws / "m").rename(ws / f".m.old-{dead}-0123abcd")
+    (ws / f".m.tmp-{dead}-xyz").mkdir()  # the new write, unfinished
+    code = main(["merge", str(ws / "recipe.yaml"), "--out", str(ws / "m")])
+    assert code == 2  # the earlier export is back: this write needs --overwrite again
+    assert snapshot(ws / "m") == before
+    assert sorted(p.name for p in ws.iterdir() if p.name.startswith(".m.")) == left
+
+
+def test_the_workbench_start_removes_killed_exports_of_any_name(tmp_path):
+    # A killed export (a MiniLM's 54 MB, a decoder's 500 MB) went only when its own name was
+    # exported again; the app now sweeps its export root as it starts.
+    dead = 2**22 + 12345
+    for name in (f".one.tmp-{dead}-ab_cd123", f".two.old-{dead}-0123abcd"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"half")
+    kept = [f".three.tmp-{os.getpid()}-live1234", f".four.tmp-{dead}-short", ".profile", "five"]
+    for name in kept:
+        (tmp_path / name).mkdir()
+    folders.clean_stale_in(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+
+
+def _mount_tmpfs(folder: Path) -> bool:
+    import subprocess
+
+    folder.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)],
+        check=False,
+        capture_output=True,
+    )
+    return done.returncode == 0
+
+
+@pytest.mark.parametrize("real", [True, False])
+def test_a_mount_point_is_written_into_and_overwritten(ws, monkeypatch, real):
+    # A rename cannot cross file systems, nor replace a mount point: an export into an empty
+    # volume failed after the whole merge ("Invalid cross-device link"), an overwrite with
+    # "Device or resource busy". real: a tmpfs (needs the right to mount); else a folder the
+    # check takes for a mount point, for the same steps on one file system.
+    out = ws / "volume"
+    if real:
+        if not _mount_tmpfs(out):
+            pytest.skip("no permission to mount a tmpfs here")
+    else:
+        out.mkdir()
+        monkeypatch.setattr(folders, "is_mount", lambda p: Path(p) == out)
+    try:
+        assert folders.is_mount(out)
+        assert main(["merge", str(ws / "recipe.yaml"), "--out", str(out)]) == 0
+        first = snapshot(out)
+        assert "model.safetensors" in first and (out / folders.MARKER).is_file()
+        dead = 2**22 + 12345  # a killed write's leftover inside the volume goes too
+        (out / f".volume.tmp-{dead}-abc").mkdir()
+        assert main(["merge", str(ws / "recipe.yaml"), "--out", str(out), "--overwrite"]) == 0
+        again = snapshot(out)
+        assert sorted(again) == sorted(first)
+        assert again["model.safetensors"] == first["model.safetensors"]
+    finally:
+        if real:
+            import subprocess
+
+            subprocess.run(["umount", str(out)], check=False)
 
 
 def test_replacing_a_linked_output_leaves_no_old_link(ws):
@@ -394,6 +460,21 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a
             "{a: x, b: 3}}\n",
             "alignment.mapping.a is x; it must look like",
         ),
+        # these gave tracebacks
+        ("model_a: {path: x}\nstop: " + "9" * 5000 + "\n", "a number of more than 4,300 digits"),
+        ("zip: {overrides: {[a]: {rho: 0.5}}}\n", "a key is a list or a mapping"),
+        (
+            "model_a: {path: x}\nmodel_b: {path: y}\nzip: {overrides: {3: {rho: 0.5}}}\n",
+            "zip.overrides has the key 3: name a merge point",
+        ),
+        (
+            "model_a: {path: x}\nmodel_b: {path: y}\ndevice: 'cuda:99999999999999999999'\n",
+            "is unknown; use auto, cpu, cuda or cuda:N (N < 128)",
+        ),
+        (  # quoted whole, the fix fell past the 2,000 characters a message keeps
+            "model_a: {path: x}\nmodel_b: {path: y}\nalignment: {mode: " + "x" * 5000 + "}\n",
+            "is unknown; use one of ('sma'",
+        ),
         (
             "model_a: {path: x}\nmodel_b: {path: y}\nalignment: {mode: manual, mapping: "
             "{a: [[0]], b: [[0]], c: 1}}\n",
@@ -430,6 +511,13 @@ def test_a_binary_or_huge_recipe_is_refused(ws, capsys):
     (ws / "deep.json").write_text('{"model_a": ' + "[" * 5000 + "]" * 5000 + "}")
     words = "nests lists or mappings too deeply to read"  # a RecursionError's traceback before
     cli_refuses(ws, ["merge", str(ws / "deep.json"), "--out", str(ws / "o")], words, capsys)
+    # a key twice: JSON keeps the last without a word (and YAML is refused for it already)
+    (ws / "twice.json").write_text(json.dumps(recipe(ws))[:-1] + ', "seed": 1, "seed": 2}')
+    words = "does not parse: key 'seed' is given twice; give each key once"
+    cli_refuses(ws, ["merge", str(ws / "twice.json"), "--out", str(ws / "o")], words, capsys)
+    (ws / "digits.json").write_text(json.dumps(recipe(ws))[:-1] + ', "seed": ' + "9" * 5000 + "}")
+    words = "does not parse: it holds a number of more than 4,300 digits"
+    cli_refuses(ws, ["merge", str(ws / "digits.json"), "--out", str(ws / "o")], words, capsys)
     (ws / "good.json").write_text(json.dumps(recipe(ws), indent="\t"))  # tabs: JSON, not YAML
     assert main(["merge", str(ws / "good.json"), "--out", str(ws / "o")]) == 0
 
@@ -448,15 +536,28 @@ def edit_config(folder: Path, change: Callable[[dict], object]) -> None:
     [
         (lambda d: [1, 2], "holds a JSON list, not an object"),
         (lambda d: d.pop("config") and None, "has no 'config' section"),
-        (lambda d: d["config"].update(stages=[[8, -8, 8], [16, 16]]), "at least 1, got -8"),
-        (lambda d: d["config"].update(stages=[[8, "abc", 8], [16, 16]]), "at least 1, got 'abc'"),
-        (lambda d: d["config"].update(stages=[[8, 0, 8], [16, 16]]), "at least 1, got 0"),
+        (lambda d: d["config"].update(stages=[[8, -8, 8], [16, 16]]), "from 1 below 2**31, got -8"),
+        (lambda d: d["config"].update(stages=[[8, "abc", 8], [16, 16]]), "2**31, got 'abc'"),
+        (lambda d: d["config"].update(stages=[[8, 0, 8], [16, 16]]), "from 1 below 2**31, got 0"),
         (lambda d: d["config"].update(in_channels=True), "in_channels must be an integer"),
         (lambda d: d["config"].update(stages=[[15000, 8, 8], [16, 16]]), "do not fit its config"),
         (lambda d: d["config"].update(family="transformer-xl"), "unknown model family"),
         (lambda d: d["config"].update(colour="red"), "unknown vgg config fields ['colour']"),
         (lambda d: d.update(classes=[2, 3, 4]), "lists classes [2, 3, 4] for a head of"),
-        (lambda d: d.update(classes=["x"] * 5), "list one class id (an integer from 0) per"),
+        (lambda d: d.update(classes=["x"] * 5), "list one class id (an integer from 0 to 999,999)"),
+        # the rest gave tracebacks, or (an id of 10**30) took all the memory there was
+        (lambda d: d.update(classes=[10**30, 1, 2, 3, 4]), "lists classes [1000000000000000"),
+        (lambda d: d.update(classes=-1), "lists classes [-1] for a head of 5 outputs"),
+        (lambda d: d.update(classes=[]), "lists classes [] for a head of 5 outputs"),
+        (lambda d: d.update(identity_blocks=0), "lists identity_blocks 0; list the numbers (0 to"),
+        (lambda d: d.update(identity_blocks="bogus"), "lists identity_blocks 'bogus'"),
+        (lambda d: d.update(identity_blocks=[99]), "lists identity_blocks [99]"),
+        (lambda d: d.update(label=0), "has label 0: it names the model in messages"),
+        (lambda d: d.update(heads=[{"name": "x"}]), "has malformed heads"),
+        (lambda d: d["config"].update(family=["vgg"]), "unknown model family ['vgg']"),
+        (lambda d: d["config"].update(kernel=10**30), "kernel must be an integer from 1 below"),
+        (lambda d: d["config"].update(spatial_dims=3), "spatial_dims is 3: 1 (signals) or 2"),
+        (lambda d: d.update(heterogui=["network"]), "is neither a heterogui config nor"),
         (lambda d: d.update(classes=[0, 1, 2, 3, 3]), "lists class [3] twice in one head of 5"),
     ],
 )
@@ -592,6 +693,22 @@ def test_evaluation_labels_the_models_do_not_predict_are_named(ws, capsys, caplo
     assert "some.safetensors have a label no model predicts (classes 0-9)" in caplog.text
     metrics = json.loads((ws / "o" / "report.json").read_text())["metrics"]
     assert sum(t["count"] for t in metrics["merged"]["tasks"]) == 20  # the others left out
+
+
+def test_class_ids_past_the_data_or_a_million_are_refused(ws, capsys):
+    # Scoring names every class up to the largest id: 2**62 took all the memory there was.
+    inputs = torch.randn(40, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([2**62] + list(range(10)) * 3 + [0] * 9)
+    save_file({"inputs": inputs, "labels": labels}, str(ws / "huge.safetensors"))
+    data = recipe(ws)
+    data["evaluation"] = {"source": str(ws / "huge.safetensors")}
+    words = f"hold class id {2**62}; use ids from 0 to 999,999"
+    cli_refuses(ws, ["merge", str(write_recipe(ws, data)), "--out", str(ws / "o")], words, capsys)
+    # A head's class the built-in data does not have: its own samples dropped out unsaid.
+    edit_config(ws / "a", lambda d: d.update(classes=[0, 1, 2, 3, 10]))
+    data["evaluation"] = {"source": "digits", "size": 100}
+    words = "heads list class [10], but digits has classes 0 to 9; evaluate on data with those"
+    cli_refuses(ws, ["merge", str(write_recipe(ws, data)), "--out", str(ws / "o")], words, capsys)
 
 
 def test_a_data_path_that_is_a_folder_says_so(ws, capsys):

@@ -88,6 +88,7 @@ def test_merge_through_the_cli_writes_a_folder_that_reloads(tmp_path, pair, caps
     report = json.loads((out / "report.json").read_text())
     assert report["timings_seconds"]["total"] > 0
     assert report["torch_threads"] == torch.get_num_threads()  # what bit-for-bit repeats need
+    assert report["processes"] == 1  # and the torchrun processes that split the sums
     assert "wrote" in capsys.readouterr().out
 
     done = load_recipe(out / "recipe.yaml")

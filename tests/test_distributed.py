@@ -231,6 +231,14 @@ def test_torchrun_merge_writes_the_single_process_merge_once(tmp_path, capsys, p
     y1, y2 = (yaml.safe_load((d / "recipe.yaml").read_text()) for d in (one, two))
     assert y1 == y2  # the whole data's hash and count, the same alignment and knobs
     assert y1["zip"]["fusion"] == ("average" if fusion == "average" else "least_squares")
+    # The sums split by process: the card's rerun command repeats the run it describes.
+    assert (r1["processes"], r2["processes"]) == (1, 2)
+    threads = f"--threads {r2['torch_threads']}"
+    card_one, card_two = ((d / "README.md").read_text() for d in (one, two))
+    assert f"`heterogui merge recipe.yaml --out OUT --threads {r1['torch_threads']}`" in card_one
+    assert f"`torchrun --nproc_per_node 2 -m heterogui merge recipe.yaml --out OUT {threads}`" in (
+        card_two
+    )
 
 
 def test_torchrun_searches_the_heads_on_the_whole_data(tmp_path, capsys):

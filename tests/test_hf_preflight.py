@@ -212,12 +212,40 @@ def test_a_weight_stored_as_integers_is_refused(tmp_path: Path) -> None:
     assert read_safetensors_header(bad)["position_ids"]["dtype"] == "I64"  # a buffer may be
 
 
-def test_entry_pointing_past_the_data_is_refused(tmp_path: Path) -> None:
-    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"dtype": "F32", "shape": [4], "data_offsets": [0, 32]},  # 16 bytes of data
+        {"dtype": "F32", "shape": None, "data_offsets": [0, 16]},  # a TypeError before
+        {"dtype": "F32", "shape": [4], "data_offsets": [0]},  # an IndexError before
+        {"dtype": "F32", "shape": [4], "data_offsets": None},
+        {"dtype": "F32", "shape": [4], "data_offsets": [16, 0]},
+        {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]},
+        {"dtype": 7, "shape": [4], "data_offsets": [0, 16]},
+    ],
+)
+def test_a_malformed_header_entry_is_refused(tmp_path: Path, entry: dict) -> None:
+    header = json.dumps({"w": entry}).encode()
     bad = tmp_path / "model.safetensors"
-    bad.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)  # 8 of 16 bytes
+    bad.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
     with pytest.raises(ModelLoadError, match="corrupt safetensors entry for 'w'"):
         read_safetensors_header(bad)
+    good = {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}
+    header = json.dumps({"w": good}).encode()
+    bad.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
+    assert read_safetensors_header(bad) == {"w": good}
+
+
+def test_a_text_config_without_vocab_size_or_with_odd_architectures_is_named(tmp_path) -> None:
+    folder = tiny(tmp_path / "a")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "architectures": -1}))
+    with pytest.raises(ModelLoadError, match="architectures must be a list of class names, got"):
+        inspect_model(folder)
+    del config["vocab_size"]  # the pair check compared None with a number: a TypeError
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="config.json has no vocab_size"):
+        inspect_model(folder)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -44,16 +46,45 @@ def test_a_pattern_gives_every_merge_point_it_matches_the_same_knobs(prepared):
     }
 
 
-def test_a_merge_points_own_entry_replaces_its_patterns_and_later_patterns_win(prepared):
+def test_a_merge_points_own_entry_replaces_its_patterns(prepared):
     settings = ZipSettings(
-        overrides={"layer*": {"rho": 0.0}, "*.ffn": {"rho": 0.5}, "layer0.ffn": {"width": 40}}
+        overrides={"layer*": {"rho": 0.0}, "*.ffn": {"alpha": 0.3}, "layer0.ffn": {"width": 40}}
     )
     assert settings.override_for("layer0.ffn") == {"width": 40}
-    assert settings.override_for("layer1.ffn") == {"rho": 0.5}
+    assert settings.override_for("layer1.ffn") == {"rho": 0.0, "alpha": 0.3}
     assert settings.override_for("layer1.qk") == {"rho": 0.0}
     assert settings.override_for("stream") == {}
     widths = zip_prepared(prepared, settings).widths()
     assert widths["layer0.ffn"][2] == 40
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (
+            {"layer*": {"rho": 0.0}, "*.ffn": {"rho": 0.5}},
+            "override patterns 'layer*' and '*.ffn' both match merge point layer0.ffn and set "
+            "its rho to 0.0 and 0.5; give layer0.ffn its own entry",
+        ),
+        (
+            {"layer*": {"rho": 0.0}, "*.ffn": {"width": 40}},
+            "override patterns 'layer*' and '*.ffn' both match merge point layer0.ffn, one with "
+            "a rho and one with a width",
+        ),
+    ],
+)
+def test_patterns_that_disagree_on_a_merge_point_are_refused(prepared, overrides, words):
+    # Which one won hung on the keys' order, and recipe.yaml stores them sorted: a recorded
+    # recipe could repeat another merge.
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        zip_prepared(prepared, ZipSettings(overrides=overrides))
+    alone = unshared_spaces([prepared.padded_a.graph(), prepared.padded_b.graph()])
+    ffns = [n for n in prepared.padded_a.graph().spaces if n.endswith(".ffn") and n not in alone]
+    own = {**overrides, **{n: {"rho": 0.5} for n in ffns}}  # their own entries settle it
+    widths = zip_prepared(prepared, ZipSettings(overrides=own)).widths()
+    assert (
+        widths == zip_prepared(prepared, ZipSettings(overrides=dict(sorted(own.items())))).widths()
+    )
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from heterogui.cache import cache_dir
-from heterogui.errors import ConfigError
+from heterogui.errors import ConfigError, excerpt
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def dataset_info(name: str) -> DatasetInfo:
         ConfigError: for an unknown dataset name.
     """
     if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
+        raise ConfigError(f"unknown dataset {excerpt(repr(name), 60)}; known: {sorted(DATASETS)}")
     return DATASETS[name]
 
 
@@ -187,7 +187,7 @@ def load_split(name: str, split: str, seed: int = 0) -> Split:
     """
     info = dataset_info(name)
     if split not in SPLITS:
-        raise ConfigError(f"unknown split {split!r}; use one of {SPLITS}")
+        raise ConfigError(f"unknown split {excerpt(repr(split), 60)}; use one of {SPLITS}")
     inputs, labels = info.load()
     idx = split_indices(labels, info.fractions, seed)[SPLITS.index(split)]
     return Split(

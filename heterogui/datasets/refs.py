@@ -21,7 +21,7 @@ from heterogui.datasets.images import DATASETS, load_split
 from heterogui.datasets.sentence_pairs import Pair, load_pairs, pair_lines
 from heterogui.datasets.text_tasks import calibration_sentences
 from heterogui.errors import ConfigError, ModelLoadError, excerpt
-from heterogui.models.io import load_state, state_sha256
+from heterogui.models.io import CLASS_ID_LIMIT, load_state, state_sha256
 from heterogui.text_input import read_text
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,11 @@ def _from_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
             )
         if int(labels.min()) < 0:
             raise ConfigError(f"'labels' in {path} hold negative class ids; use ids from 0")
+        if int(labels.max()) >= CLASS_ID_LIMIT:
+            raise ConfigError(
+                f"'labels' in {path} hold class id {int(labels.max())}; use ids from 0 to "
+                f"{CLASS_ID_LIMIT - 1:,}"
+            )
     return inputs, labels
 
 

@@ -200,7 +200,8 @@ def model_card(facts: dict[str, Any], fmt: str = "heterogui") -> str:
     "settings" (dict), "widths" (rows: merge point, A, B, merged), "sizes" (rows: model,
     parameters, FLOPs), "metric_header" and "metrics" (rows, or []), "notes" (sentences).
     Optional: "rerun_flags" (what the rerun command needs beyond the recipe: " --format X"
-    for an export in another than the default format), "relative_inputs" (the recipe's
+    for an export in another than the default format), "rerun_command" (what runs the recipe;
+    default "heterogui merge", under torchrun its launch), "relative_inputs" (the recipe's
     relative paths: the rerun runs from the folder the merge ran in), "not_one_network" (why a
     heterogui-format folder loads only as a merged model: text models, a partial zip),
     "width_header" (the models' width columns; default A and B), "classify" (a Hugging Face
@@ -257,7 +258,8 @@ def model_card(facts: dict[str, Any], fmt: str = "heterogui") -> str:
     )
     parts += [
         "## Reproduce",
-        f"`heterogui merge recipe.yaml --out OUT{facts.get('rerun_flags', '')}`{where} repeats "
+        f"`{facts.get('rerun_command', 'heterogui merge')} recipe.yaml --out OUT"
+        f"{facts.get('rerun_flags', '')}`{where} repeats "
         "this merge bit for bit; "
         "`recipe.yaml`, `report.json` and `config.json` sit beside this card.",
     ]

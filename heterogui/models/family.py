@@ -198,7 +198,7 @@ def config_from_dict(data: dict[str, Any]) -> Any:
         raise ConfigError(f"a model config must be a mapping, got {type(data).__name__}")
     data = dict(data)
     name = data.pop("family", None)
-    if name not in FAMILIES:
+    if not isinstance(name, str) or name not in FAMILIES:
         raise ConfigError(
             f"unknown model family {excerpt(repr(name), 60)}; expected one of {sorted(FAMILIES)}"
         )
@@ -241,9 +241,10 @@ def _check_field(where: str, hint: Any, value: Any, may_be_zero: bool = False) -
         return
     if hint is int:
         lowest = 0 if may_be_zero else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+        if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value < 2**31:
             raise ConfigError(
-                f"{where} must be an integer of at least {lowest}, got {excerpt(repr(value), 60)}"
+                f"{where} must be an integer from {lowest} below 2**31, got "
+                f"{excerpt(repr(value), 60)}"
             )
     elif hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from heterogui.errors import ModelLoadError
+from heterogui.errors import ModelLoadError, excerpt
 
 _MAX_HEADER = 100_000_000  # the safetensors format's own limit on the JSON header
 
@@ -93,9 +93,10 @@ def read_safetensors_header(path: str | Path) -> dict[str, Any]:
     header.pop("__metadata__", None)
     data_bytes = size - 8 - length
     for name, info in header.items():
-        ok = isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= info.keys()
-        if not ok or info["data_offsets"][1] > data_bytes:
-            raise ModelLoadError(f"{path} has a corrupt safetensors entry for {name!r}; {fix}")
+        if not _entry_fits(info, data_bytes):
+            raise ModelLoadError(
+                f"{path} has a corrupt safetensors entry for {excerpt(repr(name), 80)}; {fix}"
+            )
     # a weight or bias stored as integers (quantized, or a dtype written over) would load as
     # numbers of another scale, silently: heterogui merges float weights
     for name, info in header.items():
@@ -106,3 +107,24 @@ def read_safetensors_header(path: str | Path) -> dict[str, Any]:
                 "weights"
             )
     return header
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _entry_fits(info: Any, data_bytes: int) -> bool:
+    """Return whether a safetensors header entry is well formed: a dtype name, a shape of
+    sizes and two offsets in order within the file's data."""
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        return False
+    shape, offsets = info["shape"], info["data_offsets"]
+    return (
+        isinstance(info["dtype"], str)
+        and isinstance(shape, list)
+        and all(_is_count(n) for n in shape)
+        and isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(_is_count(o) for o in offsets)
+        and offsets[0] <= offsets[1] <= data_bytes
+    )

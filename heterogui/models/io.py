@@ -115,7 +115,7 @@ def read_config(folder: str | Path) -> dict[str, Any]:
         raise ModelLoadError(f"{str(folder)!r} has no {CONFIG_FILE}; it is not a model folder")
     try:
         data = json.loads(path.read_text("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON or text, a 5,000-digit number
         raise ModelLoadError(
             f"{path} is not valid JSON ({excerpt(nesting(exc), 80)}); re-export the model"
         ) from exc
@@ -137,7 +137,13 @@ def check_weights_fit(build: Callable[[], torch.nn.Module], weights: Path, where
     Raises:
         ModelLoadError: naming the first tensors that are missing, extra or of another shape.
     """
-    want = {k: tuple(v.shape) for k, v in on_meta(build).state_dict().items()}
+    try:  # sizes no tensor can have (a kernel of 10**9) fail in torch, not in the config check
+        want = {k: tuple(v.shape) for k, v in on_meta(build).state_dict().items()}
+    except (RuntimeError, OverflowError, ValueError) as exc:
+        raise ModelLoadError(
+            f"the config.json of {where} describes a model torch cannot build "
+            f"({excerpt(str(exc).splitlines()[0] if str(exc) else exc, 100)}); re-export the model"
+        ) from exc
     have = {k: tuple(info["shape"]) for k, info in read_safetensors_header(weights).items()}
     problems = [f"{k} missing" for k in sorted(set(want) - set(have))]
     problems += [f"{k} not in the model" for k in sorted(set(have) - set(want))]
@@ -189,20 +195,26 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
         ) from exc
 
 
+# Class ids stop below a million (ImageNet-21k has 21,843 classes): scoring names every class
+# up to the largest id, so an id of 10**30 in a config.json or a labels tensor would take all
+# the memory there is.
+CLASS_ID_LIMIT = 1_000_000
+
+
 def check_head_classes(classes: Any, outputs: int, where: str) -> None:
     """Refuse a head's class ids that do not fit its ``outputs`` (one id per output).
 
     Raises:
-        ModelLoadError: another count than ``outputs``, an id that is not an integer from 0,
-            or one id twice.
+        ModelLoadError: another count than ``outputs``, an id that is not an integer from 0
+            below ``CLASS_ID_LIMIT``, or one id twice.
     """
     ids = list(classes) if isinstance(classes, list | tuple) else [classes]
     if len(ids) != outputs or not all(
-        isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in ids
+        isinstance(c, int) and not isinstance(c, bool) and 0 <= c < CLASS_ID_LIMIT for c in ids
     ):
         raise ModelLoadError(
             f"{where} lists classes {excerpt(ids, 80)} for a head of {outputs} outputs; list "
-            "one class id (an integer from 0) per output"
+            f"one class id (an integer from 0 to {CLASS_ID_LIMIT - 1:,}) per output"
         )
     twice = sorted({c for c in ids if ids.count(c) > 1})
     if twice:
@@ -252,8 +264,39 @@ def load_network(folder: str | Path, device: str | torch.device = "cpu") -> Netw
     except RuntimeError as exc:
         raise ModelLoadError(f"weights in {folder} do not fit its config: {excerpt(exc)}") from exc
     module.to(device).eval()
-    classes = tuple(data.get("classes") or range(config.num_classes))
-    check_head_classes(classes, config.num_classes, f"{folder}/{CONFIG_FILE}")
-    identity = frozenset(data.get("identity_blocks", ()))
-    heads = tuple(Head.from_dict(h) for h in data["heads"]) if data.get("heads") else None
-    return Network(config, module, classes, identity, data.get("label", folder.name), heads)
+    where = f"{folder}/{CONFIG_FILE}"
+    listed = data.get("classes")  # written by every version; missing: one class per output
+    classes = tuple(range(config.num_classes)) if listed is None else listed
+    check_head_classes(classes, config.num_classes, where)
+    identity = identity_blocks(data.get("identity_blocks", []), config, where)
+    label = data.get("label", folder.name)
+    if not isinstance(label, str) or not label:
+        raise ModelLoadError(
+            f"{where} has label {excerpt(repr(label), 40)}: it names the model in messages "
+            "and must be text; re-export the model or fix config.json"
+        )
+    try:
+        heads = tuple(Head.from_dict(h) for h in data["heads"]) if data.get("heads") else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{where} has malformed heads ({excerpt(exc, 60)}); give each a name and its "
+            "classes, or re-export the model"
+        ) from exc
+    return Network(config, module, tuple(classes), identity, label, heads)
+
+
+def identity_blocks(listed: Any, config: Any, where: str) -> frozenset[int]:
+    """Return a network's identity blocks as its config.json lists them (block numbers).
+
+    Raises:
+        ModelLoadError: not a list of distinct block numbers of this network.
+    """
+    blocks = family_of(config).graph(config).num_blocks
+    if not isinstance(listed, list) or not all(
+        isinstance(b, int) and not isinstance(b, bool) and 0 <= b < blocks for b in listed
+    ):
+        raise ModelLoadError(
+            f"{where} lists identity_blocks {excerpt(repr(listed), 60)}; list the numbers "
+            f"(0 to {blocks - 1}) of the blocks padding inserted, or [] for none"
+        )
+    return frozenset(listed)

@@ -48,6 +48,8 @@ class ResNetConfig:
         object.__setattr__(self, "inner_widths", inner)
         if len(self.stream_widths) != len(self.inner_widths):
             raise ValueError("stream_widths and inner_widths need one entry per stage")
+        if self.spatial_dims not in (1, 2):
+            raise ValueError(f"spatial_dims is {self.spatial_dims}: 1 (signals) or 2 (images)")
 
 
 def cifar_resnet(

@@ -46,6 +46,8 @@ class VGGConfig:
     def __post_init__(self) -> None:
         stages = tuple(tuple(int(w) for w in s) for s in self.stages)
         object.__setattr__(self, "stages", stages)
+        if self.spatial_dims not in (1, 2):
+            raise ValueError(f"spatial_dims is {self.spatial_dims}: 1 (signals) or 2 (images)")
 
 
 class ConvBlock(nn.Module):

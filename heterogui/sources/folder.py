@@ -48,7 +48,7 @@ def heterogui_kind(folder: Path) -> str | None:
     except ModelLoadError:
         return None
     kind = data.get("heterogui") if isinstance(data, dict) else None
-    return kind if kind in KINDS else None
+    return kind if isinstance(kind, str) and kind in KINDS else None
 
 
 def load_merged(folder: str | Path, device: str | torch.device = "cpu") -> MergedModel:

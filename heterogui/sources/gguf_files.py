@@ -26,7 +26,14 @@ from typing import Any
 
 import torch
 
-from heterogui.cache import build_folder, cache_dir, entry_intact, entry_record, install_build
+from heterogui.cache import (
+    build_folder,
+    build_writes,
+    cache_dir,
+    entry_intact,
+    entry_record,
+    install_build,
+)
 from heterogui.errors import ModelLoadError, excerpt
 from heterogui.folders import make_readable
 from heterogui.models.hf.common import check_loading, quiet_transformers
@@ -169,7 +176,8 @@ def gguf_folder(path: Path, cache: Path | None = None) -> Path:
     start = time.perf_counter()
     tmp = build_folder(folder)
     try:
-        diff = _convert(path, tmp)
+        with build_writes(tmp, folder):
+            diff = _convert(path, tmp)
         seconds = time.perf_counter() - start
         marker = {"gguf_sha256": gguf_hash, "build_version": _BUILD_VERSION}
         marker |= {

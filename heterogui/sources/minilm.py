@@ -33,7 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from heterogui.cache import build_folder, cache_dir, entry_intact, entry_record, install_build
+from heterogui.cache import (
+    build_folder,
+    build_writes,
+    cache_dir,
+    entry_intact,
+    entry_record,
+    install_build,
+)
 from heterogui.errors import ModelLoadError
 from heterogui.folders import make_readable
 
@@ -289,7 +296,8 @@ def minilm_l3_path(cache: Path | None = None) -> Path:
     start = time.perf_counter()
     tmp = build_folder(folder)
     try:
-        _write_l3(tmp, onnx_path)
+        with build_writes(tmp, folder):
+            _write_l3(tmp, onnx_path)
         diff = check_conversion(tmp, onnx_path)
         seconds = time.perf_counter() - start
         marker = {"onnx_sha256": onnx_hash, "build_version": _BUILD_VERSION}

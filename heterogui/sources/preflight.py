@@ -211,6 +211,11 @@ def sizes(path: str | Path) -> Sizes:
     num_params, dtypes = _float_parameters(files, config.get("vocab_size"), folder)
     model_type = str(config.get("model_type", "unknown"))
     family = _FAMILY.get(model_type, model_type)
+    if family != "vit" and config.get("vocab_size") is None:  # the pair check compares them
+        raise ModelLoadError(
+            f"{folder}/config.json has no vocab_size (the rows of its token embedding); fix "
+            "config.json (save_pretrained writes it)"
+        )
     hidden, heads = int(_pick(config, "hidden", folder)), int(_pick(config, "heads", folder))
     depth = int(_pick(config, "depth", folder))
     inter = _intermediate(config, family, hidden, folder)
@@ -344,6 +349,14 @@ def _check_numbers(config: dict[str, Any], folder: Path) -> None:
                 f"{folder}/config.json: {key} must be a whole number of at least {least}, got "
                 f"{excerpt(repr(value), 40)}; fix config.json (save_pretrained writes it)"
             )
+    archs = config.get("architectures")
+    if archs is not None and not (
+        isinstance(archs, list) and all(isinstance(a, str) for a in archs)
+    ):
+        raise ModelLoadError(
+            f"{folder}/config.json: architectures must be a list of class names, got "
+            f"{excerpt(repr(archs), 40)}; fix config.json (save_pretrained writes it)"
+        )
     for key in _POSITIVE_FIELDS:
         value = config.get(key)
         if value is not None and (

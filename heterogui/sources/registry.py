@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from heterogui.errors import ConfigError, ModelLoadError
+from heterogui.errors import ConfigError, ModelLoadError, excerpt, os_error_line
 from heterogui.models.io import read_config
 from heterogui.pair_check import pair_reasons
 from heterogui.sources.base import Header, Loaded, Source, fit_tokenizer
@@ -47,34 +47,44 @@ def find_source(ref: str) -> Source:
     text = (ref or "").strip()
     if not text:
         raise ConfigError(f"give a model: {FORMS}")
+    try:
+        return _source_of(text)
+    except OSError as exc:  # a name too long for the file system, a folder that cannot be read
+        shown = excerpt(repr(text), 80)
+        raise ModelLoadError(f"model {shown}: {os_error_line(exc, '')}") from exc
+
+
+def _source_of(text: str) -> Source:
+    """Return the source that reads ``text`` (find_source's checks, below its OSErrors)."""
+    shown = excerpt(repr(text), 120)
     for source in SOURCES:
         if source.claims(text):
             return source
     path = Path(text).expanduser()
     if path.is_file():
         raise ModelLoadError(
-            f"{text!r} is a file; a model is a folder with config.json and model.safetensors "
+            f"{shown} is a file; a model is a folder with config.json and model.safetensors "
             "(pass the folder that holds it)"
         )
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(
-                f"folder {text!r} has no config.json: it is not a model folder; pass a folder "
+                f"folder {shown} has no config.json: it is not a model folder; pass a folder "
                 "with config.json and model.safetensors"
             )
         read_config(path)  # says what is wrong with a config.json that is no JSON object
         raise ModelLoadError(
-            f"config.json in {text!r} is neither a heterogui config nor a Hugging Face config "
+            f"config.json in {shown} is neither a heterogui config nor a Hugging Face config "
             "(it has no model_type); pass a folder written by heterogui or save_pretrained"
         )
     if "/" not in text and ":" not in text:  # "gpt2": a hub id without its owner, perhaps
         raise ModelLoadError(
-            f"model folder {text!r} does not exist, and hub ids name their owner "
+            f"model folder {shown} does not exist, and hub ids name their owner "
             f"(openai-community/gpt2, google-bert/bert-base-uncased); give {FORMS}"
         )
     if path.exists():  # a device or a pipe (/dev/zero): there, but no folder
-        raise ModelLoadError(f"{text!r} is not a folder; a model is a folder: give {FORMS}")
-    raise ModelLoadError(f"model folder {text!r} does not exist; give {FORMS}")
+        raise ModelLoadError(f"{shown} is not a folder; a model is a folder: give {FORMS}")
+    raise ModelLoadError(f"model folder {shown} does not exist; give {FORMS}")
 
 
 def load(ref: str, *, pooling: str | None = None, device: str = "cpu") -> Loaded:

@@ -244,6 +244,13 @@ class ImageClassification(Task):
         names = tuple(str(i) for i in range(num))
         if ref.source in DATASETS:
             names = DATASETS[ref.source].class_names
+            beyond = sorted(c for c in _classes(pair) if c >= len(names))
+            if beyond:  # its samples would drop out of the scores without a word
+                raise ConfigError(
+                    f"the models' heads list class {excerpt(beyond, 40)}, but {ref.source} has "
+                    f"classes 0 to {len(names) - 1}; evaluate on data with those classes, or "
+                    "fix the heads' class ids"
+                )
         split = Split(inputs, labels.long(), num, names, ref.source)
         done = dataclasses.replace(ref, sha256=tensor_data_sha256(inputs, labels))
         kept = _scored_part(split, _classes(pair), ref.source)

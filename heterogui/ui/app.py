@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from heterogui.cache import cache_path, make_folder  # noqa: E402
 from heterogui.errors import ConfigError  # noqa: E402
-from heterogui.folders import why_not_writable  # noqa: E402
+from heterogui.folders import clean_stale_in, why_not_writable  # noqa: E402
 from heterogui.ui import tab_models  # noqa: E402
 from heterogui.ui.events import SessionLocks, event_function  # noqa: E402
 from heterogui.ui.figstyle import DARK_CSS, STATUS_CSS  # noqa: E402
@@ -330,6 +330,7 @@ def main(
     check_export_root(res.export_root)
     use_own_upload_folder()
     remove_stale_sessions()  # what apps killed before left in the cache
+    clean_stale_in(res.export_root)  # and half-written exports of theirs
     terminated = exit_on_terminate()
     torch.set_num_threads(threads or default_threads())
     log.info("torch CPU threads: %d", torch.get_num_threads())

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
+from numbers import Integral, Real
 from typing import Any
 
 from heterogui.config import (
@@ -17,6 +18,7 @@ from heterogui.config import (
     DEFAULT_HEADS,
     DEFAULT_RIDGE,
     SPLIT_HEADS,
+    ZipSpec,
     check_split_override,
 )
 from heterogui.errors import ConfigError, MatcherError
@@ -32,8 +34,9 @@ class ZipSettings:
 
     overrides: space name -> {"width": int} or any of {"rho", "alpha", "beta", "matcher"}. A
         key with ``*``, ``?`` or ``[`` is a pattern (``fnmatch``: "*.qk" is every attention
-        layer's query/key space): its knobs apply to every merge point it matches, in the
-        order given; a merge point's own entry replaces what patterns give it.
+        layer's query/key space): its knobs apply to every merge point it matches; patterns
+        that give one merge point two values of a knob are refused (``check_override_names``),
+        and a merge point's own entry replaces what patterns give it.
     stop: merge blocks before this index (None: every block but the heads).
     fusion: "average" (the paper's W* = M W U), "least_squares" (U replaced by the
         regression of the parents' features on the merged ones: ``fusion.regression``),
@@ -251,6 +254,34 @@ def check_override_names(
             f"override patterns {empty} match no merge point that takes an override; "
             f"known: {takers}"
         )
+    for space in takers:
+        if space not in settings.overrides:
+            _check_patterns_agree(space, settings.overrides)
+
+
+def _check_patterns_agree(space: str, overrides: Mapping[str, Mapping[str, Any]]) -> None:
+    """Raise if the patterns matching ``space`` give it two values of one knob, or a rho and a
+    width: which one won would hang on the order of the keys, and recipes store them sorted.
+
+    Raises:
+        ConfigError: naming the two patterns, the knob and the fix.
+    """
+    given: dict[str, tuple[str, Any]] = {}
+    for key, values in overrides.items():
+        if not (is_pattern(key) and fnmatchcase(space, key)):
+            continue
+        for knob, value in values.items():
+            first, said = given.setdefault(knob, (key, value))
+            if said != value:
+                raise ConfigError(
+                    f"override patterns {first!r} and {key!r} both match merge point {space} "
+                    f"and set its {knob} to {said} and {value}; give {space} its own entry"
+                )
+    if "rho" in given and "width" in given:
+        raise ConfigError(
+            f"override patterns {given['rho'][0]!r} and {given['width'][0]!r} both match merge "
+            f"point {space}, one with a rho and one with a width; give {space} its own entry"
+        )
 
 
 def check_split_knobs(graph: ModelGraph, settings: ZipSettings) -> None:
@@ -327,3 +358,46 @@ def plan_widths(
 
 
 __all__ = ["MatcherError", "ZipSettings", "plan_widths", "stop_point", "trunk_spaces"]
+
+
+def checked_settings(settings: Any) -> ZipSettings | None:
+    """Return ``settings`` (None or ZipSettings) after the checks a recipe's zip gets.
+
+    Raises:
+        ConfigError: another type, or a knob a recipe would refuse (named as a recipe names it).
+    """
+    if settings is None:
+        return None
+    if not isinstance(settings, ZipSettings):
+        got = type(settings).__name__
+        raise ConfigError(
+            f"settings must be a heterogui.pipeline.ZipSettings, got a {got}; "
+            "build one: ZipSettings(rho=0.5, ...)"
+        )
+    for name in ("alpha", "beta", "rho", "ridge"):
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, Real):  # numpy scalars too
+            raise ConfigError(f"settings.{name} = {value!r} must be a number")
+    for name in ("renormalize", "bn_units"):
+        if not isinstance(getattr(settings, name), bool):
+            raise ConfigError(
+                f"settings.{name} = {getattr(settings, name)!r} must be True or False"
+            )
+    stop = settings.stop
+    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, Integral) or stop < 0):
+        raise ConfigError(f"settings.stop = {stop!r} must be a whole number from 0, or None")
+    ZipSpec(  # the recipe's checks: matcher, ranges, fusion, heads, every override's keys
+        matcher=settings.matcher,
+        alpha=settings.alpha,
+        beta=settings.beta,
+        rho=settings.rho,
+        overrides={
+            k: dict(v) if isinstance(v, Mapping) else v for k, v in settings.overrides.items()
+        },
+        fusion=settings.fusion,
+        ridge=settings.ridge,
+        renormalize=settings.renormalize,
+        heads=settings.heads,
+        bn_units=settings.bn_units,
+    )
+    return settings

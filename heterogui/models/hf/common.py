@@ -140,9 +140,22 @@ def load_pretrained(
                 # weights on loading; weights stored in 16 bits widen exactly
                 dtype=torch.float32,
             )
-    except (OSError, ValueError, RuntimeError, SafetensorError, StrictDataclassError) as exc:
+    # transformers reads the user's config.json: a field of the wrong type or range (a dtype
+    # of [1], a pad_token_id past the vocabulary) fails inside it, with any of these
+    except (
+        OSError,
+        ValueError,
+        RuntimeError,
+        SafetensorError,
+        StrictDataclassError,
+        AssertionError,
+        IndexError,
+        KeyError,
+        TypeError,
+    ) as exc:
+        said = str(exc) or type(exc).__name__
         raise ModelLoadError(
-            f"cannot load {name!r} as a Hugging Face {kind} ({excerpt(exc, 300)}); pass a "
+            f"cannot load {name!r} as a Hugging Face {kind} ({excerpt(said, 300)}); pass a "
             f"save_pretrained folder with {files}"
         ) from exc
     tok = _load_tokenizer(name, local, files) if tokenizer else None
@@ -162,11 +175,23 @@ def _load_tokenizer(name: str, local: bool, files: str) -> Any:
 
     try:
         return transformers.AutoTokenizer.from_pretrained(name, local_files_only=local)
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
-        what = f"{type(exc).__name__}: {exc}" if isinstance(exc, KeyError) else str(exc)
+    except (
+        OSError,
+        ValueError,
+        RuntimeError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        IndexError,  # it reads config.json too: a torch_dtype of [1]
+        AssertionError,
+    ) as exc:
+        what = (
+            f"{type(exc).__name__}: {exc}" if isinstance(exc, KeyError | IndexError) else str(exc)
+        )
         raise ModelLoadError(
             f"cannot load the tokenizer of {name!r} ({excerpt(what, 300)}): its tokenizer files "
-            f"are broken or incomplete; pass a save_pretrained folder with {files}"
+            "(or its config.json) are broken or incomplete; pass a save_pretrained folder with "
+            f"{files}"
         ) from exc
 
 
