@@ -308,7 +308,7 @@ def settings_facts(result: MergeResult | GroupMergeResult) -> dict[str, Any]:
         "beta": s.beta,
         "rho": s.rho,
         "stop": result.spec.stop,
-        "overrides": dict(s.overrides),
+        "overrides": dict(sorted(s.overrides.items())),  # as recipe.yaml: a rerun's card alike
         "fusion": s.fusion,
     }
     if s.fusion != "average":

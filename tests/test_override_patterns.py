@@ -13,6 +13,7 @@ from heterogui.models.family import build_network
 from heterogui.models.graph import unshared_spaces
 from heterogui.models.vit import ViTNetConfig
 from heterogui.pipeline import ZipSettings, prepare, zip_prepared
+from heterogui.report import settings_facts
 from heterogui.zip.plan import head_group_firsts
 
 
@@ -122,3 +123,11 @@ def test_recipes_take_patterns():
     assert spec.overrides == {"*.qk": {"rho": 0.0}}
     with pytest.raises(ConfigError, match="unknown keys"):
         ZipSpec(overrides={"*.qk": {"rhoo": 0.0}})
+
+
+def test_the_card_lists_overrides_as_recipe_yaml_stores_them(prepared):
+    # A workbench export's card listed them in the order they were set, its rerun's card in
+    # recipe.yaml's sorted order: the two cards differed though the weights were the same.
+    overrides = {"layer0.ffn": {"rho": 0.5}, "*.qk": {"rho": 0.0}}
+    result = zip_prepared(prepared, paired(overrides=overrides))
+    assert list(settings_facts(result)["overrides"]) == ["*.qk", "layer0.ffn"]
