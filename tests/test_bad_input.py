@@ -575,6 +575,8 @@ def test_a_broken_config_json_is_refused_before_anything_is_built(ws, capsys, ch
         (lambda d: d.update(heads=[[], []]), "lists classes [] for a head of 5 outputs"),
         (lambda d: d.update(heads=d["heads"][:1]), "the heads of 1 model(s) for 2 merged"),
         (lambda d: d.update(stop=99), "stops at block 99, but its trunk has"),
+        (lambda d: d.update(stop=True), "stop True is not a block number from 0"),  # was 1
+        (lambda d: d.update(layout="bogus"), "layout 'bogus' is none of ['channels', 'flat'"),
     ],
 )
 def test_a_merge_whose_heads_do_not_fit_its_outputs_is_refused(ws, capsys, change, words):

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from heterogui.errors import ModelLoadError
+from heterogui.errors import ModelLoadError, excerpt
 from heterogui.fusion.fuse import SpaceTransform, apply_along, fuse_tensor
 from heterogui.models.conv import channels_last_weights
 from heterogui.models.family import (
@@ -76,11 +76,16 @@ class MergedSpec:
                 (Head(name, tuple(int(i) for i in c)),)
                 for name, c in zip("AB", data["classes"], strict=True)
             )
+        stop, layout = data["stop"], data["layout"]
+        if isinstance(stop, bool) or not isinstance(stop, int) or stop < 0:
+            raise ValueError(f"stop {excerpt(repr(stop), 30)} is not a block number from 0")
+        if layout is not None and layout not in CHANNEL_DIM:
+            raise ValueError(f"layout {excerpt(repr(layout), 30)} is none of {sorted(CHANNEL_DIM)}")
         return cls(
             config_from_dict(data["trunk_config"]),
             tuple(config_from_dict(c) for c in data["tail_configs"]),
-            int(data["stop"]),
-            data["layout"],
+            stop,
+            layout,
             heads,
         )
 
