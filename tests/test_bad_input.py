@@ -779,6 +779,16 @@ def test_a_hub_id_when_the_hub_is_off_says_so():
         load_pair("someone/a-model", "someone/b-model")
 
 
+def test_a_model_path_too_long_for_the_system_is_one_short_line(tmp_path):
+    from heterogui.run import load_pair
+
+    # Path.is_dir raised a bare OSError through the Python API; the CLI quoted all 5,000 bytes
+    for path in ("x" * 5000, str(tmp_path / ("y" * 300) / "model")):
+        with pytest.raises(ModelLoadError, match="File name too long: use a shorter path") as err:
+            load_pair(path, path)
+        assert len(str(err.value)) < 200
+
+
 # --- The workbench ------------------------------------------------------------------------------
 
 
