@@ -445,10 +445,18 @@ def test_the_app_keeps_uploads_and_downloads_in_a_folder_of_its_user(tmp_path, m
 
     monkeypatch.setenv("HETEROGUI_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("GRADIO_TEMP_DIR", "")  # restored afterwards, whatever the app sets
-    # not Gradio's /tmp/gradio, which belongs to whoever ran a Gradio app there first
-    assert app.use_own_upload_folder() == tmp_path / "cache" / "gradio"
-    assert os.environ["GRADIO_TEMP_DIR"] == str(tmp_path / "cache" / "gradio")
-    assert (tmp_path / "cache" / "gradio").is_dir()
+    # not Gradio's /tmp/gradio, which belongs to whoever ran a Gradio app there first, but a
+    # folder of this app's own: what a killed app served goes as the next one starts
+    gradio = tmp_path / "cache" / "gradio"
+    dead = gradio / f".served.tmp-{2**22 + 12345}-abcd1234"
+    (dead / "f00d").mkdir(parents=True)
+    (dead / "f00d" / "export.zip").write_bytes(b"80 MB of an export")
+    live = gradio / f".served.tmp-{os.getpid()}-livelive"  # another app of this process id
+    live.mkdir()
+    folder = app.use_own_upload_folder()
+    assert folder.parent == gradio and folder.name.startswith(f".served.tmp-{os.getpid()}-")
+    assert os.environ["GRADIO_TEMP_DIR"] == str(folder) and folder.is_dir()
+    assert sorted(p.name for p in gradio.iterdir()) == sorted([live.name, folder.name])
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "mine"))  # the user's choice stands
     assert app.use_own_upload_folder() == tmp_path / "mine"
     (tmp_path / "file").write_text("")

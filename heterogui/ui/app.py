@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -353,11 +354,14 @@ def main(
 
 
 def use_own_upload_folder() -> Path:
-    """Keep Gradio's uploads and served downloads under the cache's gradio/ folder (unless
-    $GRADIO_TEMP_DIR names one) and return that folder.
+    """Keep Gradio's uploads and served downloads in a folder of this app's own under the
+    cache's gradio/ folder (unless $GRADIO_TEMP_DIR names one) and return that folder.
 
     Gradio's default, /tmp/gradio, belongs to the first user who ran a Gradio app on the
     machine: every other user's uploads and downloads failed there with a permission error.
+    Gradio removes what it served as it stops, but not what an app killed (or stopped while
+    an export was being made) left, a MiniLM export's .zip is 80 MB: each app's folder is
+    named with its process id, and those of apps that died are removed as the next one starts.
 
     Raises:
         ConfigError: the folder cannot be created or written.
@@ -377,6 +381,9 @@ def use_own_upload_folder() -> Path:
     folder = make_folder(wanted, what, fix)
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write in {what} {folder} ({why_not_writable(folder)}); {fix}")
+    if not named:
+        clean_stale_in(folder)
+        folder = Path(tempfile.mkdtemp(prefix=f".served.tmp-{os.getpid()}-", dir=folder))
     os.environ["GRADIO_TEMP_DIR"] = str(folder)
     return folder
 
