@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -463,6 +464,37 @@ def test_the_app_keeps_uploads_and_downloads_in_a_folder_of_its_user(tmp_path, m
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "file"))
     with pytest.raises(ConfigError, match=r"GRADIO_TEMP_DIR .*file is a file, not a folder"):
         app.use_own_upload_folder()
+
+
+def test_a_stopping_app_lets_running_steps_finish_and_removes_what_it_served(tmp_path):
+    # A Ctrl-C or SIGTERM mid-export aborted the process (exit 134) now and then, and the
+    # export's .zip, served after the server had cleaned up, stayed behind.
+    from heterogui.ui import app
+    from heterogui.ui.resources import Resources
+
+    res = Resources(device="cpu", export_root=tmp_path / "exports")
+    served = tmp_path / f".served.tmp-{os.getpid()}-abcd1234"
+    (served / "f00d").mkdir(parents=True)
+    started, finished = threading.Event(), threading.Event()
+
+    def export_step() -> None:
+        with res.in_flight.track():
+            started.set()
+            time.sleep(0.3)
+            (served / "f00d" / "export.zip").write_bytes(b"served after the server stopped")
+            finished.set()
+
+    step = threading.Thread(target=export_step)
+    step.start()
+    started.wait()
+    app.finish_in_flight(res, served)
+    assert finished.is_set() and not served.exists()
+    step.join()
+    assert res.in_flight.running == 0
+    mine = tmp_path / "mine"  # a folder $GRADIO_TEMP_DIR names is the user's: it stays
+    mine.mkdir()
+    app.finish_in_flight(res, mine)
+    assert mine.is_dir()
 
 
 def test_the_app_refuses_a_taken_port_or_a_foreign_address_in_one_line(capsys):

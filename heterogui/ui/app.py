@@ -28,10 +28,11 @@ import torch  # noqa: E402
 
 from heterogui.cache import cache_path, make_folder  # noqa: E402
 from heterogui.errors import ConfigError  # noqa: E402
-from heterogui.folders import clean_stale_in, why_not_writable  # noqa: E402
+from heterogui.folders import clean_stale_in, remove_path, why_not_writable  # noqa: E402
 from heterogui.ui import tab_models  # noqa: E402
 from heterogui.ui.events import SessionLocks, event_function  # noqa: E402
 from heterogui.ui.figstyle import DARK_CSS, STATUS_CSS  # noqa: E402
+from heterogui.ui.in_flight import GRACE_S  # noqa: E402
 from heterogui.ui.local_only import local_only  # noqa: E402
 from heterogui.ui.prefetch import Prefetcher  # noqa: E402
 from heterogui.ui.resources import Resources  # noqa: E402
@@ -329,7 +330,7 @@ def main(
     if pair is not None and pair not in pairs:  # refused in one line, before anything is said
         raise ConfigError(f"unknown demo pair {pair!r}: use one of {', '.join(pairs)}")
     check_export_root(res.export_root)
-    use_own_upload_folder()
+    served = use_own_upload_folder()
     remove_stale_sessions()  # what apps killed before left in the cache
     clean_stale_in(res.export_root)  # and half-written exports of theirs
     terminated = exit_on_terminate()
@@ -349,8 +350,28 @@ def main(
         if terminated is None or not terminated.is_set():
             raise
         demo.close()  # as that wait does: the server and the copies it served
+    finish_in_flight(res, served, getattr(demo, "prefetcher", None))
     if terminated is not None and terminated.is_set():
         sys.exit(128 + signal.SIGTERM)
+
+
+def finish_in_flight(res: Resources, served: Path, idle: Prefetcher | None = None) -> None:
+    """Stop the background prefetch, let the events still running finish (``GRACE_S`` at
+    most), then remove what they served after the server stopped.
+
+    Gradio's wait for Ctrl-C (or SIGTERM) stops the server only: a prefetch or an event
+    still inside torch as the interpreter exited aborted the process (exit 134).
+    served: this app's own folder (one named by $GRADIO_TEMP_DIR is the user's, and stays).
+    """
+    if idle is not None:
+        idle.close()  # a pass in progress stops at its next batch
+    running = res.in_flight.running
+    if running:
+        log.info("letting %d running step(s) finish (%.0f s at most)", running, GRACE_S)
+        if not res.in_flight.wait_done(GRACE_S):
+            log.warning("stopping with %d step(s) still running", res.in_flight.running)
+    if served.name.startswith(".served.tmp-"):
+        remove_path(served)
 
 
 def use_own_upload_folder() -> Path:

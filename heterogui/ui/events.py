@@ -91,6 +91,7 @@ def event_function(
         arrived = time.monotonic()  # before the session's lock: a step queued behind waits
         try:
             with (
+                res.in_flight.track(),
                 idle.busy() if idle else contextlib.nullcontext(),
                 lock_for(session) if lock_for else contextlib.nullcontext(),
                 step_warnings() as warned,

@@ -22,6 +22,7 @@ from heterogui.sources.base import Loaded
 from heterogui.sources.zoo import DECODER_PAIR, DECODER_PREFIX, zoo_ref
 from heterogui.tasks import Calibration, Evaluation
 from heterogui.ui.export_guard import ExportGuard
+from heterogui.ui.in_flight import InFlight
 from heterogui.zoo import decoder_pair, decoder_training
 from heterogui.zoo.pairs import build_zoo
 from heterogui.zoo.registry import PAIRS, TINY_PAIRS, pair_spec
@@ -98,8 +99,10 @@ class Resources:
         # Exports are written below this folder only (the page refuses paths outside it).
         self.export_root = Path(export_root or cache_dir("exports")).expanduser().resolve()
         self._default_pair = default_pair
-        # the one mutable shared thing: which open session wrote which export (export_guard)
+        # the mutable shared things: which open session wrote which export (export_guard), and
+        # the events running now (an app that stops lets them finish first)
         self.exports = ExportGuard()
+        self.in_flight = InFlight()
         self._lock = threading.Lock()
         self._key_locks: dict[Any, threading.Lock] = {}
         self._values: dict[Any, Any] = {}
