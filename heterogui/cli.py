@@ -19,7 +19,13 @@ from heterogui.cli_args import thread_count
 from heterogui.cli_bench import add_bench_arguments
 from heterogui.cli_zoo import add_zoo_arguments
 from heterogui.config import EXPORT_DTYPES
-from heterogui.errors import MESSAGE_LIMIT, HeteroguiError, excerpt, os_error_line
+from heterogui.errors import (
+    MESSAGE_LIMIT,
+    HeteroguiError,
+    excerpt,
+    os_error_line,
+    out_of_memory_line,
+)
 from heterogui.folders import check_output
 from heterogui.recipe_parse import load_recipe
 
@@ -210,6 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         else:
             line = os_error_line(exc)
+        print(f"{_error_prefix()}{line}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:  # torch says it runs out with a RuntimeError
+        line = out_of_memory_line(exc)
+        if line is None:  # a bug: its traceback
+            raise
         print(f"{_error_prefix()}{line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM; a merge's folder is whole or absent

@@ -75,3 +75,20 @@ def os_error_line(exc: OSError, filename: str | None = None) -> str:
     name = filename if filename is not None else exc.filename
     where = f" on {excerpt(repr(str(name)), 160)}" if name else ""
     return f"{exc.strerror or excerpt(exc)}{where}: {fix}"
+
+
+# what torch's allocators say when the memory runs out (a RuntimeError, not a MemoryError)
+_OUT_OF_MEMORY = ("can't allocate memory", "DefaultCPUAllocator", "CUDA out of memory")
+
+
+def out_of_memory_line(exc: BaseException) -> str | None:
+    """Return the one line to say for an allocation that failed (None: ``exc`` is another
+    error): Python's MemoryError, or torch's out-of-memory RuntimeError."""
+    if not isinstance(exc, MemoryError) and not (
+        isinstance(exc, RuntimeError) and any(s in str(exc) for s in _OUT_OF_MEMORY)
+    ):
+        return None
+    return (
+        "out of memory: this step needs more than is free here; free memory, use less "
+        "calibration data (calibration.size, batch_size), smaller models, or a machine with more"
+    )

@@ -190,6 +190,7 @@ def load_pair(
             reasons = "; ".join(verdict.reasons)  # the pre-flight names the second model B
             which = f"model {letter} against model A: " if k > 1 else ""
             raise IncompatibleModelsError(which + reasons.replace("model B", f"model {letter}"))
+        host_memory.check_fits(verdict.memory)  # first: an out-of-memory kill says nothing
     for ref in refs:
         if ref.sha256:
             sources.check_recorded(ref.path, ref.sha256)

@@ -295,3 +295,48 @@ def test_a_pair_blocked_twice_is_told_both_reasons_at_once(tmp_path: Path) -> No
     assert not verdict.ok and len(verdict.reasons) == 2  # not the task's alone, then the other
     assert "is scored on text classification" in verdict.reasons[0]
     assert "vocabularies differ (100 vs 120" in verdict.reasons[1]
+
+
+def test_a_merge_the_free_memory_cannot_hold_is_refused_before_loading(tmp_path, monkeypatch):
+    # Over a container's limit, the system's out-of-memory killer ended merges (and the
+    # workbench, with every session) without a word; the estimate was only a note.
+    from heterogui import host_memory
+    from heterogui.errors import ConfigError
+    from heterogui.run import load_pair
+    from heterogui.sources.registry import preflight
+
+    a, b = tiny(tmp_path / "a"), tiny(tmp_path / "b", num_hidden_layers=1)
+    needed = preflight(str(a), str(b)).memory
+    assert needed is not None and needed > 0
+    monkeypatch.setattr(host_memory, "available_memory", lambda: needed - 1)
+    monkeypatch.delenv("HETEROGUI_MEMORY_CHECK", raising=False)
+    with pytest.raises(ConfigError, match=r"this merge needs about .* GiB of memory by the pre"):
+        load_pair(str(a), str(b))
+    # Past the check, the loading goes on (and stops at these folders' missing tokenizer):
+    # when the user says so, and when the memory is there.
+    monkeypatch.setenv("HETEROGUI_MEMORY_CHECK", "off")
+    with pytest.raises(ModelLoadError, match="has no tokenizer"):
+        load_pair(str(a), str(b))
+    monkeypatch.delenv("HETEROGUI_MEMORY_CHECK")
+    monkeypatch.setattr(host_memory, "available_memory", lambda: needed)
+    with pytest.raises(ModelLoadError, match="has no tokenizer"):
+        load_pair(str(a), str(b))
+
+
+def test_the_memory_figures_heed_an_address_space_limit():
+    import resource
+    import subprocess
+    import sys
+
+    code = (
+        "import resource; resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, "
+        "resource.getrlimit(resource.RLIMIT_AS)[1])); from heterogui import host_memory as h; "
+        "print(h.machine_memory(), h.available_memory() or 0, h.stats_budget())"
+    )
+    if resource.getrlimit(resource.RLIMIT_AS)[1] not in (resource.RLIM_INFINITY,) and (
+        resource.getrlimit(resource.RLIMIT_AS)[1] < 3 * 2**30
+    ):
+        pytest.skip("a hard address-space limit below 3 GiB here")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    machine, free, budget = map(int, done.stdout.split())
+    assert machine <= 3 * 2**30 and free <= 3 * 2**30 and budget == machine // 4

@@ -164,6 +164,7 @@ def check_pair(card_a: ModelCard, card_b: ModelCard) -> Verdict:
             f"dtypes differ ({', '.join(card_a.dtypes)} vs {', '.join(card_b.dtypes)}): the "
             "merge runs in float32"
         )
+    mem = None
     if not reasons:
         shape = [
             {
@@ -179,4 +180,4 @@ def check_pair(card_a: ModelCard, card_b: ModelCard) -> Verdict:
             f"estimate (rough, not measured): about {mem / 2**30:.2f} GiB of memory and "
             f"{secs:.0f} s on a CPU for the merge"
         )
-    return Verdict(ok=not reasons, reasons=tuple(reasons), notes=tuple(notes))
+    return Verdict(ok=not reasons, reasons=tuple(reasons), notes=tuple(notes), memory=mem)

@@ -106,11 +106,13 @@ class ModelCard:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Whether two models can be merged: blocking `reasons` and non-blocking `notes`."""
+    """Whether two models can be merged: blocking `reasons` and non-blocking `notes`;
+    `memory`: the bytes the merge needs by the estimate (None: not estimated)."""
 
     ok: bool
     reasons: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    memory: int | None = None
 
 
 def _weight_files(folder: Path) -> list[Path]:

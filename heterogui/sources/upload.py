@@ -8,6 +8,7 @@ and a size limit, so an upload never writes outside its folder.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -17,7 +18,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from heterogui.cache import cache_dir
-from heterogui.errors import HeteroguiError, ModelLoadError, excerpt
+from heterogui.errors import HeteroguiError, ModelLoadError, excerpt, os_error_line
 from heterogui.folders import remove_path
 from heterogui.models.io import file_sha256
 
@@ -70,13 +71,14 @@ def receive(files: list[str] | None, workdir: str | Path | None = None) -> Path:
     check_still_there(paths)
     archive = len(paths) == 1 and paths[0].suffix.lower() == ".zip"
     root = Path(tempfile.mkdtemp(prefix="upload-", dir=workdir))
-    if len(paths) == 1 and paths[0].suffix.lower() == ".gguf":
-        target = root / f"{_safe_name(paths[0].stem)}.gguf"
-        shutil.copyfile(paths[0], target)
-        return target
+    gguf = len(paths) == 1 and paths[0].suffix.lower() == ".gguf"
     # The model folder is named after the archive (an export's name), so the model is too.
     folder = root / (_safe_name(paths[0].stem) if archive else "uploaded-model")
     try:
+        if gguf:
+            target = root / f"{_safe_name(paths[0].stem)}.gguf"
+            shutil.copyfile(paths[0], target)
+            return target
         folder.mkdir()
         if archive:
             _extract(paths[0], folder)
@@ -87,6 +89,9 @@ def receive(files: list[str] | None, workdir: str | Path | None = None) -> Path:
                 f"the upload has no config.json (got {sorted(p.name for p in folder.iterdir())}); "
                 "upload config.json and model.safetensors, or the .zip of an export"
             )
+    except OSError as exc:  # a full disk: the copy's room, not the upload, is the problem
+        shutil.rmtree(root, ignore_errors=True)
+        raise ModelLoadError(f"could not keep the upload: {os_error_line(exc, '')}") from exc
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
@@ -200,6 +205,8 @@ def _extract(archive: Path, folder: Path) -> None:
                     ) from exc
                 except OSError as exc:  # a name too long for the file system, say: its
                     # message would show the server's own folder
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                        raise  # the disk, not the archive: ``receive`` says so
                     raise ModelLoadError(
                         f"{archive.name} holds {excerpt(repr(member.filename), 80)}, which cannot "
                         f"be unpacked here ({excerpt(exc.strerror or exc, 60)}); upload an "

@@ -18,7 +18,13 @@ from typing import Any
 
 import gradio as gr
 
-from heterogui.errors import MESSAGE_LIMIT, Cancelled, HeteroguiError, excerpt
+from heterogui.errors import (
+    MESSAGE_LIMIT,
+    Cancelled,
+    HeteroguiError,
+    excerpt,
+    out_of_memory_line,
+)
 from heterogui.ui.prefetch import Prefetcher
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
@@ -177,6 +183,10 @@ def failure_message(exc: Exception, handler: Callable[..., Any]) -> str:
         message = shown(excerpt(exc, MESSAGE_LIMIT))
         gr.Warning(message)
         return f"**Error:** {message}"
+    memory = out_of_memory_line(exc)
+    if memory is not None:  # the step's memory is freed as it unwinds: the app goes on
+        gr.Warning(memory)
+        return f"**Error:** {memory}"
     log.exception("handler %s failed", getattr(handler, "__name__", handler), exc_info=exc)
     gr.Warning(f"unexpected error ({type(exc).__name__}): {excerpt(exc)}")
     return f"**Unexpected error** ({type(exc).__name__}): {excerpt(exc)}"

@@ -19,6 +19,7 @@ from heterogui.errors import (
     ModelLoadError,
 )
 from heterogui.export.card import class_ranges
+from heterogui.host_memory import check_fits
 from heterogui.memo import ObjectMemo
 from heterogui.pair_check import check_pair
 from heterogui.report import model_facts
@@ -190,10 +191,12 @@ def refuse_unmergeable(a: Loaded, b: Loaded) -> None:
 
     Raises:
         IncompatibleModelsError: the pre-flight's reasons (other tokenizers, head groupings ...).
+        ConfigError: the merge needs more memory than is free (``host_memory.check_fits``).
     """
     verdict = pair_preflight(a, b)
     if not verdict.ok:
         raise IncompatibleModelsError("cannot merge this pair: " + "; ".join(verdict.reasons))
+    check_fits(verdict.memory)  # the system would kill the app, and every session with it
 
 
 def verdict(a: Loaded | None, b: Loaded | None) -> tuple[bool, str]:
