@@ -56,6 +56,13 @@ def env_world_size() -> int:
         return 1
 
 
+def env_local_world_size(default: int = 1) -> int:
+    """Return torchrun's LOCAL_WORLD_SIZE, the processes on this machine (``default`` when
+    unset or not a positive number)."""
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    return int(local) if local.isdigit() and int(local) > 0 else default
+
+
 def env_rank() -> int:
     """Return torchrun's RANK (0 when unset)."""
     try:

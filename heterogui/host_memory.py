@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from heterogui.distributed import env_local_world_size
 from heterogui.errors import ConfigError
 
 try:
@@ -71,9 +72,7 @@ def stats_budget() -> int:
                 f"HETEROGUI_STATS_BUDGET_MB={override!r} is not a number of MiB; unset it or "
                 "give one such as 2048"
             ) from exc
-    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
-    processes = int(local) if local.isdigit() and int(local) > 0 else 1
-    return machine_memory() // 4 // processes
+    return machine_memory() // 4 // env_local_world_size()
 
 
 # a cgroup's "no limit" (v1 writes the largest page-aligned 64-bit number)

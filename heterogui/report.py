@@ -6,7 +6,6 @@ describe a merge the same way.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ from heterogui.export.job import (
     WeightsDtype,
 )
 from heterogui.export.registry import exporter
+from heterogui.export.rerun import rerun_command, rerun_threads
 from heterogui.fusion.bn import has_batch_norm
 from heterogui.fusion.merged import network_config
 from heterogui.models.family import Network, family_of
@@ -535,27 +535,6 @@ def with_weights_dtype(facts: dict[str, Any], weights: WeightsDtype | None) -> N
     if weights is not None:
         facts["notes"] = [*facts.get("notes", ()), weights.note]
         facts["rerun_flags"] = facts.get("rerun_flags", "") + weights.flag
-
-
-def rerun_command() -> str:
-    """Return the command a card's rerun starts with: under torchrun, with its process count
-    (each process sums its share of the statistics, so the count is part of the numbers)."""
-    world = world_size()
-    if world <= 1:
-        return "heterogui merge"
-    try:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    except ValueError:
-        local = world
-    if not 0 < local < world:  # one machine (or a LOCAL_WORLD_SIZE that says nothing)
-        return f"torchrun --nproc_per_node {world} -m heterogui merge"
-    return f"torchrun --nnodes {world // local} --nproc_per_node {local} -m heterogui merge"
-
-
-def rerun_threads(prep: Any) -> str:
-    """Return the rerun command's --threads flag: the CPU splits float sums by thread, so a
-    merge on the CPU repeats bit for bit at the thread count it ran with (``torch_threads``)."""
-    return f" --threads {torch.get_num_threads()}" if prep.device.type == "cpu" else ""
 
 
 def group_card_files(

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -430,7 +431,7 @@ def test_serving_beyond_this_machine_without_a_login_is_warned_about(
 
     served = []
     monkeypatch.setattr(app, "check_address", lambda host, port: None)  # any host here
-    monkeypatch.setattr(app, "build_app", lambda res: "page")
+    monkeypatch.setattr(app, "build_app", lambda res: SimpleNamespace(close=lambda **_: None))
     monkeypatch.setattr(app, "launch", lambda *args: served.append(args))
     monkeypatch.setattr(app, "exit_on_terminate", lambda: None)  # not in the test process
     threads = torch.get_num_threads()  # the app sets torch's threads: keep them

@@ -349,22 +349,19 @@ def main(
     except KeyboardInterrupt:  # before Gradio's wait for Ctrl-C began (which catches its own)
         if terminated is None or not terminated.is_set():
             raise
-        demo.close()  # as that wait does: the server and the copies it served
-    finish_in_flight(res, served, getattr(demo, "prefetcher", None))
+    # Gradio's wait for Ctrl-C closes the server only: the app's own close also stops the
+    # background prefetch, which, still inside torch as the interpreter exited, aborted it
+    demo.close(verbose=False)
+    finish_in_flight(res, served)
     if terminated is not None and terminated.is_set():
         sys.exit(128 + signal.SIGTERM)
 
 
-def finish_in_flight(res: Resources, served: Path, idle: Prefetcher | None = None) -> None:
-    """Stop the background prefetch, let the events still running finish (``GRACE_S`` at
-    most), then remove what they served after the server stopped.
-
-    Gradio's wait for Ctrl-C (or SIGTERM) stops the server only: a prefetch or an event
-    still inside torch as the interpreter exited aborted the process (exit 134).
-    served: this app's own folder (one named by $GRADIO_TEMP_DIR is the user's, and stays).
-    """
-    if idle is not None:
-        idle.close()  # a pass in progress stops at its next batch
+def finish_in_flight(res: Resources, served: Path) -> None:
+    """Let the events still running after the server stopped finish (``GRACE_S`` at most:
+    one inside torch as the interpreter exited aborted the process, exit 134), then remove
+    what they served (``served``: this app's own folder; one named by $GRADIO_TEMP_DIR is
+    the user's, and stays)."""
     running = res.in_flight.running
     if running:
         log.info("letting %d running step(s) finish (%.0f s at most)", running, GRACE_S)
