@@ -118,6 +118,39 @@ def test_depth_and_width_heterogeneous_decoders_merge_and_export_exactly(tmp_pat
     assert (out / "generation_config.json").is_file()
 
 
+def test_an_export_takes_the_merges_tensors_instead_of_copies_and_leaves_the_random_state():
+    """Writing a merge builds no second copy of its weights (a SmolLM2 export peaked 2.2 GiB
+    over the merge): the one network and the transformers model hold the merge's own tensors
+    where no padding or cast is needed, a cast gives the asked dtype, and nothing draws from
+    the caller's random generator (the transformers model is never initialised)."""
+    from heterogui.errors import ExportError
+    from heterogui.models.hf.common import holding
+    from heterogui.models.hf.decoder_io import causal_lm
+
+    deep = network_from_hf(tiny_decoder(hidden=48, layers=4, heads=6, kv=2, inter=80, seed=1))
+    wide = network_from_hf(tiny_decoder(hidden=72, layers=2, heads=9, kv=3, inter=96, seed=2))
+    result = zip_prepared(prepare(deep, wide, batches(), device="cpu"), ZipSettings(rho=0.5))
+    merged = result.model.state_dict()
+    one = as_network(result.model)
+    held = one.module.state_dict()
+    trunk = [k for k in merged if k.startswith("trunk.")]
+    assert trunk and all(
+        held[f"blocks.{k[len('trunk.') :]}"].data_ptr() == merged[k].data_ptr() for k in trunk
+    )
+    before = torch.get_rng_state()
+    hf = causal_lm(one, torch.float32)
+    assert torch.equal(torch.get_rng_state(), before)
+    embed = held["blocks.0.embed_tokens.weight"]
+    assert hf.model.embed_tokens.weight.data_ptr() == embed.data_ptr()
+    half = causal_lm(one, torch.bfloat16)
+    assert half.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert torch.equal(half.model.embed_tokens.weight, embed.to(torch.bfloat16))
+    state = dict(hf.state_dict())
+    del state["model.norm.weight"]
+    with pytest.raises(ExportError, match=r"missing \['model.norm.weight'\]"):
+        holding(lambda: AutoModelForCausalLM.from_config(hf.config), state, torch.float32)
+
+
 def test_last_position_logits_are_the_full_logits_last_column_and_generate_the_same():
     """Generation reads the head at the last position only: for a network, a full merge and a
     partial merge (the tails hold decoder layers), the same logits and the same continuations."""

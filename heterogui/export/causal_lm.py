@@ -16,8 +16,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import torch
-
 from heterogui.errors import ExportError, ModelLoadError
 from heterogui.export.hf import PADDED_NOTE
 from heterogui.export.job import (
@@ -89,10 +87,8 @@ class CausalLMExporter(Exporter):
             network = as_network(job.model)
         except ModelLoadError as exc:
             raise ExportError(str(exc)) from exc
-        model = (
-            gpt2_lm(network) if isinstance(network.config, GPT2NetConfig) else causal_lm(network)
-        )
-        model = model.to(job.dtype or torch.float32)
+        build = gpt2_lm if isinstance(network.config, GPT2NetConfig) else causal_lm
+        model = build(network, job.hf_dtype)
         with quiet_transformers():
             model.save_pretrained(folder, safe_serialization=True)
         source = job.source_folder

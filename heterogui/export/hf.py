@@ -47,7 +47,7 @@ from heterogui.export.job import (
 from heterogui.fusion.merged import MergedModel
 from heterogui.models.bert import BERT_NAMES, BertNetConfig, LayerNames
 from heterogui.models.hf.bert_io import state_to_hf
-from heterogui.models.hf.common import quiet_transformers
+from heterogui.models.hf.common import holding, quiet_transformers
 from heterogui.models.hf.vit_io import state_to_hf as vit_state_to_hf
 from heterogui.models.vit import VIT_NAMES, ViTNetConfig
 
@@ -190,20 +190,19 @@ def vit_config(config: ViTNetConfig, heads: int, intermediate: int) -> dict[str,
     }
 
 
-def _bert_model(model: MergedModel) -> Any:
-    """Return the transformers BertModel of a merged BERT trunk (widths padded to uniform)."""
+def _bert_model(model: MergedModel, dtype: torch.dtype) -> Any:
+    """Return the transformers BertModel of a merged BERT trunk (widths padded to uniform), its
+    weights in ``dtype``, for writing (``common.holding``)."""
     from transformers import BertConfig, BertModel
 
     state, heads, width = padded_trunk_state(model)
     fields = bert_config(model.spec.trunk_config, heads, width)
-    with torch.random.fork_rng(devices=[]):
-        hf = BertModel(BertConfig(**fields))
-    hf.load_state_dict(state, strict=True)
-    return hf
+    return holding(lambda: BertModel(BertConfig(**fields)), state, dtype)
 
 
-def _vit_model(model: MergedModel) -> Any:
-    """Return the transformers ViTModel of a merged ViT trunk (widths padded to uniform)."""
+def _vit_model(model: MergedModel, dtype: torch.dtype) -> Any:
+    """Return the transformers ViTModel of a merged ViT trunk (widths padded to uniform), its
+    weights in ``dtype``, for writing (``common.holding``)."""
     from transformers import ViTConfig, ViTModel
 
     config = check_exportable(model, closing=ViTExporter.closing, kind="ViTModel")
@@ -212,10 +211,7 @@ def _vit_model(model: MergedModel) -> Any:
     hf_state = vit_state_to_hf(state, config.num_layers)
     hf_state["pooler.dense.weight"] = torch.zeros(config.hidden, config.hidden)
     hf_state["pooler.dense.bias"] = torch.zeros(config.hidden)
-    with torch.random.fork_rng(devices=[]):
-        hf = ViTModel(ViTConfig(**vit_config(config, heads, width)))
-    hf.load_state_dict(hf_state, strict=True)
-    return hf
+    return holding(lambda: ViTModel(ViTConfig(**vit_config(config, heads, width))), hf_state, dtype)
 
 
 # why a Hugging Face folder holds more parameters than the merge (the card's and report's count)
@@ -233,9 +229,9 @@ POOLER_NOTE = (
 
 
 def write_transformer(hf: Any, job: ExportJob, folder: Path) -> None:
-    """Write a transformers model, the unmerge file, the tokenizer and the side files."""
-    dtype = job.dtype or torch.float32
-    hf = hf.to(dtype)
+    """Write a transformers model (in ``job.hf_dtype``), the unmerge file, the tokenizer and
+    the side files."""
+    dtype = job.hf_dtype
     with quiet_transformers():  # its "Writing model shards" bar: the export is one stage
         hf.save_pretrained(folder, safe_serialization=True)
     save_file(
@@ -302,7 +298,7 @@ class BertExporter(Exporter):
 
     def write(self, job: ExportJob, folder: Path) -> None:
         """Write the merged trunk as a BertModel with the tokenizer and the side files."""
-        write_transformer(_bert_model(job.model), job, folder)
+        write_transformer(_bert_model(job.model, job.hf_dtype), job, folder)
         write_sentence_transformer(job, folder, job.model.spec.trunk_config.hidden)
 
 
@@ -322,7 +318,7 @@ class ViTExporter(Exporter):
 
     def write(self, job: ExportJob, folder: Path) -> None:
         """Write the merged trunk as a ViTModel with the side files."""
-        write_transformer(_vit_model(job.model), job, folder)
+        write_transformer(_vit_model(job.model, job.hf_dtype), job, folder)
 
 
 BERT = BertExporter()

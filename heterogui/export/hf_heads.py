@@ -21,6 +21,7 @@ the labels of both; the model card's snippet computes exactly that from the two 
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import torch
 from heterogui.export.job import copy_present
 from heterogui.fusion.merged import MergedModel
 from heterogui.models.family import family_of
-from heterogui.models.hf.common import quiet_transformers
+from heterogui.models.hf.common import holding, quiet_transformers
 
 # the files beside the weights that turn raw inputs into model inputs (copied into each folder)
 INPUT_FILES = (
@@ -106,10 +107,8 @@ def write_heads(
         # without names (a zoo model): the global class ids heterogui scores them by ("6")
         config.id2label = dict(enumerate(names or [str(c) for c in classes]))
         config.label2id = {v: k for k, v in config.id2label.items()}
-        with torch.random.fork_rng(devices=[]):
-            classifier = getattr(transformers, _CLASSIFIER[family])(config)
-        classifier.load_state_dict(state, strict=True)
-        classifier = classifier.to(hf.dtype)  # the dtype the trunk was written in
+        build = functools.partial(getattr(transformers, _CLASSIFIER[family]), config)
+        classifier = holding(build, state, hf.dtype)  # the dtype the trunk was written in
         sub = folder / head_folder(m)
         with quiet_transformers():
             classifier.save_pretrained(sub, safe_serialization=True)

@@ -93,6 +93,11 @@ class ExportJob:
     labels: tuple[tuple[str, ...] | None, ...] = ()
     dtype: torch.dtype | None = None
 
+    @property
+    def hf_dtype(self) -> torch.dtype:
+        """Return the dtype a Hugging Face folder's weights are written in."""
+        return self.dtype or torch.float32
+
     def write_side_files(self, folder: Path, note: str | None = None) -> None:
         """Write recipe.yaml, report.json and the card files into ``folder``.
 

@@ -344,22 +344,25 @@ def as_network(model: MergedModel, label: str = "merged") -> Network:
     predict the same outputs (``Family.shared_outputs``: a language model's vocabulary) are
     averaged instead: (W_A U_A + W_B U_B) / 2 gives the mean of the two heads' logits.
 
+    The network's blocks hold the merge's own tensors (not copies): changing one in place
+    changes the other.
+
     Raises:
         ModelLoadError: see ``network_config``.
     """
     spec = model.spec
     config = network_config(spec)
     family = family_of(spec.trunk_config)
-    with torch.random.fork_rng(devices=[]):
-        module = family.build(config)
+    module = on_meta(lambda: family.build(config))
     state = {
         f"blocks.{k[len('trunk.') :]}": v
         for k, v in model.state_dict().items()
         if k.startswith("trunk.")
     }
     state.update(head_state(model))
-    module.load_state_dict(state)
-    module.to(model.unmerge_matrices()[0].device).eval()
+    # assign: a decoder's export held the weights once more here
+    module.load_state_dict(state, assign=True)
+    allocate(module, model.unmerge_matrices()[0].device).eval()
     if family.shared_outputs:
         return Network(config, module, None, frozenset(), label)
     heads = tuple(h for model_heads in spec.heads for h in model_heads)

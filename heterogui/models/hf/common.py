@@ -10,14 +10,15 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from heterogui.errors import ModelLoadError, excerpt
+from heterogui.errors import ExportError, ModelLoadError, excerpt
 from heterogui.models.io import check_finite
+from heterogui.models.storage import on_meta
 
 
 def encoder_shape(hf_config: Any) -> dict[str, Any]:
@@ -294,3 +295,33 @@ def quiet_transformers() -> Iterator[None]:
         logging.set_verbosity(level)
         if bars:
             logging.enable_progress_bar()
+
+
+def holding(
+    build: Callable[[], Any],
+    state: dict[str, torch.Tensor],
+    dtype: torch.dtype,
+) -> Any:
+    """Return the transformers model ``build()`` makes, holding ``state``'s tensors in ``dtype``.
+
+    For ``save_pretrained``, not for running: the model is built on the meta device and takes
+    the tensors themselves (cast where ``dtype`` differs), so writing a merge neither
+    initialises a model it overwrites nor holds its weights once more (a decoder's export held
+    them three times). Buffers transformers does not save (rotary frequencies, position ids)
+    stay on the meta device.
+
+    Raises:
+        ExportError: ``state`` does not fit the model.
+    """
+    model = on_meta(build)
+    cast = {
+        k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype)
+        for k, v in state.items()
+    }
+    missing, unexpected = model.load_state_dict(cast, strict=False, assign=True)
+    if missing or unexpected:
+        raise ExportError(
+            f"{type(model).__name__} export state mismatch: missing {missing[:4]}, unexpected "
+            f"{unexpected[:4]}"
+        )
+    return model.eval()

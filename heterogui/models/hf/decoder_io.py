@@ -29,7 +29,7 @@ from heterogui.errors import ExportError, ModelLoadError
 from heterogui.models.decoder import DecoderNetConfig, build, make_config
 from heterogui.models.decoder_modules import ARCHITECTURES
 from heterogui.models.family import Network
-from heterogui.models.hf.common import load_pretrained
+from heterogui.models.hf.common import holding, load_pretrained
 
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.*)")
 _BLOCK = re.compile(r"blocks\.(\d+)\.(.*)")
@@ -193,8 +193,9 @@ def hf_fields(config: DecoderNetConfig, heads: int, kv: int) -> dict[str, Any]:
     }
 
 
-def causal_lm(net: Network) -> Any:
-    """Return the transformers causal LM of a decoder network (widths padded to uniform).
+def causal_lm(net: Network, dtype: torch.dtype = torch.float32) -> Any:
+    """Return the transformers causal LM of a decoder network (widths padded to uniform), its
+    weights in ``dtype``, for writing (``common.holding``: it shares the network's tensors).
 
     Raises:
         ExportError: see ``uniform_heads``.
@@ -205,7 +206,8 @@ def causal_lm(net: Network) -> Any:
     heads, kv = uniform_heads(config)
     hf_config = AutoConfig.for_model(config.model_type, **hf_fields(config, heads, kv))
     state = padded_state(net.module.state_dict(), config, heads, kv)
-    with torch.random.fork_rng(devices=[]):
-        model = AutoModelForCausalLM.from_config(hf_config)
-    model.load_state_dict(state_to_hf(state, config.num_layers), strict=True)
-    return model.eval()
+    return holding(
+        lambda: AutoModelForCausalLM.from_config(hf_config),
+        state_to_hf(state, config.num_layers),
+        dtype,
+    )

@@ -26,6 +26,7 @@ import torch
 from heterogui.errors import ExportError, ModelLoadError
 from heterogui.models.family import Network
 from heterogui.models.gpt2 import GPT2NetConfig, build
+from heterogui.models.hf.common import holding
 
 _LAYER = re.compile(r"transformer\.h\.(\d+)\.(.*)")
 _RENAME = {
@@ -180,8 +181,9 @@ def gpt2_state(net: Network) -> tuple[dict[str, torch.Tensor], int, int]:
     return out, slots, width
 
 
-def gpt2_lm(net: Network) -> Any:
-    """Return the transformers GPT2LMHeadModel of a gpt2 network (widths padded to uniform).
+def gpt2_lm(net: Network, dtype: torch.dtype = torch.float32) -> Any:
+    """Return the transformers GPT2LMHeadModel of a gpt2 network (widths padded to uniform),
+    its weights in ``dtype``, for writing (``common.holding``).
 
     Raises:
         ExportError: see ``gpt2_state``.
@@ -204,10 +206,4 @@ def gpt2_lm(net: Network) -> Any:
         architectures=["GPT2LMHeadModel"],
         **fields,
     )
-    with torch.random.fork_rng(devices=[]):
-        model = GPT2LMHeadModel(hf_config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    stray = [k for k in missing if not k.endswith(("attn.bias", "attn.masked_bias"))]
-    if stray or unexpected:
-        raise ExportError(f"GPT-2 export state mismatch: missing {stray}, unexpected {unexpected}")
-    return model.eval()
+    return holding(lambda: GPT2LMHeadModel(hf_config), state, dtype)
