@@ -8,6 +8,7 @@ when asked for.
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -262,3 +263,34 @@ def test_the_readme_client_snippet_runs_as_written(url, capsys):
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the project's own README
     assert "Comparing merge #1 with #2" in scope["status"]
     assert "Joint" in capsys.readouterr().out
+
+
+def test_a_closed_tab_releases_its_models_and_an_open_one_keeps_them(tmp_path):
+    """Gradio keeps a closed tab's state for an hour: its models, statistics and merges are
+    released once the tab has been away for ``release_after_s`` (history and files stay),
+    while another tab keeps all it holds."""
+    demo = build_app(
+        Resources(ZooPairs(tiny=True), device="cpu", default_pair=PAIR, export_root=tmp_path),
+        release_after_s=0.5,
+    )
+    address = launch(demo, "127.0.0.1", None, block=False)
+    try:
+        closing, staying = Client(address, verbose=False), Client(address, verbose=False)
+        for client in (closing, staying):
+            _, summary, _ = call(client, "/start")
+            call(client, "/merge", "zip", 0.5, 1.0, 0.5, summary["blocks"], "cpu")
+        gone, kept = demo.session_of(closing.session_hash), demo.session_of(staying.session_hash)
+        assert gone is not None and gone.prepared is not None and gone.kept
+        closing.close()  # the heartbeat ends, as when a tab closes
+        for _ in range(600):
+            if gone.released:
+                break
+            time.sleep(0.05)
+        assert gone.released and gone.a is None and gone.b is None
+        assert gone.prepared is None and gone.result is None and not gone.kept
+        assert len(gone.history) == 1
+        assert kept.prepared is not None and kept.result is not None and not kept.released
+        status, summary, _ = call(staying, "/evaluate")
+        assert "Merge #1 evaluation: Joint" in status and summary["merged"]["metrics"]["Joint"]
+    finally:
+        demo.close()

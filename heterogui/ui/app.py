@@ -30,6 +30,7 @@ from heterogui.cache import cache_path, make_folder  # noqa: E402
 from heterogui.errors import ConfigError  # noqa: E402
 from heterogui.folders import clean_stale_in, remove_path, why_not_writable  # noqa: E402
 from heterogui.ui import tab_models  # noqa: E402
+from heterogui.ui.closed_tabs import RELEASE_AFTER_S, ClosedTabs, session_of  # noqa: E402
 from heterogui.ui.events import SessionLocks, event_function  # noqa: E402
 from heterogui.ui.figstyle import DARK_CSS, STATUS_CSS  # noqa: E402
 from heterogui.ui.in_flight import GRACE_S  # noqa: E402
@@ -118,12 +119,18 @@ def event_options(
     return kwargs
 
 
-def build_app(res: Resources, heavy_limit: int = 2, prefetch: bool = True) -> gr.Blocks:
+def build_app(
+    res: Resources,
+    heavy_limit: int = 2,
+    prefetch: bool = True,
+    release_after_s: float = RELEASE_AFTER_S,
+) -> gr.Blocks:
     """Return the workbench Blocks (not launched). ``heavy_limit``: concurrent heavy events.
 
     prefetch: collect the statistics of the other automatic placements while idle
     (``ui.prefetch``), so that switching the alignment mode runs no pass; the app's
-    ``prefetcher`` attribute (None without).
+    ``prefetcher`` attribute (None without). release_after_s: how long after its tab closed
+    a session that saw no event since releases its models (``ui.closed_tabs``).
     """
     ui: dict[str, Any] = ComponentNames()
     # Gradio copies every file it serves (downloads, uploads) into its cache: an hour after
@@ -138,6 +145,14 @@ def build_app(res: Resources, heavy_limit: int = 2, prefetch: bool = True) -> gr
             return locks.get(session.sid)
 
         idle = Prefetcher(lock_for) if prefetch else None
+        closed = ClosedTabs(lock_for, idle.forget if idle else None, release_after_s)
+
+        def on_close(request: gr.Request) -> None:
+            session = session_of(demo, state, request.session_hash)
+            if session is not None:
+                closed.closed(session)
+
+        demo.unload(on_close)  # the tab closed or reloaded (its connection ended)
 
         def on(
             trigger,
@@ -183,6 +198,7 @@ def build_app(res: Resources, heavy_limit: int = 2, prefetch: bool = True) -> gr
         )
     demo.ui = ui  # the components by name, for tests and screenshots
     demo.prefetcher = idle
+    demo.session_of = lambda session_hash: session_of(demo, state, session_hash)  # for tests
     if idle is not None:  # closing the app stops its prefetch as well
         close_with(demo, idle)
     return demo

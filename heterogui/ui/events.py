@@ -25,6 +25,7 @@ from heterogui.errors import (
     excerpt,
     out_of_memory_line,
 )
+from heterogui.ui import closed_tabs
 from heterogui.ui.prefetch import Prefetcher
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
@@ -92,6 +93,9 @@ def event_function(
     def fn(*args: Any) -> list[Any]:
         session = args[0] if isinstance(args[0], Session) else Session()
         res.exports.seen(session)  # an open session: its exports and inputs are kept from others
+        released = closed_tabs.seen(session)  # its tab is back (or was never away)
+        if released:
+            gr.Warning(released)
         values, progress = args[1 : 1 + n_inputs], args[1 + n_inputs]
         skip = [gr.skip() for _ in names]
         arrived = time.monotonic()  # before the session's lock: a step queued behind waits

@@ -159,6 +159,10 @@ class Prefetcher:
             self._failed.clear()
         self._failed.add((id(prepared.similarities), mode))
 
+    def forget(self, session: Session) -> None:
+        """Drop ``session`` from the queue (its tab closed and what it held was released)."""
+        self._dequeue(session.sid, session)
+
     def _dequeue(self, sid: str, session: Session) -> None:
         with self._cond:
             if self._queue.get(sid) is session:

@@ -55,6 +55,8 @@ class Session:
     running: a heavy step of this session is running (what Cancel can stop).
     cancelled_at: when a heavy step last stopped at a Cancel (``events.run_step`` drops a step
     queued behind it).
+    closed_at: when the tab's connection ended (``time.monotonic``; None: open, or an event
+    came since); released: what the session held was released since (``ui.closed_tabs``).
     """
 
     sid: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
@@ -98,6 +100,8 @@ class Session:
     # A language pair's last generations: prompts, settings, the merge they ran on and the
     # texts by model ("A", "B", "merged"); None until the Generate button is pressed.
     generations: dict[str, Any] | None = None
+    closed_at: float | None = None
+    released: bool = False
 
     @property
     def pair(self) -> Pair | None:
@@ -161,6 +165,15 @@ class Session:
         self.grid = []
         self.kept = {}
         self.generations = None
+
+    def release(self) -> None:
+        """Drop the models and all that came from them (the tab closed): the session is as
+        a fresh one, with its history, its files and its settings."""
+        self.clear_results()
+        self.a = self.b = None
+        self.demo = None
+        self.resemblance = None
+        self.released = True
 
     def check_cancel(self) -> None:
         """Raise Cancelled if the user asked to stop (and reset the request).
