@@ -216,6 +216,7 @@ def _scale(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device,
         seed=args.seed,
+        export=args.export,
     )
     print(scale_report(options, args.json))  # with --json its last line is the JSON object
     return 0
@@ -243,6 +244,13 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or auto")
     parser.add_argument(
         "--seed", type=whole_number(0), default=0, help="seed of the weights and the data"
+    )
+    parser.add_argument(
+        "--export",
+        metavar="DIR",
+        default=None,
+        help="then write the merge as a Hugging Face causal-LM folder DIR (a new folder) and "
+        "report the export's time and memory",
     )
     parser.add_argument(
         "--json", action="store_true", help="print, as the last line, one JSON object of figures"

@@ -189,3 +189,33 @@ def test_a_merged_tiny_llama_of_the_benchmark_predicts_like_a_model():
         got, want = merged_logits(chunked.model)(batches[0]), merged_logits(whole.model)(batches[0])
     assert got.shape == (TINY.batch, TINY.tokens, TINY.vocab)
     assert torch.equal(got, want)
+
+
+def test_scale_benchmark_exports_a_folder_transformers_loads_and_refuses_a_taken_one(tmp_path):
+    """``--export DIR`` writes the merge as a causal-LM folder whose logits are the merge's
+    (the mean of its two heads), and a folder that exists is refused before anything is built."""
+    from transformers import AutoModelForCausalLM
+
+    from heterogui.bench.scale import build_llama, llama_config
+    from heterogui.bench.scale import token_batches as random_ids
+    from heterogui.errors import ExportError
+
+    out = tmp_path / "merged"
+    m = run_scale(dataclasses.replace(TINY, export=str(out)))
+    assert m["export_s"] > 0 and m["peak_rss_after_export_mib"] >= m["peak_rss_mib"]
+    assert "export (" in format_scale(m)
+    a = build_llama(llama_config(TINY, 3), 0, "A")
+    b = build_llama(llama_config(TINY, 2), 1, "B")
+    batches = random_ids(TINY)
+    merged = zip_prepared(prepare(a, b, batches, device="cpu", stats_budget=int(0.05 * 2**20)))
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        want = merged_logits(merged.model)(batches[0])
+        got = loaded(**batches[0]).logits
+    assert (got - want).abs().max().item() < 1e-4
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="taken"):
+        run_scale(dataclasses.replace(TINY, export=str(taken)))
+    assert (taken / "notes.txt").read_text() == "mine"

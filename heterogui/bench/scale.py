@@ -10,8 +10,10 @@ own path, ``pipeline.prepare`` with the statistics budget of ``host_memory.stats
 ``--budget-mb``), then ``pipeline.zip_prepared`` at the default settings, and prints the
 parameters of A, B and the merge, the weights' memory, the statistics one pass would need
 against the budget, the statistics passes it took (parts), the time of every stage, the peak
-RSS of the process and its RSS right after building the models. ``--json``: the last line is
-one JSON object of these figures.
+RSS of the process and its RSS right after building the models. ``--export DIR`` then writes the
+merge as a Hugging Face causal-LM folder (``AutoModelForCausalLM`` loads it) and adds the
+export's time and the peak RSS after it. ``--json``: the last line is one JSON object of these
+figures.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import torch
 
 from heterogui.bench.memory import MIB, max_rss_mib, rss_mib
 from heterogui.errors import ConfigError
+from heterogui.export.job import HF_CAUSAL_LM_FORMAT, ExportJob
+from heterogui.export.registry import write_export
+from heterogui.folders import check_output
 from heterogui.host_memory import stats_budget
 from heterogui.models.decoder import DecoderNetConfig, make_config
 from heterogui.models.family import Network, build_network
@@ -42,6 +47,7 @@ class ScaleOptions:
     texts x tokens: the calibration data (random token ids), ``batch`` texts per batch.
     budget_mb: the statistics budget in MiB (None: ``host_memory.stats_budget()``).
     threads: torch CPU threads (None: torch's default).
+    export: a new folder to write the merge into as a Hugging Face causal LM (None: none).
     """
 
     layers_a: int = 22
@@ -58,6 +64,7 @@ class ScaleOptions:
     threads: int | None = None
     device: str = "cpu"
     seed: int = 0
+    export: str | None = None
 
 
 def llama_config(options: ScaleOptions, layers: int) -> DecoderNetConfig:
@@ -145,6 +152,8 @@ def check_options(options: ScaleOptions) -> None:
         )
     if options.budget_mb is not None and options.budget_mb <= 0:
         raise ConfigError(f"--budget-mb must be positive, got {options.budget_mb}")
+    if options.export is not None:
+        check_output(options.export)  # refused before minutes of building and merging
 
 
 @torch.no_grad()
@@ -153,6 +162,7 @@ def run_scale(options: ScaleOptions) -> dict[str, Any]:
 
     Raises:
         ConfigError: see ``check_options`` and ``llama_config``.
+        ExportError: the ``export`` folder is refused, or writing it failed.
     """
     check_options(options)
     threads = torch.get_num_threads()
@@ -213,6 +223,11 @@ def _measure(options: ScaleOptions, budget: int) -> dict[str, Any]:
     }
     if prepared.device.type == "cuda":
         figures["peak_cuda_mib"] = torch.cuda.max_memory_allocated(prepared.device) / MIB
+    if options.export is not None:
+        begin = time.perf_counter()
+        write_export(ExportJob(result.model), options.export, HF_CAUSAL_LM_FORMAT)
+        figures["export_s"] = time.perf_counter() - begin
+        figures["peak_rss_after_export_mib"] = max_rss_mib()
     return figures
 
 
@@ -285,6 +300,11 @@ def format_scale(m: dict[str, Any]) -> str:
     ]
     if "peak_cuda_mib" in m:
         lines.append(f"  peak CUDA memory: {m['peak_cuda_mib']:.0f} MiB")
+    if "export_s" in m:
+        lines.append(
+            f"  export ({m['options']['export']}, Hugging Face causal LM, float32): "
+            f"{m['export_s']:.1f}s; peak RSS after it {_mib(m['peak_rss_after_export_mib'])}"
+        )
     return "\n".join(lines)
 
 
