@@ -399,6 +399,52 @@ def test_a_narrow_window_clips_no_control(url, chromium_browser):
     assert errors == []
 
 
+def test_the_keyboard_alone_loads_merges_and_is_told_what_happened(url, chromium_browser):
+    """Keyboard and screen-reader users: Enter on Load demo pair leaves the focus on the tab it
+    switched to (it fell to the page's top), an arrow key on the rho slider re-merges as a
+    pointer's release does (it did nothing), the focused slider shows a ring, the status line
+    is a live region a screen reader announces, and a figure is an image named by its label
+    and title."""
+    page = chromium_browser.new_page(viewport={"width": 1360, "height": 900})
+    errors, _ = watch(page)
+    page.goto(url)
+    wait_status(page, "Loaded demo pair")
+    status = page.locator("#status")
+    assert (status.get_attribute("role"), status.get_attribute("aria-live")) == (
+        "status",
+        "polite",
+    )
+    heatmap = page.locator("#cka-heatmap .js-plotly-plot")
+    heatmap.wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_function(
+        "() => (document.querySelector('#cka-heatmap .js-plotly-plot')"
+        ".getAttribute('aria-label') || '').includes('Layer CKA with the')",
+        timeout=TIMEOUT_MS,
+    )
+    assert heatmap.get_attribute("role") == "img"
+    assert heatmap.get_attribute("aria-label").startswith("Layer similarity (CKA)")
+    open_tab(page, "1 Models")
+    page.get_by_role("button", name="Load demo pair").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "() => document.activeElement && document.activeElement.getAttribute('role') === 'tab'"
+        " && document.activeElement.getAttribute('aria-selected') === 'true'",
+        timeout=TIMEOUT_MS,
+    )
+    wait_status(page, "Loaded demo pair")
+    open_tab(page, "4 Zip")
+    slider = page.locator("#rho input[type=range]")
+    slider.focus()
+    page.keyboard.press("ArrowLeft")
+    wait_status(page, "Merge #1 evaluated")
+    ring = slider.evaluate(
+        "e => [getComputedStyle(e).outlineStyle, getComputedStyle(e).outlineWidth]"
+    )
+    assert ring == ["solid", "2px"]
+    page.close()
+    assert errors == []
+
+
 def choose_source(page, which: str, source: str) -> None:
     """Pick where model ``which`` comes from (the radio shows that source's input)."""
     page.locator(f"#source-{which}").get_by_text(source, exact=True).click()

@@ -197,6 +197,16 @@ def test_a_bad_mapping_is_refused_and_the_old_one_kept(session, res, text, words
     assert session.prepared is before
 
 
+def test_knobs_that_did_not_change_keep_the_status_line(session, res):
+    """A dropdown left without a choice (or tabbed through) sends the same knobs again: the
+    status line is kept, not replaced by "Settings changed"."""
+    n = work_blocks(session)
+    said = tab_zip.on_knobs(session, res, "zip", 0.5, 1.0, 0.6, n)
+    assert said.startswith("Settings changed") and session.settings.rho == 0.6
+    assert tab_zip.on_knobs(session, res, "zip", 0.5, 1.0, 0.6, n) is None
+    assert tab_zip.on_knobs(session, res, "zip", 0.5, 1.0, 0.7, n).startswith("Settings changed")
+
+
 def test_estimate_predicts_the_merge(session, res):
     n = work_blocks(session)
     for rho, stop in ((1.0, n), (0.5, n), (0.0, n), (0.7, n - 1), (1.0, 1)):

@@ -30,6 +30,7 @@ from heterogui.cache import cache_path, make_folder  # noqa: E402
 from heterogui.errors import ConfigError  # noqa: E402
 from heterogui.folders import clean_stale_in, remove_path, why_not_writable  # noqa: E402
 from heterogui.ui import tab_models  # noqa: E402
+from heterogui.ui.accessibility import FOCUS_CSS, PAGE_JS  # noqa: E402
 from heterogui.ui.closed_tabs import RELEASE_AFTER_S, ClosedTabs, session_of  # noqa: E402
 from heterogui.ui.events import SessionLocks, event_function  # noqa: E402
 from heterogui.ui.figstyle import DARK_CSS, STATUS_CSS  # noqa: E402
@@ -226,7 +227,14 @@ def build_page(ui: dict[str, Any], res: Resources) -> gr.State:
     return state
 
 
-FIT_FIGURES_JS = "() => { setTimeout(() => window.dispatchEvent(new Event('resize')), 60); }"
+# A tab a step switched to (Load demo pair goes to the Alignment tab) hides the button that had
+# the focus: the focus moves to the tab shown, not to the top of the page.
+FIT_FIGURES_JS = """() => { setTimeout(() => {
+  window.dispatchEvent(new Event('resize'));
+  if (!document.activeElement || document.activeElement === document.body) {
+    document.querySelector('[role=tab][aria-selected=true]')?.focus();
+  }
+}, 60); }"""
 
 
 def close_with(demo: gr.Blocks, idle: Prefetcher) -> None:
@@ -286,7 +294,8 @@ def launch(
         ssr_mode=False,
         footer_links=["api", "settings"],
         run_history=False,
-        css=DARK_CSS + STATUS_CSS,
+        css=DARK_CSS + STATUS_CSS + FOCUS_CSS,
+        js=PAGE_JS,
         enable_monitoring=False,
         mcp_server=False,
         pwa=False,

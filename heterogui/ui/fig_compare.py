@@ -13,6 +13,11 @@ from heterogui.models.graph import space_order
 from heterogui.ui.fig_eval import MODEL_COLOURS
 
 MERGE_COLOURS = ("#2ca02c", "#17becf")
+# the light part of viridis (from 0.56 on), so that the dark contours and their labels read
+# at 5.7:1 or more on every cell (white ones were 1.3:1 on viridis yellow)
+_LIGHT_VIRIDIS_STOPS = ("#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725")
+LIGHT_VIRIDIS = [[k / 4, c] for k, c in enumerate(_LIGHT_VIRIDIS_STOPS)]
+CONTOUR_INK = "#111111"
 _Points = dict[tuple[Any, Any], dict[str, Any]]  # the sweep's points by (rho, knob)
 
 
@@ -105,7 +110,7 @@ def _score_heatmap(
         x=xs,
         y=ys,
         z=_grid_cells(at, xs, ys, "score"),
-        colorscale="Viridis",
+        colorscale=LIGHT_VIRIDIS,
         reversescale=lower_better,
         colorbar={"title": {"text": metric}},
         customdata=_grid_cells(at, xs, ys, "parameters"),
@@ -116,17 +121,19 @@ def _score_heatmap(
 
 
 def _size_contours(xs: list, ys: list, at: _Points) -> go.Contour:
-    """Return labelled dotted contours of the effective parameters over the grid."""
+    """Return labelled dotted contours of the effective parameters over the grid (dark on
+    ``LIGHT_VIRIDIS``; the title names them, so no legend entry, whose swatch one theme's
+    background would hide)."""
     return go.Contour(
         x=xs,
         y=ys,
         z=_grid_cells(at, xs, ys, "parameters"),
-        contours={"coloring": "none", "showlabels": True, "labelfont": {"color": "white"}},
-        line={"color": "white", "width": 1.5, "dash": "dot"},
+        contours={"coloring": "none", "showlabels": True, "labelfont": {"color": CONTOUR_INK}},
+        line={"color": CONTOUR_INK, "width": 1.5, "dash": "dot"},
         showscale=False,
         hoverinfo="skip",
         name="parameters (effective)",
-        showlegend=True,
+        showlegend=False,
     )
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from heterogui.ui.fig_neurons import corner_title, thousands, top_margin, wrapped_title
-from heterogui.ui.neuron_view import matched_correlations
+from heterogui.ui.neuron_view import KIND_COLOURS, matched_correlations
 from heterogui.zip.matchers import Match
 
 EDGES = np.linspace(-1, 1, 41)  # the histogram's 40 bins of correlation
@@ -67,10 +67,8 @@ def correlation_histogram(corr: np.ndarray, match: Match | None, n_a: int, space
 def _merged_bars(pairs: dict[str, np.ndarray], centres: list[float]) -> list[dict]:
     """Return the stacked bars of the merged pairs: across A and B, then within one model."""
     traces = []
-    for key, label, colour in (
-        ("cross", "across A and B", "#2ca02c"),
-        ("within", "within one model", "#ff7f0e"),
-    ):
+    for key, label in (("cross", "across A and B"), ("within", "within one model")):
+        colour = KIND_COLOURS[key]
         traces.append(
             {
                 "type": "bar",

@@ -35,6 +35,7 @@ STATUS_CSS = """
 }
 #lm-alarm { border-left: 6px solid #d62728; padding: 4px 10px; }
 #lm-alarm, #lm-alarm * { color: #d62728 !important; }
+#samples { border: none !important; }
 """
 
 DARK_CSS = """

@@ -18,12 +18,15 @@ from heterogui.zip.matchers import Match
 
 MAX_FEATURES = 256  # a layer up to this size is drawn whole; the detail view's feature budget
 DETAIL_GROUPS = 48  # merged groups the detail view of a larger layer shows
+# colours told apart with protanopia and deuteranopia too (Okabe-Ito blue, orange; wine): the
+# green, orange and red before were one colour to a protanope (across / within)
 KINDS = (
     ("alone", "kept alone", "#9e9e9e"),
-    ("cross", "merged across A and B", "#2ca02c"),
-    ("within", "merged within one model", "#ff7f0e"),
-    ("dropped", "dropped", "#d62728"),
+    ("cross", "merged across A and B", "#0072b2"),
+    ("within", "merged within one model", "#e69f00"),
+    ("dropped", "dropped", "#882255"),
 )
+KIND_COLOURS = {key: colour for key, _, colour in KINDS}
 ALONE, CROSS, WITHIN, DROPPED = range(4)
 
 

@@ -231,12 +231,14 @@ def on_knobs(
     renormalize: bool = False,
     heads: str = DEFAULT_HEADS,
     progress=None,
-) -> str:
-    """Take new knob values and update the readout (api: /zip)."""
+) -> str | None:
+    """Take new knob values and update the readout (api: /zip); None (the status line stays)
+    when nothing changed: a dropdown left without a choice fires this too."""
     work.require_prepared(session)
-    session.settings = settings_from(
-        session, matcher, alpha, beta, rho, stop, fusion, renormalize, heads
-    )
+    settings = settings_from(session, matcher, alpha, beta, rho, stop, fusion, renormalize, heads)
+    if settings == session.settings:
+        return None
+    session.settings = settings
     return "Settings changed: the readout shows what a merge would give."
 
 

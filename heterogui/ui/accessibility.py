@@ -1,0 +1,59 @@
+"""What the page adds for keyboard and screen-reader users, where gradio's defaults fall short.
+
+- A slider moved with the arrow, Home, End or Page keys is released when the key is: gradio
+  fires a slider's ``release`` (which re-merges, with "Re-merge when a slider is released") on
+  the pointer only, so keyboard users moved the ratio and nothing followed.
+- The status line (``#status``: every step's result, error and progress) is a polite live
+  region, so that a screen reader announces what a step did, not only the toasts.
+- Every figure is an image named by its block's label and its title (a screen reader read a
+  heat map as a list of tick labels).
+- Sliders, radio buttons and check boxes show a focus ring: gradio's theme showed none on a
+  focused slider, and a 16-pixel change on a radio button.
+"""
+
+from __future__ import annotations
+
+# run once as the page loads (gradio's launch(js=...))
+PAGE_JS = """
+() => {
+  const keys = new Set(["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "Home", "End",
+                        "PageUp", "PageDown"]);
+  document.addEventListener("keyup", (event) => {
+    const target = event.target;
+    if (target instanceof HTMLInputElement && target.type === "range" && keys.has(event.key)) {
+      target.dispatchEvent(new PointerEvent("pointerup", { bubbles: true }));
+    }
+  });
+  const announce = () => {
+    const status = document.getElementById("status");
+    if (!status) return false;
+    status.setAttribute("role", "status");
+    status.setAttribute("aria-live", "polite");
+    return true;
+  };
+  if (!announce()) {
+    const watch = new MutationObserver(() => { if (announce()) watch.disconnect(); });
+    watch.observe(document.body, { childList: true, subtree: true });
+  }
+  const describe = () => {
+    for (const plot of document.querySelectorAll(".js-plotly-plot")) {
+      const block = plot.closest(".block");
+      const label = block?.querySelector("[data-testid=block-label]")?.textContent?.trim() || "";
+      const title = plot.querySelector(".gtitle")?.textContent?.trim() || "";
+      const text = [label, title].filter(Boolean).join(": ");
+      if (text && plot.getAttribute("aria-label") !== text) {
+        plot.setAttribute("role", "img");
+        plot.setAttribute("aria-label", text);
+      }
+    }
+  };
+  new MutationObserver(describe).observe(document.body, { childList: true, subtree: true });
+}
+"""
+
+FOCUS_CSS = """
+input[type=range]:focus-visible, input[type=radio]:focus-visible,
+input[type=checkbox]:focus-visible {
+  outline: 2px solid var(--color-accent, #f97316) !important; outline-offset: 2px;
+}
+"""
