@@ -320,6 +320,13 @@ def test_layers_outside_the_stages_are_named_for_where_they_sit():
     # Dashed lines part stem | stage 0 | stage 1 | end on both axes.
     assert {x for x, y in lines if y == -0.5} == {0.5, 3.5, 5.5}
     assert {y for x, y in lines if x == -0.5} == {0.5, 6.5, 8.5}
+    # every segment box: a dark line under white dots, seen on dark and light cells alike
+    rects = [sh for sh in fig.layout.shapes if sh.type == "rect"]
+    assert len(rects) == 2 * len(fig_align.segment_boxes(al, ga, gb)) > 0
+    for under, over in zip(rects[::2], rects[1::2], strict=True):
+        assert (under.x0, under.y0, under.x1, under.y1) == (over.x0, over.y0, over.x1, over.y1)
+        assert under.line.color == "#111111" and under.line.dash is None
+        assert over.line.color == "white" and over.line.dash == "dot"
     assert tab_align.pairs_text(al, ga, gb) == (
         "**In layer names** (as on the map): stem: A0↔B0 · stage 0: A1↔B1, A2 + identity in B, "
         "A3↔B2, A4 + identity in B, A5↔B3, A6 + identity in B · stage 1: A7↔B4, A8↔B5 · "

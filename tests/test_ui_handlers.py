@@ -1165,6 +1165,9 @@ def test_architecture_picture_marks_identity_layers_the_stop_point_and_heads(ses
     assert len(hollow) == len(identity)
     heads = [t for t in texts if "head" in t]
     assert len(heads) == 2 and all("classes" in h for h in heads)
+    # a head's box says its class count only (its hover says the rest): "head 10" overflowed
+    labels = [fig.data[0].text[k] for k, t in enumerate(texts) if "head" in t]
+    assert labels == [re.search(r"(\d+) classes", h).group(1) for h in heads]
     assert any("stop point" in a.text for a in fig.layout.annotations)
 
 

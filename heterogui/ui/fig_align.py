@@ -170,6 +170,9 @@ def alignment_figure(
     fig = go.Figure(_cka_heatmap(z, _hover_texts(ga, gb, la, lb)))
     _add_stage_lines(fig, ga, gb, la, lb)
     for box in segment_boxes(alignment, ga, gb):
+        # white dots over a dark line: seen on viridis' purple and on its yellow alike (white
+        # alone vanished on the yellow-green cells of similar layers)
+        fig.add_shape(type="rect", **box, line={"color": "#111111", "width": 3})
         fig.add_shape(type="rect", **box, line={"color": "white", "width": 2, "dash": "dot"})
     fig.add_trace(_path_trace(alignment, ga, gb))
     score = "n/a" if alignment.score is None else f"{alignment.score:.3f}"

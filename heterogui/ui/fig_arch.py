@@ -141,7 +141,8 @@ def _add_heads(marks: _Marks, prepared: Prepared, head_x: float) -> None:
                 "fillcolor": "rgba(0,0,0,0)",
             }
             text = f"{row}'s head {head.name}: {len(head.classes)} classes"
-            marks.add(shape, head_x, y, text, f"head {len(head.classes)}")
+            # the class count alone ("head 10" overflowed its box at 150% zoom)
+            marks.add(shape, head_x, y, text, str(len(head.classes)))
 
 
 def _annotations(slots: int, stop: int) -> list[dict]:
@@ -184,8 +185,9 @@ def _layout(slots: int, stop: int, shapes: list[dict], annotations: list[dict]) 
     return {
         "title": {
             "text": f"Architecture: A, the {merged_label} and B over the merged depth"
-            "<br><sup>numbers and box heights: output widths · dotted box: identity layer · "
-            "dotted lines: stages · right: task heads (classes)</sup>"
+            # two lines: one was cut at the right at 200% zoom
+            "<br><sup>numbers and box heights: output widths · dotted box: identity layer</sup>"
+            "<br><sup>dotted lines: stages · right: task heads (their classes)</sup>"
         },
         "shapes": shapes,
         "annotations": annotations,
@@ -196,8 +198,8 @@ def _layout(slots: int, stop: int, shapes: list[dict], annotations: list[dict]) 
             "zeroline": False,
         },
         "yaxis": {"visible": False, "range": [-0.6, 2.85]},
-        "height": 330,
-        "margin": {"l": 20, "r": 20, "t": 70, "b": 50},
+        "height": 340,
+        "margin": {"l": 20, "r": 20, "t": 84, "b": 50},
     }
 
 
