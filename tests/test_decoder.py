@@ -151,6 +151,25 @@ def test_an_export_takes_the_merges_tensors_instead_of_copies_and_leaves_the_ran
         holding(lambda: AutoModelForCausalLM.from_config(hf.config), state, torch.float32)
 
 
+def test_converting_a_loaded_model_copies_it_unless_it_was_loaded_only_to_be_converted():
+    """A caller's transformers model stays its own (copy); a model a folder was loaded into
+    only to be converted gives its tensors to the network (held once, not twice). Neither
+    initialises a network it then overwrites, nor draws from the random generator."""
+    hf = tiny_decoder(hidden=48, layers=3, heads=6, kv=2)
+    embed = hf.model.embed_tokens.weight
+    before = torch.get_rng_state()
+    copied, taken = network_from_hf(hf), network_from_hf(hf, copy=False)
+    assert torch.equal(torch.get_rng_state(), before)
+    for net, shared in ((copied, False), (taken, True)):
+        weight = net.module.state_dict()["blocks.0.embed_tokens.weight"]
+        assert torch.equal(weight, embed) and (weight.data_ptr() == embed.data_ptr()) is shared
+    batch = batches()[0]
+    with torch.no_grad():
+        want = hf(**batch).logits
+    for net in (copied, taken):
+        assert real_rows((logits(net.module, batch) - want).abs(), batch).max() < 1e-5
+
+
 def test_last_position_logits_are_the_full_logits_last_column_and_generate_the_same():
     """Generation reads the head at the last position only: for a network, a full merge and a
     partial merge (the tails hold decoder layers), the same logits and the same continuations."""

@@ -16,6 +16,7 @@ position offsets would need their own embedding block.
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 from heterogui.errors import ModelLoadError
 from heterogui.models.bert import BertNetConfig, build
 from heterogui.models.family import Network
-from heterogui.models.hf.common import encoder_shape, load_pretrained
+from heterogui.models.hf.common import adapted, encoder_shape, load_pretrained
 
 _LAYER = re.compile(r"encoder\.layer\.(\d+)\.(.*)")
 _BLOCK = re.compile(r"blocks\.(\d+)\.(.*)")
@@ -93,8 +94,11 @@ def state_to_hf(state: dict[str, torch.Tensor], num_layers: int) -> dict[str, to
     return out
 
 
-def network_from_hf(model: Any, label: str = "model", pooling: str = "mean") -> Network:
-    """Convert a loaded transformers BERT (eval copy; the caller's model is untouched).
+def network_from_hf(
+    model: Any, label: str = "model", pooling: str = "mean", copy: bool = True
+) -> Network:
+    """Convert a loaded transformers BERT (eval copy; the caller's model is untouched; copy
+    False: the network takes its float32 tensors, for a model loaded only to be converted).
 
     A model with a ``classifier`` (BertForSequenceClassification) keeps pooler and classifier
     as its head; any other becomes an embedding model with ``pooling``.
@@ -105,16 +109,14 @@ def network_from_hf(model: Any, label: str = "model", pooling: str = "mean") -> 
     classifier = getattr(model, "classifier", None)
     num_labels = int(classifier.out_features) if classifier is not None else None
     config = config_from_hf(model.config, num_labels, pooling)
-    with torch.random.fork_rng(devices=[]):
-        module = build(config)
-    state = state_from_hf(model.state_dict(), config)
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ModelLoadError(
-            f"{label}: weights do not fit the BERT adapter (missing {missing[:4]}, unexpected "
-            f"{unexpected[:4]}); pass a complete BertModel or BertForSequenceClassification"
-        )
-    module.to(next(model.parameters()).device).eval()
+    module = adapted(
+        partial(build, config),
+        state_from_hf(model.state_dict(), config),
+        copy,
+        label,
+        "BERT",
+        "BertModel or BertForSequenceClassification",
+    )
     return Network(config, module, None, frozenset(), label)
 
 
@@ -135,6 +137,6 @@ def load_bert(
     model, tokenizer, name = load_pretrained(
         path, "AutoModelForSequenceClassification", "BERT", tokenizer=True
     )
-    net = network_from_hf(model, label or Path(name).name, pooling)
+    net = network_from_hf(model, label or Path(name).name, pooling, copy=False)
     net.module.to(device)
     return net, tokenizer

@@ -18,7 +18,7 @@ import torch
 
 from heterogui.errors import ExportError, ModelLoadError, excerpt
 from heterogui.models.io import check_finite
-from heterogui.models.storage import on_meta
+from heterogui.models.storage import allocate, on_meta
 
 
 def encoder_shape(hf_config: Any) -> dict[str, Any]:
@@ -325,3 +325,39 @@ def holding(
             f"{unexpected[:4]}"
         )
     return model.eval()
+
+
+def adapted(
+    build: Callable[[], torch.nn.Module],
+    state: dict[str, torch.Tensor],
+    copy: bool,
+    label: str,
+    adapter: str,
+    complete: str,
+) -> torch.nn.Module:
+    """Return the heterogui module ``build()`` makes, holding ``state`` (converted from a
+    transformers model by an adapter) in float32, in eval mode.
+
+    Built on the meta device, so never initialised only to be overwritten (seconds for a
+    decoder). copy: the tensors are copied (the caller's model stays its own); False takes
+    them as they are where already float32 (a model loaded from a folder and dropped after:
+    the weights are held once, not twice).
+
+    Raises:
+        ModelLoadError: ``state`` does not fill the module: naming the model (``label``), the
+            ``adapter`` ("BERT") and the ``complete`` model to pass instead.
+    """
+    module = on_meta(build)
+    want = module.state_dict()
+    state = {
+        k: v.detach().to(want[k].dtype if k in want else v.dtype, copy=copy)
+        for k, v in state.items()
+    }
+    missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{label}: weights do not fit the {adapter} adapter (missing {missing[:4]}, "
+            f"unexpected {unexpected[:4]}); pass a complete {complete}"
+        )
+    device = next(iter(state.values())).device if state else torch.device("cpu")
+    return allocate(module, device).eval()

@@ -20,6 +20,7 @@ the widest layer's that divides hidden_size.
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from heterogui.errors import ExportError, ModelLoadError
 from heterogui.models.decoder import DecoderNetConfig, build, make_config
 from heterogui.models.decoder_modules import ARCHITECTURES
 from heterogui.models.family import Network
-from heterogui.models.hf.common import holding, load_pretrained
+from heterogui.models.hf.common import adapted, holding, load_pretrained
 
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.*)")
 _BLOCK = re.compile(r"blocks\.(\d+)\.(.*)")
@@ -68,8 +69,9 @@ def state_to_hf(state: dict[str, torch.Tensor], num_layers: int) -> dict[str, to
     return out
 
 
-def network_from_hf(model: Any, label: str = "model") -> Network:
-    """Convert a loaded transformers causal LM (the caller's model is untouched).
+def network_from_hf(model: Any, label: str = "model", copy: bool = True) -> Network:
+    """Convert a loaded transformers causal LM (the caller's model is untouched; copy False:
+    the network takes its float32 tensors, for a model loaded only to be converted).
 
     Raises:
         ModelLoadError: an unsupported architecture, or weights that do not fill the network.
@@ -78,17 +80,14 @@ def network_from_hf(model: Any, label: str = "model") -> Network:
         config = make_config(model.config)
     except ValueError as exc:
         raise ModelLoadError(f"{label}: {exc}") from exc
-    with torch.random.fork_rng(devices=[]):
-        module = build(config)
-    state = state_from_hf(model.state_dict(), config.num_layers)
-    state = {k: v.detach().float() for k, v in state.items()}
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ModelLoadError(
-            f"{label}: weights do not fit the decoder adapter (missing {missing[:4]}, unexpected "
-            f"{unexpected[:4]}); pass a complete causal language model (…ForCausalLM)"
-        )
-    module.eval()
+    module = adapted(
+        partial(build, config),
+        state_from_hf(model.state_dict(), config.num_layers),
+        copy,
+        label,
+        "decoder",
+        "causal language model (…ForCausalLM)",
+    )
     return Network(config, module, None, frozenset(), label)
 
 
@@ -109,13 +108,14 @@ def load_decoder(
             f"{name} has no language-model head (config.json names no …ForCausalLM "
             "architecture); save the model with AutoModelForCausalLM"
         )
-    net = causal_lm_network(model, label or Path(name).name)
+    net = causal_lm_network(model, label or Path(name).name, copy=False)
     net.module.to(device)
     return net, tokenizer
 
 
-def causal_lm_network(model: Any, label: str) -> Network:
-    """Convert a loaded transformers causal LM by its adapter: GPT-2's, else the decoders'.
+def causal_lm_network(model: Any, label: str, copy: bool = True) -> Network:
+    """Convert a loaded transformers causal LM by its adapter: GPT-2's, else the decoders'
+    (copy: see ``network_from_hf``).
 
     Raises:
         ModelLoadError: an unsupported architecture, or weights that do not fill the network.
@@ -123,8 +123,8 @@ def causal_lm_network(model: Any, label: str) -> Network:
     if getattr(model.config, "model_type", None) == "gpt2":
         from heterogui.models.hf.gpt2_io import network_from_hf as gpt2_network
 
-        return gpt2_network(model, label)
-    return network_from_hf(model, label)
+        return gpt2_network(model, label, copy)
+    return network_from_hf(model, label, copy)
 
 
 def uniform_heads(config: DecoderNetConfig) -> tuple[int, int]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 from typing import Any
 
 import torch
@@ -26,7 +27,7 @@ import torch
 from heterogui.errors import ExportError, ModelLoadError
 from heterogui.models.family import Network
 from heterogui.models.gpt2 import GPT2NetConfig, build
-from heterogui.models.hf.common import holding
+from heterogui.models.hf.common import adapted, holding
 
 _LAYER = re.compile(r"transformer\.h\.(\d+)\.(.*)")
 _RENAME = {
@@ -99,24 +100,23 @@ def state_from_hf(state: dict[str, torch.Tensor], config: GPT2NetConfig) -> dict
     return out
 
 
-def network_from_hf(model: Any, label: str = "model") -> Network:
-    """Convert a loaded transformers GPT2LMHeadModel (the caller's model is untouched).
+def network_from_hf(model: Any, label: str = "model", copy: bool = True) -> Network:
+    """Convert a loaded transformers GPT2LMHeadModel (the caller's model is untouched; copy
+    False: the network takes its float32 tensors, for a model loaded only to be converted).
 
     Raises:
         ModelLoadError: an unsupported option, or weights that do not fill the network.
     """
     config = config_from_hf(model.config)
-    with torch.random.fork_rng(devices=[]):
-        module = build(config)
-    missing, unexpected = module.load_state_dict(
-        state_from_hf(model.state_dict(), config), strict=False
+    module = adapted(
+        partial(build, config),
+        state_from_hf(model.state_dict(), config),
+        copy,
+        label,
+        "GPT-2",
+        "GPT2LMHeadModel",
     )
-    if missing or unexpected:
-        raise ModelLoadError(
-            f"{label}: weights do not fit the GPT-2 adapter (missing {missing[:4]}, unexpected "
-            f"{unexpected[:4]}); pass a complete GPT2LMHeadModel"
-        )
-    return Network(config, module.eval(), None, frozenset(), label)
+    return Network(config, module, None, frozenset(), label)
 
 
 def _pad(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:

@@ -15,14 +15,16 @@ The pooler of a ViTModel is not used (the head pools token states) and exported 
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from heterogui.errors import ModelLoadError
+from heterogui.models.conv import channels_last_weights
 from heterogui.models.family import Network
-from heterogui.models.hf.common import encoder_shape, load_pretrained
+from heterogui.models.hf.common import adapted, encoder_shape, load_pretrained
 from heterogui.models.vit import ViTNetConfig, build
 
 _EMBED = {
@@ -102,8 +104,11 @@ def state_to_hf(state: dict[str, torch.Tensor], num_layers: int) -> dict[str, to
     return out
 
 
-def network_from_hf(model: Any, label: str = "model", pooling: str = "cls") -> Network:
-    """Convert a loaded transformers ViT (the caller's model is untouched).
+def network_from_hf(
+    model: Any, label: str = "model", pooling: str = "cls", copy: bool = True
+) -> Network:
+    """Convert a loaded transformers ViT (the caller's model is untouched; copy False: the
+    network takes its float32 tensors, for a model loaded only to be converted).
 
     Raises:
         ModelLoadError: unsupported config, or weights that do not fill the network.
@@ -111,15 +116,15 @@ def network_from_hf(model: Any, label: str = "model", pooling: str = "cls") -> N
     classifier = getattr(model, "classifier", None)
     num_labels = int(classifier.out_features) if isinstance(classifier, torch.nn.Linear) else None
     config = config_from_hf(model.config, num_labels, pooling)
-    with torch.random.fork_rng(devices=[]):
-        module = build(config)
-    missing, unexpected = module.load_state_dict(state_from_hf(model.state_dict(), config), False)
-    if missing or unexpected:
-        raise ModelLoadError(
-            f"{label}: weights do not fit the ViT adapter (missing {missing[:4]}, unexpected "
-            f"{unexpected[:4]}); pass a complete ViTModel or ViTForImageClassification"
-        )
-    module.to(next(model.parameters()).device).eval()
+    module = adapted(
+        partial(build, config),
+        state_from_hf(model.state_dict(), config),
+        copy,
+        label,
+        "ViT",
+        "ViTModel or ViTForImageClassification",
+    )
+    channels_last_weights(module)  # the patch projection, as a built ViT lays it out
     return Network(config, module, None, frozenset(), label)
 
 
@@ -138,6 +143,6 @@ def load_vit(
         ModelLoadError: a missing folder, missing weights, or an unsupported model.
     """
     model, _, name = load_pretrained(path, "AutoModelForImageClassification", "ViT")
-    net = network_from_hf(model, label or Path(name).name, pooling)
+    net = network_from_hf(model, label or Path(name).name, pooling, copy=False)
     net.module.to(device)
     return net, None
