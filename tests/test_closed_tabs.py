@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
 
-from heterogui.ui.closed_tabs import RELEASED_NOTE, ClosedTabs, seen
+from heterogui.ui.closed_tabs import RELEASED_NOTE, ClosedTabs
 from heterogui.ui.session import Session
 
 
@@ -15,32 +16,64 @@ def holding() -> Session:
     return session
 
 
+def free(_session: Session) -> threading.Lock:
+    return threading.Lock()
+
+
+def wait_until(check, seconds: float = 5.0) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if check():
+            return True
+        time.sleep(0.01)
+    return check()
+
+
 def test_a_session_whose_tab_stays_away_is_released_once_and_says_so_at_its_next_event():
     forgotten = []
-    tabs = ClosedTabs(lambda _s: threading.Lock(), forgotten.append, after_s=0.01)
+    tabs = ClosedTabs(free, forgotten.append, after_s=0.01)
     session = holding()
-    timer = tabs.closed(session)
-    timer.join(5)
+    tabs.closed(session).join(5)
     assert session.released and forgotten == [session]
     assert (session.a, session.b, session.demo, session.prepared) == (None, None, None, None)
     assert session.kept == {} and session.history == [{"merge": 1}]
-    assert seen(session) == RELEASED_NOTE and "load the pair again" in RELEASED_NOTE
-    assert seen(session) is None and not session.released and session.closed_at is None
+    assert tabs.seen(session) == RELEASED_NOTE and "load the pair again" in RELEASED_NOTE
+    assert tabs.seen(session) is None and not session.released
 
 
-def test_an_event_within_the_grace_period_keeps_everything():
-    tabs = ClosedTabs(lambda _s: threading.Lock(), after_s=60)
+def test_an_event_or_a_tick_within_the_grace_period_keeps_everything():
+    """A dropped connection that comes back: the page ticks (or the user clicks) before the
+    release is due, and nothing is released; gradio's page does not reopen its connection,
+    so from then on the page's ticks say it is there."""
+    for sign in ("event", "tick"):
+        tabs = ClosedTabs(free, after_s=0.2, silent_s=60)
+        session = holding()
+        first = tabs.closed(session)
+        tabs.seen(session) if sign == "event" else tabs.alive(session)
+        first.join(5)
+        assert session.prepared == "statistics" and not session.released
+        assert session.connection_lost  # the page lives on without its connection
+
+
+def test_a_page_that_lost_its_connection_is_released_when_its_ticks_stop():
+    """The tab closes after its connection had dropped: no unload comes, its ticks stop."""
+    tabs = ClosedTabs(free, after_s=60, silent_s=0.3)
     session = holding()
-    timer = tabs.closed(session)
-    stamp = session.closed_at
-    timer.cancel()
-    assert seen(session) is None  # the tab came back (a dropped connection, a laptop waking)
-    assert not tabs.release_if_still_closed(session, stamp)
-    assert session.prepared == "statistics" and session.a == "model a" and not session.released
-    tabs.closed(session).cancel()
-    tabs.closed(session).cancel()  # closed again: only the latest closing releases it
-    assert not tabs.release_if_still_closed(session, stamp)
-    assert tabs.release_if_still_closed(session, session.closed_at) and session.released
+    tabs.closed(session)  # the drop
+    for _ in range(4):  # the page ticks on
+        tabs.alive(session)
+        time.sleep(0.1)
+        assert not session.released
+    assert wait_until(lambda: session.released)  # then it closes: its ticks stop
+
+
+def test_ticks_of_a_page_whose_connection_never_dropped_arm_nothing():
+    tabs = ClosedTabs(free, after_s=0.01, silent_s=0.01)
+    session = holding()
+    tabs.alive(session)
+    tabs.seen(session)
+    time.sleep(0.1)
+    assert session.closed_at is None and not session.connection_lost and not session.released
 
 
 def test_a_release_waits_for_the_sessions_running_step():

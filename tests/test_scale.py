@@ -198,7 +198,7 @@ def test_scale_benchmark_exports_a_folder_transformers_loads_and_refuses_a_taken
 
     from heterogui.bench.scale import build_llama, llama_config
     from heterogui.bench.scale import token_batches as random_ids
-    from heterogui.errors import ExportError
+    from heterogui.errors import ConfigError
 
     out = tmp_path / "merged"
     m = run_scale(dataclasses.replace(TINY, export=str(out)))
@@ -216,6 +216,7 @@ def test_scale_benchmark_exports_a_folder_transformers_loads_and_refuses_a_taken
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "notes.txt").write_text("mine")
-    with pytest.raises(ExportError, match="taken"):
+    with pytest.raises(ConfigError, match="taken exists: name a new folder") as refused:
         run_scale(dataclasses.replace(TINY, export=str(taken)))
+    assert "--overwrite" not in str(refused.value)  # bench scale has no such option
     assert (taken / "notes.txt").read_text() == "mine"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -153,6 +154,8 @@ def check_options(options: ScaleOptions) -> None:
     if options.budget_mb is not None and options.budget_mb <= 0:
         raise ConfigError(f"--budget-mb must be positive, got {options.budget_mb}")
     if options.export is not None:
+        if Path(options.export).exists():  # check_output's message names --overwrite
+            raise ConfigError(f"--export {options.export} exists: name a new folder")
         check_output(options.export)  # refused before minutes of building and merging
 
 

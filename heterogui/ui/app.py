@@ -31,7 +31,12 @@ from heterogui.errors import ConfigError  # noqa: E402
 from heterogui.folders import clean_stale_in, remove_path, why_not_writable  # noqa: E402
 from heterogui.ui import tab_models  # noqa: E402
 from heterogui.ui.accessibility import FOCUS_CSS, PAGE_JS  # noqa: E402
-from heterogui.ui.closed_tabs import RELEASE_AFTER_S, ClosedTabs, session_of  # noqa: E402
+from heterogui.ui.closed_tabs import (  # noqa: E402
+    RELEASE_AFTER_S,
+    TICK_S,
+    ClosedTabs,
+    session_of,
+)
 from heterogui.ui.events import SessionLocks, event_function  # noqa: E402
 from heterogui.ui.figstyle import DARK_CSS, STATUS_CSS  # noqa: E402
 from heterogui.ui.in_flight import GRACE_S  # noqa: E402
@@ -155,6 +160,15 @@ def build_app(
 
         demo.unload(on_close)  # the tab closed or reloaded (its connection ended)
 
+        def on_tick(session: Any) -> None:
+            if isinstance(session, Session):
+                closed.alive(session)
+
+        # an open page says so (gradio's page does not reopen a connection that dropped)
+        gr.Timer(TICK_S).tick(
+            on_tick, [state], None, queue=False, show_progress="hidden", api_visibility="private"
+        )
+
         def on(
             trigger,
             handler,
@@ -180,6 +194,7 @@ def build_app(
                     lock_for if heavy else None,
                     idle,
                     toast,
+                    closed,
                 ),
                 inputs=[state, *[ui[i] for i in inputs]],
                 outputs=[state, ui["status"], ui["summary"], *[ui[n] for n in names]],

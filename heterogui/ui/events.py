@@ -25,7 +25,7 @@ from heterogui.errors import (
     excerpt,
     out_of_memory_line,
 )
-from heterogui.ui import closed_tabs
+from heterogui.ui.closed_tabs import ClosedTabs
 from heterogui.ui.prefetch import Prefetcher
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
@@ -73,6 +73,7 @@ def event_function(
     lock_for: Callable[[Session], Any] | None = None,
     idle: Prefetcher | None = None,
     toast: bool = False,
+    tabs: ClosedTabs | None = None,
 ) -> Callable[..., list[Any]]:
     """Wrap a handler as a gradio function: errors become messages, views are re-rendered.
 
@@ -80,6 +81,7 @@ def event_function(
     idle: the app's background prefetch, paused while the event runs; a heavy step that
     succeeds queues its session there (None: no prefetch). toast: show a success's message
     as a toast too (as errors always are), for a button below the fold of the status line.
+    tabs: the app's closed-tab releases, told of every event (None: none).
 
     Raises:
         TypeError: at build time, when the handler does not take the event's inputs.
@@ -93,7 +95,7 @@ def event_function(
     def fn(*args: Any) -> list[Any]:
         session = args[0] if isinstance(args[0], Session) else Session()
         res.exports.seen(session)  # an open session: its exports and inputs are kept from others
-        released = closed_tabs.seen(session)  # its tab is back (or was never away)
+        released = tabs.seen(session) if tabs is not None else None  # its page is here
         if released:
             gr.Warning(released)
         values, progress = args[1 : 1 + n_inputs], args[1 + n_inputs]

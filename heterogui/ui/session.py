@@ -55,8 +55,9 @@ class Session:
     running: a heavy step of this session is running (what Cancel can stop).
     cancelled_at: when a heavy step last stopped at a Cancel (``events.run_step`` drops a step
     queued behind it).
-    closed_at: when the tab's connection ended (``time.monotonic``; None: open, or an event
-    came since); released: what the session held was released since (``ui.closed_tabs``).
+    closed_at: when the tab's connection ended and its release was set (``time.monotonic``;
+    None: none pending); released: what the session held was released since;
+    connection_lost: the page lives on after its connection ended (``ui.closed_tabs``).
     """
 
     sid: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
@@ -102,6 +103,7 @@ class Session:
     generations: dict[str, Any] | None = None
     closed_at: float | None = None
     released: bool = False
+    connection_lost: bool = False
 
     @property
     def pair(self) -> Pair | None:

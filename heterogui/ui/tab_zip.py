@@ -333,10 +333,17 @@ def on_release(
     renormalize: bool = False,
     heads: str = DEFAULT_HEADS,
     progress=None,
-) -> str:
-    """Re-merge on slider release when auto re-merge is on (api: /remerge)."""
+) -> str | None:
+    """Re-merge on slider release when auto re-merge is on (api: /remerge); None (the status
+    line stays) when the merge shown has these settings: a key released at the slider's end,
+    or focus leaving its number box, releases it too."""
     if not auto or session.prepared is None:
         return on_knobs(session, res, matcher, alpha, beta, rho, stop, fusion, renormalize, heads)
+    settings = settings_from(session, matcher, alpha, beta, rho, stop, fusion, renormalize, heads)
+    same_device = not device or resolve_device(device) == session.prepared.device
+    if same_device and _merged_already(session, settings):
+        session.settings = settings
+        return None
     return on_merge(
         session,
         res,
