@@ -17,6 +17,7 @@ until gradio drops it.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -92,6 +93,7 @@ class ClosedTabs:
             self._timers.pop(session.sid, None)
         if self._forget is not None:
             self._forget(session)
+        gc.collect()  # the statistics and merges hold reference cycles
         release_freed_memory()  # the C heap's free pages: the process's memory goes down too
         return True
 
