@@ -313,12 +313,9 @@ def holding(
     Raises:
         ExportError: ``state`` does not fit the model.
     """
-    model = on_meta(build)
-    cast = {
-        k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype)
-        for k, v in state.items()
-    }
-    missing, unexpected = model.load_state_dict(cast, strict=False, assign=True)
+    model, missing, unexpected = _assigned(
+        build, state, lambda v, _want: v.to("cpu", dtype if v.is_floating_point() else v.dtype)
+    )
     if missing or unexpected:
         raise ExportError(
             f"{type(model).__name__} export state mismatch: missing {missing[:4]}, unexpected "
@@ -347,13 +344,9 @@ def adapted(
         ModelLoadError: ``state`` does not fill the module: naming the model (``label``), the
             ``adapter`` ("BERT") and the ``complete`` model to pass instead.
     """
-    module = on_meta(build)
-    want = module.state_dict()
-    state = {
-        k: v.detach().to(want[k].dtype if k in want else v.dtype, copy=copy)
-        for k, v in state.items()
-    }
-    missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
+    module, missing, unexpected = _assigned(
+        build, state, lambda v, want: v.to(want.dtype if want is not None else v.dtype, copy=copy)
+    )
     if missing or unexpected:
         raise ModelLoadError(
             f"{label}: weights do not fit the {adapter} adapter (missing {missing[:4]}, "
@@ -361,3 +354,18 @@ def adapted(
         )
     device = next(iter(state.values())).device if state else torch.device("cpu")
     return allocate(module, device).eval()
+
+
+def _assigned(
+    build: Callable[[], torch.nn.Module],
+    state: dict[str, torch.Tensor],
+    convert: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+) -> tuple[torch.nn.Module, list[str], list[str]]:
+    """Return ``build()`` made on the meta device and given ``state``'s tensors, each through
+    ``convert(tensor, the module's meta tensor of that name or None)``, with the names the
+    state lacks and the ones the module lacks."""
+    module = on_meta(build)
+    want = module.state_dict()
+    held = {k: convert(v.detach(), want.get(k)) for k, v in state.items()}
+    missing, unexpected = module.load_state_dict(held, strict=False, assign=True)
+    return module, missing, unexpected
