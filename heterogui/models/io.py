@@ -22,7 +22,7 @@ from heterogui.folders import atomic_output
 from heterogui.models.conv import channels_last_weights
 from heterogui.models.family import Head, Network, config_from_dict, config_to_dict, family_of
 from heterogui.models.headers import read_safetensors_header
-from heterogui.models.storage import allocate, on_meta
+from heterogui.models.storage import allocate, holding_state, on_meta
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -257,17 +257,21 @@ def load_network(folder: str | Path, device: str | torch.device = "cpu") -> Netw
     if not weights.is_file():
         raise ModelLoadError(f"{str(folder)!r} has no {WEIGHTS_FILE}; re-export the model")
     check_weights_fit(build, weights, str(folder))
-    module = on_meta(build)
     state = load_state(weights)
     check_finite(state, data.get("label", folder.name))
     # the loaded tensors themselves (cast where the file holds another dtype): the weights are
     # held once, not once more as a randomly initialised model's own (decoders: seconds)
-    want = module.state_dict()
-    state = {k: v.to(want[k].dtype) if k in want else v for k, v in state.items()}
     try:
-        module.load_state_dict(state, assign=True)
+        module, missing, unexpected = holding_state(
+            build, state, lambda v, want: v.to(want.dtype) if want is not None else v
+        )
     except RuntimeError as exc:
         raise ModelLoadError(f"weights in {folder} do not fit its config: {excerpt(exc)}") from exc
+    if missing or unexpected:  # check_weights_fit compared the names already
+        raise ModelLoadError(
+            f"weights in {folder} do not fit its config: missing {missing[:4]}, unexpected "
+            f"{unexpected[:4]}"
+        )
     allocate(module, torch.device("cpu"))  # what the file lacks (BatchNorm's batch counters)
     channels_last_weights(module)  # laid out as a built model's convolutions are
     module.to(device).eval()

@@ -44,6 +44,26 @@ def on_meta(build: Callable[[], nn.Module]) -> nn.Module:
         return build()
 
 
+def holding_state(
+    build: Callable[[], nn.Module],
+    state: dict[str, torch.Tensor],
+    convert: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+) -> tuple[nn.Module, list[str], list[str]]:
+    """Return ``build()`` made on the meta device and given ``state``'s tensors themselves
+    (``load_state_dict`` by assignment: no initialisation, no second copy), each through
+    ``convert(tensor, the module's meta tensor of that name or None)``; with the names the
+    state lacks and the ones the module lacks.
+
+    Raises:
+        RuntimeError: a tensor of another shape than the module's.
+    """
+    module = on_meta(build)
+    want = module.state_dict()
+    held = {k: convert(v.detach(), want.get(k)) for k, v in state.items()}
+    missing, unexpected = module.load_state_dict(held, strict=False, assign=True)
+    return module, missing, unexpected
+
+
 def allocate(module: nn.Module, device: torch.device) -> nn.Module:
     """Give every meta tensor of ``module`` uninitialised storage on ``device``, in place.
 

@@ -150,7 +150,7 @@ def build_app(
         def lock_for(session: Session) -> threading.Lock:
             return locks.get(session.sid)
 
-        idle = Prefetcher(lock_for) if prefetch else None
+        idle = Prefetcher(lock_for, res.in_flight) if prefetch else None
         closed = ClosedTabs(lock_for, idle.forget if idle else None, release_after_s)
 
         def on_close(request: gr.Request) -> None:

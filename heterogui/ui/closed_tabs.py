@@ -100,10 +100,9 @@ class ClosedTabs:
     def seen(self, session: Session) -> str | None:
         """Count an event of ``session``: its page is open. Return the note to show once if
         the session was released while its page was away (None: nothing to say)."""
-        if session.closed_at is not None:
+        if session.closed_at is not None and not session.connection_lost:
             session.connection_lost = True  # the page is here, though its connection ended
-        if session.connection_lost:
-            self.closed(session, self.silent_s)  # released if its ticks and events stop
+            self.closed(session, self.silent_s)  # released if its ticks stop (``alive``)
         if not session.released:
             return None
         session.released = False

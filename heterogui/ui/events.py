@@ -78,8 +78,9 @@ def event_function(
     """Wrap a handler as a gradio function: errors become messages, views are re-rendered.
 
     lock_for: returns the lock that serialises this session's heavy steps (None: no lock).
-    idle: the app's background prefetch, paused while the event runs; a heavy step that
-    succeeds queues its session there (None: no prefetch). toast: show a success's message
+    idle: the app's background prefetch (it pauses while any event counted in
+    ``res.in_flight`` runs); a heavy step that succeeds queues its session there (None: no
+    prefetch). toast: show a success's message
     as a toast too (as errors always are), for a button below the fold of the status line.
     tabs: the app's closed-tab releases, told of every event (None: none).
 
@@ -103,8 +104,7 @@ def event_function(
         arrived = time.monotonic()  # before the session's lock: a step queued behind waits
         try:
             with (
-                res.in_flight.track(),
-                idle.busy() if idle else contextlib.nullcontext(),
+                res.in_flight.track(),  # the prefetch counts these too (Prefetcher events)
                 lock_for(session) if lock_for else contextlib.nullcontext(),
                 step_warnings() as warned,
             ):

@@ -17,11 +17,21 @@ GRACE_S = 8.0
 
 
 class InFlight:
-    """Count the events running now (any session); wait until none is."""
+    """Count the events running now (any session); wait until none is.
+
+    ``changed`` is notified whenever an event ends (the background prefetch waits on it for
+    quiet); ``last_ended`` is when the latest one did (``time.monotonic``; 0: none yet).
+    """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # re-entrant: the prefetch waits on it holding it
         self._running = 0
+        self.last_ended = 0.0
+
+    @property
+    def changed(self) -> threading.Condition:
+        """Return the condition notified when an event ends."""
+        return self._cond
 
     @property
     def running(self) -> int:
@@ -39,6 +49,7 @@ class InFlight:
         finally:
             with self._cond:
                 self._running -= 1
+                self.last_ended = time.monotonic()
                 self._cond.notify_all()
 
     def wait_done(self, timeout: float = GRACE_S) -> bool:

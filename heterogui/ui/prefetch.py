@@ -22,12 +22,13 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from heterogui.errors import Cancelled, HeteroguiError
 from heterogui.pipeline import Prepared, ZipSettings, match_spaces, realign
 from heterogui.progress import guarded
+from heterogui.ui.in_flight import InFlight
 from heterogui.ui.placements import adopt_placement, missing_placement
 from heterogui.ui.session import Session
 from heterogui.zip.plan import stop_point
@@ -41,37 +42,32 @@ class Prefetcher:
     The thread starts with the first queued session and ends when none is left.
 
     lock_for: the lock that serialises a session's heavy steps (the prefetch takes it only to
-    hand its result over). quiet_s: how long no event may have run before a pass starts.
-    ``busy`` wraps every event; ``schedule`` queues a session after its step.
+    hand its result over). events: the app's count of running events (``Resources.in_flight``,
+    which wraps every event; None: a count of its own). quiet_s: how long no event may have
+    run before a pass starts. ``schedule`` queues a session after its step.
     """
 
     def __init__(
-        self, lock_for: Callable[[Session], Any], quiet_s: float = 0.5, thread: bool = True
+        self,
+        lock_for: Callable[[Session], Any],
+        events: InFlight | None = None,
+        quiet_s: float = 0.5,
+        thread: bool = True,
     ) -> None:
         self._lock_for = lock_for
+        self._events = events if events is not None else InFlight()
         self._quiet_s = quiet_s
         self._use_thread = thread
-        self._cond = threading.Condition()
+        self._cond = self._events.changed  # woken when an event ends
         self._queue: dict[str, Session] = {}  # by session id, the latest last
-        self._running = 0  # events running now, all sessions
-        self._last_event = 0.0  # time.monotonic() when the last event ended
         self._working = False  # a pass is running
         self._failed: set[tuple[int, str]] = set()  # (analysis, mode) that raised: not retried
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    @contextlib.contextmanager
-    def busy(self) -> Iterator[None]:
-        """Mark an event as running: a pass in progress stops at its next batch."""
-        with self._cond:
-            self._running += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._running -= 1
-                self._last_event = time.monotonic()
-                self._cond.notify_all()
+    def busy(self) -> contextlib.AbstractContextManager[None]:
+        """Count an event as running: a pass in progress stops at its next batch."""
+        return self._events.track()
 
     def schedule(self, session: Session) -> None:
         """Queue ``session``: its missing placements are collected once the app is idle."""
@@ -88,7 +84,7 @@ class Prefetcher:
             self._cond.notify_all()
 
     def _interrupted(self) -> bool:
-        return self._running > 0 or self._closed
+        return self._events.running > 0 or self._closed
 
     def run_once(self) -> bool:
         """Collect one missing placement of the latest queued session; True if one was adopted.
@@ -172,10 +168,11 @@ class Prefetcher:
         """Block until ``quiet_s`` of quiet; False (the thread ends) once closed or no work."""
         with self._cond:
             while not self._closed and self._queue:
-                quiet_for = time.monotonic() - self._last_event
-                if self._running == 0 and quiet_for >= self._quiet_s:
+                running = self._events.running
+                quiet_for = time.monotonic() - self._events.last_ended
+                if running == 0 and quiet_for >= self._quiet_s:
                     return True
-                self._cond.wait(None if self._running else self._quiet_s - quiet_for)
+                self._cond.wait(None if running else self._quiet_s - quiet_for)
             self._thread = None  # the next ``schedule`` starts another
             return False
 

@@ -18,7 +18,7 @@ import torch
 
 from heterogui.errors import ExportError, ModelLoadError, excerpt
 from heterogui.models.io import check_finite
-from heterogui.models.storage import allocate, on_meta
+from heterogui.models.storage import allocate, holding_state
 
 
 def encoder_shape(hf_config: Any) -> dict[str, Any]:
@@ -313,7 +313,7 @@ def holding(
     Raises:
         ExportError: ``state`` does not fit the model.
     """
-    model, missing, unexpected = _assigned(
+    model, missing, unexpected = holding_state(
         build, state, lambda v, _want: v.to("cpu", dtype if v.is_floating_point() else v.dtype)
     )
     if missing or unexpected:
@@ -344,7 +344,7 @@ def adapted(
         ModelLoadError: ``state`` does not fill the module: naming the model (``label``), the
             ``adapter`` ("BERT") and the ``complete`` model to pass instead.
     """
-    module, missing, unexpected = _assigned(
+    module, missing, unexpected = holding_state(
         build, state, lambda v, want: v.to(want.dtype if want is not None else v.dtype, copy=copy)
     )
     if missing or unexpected:
@@ -354,18 +354,3 @@ def adapted(
         )
     device = next(iter(state.values())).device if state else torch.device("cpu")
     return allocate(module, device).eval()
-
-
-def _assigned(
-    build: Callable[[], torch.nn.Module],
-    state: dict[str, torch.Tensor],
-    convert: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
-) -> tuple[torch.nn.Module, list[str], list[str]]:
-    """Return ``build()`` made on the meta device and given ``state``'s tensors, each through
-    ``convert(tensor, the module's meta tensor of that name or None)``, with the names the
-    state lacks and the ones the module lacks."""
-    module = on_meta(build)
-    want = module.state_dict()
-    held = {k: convert(v.detach(), want.get(k)) for k, v in state.items()}
-    missing, unexpected = module.load_state_dict(held, strict=False, assign=True)
-    return module, missing, unexpected
