@@ -65,8 +65,10 @@ def search_heads(
     report = progress or (lambda _f: None)
     start = time.perf_counter()
     graph = prepared.padded_a.graph()
-    firsts = searched_groups(graph, settings)
     best = merge(prepared, settings)
+    # a partial zip (a stop point) merges the head groups before it only: the others are
+    # each model's own, with nothing to choose
+    firsts = [f for f in searched_groups(graph, settings) if f in best.matches]
     choices = kept_choices(best, firsts)
     flips = [(f, u) for f in firsts for u, bit in enumerate(choices[f]) if bit >= 0]
     if not flips:

@@ -91,7 +91,7 @@ def match_spaces(
         ConfigError, MatcherError: see ``plan_widths`` and the matchers.
     """
     ga, gb = prepared.padded_a.graph(), prepared.padded_b.graph()
-    settings = family_settings(settings, prepared.net_a.family)  # "auto" as a merge resolves it
+    settings = family_settings(settings, prepared.net_a.family, graph=ga)  # as a merge does
     plan = plan_widths(ga, gb, settings, stop)
     matches: dict[str, Match] = {}
     head_groups: dict[str, list[str]] = {}

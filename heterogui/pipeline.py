@@ -236,7 +236,7 @@ def resolved_settings(net: Network, settings: ZipSettings | None, models: int = 
 
     net: any of the merged models (they share one family); models: how many are merged.
     """
-    return family_settings(settings, net.family, models)
+    return family_settings(settings, net.family, models, net.graph())
 
 
 def _regressions(

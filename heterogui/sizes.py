@@ -167,7 +167,7 @@ def estimate(prepared: pipeline.Prepared, settings: pipeline.ZipSettings) -> dic
     """
     pa, pb = prepared.padded_a, prepared.padded_b
     ga, gb = pa.graph(), pb.graph()
-    settings = family_settings(settings, pa.family)  # "auto" as the merge resolves it
+    settings = family_settings(settings, pa.family, graph=ga)  # as the merge resolves it
     stop = stop_point(ga, settings)
     widths = plan_widths(ga, gb, settings, stop)
     trunk = pa.family.resize(pa.config, {s: w[2] for s, w in widths.items()})

@@ -83,6 +83,22 @@ def test_a_permuted_copy_still_merges_back_to_the_model(name, fusion):
         assert max_diff(result.model(batches[0]), refs) < 1e-4
 
 
+@pytest.mark.parametrize("name", ["vgg", "resnet"])
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_a_merge_that_merges_nothing_is_the_ensemble_to_float_precision(name, fusion):
+    # rho 0 keeps every feature: each model's outputs come back. The sequential refit runs the
+    # merge and re-estimates its BatchNorm block by block; in BatchNorm units that re-estimate
+    # added the epsilon to the rescaled variance, and missed the parents by about 1e-4
+    a, b, shape = pair(name)
+    batches = calibration(shape)
+    prep = prepare(a, b, batches, device="cpu")
+    result = zip_prepared(prep, ZipSettings(rho=0.0, fusion=fusion, bn_units=True))
+    with torch.no_grad():
+        refs = [prep.net_a.module.eval()(batches[0]), prep.net_b.module.eval()(batches[0])]
+        scale = max(r.abs().max().item() for r in refs)
+        assert max_diff(result.model(batches[0]), refs) < 2e-6 * scale
+
+
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_bn_units_changes_batchnorm_merges_and_nothing_else(fusion):
     for name in ("vgg", "resnet", "mlp"):

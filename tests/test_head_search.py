@@ -68,6 +68,21 @@ def test_searching_the_heads_of_a_permuted_copy_gives_the_model_back():
     assert (out_b - run_model(b.module, x)).abs().max() < 1e-4
 
 
+def test_a_partial_zip_searches_the_heads_of_its_merged_layers_only():
+    # blocks: embeddings, layers 0-2, head; a stop at 2 merges the embeddings and layer 0, and
+    # each model keeps its own layers 1 and 2 (before, the search asked for their matches)
+    a = bert_network(tiny_hf(labels=3), "A")
+    b, _ = permuted_copy(a)
+    prepared = prepare(a, b, token_batches(), device="cpu")
+    result = zip_prepared(prepared, dataclasses.replace(SEARCH, stop=2))
+    assert set(result.settings.kept_heads) == {"layer0.qk"}
+    assert result.searched[0] == 1 + 4  # the first merge, then one flip per pair of layer 0
+    x = token_batches()[0]
+    out_a, out_b = run_model(result.model, x)
+    assert (out_a - run_model(a.module, x)).abs().max() < 1e-4
+    assert (out_b - run_model(b.module, x)).abs().max() < 1e-4
+
+
 def test_the_divergence_of_shards_added_up_is_the_whole_data_s(monkeypatch):
     # what every process of a torchrun scores: its shard's sums, added to the others' sums
     prepared = vit_pair()

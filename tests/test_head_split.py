@@ -258,6 +258,33 @@ def test_auto_heads_are_the_familys_default():
     assert family_settings(ZipSettings(rho=0.0, heads="split"), vit).heads == "split"  # as asked
 
 
+def test_sizing_attention_layers_pairs_a_vit_s_heads():
+    """A rho, width or matcher set on attention layers asks for whole heads: "auto" pairs
+    them (a split keeps every head halved, whatever the override says, and used to ignore
+    it); other overrides keep the split."""
+    a = vit_network(tiny_vit(), "A")
+    b = vit_network(tiny_vit(hidden=48, heads=6, layers=2, seed=1), "B")
+    prepared = prepare(a, b, vit_batches(), device="cpu")
+    kept = zip_prepared(prepared, ZipSettings(overrides={"*.qk": {"rho": 0.0}}, fusion="average"))
+    assert kept.settings.heads == "pair"
+    qk = kept.matches["layer0.qk"]
+    assert qk.width == qk.n_a + qk.n_b  # every head of both, whole
+    paired = ZipSettings(overrides={"*.qk": {"rho": 0.0}}, heads="pair", fusion="average")
+    assert kept.settings == zip_prepared(prepared, paired).settings
+    one = zip_prepared(prepared, ZipSettings(overrides={"layer0.qk": {"width": 56}}))
+    assert one.settings.heads == "pair" and one.matches["layer0.qk"].width == 56
+    graph = prepared.padded_a.graph()
+    from heterogui.models.family import FAMILIES
+    from heterogui.zip.plan import family_settings
+
+    vit = FAMILIES["vit"]
+    for overrides in ({"layer1.vo": {"matcher": "permute"}}, {"layer7.qk": {"rho": 0.5}}):
+        assert family_settings(ZipSettings(overrides=overrides), vit, graph=graph).heads == "pair"
+    for overrides in ({"*.qk": {"alpha": 0.3}}, {"stream": {"rho": 0.5}}, {"*.ffn": {"rho": 0}}):
+        assert family_settings(ZipSettings(overrides=overrides), vit, graph=graph).heads == "split"
+    assert zip_prepared(prepared, ZipSettings()).settings.heads == "split"
+
+
 def test_a_vit_merge_at_rho_0_keeps_every_parameter_of_both_models():
     a = vit_network(tiny_vit(), "A")
     b = vit_network(tiny_vit(hidden=48, heads=6, layers=2, seed=1), "B")

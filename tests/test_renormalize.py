@@ -13,10 +13,12 @@ from heterogui.fusion.renormalize import merged_name, renormalized_points  # noq
 from heterogui.models.capture import capture_outputs, to_rows, token_mask  # noqa: E402
 from heterogui.models.hf.bert_io import network_from_hf  # noqa: E402
 from heterogui.models.hf.decoder_io import network_from_hf as decoder_from_hf  # noqa: E402
+from heterogui.models.hf.vit_io import network_from_hf as vit_network  # noqa: E402
 from heterogui.models.permute import permute_network, random_permutations  # noqa: E402
 from heterogui.pipeline import ZipSettings, prepare, zip_prepared  # noqa: E402
-from tests.conftest import tiny_decoder, tiny_hf, token_batch  # noqa: E402
+from tests.conftest import tiny_decoder, tiny_hf, tiny_vit, token_batch  # noqa: E402
 from tests.conftest import token_batches as batches  # noqa: E402
+from tests.test_head_select import vit_images  # noqa: E402
 
 
 def _rows(module, name, batch_list, layout="tokens"):
@@ -151,3 +153,20 @@ def test_a_re_merge_reuses_the_parents_statistics(monkeypatch):
     assert len(calls) == 1 and other.renormalized > 0
     one, two = first.model.state_dict(), again.model.state_dict()
     assert all(torch.equal(one[k], two[k]) for k in one)
+
+
+def test_a_float64_vit_merge_renormalizes_on_its_float32_images():
+    # a ViT's first block is a convolution of pixels: the float64 merge's trunk, run block by
+    # block for the correction, reads the float32 images in its own dtype (as its forward does)
+    a = vit_network(tiny_vit(labels=3, patch=2), "A")
+    b = vit_network(tiny_vit(labels=3, patch=2, seed=1), "B")
+    prepared = prepare(a, b, [vit_images(s) for s in range(4)], device="cpu")
+    settings = ZipSettings(rho=0.5, fusion="average", renormalize=True)
+    wide = zip_prepared(prepared, settings, dtype=torch.float64)
+    narrow = zip_prepared(prepared, settings)
+    assert wide.renormalized == narrow.renormalized > 0
+    x = vit_images(0)
+    with torch.no_grad():
+        for w, n in zip(wide.model(x), narrow.model(x), strict=True):
+            assert w.dtype == torch.float64
+            assert (w - n.double()).abs().max() < 1e-4 * n.abs().max()

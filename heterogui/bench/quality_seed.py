@@ -214,7 +214,7 @@ def kept_rows(
     mode = MODE_LABEL[prep.alignment.mode]
     runs = [(HEADS_KEPT, heads, fusion_knobs(f), f"{mode}{s})") for f, s in _HEADS_KEPT_FUSIONS]
     refit = ZipSettings(fusion="least_squares_sequential")
-    split = family_settings(refit, zoo.net_a.family).heads == "split"
+    split = family_settings(refit, zoo.net_a.family, graph=graph).heads == "split"
     detail = f"{mode}{SEQUENTIAL}{HEADS_SPLIT if split else ''})"
     streams, mlps = _unheaded_spaces(graph)
     runs += [(STREAM_KEPT, streams, {"fusion": refit.fusion}, detail)]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from heterogui.fusion.bn import reestimate_batch_norm
-from heterogui.fusion.bn_units import fusion_states, restore_units, unit_scales
+from heterogui.fusion.bn_units import UnitLayer, fusion_states, restore_units, unit_scales
 from heterogui.fusion.fuse import SpaceTransform, fuse_state
 from heterogui.fusion.merged import (
     MergedModel,
@@ -144,7 +144,7 @@ def build_merge(
     pinned = pinned_channels(model, padded, matches, stop)
     built = BuiltMerge(model, spec, transforms)
     if settings.fusion == "least_squares_sequential":
-        _refit(built, padded, states, batches, dev, stop, settings.ridge, pinned, timings)
+        _refit(built, padded, states, batches, dev, stop, settings.ridge, pinned, units, timings)
     if units:
         restore_units(model, units, transforms)
     if renormalize is not None:
@@ -166,6 +166,7 @@ def _refit(
     stop: int,
     ridge: float,
     pinned: dict[str, torch.Tensor],
+    units: Sequence[UnitLayer],
     timings: dict[str, float],
 ) -> None:
     """Refit the fused model's weights block by block (``refit_sequentially``), timed "refit"."""
@@ -174,7 +175,7 @@ def _refit(
         timings,
         "refit",
         lambda: refit_sequentially(
-            model, padded, states, transforms, batches, dev, stop, ridge, pinned
+            model, padded, states, transforms, batches, dev, stop, ridge, pinned, units
         ),
     )
 

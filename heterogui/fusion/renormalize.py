@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from heterogui.distributed import all_reduce_sum_
+from heterogui.fusion.merged import MergedModel
 from heterogui.models.capture import (
     Batch,
     CapturePass,
@@ -114,7 +115,7 @@ def renormalizes(net_a: Network, net_b: Network) -> bool:
 
 @torch.no_grad()
 def renormalize(
-    model: nn.Module,
+    model: MergedModel,
     net_a: Network,
     net_b: Network,
     matches: Mapping[str, Match],
@@ -143,8 +144,10 @@ def renormalize(
     was_training = model.training
     model.eval()
     # the trunk's state between blocks, batch by batch (block 0 reads the batch itself)
-    states = [to_device(batch, device) for batch in batches]
-    masks = [token_mask(batch) for batch in states]
+    moved = [to_device(batch, device) for batch in batches]
+    masks = [token_mask(batch) for batch in moved]
+    # a float64 merge reads the float32 inputs its parents read (a ViT's pixels) in its dtype
+    states = [model.in_own_dtype(batch) for batch in moved]
     last = max(cap.block for _, cap in points)
     for k, block in enumerate(model.trunk[: last + 1]):
         here = [(space, cap) for space, cap in points if cap.block == k]

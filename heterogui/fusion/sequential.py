@@ -33,6 +33,7 @@ from torch import nn
 
 from heterogui.distributed import all_reduce_sum_
 from heterogui.fusion.bn import has_batch_norm, reestimate_batch_norm
+from heterogui.fusion.bn_units import UnitLayer, in_parent_units
 from heterogui.fusion.fuse import (
     SpaceTransform,
     fuse_tensor,
@@ -112,6 +113,7 @@ def refit_sequentially(
     stop: int,
     ridge: float,
     pinned: Mapping[str, torch.Tensor],
+    units: Sequence[UnitLayer] = (),
 ) -> int:
     """Refit the merged model's readers block by block in place; return how many were refit.
 
@@ -120,7 +122,9 @@ def refit_sequentially(
     parents: their state dicts as fused (``fusion.bn_units.fusion_states``), which the refit
     reads the weights of; the nets run as they are.
     A BatchNorm merge re-estimates its BatchNorm first and after every block's refit (pinned:
-    the channels that keep theirs, ``fusion.pinning``).
+    the channels that keep theirs, ``fusion.pinning``); units: the layers the fusion rescaled
+    to BatchNorm units (``fusion.bn_units``; none: the weights as trained), put back in their
+    parents' units while the BatchNorm is re-estimated (``in_parent_units``).
     """
     graph = nets[0].graph()
     readers = sequential_readers(graph.tensors, transforms, stop)
@@ -129,8 +133,9 @@ def refit_sequentially(
     given = batches
     batches = by_length(batches)  # regressions on sums over tokens: any grouping, less padding
     bn = has_batch_norm(model)
+    reestimate = partial(_reestimate, model, batches, device, pinned, units, transforms)
     if bn:
-        reestimate_batch_norm(model, batches, device, pinned)
+        reestimate()
     moved = [to_device(batch, device) for batch in batches]
     states = [[first_block_input(net.module, batch) for batch in moved] for net in nets]
     states.append([model.in_own_dtype(batch) for batch in moved])  # the merged model's, last
@@ -144,11 +149,18 @@ def refit_sequentially(
         if here:
             _refit_block(model, trunk, k, here, states, masks, parents, transforms, ridge, tags)
             if bn:
-                reestimate_batch_norm(model, batches, device, pinned)
+                reestimate()
         if k < last:
             states = [[trunk[i][k](s) for s in states[i]] for i in range(len(trunk))]
     _keep_parent_rows(model, nets, given, batches, moved, device, stop, states[:-1], last)
     return len(readers)
+
+
+def _reestimate(model, batches, device, pinned, units, transforms) -> None:
+    """Re-estimate the merged model's BatchNorm on ``batches`` as its parents' was (in their
+    units, ``in_parent_units``); the model stays in the fusion's units."""
+    with in_parent_units(model, units, transforms):
+        reestimate_batch_norm(model, batches, device, pinned)
 
 
 def _keep_parent_rows(model, nets, given, ordered, moved, device, stop, states, last) -> None:

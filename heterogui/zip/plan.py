@@ -7,6 +7,7 @@ uses them without matching a single neuron.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
@@ -75,20 +76,25 @@ class ZipSettings:
     kept_heads: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     bn_units: bool = True
 
-    def resolved(self, default_fusion: str, default_heads: str = "pair") -> ZipSettings:
+    def resolved(
+        self, default_fusion: str, default_heads: str = "pair", attention: Sequence[str] = ()
+    ) -> ZipSettings:
         """Return these settings with fusion and heads "auto" replaced by what a merge uses.
 
         default_fusion, default_heads: the family's (``models.family.Family``), for the zip
         matchers; the one-to-one baselines (permute, weight average) keep the paper's: the
         average, not in BatchNorm units, and paired heads. Heads chosen per layer (a "heads"
-        override) make "auto" the paper's "pair" too, which they then override. So does a
-        setting that merges nothing (rho 0, no override that merges): every head is then kept
-        whole, where a split would halve each.
+        override) make "auto" the paper's "pair" too, which they then override. So do an
+        override that sizes attention layers (a rho, width or matcher for merge points of
+        ``attention``, the models' attention spaces: ``{"*.qk": {"rho": 0}}`` keeps every
+        head whole, which a split would halve) and a setting that merges nothing (rho 0, no
+        override that merges): every head is then kept whole, where a split would halve each.
         """
         settings = self
         if self.heads == DEFAULT_HEADS:
             per_layer = any("heads" in knobs for knobs in self.overrides.values())
             paper = self.matcher in EQUAL_WIDTHS or per_layer or self.merges_nothing
+            paper = paper or self.sizes_attention(attention)
             settings = replace(settings, heads="pair" if paper else default_heads)
         if self.fusion != "auto":
             return settings
@@ -103,6 +109,21 @@ class ZipSettings:
         return self.rho == 0 and not any(
             k.get("rho") or k.get("width") is not None or k.get("matcher") in EQUAL_WIDTHS
             for k in self.overrides.values()
+        )
+
+    def sizes_attention(self, attention: Sequence[str]) -> bool:
+        """Return whether an override sets a rho, width or matcher for a merge point of
+        ``attention`` (names; a name's layer number aside, so that a padded model's layers
+        count too)."""
+        shapes = {_layer_shape(n) for n in attention}
+        return any(
+            {"rho", "width", "matcher"} & set(knobs)
+            and (
+                any(fnmatchcase(n, key) for n in attention)
+                if is_pattern(key)
+                else _layer_shape(key) in shapes
+            )
+            for key, knobs in self.overrides.items()
         )
 
     def for_space(self, space: str) -> dict[str, Any]:
@@ -129,14 +150,24 @@ class ZipSettings:
         return knobs
 
 
-def family_settings(settings: ZipSettings | None, family: Any, models: int = 2) -> ZipSettings:
+def family_settings(
+    settings: ZipSettings | None, family: Any, models: int = 2, graph: ModelGraph | None = None
+) -> ZipSettings:
     """Return the settings a merge of ``models`` models of ``family`` runs ("auto" resolved).
 
     family: a ``models.family.Family``. Merges of more than two models pair heads (the
-    N-way matching's only way) when the settings leave it to the family.
+    N-way matching's only way) when the settings leave it to the family. graph: one of the
+    models' (its attention spaces: ``ZipSettings.resolved``; None: no override counts as
+    sizing attention).
     """
     heads = family.default_heads if models == 2 else "pair"
-    return (settings or ZipSettings()).resolved(family.default_fusion, heads)
+    attention = [n for n, s in graph.spaces.items() if s.head_dim] if graph is not None else []
+    return (settings or ZipSettings()).resolved(family.default_fusion, heads, attention)
+
+
+def _layer_shape(name: str) -> str:
+    """Return a merge point's name with its layer numbers made one ("layer3.qk": "layer#.qk")."""
+    return re.sub(r"\d+", "#", name)
 
 
 def is_pattern(key: str) -> bool:
