@@ -12,6 +12,32 @@ from heterogui.errors import Cancelled
 
 Progress = Callable[[str, float], None]
 
+# what each stage of a step does, in words (the workbench's progress bar, a Cancel's message);
+# a stage is named by its last word ("build digits-vgg-depth" excepted)
+STAGE_LABELS = {
+    "bn_inputs": "re-estimating BatchNorm of A and B",
+    "bn_similarity": "re-estimating BatchNorm of A and B, with their layer similarity (one pass)",
+    "similarity": "layer similarity (CKA)",
+    "probe": "layer similarity (CKA) of the first batch, to place the layers",
+    "features": "feature statistics",
+    "analysis": "layer similarity and feature statistics (one pass)",
+    "match": "matching neurons",
+    "search": "searching which attention heads to keep (a merge per flip tried)",
+    "bn_merged": "BatchNorm of the merged model",
+    "evaluate": "evaluating",
+    "sweep": "sweeping rho",
+    "generate": "generating continuations",
+    "waiting": "waiting for another user's step to finish (Cancel drops this one)",
+    "done": "done",
+}
+
+
+def stage_label(stage: str) -> str:
+    """Return what ``stage`` does, in words (the stage itself where it has no label)."""
+    if stage.startswith("build"):
+        return f"building the demo pair ({stage[6:]})"
+    return STAGE_LABELS.get(stage.split(" ")[-1], stage)
+
 
 def within(progress: Progress, lo: float, hi: float) -> Progress:
     """Return a progress callback that maps a step's 0..1 onto ``lo..hi`` of ``progress``."""
@@ -31,7 +57,7 @@ def guarded(
 
     def report(stage: str, fraction: float) -> None:
         if cancel is not None and cancel():
-            raise Cancelled(f"cancelled at {stage!r}; {outcome}")
+            raise Cancelled(f"stopped during {stage_label(stage)}; {outcome}")
         if progress is not None:
             progress(stage, fraction)
 

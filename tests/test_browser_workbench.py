@@ -401,10 +401,11 @@ def test_a_narrow_window_clips_no_control(url, chromium_browser):
 
 def test_the_keyboard_alone_loads_merges_and_is_told_what_happened(url, chromium_browser):
     """Keyboard and screen-reader users: Enter on Load demo pair leaves the focus on the tab it
-    switched to (it fell to the page's top), an arrow key on the rho slider re-merges as a
-    pointer's release does (it did nothing), the focused slider shows a ring, the status line
-    is a live region a screen reader announces, and a figure is an image named by its label
-    and title."""
+    switched to (it fell to the page's top), focus passing through the sliders' number boxes
+    merges nothing (it merged), an arrow key on the rho slider re-merges as a pointer's
+    release does (it did nothing), a value typed in a box re-merges as focus leaves it, the
+    focused slider shows a ring, the status line is a live region a screen reader announces,
+    and a figure is an image named by its label and title."""
     page = chromium_browser.new_page(viewport={"width": 1360, "height": 900})
     errors, _ = watch(page)
     page.goto(url)
@@ -433,6 +434,16 @@ def test_the_keyboard_alone_loads_merges_and_is_told_what_happened(url, chromium
     )
     wait_status(page, "Loaded demo pair")
     open_tab(page, "4 Zip")
+    # focus passing through the sliders' number boxes sends nothing (each blur released its
+    # slider: a merge nobody asked for)
+    sent = []
+    page.on("request", lambda r: sent.append(r.post_data) if "queue/join" in r.url else None)
+    box = page.locator("#rho input[type=number]")
+    box.click()
+    for key in ("Shift+Tab", "Shift+Tab", "Shift+Tab", "Tab", "Tab", "Tab", "Tab", "Tab"):
+        page.keyboard.press(key)
+    page.wait_for_timeout(1000)
+    assert sent == []
     slider = page.locator("#rho input[type=range]")
     slider.focus()
     page.keyboard.press("ArrowLeft")
@@ -441,6 +452,9 @@ def test_the_keyboard_alone_loads_merges_and_is_told_what_happened(url, chromium
         "e => [getComputedStyle(e).outlineStyle, getComputedStyle(e).outlineWidth]"
     )
     assert ring == ["solid", "2px"]
+    box.fill("0.5")  # a value typed in the box is released as focus leaves it
+    page.keyboard.press("Tab")
+    wait_status(page, "Merge #2")
     page.close()
     assert errors == []
 

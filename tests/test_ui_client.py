@@ -251,6 +251,50 @@ def test_cancel_over_the_api_stops_a_running_merge(url, monkeypatch):
     assert summary["history"] == []
 
 
+def test_cancel_drops_a_merge_that_waits_for_another_user_s(tmp_path, monkeypatch):
+    """One heavy step at a time: the second user's merge waits inside the app (not in Gradio's
+    queue, where Cancel did not reach it) and that user's Cancel drops it before it starts;
+    the first user's merge goes on."""
+    from heterogui.ui import work
+
+    real = work.zip_prepared
+
+    def slow(prepared, settings, progress=None, **kw):  # a long merge that reports progress
+        for k in range(150):
+            progress("match", k / 150)
+            time.sleep(0.02)
+        return real(prepared, settings, progress=progress, **kw)
+
+    demo = build_app(
+        Resources(ZooPairs(tiny=True), device="cpu", default_pair=PAIR, export_root=tmp_path),
+        heavy_limit=1,
+        prefetch=False,
+    )
+    address = launch(demo, "127.0.0.1", None, block=False)
+    try:
+        first, second = Client(address, verbose=False), Client(address, verbose=False)
+        _, summary, _ = call(first, "/start")
+        call(second, "/start")
+        monkeypatch.setattr(work, "zip_prepared", slow)
+        stop = summary["blocks"]
+        running = first.submit("zip", 0.5, 1.0, 0.5, stop, "cpu", api_name="/merge")
+        time.sleep(0.5)
+        waiting = second.submit("zip", 0.5, 1.0, 0.75, stop, "cpu", api_name="/merge")
+        for _ in range(100):  # press Cancel once the second merge waits (the first runs 3 s)
+            status, _, _ = call(second, "/cancel")
+            if "Cancelling" in status:
+                break
+            time.sleep(0.05)
+        assert "it waits for another user's" in status
+        status, summary = waiting.result()[:2]
+        assert status.startswith("**Cancelled.** Dropped before it started")
+        assert summary["merges"] == 0
+        status, summary = running.result()[:2]
+        assert status.startswith("Merge #1 done") and summary["merges"] == 1
+    finally:
+        demo.close()
+
+
 def test_the_readme_client_snippet_runs_as_written(url, capsys):
     """The gradio_client flow in the README is run as it is printed there (URL aside)."""
     from pathlib import Path

@@ -10,10 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import threading
 import warnings
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -29,6 +32,7 @@ from heterogui.models.family import build_network
 from heterogui.models.headers import read_safetensors_header
 from heterogui.models.io import save_network
 from heterogui.models.resnet import cifar_resnet
+from heterogui.progress import STAGE_LABELS
 from heterogui.sources import registry
 from heterogui.sources.folder import load_merged
 from heterogui.tasks.classification import evaluate_models
@@ -49,6 +53,7 @@ from heterogui.ui import (
     zip_overrides,
     zip_readout,
 )
+from heterogui.ui.heavy_slots import HeavySlots
 from heterogui.ui.resources import Resources, ZooPairs
 from heterogui.ui.session import Session
 from heterogui.ui.summary import session_summary
@@ -639,7 +644,8 @@ def test_cancel_stops_a_merge_and_keeps_the_previous_result(session, res):
         tab_zip.on_cancel(session, res)
 
     settings = dataclasses.replace(session.settings, rho=0.5)
-    with pytest.raises(Cancelled, match=r"^cancelled at '[^']+'; the previous result is kept$"):
+    kept_line = r"^stopped during [a-z][^;']*; the previous result is kept$"  # a stage in words
+    with pytest.raises(Cancelled, match=kept_line):
         work.merge(session, res, settings, progress=press_cancel)
     session.running = False
     assert session.result is kept and len(session.history) == 1
@@ -653,7 +659,7 @@ def test_a_merge_queued_behind_a_cancelled_one_is_dropped_too(session, res, monk
     monkeypatch.setattr(events.time, "monotonic", lambda: clock[0])
 
     def cancelled(session, res, progress=None):
-        raise Cancelled("cancelled at 'match'; the previous result is kept")
+        raise Cancelled("stopped during matching neurons; the previous result is kept")
 
     def merged(session, res, progress=None):
         return "Merge #2 done"
@@ -680,6 +686,79 @@ def test_a_merge_queued_behind_a_cancelled_one_is_dropped_too(session, res, monk
     assert events.run_step(session, True, lambda: "Merge #3 done", arrived=clock[0]) == (
         "Merge #3 done"
     )
+
+
+def test_a_release_s_scoring_after_a_cancelled_merge_keeps_the_cancel_s_line(session, res):
+    """The scoring that follows a slider release (chained) is no step queued behind the
+    cancelled merge: it runs (nothing to score: the Cancel's line stays), and a step that was
+    queued behind the merge is still dropped."""
+
+    def cancelled(session, res, progress=None):
+        raise Cancelled("stopped during matching neurons; the previous result is kept")
+
+    def step(handler, chained=False):
+        with warnings.catch_warnings():  # gr.Info outside a server warns
+            warnings.simplefilter("ignore")
+            fn = events.event_function(
+                handler, res, (), [], 0, lambda s: nullcontext(), chained=chained
+            )
+            return fn(session, None)[1]
+
+    merge(session, res)
+    assert "Cancelled" in step(cancelled)
+    kept = step(tab_evaluate.on_evaluate_pending, chained=True)
+    assert kept == gr.skip()  # the status line keeps the Cancel's message
+    assert "dropped too" in step(lambda session, res, progress=None: "Merge #2 done")
+
+
+def test_cancel_drops_a_step_that_waits_for_another_user_s(res):
+    """Two users, one heavy slot: the second user's step waits, in the app, where that user's
+    Cancel drops it before it runs; the first user's step is not touched."""
+    slots = HeavySlots(1)
+    first, second = Session(device="cpu"), Session(device="cpu")
+    started, finish, ran = threading.Event(), threading.Event(), []
+
+    def long_step():
+        started.set()
+        finish.wait(30)
+        return "first done"
+
+    def run(session, step, out):
+        slot = partial(slots.held, session, lambda: None)
+        try:
+            out.append(events.run_step(session, True, step, slot=slot))
+        except Cancelled as exc:
+            out.append(exc)
+
+    one, two = [], []
+    t1 = threading.Thread(target=run, args=(first, long_step, one))
+    t1.start()
+    assert started.wait(30)
+    t2 = threading.Thread(target=run, args=(second, lambda: ran.append(1), two))
+    t2.start()
+    for _ in range(300):  # until the second step waits for the slot
+        if second.waiting:
+            break
+        threading.Event().wait(0.01)
+    assert second.waiting and not second.running
+    assert "is dropped" in tab_zip.on_cancel(second, res)
+    t2.join(30)
+    assert isinstance(two[0], Cancelled) and "dropped before it started" in str(two[0])
+    assert ran == [] and not second.waiting
+    assert "Nothing is running" in tab_zip.on_cancel(second, res)  # and stays so
+    finish.set()
+    t1.join(30)
+    assert one == ["first done"] and not first.cancel_requested
+    second.cancelled_at = None  # a later click (one right after the Cancel goes with it)
+    slot = partial(slots.held, second, lambda: None)
+    assert events.run_step(second, True, lambda: "second done", slot=slot) == "second done"
+
+
+def test_cancel_during_an_export_says_the_export_cannot_stop(session, res):
+    session.running, session.cannot_stop = True, "The export is being written"
+    assert "Cancel cannot stop that" in tab_zip.on_cancel(session, res)
+    assert not session.cancel_requested
+    session.running, session.cannot_stop = False, None
 
 
 def test_bad_data_or_a_cancelled_analysis_keeps_the_analysis_and_the_merge(session, res, tmp_path):
@@ -1214,7 +1293,7 @@ def test_a_pair_of_equal_depth_is_analysed_in_one_pass_and_never_realigned(monke
     tab_models.on_load_pair(wide, res, "tiny-digits-vgg-width", bar)
     prep = wide.prepared
     assert "analysis" in prep.timings and "features" not in prep.timings
-    assert events.STAGES["analysis"] in shown and events.STAGES["features"] not in shown, set(shown)
+    assert STAGE_LABELS["analysis"] in shown and STAGE_LABELS["features"] not in shown, set(shown)
     monkeypatch.setattr("heterogui.zip.reuse.collect_moments", _forbidden_pass)
     monkeypatch.setattr("heterogui.pipeline.collect_moments", _forbidden_pass)
     for mode in ("lma", "uniform", "head"):
@@ -1241,7 +1320,11 @@ def test_one_rho_at_every_attention_layer_keeps_all_heads(res):
         zip_overrides.on_set_override(vit, res, every, None, 8)
     message = zip_overrides.on_set_override(vit, res, every, 0.0, None)
     assert f"1 attention layer ({layers[0]}): rho=0.0" in message
-    assert "Heads split keeps every head of these layers" in message  # the ViT default
+    # the ViT default (heads auto) pairs heads once an override sizes attention layers
+    assert "Heads split" not in message
+    vit.settings = dataclasses.replace(vit.settings, heads="split")  # asked for: the override
+    message = zip_overrides.on_set_override(vit, res, every, 0.0, None)  # cannot take
+    assert "Heads split keeps every head of these layers" in message
     vit.settings = dataclasses.replace(vit.settings, heads="pair")
     message = zip_overrides.on_set_override(vit, res, every, 0.0, None)
     assert "rho=0.0." in message and "Heads split" not in message

@@ -3,6 +3,9 @@
 - A slider moved with the arrow, Home, End or Page keys is released when the key is: gradio
   fires a slider's ``release`` (which re-merges, with "Re-merge when a slider is released") on
   the pointer only, so keyboard users moved the ratio and nothing followed.
+- A slider's number box releases the slider (a re-merge) when it is clicked or left only if
+  its value changed: gradio released it on every click and blur, so clicking or tabbing
+  through the Zip tab's boxes merged without a change.
 - The status line (``#status``: every step's result, error and progress) is a polite live
   region, so that a screen reader announces what a step did, not only the toasts.
 - Every figure is an image named by its block's label and its title (a screen reader read a
@@ -24,6 +27,26 @@ PAGE_JS = """
       target.dispatchEvent(new PointerEvent("pointerup", { bubbles: true }));
     }
   });
+  // a slider's number box releases the slider when it is clicked and when it loses focus,
+  // changed or not: focus passing through it (a click, Tab) re-merged. Only a value that
+  // changed since the box took focus or was last released is released.
+  const released = new WeakMap();
+  const sliderBox = (target) => target instanceof HTMLInputElement && target.type === "number"
+    && target.closest(".block")?.querySelector("input[type=range]") != null;
+  document.addEventListener("focusin", (event) => {
+    if (sliderBox(event.target)) released.set(event.target, event.target.value);
+  }, true);
+  for (const type of ["blur", "pointerup"]) {
+    document.addEventListener(type, (event) => {
+      const box = event.target;
+      if (!sliderBox(box)) return;
+      if (released.get(box) === box.value) {
+        event.stopImmediatePropagation();  // captured on the way down: gradio never sees it
+      } else {
+        released.set(box, box.value);
+      }
+    }, true);
+  }
   const announce = () => {
     const status = document.getElementById("status");
     if (!status) return false;

@@ -18,6 +18,7 @@ import socket
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from heterogui.ui.closed_tabs import (  # noqa: E402
 )
 from heterogui.ui.events import SessionLocks, event_function  # noqa: E402
 from heterogui.ui.figstyle import DARK_CSS, STATUS_CSS  # noqa: E402
+from heterogui.ui.heavy_slots import WAITING_ROOM, HeavySlots  # noqa: E402
 from heterogui.ui.in_flight import GRACE_S  # noqa: E402
 from heterogui.ui.local_only import local_only  # noqa: E402
 from heterogui.ui.prefetch import Prefetcher  # noqa: E402
@@ -96,28 +98,31 @@ def event_options(
     api_name: str | None,
     heavy: bool,
     light: bool,
-    heavy_limit: int,
+    admitted: int,
     status: Any,
     last: bool = False,
+    near: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Return the keywords of an event listener: progress, API name and concurrency.
 
-    heavy: one progress bar on ``status`` and at most ``heavy_limit`` such events at once
-    across users; light: unlimited, only the last of a burst runs; neither: the queue's
-    default. last: a heavy event triggered again while it runs runs once more afterwards, with
-    the latest values (a Merge or slider release is not dropped); other heavy events ignore a
-    trigger while they run (a second click on Export). An event without an API name stays out
-    of the API page.
+    heavy: one progress bar on ``status`` and at most ``admitted`` such events past Gradio's
+    queue at once across users (fewer run: the others wait for a slot, ``ui.heavy_slots``,
+    where their user's Cancel reaches them); light: unlimited, only the last of a burst runs;
+    neither: the queue's default. last: a heavy event triggered again while it runs runs once
+    more afterwards, with the latest values (a Merge or slider release is not dropped); other
+    heavy events ignore a trigger while they run (a second click on Export). An event without
+    an API name stays out of the API page. near: components that show a heavy event's progress
+    as well (where a long step below the fold will show its result).
     """
     kwargs: dict[str, Any] = {"show_progress": "full" if heavy else "hidden"}
     if heavy:  # one progress bar, under the title, instead of an overlay on every view
-        kwargs["show_progress_on"] = [status]
+        kwargs["show_progress_on"] = [status, *near]
     if api_name:
         kwargs["api_name"] = api_name
     else:
         kwargs["api_visibility"] = "undocumented"
     if heavy:
-        kwargs.update(concurrency_id="heavy", concurrency_limit=heavy_limit)
+        kwargs.update(concurrency_id="heavy", concurrency_limit=admitted)
         if last:
             kwargs["trigger_mode"] = "always_last"
     elif light:
@@ -146,6 +151,7 @@ def build_app(
     ) as demo:
         state = build_page(ui, res)
         locks = SessionLocks()
+        slots = HeavySlots(heavy_limit)
 
         def lock_for(session: Session) -> threading.Lock:
             return locks.get(session.sid)
@@ -180,10 +186,16 @@ def build_app(
             extra=(),
             toast=False,
             last=False,
+            chained=False,
+            near=(),
         ):
             scope_list = SCOPES if scopes == "all" else tuple(scopes)
             names = [n for s in scope_list for n in views_of(s)] + list(extra)
-            kwargs = event_options(api_name, heavy, light, heavy_limit, ui["status"], last)
+            # past Gradio's queue, heavy steps wait for a slot where Cancel reaches them
+            admitted = heavy_limit + WAITING_ROOM
+            kwargs = event_options(
+                api_name, heavy, light, admitted, ui["status"], last, [ui[n] for n in near]
+            )
             return trigger(
                 event_function(
                     handler,
@@ -195,6 +207,8 @@ def build_app(
                     idle,
                     toast,
                     closed,
+                    slots if heavy else None,
+                    chained,
                 ),
                 inputs=[state, *[ui[i] for i in inputs]],
                 outputs=[state, ui["status"], ui["summary"], *[ui[n] for n in names]],

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import gradio as gr
@@ -25,7 +26,9 @@ from heterogui.errors import (
     excerpt,
     out_of_memory_line,
 )
+from heterogui.progress import stage_label
 from heterogui.ui.closed_tabs import ClosedTabs
+from heterogui.ui.heavy_slots import HeavySlots
 from heterogui.ui.prefetch import Prefetcher
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
@@ -34,32 +37,13 @@ from heterogui.ui.views import render
 
 log = logging.getLogger(__name__)
 
-STAGES = {
-    "bn_inputs": "re-estimating BatchNorm of A and B",
-    "bn_similarity": "re-estimating BatchNorm of A and B, with their layer similarity (one pass)",
-    "similarity": "layer similarity (CKA)",
-    "probe": "layer similarity (CKA) of the first batch, to place the layers",
-    "features": "feature statistics",
-    "analysis": "layer similarity and feature statistics (one pass)",
-    "match": "matching neurons",
-    "search": "searching which attention heads to keep (a merge per flip tried)",
-    "bn_merged": "BatchNorm of the merged model",
-    "evaluate": "evaluating",
-    "sweep": "sweeping rho",
-    "generate": "generating continuations",
-    "done": "done",
-}
-
 
 def progress_adapter(progress: Any) -> Callable[[str, float], None]:
     """Return a core progress callback (stage, fraction) that drives a gr.Progress bar."""
 
     def report(stage: str, frac: float) -> None:
-        label = STAGES.get(stage.split(" ")[-1], stage)
-        if stage.startswith("build"):
-            label = f"building the demo pair ({stage[6:]})"
         if progress is not None:
-            progress(min(max(float(frac), 0.0), 1.0), desc=label)
+            progress(min(max(float(frac), 0.0), 1.0), desc=stage_label(stage))
 
     return report
 
@@ -74,6 +58,8 @@ def event_function(
     idle: Prefetcher | None = None,
     toast: bool = False,
     tabs: ClosedTabs | None = None,
+    slots: HeavySlots | None = None,
+    chained: bool = False,
 ) -> Callable[..., list[Any]]:
     """Wrap a handler as a gradio function: errors become messages, views are re-rendered.
 
@@ -83,6 +69,9 @@ def event_function(
     prefetch). toast: show a success's message
     as a toast too (as errors always are), for a button below the fold of the status line.
     tabs: the app's closed-tab releases, told of every event (None: none).
+    slots: the app's heavy steps at once (a heavy step waits for one; None: no limit).
+    chained: the step follows another of the same trigger (a release's scoring): it is no
+    step queued behind a cancelled one, and runs (``run_step``).
 
     Raises:
         TypeError: at build time, when the handler does not take the event's inputs.
@@ -108,13 +97,16 @@ def event_function(
                 lock_for(session) if lock_for else contextlib.nullcontext(),
                 step_warnings() as warned,
             ):
+                report = progress_adapter(progress)
                 out = run_step(
                     session,
                     heavy=lock_for is not None,
-                    step=lambda: handler(
-                        session, res, *values, progress=progress_adapter(progress)
-                    ),
+                    step=lambda: handler(session, res, *values, progress=report),
                     arrived=arrived,
+                    slot=partial(slots.held, session, lambda: report("waiting", 0.0))
+                    if slots is not None
+                    else None,
+                    chained=chained,
                 )
                 message, extra = out if isinstance(out, tuple) else (out, {})
                 views = {**render(session, res, scopes), **extra}
@@ -182,8 +174,10 @@ def failure_message(exc: Exception, handler: Callable[..., Any]) -> str:
     is a bug: logged with its traceback and reported by type, the page keeps running.
     """
     if isinstance(exc, Cancelled):
-        gr.Info(str(exc))
-        return f"**Cancelled.** {exc}"
+        text = str(exc)
+        text = text[:1].upper() + text[1:]
+        gr.Info(text)
+        return f"**Cancelled.** {text}"
     if isinstance(exc, HeteroguiError):
         # one line, whatever a library put in it; "<stream end>" is text, not an HTML tag
         message = shown(excerpt(exc, MESSAGE_LIMIT))
@@ -215,31 +209,44 @@ QUEUED_BEHIND_CANCEL_S = 0.5
 
 
 def run_step(
-    session: Session, heavy: bool, step: Callable[[], Any], arrived: float | None = None
+    session: Session,
+    heavy: bool,
+    step: Callable[[], Any],
+    arrived: float | None = None,
+    slot: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+    chained: bool = False,
 ) -> Any:
     """Run one handler; a heavy step is what Cancel stops (a Cancel pressed before it is void,
-    and a heavy step queued behind the cancelled one is dropped with it).
+    a heavy step queued behind the cancelled one is dropped with it, and one that waits for a
+    slot stops waiting).
 
     arrived: when the step reached the server (``time.monotonic``; None: as it starts): one
-    that arrived before the cancelled step stopped waited behind it.
+    that arrived before the cancelled step stopped waited behind it. slot: holds one of the
+    app's heavy slots while the step runs (``HeavySlots.held``). chained: a step that follows
+    another of the same trigger (a release's scoring, which has nothing to score after a
+    cancelled merge): never dropped as queued, and the drop stays due for what is.
     """
     if not heavy:
         return step()
-    stopped, session.cancelled_at = session.cancelled_at, None
-    now = time.monotonic()
-    queued = stopped is not None and (
-        (arrived is not None and arrived <= stopped) or now - stopped < QUEUED_BEHIND_CANCEL_S
-    )
-    if queued:
-        raise Cancelled("the step queued behind the cancelled one was dropped too")
-    session.cancel_requested, session.running = False, True
+    if not chained:
+        stopped, session.cancelled_at = session.cancelled_at, None
+        now = time.monotonic()
+        queued = stopped is not None and (
+            (arrived is not None and arrived <= stopped) or now - stopped < QUEUED_BEHIND_CANCEL_S
+        )
+        if queued:
+            raise Cancelled("the step queued behind the cancelled one was dropped too")
+    session.cancel_requested = False
     try:
-        return step()
+        with slot() if slot is not None else contextlib.nullcontext():
+            session.running = True
+            try:
+                return step()
+            finally:
+                session.running = False
     except Cancelled:
         session.cancelled_at = time.monotonic()
         raise
-    finally:
-        session.running = False
 
 
 class SessionLocks:

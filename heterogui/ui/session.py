@@ -52,7 +52,9 @@ class Session:
     baseline: scores of "a", "b" and "ensemble" (computed once per analysis).
     history: one row per merge of this session (settings, sizes, scores).
     cancel_requested: set by the Cancel button; long steps check it between stages.
-    running: a heavy step of this session is running (what Cancel can stop).
+    running: a heavy step of this session is running (what Cancel can stop); waiting: one
+    waits for another user's step to end (``ui.heavy_slots``: a Cancel drops it); cannot_stop:
+    what the running step does now that Cancel cannot stop (None: it can).
     cancelled_at: when a heavy step last stopped at a Cancel (``events.run_step`` drops a step
     queued behind it).
     closed_at: when the tab's connection ended and its release was set (``time.monotonic``;
@@ -87,6 +89,8 @@ class Session:
     exported_merge: int | None = None  # the merge (its number) the last export wrote
     cancel_requested: bool = False
     running: bool = False
+    waiting: bool = False
+    cannot_stop: str | None = None
     cancelled_at: float | None = None  # when a heavy step last ended cancelled (monotonic)
     compare: list[str] = field(default_factory=list)  # sentences of the similarity matrices
     details: dict[int, dict[str, Any]] = field(default_factory=dict)  # per merge: widths, pairs
@@ -185,7 +189,7 @@ class Session:
         """
         if self.cancel_requested:
             self.cancel_requested = False
-            raise Cancelled("cancelled: the previous result is kept")
+            raise Cancelled("stopped; the previous result is kept")
 
 
 __all__ = ["Cancelled", "Session"]

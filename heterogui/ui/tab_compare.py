@@ -92,6 +92,7 @@ def build(ui: dict[str, Any], res: Resources) -> None:
             list(GRID_KNOBS), value="beta", label="Second knob", elem_id="grid-knob"
         )
         ui["run_grid"] = gr.Button("Run 2-D sweep", elem_id="run-grid")
+        ui["grid_cancel"] = gr.Button("Cancel", variant="stop", elem_id="grid-cancel")
     ui["grid_info"] = gr.Markdown()
     ui["grid_plot"] = gr.Plot(label="Score over rho and the second knob", elem_id="grid-plot")
     with gr.Row():
@@ -303,7 +304,15 @@ def wire(ui: dict[str, Any], on) -> None:
         "resemblance",
         heavy=True,
     )
-    on(ui["run_grid"].click, on_grid, ["grid_knob"], ("compare",), "grid", heavy=True)
+    on(
+        ui["run_grid"].click,
+        on_grid,
+        ["grid_knob"],
+        ("compare",),
+        "grid",
+        heavy=True,
+        near=["grid_plot"],  # its progress where the sweep will show, as well as at the top
+    )
     merged = ("knobs", "zip", "neurons", "evaluate", "compare", "export")
     on(
         ui["grid_load"].click,

@@ -379,7 +379,7 @@ def wire(ui: dict[str, Any], on) -> None:
     """Register the tab's events."""
     on(ui["show_samples"].click, on_samples, ["sample_ids"], ("evaluate",), "samples")
     on(ui["random_samples"].click, on_random, [], ("evaluate",), "random_samples")
-    on(ui["run_sweep"].click, on_sweep, [], ("evaluate",), "sweep", heavy=True)
+    on(ui["run_sweep"].click, on_sweep, [], ("evaluate",), "sweep", heavy=True, near=["sweep_plot"])
     # heavy: one scoring at a time per session (a second press waits and reuses the scores)
     on(ui["evaluate"].click, on_evaluate, [], ("evaluate",), "evaluate", heavy=True)
     on(ui["compare"].click, on_similarity, ["compare_text"], ("evaluate",), "similarity")

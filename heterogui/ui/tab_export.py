@@ -194,9 +194,14 @@ def on_export(
     card hold its scores.
     """
     work.evaluate_pending(session, res, progress)
-    path = exporting.export(
-        session, out or "", res.export_root, bool(overwrite), fmt, dtype, guard=res.exports
-    )
+    session.check_cancel()  # pressed while the merge was scored: nothing is written
+    session.cannot_stop = "The export is being written (its folder whole, or nothing)"
+    try:
+        path = exporting.export(
+            session, out or "", res.export_root, bool(overwrite), fmt, dtype, guard=res.exports
+        )
+    finally:
+        session.cannot_stop = None
     written = exporting.chosen_format(session, fmt)
     files = sorted(p.name for p in Path(path).iterdir())
     weights = run_export.export_dtype(

@@ -103,6 +103,9 @@ def build(ui: dict[str, Any], res: Resources) -> None:
         ui["analyse"] = gr.Button(
             "Analyse pair", variant="primary", elem_id="analyse", scale=0, min_width=140
         )
+        ui["analyse_cancel"] = gr.Button(
+            "Cancel", variant="stop", elem_id="analyse-cancel", scale=0, min_width=90
+        )
     with gr.Accordion("Calibration sentences (text models)", open=False):
         ui["sentences"] = gr.Textbox(
             lines=4,

@@ -362,9 +362,14 @@ def on_release(
 
 
 def on_cancel(session: Session, res: Resources, progress=None) -> str:
-    """Ask the running step of this session to stop (api: /cancel)."""
+    """Ask the running step of this session to stop, or the one waiting to start (api: /cancel)."""
+    if session.waiting:  # for another user's step: it goes before it starts
+        session.cancel_requested = True
+        return "Cancelling: your step has not started (it waits for another user's); it is dropped."
     if not session.running:
         return "Nothing is running: there is nothing to cancel."
+    if session.cannot_stop:
+        return f"{session.cannot_stop}: Cancel cannot stop that; it ends in a moment."
     session.cancel_requested = True
     return "Cancelling: the running step stops at its next stage; earlier results are kept."
 
@@ -391,6 +396,7 @@ def wire(ui: dict[str, Any], on) -> None:
             SCORED_SCOPES,
             None,
             heavy=True,
+            chained=True,  # after a cancelled merge: nothing to score, the Cancel's line stays
         )
     for name in ("matcher", "fusion", "renormalize", "heads"):  # the readout: a merge is due
         on(ui[name].input, on_knobs, knobs, ("zip",), None, light=True)
@@ -406,7 +412,8 @@ def wire(ui: dict[str, Any], on) -> None:
         last=True,  # a click during a merge (settings changed meanwhile) merges afterwards
     )
     on(ui["cancel"].click, on_cancel, [], (), "cancel", light=True)
-    for beside in ("sweep_cancel", "gen_cancel"):  # the Evaluate tab's long steps: one handler
+    # beside the other long steps (analysis, the sweeps, generation): one handler
+    for beside in ("analyse_cancel", "sweep_cancel", "grid_cancel", "gen_cancel"):
         on(ui[beside].click, on_cancel, [], (), None, light=True)
     on(
         ui["set_override"].click,

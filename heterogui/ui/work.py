@@ -54,9 +54,9 @@ log = logging.getLogger(__name__)
 
 def guarded(session: Session, progress: Progress | None) -> Progress:
     """Return a progress callback that stops the step when the user pressed Cancel."""
-    return guarded_progress(
-        progress, lambda: _cancelled(session), outcome="the previous result is kept"
-    )
+    kept = session.prepared is not None or session.result is not None
+    outcome = "the previous result is kept" if kept else "nothing was changed"
+    return guarded_progress(progress, lambda: _cancelled(session), outcome=outcome)
 
 
 def _cancelled(session: Session) -> bool:
