@@ -220,31 +220,40 @@ def test_a_login_is_required_when_asked_for():
         demo.close()
 
 
-def test_cancel_over_the_api_stops_a_running_merge(url, monkeypatch):
-    import time
-
+def slow_merges(monkeypatch, reports: int) -> None:
+    """Make the workbench's merges long: ``reports`` progress reports 20 ms apart first."""
     from heterogui.ui import work
 
     real = work.zip_prepared
 
     def slow(prepared, settings, progress=None, **kw):  # a long merge that reports progress
-        for k in range(200):
-            progress("match", k / 200)
+        for k in range(reports):
+            progress("match", k / reports)
             time.sleep(0.02)
         return real(prepared, settings, progress=progress, **kw)
 
     monkeypatch.setattr(work, "zip_prepared", slow)
+
+
+def press_cancel(client: Client) -> str:
+    """Press Cancel until it finds a step to stop (5 s at most); return its answer."""
+    for _ in range(100):
+        status, _, _ = call(client, "/cancel")
+        if "Cancelling" in status:
+            break
+        time.sleep(0.05)
+    return status
+
+
+def test_cancel_over_the_api_stops_a_running_merge(url, monkeypatch):
+    slow_merges(monkeypatch, 200)
     client = Client(url, verbose=False)
     status, summary, _ = call(client, "/start")
     status, _, _ = call(client, "/cancel")
     assert "Nothing is running" in status
     stop = summary["blocks"]
     job = client.submit("zip", 0.5, 1.0, 0.5, stop, "cpu", api_name="/merge")
-    for _ in range(100):  # press Cancel once the merge has started (it runs 4 s)
-        status, _, _ = call(client, "/cancel")
-        if "Cancelling" in status:
-            break
-        time.sleep(0.05)
+    status = press_cancel(client)  # once the merge has started (it runs 4 s)
     assert "Cancelling" in status
     status, summary = job.result()[:2]
     assert status.startswith("**Cancelled.**") and summary["merges"] == 0  # nothing added
@@ -255,16 +264,6 @@ def test_cancel_drops_a_merge_that_waits_for_another_user_s(tmp_path, monkeypatc
     """One heavy step at a time: the second user's merge waits inside the app (not in Gradio's
     queue, where Cancel did not reach it) and that user's Cancel drops it before it starts;
     the first user's merge goes on."""
-    from heterogui.ui import work
-
-    real = work.zip_prepared
-
-    def slow(prepared, settings, progress=None, **kw):  # a long merge that reports progress
-        for k in range(150):
-            progress("match", k / 150)
-            time.sleep(0.02)
-        return real(prepared, settings, progress=progress, **kw)
-
     demo = build_app(
         Resources(ZooPairs(tiny=True), device="cpu", default_pair=PAIR, export_root=tmp_path),
         heavy_limit=1,
@@ -275,16 +274,12 @@ def test_cancel_drops_a_merge_that_waits_for_another_user_s(tmp_path, monkeypatc
         first, second = Client(address, verbose=False), Client(address, verbose=False)
         _, summary, _ = call(first, "/start")
         call(second, "/start")
-        monkeypatch.setattr(work, "zip_prepared", slow)
+        slow_merges(monkeypatch, 150)
         stop = summary["blocks"]
         running = first.submit("zip", 0.5, 1.0, 0.5, stop, "cpu", api_name="/merge")
         time.sleep(0.5)
         waiting = second.submit("zip", 0.5, 1.0, 0.75, stop, "cpu", api_name="/merge")
-        for _ in range(100):  # press Cancel once the second merge waits (the first runs 3 s)
-            status, _, _ = call(second, "/cancel")
-            if "Cancelling" in status:
-                break
-            time.sleep(0.05)
+        status = press_cancel(second)  # once the second merge waits (the first runs 3 s)
         assert "it waits for another user's" in status
         status, summary = waiting.result()[:2]
         assert status.startswith("**Cancelled.** Dropped before it started")
