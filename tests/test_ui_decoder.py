@@ -328,7 +328,7 @@ def test_a_pair_with_another_tokenizer_is_refused_with_the_reason(folders, res, 
     session = Session(device="cpu")
     load(session, res, "a", folders[0])
     message, _ = load(session, res, "b", b)
-    assert "cannot be merged" in message
+    assert "With model A (**" in message and "cannot be merged" in message
     verdict = tab_models.render(session, res)["verdict"]
     assert "✗ Cannot merge this pair" in verdict
     assert "first differing tokens id 3: ' ' vs '~'" in verdict

@@ -266,8 +266,13 @@ def on_load_model(
     work.set_model(session, which, loaded)
     ok, _ = verdict(session.a, session.b)
     tail = " Press **Analyse pair** to align the layers." if ok else ""
-    if not ok and session.both_loaded():
-        tail = " This pair cannot be merged: the verdict below says why."
+    if not ok and session.both_loaded():  # often mid-change: the other model is still the old
+        other = "b" if which == "a" else "a"
+        kept = getattr(session, other).name
+        tail = (
+            f" With model {other.upper()} (**{kept}**) it cannot be merged: the verdict below "
+            f"says why. Load a model {other.upper()} that pairs with it."
+        )
     note = f" ⚠ {loaded.note}." if loaded.note else ""
     message = f"Loaded model {which.upper()}: **{loaded.name}** ({loaded.source}).{note}{tail}"
     # This model's picker shows what is loaded; the other's is left as the user set it (they
