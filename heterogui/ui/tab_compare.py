@@ -91,8 +91,8 @@ def build(ui: dict[str, Any], res: Resources) -> None:
         ui["grid_knob"] = gr.Dropdown(
             list(GRID_KNOBS), value="beta", label="Second knob", elem_id="grid-knob"
         )
-        ui["run_grid"] = gr.Button("Run 2-D sweep", elem_id="run-grid")
-        ui["grid_cancel"] = gr.Button("Cancel", variant="stop", elem_id="grid-cancel")
+        ui["run_grid"] = gr.Button("Run 2-D sweep", elem_id="run-grid", scale=2)
+        ui["grid_cancel"] = gr.Button("Cancel", variant="stop", elem_id="grid-cancel", scale=1)
     ui["grid_info"] = gr.Markdown()
     ui["grid_plot"] = gr.Plot(label="Score over rho and the second knob", elem_id="grid-plot")
     with gr.Row():
