@@ -3,7 +3,7 @@
 The pairs are specified in ``zoo.registry`` (docs/method.md sec. 11: A and B trained on disjoint
 halves of a dataset's classes; homogeneous, or different in depth, width or both). Each model is a
 folder ``cache_dir("zoo", <pair>)/a`` and ``/b``, trained and written by a child process whose CPU
-kernels are pinned (``zoo.pinned``: the same weights on every x86-64 machine with AVX2);
+kernels are pinned (``zoo.pinned``: the same weights on one CPU type, whatever it would pick);
 ``pair.json`` is written last and records a fingerprint of the pair's spec, so that a folder
 that is missing, incomplete, corrupt or built from another spec is rebuilt. A model shared by
 several pairs (the same spec) is trained once per build and copied.

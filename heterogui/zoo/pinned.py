@@ -1,5 +1,6 @@
-"""Zoo training in a child process whose CPU kernels are pinned, so the weights are the same on
-every x86-64 machine.
+"""Zoo training in a child process whose CPU kernels are pinned, so the weights are the same
+whatever kernels the CPU would pick (an Intel Xeon and an AMD EPYC still train different
+weights: docs/method.md sec. 11).
 
 A zoo model's weights are a pure function of its spec only if every kernel adds its terms in the
 same order. On CPUs they do not by default: oneDNN (torch's convolutions) and MKL (its matrix

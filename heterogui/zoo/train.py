@@ -6,7 +6,8 @@ the initialisation and the shuffling use their own seeded generators, determinis
 are switched on, the thread count is fixed and oneDNN is off (its kernels depend on the CPU)
 while training, so the same call gives the same weights (``state_sha256``) on the same machine
 and torch version; ``zoo.pinned`` runs it in a process whose other kernels are pinned too, so the
-zoo is the same on every x86-64 machine with AVX2.
+zoo is the same whatever kernels the CPU would pick (not across CPU vendors: docs/method.md
+sec. 11).
 """
 
 from __future__ import annotations
