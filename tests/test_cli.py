@@ -24,6 +24,7 @@ import heterogui
 from heterogui.cli import main
 from heterogui.config import Recipe
 from heterogui.errors import ConfigError
+from heterogui.export.network import save_merged
 from heterogui.models.io import save_network, state_sha256
 from heterogui.models.resnet import cifar_resnet
 from heterogui.models.vgg import VGGConfig
@@ -800,6 +801,19 @@ def test_a_float64_merge_reads_float32_inputs_and_matches_the_float32_merge(tmp_
     for x, y in zip(outputs(single), outputs(double), strict=True):  # float32 images in
         assert y.dtype == torch.float64
         assert torch.allclose(x.double(), y, atol=1e-4 * float(y.abs().max()))
+
+
+def test_a_float64_merged_folder_loads_back_in_float64_and_merges_again_in_float32(tmp_path):
+    from heterogui.sources import registry
+
+    double = merge_recipe(write_case(tmp_path / "f64", "depth", dtype="float64")).result.model
+    save_merged(double, tmp_path / "saved")
+    again = load_merged(tmp_path / "saved")
+    assert {p.dtype for p in again.parameters()} == {torch.float64}  # not rounded to float32
+    for x, y in zip(outputs(double), outputs(again), strict=True):
+        assert torch.equal(x, y)
+    net = registry.load(str(tmp_path / "saved")).net  # a merge as a model: float32 as any
+    assert {p.dtype for p in net.module.parameters()} == {torch.float32}
 
 
 def test_a_heads_choice_for_models_without_attention_is_warned_about(tmp_path, caplog):

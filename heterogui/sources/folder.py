@@ -54,6 +54,10 @@ def heterogui_kind(folder: Path) -> str | None:
 def load_merged(folder: str | Path, device: str | torch.device = "cpu") -> MergedModel:
     """Load a merged model folder written by ``save_merged`` (eval mode).
 
+    In float32, or in float64 where the folder holds float64 weights (``save_merged`` of a
+    float64 merge keeps its dtype): loading never rounds them. Narrower weights (a bfloat16
+    or float16 export) load in float32, exactly.
+
     Raises:
         ModelLoadError: missing/corrupt files, or weights that do not fit the config.
     """
@@ -69,6 +73,8 @@ def load_merged(folder: str | Path, device: str | torch.device = "cpu") -> Merge
     model = build_merged(spec)
     state = load_state(weights)
     check_finite(state, folder.name)
+    if any(v.dtype == torch.float64 for v in state.values()):
+        model = model.double()
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -140,7 +146,8 @@ class HeteroguiFolderSource(Source):
         self.describe(ref)  # refuses text models, which this format cannot give back
         kind = heterogui_kind(folder)
         if kind == "merged":
-            net = as_network(load_merged(folder, device), label=folder.name)
+            # merged again in float32, as every model is (a float64 folder loads rounded)
+            net = as_network(load_merged(folder, device).float(), label=folder.name)
         else:
             net = load_network(folder, device)
         sha = file_sha256(folder / WEIGHTS_FILE)
