@@ -27,7 +27,6 @@ STAGE_LABELS = {
     "evaluate": "evaluating",
     "sweep": "sweeping rho",
     "generate": "generating continuations",
-    "waiting": "waiting for another user's step to finish (Cancel drops this one)",
     "done": "done",
 }
 

@@ -28,7 +28,7 @@ from heterogui.errors import (
 )
 from heterogui.progress import stage_label
 from heterogui.ui.closed_tabs import ClosedTabs
-from heterogui.ui.heavy_slots import HeavySlots
+from heterogui.ui.heavy_slots import WAITING, HeavySlots
 from heterogui.ui.prefetch import Prefetcher
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
@@ -103,7 +103,7 @@ def event_function(
                     heavy=lock_for is not None,
                     step=lambda: handler(session, res, *values, progress=report),
                     arrived=arrived,
-                    slot=partial(slots.held, session, lambda: report("waiting", 0.0))
+                    slot=partial(slots.held, session, lambda: report(WAITING, 0.0))
                     if slots is not None
                     else None,
                     chained=chained,

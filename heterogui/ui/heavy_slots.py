@@ -17,13 +17,14 @@ from heterogui.ui.session import Session
 POLL_S = 0.2  # how often a waiting step looks for its user's Cancel
 # steps let past Gradio's queue to wait here, beyond the ones that run (more wait in the queue)
 WAITING_ROOM = 6
+# what a waiting step's progress bar says
+WAITING = "waiting for another user's step to finish (Cancel drops this one)"
 
 
 class HeavySlots:
     """At most ``limit`` heavy steps at once; a step waiting for a slot stops at a Cancel."""
 
     def __init__(self, limit: int) -> None:
-        self.limit = limit
         self._slots = threading.BoundedSemaphore(limit)
 
     @contextmanager
