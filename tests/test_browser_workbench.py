@@ -399,6 +399,64 @@ def test_a_narrow_window_clips_no_control(url, chromium_browser):
     assert errors == []
 
 
+FRAME_FIT = """(id) => {
+  const plot = document.querySelector('#' + id + ' .js-plotly-plot');
+  return [plot.querySelector('.main-svg').getBoundingClientRect().width,
+          plot.getBoundingClientRect().width];
+}"""
+
+
+def test_a_laptop_at_150_percent_shows_whole_figures(url, chromium_browser):
+    """1280 x 720 at 150% zoom (853 x 480 CSS pixels): the CKA map fills its plot (square
+    cells made it a strip between empty axis ranges), a figure drawn inside a closed accordion
+    fits its frame once opened (it kept 700 px), the readout's border fits its rows, and the
+    page's start draws no focus ring on a tab nobody chose."""
+    page = chromium_browser.new_page(
+        viewport={"width": 853, "height": 480}, device_scale_factor=1.5
+    )
+    errors, _ = watch(page)
+    page.goto(url)
+    wait_status(page, "Loaded demo pair")
+    page.locator("#cka-heatmap .js-plotly-plot").wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_timeout(500)
+    focused = page.evaluate("() => document.activeElement?.getAttribute('role')")
+    y_range, layers, plot_share = page.evaluate(
+        """() => {
+          const gd = document.querySelector('#cka-heatmap .js-plotly-plot');
+          const ya = gd._fullLayout.yaxis;
+          return [ya.range, gd.data[0].z.length, ya._length / gd._fullLayout.height];
+        }"""
+    )
+    open_tab(page, "4 Zip")
+    page.set_viewport_size({"width": 1366, "height": 768})  # the laptop at 100%
+    page.wait_for_timeout(500)
+    table, rows = page.evaluate(
+        """() => {
+          const t = document.querySelector('#readout table'), cs = getComputedStyle(t);
+          const edges = ['paddingLeft', 'paddingRight', 'borderLeftWidth', 'borderRightWidth']
+            .reduce((sum, k) => sum + parseFloat(cs[k]), 0);
+          return [t.getBoundingClientRect().width,
+                  edges + Math.max(...[...t.rows].map(r => r.getBoundingClientRect().width))];
+        }"""
+    )
+    widths = page.get_by_text("Widths per merge point and overrides")
+    widths.click()  # drawn once open, then closed
+    page.locator("#widths-plot .js-plotly-plot").wait_for(timeout=TIMEOUT_MS)
+    widths.click()
+    page.locator("#merge").click()  # redraws the widths while they are hidden
+    wait_status(page, "Merge #1")
+    widths.click()
+    page.wait_for_timeout(800)
+    drawn, frame = page.evaluate(FRAME_FIT, "widths-plot")
+    page.close()
+    assert focused != "tab"
+    assert min(y_range) > -0.6 and max(y_range) < layers - 0.4, y_range  # the layers, no more
+    assert plot_share > 0.5
+    assert abs(drawn - frame) <= 2, (drawn, frame)
+    assert table - rows <= 2, (table, rows)  # its border around its rows, not 150 px wider
+    assert errors == []
+
+
 def test_the_keyboard_alone_loads_merges_and_is_told_what_happened(url, chromium_browser):
     """Keyboard and screen-reader users: Enter on Load demo pair leaves the focus on the tab it
     switched to (it fell to the page's top), focus passing through the sliders' number boxes

@@ -29,6 +29,32 @@ def test_bars_have_a_value_axis_in_readable_units():
     assert {"0", "1.25M", "2.5M"} <= set(_texts(svg))
 
 
+def test_figures_draw_dark_text_on_their_own_white_background():
+    """A card's figures are shown on dark pages too (the workbench's dark mode, a hub's dark
+    theme): each paints a white background under everything and writes its text dark."""
+    for svg in (heatmap_svg([[0.5, 0.7]], [(0, 0)], "CKA"), bars_svg(["l0"], {"A": [4]}, "w")):
+        root = ET.fromstring(svg)
+        first = next(iter(root))
+        assert first.tag == f"{NS}rect" and first.get("fill") == "#ffffff"
+        assert (first.get("width"), first.get("height")) == ("100%", "100%")
+        assert root.get("fill") == "#111111"
+        assert all(t.get("fill") is None for t in root.iter(f"{NS}text"))  # inherit the dark
+
+
+def test_settings_cells_write_overrides_as_a_recipe_does():
+    from heterogui.export.card import cell_text
+
+    assert cell_text({}) == "none"
+    assert cell_text({"*.qk": {"rho": 0}}) == '`{"*.qk": {"rho": 0}}`'
+    assert cell_text({"a|b": 1}) == '`{"a\\|b": 1}`'  # a pipe would split the table's cell
+    assert (cell_text(None), cell_text(True), cell_text(0.123456), cell_text(1536)) == (
+        "—",
+        "true",
+        "0.1235",
+        "1,536",
+    )
+
+
 def test_class_ranges_write_runs_of_consecutive_classes():
     from heterogui.export.card import class_ranges
 

@@ -6,7 +6,8 @@ nothing beyond the core and opens anywhere a README renders.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
@@ -31,6 +32,16 @@ def _number(v: float) -> str:
     return f"{v:.3g}"
 
 
+def _svg_start(width: float, height: float, font_size: int) -> str:
+    """Return an SVG's opening tag and its white background: its dark text stays readable
+    where it is shown on a dark page (the workbench's dark mode, a hub's dark theme)."""
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="sans-serif" font-size="{font_size}" fill="#111111">\n'
+        '<rect width="100%" height="100%" fill="#ffffff"/>'
+    )
+
+
 def heatmap_svg(z: list[list[float]], path: list[tuple[int, int]], title: str) -> str:
     """Return an SVG heatmap (rows: layers of A, columns: layers of B) with the path drawn.
 
@@ -45,8 +56,7 @@ def heatmap_svg(z: list[list[float]], path: list[tuple[int, int]], title: str) -
     bar_x = left + cols * SIZE + 16
     width, height = bar_x + 60, top + max(rows * SIZE, 100) + 30
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        'font-family="sans-serif" font-size="11">',
+        _svg_start(width, height, 11),
         f'<text x="{left}" y="16">{escape(title)}</text>',
     ]
     for i, row in enumerate(z):
@@ -84,8 +94,7 @@ def bars_svg(labels: list[str], series: dict[str, list[float]], title: str) -> s
     top_value = max([v for vals in series.values() for v in vals] + [1])
     width = left + group_w * max(len(labels), 1) + 10
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{max(width, 260)}" '
-        f'height="{top + plot_h + 60}" font-family="sans-serif" font-size="10">',
+        _svg_start(max(width, 260), top + plot_h + 60, 10),
         f'<text x="{left}" y="14">{escape(title)}</text>',
     ]
     for k, name in enumerate(series):
@@ -132,9 +141,12 @@ def class_ranges(classes: Sequence[int]) -> str:
 
 def cell_text(v: Any) -> str:
     """Return a table cell: "—" for None, true / false (as a recipe writes them), 4 significant
-    digits, thousands separators."""
+    digits, thousands separators; a mapping (the overrides) as a recipe's inline YAML, "none"
+    when empty."""
     if v is None:
         return "—"
+    if isinstance(v, Mapping):
+        return f"`{json.dumps(v)}`".replace("|", "\\|") if v else "none"
     if isinstance(v, bool):
         return str(v).lower()
     if isinstance(v, float):

@@ -12,6 +12,9 @@
   heat map as a list of tick labels).
 - Sliders, radio buttons and check boxes show a focus ring: gradio's theme showed none on a
   focused slider, and a 16-pixel change on a radio button.
+- A step that switches tabs moves the focus to the tab shown only once the user has pressed a
+  key or clicked (``window.heteroguiTouched``): at the page's start it drew a focus ring on a
+  tab nobody chose.
 """
 
 from __future__ import annotations
@@ -70,6 +73,12 @@ PAGE_JS = """
       }
     }
   };
+  // a step that switches tabs moves the focus to the tab shown (app.FIT_FIGURES_JS), once the
+  // user has pressed a key or clicked: not at the page's start, where it drew a focus ring
+  window.heteroguiTouched = false;
+  for (const type of ["pointerdown", "keydown"]) {
+    document.addEventListener(type, () => { window.heteroguiTouched = true; }, true);
+  }
   new MutationObserver(describe).observe(document.body, { childList: true, subtree: true });
 }
 """

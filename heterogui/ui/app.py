@@ -257,10 +257,12 @@ def build_page(ui: dict[str, Any], res: Resources) -> gr.State:
 
 
 # A tab a step switched to (Load demo pair goes to the Alignment tab) hides the button that had
-# the focus: the focus moves to the tab shown, not to the top of the page.
+# the focus: the focus moves to the tab shown, not to the top of the page (once the user has
+# pressed a key or clicked: accessibility.PAGE_JS).
 FIT_FIGURES_JS = """() => { setTimeout(() => {
   window.dispatchEvent(new Event('resize'));
-  if (!document.activeElement || document.activeElement === document.body) {
+  const lost = !document.activeElement || document.activeElement === document.body;
+  if (window.heteroguiTouched && lost) {
     document.querySelector('[role=tab][aria-selected=true]')?.focus();
   }
 }, 60); }"""

@@ -240,19 +240,21 @@ def _path_trace(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> go.Scat
 
 
 def _layer_axes(ga: ModelGraph, gb: ModelGraph, la: int, lb: int) -> dict[str, dict]:
-    """Return the x axis (B's layers) and the y axis (A's), each tick a layer and its stage."""
+    """Return the x axis (B's layers) and the y axis (A's), each tick a layer and its stage.
+
+    The cells fill the plot: square cells left the map a strip between empty axis ranges in a
+    narrow frame (a laptop at 150% zoom) and its colour bar far to its right in a wide one.
+    """
     return {
         "xaxis": {
             "title": "layers of B (stage)",
             "tickvals": list(range(lb)),
             "ticktext": [_tick("B", gb, j) for j in range(lb)],
-            "constrain": "domain",
         },
         "yaxis": {
             "title": "layers of A (stage)",
             "tickvals": list(range(la)),
             "ticktext": [_tick("A", ga, i) for i in range(la)],
-            "scaleanchor": "x",
             "autorange": True,
         },
     }

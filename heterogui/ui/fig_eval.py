@@ -15,6 +15,8 @@ MODEL_COLOURS = {"A": "#1f77b4", "B": "#ff7f0e", "ensemble": "#9467bd", "merged"
 
 # the characters of a pair's name a plot title shows (the history plot is half the page wide)
 TITLE_NAME = 48
+# the characters of a sentence the similarity maps' row labels show
+SENTENCE_LABEL = 32
 
 
 def sizes_figure(sizes: dict[str, dict[str, Any]]) -> go.Figure:
@@ -270,7 +272,7 @@ def history_figure(history: list[dict[str, Any]], metric: str, pair: str | None)
         fig.update_xaxes(visible=False)
         fig.update_yaxes(visible=False)
     others = len(history) - len(rows)
-    name = pair if not pair or len(pair) <= TITLE_NAME else pair[: TITLE_NAME - 1] + "…"
+    name = _cut(pair, TITLE_NAME) if pair else pair
     title = f"merges of {name}" if pair else "this session's merges"
     if others:  # on a line of its own: a long pair name would push it out of the frame
         title += f"<br><sup>{others} of other pairs: in the table</sup>"
@@ -287,8 +289,10 @@ def history_figure(history: list[dict[str, Any]], metric: str, pair: str | None)
 def similarity_figure(matrices: dict[str, torch.Tensor], sentences: list[str]) -> go.Figure:
     """Return one cosine-similarity heatmap per model, side by side."""
     names = list(matrices)
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.03)
-    labels = [f"{i}: {s[:24]}" for i, s in enumerate(sentences)]
+    # "merged (head A: A's space)" on two lines: on one, neighbouring titles ran together
+    titles = [name.replace(" (", "<br>(") for name in names]
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=titles, horizontal_spacing=0.04)
+    labels = [f"{i}: {_cut(s, SENTENCE_LABEL)}" for i, s in enumerate(sentences)]
     for k, name in enumerate(names):
         fig.add_trace(
             go.Heatmap(
@@ -305,5 +309,10 @@ def similarity_figure(matrices: dict[str, torch.Tensor], sentences: list[str]) -
             col=k + 1,
         )
         fig.update_yaxes(autorange="reversed", showticklabels=k == 0, row=1, col=k + 1)
-    fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    fig.update_layout(height=340, margin={"l": 10, "r": 10, "t": 60, "b": 10})
     return fig
+
+
+def _cut(text: str, limit: int) -> str:
+    """Return ``text``, or its first characters and "…" when longer than ``limit``."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"

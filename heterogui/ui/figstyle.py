@@ -5,7 +5,8 @@ background; in dark mode ``DARK_CSS`` turns their text (labels on the data point
 axis lines light (CSS outranks the colours plotly writes inline). Hover labels keep plotly's
 own contrast. ``STATUS_CSS`` keeps Gradio's time estimates out of the status line, keeps the
 history table's column names and the Zip readout's cells whole (they scroll sideways: a narrow
-screen broke "49.78" into "49.7" over "8") and draws a language merge's collapse alarm red.
+screen broke "49.78" into "49.7" over "8"; its column names wrap between words, and its border
+fits its rows) and draws a language merge's collapse alarm red.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ STATUS_CSS = """
 #history thead th, #history thead th * {
   white-space: nowrap !important; word-break: normal !important; overflow-wrap: normal !important;
 }
-#readout table { display: block; overflow-x: auto; }
-#readout th, #readout td {
+#readout table { display: block; overflow-x: auto; width: fit-content; max-width: 100%; }
+#readout td {
   white-space: nowrap !important; word-break: normal !important; overflow-wrap: normal !important;
 }
+#readout th { white-space: normal !important; word-break: normal !important; }
 #lm-alarm { border-left: 6px solid #d62728; padding: 4px 10px; }
 #lm-alarm, #lm-alarm * { color: #d62728 !important; }
-#samples { border: none !important; }
+#samples, #sim-plot { border: none !important; }
 """
 
 DARK_CSS = """

@@ -70,9 +70,10 @@ def build(ui: dict[str, Any], res: Resources) -> None:
         ui["compare_right"] = gr.Dropdown([], label="Second merge", elem_id="compare-right")
         ui["compare_merges"] = gr.Button("Compare", elem_id="compare-merges")
     ui["compare_table"] = gr.Markdown(elem_id="compare-table")
-    with gr.Row():
-        ui["compare_widths"] = gr.Plot(label="Merged width per merge point")
-        ui["compare_alignment"] = gr.Markdown()
+    # the alignment's sentence above the widths, the plot the page's full width: half of it
+    # beside one line of text crowded the merge points' names into each other
+    ui["compare_alignment"] = gr.Markdown()
+    ui["compare_widths"] = gr.Plot(label="Merged width per merge point", elem_id="compare-widths")
     ui["compare_samples"] = gr.Plot(label="Both merges on the same samples")
     gr.Markdown(
         "### Which parent each merged layer resembles\nCKA of every layer of the last merge "

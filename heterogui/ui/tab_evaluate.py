@@ -117,7 +117,7 @@ def build(ui: dict[str, Any], res: Resources) -> None:
                 value="A man is playing a guitar.\nSomeone plays music.\nIt is raining today.",
             )
             ui["compare"] = gr.Button("Compare sentences", scale=1)
-        ui["sim_plot"] = gr.Plot(label="Cosine similarity per model")
+        ui["sim_plot"] = gr.Plot(label="Cosine similarity per model", elem_id="sim-plot")
     build_language_panels(ui)
     with gr.Row():
         ui["panel_sweep"] = gr.Column(visible=True)

@@ -338,7 +338,11 @@ def source_visibility(source: str) -> list[Any]:
 
 
 def wire(ui: dict[str, Any], on) -> None:
-    """Register the tab's events with the app's ``on`` helper."""
+    """Register the tab's events with the app's ``on`` helper.
+
+    Loading a model, analysing and using the sentences say what they did in a toast too: on a
+    laptop screen their buttons lie below the fold of the status line.
+    """
     on(
         ui["load_pair"].click,
         on_load_pair,
@@ -365,6 +369,7 @@ def wire(ui: dict[str, Any], on) -> None:
             f"load_model_{which}",
             heavy=True,
             extra=list(PICKERS),
+            toast=True,
         )
     on(
         ui["analyse"].click,
@@ -373,6 +378,7 @@ def wire(ui: dict[str, Any], on) -> None:
         "all",
         "analyse",
         heavy=True,
+        toast=True,
     )
     on(
         ui["use_sentences"].click,
@@ -381,6 +387,7 @@ def wire(ui: dict[str, Any], on) -> None:
         (),
         "sentences",
         extra=["dataset", "cal_file"],
+        toast=True,
     )
 
 

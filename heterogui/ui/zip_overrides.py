@@ -45,9 +45,11 @@ def build_overrides(ui: dict[str, Any]) -> None:
     with gr.Row():
         ui["set_override"] = gr.Button("Set override")
         ui["clear_overrides"] = gr.Button("Clear overrides")
-    with gr.Row():
-        ui["widths_table"] = gr.Dataframe(headers=WIDTH_HEADERS, interactive=False)
-        ui["widths_plot"] = gr.Plot(label="Widths")
+    # one above the other: side by side, a laptop's screen hid the table's last columns
+    ui["widths_table"] = gr.Dataframe(
+        headers=WIDTH_HEADERS, interactive=False, elem_id="widths-table"
+    )
+    ui["widths_plot"] = gr.Plot(label="Widths", elem_id="widths-plot")
 
 
 def taking_spaces(prep: Any) -> list[str]:
