@@ -263,7 +263,7 @@ def named_heads(result: MergeResult, pair: Pair) -> list[list[Any]]:
         for letter, m in zip(letters, pair.models, strict=True)
         if m.labels is not None
     }
-    what = NOT_CLASSES.get(pair.task)  # an embedder's or a language model's outputs
+    what = outputs_kind(pair)  # an embedder's or a language model's outputs
     rows = []
     for row in head_rows(result):
         own = names.get(row["model"], {})
@@ -280,9 +280,19 @@ def named_heads(result: MergeResult, pair: Pair) -> list[list[Any]]:
 NOT_CLASSES = {SENTENCE_SIMILARITY: "embedding dimensions", LANGUAGE_MODELING: "token ids"}
 
 
+def outputs_kind(pair: Pair) -> str | None:
+    """Return what a head's outputs are when they are no classes (None for classifiers):
+    ``NOT_CLASSES`` by the task, or "embedding dimensions" for models without a classifier of
+    an image task (ViTModel folders: their head gives the pooled features)."""
+    what = NOT_CLASSES.get(pair.task)
+    if what is None and any(getattr(m.net.config, "num_labels", 0) is None for m in pair.models):
+        return "embedding dimensions"
+    return what
+
+
 def heads_header(pair: Pair) -> str:
     """Return the card's head-table column of a head's outputs: classes for classifiers."""
-    return "outputs" if pair.task in NOT_CLASSES else "classes"
+    return "classes" if outputs_kind(pair) is None else "outputs"
 
 
 def _pooling_note(pair: Pair, scores: dict[str, Any] | None) -> list[str]:

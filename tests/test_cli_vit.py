@@ -66,6 +66,8 @@ def test_cli_writes_a_vit_folder_that_automodel_loads(tmp_path, pair, capsys):
     assert "unmerge.safetensors" in names
     card = (out / "README.md").read_text()
     assert "tags: [heterogui, model-merging, vit]" in card and "# Merge of a and b" in card
+    # a ViTModel's head gives its pooled features, no classes
+    assert "| head | outputs | from |" in card and "| embedding dimensions 0-" in card
     report = json.loads((out / "report.json").read_text())
     assert report["calibration_count"] == 48 and report["parameters"]["merged"] > 0
     config = json.loads((out / "config.json").read_text())

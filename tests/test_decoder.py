@@ -236,12 +236,50 @@ def test_preflight_refuses_other_tokenizers_head_sizes_and_groupings(tmp_path):
     c = save_decoder(tiny_decoder(hidden=64, heads=4, kv=2, head_dim=16), tmp_path / "c")
     verdict = registry.preflight(str(a), str(c))
     assert not verdict.ok and any("head dimensions differ (8 vs 16)" in r for r in verdict.reasons)
+    assert "need the same head_dim (hidden_size / num_attention_heads where" in verdict.reasons[0]
     d = save_decoder(tiny_decoder(heads=4, kv=4), tmp_path / "d")
     verdict = registry.preflight(str(a), str(d))
     assert any("query heads per key/value head differ (2 vs 1)" in r for r in verdict.reasons)
     same = save_decoder(tiny_decoder(hidden=48, heads=6, kv=3, layers=3, seed=4), tmp_path / "e")
     verdict = registry.preflight(str(a), str(same))
     assert verdict.ok, verdict.reasons
+    # biases: told by the headers, before both models load (they were refused after)
+    for field in ("attention_bias", "mlp_bias"):
+        biased = save_decoder(tiny_decoder(**{field: True}), tmp_path / field)
+        verdict = registry.preflight(str(a), str(biased))
+        assert not verdict.ok and verdict.reasons[0].startswith("bias settings differ (")
+        assert f"{field} true" in verdict.reasons[0]
+
+
+def as_transformers_4(folder):
+    """Rewrite a decoder folder's config.json as transformers 4 wrote it (the hub's
+    checkpoints): rope_theta and rope_scaling ("type", or null) instead of rope_parameters."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    rope = config.pop("rope_parameters")
+    config["rope_theta"] = int(rope.pop("rope_theta"))  # 10000, as many hub configs write it
+    kind = rope.pop("rope_type")
+    rope.pop("type", None)
+    config["rope_scaling"] = None if kind == "default" else {"type": kind, **rope}
+    path.write_text(json.dumps(config))
+    return folder
+
+
+def test_rotary_settings_compare_the_same_in_both_config_layouts(tmp_path):
+    """A merge (written by transformers 5) pairs with a hub checkpoint of the same rotary
+    settings (written by 4): the pre-flight refused the pair for the layout alone."""
+    a = save_decoder(tiny_decoder(), tmp_path / "a")
+    old = as_transformers_4(save_decoder(tiny_decoder(layers=3, seed=4), tmp_path / "old"))
+    assert json.loads((old / "config.json").read_text())["rope_scaling"] is None
+    assert registry.preflight(str(a), str(old)).ok, registry.preflight(str(a), str(old)).reasons
+    linear = {"rope_type": "linear", "factor": 2.0}
+    a2 = save_decoder(tiny_decoder(rope_scaling=linear), tmp_path / "a2")
+    old2 = save_decoder(tiny_decoder(layers=3, seed=4, rope_scaling=linear), tmp_path / "old2")
+    as_transformers_4(old2)
+    assert json.loads((old2 / "config.json").read_text())["rope_scaling"]["type"] == "linear"
+    assert registry.preflight(str(a2), str(old2)).ok
+    verdict = registry.preflight(str(a), str(old2))  # the scaling itself still differs
+    assert any("rotary position settings differ" in r for r in verdict.reasons)
 
 
 def test_settings_the_merged_layers_share_must_agree(tmp_path):
@@ -318,6 +356,38 @@ def write_recipe(tmp_path, **fields) -> object:
     return path
 
 
+def test_a_pad_token_added_past_the_vocabulary_pads_nothing_the_models_read(tmp_path):
+    """A fine-tuning's tokenizer with ``<pad>`` added at id vocab_size (its models' embeddings
+    end before it): the merge ran into an IndexError in the embedding. Padding is masked, so
+    the batches pad with token 0 and the pair merges and scores."""
+    import yaml
+
+    from heterogui.cli import main
+
+    tok = char_tokenizer()
+    tok.add_special_tokens({"pad_token": "<pad>"})
+    vocab = tiny_decoder().config.vocab_size
+    assert tok.pad_token_id == vocab
+    batches = token_batches(tok, ["ab", "abcdef"], 2)
+    assert batches[0]["input_ids"].max() < vocab and batches[0]["attention_mask"][0, -1] == 0
+    assert tok.pad_token_id == vocab  # the tokenizer itself unchanged
+    a = save_decoder(tiny_decoder(layers=3, seed=1), tmp_path / "a", tok)
+    b = save_decoder(tiny_decoder(hidden=48, heads=6, kv=3, seed=2), tmp_path / "b", tok)
+    (tmp_path / "calib.txt").write_text("\n".join(TEXTS * 3) + "\n")
+    recipe = {
+        "model_a": {"path": str(a)},
+        "model_b": {"path": str(b)},
+        "calibration": {"source": str(tmp_path / "calib.txt"), "size": 16, "batch_size": 8},
+        "evaluation": {"source": "domains", "split": "test", "size": 4, "batch_size": 4},
+        "device": "cpu",
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "merged"
+    assert main(["merge", str(tmp_path / "recipe.yaml"), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["metrics"]["merged"]["python-docs"]["perplexity"] > 1
+
+
 def test_cli_merges_causal_lm_folders_into_one_automodelforcausallm_folder(tmp_path, capsys):
     from transformers import AutoTokenizer
 
@@ -370,14 +440,14 @@ def test_cli_merges_causal_lm_folders_into_one_automodelforcausallm_folder(tmp_p
     assert config["num_hidden_layers"] == 4 and config["architectures"] == ["LlamaForCausalLM"]
 
 
-def tiny_gpt2(hidden=32, layers=3, heads=4, seed=0):
+def tiny_gpt2(hidden=32, layers=3, heads=4, seed=0, positions=64):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
     vocab = char_tokenizer().vocab_size
     config = GPT2Config(
         vocab_size=vocab,
-        n_positions=64,
+        n_positions=positions,
         n_embd=hidden,
         n_layer=layers,
         n_head=heads,
@@ -394,6 +464,7 @@ def tiny_gpt2(hidden=32, layers=3, heads=4, seed=0):
 
 def test_gpt2_is_its_transformers_model_merges_back_and_exports(tmp_path):
     from heterogui.errors import ExportError
+    from heterogui.models.hf.gpt2_io import gpt2_lm
     from heterogui.models.hf.gpt2_io import network_from_hf as gpt2_network
 
     hf = tiny_gpt2()
@@ -417,10 +488,15 @@ def test_gpt2_is_its_transformers_model_merges_back_and_exports(tmp_path):
         exported = AutoModelForCausalLM.from_pretrained(out)(**batch).logits
     mean = merged_logits(result.model)(batch)
     assert real_rows((exported - mean).abs(), batch).max() < 1e-4
+    assert json.loads((out / "config.json").read_text())["reorder_and_upcast_attn"] is False
+    hf.config.reorder_and_upcast_attn = True  # half precision's attention: kept, not dropped
+    assert gpt2_lm(gpt2_network(hf)).config.reorder_and_upcast_attn is True
     # more heads than n_embd / head size: a GPT-2 cannot hold them, and nothing is written
     wide_heads = ZipSettings(rho=1.0, overrides={"layer0.qk": {"rho": 0.0}})
     crowded = zip_prepared(prepare(net, net, batches(), device="cpu"), wide_heads)
-    with pytest.raises(ExportError, match="ties heads to n_embd"):
+    with pytest.raises(
+        ExportError, match=r"holds 4 heads of 8 but a layer has 8: a GPT-2.s n_embd"
+    ):
         write_export(ExportJob(crowded.model), tmp_path / "refused", "hf-causal-lm")
     assert not (tmp_path / "refused").exists()
 
@@ -465,6 +541,18 @@ def test_gpt2_heads_split_is_exact_at_full_rank_and_exports_at_half(tmp_path):
     assert real_rows((exported - mean).abs(), batch).max() < 1e-4
     paired = merged_logits(zip_prepared(prepared, ZipSettings(heads="pair")).model)(batch)
     assert real_rows((mean - paired).abs(), batch).max() > 1e-3  # the split is another merge
+
+
+def test_gpt2_position_tables_of_other_sizes_are_refused_by_the_headers(tmp_path):
+    """GPT-2 names its position table n_positions: the pre-flight read only
+    max_position_embeddings and passed the pair, refused only once both had loaded."""
+    a = save_decoder(tiny_gpt2(), tmp_path / "a")
+    b = save_decoder(tiny_gpt2(hidden=48, layers=2, heads=6, positions=128), tmp_path / "b")
+    verdict = registry.preflight(str(a), str(b))
+    assert not verdict.ok
+    assert verdict.reasons[0].startswith("position embedding sizes differ (64 vs 128 positions)")
+    same = save_decoder(tiny_gpt2(hidden=48, layers=2, heads=6, seed=1), tmp_path / "c")
+    assert registry.preflight(str(a), str(same)).ok
 
 
 def test_texts_longer_than_a_gpt2_position_table_are_cut_at_it(tmp_path):

@@ -114,6 +114,10 @@ def test_a_decoder_with_tied_embeddings_says_its_count_holds_the_matrix_twice(tm
     [
         ({"id2label": {"0": "pos", "1": "pos"}}, "id2label names ['pos'] more than one output"),
         ({"problem_type": "regression"}, "is a regression model (problem_type: regression)"),
+        (
+            {"problem_type": "multi_label_classification"},
+            "is a multi-label classifier (problem_type: multi_label_classification)",
+        ),
     ],
 )
 def test_a_classifier_whose_labels_cannot_be_scored_is_refused(tmp_path, fields, words):

@@ -47,7 +47,7 @@ from heterogui.export.job import (
 from heterogui.fusion.merged import MergedModel
 from heterogui.models.bert import BERT_NAMES, BertNetConfig, LayerNames
 from heterogui.models.hf.bert_io import state_to_hf
-from heterogui.models.hf.common import holding, quiet_transformers
+from heterogui.models.hf.common import check_stream, holding, quiet_transformers
 from heterogui.models.hf.vit_io import state_to_hf as vit_state_to_hf
 from heterogui.models.vit import VIT_NAMES, ViTNetConfig
 
@@ -71,13 +71,7 @@ def check_exportable(model: MergedModel, closing: int = 1, kind: str = "BertMode
             f"the merge stops at block {model.spec.stop}, but a single {kind} needs every "
             f"layer merged: merge every layer (stop: null){OR_HETEROGUI}"
         )
-    slots = config.hidden // config.head_dim
-    if config.hidden % config.head_dim or max(config.heads) > slots:
-        raise ExportError(
-            f"merged width {config.hidden} holds {slots} heads of {config.head_dim} but a layer "
-            f"has {max(config.heads)}; a {kind} ties heads to hidden_size / heads: merge with "
-            "a larger rho on the attention spaces (fewer heads) or a wider stream"
-        )
+    check_stream(config.hidden, config.head_dim, max(config.heads), kind, "hidden_size")
     return config
 
 

@@ -102,13 +102,19 @@ def _classes(names: tuple[str, ...], data: dict[str, Any], folder: Path) -> tupl
     """Return the global class ids of a classifier's label names.
 
     Raises:
-        ModelLoadError: a regression head, or a label name given to two outputs (its class
-            would be two outputs, and no prediction could say which).
+        ModelLoadError: a regression or multi-label head, or a label name given to two
+            outputs (its class would be two outputs, and no prediction could say which).
     """
     if data.get("problem_type") == "regression":
         raise ModelLoadError(
             f"{folder} is a regression model (problem_type: regression), not a classifier: "
             "heterogui merges classifiers and feature models"
+        )
+    if data.get("problem_type") == "multi_label_classification":
+        raise ModelLoadError(
+            f"{folder} is a multi-label classifier (problem_type: multi_label_classification): "
+            "heterogui scores and exports single-label classifiers (one class per input); "
+            "merge its encoder as a feature model (AutoModel.save_pretrained) instead"
         )
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:

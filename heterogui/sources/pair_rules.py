@@ -83,7 +83,12 @@ def _attention_reasons(a: ModelCard, b: ModelCard) -> list[str]:
     if a.head_dim != b.head_dim:
         reasons.append(
             f"head dimensions differ ({a.head_dim} vs {b.head_dim}): attention heads are merged "
-            "whole, so both models need the same hidden_size / num_attention_heads"
+            "whole, so both models need the same "
+            + (
+                "head_dim (hidden_size / num_attention_heads where config.json sets none)"
+                if a.family == "decoder"
+                else "hidden_size / num_attention_heads"
+            )
             + (split_hint(a.head_dim, b.head_dim) if a.family in ("bert", "vit") else "")
         )
     return reasons
@@ -106,6 +111,11 @@ def _block_reasons(a: ModelCard, b: ModelCard) -> list[str]:
         reasons.append(
             f"norm epsilons differ ({a.norm_eps} vs {b.norm_eps}): a merged norm runs with one; "
             "pick models with the same epsilon"
+        )
+    if a.biases != b.biases:
+        reasons.append(
+            f"bias settings differ ({a.biases} vs {b.biases}): a merged layer has biases or "
+            "has none; pick models with the same attention_bias and mlp_bias"
         )
     if a.window != b.window:
         reasons.append(

@@ -99,6 +99,7 @@ class ModelCard:
     rope: str | None = None
     norm_eps: float | None = None
     window: int | None = None
+    biases: str | None = None
     image_size: int | None = None
     patch_size: int | None = None
     num_channels: int | None = None
@@ -173,8 +174,10 @@ def _pick(config: dict[str, Any], field: str, folder: Path) -> Any:
 
 
 def _positions(config: dict[str, Any]) -> int | None:
-    if config.get("max_position_embeddings") is not None:
-        return int(config["max_position_embeddings"])
+    """Return the positions a model reads (GPT-2's ``n_positions``; a ViT's patches + [CLS])."""
+    for field in ("max_position_embeddings", "n_positions"):
+        if config.get(field) is not None:
+            return int(config[field])
     if config.get("image_size") and config.get("patch_size"):
         return (int(config["image_size"]) // int(config["patch_size"])) ** 2 + 1  # + [CLS]
     return None
@@ -272,6 +275,7 @@ def inspect_model(path: str | Path) -> ModelCard:
         rope=_rope(config) if family in ROTARY_FAMILIES else None,
         norm_eps=next((config[k] for k in NORM_EPS_FIELDS if k in config), None),
         window=_window(config) if found.model_type == "mistral" else None,
+        biases=_biases(config) if family == "decoder" else None,
         **{field: config.get(field) for field in VISION_FIELDS},
     )
 
@@ -291,6 +295,15 @@ def _check_size(
             f"layers, hidden {hidden}, MLP {inter}, vocabulary {vocab}), but its weights hold "
             f"{num_params:,}: fix config.json to match the weights"
         )
+
+
+def _biases(config: dict[str, Any]) -> str:
+    """Return a decoder's bias settings ("attention_bias true, mlp_bias false"; absent: false,
+    as transformers reads them; Qwen2's q/k/v biases come with its model_type)."""
+    return ", ".join(
+        f"{field} {str(bool(config.get(field, False))).lower()}"
+        for field in ("attention_bias", "mlp_bias")
+    )
 
 
 def _window(config: dict[str, Any]) -> int | None:
@@ -428,12 +441,24 @@ def _intermediate(config: dict[str, Any], family: str, hidden: int, folder: Path
 
 
 def _rope(config: dict[str, Any]) -> str:
-    """Return a decoder's rotary settings as sorted JSON (rope_parameters, or rope_theta)."""
-    rope = config.get("rope_parameters") or {
-        "rope_theta": config.get("rope_theta", 10000.0),
-        "rope_scaling": config.get("rope_scaling"),
+    """Return a decoder's rotary settings as sorted JSON, the same for both config layouts.
+
+    transformers 5 writes one ``rope_parameters`` (rope_theta, rope_type and the scaling's
+    keys); transformers 4 wrote ``rope_theta`` and ``rope_scaling`` (its type as "type" or
+    "rope_type", null without scaling), as the hub's checkpoints keep them. Both become
+    {rope_theta, rope_type, the scaling's keys}, numbers as floats: a merge written by
+    transformers 5 pairs with a checkpoint of the same rotary settings saved by 4.
+    """
+    rope = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
+    rope.setdefault("rope_theta", config.get("rope_theta", 10000.0))
+    kind = rope.pop("rope_type", None) or rope.pop("type", None) or "default"
+    rope.pop("type", None)
+    rope["rope_type"] = kind
+    floats = {
+        k: float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+        for k, v in rope.items()
     }
-    return json.dumps(rope, sort_keys=True)
+    return json.dumps(floats, sort_keys=True)
 
 
 def estimate_merge(

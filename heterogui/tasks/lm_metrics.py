@@ -55,7 +55,10 @@ def token_batches(
     """Return right-padded batches {"input_ids", "attention_mask"} ((B, T) int64) of the texts.
 
     Texts are cut at ``max_tokens`` tokens, or fewer where the models read fewer
-    (``datasets.refs.text_limit``). A tokenizer without a pad token gets its eos token.
+    (``datasets.refs.text_limit``). A tokenizer without a pad token gets its eos token. The
+    padding itself is token 0 in ``input_ids``: masked, it changes nothing a model computes,
+    and a pad token added past the model's vocabulary (a fine-tuning's ``<pad>`` at id
+    ``vocab_size``) would index past its embedding.
     fold: calibration batches (a last one under 4 texts joins the one before:
     ``datasets.refs.batch_slices``).
 
@@ -82,9 +85,9 @@ def token_batches(
                 max_length=max_tokens,
                 return_tensors="pt",
             )
-            batches.append(
-                {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-            )
+            mask = encoded["attention_mask"]
+            ids = encoded["input_ids"].masked_fill(mask == 0, 0)
+            batches.append({"input_ids": ids, "attention_mask": mask})
     finally:
         tokenizer.padding_side = side
     return batches

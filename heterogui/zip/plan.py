@@ -26,6 +26,7 @@ from heterogui.errors import ConfigError, MatcherError
 from heterogui.models.graph import INPUT, LOGITS, ModelGraph, unshared_spaces
 from heterogui.zip.heads import head_group_pairs
 from heterogui.zip.matchers import EQUAL_WIDTHS, MATCHERS
+from heterogui.zip.stream_width import STREAM, fit_stream
 from heterogui.zip.widths import target_width
 
 
@@ -344,7 +345,9 @@ def plan_widths(
 
     Dead spaces (unused inner layers of identity blocks) keep the other model's width; attention
     spaces merge whole heads with the knobs of their head group's first space, or keep every
-    head with heads "split" (whose heads are halved after fusion: ``fusion.split_heads``).
+    head with heads "split" (whose heads are halved after fusion: ``fusion.split_heads``); a
+    transformer's stream gets the nearest width its transformers config holds
+    (``zip.stream_width``).
 
     Raises:
         ConfigError: overrides of unknown merge points, a width outside 1..n_A + n_B, or
@@ -385,6 +388,8 @@ def plan_widths(
         else:
             r = planned_width(knobs["matcher"], n_a, n_b, knobs["rho"], width)
         plan[space] = (n_a, n_b, r)
+    # a transformer's stream: a width its own config holds (``zip.stream_width``)
+    fit_stream(plan, graph_a, settings.for_space(STREAM), settings.heads == SPLIT_HEADS)
     return plan
 
 

@@ -354,3 +354,27 @@ def adapted(
         )
     device = next(iter(state.values())).device if state else torch.device("cpu")
     return allocate(module, device).eval()
+
+
+def check_stream(hidden: int, head_dim: int, heads: int, kind: str, field: str) -> None:
+    """Refuse a merged stream a transformers model that ties heads to its width cannot hold.
+
+    Widths planned from rho always fit (``zip.stream_width``); a width set by hand, or more
+    heads kept than the stream has room for, may not.
+
+    Raises:
+        ExportError: the stream is no whole number of heads, or fewer heads than a layer has.
+    """
+    if hidden % head_dim:
+        raise ExportError(
+            f"the merged stream's width {hidden} is not a whole number of heads of {head_dim}: "
+            f"a {kind}'s {field} is its heads x their size; set the stream's width to a "
+            f"multiple of {head_dim} (or leave it to rho); the heterogui format holds any width"
+        )
+    if heads > hidden // head_dim:
+        raise ExportError(
+            f"the merged stream's width {hidden} holds {hidden // head_dim} heads of {head_dim} "
+            f"but a layer has {heads}: a {kind}'s {field} is its heads x their size; keep fewer "
+            "heads (a larger rho on the attention spaces) or widen the stream; the heterogui "
+            "format holds them"
+        )

@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from heterogui.errors import ExportError, ModelLoadError
+from heterogui.errors import ModelLoadError
 from heterogui.models.family import Network
 from heterogui.models.gpt2 import GPT2NetConfig, build
-from heterogui.models.hf.common import adapted, holding
+from heterogui.models.hf.common import adapted, check_stream, holding
 
 _LAYER = re.compile(r"transformer\.h\.(\d+)\.(.*)")
 _RENAME = {
@@ -39,7 +39,15 @@ _UNSUPPORTED = {
     "scale_attn_by_inverse_layer_idx": "attention scaled by the inverse layer index",
     "add_cross_attention": "cross-attention",
 }
-_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "initializer_range")
+# written back into an export's config.json as A had them (reorder_and_upcast_attn: how
+# transformers computes attention in half precision, the same function)
+_FIELDS = (
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "initializer_range",
+    "reorder_and_upcast_attn",
+)
 
 
 def config_from_hf(hf: Any) -> GPT2NetConfig:
@@ -134,14 +142,8 @@ def check_heads(config: GPT2NetConfig) -> int:
     Raises:
         ExportError: a layer with more heads than that.
     """
-    slots = config.hidden // config.head_dim
-    if config.hidden % config.head_dim or max(config.heads) > slots:
-        raise ExportError(
-            f"merged width {config.hidden} holds {slots} heads of {config.head_dim} but a layer "
-            f"has {max(config.heads)}; a GPT-2 ties heads to n_embd / n_head: merge with a "
-            "larger rho on the attention spaces (fewer heads) or a wider stream"
-        )
-    return slots
+    check_stream(config.hidden, config.head_dim, max(config.heads), "GPT-2", "n_embd")
+    return config.hidden // config.head_dim
 
 
 def gpt2_state(net: Network) -> tuple[dict[str, torch.Tensor], int, int]:
