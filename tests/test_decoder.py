@@ -356,11 +356,28 @@ def write_recipe(tmp_path, **fields) -> object:
     return path
 
 
+def scored_recipe(tmp_path, a, b):
+    """Write a recipe merging decoder folders ``a`` and ``b`` on the test texts, scored on 4
+    texts of the built-in domains; return its path."""
+    import yaml
+
+    (tmp_path / "calib.txt").write_text("\n".join(TEXTS * 3) + "\n")
+    recipe = {
+        "model_a": {"path": str(a)},
+        "model_b": {"path": str(b)},
+        "calibration": {"source": str(tmp_path / "calib.txt"), "size": 16, "batch_size": 8},
+        "evaluation": {"source": "domains", "split": "test", "size": 4, "batch_size": 4},
+        "device": "cpu",
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
 def test_a_pad_token_added_past_the_vocabulary_pads_nothing_the_models_read(tmp_path):
     """A fine-tuning's tokenizer with ``<pad>`` added at id vocab_size (its models' embeddings
     end before it): the merge ran into an IndexError in the embedding. Padding is masked, so
     the batches pad with token 0 and the pair merges and scores."""
-    import yaml
 
     from heterogui.cli import main
 
@@ -373,17 +390,8 @@ def test_a_pad_token_added_past_the_vocabulary_pads_nothing_the_models_read(tmp_
     assert tok.pad_token_id == vocab  # the tokenizer itself unchanged
     a = save_decoder(tiny_decoder(layers=3, seed=1), tmp_path / "a", tok)
     b = save_decoder(tiny_decoder(hidden=48, heads=6, kv=3, seed=2), tmp_path / "b", tok)
-    (tmp_path / "calib.txt").write_text("\n".join(TEXTS * 3) + "\n")
-    recipe = {
-        "model_a": {"path": str(a)},
-        "model_b": {"path": str(b)},
-        "calibration": {"source": str(tmp_path / "calib.txt"), "size": 16, "batch_size": 8},
-        "evaluation": {"source": "domains", "split": "test", "size": 4, "batch_size": 4},
-        "device": "cpu",
-    }
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     out = tmp_path / "merged"
-    assert main(["merge", str(tmp_path / "recipe.yaml"), "--out", str(out)]) == 0
+    assert main(["merge", str(scored_recipe(tmp_path, a, b)), "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["metrics"]["merged"]["python-docs"]["perplexity"] > 1
 
@@ -559,7 +567,6 @@ def test_texts_longer_than_a_gpt2_position_table_are_cut_at_it(tmp_path):
     """A GPT-2 of 64 positions scored on the built-in domains (texts of hundreds of characters,
     a token each here) and continuing a long prompt: texts are cut at 64 tokens and generation
     reads the last 64, where both used to index past the position table."""
-    import yaml
 
     from heterogui.cli import main
 
@@ -571,16 +578,7 @@ def test_texts_longer_than_a_gpt2_position_table_are_cut_at_it(tmp_path):
     prompt = "def f(x):\n    return x\n" * 6  # 144 characters
     logits_fn = lambda batch: loaded.net.module(**batch)  # noqa: E731
     assert len(generate(logits_fn, loaded.tokenizer, prompt, 8, stop_at_eos=False)) > 0
-    (tmp_path / "calib.txt").write_text("\n".join(TEXTS * 3) + "\n")
-    recipe = {
-        "model_a": {"path": str(a)},
-        "model_b": {"path": str(b)},
-        "calibration": {"source": str(tmp_path / "calib.txt"), "size": 16, "batch_size": 8},
-        "evaluation": {"source": "domains", "split": "test", "size": 4, "batch_size": 4},
-        "device": "cpu",
-    }
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    assert main(["merge", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")]) == 0
+    assert main(["merge", str(scored_recipe(tmp_path, a, b)), "--out", str(tmp_path / "out")]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     for key in ("a", "b", "ensemble", "merged"):
         for domain in ("python-docs", "python-source"):
