@@ -595,6 +595,16 @@ def test_remerge_reuses_cached_statistics_and_is_fast(session, res, monkeypatch)
     headers = tab_evaluate.render(session, res)["history"]["headers"]
     assert headers[:4] == ["merge", "pair", "Joint", "Task A"]  # scores before settings
     assert headers[-1] == "seconds" and "score" not in headers
+    # every score shows two decimals, in the readout, the tables and the status line alike
+    # (a table and the readout dropped trailing zeros: "96" beside "97.11")
+    two = re.compile(r"^-?\d+\.\d\d$")
+    assert all(two.match(rows[name][-1]) for name in ("A", "B", "ensemble", "merged"))
+    table = whole["metrics"]["value"]
+    cells = [cell for row in table for cell in row[1:-2] if cell is not None]  # None: n/a
+    assert len(cells) >= len(table) and all(two.match(cell) for cell in cells), table
+    history_row = whole["history"]["value"][-1]
+    assert all(two.match(history_row[k]) for k in (2, 3)), history_row
+    assert re.search(r"Joint % \d+\.\d\d\.", tab_zip._score_text(session, True))
 
 
 def _readout_rows(text: str) -> dict[str, list[str]]:

@@ -68,7 +68,8 @@ class Task(ABC):
 
     inputs: "images" or "text" (what its DataRefs name); panels: the Evaluate panels;
     metric: the name of its headline number (the sweep's y axis, the Zip tab's readout);
-    lower_is_better: whether a smaller headline is better (perplexity), not a larger one.
+    lower_is_better: whether a smaller headline is better (perplexity), not a larger one;
+    score_digits: the decimals every score is shown with (``score_text``).
     """
 
     kind: str = ""
@@ -77,6 +78,11 @@ class Task(ABC):
     panels: tuple[str, ...] = ()
     metric: str = ""
     lower_is_better: bool = False
+    score_digits: int = 2  # percentages: "96.00" beside "97.11", not "96"
+
+    def score_text(self, value: float | None) -> str:
+        """Return a score as the workbench shows it: ``score_digits`` decimals, "—" for none."""
+        return "—" if value is None else f"{value:.{self.score_digits}f}"
 
     @abstractmethod
     def default_calibration(self, pair: Pair, size: int | None = None) -> DataRef:

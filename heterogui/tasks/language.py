@@ -186,6 +186,7 @@ class LanguageModeling(Task):
     panels = (PERPLEXITY, GENERATIONS, SWEEP)
     # the mean of the domains' perplexities (each domain weighs the same, whatever its tokens)
     metric = "mean perplexity"
+    score_digits = 3  # as the perplexity table
     lower_is_better = True
 
     def data_help(self, role: str) -> str:

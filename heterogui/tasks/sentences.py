@@ -231,6 +231,7 @@ class SentenceSimilarity(Task):
     inputs = "text"
     panels = (SPEARMAN, SIMILARITY, SWEEP)
     metric = "Spearman"
+    score_digits = 4
 
     def data_help(self, role: str) -> str:
         """Return what text data to give."""

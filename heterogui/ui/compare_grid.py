@@ -37,7 +37,7 @@ def grid_cells(session: Session) -> list[tuple[str, int]]:
     out = []
     for k in order:
         p = session.grid[k]
-        score = "—" if p.get("score") is None else p["score"]
+        score = session.task.score_text(p.get("score"))
         label = f"rho {p['rho']:g} · {knob} {p[knob]:g}: {metric} {score}, "
         out.append((label + f"{p['parameters']:,} parameters", k))
     return out
@@ -146,5 +146,6 @@ def on_grid_load(session: Session, res: Resources, cell: int | None, progress=No
     row = session.history[-1]
     return (
         f"Merge #{row['merge']}: rho {point['rho']:g}, {session.grid_knob} "
-        f"{point[session.grid_knob]:g} loaded and merged; {session.task.metric} {row['score']}."
+        f"{point[session.grid_knob]:g} loaded and merged; {session.task.metric} "
+        f"{session.task.score_text(row['score'])}."
     )

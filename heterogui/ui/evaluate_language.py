@@ -120,7 +120,7 @@ def perplexity_views(session: Session) -> dict[str, Any]:
     if session.result is not None:
         scored.append(("merged", session.merged_metrics))
     heads = [(label, task.headline(scores)) for label, scores in scored]
-    means = ", ".join(f"{label} {'—' if v is None else v}" for label, v in heads)
+    means = ", ".join(f"{label} {task.score_text(v)}" for label, v in heads)
     label = labels.metric_label(task)  # the task's metric is already a mean (of perplexity)
     info = f"**{label[0].upper()}{label[1:]}**: {means}."
     merged = session.merged_metrics

@@ -13,6 +13,7 @@ in ``heterogui.ui.compare_grid``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -103,8 +104,8 @@ def build(ui: dict[str, Any], res: Resources) -> None:
     click_bridge(ui, "grid_plot", "grid_click", "rho", "second knob", None)
 
 
-def _label(row: dict[str, Any], metric: str) -> str:
-    score = "not scored yet" if row.get("score") is None else f"{metric} {row['score']}"
+def _label(row: dict[str, Any], metric: str, score_text: Callable[[Any], str]) -> str:
+    score = "not scored yet" if row.get("score") is None else f"{metric} {score_text(row['score'])}"
     fusion = {
         "least_squares": " · least squares",
         "least_squares_heads": " · least squares, heads refit",
@@ -125,9 +126,10 @@ def _label(row: dict[str, Any], metric: str) -> str:
 
 def merge_choices(session: Session) -> list[tuple[str, int]]:
     """Return (label, merge number) of every merge of the current pair, newest first."""
-    metric = session.task.metric if session.task else ""
+    task = session.task
+    metric, score_text = (task.metric, task.score_text) if task else ("", str)
     rows = [h for h in session.history if h.get("pair") == session.pair_name]
-    return [(_label(h, metric), h["merge"]) for h in reversed(rows)]
+    return [(_label(h, metric, score_text), h["merge"]) for h in reversed(rows)]
 
 
 def _row(session: Session, merge: int) -> dict[str, Any]:

@@ -315,8 +315,8 @@ def _score_text(session: Session, scored: bool) -> str:
         return "no evaluation data for these models."
     if not scored:
         return "scoring it…"
-    score = task.headline(session.merged_metrics)
-    return f"{labels.metric_label(task)} {score if score is not None else '—'}."
+    score = task.score_text(task.headline(session.merged_metrics))
+    return f"{labels.metric_label(task)} {score}."
 
 
 def on_release(

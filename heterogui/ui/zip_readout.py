@@ -67,7 +67,8 @@ def _scores(session: Session, exact: bool) -> dict[str, Any]:
     models = dict(session.baseline)
     models["merged"] = session.merged_metrics if exact else None
     values = {k: task.headline(v) for k, v in models.items()}
-    return {"metric": labels.metric_label(task), "values": values}
+    texts = {k: task.score_text(v) for k, v in values.items()}
+    return {"metric": labels.metric_label(task), "values": values, "texts": texts}
 
 
 def _readout_text(info: dict[str, Any]) -> str:
@@ -85,8 +86,7 @@ def _readout_text(info: dict[str, Any]) -> str:
         flops = "—" if v["flops"] is None else f"{v['flops']:,}"
         score = ""
         if scores:
-            value = values.get(name.lower())
-            score = " | " + ("—" if value is None else f"{value:g}")
+            score = " | " + scores["texts"].get(name.lower(), "—")
         rows.append(f"| {name} | {v['parameters']:,} | {flops} | {share:.0%}{score} |")
     head = (
         "**Merged model (last merge)**"
