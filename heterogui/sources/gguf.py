@@ -29,7 +29,7 @@ from heterogui.sources.gguf_files import (
 )
 from heterogui.sources.gguf_header import GGUFHeader, gguf_header
 from heterogui.sources.hf import untied_note
-from heterogui.sources.preflight import ModelCard, estimate_merge
+from heterogui.sources.preflight import ModelCard, bias_settings, estimate_merge
 from heterogui.sources.vocab import tokens_hash
 
 BUILT_IN = {"smollm2:135m-instruct": smollm2_gguf}
@@ -81,6 +81,8 @@ def gguf_card(header: GGUFHeader) -> ModelCard:
         vocab_hash=tokens_hash(list(header.tokens)),
         kv_heads=kv,
         rope=json.dumps(rope, sort_keys=True),
+        # transformers converts GGUF decoders without biases (as a config.json without them)
+        biases=bias_settings({}),
     )
 
 

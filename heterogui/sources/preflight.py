@@ -275,7 +275,7 @@ def inspect_model(path: str | Path) -> ModelCard:
         rope=_rope(config) if family in ROTARY_FAMILIES else None,
         norm_eps=next((config[k] for k in NORM_EPS_FIELDS if k in config), None),
         window=_window(config) if found.model_type == "mistral" else None,
-        biases=_biases(config) if family == "decoder" else None,
+        biases=bias_settings(config) if family == "decoder" else None,
         **{field: config.get(field) for field in VISION_FIELDS},
     )
 
@@ -297,7 +297,7 @@ def _check_size(
         )
 
 
-def _biases(config: dict[str, Any]) -> str:
+def bias_settings(config: dict[str, Any]) -> str:
     """Return a decoder's bias settings ("attention_bias true, mlp_bias false"; absent: false,
     as transformers reads them; Qwen2's q/k/v biases come with its model_type)."""
     return ", ".join(
