@@ -297,6 +297,7 @@ def test_least_squares_fusion_from_the_zip_tab_to_compare_and_a_recipe(session, 
     assert [h["ridge"] for h in session.history] == [None, DEFAULT_RIDGE]
     labels = {number: label for label, number in tab_compare.merge_choices(session)}
     assert "least squares" in labels[2] and "least squares" not in labels[1]
+    assert re.match(r"#2 · Joint % \d+\.\d\d · rho 0.5 alpha", labels[2]), labels[2]
     assert "Comparing merge #1 with #2" in tab_compare.on_compare(session, res, 1, 2)
     table = tab_compare.render(session, res)["compare_table"].splitlines()
     assert "| fusion | average | least_squares | differs |" in table

@@ -118,9 +118,10 @@ def _label(row: dict[str, Any], metric: str, score_text: Callable[[Any], str]) -
         "search": " · heads searched",
         "split": " · heads split",
     }.get(row.get("heads"), "")
+    # the score first: a laptop's dropdown shows the label's start only
     return (
-        f"#{row['merge']} · rho {row['rho']} alpha {row['alpha']} beta {row['beta']} "
-        f"stop {row['stop']}{fusion} · {score}"
+        f"#{row['merge']} · {score} · rho {row['rho']} alpha {row['alpha']} beta {row['beta']} "
+        f"stop {row['stop']}{fusion}"
     )
 
 
