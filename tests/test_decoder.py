@@ -243,6 +243,11 @@ def test_preflight_refuses_other_tokenizers_head_sizes_and_groupings(tmp_path):
     same = save_decoder(tiny_decoder(hidden=48, heads=6, kv=3, layers=3, seed=4), tmp_path / "e")
     verdict = registry.preflight(str(a), str(same))
     assert verdict.ok, verdict.reasons
+    # another end-of-sequence token: a note (the merge generates until A's)
+    config = json.loads((same / "config.json").read_text()) | {"eos_token_id": 5}
+    (same / "config.json").write_text(json.dumps(config))
+    verdict = registry.preflight(str(a), str(same))
+    assert verdict.ok and "end-of-sequence tokens differ (2 vs 5)" in " ".join(verdict.notes)
     # biases: told by the headers, before both models load (they were refused after)
     for field in ("attention_bias", "mlp_bias"):
         biased = save_decoder(tiny_decoder(**{field: True}), tmp_path / field)

@@ -83,6 +83,7 @@ def gguf_card(header: GGUFHeader) -> ModelCard:
         rope=json.dumps(rope, sort_keys=True),
         # transformers converts GGUF decoders without biases (as a config.json without them)
         biases=bias_settings({}),
+        eos=json.dumps(header.eos_token_id),
     )
 
 

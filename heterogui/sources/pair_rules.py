@@ -169,6 +169,11 @@ def check_pair(card_a: ModelCard, card_b: ModelCard) -> Verdict:
             f"norm placement of model type {card_a.model_type!r} is unknown to heterogui; the "
             "merge may fail in the adapter step"
         )
+    if "null" not in (card_a.eos, card_b.eos) and card_a.eos != card_b.eos:
+        notes.append(
+            f"end-of-sequence tokens differ ({card_a.eos} vs {card_b.eos}): the merge stops "
+            "generating at A's (its generation_config is A's)"
+        )
     if card_a.dtypes != card_b.dtypes:
         notes.append(
             f"dtypes differ ({', '.join(card_a.dtypes)} vs {', '.join(card_b.dtypes)}): the "

@@ -100,6 +100,7 @@ class ModelCard:
     norm_eps: float | None = None
     window: int | None = None
     biases: str | None = None
+    eos: str | None = None
     image_size: int | None = None
     patch_size: int | None = None
     num_channels: int | None = None
@@ -276,6 +277,7 @@ def inspect_model(path: str | Path) -> ModelCard:
         norm_eps=next((config[k] for k in NORM_EPS_FIELDS if k in config), None),
         window=_window(config) if found.model_type == "mistral" else None,
         biases=bias_settings(config) if family == "decoder" else None,
+        eos=json.dumps(config.get("eos_token_id")) if family in ("decoder", "gpt2") else None,
         **{field: config.get(field) for field in VISION_FIELDS},
     )
 
