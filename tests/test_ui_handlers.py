@@ -596,15 +596,12 @@ def test_remerge_reuses_cached_statistics_and_is_fast(session, res, monkeypatch)
     headers = tab_evaluate.render(session, res)["history"]["headers"]
     assert headers[:4] == ["merge", "pair", "Joint", "Task A"]  # scores before settings
     assert headers[-1] == "seconds" and "score" not in headers
-    # every score shows two decimals, in the readout, the tables and the status line alike
-    # (a table and the readout dropped trailing zeros: "96" beside "97.11")
+    # every score shows two decimals in the readout and the status line (the readout dropped
+    # trailing zeros: "96" beside "97.11"); the tables keep numbers, which sort as numbers
     two = re.compile(r"^-?\d+\.\d\d$")
     assert all(two.match(rows[name][-1]) for name in ("A", "B", "ensemble", "merged"))
-    table = whole["metrics"]["value"]
-    cells = [cell for row in table for cell in row[1:-2] if cell is not None]  # None: n/a
-    assert len(cells) >= len(table) and all(two.match(cell) for cell in cells), table
-    history_row = whole["history"]["value"][-1]
-    assert all(two.match(history_row[k]) for k in (2, 3)), history_row
+    merged_scores = [c for c in whole["metrics"]["value"][-1][1:-2] if c is not None]
+    assert merged_scores and all(isinstance(c, float) for c in merged_scores)
     assert re.search(r"Joint % \d+\.\d\d\.", tab_zip._score_text(session, True))
 
 
@@ -1408,3 +1405,26 @@ def test_a_realignment_drops_the_overrides_of_points_only_one_model_uses(res):
     )
     assert vit.settings.overrides == {kept: {"rho": 0.5}, "*.qk": {"rho": 0.0}}
     assert "Merge #1 done" in merge(vit, res, rho=1.0, heads="pair")
+
+
+def test_a_toasted_step_that_warns_toasts_its_result_and_each_warning_once(res, monkeypatch):
+    """A Models-tab step (a toast for its result) that logs a warning: the warning has its
+    own toast, the result's toast does not repeat it, and the status line says both."""
+    import logging
+
+    from heterogui.ui import events
+
+    said: list[tuple[str, str]] = []
+    monkeypatch.setattr(events.gr, "Info", lambda text: said.append(("info", text)))
+    monkeypatch.setattr(events.gr, "Warning", lambda text: said.append(("warning", text)))
+
+    def step(session, res, progress=None):
+        logging.getLogger("heterogui.run").warning("269 inputs, not the 1024 asked for")
+        return "Analysed the pair."
+
+    out = events.event_function(step, res, (), [], 0, toast=True)(Session(), None)
+    assert said == [
+        ("info", "Analysed the pair."),
+        ("warning", "269 inputs, not the 1024 asked for"),
+    ]
+    assert out[1] == "Analysed the pair. **Warning:** 269 inputs, not the 1024 asked for"

@@ -114,13 +114,13 @@ def event_function(
             return [session, failure_message(exc, handler), session_summary(session), *skip]
         if idle is not None and lock_for is not None:
             idle.schedule(session)
+        if toast and message:  # before the warnings join it: they have toasts of their own
+            gr.Info(message.replace("**", ""))
         if warned:  # what the CLI prints on the terminal (unscaled data, a short draw)
             for text in warned:
                 gr.Warning(text)
             note = " ".join(f"**Warning:** {text}" for text in warned)
             message = note if message is None else f"{message} {note}"
-        if toast and message:
-            gr.Info(message.replace("**", ""))
         return [
             session,
             gr.skip() if message is None else message,  # None: nothing to say, keep the line

@@ -172,16 +172,6 @@ def spearman_rows(session: Session) -> list[list[Any]]:
     return [[r[0], None if r[1] is None else round(r[1], 4), r[2]] for r in rows]
 
 
-def shown_scores(task: Any, rows: list[list[Any]], columns: Any) -> list[list[Any]]:
-    """Return table rows with the scores in ``columns`` as the task shows them ("96.00"
-    beside "97.11": a table dropped a score's trailing zeros); none stays blank."""
-    at = set(columns)
-    return [
-        [task.score_text(v) if k in at and v is not None else v for k, v in enumerate(row)]
-        for row in rows
-    ]
-
-
 def parse_samples(text: str | None, count: int) -> list[int]:
     """Return the sample numbers typed by the user.
 
@@ -292,21 +282,16 @@ def score_views(session: Session) -> dict[str, Any]:
         header, rows = metric_rows(session)
         re_estimated = bool(set(BN_STAGES) & set(session.prepared.timings))
         views["metrics"] = gr.update(
-            value=labels.grouped_counts(shown_scores(task, rows, range(1, len(header) - 2))),
+            value=labels.grouped_counts(rows),
             headers=header,
             label=METRICS_LABEL + (RE_ESTIMATED if re_estimated else ""),
         )
     if SPEARMAN in task.panels:
-        views["text_scores"] = labels.grouped_counts(
-            shown_scores(task, spearman_rows(session), [1])
-        )
+        views["text_scores"] = labels.grouped_counts(spearman_rows(session))
     if PERPLEXITY in task.panels:
         views.update(perplexity_views(session))
     columns, rows = history.history_table(session.history)
-    others = {*history.HISTORY_FIRST, *history.HISTORY_LAST, "flops"}
-    scores = [k for k, c in enumerate(columns) if c not in others]
-    shown = labels.grouped_counts(shown_scores(task, rows, scores))
-    views["history"] = gr.update(value=shown or None, headers=columns)
+    views["history"] = gr.update(value=labels.grouped_counts(rows) or None, headers=columns)
     views["history_plot"] = history_figure(
         session.history, labels.metric_label(task), session.pair_name
     )
