@@ -55,13 +55,19 @@ def test_every_rho_plans_a_stream_the_format_holds_near_its_target(family, heads
         plan = plan_widths(ga, gb, settings, stop)
         n_a, n_b, width = plan[STREAM]
         target = target_width(n_a, n_b, rho)
-        assert stream_rule(plan, ga, heads == "split")(width), (rho, plan)
+        assert stream_rule(plan, ga, heads == "split")[1](width), (rho, plan)
         step = 10 if family == "llama" else 8  # at most: the head count / a head's size
         assert abs(width - target) <= step // 2, (rho, width, target)
         if rho in (0.0, 1.0):  # the ensemble and the paper's width stay exactly
             assert width == target
     hand = ZipSettings(rho=0.5, overrides={STREAM: {"width": 57}}, heads=heads)
     assert plan_widths(ga, gb, hand, stop)[STREAM][2] == 57  # a width set by hand stays
+    if heads == "pair" and family != "llama":
+        # every head kept: no stream near rho's holds them (a BERT's heads fill its width),
+        # so rho's width stays; it moved up to the heads' 80 features, as if rho were 0
+        kept = ZipSettings(rho=0.6, overrides={"*.qk": {"rho": 0.0}}, heads=heads)
+        n_a, n_b, width = plan_widths(ga, gb, kept, stop)[STREAM]
+        assert width == target_width(n_a, n_b, 0.6)
 
 
 def test_merges_between_the_grid_points_export_as_the_models_own_folders(tmp_path):

@@ -7,13 +7,16 @@ layer with fewer heads with zero heads and a narrower MLP with zero neurons, whi
 nothing, but the stream cannot be padded: its norms average over every feature. A stream
 width that rho gives between two such widths made most zip ratios (16 of 21 on a 0.05 grid
 for BERT, ViT and GPT-2 pairs) impossible to write in the models' own format, and a
-decoder's export padded its heads up to a divisor of that width (3.4 times the merge's
-parameters).
+decoder's export padded its heads up to a divisor of that width (to 74 heads for a merge of
+10).
 
-``fit_stream`` moves a stream width planned from rho to the nearest width the format holds
-(the wider on a tie): at most half a head's size away for BERT, ViT and GPT-2, half the head
-count for decoders. The ends stay: rho = 0 (every feature, the ensemble) and rho = 1 (the
-paper's width) keep their widths, as does a width set by hand.
+``fit_stream`` moves a stream width planned from rho to the nearer of the two widths around
+it that the format holds (the wider on a tie): at most half a head's size away for BERT, ViT
+and GPT-2, half the head count for decoders. When neither holds the heads the attention
+layers keep (more heads kept than the stream has room for: overrides that keep attention
+whole), the width stays, and an export in the models' format says why. The ends stay as
+well: rho = 0 (every feature, the ensemble) and rho = 1 (the paper's width), as does a width
+set by hand.
 """
 
 from __future__ import annotations
@@ -38,33 +41,34 @@ def fit_stream(
     if STREAM not in plan:
         return
     n_a, n_b, width = plan[STREAM]
-    ends = (n_a + n_b, target_width(n_a, n_b, 1.0))
+    ends = (target_width(n_a, n_b, 1.0), n_a + n_b)
     if knobs["width"] is not None or knobs["matcher"] in EQUAL_WIDTHS or width in ends:
         return
-    holds = stream_rule(plan, graph, split)
-    if holds is None or holds(width):
+    rule = stream_rule(plan, graph, split)
+    if rule is None:
         return
-    for step in range(1, n_a + n_b):
-        for candidate in (width + step, width - step):
-            if min(ends) <= candidate <= max(ends) and holds(candidate):
-                plan[STREAM] = (n_a, n_b, candidate)
-                return
+    step, holds = rule
+    below = width - width % step
+    nearest = sorted((below + step, below), key=lambda w: abs(w - width))  # wider on a tie
+    fits = [w for w in nearest if ends[0] <= w <= ends[1] and holds(w)]
+    if fits and not holds(width):
+        plan[STREAM] = (n_a, n_b, fits[0])
 
 
 def stream_rule(
     plan: dict[str, tuple[int, int, int]], graph: ModelGraph, split: bool
-) -> Callable[[int], bool] | None:
-    """Return which stream widths the family's transformers config holds with the planned
-    heads (None: a family without attention heads, any width)."""
+) -> tuple[int, Callable[[int], bool]] | None:
+    """Return (the step between the stream widths the family's transformers config holds,
+    whether a width holds the planned heads); None for a family without attention heads."""
     queries = [(s, plan[n][2]) for n, s in graph.spaces.items() if n in plan and s.role == "q"]
     if queries:  # a decoder: hidden_size a multiple of a head count in whole groups
         group = queries[0][0].unit_heads
         most = max(r // s.head_dim for s, r in queries)
         heads = -(-most // group) * group
-        return lambda width: width % heads == 0
+        return heads, lambda width: width % heads == 0
     tied = [(s, plan[n][2]) for n, s in graph.spaces.items() if n in plan and s.head_dim]
     if not tied:
         return None
     most = max(r // s.head_dim for s, r in tied)  # heads of the widest layer
     size = tied[0][0].head_dim // 2 if split else tied[0][0].head_dim  # a merged head's size
-    return lambda width: width % size == 0 and width // size >= most
+    return size, lambda width: width % size == 0 and width // size >= most
