@@ -28,7 +28,7 @@ from heterogui.export.job import (
 from heterogui.fusion.merged import MergedModel, as_network
 from heterogui.models.decoder import DecoderNetConfig
 from heterogui.models.gpt2 import GPT2NetConfig
-from heterogui.models.hf.common import quiet_transformers
+from heterogui.models.hf.common import CAUSAL_LM_FAMILIES, quiet_transformers
 from heterogui.models.hf.decoder_io import causal_lm, uniform_heads
 from heterogui.models.hf.gpt2_io import check_heads, gpt2_lm
 
@@ -43,7 +43,6 @@ TOKENIZER_FILES = (
 )
 GENERATION_FILE = "generation_config.json"
 # the families one causal-LM folder holds: Llama-type decoders (Llama, Qwen2, Mistral) and GPT-2
-CAUSAL_LM_FAMILIES = ("decoder", "gpt2")
 
 
 def check_causal_lm(model: MergedModel) -> DecoderNetConfig | GPT2NetConfig:

@@ -46,6 +46,7 @@ from heterogui.models.bert_modules import (
 from heterogui.models.graph import (
     INPUT,
     LOGITS,
+    STREAM,
     Capture,
     ModelGraph,
     Space,
@@ -55,7 +56,6 @@ from heterogui.models.graph import (
     tag,
 )
 
-STREAM = "stream"
 POOLER = "pooler"
 IDENTITY_MODES = ("exact", "ls", "plain")
 

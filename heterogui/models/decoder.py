@@ -50,6 +50,7 @@ from heterogui.models.decoder_modules import (
 from heterogui.models.graph import (
     INPUT,
     LOGITS,
+    STREAM,
     Capture,
     ModelGraph,
     Space,
@@ -60,7 +61,6 @@ from heterogui.models.graph import (
 )
 from heterogui.models.storage import allocate
 
-STREAM = "stream"
 ROLES = ("q", "k", "v", "o")
 # transformers config fields two models must share (besides shapes), with what they mean
 SHARED_HF_FIELDS = (

@@ -26,6 +26,7 @@ Role = Literal["out", "in"]
 
 INPUT = "input"
 LOGITS = "logits"
+STREAM = "stream"  # a transformer's residual stream (BERT, ViT, GPT-2, decoders)
 
 
 @dataclass(frozen=True)

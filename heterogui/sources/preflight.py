@@ -17,7 +17,7 @@ from typing import Any
 
 from heterogui.errors import ModelLoadError, excerpt, nesting
 from heterogui.models.headers import FLOAT_DTYPES, read_safetensors_header
-from heterogui.models.hf.common import refuse_pickles
+from heterogui.models.hf.common import CAUSAL_LM_FAMILIES, refuse_pickles
 from heterogui.sources.vocab import vocab_hash
 
 # Families whose blocks apply LayerNorm after the residual add (post-norm) or before (pre-norm).
@@ -277,7 +277,7 @@ def inspect_model(path: str | Path) -> ModelCard:
         norm_eps=next((config[k] for k in NORM_EPS_FIELDS if k in config), None),
         window=_window(config) if found.model_type == "mistral" else None,
         biases=bias_settings(config) if family == "decoder" else None,
-        eos=json.dumps(config.get("eos_token_id")) if family in ("decoder", "gpt2") else None,
+        eos=json.dumps(config.get("eos_token_id")) if family in CAUSAL_LM_FAMILIES else None,
         **{field: config.get(field) for field in VISION_FIELDS},
     )
 
@@ -453,9 +453,8 @@ def _rope(config: dict[str, Any]) -> str:
     """
     rope = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
     rope.setdefault("rope_theta", config.get("rope_theta", 10000.0))
-    kind = rope.pop("rope_type", None) or rope.pop("type", None) or "default"
-    rope.pop("type", None)
-    rope["rope_type"] = kind
+    kind, legacy = rope.pop("rope_type", None), rope.pop("type", None)
+    rope["rope_type"] = kind or legacy or "default"
     floats = {
         k: float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
         for k, v in rope.items()

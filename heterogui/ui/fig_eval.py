@@ -11,6 +11,8 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from heterogui.errors import excerpt
+
 MODEL_COLOURS = {"A": "#1f77b4", "B": "#ff7f0e", "ensemble": "#9467bd", "merged": "#2ca02c"}
 
 # the characters of a pair's name a plot title shows (the history plot is half the page wide)
@@ -272,7 +274,7 @@ def history_figure(history: list[dict[str, Any]], metric: str, pair: str | None)
         fig.update_xaxes(visible=False)
         fig.update_yaxes(visible=False)
     others = len(history) - len(rows)
-    name = _cut(pair, TITLE_NAME) if pair else pair
+    name = excerpt(pair, TITLE_NAME) if pair else pair
     title = f"merges of {name}" if pair else "this session's merges"
     if others:  # on a line of its own: a long pair name would push it out of the frame
         title += f"<br><sup>{others} of other pairs: in the table</sup>"
@@ -292,7 +294,7 @@ def similarity_figure(matrices: dict[str, torch.Tensor], sentences: list[str]) -
     # "merged (head A: A's space)" on two lines: on one, neighbouring titles ran together
     titles = [name.replace(" (", "<br>(") for name in names]
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=titles, horizontal_spacing=0.04)
-    labels = [f"{i}: {_cut(s, SENTENCE_LABEL)}" for i, s in enumerate(sentences)]
+    labels = [f"{i}: {excerpt(s, SENTENCE_LABEL)}" for i, s in enumerate(sentences)]
     for k, name in enumerate(names):
         fig.add_trace(
             go.Heatmap(
@@ -311,8 +313,3 @@ def similarity_figure(matrices: dict[str, torch.Tensor], sentences: list[str]) -
         fig.update_yaxes(autorange="reversed", showticklabels=k == 0, row=1, col=k + 1)
     fig.update_layout(height=340, margin={"l": 10, "r": 10, "t": 60, "b": 10})
     return fig
-
-
-def _cut(text: str, limit: int) -> str:
-    """Return ``text``, or its first characters and "…" when longer than ``limit``."""
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"

@@ -23,10 +23,10 @@ from heterogui.config import (
     check_split_override,
 )
 from heterogui.errors import ConfigError, MatcherError
-from heterogui.models.graph import INPUT, LOGITS, ModelGraph, unshared_spaces
+from heterogui.models.graph import INPUT, LOGITS, STREAM, ModelGraph, unshared_spaces
 from heterogui.zip.heads import head_group_pairs
 from heterogui.zip.matchers import EQUAL_WIDTHS, MATCHERS
-from heterogui.zip.stream_width import STREAM, fit_stream
+from heterogui.zip.stream_width import fit_stream
 from heterogui.zip.widths import target_width
 
 

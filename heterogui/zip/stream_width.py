@@ -23,11 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from heterogui.models.graph import ModelGraph
+from heterogui.models.graph import STREAM, ModelGraph
 from heterogui.zip.matchers import EQUAL_WIDTHS
 from heterogui.zip.widths import target_width
-
-STREAM = "stream"  # the residual stream's merge point in the transformer families' graphs
 
 
 def fit_stream(
@@ -45,13 +43,13 @@ def fit_stream(
     if knobs["width"] is not None or knobs["matcher"] in EQUAL_WIDTHS or width in ends:
         return
     rule = stream_rule(plan, graph, split)
-    if rule is None:
+    if rule is None or rule[1](width):
         return
     step, holds = rule
     below = width - width % step
     nearest = sorted((below + step, below), key=lambda w: abs(w - width))  # wider on a tie
     fits = [w for w in nearest if ends[0] <= w <= ends[1] and holds(w)]
-    if fits and not holds(width):
+    if fits:
         plan[STREAM] = (n_a, n_b, fits[0])
 
 

@@ -20,6 +20,9 @@ from heterogui.errors import ExportError, ModelLoadError, excerpt
 from heterogui.models.io import check_finite
 from heterogui.models.storage import allocate, holding_state
 
+# the families whose models are causal language models (a GPT-2, a Llama, Qwen2 or Mistral)
+CAUSAL_LM_FAMILIES = ("decoder", "gpt2")
+
 
 def encoder_shape(hf_config: Any) -> dict[str, Any]:
     """Return the encoder fields every family config takes (hidden, heads per layer ...).
