@@ -249,6 +249,18 @@ def drawn(fig: Any, *path: str) -> Any:
     return own if own is not None else template
 
 
+def table_cells(view: Any, shown: bool = False) -> list[list[Any]]:
+    """Return a workbench table's cells (a view's Dataframe value or its ``gr.update``) as the
+    page gets them: the values (None for an empty cell), or with ``shown`` the texts on screen."""
+    import gradio as gr
+
+    value = view["value"] if isinstance(view, dict) else view
+    data = gr.Dataframe(interactive=False).postprocess(value)
+    if shown:
+        return data.metadata["display_value"] if data.metadata else data.data
+    return [[None if c != c else c for c in row] for row in data.data]  # NaN: an empty cell
+
+
 def max_diff(xs, ys) -> float:
     """Return the largest absolute difference of paired tensors."""
     return max((x - y).abs().max().item() for x, y in zip(xs, ys, strict=True))

@@ -131,6 +131,11 @@ def read_results(page) -> None:
     )
     page.locator("#samples .js-plotly-plot").wait_for(timeout=TIMEOUT_MS)
     assert page.locator("#samples").get_by_text("merged:").count() > 0
+    # every accuracy shows two decimals ("96.00" beside "97.11"), the sizes their separators
+    words = page.locator("#metrics").inner_text().split()
+    scores = [w for w in words if re.fullmatch(r"\d+\.\d+", w)]
+    assert len(scores) >= 4 and all(re.fullmatch(r"\d+\.\d\d", w) for w in scores), words
+    assert any(re.fullmatch(r"\d{1,3}(,\d{3})+", w) for w in words), words
 
 
 def pick(page, elem_id: str, text: str) -> None:

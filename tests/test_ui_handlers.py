@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import drawn
+from conftest import drawn, table_cells
 
 from heterogui import pipeline, sizes
 from heterogui.align.alignment import layer_pairs
@@ -114,7 +114,7 @@ def test_start_opens_the_demo_pair_and_every_tab_renders(session, res):
     assert "Compatible" in page["verdict"]
     assert page["segments"] and all(len(row) == 4 for row in page["segments"])
     assert "estimate" in page["readout"]
-    assert [r[0] for r in page["metrics"]["value"]] == ["A", "B", "ensemble"]
+    assert [r[0] for r in table_cells(page["metrics"])] == ["A", "B", "ensemble"]
     # VGG models: their scores are of the BatchNorm the analysis re-estimated, and it says so
     assert page["metrics"]["label"].endswith(
         "statistics re-estimated on the calibration data, as the merge reads them"
@@ -304,7 +304,7 @@ def test_least_squares_fusion_from_the_zip_tab_to_compare_and_a_recipe(session, 
     assert "| ridge | — | 0.01 | differs |" in table
     history = tab_evaluate.render(session, res)["history"]
     column = history["headers"].index("fusion")
-    assert [row[column] for row in history["value"]] == ["average", "least_squares"]
+    assert [row[column] for row in table_cells(history)] == ["average", "least_squares"]
     assert zip_readout.knob_values(session)["fusion"] == "least_squares"
     # An exported recipe carries the fusion; importing it sets the dropdown again.
     tab_export.on_export(session, res, str(tmp_path / "fitted"), False)
@@ -373,7 +373,7 @@ def test_renormalize_from_the_zip_tab_to_compare_history_and_summary(session, re
     assert "| renormalize | off | on | differs |" in table
     history = tab_evaluate.render(session, res)["history"]
     column = history["headers"].index("renormalize")
-    assert [row[column] for row in history["value"]] == [False, True]
+    assert [row[column] for row in table_cells(history)] == [False, True]
     assert zip_readout.knob_values(session)["renormalize"] is True
     assert views.render(session, res, ("knobs",))["renormalize"] is True
     # A slider release re-merges with the switch the checkbox shows, the fusion with it.
@@ -586,8 +586,11 @@ def test_remerge_reuses_cached_statistics_and_is_fast(session, res, monkeypatch)
     assert set(views.views_of("scores")) < set(views.views_of("evaluate"))
     assert not {"samples_plot", "predictions", "sample_ids", "sweep_plot"} & set(scored)
     assert set(scored) & set(whole) == {"metrics", "history", "history_plot"}
-    assert scored["metrics"] == whole["metrics"] and scored["history"] == whole["history"]
-    assert scored["metrics"]["value"][-1][0] == "merged"
+    for name in ("metrics", "history"):
+        assert scored[name]["headers"] == whole[name]["headers"]
+        for shown in (False, True):
+            assert table_cells(scored[name], shown) == table_cells(whole[name], shown)
+    assert table_cells(scored["metrics"])[-1][0] == "merged"
     assert scored["history_plot"].to_json() == whole["history_plot"].to_json()
     assert float(rows["merged"][-1]) == session.history[-1]["Joint"]
     for name in ("A", "B", "ensemble"):
@@ -600,8 +603,15 @@ def test_remerge_reuses_cached_statistics_and_is_fast(session, res, monkeypatch)
     # trailing zeros: "96" beside "97.11"); the tables keep numbers, which sort as numbers
     two = re.compile(r"^-?\d+\.\d\d$")
     assert all(two.match(rows[name][-1]) for name in ("A", "B", "ensemble", "merged"))
-    merged_scores = [c for c in whole["metrics"]["value"][-1][1:-2] if c is not None]
+    merged_scores = [c for c in table_cells(whole["metrics"])[-1][1:-2] if c is not None]
     assert merged_scores and all(isinstance(c, float) for c in merged_scores)
+    # the tables show them as the readout does, and the parameters with thousands separators
+    texts = table_cells(whole["metrics"], shown=True)
+    assert [row[1] for row in texts] == [
+        rows[name][-1] for name in ("A", "B", "ensemble", "merged")
+    ]
+    assert texts[-1][-2] == f"{session.merged_size['parameters']:,}"
+    assert table_cells(whole["metrics"])[-1][-2] == session.merged_size["parameters"]
     assert re.search(r"Joint % \d+\.\d\d\.", tab_zip._score_text(session, True))
 
 
@@ -896,7 +906,7 @@ def test_evaluate_samples_sweep_and_history(session, res):
     assert params[0] == session.reference_sizes["ensemble"]["parameters"] > params[-1]
     merge(session, res, rho=0.8)  # a rho move keeps the sweep and marks the new rho
     view = tab_evaluate.render(session, res)
-    assert view["sweep_plot"] is not None and len(view["history"]["value"]) == 2
+    assert view["sweep_plot"] is not None and len(table_cells(view["history"])) == 2
 
 
 def test_export_then_import_repeats_the_merge_bit_for_bit(session, res, tmp_path):
@@ -1199,7 +1209,7 @@ def test_a_vit_pair_runs_end_to_end_with_image_panels(res, tmp_path):
         "panel_perplexity": False,
         "panel_generations": False,
     }
-    assert [r[0] for r in page["metrics"]["value"]] == ["A", "B", "ensemble", "merged"]
+    assert [r[0] for r in table_cells(page["metrics"])] == ["A", "B", "ensemble", "merged"]
     assert page["heatmap"] is not None and page["neuron_map"] is not None
     # heads split keeps every head: the tab opens on a merge point where features merge
     first = page["space"]["value"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import table_cells
 
 from heterogui import run
 from heterogui.config import DataRef
@@ -162,6 +163,10 @@ def test_bert_flow_analyse_align_neurons_zip_evaluate_export(analysed, res, tmp_
     assert set(session.merged_metrics) == {"merged", "head A", "head B"}
     rows = tab_evaluate.spearman_rows(session)
     assert rows[-1][0].startswith("merged, head B") and rows[-1][1] is not None
+    # the table keeps each Spearman as a number and shows it with four decimals
+    shown = tab_evaluate.render(session, res)["text_scores"]
+    assert [r[1] for r in table_cells(shown)] == [r[1] for r in rows]
+    assert [r[1] for r in table_cells(shown, shown=True)] == [f"{r[1]:.4f}" for r in rows]
     message = tab_evaluate.on_similarity(session, res, "the cat\nthe dog\nrain and sun")
     assert "head A" in message
     sims = session.task.similarity(

@@ -14,13 +14,14 @@ from heterogui.config import check_seed
 from heterogui.datasets.refs import parse_lines
 from heterogui.errors import ConfigError
 from heterogui.tasks.base import GENERATIONS
-from heterogui.ui import labels, work
+from heterogui.ui import labels, tables, work
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
 
 MODELS = (("A", "a"), ("B", "b"), ("ensemble", "ensemble"))  # table label, baseline key
 GEN_MODES = ("greedy", "sampled")
 GEN_TOKENS = 32  # new tokens per continuation (each re-runs the whole sequence: no cache)
+BITS_DIGITS = 4  # the decimals of bits per byte in the perplexity table
 GEN_PROMPTS = "The Python tutorial explains\ndef read_config(path):"
 
 
@@ -99,17 +100,26 @@ def perplexity_rows(session: Session) -> tuple[list[str], list[list[Any]]]:
         for d in domains:
             one = scores.get(d) if isinstance(scores, dict) else None
             one = one if isinstance(one, dict) else {}
-            row += [_number(one.get("perplexity"), 3), _number(one.get("bits_per_byte"), 4)]
+            row += [_number(one.get("perplexity")), _number(one.get("bits_per_byte"))]
         rows.append([*row, (size or {}).get("parameters")])
     return [*header, "parameters"], rows
 
 
-def _number(value: Any, digits: int) -> Any:
-    """Return a score rounded for a table; a non-finite one as text (tables take no inf/NaN)."""
+def _number(value: Any) -> Any:
+    """Return a score for a table; a non-finite one as text (tables take no inf/NaN)."""
     if value is None:
         return None
     value = float(value)
-    return round(value, digits) if math.isfinite(value) else str(value)
+    return value if math.isfinite(value) else str(value)
+
+
+def _decimals(header: list[str], perplexity_digits: int) -> dict[str, int]:
+    """Return the decimals of the perplexity table's score columns (bits per byte: 4)."""
+    return {
+        h: perplexity_digits if h.endswith(" perplexity") else BITS_DIGITS
+        for h in header
+        if h.endswith((" perplexity", " bits/byte"))
+    }
 
 
 def perplexity_views(session: Session) -> dict[str, Any]:
@@ -134,7 +144,9 @@ def perplexity_views(session: Session) -> dict[str, Any]:
     elif session.result is None:
         info += " Merge (Zip tab) to add the merged model."
     return {
-        "lm_scores": gr.update(value=labels.grouped_counts(rows), headers=header),
+        "lm_scores": gr.update(
+            value=tables.table(header, rows, _decimals(header, task.score_digits)), headers=header
+        ),
         "lm_alarm": gr.update(value=alarm, visible=bool(alarm)),
         "lm_info": info,
     }

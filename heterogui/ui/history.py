@@ -86,6 +86,11 @@ def keep_result(session: Session, result: MergeResult) -> None:
         del session.kept[old]
 
 
+def score_columns(columns: list[str]) -> list[str]:
+    """Return the score columns of a ``history_table`` (every task's the session met)."""
+    return columns[len(HISTORY_FIRST) : columns.index(HISTORY_LAST[0])]
+
+
 def sweep_key(settings: ZipSettings, alignment: Any) -> tuple:
     """Return what a rho sweep depends on: every setting but rho, and the alignment."""
     return (dataclasses.replace(settings, rho=0.0), alignment.positions_a, alignment.positions_b)
@@ -110,6 +115,7 @@ def history_row(
         "seconds": round(seconds, 3),
     }
     row.update(session.task.columns(metrics), score=session.task.headline(metrics))
+    row["score_digits"] = session.task.score_digits  # the decimals the table shows its scores with
     return row
 
 
@@ -124,8 +130,9 @@ def history_table(
     """Return the history's columns (who, scores, sizes, settings) and one row per merge.
 
     flops: also the effective FLOPs column (the page leaves it out for width; files keep it).
+    The score columns are those between "pair" and "parameters" (``score_columns``).
     """
-    known = {*HISTORY_FIRST, *HISTORY_LAST, "flops", "score"}
+    known = {*HISTORY_FIRST, *HISTORY_LAST, "flops", "score", "score_digits"}
     scores = [k for k in dict.fromkeys(k for h in history for k in h) if k not in known]
     last = list(HISTORY_LAST)
     if flops:

@@ -3,8 +3,6 @@ collapse alarm (docs/method.md secs. 8, 9 and 11), and the Zip tab's choices and
 
 from __future__ import annotations
 
-from typing import Any
-
 from heterogui.config import SPLIT_HEADS
 from heterogui.pipeline import MergeResult, Prepared, ZipSettings
 from heterogui.tasks import Task
@@ -110,15 +108,6 @@ def renormalize_text(result: MergeResult) -> str:
         )
     outputs = f"{n} merged output{'s' if n != 1 else ''}"
     return f"renormalized {outputs} to the parents' average statistics"
-
-
-def grouped_counts(rows: list[list[Any]]) -> list[list[Any]]:
-    """Return table rows with whole numbers (parameters, FLOPs) shown with thousands
-    separators, as the Zip tab's readout shows them (the tables' CSV keeps plain numbers)."""
-    return [
-        [f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else v for v in row]
-        for row in rows
-    ]
 
 
 def lower_is_better(task: Task | None) -> bool:

@@ -26,7 +26,7 @@ from heterogui.tasks.base import (
     SPEARMAN,
     SWEEP,
 )
-from heterogui.ui import history, labels, work
+from heterogui.ui import history, labels, tables, work
 from heterogui.ui.evaluate_language import (
     build_language_panels,
     generation_views,
@@ -74,6 +74,7 @@ RE_ESTIMATED = (
     "data, as the merge reads them"
 )
 MAX_SAMPLES = 8
+SPEARMAN_HEADER = ["model", "Spearman", "parameters"]
 
 
 def build(ui: dict[str, Any], res: Resources) -> None:
@@ -102,7 +103,7 @@ def build(ui: dict[str, Any], res: Resources) -> None:
     ui["panel_spearman"] = gr.Group(visible=False)
     with ui["panel_spearman"]:
         ui["text_scores"] = gr.Dataframe(
-            headers=["model", "Spearman", "parameters"],
+            headers=SPEARMAN_HEADER,
             interactive=False,
             label="Spearman of embedding cosines with the graded sentence pairs; the merged "
             "model gives one embedding per head, and the exported folder the mean-pooled trunk",
@@ -169,7 +170,7 @@ def spearman_rows(session: Session) -> list[list[Any]]:
             ("head B", "merged, head B (B's space)"),
         ):
             rows.append([label, scores.get(key), size])
-    return [[r[0], None if r[1] is None else round(r[1], 4), r[2]] for r in rows]
+    return rows
 
 
 def parse_samples(text: str | None, count: int) -> list[int]:
@@ -282,16 +283,20 @@ def score_views(session: Session) -> dict[str, Any]:
         header, rows = metric_rows(session)
         re_estimated = bool(set(BN_STAGES) & set(session.prepared.timings))
         views["metrics"] = gr.update(
-            value=labels.grouped_counts(rows),
+            value=tables.table(header, rows, {c: task.score_digits for c in header[1:-2]}),
             headers=header,
             label=METRICS_LABEL + (RE_ESTIMATED if re_estimated else ""),
         )
     if SPEARMAN in task.panels:
-        views["text_scores"] = labels.grouped_counts(spearman_rows(session))
+        views["text_scores"] = tables.table(
+            SPEARMAN_HEADER, spearman_rows(session), {"Spearman": task.score_digits}
+        )
     if PERPLEXITY in task.panels:
         views.update(perplexity_views(session))
     columns, rows = history.history_table(session.history)
-    views["history"] = gr.update(value=labels.grouped_counts(rows) or None, headers=columns)
+    digits = [h.get("score_digits") for h in session.history]
+    shown = tables.table(columns, rows, dict.fromkeys(history.score_columns(columns), digits))
+    views["history"] = gr.update(value=shown, headers=columns)
     views["history_plot"] = history_figure(
         session.history, labels.metric_label(task), session.pair_name
     )
