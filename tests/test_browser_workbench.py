@@ -336,6 +336,22 @@ def test_a_click_on_the_map_pairs_layers(url, chromium_browser, tmp_path):
             timeout=TIMEOUT_MS,
         )
 
+    # A zoom (a box dragged over B's layers, all still in view) stays while clicks redraw the map.
+    columns = page.evaluate(
+        "() => document.querySelector('#cka-heatmap .js-plotly-plot')._fullLayout.xaxis.range"
+    )
+    rows = page.evaluate(
+        "() => document.querySelector('#cka-heatmap .js-plotly-plot')._fullLayout.yaxis.range"
+    )
+    page.mouse.move(*cell_point(page, rows[0], columns[0] + 0.25))
+    page.mouse.down()
+    page.mouse.move(*cell_point(page, rows[1], columns[1] - 0.25), steps=8)
+    page.mouse.up()
+    page.wait_for_timeout(400)  # past plotly's double-click delay, or the next click resets it
+    zoomed = page.evaluate(
+        "() => document.querySelector('#cka-heatmap .js-plotly-plot')._fullLayout.xaxis.range"
+    )
+    assert zoomed[1] - zoomed[0] < columns[1] - columns[0] - 0.4, (zoomed, columns)
     # Move a layer of the shallower model onto a free deep layer: the status line, the mapping
     # box and the pairs beside it follow.
     click(deep[move["t"]])
@@ -347,6 +363,15 @@ def test_a_click_on_the_map_pairs_layers(url, chromium_browser, tmp_path):
     pair = (layer, deep[move["t"]]) if shallow == "A" else (deep[move["t"]], layer)
     page.locator("#mapping-pairs").get_by_text("↔".join(pair)).wait_for(timeout=TIMEOUT_MS)
     Shots(page, tmp_path)("align-click", full_page=False)
+    page.wait_for_function(  # the map was drawn anew (gradio re-creates it), zoomed again
+        """zoomed => {
+            const gd = document.querySelector('#cka-heatmap .js-plotly-plot');
+            const range = gd && gd._fullLayout && gd._fullLayout.xaxis.range;
+            return range && Math.abs(range[0] - zoomed[0]) + Math.abs(range[1] - zoomed[1]) < 1e-6;
+        }""",
+        arg=zoomed,
+        timeout=TIMEOUT_MS,
+    )
     # The map was drawn again; a click still works: the stage's first deep layer is refused ...
     click(deep[0])
     wait_status(page, f"{layer} cannot pair with {deep[0]}")

@@ -43,6 +43,7 @@ from heterogui.ui.figstyle import DARK_CSS, STATUS_CSS  # noqa: E402
 from heterogui.ui.heavy_slots import WAITING_ROOM, HeavySlots  # noqa: E402
 from heterogui.ui.in_flight import GRACE_S  # noqa: E402
 from heterogui.ui.local_only import local_only  # noqa: E402
+from heterogui.ui.plot_zoom import ZOOM_JS  # noqa: E402
 from heterogui.ui.prefetch import Prefetcher  # noqa: E402
 from heterogui.ui.resources import Resources  # noqa: E402
 from heterogui.ui.session import Session, remove_stale_sessions  # noqa: E402
@@ -326,7 +327,7 @@ def launch(
         footer_links=["api", "settings"],
         run_history=False,
         css=DARK_CSS + STATUS_CSS + FOCUS_CSS,
-        js=PAGE_JS,
+        js="() => {" + "".join(f"({script})();" for script in (PAGE_JS, ZOOM_JS)) + "}",
         enable_monitoring=False,
         mcp_server=False,
         pwa=False,

@@ -183,6 +183,8 @@ def alignment_figure(
         margin={"l": 60, "r": 20, "t": 60, "b": 70},
         height=480,
         clickmode="event",
+        # a zoom stays while the map is redrawn for the same layers (a click pairing layers)
+        uirevision=f"{la}x{lb} {ga.stages} {gb.stages}",
     )
     return fig
 

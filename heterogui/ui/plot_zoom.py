@@ -1,0 +1,55 @@
+"""A plot keeps the user's zoom while the workbench redraws the same view.
+
+Gradio re-creates a plot's div whenever its figure changes, so plotly's own ``uirevision`` never
+sees the previous plot, and a zoom was lost at every redraw: the Neurons map on every slider
+release, the CKA map on every click that pairs two layers. ``ZOOM_JS`` (run once as the page
+loads) remembers the axis ranges a user zoomed to on each plot block, with the figure's
+``layout.uirevision``, and sets them again on the new plot when its uirevision is the same. A
+figure without a uirevision, or with another one (another merge point, another pair), starts
+unzoomed; a double click (plotly's autoscale) forgets the zoom.
+"""
+
+from __future__ import annotations
+
+ZOOM_JS = """
+() => {
+  const kept = new Map();  // plot block id -> {rev, ranges: {"xaxis.range[0]": ..., ...}}
+  const RANGE = /^([xy]axis\\d*)\\.range\\[[01]\\]$/;
+  const AUTO = /^([xy]axis\\d*)\\.autorange$/;
+  const watch = (gd) => {
+    const rev = gd._fullLayout && gd._fullLayout.uirevision;
+    const id = gd.closest(".block")?.id;
+    if (gd.heteroguiZoom || !gd.on || rev === undefined || rev === null || !id) return;
+    gd.heteroguiZoom = true;
+    const saved = kept.get(id);
+    if (saved && saved.rev === rev) {
+      if (Object.keys(saved.ranges).length) window.Plotly.relayout(gd, saved.ranges);
+    } else {
+      kept.set(id, { rev, ranges: {} });
+    }
+    gd.on("plotly_relayout", (change) => {
+      const entry = kept.get(id);
+      if (!entry || entry.rev !== rev) return;  // a newer figure owns the block
+      for (const [key, value] of Object.entries(change || {})) {
+        if (RANGE.test(key)) {
+          entry.ranges[key] = value;
+        } else if (AUTO.test(key) && value) {
+          const axis = key.match(AUTO)[1];
+          for (const k of Object.keys(entry.ranges)) {
+            if (k.startsWith(axis + ".")) delete entry.ranges[k];
+          }
+        }
+      }
+    });
+  };
+  let queued = false;
+  new MutationObserver(() => {
+    if (queued) return;
+    queued = true;
+    requestAnimationFrame(() => {
+      queued = false;
+      document.querySelectorAll(".js-plotly-plot").forEach(watch);
+    });
+  }).observe(document.body, { childList: true, subtree: true });
+}
+"""
