@@ -47,7 +47,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     run_export.check_format(recipe, args.format)
     # before the expensive part; the text as typed (Path("") would read as the current folder)
     check_output(args.out, args.overwrite, run_export.data_files(recipe))
-    out = Path(args.out)
+    out = Path(args.out.strip())  # the folder check_output names (" r9 " is r9)
     distributed.init_from_env(recipe.device)
     try:
         writer = distributed.is_main()
@@ -171,6 +171,7 @@ def _verbose_anywhere(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; errors print as one message and exit with code 2."""
+    _print_any_text()
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the subcommand's parser, with its usage (not the top level's)
@@ -238,6 +239,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if terminate is not None:
             signal.signal(signal.SIGTERM, terminate)
+
+
+def _print_any_text() -> None:
+    """Make stdout and stderr write what their encoding lacks as escapes ("r1 \\xe9"): on a
+    terminal that takes ASCII only, a merge wrote its folder whole, then failed on printing
+    its name with a traceback (and a zoo build stopped after its first pair)."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):  # a text stream (a test's capture may not be)
+            stream.reconfigure(errors="backslashreplace")
 
 
 def _on_terminate() -> Any:

@@ -125,12 +125,18 @@ class DataRef:
     sha256: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.source, str):  # a path typed with a space around it, as a model's
+            object.__setattr__(self, "source", self.source.strip())
         # the messages start with the field's name: a recipe puts its place in front of it
         check_seed(self.seed, "seed")
         if self.size is not None and self.size < 4:
             raise ConfigError(f"size {self.size} is too small: use at least 4 inputs")
         if self.batch_size < 4:
             raise ConfigError(f"batch_size {self.batch_size} is too small: use at least 4")
+
+    def has_suffix(self, suffix: str) -> bool:
+        """Return whether the source is a file of that kind (".txt"; "NOTES.TXT" is one too)."""
+        return self.source.lower().endswith(suffix)
 
 
 @dataclass(frozen=True)
@@ -398,8 +404,8 @@ class Recipe:
         return data
 
     def to_yaml(self) -> str:
-        """Return the recipe as YAML with sorted keys."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=True)
+        """Return the recipe as YAML with sorted keys (names and text as written, UTF-8)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=True, allow_unicode=True)
 
     def to_json(self) -> str:
         """Return the recipe as sorted JSON."""
@@ -440,7 +446,10 @@ def typed_value(value: Any, hint: Any, where: str, required: bool = False) -> An
     if value is None:  # not "None (NoneType)": the recipe wrote null, or nothing after the key
         fix = "fill it in" if required else "fill it in or leave it out"
         raise ConfigError(f"{where} is empty (null); it must be {wanted}: {fix}")
+    fix = "fix the value in the recipe"
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+,\d+\s*", value) and float in types:
+        fix = f"write a decimal point: {value.strip().replace(',', '.')}"  # 0,5 from a locale
     raise ConfigError(
         f"{where} must be {wanted}, got {excerpt(repr(value), 80)} "
-        f"({_KINDS.get(type(value), type(value).__name__)}); fix the value in the recipe"
+        f"({_KINDS.get(type(value), type(value).__name__)}); {fix}"
     )

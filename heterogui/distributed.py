@@ -60,7 +60,7 @@ def env_local_world_size(default: int = 1) -> int:
     """Return torchrun's LOCAL_WORLD_SIZE, the processes on this machine (``default`` when
     unset or not a positive number)."""
     local = os.environ.get("LOCAL_WORLD_SIZE", "")
-    return int(local) if local.isdigit() and int(local) > 0 else default
+    return int(local) if local.isascii() and local.isdigit() and int(local) > 0 else default
 
 
 def env_rank() -> int:

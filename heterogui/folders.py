@@ -58,7 +58,11 @@ def clean_stale(target: Path, prefix: str | None = None) -> None:
         for item in folder.glob(f"{prefix}*-*-*"):
             kind, _, rest = item.name[len(prefix) :].partition("-")
             pid = rest.split("-", 1)[0]
-            if kind not in ("tmp", "old") or not pid.isdigit() or _alive(int(pid)):
+            if (
+                kind not in ("tmp", "old")
+                or not (pid.isascii() and pid.isdigit())
+                or _alive(int(pid))
+            ):
                 continue
             # an --overwrite killed between its two renames: the earlier export is whole
             if kind == "old" and (item / MARKER).is_file() and not os.path.lexists(target):

@@ -110,7 +110,7 @@ def _read_bytes(path: Path) -> int | None:
         text = path.read_text().strip()
     except OSError:
         return None
-    return int(text) if text.isdigit() else None  # "max": no limit
+    return int(text) if text.isascii() and text.isdigit() else None  # "max": no limit
 
 
 def _meminfo(field: str) -> int | None:

@@ -230,7 +230,7 @@ def _refuse_paths_beside_the_recipe(recipe: Recipe, folder: Path) -> None:
     """
     data = [ref.source for ref in (recipe.calibration, recipe.evaluation) if ref is not None]
     named = [m.path for m in recipe.models if ":" not in m.path]
-    named += [p for p in data if Path(p).suffix in DATA_FILE_SUFFIXES]
+    named += [p for p in data if Path(p).suffix.lower() in DATA_FILE_SUFFIXES]
     for given in named:
         path = Path(given).expanduser()
         beside = folder / path

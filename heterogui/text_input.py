@@ -34,12 +34,22 @@ def read_text(path: Path, what: str, limit: int | None = None) -> str:
             f"cannot read {what} {str(path)!r}: permission denied; make it readable"
         ) from None
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a byte-order mark (Excel, Notepad) is not text
     except UnicodeDecodeError as exc:
         raise ConfigError(
-            f"{what} {str(path)!r} is not text: byte {exc.start} is not UTF-8 (a binary file?); "
-            "pass a UTF-8 text file"
+            f"{what} {str(path)!r} is not UTF-8 text: byte {exc.start} is not UTF-8 (a Latin-1 "
+            "or UTF-16 file, or a binary one?); save it as UTF-8 or pass a UTF-8 text file"
         ) from exc
+
+
+def text_lines(text: str) -> list[str]:
+    """Return the lines of ``text``: split at line feeds only (a CRLF's carriage return dropped).
+
+    ``str.splitlines`` also splits at characters a sentence may hold (U+2028, form feeds, ...),
+    which made one line of a file two sentences, or a row of a .tsv two short rows.
+    """
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    return lines[:-1] if lines and not lines[-1] else lines
 
 
 class _NoAliases(yaml.SafeLoader):

@@ -555,7 +555,9 @@ def test_transformer_options_for_models_without_them_are_refused(ws, capsys):
 
 def test_a_binary_or_huge_recipe_is_refused(ws, capsys):
     (ws / "bin.yaml").write_bytes(b"model_a: \xff\xfe\x00\x01")
-    cli_refuses(ws, ["merge", str(ws / "bin.yaml"), "--out", str(ws / "o")], "is not text", capsys)
+    cli_refuses(
+        ws, ["merge", str(ws / "bin.yaml"), "--out", str(ws / "o")], "is not UTF-8 text", capsys
+    )
     (ws / "big.yaml").write_text("# " + "x" * (2 << 20))
     cli_refuses(ws, ["merge", str(ws / "big.yaml"), "--out", str(ws / "o")], "bytes, over", capsys)
     cli_refuses(ws, ["merge", str(ws / "a"), "--out", str(ws / "o")], "is a folder", capsys)
@@ -782,7 +784,7 @@ def test_text_data_that_is_not_text_is_refused(ws):
     from heterogui.datasets.refs import load_sentence_pairs, load_sentences
 
     (ws / "s.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
-    with pytest.raises(ConfigError, match="is not text: byte"):
+    with pytest.raises(ConfigError, match="is not UTF-8 text: byte"):
         load_sentences(DataRef(str(ws / "s.txt")))
     (ws / "p.tsv").write_text("4.5\tA dog runs.\tA dog is running.\nhigh\tone\ttwo\n")
     with pytest.raises(ConfigError, match=r"p.tsv line 2: the score 'high' is not a number"):

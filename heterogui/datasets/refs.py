@@ -22,7 +22,7 @@ from heterogui.datasets.sentence_pairs import Pair, load_pairs, pair_lines
 from heterogui.datasets.text_tasks import calibration_sentences
 from heterogui.errors import ConfigError, ModelLoadError, excerpt
 from heterogui.models.io import CLASS_ID_LIMIT, load_state, state_sha256
-from heterogui.text_input import read_text
+from heterogui.text_input import read_text, text_lines
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def load_inputs(ref: DataRef) -> tuple[torch.Tensor, torch.Tensor | None]:
         ConfigError: unknown dataset, or a file without an "inputs" tensor.
         ModelLoadError: a missing or corrupt file.
     """
-    if ref.source.endswith(".safetensors"):
+    if ref.has_suffix(".safetensors"):
         inputs, labels = _from_file(Path(ref.source))
     else:
         if ref.source not in DATASETS:
@@ -148,12 +148,12 @@ TEXT_SOURCES = ("sentences", "sts")
 
 def is_text(ref: DataRef) -> bool:
     """Return whether a DataRef names text (sentences or scored sentence pairs)."""
-    return ref.source in TEXT_SOURCES or ref.source.endswith((".txt", ".tsv"))
+    return ref.source in TEXT_SOURCES or ref.has_suffix(".txt") or ref.has_suffix(".tsv")
 
 
 def parse_lines(text: str | None) -> list[str]:
     """Return the non-empty lines of ``text``, stripped (one sentence per line)."""
-    return [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return [line.strip() for line in text_lines(text or "") if line.strip()]
 
 
 def text_sha256(lines: Sequence[str]) -> str:
@@ -194,7 +194,7 @@ def load_sentences(ref: DataRef) -> list[str]:
     """
     if ref.source == "sentences":
         lines = calibration_sentences(ref.size or 256, ref.seed)
-    elif ref.source.endswith(".txt"):
+    elif ref.has_suffix(".txt"):
         path = Path(ref.source).expanduser()
         if not path.is_file():
             what = "is a folder, not a file" if path.is_dir() else "does not exist"
@@ -221,7 +221,7 @@ def load_sentence_pairs(ref: DataRef) -> list[Pair]:
     """
     if ref.source == "sts":
         pairs = load_pairs()
-    elif ref.source.endswith(".tsv"):
+    elif ref.has_suffix(".tsv"):
         path = Path(ref.source).expanduser()
         if not path.is_file():
             raise ModelLoadError(f"sentence-pair file {str(path)!r} does not exist")

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from heterogui.errors import ConfigError, excerpt
-from heterogui.text_input import read_text
+from heterogui.text_input import read_text, text_lines
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def load_pairs(path: str | Path | None = None) -> list[Pair]:
         text = read_text(Path(path), "sentence-pair file")
     name = "the built-in pairs" if path is None else Path(path).name
     pairs = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text_lines(text), 1):
         if not line.strip() or line.startswith("#") or line.startswith("score\t"):
             continue
         fields = line.split("\t")

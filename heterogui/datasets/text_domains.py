@@ -236,7 +236,7 @@ def load_texts(ref: DataRef) -> list[str]:
             differ from the recorded sha256.
         ModelLoadError: a missing file.
     """
-    if ref.source.endswith(".txt"):
+    if ref.has_suffix(".txt"):
         path = Path(ref.source).expanduser()
         if not path.is_file():
             what = "is a folder, not a file" if path.is_dir() else "does not exist"

@@ -34,7 +34,7 @@ def label_id(name: str) -> int:
     """
     if name in LABELS:
         return LABELS[name]
-    if name.isdigit():
+    if name.isascii() and name.isdigit():
         return int(name)
     return OTHER_LABELS + zlib.crc32(name.encode("utf-8"))
 

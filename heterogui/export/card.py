@@ -7,6 +7,7 @@ nothing beyond the core and opens anywhere a README renders.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
@@ -151,7 +152,13 @@ def cell_text(v: Any) -> str:
         return str(v).lower()
     if isinstance(v, float):
         return f"{v:.4g}"
-    return f"{v:,}" if isinstance(v, int) else str(v)
+    return f"{v:,}" if isinstance(v, int) else _markdown_text(str(v))
+
+
+def _markdown_text(text: str) -> str:
+    """Return ``text`` as a table cell shows it: the characters that would end the cell or
+    start Markdown or HTML (a label "sport | news", a name with a backtick) escaped."""
+    return re.sub(r"([\\|`*<>])", r"\\\1", " ".join(text.split()))
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:

@@ -114,11 +114,13 @@ class ExportJob:
             if CARD_FILE in card:
                 card[CARD_FILE] = with_folder_size(card[CARD_FILE], count, note)
         if self.recipe is not None:
-            (folder / RECIPE_FILE).write_text(self.recipe.to_yaml())
+            (folder / RECIPE_FILE).write_text(self.recipe.to_yaml(), encoding="utf-8")
         if report is not None:
-            (folder / REPORT_FILE).write_text(readable_json(report, sort_keys=True))
+            (folder / REPORT_FILE).write_text(
+                readable_json(report, sort_keys=True), encoding="utf-8"
+            )
         for name, text in card.items():
-            (folder / name).write_text(text)
+            (folder / name).write_text(text, encoding="utf-8")
 
 
 def as_stored(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:

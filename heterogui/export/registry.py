@@ -50,4 +50,4 @@ def write_export(
     with atomic_output(target, overwrite) as tmp:
         chosen.write(job, tmp)
         write_marker(tmp, f"written by heterogui ({chosen.name} format)")
-    return Path(out)
+    return Path(str(out).strip())  # the folder written (check_output strips the name)

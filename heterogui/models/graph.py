@@ -146,7 +146,7 @@ class ModelGraph:
 
 def space_order(name: str) -> tuple:
     """Return a sort key of merge point names that puts layer2 before layer10 (reports, tables)."""
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
+    return tuple(int(t) if t.isascii() and t.isdigit() else t for t in re.split(r"(\d+)", name))
 
 
 def out_axis(space: str, dim: int = 0) -> Axis:

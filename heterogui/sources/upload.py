@@ -131,8 +131,9 @@ def _files_digest(path: Path) -> str:
 
 
 def _safe_name(stem: str) -> str:
-    """Return a folder name made of the archive name's letters, digits, '.', '-' and '_'."""
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", stem).strip("._") or "uploaded-model"
+    """Return a folder name made of the archive name's letters and digits (of any script),
+    '.', '-' and '_' ("café" stays café; it was "caf")."""
+    name = re.sub(r"[^\w.-]", "_", stem).strip("._") or "uploaded-model"
     return name[:80]
 
 
@@ -173,7 +174,7 @@ def _extract(archive: Path, folder: Path) -> None:
     """Extract a .zip into ``folder``: plain files only, each inside the folder."""
     try:
         with zipfile.ZipFile(archive) as zf:
-            members = [m for m in zf.infolist() if not m.is_dir()]
+            members = [m for m in zf.infolist() if not m.is_dir() and not _litter(m.filename)]
             total = sum(m.file_size for m in members)
             if total > MAX_UNPACKED_BYTES:
                 raise ModelLoadError(
@@ -220,6 +221,15 @@ def _extract(archive: Path, folder: Path) -> None:
             f"{archive.name} cannot be unpacked ({excerpt(exc, 80)}): upload an archive without "
             "a password, made by the workbench's export or a plain zip"
         ) from exc
+
+
+def _litter(name: str) -> bool:
+    """Return whether an archive member is what a system adds beside the files: macOS's
+    Finder zips a folder with ``__MACOSX/`` (resource forks) and ``.DS_Store`` files."""
+    path = PurePosixPath(name)
+    return (
+        path.parts[:1] == ("__MACOSX",) or path.name == ".DS_Store" or path.name.startswith("._")
+    )
 
 
 def _common_root(members: list[zipfile.ZipInfo]) -> tuple[str, ...]:

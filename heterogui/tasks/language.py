@@ -75,7 +75,7 @@ def domain_texts(ref: DataRef) -> dict[str, list[str]]:
         ConfigError: an unknown source, or texts that differ from the recorded sha256.
     """
     if ref.source != ALL_DOMAINS:
-        name = Path(ref.source).stem if ref.source.endswith(".txt") else ref.source
+        name = Path(ref.source).stem if ref.has_suffix(".txt") else ref.source
         return {name: load_texts(ref)}
     out = {d: load_texts(dataclasses.replace(ref, source=d, sha256=None)) for d in DOMAINS}
     digest = text_sha256([t for texts in out.values() for t in texts])
@@ -208,7 +208,7 @@ class LanguageModeling(Task):
 
     def accepts(self, ref: DataRef) -> bool:
         """Return whether ``ref`` names texts."""
-        return ref.source in (ALL_DOMAINS, *DOMAINS) or ref.source.endswith(".txt")
+        return ref.source in (ALL_DOMAINS, *DOMAINS) or ref.has_suffix(".txt")
 
     def calibration(self, ref: DataRef, pair: Pair) -> Calibration:
         """Draw and tokenise the calibration texts (half per domain for "domains")."""

@@ -220,7 +220,7 @@ def text_calibration(ref: DataRef, pair: ModelPair) -> Calibration:
 
 def is_sentences(ref: DataRef) -> bool:
     """Return whether ``ref`` names sentences to calibrate on (built-in or a .txt file)."""
-    return ref.source == "sentences" or ref.source.endswith(".txt")
+    return ref.source == "sentences" or ref.has_suffix(".txt")
 
 
 class SentenceSimilarity(Task):
@@ -254,7 +254,7 @@ class SentenceSimilarity(Task):
 
     def accepts(self, ref: DataRef) -> bool:
         """Return whether ``ref`` names sentences or scored sentence pairs."""
-        return is_sentences(ref) or ref.source == "sts" or ref.source.endswith(".tsv")
+        return is_sentences(ref) or ref.source == "sts" or ref.has_suffix(".tsv")
 
     def calibration(self, ref: DataRef, pair: ModelPair) -> Calibration:
         """Draw and tokenise the calibration sentences."""

@@ -39,7 +39,7 @@ from heterogui.tasks.base import (
 from heterogui.tasks.classification import Metrics, score_outputs, scores_alone_and_together
 from heterogui.tasks.images import IMAGES, heads_disjoint
 from heterogui.tasks.sentences import SENTENCES, is_sentences, text_calibration, tokenizer_of
-from heterogui.text_input import read_text
+from heterogui.text_input import read_text, text_lines
 
 log = logging.getLogger(__name__)
 BUILT_IN = "text-tasks"
@@ -75,7 +75,7 @@ def read_labelled(path: Path) -> LabelledText:
     if not path.is_file():
         raise ModelLoadError(f"labelled sentence file {str(path)!r} does not exist")
     sentences, labels = [], []
-    for number, line in enumerate(read_text(path, "labelled sentence file").splitlines(), 1):
+    for number, line in enumerate(text_lines(read_text(path, "labelled sentence file")), 1):
         if not line.strip() or line.startswith("#"):
             continue
         label, sep, sentence = line.partition("\t")
@@ -138,7 +138,7 @@ class TextClassification(Task):
 
     def accepts(self, ref: DataRef) -> bool:
         """Return whether ``ref`` names sentences, the built-in tasks or a labelled .tsv."""
-        return is_sentences(ref) or ref.source == BUILT_IN or ref.source.endswith(".tsv")
+        return is_sentences(ref) or ref.source == BUILT_IN or ref.has_suffix(".tsv")
 
     def calibration(self, ref: DataRef, pair: Pair) -> Calibration:
         """Draw and tokenise the calibration sentences."""
@@ -161,7 +161,7 @@ class TextClassification(Task):
             )
         if ref.source == BUILT_IN:
             data = built_in_test_set(ref.seed)
-        elif ref.source.endswith(".tsv"):
+        elif ref.has_suffix(".tsv"):
             data = read_labelled(Path(ref.source).expanduser())
         else:
             raise ConfigError(f"evaluation.source {ref.source!r}: {self.data_help('evaluation')}")

@@ -29,6 +29,7 @@ from heterogui.errors import (
 from heterogui.progress import stage_label
 from heterogui.ui.closed_tabs import ClosedTabs
 from heterogui.ui.heavy_slots import WAITING, HeavySlots
+from heterogui.ui.labels import literal
 from heterogui.ui.prefetch import Prefetcher
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
@@ -180,9 +181,9 @@ def failure_message(exc: Exception, handler: Callable[..., Any]) -> str:
         return f"**Cancelled.** {text}"
     if isinstance(exc, HeteroguiError):
         # one line, whatever a library put in it; "<stream end>" is text, not an HTML tag
-        message = shown(excerpt(exc, MESSAGE_LIMIT))
-        gr.Warning(message)
-        return f"**Error:** {message}"
+        message = excerpt(exc, MESSAGE_LIMIT)
+        gr.Warning(shown(message))  # a toast shows text as it is
+        return f"**Error:** {literal(message)}"
     memory = out_of_memory_line(exc)
     if memory is not None:  # the step's memory is freed as it unwinds: the app goes on
         gr.Warning(memory)

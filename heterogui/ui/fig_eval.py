@@ -12,6 +12,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from heterogui.errors import excerpt
+from heterogui.ui.figstyle import plain
 
 MODEL_COLOURS = {"A": "#1f77b4", "B": "#ff7f0e", "ensemble": "#9467bd", "merged": "#2ca02c"}
 
@@ -294,7 +295,7 @@ def similarity_figure(matrices: dict[str, torch.Tensor], sentences: list[str]) -
     # "merged (head A: A's space)" on two lines: on one, neighbouring titles ran together
     titles = [name.replace(" (", "<br>(") for name in names]
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=titles, horizontal_spacing=0.04)
-    labels = [f"{i}: {excerpt(s, SENTENCE_LABEL)}" for i, s in enumerate(sentences)]
+    labels = [f"{i}: {plain(excerpt(s, SENTENCE_LABEL))}" for i, s in enumerate(sentences)]
     for k, name in enumerate(names):
         fig.add_trace(
             go.Heatmap(

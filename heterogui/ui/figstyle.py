@@ -51,6 +51,12 @@ DARK_CSS = """
 """
 
 
+def plain(text: str) -> str:
+    """Return ``text`` as a figure shows it, character for character: plotly reads tags and
+    entities in labels (a typed sentence "Use the <b>bold</b> tag" showed in bold)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def style(fig: go.Figure) -> go.Figure:
     """Return ``fig`` with the shared look (changed in place): ``TEMPLATE`` as its template.
 

@@ -3,6 +3,8 @@ collapse alarm (docs/method.md secs. 8, 9 and 11), and the Zip tab's choices and
 
 from __future__ import annotations
 
+import re
+
 from heterogui.config import SPLIT_HEADS
 from heterogui.pipeline import MergeResult, Prepared, ZipSettings
 from heterogui.tasks import Task
@@ -108,6 +110,13 @@ def renormalize_text(result: MergeResult) -> str:
         )
     outputs = f"{n} merged output{'s' if n != 1 else ''}"
     return f"renormalized {outputs} to the parents' average statistics"
+
+
+def literal(text: str) -> str:
+    """Return ``text`` as the status line (Markdown) shows it, character for character: a
+    folder typed as "../*star* __init__" showed in italics and bold without its marks."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;")  # "<stream end>" is no HTML tag
+    return re.sub(r"([\\`*_\[\]#|~])", r"\\\1", text)
 
 
 def lower_is_better(task: Task | None) -> bool:

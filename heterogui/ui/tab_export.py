@@ -135,7 +135,11 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
     card = with_inline_figures(files.pop("README.md"), files)
     return {
         "recipe_view": yaml.safe_dump(
-            done.recipe.to_dict(), sort_keys=True, default_flow_style=None, width=90
+            done.recipe.to_dict(),
+            sort_keys=True,
+            default_flow_style=None,
+            width=90,
+            allow_unicode=True,
         ),
         # A fresh name for a new merge; after an export the box keeps what was typed, so a
         # second Export says "already exists" instead of writing a second copy.

@@ -29,6 +29,7 @@ from heterogui.ui.calibration_choice import (
     data_choice,
     data_choices,
 )
+from heterogui.ui.labels import literal
 from heterogui.ui.loading import SOURCES, load_choice, model_card, verdict, zoo_choice
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
@@ -268,13 +269,14 @@ def on_load_model(
     tail = " Press **Analyse pair** to align the layers." if ok else ""
     if not ok and session.both_loaded():  # often mid-change: the other model is still the old
         other = "b" if which == "a" else "a"
-        kept = getattr(session, other).name
+        kept = literal(getattr(session, other).name)
         tail = (
             f" With model {other.upper()} (**{kept}**) it cannot be merged: the verdict below "
             f"says why. Load a model {other.upper()} that pairs with it."
         )
     note = f" ⚠ {loaded.note}." if loaded.note else ""
-    message = f"Loaded model {which.upper()}: **{loaded.name}** ({loaded.source}).{note}{tail}"
+    name, source = literal(loaded.name), literal(loaded.source)
+    message = f"Loaded model {which.upper()}: **{name}** ({source}).{note}{tail}"
     # This model's picker shows what is loaded; the other's is left as the user set it (they
     # may be choosing the next model to load there)
     return message, picker_values(session, which)

@@ -338,7 +338,7 @@ def pair_spec(name: str) -> PairSpec:
     """
     base, _, variant = name.partition("@")
     spec = PAIRS.get(base) or TINY_PAIRS.get(base) or GROUPS.get(base)
-    if spec is None or (variant and not variant.isdigit()):
+    if spec is None or (variant and not (variant.isascii() and variant.isdigit())):
         raise ConfigError(
             f"unknown zoo pair {name!r}; known: {sorted(PAIRS)}, groups {sorted(GROUPS)} (a "
             "training variant is NAME@1, NAME@2, ...)"
