@@ -117,7 +117,7 @@ def slide_and_merge(page) -> None:
     page.locator("#merge").click()
     wait_status(page, "Merge #1 has these settings (nothing to re-merge): Joint")
     rho.fill("0.75")
-    rho.press("Tab")
+    rho.press("Enter")  # Enter releases the slider as leaving its box does
     wait_status(page, "Merge #2 evaluated")
 
 
@@ -325,9 +325,12 @@ def test_a_click_on_the_map_pairs_layers(url, chromium_browser, tmp_path):
     shallow, layer, deep = move["shallow"], move["mine"][move["k"]], move["deep"]
     before, s, slot = move["mapping"], move["stage"], move["slots"][move["k"]]
 
-    def click(target: str) -> None:
+    def cell(target: str) -> tuple[float, float]:
         a, b = (layer, target) if shallow == "A" else (target, layer)
-        page.mouse.click(*cell_point(page, int(a[1:]), int(b[1:])))
+        return cell_point(page, int(a[1:]), int(b[1:]))
+
+    def click(target: str) -> None:
+        page.mouse.click(*cell(target))
 
     def wait_mapping(want: dict) -> None:
         page.wait_for_function(
@@ -352,6 +355,28 @@ def test_a_click_on_the_map_pairs_layers(url, chromium_browser, tmp_path):
         "() => document.querySelector('#cka-heatmap .js-plotly-plot')._fullLayout.xaxis.range"
     )
     assert zoomed[1] - zoomed[0] < columns[1] - columns[0] - 0.4, (zoomed, columns)
+    # A double click resets the zoom and pairs nothing (its first click paired layers).
+    page.mouse.dblclick(*cell(deep[move["t"]]))
+    page.wait_for_function(
+        """full => {
+            const gd = document.querySelector('#cka-heatmap .js-plotly-plot');
+            const range = gd && gd._fullLayout && gd._fullLayout.xaxis.range;
+            return range && Math.abs(range[0] - full[0]) + Math.abs(range[1] - full[1]) < 1e-6;
+        }""",
+        arg=columns,
+        timeout=TIMEOUT_MS,
+    )
+    page.wait_for_timeout(1500)  # a click would have been sent 0.4 s after its release
+    assert json.loads(page.locator("#mapping textarea").input_value()) == before
+    assert "Paired" not in page.locator("#status").inner_text()
+    page.mouse.move(*cell_point(page, rows[0], columns[0] + 0.25))  # zoom in again
+    page.mouse.down()
+    page.mouse.move(*cell_point(page, rows[1], columns[1] - 0.25), steps=8)
+    page.mouse.up()
+    page.wait_for_timeout(400)
+    zoomed = page.evaluate(
+        "() => document.querySelector('#cka-heatmap .js-plotly-plot')._fullLayout.xaxis.range"
+    )
     # Move a layer of the shallower model onto a free deep layer: the status line, the mapping
     # box and the pairs beside it follow.
     click(deep[move["t"]])
@@ -394,6 +419,36 @@ def test_a_click_on_the_map_pairs_layers(url, chromium_browser, tmp_path):
         timeout=TIMEOUT_MS,
     )
     page.close()
+    assert errors == []
+
+
+def test_a_tablet_taps_cells_and_scrolls_past_figures(url, chromium_browser):
+    # An iPad in portrait: the CKA map's cells are about 17 px, and a finger taps, swipes.
+    context = chromium_browser.new_context(
+        viewport={"width": 834, "height": 1194}, has_touch=True, is_mobile=True
+    )
+    page = context.new_page()
+    errors, _ = watch(page)
+    page.goto(url)
+    wait_status(page, "Loaded demo pair")
+    page.locator("#cka-heatmap .js-plotly-plot").wait_for(timeout=TIMEOUT_MS)
+    # A swipe over a figure scrolls the page: no figure zooms on a drag.
+    page.wait_for_function(
+        """() => {
+            const plots = [...document.querySelectorAll('.js-plotly-plot')];
+            const still = g => g._fullLayout && g._fullLayout.dragmode === false;
+            return plots.length && plots.every(still);
+        }""",
+        timeout=TIMEOUT_MS,
+    )
+    # A tap on the cell beside the path's marker pairs that cell's layers (the marker took it).
+    move = movable_layer(page)
+    shallow, layer, deep = move["shallow"], move["mine"][move["k"]], move["deep"]
+    target = deep[move["t"]]
+    a, b = (layer, target) if shallow == "A" else (target, layer)
+    page.touchscreen.tap(*cell_point(page, int(a[1:]), int(b[1:])))
+    wait_status(page, f"Paired {layer} with {target} (stage {move['stage']}")
+    context.close()
     assert errors == []
 
 

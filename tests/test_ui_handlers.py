@@ -108,6 +108,17 @@ def test_start_opens_the_demo_pair_and_every_tab_renders(session, res):
     heatmap = page["heatmap"]
     assert [t.type for t in heatmap.data] == ["heatmap", "scatter"]
     assert "alignment path" in heatmap.data[1].name
+    # a click or tap takes the cell under it, never the path's nearest marker; the cells on
+    # the path say they are paired
+    path = heatmap.data[1]
+    assert path.hoverinfo == "skip"
+    on_path = {(int(a), int(b)) for a, b in zip(path.y, path.x, strict=True)}
+    texts = heatmap.data[0].text
+    assert on_path and all(
+        ("paired" in texts[i][j]) == ((i, j) in on_path)
+        for i in range(len(texts))
+        for j in range(len(texts[0]))
+    )
     cka = [v for row in heatmap.data[0].z for v in row]  # colours span the pair's own range
     assert (heatmap.data[0].zmin, heatmap.data[0].zmax) == (min(cka), max(cka))
     assert all(drawn(v, "paper_bgcolor") == "rgba(0,0,0,0)" for v in page.values() if is_fig(v))

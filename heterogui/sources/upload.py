@@ -227,9 +227,7 @@ def _litter(name: str) -> bool:
     """Return whether an archive member is what a system adds beside the files: macOS's
     Finder zips a folder with ``__MACOSX/`` (resource forks) and ``.DS_Store`` files."""
     path = PurePosixPath(name)
-    return (
-        path.parts[:1] == ("__MACOSX",) or path.name == ".DS_Store" or path.name.startswith("._")
-    )
+    return path.parts[:1] == ("__MACOSX",) or path.name == ".DS_Store" or path.name.startswith("._")
 
 
 def _common_root(members: list[zipfile.ZipInfo]) -> tuple[str, ...]:

@@ -3,9 +3,9 @@
 - A slider moved with the arrow, Home, End or Page keys is released when the key is: gradio
   fires a slider's ``release`` (which re-merges, with "Re-merge when a slider is released") on
   the pointer only, so keyboard users moved the ratio and nothing followed.
-- A slider's number box releases the slider (a re-merge) when it is clicked or left only if
-  its value changed: gradio released it on every click and blur, so clicking or tabbing
-  through the Zip tab's boxes merged without a change.
+- A slider's number box releases the slider (a re-merge) when it is clicked or left, or Enter
+  is pressed in it, only if its value changed: gradio released it on every click and blur, so
+  clicking or tabbing through the Zip tab's boxes merged without a change, and on Enter never.
 - The status line (``#status``: every step's result, error and progress) is a polite live
   region, so that a screen reader announces what a step did, not only the toasts.
 - Every figure is an image named by its block's label and its title (a screen reader read a
@@ -36,6 +36,13 @@ PAGE_JS = """
   const released = new WeakMap();
   const sliderBox = (target) => target instanceof HTMLInputElement && target.type === "number"
     && target.closest(".block")?.querySelector("input[type=range]") != null;
+  // Enter in a slider's number box releases the slider, as leaving the box does (typing
+  // 0.3 and Enter merged nothing until the focus moved on)
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && sliderBox(event.target)) {
+      event.target.dispatchEvent(new FocusEvent("blur"));
+    }
+  });
   document.addEventListener("focusin", (event) => {
     if (sliderBox(event.target)) released.set(event.target, event.target.value);
   }, true);

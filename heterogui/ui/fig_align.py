@@ -167,7 +167,8 @@ def alignment_figure(
     """
     z = [[round(float(v), 4) for v in row] for row in similarity.tolist()]
     la, lb = len(z), len(z[0]) if z else 0
-    fig = go.Figure(_cka_heatmap(z, _hover_texts(ga, gb, la, lb)))
+    paired = set(layer_pairs(alignment, ga, gb))
+    fig = go.Figure(_cka_heatmap(z, _hover_texts(ga, gb, la, lb, paired)))
     _add_stage_lines(fig, ga, gb, la, lb)
     for box in segment_boxes(alignment, ga, gb):
         # white dots over a dark line: seen on viridis' purple and on its yellow alike (white
@@ -189,11 +190,16 @@ def alignment_figure(
     return fig
 
 
-def _hover_texts(ga: ModelGraph, gb: ModelGraph, la: int, lb: int) -> list[list[str]]:
-    """Return every cell's hover text: its two layers, and what a click on it would do."""
+def _hover_texts(
+    ga: ModelGraph, gb: ModelGraph, la: int, lb: int, paired: set[tuple[int, int]]
+) -> list[list[str]]:
+    """Return every cell's hover text: its two layers, whether the path pairs them, and what a
+    click on it would do."""
     return [
         [
-            f"{layer_label('A', ga, i)} vs {layer_label('B', gb, j)}{_hint(ga, gb, i, j)}"
+            f"{layer_label('A', ga, i)} vs {layer_label('B', gb, j)}"
+            + ("<br>paired (on the alignment path)" if (i, j) in paired else "")
+            + _hint(ga, gb, i, j)
             for j in range(lb)
         ]
         for i in range(la)
@@ -236,8 +242,9 @@ def _path_trace(alignment: Alignment, ga: ModelGraph, gb: ModelGraph) -> go.Scat
         name="alignment path",
         line={"color": "#ff4b4b", "width": 3},
         marker={"size": 10, "symbol": "x", "color": "#ff4b4b"},
-        text=[place_of(ga, a) for a, _ in pairs],
-        hovertemplate="A%{y} ↔ B%{x} (%{text})<extra>paired</extra>",
+        # no hover or click of its own: a tap near a marker took the marker's cell, not the
+        # cell under the finger (cells of 14-17 px on a tablet or phone); the cells say "paired"
+        hoverinfo="skip",
     )
 
 

@@ -6,7 +6,8 @@ axis lines light (CSS outranks the colours plotly writes inline). Hover labels k
 own contrast. ``STATUS_CSS`` keeps Gradio's time estimates out of the status line, keeps the
 history table's column names and the Zip readout's cells whole (they scroll sideways: a narrow
 screen broke "49.78" into "49.7" over "8"; its column names wrap between words, and its border
-fits its rows) and draws a language merge's collapse alarm red.
+fits its rows; the Compare table's cells likewise) and draws a language merge's collapse alarm
+red.
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ STATUS_CSS = """
 #readout td {
   white-space: nowrap !important; word-break: normal !important; overflow-wrap: normal !important;
 }
-#readout th { white-space: normal !important; word-break: normal !important; }
+#readout th {
+  white-space: normal !important; word-break: normal !important; overflow-wrap: normal !important;
+}
+#compare-table table { display: block; overflow-x: auto; max-width: 100%; }
+#compare-table td { white-space: nowrap !important; }
 #lm-alarm { border-left: 6px solid #d62728; padding: 4px 10px; }
 #lm-alarm, #lm-alarm * { color: #d62728 !important; }
 #samples, #sim-plot { border: none !important; }

@@ -5,9 +5,10 @@ button next to a plot; ``click_js`` is the page-side script that listens to ``pl
 on the plot, writes the clicked point's x and y into the boxes and presses the button. The
 button's click is a regular event with an api_name, so a script can do the same over the API.
 
-Plotly.react keeps listeners, but a re-created plot div (or a newPlot after a config change)
-loses them: a MutationObserver re-attaches the listener to every plot div of that plot that
-lacks it. Each plot's script is installed once per page.
+A click is sent once plotly's double-click delay has passed without a second click: a double
+click resets the zoom and is no click. Plotly.react keeps listeners, but a re-created plot div
+(or a newPlot after a config change) loses them: a MutationObserver re-attaches the listener
+to every plot div of that plot that lacks it. Each plot's script is installed once per page.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ _SCRIPT = """
       el.dispatchEvent(new Event('input', { bubbles: true }));
       return true;
     };
+    // A click waits out plotly's double-click delay: a double click (a double tap) resets the
+    // zoom and is no click; its first click paired layers before.
+    let pending = null;
+    let pointer = 'mouse';
+    document.addEventListener('pointerdown', (e) => { pointer = e.pointerType; }, true);
+    const cancel = () => { clearTimeout(pending); pending = null; };
     const send = (data) => {
       const pt = data && data.points && data.points[0];
       if (!pt || typeof pt.x !== 'number' || typeof pt.y !== 'number') return;
@@ -37,11 +44,15 @@ _SCRIPT = """
       if (key === last && Date.now() - lastAt < 400) return;  // one click, one event
       last = key;
       lastAt = Date.now();
-      if (!setNumber(X_ID, pt.x) || !setNumber(Y_ID, pt.y)) return;
-      setTimeout(() => {
-        const button = document.querySelector('#' + BUTTON);
-        if (button) button.click();
-      }, 60);
+      cancel();
+      pending = setTimeout(() => {
+        pending = null;
+        if (!setNumber(X_ID, pt.x) || !setNumber(Y_ID, pt.y)) return;
+        setTimeout(() => {
+          const button = document.querySelector('#' + BUTTON);
+          if (button) button.click();
+        }, 60);
+      }, 320);
     };
     const hook = () => {
       document.querySelectorAll('#' + PLOT + ' .js-plotly-plot').forEach((gd) => {
@@ -52,6 +63,11 @@ _SCRIPT = """
           : gd.heteroguiEv === ev;
         if (has) return;
         gd.on('plotly_click', send);
+        gd.on('plotly_doubleclick', () => {
+          // a tap reaches plotly as a touch and a mouse click 10 ms apart, which it calls a
+          // double click: only a mouse's double click is one
+          if (pointer !== 'touch') cancel();
+        });
         gd.heteroguiEv = ev;
       });
     };

@@ -7,6 +7,11 @@ loads) remembers the axis ranges a user zoomed to on each plot block, with the f
 ``layout.uirevision``, and sets them again on the new plot when its uirevision is the same. A
 figure without a uirevision, or with another one (another merge point, another pair), starts
 unzoomed; a double click (plotly's autoscale) forgets the zoom.
+
+On a touch screen (a coarse pointer: a tablet, a phone) a figure does not zoom on a drag
+(plotly's dragmode false): a swipe over a figure zoomed into it instead of scrolling the page.
+A tap still shows the hover and clicks (pairs layers on the CKA map); the toolbar's zoom
+button still zooms.
 """
 
 from __future__ import annotations
@@ -16,17 +21,26 @@ ZOOM_JS = """
   const kept = new Map();  // plot block id -> {rev, ranges: {"xaxis.range[0]": ..., ...}}
   const RANGE = /^([xy]axis\\d*)\\.range\\[[01]\\]$/;
   const AUTO = /^([xy]axis\\d*)\\.autorange$/;
+  const touch = window.matchMedia("(pointer: coarse)").matches;
   const watch = (gd) => {
-    const rev = gd._fullLayout && gd._fullLayout.uirevision;
-    const id = gd.closest(".block")?.id;
-    if (gd.heteroguiZoom || !gd.on || rev === undefined || rev === null || !id) return;
+    if (gd.heteroguiZoom || !gd.on || !gd._fullLayout) return;
     gd.heteroguiZoom = true;
+    // a finger's swipe over a figure scrolls the page (it zoomed in and hid rows); a tap
+    // still hovers and clicks, and the toolbar's zoom still zooms
+    const update = touch ? { dragmode: false } : {};
+    const rev = gd._fullLayout.uirevision;
+    const id = gd.closest(".block")?.id;
+    if (rev === undefined || rev === null || !id) {
+      if (touch) window.Plotly.relayout(gd, update);
+      return;
+    }
     const saved = kept.get(id);
     if (saved && saved.rev === rev) {
-      if (Object.keys(saved.ranges).length) window.Plotly.relayout(gd, saved.ranges);
+      Object.assign(update, saved.ranges);
     } else {
       kept.set(id, { rev, ranges: {} });
     }
+    if (Object.keys(update).length) window.Plotly.relayout(gd, update);
     gd.on("plotly_relayout", (change) => {
       const entry = kept.get(id);
       if (!entry || entry.rev !== rev) return;  // a newer figure owns the block

@@ -81,8 +81,8 @@ def build(ui: dict[str, Any], res: Resources) -> None:
     """Create the tab's panels (each shown only for the tasks that have it) and the history."""
     ui["panel_metrics"] = gr.Group(visible=True)
     with ui["panel_metrics"], gr.Row():
-        ui["metrics"] = gr.Dataframe(
-            elem_id="metrics", interactive=False, scale=5, label=METRICS_LABEL
+        ui["metrics"] = gr.Dataframe(  # a phone stacks the button below, not beside it
+            elem_id="metrics", interactive=False, scale=5, min_width=480, label=METRICS_LABEL
         )
         ui["evaluate"] = gr.Button("Refresh evaluation", scale=1)
     ui["panel_samples"] = gr.Group(visible=True)
