@@ -103,7 +103,7 @@ def test_detail_shows_the_strongest_groups_at_full_resolution(big):
     view = neuron_view(corr, N_A, N_B, match)
     fig = detail_figure(view, "layer0.ffn")
     # the page keeps a zoom through redraws of the same merge point (ui.plot_zoom)
-    assert fig.layout.uirevision == "layer0.ffn"
+    assert fig.layout.uirevision == f"layer0.ffn {N_A}+{N_B}"
     assert detail_figure(view, "layer1.ffn").layout.uirevision != fig.layout.uirevision
     heat = heatmap(fig)
     z = np.asarray(heat.z, dtype=np.float64)

@@ -98,7 +98,8 @@ def detail_figure(view: NeuronView, space: str) -> go.Figure:
     shapes = [_box(where[s] - 0.5, where[s] + e - s - 0.5) for s, e, *_ in shown]
     title, what = _detail_words(view, space, n)
     layout = _detail_layout(wrapped_title(title, what, *_detail(view)), labels, shapes)
-    layout["uirevision"] = space  # a zoom stays through re-merges, until another merge point
+    # a zoom stays through re-merges, until another merge point (or another pair's widths)
+    layout["uirevision"] = f"{space} {view.n_a}+{view.n_b}"
     return go.Figure({"data": traces, "layout": layout}, _validate=False)
 
 
