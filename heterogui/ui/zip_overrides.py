@@ -47,7 +47,10 @@ def build_overrides(ui: dict[str, Any]) -> None:
         ui["clear_overrides"] = gr.Button("Clear overrides")
     # one above the other: side by side, a laptop's screen hid the table's last columns
     ui["widths_table"] = gr.Dataframe(
-        headers=WIDTH_HEADERS, interactive=False, elem_id="widths-table"
+        headers=WIDTH_HEADERS,
+        interactive=False,
+        elem_id="widths-table",
+        label="Widths per merge point (scroll sideways on a narrow screen)",
     )
     ui["widths_plot"] = gr.Plot(label="Widths", elem_id="widths-plot")
 
