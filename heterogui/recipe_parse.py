@@ -52,9 +52,15 @@ def _build(cls: type, data: Any, where: str) -> Any:
             f"{where} must be a mapping, got {type(data).__name__} {excerpt(repr(data), 60)}; "
             f"write {short}{key}: {{KEY: VALUE, ...}} with keys {keys}"
         )
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        raise ConfigError(excerpt(f"{where}: unknown keys {unknown}; known keys: {keys}", 400))
+        comma = ""
+        if any(isinstance(k, int | float) and not isinstance(k, bool) for k in unknown):
+            # {rho: 0,5}: inside braces a comma parts two keys, "rho: 0" and "5"
+            comma = " (a number as a key: a decimal comma? write 0.5, not 0,5)"
+        raise ConfigError(
+            excerpt(f"{where}: unknown keys {unknown}{comma}; known keys: {keys}", 400)
+        )
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():

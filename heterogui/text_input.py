@@ -43,12 +43,13 @@ def read_text(path: Path, what: str, limit: int | None = None) -> str:
 
 
 def text_lines(text: str) -> list[str]:
-    """Return the lines of ``text``: split at line feeds only (a CRLF's carriage return dropped).
+    """Return the lines of ``text``, ended by a line feed, a CRLF or a lone carriage return
+    (classic Mac files, Excel for Mac's tab-delimited text).
 
     ``str.splitlines`` also splits at characters a sentence may hold (U+2028, form feeds, ...),
     which made one line of a file two sentences, or a row of a .tsv two short rows.
     """
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    lines = re.split(r"\r\n|\r|\n", text)
     return lines[:-1] if lines and not lines[-1] else lines
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import sys
+import unicodedata
 import zipfile
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from heterogui.datasets.text_tasks import OTHER_LABELS, label_id
 from heterogui.errors import ConfigError, ModelLoadError
 from heterogui.export.card import cell_text
 from heterogui.recipe_parse import parse_recipe
-from heterogui.sources.upload import receive
+from heterogui.sources.upload import _safe_name, receive
 from heterogui.tasks.text_classes import read_labelled
 from heterogui.text_input import read_text
 from heterogui.ui.figstyle import plain
@@ -50,9 +51,14 @@ def test_latin1_is_refused_as_text_in_another_encoding(tmp_path):
         read_text(latin, "sentence file")
 
 
-def test_lines_split_at_line_feeds_only(tmp_path):
+def test_lines_end_at_line_feeds_and_carriage_returns_only(tmp_path):
     # U+2028 and a form feed belong to a sentence: str.splitlines made one line two sentences
     assert parse_lines("a\u2028b\r\nc\x0cd\n\n e \n") == ["a\u2028b", "c\x0cd", "e"]
+    # a lone carriage return ends a line (classic Mac, Excel for Mac's tab-delimited text)
+    assert parse_lines("one\rtwo\r\rthree\r") == ["one", "two", "three"]
+    labelled = tmp_path / "mac.tsv"
+    labelled.write_bytes(b"sports\tthe match\rfood\tthe soup\r")
+    assert read_labelled(labelled).sentences == ("the match", "the soup")
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("3\tHe said\u2028hello\tHe greeted\n1\ta\tb\n", encoding="utf-8")
     assert [p.first for p in load_pairs(pairs)] == ["He said\u2028hello", "a"]
@@ -68,6 +74,7 @@ def test_unicode_digits_are_names_not_numbers():
 
 def test_status_line_and_figures_show_typed_text_as_typed():
     assert literal("../*star* __init__") == "../\\*star\\* \\_\\_init\\_\\_"
+    assert literal("run `pip install x`") == "run `pip install x`"  # commands stay code
     assert literal("<stream end>") == "&lt;stream end>"
     assert plain("Use the <b>bold</b> tag & more") == (
         "Use the &lt;b&gt;bold&lt;/b&gt; tag &amp; more"
@@ -76,7 +83,8 @@ def test_status_line_and_figures_show_typed_text_as_typed():
 
 def test_model_card_cells_escape_markdown():
     assert cell_text("sport | news, x`y*z") == "sport \\| news, x\\`y\\*z"
-    assert cell_text("least_squares") == "least_squares"
+    assert cell_text("least_squares") == "least_squares"  # inside a word: text
+    assert cell_text("__init__ [x](y) ~~old~~") == ("\\_\\_init\\_\\_ \\[x\\](y) \\~\\~old\\~\\~")
     assert cell_text("two\nlines") == "two lines"  # a line break would end the table
 
 
@@ -94,6 +102,11 @@ def test_recipe_yaml_keeps_names_as_written():
 def test_a_decimal_comma_gets_its_fix():
     with pytest.raises(ConfigError, match="write a decimal point: 0.5"):
         typed_value("0,5", float, "recipe.zip.rho")
+    flow = "model_a: zoo:digits-resnet-depth/a\nmodel_b: zoo:digits-resnet-depth/b\n"
+    with pytest.raises(ConfigError, match=r"unknown keys \[5\] \(a number as a key: a decimal"):
+        parse_recipe(flow + "zip: {rho: 0,5}\n")  # in braces: keys "rho: 0" and "5"
+    with pytest.raises(ConfigError, match=r"unknown keys \[5, 'x'\]"):  # no TypeError sorting
+        parse_recipe(flow + "zip: {rho: 0,5, x: 1}\n")
     assert DataRef(" notes.txt ").source == "notes.txt"
 
 
@@ -107,6 +120,8 @@ def test_an_archive_from_macos_finder_uploads(tmp_path):
     (tmp_path / "work").mkdir()
     folder = receive([str(archive)], tmp_path / "work")
     assert folder.name == "mödel_café"  # its letters kept: "caf" before
+    assert _safe_name(unicodedata.normalize("NFD", "café")) == "café"  # as macOS names it
+    assert _safe_name("नमस्ते") == "नमस्ते"  # marks are part of their letters
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
     bare = tmp_path / "bare.zip"
     with zipfile.ZipFile(bare, "w") as zf:

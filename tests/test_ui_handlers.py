@@ -48,6 +48,7 @@ from heterogui.ui import (
     tab_models,
     tab_neurons,
     tab_zip,
+    tables,
     views,
     work,
     zip_overrides,
@@ -97,6 +98,22 @@ def merge(
     )
 
 
+def test_tables_show_each_rows_decimals_and_keep_numbers():
+    # a history that met two tasks: each row's scores with its own task's decimals
+    header = ["merge", "pair", "Joint", "Spearman", "rho", "renormalize", "parameters"]
+    rows = [
+        [1, "digits", 96.0, None, 1.0, False, 1234567],
+        [2, "minilm", None, 0.87101, 0.5, True, 22713216],
+    ]
+    shown = tables.table(header, rows, dict.fromkeys(["Joint", "Spearman"], [2, 4]))
+    assert table_cells(shown) == rows  # numbers, which sort as numbers
+    assert table_cells(shown, shown=True) == [
+        ["1", "digits", "96.00", "", "1", "false", "1,234,567"],
+        ["2", "minilm", "", "0.8710", "0.5", "true", "22,713,216"],
+    ]
+    assert tables.table(header, []) is None
+
+
 def work_blocks(session: Session) -> int:
     return session.prepared.padded_a.graph().num_blocks - 1
 
@@ -112,6 +129,7 @@ def test_start_opens_the_demo_pair_and_every_tab_renders(session, res):
     # the path say they are paired
     path = heatmap.data[1]
     assert path.hoverinfo == "skip"
+    assert heatmap.layout.uirevision.startswith(f"{session.pair_name} |")  # a zoom's owner
     on_path = {(int(a), int(b)) for a, b in zip(path.y, path.x, strict=True)}
     texts = heatmap.data[0].text
     assert on_path and all(
@@ -581,7 +599,9 @@ def test_remerge_reuses_cached_statistics_and_is_fast(session, res, monkeypatch)
     assert session.merged_metrics is None and session.history[-1]["Joint"] is None
     rows = _readout_rows(tab_zip.render(session, res)["readout"])
     assert rows["merged"][-1] == "—" and "after the merge is evaluated" in rows["head"]
-    assert "evaluated: Joint" in tab_evaluate.on_evaluate_pending(session, res)
+    said = tab_evaluate.on_evaluate_pending(session, res)
+    # every score with two decimals, as the tables show them ("Task B 100.0" before)
+    assert re.search(r"evaluated: Joint \d+\.\d\d, Task A \d+\.\d\d, Task B \d+\.\d\d", said)
     assert session.history[-1]["Joint"] == round(100 * session.merged_metrics.joint, 2)
     # The readout beside the sliders shows every model's headline score once it is known.
     rows = _readout_rows(tab_zip.render(session, res)["readout"])

@@ -157,8 +157,10 @@ def cell_text(v: Any) -> str:
 
 def _markdown_text(text: str) -> str:
     """Return ``text`` as a table cell shows it: the characters that would end the cell or
-    start Markdown or HTML (a label "sport | news", a name with a backtick) escaped."""
-    return re.sub(r"([\\|`*<>])", r"\\\1", " ".join(text.split()))
+    start Markdown or HTML (a label "sport | news", a name with a backtick, "__init__",
+    "[x](y)", "~~old~~") escaped. An underscore inside a word ("least_squares") is text."""
+    text = re.sub(r"([\\|`*<>\[\]~#])", r"\\\1", " ".join(text.split()))
+    return re.sub(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])", r"\\_", text)
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import re
 import shutil
 import tempfile
+import unicodedata
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -131,9 +131,14 @@ def _files_digest(path: Path) -> str:
 
 
 def _safe_name(stem: str) -> str:
-    """Return a folder name made of the archive name's letters and digits (of any script),
-    '.', '-' and '_' ("café" stays café; it was "caf")."""
-    name = re.sub(r"[^\w.-]", "_", stem).strip("._") or "uploaded-model"
+    """Return a folder name made of the archive name's letters, marks and digits (of any
+    script), '.', '-' and '_' ("café" stays café; it was "caf"); composed as macOS does not
+    (NFC: its "cafe" and a combining accent make one letter)."""
+    kept = [
+        c if c.isalnum() or c in "._-" or unicodedata.category(c).startswith("M") else "_"
+        for c in unicodedata.normalize("NFC", stem)
+    ]
+    name = "".join(kept).strip("._") or "uploaded-model"
     return name[:80]
 
 

@@ -113,7 +113,7 @@ def _number(value: Any) -> Any:
     return value if math.isfinite(value) else str(value)
 
 
-def _decimals(header: list[str], perplexity_digits: int) -> dict[str, int]:
+def score_decimals(header: list[str], perplexity_digits: int) -> dict[str, int]:
     """Return the decimals of the perplexity table's score columns (bits per byte: 4)."""
     return {
         h: perplexity_digits if h.endswith(" perplexity") else BITS_DIGITS
@@ -145,7 +145,8 @@ def perplexity_views(session: Session) -> dict[str, Any]:
         info += " Merge (Zip tab) to add the merged model."
     return {
         "lm_scores": gr.update(
-            value=tables.table(header, rows, _decimals(header, task.score_digits)), headers=header
+            value=tables.table(header, rows, score_decimals(header, task.score_digits)),
+            headers=header,
         ),
         "lm_alarm": gr.update(value=alarm, visible=bool(alarm)),
         "lm_info": info,

@@ -158,12 +158,18 @@ def _hint(ga: ModelGraph, gb: ModelGraph, i: int, j: int) -> str:
 
 
 def alignment_figure(
-    similarity, alignment: Alignment, ga: ModelGraph, gb: ModelGraph, title: str = ""
+    similarity,
+    alignment: Alignment,
+    ga: ModelGraph,
+    gb: ModelGraph,
+    title: str = "",
+    pair: str = "",
 ) -> go.Figure:
     """Return the CKA heatmap (layers of A x layers of B) with the alignment path and segments.
 
     similarity: (L_A, L_B) CKA over non-head layers (a tensor or array). The axes name the
-    layers A0.., B0.. with their stage (s0, s1, ...); dotted lines part the stages.
+    layers A0.., B0.. with their stage (s0, s1, ...); dotted lines part the stages. pair: the
+    pair's name; a zoom the page keeps belongs to it (``ui.plot_zoom``: the uirevision).
     """
     z = [[round(float(v), 4) for v in row] for row in similarity.tolist()]
     la, lb = len(z), len(z[0]) if z else 0
@@ -185,7 +191,7 @@ def alignment_figure(
         height=480,
         clickmode="event",
         # a zoom stays while the map is redrawn for the same layers (a click pairing layers)
-        uirevision=f"{la}x{lb} {ga.stages} {gb.stages}",
+        uirevision=f"{pair} | {la}x{lb}",
     )
     return fig
 

@@ -80,8 +80,11 @@ def neuron_figure(
     return detail_figure(view, space)
 
 
-def detail_figure(view: NeuronView, space: str) -> go.Figure:
+def detail_figure(view: NeuronView, space: str, pair: str = "") -> go.Figure:
     """Return the full-resolution heatmap of the view's detail, with kind strip and group boxes.
+
+    pair: the pair's name; a zoom the page keeps belongs to it and to the merge point
+    (``ui.plot_zoom``: the figure's uirevision).
 
     Built from plain dicts without plotly's per-property validation: this figure is redrawn
     after every merge.
@@ -98,8 +101,8 @@ def detail_figure(view: NeuronView, space: str) -> go.Figure:
     shapes = [_box(where[s] - 0.5, where[s] + e - s - 0.5) for s, e, *_ in shown]
     title, what = _detail_words(view, space, n)
     layout = _detail_layout(wrapped_title(title, what, *_detail(view)), labels, shapes)
-    # a zoom stays through re-merges, until another merge point (or another pair's widths)
-    layout["uirevision"] = f"{space} {view.n_a}+{view.n_b}"
+    # a zoom stays through re-merges, until another merge point or another pair
+    layout["uirevision"] = f"{pair} | {space} {view.n_a}+{view.n_b}"
     return go.Figure({"data": traces, "layout": layout}, _validate=False)
 
 

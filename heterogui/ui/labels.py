@@ -114,9 +114,12 @@ def renormalize_text(result: MergeResult) -> str:
 
 def literal(text: str) -> str:
     """Return ``text`` as the status line (Markdown) shows it, character for character: a
-    folder typed as "../*star* __init__" showed in italics and bold without its marks."""
+    folder typed as "../*star* __init__" showed in italics and bold without its marks.
+
+    Backticks stay: messages quote commands in them (`pip install ...`), shown as code.
+    """
     text = text.replace("&", "&amp;").replace("<", "&lt;")  # "<stream end>" is no HTML tag
-    return re.sub(r"([\\`*_\[\]#|~])", r"\\\1", text)
+    return re.sub(r"([\\*_\[\]#|~])", r"\\\1", text)
 
 
 def lower_is_better(task: Task | None) -> bool:

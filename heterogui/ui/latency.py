@@ -4,9 +4,9 @@ A release (``tab_zip.on_release`` with auto re-merge on) runs two steps, timed h
 server and without gradio, down to the figures' JSON:
 
 1. the merge: re-merge from the cached statistics (``zip_prepared``: match, fuse, BatchNorm)
-   and every view the page redraws with it (``views.render`` of ``tab_zip.RELEASED_SCOPES``:
-   the Zip, Neurons, Evaluate and Compare tabs: readout, sizes, architecture, widths, neuron
-   maps, ...);
+   and every view the page redraws with it, figures to JSON and tables to their text
+   (``views.render`` of ``tab_zip.RELEASED_SCOPES``: the Zip, Neurons, Evaluate and Compare
+   tabs: readout, sizes, architecture, widths, neuron maps, ...);
 2. its metrics: evaluation on the test split and the views redrawn with them
    (``tab_zip.SCORED_SCOPES``: the Zip tab's readout, the Evaluate tab's scores and history,
    the Compare and Export tabs).
@@ -26,8 +26,10 @@ import statistics
 import time
 from typing import Any
 
+import gradio as gr
 import plotly.graph_objects as go
 import torch
+from pandas.io.formats.style import Styler
 
 from heterogui.bench.timing import clock
 from heterogui.pipeline import MergeResult, Prepared
@@ -53,9 +55,17 @@ DEFAULT_MOVES: tuple[dict[str, Any], ...] = (
 )
 
 
+_TABLE = gr.Dataframe(interactive=False, render=False)  # postprocesses a table as the page does
+
+
 def render_step(session: Session, res: Resources, scopes: tuple[str, ...]) -> int:
-    """Render the views a step updates, as the app does; return the figures' JSON bytes."""
+    """Render the views a step updates, as the app does, down to the figures' JSON and the
+    tables' text on screen (gradio makes it from a table's Styler); return the JSON bytes."""
     page = views.render(session, res, scopes)
+    for view in page.values():
+        shown = view.get("value") if isinstance(view, dict) else view
+        if isinstance(shown, Styler):
+            _TABLE.postprocess(shown)
     return sum(len(v.to_json()) for v in page.values() if isinstance(v, go.Figure))
 
 

@@ -31,8 +31,8 @@ _SCRIPT = """
       el.dispatchEvent(new Event('input', { bubbles: true }));
       return true;
     };
-    // A click waits out plotly's double-click delay: a double click (a double tap) resets the
-    // zoom and is no click; its first click paired layers before.
+    // A click waits out plotly's double-click delay: a mouse's double click resets the zoom
+    // and is no click (its first click paired layers). A tap stays a click, a double tap two.
     let pending = null;
     let pointer = 'mouse';
     document.addEventListener('pointerdown', (e) => { pointer = e.pointerType; }, true);

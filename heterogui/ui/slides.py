@@ -80,14 +80,31 @@ def session_tables(session: Session) -> dict[str, str]:
         header, rows = tab_evaluate.metric_rows(session)
         tables["metrics.csv"] = _csv(header, rows)
     elif task is not None and SPEARMAN in task.panels:
+        header = tab_evaluate.SPEARMAN_HEADER
+        rows = tab_evaluate.spearman_rows(session)
         tables["metrics.csv"] = _csv(
-            ["model", "Spearman", "parameters"], tab_evaluate.spearman_rows(session)
+            header, _rounded(header, rows, {"Spearman": task.score_digits})
         )
     elif task is not None and PERPLEXITY in task.panels:
-        tables["metrics.csv"] = _csv(*evaluate_language.perplexity_rows(session))
+        header, rows = evaluate_language.perplexity_rows(session)
+        digits = evaluate_language.score_decimals(header, task.score_digits)
+        tables["metrics.csv"] = _csv(header, _rounded(header, rows, digits))
     if session.history:
         tables["history.csv"] = _csv(*history.history_table(session.history, flops=True))
     return tables
+
+
+def _rounded(header: list[str], rows: list[list[Any]], digits: dict[str, int]) -> list[list[Any]]:
+    """Return ``rows`` with the scores of the columns in ``digits`` rounded as the page shows
+    them (the tables on the page keep full numbers and show them rounded)."""
+    places = [digits.get(h) for h in header]
+    return [
+        [
+            round(v, d) if d is not None and isinstance(v, float) else v
+            for v, d in zip(row, places, strict=True)
+        ]
+        for row in rows
+    ]
 
 
 def figures_payload(session: Session, res: Resources) -> dict[str, Any]:

@@ -139,7 +139,9 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
         )
         if best is not None:
             score += f" — SMA optimum {best:.3f}"
-    fig = alignment_figure(prep.similarity, al, ga, gb) if prep.similarity is not None else None
+    fig = None
+    if prep.similarity is not None:
+        fig = alignment_figure(prep.similarity, al, ga, gb, pair=session.pair_name or "")
     return {
         "align_mode": al.mode,
         "align_measure": prep.measure,

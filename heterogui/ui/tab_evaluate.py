@@ -365,7 +365,8 @@ def on_evaluate(session: Session, res: Resources, progress=None) -> str:
     computed = work.evaluate_pending(session, res, progress)
     task = session.task
     cols = task.columns(session.merged_metrics)
-    shown = ", ".join(f"{k} {v}" for k, v in cols.items() if v is not None) or "no scores"
+    shown = ", ".join(f"{k} {task.score_text(v)}" for k, v in cols.items() if v is not None)
+    shown = shown or "no scores"
     verb = "evaluated" if computed else "evaluation"
     alarm = labels.alarm_line(labels.merge_alarms(session))
     return f"Merge #{session.merge_count} {verb}: {shown} ({task.title})." + (

@@ -185,7 +185,7 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
     n_a = prep.padded_a.graph().spaces[space].width
     if match is None:
         source += "; this merge point lies after the stop point and is not merged"
-    views = space_views(corr, n_a, match, space, source)
+    views = space_views(corr, n_a, match, space, source, session.pair_name or "")
     views["neuron_info"] += split_text(prep, settings, space, match)
     views["neuron_info"] += derived_text(derived(prep))
     return {"space": gr.update(choices=points, value=space)} | views
@@ -214,16 +214,18 @@ def split_text(prep: Prepared, settings: ZipSettings, space: str, match: Match |
 
 
 def space_views(
-    corr: np.ndarray, n_a: int, match: Match | None, space: str, source: str
+    corr: np.ndarray, n_a: int, match: Match | None, space: str, source: str, pair: str = ""
 ) -> dict[str, Any]:
     """Return the figures and the text of one merge point (the views but the dropdown).
+
+    pair: the pair's name (a kept zoom belongs to the pair: ``fig_neurons.detail_figure``).
 
     A small layer is one full-resolution map (the overview panel hidden); a large one a map of
     its strongest merged groups and an overview of all its features (docs/method.md sec. 7).
     """
     view = neuron_view(corr, n_a, corr.shape[0] - n_a, match)
     return {
-        "neuron_map": detail_figure(view, space),
+        "neuron_map": detail_figure(view, space, pair),
         "overview_box": gr.update(visible=not view.full),
         "neuron_overview": None if view.full else overview_figure(view, space),
         "neuron_hist": correlation_histogram(corr, match, n_a, space),

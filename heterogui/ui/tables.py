@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from numbers import Integral, Real
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 # Decimals per column: one number for every row, or one per row (None: the row's value as is).
@@ -50,9 +51,15 @@ def _column(cells: list[Any]) -> pd.Series:
 
 
 def _text(value: Any) -> str:
-    """Return a cell's text: thousands separators for whole numbers, the value as is else."""
-    if isinstance(value, Integral) and not isinstance(value, bool):
+    """Return a cell's text as the page showed it before: thousands separators for whole
+    numbers, other numbers as Python writes them without a trailing ".0" (rho 1, not 1.0),
+    true / false (as a recipe writes them), text as it is."""
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value)).lower()
+    if isinstance(value, Integral):
         return f"{value:,}"
+    if isinstance(value, float):
+        return repr(float(value)).removesuffix(".0")
     return str(value)
 
 
