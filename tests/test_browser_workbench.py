@@ -276,6 +276,38 @@ def cell_point(page, row: float, column: float, plot: str = "cka-heatmap") -> tu
     )
 
 
+def map_range(page, axis: str) -> list[float]:
+    """Return the CKA map's range on ``axis`` ("xaxis": B's layers, "yaxis": A's)."""
+    return page.evaluate(
+        "axis => document.querySelector('#cka-heatmap .js-plotly-plot')._fullLayout[axis].range",
+        axis,
+    )
+
+
+def drag_zoom(page, rows: list[float], columns: list[float]) -> list[float]:
+    """Drag a zoom box over all rows and all but a quarter layer at each end of the columns;
+    return the map's new range of columns."""
+    page.mouse.move(*cell_point(page, rows[0], columns[0] + 0.25))
+    page.mouse.down()
+    page.mouse.move(*cell_point(page, rows[1], columns[1] - 0.25), steps=8)
+    page.mouse.up()
+    page.wait_for_timeout(400)  # past plotly's double-click delay, or the next click resets it
+    return map_range(page, "xaxis")
+
+
+def wait_range(page, want: list[float]) -> None:
+    """Wait until the CKA map shows the range of columns ``want``."""
+    page.wait_for_function(
+        """want => {
+            const gd = document.querySelector('#cka-heatmap .js-plotly-plot');
+            const range = gd && gd._fullLayout && gd._fullLayout.xaxis.range;
+            return range && Math.abs(range[0] - want[0]) + Math.abs(range[1] - want[1]) < 1e-6;
+        }""",
+        arg=want,
+        timeout=TIMEOUT_MS,
+    )
+
+
 def movable_layer(page) -> dict:
     """Return a layer of the shallower model that a click can move, read from the page.
 
@@ -340,43 +372,16 @@ def test_a_click_on_the_map_pairs_layers(url, chromium_browser, tmp_path):
         )
 
     # A zoom (a box dragged over B's layers, all still in view) stays while clicks redraw the map.
-    columns = page.evaluate(
-        "() => document.querySelector('#cka-heatmap .js-plotly-plot')._fullLayout.xaxis.range"
-    )
-    rows = page.evaluate(
-        "() => document.querySelector('#cka-heatmap .js-plotly-plot')._fullLayout.yaxis.range"
-    )
-    page.mouse.move(*cell_point(page, rows[0], columns[0] + 0.25))
-    page.mouse.down()
-    page.mouse.move(*cell_point(page, rows[1], columns[1] - 0.25), steps=8)
-    page.mouse.up()
-    page.wait_for_timeout(400)  # past plotly's double-click delay, or the next click resets it
-    zoomed = page.evaluate(
-        "() => document.querySelector('#cka-heatmap .js-plotly-plot')._fullLayout.xaxis.range"
-    )
+    columns, rows = map_range(page, "xaxis"), map_range(page, "yaxis")
+    zoomed = drag_zoom(page, rows, columns)
     assert zoomed[1] - zoomed[0] < columns[1] - columns[0] - 0.4, (zoomed, columns)
     # A double click resets the zoom and pairs nothing (its first click paired layers).
     page.mouse.dblclick(*cell(deep[move["t"]]))
-    page.wait_for_function(
-        """full => {
-            const gd = document.querySelector('#cka-heatmap .js-plotly-plot');
-            const range = gd && gd._fullLayout && gd._fullLayout.xaxis.range;
-            return range && Math.abs(range[0] - full[0]) + Math.abs(range[1] - full[1]) < 1e-6;
-        }""",
-        arg=columns,
-        timeout=TIMEOUT_MS,
-    )
+    wait_range(page, columns)
     page.wait_for_timeout(1500)  # a click would have been sent 0.4 s after its release
     assert json.loads(page.locator("#mapping textarea").input_value()) == before
     assert "Paired" not in page.locator("#status").inner_text()
-    page.mouse.move(*cell_point(page, rows[0], columns[0] + 0.25))  # zoom in again
-    page.mouse.down()
-    page.mouse.move(*cell_point(page, rows[1], columns[1] - 0.25), steps=8)
-    page.mouse.up()
-    page.wait_for_timeout(400)
-    zoomed = page.evaluate(
-        "() => document.querySelector('#cka-heatmap .js-plotly-plot')._fullLayout.xaxis.range"
-    )
+    zoomed = drag_zoom(page, rows, columns)
     # Move a layer of the shallower model onto a free deep layer: the status line, the mapping
     # box and the pairs beside it follow.
     click(deep[move["t"]])
@@ -388,15 +393,7 @@ def test_a_click_on_the_map_pairs_layers(url, chromium_browser, tmp_path):
     pair = (layer, deep[move["t"]]) if shallow == "A" else (deep[move["t"]], layer)
     page.locator("#mapping-pairs").get_by_text("↔".join(pair)).wait_for(timeout=TIMEOUT_MS)
     Shots(page, tmp_path)("align-click", full_page=False)
-    page.wait_for_function(  # the map was drawn anew (gradio re-creates it), zoomed again
-        """zoomed => {
-            const gd = document.querySelector('#cka-heatmap .js-plotly-plot');
-            const range = gd && gd._fullLayout && gd._fullLayout.xaxis.range;
-            return range && Math.abs(range[0] - zoomed[0]) + Math.abs(range[1] - zoomed[1]) < 1e-6;
-        }""",
-        arg=zoomed,
-        timeout=TIMEOUT_MS,
-    )
+    wait_range(page, zoomed)  # the map was drawn anew (gradio re-creates it), zoomed again
     # The map was drawn again; a click still works: the stage's first deep layer is refused ...
     click(deep[0])
     wait_status(page, f"{layer} cannot pair with {deep[0]}")
