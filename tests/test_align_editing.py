@@ -314,8 +314,11 @@ def test_layers_outside_the_stages_are_named_for_where_they_sit():
     ticks = fig.layout.yaxis.ticktext
     assert (ticks[0], ticks[1], ticks[7], ticks[9]) == ("A0 stem", "A1 s0", "A7 s1", "A9 end")
     assert fig.layout.xaxis.ticktext[6] == "B6 end"
-    assert fig.data[0].text[9][6] == "A9 (end) vs B6 (end)"
-    assert fig.data[0].text[3][2] == "A3 (stage 0) vs B2 (stage 0)<br>click: pair B2 with A3"
+    assert fig.data[0].text[9][6] == "A9 (end) vs B6 (end)<br>paired (on the alignment path)"
+    assert fig.data[0].text[3][2] == (
+        "A3 (stage 0) vs B2 (stage 0)<br>paired (on the alignment path)<br>click: pair B2 with A3"
+    )
+    assert fig.data[0].text[4][2] == "A4 (stage 0) vs B2 (stage 0)<br>click: pair B2 with A4"
     lines = {(sh.x0, sh.y0) for sh in fig.layout.shapes if sh.type == "line"}
     # Dashed lines part stem | stage 0 | stage 1 | end on both axes.
     assert {x for x, y in lines if y == -0.5} == {0.5, 3.5, 5.5}
