@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
+from heterogui.markup import escape_markdown
+
 SIZE = 28  # pixels per heatmap cell
 
 
@@ -156,11 +158,9 @@ def cell_text(v: Any) -> str:
 
 
 def _markdown_text(text: str) -> str:
-    """Return ``text`` as a table cell shows it: the characters that would end the cell or
-    start Markdown or HTML (a label "sport | news", a name with a backtick, "__init__",
-    "[x](y)", "~~old~~") escaped. An underscore inside a word ("least_squares") is text."""
-    text = re.sub(r"([\\|`*<>\[\]~#])", r"\\\1", " ".join(text.split()))
-    return re.sub(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])", r"\\_", text)
+    """Return ``text`` as a table cell shows it, on one line: Markdown's marks escaped (a label
+    "sport | news" split its row) and HTML's "<" and ">" too."""
+    return re.sub(r"([<>])", r"\\\1", escape_markdown(" ".join(text.split())))
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:

@@ -29,7 +29,7 @@ from heterogui.errors import (
 from heterogui.progress import stage_label
 from heterogui.ui.closed_tabs import ClosedTabs
 from heterogui.ui.heavy_slots import WAITING, HeavySlots
-from heterogui.ui.labels import literal
+from heterogui.ui.labels import literal, shown
 from heterogui.ui.prefetch import Prefetcher
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
@@ -132,12 +132,6 @@ def event_function(
     fn.__signature__ = event_signature(n_inputs)  # gradio finds gr.Progress by its default
     fn.__name__ = getattr(handler, "__name__", "handler")
     return fn
-
-
-def shown(text: str) -> str:
-    """Return ``text`` as the status line and a toast show it: a "<" as text (YAML's errors
-    name "<stream end>", which the page would read as a tag and drop with all that follows)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;")
 
 
 class _StepWarnings(logging.Handler):

@@ -3,9 +3,8 @@ collapse alarm (docs/method.md secs. 8, 9 and 11), and the Zip tab's choices and
 
 from __future__ import annotations
 
-import re
-
 from heterogui.config import SPLIT_HEADS
+from heterogui.markup import escape_markdown
 from heterogui.pipeline import MergeResult, Prepared, ZipSettings
 from heterogui.tasks import Task
 from heterogui.ui.session import Session
@@ -112,14 +111,19 @@ def renormalize_text(result: MergeResult) -> str:
     return f"renormalized {outputs} to the parents' average statistics"
 
 
+def shown(text: str) -> str:
+    """Return ``text`` as the status line and a toast show it: a "<" as text (YAML's errors
+    name "<stream end>", which the page would read as a tag and drop with all that follows)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;")
+
+
 def literal(text: str) -> str:
     """Return ``text`` as the status line (Markdown) shows it, character for character: a
     folder typed as "../*star* __init__" showed in italics and bold without its marks.
 
     Backticks stay: messages quote commands in them (`pip install ...`), shown as code.
     """
-    text = text.replace("&", "&amp;").replace("<", "&lt;")  # "<stream end>" is no HTML tag
-    return re.sub(r"([\\*_\[\]#|~])", r"\\\1", text)
+    return escape_markdown(shown(text), keep_code=True)
 
 
 def lower_is_better(task: Task | None) -> bool:
