@@ -449,6 +449,96 @@ def test_a_tablet_taps_cells_and_scrolls_past_figures(url, chromium_browser):
     assert errors == []
 
 
+def open_tab_on_a_phone(page, title: str) -> None:
+    """Open a tab on a narrow page: gradio lists the tabs that do not fit under "More tabs"."""
+    tab = page.get_by_role("tab", name=title)
+    if not tab.is_visible():
+        page.get_by_label("More tabs").click()
+        tab = page.locator(".overflow-dropdown button", has_text=title)
+    tab.click()
+    page.wait_for_timeout(400)
+
+
+# Per figure on the page, its title's edges and its frame's (CSS pixels); [] without a title.
+TITLE_EDGES = """() => [...document.querySelectorAll('.js-plotly-plot')]
+    .filter(gd => gd.offsetParent !== null && gd.querySelector('.gtitle'))
+    .map(gd => {
+      const t = gd.querySelector('.gtitle').getBoundingClientRect();
+      const f = gd.getBoundingClientRect();
+      return [t.left, t.right, f.left, f.right];
+    })"""
+
+# The sample captions whose boxes overlap another caption's (their texts).
+CAPTIONS_OVERLAPPING = """() => {
+  const boxes = [...document.querySelectorAll('#samples .annotation-text')]
+    .map(t => [t.textContent, t.getBoundingClientRect()]);
+  const meet = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom
+    && b.top < a.bottom;
+  return boxes.filter(([text, box]) => boxes.some(([_, other]) => other !== box
+    && meet(box, other))).map(([text]) => text);
+}"""
+
+# Table headers of one word that the page broke over more than one line.
+BROKEN_HEADERS = """() => [...document.querySelectorAll('th')]
+  .filter(th => th.offsetParent !== null && /^\\w+$/.test(th.innerText.trim()))
+  .filter(th => {
+    const walk = document.createTreeWalker(th, NodeFilter.SHOW_TEXT);
+    const tops = new Set();
+    for (let node = walk.nextNode(); node; node = walk.nextNode()) {
+      if (!node.textContent.trim()) continue;
+      const range = document.createRange();
+      range.selectNodeContents(node);
+      for (const r of range.getClientRects()) tops.add(Math.round(r.top));
+    }
+    return tops.size > 1;
+  }).map(th => th.innerText.trim())"""
+
+
+def test_a_phone_sees_each_step_whole_titles_and_captions(url, chromium_browser):
+    """A phone in portrait (390 x 844): the status line stays on screen when a slider far
+    below it re-merges (it was a screen above, and a release raises no toast), the toolbar
+    hides until a figure is touched (it covered titles), titles fit their figures (cut at
+    the right), the sample panels wrap into rows (six in a row overlapped their captions),
+    one-word table headers stay whole ("stage" broke into three lines) and sliders are
+    finger-sized."""
+    context = chromium_browser.new_context(
+        viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True
+    )
+    page = context.new_page()
+    errors, _ = watch(page)
+    page.goto(url)
+    wait_status(page, "Loaded demo pair")
+    page.locator("#cka-heatmap .js-plotly-plot .gtitle").wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_timeout(500)
+    titles = page.evaluate(TITLE_EDGES)
+    toolbar = page.locator("#cka-heatmap .modebar-container").evaluate(
+        "bar => getComputedStyle(bar).opacity"
+    )
+    broken = page.evaluate(BROKEN_HEADERS)
+    open_tab_on_a_phone(page, "4 Zip")
+    rho = page.locator("#rho input[type=number]")
+    rho.scroll_into_view_if_needed()
+    slider = page.locator("#rho input[type=range]").bounding_box()
+    rho.fill("0.5")
+    rho.press("Enter")
+    wait_status(page, "Merge #1 evaluated")
+    status = page.locator("#status").bounding_box()
+    box = rho.bounding_box()
+    open_tab_on_a_phone(page, "5 Evaluate")
+    page.locator("#samples .annotation-text").first.wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_timeout(800)
+    overlapping = page.evaluate(CAPTIONS_OVERLAPPING)
+    context.close()
+    assert titles and all(f0 - 1 <= t0 and t1 <= f1 + 1 for t0, t1, f0, f1 in titles), titles
+    assert toolbar == "0"
+    assert broken == []
+    assert slider["height"] >= 28
+    assert status["y"] >= 0 and status["y"] + status["height"] <= 844, status
+    assert 0 <= box["y"] <= 844  # the slider the user just released is on screen with it
+    assert overlapping == []
+    assert errors == []
+
+
 # Controls whose content is wider than their box (a clipped label, a slider's end cut off): a
 # box's own scroll area may exceed it by a few pixels (an accordion's arrow) without hiding text.
 CLIPPED_CONTROLS = """() => [...document.querySelectorAll('.block')]

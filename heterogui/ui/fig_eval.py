@@ -139,6 +139,7 @@ def samples_figure(
         "height": 340,
         "margin": {"l": 10, "r": 10, "t": 120, "b": 10},
         "annotations": [],
+        "meta": {"panels": len(indices)},  # a phone lays them out in rows (ui.small_screens)
     }
     bare = {"showticklabels": False, "showgrid": False, "zeroline": False}
     traces = []

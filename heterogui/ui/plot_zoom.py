@@ -16,6 +16,18 @@ button still zooms.
 
 from __future__ import annotations
 
+# Calls ``watch(plot)`` on every plotly figure the page draws, once a frame at most (gradio
+# re-creates a figure's div on every redraw); ``watch`` marks the plots it has seen.
+EACH_PLOT_JS = """let queued = false;
+  new MutationObserver(() => {
+    if (queued) return;
+    queued = true;
+    requestAnimationFrame(() => {
+      queued = false;
+      document.querySelectorAll(".js-plotly-plot").forEach(watch);
+    });
+  }).observe(document.body, { childList: true, subtree: true });"""
+
 ZOOM_JS = """
 () => {
   const kept = new Map();  // plot block id -> {rev, ranges: {"xaxis.range[0]": ..., ...}}
@@ -56,14 +68,6 @@ ZOOM_JS = """
       }
     });
   };
-  let queued = false;
-  new MutationObserver(() => {
-    if (queued) return;
-    queued = true;
-    requestAnimationFrame(() => {
-      queued = false;
-      document.querySelectorAll(".js-plotly-plot").forEach(watch);
-    });
-  }).observe(document.body, { childList: true, subtree: true });
+  ${each_plot}
 }
-"""
+""".replace("${each_plot}", EACH_PLOT_JS)

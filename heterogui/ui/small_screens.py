@@ -1,0 +1,118 @@
+"""What the page adds for phones, tablets and narrow windows, where gradio's defaults fall short.
+
+- The status line (``#status``: every step's result, error and progress) stays at the top of
+  the screen on a narrow page (up to 1,024 px). There the columns stack, and a phone user who
+  released a slider or tapped the CKA map saw neither the merge's progress nor its scores: the
+  status line was a screen or more above, and those steps raise no toast. Gradio's container
+  clips with ``overflow: hidden``, which stops anything inside it from sticking; ``clip`` cuts
+  the same overflow and lets the status line stick.
+- On a touch screen plotly shows every figure's toolbar at all times (it has no hover to wait
+  for), and the toolbar covered the figures' titles and their block's label. It now shows on
+  the figure a finger touched, as a mouse's hover shows it; hidden, it takes no taps.
+- Sliders are 28 px tall targets on a touch screen (8 px before: a finger missed the thumb).
+- Table headers break between words only ("stage" broke into "st", "ag", "e" on a phone).
+- ``FIT_JS`` (run once as the page loads) shrinks a figure title wider than its figure until it
+  fits (down to 9 px; a phone cut "Layer CKA with the SMA path (score 1.290)" at "1.29"), and
+  lays the Evaluate tab's sample panels out in rows when the figure is narrower than 120 px a
+  panel (six panels on a phone overlapped their captions); back in one row once wide again.
+  A figure asks for that layout with ``layout.meta.panels`` (its panel count).
+"""
+
+from __future__ import annotations
+
+from heterogui.ui.plot_zoom import EACH_PLOT_JS
+
+NARROW_PX = 1024  # the widest page whose status line sticks to the top of the screen
+PANEL_PX = 120  # the narrowest sample panel: its captions' longest line at 10 px fits
+
+# gradio scopes the rules of the page's CSS to its container's content, those inside @media
+# only: the container's own rule stays outside (at any width, clip cuts what hidden did)
+SMALL_SCREEN_CSS = """
+.gradio-container { overflow: clip !important; }
+@media (max-width: NARROW_PXpx) {
+  #status {
+    position: sticky !important; top: 0; z-index: 50; max-height: 35vh; overflow-y: auto;
+    background: var(--background-fill-primary) !important;
+    box-shadow: 0 2px 6px rgba(0, 0, 0, 0.18); padding: 4px 8px !important;
+  }
+}
+@media (pointer: coarse) {
+  .js-plotly-plot .modebar-container { opacity: 0; pointer-events: none; }
+  .js-plotly-plot:hover .modebar-container, .js-plotly-plot:focus-within .modebar-container {
+    opacity: 1; pointer-events: auto;
+  }
+  input[type=range] { height: 28px !important; }
+  input[type=range]::-webkit-slider-thumb { width: 28px !important; height: 28px !important; }
+  input[type=range]::-moz-range-thumb { width: 28px !important; height: 28px !important; }
+}
+th, th * { word-break: normal !important; overflow-wrap: normal !important; }
+""".replace("NARROW_PX", str(NARROW_PX))
+
+FIT_JS = """
+() => {
+  const MIN_TITLE_PX = 9;
+  const fitTitle = (gd) => {
+    const title = gd.querySelector(".gtitle");
+    const size = gd._fullLayout?.title?.font?.size;
+    if (!title || !size) return;
+    const frame = gd.getBoundingClientRect();
+    const fits = () => {
+      const box = title.getBoundingClientRect();
+      return box.left >= frame.left - 1 && box.right <= frame.right + 1;
+    };
+    for (let px = size; !fits() && px > MIN_TITLE_PX; ) {
+      px = Math.max(MIN_TITLE_PX, px - 1);
+      title.style.fontSize = px + "px";
+    }
+  };
+  // sample panels (layout.meta.panels) in rows of as many as fit: each row's captions sit in
+  // a band as tall as the top margin, as the first row's do
+  const axis = (letter, s) => `${letter}axis${s === 1 ? "" : s}`;  // plotly's own names
+  const regrid = (gd) => {
+    const k = gd.layout?.meta?.panels;
+    if (!k) return;
+    const width = gd.getBoundingClientRect().width;
+    if (!width) return;  // on a hidden tab: laid out once shown (its resize redraws it)
+    const cols = Math.max(1, Math.min(k, Math.floor(width / PANEL_PX)));
+    if ((gd.heteroguiColumns || k) === cols) return;
+    const full = gd._fullLayout, m = full.margin;
+    if (!gd.heteroguiRow) {  // the figure as drawn: one row
+      const row = { height: full.height };
+      for (let s = 1; s <= k; s++) {
+        row[`${axis("x", s)}.domain`] = full[axis("x", s)].domain.slice();
+        row[`${axis("y", s)}.domain`] = full[axis("y", s)].domain.slice();
+        row[`annotations[${s - 1}].x`] = full.annotations[s - 1].x;
+        row[`annotations[${s - 1}].y`] = full.annotations[s - 1].y;
+      }
+      gd.heteroguiRow = { row, panelHeight: full.height - m.t - m.b };
+    }
+    gd.heteroguiColumns = cols;
+    if (cols === k) {
+      window.Plotly.relayout(gd, gd.heteroguiRow.row);
+      return;
+    }
+    const rows = Math.ceil(k / cols);
+    const panel = Math.min((width - m.l - m.r) / cols, gd.heteroguiRow.panelHeight);
+    const inner = rows * panel + (rows - 1) * m.t;
+    const update = { height: inner + m.t + m.b };
+    for (let s = 0; s < k; s++) {
+      const top = Math.floor(s / cols) * (panel + m.t), column = s % cols;
+      const x0 = column / cols + 0.01, x1 = (column + 1) / cols - 0.01;
+      const y1 = 1 - top / inner, y0 = Math.max(0, 1 - (top + panel) / inner);
+      update[`${axis("x", s + 1)}.domain`] = [x0, x1];
+      update[`${axis("y", s + 1)}.domain`] = [y0, y1];
+      update[`annotations[${s}].x`] = (x0 + x1) / 2;
+      update[`annotations[${s}].y`] = y1;
+    }
+    window.Plotly.relayout(gd, update);
+  };
+  const watch = (gd) => {
+    if (gd.heteroguiFit || !gd.on || !gd._fullLayout) return;
+    gd.heteroguiFit = true;
+    gd.on("plotly_afterplot", () => { regrid(gd); fitTitle(gd); });
+    regrid(gd);
+    fitTitle(gd);
+  };
+  EACH_PLOT
+}
+""".replace("PANEL_PX", str(PANEL_PX)).replace("EACH_PLOT", EACH_PLOT_JS)
