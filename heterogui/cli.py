@@ -72,7 +72,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         logging.getLogger("heterogui.cli").warning("collapse alarm: %s", alarm)
     if done.report.get("alarms"):
         summary["alarms"] = done.report["alarms"]
-    print(readable_json(summary))
+    print(readable_json(summary, ascii_only=False))  # "café", not "caf\\u00e9"
     weights = run_export.export_dtype(done.pair, args.export_dtype, recipe.dtype)
     print(f"wrote {out} ({weights.name} weights)")
     return 0

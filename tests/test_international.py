@@ -4,6 +4,7 @@ separators, non-ASCII names in exports and uploads, a terminal that prints ASCII
 from __future__ import annotations
 
 import io
+import json
 import sys
 import unicodedata
 import zipfile
@@ -19,6 +20,7 @@ from heterogui.datasets.sentence_pairs import load_pairs
 from heterogui.datasets.text_tasks import OTHER_LABELS, label_id
 from heterogui.errors import ConfigError, ModelLoadError
 from heterogui.export.card import cell_text
+from heterogui.export.json_text import readable_json
 from heterogui.recipe_parse import parse_recipe
 from heterogui.sources.upload import _safe_name, receive
 from heterogui.tasks.text_classes import read_labelled
@@ -139,6 +141,16 @@ def test_an_ascii_terminal_gets_escapes_not_a_traceback(monkeypatch, tmp_path):
     said = err.buffer.getvalue().decode("ascii")
     assert "r\\xe9cipe \\u65e5\\u672c.yaml" in said and said.count("\n") == 1, said
     assert not (tmp_path / "out é").exists()
+
+
+def test_the_merge_summary_shows_names_as_written():
+    # the CLI's summary: "café", not "caf\\u00e9"; report.json keeps escapes, so a path with
+    # bytes that are not UTF-8 (a lone surrogate) still writes to a UTF-8 file
+    shown = readable_json({"heads": ["café", "日本"], "widths": [1, 2]}, ascii_only=False)
+    assert "café" in shown and "日本" in shown and '"widths": [1, 2]' in shown
+    assert json.loads(shown) == {"heads": ["café", "日本"], "widths": [1, 2]}
+    filed = readable_json({"path": "caf\udce9"})
+    assert filed.isascii() and json.loads(filed.encode("utf-8")) == {"path": "caf\udce9"}
 
 
 def test_yaml_of_the_app_recipe_view_round_trips():

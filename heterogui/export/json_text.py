@@ -15,7 +15,12 @@ _NUMBER = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
 _NUMBER_LIST = re.compile(rf"\[\s*({_NUMBER}(?:,\s*{_NUMBER})*)\s*\]")
 
 
-def readable_json(value: Any, sort_keys: bool = False) -> str:
-    """Return ``value`` as indented JSON with its lists of numbers on one line each."""
-    text = json.dumps(value, indent=2, sort_keys=sort_keys)
+def readable_json(value: Any, sort_keys: bool = False, ascii_only: bool = True) -> str:
+    """Return ``value`` as indented JSON with its lists of numbers on one line each.
+
+    ascii_only: other characters as \\u escapes (files: a name with bytes that are not UTF-8
+    holds lone surrogates, which no UTF-8 file can store); False for a terminal, which writes
+    what it cannot show as escapes itself (cli._print_any_text).
+    """
+    text = json.dumps(value, indent=2, sort_keys=sort_keys, ensure_ascii=ascii_only)
     return _NUMBER_LIST.sub(lambda m: "[" + re.sub(r",\s*", ", ", m.group(1)) + "]", text)
