@@ -23,6 +23,7 @@ from heterogui.export.card import cell_text
 from heterogui.export.json_text import readable_json
 from heterogui.recipe_parse import parse_recipe
 from heterogui.sources.upload import _safe_name, receive
+from heterogui.sources.vocab import vocab_tokens
 from heterogui.tasks.text_classes import read_labelled
 from heterogui.text_input import read_text
 from heterogui.ui.figstyle import plain
@@ -64,6 +65,13 @@ def test_lines_end_at_line_feeds_and_carriage_returns_only(tmp_path):
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("3\tHe said\u2028hello\tHe greeted\n1\ta\tb\n", encoding="utf-8")
     assert [p.first for p in load_pairs(pairs)] == ["He said\u2028hello", "a"]
+
+
+def test_a_vocabulary_has_one_token_a_line(tmp_path):
+    # as transformers reads vocab.txt: a token holding U+2028 or a form feed is one token (ids
+    # after it shifted by one, and the pre-flight named tokens the tokenizer never had)
+    (tmp_path / "vocab.txt").write_text("[PAD]\na\u2028b\n\x0c\nz\n", encoding="utf-8")
+    assert vocab_tokens(tmp_path) == ["[PAD]", "a\u2028b", "\x0c", "z"]
 
 
 def test_unicode_digits_are_names_not_numbers():

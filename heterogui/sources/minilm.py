@@ -43,6 +43,7 @@ from heterogui.cache import (
 )
 from heterogui.errors import ModelLoadError
 from heterogui.folders import make_readable
+from heterogui.sources.vocab import vocab_tokens
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def _write_l3(folder: Path, onnx_path: Path) -> None:
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     tok_src = minilm_l6_path()  # same uncased WordPiece vocabulary
-    n_tokens = len((tok_src / "vocab.txt").read_text(encoding="utf-8").splitlines())
+    n_tokens = len(vocab_tokens(tok_src) or [])
     if n_tokens != config["vocab_size"]:
         raise ModelLoadError(
             f"{onnx_path} has {config['vocab_size']} token embeddings but the shared tokenizer "

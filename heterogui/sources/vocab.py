@@ -8,6 +8,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from heterogui.text_input import text_lines
+
 
 def vocab_tokens(path: Path) -> list[str] | None:
     """Return a tokenizer's tokens in id order, added (special) tokens included, or None.
@@ -20,7 +22,8 @@ def vocab_tokens(path: Path) -> list[str] | None:
 
         return list(gguf_header(path).tokens)
     if (path / "vocab.txt").is_file():
-        return (path / "vocab.txt").read_text(encoding="utf-8").splitlines()
+        # one token a line, as transformers reads it: a token may hold U+2028 or a form feed
+        return text_lines((path / "vocab.txt").read_text(encoding="utf-8"))
     if not (path / "tokenizer.json").is_file():
         return None
     try:
