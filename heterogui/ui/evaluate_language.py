@@ -113,18 +113,21 @@ def _number(value: Any) -> Any:
     return value if math.isfinite(value) else str(value)
 
 
-def score_decimals(header: list[str], perplexity_digits: int) -> dict[str, int]:
-    """Return the decimals of the perplexity table's score columns (bits per byte: 4)."""
-    return {
-        h: perplexity_digits if h.endswith(" perplexity") else BITS_DIGITS
+def perplexity_table(session: Session) -> tuple[list[str], list[list[Any]], dict[str, int]]:
+    """Return the perplexity table: header, rows and the decimals of its score columns (the
+    task's for perplexity, 4 for bits per byte), as the page and the slides' CSV show it."""
+    header, rows = perplexity_rows(session)
+    digits = {
+        h: session.task.score_digits if h.endswith(" perplexity") else BITS_DIGITS
         for h in header
         if h.endswith((" perplexity", " bits/byte"))
     }
+    return header, rows, digits
 
 
 def perplexity_views(session: Session) -> dict[str, Any]:
     """Return the perplexity table, the collapse alarm (shown only when raised) and a summary."""
-    header, rows = perplexity_rows(session)
+    header, rows, digits = perplexity_table(session)
     task, alarm = session.task, labels.alarm_line(labels.merge_alarms(session))
     scored = [(label, session.baseline.get(key)) for label, key in MODELS]
     if session.result is not None:
@@ -145,7 +148,7 @@ def perplexity_views(session: Session) -> dict[str, Any]:
         info += " Merge (Zip tab) to add the merged model."
     return {
         "lm_scores": gr.update(
-            value=tables.table(header, rows, score_decimals(header, task.score_digits)),
+            value=tables.table(header, rows, digits),
             headers=header,
         ),
         "lm_alarm": gr.update(value=alarm, visible=bool(alarm)),

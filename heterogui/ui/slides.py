@@ -16,9 +16,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from heterogui.pipeline import is_merge_of
-from heterogui.tasks.base import METRICS, PERPLEXITY, SPEARMAN
 from heterogui.ui import (
-    evaluate_language,
     history,
     tab_align,
     tab_compare,
@@ -75,20 +73,9 @@ def _csv(header: list[str], rows: list[list[Any]]) -> str:
 def session_tables(session: Session) -> dict[str, str]:
     """Return the scores table (A, B, ensemble, merged) and the history as CSV texts."""
     tables = {}
-    task = session.task
-    if task is not None and METRICS in task.panels:
-        header, rows = tab_evaluate.metric_rows(session)
-        tables["metrics.csv"] = _csv(header, rows)
-    elif task is not None and SPEARMAN in task.panels:
-        header = tab_evaluate.SPEARMAN_HEADER
-        rows = tab_evaluate.spearman_rows(session)
-        tables["metrics.csv"] = _csv(
-            header, _rounded(header, rows, {"Spearman": task.score_digits})
-        )
-    elif task is not None and PERPLEXITY in task.panels:
-        header, rows = evaluate_language.perplexity_rows(session)
-        digits = evaluate_language.score_decimals(header, task.score_digits)
-        tables["metrics.csv"] = _csv(header, _rounded(header, rows, digits))
+    scores = tab_evaluate.score_table(session) if session.task is not None else None
+    if scores is not None:
+        tables["metrics.csv"] = _csv(scores[0], _rounded(*scores))
     if session.history:
         tables["history.csv"] = _csv(*history.history_table(session.history, flops=True))
     return tables

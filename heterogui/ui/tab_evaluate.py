@@ -31,6 +31,7 @@ from heterogui.ui.evaluate_language import (
     build_language_panels,
     generation_views,
     on_generate,
+    perplexity_table,
     perplexity_views,
 )
 from heterogui.ui.fig_eval import history_figure, samples_figure, similarity_figure, sweep_figure
@@ -152,6 +153,21 @@ def metric_rows(session: Session) -> tuple[list[str], list[list[Any]]]:
         rows.append(["merged", *cols.values(), size.get("parameters"), size.get("flops")])
     names = task.columns(session.baseline.get("ensemble"))  # every task's column
     return ["model", *(f"{c} %" for c in names), "parameters", "FLOPs"], rows
+
+
+def score_table(session: Session) -> tuple[list[str], list[list[Any]], dict[str, int]] | None:
+    """Return the task's scores table (A, B, ensemble, merged): its header, its rows and the
+    decimals its score columns show, as the page and the slides' CSV show them (None: the
+    task has none)."""
+    task = session.task
+    if METRICS in task.panels:
+        header, rows = metric_rows(session)
+        return header, rows, dict.fromkeys(header[1:-2], task.score_digits)
+    if SPEARMAN in task.panels:
+        return SPEARMAN_HEADER, spearman_rows(session), {"Spearman": task.score_digits}
+    if PERPLEXITY in task.panels:
+        return perplexity_table(session)
+    return None
 
 
 def spearman_rows(session: Session) -> list[list[Any]]:
@@ -280,17 +296,15 @@ def score_views(session: Session) -> dict[str, Any]:
     task = session.task
     views: dict[str, Any] = {}
     if METRICS in task.panels:
-        header, rows = metric_rows(session)
+        header, rows, digits = score_table(session)
         re_estimated = bool(set(BN_STAGES) & set(session.prepared.timings))
         views["metrics"] = gr.update(
-            value=tables.table(header, rows, {c: task.score_digits for c in header[1:-2]}),
+            value=tables.table(header, rows, digits),
             headers=header,
             label=METRICS_LABEL + (RE_ESTIMATED if re_estimated else ""),
         )
     if SPEARMAN in task.panels:
-        views["text_scores"] = tables.table(
-            SPEARMAN_HEADER, spearman_rows(session), {"Spearman": task.score_digits}
-        )
+        views["text_scores"] = tables.table(*score_table(session))
     if PERPLEXITY in task.panels:
         views.update(perplexity_views(session))
     columns, rows = history.history_table(session.history)
