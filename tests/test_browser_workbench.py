@@ -419,15 +419,22 @@ def test_a_click_on_the_map_pairs_layers(url, chromium_browser, tmp_path):
     assert errors == []
 
 
-def test_a_tablet_taps_cells_and_scrolls_past_figures(url, chromium_browser):
-    # An iPad in portrait: the CKA map's cells are about 17 px, and a finger taps, swipes.
+def open_on_touch(chromium_browser, url: str, width: int, height: int):
+    """Open the page on a touch screen of ``width`` x ``height``; return the browser context,
+    the page (the demo pair loaded) and the list its page errors go to."""
     context = chromium_browser.new_context(
-        viewport={"width": 834, "height": 1194}, has_touch=True, is_mobile=True
+        viewport={"width": width, "height": height}, has_touch=True, is_mobile=True
     )
     page = context.new_page()
     errors, _ = watch(page)
     page.goto(url)
     wait_status(page, "Loaded demo pair")
+    return context, page, errors
+
+
+def test_a_tablet_taps_cells_and_scrolls_past_figures(url, chromium_browser):
+    # An iPad in portrait: the CKA map's cells are about 17 px, and a finger taps, swipes.
+    context, page, errors = open_on_touch(chromium_browser, url, 834, 1194)
     page.locator("#cka-heatmap .js-plotly-plot").wait_for(timeout=TIMEOUT_MS)
     # A swipe over a figure scrolls the page: no figure zooms on a drag.
     page.wait_for_function(
@@ -501,13 +508,7 @@ def test_a_phone_sees_each_step_whole_titles_and_captions(url, chromium_browser)
     the right), the sample panels wrap into rows (six in a row overlapped their captions),
     one-word table headers stay whole ("stage" broke into three lines) and sliders are
     finger-sized."""
-    context = chromium_browser.new_context(
-        viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True
-    )
-    page = context.new_page()
-    errors, _ = watch(page)
-    page.goto(url)
-    wait_status(page, "Loaded demo pair")
+    context, page, errors = open_on_touch(chromium_browser, url, 390, 844)
     page.locator("#cka-heatmap .js-plotly-plot .gtitle").wait_for(timeout=TIMEOUT_MS)
     page.wait_for_timeout(500)
     titles = page.evaluate(TITLE_EDGES)

@@ -417,3 +417,50 @@ def test_a_partial_merge_is_written_in_the_heterogui_format_by_default(tmp_path,
     assert "error: the recipe stops at block 0, but the hf-bert format needs every layer " in err
     assert "merge every layer (stop: null) or write the heterogui format" in err
     assert not (tmp_path / "h").exists()
+
+
+def _byte_characters() -> list[str]:
+    """Return GPT-2's 256 byte-level characters (its BPE's alphabet), in its byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    rest = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(rest))]
+
+
+def write_gpt2_bpe(folder: Path, layers: int, seed: int) -> None:
+    """Write a tiny random GPT-2 whose tokenizer is vocab.json + merges.txt (no tokenizer.json),
+    as GPT-2's own slow tokenizer saves it."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    vocab = {c: i for i, c in enumerate(_byte_characters())}
+    vocab["<|endoftext|>"] = len(vocab)
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    config = GPT2Config(
+        vocab_size=len(vocab), n_embd=32, n_layer=layers, n_head=4, n_positions=64,
+        bos_token_id=256, eos_token_id=256,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+
+
+def test_a_gpt2_folder_with_a_bpe_vocabulary_merges_and_a_bare_one_is_named(tmp_path, capsys):
+    # vocab.json + merges.txt is how GPT-2's tokenizer saves without tokenizer.json: it was
+    # refused as "no tokenizer (vocab.txt or tokenizer.json)", which transformers loads fine
+    write_gpt2_bpe(tmp_path / "a", 3, 0)
+    write_gpt2_bpe(tmp_path / "b", 2, 1)
+    (tmp_path / "calib.txt").write_text("\n".join(SENTENCES) + "\n")
+    recipe = {
+        "model_a": str(tmp_path / "a"),
+        "model_b": str(tmp_path / "b"),
+        "calibration": {"source": str(tmp_path / "calib.txt"), "size": 16, "batch_size": 8},
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["merge", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")]) == 0
+    assert {"vocab.json", "merges.txt"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    (tmp_path / "b" / "merges.txt").unlink()
+    capsys.readouterr()
+    assert main(["merge", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o2")]) == 2
+    said = capsys.readouterr().err
+    assert "has vocab.json but not the merges.txt its BPE tokenizer needs" in said, said
+    assert said.count("\n") == 1 and not (tmp_path / "o2").exists()

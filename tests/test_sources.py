@@ -99,6 +99,17 @@ def test_an_upload_becomes_a_folder_of_its_own(tmp_path):
         assert str(tmp_path) not in str(refused.value).replace(str(archive), "")
 
 
+def test_an_upload_keeps_the_chat_template_transformers_saves(tmp_path):
+    # transformers 5 saves a decoder's chat template as chat_template.jinja beside its
+    # tokenizer (so do heterogui's decoder exports): the upload refused the whole folder
+    save_network(make(MLPConfig(64, (8,), 5), 0), tmp_path / "m")
+    (tmp_path / "m" / "chat_template.jinja").write_text("{{ messages }}")
+    files = [str(p) for p in sorted((tmp_path / "m").iterdir())]
+    (tmp_path / "work").mkdir()
+    folder = receive(files, tmp_path / "work")
+    assert (folder / "chat_template.jinja").read_text() == "{{ messages }}"
+
+
 def _tiny_bert(folder, seed, shard_size=None):
     """Save a tiny BERT with its vocabulary (sharded when ``shard_size`` is given)."""
     from transformers import BertConfig, BertModel

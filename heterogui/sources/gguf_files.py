@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import re
 import shutil
 import time
@@ -271,6 +272,12 @@ def _convert(path: Path, folder: Path) -> float:
         config = AutoConfig.for_model(settings.pop("model_type"), **settings)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     state = {k: v.to(torch.float32) for k, v in gguf_model.state_dict().items()}
+    broken = [k for k, v in state.items() if not bool(torch.isfinite(v).all())]
+    if broken:  # named here, as the user's file: not later, as a folder of the cache
+        raise ModelLoadError(
+            f"GGUF file {path} holds NaN or infinite values in {len(broken)} tensor(s) "
+            f"({', '.join(broken[:3])}): the file is damaged; download or convert it again"
+        )
     model.load_state_dict(state, strict=True)
     del gguf_model, state
     generation = GenerationConfig.from_model_config(config)
@@ -317,7 +324,8 @@ def _check_folder(
                     f"GGUF tokenizer; {fix}"
                 )
             logits = model.eval()(input_ids=ids).logits
-            diff = max(diff, float((logits - ref).abs().max()))
+            gap = float((logits - ref).abs().max())
+            diff = max(diff, gap if math.isfinite(gap) else math.inf)  # max() keeps 0.0 over NaN
     if not diff < _TOLERANCE:
         raise ModelLoadError(
             f"the folder converted from {path} differs from the GGUF-loaded model by {diff:.3g} "

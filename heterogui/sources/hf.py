@@ -57,7 +57,9 @@ FAMILIES = {
     ),
 }
 DECODER_TYPES = ("llama", "qwen2", "mistral", "gpt2")
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json")  # what a text model's folder must hold
+# what a text model's folder must hold: one of these tokenizers (vocab.json: a BPE tokenizer's,
+# GPT-2's without tokenizer.json, with its merges.txt)
+TOKENIZERS = (("tokenizer.json",), ("vocab.txt",), ("vocab.json", "merges.txt"))
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -192,12 +194,8 @@ class HFSource(Source):
         else:
             _check_hub(ref)
         kind = model_type(folder) if folder.is_dir() else "bert"
-        tokenizer = any((folder / name).is_file() for name in TOKENIZER_FILES)
-        if kind != "vit" and folder.is_dir() and not tokenizer:
-            raise ModelLoadError(
-                f"{folder} has no tokenizer (vocab.txt or tokenizer.json): a text model needs "
-                "its own; save it beside the model (tokenizer.save_pretrained(folder))"
-            )
+        if kind != "vit" and folder.is_dir():
+            check_tokenizer(folder)
         loader, default_pooling, export_format = FAMILIES[kind]
         net, tokenizer = loader(
             str(folder) if folder.is_dir() else ref, pooling=pooling or default_pooling
@@ -225,6 +223,31 @@ class HFSource(Source):
             note="; ".join(n for n in notes if n) or None,
             stored_dtype=stored,
         )
+
+
+def check_tokenizer(folder: Path) -> None:
+    """Refuse a text model's folder without a tokenizer heterogui can load (``TOKENIZERS``).
+
+    Raises:
+        ModelLoadError: naming the files it looked for and how to save them.
+    """
+    if any(all((folder / name).is_file() for name in files) for files in TOKENIZERS):
+        return
+    if (folder / "tokenizer.model").is_file():  # a sentencepiece model alone
+        raise ModelLoadError(
+            f"{folder} has only tokenizer.model as its tokenizer, which needs sentencepiece (not "
+            "installed with heterogui): save the tokenizer as tokenizer.json where it loads "
+            "(AutoTokenizer.from_pretrained(folder).save_pretrained(folder))"
+        )
+    if (folder / "vocab.json").is_file():
+        raise ModelLoadError(
+            f"{folder} has vocab.json but not the merges.txt its BPE tokenizer needs: save the "
+            "tokenizer again beside the model (tokenizer.save_pretrained(folder))"
+        )
+    raise ModelLoadError(
+        f"{folder} has no tokenizer (tokenizer.json, vocab.txt, or vocab.json with merges.txt): "
+        "a text model needs its own; save it beside the model (tokenizer.save_pretrained(folder))"
+    )
 
 
 # the files beside the weights that change what a model computes or reads (a recipe records

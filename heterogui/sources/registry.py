@@ -7,6 +7,7 @@ merge that cannot work is refused before any weights are read.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from heterogui.errors import ConfigError, ModelLoadError, excerpt, os_error_line
@@ -61,6 +62,11 @@ def _source_of(text: str) -> Source:
         if source.claims(text):
             return source
     path = Path(text).expanduser()
+    if path.is_file() and _starts_with(path, b"GGUF"):  # an Ollama blob, a renamed download
+        raise ModelLoadError(
+            f"{shown} is a GGUF file without the .gguf extension; heterogui reads GGUF files "
+            f"by that name: link or copy it as one (ln -s {shlex.quote(str(path))} model.gguf)"
+        )
     if path.is_file():
         raise ModelLoadError(
             f"{shown} is a file; a model is a folder with config.json and model.safetensors "
@@ -85,6 +91,15 @@ def _source_of(text: str) -> Source:
     if path.exists():  # a device or a pipe (/dev/zero): there, but no folder
         raise ModelLoadError(f"{shown} is not a folder; a model is a folder: give {FORMS}")
     raise ModelLoadError(f"model folder {shown} does not exist; give {FORMS}")
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    """Return whether the file ``path`` starts with ``magic`` (False when it cannot be read)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
 
 
 def load(ref: str, *, pooling: str | None = None, device: str = "cpu") -> Loaded:

@@ -23,7 +23,9 @@ from heterogui.folders import remove_path
 from heterogui.models.io import file_sha256
 
 MAX_UNPACKED_BYTES = 4 << 30  # 4 GiB: far above any model the workbench can merge on a laptop
-MODEL_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".yaml", ".md", ".svg")
+# a model's files as transformers and heterogui write them (.jinja: the chat template a
+# decoder's tokenizer saves beside itself, in transformers 5 and in heterogui's exports)
+MODEL_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".jinja", ".yaml", ".md", ".svg")
 # every file an upload may hold: a model's files, an export's .zip, a .gguf file
 UPLOAD_SUFFIXES = (*MODEL_SUFFIXES, ".zip", ".gguf")
 

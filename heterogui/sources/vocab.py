@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from heterogui.text_input import text_lines
 
@@ -14,8 +15,8 @@ from heterogui.text_input import text_lines
 def vocab_tokens(path: Path) -> list[str] | None:
     """Return a tokenizer's tokens in id order, added (special) tokens included, or None.
 
-    Reads vocab.txt, else tokenizer.json (its model vocabulary and its added tokens), of a
-    folder; a GGUF file's own token list.
+    Reads vocab.txt, else tokenizer.json (its model vocabulary and its added tokens), else
+    vocab.json (and added_tokens.json) of a folder; a GGUF file's own token list.
     """
     if path.suffix == ".gguf":
         from heterogui.sources.gguf_header import gguf_header
@@ -24,10 +25,31 @@ def vocab_tokens(path: Path) -> list[str] | None:
     if (path / "vocab.txt").is_file():
         # one token a line, as transformers reads it: a token may hold U+2028 or a form feed
         return text_lines((path / "vocab.txt").read_text(encoding="utf-8"))
-    if not (path / "tokenizer.json").is_file():
-        return None
+    if (path / "tokenizer.json").is_file():
+        return _tokenizer_json_tokens(path / "tokenizer.json")
+    if (path / "vocab.json").is_file():  # a BPE tokenizer without tokenizer.json (GPT-2's)
+        try:
+            by_id = {int(i): t for t, i in _json(path / "vocab.json").items()}
+            if (path / "added_tokens.json").is_file():
+                by_id.update({int(i): t for t, i in _json(path / "added_tokens.json").items()})
+        except (ValueError, TypeError, AttributeError, RecursionError):
+            return None
+        return _in_id_order(by_id)
+    return None
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _in_id_order(by_id: dict[int, str]) -> list[str]:
+    return [by_id.get(i, "") for i in range(max(by_id) + 1)] if by_id else []
+
+
+def _tokenizer_json_tokens(path: Path) -> list[str] | None:
+    """Return the tokens of a tokenizer.json: its model's vocabulary and its added tokens."""
     try:
-        data = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
+        data = _json(path)
         vocab = data["model"]["vocab"]
     except (ValueError, KeyError, TypeError, RecursionError):
         return None
@@ -38,7 +60,7 @@ def vocab_tokens(path: Path) -> list[str] | None:
     for added in data.get("added_tokens") or []:
         if isinstance(added, dict) and "id" in added and "content" in added:
             by_id[int(added["id"])] = str(added["content"])
-    return [by_id.get(i, "") for i in range(max(by_id) + 1)] if by_id else []
+    return _in_id_order(by_id)
 
 
 def tokens_hash(tokens: list[str] | None) -> str | None:
