@@ -101,6 +101,18 @@ def test_padding_does_not_change_the_sums(model, tokenizer):
     assert together[0] == pytest.approx(alone[0][0] + alone[1][0], rel=1e-5)
 
 
+def test_a_tokenizer_naming_no_special_tokens_pads_with_id_0(model, tokenizer):
+    # tokenizer.json without tokenizer_config.json: no pad and no eos token; padding is
+    # masked, so any token pads (it was refused with "set tokenizer.pad_token")
+    tokenizer.pad_token = tokenizer.eos_token = None
+    short, long = "hi there.", "a much longer text that pads the short one."
+    (batch,) = token_batches(tokenizer, [short, long], batch_size=2)
+    assert tokenizer.pad_token_id == 0 and batch["input_ids"][0, -1] == 0
+    alone = [nll_sums(logits_of(model), token_batches(tokenizer, [t], 1)) for t in (short, long)]
+    together = nll_sums(logits_of(model), [batch])
+    assert together[0] == pytest.approx(alone[0][0] + alone[1][0], rel=1e-5)
+
+
 def test_the_sums_run_texts_of_like_length_together(model, tokenizer):
     texts = ["hi.", "a much longer text that pads the short one.", "ok", "another long text here!"]
     seen = []

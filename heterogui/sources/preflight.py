@@ -1,9 +1,9 @@
 """Header-only pre-flight: a Hugging Face folder's model card, and what a merge will cost.
 
-Reads config.json, the safetensors headers (8-byte little-endian length, then a JSON header) and,
-for the vocabulary check only, vocab.txt or tokenizer.json. Never reads tensor data, never
-imports torch, so it answers in milliseconds even for large checkpoints. Whether two cards can
-be merged is ``sources.pair_rules.check_pair``.
+Reads config.json, the safetensors headers (8-byte little-endian length, then a JSON header)
+and, for the vocabulary check only, vocab.txt, tokenizer.json or vocab.json. Never reads tensor
+data, never imports torch, so it answers in milliseconds even for large checkpoints. Whether two
+cards can be merged is ``sources.pair_rules.check_pair``.
 """
 
 from __future__ import annotations

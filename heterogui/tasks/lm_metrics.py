@@ -30,19 +30,18 @@ _ROWS = 1024
 
 
 def _pad_token(tokenizer: Any) -> None:
-    """Give a tokenizer without a pad token its eos token as pad (padding is masked anyway).
+    """Give a tokenizer without a pad token one: its eos token, else the token of id 0.
 
-    Raises:
-        ConfigError: the tokenizer has neither a pad nor an eos token.
+    Padding is masked (it is never read, scored or attended to), so any token of the
+    vocabulary pads: a folder whose tokenizer.json came without tokenizer_config.json names no
+    special tokens, and was refused with advice a recipe cannot follow.
     """
     if tokenizer.pad_token is not None:
         return
-    if tokenizer.eos_token is None:
-        raise ConfigError(
-            f"tokenizer {type(tokenizer).__name__} has neither a pad nor an eos token; set "
-            "tokenizer.pad_token before scoring"
-        )
-    tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    else:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(0)
 
 
 def token_batches(
@@ -63,8 +62,7 @@ def token_batches(
     ``datasets.refs.batch_slices``).
 
     Raises:
-        ConfigError: batch_size under 1, max_tokens under 2, or a tokenizer with no pad or eos
-            token.
+        ConfigError: batch_size under 1 or max_tokens under 2.
     """
     if batch_size < 1 or max_tokens < 2:
         raise ConfigError(
