@@ -172,6 +172,12 @@ def merge_report(
     return add_scores(report, task, scores, calibration_count)
 
 
+def add_pair_notes(report: dict[str, Any], pair: Pair) -> None:
+    """Add what the merge does other than either model would (``Pair.notes``) to a report."""
+    if pair.notes:
+        report["notes"] = list(pair.notes)
+
+
 def model_facts(net: Network) -> dict[str, Any]:
     """Return what a model card shows of a network: family, depths, widths, parameters, heads."""
     graph = net.graph()
@@ -247,6 +253,7 @@ def card_facts(
                 for n, m in (("A", pair.a), ("B", pair.b))
                 if m.note
             ),
+            *(f"{note[0].upper()}{note[1:]}." for note in pair.notes),
             *(f"Collapse alarm: {a}." for a in (task.alarms(scores) if scores else [])),
             *_pooling_note(pair, scores),
             *batch_norm_note(prep, scores, "A, B"),
@@ -534,6 +541,7 @@ def group_card_facts(
                 for n, m in zip(letters, pair.models, strict=True)
                 if m.note
             ),
+            *(f"{note[0].upper()}{note[1:]}." for note in pair.notes),
             *(f"Collapse alarm: {a}." for a in (task.alarms(scores) if scores else [])),
             *batch_norm_note(prep, scores, ", ".join(letters)),
         ],

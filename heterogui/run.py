@@ -44,7 +44,7 @@ from heterogui.pipeline import (
 )
 from heterogui.progress import Progress, guarded, within
 from heterogui.recipe_parse import load_recipe
-from heterogui.report import group_report, merge_report
+from heterogui.report import add_pair_notes, group_report, merge_report
 from heterogui.run_checks import (
     ENCODER_FAMILIES,
     check_transformer_options,
@@ -58,6 +58,7 @@ from heterogui.run_export import export as export  # the Python API: run.export(
 from heterogui.sources import registry as sources
 from heterogui.sources.base import Loaded, Pair
 from heterogui.sources.hf import MODEL_FILES, files_sha256
+from heterogui.sources.vocab import encoding_difference
 from heterogui.tasks import Calibration, Evaluation, Task, task_of
 from heterogui.versions import versions
 
@@ -183,14 +184,16 @@ def load_pair(
         check_transformer_options(sources.describe(refs[0].path).family)
     if more:
         run_group.check_group([sources.describe(r.path) for r in refs])
+    notes = []
     for k, ref in enumerate(refs[1:], start=1):
         verdict = sources.preflight(refs[0].path, ref.path)
+        letter = chr(ord("A") + k)
+        which = f"model {letter} against model A: " if k > 1 else ""
         if not verdict.ok:
-            letter = chr(ord("A") + k)
             reasons = "; ".join(verdict.reasons)  # the pre-flight names the second model B
-            which = f"model {letter} against model A: " if k > 1 else ""
             raise IncompatibleModelsError(which + reasons.replace("model B", f"model {letter}"))
         host_memory.check_fits(verdict.memory)  # first: an out-of-memory kill says nothing
+        notes += [which + caution for caution in verdict.cautions]
     for ref in refs:
         if ref.sha256:
             sources.check_recorded(ref.path, ref.sha256)
@@ -198,7 +201,10 @@ def load_pair(
     loaded = [sources.load(r.path, pooling=pooling, device=device) for r in refs]
     for ref, item in zip(refs, loaded, strict=True):
         check_hash(ref, item)
-    pair = Pair(loaded[0], loaded[1], tuple(loaded[2:]))
+    for k, item in enumerate(loaded[1:], start=1):
+        how = encoding_difference(loaded[0].tokenizer, item.tokenizer, chr(ord("A") + k))
+        notes += [how] if how else []
+    pair = Pair(loaded[0], loaded[1], tuple(loaded[2:]), tuple(notes))
     if transformer is not None and transformer.identity != "exact":
         if pair.a.net.family.name != "bert":
             raise ConfigError(
@@ -413,6 +419,8 @@ def merge(
         dtype=dtype,
         reset_input_bn=recipe.reset_input_bn,
     )
+    for note in pair.notes:  # said, not only filed in the report and the model card
+        log.warning("note on the pair: %s", note)
     warn_if_realigned(recipe, done, pair)
     warn_if_other_versions(recipe, done)
     warn_of_idle_knobs(recipe.zip, pair)
@@ -423,6 +431,7 @@ def merge(
     describe = group_report if isinstance(result, GroupMergeResult) else merge_report
     facts = describe(result, done, seconds, task, scores, calibration.count)
     facts["timings_seconds"]["evaluation"] = time.perf_counter() - start - seconds
+    add_pair_notes(facts, pair)
     return RunResult(result, done, facts, pair, calibration, evaluation, scores)
 
 

@@ -401,6 +401,33 @@ def test_a_pad_token_added_past_the_vocabulary_pads_nothing_the_models_read(tmp_
     assert report["metrics"]["merged"]["python-docs"]["perplexity"] > 1
 
 
+def test_a_pair_whose_tokenizers_or_end_tokens_differ_is_told_so(tmp_path, caplog):
+    """B's tokenizer adds no start token where A's does, and B ends texts with another token:
+    the merge runs on A's tokenization and stops at A's end token. The workbench said so; a
+    recipe's merge said nothing, in its output, its report or its model card."""
+    from tokenizers import processors
+
+    from heterogui.cli import main
+
+    bare = char_tokenizer()
+    bare.backend_tokenizer.post_processor = processors.TemplateProcessing(single="$A")
+    assert bare("ab")["input_ids"] == char_tokenizer()("ab")["input_ids"][1:]
+    other_end = tiny_decoder(hidden=48, heads=6, kv=3, seed=2)
+    other_end.config.eos_token_id = other_end.generation_config.eos_token_id = 0
+    a = save_decoder(tiny_decoder(layers=3, seed=1), tmp_path / "a")
+    b = save_decoder(other_end, tmp_path / "b", bare)
+    out = tmp_path / "merged"
+    with caplog.at_level("WARNING", logger="heterogui.run"):
+        assert main(["merge", str(scored_recipe(tmp_path, a, b)), "--out", str(out)]) == 0
+    said = caplog.text
+    report = json.loads((out / "report.json").read_text())
+    card = (out / "README.md").read_text()
+    for words in ("A and B tokenize text differently", "end-of-sequence tokens differ (2 vs 0)"):
+        assert f"note on the pair: {words}" in said, said
+        assert any(note.startswith(words) for note in report["notes"]), report["notes"]
+        assert words[1:] in card  # a sentence there: "End-of-sequence ..."
+
+
 def test_cli_merges_causal_lm_folders_into_one_automodelforcausallm_folder(tmp_path, capsys):
     from transformers import AutoTokenizer
 

@@ -123,12 +123,15 @@ def model_key(index: int) -> str:
 class Pair:
     """Models A and B of a merge, as loaded (the task kind is theirs: they share one).
 
-    more: models C, D, ... of an N-way merge (empty for a merge of two).
+    more: models C, D, ... of an N-way merge (empty for a merge of two); notes: what the
+    merge does other than either model would (``Verdict.cautions``, ``encoding_difference``),
+    for its log, report and model card.
     """
 
     a: Loaded
     b: Loaded
     more: tuple[Loaded, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def models(self) -> tuple[Loaded, ...]:

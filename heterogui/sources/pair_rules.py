@@ -164,21 +164,23 @@ def check_pair(card_a: ModelCard, card_b: ModelCard) -> Verdict:
     ):
         if x != y:
             notes.append(f"{label} differ ({x} vs {y}): elastic zip merges them to one width")
+    cautions = []
     if card_a.norm == "unknown" and not reasons:
-        notes.append(
+        cautions.append(
             f"norm placement of model type {card_a.model_type!r} is unknown to heterogui; the "
             "merge may fail in the adapter step"
         )
     if "null" not in (card_a.eos, card_b.eos) and card_a.eos != card_b.eos:
-        notes.append(
+        cautions.append(
             f"end-of-sequence tokens differ ({card_a.eos} vs {card_b.eos}): the merge stops "
             "generating at A's (its generation_config is A's)"
         )
     if card_a.dtypes != card_b.dtypes:
-        notes.append(
+        cautions.append(
             f"dtypes differ ({', '.join(card_a.dtypes)} vs {', '.join(card_b.dtypes)}): the "
             "merge runs in float32"
         )
+    notes += cautions
     mem = None
     if not reasons:
         shape = [
@@ -195,4 +197,10 @@ def check_pair(card_a: ModelCard, card_b: ModelCard) -> Verdict:
             f"estimate (rough, not measured): about {mem / 2**30:.2f} GiB of memory and "
             f"{secs:.0f} s on a CPU for the merge"
         )
-    return Verdict(ok=not reasons, reasons=tuple(reasons), notes=tuple(notes), memory=mem)
+    return Verdict(
+        ok=not reasons,
+        reasons=tuple(reasons),
+        notes=tuple(notes),
+        memory=mem,
+        cautions=tuple(cautions),
+    )

@@ -109,12 +109,15 @@ class ModelCard:
 @dataclass(frozen=True)
 class Verdict:
     """Whether two models can be merged: blocking `reasons` and non-blocking `notes`;
-    `memory`: the bytes the merge needs by the estimate (None: not estimated)."""
+    `cautions`: the notes on what the merge does other than either model would (another end
+    token, dtype), which a merge's report and output repeat; `memory`: the bytes the merge
+    needs by the estimate (None: not estimated)."""
 
     ok: bool
     reasons: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     memory: int | None = None
+    cautions: tuple[str, ...] = ()
 
 
 def _weight_files(folder: Path) -> list[Path]:

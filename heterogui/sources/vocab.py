@@ -91,3 +91,21 @@ def token_difference(a: list[str], b: list[str]) -> str:
             f"{longer[min(len(a), len(b))]!r} ..."
         )
     return "; ".join(parts)
+
+
+PROBE_TEXT = "Hello world, 42 times."  # what two tokenizers encode to compare how they do
+
+
+def encoding_difference(tokenizer_a: Any, tokenizer_b: Any, other: str = "B") -> str | None:
+    """Return how model A's tokenizer and model ``other``'s encode a text differently (a start
+    or end token one adds, another normalizer), or None when alike (or either is None)."""
+    if tokenizer_a is None or tokenizer_b is None:
+        return None
+    ids_a, ids_b = (list(t(PROBE_TEXT)["input_ids"]) for t in (tokenizer_a, tokenizer_b))
+    if ids_a == ids_b:
+        return None
+    return (
+        f"A and {other} tokenize text differently ({PROBE_TEXT!r}: {ids_a} vs {ids_b}; a start "
+        "or end token one of them adds, or another normalizer): both are calibrated and scored "
+        "on A's tokenization, and the merge keeps A's tokenizer"
+    )

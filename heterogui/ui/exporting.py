@@ -27,11 +27,11 @@ from heterogui.folders import check_names, check_output
 from heterogui.pipeline import is_merge_of, resolved_settings
 from heterogui.progress import Progress
 from heterogui.recipe_parse import load_recipe, parse_recipe
-from heterogui.report import merge_report
+from heterogui.report import add_pair_notes, merge_report
 from heterogui.sizes import merge_size, reference_sizes
 from heterogui.sources.upload import as_uploaded, check_still_there
 from heterogui.text_input import typed_path
-from heterogui.ui import history, labels, work
+from heterogui.ui import history, labels, loading, work
 from heterogui.ui.export_guard import ExportGuard
 from heterogui.ui.resources import Resources
 from heterogui.ui.session import Session
@@ -57,13 +57,15 @@ def session_run(session: Session) -> run.RunResult:
     result = session.result
     if result is None or session.pair is None or session.calibration is None:
         raise nothing_to_export(session)
-    pair, task = session.pair, session.task
+    pair = dataclasses.replace(session.pair, notes=loading.pair_notes(session.a, session.b))
+    task = session.task
     recipe = run.complete_recipe(pair, session.calibration, result, evaluation=session.evaluation)
     scores = None
     if session.evaluation is not None and session.merged_metrics is not None:
         scores = {**session.baseline, "merged": session.merged_metrics}
     seconds = session.history[-1]["seconds"] if session.history else 0.0
     report = merge_report(result, recipe, seconds, task, scores, session.calibration.count)
+    add_pair_notes(report, pair)
     return run.RunResult(
         result, recipe, report, pair, session.calibration, session.evaluation, scores
     )

@@ -27,6 +27,7 @@ from heterogui.sources import registry
 from heterogui.sources.base import LANGUAGE_MODELING, SENTENCE_SIMILARITY, Loaded
 from heterogui.sources.preflight import Verdict
 from heterogui.sources.upload import as_uploaded, keep, receive
+from heterogui.sources.vocab import encoding_difference
 from heterogui.sources.zoo import zoo_ref
 from heterogui.text_input import typed_path
 from heterogui.ui.resources import Resources
@@ -186,6 +187,18 @@ def pair_preflight(a: Loaded, b: Loaded) -> Verdict:
     )
 
 
+def pair_notes(a: Loaded, b: Loaded) -> tuple[str, ...]:
+    """Return what a merge of A and B does other than either model would, for its report and
+    model card, as ``run.load_pair`` finds it: the pre-flight's cautions and how the two
+    tokenizers encode text differently.
+
+    Raises:
+        HeteroguiError: unreadable headers.
+    """
+    how = encoding_difference(a.tokenizer, b.tokenizer)
+    return (*pair_preflight(a, b).cautions, *([how] if how else []))
+
+
 def refuse_unmergeable(a: Loaded, b: Loaded) -> None:
     """Refuse a pair the header pre-flight refuses (as ``run.load_pair`` does for a recipe).
 
@@ -243,5 +256,6 @@ def verdict(a: Loaded | None, b: Loaded | None) -> tuple[bool, str]:
             f"- note: the task classes overlap ({overlap[:10]}): the merge works, but the "
             "Joint and per-task scores need disjoint tasks and are not shown"
         )
-    lines += [f"- {n}" for n in pre.notes]
+    how = encoding_difference(a.tokenizer, b.tokenizer)
+    lines += [f"- {n}" for n in (*pre.notes, *([how] if how else []))]
     return True, "\n".join(lines) + notes
