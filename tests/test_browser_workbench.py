@@ -507,7 +507,8 @@ def test_a_phone_sees_each_step_whole_titles_and_captions(url, chromium_browser)
     hides until a figure is touched (it covered titles), titles fit their figures (cut at
     the right), the sample panels wrap into rows (six in a row overlapped their captions),
     one-word table headers stay whole ("stage" broke into three lines) and sliders are
-    finger-sized."""
+    finger-sized. Rotated, the wrapped samples still fill their frame (a wrap pinned their
+    width, and panels were cut off)."""
     context, page, errors = open_on_touch(chromium_browser, url, 390, 844)
     page.locator("#cka-heatmap .js-plotly-plot .gtitle").wait_for(timeout=TIMEOUT_MS)
     page.wait_for_timeout(500)
@@ -528,7 +529,13 @@ def test_a_phone_sees_each_step_whole_titles_and_captions(url, chromium_browser)
     open_tab_on_a_phone(page, "5 Evaluate")
     page.locator("#samples .annotation-text").first.wait_for(timeout=TIMEOUT_MS)
     page.wait_for_timeout(800)
-    overlapping = page.evaluate(CAPTIONS_OVERLAPPING)
+    overlapping = [page.evaluate(CAPTIONS_OVERLAPPING)]
+    frames = []  # the samples' frame and drawn widths, then rows, after each rotation
+    for width, height in ((844, 390), (390, 844)):  # the wrapped figure follows the page
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(1200)
+        frames.append(page.evaluate(FRAME_FIT, "samples"))
+        overlapping.append(page.evaluate(CAPTIONS_OVERLAPPING))
     context.close()
     assert titles and all(f0 - 1 <= t0 and t1 <= f1 + 1 for t0, t1, f0, f1 in titles), titles
     assert toolbar == "0"
@@ -536,7 +543,8 @@ def test_a_phone_sees_each_step_whole_titles_and_captions(url, chromium_browser)
     assert slider["height"] >= 28
     assert status["y"] >= 0 and status["y"] + status["height"] <= 844, status
     assert 0 <= box["y"] <= 844  # the slider the user just released is on screen with it
-    assert overlapping == []
+    assert overlapping == [[], [], []]
+    assert all(abs(drawn - frame) <= 2 for drawn, frame in frames), frames
     assert errors == []
 
 

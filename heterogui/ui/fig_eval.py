@@ -313,5 +313,10 @@ def similarity_figure(matrices: dict[str, torch.Tensor], sentences: list[str]) -
             col=k + 1,
         )
         fig.update_yaxes(autorange="reversed", showticklabels=k == 0, row=1, col=k + 1)
-    fig.update_layout(height=340, margin={"l": 10, "r": 10, "t": 60, "b": 10})
+    fig.update_layout(
+        height=340,
+        margin={"l": 10, "r": 10, "t": 60, "b": 10},
+        # a phone lays them out in rows (ui.small_screens), 110 px a map at least: its title
+        meta={"panels": len(names), "panel_px": 110},
+    )
     return fig

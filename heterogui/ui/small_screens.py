@@ -13,9 +13,11 @@
 - Table headers break between words only ("stage" broke into "st", "ag", "e" on a phone).
 - ``FIT_JS`` (run once as the page loads) shrinks a figure title wider than its figure until it
   fits (down to 9 px; a phone cut "Layer CKA with the SMA path (score 1.290)" at "1.29"), and
-  lays the Evaluate tab's sample panels out in rows when the figure is narrower than 120 px a
-  panel (six panels on a phone overlapped their captions); back in one row once wide again.
-  A figure asks for that layout with ``layout.meta.panels`` (its panel count).
+  lays panels side by side (the Evaluate and Compare tabs' samples, the text pairs' similarity
+  maps) out in balanced rows when the figure is narrower than 120 px a panel (six panels on a
+  phone overlapped their captions); back in one row once wide again, and the figure still
+  follows the page's width (a rotated phone). A figure asks for that layout with
+  ``layout.meta.panels`` (its panel count).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ SMALL_SCREEN_CSS = """
 .gradio-container { overflow: clip !important; }
 @media (max-width: NARROW_PXpx) {
   #status {
-    position: sticky !important; top: 0; z-index: 50; max-height: 35vh; overflow-y: auto;
+    position: sticky !important; top: 0; z-index: 50; overflow-y: auto;
+    max-height: min(25vh, 8.5em);  /* a long message scrolls inside: an export's took 1/4 */
     background: var(--background-fill-primary) !important;
     box-shadow: 0 2px 6px rgba(0, 0, 0, 0.18); padding: 4px 8px !important;
   }
@@ -65,19 +68,28 @@ FIT_JS = """
       title.style.fontSize = px + "px";
     }
   };
-  // sample panels (layout.meta.panels) in rows of as many as fit: each row's captions sit in
-  // a band as tall as the top margin, as the first row's do
+  // panels side by side (layout.meta.panels: sample images, similarity maps) in balanced rows
+  // of as many as fit: each row's titles sit in a band as tall as the top margin, as the first
+  // row's do. Every update keeps autosize: a height alone pins plotly's width, and the figure
+  // stopped following the page (a rotated phone cut panels off).
   const axis = (letter, s) => `${letter}axis${s === 1 ? "" : s}`;  // plotly's own names
   const regrid = (gd) => {
     const k = gd.layout?.meta?.panels;
     if (!k) return;
     const width = gd.getBoundingClientRect().width;
     if (!width) return;  // on a hidden tab: laid out once shown (its resize redraws it)
-    const cols = Math.max(1, Math.min(k, Math.floor(width / PANEL_PX)));
-    if ((gd.heteroguiColumns || k) === cols) return;
+    const bucket = Math.round(width / 20);  // once per width: its own redraw changes nothing
+    if (gd.heteroguiBucket === bucket) return;
+    gd.heteroguiBucket = bucket;
     const full = gd._fullLayout, m = full.margin;
+    // the panels share the plot's area, less what tick labels and a colour bar take
+    const area = full._size?.w || width - m.l - m.r;
+    const fit = Math.max(1, Math.min(k, Math.floor(area / (gd.layout.meta.panel_px || PANEL_PX))));
+    const rows = Math.ceil(k / fit), cols = Math.ceil(k / rows);  // 3 + 3, not 5 + 1
+    const shape = cols === k ? "row" : `${cols} ${bucket}`;
+    if ((gd.heteroguiShape || "row") === shape) return;
     if (!gd.heteroguiRow) {  // the figure as drawn: one row
-      const row = { height: full.height };
+      const row = { height: full.height, autosize: true, width: null };
       for (let s = 1; s <= k; s++) {
         row[`${axis("x", s)}.domain`] = full[axis("x", s)].domain.slice();
         row[`${axis("y", s)}.domain`] = full[axis("y", s)].domain.slice();
@@ -86,15 +98,14 @@ FIT_JS = """
       }
       gd.heteroguiRow = { row, panelHeight: full.height - m.t - m.b };
     }
-    gd.heteroguiColumns = cols;
-    if (cols === k) {
+    gd.heteroguiShape = shape;
+    if (shape === "row") {
       window.Plotly.relayout(gd, gd.heteroguiRow.row);
       return;
     }
-    const rows = Math.ceil(k / cols);
-    const panel = Math.min((width - m.l - m.r) / cols, gd.heteroguiRow.panelHeight);
+    const panel = Math.min(area / cols, gd.heteroguiRow.panelHeight);
     const inner = rows * panel + (rows - 1) * m.t;
-    const update = { height: inner + m.t + m.b };
+    const update = { height: inner + m.t + m.b, autosize: true, width: null };
     for (let s = 0; s < k; s++) {
       const top = Math.floor(s / cols) * (panel + m.t), column = s % cols;
       const x0 = column / cols + 0.01, x1 = (column + 1) / cols - 0.01;
