@@ -466,6 +466,11 @@ def open_tab_on_a_phone(page, title: str) -> None:
     page.wait_for_timeout(400)
 
 
+def box_point(box: dict, across: float, down: float) -> tuple[float, float]:
+    """Return the point ``across`` and ``down`` of the way into a bounding box."""
+    return box["x"] + box["width"] * across, box["y"] + box["height"] * down
+
+
 # Per figure on the page, its title's edges and its frame's (CSS pixels); [] without a title.
 TITLE_EDGES = """() => [...document.querySelectorAll('.js-plotly-plot')]
     .filter(gd => gd.offsetParent !== null && gd.querySelector('.gtitle'))
@@ -526,6 +531,20 @@ def test_a_phone_sees_each_step_whole_titles_and_captions(url, chromium_browser)
     wait_status(page, "Merge #1 evaluated")
     status = page.locator("#status").bounding_box()
     box = rho.bounding_box()
+    # a swipe up that begins on the rho slider's track, away from its thumb, scrolls the page
+    # and leaves rho as it is (it set rho where the finger landed)
+    track = page.locator("#rho input[type=range]")
+    track.evaluate("slider => slider.scrollIntoView({block: 'center'})")
+    scrolled, (x, y) = page.evaluate("scrollY"), box_point(track.bounding_box(), 0.9, 0.5)
+    touch = context.new_cdp_session(page)
+    for kind, points in (
+        ("touchStart", [{"x": x, "y": y}]),
+        *(("touchMove", [{"x": x, "y": y - 25 * k}]) for k in range(1, 13)),
+        ("touchEnd", []),
+    ):
+        touch.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points})
+    page.wait_for_timeout(800)
+    swiped = (rho.input_value(), page.evaluate("scrollY") > scrolled)
     open_tab_on_a_phone(page, "5 Evaluate")
     page.locator("#samples .annotation-text").first.wait_for(timeout=TIMEOUT_MS)
     page.wait_for_timeout(800)
@@ -543,6 +562,7 @@ def test_a_phone_sees_each_step_whole_titles_and_captions(url, chromium_browser)
     assert slider["height"] >= 28
     assert status["y"] >= 0 and status["y"] + status["height"] <= 844, status
     assert 0 <= box["y"] <= 844  # the slider the user just released is on screen with it
+    assert swiped == ("0.5", True)
     assert overlapping == [[], [], []]
     assert all(abs(drawn - frame) <= 2 for drawn, frame in frames), frames
     assert errors == []

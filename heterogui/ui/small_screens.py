@@ -9,7 +9,10 @@
 - On a touch screen plotly shows every figure's toolbar at all times (it has no hover to wait
   for), and the toolbar covered the figures' titles and their block's label. It now shows on
   the figure a finger touched, as a mouse's hover shows it; hidden, it takes no taps.
-- Sliders are 28 px tall targets on a touch screen (8 px before: a finger missed the thumb).
+- Sliders are 28 px tall targets on a touch screen (8 px before: a finger missed the thumb),
+  moved by their thumb only: a swipe that began on a slider's track scrolled the page and also
+  set the slider where the finger landed (its number box takes exact values).
+- What scrolls into view (a box the keyboard focuses) stops below the status line.
 - Table headers break between words only ("stage" broke into "st", "ag", "e" on a phone).
 - ``FIT_JS`` (run once as the page loads) shrinks a figure title wider than its figure until it
   fits (down to 9 px; a phone cut "Layer CKA with the SMA path (score 1.290)" at "1.29"), and
@@ -28,9 +31,11 @@ NARROW_PX = 1024  # the widest page whose status line sticks to the top of the s
 PANEL_PX = 120  # the narrowest sample panel: its captions' longest line at 10 px fits
 
 # gradio scopes the rules of the page's CSS to its container's content, those inside @media
-# only: the container's own rule stays outside (at any width, clip cuts what hidden did)
+# only: the page's and the container's own rules stay outside (at any width: clip cuts what
+# hidden did, and the scroll padding only moves what scrolls into view a little lower)
 SMALL_SCREEN_CSS = """
 .gradio-container { overflow: clip !important; }
+html { scroll-padding-top: 6em; }  /* what scrolls into view (a focused box) clears #status */
 @media (max-width: NARROW_PXpx) {
   #status {
     position: sticky !important; top: 0; z-index: 50; overflow-y: auto;
@@ -44,9 +49,15 @@ SMALL_SCREEN_CSS = """
   .js-plotly-plot:hover .modebar-container, .js-plotly-plot:focus-within .modebar-container {
     opacity: 1; pointer-events: auto;
   }
-  input[type=range] { height: 28px !important; }
-  input[type=range]::-webkit-slider-thumb { width: 28px !important; height: 28px !important; }
-  input[type=range]::-moz-range-thumb { width: 28px !important; height: 28px !important; }
+  /* a finger moves a slider by its thumb only: a swipe that began on the track scrolled the
+     page and also set the slider to where the finger landed */
+  input[type=range] { height: 28px !important; pointer-events: none; }
+  input[type=range]::-webkit-slider-thumb {
+    width: 28px !important; height: 28px !important; pointer-events: auto;
+  }
+  input[type=range]::-moz-range-thumb {
+    width: 28px !important; height: 28px !important; pointer-events: auto;
+  }
 }
 th, th * { word-break: normal !important; overflow-wrap: normal !important; }
 """.replace("NARROW_PX", str(NARROW_PX))
