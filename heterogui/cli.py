@@ -40,7 +40,6 @@ def cmd_merge(args: argparse.Namespace) -> int:
     ``heterogui.distributed``); only rank 0 writes the folder and prints.
     """
     from heterogui import distributed, run, run_export  # torch: only when a merge runs
-    from heterogui.export.json_text import readable_json
     from heterogui.report import compact_heads, compact_metrics
 
     recipe = load_recipe(args.recipe)
@@ -72,10 +71,24 @@ def cmd_merge(args: argparse.Namespace) -> int:
         logging.getLogger("heterogui.cli").warning("collapse alarm: %s", alarm)
     if done.report.get("alarms"):
         summary["alarms"] = done.report["alarms"]
-    print(readable_json(summary, ascii_only=False))  # "café", not "caf\\u00e9"
+    print(_terminal_json(summary))
     weights = run_export.export_dtype(done.pair, args.export_dtype, recipe.dtype)
     print(f"wrote {out} ({weights.name} weights)")
     return 0
+
+
+def _terminal_json(value: Any) -> str:
+    """Return ``value`` as readable JSON for stdout: names as written ("café", not
+    "caf\\u00e9") where the terminal can show them, else JSON's own escapes (not Python's
+    "\\xe9", which is no JSON)."""
+    from heterogui.export.json_text import readable_json
+
+    text = readable_json(value, ascii_only=False)
+    try:
+        text.encode(sys.stdout.encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):  # an ASCII terminal, a lone surrogate
+        return readable_json(value)
+    return text
 
 
 def _progress(stage: str, fraction: float) -> None:

@@ -428,7 +428,7 @@ def _byte_characters() -> list[str]:
 
 def write_gpt2_bpe(folder: Path, layers: int, seed: int) -> None:
     """Write a tiny random GPT-2 whose tokenizer is vocab.json + merges.txt (no tokenizer.json),
-    as GPT-2's own slow tokenizer saves it."""
+    as GPT-2's own slow tokenizer saves it, with one token added (added_tokens.json)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     vocab = {c: i for i, c in enumerate(_byte_characters())}
@@ -436,8 +436,9 @@ def write_gpt2_bpe(folder: Path, layers: int, seed: int) -> None:
     folder.mkdir(parents=True)
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
+    (folder / "added_tokens.json").write_text(json.dumps({"<|extra|>": len(vocab)}))
     config = GPT2Config(
-        vocab_size=len(vocab), n_embd=32, n_layer=layers, n_head=4, n_positions=64,
+        vocab_size=len(vocab) + 1, n_embd=32, n_layer=layers, n_head=4, n_positions=64,
         bos_token_id=256, eos_token_id=256,
     )  # fmt: skip
     torch.manual_seed(seed)
@@ -457,7 +458,8 @@ def test_a_gpt2_folder_with_a_bpe_vocabulary_merges_and_a_bare_one_is_named(tmp_
     }
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["merge", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")]) == 0
-    assert {"vocab.json", "merges.txt"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"vocab.json", "merges.txt", "added_tokens.json"} <= written  # the whole tokenizer
     (tmp_path / "b" / "merges.txt").unlink()
     capsys.readouterr()
     assert main(["merge", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o2")]) == 2

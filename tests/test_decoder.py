@@ -428,6 +428,24 @@ def test_a_pair_whose_tokenizers_or_end_tokens_differ_is_told_so(tmp_path, caplo
         assert words[1:] in card  # a sentence there: "End-of-sequence ..."
 
 
+def test_a_tokenizer_that_fails_on_the_comparison_text_is_a_note_not_a_failure():
+    # a WordPiece vocabulary without its unknown token raises on any word it lacks; B's
+    # tokenizer is never run by the merge, which worked before the comparison existed
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from heterogui.sources.vocab import encoding_difference
+
+    words = Tokenizer(models.WordPiece(vocab={"[PAD]": 0, "hello": 1}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    failing = PreTrainedTokenizerFast(tokenizer_object=words)
+    with pytest.raises(Exception, match="Missing"):
+        failing("hello world")
+    said = encoding_difference(char_tokenizer(), failing)
+    assert said.startswith("A's and B's tokenizers could not be compared (")
+    assert encoding_difference(char_tokenizer(), char_tokenizer()) is None
+
+
 def test_cli_merges_causal_lm_folders_into_one_automodelforcausallm_folder(tmp_path, capsys):
     from transformers import AutoTokenizer
 

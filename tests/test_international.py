@@ -151,12 +151,17 @@ def test_an_ascii_terminal_gets_escapes_not_a_traceback(monkeypatch, tmp_path):
     assert not (tmp_path / "out é").exists()
 
 
-def test_the_merge_summary_shows_names_as_written():
+def test_the_merge_summary_shows_names_as_written(monkeypatch):
     # the CLI's summary: "café", not "caf\\u00e9"; report.json keeps escapes, so a path with
     # bytes that are not UTF-8 (a lone surrogate) still writes to a UTF-8 file
     shown = readable_json({"heads": ["café", "日本"], "widths": [1, 2]}, ascii_only=False)
     assert "café" in shown and "日本" in shown and '"widths": [1, 2]' in shown
     assert json.loads(shown) == {"heads": ["café", "日本"], "widths": [1, 2]}
+    for encoding, shown in (("utf-8", '"café"'), ("ascii", '"caf\\u00e9"')):
+        terminal = io.TextIOWrapper(io.BytesIO(), encoding=encoding)
+        monkeypatch.setattr(sys, "stdout", terminal)
+        said = cli._terminal_json({"name": "café"})
+        assert shown in said and json.loads(said) == {"name": "café"}  # JSON on any terminal
     filed = readable_json({"path": "caf\udce9"})
     assert filed.isascii() and json.loads(filed.encode("utf-8")) == {"path": "caf\udce9"}
 

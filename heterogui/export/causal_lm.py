@@ -39,6 +39,7 @@ TOKENIZER_FILES = (
     "tokenizer.model",
     "vocab.json",
     "merges.txt",
+    "added_tokens.json",
     "chat_template.jinja",
 )
 GENERATION_FILE = "generation_config.json"

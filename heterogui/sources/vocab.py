@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from heterogui.errors import excerpt
 from heterogui.text_input import text_lines
 
 
@@ -93,7 +94,9 @@ def token_difference(a: list[str], b: list[str]) -> str:
     return "; ".join(parts)
 
 
-PROBE_TEXT = "Hello world, 42 times."  # what two tokenizers encode to compare how they do
+# what two tokenizers encode to compare how they do: cases, digits, accents (one may strip
+# them, or make an accented word unknown)
+PROBE_TEXT = "Hello world, 42 times: café crème in São Paulo."
 
 
 def encoding_difference(tokenizer_a: Any, tokenizer_b: Any, other: str = "B") -> str | None:
@@ -101,7 +104,15 @@ def encoding_difference(tokenizer_a: Any, tokenizer_b: Any, other: str = "B") ->
     or end token one adds, another normalizer), or None when alike (or either is None)."""
     if tokenizer_a is None or tokenizer_b is None:
         return None
-    ids_a, ids_b = (list(t(PROBE_TEXT)["input_ids"]) for t in (tokenizer_a, tokenizer_b))
+    try:
+        ids_a, ids_b = (list(t(PROBE_TEXT)["input_ids"]) for t in (tokenizer_a, tokenizer_b))
+    # the tokenizers library raises bare Exceptions ("WordPiece error: Missing [UNK] token"),
+    # and a tokenizer the merge never runs (B's) may fail: said, not a failed merge
+    except Exception as exc:
+        return (
+            f"A's and {other}'s tokenizers could not be compared ({excerpt(exc)}): the merge "
+            "calibrates and scores both models on A's tokenization and keeps A's tokenizer"
+        )
     if ids_a == ids_b:
         return None
     return (

@@ -54,10 +54,10 @@ def token_batches(
     """Return right-padded batches {"input_ids", "attention_mask"} ((B, T) int64) of the texts.
 
     Texts are cut at ``max_tokens`` tokens, or fewer where the models read fewer
-    (``datasets.refs.text_limit``). A tokenizer without a pad token gets its eos token. The
-    padding itself is token 0 in ``input_ids``: masked, it changes nothing a model computes,
-    and a pad token added past the model's vocabulary (a fine-tuning's ``<pad>`` at id
-    ``vocab_size``) would index past its embedding.
+    (``datasets.refs.text_limit``). A tokenizer without a pad token gets its eos token (else
+    the token of id 0). The padding itself is token 0 in ``input_ids``: masked, it changes
+    nothing a model computes, and a pad token added past the model's vocabulary (a
+    fine-tuning's ``<pad>`` at id ``vocab_size``) would index past its embedding.
     fold: calibration batches (a last one under 4 texts joins the one before:
     ``datasets.refs.batch_slices``).
 

@@ -316,7 +316,8 @@ def similarity_figure(matrices: dict[str, torch.Tensor], sentences: list[str]) -
     fig.update_layout(
         height=340,
         margin={"l": 10, "r": 10, "t": 60, "b": 10},
-        # a phone lays them out in rows (ui.small_screens), 110 px a map at least: its title
-        meta={"panels": len(names), "panel_px": 110},
+        # a phone lays them out in rows (ui.small_screens), 140 px a map at least: its title
+        # "(head A: A's space)" needs 130
+        meta={"panels": len(names), "panel_px": 140},
     )
     return fig
