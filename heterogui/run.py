@@ -58,7 +58,6 @@ from heterogui.run_export import export as export  # the Python API: run.export(
 from heterogui.sources import registry as sources
 from heterogui.sources.base import Loaded, Pair
 from heterogui.sources.hf import MODEL_FILES, files_sha256
-from heterogui.sources.vocab import encoding_difference
 from heterogui.tasks import Calibration, Evaluation, Task, task_of
 from heterogui.versions import versions
 
@@ -184,16 +183,16 @@ def load_pair(
         check_transformer_options(sources.describe(refs[0].path).family)
     if more:
         run_group.check_group([sources.describe(r.path) for r in refs])
-    notes = []
+    verdicts = []
     for k, ref in enumerate(refs[1:], start=1):
         verdict = sources.preflight(refs[0].path, ref.path)
-        letter = chr(ord("A") + k)
-        which = f"model {letter} against model A: " if k > 1 else ""
         if not verdict.ok:
+            letter = chr(ord("A") + k)
             reasons = "; ".join(verdict.reasons)  # the pre-flight names the second model B
+            which = f"model {letter} against model A: " if k > 1 else ""
             raise IncompatibleModelsError(which + reasons.replace("model B", f"model {letter}"))
         host_memory.check_fits(verdict.memory)  # first: an out-of-memory kill says nothing
-        notes += [which + caution for caution in verdict.cautions]
+        verdicts.append(verdict)
     for ref in refs:
         if ref.sha256:
             sources.check_recorded(ref.path, ref.sha256)
@@ -201,9 +200,11 @@ def load_pair(
     loaded = [sources.load(r.path, pooling=pooling, device=device) for r in refs]
     for ref, item in zip(refs, loaded, strict=True):
         check_hash(ref, item)
-    for k, item in enumerate(loaded[1:], start=1):
-        how = encoding_difference(loaded[0].tokenizer, item.tokenizer, chr(ord("A") + k))
-        notes += [how] if how else []
+    notes = [
+        note
+        for k, (verdict, item) in enumerate(zip(verdicts, loaded[1:], strict=True), start=1)
+        for note in sources.pair_notes(verdict, loaded[0], item, chr(ord("A") + k))
+    ]
     pair = Pair(loaded[0], loaded[1], tuple(loaded[2:]), tuple(notes))
     if transformer is not None and transformer.identity != "exact":
         if pair.a.net.family.name != "bert":

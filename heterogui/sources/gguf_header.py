@@ -169,6 +169,15 @@ def _read_value(
     return [_read_value(cur, item_type, scalars, keep, depth + 1) for _ in range(count)]
 
 
+def starts_as_gguf(path: Path) -> bool:
+    """Return whether the file ``path`` starts with the GGUF magic (False: unreadable)."""
+    try:
+        with path.open("rb") as fh:
+            return fh.read(len(_MAGIC)) == _MAGIC
+    except OSError:
+        return False
+
+
 def _refuse_non_gguf(path: Path) -> None:
     """Raise unless `path` is a readable file that starts with the GGUF magic."""
     if not path.is_file():

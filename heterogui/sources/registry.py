@@ -16,9 +16,11 @@ from heterogui.pair_check import pair_reasons
 from heterogui.sources.base import Header, Loaded, Source, fit_tokenizer
 from heterogui.sources.folder import HeteroguiFolderSource
 from heterogui.sources.gguf import GGUFSource
+from heterogui.sources.gguf_header import starts_as_gguf
 from heterogui.sources.hf import HFSource, MiniLMSource
 from heterogui.sources.pair_rules import check_pair as check_hf_pair
 from heterogui.sources.preflight import Verdict
+from heterogui.sources.vocab import encoding_difference
 from heterogui.sources.zoo import DecoderPairSource, ZooSource
 
 SOURCES: tuple[Source, ...] = (
@@ -62,7 +64,7 @@ def _source_of(text: str) -> Source:
         if source.claims(text):
             return source
     path = Path(text).expanduser()
-    if path.is_file() and _starts_with(path, b"GGUF"):  # an Ollama blob, a renamed download
+    if path.is_file() and starts_as_gguf(path):  # an Ollama blob, a renamed download
         raise ModelLoadError(
             f"{shown} is a GGUF file without the .gguf extension; heterogui reads GGUF files "
             f"by that name: link or copy it as one (ln -s {shlex.quote(str(path))} model.gguf)"
@@ -91,15 +93,6 @@ def _source_of(text: str) -> Source:
     if path.exists():  # a device or a pipe (/dev/zero): there, but no folder
         raise ModelLoadError(f"{shown} is not a folder; a model is a folder: give {FORMS}")
     raise ModelLoadError(f"model folder {shown} does not exist; give {FORMS}")
-
-
-def _starts_with(path: Path, magic: bytes) -> bool:
-    """Return whether the file ``path`` starts with ``magic`` (False when it cannot be read)."""
-    try:
-        with path.open("rb") as f:
-            return f.read(len(magic)) == magic
-    except OSError:
-        return False
 
 
 def load(ref: str, *, pooling: str | None = None, device: str = "cpu") -> Loaded:
@@ -149,6 +142,15 @@ def pair_verdict(header_a: Header, header_b: Header) -> Verdict:
         )
         return Verdict(False, (reason, *verdict.reasons), verdict.notes)
     return verdict
+
+
+def pair_notes(verdict: Verdict, a: Loaded, other: Loaded, letter: str = "B") -> tuple[str, ...]:
+    """Return what a merge of model A and model ``letter`` does other than either model would
+    (``Pair.notes``): the pre-flight's cautions, and how their tokenizers encode a text
+    differently. A third model's are prefixed "model C against model A: "."""
+    which = f"model {letter} against model A: " if letter != "B" else ""
+    how = encoding_difference(a.tokenizer, other.tokenizer, letter)
+    return (*(which + caution for caution in verdict.cautions), *([how] if how else []))
 
 
 def _shape_verdict(header_a: Header, header_b: Header) -> Verdict:

@@ -27,7 +27,6 @@ from heterogui.sources import registry
 from heterogui.sources.base import LANGUAGE_MODELING, SENTENCE_SIMILARITY, Loaded
 from heterogui.sources.preflight import Verdict
 from heterogui.sources.upload import as_uploaded, keep, receive
-from heterogui.sources.vocab import encoding_difference
 from heterogui.sources.zoo import zoo_ref
 from heterogui.text_input import typed_path
 from heterogui.ui.resources import Resources
@@ -195,8 +194,7 @@ def pair_notes(a: Loaded, b: Loaded) -> tuple[str, ...]:
     Raises:
         HeteroguiError: unreadable headers.
     """
-    how = encoding_difference(a.tokenizer, b.tokenizer)
-    return (*pair_preflight(a, b).cautions, *([how] if how else []))
+    return registry.pair_notes(pair_preflight(a, b), a, b)
 
 
 def refuse_unmergeable(a: Loaded, b: Loaded) -> None:
@@ -256,6 +254,5 @@ def verdict(a: Loaded | None, b: Loaded | None) -> tuple[bool, str]:
             f"- note: the task classes overlap ({overlap[:10]}): the merge works, but the "
             "Joint and per-task scores need disjoint tasks and are not shown"
         )
-    how = encoding_difference(a.tokenizer, b.tokenizer)
-    lines += [f"- {n}" for n in (*pre.notes, *([how] if how else []))]
+    lines += [f"- {n}" for n in dict.fromkeys((*pre.notes, *pair_notes(a, b)))]  # each once
     return True, "\n".join(lines) + notes
