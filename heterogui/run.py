@@ -44,7 +44,8 @@ from heterogui.pipeline import (
 )
 from heterogui.progress import Progress, guarded, within
 from heterogui.recipe_parse import load_recipe
-from heterogui.report import add_pair_notes, group_report, merge_report
+from heterogui.report import add_pair_notes, merge_report
+from heterogui.report_group import group_report
 from heterogui.run_checks import (
     ENCODER_FAMILIES,
     check_transformer_options,

@@ -25,7 +25,8 @@ from heterogui.export.job import (
 from heterogui.export.registry import exporter, write_export
 from heterogui.fusion.merged import MergedModel
 from heterogui.nway import GroupMergeResult
-from heterogui.report import card_files, group_card_files
+from heterogui.report import card_files
+from heterogui.report_group import group_card_files
 from heterogui.sources import registry as sources
 from heterogui.sources.base import Pair
 

@@ -22,7 +22,7 @@ from heterogui.export.job import HETEROGUI_FORMAT
 from heterogui.nway import GroupMergeResult, check_group_settings, prepare_group, zip_group_prepared
 from heterogui.pipeline import ZipSettings, resolved_settings
 from heterogui.progress import Progress
-from heterogui.report import group_mode
+from heterogui.report_group import group_mode
 from heterogui.sources.base import IMAGE_CLASSIFICATION, Header, Pair
 from heterogui.tasks import Calibration, Evaluation
 from heterogui.tasks.classification import Metrics
