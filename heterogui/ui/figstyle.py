@@ -3,14 +3,16 @@
 Figures get transparent backgrounds and translucent grid lines, so they sit on the page's own
 background; in dark mode ``DARK_CSS`` turns their text (labels on the data points too) and
 axis lines light (CSS outranks the colours plotly writes inline). Hover labels keep plotly's
-own contrast. ``STATUS_CSS`` keeps Gradio's time estimates out of the status line, keeps the
-history table's column names and the Zip readout's cells whole (they scroll sideways: a narrow
-screen broke "49.78" into "49.7" over "8"; its column names wrap between words, and its border
-fits its rows; the Compare table's cells likewise) and draws a language merge's collapse alarm
-red.
+own contrast. ``STATUS_CSS`` keeps Gradio's time estimates out of the status line, breaks
+every table's column names between words only ("stage" broke into three lines on a phone),
+keeps the history table's column names and the Zip readout's cells whole (they scroll
+sideways: a narrow screen broke "49.78" into "49.7" over "8"; the readout's border fits its
+rows; the Compare table's cells likewise) and draws a language merge's collapse alarm red.
 """
 
 from __future__ import annotations
+
+import html
 
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -28,16 +30,13 @@ TEMPLATE.layout.update(paper_bgcolor=CLEAR, plot_bgcolor=CLEAR, xaxis=_AXES, yax
 # line shows the step's own stage and true share of work instead, and no estimate.
 STATUS_CSS = """
 #status .eta-bar, #status .progress-text { display: none !important; }
-#history thead th, #history thead th * {
-  white-space: nowrap !important; word-break: normal !important; overflow-wrap: normal !important;
-}
+th, th * { word-break: normal !important; overflow-wrap: normal !important; }
+#history thead th, #history thead th * { white-space: nowrap !important; }
 #readout table { display: block; overflow-x: auto; width: fit-content; max-width: 100%; }
 #readout td {
   white-space: nowrap !important; word-break: normal !important; overflow-wrap: normal !important;
 }
-#readout th {
-  white-space: normal !important; word-break: normal !important; overflow-wrap: normal !important;
-}
+#readout th { white-space: normal !important; }
 #compare-table table { display: block; overflow-x: auto; max-width: 100%; }
 #compare-table td { white-space: nowrap !important; }
 #lm-alarm { border-left: 6px solid #d62728; padding: 4px 10px; }
@@ -59,7 +58,7 @@ DARK_CSS = """
 def plain(text: str) -> str:
     """Return ``text`` as a figure shows it, character for character: plotly reads tags and
     entities in labels (a typed sentence "Use the <b>bold</b> tag" showed in bold)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return html.escape(text, quote=False)
 
 
 def style(fig: go.Figure) -> go.Figure:

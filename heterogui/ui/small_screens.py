@@ -13,7 +13,6 @@
   moved by their thumb only: a swipe that began on a slider's track scrolled the page and also
   set the slider where the finger landed (its number box takes exact values).
 - What scrolls into view (a box the keyboard focuses) stops below the status line.
-- Table headers break between words only ("stage" broke into "st", "ag", "e" on a phone).
 - ``FIT_JS`` (run once as the page loads) shrinks a figure title wider than its figure until it
   fits (down to 9 px; a phone cut "Layer CKA with the SMA path (score 1.290)" at "1.29"), and
   lays panels side by side (the Evaluate and Compare tabs' samples, the text pairs' similarity
@@ -59,7 +58,6 @@ html { scroll-padding-top: 6em; }  /* what scrolls into view (a focused box) cle
     width: 28px !important; height: 28px !important; pointer-events: auto;
   }
 }
-th, th * { word-break: normal !important; overflow-wrap: normal !important; }
 """.replace("NARROW_PX", str(NARROW_PX))
 
 FIT_JS = """
