@@ -513,7 +513,8 @@ def test_a_phone_sees_each_step_whole_titles_and_captions(url, chromium_browser)
     the right), the sample panels wrap into rows (six in a row overlapped their captions),
     one-word table headers stay whole ("stage" broke into three lines) and sliders are
     finger-sized. Rotated, the wrapped samples still fill their frame (a wrap pinned their
-    width, and panels were cut off)."""
+    width, and panels were cut off). An error's toast leaves the status line, which says the
+    same, readable (it covered it)."""
     context, page, errors = open_on_touch(chromium_browser, url, 390, 844)
     page.locator("#cka-heatmap .js-plotly-plot .gtitle").wait_for(timeout=TIMEOUT_MS)
     page.wait_for_timeout(500)
@@ -555,7 +556,13 @@ def test_a_phone_sees_each_step_whole_titles_and_captions(url, chromium_browser)
         page.wait_for_timeout(1200)
         frames.append(page.evaluate(FRAME_FIT, "samples"))
         overlapping.append(page.evaluate(CAPTIONS_OVERLAPPING))
+    open_tab_on_a_phone(page, "7 Export")  # an error's toast leaves the status line readable
+    page.locator("#export-dir textarea, #export-dir input").first.fill(" ")
+    page.locator("#export").click()
+    page.locator(".toast-body").first.wait_for(timeout=TIMEOUT_MS)
+    toast, said = page.locator(".toast-wrap").bounding_box(), page.locator("#status").bounding_box()
     context.close()
+    assert toast["y"] >= said["y"] + said["height"] or toast["y"] + toast["height"] <= said["y"]
     assert titles and all(f0 - 1 <= t0 and t1 <= f1 + 1 for t0, t1, f0, f1 in titles), titles
     assert toolbar == "0"
     assert broken == []

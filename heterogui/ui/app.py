@@ -47,7 +47,7 @@ from heterogui.ui.plot_zoom import ZOOM_JS  # noqa: E402
 from heterogui.ui.prefetch import Prefetcher  # noqa: E402
 from heterogui.ui.resources import Resources  # noqa: E402
 from heterogui.ui.session import Session, remove_stale_sessions  # noqa: E402
-from heterogui.ui.small_screens import FIT_JS, SMALL_SCREEN_CSS  # noqa: E402
+from heterogui.ui.small_screens import FIT_JS, SMALL_SCREEN_CSS, SMALL_SCREEN_HEAD  # noqa: E402
 from heterogui.ui.views import SCOPES, TABS, views_of  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -328,6 +328,7 @@ def launch(
         footer_links=["api", "settings"],
         run_history=False,
         css=DARK_CSS + STATUS_CSS + FOCUS_CSS + SMALL_SCREEN_CSS,
+        head=SMALL_SCREEN_HEAD,
         js="() => {" + "".join(f"({script})();" for script in (PAGE_JS, ZOOM_JS, FIT_JS)) + "}",
         enable_monitoring=False,
         mcp_server=False,

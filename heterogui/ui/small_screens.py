@@ -13,6 +13,8 @@
   moved by their thumb only: a swipe that began on a slider's track scrolled the page and also
   set the slider where the finger landed (its number box takes exact values).
 - What scrolls into view (a box the keyboard focuses) stops below the status line.
+- Toasts show at the bottom of a narrow page (``SMALL_SCREEN_HEAD``): at the top they covered
+  the status line that stuck there, which says the same and more.
 - ``FIT_JS`` (run once as the page loads) shrinks a figure title wider than its figure until it
   fits (down to 9 px; a phone cut "Layer CKA with the SMA path (score 1.290)" at "1.29"), and
   lays panels side by side (the Evaluate and Compare tabs' samples, the text pairs' similarity
@@ -59,6 +61,14 @@ html { scroll-padding-top: 6em; }  /* what scrolls into view (a focused box) cle
   }
 }
 """.replace("NARROW_PX", str(NARROW_PX))
+
+# gradio's toasts lie outside the container's content, where the page's CSS inside @media does
+# not reach: this rule goes into the page's <head> as it is
+SMALL_SCREEN_HEAD = """<style>
+@media (max-width: NARROW_PXpx) {
+  .gradio-container .toast-wrap { top: auto !important; bottom: 12px !important; }
+}
+</style>""".replace("NARROW_PX", str(NARROW_PX))
 
 FIT_JS = """
 () => {
