@@ -490,6 +490,20 @@ CAPTIONS_OVERLAPPING = """() => {
     && meet(box, other))).map(([text]) => text);
 }"""
 
+# Block labels that a block's toolbar covers (their texts)
+LABELS_UNDER_TOOLBARS = """() => [...document.querySelectorAll('.icon-button-wrapper')]
+  .filter(bar => bar.offsetParent !== null && bar.closest('.block'))
+  .flatMap(bar => {
+    const b = bar.getBoundingClientRect();
+    return [...bar.closest('.block').querySelectorAll('label, [data-testid=block-label]')]
+      .filter(label => label.offsetParent !== null && label.textContent.trim())
+      .filter(label => {
+        const a = label.getBoundingClientRect();
+        return a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+      })
+      .map(label => label.textContent.trim());
+  })"""
+
 # Table headers of one word that the page broke over more than one line.
 BROKEN_HEADERS = """() => [...document.querySelectorAll('th')]
   .filter(th => th.offsetParent !== null && /^\\w+$/.test(th.innerText.trim()))
@@ -514,7 +528,7 @@ def test_a_phone_sees_each_step_whole_titles_and_captions(url, chromium_browser)
     one-word table headers stay whole ("stage" broke into three lines) and sliders are
     finger-sized. Rotated, the wrapped samples still fill their frame (a wrap pinned their
     width, and panels were cut off). An error's toast leaves the status line, which says the
-    same, readable (it covered it)."""
+    same, readable (it covered it), and no toolbar covers a label (the recipe's did)."""
     context, page, errors = open_on_touch(chromium_browser, url, 390, 844)
     page.locator("#cka-heatmap .js-plotly-plot .gtitle").wait_for(timeout=TIMEOUT_MS)
     page.wait_for_timeout(500)
@@ -557,11 +571,13 @@ def test_a_phone_sees_each_step_whole_titles_and_captions(url, chromium_browser)
         frames.append(page.evaluate(FRAME_FIT, "samples"))
         overlapping.append(page.evaluate(CAPTIONS_OVERLAPPING))
     open_tab_on_a_phone(page, "7 Export")  # an error's toast leaves the status line readable
+    covered = page.evaluate(LABELS_UNDER_TOOLBARS)  # the recipe's toolbar covered its label
     page.locator("#export-dir textarea, #export-dir input").first.fill(" ")
     page.locator("#export").click()
     page.locator(".toast-body").first.wait_for(timeout=TIMEOUT_MS)
     toast, said = page.locator(".toast-wrap").bounding_box(), page.locator("#status").bounding_box()
     context.close()
+    assert covered == []
     assert toast["y"] >= said["y"] + said["height"] or toast["y"] + toast["height"] <= said["y"]
     assert titles and all(f0 - 1 <= t0 and t1 <= f1 + 1 for t0, t1, f0, f1 in titles), titles
     assert toolbar == "0"

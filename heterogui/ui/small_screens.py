@@ -13,6 +13,8 @@
   moved by their thumb only: a swipe that began on a slider's track scrolled the page and also
   set the slider where the finger landed (its number box takes exact values).
 - What scrolls into view (a box the keyboard focuses) stops below the status line.
+- On a phone the Export tab's recipe view has its toolbar (copy, "Save as recipe.yaml") on a
+  line of its own: it covered the view's label.
 - Toasts show at the bottom of a narrow page (``SMALL_SCREEN_HEAD``): at the top they covered
   the status line that stuck there, which says the same and more.
 - ``FIT_JS`` (run once as the page loads) shrinks a figure title wider than its figure until it
@@ -44,6 +46,9 @@ html { scroll-padding-top: 6em; }  /* what scrolls into view (a focused box) cle
     background: var(--background-fill-primary) !important;
     box-shadow: 0 2px 6px rgba(0, 0, 0, 0.18); padding: 4px 8px !important;
   }
+}
+@media (max-width: 560px) {  /* the recipe's label and its toolbar no longer share a line */
+  #recipe-view .icon-button-wrapper { position: static !important; justify-content: flex-end; }
 }
 @media (pointer: coarse) {
   .js-plotly-plot .modebar-container { opacity: 0; pointer-events: none; }
