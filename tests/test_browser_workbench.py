@@ -537,6 +537,7 @@ def test_a_phone_sees_each_step_whole_titles_and_captions(url, chromium_browser)
         "bar => getComputedStyle(bar).opacity"
     )
     broken = page.evaluate(BROKEN_HEADERS)
+    covered = page.evaluate(LABELS_UNDER_TOOLBARS)
     open_tab_on_a_phone(page, "4 Zip")
     rho = page.locator("#rho input[type=number]")
     rho.scroll_into_view_if_needed()
@@ -564,6 +565,7 @@ def test_a_phone_sees_each_step_whole_titles_and_captions(url, chromium_browser)
     page.locator("#samples .annotation-text").first.wait_for(timeout=TIMEOUT_MS)
     page.wait_for_timeout(800)
     overlapping = [page.evaluate(CAPTIONS_OVERLAPPING)]
+    covered += page.evaluate(LABELS_UNDER_TOOLBARS)
     frames = []  # the samples' frame and drawn widths, then rows, after each rotation
     for width, height in ((844, 390), (390, 844)):  # the wrapped figure follows the page
         page.set_viewport_size({"width": width, "height": height})
@@ -571,7 +573,7 @@ def test_a_phone_sees_each_step_whole_titles_and_captions(url, chromium_browser)
         frames.append(page.evaluate(FRAME_FIT, "samples"))
         overlapping.append(page.evaluate(CAPTIONS_OVERLAPPING))
     open_tab_on_a_phone(page, "7 Export")  # an error's toast leaves the status line readable
-    covered = page.evaluate(LABELS_UNDER_TOOLBARS)  # the recipe's toolbar covered its label
+    covered += page.evaluate(LABELS_UNDER_TOOLBARS)  # the recipe's toolbar covered its label
     page.locator("#export-dir textarea, #export-dir input").first.fill(" ")
     page.locator("#export").click()
     page.locator(".toast-body").first.wait_for(timeout=TIMEOUT_MS)
