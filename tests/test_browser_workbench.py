@@ -829,5 +829,22 @@ def test_the_minilm_pair_merges_in_the_page(url, chromium_browser, tmp_path):
     merged_row = page.get_by_text("merged (exported trunk, mean-pooled)")
     merged_row.filter(visible=True).first.wait_for(timeout=TIMEOUT_MS)
     shot("minilm-evaluate")
+    # On a phone's width the scores fit beside the models' names, which wrap (the names took
+    # the width, and the scores were a sideways scroll away), and no number breaks
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(800)
+    scores = page.locator("#text-scores table").evaluate(
+        """t => ({
+            overflow: t.scrollWidth - t.parentElement.clientWidth,
+            broken: [...t.querySelectorAll('tbody td:not(:first-child)')].filter(cell => {
+                const text = document.createRange();  // the lines the number takes
+                text.selectNodeContents(cell);
+                const tops = [...text.getClientRects()].filter(r => r.width > 0)
+                    .map(r => Math.round(r.top));
+                return cell.innerText.trim() && new Set(tops).size > 1;
+            }).map(cell => cell.innerText),
+        })"""
+    )
     page.close()
+    assert scores == {"overflow": 0, "broken": []}, scores
     assert errors == [] and foreign == []

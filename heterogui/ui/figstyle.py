@@ -7,7 +7,8 @@ own contrast. ``STATUS_CSS`` keeps Gradio's time estimates out of the status lin
 every table's column names between words only ("stage" broke into three lines on a phone),
 keeps the history table's column names and the Zip readout's cells whole (they scroll
 sideways: a narrow screen broke "49.78" into "49.7" over "8"; the readout's border fits its
-rows; the Compare table's cells likewise) and draws a language merge's collapse alarm red.
+rows; the Compare table's cells likewise; a text pair's scores, whose models' names wrap
+instead) and draws a language merge's collapse alarm red.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ th, th * { word-break: normal !important; overflow-wrap: normal !important; }
 #readout th { white-space: normal !important; }
 #compare-table table { display: block; overflow-x: auto; max-width: 100%; }
 #compare-table td { white-space: nowrap !important; }
+#text-scores td:not(:first-child) * { white-space: nowrap !important; }
 #lm-alarm { border-left: 6px solid #d62728; padding: 4px 10px; }
 #lm-alarm, #lm-alarm * { color: #d62728 !important; }
 #samples, #sim-plot { border: none !important; }

@@ -47,7 +47,8 @@ html { scroll-padding-top: 6em; }  /* what scrolls into view (a focused box) cle
     box-shadow: 0 2px 6px rgba(0, 0, 0, 0.18); padding: 4px 8px !important;
   }
 }
-@media (max-width: 560px) {  /* the recipe's label and its toolbar no longer share a line */
+@media (max-width: 560px) {
+  /* the recipe's label and its toolbar no longer share a line */
   #recipe-view .icon-button-wrapper { position: static !important; justify-content: flex-end; }
 }
 @media (pointer: coarse) {

@@ -104,7 +104,10 @@ def build(ui: dict[str, Any], res: Resources) -> None:
     ui["panel_spearman"] = gr.Group(visible=False)
     with ui["panel_spearman"]:
         ui["text_scores"] = gr.Dataframe(
+            elem_id="text-scores",
             headers=SPEARMAN_HEADER,
+            wrap=True,  # a phone wraps the models' names, and shows their scores beside them
+            column_widths=["41%", "27%", "32%"],
             interactive=False,
             label="Spearman of embedding cosines with the graded sentence pairs; the merged "
             "model gives one embedding per head, and the exported folder the mean-pooled trunk",
