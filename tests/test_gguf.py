@@ -117,6 +117,38 @@ def test_a_gguf_file_with_nan_weights_is_refused_as_the_users_file(tmp_path: Pat
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("llama.attention.head_count", 0, "llama.attention.head_count is 0, not at least 1"),
+        ("llama.block_count", 0, "llama.block_count is 0, not at least 1"),
+        ("llama.embedding_length", 0, "llama.embedding_length is 0, not at least 1"),
+        (
+            "llama.attention.head_count_kv",
+            2,
+            "llama.attention.head_count (9) is not a multiple of llama.attention.head_count_kv (2)",
+        ),
+    ],
+)
+def test_a_gguf_header_with_an_impossible_shape_is_refused_in_one_line(
+    tmp_path: Path, key: str, value: int, words: str
+) -> None:
+    # a count of 0 failed with a TypeError in the pre-flight (head width None), or passed it
+    # and failed with an IndexError after a minute of converting (no layers)
+    import gguf
+
+    from heterogui.sources.registry import describe
+
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes(smollm2_gguf().read_bytes())
+    field = gguf.GGUFReader(damaged, "r+").fields[key]
+    field.parts[field.data[0]][0] = value
+    with pytest.raises(ModelLoadError, match=re.escape(words)) as info:
+        describe(str(damaged))
+    assert "damaged.gguf" in str(info.value) and "export it again" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
 def test_a_gguf_file_without_its_extension_is_named_as_gguf(tmp_path: Path) -> None:
     # an Ollama blob (sha256-...) or a renamed download: "a model is a folder" before
     from heterogui.sources.registry import describe

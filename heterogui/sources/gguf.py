@@ -37,6 +37,45 @@ BUILT_IN_NAMES = {"smollm2:135m-instruct": "SmolLM2-135M-Instruct"}
 _FAMILY = {"llama": "decoder", "qwen2": "decoder", "mistral": "decoder"}
 
 
+# the header's shape fields and their GGUF keys (after the architecture's name)
+_SHAPE_KEYS = {
+    "block_count": "block_count",
+    "embedding_length": "embedding_length",
+    "feed_forward_length": "feed_forward_length",
+    "head_count": "attention.head_count",
+    "head_count_kv": "attention.head_count_kv",
+    "key_length": "attention.key_length",
+}
+
+
+def _check_shape(header: GGUFHeader) -> None:
+    """Refuse a decoder's shape no model can have (a count of 0, heads that do not share
+    key/value heads evenly), naming the GGUF key: read as it is, the file failed with a
+    traceback in the pre-flight, or after a minute of converting.
+
+    Raises:
+        ModelLoadError: the first such key, with its value.
+    """
+    arch, name = header.architecture, header.path.name
+    fix = "the file is damaged; export it again (llama.cpp's convert_hf_to_gguf.py)"
+    for field, key in _SHAPE_KEYS.items():
+        value = getattr(header, field)
+        if value is not None and value < 1:
+            raise ModelLoadError(f"{name}: {arch}.{key} is {value}, not at least 1; {fix}")
+    heads, kv = header.head_count, header.head_count_kv
+    if kv and heads % kv:
+        raise ModelLoadError(
+            f"{name}: {arch}.attention.head_count ({heads}) is not a multiple of "
+            f"{arch}.attention.head_count_kv ({kv}); {fix}"
+        )
+    if not header.key_length and header.embedding_length % heads:
+        raise ModelLoadError(
+            f"{name}: {arch}.embedding_length ({header.embedding_length}) is not a multiple of "
+            f"{arch}.attention.head_count ({heads}) and the file has no "
+            f"{arch}.attention.key_length; {fix}"
+        )
+
+
 def gguf_card(header: GGUFHeader) -> ModelCard:
     """Return the pre-flight card of a GGUF decoder (from its metadata only).
 
@@ -51,6 +90,7 @@ def gguf_card(header: GGUFHeader) -> ModelCard:
             f"{', '.join(missing) or 'a supported architecture'}; heterogui merges GGUF decoder "
             f"language models of architecture {' or '.join(sorted(_FAMILY))}"
         )
+    _check_shape(header)
     depth, hidden = header.block_count, header.embedding_length
     heads, inter = header.head_count, header.feed_forward_length
     kv, d, vocab = header.head_count_kv or heads, header.head_dim, header.vocab_size or 0
