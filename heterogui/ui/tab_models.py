@@ -291,7 +291,7 @@ def on_analyse(
     progress=None,
 ) -> str:
     """Analyse the loaded pair on the chosen data (api: /analyse)."""
-    data = chosen_data(session, choice, file, int(size or 256))
+    data = chosen_data(session, choice, file, work.whole(size or 256, "calibration inputs"))
     # a demo pair on its own data, at its own size, shares the app's analysis of it
     shared = session.demo and data == session.task.default_calibration(session.pair)
     work.analyse(session, res, None if shared else data, progress)

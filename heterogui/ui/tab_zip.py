@@ -208,7 +208,7 @@ def settings_from(
         alpha,
         beta,
         rho,
-        None if stop is None else int(stop),
+        None if stop is None else work.whole(stop, "stop"),
         session.settings.overrides,
         n,
         fusion=fusion,

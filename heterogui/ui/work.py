@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from fnmatch import fnmatchcase
 from typing import Any
@@ -289,6 +290,18 @@ def no_merge(session: Session, to: str, first: str) -> str:
     return first
 
 
+def whole(value: float, what: str) -> int:
+    """Return a slider's or number box's ``value`` as an int (a script may send NaN or inf,
+    which the page's own controls never do: ``int`` failed with an unexpected ValueError).
+
+    Raises:
+        ConfigError: naming ``what``.
+    """
+    if not math.isfinite(value):
+        raise ConfigError(f"{what} = {value} is not a number: give a whole number")
+    return int(value)
+
+
 def make_settings(
     matcher: str,
     alpha: float,
@@ -321,7 +334,9 @@ def make_settings(
         raise ConfigError("beta and rho must lie in [0, 1]")
     check_fusion(fusion, ridge)
     check_heads("heads", heads)
-    stop_value = None if stop is None or (n_blocks is not None and stop >= n_blocks) else int(stop)
+    stop_value = None if stop is None else whole(stop, "stop")
+    if stop_value is not None and n_blocks is not None and stop_value >= n_blocks:
+        stop_value = None  # at or past the last block: no stop
     return ZipSettings(
         matcher,
         float(alpha),
