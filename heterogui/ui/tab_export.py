@@ -111,8 +111,11 @@ def default_folder(session: Session) -> str:
     if name is None and session.both_loaded():  # models loaded one by one: their names
         name = "+".join(m.name[:40] for m in (session.a, session.b))
     name = name or "custom"
-    tag = f"{name}-rho{result.settings.rho:.2f}-m{session.merge_count}-{session.sid}"
-    tag = tag if result else name
+    tag = (
+        f"{name}-rho{result.settings.rho:.2f}-m{session.merge_count}-{session.sid}"
+        if result
+        else name
+    )
     return re.sub(r"[^A-Za-z0-9._+-]", "_", tag)
 
 
