@@ -10,7 +10,6 @@ import sys
 import threading
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from heterogui import __version__
@@ -26,7 +25,7 @@ from heterogui.errors import (
     os_error_line,
     out_of_memory_line,
 )
-from heterogui.folders import check_output
+from heterogui.folders import check_output, output_as_typed
 from heterogui.recipe_parse import load_recipe
 
 
@@ -46,7 +45,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     run_export.check_format(recipe, args.format)
     # before the expensive part; the text as typed (Path("") would read as the current folder)
     check_output(args.out, args.overwrite, run_export.data_files(recipe))
-    out = Path(args.out.strip())  # the folder check_output names (" r9 " is r9)
+    out = output_as_typed(args.out)  # the folder check_output names
     distributed.init_from_env(recipe.device)
     try:
         writer = distributed.is_main()

@@ -255,6 +255,12 @@ def check_names(text: str) -> None:
             )
 
 
+def output_as_typed(out: str | Path) -> Path:
+    """Return the output folder a user typed, without the spaces around it (" r9 " is r9):
+    the folder ``check_output`` checks and an export writes."""
+    return Path(str(out).strip())
+
+
 def check_output(out: str | Path, overwrite: bool = False, inputs: Iterable[Path] = ()) -> Path:
     """Return the resolved output folder, or raise before anything runs.
 
@@ -264,7 +270,7 @@ def check_output(out: str | Path, overwrite: bool = False, inputs: Iterable[Path
     Raises:
         ExportError: naming the folder, what is wrong and what to do.
     """
-    text = str(out).strip()
+    text = str(out).strip()  # as output_as_typed (Path("") would be the current folder)
     if not text:
         raise ExportError("give an output folder")
     check_names(text)

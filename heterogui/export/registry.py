@@ -10,7 +10,7 @@ from heterogui.export.causal_lm import CAUSAL_LM
 from heterogui.export.hf import BERT, VIT
 from heterogui.export.job import Exporter, ExportJob
 from heterogui.export.network import NETWORK
-from heterogui.folders import atomic_output, check_output, write_marker
+from heterogui.folders import atomic_output, check_output, output_as_typed, write_marker
 
 EXPORTERS: dict[str, Exporter] = {e.name: e for e in (NETWORK, BERT, VIT, CAUSAL_LM)}
 
@@ -50,4 +50,4 @@ def write_export(
     with atomic_output(target, overwrite) as tmp:
         chosen.write(job, tmp)
         write_marker(tmp, f"written by heterogui ({chosen.name} format)")
-    return Path(str(out).strip())  # the folder written (check_output strips the name)
+    return output_as_typed(out)  # the folder written
