@@ -10,7 +10,7 @@ import pytest
 from conftest import drawn
 from plotly.subplots import make_subplots
 
-from heterogui.ui.fig_eval import history_figure, sizes_figure, sweep_figure
+from heterogui.ui.fig_eval import FLOPS_UNCOUNTED, history_figure, sizes_figure, sweep_figure
 from heterogui.ui.figstyle import GRID, TEMPLATE, style
 
 
@@ -66,12 +66,14 @@ def test_the_sweep_s_current_rho_label_stays_clear_of_the_size_axis():
         assert label.text == f"current rho {rho:.2f}" and label.xanchor == side
 
 
-def test_sizes_without_flops_say_so_instead_of_an_empty_axis():
+def test_sizes_without_flops_say_so_under_the_parameters_which_take_the_width():
+    # the empty FLOPs panel's title ran into the parameters' on a phone
     sizes = {n: {"parameters": p, "flops": None} for n, p in (("A", 10), ("B", 20), ("merged", 25))}
     fig = sizes_figure(sizes)
     assert len(fig.data) == 1 and list(fig.data[0].y) == [10, 20, 25]
-    assert "not counted" in fig.layout.annotations[1].text
-    assert fig.layout.xaxis2.visible is False and fig.layout.yaxis2.visible is False
+    (title,) = fig.layout.annotations
+    assert title.text.startswith("parameters<br>") and FLOPS_UNCOUNTED in title.text
+    assert fig.layout.xaxis.domain == (0.0, 1.0) and "xaxis2" not in fig.layout.to_plotly_json()
     sizes["A"]["flops"] = 5
     assert len(sizes_figure(sizes).data) == 2
 
@@ -81,15 +83,20 @@ def test_sizes_figure_is_laid_out_as_plotly_subplots_lay_it_out(flops):
 
     sizes = {n: {"parameters": p, "flops": flops} for n, p in (("A", 10), ("B", 2_000_000))}
     fig = sizes_figure(sizes)
-    title = "FLOPs per input" if flops else "FLOPs per input: not counted for these models"
-    grid = make_subplots(rows=1, cols=2, subplot_titles=("parameters", title))
-    for name in ("xaxis", "yaxis", "xaxis2", "yaxis2"):
+    if flops:
+        grid = make_subplots(rows=1, cols=2, subplot_titles=("parameters", "FLOPs per input"))
+        axes = ("xaxis", "yaxis", "xaxis2", "yaxis2")
+    else:
+        title = f"parameters<br><span style='font-size:12px'>{FLOPS_UNCOUNTED}</span>"
+        grid = make_subplots(rows=1, cols=1, subplot_titles=(title,))
+        axes = ("xaxis", "yaxis")
+    for name in axes:
         assert fig.layout[name].domain == grid.layout[name].domain
         assert fig.layout[name].anchor == grid.layout[name].anchor
     assert fig.layout.annotations == grid.layout.annotations
     assert [(t.xaxis, t.yaxis) for t in fig.data] == [("x", "y"), ("x2", "y2")][: len(fig.data)]
     assert list(fig.data[0].text) == ["10", "2,000,000"]
-    assert fig.layout.yaxis.tickformat == fig.layout.yaxis2.tickformat == "~s"
+    assert all(fig.layout[axis].tickformat == "~s" for axis in axes if axis[0] == "y")
 
 
 def test_style_gives_every_axis_the_shared_look_and_keeps_the_figures_own_settings():

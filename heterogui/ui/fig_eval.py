@@ -18,6 +18,8 @@ MODEL_COLOURS = {"A": "#1f77b4", "B": "#ff7f0e", "ensemble": "#9467bd", "merged"
 
 # the characters of a pair's name a plot title shows (the history plot is half the page wide)
 TITLE_NAME = 48
+# the sizes figure's note where no model's FLOPs are counted (transformers)
+FLOPS_UNCOUNTED = "FLOPs per input: not counted for these models"
 # the characters of a sentence the similarity maps' row labels show
 SENTENCE_LABEL = 32
 
@@ -27,26 +29,35 @@ def sizes_figure(sizes: dict[str, dict[str, Any]]) -> go.Figure:
 
     sizes: model name -> {"parameters": int, "flops": int | None}.
 
-    Built as plotly's ``make_subplots(rows=1, cols=2, subplot_titles=...)`` lays it out, from
-    plain dicts: a slider release redraws it, and the subplot grid cost most of its time.
+    Built as plotly's ``make_subplots(rows=1, cols=2, subplot_titles=...)`` lays it out (one
+    column where no FLOPs are counted), from plain dicts: a slider release redraws it, and the
+    subplot grid cost most of its time.
     """
     names = list(sizes)
     counted = any(sizes[n].get("flops") is not None for n in names)
-    flops_title = "FLOPs per input" if counted else "FLOPs per input: not counted for these models"
     colours = [MODEL_COLOURS.get(n, "#888") for n in names]
     traces, layout = [], {}
-    for col, key, title, domain in (
-        (1, "parameters", "parameters", [0.0, 0.45]),
-        (2, "flops", flops_title, [0.55, 1.0]),
-    ):
+    # uncounted FLOPs leave the parameters the whole width, and say so under their title: the
+    # empty panel's title "FLOPs per input: not counted for these models" ran into the
+    # parameters' on a phone
+    panels = (
+        ((1, "parameters", "parameters", [0.0, 0.45]), (2, "flops", "FLOPs per input", [0.55, 1.0]))
+        if counted
+        else (
+            (
+                1,
+                "parameters",
+                f"parameters<br><span style='font-size:12px'>{FLOPS_UNCOUNTED}</span>",
+                [0.0, 1.0],
+            ),
+        )
+    )
+    for col, key, title, domain in panels:
         x, y = ("x", "y") if col == 1 else (f"x{col}", f"y{col}")
-        shown = key != "flops" or counted
-        hidden = {} if shown else {"visible": False}
-        layout[f"xaxis{col if col > 1 else ''}"] = {"anchor": y, "domain": domain, **hidden}
+        layout[f"xaxis{col if col > 1 else ''}"] = {"anchor": y, "domain": domain}
         layout[f"yaxis{col if col > 1 else ''}"] = {
             "anchor": x,
             "domain": [0.0, 1.0],
-            **hidden,
             "tickformat": "~s",
         }
         layout.setdefault("annotations", []).append(
@@ -62,21 +73,20 @@ def sizes_figure(sizes: dict[str, dict[str, Any]]) -> go.Figure:
                 "yref": "paper",
             }
         )
-        if shown:
-            values = [sizes[n].get(key) or 0 for n in names]
-            traces.append(
-                {
-                    "type": "bar",
-                    "x": names,
-                    "y": values,
-                    "marker": {"color": colours},
-                    "text": [f"{v:,}" for v in values],
-                    "textposition": "auto",
-                    "showlegend": False,
-                    "xaxis": x,
-                    "yaxis": y,
-                }
-            )
+        values = [sizes[n].get(key) or 0 for n in names]
+        traces.append(
+            {
+                "type": "bar",
+                "x": names,
+                "y": values,
+                "marker": {"color": colours},
+                "text": [f"{v:,}" for v in values],
+                "textposition": "auto",
+                "showlegend": False,
+                "xaxis": x,
+                "yaxis": y,
+            }
+        )
     layout.update(height=320, margin={"l": 50, "r": 20, "t": 64, "b": 40})
     return go.Figure({"data": traces, "layout": layout}, _validate=False)
 
