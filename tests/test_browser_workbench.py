@@ -504,6 +504,18 @@ LABELS_UNDER_TOOLBARS = """() => [...document.querySelectorAll('.icon-button-wra
       .map(label => label.textContent.trim());
   })"""
 
+# Per visible figure, the texts of its titles and annotations whose boxes overlap another's
+TEXTS_OVERLAPPING = """() => [...document.querySelectorAll('.js-plotly-plot')]
+  .filter(gd => gd.offsetParent !== null)
+  .flatMap(gd => {
+    const boxes = [...gd.querySelectorAll('.annotation-text, .gtitle')]
+      .map(t => [t.textContent, t.getBoundingClientRect()]).filter(([_, b]) => b.width > 0);
+    const meet = (a, b) => a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1
+      && b.top < a.bottom - 1;
+    return boxes.filter(([_, box]) => boxes.some(([__, other]) => other !== box
+      && meet(box, other))).map(([text]) => text);
+  })"""
+
 # Table headers of one word that the page broke over more than one line.
 BROKEN_HEADERS = """() => [...document.querySelectorAll('th')]
   .filter(th => th.offsetParent !== null && /^\\w+$/.test(th.innerText.trim()))
@@ -833,6 +845,11 @@ def test_the_minilm_pair_merges_in_the_page(url, chromium_browser, tmp_path):
     # the width, and the scores were a sideways scroll away), and no number breaks
     page.set_viewport_size({"width": 390, "height": 844})
     page.wait_for_timeout(800)
+    overlapping = page.evaluate(TEXTS_OVERLAPPING)
+    open_tab_on_a_phone(page, "4 Zip")  # the size figure's two titles met there
+    page.wait_for_timeout(800)
+    overlapping += page.evaluate(TEXTS_OVERLAPPING)
+    open_tab_on_a_phone(page, "5 Evaluate")
     scores = page.locator("#text-scores table").evaluate(
         """t => ({
             overflow: t.scrollWidth - t.parentElement.clientWidth,
@@ -847,4 +864,5 @@ def test_the_minilm_pair_merges_in_the_page(url, chromium_browser, tmp_path):
     )
     page.close()
     assert scores == {"overflow": 0, "broken": []}, scores
+    assert overlapping == []
     assert errors == [] and foreign == []
