@@ -516,6 +516,16 @@ TEXTS_OVERLAPPING = """() => [...document.querySelectorAll('.js-plotly-plot')]
       && meet(box, other))).map(([text]) => text);
   })"""
 
+# Dropdown values whose text runs on under the dropdown's arrow (their starts)
+VALUES_UNDER_ARROWS = """() => [...document.querySelectorAll('.block .secondary-wrap > input')]
+  .filter(box => box.offsetParent !== null && box.value)
+  .filter(box => {
+    const arrow = box.parentElement.querySelector(':scope > .icon-wrap');
+    const end = box.getBoundingClientRect().right - parseFloat(getComputedStyle(box).paddingRight);
+    return arrow && end > arrow.getBoundingClientRect().left + 0.5;
+  })
+  .map(box => box.value.slice(0, 40))"""
+
 # Table headers of one word that the page broke over more than one line.
 BROKEN_HEADERS = """() => [...document.querySelectorAll('th')]
   .filter(th => th.offsetParent !== null && /^\\w+$/.test(th.innerText.trim()))
@@ -540,7 +550,8 @@ def test_a_phone_sees_each_step_whole_titles_and_captions(url, chromium_browser)
     one-word table headers stay whole ("stage" broke into three lines) and sliders are
     finger-sized. Rotated, the wrapped samples still fill their frame (a wrap pinned their
     width, and panels were cut off). An error's toast leaves the status line, which says the
-    same, readable (it covered it), and no toolbar covers a label (the recipe's did)."""
+    same, readable (it covered it), no toolbar covers a label (the recipe's did) and no
+    dropdown's value runs on under its arrow."""
     context, page, errors = open_on_touch(chromium_browser, url, 390, 844)
     page.locator("#cka-heatmap .js-plotly-plot .gtitle").wait_for(timeout=TIMEOUT_MS)
     page.wait_for_timeout(500)
@@ -551,6 +562,7 @@ def test_a_phone_sees_each_step_whole_titles_and_captions(url, chromium_browser)
     broken = page.evaluate(BROKEN_HEADERS)
     covered = page.evaluate(LABELS_UNDER_TOOLBARS)
     open_tab_on_a_phone(page, "4 Zip")
+    under_arrows = page.evaluate(VALUES_UNDER_ARROWS)  # the fusion's "auto (what measured..."
     rho = page.locator("#rho input[type=number]")
     rho.scroll_into_view_if_needed()
     slider = page.locator("#rho input[type=range]").bounding_box()
@@ -586,12 +598,14 @@ def test_a_phone_sees_each_step_whole_titles_and_captions(url, chromium_browser)
         overlapping.append(page.evaluate(CAPTIONS_OVERLAPPING))
     open_tab_on_a_phone(page, "7 Export")  # an error's toast leaves the status line readable
     covered += page.evaluate(LABELS_UNDER_TOOLBARS)  # the recipe's toolbar covered its label
+    under_arrows += page.evaluate(VALUES_UNDER_ARROWS)
     page.locator("#export-dir textarea, #export-dir input").first.fill(" ")
     page.locator("#export").click()
     page.locator(".toast-body").first.wait_for(timeout=TIMEOUT_MS)
     toast, said = page.locator(".toast-wrap").bounding_box(), page.locator("#status").bounding_box()
     context.close()
     assert covered == []
+    assert under_arrows == []
     assert toast["y"] >= said["y"] + said["height"] or toast["y"] + toast["height"] <= said["y"]
     assert titles and all(f0 - 1 <= t0 and t1 <= f1 + 1 for t0, t1, f0, f1 in titles), titles
     assert toolbar == "0"

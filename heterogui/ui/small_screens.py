@@ -13,6 +13,8 @@
   moved by their thumb only: a swipe that began on a slider's track scrolled the page and also
   set the slider where the finger landed (its number box takes exact values).
 - What scrolls into view (a box the keyboard focuses) stops below the status line.
+- A dropdown's value too long for its box ends in an ellipsis before the arrow, which covered
+  it; the Compare tab's two merge pickers stack on a phone (each had 135 px).
 - On a phone the Export tab's recipe view has its toolbar (copy, "Save as recipe.yaml") on a
   line of its own: it covered the view's label.
 - Toasts show at the bottom of a narrow page (``SMALL_SCREEN_HEAD``): at the top they covered
@@ -39,6 +41,11 @@ PANEL_PX = 120  # the narrowest sample panel: its captions' longest line at 10 p
 SMALL_SCREEN_CSS = """
 .gradio-container { overflow: clip !important; }
 html { scroll-padding-top: 6em; }  /* what scrolls into view (a focused box) clears #status */
+/* a dropdown's value longer than its box ends in an ellipsis before the arrow (it ran on under
+   the arrow: the Compare tab's pickers hid "76.89" behind it on a phone) */
+.secondary-wrap:has(> .icon-wrap) > input {
+  padding-right: 24px !important; text-overflow: ellipsis;
+}
 @media (max-width: NARROW_PXpx) {
   #status {
     position: sticky !important; top: 0; z-index: 50; overflow-y: auto;

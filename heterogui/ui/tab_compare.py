@@ -67,8 +67,14 @@ def build(ui: dict[str, Any], res: Resources) -> None:
         "two you compare stay in memory so their samples can be redrawn."
     )
     with gr.Row():
-        ui["compare_left"] = gr.Dropdown([], label="First merge", elem_id="compare-left")
-        ui["compare_right"] = gr.Dropdown([], label="Second merge", elem_id="compare-right")
+        # a merge's name is long ("#1 · Joint % 76.89 · rho 0.5 alpha 0.5 ..."): on a phone
+        # the pickers stack
+        ui["compare_left"] = gr.Dropdown(
+            [], label="First merge", elem_id="compare-left", min_width=240
+        )
+        ui["compare_right"] = gr.Dropdown(
+            [], label="Second merge", elem_id="compare-right", min_width=240
+        )
         ui["compare_merges"] = gr.Button("Compare", elem_id="compare-merges")
     ui["compare_table"] = gr.Markdown(elem_id="compare-table")
     # the alignment's sentence above the widths, the plot the page's full width: half of it
