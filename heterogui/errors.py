@@ -77,8 +77,14 @@ def os_error_line(exc: OSError, filename: str | None = None) -> str:
     return f"{exc.strerror or excerpt(exc)}{where}: {fix}"
 
 
-# what torch's allocators say when the memory runs out (a RuntimeError, not a MemoryError)
-_OUT_OF_MEMORY = ("can't allocate memory", "DefaultCPUAllocator", "CUDA out of memory")
+# what torch's allocators say when the memory runs out (a RuntimeError, not a MemoryError);
+# "Cannot allocate memory" is ENOMEM's text, as torch's mmap of a weights file says it
+_OUT_OF_MEMORY = (
+    "can't allocate memory",
+    "DefaultCPUAllocator",
+    "CUDA out of memory",
+    "Cannot allocate memory",
+)
 
 
 def out_of_memory_line(exc: BaseException) -> str | None:

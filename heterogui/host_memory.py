@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -66,12 +67,15 @@ def stats_budget() -> int:
     override = os.environ.get("HETEROGUI_STATS_BUDGET_MB")
     if override:
         try:
-            return max(int(float(override) * 2**20), 1)
-        except ValueError as exc:
+            mib = float(override)
+        except ValueError:
+            mib = math.nan
+        if not (math.isfinite(mib) and mib > 0):  # inf failed with an OverflowError
             raise ConfigError(
-                f"HETEROGUI_STATS_BUDGET_MB={override!r} is not a number of MiB; unset it or "
-                "give one such as 2048"
-            ) from exc
+                f"HETEROGUI_STATS_BUDGET_MB={override!r} is not a positive number of MiB; "
+                "unset it or give one such as 2048"
+            )
+        return max(int(mib * 2**20), 1)
     return machine_memory() // 4 // env_local_world_size()
 
 

@@ -342,7 +342,10 @@ def test_running_out_of_memory_is_one_line_and_a_bug_is_not(ws, capsys, monkeypa
     from heterogui.ui import events
 
     said = "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"
-    for error in (RuntimeError(said), MemoryError()):  # torch's, then Python's
+    # torch's allocator, torch's mmap of a weights file (ENOMEM: it printed a traceback) and
+    # Python's
+    mapped = "unable to mmap 538090408 bytes from file <x>: Cannot allocate memory (12)"
+    for error in (RuntimeError(said), RuntimeError(mapped), MemoryError()):
 
         def short(*args, error=error, **kwargs):
             raise error
