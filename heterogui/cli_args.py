@@ -41,6 +41,8 @@ MAX_THREADS = max(
 thread_count = whole_number(1, MAX_THREADS, "a number of threads")
 # how many of something a benchmark builds or draws (inputs, layers, widths, seeds ...)
 count = whole_number(1)
+# how many inputs a benchmark calibrates on (CKA compares at least 4 at once)
+inputs_count = whole_number(4, None, "a number of inputs")
 # a TCP port to serve on
 port_number = whole_number(1, 65535, "a port")
 

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from heterogui.cli_args import count, device_name, thread_count, whole_number
+from heterogui.cli_args import count, device_name, inputs_count, thread_count, whole_number
 from heterogui.cli_zoo import add_bench_quality_arguments, print_quality_summary
 from heterogui.errors import ConfigError, ExportError
 from heterogui.folders import check_writable
@@ -261,7 +261,7 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``heterogui bench speed``."""
     parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu or cuda")
     parser.add_argument("--width", type=count, default=2, help="ResNet width multiplier")
-    parser.add_argument("--inputs", type=count, default=256, help="calibration inputs")
+    parser.add_argument("--inputs", type=inputs_count, default=256, help="calibration inputs")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--threads", type=thread_count, default=None, help="torch CPU threads")
     parser.add_argument(
@@ -279,7 +279,10 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
         "weights) on --bert-inputs random sequences of 128 tokens: a GPU-scale pair",
     )
     parser.add_argument(
-        "--bert-inputs", type=count, default=1024, help="calibration sequences of --bert-base"
+        "--bert-inputs",
+        type=inputs_count,
+        default=1024,
+        help="calibration sequences of --bert-base",
     )
     parser.add_argument(
         "--same-depth",
@@ -303,7 +306,9 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_transformer_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``heterogui bench transformers``."""
-    parser.add_argument("--calibration", type=count, default=256, help="calibration sentences")
+    parser.add_argument(
+        "--calibration", type=inputs_count, default=256, help="calibration sentences"
+    )
     parser.add_argument("--device", type=device_name, default="auto", help="auto, cpu or cuda")
     parser.add_argument("--skip-identity", action="store_true", help="no identity-layer table")
     parser.add_argument("--skip-classification", action="store_true")
@@ -316,7 +321,7 @@ def add_transformer_arguments(parser: argparse.ArgumentParser) -> None:
 def add_decoder_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``heterogui bench decoders``."""
     parser.add_argument(
-        "--calibration", type=count, default=32, help="calibration texts (both domains)"
+        "--calibration", type=inputs_count, default=32, help="calibration texts (both domains)"
     )
     parser.add_argument(
         "--evaluation", type=count, default=48, help="held-out texts per domain (trained pairs)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from heterogui.bench.speed import format_pair
@@ -25,9 +26,32 @@ def test_the_bert_base_pair_reports_every_figure_at_its_smallest():
 
 def test_token_id_batches_are_seeded_and_split():
     one, two = token_id_batches(10, 6, 4), token_id_batches(10, 6, 4)
-    assert [b["input_ids"].shape for b in one] == [(4, 6), (4, 6), (2, 6)]
+    # the last 2 join the batch before them: CKA compares at least 4 inputs at once
+    assert [b["input_ids"].shape for b in one] == [(4, 6), (6, 6)]
     assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(one, two, strict=True))
     assert all(int(b["attention_mask"].min()) == 1 for b in one)
+    assert [b["input_ids"].shape for b in token_id_batches(12, 6, 4)] == [(4, 6)] * 3
+
+
+def test_any_number_of_inputs_from_4_measures_and_a_refusal_is_one_line(capsys):
+    # --inputs 65 left a batch of 1 and stopped with a traceback; a measuring process's
+    # refusal reached the terminal as a RuntimeError's traceback
+    from heterogui.bench.isolated import in_fresh_process
+    from heterogui.bench.speed_pair import _batches
+    from heterogui.cli import main
+    from heterogui.errors import ConfigError
+
+    assert [len(b) for b in _batches(torch.zeros(65, 2), 64)] == [65]
+    assert [len(b) for b in _batches(torch.zeros(70, 2), 64)] == [64, 6]
+    with pytest.raises(SystemExit):
+        main(["bench", "speed", "--inputs", "3"])
+    assert (
+        "'3' is not a number of inputs: give a whole number of 4 or more" in capsys.readouterr().err
+    )
+    with pytest.raises(ConfigError, match="^device 'cuda' asked for, but CUDA is not available"):
+        in_fresh_process(
+            "heterogui.bench.speed_pair:measured", {"pair": "resnet", "device": "cuda"}
+        )
 
 
 def test_the_library_code_counted_in_the_start_imports():
