@@ -687,7 +687,8 @@ THREADS = "is not a number of threads: give a whole number from 1 to"
         (["bench", "nway", "--threads", "many"], THREADS),
         (["bench", "quality", "--threads", "-1"], THREADS),
         (["app", "--port", "99999"], "'99999' is not a port: give a whole number from 1 to 65535"),
-        (["bench", "speed", "--inputs", "-5"], "'-5' is not a whole number of 1 or more"),
+        (["bench", "speed", "--inputs", "-5"], "'-5' is not a number of inputs: give a whole"),
+        (["bench", "nway", "--seeds", "-5"], "'-5' is not a whole number of 1 or more"),
         (["bench", "scale", "--seed", "-1"], "'-1' is not a whole number of 0 or more"),
         # a device is checked before the run (it was a traceback, after building the models)
         (["bench", "scale", "--device", "gpu"], "device 'gpu' is unknown; use auto, cpu, cuda"),
