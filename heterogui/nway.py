@@ -81,6 +81,7 @@ class PreparedGroup:
     alignments: per model, its alignment to the reference (A = the reference, B = the model);
         None for the reference itself.
     padded: per model, the model padded to the reference's blocks.
+    measure: what the CKA of the alignments compared (the family's when asked for "auto").
     """
 
     nets: tuple[Network, ...]
@@ -90,6 +91,7 @@ class PreparedGroup:
     stats: dict[StatKey, Moments]
     batches: list[Batch]
     device: torch.device
+    measure: str = "outputs"  # what the alignment's CKA compared ("auto" resolved)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -182,7 +184,7 @@ def prepare_group(
             lambda: collect_moments(padded, batches, dev, progress=lambda f: report("features", f)),
         )
     return PreparedGroup(
-        tuple(ready), ref, tuple(alignments), tuple(padded), stats, batches, dev, timings
+        tuple(ready), ref, tuple(alignments), tuple(padded), stats, batches, dev, measure, timings
     )
 
 

@@ -67,7 +67,11 @@ def group_report(
         "parameters": parameters,
         "widths": {s: list(w) for s, w in result.widths().items()},
         "reference": ref,
-        "alignment": {"mode": group_mode(result), "models": alignments},
+        "alignment": {
+            "mode": group_mode(result),
+            "measure": prep.measure,
+            "models": alignments,
+        },
         "stop": result.spec.stop,
         "settings": settings_facts(result),
         "heads": head_rows(result),

@@ -305,7 +305,8 @@ def complete_recipe(
     """Return the recipe that repeats this merge bit for bit.
 
     It records the models with their hashes, the calibration (and evaluation) data with
-    theirs, the alignment it produced (an N-way merge: its mode, ``run_group.alignment_spec``),
+    theirs, the alignment it produced (an N-way merge: its mode and measure,
+    ``run_group.alignment_spec``),
     every knob, and the library versions. base: the recipe the merge ran from (its seed and
     device are kept).
     """

@@ -107,12 +107,13 @@ def merge_models(
 
 
 def alignment_spec(result: GroupMergeResult) -> AlignmentSpec:
-    """Return the alignment a completed recipe records: the mode (the report has the mappings).
+    """Return the alignment a completed recipe records: the mode and the measure its CKA
+    compared ("auto" resolved, so that a rerun aligns alike); the report has the mappings.
 
     Every model is aligned to the reference by the mode, which repeats the same mappings; a
     recorded mapping is only read for "manual", which an N-way merge does not take.
     """
-    return AlignmentSpec(group_mode(result))
+    return AlignmentSpec(group_mode(result), measure=result.prepared.measure)
 
 
 def score(

@@ -166,8 +166,20 @@ def test_a_recorded_trio_recipe_round_trips(trio):
     done = load_recipe(trio["out"] / "recipe.yaml")
     assert [m.path for m in done.models] == TRIO and all(m.sha256 for m in done.models)
     assert done.alignment.mode == "sma" and done.evaluation.sha256 and done.versions["torch"]
+    assert done.alignment.measure == "outputs"  # "auto", resolved as the merge resolved it
     assert parse_recipe(done.to_yaml()) == done
     assert "models:" in done.to_yaml() and "model_a" not in done.to_yaml()
+
+
+def test_a_trio_recipe_records_the_measure_its_alignment_compared(tmp_path):
+    # it recorded "auto" whatever the recipe asked, and a rerun aligned by the outputs
+    recipe = write(tmp_path, trio_recipe(alignment={"mode": "sma", "measure": "updates"}))
+    code, _, err = cli(["merge", str(recipe), "-o", str(tmp_path / "m")])
+    assert code == 0, err
+    done = load_recipe(tmp_path / "m" / "recipe.yaml")
+    assert (done.alignment.mode, done.alignment.measure) == ("sma", "updates")
+    report = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert report["alignment"]["measure"] == "updates"
 
 
 @pytest.mark.parametrize(
