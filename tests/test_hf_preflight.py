@@ -62,6 +62,22 @@ def test_parameter_count_matches_loaded_model(name: str, l3_dir: Path) -> None:
     assert card.est_merge_bytes > 3 * 4 * card.num_params and card.est_merge_seconds > 0
 
 
+def test_the_memory_estimate_counts_statistics_as_kept_and_within_their_budget(monkeypatch):
+    # TinyLlama-1.1B's shape with a 16-layer copy: it merges within 15.3 GiB on a 24 GiB
+    # machine (bench scale), and was estimated at 37.7 GiB, which refused it by recipe there
+    from heterogui.sources.preflight import estimate_merge
+
+    a = {"depth": 22, "hidden": 2048, "intermediate": 5632, "num_params": 1_100_048_384}
+    b = {"depth": 16, "hidden": 2048, "intermediate": 5632, "num_params": 836_000_000}
+    weights = 4 * (a["num_params"] + b["num_params"] + a["num_params"])
+    monkeypatch.setenv("HETEROGUI_STATS_BUDGET_MB", str(6 * 1024))  # a quarter of 24 GiB
+    estimate, _ = estimate_merge(a, b, 32000, 32000)
+    assert estimate == weights + 6 * 2**30 and estimate < 18 * 2**30
+    small = {"depth": 2, "hidden": 32, "intermediate": 64, "num_params": 30_000}
+    statistics = 4 * (3 * 2 * 64**2 + 2 * 128**2)  # per block: stream, Q/K, V/O and the MLP
+    assert estimate_merge(small, small, 100, 100)[0] == 4 * 90_000 + statistics
+
+
 def test_tiny_bert_card_counts_parameters(tmp_path: Path) -> None:
     from transformers import AutoModel
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from heterogui.errors import ModelLoadError, excerpt, nesting
+from heterogui.host_memory import stats_budget
 from heterogui.models.headers import FLOAT_DTYPES, read_safetensors_header
 from heterogui.models.hf.common import CAUSAL_LM_FAMILIES, refuse_pickles
 from heterogui.sources.vocab import vocab_hash
@@ -68,12 +69,14 @@ class ModelCard:
     """What config.json and the safetensors headers say about one model folder.
 
     `est_merge_bytes` estimates peak memory to merge this model with one of its own size: the
-    weights of A, B and the merged model in float32 (3 x 4 bytes per parameter) plus one float64
-    covariance matrix O x O (O = 2 x width) per merge point, kept for re-merging (docs/method.md
-    sec. 1): per layer the Q/K and V/O spaces (width) and the MLP (intermediate width), plus the
-    residual stream once. `est_merge_seconds` is a rough CPU estimate, not a measurement: the
-    forward FLOPs of both models on 256 x 128 calibration tokens (2 x non-embedding parameters per
-    token) plus a naive zip (min(n_A, n_B) x O^2 per merge point), at 5e10 FLOP/s.
+    weights of A, B and the merged model in float32 (3 x 4 bytes per parameter) plus the
+    statistics, one float32 correlation matrix O x O (O = 2 x width) per merge point and block
+    (docs/method.md sec. 6): per layer the residual stream, the Q/K and V/O spaces (width) and
+    the MLP (intermediate width); at most the statistics budget
+    (``host_memory.stats_budget``), beyond which they are collected part by part.
+    `est_merge_seconds` is a rough CPU estimate, not a measurement: the forward FLOPs of both
+    models on 256 x 128 calibration tokens (2 x non-embedding parameters per token) plus a naive
+    zip (min(n_A, n_B) x O^2 per merge point), at 5e10 FLOP/s.
     """
 
     path: Path
@@ -473,7 +476,11 @@ def estimate_merge(
     o_h, o_i = a["hidden"] + b["hidden"], a["intermediate"] + b["intermediate"]
     params = a["num_params"] + b["num_params"]
     weights = 4 * (params + max(a["num_params"], b["num_params"]))
-    cov = 8 * ((1 + 2 * depth) * o_h**2 + depth * o_i**2)
+    # the statistics: per block, the residual stream, Q/K and V/O (width) and the MLP, 4 bytes
+    # an element (``zip.collect.statistics_bytes``); more than the budget are collected part by
+    # part (``pipeline.chunked_matches``). Charged at 8 bytes for every merge point once, a
+    # 1.1B Llama pair that merges within 15.3 GiB was estimated at 37.7 GiB and refused
+    cov = min(4 * (3 * depth * o_h**2 + depth * o_i**2), stats_budget())
     embed = (vocab_a or 0) * a["hidden"] + (vocab_b or 0) * b["hidden"]
     forward = 2 * max(params - embed, 0) * _CALIB_TOKENS
     m_h, m_i = min(a["hidden"], b["hidden"]), min(a["intermediate"], b["intermediate"])
