@@ -88,6 +88,25 @@ def check_seed(seed: int, what: str) -> None:
         )
 
 
+def check_sha256(value: Any, what: str) -> None:
+    """Raise unless ``value`` is None or a sha256 as heterogui records it (64 hex digits): a
+    hash typed wrong was blamed on "another version" of the model or data.
+
+    Raises:
+        ConfigError: naming ``what``.
+    """
+    if value is not None and not (
+        isinstance(value, str) and len(value) == 64 and all(c in HEX_DIGITS for c in value)
+    ):
+        raise ConfigError(
+            f"{what} must be 64 hexadecimal digits (the sha256 a recorded recipe holds), got "
+            f"{excerpt(repr(value), 40)}; copy it again from the recorded recipe or remove it"
+        )
+
+
+HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """A model: a folder, ``zoo:PAIR/a`` / ``zoo:PAIR/b``, or ``minilm:NAME``.
@@ -104,6 +123,11 @@ class ModelRef:
     path: str
     sha256: str | None = None
     files_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        # the messages start with the field's name: a recipe puts its place in front of it
+        for name in ("sha256", "files_sha256"):
+            check_sha256(getattr(self, name), name)
 
 
 @dataclass(frozen=True)
@@ -129,6 +153,7 @@ class DataRef:
             object.__setattr__(self, "source", self.source.strip())
         # the messages start with the field's name: a recipe puts its place in front of it
         check_seed(self.seed, "seed")
+        check_sha256(self.sha256, "sha256")
         if self.size is not None and self.size < 4:
             raise ConfigError(f"size {self.size} is too small: use at least 4 inputs")
         if self.batch_size < 4:
