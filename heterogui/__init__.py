@@ -35,18 +35,14 @@ def merge(model_a: Any, model_b: Any = None, batches: Any = None, **options: Any
     from heterogui.errors import ConfigError
 
     if model_b is None and isinstance(model_a, Recipe | str | os.PathLike | dict):
-        if isinstance(model_a, dict):
-            raise ConfigError(
-                "merge(recipe) takes a Recipe or a recipe file, not a dict: build the Recipe "
-                "with heterogui.recipe_parse.recipe_from_dict(data)"
-            )
+        recipe = run.as_recipe(model_a)  # a dict: refused, with the call that builds one
         ignored = sorted(set(options) - {"progress"})
         if ignored:
             raise ConfigError(
                 f"merge(recipe) takes no options {ignored}: a recipe holds its settings "
                 "(alignment, zip, device, dtype); change them in the recipe"
             )
-        return run.merge(model_a, options.get("progress"), evaluate=False).result
+        return run.merge(recipe, options.get("progress"), evaluate=False).result
     if isinstance(model_a, list | tuple):
         raise ConfigError(
             "merge(net_a, net_b, batches) takes two networks, not a list: merge three or more "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -361,6 +362,22 @@ def complete_recipe(
     )
 
 
+def as_recipe(recipe: Recipe | str | Path) -> Recipe:
+    """Return ``recipe``, or the recipe file it names.
+
+    Raises:
+        ConfigError: anything else (a dict failed with a TypeError about paths).
+    """
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, str | os.PathLike):
+        return load_recipe(recipe)
+    raise ConfigError(
+        f"merge(recipe) takes a Recipe or a recipe file, not a {type(recipe).__name__}: build "
+        "the Recipe of a dict with heterogui.recipe_parse.recipe_from_dict(data)"
+    )
+
+
 @keeps_random_state
 def merge(
     recipe: Recipe | str | Path,
@@ -392,8 +409,7 @@ def merge(
         Cancelled: ``cancel()`` became true.
         HeteroguiError: any invalid recipe field, model or data (see the subclasses).
     """
-    if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe)
+    recipe = as_recipe(recipe)
     report = guarded(progress, cancel)
     start = time.perf_counter()
     with distributed.main_first():

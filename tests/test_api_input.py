@@ -219,3 +219,20 @@ def test_merge_group_checks_its_input_as_merge_does(nets):
     # a generator is read once, as merge reads it
     group = merge_group([a, b, a], (x for x in batches()), device="cpu")
     assert set(group.widths()) == set(merge_group([a, b, a], batches(), device="cpu").widths())
+
+
+def test_a_recipe_dict_is_refused_with_the_call_that_builds_a_recipe(tmp_path):
+    # run.merge(dict) failed with a TypeError about paths; heterogui.merge(dict) said this
+    from heterogui import run
+    from heterogui.recipe_parse import recipe_from_dict
+
+    data = {"model_a": "zoo:tiny-digits-vgg-depth/a", "model_b": "zoo:tiny-digits-vgg-depth/b"}
+    words = (
+        "merge(recipe) takes a Recipe or a recipe file, not a dict: build the Recipe of a dict "
+        "with heterogui.recipe_parse.recipe_from_dict(data)"
+    )
+    for merge in (heterogui.merge, run.merge):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            merge(data)
+    done = heterogui.merge(recipe_from_dict(data))  # as the message says
+    assert done.widths()
