@@ -93,6 +93,27 @@ _NoAliases.add_implicit_resolver(
 )
 
 
+# what to do about the YAML parser's most common problems (its words, then the fix)
+_YAML_FIXES = (
+    ("'\\t'", "indent with spaces, not tabs"),
+    (
+        "mapping values are not allowed",
+        "check the indentation and the colons: a key's entries go on lines of their own, "
+        "indented under it alike, and a value holding ': ' goes in quotes",
+    ),
+    ("alias", "write each value out in full"),
+    ("given twice", "give each key once"),
+)
+
+
+def yaml_fix(problem: str) -> str:
+    """Return the fix to say for the YAML parser's ``problem`` (plain YAML or JSON, else)."""
+    for words, fix in _YAML_FIXES:
+        if words in problem:
+            return fix
+    return "write plain YAML or JSON"
+
+
 def load_yaml(text: str, what: str) -> Any:
     """Return the value of YAML (or JSON) ``text`` written by a user, without aliases.
 
@@ -107,8 +128,7 @@ def load_yaml(text: str, what: str) -> Any:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or exc
         raise ConfigError(
-            f"{what} does not parse{where}: {excerpt(problem, 120)}; write plain YAML or JSON "
-            "(aliases such as *name are refused, and each key once)"
+            f"{what} does not parse{where}: {excerpt(problem, 120)}; {yaml_fix(str(problem))}"
         ) from exc
     except ValueError as exc:  # a number of more than 4,300 digits, a date of month 13
         raise ConfigError(

@@ -476,7 +476,10 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a
             "model_a: {path: x}\nmodel_b: {path: y}\nzip: {rho: 0.5}\nzip: {rho: 0.0}\n",
             "does not parse at line 4, column 1: key 'zip' is given twice",
         ),
-        ("model_a: {path: x, path: y}\n", "key 'path' is given twice"),
+        ("model_a: {path: x, path: y}\n", "key 'path' is given twice; give each key once"),
+        # the fix fits the problem (each ended in "aliases such as *name are refused")
+        ("model_a:\n\tpath: x\n", "cannot start any token; indent with spaces, not tabs"),
+        ("model_a: path: x\n", "mapping values are not allowed here; check the indentation"),
         ("model_a: " + "[" * 600 + "]" * 600 + "\n", "nests lists or mappings too deeply"),
         ("- just\n- a list\n", "is a list, not a mapping"),
         ("model_a: {path: x\n", "does not parse at line"),
