@@ -11,6 +11,7 @@ control character or too long for a file system.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -352,8 +353,10 @@ def check_writable(folder: str | Path, named: str | None = None) -> None:
     try:  # os.access says yes to root everywhere, /sys and /proc included: try for real
         os.rmdir(tempfile.mkdtemp(prefix=".heterogui-probe-", dir=parent))
     except OSError as exc:
+        # /proc says "No such file or directory" of a folder it has: it takes no new entries
+        why = "it takes no new folders" if exc.errno == errno.ENOENT else exc.strerror or exc
         raise ExportError(
-            f"cannot write in {parent} ({excerpt(exc.strerror or exc)}); choose another folder"
+            f"cannot write in {parent} ({excerpt(why)}); choose another folder"
         ) from exc
 
 

@@ -219,6 +219,9 @@ def test_a_place_that_refuses_writes_is_refused_before_the_merge(ws, capsys, mon
     (ws / "sysfs").mkdir()
     args = ["merge", str(ws / "recipe.yaml"), "--out", str(ws / "sysfs" / "m")]
     cli_refuses(ws, args, "cannot write in", capsys)
+    if Path("/proc/self").is_dir():  # it says "No such file or directory" of itself
+        args = ["merge", str(ws / "recipe.yaml"), "--out", "/proc/heterogui-merge"]
+        cli_refuses(ws, args, "cannot write in /proc (it takes no new folders)", capsys)
 
 
 def test_a_path_too_long_for_the_system_is_refused(ws, capsys):
