@@ -1,8 +1,8 @@
 """Matching a prepared pair's merge points: their correlations and the matchers' choices.
 
-Step 4 of a merge (docs/method.md sec. 5), shared by ``pipeline.zip_prepared``, the Neurons
-tab and the workbench's idle pass: the correlation of every merge point is formed once per
-prepared pair and kept while it lives, as are the greedy zip's runs (``zip.greedy``).
+Step 5 of a merge (docs/method.md secs. 1, 7 and 8), shared by ``pipeline.zip_prepared``, the
+Neurons tab and the workbench's idle pass: the correlation of every merge point is formed once
+per prepared pair and kept while it lives, as are the greedy zip's runs (``zip.greedy``).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def match_spaces(
 
 
 # What the matchers running side by side may hold at once: each holds a float32 copy of its
-# merge point's (O, O) correlation (151 MiB at 2 x 3,072 features).
+# merge point's (O, O) correlation (144 MiB at 2 x 3,072 features: seven fit).
 MATCH_MEMORY = 2**30
 
 

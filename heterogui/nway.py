@@ -74,7 +74,7 @@ GROUP_FUSIONS = tuple(f for f in FUSIONS if f != DEFAULT_FUSION)  # "auto" is re
 
 @dataclass
 class PreparedGroup:
-    """Steps 1-3 of an N-way merge; everything a re-merge needs.
+    """Steps 1-4 of an N-way merge; everything a re-merge needs.
 
     nets: the models, ready (on the device, BatchNorm re-estimated), in the caller's order.
     reference: the index of the model every other one is aligned to.
@@ -143,7 +143,7 @@ def prepare_group(
     progress: Progress | None = None,
     measure: str = "auto",
 ) -> PreparedGroup:
-    """Run steps 1-3 for N models: BatchNorm, CKA with the reference, alignment, padding, stats.
+    """Run steps 1-4 for N models: BatchNorm, CKA with the reference, alignment, padding, stats.
 
     The caller's models are not modified (see ``pipeline.prepare``). measure: what the CKA
     compares (``align.similarity``; "auto": the family's).
@@ -346,7 +346,7 @@ def zip_group_prepared(
     settings: ZipSettings | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> GroupMergeResult:
-    """Run steps 4-6 for N models from cached statistics: match, fuse, build, BatchNorm.
+    """Run steps 5-7 for N models from cached statistics: match, fuse, build, BatchNorm.
 
     Raises:
         ConfigError: see ``check_group_settings`` and ``match_group``.

@@ -57,7 +57,7 @@ from heterogui.zip.plan import (
 )
 
 log = logging.getLogger(__name__)
-# also the names callers import from here: the analysis (``analysis``), the step-4 matching
+# also the names callers import from here: the analysis (``analysis``), the step-5 matching
 # (``matching``) and the results
 __all__ = [
     "MergeResult",
@@ -102,7 +102,7 @@ def prepare(
     stats_budget: int | None = None,
     measure: str = "auto",
 ) -> Prepared:
-    """Run steps 1-3: BN re-estimation of A and B, CKA, alignment, padding, feature pass.
+    """Run steps 1-4: BN re-estimation of A and B, CKA, alignment, padding, feature pass.
 
     stats_budget: see ``Prepared.stats_budget``. measure: what the CKA compares
     (``align.similarity``; "auto": the family's).
@@ -152,7 +152,7 @@ def zip_prepared(
     dtype: torch.dtype = torch.float32,
     progress: Progress | None = None,
 ) -> MergeResult:
-    """Run steps 4-6 from cached statistics: match, fuse, build, re-estimate BatchNorm.
+    """Run steps 5-7 from cached statistics: match, fuse, build, re-estimate BatchNorm.
 
     With heads "search" (``head_search``) that is a merge per choice of heads tried, and the
     result is the best one.
