@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -153,6 +154,28 @@ def test_a_config_number_of_the_wrong_type_is_named(tmp_path: Path, field, value
     with pytest.raises(ModelLoadError, match=words) as err:
         inspect_model(folder)
     assert str(err.value).startswith(f"{folder}/config.json: {field} must be")
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (
+            {"num_attention_heads": 5},
+            "hidden_size 32 is not a multiple of num_attention_heads 5, and no head_dim is set",
+        ),
+        (
+            {"num_key_value_heads": 3},
+            "num_attention_heads 4 is not a multiple of num_key_value_heads 3",
+        ),
+    ],
+)
+def test_heads_that_cannot_divide_the_width_are_named_as_the_folder_s(tmp_path, change, words):
+    # merged with a sound model, this was blamed on the pair: "head dimensions differ (8 vs 6)"
+    folder = tiny(tmp_path / "a")  # hidden 32, 4 heads
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(ModelLoadError, match=re.escape(f"{folder}/config.json: {words}")):
+        inspect_model(folder)
 
 
 def test_a_vocab_size_the_embedding_does_not_have_is_named(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,32 @@ def index_shards(index: Path) -> list[Path]:
     return [index.parent / name for name in shards]
 
 
+def _check_heads(config: dict[str, Any], folder: Path, hidden: int, heads: int) -> None:
+    """Refuse a config whose heads cannot divide its width (or its key/value heads its heads):
+    the pair check blamed the other model ("head dimensions differ (32 vs 21)").
+
+    Raises:
+        ModelLoadError: naming the fields and their values.
+    """
+    width, count = (_present(config, _KEYS[f]) for f in ("hidden", "heads"))
+    if config.get("head_dim") is None and hidden % heads:
+        raise ModelLoadError(
+            f"{folder}/config.json: {width} {hidden} is not a multiple of {count} {heads}, and "
+            "no head_dim is set; fix config.json (save_pretrained writes it)"
+        )
+    kv = config.get("num_key_value_heads")
+    if isinstance(kv, int) and kv > 0 and heads % kv:
+        raise ModelLoadError(
+            f"{folder}/config.json: {count} {heads} is not a multiple of num_key_value_heads "
+            f"{kv}; fix config.json (save_pretrained writes it)"
+        )
+
+
+def _present(config: dict[str, Any], keys: Sequence[str]) -> str:
+    """Return the first of ``keys`` that ``config`` sets."""
+    return next(k for k in keys if config.get(k) is not None)
+
+
 def _pick(config: dict[str, Any], field: str, folder: Path) -> Any:
     for key in _KEYS[field]:
         if config.get(key) is not None:
@@ -229,6 +256,7 @@ def sizes(path: str | Path) -> Sizes:
             "config.json (save_pretrained writes it)"
         )
     hidden, heads = int(_pick(config, "hidden", folder)), int(_pick(config, "heads", folder))
+    _check_heads(config, folder, hidden, heads)
     depth = int(_pick(config, "depth", folder))
     inter = _intermediate(config, family, hidden, folder)
     _check_size(config, folder, num_params, depth, hidden, inter)
