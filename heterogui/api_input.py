@@ -20,6 +20,7 @@ from heterogui.align.alignment import MODES
 from heterogui.align.cka import MIN_BATCH
 from heterogui.align.similarity import MEASURES
 from heterogui.config import check_device_name
+from heterogui.datasets.images import refuse_nonfinite_rows
 from heterogui.errors import ConfigError
 from heterogui.models.family import Network
 from heterogui.models.io import check_finite
@@ -68,6 +69,8 @@ def checked_batches(nets: Sequence[Network], batches: Any) -> list[Any]:
                     shapes.add((m, batch.shape[1:], batch.dtype))
             else:
                 _check_token_batch(net, batch)
+        if isinstance(batch, torch.Tensor):  # NaN was blamed on the models overflowing
+            refuse_nonfinite_rows(batch, f"calibration batch {k}")
         _check_size(batch, k, len(batches))
     return list(batches)
 

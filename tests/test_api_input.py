@@ -99,6 +99,10 @@ def test_an_override_for_a_merge_point_is_applied_not_ignored(nets):
         (batches(dtype=torch.float64), "inputs are float64 but model A computes in float32"),
         ([torch.randint(0, 255, (32, *SHAPE), dtype=torch.uint8)], "inputs are uint8"),
         ([torch.randn(32, 12)], "calibration inputs have shape (32, 12) but model A reads 64"),
+        (  # NaN was blamed on the models overflowing ("check the data's scale")
+            [batches()[0], batches()[1].index_fill_(0, torch.tensor([3]), float("nan"))],
+            "calibration batch 1: NaN or inf in 1 input(s), the first at row 3; remove or",
+        ),
     ],
 )
 def test_bad_batches_are_refused_before_the_merge(nets, data, words):

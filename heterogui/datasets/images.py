@@ -264,6 +264,24 @@ def sample(split: Split, count: int | None, seed: int) -> Split:
     return replace(split, inputs=split.inputs[order], labels=split.labels[order])
 
 
+def refuse_nonfinite_rows(inputs: Tensor, where: str) -> None:
+    """Raise if any row of ``inputs`` (N, ...) holds NaN or inf, naming how many and the first.
+
+    where: what holds them ("'inputs' in FILE", "calibration batch 2").
+
+    Raises:
+        ConfigError: "``where``: NaN or inf in ... input(s), the first at row R".
+    """
+    if not inputs.is_floating_point() or inputs.dim() == 0:
+        return
+    bad = (~torch.isfinite(inputs)).flatten(1).any(1).nonzero().flatten()
+    if len(bad):
+        raise ConfigError(
+            f"{where}: NaN or inf in {len(bad)} input(s), the first at row {int(bad[0])}; "
+            "remove or repair those inputs"
+        )
+
+
 def batches(tensor: Tensor, batch_size: int) -> list[Tensor]:
     """Cut ``tensor`` (N, ...) into consecutive batches of at most ``batch_size`` rows.
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from heterogui.config import DataRef
-from heterogui.datasets.images import DATASETS, load_split
+from heterogui.datasets.images import DATASETS, load_split, refuse_nonfinite_rows
 from heterogui.datasets.sentence_pairs import Pair, load_pairs, pair_lines
 from heterogui.datasets.text_tasks import calibration_sentences
 from heterogui.errors import ConfigError, ModelLoadError, excerpt
@@ -99,12 +99,7 @@ def _from_file(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
             int(inputs.max()),
         )
     inputs = inputs.float()
-    bad = (~torch.isfinite(inputs)).flatten(1).any(1).nonzero().flatten()
-    if len(bad):
-        raise ConfigError(
-            f"'inputs' in {path} hold NaN or inf in {len(bad)} input(s), the first at row "
-            f"{int(bad[0])}; remove or repair those inputs"
-        )
+    refuse_nonfinite_rows(inputs, f"'inputs' in {path}")
     if labels is not None:
         integer = not labels.is_floating_point() and labels.dtype != torch.bool
         if labels.shape != (inputs.shape[0],) or not integer:
