@@ -68,8 +68,9 @@ def _check_names(names: list[str], decoder_pair: str) -> None:
     if unknown:
         raise ConfigError(
             f"unknown zoo pair {', '.join(map(repr, unknown))}; --pairs takes {sorted(PAIRS)}, "
-            f"the groups {sorted(GROUPS)}, {decoder_pair!r} (the decoder language models) and "
-            "training variants NAME@1, NAME@2, ..."
+            f"the groups {sorted(g for g in GROUPS if not g.startswith('tiny-'))}, "
+            f"{decoder_pair!r} (the decoder language models), training variants NAME@1, "
+            "NAME@2, ... and the tests' tiny pairs (heterogui zoo list --tiny)"
         )
 
 
