@@ -96,5 +96,5 @@ def out_of_memory_line(exc: BaseException) -> str | None:
         return None
     return (
         "out of memory: this step needs more than is free here; free memory, use less "
-        "calibration data (calibration.size, batch_size), smaller models, or a machine with more"
+        "calibration data (fewer or smaller batches), smaller models, or a machine with more"
     )

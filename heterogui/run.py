@@ -253,7 +253,7 @@ def _warn_if_short(role: str, ref: DataRef, count: int, why: str | None = None) 
     (why: the source's reason, when it decided the count)."""
     if ref.size is not None and count != ref.size:
         log.warning(
-            "%s: %d inputs from %s, not the %d its size asks for%s",
+            "%s: %d inputs from %s, not the %d asked for%s",
             role,
             count,
             ref.source,

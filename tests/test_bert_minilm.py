@@ -104,7 +104,8 @@ def test_a_partial_minilm_merge_reads_back_from_its_folder(l3_dir: Path, tmp_pat
         assert (w - g).abs().max() < 1e-6
     # as a model of a next merge it is refused in one line that says why and what to do
     with pytest.raises(
-        ModelLoadError, match=r"--format hf-bert to merge it again \(that format needs a full zip"
+        ModelLoadError,
+        match=r"\(--format hf-bert, or the Export tab's format\) to merge it again \(that",
     ):
         registry.load(str(out))
 
@@ -122,7 +123,7 @@ def test_a_short_draw_of_the_built_in_sentences_says_why(l3_dir: Path, caplog):
     with caplog.at_level("WARNING", logger="heterogui.run"):
         assert run.calibrate(pair, size=6).count == 6 and not caplog.text
         assert run.calibrate(pair, size=5).count == 4  # half of 5 from each of 2 tasks
-    assert "4 inputs from sentences, not the 5 its size asks for" in caplog.text
+    assert "4 inputs from sentences, not the 5 asked for" in caplog.text
     assert "half from each of their 2 tasks: give an even size" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="heterogui.run"):  # more than the smaller task holds

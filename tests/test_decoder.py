@@ -109,7 +109,10 @@ def test_depth_and_width_heterogeneous_decoders_merge_and_export_exactly(tmp_pat
     assert folder_parameters(out) == loaded.num_parameters()  # untied: both matrices count
     # the heterogui format keeps no tokenizer: it is not taken back as a model to merge
     kept = write_export(job, tmp_path / "kept", "heterogui")
-    with pytest.raises(ModelLoadError, match="write the merge with --format hf-causal-lm"):
+    with pytest.raises(
+        ModelLoadError,
+        match=re.escape("export the merge in the hf-causal-lm format (--format hf-causal-lm"),
+    ):
         registry.load(str(kept))
     written = json.loads((out / "config.json").read_text())
     assert written["hidden_size"] == config.hidden
@@ -332,9 +335,7 @@ def test_the_language_task_scores_domains_and_calibrates_on_text(tmp_path, caplo
         assert calib.count == 8 and calib.ref.sha256 and not caplog.text
         few = calibrate(pair, DataRef("domains", "calibration", 5, 4))  # 4 from each domain
     assert few.count == 8
-    assert "8 inputs from domains, not the 5 its size asks for ('domains' draws as many" in (
-        caplog.text
-    )
+    assert "8 inputs from domains, not the 5 asked for ('domains' draws as many" in (caplog.text)
     assert "at least 4: give a multiple of 2, 8 or more" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="heterogui.run"):  # more than the domains hold

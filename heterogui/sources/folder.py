@@ -185,8 +185,8 @@ def _refuse_text(family: str, folder: Path) -> None:
         raise ModelLoadError(
             f"{folder} holds a merge of {family} text models in the heterogui format, which "
             "keeps no tokenizer: it loads again as a merged model (heterogui.sources.folder."
-            f"load_merged), not as a model to merge; write the merge with --format {fmt} to "
-            "merge it again (that format needs "
-            "a full zip, stop: null, and, for attention heads, a merged width the format can "
-            "hold)"
+            f"load_merged), not as a model to merge; export the merge in the {fmt} format "
+            f"(--format {fmt}, or the Export tab's format) to merge it again (that format needs "
+            "a full zip, without a stop point, and, for attention heads, a merged width the "
+            "format can hold)"
         )

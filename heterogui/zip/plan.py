@@ -377,7 +377,7 @@ def plan_widths(
         if width is not None and not (isinstance(width, int) and 1 <= width <= f_a + f_b):
             raise ConfigError(
                 f"width {width} at {first} is out of range: use an integer from 1 to "
-                f"{f_a + f_b} (n_A + n_B), or leave it blank to follow rho"
+                f"{f_a + f_b} (n_A + n_B), or leave the width out to follow rho"
             )
         if unit and settings.heads == SPLIT_HEADS:  # every head kept (halved after fusion)
             r = n_a + n_b
