@@ -193,7 +193,9 @@ def load_pair(
             reasons = "; ".join(verdict.reasons)  # the pre-flight names the second model B
             which = f"model {letter} against model A: " if k > 1 else ""
             raise IncompatibleModelsError(which + reasons.replace("model B", f"model {letter}"))
-        host_memory.check_fits(verdict.memory)  # first: an out-of-memory kill says nothing
+        # first: an out-of-memory kill says nothing. A two-model merge collects its statistics
+        # part by part within the budget; an N-way merge holds them all
+        host_memory.check_fits(verdict.memory if more else verdict.memory_in_parts)
         verdicts.append(verdict)
     for ref in refs:
         if ref.sha256:
@@ -237,7 +239,7 @@ def calibrate(pair: Pair, ref: DataRef | None = None, size: int | None = None) -
 
 def evaluation_data(pair: Pair, ref: DataRef) -> Evaluation:
     """Return the pair's evaluation data ``ref`` names (warned about when it holds fewer inputs
-    than its size asks for).
+    than asked for).
 
     Raises:
         ConfigError: data of the wrong kind or shape, or changed data.
@@ -249,7 +251,7 @@ def evaluation_data(pair: Pair, ref: DataRef) -> Evaluation:
 
 
 def _warn_if_short(role: str, ref: DataRef, count: int, why: str | None = None) -> None:
-    """Log a warning when data drawn for ``role`` holds other than the inputs its size asks
+    """Log a warning when data drawn for ``role`` holds other than the inputs asked
     (why: the source's reason, when it decided the count)."""
     if ref.size is not None and count != ref.size:
         log.warning(

@@ -12,6 +12,7 @@ truncating to the shorter table would silently change what the longer model acce
 
 from __future__ import annotations
 
+from heterogui.host_memory import stats_budget
 from heterogui.models.bert import same_setting, split_hint
 from heterogui.sources.preflight import (
     ROTARY_FAMILIES,
@@ -181,7 +182,7 @@ def check_pair(card_a: ModelCard, card_b: ModelCard) -> Verdict:
             "merge runs in float32"
         )
     notes += cautions
-    mem = None
+    mem = in_parts = None
     if not reasons:
         shape = [
             {
@@ -192,7 +193,9 @@ def check_pair(card_a: ModelCard, card_b: ModelCard) -> Verdict:
             }
             for c in (card_a, card_b)
         ]
-        mem, secs = estimate_merge(shape[0], shape[1], card_a.vocab_size, card_b.vocab_size)
+        vocabs = card_a.vocab_size, card_b.vocab_size
+        mem, secs = estimate_merge(shape[0], shape[1], *vocabs)
+        in_parts, _ = estimate_merge(shape[0], shape[1], *vocabs, budget=stats_budget())
         notes.append(
             f"estimate (rough, not measured): about {mem / 2**30:.2f} GiB of memory and "
             f"{secs:.0f} s on a CPU for the merge"
@@ -203,4 +206,5 @@ def check_pair(card_a: ModelCard, card_b: ModelCard) -> Verdict:
         notes=tuple(notes),
         memory=mem,
         cautions=tuple(cautions),
+        memory_in_parts=in_parts,
     )

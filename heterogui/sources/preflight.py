@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from heterogui.errors import ModelLoadError, excerpt, nesting
-from heterogui.host_memory import stats_budget
 from heterogui.models.headers import FLOAT_DTYPES, read_safetensors_header
 from heterogui.models.hf.common import CAUSAL_LM_FAMILIES, refuse_pickles
 from heterogui.sources.vocab import vocab_hash
@@ -70,11 +69,14 @@ class ModelCard:
     """What config.json and the safetensors headers say about one model folder.
 
     `est_merge_bytes` estimates peak memory to merge this model with one of its own size: the
-    weights of A, B and the merged model in float32 (3 x 4 bytes per parameter) plus the
-    statistics, one float32 correlation matrix O x O (O = 2 x width) per merge point and block
-    (docs/method.md sec. 6): per layer the residual stream, the Q/K and V/O spaces (width) and
-    the MLP (intermediate width); at most the statistics budget
-    (``host_memory.stats_budget``), beyond which they are collected part by part.
+    weights of A, B and the merged model in float32 (3 x 4 bytes per parameter) plus 8 bytes
+    per element of one O x O matrix (O = 2 x width) per merge point: per layer the Q/K and V/O
+    spaces (width) and the MLP (intermediate width), plus the residual stream once, all held at
+    once as the workbench holds them (a recipe's two-model merge holds at most its statistics
+    budget: ``Verdict.memory_in_parts``). A rough allowance, not an account: the statistics
+    are kept in float32 per merge point and block (docs/method.md sec. 6), and the forward
+    passes' activations and the matchers' copies come on top; it is 0.76-0.89 of measured
+    peaks (README).
     `est_merge_seconds` is a rough CPU estimate, not a measurement: the forward FLOPs of both
     models on 256 x 128 calibration tokens (2 x non-embedding parameters per token) plus a naive
     zip (min(n_A, n_B) x O^2 per merge point), at 5e10 FLOP/s.
@@ -115,13 +117,16 @@ class Verdict:
     """Whether two models can be merged: blocking `reasons` and non-blocking `notes`;
     `cautions`: the notes on what the merge does other than either model would (another end
     token, dtype), which a merge's report and output repeat; `memory`: the bytes the merge
-    needs by the estimate (None: not estimated)."""
+    needs by the estimate with every statistic held at once, as the workbench and an N-way
+    merge hold them (None: not estimated); `memory_in_parts`: with the statistics collected
+    part by part within ``host_memory.stats_budget``, as a recipe's two-model merge does."""
 
     ok: bool
     reasons: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     memory: int | None = None
     cautions: tuple[str, ...] = ()
+    memory_in_parts: int | None = None
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -497,18 +502,29 @@ def _rope(config: dict[str, Any]) -> str:
 
 
 def estimate_merge(
-    a: dict[str, int], b: dict[str, int], vocab_a: int | None, vocab_b: int | None
+    a: dict[str, int],
+    b: dict[str, int],
+    vocab_a: int | None,
+    vocab_b: int | None,
+    budget: int | None = None,
 ) -> tuple[int, float]:
-    """Return (bytes, seconds) estimates of merging models of shapes a and b (see ModelCard)."""
+    """Return (bytes, seconds) estimates of merging models of shapes a and b (see ModelCard).
+
+    budget: the statistics' bytes a merge that collects them part by part holds at most (a
+    recipe's two-model merge: ``host_memory.stats_budget``); None: every statistic held at
+    once, as the workbench keeps them for re-merging.
+    """
     depth = max(a["depth"], b["depth"])
     o_h, o_i = a["hidden"] + b["hidden"], a["intermediate"] + b["intermediate"]
     params = a["num_params"] + b["num_params"]
     weights = 4 * (params + max(a["num_params"], b["num_params"]))
-    # the statistics: per block, the residual stream, Q/K and V/O (width) and the MLP, 4 bytes
-    # an element (``zip.collect.statistics_bytes``); more than the budget are collected part by
-    # part (``pipeline.chunked_matches``). Charged at 8 bytes for every merge point once, a
-    # 1.1B Llama pair that merges within 15.3 GiB was estimated at 37.7 GiB and refused
-    cov = min(4 * (3 * depth * o_h**2 + depth * o_i**2), stats_budget())
+    # the statistics and what the passes hold beside them (see ModelCard); a recipe's merge
+    # collects more than its budget part by part (``pipeline.chunked_matches``): unbudgeted, a
+    # 1.1B Llama pair that merges by recipe within 15.3 GiB was estimated at 37.7 GiB, and
+    # refused on a 24 GiB machine
+    cov = 8 * ((1 + 2 * depth) * o_h**2 + depth * o_i**2)
+    if budget is not None:
+        cov = min(cov, budget)
     embed = (vocab_a or 0) * a["hidden"] + (vocab_b or 0) * b["hidden"]
     forward = 2 * max(params - embed, 0) * _CALIB_TOKENS
     m_h, m_i = min(a["hidden"], b["hidden"]), min(a["intermediate"], b["intermediate"])
