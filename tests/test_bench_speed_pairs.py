@@ -37,21 +37,17 @@ def test_any_number_of_inputs_from_4_measures_and_a_refusal_is_one_line(capsys):
     # --inputs 65 left a batch of 1 and stopped with a traceback; a measuring process's
     # refusal reached the terminal as a RuntimeError's traceback
     from heterogui.bench.isolated import in_fresh_process
-    from heterogui.bench.speed_pair import _batches
     from heterogui.cli import main
+    from heterogui.datasets.refs import make_batches
     from heterogui.errors import ConfigError
 
-    assert [len(b) for b in _batches(torch.zeros(65, 2), 64)] == [65]
-    assert [len(b) for b in _batches(torch.zeros(70, 2), 64)] == [64, 6]
+    assert [len(b) for b in make_batches(torch.zeros(65, 2), 64)] == [65]  # the benchmark's
     with pytest.raises(SystemExit):
         main(["bench", "speed", "--inputs", "3"])
-    assert (
-        "'3' is not a number of inputs: give a whole number of 4 or more" in capsys.readouterr().err
-    )
-    with pytest.raises(ConfigError, match="^device 'cuda' asked for, but CUDA is not available"):
-        in_fresh_process(
-            "heterogui.bench.speed_pair:measured", {"pair": "resnet", "device": "cuda"}
-        )
+    err = capsys.readouterr().err
+    assert "'3' is not a number of inputs: give a whole number of 4 or more" in err
+    with pytest.raises(ConfigError, match="^CKA needs at least 4 inputs per batch, got 2"):
+        in_fresh_process("heterogui.bench.speed_pair:measured", {"pair": "resnet", "inputs": 2})
 
 
 def test_the_library_code_counted_in_the_start_imports():

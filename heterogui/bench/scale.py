@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from heterogui.bench.memory import MIB, max_rss_mib, rss_mib
+from heterogui.datasets.refs import batch_slices
 from heterogui.errors import ConfigError
 from heterogui.export.job import HF_CAUSAL_LM_FORMAT, ExportJob
 from heterogui.export.registry import write_export
@@ -117,12 +118,12 @@ def random_token_batches(
     count: int, tokens: int, batch: int, vocab: int, seed: int, low: int = 0
 ) -> list[dict[str, torch.Tensor]]:
     """Return ``count`` sequences of ``tokens`` random ids in [low, vocab) (seeded), ``batch``
-    per batch, every position attended."""
+    per batch (a last batch under CKA's minimum joins the one before it: ``batch_slices``),
+    every position attended."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(low, vocab, (count, tokens), generator=gen)
-    return [
-        {"input_ids": part, "attention_mask": torch.ones_like(part)} for part in ids.split(batch)
-    ]
+    parts = (ids[s] for s in batch_slices(count, batch))
+    return [{"input_ids": part, "attention_mask": torch.ones_like(part)} for part in parts]
 
 
 def tensor_mib(tensors: Any) -> float:

@@ -29,11 +29,11 @@ from typing import Any
 import torch
 
 from heterogui import run
-from heterogui.align.cka import MIN_BATCH
 from heterogui.bench.memory import rss_mib
 from heterogui.bench.merge_speed import measure_pair
 from heterogui.bench.scale import random_token_batches
 from heterogui.config import DataRef
+from heterogui.datasets.refs import make_batches
 from heterogui.models.bert import BertNetConfig
 from heterogui.models.family import Network, build_network
 from heterogui.models.permute import permute_network, random_permutations
@@ -87,11 +87,8 @@ def bert_pair(layers: tuple[int, int], hidden: int, seed: int = 0) -> tuple[Netw
 
 def token_id_batches(count: int, tokens: int, batch: int, seed: int = 0) -> list[dict]:
     """Return ``count`` random sequences of ``tokens`` BERT ids (no padding id), ``batch`` each
-    (a last batch under CKA's minimum joins the one before it, as ``_batches``)."""
-    batches = random_token_batches(count, tokens, batch, BERT_VOCAB, seed, low=1)
-    if len(batches) > 1 and len(batches[-1]["input_ids"]) < MIN_BATCH:
-        batches[-2:] = [{key: torch.cat([b[key] for b in batches[-2:]]) for key in batches[-1]}]
-    return batches
+    (a last batch under CKA's minimum joins the one before it)."""
+    return random_token_batches(count, tokens, batch, BERT_VOCAB, seed, low=1)
 
 
 def _depth(depths) -> int:
@@ -116,7 +113,7 @@ def run_pair(name: str, options: dict[str, Any]) -> dict[str, Any]:
             shapes = ((deep, width), (deep, width + 1))
         n = 64 if quick else inputs
         gen = torch.Generator().manual_seed(0)
-        batches = _batches(torch.randn(n, 3, 32, 32, generator=gen), 32 if quick else 64)
+        batches = make_batches(torch.randn(n, 3, 32, 32, generator=gen), 32 if quick else 64)
         label = " + ".join(f"ResNet{_depth(d)}x{w}" for d, w in shapes)
         return measure_pair(label, a, b, batches, dev) | {"inputs": f"{n} images"}
     if name == "minilm_permuted":
@@ -171,12 +168,3 @@ def _measure_loaded(label: str, pair: Any, ref: DataRef, dev: torch.device) -> d
     figures = measure_pair(label, pair.a.net, pair.b.net, batches, dev)
     tokens = sum(int(x["attention_mask"].sum()) for x in batches)
     return figures | {"inputs": f"{calibration.count} texts ({tokens} tokens)"}
-
-
-def _batches(inputs: torch.Tensor, size: int) -> list[torch.Tensor]:
-    """Cut ``inputs`` into batches of ``size``; a last batch under CKA's minimum joins the one
-    before it (--inputs 65 left a batch of 1, and the benchmark stopped with a traceback)."""
-    parts = list(inputs.split(size))
-    if len(parts) > 1 and len(parts[-1]) < MIN_BATCH:
-        parts[-2:] = [torch.cat(parts[-2:])]
-    return parts
