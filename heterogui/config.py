@@ -99,12 +99,13 @@ def check_sha256(value: Any, what: str) -> None:
         isinstance(value, str) and len(value) == 64 and all(c in HEX_DIGITS for c in value)
     ):
         raise ConfigError(
-            f"{what} must be 64 hexadecimal digits (the sha256 a recorded recipe holds), got "
+            f"{what} must be 64 lowercase hexadecimal digits (the sha256 a recorded recipe "
+            "holds), got "
             f"{excerpt(repr(value), 40)}; copy it again from the recorded recipe or remove it"
         )
 
 
-HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+HEX_DIGITS = frozenset("0123456789abcdef")  # as hexdigest() writes them, and as compared
 
 
 @dataclass(frozen=True)

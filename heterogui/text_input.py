@@ -95,14 +95,14 @@ _NoAliases.add_implicit_resolver(
 
 # what to do about the YAML parser's most common problems (its words, then the fix)
 _YAML_FIXES = (
+    ("is given twice", "give each key once"),
     ("'\\t'", "indent with spaces, not tabs"),
     (
         "mapping values are not allowed",
         "check the indentation and the colons: a key's entries go on lines of their own, "
         "indented under it alike, and a value holding ': ' goes in quotes",
     ),
-    ("alias", "write each value out in full"),
-    ("given twice", "give each key once"),
+    ("(aliases are refused)", "write each value out in full"),
 )
 
 

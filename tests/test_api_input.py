@@ -240,3 +240,17 @@ def test_a_recipe_dict_is_refused_with_the_call_that_builds_a_recipe(tmp_path):
             merge(data)
     done = heterogui.merge(recipe_from_dict(data))  # as the message says
     assert done.widths()
+
+
+def test_nonfinite_rows_are_found_in_inputs_of_any_shape():
+    from heterogui.datasets.images import refuse_nonfinite_rows
+
+    for inputs in (
+        torch.tensor([1.0, float("nan"), 2.0]),
+        torch.ones(3, 2, 2).index_fill_(0, torch.tensor([1]), float("inf")),
+    ):
+        with pytest.raises(
+            ConfigError, match=re.escape("x: NaN or inf in 1 input(s), the first at row 1")
+        ):
+            refuse_nonfinite_rows(inputs, "x")
+    refuse_nonfinite_rows(torch.arange(4), "token ids")  # integers hold neither

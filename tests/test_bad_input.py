@@ -494,16 +494,25 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a
         ("model_a: {path: 3}\nmodel_b: {path: y}\n", "recipe.model_a.path must be text"),
         (  # a hash typed wrong was blamed on "another version" of the model
             "model_a: {path: x, sha256: abc}\nmodel_b: {path: y}\n",
-            "recipe.model_a.sha256 must be 64 hexadecimal digits (the sha256 a recorded recipe "
-            "holds), got 'abc'; copy it again from the recorded recipe or remove it",
+            "recipe.model_a.sha256 must be 64 lowercase hexadecimal digits (the sha256 a "
+            "recorded recipe holds), got 'abc'; copy it again from the recorded recipe or "
+            "remove it",
         ),
         (
             "model_a: {path: x}\nmodel_b: {path: y, files_sha256: '" + "g" * 64 + "'}\n",
-            "recipe.model_b.files_sha256 must be 64 hexadecimal digits",
+            "recipe.model_b.files_sha256 must be 64 lowercase hexadecimal digits",
         ),
         (
             "model_a: {path: x}\nmodel_b: {path: y}\ncalibration: {sha256: '12ab'}\n",
-            "recipe.calibration.sha256 must be 64 hexadecimal digits",
+            "recipe.calibration.sha256 must be 64 lowercase hexadecimal digits",
+        ),
+        (  # compared as written: an uppercase hash was blamed on another version
+            "model_a: {path: x, sha256: '" + "AB" * 32 + "'}\nmodel_b: {path: y}\n",
+            "recipe.model_a.sha256 must be 64 lowercase hexadecimal digits",
+        ),
+        (  # a key's name does not pick the fix ("alias" was read as an alias)
+            "alias: 1\nalias: 2\n",
+            "key 'alias' is given twice; give each key once",
         ),
         (
             "model_a: {path: x}\nmodel_b: {path: y}\nzip: {overrides: {block0: 5}}\n",

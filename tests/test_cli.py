@@ -121,8 +121,8 @@ def test_a_size_over_the_data_warns_and_the_report_counts_what_was_used(tmp_path
     out = tmp_path / "merged"
     with caplog.at_level("WARNING", logger="heterogui.run"):
         assert main(["merge", str(recipe), "--out", str(out)]) == 0
-    assert "calibration: 96 inputs" in caplog.text and "not the 500 its size asks" in caplog.text
-    assert "evaluation: 40 inputs" in caplog.text and "not the 100 its size asks" in caplog.text
+    assert "calibration: 96 inputs" in caplog.text and "not the 500 asked" in caplog.text
+    assert "evaluation: 40 inputs" in caplog.text and "not the 100 asked" in caplog.text
     report = json.loads((out / "report.json").read_text())
     assert report["calibration_count"] == 96
     # how the merge ran, "auto" resolved (the fusion moves accuracy most; no card said it)

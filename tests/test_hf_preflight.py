@@ -174,6 +174,11 @@ def test_a_config_number_of_the_wrong_type_is_named(tmp_path: Path, field, value
             {"num_key_value_heads": 3},
             "num_attention_heads 4 is not a multiple of num_key_value_heads 3",
         ),
+        (  # a name the number checks do not know: it divided by zero
+            {"num_attention_heads": None, "n_heads": 0},
+            "n_heads must be a whole number of at least 1, got 0",
+        ),
+        ({"head_dim": 16, "num_attention_heads": 5}, None),  # head_dim set: no rule to break
     ],
 )
 def test_heads_that_cannot_divide_the_width_are_named_as_the_folder_s(tmp_path, change, words):
@@ -181,6 +186,9 @@ def test_heads_that_cannot_divide_the_width_are_named_as_the_folder_s(tmp_path, 
     folder = tiny(tmp_path / "a")  # hidden 32, 4 heads
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, **change}))
+    if words is None:
+        assert inspect_model(folder).head_dim == 16
+        return
     with pytest.raises(ModelLoadError, match=re.escape(f"{folder}/config.json: {words}")):
         inspect_model(folder)
 

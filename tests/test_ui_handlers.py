@@ -294,11 +294,13 @@ def test_a_slider_sent_nan_by_a_script_is_refused_in_one_line(session, res):
     # the page's sliders never send NaN, a script over the HTTP API may: int() failed with an
     # "Unexpected error (ValueError)" where alpha, beta and rho were refused by name
     for value in (float("nan"), float("inf")):
-        with pytest.raises(ConfigError, match=f"stop = {value} is not a number"):
+        with pytest.raises(ConfigError, match=f"stop = {value} is not a finite number"):
             work.make_settings("zip", 0.5, 1.0, 0.5, value, None, 4)
-        with pytest.raises(ConfigError, match=f"stop = {value} is not a number"):
+        with pytest.raises(ConfigError, match=f"stop = {value} is not a finite number"):
             tab_zip.on_knobs(session, res, "zip", 0.5, 1.0, 0.5, value)
-        with pytest.raises(ConfigError, match=f"calibration inputs = {value} is not a number"):
+        with pytest.raises(
+            ConfigError, match=f"calibration inputs = {value} is not a finite number"
+        ):
             tab_models.on_analyse(session, res, "digits", None, value)
     assert work.whole(3.0, "stop") == 3
 

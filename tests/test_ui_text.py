@@ -289,7 +289,7 @@ def test_text_classifiers_get_the_accuracy_panels(res, tmp_path, caplog):
     assert set(drawn.data.sentences) < set(every.data.sentences)
     with caplog.at_level("WARNING", logger="heterogui.run"):
         over = run.evaluation_data(pair, DataRef("text-tasks", "test", every.count + 5, 16))
-    assert over.count == every.count and f"not the {every.count + 5} its size asks" in caplog.text
+    assert over.count == every.count and f"not the {every.count + 5} asked" in caplog.text
     own = tmp_path / "own.tsv"  # a user's file with a label no head has: left out, and said so
     own.write_text("sports\tThe team won.\nanimals\tThe cat slept.\npositive\tI loved it.\n")
     with caplog.at_level("WARNING", logger="heterogui.tasks.text_classes"):

@@ -274,7 +274,7 @@ def refuse_nonfinite_rows(inputs: Tensor, where: str) -> None:
     """
     if not inputs.is_floating_point() or inputs.dim() == 0:
         return
-    bad = (~torch.isfinite(inputs)).flatten(1).any(1).nonzero().flatten()
+    bad = (~torch.isfinite(inputs)).reshape(len(inputs), -1).any(1).nonzero().flatten()
     if len(bad):
         raise ConfigError(
             f"{where}: NaN or inf in {len(bad)} input(s), the first at row {int(bad[0])}; "

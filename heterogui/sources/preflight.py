@@ -184,6 +184,12 @@ def _check_heads(config: dict[str, Any], folder: Path, hidden: int, heads: int) 
         ModelLoadError: naming the fields and their values.
     """
     width, count = (_present(config, _KEYS[f]) for f in ("hidden", "heads"))
+    if heads < 1 or hidden < 1:  # n_heads, d_model: names _check_numbers does not know
+        field, value = (count, heads) if heads < 1 else (width, hidden)
+        raise ModelLoadError(
+            f"{folder}/config.json: {field} must be a whole number of at least 1, got {value}; "
+            "fix config.json (save_pretrained writes it)"
+        )
     if config.get("head_dim") is None and hidden % heads:
         raise ModelLoadError(
             f"{folder}/config.json: {width} {hidden} is not a multiple of {count} {heads}, and "

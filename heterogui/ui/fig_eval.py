@@ -318,14 +318,26 @@ def similarity_figure(matrices: dict[str, torch.Tensor], sentences: list[str]) -
                 colorscale="RdBu",
                 reversescale=True,
                 showscale=k == 0,
+                # under the maps, not beside them: at the side it took a fifth of a phone's
+                # width from maps already narrowed by the sentences' labels
+                colorbar={
+                    "orientation": "h",
+                    "x": 0.5,
+                    "xanchor": "center",
+                    "y": 0,
+                    "yref": "container",
+                    "yanchor": "bottom",
+                    "thickness": 10,
+                    "len": 1,  # as wide as the maps' area
+                },
             ),
             row=1,
             col=k + 1,
         )
         fig.update_yaxes(autorange="reversed", showticklabels=k == 0, row=1, col=k + 1)
     fig.update_layout(
-        height=340,
-        margin={"l": 10, "r": 10, "t": 60, "b": 10},
+        height=380,
+        margin={"l": 10, "r": 10, "t": 60, "b": 60},
         # a phone lays them out in rows (ui.small_screens), 140 px a map at least: its title
         # "(head A: A's space)" needs 130
         meta={"panels": len(names), "panel_px": 140},

@@ -298,7 +298,7 @@ def whole(value: float, what: str) -> int:
         ConfigError: naming ``what``.
     """
     if not math.isfinite(value):
-        raise ConfigError(f"{what} = {value} is not a number: give a whole number")
+        raise ConfigError(f"{what} = {value} is not a finite number: give a whole number")
     return int(value)
 
 
