@@ -56,7 +56,9 @@ html { scroll-padding-top: 6em; }  /* what scrolls into view (a focused box) cle
 }
 @media (max-width: 560px) {
   /* the recipe's label and its toolbar no longer share a line */
-  #recipe-view .icon-button-wrapper { position: static !important; justify-content: flex-end; }
+  #recipe-view .icon-button-wrapper {
+    position: static !important; width: fit-content; margin-left: auto;
+  }
 }
 @media (pointer: coarse) {
   .js-plotly-plot .modebar-container { opacity: 0; pointer-events: none; }
