@@ -123,3 +123,22 @@ def test_style_gives_every_axis_the_shared_look_and_keeps_the_figures_own_settin
     fig.layout.template.layout.title.text = "changed"  # each figure holds its own copy
     assert TEMPLATE.layout.title.text is None
     assert go.Figure().layout.template.layout.title.text is None
+
+
+def test_the_similarity_maps_share_one_colour_bar_under_them():
+    # beside the maps it took a fifth of a phone's width from maps the sentences' labels
+    # already narrow (80 px each at 390 px; 154 px under them)
+    import torch
+
+    from heterogui.ui.fig_eval import similarity_figure
+
+    eye = torch.eye(3)
+    fig = similarity_figure(
+        {"A": eye, "B": eye, "merged (head A: A's space)": eye}, ["a", "b", "c"]
+    )
+    shown = [t for t in fig.data if t.showscale]
+    assert len(shown) == 1 and shown[0].colorbar.orientation == "h"
+    assert shown[0].colorbar.yref == "container" and shown[0].colorbar.yanchor == "bottom"
+    assert fig.layout.margin.b >= 50  # the bar's room under the maps' tick labels
+    assert fig.layout.meta == {"panels": 3, "panel_px": 140}
+    assert fig.layout.annotations[2].text == "merged<br>(head A: A's space)"
