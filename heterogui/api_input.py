@@ -69,9 +69,9 @@ def checked_batches(nets: Sequence[Network], batches: Any) -> list[Any]:
                     shapes.add((m, batch.shape[1:], batch.dtype))
             else:
                 _check_token_batch(net, batch)
-        if isinstance(batch, torch.Tensor):  # NaN was blamed on the models overflowing
-            refuse_nonfinite_rows(batch, f"calibration batch {k}")
         _check_size(batch, k, len(batches))
+        if isinstance(batch, torch.Tensor):  # NaN was blamed on the models overflowing
+            refuse_nonfinite_rows(batch, f"calibration batch {k + 1} of {len(batches)}")
     return list(batches)
 
 

@@ -26,7 +26,7 @@ from heterogui.zip.stats import Moments
 
 @dataclass
 class Prepared:
-    """What steps 1-3 produce; everything a re-merge needs.
+    """What steps 1-4 produce; everything a re-merge needs.
 
     stats_budget: the most bytes of feature statistics held at once (None: no limit). When all
     merge points' statistics need more, ``stats`` stays empty and every zip collects them part

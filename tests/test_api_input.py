@@ -96,12 +96,13 @@ def test_an_override_for_a_merge_point_is_applied_not_ignored(nets):
         (torch.randn(64, *SHAPE), "must be a list of batches, got one tensor"),
         ([], "give calibration batches"),
         (batches()[:3] + [torch.randn(1, *SHAPE)], "batch 4 of 4 holds 1 input(s)"),
+        (batches()[:2] + [torch.zeros(0, *SHAPE)], "batch 3 of 3 holds 0 input(s)"),
         (batches(dtype=torch.float64), "inputs are float64 but model A computes in float32"),
         ([torch.randint(0, 255, (32, *SHAPE), dtype=torch.uint8)], "inputs are uint8"),
         ([torch.randn(32, 12)], "calibration inputs have shape (32, 12) but model A reads 64"),
         (  # NaN was blamed on the models overflowing ("check the data's scale")
             [batches()[0], batches()[1].index_fill_(0, torch.tensor([3]), float("nan"))],
-            "calibration batch 1: NaN or inf in 1 input(s), the first at row 3; remove or",
+            "calibration batch 2 of 2: NaN or inf in 1 input(s), the first at row 3; remove",
         ),
     ],
 )

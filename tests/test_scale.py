@@ -220,3 +220,16 @@ def test_scale_benchmark_exports_a_folder_transformers_loads_and_refuses_a_taken
         run_scale(dataclasses.replace(TINY, export=str(taken)))
     assert "--overwrite" not in str(refused.value)  # bench scale has no such option
     assert (taken / "notes.txt").read_text() == "mine"
+
+
+def test_any_number_of_texts_from_4_calibrates_and_fewer_are_refused():
+    # a last batch under 4 joins the one before (it asked for a multiple of --batch)
+    from heterogui.bench.scale import check_options, token_batches
+    from heterogui.errors import ConfigError
+
+    options = dataclasses.replace(TINY, texts=10, batch=4)
+    check_options(options)
+    assert [len(b["input_ids"]) for b in token_batches(options)] == [4, 6]
+    for texts, batch in ((3, 4), (8, 2)):
+        with pytest.raises(ConfigError, match="use --batch and --texts of at least 4"):
+            check_options(dataclasses.replace(TINY, texts=texts, batch=batch))

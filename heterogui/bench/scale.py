@@ -145,12 +145,10 @@ def check_options(options: ScaleOptions) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if options.vocab < 2 or options.texts < 1 or options.tokens < 2:
         raise ConfigError("use --vocab >= 2, --texts >= 1 and --tokens >= 2")
-    last = options.texts % options.batch or options.batch
-    if options.batch < 4 or options.texts < 4 or last < 4:
+    if options.batch < 4 or options.texts < 4:  # a last batch under 4 joins the one before
         raise ConfigError(
             f"--texts {options.texts} in batches of {options.batch}: the layer CKA needs at "
-            "least 4 texts in every batch; use --batch of at least 4 and a multiple of it as "
-            "--texts"
+            "least 4 texts in every batch; use --batch and --texts of at least 4"
         )
     if options.budget_mb is not None and options.budget_mb <= 0:
         raise ConfigError(f"--budget-mb must be positive, got {options.budget_mb}")

@@ -272,7 +272,7 @@ def refuse_nonfinite_rows(inputs: Tensor, where: str) -> None:
     Raises:
         ConfigError: "``where``: NaN or inf in ... input(s), the first at row R".
     """
-    if not inputs.is_floating_point() or inputs.dim() == 0:
+    if not inputs.is_floating_point() or inputs.dim() == 0 or inputs.numel() == 0:
         return
     bad = (~torch.isfinite(inputs)).reshape(len(inputs), -1).any(1).nonzero().flatten()
     if len(bad):

@@ -45,7 +45,7 @@ class Session:
     demo: the demo pair loaded as A and B (None: models chosen one by one).
     data: the calibration data the user chose (None: the task's default).
     calibration / evaluation: the data drawn for the current analysis.
-    prepared: cached statistics of the pair (steps 1-3); re-merges start from it.
+    prepared: cached statistics of the pair (steps 1-4); re-merges start from it.
     visited: the statistics of placements this analysis had before or collected ahead while
         idle (the latest first), so that switching to one does not run the models again
         (``ui.placements``).

@@ -160,7 +160,7 @@ def analysis(
 def analyse(
     session: Session, res: Resources, data: DataRef | None, progress: Progress | None = None
 ) -> Session:
-    """Run steps 1-3 for the loaded pair (CKA, SMA alignment, statistics) and the baselines.
+    """Run steps 1-4 for the loaded pair (CKA, SMA alignment, statistics) and the baselines.
 
     data: the calibration data (None: the task's default; a demo pair's is shared). It becomes
     the session's only when the analysis succeeds: bad data, an error or Cancel keep the
