@@ -195,7 +195,8 @@ def load_pair(
             raise IncompatibleModelsError(which + reasons.replace("model B", f"model {letter}"))
         # first: an out-of-memory kill says nothing. A two-model merge collects its statistics
         # part by part within the budget; an N-way merge holds them all
-        host_memory.check_fits(verdict.memory if more else verdict.memory_in_parts)
+        fits = verdict.memory if more else verdict.memory_within(host_memory.stats_budget())
+        host_memory.check_fits(fits)
         verdicts.append(verdict)
     for ref in refs:
         if ref.sha256:

@@ -77,13 +77,27 @@ def test_a_recipe_s_memory_estimate_holds_the_statistics_within_their_budget(mon
     assert in_parts == weights + 6 * 2**30 < 18 * 2**30 < 37 * 2**30 < held
 
 
-def test_the_verdict_gives_both_estimates(tmp_path: Path, monkeypatch) -> None:
+def test_the_verdict_gives_both_estimates(tmp_path: Path) -> None:
     # a recipe's merge is checked against the budgeted one (run.load_pair), the workbench's
     # and an N-way merge's against the one that holds every statistic
-    monkeypatch.setenv("HETEROGUI_STATS_BUDGET_MB", "0.001")
     folder = tiny(tmp_path / "a")
     verdict = check_pair(inspect_model(folder), inspect_model(folder))
-    assert verdict.ok and 0 < verdict.memory_in_parts < verdict.memory
+    assert verdict.ok and 0 < verdict.statistics < verdict.memory
+    assert verdict.memory_within(100) == verdict.memory - verdict.statistics + 100
+    assert verdict.memory_within(2**60) == verdict.memory
+
+
+def test_a_recipe_s_pair_is_checked_with_its_statistics_within_the_budget(tmp_path, monkeypatch):
+    from heterogui import host_memory, run
+
+    checked = []
+    monkeypatch.setattr(host_memory, "check_fits", checked.append)
+    monkeypatch.setenv("HETEROGUI_STATS_BUDGET_MB", "0.001")
+    folder = tiny(tmp_path / "a")
+    with pytest.raises(ModelLoadError, match="has no tokenizer"):  # checked before loading
+        run.load_pair(str(folder), str(folder))
+    verdict = check_pair(inspect_model(folder), inspect_model(folder))
+    assert checked == [verdict.memory_within(int(0.001 * 2**20))] and checked[0] < verdict.memory
 
 
 def test_tiny_bert_card_counts_parameters(tmp_path: Path) -> None:

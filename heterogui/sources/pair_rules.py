@@ -12,7 +12,6 @@ truncating to the shorter table would silently change what the longer model acce
 
 from __future__ import annotations
 
-from heterogui.host_memory import stats_budget
 from heterogui.models.bert import same_setting, split_hint
 from heterogui.sources.preflight import (
     ROTARY_FAMILIES,
@@ -182,7 +181,7 @@ def check_pair(card_a: ModelCard, card_b: ModelCard) -> Verdict:
             "merge runs in float32"
         )
     notes += cautions
-    mem = in_parts = None
+    mem, statistics = None, 0
     if not reasons:
         shape = [
             {
@@ -195,7 +194,7 @@ def check_pair(card_a: ModelCard, card_b: ModelCard) -> Verdict:
         ]
         vocabs = card_a.vocab_size, card_b.vocab_size
         mem, secs = estimate_merge(shape[0], shape[1], *vocabs)
-        in_parts, _ = estimate_merge(shape[0], shape[1], *vocabs, budget=stats_budget())
+        statistics = mem - estimate_merge(shape[0], shape[1], *vocabs, budget=0)[0]
         notes.append(
             f"estimate (rough, not measured): about {mem / 2**30:.2f} GiB of memory and "
             f"{secs:.0f} s on a CPU for the merge"
@@ -206,5 +205,5 @@ def check_pair(card_a: ModelCard, card_b: ModelCard) -> Verdict:
         notes=tuple(notes),
         memory=mem,
         cautions=tuple(cautions),
-        memory_in_parts=in_parts,
+        statistics=statistics,
     )

@@ -73,7 +73,7 @@ class ModelCard:
     per element of one O x O matrix (O = 2 x width) per merge point: per layer the Q/K and V/O
     spaces (width) and the MLP (intermediate width), plus the residual stream once, all held at
     once as the workbench holds them (a recipe's two-model merge holds at most its statistics
-    budget: ``Verdict.memory_in_parts``). A rough allowance, not an account: the statistics
+    budget: ``Verdict.memory_within``). A rough allowance, not an account: the statistics
     are kept in float32 per merge point and block (docs/method.md sec. 6), and the forward
     passes' activations and the matchers' copies come on top; it is 0.76-0.89 of measured
     peaks (README).
@@ -118,15 +118,21 @@ class Verdict:
     `cautions`: the notes on what the merge does other than either model would (another end
     token, dtype), which a merge's report and output repeat; `memory`: the bytes the merge
     needs by the estimate with every statistic held at once, as the workbench and an N-way
-    merge hold them (None: not estimated); `memory_in_parts`: with the statistics collected
-    part by part within ``host_memory.stats_budget``, as a recipe's two-model merge does."""
+    merge hold them (None: not estimated), `statistics` of them (``memory_within``)."""
 
     ok: bool
     reasons: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     memory: int | None = None
     cautions: tuple[str, ...] = ()
-    memory_in_parts: int | None = None
+    statistics: int = 0
+
+    def memory_within(self, budget: int) -> int | None:
+        """Return the estimate with the statistics collected part by part within ``budget``
+        bytes, as a recipe's two-model merge collects them (``host_memory.stats_budget``)."""
+        if self.memory is None:
+            return None
+        return self.memory - self.statistics + min(self.statistics, budget)
 
 
 def _weight_files(folder: Path) -> list[Path]:
