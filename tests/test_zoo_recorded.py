@@ -57,3 +57,21 @@ def test_an_older_config_hash_of_the_same_zoo_weights_still_repeats(cache, caplo
     assert "recorded by an older heterogui, which hashed the zoo's training time" in caplog.text
     with pytest.raises(ConfigError, match="is not the model the recipe records"):  # refused
         check_hash(ModelRef(REF_A, sha256="2" * 64, files_sha256="1" * 64), pair.a)
+
+
+@pytest.mark.parametrize("damage", ["changed", "removed"])
+def test_a_recorded_recipe_repeats_over_a_damaged_or_missing_zoo_model(cache, damage):
+    # this build's pair with model A damaged: B read as another build's, and the recipe that
+    # records both was refused as "trained by an older heterogui"
+    import shutil
+
+    folder, pair = cache
+    weights = folder / "a" / "model.safetensors"
+    if damage == "changed":
+        data = bytearray(weights.read_bytes())
+        data[-2:] = bytes(255 - b for b in data[-2:])
+        weights.write_bytes(bytes(data))
+    else:
+        shutil.rmtree(folder / "a")
+    again = load_pair(ModelRef(REF_A, sha256=pair.a.sha256), ModelRef(REF_B, sha256=pair.b.sha256))
+    assert (again.a.sha256, again.b.sha256) == (pair.a.sha256, pair.b.sha256)  # A rebuilt alike

@@ -130,14 +130,38 @@ def is_built(name: str) -> bool:
 
 def outdated_weights_sha256(name: str, which: str) -> str | None:
     """Return the sha256 of model ``which`` of pair ``name`` where the cache holds it from
-    another zoo build (the pair is not up to date: loading it retrains it), else None."""
-    if is_built(name):
+    another zoo build (loading it retrains it), else None. A pair that is only incomplete or
+    damaged (the other model missing, a file changed) is this build's: loading rebuilds what
+    is missing, and a recipe that records its models repeats (a damaged sibling made the
+    intact model read as another build's, and such a recipe was refused)."""
+    spec = pair_spec(name)
+    folder = cache_path("zoo", spec.name)
+    if not _another_build(folder, spec, which):
         return None
-    weights = cache_path("zoo", pair_spec(name).name) / which / WEIGHTS_FILE
+    weights = folder / which / WEIGHTS_FILE
     try:
         return file_sha256(weights) if weights.is_file() else None
     except OSError:
         return None
+
+
+def _another_build(folder: Path, spec: PairSpec, which: str) -> bool:
+    """Return whether the pair's pair.json or model ``which``'s config.json names the
+    fingerprint of another zoo build (missing or unreadable files name none)."""
+    try:
+        meta = json.loads((folder / "pair.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        meta = None
+    try:
+        data = read_config(folder / which)
+    except ModelLoadError:
+        data = {}
+    pair_print = meta.get("fingerprint") if isinstance(meta, dict) else None
+    model_print = data.get("fingerprint") if isinstance(data, dict) else None
+    return pair_print not in (None, pair_fingerprint(spec)) or model_print not in (
+        None,
+        model_fingerprint(spec, which),
+    )
 
 
 def _find_built_model(spec: PairSpec, which: str) -> Path | None:
