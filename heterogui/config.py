@@ -95,9 +95,7 @@ def check_sha256(value: Any, what: str) -> None:
     Raises:
         ConfigError: naming ``what``.
     """
-    if value is not None and not (
-        isinstance(value, str) and len(value) == 64 and all(c in HEX_DIGITS for c in value)
-    ):
+    if value is not None and not (isinstance(value, str) and SHA256.fullmatch(value)):
         raise ConfigError(
             f"{what} must be 64 lowercase hexadecimal digits (the sha256 a recorded recipe "
             "holds), got "
@@ -105,7 +103,7 @@ def check_sha256(value: Any, what: str) -> None:
         )
 
 
-HEX_DIGITS = frozenset("0123456789abcdef")  # as hexdigest() writes them, and as compared
+SHA256 = re.compile("[0-9a-f]{64}")  # as hexdigest() writes it, and as it is compared
 
 
 @dataclass(frozen=True)

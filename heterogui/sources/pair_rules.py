@@ -19,6 +19,7 @@ from heterogui.sources.preflight import (
     ModelCard,
     Verdict,
     estimate_merge,
+    statistics_allowance,
 )
 from heterogui.sources.vocab import token_difference, vocab_tokens
 
@@ -192,9 +193,8 @@ def check_pair(card_a: ModelCard, card_b: ModelCard) -> Verdict:
             }
             for c in (card_a, card_b)
         ]
-        vocabs = card_a.vocab_size, card_b.vocab_size
-        mem, secs = estimate_merge(shape[0], shape[1], *vocabs)
-        statistics = mem - estimate_merge(shape[0], shape[1], *vocabs, budget=0)[0]
+        mem, secs = estimate_merge(shape[0], shape[1], card_a.vocab_size, card_b.vocab_size)
+        statistics = statistics_allowance(shape[0], shape[1])
         notes.append(
             f"estimate (rough, not measured): about {mem / 2**30:.2f} GiB of memory and "
             f"{secs:.0f} s on a CPU for the merge"

@@ -209,15 +209,15 @@ def _check_heads(config: dict[str, Any], folder: Path, hidden: int, heads: int) 
         )
 
 
-def _present(config: dict[str, Any], keys: Sequence[str]) -> str:
-    """Return the first of ``keys`` that ``config`` sets."""
-    return next(k for k in keys if config.get(k) is not None)
+def _present(config: dict[str, Any], keys: Sequence[str]) -> str | None:
+    """Return the first of ``keys`` that ``config`` sets (None: none)."""
+    return next((k for k in keys if config.get(k) is not None), None)
 
 
 def _pick(config: dict[str, Any], field: str, folder: Path) -> Any:
-    for key in _KEYS[field]:
-        if config.get(key) is not None:
-            return config[key]
+    key = _present(config, _KEYS[field])
+    if key is not None:
+        return config[key]
     raise ModelLoadError(
         f"config.json in {folder} has no {' / '.join(_KEYS[field])}; the pre-flight supports "
         "transformer configs (BERT family, ViT ...)"
@@ -513,6 +513,14 @@ def _rope(config: dict[str, Any]) -> str:
     return json.dumps(floats, sort_keys=True)
 
 
+def statistics_allowance(a: dict[str, int], b: dict[str, int]) -> int:
+    """Return the bytes ``estimate_merge`` allows for the statistics of models of shapes a
+    and b, every merge point held at once (see ModelCard)."""
+    depth = max(a["depth"], b["depth"])
+    o_h, o_i = a["hidden"] + b["hidden"], a["intermediate"] + b["intermediate"]
+    return 8 * ((1 + 2 * depth) * o_h**2 + depth * o_i**2)
+
+
 def estimate_merge(
     a: dict[str, int],
     b: dict[str, int],
@@ -534,7 +542,7 @@ def estimate_merge(
     # collects more than its budget part by part (``pipeline.chunked_matches``): unbudgeted, a
     # 1.1B Llama pair that merges by recipe within 15.3 GiB was estimated at 37.7 GiB, and
     # refused on a 24 GiB machine
-    cov = 8 * ((1 + 2 * depth) * o_h**2 + depth * o_i**2)
+    cov = statistics_allowance(a, b)
     if budget is not None:
         cov = min(cov, budget)
     embed = (vocab_a or 0) * a["hidden"] + (vocab_b or 0) * b["hidden"]
