@@ -182,11 +182,11 @@ def test_a_config_number_of_the_wrong_type_is_named(tmp_path: Path, field, value
     [
         (
             {"num_attention_heads": 5},
-            "hidden_size 32 is not a multiple of num_attention_heads 5, and no head_dim is set",
+            "hidden_size (32) is not a multiple of num_attention_heads (5), and no head_dim is set",
         ),
         (
             {"num_key_value_heads": 3},
-            "num_attention_heads 4 is not a multiple of num_key_value_heads 3",
+            "num_attention_heads (4) is not a multiple of num_key_value_heads (3)",
         ),
         (  # a name the number checks do not know: it divided by zero
             {"num_attention_heads": None, "n_heads": 0},

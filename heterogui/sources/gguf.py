@@ -29,7 +29,7 @@ from heterogui.sources.gguf_files import (
 )
 from heterogui.sources.gguf_header import GGUFHeader, gguf_header
 from heterogui.sources.hf import untied_note
-from heterogui.sources.preflight import ModelCard, bias_settings, estimate_merge
+from heterogui.sources.preflight import ModelCard, bias_settings, estimate_merge, heads_problem
 from heterogui.sources.vocab import tokens_hash
 
 BUILT_IN = {"smollm2:135m-instruct": smollm2_gguf}
@@ -62,18 +62,14 @@ def _check_shape(header: GGUFHeader) -> None:
         value = getattr(header, field)
         if value is not None and value < 1:
             raise ModelLoadError(f"{name}: {arch}.{key} is {value}, not at least 1; {fix}")
-    heads, kv = header.head_count, header.head_count_kv
-    if kv and heads % kv:
-        raise ModelLoadError(
-            f"{name}: {arch}.attention.head_count ({heads}) is not a multiple of "
-            f"{arch}.attention.head_count_kv ({kv}); {fix}"
-        )
-    if not header.key_length and header.embedding_length % heads:
-        raise ModelLoadError(
-            f"{name}: {arch}.embedding_length ({header.embedding_length}) is not a multiple of "
-            f"{arch}.attention.head_count ({heads}) and the file has no "
-            f"{arch}.attention.key_length; {fix}"
-        )
+    problem = heads_problem(
+        (f"{arch}.embedding_length", header.embedding_length),
+        (f"{arch}.attention.head_count", header.head_count),
+        (f"{arch}.attention.head_count_kv", header.head_count_kv),
+        None if header.key_length else f"{arch}.attention.key_length",
+    )
+    if problem:
+        raise ModelLoadError(f"{name}: {problem}; {fix}")
 
 
 def gguf_card(header: GGUFHeader) -> ModelCard:

@@ -196,17 +196,40 @@ def _check_heads(config: dict[str, Any], folder: Path, hidden: int, heads: int) 
             f"{folder}/config.json: {field} must be a whole number of at least 1, got {value}; "
             "fix config.json (save_pretrained writes it)"
         )
-    if config.get("head_dim") is None and hidden % heads:
-        raise ModelLoadError(
-            f"{folder}/config.json: {width} {hidden} is not a multiple of {count} {heads}, and "
-            "no head_dim is set; fix config.json (save_pretrained writes it)"
-        )
     kv = config.get("num_key_value_heads")
-    if isinstance(kv, int) and kv > 0 and heads % kv:
+    problem = heads_problem(
+        (width, hidden),
+        (count, heads),
+        ("num_key_value_heads", kv if isinstance(kv, int) and kv > 0 else None),
+        "head_dim" if config.get("head_dim") is None else None,
+    )
+    if problem:
         raise ModelLoadError(
-            f"{folder}/config.json: {count} {heads} is not a multiple of num_key_value_heads "
-            f"{kv}; fix config.json (save_pretrained writes it)"
+            f"{folder}/config.json: {problem}; fix config.json (save_pretrained writes it)"
         )
+
+
+def heads_problem(
+    width: tuple[Any, int],
+    heads: tuple[Any, int],
+    kv_heads: tuple[Any, int | None],
+    missing_head_dim: str | None,
+) -> str | None:
+    """Return why a transformer's heads cannot split its width, or its key/value heads its
+    heads (None: they can). Each shape comes as (its key, its value), kv_heads' value None
+    when the model sets none; missing_head_dim: the key of the head width the model leaves
+    unset (the width must then divide evenly), None when it sets one. One rule for config.json
+    and GGUF headers, each naming its own keys."""
+    (width_key, width_value), (heads_key, heads_value) = width, heads
+    kv_key, kv_value = kv_heads
+    if missing_head_dim is not None and width_value % heads_value:
+        return (
+            f"{width_key} ({width_value}) is not a multiple of {heads_key} ({heads_value}), "
+            f"and no {missing_head_dim} is set"
+        )
+    if kv_value and heads_value % kv_value:
+        return f"{heads_key} ({heads_value}) is not a multiple of {kv_key} ({kv_value})"
+    return None
 
 
 def _present(config: dict[str, Any], keys: Sequence[str]) -> str | None:

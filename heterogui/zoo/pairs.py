@@ -117,15 +117,18 @@ def is_built(name: str) -> bool:
     """Return whether pair ``name`` is built, complete and up to date."""
     spec = pair_spec(name)
     folder = cache_path("zoo", name)  # looking creates nothing (zoo list on a read-only cache)
+    return _pair_fingerprint_in(folder) == pair_fingerprint(spec) and all(
+        _model_ok(folder / w, spec, w) for w in spec.letters
+    )
+
+
+def _pair_fingerprint_in(folder: Path) -> object:
+    """Return the fingerprint the pair.json in ``folder`` names (None: missing or unreadable)."""
     try:
         meta = json.loads((folder / "pair.json").read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return (
-        isinstance(meta, dict)
-        and meta.get("fingerprint") == pair_fingerprint(spec)
-        and all(_model_ok(folder / w, spec, w) for w in spec.letters)
-    )
+        return None
+    return meta.get("fingerprint") if isinstance(meta, dict) else None
 
 
 def outdated_weights_sha256(name: str, which: str) -> str | None:
@@ -149,14 +152,10 @@ def _another_build(folder: Path, spec: PairSpec, which: str) -> bool:
     """Return whether the pair's pair.json or model ``which``'s config.json names the
     fingerprint of another zoo build (missing or unreadable files name none)."""
     try:
-        meta = json.loads((folder / "pair.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        meta = None
-    try:
         data = read_config(folder / which)
     except ModelLoadError:
         data = {}
-    pair_print = meta.get("fingerprint") if isinstance(meta, dict) else None
+    pair_print = _pair_fingerprint_in(folder)
     model_print = data.get("fingerprint") if isinstance(data, dict) else None
     return pair_print not in (None, pair_fingerprint(spec)) or model_print not in (
         None,
