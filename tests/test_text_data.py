@@ -47,11 +47,18 @@ def test_text_tasks_are_seeded_balanced_and_disjoint(task):
         assert sorted(counts) == list(TASK_CLASSES[task]) and len(set(counts.values())) == 1
 
 
-def test_calibration_sentences_come_from_both_tasks_and_never_from_test():
-    sentences = calibration_sentences(256)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_calibration_sentences_come_from_both_tasks_and_never_from_test(seed: int):
+    # the text-task pair trains and is tested on seed 0's splits: another seed re-split the
+    # tasks, and its draw held about 35 test and 60-70 training sentences
+    sentences = calibration_sentences(256, seed)
     assert len(sentences) == len(set(sentences)) == 256
-    test = {s for t in TASK_CLASSES for s in make_task(t)["test"].sentences}
-    assert not test & set(sentences)
+    seen = {s for t in TASK_CLASSES for k in ("test", "train") for s in make_task(t)[k].sentences}
+    assert not seen & set(sentences)
+    task_of = {s: t for t in TASK_CLASSES for s in make_task(t)["calibration"].sentences}
+    assert Counter(task_of[s] for s in sentences) == {t: 128 for t in TASK_CLASSES}
+    if seed:  # another draw, not the first sentences of each split
+        assert set(sentences) != set(calibration_sentences(256, 0))
 
 
 @pytest.fixture(scope="session")

@@ -214,7 +214,7 @@ def text_calibration(ref: DataRef, pair: ModelPair) -> Calibration:
     done = dataclasses.replace(ref, sha256=text_sha256(sentences))
     batches = tokenize(tokenizer_of(pair), sentences, ref.batch_size, fold=True)
     short = ref.source == "sentences" and ref.size is not None and len(sentences) != ref.size
-    why = calibration_sentences_rule(ref.size, ref.seed) if short else None
+    why = calibration_sentences_rule(ref.size) if short else None
     return Calibration(done, batches, len(sentences), why)
 
 
