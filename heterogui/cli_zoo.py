@@ -164,7 +164,12 @@ def add_bench_quality_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``heterogui bench quality`` to ``parser``."""
     parser.add_argument("--tiny", action="store_true", help="tiny zoo, small sweeps (smoke run)")
     parser.add_argument("--pairs", nargs="+", default=None, help="pair names (default: all)")
-    parser.add_argument("--seeds", type=count, default=3, help="calibration seeds 0..N-1")
+    parser.add_argument(
+        "--seeds",
+        type=count,
+        default=3,
+        help="seeds 0..N-1: each retrains A and B and redraws the calibration inputs",
+    )
     parser.add_argument("--out", default="docs", help="folder for quality.md and quality.json")
     parser.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or auto")
     parser.add_argument(

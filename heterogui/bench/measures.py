@@ -4,8 +4,8 @@
 
 For every pair whose depths differ, SMA and LMA align the layers by the CKA of the blocks'
 outputs (the paper's measure) and by that of their updates (what each block adds to its input,
-``align.similarity``); each alignment is merged at rho 1 with the family's default fusion and
-scored on the pair's own metric:
+``align.similarity``); each alignment is merged at rho 1 with the family's default fusion,
+heads paired (``MEASURED_HEADS``), and scored on the pair's own metric:
 
 - the zoo's depth pairs (ResNet, VGG, MNIST-1D ResNet, ViT), Joint accuracy, seeds 0-2 (seed s:
   training variant s and calibration draw s, as in docs/quality.md);
@@ -212,7 +212,8 @@ def render(report: dict[str, Any], command: str) -> str:
         "SMA and LMA place the shallower model's layers by CKA. The paper compares the blocks' "
         "outputs; heterogui can compare their *updates* instead: what each block adds to its "
         "input (its output minus the previous block's where the shapes agree). Each alignment "
-        "is merged at rho 1 with the family's default fusion and scored on the pair's metric "
+        "is merged at rho 1 with the family's default fusion, heads paired (`zip.heads: pair`, "
+        "a ViT's default is split), and scored on the pair's metric "
         "(zoo: Joint accuracy, %; MiniLM: STS Spearman; decoders: the geometric mean of the "
         "prose and code perplexities, lower is better). Means over the draws; `slots`: the "
         "shallower model's slots per draw.",

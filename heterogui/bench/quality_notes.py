@@ -73,8 +73,9 @@ a second a merge, and its sequential refit for ViT, where it is the only fusion 
 ensemble (the tails' unmerge refit with it, docs/method.md sec. 9) for 0.2-0.4 s a zoo merge;
 the paper's fusion for BERT (least squares lost on average on MiniLM's
 sentence similarity, docs/transformers.md), for the decoders (better on the trained pair,
-docs/decoders.md, but 28-35 s a SmolLM2 merge against five seconds) and for MLPs and
-GPT-2 (no pair measures them). On the CNNs the sequential refit is better still but costs
+docs/decoders.md, but 28-35 s a SmolLM2 merge against five seconds), for GPT-2 (its
+one measured pair, trained apart here, gains from the sequential refit: docs/decoders.md) and
+for MLPs (no pair measures them). On the CNNs the sequential refit is better still but costs
 5-30 times a re-merge for a point or two, too slow for the workbench's slider: an option
 there, not the default. Fusion in
 BatchNorm units is on by default (zip.bn_units) because each fusion is better with it on
@@ -83,9 +84,9 @@ a ResNet re-merge); the sequential refit gains least from it. The heads default,
 auto`, is split for ViT models, where it beats paired heads under every fusion on both ViT
 pairs (the "heads split" columns above, a few milliseconds a merge), and the paper's pair for
 the others: on MiniLM's sentence similarity a split scored lower in 33 of 36 settings
-(docs/method.md sec. 8); GPT-2 can split but pairs by default (no GPT-2 pair is measured),
-rotary decoders cannot split. The rows above name their fusion and heads, so they do not
-depend on the defaults."""
+(docs/method.md sec. 8); GPT-2 can split but pairs by default (a split helped its one
+measured pair, trained apart here, by 0.4-5%: docs/decoders.md), rotary decoders cannot
+split. The rows above name their fusion and heads, so they do not depend on the defaults."""
 
 
 KEPT_NOTE = """A transformer merge averages three kinds of merge points: attention heads (a ViT's
