@@ -46,6 +46,7 @@ from heterogui.fusion.merged import MergedModel, MergedSpec
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network
 from heterogui.models.graph import ModelGraph, space_order
+from heterogui.models.hf.instances import unmerged_input
 from heterogui.pair_check import check_pair
 from heterogui.pipeline import (
     Progress,
@@ -396,13 +397,15 @@ def merge_group(
             options (``api_input``), in one line.
         HeteroguiError: networks an N-way merge does not take (``check_group``).
     """
+    nets = [unmerged_input(net) for net in nets]
     for k, net in enumerate(nets):
         if not isinstance(net, Network):
             cls = type(net)
             raise ConfigError(
                 f"model {chr(ord('A') + k)} is a {cls.__module__}.{cls.__qualname__}; "
                 "merge_group takes heterogui networks (zoo or heterogui folders: "
-                "heterogui.run.load_pair(...).a.net, or heterogui.models.io.load_network)"
+                "heterogui.run.load_pair(...).a.net, or heterogui.models.io.load_network) "
+                "and merges (heterogui.merge's result)"
             )
     nets = widened(nets)
     check_networks(nets)

@@ -129,3 +129,31 @@ def test_an_image_processors_batches_merge_like_their_tensors():
     assert all(torch.equal(v, wrapped.model.state_dict()[k]) for k, v in state.items())
     with pytest.raises(ConfigError, match=r"got a dict with keys \['images'\]; pass the inputs"):
         heterogui.merge(a, b, [{"images": images[0]}])
+
+
+def test_a_merge_is_merged_again_as_it_is_in_memory():
+    # a chain's next merge: heterogui.merge's result, or its model, was refused as "a
+    # MergedModel, which heterogui cannot merge"; a recipe took the merge's folder
+    from heterogui.nway import GroupMergeResult, merge_group
+    from heterogui.zip.plan import ZipSettings
+    from tests.conftest import DEPTH_PAIRS, calibration, make
+
+    config_a, config_b, shape = DEPTH_PAIRS["mlp"]
+    a = make(config_a, 0, "A", classes=tuple(range(5)))
+    b = make(config_b, 1, "B", classes=tuple(range(5, 10)))
+    batches = calibration(shape, 4, 32)
+    first = heterogui.merge(a, b, batches)
+    x = batches[0]
+    with torch.no_grad():
+        want = torch.cat([*first.model(x), a.module(x)], dim=1)
+    for given in (first, first.model):
+        again = heterogui.merge(given, a, batches, settings=ZipSettings(rho=0.0))
+        assert [h.classes for heads in again.model.spec.heads for h in heads] == [
+            tuple(range(5)),
+            tuple(range(5, 10)),
+            tuple(range(5)),
+        ]
+        with torch.no_grad():  # rho 0 keeps every feature: the first merge's outputs and A's
+            got = torch.cat(again.model(x), dim=1)
+        assert (got - want).abs().max().item() < 1e-5
+    assert isinstance(merge_group([first, a, b], batches), GroupMergeResult)

@@ -1,5 +1,6 @@
-"""Models given as Python objects to ``heterogui.merge``: heterogui networks as they are, loaded
-Hugging Face models converted by their family's adapter (``bert_io``, ``vit_io``, ``gpt2_io``,
+"""Models given as Python objects to ``heterogui.merge``: heterogui networks as they are, a
+merge (a ``MergeResult`` or its ``MergedModel``) as one network of its family, loaded Hugging
+Face models converted by their family's adapter (``bert_io``, ``vit_io``, ``gpt2_io``,
 ``decoder_io``), anything else refused with what to pass instead.
 
 The conversion copies the weights: the caller's model is never changed.
@@ -24,6 +25,7 @@ def network_of(model: Any, label: str) -> Network:
             an adapter for.
         ModelLoadError: a Hugging Face model whose config or weights its adapter cannot take.
     """
+    model = unmerged_input(model)
     if isinstance(model, Network):
         return model
     kind = getattr(getattr(model, "config", None), "model_type", None)
@@ -43,9 +45,26 @@ def network_of(model: Any, label: str) -> Network:
     what = f"a Hugging Face {kind!r} model" if kind else f"a {cls.__module__}.{cls.__qualname__}"
     raise ConfigError(
         f"{label} is {what}, which heterogui cannot merge; pass a heterogui network "
-        f"(heterogui.run.load_pair(...).a.net, or one built with heterogui.models) or a loaded "
-        f"Hugging Face model of type {', '.join(KNOWN_TYPES)}"
+        f"(heterogui.run.load_pair(...).a.net, or one built with heterogui.models), a merge "
+        f"(heterogui.merge's result) or a loaded Hugging Face model of type "
+        f"{', '.join(KNOWN_TYPES)}"
     )
+
+
+def unmerged_input(model: Any) -> Any:
+    """Return a merge given as a model (a ``MergeResult`` or its ``MergedModel``) as one
+    network with every task head (``fusion.merged.as_network``: the next merge of a chain, as
+    a recipe takes a merge's folder), anything else as it is.
+
+    Raises:
+        ModelLoadError: a partial zip, which is no model of its family (``as_network``).
+    """
+    from heterogui.fusion.merged import MergedModel, as_network
+    from heterogui.prepared import MergeResult
+
+    if isinstance(model, MergeResult):
+        model = model.model
+    return as_network(model) if isinstance(model, MergedModel) else model
 
 
 def _causal_lm(model: Any, label: str) -> Any:
