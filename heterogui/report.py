@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from heterogui.align.alignment import Alignment, layer_pairs
-from heterogui.config import Recipe
+from heterogui.config import SPLIT_HEADS, Recipe
 from heterogui.distributed import world_size
 from heterogui.errors import ExportError, ModelLoadError
 from heterogui.export.card import bars_svg, class_ranges, heatmap_svg, model_card
@@ -236,8 +236,21 @@ def card_facts(
             *pair_card_notes(pair, task, scores),
             *_pooling_note(pair, scores),
             *batch_norm_note(prep, scores, "A, B"),
+            *split_heads_note(result),
         ],
     }
+
+
+def split_heads_note(result: MergeResult | GroupMergeResult) -> list[str]:
+    """Return, for a merge whose attention heads are split, the card's note on merging it
+    again: its heads are half as wide as the models' it came from."""
+    if result.settings.heads != SPLIT_HEADS:
+        return []
+    return [
+        "Attention heads split (`zip.heads: split`): every head of A and of B is kept at half "
+        "its dimension, so a next merge takes this model only with a merge made the same way; "
+        "to merge it with other models, make it with `zip.heads: pair`."
+    ]
 
 
 def pair_card_notes(pair: Pair, task: Task, scores: dict[str, Any] | None) -> list[str]:

@@ -156,6 +156,8 @@ def test_vit_classifiers_on_digits_are_scored_and_their_merge_merges_again(tmp_p
     # the ViT default splits the heads (half their size): a partner of other heads is refused
     (tmp_path / "split").mkdir()
     assert main(["merge", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "split" / "m")]) == 0
+    # its card said it merges again like any merge; it says what the split asks of the next
+    assert "make it with `zip.heads: pair`" in (tmp_path / "split" / "m" / "README.md").read_text()
     split = {**recipe, "model_a": {"path": str(tmp_path / "split" / "m")}, "evaluation": None}
     (tmp_path / "split.yaml").write_text(yaml.safe_dump(split))
     with pytest.raises(IncompatibleModelsError, match=r"\(4 vs 8\).*make it with zip.heads: pair"):
@@ -178,6 +180,7 @@ def test_vit_classifiers_on_digits_are_scored_and_their_merge_merges_again(tmp_p
         f"`heterogui merge recipe.yaml --out OUT --format heterogui --threads {threads}` repeats"
     )
     assert rerun in (first / "README.md").read_text()
+    assert "zip.heads: split" not in (first / "README.md").read_text()  # paired: no such note
     again = {**recipe, "model_a": {"path": str(first)}, "evaluation": None}
     (tmp_path / "again.yaml").write_text(yaml.safe_dump(again))
     second = merge_recipe(tmp_path / "again.yaml")  # a merge is model A of the next merge
