@@ -38,7 +38,13 @@ from heterogui.sizes import (
     merge_size,
     reference_sizes,
 )
-from heterogui.sources.base import LANGUAGE_MODELING, SENTENCE_SIMILARITY, Pair, model_key
+from heterogui.sources.base import (
+    LANGUAGE_MODELING,
+    SENTENCE_SIMILARITY,
+    Loaded,
+    Pair,
+    model_key,
+)
 from heterogui.sources.folder import text_format
 from heterogui.tasks.base import Task
 
@@ -276,16 +282,19 @@ def named_heads(result: MergeResult, pair: Pair) -> list[list[Any]]:
         for letter, m in zip(letters, pair.models, strict=True)
         if m.labels is not None
     }
-    what = outputs_kind(pair)  # an embedder's or a language model's outputs
+    kinds = {  # per model: what its heads' outputs are when they are no classes
+        letter: outputs_kind(pair, m) for letter, m in zip(letters, pair.models, strict=True)
+    }
+    mixed = len(set(kinds.values())) > 1  # a feature model beside a classifier
     rows = []
     for row in head_rows(result):
-        own = names.get(row["model"], {})
+        own, what = names.get(row["model"], {}), kinds.get(row["model"])
         named = what is None and all(c in own for c in row["classes"])
-        classes = ", ".join(own[c] for c in row["classes"]) if named else None
-        ranges = class_ranges(row["classes"])
-        rows.append(
-            [row["name"], classes or (f"{what} {ranges}" if what else ranges), row["model"]]
-        )
+        shown = ", ".join(own[c] for c in row["classes"]) if named else None
+        shown = shown or class_ranges(row["classes"])
+        if what is None and mixed:  # the column says "outputs": a classifier's are classes
+            what = "classes"
+        rows.append([row["name"], f"{what} {shown}" if what else shown, row["model"]])
     return rows
 
 
@@ -293,19 +302,21 @@ def named_heads(result: MergeResult, pair: Pair) -> list[list[Any]]:
 NOT_CLASSES = {SENTENCE_SIMILARITY: "embedding dimensions", LANGUAGE_MODELING: "token ids"}
 
 
-def outputs_kind(pair: Pair) -> str | None:
-    """Return what a head's outputs are when they are no classes (None for classifiers):
-    ``NOT_CLASSES`` by the task, or "embedding dimensions" for models without a classifier of
-    an image task (ViTModel folders: their head gives the pooled features)."""
+def outputs_kind(pair: Pair, model: Loaded) -> str | None:
+    """Return what the outputs of ``model``'s heads are when they are no classes (None for a
+    classifier): ``NOT_CLASSES`` by the pair's task, or "embedding dimensions" for a model
+    without a classifier of an image task (a ViTModel folder, such as the folder a ViT merge's
+    Hugging Face export writes: its head gives the pooled features), beside a classifier or
+    not."""
     what = NOT_CLASSES.get(pair.task)
-    if what is None and any(getattr(m.net.config, "num_labels", 0) is None for m in pair.models):
+    if what is None and getattr(model.net.config, "num_labels", 0) is None:
         return "embedding dimensions"
     return what
 
 
 def heads_header(pair: Pair) -> str:
     """Return the card's head-table column of a head's outputs: classes for classifiers."""
-    return "classes" if outputs_kind(pair) is None else "outputs"
+    return "classes" if all(outputs_kind(pair, m) is None for m in pair.models) else "outputs"
 
 
 def _pooling_note(pair: Pair, scores: dict[str, Any] | None) -> list[str]:

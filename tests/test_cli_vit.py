@@ -188,6 +188,42 @@ def test_vit_classifiers_on_digits_are_scored_and_their_merge_merges_again(tmp_p
     assert [h["name"] for h in second.report["heads"]] == ["a", "b", "b"]
 
 
+def test_the_root_of_a_classifier_merge_s_export_is_a_feature_model_pointing_to_its_heads(
+    tmp_path,
+):
+    # merged again, its card called it a classifier of "classes 0-15" (its feature width), the
+    # other model's classes "embedding dimensions", and the workbench found the tasks overlap
+    from heterogui.sources.registry import load
+    from heterogui.ui.loading import verdict
+
+    write_classifier(tmp_path / "a", (0, 1, 2, 3, 4), 0)
+    write_classifier(tmp_path / "b", (5, 6, 7, 8, 9), 1)
+    recipe = {
+        "model_a": {"path": str(tmp_path / "a")},
+        "model_b": {"path": str(tmp_path / "b")},
+        "calibration": {"source": "digits", "size": 32, "batch_size": 16},
+        "zip": {"heads": "pair"},
+        "device": "cpu",
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    root = tmp_path / "first"
+    assert main(["merge", str(tmp_path / "r.yaml"), "--out", str(root), "--format", "hf-vit"]) == 0
+    heads = f"{root}/head_a and {root}/head_b: merge one of those to keep that classifier"
+    again = {**recipe, "model_a": {"path": str(root)}, "evaluation": {"source": "digits"}}
+    (tmp_path / "again.yaml").write_text(yaml.safe_dump(again))
+    with pytest.raises(ConfigError, match="first has no classifier head") as refused:
+        merge_recipe(tmp_path / "again.yaml")
+    assert str(refused.value).endswith(heads)
+    (tmp_path / "again.yaml").write_text(yaml.safe_dump({**again, "evaluation": None}))
+    assert main(["merge", str(tmp_path / "again.yaml"), "--out", str(tmp_path / "second")]) == 0
+    card = (tmp_path / "second" / "README.md").read_text()
+    assert "| first | embedding dimensions 0-31 | A |" in card
+    assert "| b | classes 5, 6, 7, 8, 9 | B |" in card
+    shown = verdict(load(str(root)), load(str(tmp_path / "b")))[1]
+    assert "classes overlap" not in shown and "A (first) has no classifier" in shown
+    assert heads in shown
+
+
 def test_a_float64_merge_runs_its_sequential_refit_in_float64(tmp_path):
     single = merge_recipe(write_case(tmp_path / "f32", "depth")).result.model
     double = merge_recipe(write_case(tmp_path / "f64", "depth", dtype="float64")).result.model

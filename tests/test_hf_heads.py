@@ -223,3 +223,23 @@ def test_an_export_prints_no_progress_bars_of_transformers(bert_pair, tmp_path, 
     capfd.readouterr()
     export(done, tmp_path / "again")
     assert "Writing model shards" not in capfd.readouterr().err
+
+
+def test_the_export_s_root_merged_with_a_classifier_points_to_its_head_folders(bert_pair, tmp_path):
+    # refused as "scored on sentence similarity" against a classifier, with no way on
+    from heterogui.errors import IncompatibleModelsError
+
+    _, out, _ = bert_pair
+    c = classifier_folder(tmp_path / "c", MOODS, 2, 2)
+    recipe = {
+        "model_a": {"path": str(out)},
+        "model_b": {"path": str(c)},
+        "calibration": {"source": "sentences", "size": 32, "batch_size": 16},
+        "device": "cpu",
+    }
+    heads = f"{out}/head_a and {out}/head_b: merge one of those to keep that classifier"
+    with pytest.raises(IncompatibleModelsError, match="on sentence similarity and model B") as no:
+        _merge(tmp_path, recipe)
+    assert str(no.value).endswith(heads)
+    done = _merge(tmp_path, {**recipe, "model_a": {"path": str(out / "head_a")}})  # as it says
+    assert [h["classes"] for h in done.report["heads"]] == [[0, 1, 2, 3], [4, 5]]

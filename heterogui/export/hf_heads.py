@@ -144,3 +144,23 @@ def card_use(model: MergedModel) -> str | None:
         "labels = [name for h in heads for name in h.config.id2label.values()]\n"
         "print([labels[k] for k in probs.argmax(1).tolist()])\n```"
     )
+
+
+def head_folders_hint(place: str | Path | None) -> str:
+    """Return, for the root folder of a merge's Hugging Face export of classifiers (its
+    ``head_a/``, ``head_b/`` beside), the clause that points to them: the root is a feature
+    model, which merges again without the classifiers ("" for any other place)."""
+    if place is None:
+        return ""
+    folder = Path(place)
+    heads = [
+        str(folder / head_folder(m))
+        for m in range(26)
+        if (folder / head_folder(m) / "config.json").is_file()
+    ]
+    if not heads:
+        return ""
+    return (
+        f"; {folder.name} is a merge's feature model, its classifiers are {' and '.join(heads)}: "
+        "merge one of those to keep that classifier"
+    )

@@ -11,6 +11,7 @@ import shlex
 from pathlib import Path
 
 from heterogui.errors import ConfigError, ModelLoadError, excerpt, os_error_line
+from heterogui.export.hf_heads import head_folders_hint
 from heterogui.models.io import read_config
 from heterogui.pair_check import pair_reasons
 from heterogui.sources.base import Header, Loaded, Source, fit_tokenizer
@@ -124,6 +125,12 @@ def describe(ref: str) -> Header:
     return find_source(ref).describe(ref.strip())
 
 
+def _local(ref: str) -> Path | None:
+    """Return ``ref`` as a local folder, None when it names none (zoo, hub ids, files)."""
+    path = Path(ref).expanduser()
+    return path if path.is_dir() else None
+
+
 def pair_verdict(header_a: Header, header_b: Header) -> Verdict:
     """Return whether two described models can be merged, with the reasons or notes."""
     if header_a.family != header_b.family:
@@ -139,6 +146,7 @@ def pair_verdict(header_a: Header, header_b: Header) -> Verdict:
             f"model A ({header_a.name}) is scored on {header_a.task.replace('_', ' ')} and model "
             f"B ({header_b.name}) on {header_b.task.replace('_', ' ')}; merge two models of one "
             "kind (two classifiers, or two embedding models)"
+            f"{head_folders_hint(_local(header_a.ref))}{head_folders_hint(_local(header_b.ref))}"
         )
         return Verdict(False, (reason, *verdict.reasons), verdict.notes)
     return verdict

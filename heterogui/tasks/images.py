@@ -20,6 +20,7 @@ from heterogui.datasets.images import DATASETS, Split, task_subset
 from heterogui.datasets.refs import is_text, load_inputs, make_batches, tensor_data_sha256
 from heterogui.errors import ConfigError, excerpt
 from heterogui.export.card import class_ranges
+from heterogui.export.hf_heads import head_folders_hint
 from heterogui.fusion.merged import MergedModel
 from heterogui.models.family import Head, Network
 from heterogui.models.storage import on_meta
@@ -224,9 +225,10 @@ class ImageClassification(Task):
             has = "has no classifier head (a feature model)"
             if len(features) > 1:
                 has = "have no classifier heads (feature models)"
+            hints = "".join(head_folders_hint(m.folder) for m in pair.models)
             raise ConfigError(
                 f"{' and '.join(features)} {has}: image classification scores classifiers; "
-                "leave out evaluation"
+                f"leave out evaluation{hints}"
             )
         if not heads_disjoint(pair):
             whose = "the models'" if pair.more else "A's and B's"

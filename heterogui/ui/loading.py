@@ -19,6 +19,7 @@ from heterogui.errors import (
     ModelLoadError,
 )
 from heterogui.export.card import class_ranges
+from heterogui.export.hf_heads import head_folders_hint
 from heterogui.host_memory import check_fits
 from heterogui.memo import ObjectMemo
 from heterogui.pair_check import check_pair
@@ -28,6 +29,7 @@ from heterogui.sources.base import LANGUAGE_MODELING, SENTENCE_SIMILARITY, Loade
 from heterogui.sources.preflight import Verdict
 from heterogui.sources.upload import as_uploaded, keep, receive
 from heterogui.sources.zoo import zoo_ref
+from heterogui.tasks.images import is_classifier
 from heterogui.text_input import typed_path
 from heterogui.ui.resources import Resources
 
@@ -119,8 +121,9 @@ def _network_lines(loaded: Loaded, facts: dict) -> list[str]:
         for s, (d, w) in enumerate(zip(facts["depths"], facts["widths"], strict=True))
     )
     heads = loaded.net.task_heads()
-    if facts["family"] == "bert" and loaded.net.config.num_labels is None:
-        head = f"- head: sentence embedding of width {len(facts['classes'])}"
+    if getattr(loaded.net.config, "num_labels", 0) is None:  # a feature model: no classifier
+        what = "sentence embedding" if facts["family"] == "bert" else "pooled features"
+        head = f"- head: {what} of width {len(facts['classes'])} (no classifier)"
     else:
         head = "- task heads: " + "; ".join(
             f"{h.name} (classes {class_ranges(h.classes)})" for h in heads
@@ -249,7 +252,15 @@ def verdict(a: Loaded | None, b: Loaded | None) -> tuple[bool, str]:
         lines.append("- widths differ: the elastic zip merges neurons into a chosen width")
     overlap = sorted(set(fa["classes"]) & set(fb["classes"]))
     scored_on_classes = a.task not in (SENTENCE_SIMILARITY, LANGUAGE_MODELING)
-    if overlap and scored_on_classes and a.net.config.num_classes:
+    features = [m for m in (a, b) if not is_classifier(m.net)]
+    if scored_on_classes and features:
+        which = " and ".join(f"{'AB'[m is b]} ({m.name})" for m in features)
+        hints = "".join(head_folders_hint(m.folder) for m in features)
+        lines.append(
+            f"- note: {which} has no classifier (a feature model): the merge works, but is "
+            f"not scored{hints}"
+        )
+    elif overlap and scored_on_classes:
         lines.append(
             f"- note: the task classes overlap ({overlap[:10]}): the merge works, but the "
             "Joint and per-task scores need disjoint tasks and are not shown"
