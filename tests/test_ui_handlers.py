@@ -1231,7 +1231,9 @@ def test_an_export_uploads_as_a_model_and_merges_again(session, res, tmp_path):
     heads = [h.name for model_heads in other.result.spec.heads for h in model_heads]
     assert heads == [f"{PAIR}/a", f"{PAIR}/b", "tiny-digits-vgg-width/b"]
     assert other.evaluation is None  # B's task is there twice: no Joint, and the page says so
-    assert "no evaluation data" in tab_evaluate.on_evaluate(other, res)
+    why = "the models' heads share classes, so Joint and per-task accuracy are undefined"
+    assert f"{why}: not scored." in tab_evaluate.on_evaluate(other, res)  # "no evaluation data"
+    assert tab_zip._score_text(other, True) == f"{why}: not scored."
     files = [str(tmp_path / "first" / n) for n in ("config.json", "model.safetensors")]
     _, pickers = tab_models.on_load_model(other, res, "b", "upload", None, None, files, None)
     assert other.b.source == "upload" and len(other.b.net.task_heads()) == 2

@@ -92,6 +92,11 @@ class Task(ABC):
     def default_evaluation(self, pair: Pair) -> DataRef | None:
         """Return the evaluation data of a pair (None: the task has none for this pair)."""
 
+    def unscored_reason(self, pair: Pair) -> str:
+        """Return why ``default_evaluation`` gives ``pair`` none (what the workbench says in
+        place of a score)."""
+        return "no evaluation data for these models"
+
     @abstractmethod
     def accepts(self, ref: DataRef) -> bool:
         """Return whether ``ref`` names data of this task's kind."""

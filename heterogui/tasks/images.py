@@ -147,6 +147,12 @@ def is_classifier(net: Network) -> bool:
     return getattr(net.config, "num_labels", 0) is not None
 
 
+# why a pair whose heads share classes is not scored (a merge's merge with one of its parents)
+OVERLAPPING_CLASSES = (
+    "the models' heads share classes, so Joint and per-task accuracy are undefined: not scored"
+)
+
+
 def heads_disjoint(pair: Pair) -> bool:
     """Return whether the tasks of the models' heads have disjoint classes (the protocol's case)."""
     classes = [c for loaded in pair.models for c in loaded.net.head_classes()]
@@ -193,6 +199,16 @@ class ImageClassification(Task):
         if dataset is None or not classifiers or not heads_disjoint(pair):
             return None
         return DataRef(dataset, "test", None, EVAL_BATCH)
+
+    def unscored_reason(self, pair: Pair) -> str:
+        """Return why the pair has no evaluation data (``default_evaluation``)."""
+        features = [m.name for m in pair.models if not is_classifier(m.net)]
+        if features:
+            has = "has no classifier" if len(features) == 1 else "have no classifiers"
+            return f"{' and '.join(features)} {has} (a feature model): not scored"
+        if not heads_disjoint(pair):
+            return OVERLAPPING_CLASSES
+        return "no built-in dataset fits these models' inputs: not scored"
 
     def accepts(self, ref: DataRef) -> bool:
         """Return whether ``ref`` names images (a dataset or a .safetensors file)."""

@@ -37,7 +37,7 @@ from heterogui.tasks.base import (
     size_of,
 )
 from heterogui.tasks.classification import Metrics, score_outputs, scores_alone_and_together
-from heterogui.tasks.images import IMAGES, heads_disjoint
+from heterogui.tasks.images import IMAGES, OVERLAPPING_CLASSES, heads_disjoint
 from heterogui.tasks.sentences import SENTENCES, is_sentences, text_calibration, tokenizer_of
 from heterogui.text_input import read_text, text_lines
 
@@ -135,6 +135,12 @@ class TextClassification(Task):
         if not heads_disjoint(pair) or not set(classes) <= known:
             return None
         return DataRef(BUILT_IN, "test", None, EVAL_BATCH)
+
+    def unscored_reason(self, pair: Pair) -> str:
+        """Return why the pair has no evaluation data (``default_evaluation``)."""
+        if not heads_disjoint(pair):
+            return OVERLAPPING_CLASSES
+        return "the models' classes are not the built-in text tasks': not scored"
 
     def accepts(self, ref: DataRef) -> bool:
         """Return whether ``ref`` names sentences, the built-in tasks or a labelled .tsv."""

@@ -378,7 +378,7 @@ def on_evaluate(session: Session, res: Resources, progress=None) -> str:
         said = work.no_merge(session, "score a merge of the current ones", first)
         return said if said == first else f"{said[0].upper()}{said[1:]}."
     if session.evaluation is None:
-        return f"Merge #{session.merge_count}: no evaluation data for these models."
+        return f"Merge #{session.merge_count}: {work.unscored(session)}."
     computed = work.evaluate_pending(session, res, progress)
     task = session.task
     cols = task.columns(session.merged_metrics)

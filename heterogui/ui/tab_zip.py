@@ -312,7 +312,7 @@ def _score_text(session: Session, scored: bool) -> str:
     """Return the status's score of the current merge ("scoring it…" while it is not yet)."""
     task = session.task
     if session.evaluation is None:
-        return "no evaluation data for these models."
+        return f"{work.unscored(session)}."
     if not scored:
         return "scoring it…"
     score = task.score_text(task.headline(session.merged_metrics))

@@ -157,6 +157,11 @@ def analysis(
     return calibration, evaluation, prepared, baseline
 
 
+def unscored(session: Session) -> str:
+    """Return why the session's pair has no evaluation data (its task's words)."""
+    return session.task.unscored_reason(Pair(session.a, session.b))
+
+
 def analyse(
     session: Session, res: Resources, data: DataRef | None, progress: Progress | None = None
 ) -> Session:
