@@ -239,14 +239,26 @@ def _refuse_paths_beside_the_recipe(recipe: Recipe, folder: Path) -> None:
     named += [p for p in data if Path(p).suffix.lower() in DATA_FILE_SUFFIXES]
     for given in named:
         path = Path(given).expanduser()
-        beside = folder / path
-        if path.is_absolute() or path.exists() or not beside.exists():
+        if path.is_absolute() or path.exists():
             continue
-        raise ConfigError(
-            f"{given!r} is not in the current folder but beside the recipe ({beside}); paths in "
-            f"a recipe are read from the current folder: write {os.path.relpath(beside)!r} or "
-            "an absolute path, or run heterogui from the recipe's folder"
-        )
+        if (folder / path).exists():
+            beside = folder / path
+            raise ConfigError(
+                f"{given!r} is not in the current folder but beside the recipe ({beside}); paths "
+                f"in a recipe are read from the current folder: write "
+                f"{os.path.relpath(beside)!r} or an absolute path, or run heterogui from the "
+                "recipe's folder"
+            )
+        # a recorded recipe inside its output folder (a chain's next merge names the one
+        # before, relative to the folder both merges ran in): point to that folder
+        above = next((f for f in folder.resolve().parents[:3] if (f / path).exists()), None)
+        if above is not None:
+            raise ConfigError(
+                f"{given!r} is not in the current folder but in {above}, above the recipe (a "
+                "recorded recipe names its inputs from the folder its merge ran in); paths in a "
+                f"recipe are read from the current folder: run heterogui from {above}, or write "
+                f"{os.path.relpath(above / path)!r} or an absolute path"
+            )
 
 
 def _parse_json(text: str, path: Path) -> Recipe:

@@ -197,6 +197,27 @@ def test_a_path_beside_the_recipe_but_not_here_says_what_to_write(tmp_path, monk
         load_recipe(recipe)
 
 
+def test_a_chain_s_recorded_recipe_run_from_its_output_folder_names_the_folder_to_run_from(
+    tmp_path, monkeypatch
+):
+    # m2's recipe names m1 relative to the folder both merges ran in; run from inside m2 it
+    # said "model folder 'm1' does not exist, and hub ids name their owner ..."
+    from heterogui.recipe_parse import load_recipe
+
+    (tmp_path / "m1").mkdir()
+    (tmp_path / "m2").mkdir()
+    recipe = tmp_path / "m2" / "recipe.yaml"
+    recipe.write_text("model_a: m1\nmodel_b: minilm:x\ncalibration: sentences\n")
+    monkeypatch.chdir(tmp_path / "m2")
+    with pytest.raises(ConfigError) as caught:
+        load_recipe("recipe.yaml")
+    here = tmp_path.resolve()
+    assert str(caught.value).startswith(f"'m1' is not in the current folder but in {here},")
+    assert f"run heterogui from {here}, or write '../m1'" in str(caught.value)
+    monkeypatch.chdir(tmp_path)  # as it says
+    assert load_recipe(recipe).model_a.path == "m1"
+
+
 @pytest.mark.parametrize(
     ("typed", "path"),
     [
