@@ -374,14 +374,18 @@ def metric_facts(
 ) -> dict[str, list[Any]]:
     """Return a model card's score table: "metric_header" and one row per key (none: []).
 
-    The columns are those of the scores (a merge of three tasks has a column per task).
+    The columns are those of the scores (a merge of three tasks has a column per task), each
+    score as the workbench shows it (``Task.score_text``: "96.00" beside "97.11", not "96").
     """
     if scores is None:
         return {"metric_header": ["model", *task.columns(None)], "metrics": []}
-    rows = [[k, *task.columns(scores.get(k)).values()] for k in keys]
+
+    def row(label: str, value: Any) -> list[Any]:  # scores with the workbench's decimals
+        return [label, *(task.score_text(v) for v in task.columns(value).values())]
+
+    rows = [row(k, scores.get(k)) for k in keys]
     if "merged" in keys:
-        more = task.merge_rows(scores.get("merged"))
-        rows += [[label, *task.columns(value).values()] for label, value in more]
+        rows += [row(label, value) for label, value in task.merge_rows(scores.get("merged"))]
     scored = next((v for v in scores.values() if v is not None), None)
     return {"metric_header": ["model", *task.columns(scored)], "metrics": rows}
 

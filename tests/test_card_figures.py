@@ -81,3 +81,19 @@ def test_readable_json_keeps_the_values_and_puts_number_lists_on_one_line():
     assert '"layer0.mlp": [512, 768, 1024]' in text and '"stream": [-1.5, 2e-05, 0]' in text
     assert len(text.splitlines()) < 40  # not a line per class id
     assert '"mixed": [\n' in text  # lists holding more than numbers stay indented
+
+
+def test_a_card_s_scores_keep_the_workbench_s_decimals():
+    # a card showed "44" and "53.8" beside "45.11" (4 significant digits), the workbench 44.00
+    from heterogui.report import metric_facts
+    from heterogui.tasks.classification import Metrics
+    from heterogui.tasks.images import IMAGES
+
+    merged = Metrics(joint=0.44, tasks=(0.538, 0.4511), counts=(50, 50), names=("A", "B"))
+    scores = {"a": None, "merged": merged}
+    facts = metric_facts(IMAGES, scores, ("a", "merged"))
+    assert facts["metric_header"] == ["model", "Joint", "Task A", "Task B", "Avg"]
+    assert facts["metrics"][:2] == [
+        ["a", "—", "—", "—", "—"],
+        ["merged", "44.00", "53.80", "45.11", "49.46"],
+    ]

@@ -160,8 +160,8 @@ def test_the_merged_score_pools_as_the_exported_folder_does(tmp_path, pooling):
     card = (out / "README.md").read_text()  # each model's head after unmerging, too
     assert "bn_units" not in done.report["settings"] and "| bn_units |" not in card  # no BN
     merged = done.report["metrics"]["merged"]
-    assert f"| merged, head A | {merged['head A']:.4g} |" in card
-    assert f"| merged, head B | {merged['head B']:.4g} |" in card
+    assert f"| merged, head A | {merged['head A']:.4f} |" in card
+    assert f"| merged, head B | {merged['head B']:.4f} |" in card
 
 
 def test_zoo_vit_heads_are_labelled_by_their_class_ids(tmp_path):
