@@ -71,7 +71,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if done.report.get("alarms"):
         summary["alarms"] = done.report["alarms"]
     print(_terminal_json(summary))
-    weights = run_export.export_dtype(done.pair, args.export_dtype, recipe.dtype)
+    weights = run_export.export_dtype(
+        done.pair, args.export_dtype, recipe.dtype, done.scores is not None
+    )
     print(f"wrote {out} ({weights.name} weights)")
     return 0
 

@@ -63,13 +63,15 @@ def fitting_format(pair: Pair, model: MergedModel) -> tuple[str, str | None]:
     return own, None
 
 
-def export_dtype(pair: Pair, asked: str = "auto", computed: str = "float32") -> WeightsDtype:
+def export_dtype(
+    pair: Pair, asked: str = "auto", computed: str = "float32", scored: bool = True
+) -> WeightsDtype:
     """Return the dtype an export writes the merge's weights in, and why.
 
     asked: one of ``EXPORT_DTYPES``; "auto": the dtype every model is stored in
     (``Loaded.stored_dtype``: float16 models give a float16 merge), else (the models' dtypes
     differ, or one is quantized) float32. computed: the dtype the merge was computed in (the
-    recipe's dtype).
+    recipe's dtype). scored: whether the merge has scores (the note names them then).
 
     Raises:
         ConfigError: an unknown dtype.
@@ -78,7 +80,8 @@ def export_dtype(pair: Pair, asked: str = "auto", computed: str = "float32") -> 
         raise ConfigError(
             f"export dtype {asked!r} is unknown; use one of {', '.join(EXPORT_DTYPES)}"
         )
-    rounded = f"the merge and its scores were computed in {computed}"
+    rounded = f"the merge{' and its scores' if scored else ''} were computed in {computed}"
+    rounded = rounded if scored else rounded.replace(" were ", " was ")
     if asked != "auto":
         return WeightsDtype(asked, f"as asked ({rounded})", asked=True)
     stored = [m.stored_dtype for m in pair.models]
@@ -121,7 +124,7 @@ def export(
         )
     if fmt is not None:
         exporter(fmt)  # an unknown format: refused before anything is written
-    weights = export_dtype(run.pair, dtype, run.recipe.dtype)
+    weights = export_dtype(run.pair, dtype, run.recipe.dtype, run.scores is not None)
     if isinstance(run.result, GroupMergeResult):
         fmt = run_group.check_format(fmt)
         card = group_card_files(

@@ -181,6 +181,7 @@ def test_vit_classifiers_on_digits_are_scored_and_their_merge_merges_again(tmp_p
     )
     assert rerun in (first / "README.md").read_text()
     assert "zip.heads: split" not in (first / "README.md").read_text()  # paired: no such note
+    assert "the merge and its scores were computed in float32" in (first / "README.md").read_text()
     again = {**recipe, "model_a": {"path": str(first)}, "evaluation": None}
     (tmp_path / "again.yaml").write_text(yaml.safe_dump(again))
     second = merge_recipe(tmp_path / "again.yaml")  # a merge is model A of the next merge
@@ -217,6 +218,7 @@ def test_the_root_of_a_classifier_merge_s_export_is_a_feature_model_pointing_to_
     (tmp_path / "again.yaml").write_text(yaml.safe_dump({**again, "evaluation": None}))
     assert main(["merge", str(tmp_path / "again.yaml"), "--out", str(tmp_path / "second")]) == 0
     card = (tmp_path / "second" / "README.md").read_text()
+    assert "(the merge was computed in float32)" in card  # not scored: no scores named
     assert "| first | embedding dimensions 0-31 | A |" in card
     assert "| b | classes 5, 6, 7, 8, 9 | B |" in card
     shown = verdict(load(str(root)), load(str(tmp_path / "b")))[1]

@@ -133,7 +133,9 @@ def render(session: Session, res: Resources) -> dict[str, Any]:
     done = exporting.session_run(session)
     fmt, why = exporting.fitting_format(session)
     fmt = fmt or run_export.export_format(done.pair)
-    weights = run_export.export_dtype(done.pair, exporting.AUTO, done.recipe.dtype)
+    weights = run_export.export_dtype(
+        done.pair, exporting.AUTO, done.recipe.dtype, done.scores is not None
+    )
     files = card_files(done.result, done.pair, done.task, done.scores, fmt, weights=weights)
     card = with_inline_figures(files.pop("README.md"), files)
     return {
@@ -211,8 +213,9 @@ def on_export(
         session.cannot_stop = None
     written = exporting.chosen_format(session, fmt)
     files = sorted(p.name for p in Path(path).iterdir())
+    done = exporting.session_run(session)
     weights = run_export.export_dtype(
-        session.pair, dtype or exporting.AUTO, exporting.session_run(session).recipe.dtype
+        session.pair, dtype or exporting.AUTO, done.recipe.dtype, done.scores is not None
     )
     message = f"Exported to `{path}` ({written} format): {', '.join(files)}. "
     message += f"It holds merge #{session.merge_count}. {weights.note}"
