@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from heterogui.datasets.refs import text_sha256
 from heterogui.datasets.sentence_pairs import load_pairs
 from heterogui.datasets.text_tasks import TASK_CLASSES, calibration_sentences, make_task
 from heterogui.errors import ConfigError
@@ -59,6 +60,20 @@ def test_calibration_sentences_come_from_both_tasks_and_never_from_test(seed: in
     assert Counter(task_of[s] for s in sentences) == {t: 128 for t in TASK_CLASSES}
     if seed:  # another draw, not the first sentences of each split
         assert set(sentences) != set(calibration_sentences(256, 0))
+    else:  # the draw recorded recipes hold (before and after seeds 1+ changed)
+        digest = "e46c508d9ffb74c90fd43d8bce95f7c07a530d903251562620f8baeb363e4e25"
+        assert text_sha256(sentences) == digest
+
+
+def test_a_recorded_draw_of_another_seed_says_the_draw_changed():
+    from heterogui.config import DataRef
+    from heterogui.datasets.refs import load_sentences
+
+    old = "9a23c98ec5e8" + "0" * 52  # a draw of seed 1 recorded before the change
+    with pytest.raises(ConfigError, match="seeds other than 0 draw from the text tasks' own"):
+        load_sentences(DataRef(source="sentences", size=64, seed=1, sha256=old))
+    with pytest.raises(ConfigError, match="restore them or remove sha256"):  # seed 0: as before
+        load_sentences(DataRef(source="sentences", size=64, seed=0, sha256=old))
 
 
 @pytest.fixture(scope="session")

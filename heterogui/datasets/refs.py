@@ -165,6 +165,10 @@ def subsample(items: list, ref: DataRef) -> list:
     return [items[i] for i in pick.tolist()]
 
 
+# built-in sentence sources whose seeds other than 0 draw otherwise than before 2026-12-07
+DRAWN_AFRESH = ("sentences", "text-tasks")
+
+
 def check_text_hash(ref: DataRef, lines: Sequence[str]) -> None:
     """Raise if text drawn for ``ref`` differs from the sha256 the recipe records.
 
@@ -172,6 +176,14 @@ def check_text_hash(ref: DataRef, lines: Sequence[str]) -> None:
         ConfigError: naming the source and both hashes.
     """
     digest = text_sha256(lines)
+    if ref.sha256 and ref.sha256 != digest and ref.source in DRAWN_AFRESH and ref.seed:
+        raise ConfigError(  # nothing to restore: the draw of the seed changed
+            f"the built-in {ref.source} of seed {ref.seed} are not the ones the recipe records "
+            f"(sha256 {digest[:12]}... against {ref.sha256[:12]}...): seeds other than 0 draw "
+            "from the text tasks' own calibration and test sentences since 2026-12-07 "
+            "(before, a draw held training and test sentences of the text-task "
+            "pair); remove sha256 from the recipe to run on today's draw, or use seed 0"
+        )
     if ref.sha256 and ref.sha256 != digest:
         raise ConfigError(
             f"the sentences of {ref.source} changed: sha256 {digest[:12]}... but the recipe "

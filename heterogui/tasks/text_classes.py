@@ -55,12 +55,14 @@ class LabelledText:
     labels: torch.Tensor
 
 
-def built_in_test_set(seed: int = 0) -> LabelledText:
-    """Return the test sentences of both template tasks and their global labels."""
+def built_in_test_set() -> LabelledText:
+    """Return the test sentences of both template tasks and their global labels: seed 0's
+    splits, the ones the text-task pair trains on (an evaluation's seed draws from them:
+    ``_drawn``; another split would test on training sentences)."""
     sentences: list[str] = []
     labels: list[int] = []
     for task in TASK_CLASSES:
-        split = make_task(task, seed=seed)["test"]
+        split = make_task(task)["test"]
         sentences += split.sentences
         labels += split.labels
     return LabelledText(tuple(sentences), torch.tensor(labels, dtype=torch.int64))
@@ -166,7 +168,7 @@ class TextClassification(Task):
                 "per-task accuracy are undefined; give them id2label names, or leave out evaluation"
             )
         if ref.source == BUILT_IN:
-            data = built_in_test_set(ref.seed)
+            data = built_in_test_set()
         elif ref.has_suffix(".tsv"):
             data = read_labelled(Path(ref.source).expanduser())
         else:
