@@ -397,7 +397,7 @@ def merge_group(
             options (``api_input``), in one line.
         HeteroguiError: networks an N-way merge does not take (``check_group``).
     """
-    nets = [unmerged_input(net) for net in nets]
+    nets = [unmerged_input(net, chr(ord("A") + k)) for k, net in enumerate(nets)]
     for k, net in enumerate(nets):
         if not isinstance(net, Network):
             cls = type(net)

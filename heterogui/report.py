@@ -250,7 +250,8 @@ def card_facts(
 def split_heads_note(result: MergeResult | GroupMergeResult) -> list[str]:
     """Return, for a merge whose attention heads are split, the card's note on merging it
     again: its heads are half as wide as the models' it came from."""
-    if result.settings.heads != SPLIT_HEADS:
+    attention = getattr(result.spec.trunk_config, "heads", None) is not None
+    if result.settings.heads != SPLIT_HEADS or not attention:  # a CNN's split changes nothing
         return []
     return [
         "Attention heads split (`zip.heads: split`): every head of A and of B is kept at half "

@@ -143,6 +143,7 @@ def test_a_merge_is_merged_again_as_it_is_in_memory():
     b = make(config_b, 1, "B", classes=tuple(range(5, 10)))
     batches = calibration(shape, 4, 32)
     first = heterogui.merge(a, b, batches)
+    before = {k: v.clone() for k, v in first.model.state_dict().items()}
     x = batches[0]
     with torch.no_grad():
         want = torch.cat([*first.model(x), a.module(x)], dim=1)
@@ -156,4 +157,8 @@ def test_a_merge_is_merged_again_as_it_is_in_memory():
         with torch.no_grad():  # rho 0 keeps every feature: the first merge's outputs and A's
             got = torch.cat(again.model(x), dim=1)
         assert (got - want).abs().max().item() < 1e-5
-    assert isinstance(merge_group([first, a, b], batches), GroupMergeResult)
+    group = merge_group([first, a, b], batches)
+    assert isinstance(group, GroupMergeResult)
+    chained = heterogui.merge(group, b, batches)  # a merge of three models too
+    assert len([h for heads in chained.model.spec.heads for h in heads]) == 5
+    assert all(torch.equal(before[k], v) for k, v in first.model.state_dict().items())

@@ -97,3 +97,16 @@ def test_a_card_s_scores_keep_the_workbench_s_decimals():
         ["a", "—", "—", "—", "—"],
         ["merged", "44.00", "53.80", "45.11", "49.46"],
     ]
+
+
+def test_a_split_of_heads_is_noted_only_where_the_models_have_attention():
+    # a VGG merge with heads: split (which changes nothing there) got the note on merging it
+    import heterogui
+    from heterogui.report import split_heads_note
+    from heterogui.zip.plan import ZipSettings
+    from tests.conftest import DEPTH_PAIRS, calibration, make
+
+    config_a, config_b, shape = DEPTH_PAIRS["vgg"]
+    a, b = make(config_a, 0, "A"), make(config_b, 1, "B")
+    result = heterogui.merge(a, b, calibration(shape, 2, 16), settings=ZipSettings(heads="split"))
+    assert result.settings.heads == "split" and split_heads_note(result) == []

@@ -160,6 +160,11 @@ def head_folders_hint(place: str | Path | None) -> str:
     ]
     if not heads:
         return ""
+    if len(heads) == 1:
+        return (
+            f"; {folder.name} is a merge's feature model, its classifier is {heads[0]}: merge "
+            "that folder to keep it"
+        )
     return (
         f"; {folder.name} is a merge's feature model, its classifiers are {' and '.join(heads)}: "
         "merge one of those to keep that classifier"

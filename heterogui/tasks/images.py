@@ -204,8 +204,10 @@ class ImageClassification(Task):
         """Return why the pair has no evaluation data (``default_evaluation``)."""
         features = [m.name for m in pair.models if not is_classifier(m.net)]
         if features:
-            has = "has no classifier" if len(features) == 1 else "have no classifiers"
-            return f"{' and '.join(features)} {has} (a feature model): not scored"
+            has = "has no classifier (a feature model)"
+            if len(features) > 1:
+                has = "have no classifiers (feature models)"
+            return f"{' and '.join(features)} {has}: not scored"
         if not heads_disjoint(pair):
             return OVERLAPPING_CLASSES
         return "no built-in dataset fits these models' inputs: not scored"

@@ -255,11 +255,11 @@ def verdict(a: Loaded | None, b: Loaded | None) -> tuple[bool, str]:
     features = [m for m in (a, b) if not is_classifier(m.net)]
     if scored_on_classes and features:
         which = " and ".join(f"{'AB'[m is b]} ({m.name})" for m in features)
+        has = "has no classifier (a feature model)"
+        if len(features) > 1:
+            has = "have no classifiers (feature models)"
         hints = "".join(head_folders_hint(m.folder) for m in features)
-        lines.append(
-            f"- note: {which} has no classifier (a feature model): the merge works, but is "
-            f"not scored{hints}"
-        )
+        lines.append(f"- note: {which} {has}: the merge works, but is not scored{hints}")
     elif overlap and scored_on_classes:
         lines.append(
             f"- note: the task classes overlap ({overlap[:10]}): the merge works, but the "

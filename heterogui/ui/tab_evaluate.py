@@ -226,9 +226,7 @@ def test_split(session: Session) -> Any:
     if SAMPLES not in session.task.panels:
         raise ConfigError(f"{session.task.title} has no image samples to show")
     if session.evaluation is None:
-        raise ConfigError(
-            "no labelled test data for this pair (its classes overlap, or no dataset fits it)"
-        )
+        raise ConfigError(f"no labelled test data to show: {work.unscored(session)}")
     return session.evaluation.data
 
 

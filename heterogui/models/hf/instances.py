@@ -25,7 +25,7 @@ def network_of(model: Any, label: str) -> Network:
             an adapter for.
         ModelLoadError: a Hugging Face model whose config or weights its adapter cannot take.
     """
-    model = unmerged_input(model)
+    model = unmerged_input(model, label.removeprefix("model "))
     if isinstance(model, Network):
         return model
     kind = getattr(getattr(model, "config", None), "model_type", None)
@@ -51,20 +51,24 @@ def network_of(model: Any, label: str) -> Network:
     )
 
 
-def unmerged_input(model: Any) -> Any:
-    """Return a merge given as a model (a ``MergeResult`` or its ``MergedModel``) as one
-    network with every task head (``fusion.merged.as_network``: the next merge of a chain, as
-    a recipe takes a merge's folder), anything else as it is.
+def unmerged_input(model: Any, label: str = "merged") -> Any:
+    """Return a merge given as a model (a ``MergeResult``, a ``GroupMergeResult`` or their
+    ``MergedModel``) as one network with every task head (``fusion.merged.as_network``: the
+    next merge of a chain, as a recipe takes a merge's folder), anything else as it is.
+    label: the network's name in messages. Image classifiers, ViTs and decoders chain so; a
+    BERT merge (its classifiers' pooler and classifier, or an embedding model's pooling) and
+    a partial zip have no network of their family: a BERT merge chains through its exported
+    Hugging Face folder.
 
     Raises:
-        ModelLoadError: a partial zip, which is no model of its family (``as_network``).
+        ModelLoadError: such a merge (``as_network``), saying so.
     """
     from heterogui.fusion.merged import MergedModel, as_network
-    from heterogui.prepared import MergeResult
 
-    if isinstance(model, MergeResult):
-        model = model.model
-    return as_network(model) if isinstance(model, MergedModel) else model
+    inner = getattr(model, "model", None)  # a merge's result (two models or more)
+    if isinstance(inner, MergedModel):
+        model = inner
+    return as_network(model, label) if isinstance(model, MergedModel) else model
 
 
 def _causal_lm(model: Any, label: str) -> Any:
