@@ -142,17 +142,26 @@ def write_classifier(folder: Path, labels: tuple[int, ...], seed: int) -> None:
     model.save_pretrained(folder, safe_serialization=True)
 
 
-def test_vit_classifiers_on_digits_are_scored_and_their_merge_merges_again(tmp_path):
+def classifiers_recipe(tmp_path: Path, **fields) -> dict:
+    """Write two ViT classifiers of disjoint digits (a: 0-4, b: 5-9) and a recipe merging them
+    on digits (r.yaml, with ``fields``); return the recipe."""
     write_classifier(tmp_path / "a", (0, 1, 2, 3, 4), 0)
     write_classifier(tmp_path / "b", (5, 6, 7, 8, 9), 1)
     recipe = {
         "model_a": {"path": str(tmp_path / "a")},
         "model_b": {"path": str(tmp_path / "b")},
         "calibration": {"source": "digits", "size": 32, "batch_size": 16},
-        "evaluation": {"source": "digits", "split": "test", "size": 64},
         "device": "cpu",
+        **fields,
     }
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    return recipe
+
+
+def test_vit_classifiers_on_digits_are_scored_and_their_merge_merges_again(tmp_path):
+    recipe = classifiers_recipe(
+        tmp_path, evaluation={"source": "digits", "split": "test", "size": 64}
+    )
     # the ViT default splits the heads (half their size): a partner of other heads is refused
     (tmp_path / "split").mkdir()
     assert main(["merge", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "split" / "m")]) == 0
@@ -197,16 +206,7 @@ def test_the_root_of_a_classifier_merge_s_export_is_a_feature_model_pointing_to_
     from heterogui.sources.registry import load
     from heterogui.ui.loading import verdict
 
-    write_classifier(tmp_path / "a", (0, 1, 2, 3, 4), 0)
-    write_classifier(tmp_path / "b", (5, 6, 7, 8, 9), 1)
-    recipe = {
-        "model_a": {"path": str(tmp_path / "a")},
-        "model_b": {"path": str(tmp_path / "b")},
-        "calibration": {"source": "digits", "size": 32, "batch_size": 16},
-        "zip": {"heads": "pair"},
-        "device": "cpu",
-    }
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    recipe = classifiers_recipe(tmp_path, zip={"heads": "pair"})
     root = tmp_path / "first"
     assert main(["merge", str(tmp_path / "r.yaml"), "--out", str(root), "--format", "hf-vit"]) == 0
     heads = f"{root}/head_a and {root}/head_b: merge one of those to keep that classifier"
