@@ -286,7 +286,8 @@ def network_config(spec: MergedSpec) -> Any:
     if spec.stop != full:
         raise ModelLoadError(
             f"this merge stops at block {spec.stop} of {full}: its models keep separate tails, "
-            "which one network cannot hold; merge with a full zip (stop: null) to merge again"
+            "which one network cannot hold; merge with a full zip (a recipe's stop: null, the "
+            "Zip tab's stop point at its end) to merge again"
         )
     family = family_of(spec.trunk_config)
     tails = [family.graph(c) for c in spec.tail_configs]
