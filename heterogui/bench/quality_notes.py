@@ -71,7 +71,7 @@ DEFAULT_NOTE = """The default, `zip.fusion: auto`, follows these rows: least squ
 and ResNet families, where it beats the paper's fusion on every pair for a few hundredths of
 a second a merge, and its sequential refit for ViT, where it is the only fusion near the
 ensemble (the tails' unmerge refit with it, docs/method.md sec. 9) for 0.2-0.4 s a zoo merge;
-the paper's fusion for BERT (least squares lost on average on MiniLM's
+the paper's fusion for BERT (least squares did not gain on MiniLM's
 sentence similarity, docs/transformers.md), for the decoders (better on the trained pair,
 docs/decoders.md, but 28-35 s a SmolLM2 merge against five seconds), for GPT-2 (its
 one measured pair, trained apart here, gains from the sequential refit: docs/decoders.md) and
@@ -83,8 +83,8 @@ average across the BatchNorm pairs (the last three lines above), for no extra pa
 a ResNet re-merge); the sequential refit gains least from it. The heads default, `zip.heads:
 auto`, is split for ViT models, where it beats paired heads under every fusion on both ViT
 pairs (the "heads split" columns above, a few milliseconds a merge), and the paper's pair for
-the others: on MiniLM's sentence similarity a split scored lower in 33 of 36 settings
-(docs/method.md sec. 8); GPT-2 can split but pairs by default (a split helped its one
+the others: on MiniLM's sentence similarity a split scored lower in all 11 settings
+(docs/transformers.md); GPT-2 can split but pairs by default (a split helped its one
 measured pair, trained apart here, by 0.4-5%: docs/decoders.md), rotary decoders cannot
 split. The rows above name their fusion and heads, so they do not depend on the defaults."""
 
