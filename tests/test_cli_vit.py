@@ -203,7 +203,9 @@ def test_the_root_of_a_classifier_merge_s_export_is_a_feature_model_pointing_to_
 ):
     # merged again, its card called it a classifier of "classes 0-15" (its feature width), the
     # other model's classes "embedding dimensions", and the workbench found the tasks overlap
+    from heterogui.sources.base import Pair
     from heterogui.sources.registry import load
+    from heterogui.tasks.images import IMAGES, OVERLAPPING_CLASSES
     from heterogui.ui.loading import verdict
 
     recipe = classifiers_recipe(tmp_path, zip={"heads": "pair"})
@@ -221,9 +223,15 @@ def test_the_root_of_a_classifier_merge_s_export_is_a_feature_model_pointing_to_
     assert "(the merge was computed in float32)" in card  # not scored: no scores named
     assert "| first | embedding dimensions 0-31 | A |" in card
     assert "| b | classes 5, 6, 7, 8, 9 | B |" in card
-    shown = verdict(load(str(root)), load(str(tmp_path / "b")))[1]
+    a, b = load(str(root)), load(str(tmp_path / "b"))
+    shown = verdict(a, b)[1]
     assert "classes overlap" not in shown and "A (first) has no classifier" in shown
     assert heads in shown
+    # what the workbench says in place of a score (it said "no evaluation data")
+    assert IMAGES.unscored_reason(Pair(a, b)) == (
+        "first has no classifier (a feature model): not scored"
+    )
+    assert IMAGES.unscored_reason(Pair(b, b)) == OVERLAPPING_CLASSES
 
 
 def test_a_float64_merge_runs_its_sequential_refit_in_float64(tmp_path):
