@@ -243,3 +243,4 @@ def test_the_export_s_root_merged_with_a_classifier_points_to_its_head_folders(b
     assert str(no.value).endswith(heads)
     done = _merge(tmp_path, {**recipe, "model_a": {"path": str(out / "head_a")}})  # as it says
     assert [h["classes"] for h in done.report["heads"]] == [[0, 1, 2, 3], [4, 5]]
+    assert done.report["heads"][0]["name"] == f"{out.name}/head_a"  # named "head_a" alone

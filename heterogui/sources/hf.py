@@ -160,8 +160,15 @@ class HFSource(Source):
         return not folder.exists() and bool(_HUB_ID.fullmatch(ref))
 
     def name(self, ref: str) -> str:
-        """Return a display name: the folder's name, or the hub id."""
-        return self.folder(ref).name if self.folder(ref).is_dir() else ref
+        """Return a display name: the folder's name (a classifier folder of a merge's export,
+        ``head_a/`` ..., with its export's: "merged/head_a", where "head_a" named no model),
+        or the hub id."""
+        folder = self.folder(ref)
+        if not folder.is_dir():
+            return ref
+        if re.fullmatch("head_[a-z]", folder.name) and (folder.parent / "config.json").is_file():
+            return f"{folder.parent.name}/{folder.name}"
+        return folder.name
 
     def describe(self, ref: str) -> Header:
         """Return the header card (config.json and safetensors headers only).
