@@ -47,6 +47,7 @@ from heterogui.sources.base import (
 )
 from heterogui.sources.folder import text_format
 from heterogui.tasks.base import Task
+from heterogui.tasks.images import is_classifier
 
 
 def parameter_counts(result: MergeResult) -> dict[str, int]:
@@ -310,7 +311,7 @@ def outputs_kind(pair: Pair, model: Loaded) -> str | None:
     Hugging Face export writes: its head gives the pooled features), beside a classifier or
     not."""
     what = NOT_CLASSES.get(pair.task)
-    if what is None and getattr(model.net.config, "num_labels", 0) is None:
+    if what is None and not is_classifier(model.net):
         return "embedding dimensions"
     return what
 

@@ -80,8 +80,11 @@ def export_dtype(
         raise ConfigError(
             f"export dtype {asked!r} is unknown; use one of {', '.join(EXPORT_DTYPES)}"
         )
-    rounded = f"the merge{' and its scores' if scored else ''} were computed in {computed}"
-    rounded = rounded if scored else rounded.replace(" were ", " was ")
+    rounded = (
+        f"the merge and its scores were computed in {computed}"
+        if scored
+        else f"the merge was computed in {computed}"
+    )
     if asked != "auto":
         return WeightsDtype(asked, f"as asked ({rounded})", asked=True)
     stored = [m.stored_dtype for m in pair.models]

@@ -176,7 +176,9 @@ def check_text_hash(ref: DataRef, lines: Sequence[str]) -> None:
         ConfigError: naming the source and both hashes.
     """
     digest = text_sha256(lines)
-    if ref.sha256 and ref.sha256 != digest and ref.source in DRAWN_AFRESH and ref.seed:
+    if not ref.sha256 or ref.sha256 == digest:
+        return
+    if ref.source in DRAWN_AFRESH and ref.seed:
         raise ConfigError(  # nothing to restore: the draw of the seed changed
             f"the built-in {ref.source} of seed {ref.seed} are not the ones the recipe records "
             f"(sha256 {digest[:12]}... against {ref.sha256[:12]}...): seeds other than 0 draw "
@@ -184,11 +186,10 @@ def check_text_hash(ref: DataRef, lines: Sequence[str]) -> None:
             "(before, a draw held training and test sentences of the text-task "
             "pair); remove sha256 from the recipe to run on today's draw, or use seed 0"
         )
-    if ref.sha256 and ref.sha256 != digest:
-        raise ConfigError(
-            f"the sentences of {ref.source} changed: sha256 {digest[:12]}... but the recipe "
-            f"records {ref.sha256[:12]}...; restore them or remove sha256 from the recipe"
-        )
+    raise ConfigError(
+        f"the sentences of {ref.source} changed: sha256 {digest[:12]}... but the recipe "
+        f"records {ref.sha256[:12]}...; restore them or remove sha256 from the recipe"
+    )
 
 
 def load_sentences(ref: DataRef) -> list[str]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,13 @@ INPUT_FILES = (
 )
 _CLASSIFIER = {"bert": "BertForSequenceClassification", "vit": "ViTForImageClassification"}
 _AUTO = {"bert": "AutoModelForSequenceClassification", "vit": "AutoModelForImageClassification"}
+
+
+def is_head_folder(folder: Path) -> bool:
+    """Return whether ``folder`` is a classifier folder of a merge's export (``head_folder``)."""
+    return (
+        bool(re.fullmatch("head_[a-z]", folder.name)) and (folder.parent / "config.json").is_file()
+    )
 
 
 def head_folder(model: int) -> str:

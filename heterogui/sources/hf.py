@@ -22,6 +22,7 @@ from typing import Any
 
 from heterogui.datasets.text_tasks import label_id
 from heterogui.errors import ConfigError, ModelLoadError
+from heterogui.export.hf_heads import is_head_folder
 from heterogui.export.job import HF_BERT_FORMAT, HF_CAUSAL_LM_FORMAT, HF_VIT_FORMAT
 from heterogui.models.headers import majority_dtype
 from heterogui.models.hf.bert_io import load_bert
@@ -166,7 +167,7 @@ class HFSource(Source):
         folder = self.folder(ref)
         if not folder.is_dir():
             return ref
-        if re.fullmatch("head_[a-z]", folder.name) and (folder.parent / "config.json").is_file():
+        if is_head_folder(folder):
             return f"{folder.parent.name}/{folder.name}"
         return folder.name
 

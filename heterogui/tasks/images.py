@@ -153,6 +153,13 @@ OVERLAPPING_CLASSES = (
 )
 
 
+def without_classifier(names: Sequence[str], noun: str = "classifier") -> str:
+    """Return "NAME has no classifier (a feature model)", or its plural for several names."""
+    if len(names) == 1:
+        return f"{names[0]} has no {noun} (a feature model)"
+    return f"{' and '.join(names)} have no {noun}s (feature models)"
+
+
 def heads_disjoint(pair: Pair) -> bool:
     """Return whether the tasks of the models' heads have disjoint classes (the protocol's case)."""
     classes = [c for loaded in pair.models for c in loaded.net.head_classes()]
@@ -195,22 +202,21 @@ class ImageClassification(Task):
     def default_evaluation(self, pair: Pair) -> DataRef | None:
         """Return the test split of the pair's dataset (None: no dataset or overlapping tasks)."""
         dataset = pair.dataset or guess_dataset(pair.a.net)
-        classifiers = all(is_classifier(m.net) for m in pair.models)
-        if dataset is None or not classifiers or not heads_disjoint(pair):
+        if dataset is None or self._unscorable(pair):
             return None
         return DataRef(dataset, "test", None, EVAL_BATCH)
 
     def unscored_reason(self, pair: Pair) -> str:
         """Return why the pair has no evaluation data (``default_evaluation``)."""
+        return self._unscorable(pair) or "no built-in dataset fits these models' inputs: not scored"
+
+    @staticmethod
+    def _unscorable(pair: Pair) -> str | None:
+        """Return why no data can score the pair (None: a dataset of its inputs can)."""
         features = [m.name for m in pair.models if not is_classifier(m.net)]
         if features:
-            has = "has no classifier (a feature model)"
-            if len(features) > 1:
-                has = "have no classifiers (feature models)"
-            return f"{' and '.join(features)} {has}: not scored"
-        if not heads_disjoint(pair):
-            return OVERLAPPING_CLASSES
-        return "no built-in dataset fits these models' inputs: not scored"
+            return f"{without_classifier(features)}: not scored"
+        return None if heads_disjoint(pair) else OVERLAPPING_CLASSES
 
     def accepts(self, ref: DataRef) -> bool:
         """Return whether ``ref`` names images (a dataset or a .safetensors file)."""
@@ -240,13 +246,10 @@ class ImageClassification(Task):
         self.check(ref, "evaluation")
         features = [m.name for m in pair.models if not is_classifier(m.net)]
         if features:
-            has = "has no classifier head (a feature model)"
-            if len(features) > 1:
-                has = "have no classifier heads (feature models)"
             hints = "".join(head_folders_hint(m.folder) for m in pair.models)
             raise ConfigError(
-                f"{' and '.join(features)} {has}: image classification scores classifiers; "
-                f"leave out evaluation{hints}"
+                f"{without_classifier(features, 'classifier head')}: image classification "
+                f"scores classifiers; leave out evaluation{hints}"
             )
         if not heads_disjoint(pair):
             whose = "the models'" if pair.more else "A's and B's"

@@ -132,17 +132,22 @@ class TextClassification(Task):
 
     def default_evaluation(self, pair: Pair) -> DataRef | None:
         """Return the built-in text tasks when the heads are theirs (else None)."""
-        known = {c for classes in TASK_CLASSES.values() for c in classes}
-        classes = [c for loaded in (pair.a, pair.b) for c in loaded.net.head_classes()]
-        if not heads_disjoint(pair) or not set(classes) <= known:
-            return None
-        return DataRef(BUILT_IN, "test", None, EVAL_BATCH)
+        return None if self._unscorable(pair) else DataRef(BUILT_IN, "test", None, EVAL_BATCH)
 
     def unscored_reason(self, pair: Pair) -> str:
         """Return why the pair has no evaluation data (``default_evaluation``)."""
+        return self._unscorable(pair) or super().unscored_reason(pair)
+
+    @staticmethod
+    def _unscorable(pair: Pair) -> str | None:
+        """Return why the built-in text tasks cannot score the pair (None: they can)."""
         if not heads_disjoint(pair):
             return OVERLAPPING_CLASSES
-        return "the models' classes are not the built-in text tasks': not scored"
+        known = {c for classes in TASK_CLASSES.values() for c in classes}
+        classes = [c for loaded in (pair.a, pair.b) for c in loaded.net.head_classes()]
+        if not set(classes) <= known:
+            return "the models' classes are not the built-in text tasks': not scored"
+        return None
 
     def accepts(self, ref: DataRef) -> bool:
         """Return whether ``ref`` names sentences, the built-in tasks or a labelled .tsv."""

@@ -29,7 +29,7 @@ from heterogui.sources.base import LANGUAGE_MODELING, SENTENCE_SIMILARITY, Loade
 from heterogui.sources.preflight import Verdict
 from heterogui.sources.upload import as_uploaded, keep, receive
 from heterogui.sources.zoo import zoo_ref
-from heterogui.tasks.images import is_classifier
+from heterogui.tasks.images import is_classifier, without_classifier
 from heterogui.text_input import typed_path
 from heterogui.ui.resources import Resources
 
@@ -121,7 +121,7 @@ def _network_lines(loaded: Loaded, facts: dict) -> list[str]:
         for s, (d, w) in enumerate(zip(facts["depths"], facts["widths"], strict=True))
     )
     heads = loaded.net.task_heads()
-    if getattr(loaded.net.config, "num_labels", 0) is None:  # a feature model: no classifier
+    if not is_classifier(loaded.net):  # a feature model
         what = "sentence embedding" if facts["family"] == "bert" else "pooled features"
         head = f"- head: {what} of width {len(facts['classes'])} (no classifier)"
     else:
@@ -254,12 +254,9 @@ def verdict(a: Loaded | None, b: Loaded | None) -> tuple[bool, str]:
     scored_on_classes = a.task not in (SENTENCE_SIMILARITY, LANGUAGE_MODELING)
     features = [m for m in (a, b) if not is_classifier(m.net)]
     if scored_on_classes and features:
-        which = " and ".join(f"{'AB'[m is b]} ({m.name})" for m in features)
-        has = "has no classifier (a feature model)"
-        if len(features) > 1:
-            has = "have no classifiers (feature models)"
+        which = without_classifier([f"{'AB'[m is b]} ({m.name})" for m in features])
         hints = "".join(head_folders_hint(m.folder) for m in features)
-        lines.append(f"- note: {which} {has}: the merge works, but is not scored{hints}")
+        lines.append(f"- note: {which}: the merge works, but is not scored{hints}")
     elif overlap and scored_on_classes:
         lines.append(
             f"- note: the task classes overlap ({overlap[:10]}): the merge works, but the "
