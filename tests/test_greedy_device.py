@@ -19,10 +19,14 @@ CPU = torch.device("cpu")
 
 
 def _correlation(n: int, seed: int, ties: bool) -> torch.Tensor:
-    """Return a float32 correlation of n features; ``ties``: rounded to quarters (many ties)."""
+    """Return a float32 correlation of n features; ``ties``: rounded to quarters (many ties),
+    with copies of one feature (merged undamped)."""
     gen = torch.Generator().manual_seed(seed)
     latent = torch.randn(80, 6, generator=gen)
     x = latent @ torch.randn(6, n, generator=gen) + torch.randn(80, n, generator=gen)
+    if ties:
+        x[:, 1] = x[:, 0]
+        x[:, -1] = x[:, 0]
     c = torch.corrcoef(x.T)
     return (c * 4).round() / 4 if ties else c
 

@@ -10,6 +10,7 @@ from heterogui.errors import MatcherError
 from heterogui.zip.matchers import (
     MATCHERS,
     Match,
+    ZipJob,
     average_match,
     keep_one_match,
     permute_match,
@@ -17,6 +18,7 @@ from heterogui.zip.matchers import (
     zip_group_naive,
     zip_match,
     zip_match_naive,
+    zip_side_by_side,
 )
 from heterogui.zip.stats import Moments
 from heterogui.zip.widths import group_width, target_width
@@ -163,6 +165,31 @@ def test_naive_zip_follows_the_method_on_a_small_case() -> None:
     # beta=0: within-model pairs are forbidden from the start
     assert zip_match_naive(corr, 2, 2, 2, alpha=0.5, beta=0.0).groups.tolist() == [0, 1, 0, 1]
     assert zip_match(corr, 2, 2, 2, alpha=0.5, beta=0.0).groups.tolist() == [0, 1, 0, 1]
+
+
+def _pairs(o: int, pairs: dict[tuple[int, int], float]) -> torch.Tensor:
+    """Return an (o, o) correlation of 0.1 with the given pairs set symmetrically."""
+    corr = torch.full((o, o), 0.1, dtype=torch.float64)
+    for (i, j), v in pairs.items():
+        corr[i, j] = corr[j, i] = v
+    return corr
+
+
+@pytest.mark.parametrize("fn", [zip_match_naive, zip_match, "device"])
+def test_a_merge_of_copies_is_not_damped(fn) -> None:
+    # A0 and A1 are copies of one feature (a merge that kept it from both models holds it twice);
+    # B0 resembles it, B1 resembles B0 less. Merging the copies leaves that feature as it was, so
+    # B0 still joins it at 0.9; damping the copies' group (0.45) would let B0 and B1 merge
+    # within B at 0.6 instead
+    corr = _pairs(4, {(0, 1): 1.0, (0, 2): 0.9, (1, 2): 0.9, (2, 3): 0.6})
+    if fn == "device":
+        groups = zip_side_by_side([ZipJob(corr, (2, 2), 2)], torch.device("cpu"), 2**20)[0].groups
+    else:
+        groups = fn(corr, 2, 2, 2, alpha=0.5, beta=1.0).groups
+    assert groups.tolist() == [0, 0, 0, 1]
+    # just under a copy, the paper's damping holds
+    almost = _pairs(4, {(0, 1): 0.9999, (0, 2): 0.9, (1, 2): 0.9, (2, 3): 0.6})
+    assert zip_match(almost, 2, 2, 2, alpha=0.5, beta=1.0).groups.tolist() == [0, 0, 1, 1]
 
 
 def _all_matches(corr: torch.Tensor, n: int) -> list[Match]:

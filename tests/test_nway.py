@@ -39,6 +39,9 @@ def _random_corr(sizes, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(200, sum(sizes), generator=g, dtype=torch.float64)
     x[:, sum(sizes) // 2 :] += x[:, : sum(sizes) - sum(sizes) // 2]  # some strong pairs
+    if seed % 2:  # copies of one feature, within the first model and in the last
+        x[:, 1] = x[:, 0]
+        x[:, -1] = x[:, 0]
     return torch.corrcoef(x.T)
 
 
@@ -75,6 +78,21 @@ def test_n_way_zip_keeps_each_models_budget():
         groups = match.groups[match.rows_of(m)]
         folded = len(groups) - len(set(groups.tolist()))  # merges within model m
         assert folded <= np.floor((o - width) * n / o * beta)
+
+
+@pytest.mark.parametrize("fn", [zip_group, zip_group_naive])
+def test_copies_merged_within_a_model_keep_their_group_complete(fn):
+    # A0, A1 copies of one feature; B0 resembles it (0.9), C0 resembles both (0.8); B0~B1 0.7,
+    # B1~C0 0.6. Merging the copies neither damps their group nor counts as a second member of A,
+    # so B0 joins it and then C0 completes it at 0.8. Were the copies' group damped, B0 and C0
+    # would pair first (0.8) and take B1 (0.6); were it counted as two A members, C0 would join
+    # B1 (0.6) rather than a damped 0.4
+    pairs = {(0, 1): 1.0, (0, 2): 0.9, (1, 2): 0.9, (0, 4): 0.8, (1, 4): 0.8, (2, 4): 0.8}
+    pairs |= {(2, 3): 0.7, (3, 4): 0.6}
+    corr = torch.full((5, 5), 0.1, dtype=torch.float64)
+    for (i, j), v in pairs.items():
+        corr[i, j] = corr[j, i] = v
+    assert fn(corr, (2, 2, 1), 2, 0.5, 1.0).groups.tolist() == [0, 0, 0, 1, 0]
 
 
 def test_two_model_zip_is_the_n_way_zip_of_two():

@@ -31,6 +31,10 @@ from heterogui.memo import ObjectMemo
 
 _NEG_INF = -np.inf
 _RUNS_KEPT = 3  # per correlation: the longest run (the default width's) and the latest ones
+# Groups at least this similar are copies of one feature (a merge that kept a feature from both
+# of its models holds it twice, and merging that merge again meets both copies): merging them
+# leaves that feature as it was, so the merged group is not damped.
+COPIES = 1.0 - 1e-6
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,11 +67,12 @@ def spend_budget(sim, alive, budget, owner, i, j) -> np.ndarray | None:
 class Damping:
     """The factor a merged group's similarities are damped by (alpha, or 1 for a free merge).
 
-    Two models: always alpha (the paper: every re-merge is damped). More models: a merge that
-    completes a group across models is not a re-merge: a group whose members come from
-    distinct models and another such group with none of its models are not damped (factor 1),
-    so a third model's feature joins a pair of A and B at their full correlation; every
-    other pair is damped by alpha.
+    Two models: alpha (the paper: every re-merge is damped), except for a merge of copies
+    (similarity at least ``COPIES``), which is 1. More models: a merge that completes a group
+    across models is not a re-merge either: a group whose members come from distinct models and
+    another such group with none of its models are not damped (factor 1), so a third model's
+    feature joins a pair of A and B at their full correlation; a merge of copies keeps its
+    group as clean as it was; every other pair is damped by alpha.
     """
 
     def __init__(self, owner: np.ndarray, n_models: int, alpha: float):
@@ -76,13 +81,17 @@ class Damping:
         self.models = np.left_shift(1, owner.astype(np.int64))  # bit set of each group's models
         self.clean = np.ones(owner.size, dtype=bool)  # no two members from one model
 
-    def merge(self, i: int, j: int) -> float | np.ndarray:
-        """Record that group j joined group i; return the factor of i's new similarities."""
+    def merge(self, i: int, j: int, similarity: float) -> float | np.ndarray:
+        """Record that group j joined group i at ``similarity``; return the factor of i's new
+        similarities."""
+        copies = similarity >= COPIES
         if not self.many:
-            return self.alpha
+            return 1.0 if copies else self.alpha
         models = self.models
-        self.clean[i] &= self.clean[j] & ((models[i] & models[j]) == 0)
+        self.clean[i] &= self.clean[j] & (copies or (models[i] & models[j]) == 0)
         models[i] |= models[j]
+        if copies:
+            return 1.0
         free = self.clean & self.clean[i] & ((models & models[i]) == 0)
         return np.where(free, 1.0, self.alpha)
 
@@ -122,7 +131,7 @@ class GreedyZip:
         self.steps[self.taken] = i, j
         self.taken += 1
         np.minimum(sim[i], sim[j], out=new)
-        new *= self.damping.merge(i, j)  # new[i] = -inf already: sim[i, i] = -inf
+        new *= self.damping.merge(i, j, sim[i, j])  # new[i] = -inf already: sim[i, i] = -inf
         new += self.dead
         sim[i] = new
         sim[:, i] = new

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from heterogui.zip.greedy import COPIES
+
 _NEG_INF = float("-inf")
 STALE_ROWS = 32  # rows a step recomputes per merge point; more: the whole point's rows
 CUDA_GRAPHS = True  # replay the step as a CUDA graph on CUDA (False: launch it op by op)
@@ -47,6 +49,7 @@ class LockStep:
         dev = sims.device
         self.sims = sims
         self.alpha = torch.tensor(list(alphas), dtype=sims.dtype, device=dev)[:, None]
+        self.one = torch.ones_like(self.alpha)  # the factor of a merge of copies
         self.points = torch.arange(count, device=dev)
         self.cols = torch.arange(o, device=dev)
         self.dead = torch.zeros(count, o, dtype=sims.dtype, device=dev)  # -inf: a dead column
@@ -65,8 +68,10 @@ class LockStep:
         self.picks[0].copy_(i)
         self.picks[1].copy_(j)
         self.picks[2].copy_(best == _NEG_INF)
-        # GreedyZip.merge: alpha min of rows i and j, -inf at dead columns, to row and column i
-        new = torch.minimum(self.sims[points, i], self.sims[points, j]).mul_(self.alpha)
+        # GreedyZip.merge: alpha (1 for copies) min of rows i and j, -inf at dead columns, to
+        # row and column i
+        factor = torch.where(best[:, None] >= COPIES, self.one, self.alpha)
+        new = torch.minimum(self.sims[points, i], self.sims[points, j]).mul_(factor)
         self.dead.index_put_((points, j), self.neg)
         new += self.dead
         self.sims.index_put_((points, i), new)

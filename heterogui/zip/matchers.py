@@ -97,7 +97,7 @@ def zip_group_naive(
 
     corr: (O, O) correlation of [f_1 ; ... ; f_N], O = sum of ``sizes``; every model has its
     own within-model budget floor((O - r) n_m / O beta), and a merge that completes a group
-    across models is not damped (``_Damping``).
+    across models is not damped (``greedy.Damping``).
     """
     sizes = tuple(sizes)
     sim, budget, owner = numpy_start(corr, sizes, width, alpha, beta)
@@ -112,7 +112,7 @@ def zip_group_naive(
             raise stuck_error(sizes, width, beta, n_groups)
         labels[labels == j] = i
         alive[j] = False
-        new = np.minimum(sim[i], sim[j]) * damping.merge(i, j)
+        new = np.minimum(sim[i], sim[j]) * damping.merge(i, j, sim[i, j])
         sim[i, :] = new
         sim[:, i] = new
         sim[i, i] = NEG_INF
