@@ -245,6 +245,9 @@ class ZipSpec:
     divided by the running std first: ``fusion.bn_units``); no effect on models without
     BatchNorm. The paper's fusion is "average" with bn_units false; "auto" fusion turns it
     off for the one-to-one baselines (permute, weight average).
+    norm_weights: weigh each merged feature of a residual stream that RMSNorms read (decoder
+    language models) by the features of each model it stands for (``fusion.norm_weights``);
+    no effect on other models. The paper's norms weigh every merged feature alike (false).
     """
 
     matcher: str = "zip"
@@ -257,6 +260,7 @@ class ZipSpec:
     renormalize: bool = False
     heads: str = DEFAULT_HEADS
     bn_units: bool = True
+    norm_weights: bool = True
 
     def __post_init__(self) -> None:
         _check_knobs("zip", self.matcher, self.alpha, self.beta, self.rho)

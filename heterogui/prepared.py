@@ -72,6 +72,7 @@ class MergeResult:
     timings: dict[str, float] = field(default_factory=dict)
     renormalized: int = 0  # merged outputs renormalization rescaled (settings.renormalize)
     searched: tuple[int, float] | None = None  # a head search's merges tried and divergence
+    norm_weighted: bool = False  # the stream's RMSNorms were weighed (settings.norm_weights)
 
     def widths(self) -> dict[str, tuple[int, int, int]]:
         """Return (n_A, n_B, merged width) for every merge point (of the merged model: an

@@ -113,13 +113,14 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     (``calibration``, ``evaluation``) a mapping or a source's name or file alone. An evaluation
     without a split reads the ``test`` split (all of it without a size).
 
-    A recipe heterogui recorded (it lists ``versions``) without ``zip.bn_units`` predates that
-    knob: it fused as the paper does, and repeats so (bn_units false).
+    A recipe heterogui recorded (it lists ``versions``) without ``zip.bn_units`` or
+    ``zip.norm_weights`` predates that knob: it fused as the paper does, and repeats so (the
+    knob false).
 
     Raises:
         ConfigError: unknown keys, missing models, values out of range.
     """
-    data = _with_defaults(_recorded_before_bn_units(data))
+    data = _with_defaults(_recorded_before_knobs(data))
     if isinstance(data, dict) and "more_models" in data:
         raise ConfigError(
             "recipe: more_models is not a recipe key; list every model under models: [A, B, C]"
@@ -150,13 +151,17 @@ def _with_defaults(data: Any) -> Any:
     return out
 
 
-def _recorded_before_bn_units(data: Any) -> Any:
-    """Return ``data`` (a copy) with zip.bn_units false if recorded before that knob."""
+# zip knobs that default to true and were added after recipes were first recorded: a recorded
+# recipe without one merged without it
+LATER_KNOBS = ("bn_units", "norm_weights")
+
+
+def _recorded_before_knobs(data: Any) -> Any:
+    """Return ``data`` (a copy) with each of LATER_KNOBS false that its record predates."""
     if not (isinstance(data, dict) and data.get("versions") and isinstance(data.get("zip"), dict)):
         return data
-    if "bn_units" in data["zip"]:
-        return data
-    return {**data, "zip": {**data["zip"], "bn_units": False}}
+    missing = {knob: False for knob in LATER_KNOBS if knob not in data["zip"]}
+    return {**data, "zip": {**data["zip"], **missing}} if missing else data
 
 
 def _listed_models(data: dict[str, Any]) -> Recipe:

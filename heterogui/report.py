@@ -336,7 +336,8 @@ def _pooling_note(pair: Pair, scores: dict[str, Any] | None) -> list[str]:
 def settings_facts(result: MergeResult | GroupMergeResult) -> dict[str, Any]:
     """Return the zip settings a model card and report.json list, as the merge ran them
     ("auto" fusion and heads resolved to the family's; heads only for models with attention,
-    bn_units for models with BatchNorm, the ridge only for least-squares fusions)."""
+    bn_units for models with BatchNorm, norm_weights for models whose residual stream RMSNorms
+    read, the ridge only for least-squares fusions)."""
     s = result.settings
     facts = {
         "matcher": s.matcher,
@@ -353,6 +354,8 @@ def settings_facts(result: MergeResult | GroupMergeResult) -> dict[str, Any]:
     net = prep.net_a if isinstance(result, MergeResult) else prep.nets[0]
     if has_batch_norm(net.module):  # BatchNorm units: a setting of BatchNorm models only
         facts["bn_units"] = s.bn_units
+    if net.graph().rms_stream is not None:  # weighted norms: a setting of RMSNorm streams only
+        facts["norm_weights"] = s.norm_weights
     facts["renormalize"] = s.renormalize
     if getattr(result.spec.trunk_config, "heads", None) is not None:
         facts["heads"] = s.heads

@@ -106,6 +106,7 @@ def settings_of(recipe: Recipe) -> ZipSettings:
         z.renormalize,
         z.heads,
         bn_units=z.bn_units,
+        norm_weights=z.norm_weights,
     )
 
 
@@ -355,6 +356,7 @@ def complete_recipe(
             s.renormalize,
             recorded_heads(s.heads, pair),
             s.bn_units,
+            s.norm_weights,
         ),
         stop=s.stop,
         reset_input_bn=reset_input_bn,

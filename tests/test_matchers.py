@@ -175,6 +175,16 @@ def _pairs(o: int, pairs: dict[tuple[int, int], float]) -> torch.Tensor:
     return corr
 
 
+def _zip_two_pairs(fn, corr: torch.Tensor) -> list[int]:
+    """Return the groups of two A and two B features zipped to width 2 (alpha 0.5, beta 1) by
+    ``fn``, or by the device loop on the CPU ("device")."""
+    if fn == "device":
+        return zip_side_by_side([ZipJob(corr, (2, 2), 2)], torch.device("cpu"), 2**20)[
+            0
+        ].groups.tolist()
+    return fn(corr, 2, 2, 2, alpha=0.5, beta=1.0).groups.tolist()
+
+
 @pytest.mark.parametrize("fn", [zip_match_naive, zip_match, "device"])
 def test_a_merge_of_copies_is_not_damped(fn) -> None:
     # A0 and A1 are copies of one feature (a merge that kept it from both models holds it twice);
@@ -182,14 +192,19 @@ def test_a_merge_of_copies_is_not_damped(fn) -> None:
     # B0 still joins it at 0.9; damping the copies' group (0.45) would let B0 and B1 merge
     # within B at 0.6 instead
     corr = _pairs(4, {(0, 1): 1.0, (0, 2): 0.9, (1, 2): 0.9, (2, 3): 0.6})
-    if fn == "device":
-        groups = zip_side_by_side([ZipJob(corr, (2, 2), 2)], torch.device("cpu"), 2**20)[0].groups
-    else:
-        groups = fn(corr, 2, 2, 2, alpha=0.5, beta=1.0).groups
-    assert groups.tolist() == [0, 0, 0, 1]
+    assert _zip_two_pairs(fn, corr) == [0, 0, 0, 1]
     # just under a copy, the paper's damping holds
     almost = _pairs(4, {(0, 1): 0.9999, (0, 2): 0.9, (1, 2): 0.9, (2, 3): 0.6})
     assert zip_match(almost, 2, 2, 2, alpha=0.5, beta=1.0).groups.tolist() == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("fn", [zip_match_naive, zip_match, "device"])
+def test_copies_across_models_complete_a_group_that_is_damped(fn) -> None:
+    # A0 and B0 are copies (a model and a copy of its layer); A1 resembles both (0.9), B1
+    # resembles A1 (0.6). The pair A0-B0 is complete: A1 joining it would be a merge within A,
+    # damped to 0.45 as the paper does, so A1 pairs with B1
+    corr = _pairs(4, {(0, 2): 1.0, (0, 1): 0.9, (1, 2): 0.9, (1, 3): 0.6})
+    assert _zip_two_pairs(fn, corr) == [0, 1, 0, 1]
 
 
 def _all_matches(corr: torch.Tensor, n: int) -> list[Match]:

@@ -22,6 +22,7 @@ from heterogui.fusion.merged import (
     load_merged,
     unmerge_name,
 )
+from heterogui.fusion.norm_weights import weigh_norms
 from heterogui.fusion.pinning import pinned_channels
 from heterogui.fusion.regression import Regression, fit_regressions
 from heterogui.fusion.sequential import refit_sequentially, refit_tails
@@ -97,7 +98,8 @@ class BuiltMerge:
     """The merged model of a matching, fused and finished (``build_merge``).
 
     refit: weights the sequential least-squares refit fitted again; renormalized: merged
-    outputs renormalization rescaled (0 when not asked).
+    outputs renormalization rescaled (0 when not asked); norm_weighted: whether the stream's
+    RMSNorms were weighed (``fusion.norm_weights``).
     """
 
     model: MergedModel
@@ -105,6 +107,7 @@ class BuiltMerge:
     transforms: dict[str, SpaceTransform]
     refit: int = 0
     renormalized: int = 0
+    norm_weighted: bool = False
 
 
 def build_merge(
@@ -125,7 +128,8 @@ def build_merge(
     The steps after matching, for two models (``zip_prepared``) or more (``nway``): the
     transforms (with the least-squares unmerges), the fused model (``fusion.assemble``; in
     BatchNorm units when the settings ask: ``fusion.bn_units``), the
-    sequential refit when the settings ask for it, ``renormalize(model, matches, stop)`` when
+    sequential refit when the settings ask for it, the stream's RMSNorms weighed when the
+    settings ask (``fusion.norm_weights``), ``renormalize(model, matches, stop)`` when
     given, the heads split (``fusion.split_heads``) when the settings ask for it, and the merged
     model's BatchNorm (identity channels pinned).
 
@@ -147,6 +151,8 @@ def build_merge(
         _refit(built, padded, states, batches, dev, stop, settings.ridge, pinned, units, timings)
     if units:
         restore_units(model, units, transforms)
+    if settings.norm_weights:
+        built.norm_weighted = weigh_norms(model, padded[0].graph(), matches, stop)
     if renormalize is not None:
         built.renormalized = timed(
             timings, "renormalize", lambda: renormalize(model, matches, stop)

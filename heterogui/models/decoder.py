@@ -53,6 +53,7 @@ from heterogui.models.graph import (
     STREAM,
     Capture,
     ModelGraph,
+    RmsStream,
     Space,
     in_axis,
     inert_norms,
@@ -256,7 +257,11 @@ def graph(config: DecoderNetConfig, identity_blocks: frozenset[int] = frozenset(
     block_out = (STREAM,) * (n + 2) + (None,)
     inert = inert_norms(tensors, identity_blocks, ("input_layernorm", "post_attention_layernorm"))
     stages = (tuple(range(1, n + 1)),)
-    return ModelGraph(spaces, tuple(tensors), stages, block_out, frozenset(dead), inert)
+    gains = frozenset(t.name for t in tensors if t.name.endswith("norm.weight"))
+    rms = RmsStream(STREAM, gains, frozenset({norm}))
+    return ModelGraph(
+        spaces, tuple(tensors), stages, block_out, frozenset(dead), inert, rms_stream=rms
+    )
 
 
 def insert_identity(config: DecoderNetConfig, stage: int, position: int) -> DecoderNetConfig:

@@ -86,6 +86,21 @@ class Space:
 
 
 @dataclass(frozen=True)
+class RmsStream:
+    """A residual stream that only RMSNorms read (a pre-norm decoder's): the merged model weighs
+    its features in those norms (``fusion.norm_weights``).
+
+    space: the stream's space. gains: the RMSNorms' weights (state-dict keys); every other
+    tensor with an out axis on the stream writes it. normed_blocks: the blocks whose output is
+    an RMSNorm's (the final norm's), not the stream itself.
+    """
+
+    space: str
+    gains: frozenset[str]
+    normed_blocks: frozenset[int]
+
+
+@dataclass(frozen=True)
 class Axis:
     """One axis of a tensor that lives in a feature space."""
 
@@ -114,7 +129,8 @@ class ModelGraph:
     only its dead spaces read (``inert_norms``); fusion leaves them out of a group's average
     wherever another model's tensor is live (``fusion.fuse.fuse_state``). batch_norms: (layer,
     BatchNorm) module names, each BatchNorm with the layer whose output it normalizes (fusion in
-    BatchNorm units reads them: ``fusion.bn_units``).
+    BatchNorm units reads them: ``fusion.bn_units``). rms_stream: the residual stream when only
+    RMSNorms read it (None elsewhere).
     """
 
     spaces: dict[str, Space]
@@ -124,6 +140,7 @@ class ModelGraph:
     dead: frozenset[str] = field(default_factory=frozenset)
     inert: frozenset[str] = field(default_factory=frozenset)
     batch_norms: tuple[tuple[str, str], ...] = ()
+    rms_stream: RmsStream | None = None
 
     @property
     def num_blocks(self) -> int:

@@ -76,7 +76,12 @@ def _settings(session: Session, move: dict[str, Any]) -> Any:
     if knobs["stop"] == -1:  # "one block before the head": a partial zip
         knobs["stop"] = max(n_blocks - 1, 0)
     return work.make_settings(
-        **knobs, overrides=s.overrides, n_blocks=n_blocks, ridge=s.ridge, bn_units=s.bn_units
+        **knobs,
+        overrides=s.overrides,
+        n_blocks=n_blocks,
+        ridge=s.ridge,
+        bn_units=s.bn_units,
+        norm_weights=s.norm_weights,
     )
 
 

@@ -200,8 +200,8 @@ def settings_from(
     renormalize: bool = False,
     heads: str = DEFAULT_HEADS,
 ) -> Any:
-    """Return ZipSettings from the knob values (keeping the session's overrides, ridge and
-    bn_units: recipe settings without a control of their own)."""
+    """Return ZipSettings from the knob values (keeping the session's overrides, ridge,
+    bn_units and norm_weights: recipe settings without a control of their own)."""
     n = work.stop_blocks(session)
     return work.make_settings(
         matcher,
@@ -216,6 +216,7 @@ def settings_from(
         renormalize=bool(renormalize),
         heads=heads or "pair",
         bn_units=session.settings.bn_units,
+        norm_weights=session.settings.norm_weights,
     )
 
 

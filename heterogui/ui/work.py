@@ -320,6 +320,7 @@ def make_settings(
     renormalize: bool = False,
     heads: str = DEFAULT_HEADS,
     bn_units: bool = True,
+    norm_weights: bool = True,
 ) -> ZipSettings:
     """Return ZipSettings from the Zip tab's controls (stop = n_blocks means a full zip).
 
@@ -329,6 +330,7 @@ def make_settings(
     heads: "auto" (the family's), "pair" (the paper's), "select" (``zip.select``), "search"
         (``head_search``) or "split" (``fusion.split_heads``);
     bn_units: fuse BatchNorm models in BatchNorm units (``fusion.bn_units``; the recipe's).
+    norm_weights: weigh the merged stream's RMSNorms (``fusion.norm_weights``; the recipe's).
 
     Raises:
         ConfigError: a knob out of range, an unknown fusion or heads, or a bad ridge.
@@ -354,6 +356,7 @@ def make_settings(
         renormalize=bool(renormalize),
         heads=heads,
         bn_units=bool(bn_units),
+        norm_weights=bool(norm_weights),
     )
 
 

@@ -31,9 +31,10 @@ from heterogui.memo import ObjectMemo
 
 _NEG_INF = -np.inf
 _RUNS_KEPT = 3  # per correlation: the longest run (the default width's) and the latest ones
-# Groups at least this similar are copies of one feature (a merge that kept a feature from both
-# of its models holds it twice, and merging that merge again meets both copies): merging them
-# leaves that feature as it was, so the merged group is not damped.
+# Two groups of one model's features at least this similar are copies of one feature (a
+# merge that kept a feature from both of its models holds it twice, and merging that merge
+# again meets both copies): merging them leaves that feature as it was, so the merged group is
+# not damped. Copies across models complete a group, which is damped as the paper does.
 COPIES = 1.0 - 1e-6
 
 
@@ -68,11 +69,12 @@ class Damping:
     """The factor a merged group's similarities are damped by (alpha, or 1 for a free merge).
 
     Two models: alpha (the paper: every re-merge is damped), except for a merge of copies
-    (similarity at least ``COPIES``), which is 1. More models: a merge that completes a group
-    across models is not a re-merge either: a group whose members come from distinct models and
-    another such group with none of its models are not damped (factor 1), so a third model's
-    feature joins a pair of A and B at their full correlation; a merge of copies keeps its
-    group as clean as it was; every other pair is damped by alpha.
+    within one model (groups of that model's features alone, similarity at least ``COPIES``),
+    which is 1. More models: a merge that completes a group across models is not a re-merge
+    either: a group whose members come from distinct models and another such group with none
+    of its models are not damped (factor 1), so a third model's feature joins a pair of A and B
+    at their full correlation; a merge of copies within one model keeps its group as clean as
+    it was; every other pair is damped by alpha.
     """
 
     def __init__(self, owner: np.ndarray, n_models: int, alpha: float):
@@ -84,14 +86,14 @@ class Damping:
     def merge(self, i: int, j: int, similarity: float) -> float | np.ndarray:
         """Record that group j joined group i at ``similarity``; return the factor of i's new
         similarities."""
-        copies = similarity >= COPIES
-        if not self.many:
-            return 1.0 if copies else self.alpha
         models = self.models
-        self.clean[i] &= self.clean[j] & (copies or (models[i] & models[j]) == 0)
+        one = models[i] == models[j] and models[i] & (models[i] - 1) == 0  # one model's alone
+        copies = one and similarity >= COPIES
+        if self.many:
+            self.clean[i] &= self.clean[j] & (copies or (models[i] & models[j]) == 0)
         models[i] |= models[j]
-        if copies:
-            return 1.0
+        if copies or not self.many:
+            return 1.0 if copies else self.alpha
         free = self.clean & self.clean[i] & ((models & models[i]) == 0)
         return np.where(free, 1.0, self.alpha)
 

@@ -44,12 +44,14 @@ class LockStep:
     recompute than it took.
     """
 
-    def __init__(self, sims: Tensor, alphas: Sequence[float]):
+    def __init__(self, sims: Tensor, alphas: Sequence[float], owner: Tensor):
         count, o, _ = sims.shape
         dev = sims.device
         self.sims = sims
         self.alpha = torch.tensor(list(alphas), dtype=sims.dtype, device=dev)[:, None]
         self.one = torch.ones_like(self.alpha)  # the factor of a merge of copies
+        self.owner = owner.to(dev)  # the model of each feature, so of each group's first
+        self.mixed = torch.zeros(count, o, dtype=torch.bool, device=dev)  # both models' members
         self.points = torch.arange(count, device=dev)
         self.cols = torch.arange(o, device=dev)
         self.dead = torch.zeros(count, o, dtype=sims.dtype, device=dev)  # -inf: a dead column
@@ -68,9 +70,13 @@ class LockStep:
         self.picks[0].copy_(i)
         self.picks[1].copy_(j)
         self.picks[2].copy_(best == _NEG_INF)
-        # GreedyZip.merge: alpha (1 for copies) min of rows i and j, -inf at dead columns, to
-        # row and column i
-        factor = torch.where(best[:, None] >= COPIES, self.one, self.alpha)
+        # GreedyZip.merge: alpha (1 for copies within one model) min of rows i and j, -inf at
+        # dead columns, to row and column i
+        same = self.owner[i] == self.owner[j]
+        mixed_i, mixed_j = self.mixed[points, i], self.mixed[points, j]
+        copies = (best >= COPIES) & same & ~mixed_i & ~mixed_j
+        self.mixed.index_put_((points, i), mixed_i | mixed_j | ~same)
+        factor = torch.where(copies[:, None], self.one, self.alpha)
         new = torch.minimum(self.sims[points, i], self.sims[points, j]).mul_(factor)
         self.dead.index_put_((points, j), self.neg)
         new += self.dead
@@ -121,7 +127,7 @@ def zip_side_by_side(
         reports it).
     """
     count, o, _ = sims.shape
-    state = LockStep(sims, alphas)
+    state = LockStep(sims, alphas, torch.from_numpy(owner))
     alive = np.ones((count, o), dtype=bool)
     steps = [np.empty((o - w, 2), dtype=np.int32) for w in widths]
     taken = [0] * count

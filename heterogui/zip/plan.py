@@ -62,6 +62,9 @@ class ZipSettings:
         its choice here; groups without an entry select by output energy.
     bn_units: fuse the layers that feed a BatchNorm in that BatchNorm's units
         (``fusion.bn_units``; the paper fuses them as they are).
+    norm_weights: weigh each merged feature of a residual stream that RMSNorms read by the
+        features of each model it stands for (``fusion.norm_weights``; the paper's norms
+        weigh every merged feature alike).
     """
 
     matcher: str = "zip"
@@ -76,6 +79,7 @@ class ZipSettings:
     heads: str = DEFAULT_HEADS
     kept_heads: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     bn_units: bool = True
+    norm_weights: bool = True
 
     def resolved(
         self, default_fusion: str, default_heads: str = "pair", attention: Sequence[str] = ()
@@ -414,7 +418,7 @@ def checked_settings(settings: Any) -> ZipSettings | None:
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, Real):  # numpy scalars too
             raise ConfigError(f"settings.{name} = {value!r} must be a number")
-    for name in ("renormalize", "bn_units"):
+    for name in ("renormalize", "bn_units", "norm_weights"):
         if not isinstance(getattr(settings, name), bool):
             raise ConfigError(
                 f"settings.{name} = {getattr(settings, name)!r} must be True or False"
@@ -435,5 +439,6 @@ def checked_settings(settings: Any) -> ZipSettings | None:
         renormalize=settings.renormalize,
         heads=settings.heads,
         bn_units=settings.bn_units,
+        norm_weights=settings.norm_weights,
     )
     return settings
