@@ -15,7 +15,7 @@ and biases) is multiplied by s_k and every norm gain divided by it, so each norm
 what it was with the weighted mean square, and the exported model is a plain model of its
 class. The merged trunk's output, when it is the stream rather than a norm's output (a
 partial zip), is divided by s_k in the unmerge. A model merged with a permuted copy of itself
-then computes its function at every rho (``tests/test_decoder.py``); with one feature of each
+then computes its function at every rho (``tests/test_norm_weights.py``); with one feature of each
 model in every group (rho 1, equal widths, no merge within a model) every s_k is exactly 1.
 """
 
@@ -68,7 +68,10 @@ def weigh_norms(
         shape = [1] * param.dim()
         shape[axes[0].dim] = -1
         factor = scales.to(param.dtype).reshape(shape)
-        param.div_(factor) if tag.name in stream.gains else param.mul_(factor)
+        if tag.name in stream.gains:
+            param.div_(factor)
+        else:
+            param.mul_(factor)
     if stop - 1 not in stream.normed_blocks:  # the trunk hands the scaled stream to the tails
         for m in range(len(model.tails)):
             unmerge = getattr(model, unmerge_name(m))
