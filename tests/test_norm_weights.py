@@ -58,6 +58,15 @@ def test_a_permuted_copy_merged_wider_computes_its_function(permuted_pair, stop,
         assert float(real_rows((exported - want).abs(), batch).max()) < 1e-4
 
 
+def test_the_sequential_refit_keeps_the_papers_norms(permuted_pair):
+    # the refit fits each block on the merge's own states; weighing the norms afterwards
+    # would change what it fitted (2.5 on these logits against 1.0 unweighted)
+    prep, batch, want = permuted_pair
+    result = zip_prepared(prep, ZipSettings(rho=0.5, fusion="least_squares_sequential"))
+    assert result.settings.norm_weights is False and not result.norm_weighted
+    assert settings_facts(result)["norm_weights"] is False
+
+
 def test_one_to_one_merges_are_left_as_they_were(permuted_pair):
     prep, batch, want = permuted_pair
     weighted = zip_prepared(prep, ZipSettings(rho=1.0))

@@ -72,9 +72,10 @@ def zip_match_naive(
     """Zip features greedily with the plain O(n·O²) loop of docs/method.md sec. 7 (reference).
 
     Each step merges the pair of groups at the first maximum of the full (O, O) similarity in
-    row-major order (i < j by symmetry), sets row and column i to alpha * min of rows i and j,
-    removes j, and charges merges within one model m to a budget floor((O - r) n_m / O beta);
-    once a budget is spent, all pairs of that model's groups are forbidden.
+    row-major order (i < j by symmetry), sets row and column i to alpha * min of rows i and j
+    (1 * min for copies within one model: ``greedy.Damping``), removes j, and charges merges
+    within one model m to a budget floor((O - r) n_m / O beta); once a budget is spent, all
+    pairs of that model's groups are forbidden.
 
     Args:
         corr: (O, O) correlation of [f_A ; f_B], O = n_a + n_b.

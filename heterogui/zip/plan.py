@@ -94,6 +94,8 @@ class ZipSettings:
         ``attention``, the models' attention spaces: ``{"*.qk": {"rho": 0}}`` keeps every
         head whole, which a split would halve) and a setting that merges nothing (rho 0, no
         override that merges): every head is then kept whole, where a split would halve each.
+        The sequential refit keeps the paper's norms (norm_weights false): it fits each block
+        on the merged model's own states, which weighing the norms afterwards would change.
         """
         settings = self
         if self.heads == DEFAULT_HEADS:
@@ -101,11 +103,13 @@ class ZipSettings:
             paper = self.matcher in EQUAL_WIDTHS or per_layer or self.merges_nothing
             paper = paper or self.sizes_attention(attention)
             settings = replace(settings, heads="pair" if paper else default_heads)
-        if self.fusion != "auto":
-            return settings
-        if self.matcher in EQUAL_WIDTHS:
-            return replace(settings, fusion="average", bn_units=False)
-        return replace(settings, fusion=default_fusion)
+        if self.fusion == "auto" and self.matcher in EQUAL_WIDTHS:
+            settings = replace(settings, fusion="average", bn_units=False)
+        elif self.fusion == "auto":
+            settings = replace(settings, fusion=default_fusion)
+        if settings.fusion == "least_squares_sequential" and settings.norm_weights:
+            settings = replace(settings, norm_weights=False)
+        return settings
 
     @property
     def merges_nothing(self) -> bool:
