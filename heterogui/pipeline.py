@@ -215,7 +215,7 @@ def _zip_once(
     )
     alignment = prepared.alignment
     result = (built.model, built.spec, alignment, matches, built.transforms, prepared, settings)
-    return MergeResult(*result, timings, built.renormalized, norm_weighted=built.norm_weighted)
+    return MergeResult(*result, timings, built.renormalized)
 
 
 def is_merge_of(result: MergeResult, settings: ZipSettings) -> bool:

@@ -14,6 +14,7 @@ from heterogui.align.alignment import Alignment
 from heterogui.config import SPLIT_HEADS
 from heterogui.fusion.fuse import SpaceTransform
 from heterogui.fusion.merged import MergedModel, MergedSpec
+from heterogui.fusion.norm_weights import weighed_scales
 from heterogui.fusion.split_heads import split_widths
 from heterogui.models.capture import Batch
 from heterogui.models.family import Network
@@ -72,7 +73,12 @@ class MergeResult:
     timings: dict[str, float] = field(default_factory=dict)
     renormalized: int = 0  # merged outputs renormalization rescaled (settings.renormalize)
     searched: tuple[int, float] | None = None  # a head search's merges tried and divergence
-    norm_weighted: bool = False  # the stream's RMSNorms were weighed (settings.norm_weights)
+
+    @property
+    def norm_weighted(self) -> bool:
+        """Return whether the merge weighed its stream's RMSNorms (``fusion.norm_weights``)."""
+        graph = self.prepared.padded_a.graph()
+        return self.settings.norm_weights and weighed_scales(graph, self.matches) is not None
 
     def widths(self) -> dict[str, tuple[int, int, int]]:
         """Return (n_A, n_B, merged width) for every merge point (of the merged model: an

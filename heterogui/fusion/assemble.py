@@ -98,8 +98,7 @@ class BuiltMerge:
     """The merged model of a matching, fused and finished (``build_merge``).
 
     refit: weights the sequential least-squares refit fitted again; renormalized: merged
-    outputs renormalization rescaled (0 when not asked); norm_weighted: whether the stream's
-    RMSNorms were weighed (``fusion.norm_weights``).
+    outputs renormalization rescaled (0 when not asked).
     """
 
     model: MergedModel
@@ -107,7 +106,6 @@ class BuiltMerge:
     transforms: dict[str, SpaceTransform]
     refit: int = 0
     renormalized: int = 0
-    norm_weighted: bool = False
 
 
 def build_merge(
@@ -152,7 +150,7 @@ def build_merge(
     if units:
         restore_units(model, units, transforms)
     if settings.norm_weights:
-        built.norm_weighted = weigh_norms(model, padded[0].graph(), matches, stop)
+        weigh_norms(model, padded[0].graph(), matches, stop)
     if renormalize is not None:
         built.renormalized = timed(
             timings, "renormalize", lambda: renormalize(model, matches, stop)

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 import torch
 
 from heterogui.fusion.merged import MergedModel, unmerge_name
+from heterogui.fusion.renormalize import merged_name
 from heterogui.models.graph import ModelGraph
 from heterogui.zip.match import Match
 
@@ -48,23 +49,30 @@ def stream_scales(match: Match) -> torch.Tensor:
     return (match.width * weight).double().div(common * len(sizes)).sqrt()
 
 
+def weighed_scales(graph: ModelGraph, matches: Mapping[str, Match]) -> torch.Tensor | None:
+    """Return the stream's scales s_k that weighing applies, or None when it changes nothing
+    (no RMSNorm stream among ``matches``, or every s_k is 1)."""
+    stream = graph.rms_stream
+    if stream is None or stream.space not in matches:
+        return None
+    scales = stream_scales(matches[stream.space])
+    return None if bool((scales == 1).all()) else scales
+
+
 @torch.no_grad()
 def weigh_norms(
     model: MergedModel, graph: ModelGraph, matches: Mapping[str, Match], stop: int
-) -> bool:
-    """Weigh the merged stream's RMSNorms in place (module docstring); return whether any
-    feature's scale changed (False: no RMSNorm stream, or every s_k is 1)."""
+) -> None:
+    """Weigh the merged stream's RMSNorms in place (module docstring)."""
+    scales = weighed_scales(graph, matches)
+    if scales is None:
+        return
     stream = graph.rms_stream
-    if stream is None or stream.space not in matches:
-        return False
-    scales = stream_scales(matches[stream.space])
-    if bool((scales == 1).all()):
-        return False
     for tag in graph.tensors:
         axes = [a for a in tag.axes if a.space == stream.space and a.role == "out"]
         if tag.block >= stop or not axes:
             continue
-        param = model.get_parameter("trunk." + tag.name[len("blocks.") :])
+        param = model.get_parameter(merged_name(tag.name))
         shape = [1] * param.dim()
         shape[axes[0].dim] = -1
         factor = scales.to(param.dtype).reshape(shape)
@@ -76,4 +84,3 @@ def weigh_norms(
         for m in range(len(model.tails)):
             unmerge = getattr(model, unmerge_name(m))
             unmerge.div_(scales.to(unmerge.dtype))
-    return True
