@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from heterogui import run
-from heterogui.bench.decoders_report import NEW_TOKENS, Row, layer_list
+from heterogui.bench.decoders_report import NEW_TOKENS, PAPER_NORMS, Row, layer_list
 from heterogui.bench.memory import peak_rss_mib
-from heterogui.bench.quality_report import PAPER, transformer_variants
+from heterogui.bench.quality_report import LEAST_SQUARES, PAPER, transformer_variants
 from heterogui.config import DataRef
 from heterogui.datasets.text_domains import DOMAINS
 from heterogui.errors import MatcherError, excerpt
@@ -49,6 +49,9 @@ PROMPTS = (
     "def read_config(path):",
     "A list comprehension is",
 )
+# the merges with weighted RMSNorms (the default) also scored with the paper's norms: these
+# variants' rows (``bench.quality_report`` suffixes: the paper's average, least squares)
+NORM_TWINS = ("", LEAST_SQUARES)
 SHALLOW_DROP = 6  # middle layers SmolLM2's shallower copy drops (every other layer breaks it)
 
 
@@ -169,13 +172,32 @@ def merge_rows(
     heads_split: include the heads-split rows (GPT-2; rotary heads do not split).
     """
     rows = []
+    rms_stream = prep.padded_a.graph().rms_stream is not None
     for rho in (1.0, 0.5):
         for knobs, suffix in transformer_variants(label, heads_split=heads_split):
-            result = zip_prepared(prep, ZipSettings(rho=rho, **knobs))
+            settings = ZipSettings(rho=rho, **knobs)
+            result = zip_prepared(prep, settings)
             name = f"merge {label} rho={rho:g}{suffix}"
             rows.append(_merge_row(name, pair, result, evaluation, parents))
             log.info("%s", rows[-1])
+            if rms_stream and suffix in NORM_TWINS:
+                rows.append(_paper_norms_row(rows[-1], pair, result, evaluation, parents))
+                log.info("%s", rows[-1])
     return rows
+
+
+def _paper_norms_row(
+    weighted: Row, pair: Pair, result: MergeResult, evaluation: Any, parents: dict[str, Any]
+) -> Row:
+    """Return the row of ``result``'s merge with the paper's RMSNorms (``zip.norm_weights``
+    off) after its ``weighted`` row: merged again, or the same row where weighing changed
+    nothing (every stream scale 1, as at rho 1 with equal widths), so that every calibration
+    draw has the same rows."""
+    name = weighted["model"] + PAPER_NORMS
+    if not result.norm_weighted:
+        return {**weighted, "model": name, "note": "the row above: every norm scale is 1"}
+    settings = dataclasses.replace(result.settings, norm_weights=False)
+    return _merge_row(name, pair, zip_prepared(result.prepared, settings), evaluation, parents)
 
 
 def average_row(pair: Pair, prep: Prepared, evaluation: Any, parents: dict[str, Any]) -> Row:

@@ -16,6 +16,7 @@ SMOLLM2_NOTE = (
     "to float32: a dequantized 4-bit model, not the original full-precision weights."
 )
 NEW_TOKENS = 16  # greedy tokens compared per prompt
+PAPER_NORMS = ", paper's norms"  # the label suffix of a merge with the paper's RMSNorms
 
 
 def runs(values: list[int] | tuple[int, ...]) -> str:
@@ -133,7 +134,11 @@ def _intro_lines(report: dict[str, Any]) -> list[str]:
         "aligned to. `repetition`: the worst repeated-4-gram rate of a model's greedy "
         "continuations of two fixed prompts. `alarms`: the collapse alarm (a domain whose "
         "perplexity is over twice the worse parent's, or a repetition over 50% and over the "
-        "most repetitive parent's by more than 20 points).",
+        "most repetitive parent's by more than 20 points). The Llama merges weigh their merged "
+        "RMSNorms (`zip.norm_weights`, the default; docs/method.md sec. 9); a row ending in "
+        f'"{PAPER_NORMS}" is the row above it with the paper\'s norms, merged again unless '
+        "weighing changed nothing (every norm scale 1, as at rho 1 with equal widths: then "
+        "its note says so and its scores are the row above's).",
         "",
     ]
 
