@@ -4,6 +4,8 @@ exported folder too, and recipes recorded before the knob repeat their merge."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import tiny_decoder
@@ -58,13 +60,19 @@ def test_a_permuted_copy_merged_wider_computes_its_function(permuted_pair, stop,
         assert float(real_rows((exported - want).abs(), batch).max()) < 1e-4
 
 
-def test_the_sequential_refit_keeps_the_papers_norms(permuted_pair):
-    # the refit fits each block on the merge's own states; weighing the norms afterwards
-    # would change what it fitted (2.5 on these logits against 1.0 unweighted)
+@pytest.mark.parametrize("stop", [None, 3])
+def test_the_sequential_refit_fits_in_the_weighted_basis(permuted_pair, stop):
+    # the norms are weighed before the refit and every stream writer it fits again is weighed
+    # again (fusion.sequential's reweigh): the copy comes back. With the paper's norms the
+    # refit cannot undo their scale (1.0 and 1.2 on these logits)
     prep, batch, want = permuted_pair
-    result = zip_prepared(prep, ZipSettings(rho=0.5, fusion="least_squares_sequential"))
-    assert result.settings.norm_weights is False and not result.norm_weighted
-    assert settings_facts(result)["norm_weights"] is False
+    settings = ZipSettings(rho=0.5, stop=stop, fusion="least_squares_sequential")
+    weighted = zip_prepared(prep, settings)
+    assert weighted.norm_weighted and "refit" in weighted.timings
+    assert _gap(weighted, batch, want) < 1e-4
+    assert settings_facts(weighted)["norm_weights"] is True
+    plain = zip_prepared(prep, dataclasses.replace(settings, norm_weights=False))
+    assert not plain.norm_weighted and _gap(plain, batch, want) > 0.5
 
 
 def test_one_to_one_merges_are_left_as_they_were(permuted_pair):

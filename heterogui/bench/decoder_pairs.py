@@ -20,7 +20,12 @@ import torch
 from heterogui import run
 from heterogui.bench.decoders_report import NEW_TOKENS, PAPER_NORMS, Row, layer_list
 from heterogui.bench.memory import peak_rss_mib
-from heterogui.bench.quality_report import LEAST_SQUARES, PAPER, transformer_variants
+from heterogui.bench.quality_report import (
+    LEAST_SQUARES,
+    PAPER,
+    SEQUENTIAL,
+    transformer_variants,
+)
 from heterogui.config import DataRef
 from heterogui.datasets.text_domains import DOMAINS
 from heterogui.errors import MatcherError, excerpt
@@ -50,8 +55,9 @@ PROMPTS = (
     "A list comprehension is",
 )
 # the merges with weighted RMSNorms (the default) also scored with the paper's norms: these
-# variants' rows (``bench.quality_report`` suffixes: the paper's average, least squares)
-NORM_TWINS = ("", LEAST_SQUARES)
+# variants' rows (``bench.quality_report`` suffixes: the paper's average, least squares and
+# its sequential refit)
+NORM_TWINS = ("", LEAST_SQUARES, SEQUENTIAL)
 SHALLOW_DROP = 6  # middle layers SmolLM2's shallower copy drops (every other layer breaks it)
 
 

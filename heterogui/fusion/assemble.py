@@ -7,8 +7,9 @@ the sequential refit, renormalization and the merged model's BatchNorm.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -22,7 +23,7 @@ from heterogui.fusion.merged import (
     load_merged,
     unmerge_name,
 )
-from heterogui.fusion.norm_weights import weigh_norms
+from heterogui.fusion.norm_weights import weigh_norms, weigh_tensors
 from heterogui.fusion.pinning import pinned_channels
 from heterogui.fusion.regression import Regression, fit_regressions
 from heterogui.fusion.sequential import refit_sequentially, refit_tails
@@ -145,12 +146,13 @@ def build_merge(
     )
     pinned = pinned_channels(model, padded, matches, stop)
     built = BuiltMerge(model, spec, transforms)
+    graph = padded[0].graph()
+    scales = weigh_norms(model, graph, matches, stop) if settings.norm_weights else None
     if settings.fusion == "least_squares_sequential":
-        _refit(built, padded, states, batches, dev, stop, settings.ridge, pinned, units, timings)
+        reweigh = None if scales is None else partial(weigh_tensors, model, graph, scales)
+        _refit(built, padded, states, batches, dev, stop, settings, pinned, units, reweigh, timings)
     if units:
         restore_units(model, units, transforms)
-    if settings.norm_weights:
-        weigh_norms(model, padded[0].graph(), matches, stop)
     if renormalize is not None:
         built.renormalized = timed(
             timings, "renormalize", lambda: renormalize(model, matches, stop)
@@ -168,18 +170,20 @@ def _refit(
     batches: list[Batch],
     dev: torch.device,
     stop: int,
-    ridge: float,
+    settings: ZipSettings,
     pinned: dict[str, torch.Tensor],
     units: Sequence[UnitLayer],
+    reweigh: Callable[[Collection[str]], None] | None,
     timings: dict[str, float],
 ) -> None:
-    """Refit the fused model's weights block by block (``refit_sequentially``), timed "refit"."""
-    model, transforms = built.model, built.transforms
+    """Refit the fused model's weights block by block (``refit_sequentially``), timed "refit";
+    reweigh: what weighs the stream's writers again once refit (weighted norms), or None."""
+    model, transforms, ridge = built.model, built.transforms, settings.ridge
     built.refit = timed(
         timings,
         "refit",
         lambda: refit_sequentially(
-            model, padded, states, transforms, batches, dev, stop, ridge, pinned, units
+            model, padded, states, transforms, batches, dev, stop, ridge, pinned, units, reweigh
         ),
     )
 

@@ -22,7 +22,7 @@ model in every group (rho 1, equal widths, no merge within a model) every s_k is
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 
@@ -62,15 +62,31 @@ def weighed_scales(graph: ModelGraph, matches: Mapping[str, Match]) -> torch.Ten
 @torch.no_grad()
 def weigh_norms(
     model: MergedModel, graph: ModelGraph, matches: Mapping[str, Match], stop: int
-) -> None:
-    """Weigh the merged stream's RMSNorms in place (module docstring)."""
+) -> torch.Tensor | None:
+    """Weigh the merged stream's RMSNorms in place (module docstring); return the scales s_k,
+    or None when weighing changes nothing (``weighed_scales``)."""
     scales = weighed_scales(graph, matches)
     if scales is None:
-        return
+        return None
+    weigh_tensors(model, graph, scales, {t.name for t in graph.tensors if t.block < stop})
+    if stop - 1 not in graph.rms_stream.normed_blocks:  # the tails read the scaled stream
+        for m in range(len(model.tails)):
+            unmerge = getattr(model, unmerge_name(m))
+            unmerge.div_(scales.to(unmerge.dtype))
+    return scales
+
+
+@torch.no_grad()
+def weigh_tensors(
+    model: MergedModel, graph: ModelGraph, scales: torch.Tensor, names: Collection[str]
+) -> None:
+    """Weigh the merged tensors of ``names`` that write the stream (their rows times s_k) or
+    hold its norms' gains (divided by s_k); leave the others. The sequential refit weighs each
+    stream writer it fits again this way (``fusion.sequential``)."""
     stream = graph.rms_stream
     for tag in graph.tensors:
         axes = [a for a in tag.axes if a.space == stream.space and a.role == "out"]
-        if tag.block >= stop or not axes:
+        if tag.name not in names or not axes:
             continue
         param = model.get_parameter(merged_name(tag.name))
         shape = [1] * param.dim()
@@ -80,7 +96,3 @@ def weigh_norms(
             param.div_(factor)
         else:
             param.mul_(factor)
-    if stop - 1 not in stream.normed_blocks:  # the trunk hands the scaled stream to the tails
-        for m in range(len(model.tails)):
-            unmerge = getattr(model, unmerge_name(m))
-            unmerge.div_(scales.to(unmerge.dtype))

@@ -25,7 +25,7 @@ the positions, every other tail every token or position).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from functools import partial
 
 import torch
@@ -114,6 +114,7 @@ def refit_sequentially(
     ridge: float,
     pinned: Mapping[str, torch.Tensor],
     units: Sequence[UnitLayer] = (),
+    reweigh: Callable[[Collection[str]], None] | None = None,
 ) -> int:
     """Refit the merged model's readers block by block in place; return how many were refit.
 
@@ -124,7 +125,11 @@ def refit_sequentially(
     A BatchNorm merge re-estimates its BatchNorm first and after every block's refit (pinned:
     the channels that keep theirs, ``fusion.pinning``); units: the layers the fusion rescaled
     to BatchNorm units (``fusion.bn_units``; none: the weights as trained), put back in their
-    parents' units while the BatchNorm is re-estimated (``in_parent_units``).
+    parents' units while the BatchNorm is re-estimated (``in_parent_units``); reweigh: with
+    weighted norms (``fusion.norm_weights``, applied before the refit), what weighs again the
+    merged tensors of the names it is given that write the stream: each refit fits the
+    parents' stream as the paper's merge averages it, which the refit writer then scales to
+    the weighted basis the merge's norms read.
     """
     graph = nets[0].graph()
     readers = sequential_readers(graph.tensors, transforms, stop)
@@ -148,6 +153,8 @@ def refit_sequentially(
         here = [t for t in readers if t.block == k]
         if here:
             _refit_block(model, trunk, k, here, states, masks, parents, transforms, ridge, tags)
+            if reweigh is not None:
+                reweigh({n for t in here for n in (t.name, intercept_reader(t, tags, transforms))})
             if bn:
                 reestimate()
         if k < last:

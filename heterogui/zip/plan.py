@@ -94,8 +94,6 @@ class ZipSettings:
         ``attention``, the models' attention spaces: ``{"*.qk": {"rho": 0}}`` keeps every
         head whole, which a split would halve) and a setting that merges nothing (rho 0, no
         override that merges): every head is then kept whole, where a split would halve each.
-        The sequential refit keeps the paper's norms (norm_weights false): it fits each block
-        on the merged model's own states, which weighing the norms afterwards would change.
         """
         settings = self
         if self.heads == DEFAULT_HEADS:
@@ -107,8 +105,6 @@ class ZipSettings:
             settings = replace(settings, fusion="average", bn_units=False)
         elif self.fusion == "auto":
             settings = replace(settings, fusion=default_fusion)
-        if settings.fusion == "least_squares_sequential" and settings.norm_weights:
-            settings = replace(settings, norm_weights=False)
         return settings
 
     @property
