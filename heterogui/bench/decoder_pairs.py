@@ -181,8 +181,7 @@ def merge_rows(
     rms_stream = prep.padded_a.graph().rms_stream is not None
     for rho in (1.0, 0.5):
         for knobs, suffix in transformer_variants(label, heads_split=heads_split):
-            settings = ZipSettings(rho=rho, **knobs)
-            result = zip_prepared(prep, settings)
+            result = zip_prepared(prep, ZipSettings(rho=rho, **knobs))
             name = f"merge {label} rho={rho:g}{suffix}"
             rows.append(_merge_row(name, pair, result, evaluation, parents))
             log.info("%s", rows[-1])
